@@ -1,0 +1,405 @@
+//! Who is calling: bearer JWTs verified into an [`Actor`] (account, user, permissions).
+//!
+//! Tokens are HS256 (a shared secret, for local development) or RS256 (public keys, for
+//! production). Claims: `sub` (user id), `acct` (account id), `perms` (permission names),
+//! `exp`. The account id travels in NATS subjects, so it is restricted to `[A-Za-z0-9_-]`.
+
+use std::{collections::BTreeSet, fmt, str::FromStr, sync::Arc, time::Duration};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Status, metadata::MetadataMap, service::Interceptor};
+
+use crate::{ApiError, config::AuthConfig};
+
+/// What a token allows beyond reading and working one's own deals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Permission {
+    /// Change any deal of the account, not only one's own.
+    DealsEditAll,
+    /// Bulk operations and transfers.
+    DealsBulkEdit,
+    /// Plan, stage, manager and loss-reason settings.
+    PlansAdmin,
+    /// Add leads (tunnel webhooks and intake clients).
+    IntakeWrite,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 4] = [
+        Self::DealsEditAll,
+        Self::DealsBulkEdit,
+        Self::PlansAdmin,
+        Self::IntakeWrite,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DealsEditAll => "deals:edit_all",
+            Self::DealsBulkEdit => "deals:bulk_edit",
+            Self::PlansAdmin => "plans:admin",
+            Self::IntakeWrite => "intake:write",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Permission {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s).ok_or(())
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub account_id: String,
+    pub user_id: String,
+    pub permissions: BTreeSet<Permission>,
+}
+
+impl Actor {
+    pub fn new(
+        account_id: impl Into<String>,
+        user_id: impl Into<String>,
+        permissions: impl IntoIterator<Item = Permission>,
+    ) -> Self {
+        Self {
+            account_id: account_id.into(),
+            user_id: user_id.into(),
+            permissions: permissions.into_iter().collect(),
+        }
+    }
+
+    pub fn has(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission)
+    }
+
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if self.has(permission) {
+            Ok(())
+        } else {
+            Err(ApiError::PermissionDenied(permission.to_string()))
+        }
+    }
+}
+
+/// Whether `id` may be an account id: it becomes a NATS subject token.
+pub fn valid_account_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    acct: String,
+    #[serde(default)]
+    perms: Vec<String>,
+    exp: u64,
+    #[serde(default)]
+    iat: u64,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("malformed authorization header")]
+    Malformed,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token")]
+    Invalid,
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        ApiError::Unauthenticated(err.to_string())
+    }
+}
+
+/// Checks tokens against the configured keys.
+pub struct TokenVerifier {
+    keys: Vec<(DecodingKey, Validation)>,
+}
+
+impl TokenVerifier {
+    pub fn from_config(config: &AuthConfig) -> Result<Self, jsonwebtoken::errors::Error> {
+        let mut keys = Vec::new();
+        if let Some(secret) = &config.hs256_secret {
+            keys.push((
+                DecodingKey::from_secret(secret.expose().as_bytes()),
+                validation(Algorithm::HS256),
+            ));
+        }
+        for pem in &config.rs256_public_keys_pem {
+            keys.push((
+                DecodingKey::from_rsa_pem(pem.as_bytes())?,
+                validation(Algorithm::RS256),
+            ));
+        }
+        Ok(Self { keys })
+    }
+
+    /// Verifies the value of an `Authorization` header (`Bearer <jwt>`).
+    pub fn verify_header(&self, header: Option<&str>) -> Result<Actor, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Malformed)?;
+        self.verify(token)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Actor, AuthError> {
+        let mut outcome = AuthError::Invalid;
+        for (key, validation) in &self.keys {
+            match jsonwebtoken::decode::<Claims>(token, key, validation) {
+                Ok(data) => return actor_from(data.claims),
+                Err(err) => {
+                    if matches!(
+                        err.kind(),
+                        jsonwebtoken::errors::ErrorKind::ExpiredSignature
+                    ) {
+                        outcome = AuthError::Expired;
+                    }
+                }
+            }
+        }
+        Err(outcome)
+    }
+}
+
+fn validation(alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = 30;
+    v.set_required_spec_claims(&["exp", "sub"]);
+    v
+}
+
+fn actor_from(claims: Claims) -> Result<Actor, AuthError> {
+    if !valid_account_id(&claims.acct) || claims.sub.is_empty() || claims.sub.len() > 128 {
+        return Err(AuthError::Invalid);
+    }
+    // Unknown permission names are ignored: a newer issuer may know more than we do.
+    let permissions = claims.perms.iter().filter_map(|p| p.parse().ok());
+    Ok(Actor::new(claims.acct, claims.sub, permissions))
+}
+
+/// Mints tokens: for services calling each other on behalf of an account, for the CLI's
+/// development tokens and for tests.
+#[derive(Clone)]
+pub struct TokenIssuer {
+    key: EncodingKey,
+    algorithm: Algorithm,
+}
+
+impl TokenIssuer {
+    pub fn hs256(secret: &[u8]) -> Self {
+        Self {
+            key: EncodingKey::from_secret(secret),
+            algorithm: Algorithm::HS256,
+        }
+    }
+
+    pub fn rs256_pem(private_key_pem: &[u8]) -> Result<Self, jsonwebtoken::errors::Error> {
+        Ok(Self {
+            key: EncodingKey::from_rsa_pem(private_key_pem)?,
+            algorithm: Algorithm::RS256,
+        })
+    }
+
+    /// The issuer matching a verifier configuration that has an HS256 secret.
+    pub fn from_config(config: &AuthConfig) -> Option<Self> {
+        config
+            .hs256_secret
+            .as_ref()
+            .map(|s| Self::hs256(s.expose().as_bytes()))
+    }
+
+    pub fn issue(&self, actor: &Actor, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: actor.user_id.clone(),
+            acct: actor.account_id.clone(),
+            perms: actor.permissions.iter().map(|p| p.to_string()).collect(),
+            iat: now,
+            exp: now + ttl.as_secs(),
+        };
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.key)
+    }
+}
+
+/// The tonic interceptor of authenticated services: verifies the bearer token and stores
+/// the [`Actor`] in the request's extensions.
+#[derive(Clone)]
+pub struct AuthInterceptor {
+    verifier: Arc<TokenVerifier>,
+}
+
+impl AuthInterceptor {
+    pub fn new(verifier: Arc<TokenVerifier>) -> Self {
+        Self { verifier }
+    }
+}
+
+impl Interceptor for AuthInterceptor {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let header = authorization(request.metadata());
+        let actor = self
+            .verifier
+            .verify_header(header)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        request.extensions_mut().insert(actor);
+        Ok(request)
+    }
+}
+
+fn authorization(metadata: &MetadataMap) -> Option<&str> {
+    metadata.get("authorization").and_then(|v| v.to_str().ok())
+}
+
+/// The actor the [`AuthInterceptor`] stored; a handler behind it always has one.
+pub fn actor<T>(request: &Request<T>) -> Result<Actor, ApiError> {
+    request
+        .extensions()
+        .get::<Actor>()
+        .cloned()
+        .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn dev() -> (TokenIssuer, TokenVerifier) {
+        let config = AuthConfig::dev();
+        (
+            TokenIssuer::from_config(&config).unwrap(),
+            TokenVerifier::from_config(&config).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_token_round_trips_into_the_actor() {
+        let (issuer, verifier) = dev();
+        let actor = Actor::new("acme", "u1", [Permission::PlansAdmin, Permission::DealsEditAll]);
+        let token = issuer.issue(&actor, Duration::from_secs(60)).unwrap();
+        let got = verifier
+            .verify_header(Some(&format!("Bearer {token}")))
+            .unwrap();
+        assert_eq!(got, actor);
+        assert!(got.require(Permission::PlansAdmin).is_ok());
+        let denied = got.require(Permission::DealsBulkEdit).unwrap_err();
+        assert_eq!(denied.to_string(), "missing permission deals:bulk_edit");
+    }
+
+    #[test]
+    fn refuses_missing_malformed_expired_and_foreign_tokens() {
+        let (issuer, verifier) = dev();
+        assert_eq!(verifier.verify_header(None), Err(AuthError::Missing));
+        assert_eq!(
+            verifier.verify_header(Some("Basic abc")),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(verifier.verify("not.a.jwt"), Err(AuthError::Invalid));
+
+        let actor = Actor::new("acme", "u1", []);
+        let claims = Claims {
+            sub: "u1".into(),
+            acct: "acme".into(),
+            perms: vec![],
+            exp: jsonwebtoken::get_current_timestamp() - 3600,
+            iat: 0,
+        };
+        let expired =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &issuer.key).unwrap();
+        assert_eq!(verifier.verify(&expired), Err(AuthError::Expired));
+
+        let other = TokenIssuer::hs256(b"another-secret-of-enough-length");
+        let foreign = other.issue(&actor, Duration::from_secs(60)).unwrap();
+        assert_eq!(verifier.verify(&foreign), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn account_ids_must_be_subject_safe() {
+        let (issuer, verifier) = dev();
+        for bad in ["", "a.b", "a*", "a>", "a b"] {
+            let token = issuer
+                .issue(&Actor::new(bad, "u1", []), Duration::from_secs(60))
+                .unwrap();
+            assert_eq!(verifier.verify(&token), Err(AuthError::Invalid), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn verifier_with_only_rs256_keys_refuses_hs256_tokens() {
+        let config = AuthConfig {
+            hs256_secret: None,
+            rs256_public_keys_pem: vec![],
+        };
+        let verifier = TokenVerifier::from_config(&config).unwrap();
+        let token = TokenIssuer::hs256(Secret::new(AuthConfig::DEV_SECRET).expose().as_bytes())
+            .issue(&Actor::new("acme", "u1", []), Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(verifier.verify(&token), Err(AuthError::Invalid));
+    }
+}
+
+/// Short-lived tokens a service uses to call another on behalf of an account, cached per
+/// account until shortly before they expire.
+pub struct ServiceTokens {
+    issuer: TokenIssuer,
+    user_id: String,
+    permissions: Vec<Permission>,
+    ttl: Duration,
+    cache: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl ServiceTokens {
+    pub fn new(issuer: TokenIssuer, user_id: impl Into<String>, permissions: &[Permission]) -> Self {
+        Self {
+            issuer,
+            user_id: user_id.into(),
+            permissions: permissions.to_vec(),
+            ttl: Duration::from_secs(600),
+            cache: Default::default(),
+        }
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    pub fn for_account(&self, account_id: &str) -> Result<String, ApiError> {
+        let now = std::time::Instant::now();
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((token, renew_at)) = cache.get(account_id)
+            && *renew_at > now
+        {
+            return Ok(token.clone());
+        }
+        let actor = Actor::new(account_id, self.user_id.clone(), self.permissions.clone());
+        let token = self.issuer.issue(&actor, self.ttl).map_err(ApiError::internal)?;
+        cache.insert(account_id.to_owned(), (token.clone(), now + self.ttl / 2));
+        Ok(token)
+    }
+}

@@ -1,0 +1,312 @@
+//! The batch consumer loop every service uses: fetch up to N messages, hand them to the
+//! handler as one batch, then ack each only after the handler has committed its work.
+//! A message that keeps failing goes to the dead-letter stream and never blocks the rest.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        AckKind, Message,
+        consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    },
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use opentelemetry::KeyValue;
+use tokio_util::sync::CancellationToken;
+
+use super::{Bus, BusError, Outgoing, streams};
+
+/// A durable pull consumer on one stream.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub stream: &'static str,
+    /// Shared by all replicas of a service: they split the messages between them.
+    pub durable: String,
+    pub filter_subject: String,
+    /// How long a delivered message may stay unacked before it is delivered again.
+    pub ack_wait: Duration,
+}
+
+impl ConsumerSpec {
+    pub fn new(stream: &streams::StreamSpec, durable: &str) -> Self {
+        Self {
+            stream: stream.name,
+            durable: durable.to_owned(),
+            filter_subject: stream.subjects.to_owned(),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One received message, as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub subject: String,
+    pub payload: Bytes,
+    pub headers: Option<HeaderMap>,
+    /// 1 on the first delivery.
+    pub delivered: i64,
+    pub stream_sequence: u64,
+}
+
+impl Delivery {
+    /// A span for handling this message, child of the trace that published it.
+    pub fn span(&self, name: &'static str) -> tracing::Span {
+        let span = tracing::info_span!("consume", otel.name = name, subject = %self.subject);
+        crate::telemetry::set_parent(
+            &span,
+            crate::telemetry::extract_from_nats(self.headers.as_ref()),
+        );
+        span
+    }
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed (or already applied before): ack.
+    Done,
+    /// A passing failure: deliver again later, up to the configured number of deliveries.
+    Retry(String),
+    /// Can never succeed (undecodable, invalid): straight to the dead-letter stream.
+    Reject(String),
+}
+
+/// A consumer's processing step. `handle` returns one outcome per delivery, in order.
+pub trait BatchHandler: Send + Sync + 'static {
+    fn handle(&self, batch: &[Delivery]) -> impl Future<Output = Vec<Outcome>> + Send;
+}
+
+/// Creates the durable consumer if needed, then runs until `shutdown`: the batch in hand
+/// is finished and acked before it returns.
+pub async fn run_consumer<H: BatchHandler>(
+    bus: Bus,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let consumer = durable_consumer(&bus, &spec).await?;
+    let batch_size = bus.config().batch_size;
+    let meter = crate::telemetry::meter("salesplan");
+    let dead_letters = meter.u64_counter("salesplan.consumer.dead_letters").build();
+    let redeliveries = meter.u64_counter("salesplan.consumer.redeliveries").build();
+    let attrs = [KeyValue::new("consumer", spec.durable.clone())];
+
+    while !shutdown.is_cancelled() {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch_size)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let messages = match messages {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::warn!(consumer = %spec.durable, error = %err, "cannot pull, retrying");
+                pause(&shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut chunks = messages.ready_chunks(batch_size);
+        loop {
+            // Only the wait for new messages races the shutdown; a batch being handled
+            // always completes and is acked.
+            let chunk = tokio::select! {
+                chunk = chunks.next() => chunk,
+                _ = shutdown.cancelled() => None,
+            };
+            let Some(chunk) = chunk else { break };
+            let mut received = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                match item {
+                    Ok(message) => received.push(message),
+                    Err(err) => {
+                        tracing::debug!(consumer = %spec.durable, error = %err, "pull status")
+                    }
+                }
+            }
+            if received.is_empty() {
+                continue;
+            }
+            process(&bus, &spec, &*handler, received, &dead_letters, &redeliveries, &attrs).await;
+        }
+    }
+    tracing::info!(consumer = %spec.durable, "consumer stopped");
+    Ok(())
+}
+
+async fn durable_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsumer, BusError> {
+    let stream = bus
+        .jetstream()
+        .get_stream(spec.stream)
+        .await
+        .map_err(|e| BusError::jetstream("get stream", e))?;
+    stream
+        .get_or_create_consumer(
+            &spec.durable,
+            pull::Config {
+                durable_name: Some(spec.durable.clone()),
+                filter_subject: spec.filter_subject.clone(),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                // Dead-lettering is ours (see `process`), so the server never gives up.
+                max_deliver: -1,
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| BusError::jetstream("create consumer", e))
+}
+
+async fn process<H: BatchHandler>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    handler: &H,
+    messages: Vec<Message>,
+    dead_letters: &opentelemetry::metrics::Counter<u64>,
+    redeliveries: &opentelemetry::metrics::Counter<u64>,
+    attrs: &[KeyValue],
+) {
+    let max_deliver = bus.config().max_deliver;
+    let mut work = Vec::with_capacity(messages.len());
+    let mut work_messages = Vec::with_capacity(messages.len());
+    for message in messages {
+        let delivery = delivery_of(&message);
+        if delivery.delivered > 1 {
+            redeliveries.add(1, attrs);
+        }
+        // Beyond the limit before it is even handled: a message that crashed the process.
+        if delivery.delivered > max_deliver {
+            let reason = format!("delivered {} times without success", delivery.delivered);
+            dead_letter(bus, spec, &message, &delivery, &reason, dead_letters, attrs).await;
+            continue;
+        }
+        work.push(delivery);
+        work_messages.push(message);
+    }
+    if work.is_empty() {
+        return;
+    }
+    let mut outcomes = handler.handle(&work).await.into_iter();
+    for (message, delivery) in work_messages.iter().zip(&work) {
+        let outcome = outcomes
+            .next()
+            .unwrap_or_else(|| Outcome::Retry("handler returned no outcome".into()));
+        match outcome {
+            Outcome::Done => ack(message, AckKind::Ack).await,
+            Outcome::Retry(reason) if delivery.delivered >= max_deliver => {
+                dead_letter(bus, spec, message, delivery, &reason, dead_letters, attrs).await
+            }
+            Outcome::Retry(reason) => {
+                tracing::debug!(consumer = %spec.durable, subject = %delivery.subject, delivered = delivery.delivered, %reason, "retrying");
+                ack(message, AckKind::Nak(Some(backoff(delivery.delivered)))).await
+            }
+            Outcome::Reject(reason) => {
+                dead_letter(bus, spec, message, delivery, &reason, dead_letters, attrs).await
+            }
+        }
+    }
+}
+
+fn delivery_of(message: &Message) -> Delivery {
+    let (delivered, stream_sequence) = message
+        .info()
+        .map(|info| (info.delivered, info.stream_sequence))
+        .unwrap_or((1, 0));
+    Delivery {
+        subject: message.subject.to_string(),
+        payload: message.payload.clone(),
+        headers: message.headers.clone(),
+        delivered,
+        stream_sequence,
+    }
+}
+
+/// 250 ms after the first failure, doubling up to 30 s.
+fn backoff(delivered: i64) -> Duration {
+    let exp = delivered.clamp(1, 8) as u32 - 1;
+    Duration::from_millis(250 * 2u64.pow(exp)).min(Duration::from_secs(30))
+}
+
+async fn ack(message: &Message, kind: AckKind) {
+    if let Err(err) = message.ack_with(kind).await {
+        // Not acked means delivered again later; consumers are idempotent.
+        tracing::warn!(error = %err, subject = %message.subject, "ack failed");
+    }
+}
+
+async fn dead_letter(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    message: &Message,
+    delivery: &Delivery,
+    reason: &str,
+    counter: &opentelemetry::metrics::Counter<u64>,
+    attrs: &[KeyValue],
+) {
+    tracing::error!(consumer = %spec.durable, subject = %delivery.subject, delivered = delivery.delivered, %reason, "dead-lettering message");
+    let mut out = Outgoing::new(
+        streams::dead_letter_subject(&spec.durable),
+        format!("{}:{}", spec.stream, delivery.stream_sequence),
+        delivery.payload.clone(),
+    );
+    out.headers.insert(HEADER_ORIGINAL_SUBJECT, delivery.subject.as_str());
+    out.headers.insert(HEADER_REASON, reason_header(reason).as_str());
+    out.headers.insert(HEADER_DELIVERED, delivery.delivered.to_string().as_str());
+    match bus.publish(out).await {
+        Ok(_) => {
+            counter.add(1, attrs);
+            ack(message, AckKind::Term).await;
+        }
+        // Not stored as a dead letter: leave it to be delivered again rather than lose it.
+        Err(err) => {
+            tracing::error!(error = %err, "dead-letter publish failed");
+            ack(message, AckKind::Nak(Some(Duration::from_secs(5)))).await;
+        }
+    }
+}
+
+/// Header names on dead letters.
+pub const HEADER_ORIGINAL_SUBJECT: &str = "Salesplan-Original-Subject";
+pub const HEADER_REASON: &str = "Salesplan-Reason";
+pub const HEADER_DELIVERED: &str = "Salesplan-Delivered";
+
+/// Header values are one line of printable text.
+fn reason_header(reason: &str) -> String {
+    reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(500)
+        .collect()
+}
+
+async fn pause(shutdown: &CancellationToken, duration: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(250));
+        assert_eq!(backoff(2), Duration::from_millis(500));
+        assert_eq!(backoff(100), Duration::from_secs(30));
+        assert!(backoff(0) > Duration::ZERO);
+    }
+
+    #[test]
+    fn reasons_are_header_safe() {
+        assert_eq!(reason_header("bad\r\npayload"), "bad  payload");
+        assert_eq!(reason_header(&"x".repeat(900)).len(), 500);
+    }
+}

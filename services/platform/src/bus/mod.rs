@@ -1,0 +1,113 @@
+//! The NATS JetStream bus: streams and subjects, publishing with acks, and the batch
+//! consumer loop with dead letters.
+
+mod consumer;
+mod publish;
+pub mod streams;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+pub use consumer::{
+    BatchHandler, ConsumerSpec, Delivery, HEADER_DELIVERED, HEADER_ORIGINAL_SUBJECT, HEADER_REASON,
+    Outcome, run_consumer,
+};
+pub use publish::{Outgoing, Stored};
+
+use crate::config::NatsConfig;
+
+/// Errors talking to NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("JetStream {what}: {message}")]
+    JetStream { what: &'static str, message: String },
+    #[error("publish to {subject} not acknowledged: {message}")]
+    Publish { subject: String, message: String },
+}
+
+impl BusError {
+    fn jetstream(what: &'static str, err: impl std::fmt::Display) -> Self {
+        Self::JetStream {
+            what,
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<BusError> for crate::ApiError {
+    fn from(err: BusError) -> Self {
+        tracing::warn!(error = %err, "message bus unavailable");
+        crate::ApiError::Unavailable("message bus unavailable, retry later".into())
+    }
+}
+
+/// A connection to NATS with its JetStream context.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: NatsConfig,
+}
+
+impl Bus {
+    /// Connects; fails when NATS is unreachable at start-up (the orchestrator restarts the
+    /// service). Later disconnects are retried by the client in the background.
+    pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(client_name)
+            .connection_timeout(Duration::from_secs(5))
+            .connect(&config.url)
+            .await
+            .map_err(|source| BusError::Connect {
+                url: config.url.clone(),
+                source,
+            })?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(Duration::from_secs(5));
+        Ok(Self {
+            client,
+            js,
+            config: config.clone(),
+        })
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn config(&self) -> &NatsConfig {
+        &self.config
+    }
+
+    /// Creates the streams that do not exist yet (idempotent, safe from many replicas).
+    pub async fn ensure_streams(&self, specs: &[streams::StreamSpec]) -> Result<(), BusError> {
+        for spec in specs {
+            self.js
+                .get_or_create_stream(spec.config(self.config.replicas))
+                .await
+                .map_err(|e| BusError::jetstream("create stream", e))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes what was published and closes the connection.
+    pub async fn close(self) {
+        if let Err(err) = self.client.flush().await {
+            tracing::warn!(error = %err, "flush on close");
+        }
+        if let Err(err) = self.client.drain().await {
+            tracing::warn!(error = %err, "drain on close");
+        }
+    }
+}

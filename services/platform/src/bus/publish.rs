@@ -1,0 +1,88 @@
+//! Publishing with acknowledgement: a message counts as published only once JetStream
+//! has stored it. Batches are pipelined: all sends first, then all acks.
+
+use async_nats::{HeaderMap, jetstream::context::PublishAckFuture, jetstream::message::PublishMessage};
+use bytes::Bytes;
+
+use super::{Bus, BusError};
+
+/// One message to publish. The message id makes JetStream drop a re-publish within the
+/// stream's duplicate window.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub subject: String,
+    pub message_id: String,
+    pub payload: Bytes,
+    /// Extra headers; the trace context of the current span is added on publish.
+    pub headers: HeaderMap,
+}
+
+impl Outgoing {
+    pub fn new(subject: String, message_id: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            subject,
+            message_id: message_id.into(),
+            payload: payload.into(),
+            headers: HeaderMap::new(),
+        }
+    }
+}
+
+/// The outcome of a stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub sequence: u64,
+    /// JetStream had the message id already (a retry).
+    pub duplicate: bool,
+}
+
+impl Bus {
+    /// Publishes one message and waits until JetStream stored it.
+    pub async fn publish(&self, message: Outgoing) -> Result<Stored, BusError> {
+        let subject = message.subject.clone();
+        let ack = self.send(message).await?;
+        await_ack(subject, ack).await
+    }
+
+    /// Publishes every message, in order, with the acks awaited together at the end.
+    /// On an error some of the batch may be stored: publish again with the same ids.
+    pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<Vec<Stored>, BusError> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            let subject = message.subject.clone();
+            pending.push((subject, self.send(message).await?));
+        }
+        let mut stored = Vec::with_capacity(pending.len());
+        for (subject, ack) in pending {
+            stored.push(await_ack(subject, ack).await?);
+        }
+        Ok(stored)
+    }
+
+    async fn send(&self, message: Outgoing) -> Result<PublishAckFuture, BusError> {
+        let mut headers = message.headers;
+        crate::telemetry::inject_into_nats(&mut headers);
+        let publish = PublishMessage::build()
+            .payload(message.payload)
+            .headers(headers)
+            .message_id(&message.message_id);
+        self.js
+            .send_publish(message.subject.clone(), publish)
+            .await
+            .map_err(|e| BusError::Publish {
+                subject: message.subject,
+                message: e.to_string(),
+            })
+    }
+}
+
+async fn await_ack(subject: String, ack: PublishAckFuture) -> Result<Stored, BusError> {
+    let ack = ack.await.map_err(|e| BusError::Publish {
+        subject,
+        message: e.to_string(),
+    })?;
+    Ok(Stored {
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
+    })
+}

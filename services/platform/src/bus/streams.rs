@@ -1,0 +1,83 @@
+//! The streams and subjects of salesplan. Subjects are versioned (`v1`) and carry the
+//! account as a token, so work can be partitioned by account.
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSpec {
+    pub name: &'static str,
+    pub subjects: &'static str,
+    /// Zero keeps messages forever (deal events: reporting rebuilds by replaying them).
+    pub max_age: Duration,
+    pub duplicate_window: Duration,
+}
+
+impl StreamSpec {
+    pub fn config(&self, replicas: usize) -> Config {
+        Config {
+            name: self.name.to_owned(),
+            subjects: vec![self.subjects.to_owned()],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            max_age: self.max_age,
+            duplicate_window: self.duplicate_window,
+            num_replicas: replicas,
+            ..Default::default()
+        }
+    }
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// "Add to sales plan" events from the tunnel-listener.
+pub const INTAKE: StreamSpec = StreamSpec {
+    name: "SALESPLAN_INTAKE",
+    subjects: "salesplan.intake.v1.>",
+    max_age: Duration::from_secs(7 * DAY.as_secs()),
+    duplicate_window: Duration::from_secs(10 * 60),
+};
+
+/// Deal events from deal-service's outbox.
+pub const DEALS: StreamSpec = StreamSpec {
+    name: "SALESPLAN_DEALS",
+    subjects: "salesplan.deals.v1.>",
+    max_age: Duration::ZERO,
+    duplicate_window: Duration::from_secs(10 * 60),
+};
+
+/// Plan snapshots from deal-service's outbox.
+pub const PLANS: StreamSpec = StreamSpec {
+    name: "SALESPLAN_PLANS",
+    subjects: "salesplan.plans.v1.>",
+    max_age: Duration::ZERO,
+    duplicate_window: Duration::from_secs(10 * 60),
+};
+
+/// Messages a consumer could not process after its retries.
+pub const DEAD_LETTERS: StreamSpec = StreamSpec {
+    name: "SALESPLAN_DEAD_LETTERS",
+    subjects: "salesplan.dlq.v1.>",
+    max_age: Duration::from_secs(30 * DAY.as_secs()),
+    duplicate_window: Duration::from_secs(60),
+};
+
+pub const ALL: [StreamSpec; 4] = [INTAKE, DEALS, PLANS, DEAD_LETTERS];
+
+pub fn intake_subject(account_id: &str, plan_id: &str) -> String {
+    format!("salesplan.intake.v1.{account_id}.{plan_id}")
+}
+
+pub fn deal_subject(account_id: &str, kind: &str) -> String {
+    format!("salesplan.deals.v1.{account_id}.{kind}")
+}
+
+pub fn plan_subject(account_id: &str, kind: &str) -> String {
+    format!("salesplan.plans.v1.{account_id}.{kind}")
+}
+
+pub fn dead_letter_subject(consumer: &str) -> String {
+    format!("salesplan.dlq.v1.{consumer}")
+}

@@ -1,0 +1,341 @@
+//! Configuration from environment variables, with defaults that run locally without setup.
+//!
+//! Every service reads an [`Env`] once at start-up (`Env::from_process()`); tests build one
+//! from pairs instead, so no test ever calls `std::env::set_var`.
+
+use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+/// Exit code of a process started with invalid configuration (`EX_USAGE`).
+pub const EXIT_INVALID_CONFIG: i32 = 64;
+
+/// A snapshot of environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+/// One variable that has an unusable value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// The value of `key`, treating an empty value as unset.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn string(&self, key: &str, default: &str) -> String {
+        self.get(key).unwrap_or(default).to_owned()
+    }
+
+    pub fn parse<T>(&self, key: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.get(key) {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse()
+                .map_err(|e: T::Err| ConfigError::new(key, e.to_string())),
+        }
+    }
+
+    /// A duration written in milliseconds (`…_MS`) or seconds (`…_SECS`).
+    pub fn millis(&self, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        self.parse(key, default.as_millis() as u64)
+            .map(Duration::from_millis)
+    }
+
+    pub fn flag(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key).map(str::to_ascii_lowercase).as_deref() {
+            None => Ok(default),
+            Some("1" | "true" | "yes" | "on") => Ok(true),
+            Some("0" | "false" | "no" | "off") => Ok(false),
+            Some(other) => Err(ConfigError::new(
+                key,
+                format!("expected true or false, got {other:?}"),
+            )),
+        }
+    }
+
+    pub fn addr(&self, key: &str, default: &str) -> Result<SocketAddr, ConfigError> {
+        self.string(key, default)
+            .parse()
+            .map_err(|e: std::net::AddrParseError| ConfigError::new(key, e.to_string()))
+    }
+}
+
+/// A value that must never appear in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Runs `load`, or prints why the configuration is invalid and exits with code 64.
+pub fn load_or_exit<T>(load: impl FnOnce() -> Result<T, ConfigError>) -> T {
+    match load() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            std::process::exit(EXIT_INVALID_CONFIG)
+        }
+    }
+}
+
+/// PostgreSQL connection settings (`DATABASE_URL`, `SALESPLAN_DB_MAX_CONNECTIONS`).
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub max_connections: u32,
+    /// Apply migrations at start-up (local development); in a cluster a Job runs `migrate`.
+    pub migrate_on_start: bool,
+}
+
+impl DatabaseConfig {
+    pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/salesplan";
+
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let config = Self {
+            url: Secret::new(env.string("DATABASE_URL", Self::DEFAULT_URL)),
+            max_connections: env.parse("SALESPLAN_DB_MAX_CONNECTIONS", 10)?,
+            migrate_on_start: env.flag("SALESPLAN_MIGRATE_ON_START", true)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.url.expose();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new(
+                "SALESPLAN_DB_MAX_CONNECTIONS",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// NATS settings (`NATS_URL`, `SALESPLAN_NATS_REPLICAS`, `SALESPLAN_MAX_DELIVER`).
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    /// Replicas of each stream: 1 locally, 3 in a JetStream cluster.
+    pub replicas: usize,
+    /// Deliveries of a message before it goes to the dead-letter subject.
+    pub max_deliver: i64,
+    /// Messages fetched per batch by a consumer.
+    pub batch_size: usize,
+}
+
+impl NatsConfig {
+    pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let config = Self {
+            url: env.string("NATS_URL", Self::DEFAULT_URL),
+            replicas: env.parse("SALESPLAN_NATS_REPLICAS", 1)?,
+            max_deliver: env.parse("SALESPLAN_MAX_DELIVER", 8)?,
+            batch_size: env.parse("SALESPLAN_CONSUMER_BATCH", 500)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn local(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            replicas: 1,
+            max_deliver: 8,
+            batch_size: 500,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.replicas, 1 | 3 | 5) {
+            return Err(ConfigError::new(
+                "SALESPLAN_NATS_REPLICAS",
+                "must be 1, 3 or 5",
+            ));
+        }
+        if self.max_deliver < 1 {
+            return Err(ConfigError::new(
+                "SALESPLAN_MAX_DELIVER",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(ConfigError::new(
+                "SALESPLAN_CONSUMER_BATCH",
+                "must be between 1 and 10000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Token verification: an HS256 secret for local use and/or RS256 public keys (PEM) for
+/// production (`SALESPLAN_JWT_HS256_SECRET`, `SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES`).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub hs256_secret: Option<Secret>,
+    pub rs256_public_keys_pem: Vec<String>,
+}
+
+impl AuthConfig {
+    /// Only for local development: a cluster sets its own secret or keys.
+    pub const DEV_SECRET: &str = "salesplan-local-development-secret";
+
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let key = "SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES";
+        let mut rs256_public_keys_pem = Vec::new();
+        for path in env.get(key).into_iter().flat_map(|v| v.split(',')) {
+            let pem = std::fs::read_to_string(path.trim())
+                .map_err(|e| ConfigError::new(key, format!("{path}: {e}")))?;
+            rs256_public_keys_pem.push(pem);
+        }
+        let hs256_secret = match env.get("SALESPLAN_JWT_HS256_SECRET") {
+            Some(secret) => Some(Secret::new(secret)),
+            None if rs256_public_keys_pem.is_empty() => Some(Secret::new(Self::DEV_SECRET)),
+            None => None,
+        };
+        let config = Self {
+            hs256_secret,
+            rs256_public_keys_pem,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn dev() -> Self {
+        Self {
+            hs256_secret: Some(Secret::new(Self::DEV_SECRET)),
+            rs256_public_keys_pem: Vec::new(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(secret) = &self.hs256_secret
+            && secret.expose().len() < 16
+        {
+            return Err(ConfigError::new(
+                "SALESPLAN_JWT_HS256_SECRET",
+                "must be at least 16 bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How long a stopping service may take to drain (`SALESPLAN_SHUTDOWN_GRACE_MS`).
+pub fn shutdown_grace(env: &Env) -> Result<Duration, ConfigError> {
+    env.millis("SALESPLAN_SHUTDOWN_GRACE_MS", Duration::from_secs(20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_environment() {
+        let env = Env::default();
+        let db = DatabaseConfig::from_env(&env).unwrap();
+        assert_eq!(db.url.expose(), DatabaseConfig::DEFAULT_URL);
+        let nats = NatsConfig::from_env(&env).unwrap();
+        assert_eq!(nats.url, NatsConfig::DEFAULT_URL);
+        assert!(AuthConfig::from_env(&env).unwrap().hs256_secret.is_some());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let env = Env::from_pairs([("SALESPLAN_DB_MAX_CONNECTIONS", "many")]);
+        let err = DatabaseConfig::from_env(&env).unwrap_err();
+        assert_eq!(err.key, "SALESPLAN_DB_MAX_CONNECTIONS");
+
+        let env = Env::from_pairs([("DATABASE_URL", "mysql://x")]);
+        assert_eq!(
+            DatabaseConfig::from_env(&env).unwrap_err().key,
+            "DATABASE_URL"
+        );
+
+        let env = Env::from_pairs([("SALESPLAN_NATS_REPLICAS", "2")]);
+        assert_eq!(
+            NatsConfig::from_env(&env).unwrap_err().key,
+            "SALESPLAN_NATS_REPLICAS"
+        );
+
+        let env = Env::from_pairs([("SALESPLAN_MIGRATE_ON_START", "maybe")]);
+        assert!(DatabaseConfig::from_env(&env).is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("hunter2hunter2hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        let auth = AuthConfig::dev();
+        assert!(!format!("{auth:?}").contains(AuthConfig::DEV_SECRET));
+    }
+
+    #[test]
+    fn short_hs256_secret_is_refused() {
+        let env = Env::from_pairs([("SALESPLAN_JWT_HS256_SECRET", "short")]);
+        assert_eq!(
+            AuthConfig::from_env(&env).unwrap_err().key,
+            "SALESPLAN_JWT_HS256_SECRET"
+        );
+    }
+}

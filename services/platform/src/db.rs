@@ -1,0 +1,53 @@
+//! PostgreSQL: one pool per service, confined to the service's own schema.
+//!
+//! Services may share a database; each works in its own schema (`search_path` is set on
+//! every connection), which also holds that service's `_sqlx_migrations` table.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::config::DatabaseConfig;
+
+/// Opens a pool whose connections resolve names in `schema` first, then `public` (where
+/// extensions such as `pg_trgm` live).
+pub async fn connect(config: &DatabaseConfig, schema: &str) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(config.url.expose())?
+        .options([("search_path", format!("{schema},public"))])
+        .application_name(schema);
+    PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+}
+
+/// Creates the schema if needed, then applies the service's migrations.
+pub async fn migrate(pool: &PgPool, schema: &str, migrator: &Migrator) -> Result<(), sqlx::Error> {
+    // Two replicas may race to create the schema; the loser sees a unique violation.
+    let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+    if let Err(err) = sqlx::query(sqlx::AssertSqlSafe(create)).execute(pool).await
+        && !crate::error::is_unique_violation(&err)
+    {
+        return Err(err);
+    }
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// Connects, and migrates when the configuration says so (local development).
+pub async fn connect_and_migrate(
+    config: &DatabaseConfig,
+    schema: &str,
+    migrator: &Migrator,
+) -> Result<PgPool, sqlx::Error> {
+    let pool = connect(config, schema).await?;
+    if config.migrate_on_start {
+        migrate(&pool, schema, migrator).await?;
+    }
+    Ok(pool)
+}

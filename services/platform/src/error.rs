@@ -1,0 +1,148 @@
+//! The API error every service returns, and the one place that decides its gRPC code.
+
+use tonic::{Code, Status};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong, in terms a caller can act on. Internal details (SQL, I/O) stay in the
+/// `Internal` source, which is logged and never sent to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("missing permission {0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Aborted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] BoxError),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::NotFound(what.into())
+    }
+
+    pub fn internal(source: impl Into<BoxError>) -> Self {
+        Self::Internal(source.into())
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::Aborted(_) => Code::Aborted,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The HTTP status of the same error, for the webhook.
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Self::InvalidArgument { .. } => S::BAD_REQUEST,
+            Self::NotFound(_) => S::NOT_FOUND,
+            Self::AlreadyExists(_) | Self::Aborted(_) => S::CONFLICT,
+            Self::FailedPrecondition(_) => S::UNPROCESSABLE_ENTITY,
+            Self::PermissionDenied(_) => S::FORBIDDEN,
+            Self::Unauthenticated(_) => S::UNAUTHORIZED,
+            Self::Unavailable(_) => S::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The field an `InvalidArgument` is about.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::InvalidArgument { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// Prefixes the field of an `InvalidArgument`, for errors of a nested message
+    /// (`contact` + `email` → `contact.email`).
+    pub fn within(self, parent: &str) -> Self {
+        match self {
+            Self::InvalidArgument { field, reason } => Self::InvalidArgument {
+                field: format!("{parent}.{field}"),
+                reason,
+            },
+            other => other,
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        if let ApiError::Internal(source) = &err {
+            tracing::error!(error = %source, "internal error");
+        }
+        Status::new(err.code(), err.to_string())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Self::Unavailable("database unavailable, retry later".into())
+            }
+            _ => Self::Internal(err.into()),
+        }
+    }
+}
+
+/// Whether a database error is a unique violation (Postgres 23505), e.g. a replayed
+/// idempotency key.
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field_in_the_status() {
+        let status: Status = ApiError::invalid("contact.email", "not an email address").into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "contact.email: not an email address");
+    }
+
+    #[test]
+    fn nested_fields_get_their_parent_prefix() {
+        let err = ApiError::invalid("email", "empty").within("contact");
+        assert_eq!(err.field(), Some("contact.email"));
+    }
+
+    #[test]
+    fn internal_details_never_reach_the_client() {
+        let status: Status =
+            ApiError::internal(std::io::Error::other("relation deals does not exist")).into();
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+    }
+}

@@ -1,0 +1,17 @@
+//! Plumbing every salesplan service shares, so no service copies it: configuration,
+//! telemetry, the NATS JetStream bus, PostgreSQL, the gRPC server and its authentication,
+//! shutdown, and the one mapping from errors to gRPC status codes.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod ids;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use auth::{Actor, Permission};
+pub use error::ApiError;
