@@ -1,1 +1,91 @@
+//! deal-service: the system of record for plans, stages, deals and their history.
+//! Every change is committed with an outbox event that the relay publishes to JetStream.
+#![forbid(unsafe_code)]
 
+pub mod convert;
+pub mod domain;
+pub mod grpc;
+pub mod outbox;
+pub mod store;
+
+use std::sync::Arc;
+
+use salesplan_platform::{
+    auth::{AuthInterceptor, TokenVerifier},
+    bus::{Bus, streams},
+    config::{ConfigError, Env},
+    db, grpc as server,
+    service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
+};
+use salesplan_proto::v1::{
+    deal_service_server::DealServiceServer, plan_service_server::PlanServiceServer,
+};
+use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+
+pub const SCHEMA: &str = "deal_service";
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/deal-service");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: ServiceConfig,
+}
+
+impl Config {
+    pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50053";
+
+    pub fn local(database_url: &str, nats_url: &str) -> Self {
+        Self {
+            common: ServiceConfig::local(database_url, nats_url),
+        }
+    }
+}
+
+impl Service for Config {
+    const NAME: &'static str = "deal-service";
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
+        })
+    }
+
+    fn common(&self) -> &ServiceConfig {
+        &self.common
+    }
+
+    async fn start(self, shutdown: CancellationToken) -> anyhow::Result<Running> {
+        let common = self.common;
+        let pool = db::connect_and_migrate(&common.database, SCHEMA, &MIGRATOR).await?;
+        let bus = Bus::connect(&common.nats, Self::NAME).await?;
+        bus.ensure_streams(&streams::ALL).await?;
+        let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
+        let api = grpc::Api::new(store::Store::new(pool.clone()));
+        let routes = tonic::service::Routes::new(PlanServiceServer::with_interceptor(
+            api.clone(),
+            interceptor.clone(),
+        ))
+        .add_service(DealServiceServer::with_interceptor(api, interceptor));
+        let mut background = Background::new();
+        let relay_stop = background.stop_token();
+        background.spawn(outbox::run(pool, bus.clone(), relay_stop));
+        let grpc = GrpcParts {
+            listener: server::bind(common.grpc_addr).await?,
+            routes,
+            names: vec![
+                <PlanServiceServer<grpc::Api> as NamedService>::NAME,
+                <DealServiceServer<grpc::Api> as NamedService>::NAME,
+            ],
+        };
+        Ok(spawn_service(
+            &common, grpc, None, background, bus, shutdown,
+        )?)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let pool = db::connect(&self.common.database, SCHEMA).await?;
+        db::migrate(&pool, SCHEMA, &MIGRATOR).await?;
+        Ok(())
+    }
+}

@@ -1,1 +1,118 @@
+//! distributor: consumes intake events, chooses each lead's manager by the plan's
+//! distribution settings, and creates the deal through deal-service.
+#![forbid(unsafe_code)]
 
+pub mod domain;
+pub mod intake;
+pub mod plans;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use salesplan_platform::{
+    Permission,
+    auth::{ServiceTokens, TokenIssuer},
+    bus::{Bus, ConsumerSpec, streams},
+    config::{ConfigError, Env},
+    db, grpc as server,
+    service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
+};
+use salesplan_proto::v1::deal_service_client::DealServiceClient;
+use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
+
+pub const SCHEMA: &str = "distributor";
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/distributor");
+/// The user id of the distributor in deal history ("who created the deal").
+pub const ACTOR_ID: &str = "system:distributor";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: ServiceConfig,
+    /// `SALESPLAN_DEAL_SERVICE_URL`.
+    pub deal_service_url: String,
+}
+
+impl Config {
+    pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50052";
+    pub const DEFAULT_DEAL_SERVICE_URL: &str = "http://127.0.0.1:50053";
+
+    pub fn local(database_url: &str, nats_url: &str, deal_service_url: &str) -> Self {
+        Self {
+            common: ServiceConfig::local(database_url, nats_url),
+            deal_service_url: deal_service_url.to_owned(),
+        }
+    }
+}
+
+impl Service for Config {
+    const NAME: &'static str = "distributor";
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let config = Self {
+            common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
+            deal_service_url: env
+                .string("SALESPLAN_DEAL_SERVICE_URL", Self::DEFAULT_DEAL_SERVICE_URL),
+        };
+        if !config.deal_service_url.starts_with("http://")
+            && !config.deal_service_url.starts_with("https://")
+        {
+            return Err(ConfigError::new(
+                "SALESPLAN_DEAL_SERVICE_URL",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if config.common.auth.hs256_secret.is_none()
+            && config.common.auth.rs256_private_key_pem.is_none()
+        {
+            return Err(ConfigError::new(
+                "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE",
+                "the distributor signs its calls to deal-service: set a private key or an HS256 secret",
+            ));
+        }
+        Ok(config)
+    }
+
+    fn common(&self) -> &ServiceConfig {
+        &self.common
+    }
+
+    async fn start(self, shutdown: CancellationToken) -> anyhow::Result<Running> {
+        let common = self.common;
+        let pool = db::connect_and_migrate(&common.database, SCHEMA, &MIGRATOR).await?;
+        let bus = Bus::connect(&common.nats, Self::NAME).await?;
+        bus.ensure_streams(&streams::ALL).await?;
+        let issuer = TokenIssuer::from_config(&common.auth)?
+            .context("no key to sign calls to deal-service")?;
+        let tokens = ServiceTokens::new(issuer, ACTOR_ID, &[Permission::DealsEditAll]);
+        let deals = DealServiceClient::new(server::lazy_channel(&self.deal_service_url)?);
+        let store = store::Store::new(pool);
+
+        let mut background = Background::new();
+        background.consume(
+            &bus,
+            ConsumerSpec::new(&streams::PLANS, "distributor-plans"),
+            Arc::new(plans::PlanEvents::new(store.clone())),
+        );
+        background.consume(
+            &bus,
+            ConsumerSpec::new(&streams::INTAKE, "distributor-intake"),
+            Arc::new(intake::IntakeEvents::new(store, deals, tokens)),
+        );
+        let grpc = GrpcParts {
+            listener: server::bind(common.grpc_addr).await?,
+            routes: tonic::service::Routes::default(),
+            names: vec![],
+        };
+        Ok(spawn_service(
+            &common, grpc, None, background, bus, shutdown,
+        )?)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let pool = db::connect(&self.common.database, SCHEMA).await?;
+        db::migrate(&pool, SCHEMA, &MIGRATOR).await?;
+        Ok(())
+    }
+}

@@ -223,15 +223,22 @@ impl TokenIssuer {
         })
     }
 
-    /// The issuer matching a verifier configuration that has an HS256 secret.
-    pub fn from_config(config: &AuthConfig) -> Option<Self> {
-        config
+    /// The RS256 private key when configured, else the HS256 secret; `None` without either.
+    pub fn from_config(config: &AuthConfig) -> Result<Option<Self>, jsonwebtoken::errors::Error> {
+        if let Some(pem) = &config.rs256_private_key_pem {
+            return Self::rs256_pem(pem.expose().as_bytes()).map(Some);
+        }
+        Ok(config
             .hs256_secret
             .as_ref()
-            .map(|s| Self::hs256(s.expose().as_bytes()))
+            .map(|s| Self::hs256(s.expose().as_bytes())))
     }
 
-    pub fn issue(&self, actor: &Actor, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn issue(
+        &self,
+        actor: &Actor,
+        ttl: Duration,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
             sub: actor.user_id.clone(),
@@ -282,6 +289,56 @@ pub fn actor<T>(request: &Request<T>) -> Result<Actor, ApiError> {
         .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))
 }
 
+/// Short-lived tokens a service uses to call another on behalf of an account, cached per
+/// account until shortly before they expire.
+pub struct ServiceTokens {
+    issuer: TokenIssuer,
+    user_id: String,
+    permissions: Vec<Permission>,
+    ttl: Duration,
+    cache: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl ServiceTokens {
+    pub fn new(
+        issuer: TokenIssuer,
+        user_id: impl Into<String>,
+        permissions: &[Permission],
+    ) -> Self {
+        Self {
+            issuer,
+            user_id: user_id.into(),
+            permissions: permissions.to_vec(),
+            ttl: Duration::from_secs(600),
+            cache: Default::default(),
+        }
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    pub fn for_account(&self, account_id: &str) -> Result<String, ApiError> {
+        let now = std::time::Instant::now();
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((token, renew_at)) = cache.get(account_id)
+            && *renew_at > now
+        {
+            return Ok(token.clone());
+        }
+        let actor = Actor::new(account_id, self.user_id.clone(), self.permissions.clone());
+        let token = self
+            .issuer
+            .issue(&actor, self.ttl)
+            .map_err(ApiError::internal)?;
+        cache.insert(account_id.to_owned(), (token.clone(), now + self.ttl / 2));
+        Ok(token)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,7 +347,7 @@ mod tests {
     fn dev() -> (TokenIssuer, TokenVerifier) {
         let config = AuthConfig::dev();
         (
-            TokenIssuer::from_config(&config).unwrap(),
+            TokenIssuer::from_config(&config).unwrap().unwrap(),
             TokenVerifier::from_config(&config).unwrap(),
         )
     }
@@ -298,7 +355,11 @@ mod tests {
     #[test]
     fn a_token_round_trips_into_the_actor() {
         let (issuer, verifier) = dev();
-        let actor = Actor::new("acme", "u1", [Permission::PlansAdmin, Permission::DealsEditAll]);
+        let actor = Actor::new(
+            "acme",
+            "u1",
+            [Permission::PlansAdmin, Permission::DealsEditAll],
+        );
         let token = issuer.issue(&actor, Duration::from_secs(60)).unwrap();
         let got = verifier
             .verify_header(Some(&format!("Bearer {token}")))
@@ -352,54 +413,12 @@ mod tests {
         let config = AuthConfig {
             hs256_secret: None,
             rs256_public_keys_pem: vec![],
+            rs256_private_key_pem: None,
         };
         let verifier = TokenVerifier::from_config(&config).unwrap();
         let token = TokenIssuer::hs256(Secret::new(AuthConfig::DEV_SECRET).expose().as_bytes())
             .issue(&Actor::new("acme", "u1", []), Duration::from_secs(60))
             .unwrap();
         assert_eq!(verifier.verify(&token), Err(AuthError::Invalid));
-    }
-}
-
-/// Short-lived tokens a service uses to call another on behalf of an account, cached per
-/// account until shortly before they expire.
-pub struct ServiceTokens {
-    issuer: TokenIssuer,
-    user_id: String,
-    permissions: Vec<Permission>,
-    ttl: Duration,
-    cache: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
-}
-
-impl ServiceTokens {
-    pub fn new(issuer: TokenIssuer, user_id: impl Into<String>, permissions: &[Permission]) -> Self {
-        Self {
-            issuer,
-            user_id: user_id.into(),
-            permissions: permissions.to_vec(),
-            ttl: Duration::from_secs(600),
-            cache: Default::default(),
-        }
-    }
-
-    pub fn user_id(&self) -> &str {
-        &self.user_id
-    }
-
-    pub fn for_account(&self, account_id: &str) -> Result<String, ApiError> {
-        let now = std::time::Instant::now();
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((token, renew_at)) = cache.get(account_id)
-            && *renew_at > now
-        {
-            return Ok(token.clone());
-        }
-        let actor = Actor::new(account_id, self.user_id.clone(), self.permissions.clone());
-        let token = self.issuer.issue(&actor, self.ttl).map_err(ApiError::internal)?;
-        cache.insert(account_id.to_owned(), (token.clone(), now + self.ttl / 2));
-        Ok(token)
     }
 }

@@ -234,6 +234,9 @@ impl NatsConfig {
 pub struct AuthConfig {
     pub hs256_secret: Option<Secret>,
     pub rs256_public_keys_pem: Vec<String>,
+    /// For services that call others on behalf of an account (the distributor):
+    /// `SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE`; without it they sign with the HS256 secret.
+    pub rs256_private_key_pem: Option<Secret>,
 }
 
 impl AuthConfig {
@@ -253,9 +256,19 @@ impl AuthConfig {
             None if rs256_public_keys_pem.is_empty() => Some(Secret::new(Self::DEV_SECRET)),
             None => None,
         };
+        let key = "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE";
+        let rs256_private_key_pem = match env.get(key) {
+            Some(path) => {
+                Some(Secret::new(std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(key, format!("{path}: {e}"))
+                })?))
+            }
+            None => None,
+        };
         let config = Self {
             hs256_secret,
             rs256_public_keys_pem,
+            rs256_private_key_pem,
         };
         config.validate()?;
         Ok(config)
@@ -265,6 +278,7 @@ impl AuthConfig {
         Self {
             hs256_secret: Some(Secret::new(Self::DEV_SECRET)),
             rs256_public_keys_pem: Vec::new(),
+            rs256_private_key_pem: None,
         }
     }
 

@@ -61,7 +61,10 @@ pub async fn serve(
 fn request_span(request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
     let span = tracing::info_span!("grpc", otel.name = %path, rpc.method = %path);
-    crate::telemetry::set_parent(&span, crate::telemetry::extract_from_http(request.headers()));
+    crate::telemetry::set_parent(
+        &span,
+        crate::telemetry::extract_from_http(request.headers()),
+    );
     span
 }
 

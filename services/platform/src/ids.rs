@@ -39,6 +39,9 @@ mod tests {
     fn parse_id_names_the_field() {
         let err = parse_id("plan_id", "nope").unwrap_err();
         assert_eq!(err.field(), Some("plan_id"));
-        assert_eq!(parse_id("plan_id", "").unwrap_err().to_string(), "plan_id: required");
+        assert_eq!(
+            parse_id("plan_id", "").unwrap_err().to_string(),
+            "plan_id: required"
+        );
     }
 }

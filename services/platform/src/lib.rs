@@ -10,8 +10,10 @@ pub mod db;
 pub mod error;
 pub mod grpc;
 pub mod ids;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod validate;
 
 pub use auth::{Actor, Permission};
 pub use error::ApiError;

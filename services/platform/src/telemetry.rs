@@ -71,8 +71,13 @@ impl Drop for TelemetryGuard {
 /// services in one test process) leaves the first in place.
 pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
     let filter = || {
-        EnvFilter::try_new(config.filter.as_deref().unwrap_or("info,sqlx=warn,async_nats=warn"))
-            .unwrap_or_else(|_| EnvFilter::new("info"))
+        EnvFilter::try_new(
+            config
+                .filter
+                .as_deref()
+                .unwrap_or("info,sqlx=warn,async_nats=warn"),
+        )
+        .unwrap_or_else(|_| EnvFilter::new("info"))
     };
     let fmt = if config.json_logs {
         tracing_subscriber::fmt::layer()
@@ -168,6 +173,14 @@ impl Extractor for NatsHeadersRef<'_> {
 pub fn inject_into_nats(headers: &mut async_nats::HeaderMap) {
     let cx = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&cx, &mut NatsHeaders(headers));
+}
+
+/// The current span's trace context as plain pairs, for storing beside an outbox row.
+pub fn trace_headers() -> std::collections::HashMap<String, String> {
+    let mut pairs = std::collections::HashMap::new();
+    let cx = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&cx, &mut pairs);
+    pairs
 }
 
 /// The trace context a NATS message carries (empty when it carries none).

@@ -1,1 +1,83 @@
+//! reporting: a read model of deals built from deal events, and the reports on it.
+#![forbid(unsafe_code)]
 
+pub mod grpc;
+pub mod projection;
+
+use std::sync::Arc;
+
+use salesplan_platform::{
+    auth::{AuthInterceptor, TokenVerifier},
+    bus::{Bus, ConsumerSpec, streams},
+    config::{ConfigError, Env},
+    db, grpc as server,
+    service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
+};
+use salesplan_proto::v1::report_service_server::ReportServiceServer;
+use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+
+pub const SCHEMA: &str = "reporting";
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/reporting");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: ServiceConfig,
+}
+
+impl Config {
+    pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50054";
+
+    pub fn local(database_url: &str, nats_url: &str) -> Self {
+        Self {
+            common: ServiceConfig::local(database_url, nats_url),
+        }
+    }
+}
+
+impl Service for Config {
+    const NAME: &'static str = "reporting";
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
+        })
+    }
+
+    fn common(&self) -> &ServiceConfig {
+        &self.common
+    }
+
+    async fn start(self, shutdown: CancellationToken) -> anyhow::Result<Running> {
+        let common = self.common;
+        let pool = db::connect_and_migrate(&common.database, SCHEMA, &MIGRATOR).await?;
+        let bus = Bus::connect(&common.nats, Self::NAME).await?;
+        bus.ensure_streams(&streams::ALL).await?;
+        let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
+
+        let mut background = Background::new();
+        background.consume(
+            &bus,
+            ConsumerSpec::new(&streams::DEALS, "reporting-deals"),
+            Arc::new(projection::DealEvents::new(pool.clone())),
+        );
+        let grpc = GrpcParts {
+            listener: server::bind(common.grpc_addr).await?,
+            routes: tonic::service::Routes::new(ReportServiceServer::with_interceptor(
+                grpc::Reports::new(pool),
+                interceptor,
+            )),
+            names: vec![<ReportServiceServer<grpc::Reports> as NamedService>::NAME],
+        };
+        Ok(spawn_service(
+            &common, grpc, None, background, bus, shutdown,
+        )?)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let pool = db::connect(&self.common.database, SCHEMA).await?;
+        db::migrate(&pool, SCHEMA, &MIGRATOR).await?;
+        Ok(())
+    }
+}

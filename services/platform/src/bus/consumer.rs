@@ -79,15 +79,26 @@ pub trait BatchHandler: Send + Sync + 'static {
     fn handle(&self, batch: &[Delivery]) -> impl Future<Output = Vec<Outcome>> + Send;
 }
 
-/// Creates the durable consumer if needed, then runs until `shutdown`: the batch in hand
-/// is finished and acked before it returns.
+/// Creates the durable consumer if needed (retrying while JetStream is unreachable), then
+/// runs until `shutdown`: the batch in hand is finished and acked before it returns.
 pub async fn run_consumer<H: BatchHandler>(
     bus: Bus,
     spec: ConsumerSpec,
     handler: Arc<H>,
     shutdown: CancellationToken,
-) -> Result<(), BusError> {
-    let consumer = durable_consumer(&bus, &spec).await?;
+) {
+    let consumer = loop {
+        match durable_consumer(&bus, &spec).await {
+            Ok(consumer) => break consumer,
+            Err(err) => {
+                tracing::warn!(consumer = %spec.durable, error = %err, "cannot create consumer, retrying");
+                pause(&shutdown, Duration::from_secs(1)).await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+            }
+        }
+    };
     let batch_size = bus.config().batch_size;
     let meter = crate::telemetry::meter("salesplan");
     let dead_letters = meter.u64_counter("salesplan.consumer.dead_letters").build();
@@ -131,11 +142,19 @@ pub async fn run_consumer<H: BatchHandler>(
             if received.is_empty() {
                 continue;
             }
-            process(&bus, &spec, &*handler, received, &dead_letters, &redeliveries, &attrs).await;
+            process(
+                &bus,
+                &spec,
+                &*handler,
+                received,
+                &dead_letters,
+                &redeliveries,
+                &attrs,
+            )
+            .await;
         }
     }
     tracing::info!(consumer = %spec.durable, "consumer stopped");
-    Ok(())
 }
 
 async fn durable_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsumer, BusError> {
@@ -255,9 +274,12 @@ async fn dead_letter(
         format!("{}:{}", spec.stream, delivery.stream_sequence),
         delivery.payload.clone(),
     );
-    out.headers.insert(HEADER_ORIGINAL_SUBJECT, delivery.subject.as_str());
-    out.headers.insert(HEADER_REASON, reason_header(reason).as_str());
-    out.headers.insert(HEADER_DELIVERED, delivery.delivered.to_string().as_str());
+    out.headers
+        .insert(HEADER_ORIGINAL_SUBJECT, delivery.subject.as_str());
+    out.headers
+        .insert(HEADER_REASON, reason_header(reason).as_str());
+    out.headers
+        .insert(HEADER_DELIVERED, delivery.delivered.to_string().as_str());
     match bus.publish(out).await {
         Ok(_) => {
             counter.add(1, attrs);

@@ -1,7 +1,9 @@
 //! Publishing with acknowledgement: a message counts as published only once JetStream
 //! has stored it. Batches are pipelined: all sends first, then all acks.
 
-use async_nats::{HeaderMap, jetstream::context::PublishAckFuture, jetstream::message::PublishMessage};
+use async_nats::{
+    HeaderMap, jetstream::context::PublishAckFuture, jetstream::message::PublishMessage,
+};
 use bytes::Bytes;
 
 use super::{Bus, BusError};
@@ -13,7 +15,7 @@ pub struct Outgoing {
     pub subject: String,
     pub message_id: String,
     pub payload: Bytes,
-    /// Extra headers; the trace context of the current span is added on publish.
+    /// Extra headers; without a `traceparent` the current span's trace context is added.
     pub headers: HeaderMap,
 }
 
@@ -61,7 +63,10 @@ impl Bus {
 
     async fn send(&self, message: Outgoing) -> Result<PublishAckFuture, BusError> {
         let mut headers = message.headers;
-        crate::telemetry::inject_into_nats(&mut headers);
+        // A message relayed from an outbox keeps the trace of the change that wrote it.
+        if headers.get("traceparent").is_none() {
+            crate::telemetry::inject_into_nats(&mut headers);
+        }
         let publish = PublishMessage::build()
             .payload(message.payload)
             .headers(headers)

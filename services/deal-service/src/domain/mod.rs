@@ -1,0 +1,38 @@
+//! The pure rules of plans and deals: no I/O, no async, no transport types.
+
+pub mod deal;
+pub mod plan;
+
+/// A rule of the domain that an input breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{0}")]
+    Precondition(String),
+}
+
+impl DomainError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<DomainError> for salesplan_platform::ApiError {
+    fn from(err: DomainError) -> Self {
+        match err {
+            DomainError::Invalid { field, reason } => Self::InvalidArgument { field, reason },
+            DomainError::Precondition(message) => Self::FailedPrecondition(message),
+        }
+    }
+}
+
+/// Money in integer minor units of an ISO 4217 currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Money {
+    pub amount_minor: i64,
+    pub currency: String,
+}

@@ -1,0 +1,196 @@
+//! Turns intake events into deals: decide each lead's manager (per plan, in one locked
+//! transaction per batch), then create the deal through deal-service, idempotent on the
+//! intake id. A lead is acked only once its deal exists.
+
+use std::collections::HashMap;
+
+use futures::{StreamExt, stream};
+use prost::Message as _;
+use salesplan_platform::{
+    auth::{ServiceTokens, valid_account_id},
+    bus::{BatchHandler, Delivery, Outcome},
+    grpc::outgoing,
+};
+use salesplan_proto::v1::{self as pb, deal_service_client::DealServiceClient};
+use tonic::{Code, transport::Channel};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{
+    domain::distribution::{Decision, Lead},
+    store::{PendingLead, PlanBatch, Store},
+};
+
+/// Deals created at once per batch.
+const CONCURRENT_CREATES: usize = 64;
+
+pub struct IntakeEvents {
+    store: Store,
+    deals: DealServiceClient<Channel>,
+    tokens: ServiceTokens,
+}
+
+struct Decoded {
+    index: usize,
+    event: pb::IntakeEvent,
+    intake_id: Uuid,
+    plan_id: Uuid,
+}
+
+impl IntakeEvents {
+    pub fn new(store: Store, deals: DealServiceClient<Channel>, tokens: ServiceTokens) -> Self {
+        Self {
+            store,
+            deals,
+            tokens,
+        }
+    }
+
+    async fn create_deal(
+        &self,
+        delivery: &Delivery,
+        item: &Decoded,
+        decision: &Decision,
+    ) -> Outcome {
+        let span = delivery.span("distributor.create_deal");
+        async {
+            let token = match self.tokens.for_account(&item.event.account_id) {
+                Ok(token) => token,
+                Err(err) => return Outcome::Retry(err.to_string()),
+            };
+            let lead = item.event.lead.clone().unwrap_or_default();
+            let request = pb::CreateDealRequest {
+                plan_id: lead.plan_id,
+                stage_id: None,
+                contact: lead.contact,
+                title: lead.title,
+                amount: lead.amount,
+                manager_id: decision.manager.clone(),
+                idempotency_key: item.intake_id.to_string(),
+            };
+            match self
+                .deals
+                .clone()
+                .create_deal(outgoing(request, &token))
+                .await
+            {
+                Ok(_) => Outcome::Done,
+                Err(status) => self.refused(item, status).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn refused(&self, item: &Decoded, status: tonic::Status) -> Outcome {
+        let reason = format!("CreateDeal: {:?}: {}", status.code(), status.message());
+        match status.code() {
+            // The chosen manager left the plan since: decide again on the next delivery.
+            Code::FailedPrecondition => {
+                if let Err(err) = self.store.forget(item.intake_id).await {
+                    tracing::warn!(error = %err, "cannot forget refused decision");
+                }
+                Outcome::Retry(reason)
+            }
+            Code::InvalidArgument | Code::NotFound => Outcome::Reject(reason),
+            _ => Outcome::Retry(reason),
+        }
+    }
+}
+
+impl BatchHandler for IntakeEvents {
+    async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
+        let mut outcomes = vec![Outcome::Done; batch.len()];
+        let mut by_plan: HashMap<(String, Uuid), Vec<Decoded>> = HashMap::new();
+        for (index, delivery) in batch.iter().enumerate() {
+            match decode(index, delivery) {
+                Ok(item) => by_plan
+                    .entry((item.event.account_id.clone(), item.plan_id))
+                    .or_default()
+                    .push(item),
+                Err(reason) => outcomes[index] = Outcome::Reject(reason),
+            }
+        }
+
+        let mut work = Vec::new();
+        for ((account_id, plan_id), items) in by_plan {
+            let pending: Vec<PendingLead> = items
+                .iter()
+                .map(|item| PendingLead {
+                    intake_id: item.intake_id,
+                    lead: lead_of(&item.event),
+                })
+                .collect();
+            match self
+                .store
+                .decide_batch(&account_id, plan_id, &pending, rand::random)
+                .await
+            {
+                Ok(PlanBatch::Decided(mut decisions)) => {
+                    for item in items {
+                        match decisions.remove(&item.intake_id) {
+                            Some(decision) => work.push((item, decision)),
+                            None => outcomes[item.index] = Outcome::Retry("no decision".into()),
+                        }
+                    }
+                }
+                Ok(PlanBatch::UnknownPlan) => {
+                    for item in items {
+                        outcomes[item.index] =
+                            Outcome::Retry(format!("plan {plan_id} not known yet"));
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%plan_id, error = %err, "cannot decide batch");
+                    for item in items {
+                        outcomes[item.index] = Outcome::Retry(err.to_string());
+                    }
+                }
+            }
+        }
+
+        let results: Vec<(usize, Outcome)> = stream::iter(work)
+            .map(|(item, decision)| async move {
+                let outcome = self.create_deal(&batch[item.index], &item, &decision).await;
+                (item.index, outcome)
+            })
+            .buffer_unordered(CONCURRENT_CREATES)
+            .collect()
+            .await;
+        for (index, outcome) in results {
+            outcomes[index] = outcome;
+        }
+        outcomes
+    }
+}
+
+fn decode(index: usize, delivery: &Delivery) -> Result<Decoded, String> {
+    let event = pb::IntakeEvent::decode(delivery.payload.clone())
+        .map_err(|e| format!("undecodable intake event: {e}"))?;
+    if !valid_account_id(&event.account_id) {
+        return Err("intake event with an invalid account id".into());
+    }
+    let intake_id =
+        Uuid::parse_str(&event.intake_id).map_err(|_| "intake event with an invalid intake id")?;
+    let plan_id = event
+        .lead
+        .as_ref()
+        .and_then(|l| Uuid::parse_str(&l.plan_id).ok())
+        .ok_or("intake event with an invalid plan id")?;
+    Ok(Decoded {
+        index,
+        event,
+        intake_id,
+        plan_id,
+    })
+}
+
+fn lead_of(event: &pb::IntakeEvent) -> Lead {
+    Lead {
+        assign_to: event.assign_to_manager_id.clone(),
+        related_manager: event
+            .lead
+            .as_ref()
+            .and_then(|l| l.related_manager_id.clone()),
+    }
+}

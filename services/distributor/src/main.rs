@@ -1,0 +1,6 @@
+#![forbid(unsafe_code)]
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    salesplan_platform::service::main::<distributor::Config>().await
+}

@@ -1,0 +1,79 @@
+//! Keeps the distributor's copy of each plan's settings from deal-service's plan events.
+
+use prost::Message as _;
+use salesplan_platform::bus::{BatchHandler, Delivery, Outcome};
+use salesplan_proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::{
+    domain::distribution::{Mode, PlanSettings, Strategy},
+    store::{PlanCopy, Store},
+};
+
+pub struct PlanEvents {
+    store: Store,
+}
+
+impl PlanEvents {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    async fn apply(&self, delivery: &Delivery) -> Outcome {
+        let plan = match decode(delivery) {
+            Ok(plan) => plan,
+            Err(reason) => return Outcome::Reject(reason),
+        };
+        match self.store.apply_plan(&plan).await {
+            Ok(()) => Outcome::Done,
+            Err(err) => Outcome::Retry(err.to_string()),
+        }
+    }
+}
+
+impl BatchHandler for PlanEvents {
+    async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
+        // Plan events are rare; one at a time keeps their order per plan simple.
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            outcomes.push(self.apply(delivery).await);
+        }
+        outcomes
+    }
+}
+
+/// A plan event → the settings the distributor needs.
+pub fn decode(delivery: &Delivery) -> Result<PlanCopy, String> {
+    let event = pb::PlanEvent::decode(delivery.payload.clone())
+        .map_err(|e| format!("undecodable plan event: {e}"))?;
+    let plan = event.plan.ok_or("plan event without a plan")?;
+    let plan_id = Uuid::parse_str(&plan.id).map_err(|_| "plan event with an invalid plan id")?;
+    Ok(PlanCopy {
+        plan_id,
+        account_id: event.account_id,
+        version: plan.version,
+        settings: PlanSettings {
+            mode: mode_from(plan.distribution.as_ref())?,
+            managers: plan.manager_ids,
+            archived: plan.archived,
+        },
+    })
+}
+
+fn mode_from(d: Option<&pb::Distribution>) -> Result<Mode, String> {
+    use pb::distribution::{Mode as M, Strategy as S};
+    let d = d.ok_or("plan without distribution settings")?;
+    match M::try_from(d.mode) {
+        Ok(M::Manual) => Ok(Mode::Manual),
+        Ok(M::Auto) => Ok(Mode::Auto {
+            prefer_related: d.prefer_related,
+            strategy: match S::try_from(d.strategy) {
+                Ok(S::Random) => Strategy::Random,
+                Ok(S::RoundRobin) => Strategy::RoundRobin,
+                Ok(S::LeastOpenDeals) => Strategy::LeastOpenDeals,
+                _ => return Err(format!("unknown strategy {}", d.strategy)),
+            },
+        }),
+        _ => Err(format!("unknown distribution mode {}", d.mode)),
+    }
+}

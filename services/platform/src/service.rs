@@ -1,0 +1,281 @@
+//! What every service process has in common: its base configuration and the handle of a
+//! started service (addresses, and the task that ends when it has drained).
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{AuthConfig, ConfigError, DatabaseConfig, Env, NatsConfig, shutdown_grace},
+    telemetry::TelemetryConfig,
+};
+
+/// The settings every service reads, each from its own variables:
+/// `SALESPLAN_GRPC_ADDR`, `DATABASE_URL`, `NATS_URL`, the JWT keys, telemetry,
+/// `SALESPLAN_SHUTDOWN_GRACE_MS` and `SALESPLAN_DRAIN_DELAY_MS`.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub grpc_addr: SocketAddr,
+    pub database: DatabaseConfig,
+    pub nats: NatsConfig,
+    pub auth: AuthConfig,
+    pub telemetry: TelemetryConfig,
+    /// Longest time a stopping service may take to drain before it is cut off.
+    pub shutdown_grace: Duration,
+    /// Time between reporting NOT_SERVING and refusing new requests (load balancers and
+    /// Kubernetes readiness need a moment to stop sending).
+    pub drain_delay: Duration,
+}
+
+impl ServiceConfig {
+    pub fn from_env(env: &Env, default_grpc_addr: &str) -> Result<Self, ConfigError> {
+        Ok(Self {
+            grpc_addr: env.addr("SALESPLAN_GRPC_ADDR", default_grpc_addr)?,
+            database: DatabaseConfig::from_env(env)?,
+            nats: NatsConfig::from_env(env)?,
+            auth: AuthConfig::from_env(env)?,
+            telemetry: TelemetryConfig::from_env(env)?,
+            shutdown_grace: shutdown_grace(env)?,
+            drain_delay: env.millis("SALESPLAN_DRAIN_DELAY_MS", Duration::ZERO)?,
+        })
+    }
+
+    /// For tests: everything local, gRPC on a free port.
+    pub fn local(database_url: &str, nats_url: &str) -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database: DatabaseConfig {
+                url: crate::config::Secret::new(database_url),
+                max_connections: 8,
+                migrate_on_start: true,
+            },
+            nats: NatsConfig::local(nats_url),
+            auth: AuthConfig::dev(),
+            telemetry: TelemetryConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A started service.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    /// The HTTP listener, for services that have one.
+    pub http_addr: Option<SocketAddr>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub fn new(
+        grpc_addr: SocketAddr,
+        http_addr: Option<SocketAddr>,
+        task: JoinHandle<anyhow::Result<()>>,
+    ) -> Self {
+        Self {
+            grpc_addr,
+            http_addr,
+            task,
+        }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Waits until the service stops by itself (after its shutdown token is cancelled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+
+    /// Waits for `shutdown`, then gives the service `grace` to drain before cutting it off.
+    pub async fn run_until(
+        self,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        let mut task = self.task;
+        tokio::select! {
+            result = &mut task => return result?,
+            _ = shutdown.cancelled() => {}
+        }
+        match tokio::time::timeout(grace, &mut task).await {
+            Ok(result) => result?,
+            Err(_) => {
+                task.abort();
+                anyhow::bail!("did not drain within {grace:?}, stopped")
+            }
+        }
+    }
+}
+
+/// A service's configuration, and what the process can do with it.
+pub trait Service: Sized + Send + 'static {
+    const NAME: &'static str;
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError>;
+
+    fn common(&self) -> &ServiceConfig;
+
+    /// Starts serving; the returned task ends once `shutdown` is cancelled and the service
+    /// has drained.
+    fn start(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<Running>> + Send;
+
+    /// Applies the service's migrations (a Kubernetes Job runs this before an upgrade).
+    fn migrate(&self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+const USAGE: &str = "usage: <service> [serve|migrate]\n  serve    run the service (default)\n  migrate  apply database migrations and exit";
+
+/// The whole `main` of a service binary: `serve` (default) or `migrate`.
+pub async fn main<S: Service>() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] | ["serve"] => "serve",
+        ["migrate"] => "migrate",
+        ["-h" | "--help" | "help"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(crate::config::EXIT_INVALID_CONFIG as u8);
+        }
+    };
+    let env = Env::from_process();
+    let config = crate::config::load_or_exit(|| S::from_env(&env));
+    let _telemetry = crate::telemetry::init(S::NAME, &config.common().telemetry);
+    let result = match command {
+        "migrate" => config.migrate().await,
+        _ => {
+            let grace = config.common().shutdown_grace;
+            let shutdown = crate::shutdown::on_signal();
+            match config.start(shutdown.clone()).await {
+                Ok(running) => {
+                    tracing::info!(service = S::NAME, grpc = %running.grpc_addr, http = ?running.http_addr, "serving");
+                    running.run_until(shutdown, grace).await
+                }
+                Err(err) => Err(err),
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(
+                service = S::NAME,
+                error = format!("{err:#}"),
+                "stopped with an error"
+            );
+            eprintln!("{}: {err:#}", S::NAME);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The long-running tasks of a service beside its servers (consumers, the outbox relay).
+/// They are stopped only after the servers have drained, so the work of the last requests
+/// is still published and consumed.
+pub struct Background {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Background {
+    pub fn new() -> Self {
+        Self {
+            stop: CancellationToken::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// The token a task watches to know it should finish.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task));
+    }
+
+    /// Runs a durable consumer until the service stops.
+    pub fn consume<H: crate::bus::BatchHandler>(
+        &mut self,
+        bus: &crate::bus::Bus,
+        spec: crate::bus::ConsumerSpec,
+        handler: std::sync::Arc<H>,
+    ) {
+        let stop = self.stop_token();
+        self.spawn(crate::bus::run_consumer(bus.clone(), spec, handler, stop));
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        for task in self.tasks {
+            task.await?;
+        }
+        Ok(())
+    }
+}
+
+/// The gRPC side of a service, bound and ready to serve.
+pub struct GrpcParts {
+    pub listener: tokio::net::TcpListener,
+    pub routes: tonic::service::Routes,
+    /// Fully-qualified service names reported by the health service.
+    pub names: Vec<&'static str>,
+}
+
+/// Serves until `shutdown`, drains, stops the background tasks, closes the bus. `http` is
+/// an extra server future (the webhook) that must itself stop on `shutdown`.
+pub fn spawn_service(
+    config: &ServiceConfig,
+    grpc: GrpcParts,
+    http: Option<(
+        SocketAddr,
+        futures::future::BoxFuture<'static, std::io::Result<()>>,
+    )>,
+    background: Background,
+    bus: crate::bus::Bus,
+    shutdown: CancellationToken,
+) -> std::io::Result<Running> {
+    let grpc_addr = grpc.listener.local_addr()?;
+    let drain_delay = config.drain_delay;
+    let (http_addr, http_server) = match http {
+        Some((addr, server)) => (Some(addr), Some(server)),
+        None => (None, None),
+    };
+    let task = tokio::spawn(async move {
+        let grpc_server = crate::grpc::serve(
+            grpc.listener,
+            grpc.routes,
+            &grpc.names,
+            shutdown,
+            drain_delay,
+        );
+        let http_server = async {
+            match http_server {
+                Some(server) => server.await,
+                None => Ok(()),
+            }
+        };
+        let (served, http_served) = tokio::join!(grpc_server, http_server);
+        let stopped = background.stop().await;
+        bus.close().await;
+        served?;
+        http_served?;
+        stopped
+    });
+    Ok(Running::new(grpc_addr, http_addr, task))
+}

@@ -1,0 +1,213 @@
+//! Input rules shared by every service that accepts them (the webhook, intake and
+//! deal-service check the same contact the same way). Pure functions; errors name the field.
+
+use crate::ApiError;
+
+/// Contact fields of a lead or deal, validated and normalised.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactInput {
+    pub external_id: String,
+    pub name: String,
+    pub email: String,
+    pub phone: String,
+}
+
+impl ContactInput {
+    /// Trims every field, checks formats and lengths, and requires at least one of
+    /// external id, email or phone (a contact must be reachable or identifiable).
+    pub fn validated(self) -> Result<Self, ApiError> {
+        let contact = Self {
+            external_id: text("external_id", &self.external_id, 128)?,
+            name: text("name", &self.name, 200)?,
+            email: email("email", &self.email)?,
+            phone: phone("phone", &self.phone)?,
+        };
+        if contact.external_id.is_empty() && contact.email.is_empty() && contact.phone.is_empty() {
+            return Err(ApiError::invalid(
+                "external_id",
+                "one of external_id, email or phone is required",
+            ));
+        }
+        Ok(contact)
+    }
+
+    /// The digits of the phone number, the form phone search matches on.
+    pub fn phone_digits(&self) -> String {
+        digits(&self.phone)
+    }
+
+    /// What to call a deal about this contact when no title is given.
+    pub fn display_name(&self) -> &str {
+        [&self.name, &self.email, &self.phone, &self.external_id]
+            .into_iter()
+            .find(|s| !s.is_empty())
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+}
+
+/// Trimmed text of at most `max` characters without control characters.
+pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.chars().count() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("longer than {max} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(field, "contains control characters"));
+    }
+    Ok(value.to_owned())
+}
+
+/// Like [`text`], and not empty.
+pub fn required_text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    let value = text(field, value, max)?;
+    if value.is_empty() {
+        return Err(ApiError::invalid(field, "required"));
+    }
+    Ok(value)
+}
+
+/// Empty, or a plausible e-mail address (`local@domain.tld`), lower-cased.
+pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    let invalid = || ApiError::invalid(field, "not a valid e-mail address");
+    if value.len() > 254 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid());
+    }
+    let (local, domain) = value.split_once('@').ok_or_else(invalid)?;
+    let domain_ok = !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..");
+    if local.is_empty() || local.len() > 64 || !domain_ok {
+        return Err(invalid());
+    }
+    Ok(value.to_lowercase())
+}
+
+/// Empty, or a phone number: digits with optional `+`, spaces, dashes, dots and brackets,
+/// 5 to 15 digits (E.164 allows at most 15). Kept as written; search uses the digits.
+pub fn phone(field: &str, value: &str) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    let allowed = |c: char| c.is_ascii_digit() || " +-().".contains(c);
+    let plus_ok = value.rfind('+').is_none_or(|i| i == 0);
+    let count = digits(value).len();
+    if !value.chars().all(allowed) || !plus_ok || !(5..=15).contains(&count) {
+        return Err(ApiError::invalid(
+            field,
+            "not a valid phone number (5 to 15 digits, optional +, spaces, dashes, brackets)",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+pub fn digits(value: &str) -> String {
+    value.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// A money amount: non-negative minor units of a three-letter upper-case currency.
+pub fn money(field: &str, amount_minor: i64, currency: &str) -> Result<(i64, String), ApiError> {
+    if amount_minor < 0 {
+        return Err(ApiError::invalid(
+            format!("{field}.amount_minor"),
+            "must not be negative",
+        ));
+    }
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(ApiError::invalid(
+            format!("{field}.currency"),
+            "must be a three-letter ISO 4217 code such as USD",
+        ));
+    }
+    Ok((amount_minor, currency.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn contact_needs_an_identifier() {
+        let err = ContactInput {
+            name: "Ann".into(),
+            ..Default::default()
+        }
+        .validated()
+        .unwrap_err();
+        assert_eq!(err.field(), Some("external_id"));
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            email("email", " Ann@Example.COM ").unwrap(),
+            "ann@example.com"
+        );
+        for bad in [
+            "ann", "ann@", "@x.io", "a@b", "a@@b.io", "a b@c.io", "a@.io", "a@b..io",
+        ] {
+            assert_eq!(
+                email("email", bad).unwrap_err().field(),
+                Some("email"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn phones() {
+        assert_eq!(
+            phone("phone", "+7 (912) 345-67-89").unwrap(),
+            "+7 (912) 345-67-89"
+        );
+        assert_eq!(digits("+7 (912) 345-67-89"), "79123456789");
+        for bad in ["12", "+1 2+3 45678", "call me", "1234567890123456"] {
+            assert!(phone("phone", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn money_rules() {
+        assert!(money("amount", 100, "USD").is_ok());
+        assert_eq!(
+            money("amount", -1, "USD").unwrap_err().field(),
+            Some("amount.amount_minor")
+        );
+        assert_eq!(
+            money("amount", 1, "usd").unwrap_err().field(),
+            Some("amount.currency")
+        );
+    }
+
+    #[test]
+    fn text_counts_characters_not_bytes() {
+        assert!(text("chat_label", "Продажи2025!", 12).is_ok());
+        assert!(text("chat_label", "Продажи2025!!", 12).is_err());
+        assert!(text("name", "a\u{0}b", 12).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn validation_never_panics(external_id in ".*", name in ".*", email in ".*", phone in ".*") {
+            let _ = ContactInput { external_id, name, email, phone }.validated();
+        }
+
+        #[test]
+        fn accepted_phones_have_5_to_15_digits(raw in "[0-9 +()-]{0,30}") {
+            if let Ok(p) = phone("phone", &raw) && !p.is_empty() {
+                prop_assert!((5..=15).contains(&digits(&p).len()));
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The HTTP webhook of the tunnel action block "Add to sales plan".
+//!
+//! `POST /v1/tunnel-actions/add-to-sales-plan` with `Authorization: Bearer <token>` (a token
+//! of the account with the `intake:write` permission) and a JSON lead. Answers
+//! `202 {"intake_id": …, "duplicate": false}` only once JetStream has stored the event;
+//! every error is a 4xx/5xx with `{"error": {"code", "message", "field"?}}`.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use salesplan_platform::{ApiError, Permission, auth::TokenVerifier, bus::Bus, telemetry};
+use salesplan_proto::v1 as pb;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::intake;
+
+pub const PATH: &str = "/v1/tunnel-actions/add-to-sales-plan";
+
+pub struct WebhookState {
+    pub bus: Bus,
+    pub verifier: Arc<TokenVerifier>,
+}
+
+pub fn router(state: Arc<WebhookState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route(PATH, post(add_to_sales_plan))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// The JSON body of the webhook. Unknown fields are ignored, so a newer funnel builder
+/// can send more.
+#[derive(Debug, Deserialize)]
+struct LeadJson {
+    plan_id: String,
+    #[serde(default)]
+    tunnel_id: String,
+    #[serde(default)]
+    block_id: String,
+    run_id: String,
+    contact: ContactJson,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    amount: Option<MoneyJson>,
+    #[serde(default)]
+    related_manager_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContactJson {
+    #[serde(default)]
+    external_id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    phone: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct MoneyJson {
+    amount_minor: i64,
+    currency: String,
+}
+
+impl From<LeadJson> for pb::Lead {
+    fn from(json: LeadJson) -> Self {
+        pb::Lead {
+            plan_id: json.plan_id,
+            tunnel_id: json.tunnel_id,
+            block_id: json.block_id,
+            run_id: json.run_id,
+            contact: Some(pb::Contact {
+                external_id: json.contact.external_id,
+                name: json.contact.name,
+                email: json.contact.email,
+                phone: json.contact.phone,
+            }),
+            title: json.title,
+            amount: json.amount.map(|m| pb::Money {
+                amount_minor: m.amount_minor,
+                currency: m.currency,
+            }),
+            related_manager_id: json.related_manager_id,
+        }
+    }
+}
+
+async fn add_to_sales_plan(
+    State(state): State<Arc<WebhookState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let span = tracing::info_span!("webhook", otel.name = "POST add-to-sales-plan");
+    telemetry::set_parent(&span, telemetry::extract_from_http(&headers));
+    async move {
+        match handle(&state, &headers, body).await {
+            Ok(accepted) => (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "intake_id": accepted.intake_id,
+                    "duplicate": !accepted.accepted_now,
+                })),
+            )
+                .into_response(),
+            Err(err) => error_response(err),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn handle(
+    state: &WebhookState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<intake::Accepted, WebhookError> {
+    let authorization = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let actor = state
+        .verifier
+        .verify_header(authorization)
+        .map_err(ApiError::from)?;
+    actor.require(Permission::IntakeWrite)?;
+    let body = body.map_err(|rejection| WebhookError::Body(rejection.status()))?;
+    let lead = parse(&body)?;
+    Ok(intake::accept(&state.bus, &actor, lead.into(), pb::IntakeSource::Webhook).await?)
+}
+
+fn parse(body: &[u8]) -> Result<LeadJson, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        // "." is the root; "?" is where a syntax error left no path.
+        let path = if path == "?" { ".".to_owned() } else { path };
+        let message = inner.to_string();
+        // "missing field `run_id` at line 1 column 9": the field is the missing one.
+        let field = match message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+        {
+            Some((missing, _)) if path == "." => missing.to_owned(),
+            Some((missing, _)) => format!("{path}.{missing}"),
+            None if path == "." => "body".to_owned(),
+            None => path,
+        };
+        let malformed = matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
+        let field = if malformed { "body".to_owned() } else { field };
+        let reason = match malformed {
+            true => "malformed JSON".to_owned(),
+            false => message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_owned(),
+        };
+        ApiError::invalid(field, reason)
+    })
+}
+
+enum WebhookError {
+    Api(ApiError),
+    /// The body could not be read: too large (413) or broken.
+    Body(StatusCode),
+}
+
+impl From<ApiError> for WebhookError {
+    fn from(err: ApiError) -> Self {
+        Self::Api(err)
+    }
+}
+
+fn error_response(err: WebhookError) -> Response {
+    match err {
+        WebhookError::Body(status) if status == StatusCode::PAYLOAD_TOO_LARGE => json_error(
+            status,
+            "payload_too_large",
+            "request body is larger than the limit",
+            None,
+        ),
+        WebhookError::Body(status) => {
+            json_error(status, "bad_request", "cannot read request body", None)
+        }
+        WebhookError::Api(err) => {
+            if let ApiError::Internal(source) = &err {
+                tracing::error!(error = %source, "webhook failed");
+            }
+            let code = format!("{:?}", err.code()).to_lowercase();
+            let message = match &err {
+                ApiError::InvalidArgument { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            json_error(err.http_status(), &snake(&code), &message, err.field())
+        }
+    }
+}
+
+/// `invalidargument` is unreadable: the gRPC code names, in snake case.
+fn snake(code: &str) -> String {
+    match code {
+        "invalidargument" => "invalid_argument",
+        "notfound" => "not_found",
+        "alreadyexists" => "already_exists",
+        "failedprecondition" => "failed_precondition",
+        "permissiondenied" => "permission_denied",
+        other => other,
+    }
+    .to_owned()
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> Response {
+    let mut error = json!({ "code": code, "message": message });
+    if let Some(field) = field {
+        error["field"] = json!(field);
+    }
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
+async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "not_found", "no such route", None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_mistyped_fields_are_named() {
+        let err = parse(br#"{"plan_id": "p", "contact": {}}"#).unwrap_err();
+        assert_eq!(err.field(), Some("run_id"));
+
+        let err =
+            parse(br#"{"plan_id": "p", "run_id": "r", "contact": {"email": 5}}"#).unwrap_err();
+        assert_eq!(err.field(), Some("contact.email"));
+
+        let err = parse(
+            br#"{"plan_id": "p", "run_id": "r", "contact": {}, "amount": {"currency": "USD"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("amount.amount_minor"));
+
+        let err = parse(b"{not json").unwrap_err();
+        assert_eq!(err.field(), Some("body"));
+        assert_eq!(err.to_string(), "body: malformed JSON");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let lead =
+            parse(br#"{"plan_id": "p", "run_id": "r", "contact": {}, "new_thing": 1}"#).unwrap();
+        assert_eq!(lead.run_id, "r");
+    }
+}
