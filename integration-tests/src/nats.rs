@@ -1,0 +1,87 @@
+//! A private nats-server with JetStream for one test.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+pub struct TestNats {
+    child: Child,
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl TestNats {
+    pub fn binary() -> String {
+        std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into())
+    }
+
+    /// Starts a server on a free port and waits until it accepts connections.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let store = dir.path().join("store");
+        let child = Command::new(Self::binary())
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "--store_dir"])
+            .arg(&store)
+            .arg("--ports_file_dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} (install the nats-server package, or set NATS_SERVER_BIN)",
+                    Self::binary()
+                )
+            })?;
+        let ports_file = dir.path().join(format!("nats-server_{}.ports", child.id()));
+        let mut nats = Self {
+            child,
+            url: String::new(),
+            dir,
+        };
+        nats.url = wait_for_url(&ports_file, &mut nats.child).await?;
+        Ok(nats)
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_for_url(ports_file: &PathBuf, child: &mut Child) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(ports_file)
+            && let Ok(ports) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Some(url) = ports["nats"][0].as_str()
+        {
+            let url = url.to_owned();
+            if async_nats::connect(&url).await.is_ok() {
+                return Ok(url);
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("nats-server exited at start: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("nats-server did not start within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

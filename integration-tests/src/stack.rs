@@ -1,0 +1,126 @@
+//! All four services started in-process against one test database and one test NATS.
+
+use std::time::Duration;
+
+use salesplan_platform::{
+    Actor, Permission,
+    auth::TokenIssuer,
+    config::AuthConfig,
+    service::{Running, Service},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{TestDatabase, TestNats};
+
+pub struct Stack {
+    pub nats: TestNats,
+    pub db: TestDatabase,
+    pub tunnel_listener: Running,
+    pub distributor: Running,
+    pub deal_service: Running,
+    pub reporting: Running,
+    shutdown: CancellationToken,
+    issuer: TokenIssuer,
+}
+
+impl Stack {
+    pub async fn start() -> anyhow::Result<Self> {
+        salesplan_platform::telemetry::init_for_tests();
+        let nats = TestNats::start().await?;
+        let db = TestDatabase::create().await?;
+        let shutdown = CancellationToken::new();
+        let deal_service = deal_service::Config::local(&db.url, &nats.url)
+            .start(shutdown.clone())
+            .await?;
+        let distributor = distributor::Config::local(&db.url, &nats.url, &deal_service.grpc_url())
+            .start(shutdown.clone())
+            .await?;
+        let reporting = reporting::Config::local(&db.url, &nats.url)
+            .start(shutdown.clone())
+            .await?;
+        let tunnel_listener = tunnel_listener::Config::local(&db.url, &nats.url)
+            .start(shutdown.clone())
+            .await?;
+        Ok(Self {
+            nats,
+            db,
+            tunnel_listener,
+            distributor,
+            deal_service,
+            reporting,
+            shutdown,
+            issuer: TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes()),
+        })
+    }
+
+    /// A bearer token of `user` in `account` with `permissions`.
+    pub fn token(&self, account: &str, user: &str, permissions: &[Permission]) -> String {
+        self.issuer
+            .issue(
+                &Actor::new(account, user, permissions.iter().copied()),
+                Duration::from_secs(3600),
+            )
+            .expect("signing a test token")
+    }
+
+    pub fn webhook_url(&self) -> String {
+        let addr = self
+            .tunnel_listener
+            .http_addr
+            .expect("tunnel-listener serves HTTP");
+        format!("http://{addr}{}", tunnel_listener::webhook::PATH)
+    }
+
+    pub fn http_base(&self) -> String {
+        let addr = self
+            .tunnel_listener
+            .http_addr
+            .expect("tunnel-listener serves HTTP");
+        format!("http://{addr}")
+    }
+
+    pub async fn channel(&self, running: &Running) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(running.grpc_url())?
+            .connect()
+            .await?)
+    }
+
+    /// A pool on the test database (for assertions on what services stored).
+    pub async fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        Ok(sqlx::PgPool::connect(&self.db.url).await?)
+    }
+
+    /// Stops every service and waits until each has drained.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let (a, b, c, d) = tokio::join!(
+            self.tunnel_listener.wait(),
+            self.distributor.wait(),
+            self.deal_service.wait(),
+            self.reporting.wait()
+        );
+        a?;
+        b?;
+        c?;
+        d?;
+        Ok(())
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
