@@ -101,13 +101,19 @@ impl Bus {
         Ok(())
     }
 
-    /// Flushes what was published and closes the connection.
+    /// Flushes what was published (acks included) and closes the connection; gives up
+    /// after a few seconds when the server is gone, since nothing more can be sent then.
     pub async fn close(self) {
-        if let Err(err) = self.client.flush().await {
-            tracing::warn!(error = %err, "flush on close");
-        }
-        if let Err(err) = self.client.drain().await {
-            tracing::warn!(error = %err, "drain on close");
+        let close = async {
+            if let Err(err) = self.client.flush().await {
+                tracing::warn!(error = %err, "flush on close");
+            }
+            if let Err(err) = self.client.drain().await {
+                tracing::warn!(error = %err, "drain on close");
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(3), close).await.is_err() {
+            tracing::warn!("NATS unreachable on close, giving up");
         }
     }
 }

@@ -62,6 +62,14 @@ impl Bus {
     }
 
     async fn send(&self, message: Outgoing) -> Result<PublishAckFuture, BusError> {
+        // While disconnected a publish would wait out the ack timeout; the caller is better
+        // served by an immediate "unavailable" it can retry.
+        if self.client.connection_state() == async_nats::connection::State::Disconnected {
+            return Err(BusError::Publish {
+                subject: message.subject,
+                message: "not connected to NATS".into(),
+            });
+        }
         let mut headers = message.headers;
         // A message relayed from an outbox keeps the trace of the change that wrote it.
         if headers.get("traceparent").is_none() {

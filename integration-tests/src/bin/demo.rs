@@ -1,0 +1,220 @@
+//! The scripted tunnel run of `just demo`: against the four running services, creates two
+//! plans, sends leads through the real webhook (with some retried webhooks), waits until
+//! reporting has counted every deal, and prints who got what and where it stands.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use salesplan_platform::{Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing};
+use salesplan_proto::v1::{
+    self as pb, plan_service_client::PlanServiceClient, report_service_client::ReportServiceClient,
+};
+use serde_json::json;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    webhook: String,
+    #[arg(long, default_value = "http://127.0.0.1:50053")]
+    deal_service: String,
+    #[arg(long, default_value = "http://127.0.0.1:50054")]
+    reporting: String,
+    /// Leads of the round-robin plan (the manual plan gets a sixth of it).
+    #[arg(long, default_value_t = 36)]
+    leads: usize,
+    #[arg(long, default_value = "demo")]
+    account: String,
+}
+
+const MANAGERS: [&str; 3] = ["anna", "boris", "chen"];
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let issuer = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes());
+    let token = |user: &str, perms: &[Permission]| {
+        issuer.issue(
+            &Actor::new(&args.account, user, perms.iter().copied()),
+            Duration::from_secs(3600),
+        )
+    };
+    let admin = token("demo-admin", &[Permission::PlansAdmin])?;
+    let funnel = token("demo-funnel", &[Permission::IntakeWrite])?;
+    let viewer = token("demo-viewer", &[])?;
+
+    let deals_channel = connect(&args.deal_service).await?;
+    let reports_channel = connect(&args.reporting).await?;
+    let mut plans = PlanServiceClient::new(deals_channel);
+    let mut reports = ReportServiceClient::new(reports_channel);
+
+    let round_robin = create_plan(
+        &mut plans,
+        &admin,
+        "Inbound leads",
+        pb::distribution::Mode::Auto,
+        &MANAGERS,
+    )
+    .await?;
+    let manual = create_plan(
+        &mut plans,
+        &admin,
+        "Partner referrals",
+        pb::distribution::Mode::Manual,
+        &MANAGERS,
+    )
+    .await?;
+
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/tunnel-actions/add-to-sales-plan", args.webhook);
+    let manual_leads = (args.leads / 6).max(1);
+    let run = format!("{}", time_tag());
+    let mut sent = 0;
+    let mut duplicates = 0;
+    for (plan, count) in [(&round_robin, args.leads), (&manual, manual_leads)] {
+        for i in 0..count {
+            let body = json!({
+                "plan_id": plan.id,
+                "tunnel_id": "demo-funnel",
+                "block_id": "add-to-sales-plan",
+                "run_id": format!("{run}-{}-{i}", plan.chat_label),
+                "contact": {
+                    "external_id": format!("tg-{run}-{i}"),
+                    "name": format!("Contact {i}"),
+                    "phone": format!("+1 555 01{:02}", i % 100),
+                },
+            });
+            // Every fifth lead's webhook is delivered twice, as a funnel retry would.
+            let deliveries = if i % 5 == 0 { 2 } else { 1 };
+            for _ in 0..deliveries {
+                let response = http.post(&url).bearer_auth(&funnel).json(&body).send().await?;
+                let status = response.status();
+                let reply: serde_json::Value = response.json().await?;
+                anyhow::ensure!(status == 202, "webhook answered {status}: {reply}");
+                if reply["duplicate"] == true {
+                    duplicates += 1;
+                } else {
+                    sent += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "Scripted tunnel run: {sent} leads accepted through POST {url}, {duplicates} retried webhooks answered as duplicates\n"
+    );
+
+    let expected = (args.leads + manual_leads) as i64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let summary = loop {
+        let summary = reports
+            .pipeline_summary(outgoing(pb::PipelineSummaryRequest { plan_id: None }, &viewer))
+            .await?
+            .into_inner();
+        let ours = [&round_robin.id, &manual.id];
+        let counted: i64 = summary
+            .stages
+            .iter()
+            .filter(|s| ours.contains(&&s.plan_id))
+            .map(|s| s.deals)
+            .sum();
+        if counted == expected {
+            break summary;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "reporting counted {counted} of {expected} deals after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    for plan in [&round_robin, &manual] {
+        print_plan(plan, &summary);
+    }
+    println!("Every accepted lead is exactly one deal: {expected} deals for {sent} accepted leads.");
+    Ok(())
+}
+
+fn time_tag() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn connect(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?;
+    for _ in 0..300 {
+        if let Ok(channel) = endpoint.connect().await {
+            return Ok(channel);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("{url} did not come up within 60 s")
+}
+
+async fn create_plan(
+    plans: &mut PlanServiceClient<Channel>,
+    token: &str,
+    name: &str,
+    mode: pb::distribution::Mode,
+    managers: &[&str],
+) -> anyhow::Result<pb::Plan> {
+    let request = pb::CreatePlanRequest {
+        name: name.into(),
+        average_amount: Some(pb::Money {
+            amount_minor: 120_00,
+            currency: "USD".into(),
+        }),
+        chat_label: name.split(' ').next().unwrap_or("DEMO").to_uppercase(),
+        distribution: Some(pb::Distribution {
+            mode: mode as i32,
+            prefer_related: false,
+            strategy: pb::distribution::Strategy::RoundRobin as i32,
+        }),
+        manager_ids: managers.iter().map(|m| (*m).to_owned()).collect(),
+    };
+    plans
+        .create_plan(outgoing(request, token))
+        .await?
+        .into_inner()
+        .plan
+        .context("CreatePlan returned no plan")
+}
+
+fn print_plan(plan: &pb::Plan, summary: &pb::PipelineSummaryResponse) {
+    let mode = match plan.distribution.as_ref().map(|d| d.mode) {
+        Some(m) if m == pb::distribution::Mode::Auto as i32 => "AUTO, round robin",
+        _ => "MANUAL",
+    };
+    println!("Plan \"{}\" ({mode})", plan.name);
+    println!("  {:<14}{:>6}{:>6}{:>6}", "manager", "open", "won", "lost");
+    let mut managers: BTreeMap<String, &pb::ManagerTotal> = BTreeMap::new();
+    for m in summary.managers.iter().filter(|m| m.plan_id == plan.id) {
+        managers.insert(m.manager_id.clone().unwrap_or_else(|| "(unassigned)".into()), m);
+    }
+    for (name, m) in managers {
+        println!("  {name:<14}{:>6}{:>6}{:>6}", m.open, m.won, m.lost);
+    }
+    println!("  {:<14}{:>6}{:>14}", "stage", "deals", "amount");
+    for stage in &plan.stages {
+        let total = summary
+            .stages
+            .iter()
+            .find(|s| s.plan_id == plan.id && s.stage_id == stage.id);
+        let (deals, amount) = total.map(|t| (t.deals, t.amount_minor)).unwrap_or((0, 0));
+        let currency = plan
+            .average_amount
+            .as_ref()
+            .map(|m| m.currency.as_str())
+            .unwrap_or("");
+        println!(
+            "  {:<14}{:>6}{:>10}.{:02} {currency}",
+            stage.name,
+            deals,
+            amount / 100,
+            amount % 100
+        );
+    }
+    println!();
+}

@@ -1,0 +1,31 @@
+# salesplan — one entry point for people and CI.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Run the whole system with a scripted tunnel run and print what happened.
+demo *ARGS:
+    scripts/demo.sh {{ARGS}}
+
+# Unit and integration tests against real PostgreSQL and NATS JetStream.
+test *ARGS:
+    eval "$(scripts/deps.sh)" && if cargo nextest --version >/dev/null 2>&1; then cargo nextest run --workspace --no-fail-fast {{ARGS}}; else cargo test --workspace --no-fail-fast {{ARGS}}; fi
+
+# Formatting and clippy with warnings as errors.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Start PostgreSQL and NATS if none is reachable, and print their URLs.
+deps:
+    scripts/deps.sh
+
+# Stop the private PostgreSQL and NATS that `just deps` started.
+deps-stop:
+    scripts/deps.sh stop
+
+# Apply every service's migrations to DATABASE_URL.
+migrate:
+    eval "$(scripts/deps.sh)" && cargo build --quiet --bins && for s in deal-service distributor reporting; do target/debug/$s migrate; done
