@@ -8,7 +8,9 @@ use integration_tests::{Stack, stack::eventually};
 use salesplan_platform::{Permission, bus::streams, grpc::outgoing};
 use salesplan_proto::v1::{self as pb, plan_service_client::PlanServiceClient};
 use serde_json::json;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 const ACCOUNT: &str = "acme";
 
@@ -49,7 +51,6 @@ async fn bad_webhook_input_gets_a_clear_4xx_and_publishes_nothing() -> anyhow::R
         reqwest::Body::from(lead.to_string())
     };
 
-    // (body, token, expected status, expected error code, expected field)
     let mut bad_email = valid_lead();
     bad_email["contact"]["email"] = json!("ann@");
     let mut bad_phone = valid_lead();
@@ -60,27 +61,117 @@ async fn bad_webhook_input_gets_a_clear_4xx_and_publishes_nothing() -> anyhow::R
     bad_plan["plan_id"] = json!("not-a-uuid");
     let mut negative_amount = valid_lead();
     negative_amount["amount"] = json!({ "amount_minor": -100, "currency": "USD" });
-    let cases: Vec<(reqwest::Body, Option<&str>, u16, &str, Option<&str>)> = vec![
-        ("{oops".into(), Some(&intake), 400, "invalid_argument", Some("body")),
-        (lead_without("run_id"), Some(&intake), 400, "invalid_argument", Some("run_id")),
-        (lead_without("plan_id"), Some(&intake), 400, "invalid_argument", Some("plan_id")),
-        (lead_without("contact"), Some(&intake), 400, "invalid_argument", Some("contact")),
-        (bad_email.to_string().into(), Some(&intake), 400, "invalid_argument", Some("contact.email")),
-        (bad_phone.to_string().into(), Some(&intake), 400, "invalid_argument", Some("contact.phone")),
-        (no_contact_id.to_string().into(), Some(&intake), 400, "invalid_argument", Some("contact.external_id")),
-        (bad_plan.to_string().into(), Some(&intake), 400, "invalid_argument", Some("plan_id")),
-        (negative_amount.to_string().into(), Some(&intake), 400, "invalid_argument", Some("amount.amount_minor")),
-        (valid_lead().to_string().into(), None, 401, "unauthenticated", None),
-        (valid_lead().to_string().into(), Some("not-a-token"), 401, "unauthenticated", None),
-        (valid_lead().to_string().into(), Some(&no_permission), 403, "permission_denied", None),
-        ("x".repeat(70 * 1024).into(), Some(&intake), 413, "payload_too_large", None),
+    /// (body, token, expected status, expected error code, expected field)
+    type Case<'a> = (
+        reqwest::Body,
+        Option<&'a str>,
+        u16,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "{oops".into(),
+            Some(&intake),
+            400,
+            "invalid_argument",
+            Some("body"),
+        ),
+        (
+            lead_without("run_id"),
+            Some(&intake),
+            400,
+            "invalid_argument",
+            Some("run_id"),
+        ),
+        (
+            lead_without("plan_id"),
+            Some(&intake),
+            400,
+            "invalid_argument",
+            Some("plan_id"),
+        ),
+        (
+            lead_without("contact"),
+            Some(&intake),
+            400,
+            "invalid_argument",
+            Some("contact"),
+        ),
+        (
+            bad_email.to_string().into(),
+            Some(&intake),
+            400,
+            "invalid_argument",
+            Some("contact.email"),
+        ),
+        (
+            bad_phone.to_string().into(),
+            Some(&intake),
+            400,
+            "invalid_argument",
+            Some("contact.phone"),
+        ),
+        (
+            no_contact_id.to_string().into(),
+            Some(&intake),
+            400,
+            "invalid_argument",
+            Some("contact.external_id"),
+        ),
+        (
+            bad_plan.to_string().into(),
+            Some(&intake),
+            400,
+            "invalid_argument",
+            Some("plan_id"),
+        ),
+        (
+            negative_amount.to_string().into(),
+            Some(&intake),
+            400,
+            "invalid_argument",
+            Some("amount.amount_minor"),
+        ),
+        (
+            valid_lead().to_string().into(),
+            None,
+            401,
+            "unauthenticated",
+            None,
+        ),
+        (
+            valid_lead().to_string().into(),
+            Some("not-a-token"),
+            401,
+            "unauthenticated",
+            None,
+        ),
+        (
+            valid_lead().to_string().into(),
+            Some(&no_permission),
+            403,
+            "permission_denied",
+            None,
+        ),
+        (
+            "x".repeat(70 * 1024).into(),
+            Some(&intake),
+            413,
+            "payload_too_large",
+            None,
+        ),
     ];
     for (i, (body, token, status, code, field)) in cases.into_iter().enumerate() {
         let response = send(body, token).await?;
         assert_eq!(response.status().as_u16(), status, "case {i}");
         let body: serde_json::Value = response.json().await?;
         assert_eq!(body["error"]["code"], code, "case {i}: {body}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
         match field {
             Some(field) => assert_eq!(body["error"]["field"], field, "case {i}: {body}"),
             None => assert!(body["error"].get("field").is_none(), "case {i}: {body}"),
@@ -186,7 +277,11 @@ async fn grpc_refuses_missing_invalid_and_unprivileged_callers() -> anyhow::Resu
         .await
         .expect_err("label too long");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().starts_with("chat_label:"), "{}", err.message());
+    assert!(
+        err.message().starts_with("chat_label:"),
+        "{}",
+        err.message()
+    );
 
     stack.stop().await
 }
@@ -229,8 +324,14 @@ async fn every_service_reports_health_and_serves_reflection() -> anyhow::Result<
         anyhow::bail!("unexpected reflection response");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"salesplan.v1.DealService".to_owned()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"salesplan.v1.DealService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
     stack.stop().await
 }
 
@@ -239,9 +340,12 @@ async fn a_poison_message_goes_to_dead_letters_and_blocks_nothing() -> anyhow::R
     let stack = Stack::start().await?;
     let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
     let subject = streams::intake_subject(ACCOUNT, &uuid::Uuid::new_v4().to_string());
-    js.publish(subject.clone(), bytes::Bytes::from_static(b"\xff\xffnot protobuf"))
-        .await?
-        .await?;
+    js.publish(
+        subject.clone(),
+        bytes::Bytes::from_static(b"\xff\xffnot protobuf"),
+    )
+    .await?
+    .await?;
 
     let dead = eventually(Duration::from_secs(20), || async {
         let mut stream = js.get_stream(streams::DEAD_LETTERS.name).await?;
@@ -251,10 +355,14 @@ async fn a_poison_message_goes_to_dead_letters_and_blocks_nothing() -> anyhow::R
     .await?;
     assert_eq!(dead, 1);
     let stream = js.get_stream(streams::DEAD_LETTERS.name).await?;
-    let message = stream.get_last_raw_message_by_subject(&streams::dead_letter_subject("distributor-intake")).await?;
+    let message = stream
+        .get_last_raw_message_by_subject(&streams::dead_letter_subject("distributor-intake"))
+        .await?;
     let headers = message.headers;
     assert_eq!(
-        headers.get(salesplan_platform::bus::HEADER_ORIGINAL_SUBJECT).map(|v| v.as_str()),
+        headers
+            .get(salesplan_platform::bus::HEADER_ORIGINAL_SUBJECT)
+            .map(|v| v.as_str()),
         Some(subject.as_str())
     );
     assert!(
@@ -266,8 +374,10 @@ async fn a_poison_message_goes_to_dead_letters_and_blocks_nothing() -> anyhow::R
     // The consumer moved on: its pending count drains to zero.
     let consumer_pending = eventually(Duration::from_secs(10), || async {
         let stream = js.get_stream(streams::INTAKE.name).await?;
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-            stream.get_consumer("distributor-intake").await.map_err(|e| anyhow::anyhow!(e))?;
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_consumer("distributor-intake")
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         let info = consumer.info().await?;
         Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
     })

@@ -21,7 +21,7 @@ async fn create_plan(stack: &Stack, managers: &[&str]) -> anyhow::Result<pb::Pla
             pb::CreatePlanRequest {
                 name: "Inbound".into(),
                 average_amount: Some(pb::Money {
-                    amount_minor: 50_00,
+                    amount_minor: 5_000,
                     currency: "USD".into(),
                 }),
                 chat_label: "INBOUND".into(),
@@ -124,7 +124,7 @@ async fn webhook_leads_become_assigned_deals_that_reporting_counts() -> anyhow::
         "every new deal is in the first stage"
     );
     assert_eq!(counted.stages[0].stage_id, plan.stages[0].id);
-    assert_eq!(counted.stages[0].amount_minor, 30 * 50_00);
+    assert_eq!(counted.stages[0].amount_minor, 30 * 5_000);
 
     // deal-service holds exactly one deal per accepted lead, keyed by its intake id.
     let pool = stack.pool().await?;

@@ -16,7 +16,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
-        args.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        args.name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
         "--name: letters, digits and underscores only"
     );
     let mut conn = PgConnection::connect(&args.admin_url).await?;

@@ -6,7 +6,9 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use salesplan_platform::{Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing};
+use salesplan_platform::{
+    Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
+};
 use salesplan_proto::v1::{
     self as pb, plan_service_client::PlanServiceClient, report_service_client::ReportServiceClient,
 };
@@ -69,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let url = format!("{}/v1/tunnel-actions/add-to-sales-plan", args.webhook);
     let manual_leads = (args.leads / 6).max(1);
-    let run = format!("{}", time_tag());
+    let run = time_tag().to_string();
     let mut sent = 0;
     let mut duplicates = 0;
     for (plan, count) in [(&round_robin, args.leads), (&manual, manual_leads)] {
@@ -88,7 +90,12 @@ async fn main() -> anyhow::Result<()> {
             // Every fifth lead's webhook is delivered twice, as a funnel retry would.
             let deliveries = if i % 5 == 0 { 2 } else { 1 };
             for _ in 0..deliveries {
-                let response = http.post(&url).bearer_auth(&funnel).json(&body).send().await?;
+                let response = http
+                    .post(&url)
+                    .bearer_auth(&funnel)
+                    .json(&body)
+                    .send()
+                    .await?;
                 let status = response.status();
                 let reply: serde_json::Value = response.json().await?;
                 anyhow::ensure!(status == 202, "webhook answered {status}: {reply}");
@@ -108,7 +115,10 @@ async fn main() -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let summary = loop {
         let summary = reports
-            .pipeline_summary(outgoing(pb::PipelineSummaryRequest { plan_id: None }, &viewer))
+            .pipeline_summary(outgoing(
+                pb::PipelineSummaryRequest { plan_id: None },
+                &viewer,
+            ))
             .await?
             .into_inner();
         let ours = [&round_robin.id, &manual.id];
@@ -131,7 +141,9 @@ async fn main() -> anyhow::Result<()> {
     for plan in [&round_robin, &manual] {
         print_plan(plan, &summary);
     }
-    println!("Every accepted lead is exactly one deal: {expected} deals for {sent} accepted leads.");
+    println!(
+        "Every accepted lead is exactly one deal: {expected} deals for {sent} accepted leads."
+    );
     Ok(())
 }
 
@@ -163,7 +175,7 @@ async fn create_plan(
     let request = pb::CreatePlanRequest {
         name: name.into(),
         average_amount: Some(pb::Money {
-            amount_minor: 120_00,
+            amount_minor: 12_000,
             currency: "USD".into(),
         }),
         chat_label: name.split(' ').next().unwrap_or("DEMO").to_uppercase(),
@@ -191,7 +203,12 @@ fn print_plan(plan: &pb::Plan, summary: &pb::PipelineSummaryResponse) {
     println!("  {:<14}{:>6}{:>6}{:>6}", "manager", "open", "won", "lost");
     let mut managers: BTreeMap<String, &pb::ManagerTotal> = BTreeMap::new();
     for m in summary.managers.iter().filter(|m| m.plan_id == plan.id) {
-        managers.insert(m.manager_id.clone().unwrap_or_else(|| "(unassigned)".into()), m);
+        managers.insert(
+            m.manager_id
+                .clone()
+                .unwrap_or_else(|| "(unassigned)".into()),
+            m,
+        );
     }
     for (name, m) in managers {
         println!("  {name:<14}{:>6}{:>6}{:>6}", m.open, m.won, m.lost);

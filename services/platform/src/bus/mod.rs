@@ -112,7 +112,10 @@ impl Bus {
                 tracing::warn!(error = %err, "drain on close");
             }
         };
-        if tokio::time::timeout(Duration::from_secs(3), close).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(3), close)
+            .await
+            .is_err()
+        {
             tracing::warn!("NATS unreachable on close, giving up");
         }
     }
