@@ -10,7 +10,7 @@ demo *ARGS:
     scripts/demo.sh {{ARGS}}
 
 # Unit and integration tests against real PostgreSQL and NATS JetStream.
-test *ARGS:
+test *ARGS: build-bins
     eval "$(scripts/deps.sh)" && if cargo nextest --version >/dev/null 2>&1; then cargo nextest run --workspace --no-fail-fast {{ARGS}}; else cargo test --workspace --no-fail-fast {{ARGS}}; fi
 
 # Formatting and clippy with warnings as errors.
@@ -29,3 +29,7 @@ deps-stop:
 # Apply every service's migrations to DATABASE_URL.
 migrate:
     eval "$(scripts/deps.sh)" && cargo build --quiet --bins && for s in deal-service distributor reporting; do target/debug/$s migrate; done
+
+# The service binaries (process-level tests run them).
+build-bins:
+    cargo build --quiet --bins

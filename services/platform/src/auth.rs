@@ -409,6 +409,28 @@ mod tests {
     }
 
     #[test]
+    fn rs256_tokens_verify_against_the_public_key_only() {
+        let private = include_str!("../tests/fixtures/rs256-test-private.pem");
+        let public = include_str!("../tests/fixtures/rs256-test-public.pem");
+        let config = AuthConfig {
+            hs256_secret: None,
+            rs256_public_keys_pem: vec![public.to_owned()],
+            rs256_private_key_pem: Some(Secret::new(private)),
+        };
+        let verifier = TokenVerifier::from_config(&config).unwrap();
+        let issuer = TokenIssuer::from_config(&config).unwrap().unwrap();
+        let actor = Actor::new("acme", "u1", [Permission::DealsBulkEdit]);
+        let token = issuer.issue(&actor, Duration::from_secs(60)).unwrap();
+        assert_eq!(verifier.verify(&token), Ok(actor));
+
+        // An HS256 token is refused by an RS256-only verifier, whatever its secret.
+        let hs = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes())
+            .issue(&Actor::new("acme", "u1", []), Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(verifier.verify(&hs), Err(AuthError::Invalid));
+    }
+
+    #[test]
     fn verifier_with_only_rs256_keys_refuses_hs256_tokens() {
         let config = AuthConfig {
             hs256_secret: None,
