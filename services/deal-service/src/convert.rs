@@ -11,8 +11,9 @@ use time::OffsetDateTime;
 
 use crate::domain::{
     Money,
-    deal::{Deal, DealStatus, NewDeal},
+    deal::{Deal, DealEdit, DealStatus, NewDeal},
     plan::{self, Distribution, Plan, PlanDraft, Stage, StageKind, Strategy},
+    query::{self, DealQuery, Search, Sort, SortField, TimeRange},
 };
 
 pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
@@ -22,7 +23,14 @@ pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
     }
 }
 
-fn money_from(field: &str, money: Option<pb::Money>) -> Result<Option<Money>, ApiError> {
+pub fn time_of(at: &prost_types::Timestamp) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(at.seconds) * 1_000_000_000 + i128::from(at.nanos),
+    )
+    .ok()
+}
+
+pub fn money_from(field: &str, money: Option<pb::Money>) -> Result<Option<Money>, ApiError> {
     money
         .map(|m| {
             let (amount_minor, currency) = validate::money(field, m.amount_minor, &m.currency)?;
@@ -156,6 +164,18 @@ impl From<&Plan> for pb::Plan {
             version: plan.version,
             created_at: Some(timestamp(plan.created_at)),
             updated_at: Some(timestamp(plan.updated_at)),
+            loss_reasons: Some(pb::LossReasonSettings {
+                require_reason: plan.require_reason,
+                reasons: plan
+                    .loss_reasons
+                    .iter()
+                    .map(|r| pb::LossReason {
+                        id: r.id.to_string(),
+                        name: r.name.clone(),
+                        archived: r.archived,
+                    })
+                    .collect(),
+            }),
         }
     }
 }
@@ -164,17 +184,7 @@ impl TryFrom<pb::CreateDealRequest> for NewDeal {
     type Error = ApiError;
 
     fn try_from(req: pb::CreateDealRequest) -> Result<Self, ApiError> {
-        let contact = req
-            .contact
-            .ok_or_else(|| ApiError::invalid("contact", "required"))?;
-        let contact = ContactInput {
-            external_id: contact.external_id,
-            name: contact.name,
-            email: contact.email,
-            phone: contact.phone,
-        }
-        .validated()
-        .map_err(|e| e.within("contact"))?;
+        let contact = contact_from("contact", req.contact)?;
         Ok(NewDeal {
             plan_id: parse_id("plan_id", &req.plan_id)?,
             stage_id: req
@@ -183,7 +193,7 @@ impl TryFrom<pb::CreateDealRequest> for NewDeal {
                 .map(|s| parse_id("stage_id", s))
                 .transpose()?,
             contact,
-            title: validate::text("title", &req.title, 300)?,
+            title: title(&req.title)?,
             amount: money_from("amount", req.amount)?,
             manager_id: req
                 .manager_id
@@ -193,6 +203,181 @@ impl TryFrom<pb::CreateDealRequest> for NewDeal {
             idempotency_key: validate::required_text("idempotency_key", &req.idempotency_key, 200)?,
         })
     }
+}
+
+pub fn contact_from(field: &str, contact: Option<pb::Contact>) -> Result<ContactInput, ApiError> {
+    let contact = contact.ok_or_else(|| ApiError::invalid(field, "required"))?;
+    ContactInput {
+        external_id: contact.external_id,
+        name: contact.name,
+        email: contact.email,
+        phone: contact.phone,
+    }
+    .validated()
+    .map_err(|e| e.within(field))
+}
+
+pub fn title(value: &str) -> Result<String, ApiError> {
+    validate::text("title", value, 300)
+}
+
+/// A stage name: 1 to 50 characters.
+pub fn stage_name(value: &str) -> Result<String, ApiError> {
+    validate::required_text("name", value, 50)
+}
+
+/// `#rrggbb`, lower-cased; empty means the default colour.
+pub fn color(value: &str) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(crate::domain::stages::DEFAULT_COLOR.to_owned());
+    }
+    let hex = value.strip_prefix('#').unwrap_or("");
+    if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::invalid("color", "must be #rrggbb"));
+    }
+    Ok(value.to_lowercase())
+}
+
+pub fn expected_version(value: i64) -> Result<i64, ApiError> {
+    if value < 1 {
+        return Err(ApiError::invalid(
+            "expected_version",
+            "required: the version of the deal you last read",
+        ));
+    }
+    Ok(value)
+}
+
+pub fn optional_id(field: &str, value: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
+    value.map(|v| parse_id(field, v)).transpose()
+}
+
+pub fn ids(field: &str, values: &[String]) -> Result<Vec<uuid::Uuid>, ApiError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| parse_id(&format!("{field}[{i}]"), v))
+        .collect()
+}
+
+pub fn optional_manager(field: &str, value: Option<&str>) -> Result<Option<String>, ApiError> {
+    value.map(|m| manager_id(field, m)).transpose()
+}
+
+impl TryFrom<pb::UpdateDealRequest> for DealEdit {
+    type Error = ApiError;
+
+    fn try_from(req: pb::UpdateDealRequest) -> Result<Self, ApiError> {
+        let edit = DealEdit {
+            title: req
+                .title
+                .as_deref()
+                .map(|t| validate::required_text("title", t, 300))
+                .transpose()?,
+            amount: money_from("amount", req.amount)?,
+            contact: req
+                .contact
+                .map(|c| contact_from("contact", Some(c)))
+                .transpose()?,
+        };
+        Ok(edit)
+    }
+}
+
+fn range_from(field: &str, range: Option<pb::TimeRange>) -> Result<TimeRange, ApiError> {
+    let Some(range) = range else {
+        return Ok(TimeRange::default());
+    };
+    let at = |end: &str, ts: Option<prost_types::Timestamp>| {
+        ts.map(|ts| {
+            time_of(&ts).ok_or_else(|| ApiError::invalid(format!("{field}.{end}"), "out of range"))
+        })
+        .transpose()
+    };
+    let range = TimeRange {
+        from: at("from", range.from)?,
+        to: at("to", range.to)?,
+    };
+    if let (Some(from), Some(to)) = (range.from, range.to)
+        && from > to
+    {
+        return Err(ApiError::invalid(format!("{field}.to"), "is before from"));
+    }
+    Ok(range)
+}
+
+fn status_from(field: &str, value: i32) -> Result<DealStatus, ApiError> {
+    match pb::DealStatus::try_from(value) {
+        Ok(pb::DealStatus::Open) => Ok(DealStatus::Open),
+        Ok(pb::DealStatus::Won) => Ok(DealStatus::Won),
+        Ok(pb::DealStatus::Lost) => Ok(DealStatus::Lost),
+        _ => Err(ApiError::invalid(field, "must be OPEN, WON or LOST")),
+    }
+}
+
+/// The filter of a list, board or bulk request. Field names are prefixed with `filter.`.
+pub fn query_from(filter: Option<pb::DealFilter>) -> Result<DealQuery, ApiError> {
+    let f = filter.unwrap_or_default();
+    let err = |e: ApiError| e.within("filter");
+    let search = validate::text("search", &f.search, 200).map_err(err)?;
+    Ok(DealQuery {
+        plan_id: (!f.plan_id.is_empty())
+            .then(|| parse_id("plan_id", &f.plan_id))
+            .transpose()
+            .map_err(err)?,
+        stage_ids: ids("stage_ids", &f.stage_ids).map_err(err)?,
+        managers: f
+            .manager_ids
+            .iter()
+            .map(|m| manager_id("manager_ids", m))
+            .collect::<Result<_, _>>()
+            .map_err(err)?,
+        unassigned: f.unassigned,
+        statuses: f
+            .statuses
+            .iter()
+            .map(|s| status_from("statuses", *s))
+            .collect::<Result<_, _>>()
+            .map_err(err)?,
+        loss_reason_ids: ids("loss_reason_ids", &f.loss_reason_ids).map_err(err)?,
+        without_loss_reason: f.without_loss_reason,
+        created: range_from("created", f.created).map_err(err)?,
+        closed: range_from("closed", f.closed).map_err(err)?,
+        search: Search::new(&search),
+    })
+}
+
+pub fn sort_from(sort: Option<pb::DealSort>) -> Result<Sort, ApiError> {
+    let Some(sort) = sort else {
+        return Ok(Sort::default());
+    };
+    let field = match pb::DealSortField::try_from(sort.field) {
+        Ok(pb::DealSortField::Unspecified | pb::DealSortField::CreatedAt) => SortField::CreatedAt,
+        Ok(pb::DealSortField::UpdatedAt) => SortField::UpdatedAt,
+        Ok(pb::DealSortField::ClosedAt) => SortField::ClosedAt,
+        Ok(pb::DealSortField::Amount) => SortField::Amount,
+        Ok(pb::DealSortField::Title) => SortField::Title,
+        Err(_) => return Err(ApiError::invalid("sort.field", "unknown sort field")),
+    };
+    Ok(Sort {
+        field,
+        ascending: sort.ascending,
+    })
+}
+
+/// The fingerprint a page token carries: of the filter as the client sent it.
+pub fn filter_fingerprint(filter: &Option<pb::DealFilter>) -> u64 {
+    use prost::Message as _;
+    query::fingerprint(&filter.clone().unwrap_or_default().encode_to_vec())
+}
+
+pub fn money_list(amounts: &[Money]) -> Vec<pb::Money> {
+    amounts.iter().map(money_to).collect()
+}
+
+pub fn stage_to_proto(stage: &Stage) -> pb::Stage {
+    stage_to(stage)
 }
 
 fn status_to(status: DealStatus) -> pb::DealStatus {

@@ -127,6 +127,241 @@ impl NewDeal {
     }
 }
 
+/// What a change did to a deal: the history entry and the kind of event it publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Moved {
+        from: Uuid,
+        to: Uuid,
+    },
+    Closed {
+        from: Uuid,
+        to: Uuid,
+        status: DealStatus,
+        reason: Option<Uuid>,
+    },
+    Reopened {
+        from: Uuid,
+        to: Uuid,
+        status: DealStatus,
+    },
+    Assigned {
+        from: Option<String>,
+        to: Option<String>,
+    },
+    Transferred {
+        from: Option<String>,
+        to: Option<String>,
+    },
+    Edited {
+        fields: Vec<&'static str>,
+    },
+}
+
+/// The fields of a deal an edit may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DealEdit {
+    pub title: Option<String>,
+    pub amount: Option<Money>,
+    pub contact: Option<ContactInput>,
+}
+
+impl Deal {
+    pub fn is_closed(&self) -> bool {
+        self.status != DealStatus::Open
+    }
+
+    fn next(&self, now: OffsetDateTime) -> Deal {
+        Deal {
+            version: self.version + 1,
+            updated_at: now,
+            ..self.clone()
+        }
+    }
+
+    /// The board's drag: to another OPEN stage, or closing as WON or LOST.
+    pub fn move_to(
+        &self,
+        plan: &Plan,
+        stage_id: Uuid,
+        reason: Option<Uuid>,
+        now: OffsetDateTime,
+    ) -> Result<(Deal, Change), DomainError> {
+        if self.is_closed() {
+            return Err(DomainError::Precondition(format!(
+                "deal {} is closed ({}): reopen it first",
+                self.id,
+                self.status.as_str()
+            )));
+        }
+        let stage = plan
+            .stage(stage_id)
+            .ok_or_else(|| DomainError::invalid("stage_id", "not a stage of the deal's plan"))?;
+        if stage.kind != StageKind::Lost && reason.is_some() {
+            return Err(DomainError::invalid(
+                "loss_reason_id",
+                "only a move to the LOST stage takes a reason",
+            ));
+        }
+        let mut deal = self.next(now);
+        let from = self.stage_id;
+        deal.stage_id = stage.id;
+        let change = match stage.kind {
+            StageKind::Open => {
+                if stage.id == from {
+                    return Err(DomainError::Precondition(format!(
+                        "deal {} is already in stage {}",
+                        self.id, stage.name
+                    )));
+                }
+                Change::Moved { from, to: stage.id }
+            }
+            StageKind::Won | StageKind::Lost => {
+                let status = if stage.kind == StageKind::Won {
+                    DealStatus::Won
+                } else {
+                    DealStatus::Lost
+                };
+                if status == DealStatus::Lost {
+                    match reason {
+                        Some(id) if plan.active_reason(id).is_none() => {
+                            return Err(DomainError::invalid(
+                                "loss_reason_id",
+                                "not an active reason of this plan",
+                            ));
+                        }
+                        None if plan.require_reason => {
+                            return Err(DomainError::invalid(
+                                "loss_reason_id",
+                                "required: this plan asks for a reason when a deal is lost",
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+                deal.status = status;
+                deal.closed_at = Some(now);
+                deal.stage_before_close_id = Some(from);
+                deal.loss_reason_id = reason;
+                Change::Closed {
+                    from,
+                    to: stage.id,
+                    status,
+                    reason,
+                }
+            }
+        };
+        Ok((deal, change))
+    }
+
+    /// Back from WON or LOST: LOST returns to the stage it left, WON to the last OPEN stage;
+    /// a remembered stage that is gone falls back to the last OPEN stage.
+    pub fn reopen(&self, plan: &Plan, now: OffsetDateTime) -> Result<(Deal, Change), DomainError> {
+        if !self.is_closed() {
+            return Err(DomainError::Precondition(format!(
+                "deal {} is open: only WON or LOST deals are reopened",
+                self.id
+            )));
+        }
+        let last_open = plan
+            .last_open_stage()
+            .ok_or_else(|| DomainError::Precondition("the plan has no OPEN stage".into()))?;
+        let target = match self.status {
+            DealStatus::Lost => self
+                .stage_before_close_id
+                .and_then(|id| plan.stage(id))
+                .filter(|s| s.kind == StageKind::Open)
+                .unwrap_or(last_open),
+            _ => last_open,
+        };
+        let mut deal = self.next(now);
+        deal.status = DealStatus::Open;
+        deal.stage_id = target.id;
+        deal.closed_at = None;
+        deal.loss_reason_id = None;
+        deal.stage_before_close_id = None;
+        Ok((
+            deal,
+            Change::Reopened {
+                from: self.stage_id,
+                to: target.id,
+                status: self.status,
+            },
+        ))
+    }
+
+    /// Sets or removes the manager; a new manager must be a member of the plan.
+    pub fn assign(
+        &self,
+        plan: &Plan,
+        manager: Option<String>,
+        transfer: bool,
+        now: OffsetDateTime,
+    ) -> Result<(Deal, Change), DomainError> {
+        if let Some(m) = &manager
+            && !plan.has_manager(m)
+        {
+            return Err(DomainError::Precondition(format!(
+                "manager {m} is not a member of plan {}",
+                plan.id
+            )));
+        }
+        if manager == self.manager_id {
+            return Err(DomainError::Precondition(format!(
+                "deal {} already has this manager",
+                self.id
+            )));
+        }
+        let mut deal = self.next(now);
+        deal.manager_id = manager.clone();
+        let (from, to) = (self.manager_id.clone(), manager);
+        let change = if transfer {
+            Change::Transferred { from, to }
+        } else {
+            Change::Assigned { from, to }
+        };
+        Ok((deal, change))
+    }
+
+    pub fn edit(&self, edit: DealEdit, now: OffsetDateTime) -> Result<(Deal, Change), DomainError> {
+        let mut deal = self.next(now);
+        let mut fields = Vec::new();
+        if let Some(title) = edit.title
+            && title != self.title
+        {
+            deal.title = title;
+            fields.push("title");
+        }
+        if let Some(amount) = edit.amount
+            && amount != self.amount
+        {
+            deal.amount = amount;
+            fields.push("amount");
+        }
+        if let Some(contact) = edit.contact
+            && contact != self.contact
+        {
+            deal.contact = contact;
+            fields.push("contact");
+        }
+        if fields.is_empty() {
+            return Err(DomainError::Precondition("nothing to change".into()));
+        }
+        Ok((deal, Change::Edited { fields }))
+    }
+}
+
+/// Who may change a deal: holders of `deals:edit_all` any deal, everyone else the deals
+/// assigned to them — and may take an unassigned deal for themselves.
+pub fn may_change(user_id: &str, edit_all: bool, deal: &Deal) -> bool {
+    edit_all || deal.manager_id.as_deref() == Some(user_id)
+}
+
+pub fn may_assign(user_id: &str, edit_all: bool, deal: &Deal, to: Option<&str>) -> bool {
+    edit_all || (deal.manager_id.is_none() && to == Some(user_id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +431,182 @@ mod tests {
             .into_deal(&plan, Uuid::new_v4(), OffsetDateTime::UNIX_EPOCH)
             .unwrap_err();
         assert!(matches!(err, DomainError::Invalid { field, .. } if field == "stage_id"));
+    }
+
+    fn deal_in(plan: &Plan) -> Deal {
+        new_deal(plan)
+            .into_deal(plan, Uuid::new_v4(), OffsetDateTime::UNIX_EPOCH)
+            .unwrap()
+    }
+
+    fn with_reasons(mut plan: Plan, require: bool) -> (Plan, Uuid) {
+        plan.set_loss_reasons(require, vec![(None, "Too expensive".into())], Uuid::new_v4)
+            .unwrap();
+        let id = plan.loss_reasons[0].id;
+        (plan, id)
+    }
+
+    #[test]
+    fn lost_needs_an_active_reason_when_the_plan_requires_one() {
+        let (plan, reason) = with_reasons(plan(), true);
+        let lost = plan.stages[3].id;
+        let deal = deal_in(&plan);
+        let err = deal
+            .move_to(&plan, lost, None, OffsetDateTime::UNIX_EPOCH)
+            .unwrap_err();
+        assert!(matches!(err, DomainError::Invalid { ref field, .. } if field == "loss_reason_id"));
+        let err = deal
+            .move_to(
+                &plan,
+                lost,
+                Some(Uuid::new_v4()),
+                OffsetDateTime::UNIX_EPOCH,
+            )
+            .unwrap_err();
+        assert!(matches!(err, DomainError::Invalid { .. }));
+        let (closed, change) = deal
+            .move_to(&plan, lost, Some(reason), OffsetDateTime::UNIX_EPOCH)
+            .unwrap();
+        assert_eq!(closed.status, DealStatus::Lost);
+        assert_eq!(closed.loss_reason_id, Some(reason));
+        assert_eq!(closed.stage_before_close_id, Some(deal.stage_id));
+        assert_eq!(closed.version, deal.version + 1);
+        assert!(matches!(
+            change,
+            Change::Closed {
+                status: DealStatus::Lost,
+                ..
+            }
+        ));
+
+        // Archived reasons cannot be chosen any more.
+        let mut archived = plan.clone();
+        archived
+            .set_loss_reasons(false, vec![], Uuid::new_v4)
+            .unwrap();
+        assert!(
+            deal.move_to(&archived, lost, Some(reason), OffsetDateTime::UNIX_EPOCH)
+                .is_err()
+        );
+        assert!(
+            deal.move_to(&archived, lost, None, OffsetDateTime::UNIX_EPOCH)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn closed_deals_do_not_move_until_reopened() {
+        let plan = plan();
+        let won = plan.stages[2].id;
+        let (closed, _) = deal_in(&plan)
+            .move_to(&plan, won, None, OffsetDateTime::UNIX_EPOCH)
+            .unwrap();
+        let err = closed
+            .move_to(&plan, plan.stages[0].id, None, OffsetDateTime::UNIX_EPOCH)
+            .unwrap_err();
+        assert!(matches!(err, DomainError::Precondition(_)));
+    }
+
+    #[test]
+    fn reopen_from_lost_returns_to_the_stage_it_left_and_from_won_to_the_last_open() {
+        let plan = plan();
+        let (first, last_open, won, lost) = (
+            plan.stages[0].id,
+            plan.stages[1].id,
+            plan.stages[2].id,
+            plan.stages[3].id,
+        );
+        let deal = deal_in(&plan);
+        assert_eq!(deal.stage_id, first);
+
+        let (lost_deal, _) = deal
+            .move_to(&plan, lost, None, OffsetDateTime::UNIX_EPOCH)
+            .unwrap();
+        let (reopened, change) = lost_deal.reopen(&plan, OffsetDateTime::UNIX_EPOCH).unwrap();
+        assert_eq!(reopened.stage_id, first);
+        assert_eq!(reopened.status, DealStatus::Open);
+        assert_eq!((reopened.closed_at, reopened.loss_reason_id), (None, None));
+        assert_eq!(
+            change,
+            Change::Reopened {
+                from: lost,
+                to: first,
+                status: DealStatus::Lost
+            }
+        );
+
+        let (won_deal, _) = deal
+            .move_to(&plan, won, None, OffsetDateTime::UNIX_EPOCH)
+            .unwrap();
+        assert_eq!(
+            won_deal
+                .reopen(&plan, OffsetDateTime::UNIX_EPOCH)
+                .unwrap()
+                .0
+                .stage_id,
+            last_open
+        );
+
+        // The remembered stage was deleted: the last OPEN stage.
+        let mut changed = plan.clone();
+        changed.delete_stage(first, false, None).unwrap();
+        assert_eq!(
+            lost_deal
+                .reopen(&changed, OffsetDateTime::UNIX_EPOCH)
+                .unwrap()
+                .0
+                .stage_id,
+            last_open
+        );
+
+        assert!(matches!(
+            deal.reopen(&plan, OffsetDateTime::UNIX_EPOCH),
+            Err(DomainError::Precondition(_))
+        ));
+    }
+
+    #[test]
+    fn only_owners_or_edit_all_change_a_deal() {
+        let plan = plan();
+        let mut deal = deal_in(&plan);
+        deal.manager_id = Some("m1".into());
+        assert!(may_change("m1", false, &deal));
+        assert!(!may_change("m2", false, &deal));
+        assert!(may_change("m2", true, &deal));
+        assert!(!may_assign("m1", false, &deal, Some("m2")));
+        deal.manager_id = None;
+        assert!(
+            may_assign("m2", false, &deal, Some("m2")),
+            "taking an unassigned deal"
+        );
+        assert!(!may_assign("m2", false, &deal, Some("m3")));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn reopen_always_lands_on_an_open_stage(
+            close_from in 0usize..4,
+            lose in proptest::bool::ANY,
+            deletions in proptest::collection::vec(0usize..6, 0..5),
+            additions in 0usize..3,
+        ) {
+            let mut plan = plan();
+            for i in 0..additions {
+                plan.add_stage(Uuid::new_v4(), format!("extra {i}"), "#000000".into(), Some(i)).unwrap();
+            }
+            let open: Vec<Uuid> = plan.stages.iter().filter(|s| s.kind == StageKind::Open).map(|s| s.id).collect();
+            let mut deal = deal_in(&plan);
+            deal.stage_id = open[close_from % open.len()];
+            let target = if lose { plan.stages.iter().rev().next().unwrap().id } else { plan.stage_of_kind(StageKind::Won).unwrap().id };
+            let (closed, _) = deal.move_to(&plan, target, None, OffsetDateTime::UNIX_EPOCH).unwrap();
+            for d in deletions {
+                let id = plan.stages[d % plan.stages.len()].id;
+                let _ = plan.delete_stage(id, false, None);
+            }
+            let (reopened, _) = closed.reopen(&plan, OffsetDateTime::UNIX_EPOCH).unwrap();
+            let stage = plan.stage(reopened.stage_id).unwrap();
+            proptest::prop_assert_eq!(stage.kind, StageKind::Open);
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 pub mod deal;
 pub mod plan;
+pub mod query;
+pub mod stages;
 
 /// A rule of the domain that an input breaks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

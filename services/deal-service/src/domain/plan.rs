@@ -71,6 +71,13 @@ pub struct Stage {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LossReason {
+    pub id: Uuid,
+    pub name: String,
+    pub archived: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub id: Uuid,
     pub account_id: String,
@@ -82,6 +89,10 @@ pub struct Plan {
     pub managers: Vec<String>,
     /// Board order: OPEN stages, then WON, then LOST.
     pub stages: Vec<Stage>,
+    /// Moving to LOST needs one of the active `loss_reasons`.
+    pub require_reason: bool,
+    /// Active reasons in their order, then archived ones.
+    pub loss_reasons: Vec<LossReason>,
     pub archived: bool,
     pub version: i64,
     pub created_at: OffsetDateTime,
@@ -100,6 +111,118 @@ impl Plan {
     pub fn has_manager(&self, manager_id: &str) -> bool {
         self.managers.iter().any(|m| m == manager_id)
     }
+
+    /// The last OPEN stage: where a reopened WON deal goes, and the fallback of every
+    /// reopen whose remembered stage is gone.
+    pub fn last_open_stage(&self) -> Option<&Stage> {
+        self.stages.iter().rev().find(|s| s.kind == StageKind::Open)
+    }
+
+    pub fn stage_of_kind(&self, kind: StageKind) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.kind == kind)
+    }
+
+    pub fn active_reason(&self, id: Uuid) -> Option<&LossReason> {
+        self.loss_reasons.iter().find(|r| r.id == id && !r.archived)
+    }
+
+    /// Replaces the managers: those already in keep their place (the round-robin order),
+    /// new ones are appended in the order given.
+    pub fn set_managers(&mut self, managers: Vec<String>) -> Result<(), DomainError> {
+        check_managers(&managers)?;
+        let mut next: Vec<String> = self
+            .managers
+            .iter()
+            .filter(|m| managers.contains(m))
+            .cloned()
+            .collect();
+        for manager in managers {
+            if !next.contains(&manager) {
+                next.push(manager);
+            }
+        }
+        self.managers = next;
+        Ok(())
+    }
+
+    /// Sets `require_reason` and the active reasons: inputs with an id rename (and
+    /// unarchive) that reason, inputs without one add a reason, existing reasons left out
+    /// are archived (never deleted: old deals and reports still name them).
+    pub fn set_loss_reasons(
+        &mut self,
+        require_reason: bool,
+        inputs: Vec<(Option<Uuid>, String)>,
+        mut new_id: impl FnMut() -> Uuid,
+    ) -> Result<(), DomainError> {
+        let mut active = Vec::with_capacity(inputs.len());
+        for (i, (id, name)) in inputs.into_iter().enumerate() {
+            let field = format!("reasons[{i}]");
+            let id = match id {
+                Some(id) if self.loss_reasons.iter().any(|r| r.id == id) => id,
+                Some(_) => {
+                    return Err(DomainError::invalid(
+                        format!("{field}.id"),
+                        "not a reason of this plan",
+                    ));
+                }
+                None => new_id(),
+            };
+            if active.iter().any(|r: &LossReason| r.id == id) {
+                return Err(DomainError::invalid(format!("{field}.id"), "listed twice"));
+            }
+            if active
+                .iter()
+                .any(|r: &LossReason| r.name.to_lowercase() == name.to_lowercase())
+            {
+                return Err(DomainError::invalid(
+                    format!("{field}.name"),
+                    "two reasons with the same name",
+                ));
+            }
+            active.push(LossReason {
+                id,
+                name,
+                archived: false,
+            });
+        }
+        if require_reason && active.is_empty() {
+            return Err(DomainError::invalid(
+                "require_reason",
+                "needs at least one active reason",
+            ));
+        }
+        let archived = self
+            .loss_reasons
+            .iter()
+            .filter(|r| !active.iter().any(|a| a.id == r.id))
+            .map(|r| LossReason {
+                archived: true,
+                ..r.clone()
+            });
+        let all: Vec<LossReason> = active.iter().cloned().chain(archived).collect();
+        self.loss_reasons = all;
+        self.require_reason = require_reason;
+        Ok(())
+    }
+}
+
+fn check_managers(managers: &[String]) -> Result<(), DomainError> {
+    if managers.len() > MAX_MANAGERS {
+        return Err(DomainError::invalid(
+            "manager_ids",
+            format!("at most {MAX_MANAGERS} managers"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for manager in managers {
+        if !seen.insert(manager) {
+            return Err(DomainError::invalid(
+                "manager_ids",
+                format!("{manager} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The settings of a plan to create, validated.
@@ -119,22 +242,7 @@ pub const MAX_MANAGERS: usize = 1_000;
 impl PlanDraft {
     /// Checks the rules that text-level validation cannot: a manager listed once.
     pub fn check(&self) -> Result<(), DomainError> {
-        if self.managers.len() > MAX_MANAGERS {
-            return Err(DomainError::invalid(
-                "manager_ids",
-                format!("at most {MAX_MANAGERS} managers"),
-            ));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for manager in &self.managers {
-            if !seen.insert(manager) {
-                return Err(DomainError::invalid(
-                    "manager_ids",
-                    format!("{manager} is listed twice"),
-                ));
-            }
-        }
-        Ok(())
+        check_managers(&self.managers)
     }
 
     /// A new plan with the default stages, usable at once.
@@ -165,6 +273,8 @@ impl PlanDraft {
             distribution: self.distribution,
             managers: self.managers,
             stages,
+            require_reason: false,
+            loss_reasons: Vec::new(),
             archived: false,
             version: 1,
             created_at: now,

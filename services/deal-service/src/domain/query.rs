@@ -1,0 +1,214 @@
+//! What a list or board query asks for: the filter, the sort, and the page token that
+//! continues it. Pure: the store turns it into SQL.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{DomainError, deal::DealStatus};
+
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 500;
+
+/// [from, to) on a timestamp.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    pub from: Option<OffsetDateTime>,
+    pub to: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DealQuery {
+    pub plan_id: Option<Uuid>,
+    pub stage_ids: Vec<Uuid>,
+    pub managers: Vec<String>,
+    pub unassigned: bool,
+    pub statuses: Vec<DealStatus>,
+    pub loss_reason_ids: Vec<Uuid>,
+    pub without_loss_reason: bool,
+    pub created: TimeRange,
+    pub closed: TimeRange,
+    pub search: Option<Search>,
+}
+
+/// A search text, ready for `LIKE`: lower-cased with `%`, `_` and `\` escaped, plus the
+/// digits when the text looks like (part of) a phone number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Search {
+    pub pattern: String,
+    pub digits_pattern: Option<String>,
+}
+
+impl Search {
+    pub fn new(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+        let phone_like = text
+            .chars()
+            .all(|c| c.is_ascii_digit() || " +-().".contains(c));
+        Some(Self {
+            pattern: format!("%{}%", escape_like(&text.to_lowercase())),
+            digits_pattern: (phone_like && digits.len() >= 3 && digits != text)
+                .then(|| format!("%{digits}%")),
+        })
+    }
+}
+
+/// Makes `%`, `_` and `\` match themselves in a `LIKE` pattern (escape character `\`).
+pub fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortField {
+    CreatedAt,
+    UpdatedAt,
+    ClosedAt,
+    Amount,
+    Title,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sort {
+    pub field: SortField,
+    pub ascending: bool,
+}
+
+impl Default for Sort {
+    fn default() -> Self {
+        Self {
+            field: SortField::CreatedAt,
+            ascending: false,
+        }
+    }
+}
+
+/// The sort value of the last deal of a page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortValue {
+    Time(i128),
+    Amount(i64),
+    Text(String),
+}
+
+/// Where the next page starts: after (value, id) in `sort` order. Bound to the sort and a
+/// fingerprint of the filter, so it cannot continue a different query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageToken {
+    pub sort: Sort,
+    pub filter: u64,
+    pub value: SortValue,
+    pub id: Uuid,
+}
+
+impl PageToken {
+    pub fn encode(&self) -> String {
+        // Serialising this plain struct cannot fail.
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn decode(token: &str, sort: Sort, filter: u64) -> Result<Self, DomainError> {
+        let invalid = || DomainError::invalid("page_token", "not a token of this query");
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+        let token: PageToken = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+        if token.sort != sort || token.filter != filter {
+            return Err(invalid());
+        }
+        Ok(token)
+    }
+}
+
+/// FNV-1a: a stable fingerprint of the encoded filter (the same in every process).
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+pub fn page_size(requested: i32) -> usize {
+    match requested {
+        n if n <= 0 => DEFAULT_PAGE_SIZE,
+        n => (n as usize).min(MAX_PAGE_SIZE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn like_metacharacters_are_literal() {
+        assert_eq!(escape_like(r"50%_off\"), r"50\%\_off\\");
+        assert_eq!(Search::new("  Ann ").unwrap().pattern, "%ann%");
+    }
+
+    #[test]
+    fn phone_searches_match_on_digits() {
+        let s = Search::new("+7 (912) 345").unwrap();
+        assert_eq!(s.digits_pattern.as_deref(), Some("%7912345%"));
+        assert_eq!(
+            Search::new("912").unwrap().digits_pattern,
+            None,
+            "already digits"
+        );
+        assert_eq!(Search::new("ann 12").unwrap().digits_pattern, None);
+        assert!(Search::new("   ").is_none());
+    }
+
+    #[test]
+    fn tokens_only_continue_their_own_query() {
+        let token = PageToken {
+            sort: Sort::default(),
+            filter: 7,
+            value: SortValue::Text("x".into()),
+            id: Uuid::nil(),
+        };
+        let encoded = token.encode();
+        assert_eq!(
+            PageToken::decode(&encoded, Sort::default(), 7).unwrap(),
+            token
+        );
+        assert!(PageToken::decode(&encoded, Sort::default(), 8).is_err());
+        let other = Sort {
+            field: SortField::Amount,
+            ascending: true,
+        };
+        assert!(PageToken::decode(&encoded, other, 7).is_err());
+        assert!(PageToken::decode("garbage!", Sort::default(), 7).is_err());
+    }
+
+    #[test]
+    fn page_sizes_are_capped() {
+        assert_eq!(page_size(0), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(-3), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(10), 10);
+        assert_eq!(page_size(1_000_000), MAX_PAGE_SIZE);
+    }
+
+    proptest! {
+        #[test]
+        fn escaped_text_has_no_unescaped_wildcards(text in ".*") {
+            let escaped = escape_like(&text);
+            let mut chars = escaped.chars();
+            while let Some(c) = chars.next() {
+                if c == '\\' {
+                    prop_assert!(matches!(chars.next(), Some('%' | '_' | '\\')));
+                } else {
+                    prop_assert!(c != '%' && c != '_');
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! DealService.
+
+use salesplan_platform::{Actor, ApiError, Permission, auth, ids::parse_id};
+use salesplan_proto::v1::{self as pb, deal_service_server::DealService};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::Api;
+use crate::{
+    convert,
+    domain::{
+        deal::{DealEdit, NewDeal, may_assign, may_change},
+        query::{PageToken, Sort, page_size},
+    },
+    store::{BulkOutcome, BulkTarget, Page, queries_sort_value},
+};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// Failures listed in a bulk result at most (the count is always complete).
+const MAX_LISTED_FAILURES: usize = 1_000;
+const DEFAULT_CARDS: usize = 20;
+const MAX_CARDS: usize = 100;
+
+fn not_yours() -> ApiError {
+    ApiError::PermissionDenied(format!(
+        "{} (the deal is not assigned to you)",
+        Permission::DealsEditAll
+    ))
+}
+
+fn bulk_target(
+    target: Option<pb::bulk_move_deals_request::Target>,
+) -> Result<BulkTarget, ApiError> {
+    use pb::bulk_move_deals_request::Target;
+    match target {
+        Some(Target::DealIds(ids)) => Ok(BulkTarget::Ids(convert::ids("deal_ids.ids", &ids.ids)?)),
+        Some(Target::Filter(filter)) => Ok(BulkTarget::Query(Box::new(convert::query_from(
+            Some(filter),
+        )?))),
+        None => Err(ApiError::invalid("target", "give deal_ids or filter")),
+    }
+}
+
+fn assign_target(
+    target: Option<pb::bulk_assign_deals_request::Target>,
+) -> Result<BulkTarget, ApiError> {
+    use pb::bulk_assign_deals_request::Target;
+    match target {
+        Some(Target::DealIds(ids)) => Ok(BulkTarget::Ids(convert::ids("deal_ids.ids", &ids.ids)?)),
+        Some(Target::Filter(filter)) => Ok(BulkTarget::Query(Box::new(convert::query_from(
+            Some(filter),
+        )?))),
+        None => Err(ApiError::invalid("target", "give deal_ids or filter")),
+    }
+}
+
+fn bulk_result(outcome: BulkOutcome) -> pb::BulkResult {
+    pb::BulkResult {
+        changed: outcome.changed,
+        failures: outcome
+            .failures
+            .into_iter()
+            .take(MAX_LISTED_FAILURES)
+            .map(|(id, reason)| pb::BulkFailure {
+                deal_id: id.to_string(),
+                reason,
+            })
+            .collect(),
+    }
+}
+
+/// Bulk operations need `deals:bulk_edit`; without `deals:edit_all` they touch only the
+/// caller's own deals.
+fn bulk_actor<T>(request: &Request<T>) -> Result<(Actor, Option<String>), ApiError> {
+    let actor = auth::actor(request)?;
+    actor.require(Permission::DealsBulkEdit)?;
+    let only = (!actor.has(Permission::DealsEditAll)).then(|| actor.user_id.clone());
+    Ok((actor, only))
+}
+
+fn page_token(sort: Sort, filter: u64, page: &Page) -> String {
+    match page.deals.last() {
+        Some(last) if page.more => PageToken {
+            sort,
+            filter,
+            value: queries_sort_value(sort.field, last),
+            id: last.id,
+        }
+        .encode(),
+        _ => String::new(),
+    }
+}
+
+#[tonic::async_trait]
+impl DealService for Api {
+    async fn create_deal(
+        &self,
+        request: Request<pb::CreateDealRequest>,
+    ) -> Reply<pb::CreateDealResponse> {
+        let actor = auth::actor(&request)?;
+        let input = NewDeal::try_from(request.into_inner())?;
+        // Anyone of the account may add a deal; giving it to someone else is editing
+        // another manager's deals.
+        if input
+            .manager_id
+            .as_deref()
+            .is_some_and(|m| m != actor.user_id)
+        {
+            actor.require(Permission::DealsEditAll)?;
+        }
+        let (deal, created) = self
+            .store
+            .create_deal(&actor.account_id, &actor.user_id, input)
+            .await?;
+        Ok(Response::new(pb::CreateDealResponse {
+            deal: Some((&deal).into()),
+            created,
+        }))
+    }
+
+    async fn get_deal(&self, request: Request<pb::GetDealRequest>) -> Reply<pb::GetDealResponse> {
+        let actor = auth::actor(&request)?;
+        let deal_id = parse_id("deal_id", &request.get_ref().deal_id)?;
+        let deal = self.store.deal(&actor.account_id, deal_id).await?;
+        Ok(Response::new(pb::GetDealResponse {
+            deal: Some((&deal).into()),
+        }))
+    }
+
+    async fn update_deal(
+        &self,
+        request: Request<pb::UpdateDealRequest>,
+    ) -> Reply<pb::UpdateDealResponse> {
+        let actor = auth::actor(&request)?;
+        let req = request.into_inner();
+        let deal_id = parse_id("deal_id", &req.deal_id)?;
+        let version = convert::expected_version(req.expected_version)?;
+        let edit = DealEdit::try_from(req)?;
+        let edit_all = actor.has(Permission::DealsEditAll);
+        let deal = self
+            .store
+            .change_deal(
+                &actor.account_id,
+                &actor.user_id,
+                deal_id,
+                version,
+                |deal, _, now| {
+                    if !may_change(&actor.user_id, edit_all, deal) {
+                        return Err(not_yours());
+                    }
+                    Ok(deal.edit(edit, now)?)
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::UpdateDealResponse {
+            deal: Some((&deal).into()),
+        }))
+    }
+
+    async fn move_deal(
+        &self,
+        request: Request<pb::MoveDealRequest>,
+    ) -> Reply<pb::MoveDealResponse> {
+        let actor = auth::actor(&request)?;
+        let req = request.into_inner();
+        let deal_id = parse_id("deal_id", &req.deal_id)?;
+        let version = convert::expected_version(req.expected_version)?;
+        let stage_id = parse_id("stage_id", &req.stage_id)?;
+        let reason = convert::optional_id("loss_reason_id", req.loss_reason_id.as_deref())?;
+        let edit_all = actor.has(Permission::DealsEditAll);
+        let deal = self
+            .store
+            .change_deal(
+                &actor.account_id,
+                &actor.user_id,
+                deal_id,
+                version,
+                |deal, plan, now| {
+                    if !may_change(&actor.user_id, edit_all, deal) {
+                        return Err(not_yours());
+                    }
+                    Ok(deal.move_to(plan, stage_id, reason, now)?)
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::MoveDealResponse {
+            deal: Some((&deal).into()),
+        }))
+    }
+
+    async fn assign_deal(
+        &self,
+        request: Request<pb::AssignDealRequest>,
+    ) -> Reply<pb::AssignDealResponse> {
+        let actor = auth::actor(&request)?;
+        let req = request.into_inner();
+        let deal_id = parse_id("deal_id", &req.deal_id)?;
+        let version = convert::expected_version(req.expected_version)?;
+        let manager = convert::optional_manager("manager_id", req.manager_id.as_deref())?;
+        let edit_all = actor.has(Permission::DealsEditAll);
+        let deal = self
+            .store
+            .change_deal(
+                &actor.account_id,
+                &actor.user_id,
+                deal_id,
+                version,
+                |deal, plan, now| {
+                    if !may_assign(&actor.user_id, edit_all, deal, manager.as_deref()) {
+                        return Err(not_yours());
+                    }
+                    Ok(deal.assign(plan, manager, false, now)?)
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::AssignDealResponse {
+            deal: Some((&deal).into()),
+        }))
+    }
+
+    async fn reopen_deal(
+        &self,
+        request: Request<pb::ReopenDealRequest>,
+    ) -> Reply<pb::ReopenDealResponse> {
+        let actor = auth::actor(&request)?;
+        actor.require(Permission::DealsEditAll)?;
+        actor.require(Permission::DealsBulkEdit)?;
+        let req = request.into_inner();
+        let deal_id = parse_id("deal_id", &req.deal_id)?;
+        let version = convert::expected_version(req.expected_version)?;
+        let deal = self
+            .store
+            .change_deal(
+                &actor.account_id,
+                &actor.user_id,
+                deal_id,
+                version,
+                |deal, plan, now| Ok(deal.reopen(plan, now)?),
+            )
+            .await?;
+        tracing::info!(deal_id = %deal.id, actor = %actor.user_id, "deal reopened");
+        Ok(Response::new(pb::ReopenDealResponse {
+            deal: Some((&deal).into()),
+        }))
+    }
+
+    async fn transfer_deals(
+        &self,
+        request: Request<pb::TransferDealsRequest>,
+    ) -> Reply<pb::BulkResult> {
+        let (actor, only) = bulk_actor(&request)?;
+        let req = request.into_inner();
+        let from = convert::manager_id("from_manager_id", &req.from_manager_id)?;
+        let to = convert::manager_id("to_manager_id", &req.to_manager_id)?;
+        if from == to {
+            return Err(
+                ApiError::invalid("to_manager_id", "is the same as from_manager_id").into(),
+            );
+        }
+        let mut query = convert::query_from(req.filter)?;
+        query.managers = vec![from];
+        query.unassigned = false;
+        let outcome = self
+            .store
+            .bulk_change(
+                &actor.account_id,
+                &actor.user_id,
+                BulkTarget::Query(Box::new(query)),
+                only.as_deref(),
+                |deal, plan, now| deal.assign(plan, Some(to.clone()), true, now),
+            )
+            .await?;
+        Ok(Response::new(bulk_result(outcome)))
+    }
+
+    async fn bulk_move_deals(
+        &self,
+        request: Request<pb::BulkMoveDealsRequest>,
+    ) -> Reply<pb::BulkResult> {
+        let (actor, only) = bulk_actor(&request)?;
+        let req = request.into_inner();
+        let stage_id = parse_id("stage_id", &req.stage_id)?;
+        let reason = convert::optional_id("loss_reason_id", req.loss_reason_id.as_deref())?;
+        let target = bulk_target(req.target)?;
+        let outcome = self
+            .store
+            .bulk_change(
+                &actor.account_id,
+                &actor.user_id,
+                target,
+                only.as_deref(),
+                |deal, plan, now| deal.move_to(plan, stage_id, reason, now),
+            )
+            .await?;
+        Ok(Response::new(bulk_result(outcome)))
+    }
+
+    async fn bulk_assign_deals(
+        &self,
+        request: Request<pb::BulkAssignDealsRequest>,
+    ) -> Reply<pb::BulkResult> {
+        let (actor, only) = bulk_actor(&request)?;
+        let req = request.into_inner();
+        let manager = convert::optional_manager("manager_id", req.manager_id.as_deref())?;
+        let target = assign_target(req.target)?;
+        let outcome = self
+            .store
+            .bulk_change(
+                &actor.account_id,
+                &actor.user_id,
+                target,
+                only.as_deref(),
+                |deal, plan, now| deal.assign(plan, manager.clone(), false, now),
+            )
+            .await?;
+        Ok(Response::new(bulk_result(outcome)))
+    }
+
+    async fn list_deals(
+        &self,
+        request: Request<pb::ListDealsRequest>,
+    ) -> Reply<pb::ListDealsResponse> {
+        let actor = auth::actor(&request)?;
+        let req = request.into_inner();
+        let fingerprint = convert::filter_fingerprint(&req.filter);
+        let query = convert::query_from(req.filter)?;
+        let sort = convert::sort_from(req.sort)?;
+        let after = (!req.page_token.is_empty())
+            .then(|| PageToken::decode(&req.page_token, sort, fingerprint))
+            .transpose()
+            .map_err(ApiError::from)?;
+        let limit = page_size(req.page_size);
+        let (page, totals) = tokio::try_join!(
+            self.store
+                .list_deals(&actor.account_id, &query, sort, after.as_ref(), limit),
+            self.store.totals(&actor.account_id, &query),
+        )?;
+        Ok(Response::new(pb::ListDealsResponse {
+            next_page_token: page_token(sort, fingerprint, &page),
+            deals: page.deals.iter().map(Into::into).collect(),
+            total_count: totals.count,
+            total_amounts: convert::money_list(&totals.amounts),
+        }))
+    }
+
+    async fn get_board(
+        &self,
+        request: Request<pb::GetBoardRequest>,
+    ) -> Reply<pb::GetBoardResponse> {
+        let actor = auth::actor(&request)?;
+        let req = request.into_inner();
+        let plan_id = parse_id("plan_id", &req.plan_id)?;
+        let filter = req.filter.unwrap_or_default();
+        let mut query = convert::query_from(Some(filter.clone()))?;
+        if query.plan_id.is_some_and(|p| p != plan_id) {
+            return Err(ApiError::invalid("filter.plan_id", "must be the board's plan_id").into());
+        }
+        query.plan_id = Some(plan_id);
+        let sort = convert::sort_from(req.sort)?;
+        let cards = match req.cards_per_stage {
+            n if n <= 0 => DEFAULT_CARDS,
+            n => (n as usize).min(MAX_CARDS),
+        };
+        let plan = self.store.plan(&actor.account_id, plan_id).await?;
+        let stages: Vec<Uuid> = plan
+            .stages
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| query.stage_ids.is_empty() || query.stage_ids.contains(id))
+            .collect();
+        let board = self
+            .store
+            .board(&actor.account_id, &query, &stages, sort, cards)
+            .await?;
+        let columns = board
+            .columns
+            .iter()
+            .filter_map(|column| {
+                let stage = plan.stage(column.stage_id)?;
+                // The filter ListDeals gets to load more of this column.
+                let column_filter = pb::DealFilter {
+                    plan_id: plan_id.to_string(),
+                    stage_ids: vec![stage.id.to_string()],
+                    ..filter.clone()
+                };
+                let fingerprint = convert::filter_fingerprint(&Some(column_filter));
+                Some(pb::BoardColumn {
+                    stage: Some(convert::stage_to_proto(stage)),
+                    count: column.totals.count,
+                    amounts: convert::money_list(&column.totals.amounts),
+                    deals: column.cards.deals.iter().map(Into::into).collect(),
+                    next_page_token: page_token(sort, fingerprint, &column.cards),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::GetBoardResponse {
+            plan: Some((&plan).into()),
+            columns,
+            total_count: board.totals.count,
+            total_amounts: convert::money_list(&board.totals.amounts),
+        }))
+    }
+
+    async fn get_deal_history(
+        &self,
+        request: Request<pb::GetDealHistoryRequest>,
+    ) -> Reply<pb::GetDealHistoryResponse> {
+        let actor = auth::actor(&request)?;
+        let deal_id = parse_id("deal_id", &request.get_ref().deal_id)?;
+        let rows = self.store.history(&actor.account_id, deal_id).await?;
+        let entries = rows
+            .into_iter()
+            .map(|row| pb::HistoryEntry {
+                id: row.id,
+                at: Some(convert::timestamp(row.at)),
+                actor_id: row.actor_id,
+                action: history_action(&row.action) as i32,
+                from: row.from.unwrap_or_default(),
+                to: row.to.unwrap_or_default(),
+                loss_reason_id: row.loss_reason_id.map(|id| id.to_string()),
+                status: match row.status.as_deref() {
+                    Some("open") => pb::DealStatus::Open,
+                    Some("won") => pb::DealStatus::Won,
+                    Some("lost") => pb::DealStatus::Lost,
+                    _ => pb::DealStatus::Unspecified,
+                } as i32,
+            })
+            .collect();
+        Ok(Response::new(pb::GetDealHistoryResponse { entries }))
+    }
+}
+
+fn history_action(action: &str) -> pb::HistoryAction {
+    match action {
+        "created" => pb::HistoryAction::Created,
+        "moved" => pb::HistoryAction::Moved,
+        "assigned" => pb::HistoryAction::Assigned,
+        "transferred" => pb::HistoryAction::Transferred,
+        "closed" => pb::HistoryAction::Closed,
+        "reopened" => pb::HistoryAction::Reopened,
+        "edited" => pb::HistoryAction::Edited,
+        _ => pb::HistoryAction::Unspecified,
+    }
+}

@@ -1,0 +1,293 @@
+//! PlanService.
+
+use salesplan_platform::{Actor, ApiError, Permission, auth, ids, ids::parse_id, validate};
+use salesplan_proto::v1::{self as pb, plan_service_server::PlanService};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::Api;
+use crate::{
+    convert,
+    domain::{
+        DomainError,
+        plan::{self, Plan, PlanDraft},
+    },
+};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn admin<T>(request: &Request<T>) -> Result<Actor, ApiError> {
+    let actor = auth::actor(request)?;
+    actor.require(Permission::PlansAdmin)?;
+    Ok(actor)
+}
+
+impl Api {
+    async fn change_plan<T>(
+        &self,
+        actor: &Actor,
+        plan_id: Uuid,
+        change: impl FnOnce(&mut Plan) -> Result<T, DomainError>,
+    ) -> Result<(Plan, T), ApiError> {
+        self.store
+            .modify_plan(
+                &actor.account_id,
+                &actor.user_id,
+                plan_id,
+                pb::plan_event::Kind::Updated,
+                change,
+            )
+            .await
+    }
+}
+
+#[tonic::async_trait]
+impl PlanService for Api {
+    async fn create_plan(
+        &self,
+        request: Request<pb::CreatePlanRequest>,
+    ) -> Reply<pb::CreatePlanResponse> {
+        let actor = admin(&request)?;
+        let draft = PlanDraft::try_from(request.into_inner())?;
+        let plan = self
+            .store
+            .create_plan(&actor.account_id, &actor.user_id, draft)
+            .await?;
+        tracing::info!(plan_id = %plan.id, account_id = %actor.account_id, "plan created");
+        Ok(Response::new(pb::CreatePlanResponse {
+            plan: Some((&plan).into()),
+        }))
+    }
+
+    async fn get_plan(&self, request: Request<pb::GetPlanRequest>) -> Reply<pb::GetPlanResponse> {
+        let actor = auth::actor(&request)?;
+        let plan_id = parse_id("plan_id", &request.get_ref().plan_id)?;
+        let plan = self.store.plan(&actor.account_id, plan_id).await?;
+        Ok(Response::new(pb::GetPlanResponse {
+            plan: Some((&plan).into()),
+        }))
+    }
+
+    async fn list_plans(
+        &self,
+        request: Request<pb::ListPlansRequest>,
+    ) -> Reply<pb::ListPlansResponse> {
+        let actor = auth::actor(&request)?;
+        let plans = self
+            .store
+            .list_plans(&actor.account_id, request.get_ref().include_archived)
+            .await?;
+        Ok(Response::new(pb::ListPlansResponse {
+            plans: plans.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn update_plan(
+        &self,
+        request: Request<pb::UpdatePlanRequest>,
+    ) -> Reply<pb::UpdatePlanResponse> {
+        let actor = admin(&request)?;
+        let req = request.into_inner();
+        let plan_id = parse_id("plan_id", &req.plan_id)?;
+        let name = req
+            .name
+            .as_deref()
+            .map(|n| validate::required_text("name", n, plan::MAX_NAME_CHARS))
+            .transpose()?;
+        let label = req
+            .chat_label
+            .as_deref()
+            .map(|l| validate::required_text("chat_label", l, plan::MAX_LABEL_CHARS))
+            .transpose()?;
+        let amount = convert::money_from("average_amount", req.average_amount)?;
+        let distribution = req
+            .distribution
+            .map(|d| convert::distribution_from(Some(d)))
+            .transpose()?;
+        let (plan, ()) = self
+            .change_plan(&actor, plan_id, |plan| {
+                if let Some(name) = name {
+                    plan.name = name;
+                }
+                if let Some(label) = label {
+                    plan.chat_label = label;
+                }
+                if let Some(amount) = amount {
+                    plan.average_amount = amount;
+                }
+                if let Some(distribution) = distribution {
+                    plan.distribution = distribution;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(Response::new(pb::UpdatePlanResponse {
+            plan: Some((&plan).into()),
+        }))
+    }
+
+    async fn archive_plan(
+        &self,
+        request: Request<pb::ArchivePlanRequest>,
+    ) -> Reply<pb::ArchivePlanResponse> {
+        let actor = admin(&request)?;
+        let plan_id = parse_id("plan_id", &request.get_ref().plan_id)?;
+        let (plan, ()) = self
+            .store
+            .modify_plan(
+                &actor.account_id,
+                &actor.user_id,
+                plan_id,
+                pb::plan_event::Kind::Archived,
+                |plan| {
+                    if plan.archived {
+                        return Err(DomainError::Precondition(format!(
+                            "plan {} is archived already",
+                            plan.id
+                        )));
+                    }
+                    plan.archived = true;
+                    Ok(())
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::ArchivePlanResponse {
+            plan: Some((&plan).into()),
+        }))
+    }
+
+    async fn set_plan_managers(
+        &self,
+        request: Request<pb::SetPlanManagersRequest>,
+    ) -> Reply<pb::SetPlanManagersResponse> {
+        let actor = admin(&request)?;
+        let req = request.into_inner();
+        let plan_id = parse_id("plan_id", &req.plan_id)?;
+        let managers = req
+            .manager_ids
+            .iter()
+            .map(|m| convert::manager_id("manager_ids", m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (plan, ()) = self
+            .change_plan(&actor, plan_id, |plan| plan.set_managers(managers))
+            .await?;
+        Ok(Response::new(pb::SetPlanManagersResponse {
+            plan: Some((&plan).into()),
+        }))
+    }
+
+    async fn add_stage(
+        &self,
+        request: Request<pb::AddStageRequest>,
+    ) -> Reply<pb::AddStageResponse> {
+        let actor = admin(&request)?;
+        let req = request.into_inner();
+        let plan_id = parse_id("plan_id", &req.plan_id)?;
+        let name = convert::stage_name(&req.name)?;
+        let color = convert::color(&req.color)?;
+        let position = match req.position {
+            Some(p) if p < 0 => {
+                return Err(ApiError::invalid("position", "must not be negative").into());
+            }
+            p => p.map(|p| p as usize),
+        };
+        let id = ids::new_id();
+        let (plan, ()) = self
+            .change_plan(&actor, plan_id, |plan| {
+                plan.add_stage(id, name, color, position)
+            })
+            .await?;
+        let stage = plan.stage(id).map(convert::stage_to_proto);
+        Ok(Response::new(pb::AddStageResponse {
+            plan: Some((&plan).into()),
+            stage,
+        }))
+    }
+
+    async fn update_stage(
+        &self,
+        request: Request<pb::UpdateStageRequest>,
+    ) -> Reply<pb::UpdateStageResponse> {
+        let actor = admin(&request)?;
+        let req = request.into_inner();
+        let stage_id = parse_id("stage_id", &req.stage_id)?;
+        let name = req.name.as_deref().map(convert::stage_name).transpose()?;
+        let color = req.color.as_deref().map(convert::color).transpose()?;
+        let plan_id = self
+            .store
+            .plan_of_stage(&actor.account_id, stage_id)
+            .await?;
+        let (plan, ()) = self
+            .change_plan(&actor, plan_id, |plan| {
+                plan.update_stage(stage_id, name, color)
+            })
+            .await?;
+        Ok(Response::new(pb::UpdateStageResponse {
+            plan: Some((&plan).into()),
+        }))
+    }
+
+    async fn reorder_stages(
+        &self,
+        request: Request<pb::ReorderStagesRequest>,
+    ) -> Reply<pb::ReorderStagesResponse> {
+        let actor = admin(&request)?;
+        let req = request.into_inner();
+        let plan_id = parse_id("plan_id", &req.plan_id)?;
+        let order = convert::ids("open_stage_ids", &req.open_stage_ids)?;
+        let (plan, ()) = self
+            .change_plan(&actor, plan_id, |plan| plan.reorder_stages(&order))
+            .await?;
+        Ok(Response::new(pb::ReorderStagesResponse {
+            plan: Some((&plan).into()),
+        }))
+    }
+
+    async fn delete_stage(
+        &self,
+        request: Request<pb::DeleteStageRequest>,
+    ) -> Reply<pb::DeleteStageResponse> {
+        let actor = admin(&request)?;
+        let req = request.into_inner();
+        let stage_id = parse_id("stage_id", &req.stage_id)?;
+        let target = convert::optional_id("target_stage_id", req.target_stage_id.as_deref())?;
+        let (plan, moved_deals) = self
+            .store
+            .delete_stage(&actor.account_id, &actor.user_id, stage_id, target)
+            .await?;
+        Ok(Response::new(pb::DeleteStageResponse {
+            plan: Some((&plan).into()),
+            moved_deals,
+        }))
+    }
+
+    async fn set_loss_reasons(
+        &self,
+        request: Request<pb::SetLossReasonsRequest>,
+    ) -> Reply<pb::SetLossReasonsResponse> {
+        let actor = admin(&request)?;
+        let req = request.into_inner();
+        let plan_id = parse_id("plan_id", &req.plan_id)?;
+        let inputs = req
+            .reasons
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let field = format!("reasons[{i}]");
+                let id = (!r.id.is_empty())
+                    .then(|| parse_id(&format!("{field}.id"), &r.id))
+                    .transpose()?;
+                let name = validate::required_text(&format!("{field}.name"), &r.name, 100)?;
+                Ok((id, name))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let (plan, ()) = self
+            .change_plan(&actor, plan_id, |plan| {
+                plan.set_loss_reasons(req.require_reason, inputs, ids::new_id)
+            })
+            .await?;
+        Ok(Response::new(pb::SetLossReasonsResponse {
+            plan: Some((&plan).into()),
+        }))
+    }
+}

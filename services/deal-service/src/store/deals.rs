@@ -1,0 +1,314 @@
+//! Deal writes: create, change one (with its expected version), change many (in chunks).
+
+use std::collections::HashMap;
+
+use salesplan_platform::{ApiError, error::is_unique_violation, ids};
+use sqlx::{PgConnection, Postgres, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    BULK_CHUNK, Store, events, now,
+    plans::{Lock, load_plan},
+    queries::push_filter,
+    rows::{DEAL_COLUMNS, deal_from_row},
+};
+use crate::domain::{
+    DomainError,
+    deal::{Change, Deal, NewDeal},
+    plan::Plan,
+    query::DealQuery,
+};
+
+/// Which deals a bulk operation touches.
+#[derive(Debug, Clone)]
+pub enum BulkTarget {
+    Ids(Vec<Uuid>),
+    Query(Box<DealQuery>),
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BulkOutcome {
+    pub changed: i64,
+    pub failures: Vec<(Uuid, String)>,
+}
+
+impl Store {
+    /// Creates the deal, or returns the one created before with the same idempotency key
+    /// (`false` in the second place).
+    pub async fn create_deal(
+        &self,
+        account_id: &str,
+        actor_id: &str,
+        input: NewDeal,
+    ) -> Result<(Deal, bool), ApiError> {
+        if let Some(existing) = self.deal_by_key(account_id, &input.idempotency_key).await? {
+            return Ok((existing, false));
+        }
+        let now = now();
+        let mut tx = self.pool.begin().await?;
+        let plan = load_plan(&mut tx, account_id, input.plan_id, Lock::Share).await?;
+        let deal = input.into_deal(&plan, ids::new_id(), now)?;
+        match insert_deal(&mut tx, &deal).await {
+            Ok(()) => {}
+            Err(err) if is_unique_violation(&err) => {
+                // A concurrent request with the same key won the race.
+                drop(tx);
+                let existing = self
+                    .deal_by_key(account_id, &deal.idempotency_key)
+                    .await?
+                    .ok_or_else(|| ApiError::Aborted("concurrent create, retry".into()))?;
+                return Ok((existing, false));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        events::record(&mut tx, actor_id, &[(deal.clone(), Change::Created)], now).await?;
+        tx.commit().await?;
+        Ok((deal, true))
+    }
+
+    pub async fn deal(&self, account_id: &str, deal_id: Uuid) -> Result<Deal, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        fetch_deal(&mut conn, account_id, deal_id, false).await
+    }
+
+    async fn deal_by_key(&self, account_id: &str, key: &str) -> Result<Option<Deal>, ApiError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DEAL_COLUMNS} FROM deals WHERE account_id = $1 AND idempotency_key = $2"
+        )))
+        .bind(account_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| deal_from_row(&row))
+        .transpose()
+    }
+
+    /// Changes one deal if it still has `expected_version` (else ABORTED, nothing written).
+    pub async fn change_deal(
+        &self,
+        account_id: &str,
+        actor_id: &str,
+        deal_id: Uuid,
+        expected_version: i64,
+        change: impl FnOnce(&Deal, &Plan, OffsetDateTime) -> Result<(Deal, Change), ApiError>,
+    ) -> Result<Deal, ApiError> {
+        let now = now();
+        let mut tx = self.pool.begin().await?;
+        let deal = fetch_deal(&mut tx, account_id, deal_id, true).await?;
+        if deal.version != expected_version {
+            return Err(ApiError::Aborted(format!(
+                "deal {deal_id} is at version {}, not {expected_version}: reload it and retry",
+                deal.version
+            )));
+        }
+        let plan = load_plan(&mut tx, account_id, deal.plan_id, Lock::Share).await?;
+        let (next, what) = change(&deal, &plan, now)?;
+        let changes = [(next, what)];
+        update_deals(&mut tx, &changes).await?;
+        events::record(&mut tx, actor_id, &changes, now).await?;
+        tx.commit().await?;
+        let [(next, _)] = changes;
+        Ok(next)
+    }
+
+    /// Applies `change` to every targeted deal, a chunk per transaction. `only_manager`
+    /// restricts the deals to one manager's (callers without `deals:edit_all`). Deals the
+    /// change refuses are reported, not fatal.
+    pub async fn bulk_change(
+        &self,
+        account_id: &str,
+        actor_id: &str,
+        target: BulkTarget,
+        only_manager: Option<&str>,
+        change: impl Fn(&Deal, &Plan, OffsetDateTime) -> Result<(Deal, Change), DomainError>,
+    ) -> Result<BulkOutcome, ApiError> {
+        let ids = match target {
+            BulkTarget::Ids(ids) => ids,
+            BulkTarget::Query(query) => self.matching_ids(account_id, &query).await?,
+        };
+        let mut outcome = BulkOutcome::default();
+        for chunk in ids.chunks(BULK_CHUNK) {
+            let now = now();
+            let mut tx = self.pool.begin().await?;
+            let deals: HashMap<Uuid, Deal> = lock_deals(&mut tx, account_id, chunk)
+                .await?
+                .into_iter()
+                .map(|d| (d.id, d))
+                .collect();
+            let mut plans: HashMap<Uuid, Plan> = HashMap::new();
+            let mut changes = Vec::with_capacity(deals.len());
+            for id in chunk {
+                let Some(deal) = deals.get(id) else {
+                    outcome.failures.push((*id, "not found".into()));
+                    continue;
+                };
+                if only_manager.is_some_and(|m| deal.manager_id.as_deref() != Some(m)) {
+                    outcome
+                        .failures
+                        .push((*id, "not your deal: needs deals:edit_all".into()));
+                    continue;
+                }
+                let plan = match plans.entry(deal.plan_id) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(load_plan(&mut tx, account_id, deal.plan_id, Lock::Share).await?)
+                    }
+                };
+                match change(deal, plan, now) {
+                    Ok(c) => changes.push(c),
+                    Err(err) => outcome.failures.push((*id, err.to_string())),
+                }
+            }
+            update_deals(&mut tx, &changes).await?;
+            events::record(&mut tx, actor_id, &changes, now).await?;
+            tx.commit().await?;
+            outcome.changed += changes.len() as i64;
+        }
+        Ok(outcome)
+    }
+
+    async fn matching_ids(
+        &self,
+        account_id: &str,
+        query: &DealQuery,
+    ) -> Result<Vec<Uuid>, ApiError> {
+        let mut qb = sqlx::QueryBuilder::new("SELECT id FROM deals");
+        push_filter(&mut qb, account_id, query);
+        qb.push(" ORDER BY id");
+        Ok(qb.build_query_scalar().fetch_all(&self.pool).await?)
+    }
+}
+
+async fn fetch_deal(
+    conn: &mut PgConnection,
+    account_id: &str,
+    deal_id: Uuid,
+    for_update: bool,
+) -> Result<Deal, ApiError> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {DEAL_COLUMNS} FROM deals WHERE account_id = $1 AND id = $2{lock}"
+    )))
+    .bind(account_id)
+    .bind(deal_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|row| deal_from_row(&row))
+    .transpose()?
+    .ok_or_else(|| ApiError::not_found(format!("deal {deal_id}")))
+}
+
+async fn lock_deals(
+    conn: &mut PgConnection,
+    account_id: &str,
+    ids: &[Uuid],
+) -> Result<Vec<Deal>, ApiError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {DEAL_COLUMNS} FROM deals WHERE account_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE"
+    )))
+    .bind(account_id)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(deal_from_row)
+    .collect()
+}
+
+pub async fn lock_deals_in_stage(
+    conn: &mut PgConnection,
+    account_id: &str,
+    stage_id: Uuid,
+) -> Result<Vec<Deal>, ApiError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {DEAL_COLUMNS} FROM deals WHERE account_id = $1 AND stage_id = $2 ORDER BY id FOR UPDATE"
+    )))
+    .bind(account_id)
+    .bind(stage_id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(deal_from_row)
+    .collect()
+}
+
+async fn insert_deal(tx: &mut Transaction<'_, Postgres>, deal: &Deal) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO deals (id, account_id, plan_id, stage_id, status, manager_id,
+            contact_external_id, contact_name, contact_email, contact_phone, contact_phone_digits,
+            title, amount_minor, currency, loss_reason_id, stage_before_close_id, idempotency_key,
+            version, created_at, updated_at, closed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                 $19, $20, $21)",
+    )
+    .bind(deal.id)
+    .bind(&deal.account_id)
+    .bind(deal.plan_id)
+    .bind(deal.stage_id)
+    .bind(deal.status.as_str())
+    .bind(&deal.manager_id)
+    .bind(&deal.contact.external_id)
+    .bind(&deal.contact.name)
+    .bind(&deal.contact.email)
+    .bind(&deal.contact.phone)
+    .bind(deal.contact.phone_digits())
+    .bind(&deal.title)
+    .bind(deal.amount.amount_minor)
+    .bind(&deal.amount.currency)
+    .bind(deal.loss_reason_id)
+    .bind(deal.stage_before_close_id)
+    .bind(&deal.idempotency_key)
+    .bind(deal.version)
+    .bind(deal.created_at)
+    .bind(deal.updated_at)
+    .bind(deal.closed_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes the new state of every changed deal in one statement.
+pub async fn update_deals(
+    tx: &mut Transaction<'_, Postgres>,
+    changes: &[(Deal, Change)],
+) -> Result<(), ApiError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let deals: Vec<&Deal> = changes.iter().map(|(d, _)| d).collect();
+    sqlx::query(
+        "UPDATE deals SET stage_id = x.stage_id, status = x.status, manager_id = x.manager_id,
+            contact_external_id = x.ext, contact_name = x.name, contact_email = x.email,
+            contact_phone = x.phone, contact_phone_digits = x.digits, title = x.title,
+            amount_minor = x.amount, currency = x.currency, loss_reason_id = x.reason,
+            stage_before_close_id = x.before, version = x.version, updated_at = x.updated,
+            closed_at = x.closed
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[],
+                     $13::uuid[], $14::uuid[], $15::bigint[], $16::timestamptz[], $17::timestamptz[])
+            AS x(id, stage_id, status, manager_id, ext, name, email, phone, digits, title, amount,
+                 currency, reason, before, version, updated, closed)
+         WHERE deals.id = x.id",
+    )
+    .bind(deals.iter().map(|d| d.id).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.stage_id).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.status.as_str()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.manager_id.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.contact.external_id.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.contact.name.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.contact.email.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.contact.phone.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.contact.phone_digits()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.title.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.amount.amount_minor).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.amount.currency.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.loss_reason_id).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.stage_before_close_id).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.version).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.updated_at).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.closed_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! PostgreSQL access of deal-service. Every change writes its history rows and its outbox
+//! events in the same transaction as the change itself.
+
+mod deals;
+mod events;
+mod plans;
+mod queries;
+mod rows;
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+pub use deals::{BulkOutcome, BulkTarget};
+pub use queries::{Board, Column, HistoryRow, Page, Totals, sort_value as queries_sort_value};
+
+/// The NOTIFY channel that wakes the outbox relay.
+pub const OUTBOX_CHANNEL: &str = "deal_service_outbox";
+
+/// Deals changed per transaction in bulk operations.
+pub const BULK_CHUNK: usize = 1_000;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Now, in microseconds: what PostgreSQL stores, so a value read back equals the one
+/// written.
+pub fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now)
+}

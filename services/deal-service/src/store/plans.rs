@@ -1,0 +1,351 @@
+//! Plans, their stages, managers and loss reasons.
+
+use salesplan_platform::{ApiError, ids};
+use salesplan_proto::v1 as pb;
+use sqlx::{PgConnection, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::{
+    Store, events, now,
+    rows::{corrupt, distribution_columns, distribution_from},
+};
+use crate::domain::{
+    DomainError, Money,
+    deal::Change,
+    plan::{LossReason, Plan, PlanDraft, Stage, StageKind},
+};
+
+impl Store {
+    pub async fn create_plan(
+        &self,
+        account_id: &str,
+        actor_id: &str,
+        draft: PlanDraft,
+    ) -> Result<Plan, ApiError> {
+        let now = now();
+        let plan = draft.into_plan(account_id, ids::new_id(), now, ids::new_id);
+        let (mode, prefer_related, strategy) = distribution_columns(plan.distribution);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO plans (id, account_id, name, average_amount_minor, currency, chat_label,
+                distribution_mode, prefer_related, strategy, require_reason, archived, version,
+                created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, false, false, $10, $11, $11)",
+        )
+        .bind(plan.id)
+        .bind(account_id)
+        .bind(&plan.name)
+        .bind(plan.average_amount.amount_minor)
+        .bind(&plan.average_amount.currency)
+        .bind(&plan.chat_label)
+        .bind(mode)
+        .bind(prefer_related)
+        .bind(strategy)
+        .bind(plan.version)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        save_children(&mut tx, &plan).await?;
+        events::record_plan(&mut tx, &plan, pb::plan_event::Kind::Created, actor_id, now).await?;
+        tx.commit().await?;
+        Ok(plan)
+    }
+
+    pub async fn plan(&self, account_id: &str, plan_id: Uuid) -> Result<Plan, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        load_plan(&mut conn, account_id, plan_id, Lock::None).await
+    }
+
+    pub async fn list_plans(
+        &self,
+        account_id: &str,
+        include_archived: bool,
+    ) -> Result<Vec<Plan>, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM plans WHERE account_id = $1 AND ($2 OR NOT archived)
+             ORDER BY created_at, id",
+        )
+        .bind(account_id)
+        .bind(include_archived)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut plans = Vec::with_capacity(ids.len());
+        for id in ids {
+            plans.push(load_plan(&mut conn, account_id, id, Lock::None).await?);
+        }
+        Ok(plans)
+    }
+
+    /// Applies `change` to the plan under its row lock, saves it with a new version, and
+    /// publishes the new snapshot.
+    pub async fn modify_plan<T>(
+        &self,
+        account_id: &str,
+        actor_id: &str,
+        plan_id: Uuid,
+        kind: pb::plan_event::Kind,
+        change: impl FnOnce(&mut Plan) -> Result<T, DomainError>,
+    ) -> Result<(Plan, T), ApiError> {
+        let now = now();
+        let mut tx = self.pool.begin().await?;
+        let mut plan = load_plan(&mut tx, account_id, plan_id, Lock::Update).await?;
+        let out = change(&mut plan)?;
+        plan.version += 1;
+        plan.updated_at = now;
+        save_plan(&mut tx, &plan).await?;
+        events::record_plan(&mut tx, &plan, kind, actor_id, now).await?;
+        tx.commit().await?;
+        Ok((plan, out))
+    }
+
+    /// Deletes a stage; its deals move to `target` first (each move in its history and
+    /// events). Returns the plan and how many deals moved.
+    pub async fn delete_stage(
+        &self,
+        account_id: &str,
+        actor_id: &str,
+        stage_id: Uuid,
+        target: Option<Uuid>,
+    ) -> Result<(Plan, i64), ApiError> {
+        let now = now();
+        let mut tx = self.pool.begin().await?;
+        let plan_id = plan_of_stage(&mut tx, account_id, stage_id).await?;
+        let mut plan = load_plan(&mut tx, account_id, plan_id, Lock::Update).await?;
+        let holds: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM deals WHERE stage_id = $1)")
+                .bind(stage_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let move_to = plan.delete_stage(stage_id, holds, target)?;
+        let mut moved = 0;
+        if let Some(to) = move_to {
+            let deals = super::deals::lock_deals_in_stage(&mut tx, account_id, stage_id).await?;
+            let changes: Vec<_> = deals
+                .into_iter()
+                .map(|d| {
+                    let mut next = d.clone();
+                    next.stage_id = to;
+                    next.version += 1;
+                    next.updated_at = now;
+                    (next, Change::Moved { from: stage_id, to })
+                })
+                .collect();
+            moved = changes.len() as i64;
+            super::deals::update_deals(&mut tx, &changes).await?;
+            events::record(&mut tx, actor_id, &changes, now).await?;
+        }
+        plan.version += 1;
+        plan.updated_at = now;
+        save_plan(&mut tx, &plan).await?;
+        events::record_plan(&mut tx, &plan, pb::plan_event::Kind::Updated, actor_id, now).await?;
+        tx.commit().await?;
+        Ok((plan, moved))
+    }
+
+    /// The plan a stage belongs to (within the account).
+    pub async fn plan_of_stage(&self, account_id: &str, stage_id: Uuid) -> Result<Uuid, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        plan_of_stage(&mut conn, account_id, stage_id).await
+    }
+}
+
+async fn plan_of_stage(
+    conn: &mut PgConnection,
+    account_id: &str,
+    stage_id: Uuid,
+) -> Result<Uuid, ApiError> {
+    sqlx::query_scalar(
+        "SELECT s.plan_id FROM stages s JOIN plans p ON p.id = s.plan_id
+         WHERE s.id = $1 AND p.account_id = $2",
+    )
+    .bind(stage_id)
+    .bind(account_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("stage {stage_id}")))
+}
+
+#[derive(Clone, Copy)]
+pub enum Lock {
+    None,
+    /// Deal writes: a concurrent plan change waits for them.
+    Share,
+    Update,
+}
+
+pub async fn load_plan(
+    conn: &mut PgConnection,
+    account_id: &str,
+    plan_id: Uuid,
+    lock: Lock,
+) -> Result<Plan, ApiError> {
+    let query = match lock {
+        Lock::None => PLAN_SELECT,
+        Lock::Share => PLAN_SELECT_SHARE,
+        Lock::Update => PLAN_SELECT_UPDATE,
+    };
+    let row = sqlx::query(query)
+        .bind(account_id)
+        .bind(plan_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("plan {plan_id}")))?;
+    let managers: Vec<String> = sqlx::query_scalar(
+        "SELECT manager_id FROM plan_managers WHERE plan_id = $1 ORDER BY position",
+    )
+    .bind(plan_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let stages = sqlx::query(
+        "SELECT id, name, color, kind, position FROM stages WHERE plan_id = $1 ORDER BY position",
+    )
+    .bind(plan_id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(Stage {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            color: r.try_get("color")?,
+            kind: StageKind::parse(r.try_get("kind")?).ok_or_else(|| corrupt("stages.kind"))?,
+            position: r.try_get("position")?,
+        })
+    })
+    .collect::<Result<Vec<_>, ApiError>>()?;
+    let loss_reasons = sqlx::query(
+        "SELECT id, name, archived FROM loss_reasons WHERE plan_id = $1 ORDER BY archived, position",
+    )
+    .bind(plan_id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(LossReason {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            archived: r.try_get("archived")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Plan {
+        id: row.try_get("id")?,
+        account_id: row.try_get("account_id")?,
+        name: row.try_get("name")?,
+        average_amount: Money {
+            amount_minor: row.try_get("average_amount_minor")?,
+            currency: row.try_get("currency")?,
+        },
+        chat_label: row.try_get("chat_label")?,
+        distribution: distribution_from(
+            row.try_get("distribution_mode")?,
+            row.try_get("prefer_related")?,
+            row.try_get("strategy")?,
+        )?,
+        managers,
+        stages,
+        require_reason: row.try_get("require_reason")?,
+        loss_reasons,
+        archived: row.try_get("archived")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+const PLAN_SELECT: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
+    distribution_mode, prefer_related, strategy, require_reason, archived, version, created_at, updated_at
+    FROM plans WHERE account_id = $1 AND id = $2";
+const PLAN_SELECT_SHARE: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
+    distribution_mode, prefer_related, strategy, require_reason, archived, version, created_at, updated_at
+    FROM plans WHERE account_id = $1 AND id = $2 FOR SHARE";
+const PLAN_SELECT_UPDATE: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
+    distribution_mode, prefer_related, strategy, require_reason, archived, version, created_at, updated_at
+    FROM plans WHERE account_id = $1 AND id = $2 FOR UPDATE";
+
+async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<(), ApiError> {
+    let (mode, prefer_related, strategy) = distribution_columns(plan.distribution);
+    sqlx::query(
+        "UPDATE plans SET name = $2, average_amount_minor = $3, currency = $4, chat_label = $5,
+            distribution_mode = $6, prefer_related = $7, strategy = $8, require_reason = $9,
+            archived = $10, version = $11, updated_at = $12
+         WHERE id = $1",
+    )
+    .bind(plan.id)
+    .bind(&plan.name)
+    .bind(plan.average_amount.amount_minor)
+    .bind(&plan.average_amount.currency)
+    .bind(&plan.chat_label)
+    .bind(mode)
+    .bind(prefer_related)
+    .bind(strategy)
+    .bind(plan.require_reason)
+    .bind(plan.archived)
+    .bind(plan.version)
+    .bind(plan.updated_at)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM plan_managers WHERE plan_id = $1")
+        .bind(plan.id)
+        .execute(&mut **tx)
+        .await?;
+    let stage_ids: Vec<Uuid> = plan.stages.iter().map(|s| s.id).collect();
+    sqlx::query("DELETE FROM stages WHERE plan_id = $1 AND id <> ALL($2)")
+        .bind(plan.id)
+        .bind(&stage_ids)
+        .execute(&mut **tx)
+        .await?;
+    save_children(tx, plan).await
+}
+
+/// Managers, stages and reasons as the plan holds them (upserts; removals happen before).
+async fn save_children(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO plan_managers (plan_id, manager_id, position)
+         SELECT $1, m, p::int FROM UNNEST($2::text[]) WITH ORDINALITY AS t(m, p)",
+    )
+    .bind(plan.id)
+    .bind(&plan.managers)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO stages (id, plan_id, name, color, kind, position)
+         SELECT i, $1, n, c, k, p FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[])
+            AS t(i, n, c, k, p)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, color = excluded.color,
+            kind = excluded.kind, position = excluded.position",
+    )
+    .bind(plan.id)
+    .bind(plan.stages.iter().map(|s| s.id).collect::<Vec<_>>())
+    .bind(plan.stages.iter().map(|s| s.name.clone()).collect::<Vec<_>>())
+    .bind(plan.stages.iter().map(|s| s.color.clone()).collect::<Vec<_>>())
+    .bind(plan.stages.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>())
+    .bind(plan.stages.iter().map(|s| s.position).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO loss_reasons (id, plan_id, name, archived, position)
+         SELECT i, $1, n, a, p::int FROM UNNEST($2::uuid[], $3::text[], $4::bool[])
+            WITH ORDINALITY AS t(i, n, a, p)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, archived = excluded.archived,
+            position = excluded.position",
+    )
+    .bind(plan.id)
+    .bind(plan.loss_reasons.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(
+        plan.loss_reasons
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        plan.loss_reasons
+            .iter()
+            .map(|r| r.archived)
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

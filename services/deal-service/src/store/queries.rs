@@ -1,0 +1,334 @@
+//! The list view, the board and the history: reads, built from one filter.
+
+use std::collections::HashMap;
+
+use salesplan_platform::ApiError;
+use sqlx::{Postgres, QueryBuilder, Row};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    Store,
+    rows::{DEAL_COLUMNS, deal_from_row},
+};
+use crate::domain::{
+    Money,
+    deal::Deal,
+    query::{DealQuery, PageToken, Sort, SortField, SortValue},
+};
+
+/// Closed-at of open deals in the sort: before every real date.
+pub fn open_deal_closed_at() -> OffsetDateTime {
+    time::macros::datetime!(0001-01-01 00:00 UTC)
+}
+
+/// A page of deals, and whether more follow.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub deals: Vec<Deal>,
+    pub more: bool,
+}
+
+/// Count and per-currency sums of what a filter matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub count: i64,
+    pub amounts: Vec<Money>,
+}
+
+impl Totals {
+    fn add(&mut self, count: i64, amount: Money) {
+        self.count += count;
+        match self
+            .amounts
+            .iter_mut()
+            .find(|m| m.currency == amount.currency)
+        {
+            Some(m) => m.amount_minor += amount.amount_minor,
+            None => {
+                self.amounts.push(amount);
+                self.amounts.sort_by(|a, b| a.currency.cmp(&b.currency));
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub stage_id: Uuid,
+    pub totals: Totals,
+    pub cards: Page,
+}
+
+#[derive(Debug, Clone)]
+pub struct Board {
+    pub columns: Vec<Column>,
+    pub totals: Totals,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryRow {
+    pub id: i64,
+    pub at: OffsetDateTime,
+    pub actor_id: String,
+    pub action: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub loss_reason_id: Option<Uuid>,
+    pub status: Option<String>,
+}
+
+/// `WHERE account … AND <every condition of the query>`.
+pub fn push_filter(qb: &mut QueryBuilder<Postgres>, account_id: &str, q: &DealQuery) {
+    qb.push(" WHERE account_id = ")
+        .push_bind(account_id.to_owned());
+    if let Some(plan) = q.plan_id {
+        qb.push(" AND plan_id = ").push_bind(plan);
+    }
+    if !q.stage_ids.is_empty() {
+        qb.push(" AND stage_id = ANY(")
+            .push_bind(q.stage_ids.clone())
+            .push(")");
+    }
+    if !q.managers.is_empty() || q.unassigned {
+        qb.push(" AND (manager_id = ANY(")
+            .push_bind(q.managers.clone())
+            .push(")");
+        if q.unassigned {
+            qb.push(" OR manager_id IS NULL");
+        }
+        qb.push(")");
+    }
+    if !q.statuses.is_empty() {
+        let statuses: Vec<String> = q.statuses.iter().map(|s| s.as_str().to_owned()).collect();
+        qb.push(" AND status = ANY(").push_bind(statuses).push(")");
+    }
+    if !q.loss_reason_ids.is_empty() || q.without_loss_reason {
+        qb.push(" AND (loss_reason_id = ANY(")
+            .push_bind(q.loss_reason_ids.clone())
+            .push(")");
+        if q.without_loss_reason {
+            qb.push(" OR (status = 'lost' AND loss_reason_id IS NULL)");
+        }
+        qb.push(")");
+    }
+    for (column, range) in [("created_at", q.created), ("closed_at", q.closed)] {
+        if let Some(from) = range.from {
+            qb.push(format_args!(" AND {column} >= ")).push_bind(from);
+        }
+        if let Some(to) = range.to {
+            qb.push(format_args!(" AND {column} < ")).push_bind(to);
+        }
+    }
+    if let Some(search) = &q.search {
+        qb.push(" AND (search_text LIKE ")
+            .push_bind(search.pattern.clone())
+            .push(" ESCAPE '\\'");
+        if let Some(digits) = &search.digits_pattern {
+            qb.push(" OR search_text LIKE ").push_bind(digits.clone());
+        }
+        qb.push(")");
+    }
+}
+
+fn sort_expr(field: SortField) -> &'static str {
+    match field {
+        SortField::CreatedAt => "created_at",
+        SortField::UpdatedAt => "updated_at",
+        SortField::ClosedAt => "coalesce(closed_at, '0001-01-01 00:00:00+00'::timestamptz)",
+        SortField::Amount => "amount_minor",
+        SortField::Title => "title",
+    }
+}
+
+/// The sort value of `deal`, for the token of the page it ends.
+pub fn sort_value(field: SortField, deal: &Deal) -> SortValue {
+    match field {
+        SortField::CreatedAt => SortValue::Time(deal.created_at.unix_timestamp_nanos()),
+        SortField::UpdatedAt => SortValue::Time(deal.updated_at.unix_timestamp_nanos()),
+        SortField::ClosedAt => SortValue::Time(
+            deal.closed_at
+                .unwrap_or_else(open_deal_closed_at)
+                .unix_timestamp_nanos(),
+        ),
+        SortField::Amount => SortValue::Amount(deal.amount.amount_minor),
+        SortField::Title => SortValue::Text(deal.title.clone()),
+    }
+}
+
+fn push_keyset(
+    qb: &mut QueryBuilder<Postgres>,
+    sort: Sort,
+    after: &PageToken,
+) -> Result<(), ApiError> {
+    let op = if sort.ascending { ">" } else { "<" };
+    qb.push(format_args!(" AND ({}, id) {op} (", sort_expr(sort.field)));
+    match (&after.value, sort.field) {
+        (
+            SortValue::Time(nanos),
+            SortField::CreatedAt | SortField::UpdatedAt | SortField::ClosedAt,
+        ) => {
+            let at = OffsetDateTime::from_unix_timestamp_nanos(*nanos)
+                .map_err(|_| ApiError::invalid("page_token", "not a token of this query"))?;
+            qb.push_bind(at);
+        }
+        (SortValue::Amount(amount), SortField::Amount) => {
+            qb.push_bind(*amount);
+        }
+        (SortValue::Text(text), SortField::Title) => {
+            qb.push_bind(text.clone());
+        }
+        _ => return Err(ApiError::invalid("page_token", "not a token of this query")),
+    }
+    qb.push(", ").push_bind(after.id).push(")");
+    Ok(())
+}
+
+fn push_order(qb: &mut QueryBuilder<Postgres>, sort: Sort) {
+    let dir = if sort.ascending { "ASC" } else { "DESC" };
+    qb.push(format_args!(
+        " ORDER BY {} {dir}, id {dir}",
+        sort_expr(sort.field)
+    ));
+}
+
+impl Store {
+    pub async fn list_deals(
+        &self,
+        account_id: &str,
+        query: &DealQuery,
+        sort: Sort,
+        after: Option<&PageToken>,
+        limit: usize,
+    ) -> Result<Page, ApiError> {
+        let mut qb = QueryBuilder::new(format!("SELECT {DEAL_COLUMNS} FROM deals"));
+        push_filter(&mut qb, account_id, query);
+        if let Some(after) = after {
+            push_keyset(&mut qb, sort, after)?;
+        }
+        push_order(&mut qb, sort);
+        qb.push(" LIMIT ").push_bind(limit as i64 + 1);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        let mut deals = rows
+            .iter()
+            .map(deal_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = deals.len() > limit;
+        deals.truncate(limit);
+        Ok(Page { deals, more })
+    }
+
+    pub async fn totals(&self, account_id: &str, query: &DealQuery) -> Result<Totals, ApiError> {
+        let mut qb = QueryBuilder::new(
+            "SELECT currency, count(*)::bigint AS n, coalesce(sum(amount_minor), 0)::bigint AS amount FROM deals",
+        );
+        push_filter(&mut qb, account_id, query);
+        qb.push(" GROUP BY currency");
+        let mut totals = Totals::default();
+        for row in qb.build().fetch_all(&self.pool).await? {
+            totals.add(
+                row.try_get("n")?,
+                Money {
+                    amount_minor: row.try_get("amount")?,
+                    currency: row.try_get("currency")?,
+                },
+            );
+        }
+        Ok(totals)
+    }
+
+    /// Per stage (in `stage_ids` order): totals and the first `cards` deals. `query` must
+    /// name the plan.
+    pub async fn board(
+        &self,
+        account_id: &str,
+        query: &DealQuery,
+        stage_ids: &[Uuid],
+        sort: Sort,
+        cards: usize,
+    ) -> Result<Board, ApiError> {
+        let mut qb = QueryBuilder::new(
+            "SELECT stage_id, currency, count(*)::bigint AS n, coalesce(sum(amount_minor), 0)::bigint AS amount FROM deals",
+        );
+        push_filter(&mut qb, account_id, query);
+        qb.push(" GROUP BY stage_id, currency");
+        let mut per_stage: HashMap<Uuid, Totals> = HashMap::new();
+        let mut totals = Totals::default();
+        for row in qb.build().fetch_all(&self.pool).await? {
+            let count: i64 = row.try_get("n")?;
+            let amount = Money {
+                amount_minor: row.try_get("amount")?,
+                currency: row.try_get("currency")?,
+            };
+            totals.add(count, amount.clone());
+            per_stage
+                .entry(row.try_get("stage_id")?)
+                .or_default()
+                .add(count, amount);
+        }
+
+        let mut per_stage_cards: HashMap<Uuid, Vec<Deal>> = HashMap::new();
+        if cards > 0 {
+            // One round trip: the first cards of each column through its index.
+            let mut qb = QueryBuilder::new("SELECT d.* FROM UNNEST(");
+            qb.push_bind(stage_ids.to_vec());
+            qb.push(format!(
+                "::uuid[]) AS s(sid) CROSS JOIN LATERAL (SELECT {DEAL_COLUMNS} FROM deals"
+            ));
+            push_filter(&mut qb, account_id, query);
+            qb.push(" AND stage_id = s.sid");
+            push_order(&mut qb, sort);
+            qb.push(" LIMIT ").push_bind(cards as i64 + 1).push(") d");
+            for row in qb.build().fetch_all(&self.pool).await? {
+                let deal = deal_from_row(&row)?;
+                per_stage_cards.entry(deal.stage_id).or_default().push(deal);
+            }
+        }
+        let columns = stage_ids
+            .iter()
+            .map(|id| {
+                let mut deals = per_stage_cards.remove(id).unwrap_or_default();
+                let more = deals.len() > cards;
+                deals.truncate(cards);
+                Column {
+                    stage_id: *id,
+                    totals: per_stage.remove(id).unwrap_or_default(),
+                    cards: Page { deals, more },
+                }
+            })
+            .collect();
+        Ok(Board { columns, totals })
+    }
+
+    pub async fn history(
+        &self,
+        account_id: &str,
+        deal_id: Uuid,
+    ) -> Result<Vec<HistoryRow>, ApiError> {
+        // Through the deal itself: another account's deal is simply not found.
+        self.deal(account_id, deal_id).await?;
+        let rows = sqlx::query(
+            "SELECT id, at, actor_id, action, from_value, to_value, loss_reason_id, status
+             FROM deal_history WHERE account_id = $1 AND deal_id = $2 ORDER BY id",
+        )
+        .bind(account_id)
+        .bind(deal_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HistoryRow {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor_id: r.try_get("actor_id")?,
+                    action: r.try_get("action")?,
+                    from: r.try_get("from_value")?,
+                    to: r.try_get("to_value")?,
+                    loss_reason_id: r.try_get("loss_reason_id")?,
+                    status: r.try_get("status")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+}

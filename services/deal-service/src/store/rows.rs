@@ -1,0 +1,73 @@
+//! Rows ↔ domain values.
+
+use salesplan_platform::{ApiError, validate::ContactInput};
+use sqlx::{Row, postgres::PgRow};
+
+use crate::domain::{
+    Money,
+    deal::{Deal, DealStatus},
+    plan::{Distribution, Strategy},
+};
+
+pub fn corrupt(what: &str) -> ApiError {
+    ApiError::internal(format!("unexpected value in column {what}"))
+}
+
+/// The columns of a deal, in the order `deal_from_row` reads them by name.
+pub const DEAL_COLUMNS: &str = "id, account_id, plan_id, stage_id, status, manager_id,
+    contact_external_id, contact_name, contact_email, contact_phone, title, amount_minor, currency,
+    loss_reason_id, stage_before_close_id, idempotency_key, version, created_at, updated_at, closed_at";
+
+pub fn deal_from_row(row: &PgRow) -> Result<Deal, ApiError> {
+    Ok(Deal {
+        id: row.try_get("id")?,
+        account_id: row.try_get("account_id")?,
+        plan_id: row.try_get("plan_id")?,
+        stage_id: row.try_get("stage_id")?,
+        status: DealStatus::parse(row.try_get("status")?).ok_or_else(|| corrupt("deals.status"))?,
+        manager_id: row.try_get("manager_id")?,
+        contact: ContactInput {
+            external_id: row.try_get("contact_external_id")?,
+            name: row.try_get("contact_name")?,
+            email: row.try_get("contact_email")?,
+            phone: row.try_get("contact_phone")?,
+        },
+        title: row.try_get("title")?,
+        amount: Money {
+            amount_minor: row.try_get("amount_minor")?,
+            currency: row.try_get("currency")?,
+        },
+        loss_reason_id: row.try_get("loss_reason_id")?,
+        stage_before_close_id: row.try_get("stage_before_close_id")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        closed_at: row.try_get("closed_at")?,
+    })
+}
+
+pub fn distribution_columns(d: Distribution) -> (&'static str, bool, &'static str) {
+    match d {
+        Distribution::Manual => ("manual", false, Strategy::RoundRobin.as_str()),
+        Distribution::Auto {
+            prefer_related,
+            strategy,
+        } => ("auto", prefer_related, strategy.as_str()),
+    }
+}
+
+pub fn distribution_from(
+    mode: &str,
+    prefer_related: bool,
+    strategy: &str,
+) -> Result<Distribution, ApiError> {
+    match mode {
+        "manual" => Ok(Distribution::Manual),
+        "auto" => Ok(Distribution::Auto {
+            prefer_related,
+            strategy: Strategy::parse(strategy).ok_or_else(|| corrupt("plans.strategy"))?,
+        }),
+        _ => Err(corrupt("plans.distribution_mode")),
+    }
+}
