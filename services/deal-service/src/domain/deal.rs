@@ -597,7 +597,7 @@ mod tests {
             let open: Vec<Uuid> = plan.stages.iter().filter(|s| s.kind == StageKind::Open).map(|s| s.id).collect();
             let mut deal = deal_in(&plan);
             deal.stage_id = open[close_from % open.len()];
-            let target = if lose { plan.stages.iter().rev().next().unwrap().id } else { plan.stage_of_kind(StageKind::Won).unwrap().id };
+            let target = if lose { plan.stage_of_kind(StageKind::Lost).unwrap().id } else { plan.stage_of_kind(StageKind::Won).unwrap().id };
             let (closed, _) = deal.move_to(&plan, target, None, OffsetDateTime::UNIX_EPOCH).unwrap();
             for d in deletions {
                 let id = plan.stages[d % plan.stages.len()].id;
