@@ -107,6 +107,60 @@ impl Stack {
     }
 }
 
+/// Only deal-service, with its own NATS and database: for tests of the system of record.
+pub struct DealStack {
+    pub nats: TestNats,
+    pub db: TestDatabase,
+    pub deal_service: Running,
+    shutdown: CancellationToken,
+    issuer: TokenIssuer,
+}
+
+impl DealStack {
+    pub async fn start() -> anyhow::Result<Self> {
+        salesplan_platform::telemetry::init_for_tests();
+        let nats = TestNats::start().await?;
+        let db = TestDatabase::create().await?;
+        let shutdown = CancellationToken::new();
+        let deal_service = deal_service::Config::local(&db.url, &nats.url)
+            .start(shutdown.clone())
+            .await?;
+        Ok(Self {
+            nats,
+            db,
+            deal_service,
+            shutdown,
+            issuer: TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes()),
+        })
+    }
+
+    pub fn token(&self, account: &str, user: &str, permissions: &[Permission]) -> String {
+        self.issuer
+            .issue(
+                &Actor::new(account, user, permissions.iter().copied()),
+                Duration::from_secs(3600),
+            )
+            .expect("signing a test token")
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(
+            tonic::transport::Endpoint::from_shared(self.deal_service.grpc_url())?
+                .connect()
+                .await?,
+        )
+    }
+
+    pub async fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        Ok(sqlx::PgPool::connect(&self.db.url).await?)
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.deal_service.wait().await
+    }
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
 where

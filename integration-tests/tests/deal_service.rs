@@ -1,0 +1,1107 @@
+//! deal-service against real PostgreSQL and JetStream: plans, stages, reasons, deals,
+//! list and board, bulk changes, reopening, history, permissions and isolation.
+
+use std::collections::{HashMap, HashSet};
+
+use integration_tests::stack::DealStack;
+use salesplan_platform::{Permission, grpc::outgoing};
+use salesplan_proto::v1::{
+    self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
+};
+use tonic::{Code, transport::Channel};
+
+const ACCOUNT: &str = "acme";
+const ADMIN: &[Permission] = &[Permission::PlansAdmin];
+const BOSS: &[Permission] = &[Permission::DealsEditAll, Permission::DealsBulkEdit];
+
+struct Clients {
+    plans: PlanServiceClient<Channel>,
+    deals: DealServiceClient<Channel>,
+}
+
+async fn clients(stack: &DealStack) -> anyhow::Result<Clients> {
+    let channel = stack.channel().await?;
+    Ok(Clients {
+        plans: PlanServiceClient::new(channel.clone()),
+        deals: DealServiceClient::new(channel),
+    })
+}
+
+fn plan_request(managers: &[&str]) -> pb::CreatePlanRequest {
+    pb::CreatePlanRequest {
+        name: "Sales".into(),
+        average_amount: Some(pb::Money {
+            amount_minor: 1_000,
+            currency: "USD".into(),
+        }),
+        chat_label: "SALES".into(),
+        distribution: Some(pb::Distribution {
+            mode: pb::distribution::Mode::Manual as i32,
+            ..Default::default()
+        }),
+        manager_ids: managers.iter().map(|m| (*m).to_owned()).collect(),
+    }
+}
+
+async fn create_plan(c: &mut Clients, token: &str, managers: &[&str]) -> anyhow::Result<pb::Plan> {
+    Ok(c.plans
+        .create_plan(outgoing(plan_request(managers), token))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan"))
+}
+
+fn contact(i: usize) -> pb::Contact {
+    pb::Contact {
+        external_id: format!("ext-{i}"),
+        name: format!("Person {i}"),
+        email: format!("person{i}@example.com"),
+        phone: format!("+1 (555) 010-{i:04}"),
+    }
+}
+
+async fn create_deal(
+    c: &mut Clients,
+    token: &str,
+    plan: &pb::Plan,
+    i: usize,
+    manager: Option<&str>,
+) -> anyhow::Result<pb::Deal> {
+    Ok(c.deals
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: plan.id.clone(),
+                contact: Some(contact(i)),
+                manager_id: manager.map(str::to_owned),
+                idempotency_key: format!("key-{}-{i}", plan.id),
+                amount: Some(pb::Money {
+                    amount_minor: 100 * (i as i64 + 1),
+                    currency: "USD".into(),
+                }),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal"))
+}
+
+async fn move_deal(
+    c: &mut Clients,
+    token: &str,
+    deal: &pb::Deal,
+    stage: &str,
+    reason: Option<&str>,
+) -> Result<pb::Deal, tonic::Status> {
+    c.deals
+        .move_deal(outgoing(
+            pb::MoveDealRequest {
+                deal_id: deal.id.clone(),
+                expected_version: deal.version,
+                stage_id: stage.to_owned(),
+                loss_reason_id: reason.map(str::to_owned),
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner().deal.expect("deal"))
+}
+
+async fn reopen(c: &mut Clients, token: &str, deal: &pb::Deal) -> Result<pb::Deal, tonic::Status> {
+    c.deals
+        .reopen_deal(outgoing(
+            pb::ReopenDealRequest {
+                deal_id: deal.id.clone(),
+                expected_version: deal.version,
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner().deal.expect("deal"))
+}
+
+fn stage_named<'a>(plan: &'a pb::Plan, name: &str) -> &'a pb::Stage {
+    plan.stages
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no stage {name}"))
+}
+
+#[tokio::test]
+async fn plans_stages_managers_and_reasons() -> anyhow::Result<()> {
+    let stack = DealStack::start().await?;
+    let mut c = clients(&stack).await?;
+    let admin = stack.token(ACCOUNT, "admin", ADMIN);
+    let plan = create_plan(&mut c, &admin, &["m1", "m2"]).await?;
+    let names: Vec<_> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["New", "In progress", "Won", "Lost"],
+        "usable at once"
+    );
+
+    // Update: twelve characters of a Cyrillic label are fine, thirteen are not.
+    let update = |label: &str| pb::UpdatePlanRequest {
+        plan_id: plan.id.clone(),
+        chat_label: Some(label.into()),
+        name: Some("Sales EU".into()),
+        distribution: Some(pb::Distribution {
+            mode: pb::distribution::Mode::Auto as i32,
+            prefer_related: true,
+            strategy: pb::distribution::Strategy::LeastOpenDeals as i32,
+        }),
+        ..Default::default()
+    };
+    let updated = c
+        .plans
+        .update_plan(outgoing(update("Продажи2025!"), &admin))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan");
+    assert_eq!(updated.chat_label, "Продажи2025!");
+    assert_eq!(updated.name, "Sales EU");
+    assert_eq!(updated.version, plan.version + 1);
+    let err = c
+        .plans
+        .update_plan(outgoing(update("Продажи2025!!"), &admin))
+        .await
+        .expect_err("13 characters");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("chat_label:"));
+
+    // Managers: kept in place, new ones appended, removed ones gone.
+    let managers = c
+        .plans
+        .set_plan_managers(outgoing(
+            pb::SetPlanManagersRequest {
+                plan_id: plan.id.clone(),
+                manager_ids: vec!["m3".into(), "m2".into()],
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan")
+        .manager_ids;
+    assert_eq!(managers, ["m2", "m3"]);
+
+    // Stages: add at a position, rename and recolour, reorder, delete.
+    let added = c
+        .plans
+        .add_stage(outgoing(
+            pb::AddStageRequest {
+                plan_id: plan.id.clone(),
+                name: "Qualified".into(),
+                color: "#00AA00".into(),
+                position: Some(1),
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner();
+    let qualified = added.stage.expect("stage");
+    assert_eq!(qualified.color, "#00aa00");
+    let names: Vec<_> = added
+        .plan
+        .expect("plan")
+        .stages
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["New", "Qualified", "In progress", "Won", "Lost"]);
+    let err = c
+        .plans
+        .add_stage(outgoing(
+            pb::AddStageRequest {
+                plan_id: plan.id.clone(),
+                name: "Bad".into(),
+                color: "green".into(),
+                position: None,
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("bad colour");
+    assert!(err.message().starts_with("color:"), "{}", err.message());
+
+    let renamed = c
+        .plans
+        .update_stage(outgoing(
+            pb::UpdateStageRequest {
+                stage_id: qualified.id.clone(),
+                name: Some("Hot".into()),
+                color: None,
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan");
+    let open_ids: Vec<String> = renamed
+        .stages
+        .iter()
+        .filter(|s| s.kind == pb::StageKind::Open as i32)
+        .map(|s| s.id.clone())
+        .rev()
+        .collect();
+    let reordered = c
+        .plans
+        .reorder_stages(outgoing(
+            pb::ReorderStagesRequest {
+                plan_id: plan.id.clone(),
+                open_stage_ids: open_ids,
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan");
+    let names: Vec<_> = reordered.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["In progress", "Hot", "New", "Won", "Lost"]);
+    let won_id = stage_named(&reordered, "Won").id.clone();
+    let err = c
+        .plans
+        .reorder_stages(outgoing(
+            pb::ReorderStagesRequest {
+                plan_id: plan.id.clone(),
+                open_stage_ids: vec![won_id.clone()],
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("WON is not reorderable");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Deleting a stage that holds deals needs a target; the deals then move there.
+    let boss = stack.token(ACCOUNT, "boss", BOSS);
+    let hot = stage_named(&reordered, "Hot").id.clone();
+    let deal = c
+        .deals
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: plan.id.clone(),
+                stage_id: Some(hot.clone()),
+                contact: Some(contact(1)),
+                idempotency_key: "in-hot".into(),
+                ..Default::default()
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let delete = |target: Option<String>| pb::DeleteStageRequest {
+        stage_id: hot.clone(),
+        target_stage_id: target,
+    };
+    let err = c
+        .plans
+        .delete_stage(outgoing(delete(None), &admin))
+        .await
+        .expect_err("holds a deal");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = c
+        .plans
+        .delete_stage(outgoing(delete(Some(won_id)), &admin))
+        .await
+        .expect_err("target must be OPEN");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let new_id = stage_named(&reordered, "New").id.clone();
+    let deleted = c
+        .plans
+        .delete_stage(outgoing(delete(Some(new_id.clone())), &admin))
+        .await?
+        .into_inner();
+    assert_eq!(deleted.moved_deals, 1);
+    let moved = c
+        .deals
+        .get_deal(outgoing(
+            pb::GetDealRequest {
+                deal_id: deal.id.clone(),
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert_eq!(moved.stage_id, new_id);
+    assert_eq!(moved.version, deal.version + 1);
+
+    // Reasons: add, rename, archive (kept, flagged), require.
+    let set = |reasons: Vec<pb::LossReasonInput>, require: bool| pb::SetLossReasonsRequest {
+        plan_id: plan.id.clone(),
+        require_reason: require,
+        reasons,
+    };
+    let input = |id: &str, name: &str| pb::LossReasonInput {
+        id: id.into(),
+        name: name.into(),
+    };
+    let first = c
+        .plans
+        .set_loss_reasons(outgoing(
+            set(
+                vec![input("", "Too expensive"), input("", "No budget")],
+                true,
+            ),
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan")
+        .loss_reasons
+        .expect("reasons");
+    assert!(first.require_reason);
+    let expensive = first.reasons[0].id.clone();
+    let second = c
+        .plans
+        .set_loss_reasons(outgoing(
+            set(vec![input(&expensive, "Price")], true),
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan")
+        .loss_reasons
+        .expect("reasons");
+    let summary: Vec<(&str, bool)> = second
+        .reasons
+        .iter()
+        .map(|r| (r.name.as_str(), r.archived))
+        .collect();
+    assert_eq!(summary, [("Price", false), ("No budget", true)]);
+    let err = c
+        .plans
+        .set_loss_reasons(outgoing(set(vec![], true), &admin))
+        .await
+        .expect_err("require without reasons");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Permissions and accounts.
+    let manager = stack.token(ACCOUNT, "m2", &[Permission::DealsEditAll]);
+    let err = c
+        .plans
+        .archive_plan(outgoing(
+            pb::ArchivePlanRequest {
+                plan_id: plan.id.clone(),
+            },
+            &manager,
+        ))
+        .await
+        .expect_err("not an admin");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("plans:admin"));
+    let stranger = stack.token("globex", "admin", ADMIN);
+    let err = c
+        .plans
+        .get_plan(outgoing(
+            pb::GetPlanRequest {
+                plan_id: plan.id.clone(),
+            },
+            &stranger,
+        ))
+        .await
+        .expect_err("another account");
+    assert_eq!(err.code(), Code::NotFound);
+    let listed = c
+        .plans
+        .list_plans(outgoing(pb::ListPlansRequest::default(), &stranger))
+        .await?
+        .into_inner()
+        .plans;
+    assert!(listed.is_empty());
+
+    // Archived: listed only on request, takes no new deals.
+    c.plans
+        .archive_plan(outgoing(
+            pb::ArchivePlanRequest {
+                plan_id: plan.id.clone(),
+            },
+            &admin,
+        ))
+        .await?;
+    let listed = c
+        .plans
+        .list_plans(outgoing(
+            pb::ListPlansRequest {
+                include_archived: false,
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .plans;
+    assert!(listed.is_empty());
+    let listed = c
+        .plans
+        .list_plans(outgoing(
+            pb::ListPlansRequest {
+                include_archived: true,
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .plans;
+    assert_eq!(listed.len(), 1);
+    let err = create_deal(&mut c, &boss, &plan, 99, None)
+        .await
+        .expect_err("archived");
+    assert_eq!(
+        err.downcast_ref::<tonic::Status>().map(|s| s.code()),
+        Some(Code::FailedPrecondition)
+    );
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn moving_closing_reopening_and_history() -> anyhow::Result<()> {
+    let stack = DealStack::start().await?;
+    let mut c = clients(&stack).await?;
+    let admin = stack.token(ACCOUNT, "admin", ADMIN);
+    let boss = stack.token(ACCOUNT, "boss", BOSS);
+    let m1 = stack.token(ACCOUNT, "m1", &[]);
+    let plan = create_plan(&mut c, &admin, &["m1", "m2"]).await?;
+    let plan = c
+        .plans
+        .set_loss_reasons(outgoing(
+            pb::SetLossReasonsRequest {
+                plan_id: plan.id.clone(),
+                require_reason: true,
+                reasons: vec![pb::LossReasonInput {
+                    id: String::new(),
+                    name: "Too expensive".into(),
+                }],
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan");
+    let reason = plan.loss_reasons.as_ref().expect("reasons").reasons[0]
+        .id
+        .clone();
+    let (new, progress, won, lost) = (
+        stage_named(&plan, "New").id.clone(),
+        stage_named(&plan, "In progress").id.clone(),
+        stage_named(&plan, "Won").id.clone(),
+        stage_named(&plan, "Lost").id.clone(),
+    );
+
+    // Idempotent create.
+    let deal = create_deal(&mut c, &boss, &plan, 1, Some("m1")).await?;
+    let again = create_deal(&mut c, &boss, &plan, 1, Some("m1")).await?;
+    assert_eq!(again.id, deal.id);
+
+    // A manager moves their own deal; not someone else's.
+    let moved = move_deal(&mut c, &m1, &deal, &progress, None).await?;
+    assert_eq!(moved.stage_id, progress);
+    let m2 = stack.token(ACCOUNT, "m2", &[]);
+    let err = move_deal(&mut c, &m2, &moved, &new, None)
+        .await
+        .expect_err("not theirs");
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // A stale version is refused and nothing is written.
+    let err = move_deal(&mut c, &m1, &deal, &new, None)
+        .await
+        .expect_err("stale");
+    assert_eq!(err.code(), Code::Aborted);
+    let current = c
+        .deals
+        .get_deal(outgoing(
+            pb::GetDealRequest {
+                deal_id: deal.id.clone(),
+            },
+            &m1,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert_eq!(
+        (current.stage_id.as_str(), current.version),
+        (progress.as_str(), moved.version)
+    );
+
+    // LOST needs one of the plan's reasons.
+    let err = move_deal(&mut c, &m1, &moved, &lost, None)
+        .await
+        .expect_err("no reason");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("loss_reason_id:"),
+        "{}",
+        err.message()
+    );
+    let lost_deal = move_deal(&mut c, &m1, &moved, &lost, Some(&reason)).await?;
+    assert_eq!(lost_deal.status, pb::DealStatus::Lost as i32);
+    assert_eq!(lost_deal.loss_reason_id.as_deref(), Some(reason.as_str()));
+    assert_eq!(
+        lost_deal.stage_before_close_id.as_deref(),
+        Some(progress.as_str())
+    );
+    assert!(lost_deal.closed_at.is_some());
+    let err = move_deal(&mut c, &m1, &lost_deal, &new, None)
+        .await
+        .expect_err("closed");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // Reopening needs both permissions.
+    for perms in [
+        &[Permission::DealsEditAll][..],
+        &[Permission::DealsBulkEdit][..],
+    ] {
+        let token = stack.token(ACCOUNT, "half-boss", perms);
+        let err = reopen(&mut c, &token, &lost_deal)
+            .await
+            .expect_err("one permission only");
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+    let reopened = reopen(&mut c, &boss, &lost_deal).await?;
+    assert_eq!(reopened.stage_id, progress, "back to the stage it left");
+    assert_eq!(reopened.status, pb::DealStatus::Open as i32);
+    assert!(reopened.closed_at.is_none() && reopened.loss_reason_id.is_none());
+    let err = reopen(&mut c, &boss, &reopened)
+        .await
+        .expect_err("open deal");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // From WON: the last OPEN stage.
+    let first = move_deal(&mut c, &m1, &reopened, &new, None).await?;
+    let won_deal = move_deal(&mut c, &m1, &first, &won, None).await?;
+    let back = reopen(&mut c, &boss, &won_deal).await?;
+    assert_eq!(back.stage_id, progress);
+
+    // From LOST after the remembered stage was deleted: the last OPEN stage.
+    let other = create_deal(&mut c, &boss, &plan, 2, Some("m1")).await?;
+    let other = move_deal(&mut c, &m1, &other, &lost, Some(&reason)).await?;
+    assert_eq!(other.stage_before_close_id.as_deref(), Some(new.as_str()));
+    c.plans
+        .delete_stage(outgoing(
+            pb::DeleteStageRequest {
+                stage_id: new.clone(),
+                target_stage_id: None,
+            },
+            &admin,
+        ))
+        .await?;
+    let other = reopen(&mut c, &boss, &other).await?;
+    assert_eq!(other.stage_id, progress);
+
+    // Assign, edit, and the history of it all.
+    let assigned = c
+        .deals
+        .assign_deal(outgoing(
+            pb::AssignDealRequest {
+                deal_id: back.id.clone(),
+                expected_version: back.version,
+                manager_id: Some("m2".into()),
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let err = c
+        .deals
+        .assign_deal(outgoing(
+            pb::AssignDealRequest {
+                deal_id: back.id.clone(),
+                expected_version: assigned.version,
+                manager_id: Some("stranger".into()),
+            },
+            &boss,
+        ))
+        .await
+        .expect_err("not a member");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let edited = c
+        .deals
+        .update_deal(outgoing(
+            pb::UpdateDealRequest {
+                deal_id: back.id.clone(),
+                expected_version: assigned.version,
+                title: Some("Big order".into()),
+                amount: Some(pb::Money {
+                    amount_minor: 5_000_00,
+                    currency: "USD".into(),
+                }),
+                contact: None,
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert_eq!(edited.title, "Big order");
+
+    let history = c
+        .deals
+        .get_deal_history(outgoing(
+            pb::GetDealHistoryRequest {
+                deal_id: deal.id.clone(),
+            },
+            &m1,
+        ))
+        .await?
+        .into_inner()
+        .entries;
+    use pb::HistoryAction as A;
+    let actions: Vec<i32> = history.iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        [
+            A::Created,
+            A::Moved,
+            A::Closed,
+            A::Reopened,
+            A::Moved,
+            A::Closed,
+            A::Reopened,
+            A::Assigned,
+            A::Edited
+        ]
+        .map(|a| a as i32)
+    );
+    let reopen_entry = &history[3];
+    assert_eq!(
+        (reopen_entry.from.as_str(), reopen_entry.to.as_str()),
+        (lost.as_str(), progress.as_str())
+    );
+    assert_eq!(reopen_entry.actor_id, "boss");
+    assert_eq!(reopen_entry.status, pb::DealStatus::Lost as i32);
+    assert_eq!(history[2].loss_reason_id.as_deref(), Some(reason.as_str()));
+    assert_eq!(
+        (history[7].from.as_str(), history[7].to.as_str()),
+        ("m1", "m2")
+    );
+    assert!(history.iter().all(|e| e.at.is_some()));
+
+    // Another account sees neither the deal nor its history.
+    let stranger = stack.token("globex", "boss", BOSS);
+    let err = c
+        .deals
+        .get_deal_history(outgoing(
+            pb::GetDealHistoryRequest {
+                deal_id: deal.id.clone(),
+            },
+            &stranger,
+        ))
+        .await
+        .expect_err("another account");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = reopen(&mut c, &stranger, &lost_deal)
+        .await
+        .expect_err("another account");
+    assert_eq!(err.code(), Code::NotFound);
+    stack.stop().await
+}
+
+async fn list(
+    c: &mut Clients,
+    token: &str,
+    filter: pb::DealFilter,
+    page_size: i32,
+    page_token: String,
+) -> Result<pb::ListDealsResponse, tonic::Status> {
+    c.deals
+        .list_deals(outgoing(
+            pb::ListDealsRequest {
+                filter: Some(filter),
+                sort: None,
+                page_size,
+                page_token,
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn list_search_pagination_and_board_agree() -> anyhow::Result<()> {
+    let stack = DealStack::start().await?;
+    let mut c = clients(&stack).await?;
+    let admin = stack.token(ACCOUNT, "admin", ADMIN);
+    let boss = stack.token(ACCOUNT, "boss", BOSS);
+    let plan = create_plan(&mut c, &admin, &["m1", "m2", "m3"]).await?;
+    let progress = stage_named(&plan, "In progress").id.clone();
+    let won = stage_named(&plan, "Won").id.clone();
+    let mut deals = Vec::new();
+    for i in 0..40 {
+        let manager = ["m1", "m2", "m3"][i % 3];
+        let mut deal = create_deal(&mut c, &boss, &plan, i, Some(manager)).await?;
+        if i % 4 == 1 {
+            deal = move_deal(&mut c, &boss, &deal, &progress, None).await?;
+        } else if i % 4 == 2 {
+            deal = move_deal(&mut c, &boss, &deal, &won, None).await?;
+        }
+        deals.push(deal);
+    }
+    let plan_filter = || pb::DealFilter {
+        plan_id: plan.id.clone(),
+        ..Default::default()
+    };
+
+    // Search: a phone written differently than stored, e-mail and name fragments, and
+    // LIKE metacharacters taken literally.
+    let search = |text: &str| pb::DealFilter {
+        search: text.into(),
+        ..plan_filter()
+    };
+    let found = list(&mut c, &boss, search("555.010.0007"), 50, String::new()).await?;
+    assert_eq!(found.total_count, 1);
+    assert_eq!(
+        found.deals[0].contact.as_ref().map(|c| c.name.as_str()),
+        Some("Person 7")
+    );
+    let found = list(&mut c, &boss, search("(555) 010-0012"), 50, String::new()).await?;
+    assert_eq!(found.deals.len(), 1);
+    let found = list(&mut c, &boss, search("PERSON1@EXAMPLE"), 50, String::new()).await?;
+    assert_eq!(found.total_count, 1);
+    let found = list(&mut c, &boss, search("PERSON 27"), 50, String::new()).await?;
+    let names: HashSet<String> = found
+        .deals
+        .iter()
+        .filter_map(|d| d.contact.as_ref().map(|c| c.name.clone()))
+        .collect();
+    assert_eq!(
+        names,
+        HashSet::from(["Person 27".to_owned()]),
+        "case-insensitive"
+    );
+    for literal in ["%", "_", "\\", "'"] {
+        let found = list(&mut c, &boss, search(literal), 50, String::new()).await?;
+        assert_eq!(found.total_count, 0, "{literal} is literal text");
+    }
+
+    // Pagination walks every deal once, newest first, with the totals on every page.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = list(&mut c, &boss, plan_filter(), 7, token).await?;
+        assert_eq!(page.total_count, 40);
+        assert_eq!(page.total_amounts.len(), 1);
+        seen.extend(page.deals.iter().map(|d| d.id.clone()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut expected: Vec<String> = deals.iter().rev().map(|d| d.id.clone()).collect();
+    assert_eq!(seen, expected, "newest first, each once");
+    expected.sort();
+    let first = list(&mut c, &boss, plan_filter(), 7, String::new()).await?;
+    let err = list(&mut c, &boss, search("Person"), 7, first.next_page_token)
+        .await
+        .expect_err("token of another filter");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let capped = list(&mut c, &boss, plan_filter(), 1_000_000, String::new()).await?;
+    assert_eq!(capped.deals.len(), 40);
+
+    // Board: per column count and sum equal the list's totals for the same filter.
+    for filter in [
+        plan_filter(),
+        pb::DealFilter {
+            manager_ids: vec!["m2".into()],
+            ..plan_filter()
+        },
+        pb::DealFilter {
+            search: "person 1".into(),
+            ..plan_filter()
+        },
+    ] {
+        let board = c
+            .deals
+            .get_board(outgoing(
+                pb::GetBoardRequest {
+                    plan_id: plan.id.clone(),
+                    filter: Some(filter.clone()),
+                    sort: None,
+                    cards_per_stage: 3,
+                },
+                &boss,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(board.columns.len(), 4);
+        let mut board_total = 0;
+        for column in &board.columns {
+            let stage = column.stage.as_ref().expect("stage");
+            let column_filter = pb::DealFilter {
+                stage_ids: vec![stage.id.clone()],
+                ..filter.clone()
+            };
+            let listed = list(&mut c, &boss, column_filter.clone(), 500, String::new()).await?;
+            assert_eq!(column.count, listed.total_count, "{}", stage.name);
+            assert_eq!(column.amounts, listed.total_amounts, "{}", stage.name);
+            assert!(column.deals.len() <= 3);
+            board_total += column.count;
+            // "Load more" continues the column through ListDeals.
+            if !column.next_page_token.is_empty() {
+                let more = list(
+                    &mut c,
+                    &boss,
+                    column_filter,
+                    500,
+                    column.next_page_token.clone(),
+                )
+                .await?;
+                assert_eq!(column.deals.len() + more.deals.len(), listed.deals.len());
+            }
+        }
+        assert_eq!(board.total_count, board_total);
+        let listed = list(&mut c, &boss, filter, 1, String::new()).await?;
+        assert_eq!(board.total_count, listed.total_count);
+        assert_eq!(board.total_amounts, listed.total_amounts);
+    }
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn transfers_and_bulk_changes() -> anyhow::Result<()> {
+    let stack = DealStack::start().await?;
+    let mut c = clients(&stack).await?;
+    let admin = stack.token(ACCOUNT, "admin", ADMIN);
+    let boss = stack.token(ACCOUNT, "boss", BOSS);
+    let plan = create_plan(&mut c, &admin, &["m1", "m2"]).await?;
+    let won = stage_named(&plan, "Won").id.clone();
+    let progress = stage_named(&plan, "In progress").id.clone();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let deal = create_deal(
+            &mut c,
+            &boss,
+            &plan,
+            i,
+            Some(if i < 8 { "m1" } else { "m2" }),
+        )
+        .await?;
+        ids.push(deal.id);
+    }
+
+    // Without deals:bulk_edit: refused.
+    let m1 = stack.token(ACCOUNT, "m1", &[Permission::DealsEditAll]);
+    let err = c
+        .deals
+        .transfer_deals(outgoing(
+            pb::TransferDealsRequest {
+                from_manager_id: "m1".into(),
+                to_manager_id: "m2".into(),
+                filter: None,
+            },
+            &m1,
+        ))
+        .await
+        .expect_err("no bulk_edit");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("deals:bulk_edit"));
+
+    // Close two of m1's deals, then transfer all of m1's deals to m2.
+    let closed = c
+        .deals
+        .bulk_move_deals(outgoing(
+            pb::BulkMoveDealsRequest {
+                target: Some(pb::bulk_move_deals_request::Target::DealIds(pb::DealIds {
+                    ids: ids[..2].to_vec(),
+                })),
+                stage_id: won.clone(),
+                loss_reason_id: None,
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(closed.changed, 2);
+    let transferred = c
+        .deals
+        .transfer_deals(outgoing(
+            pb::TransferDealsRequest {
+                from_manager_id: "m1".into(),
+                to_manager_id: "m2".into(),
+                filter: None,
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(transferred.changed, 8);
+    let m2_deals = list(
+        &mut c,
+        &boss,
+        pb::DealFilter {
+            manager_ids: vec!["m2".into()],
+            ..Default::default()
+        },
+        500,
+        String::new(),
+    )
+    .await?;
+    assert_eq!(m2_deals.total_count, 12);
+
+    // Bulk move by filter: closed deals are reported, not moved.
+    let moved = c
+        .deals
+        .bulk_move_deals(outgoing(
+            pb::BulkMoveDealsRequest {
+                target: Some(pb::bulk_move_deals_request::Target::Filter(
+                    pb::DealFilter {
+                        plan_id: plan.id.clone(),
+                        ..Default::default()
+                    },
+                )),
+                stage_id: progress.clone(),
+                loss_reason_id: None,
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(moved.changed, 10);
+    assert_eq!(moved.failures.len(), 2);
+    assert!(
+        moved.failures.iter().all(|f| f.reason.contains("closed")),
+        "{:?}",
+        moved.failures
+    );
+
+    // Bulk assign by ids, back to m1; unknown ids are reported.
+    let missing = uuid::Uuid::new_v4().to_string();
+    let assigned = c
+        .deals
+        .bulk_assign_deals(outgoing(
+            pb::BulkAssignDealsRequest {
+                target: Some(pb::bulk_assign_deals_request::Target::DealIds(
+                    pb::DealIds {
+                        ids: vec![ids[5].clone(), ids[6].clone(), missing.clone()],
+                    },
+                )),
+                manager_id: Some("m1".into()),
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(assigned.changed, 2);
+    assert_eq!(assigned.failures.len(), 1);
+    assert_eq!(assigned.failures[0].deal_id, missing);
+
+    // A bulk editor without edit_all only touches their own deals.
+    let m1_bulk = stack.token(ACCOUNT, "m1", &[Permission::DealsBulkEdit]);
+    let own = c
+        .deals
+        .bulk_assign_deals(outgoing(
+            pb::BulkAssignDealsRequest {
+                target: Some(pb::bulk_assign_deals_request::Target::Filter(
+                    pb::DealFilter {
+                        plan_id: plan.id.clone(),
+                        statuses: vec![pb::DealStatus::Open as i32],
+                        ..Default::default()
+                    },
+                )),
+                manager_id: Some("m1".into()),
+            },
+            &m1_bulk,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(own.changed, 0, "m2's deals are not m1's to reassign");
+    assert_eq!(own.failures.len(), 10);
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn every_change_is_published_in_order_through_the_outbox() -> anyhow::Result<()> {
+    let stack = DealStack::start().await?;
+    let mut c = clients(&stack).await?;
+    let admin = stack.token(ACCOUNT, "admin", ADMIN);
+    let boss = stack.token(ACCOUNT, "boss", BOSS);
+    let plan = create_plan(&mut c, &admin, &["m1"]).await?;
+    let won = stage_named(&plan, "Won").id.clone();
+    let deal = create_deal(&mut c, &boss, &plan, 1, Some("m1")).await?;
+    let closed = move_deal(&mut c, &boss, &deal, &won, None).await?;
+    reopen(&mut c, &boss, &closed).await?;
+
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let events =
+        integration_tests::stack::eventually(std::time::Duration::from_secs(10), || async {
+            let mut stream = js.get_stream("SALESPLAN_DEALS").await?;
+            let count = stream.info().await?.state.messages;
+            if count < 3 {
+                return Ok(None);
+            }
+            let mut events = Vec::new();
+            for seq in 1..=count {
+                let message = stream.get_raw_message(seq).await?;
+                let event = <pb::DealEvent as prost::Message>::decode(message.payload.clone())?;
+                events.push((message.subject.to_string(), event));
+            }
+            Ok(Some(events))
+        })
+        .await?;
+    let summary: Vec<(String, i64)> = events
+        .iter()
+        .map(|(subject, e)| {
+            (
+                subject.clone(),
+                e.deal.as_ref().map(|d| d.version).unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("salesplan.deals.v1.acme.created".to_owned(), 1),
+            ("salesplan.deals.v1.acme.closed".to_owned(), 2),
+            ("salesplan.deals.v1.acme.reopened".to_owned(), 3),
+        ]
+    );
+    let closed_event = &events[1].1;
+    assert_eq!(closed_event.actor_id, "boss");
+    assert_eq!(closed_event.account_id, ACCOUNT);
+    let snapshot = closed_event.deal.as_ref().expect("deal");
+    assert_eq!(snapshot.status, pb::DealStatus::Won as i32);
+    assert_eq!(snapshot.manager_id.as_deref(), Some("m1"));
+    assert_eq!(
+        snapshot.stage_before_close_id.as_deref(),
+        Some(deal.stage_id.as_str())
+    );
+
+    // Plan snapshots carry the stages and managers, so consumers need no call back.
+    let plans = js.get_stream("SALESPLAN_PLANS").await?;
+    let message = plans.get_raw_message(1).await?;
+    let event = <pb::PlanEvent as prost::Message>::decode(message.payload)?;
+    let snapshot = event.plan.expect("plan");
+    assert_eq!(snapshot.stages.len(), 4);
+    assert_eq!(snapshot.manager_ids, ["m1"]);
+
+    let pool = stack.pool().await?;
+    let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM deal_service.outbox")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(backlog, 0);
+    let by_kind: HashMap<String, i64> = HashMap::from_iter(
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT action, count(*) FROM deal_service.deal_history GROUP BY action",
+        )
+        .fetch_all(&pool)
+        .await?,
+    );
+    assert_eq!(by_kind.get("closed"), Some(&1));
+    stack.stop().await
+}
