@@ -637,7 +637,7 @@ async fn moving_closing_reopening_and_history() -> anyhow::Result<()> {
                 expected_version: assigned.version,
                 title: Some("Big order".into()),
                 amount: Some(pb::Money {
-                    amount_minor: 5_000_00,
+                    amount_minor: 500_000,
                     currency: "USD".into(),
                 }),
                 contact: None,
