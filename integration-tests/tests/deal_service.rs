@@ -1105,3 +1105,212 @@ async fn every_change_is_published_in_order_through_the_outbox() -> anyhow::Resu
     assert_eq!(by_kind.get("closed"), Some(&1));
     stack.stop().await
 }
+
+#[tokio::test]
+async fn filters_and_sorts() -> anyhow::Result<()> {
+    let stack = DealStack::start().await?;
+    let mut c = clients(&stack).await?;
+    let admin = stack.token(ACCOUNT, "admin", ADMIN);
+    let boss = stack.token(ACCOUNT, "boss", BOSS);
+    let plan = create_plan(&mut c, &admin, &["m1", "m2"]).await?;
+    let plan = c
+        .plans
+        .set_loss_reasons(outgoing(
+            pb::SetLossReasonsRequest {
+                plan_id: plan.id.clone(),
+                require_reason: false,
+                reasons: vec![pb::LossReasonInput {
+                    id: String::new(),
+                    name: "Price".into(),
+                }],
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan");
+    let price = plan.loss_reasons.as_ref().expect("reasons").reasons[0]
+        .id
+        .clone();
+    let won = stage_named(&plan, "Won").id.clone();
+    let lost = stage_named(&plan, "Lost").id.clone();
+
+    let before = prost_types::Timestamp::from(std::time::SystemTime::now());
+    let mut deals = Vec::new();
+    for i in 0..10 {
+        let manager = match i % 3 {
+            0 => Some("m1"),
+            1 => Some("m2"),
+            _ => None,
+        };
+        deals.push(create_deal(&mut c, &boss, &plan, i, manager).await?);
+    }
+    move_deal(&mut c, &boss, &deals[0], &won, None).await?;
+    move_deal(&mut c, &boss, &deals[1], &lost, Some(&price)).await?;
+    move_deal(&mut c, &boss, &deals[2], &lost, None).await?;
+
+    let ids = |r: &pb::ListDealsResponse| -> Vec<String> {
+        r.deals.iter().map(|d| d.id.clone()).collect()
+    };
+    let f = |mutate: &dyn Fn(&mut pb::DealFilter)| {
+        let mut filter = pb::DealFilter {
+            plan_id: plan.id.clone(),
+            ..Default::default()
+        };
+        mutate(&mut filter);
+        filter
+    };
+
+    let open = list(
+        &mut c,
+        &boss,
+        f(&|f| f.statuses = vec![pb::DealStatus::Open as i32]),
+        50,
+        String::new(),
+    )
+    .await?;
+    assert_eq!(open.total_count, 7);
+    let by_reason = list(
+        &mut c,
+        &boss,
+        f(&|f| f.loss_reason_ids = vec![price.clone()]),
+        50,
+        String::new(),
+    )
+    .await?;
+    assert_eq!(ids(&by_reason), [deals[1].id.clone()]);
+    let no_reason = list(
+        &mut c,
+        &boss,
+        f(&|f| f.without_loss_reason = true),
+        50,
+        String::new(),
+    )
+    .await?;
+    assert_eq!(ids(&no_reason), [deals[2].id.clone()]);
+    let unassigned = list(
+        &mut c,
+        &boss,
+        f(&|f| f.unassigned = true),
+        50,
+        String::new(),
+    )
+    .await?;
+    assert_eq!(unassigned.total_count, 3);
+    let m1_or_none = list(
+        &mut c,
+        &boss,
+        f(&|f| {
+            f.unassigned = true;
+            f.manager_ids = vec!["m1".into()];
+        }),
+        50,
+        String::new(),
+    )
+    .await?;
+    assert_eq!(m1_or_none.total_count, 7);
+    let closed_now = list(
+        &mut c,
+        &boss,
+        f(&|f| {
+            f.closed = Some(pb::TimeRange {
+                from: Some(before),
+                to: None,
+            })
+        }),
+        50,
+        String::new(),
+    )
+    .await?;
+    assert_eq!(closed_now.total_count, 3);
+    let created_before = list(
+        &mut c,
+        &boss,
+        f(&|f| {
+            f.created = Some(pb::TimeRange {
+                from: None,
+                to: Some(before),
+            })
+        }),
+        50,
+        String::new(),
+    )
+    .await?;
+    assert_eq!(created_before.total_count, 0);
+    let err = list(
+        &mut c,
+        &boss,
+        f(&|f| f.statuses = vec![42]),
+        50,
+        String::new(),
+    )
+    .await
+    .expect_err("unknown status");
+    assert!(
+        err.message().starts_with("filter.statuses"),
+        "{}",
+        err.message()
+    );
+
+    // Sorting: by amount ascending across pages, by title, by closed time.
+    let mut amounts = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .deals
+            .list_deals(outgoing(
+                pb::ListDealsRequest {
+                    filter: Some(f(&|_| {})),
+                    sort: Some(pb::DealSort {
+                        field: pb::DealSortField::Amount as i32,
+                        ascending: true,
+                    }),
+                    page_size: 3,
+                    page_token: token,
+                },
+                &boss,
+            ))
+            .await?
+            .into_inner();
+        amounts.extend(
+            page.deals
+                .iter()
+                .map(|d| d.amount.as_ref().map(|a| a.amount_minor).unwrap_or(0)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut sorted = amounts.clone();
+    sorted.sort();
+    assert_eq!(amounts, sorted);
+    assert_eq!(amounts.len(), 10);
+
+    let by_closed = c
+        .deals
+        .list_deals(outgoing(
+            pb::ListDealsRequest {
+                filter: Some(f(&|_| {})),
+                sort: Some(pb::DealSort {
+                    field: pb::DealSortField::ClosedAt as i32,
+                    ascending: false,
+                }),
+                page_size: 3,
+                page_token: String::new(),
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(
+        ids(&by_closed),
+        [
+            deals[2].id.clone(),
+            deals[1].id.clone(),
+            deals[0].id.clone()
+        ]
+    );
+    stack.stop().await
+}

@@ -22,11 +22,15 @@ ALTER TABLE deals ADD COLUMN search_text text GENERATED ALWAYS AS (
 ) STORED;
 CREATE INDEX deals_search ON deals USING gin (search_text gin_trgm_ops);
 
--- Board columns per manager: counts and sums from the index alone.
+-- Board columns per manager: counts and sums from the index alone, and each column's
+-- first cards in order.
 DROP INDEX deals_by_manager;
-CREATE INDEX deals_by_manager ON deals (account_id, plan_id, manager_id, stage_id)
+CREATE INDEX deals_by_manager ON deals (account_id, plan_id, manager_id, stage_id, created_at DESC, id)
     INCLUDE (amount_minor, currency);
 CREATE INDEX deals_by_stage_totals ON deals (account_id, plan_id, stage_id)
     INCLUDE (amount_minor, currency);
+-- The list view's default order, per plan and across plans.
+CREATE INDEX deals_by_plan_created ON deals (account_id, plan_id, created_at DESC, id);
+CREATE INDEX deals_by_account_created ON deals (account_id, created_at DESC, id);
 CREATE INDEX deals_by_manager_all_plans ON deals (account_id, manager_id, created_at DESC, id);
 CREATE INDEX deals_by_closed ON deals (account_id, plan_id, closed_at) WHERE closed_at IS NOT NULL;

@@ -90,7 +90,10 @@ pub fn push_filter(qb: &mut QueryBuilder<Postgres>, account_id: &str, q: &DealQu
             .push_bind(q.stage_ids.clone())
             .push(")");
     }
-    if !q.managers.is_empty() || q.unassigned {
+    if let ([manager], false) = (q.managers.as_slice(), q.unassigned) {
+        // Equality, not ANY: PostgreSQL then reads the manager's index in sort order.
+        qb.push(" AND manager_id = ").push_bind(manager.clone());
+    } else if !q.managers.is_empty() || q.unassigned {
         qb.push(" AND (manager_id = ANY(")
             .push_bind(q.managers.clone())
             .push(")");
