@@ -38,9 +38,10 @@ impl Stack {
         let reporting = reporting::Config::local(&db.url, &nats.url)
             .start(shutdown.clone())
             .await?;
-        let tunnel_listener = tunnel_listener::Config::local(&db.url, &nats.url)
-            .start(shutdown.clone())
-            .await?;
+        let tunnel_listener =
+            tunnel_listener::Config::local(&db.url, &nats.url, &deal_service.grpc_url())
+                .start(shutdown.clone())
+                .await?;
         Ok(Self {
             nats,
             db,

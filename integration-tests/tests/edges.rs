@@ -190,21 +190,49 @@ async fn bad_webhook_input_gets_a_clear_4xx_and_publishes_nothing() -> anyhow::R
     stack.stop().await
 }
 
+async fn manual_plan(stack: &Stack) -> anyhow::Result<pb::Plan> {
+    let admin = stack.token(ACCOUNT, "admin", &[Permission::PlansAdmin]);
+    let mut plans = PlanServiceClient::new(stack.channel(&stack.deal_service).await?);
+    Ok(plans
+        .create_plan(outgoing(
+            pb::CreatePlanRequest {
+                name: "P".into(),
+                average_amount: Some(pb::Money {
+                    amount_minor: 0,
+                    currency: "USD".into(),
+                }),
+                chat_label: "P".into(),
+                distribution: Some(pb::Distribution {
+                    mode: pb::distribution::Mode::Manual as i32,
+                    ..Default::default()
+                }),
+                manager_ids: vec!["m1".into()],
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan"))
+}
+
 #[tokio::test]
 async fn webhook_answers_503_while_nats_is_down_never_202() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
+    let plan = manual_plan(&stack).await?;
     let intake = stack.token(ACCOUNT, "funnel", &[Permission::IntakeWrite]);
     let http = reqwest::Client::new();
+    let mut lead = valid_lead();
+    lead["plan_id"] = json!(plan.id);
     let ok = http
         .post(stack.webhook_url())
         .bearer_auth(&intake)
-        .json(&valid_lead())
+        .json(&lead)
         .send()
         .await?;
     assert_eq!(ok.status(), 202);
 
     stack.nats.kill();
-    let mut lead = valid_lead();
     lead["run_id"] = json!("run-2");
     let down = http
         .post(stack.webhook_url())

@@ -410,6 +410,7 @@ impl From<&Deal> for pb::Deal {
             created_at: Some(timestamp(deal.created_at)),
             updated_at: Some(timestamp(deal.updated_at)),
             closed_at: deal.closed_at.map(timestamp),
+            idempotency_key: deal.idempotency_key.clone(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Turns intake events into deals: decide each lead's manager (per plan, in one locked
-//! transaction per batch), then create the deal through deal-service, idempotent on the
-//! intake id. A lead is acked only once its deal exists.
+//! transaction per batch), publish the decisions, then create the deals through
+//! deal-service, idempotent on the intake id. A lead is acked only once its deal exists.
 
 use std::collections::HashMap;
 
@@ -8,8 +8,9 @@ use futures::{StreamExt, stream};
 use prost::Message as _;
 use salesplan_platform::{
     auth::{ServiceTokens, valid_account_id},
-    bus::{BatchHandler, Delivery, Outcome},
+    bus::{BatchHandler, Bus, Delivery, Outcome, Outgoing, streams},
     grpc::outgoing,
+    validate::contact_key,
 };
 use salesplan_proto::v1::{self as pb, deal_service_client::DealServiceClient};
 use tonic::{Code, transport::Channel};
@@ -17,7 +18,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    domain::distribution::{Decision, Lead},
+    domain::distribution::Lead,
     store::{PendingLead, PlanBatch, Store},
 };
 
@@ -26,6 +27,7 @@ const CONCURRENT_CREATES: usize = 64;
 
 pub struct IntakeEvents {
     store: Store,
+    bus: Bus,
     deals: DealServiceClient<Channel>,
     tokens: ServiceTokens,
 }
@@ -38,9 +40,15 @@ struct Decoded {
 }
 
 impl IntakeEvents {
-    pub fn new(store: Store, deals: DealServiceClient<Channel>, tokens: ServiceTokens) -> Self {
+    pub fn new(
+        store: Store,
+        bus: Bus,
+        deals: DealServiceClient<Channel>,
+        tokens: ServiceTokens,
+    ) -> Self {
         Self {
             store,
+            bus,
             deals,
             tokens,
         }
@@ -50,13 +58,13 @@ impl IntakeEvents {
         &self,
         delivery: &Delivery,
         item: &Decoded,
-        decision: &Decision,
-    ) -> Outcome {
+        manager: Option<String>,
+    ) -> (Outcome, Option<Uuid>) {
         let span = delivery.span("distributor.create_deal");
         async {
             let token = match self.tokens.for_account(&item.event.account_id) {
                 Ok(token) => token,
-                Err(err) => return Outcome::Retry(err.to_string()),
+                Err(err) => return (Outcome::Retry(err.to_string()), None),
             };
             let lead = item.event.lead.clone().unwrap_or_default();
             let request = pb::CreateDealRequest {
@@ -65,7 +73,7 @@ impl IntakeEvents {
                 contact: lead.contact,
                 title: lead.title,
                 amount: lead.amount,
-                manager_id: decision.manager.clone(),
+                manager_id: manager,
                 idempotency_key: item.intake_id.to_string(),
             };
             match self
@@ -74,8 +82,14 @@ impl IntakeEvents {
                 .create_deal(outgoing(request, &token))
                 .await
             {
-                Ok(_) => Outcome::Done,
-                Err(status) => self.refused(item, status).await,
+                Ok(response) => {
+                    let deal_id = response
+                        .into_inner()
+                        .deal
+                        .and_then(|d| Uuid::parse_str(&d.id).ok());
+                    (Outcome::Done, deal_id)
+                }
+                Err(status) => (self.refused(item, status).await, None),
             }
         }
         .instrument(span)
@@ -113,23 +127,19 @@ impl BatchHandler for IntakeEvents {
         }
 
         let mut work = Vec::new();
+        let mut records = Vec::new();
         for ((account_id, plan_id), items) in by_plan {
-            let pending: Vec<PendingLead> = items
-                .iter()
-                .map(|item| PendingLead {
-                    intake_id: item.intake_id,
-                    lead: lead_of(&item.event),
-                })
-                .collect();
+            let pending: Vec<PendingLead> = items.iter().map(pending_lead).collect();
             match self
                 .store
                 .decide_batch(&account_id, plan_id, &pending, rand::random)
                 .await
             {
-                Ok(PlanBatch::Decided(mut decisions)) => {
+                Ok(PlanBatch::Decided { mut decisions, new }) => {
+                    records.extend(new);
                     for item in items {
                         match decisions.remove(&item.intake_id) {
-                            Some(decision) => work.push((item, decision)),
+                            Some(manager) => work.push((item, manager)),
                             None => outcomes[item.index] = Outcome::Retry("no decision".into()),
                         }
                     }
@@ -138,6 +148,12 @@ impl BatchHandler for IntakeEvents {
                     for item in items {
                         outcomes[item.index] =
                             Outcome::Retry(format!("plan {plan_id} not known yet"));
+                    }
+                }
+                Ok(PlanBatch::Archived) => {
+                    for item in items {
+                        outcomes[item.index] =
+                            Outcome::Reject(format!("plan {plan_id} is archived"));
                     }
                 }
                 Err(err) => {
@@ -149,16 +165,48 @@ impl BatchHandler for IntakeEvents {
             }
         }
 
-        let results: Vec<(usize, Outcome)> = stream::iter(work)
-            .map(|(item, decision)| async move {
-                let outcome = self.create_deal(&batch[item.index], &item, &decision).await;
-                (item.index, outcome)
+        // The decisions as events: published before the deals exist, so a crash in
+        // between re-publishes the same ids (deduplicated by JetStream).
+        let events: Vec<Outgoing> = records
+            .iter()
+            .map(|a| {
+                Outgoing::new(
+                    streams::assignment_subject(&a.account_id),
+                    a.intake_id.clone(),
+                    a.encode_to_vec(),
+                )
+            })
+            .collect();
+        if !events.is_empty()
+            && let Err(err) = self.bus.publish_all(events).await
+        {
+            tracing::warn!(error = %err, "cannot publish assignment decisions");
+            for (item, _) in &work {
+                outcomes[item.index] = Outcome::Retry(err.to_string());
+            }
+            return outcomes;
+        }
+
+        // (batch index, outcome, intake id → deal id)
+        type Created = (usize, Outcome, Option<(Uuid, Uuid)>);
+        let results: Vec<Created> = stream::iter(work)
+            .map(|(item, manager)| async move {
+                let (outcome, deal) = self.create_deal(&batch[item.index], &item, manager).await;
+                (item.index, outcome, deal.map(|d| (item.intake_id, d)))
             })
             .buffer_unordered(CONCURRENT_CREATES)
             .collect()
             .await;
-        for (index, outcome) in results {
+        let mut links = Vec::new();
+        for (index, outcome, link) in results {
             outcomes[index] = outcome;
+            links.extend(link);
+        }
+        if !links.is_empty()
+            && let Err(err) = self.store.link_deals(&links).await
+        {
+            // Deal events link them too; this only makes ExplainAssignment answer sooner.
+            tracing::debug!(error = %err, "cannot link decisions to deals yet");
         }
         outcomes
     }
@@ -185,12 +233,16 @@ fn decode(index: usize, delivery: &Delivery) -> Result<Decoded, String> {
     })
 }
 
-fn lead_of(event: &pb::IntakeEvent) -> Lead {
-    Lead {
-        assign_to: event.assign_to_manager_id.clone(),
-        related_manager: event
-            .lead
-            .as_ref()
-            .and_then(|l| l.related_manager_id.clone()),
+fn pending_lead(item: &Decoded) -> PendingLead {
+    let lead = item.event.lead.as_ref();
+    let contact = lead.and_then(|l| l.contact.as_ref());
+    PendingLead {
+        intake_id: item.intake_id,
+        lead: Lead {
+            assign_to: item.event.assign_to_manager_id.clone(),
+            named_related: lead.and_then(|l| l.related_manager_id.clone()),
+            previous_manager: None,
+        },
+        contact_key: contact.and_then(|c| contact_key(&c.external_id, &c.email, &c.phone)),
     }
 }

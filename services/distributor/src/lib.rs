@@ -2,7 +2,9 @@
 //! distribution settings, and creates the deal through deal-service.
 #![forbid(unsafe_code)]
 
+pub mod deals;
 pub mod domain;
+pub mod grpc;
 pub mod intake;
 pub mod plans;
 pub mod store;
@@ -12,15 +14,18 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use salesplan_platform::{
     Permission,
-    auth::{ServiceTokens, TokenIssuer},
+    auth::{AuthInterceptor, ServiceTokens, TokenIssuer, TokenVerifier},
     bus::{Bus, ConsumerSpec, streams},
     config::{ConfigError, Env},
     db, grpc as server,
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
-use salesplan_proto::v1::deal_service_client::DealServiceClient;
+use salesplan_proto::v1::{
+    deal_service_client::DealServiceClient, distributor_service_server::DistributorServiceServer,
+};
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
 
 pub const SCHEMA: &str = "distributor";
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/distributor");
@@ -55,14 +60,7 @@ impl Service for Config {
             deal_service_url: env
                 .string("SALESPLAN_DEAL_SERVICE_URL", Self::DEFAULT_DEAL_SERVICE_URL),
         };
-        if !config.deal_service_url.starts_with("http://")
-            && !config.deal_service_url.starts_with("https://")
-        {
-            return Err(ConfigError::new(
-                "SALESPLAN_DEAL_SERVICE_URL",
-                "must be an http:// or https:// URL",
-            ));
-        }
+        salesplan_platform::config::url("SALESPLAN_DEAL_SERVICE_URL", &config.deal_service_url)?;
         if config.common.auth.hs256_secret.is_none()
             && config.common.auth.rs256_private_key_pem.is_none()
         {
@@ -98,12 +96,26 @@ impl Service for Config {
         background.consume(
             &bus,
             ConsumerSpec::new(&streams::INTAKE, "distributor-intake"),
-            Arc::new(intake::IntakeEvents::new(store, deals, tokens)),
+            Arc::new(intake::IntakeEvents::new(
+                store.clone(),
+                bus.clone(),
+                deals,
+                tokens,
+            )),
         );
+        background.consume(
+            &bus,
+            ConsumerSpec::new(&streams::DEALS, "distributor-deals"),
+            Arc::new(deals::DealEvents::new(store.clone())),
+        );
+        let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
-            routes: tonic::service::Routes::default(),
-            names: vec![],
+            routes: tonic::service::Routes::new(DistributorServiceServer::with_interceptor(
+                grpc::Explain::new(store),
+                interceptor,
+            )),
+            names: vec![<DistributorServiceServer<grpc::Explain> as NamedService>::NAME],
         };
         Ok(spawn_service(
             &common, grpc, None, background, bus, shutdown,

@@ -1,11 +1,16 @@
-//! PostgreSQL state of the distributor: plan copies and assignment decisions.
+//! PostgreSQL state of the distributor: plan copies, decisions, open-deal counts and
+//! contact relations.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use sqlx::{PgPool, Row};
+use prost::Message as _;
+use salesplan_proto::v1 as pb;
+use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::domain::distribution::{Cursor, Decision, Lead, Mode, PlanSettings, Strategy};
+use crate::domain::distribution::{
+    Candidate, Cursor, Decision, Lead, Mode, PlanSettings, Strategy, decide,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -13,6 +18,17 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("unexpected value in column {0}")]
     Corrupt(&'static str),
+    #[error("stored decision cannot be decoded: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+impl From<StoreError> for salesplan_platform::ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Database(e) => e.into(),
+            other => Self::internal(other),
+        }
+    }
 }
 
 /// A plan snapshot from a plan event.
@@ -29,14 +45,34 @@ pub struct PlanCopy {
 pub struct PendingLead {
     pub intake_id: Uuid,
     pub lead: Lead,
+    pub contact_key: Option<String>,
 }
 
 /// The outcome of deciding a plan's leads.
 pub enum PlanBatch {
     /// The plan is not known yet (its event has not arrived): try again later.
     UnknownPlan,
-    /// The decision for each lead, new or made before.
-    Decided(HashMap<Uuid, Decision>),
+    /// The plan is archived: it takes no new deals.
+    Archived,
+    /// The decision for each lead (new or made before), and the new ones as records.
+    Decided {
+        decisions: HashMap<Uuid, Option<String>>,
+        new: Vec<pb::Assignment>,
+    },
+}
+
+/// A deal as a deal event shows it.
+#[derive(Debug, Clone)]
+pub struct DealState {
+    pub deal_id: Uuid,
+    pub account_id: String,
+    pub plan_id: Uuid,
+    pub manager_id: Option<String>,
+    pub open: bool,
+    pub version: i64,
+    pub idempotency_key: String,
+    pub contact_key: Option<String>,
+    pub created_at: time::OffsetDateTime,
 }
 
 #[derive(Clone)]
@@ -44,13 +80,42 @@ pub struct Store {
     pool: PgPool,
 }
 
+/// Count changes, sorted so concurrent transactions lock counter rows in one order.
+type Deltas = BTreeMap<(Uuid, String), i64>;
+
+async fn apply_deltas(
+    tx: &mut Transaction<'_, Postgres>,
+    deltas: &Deltas,
+) -> Result<(), sqlx::Error> {
+    let changed: Vec<_> = deltas.iter().filter(|(_, d)| **d != 0).collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO open_deals (plan_id, manager_id, open)
+         SELECT p, m, d FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS t(p, m, d)
+         ON CONFLICT (plan_id, manager_id) DO UPDATE SET open = open_deals.open + excluded.open",
+    )
+    .bind(changed.iter().map(|((p, _), _)| *p).collect::<Vec<_>>())
+    .bind(
+        changed
+            .iter()
+            .map(|((_, m), _)| m.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(changed.iter().map(|(_, d)| **d).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
 
-    /// Applies a plan snapshot unless a newer one was applied already. The round-robin
-    /// cursor survives every update.
+    /// Applies a plan snapshot unless a newer one was applied already. The turn survives
+    /// every update.
     pub async fn apply_plan(&self, plan: &PlanCopy) -> Result<(), StoreError> {
         let (mode, prefer_related, strategy) = match plan.settings.mode {
             Mode::Manual => ("manual", false, Strategy::RoundRobin),
@@ -82,8 +147,8 @@ impl Store {
     }
 
     /// Decides the leads of one plan under the plan's row lock, in one transaction: the
-    /// cursor moves once per new lead however many replicas run, and a lead decided before
-    /// keeps its decision.
+    /// turn moves once per new lead however many replicas run, counts stay exact, and a
+    /// lead decided before keeps its decision.
     pub async fn decide_batch(
         &self,
         account_id: &str,
@@ -93,7 +158,7 @@ impl Store {
     ) -> Result<PlanBatch, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT mode, prefer_related, strategy, managers, archived, rr_cursor
+            "SELECT mode, prefer_related, strategy, managers, archived, rr_last, rr_last_index
              FROM plans WHERE plan_id = $1 AND account_id = $2 FOR UPDATE",
         )
         .bind(plan_id)
@@ -104,13 +169,177 @@ impl Store {
             return Ok(PlanBatch::UnknownPlan);
         };
         let settings = settings_from(&row)?;
+        if settings.archived {
+            return Ok(PlanBatch::Archived);
+        }
         let mut cursor = Cursor {
-            round_robin: row.try_get::<i64, _>("rr_cursor")? as u64,
+            last: row.try_get("rr_last")?,
+            last_index: row.try_get::<i64, _>("rr_last_index")? as u64,
         };
 
         let ids: Vec<Uuid> = leads.iter().map(|l| l.intake_id).collect();
-        let mut decided: HashMap<Uuid, Decision> = sqlx::query(
-            "SELECT intake_id, manager_id, reason FROM assignments WHERE intake_id = ANY($1)",
+        let mut decisions: HashMap<Uuid, Option<String>> =
+            sqlx::query("SELECT intake_id, manager_id FROM assignments WHERE intake_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("intake_id")?, r.try_get("manager_id")?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+        let pending: Vec<&PendingLead> = leads
+            .iter()
+            .filter(|l| !decisions.contains_key(&l.intake_id))
+            .collect();
+        if pending.is_empty() {
+            return Ok(PlanBatch::Decided {
+                decisions,
+                new: Vec::new(),
+            });
+        }
+
+        let keys: Vec<String> = pending
+            .iter()
+            .filter_map(|l| l.contact_key.clone())
+            .collect();
+        let mut previous: HashMap<String, String> = sqlx::query(
+            "SELECT contact_key, manager_id FROM contact_managers
+             WHERE account_id = $1 AND contact_key = ANY($2)",
+        )
+        .bind(account_id)
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("contact_key")?, r.try_get("manager_id")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+        let mut open: HashMap<String, i64> =
+            sqlx::query("SELECT manager_id, open FROM open_deals WHERE plan_id = $1")
+                .bind(plan_id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("manager_id")?, r.try_get("open")?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+
+        let now = time::OffsetDateTime::now_utc();
+        let mut new = Vec::with_capacity(pending.len());
+        let mut deltas = Deltas::new();
+        let mut relations: Vec<(String, String)> = Vec::new();
+        for lead in pending {
+            let mut input = lead.lead.clone();
+            input.previous_manager = lead
+                .contact_key
+                .as_ref()
+                .and_then(|k| previous.get(k).cloned());
+            let decision = decide(&settings, &input, &mut cursor, &mut open, random());
+            if let Some(m) = &decision.manager {
+                *deltas.entry((plan_id, m.clone())).or_default() += 1;
+                if let Some(key) = &lead.contact_key {
+                    previous.insert(key.clone(), m.clone());
+                    relations.push((key.clone(), m.clone()));
+                }
+            }
+            if decision.manager.is_none() && matches!(settings.mode, Mode::Auto { .. }) {
+                tracing::warn!(%plan_id, reason = %decision.reason, "lead left unassigned");
+            }
+            decisions.insert(lead.intake_id, decision.manager.clone());
+            new.push(record(
+                account_id, plan_id, lead, &input, &settings, decision, now,
+            ));
+        }
+
+        sqlx::query(
+            "INSERT INTO assignments (intake_id, account_id, plan_id, manager_id, reason, explanation)
+             SELECT i, $2, $3, m, r, e FROM UNNEST($1::uuid[], $4::text[], $5::text[], $6::bytea[])
+                AS t(i, m, r, e)
+             ON CONFLICT (intake_id) DO NOTHING",
+        )
+        .bind(new.iter().map(|a| Uuid::parse_str(&a.intake_id).unwrap_or_default()).collect::<Vec<_>>())
+        .bind(account_id)
+        .bind(plan_id)
+        .bind(new.iter().map(|a| a.manager_id.clone()).collect::<Vec<_>>())
+        .bind(new.iter().map(|a| a.reason.clone()).collect::<Vec<_>>())
+        .bind(new.iter().map(|a| a.encode_to_vec()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        apply_deltas(&mut tx, &deltas).await?;
+        // The relation counts from the decision on: the same contact's next lead, even
+        // before its deal exists, goes to the same manager.
+        let mut latest: BTreeMap<String, String> = BTreeMap::new();
+        latest.extend(relations);
+        sqlx::query(
+            "INSERT INTO contact_managers (account_id, contact_key, manager_id, deal_created)
+             SELECT $1, k, m, now() FROM UNNEST($2::text[], $3::text[]) AS t(k, m)
+             ON CONFLICT (account_id, contact_key) DO UPDATE
+                SET manager_id = excluded.manager_id, deal_created = excluded.deal_created",
+        )
+        .bind(account_id)
+        .bind(latest.keys().cloned().collect::<Vec<_>>())
+        .bind(latest.values().cloned().collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE plans SET rr_last = $2, rr_last_index = $3 WHERE plan_id = $1")
+            .bind(plan_id)
+            .bind(&cursor.last)
+            .bind(cursor.last_index as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(PlanBatch::Decided { decisions, new })
+    }
+
+    /// Forgets a decision that deal-service refused (its manager left the plan in the
+    /// meantime), so the lead is decided again on its next delivery.
+    pub async fn forget(&self, intake_id: Uuid) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "DELETE FROM assignments WHERE intake_id = $1 AND deal_id IS NULL
+             RETURNING plan_id, manager_id",
+        )
+        .bind(intake_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row
+            && let Some(manager) = row.try_get::<Option<String>, _>("manager_id")?
+        {
+            let deltas = Deltas::from([((row.try_get("plan_id")?, manager), -1)]);
+            apply_deltas(&mut tx, &deltas).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Notes which deal each decision became.
+    pub async fn link_deals(&self, links: &[(Uuid, Uuid)]) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE assignments SET deal_id = t.d FROM UNNEST($1::uuid[], $2::uuid[]) AS t(i, d)
+             WHERE assignments.intake_id = t.i AND assignments.deal_id IS NULL",
+        )
+        .bind(links.iter().map(|(i, _)| *i).collect::<Vec<_>>())
+        .bind(links.iter().map(|(_, d)| *d).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Applies deal events (newest state per deal): open-deal counts, contact relations,
+    /// decision ↔ deal links. Events not newer than what is known change nothing.
+    pub async fn apply_deals(&self, states: &[DealState]) -> Result<(), StoreError> {
+        let mut newest: BTreeMap<Uuid, &DealState> = BTreeMap::new();
+        for state in states {
+            let slot = newest.entry(state.deal_id).or_insert(state);
+            if state.version > slot.version {
+                *slot = state;
+            }
+        }
+        if newest.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = newest.keys().copied().collect();
+        let mut tx = self.pool.begin().await?;
+        let known: HashMap<Uuid, (Uuid, Option<String>, bool, i64)> = sqlx::query(
+            "SELECT deal_id, plan_id, manager_id, open, version FROM deal_view
+             WHERE deal_id = ANY($1) ORDER BY deal_id FOR UPDATE",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
@@ -118,62 +347,217 @@ impl Store {
         .iter()
         .map(|r| {
             Ok((
+                r.try_get("deal_id")?,
+                (
+                    r.try_get("plan_id")?,
+                    r.try_get("manager_id")?,
+                    r.try_get("open")?,
+                    r.try_get("version")?,
+                ),
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+        // Deals never seen: if the distributor decided them, the decision already counted.
+        let unseen_keys: Vec<Uuid> = newest
+            .values()
+            .filter(|s| !known.contains_key(&s.deal_id))
+            .filter_map(|s| Uuid::parse_str(&s.idempotency_key).ok())
+            .collect();
+        let decided: HashMap<Uuid, (Uuid, Option<String>)> = sqlx::query(
+            "SELECT intake_id, plan_id, manager_id FROM assignments WHERE intake_id = ANY($1)",
+        )
+        .bind(&unseen_keys)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
                 r.try_get("intake_id")?,
-                Decision {
-                    manager: r.try_get("manager_id")?,
-                    reason: r.try_get("reason")?,
-                },
+                (r.try_get("plan_id")?, r.try_get("manager_id")?),
             ))
         })
         .collect::<Result<_, sqlx::Error>>()?;
 
-        let (mut new_ids, mut managers, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
-        for pending in leads {
-            if decided.contains_key(&pending.intake_id) {
-                continue;
+        let mut deltas = Deltas::new();
+        let mut applied = Vec::new();
+        let mut links = Vec::new();
+        for state in newest.values() {
+            let before: Option<(Uuid, String)> = match known.get(&state.deal_id) {
+                Some((_, _, _, version)) if *version >= state.version => continue,
+                Some((plan, manager, open, _)) => {
+                    manager.clone().filter(|_| *open).map(|m| (*plan, m))
+                }
+                None => {
+                    let key = Uuid::parse_str(&state.idempotency_key).ok();
+                    match key.and_then(|k| decided.get(&k)) {
+                        Some((plan, manager)) => {
+                            links.push((key.unwrap_or_default(), state.deal_id));
+                            manager.clone().map(|m| (*plan, m))
+                        }
+                        None => None,
+                    }
+                }
+            };
+            let after = state
+                .manager_id
+                .clone()
+                .filter(|_| state.open)
+                .map(|m| (state.plan_id, m));
+            if before != after {
+                if let Some(b) = before {
+                    *deltas.entry(b).or_default() -= 1;
+                }
+                if let Some(a) = after {
+                    *deltas.entry(a).or_default() += 1;
+                }
             }
-            let decision = crate::domain::distribution::decide(
-                &settings,
-                &pending.lead,
-                &mut cursor,
-                random(),
-            );
-            new_ids.push(pending.intake_id);
-            managers.push(decision.manager.clone());
-            reasons.push(decision.reason.clone());
-            decided.insert(pending.intake_id, decision);
+            applied.push(*state);
         }
-        if !new_ids.is_empty() {
-            sqlx::query(
-                "INSERT INTO assignments (intake_id, account_id, plan_id, manager_id, reason)
-                 SELECT i, $2, $3, m, r FROM UNNEST($1::uuid[], $4::text[], $5::text[]) AS t(i, m, r)
-                 ON CONFLICT (intake_id) DO NOTHING",
-            )
-            .bind(&new_ids)
-            .bind(account_id)
-            .bind(plan_id)
-            .bind(&managers)
-            .bind(&reasons)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE plans SET rr_cursor = $2 WHERE plan_id = $1")
-                .bind(plan_id)
-                .bind(cursor.round_robin as i64)
-                .execute(&mut *tx)
-                .await?;
+        apply_deltas(&mut tx, &deltas).await?;
+        sqlx::query(
+            "INSERT INTO deal_view (deal_id, plan_id, manager_id, open, version)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[])
+             ON CONFLICT (deal_id) DO UPDATE SET plan_id = excluded.plan_id,
+                manager_id = excluded.manager_id, open = excluded.open, version = excluded.version
+             WHERE deal_view.version < excluded.version",
+        )
+        .bind(applied.iter().map(|s| s.deal_id).collect::<Vec<_>>())
+        .bind(applied.iter().map(|s| s.plan_id).collect::<Vec<_>>())
+        .bind(
+            applied
+                .iter()
+                .map(|s| s.manager_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(applied.iter().map(|s| s.open).collect::<Vec<_>>())
+        .bind(applied.iter().map(|s| s.version).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        // The contact's relation follows the manager of its most recent deal.
+        let mut relations: BTreeMap<(String, String), (&str, time::OffsetDateTime)> =
+            BTreeMap::new();
+        for s in &applied {
+            if let (Some(key), Some(manager)) = (&s.contact_key, &s.manager_id) {
+                let slot = relations
+                    .entry((s.account_id.clone(), key.clone()))
+                    .or_insert((manager, s.created_at));
+                if s.created_at > slot.1 {
+                    *slot = (manager, s.created_at);
+                }
+            }
         }
+        sqlx::query(
+            "INSERT INTO contact_managers (account_id, contact_key, manager_id, deal_created)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+             ON CONFLICT (account_id, contact_key) DO UPDATE
+                SET manager_id = excluded.manager_id, deal_created = excluded.deal_created
+             WHERE contact_managers.deal_created <= excluded.deal_created",
+        )
+        .bind(relations.keys().map(|(a, _)| a.clone()).collect::<Vec<_>>())
+        .bind(relations.keys().map(|(_, k)| k.clone()).collect::<Vec<_>>())
+        .bind(
+            relations
+                .values()
+                .map(|(m, _)| (*m).to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .bind(relations.values().map(|(_, at)| *at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE assignments SET deal_id = t.d FROM UNNEST($1::uuid[], $2::uuid[]) AS t(i, d)
+             WHERE assignments.intake_id = t.i AND assignments.deal_id IS NULL",
+        )
+        .bind(links.iter().map(|(i, _)| *i).collect::<Vec<_>>())
+        .bind(links.iter().map(|(_, d)| *d).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(PlanBatch::Decided(decided))
+        Ok(())
     }
 
-    /// Forgets a decision that deal-service refused (its manager left the plan in the
-    /// meantime), so the lead is decided again on its next delivery.
-    pub async fn forget(&self, intake_id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM assignments WHERE intake_id = $1")
-            .bind(intake_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// The decision that made `deal_id`, within the account.
+    pub async fn assignment_of_deal(
+        &self,
+        account_id: &str,
+        deal_id: Uuid,
+    ) -> Result<Option<pb::Assignment>, StoreError> {
+        let row = sqlx::query(
+            "SELECT explanation FROM assignments WHERE account_id = $1 AND deal_id = $2",
+        )
+        .bind(account_id)
+        .bind(deal_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let bytes: Vec<u8> = row.try_get("explanation")?;
+        let mut assignment = pb::Assignment::decode(bytes.as_slice())?;
+        assignment.deal_id = deal_id.to_string();
+        Ok(Some(assignment))
+    }
+
+    /// Open deals per manager of a plan, as the distributor counts them.
+    pub async fn open_counts(&self, plan_id: Uuid) -> Result<HashMap<String, i64>, StoreError> {
+        Ok(
+            sqlx::query("SELECT manager_id, open FROM open_deals WHERE plan_id = $1")
+                .bind(plan_id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("manager_id")?, r.try_get("open")?)))
+                .collect::<Result<_, sqlx::Error>>()?,
+        )
+    }
+}
+
+fn record(
+    account_id: &str,
+    plan_id: Uuid,
+    lead: &PendingLead,
+    input: &Lead,
+    settings: &PlanSettings,
+    decision: Decision,
+    at: time::OffsetDateTime,
+) -> pb::Assignment {
+    let (mode, strategy, prefer_related) = match (&input.assign_to, settings.mode) {
+        (Some(_), _) => ("bulk", "", false),
+        (None, Mode::Manual) => ("manual", "", false),
+        (
+            None,
+            Mode::Auto {
+                prefer_related,
+                strategy,
+            },
+        ) => ("auto", strategy.as_str(), prefer_related),
+    };
+    pb::Assignment {
+        intake_id: lead.intake_id.to_string(),
+        account_id: account_id.to_owned(),
+        plan_id: plan_id.to_string(),
+        deal_id: String::new(),
+        mode: mode.into(),
+        strategy: strategy.into(),
+        prefer_related,
+        related_manager_id: input
+            .named_related
+            .clone()
+            .or_else(|| input.previous_manager.clone()),
+        candidates: decision
+            .candidates
+            .into_iter()
+            .map(|c: Candidate| pb::Candidate {
+                manager_id: c.manager_id,
+                open_deals: c.open_deals,
+                chosen: c.chosen,
+                note: c.note,
+            })
+            .collect(),
+        manager_id: decision.manager,
+        reason: decision.reason,
+        decided_at: Some(prost_types::Timestamp {
+            seconds: at.unix_timestamp(),
+            nanos: at.nanosecond() as i32,
+        }),
     }
 }
 

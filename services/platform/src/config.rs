@@ -99,6 +99,15 @@ impl Env {
     }
 }
 
+/// Checks that `value` (of variable `key`) is an http:// or https:// URL.
+pub fn url(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.starts_with("http://") || value.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(ConfigError::new(key, "must be an http:// or https:// URL"))
+    }
+}
+
 /// A value that must never appear in logs or debug output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

@@ -46,6 +46,21 @@ impl ContactInput {
     }
 }
 
+/// How a contact is recognised across deals and bulk jobs: its platform id, else e-mail,
+/// else phone digits. `None` for a contact with none of them.
+pub fn contact_key(external_id: &str, email: &str, phone: &str) -> Option<String> {
+    let digits = digits(phone);
+    if !external_id.is_empty() {
+        Some(format!("ext:{external_id}"))
+    } else if !email.is_empty() {
+        Some(format!("email:{}", email.to_lowercase()))
+    } else if !digits.is_empty() {
+        Some(format!("phone:{digits}"))
+    } else {
+        None
+    }
+}
+
 /// Trimmed text of at most `max` characters without control characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     let value = value.trim();

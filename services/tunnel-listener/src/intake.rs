@@ -1,5 +1,7 @@
-//! Accepting a lead: validate it, turn it into an intake event, and answer only once
-//! JetStream has stored the event. Shared by the webhook and the gRPC IntakeService.
+//! Accepting leads: validate, check the plan, turn each lead into an intake event, and
+//! answer only once JetStream has stored it. Shared by the webhook and IntakeService.
+
+use std::sync::Arc;
 
 use prost::Message as _;
 use salesplan_platform::{
@@ -12,6 +14,11 @@ use salesplan_proto::v1 as pb;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::plans::PlanCache;
+
+/// Contacts per AddAudience chunk at most.
+pub const MAX_CHUNK: usize = 1_000;
+
 /// What became of an accepted lead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepted {
@@ -20,10 +27,14 @@ pub struct Accepted {
     pub accepted_now: bool,
 }
 
-/// Checks every field of a lead and normalises it (trimmed text, lower-case e-mail).
-pub fn validated_lead(lead: pb::Lead) -> Result<pb::Lead, ApiError> {
-    parse_id("plan_id", &lead.plan_id)?;
-    let contact = lead.contact.unwrap_or_default();
+#[derive(Clone)]
+pub struct Intake {
+    bus: Bus,
+    plans: Arc<PlanCache>,
+}
+
+fn contact_from(contact: Option<pb::Contact>) -> Result<pb::Contact, ApiError> {
+    let contact = contact.unwrap_or_default();
     let contact = ContactInput {
         external_id: contact.external_id,
         name: contact.name,
@@ -32,27 +43,38 @@ pub fn validated_lead(lead: pb::Lead) -> Result<pb::Lead, ApiError> {
     }
     .validated()
     .map_err(|e| e.within("contact"))?;
-    if let Some(amount) = &lead.amount {
+    Ok(pb::Contact {
+        external_id: contact.external_id,
+        name: contact.name,
+        email: contact.email,
+        phone: contact.phone,
+    })
+}
+
+fn amount_from(amount: &Option<pb::Money>) -> Result<(), ApiError> {
+    if let Some(amount) = amount {
         validate::money("amount", amount.amount_minor, &amount.currency)?;
     }
+    Ok(())
+}
+
+/// Checks every field of a lead and normalises it (trimmed text, lower-case e-mail).
+pub fn validated_lead(lead: pb::Lead) -> Result<pb::Lead, ApiError> {
+    parse_id("plan_id", &lead.plan_id)?;
+    amount_from(&lead.amount)?;
     Ok(pb::Lead {
-        plan_id: lead.plan_id,
+        contact: Some(contact_from(lead.contact)?),
         tunnel_id: validate::text("tunnel_id", &lead.tunnel_id, 128)?,
         block_id: validate::text("block_id", &lead.block_id, 128)?,
         run_id: validate::required_text("run_id", &lead.run_id, 200)?,
-        contact: Some(pb::Contact {
-            external_id: contact.external_id,
-            name: contact.name,
-            email: contact.email,
-            phone: contact.phone,
-        }),
         title: validate::text("title", &lead.title, 300)?,
-        amount: lead.amount,
         related_manager_id: lead
             .related_manager_id
             .map(|m| validate::text("related_manager_id", &m, 128))
             .transpose()?
             .filter(|m| !m.is_empty()),
+        plan_id: lead.plan_id,
+        amount: lead.amount,
     })
 }
 
@@ -62,40 +84,168 @@ pub fn intake_id(account_id: &str, lead: &pb::Lead) -> Uuid {
     derived_id(&[account_id, &lead.plan_id, &lead.block_id, &lead.run_id])
 }
 
-/// Validates `lead` and publishes its intake event.
-pub async fn accept(
-    bus: &Bus,
-    actor: &Actor,
+/// The intake id of a contact of a bulk job: the same for every retry of the job.
+pub fn bulk_intake_id(account_id: &str, plan_id: &str, job_id: &str, contact_key: &str) -> Uuid {
+    derived_id(&[account_id, plan_id, "bulk", job_id, contact_key])
+}
+
+fn message(
+    account_id: &str,
+    intake_id: Uuid,
     lead: pb::Lead,
     source: pb::IntakeSource,
-) -> Result<Accepted, ApiError> {
-    let lead = validated_lead(lead)?;
-    let intake_id = intake_id(&actor.account_id, &lead);
+    assign_to: Option<String>,
+) -> Outgoing {
+    let subject = streams::intake_subject(account_id, &lead.plan_id);
     let event = pb::IntakeEvent {
         intake_id: intake_id.to_string(),
-        account_id: actor.account_id.clone(),
+        account_id: account_id.to_owned(),
         received_at: Some(now()),
         source: source as i32,
-        assign_to_manager_id: None,
+        assign_to_manager_id: assign_to,
         lead: Some(lead),
     };
-    let plan_id = event
-        .lead
-        .as_ref()
-        .map(|l| l.plan_id.as_str())
-        .unwrap_or("");
-    let subject = streams::intake_subject(&actor.account_id, plan_id);
-    let stored = bus
-        .publish(Outgoing::new(
-            subject,
-            intake_id.to_string(),
-            event.encode_to_vec(),
-        ))
-        .await?;
-    Ok(Accepted {
-        intake_id,
-        accepted_now: !stored.duplicate,
-    })
+    Outgoing::new(subject, intake_id.to_string(), event.encode_to_vec())
+}
+
+/// The plan, job and manager of an AddAudience call, fixed by its first chunk.
+#[derive(Debug, Clone)]
+pub struct AudienceJob {
+    plan_id: Uuid,
+    job_id: String,
+    assign_to: Option<String>,
+}
+
+impl Intake {
+    pub fn new(bus: Bus, plans: Arc<PlanCache>) -> Self {
+        Self { bus, plans }
+    }
+
+    /// Validates `lead`, checks its plan, and publishes its intake event.
+    pub async fn accept(
+        &self,
+        actor: &Actor,
+        lead: pb::Lead,
+        source: pb::IntakeSource,
+    ) -> Result<Accepted, ApiError> {
+        let lead = validated_lead(lead)?;
+        let plan_id = parse_id("plan_id", &lead.plan_id)?;
+        self.plans.open_plan(&actor.account_id, plan_id).await?;
+        let intake_id = intake_id(&actor.account_id, &lead);
+        let stored = self
+            .bus
+            .publish(message(&actor.account_id, intake_id, lead, source, None))
+            .await?;
+        Ok(Accepted {
+            intake_id,
+            accepted_now: !stored.duplicate,
+        })
+    }
+
+    /// The job of an AddAudience call from its first chunk: the plan must take leads, and
+    /// a named manager must be one of its members.
+    pub async fn audience_job(
+        &self,
+        actor: &Actor,
+        chunk: &pb::AddAudienceRequest,
+    ) -> Result<AudienceJob, ApiError> {
+        let plan_id = parse_id("plan_id", &chunk.plan_id)?;
+        let job_id = validate::required_text("job_id", &chunk.job_id, 200)?;
+        let plan = self.plans.open_plan(&actor.account_id, plan_id).await?;
+        let assign_to = chunk
+            .assign_to_manager_id
+            .as_deref()
+            .map(|m| validate::required_text("assign_to_manager_id", m, 128))
+            .transpose()?;
+        if let Some(m) = &assign_to
+            && !plan.managers.contains(m)
+        {
+            return Err(ApiError::FailedPrecondition(format!(
+                "assign_to_manager_id: {m} is not a member of plan {plan_id}"
+            )));
+        }
+        Ok(AudienceJob {
+            plan_id,
+            job_id,
+            assign_to,
+        })
+    }
+
+    /// One chunk of a bulk add: every valid contact is published (pipelined), then each
+    /// gets its result. Invalid contacts are rejected alone; the rest go on.
+    pub async fn accept_chunk(
+        &self,
+        actor: &Actor,
+        job: &AudienceJob,
+        chunk: pb::AddAudienceRequest,
+    ) -> Result<Vec<pb::ContactResult>, ApiError> {
+        if !chunk.plan_id.is_empty() && chunk.plan_id != job.plan_id.to_string() {
+            return Err(ApiError::invalid(
+                "plan_id",
+                "every chunk of a call adds to the same plan",
+            ));
+        }
+        if chunk.contacts.len() > MAX_CHUNK {
+            return Err(ApiError::invalid(
+                "contacts",
+                format!("at most {MAX_CHUNK} contacts per chunk; send more chunks"),
+            ));
+        }
+        let plan_id = job.plan_id.to_string();
+        let mut results = Vec::with_capacity(chunk.contacts.len());
+        let mut messages = Vec::new();
+        let mut published = Vec::new();
+        for (index, item) in chunk.contacts.into_iter().enumerate() {
+            let mut result = pb::ContactResult {
+                index: index as i32,
+                ..Default::default()
+            };
+            let checked = contact_from(item.contact).and_then(|contact| {
+                amount_from(&item.amount)?;
+                let title = validate::text("title", &item.title, 300)?;
+                Ok((contact, title))
+            });
+            match checked {
+                Ok((contact, title)) => {
+                    let key =
+                        validate::contact_key(&contact.external_id, &contact.email, &contact.phone)
+                            .unwrap_or_default();
+                    let intake_id = bulk_intake_id(&actor.account_id, &plan_id, &job.job_id, &key);
+                    result.intake_id = intake_id.to_string();
+                    let lead = pb::Lead {
+                        plan_id: plan_id.clone(),
+                        run_id: job.job_id.clone(),
+                        contact: Some(contact),
+                        title,
+                        amount: item.amount,
+                        ..Default::default()
+                    };
+                    messages.push(message(
+                        &actor.account_id,
+                        intake_id,
+                        lead,
+                        pb::IntakeSource::Bulk,
+                        job.assign_to.clone(),
+                    ));
+                    published.push(index);
+                }
+                Err(err) => {
+                    result.outcome = pb::ContactOutcome::Rejected as i32;
+                    result.reason = err.to_string();
+                }
+            }
+            results.push(result);
+        }
+        let stored = self.bus.publish_all(messages).await?;
+        for (index, stored) in published.into_iter().zip(stored) {
+            results[index].outcome = if stored.duplicate {
+                pb::ContactOutcome::Duplicate
+            } else {
+                pb::ContactOutcome::Accepted
+            } as i32;
+        }
+        Ok(results)
+    }
 }
 
 fn now() -> prost_types::Timestamp {
@@ -169,5 +319,9 @@ mod tests {
         other.run_id = "run-2".into();
         assert_ne!(intake_id("acme", &l), intake_id("acme", &other));
         assert_ne!(intake_id("acme", &l), intake_id("globex", &l));
+        assert_ne!(
+            bulk_intake_id("acme", &l.plan_id, "job-1", "ext:1"),
+            bulk_intake_id("acme", &l.plan_id, "job-2", "ext:1")
+        );
     }
 }

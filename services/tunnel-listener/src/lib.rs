@@ -4,19 +4,25 @@
 
 pub mod grpc;
 pub mod intake;
+pub mod plans;
 pub mod webhook;
 
 use std::{net::SocketAddr, sync::Arc};
 
+use anyhow::Context as _;
 use futures::FutureExt;
+use intake::Intake;
+use plans::PlanCache;
 use salesplan_platform::{
-    auth::{AuthInterceptor, TokenVerifier},
-    bus::{Bus, streams},
+    auth::{AuthInterceptor, ServiceTokens, TokenIssuer, TokenVerifier},
+    bus::{Bus, ConsumerSpec, streams},
     config::{ConfigError, Env},
     grpc as server,
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
-use salesplan_proto::v1::intake_service_server::IntakeServiceServer;
+use salesplan_proto::v1::{
+    intake_service_server::IntakeServiceServer, plan_service_client::PlanServiceClient,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 
@@ -27,6 +33,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `SALESPLAN_WEBHOOK_MAX_BODY_BYTES`: larger bodies get 413.
     pub max_body_bytes: usize,
+    /// `SALESPLAN_DEAL_SERVICE_URL`: where plans not yet known are looked up.
+    pub deal_service_url: String,
 }
 
 impl Config {
@@ -34,11 +42,16 @@ impl Config {
     pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
     pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
-    pub fn local(database_url: &str, nats_url: &str) -> Self {
+    pub const DEFAULT_DEAL_SERVICE_URL: &str = "http://127.0.0.1:50053";
+    /// The user id of the listener's own calls (plan look-ups).
+    pub const ACTOR_ID: &str = "system:tunnel-listener";
+
+    pub fn local(database_url: &str, nats_url: &str, deal_service_url: &str) -> Self {
         Self {
             common: ServiceConfig::local(database_url, nats_url),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            deal_service_url: deal_service_url.to_owned(),
         }
     }
 }
@@ -54,7 +67,10 @@ impl Service for Config {
                 "SALESPLAN_WEBHOOK_MAX_BODY_BYTES",
                 Self::DEFAULT_MAX_BODY_BYTES,
             )?,
+            deal_service_url: env
+                .string("SALESPLAN_DEAL_SERVICE_URL", Self::DEFAULT_DEAL_SERVICE_URL),
         };
+        salesplan_platform::config::url("SALESPLAN_DEAL_SERVICE_URL", &config.deal_service_url)?;
         if !(1024..=16 * 1024 * 1024).contains(&config.max_body_bytes) {
             return Err(ConfigError::new(
                 "SALESPLAN_WEBHOOK_MAX_BODY_BYTES",
@@ -73,12 +89,25 @@ impl Service for Config {
         let bus = Bus::connect(&common.nats, Self::NAME).await?;
         bus.ensure_streams(&streams::ALL).await?;
         let verifier = Arc::new(TokenVerifier::from_config(&common.auth)?);
+        let issuer = TokenIssuer::from_config(&common.auth)?
+            .context("no key to sign plan look-ups at deal-service")?;
+        let plans = Arc::new(PlanCache::new(
+            PlanServiceClient::new(server::lazy_channel(&self.deal_service_url)?),
+            ServiceTokens::new(issuer, Self::ACTOR_ID, &[]),
+        ));
+        let mut background = Background::new();
+        background.consume(
+            &bus,
+            ConsumerSpec::per_process(&streams::PLANS, "tunnel-listener-plans"),
+            plans.clone(),
+        );
+        let intake = Intake::new(bus.clone(), plans);
 
         let http = tokio::net::TcpListener::bind(self.http_addr).await?;
         let http_addr = http.local_addr()?;
         let router = webhook::router(
             Arc::new(webhook::WebhookState {
-                bus: bus.clone(),
+                intake: intake.clone(),
                 verifier: verifier.clone(),
             }),
             self.max_body_bytes,
@@ -94,16 +123,16 @@ impl Service for Config {
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
             routes: tonic::service::Routes::new(IntakeServiceServer::with_interceptor(
-                grpc::Intake::new(bus.clone()),
+                grpc::IntakeApi::new(intake),
                 AuthInterceptor::new(verifier),
             )),
-            names: vec![<IntakeServiceServer<grpc::Intake> as NamedService>::NAME],
+            names: vec![<IntakeServiceServer<grpc::IntakeApi> as NamedService>::NAME],
         };
         Ok(spawn_service(
             &common,
             grpc,
             Some((http_addr, http_server)),
-            Background::new(),
+            background,
             bus,
             shutdown,
         )?)

@@ -15,18 +15,18 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use salesplan_platform::{ApiError, Permission, auth::TokenVerifier, bus::Bus, telemetry};
+use salesplan_platform::{ApiError, Permission, auth::TokenVerifier, telemetry};
 use salesplan_proto::v1 as pb;
 use serde::Deserialize;
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::intake;
+use crate::intake::{self, Intake};
 
 pub const PATH: &str = "/v1/tunnel-actions/add-to-sales-plan";
 
 pub struct WebhookState {
-    pub bus: Bus,
+    pub intake: Intake,
     pub verifier: Arc<TokenVerifier>,
 }
 
@@ -137,7 +137,10 @@ async fn handle(
     actor.require(Permission::IntakeWrite)?;
     let body = body.map_err(|rejection| WebhookError::Body(rejection.status()))?;
     let lead = parse(&body)?;
-    Ok(intake::accept(&state.bus, &actor, lead.into(), pb::IntakeSource::Webhook).await?)
+    Ok(state
+        .intake
+        .accept(&actor, lead.into(), pb::IntakeSource::Webhook)
+        .await?)
 }
 
 fn parse(body: &[u8]) -> Result<LeadJson, ApiError> {

@@ -1,4 +1,6 @@
-//! Deciding the manager of a new lead from the plan's settings.
+//! Deciding the manager of a new lead from the plan's settings (seed: "Setting up SP").
+
+use std::collections::HashMap;
 
 /// The plan settings the distributor keeps (a copy fed by plan events).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,73 +48,194 @@ impl Strategy {
 pub struct Lead {
     /// A bulk add straight to one manager: no distribution.
     pub assign_to: Option<String>,
-    /// The contact's related manager (named by the caller, or from an earlier deal).
-    pub related_manager: Option<String>,
+    /// The related manager the caller named.
+    pub named_related: Option<String>,
+    /// The manager of the contact's most recent earlier deal in the account.
+    pub previous_manager: Option<String>,
 }
 
-/// The state a decision reads and advances.
+/// Whose turn it is: the manager who got the last lead by turn, and where they stood.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
-    /// Leads assigned by the strategy so far; the next round-robin position.
-    pub round_robin: u64,
+    pub last: Option<String>,
+    pub last_index: u64,
+}
+
+impl Cursor {
+    /// Position of the manager whose turn it is: the one after the last, or — when the last
+    /// left the plan — whoever now stands where the last one stood.
+    pub fn next_index(&self, managers: &[String]) -> usize {
+        let n = managers.len().max(1);
+        match self
+            .last
+            .as_ref()
+            .and_then(|last| managers.iter().position(|m| m == last))
+        {
+            Some(i) => (i + 1) % n,
+            None => (self.last_index as usize) % n,
+        }
+    }
+
+    fn took_turn(&mut self, managers: &[String], index: usize) {
+        self.last = Some(managers[index].clone());
+        self.last_index = index as u64;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub manager_id: String,
+    pub open_deals: i64,
+    pub chosen: bool,
+    pub note: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub manager: Option<String>,
     pub reason: String,
+    /// Everyone considered, and why each was or was not chosen.
+    pub candidates: Vec<Candidate>,
 }
 
-/// Chooses the manager of `lead`. `random` is a uniformly random number supplied by the
-/// caller, which keeps this function pure and testable. Advances `cursor` when the
-/// strategy was used.
-pub fn decide(plan: &PlanSettings, lead: &Lead, cursor: &mut Cursor, random: u64) -> Decision {
+impl Decision {
+    fn without(reason: impl Into<String>) -> Self {
+        Self {
+            manager: None,
+            reason: reason.into(),
+            candidates: Vec::new(),
+        }
+    }
+}
+
+/// Chooses the manager of `lead`. `open` holds the open deals per manager in this plan and
+/// is updated with the decision (so the next lead of a batch sees it); `random` is a
+/// uniformly random number, which keeps this function pure.
+pub fn decide(
+    plan: &PlanSettings,
+    lead: &Lead,
+    cursor: &mut Cursor,
+    open: &mut HashMap<String, i64>,
+    random: u64,
+) -> Decision {
+    let decision = decide_inner(plan, lead, cursor, open, random);
+    if let Some(m) = &decision.manager {
+        *open.entry(m.clone()).or_insert(0) += 1;
+    }
+    decision
+}
+
+fn decide_inner(
+    plan: &PlanSettings,
+    lead: &Lead,
+    cursor: &mut Cursor,
+    open: &HashMap<String, i64>,
+    random: u64,
+) -> Decision {
     if let Some(manager) = &lead.assign_to {
         return Decision {
             manager: Some(manager.clone()),
             reason: "named by the bulk add".into(),
+            candidates: Vec::new(),
         };
     }
     let (prefer_related, strategy) = match plan.mode {
-        Mode::Manual => {
-            return Decision {
-                manager: None,
-                reason: "plan distributes manually".into(),
-            };
-        }
+        Mode::Manual => return Decision::without("the plan distributes manually"),
         Mode::Auto {
             prefer_related,
             strategy,
         } => (prefer_related, strategy),
     };
-    if plan.managers.is_empty() {
-        return Decision {
-            manager: None,
-            reason: "plan has no managers".into(),
-        };
+    let managers = &plan.managers;
+    if managers.is_empty() {
+        return Decision::without("the plan has no managers");
     }
-    if prefer_related
-        && let Some(related) = &lead.related_manager
-        && plan.managers.contains(related)
-    {
-        return Decision {
-            manager: Some(related.clone()),
-            reason: "related manager of the contact".into(),
-        };
+    let count = |m: &str| open.get(m).copied().unwrap_or(0);
+    let candidates = |chosen: &str, note: &dyn Fn(&str) -> String| -> Vec<Candidate> {
+        managers
+            .iter()
+            .map(|m| Candidate {
+                manager_id: m.clone(),
+                open_deals: count(m),
+                chosen: m == chosen,
+                note: note(m),
+            })
+            .collect()
+    };
+
+    let mut skipped_related = Vec::new();
+    if prefer_related {
+        let related = [
+            (&lead.named_related, "named by the caller"),
+            (&lead.previous_manager, "of the contact's earlier deal"),
+        ];
+        for (related, source) in related {
+            let Some(related) = related else { continue };
+            if managers.contains(related) {
+                let reason = format!("related manager ({source})");
+                return Decision {
+                    manager: Some(related.clone()),
+                    candidates: candidates(related, &|m| {
+                        if m == related {
+                            reason.clone()
+                        } else {
+                            "not related".into()
+                        }
+                    }),
+                    reason,
+                };
+            }
+            skipped_related.push(format!(
+                "related manager {related} ({source}) is not a member"
+            ));
+        }
     }
-    let n = plan.managers.len() as u64;
+
+    let start = cursor.next_index(managers);
     let (index, reason) = match strategy {
-        Strategy::Random => (random % n, "random"),
-        // Least-open needs open-deal counts; until they are tracked it falls back to turn
-        // order, which is what its tie-break is anyway.
-        Strategy::RoundRobin | Strategy::LeastOpenDeals => {
-            (cursor.round_robin % n, "round robin: next in turn")
+        Strategy::Random => (
+            (random % managers.len() as u64) as usize,
+            "picked at random".to_owned(),
+        ),
+        Strategy::RoundRobin => (start, "next in turn".to_owned()),
+        Strategy::LeastOpenDeals => {
+            // The fewest open deals; among equals, the first in turn from the cursor.
+            let index = (0..managers.len())
+                .map(|k| (start + k) % managers.len())
+                .min_by_key(|&i| count(&managers[i]))
+                .unwrap_or(start);
+            (
+                index,
+                format!("fewest open deals ({})", count(&managers[index])),
+            )
         }
     };
-    cursor.round_robin += 1;
+    if strategy != Strategy::Random {
+        cursor.took_turn(managers, index);
+    }
+    let chosen = managers[index].clone();
+    let chosen_count = count(&chosen);
+    let note = |m: &str| -> String {
+        if m == chosen {
+            return reason.clone();
+        }
+        match strategy {
+            Strategy::Random => "not picked".into(),
+            Strategy::RoundRobin => "not next in turn".into(),
+            Strategy::LeastOpenDeals if count(m) > chosen_count => {
+                format!("more open deals ({} > {chosen_count})", count(m))
+            }
+            Strategy::LeastOpenDeals => "as few open deals, later in turn".into(),
+        }
+    };
+    let mut reason = reason.clone();
+    if !skipped_related.is_empty() {
+        reason = format!("{reason}; {}", skipped_related.join("; "));
+    }
     Decision {
-        manager: Some(plan.managers[index as usize].clone()),
-        reason: reason.into(),
+        candidates: candidates(&chosen, &note),
+        manager: Some(chosen),
+        reason,
     }
 }
 
@@ -122,15 +245,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn auto(strategy: Strategy, managers: &[&str]) -> PlanSettings {
+    fn auto(strategy: Strategy, prefer_related: bool, managers: &[&str]) -> PlanSettings {
         PlanSettings {
             mode: Mode::Auto {
-                prefer_related: true,
+                prefer_related,
                 strategy,
             },
             managers: managers.iter().map(|m| (*m).to_owned()).collect(),
             archived: false,
         }
+    }
+
+    fn run(plan: &PlanSettings, cursor: &mut Cursor, open: &mut HashMap<String, i64>) -> String {
+        decide(plan, &Lead::default(), cursor, open, 0)
+            .manager
+            .expect("assigned")
     }
 
     #[test]
@@ -140,83 +269,208 @@ mod tests {
             managers: vec!["a".into()],
             archived: false,
         };
-        let d = decide(&plan, &Lead::default(), &mut Cursor::default(), 0);
+        let d = decide(
+            &plan,
+            &Lead::default(),
+            &mut Cursor::default(),
+            &mut HashMap::new(),
+            0,
+        );
         assert_eq!(d.manager, None);
     }
 
     #[test]
     fn bulk_add_to_a_manager_skips_distribution() {
-        let plan = auto(Strategy::RoundRobin, &["a", "b"]);
+        let plan = auto(Strategy::RoundRobin, false, &["a", "b"]);
         let lead = Lead {
             assign_to: Some("z".into()),
             ..Default::default()
         };
         let mut cursor = Cursor::default();
-        assert_eq!(
-            decide(&plan, &lead, &mut cursor, 0).manager.as_deref(),
-            Some("z")
-        );
-        assert_eq!(cursor.round_robin, 0);
+        let d = decide(&plan, &lead, &mut cursor, &mut HashMap::new(), 0);
+        assert_eq!(d.manager.as_deref(), Some("z"));
+        assert_eq!(cursor, Cursor::default());
     }
 
     #[test]
-    fn related_manager_wins_only_while_a_member() {
-        let plan = auto(Strategy::RoundRobin, &["a", "b"]);
+    fn related_wins_only_while_a_member_and_only_when_preferred() {
+        let plan = auto(Strategy::RoundRobin, true, &["a", "b"]);
         let mut cursor = Cursor::default();
-        let related = |m: &str| Lead {
-            related_manager: Some(m.into()),
+        let mut open = HashMap::new();
+        let lead = |named: Option<&str>, previous: Option<&str>| Lead {
+            named_related: named.map(str::to_owned),
+            previous_manager: previous.map(str::to_owned),
             ..Default::default()
         };
-        assert_eq!(
-            decide(&plan, &related("b"), &mut cursor, 0)
-                .manager
-                .as_deref(),
-            Some("b")
+        let d = decide(
+            &plan,
+            &lead(Some("b"), Some("a")),
+            &mut cursor,
+            &mut open,
+            0,
         );
-        assert_eq!(cursor.round_robin, 0, "related leads do not take a turn");
-        assert_eq!(
-            decide(&plan, &related("gone"), &mut cursor, 0)
-                .manager
-                .as_deref(),
-            Some("a")
+        assert_eq!(d.manager.as_deref(), Some("b"), "the caller's name first");
+        assert_eq!(cursor, Cursor::default(), "related leads take no turn");
+        let d = decide(
+            &plan,
+            &lead(Some("gone"), Some("b")),
+            &mut cursor,
+            &mut open,
+            0,
         );
+        assert_eq!(
+            d.manager.as_deref(),
+            Some("b"),
+            "then the earlier deal's manager"
+        );
+        let d = decide(&plan, &lead(Some("gone"), None), &mut cursor, &mut open, 0);
+        assert_eq!(d.manager.as_deref(), Some("a"), "then the strategy");
+        assert!(d.reason.contains("gone"), "{}", d.reason);
+
+        let plain = auto(Strategy::RoundRobin, false, &["a", "b"]);
+        let d = decide(
+            &plain,
+            &lead(Some("b"), None),
+            &mut Cursor::default(),
+            &mut open,
+            0,
+        );
+        assert_eq!(d.manager.as_deref(), Some("a"), "2.1a ignores relations");
     }
 
     #[test]
     fn no_managers_means_unassigned_with_a_reason() {
         let d = decide(
-            &auto(Strategy::Random, &[]),
+            &auto(Strategy::Random, false, &[]),
             &Lead::default(),
             &mut Cursor::default(),
+            &mut HashMap::new(),
             7,
         );
         assert_eq!(d.manager, None);
-        assert_eq!(d.reason, "plan has no managers");
+        assert_eq!(d.reason, "the plan has no managers");
+    }
+
+    #[test]
+    fn the_seeds_example_related_then_fewest_deals() {
+        // 2.1b + 2.2b: known contacts go to their manager, new ones to whoever has fewest.
+        let plan = auto(Strategy::LeastOpenDeals, true, &["anna", "boris", "chen"]);
+        let mut open = HashMap::from([
+            ("anna".to_owned(), 5),
+            ("boris".to_owned(), 2),
+            ("chen".to_owned(), 2),
+        ]);
+        let mut cursor = Cursor::default();
+        let known = Lead {
+            previous_manager: Some("anna".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(&plan, &known, &mut cursor, &mut open, 0)
+                .manager
+                .as_deref(),
+            Some("anna")
+        );
+        let new = decide(&plan, &Lead::default(), &mut cursor, &mut open, 0);
+        assert_eq!(
+            new.manager.as_deref(),
+            Some("boris"),
+            "fewest, first in turn among equals"
+        );
+        let explained: Vec<(&str, &str)> = new
+            .candidates
+            .iter()
+            .map(|c| (c.manager_id.as_str(), c.note.as_str()))
+            .collect();
+        assert_eq!(
+            explained,
+            [
+                ("anna", "more open deals (6 > 2)"),
+                ("boris", "fewest open deals (2)"),
+                ("chen", "as few open deals, later in turn"),
+            ]
+        );
+        assert_eq!(
+            decide(&plan, &Lead::default(), &mut cursor, &mut open, 0)
+                .manager
+                .as_deref(),
+            Some("chen")
+        );
+        assert_eq!(open["anna"], 6);
+    }
+
+    #[test]
+    fn after_a_removal_the_turn_passes_on_without_repeating() {
+        let mut plan = auto(Strategy::RoundRobin, false, &["a", "b", "c"]);
+        let mut cursor = Cursor::default();
+        let mut open = HashMap::new();
+        assert_eq!(run(&plan, &mut cursor, &mut open), "a");
+        assert_eq!(run(&plan, &mut cursor, &mut open), "b");
+        plan.managers = vec!["b".into(), "c".into()];
+        assert_eq!(
+            run(&plan, &mut cursor, &mut open),
+            "c",
+            "not b twice in a row"
+        );
+        plan.managers = vec!["a".into(), "b".into()];
+        // c left after taking its turn: whoever stands at c's old place goes next.
+        assert_eq!(run(&plan, &mut cursor, &mut open), "b");
     }
 
     proptest! {
+        /// Within any stretch of constant membership, round-robin counts differ by at most
+        /// one, and nobody gets two leads in a row while others are eligible.
         #[test]
-        fn round_robin_counts_never_differ_by_more_than_one(managers in 1usize..8, leads in 0usize..200) {
-            let names: Vec<String> = (0..managers).map(|i| format!("m{i}")).collect();
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let plan = auto(Strategy::RoundRobin, &refs);
+        fn round_robin_is_even_across_membership_changes(
+            steps in proptest::collection::vec((0usize..6, 1usize..30), 1..12),
+        ) {
+            let pool = ["m0", "m1", "m2", "m3", "m4", "m5"];
             let mut cursor = Cursor::default();
-            let mut counts = std::collections::HashMap::new();
-            for _ in 0..leads {
-                let d = decide(&plan, &Lead::default(), &mut cursor, 0);
-                *counts.entry(d.manager.unwrap()).or_insert(0usize) += 1;
+            let mut open = HashMap::new();
+            let mut previous: Option<String> = None;
+            for (size_seed, leads) in steps {
+                let size = 1 + size_seed % pool.len();
+                let offset = size_seed % 2;
+                let members: Vec<&str> = pool.iter().cycle().skip(offset).take(size).copied().collect();
+                let plan = auto(Strategy::RoundRobin, false, &members);
+                let mut counts: HashMap<String, usize> = HashMap::new();
+                for _ in 0..leads {
+                    let m = run(&plan, &mut cursor, &mut open);
+                    if size > 1 {
+                        prop_assert_ne!(Some(&m), previous.as_ref());
+                    }
+                    previous = Some(m.clone());
+                    *counts.entry(m).or_default() += 1;
+                }
+                let per: Vec<usize> = members.iter().map(|m| counts.get(*m).copied().unwrap_or(0)).collect();
+                prop_assert!(per.iter().max().unwrap() - per.iter().min().unwrap() <= 1, "{per:?}");
             }
-            let max = names.iter().map(|n| counts.get(n).copied().unwrap_or(0)).max().unwrap();
-            let min = names.iter().map(|n| counts.get(n).copied().unwrap_or(0)).min().unwrap();
-            prop_assert!(max - min <= 1);
+        }
+
+        #[test]
+        fn least_open_always_picks_an_argmin(
+            counts in proptest::collection::vec(0i64..20, 1..8),
+            leads in 1usize..40,
+        ) {
+            let names: Vec<String> = (0..counts.len()).map(|i| format!("m{i}")).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let plan = auto(Strategy::LeastOpenDeals, false, &refs);
+            let mut open: HashMap<String, i64> = names.iter().cloned().zip(counts).collect();
+            let mut cursor = Cursor::default();
+            for _ in 0..leads {
+                let min = *open.values().min().unwrap();
+                let d = decide(&plan, &Lead::default(), &mut cursor, &mut open, 0);
+                let chosen = d.manager.unwrap();
+                prop_assert_eq!(open[&chosen] - 1, min);
+            }
         }
 
         #[test]
         fn random_always_picks_a_member(managers in 1usize..8, random in any::<u64>()) {
             let names: Vec<String> = (0..managers).map(|i| format!("m{i}")).collect();
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let plan = auto(Strategy::Random, &refs);
-            let d = decide(&plan, &Lead::default(), &mut Cursor::default(), random);
+            let plan = auto(Strategy::Random, false, &refs);
+            let d = decide(&plan, &Lead::default(), &mut Cursor::default(), &mut HashMap::new(), random);
             prop_assert!(names.contains(&d.manager.unwrap()));
         }
     }

@@ -27,6 +27,9 @@ pub struct ConsumerSpec {
     pub filter_subject: String,
     /// How long a delivered message may stay unacked before it is delivered again.
     pub ack_wait: Duration,
+    /// Removes the consumer after this long without a client: for per-process consumers
+    /// (every replica reading every message), which would otherwise pile up.
+    pub inactive_threshold: Option<Duration>,
 }
 
 impl ConsumerSpec {
@@ -36,6 +39,19 @@ impl ConsumerSpec {
             durable: durable.to_owned(),
             filter_subject: stream.subjects.to_owned(),
             ack_wait: Duration::from_secs(30),
+            inactive_threshold: None,
+        }
+    }
+
+    /// A consumer of this process alone: it reads the whole stream, and is removed an hour
+    /// after the process is gone.
+    pub fn per_process(stream: &streams::StreamSpec, prefix: &str) -> Self {
+        Self {
+            inactive_threshold: Some(Duration::from_secs(3600)),
+            ..Self::new(
+                stream,
+                &format!("{prefix}-{}", uuid::Uuid::new_v4().simple()),
+            )
         }
     }
 }
@@ -175,6 +191,7 @@ async fn durable_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsumer
                 // Dead-lettering is ours (see `process`), so the server never gives up.
                 max_deliver: -1,
                 max_ack_pending: 20_000,
+                inactive_threshold: spec.inactive_threshold.unwrap_or_default(),
                 ..Default::default()
             },
         )

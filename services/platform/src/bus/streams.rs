@@ -56,6 +56,14 @@ pub const PLANS: StreamSpec = StreamSpec {
     duplicate_window: Duration::from_secs(10 * 60),
 };
 
+/// The distributor's assignment decisions, with their explanation.
+pub const ASSIGNMENTS: StreamSpec = StreamSpec {
+    name: "SALESPLAN_ASSIGNMENTS",
+    subjects: "salesplan.assignments.v1.>",
+    max_age: Duration::from_secs(30 * DAY.as_secs()),
+    duplicate_window: Duration::from_secs(10 * 60),
+};
+
 /// Messages a consumer could not process after its retries.
 pub const DEAD_LETTERS: StreamSpec = StreamSpec {
     name: "SALESPLAN_DEAD_LETTERS",
@@ -64,7 +72,7 @@ pub const DEAD_LETTERS: StreamSpec = StreamSpec {
     duplicate_window: Duration::from_secs(60),
 };
 
-pub const ALL: [StreamSpec; 4] = [INTAKE, DEALS, PLANS, DEAD_LETTERS];
+pub const ALL: [StreamSpec; 5] = [INTAKE, DEALS, PLANS, ASSIGNMENTS, DEAD_LETTERS];
 
 pub fn intake_subject(account_id: &str, plan_id: &str) -> String {
     format!("salesplan.intake.v1.{account_id}.{plan_id}")
@@ -76,6 +84,10 @@ pub fn deal_subject(account_id: &str, kind: &str) -> String {
 
 pub fn plan_subject(account_id: &str, kind: &str) -> String {
     format!("salesplan.plans.v1.{account_id}.{kind}")
+}
+
+pub fn assignment_subject(account_id: &str) -> String {
+    format!("salesplan.assignments.v1.{account_id}.decided")
 }
 
 pub fn dead_letter_subject(consumer: &str) -> String {

@@ -1,0 +1,70 @@
+//! Keeps open-deal counts and contact relations exact from deal-service's deal events.
+
+use prost::Message as _;
+use salesplan_platform::{
+    bus::{BatchHandler, Delivery, Outcome},
+    validate::contact_key,
+};
+use salesplan_proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::store::{DealState, Store};
+
+pub struct DealEvents {
+    store: Store,
+}
+
+impl DealEvents {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+impl BatchHandler for DealEvents {
+    async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
+        let mut outcomes = vec![Outcome::Done; batch.len()];
+        let mut states = Vec::with_capacity(batch.len());
+        let mut applied = Vec::with_capacity(batch.len());
+        for (index, delivery) in batch.iter().enumerate() {
+            match decode(&delivery.payload) {
+                Ok(state) => {
+                    states.push(state);
+                    applied.push(index);
+                }
+                Err(reason) => outcomes[index] = Outcome::Reject(reason),
+            }
+        }
+        if let Err(err) = self.store.apply_deals(&states).await {
+            tracing::warn!(error = %err, "cannot apply deal events");
+            for index in applied {
+                outcomes[index] = Outcome::Retry(err.to_string());
+            }
+        }
+        outcomes
+    }
+}
+
+fn decode(payload: &[u8]) -> Result<DealState, String> {
+    let event =
+        pb::DealEvent::decode(payload).map_err(|e| format!("undecodable deal event: {e}"))?;
+    let deal = event.deal.ok_or("deal event without a deal")?;
+    let id = |field: &str, v: &str| {
+        Uuid::parse_str(v).map_err(|_| format!("deal event with an invalid {field}"))
+    };
+    let contact = deal.contact.unwrap_or_default();
+    let created = deal.created_at.ok_or("deal event without created_at")?;
+    Ok(DealState {
+        deal_id: id("deal id", &deal.id)?,
+        account_id: event.account_id,
+        plan_id: id("plan id", &deal.plan_id)?,
+        manager_id: deal.manager_id,
+        open: deal.status == pb::DealStatus::Open as i32,
+        version: deal.version,
+        idempotency_key: deal.idempotency_key,
+        contact_key: contact_key(&contact.external_id, &contact.email, &contact.phone),
+        created_at: time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(created.seconds) * 1_000_000_000 + i128::from(created.nanos),
+        )
+        .map_err(|_| "deal event with an invalid created_at")?,
+    })
+}
