@@ -8,6 +8,7 @@
 //! So tests run in parallel and in any order.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod nats;
 pub mod postgres;
 pub mod stack;

@@ -54,6 +54,13 @@ impl Stack {
         })
     }
 
+    /// Starts one more distributor replica on the same database and NATS.
+    pub async fn add_distributor(&self) -> anyhow::Result<Running> {
+        distributor::Config::local(&self.db.url, &self.nats.url, &self.deal_service.grpc_url())
+            .start(self.shutdown.clone())
+            .await
+    }
+
     /// A bearer token of `user` in `account` with `permissions`.
     pub fn token(&self, account: &str, user: &str, permissions: &[Permission]) -> String {
         self.issuer

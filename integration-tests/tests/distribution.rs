@@ -1,0 +1,742 @@
+//! Intake and distribution end to end: every mode from the webhook to the deal, the seed's
+//! example, several distributor replicas, retries, bulk adds, membership changes.
+
+use std::{collections::HashMap, time::Duration};
+
+use futures::StreamExt;
+use integration_tests::{
+    Stack,
+    api::{Mode, Strategy, all_deals, create_plan, lead_json, plan_request},
+    stack::eventually,
+};
+use salesplan_platform::{Permission, grpc::outgoing};
+use salesplan_proto::v1::{
+    self as pb, deal_service_client::DealServiceClient,
+    distributor_service_client::DistributorServiceClient,
+    intake_service_client::IntakeServiceClient, plan_service_client::PlanServiceClient,
+};
+use serde_json::json;
+
+const ACCOUNT: &str = "acme";
+
+struct Tokens {
+    admin: String,
+    boss: String,
+    funnel: String,
+}
+
+fn tokens(stack: &Stack) -> Tokens {
+    Tokens {
+        admin: stack.token(ACCOUNT, "admin", &[Permission::PlansAdmin]),
+        boss: stack.token(
+            ACCOUNT,
+            "boss",
+            &[Permission::DealsEditAll, Permission::DealsBulkEdit],
+        ),
+        funnel: stack.token(ACCOUNT, "funnel", &[Permission::IntakeWrite]),
+    }
+}
+
+async fn post(
+    stack: &Stack,
+    token: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let response = reqwest::Client::new()
+        .post(stack.webhook_url())
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await?))
+}
+
+async fn deals_of(
+    stack: &Stack,
+    token: &str,
+    plan_id: &str,
+    expected: usize,
+) -> anyhow::Result<Vec<pb::Deal>> {
+    let channel = stack.channel(&stack.deal_service).await?;
+    eventually(Duration::from_secs(60), || {
+        let channel = channel.clone();
+        async move {
+            let filter = pb::DealFilter {
+                plan_id: plan_id.to_owned(),
+                ..Default::default()
+            };
+            let deals = all_deals(channel, token, filter).await?;
+            anyhow::ensure!(
+                deals.len() <= expected,
+                "more deals than leads: {}",
+                deals.len()
+            );
+            Ok((deals.len() == expected).then_some(deals))
+        }
+    })
+    .await
+}
+
+fn per_manager(deals: &[pb::Deal]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for deal in deals {
+        *counts
+            .entry(deal.manager_id.clone().unwrap_or_else(|| "-".into()))
+            .or_default() += 1;
+    }
+    counts
+}
+
+fn counts(pairs: &[(&str, usize)]) -> HashMap<String, usize> {
+    pairs.iter().map(|(m, n)| ((*m).to_owned(), *n)).collect()
+}
+
+/// The distributor's open-deal counts equal a recount of deal-service's data.
+async fn counts_agree(stack: &Stack) -> anyhow::Result<()> {
+    let pool = stack.pool().await?;
+    eventually(Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            let kept: Vec<(uuid::Uuid, String, i64)> = sqlx::query_as(
+                "SELECT plan_id, manager_id, open FROM distributor.open_deals WHERE open <> 0 ORDER BY 1, 2",
+            )
+            .fetch_all(&pool)
+            .await?;
+            let recount: Vec<(uuid::Uuid, String, i64)> = sqlx::query_as(
+                "SELECT plan_id, manager_id, count(*) FROM deal_service.deals
+                 WHERE status = 'open' AND manager_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
+            )
+            .fetch_all(&pool)
+            .await?;
+            Ok((kept == recount).then_some(()))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn each_mode_from_webhook_to_deal() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let members = ["m1", "m2", "m3"];
+    let manual = create_plan(
+        channel.clone(),
+        &t.admin,
+        plan_request(
+            "Manual",
+            Mode::Manual,
+            Strategy::Unspecified,
+            false,
+            &members,
+        ),
+    )
+    .await?;
+    let random = create_plan(
+        channel.clone(),
+        &t.admin,
+        plan_request("Random", Mode::Auto, Strategy::Random, false, &members),
+    )
+    .await?;
+    let turns = create_plan(
+        channel.clone(),
+        &t.admin,
+        plan_request("Turns", Mode::Auto, Strategy::RoundRobin, false, &members),
+    )
+    .await?;
+    let fewest = create_plan(
+        channel.clone(),
+        &t.admin,
+        plan_request(
+            "Fewest",
+            Mode::Auto,
+            Strategy::LeastOpenDeals,
+            false,
+            &members,
+        ),
+    )
+    .await?;
+
+    // m1 already works three deals of the least-open plan (created by hand).
+    let mut deals = DealServiceClient::new(channel.clone());
+    for i in 0..3 {
+        deals
+            .create_deal(outgoing(
+                pb::CreateDealRequest {
+                    plan_id: fewest.id.clone(),
+                    contact: Some(pb::Contact {
+                        external_id: format!("old-{i}"),
+                        ..Default::default()
+                    }),
+                    manager_id: Some("m1".into()),
+                    idempotency_key: format!("by-hand-{i}"),
+                    ..Default::default()
+                },
+                &t.boss,
+            ))
+            .await?;
+    }
+    let pool = stack.pool().await?;
+    eventually(Duration::from_secs(10), || {
+        let pool = pool.clone();
+        async move {
+            let n: Option<i64> = sqlx::query_scalar(
+                "SELECT open FROM distributor.open_deals WHERE manager_id = 'm1'",
+            )
+            .fetch_optional(&pool)
+            .await?;
+            Ok((n == Some(3)).then_some(()))
+        }
+    })
+    .await?;
+
+    for plan in [&manual, &random, &turns, &fewest] {
+        for run in 0..6 {
+            let (status, _) = post(
+                &stack,
+                &t.funnel,
+                &lead_json(
+                    &plan.id,
+                    &format!("run-{run}"),
+                    &format!("{}-{run}", plan.name),
+                ),
+            )
+            .await?;
+            assert_eq!(status, 202);
+        }
+    }
+    let got = deals_of(&stack, &t.boss, &manual.id, 6).await?;
+    assert_eq!(
+        per_manager(&got),
+        counts(&[("-", 6)]),
+        "MANUAL leaves deals unassigned"
+    );
+    let got = deals_of(&stack, &t.boss, &random.id, 6).await?;
+    assert!(got.iter().all(|d| {
+        d.manager_id
+            .as_deref()
+            .is_some_and(|m| members.contains(&m))
+    }));
+    let got = deals_of(&stack, &t.boss, &turns.id, 6).await?;
+    assert_eq!(
+        per_manager(&got),
+        counts(&[("m1", 2), ("m2", 2), ("m3", 2)])
+    );
+    let got = deals_of(&stack, &t.boss, &fewest.id, 9).await?;
+    assert_eq!(
+        per_manager(&got),
+        counts(&[("m1", 3), ("m2", 3), ("m3", 3)]),
+        "the new leads went to m2 and m3"
+    );
+
+    // Why: the explanation of a least-open decision.
+    let lead_deal = got
+        .iter()
+        .find(|d| d.manager_id.as_deref() == Some("m2"))
+        .expect("a deal of m2");
+    let mut distributor = DistributorServiceClient::new(stack.channel(&stack.distributor).await?);
+    let assignment = eventually(Duration::from_secs(10), || {
+        let mut distributor = distributor.clone();
+        let request = outgoing(
+            pb::ExplainAssignmentRequest {
+                deal_id: lead_deal.id.clone(),
+            },
+            &t.boss,
+        );
+        async move {
+            match distributor.explain_assignment(request).await {
+                Ok(r) => Ok(r.into_inner().assignment),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+                Err(s) => Err(s.into()),
+            }
+        }
+    })
+    .await?;
+    assert_eq!(assignment.mode, "auto");
+    assert_eq!(assignment.strategy, "least_open_deals");
+    assert_eq!(assignment.manager_id.as_deref(), Some("m2"));
+    let m1 = assignment
+        .candidates
+        .iter()
+        .find(|c| c.manager_id == "m1")
+        .expect("m1 considered");
+    assert!(m1.note.starts_with("more open deals"), "{}", m1.note);
+    assert!(!m1.chosen);
+    let stranger = stack.token("globex", "boss", &[]);
+    let err = distributor
+        .explain_assignment(outgoing(
+            pb::ExplainAssignmentRequest {
+                deal_id: lead_deal.id.clone(),
+            },
+            &stranger,
+        ))
+        .await
+        .expect_err("another account");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // Closing, reassigning and reopening keep the distributor's counts exact.
+    let won = fewest
+        .stages
+        .iter()
+        .find(|s| s.kind == pb::StageKind::Won as i32)
+        .expect("won")
+        .id
+        .clone();
+    let m2_deals: Vec<&pb::Deal> = got
+        .iter()
+        .filter(|d| d.manager_id.as_deref() == Some("m2"))
+        .collect();
+    let closed = deals
+        .move_deal(outgoing(
+            pb::MoveDealRequest {
+                deal_id: m2_deals[0].id.clone(),
+                expected_version: m2_deals[0].version,
+                stage_id: won,
+                loss_reason_id: None,
+            },
+            &t.boss,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    deals
+        .assign_deal(outgoing(
+            pb::AssignDealRequest {
+                deal_id: m2_deals[1].id.clone(),
+                expected_version: m2_deals[1].version,
+                manager_id: Some("m3".into()),
+            },
+            &t.boss,
+        ))
+        .await?;
+    deals
+        .reopen_deal(outgoing(
+            pb::ReopenDealRequest {
+                deal_id: closed.id.clone(),
+                expected_version: closed.version,
+            },
+            &t.boss,
+        ))
+        .await?;
+    counts_agree(&stack).await?;
+    drop(distributor);
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn the_seeds_example_related_contacts_keep_their_manager_new_ones_go_to_the_fewest()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let plan = create_plan(
+        channel.clone(),
+        &t.admin,
+        plan_request(
+            "New SP",
+            Mode::Auto,
+            Strategy::LeastOpenDeals,
+            true,
+            &["anna", "boris", "chen"],
+        ),
+    )
+    .await?;
+    // (run, contact, expected manager)
+    let script = [
+        ("r1", "known", "anna"),  // all equal: first in turn
+        ("r2", "new-a", "boris"), // fewest, next in turn
+        ("r3", "new-b", "chen"),
+        ("r4", "new-c", "anna"), // all at one: next in turn after chen
+        ("r5", "known", "anna"), // related: anna again although she has the most
+        ("r6", "new-d", "boris"),
+    ];
+    for (i, (run, contact, _)) in script.iter().enumerate() {
+        let (status, _) = post(&stack, &t.funnel, &lead_json(&plan.id, run, contact)).await?;
+        assert_eq!(status, 202);
+        // One at a time, so the order of decisions is the order of the script.
+        deals_of(&stack, &t.boss, &plan.id, i + 1).await?;
+    }
+    let mut named = lead_json(&plan.id, "r7", "new-e");
+    named["related_manager_id"] = json!("chen");
+    assert_eq!(post(&stack, &t.funnel, &named).await?.0, 202);
+    let got = deals_of(&stack, &t.boss, &plan.id, 7).await?;
+    let by_contact: HashMap<String, Vec<String>> = got.iter().fold(HashMap::new(), |mut m, d| {
+        let contact = d
+            .contact
+            .as_ref()
+            .map(|c| c.external_id.clone())
+            .unwrap_or_default();
+        m.entry(contact)
+            .or_default()
+            .push(d.manager_id.clone().unwrap_or_default());
+        m
+    });
+    for (_, contact, manager) in script {
+        assert!(
+            by_contact[contact].iter().all(|m| m == manager),
+            "{contact}: {:?}",
+            by_contact[contact]
+        );
+    }
+    assert_eq!(
+        by_contact["new-e"],
+        ["chen"],
+        "a related manager named by the caller"
+    );
+    stack.stop().await
+}
+
+async fn bulk_add(
+    stack: &Stack,
+    token: &str,
+    plan_id: &str,
+    job: &str,
+    contacts: Vec<pb::AudienceContact>,
+    assign_to: Option<&str>,
+) -> anyhow::Result<Vec<pb::ContactResult>> {
+    let mut intake = IntakeServiceClient::new(stack.channel(&stack.tunnel_listener).await?);
+    let chunks: Vec<pb::AddAudienceRequest> = contacts
+        .chunks(1_000)
+        .map(|chunk| pb::AddAudienceRequest {
+            plan_id: plan_id.to_owned(),
+            job_id: job.to_owned(),
+            assign_to_manager_id: assign_to.map(str::to_owned),
+            contacts: chunk.to_vec(),
+        })
+        .collect();
+    let mut request = tonic::Request::new(futures::stream::iter(chunks));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let mut responses = intake.add_audience(request).await?.into_inner();
+    let mut results = Vec::new();
+    while let Some(response) = responses.next().await {
+        results.extend(response?.results);
+    }
+    Ok(results)
+}
+
+fn audience(n: usize, prefix: &str) -> Vec<pb::AudienceContact> {
+    (0..n)
+        .map(|i| pb::AudienceContact {
+            contact: Some(pb::Contact {
+                external_id: format!("{prefix}-{i}"),
+                name: format!("Subscriber {i}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn outcomes(results: &[pb::ContactResult]) -> HashMap<i32, usize> {
+    let mut counts = HashMap::new();
+    for r in results {
+        *counts.entry(r.outcome).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn three_distributor_replicas_split_a_plan_exactly() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let second = stack.add_distributor().await?;
+    let third = stack.add_distributor().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let plan = create_plan(
+        channel,
+        &t.admin,
+        plan_request(
+            "Even",
+            Mode::Auto,
+            Strategy::RoundRobin,
+            false,
+            &["m1", "m2", "m3"],
+        ),
+    )
+    .await?;
+    let results = bulk_add(
+        &stack,
+        &t.funnel,
+        &plan.id,
+        "job-even",
+        audience(3_000, "sub"),
+        None,
+    )
+    .await?;
+    assert_eq!(
+        outcomes(&results),
+        HashMap::from([(pb::ContactOutcome::Accepted as i32, 3_000)])
+    );
+    let got = deals_of(&stack, &t.boss, &plan.id, 3_000).await?;
+    assert_eq!(
+        per_manager(&got),
+        counts(&[("m1", 1_000), ("m2", 1_000), ("m3", 1_000)])
+    );
+    counts_agree(&stack).await?;
+    drop((second, third));
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn the_same_webhook_five_times_makes_one_deal() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let plan = create_plan(
+        channel,
+        &t.admin,
+        plan_request("Once", Mode::Auto, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    let body = lead_json(&plan.id, "run-42", "tg-42");
+    let posts = futures::future::join_all((0..5).map(|_| post(&stack, &t.funnel, &body))).await;
+    let mut ids = Vec::new();
+    let mut fresh = 0;
+    for result in posts {
+        let (status, reply) = result?;
+        assert_eq!(status, 202);
+        ids.push(reply["intake_id"].clone());
+        if reply["duplicate"] == false {
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 1, "one delivery was new, four were retries");
+    assert!(ids.windows(2).all(|w| w[0] == w[1]));
+    deals_of(&stack, &t.boss, &plan.id, 1).await?;
+    // Later retries (past JetStream's window too) still find the same deal.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(deals_of(&stack, &t.boss, &plan.id, 1).await?.len(), 1);
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn a_bulk_add_of_ten_thousand_contacts_makes_ten_thousand_deals() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let plan = create_plan(
+        channel.clone(),
+        &t.admin,
+        plan_request(
+            "Audience",
+            Mode::Auto,
+            Strategy::LeastOpenDeals,
+            false,
+            &["m1", "m2"],
+        ),
+    )
+    .await?;
+    let mut contacts = audience(10_000, "aud");
+    contacts.insert(
+        17,
+        pb::AudienceContact {
+            contact: Some(pb::Contact {
+                email: "broken@".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let results = bulk_add(&stack, &t.funnel, &plan.id, "job-1", contacts.clone(), None).await?;
+    assert_eq!(results.len(), 10_001);
+    let rejected: Vec<&pb::ContactResult> = results
+        .iter()
+        .filter(|r| r.outcome == pb::ContactOutcome::Rejected as i32)
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].index, 17);
+    assert!(
+        rejected[0].reason.starts_with("contact.email:"),
+        "{}",
+        rejected[0].reason
+    );
+    let got = deals_of(&stack, &t.boss, &plan.id, 10_000).await?;
+    assert_eq!(per_manager(&got), counts(&[("m1", 5_000), ("m2", 5_000)]));
+
+    // The same job again: every contact is a duplicate, no deal is added.
+    let again = bulk_add(&stack, &t.funnel, &plan.id, "job-1", contacts, None).await?;
+    assert_eq!(
+        outcomes(&again),
+        HashMap::from([
+            (pb::ContactOutcome::Duplicate as i32, 10_000),
+            (pb::ContactOutcome::Rejected as i32, 1)
+        ])
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        deals_of(&stack, &t.boss, &plan.id, 10_000).await?.len(),
+        10_000
+    );
+
+    // Straight to one manager; a non-member is refused.
+    let manual = create_plan(
+        channel,
+        &t.admin,
+        plan_request(
+            "Direct",
+            Mode::Manual,
+            Strategy::Unspecified,
+            false,
+            &["m1", "m2"],
+        ),
+    )
+    .await?;
+    bulk_add(
+        &stack,
+        &t.funnel,
+        &manual.id,
+        "job-2",
+        audience(50, "direct"),
+        Some("m2"),
+    )
+    .await?;
+    let got = deals_of(&stack, &t.boss, &manual.id, 50).await?;
+    assert_eq!(per_manager(&got), counts(&[("m2", 50)]));
+    let err = bulk_add(
+        &stack,
+        &t.funnel,
+        &manual.id,
+        "job-3",
+        audience(1, "x"),
+        Some("stranger"),
+    )
+    .await
+    .expect_err("not a member");
+    let status = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn a_removed_manager_gets_nothing_after_the_change() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let plan = create_plan(
+        channel.clone(),
+        &t.admin,
+        plan_request(
+            "Team",
+            Mode::Auto,
+            Strategy::RoundRobin,
+            false,
+            &["m1", "m2", "m3"],
+        ),
+    )
+    .await?;
+    for run in 0..6 {
+        post(
+            &stack,
+            &t.funnel,
+            &lead_json(&plan.id, &format!("a{run}"), &format!("a{run}")),
+        )
+        .await?;
+    }
+    deals_of(&stack, &t.boss, &plan.id, 6).await?;
+    PlanServiceClient::new(channel)
+        .set_plan_managers(outgoing(
+            pb::SetPlanManagersRequest {
+                plan_id: plan.id.clone(),
+                manager_ids: vec!["m1".into(), "m3".into()],
+            },
+            &t.admin,
+        ))
+        .await?;
+    // Leads keep streaming in right after the change.
+    for run in 0..12 {
+        post(
+            &stack,
+            &t.funnel,
+            &lead_json(&plan.id, &format!("b{run}"), &format!("b{run}")),
+        )
+        .await?;
+    }
+    let got = deals_of(&stack, &t.boss, &plan.id, 18).await?;
+    let after: Vec<&pb::Deal> = got
+        .iter()
+        .filter(|d| {
+            d.contact
+                .as_ref()
+                .is_some_and(|c| c.external_id.starts_with('b'))
+        })
+        .collect();
+    let m2_after = after
+        .iter()
+        .filter(|d| d.manager_id.as_deref() == Some("m2"))
+        .count();
+    assert_eq!(m2_after, 0, "m2 left the plan");
+    assert_eq!(per_manager(&got)["m2"], 2, "m2 keeps the deals it had");
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn unknown_archived_and_foreign_plans_are_refused_before_publishing() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let plan = create_plan(
+        channel.clone(),
+        &t.admin,
+        plan_request("Old", Mode::Manual, Strategy::Unspecified, false, &["m1"]),
+    )
+    .await?;
+    let (status, body) = post(
+        &stack,
+        &t.funnel,
+        &lead_json(&uuid::Uuid::new_v4().to_string(), "r", "c"),
+    )
+    .await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let foreign = stack.token("globex", "funnel", &[Permission::IntakeWrite]);
+    let (status, _) = post(&stack, &foreign, &lead_json(&plan.id, "r", "c")).await?;
+    assert_eq!(status, 404, "another account's plan");
+    PlanServiceClient::new(channel)
+        .archive_plan(outgoing(
+            pb::ArchivePlanRequest {
+                plan_id: plan.id.clone(),
+            },
+            &t.admin,
+        ))
+        .await?;
+    let archived = eventually(Duration::from_secs(10), || async {
+        let (status, _) = post(&stack, &t.funnel, &lead_json(&plan.id, "r2", "c2")).await?;
+        Ok((status == 404).then_some(()))
+    })
+    .await;
+    assert!(archived.is_ok(), "an archived plan takes no leads");
+    let mut intake = IntakeServiceClient::new(stack.channel(&stack.tunnel_listener).await?);
+    let err = intake
+        .add_to_sales_plan(outgoing(
+            pb::AddToSalesPlanRequest {
+                lead: Some(pb::Lead {
+                    plan_id: uuid::Uuid::new_v4().to_string(),
+                    run_id: "r".into(),
+                    contact: Some(pb::Contact {
+                        external_id: "c".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            &t.funnel,
+        ))
+        .await
+        .expect_err("unknown plan");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let mut stream = js.get_stream("SALESPLAN_INTAKE").await?;
+    assert_eq!(
+        stream.info().await?.state.messages,
+        0,
+        "nothing was published"
+    );
+    stack.stop().await
+}
