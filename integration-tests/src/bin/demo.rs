@@ -51,38 +51,62 @@ async fn main() -> anyhow::Result<()> {
     let mut plans = PlanServiceClient::new(deals_channel);
     let mut reports = ReportServiceClient::new(reports_channel);
 
+    use pb::distribution::{Mode, Strategy};
     let round_robin = create_plan(
         &mut plans,
         &admin,
         "Inbound leads",
-        pb::distribution::Mode::Auto,
-        &MANAGERS,
+        Mode::Auto,
+        Strategy::RoundRobin,
+        false,
+    )
+    .await?;
+    let returning = create_plan(
+        &mut plans,
+        &admin,
+        "Returning customers",
+        Mode::Auto,
+        Strategy::LeastOpenDeals,
+        true,
     )
     .await?;
     let manual = create_plan(
         &mut plans,
         &admin,
         "Partner referrals",
-        pb::distribution::Mode::Manual,
-        &MANAGERS,
+        Mode::Manual,
+        Strategy::Unspecified,
+        false,
     )
     .await?;
 
     let http = reqwest::Client::new();
     let url = format!("{}/v1/tunnel-actions/add-to-sales-plan", args.webhook);
     let manual_leads = (args.leads / 6).max(1);
+    let returning_leads = (args.leads / 3).max(2);
     let run = time_tag().to_string();
     let mut sent = 0;
     let mut duplicates = 0;
-    for (plan, count) in [(&round_robin, args.leads), (&manual, manual_leads)] {
+    for (plan, count) in [
+        (&round_robin, args.leads),
+        (&returning, returning_leads),
+        (&manual, manual_leads),
+    ] {
         for i in 0..count {
+            // In "Returning customers" every contact comes back once: its second deal
+            // must go to the manager of its first.
+            let contact = if plan.id == returning.id {
+                i % (count / 2).max(1)
+            } else {
+                i
+            };
             let body = json!({
                 "plan_id": plan.id,
                 "tunnel_id": "demo-funnel",
                 "block_id": "add-to-sales-plan",
                 "run_id": format!("{run}-{}-{i}", plan.chat_label),
                 "contact": {
-                    "external_id": format!("tg-{run}-{i}"),
+                    "external_id": format!("tg-{run}-{}-{contact}", plan.chat_label),
                     "name": format!("Contact {i}"),
                     "phone": format!("+1 555 01{:02}", i % 100),
                 },
@@ -111,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
         "Scripted tunnel run: {sent} leads accepted through POST {url}, {duplicates} retried webhooks answered as duplicates\n"
     );
 
-    let expected = (args.leads + manual_leads) as i64;
+    let expected = (args.leads + returning_leads + manual_leads) as i64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let summary = loop {
         let summary = reports
@@ -121,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
             ))
             .await?
             .into_inner();
-        let ours = [&round_robin.id, &manual.id];
+        let ours = [&round_robin.id, &returning.id, &manual.id];
         let counted: i64 = summary
             .stages
             .iter()
@@ -138,9 +162,38 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
-    for plan in [&round_robin, &manual] {
+    for plan in [&round_robin, &returning, &manual] {
         print_plan(plan, &summary);
     }
+    let deals = integration_tests::api::all_deals(
+        connect(&args.deal_service).await?,
+        &viewer,
+        pb::DealFilter {
+            plan_id: returning.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut managers_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for deal in &deals {
+        let contact = deal
+            .contact
+            .as_ref()
+            .map(|c| c.external_id.clone())
+            .unwrap_or_default();
+        managers_of
+            .entry(contact)
+            .or_default()
+            .push(deal.manager_id.clone().unwrap_or_default());
+    }
+    let kept = managers_of
+        .values()
+        .filter(|m| m.len() > 1 && m.windows(2).all(|w| w[0] == w[1]))
+        .count();
+    let returned = managers_of.values().filter(|m| m.len() > 1).count();
+    println!(
+        "Returning customers: {kept} of {returned} contacts who came back got the manager they already knew."
+    );
     println!(
         "Every accepted lead is exactly one deal: {expected} deals for {sent} accepted leads."
     );
@@ -170,7 +223,8 @@ async fn create_plan(
     token: &str,
     name: &str,
     mode: pb::distribution::Mode,
-    managers: &[&str],
+    strategy: pb::distribution::Strategy,
+    prefer_related: bool,
 ) -> anyhow::Result<pb::Plan> {
     let request = pb::CreatePlanRequest {
         name: name.into(),
@@ -181,10 +235,10 @@ async fn create_plan(
         chat_label: name.split(' ').next().unwrap_or("DEMO").to_uppercase(),
         distribution: Some(pb::Distribution {
             mode: mode as i32,
-            prefer_related: false,
-            strategy: pb::distribution::Strategy::RoundRobin as i32,
+            prefer_related,
+            strategy: strategy as i32,
         }),
-        manager_ids: managers.iter().map(|m| (*m).to_owned()).collect(),
+        manager_ids: MANAGERS.iter().map(|m| (*m).to_owned()).collect(),
     };
     plans
         .create_plan(outgoing(request, token))
@@ -195,9 +249,22 @@ async fn create_plan(
 }
 
 fn print_plan(plan: &pb::Plan, summary: &pb::PipelineSummaryResponse) {
-    let mode = match plan.distribution.as_ref().map(|d| d.mode) {
-        Some(m) if m == pb::distribution::Mode::Auto as i32 => "AUTO, round robin",
-        _ => "MANUAL",
+    use pb::distribution::{Mode, Strategy};
+    let mode = match plan.distribution.as_ref() {
+        Some(d) if d.mode == Mode::Auto as i32 => {
+            let strategy = match Strategy::try_from(d.strategy) {
+                Ok(Strategy::Random) => "random",
+                Ok(Strategy::LeastOpenDeals) => "fewest open deals",
+                _ => "round robin",
+            };
+            let related = if d.prefer_related {
+                "related manager first, then "
+            } else {
+                ""
+            };
+            format!("AUTO, {related}{strategy}")
+        }
+        _ => "MANUAL".to_owned(),
     };
     println!("Plan \"{}\" ({mode})", plan.name);
     println!("  {:<14}{:>6}{:>6}{:>6}", "manager", "open", "won", "lost");
