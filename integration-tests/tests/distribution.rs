@@ -263,6 +263,10 @@ async fn each_mode_from_webhook_to_deal() -> anyhow::Result<()> {
         .expect("m1 considered");
     assert!(m1.note.starts_with("more open deals"), "{}", m1.note);
     assert!(!m1.chosen);
+    // The same record went out as an event.
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let mut decisions = js.get_stream("SALESPLAN_ASSIGNMENTS").await?;
+    assert_eq!(decisions.info().await?.state.messages, 24, "one per lead");
     let stranger = stack.token("globex", "boss", &[]);
     let err = distributor
         .explain_assignment(outgoing(

@@ -241,6 +241,10 @@ impl Store {
             }
             if decision.manager.is_none() && matches!(settings.mode, Mode::Auto { .. }) {
                 tracing::warn!(%plan_id, reason = %decision.reason, "lead left unassigned");
+                salesplan_platform::telemetry::meter("distributor")
+                    .u64_counter("salesplan.distributor.unassigned")
+                    .build()
+                    .add(1, &[opentelemetry::KeyValue::new("reason", decision.reason.clone())]);
             }
             decisions.insert(lead.intake_id, decision.manager.clone());
             new.push(record(
