@@ -244,7 +244,13 @@ impl Store {
                 salesplan_platform::telemetry::meter("distributor")
                     .u64_counter("salesplan.distributor.unassigned")
                     .build()
-                    .add(1, &[opentelemetry::KeyValue::new("reason", decision.reason.clone())]);
+                    .add(
+                        1,
+                        &[opentelemetry::KeyValue::new(
+                            "reason",
+                            decision.reason.clone(),
+                        )],
+                    );
             }
             decisions.insert(lead.intake_id, decision.manager.clone());
             new.push(record(

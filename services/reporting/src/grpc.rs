@@ -1,10 +1,18 @@
 //! ReportService: reports answered from the read model.
 
-use salesplan_platform::{ApiError, auth, ids::parse_id};
+use std::collections::HashMap;
+
+use salesplan_platform::{ApiError, auth, ids::parse_id, validate};
 use salesplan_proto::v1::{self as pb, report_service_server::ReportService};
 use sqlx::{PgPool, Row};
+use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
+
+use crate::{
+    domain::report::{self, GroupBy, Key, percent},
+    reports::{self, Period, Scope},
+};
 
 #[derive(Clone)]
 pub struct Reports {
@@ -72,8 +80,291 @@ impl Reports {
     }
 }
 
+fn time_of(
+    field: &str,
+    ts: Option<prost_types::Timestamp>,
+) -> Result<Option<OffsetDateTime>, ApiError> {
+    ts.map(|ts| {
+        OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos),
+        )
+        .map_err(|_| ApiError::invalid(field, "out of range"))
+    })
+    .transpose()
+}
+
+fn period_of(range: Option<pb::TimeRange>) -> Result<(Period, Option<pb::TimeRange>), ApiError> {
+    let Some(range) = range else {
+        return Ok((Period::default(), None));
+    };
+    let period = Period {
+        from: time_of("period.from", range.from)?,
+        to: time_of("period.to", range.to)?,
+    };
+    if let (Some(from), Some(to)) = (period.from, period.to)
+        && from > to
+    {
+        return Err(ApiError::invalid("period.to", "is before from"));
+    }
+    Ok((period, Some(range)))
+}
+
+fn plan_ids(ids: &[String]) -> Result<Vec<Uuid>, ApiError> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| parse_id(&format!("plan_ids[{i}]"), id))
+        .collect()
+}
+
+/// Names and the base of every click-through filter of one report.
+struct Context {
+    plans: HashMap<Uuid, String>,
+    reasons: HashMap<Uuid, (String, bool)>,
+    period: Option<pb::TimeRange>,
+}
+
+impl Context {
+    fn key_name(&self, key: &Key) -> (String, String) {
+        match key {
+            Key::Plan(id) => (
+                id.to_string(),
+                self.plans
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| id.to_string()),
+            ),
+            Key::Manager(Some(m)) => (m.clone(), m.clone()),
+            Key::Manager(None) => (String::new(), "(unassigned)".into()),
+            Key::All => (String::new(), "Total".into()),
+        }
+    }
+
+    /// The lost deals of a row (inside `parent`, for nested rows).
+    fn filter(&self, keys: &[&Key], scope: &pb::DealFilter) -> pb::DealFilter {
+        let mut filter = pb::DealFilter {
+            statuses: vec![pb::DealStatus::Lost as i32],
+            closed: self.period,
+            ..scope.clone()
+        };
+        for key in keys {
+            match key {
+                Key::Plan(id) => filter.plan_id = id.to_string(),
+                Key::Manager(Some(m)) => {
+                    filter.manager_ids = vec![m.clone()];
+                    filter.unassigned = false;
+                }
+                Key::Manager(None) => {
+                    filter.manager_ids = Vec::new();
+                    filter.unassigned = true;
+                }
+                Key::All => {}
+            }
+        }
+        filter
+    }
+
+    fn row(&self, row: &report::Row, parents: &[&Key], scope: &pb::DealFilter) -> pb::ReportRow {
+        let (key, name) = self.key_name(&row.key);
+        let mut keys = parents.to_vec();
+        keys.push(&row.key);
+        let lost_filter = self.filter(&keys, scope);
+        let reasons: Vec<pb::ReasonLine> = row
+            .reasons
+            .iter()
+            .map(|(reason, count)| {
+                let (id, name, archived, filter) = match reason {
+                    Some(id) => {
+                        let (name, archived) = self
+                            .reasons
+                            .get(id)
+                            .cloned()
+                            .unwrap_or_else(|| (id.to_string(), false));
+                        let filter = pb::DealFilter {
+                            loss_reason_ids: vec![id.to_string()],
+                            ..lost_filter.clone()
+                        };
+                        (id.to_string(), name, archived, filter)
+                    }
+                    None => {
+                        let filter = pb::DealFilter {
+                            without_loss_reason: true,
+                            ..lost_filter.clone()
+                        };
+                        (String::new(), "No reason".to_owned(), false, filter)
+                    }
+                };
+                pb::ReasonLine {
+                    reason_id: id,
+                    name,
+                    archived,
+                    count: *count,
+                    percent_of_lost: percent(*count, row.lost),
+                    filter: Some(filter),
+                }
+            })
+            .collect();
+        let chart = pb::ChartSeries {
+            labels: reasons.iter().map(|r| r.name.clone()).collect(),
+            values: reasons.iter().map(|r| r.count).collect(),
+        };
+        pb::ReportRow {
+            key,
+            name,
+            won: row.won,
+            lost: row.lost,
+            won_percent: percent(row.won, row.closed()),
+            lost_percent: percent(row.lost, row.closed()),
+            reasons,
+            lost_filter: Some(lost_filter),
+            details: row
+                .details
+                .iter()
+                .map(|d| self.row(d, &keys, scope))
+                .collect(),
+            chart: Some(chart),
+        }
+    }
+}
+
+impl Reports {
+    async fn loss_reasons(
+        &self,
+        account_id: &str,
+        request: pb::LossReasonsRequest,
+    ) -> Result<pb::LossReasonsResponse, ApiError> {
+        let by = match pb::ReportGrouping::try_from(request.group_by) {
+            Ok(pb::ReportGrouping::Plan) => GroupBy::Plan,
+            Ok(pb::ReportGrouping::Manager) => GroupBy::Manager,
+            _ => return Err(ApiError::invalid("group_by", "must be PLAN or MANAGER")),
+        };
+        let (period, range) = period_of(request.period)?;
+        let scope = Scope {
+            plans: plan_ids(&request.plan_ids)?,
+            managers: request
+                .manager_ids
+                .iter()
+                .map(|m| validate::required_text("manager_ids", m, 128))
+                .collect::<Result<_, _>>()?,
+        };
+        let (cells, plans, reasons) = tokio::try_join!(
+            reports::closed_cells(&self.pool, account_id, period, &scope),
+            reports::plan_names(&self.pool, account_id),
+            reports::reason_names(&self.pool, account_id),
+        )?;
+        let (rows, totals) = report::build(&cells, by, request.with_details);
+        let context = Context {
+            plans,
+            reasons,
+            period: range,
+        };
+        // The request's own filters, as far as one DealFilter can say them.
+        let scope_filter = pb::DealFilter {
+            plan_id: match scope.plans.as_slice() {
+                [one] => one.to_string(),
+                _ => String::new(),
+            },
+            manager_ids: scope.managers.clone(),
+            ..Default::default()
+        };
+        let mut totals = context.row(&totals, &[], &scope_filter);
+        if scope.plans.len() > 1 {
+            // Several plans cannot be said in one filter: no click-through for the totals.
+            totals.lost_filter = None;
+            for reason in &mut totals.reasons {
+                reason.filter = None;
+            }
+        }
+        Ok(pb::LossReasonsResponse {
+            rows: rows
+                .iter()
+                .map(|r| context.row(r, &[], &scope_filter))
+                .collect(),
+            totals: Some(totals),
+        })
+    }
+
+    async fn stage_losses(
+        &self,
+        account_id: &str,
+        request: pb::StageLossesRequest,
+    ) -> Result<pb::StageLossesResponse, ApiError> {
+        let (period, _) = period_of(request.period)?;
+        let plans_filter = plan_ids(&request.plan_ids)?;
+        let (losses, stages, names) = tokio::try_join!(
+            reports::stage_losses(&self.pool, account_id, period, &plans_filter),
+            reports::stages(&self.pool, account_id),
+            reports::plan_names(&self.pool, account_id),
+        )?;
+        let mut per_plan: std::collections::BTreeMap<Uuid, Vec<(Option<Uuid>, i64)>> =
+            Default::default();
+        for (plan, stage, lost) in losses {
+            per_plan.entry(plan).or_default().push((stage, lost));
+        }
+        let plans = per_plan
+            .into_iter()
+            .map(|(plan_id, counts)| {
+                let total: i64 = counts.iter().map(|(_, n)| n).sum();
+                let mut lines: Vec<(bool, i32, pb::StageLoss)> = counts
+                    .into_iter()
+                    .map(|(stage, lost)| {
+                        let known = stage.and_then(|id| {
+                            stages.iter().find(|(p, s, ..)| *p == plan_id && *s == id)
+                        });
+                        let (name, position, deleted) = match known {
+                            Some((_, _, name, position, deleted)) => {
+                                (name.clone(), *position, *deleted)
+                            }
+                            None => ("(unknown stage)".to_owned(), i32::MAX, true),
+                        };
+                        (
+                            deleted,
+                            position,
+                            pb::StageLoss {
+                                stage_id: stage.map(|s| s.to_string()).unwrap_or_default(),
+                                name,
+                                deleted,
+                                lost,
+                                percent_of_lost: percent(lost, total),
+                            },
+                        )
+                    })
+                    .collect();
+                lines.sort_by_key(|(deleted, position, _)| (*deleted, *position));
+                pb::PlanStageLosses {
+                    plan_id: plan_id.to_string(),
+                    name: names
+                        .get(&plan_id)
+                        .cloned()
+                        .unwrap_or_else(|| plan_id.to_string()),
+                    lost: total,
+                    stages: lines.into_iter().map(|(_, _, line)| line).collect(),
+                }
+            })
+            .collect();
+        Ok(pb::StageLossesResponse { plans })
+    }
+}
+
 #[tonic::async_trait]
 impl ReportService for Reports {
+    async fn loss_reasons(
+        &self,
+        request: Request<pb::LossReasonsRequest>,
+    ) -> Result<Response<pb::LossReasonsResponse>, Status> {
+        let actor = auth::actor(&request)?;
+        let report = Reports::loss_reasons(self, &actor.account_id, request.into_inner()).await?;
+        Ok(Response::new(report))
+    }
+
+    async fn stage_losses(
+        &self,
+        request: Request<pb::StageLossesRequest>,
+    ) -> Result<Response<pb::StageLossesResponse>, Status> {
+        let actor = auth::actor(&request)?;
+        let report = Reports::stage_losses(self, &actor.account_id, request.into_inner()).await?;
+        Ok(Response::new(report))
+    }
+
     async fn pipeline_summary(
         &self,
         request: Request<pb::PipelineSummaryRequest>,

@@ -1,8 +1,12 @@
 //! reporting: a read model of deals built from deal events, and the reports on it.
 #![forbid(unsafe_code)]
 
+pub mod domain;
 pub mod grpc;
+pub mod maintenance;
+pub mod names;
 pub mod projection;
+pub mod reports;
 
 use std::sync::Arc;
 
@@ -61,6 +65,11 @@ impl Service for Config {
             &bus,
             ConsumerSpec::new(&streams::DEALS, "reporting-deals"),
             Arc::new(projection::DealEvents::new(pool.clone())),
+        );
+        background.consume(
+            &bus,
+            ConsumerSpec::new(&streams::PLANS, "reporting-plans"),
+            Arc::new(names::PlanEvents::new(pool.clone())),
         );
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,

@@ -1,12 +1,12 @@
 //! Applies deal events to the read model, a batch per statement. Idempotent and
 //! order-safe: a row only ever moves to a higher deal version.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use prost::Message as _;
 use salesplan_platform::bus::{BatchHandler, Delivery, Outcome};
 use salesplan_proto::v1 as pb;
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -37,53 +37,215 @@ impl DealEvents {
         Self { pool }
     }
 
-    /// Upserts the newest state of each deal in `rows`.
+    /// Applies the newest state of each deal in `rows`: the deal row, and the closed-deal
+    /// totals it moves out of and into. Rows only move to higher versions.
     pub async fn apply(&self, rows: &[DealRow]) -> Result<(), sqlx::Error> {
-        // One row per deal: the statement may not touch a row twice.
-        let mut newest: HashMap<Uuid, &DealRow> = HashMap::new();
+        // One row per deal: the statements may not touch a row twice.
+        let mut newest: BTreeMap<Uuid, &DealRow> = BTreeMap::new();
         for row in rows {
             let slot = newest.entry(row.deal_id).or_insert(row);
             if row.version > slot.version {
                 *slot = row;
             }
         }
-        let rows: Vec<&DealRow> = newest.into_values().collect();
-        if rows.is_empty() {
+        if newest.is_empty() {
             return Ok(());
         }
+        let ids: Vec<Uuid> = newest.keys().copied().collect();
+        let mut tx = self.pool.begin().await?;
+        // A placeholder for unseen deals (version 0, open: counts for nothing), so every
+        // deal of the batch has a row to lock; replicas then serialise on it.
+        let rows: Vec<&DealRow> = newest.values().copied().collect();
         sqlx::query(
-            "INSERT INTO deals (deal_id, account_id, plan_id, stage_id, manager_id, status,
-                amount_minor, currency, loss_reason_id, stage_before_close_id, closed_at, version, updated_at)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
-                $7::bigint[], $8::text[], $9::uuid[], $10::uuid[], $11::timestamptz[], $12::bigint[],
-                $13::timestamptz[])
-             ON CONFLICT (deal_id) DO UPDATE SET
-                plan_id = excluded.plan_id, stage_id = excluded.stage_id,
-                manager_id = excluded.manager_id, status = excluded.status,
-                amount_minor = excluded.amount_minor, currency = excluded.currency,
-                loss_reason_id = excluded.loss_reason_id,
-                stage_before_close_id = excluded.stage_before_close_id,
-                closed_at = excluded.closed_at, version = excluded.version,
-                updated_at = excluded.updated_at
-             WHERE deals.version < excluded.version",
+            "INSERT INTO deals (deal_id, account_id, plan_id, stage_id, status, amount_minor, currency,
+                version, updated_at)
+             SELECT d, a, p, s, 'open', 0, '', 0, now()
+             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[]) AS t(d, a, p, s)
+             ON CONFLICT (deal_id) DO NOTHING",
         )
-        .bind(rows.iter().map(|r| r.deal_id).collect::<Vec<_>>())
+        .bind(&ids)
         .bind(rows.iter().map(|r| r.account_id.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.plan_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.stage_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.manager_id.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.status).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.amount_minor).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.currency.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.loss_reason_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.stage_before_close_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.closed_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        let before: HashMap<Uuid, (i64, Option<Contribution>)> = sqlx::query(
+            "SELECT deal_id, account_id, plan_id, manager_id, status, loss_reason_id, closed_at, version
+             FROM deals WHERE deal_id = ANY($1) ORDER BY deal_id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            let contribution = Contribution::of(
+                r.try_get("account_id")?,
+                r.try_get("plan_id")?,
+                r.try_get("manager_id")?,
+                r.try_get("status")?,
+                r.try_get("loss_reason_id")?,
+                r.try_get("closed_at")?,
+            );
+            Ok((r.try_get("deal_id")?, (r.try_get("version")?, contribution)))
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+
+        let mut deltas: BTreeMap<Contribution, i64> = BTreeMap::new();
+        let mut changed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (version, old) = before.get(&row.deal_id).cloned().unwrap_or((0, None));
+            if version >= row.version {
+                continue;
+            }
+            let new = Contribution::of(
+                row.account_id.clone(),
+                row.plan_id,
+                row.manager_id.clone(),
+                row.status.to_owned(),
+                row.loss_reason_id,
+                row.closed_at,
+            );
+            if old != new {
+                if let Some(old) = old {
+                    *deltas.entry(old).or_default() -= 1;
+                }
+                if let Some(new) = new {
+                    *deltas.entry(new).or_default() += 1;
+                }
+            }
+            changed.push(row);
+        }
+        if changed.is_empty() {
+            return tx.commit().await;
+        }
+        sqlx::query(
+            "UPDATE deals SET plan_id = t.plan_id, stage_id = t.stage_id, manager_id = t.manager_id,
+                status = t.status, amount_minor = t.amount, currency = t.currency,
+                loss_reason_id = t.reason, stage_before_close_id = t.before, closed_at = t.closed,
+                version = t.version, updated_at = t.updated
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::bigint[],
+                $7::text[], $8::uuid[], $9::uuid[], $10::timestamptz[], $11::bigint[], $12::timestamptz[])
+                AS t(deal_id, plan_id, stage_id, manager_id, status, amount, currency, reason, before,
+                     closed, version, updated)
+             WHERE deals.deal_id = t.deal_id AND deals.version < t.version",
+        )
+        .bind(changed.iter().map(|r| r.deal_id).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.plan_id).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.stage_id).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.manager_id.clone()).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.amount_minor).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.currency.clone()).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.loss_reason_id).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.stage_before_close_id).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.closed_at).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        apply_totals(&mut tx, &deltas).await?;
+        tx.commit().await
     }
+}
+
+/// Where a closed deal counts: its totals row (and day). Open deals count nowhere.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Contribution {
+    account_id: String,
+    plan_id: Uuid,
+    manager: String,
+    status: String,
+    reason: Uuid,
+    day: time::Date,
+}
+
+impl Contribution {
+    fn of(
+        account_id: String,
+        plan_id: Uuid,
+        manager: Option<String>,
+        status: String,
+        reason: Option<Uuid>,
+        closed_at: Option<OffsetDateTime>,
+    ) -> Option<Self> {
+        if status != "won" && status != "lost" {
+            return None;
+        }
+        Some(Self {
+            account_id,
+            plan_id,
+            manager: manager.unwrap_or_default(),
+            reason: reason.filter(|_| status == "lost").unwrap_or(Uuid::nil()),
+            status,
+            day: closed_at?.to_offset(time::UtcOffset::UTC).date(),
+        })
+    }
+}
+
+async fn apply_totals(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    deltas: &BTreeMap<Contribution, i64>,
+) -> Result<(), sqlx::Error> {
+    let changed: Vec<(&Contribution, i64)> = deltas
+        .iter()
+        .filter(|(_, d)| **d != 0)
+        .map(|(c, d)| (c, *d))
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let col =
+        |f: fn(&Contribution) -> String| changed.iter().map(|(c, _)| f(c)).collect::<Vec<_>>();
+    let plans: Vec<Uuid> = changed.iter().map(|(c, _)| c.plan_id).collect();
+    let reasons: Vec<Uuid> = changed.iter().map(|(c, _)| c.reason).collect();
+    let days: Vec<time::Date> = changed.iter().map(|(c, _)| c.day).collect();
+    let counts: Vec<i64> = changed.iter().map(|(_, d)| *d).collect();
+    let accounts = col(|c| c.account_id.clone());
+    let managers = col(|c| c.manager.clone());
+    let statuses = col(|c| c.status.clone());
+    sqlx::query(
+        "INSERT INTO closed_daily (account_id, day, plan_id, manager_id, status, reason_id, deals)
+         SELECT * FROM UNNEST($1::text[], $2::date[], $3::uuid[], $4::text[], $5::text[], $6::uuid[], $7::bigint[])
+         ON CONFLICT (account_id, day, plan_id, manager_id, status, reason_id)
+         DO UPDATE SET deals = closed_daily.deals + excluded.deals",
+    )
+    .bind(&accounts)
+    .bind(&days)
+    .bind(&plans)
+    .bind(&managers)
+    .bind(&statuses)
+    .bind(&reasons)
+    .bind(&counts)
+    .execute(&mut **tx)
+    .await?;
+    // All-time totals: the same deltas without the day, summed per key.
+    let mut all_time: BTreeMap<(String, Uuid, String, String, Uuid), i64> = BTreeMap::new();
+    for (c, d) in &changed {
+        *all_time
+            .entry((
+                c.account_id.clone(),
+                c.plan_id,
+                c.manager.clone(),
+                c.status.clone(),
+                c.reason,
+            ))
+            .or_default() += d;
+    }
+    sqlx::query(
+        "INSERT INTO closed_totals (account_id, plan_id, manager_id, status, reason_id, deals)
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::bigint[])
+         ON CONFLICT (account_id, plan_id, manager_id, status, reason_id)
+         DO UPDATE SET deals = closed_totals.deals + excluded.deals",
+    )
+    .bind(all_time.keys().map(|k| k.0.clone()).collect::<Vec<_>>())
+    .bind(all_time.keys().map(|k| k.1).collect::<Vec<_>>())
+    .bind(all_time.keys().map(|k| k.2.clone()).collect::<Vec<_>>())
+    .bind(all_time.keys().map(|k| k.3.clone()).collect::<Vec<_>>())
+    .bind(all_time.keys().map(|k| k.4).collect::<Vec<_>>())
+    .bind(all_time.values().copied().collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 impl BatchHandler for DealEvents {

@@ -212,7 +212,7 @@ async fn process<H: BatchHandler>(
     let mut work = Vec::with_capacity(messages.len());
     let mut work_messages = Vec::with_capacity(messages.len());
     for message in messages {
-        let delivery = delivery_of(&message);
+        let delivery = Delivery::from(&message);
         if delivery.delivered > 1 {
             redeliveries.add(1, attrs);
         }
@@ -249,17 +249,19 @@ async fn process<H: BatchHandler>(
     }
 }
 
-fn delivery_of(message: &Message) -> Delivery {
-    let (delivered, stream_sequence) = message
-        .info()
-        .map(|info| (info.delivered, info.stream_sequence))
-        .unwrap_or((1, 0));
-    Delivery {
-        subject: message.subject.to_string(),
-        payload: message.payload.clone(),
-        headers: message.headers.clone(),
-        delivered,
-        stream_sequence,
+impl From<&Message> for Delivery {
+    fn from(message: &Message) -> Self {
+        let (delivered, stream_sequence) = message
+            .info()
+            .map(|info| (info.delivered, info.stream_sequence))
+            .unwrap_or((1, 0));
+        Delivery {
+            subject: message.subject.to_string(),
+            payload: message.payload.clone(),
+            headers: message.headers.clone(),
+            delivered,
+            stream_sequence,
+        }
     }
 }
 

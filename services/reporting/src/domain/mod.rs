@@ -1,0 +1,3 @@
+//! The pure arithmetic of reports: no I/O.
+
+pub mod report;

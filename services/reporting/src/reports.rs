@@ -1,0 +1,284 @@
+//! Reading the read model for reports: closed-deal cells (from kept totals, with the
+//! partial days at a period's edges counted from the deals), names, stage losses.
+
+use std::collections::HashMap;
+
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use time::{Duration, OffsetDateTime, Time};
+use uuid::Uuid;
+
+use crate::domain::report::{Cell, Closed};
+
+/// [from, to) on the closing time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Period {
+    pub from: Option<OffsetDateTime>,
+    pub to: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub plans: Vec<Uuid>,
+    pub managers: Vec<String>,
+}
+
+fn midnight(at: OffsetDateTime) -> OffsetDateTime {
+    at.to_offset(time::UtcOffset::UTC)
+        .replace_time(Time::MIDNIGHT)
+}
+
+/// The whole UTC days inside the period, as [first day start, end day start).
+fn whole_days(period: Period) -> (Option<OffsetDateTime>, Option<OffsetDateTime>) {
+    let first = period.from.map(|from| {
+        let day = midnight(from);
+        if day == from {
+            day
+        } else {
+            day + Duration::DAY
+        }
+    });
+    let end = period.to.map(midnight);
+    (first, end)
+}
+
+fn push_scope(qb: &mut QueryBuilder<Postgres>, scope: &Scope, manager_column: &str) {
+    if !scope.plans.is_empty() {
+        qb.push(" AND plan_id = ANY(")
+            .push_bind(scope.plans.clone())
+            .push(")");
+    }
+    if !scope.managers.is_empty() {
+        qb.push(format_args!(" AND {manager_column} = ANY("))
+            .push_bind(scope.managers.clone())
+            .push(")");
+    }
+}
+
+fn cell_of(row: &sqlx::postgres::PgRow) -> Result<Cell, sqlx::Error> {
+    let manager: String = row.try_get("manager_id")?;
+    let reason: Uuid = row.try_get("reason_id")?;
+    let status: &str = row.try_get("status")?;
+    Ok(Cell {
+        plan_id: row.try_get("plan_id")?,
+        manager: (!manager.is_empty()).then_some(manager),
+        status: if status == "won" {
+            Closed::Won
+        } else {
+            Closed::Lost
+        },
+        reason: (!reason.is_nil()).then_some(reason),
+        count: row.try_get("deals")?,
+    })
+}
+
+/// Closed deals of the account per plan, manager, status and reason, closed in `period`.
+pub async fn closed_cells(
+    pool: &PgPool,
+    account_id: &str,
+    period: Period,
+    scope: &Scope,
+) -> Result<Vec<Cell>, sqlx::Error> {
+    let mut cells = Vec::new();
+    if period == Period::default() {
+        let mut qb = QueryBuilder::new(
+            "SELECT plan_id, manager_id, status, reason_id, sum(deals)::bigint AS deals
+             FROM closed_totals WHERE account_id = ",
+        );
+        qb.push_bind(account_id.to_owned());
+        push_scope(&mut qb, scope, "manager_id");
+        qb.push(" GROUP BY plan_id, manager_id, status, reason_id");
+        for row in qb.build().fetch_all(pool).await? {
+            cells.push(cell_of(&row)?);
+        }
+        return Ok(cells);
+    }
+    let (first, end) = whole_days(period);
+    let has_whole_days = match (first, end) {
+        (Some(f), Some(e)) => f < e,
+        _ => true,
+    };
+    // Edges: [from, first whole day) and [end day, to), or all of [from, to) when the
+    // period holds no whole day.
+    let edges: Vec<(Option<OffsetDateTime>, Option<OffsetDateTime>)> = if has_whole_days {
+        let mut edges = Vec::new();
+        if let (Some(from), Some(first)) = (period.from, first)
+            && from < first
+        {
+            edges.push((Some(from), Some(first)));
+        }
+        if let (Some(end), Some(to)) = (end, period.to)
+            && end < to
+        {
+            edges.push((Some(end), Some(to)));
+        }
+        edges
+    } else {
+        vec![(period.from, period.to)]
+    };
+    if has_whole_days {
+        let mut qb = QueryBuilder::new(
+            "SELECT plan_id, manager_id, status, reason_id, sum(deals)::bigint AS deals
+             FROM closed_daily WHERE account_id = ",
+        );
+        qb.push_bind(account_id.to_owned());
+        if let Some(first) = first {
+            qb.push(" AND day >= ").push_bind(first.date());
+        }
+        if let Some(end) = end {
+            qb.push(" AND day < ").push_bind(end.date());
+        }
+        push_scope(&mut qb, scope, "manager_id");
+        qb.push(" GROUP BY plan_id, manager_id, status, reason_id");
+        for row in qb.build().fetch_all(pool).await? {
+            cells.push(cell_of(&row)?);
+        }
+    }
+    for (from, to) in edges {
+        let mut qb = QueryBuilder::new(
+            "SELECT plan_id, coalesce(manager_id, '') AS manager_id, status,
+                CASE WHEN status = 'lost' THEN coalesce(loss_reason_id, '00000000-0000-0000-0000-000000000000'::uuid)
+                     ELSE '00000000-0000-0000-0000-000000000000'::uuid END AS reason_id,
+                count(*)::bigint AS deals
+             FROM deals WHERE status IN ('won', 'lost') AND account_id = ",
+        );
+        qb.push_bind(account_id.to_owned());
+        if let Some(from) = from {
+            qb.push(" AND closed_at >= ").push_bind(from);
+        }
+        if let Some(to) = to {
+            qb.push(" AND closed_at < ").push_bind(to);
+        }
+        push_scope(&mut qb, scope, "coalesce(manager_id, '')");
+        qb.push(" GROUP BY 1, 2, 3, 4");
+        for row in qb.build().fetch_all(pool).await? {
+            cells.push(cell_of(&row)?);
+        }
+    }
+    Ok(cells)
+}
+
+pub async fn plan_names(
+    pool: &PgPool,
+    account_id: &str,
+) -> Result<HashMap<Uuid, String>, sqlx::Error> {
+    sqlx::query("SELECT plan_id, name FROM plans WHERE account_id = $1")
+        .bind(account_id)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("plan_id")?, r.try_get("name")?)))
+        .collect()
+}
+
+pub async fn reason_names(
+    pool: &PgPool,
+    account_id: &str,
+) -> Result<HashMap<Uuid, (String, bool)>, sqlx::Error> {
+    sqlx::query(
+        "SELECT r.reason_id, r.name, r.archived FROM reasons r
+         JOIN plans p ON p.plan_id = r.plan_id WHERE p.account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get("reason_id")?,
+            (r.try_get("name")?, r.try_get("archived")?),
+        ))
+    })
+    .collect()
+}
+
+/// Lost deals per plan and the stage they were lost from.
+pub async fn stage_losses(
+    pool: &PgPool,
+    account_id: &str,
+    period: Period,
+    plans: &[Uuid],
+) -> Result<Vec<(Uuid, Option<Uuid>, i64)>, sqlx::Error> {
+    let mut qb = QueryBuilder::new(
+        "SELECT plan_id, stage_before_close_id, count(*)::bigint AS lost FROM deals
+         WHERE status = 'lost' AND account_id = ",
+    );
+    qb.push_bind(account_id.to_owned());
+    if let Some(from) = period.from {
+        qb.push(" AND closed_at >= ").push_bind(from);
+    }
+    if let Some(to) = period.to {
+        qb.push(" AND closed_at < ").push_bind(to);
+    }
+    if !plans.is_empty() {
+        qb.push(" AND plan_id = ANY(")
+            .push_bind(plans.to_vec())
+            .push(")");
+    }
+    qb.push(" GROUP BY 1, 2");
+    qb.build()
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("plan_id")?,
+                r.try_get("stage_before_close_id")?,
+                r.try_get("lost")?,
+            ))
+        })
+        .collect()
+}
+
+/// Stages of the account's plans: (plan, stage) → (name, position, deleted).
+pub async fn stages(
+    pool: &PgPool,
+    account_id: &str,
+) -> Result<Vec<(Uuid, Uuid, String, i32, bool)>, sqlx::Error> {
+    sqlx::query(
+        "SELECT s.plan_id, s.stage_id, s.name, s.position, s.deleted FROM stages s
+         JOIN plans p ON p.plan_id = s.plan_id WHERE p.account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get("plan_id")?,
+            r.try_get("stage_id")?,
+            r.try_get("name")?,
+            r.try_get("position")?,
+            r.try_get("deleted")?,
+        ))
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn whole_days_of_a_period() {
+        let p = Period {
+            from: Some(datetime!(2026-01-01 10:00 UTC)),
+            to: Some(datetime!(2026-01-04 05:00 UTC)),
+        };
+        assert_eq!(
+            whole_days(p),
+            (
+                Some(datetime!(2026-01-02 00:00 UTC)),
+                Some(datetime!(2026-01-04 00:00 UTC))
+            )
+        );
+        let exact = Period {
+            from: Some(datetime!(2026-01-01 00:00 UTC)),
+            to: None,
+        };
+        assert_eq!(
+            whole_days(exact),
+            (Some(datetime!(2026-01-01 00:00 UTC)), None)
+        );
+    }
+}
