@@ -10,7 +10,8 @@ use salesplan_platform::{
     Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
 };
 use salesplan_proto::v1::{
-    self as pb, plan_service_client::PlanServiceClient, report_service_client::ReportServiceClient,
+    self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
+    report_service_client::ReportServiceClient,
 };
 use serde_json::json;
 use tonic::transport::Channel;
@@ -197,7 +198,151 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "Every accepted lead is exactly one deal: {expected} deals for {sent} accepted leads."
     );
+
+    // Managers work the round-robin plan: some deals won, some lost with a reason, one
+    // lost deal reopened by a head of sales.
+    let boss = token(
+        "demo-head-of-sales",
+        &[Permission::DealsEditAll, Permission::DealsBulkEdit],
+    )?;
+    let plan = plans
+        .set_loss_reasons(outgoing(
+            pb::SetLossReasonsRequest {
+                plan_id: round_robin.id.clone(),
+                require_reason: true,
+                reasons: ["Too expensive", "Chose a competitor", "No answer"]
+                    .map(|name| pb::LossReasonInput {
+                        id: String::new(),
+                        name: name.into(),
+                    })
+                    .to_vec(),
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .context("SetLossReasons returned no plan")?;
+    let reasons = plan.loss_reasons.clone().unwrap_or_default().reasons;
+    let stage_of = |kind: pb::StageKind| {
+        plan.stages
+            .iter()
+            .find(|s| s.kind == kind as i32)
+            .map(|s| s.id.clone())
+            .unwrap_or_default()
+    };
+    let (won, lost) = (stage_of(pb::StageKind::Won), stage_of(pb::StageKind::Lost));
+    let mut deals_api = DealServiceClient::new(connect(&args.deal_service).await?);
+    let inbound = integration_tests::api::all_deals(
+        connect(&args.deal_service).await?,
+        &viewer,
+        pb::DealFilter {
+            plan_id: round_robin.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (mut won_count, mut lost_count) = (0, 0);
+    let mut reopen_me = None;
+    for (i, deal) in inbound.iter().enumerate() {
+        let (stage, reason) = match i % 4 {
+            0 => (&won, None),
+            1 | 2 => (&lost, Some(reasons[(i / 2) % reasons.len()].id.clone())),
+            _ => continue,
+        };
+        let moved = deals_api
+            .move_deal(outgoing(
+                pb::MoveDealRequest {
+                    deal_id: deal.id.clone(),
+                    expected_version: deal.version,
+                    stage_id: stage.clone(),
+                    loss_reason_id: reason.clone(),
+                },
+                &boss,
+            ))
+            .await?
+            .into_inner()
+            .deal
+            .context("MoveDeal returned no deal")?;
+        if reason.is_some() {
+            lost_count += 1;
+            reopen_me.get_or_insert(moved);
+        } else {
+            won_count += 1;
+        }
+    }
+    if let Some(deal) = reopen_me {
+        deals_api
+            .reopen_deal(outgoing(
+                pb::ReopenDealRequest {
+                    deal_id: deal.id.clone(),
+                    expected_version: deal.version,
+                },
+                &boss,
+            ))
+            .await?;
+        println!(
+            "\nClosed {won_count} deals as won and {lost_count} as lost with a reason; reopened one lost deal."
+        );
+        lost_count -= 1;
+    }
+    let request = || pb::LossReasonsRequest {
+        group_by: pb::ReportGrouping::Manager as i32,
+        with_details: true,
+        plan_ids: vec![round_robin.id.clone()],
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let report = reports
+            .loss_reasons(outgoing(request(), &viewer))
+            .await?
+            .into_inner();
+        let totals = report.totals.clone().unwrap_or_default();
+        if (totals.won, totals.lost) == (won_count, lost_count) {
+            break report;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the report did not catch up within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    print_report(&round_robin.name, &report);
     Ok(())
+}
+
+fn print_report(plan: &str, report: &pb::LossReasonsResponse) {
+    println!("\nReport \"By reasons for refusal\", plan \"{plan}\", by manager with plans");
+    println!(
+        "  {:<22}{:>5}{:>6}{:>8}{:>8}  reasons of loss",
+        "", "won", "lost", "won %", "lost %"
+    );
+    let line = |indent: &str, row: &pb::ReportRow| {
+        let reasons: Vec<String> = row
+            .reasons
+            .iter()
+            .map(|r| format!("{} {} ({:.1}%)", r.name, r.count, r.percent_of_lost))
+            .collect();
+        println!(
+            "  {:<22}{:>5}{:>6}{:>8.1}{:>8.1}  {}",
+            format!("{indent}{}", row.name),
+            row.won,
+            row.lost,
+            row.won_percent,
+            row.lost_percent,
+            reasons.join(", ")
+        );
+    };
+    for row in &report.rows {
+        line("", row);
+        for detail in &row.details {
+            line("  ", detail);
+        }
+    }
+    if let Some(totals) = &report.totals {
+        line("", totals);
+    }
 }
 
 fn time_tag() -> u64 {
