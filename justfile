@@ -13,10 +13,11 @@ demo *ARGS:
 test *ARGS: build-bins
     eval "$(scripts/deps.sh)" && if cargo nextest --version >/dev/null 2>&1; then cargo nextest run --workspace --no-fail-fast {{ARGS}}; else cargo test --workspace --no-fail-fast {{ARGS}}; fi
 
-# Formatting and clippy with warnings as errors.
+# Formatting, clippy with warnings as errors, and the deploy files (manifests, Dockerfile).
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
+    scripts/check-deploy.sh
 
 # Start PostgreSQL and NATS if none is reachable, and print their URLs.
 deps:
