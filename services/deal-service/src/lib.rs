@@ -78,9 +78,7 @@ impl Service for Config {
                 <DealServiceServer<grpc::Api> as NamedService>::NAME,
             ],
         };
-        Ok(spawn_service(
-            &common, grpc, None, background, bus, shutdown,
-        )?)
+        Ok(spawn_service(&common, grpc, None, background, bus, shutdown).await?)
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {

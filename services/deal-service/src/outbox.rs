@@ -7,7 +7,10 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use salesplan_platform::bus::{Bus, Outgoing};
+use salesplan_platform::{
+    bus::{Bus, Outgoing},
+    telemetry,
+};
 use sqlx::{PgPool, Row, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 
@@ -28,9 +31,29 @@ pub enum RelayError {
 
 /// Runs until `shutdown`, then publishes what is left (while it can) and returns.
 pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken) {
+    let meter = salesplan_platform::telemetry::meter("deal-service");
+    let published = meter.u64_counter("salesplan.outbox.published").build();
+    let backlog = meter
+        .u64_gauge("salesplan.outbox.backlog")
+        .with_description("Events written but not yet published")
+        .build();
+    let mut measured = tokio::time::Instant::now();
     let mut listener = listen(&pool).await;
     loop {
-        match publish_batch(&pool, &bus).await {
+        if measured.elapsed() >= Duration::from_secs(5) {
+            measured = tokio::time::Instant::now();
+            if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+                .fetch_one(&pool)
+                .await
+            {
+                backlog.record(n as u64, &[]);
+            }
+        }
+        let batch = publish_batch(&pool, &bus).await;
+        if let Ok(n) = &batch {
+            published.add(*n as u64, &[]);
+        }
+        match batch {
             Ok(n) if n as i64 == BATCH => continue,
             Ok(_) => {}
             Err(err) => {
@@ -114,9 +137,11 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<usize, RelayError
             row.try_get::<Vec<u8>, _>("payload")?,
         );
         let headers: sqlx::types::Json<HashMap<String, String>> = row.try_get("headers")?;
-        for (name, value) in headers.0 {
-            message.headers.insert(name.as_str(), value.as_str());
-        }
+        // The relay's own span, child of the change that wrote the event; the event then
+        // carries the relay span as its parent.
+        let span = tracing::info_span!("outbox.relay", otel.name = "outbox.relay", subject = %message.subject);
+        telemetry::set_parent(&span, telemetry::extract_from_pairs(&headers.0));
+        span.in_scope(|| telemetry::inject_into_nats(&mut message.headers));
         messages.push(message);
     }
     bus.publish_all(messages).await?;

@@ -30,6 +30,10 @@ pub struct IntakeEvents {
     bus: Bus,
     deals: DealServiceClient<Channel>,
     tokens: ServiceTokens,
+    /// From the lead's arrival at the listener to its deal existing.
+    lead_to_deal: opentelemetry::metrics::Histogram<f64>,
+    /// One plan's batch decision (lock, read, decide, write).
+    decision: opentelemetry::metrics::Histogram<f64>,
 }
 
 struct Decoded {
@@ -46,11 +50,20 @@ impl IntakeEvents {
         deals: DealServiceClient<Channel>,
         tokens: ServiceTokens,
     ) -> Self {
+        let meter = salesplan_platform::telemetry::meter("distributor");
         Self {
             store,
             bus,
             deals,
             tokens,
+            lead_to_deal: meter
+                .f64_histogram("salesplan.distributor.lead_to_deal_seconds")
+                .with_unit("s")
+                .build(),
+            decision: meter
+                .f64_histogram("salesplan.distributor.decision_seconds")
+                .with_unit("s")
+                .build(),
         }
     }
 
@@ -83,6 +96,16 @@ impl IntakeEvents {
                 .await
             {
                 Ok(response) => {
+                    if let Some(at) = &item.event.received_at {
+                        let received = std::time::UNIX_EPOCH
+                            + std::time::Duration::new(
+                                at.seconds.max(0) as u64,
+                                at.nanos.max(0) as u32,
+                            );
+                        if let Ok(age) = std::time::SystemTime::now().duration_since(received) {
+                            self.lead_to_deal.record(age.as_secs_f64(), &[]);
+                        }
+                    }
                     let deal_id = response
                         .into_inner()
                         .deal
@@ -130,11 +153,13 @@ impl BatchHandler for IntakeEvents {
         let mut records = Vec::new();
         for ((account_id, plan_id), items) in by_plan {
             let pending: Vec<PendingLead> = items.iter().map(pending_lead).collect();
-            match self
+            let started = std::time::Instant::now();
+            let decided = self
                 .store
                 .decide_batch(&account_id, plan_id, &pending, rand::random)
-                .await
-            {
+                .await;
+            self.decision.record(started.elapsed().as_secs_f64(), &[]);
+            match decided {
                 Ok(PlanBatch::Decided { mut decisions, new }) => {
                     records.extend(new);
                     for item in items {

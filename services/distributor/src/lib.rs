@@ -117,9 +117,7 @@ impl Service for Config {
             )),
             names: vec![<DistributorServiceServer<grpc::Explain> as NamedService>::NAME],
         };
-        Ok(spawn_service(
-            &common, grpc, None, background, bus, shutdown,
-        )?)
+        Ok(spawn_service(&common, grpc, None, background, bus, shutdown).await?)
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {

@@ -53,6 +53,7 @@ pub async fn serve(
     };
     Server::builder()
         .trace_fn(request_span)
+        .layer(MetricsLayer::new())
         .add_routes(routes.add_service(health).add_service(reflection))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
         .await
@@ -87,4 +88,98 @@ pub fn lazy_channel(url: &str) -> Result<tonic::transport::Channel, tonic::trans
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .connect_lazy())
+}
+
+/// Counts gRPC requests by method and status code, and times them. The code is read from
+/// the response headers, where tonic puts it for errors (trailers-only responses); a
+/// response without it counts as OK.
+#[derive(Clone)]
+pub struct MetricsLayer {
+    requests: opentelemetry::metrics::Counter<u64>,
+    seconds: opentelemetry::metrics::Histogram<f64>,
+}
+
+impl MetricsLayer {
+    pub fn new() -> Self {
+        let meter = crate::telemetry::meter("grpc");
+        Self {
+            requests: meter
+                .u64_counter("salesplan.grpc.requests")
+                .with_description("gRPC requests by method and status code")
+                .build(),
+            seconds: meter
+                .f64_histogram("salesplan.grpc.request_seconds")
+                .with_unit("s")
+                .build(),
+        }
+    }
+}
+
+impl Default for MetricsLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    layer: MetricsLayer,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for MetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let started = std::time::Instant::now();
+        let layer = self.layer.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            let code = match &response {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map(|c| format!("{:?}", tonic::Code::from(c)))
+                    .unwrap_or_else(|| "Ok".into()),
+                Err(_) => "Transport".into(),
+            };
+            let attrs = [
+                opentelemetry::KeyValue::new("method", method),
+                opentelemetry::KeyValue::new("code", code),
+            ];
+            layer.requests.add(1, &attrs);
+            layer
+                .seconds
+                .record(started.elapsed().as_secs_f64(), &attrs[..1]);
+            response
+        })
+    }
 }

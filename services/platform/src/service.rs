@@ -26,6 +26,8 @@ pub struct ServiceConfig {
     /// Time between reporting NOT_SERVING and refusing new requests (load balancers and
     /// Kubernetes readiness need a moment to stop sending).
     pub drain_delay: Duration,
+    /// `SALESPLAN_METRICS_ADDR`: where `/metrics` (Prometheus) is served; unset: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl ServiceConfig {
@@ -38,6 +40,10 @@ impl ServiceConfig {
             telemetry: TelemetryConfig::from_env(env)?,
             shutdown_grace: shutdown_grace(env)?,
             drain_delay: env.millis("SALESPLAN_DRAIN_DELAY_MS", Duration::ZERO)?,
+            metrics_addr: env
+                .get("SALESPLAN_METRICS_ADDR")
+                .map(|_| env.addr("SALESPLAN_METRICS_ADDR", ""))
+                .transpose()?,
         })
     }
 
@@ -55,6 +61,7 @@ impl ServiceConfig {
             telemetry: TelemetryConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }
 }
@@ -64,6 +71,8 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// The HTTP listener, for services that have one.
     pub http_addr: Option<SocketAddr>,
+    /// The Prometheus endpoint, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -76,6 +85,7 @@ impl Running {
         Self {
             grpc_addr,
             http_addr,
+            metrics_addr: None,
             task,
         }
     }
@@ -157,7 +167,7 @@ pub async fn main<S: Service>() -> std::process::ExitCode {
             let shutdown = crate::shutdown::on_signal();
             match config.start(shutdown.clone()).await {
                 Ok(running) => {
-                    tracing::info!(service = S::NAME, grpc = %running.grpc_addr, http = ?running.http_addr, "serving");
+                    tracing::info!(service = S::NAME, grpc = %running.grpc_addr, http = ?running.http_addr, metrics = ?running.metrics_addr, "serving");
                     running.run_until(shutdown, grace).await
                 }
                 Err(err) => Err(err),
@@ -239,7 +249,7 @@ pub struct GrpcParts {
 
 /// Serves until `shutdown`, drains, stops the background tasks, closes the bus. `http` is
 /// an extra server future (the webhook) that must itself stop on `shutdown`.
-pub fn spawn_service(
+pub async fn spawn_service(
     config: &ServiceConfig,
     grpc: GrpcParts,
     http: Option<(
@@ -252,6 +262,12 @@ pub fn spawn_service(
 ) -> std::io::Result<Running> {
     let grpc_addr = grpc.listener.local_addr()?;
     let drain_delay = config.drain_delay;
+    let metrics_stop = CancellationToken::new();
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(crate::metrics::serve(addr, metrics_stop.clone()).await?),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().map(|(addr, _)| *addr);
     let (http_addr, http_server) = match http {
         Some((addr, server)) => (Some(addr), Some(server)),
         None => (None, None),
@@ -273,9 +289,15 @@ pub fn spawn_service(
         let (served, http_served) = tokio::join!(grpc_server, http_server);
         let stopped = background.stop().await;
         bus.close().await;
+        metrics_stop.cancel();
+        if let Some((_, task)) = metrics {
+            let _ = task.await;
+        }
         served?;
         http_served?;
         stopped
     });
-    Ok(Running::new(grpc_addr, http_addr, task))
+    let mut running = Running::new(grpc_addr, http_addr, task);
+    running.metrics_addr = metrics_addr;
+    Ok(running)
 }

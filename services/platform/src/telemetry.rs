@@ -89,9 +89,8 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
     };
     let resource = Resource::builder().with_service_name(service).build();
     let (otel, tracer, meter) = match &config.otlp_endpoint {
-        Some(endpoint) => match otlp_providers(endpoint, resource) {
+        Some(endpoint) => match otlp_providers(service, endpoint, resource) {
             Ok((tracer, meter)) => {
-                opentelemetry::global::set_meter_provider(meter.clone());
                 let layer = tracing_opentelemetry::layer()
                     .with_tracer(tracer.tracer(service))
                     .boxed();
@@ -102,7 +101,7 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
                 (None, None, None)
             }
         },
-        None => (None, None, None),
+        None => (None, None, Some(crate::metrics::install(service, None))),
     };
     let _ = tracing_subscriber::registry()
         .with(fmt.with_filter(filter()))
@@ -121,6 +120,7 @@ pub fn init_for_tests() {
 }
 
 fn otlp_providers(
+    service: &'static str,
     endpoint: &str,
     resource: Resource,
 ) -> Result<(SdkTracerProvider, SdkMeterProvider), opentelemetry_otlp::ExporterBuildError> {
@@ -131,21 +131,18 @@ fn otlp_providers(
         .build()?;
     let tracer = SdkTracerProvider::builder()
         .with_batch_exporter(spans)
-        .with_resource(resource.clone())
+        .with_resource(resource)
         .build();
     let metrics = opentelemetry_otlp::MetricExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .build()?;
-    let meter = SdkMeterProvider::builder()
-        .with_periodic_exporter(metrics)
-        .with_resource(resource)
-        .build();
-    Ok((tracer, meter))
+    Ok((tracer, crate::metrics::install(service, Some(metrics))))
 }
 
-/// The meter of a service's instruments.
+/// The meter of a service's instruments (installs the process's meter provider first).
 pub fn meter(service: &'static str) -> opentelemetry::metrics::Meter {
+    crate::metrics::install("salesplan", None);
     opentelemetry::global::meter(service)
 }
 
@@ -181,6 +178,11 @@ pub fn trace_headers() -> std::collections::HashMap<String, String> {
     let cx = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&cx, &mut pairs);
     pairs
+}
+
+/// A trace context stored as plain pairs (see [`trace_headers`]).
+pub fn extract_from_pairs(pairs: &std::collections::HashMap<String, String>) -> Context {
+    TraceContextPropagator::new().extract(pairs)
 }
 
 /// The trace context a NATS message carries (empty when it carries none).

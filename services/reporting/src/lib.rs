@@ -79,9 +79,7 @@ impl Service for Config {
             )),
             names: vec![<ReportServiceServer<grpc::Reports> as NamedService>::NAME],
         };
-        Ok(spawn_service(
-            &common, grpc, None, background, bus, shutdown,
-        )?)
+        Ok(spawn_service(&common, grpc, None, background, bus, shutdown).await?)
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {

@@ -254,6 +254,8 @@ impl BatchHandler for DealEvents {
         let mut rows = Vec::with_capacity(batch.len());
         let mut applied = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
+            // A span per event, in the trace of the change that caused it.
+            let _span = delivery.span("reporting.apply").entered();
             match decode(&delivery.payload) {
                 Ok(row) => {
                     rows.push(row);

@@ -31,6 +31,16 @@ pub struct Accepted {
 pub struct Intake {
     bus: Bus,
     plans: Arc<PlanCache>,
+    leads: opentelemetry::metrics::Counter<u64>,
+}
+
+fn source_name(source: pb::IntakeSource) -> &'static str {
+    match source {
+        pb::IntakeSource::Webhook => "webhook",
+        pb::IntakeSource::Grpc => "grpc",
+        pb::IntakeSource::Bulk => "bulk",
+        pb::IntakeSource::Unspecified => "unknown",
+    }
 }
 
 fn contact_from(contact: Option<pb::Contact>) -> Result<pb::Contact, ApiError> {
@@ -118,11 +128,45 @@ pub struct AudienceJob {
 
 impl Intake {
     pub fn new(bus: Bus, plans: Arc<PlanCache>) -> Self {
-        Self { bus, plans }
+        let leads = salesplan_platform::telemetry::meter("tunnel-listener")
+            .u64_counter("salesplan.intake.leads")
+            .with_description("Leads by source and outcome (accepted, duplicate, rejected)")
+            .build();
+        Self { bus, plans, leads }
+    }
+
+    fn count(&self, source: pb::IntakeSource, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.leads.add(
+                n,
+                &[
+                    opentelemetry::KeyValue::new("source", source_name(source)),
+                    opentelemetry::KeyValue::new("outcome", outcome),
+                ],
+            );
+        }
     }
 
     /// Validates `lead`, checks its plan, and publishes its intake event.
     pub async fn accept(
+        &self,
+        actor: &Actor,
+        lead: pb::Lead,
+        source: pb::IntakeSource,
+    ) -> Result<Accepted, ApiError> {
+        let accepted = self.accept_one(actor, lead, source).await;
+        match &accepted {
+            Ok(a) if a.accepted_now => self.count(source, "accepted", 1),
+            Ok(_) => self.count(source, "duplicate", 1),
+            Err(ApiError::InvalidArgument { .. } | ApiError::NotFound(_)) => {
+                self.count(source, "rejected", 1)
+            }
+            Err(_) => {}
+        }
+        accepted
+    }
+
+    async fn accept_one(
         &self,
         actor: &Actor,
         lead: pb::Lead,
@@ -237,6 +281,18 @@ impl Intake {
             results.push(result);
         }
         let stored = self.bus.publish_all(messages).await?;
+        let duplicates = stored.iter().filter(|s| s.duplicate).count() as u64;
+        self.count(
+            pb::IntakeSource::Bulk,
+            "accepted",
+            stored.len() as u64 - duplicates,
+        );
+        self.count(pb::IntakeSource::Bulk, "duplicate", duplicates);
+        self.count(
+            pb::IntakeSource::Bulk,
+            "rejected",
+            (results.len() - stored.len()) as u64,
+        );
         for (index, stored) in published.into_iter().zip(stored) {
             results[index].outcome = if stored.duplicate {
                 pb::ContactOutcome::Duplicate

@@ -135,7 +135,8 @@ impl Service for Config {
             background,
             bus,
             shutdown,
-        )?)
+        )
+        .await?)
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {

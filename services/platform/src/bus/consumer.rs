@@ -119,6 +119,10 @@ pub async fn run_consumer<H: BatchHandler>(
     let meter = crate::telemetry::meter("salesplan");
     let dead_letters = meter.u64_counter("salesplan.consumer.dead_letters").build();
     let redeliveries = meter.u64_counter("salesplan.consumer.redeliveries").build();
+    let pending = meter
+        .u64_gauge("salesplan.consumer.pending")
+        .with_description("Messages of the stream not yet delivered to the consumer (its lag)")
+        .build();
     let attrs = [KeyValue::new("consumer", spec.durable.clone())];
 
     while !shutdown.is_cancelled() {
@@ -157,6 +161,9 @@ pub async fn run_consumer<H: BatchHandler>(
             }
             if received.is_empty() {
                 continue;
+            }
+            if let Some(info) = received.last().and_then(|m| m.info().ok()) {
+                pending.record(info.pending, &attrs);
             }
             process(
                 &bus,

@@ -1,0 +1,113 @@
+//! The Prometheus endpoint of each service, scraped while leads flow: the counters move.
+//! Its own test binary, so the process's metrics are this test's alone.
+
+use std::time::Duration;
+
+use integration_tests::{
+    Stack,
+    api::{Mode, Strategy, create_plan, lead_json, plan_request},
+    stack::eventually,
+};
+use salesplan_platform::{Permission, service::Running};
+
+async fn scrape(running: &Running) -> anyhow::Result<String> {
+    let addr = running.metrics_addr.expect("metrics are served");
+    Ok(reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .text()
+        .await?)
+}
+
+/// The value of the first sample of `metric` whose labels contain every `label`.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .next()
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn the_metrics_endpoints_show_the_counters_moving() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let admin = stack.token("acme", "admin", &[Permission::PlansAdmin]);
+    let plan = create_plan(
+        stack.channel(&stack.deal_service).await?,
+        &admin,
+        plan_request("Measured", Mode::Auto, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    let funnel = stack.token("acme", "funnel", &[Permission::IntakeWrite]);
+    let http = reqwest::Client::new();
+    let accepted = |text: &str| {
+        sample(
+            text,
+            "salesplan_intake_leads_total",
+            &["outcome=\"accepted\"", "source=\"webhook\""],
+        )
+    };
+    let before = accepted(&scrape(&stack.tunnel_listener).await?);
+
+    for run in 0..3 {
+        let status = http
+            .post(stack.webhook_url())
+            .bearer_auth(&funnel)
+            .json(&lead_json(
+                &plan.id,
+                &format!("run-{run}"),
+                &format!("c-{run}"),
+            ))
+            .send()
+            .await?
+            .status();
+        assert_eq!(status, 202);
+    }
+    let bad = http
+        .post(stack.webhook_url())
+        .bearer_auth(&funnel)
+        .json(&lead_json("not-a-plan", "r", "c"))
+        .send()
+        .await?;
+    assert_eq!(bad.status(), 400);
+
+    let text = scrape(&stack.tunnel_listener).await?;
+    assert_eq!(accepted(&text) - before, 3.0, "{text}");
+    assert!(
+        sample(
+            &text,
+            "salesplan_intake_leads_total",
+            &["outcome=\"rejected\""]
+        ) >= 1.0
+    );
+
+    // Deals were created: CreateDeal calls counted by method and code, lead-to-deal timed.
+    let text = eventually(Duration::from_secs(20), || async {
+        let text = scrape(&stack.deal_service).await?;
+        let created = sample(
+            &text,
+            "salesplan_grpc_requests_total",
+            &[
+                "method=\"/salesplan.v1.DealService/CreateDeal\"",
+                "code=\"Ok\"",
+            ],
+        );
+        let timed = sample(
+            &text,
+            "salesplan_distributor_lead_to_deal_seconds_count",
+            &[],
+        );
+        let published = sample(&text, "salesplan_outbox_published_total", &[]);
+        Ok((created >= 3.0 && timed >= 3.0 && published >= 4.0).then_some(text))
+    })
+    .await?;
+    assert!(
+        sample(
+            &text,
+            "salesplan_grpc_requests_total",
+            &["method=\"/salesplan.v1.PlanService/CreatePlan\""]
+        ) >= 1.0
+    );
+    assert!(text.contains("salesplan_consumer_pending"), "{text}");
+    stack.stop().await
+}
