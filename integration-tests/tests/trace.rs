@@ -13,7 +13,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use salesplan_platform::{Permission, grpc::outgoing};
 use salesplan_proto::v1::{self as pb, report_service_client::ReportServiceClient};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{Layer, layer::SubscriberExt};
 
 #[tokio::test]
 async fn one_trace_crosses_every_service() -> anyhow::Result<()> {
@@ -21,8 +21,12 @@ async fn one_trace_crosses_every_service() -> anyhow::Result<()> {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    // Our spans only: the HTTP/2 internals trace at lower levels.
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+    );
     tracing::subscriber::set_global_default(subscriber)?;
 
     let stack = Stack::start().await?;
@@ -84,8 +88,8 @@ async fn one_trace_crosses_every_service() -> anyhow::Result<()> {
         .expect("the webhook span");
     let trace_id = webhook.span_context.trace_id();
     for name in [
-        "distributor.create_deal",
-        "/salesplan.v1.DealService/CreateDeal",
+        "distributor.create_deals",
+        "/salesplan.v1.DealService/CreateDeals",
         "outbox.relay",
         "reporting.apply",
     ] {

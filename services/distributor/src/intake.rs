@@ -22,8 +22,12 @@ use crate::{
     store::{PendingLead, PlanBatch, Store},
 };
 
-/// Deals created at once per batch.
-const CONCURRENT_CREATES: usize = 64;
+/// What became of one lead: its batch index, outcome, and intake id → deal id.
+type Created = (usize, Outcome, Option<(Uuid, Uuid)>);
+
+/// Deals per CreateDeals call, and calls in flight at once.
+const CREATE_BATCH: usize = 500;
+const CONCURRENT_CALLS: usize = 4;
 
 pub struct IntakeEvents {
     store: Store,
@@ -67,56 +71,104 @@ impl IntakeEvents {
         }
     }
 
-    async fn create_deal(
+    /// Creates the deals of one account's leads in one CreateDeals call. The call joins the
+    /// first lead's trace and links the others'.
+    async fn create_deals(
         &self,
-        delivery: &Delivery,
-        item: &Decoded,
-        manager: Option<String>,
-    ) -> (Outcome, Option<Uuid>) {
-        let span = delivery.span("distributor.create_deal");
-        async {
-            let token = match self.tokens.for_account(&item.event.account_id) {
-                Ok(token) => token,
-                Err(err) => return (Outcome::Retry(err.to_string()), None),
-            };
-            let lead = item.event.lead.clone().unwrap_or_default();
-            let request = pb::CreateDealRequest {
-                plan_id: lead.plan_id,
-                stage_id: None,
-                contact: lead.contact,
-                title: lead.title,
-                amount: lead.amount,
-                manager_id: manager,
-                idempotency_key: item.intake_id.to_string(),
-            };
-            match self
-                .deals
-                .clone()
-                .create_deal(outgoing(request, &token))
-                .await
-            {
-                Ok(response) => {
-                    if let Some(at) = &item.event.received_at {
-                        let received = std::time::UNIX_EPOCH
-                            + std::time::Duration::new(
-                                at.seconds.max(0) as u64,
-                                at.nanos.max(0) as u32,
-                            );
-                        if let Ok(age) = std::time::SystemTime::now().duration_since(received) {
-                            self.lead_to_deal.record(age.as_secs_f64(), &[]);
-                        }
+        batch: &[Delivery],
+        account_id: &str,
+        items: Vec<(Decoded, Option<String>)>,
+    ) -> Vec<Created> {
+        let span = batch[items[0].0.index].span("distributor.create_deals");
+        for (item, _) in &items[1..] {
+            let cx = salesplan_platform::telemetry::extract_from_nats(
+                batch[item.index].headers.as_ref(),
+            );
+            salesplan_platform::telemetry::add_link(&span, &cx);
+        }
+        let token = match self.tokens.for_account(account_id) {
+            Ok(token) => token,
+            Err(err) => {
+                return items
+                    .into_iter()
+                    .map(|(item, _)| (item.index, Outcome::Retry(err.to_string()), None))
+                    .collect();
+            }
+        };
+        let request = pb::CreateDealsRequest {
+            deals: items
+                .iter()
+                .map(|(item, manager)| {
+                    let lead = item.event.lead.clone().unwrap_or_default();
+                    pb::CreateDealRequest {
+                        plan_id: lead.plan_id,
+                        stage_id: None,
+                        contact: lead.contact,
+                        title: lead.title,
+                        amount: lead.amount,
+                        manager_id: manager.clone(),
+                        idempotency_key: item.intake_id.to_string(),
                     }
-                    let deal_id = response
-                        .into_inner()
-                        .deal
-                        .and_then(|d| Uuid::parse_str(&d.id).ok());
-                    (Outcome::Done, deal_id)
+                })
+                .collect(),
+        };
+        // Built inside the span, so the call carries its trace context.
+        let request = span.in_scope(|| outgoing(request, &token));
+        let response = self
+            .deals
+            .clone()
+            .create_deals(request)
+            .instrument(span)
+            .await;
+        let results = match response {
+            Ok(response) => response.into_inner().results,
+            Err(status) => {
+                // The whole call failed (deal-service unreachable, overloaded): all retry.
+                let reason = format!("CreateDeals: {:?}: {}", status.code(), status.message());
+                return items
+                    .into_iter()
+                    .map(|(item, _)| (item.index, Outcome::Retry(reason.clone()), None))
+                    .collect();
+            }
+        };
+        let mut outcomes = Vec::with_capacity(items.len());
+        for ((item, _), result) in items
+            .into_iter()
+            .zip(results.into_iter().map(Some).chain(std::iter::repeat(None)))
+        {
+            let outcome = match result {
+                Some(r) if r.code == 0 => {
+                    self.record_latency(&item.event);
+                    let deal_id = r.deal.and_then(|d| Uuid::parse_str(&d.id).ok());
+                    (
+                        item.index,
+                        Outcome::Done,
+                        deal_id.map(|d| (item.intake_id, d)),
+                    )
                 }
-                Err(status) => (self.refused(item, status).await, None),
+                Some(r) => {
+                    let status = tonic::Status::new(Code::from(r.code), r.message);
+                    (item.index, self.refused(&item, status).await, None)
+                }
+                None => (
+                    item.index,
+                    Outcome::Retry("CreateDeals returned fewer results".into()),
+                    None,
+                ),
+            };
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    fn record_latency(&self, event: &pb::IntakeEvent) {
+        if let Some(at) = &event.received_at {
+            let received = std::time::UNIX_EPOCH
+                + std::time::Duration::new(at.seconds.max(0) as u64, at.nanos.max(0) as u32);
+            if let Ok(age) = std::time::SystemTime::now().duration_since(received) {
+                self.lead_to_deal.record(age.as_secs_f64(), &[]);
             }
         }
-        .instrument(span)
-        .await
     }
 
     async fn refused(&self, item: &Decoded, status: tonic::Status) -> Outcome {
@@ -212,16 +264,30 @@ impl BatchHandler for IntakeEvents {
             return outcomes;
         }
 
-        // (batch index, outcome, intake id → deal id)
-        type Created = (usize, Outcome, Option<(Uuid, Uuid)>);
-        let results: Vec<Created> = stream::iter(work)
-            .map(|(item, manager)| async move {
-                let (outcome, deal) = self.create_deal(&batch[item.index], &item, manager).await;
-                (item.index, outcome, deal.map(|d| (item.intake_id, d)))
-            })
-            .buffer_unordered(CONCURRENT_CREATES)
-            .collect()
-            .await;
+        // One CreateDeals call per account and chunk, a few at a time.
+        let mut per_account: HashMap<String, Vec<(Decoded, Option<String>)>> = HashMap::new();
+        for (item, manager) in work {
+            per_account
+                .entry(item.event.account_id.clone())
+                .or_default()
+                .push((item, manager));
+        }
+        let mut calls = Vec::new();
+        for (account_id, mut items) in per_account {
+            while !items.is_empty() {
+                let rest = items.split_off(items.len().min(CREATE_BATCH));
+                calls.push((account_id.clone(), std::mem::replace(&mut items, rest)));
+            }
+        }
+        let results: Vec<Created> =
+            stream::iter(calls)
+                .map(|(account_id, items)| async move {
+                    self.create_deals(batch, &account_id, items).await
+                })
+                .buffer_unordered(CONCURRENT_CALLS)
+                .flat_map(stream::iter)
+                .collect()
+                .await;
         let mut links = Vec::new();
         for (index, outcome, link) in results {
             outcomes[index] = outcome;

@@ -204,6 +204,15 @@ pub fn extract_from_http(headers: &http::HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HttpHeadersRef(headers))
 }
 
+/// Links `span` to the span of another context (a batch that serves several traces).
+pub fn add_link(span: &tracing::Span, other: &Context) {
+    use opentelemetry::trace::TraceContextExt;
+    let context = other.span().span_context().clone();
+    if context.is_valid() {
+        span.add_link(context);
+    }
+}
+
 /// Makes `span` a child of the remote `parent` context (no-op without an OTel layer).
 pub fn set_parent(span: &tracing::Span, parent: Context) {
     let _ = span.set_parent(parent);

@@ -20,6 +20,7 @@ type Reply<T> = Result<Response<T>, Status>;
 /// Failures listed in a bulk result at most (the count is always complete).
 const MAX_LISTED_FAILURES: usize = 1_000;
 const DEFAULT_CARDS: usize = 20;
+const MAX_CREATE_BATCH: usize = 1_000;
 const MAX_CARDS: usize = 100;
 
 fn not_yours() -> ApiError {
@@ -117,6 +118,66 @@ impl DealService for Api {
             deal: Some((&deal).into()),
             created,
         }))
+    }
+
+    async fn create_deals(
+        &self,
+        request: Request<pb::CreateDealsRequest>,
+    ) -> Reply<pb::CreateDealsResponse> {
+        let actor = auth::actor(&request)?;
+        let requests = request.into_inner().deals;
+        if requests.len() > MAX_CREATE_BATCH {
+            return Err(
+                ApiError::invalid("deals", format!("at most {MAX_CREATE_BATCH} per call")).into(),
+            );
+        }
+        let inputs: Vec<Result<NewDeal, ApiError>> = requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| NewDeal::try_from(r).map_err(|e| e.within(&format!("deals[{i}]"))))
+            .collect();
+        if inputs
+            .iter()
+            .flatten()
+            .any(|d| d.manager_id.as_deref().is_some_and(|m| m != actor.user_id))
+        {
+            actor.require(Permission::DealsEditAll)?;
+        }
+        let valid: Vec<NewDeal> = inputs.iter().flatten().cloned().collect();
+        let mut created = self
+            .store
+            .create_deals(&actor.account_id, &actor.user_id, valid)
+            .await?
+            .into_iter();
+        let results = inputs
+            .into_iter()
+            .map(|input| {
+                let outcome = match input {
+                    Ok(_) => created
+                        .next()
+                        .unwrap_or_else(|| Err(ApiError::internal("no result for the deal"))),
+                    Err(err) => Err(err),
+                };
+                match outcome {
+                    Ok((deal, created)) => pb::CreateDealResult {
+                        deal: Some((&deal).into()),
+                        created,
+                        code: 0,
+                        message: String::new(),
+                    },
+                    Err(err) => {
+                        let status = Status::from(err);
+                        pb::CreateDealResult {
+                            deal: None,
+                            created: false,
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        }
+                    }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::CreateDealsResponse { results }))
     }
 
     async fn get_deal(&self, request: Request<pb::GetDealRequest>) -> Reply<pb::GetDealResponse> {

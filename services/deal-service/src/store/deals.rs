@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use salesplan_platform::{ApiError, error::is_unique_violation, ids};
+use salesplan_platform::{ApiError, ids};
 use sqlx::{PgConnection, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -42,46 +42,114 @@ impl Store {
         actor_id: &str,
         input: NewDeal,
     ) -> Result<(Deal, bool), ApiError> {
-        if let Some(existing) = self.deal_by_key(account_id, &input.idempotency_key).await? {
-            return Ok((existing, false));
-        }
+        self.create_deals(account_id, actor_id, vec![input])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(ApiError::internal("no result for the deal")))
+    }
+
+    /// Creates many deals in one transaction; each result in input order is the deal
+    /// (created now: `true`, or before with the same key: `false`) or why it was refused.
+    /// A failure of the database fails the whole call.
+    pub async fn create_deals(
+        &self,
+        account_id: &str,
+        actor_id: &str,
+        inputs: Vec<NewDeal>,
+    ) -> Result<Vec<Result<(Deal, bool), ApiError>>, ApiError> {
         let now = now();
+        let keys: Vec<String> = inputs.iter().map(|i| i.idempotency_key.clone()).collect();
         let mut tx = self.pool.begin().await?;
-        let plan = load_plan(&mut tx, account_id, input.plan_id, Lock::Share).await?;
-        let deal = input.into_deal(&plan, ids::new_id(), now)?;
-        match insert_deal(&mut tx, &deal).await {
-            Ok(()) => {}
-            Err(err) if is_unique_violation(&err) => {
-                // A concurrent request with the same key won the race.
-                drop(tx);
-                let existing = self
-                    .deal_by_key(account_id, &deal.idempotency_key)
-                    .await?
-                    .ok_or_else(|| ApiError::Aborted("concurrent create, retry".into()))?;
-                return Ok((existing, false));
+        let mut known = deals_by_keys(&mut tx, account_id, &keys).await?;
+        let mut plans: HashMap<Uuid, Option<Plan>> = HashMap::new();
+        let mut results: Vec<Option<Result<(Deal, bool), ApiError>>> =
+            Vec::with_capacity(inputs.len());
+        let mut fresh: Vec<Deal> = Vec::new();
+        let mut first_of_key: HashMap<String, usize> = HashMap::new();
+        for (index, input) in inputs.into_iter().enumerate() {
+            if let Some(deal) = known.get(&input.idempotency_key) {
+                results.push(Some(Ok((deal.clone(), false))));
+                continue;
             }
-            Err(err) => return Err(err.into()),
+            if first_of_key.contains_key(&input.idempotency_key) {
+                // The same key twice in one call: the later one gets the first one's deal.
+                results.push(None);
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = plans.entry(input.plan_id) {
+                slot.insert(
+                    match load_plan(&mut tx, account_id, input.plan_id, Lock::Share).await {
+                        Ok(plan) => Some(plan),
+                        Err(ApiError::NotFound(_)) => None,
+                        Err(err) => return Err(err),
+                    },
+                );
+            }
+            let Some(Some(plan)) = plans.get(&input.plan_id) else {
+                results.push(Some(Err(ApiError::not_found(format!(
+                    "plan {}",
+                    input.plan_id
+                )))));
+                continue;
+            };
+            first_of_key.insert(input.idempotency_key.clone(), index);
+            match input.into_deal(plan, ids::new_id(), now) {
+                Ok(deal) => {
+                    fresh.push(deal);
+                    results.push(None);
+                }
+                Err(err) => results.push(Some(Err(err.into()))),
+            }
         }
-        events::record(&mut tx, actor_id, &[(deal.clone(), Change::Created)], now).await?;
+        let inserted = insert_deals(&mut tx, &fresh).await?;
+        let created: Vec<(Deal, Change)> = fresh
+            .iter()
+            .filter(|d| inserted.contains(&d.idempotency_key))
+            .map(|d| (d.clone(), Change::Created))
+            .collect();
+        events::record(&mut tx, actor_id, &created, now).await?;
         tx.commit().await?;
-        Ok((deal, true))
+        // Keys a concurrent call inserted first: their deal, as it stands now.
+        let raced: Vec<String> = fresh
+            .iter()
+            .filter(|d| !inserted.contains(&d.idempotency_key))
+            .map(|d| d.idempotency_key.clone())
+            .collect();
+        if !raced.is_empty() {
+            let mut conn = self.pool.acquire().await?;
+            known.extend(deals_by_keys(&mut conn, account_id, &raced).await?);
+        }
+        for deal in fresh {
+            let index = first_of_key[&deal.idempotency_key];
+            results[index] = Some(if inserted.contains(&deal.idempotency_key) {
+                Ok((deal, true))
+            } else {
+                known
+                    .get(&deal.idempotency_key)
+                    .cloned()
+                    .map(|d| (d, false))
+                    .ok_or_else(|| ApiError::Aborted("concurrent create, retry".into()))
+            });
+        }
+        Ok(keys
+            .iter()
+            .zip(results.iter())
+            .map(|(key, result)| match result {
+                Some(Ok((deal, created))) => Ok((deal.clone(), *created)),
+                Some(Err(err)) => Err(clone_error(err)),
+                // A repeated key: the first occurrence's deal, not created again.
+                None => match first_of_key.get(key).and_then(|i| results[*i].as_ref()) {
+                    Some(Ok((deal, _))) => Ok((deal.clone(), false)),
+                    Some(Err(err)) => Err(clone_error(err)),
+                    None => Err(ApiError::internal("no result for the deal")),
+                },
+            })
+            .collect())
     }
 
     pub async fn deal(&self, account_id: &str, deal_id: Uuid) -> Result<Deal, ApiError> {
         let mut conn = self.pool.acquire().await?;
         fetch_deal(&mut conn, account_id, deal_id, false).await
-    }
-
-    async fn deal_by_key(&self, account_id: &str, key: &str) -> Result<Option<Deal>, ApiError> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {DEAL_COLUMNS} FROM deals WHERE account_id = $1 AND idempotency_key = $2"
-        )))
-        .bind(account_id)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|row| deal_from_row(&row))
-        .transpose()
     }
 
     /// Changes one deal if it still has `expected_version` (else ABORTED, nothing written).
@@ -233,39 +301,81 @@ pub async fn lock_deals_in_stage(
     .collect()
 }
 
-async fn insert_deal(tx: &mut Transaction<'_, Postgres>, deal: &Deal) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// An error the same as `err`, for results shared by repeated keys.
+fn clone_error(err: &ApiError) -> ApiError {
+    match err {
+        ApiError::InvalidArgument { field, reason } => {
+            ApiError::invalid(field.clone(), reason.clone())
+        }
+        ApiError::NotFound(what) => ApiError::NotFound(what.clone()),
+        ApiError::FailedPrecondition(m) => ApiError::FailedPrecondition(m.clone()),
+        ApiError::Aborted(m) => ApiError::Aborted(m.clone()),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+async fn deals_by_keys(
+    conn: &mut PgConnection,
+    account_id: &str,
+    keys: &[String],
+) -> Result<HashMap<String, Deal>, ApiError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {DEAL_COLUMNS} FROM deals WHERE account_id = $1 AND idempotency_key = ANY($2)"
+    )))
+    .bind(account_id)
+    .bind(keys)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|row| deal_from_row(row).map(|d| (d.idempotency_key.clone(), d)))
+    .collect()
+}
+
+/// Inserts the deals in one statement; returns the idempotency keys actually inserted (a
+/// key another transaction inserted first is skipped).
+async fn insert_deals(
+    tx: &mut Transaction<'_, Postgres>,
+    deals: &[Deal],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    if deals.is_empty() {
+        return Ok(Default::default());
+    }
+    sqlx::query_scalar(
         "INSERT INTO deals (id, account_id, plan_id, stage_id, status, manager_id,
             contact_external_id, contact_name, contact_email, contact_phone, contact_phone_digits,
             title, amount_minor, currency, loss_reason_id, stage_before_close_id, idempotency_key,
             version, created_at, updated_at, closed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                 $19, $20, $21)",
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
+            $14::text[], $15::uuid[], $16::uuid[], $17::text[], $18::bigint[], $19::timestamptz[],
+            $20::timestamptz[], $21::timestamptz[])
+         ON CONFLICT (account_id, idempotency_key) DO NOTHING
+         RETURNING idempotency_key",
     )
-    .bind(deal.id)
-    .bind(&deal.account_id)
-    .bind(deal.plan_id)
-    .bind(deal.stage_id)
-    .bind(deal.status.as_str())
-    .bind(&deal.manager_id)
-    .bind(&deal.contact.external_id)
-    .bind(&deal.contact.name)
-    .bind(&deal.contact.email)
-    .bind(&deal.contact.phone)
-    .bind(deal.contact.phone_digits())
-    .bind(&deal.title)
-    .bind(deal.amount.amount_minor)
-    .bind(&deal.amount.currency)
-    .bind(deal.loss_reason_id)
-    .bind(deal.stage_before_close_id)
-    .bind(&deal.idempotency_key)
-    .bind(deal.version)
-    .bind(deal.created_at)
-    .bind(deal.updated_at)
-    .bind(deal.closed_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .bind(deals.iter().map(|d| d.id).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.account_id.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.plan_id).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.stage_id).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.status.as_str()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.manager_id.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.contact.external_id.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.contact.name.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.contact.email.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.contact.phone.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.contact.phone_digits()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.title.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.amount.amount_minor).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.amount.currency.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.loss_reason_id).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.stage_before_close_id).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.idempotency_key.clone()).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.version).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.created_at).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.updated_at).collect::<Vec<_>>())
+    .bind(deals.iter().map(|d| d.closed_at).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await
+    .map(|keys: Vec<String>| keys.into_iter().collect())
 }
 
 /// Writes the new state of every changed deal in one statement.
