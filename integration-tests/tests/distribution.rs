@@ -59,23 +59,30 @@ async fn deals_of(
     expected: usize,
 ) -> anyhow::Result<Vec<pb::Deal>> {
     let channel = stack.channel(&stack.deal_service).await?;
+    let filter = pb::DealFilter {
+        plan_id: plan_id.to_owned(),
+        ..Default::default()
+    };
+    // Poll the count (cheap), then read the deals once.
+    let deals = DealServiceClient::new(channel.clone());
     eventually(Duration::from_secs(60), || {
-        let channel = channel.clone();
-        async move {
-            let filter = pb::DealFilter {
-                plan_id: plan_id.to_owned(),
+        let request = outgoing(
+            pb::ListDealsRequest {
+                filter: Some(filter.clone()),
+                page_size: 1,
                 ..Default::default()
-            };
-            let deals = all_deals(channel, token, filter).await?;
-            anyhow::ensure!(
-                deals.len() <= expected,
-                "more deals than leads: {}",
-                deals.len()
-            );
-            Ok((deals.len() == expected).then_some(deals))
+            },
+            token,
+        );
+        let mut deals = deals.clone();
+        async move {
+            let total = deals.list_deals(request).await?.into_inner().total_count as usize;
+            anyhow::ensure!(total <= expected, "more deals than leads: {total}");
+            Ok((total == expected).then_some(()))
         }
     })
-    .await
+    .await?;
+    all_deals(channel, token, filter).await
 }
 
 fn per_manager(deals: &[pb::Deal]) -> HashMap<String, usize> {
