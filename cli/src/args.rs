@@ -1,0 +1,264 @@
+//! The command line.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "salesplanctl", version, about = "Sales plans from a terminal")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Bearer token (see `salesplanctl token`).
+    #[arg(long, env = "SALESPLAN_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(
+        long,
+        env = "SALESPLAN_DEAL_SERVICE_URL",
+        default_value = "http://127.0.0.1:50053",
+        global = true
+    )]
+    pub deal_service: String,
+    #[arg(
+        long,
+        env = "SALESPLAN_INTAKE_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub intake: String,
+    #[arg(
+        long,
+        env = "SALESPLAN_REPORTING_URL",
+        default_value = "http://127.0.0.1:50054",
+        global = true
+    )]
+    pub reporting: String,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Mint a development token (HS256 with SALESPLAN_JWT_HS256_SECRET or the dev secret).
+    Token {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        user: String,
+        /// deals:edit_all, deals:bulk_edit, plans:admin, intake:write (repeatable).
+        #[arg(long = "perm")]
+        perms: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    #[command(subcommand)]
+    Plans(Plans),
+    #[command(subcommand)]
+    Deals(Deals),
+    #[command(subcommand)]
+    Intake(Intake),
+    #[command(subcommand)]
+    Reports(Reports),
+}
+
+#[derive(Subcommand)]
+pub enum Plans {
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        label: String,
+        /// Average deal amount in minor units.
+        #[arg(long, default_value_t = 0)]
+        amount: i64,
+        #[arg(long, default_value = "USD")]
+        currency: String,
+        /// manual, random, round-robin or least-open.
+        #[arg(long, default_value = "round-robin")]
+        distribution: String,
+        #[arg(long)]
+        prefer_related: bool,
+        #[arg(long = "manager")]
+        managers: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        archived: bool,
+    },
+    Show {
+        plan: String,
+    },
+    /// Replace the plan's managers.
+    Managers {
+        plan: String,
+        #[arg(long = "manager")]
+        managers: Vec<String>,
+    },
+    /// Add an OPEN stage.
+    AddStage {
+        plan: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        color: String,
+        #[arg(long)]
+        position: Option<i32>,
+    },
+    /// Set the reasons for refusal of the LOST stage.
+    Reasons {
+        plan: String,
+        #[arg(long)]
+        require: bool,
+        /// Reason names, in order (existing ones keep their id when named the same).
+        #[arg(long = "reason")]
+        reasons: Vec<String>,
+    },
+    Archive {
+        plan: String,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+pub struct Filter {
+    #[arg(long)]
+    pub plan: Option<String>,
+    #[arg(long = "stage")]
+    pub stages: Vec<String>,
+    #[arg(long = "manager")]
+    pub managers: Vec<String>,
+    #[arg(long)]
+    pub unassigned: bool,
+    /// open, won or lost (repeatable).
+    #[arg(long = "status")]
+    pub statuses: Vec<String>,
+    /// Title, contact name, e-mail or phone.
+    #[arg(long)]
+    pub search: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Deals {
+    Create {
+        #[arg(long)]
+        plan: String,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+        #[arg(long)]
+        external_id: Option<String>,
+        #[arg(long)]
+        manager: Option<String>,
+        /// Default: a new random key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    List {
+        #[command(flatten)]
+        filter: Filter,
+        #[arg(long, default_value_t = 50)]
+        limit: i32,
+    },
+    Board {
+        #[arg(value_name = "PLAN")]
+        board_plan: String,
+        #[command(flatten)]
+        filter: Filter,
+        #[arg(long, default_value_t = 5)]
+        cards: i32,
+    },
+    Show {
+        deal: String,
+    },
+    Move {
+        deal: String,
+        #[arg(long)]
+        stage: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    Assign {
+        deal: String,
+        /// Omit to unassign.
+        #[arg(long)]
+        manager: Option<String>,
+    },
+    Transfer {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    Reopen {
+        deal: String,
+    },
+    History {
+        deal: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Intake {
+    /// Add one contact to a plan.
+    Add {
+        #[arg(long)]
+        plan: String,
+        #[arg(long)]
+        run: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+        #[arg(long)]
+        external_id: Option<String>,
+    },
+    /// Bulk add from a CSV file with a header: external_id,name,email,phone (any subset).
+    Bulk {
+        #[arg(long)]
+        plan: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Default: the file name (a retry of the same file adds nobody twice).
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        manager: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Reports {
+    /// "By reasons for refusal".
+    LossReasons {
+        /// plan or manager.
+        #[arg(long, default_value = "plan")]
+        by: String,
+        #[arg(long)]
+        details: bool,
+        #[arg(long = "plan")]
+        plans: Vec<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,683 @@
+//! One function per command: build the request, call, print.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use salesplan_platform::{
+    Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
+};
+use salesplan_proto::v1::{
+    self as pb, deal_service_client::DealServiceClient, intake_service_client::IntakeServiceClient,
+    plan_service_client::PlanServiceClient, report_service_client::ReportServiceClient,
+};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::{
+    args::{Cli, Command, Deals, Filter, Global, Intake, Plans, Reports},
+    output::{self, DEAL_HEADER, deal_json, deal_row, plan_json, plan_text, table},
+};
+
+struct Ctx {
+    global: Global,
+    token: String,
+}
+
+impl Ctx {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        outgoing(message, &self.token)
+    }
+
+    async fn channel(&self, url: &str) -> anyhow::Result<Channel> {
+        tonic::transport::Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| {
+                anyhow::Error::new(tonic::Status::unavailable(format!(
+                    "cannot reach {url}: {e}"
+                )))
+            })
+    }
+
+    async fn plans(&self) -> anyhow::Result<PlanServiceClient<Channel>> {
+        Ok(PlanServiceClient::new(
+            self.channel(&self.global.deal_service).await?,
+        ))
+    }
+
+    async fn deals(&self) -> anyhow::Result<DealServiceClient<Channel>> {
+        Ok(DealServiceClient::new(
+            self.channel(&self.global.deal_service).await?,
+        ))
+    }
+
+    fn print(&self, json: serde_json::Value, text: impl FnOnce() -> String) {
+        if self.global.json {
+            println!("{json}");
+        } else {
+            println!("{}", text());
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Token {
+        account,
+        user,
+        perms,
+        ttl,
+    } = &cli.command
+    {
+        return token(account, user, perms, *ttl);
+    }
+    let token = cli.global.token.clone().ok_or_else(|| {
+        tonic::Status::unauthenticated("no token: pass --token or set SALESPLAN_TOKEN")
+    })?;
+    let ctx = Ctx {
+        global: cli.global,
+        token,
+    };
+    match cli.command {
+        Command::Token { .. } => Ok(()),
+        Command::Plans(c) => plans(&ctx, c).await,
+        Command::Deals(c) => deals(&ctx, c).await,
+        Command::Intake(c) => intake(&ctx, c).await,
+        Command::Reports(c) => reports(&ctx, c).await,
+    }
+}
+
+fn token(account: &str, user: &str, perms: &[String], ttl: u64) -> anyhow::Result<()> {
+    let permissions = perms
+        .iter()
+        .map(|p| {
+            p.parse::<Permission>()
+                .map_err(|()| anyhow::anyhow!("unknown permission {p:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let secret = std::env::var("SALESPLAN_JWT_HS256_SECRET")
+        .unwrap_or_else(|_| AuthConfig::DEV_SECRET.into());
+    let token = TokenIssuer::hs256(secret.as_bytes()).issue(
+        &Actor::new(account, user, permissions),
+        Duration::from_secs(ttl),
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
+fn distribution(kind: &str, prefer_related: bool) -> anyhow::Result<pb::Distribution> {
+    use pb::distribution::{Mode, Strategy};
+    let (mode, strategy) = match kind {
+        "manual" => (Mode::Manual, Strategy::Unspecified),
+        "random" => (Mode::Auto, Strategy::Random),
+        "round-robin" => (Mode::Auto, Strategy::RoundRobin),
+        "least-open" => (Mode::Auto, Strategy::LeastOpenDeals),
+        other => {
+            bail!("--distribution: {other:?} is not manual, random, round-robin or least-open")
+        }
+    };
+    Ok(pb::Distribution {
+        mode: mode as i32,
+        prefer_related,
+        strategy: strategy as i32,
+    })
+}
+
+async fn plans(ctx: &Ctx, command: Plans) -> anyhow::Result<()> {
+    let mut client = ctx.plans().await?;
+    let plan = match command {
+        Plans::Create {
+            name,
+            label,
+            amount,
+            currency,
+            distribution: kind,
+            prefer_related,
+            managers,
+        } => {
+            let request = pb::CreatePlanRequest {
+                name,
+                chat_label: label,
+                average_amount: Some(pb::Money {
+                    amount_minor: amount,
+                    currency,
+                }),
+                distribution: Some(distribution(&kind, prefer_related)?),
+                manager_ids: managers,
+            };
+            client
+                .create_plan(ctx.request(request))
+                .await?
+                .into_inner()
+                .plan
+        }
+        Plans::List { archived } => {
+            let plans = client
+                .list_plans(ctx.request(pb::ListPlansRequest {
+                    include_archived: archived,
+                }))
+                .await?
+                .into_inner()
+                .plans;
+            ctx.print(
+                json!(plans.iter().map(plan_json).collect::<Vec<_>>()),
+                || {
+                    let rows: Vec<Vec<String>> = plans
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.id.clone(),
+                                p.name.clone(),
+                                p.manager_ids.len().to_string(),
+                                if p.archived {
+                                    "archived".into()
+                                } else {
+                                    String::new()
+                                },
+                            ]
+                        })
+                        .collect();
+                    table(&["id", "name", "managers", ""], &rows)
+                },
+            );
+            return Ok(());
+        }
+        Plans::Show { plan } => {
+            client
+                .get_plan(ctx.request(pb::GetPlanRequest { plan_id: plan }))
+                .await?
+                .into_inner()
+                .plan
+        }
+        Plans::Managers { plan, managers } => {
+            client
+                .set_plan_managers(ctx.request(pb::SetPlanManagersRequest {
+                    plan_id: plan,
+                    manager_ids: managers,
+                }))
+                .await?
+                .into_inner()
+                .plan
+        }
+        Plans::AddStage {
+            plan,
+            name,
+            color,
+            position,
+        } => {
+            client
+                .add_stage(ctx.request(pb::AddStageRequest {
+                    plan_id: plan,
+                    name,
+                    color,
+                    position,
+                }))
+                .await?
+                .into_inner()
+                .plan
+        }
+        Plans::Reasons {
+            plan,
+            require,
+            reasons,
+        } => {
+            let current = client
+                .get_plan(ctx.request(pb::GetPlanRequest {
+                    plan_id: plan.clone(),
+                }))
+                .await?
+                .into_inner()
+                .plan
+                .and_then(|p| p.loss_reasons)
+                .unwrap_or_default()
+                .reasons;
+            let inputs = reasons
+                .into_iter()
+                .map(|name| pb::LossReasonInput {
+                    id: current
+                        .iter()
+                        .find(|r| r.name == name)
+                        .map(|r| r.id.clone())
+                        .unwrap_or_default(),
+                    name,
+                })
+                .collect();
+            client
+                .set_loss_reasons(ctx.request(pb::SetLossReasonsRequest {
+                    plan_id: plan,
+                    require_reason: require,
+                    reasons: inputs,
+                }))
+                .await?
+                .into_inner()
+                .plan
+        }
+        Plans::Archive { plan } => {
+            client
+                .archive_plan(ctx.request(pb::ArchivePlanRequest { plan_id: plan }))
+                .await?
+                .into_inner()
+                .plan
+        }
+    };
+    let plan = plan.context("the server returned no plan")?;
+    ctx.print(plan_json(&plan), || plan_text(&plan));
+    Ok(())
+}
+
+fn filter(f: Filter) -> anyhow::Result<pb::DealFilter> {
+    let statuses = f
+        .statuses
+        .iter()
+        .map(|s| match s.as_str() {
+            "open" => Ok(pb::DealStatus::Open as i32),
+            "won" => Ok(pb::DealStatus::Won as i32),
+            "lost" => Ok(pb::DealStatus::Lost as i32),
+            other => bail!("--status: {other:?} is not open, won or lost"),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(pb::DealFilter {
+        plan_id: f.plan.unwrap_or_default(),
+        stage_ids: f.stages,
+        manager_ids: f.managers,
+        unassigned: f.unassigned,
+        statuses,
+        search: f.search.unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+async fn current(
+    client: &mut DealServiceClient<Channel>,
+    ctx: &Ctx,
+    deal: &str,
+) -> anyhow::Result<pb::Deal> {
+    client
+        .get_deal(ctx.request(pb::GetDealRequest {
+            deal_id: deal.to_owned(),
+        }))
+        .await?
+        .into_inner()
+        .deal
+        .context("the server returned no deal")
+}
+
+async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
+    let mut client = ctx.deals().await?;
+    let deal = match command {
+        Deals::Create {
+            plan,
+            title,
+            name,
+            email,
+            phone,
+            external_id,
+            manager,
+            key,
+        } => {
+            let request = pb::CreateDealRequest {
+                plan_id: plan,
+                title: title.unwrap_or_default(),
+                contact: Some(pb::Contact {
+                    external_id: external_id.unwrap_or_default(),
+                    name: name.unwrap_or_default(),
+                    email: email.unwrap_or_default(),
+                    phone: phone.unwrap_or_default(),
+                }),
+                manager_id: manager,
+                idempotency_key: key
+                    .unwrap_or_else(|| salesplan_platform::ids::new_id().to_string()),
+                ..Default::default()
+            };
+            client
+                .create_deal(ctx.request(request))
+                .await?
+                .into_inner()
+                .deal
+        }
+        Deals::List { filter: f, limit } => {
+            let page = client
+                .list_deals(ctx.request(pb::ListDealsRequest {
+                    filter: Some(filter(f)?),
+                    sort: None,
+                    page_size: limit,
+                    page_token: String::new(),
+                }))
+                .await?
+                .into_inner();
+            ctx.print(
+                json!({"deals": page.deals.iter().map(deal_json).collect::<Vec<_>>(), "total_count": page.total_count, "next_page_token": page.next_page_token}),
+                || {
+                    let rows: Vec<Vec<String>> = page.deals.iter().map(deal_row).collect();
+                    let totals: Vec<String> = page.total_amounts.iter().map(|m| output::money(Some(m))).collect();
+                    format!("{}\n{} deals, {}", table(&DEAL_HEADER, &rows), page.total_count, totals.join(" + "))
+                },
+            );
+            return Ok(());
+        }
+        Deals::Board {
+            board_plan,
+            filter: f,
+            cards,
+        } => {
+            let board = client
+                .get_board(ctx.request(pb::GetBoardRequest {
+                    plan_id: board_plan,
+                    filter: Some(filter(f)?),
+                    sort: None,
+                    cards_per_stage: cards,
+                }))
+                .await?
+                .into_inner();
+            ctx.print(
+                json!({"columns": board.columns.iter().map(|c| json!({
+                    "stage": c.stage.as_ref().map(|s| s.name.clone()),
+                    "count": c.count,
+                    "amounts": c.amounts.iter().map(|m| output::money(Some(m))).collect::<Vec<_>>(),
+                    "deals": c.deals.iter().map(deal_json).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(), "total_count": board.total_count}),
+                || {
+                    let rows: Vec<Vec<String>> = board
+                        .columns
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                c.stage.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                                c.count.to_string(),
+                                c.amounts
+                                    .iter()
+                                    .map(|m| output::money(Some(m)))
+                                    .collect::<Vec<_>>()
+                                    .join(" + "),
+                                c.deals
+                                    .iter()
+                                    .map(|d| d.title.clone())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                            ]
+                        })
+                        .collect();
+                    table(&["stage", "deals", "amount", "first cards"], &rows)
+                },
+            );
+            return Ok(());
+        }
+        Deals::Show { deal } => Some(current(&mut client, ctx, &deal).await?),
+        Deals::Move {
+            deal,
+            stage,
+            reason,
+        } => {
+            let now = current(&mut client, ctx, &deal).await?;
+            client
+                .move_deal(ctx.request(pb::MoveDealRequest {
+                    deal_id: deal,
+                    expected_version: now.version,
+                    stage_id: stage,
+                    loss_reason_id: reason,
+                }))
+                .await?
+                .into_inner()
+                .deal
+        }
+        Deals::Assign { deal, manager } => {
+            let now = current(&mut client, ctx, &deal).await?;
+            client
+                .assign_deal(ctx.request(pb::AssignDealRequest {
+                    deal_id: deal,
+                    expected_version: now.version,
+                    manager_id: manager,
+                }))
+                .await?
+                .into_inner()
+                .deal
+        }
+        Deals::Reopen { deal } => {
+            let now = current(&mut client, ctx, &deal).await?;
+            client
+                .reopen_deal(ctx.request(pb::ReopenDealRequest {
+                    deal_id: deal,
+                    expected_version: now.version,
+                }))
+                .await?
+                .into_inner()
+                .deal
+        }
+        Deals::Transfer { from, to, plan } => {
+            let result = client
+                .transfer_deals(ctx.request(pb::TransferDealsRequest {
+                    from_manager_id: from,
+                    to_manager_id: to,
+                    filter: Some(pb::DealFilter {
+                        plan_id: plan.unwrap_or_default(),
+                        ..Default::default()
+                    }),
+                }))
+                .await?
+                .into_inner();
+            ctx.print(
+                json!({"changed": result.changed, "failures": result.failures.iter().map(|f| json!({"deal_id": f.deal_id, "reason": f.reason})).collect::<Vec<_>>()}),
+                || {
+                    let mut out = format!("{} deals transferred", result.changed);
+                    for f in &result.failures {
+                        out.push_str(&format!("\n  {}: {}", f.deal_id, f.reason));
+                    }
+                    out
+                },
+            );
+            return Ok(());
+        }
+        Deals::History { deal } => {
+            let entries = client
+                .get_deal_history(ctx.request(pb::GetDealHistoryRequest { deal_id: deal }))
+                .await?
+                .into_inner()
+                .entries;
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.at.map(|t| t.seconds.to_string()).unwrap_or_default(),
+                        e.actor_id.clone(),
+                        pb::HistoryAction::try_from(e.action)
+                            .map(|a| {
+                                a.as_str_name()
+                                    .trim_start_matches("HISTORY_ACTION_")
+                                    .to_lowercase()
+                            })
+                            .unwrap_or_default(),
+                        e.from.clone(),
+                        e.to.clone(),
+                    ]
+                })
+                .collect();
+            ctx.print(
+                json!(entries.iter().map(|e| json!({"id": e.id, "actor_id": e.actor_id, "action": e.action, "from": e.from, "to": e.to, "loss_reason_id": e.loss_reason_id})).collect::<Vec<_>>()),
+                || table(&["at (unix)", "who", "action", "from", "to"], &rows),
+            );
+            return Ok(());
+        }
+    };
+    let deal = deal.context("the server returned no deal")?;
+    ctx.print(deal_json(&deal), || table(&DEAL_HEADER, &[deal_row(&deal)]));
+    Ok(())
+}
+
+async fn intake(ctx: &Ctx, command: Intake) -> anyhow::Result<()> {
+    let mut client = IntakeServiceClient::new(ctx.channel(&ctx.global.intake).await?);
+    match command {
+        Intake::Add {
+            plan,
+            run,
+            name,
+            email,
+            phone,
+            external_id,
+        } => {
+            let response = client
+                .add_to_sales_plan(ctx.request(pb::AddToSalesPlanRequest {
+                    lead: Some(pb::Lead {
+                        plan_id: plan,
+                        run_id: run,
+                        contact: Some(pb::Contact {
+                            external_id: external_id.unwrap_or_default(),
+                            name: name.unwrap_or_default(),
+                            email: email.unwrap_or_default(),
+                            phone: phone.unwrap_or_default(),
+                        }),
+                        ..Default::default()
+                    }),
+                }))
+                .await?
+                .into_inner();
+            ctx.print(
+                json!({"intake_id": response.intake_id, "duplicate": !response.accepted_now}),
+                || {
+                    format!(
+                        "{} {}",
+                        if response.accepted_now {
+                            "accepted"
+                        } else {
+                            "duplicate"
+                        },
+                        response.intake_id
+                    )
+                },
+            );
+        }
+        Intake::Bulk {
+            plan,
+            file,
+            job,
+            manager,
+        } => {
+            let contacts = read_csv(&file)?;
+            let job = job.unwrap_or_else(|| {
+                file.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            let total = contacts.len();
+            let chunks: Vec<pb::AddAudienceRequest> = contacts
+                .chunks(1_000)
+                .map(|c| pb::AddAudienceRequest {
+                    plan_id: plan.clone(),
+                    job_id: job.clone(),
+                    assign_to_manager_id: manager.clone(),
+                    contacts: c.to_vec(),
+                })
+                .collect();
+            let mut responses = client
+                .add_audience(ctx.request(futures::stream::iter(chunks)))
+                .await?
+                .into_inner();
+            let (mut done, mut accepted, mut duplicates) = (0, 0, 0);
+            let mut rejected = Vec::new();
+            while let Some(response) = responses.next().await {
+                for result in response?.results {
+                    match pb::ContactOutcome::try_from(result.outcome) {
+                        Ok(pb::ContactOutcome::Accepted) => accepted += 1,
+                        Ok(pb::ContactOutcome::Duplicate) => duplicates += 1,
+                        _ => rejected.push((done + 1, result.reason)),
+                    }
+                    done += 1;
+                }
+                if !ctx.global.json {
+                    progress(done, total);
+                }
+            }
+            if !ctx.global.json {
+                eprintln!();
+            }
+            ctx.print(
+                json!({"accepted": accepted, "duplicate": duplicates, "rejected": rejected.iter().map(|(line, reason)| json!({"row": line, "reason": reason})).collect::<Vec<_>>()}),
+                || {
+                    let mut out = format!("{accepted} accepted, {duplicates} duplicates, {} rejected", rejected.len());
+                    for (row, reason) in &rejected {
+                        out.push_str(&format!("\n  row {row}: {reason}"));
+                    }
+                    out
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+fn progress(done: usize, total: usize) {
+    let width = 30;
+    let filled = (done * width).checked_div(total).unwrap_or(width);
+    eprint!(
+        "\r[{}{}] {done}/{total}",
+        "#".repeat(filled),
+        ".".repeat(width - filled)
+    );
+}
+
+fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<pb::AudienceContact>> {
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let headers = reader.headers()?.clone();
+    let column = |name: &str| headers.iter().position(|h| h.trim() == name);
+    let (ext, name, email, phone) = (
+        column("external_id"),
+        column("name"),
+        column("email"),
+        column("phone"),
+    );
+    if ext.is_none() && email.is_none() && phone.is_none() {
+        bail!(
+            "{}: the header needs external_id, email or phone",
+            path.display()
+        );
+    }
+    let mut contacts = Vec::new();
+    for record in reader.records() {
+        let record = record?;
+        let get = |i: Option<usize>| i.and_then(|i| record.get(i)).unwrap_or("").to_owned();
+        contacts.push(pb::AudienceContact {
+            contact: Some(pb::Contact {
+                external_id: get(ext),
+                name: get(name),
+                email: get(email),
+                phone: get(phone),
+            }),
+            ..Default::default()
+        });
+    }
+    Ok(contacts)
+}
+
+async fn reports(ctx: &Ctx, command: Reports) -> anyhow::Result<()> {
+    let mut client = ReportServiceClient::new(ctx.channel(&ctx.global.reporting).await?);
+    let Reports::LossReasons { by, details, plans } = command;
+    let group_by = match by.as_str() {
+        "plan" => pb::ReportGrouping::Plan,
+        "manager" => pb::ReportGrouping::Manager,
+        other => bail!("--by: {other:?} is not plan or manager"),
+    };
+    let report = client
+        .loss_reasons(ctx.request(pb::LossReasonsRequest {
+            group_by: group_by as i32,
+            with_details: details,
+            plan_ids: plans,
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    ctx.print(
+        json!({"rows": report.rows.iter().map(output::report_json).collect::<Vec<_>>(), "totals": report.totals.as_ref().map(output::report_json)}),
+        || {
+            let mut rows = Vec::new();
+            for row in &report.rows {
+                output::report_rows(row, "", &mut rows);
+            }
+            if let Some(totals) = &report.totals {
+                output::report_rows(totals, "", &mut rows);
+            }
+            table(&["", "won", "lost", "won %", "lost %", "reasons of loss"], &rows)
+        },
+    );
+    Ok(())
+}

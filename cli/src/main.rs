@@ -1,0 +1,46 @@
+//! salesplanctl: plans, deals, intake and reports from a terminal. Tables for people,
+//! `--json` for scripts, the server's own error message on failure, and exit codes scripts
+//! can branch on (see `exit_code`).
+#![forbid(unsafe_code)]
+
+mod args;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    match commands::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let code = exit_code(&err);
+            match err.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!(
+                    "error: {}: {}",
+                    output::code_name(status.code()),
+                    status.message()
+                ),
+                None => eprintln!("error: {err:#}"),
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// 1 other, 3 not found, 4 invalid argument, 5 not allowed (auth or permission),
+/// 6 conflict (stale version, already exists, precondition), 69 unavailable.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    use tonic::Code;
+    match err.downcast_ref::<tonic::Status>().map(|s| s.code()) {
+        Some(Code::NotFound) => 3,
+        Some(Code::InvalidArgument) => 4,
+        Some(Code::Unauthenticated | Code::PermissionDenied) => 5,
+        Some(Code::Aborted | Code::AlreadyExists | Code::FailedPrecondition) => 6,
+        Some(Code::Unavailable) => 69,
+        _ => 1,
+    }
+}

@@ -1,0 +1,224 @@
+//! Tables for people and JSON for scripts.
+
+use salesplan_proto::v1 as pb;
+use serde_json::{Value, json};
+
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A plain text table: a header, then rows, columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(header.to_vec())];
+    for row in rows {
+        out.push(line(row.iter().map(String::as_str).collect()));
+    }
+    out.join("\n")
+}
+
+pub fn money(m: Option<&pb::Money>) -> String {
+    match m {
+        Some(m) => format!(
+            "{}.{:02} {}",
+            m.amount_minor / 100,
+            m.amount_minor % 100,
+            m.currency
+        ),
+        None => String::new(),
+    }
+}
+
+fn money_json(m: Option<&pb::Money>) -> Value {
+    m.map(|m| json!({"amount_minor": m.amount_minor, "currency": m.currency}))
+        .unwrap_or(Value::Null)
+}
+
+fn time_json(t: Option<&prost_types::Timestamp>) -> Value {
+    t.and_then(|t| {
+        time::OffsetDateTime::from_unix_timestamp(t.seconds)
+            .ok()?
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .map(Value::String)
+    .unwrap_or(Value::Null)
+}
+
+pub fn status_name(status: i32) -> &'static str {
+    match pb::DealStatus::try_from(status) {
+        Ok(pb::DealStatus::Open) => "open",
+        Ok(pb::DealStatus::Won) => "won",
+        Ok(pb::DealStatus::Lost) => "lost",
+        _ => "?",
+    }
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match pb::StageKind::try_from(kind) {
+        Ok(pb::StageKind::Open) => "open",
+        Ok(pb::StageKind::Won) => "won",
+        Ok(pb::StageKind::Lost) => "lost",
+        _ => "?",
+    }
+}
+
+pub fn plan_json(p: &pb::Plan) -> Value {
+    let d = p.distribution.unwrap_or_default();
+    json!({
+        "id": p.id,
+        "name": p.name,
+        "chat_label": p.chat_label,
+        "average_amount": money_json(p.average_amount.as_ref()),
+        "distribution": {
+            "mode": pb::distribution::Mode::try_from(d.mode).map(|m| m.as_str_name()).unwrap_or("?"),
+            "strategy": pb::distribution::Strategy::try_from(d.strategy).map(|s| s.as_str_name()).unwrap_or("?"),
+            "prefer_related": d.prefer_related,
+        },
+        "managers": p.manager_ids,
+        "stages": p.stages.iter().map(|s| json!({"id": s.id, "name": s.name, "color": s.color, "kind": kind_name(s.kind)})).collect::<Vec<_>>(),
+        "loss_reasons": p.loss_reasons.as_ref().map(|r| json!({
+            "require_reason": r.require_reason,
+            "reasons": r.reasons.iter().map(|x| json!({"id": x.id, "name": x.name, "archived": x.archived})).collect::<Vec<_>>(),
+        })),
+        "archived": p.archived,
+        "version": p.version,
+    })
+}
+
+pub fn plan_text(p: &pb::Plan) -> String {
+    let mut out = format!("{} ({})\n", p.name, p.id);
+    out.push_str(&format!("  managers: {}\n", p.manager_ids.join(", ")));
+    let rows: Vec<Vec<String>> = p
+        .stages
+        .iter()
+        .map(|s| {
+            vec![
+                s.position.to_string(),
+                s.name.clone(),
+                kind_name(s.kind).into(),
+                s.id.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["#", "stage", "kind", "id"], &rows));
+    if let Some(r) = &p.loss_reasons
+        && !r.reasons.is_empty()
+    {
+        let names: Vec<String> = r
+            .reasons
+            .iter()
+            .map(|x| {
+                if x.archived {
+                    format!("{} (archived)", x.name)
+                } else {
+                    x.name.clone()
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "\n  reasons for refusal{}: {}",
+            if r.require_reason { " (required)" } else { "" },
+            names.join(", ")
+        ));
+    }
+    out
+}
+
+pub fn deal_json(d: &pb::Deal) -> Value {
+    let c = d.contact.clone().unwrap_or_default();
+    json!({
+        "id": d.id,
+        "plan_id": d.plan_id,
+        "stage_id": d.stage_id,
+        "status": status_name(d.status),
+        "manager_id": d.manager_id,
+        "title": d.title,
+        "amount": money_json(d.amount.as_ref()),
+        "contact": {"external_id": c.external_id, "name": c.name, "email": c.email, "phone": c.phone},
+        "loss_reason_id": d.loss_reason_id,
+        "version": d.version,
+        "created_at": time_json(d.created_at.as_ref()),
+        "closed_at": time_json(d.closed_at.as_ref()),
+    })
+}
+
+pub fn deal_row(d: &pb::Deal) -> Vec<String> {
+    vec![
+        d.id.clone(),
+        d.title.clone(),
+        status_name(d.status).into(),
+        d.manager_id.clone().unwrap_or_else(|| "-".into()),
+        money(d.amount.as_ref()),
+        d.version.to_string(),
+    ]
+}
+
+pub const DEAL_HEADER: [&str; 6] = ["id", "title", "status", "manager", "amount", "version"];
+
+pub fn report_json(r: &pb::ReportRow) -> Value {
+    json!({
+        "key": r.key,
+        "name": r.name,
+        "won": r.won,
+        "lost": r.lost,
+        "won_percent": r.won_percent,
+        "lost_percent": r.lost_percent,
+        "reasons": r.reasons.iter().map(|x| json!({"reason_id": x.reason_id, "name": x.name, "archived": x.archived, "count": x.count, "percent_of_lost": x.percent_of_lost})).collect::<Vec<_>>(),
+        "details": r.details.iter().map(report_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn report_rows(r: &pb::ReportRow, indent: &str, out: &mut Vec<Vec<String>>) {
+    out.push(vec![
+        format!("{indent}{}", r.name),
+        r.won.to_string(),
+        r.lost.to_string(),
+        format!("{:.1}", r.won_percent),
+        format!("{:.1}", r.lost_percent),
+        r.reasons
+            .iter()
+            .map(|x| format!("{} {} ({:.1}%)", x.name, x.count, x.percent_of_lost))
+            .collect::<Vec<_>>()
+            .join(", "),
+    ]);
+    for d in &r.details {
+        report_rows(d, &format!("{indent}  "), out);
+    }
+}

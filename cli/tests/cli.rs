@@ -1,0 +1,335 @@
+//! salesplanctl against the running services: its commands and its errors.
+
+use std::{process::Output, time::Duration};
+
+use integration_tests::{Stack, stack::eventually};
+use salesplan_platform::Permission;
+
+struct Ctl<'a> {
+    stack: &'a Stack,
+}
+
+impl Ctl<'_> {
+    async fn run(&self, token: Option<&str>, args: &[&str]) -> anyhow::Result<Output> {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_salesplanctl"));
+        command
+            .args(args)
+            .env_remove("SALESPLAN_TOKEN")
+            .env(
+                "SALESPLAN_DEAL_SERVICE_URL",
+                self.stack.deal_service.grpc_url(),
+            )
+            .env(
+                "SALESPLAN_INTAKE_URL",
+                self.stack.tunnel_listener.grpc_url(),
+            )
+            .env("SALESPLAN_REPORTING_URL", self.stack.reporting.grpc_url());
+        if let Some(token) = token {
+            command.env("SALESPLAN_TOKEN", token);
+        }
+        Ok(command.output().await?)
+    }
+
+    /// Runs and expects success; returns stdout.
+    async fn ok(&self, token: &str, args: &[&str]) -> anyhow::Result<String> {
+        let output = self.run(Some(token), args).await?;
+        let stdout = String::from_utf8(output.stdout)?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(stdout)
+    }
+
+    async fn json(&self, token: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        Ok(serde_json::from_str(&self.ok(token, &all).await?)?)
+    }
+}
+
+#[tokio::test]
+async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let ctl = Ctl { stack: &stack };
+
+    // A token minted by the CLI is accepted by the services.
+    let admin = ctl
+        .ok(
+            "",
+            &[
+                "token",
+                "--account",
+                "acme",
+                "--user",
+                "admin",
+                "--perm",
+                "plans:admin",
+            ],
+        )
+        .await?
+        .trim()
+        .to_owned();
+    let boss = stack.token(
+        "acme",
+        "boss",
+        &[
+            Permission::DealsEditAll,
+            Permission::DealsBulkEdit,
+            Permission::IntakeWrite,
+        ],
+    );
+
+    let plan = ctl
+        .json(
+            &admin,
+            &[
+                "plans",
+                "create",
+                "--name",
+                "CLI plan",
+                "--label",
+                "CLI",
+                "--amount",
+                "5000",
+                "--distribution",
+                "round-robin",
+                "--manager",
+                "m1",
+                "--manager",
+                "m2",
+            ],
+        )
+        .await?;
+    let plan_id = plan["id"].as_str().expect("plan id").to_owned();
+    assert_eq!(plan["managers"], serde_json::json!(["m1", "m2"]));
+    let listed = ctl.ok(&admin, &["plans", "list"]).await?;
+    assert!(listed.contains("CLI plan"), "{listed}");
+    let with_stage = ctl
+        .json(
+            &admin,
+            &[
+                "plans",
+                "add-stage",
+                &plan_id,
+                "--name",
+                "Qualified",
+                "--position",
+                "1",
+            ],
+        )
+        .await?;
+    assert_eq!(with_stage["stages"][1]["name"], "Qualified");
+    let with_reasons = ctl
+        .json(
+            &admin,
+            &[
+                "plans",
+                "reasons",
+                &plan_id,
+                "--require",
+                "--reason",
+                "Price",
+                "--reason",
+                "Timing",
+            ],
+        )
+        .await?;
+    assert_eq!(with_reasons["loss_reasons"]["reasons"][0]["name"], "Price");
+    let price = with_reasons["loss_reasons"]["reasons"][0]["id"]
+        .as_str()
+        .expect("reason")
+        .to_owned();
+    let lost_stage = with_reasons["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .find(|s| s["kind"] == "lost")
+        .and_then(|s| s["id"].as_str())
+        .expect("lost stage")
+        .to_owned();
+
+    // Deals: create, list, move with a reason, board, history, reopen.
+    let deal = ctl
+        .json(
+            &boss,
+            &[
+                "deals",
+                "create",
+                "--plan",
+                &plan_id,
+                "--name",
+                "Ann",
+                "--phone",
+                "+1 555 0100",
+                "--manager",
+                "m1",
+            ],
+        )
+        .await?;
+    let deal_id = deal["id"].as_str().expect("deal id").to_owned();
+    let listed = ctl
+        .json(
+            &boss,
+            &["deals", "list", "--plan", &plan_id, "--search", "555 0100"],
+        )
+        .await?;
+    assert_eq!(listed["total_count"], 1);
+    let lost = ctl
+        .json(
+            &boss,
+            &[
+                "deals",
+                "move",
+                &deal_id,
+                "--stage",
+                &lost_stage,
+                "--reason",
+                &price,
+            ],
+        )
+        .await?;
+    assert_eq!(lost["status"], "lost");
+    let board = ctl.ok(&boss, &["deals", "board", &plan_id]).await?;
+    assert!(board.contains("Lost") && board.contains("Ann"), "{board}");
+    let reopened = ctl.json(&boss, &["deals", "reopen", &deal_id]).await?;
+    assert_eq!(reopened["status"], "open");
+    let history = ctl.ok(&boss, &["deals", "history", &deal_id]).await?;
+    for action in ["created", "closed", "reopened"] {
+        assert!(history.contains(action), "{history}");
+    }
+
+    // Intake: one contact, then a CSV bulk add and its retry.
+    let added = ctl
+        .json(
+            &boss,
+            &[
+                "intake",
+                "add",
+                "--plan",
+                &plan_id,
+                "--run",
+                "r1",
+                "--email",
+                "bob@example.com",
+            ],
+        )
+        .await?;
+    assert_eq!(added["duplicate"], false);
+    let dir = tempfile::tempdir()?;
+    let csv = dir.path().join("audience.csv");
+    let mut rows = String::from("external_id,name,email\n");
+    for i in 0..25 {
+        rows.push_str(&format!("sub-{i},Subscriber {i},\n"));
+    }
+    rows.push_str(",Nobody,not-an-email\n");
+    std::fs::write(&csv, rows)?;
+    let csv_path = csv.to_string_lossy().to_string();
+    let bulk = ctl
+        .json(
+            &boss,
+            &["intake", "bulk", "--plan", &plan_id, "--file", &csv_path],
+        )
+        .await?;
+    assert_eq!(bulk["accepted"], 25);
+    assert_eq!(bulk["rejected"].as_array().map(Vec::len), Some(1));
+    let again = ctl
+        .ok(
+            &boss,
+            &["intake", "bulk", "--plan", &plan_id, "--file", &csv_path],
+        )
+        .await?;
+    assert!(
+        again.contains("0 accepted, 25 duplicates, 1 rejected"),
+        "{again}"
+    );
+
+    // Reports: once the deal is lost again, the report shows it.
+    let lost = ctl
+        .json(
+            &boss,
+            &[
+                "deals",
+                "move",
+                &deal_id,
+                "--stage",
+                &lost_stage,
+                "--reason",
+                &price,
+            ],
+        )
+        .await?;
+    assert_eq!(lost["status"], "lost");
+    let report = eventually(Duration::from_secs(15), || async {
+        let report = ctl
+            .json(
+                &boss,
+                &["reports", "loss-reasons", "--by", "manager", "--details"],
+            )
+            .await?;
+        Ok((report["totals"]["lost"] == 1).then_some(report))
+    })
+    .await?;
+    assert_eq!(report["rows"][0]["name"], "m1");
+    assert_eq!(report["rows"][0]["reasons"][0]["name"], "Price");
+    let table = ctl.ok(&boss, &["reports", "loss-reasons"]).await?;
+    assert!(
+        table.contains("CLI plan") && table.contains("Price 1 (100.0%)"),
+        "{table}"
+    );
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn errors_are_the_servers_message_with_a_usable_exit_code() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let ctl = Ctl { stack: &stack };
+    let admin = stack.token("acme", "admin", &[Permission::PlansAdmin]);
+
+    let no_token = ctl.run(None, &["plans", "list"]).await?;
+    assert_eq!(no_token.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&no_token.stderr).starts_with("error: UNAUTHENTICATED"));
+
+    let missing = ctl
+        .run(
+            Some(&admin),
+            &["plans", "show", "00000000-0000-0000-0000-000000000001"],
+        )
+        .await?;
+    assert_eq!(missing.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "error: NOT_FOUND: plan 00000000-0000-0000-0000-000000000001 not found"
+    );
+
+    let invalid = ctl
+        .run(
+            Some(&admin),
+            &["plans", "create", "--name", "X", "--label", "THIRTEEN-CHAR"],
+        )
+        .await?;
+    assert_eq!(invalid.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&invalid.stderr).contains("INVALID_ARGUMENT: chat_label:"));
+
+    let manager = stack.token("acme", "m1", &[]);
+    let denied = ctl
+        .run(
+            Some(&manager),
+            &["plans", "create", "--name", "X", "--label", "X"],
+        )
+        .await?;
+    assert_eq!(denied.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("plans:admin"));
+
+    let mut unreachable = tokio::process::Command::new(env!("CARGO_BIN_EXE_salesplanctl"));
+    let down = unreachable
+        .args(["--deal-service", "http://127.0.0.1:1", "plans", "list"])
+        .env("SALESPLAN_TOKEN", &admin)
+        .output()
+        .await?;
+    assert_eq!(down.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&down.stderr).starts_with("error: UNAVAILABLE"));
+    stack.stop().await
+}
