@@ -53,6 +53,17 @@ echo
 
 "$bin/demo" "$@"
 
+# The same data through salesplanctl, as a person at a terminal would see it.
+export SALESPLAN_TOKEN
+SALESPLAN_TOKEN="$("$bin/salesplanctl" token --account demo --user demo-viewer)"
+echo
+echo "$ salesplanctl plans list"
+"$bin/salesplanctl" plans list
+echo
+echo "$ salesplanctl reports loss-reasons --by plan"
+"$bin/salesplanctl" reports loss-reasons --by plan
+echo
+
 stop
 trap - EXIT
 echo "All four services stopped cleanly (SIGTERM, drained). Logs: target/demo/*.log"
