@@ -413,3 +413,53 @@ async fn a_poison_message_goes_to_dead_letters_and_blocks_nothing() -> anyhow::R
     assert!(consumer_pending.is_ok(), "the poison message is not stuck");
     stack.stop().await
 }
+
+#[tokio::test]
+async fn the_webhook_limits_each_account_with_429_and_retry_after() -> anyhow::Result<()> {
+    use salesplan_platform::service::Service;
+    let stack = Stack::start().await?;
+    let plan = manual_plan(&stack).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut config = tunnel_listener::Config::local(
+        &stack.db.url,
+        &stack.nats.url,
+        &stack.deal_service.grpc_url(),
+    );
+    config.webhook_limit = tunnel_listener::ratelimit::Limit {
+        rate: 0.5,
+        burst: 2.0,
+    };
+    let limited = config.start(shutdown.clone()).await?;
+    let url = format!(
+        "http://{}{}",
+        limited.http_addr.expect("http"),
+        tunnel_listener::webhook::PATH
+    );
+    let http = reqwest::Client::new();
+    let funnel = stack.token(ACCOUNT, "funnel", &[Permission::IntakeWrite]);
+    let post = |token: String, run: usize| {
+        let mut lead = valid_lead();
+        lead["plan_id"] = json!(plan.id);
+        lead["run_id"] = json!(format!("run-{run}"));
+        http.post(&url).bearer_auth(token).json(&lead).send()
+    };
+    assert_eq!(post(funnel.clone(), 1).await?.status(), 202);
+    assert_eq!(post(funnel.clone(), 2).await?.status(), 202);
+    let refused = post(funnel.clone(), 3).await?;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = refused.json().await?;
+    assert_eq!(body["error"]["code"], "resource_exhausted");
+    // Other accounts have their own allowance (their plan is unknown here: 404, not 429).
+    let other = stack.token("globex", "funnel", &[Permission::IntakeWrite]);
+    assert_eq!(post(other, 4).await?.status(), 404);
+    shutdown.cancel();
+    limited.wait().await?;
+    stack.stop().await
+}

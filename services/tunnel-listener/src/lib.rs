@@ -5,6 +5,7 @@
 pub mod grpc;
 pub mod intake;
 pub mod plans;
+pub mod ratelimit;
 pub mod webhook;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -35,6 +36,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `SALESPLAN_DEAL_SERVICE_URL`: where plans not yet known are looked up.
     pub deal_service_url: String,
+    /// `SALESPLAN_WEBHOOK_RATE` and `SALESPLAN_WEBHOOK_BURST`: per account and replica.
+    pub webhook_limit: ratelimit::Limit,
 }
 
 impl Config {
@@ -52,8 +55,15 @@ impl Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
             deal_service_url: deal_service_url.to_owned(),
+            webhook_limit: Self::DEFAULT_LIMIT,
         }
     }
+
+    /// 500 leads a second per account and replica, bursts of 2,000 (a broadcast).
+    pub const DEFAULT_LIMIT: ratelimit::Limit = ratelimit::Limit {
+        rate: 500.0,
+        burst: 2_000.0,
+    };
 }
 
 impl Service for Config {
@@ -69,7 +79,17 @@ impl Service for Config {
             )?,
             deal_service_url: env
                 .string("SALESPLAN_DEAL_SERVICE_URL", Self::DEFAULT_DEAL_SERVICE_URL),
+            webhook_limit: ratelimit::Limit {
+                rate: env.parse("SALESPLAN_WEBHOOK_RATE", Self::DEFAULT_LIMIT.rate)?,
+                burst: env.parse("SALESPLAN_WEBHOOK_BURST", Self::DEFAULT_LIMIT.burst)?,
+            },
         };
+        if !(config.webhook_limit.rate > 0.0 && config.webhook_limit.burst >= 1.0) {
+            return Err(ConfigError::new(
+                "SALESPLAN_WEBHOOK_RATE",
+                "rate must be positive and burst at least 1",
+            ));
+        }
         salesplan_platform::config::url("SALESPLAN_DEAL_SERVICE_URL", &config.deal_service_url)?;
         if !(1024..=16 * 1024 * 1024).contains(&config.max_body_bytes) {
             return Err(ConfigError::new(
@@ -109,6 +129,7 @@ impl Service for Config {
             Arc::new(webhook::WebhookState {
                 intake: intake.clone(),
                 verifier: verifier.clone(),
+                limiter: ratelimit::RateLimiter::new(self.webhook_limit),
             }),
             self.max_body_bytes,
         );

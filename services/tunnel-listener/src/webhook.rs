@@ -28,6 +28,7 @@ pub const PATH: &str = "/v1/tunnel-actions/add-to-sales-plan";
 pub struct WebhookState {
     pub intake: Intake,
     pub verifier: Arc<TokenVerifier>,
+    pub limiter: crate::ratelimit::RateLimiter,
 }
 
 pub fn router(state: Arc<WebhookState>, max_body_bytes: usize) -> Router {
@@ -135,6 +136,10 @@ async fn handle(
         .verify_header(authorization)
         .map_err(ApiError::from)?;
     actor.require(Permission::IntakeWrite)?;
+    state
+        .limiter
+        .check(&actor.account_id, std::time::Instant::now())
+        .map_err(WebhookError::Limited)?;
     let body = body.map_err(|rejection| WebhookError::Body(rejection.status()))?;
     let lead = parse(&body)?;
     Ok(state
@@ -182,6 +187,8 @@ enum WebhookError {
     Api(ApiError),
     /// The body could not be read: too large (413) or broken.
     Body(StatusCode),
+    /// Over the account's rate: retry after this long.
+    Limited(std::time::Duration),
 }
 
 impl From<ApiError> for WebhookError {
@@ -192,6 +199,21 @@ impl From<ApiError> for WebhookError {
 
 fn error_response(err: WebhookError) -> Response {
     match err {
+        WebhookError::Limited(wait) => {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let mut response = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "resource_exhausted",
+                &format!("too many leads for this account; retry in {seconds} s"),
+                None,
+            );
+            if let Ok(value) = http::HeaderValue::from_str(&seconds.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, value);
+            }
+            response
+        }
         WebhookError::Body(status) if status == StatusCode::PAYLOAD_TOO_LARGE => json_error(
             status,
             "payload_too_large",
