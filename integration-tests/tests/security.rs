@@ -1,0 +1,660 @@
+//! Every gRPC method against missing, malformed, expired and foreign-key tokens, tokens of
+//! another account, and tokens without the needed permission.
+
+use std::time::Duration;
+
+use integration_tests::{
+    Stack,
+    api::{Mode, Strategy, create_plan, plan_request},
+};
+use salesplan_platform::{Actor, Permission, auth::TokenIssuer, grpc::outgoing};
+use salesplan_proto::v1::{
+    self as pb, deal_service_client::DealServiceClient,
+    distributor_service_client::DistributorServiceClient,
+    intake_service_client::IntakeServiceClient, plan_service_client::PlanServiceClient,
+    report_service_client::ReportServiceClient,
+};
+use tonic::{Code, Status, transport::Channel};
+
+const ALL: &[Permission] = &Permission::ALL;
+
+/// Ids of account "acme"'s data, which "globex" must never reach.
+struct Ids {
+    plan: String,
+    stage: String,
+    won: String,
+    deal: String,
+}
+
+struct Channels {
+    deals: Channel,
+    intake: Channel,
+    reports: Channel,
+    distributor: Channel,
+}
+
+const METHODS: &[&str] = &[
+    "CreatePlan",
+    "GetPlan",
+    "ListPlans",
+    "UpdatePlan",
+    "ArchivePlan",
+    "SetPlanManagers",
+    "AddStage",
+    "UpdateStage",
+    "ReorderStages",
+    "DeleteStage",
+    "SetLossReasons",
+    "CreateDeal",
+    "CreateDeals",
+    "GetDeal",
+    "UpdateDeal",
+    "MoveDeal",
+    "AssignDeal",
+    "ReopenDeal",
+    "TransferDeals",
+    "BulkMoveDeals",
+    "BulkAssignDeals",
+    "ListDeals",
+    "GetBoard",
+    "GetDealHistory",
+    "AddToSalesPlan",
+    "PipelineSummary",
+    "LossReasons",
+    "StageLosses",
+    "ExplainAssignment",
+];
+
+/// What a call returned that matters here: an error status, or how much of the other
+/// account's data it showed (`Ok(n)`: n items, changes or results that were not refusals).
+async fn call(
+    ch: &Channels,
+    method: &str,
+    token: Option<&str>,
+    ids: &Ids,
+) -> Result<usize, Status> {
+    fn req<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+        match token {
+            Some(t) => outgoing(message, t),
+            None => tonic::Request::new(message),
+        }
+    }
+    let mut plans = PlanServiceClient::new(ch.deals.clone());
+    let mut deals = DealServiceClient::new(ch.deals.clone());
+    let mut reports = ReportServiceClient::new(ch.reports.clone());
+    let filter = || pb::DealFilter {
+        plan_id: ids.plan.clone(),
+        ..Default::default()
+    };
+    Ok(match method {
+        "CreatePlan" => plans
+            .create_plan(req(
+                plan_request("X", Mode::Manual, Strategy::Unspecified, false, &[]),
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "GetPlan" => plans
+            .get_plan(req(
+                pb::GetPlanRequest {
+                    plan_id: ids.plan.clone(),
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "ListPlans" => plans
+            .list_plans(req(
+                pb::ListPlansRequest {
+                    include_archived: true,
+                },
+                token,
+            ))
+            .await?
+            .into_inner()
+            .plans
+            .iter()
+            .filter(|p| p.id == ids.plan)
+            .count(),
+        "UpdatePlan" => plans
+            .update_plan(req(
+                pb::UpdatePlanRequest {
+                    plan_id: ids.plan.clone(),
+                    name: Some("Y".into()),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "ArchivePlan" => plans
+            .archive_plan(req(
+                pb::ArchivePlanRequest {
+                    plan_id: ids.plan.clone(),
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "SetPlanManagers" => plans
+            .set_plan_managers(req(
+                pb::SetPlanManagersRequest {
+                    plan_id: ids.plan.clone(),
+                    manager_ids: vec!["x".into()],
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "AddStage" => plans
+            .add_stage(req(
+                pb::AddStageRequest {
+                    plan_id: ids.plan.clone(),
+                    name: "S".into(),
+                    color: String::new(),
+                    position: None,
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "UpdateStage" => plans
+            .update_stage(req(
+                pb::UpdateStageRequest {
+                    stage_id: ids.stage.clone(),
+                    name: Some("Z".into()),
+                    color: None,
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "ReorderStages" => plans
+            .reorder_stages(req(
+                pb::ReorderStagesRequest {
+                    plan_id: ids.plan.clone(),
+                    open_stage_ids: vec![ids.stage.clone()],
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "DeleteStage" => plans
+            .delete_stage(req(
+                pb::DeleteStageRequest {
+                    stage_id: ids.stage.clone(),
+                    target_stage_id: None,
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "SetLossReasons" => plans
+            .set_loss_reasons(req(
+                pb::SetLossReasonsRequest {
+                    plan_id: ids.plan.clone(),
+                    require_reason: false,
+                    reasons: vec![],
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "CreateDeal" => deals
+            .create_deal(req(
+                pb::CreateDealRequest {
+                    plan_id: ids.plan.clone(),
+                    contact: Some(pb::Contact {
+                        external_id: "x".into(),
+                        ..Default::default()
+                    }),
+                    manager_id: Some("m1".into()),
+                    idempotency_key: "sec-1".into(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "CreateDeals" => {
+            let results = deals
+                .create_deals(req(
+                    pb::CreateDealsRequest {
+                        deals: vec![pb::CreateDealRequest {
+                            plan_id: ids.plan.clone(),
+                            contact: Some(pb::Contact {
+                                external_id: "x".into(),
+                                ..Default::default()
+                            }),
+                            manager_id: Some("m1".into()),
+                            idempotency_key: "sec-2".into(),
+                            ..Default::default()
+                        }],
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner()
+                .results;
+            match results.first() {
+                Some(r) if r.code != 0 => {
+                    return Err(Status::new(Code::from(r.code), r.message.clone()));
+                }
+                _ => results.len(),
+            }
+        }
+        "GetDeal" => deals
+            .get_deal(req(
+                pb::GetDealRequest {
+                    deal_id: ids.deal.clone(),
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "UpdateDeal" => deals
+            .update_deal(req(
+                pb::UpdateDealRequest {
+                    deal_id: ids.deal.clone(),
+                    expected_version: 1,
+                    title: Some("T".into()),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "MoveDeal" => deals
+            .move_deal(req(
+                pb::MoveDealRequest {
+                    deal_id: ids.deal.clone(),
+                    expected_version: 1,
+                    stage_id: ids.won.clone(),
+                    loss_reason_id: None,
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "AssignDeal" => deals
+            .assign_deal(req(
+                pb::AssignDealRequest {
+                    deal_id: ids.deal.clone(),
+                    expected_version: 1,
+                    manager_id: Some("m2".into()),
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "ReopenDeal" => deals
+            .reopen_deal(req(
+                pb::ReopenDealRequest {
+                    deal_id: ids.deal.clone(),
+                    expected_version: 1,
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "TransferDeals" => {
+            deals
+                .transfer_deals(req(
+                    pb::TransferDealsRequest {
+                        from_manager_id: "m1".into(),
+                        to_manager_id: "m2".into(),
+                        filter: None,
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner()
+                .changed as usize
+        }
+        "BulkMoveDeals" => {
+            deals
+                .bulk_move_deals(req(
+                    pb::BulkMoveDealsRequest {
+                        target: Some(pb::bulk_move_deals_request::Target::DealIds(pb::DealIds {
+                            ids: vec![ids.deal.clone()],
+                        })),
+                        stage_id: ids.won.clone(),
+                        loss_reason_id: None,
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner()
+                .changed as usize
+        }
+        "BulkAssignDeals" => {
+            deals
+                .bulk_assign_deals(req(
+                    pb::BulkAssignDealsRequest {
+                        target: Some(pb::bulk_assign_deals_request::Target::Filter(filter())),
+                        manager_id: Some("m2".into()),
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner()
+                .changed as usize
+        }
+        "ListDeals" => {
+            deals
+                .list_deals(req(
+                    pb::ListDealsRequest {
+                        filter: Some(filter()),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner()
+                .total_count as usize
+        }
+        "GetBoard" => deals
+            .get_board(req(
+                pb::GetBoardRequest {
+                    plan_id: ids.plan.clone(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "GetDealHistory" => deals
+            .get_deal_history(req(
+                pb::GetDealHistoryRequest {
+                    deal_id: ids.deal.clone(),
+                },
+                token,
+            ))
+            .await?
+            .into_inner()
+            .entries
+            .len(),
+        "AddToSalesPlan" => IntakeServiceClient::new(ch.intake.clone())
+            .add_to_sales_plan(req(
+                pb::AddToSalesPlanRequest {
+                    lead: Some(pb::Lead {
+                        plan_id: ids.plan.clone(),
+                        run_id: "r".into(),
+                        contact: Some(pb::Contact {
+                            external_id: "x".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "PipelineSummary" => {
+            reports
+                .pipeline_summary(req(
+                    pb::PipelineSummaryRequest {
+                        plan_id: Some(ids.plan.clone()),
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner()
+                .total_deals as usize
+        }
+        "LossReasons" => {
+            let report = reports
+                .loss_reasons(req(
+                    pb::LossReasonsRequest {
+                        group_by: pb::ReportGrouping::Plan as i32,
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner();
+            report.rows.len()
+        }
+        "StageLosses" => reports
+            .stage_losses(req(pb::StageLossesRequest::default(), token))
+            .await?
+            .into_inner()
+            .plans
+            .len(),
+        "ExplainAssignment" => DistributorServiceClient::new(ch.distributor.clone())
+            .explain_assignment(req(
+                pb::ExplainAssignmentRequest {
+                    deal_id: ids.deal.clone(),
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        other => panic!("unknown method {other}"),
+    })
+}
+
+async fn setup(stack: &Stack) -> anyhow::Result<(Channels, Ids)> {
+    let channels = Channels {
+        deals: stack.channel(&stack.deal_service).await?,
+        intake: stack.channel(&stack.tunnel_listener).await?,
+        reports: stack.channel(&stack.reporting).await?,
+        distributor: stack.channel(&stack.distributor).await?,
+    };
+    let acme = stack.token("acme", "boss", ALL);
+    let plan = create_plan(
+        channels.deals.clone(),
+        &acme,
+        plan_request(
+            "Secret",
+            Mode::Manual,
+            Strategy::Unspecified,
+            false,
+            &["m1", "m2"],
+        ),
+    )
+    .await?;
+    let plan = PlanServiceClient::new(channels.deals.clone())
+        .set_loss_reasons(outgoing(
+            pb::SetLossReasonsRequest {
+                plan_id: plan.id.clone(),
+                require_reason: false,
+                reasons: vec![pb::LossReasonInput {
+                    id: String::new(),
+                    name: "Price".into(),
+                }],
+            },
+            &acme,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan");
+    let deal = DealServiceClient::new(channels.deals.clone())
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: plan.id.clone(),
+                contact: Some(pb::Contact {
+                    external_id: "vip".into(),
+                    ..Default::default()
+                }),
+                manager_id: Some("m1".into()),
+                idempotency_key: "acme-1".into(),
+                ..Default::default()
+            },
+            &acme,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let ids = Ids {
+        stage: plan.stages[0].id.clone(),
+        won: plan
+            .stages
+            .iter()
+            .find(|s| s.kind == pb::StageKind::Won as i32)
+            .expect("won")
+            .id
+            .clone(),
+        reason: plan.loss_reasons.as_ref().expect("reasons").reasons[0]
+            .id
+            .clone(),
+        plan: plan.id,
+        deal: deal.id,
+    };
+    Ok((channels, ids))
+}
+
+#[tokio::test]
+async fn no_bad_token_gets_through_any_method() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (channels, ids) = setup(&stack).await?;
+    // Signed with the right key, but expired an hour ago (well past the leeway).
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({
+            "sub": "boss",
+            "acct": "acme",
+            "perms": ["plans:admin", "deals:edit_all", "deals:bulk_edit", "intake:write"],
+            "exp": jsonwebtoken::get_current_timestamp() - 3600,
+        }),
+        &jsonwebtoken::EncodingKey::from_secret(
+            salesplan_platform::config::AuthConfig::DEV_SECRET.as_bytes(),
+        ),
+    )?;
+    let foreign_key = TokenIssuer::hs256(b"a-key-nobody-here-trusts-at-all").issue(
+        &Actor::new("acme", "boss", ALL.iter().copied()),
+        Duration::from_secs(60),
+    )?;
+    let cases: [(&str, Option<&str>); 4] = [
+        ("no token", None),
+        ("malformed", Some("not.a.jwt")),
+        ("signed by another key", Some(&foreign_key)),
+        ("expired", Some(&expired)),
+    ];
+    for method in METHODS {
+        for (case, token) in &cases {
+            let err = call(&channels, method, *token, &ids)
+                .await
+                .expect_err(&format!("{method} with {case}"));
+            assert_eq!(
+                err.code(),
+                Code::Unauthenticated,
+                "{method} with {case}: {err:?}"
+            );
+        }
+    }
+    // The account's data is untouched.
+    let acme = stack.token("acme", "viewer", &[]);
+    let plan = PlanServiceClient::new(channels.deals.clone())
+        .get_plan(outgoing(
+            pb::GetPlanRequest {
+                plan_id: ids.plan.clone(),
+            },
+            &acme,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan");
+    assert_eq!((plan.name.as_str(), plan.archived), ("Secret", false));
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn another_account_neither_sees_nor_changes_anything() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (channels, ids) = setup(&stack).await?;
+    let globex = stack.token("globex", "boss", ALL);
+    for method in METHODS {
+        match call(&channels, method, Some(&globex), &ids).await {
+            Err(status) => assert_eq!(status.code(), Code::NotFound, "{method}: {status:?}"),
+            // Creating its own plan is allowed; everything else shows nothing of acme.
+            Ok(n) if *method == "CreatePlan" => assert_eq!(n, 1),
+            Ok(n) => assert_eq!(n, 0, "{method} showed or changed {n} of acme's items"),
+        }
+    }
+    // Nothing of acme changed.
+    let acme = stack.token("acme", "viewer", &[]);
+    let deal = DealServiceClient::new(channels.deals.clone())
+        .get_deal(outgoing(
+            pb::GetDealRequest {
+                deal_id: ids.deal.clone(),
+            },
+            &acme,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert_eq!((deal.version, deal.manager_id.as_deref()), (1, Some("m1")));
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (channels, ids) = setup(&stack).await?;
+    // A manager of the account with no permissions, who does not own the deal.
+    let plain = stack.token("acme", "m2", &[]);
+    let needs: &[(&str, &str)] = &[
+        ("CreatePlan", "plans:admin"),
+        ("UpdatePlan", "plans:admin"),
+        ("ArchivePlan", "plans:admin"),
+        ("SetPlanManagers", "plans:admin"),
+        ("AddStage", "plans:admin"),
+        ("UpdateStage", "plans:admin"),
+        ("ReorderStages", "plans:admin"),
+        ("DeleteStage", "plans:admin"),
+        ("SetLossReasons", "plans:admin"),
+        ("CreateDeal", "deals:edit_all"),
+        ("CreateDeals", "deals:edit_all"),
+        ("UpdateDeal", "deals:edit_all"),
+        ("MoveDeal", "deals:edit_all"),
+        ("AssignDeal", "deals:edit_all"),
+        ("ReopenDeal", "deals:edit_all"),
+        ("TransferDeals", "deals:bulk_edit"),
+        ("BulkMoveDeals", "deals:bulk_edit"),
+        ("BulkAssignDeals", "deals:bulk_edit"),
+        ("AddToSalesPlan", "intake:write"),
+    ];
+    for (method, permission) in needs {
+        let err = call(&channels, method, Some(&plain), &ids)
+            .await
+            .expect_err(method);
+        assert_eq!(err.code(), Code::PermissionDenied, "{method}: {err:?}");
+        assert!(
+            err.message().contains(permission),
+            "{method}: {}",
+            err.message()
+        );
+    }
+    // Reopening needs both deals:edit_all and deals:bulk_edit.
+    for one in [Permission::DealsEditAll, Permission::DealsBulkEdit] {
+        let token = stack.token("acme", "half", &[one]);
+        let err = call(&channels, "ReopenDeal", Some(&token), &ids)
+            .await
+            .expect_err("reopen");
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+    // Reads need no permission.
+    for method in [
+        "GetPlan",
+        "ListPlans",
+        "GetDeal",
+        "ListDeals",
+        "GetBoard",
+        "GetDealHistory",
+        "PipelineSummary",
+        "LossReasons",
+        "StageLosses",
+    ] {
+        assert!(
+            call(&channels, method, Some(&plain), &ids).await.is_ok(),
+            "{method}"
+        );
+    }
+    stack.stop().await
+}
