@@ -498,9 +498,6 @@ async fn setup(stack: &Stack) -> anyhow::Result<(Channels, Ids)> {
             .expect("won")
             .id
             .clone(),
-        reason: plan.loss_reasons.as_ref().expect("reasons").reasons[0]
-            .id
-            .clone(),
         plan: plan.id,
         deal: deal.id,
     };
