@@ -488,6 +488,61 @@ mod tests {
         }
     }
 
+    use proptest::prelude::{Just, any, prop_assert, prop_assert_eq, prop_oneof, proptest};
+
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        prop_oneof![
+            ".*",
+            "[a-z]{0,400}",
+            Just("😀 مرحبا".to_owned()),
+            Just("%_\\'".to_owned())
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn plan_requests_convert_or_name_a_field(
+            name in text(), label in text(), amount in any::<i64>(), currency in text(),
+            mode in any::<i32>(), strategy in any::<i32>(), managers in proptest::collection::vec(text(), 0..4),
+        ) {
+            let request = pb::CreatePlanRequest {
+                name, chat_label: label,
+                average_amount: Some(pb::Money { amount_minor: amount, currency }),
+                distribution: Some(pb::Distribution { mode, prefer_related: false, strategy }),
+                manager_ids: managers,
+            };
+            match PlanDraft::try_from(request) {
+                Ok(draft) => prop_assert!(draft.average_amount.amount_minor >= 0 && draft.chat_label.chars().count() <= 12),
+                Err(err) => prop_assert!(err.field().is_some(), "{err}"),
+            }
+        }
+
+        #[test]
+        fn deal_requests_and_filters_convert_or_name_a_field(
+            plan in text(), key in text(), title in text(), email in text(), amount in any::<i64>(),
+            statuses in proptest::collection::vec(any::<i32>(), 0..3), search in text(),
+            sort_field in any::<i32>(), page in any::<i32>(),
+        ) {
+            let request = pb::CreateDealRequest {
+                plan_id: plan.clone(), idempotency_key: key, title,
+                contact: Some(pb::Contact { email, external_id: "x".into(), ..Default::default() }),
+                amount: Some(pb::Money { amount_minor: amount, currency: "USD".into() }),
+                ..Default::default()
+            };
+            if let Err(err) = NewDeal::try_from(request) {
+                prop_assert!(err.field().is_some(), "{err}");
+            }
+            let filter = pb::DealFilter { plan_id: plan, statuses, search, ..Default::default() };
+            if let Err(err) = query_from(Some(filter)) {
+                prop_assert!(err.field().is_some_and(|f| f.starts_with("filter.")), "{err}");
+            }
+            if let Err(err) = sort_from(Some(pb::DealSort { field: sort_field, ascending: true })) {
+                prop_assert_eq!(err.field(), Some("sort.field"));
+            }
+            prop_assert!(crate::domain::query::page_size(page) <= crate::domain::query::MAX_PAGE_SIZE);
+        }
+    }
+
     #[test]
     fn deal_contact_errors_are_nested() {
         let req = pb::CreateDealRequest {

@@ -148,6 +148,12 @@ async fn handle(
         .await?)
 }
 
+/// A webhook body as the validated lead it carries (what the handler publishes), or the
+/// field and reason it is refused for. Never panics, whatever the bytes.
+pub fn parse_lead(body: &[u8]) -> Result<pb::Lead, ApiError> {
+    intake::validated_lead(parse(body)?.into())
+}
+
 fn parse(body: &[u8]) -> Result<LeadJson, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -284,6 +290,59 @@ mod tests {
         let err = parse(b"{not json").unwrap_err();
         assert_eq!(err.field(), Some("body"));
         assert_eq!(err.to_string(), "body: malformed JSON");
+    }
+
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".*",
+            "[\\x00-\\x1f]{0,3}",
+            Just("😀👍🏽 مرحبا שלום".to_owned()),
+            Just("'; DROP TABLE deals; --".to_owned()),
+            Just("%_\\".to_owned()),
+            "[a-z]{0,500}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_parsed_or_refused_with_a_field(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(err) = parse_lead(&body) {
+                prop_assert!(err.field().is_some(), "{err}");
+            }
+        }
+
+        #[test]
+        fn any_json_lead_is_accepted_or_refused_with_a_field(
+            plan in text(), run in text(), name in text(), email in text(), phone in text(),
+            external in text(), amount in any::<i64>(), currency in text(),
+        ) {
+            let body = serde_json::json!({
+                "plan_id": plan, "run_id": run,
+                "contact": {"name": name, "email": email, "phone": phone, "external_id": external},
+                "amount": {"amount_minor": amount, "currency": currency},
+            });
+            match parse_lead(body.to_string().as_bytes()) {
+                Ok(lead) => {
+                    prop_assert!(amount >= 0);
+                    let contact = lead.contact.unwrap_or_default();
+                    prop_assert!(!contact.name.chars().any(char::is_control));
+                }
+                Err(err) => prop_assert!(matches!(err, ApiError::InvalidArgument { .. }), "{err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn emoji_and_right_to_left_names_are_kept() {
+        let body = serde_json::json!({
+            "plan_id": "0190b6c2-2f5e-7d4b-9c1a-1234567890ab",
+            "run_id": "r",
+            "contact": {"name": "مرحبا 😀", "external_id": "x"},
+        });
+        let lead = parse_lead(body.to_string().as_bytes()).unwrap();
+        assert_eq!(lead.contact.unwrap().name, "مرحبا 😀");
     }
 
     #[test]
