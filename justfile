@@ -13,6 +13,11 @@ demo *ARGS:
 test *ARGS: build-bins
     eval "$(scripts/deps.sh)" && if cargo nextest --version >/dev/null 2>&1; then cargo nextest run --workspace --no-fail-fast {{ARGS}}; else cargo test --workspace --no-fail-fast {{ARGS}}; fi
 
+# Fault run: LEADS leads through the webhook and as many in a bulk add while every service is
+# killed and restarted, then NATS and PostgreSQL; checks that nothing was lost or doubled.
+chaos LEADS="5000": build-bins
+    cargo run --quiet -p integration-tests --bin chaos -- {{LEADS}}
+
 # Formatting, clippy with warnings as errors, and the deploy files (manifests, Dockerfile).
 lint:
     cargo fmt --all -- --check

@@ -1,0 +1,663 @@
+//! Fault runs with the real binaries, a private nats-server and a private PostgreSQL:
+//! leads stream in through the webhook and the bulk add while every service is SIGKILLed
+//! and restarted in turn, and nats-server and PostgreSQL are restarted; then every promise
+//! is checked. `just chaos` runs it with a count; `just test` runs a small one.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::TcpListener,
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use salesplan_platform::{
+    Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
+};
+use salesplan_proto::v1::{self as pb, intake_service_client::IntakeServiceClient};
+use tokio::process::{Child, Command};
+
+use crate::api::{Mode, Strategy, create_plan, plan_request};
+
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    /// Leads through the webhook (a third of them delivered twice).
+    pub leads: usize,
+    /// Contacts of one bulk add.
+    pub bulk: usize,
+    /// Rounds of killing every service once.
+    pub rounds: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Figures {
+    pub leads_sent: usize,
+    pub accepted: usize,
+    pub webhook_retries: usize,
+    pub deals: usize,
+    pub duplicates: usize,
+    pub lost: usize,
+    pub kills: usize,
+    pub restarts: Vec<(String, Duration)>,
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "leads sent      {}", self.leads_sent)?;
+        writeln!(f, "accepted        {}", self.accepted)?;
+        writeln!(f, "retried posts   {}", self.webhook_retries)?;
+        writeln!(f, "deals           {}", self.deals)?;
+        writeln!(f, "duplicates      {}", self.duplicates)?;
+        writeln!(f, "lost            {}", self.lost)?;
+        writeln!(f, "kills survived  {}", self.kills)?;
+        for (what, took) in &self.restarts {
+            writeln!(f, "restart {what:<16} {:>6} ms", took.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A binary next to the running executable (the target directory).
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("no parent")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join(name);
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is not built: `cargo build --bins` first",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+async fn wait_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("nothing listens on port {port} after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A private PostgreSQL cluster in a temporary directory, restartable.
+struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+    as_root: bool,
+}
+
+impl Postgres {
+    fn pg_bin() -> anyhow::Result<PathBuf> {
+        for dir in std::fs::read_dir("/usr/lib/postgresql")? {
+            let bin = dir?.path().join("bin");
+            if bin.join("initdb").exists() {
+                return Ok(bin);
+            }
+        }
+        bail!("no PostgreSQL server binaries under /usr/lib/postgresql (install `postgresql`)")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    async fn start_new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let as_root = nix_is_root();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data)?;
+        if as_root {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .await?;
+            anyhow::ensure!(status.success(), "chown for postgres failed");
+        }
+        let pg = Self {
+            bin: Self::pg_bin()?,
+            data,
+            port: free_port()?,
+            _dir: dir,
+            as_root,
+        };
+        let status = pg
+            .command("initdb")
+            .args(["-U", "postgres", "-A", "trust", "-D"])
+            .arg(&pg.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "initdb failed");
+        pg.start().await?;
+        Ok(pg)
+    }
+
+    async fn start(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-p {} -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200",
+            self.port
+        );
+        let status = self
+            .command("pg_ctl")
+            .args(["-w", "-D"])
+            .arg(&self.data)
+            .args(["-o", &options, "-l"])
+            .arg(self.data.join("log"))
+            .arg("start")
+            .stdout(Stdio::null())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "pg_ctl start failed");
+        Ok(())
+    }
+
+    /// Stops without a checkpoint, as a crash would, and starts again.
+    async fn restart(&self) -> anyhow::Result<()> {
+        self.command("pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(&self.data)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .status()
+            .await?;
+        self.start().await
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let mut command = std::process::Command::new(if self.as_root { "runuser" } else { "true" });
+        if self.as_root {
+            command
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"));
+        } else {
+            command = std::process::Command::new(self.bin.join("pg_ctl"));
+        }
+        let _ = command
+            .args(["-m", "immediate", "-D"])
+            .arg(&self.data)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// One process we can kill and start again with the same arguments.
+struct Proc {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    async fn start(&mut self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        self.child = Some(
+            command
+                .spawn()
+                .with_context(|| format!("start {}", self.name))?,
+        );
+        wait_port(self.port, Duration::from_secs(30)).await?;
+        Ok(started.elapsed())
+    }
+
+    async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill()?;
+            child.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the whole fault scenario and checks every promise; the figures on success.
+pub async fn run(config: ChaosConfig) -> anyhow::Result<Figures> {
+    let pg = Postgres::start_new().await?;
+    let logs = tempfile::tempdir()?;
+    let nats_port = free_port()?;
+    let nats_store = logs.path().join("jetstream");
+    let mut nats = Proc {
+        name: "nats-server".into(),
+        program: crate::nats::TestNats::binary().into(),
+        args: vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            nats_port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            nats_store.display().to_string(),
+        ],
+        env: vec![],
+        port: nats_port,
+        child: None,
+        log: logs.path().join("nats.log"),
+    };
+    nats.start().await?;
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let (listener_grpc, http, distributor_port, deal_port, reporting_port) =
+        (ports[0], ports[1], ports[2], ports[3], ports[4]);
+    let common = |grpc: u16| {
+        vec![
+            ("DATABASE_URL".to_owned(), pg.url()),
+            ("NATS_URL".to_owned(), nats_url.clone()),
+            (
+                "SALESPLAN_GRPC_ADDR".to_owned(),
+                format!("127.0.0.1:{grpc}"),
+            ),
+            (
+                "SALESPLAN_DEAL_SERVICE_URL".to_owned(),
+                format!("http://127.0.0.1:{deal_port}"),
+            ),
+            ("SALESPLAN_WEBHOOK_RATE".to_owned(), "100000".to_owned()),
+            ("SALESPLAN_WEBHOOK_BURST".to_owned(), "100000".to_owned()),
+            ("SALESPLAN_SHUTDOWN_GRACE_MS".to_owned(), "5000".to_owned()),
+            ("RUST_LOG".to_owned(), "warn".to_owned()),
+        ]
+    };
+    let mut services = Vec::new();
+    for (name, port) in [
+        ("deal-service", deal_port),
+        ("distributor", distributor_port),
+        ("reporting", reporting_port),
+        ("tunnel-listener", listener_grpc),
+    ] {
+        let mut env = common(port);
+        if name == "tunnel-listener" {
+            env.push(("SALESPLAN_HTTP_ADDR".into(), format!("127.0.0.1:{http}")));
+        }
+        services.push(Proc {
+            name: name.into(),
+            program: sibling_binary(name)?,
+            args: vec!["serve".into()],
+            env,
+            port: if name == "tunnel-listener" {
+                http
+            } else {
+                port
+            },
+            child: None,
+            log: logs.path().join(format!("{name}.log")),
+        });
+    }
+    for service in &mut services {
+        service.start().await?;
+    }
+
+    let issuer = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes());
+    let token = |perms: &[Permission]| {
+        issuer.issue(
+            &Actor::new("chaos", "chaos", perms.iter().copied()),
+            Duration::from_secs(3600),
+        )
+    };
+    let admin = token(&[Permission::PlansAdmin])?;
+    let funnel = token(&[Permission::IntakeWrite])?;
+    let deals_channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{deal_port}"))?
+            .connect()
+            .await?;
+    let members = ["m1", "m2", "m3"];
+    let turns = create_plan(
+        deals_channel.clone(),
+        &admin,
+        plan_request("Turns", Mode::Auto, Strategy::RoundRobin, false, &members),
+    )
+    .await?;
+    let fewest = create_plan(
+        deals_channel,
+        &admin,
+        plan_request(
+            "Fewest",
+            Mode::Auto,
+            Strategy::LeastOpenDeals,
+            true,
+            &members,
+        ),
+    )
+    .await?;
+
+    let figures = Arc::new(Mutex::new(Figures::default()));
+    let accepted: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let webhook = format!("http://127.0.0.1:{http}/v1/tunnel-actions/add-to-sales-plan");
+
+    // Leads: eight senders, each retrying its lead until it is accepted.
+    let senders = {
+        let (figures, accepted, webhook, funnel, turns_id) = (
+            figures.clone(),
+            accepted.clone(),
+            webhook.clone(),
+            funnel.clone(),
+            turns.id.clone(),
+        );
+        let leads = config.leads;
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?;
+            futures::stream::iter(0..leads)
+                .map(|i| {
+                    let (http, figures, accepted, webhook, funnel, plan) = (http.clone(), figures.clone(), accepted.clone(), webhook.clone(), funnel.clone(), turns_id.clone());
+                    async move {
+                        let body = serde_json::json!({"plan_id": plan, "block_id": "b", "run_id": format!("run-{i}"), "contact": {"external_id": format!("c-{i}")}});
+                        let deliveries = if i % 3 == 0 { 2 } else { 1 };
+                        for _ in 0..deliveries {
+                            loop {
+                                let sent = http.post(&webhook).bearer_auth(&funnel).json(&body).send().await;
+                                match sent {
+                                    Ok(r) if r.status() == 202 => {
+                                        let reply: serde_json::Value = r.json().await?;
+                                        let id = reply["intake_id"].as_str().unwrap_or_default().to_owned();
+                                        accepted.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+                                        break;
+                                    }
+                                    Ok(r) if r.status().is_client_error() && r.status() != 429 => {
+                                        bail!("lead {i} refused: {} {}", r.status(), r.text().await.unwrap_or_default())
+                                    }
+                                    _ => {
+                                        figures.lock().unwrap_or_else(|e| e.into_inner()).webhook_retries += 1;
+                                        tokio::time::sleep(Duration::from_millis(100)).await;
+                                    }
+                                }
+                            }
+                        }
+                        anyhow::Ok(())
+                    }
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<anyhow::Result<Vec<()>>>()?;
+            anyhow::Ok(())
+        })
+    };
+    // A bulk add, retried whole until every chunk is answered (its job id makes that safe).
+    let bulk = {
+        let (accepted, funnel, plan, n) = (
+            accepted.clone(),
+            funnel.clone(),
+            fewest.id.clone(),
+            config.bulk,
+        );
+        tokio::spawn(async move {
+            loop {
+                let attempt = async {
+                    let channel = tonic::transport::Endpoint::from_shared(format!(
+                        "http://127.0.0.1:{listener_grpc}"
+                    ))?
+                    .connect()
+                    .await?;
+                    let chunks: Vec<pb::AddAudienceRequest> = (0..n)
+                        .collect::<Vec<_>>()
+                        .chunks(500)
+                        .map(|c| pb::AddAudienceRequest {
+                            plan_id: plan.clone(),
+                            job_id: "chaos-bulk".into(),
+                            assign_to_manager_id: None,
+                            contacts: c
+                                .iter()
+                                .map(|i| pb::AudienceContact {
+                                    contact: Some(pb::Contact {
+                                        external_id: format!("b-{i}"),
+                                        ..Default::default()
+                                    }),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        })
+                        .collect();
+                    let mut stream = IntakeServiceClient::new(channel)
+                        .add_audience(outgoing(futures::stream::iter(chunks), &funnel))
+                        .await?
+                        .into_inner();
+                    let mut ids = Vec::new();
+                    while let Some(reply) = stream.next().await {
+                        ids.extend(reply?.results.into_iter().map(|r| r.intake_id));
+                    }
+                    anyhow::ensure!(ids.len() == n, "bulk answered {} of {n}", ids.len());
+                    anyhow::Ok(ids)
+                };
+                match attempt.await {
+                    Ok(ids) => {
+                        accepted
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(ids);
+                        return anyhow::Ok(());
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })
+    };
+
+    // Faults, while the leads stream in.
+    for _ in 0..config.rounds {
+        for service in &mut services {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            service.kill().await?;
+            let took = service.start().await?;
+            let mut f = figures.lock().unwrap_or_else(|e| e.into_inner());
+            f.kills += 1;
+            f.restarts.push((service.name.clone(), took));
+        }
+    }
+    nats.kill().await?;
+    let took = nats.start().await?;
+    figures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .restarts
+        .push(("nats-server".into(), took));
+    let started = Instant::now();
+    pg.restart().await?;
+    figures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .restarts
+        .push(("postgresql".into(), started.elapsed()));
+
+    senders.await??;
+    bulk.await??;
+
+    // Everything accepted becomes exactly one deal.
+    let accepted: HashSet<String> = accepted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let pool = sqlx::PgPool::connect(&pg.url()).await?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let keys: Vec<String> = loop {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT idempotency_key FROM deal_service.deals WHERE account_id = 'chaos'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        if keys.len() >= accepted.len() || Instant::now() > deadline {
+            break keys;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let distinct: HashSet<String> = keys.iter().cloned().collect();
+    {
+        let mut f = figures.lock().unwrap_or_else(|e| e.into_inner());
+        f.leads_sent = config.leads + config.bulk;
+        f.accepted = accepted.len();
+        f.deals = keys.len();
+        f.duplicates = keys.len() - distinct.len();
+        f.lost = accepted.difference(&distinct).count();
+    }
+    let figures = Arc::try_unwrap(figures)
+        .map_err(|_| anyhow::anyhow!("figures still shared"))?
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    anyhow::ensure!(
+        figures.lost == 0 && figures.duplicates == 0 && distinct == accepted,
+        "leads lost or doubled:\n{figures}"
+    );
+
+    // Assigned by the rules: round robin exactly even, everyone a member.
+    let per_manager: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT manager_id, count(*) FROM deal_service.deals WHERE plan_id = $1 GROUP BY 1",
+    )
+    .bind(uuid::Uuid::parse_str(&turns.id)?)
+    .fetch_all(&pool)
+    .await?
+    .into_iter()
+    .collect();
+    let (min, max) = (
+        per_manager.values().min().copied().unwrap_or(0),
+        per_manager.values().max().copied().unwrap_or(0),
+    );
+    anyhow::ensure!(
+        per_manager.keys().all(|m| members.contains(&m.as_str())),
+        "deals of non-members: {per_manager:?}"
+    );
+    anyhow::ensure!(
+        max - min <= 1,
+        "round robin uneven after faults: {per_manager:?}"
+    );
+    let unassigned: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM deal_service.deals WHERE manager_id IS NULL")
+            .fetch_one(&pool)
+            .await?;
+    anyhow::ensure!(unassigned == 0, "{unassigned} AUTO deals without a manager");
+
+    // The distributor's counts and reporting's read model agree with the deals.
+    let settled = Instant::now() + Duration::from_secs(60);
+    loop {
+        let kept: Vec<(uuid::Uuid, String, i64)> = sqlx::query_as("SELECT plan_id, manager_id, open FROM distributor.open_deals WHERE open <> 0 ORDER BY 1, 2")
+            .fetch_all(&pool)
+            .await?;
+        let recount: Vec<(uuid::Uuid, String, i64)> = sqlx::query_as(
+            "SELECT plan_id, manager_id, count(*) FROM deal_service.deals WHERE status = 'open' AND manager_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(&pool)
+        .await?;
+        let reported: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM reporting.deals WHERE version > 0")
+                .fetch_one(&pool)
+                .await?;
+        if kept == recount && reported as usize == figures.deals {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < settled,
+            "distributor counts {kept:?} or reporting's {reported} deals never matched {recount:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let verify = Command::new(sibling_binary("reporting")?)
+        .arg("verify")
+        .env("DATABASE_URL", pg.url())
+        .env("NATS_URL", &nats_url)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        verify.status.success(),
+        "reporting verify: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+
+    // No message stuck unacked.
+    let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await?);
+    for (stream, consumer) in [
+        ("SALESPLAN_INTAKE", "distributor-intake"),
+        ("SALESPLAN_DEALS", "distributor-deals"),
+        ("SALESPLAN_DEALS", "reporting-deals"),
+        ("SALESPLAN_PLANS", "distributor-plans"),
+        ("SALESPLAN_PLANS", "reporting-plans"),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut c: async_nats::jetstream::consumer::PullConsumer = js
+                .get_stream(stream)
+                .await?
+                .get_consumer(consumer)
+                .await
+                .map_err(|e| anyhow::anyhow!("{consumer}: {e}"))?;
+            let info = c.info().await?;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{consumer}: {} pending, {} unacked",
+                info.num_pending,
+                info.num_ack_pending
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let dead: u64 = js
+        .get_stream("SALESPLAN_DEAD_LETTERS")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    anyhow::ensure!(dead == 0, "{dead} dead letters");
+
+    for service in &mut services {
+        service.kill().await?;
+    }
+    nats.kill().await?;
+    Ok(figures)
+}
