@@ -71,6 +71,22 @@ impl Stack {
             .expect("signing a test token")
     }
 
+    /// A token signed with the right key that expired an hour ago (past any leeway).
+    pub fn token_expired(&self, account: &str, user: &str, permissions: &[Permission]) -> String {
+        let perms: Vec<String> = permissions.iter().map(|p| p.to_string()).collect();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({
+                "sub": user,
+                "acct": account,
+                "perms": perms,
+                "exp": jsonwebtoken::get_current_timestamp() - 3600,
+            }),
+            &jsonwebtoken::EncodingKey::from_secret(AuthConfig::DEV_SECRET.as_bytes()),
+        )
+        .expect("signing a test token")
+    }
+
     pub fn webhook_url(&self) -> String {
         let addr = self
             .tunnel_listener

@@ -59,6 +59,12 @@ async fn bad_webhook_input_gets_a_clear_4xx_and_publishes_nothing() -> anyhow::R
     no_contact_id["contact"] = json!({ "name": "Ann" });
     let mut bad_plan = valid_lead();
     bad_plan["plan_id"] = json!("not-a-uuid");
+    let foreign_key =
+        salesplan_platform::auth::TokenIssuer::hs256(b"a-key-nobody-here-trusts-at-all").issue(
+            &salesplan_platform::Actor::new(ACCOUNT, "funnel", [Permission::IntakeWrite]),
+            Duration::from_secs(60),
+        )?;
+    let expired = stack.token_expired(ACCOUNT, "funnel", &[Permission::IntakeWrite]);
     let mut negative_amount = valid_lead();
     negative_amount["amount"] = json!({ "amount_minor": -100, "currency": "USD" });
     /// (body, token, expected status, expected error code, expected field)
@@ -152,6 +158,20 @@ async fn bad_webhook_input_gets_a_clear_4xx_and_publishes_nothing() -> anyhow::R
             Some(&no_permission),
             403,
             "permission_denied",
+            None,
+        ),
+        (
+            valid_lead().to_string().into(),
+            Some(&foreign_key),
+            401,
+            "unauthenticated",
+            None,
+        ),
+        (
+            valid_lead().to_string().into(),
+            Some(&expired),
+            401,
+            "unauthenticated",
             None,
         ),
         (

@@ -508,19 +508,7 @@ async fn setup(stack: &Stack) -> anyhow::Result<(Channels, Ids)> {
 async fn no_bad_token_gets_through_any_method() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let (channels, ids) = setup(&stack).await?;
-    // Signed with the right key, but expired an hour ago (well past the leeway).
-    let expired = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({
-            "sub": "boss",
-            "acct": "acme",
-            "perms": ["plans:admin", "deals:edit_all", "deals:bulk_edit", "intake:write"],
-            "exp": jsonwebtoken::get_current_timestamp() - 3600,
-        }),
-        &jsonwebtoken::EncodingKey::from_secret(
-            salesplan_platform::config::AuthConfig::DEV_SECRET.as_bytes(),
-        ),
-    )?;
+    let expired = stack.token_expired("acme", "boss", ALL);
     let foreign_key = TokenIssuer::hs256(b"a-key-nobody-here-trusts-at-all").issue(
         &Actor::new("acme", "boss", ALL.iter().copied()),
         Duration::from_secs(60),
