@@ -60,7 +60,7 @@ impl std::fmt::Display for Figures {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -222,18 +222,18 @@ fn nix_is_root() -> bool {
 }
 
 /// One process we can kill and start again with the same arguments.
-struct Proc {
-    name: String,
-    program: PathBuf,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    port: u16,
-    child: Option<Child>,
-    log: PathBuf,
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) port: u16,
+    pub(crate) child: Option<Child>,
+    pub(crate) log: PathBuf,
 }
 
 impl Proc {
-    async fn start(&mut self) -> anyhow::Result<Duration> {
+    pub(crate) async fn start(&mut self) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -257,7 +257,16 @@ impl Proc {
         Ok(started.elapsed())
     }
 
-    async fn kill(&mut self) -> anyhow::Result<()> {
+    /// Peak resident memory so far (VmHWM), in bytes.
+    pub(crate) fn peak_rss(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    pub(crate) async fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             child.start_kill()?;
             child.wait().await?;

@@ -1,0 +1,185 @@
+//! The physical limits: raw JetStream and PostgreSQL, and the smallest pipeline between.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull};
+use bytes::Bytes;
+use futures::StreamExt;
+use uuid::Uuid;
+
+use super::{BenchConfig, Line, intake::Env};
+
+const DEALS_LIKE: &str = "CREATE TABLE IF NOT EXISTS bench_rows (
+    id uuid PRIMARY KEY, account_id text NOT NULL, plan_id uuid NOT NULL, title text NOT NULL,
+    amount_minor bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now())";
+
+async fn publish_pipelined(
+    js: &jetstream::Context,
+    subject: &str,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let payload = Bytes::from(vec![b'x'; 200]);
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(5_000);
+    for i in 0..n {
+        pending.push(
+            js.publish(format!("{subject}.{}", i % 16), payload.clone())
+                .await?,
+        );
+        if pending.len() == 5_000 {
+            for ack in pending.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in pending {
+        ack.await?;
+    }
+    Ok(started.elapsed())
+}
+
+pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
+    let n = config.floor;
+    let mut lines = Vec::new();
+    let js = jetstream::new(async_nats::connect(&env.nats_url).await?);
+    js.create_stream(jetstream::stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let took = publish_pipelined(&js, "bench.raw", n).await?;
+    lines.push(Line::rate(
+        "floor",
+        "JetStream publish, acks pipelined (5,000 in flight)",
+        n,
+        took,
+        "—",
+    ));
+
+    let stream = js.get_stream("BENCH").await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("bench".into()),
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < n {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1_000)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await?;
+        while let Some(message) = batch.next().await {
+            message
+                .map_err(|e| anyhow::anyhow!(e))?
+                .ack()
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            seen += 1;
+        }
+    }
+    lines.push(Line::rate(
+        "floor",
+        "JetStream pull consume, fetch 1,000, ack each",
+        n,
+        started.elapsed(),
+        "—",
+    ));
+
+    let pool = sqlx::PgPool::connect(&env.database_url).await?;
+    sqlx::query(DEALS_LIKE).execute(&pool).await?;
+    let single = n.min(20_000);
+    let plan = Uuid::new_v4();
+    let started = Instant::now();
+    for i in 0..single {
+        sqlx::query("INSERT INTO bench_rows (id, account_id, plan_id, title, amount_minor) VALUES ($1, 'bench', $2, $3, 100)")
+            .bind(Uuid::now_v7())
+            .bind(plan)
+            .bind(format!("Deal {i}"))
+            .execute(&pool)
+            .await?;
+    }
+    lines.push(Line::rate(
+        "floor",
+        "PostgreSQL, 1-row INSERT per transaction, 1 connection",
+        single,
+        started.elapsed(),
+        "—",
+    ));
+
+    let started = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        insert_batch(&pool, plan, chunk.len()).await?;
+    }
+    lines.push(Line::rate(
+        "floor",
+        "PostgreSQL, 500-row INSERT via UNNEST",
+        n,
+        started.elapsed(),
+        "—",
+    ));
+
+    // The minimal pipeline: publish N events; one consumer inserts them in batches of 500.
+    sqlx::query("TRUNCATE bench_rows").execute(&pool).await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("bench-pipeline".into()),
+            filter_subject: "bench.pipe.>".into(),
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move { publish_pipelined(&js, "bench.pipe", n).await })
+    };
+    let mut inserted = 0;
+    while inserted < n {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(500)
+            .expires(Duration::from_millis(200))
+            .messages()
+            .await?;
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            messages.push(message.map_err(|e| anyhow::anyhow!(e))?);
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        insert_batch(&pool, plan, messages.len()).await?;
+        for message in &messages {
+            message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+        }
+        inserted += messages.len();
+    }
+    publisher.await??;
+    lines.push(Line::rate(
+        "floor",
+        "minimal pipeline: publish → consume 500 → UNNEST insert → ack",
+        n,
+        started.elapsed(),
+        "—",
+    ));
+    Ok(lines)
+}
+
+async fn insert_batch(pool: &sqlx::PgPool, plan: Uuid, n: usize) -> anyhow::Result<()> {
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+    let titles: Vec<String> = (0..n).map(|i| format!("Deal {i}")).collect();
+    sqlx::query(
+        "INSERT INTO bench_rows (id, account_id, plan_id, title, amount_minor)
+         SELECT i, 'bench', $2, t, 100 FROM UNNEST($1::uuid[], $3::text[]) AS x(i, t)",
+    )
+    .bind(&ids)
+    .bind(plan)
+    .bind(&titles)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

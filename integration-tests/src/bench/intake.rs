@@ -1,0 +1,314 @@
+//! The system end to end: the four services as separate processes on this machine.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures::StreamExt;
+use salesplan_platform::{
+    Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
+};
+use salesplan_proto::v1::{self as pb, intake_service_client::IntakeServiceClient};
+
+use super::{BenchConfig, Line};
+use crate::{
+    TestDatabase, TestNats,
+    api::{Mode, Strategy, create_plan, plan_request},
+    chaos::{Proc, free_port, sibling_binary},
+};
+
+pub struct Env {
+    _nats: TestNats,
+    _db: TestDatabase,
+    pub nats_url: String,
+    pub database_url: String,
+    services: Vec<Proc>,
+    pub webhook: String,
+    pub intake_url: String,
+    pub deal_url: String,
+    pub reporting_url: String,
+    issuer: TokenIssuer,
+    _logs: tempfile::TempDir,
+}
+
+impl Env {
+    pub async fn start() -> anyhow::Result<Self> {
+        let nats = TestNats::start().await?;
+        let db = TestDatabase::create().await?;
+        let logs = tempfile::tempdir()?;
+        let ports: Vec<u16> = (0..5).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let (intake, http, distributor, deal, reporting) =
+            (ports[0], ports[1], ports[2], ports[3], ports[4]);
+        let mut services = Vec::new();
+        for (name, port) in [
+            ("deal-service", deal),
+            ("distributor", distributor),
+            ("reporting", reporting),
+            ("tunnel-listener", intake),
+        ] {
+            let mut env = vec![
+                ("DATABASE_URL".to_owned(), db.url.clone()),
+                ("NATS_URL".to_owned(), nats.url.clone()),
+                (
+                    "SALESPLAN_GRPC_ADDR".to_owned(),
+                    format!("127.0.0.1:{port}"),
+                ),
+                (
+                    "SALESPLAN_DEAL_SERVICE_URL".to_owned(),
+                    format!("http://127.0.0.1:{deal}"),
+                ),
+                ("SALESPLAN_WEBHOOK_RATE".to_owned(), "1000000".to_owned()),
+                ("SALESPLAN_WEBHOOK_BURST".to_owned(), "1000000".to_owned()),
+                ("SALESPLAN_DB_MAX_CONNECTIONS".to_owned(), "16".to_owned()),
+                ("RUST_LOG".to_owned(), "warn".to_owned()),
+            ];
+            if name == "tunnel-listener" {
+                env.push(("SALESPLAN_HTTP_ADDR".into(), format!("127.0.0.1:{http}")));
+            }
+            let mut service = Proc {
+                name: name.into(),
+                program: sibling_binary(name)?,
+                args: vec!["serve".into()],
+                env,
+                port: if name == "tunnel-listener" {
+                    http
+                } else {
+                    port
+                },
+                child: None,
+                log: logs.path().join(format!("{name}.log")),
+            };
+            service.start().await?;
+            services.push(service);
+        }
+        Ok(Self {
+            nats_url: nats.url.clone(),
+            database_url: db.url.clone(),
+            _nats: nats,
+            _db: db,
+            services,
+            webhook: format!("http://127.0.0.1:{http}/v1/tunnel-actions/add-to-sales-plan"),
+            intake_url: format!("http://127.0.0.1:{intake}"),
+            deal_url: format!("http://127.0.0.1:{deal}"),
+            reporting_url: format!("http://127.0.0.1:{reporting}"),
+            issuer: TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes()),
+            _logs: logs,
+        })
+    }
+
+    pub fn token(&self, perms: &[Permission]) -> anyhow::Result<String> {
+        Ok(self.issuer.issue(
+            &Actor::new("bench", "bench", perms.iter().copied()),
+            Duration::from_secs(7200),
+        )?)
+    }
+
+    pub async fn channel(&self, url: &str) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+            .connect()
+            .await?)
+    }
+
+    pub fn peak_rss(&self) -> Vec<(String, Option<u64>)> {
+        self.services
+            .iter()
+            .map(|s| (s.name.clone(), s.peak_rss()))
+            .collect()
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for service in &mut self.services {
+            service.kill().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn plan(&self, name: &str) -> anyhow::Result<pb::Plan> {
+        create_plan(
+            self.channel(&self.deal_url).await?,
+            &self.token(&[Permission::PlansAdmin])?,
+            plan_request(
+                name,
+                Mode::Auto,
+                Strategy::RoundRobin,
+                false,
+                &["m1", "m2", "m3"],
+            ),
+        )
+        .await
+    }
+
+    /// Waits until `n` deals of the plan exist and reporting has counted them.
+    async fn settled(&self, pool: &sqlx::PgPool, plan: &str, n: usize) -> anyhow::Result<()> {
+        let plan = uuid::Uuid::parse_str(plan)?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let (deals, counted): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM deal_service.deals WHERE plan_id = $1),
+                        (SELECT count(*) FROM reporting.deals WHERE plan_id = $1 AND version > 0)",
+            )
+            .bind(plan)
+            .fetch_one(pool)
+            .await?;
+            if deals as usize >= n && counted as usize >= n {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {deals} deals and {counted} counted of {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
+    let mut lines = Vec::new();
+    let pool = sqlx::PgPool::connect(&env.database_url).await?;
+    let funnel = env.token(&[Permission::IntakeWrite])?;
+
+    // Bulk add: the audience "mass action".
+    let plan = env.plan("Bench bulk").await?;
+    let started = Instant::now();
+    let chunks: Vec<pb::AddAudienceRequest> = (0..config.leads)
+        .collect::<Vec<_>>()
+        .chunks(1_000)
+        .map(|c| pb::AddAudienceRequest {
+            plan_id: plan.id.clone(),
+            job_id: "bench".into(),
+            assign_to_manager_id: None,
+            contacts: c
+                .iter()
+                .map(|i| pb::AudienceContact {
+                    contact: Some(pb::Contact {
+                        external_id: format!("a-{i}"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .collect();
+    let mut replies = IntakeServiceClient::new(env.channel(&env.intake_url).await?)
+        .add_audience(outgoing(futures::stream::iter(chunks), &funnel))
+        .await?
+        .into_inner();
+    while let Some(reply) = replies.next().await {
+        reply?;
+    }
+    let accepted = started.elapsed();
+    env.settled(&pool, &plan.id, config.leads).await?;
+    lines.push(Line::rate(
+        "intake",
+        "AddAudience: leads accepted (stored in JetStream)",
+        config.leads,
+        accepted,
+        "—",
+    ));
+    lines.push(Line::rate(
+        "intake",
+        "AddAudience: end to end, every deal created, assigned and counted",
+        config.leads,
+        started.elapsed(),
+        "≥ 10,000/s",
+    ));
+
+    // The webhook, 64 requests at a time.
+    let n = (config.leads / 5).max(1);
+    let plan = env.plan("Bench webhook").await?;
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (http, webhook, funnel, plan) = (http.clone(), env.webhook.clone(), funnel.clone(), plan.id.clone());
+            async move {
+                let body = serde_json::json!({"plan_id": plan, "run_id": format!("w-{i}"), "contact": {"external_id": format!("w-{i}")}});
+                let status = http.post(&webhook).bearer_auth(&funnel).json(&body).send().await?.status();
+                anyhow::ensure!(status == 202, "webhook answered {status}");
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
+    env.settled(&pool, &plan.id, n).await?;
+    lines.push(Line::rate(
+        "intake",
+        "webhook (64 concurrent): end to end",
+        n,
+        started.elapsed(),
+        "≥ 10,000/s",
+    ));
+
+    // Latency from request to deal at fixed offered rates (open loop).
+    for rate in &config.rates {
+        let plan = env.plan(&format!("Bench {rate}/s")).await?;
+        let total = (*rate * config.rate_seconds) as usize;
+        let interval = Duration::from_secs_f64(1.0 / *rate as f64);
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::with_capacity(total);
+        for i in 0..total {
+            tokio::time::sleep_until(start + interval * i as u32).await;
+            let (http, webhook, funnel, plan) = (
+                http.clone(),
+                env.webhook.clone(),
+                funnel.clone(),
+                plan.id.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let sent = SystemTime::now();
+                let body = serde_json::json!({"plan_id": plan, "run_id": format!("r-{i}"), "contact": {"external_id": format!("r-{i}")}});
+                let reply: serde_json::Value = http.post(&webhook).bearer_auth(&funnel).json(&body).send().await?.json().await?;
+                anyhow::Ok((reply["intake_id"].as_str().unwrap_or_default().to_owned(), sent))
+            }));
+        }
+        let mut sent: HashMap<String, SystemTime> = HashMap::new();
+        for task in tasks {
+            let (id, at) = task.await??;
+            sent.insert(id, at);
+        }
+        env.settled(&pool, &plan.id, total).await?;
+        let created: Vec<(String, time::OffsetDateTime)> = sqlx::query_as(
+            "SELECT idempotency_key, created_at FROM deal_service.deals WHERE plan_id = $1",
+        )
+        .bind(uuid::Uuid::parse_str(&plan.id)?)
+        .fetch_all(&pool)
+        .await?;
+        let samples: Vec<Duration> = created
+            .iter()
+            .filter_map(|(key, at)| {
+                let sent = sent.get(key)?;
+                let at = SystemTime::UNIX_EPOCH
+                    + Duration::from_nanos(at.unix_timestamp_nanos().max(0) as u64);
+                at.duration_since(*sent).ok()
+            })
+            .collect();
+        let target = if *rate == 1_000 {
+            "p99 ≤ 250 ms"
+        } else {
+            "—"
+        };
+        lines.push(Line::latency(
+            "latency",
+            format!("request → deal at {rate} leads/s offered ({} leads)", total),
+            samples,
+            target,
+        ));
+    }
+
+    for (name, rss) in env.peak_rss() {
+        let mib = rss.map(|b| b as f64 / (1024.0 * 1024.0)).unwrap_or(0.0);
+        lines.push(Line {
+            group: "memory",
+            what: format!("{name} peak RSS"),
+            value: format!("{mib:.1} MiB"),
+            target: "< 100 MB".into(),
+            json: serde_json::json!({"bytes": rss}),
+        });
+    }
+
+    Ok(lines)
+}

@@ -1,0 +1,147 @@
+//! `just bench`: the physical floors of this machine and the system's numbers, measured
+//! side by side in one run, printed as a markdown table and written as JSON.
+
+mod floors;
+mod intake;
+mod queries;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Leads of the intake runs.
+    pub leads: usize,
+    /// Deals seeded for the query runs.
+    pub deals: usize,
+    /// Messages/rows of the floor runs.
+    pub floor: usize,
+    /// Offered rates of the latency runs (leads per second) and their length.
+    pub rates: Vec<u64>,
+    pub rate_seconds: u64,
+    /// Repetitions of each query.
+    pub repeats: usize,
+}
+
+impl BenchConfig {
+    pub fn full() -> Self {
+        Self {
+            leads: 100_000,
+            deals: 1_000_000,
+            floor: 100_000,
+            rates: vec![1_000, 5_000],
+            rate_seconds: 10,
+            repeats: 50,
+        }
+    }
+
+    /// Tiny counts: checks that every part runs (CI), measures nothing worth reading.
+    pub fn smoke() -> Self {
+        Self {
+            leads: 300,
+            deals: 2_000,
+            floor: 500,
+            rates: vec![100],
+            rate_seconds: 1,
+            repeats: 3,
+        }
+    }
+}
+
+/// One measured line of the report.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub group: &'static str,
+    pub what: String,
+    pub value: String,
+    pub target: String,
+    pub json: Value,
+}
+
+impl Line {
+    pub fn rate(
+        group: &'static str,
+        what: impl Into<String>,
+        count: usize,
+        took: Duration,
+        target: &str,
+    ) -> Self {
+        let per_second = count as f64 / took.as_secs_f64().max(1e-9);
+        Self {
+            group,
+            what: what.into(),
+            value: format!("{per_second:.0}/s ({count} in {:.2} s)", took.as_secs_f64()),
+            target: target.into(),
+            json: json!({"count": count, "seconds": took.as_secs_f64(), "per_second": per_second}),
+        }
+    }
+
+    pub fn latency(
+        group: &'static str,
+        what: impl Into<String>,
+        mut samples: Vec<Duration>,
+        target: &str,
+    ) -> Self {
+        samples.sort();
+        let pick = |q: f64| {
+            samples
+                .get(
+                    ((samples.len() as f64 * q).ceil() as usize)
+                        .saturating_sub(1)
+                        .min(samples.len().saturating_sub(1)),
+                )
+                .copied()
+                .unwrap_or_default()
+        };
+        let (p50, p95, p99) = (pick(0.50), pick(0.95), pick(0.99));
+        Self {
+            group,
+            what: what.into(),
+            value: format!(
+                "p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+                ms(p50),
+                ms(p95),
+                ms(p99)
+            ),
+            target: target.into(),
+            json: json!({"samples": samples.len(), "p50_ms": ms(p50), "p95_ms": ms(p95), "p99_ms": ms(p99)}),
+        }
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000.0
+}
+
+/// Runs every part; returns the lines in order.
+pub async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
+    let env = intake::Env::start().await?;
+    let mut lines = floors::run(&env, config).await?;
+    lines.extend(intake::run(&env, config).await?);
+    lines.extend(queries::run(&env, config).await?);
+    env.stop().await?;
+    Ok(lines)
+}
+
+pub fn markdown(lines: &[Line]) -> String {
+    let mut out = String::from("| group | measurement | result | target |\n|---|---|---|---|\n");
+    for line in lines {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            line.group, line.what, line.value, line.target
+        ));
+    }
+    out
+}
+
+pub fn to_json(lines: &[Line]) -> Value {
+    json!(
+        lines
+            .iter()
+            .map(
+                |l| json!({"group": l.group, "what": l.what, "target": l.target, "result": l.json})
+            )
+            .collect::<Vec<_>>()
+    )
+}
