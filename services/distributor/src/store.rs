@@ -80,6 +80,16 @@ pub struct Store {
     pool: PgPool,
 }
 
+/// Batches touch rows by key only. The planner guesses 1,000 rows for UNNEST and would
+/// hash-join it against a scan of the whole table, a cost that grows with every lead; this
+/// keeps it on the indexes for the rest of the transaction.
+async fn key_lookups_only(tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Count changes, sorted so concurrent transactions lock counter rows in one order.
 type Deltas = BTreeMap<(Uuid, String), i64>;
 
@@ -157,6 +167,7 @@ impl Store {
         mut random: impl FnMut() -> u64,
     ) -> Result<PlanBatch, StoreError> {
         let mut tx = self.pool.begin().await?;
+        key_lookups_only(&mut tx).await?;
         let row = sqlx::query(
             "SELECT mode, prefer_related, strategy, managers, archived, rr_last, rr_last_index
              FROM plans WHERE plan_id = $1 AND account_id = $2 FOR UPDATE",
@@ -321,14 +332,17 @@ impl Store {
 
     /// Notes which deal each decision became.
     pub async fn link_deals(&self, links: &[(Uuid, Uuid)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        key_lookups_only(&mut tx).await?;
         sqlx::query(
             "UPDATE assignments SET deal_id = t.d FROM UNNEST($1::uuid[], $2::uuid[]) AS t(i, d)
              WHERE assignments.intake_id = t.i AND assignments.deal_id IS NULL",
         )
         .bind(links.iter().map(|(i, _)| *i).collect::<Vec<_>>())
         .bind(links.iter().map(|(_, d)| *d).collect::<Vec<_>>())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -347,6 +361,7 @@ impl Store {
         }
         let ids: Vec<Uuid> = newest.keys().copied().collect();
         let mut tx = self.pool.begin().await?;
+        key_lookups_only(&mut tx).await?;
         let known: HashMap<Uuid, (Uuid, Option<String>, bool, i64)> = sqlx::query(
             "SELECT deal_id, plan_id, manager_id, open, version FROM deal_view
              WHERE deal_id = ANY($1) ORDER BY deal_id FOR UPDATE",

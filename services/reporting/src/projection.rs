@@ -53,6 +53,10 @@ impl DealEvents {
         }
         let ids: Vec<Uuid> = newest.keys().copied().collect();
         let mut tx = self.pool.begin().await?;
+        // Rows by key only: never let a misestimated batch scan the whole read model.
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await?;
         // A placeholder for unseen deals (version 0, open: counts for nothing), so every
         // deal of the batch has a row to lock; replicas then serialise on it.
         let rows: Vec<&DealRow> = newest.values().copied().collect();
@@ -118,18 +122,26 @@ impl DealEvents {
         if changed.is_empty() {
             return tx.commit().await;
         }
+        // An upsert, not UPDATE … FROM UNNEST: the planner guesses 1,000 rows for UNNEST and
+        // would hash-join against a scan of the whole table; ON CONFLICT goes by the key.
         sqlx::query(
-            "UPDATE deals SET plan_id = t.plan_id, stage_id = t.stage_id, manager_id = t.manager_id,
-                status = t.status, amount_minor = t.amount, currency = t.currency,
-                loss_reason_id = t.reason, stage_before_close_id = t.before, closed_at = t.closed,
-                version = t.version, updated_at = t.updated
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::bigint[],
-                $7::text[], $8::uuid[], $9::uuid[], $10::timestamptz[], $11::bigint[], $12::timestamptz[])
-                AS t(deal_id, plan_id, stage_id, manager_id, status, amount, currency, reason, before,
-                     closed, version, updated)
-             WHERE deals.deal_id = t.deal_id AND deals.version < t.version",
+            "INSERT INTO deals (deal_id, account_id, plan_id, stage_id, manager_id, status,
+                amount_minor, currency, loss_reason_id, stage_before_close_id, closed_at, version, updated_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
+                $7::bigint[], $8::text[], $9::uuid[], $10::uuid[], $11::timestamptz[], $12::bigint[],
+                $13::timestamptz[])
+             ON CONFLICT (deal_id) DO UPDATE SET
+                plan_id = excluded.plan_id, stage_id = excluded.stage_id,
+                manager_id = excluded.manager_id, status = excluded.status,
+                amount_minor = excluded.amount_minor, currency = excluded.currency,
+                loss_reason_id = excluded.loss_reason_id,
+                stage_before_close_id = excluded.stage_before_close_id,
+                closed_at = excluded.closed_at, version = excluded.version,
+                updated_at = excluded.updated_at
+             WHERE deals.version < excluded.version",
         )
         .bind(changed.iter().map(|r| r.deal_id).collect::<Vec<_>>())
+        .bind(changed.iter().map(|r| r.account_id.clone()).collect::<Vec<_>>())
         .bind(changed.iter().map(|r| r.plan_id).collect::<Vec<_>>())
         .bind(changed.iter().map(|r| r.stage_id).collect::<Vec<_>>())
         .bind(changed.iter().map(|r| r.manager_id.clone()).collect::<Vec<_>>())
