@@ -25,7 +25,8 @@ async fn seed(pool: &sqlx::PgPool, plan: &pb::Plan, n: usize) -> anyhow::Result<
             'm' || (i % 20), 'ext-' || i, 'Person ' || i, 'person' || i || '@example.com',
             '+1 555 ' || lpad(i::text, 7, '0'), '1555' || lpad(i::text, 7, '0'),
             'Person ' || i, 100 + i % 1000, 'USD',
-            CASE WHEN i % 4 = 3 THEN gen_random_uuid() END,
+            CASE WHEN i % 4 = 3 THEN (ARRAY['00000000-0000-0000-0000-00000000a001',
+                '00000000-0000-0000-0000-00000000a002', '00000000-0000-0000-0000-00000000a003']::uuid[])[1 + i % 3] END,
             CASE WHEN i % 4 >= 2 THEN $2::uuid END,
             'seed-' || i, 1, now() - (i || ' seconds')::interval, now(),
             CASE WHEN i % 4 >= 2 THEN now() - ((i % 365) || ' days')::interval END

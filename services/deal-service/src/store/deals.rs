@@ -319,8 +319,12 @@ async fn deals_by_keys(
     account_id: &str,
     keys: &[String],
 ) -> Result<HashMap<String, Deal>, ApiError> {
+    // One probe of the unique (account, key) index per key: with `key = ANY(…)` the planner
+    // may read every deal of the account through another index instead.
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {DEAL_COLUMNS} FROM deals WHERE account_id = $1 AND idempotency_key = ANY($2)"
+        "SELECT d.* FROM UNNEST($2::text[]) AS k(key)
+         CROSS JOIN LATERAL (SELECT {DEAL_COLUMNS} FROM deals
+                             WHERE account_id = $1 AND idempotency_key = k.key) d"
     )))
     .bind(account_id)
     .bind(keys)
