@@ -135,9 +135,17 @@ impl Service for Config {
         );
         let http_shutdown = shutdown.clone();
         let http_server = async move {
-            axum::serve(http, router)
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-                .await
+            // Nagle off, as on the gRPC side: no delayed-ACK wait on each answer.
+            axum::serve(
+                axum::serve::ListenerExt::tap_io(http, |tcp| {
+                    if let Err(err) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+                    }
+                }),
+                router,
+            )
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
         }
         .boxed();
 
