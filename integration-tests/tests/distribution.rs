@@ -716,8 +716,14 @@ async fn unknown_archived_and_foreign_plans_are_refused_before_publishing() -> a
             &t.admin,
         ))
         .await?;
+    // The listener learns of the archive from the plan event: until then a lead may still
+    // be accepted (and then dead-lettered by the distributor); count those.
+    let accepted_meanwhile = std::sync::atomic::AtomicU64::new(0);
     let archived = eventually(Duration::from_secs(10), || async {
         let (status, _) = post(&stack, &t.funnel, &lead_json(&plan.id, "r2", "c2")).await?;
+        if status == 202 {
+            accepted_meanwhile.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok((status == 404).then_some(()))
     })
     .await;
@@ -744,10 +750,13 @@ async fn unknown_archived_and_foreign_plans_are_refused_before_publishing() -> a
 
     let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
     let mut stream = js.get_stream("SALESPLAN_INTAKE").await?;
+    // Same run id every time: at most one lead got through before the archive was known.
     assert_eq!(
         stream.info().await?.state.messages,
-        0,
-        "nothing was published"
+        accepted_meanwhile
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(1),
+        "nothing refused was published"
     );
     stack.stop().await
 }

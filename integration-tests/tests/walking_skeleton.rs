@@ -157,7 +157,13 @@ async fn webhook_leads_become_assigned_deals_that_reporting_counts() -> anyhow::
         .into_inner()
         .deal
         .expect("deal");
-    assert_eq!(deal.manager_id.as_deref(), Some("m1"));
+    // Turns follow the order of decisions; a lead that arrived before its plan was known
+    // waits for it, so any member may have this one.
+    assert!(
+        deal.manager_id
+            .as_deref()
+            .is_some_and(|m| ["m1", "m2", "m3"].contains(&m))
+    );
     assert_eq!(deal.title, "Lead 0");
     assert_eq!(deal.contact.expect("contact").external_id, "tg-0");
     let history: Vec<(String, String)> =
