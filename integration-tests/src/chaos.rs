@@ -275,6 +275,82 @@ impl Proc {
     }
 }
 
+/// Where the four services of [`start_services`] listen.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ports {
+    pub(crate) intake: u16,
+    pub(crate) http: u16,
+    pub(crate) deal: u16,
+    pub(crate) reporting: u16,
+}
+
+/// Starts the four service binaries on free ports against one database and NATS, with no
+/// webhook rate limit, plus `extra` variables; returns them started.
+pub(crate) async fn start_services(
+    database_url: &str,
+    nats_url: &str,
+    logs: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(Vec<Proc>, Ports)> {
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let (intake, http, distributor, deal, reporting) =
+        (ports[0], ports[1], ports[2], ports[3], ports[4]);
+    let mut services = Vec::new();
+    for (name, port) in [
+        ("deal-service", deal),
+        ("distributor", distributor),
+        ("reporting", reporting),
+        ("tunnel-listener", intake),
+    ] {
+        let mut env = vec![
+            ("DATABASE_URL".to_owned(), database_url.to_owned()),
+            ("NATS_URL".to_owned(), nats_url.to_owned()),
+            (
+                "SALESPLAN_GRPC_ADDR".to_owned(),
+                format!("127.0.0.1:{port}"),
+            ),
+            (
+                "SALESPLAN_DEAL_SERVICE_URL".to_owned(),
+                format!("http://127.0.0.1:{deal}"),
+            ),
+            ("SALESPLAN_WEBHOOK_RATE".to_owned(), "1000000".to_owned()),
+            ("SALESPLAN_WEBHOOK_BURST".to_owned(), "1000000".to_owned()),
+            ("RUST_LOG".to_owned(), "warn".to_owned()),
+        ];
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let listens_on = if name == "tunnel-listener" {
+            env.push(("SALESPLAN_HTTP_ADDR".into(), format!("127.0.0.1:{http}")));
+            http
+        } else {
+            port
+        };
+        let mut service = Proc {
+            name: name.into(),
+            program: sibling_binary(name)?,
+            args: vec!["serve".into()],
+            env,
+            port: listens_on,
+            child: None,
+            log: logs.join(format!("{name}.log")),
+        };
+        service.start().await?;
+        services.push(service);
+    }
+    Ok((
+        services,
+        Ports {
+            intake,
+            http,
+            deal,
+            reporting,
+        },
+    ))
+}
+
 /// Runs the whole fault scenario and checks every promise; the figures on success.
 pub async fn run(config: ChaosConfig) -> anyhow::Result<Figures> {
     let pg = Postgres::start_new().await?;
@@ -301,55 +377,19 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Figures> {
     nats.start().await?;
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
 
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect::<Result<_, _>>()?;
-    let (listener_grpc, http, distributor_port, deal_port, reporting_port) =
-        (ports[0], ports[1], ports[2], ports[3], ports[4]);
-    let common = |grpc: u16| {
-        vec![
-            ("DATABASE_URL".to_owned(), pg.url()),
-            ("NATS_URL".to_owned(), nats_url.clone()),
-            (
-                "SALESPLAN_GRPC_ADDR".to_owned(),
-                format!("127.0.0.1:{grpc}"),
-            ),
-            (
-                "SALESPLAN_DEAL_SERVICE_URL".to_owned(),
-                format!("http://127.0.0.1:{deal_port}"),
-            ),
-            ("SALESPLAN_WEBHOOK_RATE".to_owned(), "100000".to_owned()),
-            ("SALESPLAN_WEBHOOK_BURST".to_owned(), "100000".to_owned()),
-            ("SALESPLAN_SHUTDOWN_GRACE_MS".to_owned(), "5000".to_owned()),
-            ("RUST_LOG".to_owned(), "warn".to_owned()),
-        ]
-    };
-    let mut services = Vec::new();
-    for (name, port) in [
-        ("deal-service", deal_port),
-        ("distributor", distributor_port),
-        ("reporting", reporting_port),
-        ("tunnel-listener", listener_grpc),
-    ] {
-        let mut env = common(port);
-        if name == "tunnel-listener" {
-            env.push(("SALESPLAN_HTTP_ADDR".into(), format!("127.0.0.1:{http}")));
-        }
-        services.push(Proc {
-            name: name.into(),
-            program: sibling_binary(name)?,
-            args: vec!["serve".into()],
-            env,
-            port: if name == "tunnel-listener" {
-                http
-            } else {
-                port
-            },
-            child: None,
-            log: logs.path().join(format!("{name}.log")),
-        });
-    }
-    for service in &mut services {
-        service.start().await?;
-    }
+    let (mut services, ports) = start_services(
+        &pg.url(),
+        &nats_url,
+        logs.path(),
+        &[("SALESPLAN_SHUTDOWN_GRACE_MS", "5000")],
+    )
+    .await?;
+    let Ports {
+        intake: listener_grpc,
+        http,
+        deal: deal_port,
+        ..
+    } = ports;
 
     let issuer = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes());
     let token = |perms: &[Permission]| {

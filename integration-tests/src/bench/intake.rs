@@ -15,7 +15,7 @@ use super::{BenchConfig, Line};
 use crate::{
     TestDatabase, TestNats,
     api::{Mode, Strategy, create_plan, plan_request},
-    chaos::{Proc, free_port, sibling_binary},
+    chaos::{Ports, Proc, start_services},
 };
 
 pub struct Env {
@@ -37,51 +37,19 @@ impl Env {
         let nats = TestNats::start().await?;
         let db = TestDatabase::create().await?;
         let logs = tempfile::tempdir()?;
-        let ports: Vec<u16> = (0..5).map(|_| free_port()).collect::<Result<_, _>>()?;
-        let (intake, http, distributor, deal, reporting) =
-            (ports[0], ports[1], ports[2], ports[3], ports[4]);
-        let mut services = Vec::new();
-        for (name, port) in [
-            ("deal-service", deal),
-            ("distributor", distributor),
-            ("reporting", reporting),
-            ("tunnel-listener", intake),
-        ] {
-            let mut env = vec![
-                ("DATABASE_URL".to_owned(), db.url.clone()),
-                ("NATS_URL".to_owned(), nats.url.clone()),
-                (
-                    "SALESPLAN_GRPC_ADDR".to_owned(),
-                    format!("127.0.0.1:{port}"),
-                ),
-                (
-                    "SALESPLAN_DEAL_SERVICE_URL".to_owned(),
-                    format!("http://127.0.0.1:{deal}"),
-                ),
-                ("SALESPLAN_WEBHOOK_RATE".to_owned(), "1000000".to_owned()),
-                ("SALESPLAN_WEBHOOK_BURST".to_owned(), "1000000".to_owned()),
-                ("SALESPLAN_DB_MAX_CONNECTIONS".to_owned(), "16".to_owned()),
-                ("RUST_LOG".to_owned(), "warn".to_owned()),
-            ];
-            if name == "tunnel-listener" {
-                env.push(("SALESPLAN_HTTP_ADDR".into(), format!("127.0.0.1:{http}")));
-            }
-            let mut service = Proc {
-                name: name.into(),
-                program: sibling_binary(name)?,
-                args: vec!["serve".into()],
-                env,
-                port: if name == "tunnel-listener" {
-                    http
-                } else {
-                    port
-                },
-                child: None,
-                log: logs.path().join(format!("{name}.log")),
-            };
-            service.start().await?;
-            services.push(service);
-        }
+        let (services, ports) = start_services(
+            &db.url,
+            &nats.url,
+            logs.path(),
+            &[("SALESPLAN_DB_MAX_CONNECTIONS", "16")],
+        )
+        .await?;
+        let Ports {
+            intake,
+            http,
+            deal,
+            reporting,
+        } = ports;
         Ok(Self {
             nats_url: nats.url.clone(),
             database_url: db.url.clone(),

@@ -30,29 +30,17 @@ fn not_yours() -> ApiError {
     ))
 }
 
+/// The deals a bulk request names: by ids or by filter (the two oneofs carry the same).
 fn bulk_target(
-    target: Option<pb::bulk_move_deals_request::Target>,
+    ids: Option<pb::DealIds>,
+    filter: Option<pb::DealFilter>,
 ) -> Result<BulkTarget, ApiError> {
-    use pb::bulk_move_deals_request::Target;
-    match target {
-        Some(Target::DealIds(ids)) => Ok(BulkTarget::Ids(convert::ids("deal_ids.ids", &ids.ids)?)),
-        Some(Target::Filter(filter)) => Ok(BulkTarget::Query(Box::new(convert::query_from(
-            Some(filter),
-        )?))),
-        None => Err(ApiError::invalid("target", "give deal_ids or filter")),
-    }
-}
-
-fn assign_target(
-    target: Option<pb::bulk_assign_deals_request::Target>,
-) -> Result<BulkTarget, ApiError> {
-    use pb::bulk_assign_deals_request::Target;
-    match target {
-        Some(Target::DealIds(ids)) => Ok(BulkTarget::Ids(convert::ids("deal_ids.ids", &ids.ids)?)),
-        Some(Target::Filter(filter)) => Ok(BulkTarget::Query(Box::new(convert::query_from(
-            Some(filter),
-        )?))),
-        None => Err(ApiError::invalid("target", "give deal_ids or filter")),
+    match (ids, filter) {
+        (Some(ids), _) => Ok(BulkTarget::Ids(convert::ids("deal_ids.ids", &ids.ids)?)),
+        (None, Some(filter)) => Ok(BulkTarget::Query(Box::new(convert::query_from(Some(
+            filter,
+        ))?))),
+        (None, None) => Err(ApiError::invalid("target", "give deal_ids or filter")),
     }
 }
 
@@ -343,7 +331,14 @@ impl DealService for Api {
         let req = request.into_inner();
         let stage_id = parse_id("stage_id", &req.stage_id)?;
         let reason = convert::optional_id("loss_reason_id", req.loss_reason_id.as_deref())?;
-        let target = bulk_target(req.target)?;
+        let target = {
+            use pb::bulk_move_deals_request::Target;
+            match req.target {
+                Some(Target::DealIds(ids)) => bulk_target(Some(ids), None),
+                Some(Target::Filter(filter)) => bulk_target(None, Some(filter)),
+                None => bulk_target(None, None),
+            }?
+        };
         let outcome = self
             .store
             .bulk_change(
@@ -364,7 +359,14 @@ impl DealService for Api {
         let (actor, only) = bulk_actor(&request)?;
         let req = request.into_inner();
         let manager = convert::optional_manager("manager_id", req.manager_id.as_deref())?;
-        let target = assign_target(req.target)?;
+        let target = {
+            use pb::bulk_assign_deals_request::Target;
+            match req.target {
+                Some(Target::DealIds(ids)) => bulk_target(Some(ids), None),
+                Some(Target::Filter(filter)) => bulk_target(None, Some(filter)),
+                None => bulk_target(None, None),
+            }?
+        };
         let outcome = self
             .store
             .bulk_change(
