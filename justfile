@@ -19,9 +19,10 @@ chaos LEADS="5000": build-bins
     cargo run --quiet -p integration-tests --bin chaos -- {{LEADS}}
 
 # Release builds, then the floors of this machine beside the system's numbers (markdown on
-# stdout, JSON in target/bench/results.json). LEADS for the intake runs, DEALS for the queries.
-bench LEADS="100000" DEALS="1000000":
-    eval "$(scripts/deps.sh)" && cargo build --release --quiet --bins && target/release/bench --leads {{LEADS}} --deals {{DEALS}} --out target/bench/results.json
+# stdout, JSON in target/bench/results.json). LEADS for the intake runs, DEALS for the queries;
+# ARGS e.g. `--only intake` to run one part.
+bench LEADS="100000" DEALS="1000000" *ARGS:
+    eval "$(scripts/deps.sh)" && cargo build --release --quiet --bins && target/release/bench --leads {{LEADS}} --deals {{DEALS}} --out target/bench/results.json {{ARGS}}
 
 # Formatting, clippy with warnings as errors, and the deploy files (manifests, Dockerfile).
 lint:

@@ -20,7 +20,10 @@ use salesplan_platform::{
 use salesplan_proto::v1::{self as pb, intake_service_client::IntakeServiceClient};
 use tokio::process::{Child, Command};
 
-use crate::api::{Mode, Strategy, create_plan, plan_request};
+use crate::{
+    api::{Mode, Strategy, create_plan, plan_request},
+    nats::consumer_drained,
+};
 
 #[derive(Debug, Clone)]
 pub struct ChaosConfig {
@@ -676,21 +679,13 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Figures> {
     ] {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let mut c: async_nats::jetstream::consumer::PullConsumer = js
-                .get_stream(stream)
-                .await?
-                .get_consumer(consumer)
-                .await
-                .map_err(|e| anyhow::anyhow!("{consumer}: {e}"))?;
-            let info = c.info().await?;
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
+            let (drained, pending, unacked) = consumer_drained(&js, stream, consumer).await?;
+            if drained {
                 break;
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "{consumer}: {} pending, {} unacked",
-                info.num_pending,
-                info.num_ack_pending
+                "{consumer}: {pending} pending, {unacked} unacked"
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

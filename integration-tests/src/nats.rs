@@ -85,3 +85,23 @@ impl Drop for TestNats {
         self.kill();
     }
 }
+
+/// Whether a durable consumer has received and acked everything its stream holds for it.
+pub async fn consumer_drained(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> anyhow::Result<(bool, u64, usize)> {
+    let mut c: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await?
+        .get_consumer(consumer)
+        .await
+        .map_err(|e| anyhow::anyhow!("{consumer}: {e}"))?;
+    let info = c.info().await?;
+    Ok((
+        info.num_pending == 0 && info.num_ack_pending == 0,
+        info.num_pending,
+        info.num_ack_pending,
+    ))
+}

@@ -16,6 +16,7 @@ use crate::{
     TestDatabase, TestNats,
     api::{Mode, Strategy, create_plan, plan_request},
     chaos::{Ports, Proc, start_services},
+    nats::consumer_drained,
 };
 
 pub struct Env {
@@ -29,6 +30,7 @@ pub struct Env {
     pub deal_url: String,
     pub reporting_url: String,
     issuer: TokenIssuer,
+    js: async_nats::jetstream::Context,
     _logs: tempfile::TempDir,
 }
 
@@ -44,6 +46,7 @@ impl Env {
             &[("SALESPLAN_DB_MAX_CONNECTIONS", "16")],
         )
         .await?;
+        let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
         let Ports {
             intake,
             http,
@@ -61,6 +64,7 @@ impl Env {
             deal_url: format!("http://127.0.0.1:{deal}"),
             reporting_url: format!("http://127.0.0.1:{reporting}"),
             issuer: TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes()),
+            js,
             _logs: logs,
         })
     }
@@ -107,28 +111,50 @@ impl Env {
         .await
     }
 
-    /// Waits until `n` deals of the plan exist and reporting has counted them.
+    /// Waits until `n` deals of the plan exist and reporting has counted them. Watches the
+    /// pipeline's queues (cheap), in the order work flows — intake consumer, outbox,
+    /// reporting's consumer — and counts rows only once all three are empty, so the wait
+    /// does not load the database it measures.
     async fn settled(&self, pool: &sqlx::PgPool, plan: &str, n: usize) -> anyhow::Result<()> {
         let plan = uuid::Uuid::parse_str(plan)?;
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            // Through the account's indexes: the poll must not load the database itself.
-            let (deals, counted): (i64, i64) = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM deal_service.deals WHERE account_id = 'bench' AND plan_id = $1),
-                        (SELECT count(*) FROM reporting.deals WHERE account_id = 'bench' AND plan_id = $1 AND version > 0)",
-            )
-            .bind(plan)
-            .fetch_one(pool)
-            .await?;
-            if deals as usize >= n && counted as usize >= n {
-                return Ok(());
+            if self.pipeline_idle(pool).await? {
+                let (deals, counted): (i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT count(*) FROM deal_service.deals WHERE account_id = 'bench' AND plan_id = $1),
+                            (SELECT count(*) FROM reporting.deals WHERE account_id = 'bench' AND plan_id = $1 AND version > 0)",
+                )
+                .bind(plan)
+                .fetch_one(pool)
+                .await?;
+                if deals as usize >= n && counted as usize >= n {
+                    return Ok(());
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "only {deals} deals and {counted} counted of {n}"
+                );
             }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "only {deals} deals and {counted} counted of {n}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            anyhow::ensure!(Instant::now() < deadline, "the pipeline never went idle");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    async fn pipeline_idle(&self, pool: &sqlx::PgPool) -> anyhow::Result<bool> {
+        if !consumer_drained(&self.js, "SALESPLAN_INTAKE", "distributor-intake")
+            .await?
+            .0
+        {
+            return Ok(false);
+        }
+        let outbox_empty: bool =
+            sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM deal_service.outbox)")
+                .fetch_one(pool)
+                .await?;
+        Ok(outbox_empty
+            && consumer_drained(&self.js, "SALESPLAN_DEALS", "reporting-deals")
+                .await?
+                .0)
     }
 }
 

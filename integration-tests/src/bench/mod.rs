@@ -22,6 +22,16 @@ pub struct BenchConfig {
     pub rate_seconds: u64,
     /// Repetitions of each query.
     pub repeats: usize,
+    /// The parts to run (all by default): while working on one stage, the others only
+    /// cost time.
+    pub parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Floors,
+    Intake,
+    Queries,
 }
 
 impl BenchConfig {
@@ -33,6 +43,7 @@ impl BenchConfig {
             rates: vec![1_000, 5_000],
             rate_seconds: 10,
             repeats: 50,
+            parts: vec![Part::Floors, Part::Intake, Part::Queries],
         }
     }
 
@@ -45,6 +56,7 @@ impl BenchConfig {
             rates: vec![100],
             rate_seconds: 1,
             repeats: 3,
+            parts: vec![Part::Floors, Part::Intake, Part::Queries],
         }
     }
 }
@@ -117,9 +129,16 @@ pub fn ms(d: Duration) -> f64 {
 /// Runs every part; returns the lines in order.
 pub async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     let env = intake::Env::start().await?;
-    let mut lines = floors::run(&env, config).await?;
-    lines.extend(intake::run(&env, config).await?);
-    lines.extend(queries::run(&env, config).await?);
+    let mut lines = Vec::new();
+    if config.parts.contains(&Part::Floors) {
+        lines.extend(floors::run(&env, config).await?);
+    }
+    if config.parts.contains(&Part::Intake) {
+        lines.extend(intake::run(&env, config).await?);
+    }
+    if config.parts.contains(&Part::Queries) {
+        lines.extend(queries::run(&env, config).await?);
+    }
     env.stop().await?;
     Ok(lines)
 }

@@ -1,7 +1,7 @@
 //! `just bench`: floors and system numbers side by side; markdown on stdout, JSON to a file.
 
 use clap::Parser;
-use integration_tests::bench::{BenchConfig, markdown, run, to_json};
+use integration_tests::bench::{BenchConfig, Part, markdown, run, to_json};
 
 #[derive(Parser)]
 struct Args {
@@ -14,6 +14,9 @@ struct Args {
     /// Tiny counts: checks that every part runs.
     #[arg(long)]
     smoke: bool,
+    /// Only these parts (comma-separated); all when absent.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
     #[arg(long, default_value = "target/bench/results.json")]
     out: std::path::PathBuf,
 }
@@ -21,7 +24,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = if args.smoke {
+    let mut config = if args.smoke {
         BenchConfig::smoke()
     } else {
         BenchConfig {
@@ -30,6 +33,9 @@ async fn main() -> anyhow::Result<()> {
             ..BenchConfig::full()
         }
     };
+    if !args.only.is_empty() {
+        config.parts = args.only;
+    }
     let lines = run(&config).await?;
     print!("{}", markdown(&lines));
     if let Some(dir) = args.out.parent() {

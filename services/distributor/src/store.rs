@@ -197,9 +197,12 @@ impl Store {
                 .iter()
                 .map(|r| Ok((r.try_get("intake_id")?, r.try_get("manager_id")?)))
                 .collect::<Result<_, sqlx::Error>>()?;
+        // A lead can be in the batch twice (published again after JetStream's duplicate
+        // window): it is decided once.
+        let mut seen = std::collections::HashSet::new();
         let pending: Vec<&PendingLead> = leads
             .iter()
-            .filter(|l| !decisions.contains_key(&l.intake_id))
+            .filter(|l| !decisions.contains_key(&l.intake_id) && seen.insert(l.intake_id))
             .collect();
         if pending.is_empty() {
             return Ok(PlanBatch::Decided {
@@ -213,8 +216,12 @@ impl Store {
             .filter_map(|l| l.contact_key.clone())
             .collect();
         let mut previous: HashMap<String, String> = sqlx::query(
-            "SELECT contact_key, manager_id FROM contact_managers
-             WHERE account_id = $1 AND contact_key = ANY($2)",
+            // One probe of the (account, key) primary key per key: with `contact_key =
+            // ANY(…)` the planner reads every relation of the account instead (`LIMIT 1`
+            // keeps the probe from being flattened into a join).
+            "SELECT c.contact_key, c.manager_id FROM UNNEST($2::text[]) AS k(key)
+             CROSS JOIN LATERAL (SELECT contact_key, manager_id FROM contact_managers
+                                 WHERE account_id = $1 AND contact_key = k.key LIMIT 1) c",
         )
         .bind(account_id)
         .bind(&keys)

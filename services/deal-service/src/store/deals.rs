@@ -320,11 +320,13 @@ async fn deals_by_keys(
     keys: &[String],
 ) -> Result<HashMap<String, Deal>, ApiError> {
     // One probe of the unique (account, key) index per key: with `key = ANY(…)` the planner
-    // may read every deal of the account through another index instead.
+    // may read every deal of the account through another index instead. `LIMIT 1` keeps the
+    // subquery from being flattened into a join, which a plan cached while the table was
+    // small turned into a hash join over all of the account's deals.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT d.* FROM UNNEST($2::text[]) AS k(key)
          CROSS JOIN LATERAL (SELECT {DEAL_COLUMNS} FROM deals
-                             WHERE account_id = $1 AND idempotency_key = k.key) d"
+                             WHERE account_id = $1 AND idempotency_key = k.key LIMIT 1) d"
     )))
     .bind(account_id)
     .bind(keys)

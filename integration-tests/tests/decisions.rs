@@ -1,0 +1,91 @@
+//! The distributor's decision store against real PostgreSQL.
+
+use std::collections::HashMap;
+
+use distributor::{
+    domain::distribution::{Lead, Mode, PlanSettings, Strategy},
+    store::{PendingLead, PlanBatch, PlanCopy, Store},
+};
+use integration_tests::TestDatabase;
+use salesplan_platform::service::Service;
+use uuid::Uuid;
+
+const ACCOUNT: &str = "acme";
+
+async fn store_with_round_robin_plan() -> anyhow::Result<(TestDatabase, Store, Uuid)> {
+    let db = TestDatabase::create().await?;
+    let config = distributor::Config::local(&db.url, "nats://127.0.0.1:1", "http://127.0.0.1:1");
+    config.migrate().await?;
+    let pool =
+        salesplan_platform::db::connect(&config.common.database, distributor::SCHEMA).await?;
+    let store = Store::new(pool);
+    let plan_id = Uuid::new_v4();
+    store
+        .apply_plan(&PlanCopy {
+            plan_id,
+            account_id: ACCOUNT.into(),
+            version: 1,
+            settings: PlanSettings {
+                mode: Mode::Auto {
+                    prefer_related: false,
+                    strategy: Strategy::RoundRobin,
+                },
+                managers: vec!["m1".into(), "m2".into(), "m3".into()],
+                archived: false,
+            },
+        })
+        .await?;
+    Ok((db, store, plan_id))
+}
+
+fn lead(n: u128) -> PendingLead {
+    PendingLead {
+        intake_id: Uuid::from_u128(n),
+        lead: Lead::default(),
+        contact_key: Some(format!("ext:c{n}")),
+    }
+}
+
+/// A lead published again after JetStream's duplicate window (a funnel retrying the same
+/// run minutes later) can arrive twice in one batch: it is decided once, the turn moves
+/// once, and it counts once.
+#[tokio::test]
+async fn a_lead_twice_in_one_batch_is_decided_once() -> anyhow::Result<()> {
+    let (_db, store, plan_id) = store_with_round_robin_plan().await?;
+    let batch = [lead(1), lead(1), lead(2), lead(3)];
+    let PlanBatch::Decided { decisions, new } =
+        store.decide_batch(ACCOUNT, plan_id, &batch, || 0).await?
+    else {
+        anyhow::bail!("the plan is known and open");
+    };
+
+    assert_eq!(new.len(), 3, "one decision per distinct lead: {new:?}");
+    let mut per_manager: HashMap<String, usize> = HashMap::new();
+    for manager in decisions.values() {
+        *per_manager
+            .entry(manager.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_manager,
+        HashMap::from([("m1".into(), 1), ("m2".into(), 1), ("m3".into(), 1)])
+    );
+    // What the caller is told is what was stored.
+    let first = &new[0];
+    assert_eq!(first.intake_id, Uuid::from_u128(1).to_string());
+    assert_eq!(first.manager_id, decisions[&Uuid::from_u128(1)]);
+    assert_eq!(
+        store.open_counts(plan_id).await?,
+        HashMap::from([("m1".into(), 1), ("m2".into(), 1), ("m3".into(), 1)])
+    );
+
+    // The next lead continues the turn where three decisions left it.
+    let PlanBatch::Decided { decisions, .. } = store
+        .decide_batch(ACCOUNT, plan_id, &[lead(4)], || 0)
+        .await?
+    else {
+        anyhow::bail!("the plan is known and open");
+    };
+    assert_eq!(decisions[&Uuid::from_u128(4)].as_deref(), Some("m1"));
+    Ok(())
+}
