@@ -158,6 +158,9 @@ impl Env {
     }
 }
 
+/// Webhook requests in flight at most during the latency runs.
+const MAX_IN_FLIGHT: usize = 2_048;
+
 pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     let mut lines = Vec::new();
     let pool = sqlx::PgPool::connect(&env.database_url).await?;
@@ -243,10 +246,14 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         let plan = env.plan(&format!("Bench {rate}/s")).await?;
         let total = (*rate * config.rate_seconds) as usize;
         let interval = Duration::from_secs_f64(1.0 / *rate as f64);
+        // Open loop, but with a bound on requests in flight: past it (the listener answers
+        // slower than leads are offered) the generator waits rather than run out of sockets.
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         let start = tokio::time::Instant::now();
         let mut tasks = Vec::with_capacity(total);
         for i in 0..total {
             tokio::time::sleep_until(start + interval * i as u32).await;
+            let permit = in_flight.clone().acquire_owned().await?;
             let (http, webhook, funnel, plan) = (
                 http.clone(),
                 env.webhook.clone(),
@@ -254,12 +261,14 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
                 plan.id.clone(),
             );
             tasks.push(tokio::spawn(async move {
+                let _permit = permit;
                 let sent = SystemTime::now();
                 let body = serde_json::json!({"plan_id": plan, "run_id": format!("r-{i}"), "contact": {"external_id": format!("r-{i}")}});
                 let reply: serde_json::Value = http.post(&webhook).bearer_auth(&funnel).json(&body).send().await?.json().await?;
                 anyhow::Ok((reply["intake_id"].as_str().unwrap_or_default().to_owned(), sent))
             }));
         }
+        let sending = start.elapsed();
         let mut sent: HashMap<String, SystemTime> = HashMap::new();
         for task in tasks {
             let (id, at) = task.await??;
@@ -288,7 +297,10 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         };
         lines.push(Line::latency(
             "latency",
-            format!("request → deal at {rate} leads/s offered ({} leads)", total),
+            format!(
+                "request → deal at {rate} leads/s offered ({total} leads, sent in {:.1} s)",
+                sending.as_secs_f64()
+            ),
             samples,
             target,
         ));

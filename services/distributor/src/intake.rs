@@ -22,8 +22,9 @@ use crate::{
     store::{PendingLead, PlanBatch, Store},
 };
 
-/// What became of one lead: its batch index, outcome, and intake id → deal id.
-type Created = (usize, Outcome, Option<(Uuid, Uuid)>);
+/// What became of one lead: its batch index and outcome. (Decisions are linked to their
+/// deals when the deal events arrive.)
+type Created = (usize, Outcome);
 
 /// Deals per CreateDeals call, and calls in flight at once.
 const CREATE_BATCH: usize = 500;
@@ -91,7 +92,7 @@ impl IntakeEvents {
             Err(err) => {
                 return items
                     .into_iter()
-                    .map(|(item, _)| (item.index, Outcome::Retry(err.to_string()), None))
+                    .map(|(item, _)| (item.index, Outcome::Retry(err.to_string())))
                     .collect();
             }
         };
@@ -127,7 +128,7 @@ impl IntakeEvents {
                 let reason = format!("CreateDeals: {:?}: {}", status.code(), status.message());
                 return items
                     .into_iter()
-                    .map(|(item, _)| (item.index, Outcome::Retry(reason.clone()), None))
+                    .map(|(item, _)| (item.index, Outcome::Retry(reason.clone())))
                     .collect();
             }
         };
@@ -139,21 +140,15 @@ impl IntakeEvents {
             let outcome = match result {
                 Some(r) if r.code == 0 => {
                     self.record_latency(&item.event);
-                    let deal_id = r.deal.and_then(|d| Uuid::parse_str(&d.id).ok());
-                    (
-                        item.index,
-                        Outcome::Done,
-                        deal_id.map(|d| (item.intake_id, d)),
-                    )
+                    (item.index, Outcome::Done)
                 }
                 Some(r) => {
                     let status = tonic::Status::new(Code::from(r.code), r.message);
-                    (item.index, self.refused(&item, status).await, None)
+                    (item.index, self.refused(&item, status).await)
                 }
                 None => (
                     item.index,
                     Outcome::Retry("CreateDeals returned fewer results".into()),
-                    None,
                 ),
             };
             outcomes.push(outcome);
@@ -288,16 +283,8 @@ impl BatchHandler for IntakeEvents {
                 .flat_map(stream::iter)
                 .collect()
                 .await;
-        let mut links = Vec::new();
-        for (index, outcome, link) in results {
+        for (index, outcome) in results {
             outcomes[index] = outcome;
-            links.extend(link);
-        }
-        if !links.is_empty()
-            && let Err(err) = self.store.link_deals(&links).await
-        {
-            // Deal events link them too; this only makes ExplainAssignment answer sooner.
-            tracing::debug!(error = %err, "cannot link decisions to deals yet");
         }
         outcomes
     }

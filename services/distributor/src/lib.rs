@@ -29,6 +29,8 @@ use tonic::server::NamedService;
 
 pub const SCHEMA: &str = "distributor";
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/distributor");
+/// Intake batches handled at once by one process.
+const INTAKE_BATCHES_IN_FLIGHT: usize = 3;
 /// The user id of the distributor in deal history ("who created the deal").
 pub const ACTOR_ID: &str = "system:distributor";
 
@@ -95,7 +97,10 @@ impl Service for Config {
         );
         background.consume(
             &bus,
-            ConsumerSpec::new(&streams::INTAKE, "distributor-intake"),
+            // Decisions serialize on the plan's row lock; the deal creation of one batch
+            // overlaps the decisions of the next.
+            ConsumerSpec::new(&streams::INTAKE, "distributor-intake")
+                .with_concurrency(INTAKE_BATCHES_IN_FLIGHT),
             Arc::new(intake::IntakeEvents::new(
                 store.clone(),
                 bus.clone(),

@@ -337,22 +337,6 @@ impl Store {
         Ok(())
     }
 
-    /// Notes which deal each decision became.
-    pub async fn link_deals(&self, links: &[(Uuid, Uuid)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        key_lookups_only(&mut tx).await?;
-        sqlx::query(
-            "UPDATE assignments SET deal_id = t.d FROM UNNEST($1::uuid[], $2::uuid[]) AS t(i, d)
-             WHERE assignments.intake_id = t.i AND assignments.deal_id IS NULL",
-        )
-        .bind(links.iter().map(|(i, _)| *i).collect::<Vec<_>>())
-        .bind(links.iter().map(|(_, d)| *d).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Applies deal events (newest state per deal): open-deal counts, contact relations,
     /// decision ↔ deal links. Events not newer than what is known change nothing.
     pub async fn apply_deals(&self, states: &[DealState]) -> Result<(), StoreError> {

@@ -189,6 +189,9 @@ pub struct NatsConfig {
     pub max_deliver: i64,
     /// Messages fetched per batch by a consumer.
     pub batch_size: usize,
+    /// How long a consumer waits for a batch to fill once its first message is in: a few
+    /// milliseconds of latency buy batches of hundreds instead of dozens under load.
+    pub batch_wait: std::time::Duration,
 }
 
 impl NatsConfig {
@@ -200,6 +203,9 @@ impl NatsConfig {
             replicas: env.parse("SALESPLAN_NATS_REPLICAS", 1)?,
             max_deliver: env.parse("SALESPLAN_MAX_DELIVER", 8)?,
             batch_size: env.parse("SALESPLAN_CONSUMER_BATCH", 500)?,
+            batch_wait: std::time::Duration::from_millis(
+                env.parse("SALESPLAN_CONSUMER_WAIT_MS", 10)?,
+            ),
         };
         config.validate()?;
         Ok(config)
@@ -211,6 +217,7 @@ impl NatsConfig {
             replicas: 1,
             max_deliver: 8,
             batch_size: 500,
+            batch_wait: std::time::Duration::from_millis(10),
         }
     }
 
@@ -231,6 +238,12 @@ impl NatsConfig {
             return Err(ConfigError::new(
                 "SALESPLAN_CONSUMER_BATCH",
                 "must be between 1 and 10000",
+            ));
+        }
+        if self.batch_wait > std::time::Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "SALESPLAN_CONSUMER_WAIT_MS",
+                "must be at most 1000",
             ));
         }
         Ok(())

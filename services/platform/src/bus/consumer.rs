@@ -30,6 +30,9 @@ pub struct ConsumerSpec {
     /// Removes the consumer after this long without a client: for per-process consumers
     /// (every replica reading every message), which would otherwise pile up.
     pub inactive_threshold: Option<Duration>,
+    /// Batches handled at once. More than one only where the handler orders concurrent
+    /// batches itself (row locks): the next batch's reads then overlap this one's commits.
+    pub concurrency: usize,
 }
 
 impl ConsumerSpec {
@@ -40,6 +43,14 @@ impl ConsumerSpec {
             filter_subject: stream.subjects.to_owned(),
             ack_wait: Duration::from_secs(30),
             inactive_threshold: None,
+            concurrency: 1,
+        }
+    }
+
+    pub fn with_concurrency(self, concurrency: usize) -> Self {
+        Self {
+            concurrency: concurrency.max(1),
+            ..self
         }
     }
 
@@ -79,6 +90,13 @@ impl Delivery {
     }
 }
 
+/// A consumer's counters, shared by its batches in flight.
+struct Counters {
+    dead_letters: opentelemetry::metrics::Counter<u64>,
+    redeliveries: opentelemetry::metrics::Counter<u64>,
+    attrs: Vec<KeyValue>,
+}
+
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -116,14 +134,18 @@ pub async fn run_consumer<H: BatchHandler>(
         }
     };
     let batch_size = bus.config().batch_size;
+    let batch_wait = bus.config().batch_wait;
     let meter = crate::telemetry::meter("salesplan");
-    let dead_letters = meter.u64_counter("salesplan.consumer.dead_letters").build();
-    let redeliveries = meter.u64_counter("salesplan.consumer.redeliveries").build();
+    let counters = Arc::new(Counters {
+        dead_letters: meter.u64_counter("salesplan.consumer.dead_letters").build(),
+        redeliveries: meter.u64_counter("salesplan.consumer.redeliveries").build(),
+        attrs: vec![KeyValue::new("consumer", spec.durable.clone())],
+    });
+    let spec = Arc::new(spec);
     let pending = meter
         .u64_gauge("salesplan.consumer.pending")
         .with_description("Messages of the stream not yet delivered to the consumer (its lag)")
         .build();
-    let attrs = [KeyValue::new("consumer", spec.durable.clone())];
 
     while !shutdown.is_cancelled() {
         let messages = consumer
@@ -141,17 +163,36 @@ pub async fn run_consumer<H: BatchHandler>(
                 continue;
             }
         };
-        let mut chunks = messages.ready_chunks(batch_size);
-        loop {
+        let mut messages = messages;
+        // Spawned, so batches in flight progress while the next one fills.
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut ended = false;
+        while !ended {
             // Only the wait for new messages races the shutdown; a batch being handled
             // always completes and is acked.
-            let chunk = tokio::select! {
-                chunk = chunks.next() => chunk,
+            let first = tokio::select! {
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+                item = messages.next(), if in_flight.len() < spec.concurrency => item,
                 _ = shutdown.cancelled() => None,
             };
-            let Some(chunk) = chunk else { break };
-            let mut received = Vec::with_capacity(chunk.len());
-            for item in chunk {
+            let Some(first) = first else { break };
+            let mut items = vec![first];
+            let filled_by = tokio::time::Instant::now() + batch_wait;
+            while items.len() < batch_size {
+                tokio::select! {
+                    biased;
+                    item = messages.next() => match item {
+                        Some(item) => items.push(item),
+                        None => {
+                            ended = true;
+                            break;
+                        }
+                    },
+                    _ = tokio::time::sleep_until(filled_by) => break,
+                }
+            }
+            let mut received = Vec::with_capacity(items.len());
+            for item in items {
                 match item {
                     Ok(message) => received.push(message),
                     Err(err) => {
@@ -163,19 +204,15 @@ pub async fn run_consumer<H: BatchHandler>(
                 continue;
             }
             if let Some(info) = received.last().and_then(|m| m.info().ok()) {
-                pending.record(info.pending, &attrs);
+                pending.record(info.pending, &counters.attrs);
             }
-            process(
-                &bus,
-                &spec,
-                &*handler,
-                received,
-                &dead_letters,
-                &redeliveries,
-                &attrs,
-            )
-            .await;
+            let (bus, spec, handler, counters) =
+                (bus.clone(), spec.clone(), handler.clone(), counters.clone());
+            in_flight.spawn(async move {
+                process(&bus, &spec, &*handler, received, &counters).await;
+            });
         }
+        while in_flight.join_next().await.is_some() {}
     }
     tracing::info!(consumer = %spec.durable, "consumer stopped");
 }
@@ -211,9 +248,7 @@ async fn process<H: BatchHandler>(
     spec: &ConsumerSpec,
     handler: &H,
     messages: Vec<Message>,
-    dead_letters: &opentelemetry::metrics::Counter<u64>,
-    redeliveries: &opentelemetry::metrics::Counter<u64>,
-    attrs: &[KeyValue],
+    counters: &Counters,
 ) {
     let max_deliver = bus.config().max_deliver;
     let mut work = Vec::with_capacity(messages.len());
@@ -221,12 +256,12 @@ async fn process<H: BatchHandler>(
     for message in messages {
         let delivery = Delivery::from(&message);
         if delivery.delivered > 1 {
-            redeliveries.add(1, attrs);
+            counters.redeliveries.add(1, &counters.attrs);
         }
         // Beyond the limit before it is even handled: a message that crashed the process.
         if delivery.delivered > max_deliver {
             let reason = format!("delivered {} times without success", delivery.delivered);
-            dead_letter(bus, spec, &message, &delivery, &reason, dead_letters, attrs).await;
+            dead_letter(bus, spec, &message, &delivery, &reason, counters).await;
             continue;
         }
         work.push(delivery);
@@ -243,14 +278,14 @@ async fn process<H: BatchHandler>(
         match outcome {
             Outcome::Done => ack(message, AckKind::Ack).await,
             Outcome::Retry(reason) if delivery.delivered >= max_deliver => {
-                dead_letter(bus, spec, message, delivery, &reason, dead_letters, attrs).await
+                dead_letter(bus, spec, message, delivery, &reason, counters).await
             }
             Outcome::Retry(reason) => {
                 tracing::debug!(consumer = %spec.durable, subject = %delivery.subject, delivered = delivery.delivered, %reason, "retrying");
                 ack(message, AckKind::Nak(Some(backoff(delivery.delivered)))).await
             }
             Outcome::Reject(reason) => {
-                dead_letter(bus, spec, message, delivery, &reason, dead_letters, attrs).await
+                dead_letter(bus, spec, message, delivery, &reason, counters).await
             }
         }
     }
@@ -291,8 +326,7 @@ async fn dead_letter(
     message: &Message,
     delivery: &Delivery,
     reason: &str,
-    counter: &opentelemetry::metrics::Counter<u64>,
-    attrs: &[KeyValue],
+    counters: &Counters,
 ) {
     tracing::error!(consumer = %spec.durable, subject = %delivery.subject, delivered = delivery.delivered, %reason, "dead-lettering message");
     let mut out = Outgoing::new(
@@ -308,7 +342,7 @@ async fn dead_letter(
         .insert(HEADER_DELIVERED, delivery.delivered.to_string().as_str());
     match bus.publish(out).await {
         Ok(_) => {
-            counter.add(1, attrs);
+            counters.dead_letters.add(1, &counters.attrs);
             ack(message, AckKind::Term).await;
         }
         // Not stored as a dead letter: leave it to be delivered again rather than lose it.
