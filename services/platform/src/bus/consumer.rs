@@ -155,7 +155,7 @@ pub async fn run_consumer<H: BatchHandler>(
             .expires(Duration::from_secs(30))
             .messages()
             .await;
-        let messages = match messages {
+        let mut messages = match messages {
             Ok(messages) => messages,
             Err(err) => {
                 tracing::warn!(consumer = %spec.durable, error = %err, "cannot pull, retrying");
@@ -163,7 +163,6 @@ pub async fn run_consumer<H: BatchHandler>(
                 continue;
             }
         };
-        let mut messages = messages;
         // Spawned, so batches in flight progress while the next one fills.
         let mut in_flight = tokio::task::JoinSet::new();
         let mut ended = false;
@@ -171,13 +170,17 @@ pub async fn run_consumer<H: BatchHandler>(
             // Only the wait for new messages races the shutdown; a batch being handled
             // always completes and is acked.
             let first = tokio::select! {
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    log_panic(&spec, done);
+                    continue;
+                }
                 item = messages.next(), if in_flight.len() < spec.concurrency => item,
                 _ = shutdown.cancelled() => None,
             };
             let Some(first) = first else { break };
             let mut items = vec![first];
-            let filled_by = tokio::time::Instant::now() + batch_wait;
+            let filled = tokio::time::sleep(batch_wait);
+            tokio::pin!(filled);
             while items.len() < batch_size {
                 tokio::select! {
                     biased;
@@ -188,7 +191,7 @@ pub async fn run_consumer<H: BatchHandler>(
                             break;
                         }
                     },
-                    _ = tokio::time::sleep_until(filled_by) => break,
+                    _ = &mut filled => break,
                 }
             }
             let mut received = Vec::with_capacity(items.len());
@@ -212,9 +215,19 @@ pub async fn run_consumer<H: BatchHandler>(
                 process(&bus, &spec, &*handler, received, &counters).await;
             });
         }
-        while in_flight.join_next().await.is_some() {}
+        while let Some(done) = in_flight.join_next().await {
+            log_panic(&spec, done);
+        }
     }
     tracing::info!(consumer = %spec.durable, "consumer stopped");
+}
+
+/// A batch whose handler panicked stays unacked: it is delivered again after `ack_wait`
+/// and dead-lettered once it has failed `max_deliver` times.
+fn log_panic(spec: &ConsumerSpec, done: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = done {
+        tracing::error!(consumer = %spec.durable, error = %err, "batch handler failed");
+    }
 }
 
 async fn durable_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsumer, BusError> {
