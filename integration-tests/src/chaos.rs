@@ -22,7 +22,7 @@ use tokio::process::{Child, Command};
 
 use crate::{
     api::{Mode, Strategy, create_plan, plan_request},
-    nats::consumer_drained,
+    nats::consumer_backlog,
 };
 
 #[derive(Debug, Clone)]
@@ -679,13 +679,15 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Figures> {
     ] {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let (drained, pending, unacked) = consumer_drained(&js, stream, consumer).await?;
-            if drained {
+            let backlog = consumer_backlog(&js, stream, consumer).await?;
+            if backlog.is_empty() {
                 break;
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "{consumer}: {pending} pending, {unacked} unacked"
+                "{consumer}: {} pending, {} unacked",
+                backlog.pending,
+                backlog.unacked
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

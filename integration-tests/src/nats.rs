@@ -86,12 +86,24 @@ impl Drop for TestNats {
     }
 }
 
-/// Whether a durable consumer has received and acked everything its stream holds for it.
-pub async fn consumer_drained(
+/// What a durable consumer has yet to receive (`pending`) and to ack (`unacked`).
+#[derive(Debug, Clone, Copy)]
+pub struct Backlog {
+    pub pending: u64,
+    pub unacked: usize,
+}
+
+impl Backlog {
+    pub fn is_empty(self) -> bool {
+        self.pending == 0 && self.unacked == 0
+    }
+}
+
+pub async fn consumer_backlog(
     js: &async_nats::jetstream::Context,
     stream: &str,
     consumer: &str,
-) -> anyhow::Result<(bool, u64, usize)> {
+) -> anyhow::Result<Backlog> {
     let mut c: async_nats::jetstream::consumer::PullConsumer = js
         .get_stream(stream)
         .await?
@@ -99,9 +111,8 @@ pub async fn consumer_drained(
         .await
         .map_err(|e| anyhow::anyhow!("{consumer}: {e}"))?;
     let info = c.info().await?;
-    Ok((
-        info.num_pending == 0 && info.num_ack_pending == 0,
-        info.num_pending,
-        info.num_ack_pending,
-    ))
+    Ok(Backlog {
+        pending: info.num_pending,
+        unacked: info.num_ack_pending,
+    })
 }

@@ -16,7 +16,7 @@ use crate::{
     TestDatabase, TestNats,
     api::{Mode, Strategy, create_plan, plan_request},
     chaos::{Ports, Proc, start_services},
-    nats::consumer_drained,
+    nats::consumer_backlog,
 };
 
 pub struct Env {
@@ -141,9 +141,9 @@ impl Env {
     }
 
     async fn pipeline_idle(&self, pool: &sqlx::PgPool) -> anyhow::Result<bool> {
-        if !consumer_drained(&self.js, "SALESPLAN_INTAKE", "distributor-intake")
+        if !consumer_backlog(&self.js, "SALESPLAN_INTAKE", "distributor-intake")
             .await?
-            .0
+            .is_empty()
         {
             return Ok(false);
         }
@@ -152,9 +152,9 @@ impl Env {
                 .fetch_one(pool)
                 .await?;
         Ok(outbox_empty
-            && consumer_drained(&self.js, "SALESPLAN_DEALS", "reporting-deals")
+            && consumer_backlog(&self.js, "SALESPLAN_DEALS", "reporting-deals")
                 .await?
-                .0)
+                .is_empty())
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use prost::Message as _;
+use salesplan_platform::db::key_lookups_only;
 use salesplan_proto::v1 as pb;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
@@ -78,16 +79,6 @@ pub struct DealState {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-}
-
-/// Batches touch rows by key only. The planner guesses 1,000 rows for UNNEST and would
-/// hash-join it against a scan of the whole table, a cost that grows with every lead; this
-/// keeps it on the indexes for the rest of the transaction.
-async fn key_lookups_only(tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
-    sqlx::query("SET LOCAL enable_seqscan = off")
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 /// Count changes, sorted so concurrent transactions lock counter rows in one order.

@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use prost::Message as _;
-use salesplan_platform::bus::{BatchHandler, Delivery, Outcome};
+use salesplan_platform::{
+    bus::{BatchHandler, Delivery, Outcome},
+    db::key_lookups_only,
+};
 use salesplan_proto::v1 as pb;
 use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
@@ -53,10 +56,7 @@ impl DealEvents {
         }
         let ids: Vec<Uuid> = newest.keys().copied().collect();
         let mut tx = self.pool.begin().await?;
-        // Rows by key only: never let a misestimated batch scan the whole read model.
-        sqlx::query("SET LOCAL enable_seqscan = off")
-            .execute(&mut *tx)
-            .await?;
+        key_lookups_only(&mut tx).await?;
         // A placeholder for unseen deals (version 0, open: counts for nothing), so every
         // deal of the batch has a row to lock; replicas then serialise on it.
         let rows: Vec<&DealRow> = newest.values().copied().collect();

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use salesplan_platform::{ApiError, ids};
+use salesplan_platform::{ApiError, db::key_lookups_only, ids};
 use sqlx::{PgConnection, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -393,11 +393,7 @@ pub async fn update_deals(
         return Ok(());
     }
     let deals: Vec<&Deal> = changes.iter().map(|(d, _)| d).collect();
-    // By key only: without this the planner's 1,000-row guess for UNNEST picks a scan of
-    // every deal of every account.
-    sqlx::query("SET LOCAL enable_seqscan = off")
-        .execute(&mut **tx)
-        .await?;
+    key_lookups_only(tx).await?;
     sqlx::query(
         "UPDATE deals SET stage_id = x.stage_id, status = x.status, manager_id = x.manager_id,
             contact_external_id = x.ext, contact_name = x.name, contact_email = x.email,
