@@ -632,6 +632,17 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Figures> {
             .await?;
     anyhow::ensure!(unassigned == 0, "{unassigned} AUTO deals without a manager");
 
+    let drift = crate::postgres::kept_counts_drift(&pool).await?;
+    anyhow::ensure!(
+        drift.is_empty(),
+        "the board's kept counts disagree with the deals: {drift:?}"
+    );
+    let dangling = crate::postgres::dangling_references(&pool).await?;
+    anyhow::ensure!(
+        dangling == (0, 0),
+        "deals outside their plan's stages, history of no deal: {dangling:?}"
+    );
+
     // The distributor's counts and reporting's read model agree with the deals.
     let settled = Instant::now() + Duration::from_secs(60);
     loop {

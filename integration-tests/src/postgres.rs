@@ -52,6 +52,44 @@ impl TestDatabase {
     }
 }
 
+/// The cells where deal-service's kept counts disagree with a recount of its deals, as
+/// `(account, plan, stage, manager, currency, deals, amount)` rows of each side that the
+/// other lacks; empty when they agree.
+pub async fn kept_counts_drift(
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<Vec<(String, String, String, String, String, i64, i64)>> {
+    Ok(sqlx::query_as(
+        "WITH kept AS (
+             SELECT account_id, plan_id::text, stage_id::text, manager_id, currency, deals, amount_minor
+             FROM deal_service.stage_counts WHERE deals <> 0 OR amount_minor <> 0),
+         recount AS (
+             SELECT account_id, plan_id::text, stage_id::text, coalesce(manager_id, '') AS manager_id,
+                 currency, count(*) AS deals, sum(amount_minor)::bigint AS amount_minor
+             FROM deal_service.deals GROUP BY 1, 2, 3, 4, 5)
+         (SELECT 'kept ' || account_id, plan_id, stage_id, manager_id, currency, deals, amount_minor
+          FROM (TABLE kept EXCEPT TABLE recount) k)
+         UNION ALL
+         (SELECT 'recount ' || account_id, plan_id, stage_id, manager_id, currency, deals, amount_minor
+          FROM (TABLE recount EXCEPT TABLE kept) r)",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// What deal-service's dropped foreign keys would have refused (migration 0004): deals
+/// whose stage is not a stage of their plan, and history rows of no deal.
+pub async fn dangling_references(pool: &sqlx::PgPool) -> anyhow::Result<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT (SELECT count(*) FROM deal_service.deals d
+                 WHERE NOT EXISTS (SELECT 1 FROM deal_service.stages s
+                                   WHERE s.id = d.stage_id AND s.plan_id = d.plan_id)),
+                (SELECT count(*) FROM deal_service.deal_history h
+                 WHERE NOT EXISTS (SELECT 1 FROM deal_service.deals d WHERE d.id = h.deal_id))",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let admin_url = self.admin_url.clone();

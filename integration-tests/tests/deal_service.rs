@@ -3,7 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use integration_tests::stack::DealStack;
+use integration_tests::{
+    postgres::{dangling_references, kept_counts_drift},
+    stack::DealStack,
+};
 use salesplan_platform::{Permission, grpc::outgoing};
 use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
@@ -17,6 +20,23 @@ const BOSS: &[Permission] = &[Permission::DealsEditAll, Permission::DealsBulkEdi
 struct Clients {
     plans: PlanServiceClient<Channel>,
     deals: DealServiceClient<Channel>,
+}
+
+/// The board's kept counts still equal a recount of the deals, and every deal and
+/// history row points at what exists (no foreign keys check it, see migration 0004).
+async fn assert_store_consistent(stack: &DealStack) -> anyhow::Result<()> {
+    let pool = stack.pool().await?;
+    let drift = kept_counts_drift(&pool).await?;
+    assert!(
+        drift.is_empty(),
+        "kept counts disagree with the deals: {drift:?}"
+    );
+    assert_eq!(
+        dangling_references(&pool).await?,
+        (0, 0),
+        "dangling references"
+    );
+    Ok(())
 }
 
 async fn clients(stack: &DealStack) -> anyhow::Result<Clients> {
@@ -462,6 +482,7 @@ async fn plans_stages_managers_and_reasons() -> anyhow::Result<()> {
         err.downcast_ref::<tonic::Status>().map(|s| s.code()),
         Some(Code::FailedPrecondition)
     );
+    assert_store_consistent(&stack).await?;
     stack.stop().await
 }
 
@@ -709,6 +730,7 @@ async fn moving_closing_reopening_and_history() -> anyhow::Result<()> {
         .await
         .expect_err("another account");
     assert_eq!(err.code(), Code::NotFound);
+    assert_store_consistent(&stack).await?;
     stack.stop().await
 }
 
@@ -870,6 +892,7 @@ async fn list_search_pagination_and_board_agree() -> anyhow::Result<()> {
         assert_eq!(board.total_count, listed.total_count);
         assert_eq!(board.total_amounts, listed.total_amounts);
     }
+    assert_store_consistent(&stack).await?;
     stack.stop().await
 }
 
@@ -1022,6 +1045,7 @@ async fn transfers_and_bulk_changes() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(own.changed, 0, "m2's deals are not m1's to reassign");
     assert_eq!(own.failures.len(), 10);
+    assert_store_consistent(&stack).await?;
     stack.stop().await
 }
 
@@ -1103,6 +1127,7 @@ async fn every_change_is_published_in_order_through_the_outbox() -> anyhow::Resu
         .await?,
     );
     assert_eq!(by_kind.get("closed"), Some(&1));
+    assert_store_consistent(&stack).await?;
     stack.stop().await
 }
 
@@ -1312,5 +1337,6 @@ async fn filters_and_sorts() -> anyhow::Result<()> {
             deals[0].id.clone()
         ]
     );
+    assert_store_consistent(&stack).await?;
     stack.stop().await
 }

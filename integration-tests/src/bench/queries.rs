@@ -40,6 +40,17 @@ async fn seed(pool: &sqlx::PgPool, plan: &pb::Plan, n: usize) -> anyhow::Result<
     .bind(n as i64)
     .execute(pool)
     .await?;
+    // The board's kept counts, as deal-service would have kept them.
+    sqlx::query(
+        "INSERT INTO deal_service.stage_counts AS c (account_id, plan_id, stage_id, manager_id, currency, deals, amount_minor)
+         SELECT account_id, plan_id, stage_id, coalesce(manager_id, ''), currency, count(*), sum(amount_minor)
+         FROM deal_service.deals WHERE account_id = 'bench' AND plan_id = $1 GROUP BY 1, 2, 3, 4, 5
+         ON CONFLICT (account_id, plan_id, stage_id, manager_id, currency) DO UPDATE
+         SET deals = c.deals + excluded.deals, amount_minor = c.amount_minor + excluded.amount_minor",
+    )
+    .bind(uuid::Uuid::parse_str(&plan.id)?)
+    .execute(pool)
+    .await?;
     sqlx::query(
         "INSERT INTO reporting.deals (deal_id, account_id, plan_id, stage_id, manager_id, status,
             amount_minor, currency, loss_reason_id, stage_before_close_id, closed_at, version, updated_at)
@@ -61,6 +72,7 @@ async fn seed(pool: &sqlx::PgPool, plan: &pb::Plan, n: usize) -> anyhow::Result<
     .await?;
     for table in [
         "deal_service.deals",
+        "deal_service.stage_counts",
         "reporting.deals",
         "reporting.closed_totals",
     ] {

@@ -1,7 +1,7 @@
 //! Applies deal events to the read model, a batch per statement. Idempotent and
 //! order-safe: a row only ever moves to a higher deal version.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use prost::Message as _;
 use salesplan_platform::{
@@ -54,64 +54,49 @@ impl DealEvents {
         if newest.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = newest.keys().copied().collect();
+        let rows: Vec<&DealRow> = newest.into_values().collect();
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
-        // A placeholder for unseen deals (version 0, open: counts for nothing), so every
-        // deal of the batch has a row to lock; replicas then serialise on it.
-        let rows: Vec<&DealRow> = newest.values().copied().collect();
-        sqlx::query(
-            "INSERT INTO deals (deal_id, account_id, plan_id, stage_id, status, amount_minor, currency,
-                version, updated_at)
-             SELECT d, a, p, s, 'open', 0, '', 0, now()
-             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[]) AS t(d, a, p, s)
-             ON CONFLICT (deal_id) DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(rows.iter().map(|r| r.account_id.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.plan_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.stage_id).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        let before: HashMap<Uuid, (i64, Option<Contribution>)> = sqlx::query(
-            "SELECT deal_id, account_id, plan_id, manager_id, status, loss_reason_id, closed_at, version
-             FROM deals WHERE deal_id = ANY($1) ORDER BY deal_id FOR UPDATE",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            let contribution = Contribution::of(
-                r.try_get("account_id")?,
-                r.try_get("plan_id")?,
-                r.try_get("manager_id")?,
-                r.try_get("status")?,
-                r.try_get("loss_reason_id")?,
-                r.try_get("closed_at")?,
-            );
-            Ok((r.try_get("deal_id")?, (r.try_get("version")?, contribution)))
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-
+        // Deals seen before are locked, so replicas applying events of one deal serialise.
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.deal_id).collect();
+        let mut before = lock_seen(&mut tx, &ids).await?;
         let mut deltas: BTreeMap<Contribution, i64> = BTreeMap::new();
+        // Deals first seen are inserted whole (in key order, like the locks). One another
+        // replica inserted first is then locked and applied as seen.
+        let unseen: Vec<&DealRow> = rows
+            .iter()
+            .filter(|r| !before.contains_key(&r.deal_id))
+            .copied()
+            .collect();
+        if !unseen.is_empty() {
+            let inserted = write_rows(&mut tx, &unseen, Write::OnlyNew).await?;
+            let mut raced = Vec::new();
+            for row in unseen {
+                if inserted.contains(&row.deal_id) {
+                    if let Some(new) = row.contribution() {
+                        *deltas.entry(new).or_default() += 1;
+                    }
+                } else {
+                    raced.push(row.deal_id);
+                }
+            }
+            if !raced.is_empty() {
+                before.extend(lock_seen(&mut tx, &raced).await?);
+            }
+        }
+
         let mut changed = Vec::with_capacity(rows.len());
         for row in rows {
-            let (version, old) = before.get(&row.deal_id).cloned().unwrap_or((0, None));
-            if version >= row.version {
+            let Some((version, old)) = before.get(&row.deal_id) else {
+                continue; // inserted above
+            };
+            if *version >= row.version {
                 continue;
             }
-            let new = Contribution::of(
-                row.account_id.clone(),
-                row.plan_id,
-                row.manager_id.clone(),
-                row.status.to_owned(),
-                row.loss_reason_id,
-                row.closed_at,
-            );
-            if old != new {
+            let new = row.contribution();
+            if *old != new {
                 if let Some(old) = old {
-                    *deltas.entry(old).or_default() -= 1;
+                    *deltas.entry(old.clone()).or_default() -= 1;
                 }
                 if let Some(new) = new {
                     *deltas.entry(new).or_default() += 1;
@@ -119,18 +104,74 @@ impl DealEvents {
             }
             changed.push(row);
         }
-        if changed.is_empty() {
-            return tx.commit().await;
+        if !changed.is_empty() {
+            write_rows(&mut tx, &changed, Write::NewerVersion).await?;
         }
-        // An upsert, not UPDATE … FROM UNNEST: the planner guesses 1,000 rows for UNNEST and
-        // would hash-join against a scan of the whole table; ON CONFLICT goes by the key.
-        sqlx::query(
-            "INSERT INTO deals (deal_id, account_id, plan_id, stage_id, manager_id, status,
-                amount_minor, currency, loss_reason_id, stage_before_close_id, closed_at, version, updated_at)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
-                $7::bigint[], $8::text[], $9::uuid[], $10::uuid[], $11::timestamptz[], $12::bigint[],
-                $13::timestamptz[])
-             ON CONFLICT (deal_id) DO UPDATE SET
+        apply_totals(&mut tx, &deltas).await?;
+        tx.commit().await
+    }
+}
+
+impl DealRow {
+    fn contribution(&self) -> Option<Contribution> {
+        Contribution::of(
+            self.account_id.clone(),
+            self.plan_id,
+            self.manager_id.clone(),
+            self.status.to_owned(),
+            self.loss_reason_id,
+            self.closed_at,
+        )
+    }
+}
+
+/// Locks the read-model rows of `ids` that exist; per deal its version and where it counts.
+async fn lock_seen(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, (i64, Option<Contribution>)>, sqlx::Error> {
+    sqlx::query(
+        "SELECT deal_id, account_id, plan_id, manager_id, status, loss_reason_id, closed_at, version
+         FROM deals WHERE deal_id = ANY($1) ORDER BY deal_id FOR UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| {
+        let contribution = Contribution::of(
+            r.try_get("account_id")?,
+            r.try_get("plan_id")?,
+            r.try_get("manager_id")?,
+            r.try_get("status")?,
+            r.try_get("loss_reason_id")?,
+            r.try_get("closed_at")?,
+        );
+        Ok((r.try_get("deal_id")?, (r.try_get("version")?, contribution)))
+    })
+    .collect()
+}
+
+#[derive(Clone, Copy)]
+enum Write {
+    /// Insert deals not in the read model; skip the others.
+    OnlyNew,
+    /// Insert, or overwrite a row of a lower version.
+    NewerVersion,
+}
+
+/// Writes `rows` in one statement; returns the deals written. An upsert even for updates,
+/// not UPDATE … FROM UNNEST: the planner guesses 1,000 rows for UNNEST and would hash-join
+/// against a scan of the whole table; ON CONFLICT goes by the key.
+async fn write_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rows: &[&DealRow],
+    write: Write,
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let on_conflict = match write {
+        Write::OnlyNew => "DO NOTHING",
+        Write::NewerVersion => {
+            "DO UPDATE SET
                 plan_id = excluded.plan_id, stage_id = excluded.stage_id,
                 manager_id = excluded.manager_id, status = excluded.status,
                 amount_minor = excluded.amount_minor, currency = excluded.currency,
@@ -138,26 +179,34 @@ impl DealEvents {
                 stage_before_close_id = excluded.stage_before_close_id,
                 closed_at = excluded.closed_at, version = excluded.version,
                 updated_at = excluded.updated_at
-             WHERE deals.version < excluded.version",
-        )
-        .bind(changed.iter().map(|r| r.deal_id).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.account_id.clone()).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.plan_id).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.stage_id).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.manager_id.clone()).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.status).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.amount_minor).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.currency.clone()).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.loss_reason_id).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.stage_before_close_id).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.closed_at).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(changed.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        apply_totals(&mut tx, &deltas).await?;
-        tx.commit().await
-    }
+             WHERE deals.version < excluded.version"
+        }
+    };
+    let written: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO deals (deal_id, account_id, plan_id, stage_id, manager_id, status,
+            amount_minor, currency, loss_reason_id, stage_before_close_id, closed_at, version, updated_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
+            $7::bigint[], $8::text[], $9::uuid[], $10::uuid[], $11::timestamptz[], $12::bigint[],
+            $13::timestamptz[])
+         ON CONFLICT (deal_id) {on_conflict}
+         RETURNING deal_id"
+    )))
+    .bind(rows.iter().map(|r| r.deal_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.account_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.plan_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.stage_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.manager_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.status).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.amount_minor).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.currency.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.loss_reason_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.stage_before_close_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.closed_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(written.into_iter().collect())
 }
 
 /// Where a closed deal counts: its totals row (and day). Open deals count nowhere.

@@ -1,5 +1,6 @@
 //! The pure rules of plans and deals: no I/O, no async, no transport types.
 
+pub mod counts;
 pub mod deal;
 pub mod plan;
 pub mod query;

@@ -32,6 +32,19 @@ pub struct DealQuery {
     pub search: Option<Search>,
 }
 
+impl DealQuery {
+    /// Whether the kept counts answer this query's totals: it narrows by plan, stage and
+    /// manager only (the cells they are kept in).
+    pub fn counted_by_cells(&self) -> bool {
+        self.statuses.is_empty()
+            && self.loss_reason_ids.is_empty()
+            && !self.without_loss_reason
+            && self.created == TimeRange::default()
+            && self.closed == TimeRange::default()
+            && self.search.is_none()
+    }
+}
+
 /// A search text, ready for `LIKE`: lower-cased with `%`, `_` and `\` escaped, plus the
 /// digits when the text looks like (part of) a phone number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +160,26 @@ pub fn page_size(requested: i32) -> usize {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn only_plan_stage_and_manager_filters_are_answered_by_the_kept_counts() {
+        let mut q = DealQuery {
+            plan_id: Some(Uuid::nil()),
+            stage_ids: vec![Uuid::nil()],
+            managers: vec!["m1".into()],
+            unassigned: true,
+            ..Default::default()
+        };
+        assert!(q.counted_by_cells());
+        q.search = Search::new("ann");
+        assert!(!q.counted_by_cells());
+        q.search = None;
+        q.statuses = vec![DealStatus::Won];
+        assert!(!q.counted_by_cells());
+        q.statuses.clear();
+        q.created.from = Some(OffsetDateTime::UNIX_EPOCH);
+        assert!(!q.counted_by_cells());
+    }
 
     #[test]
     fn like_metacharacters_are_literal() {

@@ -8,13 +8,14 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    BULK_CHUNK, Store, events, now,
+    BULK_CHUNK, Store, counts, events, now,
     plans::{Lock, load_plan},
     queries::push_filter,
     rows::{DEAL_COLUMNS, deal_from_row},
 };
 use crate::domain::{
     DomainError,
+    counts::count_deltas,
     deal::{Change, Deal, NewDeal},
     plan::Plan,
     query::DealQuery,
@@ -108,6 +109,11 @@ impl Store {
             .map(|d| (d.clone(), Change::Created))
             .collect();
         events::record(&mut tx, actor_id, &created, now).await?;
+        counts::apply(
+            &mut tx,
+            &count_deltas(created.iter().map(|(d, _)| (None, d))),
+        )
+        .await?;
         tx.commit().await?;
         // Keys a concurrent call inserted first: their deal, as it stands now.
         let raced: Vec<String> = fresh
@@ -175,6 +181,7 @@ impl Store {
         let changes = [(next, what)];
         update_deals(&mut tx, &changes).await?;
         events::record(&mut tx, actor_id, &changes, now).await?;
+        counts::apply(&mut tx, &count_deltas([(Some(&deal), &changes[0].0)])).await?;
         tx.commit().await?;
         let [(next, _)] = changes;
         Ok(next)
@@ -230,6 +237,8 @@ impl Store {
             }
             update_deals(&mut tx, &changes).await?;
             events::record(&mut tx, actor_id, &changes, now).await?;
+            let deltas = count_deltas(changes.iter().map(|(d, _)| (deals.get(&d.id), d)));
+            counts::apply(&mut tx, &deltas).await?;
             tx.commit().await?;
             outcome.changed += changes.len() as i64;
         }

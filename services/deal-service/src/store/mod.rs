@@ -1,6 +1,7 @@
 //! PostgreSQL access of deal-service. Every change writes its history rows and its outbox
 //! events in the same transaction as the change itself.
 
+mod counts;
 mod deals;
 mod events;
 mod plans;

@@ -11,6 +11,7 @@ use super::{
 };
 use crate::domain::{
     DomainError, Money,
+    counts::count_deltas,
     deal::Change,
     plan::{LossReason, Plan, PlanDraft, Stage, StageKind},
 };
@@ -122,7 +123,7 @@ impl Store {
         if let Some(to) = move_to {
             let deals = super::deals::lock_deals_in_stage(&mut tx, account_id, stage_id).await?;
             let changes: Vec<_> = deals
-                .into_iter()
+                .iter()
                 .map(|d| {
                     let mut next = d.clone();
                     next.stage_id = to;
@@ -134,6 +135,8 @@ impl Store {
             moved = changes.len() as i64;
             super::deals::update_deals(&mut tx, &changes).await?;
             events::record(&mut tx, actor_id, &changes, now).await?;
+            let deltas = count_deltas(deals.iter().zip(&changes).map(|(d, (n, _))| (Some(d), n)));
+            super::counts::apply(&mut tx, &deltas).await?;
         }
         plan.version += 1;
         plan.updated_at = now;

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Store,
+    Store, counts,
     rows::{DEAL_COLUMNS, deal_from_row},
 };
 use crate::domain::{
@@ -222,22 +222,45 @@ impl Store {
     }
 
     pub async fn totals(&self, account_id: &str, query: &DealQuery) -> Result<Totals, ApiError> {
-        let mut qb = QueryBuilder::new(
-            "SELECT currency, count(*)::bigint AS n, coalesce(sum(amount_minor), 0)::bigint AS amount FROM deals",
-        );
-        push_filter(&mut qb, account_id, query);
-        qb.push(" GROUP BY currency");
         let mut totals = Totals::default();
-        for row in qb.build().fetch_all(&self.pool).await? {
-            totals.add(
-                row.try_get("n")?,
-                Money {
-                    amount_minor: row.try_get("amount")?,
-                    currency: row.try_get("currency")?,
-                },
-            );
+        for (_, count, amount) in self.stage_totals(account_id, query).await? {
+            totals.add(count, amount);
         }
         Ok(totals)
+    }
+
+    /// Per stage and currency: how many deals `query` matches and their sum — from the
+    /// kept counts when they answer the query, else aggregated over the matching deals.
+    async fn stage_totals(
+        &self,
+        account_id: &str,
+        query: &DealQuery,
+    ) -> Result<Vec<(Uuid, i64, Money)>, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        if query.counted_by_cells() {
+            return counts::stage_totals(&mut conn, account_id, query).await;
+        }
+        let mut qb = QueryBuilder::new(
+            "SELECT stage_id, currency, count(*)::bigint AS n, coalesce(sum(amount_minor), 0)::bigint AS amount FROM deals",
+        );
+        push_filter(&mut qb, account_id, query);
+        qb.push(" GROUP BY stage_id, currency");
+        qb.build()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("stage_id")?,
+                    row.try_get("n")?,
+                    Money {
+                        amount_minor: row.try_get("amount")?,
+                        currency: row.try_get("currency")?,
+                    },
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// Per stage (in `stage_ids` order): totals and the first `cards` deals. `query` must
@@ -250,24 +273,11 @@ impl Store {
         sort: Sort,
         cards: usize,
     ) -> Result<Board, ApiError> {
-        let mut qb = QueryBuilder::new(
-            "SELECT stage_id, currency, count(*)::bigint AS n, coalesce(sum(amount_minor), 0)::bigint AS amount FROM deals",
-        );
-        push_filter(&mut qb, account_id, query);
-        qb.push(" GROUP BY stage_id, currency");
         let mut per_stage: HashMap<Uuid, Totals> = HashMap::new();
         let mut totals = Totals::default();
-        for row in qb.build().fetch_all(&self.pool).await? {
-            let count: i64 = row.try_get("n")?;
-            let amount = Money {
-                amount_minor: row.try_get("amount")?,
-                currency: row.try_get("currency")?,
-            };
+        for (stage_id, count, amount) in self.stage_totals(account_id, query).await? {
             totals.add(count, amount.clone());
-            per_stage
-                .entry(row.try_get("stage_id")?)
-                .or_default()
-                .add(count, amount);
+            per_stage.entry(stage_id).or_default().add(count, amount);
         }
 
         let mut per_stage_cards: HashMap<Uuid, Vec<Deal>> = HashMap::new();
