@@ -111,10 +111,10 @@ impl Env {
         .await
     }
 
-    /// Waits until `n` deals of the plan exist and reporting has counted them. Watches the
-    /// pipeline's queues (cheap), in the order work flows — intake consumer, outbox,
-    /// reporting's consumer — and counts rows only once all three are empty, so the wait
-    /// does not load the database it measures.
+    /// Waits until `n` deals of the plan exist and reporting has counted them, and every
+    /// deal event is applied. Watches the pipeline's queues (cheap), in the order work
+    /// flows — intake consumer, outbox, the two deal-event consumers — and counts rows only
+    /// once all are empty, so the wait does not load the database it measures.
     async fn settled(&self, pool: &sqlx::PgPool, plan: &str, n: usize) -> anyhow::Result<()> {
         let plan = uuid::Uuid::parse_str(plan)?;
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -151,10 +151,20 @@ impl Env {
             sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM deal_service.outbox)")
                 .fetch_one(pool)
                 .await?;
-        Ok(outbox_empty
-            && consumer_backlog(&self.js, "SALESPLAN_DEALS", "reporting-deals")
+        if !outbox_empty {
+            return Ok(false);
+        }
+        // Both consumers of deal events: reporting's read model and the distributor's
+        // bookkeeping (open deals, contact relations) are part of every lead's work.
+        for consumer in ["reporting-deals", "distributor-deals"] {
+            if !consumer_backlog(&self.js, "SALESPLAN_DEALS", consumer)
                 .await?
-                .is_empty())
+                .is_empty()
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
