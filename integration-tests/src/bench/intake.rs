@@ -254,6 +254,17 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     // Latency from request to deal at fixed offered rates (open loop).
     for rate in &config.rates {
         let plan = env.plan(&format!("Bench {rate}/s")).await?;
+        // One lead through first: the services learn of a new plan from its event, and the
+        // first leads of a plan created a moment ago waited for that (300–700 ms at the
+        // start of some runs). Funnels fire into plans that exist; that is what is measured.
+        let body = serde_json::json!({"plan_id": plan.id, "run_id": "warm-up", "contact": {"external_id": "warm-up"}});
+        http.post(&env.webhook)
+            .bearer_auth(&funnel)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?;
+        env.settled(&pool, &plan.id, 1).await?;
         let total = (*rate * config.rate_seconds) as usize;
         let interval = Duration::from_secs_f64(1.0 / *rate as f64);
         // Open loop, but with a bound on requests in flight: past it (the listener answers
@@ -284,7 +295,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
             let (id, at) = task.await??;
             sent.insert(id, at);
         }
-        env.settled(&pool, &plan.id, total).await?;
+        env.settled(&pool, &plan.id, total + 1).await?;
         let created: Vec<(String, time::OffsetDateTime)> = sqlx::query_as(
             "SELECT idempotency_key, created_at FROM deal_service.deals WHERE plan_id = $1",
         )
