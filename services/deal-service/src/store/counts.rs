@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use salesplan_platform::ApiError;
-use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use super::queries::fetch_stage_totals;
 use crate::domain::{
     Money,
     counts::{CountDelta, CountKey},
@@ -71,20 +72,5 @@ pub async fn stage_totals(
             .push(")");
     }
     qb.push(" GROUP BY stage_id, currency HAVING sum(deals) <> 0");
-    qb.build()
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok((
-                row.try_get("stage_id")?,
-                row.try_get("n")?,
-                Money {
-                    amount_minor: row.try_get("amount")?,
-                    currency: row.try_get("currency")?,
-                },
-            ))
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Into::into)
+    fetch_stage_totals(conn, qb).await
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use salesplan_platform::ApiError;
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -76,6 +76,29 @@ pub struct HistoryRow {
     pub to: Option<String>,
     pub loss_reason_id: Option<Uuid>,
     pub status: Option<String>,
+}
+
+/// Runs a totals query whose rows are `(stage_id, currency, n, amount)`.
+pub async fn fetch_stage_totals(
+    conn: &mut PgConnection,
+    mut qb: QueryBuilder<Postgres>,
+) -> Result<Vec<(Uuid, i64, Money)>, ApiError> {
+    qb.build()
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get("stage_id")?,
+                row.try_get("n")?,
+                Money {
+                    amount_minor: row.try_get("amount")?,
+                    currency: row.try_get("currency")?,
+                },
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
 }
 
 /// `WHERE account … AND <every condition of the query>`.
@@ -245,22 +268,7 @@ impl Store {
         );
         push_filter(&mut qb, account_id, query);
         qb.push(" GROUP BY stage_id, currency");
-        qb.build()
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("stage_id")?,
-                    row.try_get("n")?,
-                    Money {
-                        amount_minor: row.try_get("amount")?,
-                        currency: row.try_get("currency")?,
-                    },
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        fetch_stage_totals(&mut conn, qb).await
     }
 
     /// Per stage (in `stage_ids` order): totals and the first `cards` deals. `query` must
