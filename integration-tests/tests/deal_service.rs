@@ -807,6 +807,37 @@ async fn list_search_pagination_and_board_agree() -> anyhow::Result<()> {
         HashSet::from(["Person 27".to_owned()]),
         "case-insensitive"
     );
+    // Totals of a search: counted from a first page that holds every match, aggregated
+    // otherwise — the same either way ("Person 1" and "Person 10" to "Person 19").
+    let whole = list(&mut c, &boss, search("person 1"), 50, String::new()).await?;
+    let first = list(&mut c, &boss, search("person 1"), 4, String::new()).await?;
+    let second = list(
+        &mut c,
+        &boss,
+        search("person 1"),
+        4,
+        first.next_page_token.clone(),
+    )
+    .await?;
+    for page in [&whole, &first, &second] {
+        assert_eq!(page.total_count, 11);
+        assert_eq!(page.total_amounts, whole.total_amounts);
+    }
+    assert_eq!(whole.deals.len(), 11);
+    let amount: i64 = whole
+        .deals
+        .iter()
+        .filter_map(|d| d.amount.as_ref())
+        .map(|m| m.amount_minor)
+        .sum();
+    assert_eq!(
+        whole
+            .total_amounts
+            .iter()
+            .map(|m| m.amount_minor)
+            .sum::<i64>(),
+        amount
+    );
     for literal in ["%", "_", "\\", "'"] {
         let found = list(&mut c, &boss, search(literal), 50, String::new()).await?;
         assert_eq!(found.total_count, 0, "{literal} is literal text");

@@ -394,11 +394,10 @@ impl DealService for Api {
             .transpose()
             .map_err(ApiError::from)?;
         let limit = page_size(req.page_size);
-        let (page, totals) = tokio::try_join!(
-            self.store
-                .list_deals(&actor.account_id, &query, sort, after.as_ref(), limit),
-            self.store.totals(&actor.account_id, &query),
-        )?;
+        let (page, totals) = self
+            .store
+            .list_with_totals(&actor.account_id, &query, sort, after.as_ref(), limit)
+            .await?;
         Ok(Response::new(pb::ListDealsResponse {
             next_page_token: page_token(sort, fingerprint, &page),
             deals: page.deals.iter().map(Into::into).collect(),

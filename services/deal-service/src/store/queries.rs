@@ -37,6 +37,15 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// The totals of exactly these deals.
+    pub fn of(deals: &[Deal]) -> Self {
+        let mut totals = Totals::default();
+        for deal in deals {
+            totals.add(1, deal.amount.clone());
+        }
+        totals
+    }
+
     fn add(&mut self, count: i64, amount: Money) {
         self.count += count;
         match self
@@ -219,7 +228,7 @@ fn push_order(qb: &mut QueryBuilder<Postgres>, sort: Sort) {
 }
 
 impl Store {
-    pub async fn list_deals(
+    async fn list_deals(
         &self,
         account_id: &str,
         query: &DealQuery,
@@ -244,7 +253,36 @@ impl Store {
         Ok(Page { deals, more })
     }
 
-    pub async fn totals(&self, account_id: &str, query: &DealQuery) -> Result<Totals, ApiError> {
+    /// A page of `query` and the totals of everything it matches.
+    pub async fn list_with_totals(
+        &self,
+        account_id: &str,
+        query: &DealQuery,
+        sort: Sort,
+        after: Option<&PageToken>,
+        limit: usize,
+    ) -> Result<(Page, Totals), ApiError> {
+        if query.counted_by_cells() {
+            // Cheap totals: read them beside the page.
+            return tokio::try_join!(
+                self.list_deals(account_id, query, sort, after, limit),
+                self.totals(account_id, query),
+            );
+        }
+        // Aggregated totals scan what the page's query scans again (for a search, the
+        // trigram posting lists): when the first page holds every match, count the page.
+        let page = self
+            .list_deals(account_id, query, sort, after, limit)
+            .await?;
+        let totals = if after.is_none() && !page.more {
+            Totals::of(&page.deals)
+        } else {
+            self.totals(account_id, query).await?
+        };
+        Ok((page, totals))
+    }
+
+    async fn totals(&self, account_id: &str, query: &DealQuery) -> Result<Totals, ApiError> {
         let mut totals = Totals::default();
         for (_, count, amount) in self.stage_totals(account_id, query).await? {
             totals.add(count, amount);
