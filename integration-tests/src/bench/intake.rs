@@ -11,7 +11,7 @@ use salesplan_platform::{
 };
 use salesplan_proto::v1::{self as pb, intake_service_client::IntakeServiceClient};
 
-use super::{BenchConfig, Line};
+use super::{BenchConfig, Line, flush_page_cache};
 use crate::{
     TestDatabase, TestNats,
     api::{Mode, Strategy, create_plan, plan_request},
@@ -265,6 +265,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
             .await?
             .error_for_status()?;
         env.settled(&pool, &plan.id, 1).await?;
+        flush_page_cache("the latency run").await?;
         let total = (*rate * config.rate_seconds) as usize;
         let interval = Duration::from_secs_f64(1.0 / *rate as f64);
         // Open loop, but with a bound on requests in flight: past it (the listener answers

@@ -5,7 +5,7 @@ mod floors;
 mod intake;
 mod queries;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -163,4 +163,27 @@ pub fn to_json(lines: &[Line]) -> Value {
             )
             .collect::<Vec<_>>()
     )
+}
+
+/// Writes the page cache's dirty pages out (`sync`) and says how much there was. The
+/// kernel writes pages back 30 s after they were dirtied: a bulk run's or the seeding's WAL
+/// and tables (up to a few GB) otherwise went out in one burst in the middle of the next
+/// measurement, stalling every commit and read for about a second. Sustained traffic
+/// writes back continuously instead.
+pub async fn flush_page_cache(before: &str) -> anyhow::Result<()> {
+    let meminfo = tokio::fs::read_to_string("/proc/meminfo").await?;
+    let dirty_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("Dirty:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let started = Instant::now();
+    let status = tokio::process::Command::new("sync").status().await?;
+    anyhow::ensure!(status.success(), "sync failed: {status}");
+    eprintln!(
+        "bench: wrote {} MiB of dirty pages back in {:.1} s before {before}",
+        dirty_kib / 1024,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

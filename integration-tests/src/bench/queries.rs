@@ -8,7 +8,7 @@ use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient, report_service_client::ReportServiceClient,
 };
 
-use super::{BenchConfig, Line, intake::Env};
+use super::{BenchConfig, Line, flush_page_cache, intake::Env};
 
 /// Seeds `n` deals (a quarter won, a quarter lost with one of three reasons) over 20
 /// managers, and the reporting read model that matches them.
@@ -110,6 +110,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         started.elapsed(),
         "—",
     )];
+    flush_page_cache("the queries").await?;
     let token = env.token(&[Permission::DealsEditAll])?;
     let deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
     let reports = ReportServiceClient::new(env.channel(&env.reporting_url).await?);
