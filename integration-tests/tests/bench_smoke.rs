@@ -12,5 +12,9 @@ async fn every_part_of_the_bench_runs() -> anyhow::Result<()> {
         );
     }
     assert!(table.contains("LossReasons by manager"), "{table}");
+    assert!(
+        table.contains("AddAudience end to end ÷ minimal pipeline"),
+        "{table}"
+    );
     Ok(())
 }

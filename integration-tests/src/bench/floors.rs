@@ -196,7 +196,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     publisher.await??;
     lines.push(Line::rate(
         "floor",
-        "minimal pipeline: publish → consume 500 → UNNEST insert → ack",
+        super::MINIMAL_PIPELINE,
         n,
         started.elapsed(),
         "—",

@@ -11,7 +11,7 @@ use salesplan_platform::{
 };
 use salesplan_proto::v1::{self as pb, intake_service_client::IntakeServiceClient};
 
-use super::{BenchConfig, Line, flush_page_cache};
+use super::{ADD_AUDIENCE_END_TO_END, BenchConfig, Line, WEBHOOK_END_TO_END, flush_page_cache};
 use crate::{
     TestDatabase, TestNats,
     api::{Mode, Strategy, create_plan, plan_request},
@@ -216,7 +216,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     ));
     lines.push(Line::rate(
         "intake",
-        "AddAudience: end to end, every deal created, assigned and counted",
+        ADD_AUDIENCE_END_TO_END,
         config.leads,
         started.elapsed(),
         "≥ 10,000/s",
@@ -245,7 +245,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     env.settled(&pool, &plan.id, n).await?;
     lines.push(Line::rate(
         "intake",
-        "webhook (64 concurrent): end to end",
+        WEBHOOK_END_TO_END,
         n,
         started.elapsed(),
         "≥ 10,000/s",

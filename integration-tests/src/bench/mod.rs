@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// The lines the ratio to the floor is taken of.
+pub const MINIMAL_PIPELINE: &str = "minimal pipeline: publish → consume 500 → UNNEST insert → ack";
+pub const ADD_AUDIENCE_END_TO_END: &str =
+    "AddAudience: end to end, every deal created, assigned and counted";
+pub const WEBHOOK_END_TO_END: &str = "webhook (64 concurrent): end to end";
+
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     /// Leads of the intake runs.
@@ -135,12 +141,44 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     }
     if config.parts.contains(&Part::Intake) {
         lines.extend(intake::run(&env, config).await?);
+        let ratios = ratios_to_the_floor(&lines);
+        lines.extend(ratios);
     }
     if config.parts.contains(&Part::Queries) {
         lines.extend(queries::run(&env, config).await?);
     }
     env.stop().await?;
     Ok(lines)
+}
+
+/// The intake's end-to-end rates as a fraction of the minimal pipeline's, when this run
+/// measured both.
+fn ratios_to_the_floor(lines: &[Line]) -> Vec<Line> {
+    let rate = |what: &str| {
+        lines
+            .iter()
+            .find(|l| l.what == what)
+            .and_then(|l| l.json["per_second"].as_f64())
+    };
+    let Some(floor) = rate(MINIMAL_PIPELINE).filter(|f| *f > 0.0) else {
+        return Vec::new();
+    };
+    [
+        ("AddAudience", ADD_AUDIENCE_END_TO_END),
+        ("webhook", WEBHOOK_END_TO_END),
+    ]
+    .into_iter()
+    .filter_map(|(name, what)| {
+        let ratio = rate(what)? / floor;
+        Some(Line {
+            group: "intake",
+            what: format!("{name} end to end ÷ minimal pipeline"),
+            value: format!("{ratio:.2}×"),
+            target: "≥ 0.5×".into(),
+            json: json!({ "ratio": ratio }),
+        })
+    })
+    .collect()
 }
 
 pub fn markdown(lines: &[Line]) -> String {
@@ -186,4 +224,32 @@ pub async fn flush_page_cache(before: &str) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(group: &'static str, what: &str, count: usize, secs: u64) -> Line {
+        Line::rate(group, what, count, Duration::from_secs(secs), "—")
+    }
+
+    #[test]
+    fn ratios_divide_each_end_to_end_rate_by_the_minimal_pipeline() {
+        let lines = vec![
+            rate("floor", MINIMAL_PIPELINE, 80_000, 1),
+            rate("intake", ADD_AUDIENCE_END_TO_END, 100_000, 10),
+            rate("intake", WEBHOOK_END_TO_END, 20_000, 4),
+        ];
+        let ratios = ratios_to_the_floor(&lines);
+        let values: Vec<&str> = ratios.iter().map(|l| l.value.as_str()).collect();
+        assert_eq!(values, ["0.12×", "0.06×"]);
+        assert_eq!(ratios[0].json["ratio"].as_f64(), Some(0.125));
+    }
+
+    #[test]
+    fn no_ratio_without_the_floor_in_the_same_run() {
+        let lines = vec![rate("intake", ADD_AUDIENCE_END_TO_END, 100_000, 10)];
+        assert!(ratios_to_the_floor(&lines).is_empty());
+    }
 }
