@@ -11,6 +11,14 @@ struct Args {
     /// Deals seeded for the query runs.
     #[arg(long, default_value_t = 1_000_000)]
     deals: usize,
+    /// Offered rates of the latency runs, leads per second (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 5_000],
+        value_parser = clap::value_parser!(u64).range(1..))]
+    rates: Vec<u64>,
+    /// Length of each latency run in seconds: past ~30 s a run includes the kernel's
+    /// writeback of its own pages.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    rate_seconds: u64,
     /// Tiny counts: checks that every part runs.
     #[arg(long)]
     smoke: bool,
@@ -30,6 +38,8 @@ async fn main() -> anyhow::Result<()> {
         BenchConfig {
             leads: args.leads,
             deals: args.deals,
+            rates: args.rates,
+            rate_seconds: args.rate_seconds,
             ..BenchConfig::full()
         }
     };
