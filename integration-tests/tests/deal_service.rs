@@ -755,6 +755,56 @@ async fn list(
         .map(|r| r.into_inner())
 }
 
+/// Per column, the board's count and sums equal the list's totals for the same filter and
+/// stage, its cards start that list, and "load more" continues it.
+async fn board_agrees_with_list(
+    c: &mut Clients,
+    boss: &str,
+    plan: &pb::Plan,
+    filter: pb::DealFilter,
+) -> anyhow::Result<()> {
+    let board = c
+        .deals
+        .get_board(outgoing(
+            pb::GetBoardRequest {
+                plan_id: plan.id.clone(),
+                filter: Some(filter.clone()),
+                sort: None,
+                cards_per_stage: 3,
+            },
+            boss,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(board.columns.len(), 4);
+    let mut board_total = 0;
+    for column in &board.columns {
+        let stage = column.stage.as_ref().expect("stage");
+        let column_filter = pb::DealFilter {
+            stage_ids: vec![stage.id.clone()],
+            ..filter.clone()
+        };
+        let listed = list(c, boss, column_filter.clone(), 500, String::new()).await?;
+        assert_eq!(column.count, listed.total_count, "{}", stage.name);
+        assert_eq!(column.amounts, listed.total_amounts, "{}", stage.name);
+        assert!(column.deals.len() <= 3);
+        let cards: Vec<&str> = column.deals.iter().map(|d| d.id.as_str()).collect();
+        let first: Vec<&str> = listed.deals.iter().take(3).map(|d| d.id.as_str()).collect();
+        assert_eq!(cards, first, "{}: the column's first cards", stage.name);
+        board_total += column.count;
+        // "Load more" continues the column through ListDeals.
+        if !column.next_page_token.is_empty() {
+            let more = list(c, boss, column_filter, 500, column.next_page_token.clone()).await?;
+            assert_eq!(column.deals.len() + more.deals.len(), listed.deals.len());
+        }
+    }
+    assert_eq!(board.total_count, board_total);
+    let listed = list(c, boss, filter, 1, String::new()).await?;
+    assert_eq!(board.total_count, listed.total_count);
+    assert_eq!(board.total_amounts, listed.total_amounts);
+    Ok(())
+}
+
 #[tokio::test]
 async fn list_search_pagination_and_board_agree() -> anyhow::Result<()> {
     let stack = DealStack::start().await?;
@@ -879,49 +929,63 @@ async fn list_search_pagination_and_board_agree() -> anyhow::Result<()> {
             ..plan_filter()
         },
     ] {
-        let board = c
-            .deals
-            .get_board(outgoing(
-                pb::GetBoardRequest {
-                    plan_id: plan.id.clone(),
-                    filter: Some(filter.clone()),
-                    sort: None,
-                    cards_per_stage: 3,
-                },
-                &boss,
-            ))
-            .await?
-            .into_inner();
-        assert_eq!(board.columns.len(), 4);
-        let mut board_total = 0;
-        for column in &board.columns {
-            let stage = column.stage.as_ref().expect("stage");
-            let column_filter = pb::DealFilter {
-                stage_ids: vec![stage.id.clone()],
-                ..filter.clone()
-            };
-            let listed = list(&mut c, &boss, column_filter.clone(), 500, String::new()).await?;
-            assert_eq!(column.count, listed.total_count, "{}", stage.name);
-            assert_eq!(column.amounts, listed.total_amounts, "{}", stage.name);
-            assert!(column.deals.len() <= 3);
-            board_total += column.count;
-            // "Load more" continues the column through ListDeals.
-            if !column.next_page_token.is_empty() {
-                let more = list(
-                    &mut c,
-                    &boss,
-                    column_filter,
-                    500,
-                    column.next_page_token.clone(),
-                )
-                .await?;
-                assert_eq!(column.deals.len() + more.deals.len(), listed.deals.len());
-            }
-        }
-        assert_eq!(board.total_count, board_total);
-        let listed = list(&mut c, &boss, filter, 1, String::new()).await?;
-        assert_eq!(board.total_count, listed.total_count);
-        assert_eq!(board.total_amounts, listed.total_amounts);
+        board_agrees_with_list(&mut c, &boss, &plan, filter).await?;
+    }
+    assert_store_consistent(&stack).await?;
+    stack.stop().await
+}
+
+/// A board with a search is built from one read of the matches when they are few (at most
+/// 500), else column by column: both give the same columns as the list.
+#[tokio::test]
+async fn board_search_with_few_and_with_many_matches() -> anyhow::Result<()> {
+    let stack = DealStack::start().await?;
+    let mut c = clients(&stack).await?;
+    let admin = stack.token(ACCOUNT, "admin", ADMIN);
+    let boss = stack.token(ACCOUNT, "boss", BOSS);
+    let plan = create_plan(&mut c, &admin, &["m1", "m2"]).await?;
+    let stages = [
+        plan.stages[0].id.clone(),
+        stage_named(&plan, "In progress").id.clone(),
+    ];
+    let requests: Vec<pb::CreateDealRequest> = (0..520)
+        .map(|i| pb::CreateDealRequest {
+            plan_id: plan.id.clone(),
+            stage_id: Some(stages[i % 2].clone()),
+            contact: Some(pb::Contact {
+                external_id: format!("bulk-{i}"),
+                name: format!("Bulk {i}"),
+                ..Default::default()
+            }),
+            manager_id: Some(["m1", "m2"][i % 2].into()),
+            idempotency_key: format!("bulk-{i}"),
+            amount: Some(pb::Money {
+                amount_minor: i as i64,
+                currency: ["USD", "EUR"][i % 3 % 2].into(),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let created = c
+        .deals
+        .create_deals(outgoing(pb::CreateDealsRequest { deals: requests }, &boss))
+        .await?
+        .into_inner()
+        .results;
+    assert!(created.iter().all(|r| r.code == 0 && r.created));
+    for i in 0..5 {
+        create_deal(&mut c, &boss, &plan, i, Some("m1")).await?;
+    }
+
+    for (search, matches) in [("bulk", 520), ("bulk 7", 11), ("BULK 51", 11)] {
+        let filter = pb::DealFilter {
+            plan_id: plan.id.clone(),
+            search: search.into(),
+            ..Default::default()
+        };
+        let listed = list(&mut c, &boss, filter.clone(), 1, String::new()).await?;
+        assert_eq!(listed.total_count, matches, "{search}");
+        board_agrees_with_list(&mut c, &boss, &plan, filter).await?;
     }
     assert_store_consistent(&stack).await?;
     stack.stop().await

@@ -160,6 +160,20 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         samples,
         "—",
     ));
+    let samples = timed(
+        repeats,
+        board(pb::DealFilter {
+            search: format!("person{}@", n / 3 + 1),
+            ..Default::default()
+        }),
+    )
+    .await?;
+    lines.push(Line::latency(
+        "queries",
+        format!("GetBoard, search by e-mail fragment, {n} deals"),
+        samples,
+        "p99 ≤ 30 ms",
+    ));
 
     for (what, text) in [
         ("name", format!("Person {}", n / 2 + 7)),

@@ -60,35 +60,8 @@ pub fn count_deltas<'a>(
 
 #[cfg(test)]
 mod tests {
-    use salesplan_platform::validate::ContactInput;
-    use time::OffsetDateTime;
-
     use super::*;
-    use crate::domain::{Money, deal::DealStatus};
-
-    fn deal(stage: Uuid, manager: Option<&str>, amount: i64) -> Deal {
-        Deal {
-            id: Uuid::new_v4(),
-            account_id: "acme".into(),
-            plan_id: Uuid::nil(),
-            stage_id: stage,
-            status: DealStatus::Open,
-            manager_id: manager.map(Into::into),
-            contact: ContactInput::default(),
-            title: "t".into(),
-            amount: Money {
-                amount_minor: amount,
-                currency: "EUR".into(),
-            },
-            loss_reason_id: None,
-            stage_before_close_id: None,
-            idempotency_key: "k".into(),
-            version: 1,
-            created_at: OffsetDateTime::UNIX_EPOCH,
-            updated_at: OffsetDateTime::UNIX_EPOCH,
-            closed_at: None,
-        }
-    }
+    use crate::domain::Money;
 
     fn delta(deals: i64, amount_minor: i64) -> CountDelta {
         CountDelta {
@@ -100,7 +73,10 @@ mod tests {
     #[test]
     fn created_deals_add_to_their_cell() {
         let stage = Uuid::new_v4();
-        let (a, b) = (deal(stage, None, 100), deal(stage, None, 250));
+        let (a, b) = (
+            Deal::sample(stage, None, 100),
+            Deal::sample(stage, None, 250),
+        );
         let deltas = count_deltas([(None, &a), (None, &b)]);
         assert_eq!(deltas.len(), 1);
         assert_eq!(deltas[&CountKey::of(&a)], delta(2, 350));
@@ -110,7 +86,7 @@ mod tests {
     #[test]
     fn an_assignment_moves_the_deal_between_manager_cells() {
         let stage = Uuid::new_v4();
-        let before = deal(stage, None, 100);
+        let before = Deal::sample(stage, None, 100);
         let mut after = before.clone();
         after.manager_id = Some("m1".into());
         let deltas = count_deltas([(Some(&before), &after)]);
@@ -120,7 +96,7 @@ mod tests {
 
     #[test]
     fn an_amount_edit_changes_only_the_sum_and_no_change_writes_nothing() {
-        let before = deal(Uuid::new_v4(), Some("m1"), 100);
+        let before = Deal::sample(Uuid::new_v4(), Some("m1"), 100);
         let mut after = before.clone();
         after.amount.amount_minor = 40;
         let deltas = count_deltas([(Some(&before), &after)]);
@@ -133,7 +109,7 @@ mod tests {
 
     #[test]
     fn a_currency_change_moves_the_sum_to_the_other_currency() {
-        let before = deal(Uuid::new_v4(), Some("m1"), 100);
+        let before = Deal::sample(Uuid::new_v4(), Some("m1"), 100);
         let mut after = before.clone();
         after.amount = Money {
             amount_minor: 90,
@@ -147,7 +123,7 @@ mod tests {
     #[test]
     fn moves_that_cancel_out_leave_no_entry() {
         let (s1, s2) = (Uuid::new_v4(), Uuid::new_v4());
-        let (a, b) = (deal(s1, None, 100), deal(s2, None, 100));
+        let (a, b) = (Deal::sample(s1, None, 100), Deal::sample(s2, None, 100));
         let (mut a2, mut b2) = (a.clone(), b.clone());
         a2.stage_id = s2;
         b2.stage_id = s1;

@@ -52,6 +52,34 @@ pub struct Deal {
     pub closed_at: Option<OffsetDateTime>,
 }
 
+#[cfg(test)]
+impl Deal {
+    /// An open deal in `stage`, for tests of what is computed from deals.
+    pub fn sample(stage: Uuid, manager: Option<&str>, amount: i64) -> Deal {
+        Deal {
+            id: Uuid::new_v4(),
+            account_id: "acme".into(),
+            plan_id: Uuid::nil(),
+            stage_id: stage,
+            status: DealStatus::Open,
+            manager_id: manager.map(Into::into),
+            contact: ContactInput::default(),
+            title: "t".into(),
+            amount: Money {
+                amount_minor: amount,
+                currency: "EUR".into(),
+            },
+            loss_reason_id: None,
+            stage_before_close_id: None,
+            idempotency_key: "k".into(),
+            version: 1,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+            closed_at: None,
+        }
+    }
+}
+
 /// A deal a caller asks for, validated field by field but not yet against its plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDeal {

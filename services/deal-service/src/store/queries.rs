@@ -87,6 +87,34 @@ pub struct HistoryRow {
     pub status: Option<String>,
 }
 
+/// A board whose search matches at most this many deals is built from one read of them.
+const BOARD_MATCHES_READ_WHOLE: usize = 500;
+
+/// The board of exactly `deals` (in card order): columns in `stage_ids` order, each with
+/// its totals and first `cards` deals.
+fn board_of(deals: Vec<Deal>, stage_ids: &[Uuid], cards: usize) -> Board {
+    let totals = Totals::of(&deals);
+    let mut per_stage: HashMap<Uuid, Vec<Deal>> = HashMap::new();
+    for deal in deals {
+        per_stage.entry(deal.stage_id).or_default().push(deal);
+    }
+    let columns = stage_ids
+        .iter()
+        .map(|id| {
+            let mut deals = per_stage.remove(id).unwrap_or_default();
+            let totals = Totals::of(&deals);
+            let more = deals.len() > cards;
+            deals.truncate(cards);
+            Column {
+                stage_id: *id,
+                totals,
+                cards: Page { deals, more },
+            }
+        })
+        .collect();
+    Board { columns, totals }
+}
+
 /// Runs a totals query whose rows are `(stage_id, currency, n, amount)`.
 pub async fn fetch_stage_totals(
     conn: &mut PgConnection,
@@ -319,6 +347,16 @@ impl Store {
         sort: Sort,
         cards: usize,
     ) -> Result<Board, ApiError> {
+        if query.search.is_some() {
+            // Per column, a search would scan its trigram index once for the totals and once
+            // per column for the cards; a search that matches few deals is read once.
+            let matches = self
+                .list_deals(account_id, query, sort, None, BOARD_MATCHES_READ_WHOLE)
+                .await?;
+            if !matches.more {
+                return Ok(board_of(matches.deals, stage_ids, cards));
+            }
+        }
         let mut per_stage: HashMap<Uuid, Totals> = HashMap::new();
         let mut totals = Totals::default();
         for (stage_id, count, amount) in self.stage_totals(account_id, query).await? {
@@ -389,5 +427,47 @@ impl Store {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_board_of_read_deals_keeps_card_order_and_counts_every_deal() {
+        let (s1, s2, empty) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut usd = Deal::sample(s1, None, 7);
+        usd.amount.currency = "USD".into();
+        let deals = vec![
+            Deal::sample(s1, None, 100),
+            Deal::sample(s2, None, 50),
+            usd,
+            Deal::sample(s1, None, 30),
+        ];
+        let ids: Vec<Uuid> = deals.iter().map(|d| d.id).collect();
+
+        let board = board_of(deals, &[empty, s1, s2], 2);
+
+        let stages: Vec<Uuid> = board.columns.iter().map(|c| c.stage_id).collect();
+        assert_eq!(stages, [empty, s1, s2]);
+        let (none, first, second) = (&board.columns[0], &board.columns[1], &board.columns[2]);
+        assert_eq!(none.totals, Totals::default());
+        assert!(none.cards.deals.is_empty() && !none.cards.more);
+        let cards: Vec<Uuid> = first.cards.deals.iter().map(|d| d.id).collect();
+        assert_eq!(cards, [ids[0], ids[2]], "first two in the order read");
+        assert!(first.cards.more);
+        assert_eq!(first.totals.count, 3);
+        let sums: Vec<(&str, i64)> = first
+            .totals
+            .amounts
+            .iter()
+            .map(|m| (m.currency.as_str(), m.amount_minor))
+            .collect();
+        assert_eq!(sums, [("EUR", 130), ("USD", 7)]);
+        assert_eq!(second.totals.count, 1);
+        assert!(!second.cards.more);
+        assert_eq!(board.totals.count, 4);
+        assert_eq!(board.totals.amounts[0].amount_minor, 180);
     }
 }
