@@ -168,6 +168,11 @@ impl Env {
     }
 }
 
+/// A webhook body: one lead into `plan`, its run and contact both named `id`.
+fn webhook_lead(plan: &str, id: &str) -> serde_json::Value {
+    serde_json::json!({"plan_id": plan, "run_id": id, "contact": {"external_id": id}})
+}
+
 /// Webhook requests in flight at most during the latency runs.
 const MAX_IN_FLIGHT: usize = 2_048;
 
@@ -229,10 +234,21 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
-            let (http, webhook, funnel, plan) = (http.clone(), env.webhook.clone(), funnel.clone(), plan.id.clone());
+            let (http, webhook, funnel, plan) = (
+                http.clone(),
+                env.webhook.clone(),
+                funnel.clone(),
+                plan.id.clone(),
+            );
             async move {
-                let body = serde_json::json!({"plan_id": plan, "run_id": format!("w-{i}"), "contact": {"external_id": format!("w-{i}")}});
-                let status = http.post(&webhook).bearer_auth(&funnel).json(&body).send().await?.status();
+                let body = webhook_lead(&plan, &format!("w-{i}"));
+                let status = http
+                    .post(&webhook)
+                    .bearer_auth(&funnel)
+                    .json(&body)
+                    .send()
+                    .await?
+                    .status();
                 anyhow::ensure!(status == 202, "webhook answered {status}");
                 anyhow::Ok(())
             }
@@ -257,7 +273,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         // One lead through first: the services learn of a new plan from its event, and the
         // first leads of a plan created a moment ago waited for that (300–700 ms at the
         // start of some runs). Funnels fire into plans that exist; that is what is measured.
-        let body = serde_json::json!({"plan_id": plan.id, "run_id": "warm-up", "contact": {"external_id": "warm-up"}});
+        let body = webhook_lead(&plan.id, "warm-up");
         http.post(&env.webhook)
             .bearer_auth(&funnel)
             .json(&body)
@@ -285,9 +301,19 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
             tasks.push(tokio::spawn(async move {
                 let _permit = permit;
                 let sent = SystemTime::now();
-                let body = serde_json::json!({"plan_id": plan, "run_id": format!("r-{i}"), "contact": {"external_id": format!("r-{i}")}});
-                let reply: serde_json::Value = http.post(&webhook).bearer_auth(&funnel).json(&body).send().await?.json().await?;
-                anyhow::Ok((reply["intake_id"].as_str().unwrap_or_default().to_owned(), sent))
+                let body = webhook_lead(&plan, &format!("r-{i}"));
+                let reply: serde_json::Value = http
+                    .post(&webhook)
+                    .bearer_auth(&funnel)
+                    .json(&body)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                anyhow::Ok((
+                    reply["intake_id"].as_str().unwrap_or_default().to_owned(),
+                    sent,
+                ))
             }));
         }
         let sending = start.elapsed();

@@ -61,7 +61,7 @@ impl DealEvents {
         let ids: Vec<Uuid> = rows.iter().map(|r| r.deal_id).collect();
         let mut before = lock_seen(&mut tx, &ids).await?;
         let mut deltas: BTreeMap<Contribution, i64> = BTreeMap::new();
-        // Deals first seen are inserted whole (in key order, like the locks). One another
+        // Deals first seen are inserted whole (in key order, like the locks). One that another
         // replica inserted first is then locked and applied as seen.
         let unseen: Vec<&DealRow> = rows
             .iter()
