@@ -350,7 +350,7 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
                 json!({"deals": page.deals.iter().map(deal_json).collect::<Vec<_>>(), "total_count": page.total_count, "next_page_token": page.next_page_token}),
                 || {
                     let rows: Vec<Vec<String>> = page.deals.iter().map(deal_row).collect();
-                    let totals: Vec<String> = page.total_amounts.iter().map(|m| output::money(Some(m))).collect();
+                    let totals: Vec<String> = page.total_amounts.iter().map(output::total).collect();
                     format!("{}\n{} deals, {}", table(&DEAL_HEADER, &rows), page.total_count, totals.join(" + "))
                 },
             );
@@ -374,7 +374,7 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
                 json!({"columns": board.columns.iter().map(|c| json!({
                     "stage": c.stage.as_ref().map(|s| s.name.clone()),
                     "count": c.count,
-                    "amounts": c.amounts.iter().map(|m| output::money(Some(m))).collect::<Vec<_>>(),
+                    "amounts": c.amounts.iter().map(output::total).collect::<Vec<_>>(),
                     "deals": c.deals.iter().map(deal_json).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(), "total_count": board.total_count}),
                 || {
@@ -387,7 +387,7 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
                                 c.count.to_string(),
                                 c.amounts
                                     .iter()
-                                    .map(|m| output::money(Some(m)))
+                                    .map(output::total)
                                     .collect::<Vec<_>>()
                                     .join(" + "),
                                 c.deals

@@ -65,6 +65,15 @@ pub fn money(m: Option<&pb::Money>) -> String {
     }
 }
 
+/// A total: from its exact decimal sum, which may be beyond the int64 range.
+pub fn total(m: &pb::MoneyTotal) -> String {
+    let exact: i128 = m
+        .exact_amount_minor
+        .parse()
+        .unwrap_or(i128::from(m.amount_minor));
+    format!("{}.{:02} {}", exact / 100, exact % 100, m.currency)
+}
+
 fn money_json(m: Option<&pb::Money>) -> Value {
     m.map(|m| json!({"amount_minor": m.amount_minor, "currency": m.currency}))
         .unwrap_or(Value::Null)

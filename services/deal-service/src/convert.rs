@@ -10,7 +10,7 @@ use salesplan_proto::v1 as pb;
 use time::OffsetDateTime;
 
 use crate::domain::{
-    Money,
+    Money, MoneySum,
     deal::{Deal, DealEdit, DealStatus, NewDeal},
     plan::{self, Distribution, Plan, PlanDraft, Stage, StageKind, Strategy},
     query::{self, DealQuery, Search, Sort, SortField, TimeRange},
@@ -372,8 +372,20 @@ pub fn filter_fingerprint(filter: &Option<pb::DealFilter>) -> u64 {
     query::fingerprint(&filter.clone().unwrap_or_default().encode_to_vec())
 }
 
-pub fn money_list(amounts: &[Money]) -> Vec<pb::Money> {
-    amounts.iter().map(money_to).collect()
+/// Sums as the API shows them: capped at the int64 range, and exact as a decimal.
+pub fn money_totals(sums: &[MoneySum]) -> Vec<pb::MoneyTotal> {
+    sums.iter()
+        .map(|sum| pb::MoneyTotal {
+            amount_minor: saturating_i64(sum.amount_minor),
+            currency: sum.currency.clone(),
+            exact_amount_minor: sum.amount_minor.to_string(),
+        })
+        .collect()
+}
+
+/// `value` within the int64 range: the nearest end when it is beyond.
+pub fn saturating_i64(value: i128) -> i64 {
+    i64::try_from(value).unwrap_or(if value < 0 { i64::MIN } else { i64::MAX })
 }
 
 pub fn stage_to_proto(stage: &Stage) -> pb::Stage {

@@ -130,12 +130,23 @@ pub fn digits(value: &str) -> String {
     value.chars().filter(char::is_ascii_digit).collect()
 }
 
-/// A money amount: non-negative minor units of a three-letter upper-case currency.
+/// The largest amount a caller may send, in minor units: 10^15 (ten trillion dollars in
+/// cents). One deal can never come near the int64 range, and sums are kept wider anyway.
+pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
+
+/// A money amount: 0 to [`MAX_AMOUNT_MINOR`] minor units of a three-letter upper-case
+/// currency.
 pub fn money(field: &str, amount_minor: i64, currency: &str) -> Result<(i64, String), ApiError> {
     if amount_minor < 0 {
         return Err(ApiError::invalid(
             format!("{field}.amount_minor"),
             "must not be negative",
+        ));
+    }
+    if amount_minor > MAX_AMOUNT_MINOR {
+        return Err(ApiError::invalid(
+            format!("{field}.amount_minor"),
+            format!("must be at most {MAX_AMOUNT_MINOR} (10^15 minor units)"),
         ));
     }
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -203,6 +214,13 @@ mod tests {
             money("amount", 1, "usd").unwrap_err().field(),
             Some("amount.currency")
         );
+        assert!(money("amount", MAX_AMOUNT_MINOR, "USD").is_ok());
+        for too_much in [MAX_AMOUNT_MINOR + 1, i64::MAX] {
+            assert_eq!(
+                money("amount", too_much, "USD").unwrap_err().field(),
+                Some("amount.amount_minor")
+            );
+        }
     }
 
     #[test]

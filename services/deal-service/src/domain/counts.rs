@@ -34,7 +34,8 @@ impl CountKey {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CountDelta {
     pub deals: i64,
-    pub amount_minor: i64,
+    /// Wider than one amount: a stage deletion moves every deal of the stage at once.
+    pub amount_minor: i128,
 }
 
 /// What `changes` (each the deal before, `None` for a new one, and after) do to the
@@ -48,11 +49,11 @@ pub fn count_deltas<'a>(
         if let Some(before) = before {
             let cell = deltas.entry(CountKey::of(before)).or_default();
             cell.deals -= 1;
-            cell.amount_minor -= before.amount.amount_minor;
+            cell.amount_minor -= i128::from(before.amount.amount_minor);
         }
         let cell = deltas.entry(CountKey::of(after)).or_default();
         cell.deals += 1;
-        cell.amount_minor += after.amount.amount_minor;
+        cell.amount_minor += i128::from(after.amount.amount_minor);
     }
     deltas.retain(|_, d| *d != CountDelta::default());
     deltas
@@ -63,7 +64,7 @@ mod tests {
     use super::*;
     use crate::domain::Money;
 
-    fn delta(deals: i64, amount_minor: i64) -> CountDelta {
+    fn delta(deals: i64, amount_minor: i128) -> CountDelta {
         CountDelta {
             deals,
             amount_minor,

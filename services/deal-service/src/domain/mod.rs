@@ -39,3 +39,20 @@ pub struct Money {
     pub amount_minor: i64,
     pub currency: String,
 }
+
+/// A sum of amounts in one currency. i128: amounts are at most 10^15 each, so no number of
+/// deals a database can hold makes it overflow (an i64 sum does at 9,224 such deals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoneySum {
+    pub amount_minor: i128,
+    pub currency: String,
+}
+
+impl From<Money> for MoneySum {
+    fn from(money: Money) -> Self {
+        Self {
+            amount_minor: i128::from(money.amount_minor),
+            currency: money.currency,
+        }
+    }
+}

@@ -402,7 +402,7 @@ impl DealService for Api {
             next_page_token: page_token(sort, fingerprint, &page),
             deals: page.deals.iter().map(Into::into).collect(),
             total_count: totals.count,
-            total_amounts: convert::money_list(&totals.amounts),
+            total_amounts: convert::money_totals(&totals.amounts),
         }))
     }
 
@@ -450,7 +450,7 @@ impl DealService for Api {
                 Some(pb::BoardColumn {
                     stage: Some(convert::stage_to_proto(stage)),
                     count: column.totals.count,
-                    amounts: convert::money_list(&column.totals.amounts),
+                    amounts: convert::money_totals(&column.totals.amounts),
                     deals: column.cards.deals.iter().map(Into::into).collect(),
                     next_page_token: page_token(sort, fingerprint, &column.cards),
                 })
@@ -460,7 +460,7 @@ impl DealService for Api {
             plan: Some((&plan).into()),
             columns,
             total_count: board.totals.count,
-            total_amounts: convert::money_list(&board.totals.amounts),
+            total_amounts: convert::money_totals(&board.totals.amounts),
         }))
     }
 

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::queries::fetch_stage_totals;
 use crate::domain::{
-    Money,
+    MoneySum,
     counts::{CountDelta, CountKey},
     query::DealQuery,
 };
@@ -24,9 +24,12 @@ pub async fn apply(
     }
     let keys = || deltas.keys();
     // UNNEST keeps the input order, so cells are locked in key order (see `count_deltas`).
+    // Sums are `numeric` (no number of deals overflows them); the deltas travel as text.
     sqlx::query(
         "INSERT INTO stage_counts AS c (account_id, plan_id, stage_id, manager_id, currency, deals, amount_minor)
-         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])
+         SELECT a, p, s, m, cur, n, x::numeric
+         FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::bigint[], $7::text[])
+            AS t(a, p, s, m, cur, n, x)
          ON CONFLICT (account_id, plan_id, stage_id, manager_id, currency) DO UPDATE
          SET deals = c.deals + excluded.deals, amount_minor = c.amount_minor + excluded.amount_minor",
     )
@@ -36,7 +39,12 @@ pub async fn apply(
     .bind(keys().map(|k| k.manager_id.clone()).collect::<Vec<_>>())
     .bind(keys().map(|k| k.currency.clone()).collect::<Vec<_>>())
     .bind(deltas.values().map(|d| d.deals).collect::<Vec<_>>())
-    .bind(deltas.values().map(|d| d.amount_minor).collect::<Vec<_>>())
+    .bind(
+        deltas
+            .values()
+            .map(|d| d.amount_minor.to_string())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -48,9 +56,9 @@ pub async fn stage_totals(
     conn: &mut PgConnection,
     account_id: &str,
     query: &DealQuery,
-) -> Result<Vec<(Uuid, i64, Money)>, ApiError> {
+) -> Result<Vec<(Uuid, i64, MoneySum)>, ApiError> {
     let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
-        "SELECT stage_id, currency, sum(deals)::bigint AS n, sum(amount_minor)::bigint AS amount
+        "SELECT stage_id, currency, sum(deals)::bigint AS n, sum(amount_minor)::text AS amount
          FROM stage_counts WHERE account_id = ",
     );
     qb.push_bind(account_id.to_owned());

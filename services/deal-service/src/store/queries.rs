@@ -12,7 +12,7 @@ use super::{
     rows::{DEAL_COLUMNS, deal_from_row},
 };
 use crate::domain::{
-    Money,
+    MoneySum,
     deal::Deal,
     query::{DealQuery, PageToken, Sort, SortField, SortValue},
 };
@@ -33,7 +33,7 @@ pub struct Page {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
     pub count: i64,
-    pub amounts: Vec<Money>,
+    pub amounts: Vec<MoneySum>,
 }
 
 impl Totals {
@@ -41,12 +41,12 @@ impl Totals {
     pub fn of(deals: &[Deal]) -> Self {
         let mut totals = Totals::default();
         for deal in deals {
-            totals.add(1, deal.amount.clone());
+            totals.add(1, deal.amount.clone().into());
         }
         totals
     }
 
-    fn add(&mut self, count: i64, amount: Money) {
+    fn add(&mut self, count: i64, amount: MoneySum) {
         self.count += count;
         match self
             .amounts
@@ -115,27 +115,30 @@ fn board_of(deals: Vec<Deal>, stage_ids: &[Uuid], cards: usize) -> Board {
     Board { columns, totals }
 }
 
-/// Runs a totals query whose rows are `(stage_id, currency, n, amount)`.
+/// Runs a totals query whose rows are `(stage_id, currency, n, amount)`, the amount a
+/// `numeric` sum as text (a `bigint` sum overflows at 9,224 deals of the largest amount).
 pub async fn fetch_stage_totals(
     conn: &mut PgConnection,
     mut qb: QueryBuilder<Postgres>,
-) -> Result<Vec<(Uuid, i64, Money)>, ApiError> {
+) -> Result<Vec<(Uuid, i64, MoneySum)>, ApiError> {
     qb.build()
         .fetch_all(&mut *conn)
         .await?
         .iter()
         .map(|row| {
+            let amount: String = row.try_get("amount")?;
             Ok((
                 row.try_get("stage_id")?,
                 row.try_get("n")?,
-                Money {
-                    amount_minor: row.try_get("amount")?,
+                MoneySum {
+                    amount_minor: amount
+                        .parse()
+                        .map_err(|_| super::rows::corrupt("sum of amount_minor"))?,
                     currency: row.try_get("currency")?,
                 },
             ))
         })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Into::into)
+        .collect()
 }
 
 /// `WHERE account … AND <every condition of the query>`.
@@ -324,13 +327,13 @@ impl Store {
         &self,
         account_id: &str,
         query: &DealQuery,
-    ) -> Result<Vec<(Uuid, i64, Money)>, ApiError> {
+    ) -> Result<Vec<(Uuid, i64, MoneySum)>, ApiError> {
         let mut conn = self.pool.acquire().await?;
         if query.counted_by_cells() {
             return counts::stage_totals(&mut conn, account_id, query).await;
         }
         let mut qb = QueryBuilder::new(
-            "SELECT stage_id, currency, count(*)::bigint AS n, coalesce(sum(amount_minor), 0)::bigint AS amount FROM deals",
+            "SELECT stage_id, currency, count(*)::bigint AS n, coalesce(sum(amount_minor), 0)::text AS amount FROM deals",
         );
         push_filter(&mut qb, account_id, query);
         qb.push(" GROUP BY stage_id, currency");
@@ -458,7 +461,7 @@ mod tests {
         assert_eq!(cards, [ids[0], ids[2]], "first two in the order read");
         assert!(first.cards.more);
         assert_eq!(first.totals.count, 3);
-        let sums: Vec<(&str, i64)> = first
+        let sums: Vec<(&str, i128)> = first
             .totals
             .amounts
             .iter()

@@ -1,0 +1,313 @@
+//! Tenant isolation (issue 14): each test is one of the attacks by which an account could
+//! stop, slow or skew another, run against the real services, and what must hold instead.
+
+use std::time::Duration;
+
+use integration_tests::{
+    Stack,
+    api::{Mode, Strategy, create_plan, lead_json, plan_request},
+    stack::eventually,
+};
+use salesplan_platform::{Permission, grpc::outgoing, validate::MAX_AMOUNT_MINOR};
+use salesplan_proto::v1::{
+    self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
+    report_service_client::ReportServiceClient,
+};
+use serde_json::json;
+use tonic::Code;
+
+const ALL: [Permission; 4] = Permission::ALL;
+
+fn usd(amount_minor: i64) -> pb::Money {
+    pb::Money {
+        amount_minor,
+        currency: "USD".into(),
+    }
+}
+
+fn deal_request(plan_id: &str, key: &str, amount_minor: i64) -> pb::CreateDealRequest {
+    pb::CreateDealRequest {
+        plan_id: plan_id.into(),
+        contact: Some(pb::Contact {
+            external_id: key.into(),
+            ..Default::default()
+        }),
+        amount: Some(usd(amount_minor)),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+/// An amount near i64::MAX was accepted (202) and then broke every board, list and
+/// summary of the account, and every later batch of its leads. Now it is refused at every
+/// entry point, naming the field and the bound.
+#[tokio::test]
+async fn an_amount_beyond_the_bound_is_refused_at_every_entry_point() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let admin = stack.token("acme", "boss", &ALL);
+    let manager = stack.token("acme", "m1", &[]);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let plan = create_plan(
+        channel.clone(),
+        &admin,
+        plan_request("Inbound", Mode::Auto, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    let too_much = [MAX_AMOUNT_MINOR + 1, i64::MAX];
+
+    let webhook = reqwest::Client::new();
+    for amount in too_much {
+        let mut lead = lead_json(&plan.id, &format!("run-{amount}"), "tg-1");
+        lead["amount"] = json!({ "amount_minor": amount, "currency": "USD" });
+        let answer = webhook
+            .post(stack.webhook_url())
+            .bearer_auth(&admin)
+            .json(&lead)
+            .send()
+            .await?;
+        assert_eq!(answer.status(), 400, "webhook with {amount}");
+        let body: serde_json::Value = answer.json().await?;
+        assert_eq!(body["error"]["field"], "amount.amount_minor");
+    }
+
+    let mut intake = pb::intake_service_client::IntakeServiceClient::new(
+        stack.channel(&stack.tunnel_listener).await?,
+    );
+    let mut deals = DealServiceClient::new(channel.clone());
+    let mut plans = PlanServiceClient::new(channel.clone());
+    let mine = deals
+        .create_deal(outgoing(deal_request(&plan.id, "k-0", 100), &admin))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    deals
+        .assign_deal(outgoing(
+            pb::AssignDealRequest {
+                deal_id: mine.id.clone(),
+                expected_version: mine.version,
+                manager_id: Some("m1".into()),
+            },
+            &admin,
+        ))
+        .await?;
+    for amount in too_much {
+        let lead = pb::Lead {
+            plan_id: plan.id.clone(),
+            run_id: format!("grpc-{amount}"),
+            contact: Some(pb::Contact {
+                external_id: "tg-2".into(),
+                ..Default::default()
+            }),
+            amount: Some(usd(amount)),
+            ..Default::default()
+        };
+        let refused = intake
+            .add_to_sales_plan(outgoing(
+                pb::AddToSalesPlanRequest { lead: Some(lead) },
+                &admin,
+            ))
+            .await
+            .expect_err("AddToSalesPlan");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with("amount.amount_minor"),
+            "{refused:?}"
+        );
+
+        let refused = deals
+            .create_deal(outgoing(
+                deal_request(&plan.id, &format!("k-{amount}"), amount),
+                &admin,
+            ))
+            .await
+            .expect_err("CreateDeal");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with("amount.amount_minor"),
+            "{refused:?}"
+        );
+
+        let created = deals
+            .create_deals(outgoing(
+                pb::CreateDealsRequest {
+                    deals: vec![
+                        deal_request(&plan.id, &format!("ok-{amount}"), 500),
+                        deal_request(&plan.id, &format!("big-{amount}"), amount),
+                    ],
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner()
+            .results;
+        assert_eq!(created[0].code, 0, "the valid deal of the batch is created");
+        assert_eq!(created[1].code, Code::InvalidArgument as i32);
+        assert!(
+            created[1]
+                .message
+                .starts_with("deals[1].amount.amount_minor")
+        );
+
+        // A manager with no permission, on their own deal.
+        let current = deals
+            .get_deal(outgoing(
+                pb::GetDealRequest {
+                    deal_id: mine.id.clone(),
+                },
+                &manager,
+            ))
+            .await?
+            .into_inner()
+            .deal
+            .expect("deal");
+        let refused = deals
+            .update_deal(outgoing(
+                pb::UpdateDealRequest {
+                    deal_id: mine.id.clone(),
+                    expected_version: current.version,
+                    amount: Some(usd(amount)),
+                    ..Default::default()
+                },
+                &manager,
+            ))
+            .await
+            .expect_err("UpdateDeal");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+
+        let refused = plans
+            .update_plan(outgoing(
+                pb::UpdatePlanRequest {
+                    plan_id: plan.id.clone(),
+                    average_amount: Some(usd(amount)),
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await
+            .expect_err("UpdatePlan");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(refused.message().starts_with("average_amount.amount_minor"));
+    }
+    // The bound itself is accepted.
+    deals
+        .create_deal(outgoing(
+            deal_request(&plan.id, "k-max", MAX_AMOUNT_MINOR),
+            &admin,
+        ))
+        .await?;
+    stack.stop().await
+}
+
+/// Sums beyond the int64 range: 10,000 deals of the largest amount add up to 10^19. Boards,
+/// lists (kept and aggregated totals) and the pipeline summary answer with the sum capped
+/// and exact, and the plan keeps taking deals.
+#[tokio::test]
+async fn sums_beyond_int64_keep_boards_lists_and_reports_working() -> anyhow::Result<()> {
+    const DEALS: usize = 10_000;
+    let stack = Stack::start().await?;
+    let admin = stack.token("acme", "boss", &ALL);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let plan = create_plan(
+        channel.clone(),
+        &admin,
+        plan_request("Whales", Mode::Manual, Strategy::RoundRobin, false, &[]),
+    )
+    .await?;
+    let mut deals = DealServiceClient::new(channel.clone());
+    for chunk in 0..DEALS / 1_000 {
+        let results = deals
+            .create_deals(outgoing(
+                pb::CreateDealsRequest {
+                    deals: (0..1_000)
+                        .map(|i| {
+                            deal_request(&plan.id, &format!("w-{chunk}-{i}"), MAX_AMOUNT_MINOR)
+                        })
+                        .collect(),
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner()
+            .results;
+        assert!(results.iter().all(|r| r.code == 0 && r.created));
+    }
+    let exact = (DEALS as i128 * i128::from(MAX_AMOUNT_MINOR)).to_string();
+    let capped = |totals: &[pb::MoneyTotal]| {
+        assert_eq!(totals.len(), 1, "{totals:?}");
+        assert_eq!(totals[0].currency, "USD");
+        assert_eq!(totals[0].exact_amount_minor, exact);
+        assert_eq!(totals[0].amount_minor, i64::MAX);
+    };
+
+    let board = deals
+        .get_board(outgoing(
+            pb::GetBoardRequest {
+                plan_id: plan.id.clone(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(board.total_count, DEALS as i64);
+    capped(&board.total_amounts);
+    capped(&board.columns[0].amounts);
+    for filter in [
+        // Kept counts.
+        pb::DealFilter {
+            plan_id: plan.id.clone(),
+            ..Default::default()
+        },
+        // Aggregated over the deals.
+        pb::DealFilter {
+            plan_id: plan.id.clone(),
+            statuses: vec![pb::DealStatus::Open as i32],
+            ..Default::default()
+        },
+    ] {
+        let listed = deals
+            .list_deals(outgoing(
+                pb::ListDealsRequest {
+                    filter: Some(filter),
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(listed.total_count, DEALS as i64);
+        capped(&listed.total_amounts);
+    }
+
+    let mut reports = ReportServiceClient::new(stack.channel(&stack.reporting).await?);
+    let summary = eventually(Duration::from_secs(60), || {
+        let mut reports = reports.clone();
+        let request = outgoing(
+            pb::PipelineSummaryRequest {
+                plan_id: Some(plan.id.clone()),
+            },
+            &admin,
+        );
+        async move {
+            let summary = reports.pipeline_summary(request).await?.into_inner();
+            Ok((summary.total_deals == DEALS as i64).then_some(summary))
+        }
+    })
+    .await?;
+    assert_eq!(summary.stages.len(), 1);
+    assert_eq!(summary.stages[0].exact_amount_minor, exact);
+    assert_eq!(summary.stages[0].amount_minor, i64::MAX);
+    assert_eq!(summary.stages[0].currency, "USD");
+    reports
+        .pipeline_summary(outgoing(pb::PipelineSummaryRequest::default(), &admin))
+        .await?;
+
+    // Still taking deals in the same cell.
+    let more = deals
+        .create_deal(outgoing(deal_request(&plan.id, "one-more", 1), &admin))
+        .await?
+        .into_inner();
+    assert!(more.created);
+    stack.stop().await
+}
