@@ -50,7 +50,8 @@ pub enum Command {
         account: String,
         #[arg(long)]
         user: String,
-        /// deals:edit_all, deals:bulk_edit, plans:admin, intake:write (repeatable).
+        /// deals:edit_all, deals:bulk_edit, plans:admin, intake:write; platform:operate for
+        /// operators (repeatable).
         #[arg(long = "perm")]
         perms: Vec<String>,
         /// Lifetime in seconds.
@@ -65,6 +66,9 @@ pub enum Command {
     Intake(Intake),
     #[command(subcommand)]
     Reports(Reports),
+    /// Events deal-service parked because the broker refused them.
+    #[command(subcommand)]
+    Outbox(Outbox),
 }
 
 #[derive(Subcommand)]
@@ -251,6 +255,27 @@ pub enum Reports {
         details: bool,
         #[arg(long = "plan")]
         plans: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Outbox {
+    /// Parked events, oldest first (the account's own; every account's with a
+    /// platform:operate token).
+    Parked {
+        /// platform:operate only: one account.
+        #[arg(long, default_value = "")]
+        account: String,
+        #[arg(long, default_value_t = 100)]
+        limit: i32,
+        /// Continue after this id.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+    /// Put parked events back in the outbox, to be published again.
+    Replay {
+        #[arg(required = true)]
+        ids: Vec<i64>,
     },
 }
 

@@ -9,13 +9,14 @@ use salesplan_platform::{
 };
 use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient, intake_service_client::IntakeServiceClient,
-    plan_service_client::PlanServiceClient, report_service_client::ReportServiceClient,
+    outbox_service_client::OutboxServiceClient, plan_service_client::PlanServiceClient,
+    report_service_client::ReportServiceClient,
 };
 use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::{
-    args::{Cli, Command, Deals, Filter, Global, Intake, Plans, Reports},
+    args::{Cli, Command, Deals, Filter, Global, Intake, Outbox, Plans, Reports},
     output::{self, DEAL_HEADER, deal_json, deal_row, plan_json, plan_text, table},
 };
 
@@ -85,6 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deals(c) => deals(&ctx, c).await,
         Command::Intake(c) => intake(&ctx, c).await,
         Command::Reports(c) => reports(&ctx, c).await,
+        Command::Outbox(c) => outbox(&ctx, c).await,
     }
 }
 
@@ -679,5 +681,62 @@ async fn reports(ctx: &Ctx, command: Reports) -> anyhow::Result<()> {
             table(&["", "won", "lost", "won %", "lost %", "reasons of loss"], &rows)
         },
     );
+    Ok(())
+}
+
+async fn outbox(ctx: &Ctx, command: Outbox) -> anyhow::Result<()> {
+    let mut client = OutboxServiceClient::new(ctx.channel(&ctx.global.deal_service).await?);
+    match command {
+        Outbox::Parked {
+            account,
+            limit,
+            after,
+        } => {
+            let page = client
+                .list_parked_events(ctx.request(pb::ListParkedEventsRequest {
+                    account_id: account,
+                    page_size: limit,
+                    after_id: after,
+                }))
+                .await?
+                .into_inner();
+            ctx.print(
+                json!({
+                    "events": page.events.iter().map(|e| json!({
+                        "id": e.id, "account_id": e.account_id, "subject": e.subject,
+                        "message_id": e.message_id, "payload_bytes": e.payload_bytes,
+                        "reason": e.reason,
+                    })).collect::<Vec<_>>(),
+                    "next_after_id": page.next_after_id,
+                }),
+                || {
+                    let rows: Vec<Vec<String>> = page
+                        .events
+                        .iter()
+                        .map(|e| {
+                            vec![
+                                e.id.to_string(),
+                                e.account_id.clone(),
+                                e.subject.clone(),
+                                e.payload_bytes.to_string(),
+                                e.reason.clone(),
+                            ]
+                        })
+                        .collect();
+                    table(&["id", "account", "subject", "bytes", "reason"], &rows)
+                },
+            );
+        }
+        Outbox::Replay { ids } => {
+            let replayed = client
+                .replay_parked_events(ctx.request(pb::ReplayParkedEventsRequest { ids }))
+                .await?
+                .into_inner()
+                .replayed;
+            ctx.print(json!({ "replayed": replayed }), || {
+                format!("{replayed} events back in the outbox")
+            });
+        }
+    }
     Ok(())
 }

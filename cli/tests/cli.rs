@@ -278,6 +278,12 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
         table.contains("CLI plan") && table.contains("Price 1 (100.0%)"),
         "{table}"
     );
+
+    // Nothing was refused by the broker: no parked events, and none to replay.
+    let parked = ctl.json(&admin, &["outbox", "parked"]).await?;
+    assert_eq!(parked["events"], serde_json::json!([]));
+    let replayed = ctl.json(&admin, &["outbox", "replay", "1"]).await?;
+    assert_eq!(replayed["replayed"], 0);
     stack.stop().await
 }
 

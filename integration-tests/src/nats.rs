@@ -21,9 +21,19 @@ impl TestNats {
 
     /// Starts a server on a free port and waits until it accepts connections.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with_config("").await
+    }
+
+    /// Like [`TestNats::start`], with extra lines of server configuration (e.g.
+    /// `max_payload: 65536`).
+    pub async fn start_with_config(config: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let store = dir.path().join("store");
+        let config_file = dir.path().join("nats.conf");
+        std::fs::write(&config_file, config)?;
         let child = Command::new(Self::binary())
+            .arg("-c")
+            .arg(&config_file)
             .args(["-a", "127.0.0.1", "-p", "-1", "-js", "--store_dir"])
             .arg(&store)
             .arg("--ports_file_dir")

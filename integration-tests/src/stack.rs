@@ -25,8 +25,12 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(TestNats::start().await?).await
+    }
+
+    /// The four services on `nats` (e.g. a server with another configuration).
+    pub async fn start_with(nats: TestNats) -> anyhow::Result<Self> {
         salesplan_platform::telemetry::init_for_tests();
-        let nats = TestNats::start().await?;
         let db = TestDatabase::create().await?;
         let shutdown = CancellationToken::new();
         let deal_service = deal_service::Config::local(&db.url, &nats.url)

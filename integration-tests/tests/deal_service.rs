@@ -356,7 +356,8 @@ async fn plans_stages_managers_and_reasons() -> anyhow::Result<()> {
     assert_eq!(moved.stage_id, new_id);
     assert_eq!(moved.version, deal.version + 1);
 
-    // Reasons: add, rename, archive (kept, flagged), require.
+    // Reasons: add, rename, archive (kept, flagged) when a deal was lost with it, delete
+    // when none was, require.
     let set = |reasons: Vec<pb::LossReasonInput>, require: bool| pb::SetLossReasonsRequest {
         plan_id: plan.id.clone(),
         require_reason: require,
@@ -370,7 +371,11 @@ async fn plans_stages_managers_and_reasons() -> anyhow::Result<()> {
         .plans
         .set_loss_reasons(outgoing(
             set(
-                vec![input("", "Too expensive"), input("", "No budget")],
+                vec![
+                    input("", "Too expensive"),
+                    input("", "No budget"),
+                    input("", "Never used"),
+                ],
                 true,
             ),
             &admin,
@@ -383,6 +388,15 @@ async fn plans_stages_managers_and_reasons() -> anyhow::Result<()> {
         .expect("reasons");
     assert!(first.require_reason);
     let expensive = first.reasons[0].id.clone();
+    let lost_deal = create_deal(&mut c, &boss, &plan, 900, None).await?;
+    move_deal(
+        &mut c,
+        &boss,
+        &lost_deal,
+        &stage_named(&plan, "Lost").id,
+        Some(&first.reasons[1].id),
+    )
+    .await?;
     let second = c
         .plans
         .set_loss_reasons(outgoing(

@@ -311,3 +311,203 @@ async fn sums_beyond_int64_keep_boards_lists_and_reports_working() -> anyhow::Re
     assert!(more.created);
     stack.stop().await
 }
+
+async fn scrape(running: &salesplan_platform::service::Running) -> anyhow::Result<String> {
+    let addr = running.metrics_addr.expect("metrics are served");
+    Ok(reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .text()
+        .await?)
+}
+
+/// A plan whose event was larger than the broker's max payload stopped the outbox relay
+/// for every account. Plans are bounded now, and an event the broker refuses all the same
+/// (here: a broker configured with 64 KiB) is parked with its reason while everyone else's
+/// events flow: another account's plan takes a lead that becomes a deal and is reported.
+#[tokio::test]
+async fn an_event_the_broker_refuses_is_parked_and_other_accounts_keep_flowing()
+-> anyhow::Result<()> {
+    let nats = integration_tests::TestNats::start_with_config("max_payload: 65536").await?;
+    let stack = Stack::start_with(nats).await?;
+    let channel = stack.channel(&stack.deal_service).await?;
+    let a_admin = stack.token("a", "admin", &ALL);
+    let b_admin = stack.token("b", "admin", &ALL);
+    let operator = stack.token("platform", "oncall", &[Permission::PlatformOperate]);
+    let mut plans = PlanServiceClient::new(channel.clone());
+
+    // The original attack is refused outright: 3,000 reasons of 385 bytes.
+    let plain = create_plan(
+        channel.clone(),
+        &a_admin,
+        plan_request("Plain", Mode::Manual, Strategy::RoundRobin, false, &[]),
+    )
+    .await?;
+    let refused = plans
+        .set_loss_reasons(outgoing(
+            pb::SetLossReasonsRequest {
+                plan_id: plain.id.clone(),
+                require_reason: false,
+                reasons: (0..3_000)
+                    .map(|i| pb::LossReasonInput {
+                        id: String::new(),
+                        name: format!("{i:04}{}", "ы".repeat(96)),
+                    })
+                    .collect(),
+            },
+            &a_admin,
+        ))
+        .await
+        .expect_err("3,000 reasons");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("reasons: at most 100"),
+        "{refused:?}"
+    );
+
+    // Within every cap, but over this broker's limit: 1,000 managers with long ids.
+    let managers: Vec<String> = (0..1_000)
+        .map(|i| format!("{i:04}-{}", "m".repeat(100)))
+        .collect();
+    let managers: Vec<&str> = managers.iter().map(String::as_str).collect();
+    let big = create_plan(
+        channel.clone(),
+        &a_admin,
+        plan_request("Big", Mode::Auto, Strategy::RoundRobin, false, &managers),
+    )
+    .await?;
+    let mut outbox = pb::outbox_service_client::OutboxServiceClient::new(channel.clone());
+    let parked = eventually(Duration::from_secs(20), || {
+        let mut outbox = outbox.clone();
+        let request = outgoing(pb::ListParkedEventsRequest::default(), &a_admin);
+        async move {
+            let events = outbox
+                .list_parked_events(request)
+                .await?
+                .into_inner()
+                .events;
+            Ok((!events.is_empty()).then_some(events))
+        }
+    })
+    .await?;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].account_id, "a");
+    assert!(parked[0].subject.starts_with("salesplan.plans.v1.a."));
+    assert!(parked[0].payload_bytes > 65_536);
+    assert!(
+        parked[0].reason.contains("max payload"),
+        "{}",
+        parked[0].reason
+    );
+
+    // Account B, after it: its plan event, its lead, its deal and its report all go through.
+    let b_plan = create_plan(
+        channel.clone(),
+        &b_admin,
+        plan_request("B", Mode::Auto, Strategy::RoundRobin, false, &["b1"]),
+    )
+    .await?;
+    let answer = reqwest::Client::new()
+        .post(stack.webhook_url())
+        .bearer_auth(&b_admin)
+        .json(&lead_json(&b_plan.id, "run-1", "tg-b"))
+        .send()
+        .await?;
+    assert_eq!(answer.status(), 202);
+    let reports = ReportServiceClient::new(stack.channel(&stack.reporting).await?);
+    let summary = eventually(Duration::from_secs(20), || {
+        let mut reports = reports.clone();
+        let request = outgoing(
+            pb::PipelineSummaryRequest {
+                plan_id: Some(b_plan.id.clone()),
+            },
+            &b_admin,
+        );
+        async move {
+            let summary = reports.pipeline_summary(request).await?.into_inner();
+            Ok((summary.total_deals == 1).then_some(summary))
+        }
+    })
+    .await?;
+    assert_eq!(summary.managers[0].manager_id.as_deref(), Some("b1"));
+
+    // Who sees what: B nothing, the operator A's (or filtered to B: nothing).
+    let reader = outbox.clone();
+    let seen = |token: &str, account: &str| {
+        let mut outbox = reader.clone();
+        let request = outgoing(
+            pb::ListParkedEventsRequest {
+                account_id: account.into(),
+                ..Default::default()
+            },
+            token,
+        );
+        async move {
+            anyhow::Ok(
+                outbox
+                    .list_parked_events(request)
+                    .await?
+                    .into_inner()
+                    .events,
+            )
+        }
+    };
+    assert!(seen(&b_admin, "a").await?.is_empty(), "B never sees A's");
+    assert_eq!(seen(&operator, "").await?.len(), 1);
+    assert_eq!(seen(&operator, "a").await?.len(), 1);
+    assert!(seen(&operator, "b").await?.is_empty());
+    let no_admin = stack.token("a", "m1", &[]);
+    let denied = outbox
+        .list_parked_events(outgoing(pb::ListParkedEventsRequest::default(), &no_admin))
+        .await
+        .expect_err("no permission");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // B cannot replay A's; A can, and an event still too large is parked again.
+    let ids = vec![parked[0].id];
+    let replayed = outbox
+        .replay_parked_events(outgoing(
+            pb::ReplayParkedEventsRequest { ids: ids.clone() },
+            &b_admin,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(replayed.replayed, 0);
+    let replayed = outbox
+        .replay_parked_events(outgoing(pb::ReplayParkedEventsRequest { ids }, &a_admin))
+        .await?
+        .into_inner();
+    assert_eq!(replayed.replayed, 1);
+    let again = eventually(Duration::from_secs(20), || {
+        let seen = seen(&a_admin, "");
+        let first = parked[0].id;
+        async move {
+            let events = seen.await?;
+            Ok(events.iter().any(|e| e.id != first).then_some(events))
+        }
+    })
+    .await?;
+    assert_eq!(again.len(), 1, "parked again, once");
+    assert_eq!(again[0].message_id, parked[0].message_id);
+
+    let metrics = scrape(&stack.deal_service).await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("salesplan_outbox_parked_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // The big plan itself is intact: deal-service is its system of record.
+    let got = plans
+        .get_plan(outgoing(
+            pb::GetPlanRequest {
+                plan_id: big.id.clone(),
+            },
+            &a_admin,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan");
+    assert_eq!(got.manager_ids.len(), 1_000);
+    stack.stop().await
+}

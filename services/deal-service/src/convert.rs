@@ -569,4 +569,54 @@ mod tests {
         let err = NewDeal::try_from(req).unwrap_err();
         assert_eq!(err.field(), Some("contact.email"));
     }
+
+    /// Every plan event carries the whole plan: at every cap, with the widest characters,
+    /// it still fits the broker's default 1 MiB max payload with room for its headers.
+    #[test]
+    fn a_plan_at_every_cap_fits_one_broker_message() {
+        use prost::Message as _;
+        let wide = |n: usize| "𝔸".repeat(n);
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let mut plan = PlanDraft {
+            name: wide(plan::MAX_NAME_CHARS),
+            average_amount: Money {
+                amount_minor: salesplan_platform::validate::MAX_AMOUNT_MINOR,
+                currency: "USD".into(),
+            },
+            chat_label: wide(plan::MAX_LABEL_CHARS),
+            distribution: Distribution::Manual,
+            managers: (0..plan::MAX_MANAGERS)
+                .map(|i| format!("{i:04}{}", wide(124)))
+                .collect(),
+        }
+        .into_plan(
+            "a".repeat(64).as_str(),
+            uuid::Uuid::new_v4(),
+            now,
+            uuid::Uuid::new_v4,
+        );
+        while plan.stages.len() < crate::domain::stages::MAX_STAGES {
+            let name = format!("{:02}{}", plan.stages.len(), wide(48));
+            plan.add_stage(uuid::Uuid::new_v4(), name, "#ffffff".into(), None)
+                .unwrap();
+        }
+        plan.loss_reasons = (0..plan::MAX_REASONS)
+            .map(|i| crate::domain::plan::LossReason {
+                id: uuid::Uuid::new_v4(),
+                name: format!("{i:03}{}", wide(97)),
+                archived: i >= plan::MAX_ACTIVE_REASONS,
+                used: true,
+            })
+            .collect();
+        let event = pb::PlanEvent {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            account_id: plan.account_id.clone(),
+            occurred_at: Some(timestamp(now)),
+            kind: pb::plan_event::Kind::Updated as i32,
+            actor_id: "x".repeat(128),
+            plan: Some((&plan).into()),
+        };
+        let bytes = event.encoded_len();
+        assert!(bytes < 1024 * 1024 - 64 * 1024, "{bytes} bytes");
+    }
 }

@@ -18,7 +18,8 @@ use salesplan_platform::{
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
 use salesplan_proto::v1::{
-    deal_service_server::DealServiceServer, plan_service_server::PlanServiceServer,
+    deal_service_server::DealServiceServer, outbox_service_server::OutboxServiceServer,
+    plan_service_server::PlanServiceServer,
 };
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +67,11 @@ impl Service for Config {
             api.clone(),
             interceptor.clone(),
         ))
-        .add_service(DealServiceServer::with_interceptor(api, interceptor));
+        .add_service(DealServiceServer::with_interceptor(
+            api.clone(),
+            interceptor.clone(),
+        ))
+        .add_service(OutboxServiceServer::with_interceptor(api, interceptor));
         let mut background = Background::new();
         let relay_stop = background.stop_token();
         background.spawn(outbox::run(pool, bus.clone(), relay_stop));
@@ -76,6 +81,7 @@ impl Service for Config {
             names: vec![
                 <PlanServiceServer<grpc::Api> as NamedService>::NAME,
                 <DealServiceServer<grpc::Api> as NamedService>::NAME,
+                <OutboxServiceServer<grpc::Api> as NamedService>::NAME,
             ],
         };
         Ok(spawn_service(&common, grpc, None, background, bus, shutdown).await?)

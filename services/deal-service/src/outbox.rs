@@ -8,7 +8,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use salesplan_platform::{
-    bus::{Bus, Outgoing},
+    bus::{Bus, Outgoing, streams},
     telemetry,
 };
 use sqlx::{PgPool, Row, postgres::PgListener};
@@ -29,10 +29,32 @@ pub enum RelayError {
     Bus(#[from] salesplan_platform::bus::BusError),
 }
 
+/// What one pass of the relay did.
+#[derive(Debug, Default)]
+pub struct Relayed {
+    /// Rows published (stored by JetStream) and deleted.
+    pub published: usize,
+    /// Rows the broker refused, moved to `outbox_parked`.
+    pub parked: usize,
+    /// A passing failure (NATS unreachable, …) that stopped the pass; the rows from the
+    /// first one it hit stay in the outbox, in order, for the next pass.
+    pub failed: Option<salesplan_platform::bus::BusError>,
+}
+
+impl Relayed {
+    fn handled(&self) -> usize {
+        self.published + self.parked
+    }
+}
+
 /// Runs until `shutdown`, then publishes what is left (while it can) and returns.
 pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken) {
     let meter = salesplan_platform::telemetry::meter("deal-service");
     let published = meter.u64_counter("salesplan.outbox.published").build();
+    let parked = meter
+        .u64_counter("salesplan.outbox.parked")
+        .with_description("Events the broker refused, parked with their reason (OutboxService)")
+        .build();
     let backlog = meter
         .u64_gauge("salesplan.outbox.backlog")
         .with_description("Events written but not yet published")
@@ -49,28 +71,33 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken) {
                 backlog.record(n as u64, &[]);
             }
         }
-        let batch = publish_batch(&pool, &bus).await;
-        if let Ok(n) = &batch {
-            published.add(*n as u64, &[]);
-        }
-        match batch {
-            Ok(n) if n as i64 == BATCH => continue,
-            Ok(_) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, "outbox relay failed, retrying");
-                if wait(&mut None, &shutdown, Duration::from_secs(1)).await {
-                    break;
+        let pass = publish_batch(&pool, &bus).await;
+        let failure = match pass {
+            Ok(pass) => {
+                published.add(pass.published as u64, &[]);
+                parked.add(pass.parked as u64, &[]);
+                match pass.failed {
+                    Some(err) => Some(RelayError::from(err)),
+                    None if pass.handled() as i64 == BATCH => continue,
+                    None => None,
                 }
-                continue;
             }
+            Err(err) => Some(err),
+        };
+        if let Some(err) = failure {
+            tracing::warn!(error = %err, "outbox relay failed, retrying");
+            if wait(&mut None, &shutdown, Duration::from_secs(1)).await {
+                break;
+            }
+            continue;
         }
         if wait(&mut listener, &shutdown, Duration::from_millis(500)).await {
             break;
         }
     }
     // Drain: the events of requests that completed during shutdown.
-    while let Ok(n) = publish_batch(&pool, &bus).await {
-        if n == 0 {
+    while let Ok(pass) = publish_batch(&pool, &bus).await {
+        if pass.handled() == 0 || pass.failed.is_some() {
             break;
         }
     }
@@ -108,15 +135,16 @@ async fn wait(
     }
 }
 
-/// Publishes up to [`BATCH`] events; returns how many.
-pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<usize, RelayError> {
+/// Publishes up to [`BATCH`] events in id order. An event the broker refuses is parked with
+/// its reason and the pass goes on; a passing failure stops the pass at that event.
+pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayError> {
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(RELAY_LOCK)
         .fetch_one(&mut *tx)
         .await?;
     if !locked {
-        return Ok(0);
+        return Ok(Relayed::default());
     }
     let rows = sqlx::query(
         "SELECT id, subject, message_id, payload, headers FROM outbox ORDER BY id LIMIT $1",
@@ -125,9 +153,10 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<usize, RelayError
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Relayed::default());
     }
     let mut ids = Vec::with_capacity(rows.len());
+    let mut accounts = Vec::with_capacity(rows.len());
     let mut messages = Vec::with_capacity(rows.len());
     for row in &rows {
         ids.push(row.try_get::<i64, _>("id")?);
@@ -142,13 +171,74 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<usize, RelayError
         let span = tracing::info_span!("outbox.relay", otel.name = "outbox.relay", subject = %message.subject);
         telemetry::set_parent(&span, telemetry::extract_from_pairs(&headers.0));
         span.in_scope(|| telemetry::inject_into_nats(&mut message.headers));
+        accounts.push(
+            streams::account_of(&message.subject)
+                .unwrap_or_default()
+                .to_owned(),
+        );
         messages.push(message);
     }
-    bus.publish_all(messages).await?;
+    let mut pass = Relayed::default();
+    let mut done = Vec::with_capacity(ids.len());
+    let mut parked: Vec<Parked> = Vec::new();
+    let results = bus.publish_each(messages).await;
+    for ((id, account_id), result) in ids.into_iter().zip(accounts).zip(results) {
+        match result {
+            Ok(_) => done.push(id),
+            Err(err) if err.is_refused() => {
+                tracing::error!(outbox_id = id, %account_id, error = %err, "event refused by the broker, parked");
+                parked.push(Parked {
+                    id,
+                    account_id,
+                    reason: err.to_string(),
+                });
+                done.push(id);
+            }
+            Err(err) => {
+                pass.failed = Some(err);
+                break;
+            }
+        }
+    }
+    if !parked.is_empty() {
+        park(&mut tx, &parked).await?;
+    }
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-        .bind(&ids)
+        .bind(&done)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(ids.len())
+    pass.parked = parked.len();
+    pass.published = done.len() - pass.parked;
+    Ok(pass)
+}
+
+/// An outbox row the broker refused.
+struct Parked {
+    id: i64,
+    account_id: String,
+    reason: String,
+}
+
+/// Copies the refused rows, with their reasons, to `outbox_parked` (deleted from the
+/// outbox by the caller, in the same transaction).
+async fn park(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    parked: &[Parked],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox_parked (id, account_id, subject, message_id, payload, headers,
+            created_at, reason)
+         SELECT o.id, p.account_id, o.subject, o.message_id, o.payload, o.headers,
+            o.created_at, p.reason
+         FROM outbox o JOIN UNNEST($1::bigint[], $2::text[], $3::text[]) AS p(id, account_id, reason)
+            ON o.id = p.id
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(parked.iter().map(|p| p.id).collect::<Vec<_>>())
+    .bind(parked.iter().map(|p| p.account_id.clone()).collect::<Vec<_>>())
+    .bind(parked.iter().map(|p| p.reason.clone()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

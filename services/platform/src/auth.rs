@@ -23,14 +23,27 @@ pub enum Permission {
     PlansAdmin,
     /// Add leads (tunnel webhooks and intake clients).
     IntakeWrite,
+    /// The platform's operators: operational calls across every account (parked outbox
+    /// events). Never given to an account's users; not in [`Permission::ALL`].
+    PlatformOperate,
 }
 
 impl Permission {
+    /// The permissions of an account's users.
     pub const ALL: [Permission; 4] = [
         Self::DealsEditAll,
         Self::DealsBulkEdit,
         Self::PlansAdmin,
         Self::IntakeWrite,
+    ];
+
+    /// Every permission a token may carry: the account's, and the operators'.
+    pub const KNOWN: [Permission; 5] = [
+        Self::DealsEditAll,
+        Self::DealsBulkEdit,
+        Self::PlansAdmin,
+        Self::IntakeWrite,
+        Self::PlatformOperate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +52,7 @@ impl Permission {
             Self::DealsBulkEdit => "deals:bulk_edit",
             Self::PlansAdmin => "plans:admin",
             Self::IntakeWrite => "intake:write",
+            Self::PlatformOperate => "platform:operate",
         }
     }
 }
@@ -53,7 +67,7 @@ impl FromStr for Permission {
     type Err = ();
 
     fn from_str(s: &str) -> Result<Self, ()> {
-        Self::ALL.into_iter().find(|p| p.as_str() == s).ok_or(())
+        Self::KNOWN.into_iter().find(|p| p.as_str() == s).ok_or(())
     }
 }
 

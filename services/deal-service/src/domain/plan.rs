@@ -75,6 +75,8 @@ pub struct LossReason {
     pub id: Uuid,
     pub name: String,
     pub archived: bool,
+    /// Some deal was closed with it: it is archived, never deleted, when left out.
+    pub used: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,14 +148,22 @@ impl Plan {
     }
 
     /// Sets `require_reason` and the active reasons: inputs with an id rename (and
-    /// unarchive) that reason, inputs without one add a reason, existing reasons left out
-    /// are archived (never deleted: old deals and reports still name them).
+    /// unarchive) that reason, inputs without one add a reason. Existing reasons left out
+    /// are archived when some deal was closed with them (old deals and reports still name
+    /// them), and deleted when none was. A plan keeps at most [`MAX_ACTIVE_REASONS`] active
+    /// and [`MAX_REASONS`] reasons in all, so its snapshot (every plan event) stays small.
     pub fn set_loss_reasons(
         &mut self,
         require_reason: bool,
         inputs: Vec<(Option<Uuid>, String)>,
         mut new_id: impl FnMut() -> Uuid,
     ) -> Result<(), DomainError> {
+        if inputs.len() > MAX_ACTIVE_REASONS {
+            return Err(DomainError::invalid(
+                "reasons",
+                format!("at most {MAX_ACTIVE_REASONS} active reasons"),
+            ));
+        }
         let mut active = Vec::with_capacity(inputs.len());
         for (i, (id, name)) in inputs.into_iter().enumerate() {
             let field = format!("reasons[{i}]");
@@ -179,10 +189,12 @@ impl Plan {
                     "two reasons with the same name",
                 ));
             }
+            let used = self.loss_reasons.iter().any(|r| r.id == id && r.used);
             active.push(LossReason {
                 id,
                 name,
                 archived: false,
+                used,
             });
         }
         if require_reason && active.is_empty() {
@@ -191,15 +203,27 @@ impl Plan {
                 "needs at least one active reason",
             ));
         }
-        let archived = self
+        let archived: Vec<LossReason> = self
             .loss_reasons
             .iter()
-            .filter(|r| !active.iter().any(|a| a.id == r.id))
+            .filter(|r| r.used && !active.iter().any(|a| a.id == r.id))
             .map(|r| LossReason {
                 archived: true,
                 ..r.clone()
-            });
-        let all: Vec<LossReason> = active.iter().cloned().chain(archived).collect();
+            })
+            .collect();
+        if active.len() + archived.len() > MAX_REASONS {
+            return Err(DomainError::invalid(
+                "reasons",
+                format!(
+                    "a plan keeps at most {MAX_REASONS} reasons, archived ones included, and \
+                     {} archived reasons name closed deals: list one of them again by its id \
+                     instead of adding a new one",
+                    archived.len()
+                ),
+            ));
+        }
+        let all: Vec<LossReason> = active.into_iter().chain(archived).collect();
         self.loss_reasons = all;
         self.require_reason = require_reason;
         Ok(())
@@ -238,6 +262,11 @@ pub struct PlanDraft {
 pub const MAX_NAME_CHARS: usize = 100;
 pub const MAX_LABEL_CHARS: usize = 12;
 pub const MAX_MANAGERS: usize = 1_000;
+/// Reasons a deal can be lost with at once.
+pub const MAX_ACTIVE_REASONS: usize = 100;
+/// Reasons a plan keeps, archived ones included (the archived ones are those deals were
+/// closed with).
+pub const MAX_REASONS: usize = 300;
 
 impl PlanDraft {
     /// Checks the rules that text-level validation cannot: a manager listed once.
@@ -341,5 +370,81 @@ mod tests {
         );
         let positions: Vec<_> = plan.stages.iter().map(|s| s.position).collect();
         assert_eq!(positions, [0, 1, 2, 3]);
+    }
+
+    fn reasons(n: usize, prefix: &str) -> Vec<(Option<Uuid>, String)> {
+        (0..n).map(|i| (None, format!("{prefix} {i}"))).collect()
+    }
+
+    #[test]
+    fn reasons_left_out_are_archived_when_used_and_deleted_when_not() {
+        let mut plan = draft(&[]).into_plan(
+            "acme",
+            Uuid::nil(),
+            OffsetDateTime::UNIX_EPOCH,
+            Uuid::new_v4,
+        );
+        plan.set_loss_reasons(false, reasons(3, "r"), Uuid::new_v4)
+            .unwrap();
+        let ids: Vec<Uuid> = plan.loss_reasons.iter().map(|r| r.id).collect();
+        plan.loss_reasons[1].used = true;
+
+        plan.set_loss_reasons(false, vec![(Some(ids[2]), "r 2".into())], Uuid::new_v4)
+            .unwrap();
+        let kept: Vec<(Uuid, bool)> = plan
+            .loss_reasons
+            .iter()
+            .map(|r| (r.id, r.archived))
+            .collect();
+        assert_eq!(kept, [(ids[2], false), (ids[1], true)]);
+
+        // Listed again by id, an archived reason is active again and still used.
+        plan.set_loss_reasons(false, vec![(Some(ids[1]), "back".into())], Uuid::new_v4)
+            .unwrap();
+        assert_eq!(plan.loss_reasons.len(), 1);
+        assert!(plan.loss_reasons[0].used && !plan.loss_reasons[0].archived);
+    }
+
+    #[test]
+    fn a_plan_keeps_a_bounded_number_of_reasons() {
+        let mut plan = draft(&[]).into_plan(
+            "acme",
+            Uuid::nil(),
+            OffsetDateTime::UNIX_EPOCH,
+            Uuid::new_v4,
+        );
+        let err = plan
+            .set_loss_reasons(false, reasons(MAX_ACTIVE_REASONS + 1, "r"), Uuid::new_v4)
+            .unwrap_err();
+        assert!(matches!(err, DomainError::Invalid { ref field, .. } if field == "reasons"));
+        assert!(plan.loss_reasons.is_empty(), "nothing changed");
+
+        // Unused reasons never pile up: replacing them again and again is fine.
+        for round in 0..10 {
+            plan.set_loss_reasons(
+                false,
+                reasons(MAX_ACTIVE_REASONS, &format!("round {round}")),
+                Uuid::new_v4,
+            )
+            .unwrap();
+            assert_eq!(plan.loss_reasons.len(), MAX_ACTIVE_REASONS);
+        }
+        // Used ones are archived, up to the cap of all reasons.
+        for round in 0.. {
+            for reason in &mut plan.loss_reasons {
+                reason.used = true;
+            }
+            let set = plan.set_loss_reasons(
+                false,
+                reasons(MAX_ACTIVE_REASONS, &format!("used {round}")),
+                Uuid::new_v4,
+            );
+            if let Err(err) = set {
+                assert!(err.to_string().contains("at most 300 reasons"), "{err}");
+                break;
+            }
+            assert!(plan.loss_reasons.len() <= MAX_REASONS);
+        }
+        assert_eq!(plan.loss_reasons.len(), MAX_REASONS);
     }
 }

@@ -1,6 +1,7 @@
 //! gRPC handlers: authorise, convert (validating), call the store, convert back.
 
 mod deals;
+mod outbox;
 mod plans;
 
 use crate::store::Store;

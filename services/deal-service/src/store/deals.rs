@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{
     BULK_CHUNK, Store, counts, events, now,
-    plans::{Lock, load_plan},
+    plans::{Lock, load_plan, mark_reasons_used},
     queries::push_filter,
     rows::{DEAL_COLUMNS, deal_from_row},
 };
@@ -180,6 +180,7 @@ impl Store {
         let (next, what) = change(&deal, &plan, now)?;
         let changes = [(next, what)];
         update_deals(&mut tx, &changes).await?;
+        mark_reasons_used(&mut tx, &changes).await?;
         events::record(&mut tx, actor_id, &changes, now).await?;
         counts::apply(&mut tx, &count_deltas([(Some(&deal), &changes[0].0)])).await?;
         tx.commit().await?;
@@ -236,6 +237,7 @@ impl Store {
                 }
             }
             update_deals(&mut tx, &changes).await?;
+            mark_reasons_used(&mut tx, &changes).await?;
             events::record(&mut tx, actor_id, &changes, now).await?;
             let deltas = count_deltas(changes.iter().map(|(d, _)| (deals.get(&d.id), d)));
             counts::apply(&mut tx, &deltas).await?;

@@ -4,6 +4,7 @@
 mod counts;
 mod deals;
 mod events;
+mod parked;
 mod plans;
 mod queries;
 mod rows;
@@ -12,6 +13,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 
 pub use deals::{BulkOutcome, BulkTarget};
+pub use parked::ParkedRow;
 pub use queries::{Board, Column, HistoryRow, Page, Totals, sort_value as queries_sort_value};
 
 /// The NOTIFY channel that wakes the outbox relay.

@@ -169,6 +169,35 @@ async fn plan_of_stage(
     .ok_or_else(|| ApiError::not_found(format!("stage {stage_id}")))
 }
 
+/// Marks the reasons `changes` closed deals with as used (kept, archived, when left out of
+/// the plan's reasons). Runs under the plan's share lock, so a concurrent SetLossReasons
+/// (update lock) sees it.
+pub async fn mark_reasons_used(
+    tx: &mut Transaction<'_, Postgres>,
+    changes: &[(crate::domain::deal::Deal, Change)],
+) -> Result<(), ApiError> {
+    let mut ids: Vec<Uuid> = changes
+        .iter()
+        .filter_map(|(_, change)| match change {
+            Change::Closed {
+                reason: Some(reason),
+                ..
+            } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    sqlx::query("UPDATE loss_reasons SET used = true WHERE id = ANY($1) AND NOT used")
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 #[derive(Clone, Copy)]
 pub enum Lock {
     None,
@@ -218,7 +247,7 @@ pub async fn load_plan(
     })
     .collect::<Result<Vec<_>, ApiError>>()?;
     let loss_reasons = sqlx::query(
-        "SELECT id, name, archived FROM loss_reasons WHERE plan_id = $1 ORDER BY archived, position",
+        "SELECT id, name, archived, used FROM loss_reasons WHERE plan_id = $1 ORDER BY archived, position",
     )
     .bind(plan_id)
     .fetch_all(&mut *conn)
@@ -229,6 +258,7 @@ pub async fn load_plan(
             id: r.try_get("id")?,
             name: r.try_get("name")?,
             archived: r.try_get("archived")?,
+            used: r.try_get("used")?,
         })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -297,6 +327,13 @@ async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<()
     sqlx::query("DELETE FROM stages WHERE plan_id = $1 AND id <> ALL($2)")
         .bind(plan.id)
         .bind(&stage_ids)
+        .execute(&mut **tx)
+        .await?;
+    // Reasons no deal was ever closed with leave when they are left out.
+    let reason_ids: Vec<Uuid> = plan.loss_reasons.iter().map(|r| r.id).collect();
+    sqlx::query("DELETE FROM loss_reasons WHERE plan_id = $1 AND id <> ALL($2)")
+        .bind(plan.id)
+        .bind(&reason_ids)
         .execute(&mut **tx)
         .await?;
     save_children(tx, plan).await

@@ -30,9 +30,19 @@ pub enum BusError {
     JetStream { what: &'static str, message: String },
     #[error("publish to {subject} not acknowledged: {message}")]
     Publish { subject: String, message: String },
+    /// The broker (or the client on its behalf) will never take this message as it is,
+    /// e.g. it is larger than the broker's max payload. Retrying it cannot help; other
+    /// messages are unaffected.
+    #[error("publish to {subject} refused: {reason}")]
+    Refused { subject: String, reason: String },
 }
 
 impl BusError {
+    /// Whether this message can never be published as it is (see [`BusError::Refused`]).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Self::Refused { .. })
+    }
+
     fn jetstream(what: &'static str, err: impl std::fmt::Display) -> Self {
         Self::JetStream {
             what,

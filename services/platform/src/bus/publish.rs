@@ -2,7 +2,12 @@
 //! has stored it. Batches are pipelined: all sends first, then all acks.
 
 use async_nats::{
-    HeaderMap, jetstream::context::PublishAckFuture, jetstream::message::PublishMessage,
+    HeaderMap,
+    jetstream::{
+        ErrorCode,
+        context::{PublishAckFuture, PublishError, PublishErrorKind},
+        message::PublishMessage,
+    },
 };
 use bytes::Bytes;
 
@@ -46,6 +51,42 @@ impl Bus {
         await_ack(subject, ack).await
     }
 
+    /// Publishes every message, in order, with the acks awaited together at the end, and
+    /// answers for each on its own: a message the broker refuses ([`BusError::Refused`])
+    /// fails alone, the others go on. Once one fails for a passing reason (the connection)
+    /// the rest are not sent and fail too.
+    pub async fn publish_each(&self, messages: Vec<Outgoing>) -> Vec<Result<Stored, BusError>> {
+        let mut pending = Vec::with_capacity(messages.len());
+        let mut broken: Option<String> = None;
+        for message in messages {
+            let subject = message.subject.clone();
+            if let Some(earlier) = &broken {
+                pending.push(Err(BusError::Publish {
+                    subject,
+                    message: format!("not sent after an earlier failure: {earlier}"),
+                }));
+                continue;
+            }
+            match self.send(message).await {
+                Ok(ack) => pending.push(Ok((subject, ack))),
+                Err(err) => {
+                    if !err.is_refused() {
+                        broken = Some(err.to_string());
+                    }
+                    pending.push(Err(err));
+                }
+            }
+        }
+        let mut stored = Vec::with_capacity(pending.len());
+        for item in pending {
+            stored.push(match item {
+                Ok((subject, ack)) => await_ack(subject, ack).await,
+                Err(err) => Err(err),
+            });
+        }
+        stored
+    }
+
     /// Publishes every message, in order, with the acks awaited together at the end.
     /// On an error some of the batch may be stored: publish again with the same ids.
     pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<Vec<Stored>, BusError> {
@@ -82,18 +123,36 @@ impl Bus {
         self.js
             .send_publish(message.subject.clone(), publish)
             .await
-            .map_err(|e| BusError::Publish {
-                subject: message.subject,
-                message: e.to_string(),
-            })
+            .map_err(|e| publish_error(message.subject, e))
+    }
+}
+
+/// A refusal of this one message, or a passing failure.
+fn publish_error(subject: String, err: PublishError) -> BusError {
+    let refused = match err.kind() {
+        PublishErrorKind::MaxPayloadExceeded => true,
+        // The stream's own size limit, answered by the server for this message.
+        PublishErrorKind::Other => std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+            .is_some_and(|e| e.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM),
+        _ => false,
+    };
+    let message = match std::error::Error::source(&err) {
+        Some(source) => format!("{err}: {source}"),
+        None => err.to_string(),
+    };
+    if refused {
+        BusError::Refused {
+            subject,
+            reason: message,
+        }
+    } else {
+        BusError::Publish { subject, message }
     }
 }
 
 async fn await_ack(subject: String, ack: PublishAckFuture) -> Result<Stored, BusError> {
-    let ack = ack.await.map_err(|e| BusError::Publish {
-        subject,
-        message: e.to_string(),
-    })?;
+    let ack = ack.await.map_err(|e| publish_error(subject, e))?;
     Ok(Stored {
         sequence: ack.sequence,
         duplicate: ack.duplicate,

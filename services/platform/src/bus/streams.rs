@@ -93,3 +93,29 @@ pub fn assignment_subject(account_id: &str) -> String {
 pub fn dead_letter_subject(consumer: &str) -> String {
     format!("salesplan.dlq.v1.{consumer}")
 }
+
+/// The account token of an intake, deal, plan or assignment subject
+/// (`salesplan.<stream>.v1.<account>.…`).
+pub fn account_of(subject: &str) -> Option<&str> {
+    let mut tokens = subject.split('.');
+    match (tokens.next(), tokens.next(), tokens.next(), tokens.next()) {
+        (Some("salesplan"), Some(_), Some("v1"), Some(account)) if !account.is_empty() => {
+            Some(account)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_account_is_the_fourth_token() {
+        assert_eq!(account_of(&deal_subject("acme", "created")), Some("acme"));
+        assert_eq!(account_of(&plan_subject("a-1_b", "updated")), Some("a-1_b"));
+        assert_eq!(account_of(&intake_subject("acme", "p")), Some("acme"));
+        assert_eq!(account_of("salesplan.dlq.v1"), None);
+        assert_eq!(account_of("other.deals.v1.acme.x"), None);
+    }
+}
