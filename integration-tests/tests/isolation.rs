@@ -511,3 +511,154 @@ async fn an_event_the_broker_refuses_is_parked_and_other_accounts_keep_flowing()
     assert_eq!(got.manager_ids.len(), 1_000);
     stack.stop().await
 }
+
+/// Waits until the distributor and reporting have consumed every deal event so far.
+async fn deal_events_consumed(stack: &Stack) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    eventually(Duration::from_secs(20), || {
+        let js = js.clone();
+        async move {
+            let mut idle = true;
+            for consumer in ["distributor-deals", "reporting-deals"] {
+                let backlog =
+                    integration_tests::nats::consumer_backlog(&js, "SALESPLAN_DEALS", consumer)
+                        .await?;
+                idle &= backlog.is_empty();
+            }
+            Ok(idle.then_some(()))
+        }
+    })
+    .await
+}
+
+/// The newest deals of a plan, as a reader sees them.
+async fn plan_deals(stack: &Stack, token: &str, plan_id: &str) -> anyhow::Result<Vec<pb::Deal>> {
+    integration_tests::api::all_deals(
+        stack.channel(&stack.deal_service).await?,
+        token,
+        pb::DealFilter {
+            plan_id: plan_id.into(),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Account B created a deal whose idempotency key was account A's intake id: the
+/// distributor took it for A's lead, lowered A's open-deal count and linked A's decision to
+/// B's deal. A deal's key is now matched to a decision only within its account and plan.
+#[tokio::test]
+async fn another_accounts_idempotency_key_changes_nothing_of_this_account() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let channel = stack.channel(&stack.deal_service).await?;
+    let a = stack.token("a", "admin", &ALL);
+    let b = stack.token("b", "admin", &ALL);
+    let a_plan = create_plan(
+        channel.clone(),
+        &a,
+        plan_request(
+            "A",
+            Mode::Auto,
+            Strategy::LeastOpenDeals,
+            false,
+            &["a1", "a2"],
+        ),
+    )
+    .await?;
+    let b_plan = create_plan(
+        channel.clone(),
+        &b,
+        plan_request("B", Mode::Manual, Strategy::RoundRobin, false, &[]),
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let send = |run: &str, contact: &str| {
+        http.post(stack.webhook_url())
+            .bearer_auth(&a)
+            .json(&lead_json(&a_plan.id, run, contact))
+            .send()
+    };
+    let first: serde_json::Value = send("run-1", "tg-1").await?.json().await?;
+    let intake_id = first["intake_id"].as_str().expect("intake id").to_owned();
+    let first_deal = eventually(Duration::from_secs(20), || async {
+        Ok(plan_deals(&stack, &a, &a_plan.id).await?.pop())
+    })
+    .await?;
+    assert_eq!(
+        first_deal.manager_id.as_deref(),
+        Some("a1"),
+        "a tie goes first in turn"
+    );
+
+    // B's deal with A's intake id as its key, then B closes it.
+    let mut deals = DealServiceClient::new(channel.clone());
+    let foreign = deals
+        .create_deal(outgoing(deal_request(&b_plan.id, &intake_id, 100), &b))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let won = b_plan
+        .stages
+        .iter()
+        .find(|s| s.kind == pb::StageKind::Won as i32)
+        .expect("won");
+    deals
+        .move_deal(outgoing(
+            pb::MoveDealRequest {
+                deal_id: foreign.id.clone(),
+                expected_version: foreign.version,
+                stage_id: won.id.clone(),
+                loss_reason_id: None,
+            },
+            &b,
+        ))
+        .await?;
+    deal_events_consumed(&stack).await?;
+
+    // A's counts are untouched: a1 still has one open deal, so the next lead goes to a2.
+    let pool = stack.pool().await?;
+    let open: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT manager_id, open FROM distributor.open_deals WHERE plan_id = $1 ORDER BY 1",
+    )
+    .bind(uuid::Uuid::parse_str(&a_plan.id)?)
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(open, [("a1".to_owned(), 1)]);
+    send("run-2", "tg-2").await?;
+    let second = eventually(Duration::from_secs(20), || async {
+        let deals = plan_deals(&stack, &a, &a_plan.id).await?;
+        Ok(deals.into_iter().find(|d| d.id != first_deal.id))
+    })
+    .await?;
+    assert_eq!(second.manager_id.as_deref(), Some("a2"));
+
+    // A's decision explains A's deal; B's deal has none.
+    let mut distributor = pb::distributor_service_client::DistributorServiceClient::new(
+        stack.channel(&stack.distributor).await?,
+    );
+    let explained = distributor
+        .explain_assignment(outgoing(
+            pb::ExplainAssignmentRequest {
+                deal_id: first_deal.id.clone(),
+            },
+            &a,
+        ))
+        .await?
+        .into_inner()
+        .assignment
+        .expect("assignment");
+    assert_eq!(explained.intake_id, intake_id);
+    assert_eq!(explained.deal_id, first_deal.id);
+    let none = distributor
+        .explain_assignment(outgoing(
+            pb::ExplainAssignmentRequest {
+                deal_id: foreign.id.clone(),
+            },
+            &b,
+        ))
+        .await
+        .expect_err("B's deal was not decided");
+    assert_eq!(none.code(), Code::NotFound);
+    stack.stop().await
+}

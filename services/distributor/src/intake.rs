@@ -171,7 +171,11 @@ impl IntakeEvents {
         match status.code() {
             // The chosen manager left the plan since: decide again on the next delivery.
             Code::FailedPrecondition => {
-                if let Err(err) = self.store.forget(item.intake_id).await {
+                if let Err(err) = self
+                    .store
+                    .forget(&item.event.account_id, item.intake_id)
+                    .await
+                {
                     tracing::warn!(error = %err, "cannot forget refused decision");
                 }
                 Outcome::Retry(reason)

@@ -180,14 +180,17 @@ impl Store {
         };
 
         let ids: Vec<Uuid> = leads.iter().map(|l| l.intake_id).collect();
-        let mut decisions: HashMap<Uuid, Option<String>> =
-            sqlx::query("SELECT intake_id, manager_id FROM assignments WHERE intake_id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("intake_id")?, r.try_get("manager_id")?)))
-                .collect::<Result<_, sqlx::Error>>()?;
+        let mut decisions: HashMap<Uuid, Option<String>> = sqlx::query(
+            "SELECT intake_id, manager_id FROM assignments
+                 WHERE intake_id = ANY($1) AND account_id = $2",
+        )
+        .bind(&ids)
+        .bind(account_id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("intake_id")?, r.try_get("manager_id")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
         // A lead can be in the batch twice (published again after JetStream's duplicate
         // window): it is decided once.
         let mut seen = std::collections::HashSet::new();
@@ -309,13 +312,14 @@ impl Store {
 
     /// Forgets a decision that deal-service refused (its manager left the plan in the
     /// meantime), so the lead is decided again on its next delivery.
-    pub async fn forget(&self, intake_id: Uuid) -> Result<(), StoreError> {
+    pub async fn forget(&self, account_id: &str, intake_id: Uuid) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "DELETE FROM assignments WHERE intake_id = $1 AND deal_id IS NULL
+            "DELETE FROM assignments WHERE intake_id = $1 AND account_id = $2 AND deal_id IS NULL
              RETURNING plan_id, manager_id",
         )
         .bind(intake_id)
+        .bind(account_id)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = row
@@ -344,11 +348,21 @@ impl Store {
         let ids: Vec<Uuid> = newest.keys().copied().collect();
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
+        // Scoped by account: a deal id of another account (a forged event) is never
+        // this deal.
         let known: HashMap<Uuid, (Uuid, Option<String>, bool, i64)> = sqlx::query(
-            "SELECT deal_id, plan_id, manager_id, open, version FROM deal_view
-             WHERE deal_id = ANY($1) ORDER BY deal_id FOR UPDATE",
+            "SELECT v.deal_id, v.plan_id, v.manager_id, v.open, v.version
+             FROM deal_view v JOIN UNNEST($1::uuid[], $2::text[]) AS k(d, a)
+                ON v.deal_id = k.d AND v.account_id = k.a
+             ORDER BY v.deal_id FOR UPDATE OF v",
         )
         .bind(&ids)
+        .bind(
+            newest
+                .values()
+                .map(|s| s.account_id.clone())
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *tx)
         .await?
         .iter()
@@ -365,15 +379,24 @@ impl Store {
         })
         .collect::<Result<_, sqlx::Error>>()?;
         // Deals never seen: if the distributor decided them, the decision already counted.
-        let unseen_keys: Vec<Uuid> = newest
+        // A deal's idempotency key is the caller's choice: it is the decision of a lead only
+        // within the same account and plan (another account may send any key it likes).
+        let unseen: Vec<(Uuid, &str, Uuid)> = newest
             .values()
             .filter(|s| !known.contains_key(&s.deal_id))
-            .filter_map(|s| Uuid::parse_str(&s.idempotency_key).ok())
+            .filter_map(|s| {
+                let key = Uuid::parse_str(&s.idempotency_key).ok()?;
+                Some((key, s.account_id.as_str(), s.plan_id))
+            })
             .collect();
         let decided: HashMap<Uuid, (Uuid, Option<String>)> = sqlx::query(
-            "SELECT intake_id, plan_id, manager_id FROM assignments WHERE intake_id = ANY($1)",
+            "SELECT a.intake_id, a.plan_id, a.manager_id
+             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS k(i, acct, plan)
+             JOIN assignments a ON a.intake_id = k.i AND a.account_id = k.acct AND a.plan_id = k.plan",
         )
-        .bind(&unseen_keys)
+        .bind(unseen.iter().map(|(k, _, _)| *k).collect::<Vec<_>>())
+        .bind(unseen.iter().map(|(_, a, _)| (*a).to_owned()).collect::<Vec<_>>())
+        .bind(unseen.iter().map(|(_, _, p)| *p).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?
         .iter()
@@ -387,7 +410,7 @@ impl Store {
 
         let mut deltas = Deltas::new();
         let mut applied = Vec::new();
-        let mut links = Vec::new();
+        let mut links: Vec<(Uuid, Uuid, &str)> = Vec::new();
         for state in newest.values() {
             let before: Option<(Uuid, String)> = match known.get(&state.deal_id) {
                 Some((_, _, _, version)) if *version >= state.version => continue,
@@ -398,7 +421,11 @@ impl Store {
                     let key = Uuid::parse_str(&state.idempotency_key).ok();
                     match key.and_then(|k| decided.get(&k)) {
                         Some((plan, manager)) => {
-                            links.push((key.unwrap_or_default(), state.deal_id));
+                            links.push((
+                                key.unwrap_or_default(),
+                                state.deal_id,
+                                state.account_id.as_str(),
+                            ));
                             manager.clone().map(|m| (*plan, m))
                         }
                         None => None,
@@ -422,11 +449,13 @@ impl Store {
         }
         apply_deltas(&mut tx, &deltas).await?;
         sqlx::query(
-            "INSERT INTO deal_view (deal_id, plan_id, manager_id, open, version)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[])
+            "INSERT INTO deal_view (deal_id, plan_id, manager_id, open, version, account_id)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[],
+                $6::text[])
              ON CONFLICT (deal_id) DO UPDATE SET plan_id = excluded.plan_id,
                 manager_id = excluded.manager_id, open = excluded.open, version = excluded.version
-             WHERE deal_view.version < excluded.version",
+             WHERE deal_view.version < excluded.version
+                AND deal_view.account_id = excluded.account_id",
         )
         .bind(applied.iter().map(|s| s.deal_id).collect::<Vec<_>>())
         .bind(applied.iter().map(|s| s.plan_id).collect::<Vec<_>>())
@@ -438,6 +467,12 @@ impl Store {
         )
         .bind(applied.iter().map(|s| s.open).collect::<Vec<_>>())
         .bind(applied.iter().map(|s| s.version).collect::<Vec<_>>())
+        .bind(
+            applied
+                .iter()
+                .map(|s| s.account_id.clone())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await?;
         // The contact's relation follows the manager of its most recent deal.
@@ -472,11 +507,19 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE assignments SET deal_id = t.d FROM UNNEST($1::uuid[], $2::uuid[]) AS t(i, d)
-             WHERE assignments.intake_id = t.i AND assignments.deal_id IS NULL",
+            "UPDATE assignments SET deal_id = t.d
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS t(i, d, a)
+             WHERE assignments.intake_id = t.i AND assignments.account_id = t.a
+                AND assignments.deal_id IS NULL",
         )
-        .bind(links.iter().map(|(i, _)| *i).collect::<Vec<_>>())
-        .bind(links.iter().map(|(_, d)| *d).collect::<Vec<_>>())
+        .bind(links.iter().map(|(i, _, _)| *i).collect::<Vec<_>>())
+        .bind(links.iter().map(|(_, d, _)| *d).collect::<Vec<_>>())
+        .bind(
+            links
+                .iter()
+                .map(|(_, _, a)| (*a).to_owned())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -23,7 +23,7 @@ impl PlanEvents {
         let newer = sqlx::query(
             "INSERT INTO plans (plan_id, account_id, name, version) VALUES ($1, $2, $3, $4)
              ON CONFLICT (plan_id) DO UPDATE SET name = excluded.name, version = excluded.version
-             WHERE plans.version < excluded.version",
+             WHERE plans.version < excluded.version AND plans.account_id = excluded.account_id",
         )
         .bind(plan_id)
         .bind(account_id)
@@ -51,7 +51,8 @@ impl PlanEvents {
             "INSERT INTO stages (stage_id, plan_id, name, position, deleted)
              SELECT i, $1, n, p, false FROM UNNEST($2::uuid[], $3::text[], $4::int[]) AS t(i, n, p)
              ON CONFLICT (stage_id) DO UPDATE SET name = excluded.name,
-                position = excluded.position, deleted = false",
+                position = excluded.position, deleted = false
+             WHERE stages.plan_id = excluded.plan_id",
         )
         .bind(plan_id)
         .bind(&stage_ids)
@@ -73,7 +74,8 @@ impl PlanEvents {
         sqlx::query(
             "INSERT INTO reasons (reason_id, plan_id, name, archived)
              SELECT i, $1, n, a FROM UNNEST($2::uuid[], $3::text[], $4::bool[]) AS t(i, n, a)
-             ON CONFLICT (reason_id) DO UPDATE SET name = excluded.name, archived = excluded.archived",
+             ON CONFLICT (reason_id) DO UPDATE SET name = excluded.name, archived = excluded.archived
+             WHERE reasons.plan_id = excluded.plan_id",
         )
         .bind(plan_id)
         .bind(&reason_ids)

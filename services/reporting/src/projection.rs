@@ -58,8 +58,7 @@ impl DealEvents {
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
         // Deals seen before are locked, so replicas applying events of one deal serialise.
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.deal_id).collect();
-        let mut before = lock_seen(&mut tx, &ids).await?;
+        let mut before = lock_seen(&mut tx, &rows).await?;
         let mut deltas: BTreeMap<Contribution, i64> = BTreeMap::new();
         // Deals first seen are inserted whole (in key order, like the locks). One that another
         // replica inserted first is then locked and applied as seen.
@@ -77,7 +76,7 @@ impl DealEvents {
                         *deltas.entry(new).or_default() += 1;
                     }
                 } else {
-                    raced.push(row.deal_id);
+                    raced.push(row);
                 }
             }
             if !raced.is_empty() {
@@ -125,16 +124,26 @@ impl DealRow {
     }
 }
 
-/// Locks the read-model rows of `ids` that exist; per deal its version and where it counts.
+/// Locks the read-model rows of `rows`' deals that exist; per deal its version and where it
+/// counts. A deal is looked up within its event's account: a deal id of another account (a
+/// forged event) is never this deal, and is left alone.
 async fn lock_seen(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    ids: &[Uuid],
+    rows: &[&DealRow],
 ) -> Result<HashMap<Uuid, (i64, Option<Contribution>)>, sqlx::Error> {
     sqlx::query(
-        "SELECT deal_id, account_id, plan_id, manager_id, status, loss_reason_id, closed_at, version
-         FROM deals WHERE deal_id = ANY($1) ORDER BY deal_id FOR UPDATE",
+        "SELECT d.deal_id, d.account_id, d.plan_id, d.manager_id, d.status, d.loss_reason_id,
+            d.closed_at, d.version
+         FROM deals d JOIN UNNEST($1::uuid[], $2::text[]) AS k(id, acct)
+            ON d.deal_id = k.id AND d.account_id = k.acct
+         ORDER BY d.deal_id FOR UPDATE OF d",
     )
-    .bind(ids)
+    .bind(rows.iter().map(|r| r.deal_id).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.account_id.clone())
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut **tx)
     .await?
     .iter()
@@ -179,7 +188,7 @@ async fn write_rows(
                 stage_before_close_id = excluded.stage_before_close_id,
                 closed_at = excluded.closed_at, version = excluded.version,
                 updated_at = excluded.updated_at
-             WHERE deals.version < excluded.version"
+             WHERE deals.version < excluded.version AND deals.account_id = excluded.account_id"
         }
     };
     let written: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
