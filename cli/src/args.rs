@@ -37,6 +37,13 @@ pub struct Global {
         global = true
     )]
     pub reporting: String,
+    #[arg(
+        long,
+        env = "SALESPLAN_DISTRIBUTOR_URL",
+        default_value = "http://127.0.0.1:50052",
+        global = true
+    )]
+    pub distributor: String,
     /// Machine-readable output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -241,6 +248,13 @@ pub enum Intake {
         job: Option<String>,
         #[arg(long)]
         manager: Option<String>,
+    },
+    /// Accepted leads that were refused on their own when their deal was created.
+    Rejections {
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i32,
     },
 }
 

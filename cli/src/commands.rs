@@ -8,9 +8,10 @@ use salesplan_platform::{
     Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
 };
 use salesplan_proto::v1::{
-    self as pb, deal_service_client::DealServiceClient, intake_service_client::IntakeServiceClient,
-    outbox_service_client::OutboxServiceClient, plan_service_client::PlanServiceClient,
-    report_service_client::ReportServiceClient,
+    self as pb, deal_service_client::DealServiceClient,
+    distributor_service_client::DistributorServiceClient,
+    intake_service_client::IntakeServiceClient, outbox_service_client::OutboxServiceClient,
+    plan_service_client::PlanServiceClient, report_service_client::ReportServiceClient,
 };
 use serde_json::json;
 use tonic::transport::Channel;
@@ -507,8 +508,13 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
 }
 
 async fn intake(ctx: &Ctx, command: Intake) -> anyhow::Result<()> {
-    let mut client = IntakeServiceClient::new(ctx.channel(&ctx.global.intake).await?);
+    let client = || async {
+        anyhow::Ok(IntakeServiceClient::new(
+            ctx.channel(&ctx.global.intake).await?,
+        ))
+    };
     match command {
+        Intake::Rejections { plan, limit } => return rejections(ctx, plan, limit).await,
         Intake::Add {
             plan,
             run,
@@ -517,7 +523,8 @@ async fn intake(ctx: &Ctx, command: Intake) -> anyhow::Result<()> {
             phone,
             external_id,
         } => {
-            let response = client
+            let response = client()
+                .await?
                 .add_to_sales_plan(ctx.request(pb::AddToSalesPlanRequest {
                     lead: Some(pb::Lead {
                         plan_id: plan,
@@ -570,7 +577,8 @@ async fn intake(ctx: &Ctx, command: Intake) -> anyhow::Result<()> {
                     contacts: c.to_vec(),
                 })
                 .collect();
-            let mut responses = client
+            let mut responses = client()
+                .await?
                 .add_audience(ctx.request(futures::stream::iter(chunks)))
                 .await?
                 .into_inner();
@@ -738,5 +746,43 @@ async fn outbox(ctx: &Ctx, command: Outbox) -> anyhow::Result<()> {
             });
         }
     }
+    Ok(())
+}
+
+async fn rejections(ctx: &Ctx, plan: Option<String>, limit: i32) -> anyhow::Result<()> {
+    let mut client = DistributorServiceClient::new(ctx.channel(&ctx.global.distributor).await?);
+    let page = client
+        .list_intake_rejections(ctx.request(pb::ListIntakeRejectionsRequest {
+            plan_id: plan.unwrap_or_default(),
+            page_size: limit,
+            page_token: String::new(),
+        }))
+        .await?
+        .into_inner();
+    ctx.print(
+        json!({
+            "rejections": page.rejections.iter().map(|r| json!({
+                "intake_id": r.intake_id, "plan_id": r.plan_id, "source": r.source,
+                "run_id": r.run_id, "code": r.code, "reason": r.reason,
+            })).collect::<Vec<_>>(),
+            "next_page_token": page.next_page_token,
+        }),
+        || {
+            let rows: Vec<Vec<String>> = page
+                .rejections
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.intake_id.clone(),
+                        r.source.clone(),
+                        r.run_id.clone(),
+                        r.code.clone(),
+                        r.reason.clone(),
+                    ]
+                })
+                .collect();
+            table(&["intake id", "source", "run", "code", "reason"], &rows)
+        },
+    );
     Ok(())
 }

@@ -23,7 +23,11 @@ impl Ctl<'_> {
                 "SALESPLAN_INTAKE_URL",
                 self.stack.tunnel_listener.grpc_url(),
             )
-            .env("SALESPLAN_REPORTING_URL", self.stack.reporting.grpc_url());
+            .env("SALESPLAN_REPORTING_URL", self.stack.reporting.grpc_url())
+            .env(
+                "SALESPLAN_DISTRIBUTOR_URL",
+                self.stack.distributor.grpc_url(),
+            );
         if let Some(token) = token {
             command.env("SALESPLAN_TOKEN", token);
         }
@@ -284,6 +288,9 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
     assert_eq!(parked["events"], serde_json::json!([]));
     let replayed = ctl.json(&admin, &["outbox", "replay", "1"]).await?;
     assert_eq!(replayed["replayed"], 0);
+    // Every lead became a deal: no rejections.
+    let rejected = ctl.json(&admin, &["intake", "rejections"]).await?;
+    assert_eq!(rejected["rejections"], serde_json::json!([]));
     stack.stop().await
 }
 

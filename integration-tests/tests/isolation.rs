@@ -662,3 +662,236 @@ async fn another_accounts_idempotency_key_changes_nothing_of_this_account() -> a
     assert_eq!(none.code(), Code::NotFound);
     stack.stop().await
 }
+
+/// A deal the database refuses (here: a check constraint the test adds, standing for any
+/// row-level refusal) used to fail the whole CreateDeals call, so every other lead of the
+/// batch failed with it. Now it fails alone, with its reason.
+#[tokio::test]
+async fn a_deal_the_database_refuses_fails_alone() -> anyhow::Result<()> {
+    let stack = integration_tests::stack::DealStack::start().await?;
+    let admin = stack.token("acme", "boss", &ALL);
+    let channel = stack.channel().await?;
+    let plan = create_plan(
+        channel.clone(),
+        &admin,
+        plan_request("P", Mode::Manual, Strategy::RoundRobin, false, &[]),
+    )
+    .await?;
+    let pool = stack.pool().await?;
+    sqlx::query("ALTER TABLE deal_service.deals ADD CONSTRAINT poison CHECK (title <> 'poison')")
+        .execute(&pool)
+        .await?;
+    let titled = |key: &str, title: &str| pb::CreateDealRequest {
+        title: title.into(),
+        ..deal_request(&plan.id, key, 100)
+    };
+    let results = DealServiceClient::new(channel.clone())
+        .create_deals(outgoing(
+            pb::CreateDealsRequest {
+                deals: vec![
+                    titled("k1", "fine"),
+                    titled("k2", "poison"),
+                    titled("k3", "also fine"),
+                    titled("k1", "fine"),
+                ],
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .results;
+    let codes: Vec<i32> = results.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        [0, Code::InvalidArgument as i32, 0, 0],
+        "{results:?}"
+    );
+    assert!(
+        results[1].message.contains("cannot be stored"),
+        "{}",
+        results[1].message
+    );
+    assert!(results[0].created && results[2].created && !results[3].created);
+    assert_eq!(
+        results[3].deal, results[0].deal,
+        "a repeated key is the same deal"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM deal_service.deals")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(stored, 2);
+    stack.stop().await
+}
+
+/// Publishes an intake event the way the listener does, bypassing its checks (an old
+/// listener, or a lead whose plan changed after it was accepted).
+async fn publish_intake(
+    stack: &Stack,
+    account: &str,
+    plan_id: &str,
+    run: &str,
+    amount: Option<i64>,
+) -> anyhow::Result<String> {
+    use prost::Message as _;
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let intake_id = uuid::Uuid::new_v4().to_string();
+    let event = pb::IntakeEvent {
+        intake_id: intake_id.clone(),
+        account_id: account.into(),
+        received_at: Some(prost_types::Timestamp::default()),
+        source: pb::IntakeSource::Webhook as i32,
+        lead: Some(pb::Lead {
+            plan_id: plan_id.into(),
+            tunnel_id: "funnel".into(),
+            block_id: "block".into(),
+            run_id: run.into(),
+            contact: Some(pb::Contact {
+                external_id: format!("tg-{run}"),
+                ..Default::default()
+            }),
+            amount: amount.map(usd),
+            ..Default::default()
+        }),
+        assign_to_manager_id: None,
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", intake_id.as_str());
+    js.publish_with_headers(
+        salesplan_platform::bus::streams::intake_subject(account, plan_id),
+        headers,
+        event.encode_to_vec().into(),
+    )
+    .await?
+    .await?;
+    Ok(intake_id)
+}
+
+/// A lead that cannot become a deal (data deal-service refuses, a plan archived after it
+/// was accepted) used to fail its whole batch, or be dead-lettered out of the account's
+/// sight. Now it is rejected alone, listed to its account with its reason and counted,
+/// its decision forgotten; the other leads of the batch become deals.
+#[tokio::test]
+async fn a_lead_that_cannot_become_a_deal_is_rejected_alone_and_listed() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let channel = stack.channel(&stack.deal_service).await?;
+    let a = stack.token("a", "admin", &ALL);
+    let b = stack.token("b", "admin", &ALL);
+    let plan = create_plan(
+        channel.clone(),
+        &a,
+        plan_request("A", Mode::Auto, Strategy::RoundRobin, false, &["a1"]),
+    )
+    .await?;
+    let closed = create_plan(
+        channel.clone(),
+        &a,
+        plan_request("Closed", Mode::Auto, Strategy::RoundRobin, false, &["a1"]),
+    )
+    .await?;
+    PlanServiceClient::new(channel.clone())
+        .archive_plan(outgoing(
+            pb::ArchivePlanRequest {
+                plan_id: closed.id.clone(),
+            },
+            &a,
+        ))
+        .await?;
+    let mut good = Vec::new();
+    for run in ["r1", "r2"] {
+        good.push(publish_intake(&stack, "a", &plan.id, run, Some(100)).await?);
+    }
+    let too_big = publish_intake(&stack, "a", &plan.id, "r3", Some(i64::MAX)).await?;
+    let archived = publish_intake(&stack, "a", &closed.id, "r4", None).await?;
+    good.push(publish_intake(&stack, "a", &plan.id, "r5", None).await?);
+
+    let mut distributor = pb::distributor_service_client::DistributorServiceClient::new(
+        stack.channel(&stack.distributor).await?,
+    );
+    let listed = eventually(Duration::from_secs(30), || {
+        let mut distributor = distributor.clone();
+        let request = outgoing(pb::ListIntakeRejectionsRequest::default(), &a);
+        async move {
+            let listed = distributor
+                .list_intake_rejections(request)
+                .await?
+                .into_inner()
+                .rejections;
+            Ok((listed.len() == 2).then_some(listed))
+        }
+    })
+    .await?;
+    let deals = eventually(Duration::from_secs(30), || async {
+        let deals = plan_deals(&stack, &a, &plan.id).await?;
+        Ok((deals.len() == 3).then_some(deals))
+    })
+    .await?;
+    let mut keys: Vec<String> = deals.into_iter().map(|d| d.idempotency_key).collect();
+    keys.sort();
+    good.sort();
+    assert_eq!(keys, good);
+
+    let by_id = |id: &str| {
+        listed
+            .iter()
+            .find(|r| r.intake_id == id)
+            .unwrap_or_else(|| panic!("{id} listed"))
+    };
+    let amount = by_id(&too_big);
+    assert_eq!(amount.code, "INVALID_ARGUMENT");
+    assert!(
+        amount.reason.contains("amount.amount_minor"),
+        "{}",
+        amount.reason
+    );
+    assert_eq!(
+        (amount.plan_id.as_str(), amount.run_id.as_str()),
+        (plan.id.as_str(), "r3")
+    );
+    assert_eq!(amount.source, "webhook");
+    let gone = by_id(&archived);
+    assert_eq!(gone.code, "FAILED_PRECONDITION");
+    assert!(gone.reason.contains("archived"), "{}", gone.reason);
+
+    // Only the account's own, and per plan.
+    let of_b = distributor
+        .list_intake_rejections(outgoing(pb::ListIntakeRejectionsRequest::default(), &b))
+        .await?
+        .into_inner()
+        .rejections;
+    assert!(of_b.is_empty());
+    let of_plan = distributor
+        .list_intake_rejections(outgoing(
+            pb::ListIntakeRejectionsRequest {
+                plan_id: closed.id.clone(),
+                page_size: 1,
+                ..Default::default()
+            },
+            &a,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(of_plan.rejections.len(), 1);
+    assert_eq!(of_plan.rejections[0].intake_id, archived);
+
+    // Nothing was dead-lettered, and the rejected lead's decision counts for nobody.
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let mut dead = js.get_stream("SALESPLAN_DEAD_LETTERS").await?;
+    assert_eq!(dead.info().await?.state.messages, 0);
+    deal_events_consumed(&stack).await?;
+    let pool = stack.pool().await?;
+    let open: Vec<(String, i64)> =
+        sqlx::query_as("SELECT manager_id, open FROM distributor.open_deals WHERE plan_id = $1")
+            .bind(uuid::Uuid::parse_str(&plan.id)?)
+            .fetch_all(&pool)
+            .await?;
+    assert_eq!(open, [("a1".to_owned(), 3)]);
+    let metrics = scrape(&stack.distributor).await?;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("salesplan_distributor_rejected_leads_total")
+                && l.contains("INVALID_ARGUMENT")
+        ),
+        "{metrics}"
+    );
+    stack.stop().await
+}

@@ -1,10 +1,54 @@
-//! DistributorService: why a deal went to its manager.
+//! DistributorService: why a deal went to its manager, and the leads refused on their own.
 
-use salesplan_platform::{ApiError, auth, ids::parse_id};
+use salesplan_platform::{ApiError, Permission, auth, ids::parse_id};
 use salesplan_proto::v1::{self as pb, distributor_service_server::DistributorService};
 use tonic::{Request, Response, Status};
 
-use crate::store::Store;
+use crate::store::{After, Rejection, Store};
+
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 500;
+
+/// `<unix nanos>.<intake id>` of the last rejection of a page.
+fn page_token(last: &Rejection) -> String {
+    format!(
+        "{}.{}",
+        last.rejected_at.unix_timestamp_nanos(),
+        last.intake_id
+    )
+}
+
+fn after(token: &str) -> Result<Option<After>, ApiError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || ApiError::invalid("page_token", "not a token of this list");
+    let (nanos, id) = token.split_once('.').ok_or_else(invalid)?;
+    let at = nanos
+        .parse()
+        .ok()
+        .and_then(|n| time::OffsetDateTime::from_unix_timestamp_nanos(n).ok())
+        .ok_or_else(invalid)?;
+    let id = uuid::Uuid::parse_str(id).map_err(|_| invalid())?;
+    Ok(Some((at, id)))
+}
+
+fn rejection_to(r: Rejection) -> pb::IntakeRejection {
+    pb::IntakeRejection {
+        intake_id: r.intake_id.to_string(),
+        plan_id: r.plan_id.to_string(),
+        source: r.source,
+        tunnel_id: r.tunnel_id,
+        block_id: r.block_id,
+        run_id: r.run_id,
+        code: r.code,
+        reason: r.reason,
+        rejected_at: Some(prost_types::Timestamp {
+            seconds: r.rejected_at.unix_timestamp(),
+            nanos: r.rejected_at.nanosecond() as i32,
+        }),
+    }
+}
 
 #[derive(Clone)]
 pub struct Explain {
@@ -37,6 +81,37 @@ impl DistributorService for Explain {
             })?;
         Ok(Response::new(pb::ExplainAssignmentResponse {
             assignment: Some(assignment),
+        }))
+    }
+
+    async fn list_intake_rejections(
+        &self,
+        request: Request<pb::ListIntakeRejectionsRequest>,
+    ) -> Result<Response<pb::ListIntakeRejectionsResponse>, Status> {
+        let actor = auth::actor(&request)?;
+        if !actor.has(Permission::IntakeWrite) {
+            actor.require(Permission::PlansAdmin)?;
+        }
+        let req = request.into_inner();
+        let plan_id = (!req.plan_id.is_empty())
+            .then(|| parse_id("plan_id", &req.plan_id))
+            .transpose()?;
+        let limit = match i64::from(req.page_size) {
+            n if n <= 0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let rows = self
+            .store
+            .rejections(&actor.account_id, plan_id, after(&req.page_token)?, limit)
+            .await
+            .map_err(ApiError::from)?;
+        let next_page_token = match rows.last() {
+            Some(last) if rows.len() as i64 == limit => page_token(last),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListIntakeRejectionsResponse {
+            rejections: rows.into_iter().map(rejection_to).collect(),
+            next_page_token,
         }))
     }
 }

@@ -19,12 +19,23 @@ use uuid::Uuid;
 
 use crate::{
     domain::distribution::Lead,
-    store::{PendingLead, PlanBatch, Store},
+    store::{PendingLead, PlanBatch, Rejection, Store},
 };
 
-/// What became of one lead: its batch index and outcome. (Decisions are linked to their
-/// deals when the deal events arrive.)
-type Created = (usize, Outcome);
+/// What became of one lead of a batch.
+enum Fate {
+    Outcome(Outcome),
+    /// Refused on its own (its plan archived, its data refused, its manager gone): recorded
+    /// for its account to see, then acked. The other leads of the batch go on.
+    Rejected {
+        code: Code,
+        reason: String,
+    },
+}
+
+/// One lead's batch index and fate. (Decisions are linked to their deals when the deal
+/// events arrive.)
+type Created = (usize, Fate);
 
 /// Deals per CreateDeals call, and calls in flight at once.
 const CREATE_BATCH: usize = 500;
@@ -39,6 +50,8 @@ pub struct IntakeEvents {
     lead_to_deal: opentelemetry::metrics::Histogram<f64>,
     /// One plan's batch decision (lock, read, decide, write).
     decision: opentelemetry::metrics::Histogram<f64>,
+    /// Leads refused on their own, by code.
+    rejected: opentelemetry::metrics::Counter<u64>,
 }
 
 struct Decoded {
@@ -69,6 +82,10 @@ impl IntakeEvents {
                 .f64_histogram("salesplan.distributor.decision_seconds")
                 .with_unit("s")
                 .build(),
+            rejected: meter
+                .u64_counter("salesplan.distributor.rejected_leads")
+                .with_description("Accepted leads refused on their own (ListIntakeRejections)")
+                .build(),
         }
     }
 
@@ -89,12 +106,7 @@ impl IntakeEvents {
         }
         let token = match self.tokens.for_account(account_id) {
             Ok(token) => token,
-            Err(err) => {
-                return items
-                    .into_iter()
-                    .map(|(item, _)| (item.index, Outcome::Retry(err.to_string())))
-                    .collect();
-            }
+            Err(err) => return retry_all(items, &err.to_string()),
         };
         let request = pb::CreateDealsRequest {
             deals: items
@@ -126,10 +138,7 @@ impl IntakeEvents {
             Err(status) => {
                 // The whole call failed (deal-service unreachable, overloaded): all retry.
                 let reason = format!("CreateDeals: {:?}: {}", status.code(), status.message());
-                return items
-                    .into_iter()
-                    .map(|(item, _)| (item.index, Outcome::Retry(reason.clone())))
-                    .collect();
+                return retry_all(items, &reason);
             }
         };
         let mut outcomes = Vec::with_capacity(items.len());
@@ -137,20 +146,19 @@ impl IntakeEvents {
             .into_iter()
             .zip(results.into_iter().map(Some).chain(std::iter::repeat(None)))
         {
-            let outcome = match result {
+            let fate = match result {
                 Some(r) if r.code == 0 => {
                     self.record_latency(&item.event);
-                    (item.index, Outcome::Done)
+                    Fate::Outcome(Outcome::Done)
                 }
                 Some(r) => {
-                    let status = tonic::Status::new(Code::from(r.code), r.message);
-                    (item.index, self.refused(&item, status).await)
+                    let delivered = batch[item.index].delivered;
+                    self.refused(&item, delivered, Code::from(r.code), r.message)
+                        .await
                 }
-                None => (
-                    item.index,
-                    Outcome::Retry("CreateDeals returned fewer results".into()),
-                ),
+                None => Fate::Outcome(Outcome::Retry("CreateDeals returned fewer results".into())),
             };
+            let outcome = (item.index, fate);
             outcomes.push(outcome);
         }
         outcomes
@@ -166,10 +174,23 @@ impl IntakeEvents {
         }
     }
 
-    async fn refused(&self, item: &Decoded, status: tonic::Status) -> Outcome {
-        let reason = format!("CreateDeal: {:?}: {}", status.code(), status.message());
-        match status.code() {
-            // The chosen manager left the plan since: decide again on the next delivery.
+    /// What to do with a lead deal-service refused (`delivered`: its deliveries so far).
+    async fn refused(&self, item: &Decoded, delivered: i64, code: Code, message: String) -> Fate {
+        let last_delivery = delivered >= self.bus.config().max_deliver;
+        match code {
+            // A bulk add's named manager left the plan: no other decision to make.
+            Code::FailedPrecondition if item.event.assign_to_manager_id.is_some() => {
+                Fate::Rejected {
+                    code,
+                    reason: message,
+                }
+            }
+            Code::FailedPrecondition if last_delivery => Fate::Rejected {
+                code,
+                reason: format!("refused at every delivery, last: {message}"),
+            },
+            // The chosen manager left the plan since (or the plan was archived): decide
+            // again on the next delivery, from the plan as it is then.
             Code::FailedPrecondition => {
                 if let Err(err) = self
                     .store
@@ -178,17 +199,99 @@ impl IntakeEvents {
                 {
                     tracing::warn!(error = %err, "cannot forget refused decision");
                 }
-                Outcome::Retry(reason)
+                Fate::Outcome(Outcome::Retry(format!("CreateDeal: {message}")))
             }
-            Code::InvalidArgument | Code::NotFound => Outcome::Reject(reason),
-            _ => Outcome::Retry(reason),
+            Code::InvalidArgument | Code::NotFound => Fate::Rejected {
+                code,
+                reason: message,
+            },
+            _ => Fate::Outcome(Outcome::Retry(format!("CreateDeal: {code:?}: {message}"))),
         }
     }
+
+    /// Records the rejected leads for their accounts (their decisions forgotten) and acks
+    /// them; if that cannot be stored now, they are delivered again.
+    async fn record_rejections(
+        &self,
+        batch: &[Delivery],
+        rejected: Vec<(usize, Code, String)>,
+        outcomes: &mut [Outcome],
+    ) {
+        let mut records = Vec::with_capacity(rejected.len());
+        for (index, code, reason) in rejected {
+            tracing::warn!(subject = %batch[index].subject, code = ?code, %reason, "lead rejected");
+            match rejection(&batch[index], code, reason) {
+                Ok(record) => records.push((index, record)),
+                Err(reason) => outcomes[index] = Outcome::Reject(reason),
+            }
+        }
+        let rows: Vec<Rejection> = records.iter().map(|(_, r)| r.clone()).collect();
+        match self.store.reject(&rows).await {
+            Ok(()) => {
+                for (index, record) in records {
+                    self.rejected.add(
+                        1,
+                        &[opentelemetry::KeyValue::new("code", record.code.clone())],
+                    );
+                    outcomes[index] = Outcome::Done;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot record rejected leads");
+                for (index, _) in records {
+                    outcomes[index] = Outcome::Retry(err.to_string());
+                }
+            }
+        }
+    }
+}
+
+fn retry_all(items: Vec<(Decoded, Option<String>)>, reason: &str) -> Vec<Created> {
+    items
+        .into_iter()
+        .map(|(item, _)| (item.index, Fate::Outcome(Outcome::Retry(reason.to_owned()))))
+        .collect()
+}
+
+/// The record of a rejected lead, from its intake event.
+fn rejection(delivery: &Delivery, code: Code, reason: String) -> Result<Rejection, String> {
+    let item = decode(0, delivery)?;
+    let lead = item.event.lead.unwrap_or_default();
+    let source = pb::IntakeSource::try_from(item.event.source)
+        .unwrap_or(pb::IntakeSource::Unspecified)
+        .as_str_name()
+        .trim_start_matches("INTAKE_SOURCE_")
+        .to_ascii_lowercase();
+    Ok(Rejection {
+        intake_id: item.intake_id,
+        account_id: item.event.account_id,
+        plan_id: item.plan_id,
+        source,
+        tunnel_id: lead.tunnel_id,
+        block_id: lead.block_id,
+        run_id: lead.run_id,
+        code: code_name(code),
+        reason,
+        rejected_at: time::OffsetDateTime::now_utc(),
+    })
+}
+
+/// `InvalidArgument` → `INVALID_ARGUMENT`, as gRPC names its codes.
+fn code_name(code: Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 impl BatchHandler for IntakeEvents {
     async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
         let mut outcomes = vec![Outcome::Done; batch.len()];
+        let mut rejected: Vec<(usize, Code, String)> = Vec::new();
         let mut by_plan: HashMap<(String, Uuid), Vec<Decoded>> = HashMap::new();
         for (index, delivery) in batch.iter().enumerate() {
             match decode(index, delivery) {
@@ -228,8 +331,11 @@ impl BatchHandler for IntakeEvents {
                 }
                 Ok(PlanBatch::Archived) => {
                     for item in items {
-                        outcomes[item.index] =
-                            Outcome::Reject(format!("plan {plan_id} is archived"));
+                        rejected.push((
+                            item.index,
+                            Code::FailedPrecondition,
+                            format!("plan {plan_id} is archived"),
+                        ));
                     }
                 }
                 Err(err) => {
@@ -260,6 +366,7 @@ impl BatchHandler for IntakeEvents {
             for (item, _) in &work {
                 outcomes[item.index] = Outcome::Retry(err.to_string());
             }
+            self.record_rejections(batch, rejected, &mut outcomes).await;
             return outcomes;
         }
 
@@ -287,8 +394,14 @@ impl BatchHandler for IntakeEvents {
                 .flat_map(stream::iter)
                 .collect()
                 .await;
-        for (index, outcome) in results {
-            outcomes[index] = outcome;
+        for (index, fate) in results {
+            match fate {
+                Fate::Outcome(outcome) => outcomes[index] = outcome,
+                Fate::Rejected { code, reason } => rejected.push((index, code, reason)),
+            }
+        }
+        if !rejected.is_empty() {
+            self.record_rejections(batch, rejected, &mut outcomes).await;
         }
         outcomes
     }
@@ -326,5 +439,17 @@ fn pending_lead(item: &Decoded) -> PendingLead {
             previous_manager: None,
         },
         contact_key: contact.and_then(|c| contact_key(&c.external_id, &c.email, &c.phone)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_named_as_grpc_names_them() {
+        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
+        assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
     }
 }

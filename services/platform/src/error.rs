@@ -115,6 +115,22 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// The SQLSTATE when `err` is the database refusing the data of a statement (a data
+/// exception, class 22, or a constraint violation, class 23): the same input fails again
+/// however often it is retried, unlike a lost connection or a timeout.
+pub fn data_refusal(err: &ApiError) -> Option<String> {
+    let ApiError::Internal(source) = err else {
+        return None;
+    };
+    match source.downcast_ref::<sqlx::Error>()? {
+        sqlx::Error::Database(db) => db
+            .code()
+            .filter(|code| code.starts_with("22") || code.starts_with("23"))
+            .map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
 /// Whether a database error is a unique violation (Postgres 23505), e.g. a replayed
 /// idempotency key.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {

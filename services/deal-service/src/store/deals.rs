@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use salesplan_platform::{ApiError, db::key_lookups_only, ids};
+use salesplan_platform::{ApiError, db::key_lookups_only, error::data_refusal, ids};
 use sqlx::{PgConnection, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -51,8 +51,50 @@ impl Store {
 
     /// Creates many deals in one transaction; each result in input order is the deal
     /// (created now: `true`, or before with the same key: `false`) or why it was refused.
-    /// A failure of the database fails the whole call.
+    /// When the database refuses the batch for the data of some deal, each deal is created
+    /// in a transaction of its own, so only that deal fails; a database that is unavailable
+    /// fails the whole call.
     pub async fn create_deals(
+        &self,
+        account_id: &str,
+        actor_id: &str,
+        inputs: Vec<NewDeal>,
+    ) -> Result<Vec<Result<(Deal, bool), ApiError>>, ApiError> {
+        let err = match self
+            .create_deals_together(account_id, actor_id, inputs.clone())
+            .await
+        {
+            Err(err) if data_refusal(&err).is_some() => err,
+            together => return together,
+        };
+        tracing::warn!(%account_id, deals = inputs.len(), error = %err, "batch refused by the database, creating its deals one by one");
+        let mut results = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let result = match self
+                .create_deals_together(account_id, actor_id, vec![input])
+                .await
+            {
+                Ok(mut one) => one
+                    .pop()
+                    .unwrap_or_else(|| Err(ApiError::internal("no result for the deal"))),
+                Err(err) => match data_refusal(&err) {
+                    Some(code) => {
+                        tracing::warn!(%account_id, %code, "deal refused by the database");
+                        Err(ApiError::invalid(
+                            "deal",
+                            format!("cannot be stored: the database refused it (SQLSTATE {code})"),
+                        ))
+                    }
+                    None => return Err(err),
+                },
+            };
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    /// [`Store::create_deals`] in one transaction: any database error fails them all.
+    async fn create_deals_together(
         &self,
         account_id: &str,
         actor_id: &str,

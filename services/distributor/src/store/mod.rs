@@ -1,5 +1,9 @@
-//! PostgreSQL state of the distributor: plan copies, decisions, open-deal counts and
-//! contact relations.
+//! PostgreSQL state of the distributor: plan copies, decisions, open-deal counts,
+//! contact relations and rejected leads.
+
+mod rejections;
+
+pub use rejections::{After, Rejection};
 
 use std::collections::{BTreeMap, HashMap};
 
