@@ -902,9 +902,21 @@ async fn list_search_pagination_and_board_agree() -> anyhow::Result<()> {
             .sum::<i64>(),
         amount
     );
-    for literal in ["%", "_", "\\", "'"] {
+    // As wildcards, `%` and `_` would match "person 1…"; they are literal text.
+    for literal in ["person%1", "person_1", "person\\", "person'"] {
         let found = list(&mut c, &boss, search(literal), 50, String::new()).await?;
         assert_eq!(found.total_count, 0, "{literal} is literal text");
+    }
+    // A search the trigram index cannot serve is refused, not run over every deal.
+    for short in ["%", "ъ", "p 1"] {
+        let err = list(&mut c, &boss, search(short), 50, String::new())
+            .await
+            .expect_err(short);
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().starts_with("filter.search: needs at least 3"),
+            "{err:?}"
+        );
     }
 
     // Pagination walks every deal once, newest first, with the totals on every page.

@@ -344,7 +344,7 @@ pub fn query_from(filter: Option<pb::DealFilter>) -> Result<DealQuery, ApiError>
         without_loss_reason: f.without_loss_reason,
         created: range_from("created", f.created).map_err(err)?,
         closed: range_from("closed", f.closed).map_err(err)?,
-        search: Search::new(&search),
+        search: Search::new(&search).map_err(ApiError::from).map_err(err)?,
     })
 }
 

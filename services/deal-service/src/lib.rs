@@ -62,7 +62,8 @@ impl Service for Config {
         let bus = Bus::connect(&common.nats, Self::NAME).await?;
         bus.ensure_streams(&streams::ALL).await?;
         let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
-        let api = grpc::Api::new(store::Store::new(pool.clone()));
+        let reads = db::connect_reads(&common.database, SCHEMA).await?;
+        let api = grpc::Api::new(store::Store::new(pool.clone(), reads));
         let routes = tonic::service::Routes::new(PlanServiceServer::with_interceptor(
             api.clone(),
             interceptor.clone(),
@@ -88,8 +89,7 @@ impl Service for Config {
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
-        let pool = db::connect(&self.common.database, SCHEMA).await?;
-        db::migrate(&pool, SCHEMA, &MIGRATOR).await?;
+        db::migrate(&self.common.database, SCHEMA, &MIGRATOR).await?;
         Ok(())
     }
 }

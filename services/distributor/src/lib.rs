@@ -126,8 +126,7 @@ impl Service for Config {
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
-        let pool = db::connect(&self.common.database, SCHEMA).await?;
-        db::migrate(&pool, SCHEMA, &MIGRATOR).await?;
+        db::migrate(&self.common.database, SCHEMA, &MIGRATOR).await?;
         Ok(())
     }
 }

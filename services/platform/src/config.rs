@@ -139,26 +139,56 @@ pub fn load_or_exit<T>(load: impl FnOnce() -> Result<T, ConfigError>) -> T {
     }
 }
 
-/// PostgreSQL connection settings (`DATABASE_URL`, `SALESPLAN_DB_MAX_CONNECTIONS`).
+/// PostgreSQL connection settings: `DATABASE_URL`, and per class of queries a pool size
+/// and a statement timeout (`SALESPLAN_DB_MAX_CONNECTIONS` and
+/// `SALESPLAN_DB_STATEMENT_TIMEOUT_MS` for writes, batches and point reads;
+/// `SALESPLAN_DB_READ_MAX_CONNECTIONS` and `SALESPLAN_DB_READ_TIMEOUT_MS` for the reads
+/// that scan: lists, boards, reports).
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     pub url: Secret,
     pub max_connections: u32,
     /// Apply migrations at start-up (local development); in a cluster a Job runs `migrate`.
     pub migrate_on_start: bool,
+    /// The longest any statement of the main pool may run (zero: no limit).
+    pub statement_timeout: Duration,
+    /// The pool of reads that scan: apart, so they can never take the connections of
+    /// writes and intake, and with a shorter statement timeout.
+    pub read_max_connections: u32,
+    pub read_timeout: Duration,
 }
 
 impl DatabaseConfig {
     pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/salesplan";
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let config = Self {
             url: Secret::new(env.string("DATABASE_URL", Self::DEFAULT_URL)),
             max_connections: env.parse("SALESPLAN_DB_MAX_CONNECTIONS", 10)?,
             migrate_on_start: env.flag("SALESPLAN_MIGRATE_ON_START", true)?,
+            statement_timeout: env.millis(
+                "SALESPLAN_DB_STATEMENT_TIMEOUT_MS",
+                Self::DEFAULT_STATEMENT_TIMEOUT,
+            )?,
+            read_max_connections: env.parse("SALESPLAN_DB_READ_MAX_CONNECTIONS", 4)?,
+            read_timeout: env.millis("SALESPLAN_DB_READ_TIMEOUT_MS", Self::DEFAULT_READ_TIMEOUT)?,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// For tests and local tools.
+    pub fn local(url: &str) -> Self {
+        Self {
+            url: Secret::new(url),
+            max_connections: 8,
+            migrate_on_start: true,
+            statement_timeout: Self::DEFAULT_STATEMENT_TIMEOUT,
+            read_max_connections: 4,
+            read_timeout: Self::DEFAULT_READ_TIMEOUT,
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -172,6 +202,18 @@ impl DatabaseConfig {
         if self.max_connections == 0 {
             return Err(ConfigError::new(
                 "SALESPLAN_DB_MAX_CONNECTIONS",
+                "must be at least 1",
+            ));
+        }
+        if self.read_max_connections == 0 {
+            return Err(ConfigError::new(
+                "SALESPLAN_DB_READ_MAX_CONNECTIONS",
+                "must be at least 1",
+            ));
+        }
+        if self.read_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "SALESPLAN_DB_READ_TIMEOUT_MS",
                 "must be at least 1",
             ));
         }

@@ -21,15 +21,50 @@ use crate::config::DatabaseConfig;
 /// was still small (right after a deploy, in every test) reads all of an account's rows
 /// through whichever index came first, on every batch thereafter. Planning a statement
 /// costs a fraction of a millisecond; the wrong cached plan cost 40–100 ms per batch.
+///
+/// Every statement of the pool is cut off after the configured statement timeout
+/// (`SALESPLAN_DB_STATEMENT_TIMEOUT_MS`), so no query holds a connection for long.
 pub async fn connect(config: &DatabaseConfig, schema: &str) -> Result<PgPool, sqlx::Error> {
+    open(
+        config,
+        schema,
+        config.max_connections,
+        config.statement_timeout,
+    )
+    .await
+}
+
+/// The pool of reads that scan (lists, boards, reports): its own connections, so they can
+/// never take the connections of writes and intake, and its own, shorter statement
+/// timeout (`SALESPLAN_DB_READ_MAX_CONNECTIONS`, `SALESPLAN_DB_READ_TIMEOUT_MS`).
+pub async fn connect_reads(config: &DatabaseConfig, schema: &str) -> Result<PgPool, sqlx::Error> {
+    open(
+        config,
+        schema,
+        config.read_max_connections,
+        config.read_timeout,
+    )
+    .await
+}
+
+async fn open(
+    config: &DatabaseConfig,
+    schema: &str,
+    max_connections: u32,
+    statement_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(config.url.expose())?
         .options([
             ("search_path", format!("{schema},public")),
             ("plan_cache_mode", "force_custom_plan".to_owned()),
+            (
+                "statement_timeout",
+                statement_timeout.as_millis().to_string(),
+            ),
         ])
         .application_name(schema);
     PgPoolOptions::new()
-        .max_connections(config.max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
@@ -45,16 +80,26 @@ pub async fn key_lookups_only(tx: &mut PgConnection) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
-/// Creates the schema if needed, then applies the service's migrations.
-pub async fn migrate(pool: &PgPool, schema: &str, migrator: &Migrator) -> Result<(), sqlx::Error> {
+/// Creates the schema if needed, then applies the service's migrations, on a connection of
+/// its own without a statement timeout (a migration may rewrite a large table).
+pub async fn migrate(
+    config: &DatabaseConfig,
+    schema: &str,
+    migrator: &Migrator,
+) -> Result<(), sqlx::Error> {
+    let pool = open(config, schema, 1, Duration::ZERO).await?;
     // Two replicas may race to create the schema; the loser sees a unique violation.
     let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-    if let Err(err) = sqlx::query(sqlx::AssertSqlSafe(create)).execute(pool).await
+    if let Err(err) = sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(&pool)
+        .await
         && !crate::error::is_unique_violation(&err)
     {
         return Err(err);
     }
-    migrator.run(pool).await?;
+    let migrated = migrator.run(&pool).await;
+    pool.close().await;
+    migrated?;
     Ok(())
 }
 
@@ -64,9 +109,8 @@ pub async fn connect_and_migrate(
     schema: &str,
     migrator: &Migrator,
 ) -> Result<PgPool, sqlx::Error> {
-    let pool = connect(config, schema).await?;
     if config.migrate_on_start {
-        migrate(&pool, schema, migrator).await?;
+        migrate(config, schema, migrator).await?;
     }
-    Ok(pool)
+    connect(config, schema).await
 }

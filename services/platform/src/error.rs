@@ -24,6 +24,17 @@ pub enum ApiError {
     Aborted(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Over a limit of the caller's account (calls at once, rate, contacts in flight):
+    /// retry after `retry_after`.
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// Took longer than this service allows one request (a statement timeout, an idle
+    /// stream).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("internal error")]
     Internal(#[source] BoxError),
 }
@@ -54,6 +65,8 @@ impl ApiError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Aborted(_) => Code::Aborted,
             Self::Unavailable(_) => Code::Unavailable,
+            Self::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -69,6 +82,8 @@ impl ApiError {
             Self::PermissionDenied(_) => S::FORBIDDEN,
             Self::Unauthenticated(_) => S::UNAUTHORIZED,
             Self::Unavailable(_) => S::SERVICE_UNAVAILABLE,
+            Self::ResourceExhausted { .. } => S::TOO_MANY_REQUESTS,
+            Self::DeadlineExceeded(_) => S::GATEWAY_TIMEOUT,
             Self::Internal(_) => S::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,12 +111,25 @@ impl ApiError {
 
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
-        if let ApiError::Internal(source) = &err {
-            tracing::error!(error = %source, "internal error");
+        use tonic_types::{ErrorDetails, StatusExt};
+        match &err {
+            ApiError::Internal(source) => tracing::error!(error = %source, "internal error"),
+            // The standard RetryInfo detail, so clients back off by the server's word.
+            ApiError::ResourceExhausted { retry_after, .. } => {
+                return Status::with_error_details(
+                    err.code(),
+                    err.to_string(),
+                    ErrorDetails::with_retry_info(Some(*retry_after)),
+                );
+            }
+            _ => {}
         }
         Status::new(err.code(), err.to_string())
     }
 }
+
+/// PostgreSQL's "canceling statement due to statement timeout".
+const QUERY_CANCELED: &str = "57014";
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
@@ -109,6 +137,14 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 tracing::warn!(error = %err, "database unavailable");
                 Self::Unavailable("database unavailable, retry later".into())
+            }
+            sqlx::Error::Database(db) if db.code().as_deref() == Some(QUERY_CANCELED) => {
+                tracing::warn!(error = %err, "statement timeout");
+                Self::DeadlineExceeded(
+                    "the query ran longer than this service allows one; narrow the filter or \
+                     the search"
+                        .into(),
+                )
             }
             _ => Self::Internal(err.into()),
         }

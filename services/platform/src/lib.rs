@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod grpc;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod service;
 pub mod shutdown;

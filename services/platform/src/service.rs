@@ -51,11 +51,7 @@ impl ServiceConfig {
     pub fn local(database_url: &str, nats_url: &str) -> Self {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database: DatabaseConfig {
-                url: crate::config::Secret::new(database_url),
-                max_connections: 8,
-                migrate_on_start: true,
-            },
+            database: DatabaseConfig::local(database_url),
             nats: NatsConfig::local(nats_url),
             auth: AuthConfig::dev(),
             telemetry: TelemetryConfig::default(),

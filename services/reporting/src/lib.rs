@@ -74,7 +74,8 @@ impl Service for Config {
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
             routes: tonic::service::Routes::new(ReportServiceServer::with_interceptor(
-                grpc::Reports::new(pool),
+                // Reports scan: their own connections and statement timeout.
+                grpc::Reports::new(db::connect_reads(&common.database, SCHEMA).await?),
                 interceptor,
             )),
             names: vec![<ReportServiceServer<grpc::Reports> as NamedService>::NAME],
@@ -83,8 +84,7 @@ impl Service for Config {
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
-        let pool = db::connect(&self.common.database, SCHEMA).await?;
-        db::migrate(&pool, SCHEMA, &MIGRATOR).await?;
+        db::migrate(&self.common.database, SCHEMA, &MIGRATOR).await?;
         Ok(())
     }
 }

@@ -20,8 +20,8 @@ use crate::{MIGRATOR, SCHEMA, names, projection};
 /// Safe while the service runs: every event applies idempotently. Returns the events
 /// applied (plans, deals).
 pub async fn rebuild(config: &crate::Config) -> anyhow::Result<(u64, u64)> {
+    db::migrate(&config.common.database, SCHEMA, &MIGRATOR).await?;
     let pool = db::connect(&config.common.database, SCHEMA).await?;
-    db::migrate(&pool, SCHEMA, &MIGRATOR).await?;
     sqlx::query("TRUNCATE deals, plans, stages, reasons, closed_totals, closed_daily")
         .execute(&pool)
         .await?;
@@ -142,11 +142,16 @@ pub async fn verify(
     config: &crate::Config,
     deal_database_url: &str,
 ) -> anyhow::Result<(usize, Vec<String>)> {
-    let reporting = db::connect(&config.common.database, SCHEMA).await?;
+    // An operator's tool that reads every closed deal: no statement timeout.
+    let unbounded = DatabaseConfig {
+        statement_timeout: std::time::Duration::ZERO,
+        ..config.common.database.clone()
+    };
+    let reporting = db::connect(&unbounded, SCHEMA).await?;
     let source = db::connect(
         &DatabaseConfig {
             url: Secret::new(deal_database_url),
-            ..config.common.database.clone()
+            ..unbounded
         },
         "deal_service",
     )

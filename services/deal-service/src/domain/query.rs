@@ -53,22 +53,51 @@ pub struct Search {
     pub digits_pattern: Option<String>,
 }
 
+/// Letters or digits in a row a search needs: the trigram index can only narrow a
+/// search down by a fragment of three (shorter ones read every deal of the account).
+pub const MIN_SEARCH_RUN: usize = 3;
+
 impl Search {
-    pub fn new(text: &str) -> Option<Self> {
+    /// The search of `text` (none for blank text), or why the index cannot serve it.
+    pub fn new(text: &str) -> Result<Option<Self>, DomainError> {
         let text = text.trim();
         if text.is_empty() {
-            return None;
+            return Ok(None);
+        }
+        if longest_word_run(text) < MIN_SEARCH_RUN {
+            return Err(DomainError::invalid(
+                "search",
+                format!(
+                    "needs at least {MIN_SEARCH_RUN} letters or digits in a row (the search \
+                     index matches fragments of {MIN_SEARCH_RUN})"
+                ),
+            ));
         }
         let digits: String = text.chars().filter(char::is_ascii_digit).collect();
         let phone_like = text
             .chars()
             .all(|c| c.is_ascii_digit() || " +-().".contains(c));
-        Some(Self {
+        Ok(Some(Self {
             pattern: format!("%{}%", escape_like(&text.to_lowercase())),
-            digits_pattern: (phone_like && digits.len() >= 3 && digits != text)
+            digits_pattern: (phone_like && digits.len() >= MIN_SEARCH_RUN && digits != text)
                 .then(|| format!("%{digits}%")),
-        })
+        }))
     }
+}
+
+/// The most letters or digits in a row in `text` (what a trigram is made of); for a
+/// phone-like text, its digits together (they are matched without the punctuation).
+fn longest_word_run(text: &str) -> usize {
+    let phone_like = text
+        .chars()
+        .all(|c| c.is_ascii_digit() || " +-().".contains(c));
+    if phone_like {
+        return text.chars().filter(char::is_ascii_digit).count();
+    }
+    text.split(|c: char| !c.is_alphanumeric())
+        .map(|run| run.chars().count())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Makes `%`, `_` and `\` match themselves in a `LIKE` pattern (escape character `\`).
@@ -171,7 +200,7 @@ mod tests {
             ..Default::default()
         };
         assert!(q.counted_by_cells());
-        q.search = Search::new("ann");
+        q.search = Search::new("ann").unwrap();
         assert!(!q.counted_by_cells());
         q.search = None;
         q.statuses = vec![DealStatus::Won];
@@ -184,20 +213,34 @@ mod tests {
     #[test]
     fn like_metacharacters_are_literal() {
         assert_eq!(escape_like(r"50%_off\"), r"50\%\_off\\");
-        assert_eq!(Search::new("  Ann ").unwrap().pattern, "%ann%");
+        assert_eq!(Search::new("  Ann ").unwrap().unwrap().pattern, "%ann%");
     }
 
     #[test]
     fn phone_searches_match_on_digits() {
-        let s = Search::new("+7 (912) 345").unwrap();
+        let s = Search::new("+7 (912) 345").unwrap().unwrap();
         assert_eq!(s.digits_pattern.as_deref(), Some("%7912345%"));
         assert_eq!(
-            Search::new("912").unwrap().digits_pattern,
+            Search::new("912").unwrap().unwrap().digits_pattern,
             None,
             "already digits"
         );
-        assert_eq!(Search::new("ann 12").unwrap().digits_pattern, None);
-        assert!(Search::new("   ").is_none());
+        assert_eq!(Search::new("ann 12").unwrap().unwrap().digits_pattern, None);
+        assert!(Search::new("   ").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_search_needs_a_fragment_the_index_can_serve() {
+        for short in ["ъ", "ab", "a b c", "a@b.c", "%_", "+7 (9", "12"] {
+            let err = Search::new(short).unwrap_err();
+            assert!(
+                matches!(err, DomainError::Invalid { ref field, .. } if field == "search"),
+                "{short}"
+            );
+        }
+        for fine in ["ann", "ъъъ", "日本語", "a@bcd.io", "+7 (91", "50%_off"] {
+            assert!(Search::new(fine).unwrap().is_some(), "{fine}");
+        }
     }
 
     #[test]

@@ -24,12 +24,16 @@ pub const BULK_CHUNK: usize = 1_000;
 
 #[derive(Clone)]
 pub struct Store {
+    /// Writes, the outbox, and reads of one row by its key.
     pool: PgPool,
+    /// Reads that scan (lists, boards, history): their own connections and a shorter
+    /// statement timeout, so they never take the connections writes and intake need.
+    reads: PgPool,
 }
 
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, reads: PgPool) -> Self {
+        Self { pool, reads }
     }
 
     pub fn pool(&self) -> &PgPool {

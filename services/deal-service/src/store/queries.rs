@@ -274,7 +274,7 @@ impl Store {
         }
         push_order(&mut qb, sort);
         qb.push(" LIMIT ").push_bind(limit as i64 + 1);
-        let rows = qb.build().fetch_all(&self.pool).await?;
+        let rows = qb.build().fetch_all(&self.reads).await?;
         let mut deals = rows
             .iter()
             .map(deal_from_row)
@@ -328,7 +328,7 @@ impl Store {
         account_id: &str,
         query: &DealQuery,
     ) -> Result<Vec<(Uuid, i64, MoneySum)>, ApiError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.reads.acquire().await?;
         if query.counted_by_cells() {
             return counts::stage_totals(&mut conn, account_id, query).await;
         }
@@ -379,7 +379,7 @@ impl Store {
             qb.push(" AND stage_id = s.sid");
             push_order(&mut qb, sort);
             qb.push(" LIMIT ").push_bind(cards as i64 + 1).push(") d");
-            for row in qb.build().fetch_all(&self.pool).await? {
+            for row in qb.build().fetch_all(&self.reads).await? {
                 let deal = deal_from_row(&row)?;
                 per_stage_cards.entry(deal.stage_id).or_default().push(deal);
             }
@@ -413,7 +413,7 @@ impl Store {
         )
         .bind(account_id)
         .bind(deal_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.iter()
             .map(|r| {
