@@ -445,10 +445,7 @@ async fn the_webhook_limits_each_account_with_429_and_retry_after() -> anyhow::R
         &stack.nats.url,
         &stack.deal_service.grpc_url(),
     );
-    config.webhook_limit = tunnel_listener::ratelimit::Limit {
-        rate: 0.5,
-        burst: 2.0,
-    };
+    config.webhook_limit = salesplan_platform::limits::ClassLimit::rate_only(0.5, 2.0);
     let limited = config.start(shutdown.clone()).await?;
     let url = format!(
         "http://{}{}",

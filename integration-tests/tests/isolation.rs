@@ -895,3 +895,344 @@ async fn a_lead_that_cannot_become_a_deal_is_rejected_alone_and_listed() -> anyh
     );
     stack.stop().await
 }
+
+/// The RetryInfo delay of a RESOURCE_EXHAUSTED answer.
+fn retry_delay(status: &tonic::Status) -> Duration {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo with a delay")
+}
+
+/// Bulk reads, bulk writes, reports and intake had no per-account limits: one account
+/// could take every connection of a service. Each class now admits an account's calls up
+/// to its rate and calls at once, answering RESOURCE_EXHAUSTED with a retry delay; other
+/// accounts are not affected.
+#[tokio::test]
+async fn every_bulk_entry_point_limits_each_account_apart() -> anyhow::Result<()> {
+    use salesplan_platform::{limits::ClassLimit, service::Service};
+    let stack = Stack::start().await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let tight = ClassLimit {
+        concurrency: 4,
+        rate: 0.5,
+        burst: 2.0,
+    };
+    let mut deal_config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
+    deal_config.limits = deal_service::Limits {
+        reads: tight,
+        bulk: tight,
+        creates: tight,
+    };
+    let deal_service = deal_config.start(shutdown.clone()).await?;
+    let mut reporting_config = reporting::Config::local(&stack.db.url, &stack.nats.url);
+    reporting_config.reports_limit = tight;
+    let reporting = reporting_config.start(shutdown.clone()).await?;
+    let mut listener_config = tunnel_listener::Config::local(
+        &stack.db.url,
+        &stack.nats.url,
+        &stack.deal_service.grpc_url(),
+    );
+    listener_config.webhook_limit = ClassLimit::rate_only(0.5, 2.0);
+    let listener = listener_config.start(shutdown.clone()).await?;
+
+    let a = stack.token("a", "admin", &ALL);
+    let b = stack.token("b", "admin", &ALL);
+    let channel = |running: &salesplan_platform::service::Running| {
+        tonic::transport::Endpoint::from_shared(running.grpc_url())
+            .expect("url")
+            .connect_lazy()
+    };
+    let plan = create_plan(
+        channel(&deal_service),
+        &a,
+        plan_request("A", Mode::Manual, Strategy::RoundRobin, false, &[]),
+    )
+    .await?;
+    let mut deals = DealServiceClient::new(channel(&deal_service));
+    let list = |token: &str| {
+        outgoing(
+            pb::ListDealsRequest {
+                filter: Some(pb::DealFilter {
+                    search: "contact".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    for _ in 0..2 {
+        deals.list_deals(list(&a)).await?;
+    }
+    let refused = deals.list_deals(list(&a)).await.expect_err("third read");
+    assert!(
+        retry_delay(&refused) > Duration::from_millis(500),
+        "{refused:?}"
+    );
+    deals.list_deals(list(&b)).await?;
+
+    let bulk = || pb::BulkAssignDealsRequest {
+        target: Some(pb::bulk_assign_deals_request::Target::DealIds(
+            pb::DealIds { ids: vec![] },
+        )),
+        manager_id: None,
+    };
+    for _ in 0..2 {
+        deals.bulk_assign_deals(outgoing(bulk(), &a)).await?;
+    }
+    let refused = deals
+        .bulk_assign_deals(outgoing(bulk(), &a))
+        .await
+        .expect_err("third bulk change");
+    retry_delay(&refused);
+    deals.bulk_assign_deals(outgoing(bulk(), &b)).await?;
+
+    let create = |key: &str| pb::CreateDealsRequest {
+        deals: vec![deal_request(&plan.id, key, 1)],
+    };
+    for key in ["c1", "c2"] {
+        deals.create_deals(outgoing(create(key), &a)).await?;
+    }
+    let refused = deals
+        .create_deals(outgoing(create("c3"), &a))
+        .await
+        .expect_err("third CreateDeals");
+    retry_delay(&refused);
+
+    let mut reports = ReportServiceClient::new(channel(&reporting));
+    for _ in 0..2 {
+        reports
+            .pipeline_summary(outgoing(pb::PipelineSummaryRequest::default(), &a))
+            .await?;
+    }
+    let refused = reports
+        .loss_reasons(outgoing(pb::LossReasonsRequest::default(), &a))
+        .await
+        .expect_err("third report");
+    retry_delay(&refused);
+    reports
+        .loss_reasons(outgoing(
+            pb::LossReasonsRequest {
+                group_by: pb::ReportGrouping::Plan as i32,
+                ..Default::default()
+            },
+            &b,
+        ))
+        .await?;
+
+    // The webhook and AddToSalesPlan draw on one allowance of leads.
+    let webhook = format!(
+        "http://{}{}",
+        listener.http_addr.expect("http"),
+        tunnel_listener::webhook::PATH
+    );
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(&webhook)
+        .bearer_auth(&a)
+        .json(&lead_json(&plan.id, "w1", "tg-1"))
+        .send()
+        .await?;
+    assert_eq!(answer.status(), 202);
+    let mut intake = pb::intake_service_client::IntakeServiceClient::new(channel(&listener));
+    let grpc_lead = |run: &str| pb::AddToSalesPlanRequest {
+        lead: Some(pb::Lead {
+            plan_id: plan.id.clone(),
+            run_id: run.into(),
+            contact: Some(pb::Contact {
+                external_id: "tg-2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    intake
+        .add_to_sales_plan(outgoing(grpc_lead("g1"), &a))
+        .await?;
+    let refused = intake
+        .add_to_sales_plan(outgoing(grpc_lead("g2"), &a))
+        .await
+        .expect_err("third lead");
+    retry_delay(&refused);
+    let answer = http
+        .post(&webhook)
+        .bearer_auth(&a)
+        .json(&lead_json(&plan.id, "w2", "tg-1"))
+        .send()
+        .await?;
+    assert_eq!(answer.status(), 429);
+    assert!(answer.headers().contains_key("retry-after"));
+
+    shutdown.cancel();
+    for running in [deal_service, reporting, listener] {
+        running.wait().await?;
+    }
+    stack.stop().await
+}
+
+/// A bulk add that sends nothing held its stream forever, and an account could open as
+/// many as it liked. Now an account has two at once, and an idle one ends.
+#[tokio::test]
+async fn bulk_adds_are_bounded_in_number_and_idle_time() -> anyhow::Result<()> {
+    use salesplan_platform::service::Service;
+    let stack = Stack::start().await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut config = tunnel_listener::Config::local(
+        &stack.db.url,
+        &stack.nats.url,
+        &stack.deal_service.grpc_url(),
+    );
+    config.audience_idle_timeout = Duration::from_millis(300);
+    let listener = config.start(shutdown.clone()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(listener.grpc_url())?.connect_lazy();
+    let mut intake = pb::intake_service_client::IntakeServiceClient::new(channel);
+    let a = stack.token("a", "admin", &ALL);
+    let b = stack.token("b", "admin", &ALL);
+
+    // Two open calls that send nothing: a third of the same account is refused.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::AddAudienceRequest>(1);
+        let call = intake
+            .add_audience(outgoing(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                &a,
+            ))
+            .await?;
+        open.push((tx, call.into_inner()));
+    }
+    let (_tx, rx) = tokio::sync::mpsc::channel::<pb::AddAudienceRequest>(1);
+    let refused = intake
+        .add_audience(outgoing(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &a,
+        ))
+        .await
+        .expect_err("a third bulk add at once");
+    retry_delay(&refused);
+    let (_tx_b, rx) = tokio::sync::mpsc::channel::<pb::AddAudienceRequest>(1);
+    let mut of_b = intake
+        .add_audience(outgoing(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &b,
+        ))
+        .await?
+        .into_inner();
+
+    // Idle calls end with DEADLINE_EXCEEDED after the idle timeout, freeing their places.
+    for (_tx, mut responses) in open {
+        let ended = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await?
+            .expect_err("idle call ends");
+        assert_eq!(ended.code(), Code::DeadlineExceeded, "{ended:?}");
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), of_b.message())
+        .await?
+        .expect_err("idle call ends");
+    assert_eq!(ended.code(), Code::DeadlineExceeded);
+    // Their places are free again.
+    eventually(Duration::from_secs(5), || {
+        let mut intake = intake.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::AddAudienceRequest>(1);
+        let request = outgoing(tokio_stream::wrappers::ReceiverStream::new(rx), &a);
+        async move {
+            let admitted = intake.add_audience(request).await.is_ok();
+            drop(tx);
+            Ok(admitted.then_some(()))
+        }
+    })
+    .await?;
+    shutdown.cancel();
+    listener.wait().await?;
+    stack.stop().await
+}
+
+/// No query had a time limit, nor any call. A read that scans is now cut off at the read
+/// pool's statement timeout (DEADLINE_EXCEEDED), while point reads and writes, on their
+/// own pool, go on; and every call is cut off at the server's deadline.
+#[tokio::test]
+async fn slow_reads_and_calls_are_cut_off() -> anyhow::Result<()> {
+    use salesplan_platform::service::Service;
+    let stack = Stack::start().await?;
+    let admin = stack.token("acme", "boss", &ALL);
+    let plan = create_plan(
+        stack.channel(&stack.deal_service).await?,
+        &admin,
+        plan_request("P", Mode::Manual, Strategy::RoundRobin, false, &[]),
+    )
+    .await?;
+    let mut deals = DealServiceClient::new(stack.channel(&stack.deal_service).await?);
+    let mut first = None;
+    for chunk in 0..3 {
+        let results = deals
+            .create_deals(outgoing(
+                pb::CreateDealsRequest {
+                    deals: (0..1_000)
+                        .map(|i| pb::CreateDealRequest {
+                            title: format!("contact {chunk} {i}"),
+                            ..deal_request(&plan.id, &format!("k-{chunk}-{i}"), 1)
+                        })
+                        .collect(),
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner()
+            .results;
+        first = first.or(results[0].deal.clone());
+    }
+    let first = first.expect("a deal");
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
+    config.common.database.read_timeout = Duration::from_millis(1);
+    let short_reads = config.start(shutdown.clone()).await?;
+    let mut config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
+    config.common.grpc_timeout = Duration::from_millis(1);
+    let short_calls = config.start(shutdown.clone()).await?;
+    let search = pb::ListDealsRequest {
+        filter: Some(pb::DealFilter {
+            plan_id: plan.id.clone(),
+            search: "contact".into(),
+            ..Default::default()
+        }),
+        page_size: 500,
+        ..Default::default()
+    };
+
+    let channel = tonic::transport::Endpoint::from_shared(short_reads.grpc_url())?.connect_lazy();
+    let mut reads = DealServiceClient::new(channel);
+    let cut = reads
+        .list_deals(outgoing(search.clone(), &admin))
+        .await
+        .expect_err("a scan longer than 1 ms");
+    assert_eq!(cut.code(), Code::DeadlineExceeded, "{cut:?}");
+    assert!(cut.message().contains("narrow the filter"), "{cut:?}");
+    let got = reads
+        .get_deal(outgoing(
+            pb::GetDealRequest {
+                deal_id: first.id.clone(),
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert_eq!(got.id, first.id, "a point read is not a scan");
+
+    let channel = tonic::transport::Endpoint::from_shared(short_calls.grpc_url())?.connect_lazy();
+    let cut = DealServiceClient::new(channel)
+        .list_deals(outgoing(search, &admin))
+        .await
+        .expect_err("a call longer than 1 ms");
+    assert_eq!(cut.code(), Code::Cancelled, "{cut:?}");
+
+    shutdown.cancel();
+    short_reads.wait().await?;
+    short_calls.wait().await?;
+    stack.stop().await
+}

@@ -15,6 +15,7 @@ use salesplan_platform::{
     bus::{Bus, streams},
     config::{ConfigError, Env},
     db, grpc as server,
+    limits::ClassLimit,
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
 use salesplan_proto::v1::{
@@ -31,6 +32,52 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/deal-service");
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: ServiceConfig,
+    pub limits: Limits,
+}
+
+/// Per-account limits of deal-service's calls that read or write in bulk, per replica.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// `SALESPLAN_LIMIT_READS`: ListDeals and GetBoard.
+    pub reads: ClassLimit,
+    /// `SALESPLAN_LIMIT_BULK`: BulkMoveDeals, BulkAssignDeals, TransferDeals.
+    pub bulk: ClassLimit,
+    /// `SALESPLAN_LIMIT_CREATE_DEALS`: CreateDeals (up to 1,000 deals a call). The
+    /// distributor makes a few calls at once per account; the default leaves it room.
+    pub creates: ClassLimit,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            reads: ClassLimit {
+                concurrency: 4,
+                rate: 50.0,
+                burst: 100.0,
+            },
+            bulk: ClassLimit {
+                concurrency: 2,
+                rate: 5.0,
+                burst: 10.0,
+            },
+            creates: ClassLimit {
+                concurrency: 8,
+                rate: 200.0,
+                burst: 400.0,
+            },
+        }
+    }
+}
+
+impl Limits {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let default = Self::default();
+        Ok(Self {
+            reads: ClassLimit::from_env(env, "SALESPLAN_LIMIT_READS", default.reads)?,
+            bulk: ClassLimit::from_env(env, "SALESPLAN_LIMIT_BULK", default.bulk)?,
+            creates: ClassLimit::from_env(env, "SALESPLAN_LIMIT_CREATE_DEALS", default.creates)?,
+        })
+    }
 }
 
 impl Config {
@@ -39,6 +86,7 @@ impl Config {
     pub fn local(database_url: &str, nats_url: &str) -> Self {
         Self {
             common: ServiceConfig::local(database_url, nats_url),
+            limits: Limits::default(),
         }
     }
 }
@@ -49,6 +97,7 @@ impl Service for Config {
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
+            limits: Limits::from_env(env)?,
         })
     }
 
@@ -63,7 +112,7 @@ impl Service for Config {
         bus.ensure_streams(&streams::ALL).await?;
         let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
         let reads = db::connect_reads(&common.database, SCHEMA).await?;
-        let api = grpc::Api::new(store::Store::new(pool.clone(), reads));
+        let api = grpc::Api::new(store::Store::new(pool.clone(), reads), &self.limits);
         let routes = tonic::service::Routes::new(PlanServiceServer::with_interceptor(
             api.clone(),
             interceptor.clone(),

@@ -1,6 +1,12 @@
 //! DistributorService: why a deal went to its manager, and the leads refused on their own.
 
-use salesplan_platform::{ApiError, Permission, auth, ids::parse_id};
+use std::sync::Arc;
+
+use salesplan_platform::{
+    ApiError, Permission, auth,
+    ids::parse_id,
+    limits::{AccountLimiter, ClassLimit},
+};
 use salesplan_proto::v1::{self as pb, distributor_service_server::DistributorService};
 use tonic::{Request, Response, Status};
 
@@ -53,11 +59,15 @@ fn rejection_to(r: Rejection) -> pb::IntakeRejection {
 #[derive(Clone)]
 pub struct Explain {
     store: Store,
+    limiter: Arc<AccountLimiter>,
 }
 
 impl Explain {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, limit: ClassLimit) -> Self {
+        Self {
+            store,
+            limiter: AccountLimiter::new("distributor lookups", limit),
+        }
     }
 }
 
@@ -68,6 +78,7 @@ impl DistributorService for Explain {
         request: Request<pb::ExplainAssignmentRequest>,
     ) -> Result<Response<pb::ExplainAssignmentResponse>, Status> {
         let actor = auth::actor(&request)?;
+        let _permit = self.limiter.admit(&actor.account_id)?;
         let deal_id = parse_id("deal_id", &request.get_ref().deal_id)?;
         let assignment = self
             .store
@@ -89,6 +100,7 @@ impl DistributorService for Explain {
         request: Request<pb::ListIntakeRejectionsRequest>,
     ) -> Result<Response<pb::ListIntakeRejectionsResponse>, Status> {
         let actor = auth::actor(&request)?;
+        let _permit = self.limiter.admit(&actor.account_id)?;
         if !actor.has(Permission::IntakeWrite) {
             actor.require(Permission::PlansAdmin)?;
         }

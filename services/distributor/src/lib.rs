@@ -18,6 +18,7 @@ use salesplan_platform::{
     bus::{Bus, ConsumerSpec, streams},
     config::{ConfigError, Env},
     db, grpc as server,
+    limits::ClassLimit,
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
 use salesplan_proto::v1::{
@@ -39,16 +40,21 @@ pub struct Config {
     pub common: ServiceConfig,
     /// `SALESPLAN_DEAL_SERVICE_URL`.
     pub deal_service_url: String,
+    /// `SALESPLAN_LIMIT_LOOKUPS`: ExplainAssignment and ListIntakeRejections per account
+    /// and replica.
+    pub lookups_limit: ClassLimit,
 }
 
 impl Config {
     pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50052";
     pub const DEFAULT_DEAL_SERVICE_URL: &str = "http://127.0.0.1:50053";
+    pub const DEFAULT_LOOKUPS_LIMIT: ClassLimit = ClassLimit::rate_only(50.0, 100.0);
 
     pub fn local(database_url: &str, nats_url: &str, deal_service_url: &str) -> Self {
         Self {
             common: ServiceConfig::local(database_url, nats_url),
             deal_service_url: deal_service_url.to_owned(),
+            lookups_limit: Self::DEFAULT_LOOKUPS_LIMIT,
         }
     }
 }
@@ -61,6 +67,11 @@ impl Service for Config {
             common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
             deal_service_url: env
                 .string("SALESPLAN_DEAL_SERVICE_URL", Self::DEFAULT_DEAL_SERVICE_URL),
+            lookups_limit: ClassLimit::from_env(
+                env,
+                "SALESPLAN_LIMIT_LOOKUPS",
+                Self::DEFAULT_LOOKUPS_LIMIT,
+            )?,
         };
         salesplan_platform::config::url("SALESPLAN_DEAL_SERVICE_URL", &config.deal_service_url)?;
         if config.common.auth.hs256_secret.is_none()
@@ -117,7 +128,7 @@ impl Service for Config {
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
             routes: tonic::service::Routes::new(DistributorServiceServer::with_interceptor(
-                grpc::Explain::new(store),
+                grpc::Explain::new(store, self.lookups_limit),
                 interceptor,
             )),
             names: vec![<DistributorServiceServer<grpc::Explain> as NamedService>::NAME],

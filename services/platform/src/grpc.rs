@@ -16,13 +16,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves `routes` plus health and reflection until `shutdown` is cancelled, then reports
 /// NOT_SERVING, waits `drain_delay` (so load balancers stop sending), and finishes the
-/// requests in flight.
+/// requests in flight. A call is answered within `timeout` (or the client's shorter
+/// `grpc-timeout`), or cut off.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     service_names: &[&str],
     shutdown: CancellationToken,
     drain_delay: Duration,
+    timeout: Duration,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -52,6 +54,7 @@ pub async fn serve(
         tokio::time::sleep(drain_delay).await;
     };
     Server::builder()
+        .timeout(timeout)
         .trace_fn(request_span)
         .layer(MetricsLayer::new())
         .add_routes(routes.add_service(health).add_service(reflection))

@@ -28,7 +28,13 @@ pub struct ServiceConfig {
     pub drain_delay: Duration,
     /// `SALESPLAN_METRICS_ADDR`: where `/metrics` (Prometheus) is served; unset: nowhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// `SALESPLAN_GRPC_TIMEOUT_MS`: the longest a unary call (or the start of a stream) may
+    /// take; a client's shorter `grpc-timeout` wins.
+    pub grpc_timeout: Duration,
 }
+
+/// A call nobody waits for after this long (a client's own deadline may be shorter).
+pub const DEFAULT_GRPC_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ServiceConfig {
     pub fn from_env(env: &Env, default_grpc_addr: &str) -> Result<Self, ConfigError> {
@@ -44,6 +50,15 @@ impl ServiceConfig {
                 .get("SALESPLAN_METRICS_ADDR")
                 .map(|_| env.addr("SALESPLAN_METRICS_ADDR", ""))
                 .transpose()?,
+            grpc_timeout: match env.millis("SALESPLAN_GRPC_TIMEOUT_MS", DEFAULT_GRPC_TIMEOUT)? {
+                zero if zero.is_zero() => {
+                    return Err(ConfigError::new(
+                        "SALESPLAN_GRPC_TIMEOUT_MS",
+                        "must be at least 1",
+                    ));
+                }
+                timeout => timeout,
+            },
         })
     }
 
@@ -58,6 +73,7 @@ impl ServiceConfig {
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            grpc_timeout: DEFAULT_GRPC_TIMEOUT,
         }
     }
 }
@@ -258,6 +274,7 @@ pub async fn spawn_service(
 ) -> std::io::Result<Running> {
     let grpc_addr = grpc.listener.local_addr()?;
     let drain_delay = config.drain_delay;
+    let timeout = config.grpc_timeout;
     let metrics_stop = CancellationToken::new();
     let metrics = match config.metrics_addr {
         Some(addr) => Some(crate::metrics::serve(addr, metrics_stop.clone()).await?),
@@ -275,6 +292,7 @@ pub async fn spawn_service(
             &grpc.names,
             shutdown,
             drain_delay,
+            timeout,
         );
         let http_server = async {
             match http_server {

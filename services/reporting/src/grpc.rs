@@ -1,8 +1,13 @@
 //! ReportService: reports answered from the read model.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
-use salesplan_platform::{ApiError, auth, ids::parse_id, validate};
+use salesplan_platform::{
+    ApiError, auth,
+    ids::parse_id,
+    limits::{AccountLimiter, ClassLimit},
+    validate,
+};
 use salesplan_proto::v1::{self as pb, report_service_server::ReportService};
 use sqlx::{PgPool, Row};
 use time::OffsetDateTime;
@@ -17,11 +22,15 @@ use crate::{
 #[derive(Clone)]
 pub struct Reports {
     pool: PgPool,
+    limiter: Arc<AccountLimiter>,
 }
 
 impl Reports {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, limit: ClassLimit) -> Self {
+        Self {
+            pool,
+            limiter: AccountLimiter::new("reports", limit),
+        }
     }
 
     async fn pipeline_summary(
@@ -360,6 +369,7 @@ impl ReportService for Reports {
         request: Request<pb::LossReasonsRequest>,
     ) -> Result<Response<pb::LossReasonsResponse>, Status> {
         let actor = auth::actor(&request)?;
+        let _permit = self.limiter.admit(&actor.account_id)?;
         let report = Reports::loss_reasons(self, &actor.account_id, request.into_inner()).await?;
         Ok(Response::new(report))
     }
@@ -369,6 +379,7 @@ impl ReportService for Reports {
         request: Request<pb::StageLossesRequest>,
     ) -> Result<Response<pb::StageLossesResponse>, Status> {
         let actor = auth::actor(&request)?;
+        let _permit = self.limiter.admit(&actor.account_id)?;
         let report = Reports::stage_losses(self, &actor.account_id, request.into_inner()).await?;
         Ok(Response::new(report))
     }
@@ -378,6 +389,7 @@ impl ReportService for Reports {
         request: Request<pb::PipelineSummaryRequest>,
     ) -> Result<Response<pb::PipelineSummaryResponse>, Status> {
         let actor = auth::actor(&request)?;
+        let _permit = self.limiter.admit(&actor.account_id)?;
         let plan_id = request
             .get_ref()
             .plan_id

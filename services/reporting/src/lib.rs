@@ -15,6 +15,7 @@ use salesplan_platform::{
     bus::{Bus, ConsumerSpec, streams},
     config::{ConfigError, Env},
     db, grpc as server,
+    limits::ClassLimit,
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
 use salesplan_proto::v1::report_service_server::ReportServiceServer;
@@ -28,14 +29,22 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/reporting");
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: ServiceConfig,
+    /// `SALESPLAN_LIMIT_REPORTS`: per account and replica, of every report call.
+    pub reports_limit: ClassLimit,
 }
 
 impl Config {
     pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50054";
+    pub const DEFAULT_REPORTS_LIMIT: ClassLimit = ClassLimit {
+        concurrency: 2,
+        rate: 20.0,
+        burst: 40.0,
+    };
 
     pub fn local(database_url: &str, nats_url: &str) -> Self {
         Self {
             common: ServiceConfig::local(database_url, nats_url),
+            reports_limit: Self::DEFAULT_REPORTS_LIMIT,
         }
     }
 }
@@ -46,6 +55,11 @@ impl Service for Config {
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
+            reports_limit: ClassLimit::from_env(
+                env,
+                "SALESPLAN_LIMIT_REPORTS",
+                Self::DEFAULT_REPORTS_LIMIT,
+            )?,
         })
     }
 
@@ -75,7 +89,10 @@ impl Service for Config {
             listener: server::bind(common.grpc_addr).await?,
             routes: tonic::service::Routes::new(ReportServiceServer::with_interceptor(
                 // Reports scan: their own connections and statement timeout.
-                grpc::Reports::new(db::connect_reads(&common.database, SCHEMA).await?),
+                grpc::Reports::new(
+                    db::connect_reads(&common.database, SCHEMA).await?,
+                    self.reports_limit,
+                ),
                 interceptor,
             )),
             names: vec![<ReportServiceServer<grpc::Reports> as NamedService>::NAME],

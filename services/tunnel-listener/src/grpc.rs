@@ -1,23 +1,33 @@
 //! IntakeService: "add to sales plan" and the audience bulk add for gRPC clients.
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
-use salesplan_platform::{ApiError, Permission, auth};
+use salesplan_platform::{ApiError, Permission, auth, limits::AccountLimiter};
 use salesplan_proto::v1::{self as pb, intake_service_server::IntakeService};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::intake::Intake;
 
+/// What one account may hold of AddAudience.
+#[derive(Clone)]
+pub struct AudienceLimits {
+    /// Calls at once and started a second.
+    pub calls: Arc<AccountLimiter>,
+    /// A call that sends no chunk for this long is ended.
+    pub idle_timeout: Duration,
+}
+
 #[derive(Clone)]
 pub struct IntakeApi {
     intake: Intake,
+    audience: AudienceLimits,
 }
 
 impl IntakeApi {
-    pub fn new(intake: Intake) -> Self {
-        Self { intake }
+    pub fn new(intake: Intake, audience: AudienceLimits) -> Self {
+        Self { intake, audience }
     }
 }
 
@@ -31,6 +41,7 @@ impl IntakeService for IntakeApi {
     ) -> Result<Response<pb::AddToSalesPlanResponse>, Status> {
         let actor = auth::actor(&request)?;
         actor.require(Permission::IntakeWrite)?;
+        let _permit = self.intake.admit_lead(&actor)?;
         let lead = request
             .into_inner()
             .lead
@@ -53,12 +64,29 @@ impl IntakeService for IntakeApi {
     ) -> Result<Response<AudienceStream>, Status> {
         let actor = auth::actor(&request)?;
         actor.require(Permission::IntakeWrite)?;
+        // Held for as long as the call lasts.
+        let permit = self.audience.calls.admit(&actor.account_id)?;
+        let idle_timeout = self.audience.idle_timeout;
         let mut chunks = request.into_inner();
         let intake = self.intake.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
+            let _permit = permit;
             let mut job = None;
-            while let Some(chunk) = chunks.next().await {
+            loop {
+                let chunk = match tokio::time::timeout(idle_timeout, chunks.next()).await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(_) => {
+                        let idle = ApiError::DeadlineExceeded(format!(
+                            "no chunk for {} s: the bulk add is ended (what was answered is \
+                             stored; send the rest in a new call with the same job id)",
+                            idle_timeout.as_secs()
+                        ));
+                        let _ = tx.send(Err(idle.into())).await;
+                        break;
+                    }
+                };
                 let answer = async {
                     let chunk = chunk?;
                     let job = match &job {

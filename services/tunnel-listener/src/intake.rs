@@ -8,6 +8,7 @@ use salesplan_platform::{
     Actor, ApiError,
     bus::{Bus, Outgoing, streams},
     ids::{derived_id, parse_id},
+    limits::{AccountLimiter, Permit},
     validate::{self, ContactInput},
 };
 use salesplan_proto::v1 as pb;
@@ -31,6 +32,8 @@ pub struct Accepted {
 pub struct Intake {
     bus: Bus,
     plans: Arc<PlanCache>,
+    /// Leads of one account a second, through the webhook and AddToSalesPlan together.
+    interactive: Arc<AccountLimiter>,
     leads: opentelemetry::metrics::Counter<u64>,
 }
 
@@ -127,12 +130,23 @@ pub struct AudienceJob {
 }
 
 impl Intake {
-    pub fn new(bus: Bus, plans: Arc<PlanCache>) -> Self {
+    pub fn new(bus: Bus, plans: Arc<PlanCache>, interactive: Arc<AccountLimiter>) -> Self {
         let leads = salesplan_platform::telemetry::meter("tunnel-listener")
             .u64_counter("salesplan.intake.leads")
             .with_description("Leads by source and outcome (accepted, duplicate, rejected)")
             .build();
-        Self { bus, plans, leads }
+        Self {
+            bus,
+            plans,
+            interactive,
+            leads,
+        }
+    }
+
+    /// Admits one interactive lead of the account (webhook or AddToSalesPlan), or says when
+    /// to retry: checked before anything else is read of the request.
+    pub fn admit_lead(&self, actor: &Actor) -> Result<Permit, ApiError> {
+        self.interactive.admit(&actor.account_id)
     }
 
     fn count(&self, source: pb::IntakeSource, outcome: &'static str, n: u64) {

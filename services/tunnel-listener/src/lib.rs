@@ -5,7 +5,6 @@
 pub mod grpc;
 pub mod intake;
 pub mod plans;
-pub mod ratelimit;
 pub mod webhook;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -19,6 +18,7 @@ use salesplan_platform::{
     bus::{Bus, ConsumerSpec, streams},
     config::{ConfigError, Env},
     grpc as server,
+    limits::{AccountLimiter, ClassLimit},
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
 use salesplan_proto::v1::{
@@ -36,8 +36,18 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `SALESPLAN_DEAL_SERVICE_URL`: where plans not yet known are looked up.
     pub deal_service_url: String,
-    /// `SALESPLAN_WEBHOOK_RATE` and `SALESPLAN_WEBHOOK_BURST`: per account and replica.
-    pub webhook_limit: ratelimit::Limit,
+    /// `SALESPLAN_WEBHOOK_RATE` and `SALESPLAN_WEBHOOK_BURST`: leads a second of one
+    /// account, per replica, through the webhook and AddToSalesPlan together.
+    pub webhook_limit: ClassLimit,
+    /// `SALESPLAN_LIMIT_AUDIENCE`: AddAudience calls of one account at once and started a
+    /// second, per replica.
+    pub audience_limit: ClassLimit,
+    /// `SALESPLAN_AUDIENCE_IDLE_TIMEOUT_MS`: an AddAudience call that sends no chunk for
+    /// this long is ended (DEADLINE_EXCEEDED), so an idle client holds nothing.
+    pub audience_idle_timeout: std::time::Duration,
+    /// `SALESPLAN_AUDIENCE_MAX_IN_FLIGHT`: contacts of one account accepted by bulk adds
+    /// but not yet turned into deals; a chunk beyond it waits for the backlog to drain.
+    pub audience_max_in_flight: u64,
 }
 
 impl Config {
@@ -56,14 +66,23 @@ impl Config {
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
             deal_service_url: deal_service_url.to_owned(),
             webhook_limit: Self::DEFAULT_LIMIT,
+            audience_limit: Self::DEFAULT_AUDIENCE_LIMIT,
+            audience_idle_timeout: Self::DEFAULT_AUDIENCE_IDLE_TIMEOUT,
+            audience_max_in_flight: Self::DEFAULT_AUDIENCE_MAX_IN_FLIGHT,
         }
     }
 
     /// 500 leads a second per account and replica, bursts of 2,000 (a broadcast).
-    pub const DEFAULT_LIMIT: ratelimit::Limit = ratelimit::Limit {
-        rate: 500.0,
-        burst: 2_000.0,
+    pub const DEFAULT_LIMIT: ClassLimit = ClassLimit::rate_only(500.0, 2_000.0);
+    /// Two bulk adds of an account at once, a new one a second (bursts of five).
+    pub const DEFAULT_AUDIENCE_LIMIT: ClassLimit = ClassLimit {
+        concurrency: 2,
+        rate: 1.0,
+        burst: 5.0,
     };
+    pub const DEFAULT_AUDIENCE_IDLE_TIMEOUT: std::time::Duration =
+        std::time::Duration::from_secs(60);
+    pub const DEFAULT_AUDIENCE_MAX_IN_FLIGHT: u64 = 50_000;
 }
 
 impl Service for Config {
@@ -79,11 +98,30 @@ impl Service for Config {
             )?,
             deal_service_url: env
                 .string("SALESPLAN_DEAL_SERVICE_URL", Self::DEFAULT_DEAL_SERVICE_URL),
-            webhook_limit: ratelimit::Limit {
-                rate: env.parse("SALESPLAN_WEBHOOK_RATE", Self::DEFAULT_LIMIT.rate)?,
-                burst: env.parse("SALESPLAN_WEBHOOK_BURST", Self::DEFAULT_LIMIT.burst)?,
-            },
+            webhook_limit: ClassLimit::rate_only(
+                env.parse("SALESPLAN_WEBHOOK_RATE", Self::DEFAULT_LIMIT.rate)?,
+                env.parse("SALESPLAN_WEBHOOK_BURST", Self::DEFAULT_LIMIT.burst)?,
+            ),
+            audience_limit: ClassLimit::from_env(
+                env,
+                "SALESPLAN_LIMIT_AUDIENCE",
+                Self::DEFAULT_AUDIENCE_LIMIT,
+            )?,
+            audience_idle_timeout: env.millis(
+                "SALESPLAN_AUDIENCE_IDLE_TIMEOUT_MS",
+                Self::DEFAULT_AUDIENCE_IDLE_TIMEOUT,
+            )?,
+            audience_max_in_flight: env.parse(
+                "SALESPLAN_AUDIENCE_MAX_IN_FLIGHT",
+                Self::DEFAULT_AUDIENCE_MAX_IN_FLIGHT,
+            )?,
         };
+        if config.audience_idle_timeout.is_zero() || config.audience_max_in_flight == 0 {
+            return Err(ConfigError::new(
+                "SALESPLAN_AUDIENCE_IDLE_TIMEOUT_MS",
+                "the idle timeout and SALESPLAN_AUDIENCE_MAX_IN_FLIGHT must be positive",
+            ));
+        }
         if !(config.webhook_limit.rate > 0.0 && config.webhook_limit.burst >= 1.0) {
             return Err(ConfigError::new(
                 "SALESPLAN_WEBHOOK_RATE",
@@ -121,7 +159,11 @@ impl Service for Config {
             ConsumerSpec::per_process(&streams::PLANS, "tunnel-listener-plans"),
             plans.clone(),
         );
-        let intake = Intake::new(bus.clone(), plans);
+        let intake = Intake::new(
+            bus.clone(),
+            plans,
+            AccountLimiter::new("leads", self.webhook_limit),
+        );
 
         let http = tokio::net::TcpListener::bind(self.http_addr).await?;
         let http_addr = http.local_addr()?;
@@ -129,7 +171,6 @@ impl Service for Config {
             Arc::new(webhook::WebhookState {
                 intake: intake.clone(),
                 verifier: verifier.clone(),
-                limiter: ratelimit::RateLimiter::new(self.webhook_limit),
             }),
             self.max_body_bytes,
         );
@@ -152,7 +193,13 @@ impl Service for Config {
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
             routes: tonic::service::Routes::new(IntakeServiceServer::with_interceptor(
-                grpc::IntakeApi::new(intake),
+                grpc::IntakeApi::new(
+                    intake,
+                    grpc::AudienceLimits {
+                        calls: AccountLimiter::new("bulk adds", self.audience_limit),
+                        idle_timeout: self.audience_idle_timeout,
+                    },
+                ),
                 AuthInterceptor::new(verifier),
             )),
             names: vec![<IntakeServiceServer<grpc::IntakeApi> as NamedService>::NAME],

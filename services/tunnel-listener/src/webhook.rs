@@ -28,7 +28,6 @@ pub const PATH: &str = "/v1/tunnel-actions/add-to-sales-plan";
 pub struct WebhookState {
     pub intake: Intake,
     pub verifier: Arc<TokenVerifier>,
-    pub limiter: crate::ratelimit::RateLimiter,
 }
 
 pub fn router(state: Arc<WebhookState>, max_body_bytes: usize) -> Router {
@@ -136,10 +135,7 @@ async fn handle(
         .verify_header(authorization)
         .map_err(ApiError::from)?;
     actor.require(Permission::IntakeWrite)?;
-    state
-        .limiter
-        .check(&actor.account_id, std::time::Instant::now())
-        .map_err(WebhookError::Limited)?;
+    let _permit = state.intake.admit_lead(&actor)?;
     let body = body.map_err(|rejection| WebhookError::Body(rejection.status()))?;
     let lead = parse(&body)?;
     Ok(state
@@ -193,8 +189,6 @@ enum WebhookError {
     Api(ApiError),
     /// The body could not be read: too large (413) or broken.
     Body(StatusCode),
-    /// Over the account's rate: retry after this long.
-    Limited(std::time::Duration),
 }
 
 impl From<ApiError> for WebhookError {
@@ -205,8 +199,8 @@ impl From<ApiError> for WebhookError {
 
 fn error_response(err: WebhookError) -> Response {
     match err {
-        WebhookError::Limited(wait) => {
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        WebhookError::Api(ApiError::ResourceExhausted { retry_after, .. }) => {
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             let mut response = json_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "resource_exhausted",
@@ -251,6 +245,7 @@ fn snake(code: &str) -> String {
         "alreadyexists" => "already_exists",
         "failedprecondition" => "failed_precondition",
         "permissiondenied" => "permission_denied",
+        "deadlineexceeded" => "deadline_exceeded",
         other => other,
     }
     .to_owned()

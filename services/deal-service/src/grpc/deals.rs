@@ -113,6 +113,7 @@ impl DealService for Api {
         request: Request<pb::CreateDealsRequest>,
     ) -> Reply<pb::CreateDealsResponse> {
         let actor = auth::actor(&request)?;
+        let _permit = self.creates.admit(&actor.account_id)?;
         let requests = request.into_inner().deals;
         if requests.len() > MAX_CREATE_BATCH {
             return Err(
@@ -299,6 +300,7 @@ impl DealService for Api {
         request: Request<pb::TransferDealsRequest>,
     ) -> Reply<pb::BulkResult> {
         let (actor, only) = bulk_actor(&request)?;
+        let _permit = self.bulk.admit(&actor.account_id)?;
         let req = request.into_inner();
         let from = convert::manager_id("from_manager_id", &req.from_manager_id)?;
         let to = convert::manager_id("to_manager_id", &req.to_manager_id)?;
@@ -328,6 +330,7 @@ impl DealService for Api {
         request: Request<pb::BulkMoveDealsRequest>,
     ) -> Reply<pb::BulkResult> {
         let (actor, only) = bulk_actor(&request)?;
+        let _permit = self.bulk.admit(&actor.account_id)?;
         let req = request.into_inner();
         let stage_id = parse_id("stage_id", &req.stage_id)?;
         let reason = convert::optional_id("loss_reason_id", req.loss_reason_id.as_deref())?;
@@ -357,6 +360,7 @@ impl DealService for Api {
         request: Request<pb::BulkAssignDealsRequest>,
     ) -> Reply<pb::BulkResult> {
         let (actor, only) = bulk_actor(&request)?;
+        let _permit = self.bulk.admit(&actor.account_id)?;
         let req = request.into_inner();
         let manager = convert::optional_manager("manager_id", req.manager_id.as_deref())?;
         let target = {
@@ -385,6 +389,7 @@ impl DealService for Api {
         request: Request<pb::ListDealsRequest>,
     ) -> Reply<pb::ListDealsResponse> {
         let actor = auth::actor(&request)?;
+        let _permit = self.reads.admit(&actor.account_id)?;
         let req = request.into_inner();
         let fingerprint = convert::filter_fingerprint(&req.filter);
         let query = convert::query_from(req.filter)?;
@@ -411,6 +416,7 @@ impl DealService for Api {
         request: Request<pb::GetBoardRequest>,
     ) -> Reply<pb::GetBoardResponse> {
         let actor = auth::actor(&request)?;
+        let _permit = self.reads.admit(&actor.account_id)?;
         let req = request.into_inner();
         let plan_id = parse_id("plan_id", &req.plan_id)?;
         let filter = req.filter.unwrap_or_default();

@@ -4,15 +4,30 @@ mod deals;
 mod outbox;
 mod plans;
 
-use crate::store::Store;
+use std::sync::Arc;
+
+use salesplan_platform::limits::AccountLimiter;
+
+use crate::{Limits, store::Store};
 
 #[derive(Clone)]
 pub struct Api {
     store: Store,
+    /// ListDeals, GetBoard.
+    reads: Arc<AccountLimiter>,
+    /// BulkMoveDeals, BulkAssignDeals, TransferDeals.
+    bulk: Arc<AccountLimiter>,
+    /// CreateDeals.
+    creates: Arc<AccountLimiter>,
 }
 
 impl Api {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, limits: &Limits) -> Self {
+        Self {
+            store,
+            reads: AccountLimiter::new("reads", limits.reads),
+            bulk: AccountLimiter::new("bulk changes", limits.bulk),
+            creates: AccountLimiter::new("deal creation", limits.creates),
+        }
     }
 }
