@@ -22,7 +22,7 @@ use tokio::process::{Child, Command};
 
 use crate::{
     api::{Mode, Strategy, create_plan, plan_request},
-    nats::consumer_backlog,
+    nats::{bulk_backlog, consumer_backlog},
 };
 
 #[derive(Debug, Clone)]
@@ -702,6 +702,18 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Figures> {
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let bulk = bulk_backlog(&js).await?;
+        if bulk == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{bulk} contacts left in the bulk lane"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let dead: u64 = js
         .get_stream("SALESPLAN_DEAD_LETTERS")

@@ -126,3 +126,15 @@ pub async fn consumer_backlog(
         unacked: info.num_ack_pending,
     })
 }
+
+/// Messages still in the bulk lane: a work queue, so every one is a contact not yet
+/// distributed (or delivered and not yet acked).
+pub async fn bulk_backlog(js: &async_nats::jetstream::Context) -> anyhow::Result<u64> {
+    Ok(js
+        .get_stream(salesplan_platform::bus::streams::BULK.name)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages)
+}

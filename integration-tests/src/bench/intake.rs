@@ -16,7 +16,7 @@ use crate::{
     TestDatabase, TestNats,
     api::{Mode, Strategy, create_plan, plan_request},
     chaos::{Ports, Proc, start_services},
-    nats::consumer_backlog,
+    nats::{bulk_backlog, consumer_backlog},
 };
 
 pub struct Env {
@@ -144,6 +144,7 @@ impl Env {
         if !consumer_backlog(&self.js, "SALESPLAN_INTAKE", "distributor-intake")
             .await?
             .is_empty()
+            || bulk_backlog(&self.js).await? > 0
         {
             return Ok(false);
         }

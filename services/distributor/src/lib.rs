@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use salesplan_platform::{
     Permission,
     auth::{AuthInterceptor, ServiceTokens, TokenIssuer, TokenVerifier},
-    bus::{Bus, ConsumerSpec, streams},
+    bus::{Bus, ConsumerSpec, FairSpec, streams},
     config::{ConfigError, Env},
     db, grpc as server,
     limits::ClassLimit,
@@ -32,6 +32,9 @@ pub const SCHEMA: &str = "distributor";
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/distributor");
 /// Intake batches handled at once by one process.
 const INTAKE_BATCHES_IN_FLIGHT: usize = 3;
+/// Bulk rounds handled at once by one process: the next round is fetched while one is
+/// handled.
+const BULK_ROUNDS_IN_FLIGHT: usize = 2;
 /// The user id of the distributor in deal history ("who created the deal").
 pub const ACTOR_ID: &str = "system:distributor";
 
@@ -106,18 +109,33 @@ impl Service for Config {
             ConsumerSpec::new(&streams::PLANS, "distributor-plans"),
             Arc::new(plans::PlanEvents::new(store.clone())),
         );
+        let leads = Arc::new(intake::IntakeEvents::new(
+            store.clone(),
+            bus.clone(),
+            deals,
+            tokens,
+        ));
+        // The interactive lane: a funnel's single lead, never behind a bulk add.
         background.consume(
             &bus,
             // Decisions serialize on the plan's row lock; the deal creation of one batch
             // overlaps the decisions of the next.
             ConsumerSpec::new(&streams::INTAKE, "distributor-intake")
                 .with_concurrency(INTAKE_BATCHES_IN_FLIGHT),
-            Arc::new(intake::IntakeEvents::new(
-                store.clone(),
-                bus.clone(),
-                deals,
-                tokens,
-            )),
+            leads.clone(),
+        );
+        // The bulk lane: accounts served in turn, so one account's large bulk add does not
+        // hold back another's.
+        background.consume_fairly(
+            &bus,
+            FairSpec {
+                stream: &streams::BULK,
+                prefix: "distributor-bulk",
+                subjects_of: streams::bulk_subjects_of,
+                rounds_in_flight: BULK_ROUNDS_IN_FLIGHT,
+                idle_poll: std::time::Duration::from_millis(100),
+            },
+            leads,
         );
         background.consume(
             &bus,

@@ -242,6 +242,22 @@ impl Background {
         self.spawn(crate::bus::run_consumer(bus.clone(), spec, handler, stop));
     }
 
+    /// Runs a fair consumer (accounts served in turn) until the service stops.
+    pub fn consume_fairly<H: crate::bus::BatchHandler>(
+        &mut self,
+        bus: &crate::bus::Bus,
+        spec: crate::bus::FairSpec,
+        handler: std::sync::Arc<H>,
+    ) {
+        let stop = self.stop_token();
+        self.spawn(crate::bus::run_fair_consumer(
+            bus.clone(),
+            spec,
+            handler,
+            stop,
+        ));
+    }
+
     async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
         for task in self.tasks {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use prost::Message as _;
 use salesplan_platform::{
     Actor, ApiError,
-    bus::{Bus, Outgoing, streams},
+    bus::{Bus, Outgoing, pending_by_account, streams},
     ids::{derived_id, parse_id},
     limits::{AccountLimiter, Permit},
     validate::{self, ContactInput},
@@ -28,12 +28,22 @@ pub struct Accepted {
     pub accepted_now: bool,
 }
 
+/// How much of the bulk lane one account may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct BulkBacklog {
+    /// Contacts accepted by the account's bulk adds but not yet distributed.
+    pub max_in_flight: u64,
+    /// How long a chunk waits for room before it is refused.
+    pub patience: std::time::Duration,
+}
+
 #[derive(Clone)]
 pub struct Intake {
     bus: Bus,
     plans: Arc<PlanCache>,
     /// Leads of one account a second, through the webhook and AddToSalesPlan together.
     interactive: Arc<AccountLimiter>,
+    backlog: BulkBacklog,
     leads: opentelemetry::metrics::Counter<u64>,
 }
 
@@ -109,7 +119,11 @@ fn message(
     source: pb::IntakeSource,
     assign_to: Option<String>,
 ) -> Outgoing {
-    let subject = streams::intake_subject(account_id, &lead.plan_id);
+    // Two lanes: a bulk add never sits in front of a funnel's single lead.
+    let subject = match source {
+        pb::IntakeSource::Bulk => streams::bulk_subject(account_id, &lead.plan_id),
+        _ => streams::intake_subject(account_id, &lead.plan_id),
+    };
     let event = pb::IntakeEvent {
         intake_id: intake_id.to_string(),
         account_id: account_id.to_owned(),
@@ -130,7 +144,12 @@ pub struct AudienceJob {
 }
 
 impl Intake {
-    pub fn new(bus: Bus, plans: Arc<PlanCache>, interactive: Arc<AccountLimiter>) -> Self {
+    pub fn new(
+        bus: Bus,
+        plans: Arc<PlanCache>,
+        interactive: Arc<AccountLimiter>,
+        backlog: BulkBacklog,
+    ) -> Self {
         let leads = salesplan_platform::telemetry::meter("tunnel-listener")
             .u64_counter("salesplan.intake.leads")
             .with_description("Leads by source and outcome (accepted, duplicate, rejected)")
@@ -139,7 +158,37 @@ impl Intake {
             bus,
             plans,
             interactive,
+            backlog,
             leads,
+        }
+    }
+
+    /// Waits until the account's bulk backlog has room for `contacts` more, so a client
+    /// that streams faster than its contacts are distributed is slowed down rather than
+    /// refused; RESOURCE_EXHAUSTED when no room comes within the patience. (A chunk larger
+    /// than the whole allowance goes once the backlog is empty.)
+    async fn room_for(&self, account_id: &str, contacts: u64) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + self.backlog.patience;
+        let subjects = streams::bulk_subjects_of(account_id);
+        loop {
+            let pending: u64 = pending_by_account(&self.bus, &streams::BULK, &subjects)
+                .await?
+                .values()
+                .sum();
+            if pending == 0 || pending + contacts <= self.backlog.max_in_flight {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::ResourceExhausted {
+                    message: format!(
+                        "this account has {pending} contacts of bulk adds not yet distributed \
+                         (at most {}); send the rest later",
+                        self.backlog.max_in_flight
+                    ),
+                    retry_after: std::time::Duration::from_secs(5),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
 
@@ -294,6 +343,8 @@ impl Intake {
             }
             results.push(result);
         }
+        self.room_for(&actor.account_id, messages.len() as u64)
+            .await?;
         let stored = self.bus.publish_all(messages).await?;
         let duplicates = stored.iter().filter(|s| s.duplicate).count() as u64;
         self.count(

@@ -163,6 +163,10 @@ impl Service for Config {
             bus.clone(),
             plans,
             AccountLimiter::new("leads", self.webhook_limit),
+            intake::BulkBacklog {
+                max_in_flight: self.audience_max_in_flight,
+                patience: self.audience_idle_timeout,
+            },
         );
 
         let http = tokio::net::TcpListener::bind(self.http_addr).await?;

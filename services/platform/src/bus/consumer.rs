@@ -91,10 +91,22 @@ impl Delivery {
 }
 
 /// A consumer's counters, shared by its batches in flight.
-struct Counters {
+pub(super) struct Counters {
     dead_letters: opentelemetry::metrics::Counter<u64>,
     redeliveries: opentelemetry::metrics::Counter<u64>,
     attrs: Vec<KeyValue>,
+}
+
+impl Counters {
+    /// The counters of the consumers named `consumer` (the label of their samples).
+    pub(super) fn new(consumer: &str) -> Self {
+        let meter = crate::telemetry::meter("salesplan");
+        Self {
+            dead_letters: meter.u64_counter("salesplan.consumer.dead_letters").build(),
+            redeliveries: meter.u64_counter("salesplan.consumer.redeliveries").build(),
+            attrs: vec![KeyValue::new("consumer", consumer.to_owned())],
+        }
+    }
 }
 
 /// What became of one message.
@@ -136,11 +148,7 @@ pub async fn run_consumer<H: BatchHandler>(
     let batch_size = bus.config().batch_size;
     let batch_wait = bus.config().batch_wait;
     let meter = crate::telemetry::meter("salesplan");
-    let counters = Arc::new(Counters {
-        dead_letters: meter.u64_counter("salesplan.consumer.dead_letters").build(),
-        redeliveries: meter.u64_counter("salesplan.consumer.redeliveries").build(),
-        attrs: vec![KeyValue::new("consumer", spec.durable.clone())],
-    });
+    let counters = Arc::new(Counters::new(&spec.durable));
     let spec = Arc::new(spec);
     let pending = meter
         .u64_gauge("salesplan.consumer.pending")
@@ -224,13 +232,16 @@ pub async fn run_consumer<H: BatchHandler>(
 
 /// A batch whose handler panicked stays unacked: it is delivered again after `ack_wait`
 /// and dead-lettered once it has failed `max_deliver` times.
-fn log_panic(spec: &ConsumerSpec, done: Result<(), tokio::task::JoinError>) {
+pub(super) fn log_panic(spec: &ConsumerSpec, done: Result<(), tokio::task::JoinError>) {
     if let Err(err) = done {
         tracing::error!(consumer = %spec.durable, error = %err, "batch handler failed");
     }
 }
 
-async fn durable_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsumer, BusError> {
+pub(super) async fn durable_consumer(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+) -> Result<PullConsumer, BusError> {
     let stream = bus
         .jetstream()
         .get_stream(spec.stream)
@@ -256,7 +267,7 @@ async fn durable_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<PullConsumer
         .map_err(|e| BusError::jetstream("create consumer", e))
 }
 
-async fn process<H: BatchHandler>(
+pub(super) async fn process<H: BatchHandler>(
     bus: &Bus,
     spec: &ConsumerSpec,
     handler: &H,
@@ -380,7 +391,7 @@ fn reason_header(reason: &str) -> String {
         .collect()
 }
 
-async fn pause(shutdown: &CancellationToken, duration: Duration) {
+pub(super) async fn pause(shutdown: &CancellationToken, duration: Duration) {
     tokio::select! {
         _ = tokio::time::sleep(duration) => {}
         _ = shutdown.cancelled() => {}

@@ -2,6 +2,7 @@
 //! consumer loop with dead letters.
 
 mod consumer;
+mod fair;
 mod publish;
 pub mod streams;
 
@@ -13,6 +14,7 @@ pub use consumer::{
     BatchHandler, ConsumerSpec, Delivery, HEADER_DELIVERED, HEADER_ORIGINAL_SUBJECT, HEADER_REASON,
     Outcome, run_consumer,
 };
+pub use fair::{FairSpec, pending_by_account, run_fair_consumer};
 pub use publish::{Outgoing, Stored};
 
 use crate::config::NatsConfig;

@@ -12,6 +12,9 @@ pub struct StreamSpec {
     /// Zero keeps messages forever (deal events: reporting rebuilds by replaying them).
     pub max_age: Duration,
     pub duplicate_window: Duration,
+    /// `Limits` keeps messages for every consumer until they age out; `WorkQueue` removes
+    /// a message once acked, so what the stream holds is exactly the work still to do.
+    pub retention: RetentionPolicy,
 }
 
 impl StreamSpec {
@@ -19,7 +22,7 @@ impl StreamSpec {
         Config {
             name: self.name.to_owned(),
             subjects: vec![self.subjects.to_owned()],
-            retention: RetentionPolicy::Limits,
+            retention: self.retention,
             storage: StorageType::File,
             discard: DiscardPolicy::Old,
             max_age: self.max_age,
@@ -32,12 +35,25 @@ impl StreamSpec {
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-/// "Add to sales plan" events from the tunnel-listener.
+/// "Add to sales plan" events of the interactive lane (webhook, AddToSalesPlan): a funnel's
+/// single lead never waits behind a bulk add.
 pub const INTAKE: StreamSpec = StreamSpec {
     name: "SALESPLAN_INTAKE",
     subjects: "salesplan.intake.v1.>",
     max_age: Duration::from_secs(7 * DAY.as_secs()),
     duplicate_window: Duration::from_secs(10 * 60),
+    retention: RetentionPolicy::Limits,
+};
+
+/// "Add to sales plan" events of bulk adds (AddAudience), one subject per account and
+/// plan. A work queue: what it holds of an account is that account's bulk backlog, which
+/// the listener caps, and the distributor serves the accounts in turn.
+pub const BULK: StreamSpec = StreamSpec {
+    name: "SALESPLAN_BULK",
+    subjects: "salesplan.bulk.v1.>",
+    max_age: Duration::from_secs(7 * DAY.as_secs()),
+    duplicate_window: Duration::from_secs(10 * 60),
+    retention: RetentionPolicy::WorkQueue,
 };
 
 /// Deal events from deal-service's outbox.
@@ -46,6 +62,7 @@ pub const DEALS: StreamSpec = StreamSpec {
     subjects: "salesplan.deals.v1.>",
     max_age: Duration::ZERO,
     duplicate_window: Duration::from_secs(10 * 60),
+    retention: RetentionPolicy::Limits,
 };
 
 /// Plan snapshots from deal-service's outbox.
@@ -54,6 +71,7 @@ pub const PLANS: StreamSpec = StreamSpec {
     subjects: "salesplan.plans.v1.>",
     max_age: Duration::ZERO,
     duplicate_window: Duration::from_secs(10 * 60),
+    retention: RetentionPolicy::Limits,
 };
 
 /// The distributor's assignment decisions, with their explanation.
@@ -62,6 +80,7 @@ pub const ASSIGNMENTS: StreamSpec = StreamSpec {
     subjects: "salesplan.assignments.v1.>",
     max_age: Duration::from_secs(30 * DAY.as_secs()),
     duplicate_window: Duration::from_secs(10 * 60),
+    retention: RetentionPolicy::Limits,
 };
 
 /// Messages a consumer could not process after its retries.
@@ -70,12 +89,22 @@ pub const DEAD_LETTERS: StreamSpec = StreamSpec {
     subjects: "salesplan.dlq.v1.>",
     max_age: Duration::from_secs(30 * DAY.as_secs()),
     duplicate_window: Duration::from_secs(60),
+    retention: RetentionPolicy::Limits,
 };
 
-pub const ALL: [StreamSpec; 5] = [INTAKE, DEALS, PLANS, ASSIGNMENTS, DEAD_LETTERS];
+pub const ALL: [StreamSpec; 6] = [INTAKE, BULK, DEALS, PLANS, ASSIGNMENTS, DEAD_LETTERS];
 
 pub fn intake_subject(account_id: &str, plan_id: &str) -> String {
     format!("salesplan.intake.v1.{account_id}.{plan_id}")
+}
+
+pub fn bulk_subject(account_id: &str, plan_id: &str) -> String {
+    format!("salesplan.bulk.v1.{account_id}.{plan_id}")
+}
+
+/// Every bulk subject of one account.
+pub fn bulk_subjects_of(account_id: &str) -> String {
+    format!("salesplan.bulk.v1.{account_id}.>")
 }
 
 pub fn deal_subject(account_id: &str, kind: &str) -> String {
@@ -115,6 +144,7 @@ mod tests {
         assert_eq!(account_of(&deal_subject("acme", "created")), Some("acme"));
         assert_eq!(account_of(&plan_subject("a-1_b", "updated")), Some("a-1_b"));
         assert_eq!(account_of(&intake_subject("acme", "p")), Some("acme"));
+        assert_eq!(account_of(&bulk_subject("acme", "p")), Some("acme"));
         assert_eq!(account_of("salesplan.dlq.v1"), None);
         assert_eq!(account_of("other.deals.v1.acme.x"), None);
     }

@@ -1,0 +1,161 @@
+//! A consumer that serves accounts in turn: for a work-queue stream whose subjects carry the
+//! account (`salesplan.bulk.v1.<account>.…`), each account gets a durable consumer of its
+//! own subjects, and every round takes up to an equal share of the batch from each account
+//! with work. An account that queued 100,000 messages first does not make another wait for
+//! them: both progress at comparable rates.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    BatchHandler, Bus, BusError, ConsumerSpec,
+    consumer::{Counters, durable_consumer, log_panic, pause, process},
+    streams::{self, StreamSpec},
+};
+
+/// A fair consumer of a work-queue stream.
+#[derive(Debug, Clone)]
+pub struct FairSpec {
+    pub stream: &'static StreamSpec,
+    /// Each account's durable consumer is `<prefix>-<account>` (shared by the replicas).
+    pub prefix: &'static str,
+    /// The subjects of one account (e.g. [`streams::bulk_subjects_of`]).
+    pub subjects_of: fn(&str) -> String,
+    /// Rounds handled at once (the next round is fetched while one is handled).
+    pub rounds_in_flight: usize,
+    /// How often to look for work when there is none.
+    pub idle_poll: Duration,
+}
+
+/// How many messages the stream holds per account (for a work queue: its backlog, the
+/// messages delivered but not yet acked included), for subjects matching `filter`.
+pub async fn pending_by_account(
+    bus: &Bus,
+    stream: &StreamSpec,
+    filter: &str,
+) -> Result<BTreeMap<String, u64>, BusError> {
+    let js_stream = bus
+        .jetstream()
+        .get_stream(stream.name)
+        .await
+        .map_err(|e| BusError::jetstream("get stream", e))?;
+    let mut subjects = js_stream
+        .info_with_subjects(filter)
+        .await
+        .map_err(|e| BusError::jetstream("stream info", e))?;
+    let mut pending = BTreeMap::new();
+    while let Some(item) = subjects.next().await {
+        let (subject, count) = item.map_err(|e| BusError::jetstream("stream subjects", e))?;
+        if let Some(account) = streams::account_of(&subject) {
+            *pending.entry(account.to_owned()).or_default() += count as u64;
+        }
+    }
+    Ok(pending)
+}
+
+/// Runs until `shutdown`: rounds over the accounts with work, each round one batch for the
+/// handler; the rounds in hand are finished and acked before it returns.
+pub async fn run_fair_consumer<H: BatchHandler>(
+    bus: Bus,
+    spec: FairSpec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) {
+    let batch_size = bus.config().batch_size;
+    let counters = Arc::new(Counters::new(spec.prefix));
+    // Dead letters and logs name the lane (`<prefix>`), not each account's consumer.
+    let lane = Arc::new(ConsumerSpec::new(spec.stream, spec.prefix));
+    let mut consumers: BTreeMap<String, PullConsumer> = BTreeMap::new();
+    // The account after which the next round starts: every account gets its turn first.
+    let mut last_served = String::new();
+    let mut in_flight = tokio::task::JoinSet::new();
+    let all = spec.stream.subjects;
+    while !shutdown.is_cancelled() {
+        while in_flight.len() >= spec.rounds_in_flight.max(1) {
+            if let Some(done) = in_flight.join_next().await {
+                log_panic(&lane, done);
+            }
+        }
+        let accounts = match pending_by_account(&bus, spec.stream, all).await {
+            Ok(pending) => pending
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(account, _)| account)
+                .collect::<Vec<_>>(),
+            Err(err) => {
+                tracing::warn!(stream = spec.stream.name, error = %err, "cannot read the backlog, retrying");
+                pause(&shutdown, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        consumers.retain(|account, _| accounts.contains(account));
+        let quantum = (batch_size / accounts.len().max(1)).max(1);
+        let mut round = Vec::new();
+        let start = accounts.partition_point(|a| *a <= last_served);
+        for account in accounts[start..].iter().chain(&accounts[..start]) {
+            if round.len() >= batch_size {
+                break;
+            }
+            let Some(consumer) = consumer_of(&bus, &spec, &mut consumers, account).await else {
+                continue;
+            };
+            match consumer.fetch().max_messages(quantum).messages().await {
+                Ok(messages) => {
+                    let fetched: Vec<_> = messages.filter_map(|m| async { m.ok() }).collect().await;
+                    if !fetched.is_empty() {
+                        last_served.clone_from(account);
+                        round.extend(fetched);
+                    }
+                }
+                Err(err) => {
+                    // Removed by the server meanwhile (idle): made again next round.
+                    tracing::debug!(%account, error = %err, "fetch failed");
+                    consumers.remove(account);
+                }
+            }
+        }
+        if round.is_empty() {
+            pause(&shutdown, spec.idle_poll).await;
+            continue;
+        }
+        let (bus, lane, handler, counters) =
+            (bus.clone(), lane.clone(), handler.clone(), counters.clone());
+        // One handler call for the whole round.
+        in_flight.spawn(async move { process(&bus, &lane, &*handler, round, &counters).await });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        log_panic(&lane, done);
+    }
+    tracing::info!(consumer = spec.prefix, "fair consumer stopped");
+}
+
+/// The durable consumer of `account`, made when first needed.
+async fn consumer_of(
+    bus: &Bus,
+    spec: &FairSpec,
+    consumers: &mut BTreeMap<String, PullConsumer>,
+    account: &str,
+) -> Option<PullConsumer> {
+    if let Some(known) = consumers.get(account) {
+        return Some(known.clone());
+    }
+    let account_spec = ConsumerSpec {
+        filter_subject: (spec.subjects_of)(account),
+        // Gone an hour after the account's last bulk add.
+        inactive_threshold: Some(Duration::from_secs(3600)),
+        ..ConsumerSpec::new(spec.stream, &format!("{}-{account}", spec.prefix))
+    };
+    match durable_consumer(bus, &account_spec).await {
+        Ok(consumer) => {
+            consumers.insert(account.to_owned(), consumer.clone());
+            Some(consumer)
+        }
+        Err(err) => {
+            tracing::warn!(%account, error = %err, "cannot create the account's consumer");
+            None
+        }
+    }
+}
