@@ -1236,3 +1236,224 @@ async fn slow_reads_and_calls_are_cut_off() -> anyhow::Result<()> {
     short_calls.wait().await?;
     stack.stop().await
 }
+
+/// Streams a bulk add of `n` contacts (chunks of 1,000) and waits for every answer.
+async fn bulk_add(
+    stack: &Stack,
+    token: &str,
+    plan_id: &str,
+    job: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let chunks: Vec<pb::AddAudienceRequest> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(1_000)
+        .map(|chunk| pb::AddAudienceRequest {
+            plan_id: plan_id.into(),
+            job_id: job.into(),
+            assign_to_manager_id: None,
+            contacts: chunk
+                .iter()
+                .map(|i| pb::AudienceContact {
+                    contact: Some(pb::Contact {
+                        external_id: format!("{job}-{i}"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .collect();
+    let mut answers = pb::intake_service_client::IntakeServiceClient::new(
+        stack.channel(&stack.tunnel_listener).await?,
+    )
+    .add_audience(outgoing(futures::stream::iter(chunks), token))
+    .await?
+    .into_inner();
+    let mut accepted = 0;
+    while let Some(answer) = answers.next().await {
+        accepted += answer?.results.len();
+    }
+    anyhow::ensure!(accepted == n, "{accepted} of {n} answered");
+    Ok(())
+}
+
+/// How many deals a plan holds (its kept counts: one cheap read).
+async fn deal_count(stack: &Stack, token: &str, plan_id: &str) -> anyhow::Result<i64> {
+    Ok(
+        DealServiceClient::new(stack.channel(&stack.deal_service).await?)
+            .list_deals(outgoing(
+                pb::ListDealsRequest {
+                    filter: Some(pb::DealFilter {
+                        plan_id: plan_id.into(),
+                        ..Default::default()
+                    }),
+                    page_size: 1,
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await?
+            .into_inner()
+            .total_count,
+    )
+}
+
+/// One FIFO consumer served everyone: while account A bulk-added, account B's single
+/// funnel lead waited behind A's contacts, and a second account's bulk add behind the
+/// first's. Interactive leads now have a lane of their own, and bulk adds of several
+/// accounts are served in turn.
+#[tokio::test]
+async fn bulk_adds_delay_neither_funnel_leads_nor_other_accounts_bulk_adds() -> anyhow::Result<()> {
+    const A_CONTACTS: usize = 8_000;
+    const C_CONTACTS: usize = 1_000;
+    let stack = Stack::start().await?;
+    let channel = stack.channel(&stack.deal_service).await?;
+    let (a, b, c) = (
+        stack.token("a", "admin", &ALL),
+        stack.token("b", "admin", &ALL),
+        stack.token("c", "admin", &ALL),
+    );
+    let manual = |name: &str| plan_request(name, Mode::Manual, Strategy::RoundRobin, false, &[]);
+    let a_plan = create_plan(channel.clone(), &a, manual("A")).await?;
+    let b_plan = create_plan(channel.clone(), &b, manual("B")).await?;
+    let c_plan = create_plan(channel.clone(), &c, manual("C")).await?;
+
+    // A's whole bulk add is queued before anyone else sends anything.
+    bulk_add(&stack, &a, &a_plan.id, "a-job", A_CONTACTS).await?;
+
+    // B's funnel lead: a deal while most of A's contacts still wait.
+    let sent = reqwest::Client::new()
+        .post(stack.webhook_url())
+        .bearer_auth(&b)
+        .json(&lead_json(&b_plan.id, "run-1", "tg-b"))
+        .send()
+        .await?;
+    assert_eq!(sent.status(), 202);
+    eventually(Duration::from_secs(30), || async {
+        Ok((deal_count(&stack, &b, &b_plan.id).await? == 1).then_some(()))
+    })
+    .await?;
+    let a_when_b = deal_count(&stack, &a, &a_plan.id).await?;
+    assert!(
+        a_when_b < A_CONTACTS as i64 / 2,
+        "B's lead waited for {a_when_b} of A's {A_CONTACTS} contacts"
+    );
+
+    // C's bulk add, sent after A's: it finishes while A's is still going, with A
+    // progressing about as fast meanwhile.
+    let a_before = deal_count(&stack, &a, &a_plan.id).await?;
+    bulk_add(&stack, &c, &c_plan.id, "c-job", C_CONTACTS).await?;
+    eventually(Duration::from_secs(60), || async {
+        Ok((deal_count(&stack, &c, &c_plan.id).await? == C_CONTACTS as i64).then_some(()))
+    })
+    .await?;
+    let a_after = deal_count(&stack, &a, &a_plan.id).await?;
+    assert!(
+        a_after < A_CONTACTS as i64,
+        "C's bulk add waited for the whole of A's ({a_after})"
+    );
+    let a_meanwhile = a_after - a_before;
+    assert!(
+        a_meanwhile <= 3 * C_CONTACTS as i64,
+        "A progressed {a_meanwhile} while C did {C_CONTACTS}: not in turn"
+    );
+    eventually(Duration::from_secs(120), || async {
+        Ok((deal_count(&stack, &a, &a_plan.id).await? == A_CONTACTS as i64).then_some(()))
+    })
+    .await?;
+    stack.stop().await
+}
+
+/// An account could queue any number of contacts in bulk adds. Now a chunk beyond the
+/// account's allowance of undistributed contacts waits for room, and is refused when none
+/// comes in time; other accounts are not held back.
+#[tokio::test]
+async fn an_accounts_bulk_backlog_is_capped() -> anyhow::Result<()> {
+    use salesplan_platform::service::Service;
+    // No distributor: whatever is queued stays queued.
+    let nats = integration_tests::TestNats::start().await?;
+    let db = integration_tests::TestDatabase::create().await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let deal_service = deal_service::Config::local(&db.url, &nats.url)
+        .start(shutdown.clone())
+        .await?;
+    let mut config = tunnel_listener::Config::local(&db.url, &nats.url, &deal_service.grpc_url());
+    config.audience_max_in_flight = 1_500;
+    config.audience_idle_timeout = Duration::from_millis(500);
+    let listener = config.start(shutdown.clone()).await?;
+    let issuer = salesplan_platform::auth::TokenIssuer::hs256(
+        salesplan_platform::config::AuthConfig::DEV_SECRET.as_bytes(),
+    );
+    let token = |account: &str| {
+        issuer.issue(
+            &salesplan_platform::Actor::new(account, "admin", ALL),
+            Duration::from_secs(600),
+        )
+    };
+    let (a, b) = (token("a")?, token("b")?);
+    let channel = tonic::transport::Endpoint::from_shared(deal_service.grpc_url())?.connect_lazy();
+    let manual = |name: &str| plan_request(name, Mode::Manual, Strategy::RoundRobin, false, &[]);
+    let a_plan = create_plan(channel.clone(), &a, manual("A")).await?;
+    let b_plan = create_plan(channel.clone(), &b, manual("B")).await?;
+    let mut intake = pb::intake_service_client::IntakeServiceClient::new(
+        tonic::transport::Endpoint::from_shared(listener.grpc_url())?.connect_lazy(),
+    );
+    let chunk = |plan: &str, from: usize, n: usize| pb::AddAudienceRequest {
+        plan_id: plan.into(),
+        job_id: "job".into(),
+        assign_to_manager_id: None,
+        contacts: (from..from + n)
+            .map(|i| pb::AudienceContact {
+                contact: Some(pb::Contact {
+                    external_id: format!("x-{i}"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let mut answers = intake
+        .add_audience(outgoing(
+            futures::stream::iter(vec![
+                chunk(&a_plan.id, 0, 1_000),
+                chunk(&a_plan.id, 1_000, 1_000),
+            ]),
+            &a,
+        ))
+        .await?
+        .into_inner();
+    let first = answers.message().await?.expect("first chunk answered");
+    assert_eq!(first.results.len(), 1_000);
+    let refused = answers.message().await.expect_err("no room for the second");
+    let delay = retry_delay(&refused);
+    assert!(delay >= Duration::from_secs(1));
+    assert!(
+        refused.message().contains("1000 contacts of bulk adds"),
+        "{refused:?}"
+    );
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
+    assert_eq!(
+        integration_tests::nats::bulk_backlog(&js).await?,
+        1_000,
+        "nothing more queued"
+    );
+
+    // Another account still has its whole allowance.
+    let mut answers = intake
+        .add_audience(outgoing(
+            futures::stream::iter(vec![chunk(&b_plan.id, 0, 1_000)]),
+            &b,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(
+        answers.message().await?.expect("answered").results.len(),
+        1_000
+    );
+    shutdown.cancel();
+    listener.wait().await?;
+    deal_service.wait().await?;
+    Ok(())
+}
