@@ -43,7 +43,15 @@ impl Env {
             &db.url,
             &nats.url,
             logs.path(),
-            &[("SALESPLAN_DB_MAX_CONNECTIONS", "16")],
+            &[
+                ("SALESPLAN_DB_MAX_CONNECTIONS", "16"),
+                // The query runs time one account's reads back to back, and the isolation
+                // run polls ListDeals every few ms: rates above any of them. The calls-at-
+                // once limits stay at their defaults (they are what the isolation run
+                // measures).
+                ("SALESPLAN_LIMIT_READS", "rate=100000,burst=100000"),
+                ("SALESPLAN_LIMIT_REPORTS", "rate=100000,burst=100000"),
+            ],
         )
         .await?;
         let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
@@ -70,8 +78,12 @@ impl Env {
     }
 
     pub fn token(&self, perms: &[Permission]) -> anyhow::Result<String> {
+        self.token_of("bench", perms)
+    }
+
+    pub fn token_of(&self, account: &str, perms: &[Permission]) -> anyhow::Result<String> {
         Ok(self.issuer.issue(
-            &Actor::new("bench", "bench", perms.iter().copied()),
+            &Actor::new(account, "bench", perms.iter().copied()),
             Duration::from_secs(7200),
         )?)
     }
@@ -97,9 +109,14 @@ impl Env {
     }
 
     pub async fn plan(&self, name: &str) -> anyhow::Result<pb::Plan> {
+        self.plan_of("bench", name).await
+    }
+
+    /// A plan of `account`: AUTO round robin over three managers.
+    pub async fn plan_of(&self, account: &str, name: &str) -> anyhow::Result<pb::Plan> {
         create_plan(
             self.channel(&self.deal_url).await?,
-            &self.token(&[Permission::PlansAdmin])?,
+            &self.token_of(account, &[Permission::PlansAdmin])?,
             plan_request(
                 name,
                 Mode::Auto,
@@ -170,7 +187,7 @@ impl Env {
 }
 
 /// A webhook body: one lead into `plan`, its run and contact both named `id`.
-fn webhook_lead(plan: &str, id: &str) -> serde_json::Value {
+pub(super) fn webhook_lead(plan: &str, id: &str) -> serde_json::Value {
     serde_json::json!({"plan_id": plan, "run_id": id, "contact": {"external_id": id}})
 }
 

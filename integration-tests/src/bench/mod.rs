@@ -3,6 +3,7 @@
 
 mod floors;
 mod intake;
+mod isolation;
 mod queries;
 
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ pub enum Part {
     Floors,
     Intake,
     Queries,
+    /// One account against another: a noisy neighbour's bulk add and searches.
+    Isolation,
 }
 
 impl BenchConfig {
@@ -49,7 +52,7 @@ impl BenchConfig {
             rates: vec![1_000, 5_000],
             rate_seconds: 10,
             repeats: 50,
-            parts: vec![Part::Floors, Part::Intake, Part::Queries],
+            parts: vec![Part::Floors, Part::Intake, Part::Queries, Part::Isolation],
         }
     }
 
@@ -62,7 +65,7 @@ impl BenchConfig {
             rates: vec![100],
             rate_seconds: 1,
             repeats: 3,
-            parts: vec![Part::Floors, Part::Intake, Part::Queries],
+            parts: vec![Part::Floors, Part::Intake, Part::Queries, Part::Isolation],
         }
     }
 }
@@ -146,6 +149,9 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     }
     if config.parts.contains(&Part::Queries) {
         lines.extend(queries::run(&env, config).await?);
+    }
+    if config.parts.contains(&Part::Isolation) {
+        lines.extend(isolation::run(&env, config).await?);
     }
     env.stop().await?;
     Ok(lines)

@@ -10,16 +10,21 @@ use salesplan_proto::v1::{
 
 use super::{BenchConfig, Line, flush_page_cache, intake::Env};
 
-/// Seeds `n` deals (a quarter won, a quarter lost with one of three reasons) over 20
-/// managers, and the reporting read model that matches them.
-async fn seed(pool: &sqlx::PgPool, plan: &pb::Plan, n: usize) -> anyhow::Result<()> {
+/// Seeds `n` deals of `account` (a quarter won, a quarter lost with one of three reasons)
+/// over 20 managers, and the reporting read model that matches them.
+pub(super) async fn seed(
+    pool: &sqlx::PgPool,
+    account: &str,
+    plan: &pb::Plan,
+    n: usize,
+) -> anyhow::Result<()> {
     let stage = |i: usize| plan.stages[i].id.clone();
     sqlx::query(
         "INSERT INTO deal_service.deals (id, account_id, plan_id, stage_id, status, manager_id,
             contact_external_id, contact_name, contact_email, contact_phone, contact_phone_digits,
             title, amount_minor, currency, loss_reason_id, stage_before_close_id, idempotency_key,
             version, created_at, updated_at, closed_at)
-         SELECT gen_random_uuid(), 'bench', $1::uuid,
+         SELECT gen_random_uuid(), $7, $1::uuid,
             (ARRAY[$2, $3, $4, $5]::uuid[])[1 + i % 4],
             (ARRAY['open', 'open', 'won', 'lost'])[1 + i % 4],
             'm' || (i % 20), 'ext-' || i, 'Person ' || i, 'person' || i || '@example.com',
@@ -38,17 +43,19 @@ async fn seed(pool: &sqlx::PgPool, plan: &pb::Plan, n: usize) -> anyhow::Result<
     .bind(stage(2))
     .bind(stage(3))
     .bind(n as i64)
+    .bind(account)
     .execute(pool)
     .await?;
     // The board's kept counts, as deal-service would have kept them.
     sqlx::query(
         "INSERT INTO deal_service.stage_counts AS c (account_id, plan_id, stage_id, manager_id, currency, deals, amount_minor)
          SELECT account_id, plan_id, stage_id, coalesce(manager_id, ''), currency, count(*), sum(amount_minor)
-         FROM deal_service.deals WHERE account_id = 'bench' AND plan_id = $1 GROUP BY 1, 2, 3, 4, 5
+         FROM deal_service.deals WHERE account_id = $2 AND plan_id = $1 GROUP BY 1, 2, 3, 4, 5
          ON CONFLICT (account_id, plan_id, stage_id, manager_id, currency) DO UPDATE
          SET deals = c.deals + excluded.deals, amount_minor = c.amount_minor + excluded.amount_minor",
     )
     .bind(uuid::Uuid::parse_str(&plan.id)?)
+    .bind(account)
     .execute(pool)
     .await?;
     sqlx::query(
@@ -56,18 +63,20 @@ async fn seed(pool: &sqlx::PgPool, plan: &pb::Plan, n: usize) -> anyhow::Result<
             amount_minor, currency, loss_reason_id, stage_before_close_id, closed_at, version, updated_at)
          SELECT id, account_id, plan_id, stage_id, manager_id, status, amount_minor, currency,
             loss_reason_id, stage_before_close_id, closed_at, version, updated_at
-         FROM deal_service.deals WHERE account_id = 'bench' AND status IN ('won', 'lost')
+         FROM deal_service.deals WHERE account_id = $1 AND status IN ('won', 'lost')
          ON CONFLICT (deal_id) DO NOTHING",
     )
+    .bind(account)
     .execute(pool)
     .await?;
     sqlx::query(
         "INSERT INTO reporting.closed_totals (account_id, plan_id, manager_id, status, reason_id, deals)
          SELECT account_id, plan_id, coalesce(manager_id, ''), status,
             coalesce(loss_reason_id, '00000000-0000-0000-0000-000000000000'), count(*)
-         FROM reporting.deals WHERE account_id = 'bench' AND status IN ('won', 'lost') GROUP BY 1, 2, 3, 4, 5
+         FROM reporting.deals WHERE account_id = $1 AND status IN ('won', 'lost') GROUP BY 1, 2, 3, 4, 5
          ON CONFLICT (account_id, plan_id, manager_id, status, reason_id) DO UPDATE SET deals = excluded.deals",
     )
+    .bind(account)
     .execute(pool)
     .await?;
     for table in [
@@ -102,7 +111,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     let pool = sqlx::PgPool::connect(&env.database_url).await?;
     let plan = env.plan("Bench queries").await?;
     let started = Instant::now();
-    seed(&pool, &plan, config.deals).await?;
+    seed(&pool, "bench", &plan, config.deals).await?;
     let mut lines = vec![Line::rate(
         "queries",
         "seeding deals (SQL)",

@@ -1,0 +1,385 @@
+//! One account against another, measured from the victim's side: account B sends one
+//! funnel lead every 50 ms, and each is timed from its planned send time to the moment
+//! ListDeals first shows its deal; alone, while account A bulk-adds its audience, and
+//! while A runs 20 searches at once that match every one of its deals.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use salesplan_platform::{Permission, grpc::outgoing};
+use salesplan_proto::v1::{
+    self as pb, deal_service_client::DealServiceClient, intake_service_client::IntakeServiceClient,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{BenchConfig, Line, flush_page_cache, intake::Env, ms, queries::seed};
+
+/// B's funnel: one lead every this long.
+const EVERY: Duration = Duration::from_millis(50);
+/// How often B's reader looks for new deals (the resolution of the latencies).
+const POLL: Duration = Duration::from_millis(5);
+/// A's searches at once.
+const SEARCHERS: usize = 20;
+
+/// The intake id the listener gives a webhook lead (its deal's idempotency key).
+fn intake_id(account: &str, plan: &str, run: &str) -> String {
+    let lead = pb::Lead {
+        plan_id: plan.into(),
+        run_id: run.into(),
+        ..Default::default()
+    };
+    tunnel_listener::intake::intake_id(account, &lead).to_string()
+}
+
+/// B's funnel: sends one webhook lead every [`EVERY`] until `stop` (at least one), each
+/// timed from its planned send time to the first ListDeals that shows its deal.
+async fn trickle(
+    env: &Env,
+    plan: &pb::Plan,
+    tag: &str,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<Duration>> {
+    let token = env.token_of("b", &[Permission::IntakeWrite])?;
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let reader_stop = CancellationToken::new();
+    let reader = {
+        let (seen, stop) = (seen.clone(), reader_stop.clone());
+        let mut deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
+        let request = pb::ListDealsRequest {
+            filter: Some(pb::DealFilter {
+                plan_id: plan.id.clone(),
+                ..Default::default()
+            }),
+            page_size: 50,
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let page = deals.list_deals(outgoing(request.clone(), &token)).await?;
+                let now = Instant::now();
+                {
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    for deal in page.into_inner().deals {
+                        seen.entry(deal.idempotency_key).or_insert(now);
+                    }
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let http = reqwest::Client::new();
+    let start = Instant::now() + EVERY;
+    let mut planned: Vec<(String, Instant)> = Vec::new();
+    let mut sends = Vec::new();
+    for i in 0.. {
+        let at = start + EVERY * i;
+        tokio::time::sleep_until(at).await;
+        if i > 0 && stop.is_cancelled() {
+            break;
+        }
+        let run = format!("{tag}-{i}");
+        planned.push((intake_id("b", &plan.id, &run), at));
+        let (http, webhook, token) = (
+            http.clone(),
+            env.webhook.clone(),
+            env.token_of("b", &[Permission::IntakeWrite])?,
+        );
+        let body = super::intake::webhook_lead(&plan.id, &run);
+        sends.push(tokio::spawn(async move {
+            let status = http
+                .post(&webhook)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await?
+                .status();
+            anyhow::ensure!(status == 202, "B's webhook answered {status}");
+            anyhow::Ok(())
+        }));
+    }
+    for send in sends {
+        send.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let samples = loop {
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if planned.iter().all(|(key, _)| seen.contains_key(key)) {
+            break planned
+                .iter()
+                .map(|(key, at)| seen[key].saturating_duration_since(*at))
+                .collect();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "B's deals did not all appear");
+        tokio::time::sleep(POLL).await;
+    };
+    reader_stop.cancel();
+    reader.await??;
+    Ok(samples)
+}
+
+/// B's funnel for `seconds`.
+async fn trickle_for(
+    env: &Env,
+    plan: &pb::Plan,
+    tag: &str,
+    seconds: u64,
+) -> anyhow::Result<Vec<Duration>> {
+    let stop = CancellationToken::new();
+    let timer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            stop.cancel();
+        })
+    };
+    let samples = trickle(env, plan, tag, stop).await;
+    timer.abort();
+    samples
+}
+
+/// How many deals a plan of `account` holds, as a reader sees it.
+async fn deal_count(
+    deals: &mut DealServiceClient<tonic::transport::Channel>,
+    token: &str,
+    plan: &str,
+) -> anyhow::Result<i64> {
+    Ok(deals
+        .list_deals(outgoing(
+            pb::ListDealsRequest {
+                filter: Some(pb::DealFilter {
+                    plan_id: plan.into(),
+                    ..Default::default()
+                }),
+                page_size: 1,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?
+        .into_inner()
+        .total_count)
+}
+
+/// A's audience: `n` contacts in one bulk add, timed from its start to every deal readable.
+async fn bulk_add(env: &Env, plan: &pb::Plan, n: usize) -> anyhow::Result<Duration> {
+    let token = env.token_of("a", &[Permission::IntakeWrite])?;
+    let started = Instant::now();
+    let chunks: Vec<pb::AddAudienceRequest> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(1_000)
+        .map(|c| pb::AddAudienceRequest {
+            plan_id: plan.id.clone(),
+            job_id: "isolation".into(),
+            assign_to_manager_id: None,
+            contacts: c
+                .iter()
+                .map(|i| pb::AudienceContact {
+                    contact: Some(pb::Contact {
+                        external_id: format!("a-{i}"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .collect();
+    let mut replies = IntakeServiceClient::new(env.channel(&env.intake_url).await?)
+        .add_audience(outgoing(futures::stream::iter(chunks), &token))
+        .await?
+        .into_inner();
+    while let Some(reply) = replies.next().await {
+        reply?;
+    }
+    let mut deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while deal_count(&mut deals, &token, &plan.id).await? < n as i64 {
+        anyhow::ensure!(Instant::now() < deadline, "A's bulk add never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(started.elapsed())
+}
+
+/// A's attack: [`SEARCHERS`] callers, each sending a search that matches every deal of A's
+/// plan again as soon as the last is answered (or refused), until `stop`. Returns the
+/// searches answered and refused.
+async fn searches(
+    env: &Env,
+    plan: &pb::Plan,
+    stop: CancellationToken,
+) -> anyhow::Result<(usize, usize)> {
+    let token = env.token_of("a", &[])?;
+    let deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
+    let request = pb::ListDealsRequest {
+        filter: Some(pb::DealFilter {
+            plan_id: plan.id.clone(),
+            search: "person".into(),
+            ..Default::default()
+        }),
+        page_size: 500,
+        ..Default::default()
+    };
+    let tasks: Vec<_> = (0..SEARCHERS)
+        .map(|_| {
+            let (mut deals, request, token, stop) =
+                (deals.clone(), request.clone(), token.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut answered, mut refused) = (0, 0);
+                while !stop.is_cancelled() {
+                    match deals.list_deals(outgoing(request.clone(), &token)).await {
+                        Ok(_) => answered += 1,
+                        Err(status)
+                            if matches!(
+                                status.code(),
+                                tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
+                            ) =>
+                        {
+                            refused += 1
+                        }
+                        Err(status) => return Err(anyhow::Error::from(status)),
+                    }
+                }
+                anyhow::Ok((answered, refused))
+            })
+        })
+        .collect();
+    let (mut answered, mut refused) = (0, 0);
+    for task in tasks {
+        let (a, r) = task.await??;
+        answered += a;
+        refused += r;
+    }
+    Ok((answered, refused))
+}
+
+fn p99(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted
+        .get(((sorted.len() as f64 * 0.99).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or_default()
+}
+
+fn ratio_line(what: String, ratio: f64, target: &str) -> Line {
+    Line {
+        group: "isolation",
+        what,
+        value: format!("{ratio:.2}×"),
+        target: target.into(),
+        json: serde_json::json!({ "ratio": ratio }),
+    }
+}
+
+pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
+    let mut lines = Vec::new();
+    let b_plan = env.plan_of("b", "B's funnel").await?;
+    let seconds = config.rate_seconds;
+    // The first lead of a new plan waits for the services to learn of it: not measured.
+    trickle_for(env, &b_plan, "warm-up", 0).await?;
+    flush_page_cache("the isolation runs").await?;
+
+    // B alone, then A's bulk add alone, then both at once.
+    let alone = trickle_for(env, &b_plan, "alone", seconds).await?;
+    let alone_p99 = p99(&alone);
+    lines.push(Line::latency(
+        "isolation",
+        format!("B alone: one webhook lead every 50 ms, planned send → deal shown by ListDeals ({} leads)", alone.len()),
+        alone.clone(),
+        "—",
+    ));
+    let n = config.leads;
+    let a_alone = bulk_add(env, &env.plan_of("a", "A alone").await?, n).await?;
+    lines.push(Line::rate(
+        "isolation",
+        format!("A alone: bulk add of {n} contacts → every deal shown"),
+        n,
+        a_alone,
+        "—",
+    ));
+    flush_page_cache("the noisy-neighbour run").await?;
+    let a_plan = env.plan_of("a", "A with B").await?;
+    let stop = CancellationToken::new();
+    let (a_with, b_with) = tokio::join!(
+        async {
+            let took = bulk_add(env, &a_plan, n).await;
+            stop.cancel();
+            took
+        },
+        trickle(env, &b_plan, "with-bulk", stop.clone()),
+    );
+    let (a_with, b_with) = (a_with?, b_with?);
+    let with_p99 = p99(&b_with);
+    lines.push(Line::latency(
+        "isolation",
+        format!("B while A bulk-adds {n} contacts ({} leads)", b_with.len()),
+        b_with,
+        "p99 ≤ 2× alone and ≤ 100 ms",
+    ));
+    lines.push(ratio_line(
+        "B's p99 while A bulk-adds ÷ B alone".into(),
+        ms(with_p99) / ms(alone_p99).max(1e-9),
+        "≤ 2×",
+    ));
+    lines.push(Line::rate(
+        "isolation",
+        format!("A's bulk add of {n} contacts while B sends leads"),
+        n,
+        a_with,
+        "≥ 70 % of alone",
+    ));
+    lines.push(ratio_line(
+        "A's bulk throughput with B ÷ alone".into(),
+        a_alone.as_secs_f64() / a_with.as_secs_f64().max(1e-9),
+        "≥ 0.70×",
+    ));
+
+    // A's searches: seeded deals, 20 searches at once that match every one.
+    let searched = config.deals.min(200_000);
+    let pool = sqlx::PgPool::connect(&env.database_url).await?;
+    let s_plan = env.plan_of("a", "A searched").await?;
+    seed(&pool, "a", &s_plan, searched).await?;
+    flush_page_cache("the search run").await?;
+    let solo = trickle_for(env, &b_plan, "solo-2", seconds).await?;
+    let solo_p99 = p99(&solo);
+    lines.push(Line::latency(
+        "isolation",
+        format!("B alone, again ({} leads)", solo.len()),
+        solo,
+        "—",
+    ));
+    let stop = CancellationToken::new();
+    let attack = {
+        let stop = stop.clone();
+        async move { searches(env, &s_plan, stop).await }
+    };
+    let (attacked, answered) = tokio::join!(
+        async {
+            let samples = trickle_for(env, &b_plan, "searched", seconds).await;
+            stop.cancel();
+            samples
+        },
+        attack,
+    );
+    let (attacked, (answered, refused)) = (attacked?, answered?);
+    let attacked_p99 = p99(&attacked);
+    lines.push(Line::latency(
+        "isolation",
+        format!(
+            "B while A runs {SEARCHERS} searches at once matching all {searched} of its deals ({answered} answered, {refused} refused in {seconds} s)"
+        ),
+        attacked,
+        "p99 ≤ 2× alone",
+    ));
+    lines.push(ratio_line(
+        "B's p99 under A's searches ÷ B alone".into(),
+        ms(attacked_p99) / ms(solo_p99).max(1e-9),
+        "≤ 2×",
+    ));
+    Ok(lines)
+}
