@@ -5,7 +5,14 @@ async fn every_part_of_the_bench_runs() -> anyhow::Result<()> {
     let lines =
         integration_tests::bench::run(&integration_tests::bench::BenchConfig::smoke()).await?;
     let table = integration_tests::bench::markdown(&lines);
-    for part in ["floor", "intake", "latency", "memory", "queries", "isolation"] {
+    for part in [
+        "floor",
+        "intake",
+        "latency",
+        "memory",
+        "queries",
+        "isolation",
+    ] {
         assert!(
             lines.iter().any(|l| l.group == part),
             "no {part} line in\n{table}"

@@ -1457,3 +1457,185 @@ async fn an_accounts_bulk_backlog_is_capped() -> anyhow::Result<()> {
     deal_service.wait().await?;
     Ok(())
 }
+
+/// Publishes a protobuf event as deal-service's relay or the listener would.
+async fn publish_raw(
+    stack: &Stack,
+    subject: String,
+    id: &str,
+    payload: Vec<u8>,
+) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    js.publish_with_headers(subject, headers, payload.into())
+        .await?
+        .await?;
+    Ok(())
+}
+
+/// Events name their own account; lookups by the ids they carry (intake ids, deal ids,
+/// stage ids) are scoped by it. Events of account B that carry account A's ids — the most
+/// an account could do with access to the bus — change nothing of A's: its decision and
+/// counts in the distributor, its deal and stage names in reporting.
+#[tokio::test]
+async fn events_of_one_account_carrying_anothers_ids_change_nothing_of_it() -> anyhow::Result<()> {
+    use prost::Message as _;
+    use salesplan_platform::bus::streams;
+    let stack = Stack::start().await?;
+    let channel = stack.channel(&stack.deal_service).await?;
+    let (a, b) = (
+        stack.token("a", "admin", &ALL),
+        stack.token("b", "admin", &ALL),
+    );
+    let a_plan = create_plan(
+        channel.clone(),
+        &a,
+        plan_request("A", Mode::Auto, Strategy::RoundRobin, false, &["a1"]),
+    )
+    .await?;
+    let b_plan = create_plan(
+        channel.clone(),
+        &b,
+        plan_request("B", Mode::Auto, Strategy::RoundRobin, false, &["b1"]),
+    )
+    .await?;
+    reqwest::Client::new()
+        .post(stack.webhook_url())
+        .bearer_auth(&a)
+        .json(&lead_json(&a_plan.id, "run-1", "tg-a"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let a_deal = eventually(Duration::from_secs(20), || async {
+        Ok(plan_deals(&stack, &a, &a_plan.id).await?.pop())
+    })
+    .await?;
+    deal_events_consumed(&stack).await?;
+    let pool = stack.pool().await?;
+    let a_state = || async {
+        let decision: (Option<String>, Option<uuid::Uuid>) = sqlx::query_as(
+            "SELECT manager_id, deal_id FROM distributor.assignments WHERE account_id = 'a'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        let open: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT manager_id, open FROM distributor.open_deals WHERE plan_id = $1",
+        )
+        .bind(uuid::Uuid::parse_str(&a_plan.id)?)
+        .fetch_all(&pool)
+        .await?;
+        let view: (String, bool, i64) = sqlx::query_as(
+            "SELECT account_id, open, version FROM distributor.deal_view WHERE deal_id = $1",
+        )
+        .bind(uuid::Uuid::parse_str(&a_deal.id)?)
+        .fetch_one(&pool)
+        .await?;
+        let reported: (String, String, i64) = sqlx::query_as(
+            "SELECT account_id, status, version FROM reporting.deals WHERE deal_id = $1",
+        )
+        .bind(uuid::Uuid::parse_str(&a_deal.id)?)
+        .fetch_one(&pool)
+        .await?;
+        let stages: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM reporting.stages WHERE plan_id = $1 ORDER BY position",
+        )
+        .bind(uuid::Uuid::parse_str(&a_plan.id)?)
+        .fetch_all(&pool)
+        .await?;
+        anyhow::Ok((decision, open, view, reported, stages))
+    };
+    let before = a_state().await?;
+    assert_eq!(before.0.0.as_deref(), Some("a1"));
+
+    // An intake event of B with A's intake id: B's lead, decided for B.
+    let forged_lead = pb::IntakeEvent {
+        intake_id: a_deal.idempotency_key.clone(),
+        account_id: "b".into(),
+        received_at: Some(prost_types::Timestamp::default()),
+        source: pb::IntakeSource::Webhook as i32,
+        lead: Some(pb::Lead {
+            plan_id: b_plan.id.clone(),
+            run_id: "forged".into(),
+            contact: Some(pb::Contact {
+                external_id: "tg-b".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        assign_to_manager_id: None,
+    };
+    publish_raw(
+        &stack,
+        streams::intake_subject("b", &b_plan.id),
+        "forged-intake",
+        forged_lead.encode_to_vec(),
+    )
+    .await?;
+    let b_deal = eventually(Duration::from_secs(20), || async {
+        Ok(plan_deals(&stack, &b, &b_plan.id).await?.pop())
+    })
+    .await?;
+    assert_eq!(b_deal.manager_id.as_deref(), Some("b1"));
+
+    // A deal event of B about A's deal, and a plan event of B renaming A's stages.
+    let mut hijacked = a_deal.clone();
+    hijacked.plan_id = b_plan.id.clone();
+    hijacked.status = pb::DealStatus::Won as i32;
+    hijacked.version = 99;
+    let forged_deal = pb::DealEvent {
+        event_id: "forged-deal".into(),
+        account_id: "b".into(),
+        kind: pb::deal_event::Kind::Closed as i32,
+        deal: Some(hijacked),
+        ..Default::default()
+    };
+    publish_raw(
+        &stack,
+        streams::deal_subject("b", "closed"),
+        "forged-deal",
+        forged_deal.encode_to_vec(),
+    )
+    .await?;
+    let mut renamed = b_plan.clone();
+    renamed.version = 99;
+    renamed.stages = a_plan
+        .stages
+        .iter()
+        .map(|s| pb::Stage {
+            name: "hijacked".into(),
+            ..s.clone()
+        })
+        .collect();
+    let forged_plan = pb::PlanEvent {
+        event_id: "forged-plan".into(),
+        account_id: "b".into(),
+        kind: pb::plan_event::Kind::Updated as i32,
+        plan: Some(renamed),
+        ..Default::default()
+    };
+    publish_raw(
+        &stack,
+        streams::plan_subject("b", "updated"),
+        "forged-plan",
+        forged_plan.encode_to_vec(),
+    )
+    .await?;
+    deal_events_consumed(&stack).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    eventually(Duration::from_secs(20), || {
+        let js = js.clone();
+        async move {
+            let backlog = integration_tests::nats::consumer_backlog(
+                &js,
+                "SALESPLAN_PLANS",
+                "reporting-plans",
+            )
+            .await?;
+            Ok(backlog.is_empty().then_some(()))
+        }
+    })
+    .await?;
+    assert_eq!(a_state().await?, before, "nothing of A's changed");
+    stack.stop().await
+}

@@ -11,8 +11,8 @@ use salesplan_platform::{Actor, Permission, auth::TokenIssuer, grpc::outgoing};
 use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient,
     distributor_service_client::DistributorServiceClient,
-    intake_service_client::IntakeServiceClient, plan_service_client::PlanServiceClient,
-    report_service_client::ReportServiceClient,
+    intake_service_client::IntakeServiceClient, outbox_service_client::OutboxServiceClient,
+    plan_service_client::PlanServiceClient, report_service_client::ReportServiceClient,
 };
 use tonic::{Code, Status, transport::Channel};
 
@@ -63,6 +63,9 @@ const METHODS: &[&str] = &[
     "LossReasons",
     "StageLosses",
     "ExplainAssignment",
+    "ListIntakeRejections",
+    "ListParkedEvents",
+    "ReplayParkedEvents",
 ];
 
 /// What a call returned that matters here: an error status, or how much of the other
@@ -431,6 +434,42 @@ async fn call(
             ))
             .await
             .map(|_| 1)?,
+        "ListIntakeRejections" => DistributorServiceClient::new(ch.distributor.clone())
+            .list_intake_rejections(req(
+                pb::ListIntakeRejectionsRequest {
+                    plan_id: ids.plan.clone(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await?
+            .into_inner()
+            .rejections
+            .len(),
+        "ListParkedEvents" => OutboxServiceClient::new(ch.deals.clone())
+            .list_parked_events(req(
+                pb::ListParkedEventsRequest {
+                    account_id: "acme".into(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await?
+            .into_inner()
+            .events
+            .len(),
+        "ReplayParkedEvents" => {
+            OutboxServiceClient::new(ch.deals.clone())
+                .replay_parked_events(req(
+                    pb::ReplayParkedEventsRequest {
+                        ids: (1..100).collect(),
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner()
+                .replayed as usize
+        }
         other => panic!("unknown method {other}"),
     })
 }
@@ -604,6 +643,9 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         ("BulkMoveDeals", "deals:bulk_edit"),
         ("BulkAssignDeals", "deals:bulk_edit"),
         ("AddToSalesPlan", "intake:write"),
+        ("ListIntakeRejections", "plans:admin"),
+        ("ListParkedEvents", "plans:admin"),
+        ("ReplayParkedEvents", "plans:admin"),
     ];
     for (method, permission) in needs {
         let err = call(&channels, method, Some(&plain), &ids)

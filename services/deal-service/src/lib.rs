@@ -50,8 +50,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            // Two at once: one account never holds more than a quarter of the read pool.
             reads: ClassLimit {
-                concurrency: 4,
+                concurrency: 2,
                 rate: 50.0,
                 burst: 100.0,
             },

@@ -2,13 +2,13 @@
 //! transaction per batch), publish the decisions, then create the deals through
 //! deal-service, idempotent on the intake id. A lead is acked only once its deal exists.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use futures::{StreamExt, stream};
 use prost::Message as _;
 use salesplan_platform::{
     auth::{ServiceTokens, valid_account_id},
-    bus::{BatchHandler, Bus, Delivery, Outcome, Outgoing, streams},
+    bus::{Activity, BatchHandler, Bus, Delivery, Outcome, Outgoing, streams},
     grpc::outgoing,
     validate::contact_key,
 };
@@ -42,10 +42,13 @@ const CREATE_BATCH: usize = 500;
 const CONCURRENT_CALLS: usize = 4;
 
 pub struct IntakeEvents {
+    /// Marked busy while this handler has a batch in hand (the interactive lane's, which
+    /// the bulk lane yields to).
+    activity: Option<Activity>,
     store: Store,
     bus: Bus,
     deals: DealServiceClient<Channel>,
-    tokens: ServiceTokens,
+    tokens: Arc<ServiceTokens>,
     /// From the lead's arrival at the listener to its deal existing.
     lead_to_deal: opentelemetry::metrics::Histogram<f64>,
     /// One plan's batch decision (lock, read, decide, write).
@@ -66,10 +69,11 @@ impl IntakeEvents {
         store: Store,
         bus: Bus,
         deals: DealServiceClient<Channel>,
-        tokens: ServiceTokens,
+        tokens: Arc<ServiceTokens>,
     ) -> Self {
         let meter = salesplan_platform::telemetry::meter("distributor");
         Self {
+            activity: None,
             store,
             bus,
             deals,
@@ -86,6 +90,14 @@ impl IntakeEvents {
                 .u64_counter("salesplan.distributor.rejected_leads")
                 .with_description("Accepted leads refused on their own (ListIntakeRejections)")
                 .build(),
+        }
+    }
+
+    /// The same handler, marking `activity` busy while it has a batch in hand.
+    pub fn marking(self, activity: Activity) -> Self {
+        Self {
+            activity: Some(activity),
+            ..self
         }
     }
 
@@ -290,6 +302,7 @@ fn code_name(code: Code) -> String {
 
 impl BatchHandler for IntakeEvents {
     async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
+        let _busy = self.activity.as_ref().map(Activity::start);
         let mut outcomes = vec![Outcome::Done; batch.len()];
         let mut rejected: Vec<(usize, Code, String)> = Vec::new();
         let mut by_plan: HashMap<(String, Uuid), Vec<Decoded>> = HashMap::new();

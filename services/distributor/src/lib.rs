@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use salesplan_platform::{
     Permission,
     auth::{AuthInterceptor, ServiceTokens, TokenIssuer, TokenVerifier},
-    bus::{Bus, ConsumerSpec, FairSpec, streams},
+    bus::{Activity, Bus, ConsumerSpec, FairSpec, streams},
     config::{ConfigError, Env},
     db, grpc as server,
     limits::ClassLimit,
@@ -109,12 +109,10 @@ impl Service for Config {
             ConsumerSpec::new(&streams::PLANS, "distributor-plans"),
             Arc::new(plans::PlanEvents::new(store.clone())),
         );
-        let leads = Arc::new(intake::IntakeEvents::new(
-            store.clone(),
-            bus.clone(),
-            deals,
-            tokens,
-        ));
+        let tokens = Arc::new(tokens);
+        let leads =
+            || intake::IntakeEvents::new(store.clone(), bus.clone(), deals.clone(), tokens.clone());
+        let interactive = Activity::default();
         // The interactive lane: a funnel's single lead, never behind a bulk add.
         background.consume(
             &bus,
@@ -122,7 +120,7 @@ impl Service for Config {
             // overlaps the decisions of the next.
             ConsumerSpec::new(&streams::INTAKE, "distributor-intake")
                 .with_concurrency(INTAKE_BATCHES_IN_FLIGHT),
-            leads.clone(),
+            Arc::new(leads().marking(interactive.clone())),
         );
         // The bulk lane: accounts served in turn, so one account's large bulk add does not
         // hold back another's.
@@ -134,8 +132,10 @@ impl Service for Config {
                 subjects_of: streams::bulk_subjects_of,
                 rounds_in_flight: BULK_ROUNDS_IN_FLIGHT,
                 idle_poll: std::time::Duration::from_millis(100),
+                // A funnel's lead in hand goes first: no new bulk round starts meanwhile.
+                yields_to: Some(interactive),
             },
-            leads,
+            Arc::new(leads()),
         );
         background.consume(
             &bus,

@@ -172,7 +172,7 @@ impl DatabaseConfig {
                 "SALESPLAN_DB_STATEMENT_TIMEOUT_MS",
                 Self::DEFAULT_STATEMENT_TIMEOUT,
             )?,
-            read_max_connections: env.parse("SALESPLAN_DB_READ_MAX_CONNECTIONS", 4)?,
+            read_max_connections: env.parse("SALESPLAN_DB_READ_MAX_CONNECTIONS", 8)?,
             read_timeout: env.millis("SALESPLAN_DB_READ_TIMEOUT_MS", Self::DEFAULT_READ_TIMEOUT)?,
         };
         config.validate()?;
@@ -186,7 +186,7 @@ impl DatabaseConfig {
             max_connections: 8,
             migrate_on_start: true,
             statement_timeout: Self::DEFAULT_STATEMENT_TIMEOUT,
-            read_max_connections: 4,
+            read_max_connections: 8,
             read_timeout: Self::DEFAULT_READ_TIMEOUT,
         }
     }

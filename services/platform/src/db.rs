@@ -37,14 +37,13 @@ pub async fn connect(config: &DatabaseConfig, schema: &str) -> Result<PgPool, sq
 /// The pool of reads that scan (lists, boards, reports): its own connections, so they can
 /// never take the connections of writes and intake, and its own, shorter statement
 /// timeout (`SALESPLAN_DB_READ_MAX_CONNECTIONS`, `SALESPLAN_DB_READ_TIMEOUT_MS`).
+///
+/// A scan runs in one process (no parallel workers): one account's search then takes at
+/// most one core of the database, however large its account.
 pub async fn connect_reads(config: &DatabaseConfig, schema: &str) -> Result<PgPool, sqlx::Error> {
-    open(
-        config,
-        schema,
-        config.read_max_connections,
-        config.read_timeout,
-    )
-    .await
+    let options = options(config, schema, config.read_timeout)?
+        .options([("max_parallel_workers_per_gather", "0")]);
+    pool(options, config.read_max_connections).await
 }
 
 async fn open(
@@ -53,7 +52,15 @@ async fn open(
     max_connections: u32,
     statement_timeout: Duration,
 ) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(config.url.expose())?
+    pool(options(config, schema, statement_timeout)?, max_connections).await
+}
+
+fn options(
+    config: &DatabaseConfig,
+    schema: &str,
+    statement_timeout: Duration,
+) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(config.url.expose())?
         .options([
             ("search_path", format!("{schema},public")),
             ("plan_cache_mode", "force_custom_plan".to_owned()),
@@ -62,7 +69,10 @@ async fn open(
                 statement_timeout.as_millis().to_string(),
             ),
         ])
-        .application_name(schema);
+        .application_name(schema))
+}
+
+async fn pool(options: PgConnectOptions, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

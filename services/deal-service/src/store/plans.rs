@@ -113,11 +113,14 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let plan_id = plan_of_stage(&mut tx, account_id, stage_id).await?;
         let mut plan = load_plan(&mut tx, account_id, plan_id, Lock::Update).await?;
-        let holds: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM deals WHERE stage_id = $1)")
-                .bind(stage_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let holds: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM deals WHERE account_id = $1 AND plan_id = $2 AND stage_id = $3)",
+        )
+        .bind(account_id)
+        .bind(plan_id)
+        .bind(stage_id)
+        .fetch_one(&mut *tx)
+        .await?;
         let move_to = plan.delete_stage(stage_id, holds, target)?;
         let mut moved = 0;
         if let Some(to) = move_to {

@@ -278,7 +278,7 @@ impl Store {
             "INSERT INTO assignments (intake_id, account_id, plan_id, manager_id, reason, explanation)
              SELECT i, $2, $3, m, r, e FROM UNNEST($1::uuid[], $4::text[], $5::text[], $6::bytea[])
                 AS t(i, m, r, e)
-             ON CONFLICT (intake_id) DO NOTHING",
+             ON CONFLICT (account_id, intake_id) DO NOTHING",
         )
         .bind(new.iter().map(|a| Uuid::parse_str(&a.intake_id).unwrap_or_default()).collect::<Vec<_>>())
         .bind(account_id)

@@ -65,9 +65,8 @@ impl Store {
                 block_id, run_id, code, reason, rejected_at)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[],
                 $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
-             ON CONFLICT (intake_id) DO UPDATE SET code = excluded.code, reason = excluded.reason,
-                rejected_at = excluded.rejected_at
-             WHERE intake_rejections.account_id = excluded.account_id",
+             ON CONFLICT (account_id, intake_id) DO UPDATE SET code = excluded.code,
+                reason = excluded.reason, rejected_at = excluded.rejected_at",
         )
         .bind(rejections.iter().map(|r| r.intake_id).collect::<Vec<_>>())
         .bind(column(|r| r.account_id.clone()))

@@ -4,7 +4,14 @@
 //! with work. An account that queued 100,000 messages first does not make another wait for
 //! them: both progress at comparable rates.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
@@ -15,6 +22,35 @@ use super::{
     consumer::{Counters, durable_consumer, log_panic, pause, process},
     streams::{self, StreamSpec},
 };
+
+/// Work in progress that a fair consumer yields to (the interactive lane): while any is in
+/// progress, no new round starts (for at most [`MAX_YIELD`] at a time, so the yielding lane
+/// still moves under a steady stream of the other's work).
+#[derive(Debug, Clone, Default)]
+pub struct Activity(Arc<AtomicUsize>);
+
+/// One piece of work in progress; the activity is idle again once every guard is dropped.
+pub struct ActivityGuard(Arc<AtomicUsize>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Activity {
+    pub fn start(&self) -> ActivityGuard {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        ActivityGuard(self.0.clone())
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// The longest a fair consumer waits for the work it yields to before its next round.
+pub const MAX_YIELD: Duration = Duration::from_millis(100);
 
 /// A fair consumer of a work-queue stream.
 #[derive(Debug, Clone)]
@@ -28,6 +64,8 @@ pub struct FairSpec {
     pub rounds_in_flight: usize,
     /// How often to look for work when there is none.
     pub idle_poll: Duration,
+    /// Work that goes first: no round starts while it is in progress.
+    pub yields_to: Option<Activity>,
 }
 
 /// How many messages the stream holds per account (for a work queue: its backlog, the
@@ -77,6 +115,12 @@ pub async fn run_fair_consumer<H: BatchHandler>(
         while in_flight.len() >= spec.rounds_in_flight.max(1) {
             if let Some(done) = in_flight.join_next().await {
                 log_panic(&lane, done);
+            }
+        }
+        if let Some(other) = &spec.yields_to {
+            let waited = tokio::time::Instant::now();
+            while other.is_busy() && waited.elapsed() < MAX_YIELD && !shutdown.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
         let accounts = match pending_by_account(&bus, spec.stream, all).await {

@@ -14,7 +14,9 @@ pub use consumer::{
     BatchHandler, ConsumerSpec, Delivery, HEADER_DELIVERED, HEADER_ORIGINAL_SUBJECT, HEADER_REASON,
     Outcome, run_consumer,
 };
-pub use fair::{FairSpec, pending_by_account, run_fair_consumer};
+pub use fair::{
+    Activity, ActivityGuard, FairSpec, MAX_YIELD, pending_by_account, run_fair_consumer,
+};
 pub use publish::{Outgoing, Stored};
 
 use crate::config::NatsConfig;
