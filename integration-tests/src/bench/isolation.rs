@@ -62,13 +62,27 @@ async fn trickle(
         };
         tokio::spawn(async move {
             while !stop.is_cancelled() {
-                let page = deals.list_deals(outgoing(request.clone(), &token)).await?;
-                let now = Instant::now();
-                {
-                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                    for deal in page.into_inner().deals {
-                        seen.entry(deal.idempotency_key).or_insert(now);
+                // Newest first, page after page until one reaches deals seen before: after
+                // a stall, more than a page may have appeared at once.
+                let mut request = request.clone();
+                loop {
+                    let page = deals
+                        .list_deals(outgoing(request.clone(), &token))
+                        .await?
+                        .into_inner();
+                    let now = Instant::now();
+                    let mut all_new = true;
+                    {
+                        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                        for deal in page.deals {
+                            all_new &= !seen.contains_key(&deal.idempotency_key);
+                            seen.entry(deal.idempotency_key).or_insert(now);
+                        }
                     }
+                    if !all_new || page.next_page_token.is_empty() {
+                        break;
+                    }
+                    request.page_token = page.next_page_token;
                 }
                 tokio::time::sleep(POLL).await;
             }
@@ -175,8 +189,18 @@ async fn deal_count(
         .total_count)
 }
 
-/// Vacuums and analyzes the tables a bulk add writes, so each measured run starts from the
-/// same state (not inheriting the last run's dead rows and its autovacuum).
+/// Before each measured run: a checkpoint and the page cache written back, so neither the
+/// last run's dirty pages nor a checkpoint it made due fall in the middle of this one (each
+/// stalled every commit for a moment, and one stall is a p99 of 200 samples).
+async fn settle(env: &Env, before: &str) -> anyhow::Result<()> {
+    let pool = sqlx::PgPool::connect(&env.database_url).await?;
+    sqlx::query("CHECKPOINT").execute(&pool).await?;
+    pool.close().await;
+    flush_page_cache(before).await
+}
+
+/// Vacuums and analyzes the tables a bulk add writes, so each bulk run starts from the
+/// same state (not inheriting the last run's dead rows and its autovacuum), then settles.
 async fn vacuum(env: &Env) -> anyhow::Result<()> {
     let pool = sqlx::PgPool::connect(&env.database_url).await?;
     for table in [
@@ -194,7 +218,7 @@ async fn vacuum(env: &Env) -> anyhow::Result<()> {
             .await?;
     }
     pool.close().await;
-    flush_page_cache("a measured run").await
+    settle(env, "a bulk run").await
 }
 
 /// A's audience: `n` contacts in one bulk add, timed from its start to every deal readable.
@@ -338,10 +362,11 @@ fn b_lines(lines: &mut Vec<Line>, what: String, run: Trickle, target: &str) -> D
 pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     let mut lines = Vec::new();
     let b_plan = env.plan_of("b", "B's funnel").await?;
-    let seconds = config.rate_seconds;
+    // B's runs are twice the latency runs' length: a p99 of 400 samples, not 200.
+    let seconds = 2 * config.rate_seconds;
     // The first lead of a new plan waits for the services to learn of it: not measured.
     trickle_for(env, &b_plan, "warm-up", 0).await?;
-    flush_page_cache("the isolation runs").await?;
+    settle(env, "B alone").await?;
 
     // B alone (one webhook lead every 50 ms), then A's bulk add alone, then both at once.
     let alone = trickle_for(env, &b_plan, "alone", seconds).await?;
@@ -398,9 +423,10 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     let pool = sqlx::PgPool::connect(&env.database_url).await?;
     let s_plan = env.plan_of("a", "A searched").await?;
     seed(&pool, "a", &s_plan, searched).await?;
-    flush_page_cache("the search run").await?;
+    settle(env, "B alone, again").await?;
     let solo = trickle_for(env, &b_plan, "solo-2", seconds).await?;
     let solo_p99 = b_lines(&mut lines, "B alone, again".into(), solo, "—");
+    settle(env, "the search run").await?;
     let stop = CancellationToken::new();
     let attack = {
         let stop = stop.clone();

@@ -46,18 +46,23 @@ pub struct Config {
     /// `SALESPLAN_LIMIT_LOOKUPS`: ExplainAssignment and ListIntakeRejections per account
     /// and replica.
     pub lookups_limit: ClassLimit,
+    /// `SALESPLAN_BULK_SHARE`: while funnel leads flow, the share of the time bulk adds may
+    /// take (one round at a time, then a pause in proportion).
+    pub bulk_share: f64,
 }
 
 impl Config {
     pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50052";
     pub const DEFAULT_DEAL_SERVICE_URL: &str = "http://127.0.0.1:50053";
     pub const DEFAULT_LOOKUPS_LIMIT: ClassLimit = ClassLimit::rate_only(50.0, 100.0);
+    pub const DEFAULT_BULK_SHARE: f64 = 0.75;
 
     pub fn local(database_url: &str, nats_url: &str, deal_service_url: &str) -> Self {
         Self {
             common: ServiceConfig::local(database_url, nats_url),
             deal_service_url: deal_service_url.to_owned(),
             lookups_limit: Self::DEFAULT_LOOKUPS_LIMIT,
+            bulk_share: Self::DEFAULT_BULK_SHARE,
         }
     }
 }
@@ -75,7 +80,14 @@ impl Service for Config {
                 "SALESPLAN_LIMIT_LOOKUPS",
                 Self::DEFAULT_LOOKUPS_LIMIT,
             )?,
+            bulk_share: env.parse("SALESPLAN_BULK_SHARE", Self::DEFAULT_BULK_SHARE)?,
         };
+        if !(config.bulk_share > 0.0 && config.bulk_share <= 1.0) {
+            return Err(ConfigError::new(
+                "SALESPLAN_BULK_SHARE",
+                "must be more than 0 and at most 1",
+            ));
+        }
         salesplan_platform::config::url("SALESPLAN_DEAL_SERVICE_URL", &config.deal_service_url)?;
         if config.common.auth.hs256_secret.is_none()
             && config.common.auth.rs256_private_key_pem.is_none()
@@ -132,8 +144,10 @@ impl Service for Config {
                 subjects_of: streams::bulk_subjects_of,
                 rounds_in_flight: BULK_ROUNDS_IN_FLIGHT,
                 idle_poll: std::time::Duration::from_millis(100),
-                // A funnel's lead in hand goes first: no new bulk round starts meanwhile.
+                // A funnel's lead in hand goes first: no new bulk round starts meanwhile,
+                // and while funnels send leads, bulk adds take at most this share of the time.
                 yields_to: Some(interactive),
+                share: self.bulk_share,
             },
             Arc::new(leads()),
         );

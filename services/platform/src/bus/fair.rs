@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -23,34 +23,69 @@ use super::{
     streams::{self, StreamSpec},
 };
 
-/// Work in progress that a fair consumer yields to (the interactive lane): while any is in
-/// progress, no new round starts (for at most [`MAX_YIELD`] at a time, so the yielding lane
-/// still moves under a steady stream of the other's work).
-#[derive(Debug, Clone, Default)]
-pub struct Activity(Arc<AtomicUsize>);
+/// Work that a fair consumer yields to (the interactive lane). While any is in progress,
+/// no new round starts (for at most [`MAX_YIELD`] at a time, so the yielding lane still
+/// moves under a steady stream of the other's work); while any was seen within
+/// [`SHARING_WINDOW`], the yielding lane takes at most its share of the time.
+#[derive(Debug, Clone)]
+pub struct Activity(Arc<ActivityState>);
+
+#[derive(Debug)]
+struct ActivityState {
+    in_progress: AtomicUsize,
+    epoch: std::time::Instant,
+    /// When work was last seen, in milliseconds since `epoch`.
+    last_seen_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self(Arc::new(ActivityState {
+            in_progress: AtomicUsize::new(0),
+            epoch: std::time::Instant::now(),
+            last_seen_ms: AtomicU64::new(0),
+        }))
+    }
+}
 
 /// One piece of work in progress; the activity is idle again once every guard is dropped.
-pub struct ActivityGuard(Arc<AtomicUsize>);
+pub struct ActivityGuard(Activity);
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.touch();
+        self.0.0.in_progress.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Activity {
     pub fn start(&self) -> ActivityGuard {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        ActivityGuard(self.0.clone())
+        self.0.in_progress.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        ActivityGuard(self.clone())
+    }
+
+    fn touch(&self) {
+        let now = self.0.epoch.elapsed().as_millis() as u64;
+        self.0.last_seen_ms.fetch_max(now, Ordering::SeqCst);
     }
 
     pub fn is_busy(&self) -> bool {
-        self.0.load(Ordering::SeqCst) > 0
+        self.0.in_progress.load(Ordering::SeqCst) > 0
+    }
+
+    /// Whether work was in progress at any time within the last `window`.
+    pub fn seen_within(&self, window: Duration) -> bool {
+        let now = self.0.epoch.elapsed().as_millis() as u64;
+        let last = self.0.last_seen_ms.load(Ordering::SeqCst);
+        self.is_busy() || (last > 0 && now.saturating_sub(last) <= window.as_millis() as u64)
     }
 }
 
 /// The longest a fair consumer waits for the work it yields to before its next round.
 pub const MAX_YIELD: Duration = Duration::from_millis(100);
+/// How recently the work yielded to must have been seen for the yielding lane to share.
+pub const SHARING_WINDOW: Duration = Duration::from_secs(1);
 
 /// A fair consumer of a work-queue stream.
 #[derive(Debug, Clone)]
@@ -66,6 +101,9 @@ pub struct FairSpec {
     pub idle_poll: Duration,
     /// Work that goes first: no round starts while it is in progress.
     pub yields_to: Option<Activity>,
+    /// While that work is flowing, rounds run one at a time and each is followed by a pause,
+    /// so this lane takes at most this share of the time (0 < share ≤ 1).
+    pub share: f64,
 }
 
 /// How many messages the stream holds per account (for a work queue: its backlog, the
@@ -112,7 +150,16 @@ pub async fn run_fair_consumer<H: BatchHandler>(
     let mut in_flight = tokio::task::JoinSet::new();
     let all = spec.stream.subjects;
     while !shutdown.is_cancelled() {
-        while in_flight.len() >= spec.rounds_in_flight.max(1) {
+        let sharing = spec
+            .yields_to
+            .as_ref()
+            .is_some_and(|other| other.seen_within(SHARING_WINDOW));
+        let most = if sharing {
+            1
+        } else {
+            spec.rounds_in_flight.max(1)
+        };
+        while in_flight.len() >= most {
             if let Some(done) = in_flight.join_next().await {
                 log_panic(&lane, done);
             }
@@ -163,6 +210,14 @@ pub async fn run_fair_consumer<H: BatchHandler>(
         }
         if round.is_empty() {
             pause(&shutdown, spec.idle_poll).await;
+            continue;
+        }
+        if sharing {
+            // One round, then a pause in proportion, so the work yielded to has the rest.
+            let started = tokio::time::Instant::now();
+            process(&bus, &lane, &*handler, round, &counters).await;
+            let share = spec.share.clamp(0.05, 1.0);
+            pause(&shutdown, started.elapsed().mul_f64((1.0 - share) / share)).await;
             continue;
         }
         let (bus, lane, handler, counters) =

@@ -15,7 +15,8 @@ pub use consumer::{
     Outcome, run_consumer,
 };
 pub use fair::{
-    Activity, ActivityGuard, FairSpec, MAX_YIELD, pending_by_account, run_fair_consumer,
+    Activity, ActivityGuard, FairSpec, MAX_YIELD, SHARING_WINDOW, pending_by_account,
+    run_fair_consumer,
 };
 pub use publish::{Outgoing, Stored};
 
