@@ -157,7 +157,7 @@ impl Env {
         }
     }
 
-    async fn pipeline_idle(&self, pool: &sqlx::PgPool) -> anyhow::Result<bool> {
+    pub(super) async fn pipeline_idle(&self, pool: &sqlx::PgPool) -> anyhow::Result<bool> {
         if !consumer_backlog(&self.js, "SALESPLAN_INTAKE", "distributor-intake")
             .await?
             .is_empty()

@@ -42,8 +42,9 @@ pub struct Limits {
     pub reads: ClassLimit,
     /// `SALESPLAN_LIMIT_BULK`: BulkMoveDeals, BulkAssignDeals, TransferDeals.
     pub bulk: ClassLimit,
-    /// `SALESPLAN_LIMIT_CREATE_DEALS`: CreateDeals (up to 1,000 deals a call). The
-    /// distributor makes a few calls at once per account; the default leaves it room.
+    /// `SALESPLAN_LIMIT_CREATE_DEALS`: CreateDeals (up to 1,000 deals a call) of an
+    /// account's own clients; the distributor's calls (`platform:intake`) are bounded by the
+    /// intake lanes instead.
     pub creates: ClassLimit,
 }
 
@@ -62,9 +63,9 @@ impl Default for Limits {
                 burst: 10.0,
             },
             creates: ClassLimit {
-                concurrency: 8,
-                rate: 200.0,
-                burst: 400.0,
+                concurrency: 4,
+                rate: 20.0,
+                burst: 40.0,
             },
         }
     }

@@ -111,7 +111,11 @@ impl Service for Config {
         bus.ensure_streams(&streams::ALL).await?;
         let issuer = TokenIssuer::from_config(&common.auth)?
             .context("no key to sign calls to deal-service")?;
-        let tokens = ServiceTokens::new(issuer, ACTOR_ID, &[Permission::DealsEditAll]);
+        let tokens = ServiceTokens::new(
+            issuer,
+            ACTOR_ID,
+            &[Permission::DealsEditAll, Permission::PlatformIntake],
+        );
         let deals = DealServiceClient::new(server::lazy_channel(&self.deal_service_url)?);
         let store = store::Store::new(pool);
 

@@ -26,6 +26,10 @@ pub enum Permission {
     /// The platform's operators: operational calls across every account (parked outbox
     /// events). Never given to an account's users; not in [`Permission::ALL`].
     PlatformOperate,
+    /// The distributor creating the deals of accepted leads: its CreateDeals calls are
+    /// bounded by the intake lanes, not by the account's limit on CreateDeals. Never given
+    /// to an account's users; not in [`Permission::ALL`].
+    PlatformIntake,
 }
 
 impl Permission {
@@ -38,12 +42,13 @@ impl Permission {
     ];
 
     /// Every permission a token may carry: the account's, and the operators'.
-    pub const KNOWN: [Permission; 5] = [
+    pub const KNOWN: [Permission; 6] = [
         Self::DealsEditAll,
         Self::DealsBulkEdit,
         Self::PlansAdmin,
         Self::IntakeWrite,
         Self::PlatformOperate,
+        Self::PlatformIntake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +58,7 @@ impl Permission {
             Self::PlansAdmin => "plans:admin",
             Self::IntakeWrite => "intake:write",
             Self::PlatformOperate => "platform:operate",
+            Self::PlatformIntake => "platform:intake",
         }
     }
 }
