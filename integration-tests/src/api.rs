@@ -85,3 +85,52 @@ pub fn lead_json(plan_id: &str, run: &str, external_id: &str) -> serde_json::Val
         "contact": { "external_id": external_id, "name": format!("Contact {external_id}") },
     })
 }
+
+/// The chunks of a bulk add of `n` contacts into `plan_id`, `per_chunk` at a time, contact
+/// `i` with the external id `external_id(i)`.
+pub fn audience_chunks(
+    plan_id: &str,
+    job_id: &str,
+    n: usize,
+    per_chunk: usize,
+    external_id: impl Fn(usize) -> String,
+) -> Vec<pb::AddAudienceRequest> {
+    (0..n)
+        .collect::<Vec<_>>()
+        .chunks(per_chunk)
+        .map(|chunk| pb::AddAudienceRequest {
+            plan_id: plan_id.to_owned(),
+            job_id: job_id.to_owned(),
+            assign_to_manager_id: None,
+            contacts: chunk
+                .iter()
+                .map(|i| pb::AudienceContact {
+                    contact: Some(pb::Contact {
+                        external_id: external_id(*i),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// How many deals a plan holds, as a reader sees it (the kept counts: one cheap read).
+pub async fn deal_count(channel: Channel, token: &str, plan_id: &str) -> anyhow::Result<i64> {
+    Ok(DealServiceClient::new(channel)
+        .list_deals(outgoing(
+            pb::ListDealsRequest {
+                filter: Some(pb::DealFilter {
+                    plan_id: plan_id.to_owned(),
+                    ..Default::default()
+                }),
+                page_size: 1,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?
+        .into_inner()
+        .total_count)
+}

@@ -17,12 +17,12 @@ use futures::StreamExt;
 use salesplan_platform::{
     Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
 };
-use salesplan_proto::v1::{self as pb, intake_service_client::IntakeServiceClient};
+use salesplan_proto::v1::intake_service_client::IntakeServiceClient;
 use tokio::process::{Child, Command};
 
 use crate::{
-    api::{Mode, Strategy, create_plan, plan_request},
-    nats::{bulk_backlog, consumer_backlog},
+    api::{Mode, Strategy, audience_chunks, create_plan, plan_request},
+    nats::{bulk_backlog, consumer_backlog, describe_stream},
 };
 
 #[derive(Debug, Clone)]
@@ -269,6 +269,25 @@ impl Proc {
         Some(kib * 1024)
     }
 
+    /// Asks the process to stop (SIGTERM) and waits for it; killed after `grace`.
+    pub(crate) async fn stop(&mut self, grace: Duration) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if let Some(pid) = child.id() {
+            Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await?;
+        }
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            child.start_kill()?;
+            child.wait().await?;
+            bail!("{} did not stop within {grace:?} of SIGTERM", self.name);
+        }
+        Ok(())
+    }
+
     pub(crate) async fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             child.start_kill()?;
@@ -354,10 +373,41 @@ pub(crate) async fn start_services(
     ))
 }
 
-/// Runs the whole fault scenario and checks every promise; the figures on success.
+/// Runs the whole fault scenario and checks every promise; the figures on success. On
+/// failure the error carries the end of every process's log, since the logs go with the run.
 pub async fn run(config: ChaosConfig) -> anyhow::Result<Figures> {
-    let pg = Postgres::start_new().await?;
     let logs = tempfile::tempdir()?;
+    match run_in(config, &logs).await {
+        Ok(figures) => Ok(figures),
+        Err(err) => Err(err.context(log_tails(logs.path(), 40))),
+    }
+}
+
+/// The last `lines` lines of every `*.log` in `dir`, each under its file name.
+fn log_tails(dir: &std::path::Path, lines: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("the scenario failed; the end of each log:\n");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let _ = writeln!(out, "--- {}", path.display());
+        for line in &all[all.len().saturating_sub(lines)..] {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
+async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result<Figures> {
+    let pg = Postgres::start_new().await?;
     let nats_port = free_port()?;
     let nats_store = logs.path().join("jetstream");
     let mut nats = Proc {
@@ -498,25 +548,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Figures> {
                     ))?
                     .connect()
                     .await?;
-                    let chunks: Vec<pb::AddAudienceRequest> = (0..n)
-                        .collect::<Vec<_>>()
-                        .chunks(500)
-                        .map(|c| pb::AddAudienceRequest {
-                            plan_id: plan.clone(),
-                            job_id: "chaos-bulk".into(),
-                            assign_to_manager_id: None,
-                            contacts: c
-                                .iter()
-                                .map(|i| pb::AudienceContact {
-                                    contact: Some(pb::Contact {
-                                        external_id: format!("b-{i}"),
-                                        ..Default::default()
-                                    }),
-                                    ..Default::default()
-                                })
-                                .collect(),
-                        })
-                        .collect();
+                    let chunks = audience_chunks(&plan, "chaos-bulk", n, 500, |i| format!("b-{i}"));
                     let mut stream = IntakeServiceClient::new(channel)
                         .add_audience(outgoing(futures::stream::iter(chunks), &funnel))
                         .await?
@@ -553,7 +585,9 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Figures> {
             f.restarts.push((service.name.clone(), took));
         }
     }
-    nats.kill().await?;
+    // A broker restart, as in a rolling upgrade: SIGKILL of a single nats-server 2.9 can
+    // lose its last acknowledged writes (docs/reliability.md, known limits).
+    nats.stop(Duration::from_secs(30)).await?;
     let took = nats.start().await?;
     figures
         .lock()
@@ -661,10 +695,13 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Figures> {
         if kept == recount && reported as usize == figures.deals {
             break;
         }
-        anyhow::ensure!(
-            Instant::now() < settled,
-            "distributor counts {kept:?} or reporting's {reported} deals never matched {recount:?}"
-        );
+        if Instant::now() >= settled {
+            let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await?);
+            bail!(
+                "distributor counts {kept:?} or reporting's {reported} deals never matched {recount:?}\n{}",
+                describe_stream(&js, "SALESPLAN_DEALS").await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let verify = Command::new(sibling_binary("reporting")?)
@@ -709,10 +746,12 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Figures> {
         if bulk == 0 {
             break;
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{bulk} contacts left in the bulk lane"
-        );
+        if Instant::now() >= deadline {
+            bail!(
+                "{bulk} contacts left in the bulk lane\n{}",
+                describe_stream(&js, "SALESPLAN_BULK").await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let dead: u64 = js

@@ -138,3 +138,32 @@ pub async fn bulk_backlog(js: &async_nats::jetstream::Context) -> anyhow::Result
         .state
         .messages)
 }
+
+/// A stream's state and each of its consumers' positions, for a failure message.
+pub async fn describe_stream(js: &async_nats::jetstream::Context, name: &str) -> String {
+    let described = async {
+        let mut stream = js.get_stream(name).await?;
+        let state = stream.info().await?.state.clone();
+        let mut out = format!(
+            "{name}: {} messages, sequences {}..={}",
+            state.messages, state.first_sequence, state.last_sequence
+        );
+        use futures::StreamExt as _;
+        let mut consumers = stream.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info?;
+            out.push_str(&format!(
+                "\n  {}: pending {}, unacked {}, delivered up to {}, acked up to {}",
+                info.name,
+                info.num_pending,
+                info.num_ack_pending,
+                info.delivered.stream_sequence,
+                info.ack_floor.stream_sequence
+            ));
+        }
+        anyhow::Ok(out)
+    };
+    described
+        .await
+        .unwrap_or_else(|e| format!("{name}: cannot describe: {e}"))
+}

@@ -1246,25 +1246,8 @@ async fn bulk_add(
     n: usize,
 ) -> anyhow::Result<()> {
     use futures::StreamExt;
-    let chunks: Vec<pb::AddAudienceRequest> = (0..n)
-        .collect::<Vec<_>>()
-        .chunks(1_000)
-        .map(|chunk| pb::AddAudienceRequest {
-            plan_id: plan_id.into(),
-            job_id: job.into(),
-            assign_to_manager_id: None,
-            contacts: chunk
-                .iter()
-                .map(|i| pb::AudienceContact {
-                    contact: Some(pb::Contact {
-                        external_id: format!("{job}-{i}"),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        })
-        .collect();
+    let chunks =
+        integration_tests::api::audience_chunks(plan_id, job, n, 1_000, |i| format!("{job}-{i}"));
     let mut answers = pb::intake_service_client::IntakeServiceClient::new(
         stack.channel(&stack.tunnel_listener).await?,
     )
@@ -1281,23 +1264,8 @@ async fn bulk_add(
 
 /// How many deals a plan holds (its kept counts: one cheap read).
 async fn deal_count(stack: &Stack, token: &str, plan_id: &str) -> anyhow::Result<i64> {
-    Ok(
-        DealServiceClient::new(stack.channel(&stack.deal_service).await?)
-            .list_deals(outgoing(
-                pb::ListDealsRequest {
-                    filter: Some(pb::DealFilter {
-                        plan_id: plan_id.into(),
-                        ..Default::default()
-                    }),
-                    page_size: 1,
-                    ..Default::default()
-                },
-                token,
-            ))
-            .await?
-            .into_inner()
-            .total_count,
-    )
+    integration_tests::api::deal_count(stack.channel(&stack.deal_service).await?, token, plan_id)
+        .await
 }
 
 /// One FIFO consumer served everyone: while account A bulk-added, account B's single

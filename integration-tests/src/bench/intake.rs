@@ -14,7 +14,7 @@ use salesplan_proto::v1::{self as pb, intake_service_client::IntakeServiceClient
 use super::{ADD_AUDIENCE_END_TO_END, BenchConfig, Line, WEBHOOK_END_TO_END, flush_page_cache};
 use crate::{
     TestDatabase, TestNats,
-    api::{Mode, Strategy, create_plan, plan_request},
+    api::{Mode, Strategy, audience_chunks, create_plan, plan_request},
     chaos::{Ports, Proc, start_services},
     nats::{bulk_backlog, consumer_backlog},
 };
@@ -202,25 +202,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     // Bulk add: the audience "mass action".
     let plan = env.plan("Bench bulk").await?;
     let started = Instant::now();
-    let chunks: Vec<pb::AddAudienceRequest> = (0..config.leads)
-        .collect::<Vec<_>>()
-        .chunks(1_000)
-        .map(|c| pb::AddAudienceRequest {
-            plan_id: plan.id.clone(),
-            job_id: "bench".into(),
-            assign_to_manager_id: None,
-            contacts: c
-                .iter()
-                .map(|i| pb::AudienceContact {
-                    contact: Some(pb::Contact {
-                        external_id: format!("a-{i}"),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        })
-        .collect();
+    let chunks = audience_chunks(&plan.id, "bench", config.leads, 1_000, |i| format!("a-{i}"));
     let mut replies = IntakeServiceClient::new(env.channel(&env.intake_url).await?)
         .add_audience(outgoing(futures::stream::iter(chunks), &funnel))
         .await?

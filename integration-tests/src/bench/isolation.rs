@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{BenchConfig, Line, flush_page_cache, intake::Env, ms, queries::seed};
+use crate::api::{audience_chunks, deal_count};
 
 /// B's funnel: one lead every this long.
 const EVERY: Duration = Duration::from_millis(50);
@@ -166,29 +167,6 @@ async fn trickle_for(
     samples
 }
 
-/// How many deals a plan of `account` holds, as a reader sees it.
-async fn deal_count(
-    deals: &mut DealServiceClient<tonic::transport::Channel>,
-    token: &str,
-    plan: &str,
-) -> anyhow::Result<i64> {
-    Ok(deals
-        .list_deals(outgoing(
-            pb::ListDealsRequest {
-                filter: Some(pb::DealFilter {
-                    plan_id: plan.into(),
-                    ..Default::default()
-                }),
-                page_size: 1,
-                ..Default::default()
-            },
-            token,
-        ))
-        .await?
-        .into_inner()
-        .total_count)
-}
-
 /// Before each measured run: a checkpoint and the page cache written back, so neither the
 /// last run's dirty pages nor a checkpoint it made due fall in the middle of this one (each
 /// stalled every commit for a moment, and one stall is a p99 of 200 samples).
@@ -234,25 +212,7 @@ async fn bulk_add(env: &Env, plan: &pb::Plan, n: usize) -> anyhow::Result<Durati
     let tag = plan.id.clone();
     let token = env.token_of("a", &[Permission::IntakeWrite])?;
     let started = Instant::now();
-    let chunks: Vec<pb::AddAudienceRequest> = (0..n)
-        .collect::<Vec<_>>()
-        .chunks(1_000)
-        .map(|c| pb::AddAudienceRequest {
-            plan_id: plan.id.clone(),
-            job_id: "isolation".into(),
-            assign_to_manager_id: None,
-            contacts: c
-                .iter()
-                .map(|i| pb::AudienceContact {
-                    contact: Some(pb::Contact {
-                        external_id: format!("{tag}-{i}"),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        })
-        .collect();
+    let chunks = audience_chunks(&plan.id, "isolation", n, 1_000, |i| format!("{tag}-{i}"));
     let mut replies = IntakeServiceClient::new(env.channel(&env.intake_url).await?)
         .add_audience(outgoing(futures::stream::iter(chunks), &token))
         .await?
@@ -260,9 +220,9 @@ async fn bulk_add(env: &Env, plan: &pb::Plan, n: usize) -> anyhow::Result<Durati
     while let Some(reply) = replies.next().await {
         reply?;
     }
-    let mut deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
+    let deals = env.channel(&env.deal_url).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while deal_count(&mut deals, &token, &plan.id).await? < n as i64 {
+    while deal_count(deals.clone(), &token, &plan.id).await? < n as i64 {
         anyhow::ensure!(Instant::now() < deadline, "A's bulk add never finished");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -34,7 +34,7 @@ pub struct Activity(Arc<ActivityState>);
 struct ActivityState {
     in_progress: AtomicUsize,
     epoch: std::time::Instant,
-    /// When work was last seen, in milliseconds since `epoch`.
+    /// When work was last seen, in milliseconds since `epoch` plus one (0: never).
     last_seen_ms: AtomicU64,
 }
 
@@ -65,9 +65,14 @@ impl Activity {
         ActivityGuard(self.clone())
     }
 
+    fn now_ms(&self) -> u64 {
+        self.0.epoch.elapsed().as_millis() as u64 + 1
+    }
+
     fn touch(&self) {
-        let now = self.0.epoch.elapsed().as_millis() as u64;
-        self.0.last_seen_ms.fetch_max(now, Ordering::SeqCst);
+        self.0
+            .last_seen_ms
+            .fetch_max(self.now_ms(), Ordering::SeqCst);
     }
 
     pub fn is_busy(&self) -> bool {
@@ -76,9 +81,9 @@ impl Activity {
 
     /// Whether work was in progress at any time within the last `window`.
     pub fn seen_within(&self, window: Duration) -> bool {
-        let now = self.0.epoch.elapsed().as_millis() as u64;
         let last = self.0.last_seen_ms.load(Ordering::SeqCst);
-        self.is_busy() || (last > 0 && now.saturating_sub(last) <= window.as_millis() as u64)
+        self.is_busy()
+            || (last > 0 && self.now_ms().saturating_sub(last) <= window.as_millis() as u64)
     }
 }
 
@@ -140,15 +145,11 @@ pub async fn run_fair_consumer<H: BatchHandler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) {
-    let batch_size = bus.config().batch_size;
     let counters = Arc::new(Counters::new(spec.prefix));
     // Dead letters and logs name the lane (`<prefix>`), not each account's consumer.
     let lane = Arc::new(ConsumerSpec::new(spec.stream, spec.prefix));
-    let mut consumers: BTreeMap<String, PullConsumer> = BTreeMap::new();
-    // The account after which the next round starts: every account gets its turn first.
-    let mut last_served = String::new();
+    let mut rounds = Rounds::default();
     let mut in_flight = tokio::task::JoinSet::new();
-    let all = spec.stream.subjects;
     while !shutdown.is_cancelled() {
         let sharing = spec
             .yields_to
@@ -170,44 +171,14 @@ pub async fn run_fair_consumer<H: BatchHandler>(
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        let accounts = match pending_by_account(&bus, spec.stream, all).await {
-            Ok(pending) => pending
-                .into_iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(account, _)| account)
-                .collect::<Vec<_>>(),
+        let round = match rounds.next(&bus, &spec).await {
+            Ok(round) => round,
             Err(err) => {
                 tracing::warn!(stream = spec.stream.name, error = %err, "cannot read the backlog, retrying");
                 pause(&shutdown, Duration::from_secs(1)).await;
                 continue;
             }
         };
-        consumers.retain(|account, _| accounts.contains(account));
-        let quantum = (batch_size / accounts.len().max(1)).max(1);
-        let mut round = Vec::new();
-        let start = accounts.partition_point(|a| *a <= last_served);
-        for account in accounts[start..].iter().chain(&accounts[..start]) {
-            if round.len() >= batch_size {
-                break;
-            }
-            let Some(consumer) = consumer_of(&bus, &spec, &mut consumers, account).await else {
-                continue;
-            };
-            match consumer.fetch().max_messages(quantum).messages().await {
-                Ok(messages) => {
-                    let fetched: Vec<_> = messages.filter_map(|m| async { m.ok() }).collect().await;
-                    if !fetched.is_empty() {
-                        last_served.clone_from(account);
-                        round.extend(fetched);
-                    }
-                }
-                Err(err) => {
-                    // Removed by the server meanwhile (idle): made again next round.
-                    tracing::debug!(%account, error = %err, "fetch failed");
-                    consumers.remove(account);
-                }
-            }
-        }
         if round.is_empty() {
             pause(&shutdown, spec.idle_poll).await;
             continue;
@@ -229,6 +200,72 @@ pub async fn run_fair_consumer<H: BatchHandler>(
         log_panic(&lane, done);
     }
     tracing::info!(consumer = spec.prefix, "fair consumer stopped");
+}
+
+/// Whose turn it is: the accounts with work, each account's consumer, and where the last
+/// round stopped.
+#[derive(Default)]
+struct Rounds {
+    consumers: BTreeMap<String, PullConsumer>,
+    /// The account after which the next round starts: every account gets its turn first.
+    last_served: String,
+}
+
+impl Rounds {
+    /// The next round: up to an equal share of a batch from each account with work, in
+    /// turn after the last one served.
+    async fn next(
+        &mut self,
+        bus: &Bus,
+        spec: &FairSpec,
+    ) -> Result<Vec<async_nats::jetstream::Message>, BusError> {
+        let batch_size = bus.config().batch_size;
+        let accounts: Vec<String> = pending_by_account(bus, spec.stream, spec.stream.subjects)
+            .await?
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(account, _)| account)
+            .collect();
+        self.consumers
+            .retain(|account, _| accounts.contains(account));
+        let quantum = (batch_size / accounts.len().max(1)).max(1);
+        let mut round = Vec::new();
+        for account in turn_order(&accounts, &self.last_served) {
+            if round.len() >= batch_size {
+                break;
+            }
+            let Some(consumer) = consumer_of(bus, spec, &mut self.consumers, account).await else {
+                continue;
+            };
+            match consumer.fetch().max_messages(quantum).messages().await {
+                Ok(messages) => {
+                    let fetched: Vec<_> = messages.filter_map(|m| async { m.ok() }).collect().await;
+                    if !fetched.is_empty() {
+                        self.last_served = account.to_owned();
+                        round.extend(fetched);
+                    }
+                }
+                Err(err) => {
+                    // Removed by the server meanwhile (idle): made again next round.
+                    tracing::debug!(%account, error = %err, "fetch failed");
+                    self.consumers.remove(account);
+                }
+            }
+        }
+        Ok(round)
+    }
+}
+
+/// The accounts (sorted) in turn: those after `last_served` first, then from the start.
+fn turn_order<'a>(
+    accounts: &'a [String],
+    last_served: &str,
+) -> impl Iterator<Item = &'a str> + use<'a> {
+    let start = accounts.partition_point(|a| a.as_str() <= last_served);
+    accounts[start..]
+        .iter()
+        .chain(&accounts[..start])
+        .map(String::as_str)
 }
 
 /// The durable consumer of `account`, made when first needed.
@@ -256,5 +293,35 @@ async fn consumer_of(
             tracing::warn!(%account, error = %err, "cannot create the account's consumer");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(accounts: &[&str], last: &str) -> Vec<String> {
+        let accounts: Vec<String> = accounts.iter().map(|a| (*a).to_owned()).collect();
+        turn_order(&accounts, last).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn every_account_has_its_turn_after_the_last_served() {
+        assert_eq!(order(&["a", "b", "c"], ""), ["a", "b", "c"]);
+        assert_eq!(order(&["a", "b", "c"], "a"), ["b", "c", "a"]);
+        assert_eq!(order(&["a", "b", "c"], "c"), ["a", "b", "c"]);
+        // The last one served has no work any more: the next one after it still goes first.
+        assert_eq!(order(&["a", "c"], "b"), ["c", "a"]);
+    }
+
+    #[test]
+    fn activity_is_seen_while_in_progress_and_shortly_after() {
+        let activity = Activity::default();
+        assert!(!activity.is_busy() && !activity.seen_within(SHARING_WINDOW));
+        let guard = activity.start();
+        assert!(activity.is_busy());
+        drop(guard);
+        assert!(!activity.is_busy());
+        assert!(activity.seen_within(SHARING_WINDOW), "seen a moment ago");
     }
 }
