@@ -167,3 +167,21 @@ pub async fn describe_stream(js: &async_nats::jetstream::Context, name: &str) ->
         .await
         .unwrap_or_else(|e| format!("{name}: cannot describe: {e}"))
 }
+
+/// Whether every consumer of `stream` (per-process ones included) has received and acked
+/// every message.
+pub async fn all_consumers_caught_up(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> anyhow::Result<bool> {
+    use futures::StreamExt as _;
+    let stream = js.get_stream(stream).await?;
+    let mut consumers = stream.consumers();
+    while let Some(info) = consumers.next().await {
+        let info = info?;
+        if info.num_pending > 0 || info.num_ack_pending > 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

@@ -1443,9 +1443,10 @@ async fn publish_raw(
 }
 
 /// Events name their own account; lookups by the ids they carry (intake ids, deal ids,
-/// stage ids) are scoped by it. Events of account B that carry account A's ids — the most
-/// an account could do with access to the bus — change nothing of A's: its decision and
-/// counts in the distributor, its deal and stage names in reporting.
+/// stage ids, plan ids) are scoped by it. Events of account B that carry account A's ids —
+/// the most an account could do with access to the bus — change nothing of A's: its
+/// decision, counts and plan copy in the distributor, its deal and stage names in
+/// reporting, its plan in the listener (A's funnel leads still go in).
 #[tokio::test]
 async fn events_of_one_account_carrying_anothers_ids_change_nothing_of_it() -> anyhow::Result<()> {
     use prost::Message as _;
@@ -1511,7 +1512,13 @@ async fn events_of_one_account_carrying_anothers_ids_change_nothing_of_it() -> a
         .bind(uuid::Uuid::parse_str(&a_plan.id)?)
         .fetch_all(&pool)
         .await?;
-        anyhow::Ok((decision, open, view, reported, stages))
+        let plan: (String, bool, Vec<String>, i64) = sqlx::query_as(
+            "SELECT account_id, archived, managers, version FROM distributor.plans WHERE plan_id = $1",
+        )
+        .bind(uuid::Uuid::parse_str(&a_plan.id)?)
+        .fetch_one(&pool)
+        .await?;
+        anyhow::Ok((decision, open, view, reported, stages, plan))
     };
     let before = a_state().await?;
     assert_eq!(before.0.0.as_deref(), Some("a1"));
@@ -1589,21 +1596,65 @@ async fn events_of_one_account_carrying_anothers_ids_change_nothing_of_it() -> a
         forged_plan.encode_to_vec(),
     )
     .await?;
+    // A plan event of B with A's plan id: archived, another manager, a later version.
+    let mut taken = a_plan.clone();
+    taken.version = 99;
+    taken.archived = true;
+    taken.manager_ids = vec!["evil".into()];
+    taken.stages = a_plan
+        .stages
+        .iter()
+        .map(|s| pb::Stage {
+            name: "taken".into(),
+            ..s.clone()
+        })
+        .collect();
+    let forged_takeover = pb::PlanEvent {
+        event_id: "forged-takeover".into(),
+        account_id: "b".into(),
+        kind: pb::plan_event::Kind::Updated as i32,
+        plan: Some(taken),
+        ..Default::default()
+    };
+    publish_raw(
+        &stack,
+        streams::plan_subject("b", "updated"),
+        "forged-takeover",
+        forged_takeover.encode_to_vec(),
+    )
+    .await?;
     deal_events_consumed(&stack).await?;
+    // Every plan consumer (the distributor's, reporting's, each listener's) has them.
     let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
     eventually(Duration::from_secs(20), || {
         let js = js.clone();
         async move {
-            let backlog = integration_tests::nats::consumer_backlog(
-                &js,
-                "SALESPLAN_PLANS",
-                "reporting-plans",
+            Ok(
+                integration_tests::nats::all_consumers_caught_up(&js, "SALESPLAN_PLANS")
+                    .await?
+                    .then_some(()),
             )
-            .await?;
-            Ok(backlog.is_empty().then_some(()))
         }
     })
     .await?;
     assert_eq!(a_state().await?, before, "nothing of A's changed");
+    // A's plan still takes A's leads, for A's manager.
+    let status = reqwest::Client::new()
+        .post(stack.webhook_url())
+        .bearer_auth(&a)
+        .json(&lead_json(&a_plan.id, "run-2", "tg-a2"))
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, 202, "A's plan still open to A's funnel");
+    let second = eventually(Duration::from_secs(20), || async {
+        let deals = plan_deals(&stack, &a, &a_plan.id).await?;
+        Ok((deals.len() == 2).then_some(deals))
+    })
+    .await?;
+    assert!(
+        second.iter().all(|d| d.manager_id.as_deref() == Some("a1")),
+        "{second:?}"
+    );
     stack.stop().await
 }

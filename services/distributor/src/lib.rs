@@ -49,6 +49,9 @@ pub struct Config {
     /// `SALESPLAN_BULK_SHARE`: while funnel leads flow, the share of the time bulk adds may
     /// take (one round at a time, then a pause in proportion).
     pub bulk_share: f64,
+    /// `SALESPLAN_BULK_SHARING_ROUND`: meanwhile, the most contacts of one bulk round (a
+    /// funnel lead that arrives during a round waits for less).
+    pub bulk_sharing_round: usize,
 }
 
 impl Config {
@@ -56,6 +59,7 @@ impl Config {
     pub const DEFAULT_DEAL_SERVICE_URL: &str = "http://127.0.0.1:50053";
     pub const DEFAULT_LOOKUPS_LIMIT: ClassLimit = ClassLimit::rate_only(50.0, 100.0);
     pub const DEFAULT_BULK_SHARE: f64 = 0.75;
+    pub const DEFAULT_BULK_SHARING_ROUND: usize = 100;
 
     pub fn local(database_url: &str, nats_url: &str, deal_service_url: &str) -> Self {
         Self {
@@ -63,6 +67,7 @@ impl Config {
             deal_service_url: deal_service_url.to_owned(),
             lookups_limit: Self::DEFAULT_LOOKUPS_LIMIT,
             bulk_share: Self::DEFAULT_BULK_SHARE,
+            bulk_sharing_round: Self::DEFAULT_BULK_SHARING_ROUND,
         }
     }
 }
@@ -81,7 +86,17 @@ impl Service for Config {
                 Self::DEFAULT_LOOKUPS_LIMIT,
             )?,
             bulk_share: env.parse("SALESPLAN_BULK_SHARE", Self::DEFAULT_BULK_SHARE)?,
+            bulk_sharing_round: env.parse(
+                "SALESPLAN_BULK_SHARING_ROUND",
+                Self::DEFAULT_BULK_SHARING_ROUND,
+            )?,
         };
+        if config.bulk_sharing_round == 0 {
+            return Err(ConfigError::new(
+                "SALESPLAN_BULK_SHARING_ROUND",
+                "must be at least 1",
+            ));
+        }
         if !(config.bulk_share > 0.0 && config.bulk_share <= 1.0) {
             return Err(ConfigError::new(
                 "SALESPLAN_BULK_SHARE",
@@ -152,6 +167,7 @@ impl Service for Config {
                 // and while funnels send leads, bulk adds take at most this share of the time.
                 yields_to: Some(interactive),
                 share: self.bulk_share,
+                sharing_round: self.bulk_sharing_round,
             },
             Arc::new(leads()),
         );

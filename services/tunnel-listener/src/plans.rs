@@ -31,7 +31,8 @@ pub struct KnownPlan {
 const NEGATIVE_TTL: Duration = Duration::from_secs(2);
 
 pub struct PlanCache {
-    known: RwLock<HashMap<Uuid, KnownPlan>>,
+    /// By account and plan: an event of one account never stands for another's plan.
+    known: RwLock<HashMap<(String, Uuid), KnownPlan>>,
     missing: RwLock<HashMap<(String, Uuid), Instant>>,
     plans: PlanServiceClient<Channel>,
     tokens: ServiceTokens,
@@ -48,10 +49,11 @@ impl PlanCache {
     }
 
     fn remember(&self, plan_id: Uuid, plan: KnownPlan) {
+        let key = (plan.account_id.clone(), plan_id);
         let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-        let newer = known.get(&plan_id).is_none_or(|k| k.version < plan.version);
+        let newer = known.get(&key).is_none_or(|k| k.version < plan.version);
         if newer {
-            known.insert(plan_id, plan);
+            known.insert(key, plan);
         }
     }
 
@@ -61,15 +63,12 @@ impl PlanCache {
             .known
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&plan_id)
+            .get(&(account_id.to_owned(), plan_id))
             .cloned();
         let plan = match cached {
             Some(plan) => plan,
             None => self.look_up(account_id, plan_id).await?,
         };
-        if plan.account_id != account_id {
-            return Err(ApiError::not_found(format!("plan {plan_id}")));
-        }
         if plan.archived {
             return Err(ApiError::not_found(format!("plan {plan_id} (archived)")));
         }

@@ -120,7 +120,8 @@ impl Store {
     }
 
     /// Applies a plan snapshot unless a newer one was applied already. The turn survives
-    /// every update.
+    /// every update. A plan id of another account (a forged event) changes nothing: plan ids
+    /// are random, so one cannot be taken before its account's own event arrives.
     pub async fn apply_plan(&self, plan: &PlanCopy) -> Result<(), StoreError> {
         let (mode, prefer_related, strategy) = match plan.settings.mode {
             Mode::Manual => ("manual", false, Strategy::RoundRobin),
@@ -136,7 +137,7 @@ impl Store {
                 version = excluded.version, mode = excluded.mode,
                 prefer_related = excluded.prefer_related, strategy = excluded.strategy,
                 managers = excluded.managers, archived = excluded.archived, updated_at = now()
-             WHERE plans.version < excluded.version",
+             WHERE plans.version < excluded.version AND plans.account_id = excluded.account_id",
         )
         .bind(plan.plan_id)
         .bind(&plan.account_id)

@@ -109,6 +109,9 @@ pub struct FairSpec {
     /// While that work is flowing, rounds run one at a time and each is followed by a pause,
     /// so this lane takes at most this share of the time (0 < share ≤ 1).
     pub share: f64,
+    /// The most messages of a round while sharing: a smaller round is a shorter wait for
+    /// the work that arrives while it runs.
+    pub sharing_round: usize,
 }
 
 /// How many messages the stream holds per account (for a work queue: its backlog, the
@@ -171,7 +174,12 @@ pub async fn run_fair_consumer<H: BatchHandler>(
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        let round = match rounds.next(&bus, &spec).await {
+        let most_messages = if sharing {
+            spec.sharing_round.max(1)
+        } else {
+            bus.config().batch_size
+        };
+        let round = match rounds.next(&bus, &spec, most_messages).await {
             Ok(round) => round,
             Err(err) => {
                 tracing::warn!(stream = spec.stream.name, error = %err, "cannot read the backlog, retrying");
@@ -212,14 +220,14 @@ struct Rounds {
 }
 
 impl Rounds {
-    /// The next round: up to an equal share of a batch from each account with work, in
-    /// turn after the last one served.
+    /// The next round: up to an equal share of `most` messages from each account with
+    /// work, in turn after the last one served.
     async fn next(
         &mut self,
         bus: &Bus,
         spec: &FairSpec,
+        most: usize,
     ) -> Result<Vec<async_nats::jetstream::Message>, BusError> {
-        let batch_size = bus.config().batch_size;
         let accounts: Vec<String> = pending_by_account(bus, spec.stream, spec.stream.subjects)
             .await?
             .into_iter()
@@ -228,10 +236,10 @@ impl Rounds {
             .collect();
         self.consumers
             .retain(|account, _| accounts.contains(account));
-        let quantum = (batch_size / accounts.len().max(1)).max(1);
+        let quantum = (most / accounts.len().max(1)).max(1);
         let mut round = Vec::new();
         for account in turn_order(&accounts, &self.last_served) {
-            if round.len() >= batch_size {
+            if round.len() >= most {
                 break;
             }
             let Some(consumer) = consumer_of(bus, spec, &mut self.consumers, account).await else {
