@@ -156,13 +156,24 @@ async fn plans(ctx: &Ctx, command: Plans) -> anyhow::Result<()> {
                 .plan
         }
         Plans::List { archived } => {
-            let plans = client
-                .list_plans(ctx.request(pb::ListPlansRequest {
-                    include_archived: archived,
-                }))
-                .await?
-                .into_inner()
-                .plans;
+            // Every page, one after another.
+            let mut plans = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_plans(ctx.request(pb::ListPlansRequest {
+                        include_archived: archived,
+                        page_size: 50,
+                        page_token,
+                    }))
+                    .await?
+                    .into_inner();
+                plans.extend(page.plans);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             ctx.print(
                 json!(plans.iter().map(plan_json).collect::<Vec<_>>()),
                 || {
@@ -472,11 +483,23 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
             return Ok(());
         }
         Deals::History { deal } => {
-            let entries = client
-                .get_deal_history(ctx.request(pb::GetDealHistoryRequest { deal_id: deal }))
-                .await?
-                .into_inner()
-                .entries;
+            let mut entries = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .get_deal_history(ctx.request(pb::GetDealHistoryRequest {
+                        deal_id: deal.clone(),
+                        page_size: 500,
+                        page_token,
+                    }))
+                    .await?
+                    .into_inner();
+                entries.extend(page.entries);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             let rows: Vec<Vec<String>> = entries
                 .iter()
                 .map(|e| {

@@ -470,6 +470,7 @@ async fn plans_stages_managers_and_reasons() -> anyhow::Result<()> {
         .list_plans(outgoing(
             pb::ListPlansRequest {
                 include_archived: false,
+                ..Default::default()
             },
             &admin,
         ))
@@ -482,6 +483,7 @@ async fn plans_stages_managers_and_reasons() -> anyhow::Result<()> {
         .list_plans(outgoing(
             pb::ListPlansRequest {
                 include_archived: true,
+                ..Default::default()
             },
             &admin,
         ))
@@ -690,6 +692,7 @@ async fn moving_closing_reopening_and_history() -> anyhow::Result<()> {
         .get_deal_history(outgoing(
             pb::GetDealHistoryRequest {
                 deal_id: deal.id.clone(),
+                ..Default::default()
             },
             &m1,
         ))
@@ -734,6 +737,7 @@ async fn moving_closing_reopening_and_history() -> anyhow::Result<()> {
         .get_deal_history(outgoing(
             pb::GetDealHistoryRequest {
                 deal_id: deal.id.clone(),
+                ..Default::default()
             },
             &stranger,
         ))

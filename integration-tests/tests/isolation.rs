@@ -925,6 +925,7 @@ async fn every_bulk_entry_point_limits_each_account_apart() -> anyhow::Result<()
         reads: tight,
         bulk: tight,
         creates: tight,
+        plan_changes: tight,
     };
     let deal_service = deal_config.start(shutdown.clone()).await?;
     let mut reporting_config = reporting::Config::local(&stack.db.url, &stack.nats.url);
@@ -1070,6 +1071,560 @@ async fn every_bulk_entry_point_limits_each_account_apart() -> anyhow::Result<()
     for running in [deal_service, reporting, listener] {
         running.wait().await?;
     }
+    stack.stop().await
+}
+
+type Call = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::Status>>>>;
+
+/// Runs each call and names those not refused with RESOURCE_EXHAUSTED.
+async fn not_limited(calls: Vec<(&'static str, Call)>) -> Vec<String> {
+    let mut missed = Vec::new();
+    for (name, call) in calls {
+        match call.await {
+            Err(status) if status.code() == Code::ResourceExhausted => {}
+            other => missed.push(format!("{name}: {:?}", other.map_err(|s| s.code()))),
+        }
+    }
+    missed
+}
+
+/// Every method of a limited class checks the class's allowance, not only the one or two
+/// a test happens to call: with an allowance of one call, spent, each method of the class
+/// is refused for that account, and another account still gets through.
+#[tokio::test]
+async fn every_method_of_a_limited_class_draws_on_its_allowance() -> anyhow::Result<()> {
+    use salesplan_platform::{limits::ClassLimit, service::Service};
+    let stack = Stack::start().await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    // One call, then one per 1,000 s.
+    let one = ClassLimit {
+        concurrency: 1,
+        rate: 0.001,
+        burst: 1.0,
+    };
+    let mut deal_config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
+    deal_config.limits = deal_service::Limits {
+        reads: one,
+        bulk: one,
+        creates: one,
+        plan_changes: one,
+    };
+    let deal_service = deal_config.start(shutdown.clone()).await?;
+    let mut reporting_config = reporting::Config::local(&stack.db.url, &stack.nats.url);
+    reporting_config.reports_limit = one;
+    let reporting = reporting_config.start(shutdown.clone()).await?;
+    let mut distributor_config =
+        distributor::Config::local(&stack.db.url, &stack.nats.url, &deal_service.grpc_url());
+    distributor_config.lookups_limit = ClassLimit::rate_only(0.001, 1.0);
+    let distributor = distributor_config.start(shutdown.clone()).await?;
+    let channel = |running: &salesplan_platform::service::Running| {
+        tonic::transport::Endpoint::from_shared(running.grpc_url())
+            .expect("url")
+            .connect_lazy()
+    };
+    let (a, b) = (
+        stack.token("a", "admin", &ALL),
+        stack.token("b", "admin", &ALL),
+    );
+    let plans = PlanServiceClient::new(channel(&deal_service));
+    let deals = DealServiceClient::new(channel(&deal_service));
+    let outbox = pb::outbox_service_client::OutboxServiceClient::new(channel(&deal_service));
+    let reports = ReportServiceClient::new(channel(&reporting));
+    let explain =
+        pb::distributor_service_client::DistributorServiceClient::new(channel(&distributor));
+
+    // Plan changes: the first spends the allowance.
+    let plan = create_plan(
+        channel(&deal_service),
+        &a,
+        plan_request("A", Mode::Manual, Strategy::RoundRobin, false, &["a1"]),
+    )
+    .await?;
+    macro_rules! call {
+        ($client:expr, $method:ident, $request:expr, $token:expr) => {{
+            let mut client = $client.clone();
+            let request = outgoing($request, $token);
+            Box::pin(async move { client.$method(request).await.map(|_| ()) }) as Call
+        }};
+    }
+    let plan_id = plan.id.clone();
+    let missed = not_limited(vec![
+        (
+            "CreatePlan",
+            call!(
+                plans,
+                create_plan,
+                plan_request("A2", Mode::Manual, Strategy::RoundRobin, false, &[]),
+                &a
+            ),
+        ),
+        (
+            "UpdatePlan",
+            call!(
+                plans,
+                update_plan,
+                pb::UpdatePlanRequest {
+                    plan_id: plan_id.clone(),
+                    ..Default::default()
+                },
+                &a
+            ),
+        ),
+        (
+            "ArchivePlan",
+            call!(
+                plans,
+                archive_plan,
+                pb::ArchivePlanRequest {
+                    plan_id: plan_id.clone()
+                },
+                &a
+            ),
+        ),
+        (
+            "SetPlanManagers",
+            call!(
+                plans,
+                set_plan_managers,
+                pb::SetPlanManagersRequest {
+                    plan_id: plan_id.clone(),
+                    ..Default::default()
+                },
+                &a
+            ),
+        ),
+        (
+            "AddStage",
+            call!(
+                plans,
+                add_stage,
+                pb::AddStageRequest {
+                    plan_id: plan_id.clone(),
+                    ..Default::default()
+                },
+                &a
+            ),
+        ),
+        (
+            "UpdateStage",
+            call!(plans, update_stage, pb::UpdateStageRequest::default(), &a),
+        ),
+        (
+            "ReorderStages",
+            call!(
+                plans,
+                reorder_stages,
+                pb::ReorderStagesRequest {
+                    plan_id: plan_id.clone(),
+                    ..Default::default()
+                },
+                &a
+            ),
+        ),
+        (
+            "DeleteStage",
+            call!(plans, delete_stage, pb::DeleteStageRequest::default(), &a),
+        ),
+        (
+            "SetLossReasons",
+            call!(
+                plans,
+                set_loss_reasons,
+                pb::SetLossReasonsRequest {
+                    plan_id: plan_id.clone(),
+                    ..Default::default()
+                },
+                &a
+            ),
+        ),
+    ])
+    .await;
+    assert!(missed.is_empty(), "plan changes not limited: {missed:?}");
+
+    // Reads: ListDeals spends the allowance.
+    deals
+        .clone()
+        .list_deals(outgoing(pb::ListDealsRequest::default(), &a))
+        .await?;
+    let missed = not_limited(vec![
+        (
+            "ListDeals",
+            call!(deals, list_deals, pb::ListDealsRequest::default(), &a),
+        ),
+        (
+            "GetBoard",
+            call!(
+                deals,
+                get_board,
+                pb::GetBoardRequest {
+                    plan_id: plan_id.clone(),
+                    ..Default::default()
+                },
+                &a
+            ),
+        ),
+        (
+            "GetDealHistory",
+            call!(
+                deals,
+                get_deal_history,
+                pb::GetDealHistoryRequest::default(),
+                &a
+            ),
+        ),
+        (
+            "ListPlans",
+            call!(plans, list_plans, pb::ListPlansRequest::default(), &a),
+        ),
+        (
+            "ListParkedEvents",
+            call!(
+                outbox,
+                list_parked_events,
+                pb::ListParkedEventsRequest::default(),
+                &a
+            ),
+        ),
+    ])
+    .await;
+    assert!(missed.is_empty(), "reads not limited: {missed:?}");
+
+    // Bulk changes: BulkAssignDeals spends the allowance.
+    let nobody = || pb::BulkAssignDealsRequest {
+        target: Some(pb::bulk_assign_deals_request::Target::DealIds(
+            pb::DealIds { ids: vec![] },
+        )),
+        manager_id: None,
+    };
+    deals
+        .clone()
+        .bulk_assign_deals(outgoing(nobody(), &a))
+        .await?;
+    let missed = not_limited(vec![
+        (
+            "BulkAssignDeals",
+            call!(deals, bulk_assign_deals, nobody(), &a),
+        ),
+        (
+            "BulkMoveDeals",
+            call!(
+                deals,
+                bulk_move_deals,
+                pb::BulkMoveDealsRequest::default(),
+                &a
+            ),
+        ),
+        (
+            "TransferDeals",
+            call!(
+                deals,
+                transfer_deals,
+                pb::TransferDealsRequest::default(),
+                &a
+            ),
+        ),
+        (
+            "ReplayParkedEvents",
+            call!(
+                outbox,
+                replay_parked_events,
+                pb::ReplayParkedEventsRequest::default(),
+                &a
+            ),
+        ),
+    ])
+    .await;
+    assert!(missed.is_empty(), "bulk changes not limited: {missed:?}");
+
+    // Reports: PipelineSummary spends the allowance.
+    reports
+        .clone()
+        .pipeline_summary(outgoing(pb::PipelineSummaryRequest::default(), &a))
+        .await?;
+    let missed = not_limited(vec![
+        (
+            "PipelineSummary",
+            call!(
+                reports,
+                pipeline_summary,
+                pb::PipelineSummaryRequest::default(),
+                &a
+            ),
+        ),
+        (
+            "LossReasons",
+            call!(reports, loss_reasons, pb::LossReasonsRequest::default(), &a),
+        ),
+        (
+            "StageLosses",
+            call!(reports, stage_losses, pb::StageLossesRequest::default(), &a),
+        ),
+    ])
+    .await;
+    assert!(missed.is_empty(), "reports not limited: {missed:?}");
+
+    // The distributor's lookups: ListIntakeRejections spends the allowance.
+    explain
+        .clone()
+        .list_intake_rejections(outgoing(pb::ListIntakeRejectionsRequest::default(), &a))
+        .await?;
+    let missed = not_limited(vec![
+        (
+            "ListIntakeRejections",
+            call!(
+                explain,
+                list_intake_rejections,
+                pb::ListIntakeRejectionsRequest::default(),
+                &a
+            ),
+        ),
+        (
+            "ExplainAssignment",
+            call!(
+                explain,
+                explain_assignment,
+                pb::ExplainAssignmentRequest::default(),
+                &a
+            ),
+        ),
+    ])
+    .await;
+    assert!(missed.is_empty(), "lookups not limited: {missed:?}");
+
+    // Account B has its own allowance of each.
+    create_plan(
+        channel(&deal_service),
+        &b,
+        plan_request("B", Mode::Manual, Strategy::RoundRobin, false, &[]),
+    )
+    .await?;
+    plans
+        .clone()
+        .list_plans(outgoing(pb::ListPlansRequest::default(), &b))
+        .await?;
+    deals
+        .clone()
+        .bulk_assign_deals(outgoing(nobody(), &b))
+        .await?;
+    reports
+        .clone()
+        .loss_reasons(outgoing(
+            pb::LossReasonsRequest {
+                group_by: pb::ReportGrouping::Plan as i32,
+                ..Default::default()
+            },
+            &b,
+        ))
+        .await?;
+    explain
+        .clone()
+        .list_intake_rejections(outgoing(pb::ListIntakeRejectionsRequest::default(), &b))
+        .await?;
+
+    shutdown.cancel();
+    for running in [deal_service, reporting, distributor] {
+        running.wait().await?;
+    }
+    stack.stop().await
+}
+
+/// An account could create plans without end, and ListPlans loaded them all in one answer
+/// (four queries a plan, on the writes' pool). Now an account has at most 200 plans that
+/// are not archived, and ListPlans and GetDealHistory answer in pages.
+#[tokio::test]
+async fn plans_are_capped_and_plans_and_history_come_in_pages() -> anyhow::Result<()> {
+    use salesplan_platform::{limits::ClassLimit, service::Service};
+    let stack = Stack::start().await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut deal_config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
+    deal_config.limits.plan_changes = ClassLimit {
+        concurrency: 4,
+        rate: 10_000.0,
+        burst: 10_000.0,
+    };
+    let deal_service = deal_config.start(shutdown.clone()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(deal_service.grpc_url())?.connect_lazy();
+    let admin = stack.token("a", "admin", &ALL);
+    let mut plans = PlanServiceClient::new(channel.clone());
+    let cap = 200;
+    let mut created = Vec::new();
+    for i in 0..cap {
+        let plan = create_plan(
+            channel.clone(),
+            &admin,
+            plan_request(
+                &format!("P{i}"),
+                Mode::Manual,
+                Strategy::RoundRobin,
+                false,
+                &[],
+            ),
+        )
+        .await?;
+        created.push(plan.id);
+    }
+    let refused = plans
+        .create_plan(outgoing(
+            plan_request(
+                "one too many",
+                Mode::Manual,
+                Strategy::RoundRobin,
+                false,
+                &[],
+            ),
+            &admin,
+        ))
+        .await
+        .expect_err("plan beyond the cap");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("200"), "{refused:?}");
+    plans
+        .archive_plan(outgoing(
+            pb::ArchivePlanRequest {
+                plan_id: created[0].clone(),
+            },
+            &admin,
+        ))
+        .await?;
+    let last = create_plan(
+        channel.clone(),
+        &admin,
+        plan_request(
+            "after archiving one",
+            Mode::Manual,
+            Strategy::RoundRobin,
+            false,
+            &[],
+        ),
+    )
+    .await?;
+    created.push(last.id.clone());
+    // Another account is not affected by this one's plans.
+    create_plan(
+        channel.clone(),
+        &stack.token("b", "admin", &ALL),
+        plan_request("B", Mode::Manual, Strategy::RoundRobin, false, &[]),
+    )
+    .await?;
+
+    // Pages of at most 50, oldest first, every plan once.
+    let list = |include_archived: bool, page_size: i32| {
+        let (mut plans, admin) = (plans.clone(), admin.clone());
+        async move {
+            let (mut ids, mut pages, mut page_token) = (Vec::new(), 0, String::new());
+            loop {
+                let page = plans
+                    .list_plans(outgoing(
+                        pb::ListPlansRequest {
+                            include_archived,
+                            page_size,
+                            page_token,
+                        },
+                        &admin,
+                    ))
+                    .await?
+                    .into_inner();
+                assert!(
+                    page.plans.len() <= 50,
+                    "{} plans in a page",
+                    page.plans.len()
+                );
+                pages += 1;
+                ids.extend(page.plans.into_iter().map(|p| p.id));
+                if page.next_page_token.is_empty() {
+                    return anyhow::Ok((ids, pages));
+                }
+                page_token = page.next_page_token;
+            }
+        }
+    };
+    let (all, pages) = list(true, 1_000).await?;
+    assert_eq!(all, created, "every plan once, oldest first");
+    assert_eq!(pages, 5, "201 plans in pages of 50");
+    let (open, _) = list(false, 0).await?;
+    assert_eq!(open, created[1..].to_vec());
+    let refused = plans
+        .list_plans(outgoing(
+            pb::ListPlansRequest {
+                page_token: "not a token".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("bad token");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    // A deal's history in pages.
+    let mut deals = DealServiceClient::new(channel.clone());
+    let plan = create_plan(
+        channel.clone(),
+        &stack.token("c", "admin", &ALL),
+        plan_request("C", Mode::Manual, Strategy::RoundRobin, false, &["c1"]),
+    )
+    .await?;
+    let c = stack.token("c", "admin", &ALL);
+    let deal = deals
+        .create_deal(outgoing(deal_request(&plan.id, "k", 1), &c))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let mut version = deal.version;
+    for stage in plan.stages.iter().skip(1).chain(plan.stages.iter().take(1)) {
+        version = deals
+            .move_deal(outgoing(
+                pb::MoveDealRequest {
+                    deal_id: deal.id.clone(),
+                    stage_id: stage.id.clone(),
+                    expected_version: version,
+                    ..Default::default()
+                },
+                &c,
+            ))
+            .await
+            .map(|r| r.into_inner().deal.expect("deal").version)
+            .unwrap_or(version);
+    }
+    let whole = deals
+        .get_deal_history(outgoing(
+            pb::GetDealHistoryRequest {
+                deal_id: deal.id.clone(),
+                ..Default::default()
+            },
+            &c,
+        ))
+        .await?
+        .into_inner();
+    assert!(whole.entries.len() >= 3, "{:?}", whole.entries);
+    assert!(whole.next_page_token.is_empty());
+    let (mut paged, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let page = deals
+            .get_deal_history(outgoing(
+                pb::GetDealHistoryRequest {
+                    deal_id: deal.id.clone(),
+                    page_size: 2,
+                    page_token,
+                },
+                &c,
+            ))
+            .await?
+            .into_inner();
+        assert!(page.entries.len() <= 2);
+        paged.extend(page.entries.into_iter().map(|e| e.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        paged,
+        whole.entries.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+
+    shutdown.cancel();
+    deal_service.wait().await?;
     stack.stop().await
 }
 
@@ -1657,4 +2212,57 @@ async fn events_of_one_account_carrying_anothers_ids_change_nothing_of_it() -> a
         "{second:?}"
     );
     stack.stop().await
+}
+
+/// The relay read 1,000 outbox rows per pass whatever their size: with plan events near
+/// their cap, one pass could hold hundreds of megabytes. A pass now stops after about
+/// 8 MiB of payloads (always taking at least one row), and the next pass goes on at once.
+#[tokio::test]
+async fn the_relay_reads_a_bounded_number_of_bytes_per_pass() -> anyhow::Result<()> {
+    use salesplan_platform::{
+        bus::{Bus, streams},
+        db,
+        service::ServiceConfig,
+    };
+    let database = integration_tests::postgres::TestDatabase::create().await?;
+    let nats = integration_tests::nats::TestNats::start().await?;
+    let config = ServiceConfig::local(&database.url, &nats.url);
+    let pool = db::connect_and_migrate(
+        &config.database,
+        deal_service::SCHEMA,
+        &deal_service::MIGRATOR,
+    )
+    .await?;
+    let bus = Bus::connect(&config.nats, "relay-test").await?;
+    bus.ensure_streams(&streams::ALL).await?;
+    let payload = vec![7u8; 600 * 1024];
+    for i in 0..20 {
+        sqlx::query("INSERT INTO outbox (subject, message_id, payload) VALUES ($1, $2, $3)")
+            .bind(streams::deal_subject("a", "created"))
+            .bind(format!("big-{i}"))
+            .bind(&payload)
+            .execute(&pool)
+            .await?;
+    }
+    let first = deal_service::outbox::publish_batch(&pool, &bus).await?;
+    // The rows whose payload starts below 8 MiB: ⌈8 MiB / 600 KiB⌉ = 14.
+    let most = (deal_service::outbox::BATCH_BYTES as usize).div_ceil(payload.len());
+    assert_eq!(first.published, most, "{first:?}");
+    let second = deal_service::outbox::publish_batch(&pool, &bus).await?;
+    assert_eq!(second.published, 20 - most, "{second:?}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(left, 0);
+    // Each published once.
+    let js = bus.jetstream();
+    let stored = js
+        .get_stream("SALESPLAN_DEALS")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    assert_eq!(stored, 20);
+    Ok(())
 }

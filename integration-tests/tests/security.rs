@@ -110,6 +110,7 @@ async fn call(
             .list_plans(req(
                 pb::ListPlansRequest {
                     include_archived: true,
+                    ..Default::default()
                 },
                 token,
             ))
@@ -370,6 +371,7 @@ async fn call(
             .get_deal_history(req(
                 pb::GetDealHistoryRequest {
                     deal_id: ids.deal.clone(),
+                    ..Default::default()
                 },
                 token,
             ))

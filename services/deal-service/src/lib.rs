@@ -38,14 +38,18 @@ pub struct Config {
 /// Per-account limits of deal-service's calls that read or write in bulk, per replica.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
-    /// `SALESPLAN_LIMIT_READS`: ListDeals and GetBoard.
+    /// `SALESPLAN_LIMIT_READS`: ListDeals, GetBoard, GetDealHistory, ListPlans,
+    /// ListParkedEvents.
     pub reads: ClassLimit,
-    /// `SALESPLAN_LIMIT_BULK`: BulkMoveDeals, BulkAssignDeals, TransferDeals.
+    /// `SALESPLAN_LIMIT_BULK`: BulkMoveDeals, BulkAssignDeals, TransferDeals,
+    /// ReplayParkedEvents.
     pub bulk: ClassLimit,
     /// `SALESPLAN_LIMIT_CREATE_DEALS`: CreateDeals (up to 1,000 deals a call) of an
     /// account's own clients; the distributor's calls (`platform:intake`) are bounded by the
     /// intake lanes instead.
     pub creates: ClassLimit,
+    /// `SALESPLAN_LIMIT_PLAN_CHANGES`: every PlanService call that changes a plan.
+    pub plan_changes: ClassLimit,
 }
 
 impl Default for Limits {
@@ -67,6 +71,11 @@ impl Default for Limits {
                 rate: 20.0,
                 burst: 40.0,
             },
+            plan_changes: ClassLimit {
+                concurrency: 2,
+                rate: 5.0,
+                burst: 20.0,
+            },
         }
     }
 }
@@ -78,6 +87,11 @@ impl Limits {
             reads: ClassLimit::from_env(env, "SALESPLAN_LIMIT_READS", default.reads)?,
             bulk: ClassLimit::from_env(env, "SALESPLAN_LIMIT_BULK", default.bulk)?,
             creates: ClassLimit::from_env(env, "SALESPLAN_LIMIT_CREATE_DEALS", default.creates)?,
+            plan_changes: ClassLimit::from_env(
+                env,
+                "SALESPLAN_LIMIT_PLAN_CHANGES",
+                default.plan_changes,
+            )?,
         })
     }
 }

@@ -18,6 +18,8 @@ use crate::store::OUTBOX_CHANNEL;
 
 /// Rows published per transaction.
 pub const BATCH: i64 = 1_000;
+/// Payload bytes read per transaction (a pass may exceed it by one row).
+pub const BATCH_BYTES: i64 = 8 * 1024 * 1024;
 /// Arbitrary, fixed: the advisory lock key of "the outbox relay of deal-service".
 const RELAY_LOCK: i64 = 0x5A1E_0B0C;
 
@@ -78,7 +80,8 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken) {
                 parked.add(pass.parked as u64, &[]);
                 match pass.failed {
                     Some(err) => Some(RelayError::from(err)),
-                    None if pass.handled() as i64 == BATCH => continue,
+                    // More may be waiting (a pass stops at BATCH rows or BATCH_BYTES).
+                    None if pass.handled() > 0 => continue,
                     None => None,
                 }
             }
@@ -146,10 +149,18 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
     if !locked {
         return Ok(Relayed::default());
     }
+    // Up to BATCH rows and about BATCH_BYTES (always the first row): plan events can be
+    // large, and one pass holds its rows in memory.
     let rows = sqlx::query(
-        "SELECT id, subject, message_id, payload, headers FROM outbox ORDER BY id LIMIT $1",
+        "SELECT o.id, o.subject, o.message_id, o.payload, o.headers
+         FROM outbox o JOIN (
+            SELECT id, sum(octet_length(payload)) OVER (ORDER BY id) - octet_length(payload) AS before
+            FROM outbox ORDER BY id LIMIT $1
+         ) k ON k.id = o.id
+         WHERE k.before < $2 ORDER BY o.id",
     )
     .bind(BATCH)
+    .bind(BATCH_BYTES)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {

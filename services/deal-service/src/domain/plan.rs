@@ -267,6 +267,9 @@ pub const MAX_ACTIVE_REASONS: usize = 100;
 /// Reasons a plan keeps, archived ones included (the archived ones are those deals were
 /// closed with).
 pub const MAX_REASONS: usize = 300;
+/// Plans an account has that are not archived: ListPlans pages, and every plan is a copy
+/// in the distributor and the listener.
+pub const MAX_ACTIVE_PLANS: i64 = 200;
 
 impl PlanDraft {
     /// Checks the rules that text-level validation cannot: a manager listed once.

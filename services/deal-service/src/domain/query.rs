@@ -179,9 +179,35 @@ pub fn fingerprint(bytes: &[u8]) -> u64 {
 }
 
 pub fn page_size(requested: i32) -> usize {
+    bounded_page_size(requested, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+}
+
+/// `requested`, or `default` when not given, never more than `max`.
+pub fn bounded_page_size(requested: i32, default: usize, max: usize) -> usize {
     match requested {
-        n if n <= 0 => DEFAULT_PAGE_SIZE,
-        n => (n as usize).min(MAX_PAGE_SIZE),
+        n if n <= 0 => default,
+        n => (n as usize).min(max),
+    }
+}
+
+/// The token of a list paged by one key (plans by id, history by entry id): the last key
+/// of the page, opaque to clients.
+pub struct AfterKey;
+
+impl AfterKey {
+    pub fn encode(key: &str) -> String {
+        URL_SAFE_NO_PAD.encode(key)
+    }
+
+    /// The key after which the page starts; none for an empty token.
+    pub fn decode<K: std::str::FromStr>(token: &str) -> Result<Option<K>, DomainError> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let invalid = || DomainError::invalid("page_token", "not a token of this list");
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+        let key = std::str::from_utf8(&bytes).map_err(|_| invalid())?;
+        key.parse().map(Some).map_err(|_| invalid())
     }
 }
 
@@ -263,6 +289,23 @@ mod tests {
         };
         assert!(PageToken::decode(&encoded, other, 7).is_err());
         assert!(PageToken::decode("garbage!", Sort::default(), 7).is_err());
+    }
+
+    #[test]
+    fn key_tokens_round_trip_and_refuse_anything_else() {
+        let id = Uuid::now_v7();
+        let token = AfterKey::encode(&id.to_string());
+        assert_eq!(AfterKey::decode::<Uuid>(&token).unwrap(), Some(id));
+        assert_eq!(AfterKey::decode::<Uuid>("").unwrap(), None);
+        assert_eq!(
+            AfterKey::decode::<i64>(&AfterKey::encode("42")).unwrap(),
+            Some(42)
+        );
+        for bad in ["%%", "bm90IGFuIGlk", &AfterKey::encode(&id.to_string())] {
+            assert!(AfterKey::decode::<i64>(bad).is_err(), "{bad}");
+        }
+        assert_eq!(bounded_page_size(0, 20, 50), 20);
+        assert_eq!(bounded_page_size(500, 20, 50), 50);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::{
     convert,
     domain::{
         deal::{DealEdit, NewDeal, may_assign, may_change},
-        query::{PageToken, Sort, page_size},
+        query::{AfterKey, PageToken, Sort, bounded_page_size, page_size},
     },
     store::{BulkOutcome, BulkTarget, Page, queries_sort_value},
 };
@@ -22,6 +22,9 @@ const MAX_LISTED_FAILURES: usize = 1_000;
 const DEFAULT_CARDS: usize = 20;
 const MAX_CREATE_BATCH: usize = 1_000;
 const MAX_CARDS: usize = 100;
+/// History entries per page: a deal moved back and forth for years has many.
+const HISTORY_PAGE: usize = 100;
+const MAX_HISTORY_PAGE: usize = 500;
 
 fn not_yours() -> ApiError {
     ApiError::PermissionDenied(format!(
@@ -478,8 +481,20 @@ impl DealService for Api {
         request: Request<pb::GetDealHistoryRequest>,
     ) -> Reply<pb::GetDealHistoryResponse> {
         let actor = auth::actor(&request)?;
-        let deal_id = parse_id("deal_id", &request.get_ref().deal_id)?;
-        let rows = self.store.history(&actor.account_id, deal_id).await?;
+        let _permit = self.reads.admit(&actor.account_id)?;
+        let req = request.get_ref();
+        let deal_id = parse_id("deal_id", &req.deal_id)?;
+        let after = AfterKey::decode::<i64>(&req.page_token).map_err(ApiError::from)?;
+        let limit = bounded_page_size(req.page_size, HISTORY_PAGE, MAX_HISTORY_PAGE);
+        let rows = self
+            .store
+            .history(&actor.account_id, deal_id, after, limit)
+            .await?;
+        // A full page may have more after it; the next one is then possibly empty.
+        let next_page_token = match rows.last() {
+            Some(last) if rows.len() == limit => AfterKey::encode(&last.id.to_string()),
+            _ => String::new(),
+        };
         let entries = rows
             .into_iter()
             .map(|row| pb::HistoryEntry {
@@ -498,7 +513,10 @@ impl DealService for Api {
                 } as i32,
             })
             .collect();
-        Ok(Response::new(pb::GetDealHistoryResponse { entries }))
+        Ok(Response::new(pb::GetDealHistoryResponse {
+            entries,
+            next_page_token,
+        }))
     }
 }
 

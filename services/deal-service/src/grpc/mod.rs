@@ -13,12 +13,15 @@ use crate::{Limits, store::Store};
 #[derive(Clone)]
 pub struct Api {
     store: Store,
-    /// ListDeals, GetBoard.
+    /// ListDeals, GetBoard, GetDealHistory, ListPlans, ListParkedEvents.
     reads: Arc<AccountLimiter>,
-    /// BulkMoveDeals, BulkAssignDeals, TransferDeals.
+    /// BulkMoveDeals, BulkAssignDeals, TransferDeals, ReplayParkedEvents.
     bulk: Arc<AccountLimiter>,
     /// CreateDeals.
     creates: Arc<AccountLimiter>,
+    /// Plan changes: CreatePlan, UpdatePlan, ArchivePlan, SetPlanManagers, the stage
+    /// calls, SetLossReasons.
+    plan_changes: Arc<AccountLimiter>,
 }
 
 impl Api {
@@ -28,6 +31,7 @@ impl Api {
             reads: AccountLimiter::new("reads", limits.reads),
             bulk: AccountLimiter::new("bulk changes", limits.bulk),
             creates: AccountLimiter::new("deal creation", limits.creates),
+            plan_changes: AccountLimiter::new("plan changes", limits.plan_changes),
         }
     }
 }

@@ -31,6 +31,7 @@ impl OutboxService for Api {
         request: Request<pb::ListParkedEventsRequest>,
     ) -> Reply<pb::ListParkedEventsResponse> {
         let actor = auth::actor(&request)?;
+        let _permit = self.reads.admit(&actor.account_id)?;
         let req = request.into_inner();
         let account = match scope(&actor)? {
             Some(own) => Some(own),
@@ -74,6 +75,7 @@ impl OutboxService for Api {
     ) -> Reply<pb::ReplayParkedEventsResponse> {
         let actor = auth::actor(&request)?;
         let account = scope(&actor)?;
+        let _permit = self.bulk.admit(&actor.account_id)?;
         let ids = request.into_inner().ids;
         if ids.len() > MAX_REPLAY {
             return Err(ApiError::invalid("ids", format!("at most {MAX_REPLAY} per call")).into());

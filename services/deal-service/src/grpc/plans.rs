@@ -1,6 +1,8 @@
 //! PlanService.
 
-use salesplan_platform::{Actor, ApiError, Permission, auth, ids, ids::parse_id, validate};
+use salesplan_platform::{
+    Actor, ApiError, Permission, auth, ids, ids::parse_id, limits::Permit, validate,
+};
 use salesplan_proto::v1::{self as pb, plan_service_server::PlanService};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -11,10 +13,15 @@ use crate::{
     domain::{
         DomainError,
         plan::{self, Plan, PlanDraft},
+        query::{AfterKey, bounded_page_size},
     },
 };
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// Plans per ListPlans page: a plan at every cap is large (stages, managers, reasons).
+const PLANS_PAGE: usize = 20;
+const MAX_PLANS_PAGE: usize = 50;
 
 fn admin<T>(request: &Request<T>) -> Result<Actor, ApiError> {
     let actor = auth::actor(request)?;
@@ -23,6 +30,14 @@ fn admin<T>(request: &Request<T>) -> Result<Actor, ApiError> {
 }
 
 impl Api {
+    /// An administrator's plan change, within the account's allowance of them (each is a
+    /// plan event every consumer applies).
+    fn plan_change<T>(&self, request: &Request<T>) -> Result<(Actor, Permit), ApiError> {
+        let actor = admin(request)?;
+        let permit = self.plan_changes.admit(&actor.account_id)?;
+        Ok((actor, permit))
+    }
+
     async fn change_plan<T>(
         &self,
         actor: &Actor,
@@ -47,7 +62,7 @@ impl PlanService for Api {
         &self,
         request: Request<pb::CreatePlanRequest>,
     ) -> Reply<pb::CreatePlanResponse> {
-        let actor = admin(&request)?;
+        let (actor, _permit) = self.plan_change(&request)?;
         let draft = PlanDraft::try_from(request.into_inner())?;
         let plan = self
             .store
@@ -73,12 +88,21 @@ impl PlanService for Api {
         request: Request<pb::ListPlansRequest>,
     ) -> Reply<pb::ListPlansResponse> {
         let actor = auth::actor(&request)?;
-        let plans = self
+        let _permit = self.reads.admit(&actor.account_id)?;
+        let req = request.get_ref();
+        let after = AfterKey::decode::<Uuid>(&req.page_token).map_err(ApiError::from)?;
+        let limit = bounded_page_size(req.page_size, PLANS_PAGE, MAX_PLANS_PAGE);
+        let (plans, more) = self
             .store
-            .list_plans(&actor.account_id, request.get_ref().include_archived)
+            .list_plans(&actor.account_id, req.include_archived, after, limit)
             .await?;
+        let next_page_token = match plans.last() {
+            Some(last) if more => AfterKey::encode(&last.id.to_string()),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListPlansResponse {
             plans: plans.iter().map(Into::into).collect(),
+            next_page_token,
         }))
     }
 
@@ -86,7 +110,7 @@ impl PlanService for Api {
         &self,
         request: Request<pb::UpdatePlanRequest>,
     ) -> Reply<pb::UpdatePlanResponse> {
-        let actor = admin(&request)?;
+        let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
         let plan_id = parse_id("plan_id", &req.plan_id)?;
         let name = req
@@ -130,7 +154,7 @@ impl PlanService for Api {
         &self,
         request: Request<pb::ArchivePlanRequest>,
     ) -> Reply<pb::ArchivePlanResponse> {
-        let actor = admin(&request)?;
+        let (actor, _permit) = self.plan_change(&request)?;
         let plan_id = parse_id("plan_id", &request.get_ref().plan_id)?;
         let (plan, ()) = self
             .store
@@ -160,7 +184,7 @@ impl PlanService for Api {
         &self,
         request: Request<pb::SetPlanManagersRequest>,
     ) -> Reply<pb::SetPlanManagersResponse> {
-        let actor = admin(&request)?;
+        let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
         let plan_id = parse_id("plan_id", &req.plan_id)?;
         let managers = req
@@ -180,7 +204,7 @@ impl PlanService for Api {
         &self,
         request: Request<pb::AddStageRequest>,
     ) -> Reply<pb::AddStageResponse> {
-        let actor = admin(&request)?;
+        let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
         let plan_id = parse_id("plan_id", &req.plan_id)?;
         let name = convert::stage_name(&req.name)?;
@@ -208,7 +232,7 @@ impl PlanService for Api {
         &self,
         request: Request<pb::UpdateStageRequest>,
     ) -> Reply<pb::UpdateStageResponse> {
-        let actor = admin(&request)?;
+        let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
         let stage_id = parse_id("stage_id", &req.stage_id)?;
         let name = req.name.as_deref().map(convert::stage_name).transpose()?;
@@ -231,7 +255,7 @@ impl PlanService for Api {
         &self,
         request: Request<pb::ReorderStagesRequest>,
     ) -> Reply<pb::ReorderStagesResponse> {
-        let actor = admin(&request)?;
+        let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
         let plan_id = parse_id("plan_id", &req.plan_id)?;
         let order = convert::ids("open_stage_ids", &req.open_stage_ids)?;
@@ -247,7 +271,7 @@ impl PlanService for Api {
         &self,
         request: Request<pb::DeleteStageRequest>,
     ) -> Reply<pb::DeleteStageResponse> {
-        let actor = admin(&request)?;
+        let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
         let stage_id = parse_id("stage_id", &req.stage_id)?;
         let target = convert::optional_id("target_stage_id", req.target_stage_id.as_deref())?;
@@ -265,7 +289,7 @@ impl PlanService for Api {
         &self,
         request: Request<pb::SetLossReasonsRequest>,
     ) -> Reply<pb::SetLossReasonsResponse> {
-        let actor = admin(&request)?;
+        let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
         let plan_id = parse_id("plan_id", &req.plan_id)?;
         let inputs = req

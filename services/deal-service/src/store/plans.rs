@@ -13,7 +13,7 @@ use crate::domain::{
     DomainError, Money,
     counts::count_deltas,
     deal::Change,
-    plan::{LossReason, Plan, PlanDraft, Stage, StageKind},
+    plan::{LossReason, MAX_ACTIVE_PLANS, Plan, PlanDraft, Stage, StageKind},
 };
 
 impl Store {
@@ -27,6 +27,23 @@ impl Store {
         let plan = draft.into_plan(account_id, ids::new_id(), now, ids::new_id);
         let (mode, prefer_related, strategy) = distribution_columns(plan.distribution);
         let mut tx = self.pool.begin().await?;
+        // One account's plan creations in turn, so two at once cannot pass the cap together.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('plans:' || $1, 0))")
+            .bind(account_id)
+            .execute(&mut *tx)
+            .await?;
+        let active: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM plans WHERE account_id = $1 AND NOT archived")
+                .bind(account_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if active >= MAX_ACTIVE_PLANS {
+            return Err(DomainError::Precondition(format!(
+                "the account has {active} plans that are not archived, the most it may have \
+                 ({MAX_ACTIVE_PLANS}); archive one first"
+            ))
+            .into());
+        }
         sqlx::query(
             "INSERT INTO plans (id, account_id, name, average_amount_minor, currency, chat_label,
                 distribution_mode, prefer_related, strategy, require_reason, archived, version,
@@ -57,25 +74,34 @@ impl Store {
         load_plan(&mut conn, account_id, plan_id, Lock::None).await
     }
 
+    /// Up to `limit` plans after the plan `after`, oldest first (ids are time-ordered),
+    /// and whether more follow. On the read pool: a page loads its plans one by one.
     pub async fn list_plans(
         &self,
         account_id: &str,
         include_archived: bool,
-    ) -> Result<Vec<Plan>, ApiError> {
-        let mut conn = self.pool.acquire().await?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(Vec<Plan>, bool), ApiError> {
+        let mut conn = self.reads.acquire().await?;
+        let mut ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM plans WHERE account_id = $1 AND ($2 OR NOT archived)
-             ORDER BY created_at, id",
+                AND ($3::uuid IS NULL OR id > $3)
+             ORDER BY id LIMIT $4",
         )
         .bind(account_id)
         .bind(include_archived)
+        .bind(after)
+        .bind(limit as i64 + 1)
         .fetch_all(&mut *conn)
         .await?;
+        let more = ids.len() > limit;
+        ids.truncate(limit);
         let mut plans = Vec::with_capacity(ids.len());
         for id in ids {
             plans.push(load_plan(&mut conn, account_id, id, Lock::None).await?);
         }
-        Ok(plans)
+        Ok((plans, more))
     }
 
     /// Applies `change` to the plan under its row lock, saves it with a new version, and

@@ -400,19 +400,26 @@ impl Store {
         Ok(Board { columns, totals })
     }
 
+    /// Up to `limit` entries of a deal's history after the entry `after`, oldest first.
     pub async fn history(
         &self,
         account_id: &str,
         deal_id: Uuid,
+        after: Option<i64>,
+        limit: usize,
     ) -> Result<Vec<HistoryRow>, ApiError> {
         // Through the deal itself: another account's deal is simply not found.
         self.deal(account_id, deal_id).await?;
         let rows = sqlx::query(
             "SELECT id, at, actor_id, action, from_value, to_value, loss_reason_id, status
-             FROM deal_history WHERE account_id = $1 AND deal_id = $2 ORDER BY id",
+             FROM deal_history WHERE account_id = $1 AND deal_id = $2
+                AND ($3::bigint IS NULL OR id > $3)
+             ORDER BY id LIMIT $4",
         )
         .bind(account_id)
         .bind(deal_id)
+        .bind(after)
+        .bind(limit as i64)
         .fetch_all(&self.reads)
         .await?;
         rows.iter()
