@@ -201,7 +201,8 @@ async fn an_amount_beyond_the_bound_is_refused_at_every_entry_point() -> anyhow:
 
 /// Sums beyond the int64 range: 10,000 deals of the largest amount add up to 10^19. Boards,
 /// lists (kept and aggregated totals) and the pipeline summary answer with the sum capped
-/// and exact, and the plan keeps taking deals.
+/// and exact, and the plan keeps taking deals. A bulk change of all of them (10,001) is
+/// more than one call takes, and is refused whole.
 #[tokio::test]
 async fn sums_beyond_int64_keep_boards_lists_and_reports_working() -> anyhow::Result<()> {
     const DEALS: usize = 10_000;
@@ -309,6 +310,49 @@ async fn sums_beyond_int64_keep_boards_lists_and_reports_working() -> anyhow::Re
         .await?
         .into_inner();
     assert!(more.created);
+
+    // A bulk change of more than 10,000 deals is refused whole, by filter or by ids.
+    let to = plan.stages[1].id.clone();
+    let by_filter = pb::BulkMoveDealsRequest {
+        target: Some(pb::bulk_move_deals_request::Target::Filter(
+            pb::DealFilter {
+                plan_id: plan.id.clone(),
+                ..Default::default()
+            },
+        )),
+        stage_id: to.clone(),
+        loss_reason_id: None,
+    };
+    let refused = deals
+        .bulk_move_deals(outgoing(by_filter, &admin))
+        .await
+        .expect_err("10,001 deals by filter");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("10000"), "{refused:?}");
+    let by_ids = pb::BulkMoveDealsRequest {
+        target: Some(pb::bulk_move_deals_request::Target::DealIds(pb::DealIds {
+            ids: vec![more.deal.expect("deal").id; 10_001],
+        })),
+        stage_id: to,
+        loss_reason_id: None,
+    };
+    let refused = deals
+        .bulk_move_deals(outgoing(by_ids, &admin))
+        .await
+        .expect_err("10,001 ids");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().starts_with("deal_ids.ids"), "{refused:?}");
+    let board = deals
+        .get_board(outgoing(
+            pb::GetBoardRequest {
+                plan_id: plan.id.clone(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(board.columns[0].count, DEALS as i64 + 1, "nothing moved");
     stack.stop().await
 }
 

@@ -2,13 +2,14 @@
 
 use prost::Message as _;
 use salesplan_platform::{
-    bus::{BatchHandler, Delivery, Outcome},
+    bus::{BatchHandler, Delivery, Outcome, apply_each_on_refusal},
+    error::sql_data_refusal,
     validate::contact_key,
 };
 use salesplan_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::store::{DealState, Store};
+use crate::store::{DealState, Store, StoreError};
 
 pub struct DealEvents {
     store: Store,
@@ -24,22 +25,22 @@ impl BatchHandler for DealEvents {
     async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
         let mut outcomes = vec![Outcome::Done; batch.len()];
         let mut states = Vec::with_capacity(batch.len());
-        let mut applied = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
             match decode(&delivery.payload) {
-                Ok(state) => {
-                    states.push(state);
-                    applied.push(index);
-                }
+                Ok(state) => states.push((index, state)),
                 Err(reason) => outcomes[index] = Outcome::Reject(reason),
             }
         }
-        if let Err(err) = self.store.apply_deals(&states).await {
-            tracing::warn!(error = %err, "cannot apply deal events");
-            for index in applied {
-                outcomes[index] = Outcome::Retry(err.to_string());
-            }
-        }
+        apply_each_on_refusal(
+            &mut outcomes,
+            states,
+            |states| async move { self.store.apply_deals(&states).await },
+            |err: &StoreError| match err {
+                StoreError::Database(e) => sql_data_refusal(e),
+                _ => None,
+            },
+        )
+        .await;
         outcomes
     }
 }

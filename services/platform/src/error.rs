@@ -158,7 +158,12 @@ pub fn data_refusal(err: &ApiError) -> Option<String> {
     let ApiError::Internal(source) = err else {
         return None;
     };
-    match source.downcast_ref::<sqlx::Error>()? {
+    sql_data_refusal(source.downcast_ref::<sqlx::Error>()?)
+}
+
+/// [`data_refusal`] of a database error as sqlx returns it.
+pub fn sql_data_refusal(err: &sqlx::Error) -> Option<String> {
+    match err {
         sqlx::Error::Database(db) => db
             .code()
             .filter(|code| code.starts_with("22") || code.starts_with("23"))

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use prost::Message as _;
 use salesplan_platform::{
-    bus::{BatchHandler, Delivery, Outcome},
+    bus::{BatchHandler, Delivery, Outcome, apply_each_on_refusal},
     db::key_lookups_only,
+    error::sql_data_refusal,
 };
 use salesplan_proto::v1 as pb;
 use sqlx::{PgPool, Row};
@@ -322,24 +323,21 @@ impl BatchHandler for DealEvents {
     async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
         let mut outcomes = vec![Outcome::Done; batch.len()];
         let mut rows = Vec::with_capacity(batch.len());
-        let mut applied = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
             // A span per event, in the trace of the change that caused it.
             let _span = delivery.span("reporting.apply").entered();
             match decode(&delivery.payload) {
-                Ok(row) => {
-                    rows.push(row);
-                    applied.push(index);
-                }
+                Ok(row) => rows.push((index, row)),
                 Err(reason) => outcomes[index] = Outcome::Reject(reason),
             }
         }
-        if let Err(err) = self.apply(&rows).await {
-            tracing::warn!(error = %err, "cannot apply deal events");
-            for index in applied {
-                outcomes[index] = Outcome::Retry(err.to_string());
-            }
-        }
+        apply_each_on_refusal(
+            &mut outcomes,
+            rows,
+            |rows| async move { self.apply(&rows).await },
+            sql_data_refusal,
+        )
+        .await;
         outcomes
     }
 }

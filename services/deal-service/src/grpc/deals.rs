@@ -39,6 +39,10 @@ fn bulk_target(
     filter: Option<pb::DealFilter>,
 ) -> Result<BulkTarget, ApiError> {
     match (ids, filter) {
+        (Some(ids), _) if ids.ids.len() > crate::store::MAX_BULK_DEALS => Err(ApiError::invalid(
+            "deal_ids.ids",
+            format!("at most {} deals per call", crate::store::MAX_BULK_DEALS),
+        )),
         (Some(ids), _) => Ok(BulkTarget::Ids(convert::ids("deal_ids.ids", &ids.ids)?)),
         (None, Some(filter)) => Ok(BulkTarget::Query(Box::new(convert::query_from(Some(
             filter,

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    BULK_CHUNK, Store, counts, events, now,
+    BULK_CHUNK, MAX_BULK_DEALS, Store, counts, events, now,
     plans::{Lock, load_plan, mark_reasons_used},
     queries::push_filter,
     rows::{DEAL_COLUMNS, deal_from_row},
@@ -245,6 +245,16 @@ impl Store {
             BulkTarget::Ids(ids) => ids,
             BulkTarget::Query(query) => self.matching_ids(account_id, &query).await?,
         };
+        if ids.len() > MAX_BULK_DEALS {
+            // Refused whole rather than done in part: nothing half-written.
+            return Err(ApiError::invalid(
+                "filter",
+                format!(
+                    "matches more than {MAX_BULK_DEALS} deals, the most one bulk change \
+                     takes; narrow it (by plan, stage or manager) and repeat"
+                ),
+            ));
+        }
         let mut outcome = BulkOutcome::default();
         for chunk in ids.chunks(BULK_CHUNK) {
             let now = now();
@@ -294,10 +304,12 @@ impl Store {
         account_id: &str,
         query: &DealQuery,
     ) -> Result<Vec<Uuid>, ApiError> {
+        // A scan: on the read pool, and one more than the most a bulk change takes.
         let mut qb = sqlx::QueryBuilder::new("SELECT id FROM deals");
         push_filter(&mut qb, account_id, query);
-        qb.push(" ORDER BY id");
-        Ok(qb.build_query_scalar().fetch_all(&self.pool).await?)
+        qb.push(" ORDER BY id LIMIT ");
+        qb.push_bind(MAX_BULK_DEALS as i64 + 1);
+        Ok(qb.build_query_scalar().fetch_all(&self.reads).await?)
     }
 }
 

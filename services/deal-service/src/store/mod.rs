@@ -21,6 +21,9 @@ pub const OUTBOX_CHANNEL: &str = "deal_service_outbox";
 
 /// Deals changed per transaction in bulk operations.
 pub const BULK_CHUNK: usize = 1_000;
+/// The most deals one bulk change (by ids or by filter) takes: its transactions and events
+/// stay bounded, and its time within the call's deadline.
+pub const MAX_BULK_DEALS: usize = 10_000;
 
 #[derive(Clone)]
 pub struct Store {

@@ -120,6 +120,44 @@ pub enum Outcome {
     Reject(String),
 }
 
+/// Applies `items` (each with its delivery's index) in one call; when the database refuses
+/// the data of that call, each item alone, so the one it refuses is rejected (dead-lettered
+/// with its reason) and the others — possibly other accounts' — are applied. Any other
+/// failure retries them all.
+pub async fn apply_each_on_refusal<T, E, Fut>(
+    outcomes: &mut [Outcome],
+    items: Vec<(usize, T)>,
+    apply: impl Fn(Vec<T>) -> Fut,
+    refusal: impl Fn(&E) -> Option<String>,
+) where
+    T: Clone,
+    E: std::fmt::Display,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let all = items.iter().map(|(_, item)| item.clone()).collect();
+    let err = match apply(all).await {
+        Ok(()) => return,
+        Err(err) => err,
+    };
+    if refusal(&err).is_none() {
+        tracing::warn!(error = %err, "cannot apply a batch, retrying it");
+        for (index, _) in &items {
+            outcomes[*index] = Outcome::Retry(err.to_string());
+        }
+        return;
+    }
+    tracing::warn!(error = %err, "the database refused a batch, applying it item by item");
+    for (index, item) in items {
+        outcomes[index] = match apply(vec![item]).await {
+            Ok(()) => Outcome::Done,
+            Err(err) if refusal(&err).is_some() => {
+                Outcome::Reject(format!("refused by the database: {err}"))
+            }
+            Err(err) => Outcome::Retry(err.to_string()),
+        };
+    }
+}
+
 /// A consumer's processing step. `handle` returns one outcome per delivery, in order.
 pub trait BatchHandler: Send + Sync + 'static {
     fn handle(&self, batch: &[Delivery]) -> impl Future<Output = Vec<Outcome>> + Send;
@@ -401,6 +439,57 @@ pub(super) async fn pause(shutdown: &CancellationToken, duration: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the fake database answers: a refusal of the data, or a lost connection.
+    #[derive(Debug)]
+    struct Failed(&'static str);
+
+    impl std::fmt::Display for Failed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    /// 666 is refused as data; 500 fails as a lost connection would; the rest apply.
+    async fn apply(items: Vec<u32>) -> Result<(), Failed> {
+        if items.contains(&666) {
+            return Err(Failed("refused: 23514"));
+        }
+        if items.contains(&500) {
+            return Err(Failed("connection lost"));
+        }
+        Ok(())
+    }
+
+    fn refusal(err: &Failed) -> Option<String> {
+        err.0.starts_with("refused").then(|| err.0.to_owned())
+    }
+
+    async fn outcomes_of(items: &[u32]) -> Vec<Outcome> {
+        let mut outcomes = vec![Outcome::Done; items.len()];
+        let indexed = items.iter().copied().enumerate().collect();
+        apply_each_on_refusal(&mut outcomes, indexed, apply, refusal).await;
+        outcomes
+    }
+
+    #[tokio::test]
+    async fn an_item_the_database_refuses_fails_alone_and_passing_failures_retry_all() {
+        assert_eq!(outcomes_of(&[1, 2]).await, [Outcome::Done, Outcome::Done]);
+        let refused = outcomes_of(&[1, 666, 2]).await;
+        assert_eq!(refused[0], Outcome::Done);
+        assert!(matches!(&refused[1], Outcome::Reject(r) if r.contains("23514")));
+        assert_eq!(refused[2], Outcome::Done);
+        let lost = outcomes_of(&[1, 500]).await;
+        assert!(
+            lost.iter().all(|o| matches!(o, Outcome::Retry(_))),
+            "{lost:?}"
+        );
+        // Refused as a batch, then one item fails for a passing reason: only it retries.
+        let mixed = outcomes_of(&[666, 500, 3]).await;
+        assert!(matches!(mixed[0], Outcome::Reject(_)));
+        assert!(matches!(mixed[1], Outcome::Retry(_)));
+        assert_eq!(mixed[2], Outcome::Done);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -12,7 +12,7 @@ use async_nats::jetstream;
 
 pub use consumer::{
     BatchHandler, ConsumerSpec, Delivery, HEADER_DELIVERED, HEADER_ORIGINAL_SUBJECT, HEADER_REASON,
-    Outcome, run_consumer,
+    Outcome, apply_each_on_refusal, run_consumer,
 };
 pub use fair::{
     Activity, ActivityGuard, FairSpec, MAX_YIELD, SHARING_WINDOW, pending_by_account,
