@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
+
 use integration_tests::{
     Stack,
     api::{Mode, Strategy, create_plan, lead_json, plan_request},
@@ -188,6 +190,48 @@ async fn an_amount_beyond_the_bound_is_refused_at_every_entry_point() -> anyhow:
             .expect_err("UpdatePlan");
         assert_eq!(refused.code(), Code::InvalidArgument);
         assert!(refused.message().starts_with("average_amount.amount_minor"));
+
+        let mut new_plan = plan_request("Too rich", Mode::Manual, Strategy::RoundRobin, false, &[]);
+        new_plan.average_amount = Some(usd(amount));
+        let refused = plans
+            .create_plan(outgoing(new_plan, &admin))
+            .await
+            .expect_err("CreatePlan");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with("average_amount.amount_minor"),
+            "{refused:?}"
+        );
+
+        // A bulk add: that contact is rejected with its reason, the other accepted.
+        let contact = |id: &str, amount: Option<i64>| pb::AudienceContact {
+            contact: Some(pb::Contact {
+                external_id: id.into(),
+                ..Default::default()
+            }),
+            amount: amount.map(usd),
+            ..Default::default()
+        };
+        let chunk = pb::AddAudienceRequest {
+            plan_id: plan.id.clone(),
+            job_id: format!("job-{amount}"),
+            contacts: vec![contact("fine", Some(100)), contact("whale", Some(amount))],
+            ..Default::default()
+        };
+        let results: Vec<pb::ContactResult> = intake
+            .add_audience(outgoing(futures::stream::iter(vec![chunk]), &admin))
+            .await?
+            .into_inner()
+            .next()
+            .await
+            .expect("one answer")?
+            .results;
+        assert_eq!(results[0].outcome, pb::ContactOutcome::Accepted as i32);
+        assert_eq!(results[1].outcome, pb::ContactOutcome::Rejected as i32);
+        assert!(
+            results[1].reason.starts_with("amount.amount_minor"),
+            "{results:?}"
+        );
     }
     // The bound itself is accepted.
     deals
