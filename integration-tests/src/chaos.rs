@@ -397,7 +397,10 @@ fn log_tails(dir: &std::path::Path, lines: usize) -> String {
     paths.sort();
     for path in paths {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
+        let all: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("sqlx::postgres::notice"))
+            .collect();
         let _ = writeln!(out, "--- {}", path.display());
         for line in &all[all.len().saturating_sub(lines)..] {
             let _ = writeln!(out, "{line}");
@@ -697,8 +700,17 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
         }
         if Instant::now() >= settled {
             let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await?);
+            let outbox: (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM deal_service.outbox),
+                        (SELECT count(*) FROM deal_service.outbox_parked)",
+            )
+            .fetch_one(&pool)
+            .await?;
             bail!(
-                "distributor counts {kept:?} or reporting's {reported} deals never matched {recount:?}\n{}",
+                "distributor counts {kept:?} or reporting's {reported} deals never matched {recount:?}\n\
+                 outbox: {} waiting, {} parked\n{}",
+                outbox.0,
+                outbox.1,
                 describe_stream(&js, "SALESPLAN_DEALS").await
             );
         }
