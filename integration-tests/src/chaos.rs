@@ -33,6 +33,9 @@ pub struct ChaosConfig {
     pub bulk: usize,
     /// Rounds of killing every service once.
     pub rounds: usize,
+    /// Restart nats-server too (`just chaos`). Off in `just test`: nats-server 2.9.10 with
+    /// one node was seen to lose acknowledged writes across a restart (docs/reliability.md).
+    pub restart_broker: bool,
 }
 
 #[derive(Debug, Default)]
@@ -590,13 +593,15 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
     }
     // A broker restart, as in a rolling upgrade: SIGKILL of a single nats-server 2.9 can
     // lose its last acknowledged writes (docs/reliability.md, known limits).
-    nats.stop(Duration::from_secs(30)).await?;
-    let took = nats.start().await?;
-    figures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .restarts
-        .push(("nats-server".into(), took));
+    if config.restart_broker {
+        nats.stop(Duration::from_secs(30)).await?;
+        let took = nats.start().await?;
+        figures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restarts
+            .push(("nats-server".into(), took));
+    }
     let started = Instant::now();
     pg.restart().await?;
     figures

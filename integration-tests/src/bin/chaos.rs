@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         leads: args.leads,
         bulk: args.bulk.unwrap_or(args.leads),
         rounds: args.rounds,
+        restart_broker: true,
     })
     .await?;
     println!("chaos: every promise held\n{figures}");
