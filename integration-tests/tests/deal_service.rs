@@ -1465,3 +1465,90 @@ async fn filters_and_sorts() -> anyhow::Result<()> {
     assert_store_consistent(&stack).await?;
     stack.stop().await
 }
+
+/// A client whose answer was lost retries with the version it had. A move to the stage the
+/// deal is in, a close to the same result and reason, an assignment to its manager — the
+/// change it asked for holds — are answered as done with the deal as it is: no error, no
+/// second history entry (events are written with history, only for a change). A different
+/// change with that stale version is ABORTED.
+#[tokio::test]
+async fn a_repeated_move_or_assignment_is_answered_as_done() -> anyhow::Result<()> {
+    let stack = DealStack::start().await?;
+    let mut c = clients(&stack).await?;
+    let admin = stack.token(ACCOUNT, "admin", ADMIN);
+    let boss = stack.token(ACCOUNT, "boss", BOSS);
+    let plan = create_plan(&mut c, &admin, &["m1", "m2"]).await?;
+    let (progress, lost) = (
+        stage_named(&plan, "In progress").id.clone(),
+        stage_named(&plan, "Lost").id.clone(),
+    );
+    let deal = create_deal(&mut c, &boss, &plan, 1, None).await?;
+
+    let moved = move_deal(&mut c, &boss, &deal, &progress, None).await?;
+    let again = move_deal(&mut c, &boss, &deal, &progress, None).await?;
+    assert_eq!(
+        again, moved,
+        "the retry sees the deal as the first move left it"
+    );
+    let stale = move_deal(&mut c, &boss, &deal, &lost, None)
+        .await
+        .expect_err("another change with a stale version");
+    assert_eq!(stale.code(), Code::Aborted);
+
+    let assign = |deal: &pb::Deal, manager: &str| pb::AssignDealRequest {
+        deal_id: deal.id.clone(),
+        expected_version: deal.version,
+        manager_id: Some(manager.into()),
+    };
+    let assigned = c
+        .deals
+        .assign_deal(outgoing(assign(&moved, "m1"), &boss))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let again = c
+        .deals
+        .assign_deal(outgoing(assign(&moved, "m1"), &boss))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert_eq!(again, assigned);
+    let stale = c
+        .deals
+        .assign_deal(outgoing(assign(&moved, "m2"), &boss))
+        .await
+        .expect_err("another manager with a stale version");
+    assert_eq!(stale.code(), Code::Aborted);
+
+    let closed = move_deal(&mut c, &boss, &assigned, &lost, None).await?;
+    let again = move_deal(&mut c, &boss, &assigned, &lost, None).await?;
+    assert_eq!(again, closed);
+
+    let history = c
+        .deals
+        .get_deal_history(outgoing(
+            pb::GetDealHistoryRequest {
+                deal_id: deal.id.clone(),
+                ..Default::default()
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner()
+        .entries;
+    let actions: Vec<i32> = history.iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        [
+            pb::HistoryAction::Created as i32,
+            pb::HistoryAction::Moved as i32,
+            pb::HistoryAction::Assigned as i32,
+            pb::HistoryAction::Closed as i32,
+        ],
+        "one entry per change made: {history:?}"
+    );
+    assert_store_consistent(&stack).await?;
+    stack.stop().await
+}

@@ -208,6 +208,18 @@ impl Deal {
         }
     }
 
+    /// Whether the deal already is where a move to `stage_id` (with `reason`) would put it:
+    /// in that stage, and for a closed deal with that reason. A repeated move is then done.
+    pub fn is_at(&self, stage_id: Uuid, reason: Option<Uuid>) -> bool {
+        self.stage_id == stage_id && (!self.is_closed() || self.loss_reason_id == reason)
+    }
+
+    /// Whether the deal already has `manager` (none: unassigned). A repeated assignment is
+    /// then done.
+    pub fn is_with(&self, manager: Option<&str>) -> bool {
+        self.manager_id.as_deref() == manager
+    }
+
     /// The board's drag: to another OPEN stage, or closing as WON or LOST.
     pub fn move_to(
         &self,

@@ -205,6 +205,7 @@ impl DealService for Api {
                 &actor.user_id,
                 deal_id,
                 version,
+                |_| false,
                 |deal, _, now| {
                     if !may_change(&actor.user_id, edit_all, deal) {
                         return Err(not_yours());
@@ -236,6 +237,7 @@ impl DealService for Api {
                 &actor.user_id,
                 deal_id,
                 version,
+                |deal| may_change(&actor.user_id, edit_all, deal) && deal.is_at(stage_id, reason),
                 |deal, plan, now| {
                     if !may_change(&actor.user_id, edit_all, deal) {
                         return Err(not_yours());
@@ -258,6 +260,7 @@ impl DealService for Api {
         let deal_id = parse_id("deal_id", &req.deal_id)?;
         let version = convert::expected_version(req.expected_version)?;
         let manager = convert::optional_manager("manager_id", req.manager_id.as_deref())?;
+        let asked = manager.clone();
         let edit_all = actor.has(Permission::DealsEditAll);
         let deal = self
             .store
@@ -266,6 +269,10 @@ impl DealService for Api {
                 &actor.user_id,
                 deal_id,
                 version,
+                |deal| {
+                    let asked = asked.as_deref();
+                    may_assign(&actor.user_id, edit_all, deal, asked) && deal.is_with(asked)
+                },
                 |deal, plan, now| {
                     if !may_assign(&actor.user_id, edit_all, deal, manager.as_deref()) {
                         return Err(not_yours());
@@ -296,6 +303,7 @@ impl DealService for Api {
                 &actor.user_id,
                 deal_id,
                 version,
+                |_| false,
                 |deal, plan, now| Ok(deal.reopen(plan, now)?),
             )
             .await?;

@@ -200,18 +200,26 @@ impl Store {
         fetch_deal(&mut conn, account_id, deal_id, false).await
     }
 
-    /// Changes one deal if it still has `expected_version` (else ABORTED, nothing written).
+    /// Changes one deal if it still has `expected_version` (else ABORTED, nothing written),
+    /// unless it `already` is as asked: then it is answered as it is, nothing written.
     pub async fn change_deal(
         &self,
         account_id: &str,
         actor_id: &str,
         deal_id: Uuid,
         expected_version: i64,
+        already: impl FnOnce(&Deal) -> bool,
         change: impl FnOnce(&Deal, &Plan, OffsetDateTime) -> Result<(Deal, Change), ApiError>,
     ) -> Result<Deal, ApiError> {
         let now = now();
         let mut tx = self.pool.begin().await?;
         let deal = fetch_deal(&mut tx, account_id, deal_id, true).await?;
+        // A retry of a change that was made (its answer lost), or a change someone else made
+        // meanwhile: what the caller asked for holds, so it is answered as done, whatever
+        // version the caller had.
+        if already(&deal) {
+            return Ok(deal);
+        }
         if deal.version != expected_version {
             return Err(ApiError::Aborted(format!(
                 "deal {deal_id} is at version {}, not {expected_version}: reload it and retry",
