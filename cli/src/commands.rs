@@ -21,6 +21,23 @@ use crate::{
     output::{self, DEAL_HEADER, deal_json, deal_row, plan_json, plan_text, table},
 };
 
+/// Every item of a paged list: `fetch` gets a page token (empty for the first page) and
+/// answers the page's items and the next token (empty after the last page).
+async fn every_page<T, Fut>(mut fetch: impl FnMut(String) -> Fut) -> anyhow::Result<Vec<T>>
+where
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let (mut items, mut token) = (Vec::new(), String::new());
+    loop {
+        let (page, next) = fetch(token).await?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        token = next;
+    }
+}
+
 struct Ctx {
     global: Global,
     token: String,
@@ -156,24 +173,21 @@ async fn plans(ctx: &Ctx, command: Plans) -> anyhow::Result<()> {
                 .plan
         }
         Plans::List { archived } => {
-            // Every page, one after another.
-            let mut plans = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_plans(ctx.request(pb::ListPlansRequest {
+            let plans = every_page(|page_token| {
+                let (mut client, request) = (
+                    client.clone(),
+                    ctx.request(pb::ListPlansRequest {
                         include_archived: archived,
                         page_size: 50,
                         page_token,
-                    }))
-                    .await?
-                    .into_inner();
-                plans.extend(page.plans);
-                if page.next_page_token.is_empty() {
-                    break;
+                    }),
+                );
+                async move {
+                    let page = client.list_plans(request).await?.into_inner();
+                    Ok((page.plans, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             ctx.print(
                 json!(plans.iter().map(plan_json).collect::<Vec<_>>()),
                 || {
@@ -483,23 +497,21 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
             return Ok(());
         }
         Deals::History { deal } => {
-            let mut entries = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .get_deal_history(ctx.request(pb::GetDealHistoryRequest {
+            let entries = every_page(|page_token| {
+                let (mut client, request) = (
+                    client.clone(),
+                    ctx.request(pb::GetDealHistoryRequest {
                         deal_id: deal.clone(),
                         page_size: 500,
                         page_token,
-                    }))
-                    .await?
-                    .into_inner();
-                entries.extend(page.entries);
-                if page.next_page_token.is_empty() {
-                    break;
+                    }),
+                );
+                async move {
+                    let page = client.get_deal_history(request).await?.into_inner();
+                    Ok((page.entries, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             let rows: Vec<Vec<String>> = entries
                 .iter()
                 .map(|e| {

@@ -994,6 +994,16 @@ fn retry_delay(status: &tonic::Status) -> Duration {
         .expect("RetryInfo with a delay")
 }
 
+/// deal-service's limits with every class at `limit`.
+fn every_class(limit: salesplan_platform::limits::ClassLimit) -> deal_service::Limits {
+    deal_service::Limits {
+        reads: limit,
+        bulk: limit,
+        creates: limit,
+        plan_changes: limit,
+    }
+}
+
 /// Bulk reads, bulk writes, reports and intake had no per-account limits: one account
 /// could take every connection of a service. Each class now admits an account's calls up
 /// to its rate and calls at once, answering RESOURCE_EXHAUSTED with a retry delay; other
@@ -1009,12 +1019,7 @@ async fn every_bulk_entry_point_limits_each_account_apart() -> anyhow::Result<()
         burst: 2.0,
     };
     let mut deal_config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
-    deal_config.limits = deal_service::Limits {
-        reads: tight,
-        bulk: tight,
-        creates: tight,
-        plan_changes: tight,
-    };
+    deal_config.limits = every_class(tight);
     let deal_service = deal_config.start(shutdown.clone()).await?;
     let mut reporting_config = reporting::Config::local(&stack.db.url, &stack.nats.url);
     reporting_config.reports_limit = tight;
@@ -1029,18 +1034,13 @@ async fn every_bulk_entry_point_limits_each_account_apart() -> anyhow::Result<()
 
     let a = stack.token("a", "admin", &ALL);
     let b = stack.token("b", "admin", &ALL);
-    let channel = |running: &salesplan_platform::service::Running| {
-        tonic::transport::Endpoint::from_shared(running.grpc_url())
-            .expect("url")
-            .connect_lazy()
-    };
     let plan = create_plan(
-        channel(&deal_service),
+        stack.channel(&deal_service).await?,
         &a,
         plan_request("A", Mode::Manual, Strategy::RoundRobin, false, &[]),
     )
     .await?;
-    let mut deals = DealServiceClient::new(channel(&deal_service));
+    let mut deals = DealServiceClient::new(stack.channel(&deal_service).await?);
     let list = |token: &str| {
         outgoing(
             pb::ListDealsRequest {
@@ -1091,7 +1091,7 @@ async fn every_bulk_entry_point_limits_each_account_apart() -> anyhow::Result<()
         .expect_err("third CreateDeals");
     retry_delay(&refused);
 
-    let mut reports = ReportServiceClient::new(channel(&reporting));
+    let mut reports = ReportServiceClient::new(stack.channel(&reporting).await?);
     for _ in 0..2 {
         reports
             .pipeline_summary(outgoing(pb::PipelineSummaryRequest::default(), &a))
@@ -1126,7 +1126,8 @@ async fn every_bulk_entry_point_limits_each_account_apart() -> anyhow::Result<()
         .send()
         .await?;
     assert_eq!(answer.status(), 202);
-    let mut intake = pb::intake_service_client::IntakeServiceClient::new(channel(&listener));
+    let mut intake =
+        pb::intake_service_client::IntakeServiceClient::new(stack.channel(&listener).await?);
     let grpc_lead = |run: &str| pb::AddToSalesPlanRequest {
         lead: Some(pb::Lead {
             plan_id: plan.id.clone(),
@@ -1191,12 +1192,7 @@ async fn every_method_of_a_limited_class_draws_on_its_allowance() -> anyhow::Res
         burst: 1.0,
     };
     let mut deal_config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
-    deal_config.limits = deal_service::Limits {
-        reads: one,
-        bulk: one,
-        creates: one,
-        plan_changes: one,
-    };
+    deal_config.limits = every_class(one);
     let deal_service = deal_config.start(shutdown.clone()).await?;
     let mut reporting_config = reporting::Config::local(&stack.db.url, &stack.nats.url);
     reporting_config.reports_limit = one;
@@ -1205,25 +1201,22 @@ async fn every_method_of_a_limited_class_draws_on_its_allowance() -> anyhow::Res
         distributor::Config::local(&stack.db.url, &stack.nats.url, &deal_service.grpc_url());
     distributor_config.lookups_limit = ClassLimit::rate_only(0.001, 1.0);
     let distributor = distributor_config.start(shutdown.clone()).await?;
-    let channel = |running: &salesplan_platform::service::Running| {
-        tonic::transport::Endpoint::from_shared(running.grpc_url())
-            .expect("url")
-            .connect_lazy()
-    };
     let (a, b) = (
         stack.token("a", "admin", &ALL),
         stack.token("b", "admin", &ALL),
     );
-    let plans = PlanServiceClient::new(channel(&deal_service));
-    let deals = DealServiceClient::new(channel(&deal_service));
-    let outbox = pb::outbox_service_client::OutboxServiceClient::new(channel(&deal_service));
-    let reports = ReportServiceClient::new(channel(&reporting));
-    let explain =
-        pb::distributor_service_client::DistributorServiceClient::new(channel(&distributor));
+    let plans = PlanServiceClient::new(stack.channel(&deal_service).await?);
+    let deals = DealServiceClient::new(stack.channel(&deal_service).await?);
+    let outbox =
+        pb::outbox_service_client::OutboxServiceClient::new(stack.channel(&deal_service).await?);
+    let reports = ReportServiceClient::new(stack.channel(&reporting).await?);
+    let explain = pb::distributor_service_client::DistributorServiceClient::new(
+        stack.channel(&distributor).await?,
+    );
 
     // Plan changes: the first spends the allowance.
     let plan = create_plan(
-        channel(&deal_service),
+        stack.channel(&deal_service).await?,
         &a,
         plan_request("A", Mode::Manual, Strategy::RoundRobin, false, &["a1"]),
     )
@@ -1481,7 +1474,7 @@ async fn every_method_of_a_limited_class_draws_on_its_allowance() -> anyhow::Res
 
     // Account B has its own allowance of each.
     create_plan(
-        channel(&deal_service),
+        stack.channel(&deal_service).await?,
         &b,
         plan_request("B", Mode::Manual, Strategy::RoundRobin, false, &[]),
     )
@@ -1531,7 +1524,7 @@ async fn plans_are_capped_and_plans_and_history_come_in_pages() -> anyhow::Resul
         burst: 10_000.0,
     };
     let deal_service = deal_config.start(shutdown.clone()).await?;
-    let channel = tonic::transport::Endpoint::from_shared(deal_service.grpc_url())?.connect_lazy();
+    let channel = stack.channel(&deal_service).await?;
     let admin = stack.token("a", "admin", &ALL);
     let mut plans = PlanServiceClient::new(channel.clone());
     let cap = 200;
@@ -1730,7 +1723,7 @@ async fn bulk_adds_are_bounded_in_number_and_idle_time() -> anyhow::Result<()> {
     );
     config.audience_idle_timeout = Duration::from_millis(300);
     let listener = config.start(shutdown.clone()).await?;
-    let channel = tonic::transport::Endpoint::from_shared(listener.grpc_url())?.connect_lazy();
+    let channel = stack.channel(&listener).await?;
     let mut intake = pb::intake_service_client::IntakeServiceClient::new(channel);
     let a = stack.token("a", "admin", &ALL);
     let b = stack.token("b", "admin", &ALL);
@@ -1846,7 +1839,7 @@ async fn slow_reads_and_calls_are_cut_off() -> anyhow::Result<()> {
         ..Default::default()
     };
 
-    let channel = tonic::transport::Endpoint::from_shared(short_reads.grpc_url())?.connect_lazy();
+    let channel = stack.channel(&short_reads).await?;
     let mut reads = DealServiceClient::new(channel);
     let cut = reads
         .list_deals(outgoing(search.clone(), &admin))
@@ -1867,7 +1860,7 @@ async fn slow_reads_and_calls_are_cut_off() -> anyhow::Result<()> {
         .expect("deal");
     assert_eq!(got.id, first.id, "a point read is not a scan");
 
-    let channel = tonic::transport::Endpoint::from_shared(short_calls.grpc_url())?.connect_lazy();
+    let channel = stack.channel(&short_calls).await?;
     let cut = DealServiceClient::new(channel)
         .list_deals(outgoing(search, &admin))
         .await

@@ -498,13 +498,12 @@ impl DealService for Api {
         let deal_id = parse_id("deal_id", &req.deal_id)?;
         let after = AfterKey::decode::<i64>(&req.page_token).map_err(ApiError::from)?;
         let limit = bounded_page_size(req.page_size, HISTORY_PAGE, MAX_HISTORY_PAGE);
-        let rows = self
+        let (rows, more) = self
             .store
             .history(&actor.account_id, deal_id, after, limit)
             .await?;
-        // A full page may have more after it; the next one is then possibly empty.
         let next_page_token = match rows.last() {
-            Some(last) if rows.len() == limit => AfterKey::encode(&last.id.to_string()),
+            Some(last) if more => AfterKey::encode(&last.id.to_string()),
             _ => String::new(),
         };
         let entries = rows

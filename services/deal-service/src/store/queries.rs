@@ -400,14 +400,15 @@ impl Store {
         Ok(Board { columns, totals })
     }
 
-    /// Up to `limit` entries of a deal's history after the entry `after`, oldest first.
+    /// Up to `limit` entries of a deal's history after the entry `after`, oldest first, and
+    /// whether more follow.
     pub async fn history(
         &self,
         account_id: &str,
         deal_id: Uuid,
         after: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<HistoryRow>, ApiError> {
+    ) -> Result<(Vec<HistoryRow>, bool), ApiError> {
         // Through the deal itself: another account's deal is simply not found.
         self.deal(account_id, deal_id).await?;
         let rows = sqlx::query(
@@ -419,10 +420,13 @@ impl Store {
         .bind(account_id)
         .bind(deal_id)
         .bind(after)
-        .bind(limit as i64)
+        .bind(limit as i64 + 1)
         .fetch_all(&self.reads)
         .await?;
-        rows.iter()
+        let more = rows.len() > limit;
+        let entries = rows
+            .iter()
+            .take(limit)
             .map(|r| {
                 Ok(HistoryRow {
                     id: r.try_get("id")?,
@@ -435,8 +439,8 @@ impl Store {
                     status: r.try_get("status")?,
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok((entries, more))
     }
 }
 
