@@ -130,7 +130,12 @@ pub enum Plans {
         #[arg(long = "reason")]
         reasons: Vec<String>,
     },
+    /// Takes no new leads from now on; leads accepted before still become deals.
     Archive {
+        plan: String,
+    },
+    /// Takes leads again.
+    Unarchive {
         plan: String,
     },
 }

@@ -288,6 +288,13 @@ async fn plans(ctx: &Ctx, command: Plans) -> anyhow::Result<()> {
                 .into_inner()
                 .plan
         }
+        Plans::Unarchive { plan } => {
+            client
+                .unarchive_plan(ctx.request(pb::UnarchivePlanRequest { plan_id: plan }))
+                .await?
+                .into_inner()
+                .plan
+        }
     };
     let plan = plan.context("the server returned no plan")?;
     ctx.print(plan_json(&plan), || plan_text(&plan));

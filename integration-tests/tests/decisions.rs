@@ -41,6 +41,7 @@ async fn store_with_round_robin_plan() -> anyhow::Result<(TestDatabase, Store, U
 fn lead(n: u128) -> PendingLead {
     PendingLead {
         intake_id: Uuid::from_u128(n),
+        plan_version: 1,
         lead: Lead::default(),
         contact_key: Some(format!("ext:c{n}")),
     }
@@ -87,5 +88,58 @@ async fn a_lead_twice_in_one_batch_is_decided_once() -> anyhow::Result<()> {
         anyhow::bail!("the plan is known and open");
     };
     assert_eq!(decisions[&Uuid::from_u128(4)].as_deref(), Some("m1"));
+    Ok(())
+}
+
+/// A lead accepted at a plan version the copy here has not reached is not decided on the
+/// older copy; once the copy is there, the decision records the version it was made on.
+#[tokio::test]
+async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> anyhow::Result<()> {
+    let (_db, store, plan_id) = store_with_round_robin_plan().await?;
+    let newer = PendingLead {
+        plan_version: 2,
+        ..lead(7)
+    };
+    let batch = [lead(6), newer];
+    assert!(matches!(
+        store.decide_batch(ACCOUNT, plan_id, &batch, || 0).await?,
+        PlanBatch::Stale
+    ));
+    assert!(
+        store.open_counts(plan_id).await?.is_empty(),
+        "nothing was decided on the old copy"
+    );
+    assert!(matches!(
+        store
+            .decide_batch(ACCOUNT, Uuid::new_v4(), &[lead(8)], || 0)
+            .await?,
+        PlanBatch::Stale
+    ));
+
+    // Version 2 distributes manually.
+    store
+        .apply_plan(&PlanCopy {
+            plan_id,
+            account_id: ACCOUNT.into(),
+            version: 2,
+            settings: PlanSettings {
+                mode: Mode::Manual,
+                managers: vec!["m1".into()],
+                archived: false,
+            },
+        })
+        .await?;
+    let PlanBatch::Decided { decisions, new } =
+        store.decide_batch(ACCOUNT, plan_id, &batch, || 0).await?
+    else {
+        anyhow::bail!("the copy is at version 2 now");
+    };
+    assert_eq!(decisions.len(), 2);
+    assert!(decisions.values().all(Option::is_none), "{decisions:?}");
+    assert!(
+        new.iter()
+            .all(|a| a.plan_version == 2 && a.mode == "manual"),
+        "{new:?}"
+    );
     Ok(())
 }

@@ -39,6 +39,7 @@ const METHODS: &[&str] = &[
     "ListPlans",
     "UpdatePlan",
     "ArchivePlan",
+    "UnarchivePlan",
     "SetPlanManagers",
     "AddStage",
     "UpdateStage",
@@ -134,6 +135,15 @@ async fn call(
         "ArchivePlan" => plans
             .archive_plan(req(
                 pb::ArchivePlanRequest {
+                    plan_id: ids.plan.clone(),
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "UnarchivePlan" => plans
+            .unarchive_plan(req(
+                pb::UnarchivePlanRequest {
                     plan_id: ids.plan.clone(),
                 },
                 token,
@@ -629,6 +639,7 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         ("CreatePlan", "plans:admin"),
         ("UpdatePlan", "plans:admin"),
         ("ArchivePlan", "plans:admin"),
+        ("UnarchivePlan", "plans:admin"),
         ("SetPlanManagers", "plans:admin"),
         ("AddStage", "plans:admin"),
         ("UpdateStage", "plans:admin"),

@@ -201,6 +201,7 @@ impl TryFrom<pb::CreateDealRequest> for NewDeal {
                 .map(|m| manager_id("manager_id", m))
                 .transpose()?,
             idempotency_key: validate::required_text("idempotency_key", &req.idempotency_key, 200)?,
+            accepted_at_plan_version: req.accepted_at_plan_version,
         })
     }
 }

@@ -9,8 +9,12 @@ use salesplan_platform::{
 };
 use salesplan_proto::v1::{self as pb, distributor_service_server::DistributorService};
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
-use crate::store::{After, Rejection, Store};
+use crate::{
+    store::{After, Rejection, Store},
+    upstream::{DealService, LookupError},
+};
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 500;
@@ -59,15 +63,46 @@ fn rejection_to(r: Rejection) -> pb::IntakeRejection {
 #[derive(Clone)]
 pub struct Explain {
     store: Store,
+    upstream: DealService,
     limiter: Arc<AccountLimiter>,
 }
 
 impl Explain {
-    pub fn new(store: Store, limit: ClassLimit) -> Self {
+    pub fn new(store: Store, upstream: DealService, limit: ClassLimit) -> Self {
         Self {
             store,
+            upstream,
             limiter: AccountLimiter::new("distributor lookups", limit),
         }
+    }
+
+    /// The decision that made the deal. Decisions are linked to their deals when the deal
+    /// events arrive; a deal visible before that is found through its idempotency key (the
+    /// decision was committed before the deal was asked for).
+    async fn assignment(
+        &self,
+        account_id: &str,
+        deal_id: Uuid,
+    ) -> Result<Option<pb::Assignment>, ApiError> {
+        if let Some(assignment) = self.store.assignment_of_deal(account_id, deal_id).await? {
+            return Ok(Some(assignment));
+        }
+        let (plan_id, key) = match self.upstream.deal_key(account_id, deal_id).await {
+            Ok(found) => found,
+            Err(LookupError::NotFound(_)) => return Ok(None),
+            Err(LookupError::Unavailable(reason)) => return Err(ApiError::Unavailable(reason)),
+        };
+        let Ok(intake_id) = Uuid::parse_str(&key) else {
+            return Ok(None);
+        };
+        let mut assignment = self
+            .store
+            .assignment_of_lead(account_id, plan_id, intake_id)
+            .await?;
+        if let Some(a) = &mut assignment {
+            a.deal_id = deal_id.to_string();
+        }
+        Ok(assignment)
     }
 }
 
@@ -81,10 +116,8 @@ impl DistributorService for Explain {
         let _permit = self.limiter.admit(&actor.account_id)?;
         let deal_id = parse_id("deal_id", &request.get_ref().deal_id)?;
         let assignment = self
-            .store
-            .assignment_of_deal(&actor.account_id, deal_id)
-            .await
-            .map_err(ApiError::from)?
+            .assignment(&actor.account_id, deal_id)
+            .await?
             .ok_or_else(|| {
                 ApiError::not_found(format!(
                     "assignment of deal {deal_id} (deals created directly have none)"

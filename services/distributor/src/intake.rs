@@ -2,24 +2,25 @@
 //! transaction per batch), publish the decisions, then create the deals through
 //! deal-service, idempotent on the intake id. A lead is acked only once its deal exists.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use futures::{StreamExt, stream};
 use prost::Message as _;
 use salesplan_platform::{
-    auth::{ServiceTokens, valid_account_id},
+    auth::valid_account_id,
     bus::{Activity, BatchHandler, Bus, Delivery, Outcome, Outgoing, streams},
     grpc::outgoing,
     validate::contact_key,
 };
-use salesplan_proto::v1::{self as pb, deal_service_client::DealServiceClient};
-use tonic::{Code, transport::Channel};
+use salesplan_proto::v1 as pb;
+use tonic::Code;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     domain::distribution::Lead,
-    store::{PendingLead, PlanBatch, Rejection, Store},
+    store::{PendingLead, PlanBatch, PlanCopy, Rejection, Store},
+    upstream::{DealService, LookupError},
 };
 
 /// What became of one lead of a batch.
@@ -47,8 +48,7 @@ pub struct IntakeEvents {
     activity: Option<Activity>,
     store: Store,
     bus: Bus,
-    deals: DealServiceClient<Channel>,
-    tokens: Arc<ServiceTokens>,
+    upstream: DealService,
     /// From the lead's arrival at the listener to its deal existing.
     lead_to_deal: opentelemetry::metrics::Histogram<f64>,
     /// One plan's batch decision (lock, read, decide, write).
@@ -65,19 +65,13 @@ struct Decoded {
 }
 
 impl IntakeEvents {
-    pub fn new(
-        store: Store,
-        bus: Bus,
-        deals: DealServiceClient<Channel>,
-        tokens: Arc<ServiceTokens>,
-    ) -> Self {
+    pub fn new(store: Store, bus: Bus, upstream: DealService) -> Self {
         let meter = salesplan_platform::telemetry::meter("distributor");
         Self {
             activity: None,
             store,
             bus,
-            deals,
-            tokens,
+            upstream,
             lead_to_deal: meter
                 .f64_histogram("salesplan.distributor.lead_to_deal_seconds")
                 .with_unit("s")
@@ -116,7 +110,7 @@ impl IntakeEvents {
             );
             salesplan_platform::telemetry::add_link(&span, &cx);
         }
-        let token = match self.tokens.for_account(account_id) {
+        let token = match self.upstream.tokens.for_account(account_id) {
             Ok(token) => token,
             Err(err) => return retry_all(items, &err.to_string()),
         };
@@ -133,6 +127,9 @@ impl IntakeEvents {
                         amount: lead.amount,
                         manager_id: manager.clone(),
                         idempotency_key: item.intake_id.to_string(),
+                        // Accepted at this version: a deal even if the plan was archived since.
+                        accepted_at_plan_version: (item.event.plan_version > 0)
+                            .then_some(item.event.plan_version),
                     }
                 })
                 .collect(),
@@ -140,6 +137,7 @@ impl IntakeEvents {
         // Built inside the span, so the call carries its trace context.
         let request = span.in_scope(|| outgoing(request, &token));
         let response = self
+            .upstream
             .deals
             .clone()
             .create_deals(request)
@@ -201,9 +199,25 @@ impl IntakeEvents {
                 code,
                 reason: format!("refused at every delivery, last: {message}"),
             },
-            // The chosen manager left the plan since (or the plan was archived): decide
-            // again on the next delivery, from the plan as it is then.
+            // The chosen manager left the plan since: decide again on the next delivery, from
+            // the plan as deal-service has it now. (A lead with no accepted version, in a plan
+            // archived now, has nothing to wait for.)
             Code::FailedPrecondition => {
+                match self
+                    .refresh_plan(&item.event.account_id, item.plan_id)
+                    .await
+                {
+                    Ok(plan) if plan.settings.archived && item.event.plan_version == 0 => {
+                        return Fate::Rejected {
+                            code,
+                            reason: message,
+                        };
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot refresh the plan of a refused decision")
+                    }
+                }
                 if let Err(err) = self
                     .store
                     .forget(&item.event.account_id, item.intake_id)
@@ -255,6 +269,46 @@ impl IntakeEvents {
                 }
             }
         }
+    }
+}
+
+/// Why a plan's leads could not be decided now.
+#[derive(Debug, thiserror::Error)]
+enum DecideError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+}
+
+impl IntakeEvents {
+    /// Decides one plan's leads on the plan's version each was accepted at or a later
+    /// one: a copy older than a lead needs is brought up to date from deal-service first.
+    async fn decide(
+        &self,
+        account_id: &str,
+        plan_id: Uuid,
+        pending: &[PendingLead],
+    ) -> Result<PlanBatch, DecideError> {
+        let decided = self
+            .store
+            .decide_batch(account_id, plan_id, pending, rand::random)
+            .await?;
+        if !matches!(decided, PlanBatch::Stale) {
+            return Ok(decided);
+        }
+        self.refresh_plan(account_id, plan_id).await?;
+        Ok(self
+            .store
+            .decide_batch(account_id, plan_id, pending, rand::random)
+            .await?)
+    }
+
+    /// Brings the copy of the plan up to what deal-service has now.
+    async fn refresh_plan(&self, account_id: &str, plan_id: Uuid) -> Result<PlanCopy, DecideError> {
+        let plan = self.upstream.plan(account_id, plan_id).await?;
+        self.store.apply_plan(&plan).await?;
+        Ok(plan)
     }
 }
 
@@ -321,10 +375,7 @@ impl BatchHandler for IntakeEvents {
         for ((account_id, plan_id), items) in by_plan {
             let pending: Vec<PendingLead> = items.iter().map(pending_lead).collect();
             let started = std::time::Instant::now();
-            let decided = self
-                .store
-                .decide_batch(&account_id, plan_id, &pending, rand::random)
-                .await;
+            let decided = self.decide(&account_id, plan_id, &pending).await;
             self.decision.record(started.elapsed().as_secs_f64(), &[]);
             match decided {
                 Ok(PlanBatch::Decided { mut decisions, new }) => {
@@ -336,19 +387,16 @@ impl BatchHandler for IntakeEvents {
                         }
                     }
                 }
-                Ok(PlanBatch::UnknownPlan) => {
+                Ok(PlanBatch::Stale) => {
                     for item in items {
                         outcomes[item.index] =
-                            Outcome::Retry(format!("plan {plan_id} not known yet"));
+                            Outcome::Retry(format!("plan {plan_id} older than its leads"));
                     }
                 }
-                Ok(PlanBatch::Archived) => {
+                Err(DecideError::Lookup(LookupError::NotFound(what))) => {
+                    // Only a forged or corrupted event names a plan deal-service never had.
                     for item in items {
-                        rejected.push((
-                            item.index,
-                            Code::FailedPrecondition,
-                            format!("plan {plan_id} is archived"),
-                        ));
+                        rejected.push((item.index, Code::NotFound, what.clone()));
                     }
                 }
                 Err(err) => {
@@ -446,6 +494,7 @@ fn pending_lead(item: &Decoded) -> PendingLead {
     let contact = lead.and_then(|l| l.contact.as_ref());
     PendingLead {
         intake_id: item.intake_id,
+        plan_version: item.event.plan_version,
         lead: Lead {
             assign_to: item.event.assign_to_manager_id.clone(),
             named_related: lead.and_then(|l| l.related_manager_id.clone()),

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod intake;
 pub mod plans;
 pub mod store;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -21,9 +22,7 @@ use salesplan_platform::{
     limits::ClassLimit,
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
-use salesplan_proto::v1::{
-    deal_service_client::DealServiceClient, distributor_service_server::DistributorServiceServer,
-};
+use salesplan_proto::v1::distributor_service_server::DistributorServiceServer;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -133,7 +132,10 @@ impl Service for Config {
             ACTOR_ID,
             &[Permission::DealsEditAll, Permission::PlatformIntake],
         );
-        let deals = DealServiceClient::new(server::lazy_channel(&self.deal_service_url)?);
+        let upstream = upstream::DealService::new(
+            server::lazy_channel(&self.deal_service_url)?,
+            Arc::new(tokens),
+        );
         let store = store::Store::new(pool);
 
         let mut background = Background::new();
@@ -142,9 +144,7 @@ impl Service for Config {
             ConsumerSpec::new(&streams::PLANS, "distributor-plans"),
             Arc::new(plans::PlanEvents::new(store.clone())),
         );
-        let tokens = Arc::new(tokens);
-        let leads =
-            || intake::IntakeEvents::new(store.clone(), bus.clone(), deals.clone(), tokens.clone());
+        let leads = || intake::IntakeEvents::new(store.clone(), bus.clone(), upstream.clone());
         let interactive = Activity::default();
         // The interactive lane: a funnel's single lead, never behind a bulk add.
         background.consume(
@@ -182,7 +182,7 @@ impl Service for Config {
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
             routes: tonic::service::Routes::new(DistributorServiceServer::with_interceptor(
-                grpc::Explain::new(store, self.lookups_limit),
+                grpc::Explain::new(store, upstream, self.lookups_limit),
                 interceptor,
             )),
             names: vec![<DistributorServiceServer<grpc::Explain> as NamedService>::NAME],

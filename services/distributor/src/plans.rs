@@ -1,4 +1,5 @@
-//! Keeps the distributor's copy of each plan's settings from deal-service's plan events.
+//! Keeps the distributor's copy of each plan's settings from deal-service's plan events
+//! (and from deal-service itself when a lead was accepted at a version not applied yet).
 
 use prost::Message as _;
 use salesplan_platform::bus::{BatchHandler, Delivery, Outcome};
@@ -47,10 +48,15 @@ pub fn decode(delivery: &Delivery) -> Result<PlanCopy, String> {
     let event = pb::PlanEvent::decode(delivery.payload.clone())
         .map_err(|e| format!("undecodable plan event: {e}"))?;
     let plan = event.plan.ok_or("plan event without a plan")?;
-    let plan_id = Uuid::parse_str(&plan.id).map_err(|_| "plan event with an invalid plan id")?;
+    copy_of(event.account_id, plan)
+}
+
+/// A plan of the account, as deal-service shows it → the settings the distributor needs.
+pub fn copy_of(account_id: String, plan: pb::Plan) -> Result<PlanCopy, String> {
+    let plan_id = Uuid::parse_str(&plan.id).map_err(|_| "plan with an invalid plan id")?;
     Ok(PlanCopy {
         plan_id,
-        account_id: event.account_id,
+        account_id,
         version: plan.version,
         settings: PlanSettings {
             mode: mode_from(plan.distribution.as_ref())?,

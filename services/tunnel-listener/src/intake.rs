@@ -15,7 +15,7 @@ use salesplan_proto::v1 as pb;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::plans::PlanCache;
+use crate::plans::Plans;
 
 /// Contacts per AddAudience chunk at most.
 pub const MAX_CHUNK: usize = 1_000;
@@ -40,7 +40,7 @@ pub struct BulkBacklog {
 #[derive(Clone)]
 pub struct Intake {
     bus: Bus,
-    plans: Arc<PlanCache>,
+    plans: Arc<Plans>,
     /// Leads of one account a second, through the webhook and AddToSalesPlan together.
     interactive: Arc<AccountLimiter>,
     backlog: BulkBacklog,
@@ -112,12 +112,14 @@ pub fn bulk_intake_id(account_id: &str, plan_id: &str, job_id: &str, contact_key
     derived_id(&[account_id, plan_id, "bulk", job_id, contact_key])
 }
 
+/// The lead's intake event; `plan_version` is the version of its plan checked at acceptance.
 fn message(
     account_id: &str,
     intake_id: Uuid,
     lead: pb::Lead,
     source: pb::IntakeSource,
     assign_to: Option<String>,
+    plan_version: i64,
 ) -> Outgoing {
     // Two lanes: a bulk add never sits in front of a funnel's single lead.
     let subject = match source {
@@ -131,6 +133,7 @@ fn message(
         source: source as i32,
         assign_to_manager_id: assign_to,
         lead: Some(lead),
+        plan_version,
     };
     Outgoing::new(subject, intake_id.to_string(), event.encode_to_vec())
 }
@@ -146,7 +149,7 @@ pub struct AudienceJob {
 impl Intake {
     pub fn new(
         bus: Bus,
-        plans: Arc<PlanCache>,
+        plans: Arc<Plans>,
         interactive: Arc<AccountLimiter>,
         backlog: BulkBacklog,
     ) -> Self {
@@ -237,11 +240,18 @@ impl Intake {
     ) -> Result<Accepted, ApiError> {
         let lead = validated_lead(lead)?;
         let plan_id = parse_id("plan_id", &lead.plan_id)?;
-        self.plans.open_plan(&actor.account_id, plan_id).await?;
+        let plan = self.plans.open_plan(&actor.account_id, plan_id).await?;
         let intake_id = intake_id(&actor.account_id, &lead);
         let stored = self
             .bus
-            .publish(message(&actor.account_id, intake_id, lead, source, None))
+            .publish(message(
+                &actor.account_id,
+                intake_id,
+                lead,
+                source,
+                None,
+                plan.version,
+            ))
             .await?;
         Ok(Accepted {
             intake_id,
@@ -279,7 +289,8 @@ impl Intake {
     }
 
     /// One chunk of a bulk add: every valid contact is published (pipelined), then each
-    /// gets its result. Invalid contacts are rejected alone; the rest go on.
+    /// gets its result. Invalid contacts are rejected alone; the rest go on. The plan is
+    /// checked again for every chunk: once it is archived, the rest of the call is refused.
     pub async fn accept_chunk(
         &self,
         actor: &Actor,
@@ -298,6 +309,7 @@ impl Intake {
                 format!("at most {MAX_CHUNK} contacts per chunk; send more chunks"),
             ));
         }
+        let plan = self.plans.open_plan(&actor.account_id, job.plan_id).await?;
         let plan_id = job.plan_id.to_string();
         let mut results = Vec::with_capacity(chunk.contacts.len());
         let mut messages = Vec::new();
@@ -333,6 +345,7 @@ impl Intake {
                         lead,
                         pb::IntakeSource::Bulk,
                         job.assign_to.clone(),
+                        plan.version,
                     ));
                     published.push(index);
                 }

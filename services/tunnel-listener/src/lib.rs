@@ -12,10 +12,10 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context as _;
 use futures::FutureExt;
 use intake::Intake;
-use plans::PlanCache;
+use plans::Plans;
 use salesplan_platform::{
     auth::{AuthInterceptor, ServiceTokens, TokenIssuer, TokenVerifier},
-    bus::{Bus, ConsumerSpec, streams},
+    bus::{Bus, streams},
     config::{ConfigError, Env},
     grpc as server,
     limits::{AccountLimiter, ClassLimit},
@@ -34,7 +34,7 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `SALESPLAN_WEBHOOK_MAX_BODY_BYTES`: larger bodies get 413.
     pub max_body_bytes: usize,
-    /// `SALESPLAN_DEAL_SERVICE_URL`: where plans not yet known are looked up.
+    /// `SALESPLAN_DEAL_SERVICE_URL`: where each lead's plan is checked.
     pub deal_service_url: String,
     /// `SALESPLAN_WEBHOOK_RATE` and `SALESPLAN_WEBHOOK_BURST`: leads a second of one
     /// account, per replica, through the webhook and AddToSalesPlan together.
@@ -149,16 +149,11 @@ impl Service for Config {
         let verifier = Arc::new(TokenVerifier::from_config(&common.auth)?);
         let issuer = TokenIssuer::from_config(&common.auth)?
             .context("no key to sign plan look-ups at deal-service")?;
-        let plans = Arc::new(PlanCache::new(
+        let plans = Arc::new(Plans::new(
             PlanServiceClient::new(server::lazy_channel(&self.deal_service_url)?),
             ServiceTokens::new(issuer, Self::ACTOR_ID, &[]),
         ));
-        let mut background = Background::new();
-        background.consume(
-            &bus,
-            ConsumerSpec::per_process(&streams::PLANS, "tunnel-listener-plans"),
-            plans.clone(),
-        );
+        let background = Background::new();
         let intake = Intake::new(
             bus.clone(),
             plans,

@@ -1,154 +1,166 @@
-//! What the listener knows of plans, to refuse leads for unknown or archived ones before
-//! anything is published: fed by deal-service's plan events, with a lookup through
-//! `PlanService.GetPlan` when a plan is not known yet (created a moment ago).
+//! What the listener knows of a plan when it accepts a lead: read from deal-service after
+//! the lead arrived, never from a copy. So a plan archived (or unarchived, or changed) by a
+//! call that answered OK is refused (or taken, or stamped) as it now stands, and the
+//! version read travels with the lead: the distributor decides on that version or a later
+//! one (docs/decisions.md, "A plan change is in force for the next lead").
+//!
+//! Leads of one plan that arrive together share look-ups, group-commit style: while one
+//! look-up is in flight the others wait for the next one, which starts after they arrived.
+//! A burst of leads costs one look-up per round trip, not one per lead.
 
 use std::{
     collections::HashMap,
-    sync::RwLock,
-    time::{Duration, Instant},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
-use prost::Message as _;
-use salesplan_platform::{
-    ApiError,
-    auth::ServiceTokens,
-    bus::{BatchHandler, Delivery, Outcome},
-    grpc::outgoing,
-};
+use salesplan_platform::{ApiError, auth::ServiceTokens, grpc::outgoing};
 use salesplan_proto::v1::{self as pb, plan_service_client::PlanServiceClient};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownPlan {
-    pub account_id: String,
     pub archived: bool,
     pub managers: Vec<String>,
     pub version: i64,
 }
 
-/// How long "no such plan" is remembered, so bogus plan ids do not hammer deal-service.
-const NEGATIVE_TTL: Duration = Duration::from_secs(2);
+/// What one look-up found, shared by every lead that waited for it.
+#[derive(Debug, Clone)]
+enum Found {
+    Plan(KnownPlan),
+    Missing,
+    Unavailable,
+}
 
-pub struct PlanCache {
-    /// By account and plan: an event of one account never stands for another's plan.
-    known: RwLock<HashMap<(String, Uuid), KnownPlan>>,
-    missing: RwLock<HashMap<(String, Uuid), Instant>>,
+/// A look-up that takes longer is answered UNAVAILABLE (the caller retries).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Plans with no lead in hand are forgotten once this many are kept.
+const MAX_IDLE_SLOTS: usize = 10_000;
+
+/// The look-ups of one plan.
+#[derive(Default)]
+struct Slot {
+    /// Look-ups started so far: a lead needs the answer of one numbered higher than this
+    /// count when it arrived.
+    started: AtomicU64,
+    /// One look-up at a time.
+    turn: tokio::sync::Mutex<()>,
+    /// The latest answer and its look-up's number.
+    last: Mutex<Option<(u64, Found)>>,
+}
+
+impl Slot {
+    fn answer_from(&self, number: u64) -> Option<Found> {
+        match &*self.last.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((n, found)) if *n >= number => Some(found.clone()),
+            _ => None,
+        }
+    }
+}
+
+pub struct Plans {
+    /// By account and plan: one account's plan id never stands for another's plan.
+    slots: Mutex<HashMap<(String, Uuid), Arc<Slot>>>,
     plans: PlanServiceClient<Channel>,
     tokens: ServiceTokens,
 }
 
-impl PlanCache {
+impl Plans {
     pub fn new(plans: PlanServiceClient<Channel>, tokens: ServiceTokens) -> Self {
         Self {
-            known: RwLock::default(),
-            missing: RwLock::default(),
+            slots: Mutex::default(),
             plans,
             tokens,
         }
     }
 
-    fn remember(&self, plan_id: Uuid, plan: KnownPlan) {
-        let key = (plan.account_id.clone(), plan_id);
-        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-        let newer = known.get(&key).is_none_or(|k| k.version < plan.version);
-        if newer {
-            known.insert(key, plan);
-        }
-    }
-
-    /// The plan if it exists in the account and takes leads; NOT_FOUND otherwise.
+    /// The plan as deal-service has it now, if it exists in the account and takes leads;
+    /// NOT_FOUND otherwise.
     pub async fn open_plan(&self, account_id: &str, plan_id: Uuid) -> Result<KnownPlan, ApiError> {
-        let cached = self
-            .known
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(account_id.to_owned(), plan_id))
-            .cloned();
-        let plan = match cached {
-            Some(plan) => plan,
-            None => self.look_up(account_id, plan_id).await?,
-        };
-        if plan.archived {
-            return Err(ApiError::not_found(format!("plan {plan_id} (archived)")));
+        match self.current(account_id, plan_id).await {
+            Found::Plan(plan) if plan.archived => {
+                Err(ApiError::not_found(format!("plan {plan_id} (archived)")))
+            }
+            Found::Plan(plan) => Ok(plan),
+            Found::Missing => Err(ApiError::not_found(format!("plan {plan_id}"))),
+            Found::Unavailable => Err(ApiError::Unavailable(
+                "cannot check the plan now, retry later".into(),
+            )),
         }
-        Ok(plan)
     }
 
-    async fn look_up(&self, account_id: &str, plan_id: Uuid) -> Result<KnownPlan, ApiError> {
-        let key = (account_id.to_owned(), plan_id);
-        let recently_missing = self
-            .missing
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .is_some_and(|at| at.elapsed() < NEGATIVE_TTL);
-        if recently_missing {
-            return Err(ApiError::not_found(format!("plan {plan_id}")));
+    /// The answer of a look-up that started after this call did.
+    async fn current(&self, account_id: &str, plan_id: Uuid) -> Found {
+        let slot = self.slot(account_id, plan_id);
+        let needed = slot.started.load(Ordering::SeqCst) + 1;
+        if let Some(found) = slot.answer_from(needed) {
+            return found;
         }
-        let token = self.tokens.for_account(account_id)?;
+        let _turn = slot.turn.lock().await;
+        // The look-up that held the turn may have started after this call arrived.
+        if let Some(found) = slot.answer_from(needed) {
+            return found;
+        }
+        let number = slot.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let found = self.look_up(account_id, plan_id).await;
+        *slot.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((number, found.clone()));
+        found
+    }
+
+    fn slot(&self, account_id: &str, plan_id: Uuid) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.len() >= MAX_IDLE_SLOTS {
+            // Slots nobody holds carry nothing a later lead could use.
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        slots
+            .entry((account_id.to_owned(), plan_id))
+            .or_default()
+            .clone()
+    }
+
+    async fn look_up(&self, account_id: &str, plan_id: Uuid) -> Found {
+        let token = match self.tokens.for_account(account_id) {
+            Ok(token) => token,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot sign a plan look-up");
+                return Found::Unavailable;
+            }
+        };
         let request = outgoing(
             pb::GetPlanRequest {
                 plan_id: plan_id.to_string(),
             },
             &token,
         );
-        match self.plans.clone().get_plan(request).await {
-            Ok(response) => {
-                let plan = response
-                    .into_inner()
-                    .plan
-                    .ok_or_else(|| ApiError::internal("GetPlan returned no plan"))?;
-                let known = KnownPlan {
-                    account_id: account_id.to_owned(),
+        let mut plans = self.plans.clone();
+        match tokio::time::timeout(LOOKUP_TIMEOUT, plans.get_plan(request)).await {
+            Ok(Ok(response)) => match response.into_inner().plan {
+                Some(plan) => Found::Plan(KnownPlan {
                     archived: plan.archived,
                     managers: plan.manager_ids,
                     version: plan.version,
-                };
-                self.remember(plan_id, known.clone());
-                Ok(known)
+                }),
+                None => {
+                    tracing::warn!("GetPlan returned no plan");
+                    Found::Unavailable
+                }
+            },
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => Found::Missing,
+            Ok(Err(status)) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "plan look-up failed");
+                Found::Unavailable
             }
-            Err(status) if status.code() == tonic::Code::NotFound => {
-                let mut missing = self.missing.write().unwrap_or_else(|e| e.into_inner());
-                missing.retain(|_, at| at.elapsed() < NEGATIVE_TTL);
-                missing.insert(key, Instant::now());
-                Err(ApiError::not_found(format!("plan {plan_id}")))
-            }
-            Err(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "plan lookup failed");
-                Err(ApiError::Unavailable(
-                    "cannot check the plan now, retry later".into(),
-                ))
+            Err(_) => {
+                tracing::warn!("plan look-up timed out");
+                Found::Unavailable
             }
         }
-    }
-}
-
-impl BatchHandler for PlanCache {
-    async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
-        batch
-            .iter()
-            .map(|delivery| {
-                let Ok(event) = pb::PlanEvent::decode(delivery.payload.clone()) else {
-                    return Outcome::Reject("undecodable plan event".into());
-                };
-                let Some(plan) = event.plan else {
-                    return Outcome::Reject("plan event without a plan".into());
-                };
-                let Ok(id) = Uuid::parse_str(&plan.id) else {
-                    return Outcome::Reject("plan event with an invalid plan id".into());
-                };
-                self.remember(
-                    id,
-                    KnownPlan {
-                        account_id: event.account_id,
-                        archived: plan.archived,
-                        managers: plan.manager_ids,
-                        version: plan.version,
-                    },
-                );
-                Outcome::Done
-            })
-            .collect()
     }
 }

@@ -90,6 +90,8 @@ pub struct NewDeal {
     pub amount: Option<Money>,
     pub manager_id: Option<String>,
     pub idempotency_key: String,
+    /// The plan version a lead was accepted at (deals from leads).
+    pub accepted_at_plan_version: Option<i64>,
 }
 
 impl NewDeal {
@@ -101,12 +103,7 @@ impl NewDeal {
         id: Uuid,
         now: OffsetDateTime,
     ) -> Result<Deal, DomainError> {
-        if plan.archived {
-            return Err(DomainError::Precondition(format!(
-                "plan {} is archived",
-                plan.id
-            )));
-        }
+        plan.takes_deal(self.accepted_at_plan_version)?;
         let stage = match self.stage_id {
             Some(stage_id) => plan
                 .stage(stage_id)
@@ -439,6 +436,7 @@ mod tests {
             amount: None,
             manager_id: None,
             idempotency_key: "k1".into(),
+            accepted_at_plan_version: None,
         }
     }
 

@@ -96,12 +96,40 @@ pub struct Plan {
     /// Active reasons in their order, then archived ones.
     pub loss_reasons: Vec<LossReason>,
     pub archived: bool,
+    /// The version the plan was archived at, while it is archived: leads accepted at an
+    /// earlier version still become deals.
+    pub archived_at_version: Option<i64>,
     pub version: i64,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
 
 impl Plan {
+    /// After a change made to `before` (a copy of this plan as it was): the next version,
+    /// and the version it was archived at when the change archived it.
+    pub fn advance(&mut self, before: &Plan, now: OffsetDateTime) {
+        self.version = before.version + 1;
+        self.updated_at = now;
+        self.archived_at_version = match (before.archived, self.archived) {
+            (_, false) => None,
+            (false, true) => Some(self.version),
+            (true, true) => before.archived_at_version,
+        };
+    }
+
+    /// Whether a new deal may be created in the plan: always while it takes leads; once
+    /// archived, only for a lead accepted at an earlier version (its 202 was a promise).
+    pub fn takes_deal(&self, accepted_at_version: Option<i64>) -> Result<(), DomainError> {
+        match (self.archived, self.archived_at_version, accepted_at_version) {
+            (false, _, _) => Ok(()),
+            (true, Some(archived_at), Some(accepted_at)) if accepted_at < archived_at => Ok(()),
+            (true, _, _) => Err(DomainError::Precondition(format!(
+                "plan {} is archived",
+                self.id
+            ))),
+        }
+    }
+
     pub fn stage(&self, id: Uuid) -> Option<&Stage> {
         self.stages.iter().find(|s| s.id == id)
     }
@@ -308,6 +336,7 @@ impl PlanDraft {
             require_reason: false,
             loss_reasons: Vec::new(),
             archived: false,
+            archived_at_version: None,
             version: 1,
             created_at: now,
             updated_at: now,
@@ -347,6 +376,35 @@ mod tests {
             draft(&["a", "a"]).check(),
             Err(DomainError::Invalid { field, .. }) if field == "manager_ids"
         ));
+    }
+
+    /// A 202 is a promise: a lead accepted before the archive still becomes a deal; one
+    /// accepted while archived, or with no accepted version, does not.
+    #[test]
+    fn an_archived_plan_takes_only_deals_of_leads_accepted_before_it_was_archived() {
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let open = draft(&[]).into_plan("acme", Uuid::nil(), at, Uuid::new_v4);
+        assert!(open.takes_deal(None).is_ok());
+        let mut archived = open.clone();
+        archived.archived = true;
+        archived.advance(&open, at);
+        assert_eq!(
+            (archived.version, archived.archived_at_version),
+            (2, Some(2))
+        );
+        assert!(archived.takes_deal(Some(1)).is_ok());
+        assert!(archived.takes_deal(Some(2)).is_err());
+        assert!(archived.takes_deal(None).is_err());
+        // Later changes keep the version it was archived at; unarchiving clears it.
+        let mut renamed = archived.clone();
+        renamed.name = "Renamed".into();
+        renamed.advance(&archived, at);
+        assert_eq!(renamed.archived_at_version, Some(2));
+        let mut reopened = renamed.clone();
+        reopened.archived = false;
+        reopened.advance(&renamed, at);
+        assert_eq!(reopened.archived_at_version, None);
+        assert!(reopened.takes_deal(None).is_ok());
     }
 
     #[test]

@@ -38,6 +38,28 @@ impl Api {
         Ok((actor, permit))
     }
 
+    /// Archives or unarchives the plan; already so, it answers with the plan unchanged.
+    async fn set_archived(
+        &self,
+        actor: &Actor,
+        plan_id: Uuid,
+        archived: bool,
+    ) -> Result<Plan, ApiError> {
+        let kind = if archived {
+            pb::plan_event::Kind::Archived
+        } else {
+            pb::plan_event::Kind::Unarchived
+        };
+        let (plan, ()) = self
+            .store
+            .modify_plan(&actor.account_id, &actor.user_id, plan_id, kind, |plan| {
+                plan.archived = archived;
+                Ok(())
+            })
+            .await?;
+        Ok(plan)
+    }
+
     async fn change_plan<T>(
         &self,
         actor: &Actor,
@@ -156,26 +178,20 @@ impl PlanService for Api {
     ) -> Reply<pb::ArchivePlanResponse> {
         let (actor, _permit) = self.plan_change(&request)?;
         let plan_id = parse_id("plan_id", &request.get_ref().plan_id)?;
-        let (plan, ()) = self
-            .store
-            .modify_plan(
-                &actor.account_id,
-                &actor.user_id,
-                plan_id,
-                pb::plan_event::Kind::Archived,
-                |plan| {
-                    if plan.archived {
-                        return Err(DomainError::Precondition(format!(
-                            "plan {} is archived already",
-                            plan.id
-                        )));
-                    }
-                    plan.archived = true;
-                    Ok(())
-                },
-            )
-            .await?;
+        let plan = self.set_archived(&actor, plan_id, true).await?;
         Ok(Response::new(pb::ArchivePlanResponse {
+            plan: Some((&plan).into()),
+        }))
+    }
+
+    async fn unarchive_plan(
+        &self,
+        request: Request<pb::UnarchivePlanRequest>,
+    ) -> Reply<pb::UnarchivePlanResponse> {
+        let (actor, _permit) = self.plan_change(&request)?;
+        let plan_id = parse_id("plan_id", &request.get_ref().plan_id)?;
+        let plan = self.set_archived(&actor, plan_id, false).await?;
+        Ok(Response::new(pb::UnarchivePlanResponse {
             plan: Some((&plan).into()),
         }))
     }

@@ -27,23 +27,7 @@ impl Store {
         let plan = draft.into_plan(account_id, ids::new_id(), now, ids::new_id);
         let (mode, prefer_related, strategy) = distribution_columns(plan.distribution);
         let mut tx = self.pool.begin().await?;
-        // One account's plan creations in turn, so two at once cannot pass the cap together.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('plans:' || $1, 0))")
-            .bind(account_id)
-            .execute(&mut *tx)
-            .await?;
-        let active: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM plans WHERE account_id = $1 AND NOT archived")
-                .bind(account_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        if active >= MAX_ACTIVE_PLANS {
-            return Err(DomainError::Precondition(format!(
-                "the account has {active} plans that are not archived, the most it may have \
-                 ({MAX_ACTIVE_PLANS}); archive one first"
-            ))
-            .into());
-        }
+        within_plan_cap(&mut tx, account_id).await?;
         sqlx::query(
             "INSERT INTO plans (id, account_id, name, average_amount_minor, currency, chat_label,
                 distribution_mode, prefer_related, strategy, require_reason, archived, version,
@@ -105,7 +89,9 @@ impl Store {
     }
 
     /// Applies `change` to the plan under its row lock, saves it with a new version, and
-    /// publishes the new snapshot.
+    /// publishes the new snapshot. A change that leaves the plan as it was (archiving an
+    /// archived plan, the same order, the same managers) writes nothing: the answer is the
+    /// plan as it stands, so a retried change answers as the first one did.
     pub async fn modify_plan<T>(
         &self,
         account_id: &str,
@@ -116,10 +102,16 @@ impl Store {
     ) -> Result<(Plan, T), ApiError> {
         let now = now();
         let mut tx = self.pool.begin().await?;
-        let mut plan = load_plan(&mut tx, account_id, plan_id, Lock::Update).await?;
+        let before = load_plan(&mut tx, account_id, plan_id, Lock::Update).await?;
+        let mut plan = before.clone();
         let out = change(&mut plan)?;
-        plan.version += 1;
-        plan.updated_at = now;
+        if plan == before {
+            return Ok((plan, out));
+        }
+        if before.archived && !plan.archived {
+            within_plan_cap(&mut tx, account_id).await?;
+        }
+        plan.advance(&before, now);
         save_plan(&mut tx, &plan).await?;
         events::record_plan(&mut tx, &plan, kind, actor_id, now).await?;
         tx.commit().await?;
@@ -180,6 +172,31 @@ impl Store {
         let mut conn = self.pool.acquire().await?;
         plan_of_stage(&mut conn, account_id, stage_id).await
     }
+}
+
+/// Refuses one more plan that is not archived when the account has its cap of them. One
+/// account's creations and unarchivings take turns, so two at once cannot pass it together.
+async fn within_plan_cap(
+    tx: &mut Transaction<'_, Postgres>,
+    account_id: &str,
+) -> Result<(), ApiError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('plans:' || $1, 0))")
+        .bind(account_id)
+        .execute(&mut **tx)
+        .await?;
+    let active: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM plans WHERE account_id = $1 AND NOT archived")
+            .bind(account_id)
+            .fetch_one(&mut **tx)
+            .await?;
+    if active >= MAX_ACTIVE_PLANS {
+        return Err(DomainError::Precondition(format!(
+            "the account has {active} plans that are not archived, the most it may have \
+             ({MAX_ACTIVE_PLANS}); archive one first"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 async fn plan_of_stage(
@@ -310,6 +327,7 @@ pub async fn load_plan(
         require_reason: row.try_get("require_reason")?,
         loss_reasons,
         archived: row.try_get("archived")?,
+        archived_at_version: row.try_get("archived_version")?,
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -317,13 +335,13 @@ pub async fn load_plan(
 }
 
 const PLAN_SELECT: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
-    distribution_mode, prefer_related, strategy, require_reason, archived, version, created_at, updated_at
+    distribution_mode, prefer_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
     FROM plans WHERE account_id = $1 AND id = $2";
 const PLAN_SELECT_SHARE: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
-    distribution_mode, prefer_related, strategy, require_reason, archived, version, created_at, updated_at
+    distribution_mode, prefer_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
     FROM plans WHERE account_id = $1 AND id = $2 FOR SHARE";
 const PLAN_SELECT_UPDATE: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
-    distribution_mode, prefer_related, strategy, require_reason, archived, version, created_at, updated_at
+    distribution_mode, prefer_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
     FROM plans WHERE account_id = $1 AND id = $2 FOR UPDATE";
 
 async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<(), ApiError> {
@@ -331,7 +349,7 @@ async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<()
     sqlx::query(
         "UPDATE plans SET name = $2, average_amount_minor = $3, currency = $4, chat_label = $5,
             distribution_mode = $6, prefer_related = $7, strategy = $8, require_reason = $9,
-            archived = $10, version = $11, updated_at = $12
+            archived = $10, version = $11, updated_at = $12, archived_version = $13
          WHERE id = $1",
     )
     .bind(plan.id)
@@ -346,6 +364,7 @@ async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<()
     .bind(plan.archived)
     .bind(plan.version)
     .bind(plan.updated_at)
+    .bind(plan.archived_at_version)
     .execute(&mut **tx)
     .await?;
     sqlx::query("DELETE FROM plan_managers WHERE plan_id = $1")

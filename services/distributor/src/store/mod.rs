@@ -49,16 +49,18 @@ pub struct PlanCopy {
 #[derive(Debug, Clone)]
 pub struct PendingLead {
     pub intake_id: Uuid,
+    /// The plan's version the listener checked when it accepted the lead (0: not known).
+    pub plan_version: i64,
     pub lead: Lead,
     pub contact_key: Option<String>,
 }
 
 /// The outcome of deciding a plan's leads.
 pub enum PlanBatch {
-    /// The plan is not known yet (its event has not arrived): try again later.
-    UnknownPlan,
-    /// The plan is archived: it takes no new deals.
-    Archived,
+    /// The copy of the plan is missing or older than the version a lead was accepted at:
+    /// bring it up to date first. (An archived plan still decides: deal-service creates
+    /// the deals of leads accepted before the archive and refuses the others.)
+    Stale,
     /// The decision for each lead (new or made before), and the new ones as records.
     Decided {
         decisions: HashMap<Uuid, Option<String>>,
@@ -165,20 +167,21 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
         let row = sqlx::query(
-            "SELECT mode, prefer_related, strategy, managers, archived, rr_last, rr_last_index
+            "SELECT mode, prefer_related, strategy, managers, archived, rr_last, rr_last_index,
+                version
              FROM plans WHERE plan_id = $1 AND account_id = $2 FOR UPDATE",
         )
         .bind(plan_id)
         .bind(account_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
-            return Ok(PlanBatch::UnknownPlan);
+        let needed = leads.iter().map(|l| l.plan_version).max().unwrap_or(0);
+        let Some(row) = row.filter(|r| r.try_get::<i64, _>("version").is_ok_and(|v| v >= needed))
+        else {
+            return Ok(PlanBatch::Stale);
         };
+        let plan_version: i64 = row.try_get("version")?;
         let settings = settings_from(&row)?;
-        if settings.archived {
-            return Ok(PlanBatch::Archived);
-        }
         let mut cursor = Cursor {
             last: row.try_get("rr_last")?,
             last_index: row.try_get::<i64, _>("rr_last_index")? as u64,
@@ -271,7 +274,13 @@ impl Store {
             }
             decisions.insert(lead.intake_id, decision.manager.clone());
             new.push(record(
-                account_id, plan_id, lead, &input, &settings, decision, now,
+                account_id,
+                (plan_id, plan_version),
+                lead,
+                &input,
+                &settings,
+                decision,
+                now,
             ));
         }
 
@@ -551,6 +560,28 @@ impl Store {
         Ok(Some(assignment))
     }
 
+    /// The decision of the lead `intake_id` of the plan, within the account (a deal's key
+    /// is its creator's choice: it names a decision only within the same account and plan).
+    pub async fn assignment_of_lead(
+        &self,
+        account_id: &str,
+        plan_id: Uuid,
+        intake_id: Uuid,
+    ) -> Result<Option<pb::Assignment>, StoreError> {
+        let row = sqlx::query(
+            "SELECT explanation FROM assignments
+             WHERE account_id = $1 AND intake_id = $2 AND plan_id = $3",
+        )
+        .bind(account_id)
+        .bind(intake_id)
+        .bind(plan_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let bytes: Vec<u8> = row.try_get("explanation")?;
+        Ok(Some(pb::Assignment::decode(bytes.as_slice())?))
+    }
+
     /// Open deals per manager of a plan, as the distributor counts them.
     pub async fn open_counts(&self, plan_id: Uuid) -> Result<HashMap<String, i64>, StoreError> {
         Ok(
@@ -565,9 +596,10 @@ impl Store {
     }
 }
 
+/// The record of a decision made on the plan `(id, version)`.
 fn record(
     account_id: &str,
-    plan_id: Uuid,
+    (plan_id, plan_version): (Uuid, i64),
     lead: &PendingLead,
     input: &Lead,
     settings: &PlanSettings,
@@ -613,6 +645,7 @@ fn record(
             seconds: at.unix_timestamp(),
             nanos: at.nanosecond() as i32,
         }),
+        plan_version,
     }
 }
 

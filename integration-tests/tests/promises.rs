@@ -1,0 +1,419 @@
+//! Every OK is a promise (issue 15), end to end on real NATS and PostgreSQL: a plan change
+//! answered OK is in force for the next lead, a lead that got 202 becomes a deal whatever
+//! happens to its plan afterwards, and a visible deal has its explanation.
+
+use std::{collections::HashMap, time::Duration};
+
+use futures::{StreamExt, future::try_join_all};
+use integration_tests::{
+    Stack,
+    api::{Mode, Strategy, all_deals, create_plan, plan_request},
+    stack::eventually,
+};
+use salesplan_platform::{Permission, bus::streams, grpc::outgoing};
+use salesplan_proto::v1::{
+    self as pb, deal_service_client::DealServiceClient,
+    distributor_service_client::DistributorServiceClient,
+    intake_service_client::IntakeServiceClient, plan_service_client::PlanServiceClient,
+};
+use tonic::{Code, transport::Channel};
+
+/// Plan changes per account in one test: within the account's burst of plan changes (20,
+/// one of them the CreatePlan), so no change waits for the allowance.
+const CHANGES_PER_ACCOUNT: usize = 19;
+/// Accounts changing their plans at once: 12 × 19 = 228 changes, each followed at once by
+/// a lead.
+const ACCOUNTS: usize = 12;
+
+const ALL: [Permission; 4] = [
+    Permission::PlansAdmin,
+    Permission::DealsEditAll,
+    Permission::DealsBulkEdit,
+    Permission::IntakeWrite,
+];
+
+struct Channels {
+    plans: PlanServiceClient<Channel>,
+    deals: DealServiceClient<Channel>,
+    intake: IntakeServiceClient<Channel>,
+    distributor: DistributorServiceClient<Channel>,
+    deal_channel: Channel,
+}
+
+async fn channels(stack: &Stack) -> anyhow::Result<Channels> {
+    let deal_channel = stack.channel(&stack.deal_service).await?;
+    Ok(Channels {
+        plans: PlanServiceClient::new(deal_channel.clone()),
+        deals: DealServiceClient::new(deal_channel.clone()),
+        intake: IntakeServiceClient::new(stack.channel(&stack.tunnel_listener).await?),
+        distributor: DistributorServiceClient::new(stack.channel(&stack.distributor).await?),
+        deal_channel,
+    })
+}
+
+fn lead(plan_id: &str, run: &str) -> pb::AddToSalesPlanRequest {
+    pb::AddToSalesPlanRequest {
+        lead: Some(pb::Lead {
+            plan_id: plan_id.into(),
+            block_id: "block".into(),
+            run_id: run.into(),
+            title: format!("lead {run}"),
+            contact: Some(pb::Contact {
+                external_id: format!("tg-{run}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn distribution(manual: bool) -> pb::Distribution {
+    pb::Distribution {
+        mode: if manual { Mode::Manual } else { Mode::Auto } as i32,
+        prefer_related: false,
+        strategy: Strategy::RoundRobin as i32,
+    }
+}
+
+/// Waits until the plan holds `expected` deals, then reads them.
+async fn deals_of(
+    c: &Channels,
+    token: &str,
+    plan_id: &str,
+    expected: usize,
+) -> anyhow::Result<Vec<pb::Deal>> {
+    let filter = pb::DealFilter {
+        plan_id: plan_id.to_owned(),
+        ..Default::default()
+    };
+    eventually(Duration::from_secs(60), || {
+        let mut deals = c.deals.clone();
+        let request = outgoing(
+            pb::ListDealsRequest {
+                filter: Some(filter.clone()),
+                page_size: 1,
+                ..Default::default()
+            },
+            token,
+        );
+        async move {
+            let total = deals.list_deals(request).await?.into_inner().total_count as usize;
+            anyhow::ensure!(total <= expected, "more deals than leads: {total}");
+            Ok((total == expected).then_some(()))
+        }
+    })
+    .await
+    .map_err(|e| e.context(format!("waiting for {expected} deals in plan {plan_id}")))?;
+    all_deals(c.deal_channel.clone(), token, filter).await
+}
+
+async fn explain(
+    c: &Channels,
+    token: &str,
+    deal_id: &str,
+) -> Result<pb::Assignment, tonic::Status> {
+    c.distributor
+        .clone()
+        .explain_assignment(outgoing(
+            pb::ExplainAssignmentRequest {
+                deal_id: deal_id.into(),
+            },
+            token,
+        ))
+        .await?
+        .into_inner()
+        .assignment
+        .ok_or_else(|| tonic::Status::internal("no assignment"))
+}
+
+/// One account alternates its plan between MANUAL and AUTO round robin and sends a lead
+/// right after each change answered OK, with no pause. Returns, per lead's run id, the
+/// plan version its change produced, and the mode of every version.
+async fn alternate_and_send(
+    c: &Channels,
+    token: &str,
+    plan: &pb::Plan,
+) -> anyhow::Result<(HashMap<String, i64>, HashMap<i64, bool>)> {
+    let mut plans = c.plans.clone();
+    let mut intake = c.intake.clone();
+    let mut after_change = HashMap::new();
+    let mut manual_at = HashMap::from([(plan.version, false)]);
+    for change in 0..CHANGES_PER_ACCOUNT {
+        let manual = change % 2 == 0;
+        let changed = plans
+            .update_plan(outgoing(
+                pb::UpdatePlanRequest {
+                    plan_id: plan.id.clone(),
+                    distribution: Some(distribution(manual)),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await?
+            .into_inner()
+            .plan
+            .ok_or_else(|| anyhow::anyhow!("UpdatePlan returned no plan"))?;
+        manual_at.insert(changed.version, manual);
+        let run = format!("run-{change}");
+        intake
+            .add_to_sales_plan(outgoing(lead(&plan.id, &run), token))
+            .await?;
+        after_change.insert(run, changed.version);
+    }
+    Ok((after_change, manual_at))
+}
+
+/// Issue 15, point 1: every lead accepted after a plan change was answered OK is decided
+/// with that change (or a later one), never with the plan as it was: the decision records
+/// the version it was made on, at least the one the change produced, and the lead went the
+/// way that version says.
+#[tokio::test]
+async fn every_lead_after_a_plan_change_is_decided_with_that_change() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let c = channels(&stack).await?;
+    let mut accounts = Vec::new();
+    for n in 0..ACCOUNTS {
+        let token = stack.token(&format!("acct{n}"), "admin", &ALL);
+        let plan = create_plan(
+            c.deal_channel.clone(),
+            &token,
+            plan_request("P", Mode::Auto, Strategy::RoundRobin, false, &["m1", "m2"]),
+        )
+        .await?;
+        accounts.push((token, plan));
+    }
+    let runs = try_join_all(
+        accounts
+            .iter()
+            .map(|(token, plan)| alternate_and_send(&c, token, plan)),
+    )
+    .await?;
+
+    let mut stale = Vec::new();
+    for ((token, plan), (after_change, manual_at)) in accounts.iter().zip(runs) {
+        let deals = deals_of(&c, token, &plan.id, CHANGES_PER_ACCOUNT).await?;
+        for deal in deals {
+            let run = deal.contact.as_ref().map(|c| c.external_id.clone());
+            let run = run.unwrap_or_default().trim_start_matches("tg-").to_owned();
+            let assignment = explain(&c, token, &deal.id).await?;
+            let manual = manual_at.get(&assignment.plan_version).copied();
+            let fresh_enough = assignment.plan_version >= after_change[&run];
+            let followed = match manual {
+                Some(true) => assignment.mode == "manual" && deal.manager_id.is_none(),
+                Some(false) => assignment.mode == "auto" && deal.manager_id.is_some(),
+                None => false,
+            };
+            if !(fresh_enough && followed) {
+                stale.push(format!(
+                    "{run}: accepted after version {}, decided on {} ({}), manager {:?}",
+                    after_change[&run], assignment.plan_version, assignment.mode, deal.manager_id
+                ));
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{} of {} leads decided on an older plan: {stale:#?}",
+        stale.len(),
+        ACCOUNTS * CHANGES_PER_ACCOUNT
+    );
+    stack.stop().await
+}
+
+/// Sends leads to the plan until `stop`, returning the run ids that got an accepted answer
+/// (the others must have been refused with NOT_FOUND, the plan being archived then).
+async fn keep_sending(
+    c: &Channels,
+    token: &str,
+    plan_id: &str,
+    prefix: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Vec<String>> {
+    let mut intake = c.intake.clone();
+    let mut accepted = Vec::new();
+    let mut n = 0;
+    while !stop.is_cancelled() {
+        n += 1;
+        let run = format!("{prefix}-{n}");
+        match intake
+            .add_to_sales_plan(outgoing(lead(plan_id, &run), token))
+            .await
+        {
+            Ok(_) => accepted.push(run),
+            Err(status) if status.code() == Code::NotFound => {}
+            Err(status) => anyhow::bail!("lead {run}: {status:?}"),
+        }
+    }
+    Ok(accepted)
+}
+
+/// One account archives and unarchives its plan again and again, and leaves it archived.
+/// Right after ArchivePlan answered OK a lead is refused (404 on the webhook, NOT_FOUND
+/// here), right after UnarchivePlan it is accepted; meanwhile other clients keep sending
+/// leads, so some are accepted a moment before an archive commits.
+async fn toggle_archive(
+    c: &Channels,
+    token: &str,
+    plan_id: &str,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Vec<String>> {
+    let mut plans = c.plans.clone();
+    let mut intake = c.intake.clone();
+    let mut accepted = Vec::new();
+    let id = || plan_id.to_owned();
+    for round in 0..CHANGES_PER_ACCOUNT / 2 {
+        plans
+            .archive_plan(outgoing(pb::ArchivePlanRequest { plan_id: id() }, token))
+            .await?;
+        let refused = intake
+            .add_to_sales_plan(outgoing(lead(plan_id, &format!("archived-{round}")), token))
+            .await
+            .expect_err("a lead right after ArchivePlan answered OK");
+        assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+        plans
+            .unarchive_plan(outgoing(pb::UnarchivePlanRequest { plan_id: id() }, token))
+            .await?;
+        let run = format!("open-{round}");
+        intake
+            .add_to_sales_plan(outgoing(lead(plan_id, &run), token))
+            .await?;
+        accepted.push(run);
+    }
+    plans
+        .archive_plan(outgoing(pb::ArchivePlanRequest { plan_id: id() }, token))
+        .await?;
+    stop.cancel();
+    Ok(accepted)
+}
+
+/// Clients sending leads to each plan while it is archived and unarchived.
+const SENDERS: usize = 4;
+
+/// Issue 15, point 2: a lead that got an accepted answer becomes a deal even when its plan
+/// is archived a moment later (and stays archived); nothing ends in the rejections or the
+/// dead-letter stream.
+#[tokio::test]
+async fn accepted_leads_become_deals_through_archive_races() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let c = channels(&stack).await?;
+    let mut accounts = Vec::new();
+    for n in 0..ACCOUNTS / 2 {
+        let token = stack.token(&format!("acct{n}"), "admin", &ALL);
+        let plan = create_plan(
+            c.deal_channel.clone(),
+            &token,
+            plan_request("P", Mode::Auto, Strategy::RoundRobin, false, &["m1", "m2"]),
+        )
+        .await?;
+        accounts.push((token, plan));
+    }
+    let races = try_join_all(accounts.iter().map(|(token, plan)| async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let senders = (0..SENDERS)
+            .map(|n| keep_sending(&c, token, &plan.id, format!("meanwhile{n}"), stop.clone()));
+        let (mut accepted, sent) = tokio::try_join!(
+            toggle_archive(&c, token, &plan.id, stop.clone()),
+            try_join_all(senders),
+        )?;
+        accepted.extend(sent.into_iter().flatten());
+        anyhow::Ok(accepted)
+    }))
+    .await?;
+
+    for ((token, plan), accepted) in accounts.iter().zip(races) {
+        let deals = deals_of(&c, token, &plan.id, accepted.len()).await?;
+        let mut made: Vec<String> = deals
+            .iter()
+            .filter_map(|d| d.contact.as_ref())
+            .map(|c| c.external_id.trim_start_matches("tg-").to_owned())
+            .collect();
+        let mut accepted = accepted.clone();
+        made.sort();
+        accepted.sort();
+        assert_eq!(
+            made, accepted,
+            "every accepted lead is a deal, and only those"
+        );
+        let rejected = c
+            .distributor
+            .clone()
+            .list_intake_rejections(outgoing(pb::ListIntakeRejectionsRequest::default(), token))
+            .await?
+            .into_inner()
+            .rejections;
+        assert!(rejected.is_empty(), "{rejected:?}");
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let dead = js
+        .get_stream(streams::DEAD_LETTERS.name)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    assert_eq!(dead, 0, "no accepted lead is a dead letter");
+    stack.stop().await
+}
+
+/// Issue 15, point 3: the moment a deal from a lead can be read, its explanation can be
+/// too (the decision is committed before the deal is asked for; a deal whose event has not
+/// linked it yet is found through its key).
+#[tokio::test]
+async fn a_visible_deal_is_explained_at_once() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let c = channels(&stack).await?;
+    let token = stack.token("acme", "admin", &ALL);
+    let plan = create_plan(
+        c.deal_channel.clone(),
+        &token,
+        plan_request("P", Mode::Auto, Strategy::RoundRobin, false, &["m1", "m2"]),
+    )
+    .await?;
+    let mut deals = c.deals.clone();
+    let mut intake = c.intake.clone();
+    // Deal events as they are published: each arrives at the distributor at the same moment,
+    // which links the decision to the deal only after reading it (the window this guards
+    // was 10-20 ms wide).
+    let nats = async_nats::connect(&stack.nats.url).await?;
+    let mut published = nats.subscribe(streams::deal_subject("acme", "*")).await?;
+    for n in 0..40 {
+        let run = format!("visible{n:03}");
+        intake
+            .add_to_sales_plan(outgoing(lead(&plan.id, &run), &token))
+            .await?;
+        let message = tokio::time::timeout(Duration::from_secs(20), published.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no deal event for lead {run}"))?;
+        let event = <pb::DealEvent as prost::Message>::decode(message.payload)?;
+        let deal = event
+            .deal
+            .ok_or_else(|| anyhow::anyhow!("deal event without a deal"))?;
+        let assignment = explain(&c, &token, &deal.id).await?;
+        assert_eq!(assignment.deal_id, deal.id);
+        assert_eq!(assignment.manager_id, deal.manager_id);
+        assert_eq!(deal.title, format!("lead {run}"));
+    }
+    // A deal created directly has no decision: still NOT_FOUND.
+    let direct = deals
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: plan.id.clone(),
+                contact: Some(pb::Contact {
+                    external_id: "direct".into(),
+                    ..Default::default()
+                }),
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .ok_or_else(|| anyhow::anyhow!("no deal"))?;
+    let err = explain(&c, &token, &direct.id)
+        .await
+        .expect_err("no decision");
+    assert_eq!(err.code(), Code::NotFound);
+    stack.stop().await
+}

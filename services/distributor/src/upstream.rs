@@ -1,0 +1,100 @@
+//! The distributor's look-ups at deal-service, in the account of what they look up: a
+//! plan whose copy here is older than a lead needs, and the key of a deal whose decision
+//! is not linked to it yet.
+
+use std::sync::Arc;
+
+use salesplan_platform::{auth::ServiceTokens, grpc::outgoing};
+use salesplan_proto::v1::{
+    self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
+};
+use tonic::{Code, transport::Channel};
+use uuid::Uuid;
+
+use crate::store::PlanCopy;
+
+#[derive(Clone)]
+pub struct DealService {
+    pub deals: DealServiceClient<Channel>,
+    plans: PlanServiceClient<Channel>,
+    pub tokens: Arc<ServiceTokens>,
+}
+
+/// Why a look-up has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Deal-service unreachable or refusing now: try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl DealService {
+    pub fn new(channel: Channel, tokens: Arc<ServiceTokens>) -> Self {
+        Self {
+            deals: DealServiceClient::new(channel.clone()),
+            plans: PlanServiceClient::new(channel),
+            tokens,
+        }
+    }
+
+    fn token(&self, account_id: &str) -> Result<String, LookupError> {
+        self.tokens
+            .for_account(account_id)
+            .map_err(|e| LookupError::Unavailable(e.to_string()))
+    }
+
+    /// The plan as deal-service has it now.
+    pub async fn plan(&self, account_id: &str, plan_id: Uuid) -> Result<PlanCopy, LookupError> {
+        let request = outgoing(
+            pb::GetPlanRequest {
+                plan_id: plan_id.to_string(),
+            },
+            &self.token(account_id)?,
+        );
+        let plan = self
+            .plans
+            .clone()
+            .get_plan(request)
+            .await
+            .map_err(|status| failure(status, format!("plan {plan_id}")))?
+            .into_inner()
+            .plan
+            .ok_or_else(|| LookupError::Unavailable("GetPlan returned no plan".into()))?;
+        crate::plans::copy_of(account_id.to_owned(), plan).map_err(LookupError::Unavailable)
+    }
+
+    /// The deal's plan and idempotency key (for deals from leads, the intake id).
+    pub async fn deal_key(
+        &self,
+        account_id: &str,
+        deal_id: Uuid,
+    ) -> Result<(Uuid, String), LookupError> {
+        let request = outgoing(
+            pb::GetDealRequest {
+                deal_id: deal_id.to_string(),
+            },
+            &self.token(account_id)?,
+        );
+        let deal = self
+            .deals
+            .clone()
+            .get_deal(request)
+            .await
+            .map_err(|status| failure(status, format!("deal {deal_id}")))?
+            .into_inner()
+            .deal
+            .ok_or_else(|| LookupError::Unavailable("GetDeal returned no deal".into()))?;
+        let plan_id = Uuid::parse_str(&deal.plan_id)
+            .map_err(|_| LookupError::Unavailable("GetDeal returned an invalid plan id".into()))?;
+        Ok((plan_id, deal.idempotency_key))
+    }
+}
+
+fn failure(status: tonic::Status, what: String) -> LookupError {
+    match status.code() {
+        Code::NotFound => LookupError::NotFound(what),
+        code => LookupError::Unavailable(format!("{what}: {code:?}: {}", status.message())),
+    }
+}
