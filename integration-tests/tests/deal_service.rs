@@ -1552,3 +1552,164 @@ async fn a_repeated_move_or_assignment_is_answered_as_done() -> anyhow::Result<(
     assert_store_consistent(&stack).await?;
     stack.stop().await
 }
+
+/// The plan events of the account in the stream, by subject, once the one of `version`
+/// (an `updated` event, the last change made) is in.
+async fn plan_events_through(
+    stack: &DealStack,
+    version: i64,
+) -> anyhow::Result<HashMap<String, u64>> {
+    use futures::StreamExt as _;
+    use prost::Message as _;
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let stream = js.get_stream("SALESPLAN_PLANS").await?;
+    let last_updated = salesplan_platform::bus::streams::plan_subject(ACCOUNT, "updated");
+    integration_tests::stack::eventually(std::time::Duration::from_secs(20), || async {
+        let last = match stream.get_last_raw_message_by_subject(&last_updated).await {
+            Ok(message) => pb::PlanEvent::decode(message.payload)?,
+            Err(_) => return Ok(None),
+        };
+        Ok((last.plan.is_some_and(|p| p.version == version)).then_some(()))
+    })
+    .await?;
+    let mut subjects = stream
+        .info_with_subjects(salesplan_platform::bus::streams::plan_subject(ACCOUNT, "*"))
+        .await?;
+    let mut counts = HashMap::new();
+    while let Some(item) = subjects.next().await {
+        let (subject, count) = item?;
+        counts.insert(
+            subject.rsplit('.').next().unwrap_or_default().to_owned(),
+            count as u64,
+        );
+    }
+    Ok(counts)
+}
+
+/// Issue 15: a plan change already in force (archive an archived plan, unarchive an open
+/// one, the same order, managers or settings) answers OK with the plan as it stands and
+/// writes no new version and no event.
+#[tokio::test]
+async fn a_repeated_plan_change_is_answered_as_done() -> anyhow::Result<()> {
+    let stack = DealStack::start().await?;
+    let mut c = clients(&stack).await?;
+    let admin = stack.token(ACCOUNT, "admin", ADMIN);
+    let plan = create_plan(&mut c, &admin, &["m1", "m2"]).await?;
+    let id = || plan.id.clone();
+    let answer = |plan: Option<pb::Plan>| plan.expect("plan");
+
+    let unchanged = answer(
+        c.plans
+            .unarchive_plan(outgoing(pb::UnarchivePlanRequest { plan_id: id() }, &admin))
+            .await?
+            .into_inner()
+            .plan,
+    );
+    assert_eq!(unchanged, plan, "unarchiving an open plan changes nothing");
+    let archived = answer(
+        c.plans
+            .archive_plan(outgoing(pb::ArchivePlanRequest { plan_id: id() }, &admin))
+            .await?
+            .into_inner()
+            .plan,
+    );
+    assert!(archived.archived && archived.version == plan.version + 1);
+    let again = answer(
+        c.plans
+            .archive_plan(outgoing(pb::ArchivePlanRequest { plan_id: id() }, &admin))
+            .await?
+            .into_inner()
+            .plan,
+    );
+    assert_eq!(
+        again, archived,
+        "archiving an archived plan changes nothing"
+    );
+    let reopened = answer(
+        c.plans
+            .unarchive_plan(outgoing(pb::UnarchivePlanRequest { plan_id: id() }, &admin))
+            .await?
+            .into_inner()
+            .plan,
+    );
+    assert!(!reopened.archived && reopened.version == archived.version + 1);
+
+    let open_stages: Vec<String> = reopened
+        .stages
+        .iter()
+        .filter(|s| s.kind == pb::StageKind::Open as i32)
+        .map(|s| s.id.clone())
+        .collect();
+    let same_order = answer(
+        c.plans
+            .reorder_stages(outgoing(
+                pb::ReorderStagesRequest {
+                    plan_id: id(),
+                    open_stage_ids: open_stages,
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner()
+            .plan,
+    );
+    let same_managers = answer(
+        c.plans
+            .set_plan_managers(outgoing(
+                pb::SetPlanManagersRequest {
+                    plan_id: id(),
+                    manager_ids: vec!["m1".into(), "m2".into()],
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner()
+            .plan,
+    );
+    let same_settings = answer(
+        c.plans
+            .update_plan(outgoing(
+                pb::UpdatePlanRequest {
+                    plan_id: id(),
+                    name: Some(reopened.name.clone()),
+                    distribution: reopened.distribution,
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner()
+            .plan,
+    );
+    for repeat in [&same_order, &same_managers, &same_settings] {
+        assert_eq!(repeat, &reopened);
+    }
+
+    // One real change last: the events are the create, archive, unarchive and this one.
+    let renamed = answer(
+        c.plans
+            .update_plan(outgoing(
+                pb::UpdatePlanRequest {
+                    plan_id: id(),
+                    name: Some("Renamed".into()),
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner()
+            .plan,
+    );
+    assert_eq!(renamed.version, reopened.version + 1);
+    let events = plan_events_through(&stack, renamed.version).await?;
+    assert_eq!(
+        events,
+        HashMap::from([
+            ("created".into(), 1),
+            ("archived".into(), 1),
+            ("unarchived".into(), 1),
+            ("updated".into(), 1),
+        ])
+    );
+    stack.stop().await
+}
