@@ -51,7 +51,11 @@ done
 echo "services started (logs in target/demo/), running the scripted tunnel run…" >&2
 echo
 
-"$bin/demo" "$@"
+rm -f "$logs/last-run.env"
+"$bin/demo" --last-run "$logs/last-run.env" "$@"
+# The demo's plan and the consistency token of its last change (PLAN=…, FRESH_AS=…).
+# shellcheck disable=SC1091
+source "$logs/last-run.env"
 
 # The same data through salesplanctl, as a person at a terminal would see it.
 export SALESPLAN_TOKEN
@@ -60,8 +64,8 @@ echo
 echo "$ salesplanctl plans list"
 "$bin/salesplanctl" plans list
 echo
-echo "$ salesplanctl reports loss-reasons --by plan"
-"$bin/salesplanctl" reports loss-reasons --by plan
+echo "$ salesplanctl reports loss-reasons --by plan --plan $PLAN --fresh-as $FRESH_AS"
+"$bin/salesplanctl" reports loss-reasons --by plan --plan "$PLAN" --fresh-as "$FRESH_AS"
 echo
 
 stop

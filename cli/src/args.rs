@@ -184,6 +184,10 @@ pub enum Deals {
         filter: Filter,
         #[arg(long, default_value_t = 50)]
         limit: i32,
+        /// Answer only once the write of this consistency token (a write's
+        /// `salesplan-consistency-token`) is included.
+        #[arg(long = "fresh-as", value_name = "TOKEN", default_value = "")]
+        fresh_as: String,
     },
     Board {
         #[arg(value_name = "PLAN")]
@@ -192,6 +196,10 @@ pub enum Deals {
         filter: Filter,
         #[arg(long, default_value_t = 5)]
         cards: i32,
+        /// Answer only once the write of this consistency token (a write's
+        /// `salesplan-consistency-token`) is included.
+        #[arg(long = "fresh-as", value_name = "TOKEN", default_value = "")]
+        fresh_as: String,
     },
     Show {
         deal: String,
@@ -274,6 +282,10 @@ pub enum Reports {
         details: bool,
         #[arg(long = "plan")]
         plans: Vec<String>,
+        /// Answer only once the write of this consistency token (a write's
+        /// `salesplan-consistency-token`) is included.
+        #[arg(long = "fresh-as", value_name = "TOKEN", default_value = "")]
+        fresh_as: String,
     },
 }
 

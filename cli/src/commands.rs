@@ -371,13 +371,18 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
                 .into_inner()
                 .deal
         }
-        Deals::List { filter: f, limit } => {
+        Deals::List {
+            filter: f,
+            limit,
+            fresh_as,
+        } => {
             let page = client
                 .list_deals(ctx.request(pb::ListDealsRequest {
                     filter: Some(filter(f)?),
                     sort: None,
                     page_size: limit,
                     page_token: String::new(),
+                    min_consistency_token: fresh_as,
                 }))
                 .await?
                 .into_inner();
@@ -395,6 +400,7 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
             board_plan,
             filter: f,
             cards,
+            fresh_as,
         } => {
             let board = client
                 .get_board(ctx.request(pb::GetBoardRequest {
@@ -402,6 +408,7 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
                     filter: Some(filter(f)?),
                     sort: None,
                     cards_per_stage: cards,
+                    min_consistency_token: fresh_as,
                 }))
                 .await?
                 .into_inner();
@@ -703,7 +710,12 @@ fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<pb::AudienceContact>> 
 
 async fn reports(ctx: &Ctx, command: Reports) -> anyhow::Result<()> {
     let mut client = ReportServiceClient::new(ctx.channel(&ctx.global.reporting).await?);
-    let Reports::LossReasons { by, details, plans } = command;
+    let Reports::LossReasons {
+        by,
+        details,
+        plans,
+        fresh_as,
+    } = command;
     let group_by = match by.as_str() {
         "plan" => pb::ReportGrouping::Plan,
         "manager" => pb::ReportGrouping::Manager,
@@ -714,12 +726,14 @@ async fn reports(ctx: &Ctx, command: Reports) -> anyhow::Result<()> {
             group_by: group_by as i32,
             with_details: details,
             plan_ids: plans,
+            min_consistency_token: fresh_as,
             ..Default::default()
         }))
         .await?
         .into_inner();
+    let as_of = report.as_of.clone().unwrap_or_default();
     ctx.print(
-        json!({"rows": report.rows.iter().map(output::report_json).collect::<Vec<_>>(), "totals": report.totals.as_ref().map(output::report_json)}),
+        json!({"rows": report.rows.iter().map(output::report_json).collect::<Vec<_>>(), "totals": report.totals.as_ref().map(output::report_json), "as_of": {"consistency_token": as_of.consistency_token}}),
         || {
             let mut rows = Vec::new();
             for row in &report.rows {
@@ -728,7 +742,11 @@ async fn reports(ctx: &Ctx, command: Reports) -> anyhow::Result<()> {
             if let Some(totals) = &report.totals {
                 output::report_rows(totals, "", &mut rows);
             }
-            table(&["", "won", "lost", "won %", "lost %", "reasons of loss"], &rows)
+            format!(
+                "{}\n(as of consistency token {})",
+                table(&["", "won", "lost", "won %", "lost %", "reasons of loss"], &rows),
+                as_of.consistency_token
+            )
         },
     );
     Ok(())

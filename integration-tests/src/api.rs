@@ -62,6 +62,7 @@ pub async fn all_deals(
                     sort: None,
                     page_size: 500,
                     page_token,
+                    min_consistency_token: String::new(),
                 },
                 token,
             ))

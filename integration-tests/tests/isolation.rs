@@ -331,6 +331,7 @@ async fn sums_beyond_int64_keep_boards_lists_and_reports_working() -> anyhow::Re
         let request = outgoing(
             pb::PipelineSummaryRequest {
                 plan_id: Some(plan.id.clone()),
+                ..Default::default()
             },
             &admin,
         );
@@ -507,6 +508,7 @@ async fn an_event_the_broker_refuses_is_parked_and_other_accounts_keep_flowing()
         let request = outgoing(
             pb::PipelineSummaryRequest {
                 plan_id: Some(b_plan.id.clone()),
+                ..Default::default()
             },
             &b_admin,
         );

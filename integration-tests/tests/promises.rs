@@ -10,7 +10,7 @@ use integration_tests::{
     api::{Mode, Strategy, all_deals, create_plan, plan_request},
     stack::eventually,
 };
-use salesplan_platform::{Permission, bus::streams, grpc::outgoing};
+use salesplan_platform::{Permission, bus::streams, consistency, grpc::outgoing};
 use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient,
     distributor_service_client::DistributorServiceClient,
@@ -415,5 +415,193 @@ async fn a_visible_deal_is_explained_at_once() -> anyhow::Result<()> {
         .await
         .expect_err("no decision");
     assert_eq!(err.code(), Code::NotFound);
+    stack.stop().await
+}
+
+/// The consistency token a write answered with (header `salesplan-consistency-token`).
+fn token_of<T>(response: &tonic::Response<T>) -> anyhow::Result<String> {
+    let token = response
+        .metadata()
+        .get(consistency::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| anyhow::anyhow!("a write answered without a consistency token"))?;
+    anyhow::ensure!(
+        consistency::Token::parse("token", token)?.is_some(),
+        "{token}"
+    );
+    Ok(token.to_owned())
+}
+
+/// Issue 15, point 4: a report given a write's consistency token includes that write —
+/// read at once, with no polling — and every report says what it reflects. Without the
+/// token, the same reads right after each change miss some (the read model is a few
+/// milliseconds behind), which is what the token is for.
+#[tokio::test]
+async fn a_report_given_a_write_token_includes_that_write() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let c = channels(&stack).await?;
+    let token = stack.token("acme", "admin", &ALL);
+    let mut plans = c.plans.clone();
+    let plan = create_plan(
+        c.deal_channel.clone(),
+        &token,
+        plan_request("P", Mode::Manual, Strategy::Unspecified, false, &["m1"]),
+    )
+    .await?;
+    let reasons = plans
+        .set_loss_reasons(outgoing(
+            pb::SetLossReasonsRequest {
+                plan_id: plan.id.clone(),
+                require_reason: true,
+                reasons: vec![pb::LossReasonInput {
+                    name: "Too expensive".into(),
+                    ..Default::default()
+                }],
+            },
+            &token,
+        ))
+        .await?;
+    let plan_token = token_of(&reasons)?;
+    let plan = reasons.into_inner().plan.expect("plan");
+    let reason = plan.loss_reasons.clone().unwrap_or_default().reasons[0]
+        .id
+        .clone();
+    let lost = plan
+        .stages
+        .iter()
+        .find(|s| s.kind == pb::StageKind::Lost as i32)
+        .expect("a LOST stage")
+        .id
+        .clone();
+    let mut reports =
+        pb::report_service_client::ReportServiceClient::new(stack.channel(&stack.reporting).await?);
+    let mut deals = c.deals.clone();
+    let report = |min_consistency_token: String| pb::LossReasonsRequest {
+        group_by: pb::ReportGrouping::Plan as i32,
+        plan_ids: vec![plan.id.clone()],
+        min_consistency_token,
+        ..Default::default()
+    };
+    let mut missed_without_token = 0;
+    for n in 0..20 {
+        let created = deals
+            .create_deal(outgoing(
+                pb::CreateDealRequest {
+                    plan_id: plan.id.clone(),
+                    contact: Some(pb::Contact {
+                        external_id: format!("c{n}"),
+                        ..Default::default()
+                    }),
+                    idempotency_key: format!("k{n}"),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await?;
+        token_of(&created)?;
+        let deal = created.into_inner().deal.expect("deal");
+        let moved = deals
+            .move_deal(outgoing(
+                pb::MoveDealRequest {
+                    deal_id: deal.id.clone(),
+                    expected_version: deal.version,
+                    stage_id: lost.clone(),
+                    loss_reason_id: Some(reason.clone()),
+                },
+                &token,
+            ))
+            .await?;
+        let written = token_of(&moved)?;
+        let unwaited = reports
+            .loss_reasons(outgoing(report(String::new()), &token))
+            .await?
+            .into_inner();
+        if unwaited.totals.unwrap_or_default().lost != n + 1 {
+            missed_without_token += 1;
+        }
+        let fresh = reports
+            .loss_reasons(outgoing(report(written.clone()), &token))
+            .await?
+            .into_inner();
+        let totals = fresh.totals.unwrap_or_default();
+        assert_eq!(totals.lost, n + 1, "the report as of {written} misses it");
+        assert_eq!(
+            totals.reasons[0].name, "Too expensive",
+            "names as of the token"
+        );
+        let as_of = fresh.as_of.expect("every report says what it reflects");
+        let reflected =
+            consistency::Token::parse("as_of", &as_of.consistency_token)?.expect("a token");
+        let written = consistency::Token::parse("written", &written)?.expect("a token");
+        assert!(reflected >= written, "{reflected} reflects {written}");
+        assert!(as_of.published_at.is_some() && as_of.applied_at.is_some());
+    }
+    // The other reports take the token too; the plan change's token is older, so covered.
+    let summary = reports
+        .pipeline_summary(outgoing(
+            pb::PipelineSummaryRequest {
+                plan_id: Some(plan.id.clone()),
+                min_consistency_token: plan_token.clone(),
+            },
+            &token,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(summary.total_deals, 20);
+    assert!(summary.as_of.is_some());
+    let stages = reports
+        .stage_losses(outgoing(
+            pb::StageLossesRequest {
+                min_consistency_token: plan_token.clone(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await?
+        .into_inner();
+    assert!(stages.as_of.is_some());
+    eprintln!(
+        "reads without the token that missed the write just made: {missed_without_token} of 20"
+    );
+
+    // A token this system never wrote: refused, not waited for forever.
+    let err = reports
+        .loss_reasons(outgoing(report("v1.not-a-number".into()), &token))
+        .await
+        .expect_err("a malformed token");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let ahead = "v1.9000000000000000";
+    let err = reports
+        .loss_reasons(outgoing(report(ahead.into()), &token))
+        .await
+        .expect_err("a token the read model cannot reach");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let err = deals
+        .list_deals(outgoing(
+            pb::ListDealsRequest {
+                min_consistency_token: ahead.into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect_err("a token from the future");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // deal-service's own lists take the token too (its reads may be on a replica).
+    let listed = deals
+        .list_deals(outgoing(
+            pb::ListDealsRequest {
+                filter: Some(pb::DealFilter {
+                    plan_id: plan.id.clone(),
+                    ..Default::default()
+                }),
+                min_consistency_token: plan_token,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(listed.total_count, 20);
     stack.stop().await
 }

@@ -411,6 +411,7 @@ async fn call(
                 .pipeline_summary(req(
                     pb::PipelineSummaryRequest {
                         plan_id: Some(ids.plan.clone()),
+                        ..Default::default()
                     },
                     token,
                 ))

@@ -53,6 +53,7 @@ async fn one_trace_crosses_every_service() -> anyhow::Result<()> {
         let request = outgoing(
             pb::PipelineSummaryRequest {
                 plan_id: Some(plan.id.clone()),
+                ..Default::default()
             },
             &viewer,
         );

@@ -62,6 +62,7 @@ async fn summary(stack: &Stack, plan_id: &str) -> anyhow::Result<pb::PipelineSum
         .pipeline_summary(outgoing(
             pb::PipelineSummaryRequest {
                 plan_id: Some(plan_id.to_owned()),
+                ..Default::default()
             },
             &token,
         ))

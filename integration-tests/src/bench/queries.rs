@@ -135,6 +135,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
                     filter: Some(filter.clone()),
                     sort: None,
                     cards_per_stage: 20,
+                    min_consistency_token: String::new(),
                 },
                 &token,
             );
@@ -200,6 +201,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
                     sort: None,
                     page_size: 50,
                     page_token: String::new(),
+                    min_consistency_token: String::new(),
                 },
                 &token,
             );
@@ -237,6 +239,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
                     sort: None,
                     page_size: 500,
                     page_token,
+                    min_consistency_token: String::new(),
                 },
                 &token,
             ))

@@ -1,13 +1,19 @@
 //! The scripted tunnel run of `just demo`: against the four running services, creates two
 //! plans, sends leads through the real webhook (with some retried webhooks), waits until
-//! reporting has counted every deal, and prints who got what and where it stands.
+//! reporting has counted every deal, and prints who got what and where it stands. Then it
+//! closes and reopens deals and reads the loss report as of its last change (its
+//! consistency token), by manager and by plan, and checks that the two agree.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
 use salesplan_platform::{
-    Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
+    Actor, Permission,
+    auth::TokenIssuer,
+    config::AuthConfig,
+    consistency::{self, Token},
+    grpc::outgoing,
 };
 use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
@@ -29,6 +35,10 @@ struct Args {
     leads: usize,
     #[arg(long, default_value = "demo")]
     account: String,
+    /// Where to write the plan id and the consistency token of the last change
+    /// (`PLAN=…`, `FRESH_AS=…`), for the salesplanctl part of the demo.
+    #[arg(long)]
+    last_run: Option<std::path::PathBuf>,
 }
 
 const MANAGERS: [&str; 3] = ["anna", "boris", "chen"];
@@ -141,7 +151,10 @@ async fn main() -> anyhow::Result<()> {
     let summary = loop {
         let summary = reports
             .pipeline_summary(outgoing(
-                pb::PipelineSummaryRequest { plan_id: None },
+                pb::PipelineSummaryRequest {
+                    plan_id: None,
+                    ..Default::default()
+                },
                 &viewer,
             ))
             .await?
@@ -244,6 +257,8 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let (mut won_count, mut lost_count) = (0, 0);
     let mut reopen_me = None;
+    // The consistency token of the newest change made.
+    let mut last_change = None;
     for (i, deal) in inbound.iter().enumerate() {
         let (stage, reason) = match i % 4 {
             0 => (&won, None),
@@ -260,7 +275,9 @@ async fn main() -> anyhow::Result<()> {
                 },
                 &boss,
             ))
-            .await?
+            .await?;
+        last_change = newer(last_change, token_of(&moved)?);
+        let moved = moved
             .into_inner()
             .deal
             .context("MoveDeal returned no deal")?;
@@ -272,7 +289,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if let Some(deal) = reopen_me {
-        deals_api
+        let reopened = deals_api
             .reopen_deal(outgoing(
                 pb::ReopenDealRequest {
                     deal_id: deal.id.clone(),
@@ -281,35 +298,81 @@ async fn main() -> anyhow::Result<()> {
                 &boss,
             ))
             .await?;
+        last_change = newer(last_change, token_of(&reopened)?);
         println!(
             "\nClosed {won_count} deals as won and {lost_count} as lost with a reason; reopened one lost deal."
         );
         lost_count -= 1;
     }
-    let request = || pb::LossReasonsRequest {
-        group_by: pb::ReportGrouping::Manager as i32,
-        with_details: true,
-        plan_ids: vec![round_robin.id.clone()],
-        ..Default::default()
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let report = loop {
-        let report = reports
-            .loss_reasons(outgoing(request(), &viewer))
-            .await?
-            .into_inner();
-        let totals = report.totals.clone().unwrap_or_default();
-        if (totals.won, totals.lost) == (won_count, lost_count) {
-            break report;
+    // Read as of the last change: no polling, the report includes it or is refused.
+    let fresh_as = last_change
+        .map(|t| t.to_string())
+        .context("no change was made")?;
+    let read = |group_by: pb::ReportGrouping| {
+        let mut reports = reports.clone();
+        let request = pb::LossReasonsRequest {
+            group_by: group_by as i32,
+            with_details: true,
+            plan_ids: vec![round_robin.id.clone()],
+            min_consistency_token: fresh_as.clone(),
+            ..Default::default()
+        };
+        let viewer = viewer.clone();
+        async move {
+            anyhow::Ok(
+                reports
+                    .loss_reasons(outgoing(request, &viewer))
+                    .await?
+                    .into_inner(),
+            )
         }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the report did not catch up within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    print_report(&round_robin.name, &report);
+    let by_manager = read(pb::ReportGrouping::Manager).await?;
+    let by_plan = read(pb::ReportGrouping::Plan).await?;
+    let totals = |r: &pb::LossReasonsResponse| {
+        let t = r.totals.clone().unwrap_or_default();
+        let reasons: BTreeMap<String, i64> = t
+            .reasons
+            .iter()
+            .map(|x| (x.name.clone(), x.count))
+            .collect();
+        (t.won, t.lost, reasons)
+    };
+    let (won, lost, _) = totals(&by_manager);
+    anyhow::ensure!(
+        (won, lost) == (won_count, lost_count),
+        "the report as of the last change shows {won} won and {lost} lost, not {won_count} and {lost_count}"
+    );
+    anyhow::ensure!(
+        totals(&by_manager) == totals(&by_plan),
+        "the two reports as of the same change disagree: {:?} by manager, {:?} by plan",
+        totals(&by_manager),
+        totals(&by_plan)
+    );
+    print_report(&round_robin.name, &by_manager);
+    println!("\nBoth reports read as of the last change (consistency token {fresh_as}) and agree.");
+    if let Some(path) = &args.last_run {
+        std::fs::write(
+            path,
+            format!("PLAN={}\nFRESH_AS={fresh_as}\n", round_robin.id),
+        )?;
+    }
     Ok(())
+}
+
+/// The consistency token a write answered with.
+fn token_of<T>(response: &tonic::Response<T>) -> anyhow::Result<Token> {
+    let header = response
+        .metadata()
+        .get(consistency::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    Token::parse(consistency::HEADER, header)?
+        .context("a write answered without a consistency token")
+}
+
+fn newer(a: Option<Token>, b: Token) -> Option<Token> {
+    Some(a.map_or(b, |a| a.max(b)))
 }
 
 fn print_report(plan: &str, report: &pb::LossReasonsResponse) {

@@ -33,6 +33,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/deal-service");
 pub struct Config {
     pub common: ServiceConfig,
     pub limits: Limits,
+    /// `SALESPLAN_CONSISTENCY_WAIT_MS`: how long ListDeals and GetBoard given a consistency
+    /// token wait for its write to be readable.
+    pub consistency_wait: std::time::Duration,
 }
 
 /// Per-account limits of deal-service's calls that read or write in bulk, per replica.
@@ -103,6 +106,7 @@ impl Config {
         Self {
             common: ServiceConfig::local(database_url, nats_url),
             limits: Limits::default(),
+            consistency_wait: salesplan_platform::consistency::DEFAULT_WAIT,
         }
     }
 }
@@ -114,6 +118,7 @@ impl Service for Config {
         Ok(Self {
             common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
             limits: Limits::from_env(env)?,
+            consistency_wait: salesplan_platform::consistency::wait_from_env(env)?,
         })
     }
 
@@ -128,7 +133,11 @@ impl Service for Config {
         bus.ensure_streams(&streams::ALL).await?;
         let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
         let reads = db::connect_reads(&common.database, SCHEMA).await?;
-        let api = grpc::Api::new(store::Store::new(pool.clone(), reads), &self.limits);
+        let api = grpc::Api::new(
+            store::Store::new(pool.clone(), reads),
+            &self.limits,
+            self.consistency_wait,
+        );
         let routes = tonic::service::Routes::new(PlanServiceServer::with_interceptor(
             api.clone(),
             interceptor.clone(),

@@ -4,13 +4,21 @@
 //! One relay at a time publishes (a transaction-scoped advisory lock), so several replicas
 //! never reorder events. A crash between publish and delete re-publishes the same message
 //! ids: JetStream drops them within its duplicate window, and consumers are idempotent.
+//!
+//! After a pass that left nothing visible behind, the relay publishes a horizon on the deal
+//! and plan streams: the oldest of deal-service's transactions still running just before
+//! the pass read the outbox. Every transaction below it had finished, so its events were
+//! read and are in the stream before the horizon. Read models that apply a horizon hold every write whose consistency
+//! token is below it (`salesplan_platform::consistency`).
 
 use std::{collections::HashMap, time::Duration};
 
+use prost::Message as _;
 use salesplan_platform::{
     bus::{Bus, Outgoing, streams},
     telemetry,
 };
+use salesplan_proto::v1 as pb;
 use sqlx::{PgPool, Row, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +44,11 @@ pub enum RelayError {
 pub struct Relayed {
     /// Rows published (stored by JetStream) and deleted.
     pub published: usize,
+    /// Set when the pass read every visible row and published them all: every transaction
+    /// below this id had finished and its events are in the streams.
+    pub horizon: Option<i64>,
+    /// The newest transaction whose events the pass published.
+    pub newest_xid: i64,
     /// Rows the broker refused, moved to `outbox_parked`.
     pub parked: usize,
     /// A passing failure (NATS unreachable, …) that stopped the pass; the rows from the
@@ -63,6 +76,7 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken) {
         .build();
     let mut measured = tokio::time::Instant::now();
     let mut listener = listen(&pool).await;
+    let mut horizons = Horizons::default();
     loop {
         if measured.elapsed() >= Duration::from_secs(5) {
             measured = tokio::time::Instant::now();
@@ -78,6 +92,7 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken) {
             Ok(pass) => {
                 published.add(pass.published as u64, &[]);
                 parked.add(pass.parked as u64, &[]);
+                horizons.after(&pass, &bus).await;
                 match pass.failed {
                     Some(err) => Some(RelayError::from(err)),
                     // More may be waiting (a pass stops at BATCH rows or BATCH_BYTES).
@@ -94,7 +109,14 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken) {
             }
             continue;
         }
-        if wait(&mut listener, &shutdown, Duration::from_millis(500)).await {
+        // A transaction older than the last one published was still running: look again
+        // soon, so the horizon (and reads waiting for it) move on once it ends.
+        let poll = if horizons.behind() {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_millis(500)
+        };
+        if wait(&mut listener, &shutdown, poll).await {
             break;
         }
     }
@@ -138,6 +160,57 @@ async fn wait(
     }
 }
 
+/// The horizons the relay has published.
+#[derive(Debug, Default)]
+struct Horizons {
+    published: i64,
+    /// The newest transaction whose events were published.
+    newest_xid: i64,
+}
+
+impl Horizons {
+    /// Publishes the pass's horizon when it moved on (a failure is retried after the next
+    /// pass).
+    async fn after(&mut self, pass: &Relayed, bus: &Bus) {
+        self.newest_xid = self.newest_xid.max(pass.newest_xid);
+        let Some(horizon) = pass.horizon.filter(|h| *h > self.published) else {
+            return;
+        };
+        match publish_horizon(bus, horizon).await {
+            Ok(()) => self.published = horizon,
+            Err(err) => tracing::warn!(error = %err, "cannot publish the outbox horizon"),
+        }
+    }
+
+    /// Whether some published event is not below the published horizon yet.
+    fn behind(&self) -> bool {
+        self.newest_xid > 0 && self.published <= self.newest_xid
+    }
+}
+
+async fn publish_horizon(bus: &Bus, horizon: i64) -> Result<(), salesplan_platform::bus::BusError> {
+    let now = time::OffsetDateTime::now_utc();
+    let payload = pb::Horizon {
+        xid_horizon: horizon,
+        published_at: Some(prost_types::Timestamp {
+            seconds: now.unix_timestamp(),
+            nanos: now.nanosecond() as i32,
+        }),
+    }
+    .encode_to_vec();
+    let messages = [streams::DEALS_HORIZON, streams::PLANS_HORIZON].map(|subject| {
+        Outgoing::new(
+            subject.to_owned(),
+            format!("horizon-{horizon}"),
+            payload.clone(),
+        )
+    });
+    for result in bus.publish_each(messages.into()).await {
+        result?;
+    }
+    Ok(())
+}
+
 /// Publishes up to [`BATCH`] events in id order. An event the broker refuses is parked with
 /// its reason and the pass goes on; a passing failure stops the pass at that event.
 pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayError> {
@@ -151,8 +224,12 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
     }
     // Up to BATCH rows and about BATCH_BYTES (always the first row): plan events can be
     // large, and one pass holds its rows in memory.
+    let horizon = running_horizon(&mut tx).await?;
+    // The count of visible rows comes from the statement's own snapshot: exactly what it
+    // read.
     let rows = sqlx::query(
-        "SELECT o.id, o.subject, o.message_id, o.payload, o.headers
+        "SELECT o.id, o.subject, o.message_id, o.payload, o.headers, o.xid,
+            (SELECT count(*) FROM outbox) AS visible
          FROM outbox o JOIN (
             SELECT id, sum(octet_length(payload)) OVER (ORDER BY id) - octet_length(payload) AS before
             FROM outbox ORDER BY id LIMIT $1
@@ -163,14 +240,21 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
     .bind(BATCH_BYTES)
     .fetch_all(&mut *tx)
     .await?;
-    if rows.is_empty() {
-        return Ok(Relayed::default());
-    }
+    let Some(first) = rows.first() else {
+        // Nothing to publish: everything below the horizon is in the streams already.
+        return Ok(Relayed {
+            horizon: Some(horizon),
+            ..Relayed::default()
+        });
+    };
+    let drained = first.try_get::<i64, _>("visible")? == rows.len() as i64;
     let mut ids = Vec::with_capacity(rows.len());
     let mut accounts = Vec::with_capacity(rows.len());
     let mut messages = Vec::with_capacity(rows.len());
+    let mut newest_xid = 0;
     for row in &rows {
         ids.push(row.try_get::<i64, _>("id")?);
+        newest_xid = newest_xid.max(row.try_get::<i64, _>("xid")?);
         let mut message = Outgoing::new(
             row.try_get("subject")?,
             row.try_get::<String, _>("message_id")?,
@@ -221,7 +305,35 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
     tx.commit().await?;
     pass.parked = parked.len();
     pass.published = done.len() - pass.parked;
+    pass.newest_xid = newest_xid;
+    pass.horizon = (drained && pass.failed.is_none()).then_some(horizon);
     Ok(pass)
+}
+
+/// The oldest transaction of deal-service (its database and role) running now, as a
+/// 64-bit id; with none, the next id to be assigned. Read before the outbox rows, in a
+/// statement of its own: every transaction below it has finished before their snapshot is
+/// taken, so they see its rows. (Only this database and role: another database on the same
+/// server, or another service, never holds the horizon back.)
+async fn running_horizon(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<i64, sqlx::Error> {
+    // The 32-bit ids of pg_stat_activity widened with the epoch of the next id (one below it
+    // is from the previous epoch when its low half is higher). The next id is read from the
+    // statement's snapshot, taken before the running transactions are listed.
+    sqlx::query_scalar(
+        "WITH next AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS n),
+              running AS (
+                SELECT ((n >> 32) << 32) + a.backend_xid::text::bigint AS x, n
+                FROM next JOIN pg_stat_activity a
+                  ON a.datname = current_database() AND a.usename = current_user
+                 AND a.backend_xid IS NOT NULL)
+         SELECT COALESCE(
+            (SELECT min(CASE WHEN x >= n THEN x - 4294967296 ELSE x END) FROM running),
+            (SELECT n FROM next))",
+    )
+    .fetch_one(&mut **tx)
+    .await
 }
 
 /// An outbox row the broker refused.

@@ -57,6 +57,7 @@ pub async fn serve(
         .timeout(timeout)
         .trace_fn(request_span)
         .layer(MetricsLayer::new())
+        .layer(crate::consistency::ConsistencyLayer)
         .add_routes(routes.add_service(health).add_service(reflection))
         .serve_with_incoming_shutdown(incoming(listener), signal)
         .await

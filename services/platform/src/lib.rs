@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod consistency;
 pub mod db;
 pub mod error;
 pub mod grpc;

@@ -1,9 +1,10 @@
 //! ReportService: reports answered from the read model.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use salesplan_platform::{
     ApiError, auth,
+    consistency::Token,
     ids::parse_id,
     limits::{AccountLimiter, ClassLimit},
     validate,
@@ -16,6 +17,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::report::{self, GroupBy, Key, percent},
+    progress,
     reports::{self, Period, Scope},
 };
 
@@ -23,20 +25,33 @@ use crate::{
 pub struct Reports {
     pool: PgPool,
     limiter: Arc<AccountLimiter>,
+    /// How long a report given a consistency token waits for the read model to include it.
+    wait: Duration,
 }
 
 impl Reports {
-    pub fn new(pool: PgPool, limit: ClassLimit) -> Self {
+    pub fn new(pool: PgPool, limit: ClassLimit, wait: Duration) -> Self {
         Self {
             pool,
             limiter: AccountLimiter::new("reports", limit),
+            wait,
         }
+    }
+
+    /// Waits until the read model includes the request's token (if any): what the answer
+    /// then reflects.
+    async fn fresh_enough(&self, token: &str) -> Result<pb::Freshness, ApiError> {
+        let token = Token::parse("min_consistency_token", token)?;
+        Ok(progress::at_least(&self.pool, token, self.wait)
+            .await?
+            .to_proto())
     }
 
     async fn pipeline_summary(
         &self,
         account_id: &str,
         plan_id: Option<Uuid>,
+        as_of: pb::Freshness,
     ) -> Result<pb::PipelineSummaryResponse, ApiError> {
         let stages = sqlx::query(
             // The sum is numeric, read as text: a bigint sum overflows at 9,224 deals of the
@@ -93,6 +108,7 @@ impl Reports {
             stages,
             managers,
             total_deals,
+            as_of: Some(as_of),
         })
     }
 }
@@ -263,6 +279,7 @@ impl Reports {
                 .map(|m| validate::required_text("manager_ids", m, 128))
                 .collect::<Result<_, _>>()?,
         };
+        let as_of = self.fresh_enough(&request.min_consistency_token).await?;
         let (cells, plans, reasons) = tokio::try_join!(
             reports::closed_cells(&self.pool, account_id, period, &scope),
             reports::plan_names(&self.pool, account_id),
@@ -297,6 +314,7 @@ impl Reports {
                 .map(|r| context.row(r, &[], &scope_filter))
                 .collect(),
             totals: Some(totals),
+            as_of: Some(as_of),
         })
     }
 
@@ -307,6 +325,7 @@ impl Reports {
     ) -> Result<pb::StageLossesResponse, ApiError> {
         let (period, _) = period_of(request.period)?;
         let plans_filter = plan_ids(&request.plan_ids)?;
+        let as_of = self.fresh_enough(&request.min_consistency_token).await?;
         let (losses, stages, names) = tokio::try_join!(
             reports::stage_losses(&self.pool, account_id, period, &plans_filter),
             reports::stages(&self.pool, account_id),
@@ -358,7 +377,10 @@ impl Reports {
                 }
             })
             .collect();
-        Ok(pb::StageLossesResponse { plans })
+        Ok(pb::StageLossesResponse {
+            plans,
+            as_of: Some(as_of),
+        })
     }
 }
 
@@ -396,7 +418,10 @@ impl ReportService for Reports {
             .as_deref()
             .map(|p| parse_id("plan_id", p))
             .transpose()?;
-        let summary = Reports::pipeline_summary(self, &actor.account_id, plan_id).await?;
+        let as_of = self
+            .fresh_enough(&request.get_ref().min_consistency_token)
+            .await?;
+        let summary = Reports::pipeline_summary(self, &actor.account_id, plan_id, as_of).await?;
         Ok(Response::new(summary))
     }
 }

@@ -5,6 +5,7 @@ pub mod domain;
 pub mod grpc;
 pub mod maintenance;
 pub mod names;
+pub mod progress;
 pub mod projection;
 pub mod reports;
 
@@ -14,7 +15,7 @@ use salesplan_platform::{
     auth::{AuthInterceptor, TokenVerifier},
     bus::{Bus, ConsumerSpec, streams},
     config::{ConfigError, Env},
-    db, grpc as server,
+    consistency, db, grpc as server,
     limits::ClassLimit,
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
@@ -31,6 +32,9 @@ pub struct Config {
     pub common: ServiceConfig,
     /// `SALESPLAN_LIMIT_REPORTS`: per account and replica, of every report call.
     pub reports_limit: ClassLimit,
+    /// `SALESPLAN_CONSISTENCY_WAIT_MS`: how long a report given a consistency token waits
+    /// for the read model to include it.
+    pub consistency_wait: std::time::Duration,
 }
 
 impl Config {
@@ -45,6 +49,7 @@ impl Config {
         Self {
             common: ServiceConfig::local(database_url, nats_url),
             reports_limit: Self::DEFAULT_REPORTS_LIMIT,
+            consistency_wait: consistency::DEFAULT_WAIT,
         }
     }
 }
@@ -60,6 +65,7 @@ impl Service for Config {
                 "SALESPLAN_LIMIT_REPORTS",
                 Self::DEFAULT_REPORTS_LIMIT,
             )?,
+            consistency_wait: consistency::wait_from_env(env)?,
         })
     }
 
@@ -77,13 +83,21 @@ impl Service for Config {
         let mut background = Background::new();
         background.consume(
             &bus,
-            ConsumerSpec::new(&streams::DEALS, "reporting-deals"),
-            Arc::new(projection::DealEvents::new(pool.clone())),
+            ConsumerSpec::new(&streams::DEALS, progress::DEALS_CONSUMER),
+            Arc::new(progress::Tracked::new(
+                projection::DealEvents::new(pool.clone()),
+                pool.clone(),
+                progress::DEALS_CONSUMER,
+            )),
         );
         background.consume(
             &bus,
-            ConsumerSpec::new(&streams::PLANS, "reporting-plans"),
-            Arc::new(names::PlanEvents::new(pool.clone())),
+            ConsumerSpec::new(&streams::PLANS, progress::PLANS_CONSUMER),
+            Arc::new(progress::Tracked::new(
+                names::PlanEvents::new(pool.clone()),
+                pool.clone(),
+                progress::PLANS_CONSUMER,
+            )),
         );
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
@@ -92,6 +106,7 @@ impl Service for Config {
                 grpc::Reports::new(
                     db::connect_reads(&common.database, SCHEMA).await?,
                     self.reports_limit,
+                    self.consistency_wait,
                 ),
                 interceptor,
             )),

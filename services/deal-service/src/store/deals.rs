@@ -156,7 +156,7 @@ impl Store {
             &count_deltas(created.iter().map(|(d, _)| (None, d))),
         )
         .await?;
-        tx.commit().await?;
+        super::commit(tx).await?;
         // Keys a concurrent call inserted first: their deal, as it stands now.
         let raced: Vec<String> = fresh
             .iter()
@@ -218,6 +218,7 @@ impl Store {
         // meanwhile: what the caller asked for holds, so it is answered as done, whatever
         // version the caller had.
         if already(&deal) {
+            super::note_seen(&mut tx).await?;
             return Ok(deal);
         }
         if deal.version != expected_version {
@@ -233,7 +234,7 @@ impl Store {
         mark_reasons_used(&mut tx, &changes).await?;
         events::record(&mut tx, actor_id, &changes, now).await?;
         counts::apply(&mut tx, &count_deltas([(Some(&deal), &changes[0].0)])).await?;
-        tx.commit().await?;
+        super::commit(tx).await?;
         let [(next, _)] = changes;
         Ok(next)
     }
@@ -301,7 +302,7 @@ impl Store {
             events::record(&mut tx, actor_id, &changes, now).await?;
             let deltas = count_deltas(changes.iter().map(|(d, _)| (deals.get(&d.id), d)));
             counts::apply(&mut tx, &deltas).await?;
-            tx.commit().await?;
+            super::commit(tx).await?;
             outcome.changed += changes.len() as i64;
         }
         Ok(outcome)

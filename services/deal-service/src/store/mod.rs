@@ -9,7 +9,8 @@ mod plans;
 mod queries;
 mod rows;
 
-use sqlx::PgPool;
+use salesplan_platform::consistency::{self, Token};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
 pub use deals::{BulkOutcome, BulkTarget};
@@ -41,6 +42,60 @@ impl Store {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+/// Commits a change, and notes its transaction as the call's consistency token: a read
+/// given the token includes this change.
+async fn commit(mut tx: Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    let xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    consistency::record(Token(xid));
+    Ok(())
+}
+
+/// For a call that changed nothing (a repeat of a change in force): notes as its token the
+/// newest write it could have seen, so a read given it includes what the answer showed.
+async fn note_seen(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let below: i64 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+            .fetch_one(conn)
+            .await?;
+    consistency::record(Token::of_horizon(below));
+    Ok(())
+}
+
+impl Store {
+    /// Waits (at most `wait`) until the write of `token` can be read on the read pool (a
+    /// replica replays it a moment after the primary committed it; on the primary it can
+    /// be read at once).
+    pub async fn readable(
+        &self,
+        token: Token,
+        wait: std::time::Duration,
+    ) -> Result<(), salesplan_platform::ApiError> {
+        consistency::wait_until(token, wait, || async {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT pg_xact_status($1::text::xid8)")
+                    .bind(token.0.to_string())
+                    .fetch_one(&self.reads)
+                    .await
+                    .map_err(|err| match &err {
+                        // "transaction ID … is in the future": not a token this system wrote.
+                        sqlx::Error::Database(db) if db.code().as_deref() == Some("22023") => {
+                            salesplan_platform::ApiError::invalid(
+                                "min_consistency_token",
+                                "not a consistency token of this system",
+                            )
+                        }
+                        _ => err.into(),
+                    })?;
+            // Committed, aborted, or so old its status is gone: nothing left to wait for.
+            Ok((status.as_deref() != Some("in progress")).then_some(()))
+        })
+        .await
     }
 }
 

@@ -79,7 +79,7 @@ impl Store {
             .bind(OUTBOX_CHANNEL)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        super::commit(tx).await?;
         Ok(moved)
     }
 }

@@ -49,7 +49,7 @@ impl Store {
         .await?;
         save_children(&mut tx, &plan).await?;
         events::record_plan(&mut tx, &plan, pb::plan_event::Kind::Created, actor_id, now).await?;
-        tx.commit().await?;
+        super::commit(tx).await?;
         Ok(plan)
     }
 
@@ -106,6 +106,7 @@ impl Store {
         let mut plan = before.clone();
         let out = change(&mut plan)?;
         if plan == before {
+            super::note_seen(&mut tx).await?;
             return Ok((plan, out));
         }
         if before.archived && !plan.archived {
@@ -114,7 +115,7 @@ impl Store {
         plan.advance(&before, now);
         save_plan(&mut tx, &plan).await?;
         events::record_plan(&mut tx, &plan, kind, actor_id, now).await?;
-        tx.commit().await?;
+        super::commit(tx).await?;
         Ok((plan, out))
     }
 
@@ -163,7 +164,7 @@ impl Store {
         plan.updated_at = now;
         save_plan(&mut tx, &plan).await?;
         events::record_plan(&mut tx, &plan, pb::plan_event::Kind::Updated, actor_id, now).await?;
-        tx.commit().await?;
+        super::commit(tx).await?;
         Ok((plan, moved))
     }
 

@@ -107,6 +107,16 @@ pub fn bulk_subjects_of(account_id: &str) -> String {
     format!("salesplan.bulk.v1.{account_id}.>")
 }
 
+/// Where deal-service's outbox relay publishes its horizons (`pb::Horizon`): four tokens,
+/// so never an account's subject (those have five).
+pub const DEALS_HORIZON: &str = "salesplan.deals.v1.horizon";
+pub const PLANS_HORIZON: &str = "salesplan.plans.v1.horizon";
+
+/// Whether a deal or plan stream's message is a horizon rather than an event.
+pub fn is_horizon(subject: &str) -> bool {
+    subject == DEALS_HORIZON || subject == PLANS_HORIZON
+}
+
 pub fn deal_subject(account_id: &str, kind: &str) -> String {
     format!("salesplan.deals.v1.{account_id}.{kind}")
 }

@@ -1,0 +1,207 @@
+//! Read your writes. A write answers with a consistency token: the id of the PostgreSQL
+//! transaction that made it (a 64-bit `xid8`, never reused). deal-service's outbox relay
+//! publishes horizon messages saying "every event of a transaction below H is in the
+//! stream before me"; a read model that has applied everything up to such a message holds
+//! every write whose token is below H. A read carrying a token waits, bounded, until then.
+//!
+//! The token of a call is collected without threading it through every store function:
+//! the gRPC layer gives each call a scope, [`record`] notes each committed transaction's
+//! id in it, and the layer answers with the highest one in the response header [`HEADER`].
+
+use std::{cell::Cell, fmt, time::Duration};
+
+use crate::ApiError;
+
+/// The response header that carries a write's token.
+pub const HEADER: &str = "salesplan-consistency-token";
+
+/// How long a read waits for its token by default (`SALESPLAN_CONSISTENCY_WAIT_MS`).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(2);
+
+/// `SALESPLAN_CONSISTENCY_WAIT_MS`: how long a read given a token waits for it (at most
+/// 30 s: a read holds its account's allowance meanwhile).
+pub fn wait_from_env(env: &crate::config::Env) -> Result<Duration, crate::config::ConfigError> {
+    let key = "SALESPLAN_CONSISTENCY_WAIT_MS";
+    let wait = env.millis(key, DEFAULT_WAIT)?;
+    if wait > Duration::from_secs(30) {
+        return Err(crate::config::ConfigError::new(
+            key,
+            "must be at most 30000",
+        ));
+    }
+    Ok(wait)
+}
+
+/// Polls `reached` until it answers `Some`, at most `wait`; then UNAVAILABLE: the read
+/// model has not caught up with `token` yet (the client retries, or reads without it).
+pub async fn wait_until<T, F, Fut>(
+    token: Token,
+    wait: Duration,
+    mut reached: F,
+) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, ApiError>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(found) = reached().await? {
+            return Ok(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::Unavailable(format!(
+                "not yet as fresh as consistency token {token} after {} ms; retry",
+                wait.as_millis()
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How often a waiting read looks again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// A write's position: every read that is "at least as fresh" includes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Token(pub i64);
+
+impl Token {
+    /// The token of a request field: none when empty; INVALID_ARGUMENT naming `field`
+    /// when it is not one this system wrote.
+    pub fn parse(field: &str, text: &str) -> Result<Option<Token>, ApiError> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.strip_prefix("v1.")
+            .and_then(|xid| xid.parse::<i64>().ok())
+            .filter(|xid| *xid > 0)
+            .map(|xid| Some(Token(xid)))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    field,
+                    "not a consistency token (the salesplan-consistency-token of a write)",
+                )
+            })
+    }
+
+    /// Whether a read model that applied every write below `horizon` includes this one.
+    pub fn covered_by(self, horizon: i64) -> bool {
+        self.0 < horizon
+    }
+
+    /// The newest token a read model at `horizon` includes.
+    pub fn of_horizon(horizon: i64) -> Token {
+        Token(horizon - 1)
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v1.{}", self.0)
+    }
+}
+
+tokio::task_local! {
+    static WRITTEN: Cell<Option<Token>>;
+}
+
+/// Notes that the current call committed (or read as of) `token`; outside a call's scope
+/// it does nothing.
+pub fn record(token: Token) {
+    let _ = WRITTEN.try_with(|written| {
+        written.set(Some(written.get().map_or(token, |t| t.max(token))));
+    });
+}
+
+/// Runs `call` in a scope of its own; returns its output and the highest token recorded.
+pub async fn tracking<F: Future>(call: F) -> (F::Output, Option<Token>) {
+    WRITTEN
+        .scope(Cell::new(None), async move {
+            let output = call.await;
+            (output, WRITTEN.with(Cell::get))
+        })
+        .await
+}
+
+/// Gives every gRPC call a token scope and answers with its token in [`HEADER`].
+#[derive(Clone, Default)]
+pub struct ConsistencyLayer;
+
+impl<S> tower::Layer<S> for ConsistencyLayer {
+    type Service = ConsistencyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ConsistencyService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct ConsistencyService<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for ConsistencyService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let (response, token) = tracking(response).await;
+            let mut response = response?;
+            if let Some(value) =
+                token.and_then(|t| http::HeaderValue::from_str(&t.to_string()).ok())
+            {
+                response.headers_mut().insert(HEADER, value);
+            }
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_bad_ones_name_the_field() {
+        let token = Token(42);
+        assert_eq!(Token::parse("t", &token.to_string()).unwrap(), Some(token));
+        assert_eq!(Token::parse("t", "").unwrap(), None);
+        for bad in ["42", "v1.", "v1.x", "v1.-3", "v2.42"] {
+            assert_eq!(
+                Token::parse("t", bad).unwrap_err().field(),
+                Some("t"),
+                "{bad}"
+            );
+        }
+        assert!(token.covered_by(43) && !token.covered_by(42));
+        assert!(Token::of_horizon(43) == token);
+    }
+
+    #[tokio::test]
+    async fn a_call_answers_with_the_highest_token_it_recorded() {
+        let ((), token) = tracking(async {
+            record(Token(7));
+            record(Token(9));
+            record(Token(8));
+        })
+        .await;
+        assert_eq!(token, Some(Token(9)));
+        let ((), none) = tracking(async {}).await;
+        assert_eq!(none, None);
+        record(Token(1)); // outside a scope: nothing happens
+    }
+}
