@@ -2,7 +2,7 @@
 //! each naming the field (nested fields as `contact.email`).
 
 use salesplan_platform::{
-    ApiError,
+    ApiError, Checks,
     ids::parse_id,
     validate::{self, ContactInput},
 };
@@ -108,23 +108,39 @@ fn distribution_to(d: Distribution) -> pb::Distribution {
 impl TryFrom<pb::CreatePlanRequest> for PlanDraft {
     type Error = ApiError;
 
+    /// Every field violation at once.
     fn try_from(req: pb::CreatePlanRequest) -> Result<Self, ApiError> {
-        let average_amount = money_from("average_amount", req.average_amount)?
-            .ok_or_else(|| ApiError::invalid("average_amount", "required"))?;
-        let managers = req
-            .manager_ids
-            .iter()
-            .map(|m| manager_id("manager_ids", m))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut checks = Checks::new();
+        let average_amount = checks.check(
+            money_from("average_amount", req.average_amount)
+                .and_then(|m| m.ok_or_else(|| ApiError::invalid("average_amount", "required"))),
+        );
+        let managers = checks.take(
+            req.manager_ids
+                .iter()
+                .map(|m| manager_id("manager_ids", m))
+                .collect::<Result<Vec<_>, _>>(),
+        );
+        let name = checks.take(validate::required_text(
+            "name",
+            &req.name,
+            plan::MAX_NAME_CHARS,
+        ));
+        let chat_label = checks.take(validate::required_text(
+            "chat_label",
+            &req.chat_label,
+            plan::MAX_LABEL_CHARS,
+        ));
+        let distribution = checks.check(distribution_from(req.distribution));
+        checks.finish()?;
+        let (Some(average_amount), Some(distribution)) = (average_amount, distribution) else {
+            return Err(ApiError::internal("a checked field is missing"));
+        };
         let draft = PlanDraft {
-            name: validate::required_text("name", &req.name, plan::MAX_NAME_CHARS)?,
+            name,
             average_amount,
-            chat_label: validate::required_text(
-                "chat_label",
-                &req.chat_label,
-                plan::MAX_LABEL_CHARS,
-            )?,
-            distribution: distribution_from(req.distribution)?,
+            chat_label,
+            distribution,
             managers,
         };
         draft.check()?;
@@ -183,26 +199,35 @@ impl From<&Plan> for pb::Plan {
 impl TryFrom<pb::CreateDealRequest> for NewDeal {
     type Error = ApiError;
 
+    /// Every field violation at once.
     fn try_from(req: pb::CreateDealRequest) -> Result<Self, ApiError> {
-        let contact = contact_from("contact", req.contact)?;
-        Ok(NewDeal {
-            plan_id: parse_id("plan_id", &req.plan_id)?,
-            stage_id: req
-                .stage_id
-                .as_deref()
-                .map(|s| parse_id("stage_id", s))
-                .transpose()?,
-            contact,
-            title: title(&req.title)?,
-            amount: money_from("amount", req.amount)?,
-            manager_id: req
-                .manager_id
-                .as_deref()
-                .map(|m| manager_id("manager_id", m))
-                .transpose()?,
-            idempotency_key: validate::required_text("idempotency_key", &req.idempotency_key, 200)?,
+        let mut checks = Checks::new();
+        let deal = NewDeal {
+            plan_id: checks.take(parse_id("plan_id", &req.plan_id)),
+            stage_id: checks.take(
+                req.stage_id
+                    .as_deref()
+                    .map(|s| parse_id("stage_id", s))
+                    .transpose(),
+            ),
+            contact: checks.take(contact_from("contact", req.contact)),
+            title: checks.take(title(&req.title)),
+            amount: checks.take(money_from("amount", req.amount)),
+            manager_id: checks.take(
+                req.manager_id
+                    .as_deref()
+                    .map(|m| manager_id("manager_id", m))
+                    .transpose(),
+            ),
+            idempotency_key: checks.take(validate::required_text(
+                "idempotency_key",
+                &req.idempotency_key,
+                200,
+            )),
             accepted_at_plan_version: req.accepted_at_plan_version,
-        })
+        };
+        checks.finish()?;
+        Ok(deal)
     }
 }
 
@@ -318,35 +343,40 @@ fn status_from(field: &str, value: i32) -> Result<DealStatus, ApiError> {
 }
 
 /// The filter of a list, board or bulk request. Field names are prefixed with `filter.`.
+/// A filter as a query; every field violation at once.
 pub fn query_from(filter: Option<pb::DealFilter>) -> Result<DealQuery, ApiError> {
     let f = filter.unwrap_or_default();
-    let err = |e: ApiError| e.within("filter");
-    let search = validate::text("search", &f.search, 200).map_err(err)?;
-    Ok(DealQuery {
-        plan_id: (!f.plan_id.is_empty())
-            .then(|| parse_id("plan_id", &f.plan_id))
-            .transpose()
-            .map_err(err)?,
-        stage_ids: ids("stage_ids", &f.stage_ids).map_err(err)?,
-        managers: f
-            .manager_ids
-            .iter()
-            .map(|m| manager_id("manager_ids", m))
-            .collect::<Result<_, _>>()
-            .map_err(err)?,
+    let mut checks = Checks::new();
+    let search = validate::text("search", &f.search, 200)
+        .and_then(|text| Search::new(&text).map_err(ApiError::from));
+    let query = DealQuery {
+        plan_id: checks.take(
+            (!f.plan_id.is_empty())
+                .then(|| parse_id("plan_id", &f.plan_id))
+                .transpose(),
+        ),
+        stage_ids: checks.take(ids("stage_ids", &f.stage_ids)),
+        managers: checks.take(
+            f.manager_ids
+                .iter()
+                .map(|m| manager_id("manager_ids", m))
+                .collect::<Result<_, _>>(),
+        ),
         unassigned: f.unassigned,
-        statuses: f
-            .statuses
-            .iter()
-            .map(|s| status_from("statuses", *s))
-            .collect::<Result<_, _>>()
-            .map_err(err)?,
-        loss_reason_ids: ids("loss_reason_ids", &f.loss_reason_ids).map_err(err)?,
+        statuses: checks.take(
+            f.statuses
+                .iter()
+                .map(|s| status_from("statuses", *s))
+                .collect::<Result<_, _>>(),
+        ),
+        loss_reason_ids: checks.take(ids("loss_reason_ids", &f.loss_reason_ids)),
         without_loss_reason: f.without_loss_reason,
-        created: range_from("created", f.created).map_err(err)?,
-        closed: range_from("closed", f.closed).map_err(err)?,
-        search: Search::new(&search).map_err(ApiError::from).map_err(err)?,
-    })
+        created: checks.take(range_from("created", f.created)),
+        closed: checks.take(range_from("closed", f.closed)),
+        search: checks.take(search),
+    };
+    checks.finish().map_err(|e| e.within("filter"))?;
+    Ok(query)
 }
 
 pub fn sort_from(sort: Option<pb::DealSort>) -> Result<Sort, ApiError> {

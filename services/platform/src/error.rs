@@ -1,21 +1,115 @@
-//! The API error every service returns, and the one place that decides its gRPC code.
+//! The API error every service returns, and the one place that decides its gRPC code and
+//! its details (the richer error model: `google.rpc.ErrorInfo` on every error, `BadRequest`
+//! with every field violation, `RetryInfo` on RESOURCE_EXHAUSTED).
+
+use std::fmt;
 
 use tonic::{Code, Status};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// The `ErrorInfo.domain` of every error.
+pub const ERROR_DOMAIN: &str = "salesplan.v1";
+
+/// Why a request was refused, for machines: the `ErrorInfo.reason` of every error. The
+/// names are stable; clients may match on them (listed in `proto/salesplan/v1/common.proto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// INVALID_ARGUMENT: see the BadRequest detail for every field and why.
+    InvalidFields,
+    /// INVALID_ARGUMENT: the plan requires a loss reason to close a deal as LOST.
+    LossReasonRequired,
+    NotFound,
+    AlreadyExists,
+    PermissionMissing,
+    Unauthenticated,
+    /// ABORTED: the entity changed since the caller read it (its version moved on).
+    StaleVersion,
+    /// RESOURCE_EXHAUSTED: over a limit of the account; RetryInfo says when to retry.
+    AccountLimit,
+    Unavailable,
+    DeadlineExceeded,
+    Internal,
+    // FAILED_PRECONDITION, by the rule that refused:
+    PlanArchived,
+    PlanCapReached,
+    StageCapReached,
+    ProtectedStage,
+    LastOpenStage,
+    StageHoldsDeals,
+    ManagerNotInPlan,
+    DealClosed,
+    DealOpen,
+    NothingToChange,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidFields => "INVALID_FIELDS",
+            Self::LossReasonRequired => "LOSS_REASON_REQUIRED",
+            Self::NotFound => "NOT_FOUND",
+            Self::AlreadyExists => "ALREADY_EXISTS",
+            Self::PermissionMissing => "PERMISSION_MISSING",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::StaleVersion => "STALE_VERSION",
+            Self::AccountLimit => "ACCOUNT_LIMIT",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Self::Internal => "INTERNAL",
+            Self::PlanArchived => "PLAN_ARCHIVED",
+            Self::PlanCapReached => "PLAN_CAP_REACHED",
+            Self::StageCapReached => "STAGE_CAP_REACHED",
+            Self::ProtectedStage => "PROTECTED_STAGE",
+            Self::LastOpenStage => "LAST_OPEN_STAGE",
+            Self::StageHoldsDeals => "STAGE_HOLDS_DEALS",
+            Self::ManagerNotInPlan => "MANAGER_NOT_IN_PLAN",
+            Self::DealClosed => "DEAL_CLOSED",
+            Self::DealOpen => "DEAL_OPEN",
+            Self::NothingToChange => "NOTHING_TO_CHANGE",
+        }
+    }
+}
+
+/// One field of a request and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub field: String,
+    pub reason: String,
+}
+
+/// Every violation of a request, shown as `field: reason; field: reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violations(pub Vec<Violation>);
+
+impl fmt::Display for Violations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, v) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", v.field, v.reason)?;
+        }
+        Ok(())
+    }
+}
+
 /// What went wrong, in terms a caller can act on. Internal details (SQL, I/O) stay in the
 /// `Internal` source, which is logged and never sent to the client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{field}: {reason}")]
-    InvalidArgument { field: String, reason: String },
+    /// Every field violation of the request at once.
+    #[error("{violations}")]
+    InvalidArgument {
+        violations: Violations,
+        reason: Reason,
+    },
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
+    #[error("{message}")]
+    FailedPrecondition { reason: Reason, message: String },
     #[error("missing permission {0}")]
     PermissionDenied(String),
     #[error("{0}")]
@@ -42,8 +136,45 @@ pub enum ApiError {
 impl ApiError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
+            violations: Violations(vec![Violation {
+                field: field.into(),
+                reason: reason.into(),
+            }]),
+            reason: Reason::InvalidFields,
+        }
+    }
+
+    /// A request refused by a rule of the state it meets (FAILED_PRECONDITION).
+    pub fn precondition(reason: Reason, message: impl Into<String>) -> Self {
+        Self::FailedPrecondition {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The machine-readable reason (`ErrorInfo.reason`).
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::InvalidArgument { reason, .. } | Self::FailedPrecondition { reason, .. } => {
+                *reason
+            }
+            Self::NotFound(_) => Reason::NotFound,
+            Self::AlreadyExists(_) => Reason::AlreadyExists,
+            Self::PermissionDenied(_) => Reason::PermissionMissing,
+            Self::Unauthenticated(_) => Reason::Unauthenticated,
+            Self::Aborted(_) => Reason::StaleVersion,
+            Self::Unavailable(_) => Reason::Unavailable,
+            Self::ResourceExhausted { .. } => Reason::AccountLimit,
+            Self::DeadlineExceeded(_) => Reason::DeadlineExceeded,
+            Self::Internal(_) => Reason::Internal,
+        }
+    }
+
+    /// Every field violation (empty for other errors).
+    pub fn violations(&self) -> &[Violation] {
+        match self {
+            Self::InvalidArgument { violations, .. } => &violations.0,
+            _ => &[],
         }
     }
 
@@ -60,7 +191,7 @@ impl ApiError {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
-            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::FailedPrecondition { .. } => Code::FailedPrecondition,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Aborted(_) => Code::Aborted,
@@ -78,7 +209,7 @@ impl ApiError {
             Self::InvalidArgument { .. } => S::BAD_REQUEST,
             Self::NotFound(_) => S::NOT_FOUND,
             Self::AlreadyExists(_) | Self::Aborted(_) => S::CONFLICT,
-            Self::FailedPrecondition(_) => S::UNPROCESSABLE_ENTITY,
+            Self::FailedPrecondition { .. } => S::UNPROCESSABLE_ENTITY,
             Self::PermissionDenied(_) => S::FORBIDDEN,
             Self::Unauthenticated(_) => S::UNAUTHORIZED,
             Self::Unavailable(_) => S::SERVICE_UNAVAILABLE,
@@ -88,20 +219,26 @@ impl ApiError {
         }
     }
 
-    /// The field an `InvalidArgument` is about.
+    /// The (first) field an `InvalidArgument` is about.
     pub fn field(&self) -> Option<&str> {
-        match self {
-            Self::InvalidArgument { field, .. } => Some(field),
-            _ => None,
-        }
+        self.violations().first().map(|v| v.field.as_str())
     }
 
-    /// Prefixes the field of an `InvalidArgument`, for errors of a nested message
+    /// Prefixes the fields of an `InvalidArgument`, for errors of a nested message
     /// (`contact` + `email` → `contact.email`).
     pub fn within(self, parent: &str) -> Self {
         match self {
-            Self::InvalidArgument { field, reason } => Self::InvalidArgument {
-                field: format!("{parent}.{field}"),
+            Self::InvalidArgument { violations, reason } => Self::InvalidArgument {
+                violations: Violations(
+                    violations
+                        .0
+                        .into_iter()
+                        .map(|v| Violation {
+                            field: format!("{parent}.{}", v.field),
+                            reason: v.reason,
+                        })
+                        .collect(),
+                ),
                 reason,
             },
             other => other,
@@ -109,22 +246,105 @@ impl ApiError {
     }
 }
 
+/// Collects the field violations of a request, so it is refused once with all of them.
+/// Any other error met on the way (NOT_FOUND, …) wins over them.
+#[derive(Debug, Default)]
+pub struct Checks {
+    violations: Vec<Violation>,
+    reason: Option<Reason>,
+    other: Option<ApiError>,
+}
+
+impl Checks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value, or its default while the error is noted.
+    pub fn take<T: Default>(&mut self, result: Result<T, ApiError>) -> T {
+        self.check(result).unwrap_or_default()
+    }
+
+    /// The value, or `None` while the error is noted.
+    pub fn check<T>(&mut self, result: Result<T, ApiError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(err) => {
+                self.note(err);
+                None
+            }
+        }
+    }
+
+    pub fn note(&mut self, err: ApiError) {
+        match err {
+            ApiError::InvalidArgument { violations, reason } => {
+                // One reason per field: the first found (a JSON type before a format).
+                for v in violations.0 {
+                    if !self.violations.iter().any(|seen| seen.field == v.field) {
+                        self.violations.push(v);
+                    }
+                }
+                // A specific reason says more than "invalid fields".
+                if reason != Reason::InvalidFields || self.reason.is_none() {
+                    self.reason = Some(reason);
+                }
+            }
+            other => {
+                self.other.get_or_insert(other);
+            }
+        }
+    }
+
+    /// Whether nothing was noted so far.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty() && self.other.is_none()
+    }
+
+    /// Ok when every check passed; else the first other error, or every violation.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if let Some(other) = self.other {
+            return Err(other);
+        }
+        if self.violations.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::InvalidArgument {
+            violations: Violations(self.violations),
+            reason: self.reason.unwrap_or(Reason::InvalidFields),
+        })
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
-        use tonic_types::{ErrorDetails, StatusExt};
+        use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+        if let ApiError::Internal(source) = &err {
+            tracing::error!(error = %source, "internal error");
+        }
+        let mut details = ErrorDetails::new();
+        details.set_error_info(
+            err.reason().as_str(),
+            ERROR_DOMAIN,
+            std::collections::HashMap::<String, String>::new(),
+        );
         match &err {
-            ApiError::Internal(source) => tracing::error!(error = %source, "internal error"),
+            ApiError::InvalidArgument { violations, .. } => {
+                details.set_bad_request(
+                    violations
+                        .0
+                        .iter()
+                        .map(|v| FieldViolation::new(v.field.clone(), v.reason.clone()))
+                        .collect::<Vec<_>>(),
+                );
+            }
             // The standard RetryInfo detail, so clients back off by the server's word.
             ApiError::ResourceExhausted { retry_after, .. } => {
-                return Status::with_error_details(
-                    err.code(),
-                    err.to_string(),
-                    ErrorDetails::with_retry_info(Some(*retry_after)),
-                );
+                details.set_retry_info(Some(*retry_after));
             }
             _ => {}
         }
-        Status::new(err.code(), err.to_string())
+        Status::with_error_details(err.code(), err.to_string(), details)
     }
 }
 
@@ -187,6 +407,69 @@ mod tests {
         let status: Status = ApiError::invalid("contact.email", "not an email address").into();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "contact.email: not an email address");
+    }
+
+    #[test]
+    fn every_violation_travels_in_one_status_with_its_reason() {
+        use tonic_types::StatusExt;
+        let mut checks = Checks::new();
+        let name: String = checks.take(Err(ApiError::invalid("name", "required")));
+        let label: Option<String> = checks.check(Ok("x".to_owned()));
+        checks.note(ApiError::invalid("amount", "negative").within("average_amount"));
+        assert!(name.is_empty() && label.is_some() && !checks.passed());
+        let status: Status = checks.finish().unwrap_err().into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "name: required; average_amount.amount: negative"
+        );
+        let details = status.get_error_details();
+        let fields: Vec<&str> = details
+            .bad_request()
+            .expect("BadRequest")
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["name", "average_amount.amount"]);
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("INVALID_FIELDS", ERROR_DOMAIN)
+        );
+    }
+
+    #[test]
+    fn every_error_carries_its_reason_and_limits_say_when_to_retry() {
+        use tonic_types::StatusExt;
+        let cases = [
+            (
+                ApiError::precondition(Reason::PlanArchived, "plan p is archived"),
+                "PLAN_ARCHIVED",
+            ),
+            (ApiError::Aborted("stale".into()), "STALE_VERSION"),
+            (ApiError::not_found("plan p"), "NOT_FOUND"),
+            (ApiError::internal(std::io::Error::other("x")), "INTERNAL"),
+        ];
+        for (err, reason) in cases {
+            let status: Status = err.into();
+            let info = status.get_error_details().error_info().cloned();
+            assert_eq!(info.map(|i| i.reason), Some(reason.to_owned()));
+        }
+        let status: Status = ApiError::ResourceExhausted {
+            message: "slow down".into(),
+            retry_after: std::time::Duration::from_millis(1500),
+        }
+        .into();
+        let details = status.get_error_details();
+        assert_eq!(
+            details.retry_info().and_then(|r| r.retry_delay),
+            Some(std::time::Duration::from_millis(1500))
+        );
+        assert_eq!(
+            details.error_info().map(|i| i.reason.as_str()),
+            Some("ACCOUNT_LIMIT")
+        );
     }
 
     #[test]

@@ -19,4 +19,4 @@ pub mod telemetry;
 pub mod validate;
 
 pub use auth::{Actor, Permission};
-pub use error::ApiError;
+pub use error::{ApiError, Checks, Reason};

@@ -15,19 +15,25 @@ pub struct ContactInput {
 impl ContactInput {
     /// Trims every field, checks formats and lengths, and requires at least one of
     /// external id, email or phone (a contact must be reachable or identifiable).
+    /// Every violation is reported at once.
     pub fn validated(self) -> Result<Self, ApiError> {
+        let mut checks = crate::Checks::new();
         let contact = Self {
-            external_id: text("external_id", &self.external_id, 128)?,
-            name: text("name", &self.name, 200)?,
-            email: email("email", &self.email)?,
-            phone: phone("phone", &self.phone)?,
+            external_id: checks.take(text("external_id", &self.external_id, 128)),
+            name: checks.take(text("name", &self.name, 200)),
+            email: checks.take(email("email", &self.email)),
+            phone: checks.take(phone("phone", &self.phone)),
         };
-        if contact.external_id.is_empty() && contact.email.is_empty() && contact.phone.is_empty() {
-            return Err(ApiError::invalid(
+        let unreachable = [&self.external_id, &self.email, &self.phone]
+            .iter()
+            .all(|f| f.trim().is_empty());
+        if unreachable {
+            checks.note(ApiError::invalid(
                 "external_id",
                 "one of external_id, email or phone is required",
             ));
         }
+        checks.finish()?;
         Ok(contact)
     }
 
@@ -137,24 +143,25 @@ pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 /// A money amount: 0 to [`MAX_AMOUNT_MINOR`] minor units of a three-letter upper-case
 /// currency.
 pub fn money(field: &str, amount_minor: i64, currency: &str) -> Result<(i64, String), ApiError> {
+    let mut checks = crate::Checks::new();
     if amount_minor < 0 {
-        return Err(ApiError::invalid(
+        checks.note(ApiError::invalid(
             format!("{field}.amount_minor"),
             "must not be negative",
         ));
-    }
-    if amount_minor > MAX_AMOUNT_MINOR {
-        return Err(ApiError::invalid(
+    } else if amount_minor > MAX_AMOUNT_MINOR {
+        checks.note(ApiError::invalid(
             format!("{field}.amount_minor"),
             format!("must be at most {MAX_AMOUNT_MINOR} (10^15 minor units)"),
         ));
     }
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(ApiError::invalid(
+        checks.note(ApiError::invalid(
             format!("{field}.currency"),
             "must be a three-letter ISO 4217 code such as USD",
         ));
     }
+    checks.finish()?;
     Ok((amount_minor, currency.to_owned()))
 }
 

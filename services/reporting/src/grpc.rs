@@ -3,7 +3,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use salesplan_platform::{
-    ApiError, auth,
+    ApiError, Checks, auth,
     consistency::Token,
     ids::parse_id,
     limits::{AccountLimiter, ClassLimit},
@@ -265,19 +265,30 @@ impl Reports {
         account_id: &str,
         request: pb::LossReasonsRequest,
     ) -> Result<pb::LossReasonsResponse, ApiError> {
-        let by = match pb::ReportGrouping::try_from(request.group_by) {
-            Ok(pb::ReportGrouping::Plan) => GroupBy::Plan,
-            Ok(pb::ReportGrouping::Manager) => GroupBy::Manager,
-            _ => return Err(ApiError::invalid("group_by", "must be PLAN or MANAGER")),
-        };
-        let (period, range) = period_of(request.period)?;
+        let mut checks = Checks::new();
+        let by = checks.check(match pb::ReportGrouping::try_from(request.group_by) {
+            Ok(pb::ReportGrouping::Plan) => Ok(GroupBy::Plan),
+            Ok(pb::ReportGrouping::Manager) => Ok(GroupBy::Manager),
+            _ => Err(ApiError::invalid("group_by", "must be PLAN or MANAGER")),
+        });
+        let period = checks.check(period_of(request.period));
         let scope = Scope {
-            plans: plan_ids(&request.plan_ids)?,
-            managers: request
-                .manager_ids
-                .iter()
-                .map(|m| validate::required_text("manager_ids", m, 128))
-                .collect::<Result<_, _>>()?,
+            plans: checks.take(plan_ids(&request.plan_ids)),
+            managers: checks.take(
+                request
+                    .manager_ids
+                    .iter()
+                    .map(|m| validate::required_text("manager_ids", m, 128))
+                    .collect::<Result<_, _>>(),
+            ),
+        };
+        checks.check(Token::parse(
+            "min_consistency_token",
+            &request.min_consistency_token,
+        ));
+        checks.finish()?;
+        let (Some(by), Some((period, range))) = (by, period) else {
+            return Err(ApiError::internal("a checked field is missing"));
         };
         let as_of = self.fresh_enough(&request.min_consistency_token).await?;
         let (cells, plans, reasons) = tokio::try_join!(

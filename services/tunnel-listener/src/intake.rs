@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use salesplan_platform::{
-    Actor, ApiError,
+    Actor, ApiError, Checks,
     bus::{Bus, Outgoing, pending_by_account, streams},
     ids::{derived_id, parse_id},
     limits::{AccountLimiter, Permit},
@@ -81,24 +81,30 @@ fn amount_from(amount: &Option<pb::Money>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks every field of a lead and normalises it (trimmed text, lower-case e-mail).
+/// Checks every field of a lead and normalises it (trimmed text, lower-case e-mail); a
+/// bad lead is refused once, with every violation.
 pub fn validated_lead(lead: pb::Lead) -> Result<pb::Lead, ApiError> {
-    parse_id("plan_id", &lead.plan_id)?;
-    amount_from(&lead.amount)?;
-    Ok(pb::Lead {
-        contact: Some(contact_from(lead.contact)?),
-        tunnel_id: validate::text("tunnel_id", &lead.tunnel_id, 128)?,
-        block_id: validate::text("block_id", &lead.block_id, 128)?,
-        run_id: validate::required_text("run_id", &lead.run_id, 200)?,
-        title: validate::text("title", &lead.title, 300)?,
-        related_manager_id: lead
-            .related_manager_id
-            .map(|m| validate::text("related_manager_id", &m, 128))
-            .transpose()?
+    let mut checks = Checks::new();
+    checks.check(parse_id("plan_id", &lead.plan_id));
+    checks.check(amount_from(&lead.amount));
+    let lead = pb::Lead {
+        contact: checks.check(contact_from(lead.contact)),
+        tunnel_id: checks.take(validate::text("tunnel_id", &lead.tunnel_id, 128)),
+        block_id: checks.take(validate::text("block_id", &lead.block_id, 128)),
+        run_id: checks.take(validate::required_text("run_id", &lead.run_id, 200)),
+        title: checks.take(validate::text("title", &lead.title, 300)),
+        related_manager_id: checks
+            .take(
+                lead.related_manager_id
+                    .map(|m| validate::text("related_manager_id", &m, 128))
+                    .transpose(),
+            )
             .filter(|m| !m.is_empty()),
         plan_id: lead.plan_id,
         amount: lead.amount,
-    })
+    };
+    checks.finish()?;
+    Ok(lead)
 }
 
 /// The intake id of a lead: the same for every retry of the same tunnel run through the
@@ -201,6 +207,11 @@ impl Intake {
         self.interactive.admit(&actor.account_id)
     }
 
+    /// Counts a lead refused before it reached [`Intake::accept`] (a webhook body).
+    pub fn count_rejected(&self, source: pb::IntakeSource) {
+        self.count(source, "rejected", 1);
+    }
+
     fn count(&self, source: pb::IntakeSource, outcome: &'static str, n: u64) {
         if n > 0 {
             self.leads.add(
@@ -277,9 +288,10 @@ impl Intake {
         if let Some(m) = &assign_to
             && !plan.managers.contains(m)
         {
-            return Err(ApiError::FailedPrecondition(format!(
-                "assign_to_manager_id: {m} is not a member of plan {plan_id}"
-            )));
+            return Err(ApiError::precondition(
+                salesplan_platform::Reason::ManagerNotInPlan,
+                format!("assign_to_manager_id: {m} is not a member of plan {plan_id}"),
+            ));
         }
         Ok(AudienceJob {
             plan_id,

@@ -15,10 +15,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use salesplan_platform::{ApiError, Permission, auth::TokenVerifier, telemetry};
+use salesplan_platform::{ApiError, Checks, Permission, auth::TokenVerifier, telemetry};
 use salesplan_proto::v1 as pb;
-use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::intake::{self, Intake};
@@ -33,69 +32,10 @@ pub struct WebhookState {
 pub fn router(state: Arc<WebhookState>, max_body_bytes: usize) -> Router {
     Router::new()
         .route(PATH, post(add_to_sales_plan))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
-}
-
-/// The JSON body of the webhook. Unknown fields are ignored, so a newer funnel builder
-/// can send more.
-#[derive(Debug, Deserialize)]
-struct LeadJson {
-    plan_id: String,
-    #[serde(default)]
-    tunnel_id: String,
-    #[serde(default)]
-    block_id: String,
-    run_id: String,
-    contact: ContactJson,
-    #[serde(default)]
-    title: String,
-    #[serde(default)]
-    amount: Option<MoneyJson>,
-    #[serde(default)]
-    related_manager_id: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ContactJson {
-    #[serde(default)]
-    external_id: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    email: String,
-    #[serde(default)]
-    phone: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct MoneyJson {
-    amount_minor: i64,
-    currency: String,
-}
-
-impl From<LeadJson> for pb::Lead {
-    fn from(json: LeadJson) -> Self {
-        pb::Lead {
-            plan_id: json.plan_id,
-            tunnel_id: json.tunnel_id,
-            block_id: json.block_id,
-            run_id: json.run_id,
-            contact: Some(pb::Contact {
-                external_id: json.contact.external_id,
-                name: json.contact.name,
-                email: json.contact.email,
-                phone: json.contact.phone,
-            }),
-            title: json.title,
-            amount: json.amount.map(|m| pb::Money {
-                amount_minor: m.amount_minor,
-                currency: m.currency,
-            }),
-            related_manager_id: json.related_manager_id,
-        }
-    }
 }
 
 async fn add_to_sales_plan(
@@ -136,53 +76,135 @@ async fn handle(
         .map_err(ApiError::from)?;
     actor.require(Permission::IntakeWrite)?;
     let _permit = state.intake.admit_lead(&actor)?;
+    if !declared_json(headers) {
+        return Err(WebhookError::Body(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
     let body = body.map_err(|rejection| WebhookError::Body(rejection.status()))?;
-    let lead = parse(&body)?;
+    let lead = parse_lead(&body).inspect_err(|_| {
+        state.intake.count_rejected(pb::IntakeSource::Webhook);
+    })?;
     Ok(state
         .intake
-        .accept(&actor, lead.into(), pb::IntakeSource::Webhook)
+        .accept(&actor, lead, pb::IntakeSource::Webhook)
         .await?)
 }
 
-/// A webhook body as the validated lead it carries (what the handler publishes), or the
-/// field and reason it is refused for. Never panics, whatever the bytes.
+/// A webhook body as the validated lead it carries (what the handler publishes), or every
+/// field it is refused for, at once. Never panics, whatever the bytes. Unknown fields are
+/// ignored, so a newer funnel builder can send more.
 pub fn parse_lead(body: &[u8]) -> Result<pb::Lead, ApiError> {
-    intake::validated_lead(parse(body)?.into())
+    let mut checks = Checks::new();
+    let lead = read_lead(body, &mut checks)?;
+    // Fields refused for their JSON type keep that reason (the first per field wins).
+    checks.check(intake::validated_lead(lead.clone()));
+    checks.finish()?;
+    intake::validated_lead(lead)
 }
 
-fn parse(body: &[u8]) -> Result<LeadJson, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        // "." is the root; "?" is where a syntax error left no path.
-        let path = if path == "?" { ".".to_owned() } else { path };
-        let message = inner.to_string();
-        // "missing field `run_id` at line 1 column 9": the field is the missing one.
-        let field = match message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.split_once('`'))
-        {
-            Some((missing, _)) if path == "." => missing.to_owned(),
-            Some((missing, _)) => format!("{path}.{missing}"),
-            None if path == "." => "body".to_owned(),
-            None => path,
-        };
-        let malformed = matches!(
-            inner.classify(),
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
-        );
-        let field = if malformed { "body".to_owned() } else { field };
-        let reason = match malformed {
-            true => "malformed JSON".to_owned(),
-            false => message
-                .split(" at line ")
-                .next()
-                .unwrap_or(&message)
-                .to_owned(),
-        };
-        ApiError::invalid(field, reason)
+/// The lead's fields as JSON gives them; a missing or mistyped field is noted and left
+/// empty. Only a body that is not a JSON object is refused at once.
+fn read_lead(body: &[u8], checks: &mut Checks) -> Result<pb::Lead, ApiError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|_| ApiError::invalid("body", "malformed JSON"))?;
+    let Value::Object(root) = value else {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    };
+    let mut field = |name: &str, required: bool| string_at(&root, "", name, required, checks);
+    let lead = pb::Lead {
+        plan_id: field("plan_id", true),
+        tunnel_id: field("tunnel_id", false),
+        block_id: field("block_id", false),
+        run_id: field("run_id", true),
+        title: field("title", false),
+        related_manager_id: match root.get("related_manager_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m)) => Some(m.clone()),
+            Some(_) => {
+                checks.note(ApiError::invalid("related_manager_id", "must be a string"));
+                None
+            }
+        },
+        contact: Some(read_contact(root.get("contact"), checks)),
+        amount: read_amount(root.get("amount"), checks),
+    };
+    Ok(lead)
+}
+
+fn read_contact(value: Option<&Value>, checks: &mut Checks) -> pb::Contact {
+    let contact = match value {
+        Some(Value::Object(contact)) => contact,
+        None | Some(Value::Null) => {
+            checks.note(ApiError::invalid("contact", "required"));
+            return pb::Contact::default();
+        }
+        Some(_) => {
+            checks.note(ApiError::invalid("contact", "must be an object"));
+            return pb::Contact::default();
+        }
+    };
+    let mut field = |name: &str| string_at(contact, "contact.", name, false, checks);
+    pb::Contact {
+        external_id: field("external_id"),
+        name: field("name"),
+        email: field("email"),
+        phone: field("phone"),
+    }
+}
+
+fn read_amount(value: Option<&Value>, checks: &mut Checks) -> Option<pb::Money> {
+    let amount = match value {
+        None | Some(Value::Null) => return None,
+        Some(Value::Object(amount)) => amount,
+        Some(_) => {
+            checks.note(ApiError::invalid("amount", "must be an object"));
+            return None;
+        }
+    };
+    let amount_minor = match amount.get("amount_minor") {
+        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
+        None | Some(Value::Null) => {
+            checks.note(ApiError::invalid("amount.amount_minor", "required"));
+            None
+        }
+        Some(_) => {
+            checks.note(ApiError::invalid(
+                "amount.amount_minor",
+                "must be an integer (minor units)",
+            ));
+            None
+        }
+    };
+    let currency = string_at(amount, "amount.", "currency", true, checks);
+    Some(pb::Money {
+        amount_minor: amount_minor.unwrap_or_default(),
+        currency,
     })
+}
+
+/// The string at `name` of `object` (empty when absent or null), noting a missing required
+/// one or one of another type under `prefix` + `name`.
+fn string_at(
+    object: &serde_json::Map<String, Value>,
+    prefix: &str,
+    name: &str,
+    required: bool,
+    checks: &mut Checks,
+) -> String {
+    match object.get(name) {
+        Some(Value::String(text)) => text.clone(),
+        None | Some(Value::Null) if !required => String::new(),
+        None | Some(Value::Null) => {
+            checks.note(ApiError::invalid(format!("{prefix}{name}"), "required"));
+            String::new()
+        }
+        Some(_) => {
+            checks.note(ApiError::invalid(
+                format!("{prefix}{name}"),
+                "must be a string",
+            ));
+            String::new()
+        }
+    }
 }
 
 enum WebhookError {
@@ -220,6 +242,12 @@ fn error_response(err: WebhookError) -> Response {
             "request body is larger than the limit",
             None,
         ),
+        WebhookError::Body(StatusCode::UNSUPPORTED_MEDIA_TYPE) => json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON (Content-Type: application/json)",
+            None,
+        ),
         WebhookError::Body(status) => {
             json_error(status, "bad_request", "cannot read request body", None)
         }
@@ -228,11 +256,26 @@ fn error_response(err: WebhookError) -> Response {
                 tracing::error!(error = %source, "webhook failed");
             }
             let code = format!("{:?}", err.code()).to_lowercase();
-            let message = match &err {
-                ApiError::InvalidArgument { reason, .. } => reason.clone(),
-                other => other.to_string(),
+            let message = match err.violations() {
+                [only] => only.reason.clone(),
+                _ => err.to_string(),
             };
-            json_error(err.http_status(), &snake(&code), &message, err.field())
+            let mut error = json!({
+                "code": snake(&code),
+                "message": message,
+                "reason": err.reason().as_str(),
+            });
+            if let Some(field) = err.field() {
+                error["field"] = json!(field);
+            }
+            if !err.violations().is_empty() {
+                error["violations"] = err
+                    .violations()
+                    .iter()
+                    .map(|v| json!({"field": v.field, "reason": v.reason}))
+                    .collect();
+            }
+            (err.http_status(), Json(json!({ "error": error }))).into_response()
         }
     }
 }
@@ -263,28 +306,108 @@ async fn not_found() -> Response {
     json_error(StatusCode::NOT_FOUND, "not_found", "no such route", None)
 }
 
+async fn method_not_allowed() -> Response {
+    let mut response = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route takes POST only",
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+    response
+}
+
+/// A body declared as something other than JSON is refused (415); a body without a
+/// content type is read as JSON (funnel builders often send none).
+fn declared_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
+        return true;
+    };
+    let media = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const PLAN: &str = "0190b6c2-2f5e-7d4b-9c1a-1234567890ab";
+
+    fn fields(body: &str) -> Vec<String> {
+        parse_lead(body.as_bytes())
+            .unwrap_err()
+            .violations()
+            .iter()
+            .map(|v| v.field.clone())
+            .collect()
+    }
+
     #[test]
     fn missing_and_mistyped_fields_are_named() {
-        let err = parse(br#"{"plan_id": "p", "contact": {}}"#).unwrap_err();
-        assert_eq!(err.field(), Some("run_id"));
-
-        let err =
-            parse(br#"{"plan_id": "p", "run_id": "r", "contact": {"email": 5}}"#).unwrap_err();
-        assert_eq!(err.field(), Some("contact.email"));
-
-        let err = parse(
-            br#"{"plan_id": "p", "run_id": "r", "contact": {}, "amount": {"currency": "USD"}}"#,
-        )
-        .unwrap_err();
-        assert_eq!(err.field(), Some("amount.amount_minor"));
-
-        let err = parse(b"{not json").unwrap_err();
+        let plan = PLAN;
+        assert_eq!(
+            fields(&format!(
+                r#"{{"plan_id": "{plan}", "contact": {{"external_id": "x"}}}}"#
+            )),
+            ["run_id"]
+        );
+        assert_eq!(
+            fields(&format!(
+                r#"{{"plan_id": "{plan}", "run_id": "r", "contact": {{"email": 5, "external_id": "x"}}}}"#
+            )),
+            ["contact.email"]
+        );
+        assert_eq!(
+            fields(&format!(
+                r#"{{"plan_id": "{plan}", "run_id": "r", "contact": {{"external_id": "x"}}, "amount": {{"currency": "USD"}}}}"#
+            )),
+            ["amount.amount_minor"]
+        );
+        let err = parse_lead(b"{not json").unwrap_err();
         assert_eq!(err.field(), Some("body"));
         assert_eq!(err.to_string(), "body: malformed JSON");
+    }
+
+    /// Every violation of a body at once, each field once, with the first reason found.
+    #[test]
+    fn every_violation_is_reported_at_once() {
+        let body = r#"{"plan_id": "nope", "contact": {"email": "not-mail", "phone": 7},
+                       "amount": {"amount_minor": -5, "currency": "usd?"}, "title": 3}"#;
+        let err = parse_lead(body.as_bytes()).unwrap_err();
+        let mut got: Vec<(&str, &str)> = err
+            .violations()
+            .iter()
+            .map(|v| (v.field.as_str(), v.reason.as_str()))
+            .collect();
+        got.sort();
+        let fields: Vec<&str> = got.iter().map(|(f, _)| *f).collect();
+        assert_eq!(
+            fields,
+            [
+                "amount.amount_minor",
+                "amount.currency",
+                "contact.email",
+                "contact.phone",
+                "plan_id",
+                "run_id",
+                "title",
+            ],
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("contact.phone", "must be a string")),
+            "{got:?}"
+        );
+        assert!(got.contains(&("run_id", "required")), "{got:?}");
     }
 
     use proptest::prelude::*;
@@ -342,8 +465,24 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_ignored() {
-        let lead =
-            parse(br#"{"plan_id": "p", "run_id": "r", "contact": {}, "new_thing": 1}"#).unwrap();
+        let body = format!(
+            r#"{{"plan_id": "{PLAN}", "run_id": "r", "contact": {{"external_id": "x"}}, "new_thing": 1}}"#
+        );
+        let lead = parse_lead(body.as_bytes()).unwrap();
         assert_eq!(lead.run_id, "r");
+    }
+
+    #[test]
+    fn json_media_types_are_told_apart() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
+            declared_json(&headers)
+        };
+        assert!(declared_json(&HeaderMap::new()));
+        assert!(with("application/json; charset=utf-8"));
+        assert!(with("application/vnd.funnel+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/x-www-form-urlencoded"));
     }
 }

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    DomainError, Money,
+    DomainError, Money, Reason,
     plan::{Plan, StageKind},
 };
 
@@ -109,7 +109,10 @@ impl NewDeal {
                 .stage(stage_id)
                 .ok_or_else(|| DomainError::invalid("stage_id", "not a stage of this plan"))?,
             None => plan.first_open_stage().ok_or_else(|| {
-                DomainError::Precondition(format!("plan {} has no open stage", plan.id))
+                DomainError::Precondition(
+                    Reason::LastOpenStage,
+                    format!("plan {} has no open stage", plan.id),
+                )
             })?,
         };
         if stage.kind != StageKind::Open {
@@ -121,10 +124,10 @@ impl NewDeal {
         if let Some(manager) = &self.manager_id
             && !plan.has_manager(manager)
         {
-            return Err(DomainError::Precondition(format!(
-                "manager {manager} is not a member of plan {}",
-                plan.id
-            )));
+            return Err(DomainError::Precondition(
+                Reason::ManagerNotInPlan,
+                format!("manager {manager} is not a member of plan {}", plan.id),
+            ));
         }
         let title = if self.title.is_empty() {
             self.contact.display_name().to_owned()
@@ -226,11 +229,14 @@ impl Deal {
         now: OffsetDateTime,
     ) -> Result<(Deal, Change), DomainError> {
         if self.is_closed() {
-            return Err(DomainError::Precondition(format!(
-                "deal {} is closed ({}): reopen it first",
-                self.id,
-                self.status.as_str()
-            )));
+            return Err(DomainError::Precondition(
+                Reason::DealClosed,
+                format!(
+                    "deal {} is closed ({}): reopen it first",
+                    self.id,
+                    self.status.as_str()
+                ),
+            ));
         }
         let stage = plan
             .stage(stage_id)
@@ -247,10 +253,10 @@ impl Deal {
         let change = match stage.kind {
             StageKind::Open => {
                 if stage.id == from {
-                    return Err(DomainError::Precondition(format!(
-                        "deal {} is already in stage {}",
-                        self.id, stage.name
-                    )));
+                    return Err(DomainError::Precondition(
+                        Reason::NothingToChange,
+                        format!("deal {} is already in stage {}", self.id, stage.name),
+                    ));
                 }
                 Change::Moved { from, to: stage.id }
             }
@@ -269,10 +275,7 @@ impl Deal {
                             ));
                         }
                         None if plan.require_reason => {
-                            return Err(DomainError::invalid(
-                                "loss_reason_id",
-                                "required: this plan asks for a reason when a deal is lost",
-                            ));
+                            return Err(DomainError::LossReasonRequired);
                         }
                         _ => {}
                     }
@@ -296,14 +299,17 @@ impl Deal {
     /// a remembered stage that is gone falls back to the last OPEN stage.
     pub fn reopen(&self, plan: &Plan, now: OffsetDateTime) -> Result<(Deal, Change), DomainError> {
         if !self.is_closed() {
-            return Err(DomainError::Precondition(format!(
-                "deal {} is open: only WON or LOST deals are reopened",
-                self.id
-            )));
+            return Err(DomainError::Precondition(
+                Reason::DealOpen,
+                format!(
+                    "deal {} is open: only WON or LOST deals are reopened",
+                    self.id
+                ),
+            ));
         }
-        let last_open = plan
-            .last_open_stage()
-            .ok_or_else(|| DomainError::Precondition("the plan has no OPEN stage".into()))?;
+        let last_open = plan.last_open_stage().ok_or_else(|| {
+            DomainError::Precondition(Reason::LastOpenStage, "the plan has no OPEN stage".into())
+        })?;
         let target = match self.status {
             DealStatus::Lost => self
                 .stage_before_close_id
@@ -339,16 +345,16 @@ impl Deal {
         if let Some(m) = &manager
             && !plan.has_manager(m)
         {
-            return Err(DomainError::Precondition(format!(
-                "manager {m} is not a member of plan {}",
-                plan.id
-            )));
+            return Err(DomainError::Precondition(
+                Reason::ManagerNotInPlan,
+                format!("manager {m} is not a member of plan {}", plan.id),
+            ));
         }
         if manager == self.manager_id {
-            return Err(DomainError::Precondition(format!(
-                "deal {} already has this manager",
-                self.id
-            )));
+            return Err(DomainError::Precondition(
+                Reason::NothingToChange,
+                format!("deal {} already has this manager", self.id),
+            ));
         }
         let mut deal = self.next(now);
         deal.manager_id = manager.clone();
@@ -383,7 +389,10 @@ impl Deal {
             fields.push("contact");
         }
         if fields.is_empty() {
-            return Err(DomainError::Precondition("nothing to change".into()));
+            return Err(DomainError::Precondition(
+                Reason::NothingToChange,
+                "nothing to change".into(),
+            ));
         }
         Ok((deal, Change::Edited { fields }))
     }
@@ -492,7 +501,7 @@ mod tests {
         let err = deal
             .move_to(&plan, lost, None, OffsetDateTime::UNIX_EPOCH)
             .unwrap_err();
-        assert!(matches!(err, DomainError::Invalid { ref field, .. } if field == "loss_reason_id"));
+        assert_eq!(err, DomainError::LossReasonRequired);
         let err = deal
             .move_to(
                 &plan,
@@ -542,7 +551,7 @@ mod tests {
         let err = closed
             .move_to(&plan, plan.stages[0].id, None, OffsetDateTime::UNIX_EPOCH)
             .unwrap_err();
-        assert!(matches!(err, DomainError::Precondition(_)));
+        assert!(matches!(err, DomainError::Precondition(..)));
     }
 
     #[test]
@@ -599,7 +608,7 @@ mod tests {
 
         assert!(matches!(
             deal.reopen(&plan, OffsetDateTime::UNIX_EPOCH),
-            Err(DomainError::Precondition(_))
+            Err(DomainError::Precondition(..))
         ));
     }
 
@@ -655,6 +664,6 @@ mod tests {
         let err = input
             .into_deal(&plan, Uuid::new_v4(), OffsetDateTime::UNIX_EPOCH)
             .unwrap_err();
-        assert!(matches!(err, DomainError::Precondition(_)));
+        assert!(matches!(err, DomainError::Precondition(..)));
     }
 }

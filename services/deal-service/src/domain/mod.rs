@@ -6,13 +6,19 @@ pub mod plan;
 pub mod query;
 pub mod stages;
 
+pub use salesplan_platform::Reason;
+
 /// A rule of the domain that an input breaks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
-    #[error("{0}")]
-    Precondition(String),
+    /// Closing as LOST without a reason in a plan that requires one.
+    #[error("loss_reason_id: required: this plan asks for a reason when a deal is lost")]
+    LossReasonRequired,
+    /// A rule of the state the request meets, named by `Reason`.
+    #[error("{1}")]
+    Precondition(Reason, String),
 }
 
 impl DomainError {
@@ -27,8 +33,17 @@ impl DomainError {
 impl From<DomainError> for salesplan_platform::ApiError {
     fn from(err: DomainError) -> Self {
         match err {
-            DomainError::Invalid { field, reason } => Self::InvalidArgument { field, reason },
-            DomainError::Precondition(message) => Self::FailedPrecondition(message),
+            DomainError::Invalid { field, reason } => Self::invalid(field, reason),
+            DomainError::LossReasonRequired => Self::InvalidArgument {
+                violations: salesplan_platform::error::Violations(vec![
+                    salesplan_platform::error::Violation {
+                        field: "loss_reason_id".into(),
+                        reason: "required: this plan asks for a reason when a deal is lost".into(),
+                    },
+                ]),
+                reason: Reason::LossReasonRequired,
+            },
+            DomainError::Precondition(reason, message) => Self::precondition(reason, message),
         }
     }
 }

@@ -3,7 +3,7 @@
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{DomainError, Money};
+use super::{DomainError, Money, Reason};
 
 /// How new leads of a plan find their manager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,10 +123,10 @@ impl Plan {
         match (self.archived, self.archived_at_version, accepted_at_version) {
             (false, _, _) => Ok(()),
             (true, Some(archived_at), Some(accepted_at)) if accepted_at < archived_at => Ok(()),
-            (true, _, _) => Err(DomainError::Precondition(format!(
-                "plan {} is archived",
-                self.id
-            ))),
+            (true, _, _) => Err(DomainError::Precondition(
+                Reason::PlanArchived,
+                format!("plan {} is archived", self.id),
+            )),
         }
     }
 

@@ -4,7 +4,7 @@
 use uuid::Uuid;
 
 use super::{
-    DomainError,
+    DomainError, Reason,
     plan::{Plan, Stage, StageKind},
 };
 
@@ -49,9 +49,10 @@ impl Plan {
         position: Option<usize>,
     ) -> Result<(), DomainError> {
         if self.stages.len() >= MAX_STAGES {
-            return Err(DomainError::Precondition(format!(
-                "a plan has at most {MAX_STAGES} stages"
-            )));
+            return Err(DomainError::Precondition(
+                Reason::StageCapReached,
+                format!("a plan has at most {MAX_STAGES} stages"),
+            ));
         }
         self.check_unique_name(&name, None)?;
         let open = self.open_count();
@@ -137,11 +138,13 @@ impl Plan {
             .ok_or_else(|| DomainError::invalid("stage_id", "not a stage of this plan"))?;
         if stage.kind != StageKind::Open {
             return Err(DomainError::Precondition(
+                Reason::ProtectedStage,
                 "the WON and LOST stages cannot be deleted".into(),
             ));
         }
         if self.open_count() == 1 {
             return Err(DomainError::Precondition(
+                Reason::LastOpenStage,
                 "a plan keeps at least one OPEN stage".into(),
             ));
         }
@@ -160,6 +163,7 @@ impl Plan {
             }
             None if holds_deals => {
                 return Err(DomainError::Precondition(
+                    Reason::StageHoldsDeals,
                     "the stage holds deals: give target_stage_id to move them to".into(),
                 ));
             }
@@ -271,11 +275,11 @@ mod tests {
         let (new, progress, won) = (p.stages[0].id, p.stages[1].id, p.stages[2].id);
         assert!(matches!(
             p.clone().delete_stage(new, true, None),
-            Err(DomainError::Precondition(_))
+            Err(DomainError::Precondition(..))
         ));
         assert!(matches!(
             p.clone().delete_stage(won, false, None),
-            Err(DomainError::Precondition(_))
+            Err(DomainError::Precondition(..))
         ));
         assert!(p.clone().delete_stage(new, true, Some(won)).is_err());
         assert_eq!(
@@ -285,7 +289,7 @@ mod tests {
         assert_eq!(names(&p), ["In progress", "Won", "Lost"]);
         assert!(matches!(
             p.delete_stage(progress, false, None),
-            Err(DomainError::Precondition(_))
+            Err(DomainError::Precondition(..))
         ));
     }
 

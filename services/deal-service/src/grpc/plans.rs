@@ -1,7 +1,7 @@
 //! PlanService.
 
 use salesplan_platform::{
-    Actor, ApiError, Permission, auth, ids, ids::parse_id, limits::Permit, validate,
+    Actor, ApiError, Checks, Permission, auth, ids, ids::parse_id, limits::Permit, validate,
 };
 use salesplan_proto::v1::{self as pb, plan_service_server::PlanService};
 use tonic::{Request, Response, Status};
@@ -134,22 +134,28 @@ impl PlanService for Api {
     ) -> Reply<pb::UpdatePlanResponse> {
         let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
-        let plan_id = parse_id("plan_id", &req.plan_id)?;
-        let name = req
-            .name
-            .as_deref()
-            .map(|n| validate::required_text("name", n, plan::MAX_NAME_CHARS))
-            .transpose()?;
-        let label = req
-            .chat_label
-            .as_deref()
-            .map(|l| validate::required_text("chat_label", l, plan::MAX_LABEL_CHARS))
-            .transpose()?;
-        let amount = convert::money_from("average_amount", req.average_amount)?;
-        let distribution = req
-            .distribution
-            .map(|d| convert::distribution_from(Some(d)))
-            .transpose()?;
+        let mut checks = Checks::new();
+        let plan_id = checks.check(parse_id("plan_id", &req.plan_id));
+        let name = checks.take(
+            req.name
+                .as_deref()
+                .map(|n| validate::required_text("name", n, plan::MAX_NAME_CHARS))
+                .transpose(),
+        );
+        let label = checks.take(
+            req.chat_label
+                .as_deref()
+                .map(|l| validate::required_text("chat_label", l, plan::MAX_LABEL_CHARS))
+                .transpose(),
+        );
+        let amount = checks.take(convert::money_from("average_amount", req.average_amount));
+        let distribution = checks.take(
+            req.distribution
+                .map(|d| convert::distribution_from(Some(d)))
+                .transpose(),
+        );
+        checks.finish()?;
+        let plan_id = plan_id.ok_or_else(|| ApiError::internal("a checked field is missing"))?;
         let (plan, ()) = self
             .change_plan(&actor, plan_id, |plan| {
                 if let Some(name) = name {

@@ -378,11 +378,14 @@ pub async fn lock_deals_in_stage(
 /// An error the same as `err`, for results shared by repeated keys.
 fn clone_error(err: &ApiError) -> ApiError {
     match err {
-        ApiError::InvalidArgument { field, reason } => {
-            ApiError::invalid(field.clone(), reason.clone())
-        }
+        ApiError::InvalidArgument { violations, reason } => ApiError::InvalidArgument {
+            violations: violations.clone(),
+            reason: *reason,
+        },
         ApiError::NotFound(what) => ApiError::NotFound(what.clone()),
-        ApiError::FailedPrecondition(m) => ApiError::FailedPrecondition(m.clone()),
+        ApiError::FailedPrecondition { reason, message } => {
+            ApiError::precondition(*reason, message.clone())
+        }
         ApiError::Aborted(m) => ApiError::Aborted(m.clone()),
         other => ApiError::internal(other.to_string()),
     }

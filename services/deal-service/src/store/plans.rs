@@ -10,7 +10,7 @@ use super::{
     rows::{corrupt, distribution_columns, distribution_from},
 };
 use crate::domain::{
-    DomainError, Money,
+    DomainError, Money, Reason,
     counts::count_deltas,
     deal::Change,
     plan::{LossReason, MAX_ACTIVE_PLANS, Plan, PlanDraft, Stage, StageKind},
@@ -191,10 +191,13 @@ async fn within_plan_cap(
             .fetch_one(&mut **tx)
             .await?;
     if active >= MAX_ACTIVE_PLANS {
-        return Err(DomainError::Precondition(format!(
-            "the account has {active} plans that are not archived, the most it may have \
+        return Err(DomainError::Precondition(
+            Reason::PlanCapReached,
+            format!(
+                "the account has {active} plans that are not archived, the most it may have \
              ({MAX_ACTIVE_PLANS}); archive one first"
-        ))
+            ),
+        )
         .into());
     }
     Ok(())

@@ -1,0 +1,272 @@
+//! Rich errors (issue 15): every field violation of a request at once, a stable reason on
+//! every error, over gRPC (google.rpc details) and on the webhook (JSON).
+
+use integration_tests::{
+    Stack,
+    api::{Mode, Strategy, create_plan, plan_request},
+};
+use salesplan_platform::{Permission, grpc::outgoing};
+use salesplan_proto::v1::{
+    self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
+};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const ALL: [Permission; 4] = [
+    Permission::PlansAdmin,
+    Permission::DealsEditAll,
+    Permission::DealsBulkEdit,
+    Permission::IntakeWrite,
+];
+
+/// The ErrorInfo reason and the BadRequest fields of a status.
+fn details(status: &tonic::Status) -> (String, Vec<String>) {
+    let details = status.get_error_details();
+    let info = details.error_info().expect("every error carries ErrorInfo");
+    assert_eq!(info.domain, "salesplan.v1");
+    let fields = details
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default();
+    (info.reason.clone(), fields)
+}
+
+#[tokio::test]
+async fn grpc_errors_carry_every_violation_and_a_reason() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let channel = stack.channel(&stack.deal_service).await?;
+    let token = stack.token("acme", "admin", &ALL);
+    let mut plans = PlanServiceClient::new(channel.clone());
+    let mut deals = DealServiceClient::new(channel.clone());
+
+    // CreatePlan without average amount, label and distribution: one answer, all three.
+    let err = plans
+        .create_plan(outgoing(
+            pb::CreatePlanRequest {
+                name: "Sales".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect_err("three fields missing");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let (reason, mut fields) = details(&err);
+    fields.sort();
+    assert_eq!(reason, "INVALID_FIELDS");
+    assert_eq!(fields, ["average_amount", "chat_label", "distribution"]);
+
+    // CreateDeal with a bad plan id, contact and amount: all of them.
+    let err = deals
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: "nope".into(),
+                contact: Some(pb::Contact {
+                    email: "not-mail".into(),
+                    ..Default::default()
+                }),
+                amount: Some(pb::Money {
+                    amount_minor: -1,
+                    currency: "usd".into(),
+                }),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect_err("bad deal");
+    let (_, mut fields) = details(&err);
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "amount.amount_minor",
+            "amount.currency",
+            "contact.email",
+            "idempotency_key",
+            "plan_id",
+        ]
+    );
+
+    // The rules, each by its reason.
+    let plan = create_plan(
+        channel.clone(),
+        &token,
+        plan_request("P", Mode::Manual, Strategy::Unspecified, false, &["m1"]),
+    )
+    .await?;
+    let plan = plans
+        .set_loss_reasons(outgoing(
+            pb::SetLossReasonsRequest {
+                plan_id: plan.id.clone(),
+                require_reason: true,
+                reasons: vec![pb::LossReasonInput {
+                    name: "Too expensive".into(),
+                    ..Default::default()
+                }],
+            },
+            &token,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan");
+    let lost = plan
+        .stages
+        .iter()
+        .find(|s| s.kind == pb::StageKind::Lost as i32)
+        .expect("LOST")
+        .id
+        .clone();
+    let deal = deals
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: plan.id.clone(),
+                contact: Some(pb::Contact {
+                    external_id: "c1".into(),
+                    ..Default::default()
+                }),
+                idempotency_key: "k1".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let close = |version: i64| pb::MoveDealRequest {
+        deal_id: deal.id.clone(),
+        expected_version: version,
+        stage_id: lost.clone(),
+        loss_reason_id: None,
+    };
+    let err = deals
+        .move_deal(outgoing(close(deal.version), &token))
+        .await
+        .expect_err("no reason");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        details(&err),
+        ("LOSS_REASON_REQUIRED".into(), vec!["loss_reason_id".into()])
+    );
+    let err = deals
+        .move_deal(outgoing(close(deal.version + 7), &token))
+        .await
+        .expect_err("stale");
+    assert_eq!(err.code(), Code::Aborted);
+    assert_eq!(details(&err).0, "STALE_VERSION");
+    let err = deals
+        .assign_deal(outgoing(
+            pb::AssignDealRequest {
+                deal_id: deal.id.clone(),
+                expected_version: deal.version,
+                manager_id: Some("stranger".into()),
+            },
+            &token,
+        ))
+        .await
+        .expect_err("not a member");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(details(&err).0, "MANAGER_NOT_IN_PLAN");
+    plans
+        .archive_plan(outgoing(
+            pb::ArchivePlanRequest {
+                plan_id: plan.id.clone(),
+            },
+            &token,
+        ))
+        .await?;
+    let err = deals
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: plan.id.clone(),
+                contact: Some(pb::Contact {
+                    external_id: "c2".into(),
+                    ..Default::default()
+                }),
+                idempotency_key: "k2".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect_err("archived");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(details(&err).0, "PLAN_ARCHIVED");
+    let err = deals
+        .get_deal(outgoing(
+            pb::GetDealRequest {
+                deal_id: uuid::Uuid::new_v4().to_string(),
+            },
+            &token,
+        ))
+        .await
+        .expect_err("unknown");
+    assert_eq!(details(&err).0, "NOT_FOUND");
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn webhook_errors_list_every_violation_and_name_method_and_media_type() -> anyhow::Result<()>
+{
+    let stack = Stack::start().await?;
+    let funnel = stack.token("acme", "funnel", &[Permission::IntakeWrite]);
+    let http = reqwest::Client::new();
+
+    let response = http
+        .post(stack.webhook_url())
+        .bearer_auth(&funnel)
+        .json(&serde_json::json!({
+            "plan_id": "nope",
+            "contact": {"email": "not-mail"},
+            "amount": {"amount_minor": -1, "currency": "USD"},
+        }))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await?;
+    let error = &body["error"];
+    assert_eq!(error["code"], "invalid_argument");
+    assert_eq!(error["reason"], "INVALID_FIELDS");
+    let mut fields: Vec<&str> = error["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .filter_map(|v| v["field"].as_str())
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["amount.amount_minor", "contact.email", "plan_id", "run_id"],
+        "{body}"
+    );
+
+    let response = http
+        .get(stack.webhook_url())
+        .bearer_auth(&funnel)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 405);
+    assert_eq!(
+        response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+
+    let response = http
+        .post(stack.webhook_url())
+        .bearer_auth(&funnel)
+        .header("content-type", "text/plain")
+        .body("plan_id=1")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 415);
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(body["error"]["code"], "unsupported_media_type");
+    stack.stop().await
+}
