@@ -270,3 +270,165 @@ async fn webhook_errors_list_every_violation_and_name_method_and_media_type() ->
     assert_eq!(body["error"]["code"], "unsupported_media_type");
     stack.stop().await
 }
+
+/// Issue 15: a filter by ids of another account answers exactly as one by ids that exist
+/// nowhere — an empty result, never NOT_FOUND — in every list and report of the four
+/// services; a call about one entity (a board is its plan's, an intake names its plan)
+/// answers NOT_FOUND for both. So no answer tells whether another account's id exists.
+#[tokio::test]
+async fn foreign_and_unknown_ids_answer_the_same_everywhere() -> anyhow::Result<()> {
+    use pb::{
+        distributor_service_client::DistributorServiceClient,
+        intake_service_client::IntakeServiceClient, report_service_client::ReportServiceClient,
+    };
+    let stack = Stack::start().await?;
+    let channel = stack.channel(&stack.deal_service).await?;
+    let (a, b) = (
+        stack.token("a", "admin", &ALL),
+        stack.token("b", "admin", &ALL),
+    );
+    // B's plan with a deal: ids that exist, in another account.
+    let b_plan = create_plan(
+        channel.clone(),
+        &b,
+        plan_request("B", Mode::Manual, Strategy::Unspecified, false, &["b1"]),
+    )
+    .await?;
+    let b_stage = b_plan.stages[0].id.clone();
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let mut deals = DealServiceClient::new(channel.clone());
+    let mut reports = ReportServiceClient::new(stack.channel(&stack.reporting).await?);
+    let created = deals
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: b_plan.id.clone(),
+                contact: Some(pb::Contact {
+                    external_id: "b-contact".into(),
+                    ..Default::default()
+                }),
+                idempotency_key: "b-1".into(),
+                ..Default::default()
+            },
+            &b,
+        ))
+        .await?;
+    let written = created
+        .metadata()
+        .get(salesplan_platform::consistency::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    // B sees its deal in the read model: what A is about to ask for exists.
+    let of_b = reports
+        .pipeline_summary(outgoing(
+            pb::PipelineSummaryRequest {
+                plan_id: Some(b_plan.id.clone()),
+                min_consistency_token: written,
+            },
+            &b,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(of_b.total_deals, 1);
+    let mut distributor = DistributorServiceClient::new(stack.channel(&stack.distributor).await?);
+    let mut intake = IntakeServiceClient::new(stack.channel(&stack.tunnel_listener).await?);
+
+    for (what, plan, stage) in [
+        ("B's ids", b_plan.id.clone(), b_stage.clone()),
+        ("unknown ids", unknown.clone(), unknown.clone()),
+    ] {
+        let listed = deals
+            .list_deals(outgoing(
+                pb::ListDealsRequest {
+                    filter: Some(pb::DealFilter {
+                        plan_id: plan.clone(),
+                        stage_ids: vec![stage.clone()],
+                        loss_reason_ids: vec![unknown.clone()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                &a,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!((listed.deals.len(), listed.total_count), (0, 0), "{what}");
+        let report = reports
+            .loss_reasons(outgoing(
+                pb::LossReasonsRequest {
+                    group_by: pb::ReportGrouping::Plan as i32,
+                    plan_ids: vec![plan.clone()],
+                    ..Default::default()
+                },
+                &a,
+            ))
+            .await?
+            .into_inner();
+        assert!(report.rows.is_empty(), "{what}");
+        let stages = reports
+            .stage_losses(outgoing(
+                pb::StageLossesRequest {
+                    plan_ids: vec![plan.clone()],
+                    ..Default::default()
+                },
+                &a,
+            ))
+            .await?
+            .into_inner();
+        assert!(stages.plans.is_empty(), "{what}");
+        let summary = reports
+            .pipeline_summary(outgoing(
+                pb::PipelineSummaryRequest {
+                    plan_id: Some(plan.clone()),
+                    ..Default::default()
+                },
+                &a,
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(summary.total_deals, 0, "{what}");
+        let rejections = distributor
+            .list_intake_rejections(outgoing(
+                pb::ListIntakeRejectionsRequest {
+                    plan_id: plan.clone(),
+                    ..Default::default()
+                },
+                &a,
+            ))
+            .await?
+            .into_inner();
+        assert!(rejections.rejections.is_empty(), "{what}");
+
+        // One entity: NOT_FOUND, the same for both.
+        let board = deals
+            .get_board(outgoing(
+                pb::GetBoardRequest {
+                    plan_id: plan.clone(),
+                    ..Default::default()
+                },
+                &a,
+            ))
+            .await
+            .expect_err("a board of a plan A does not have");
+        assert_eq!(board.code(), Code::NotFound, "{what}");
+        let lead = intake
+            .add_to_sales_plan(outgoing(
+                pb::AddToSalesPlanRequest {
+                    lead: Some(pb::Lead {
+                        plan_id: plan.clone(),
+                        run_id: "r".into(),
+                        contact: Some(pb::Contact {
+                            external_id: "c".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                },
+                &a,
+            ))
+            .await
+            .expect_err("a lead for a plan A does not have");
+        assert_eq!(lead.code(), Code::NotFound, "{what}");
+    }
+    stack.stop().await
+}
