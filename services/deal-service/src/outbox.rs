@@ -5,11 +5,12 @@
 //! never reorder events. A crash between publish and delete re-publishes the same message
 //! ids: JetStream drops them within its duplicate window, and consumers are idempotent.
 //!
-//! After a pass that left nothing visible behind, the relay publishes a horizon on the deal
-//! and plan streams: the oldest of deal-service's transactions still running just before
-//! the pass read the outbox. Every transaction below it had finished, so its events were
-//! read and are in the stream before the horizon. Read models that apply a horizon hold every write whose consistency
-//! token is below it (`salesplan_platform::consistency`).
+//! After a pass that left nothing visible behind, the relay publishes a horizon: the oldest
+//! of deal-service's transactions still running just before the pass read the outbox, with
+//! the last positions of the deal and plan streams. Every transaction below it had
+//! finished, so its events were read and are in the streams up to those positions. A read
+//! model that applied both streams that far holds every write whose consistency token is
+//! below the horizon (`salesplan_platform::consistency`).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -188,7 +189,11 @@ impl Horizons {
     }
 }
 
+/// Publishes `horizon` with the streams' last positions, read after the pass published:
+/// every event of a transaction below it is at or before them.
 async fn publish_horizon(bus: &Bus, horizon: i64) -> Result<(), salesplan_platform::bus::BusError> {
+    let deals_sequence = bus.last_sequence(&streams::DEALS).await?;
+    let plans_sequence = bus.last_sequence(&streams::PLANS).await?;
     let now = time::OffsetDateTime::now_utc();
     let payload = pb::Horizon {
         xid_horizon: horizon,
@@ -196,18 +201,16 @@ async fn publish_horizon(bus: &Bus, horizon: i64) -> Result<(), salesplan_platfo
             seconds: now.unix_timestamp(),
             nanos: now.nanosecond() as i32,
         }),
+        deals_sequence,
+        plans_sequence,
     }
     .encode_to_vec();
-    let messages = [streams::DEALS_HORIZON, streams::PLANS_HORIZON].map(|subject| {
-        Outgoing::new(
-            subject.to_owned(),
-            format!("horizon-{horizon}"),
-            payload.clone(),
-        )
-    });
-    for result in bus.publish_each(messages.into()).await {
-        result?;
-    }
+    bus.publish(Outgoing::new(
+        streams::HORIZON_SUBJECT.to_owned(),
+        format!("horizon-{horizon}"),
+        payload,
+    ))
+    .await?;
     Ok(())
 }
 

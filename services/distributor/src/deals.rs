@@ -2,7 +2,7 @@
 
 use prost::Message as _;
 use salesplan_platform::{
-    bus::{BatchHandler, Delivery, Outcome, apply_each_on_refusal, streams},
+    bus::{BatchHandler, Delivery, Outcome, apply_each_on_refusal},
     error::sql_data_refusal,
     validate::contact_key,
 };
@@ -26,9 +26,6 @@ impl BatchHandler for DealEvents {
         let mut outcomes = vec![Outcome::Done; batch.len()];
         let mut states = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
-            if streams::is_horizon(&delivery.subject) {
-                continue; // the distributor does not track its freshness
-            }
             match decode(&delivery.payload) {
                 Ok(state) => states.push((index, state)),
                 Err(reason) => outcomes[index] = Outcome::Reject(reason),

@@ -2,7 +2,7 @@
 //! (and from deal-service itself when a lead was accepted at a version not applied yet).
 
 use prost::Message as _;
-use salesplan_platform::bus::{BatchHandler, Delivery, Outcome, streams};
+use salesplan_platform::bus::{BatchHandler, Delivery, Outcome};
 use salesplan_proto::v1 as pb;
 use uuid::Uuid;
 
@@ -21,9 +21,6 @@ impl PlanEvents {
     }
 
     async fn apply(&self, delivery: &Delivery) -> Outcome {
-        if streams::is_horizon(&delivery.subject) {
-            return Outcome::Done; // the distributor does not track its freshness
-        }
         let plan = match decode(delivery) {
             Ok(plan) => plan,
             Err(reason) => return Outcome::Reject(reason),

@@ -25,15 +25,22 @@ use crate::{
 pub struct Reports {
     pool: PgPool,
     limiter: Arc<AccountLimiter>,
-    /// How long a report given a consistency token waits for the read model to include it.
+    /// deal-service's horizons, and how long a report given a consistency token waits for
+    /// the read model to include it.
+    horizons: Arc<progress::Horizons>,
     wait: Duration,
 }
 
 impl Reports {
-    pub fn new(pool: PgPool, limit: ClassLimit, wait: Duration) -> Self {
+    pub fn new(
+        pool: PgPool,
+        limit: ClassLimit,
+        (horizons, wait): (Arc<progress::Horizons>, Duration),
+    ) -> Self {
         Self {
             pool,
             limiter: AccountLimiter::new("reports", limit),
+            horizons,
             wait,
         }
     }
@@ -42,9 +49,11 @@ impl Reports {
     /// then reflects.
     async fn fresh_enough(&self, token: &str) -> Result<pb::Freshness, ApiError> {
         let token = Token::parse("min_consistency_token", token)?;
-        Ok(progress::at_least(&self.pool, token, self.wait)
-            .await?
-            .to_proto())
+        Ok(
+            progress::at_least(&self.pool, &self.horizons, token, self.wait)
+                .await?
+                .to_proto(),
+        )
     }
 
     async fn pipeline_summary(

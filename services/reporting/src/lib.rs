@@ -81,6 +81,13 @@ impl Service for Config {
         let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
 
         let mut background = Background::new();
+        // Every replica reads every horizon.
+        let horizons = progress::Horizons::new();
+        background.consume(
+            &bus,
+            ConsumerSpec::per_process(&streams::HORIZONS, "reporting-horizons"),
+            horizons.clone(),
+        );
         background.consume(
             &bus,
             ConsumerSpec::new(&streams::DEALS, progress::DEALS_CONSUMER),
@@ -106,7 +113,7 @@ impl Service for Config {
                 grpc::Reports::new(
                     db::connect_reads(&common.database, SCHEMA).await?,
                     self.reports_limit,
-                    self.consistency_wait,
+                    (horizons, self.consistency_wait),
                 ),
                 interceptor,
             )),

@@ -83,8 +83,6 @@ async fn replay<H: BatchHandler>(
             .unwrap_or(seen);
         for (delivery, outcome) in batch.iter().zip(handler.handle(&batch).await) {
             match outcome {
-                // Horizons are positions, not events.
-                Outcome::Done if streams::is_horizon(&delivery.subject) => {}
                 Outcome::Done => applied += 1,
                 Outcome::Reject(reason) => {
                     tracing::warn!(seq = delivery.stream_sequence, %reason, "skipped an event that cannot be applied")

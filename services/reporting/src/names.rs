@@ -2,7 +2,7 @@
 //! the current name; archived reasons and deleted stages keep theirs.
 
 use prost::Message as _;
-use salesplan_platform::bus::{BatchHandler, Delivery, Outcome, streams};
+use salesplan_platform::bus::{BatchHandler, Delivery, Outcome};
 use salesplan_proto::v1 as pb;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -100,10 +100,6 @@ impl BatchHandler for PlanEvents {
     async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(batch.len());
         for delivery in batch {
-            if streams::is_horizon(&delivery.subject) {
-                outcomes.push(Outcome::Done); // recorded by `progress::Tracked`
-                continue;
-            }
             let outcome = match pb::PlanEvent::decode(delivery.payload.clone()) {
                 Err(e) => Outcome::Reject(format!("undecodable plan event: {e}")),
                 Ok(pb::PlanEvent { plan: None, .. }) => {

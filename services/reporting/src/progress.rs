@@ -2,13 +2,20 @@
 //!
 //! Each consumer records the stream positions it has handled; the position up to which it
 //! handled every message (`applied_through`) only moves over a contiguous run, so a message
-//! retried later holds it back. deal-service's horizons (`pb::Horizon`) inside that run say
-//! which writes are all in: every write whose token is below the newest such horizon.
+//! retried later holds it back. deal-service's horizons (`pb::Horizon`, on their own
+//! stream) say up to which positions of the deal and plan streams every write below a
+//! transaction id is: the read model holds every write whose token is below the newest
+//! horizon both consumers have applied through.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, RwLock},
+};
 
 use prost::Message as _;
 use salesplan_platform::{
     ApiError,
-    bus::{BatchHandler, Delivery, Outcome, streams},
+    bus::{BatchHandler, Delivery, Outcome},
     consistency::{self, Token},
 };
 use salesplan_proto::v1 as pb;
@@ -18,6 +25,9 @@ use time::OffsetDateTime;
 /// The consumers whose progress a read waits for: deal events and plan events (names).
 pub const DEALS_CONSUMER: &str = "reporting-deals";
 pub const PLANS_CONSUMER: &str = "reporting-plans";
+
+/// Horizons kept in memory: enough that one both consumers have reached is among them.
+const KEPT_HORIZONS: usize = 1_000;
 
 /// A handler whose handled messages are recorded as the consumer's progress.
 pub struct Tracked<H> {
@@ -53,43 +63,18 @@ impl<H: BatchHandler> BatchHandler for Tracked<H> {
     }
 }
 
-/// One handled message: its position, and the horizon it carries if it is one.
-struct Handled {
-    seq: i64,
-    horizon: Option<i64>,
-    published_at: Option<OffsetDateTime>,
-}
-
-fn handled(batch: &[Delivery], outcomes: &[Outcome]) -> Vec<Handled> {
-    batch
-        .iter()
-        .zip(outcomes)
-        .filter(|(_, outcome)| matches!(outcome, Outcome::Done | Outcome::Reject(_)))
-        .map(|(delivery, _)| {
-            let horizon = streams::is_horizon(&delivery.subject)
-                .then(|| pb::Horizon::decode(delivery.payload.clone()).ok())
-                .flatten();
-            Handled {
-                seq: delivery.stream_sequence as i64,
-                horizon: horizon.as_ref().map(|h| h.xid_horizon),
-                published_at: horizon.and_then(|h| h.published_at).and_then(|t| {
-                    OffsetDateTime::from_unix_timestamp_nanos(
-                        i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos),
-                    )
-                    .ok()
-                }),
-            }
-        })
-        .collect()
-}
-
 async fn record(
     pool: &PgPool,
     consumer: &str,
     batch: &[Delivery],
     outcomes: &[Outcome],
 ) -> Result<(), sqlx::Error> {
-    let handled = handled(batch, outcomes);
+    let handled: Vec<i64> = batch
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| matches!(outcome, Outcome::Done | Outcome::Reject(_)))
+        .map(|(delivery, _)| delivery.stream_sequence as i64)
+        .collect();
     let Some(first) = batch.iter().map(|d| d.stream_sequence as i64).min() else {
         return Ok(());
     };
@@ -97,7 +82,7 @@ async fn record(
         return Ok(());
     }
     let mut tx = pool.begin().await?;
-    // A consumer's first batch starts its record (the stream before it was applied before
+    // A consumer's first batch starts its record (what came before was applied before
     // progress was kept, or aged out).
     sqlx::query(
         "INSERT INTO consumer_progress (consumer, applied_through) VALUES ($1, $2)
@@ -114,33 +99,25 @@ async fn record(
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query(
-        "INSERT INTO consumer_ahead (consumer, seq, horizon, published_at)
-         SELECT $1, s, h, p FROM UNNEST($2::bigint[], $3::bigint[], $4::timestamptz[]) AS t(s, h, p)
-         WHERE s > $5
+        "INSERT INTO consumer_ahead (consumer, seq)
+         SELECT $1, s FROM UNNEST($2::bigint[]) AS t(s) WHERE s > $3
          ON CONFLICT (consumer, seq) DO NOTHING",
     )
     .bind(consumer)
-    .bind(handled.iter().map(|h| h.seq).collect::<Vec<_>>())
-    .bind(handled.iter().map(|h| h.horizon).collect::<Vec<_>>())
-    .bind(handled.iter().map(|h| h.published_at).collect::<Vec<_>>())
+    .bind(&handled)
     .bind(floor)
     .execute(&mut *tx)
     .await?;
-    let ahead = sqlx::query(
-        "SELECT seq, horizon, published_at FROM consumer_ahead WHERE consumer = $1 ORDER BY seq",
-    )
-    .bind(consumer)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut newest: Option<(i64, Option<OffsetDateTime>)> = None;
-    for row in &ahead {
-        if row.try_get::<i64, _>("seq")? != floor + 1 {
+    let ahead: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM consumer_ahead WHERE consumer = $1 ORDER BY seq")
+            .bind(consumer)
+            .fetch_all(&mut *tx)
+            .await?;
+    for seq in ahead {
+        if seq != floor + 1 {
             break;
         }
-        floor += 1;
-        if let Some(horizon) = row.try_get::<Option<i64>, _>("horizon")? {
-            newest = Some((horizon, row.try_get("published_at")?));
-        }
+        floor = seq;
     }
     sqlx::query("DELETE FROM consumer_ahead WHERE consumer = $1 AND seq <= $2")
         .bind(consumer)
@@ -148,21 +125,85 @@ async fn record(
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "UPDATE consumer_progress SET applied_through = $2, applied_at = now(),
-            horizon = GREATEST(horizon, COALESCE($3, 0)),
-            published_at = CASE WHEN $3 > horizon THEN $4 ELSE published_at END
+        "UPDATE consumer_progress SET applied_through = $2, applied_at = now()
          WHERE consumer = $1",
     )
     .bind(consumer)
     .bind(floor)
-    .bind(newest.map(|(h, _)| h))
-    .bind(newest.and_then(|(_, at)| at))
     .execute(&mut *tx)
     .await?;
     tx.commit().await
 }
 
-/// What the read model holds: the horizon both consumers reached, and when.
+/// One of deal-service's horizons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    pub xid: i64,
+    pub deals_sequence: i64,
+    pub plans_sequence: i64,
+    pub published_at: Option<OffsetDateTime>,
+}
+
+/// The newest horizons, fed by a consumer of this process on the horizons' stream.
+#[derive(Default)]
+pub struct Horizons {
+    kept: RwLock<VecDeque<Horizon>>,
+}
+
+impl Horizons {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    fn add(&self, horizon: Horizon) {
+        let mut kept = self.kept.write().unwrap_or_else(|e| e.into_inner());
+        if kept.back().is_some_and(|last| last.xid >= horizon.xid) {
+            return;
+        }
+        kept.push_back(horizon);
+        while kept.len() > KEPT_HORIZONS {
+            kept.pop_front();
+        }
+    }
+
+    /// The newest horizon both streams are applied through.
+    fn reached(&self, deals: i64, plans: i64) -> Option<Horizon> {
+        let kept = self.kept.read().unwrap_or_else(|e| e.into_inner());
+        kept.iter()
+            .rev()
+            .find(|h| h.deals_sequence <= deals && h.plans_sequence <= plans)
+            .copied()
+    }
+}
+
+impl BatchHandler for Horizons {
+    async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
+        batch
+            .iter()
+            .map(
+                |delivery| match pb::Horizon::decode(delivery.payload.clone()) {
+                    Ok(h) => {
+                        self.add(Horizon {
+                            xid: h.xid_horizon,
+                            deals_sequence: h.deals_sequence as i64,
+                            plans_sequence: h.plans_sequence as i64,
+                            published_at: h.published_at.and_then(|t| {
+                                OffsetDateTime::from_unix_timestamp_nanos(
+                                    i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos),
+                                )
+                                .ok()
+                            }),
+                        });
+                        Outcome::Done
+                    }
+                    Err(err) => Outcome::Reject(format!("undecodable horizon: {err}")),
+                },
+            )
+            .collect()
+    }
+}
+
+/// What the read model holds: every write below `horizon`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freshness {
     pub horizon: i64,
@@ -184,53 +225,79 @@ impl Freshness {
     }
 }
 
-/// The read model's freshness now: the lesser of the two consumers'.
-pub async fn freshness(pool: &PgPool) -> Result<Freshness, sqlx::Error> {
+/// The read model's freshness now: the newest horizon both consumers are through.
+pub async fn freshness(pool: &PgPool, horizons: &Horizons) -> Result<Freshness, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT consumer, horizon, published_at, applied_at FROM consumer_progress
+        "SELECT consumer, applied_through, applied_at FROM consumer_progress
          WHERE consumer = ANY($1)",
     )
     .bind([DEALS_CONSUMER, PLANS_CONSUMER])
     .fetch_all(pool)
     .await?;
-    if rows.len() < 2 {
-        return Ok(Freshness {
-            horizon: 0,
-            published_at: None,
-            applied_at: None,
-        });
-    }
-    let mut least: Option<Freshness> = None;
+    let (mut deals, mut plans, mut applied_at) = (0, 0, None::<OffsetDateTime>);
     for row in rows {
-        let this = Freshness {
-            horizon: row.try_get("horizon")?,
-            published_at: row.try_get("published_at")?,
-            applied_at: row.try_get("applied_at")?,
-        };
-        if least.is_none_or(|l| this.horizon < l.horizon) {
-            least = Some(this);
+        let through: i64 = row.try_get("applied_through")?;
+        match row.try_get::<&str, _>("consumer")? {
+            DEALS_CONSUMER => deals = through,
+            _ => plans = through,
         }
+        let at: OffsetDateTime = row.try_get("applied_at")?;
+        applied_at = Some(applied_at.map_or(at, |a| a.max(at)));
     }
-    Ok(least.unwrap_or(Freshness {
-        horizon: 0,
-        published_at: None,
-        applied_at: None,
-    }))
+    let reached = horizons.reached(deals, plans);
+    Ok(Freshness {
+        horizon: reached.map_or(0, |h| h.xid),
+        published_at: reached.and_then(|h| h.published_at),
+        applied_at,
+    })
 }
 
 /// The freshness to answer with: at once without a token, else once the model includes
 /// the token's write (at most `wait`; UNAVAILABLE after that).
 pub async fn at_least(
     pool: &PgPool,
+    horizons: &Horizons,
     token: Option<Token>,
     wait: std::time::Duration,
 ) -> Result<Freshness, ApiError> {
     let Some(token) = token else {
-        return Ok(freshness(pool).await?);
+        return Ok(freshness(pool, horizons).await?);
     };
     consistency::wait_until(token, wait, || async {
-        let now = freshness(pool).await?;
+        let now = freshness(pool, horizons).await?;
         Ok(token.covered_by(now.horizon).then_some(now))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn horizon(xid: i64, deals: i64, plans: i64) -> Horizon {
+        Horizon {
+            xid,
+            deals_sequence: deals,
+            plans_sequence: plans,
+            published_at: None,
+        }
+    }
+
+    #[test]
+    fn the_newest_horizon_both_streams_reached_counts() {
+        let kept = Horizons::default();
+        kept.add(horizon(10, 5, 2));
+        kept.add(horizon(20, 9, 2));
+        kept.add(horizon(15, 20, 20)); // older than the last: ignored
+        kept.add(horizon(30, 12, 3));
+        assert_eq!(kept.reached(4, 9), None);
+        assert_eq!(kept.reached(9, 2).map(|h| h.xid), Some(20));
+        assert_eq!(kept.reached(11, 9).map(|h| h.xid), Some(20));
+        assert_eq!(
+            kept.reached(12, 2).map(|h| h.xid),
+            Some(20),
+            "plans not there yet"
+        );
+        assert_eq!(kept.reached(100, 100).map(|h| h.xid), Some(30));
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use prost::Message as _;
 use salesplan_platform::{
-    bus::{BatchHandler, Delivery, Outcome, apply_each_on_refusal, streams},
+    bus::{BatchHandler, Delivery, Outcome, apply_each_on_refusal},
     db::key_lookups_only,
     error::sql_data_refusal,
 };
@@ -324,9 +324,6 @@ impl BatchHandler for DealEvents {
         let mut outcomes = vec![Outcome::Done; batch.len()];
         let mut rows = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
-            if streams::is_horizon(&delivery.subject) {
-                continue; // recorded by `progress::Tracked`
-            }
             // A span per event, in the trace of the change that caused it.
             let _span = delivery.span("reporting.apply").entered();
             match decode(&delivery.payload) {

@@ -116,6 +116,20 @@ impl Bus {
         Ok(())
     }
 
+    /// The sequence of the last message `stream` holds (0 when empty).
+    pub async fn last_sequence(&self, stream: &streams::StreamSpec) -> Result<u64, BusError> {
+        let mut stream = self
+            .js
+            .get_stream(stream.name)
+            .await
+            .map_err(|e| BusError::jetstream("get stream", e))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| BusError::jetstream("stream info", e))?;
+        Ok(info.state.last_sequence)
+    }
+
     /// Flushes what was published (acks included) and closes the connection; gives up
     /// after a few seconds when the server is gone, since nothing more can be sent then.
     pub async fn close(self) {

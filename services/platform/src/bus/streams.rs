@@ -28,6 +28,12 @@ impl StreamSpec {
             max_age: self.max_age,
             duplicate_window: self.duplicate_window,
             num_replicas: replicas,
+            // The horizons' stream keeps the newest message only.
+            max_messages_per_subject: if self.name == "SALESPLAN_HORIZONS" {
+                1
+            } else {
+                0
+            },
             ..Default::default()
         }
     }
@@ -83,6 +89,18 @@ pub const ASSIGNMENTS: StreamSpec = StreamSpec {
     retention: RetentionPolicy::Limits,
 };
 
+/// deal-service's outbox horizons (`pb::Horizon`, read your writes): only the newest is
+/// kept, so the stream never grows.
+pub const HORIZONS: StreamSpec = StreamSpec {
+    name: "SALESPLAN_HORIZONS",
+    subjects: HORIZON_SUBJECT,
+    max_age: Duration::from_secs(DAY.as_secs()),
+    duplicate_window: Duration::from_secs(60),
+    retention: RetentionPolicy::Limits,
+};
+
+pub const HORIZON_SUBJECT: &str = "salesplan.horizons.v1";
+
 /// Messages a consumer could not process after its retries.
 pub const DEAD_LETTERS: StreamSpec = StreamSpec {
     name: "SALESPLAN_DEAD_LETTERS",
@@ -92,7 +110,15 @@ pub const DEAD_LETTERS: StreamSpec = StreamSpec {
     retention: RetentionPolicy::Limits,
 };
 
-pub const ALL: [StreamSpec; 6] = [INTAKE, BULK, DEALS, PLANS, ASSIGNMENTS, DEAD_LETTERS];
+pub const ALL: [StreamSpec; 7] = [
+    INTAKE,
+    BULK,
+    DEALS,
+    PLANS,
+    ASSIGNMENTS,
+    HORIZONS,
+    DEAD_LETTERS,
+];
 
 pub fn intake_subject(account_id: &str, plan_id: &str) -> String {
     format!("salesplan.intake.v1.{account_id}.{plan_id}")
@@ -105,16 +131,6 @@ pub fn bulk_subject(account_id: &str, plan_id: &str) -> String {
 /// Every bulk subject of one account.
 pub fn bulk_subjects_of(account_id: &str) -> String {
     format!("salesplan.bulk.v1.{account_id}.>")
-}
-
-/// Where deal-service's outbox relay publishes its horizons (`pb::Horizon`): four tokens,
-/// so never an account's subject (those have five).
-pub const DEALS_HORIZON: &str = "salesplan.deals.v1.horizon";
-pub const PLANS_HORIZON: &str = "salesplan.plans.v1.horizon";
-
-/// Whether a deal or plan stream's message is a horizon rather than an event.
-pub fn is_horizon(subject: &str) -> bool {
-    subject == DEALS_HORIZON || subject == PLANS_HORIZON
 }
 
 pub fn deal_subject(account_id: &str, kind: &str) -> String {
