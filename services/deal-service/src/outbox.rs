@@ -50,6 +50,8 @@ pub struct Relayed {
     pub horizon: Option<i64>,
     /// The newest transaction whose events the pass published.
     pub newest_xid: i64,
+    /// The positions its events were stored at (the highest per stream).
+    pub positions: Positions,
     /// Rows the broker refused, moved to `outbox_parked`.
     pub parked: usize,
     /// A passing failure (NATS unreachable, …) that stopped the pass; the rows from the
@@ -167,6 +169,10 @@ struct Horizons {
     published: i64,
     /// The newest transaction whose events were published.
     newest_xid: i64,
+    /// The last positions of the deal and plan streams that hold every event published so
+    /// far: read from the streams once, then followed from the publish acks (no stream
+    /// requests per horizon). `None` until read.
+    positions: Option<Positions>,
 }
 
 impl Horizons {
@@ -174,10 +180,22 @@ impl Horizons {
     /// pass).
     async fn after(&mut self, pass: &Relayed, bus: &Bus) {
         self.newest_xid = self.newest_xid.max(pass.newest_xid);
+        let positions = match self.positions {
+            Some(known) => known.max(pass.positions),
+            // Events of earlier relays are at or before the streams' ends now.
+            None => match Positions::of_streams(bus).await {
+                Ok(ends) => ends.max(pass.positions),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the streams' positions");
+                    return;
+                }
+            },
+        };
+        self.positions = Some(positions);
         let Some(horizon) = pass.horizon.filter(|h| *h > self.published) else {
             return;
         };
-        match publish_horizon(bus, horizon).await {
+        match publish_horizon(bus, horizon, positions).await {
             Ok(()) => self.published = horizon,
             Err(err) => tracing::warn!(error = %err, "cannot publish the outbox horizon"),
         }
@@ -189,11 +207,47 @@ impl Horizons {
     }
 }
 
-/// Publishes `horizon` with the streams' last positions, read after the pass published:
-/// every event of a transaction below it is at or before them.
-async fn publish_horizon(bus: &Bus, horizon: i64) -> Result<(), salesplan_platform::bus::BusError> {
-    let deals_sequence = bus.last_sequence(&streams::DEALS).await?;
-    let plans_sequence = bus.last_sequence(&streams::PLANS).await?;
+/// Positions in the deal and plan streams.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Positions {
+    pub deals: u64,
+    pub plans: u64,
+}
+
+impl Positions {
+    async fn of_streams(bus: &Bus) -> Result<Self, salesplan_platform::bus::BusError> {
+        Ok(Self {
+            deals: bus.last_sequence(&streams::DEALS).await?,
+            plans: bus.last_sequence(&streams::PLANS).await?,
+        })
+    }
+
+    fn max(self, other: Self) -> Self {
+        Self {
+            deals: self.deals.max(other.deals),
+            plans: self.plans.max(other.plans),
+        }
+    }
+
+    /// Notes the position an event was stored at.
+    fn note(&mut self, subject: &str, sequence: u64) {
+        if subject.starts_with("salesplan.plans.") {
+            self.plans = self.plans.max(sequence);
+        } else {
+            self.deals = self.deals.max(sequence);
+        }
+    }
+}
+
+/// Publishes `horizon` with the positions every event published so far is at or before.
+async fn publish_horizon(
+    bus: &Bus,
+    horizon: i64,
+    Positions {
+        deals: deals_sequence,
+        plans: plans_sequence,
+    }: Positions,
+) -> Result<(), salesplan_platform::bus::BusError> {
     let now = time::OffsetDateTime::now_utc();
     let payload = pb::Horizon {
         xid_horizon: horizon,
@@ -279,10 +333,16 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
     let mut pass = Relayed::default();
     let mut done = Vec::with_capacity(ids.len());
     let mut parked: Vec<Parked> = Vec::new();
+    let subjects: Vec<String> = messages.iter().map(|m| m.subject.clone()).collect();
     let results = bus.publish_each(messages).await;
-    for ((id, account_id), result) in ids.into_iter().zip(accounts).zip(results) {
+    for (((id, account_id), subject), result) in
+        ids.into_iter().zip(accounts).zip(subjects).zip(results)
+    {
         match result {
-            Ok(_) => done.push(id),
+            Ok(stored) => {
+                pass.positions.note(&subject, stored.sequence);
+                done.push(id);
+            }
             Err(err) if err.is_refused() => {
                 tracing::error!(outbox_id = id, %account_id, error = %err, "event refused by the broker, parked");
                 parked.push(Parked {
@@ -367,4 +427,20 @@ async fn park(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_follow_each_stream_and_never_go_back() {
+        let mut pass = Positions::default();
+        pass.note("salesplan.deals.v1.acme.created", 7);
+        pass.note("salesplan.plans.v1.acme.updated", 3);
+        pass.note("salesplan.deals.v1.acme.moved", 5);
+        assert_eq!(pass, Positions { deals: 7, plans: 3 });
+        let known = Positions { deals: 9, plans: 1 };
+        assert_eq!(known.max(pass), Positions { deals: 9, plans: 3 });
+    }
 }
