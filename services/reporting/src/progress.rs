@@ -63,13 +63,15 @@ impl<H: BatchHandler> BatchHandler for Tracked<H> {
     }
 }
 
+/// Moves the consumer's position over the messages handled: a run that continues it costs
+/// one row update; only messages beyond a gap are written down, until it is filled.
 async fn record(
     pool: &PgPool,
     consumer: &str,
     batch: &[Delivery],
     outcomes: &[Outcome],
 ) -> Result<(), sqlx::Error> {
-    let handled: Vec<i64> = batch
+    let mut handled: Vec<i64> = batch
         .iter()
         .zip(outcomes)
         .filter(|(_, outcome)| matches!(outcome, Outcome::Done | Outcome::Reject(_)))
@@ -81,49 +83,76 @@ async fn record(
     if handled.is_empty() {
         return Ok(());
     }
+    handled.sort_unstable();
+    handled.dedup();
     let mut tx = pool.begin().await?;
-    // A consumer's first batch starts its record (what came before was applied before
-    // progress was kept, or aged out).
-    sqlx::query(
-        "INSERT INTO consumer_progress (consumer, applied_through) VALUES ($1, $2)
-         ON CONFLICT (consumer) DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(first - 1)
-    .execute(&mut *tx)
-    .await?;
-    let mut floor: i64 = sqlx::query_scalar(
+    let known: Option<i64> = sqlx::query_scalar(
         "SELECT applied_through FROM consumer_progress WHERE consumer = $1 FOR UPDATE",
     )
     .bind(consumer)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO consumer_ahead (consumer, seq)
-         SELECT $1, s FROM UNNEST($2::bigint[]) AS t(s) WHERE s > $3
-         ON CONFLICT (consumer, seq) DO NOTHING",
+    let mut floor = match known {
+        Some(floor) => floor,
+        None => {
+            // A consumer's first batch starts its record (what came before was applied
+            // before progress was kept, or aged out). A replica racing here waits on the key.
+            sqlx::query(
+                "INSERT INTO consumer_progress (consumer, applied_through) VALUES ($1, $2)
+                 ON CONFLICT (consumer) DO NOTHING",
+            )
+            .bind(consumer)
+            .bind(first - 1)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query_scalar(
+                "SELECT applied_through FROM consumer_progress WHERE consumer = $1 FOR UPDATE",
+            )
+            .bind(consumer)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+    let mut beyond = Vec::new();
+    for seq in handled {
+        if seq == floor + 1 {
+            floor = seq;
+        } else if seq > floor {
+            beyond.push(seq);
+        }
+    }
+    if !beyond.is_empty() {
+        sqlx::query(
+            "INSERT INTO consumer_ahead (consumer, seq) SELECT $1, s FROM UNNEST($2::bigint[]) AS t(s)
+             ON CONFLICT (consumer, seq) DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(&beyond)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // Messages handled beyond an earlier gap that this run reaches.
+    let ahead: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM consumer_ahead WHERE consumer = $1 AND seq > $2 ORDER BY seq",
     )
     .bind(consumer)
-    .bind(&handled)
     .bind(floor)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
-    let ahead: Vec<i64> =
-        sqlx::query_scalar("SELECT seq FROM consumer_ahead WHERE consumer = $1 ORDER BY seq")
-            .bind(consumer)
-            .fetch_all(&mut *tx)
-            .await?;
+    let before = floor;
     for seq in ahead {
         if seq != floor + 1 {
             break;
         }
         floor = seq;
     }
-    sqlx::query("DELETE FROM consumer_ahead WHERE consumer = $1 AND seq <= $2")
-        .bind(consumer)
-        .bind(floor)
-        .execute(&mut *tx)
-        .await?;
+    if floor > before || !beyond.is_empty() {
+        sqlx::query("DELETE FROM consumer_ahead WHERE consumer = $1 AND seq <= $2")
+            .bind(consumer)
+            .bind(floor)
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query(
         "UPDATE consumer_progress SET applied_through = $2, applied_at = now()
          WHERE consumer = $1",
