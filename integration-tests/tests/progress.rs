@@ -26,12 +26,15 @@ impl BatchHandler for Scripted {
     }
 }
 
+const MAX_DELIVER: i64 = 3;
+
+/// Stream position `seq`; the ones from 100 up at their last delivery.
 fn delivery(seq: u64) -> Delivery {
     Delivery {
         subject: "salesplan.deals.v1.acme.created".into(),
         payload: Default::default(),
         headers: None,
-        delivered: 1,
+        delivered: if seq >= 100 { MAX_DELIVER } else { 1 },
         stream_sequence: seq,
     }
 }
@@ -61,6 +64,7 @@ async fn the_position_moves_over_contiguous_runs_only() -> anyhow::Result<()> {
             Scripted(outcomes.into_iter().collect()),
             pool.clone(),
             DEALS_CONSUMER,
+            MAX_DELIVER,
         );
         async move {
             let batch: Vec<Delivery> = seqs.into_iter().map(delivery).collect();
@@ -88,5 +92,14 @@ async fn the_position_moves_over_contiguous_runs_only() -> anyhow::Result<()> {
     // A message delivered twice moves nothing back.
     handle(vec![], vec![12, 18]).await;
     assert_eq!(position(&pool).await?, (18, vec![]));
+    // Still failing at its last delivery, a message is dead-lettered by the consumer loop:
+    // it counts, or the position would wait for it for ever.
+    handle(vec![], (19..100).collect()).await;
+    handle(
+        vec![(100, Outcome::Retry("still down".into()))],
+        vec![100, 101],
+    )
+    .await;
+    assert_eq!(position(&pool).await?, (101, vec![]));
     Ok(())
 }

@@ -169,10 +169,6 @@ struct Horizons {
     published: i64,
     /// The newest transaction whose events were published.
     newest_xid: i64,
-    /// The last positions of the deal and plan streams that hold every event published so
-    /// far: read from the streams once, then followed from the publish acks (no stream
-    /// requests per horizon). `None` until read.
-    positions: Option<Positions>,
 }
 
 impl Horizons {
@@ -180,20 +176,17 @@ impl Horizons {
     /// pass).
     async fn after(&mut self, pass: &Relayed, bus: &Bus) {
         self.newest_xid = self.newest_xid.max(pass.newest_xid);
-        let positions = match self.positions {
-            Some(known) => known.max(pass.positions),
-            // Events of earlier relays are at or before the streams' ends now.
-            None => match Positions::of_streams(bus).await {
-                Ok(ends) => ends.max(pass.positions),
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot read the streams' positions");
-                    return;
-                }
-            },
-        };
-        self.positions = Some(positions);
         let Some(horizon) = pass.horizon.filter(|h| *h > self.published) else {
             return;
+        };
+        // Read after the pass: another replica's relay may have published since this one
+        // last did (the lock is per pass), so only the streams' ends now cover everything.
+        let positions = match Positions::of_streams(bus).await {
+            Ok(ends) => ends.max(pass.positions),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the streams' positions");
+                return;
+            }
         };
         match publish_horizon(bus, horizon, positions).await {
             Ok(()) => self.published = horizon,
@@ -381,19 +374,18 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
 async fn running_horizon(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
 ) -> Result<i64, sqlx::Error> {
-    // The 32-bit ids of pg_stat_activity widened with the epoch of the next id (one below it
-    // is from the previous epoch when its low half is higher). The next id is read from the
-    // statement's snapshot, taken before the running transactions are listed.
+    // The 32-bit ids of pg_stat_activity widened to the 64-bit id nearest the snapshot's
+    // xmax (latest completed + 1: a running transaction may be at or above it). The xmax is
+    // read from the statement's snapshot, taken before the running transactions are listed.
     sqlx::query_scalar(
         "WITH next AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS n),
               running AS (
-                SELECT ((n >> 32) << 32) + a.backend_xid::text::bigint AS x, n
+                SELECT n + ((a.backend_xid::text::bigint - n % 4294967296
+                             + 2147483648 + 4294967296) % 4294967296) - 2147483648 AS x
                 FROM next JOIN pg_stat_activity a
                   ON a.datname = current_database() AND a.usename = current_user
                  AND a.backend_xid IS NOT NULL)
-         SELECT COALESCE(
-            (SELECT min(CASE WHEN x >= n THEN x - 4294967296 ELSE x END) FROM running),
-            (SELECT n FROM next))",
+         SELECT LEAST((SELECT min(x) FROM running), (SELECT n FROM next))",
     )
     .fetch_one(&mut **tx)
     .await

@@ -95,6 +95,7 @@ impl Service for Config {
                 projection::DealEvents::new(pool.clone()),
                 pool.clone(),
                 progress::DEALS_CONSUMER,
+                common.nats.max_deliver,
             )),
         );
         background.consume(
@@ -104,6 +105,7 @@ impl Service for Config {
                 names::PlanEvents::new(pool.clone()),
                 pool.clone(),
                 progress::PLANS_CONSUMER,
+                common.nats.max_deliver,
             )),
         );
         let grpc = GrpcParts {

@@ -34,14 +34,18 @@ pub struct Tracked<H> {
     inner: H,
     pool: PgPool,
     consumer: &'static str,
+    /// A message still failing at this delivery is dead-lettered by the consumer loop: it
+    /// counts as handled, or the position would wait for it for ever.
+    max_deliver: i64,
 }
 
 impl<H> Tracked<H> {
-    pub fn new(inner: H, pool: PgPool, consumer: &'static str) -> Self {
+    pub fn new(inner: H, pool: PgPool, consumer: &'static str, max_deliver: i64) -> Self {
         Self {
             inner,
             pool,
             consumer,
+            max_deliver,
         }
     }
 }
@@ -49,7 +53,15 @@ impl<H> Tracked<H> {
 impl<H: BatchHandler> BatchHandler for Tracked<H> {
     async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
         let mut outcomes = self.inner.handle(batch).await;
-        if let Err(err) = record(&self.pool, self.consumer, batch, &outcomes).await {
+        if let Err(err) = record(
+            &self.pool,
+            self.consumer,
+            batch,
+            &outcomes,
+            self.max_deliver,
+        )
+        .await
+        {
             // Applied but not recorded: delivered again, applied again (idempotent), then
             // recorded.
             tracing::warn!(consumer = self.consumer, error = %err, "cannot record progress");
@@ -70,11 +82,15 @@ async fn record(
     consumer: &str,
     batch: &[Delivery],
     outcomes: &[Outcome],
+    max_deliver: i64,
 ) -> Result<(), sqlx::Error> {
     let mut handled: Vec<i64> = batch
         .iter()
         .zip(outcomes)
-        .filter(|(_, outcome)| matches!(outcome, Outcome::Done | Outcome::Reject(_)))
+        .filter(|(delivery, outcome)| match outcome {
+            Outcome::Done | Outcome::Reject(_) => true,
+            Outcome::Retry(_) => delivery.delivered >= max_deliver,
+        })
         .map(|(delivery, _)| delivery.stream_sequence as i64)
         .collect();
     let Some(first) = batch.iter().map(|d| d.stream_sequence as i64).min() else {

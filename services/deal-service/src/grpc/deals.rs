@@ -95,7 +95,7 @@ impl DealService for Api {
         request: Request<pb::CreateDealRequest>,
     ) -> Reply<pb::CreateDealResponse> {
         let actor = auth::actor(&request)?;
-        let input = NewDeal::try_from(request.into_inner())?;
+        let input = intake_only(&actor, NewDeal::try_from(request.into_inner())?);
         // Anyone of the account may add a deal; giving it to someone else is editing
         // another manager's deals.
         if input
@@ -133,7 +133,11 @@ impl DealService for Api {
         let inputs: Vec<Result<NewDeal, ApiError>> = requests
             .into_iter()
             .enumerate()
-            .map(|(i, r)| NewDeal::try_from(r).map_err(|e| e.within(&format!("deals[{i}]"))))
+            .map(|(i, r)| {
+                NewDeal::try_from(r)
+                    .map(|d| intake_only(&actor, d))
+                    .map_err(|e| e.within(&format!("deals[{i}]")))
+            })
             .collect();
         if inputs
             .iter()
@@ -544,4 +548,14 @@ fn history_action(action: &str) -> pb::HistoryAction {
         "edited" => pb::HistoryAction::Edited,
         _ => pb::HistoryAction::Unspecified,
     }
+}
+
+/// `accepted_at_plan_version` is the platform's intake's word (a lead it accepted before
+/// the plan was archived); from anyone else it is ignored, so no client opens an archived
+/// plan by claiming it.
+fn intake_only(actor: &salesplan_platform::Actor, mut deal: NewDeal) -> NewDeal {
+    if !actor.has(Permission::PlatformIntake) {
+        deal.accepted_at_plan_version = None;
+    }
+    deal
 }
