@@ -8,6 +8,20 @@ use tonic::transport::Channel;
 
 pub use pb::distribution::{Mode, Strategy};
 
+/// The consistency token a write answered with (header `salesplan-consistency-token`).
+pub fn write_token<T>(
+    response: &tonic::Response<T>,
+) -> anyhow::Result<salesplan_platform::consistency::Token> {
+    use salesplan_platform::consistency::{HEADER, Token};
+    let header = response
+        .metadata()
+        .get(HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    Token::parse(HEADER, header)?
+        .ok_or_else(|| anyhow::anyhow!("a write answered without a consistency token"))
+}
+
 /// A plan request with the given distribution and managers (amount 100.00 USD).
 pub fn plan_request(
     name: &str,

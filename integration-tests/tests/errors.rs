@@ -3,7 +3,7 @@
 
 use integration_tests::{
     Stack,
-    api::{Mode, Strategy, create_plan, plan_request},
+    api::{Mode, Strategy, create_plan, plan_request, write_token},
 };
 use salesplan_platform::{Permission, grpc::outgoing};
 use salesplan_proto::v1::{
@@ -312,12 +312,7 @@ async fn foreign_and_unknown_ids_answer_the_same_everywhere() -> anyhow::Result<
             &b,
         ))
         .await?;
-    let written = created
-        .metadata()
-        .get(salesplan_platform::consistency::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let written = write_token(&created)?.to_string();
     // B sees its deal in the read model: what A is about to ask for exists.
     let of_b = reports
         .pipeline_summary(outgoing(

@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 use futures::{StreamExt, future::try_join_all};
 use integration_tests::{
     Stack,
-    api::{Mode, Strategy, all_deals, create_plan, plan_request},
+    api::{Mode, Strategy, all_deals, create_plan, plan_request, write_token},
     stack::eventually,
 };
 use salesplan_platform::{Permission, bus::streams, consistency, grpc::outgoing};
@@ -418,20 +418,6 @@ async fn a_visible_deal_is_explained_at_once() -> anyhow::Result<()> {
     stack.stop().await
 }
 
-/// The consistency token a write answered with (header `salesplan-consistency-token`).
-fn token_of<T>(response: &tonic::Response<T>) -> anyhow::Result<String> {
-    let token = response
-        .metadata()
-        .get(consistency::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| anyhow::anyhow!("a write answered without a consistency token"))?;
-    anyhow::ensure!(
-        consistency::Token::parse("token", token)?.is_some(),
-        "{token}"
-    );
-    Ok(token.to_owned())
-}
-
 /// Issue 15, point 4: a report given a write's consistency token includes that write —
 /// read at once, with no polling — and every report says what it reflects. Without the
 /// token, the same reads right after each change miss some (the read model is a few
@@ -461,7 +447,7 @@ async fn a_report_given_a_write_token_includes_that_write() -> anyhow::Result<()
             &token,
         ))
         .await?;
-    let plan_token = token_of(&reasons)?;
+    let plan_token = write_token(&reasons)?.to_string();
     let plan = reasons.into_inner().plan.expect("plan");
     let reason = plan.loss_reasons.clone().unwrap_or_default().reasons[0]
         .id
@@ -498,7 +484,7 @@ async fn a_report_given_a_write_token_includes_that_write() -> anyhow::Result<()
                 &token,
             ))
             .await?;
-        token_of(&created)?;
+        write_token(&created)?;
         let deal = created.into_inner().deal.expect("deal");
         let moved = deals
             .move_deal(outgoing(
@@ -511,7 +497,7 @@ async fn a_report_given_a_write_token_includes_that_write() -> anyhow::Result<()
                 &token,
             ))
             .await?;
-        let written = token_of(&moved)?;
+        let written = write_token(&moved)?.to_string();
         let unwaited = reports
             .loss_reasons(outgoing(report(String::new()), &token))
             .await?

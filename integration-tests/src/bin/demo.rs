@@ -9,11 +9,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::Context;
 use clap::Parser;
 use salesplan_platform::{
-    Actor, Permission,
-    auth::TokenIssuer,
-    config::AuthConfig,
-    consistency::{self, Token},
-    grpc::outgoing,
+    Actor, Permission, auth::TokenIssuer, config::AuthConfig, consistency::Token, grpc::outgoing,
 };
 use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
@@ -276,7 +272,7 @@ async fn main() -> anyhow::Result<()> {
                 &boss,
             ))
             .await?;
-        last_change = newer(last_change, token_of(&moved)?);
+        last_change = newer(last_change, integration_tests::api::write_token(&moved)?);
         let moved = moved
             .into_inner()
             .deal
@@ -298,7 +294,7 @@ async fn main() -> anyhow::Result<()> {
                 &boss,
             ))
             .await?;
-        last_change = newer(last_change, token_of(&reopened)?);
+        last_change = newer(last_change, integration_tests::api::write_token(&reopened)?);
         println!(
             "\nClosed {won_count} deals as won and {lost_count} as lost with a reason; reopened one lost deal."
         );
@@ -358,17 +354,6 @@ async fn main() -> anyhow::Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// The consistency token a write answered with.
-fn token_of<T>(response: &tonic::Response<T>) -> anyhow::Result<Token> {
-    let header = response
-        .metadata()
-        .get(consistency::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    Token::parse(consistency::HEADER, header)?
-        .context("a write answered without a consistency token")
 }
 
 fn newer(a: Option<Token>, b: Token) -> Option<Token> {

@@ -50,8 +50,6 @@ pub struct Relayed {
     pub horizon: Option<i64>,
     /// The newest transaction whose events the pass published.
     pub newest_xid: i64,
-    /// The positions its events were stored at (the highest per stream).
-    pub positions: Positions,
     /// Rows the broker refused, moved to `outbox_parked`.
     pub parked: usize,
     /// A passing failure (NATS unreachable, …) that stopped the pass; the rows from the
@@ -182,7 +180,7 @@ impl Horizons {
         // Read after the pass: another replica's relay may have published since this one
         // last did (the lock is per pass), so only the streams' ends now cover everything.
         let positions = match Positions::of_streams(bus).await {
-            Ok(ends) => ends.max(pass.positions),
+            Ok(ends) => ends,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the streams' positions");
                 return;
@@ -213,22 +211,6 @@ impl Positions {
             deals: bus.last_sequence(&streams::DEALS).await?,
             plans: bus.last_sequence(&streams::PLANS).await?,
         })
-    }
-
-    fn max(self, other: Self) -> Self {
-        Self {
-            deals: self.deals.max(other.deals),
-            plans: self.plans.max(other.plans),
-        }
-    }
-
-    /// Notes the position an event was stored at.
-    fn note(&mut self, subject: &str, sequence: u64) {
-        if subject.starts_with("salesplan.plans.") {
-            self.plans = self.plans.max(sequence);
-        } else {
-            self.deals = self.deals.max(sequence);
-        }
     }
 }
 
@@ -326,16 +308,10 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
     let mut pass = Relayed::default();
     let mut done = Vec::with_capacity(ids.len());
     let mut parked: Vec<Parked> = Vec::new();
-    let subjects: Vec<String> = messages.iter().map(|m| m.subject.clone()).collect();
     let results = bus.publish_each(messages).await;
-    for (((id, account_id), subject), result) in
-        ids.into_iter().zip(accounts).zip(subjects).zip(results)
-    {
+    for ((id, account_id), result) in ids.into_iter().zip(accounts).zip(results) {
         match result {
-            Ok(stored) => {
-                pass.positions.note(&subject, stored.sequence);
-                done.push(id);
-            }
+            Ok(_) => done.push(id),
             Err(err) if err.is_refused() => {
                 tracing::error!(outbox_id = id, %account_id, error = %err, "event refused by the broker, parked");
                 parked.push(Parked {
@@ -419,20 +395,4 @@ async fn park(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_follow_each_stream_and_never_go_back() {
-        let mut pass = Positions::default();
-        pass.note("salesplan.deals.v1.acme.created", 7);
-        pass.note("salesplan.plans.v1.acme.updated", 3);
-        pass.note("salesplan.deals.v1.acme.moved", 5);
-        assert_eq!(pass, Positions { deals: 7, plans: 3 });
-        let known = Positions { deals: 9, plans: 1 };
-        assert_eq!(known.max(pass), Positions { deals: 9, plans: 3 });
-    }
 }
