@@ -171,6 +171,21 @@ impl DealStack {
             .expect("signing a test token")
     }
 
+    /// Starts a tunnel-listener (stopped with the stack; wait for it after `stop`).
+    pub async fn start_listener(&self) -> anyhow::Result<Running> {
+        tunnel_listener::Config::local(&self.db.url, &self.nats.url, &self.deal_service.grpc_url())
+            .start(self.shutdown.clone())
+            .await
+    }
+
+    /// Starts a distributor (stopped with the stack; wait for it after `stop`): a test can
+    /// let leads wait in the intake stream while it changes their plan.
+    pub async fn start_distributor(&self) -> anyhow::Result<Running> {
+        distributor::Config::local(&self.db.url, &self.nats.url, &self.deal_service.grpc_url())
+            .start(self.shutdown.clone())
+            .await
+    }
+
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
         Ok(
             tonic::transport::Endpoint::from_shared(self.deal_service.grpc_url())?

@@ -56,6 +56,7 @@ fn row(deal: u128, plan: u128, number: i64, v: &Version) -> DealRow {
         closed_at: closed.then(|| BASE + Duration::hours(v.closed_hours)),
         version: number,
         updated_at: BASE,
+        intake_id: None,
     }
 }
 

@@ -188,19 +188,12 @@ impl IntakeEvents {
     async fn refused(&self, item: &Decoded, delivered: i64, code: Code, message: String) -> Fate {
         let last_delivery = delivered >= self.bus.config().max_deliver;
         match code {
-            // A bulk add's named manager left the plan: no other decision to make.
-            Code::FailedPrecondition if item.event.assign_to_manager_id.is_some() => {
-                Fate::Rejected {
-                    code,
-                    reason: message,
-                }
-            }
             Code::FailedPrecondition if last_delivery => Fate::Rejected {
                 code,
                 reason: format!("refused at every delivery, last: {message}"),
             },
-            // The chosen manager left the plan since: decide again on the next delivery, from
-            // the plan as deal-service has it now. (A lead with no accepted version, in a plan
+            // The chosen manager (or the one a bulk add named) left the plan since: decide
+            // again on the next delivery, from the plan as deal-service has it now. (A lead with no accepted version, in a plan
             // archived now, has nothing to wait for.)
             Code::FailedPrecondition => {
                 match self

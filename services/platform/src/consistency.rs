@@ -7,8 +7,16 @@
 //! The token of a call is collected without threading it through every store function:
 //! the gRPC layer gives each call a scope, [`record`] notes each committed transaction's
 //! id in it, and the layer answers with the highest one in the response header [`HEADER`].
+//!
+//! An intake answer cannot name a transaction: its deal does not exist yet. It answers
+//! with a [`LeadsToken`] instead, the intake ids it accepted; a read given one waits until
+//! the deals of those leads are in what it reads (every deal from a lead has its intake id
+//! as idempotency key). Reads take either kind as [`Wanted`].
 
 use std::{cell::Cell, fmt, time::Duration};
+
+use base64::Engine as _;
+use uuid::Uuid;
 
 use crate::ApiError;
 
@@ -35,7 +43,7 @@ pub fn wait_from_env(env: &crate::config::Env) -> Result<Duration, crate::config
 /// Polls `reached` until it answers `Some`, at most `wait`; then UNAVAILABLE: the read
 /// model has not caught up with `token` yet (the client retries, or reads without it).
 pub async fn wait_until<T, F, Fut>(
-    token: Token,
+    token: &impl fmt::Display,
     wait: Duration,
     mut reached: F,
 ) -> Result<T, ApiError>
@@ -50,7 +58,8 @@ where
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ApiError::Unavailable(format!(
-                "not yet as fresh as consistency token {token} after {} ms; retry",
+                "not yet as fresh as consistency token {} after {} ms; retry",
+                Abridged(&token.to_string()),
                 wait.as_millis()
             )));
         }
@@ -98,6 +107,109 @@ impl Token {
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "v1.{}", self.0)
+    }
+}
+
+/// A token in an error message: a leads token of a bulk chunk runs to 20 kB.
+struct Abridged<'a>(&'a str);
+
+impl fmt::Display for Abridged<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(40) {
+            Some((end, _)) => write!(f, "{}…", &self.0[..end]),
+            None => f.write_str(self.0),
+        }
+    }
+}
+
+/// The answer to accepted leads: a read given it includes the deals of all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeadsToken(Vec<Uuid>);
+
+impl LeadsToken {
+    /// At most this many leads in one token: one AddAudience chunk.
+    pub const MAX_LEADS: usize = 1_000;
+    const PREFIX: &str = "l1.";
+
+    /// The token of `intake_ids` (at most [`Self::MAX_LEADS`]; more are an error of the
+    /// caller, which chunks by that size). A lead named twice counts once.
+    pub fn new(mut intake_ids: Vec<Uuid>) -> Self {
+        debug_assert!(intake_ids.len() <= Self::MAX_LEADS);
+        intake_ids.sort_unstable();
+        intake_ids.dedup();
+        Self(intake_ids)
+    }
+
+    pub fn intake_ids(&self) -> &[Uuid] {
+        &self.0
+    }
+
+    /// The ids as the idempotency keys of their deals.
+    pub fn keys(&self) -> Vec<String> {
+        self.0.iter().map(Uuid::to_string).collect()
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.strip_prefix(Self::PREFIX)?)
+            .ok()?;
+        if bytes.is_empty() || bytes.len() % 16 != 0 || bytes.len() / 16 > Self::MAX_LEADS {
+            return None;
+        }
+        Some(Self::new(
+            bytes
+                .chunks_exact(16)
+                .map(|id| Uuid::from_slice(id).ok())
+                .collect::<Option<_>>()?,
+        ))
+    }
+}
+
+impl fmt::Display for LeadsToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes: Vec<u8> = self.0.iter().flat_map(|id| *id.as_bytes()).collect();
+        write!(
+            f,
+            "{}{}",
+            Self::PREFIX,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        )
+    }
+}
+
+/// What a read given a token must include.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wanted {
+    /// A write: every transaction up to its token.
+    Write(Token),
+    /// The deals of accepted leads.
+    Leads(LeadsToken),
+}
+
+impl Wanted {
+    /// The token of a request field, of either kind: none when empty; INVALID_ARGUMENT
+    /// naming `field` when it is not one this system wrote.
+    pub fn parse(field: &str, text: &str) -> Result<Option<Wanted>, ApiError> {
+        if text.starts_with(LeadsToken::PREFIX) {
+            return LeadsToken::parse(text)
+                .map(|leads| Some(Wanted::Leads(leads)))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        field,
+                        "not a consistency token (the consistency_token of an intake answer)",
+                    )
+                });
+        }
+        Ok(Token::parse(field, text)?.map(Wanted::Write))
+    }
+}
+
+impl fmt::Display for Wanted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Wanted::Write(token) => token.fmt(f),
+            Wanted::Leads(leads) => leads.fmt(f),
+        }
     }
 }
 
@@ -189,6 +301,43 @@ mod tests {
         }
         assert!(token.covered_by(43) && !token.covered_by(42));
         assert!(Token::of_horizon(43) == token);
+    }
+
+    #[test]
+    fn leads_tokens_round_trip_and_are_bounded() {
+        let ids: Vec<Uuid> = (0..LeadsToken::MAX_LEADS).map(|_| Uuid::new_v4()).collect();
+        let leads = LeadsToken::new(ids.clone());
+        let text = leads.to_string();
+        assert!(text.len() < 22_000, "{}", text.len());
+        assert_eq!(
+            Wanted::parse("t", &text).unwrap(),
+            Some(Wanted::Leads(leads))
+        );
+        assert_eq!(
+            Wanted::parse("t", "v1.42").unwrap(),
+            Some(Wanted::Write(Token(42)))
+        );
+        let twice = LeadsToken::new(vec![ids[0], ids[1], ids[0]]);
+        assert_eq!(twice.intake_ids().len(), 2, "a lead named twice counts once");
+        let one_too_many = LeadsToken(ids.into_iter().chain([Uuid::nil()]).collect());
+        let truncated = &text[..text.len() - 3];
+        for bad in [one_too_many.to_string().as_str(), "l1.", "l1.!!", truncated, "l2.AA"] {
+            assert_eq!(
+                Wanted::parse("t", bad).unwrap_err().field(),
+                Some("t"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_runs_out_names_the_token_abridged() {
+        let leads = LeadsToken::new((0..500).map(|_| Uuid::new_v4()).collect());
+        let err = wait_until(&leads, Duration::ZERO, || async { Ok(None::<()>) })
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("l1.") && message.len() < 200, "{message}");
     }
 
     #[tokio::test]

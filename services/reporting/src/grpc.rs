@@ -4,7 +4,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use salesplan_platform::{
     ApiError, Checks, auth,
-    consistency::Token,
+    consistency::Wanted,
     ids::parse_id,
     limits::{AccountLimiter, ClassLimit},
     validate,
@@ -47,10 +47,10 @@ impl Reports {
 
     /// Waits until the read model includes the request's token (if any): what the answer
     /// then reflects.
-    async fn fresh_enough(&self, token: &str) -> Result<pb::Freshness, ApiError> {
-        let token = Token::parse("min_consistency_token", token)?;
+    async fn fresh_enough(&self, account_id: &str, token: &str) -> Result<pb::Freshness, ApiError> {
+        let wanted = Wanted::parse("min_consistency_token", token)?;
         Ok(
-            progress::at_least(&self.pool, &self.horizons, token, self.wait)
+            progress::at_least(&self.pool, &self.horizons, account_id, wanted, self.wait)
                 .await?
                 .to_proto(),
         )
@@ -291,7 +291,7 @@ impl Reports {
                     .collect::<Result<_, _>>(),
             ),
         };
-        checks.check(Token::parse(
+        checks.check(Wanted::parse(
             "min_consistency_token",
             &request.min_consistency_token,
         ));
@@ -299,7 +299,7 @@ impl Reports {
         let (Some(by), Some((period, range))) = (by, period) else {
             return Err(ApiError::internal("a checked field is missing"));
         };
-        let as_of = self.fresh_enough(&request.min_consistency_token).await?;
+        let as_of = self.fresh_enough(account_id, &request.min_consistency_token).await?;
         let (cells, plans, reasons) = tokio::try_join!(
             reports::closed_cells(&self.pool, account_id, period, &scope),
             reports::plan_names(&self.pool, account_id),
@@ -345,7 +345,7 @@ impl Reports {
     ) -> Result<pb::StageLossesResponse, ApiError> {
         let (period, _) = period_of(request.period)?;
         let plans_filter = plan_ids(&request.plan_ids)?;
-        let as_of = self.fresh_enough(&request.min_consistency_token).await?;
+        let as_of = self.fresh_enough(account_id, &request.min_consistency_token).await?;
         let (losses, stages, names) = tokio::try_join!(
             reports::stage_losses(&self.pool, account_id, period, &plans_filter),
             reports::stages(&self.pool, account_id),
@@ -439,7 +439,7 @@ impl ReportService for Reports {
             .map(|p| parse_id("plan_id", p))
             .transpose()?;
         let as_of = self
-            .fresh_enough(&request.get_ref().min_consistency_token)
+            .fresh_enough(&actor.account_id, &request.get_ref().min_consistency_token)
             .await?;
         let summary = Reports::pipeline_summary(self, &actor.account_id, plan_id, as_of).await?;
         Ok(Response::new(summary))

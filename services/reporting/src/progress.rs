@@ -16,7 +16,7 @@ use prost::Message as _;
 use salesplan_platform::{
     ApiError,
     bus::{BatchHandler, Delivery, Outcome},
-    consistency::{self, Token},
+    consistency::{self, LeadsToken, Token, Wanted},
 };
 use salesplan_proto::v1 as pb;
 use sqlx::{PgPool, Row};
@@ -298,21 +298,51 @@ pub async fn freshness(pool: &PgPool, horizons: &Horizons) -> Result<Freshness, 
 }
 
 /// The freshness to answer with: at once without a token, else once the model includes
-/// the token's write (at most `wait`; UNAVAILABLE after that).
+/// what the token stands for (at most `wait`; UNAVAILABLE after that): a write, or the
+/// deals of accepted leads in `account_id`.
 pub async fn at_least(
     pool: &PgPool,
     horizons: &Horizons,
-    token: Option<Token>,
+    account_id: &str,
+    wanted: Option<Wanted>,
     wait: std::time::Duration,
 ) -> Result<Freshness, ApiError> {
-    let Some(token) = token else {
-        return Ok(freshness(pool, horizons).await?);
-    };
-    consistency::wait_until(token, wait, || async {
-        let now = freshness(pool, horizons).await?;
-        Ok(token.covered_by(now.horizon).then_some(now))
-    })
-    .await
+    match wanted {
+        None => Ok(freshness(pool, horizons).await?),
+        Some(Wanted::Write(token)) => {
+            consistency::wait_until(&token, wait, || async {
+                let now = freshness(pool, horizons).await?;
+                Ok(token.covered_by(now.horizon).then_some(now))
+            })
+            .await
+        }
+        Some(Wanted::Leads(leads)) => {
+            consistency::wait_until(&leads, wait, || async {
+                if leads_applied(pool, account_id, &leads).await? {
+                    Ok(Some(freshness(pool, horizons).await?))
+                } else {
+                    Ok(None)
+                }
+            })
+            .await
+        }
+    }
+}
+
+/// Whether the deals of all `leads` are in the read model of `account_id`.
+async fn leads_applied(
+    pool: &PgPool,
+    account_id: &str,
+    leads: &LeadsToken,
+) -> Result<bool, sqlx::Error> {
+    let found: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM deals WHERE intake_id = ANY($1) AND account_id = $2",
+    )
+    .bind(leads.intake_ids())
+    .bind(account_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(found as usize >= leads.intake_ids().len())
 }
 
 #[cfg(test)]

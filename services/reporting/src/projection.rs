@@ -30,6 +30,8 @@ pub struct DealRow {
     pub closed_at: Option<OffsetDateTime>,
     pub version: i64,
     pub updated_at: OffsetDateTime,
+    /// The lead the deal came from (its idempotency key, when that is an intake id).
+    pub intake_id: Option<Uuid>,
 }
 
 pub struct DealEvents {
@@ -188,16 +190,17 @@ async fn write_rows(
                 loss_reason_id = excluded.loss_reason_id,
                 stage_before_close_id = excluded.stage_before_close_id,
                 closed_at = excluded.closed_at, version = excluded.version,
-                updated_at = excluded.updated_at
+                updated_at = excluded.updated_at, intake_id = excluded.intake_id
              WHERE deals.version < excluded.version AND deals.account_id = excluded.account_id"
         }
     };
     let written: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "INSERT INTO deals (deal_id, account_id, plan_id, stage_id, manager_id, status,
-            amount_minor, currency, loss_reason_id, stage_before_close_id, closed_at, version, updated_at)
+            amount_minor, currency, loss_reason_id, stage_before_close_id, closed_at, version, updated_at,
+            intake_id)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
             $7::bigint[], $8::text[], $9::uuid[], $10::uuid[], $11::timestamptz[], $12::bigint[],
-            $13::timestamptz[])
+            $13::timestamptz[], $14::uuid[])
          ON CONFLICT (deal_id) {on_conflict}
          RETURNING deal_id"
     )))
@@ -214,6 +217,7 @@ async fn write_rows(
     .bind(rows.iter().map(|r| r.closed_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.intake_id).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
     Ok(written.into_iter().collect())
@@ -386,5 +390,6 @@ pub fn decode(payload: &[u8]) -> Result<DealRow, String> {
         closed_at: time_of(deal.closed_at.as_ref()),
         version: deal.version,
         updated_at: time_of(deal.updated_at.as_ref()).ok_or("deal event without updated_at")?,
+        intake_id: Uuid::parse_str(&deal.idempotency_key).ok(),
     })
 }

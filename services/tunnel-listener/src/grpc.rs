@@ -3,12 +3,12 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
-use salesplan_platform::{ApiError, Permission, auth, limits::AccountLimiter};
+use salesplan_platform::{ApiError, Permission, auth, consistency, limits::AccountLimiter};
 use salesplan_proto::v1::{self as pb, intake_service_server::IntakeService};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::intake::Intake;
+use crate::intake::{self, Intake};
 
 /// What one account may hold of AddAudience.
 #[derive(Clone)]
@@ -50,10 +50,16 @@ impl IntakeService for IntakeApi {
             .intake
             .accept(&actor, lead, pb::IntakeSource::Grpc)
             .await?;
-        Ok(Response::new(pb::AddToSalesPlanResponse {
+        let token = accepted.consistency_token();
+        let mut response = Response::new(pb::AddToSalesPlanResponse {
             intake_id: accepted.intake_id.to_string(),
             accepted_now: accepted.accepted_now,
-        }))
+            consistency_token: token.clone(),
+        });
+        if let Ok(value) = token.parse() {
+            response.metadata_mut().insert(consistency::HEADER, value);
+        }
+        Ok(response)
     }
 
     type AddAudienceStream = AudienceStream;
@@ -94,7 +100,10 @@ impl IntakeService for IntakeApi {
                         None => job.insert(intake.audience_job(&actor, &chunk).await?),
                     };
                     let results = intake.accept_chunk(&actor, job, chunk).await?;
-                    Ok::<_, Status>(pb::AddAudienceResponse { results })
+                    Ok::<_, Status>(pb::AddAudienceResponse {
+                        consistency_token: intake::chunk_token(&results),
+                        results,
+                    })
                 }
                 .await;
                 let failed = answer.is_err();

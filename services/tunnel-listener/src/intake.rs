@@ -7,6 +7,7 @@ use prost::Message as _;
 use salesplan_platform::{
     Actor, ApiError, Checks,
     bus::{Bus, Outgoing, pending_by_account, streams},
+    consistency::LeadsToken,
     ids::{derived_id, parse_id},
     limits::{AccountLimiter, Permit},
     validate::{self, ContactInput},
@@ -26,6 +27,30 @@ pub struct Accepted {
     pub intake_id: Uuid,
     /// False when the same lead was accepted before (a retried webhook).
     pub accepted_now: bool,
+}
+
+impl Accepted {
+    /// What a read waits for to include this lead's deal.
+    pub fn consistency_token(&self) -> String {
+        LeadsToken::new(vec![self.intake_id]).to_string()
+    }
+}
+
+/// What a read waits for to include the deals of a chunk's accepted and duplicate
+/// contacts (a duplicate was accepted before: its deal comes, or is there).
+pub fn chunk_token(results: &[pb::ContactResult]) -> String {
+    let taken = [
+        pb::ContactOutcome::Accepted as i32,
+        pb::ContactOutcome::Duplicate as i32,
+    ];
+    LeadsToken::new(
+        results
+            .iter()
+            .filter(|r| taken.contains(&r.outcome))
+            .filter_map(|r| Uuid::parse_str(&r.intake_id).ok())
+            .collect(),
+    )
+    .to_string()
 }
 
 /// How much of the bulk lane one account may hold.

@@ -2,7 +2,9 @@
 //!
 //! `POST /v1/tunnel-actions/add-to-sales-plan` with `Authorization: Bearer <token>` (a token
 //! of the account with the `intake:write` permission) and a JSON lead. Answers
-//! `202 {"intake_id": …, "duplicate": false}` only once JetStream has stored the event;
+//! `202 {"intake_id": …, "duplicate": false, "consistency_token": …}` only once JetStream
+//! has stored the event (the token, also in the header `salesplan-consistency-token`, makes
+//! a read wait for the lead's deal);
 //! every error is a 4xx/5xx with `{"error": {"code", "message", "field"?}}`.
 
 use std::sync::Arc;
@@ -15,7 +17,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use salesplan_platform::{ApiError, Checks, Permission, auth::TokenVerifier, telemetry};
+use salesplan_platform::{
+    ApiError, Checks, Permission, auth::TokenVerifier, consistency, telemetry,
+};
 use salesplan_proto::v1 as pb;
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -47,14 +51,19 @@ async fn add_to_sales_plan(
     telemetry::set_parent(&span, telemetry::extract_from_http(&headers));
     async move {
         match handle(&state, &headers, body).await {
-            Ok(accepted) => (
-                StatusCode::ACCEPTED,
-                Json(json!({
-                    "intake_id": accepted.intake_id,
-                    "duplicate": !accepted.accepted_now,
-                })),
-            )
-                .into_response(),
+            Ok(accepted) => {
+                let token = accepted.consistency_token();
+                (
+                    StatusCode::ACCEPTED,
+                    [(consistency::HEADER, token.clone())],
+                    Json(json!({
+                        "intake_id": accepted.intake_id,
+                        "duplicate": !accepted.accepted_now,
+                        "consistency_token": token,
+                    })),
+                )
+                    .into_response()
+            }
             Err(err) => error_response(err),
         }
     }

@@ -421,7 +421,8 @@ impl DealService for Api {
             .transpose()
             .map_err(ApiError::from)?;
         let limit = page_size(req.page_size);
-        self.readable(&req.min_consistency_token).await?;
+        self.readable(&actor.account_id, &req.min_consistency_token)
+            .await?;
         let (page, totals) = self
             .store
             .list_with_totals(&actor.account_id, &query, sort, after.as_ref(), limit)
@@ -453,7 +454,8 @@ impl DealService for Api {
             n if n <= 0 => DEFAULT_CARDS,
             n => (n as usize).min(MAX_CARDS),
         };
-        self.readable(&req.min_consistency_token).await?;
+        self.readable(&actor.account_id, &req.min_consistency_token)
+            .await?;
         let plan = self.store.plan(&actor.account_id, plan_id).await?;
         let stages: Vec<Uuid> = plan
             .stages

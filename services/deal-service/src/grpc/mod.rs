@@ -38,10 +38,21 @@ impl Api {
         }
     }
 
-    /// Waits until the write of the request's consistency token (if any) can be read.
-    async fn readable(&self, token: &str) -> Result<(), salesplan_platform::ApiError> {
-        match salesplan_platform::consistency::Token::parse("min_consistency_token", token)? {
-            Some(token) => self.store.readable(token, self.consistency_wait).await,
+    /// Waits until what the request's consistency token (if any) stands for can be read:
+    /// a write, or the deals of accepted leads.
+    async fn readable(
+        &self,
+        account_id: &str,
+        token: &str,
+    ) -> Result<(), salesplan_platform::ApiError> {
+        use salesplan_platform::consistency::Wanted;
+        match Wanted::parse("min_consistency_token", token)? {
+            Some(Wanted::Write(token)) => self.store.readable(token, self.consistency_wait).await,
+            Some(Wanted::Leads(leads)) => {
+                self.store
+                    .leads_readable(account_id, &leads, self.consistency_wait)
+                    .await
+            }
             None => Ok(()),
         }
     }

@@ -9,7 +9,7 @@ mod plans;
 mod queries;
 mod rows;
 
-use salesplan_platform::consistency::{self, Token};
+use salesplan_platform::consistency::{self, LeadsToken, Token};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
@@ -76,7 +76,7 @@ impl Store {
         token: Token,
         wait: std::time::Duration,
     ) -> Result<(), salesplan_platform::ApiError> {
-        consistency::wait_until(token, wait, || async {
+        consistency::wait_until(&token, wait, || async {
             let status: Option<String> =
                 sqlx::query_scalar("SELECT pg_xact_status($1::text::xid8)")
                     .bind(token.0.to_string())
@@ -94,6 +94,29 @@ impl Store {
                     })?;
             // Committed, aborted, or so old its status is gone: nothing left to wait for.
             Ok((status.as_deref() != Some("in progress")).then_some(()))
+        })
+        .await
+    }
+
+    /// Waits (at most `wait`) until the deals of the accepted `leads` can be read in
+    /// `account_id`: each deal from a lead has its intake id as idempotency key.
+    pub async fn leads_readable(
+        &self,
+        account_id: &str,
+        leads: &LeadsToken,
+        wait: std::time::Duration,
+    ) -> Result<(), salesplan_platform::ApiError> {
+        let keys = leads.keys();
+        consistency::wait_until(leads, wait, || async {
+            let found: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM deals
+                 WHERE idempotency_key = ANY($1::text[]) AND account_id = $2",
+            )
+            .bind(&keys)
+            .bind(account_id)
+            .fetch_one(&self.reads)
+            .await?;
+            Ok((found as usize >= keys.len()).then_some(()))
         })
         .await
     }

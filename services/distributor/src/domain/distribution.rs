@@ -11,6 +11,16 @@ pub struct PlanSettings {
     pub archived: bool,
 }
 
+impl PlanSettings {
+    /// Whether `lead` goes straight to a manager its bulk add named: only while that
+    /// manager is a member.
+    pub fn names(&self, lead: &Lead) -> bool {
+        lead.assign_to
+            .as_ref()
+            .is_some_and(|m| self.managers.contains(m))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Manual,
@@ -132,13 +142,34 @@ fn decide_inner(
     open: &HashMap<String, i64>,
     random: u64,
 ) -> Decision {
-    if let Some(manager) = &lead.assign_to {
+    let Some(named) = &lead.assign_to else {
+        return distribute(plan, lead, cursor, open, random);
+    };
+    if plan.names(lead) {
         return Decision {
-            manager: Some(manager.clone()),
+            manager: Some(named.clone()),
             reason: "named by the bulk add".into(),
             candidates: Vec::new(),
         };
     }
+    // The listener accepted the bulk add while the manager was a member; the manager left
+    // since. An accepted lead becomes a deal all the same: as the plan distributes.
+    let mut decision = distribute(plan, lead, cursor, open, random);
+    decision.reason = format!(
+        "{}; manager {named} named by the bulk add is no longer a member",
+        decision.reason
+    );
+    decision
+}
+
+/// The decision of the plan's mode and strategy (no manager named by a bulk add).
+fn distribute(
+    plan: &PlanSettings,
+    lead: &Lead,
+    cursor: &mut Cursor,
+    open: &HashMap<String, i64>,
+    random: u64,
+) -> Decision {
     let (prefer_related, strategy) = match plan.mode {
         Mode::Manual => return Decision::without("the plan distributes manually"),
         Mode::Auto {
@@ -283,13 +314,34 @@ mod tests {
     fn bulk_add_to_a_manager_skips_distribution() {
         let plan = auto(Strategy::RoundRobin, false, &["a", "b"]);
         let lead = Lead {
-            assign_to: Some("z".into()),
+            assign_to: Some("b".into()),
             ..Default::default()
         };
         let mut cursor = Cursor::default();
         let d = decide(&plan, &lead, &mut cursor, &mut HashMap::new(), 0);
-        assert_eq!(d.manager.as_deref(), Some("z"));
+        assert_eq!(d.manager.as_deref(), Some("b"));
         assert_eq!(cursor, Cursor::default());
+    }
+
+    #[test]
+    fn a_named_manager_who_left_the_plan_gives_way_to_its_distribution() {
+        let lead = Lead {
+            assign_to: Some("z".into()),
+            ..Default::default()
+        };
+        let mut cursor = Cursor::default();
+        let plan = auto(Strategy::RoundRobin, false, &["a", "b"]);
+        let d = decide(&plan, &lead, &mut cursor, &mut HashMap::new(), 0);
+        assert_eq!(d.manager.as_deref(), Some("a"));
+        assert!(d.reason.contains("z named by the bulk add is no longer"), "{}", d.reason);
+        assert_ne!(cursor, Cursor::default(), "it took a turn");
+        let manual = PlanSettings {
+            mode: Mode::Manual,
+            managers: vec!["a".into()],
+            archived: false,
+        };
+        let d = decide(&manual, &lead, &mut cursor, &mut HashMap::new(), 0);
+        assert_eq!(d.manager, None, "a manual plan leaves it unassigned");
     }
 
     #[test]

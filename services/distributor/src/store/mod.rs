@@ -606,16 +606,13 @@ fn record(
     decision: Decision,
     at: time::OffsetDateTime,
 ) -> pb::Assignment {
-    let (mode, strategy, prefer_related) = match (&input.assign_to, settings.mode) {
-        (Some(_), _) => ("bulk", "", false),
-        (None, Mode::Manual) => ("manual", "", false),
-        (
-            None,
-            Mode::Auto {
-                prefer_related,
-                strategy,
-            },
-        ) => ("auto", strategy.as_str(), prefer_related),
+    let (mode, strategy, prefer_related) = match settings.mode {
+        _ if settings.names(input) => ("bulk", "", false),
+        Mode::Manual => ("manual", "", false),
+        Mode::Auto {
+            prefer_related,
+            strategy,
+        } => ("auto", strategy.as_str(), prefer_related),
     };
     pb::Assignment {
         intake_id: lead.intake_id.to_string(),
