@@ -184,8 +184,9 @@ pub enum Deals {
         filter: Filter,
         #[arg(long, default_value_t = 50)]
         limit: i32,
-        /// Answer only once the write of this consistency token (a write's
-        /// `salesplan-consistency-token`) is included.
+        /// Answer only once what this consistency token stands for is included: a write
+        /// (its `salesplan-consistency-token`) or the deals of accepted leads (the token
+        /// `intake add` prints).
         #[arg(long = "fresh-as", value_name = "TOKEN", default_value = "")]
         fresh_as: String,
     },
@@ -196,8 +197,9 @@ pub enum Deals {
         filter: Filter,
         #[arg(long, default_value_t = 5)]
         cards: i32,
-        /// Answer only once the write of this consistency token (a write's
-        /// `salesplan-consistency-token`) is included.
+        /// Answer only once what this consistency token stands for is included: a write
+        /// (its `salesplan-consistency-token`) or the deals of accepted leads (the token
+        /// `intake add` prints).
         #[arg(long = "fresh-as", value_name = "TOKEN", default_value = "")]
         fresh_as: String,
     },
@@ -282,8 +284,9 @@ pub enum Reports {
         details: bool,
         #[arg(long = "plan")]
         plans: Vec<String>,
-        /// Answer only once the write of this consistency token (a write's
-        /// `salesplan-consistency-token`) is included.
+        /// Answer only once what this consistency token stands for is included: a write
+        /// (its `salesplan-consistency-token`) or the deals of accepted leads (the token
+        /// `intake add` prints).
         #[arg(long = "fresh-as", value_name = "TOKEN", default_value = "")]
         fresh_as: String,
     },

@@ -590,16 +590,18 @@ async fn intake(ctx: &Ctx, command: Intake) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             ctx.print(
-                json!({"intake_id": response.intake_id, "duplicate": !response.accepted_now}),
+                json!({"intake_id": response.intake_id, "duplicate": !response.accepted_now,
+                       "consistency_token": response.consistency_token}),
                 || {
                     format!(
-                        "{} {}",
+                        "{} {} (read its deal with --fresh-as {})",
                         if response.accepted_now {
                             "accepted"
                         } else {
                             "duplicate"
                         },
-                        response.intake_id
+                        response.intake_id,
+                        response.consistency_token
                     )
                 },
             );

@@ -221,6 +221,26 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(added["duplicate"], false);
+    let token = added["consistency_token"].as_str().unwrap_or_default();
+    let found = ctl
+        .json(
+            &boss,
+            &[
+                "deals",
+                "list",
+                "--plan",
+                &plan_id,
+                "--search",
+                "bob@example.com",
+                "--fresh-as",
+                token,
+            ],
+        )
+        .await?;
+    assert_eq!(
+        found["total_count"], 1,
+        "the lead's deal, read at once: {found}"
+    );
     let dir = tempfile::tempdir()?;
     let csv = dir.path().join("audience.csv");
     let mut rows = String::from("external_id,name,email\n");

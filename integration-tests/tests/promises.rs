@@ -640,7 +640,12 @@ async fn an_intake_answer_token_makes_reads_include_its_deals() -> anyhow::Resul
     for n in 0..10 {
         // The webhook: the token in the body and the header, the same for a retry.
         let body = lead_json(&plan.id, &format!("w{n}"), &format!("w{n}"));
-        let send = || http.post(stack.webhook_url()).bearer_auth(&token).json(&body).send();
+        let send = || {
+            http.post(stack.webhook_url())
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+        };
         let response = send().await?;
         assert_eq!(response.status(), 202);
         let header = response.headers()[consistency::HEADER].to_str()?.to_owned();
@@ -648,7 +653,11 @@ async fn an_intake_answer_token_makes_reads_include_its_deals() -> anyhow::Resul
         assert_eq!(answer["consistency_token"], header.as_str());
         let retried: serde_json::Value = send().await?.json().await?;
         assert_eq!(retried["duplicate"], true);
-        assert_eq!(retried["consistency_token"], header.as_str(), "a retry's answer");
+        assert_eq!(
+            retried["consistency_token"],
+            header.as_str(),
+            "a retry's answer"
+        );
         expected += 1;
         if listed(&c, &token, &plan.id, "").await?.total_count != expected {
             missed_without_token += 1;
@@ -706,7 +715,10 @@ async fn an_intake_answer_token_makes_reads_include_its_deals() -> anyhow::Resul
         ))
         .await?
         .into_inner();
-    assert_eq!(summary.total_deals, expected, "reporting as of the last lead");
+    assert_eq!(
+        summary.total_deals, expected,
+        "reporting as of the last lead"
+    );
 
     // A bulk add: each chunk's token covers its accepted and duplicate contacts.
     let chunks = integration_tests::api::audience_chunks(&plan.id, "job", 1_000, 1_000, |i| {
@@ -758,12 +770,17 @@ async fn a_bulk_add_whose_named_manager_left_still_becomes_deals() -> anyhow::Re
     let plan = create_plan(
         channel.clone(),
         &token,
-        plan_request("P", Mode::Auto, Strategy::RoundRobin, false, &["m1", "m2", "m3"]),
+        plan_request(
+            "P",
+            Mode::Auto,
+            Strategy::RoundRobin,
+            false,
+            &["m1", "m2", "m3"],
+        ),
     )
     .await?;
-    let mut chunks = integration_tests::api::audience_chunks(&plan.id, "job", 30, 30, |i| {
-        format!("c{i}")
-    });
+    let mut chunks =
+        integration_tests::api::audience_chunks(&plan.id, "job", 30, 30, |i| format!("c{i}"));
     chunks[0].assign_to_manager_id = Some("m3".into());
     let intake_channel = tonic::transport::Endpoint::from_shared(listener.grpc_url())?
         .connect()
@@ -839,7 +856,9 @@ async fn a_bulk_add_whose_named_manager_left_still_becomes_deals() -> anyhow::Re
         .assignment
         .expect("an assignment");
     assert!(
-        explained.reason.contains("m3 named by the bulk add is no longer a member"),
+        explained
+            .reason
+            .contains("m3 named by the bulk add is no longer a member"),
         "{}",
         explained.reason
     );
@@ -847,7 +866,11 @@ async fn a_bulk_add_whose_named_manager_left_still_becomes_deals() -> anyhow::Re
         .list_intake_rejections(outgoing(pb::ListIntakeRejectionsRequest::default(), &token))
         .await?
         .into_inner();
-    assert!(rejections.rejections.is_empty(), "{:?}", rejections.rejections);
+    assert!(
+        rejections.rejections.is_empty(),
+        "{:?}",
+        rejections.rejections
+    );
     stack.stop().await?;
     listener.wait().await?;
     distributor.wait().await

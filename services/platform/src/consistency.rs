@@ -318,10 +318,20 @@ mod tests {
             Some(Wanted::Write(Token(42)))
         );
         let twice = LeadsToken::new(vec![ids[0], ids[1], ids[0]]);
-        assert_eq!(twice.intake_ids().len(), 2, "a lead named twice counts once");
+        assert_eq!(
+            twice.intake_ids().len(),
+            2,
+            "a lead named twice counts once"
+        );
         let one_too_many = LeadsToken(ids.into_iter().chain([Uuid::nil()]).collect());
         let truncated = &text[..text.len() - 3];
-        for bad in [one_too_many.to_string().as_str(), "l1.", "l1.!!", truncated, "l2.AA"] {
+        for bad in [
+            one_too_many.to_string().as_str(),
+            "l1.",
+            "l1.!!",
+            truncated,
+            "l2.AA",
+        ] {
             assert_eq!(
                 Wanted::parse("t", bad).unwrap_err().field(),
                 Some("t"),

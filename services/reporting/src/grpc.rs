@@ -299,7 +299,9 @@ impl Reports {
         let (Some(by), Some((period, range))) = (by, period) else {
             return Err(ApiError::internal("a checked field is missing"));
         };
-        let as_of = self.fresh_enough(account_id, &request.min_consistency_token).await?;
+        let as_of = self
+            .fresh_enough(account_id, &request.min_consistency_token)
+            .await?;
         let (cells, plans, reasons) = tokio::try_join!(
             reports::closed_cells(&self.pool, account_id, period, &scope),
             reports::plan_names(&self.pool, account_id),
@@ -345,7 +347,9 @@ impl Reports {
     ) -> Result<pb::StageLossesResponse, ApiError> {
         let (period, _) = period_of(request.period)?;
         let plans_filter = plan_ids(&request.plan_ids)?;
-        let as_of = self.fresh_enough(account_id, &request.min_consistency_token).await?;
+        let as_of = self
+            .fresh_enough(account_id, &request.min_consistency_token)
+            .await?;
         let (losses, stages, names) = tokio::try_join!(
             reports::stage_losses(&self.pool, account_id, period, &plans_filter),
             reports::stages(&self.pool, account_id),

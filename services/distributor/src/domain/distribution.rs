@@ -333,7 +333,11 @@ mod tests {
         let plan = auto(Strategy::RoundRobin, false, &["a", "b"]);
         let d = decide(&plan, &lead, &mut cursor, &mut HashMap::new(), 0);
         assert_eq!(d.manager.as_deref(), Some("a"));
-        assert!(d.reason.contains("z named by the bulk add is no longer"), "{}", d.reason);
+        assert!(
+            d.reason.contains("z named by the bulk add is no longer"),
+            "{}",
+            d.reason
+        );
         assert_ne!(cursor, Cursor::default(), "it took a turn");
         let manual = PlanSettings {
             mode: Mode::Manual,
