@@ -3,8 +3,12 @@
 use std::collections::HashMap;
 
 use distributor::{
-    domain::distribution::{Lead, Mode, PlanSettings, Strategy},
-    store::{PendingLead, PlanBatch, PlanCopy, Store},
+    domain::{
+        batch::PendingLead,
+        distribution::{Lead, Mode, PlanSettings, Strategy},
+    },
+    intake::{PlanBatch, decide_on_copy},
+    store::{PlanCopy, Store},
 };
 use integration_tests::TestDatabase;
 use salesplan_platform::service::Service;
@@ -55,7 +59,7 @@ async fn a_lead_twice_in_one_batch_is_decided_once() -> anyhow::Result<()> {
     let (_db, store, plan_id) = store_with_round_robin_plan().await?;
     let batch = [lead(1), lead(1), lead(2), lead(3)];
     let PlanBatch::Decided { decisions, new } =
-        store.decide_batch(ACCOUNT, plan_id, &batch, || 0).await?
+        decide_on_copy(&store, ACCOUNT, plan_id, &batch, || 0).await?
     else {
         anyhow::bail!("the plan is known and open");
     };
@@ -81,9 +85,8 @@ async fn a_lead_twice_in_one_batch_is_decided_once() -> anyhow::Result<()> {
     );
 
     // The next lead continues the turn where three decisions left it.
-    let PlanBatch::Decided { decisions, .. } = store
-        .decide_batch(ACCOUNT, plan_id, &[lead(4)], || 0)
-        .await?
+    let PlanBatch::Decided { decisions, .. } =
+        decide_on_copy(&store, ACCOUNT, plan_id, &[lead(4)], || 0).await?
     else {
         anyhow::bail!("the plan is known and open");
     };
@@ -102,7 +105,7 @@ async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> an
     };
     let batch = [lead(6), newer];
     assert!(matches!(
-        store.decide_batch(ACCOUNT, plan_id, &batch, || 0).await?,
+        decide_on_copy(&store, ACCOUNT, plan_id, &batch, || 0).await?,
         PlanBatch::Stale
     ));
     assert!(
@@ -110,9 +113,7 @@ async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> an
         "nothing was decided on the old copy"
     );
     assert!(matches!(
-        store
-            .decide_batch(ACCOUNT, Uuid::new_v4(), &[lead(8)], || 0)
-            .await?,
+        decide_on_copy(&store, ACCOUNT, Uuid::new_v4(), &[lead(8)], || 0).await?,
         PlanBatch::Stale
     ));
 
@@ -130,7 +131,7 @@ async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> an
         })
         .await?;
     let PlanBatch::Decided { decisions, new } =
-        store.decide_batch(ACCOUNT, plan_id, &batch, || 0).await?
+        decide_on_copy(&store, ACCOUNT, plan_id, &batch, || 0).await?
     else {
         anyhow::bail!("the copy is at version 2 now");
     };

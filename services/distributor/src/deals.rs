@@ -9,7 +9,10 @@ use salesplan_platform::{
 use salesplan_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::store::{DealState, Store, StoreError};
+use crate::{
+    domain::deal_view::DealState,
+    store::{Store, StoreError},
+};
 
 pub struct DealEvents {
     store: Store,

@@ -18,10 +18,65 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    domain::distribution::Lead,
-    store::{PendingLead, PlanBatch, PlanCopy, Rejection, Store},
+    domain::{
+        self,
+        batch::{Decided, PendingLead},
+        distribution::{Candidate, Lead, Mode, PlanSettings},
+    },
+    store::{NewAssignment, PlanCopy, Rejection, Store},
     upstream::{DealService, LookupError},
 };
+
+/// The outcome of deciding a plan's leads.
+pub enum PlanBatch {
+    /// The copy of the plan is missing or older than the version a lead was accepted at:
+    /// bring it up to date first. (An archived plan still decides: deal-service creates
+    /// the deals of leads accepted before the archive and refuses the others.)
+    Stale,
+    /// The decision for each lead (new or made before), and the new ones as records.
+    Decided {
+        decisions: HashMap<Uuid, Option<String>>,
+        new: Vec<pb::Assignment>,
+    },
+}
+
+/// Decides one plan's leads on the distributor's copy of the plan: what the decision
+/// needs is loaded under the plan's row lock, decided by [`domain::batch::decide_batch`],
+/// and saved in the same transaction with the records of the decisions made now.
+pub async fn decide_on_copy(
+    store: &Store,
+    account_id: &str,
+    plan_id: Uuid,
+    leads: &[PendingLead],
+    random: impl FnMut() -> u64,
+) -> Result<PlanBatch, crate::store::StoreError> {
+    let Some((opened, known)) = store.open_batch(account_id, plan_id, leads).await? else {
+        return Ok(PlanBatch::Stale);
+    };
+    let (settings, plan_version) = (known.settings.clone(), known.plan_version);
+    let batch = domain::batch::decide_batch(known, leads, random);
+    let at = time::OffsetDateTime::now_utc();
+    let records: Vec<pb::Assignment> = batch
+        .new
+        .iter()
+        .map(|d| record(account_id, (plan_id, plan_version), &settings, d, at))
+        .collect();
+    let kept: Vec<NewAssignment> = records
+        .iter()
+        .zip(&batch.new)
+        .map(|(record, d)| NewAssignment {
+            intake_id: d.intake_id,
+            manager_id: d.decision.manager.clone(),
+            reason: d.decision.reason.clone(),
+            explanation: record.encode_to_vec(),
+        })
+        .collect();
+    opened.save(&batch, &kept).await?;
+    Ok(PlanBatch::Decided {
+        decisions: batch.managers,
+        new: records,
+    })
+}
 
 /// What became of one lead of a batch.
 enum Fate {
@@ -55,6 +110,8 @@ pub struct IntakeEvents {
     decision: opentelemetry::metrics::Histogram<f64>,
     /// Leads refused on their own, by code.
     rejected: opentelemetry::metrics::Counter<u64>,
+    /// Leads of AUTO plans left without a manager, by reason.
+    unassigned: opentelemetry::metrics::Counter<u64>,
 }
 
 struct Decoded {
@@ -83,6 +140,9 @@ impl IntakeEvents {
             rejected: meter
                 .u64_counter("salesplan.distributor.rejected_leads")
                 .with_description("Accepted leads refused on their own (ListIntakeRejections)")
+                .build(),
+            unassigned: meter
+                .u64_counter("salesplan.distributor.unassigned")
                 .build(),
         }
     }
@@ -283,18 +343,26 @@ impl IntakeEvents {
         plan_id: Uuid,
         pending: &[PendingLead],
     ) -> Result<PlanBatch, DecideError> {
-        let decided = self
-            .store
-            .decide_batch(account_id, plan_id, pending, rand::random)
-            .await?;
-        if !matches!(decided, PlanBatch::Stale) {
-            return Ok(decided);
+        let mut decided =
+            decide_on_copy(&self.store, account_id, plan_id, pending, rand::random).await?;
+        if matches!(decided, PlanBatch::Stale) {
+            self.refresh_plan(account_id, plan_id).await?;
+            decided =
+                decide_on_copy(&self.store, account_id, plan_id, pending, rand::random).await?;
         }
-        self.refresh_plan(account_id, plan_id).await?;
-        Ok(self
-            .store
-            .decide_batch(account_id, plan_id, pending, rand::random)
-            .await?)
+        if let PlanBatch::Decided { new, .. } = &decided {
+            for a in new
+                .iter()
+                .filter(|a| a.mode == "auto" && a.manager_id.is_none())
+            {
+                tracing::warn!(%plan_id, reason = %a.reason, "lead left unassigned");
+                self.unassigned.add(
+                    1,
+                    &[opentelemetry::KeyValue::new("reason", a.reason.clone())],
+                );
+            }
+        }
+        Ok(decided)
     }
 
     /// Brings the copy of the plan up to what deal-service has now.
@@ -458,6 +526,56 @@ impl BatchHandler for IntakeEvents {
             self.record_rejections(batch, rejected, &mut outcomes).await;
         }
         outcomes
+    }
+}
+
+/// The record of a decision made on the plan `(id, version)`: what ExplainAssignment
+/// answers and the assignment stream carries.
+fn record(
+    account_id: &str,
+    (plan_id, plan_version): (Uuid, i64),
+    settings: &PlanSettings,
+    decided: &Decided,
+    at: time::OffsetDateTime,
+) -> pb::Assignment {
+    let (lead, decision) = (&decided.lead, &decided.decision);
+    let (mode, strategy, prefer_related) = match settings.mode {
+        _ if settings.names(lead) => ("bulk", "", false),
+        Mode::Manual => ("manual", "", false),
+        Mode::Auto {
+            prefer_related,
+            strategy,
+        } => ("auto", strategy.as_str(), prefer_related),
+    };
+    pb::Assignment {
+        intake_id: decided.intake_id.to_string(),
+        account_id: account_id.to_owned(),
+        plan_id: plan_id.to_string(),
+        deal_id: String::new(),
+        mode: mode.into(),
+        strategy: strategy.into(),
+        prefer_related,
+        related_manager_id: lead
+            .named_related
+            .clone()
+            .or_else(|| lead.previous_manager.clone()),
+        candidates: decision
+            .candidates
+            .iter()
+            .map(|c: &Candidate| pb::Candidate {
+                manager_id: c.manager_id.clone(),
+                open_deals: c.open_deals,
+                chosen: c.chosen,
+                note: c.note.clone(),
+            })
+            .collect(),
+        manager_id: decision.manager.clone(),
+        reason: decision.reason.clone(),
+        decided_at: Some(prost_types::Timestamp {
+            seconds: at.unix_timestamp(),
+            nanos: at.nanosecond() as i32,
+        }),
+        plan_version,
     }
 }
 

@@ -13,8 +13,10 @@ use salesplan_proto::v1 as pb;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::domain::distribution::{
-    Candidate, Cursor, Decision, Lead, Mode, PlanSettings, Strategy, decide,
+use crate::domain::{
+    batch::{Batch, Known, PendingLead},
+    deal_view::{self, Changes, DealState, Deltas, KnownDeals, LeadDecision, Seen},
+    distribution::{Cursor, Mode, PlanSettings, Strategy},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -45,50 +47,81 @@ pub struct PlanCopy {
     pub settings: PlanSettings,
 }
 
-/// One lead of a batch, to decide.
-#[derive(Debug, Clone)]
-pub struct PendingLead {
+/// A batch of one plan's leads being decided: the plan's row is locked until
+/// [`OpenBatch::save`] (or drop, which changes nothing).
+pub struct OpenBatch {
+    tx: Transaction<'static, Postgres>,
+    account_id: String,
+    plan_id: Uuid,
+}
+
+/// A decision to keep: the lead, its manager, and its explanation (an encoded
+/// `Assignment`, built by the caller).
+pub struct NewAssignment {
     pub intake_id: Uuid,
-    /// The plan's version the listener checked when it accepted the lead (0: not known).
-    pub plan_version: i64,
-    pub lead: Lead,
-    pub contact_key: Option<String>,
-}
-
-/// The outcome of deciding a plan's leads.
-pub enum PlanBatch {
-    /// The copy of the plan is missing or older than the version a lead was accepted at:
-    /// bring it up to date first. (An archived plan still decides: deal-service creates
-    /// the deals of leads accepted before the archive and refuses the others.)
-    Stale,
-    /// The decision for each lead (new or made before), and the new ones as records.
-    Decided {
-        decisions: HashMap<Uuid, Option<String>>,
-        new: Vec<pb::Assignment>,
-    },
-}
-
-/// A deal as a deal event shows it.
-#[derive(Debug, Clone)]
-pub struct DealState {
-    pub deal_id: Uuid,
-    pub account_id: String,
-    pub plan_id: Uuid,
     pub manager_id: Option<String>,
-    pub open: bool,
-    pub version: i64,
-    pub idempotency_key: String,
-    pub contact_key: Option<String>,
-    pub created_at: time::OffsetDateTime,
+    pub reason: String,
+    pub explanation: Vec<u8>,
+}
+
+impl OpenBatch {
+    /// Keeps the decisions made now and what they changed (open counts, contact
+    /// relations, the turn), and releases the plan. Nothing decided now: nothing written.
+    pub async fn save(
+        mut self,
+        batch: &Batch,
+        assignments: &[NewAssignment],
+    ) -> Result<(), StoreError> {
+        if assignments.is_empty() {
+            return Ok(());
+        }
+        let tx = &mut self.tx;
+        sqlx::query(
+            "INSERT INTO assignments (intake_id, account_id, plan_id, manager_id, reason, explanation)
+             SELECT i, $2, $3, m, r, e FROM UNNEST($1::uuid[], $4::text[], $5::text[], $6::bytea[])
+                AS t(i, m, r, e)
+             ON CONFLICT (account_id, intake_id) DO NOTHING",
+        )
+        .bind(assignments.iter().map(|a| a.intake_id).collect::<Vec<_>>())
+        .bind(&self.account_id)
+        .bind(self.plan_id)
+        .bind(assignments.iter().map(|a| a.manager_id.clone()).collect::<Vec<_>>())
+        .bind(assignments.iter().map(|a| a.reason.clone()).collect::<Vec<_>>())
+        .bind(assignments.iter().map(|a| a.explanation.clone()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+        let deltas: Deltas = batch
+            .opened
+            .iter()
+            .map(|(manager, n)| ((self.plan_id, manager.clone()), *n))
+            .collect();
+        apply_deltas(tx, &deltas).await?;
+        sqlx::query(
+            "INSERT INTO contact_managers (account_id, contact_key, manager_id, deal_created)
+             SELECT $1, k, m, now() FROM UNNEST($2::text[], $3::text[]) AS t(k, m)
+             ON CONFLICT (account_id, contact_key) DO UPDATE
+                SET manager_id = excluded.manager_id, deal_created = excluded.deal_created",
+        )
+        .bind(&self.account_id)
+        .bind(batch.relations.keys().cloned().collect::<Vec<_>>())
+        .bind(batch.relations.values().cloned().collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE plans SET rr_last = $2, rr_last_index = $3 WHERE plan_id = $1")
+            .bind(self.plan_id)
+            .bind(&batch.cursor.last)
+            .bind(batch.cursor.last_index as i64)
+            .execute(&mut **tx)
+            .await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
 }
-
-/// Count changes, sorted so concurrent transactions lock counter rows in one order.
-type Deltas = BTreeMap<(Uuid, String), i64>;
 
 async fn apply_deltas(
     tx: &mut Transaction<'_, Postgres>,
@@ -154,16 +187,18 @@ impl Store {
         Ok(())
     }
 
-    /// Decides the leads of one plan under the plan's row lock, in one transaction: the
-    /// turn moves once per new lead however many replicas run, counts stay exact, and a
-    /// lead decided before keeps its decision.
-    pub async fn decide_batch(
+    /// Opens the decision of a batch of one plan's leads: locks the plan's row and loads
+    /// what the decision needs ([`Known`]), in a transaction the [`OpenBatch`] keeps until
+    /// it saves
+    /// (the turn moves once per new lead however many replicas run, counts stay exact, and
+    /// a lead decided before keeps its decision). `None` when the copy of the plan is
+    /// missing or older than a lead's accepted version.
+    pub async fn open_batch(
         &self,
         account_id: &str,
         plan_id: Uuid,
         leads: &[PendingLead],
-        mut random: impl FnMut() -> u64,
-    ) -> Result<PlanBatch, StoreError> {
+    ) -> Result<Option<(OpenBatch, Known)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
         let row = sqlx::query(
@@ -178,17 +213,10 @@ impl Store {
         let needed = leads.iter().map(|l| l.plan_version).max().unwrap_or(0);
         let Some(row) = row.filter(|r| r.try_get::<i64, _>("version").is_ok_and(|v| v >= needed))
         else {
-            return Ok(PlanBatch::Stale);
+            return Ok(None);
         };
-        let plan_version: i64 = row.try_get("version")?;
-        let settings = settings_from(&row)?;
-        let mut cursor = Cursor {
-            last: row.try_get("rr_last")?,
-            last_index: row.try_get::<i64, _>("rr_last_index")? as u64,
-        };
-
         let ids: Vec<Uuid> = leads.iter().map(|l| l.intake_id).collect();
-        let mut decisions: HashMap<Uuid, Option<String>> = sqlx::query(
+        let decided = sqlx::query(
             "SELECT intake_id, manager_id FROM assignments
                  WHERE intake_id = ANY($1) AND account_id = $2",
         )
@@ -199,25 +227,8 @@ impl Store {
         .iter()
         .map(|r| Ok((r.try_get("intake_id")?, r.try_get("manager_id")?)))
         .collect::<Result<_, sqlx::Error>>()?;
-        // A lead can be in the batch twice (published again after JetStream's duplicate
-        // window): it is decided once.
-        let mut seen = std::collections::HashSet::new();
-        let pending: Vec<&PendingLead> = leads
-            .iter()
-            .filter(|l| !decisions.contains_key(&l.intake_id) && seen.insert(l.intake_id))
-            .collect();
-        if pending.is_empty() {
-            return Ok(PlanBatch::Decided {
-                decisions,
-                new: Vec::new(),
-            });
-        }
-
-        let keys: Vec<String> = pending
-            .iter()
-            .filter_map(|l| l.contact_key.clone())
-            .collect();
-        let mut previous: HashMap<String, String> = sqlx::query(
+        let keys: Vec<String> = leads.iter().filter_map(|l| l.contact_key.clone()).collect();
+        let related = sqlx::query(
             // One probe of the (account, key) primary key per key: with `contact_key =
             // ANY(…)` the planner reads every relation of the account instead (`LIMIT 1`
             // keeps the probe from being flattened into a join).
@@ -232,96 +243,30 @@ impl Store {
         .iter()
         .map(|r| Ok((r.try_get("contact_key")?, r.try_get("manager_id")?)))
         .collect::<Result<_, sqlx::Error>>()?;
-        let mut open: HashMap<String, i64> =
-            sqlx::query("SELECT manager_id, open FROM open_deals WHERE plan_id = $1")
-                .bind(plan_id)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("manager_id")?, r.try_get("open")?)))
-                .collect::<Result<_, sqlx::Error>>()?;
-
-        let now = time::OffsetDateTime::now_utc();
-        let mut new = Vec::with_capacity(pending.len());
-        let mut deltas = Deltas::new();
-        let mut relations: Vec<(String, String)> = Vec::new();
-        for lead in pending {
-            let mut input = lead.lead.clone();
-            input.previous_manager = lead
-                .contact_key
-                .as_ref()
-                .and_then(|k| previous.get(k).cloned());
-            let decision = decide(&settings, &input, &mut cursor, &mut open, random());
-            if let Some(m) = &decision.manager {
-                *deltas.entry((plan_id, m.clone())).or_default() += 1;
-                if let Some(key) = &lead.contact_key {
-                    previous.insert(key.clone(), m.clone());
-                    relations.push((key.clone(), m.clone()));
-                }
-            }
-            if decision.manager.is_none() && matches!(settings.mode, Mode::Auto { .. }) {
-                tracing::warn!(%plan_id, reason = %decision.reason, "lead left unassigned");
-                salesplan_platform::telemetry::meter("distributor")
-                    .u64_counter("salesplan.distributor.unassigned")
-                    .build()
-                    .add(
-                        1,
-                        &[opentelemetry::KeyValue::new(
-                            "reason",
-                            decision.reason.clone(),
-                        )],
-                    );
-            }
-            decisions.insert(lead.intake_id, decision.manager.clone());
-            new.push(record(
-                account_id,
-                (plan_id, plan_version),
-                lead,
-                &input,
-                &settings,
-                decision,
-                now,
-            ));
-        }
-
-        sqlx::query(
-            "INSERT INTO assignments (intake_id, account_id, plan_id, manager_id, reason, explanation)
-             SELECT i, $2, $3, m, r, e FROM UNNEST($1::uuid[], $4::text[], $5::text[], $6::bytea[])
-                AS t(i, m, r, e)
-             ON CONFLICT (account_id, intake_id) DO NOTHING",
-        )
-        .bind(new.iter().map(|a| Uuid::parse_str(&a.intake_id).unwrap_or_default()).collect::<Vec<_>>())
-        .bind(account_id)
-        .bind(plan_id)
-        .bind(new.iter().map(|a| a.manager_id.clone()).collect::<Vec<_>>())
-        .bind(new.iter().map(|a| a.reason.clone()).collect::<Vec<_>>())
-        .bind(new.iter().map(|a| a.encode_to_vec()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        apply_deltas(&mut tx, &deltas).await?;
-        // The relation counts from the decision on: the same contact's next lead, even
-        // before its deal exists, goes to the same manager.
-        let mut latest: BTreeMap<String, String> = BTreeMap::new();
-        latest.extend(relations);
-        sqlx::query(
-            "INSERT INTO contact_managers (account_id, contact_key, manager_id, deal_created)
-             SELECT $1, k, m, now() FROM UNNEST($2::text[], $3::text[]) AS t(k, m)
-             ON CONFLICT (account_id, contact_key) DO UPDATE
-                SET manager_id = excluded.manager_id, deal_created = excluded.deal_created",
-        )
-        .bind(account_id)
-        .bind(latest.keys().cloned().collect::<Vec<_>>())
-        .bind(latest.values().cloned().collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE plans SET rr_last = $2, rr_last_index = $3 WHERE plan_id = $1")
+        let open = sqlx::query("SELECT manager_id, open FROM open_deals WHERE plan_id = $1")
             .bind(plan_id)
-            .bind(&cursor.last)
-            .bind(cursor.last_index as i64)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(PlanBatch::Decided { decisions, new })
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("manager_id")?, r.try_get("open")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let known = Known {
+            settings: settings_from(&row)?,
+            plan_version: row.try_get("version")?,
+            cursor: Cursor {
+                last: row.try_get("rr_last")?,
+                last_index: row.try_get::<i64, _>("rr_last_index")? as u64,
+            },
+            open,
+            related,
+            decided,
+        };
+        let opened = OpenBatch {
+            tx,
+            account_id: account_id.to_owned(),
+            plan_id,
+        };
+        Ok(Some((opened, known)))
     }
 
     /// Forgets a decision that deal-service refused (its manager left the plan in the
@@ -347,195 +292,18 @@ impl Store {
     }
 
     /// Applies deal events (newest state per deal): open-deal counts, contact relations,
-    /// decision ↔ deal links. Events not newer than what is known change nothing.
+    /// decision ↔ deal links, as [`deal_view::changes`] works them out from what was
+    /// known. Events not newer than what is known change nothing.
     pub async fn apply_deals(&self, states: &[DealState]) -> Result<(), StoreError> {
-        let mut newest: BTreeMap<Uuid, &DealState> = BTreeMap::new();
-        for state in states {
-            let slot = newest.entry(state.deal_id).or_insert(state);
-            if state.version > slot.version {
-                *slot = state;
-            }
-        }
+        let newest = deal_view::newest(states);
         if newest.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = newest.keys().copied().collect();
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
-        // Scoped by account: a deal id of another account (a forged event) is never
-        // this deal.
-        let known: HashMap<Uuid, (Uuid, Option<String>, bool, i64)> = sqlx::query(
-            "SELECT v.deal_id, v.plan_id, v.manager_id, v.open, v.version
-             FROM deal_view v JOIN UNNEST($1::uuid[], $2::text[]) AS k(d, a)
-                ON v.deal_id = k.d AND v.account_id = k.a
-             ORDER BY v.deal_id FOR UPDATE OF v",
-        )
-        .bind(&ids)
-        .bind(
-            newest
-                .values()
-                .map(|s| s.account_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get("deal_id")?,
-                (
-                    r.try_get("plan_id")?,
-                    r.try_get("manager_id")?,
-                    r.try_get("open")?,
-                    r.try_get("version")?,
-                ),
-            ))
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-        // Deals never seen: if the distributor decided them, the decision already counted.
-        // A deal's idempotency key is the caller's choice: it is the decision of a lead only
-        // within the same account and plan (another account may send any key it likes).
-        let unseen: Vec<(Uuid, &str, Uuid)> = newest
-            .values()
-            .filter(|s| !known.contains_key(&s.deal_id))
-            .filter_map(|s| {
-                let key = Uuid::parse_str(&s.idempotency_key).ok()?;
-                Some((key, s.account_id.as_str(), s.plan_id))
-            })
-            .collect();
-        let decided: HashMap<Uuid, (Uuid, Option<String>)> = sqlx::query(
-            "SELECT a.intake_id, a.plan_id, a.manager_id
-             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS k(i, acct, plan)
-             JOIN assignments a ON a.intake_id = k.i AND a.account_id = k.acct AND a.plan_id = k.plan",
-        )
-        .bind(unseen.iter().map(|(k, _, _)| *k).collect::<Vec<_>>())
-        .bind(unseen.iter().map(|(_, a, _)| (*a).to_owned()).collect::<Vec<_>>())
-        .bind(unseen.iter().map(|(_, _, p)| *p).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get("intake_id")?,
-                (r.try_get("plan_id")?, r.try_get("manager_id")?),
-            ))
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-
-        let mut deltas = Deltas::new();
-        let mut applied = Vec::new();
-        let mut links: Vec<(Uuid, Uuid, &str)> = Vec::new();
-        for state in newest.values() {
-            let before: Option<(Uuid, String)> = match known.get(&state.deal_id) {
-                Some((_, _, _, version)) if *version >= state.version => continue,
-                Some((plan, manager, open, _)) => {
-                    manager.clone().filter(|_| *open).map(|m| (*plan, m))
-                }
-                None => {
-                    let key = Uuid::parse_str(&state.idempotency_key).ok();
-                    match key.and_then(|k| decided.get(&k)) {
-                        Some((plan, manager)) => {
-                            links.push((
-                                key.unwrap_or_default(),
-                                state.deal_id,
-                                state.account_id.as_str(),
-                            ));
-                            manager.clone().map(|m| (*plan, m))
-                        }
-                        None => None,
-                    }
-                }
-            };
-            let after = state
-                .manager_id
-                .clone()
-                .filter(|_| state.open)
-                .map(|m| (state.plan_id, m));
-            if before != after {
-                if let Some(b) = before {
-                    *deltas.entry(b).or_default() -= 1;
-                }
-                if let Some(a) = after {
-                    *deltas.entry(a).or_default() += 1;
-                }
-            }
-            applied.push(*state);
-        }
-        apply_deltas(&mut tx, &deltas).await?;
-        sqlx::query(
-            "INSERT INTO deal_view (deal_id, plan_id, manager_id, open, version, account_id)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[],
-                $6::text[])
-             ON CONFLICT (deal_id) DO UPDATE SET plan_id = excluded.plan_id,
-                manager_id = excluded.manager_id, open = excluded.open, version = excluded.version
-             WHERE deal_view.version < excluded.version
-                AND deal_view.account_id = excluded.account_id",
-        )
-        .bind(applied.iter().map(|s| s.deal_id).collect::<Vec<_>>())
-        .bind(applied.iter().map(|s| s.plan_id).collect::<Vec<_>>())
-        .bind(
-            applied
-                .iter()
-                .map(|s| s.manager_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(applied.iter().map(|s| s.open).collect::<Vec<_>>())
-        .bind(applied.iter().map(|s| s.version).collect::<Vec<_>>())
-        .bind(
-            applied
-                .iter()
-                .map(|s| s.account_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *tx)
-        .await?;
-        // The contact's relation follows the manager of its most recent deal.
-        let mut relations: BTreeMap<(String, String), (&str, time::OffsetDateTime)> =
-            BTreeMap::new();
-        for s in &applied {
-            if let (Some(key), Some(manager)) = (&s.contact_key, &s.manager_id) {
-                let slot = relations
-                    .entry((s.account_id.clone(), key.clone()))
-                    .or_insert((manager, s.created_at));
-                if s.created_at > slot.1 {
-                    *slot = (manager, s.created_at);
-                }
-            }
-        }
-        sqlx::query(
-            "INSERT INTO contact_managers (account_id, contact_key, manager_id, deal_created)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-             ON CONFLICT (account_id, contact_key) DO UPDATE
-                SET manager_id = excluded.manager_id, deal_created = excluded.deal_created
-             WHERE contact_managers.deal_created <= excluded.deal_created",
-        )
-        .bind(relations.keys().map(|(a, _)| a.clone()).collect::<Vec<_>>())
-        .bind(relations.keys().map(|(_, k)| k.clone()).collect::<Vec<_>>())
-        .bind(
-            relations
-                .values()
-                .map(|(m, _)| (*m).to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .bind(relations.values().map(|(_, at)| *at).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE assignments SET deal_id = t.d
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS t(i, d, a)
-             WHERE assignments.intake_id = t.i AND assignments.account_id = t.a
-                AND assignments.deal_id IS NULL",
-        )
-        .bind(links.iter().map(|(i, _, _)| *i).collect::<Vec<_>>())
-        .bind(links.iter().map(|(_, d, _)| *d).collect::<Vec<_>>())
-        .bind(
-            links
-                .iter()
-                .map(|(_, _, a)| (*a).to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *tx)
-        .await?;
+        let known = known_deals(&mut tx, &newest).await?;
+        let changes = deal_view::changes(&newest, &known);
+        save_deal_changes(&mut tx, &changes).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -596,54 +364,144 @@ impl Store {
     }
 }
 
-/// The record of a decision made on the plan `(id, version)`.
-fn record(
-    account_id: &str,
-    (plan_id, plan_version): (Uuid, i64),
-    lead: &PendingLead,
-    input: &Lead,
-    settings: &PlanSettings,
-    decision: Decision,
-    at: time::OffsetDateTime,
-) -> pb::Assignment {
-    let (mode, strategy, prefer_related) = match settings.mode {
-        _ if settings.names(input) => ("bulk", "", false),
-        Mode::Manual => ("manual", "", false),
-        Mode::Auto {
-            prefer_related,
-            strategy,
-        } => ("auto", strategy.as_str(), prefer_related),
-    };
-    pb::Assignment {
-        intake_id: lead.intake_id.to_string(),
-        account_id: account_id.to_owned(),
-        plan_id: plan_id.to_string(),
-        deal_id: String::new(),
-        mode: mode.into(),
-        strategy: strategy.into(),
-        prefer_related,
-        related_manager_id: input
-            .named_related
-            .clone()
-            .or_else(|| input.previous_manager.clone()),
-        candidates: decision
-            .candidates
-            .into_iter()
-            .map(|c: Candidate| pb::Candidate {
-                manager_id: c.manager_id,
-                open_deals: c.open_deals,
-                chosen: c.chosen,
-                note: c.note,
-            })
-            .collect(),
-        manager_id: decision.manager,
-        reason: decision.reason,
-        decided_at: Some(prost_types::Timestamp {
-            seconds: at.unix_timestamp(),
-            nanos: at.nanosecond() as i32,
-        }),
-        plan_version,
-    }
+/// What was known of `newest`'s deals, their rows locked: the deals seen before, and the
+/// decisions of the leads of those never seen.
+async fn known_deals(
+    tx: &mut Transaction<'_, Postgres>,
+    newest: &BTreeMap<Uuid, &DealState>,
+) -> Result<KnownDeals, sqlx::Error> {
+    // Scoped by account: a deal id of another account (a forged event) is never this deal.
+    let seen: HashMap<Uuid, Seen> = sqlx::query(
+        "SELECT v.deal_id, v.plan_id, v.manager_id, v.open, v.version
+         FROM deal_view v JOIN UNNEST($1::uuid[], $2::text[]) AS k(d, a)
+            ON v.deal_id = k.d AND v.account_id = k.a
+         ORDER BY v.deal_id FOR UPDATE OF v",
+    )
+    .bind(newest.keys().copied().collect::<Vec<_>>())
+    .bind(
+        newest
+            .values()
+            .map(|s| s.account_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| {
+        let seen = Seen {
+            plan_id: r.try_get("plan_id")?,
+            manager_id: r.try_get("manager_id")?,
+            open: r.try_get("open")?,
+            version: r.try_get("version")?,
+        };
+        Ok((r.try_get("deal_id")?, seen))
+    })
+    .collect::<Result<_, sqlx::Error>>()?;
+    // A deal's idempotency key is the caller's choice: it is the decision of a lead only
+    // within the same account and plan (another account may send any key it likes).
+    let unseen: Vec<(Uuid, &str, Uuid)> = newest
+        .values()
+        .filter(|s| !seen.contains_key(&s.deal_id))
+        .filter_map(|s| Some((s.lead()?, s.account_id.as_str(), s.plan_id)))
+        .collect();
+    let decided = sqlx::query(
+        "SELECT a.intake_id, a.plan_id, a.manager_id
+         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS k(i, acct, plan)
+         JOIN assignments a ON a.intake_id = k.i AND a.account_id = k.acct AND a.plan_id = k.plan",
+    )
+    .bind(unseen.iter().map(|(k, _, _)| *k).collect::<Vec<_>>())
+    .bind(
+        unseen
+            .iter()
+            .map(|(_, a, _)| (*a).to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(unseen.iter().map(|(_, _, p)| *p).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| {
+        let decision = LeadDecision {
+            plan_id: r.try_get("plan_id")?,
+            manager_id: r.try_get("manager_id")?,
+        };
+        Ok((r.try_get("intake_id")?, decision))
+    })
+    .collect::<Result<_, sqlx::Error>>()?;
+    Ok(KnownDeals { seen, decided })
+}
+
+/// Writes what deal events changed: counts, the deals' view, relations, decision links.
+async fn save_deal_changes(
+    tx: &mut Transaction<'_, Postgres>,
+    changes: &Changes<'_>,
+) -> Result<(), sqlx::Error> {
+    apply_deltas(tx, &changes.deltas).await?;
+    let applied = &changes.applied;
+    sqlx::query(
+        "INSERT INTO deal_view (deal_id, plan_id, manager_id, open, version, account_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[],
+            $6::text[])
+         ON CONFLICT (deal_id) DO UPDATE SET plan_id = excluded.plan_id,
+            manager_id = excluded.manager_id, open = excluded.open, version = excluded.version
+         WHERE deal_view.version < excluded.version
+            AND deal_view.account_id = excluded.account_id",
+    )
+    .bind(applied.iter().map(|s| s.deal_id).collect::<Vec<_>>())
+    .bind(applied.iter().map(|s| s.plan_id).collect::<Vec<_>>())
+    .bind(
+        applied
+            .iter()
+            .map(|s| s.manager_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(applied.iter().map(|s| s.open).collect::<Vec<_>>())
+    .bind(applied.iter().map(|s| s.version).collect::<Vec<_>>())
+    .bind(
+        applied
+            .iter()
+            .map(|s| s.account_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    let relations = &changes.relations;
+    sqlx::query(
+        "INSERT INTO contact_managers (account_id, contact_key, manager_id, deal_created)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+         ON CONFLICT (account_id, contact_key) DO UPDATE
+            SET manager_id = excluded.manager_id, deal_created = excluded.deal_created
+         WHERE contact_managers.deal_created <= excluded.deal_created",
+    )
+    .bind(relations.keys().map(|(a, _)| a.clone()).collect::<Vec<_>>())
+    .bind(relations.keys().map(|(_, k)| k.clone()).collect::<Vec<_>>())
+    .bind(
+        relations
+            .values()
+            .map(|(m, _)| (*m).to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(relations.values().map(|(_, at)| *at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    let links = &changes.links;
+    sqlx::query(
+        "UPDATE assignments SET deal_id = t.d
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[]) AS t(i, d, a)
+         WHERE assignments.intake_id = t.i AND assignments.account_id = t.a
+            AND assignments.deal_id IS NULL",
+    )
+    .bind(links.iter().map(|(i, _, _)| *i).collect::<Vec<_>>())
+    .bind(links.iter().map(|(_, d, _)| *d).collect::<Vec<_>>())
+    .bind(
+        links
+            .iter()
+            .map(|(_, _, a)| (*a).to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn settings_from(row: &sqlx::postgres::PgRow) -> Result<PlanSettings, StoreError> {
