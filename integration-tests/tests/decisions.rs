@@ -7,7 +7,7 @@ use distributor::{
         batch::PendingLead,
         distribution::{Lead, Mode, PlanSettings, Strategy},
     },
-    intake::{PlanBatch, decide_on_copy},
+    events::intake::{PlanBatch, decide_on_copy},
     store::{PlanCopy, Store},
 };
 use integration_tests::TestDatabase;

@@ -2,13 +2,14 @@
 //! distribution settings, and creates the deal through deal-service.
 #![forbid(unsafe_code)]
 
-pub mod deals;
+pub mod config;
 pub mod domain;
+pub mod events;
 pub mod grpc;
-pub mod intake;
-pub mod plans;
 pub mod store;
 pub mod upstream;
+
+pub use config::Config;
 
 use std::sync::Arc;
 
@@ -19,7 +20,6 @@ use salesplan_platform::{
     bus::{Activity, Bus, ConsumerSpec, FairSpec, streams},
     config::{ConfigError, Env},
     db, grpc as server,
-    limits::ClassLimit,
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
 use salesplan_proto::v1::distributor_service_server::DistributorServiceServer;
@@ -37,83 +37,11 @@ const BULK_ROUNDS_IN_FLIGHT: usize = 2;
 /// The user id of the distributor in deal history ("who created the deal").
 pub const ACTOR_ID: &str = "system:distributor";
 
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub common: ServiceConfig,
-    /// `SALESPLAN_DEAL_SERVICE_URL`.
-    pub deal_service_url: String,
-    /// `SALESPLAN_LIMIT_LOOKUPS`: ExplainAssignment and ListIntakeRejections per account
-    /// and replica.
-    pub lookups_limit: ClassLimit,
-    /// `SALESPLAN_BULK_SHARE`: while funnel leads flow, the share of the time bulk adds may
-    /// take (one round at a time, then a pause in proportion).
-    pub bulk_share: f64,
-    /// `SALESPLAN_BULK_SHARING_ROUND`: meanwhile, the most contacts of one bulk round (a
-    /// funnel lead that arrives during a round waits for less).
-    pub bulk_sharing_round: usize,
-}
-
-impl Config {
-    pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50052";
-    pub const DEFAULT_DEAL_SERVICE_URL: &str = "http://127.0.0.1:50053";
-    pub const DEFAULT_LOOKUPS_LIMIT: ClassLimit = ClassLimit::rate_only(50.0, 100.0);
-    /// Measured (`just bench --only isolation`): with rounds of 150 while funnel leads flow,
-    /// no pause is needed for their p99 to stay near 2× alone at 71–73 % of the bulk rate.
-    pub const DEFAULT_BULK_SHARE: f64 = 1.0;
-    pub const DEFAULT_BULK_SHARING_ROUND: usize = 150;
-
-    pub fn local(database_url: &str, nats_url: &str, deal_service_url: &str) -> Self {
-        Self {
-            common: ServiceConfig::local(database_url, nats_url),
-            deal_service_url: deal_service_url.to_owned(),
-            lookups_limit: Self::DEFAULT_LOOKUPS_LIMIT,
-            bulk_share: Self::DEFAULT_BULK_SHARE,
-            bulk_sharing_round: Self::DEFAULT_BULK_SHARING_ROUND,
-        }
-    }
-}
-
 impl Service for Config {
     const NAME: &'static str = "distributor";
 
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let config = Self {
-            common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
-            deal_service_url: env
-                .string("SALESPLAN_DEAL_SERVICE_URL", Self::DEFAULT_DEAL_SERVICE_URL),
-            lookups_limit: ClassLimit::from_env(
-                env,
-                "SALESPLAN_LIMIT_LOOKUPS",
-                Self::DEFAULT_LOOKUPS_LIMIT,
-            )?,
-            bulk_share: env.parse("SALESPLAN_BULK_SHARE", Self::DEFAULT_BULK_SHARE)?,
-            bulk_sharing_round: env.parse(
-                "SALESPLAN_BULK_SHARING_ROUND",
-                Self::DEFAULT_BULK_SHARING_ROUND,
-            )?,
-        };
-        if config.bulk_sharing_round == 0 {
-            return Err(ConfigError::new(
-                "SALESPLAN_BULK_SHARING_ROUND",
-                "must be at least 1",
-            ));
-        }
-        if !(config.bulk_share > 0.0 && config.bulk_share <= 1.0) {
-            return Err(ConfigError::new(
-                "SALESPLAN_BULK_SHARE",
-                "must be more than 0 and at most 1",
-            ));
-        }
-        salesplan_platform::config::url("SALESPLAN_DEAL_SERVICE_URL", &config.deal_service_url)?;
-        if config.common.auth.hs256_secret.is_none()
-            && config.common.auth.rs256_private_key_pem.is_none()
-        {
-            return Err(ConfigError::new(
-                "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE",
-                "the distributor signs its calls to deal-service: set a private key or an HS256 secret",
-            ));
-        }
-        Ok(config)
+        Self::read(env)
     }
 
     fn common(&self) -> &ServiceConfig {
@@ -142,9 +70,10 @@ impl Service for Config {
         background.consume(
             &bus,
             ConsumerSpec::new(&streams::PLANS, "distributor-plans"),
-            Arc::new(plans::PlanEvents::new(store.clone())),
+            Arc::new(events::plans::PlanEvents::new(store.clone())),
         );
-        let leads = || intake::IntakeEvents::new(store.clone(), bus.clone(), upstream.clone());
+        let leads =
+            || events::intake::IntakeEvents::new(store.clone(), bus.clone(), upstream.clone());
         let interactive = Activity::default();
         // The interactive lane: a funnel's single lead, never behind a bulk add.
         background.consume(
@@ -176,7 +105,7 @@ impl Service for Config {
         background.consume(
             &bus,
             ConsumerSpec::new(&streams::DEALS, "distributor-deals"),
-            Arc::new(deals::DealEvents::new(store.clone())),
+            Arc::new(events::deals::DealEvents::new(store.clone())),
         );
         let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
         let grpc = GrpcParts {

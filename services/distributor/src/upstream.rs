@@ -62,7 +62,7 @@ impl DealService {
             .into_inner()
             .plan
             .ok_or_else(|| LookupError::Unavailable("GetPlan returned no plan".into()))?;
-        crate::plans::copy_of(account_id.to_owned(), plan).map_err(LookupError::Unavailable)
+        crate::events::plans::copy_of(account_id.to_owned(), plan).map_err(LookupError::Unavailable)
     }
 
     /// The deal's plan and idempotency key (for deals from leads, the intake id).
