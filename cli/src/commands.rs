@@ -331,6 +331,7 @@ async fn current(
     client
         .get_deal(ctx.request(pb::GetDealRequest {
             deal_id: deal.to_owned(),
+            ..Default::default()
         }))
         .await?
         .into_inner()

@@ -346,6 +346,7 @@ async fn plans_stages_managers_and_reasons() -> anyhow::Result<()> {
         .get_deal(outgoing(
             pb::GetDealRequest {
                 deal_id: deal.id.clone(),
+                ..Default::default()
             },
             &boss,
         ))
@@ -561,6 +562,7 @@ async fn moving_closing_reopening_and_history() -> anyhow::Result<()> {
         .get_deal(outgoing(
             pb::GetDealRequest {
                 deal_id: deal.id.clone(),
+                ..Default::default()
             },
             &m1,
         ))
@@ -1534,6 +1536,57 @@ async fn a_repeated_move_or_assignment_is_answered_as_done() -> anyhow::Result<(
     let again = move_deal(&mut c, &boss, &assigned, &lost, None).await?;
     assert_eq!(again, closed);
 
+    // A reopen, an edit and a bulk move, each repeated with the version the first one had.
+    let reopened = reopen(&mut c, &boss, &closed).await?;
+    assert_eq!(reopen(&mut c, &boss, &closed).await?, reopened);
+    let edit = |deal: &pb::Deal| pb::UpdateDealRequest {
+        deal_id: deal.id.clone(),
+        expected_version: deal.version,
+        title: Some("Renamed".into()),
+        ..Default::default()
+    };
+    let edited = c
+        .deals
+        .update_deal(outgoing(edit(&reopened), &boss))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let again = c
+        .deals
+        .update_deal(outgoing(edit(&reopened), &boss))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert_eq!(again, edited, "an edit whose values hold is done");
+    let here = edited.stage_id.clone();
+    let bulk = c
+        .deals
+        .bulk_move_deals(outgoing(
+            pb::BulkMoveDealsRequest {
+                stage_id: here.clone(),
+                target: Some(pb::bulk_move_deals_request::Target::DealIds(pb::DealIds {
+                    ids: vec![deal.id.clone()],
+                })),
+                ..Default::default()
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(
+        (bulk.changed, bulk.unchanged, bulk.failures.len()),
+        (0, 1, 0),
+        "a deal already in the stage is not a failure: {bulk:?}"
+    );
+    // A reason goes only with LOST, also for the stage the deal is in.
+    let some_reason = uuid::Uuid::new_v4().to_string();
+    let err = move_deal(&mut c, &boss, &edited, &here, Some(&some_reason))
+        .await
+        .expect_err("a reason for an OPEN stage");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
     let history = c
         .deals
         .get_deal_history(outgoing(
@@ -1554,6 +1607,8 @@ async fn a_repeated_move_or_assignment_is_answered_as_done() -> anyhow::Result<(
             pb::HistoryAction::Moved as i32,
             pb::HistoryAction::Assigned as i32,
             pb::HistoryAction::Closed as i32,
+            pb::HistoryAction::Reopened as i32,
+            pb::HistoryAction::Edited as i32,
         ],
         "one entry per change made: {history:?}"
     );

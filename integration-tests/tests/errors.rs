@@ -198,6 +198,7 @@ async fn grpc_errors_carry_every_violation_and_a_reason() -> anyhow::Result<()> 
         .get_deal(outgoing(
             pb::GetDealRequest {
                 deal_id: uuid::Uuid::new_v4().to_string(),
+                ..Default::default()
             },
             &token,
         ))
@@ -257,6 +258,7 @@ async fn webhook_errors_list_every_violation_and_name_method_and_media_type() ->
     );
     let body: serde_json::Value = response.json().await?;
     assert_eq!(body["error"]["code"], "method_not_allowed");
+    assert_eq!(body["error"]["reason"], "METHOD_NOT_ALLOWED");
 
     let response = http
         .post(stack.webhook_url())
@@ -268,6 +270,7 @@ async fn webhook_errors_list_every_violation_and_name_method_and_media_type() ->
     assert_eq!(response.status(), 415);
     let body: serde_json::Value = response.json().await?;
     assert_eq!(body["error"]["code"], "unsupported_media_type");
+    assert_eq!(body["error"]["reason"], "UNSUPPORTED_MEDIA_TYPE");
     stack.stop().await
 }
 
@@ -424,6 +427,184 @@ async fn foreign_and_unknown_ids_answer_the_same_everywhere() -> anyhow::Result<
             .await
             .expect_err("a lead for a plan A does not have");
         assert_eq!(lead.code(), Code::NotFound, "{what}");
+    }
+    stack.stop().await
+}
+
+/// The fields of an INVALID_ARGUMENT answer, sorted.
+fn violated(result: Result<impl std::fmt::Debug, tonic::Status>) -> Vec<String> {
+    let err = result.expect_err("invalid fields");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let (reason, mut fields) = details(&err);
+    assert_eq!(reason, "INVALID_FIELDS");
+    fields.sort();
+    fields
+}
+
+/// Every request, not only the creates, answers all its field violations at once — across
+/// deal-service, reporting and the distributor — and a missing or bad token carries its
+/// reason too.
+#[tokio::test]
+async fn every_request_reports_all_its_violations_at_once() -> anyhow::Result<()> {
+    use pb::{
+        distributor_service_client::DistributorServiceClient,
+        report_service_client::ReportServiceClient,
+    };
+    let stack = Stack::start().await?;
+    let channel = stack.channel(&stack.deal_service).await?;
+    let token = stack.token("acme", "admin", &ALL);
+    let mut plans = PlanServiceClient::new(channel.clone());
+    let mut deals = DealServiceClient::new(channel.clone());
+    let mut reports = ReportServiceClient::new(stack.channel(&stack.reporting).await?);
+    let mut distributor = DistributorServiceClient::new(stack.channel(&stack.distributor).await?);
+    let bad = || "x".to_owned();
+
+    let fields = violated(
+        deals
+            .move_deal(outgoing(
+                pb::MoveDealRequest {
+                    deal_id: bad(),
+                    expected_version: -1,
+                    stage_id: bad(),
+                    loss_reason_id: Some(bad()),
+                },
+                &token,
+            ))
+            .await,
+    );
+    assert_eq!(
+        fields,
+        ["deal_id", "expected_version", "loss_reason_id", "stage_id"]
+    );
+    let fields = violated(
+        deals
+            .get_board(outgoing(
+                pb::GetBoardRequest {
+                    plan_id: bad(),
+                    min_consistency_token: "zz".into(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await,
+    );
+    assert_eq!(fields, ["min_consistency_token", "plan_id"]);
+    let fields = violated(
+        deals
+            .list_deals(outgoing(
+                pb::ListDealsRequest {
+                    filter: Some(pb::DealFilter {
+                        plan_id: bad(),
+                        ..Default::default()
+                    }),
+                    page_token: "not-a-token".into(),
+                    min_consistency_token: "zz".into(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await,
+    );
+    assert_eq!(
+        fields,
+        ["filter.plan_id", "min_consistency_token", "page_token"]
+    );
+    let fields = violated(
+        deals
+            .bulk_move_deals(outgoing(
+                pb::BulkMoveDealsRequest {
+                    stage_id: bad(),
+                    target: Some(pb::bulk_move_deals_request::Target::DealIds(pb::DealIds {
+                        ids: vec![bad(), bad()],
+                    })),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await,
+    );
+    assert_eq!(fields, ["deal_ids.ids[0]", "deal_ids.ids[1]", "stage_id"]);
+    let fields = violated(
+        plans
+            .set_plan_managers(outgoing(
+                pb::SetPlanManagersRequest {
+                    plan_id: bad(),
+                    manager_ids: vec!["ok".into(), String::new(), String::new()],
+                },
+                &token,
+            ))
+            .await,
+    );
+    assert_eq!(fields, ["manager_ids[1]", "manager_ids[2]", "plan_id"]);
+    let fields = violated(
+        plans
+            .set_loss_reasons(outgoing(
+                pb::SetLossReasonsRequest {
+                    plan_id: bad(),
+                    reasons: vec![pb::LossReasonInput {
+                        id: bad(),
+                        name: String::new(),
+                    }],
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await,
+    );
+    assert_eq!(fields, ["plan_id", "reasons[0].id", "reasons[0].name"]);
+    let fields = violated(
+        reports
+            .pipeline_summary(outgoing(
+                pb::PipelineSummaryRequest {
+                    plan_id: Some(bad()),
+                    min_consistency_token: "zz".into(),
+                },
+                &token,
+            ))
+            .await,
+    );
+    assert_eq!(fields, ["min_consistency_token", "plan_id"]);
+    let fields = violated(
+        reports
+            .stage_losses(outgoing(
+                pb::StageLossesRequest {
+                    plan_ids: vec![bad(), bad()],
+                    min_consistency_token: "zz".into(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await,
+    );
+    assert_eq!(
+        fields,
+        ["min_consistency_token", "plan_ids[0]", "plan_ids[1]"]
+    );
+    let fields = violated(
+        distributor
+            .list_intake_rejections(outgoing(
+                pb::ListIntakeRejectionsRequest {
+                    plan_id: bad(),
+                    page_token: bad(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await,
+    );
+    assert_eq!(fields, ["page_token", "plan_id"]);
+
+    // No token, or a forged one: UNAUTHENTICATED, with its reason.
+    for bearer in ["", "Bearer forged"] {
+        let mut request = tonic::Request::new(pb::ListPlansRequest::default());
+        if !bearer.is_empty() {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.parse()?);
+        }
+        let err = plans.list_plans(request).await.expect_err("no valid token");
+        assert_eq!(err.code(), Code::Unauthenticated);
+        assert_eq!(details(&err).0, "UNAUTHENTICATED");
     }
     stack.stop().await
 }

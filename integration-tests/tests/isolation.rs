@@ -156,6 +156,7 @@ async fn an_amount_beyond_the_bound_is_refused_at_every_entry_point() -> anyhow:
             .get_deal(outgoing(
                 pb::GetDealRequest {
                     deal_id: mine.id.clone(),
+                    ..Default::default()
                 },
                 &manager,
             ))
@@ -1865,6 +1866,7 @@ async fn slow_reads_and_calls_are_cut_off() -> anyhow::Result<()> {
         .get_deal(outgoing(
             pb::GetDealRequest {
                 deal_id: first.id.clone(),
+                ..Default::default()
             },
             &admin,
         ))

@@ -875,3 +875,101 @@ async fn a_bulk_add_whose_named_manager_left_still_becomes_deals() -> anyhow::Re
     listener.wait().await?;
     distributor.wait().await
 }
+
+/// A webhook retried after its plan was archived is answered as the duplicate it is (its
+/// lead is a deal), not 404; a new lead for the plan is 404. A plan id spelled another way
+/// (upper case) is the same plan and the same lead.
+#[tokio::test]
+async fn a_lead_retried_after_its_plan_is_archived_is_a_duplicate() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let c = channels(&stack).await?;
+    let token = stack.token("acme", "admin", &ALL);
+    let plan = create_plan(
+        c.deal_channel.clone(),
+        &token,
+        plan_request("P", Mode::Auto, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let send = |plan_id: String, run: &'static str| {
+        let request = http
+            .post(stack.webhook_url())
+            .bearer_auth(&token)
+            .json(&lead_json(&plan_id, run, run));
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            anyhow::Ok((status, response.json::<serde_json::Value>().await?))
+        }
+    };
+    let (status, first) = send(plan.id.to_uppercase(), "r1").await?;
+    assert_eq!(status, 202);
+    let (_, same) = send(plan.id.clone(), "r1").await?;
+    assert_eq!(same["duplicate"], true, "one plan, however spelled: {same}");
+    assert_eq!(same["intake_id"], first["intake_id"]);
+    let token_of = |answer: &serde_json::Value| {
+        answer["consistency_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        listed(&c, &token, &plan.id, &token_of(&first))
+            .await?
+            .total_count,
+        1
+    );
+    // A deal key that spells the same id in upper case is not that lead's deal: reporting
+    // waits for the lead it names, not for any key that parses to it.
+    let lead = uuid::Uuid::new_v4();
+    for key in [lead.to_string(), lead.to_string().to_uppercase()] {
+        c.deals
+            .clone()
+            .create_deal(outgoing(
+                pb::CreateDealRequest {
+                    plan_id: plan.id.clone(),
+                    contact: Some(pb::Contact {
+                        external_id: key.clone(),
+                        ..Default::default()
+                    }),
+                    idempotency_key: key,
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await?;
+    }
+    let never = consistency::LeadsToken::new(vec![lead, uuid::Uuid::new_v4()]).to_string();
+    let err =
+        pb::report_service_client::ReportServiceClient::new(stack.channel(&stack.reporting).await?)
+            .pipeline_summary(outgoing(
+                pb::PipelineSummaryRequest {
+                    plan_id: Some(plan.id.clone()),
+                    min_consistency_token: never,
+                },
+                &token,
+            ))
+            .await
+            .expect_err("one of the two leads is no deal");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    c.plans
+        .clone()
+        .archive_plan(outgoing(
+            pb::ArchivePlanRequest {
+                plan_id: plan.id.clone(),
+            },
+            &token,
+        ))
+        .await?;
+    let (status, retried) = send(plan.id.clone(), "r1").await?;
+    assert_eq!(
+        (status, &retried["duplicate"]),
+        (202, &serde_json::json!(true))
+    );
+    assert_eq!(retried["intake_id"], first["intake_id"]);
+    assert_eq!(token_of(&retried), token_of(&first));
+    let (status, _) = send(plan.id.clone(), "r2").await?;
+    assert_eq!(status, 404, "a new lead for an archived plan");
+
+    stack.stop().await
+}

@@ -261,6 +261,7 @@ async fn call(
             .get_deal(req(
                 pb::GetDealRequest {
                     deal_id: ids.deal.clone(),
+                    ..Default::default()
                 },
                 token,
             ))
@@ -619,6 +620,7 @@ async fn another_account_neither_sees_nor_changes_anything() -> anyhow::Result<(
         .get_deal(outgoing(
             pb::GetDealRequest {
                 deal_id: ids.deal.clone(),
+                ..Default::default()
             },
             &acme,
         ))

@@ -151,6 +151,7 @@ async fn webhook_leads_become_assigned_deals_that_reporting_counts() -> anyhow::
         .get_deal(outgoing(
             pb::GetDealRequest {
                 deal_id: deal_id.to_string(),
+                ..Default::default()
             },
             &viewer,
         ))
@@ -183,6 +184,7 @@ async fn webhook_leads_become_assigned_deals_that_reporting_counts() -> anyhow::
         .get_deal(outgoing(
             pb::GetDealRequest {
                 deal_id: deal_id.to_string(),
+                ..Default::default()
             },
             &stranger,
         ))

@@ -16,6 +16,9 @@ use crate::domain::{
     query::{self, DealQuery, Search, Sort, SortField, TimeRange},
 };
 
+/// An idempotency key's length at most, in characters.
+pub const MAX_KEY_CHARS: usize = 200;
+
 pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.unix_timestamp(),
@@ -222,7 +225,7 @@ impl TryFrom<pb::CreateDealRequest> for NewDeal {
             idempotency_key: checks.take(validate::required_text(
                 "idempotency_key",
                 &req.idempotency_key,
-                200,
+                MAX_KEY_CHARS,
             )),
             accepted_at_plan_version: req.accepted_at_plan_version,
         };
@@ -280,11 +283,12 @@ pub fn optional_id(field: &str, value: Option<&str>) -> Result<Option<uuid::Uuid
 }
 
 pub fn ids(field: &str, values: &[String]) -> Result<Vec<uuid::Uuid>, ApiError> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| parse_id(&format!("{field}[{i}]"), v))
-        .collect()
+    salesplan_platform::every(
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| parse_id(&format!("{field}[{i}]"), v)),
+    )
 }
 
 pub fn optional_manager(field: &str, value: Option<&str>) -> Result<Option<String>, ApiError> {

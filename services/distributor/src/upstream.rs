@@ -74,6 +74,7 @@ impl DealService {
         let request = outgoing(
             pb::GetDealRequest {
                 deal_id: deal_id.to_string(),
+                ..Default::default()
             },
             &self.token(account_id)?,
         );

@@ -290,7 +290,7 @@ impl Interceptor for AuthInterceptor {
         let actor = self
             .verifier
             .verify_header(header)
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            .map_err(|e| Status::from(crate::ApiError::Unauthenticated(e.to_string())))?;
         request.extensions_mut().insert(actor);
         Ok(request)
     }

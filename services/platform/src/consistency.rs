@@ -82,6 +82,8 @@ impl Token {
             return Ok(None);
         }
         text.strip_prefix("v1.")
+            // Digits as this system writes them: no sign, no leading zero.
+            .filter(|xid| xid.bytes().all(|b| b.is_ascii_digit()) && !xid.starts_with('0'))
             .and_then(|xid| xid.parse::<i64>().ok())
             .filter(|xid| *xid > 0)
             .map(|xid| Some(Token(xid)))
@@ -292,7 +294,9 @@ mod tests {
         let token = Token(42);
         assert_eq!(Token::parse("t", &token.to_string()).unwrap(), Some(token));
         assert_eq!(Token::parse("t", "").unwrap(), None);
-        for bad in ["42", "v1.", "v1.x", "v1.-3", "v2.42"] {
+        for bad in [
+            "42", "v1.", "v1.x", "v1.-3", "v2.42", "v1.+5", "v1.0005", "v1.0",
+        ] {
             assert_eq!(
                 Token::parse("t", bad).unwrap_err().field(),
                 Some("t"),

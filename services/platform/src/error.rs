@@ -316,6 +316,52 @@ impl Checks {
     }
 }
 
+/// Independent checks of one request, as a tuple of results: [`AllChecks::all`] gives
+/// their values, or every violation at once (one per field).
+pub trait AllChecks {
+    type Output;
+    fn all(self) -> Result<Self::Output, ApiError>;
+}
+
+macro_rules! all_checks {
+    ($($name:ident),+) => {
+        impl<$($name),+> AllChecks for ($(Result<$name, ApiError>,)+) {
+            type Output = ($($name,)+);
+
+            #[allow(non_snake_case)]
+            fn all(self) -> Result<Self::Output, ApiError> {
+                let ($($name,)+) = self;
+                let mut checks = Checks::new();
+                $(let $name = checks.check($name);)+
+                checks.finish()?;
+                match ($($name,)+) {
+                    ($(Some($name),)+) => Ok(($($name,)+)),
+                    _ => Err(ApiError::internal("a passed check has no value")),
+                }
+            }
+        }
+    };
+}
+
+/// Every element's value, or the violations of every element at once.
+pub fn every<T>(
+    results: impl IntoIterator<Item = Result<T, ApiError>>,
+) -> Result<Vec<T>, ApiError> {
+    let mut checks = Checks::new();
+    let values: Vec<T> = results
+        .into_iter()
+        .filter_map(|r| checks.check(r))
+        .collect();
+    checks.finish()?;
+    Ok(values)
+}
+
+all_checks!(A, B);
+all_checks!(A, B, C);
+all_checks!(A, B, C, D);
+all_checks!(A, B, C, D, E);
+all_checks!(A, B, C, D, E, F);
+
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
         use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
@@ -484,5 +530,23 @@ mod tests {
             ApiError::internal(std::io::Error::other("relation deals does not exist")).into();
         assert_eq!(status.code(), Code::Internal);
         assert_eq!(status.message(), "internal error");
+    }
+
+    #[test]
+    fn all_checks_give_every_violation_or_every_value() {
+        let ok: (Result<i32, ApiError>, Result<&str, ApiError>) = (Ok(1), Ok("a"));
+        assert_eq!(ok.all().unwrap(), (1, "a"));
+        let err = (
+            Err::<i32, _>(ApiError::invalid("a", "bad")),
+            Ok::<_, ApiError>(2),
+            Err::<i32, _>(ApiError::invalid("c", "bad")),
+        )
+            .all()
+            .unwrap_err();
+        let ApiError::InvalidArgument { violations, .. } = err else {
+            panic!("{err:?}");
+        };
+        let fields: Vec<&str> = violations.0.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["a", "c"]);
     }
 }

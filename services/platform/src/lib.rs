@@ -19,4 +19,4 @@ pub mod telemetry;
 pub mod validate;
 
 pub use auth::{Actor, Permission};
-pub use error::{ApiError, Checks, Reason};
+pub use error::{AllChecks, ApiError, Checks, Reason, every};

@@ -3,8 +3,9 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use salesplan_platform::{
-    ApiError, Checks, auth,
+    AllChecks, ApiError, Checks, auth,
     consistency::Wanted,
+    every,
     ids::parse_id,
     limits::{AccountLimiter, ClassLimit},
     validate,
@@ -47,8 +48,11 @@ impl Reports {
 
     /// Waits until the read model includes the request's token (if any): what the answer
     /// then reflects.
-    async fn fresh_enough(&self, account_id: &str, token: &str) -> Result<pb::Freshness, ApiError> {
-        let wanted = Wanted::parse("min_consistency_token", token)?;
+    async fn fresh_enough(
+        &self,
+        account_id: &str,
+        wanted: Option<Wanted>,
+    ) -> Result<pb::Freshness, ApiError> {
         Ok(
             progress::at_least(&self.pool, &self.horizons, account_id, wanted, self.wait)
                 .await?
@@ -152,10 +156,11 @@ fn period_of(range: Option<pb::TimeRange>) -> Result<(Period, Option<pb::TimeRan
 }
 
 fn plan_ids(ids: &[String]) -> Result<Vec<Uuid>, ApiError> {
-    ids.iter()
-        .enumerate()
-        .map(|(i, id)| parse_id(&format!("plan_ids[{i}]"), id))
-        .collect()
+    every(
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| parse_id(&format!("plan_ids[{i}]"), id)),
+    )
 }
 
 /// Names and the base of every click-through filter of one report.
@@ -281,27 +286,24 @@ impl Reports {
             _ => Err(ApiError::invalid("group_by", "must be PLAN or MANAGER")),
         });
         let period = checks.check(period_of(request.period));
-        let scope = Scope {
-            plans: checks.take(plan_ids(&request.plan_ids)),
-            managers: checks.take(
-                request
-                    .manager_ids
-                    .iter()
-                    .map(|m| validate::required_text("manager_ids", m, 128))
-                    .collect::<Result<_, _>>(),
-            ),
-        };
-        checks.check(Wanted::parse(
+        let scope =
+            Scope {
+                plans: checks.take(plan_ids(&request.plan_ids)),
+                managers: checks.take(every(
+                    request.manager_ids.iter().enumerate().map(|(i, m)| {
+                        validate::required_text(&format!("manager_ids[{i}]"), m, 128)
+                    }),
+                )),
+            };
+        let wanted = checks.check(Wanted::parse(
             "min_consistency_token",
             &request.min_consistency_token,
         ));
         checks.finish()?;
-        let (Some(by), Some((period, range))) = (by, period) else {
+        let (Some(by), Some((period, range)), Some(wanted)) = (by, period, wanted) else {
             return Err(ApiError::internal("a checked field is missing"));
         };
-        let as_of = self
-            .fresh_enough(account_id, &request.min_consistency_token)
-            .await?;
+        let as_of = self.fresh_enough(account_id, wanted).await?;
         let (cells, plans, reasons) = tokio::try_join!(
             reports::closed_cells(&self.pool, account_id, period, &scope),
             reports::plan_names(&self.pool, account_id),
@@ -345,11 +347,13 @@ impl Reports {
         account_id: &str,
         request: pb::StageLossesRequest,
     ) -> Result<pb::StageLossesResponse, ApiError> {
-        let (period, _) = period_of(request.period)?;
-        let plans_filter = plan_ids(&request.plan_ids)?;
-        let as_of = self
-            .fresh_enough(account_id, &request.min_consistency_token)
-            .await?;
+        let ((period, _), plans_filter, wanted) = (
+            period_of(request.period),
+            plan_ids(&request.plan_ids),
+            Wanted::parse("min_consistency_token", &request.min_consistency_token),
+        )
+            .all()?;
+        let as_of = self.fresh_enough(account_id, wanted).await?;
         let (losses, stages, names) = tokio::try_join!(
             reports::stage_losses(&self.pool, account_id, period, &plans_filter),
             reports::stages(&self.pool, account_id),
@@ -436,15 +440,16 @@ impl ReportService for Reports {
     ) -> Result<Response<pb::PipelineSummaryResponse>, Status> {
         let actor = auth::actor(&request)?;
         let _permit = self.limiter.admit(&actor.account_id)?;
-        let plan_id = request
-            .get_ref()
-            .plan_id
-            .as_deref()
-            .map(|p| parse_id("plan_id", p))
-            .transpose()?;
-        let as_of = self
-            .fresh_enough(&actor.account_id, &request.get_ref().min_consistency_token)
-            .await?;
+        let req = request.get_ref();
+        let (plan_id, wanted) = (
+            req.plan_id
+                .as_deref()
+                .map(|p| parse_id("plan_id", p))
+                .transpose(),
+            Wanted::parse("min_consistency_token", &req.min_consistency_token),
+        )
+            .all()?;
+        let as_of = self.fresh_enough(&actor.account_id, wanted).await?;
         let summary = Reports::pipeline_summary(self, &actor.account_id, plan_id, as_of).await?;
         Ok(Response::new(summary))
     }

@@ -336,7 +336,9 @@ async fn leads_applied(
     leads: &LeadsToken,
 ) -> Result<bool, sqlx::Error> {
     let found: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM deals WHERE intake_id = ANY($1) AND account_id = $2",
+        // Distinct: two deals of the account may name one lead (keys are the creator's
+        // choice), and one is not another lead's deal.
+        "SELECT count(DISTINCT intake_id) FROM deals WHERE intake_id = ANY($1) AND account_id = $2",
     )
     .bind(leads.intake_ids())
     .bind(account_id)

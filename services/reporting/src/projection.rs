@@ -390,6 +390,10 @@ pub fn decode(payload: &[u8]) -> Result<DealRow, String> {
         closed_at: time_of(deal.closed_at.as_ref()),
         version: deal.version,
         updated_at: time_of(deal.updated_at.as_ref()).ok_or("deal event without updated_at")?,
-        intake_id: Uuid::parse_str(&deal.idempotency_key).ok(),
+        // Only a key spelled as an intake id is one (`Uuid::parse_str` also takes upper
+        // case, braces and URNs, keys deal-service holds apart).
+        intake_id: Uuid::parse_str(&deal.idempotency_key)
+            .ok()
+            .filter(|id| id.to_string() == deal.idempotency_key),
     })
 }

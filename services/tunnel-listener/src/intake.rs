@@ -16,7 +16,7 @@ use salesplan_proto::v1 as pb;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::plans::Plans;
+use crate::plans::{PlanCheck, Plans};
 
 /// Contacts per AddAudience chunk at most.
 pub const MAX_CHUNK: usize = 1_000;
@@ -110,7 +110,10 @@ fn amount_from(amount: &Option<pb::Money>) -> Result<(), ApiError> {
 /// bad lead is refused once, with every violation.
 pub fn validated_lead(lead: pb::Lead) -> Result<pb::Lead, ApiError> {
     let mut checks = Checks::new();
-    checks.check(parse_id("plan_id", &lead.plan_id));
+    // One plan, one spelling: the intake id and the subject are made of the canonical one.
+    let plan_id = checks
+        .check(parse_id("plan_id", &lead.plan_id))
+        .map_or(lead.plan_id, |id| id.to_string());
     checks.check(amount_from(&lead.amount));
     let lead = pb::Lead {
         contact: checks.check(contact_from(lead.contact)),
@@ -125,7 +128,7 @@ pub fn validated_lead(lead: pb::Lead) -> Result<pb::Lead, ApiError> {
                     .transpose(),
             )
             .filter(|m| !m.is_empty()),
-        plan_id: lead.plan_id,
+        plan_id,
         amount: lead.amount,
     };
     checks.finish()?;
@@ -276,8 +279,18 @@ impl Intake {
     ) -> Result<Accepted, ApiError> {
         let lead = validated_lead(lead)?;
         let plan_id = parse_id("plan_id", &lead.plan_id)?;
-        let plan = self.plans.open_plan(&actor.account_id, plan_id).await?;
         let intake_id = intake_id(&actor.account_id, &lead);
+        let plan = match self.plans.check(&actor.account_id, plan_id).await? {
+            PlanCheck::Open(plan) => plan,
+            // A retry of a lead accepted before its plan was archived: its deal is there.
+            PlanCheck::Closed(_) if self.plans.is_deal(&actor.account_id, intake_id).await? => {
+                return Ok(Accepted {
+                    intake_id,
+                    accepted_now: false,
+                });
+            }
+            PlanCheck::Closed(refusal) => return Err(refusal),
+        };
         let stored = self
             .bus
             .publish(message(
@@ -334,7 +347,7 @@ impl Intake {
         job: &AudienceJob,
         chunk: pb::AddAudienceRequest,
     ) -> Result<Vec<pb::ContactResult>, ApiError> {
-        if !chunk.plan_id.is_empty() && chunk.plan_id != job.plan_id.to_string() {
+        if !chunk.plan_id.is_empty() && parse_id("plan_id", &chunk.plan_id)? != job.plan_id {
             return Err(ApiError::invalid(
                 "plan_id",
                 "every chunk of a call adds to the same plan",

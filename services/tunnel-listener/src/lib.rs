@@ -21,9 +21,7 @@ use salesplan_platform::{
     limits::{AccountLimiter, ClassLimit},
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
-use salesplan_proto::v1::{
-    intake_service_server::IntakeServiceServer, plan_service_client::PlanServiceClient,
-};
+use salesplan_proto::v1::intake_service_server::IntakeServiceServer;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 
@@ -150,7 +148,7 @@ impl Service for Config {
         let issuer = TokenIssuer::from_config(&common.auth)?
             .context("no key to sign plan look-ups at deal-service")?;
         let plans = Arc::new(Plans::new(
-            PlanServiceClient::new(server::lazy_channel(&self.deal_service_url)?),
+            server::lazy_channel(&self.deal_service_url)?,
             ServiceTokens::new(issuer, Self::ACTOR_ID, &[]),
         ));
         let background = Background::new();

@@ -18,7 +18,9 @@ use std::{
 };
 
 use salesplan_platform::{ApiError, auth::ServiceTokens, grpc::outgoing};
-use salesplan_proto::v1::{self as pb, plan_service_client::PlanServiceClient};
+use salesplan_proto::v1::{
+    self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
+};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -68,14 +70,23 @@ pub struct Plans {
     /// By account and plan: one account's plan id never stands for another's plan.
     slots: Mutex<HashMap<(String, Uuid), Arc<Slot>>>,
     plans: PlanServiceClient<Channel>,
+    deals: DealServiceClient<Channel>,
     tokens: ServiceTokens,
 }
 
+/// Whether a plan takes leads now.
+pub enum PlanCheck {
+    Open(KnownPlan),
+    /// Unknown in the account, or archived: NOT_FOUND.
+    Closed(ApiError),
+}
+
 impl Plans {
-    pub fn new(plans: PlanServiceClient<Channel>, tokens: ServiceTokens) -> Self {
+    pub fn new(channel: Channel, tokens: ServiceTokens) -> Self {
         Self {
             slots: Mutex::default(),
-            plans,
+            plans: PlanServiceClient::new(channel.clone()),
+            deals: DealServiceClient::new(channel),
             tokens,
         }
     }
@@ -83,14 +94,52 @@ impl Plans {
     /// The plan as deal-service has it now, if it exists in the account and takes leads;
     /// NOT_FOUND otherwise.
     pub async fn open_plan(&self, account_id: &str, plan_id: Uuid) -> Result<KnownPlan, ApiError> {
+        match self.check(account_id, plan_id).await? {
+            PlanCheck::Open(plan) => Ok(plan),
+            PlanCheck::Closed(refusal) => Err(refusal),
+        }
+    }
+
+    /// Whether the plan takes leads now; UNAVAILABLE when deal-service cannot say.
+    pub async fn check(&self, account_id: &str, plan_id: Uuid) -> Result<PlanCheck, ApiError> {
         match self.current(account_id, plan_id).await {
-            Found::Plan(plan) if plan.archived => {
-                Err(ApiError::not_found(format!("plan {plan_id} (archived)")))
-            }
-            Found::Plan(plan) => Ok(plan),
-            Found::Missing => Err(ApiError::not_found(format!("plan {plan_id}"))),
+            Found::Plan(plan) if plan.archived => Ok(PlanCheck::Closed(ApiError::not_found(
+                format!("plan {plan_id} (archived)"),
+            ))),
+            Found::Plan(plan) => Ok(PlanCheck::Open(plan)),
+            Found::Missing => Ok(PlanCheck::Closed(ApiError::not_found(format!(
+                "plan {plan_id}"
+            )))),
             Found::Unavailable => Err(ApiError::Unavailable(
                 "cannot check the plan now, retry later".into(),
+            )),
+        }
+    }
+
+    /// Whether the lead `intake_id` is a deal already: a retry of a lead accepted before
+    /// its plan was archived is answered as the duplicate it is.
+    pub async fn is_deal(&self, account_id: &str, intake_id: Uuid) -> Result<bool, ApiError> {
+        let token = self
+            .tokens
+            .for_account(account_id)
+            .map_err(|err| ApiError::Unavailable(format!("cannot sign a deal look-up: {err}")))?;
+        let request = outgoing(
+            pb::GetDealRequest {
+                idempotency_key: intake_id.to_string(),
+                ..Default::default()
+            },
+            &token,
+        );
+        let mut deals = self.deals.clone();
+        match tokio::time::timeout(LOOKUP_TIMEOUT, deals.get_deal(request)).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => Ok(false),
+            Ok(Err(status)) => Err(ApiError::Unavailable(format!(
+                "cannot check the lead now, retry later ({})",
+                status.message()
+            ))),
+            Err(_) => Err(ApiError::Unavailable(
+                "cannot check the lead now, retry later".into(),
             )),
         }
     }

@@ -303,8 +303,14 @@ fn snake(code: &str) -> String {
     .to_owned()
 }
 
+/// An error of HTTP itself (route, method, body): its reason is its code, upper case
+/// (`METHOD_NOT_ALLOWED`, `UNSUPPORTED_MEDIA_TYPE`, `PAYLOAD_TOO_LARGE`, …).
 fn json_error(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> Response {
-    let mut error = json!({ "code": code, "message": message });
+    let mut error = json!({
+        "code": code,
+        "message": message,
+        "reason": code.to_ascii_uppercase(),
+    });
     if let Some(field) = field {
         error["field"] = json!(field);
     }

@@ -210,8 +210,22 @@ impl Deal {
 
     /// Whether the deal already is where a move to `stage_id` (with `reason`) would put it:
     /// in that stage, and for a closed deal with that reason. A repeated move is then done.
+    /// (An open deal with a reason given is not: a reason goes only with LOST, and the
+    /// move says so.)
     pub fn is_at(&self, stage_id: Uuid, reason: Option<Uuid>) -> bool {
-        self.stage_id == stage_id && (!self.is_closed() || self.loss_reason_id == reason)
+        self.stage_id == stage_id
+            && if self.is_closed() {
+                self.loss_reason_id == reason
+            } else {
+                reason.is_none()
+            }
+    }
+
+    /// Whether every field `edit` sets already has that value: the edit is then done.
+    pub fn has(&self, edit: &DealEdit) -> bool {
+        edit.title.as_ref().is_none_or(|t| *t == self.title)
+            && edit.amount.as_ref().is_none_or(|a| *a == self.amount)
+            && edit.contact.as_ref().is_none_or(|c| *c == self.contact)
     }
 
     /// Whether the deal already has `manager` (none: unassigned). A repeated assignment is

@@ -1,6 +1,8 @@
 //! DealService.
 
-use salesplan_platform::{Actor, ApiError, Permission, auth, ids::parse_id};
+use salesplan_platform::{
+    Actor, AllChecks, ApiError, Permission, auth, consistency::Wanted, ids::parse_id, validate,
+};
 use salesplan_proto::v1::{self as pb, deal_service_server::DealService};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -54,6 +56,7 @@ fn bulk_target(
 fn bulk_result(outcome: BulkOutcome) -> pb::BulkResult {
     pb::BulkResult {
         changed: outcome.changed,
+        unchanged: outcome.unchanged,
         failures: outcome
             .failures
             .into_iter()
@@ -185,8 +188,25 @@ impl DealService for Api {
 
     async fn get_deal(&self, request: Request<pb::GetDealRequest>) -> Reply<pb::GetDealResponse> {
         let actor = auth::actor(&request)?;
-        let deal_id = parse_id("deal_id", &request.get_ref().deal_id)?;
-        let deal = self.store.deal(&actor.account_id, deal_id).await?;
+        let req = request.into_inner();
+        let deal = match (req.deal_id.as_str(), req.idempotency_key.as_str()) {
+            ("", "") => return Err(ApiError::invalid("deal_id", "required").into()),
+            ("", key) => {
+                let key = validate::required_text("idempotency_key", key, convert::MAX_KEY_CHARS)?;
+                self.store.deal_by_key(&actor.account_id, &key).await?
+            }
+            (id, "") => {
+                let deal_id = parse_id("deal_id", id)?;
+                self.store.deal(&actor.account_id, deal_id).await?
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "idempotency_key",
+                    "give deal_id or idempotency_key, not both",
+                )
+                .into());
+            }
+        };
         Ok(Response::new(pb::GetDealResponse {
             deal: Some((&deal).into()),
         }))
@@ -198,9 +218,13 @@ impl DealService for Api {
     ) -> Reply<pb::UpdateDealResponse> {
         let actor = auth::actor(&request)?;
         let req = request.into_inner();
-        let deal_id = parse_id("deal_id", &req.deal_id)?;
-        let version = convert::expected_version(req.expected_version)?;
-        let edit = DealEdit::try_from(req)?;
+        let (deal_id, version, edit) = (
+            parse_id("deal_id", &req.deal_id),
+            convert::expected_version(req.expected_version),
+            DealEdit::try_from(req).map_err(ApiError::from),
+        )
+            .all()?;
+        let wanted = edit.clone();
         let edit_all = actor.has(Permission::DealsEditAll);
         let deal = self
             .store
@@ -209,7 +233,7 @@ impl DealService for Api {
                 &actor.user_id,
                 deal_id,
                 version,
-                |_| false,
+                |deal| may_change(&actor.user_id, edit_all, deal) && deal.has(&wanted),
                 |deal, _, now| {
                     if !may_change(&actor.user_id, edit_all, deal) {
                         return Err(not_yours());
@@ -229,10 +253,13 @@ impl DealService for Api {
     ) -> Reply<pb::MoveDealResponse> {
         let actor = auth::actor(&request)?;
         let req = request.into_inner();
-        let deal_id = parse_id("deal_id", &req.deal_id)?;
-        let version = convert::expected_version(req.expected_version)?;
-        let stage_id = parse_id("stage_id", &req.stage_id)?;
-        let reason = convert::optional_id("loss_reason_id", req.loss_reason_id.as_deref())?;
+        let (deal_id, version, stage_id, reason) = (
+            parse_id("deal_id", &req.deal_id),
+            convert::expected_version(req.expected_version),
+            parse_id("stage_id", &req.stage_id),
+            convert::optional_id("loss_reason_id", req.loss_reason_id.as_deref()),
+        )
+            .all()?;
         let edit_all = actor.has(Permission::DealsEditAll);
         let deal = self
             .store
@@ -261,9 +288,12 @@ impl DealService for Api {
     ) -> Reply<pb::AssignDealResponse> {
         let actor = auth::actor(&request)?;
         let req = request.into_inner();
-        let deal_id = parse_id("deal_id", &req.deal_id)?;
-        let version = convert::expected_version(req.expected_version)?;
-        let manager = convert::optional_manager("manager_id", req.manager_id.as_deref())?;
+        let (deal_id, version, manager) = (
+            parse_id("deal_id", &req.deal_id),
+            convert::expected_version(req.expected_version),
+            convert::optional_manager("manager_id", req.manager_id.as_deref()),
+        )
+            .all()?;
         let asked = manager.clone();
         let edit_all = actor.has(Permission::DealsEditAll);
         let deal = self
@@ -298,8 +328,11 @@ impl DealService for Api {
         actor.require(Permission::DealsEditAll)?;
         actor.require(Permission::DealsBulkEdit)?;
         let req = request.into_inner();
-        let deal_id = parse_id("deal_id", &req.deal_id)?;
-        let version = convert::expected_version(req.expected_version)?;
+        let (deal_id, version) = (
+            parse_id("deal_id", &req.deal_id),
+            convert::expected_version(req.expected_version),
+        )
+            .all()?;
         let deal = self
             .store
             .change_deal(
@@ -307,7 +340,9 @@ impl DealService for Api {
                 &actor.user_id,
                 deal_id,
                 version,
-                |_| false,
+                // Open already (a retry whose answer was lost, or reopened by someone
+                // else): what the caller asked for holds.
+                |deal| !deal.is_closed(),
                 |deal, plan, now| Ok(deal.reopen(plan, now)?),
             )
             .await?;
@@ -324,14 +359,17 @@ impl DealService for Api {
         let (actor, only) = bulk_actor(&request)?;
         let _permit = self.bulk.admit(&actor.account_id)?;
         let req = request.into_inner();
-        let from = convert::manager_id("from_manager_id", &req.from_manager_id)?;
-        let to = convert::manager_id("to_manager_id", &req.to_manager_id)?;
+        let (from, to, mut query) = (
+            convert::manager_id("from_manager_id", &req.from_manager_id),
+            convert::manager_id("to_manager_id", &req.to_manager_id),
+            convert::query_from(req.filter),
+        )
+            .all()?;
         if from == to {
             return Err(
                 ApiError::invalid("to_manager_id", "is the same as from_manager_id").into(),
             );
         }
-        let mut query = convert::query_from(req.filter)?;
         query.managers = vec![from];
         query.unassigned = false;
         let outcome = self
@@ -341,6 +379,7 @@ impl DealService for Api {
                 &actor.user_id,
                 BulkTarget::Query(Box::new(query)),
                 only.as_deref(),
+                |deal| deal.is_with(Some(&to)),
                 |deal, plan, now| deal.assign(plan, Some(to.clone()), true, now),
             )
             .await?;
@@ -354,16 +393,20 @@ impl DealService for Api {
         let (actor, only) = bulk_actor(&request)?;
         let _permit = self.bulk.admit(&actor.account_id)?;
         let req = request.into_inner();
-        let stage_id = parse_id("stage_id", &req.stage_id)?;
-        let reason = convert::optional_id("loss_reason_id", req.loss_reason_id.as_deref())?;
         let target = {
             use pb::bulk_move_deals_request::Target;
             match req.target {
                 Some(Target::DealIds(ids)) => bulk_target(Some(ids), None),
                 Some(Target::Filter(filter)) => bulk_target(None, Some(filter)),
                 None => bulk_target(None, None),
-            }?
+            }
         };
+        let (stage_id, reason, target) = (
+            parse_id("stage_id", &req.stage_id),
+            convert::optional_id("loss_reason_id", req.loss_reason_id.as_deref()),
+            target,
+        )
+            .all()?;
         let outcome = self
             .store
             .bulk_change(
@@ -371,6 +414,7 @@ impl DealService for Api {
                 &actor.user_id,
                 target,
                 only.as_deref(),
+                |deal| deal.is_at(stage_id, reason),
                 |deal, plan, now| deal.move_to(plan, stage_id, reason, now),
             )
             .await?;
@@ -384,15 +428,19 @@ impl DealService for Api {
         let (actor, only) = bulk_actor(&request)?;
         let _permit = self.bulk.admit(&actor.account_id)?;
         let req = request.into_inner();
-        let manager = convert::optional_manager("manager_id", req.manager_id.as_deref())?;
         let target = {
             use pb::bulk_assign_deals_request::Target;
             match req.target {
                 Some(Target::DealIds(ids)) => bulk_target(Some(ids), None),
                 Some(Target::Filter(filter)) => bulk_target(None, Some(filter)),
                 None => bulk_target(None, None),
-            }?
+            }
         };
+        let (manager, target) = (
+            convert::optional_manager("manager_id", req.manager_id.as_deref()),
+            target,
+        )
+            .all()?;
         let outcome = self
             .store
             .bulk_change(
@@ -400,6 +448,7 @@ impl DealService for Api {
                 &actor.user_id,
                 target,
                 only.as_deref(),
+                |deal| deal.is_with(manager.as_deref()),
                 |deal, plan, now| deal.assign(plan, manager.clone(), false, now),
             )
             .await?;
@@ -414,15 +463,25 @@ impl DealService for Api {
         let _permit = self.reads.admit(&actor.account_id)?;
         let req = request.into_inner();
         let fingerprint = convert::filter_fingerprint(&req.filter);
-        let query = convert::query_from(req.filter)?;
-        let sort = convert::sort_from(req.sort)?;
-        let after = (!req.page_token.is_empty())
-            .then(|| PageToken::decode(&req.page_token, sort, fingerprint))
-            .transpose()
-            .map_err(ApiError::from)?;
+        let sort = convert::sort_from(req.sort);
+        // A page token is read with its sort: with a bad sort, only the sort is reported.
+        let after = match &sort {
+            Ok(sort) if !req.page_token.is_empty() => {
+                PageToken::decode(&req.page_token, *sort, fingerprint)
+                    .map(Some)
+                    .map_err(ApiError::from)
+            }
+            _ => Ok(None),
+        };
+        let (query, sort, after, wanted) = (
+            convert::query_from(req.filter),
+            sort,
+            after,
+            Wanted::parse("min_consistency_token", &req.min_consistency_token),
+        )
+            .all()?;
         let limit = page_size(req.page_size);
-        self.readable(&actor.account_id, &req.min_consistency_token)
-            .await?;
+        self.readable(&actor.account_id, wanted).await?;
         let (page, totals) = self
             .store
             .list_with_totals(&actor.account_id, &query, sort, after.as_ref(), limit)
@@ -442,20 +501,23 @@ impl DealService for Api {
         let actor = auth::actor(&request)?;
         let _permit = self.reads.admit(&actor.account_id)?;
         let req = request.into_inner();
-        let plan_id = parse_id("plan_id", &req.plan_id)?;
         let filter = req.filter.unwrap_or_default();
-        let mut query = convert::query_from(Some(filter.clone()))?;
+        let (plan_id, mut query, sort, wanted) = (
+            parse_id("plan_id", &req.plan_id),
+            convert::query_from(Some(filter.clone())),
+            convert::sort_from(req.sort),
+            Wanted::parse("min_consistency_token", &req.min_consistency_token),
+        )
+            .all()?;
         if query.plan_id.is_some_and(|p| p != plan_id) {
             return Err(ApiError::invalid("filter.plan_id", "must be the board's plan_id").into());
         }
         query.plan_id = Some(plan_id);
-        let sort = convert::sort_from(req.sort)?;
         let cards = match req.cards_per_stage {
             n if n <= 0 => DEFAULT_CARDS,
             n => (n as usize).min(MAX_CARDS),
         };
-        self.readable(&actor.account_id, &req.min_consistency_token)
-            .await?;
+        self.readable(&actor.account_id, wanted).await?;
         let plan = self.store.plan(&actor.account_id, plan_id).await?;
         let stages: Vec<Uuid> = plan
             .stages
@@ -503,8 +565,11 @@ impl DealService for Api {
         let actor = auth::actor(&request)?;
         let _permit = self.reads.admit(&actor.account_id)?;
         let req = request.get_ref();
-        let deal_id = parse_id("deal_id", &req.deal_id)?;
-        let after = AfterKey::decode::<i64>(&req.page_token).map_err(ApiError::from)?;
+        let (deal_id, after) = (
+            parse_id("deal_id", &req.deal_id),
+            AfterKey::decode::<i64>(&req.page_token).map_err(ApiError::from),
+        )
+            .all()?;
         let limit = bounded_page_size(req.page_size, HISTORY_PAGE, MAX_HISTORY_PAGE);
         let (rows, more) = self
             .store

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use salesplan_platform::limits::AccountLimiter;
 
 use crate::{Limits, store::Store};
+use salesplan_platform::consistency::Wanted;
 
 #[derive(Clone)]
 pub struct Api {
@@ -43,10 +44,9 @@ impl Api {
     async fn readable(
         &self,
         account_id: &str,
-        token: &str,
+        wanted: Option<Wanted>,
     ) -> Result<(), salesplan_platform::ApiError> {
-        use salesplan_platform::consistency::Wanted;
-        match Wanted::parse("min_consistency_token", token)? {
+        match wanted {
             Some(Wanted::Write(token)) => self.store.readable(token, self.consistency_wait).await,
             Some(Wanted::Leads(leads)) => {
                 self.store

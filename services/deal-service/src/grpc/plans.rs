@@ -1,7 +1,8 @@
 //! PlanService.
 
 use salesplan_platform::{
-    Actor, ApiError, Checks, Permission, auth, ids, ids::parse_id, limits::Permit, validate,
+    Actor, AllChecks, ApiError, Checks, Permission, auth, every, ids, ids::parse_id,
+    limits::Permit, validate,
 };
 use salesplan_proto::v1::{self as pb, plan_service_server::PlanService};
 use tonic::{Request, Response, Status};
@@ -208,12 +209,16 @@ impl PlanService for Api {
     ) -> Reply<pb::SetPlanManagersResponse> {
         let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
-        let plan_id = parse_id("plan_id", &req.plan_id)?;
-        let managers = req
-            .manager_ids
-            .iter()
-            .map(|m| convert::manager_id("manager_ids", m))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (plan_id, managers) = (
+            parse_id("plan_id", &req.plan_id),
+            every(
+                req.manager_ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| convert::manager_id(&format!("manager_ids[{i}]"), m)),
+            ),
+        )
+            .all()?;
         let (plan, ()) = self
             .change_plan(&actor, plan_id, |plan| plan.set_managers(managers))
             .await?;
@@ -228,15 +233,17 @@ impl PlanService for Api {
     ) -> Reply<pb::AddStageResponse> {
         let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
-        let plan_id = parse_id("plan_id", &req.plan_id)?;
-        let name = convert::stage_name(&req.name)?;
-        let color = convert::color(&req.color)?;
         let position = match req.position {
-            Some(p) if p < 0 => {
-                return Err(ApiError::invalid("position", "must not be negative").into());
-            }
-            p => p.map(|p| p as usize),
+            Some(p) if p < 0 => Err(ApiError::invalid("position", "must not be negative")),
+            p => Ok(p.map(|p| p as usize)),
         };
+        let (plan_id, name, color, position) = (
+            parse_id("plan_id", &req.plan_id),
+            convert::stage_name(&req.name),
+            convert::color(&req.color),
+            position,
+        )
+            .all()?;
         let id = ids::new_id();
         let (plan, ()) = self
             .change_plan(&actor, plan_id, |plan| {
@@ -256,9 +263,12 @@ impl PlanService for Api {
     ) -> Reply<pb::UpdateStageResponse> {
         let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
-        let stage_id = parse_id("stage_id", &req.stage_id)?;
-        let name = req.name.as_deref().map(convert::stage_name).transpose()?;
-        let color = req.color.as_deref().map(convert::color).transpose()?;
+        let (stage_id, name, color) = (
+            parse_id("stage_id", &req.stage_id),
+            req.name.as_deref().map(convert::stage_name).transpose(),
+            req.color.as_deref().map(convert::color).transpose(),
+        )
+            .all()?;
         let plan_id = self
             .store
             .plan_of_stage(&actor.account_id, stage_id)
@@ -279,8 +289,11 @@ impl PlanService for Api {
     ) -> Reply<pb::ReorderStagesResponse> {
         let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
-        let plan_id = parse_id("plan_id", &req.plan_id)?;
-        let order = convert::ids("open_stage_ids", &req.open_stage_ids)?;
+        let (plan_id, order) = (
+            parse_id("plan_id", &req.plan_id),
+            convert::ids("open_stage_ids", &req.open_stage_ids),
+        )
+            .all()?;
         let (plan, ()) = self
             .change_plan(&actor, plan_id, |plan| plan.reorder_stages(&order))
             .await?;
@@ -295,8 +308,11 @@ impl PlanService for Api {
     ) -> Reply<pb::DeleteStageResponse> {
         let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
-        let stage_id = parse_id("stage_id", &req.stage_id)?;
-        let target = convert::optional_id("target_stage_id", req.target_stage_id.as_deref())?;
+        let (stage_id, target) = (
+            parse_id("stage_id", &req.stage_id),
+            convert::optional_id("target_stage_id", req.target_stage_id.as_deref()),
+        )
+            .all()?;
         let (plan, moved_deals) = self
             .store
             .delete_stage(&actor.account_id, &actor.user_id, stage_id, target)
@@ -313,20 +329,17 @@ impl PlanService for Api {
     ) -> Reply<pb::SetLossReasonsResponse> {
         let (actor, _permit) = self.plan_change(&request)?;
         let req = request.into_inner();
-        let plan_id = parse_id("plan_id", &req.plan_id)?;
-        let inputs = req
-            .reasons
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let field = format!("reasons[{i}]");
-                let id = (!r.id.is_empty())
+        let inputs = every(req.reasons.iter().enumerate().map(|(i, r)| {
+            let field = format!("reasons[{i}]");
+            (
+                (!r.id.is_empty())
                     .then(|| parse_id(&format!("{field}.id"), &r.id))
-                    .transpose()?;
-                let name = validate::required_text(&format!("{field}.name"), &r.name, 100)?;
-                Ok((id, name))
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
+                    .transpose(),
+                validate::required_text(&format!("{field}.name"), &r.name, 100),
+            )
+                .all()
+        }));
+        let (plan_id, inputs) = (parse_id("plan_id", &req.plan_id), inputs).all()?;
         let (plan, ()) = self
             .change_plan(&actor, plan_id, |plan| {
                 plan.set_loss_reasons(req.require_reason, inputs, ids::new_id)

@@ -31,6 +31,8 @@ pub enum BulkTarget {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BulkOutcome {
     pub changed: i64,
+    /// Deals already where the change would put them.
+    pub unchanged: i64,
     pub failures: Vec<(Uuid, String)>,
 }
 
@@ -200,6 +202,15 @@ impl Store {
         fetch_deal(&mut conn, account_id, deal_id, false).await
     }
 
+    /// The deal created with `key` in the account (for a deal from a lead, its intake id).
+    pub async fn deal_by_key(&self, account_id: &str, key: &str) -> Result<Deal, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        deals_by_keys(&mut conn, account_id, &[key.to_owned()])
+            .await?
+            .remove(key)
+            .ok_or_else(|| ApiError::not_found(format!("deal with idempotency key {key}")))
+    }
+
     /// Changes one deal if it still has `expected_version` (else ABORTED, nothing written),
     /// unless it `already` is as asked: then it is answered as it is, nothing written.
     pub async fn change_deal(
@@ -240,14 +251,16 @@ impl Store {
     }
 
     /// Applies `change` to every targeted deal, a chunk per transaction. `only_manager`
-    /// restricts the deals to one manager's (callers without `deals:edit_all`). Deals the
-    /// change refuses are reported, not fatal.
+    /// restricts the deals to one manager's (callers without `deals:edit_all`). Deals
+    /// `already` where the change would put them are counted unchanged; deals the change
+    /// refuses are reported, not fatal.
     pub async fn bulk_change(
         &self,
         account_id: &str,
         actor_id: &str,
         target: BulkTarget,
         only_manager: Option<&str>,
+        already: impl Fn(&Deal) -> bool,
         change: impl Fn(&Deal, &Plan, OffsetDateTime) -> Result<(Deal, Change), DomainError>,
     ) -> Result<BulkOutcome, ApiError> {
         let ids = match target {
@@ -284,6 +297,11 @@ impl Store {
                     outcome
                         .failures
                         .push((*id, "not your deal: needs deals:edit_all".into()));
+                    continue;
+                }
+                // Where the change would put it already: done, and nothing written.
+                if already(deal) {
+                    outcome.unchanged += 1;
                     continue;
                 }
                 let plan = match plans.entry(deal.plan_id) {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use salesplan_platform::{
-    ApiError, Permission, auth,
+    AllChecks, ApiError, Permission, auth,
     ids::parse_id,
     limits::{AccountLimiter, ClassLimit},
 };
@@ -138,16 +138,20 @@ impl DistributorService for Explain {
             actor.require(Permission::PlansAdmin)?;
         }
         let req = request.into_inner();
-        let plan_id = (!req.plan_id.is_empty())
-            .then(|| parse_id("plan_id", &req.plan_id))
-            .transpose()?;
+        let (plan_id, after) = (
+            (!req.plan_id.is_empty())
+                .then(|| parse_id("plan_id", &req.plan_id))
+                .transpose(),
+            after(&req.page_token),
+        )
+            .all()?;
         let limit = match i64::from(req.page_size) {
             n if n <= 0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
         let rows = self
             .store
-            .rejections(&actor.account_id, plan_id, after(&req.page_token)?, limit)
+            .rejections(&actor.account_id, plan_id, after, limit)
             .await
             .map_err(ApiError::from)?;
         let next_page_token = match rows.last() {
