@@ -613,10 +613,8 @@ async fn moving_closing_reopening_and_history() -> anyhow::Result<()> {
     assert_eq!(reopened.stage_id, progress, "back to the stage it left");
     assert_eq!(reopened.status, pb::DealStatus::Open as i32);
     assert!(reopened.closed_at.is_none() && reopened.loss_reason_id.is_none());
-    let err = reopen(&mut c, &boss, &reopened)
-        .await
-        .expect_err("open deal");
-    assert_eq!(err.code(), Code::FailedPrecondition);
+    // Open already (a retry whose answer was lost): done, nothing changes.
+    assert_eq!(reopen(&mut c, &boss, &reopened).await?, reopened);
 
     // From WON: the last OPEN stage.
     let first = move_deal(&mut c, &m1, &reopened, &new, None).await?;
@@ -1173,7 +1171,11 @@ async fn transfers_and_bulk_changes() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(own.changed, 0, "m2's deals are not m1's to reassign");
-    assert_eq!(own.failures.len(), 10);
+    assert_eq!(
+        (own.failures.len(), own.unchanged),
+        (8, 2),
+        "m2's eight refused; m1's own two are m1's already"
+    );
     assert_store_consistent(&stack).await?;
     stack.stop().await
 }

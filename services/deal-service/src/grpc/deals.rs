@@ -221,7 +221,7 @@ impl DealService for Api {
         let (deal_id, version, edit) = (
             parse_id("deal_id", &req.deal_id),
             convert::expected_version(req.expected_version),
-            DealEdit::try_from(req).map_err(ApiError::from),
+            DealEdit::try_from(req),
         )
             .all()?;
         let wanted = edit.clone();
