@@ -126,47 +126,77 @@ async fn explain(
         .ok_or_else(|| tonic::Status::internal("no assignment"))
 }
 
-/// One account alternates its plan between MANUAL and AUTO round robin and sends a lead
-/// right after each change answered OK, with no pause. Returns, per lead's run id, the
-/// plan version its change produced, and the mode of every version.
+/// The plan as one version has it: MANUAL, or AUTO among these members.
+type Version = Option<Vec<String>>;
+
+/// One account changes its plan in a cycle — MANUAL, AUTO, AUTO with other members, AUTO
+/// with the first members — and sends a lead right after each change answered OK, with no
+/// pause. Returns, per lead's run id, the plan version its change produced, and what every
+/// version says.
 async fn alternate_and_send(
     c: &Channels,
     token: &str,
     plan: &pb::Plan,
-) -> anyhow::Result<(HashMap<String, i64>, HashMap<i64, bool>)> {
+) -> anyhow::Result<(HashMap<String, i64>, HashMap<i64, Version>)> {
     let mut plans = c.plans.clone();
     let mut intake = c.intake.clone();
     let mut after_change = HashMap::new();
-    let mut manual_at = HashMap::from([(plan.version, false)]);
+    let first: Vec<String> = plan.manager_ids.clone();
+    let mut versions = HashMap::from([(plan.version, Some(first.clone()))]);
     for change in 0..CHANGES_PER_ACCOUNT {
-        let manual = change % 2 == 0;
-        let changed = plans
-            .update_plan(outgoing(
-                pb::UpdatePlanRequest {
-                    plan_id: plan.id.clone(),
-                    distribution: Some(distribution(manual)),
-                    ..Default::default()
-                },
-                token,
-            ))
-            .await?
-            .into_inner()
-            .plan
-            .ok_or_else(|| anyhow::anyhow!("UpdatePlan returned no plan"))?;
-        manual_at.insert(changed.version, manual);
+        let (manual, members) = match change % 4 {
+            0 => (true, None),
+            1 => (false, None),
+            2 => (false, Some(vec!["m3".to_owned()])),
+            _ => (false, Some(first.clone())),
+        };
+        let changed = match &members {
+            None => {
+                plans
+                    .update_plan(outgoing(
+                        pb::UpdatePlanRequest {
+                            plan_id: plan.id.clone(),
+                            distribution: Some(distribution(manual)),
+                            ..Default::default()
+                        },
+                        token,
+                    ))
+                    .await?
+                    .into_inner()
+                    .plan
+            }
+            Some(members) => {
+                plans
+                    .set_plan_managers(outgoing(
+                        pb::SetPlanManagersRequest {
+                            plan_id: plan.id.clone(),
+                            manager_ids: members.clone(),
+                        },
+                        token,
+                    ))
+                    .await?
+                    .into_inner()
+                    .plan
+            }
+        }
+        .ok_or_else(|| anyhow::anyhow!("the change returned no plan"))?;
+        versions.insert(
+            changed.version,
+            (!manual).then(|| changed.manager_ids.clone()),
+        );
         let run = format!("run-{change}");
         intake
             .add_to_sales_plan(outgoing(lead(&plan.id, &run), token))
             .await?;
         after_change.insert(run, changed.version);
     }
-    Ok((after_change, manual_at))
+    Ok((after_change, versions))
 }
 
 /// Issue 15, point 1: every lead accepted after a plan change was answered OK is decided
 /// with that change (or a later one), never with the plan as it was: the decision records
 /// the version it was made on, at least the one the change produced, and the lead went the
-/// way that version says.
+/// way that version says (its mode, and for AUTO one of its members).
 #[tokio::test]
 async fn every_lead_after_a_plan_change_is_decided_with_that_change() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
@@ -190,17 +220,22 @@ async fn every_lead_after_a_plan_change_is_decided_with_that_change() -> anyhow:
     .await?;
 
     let mut stale = Vec::new();
-    for ((token, plan), (after_change, manual_at)) in accounts.iter().zip(runs) {
+    for ((token, plan), (after_change, versions)) in accounts.iter().zip(runs) {
         let deals = deals_of(&c, token, &plan.id, CHANGES_PER_ACCOUNT).await?;
         for deal in deals {
             let run = deal.contact.as_ref().map(|c| c.external_id.clone());
             let run = run.unwrap_or_default().trim_start_matches("tg-").to_owned();
             let assignment = explain(&c, token, &deal.id).await?;
-            let manual = manual_at.get(&assignment.plan_version).copied();
             let fresh_enough = assignment.plan_version >= after_change[&run];
-            let followed = match manual {
-                Some(true) => assignment.mode == "manual" && deal.manager_id.is_none(),
-                Some(false) => assignment.mode == "auto" && deal.manager_id.is_some(),
+            let followed = match versions.get(&assignment.plan_version) {
+                Some(None) => assignment.mode == "manual" && deal.manager_id.is_none(),
+                Some(Some(members)) => {
+                    assignment.mode == "auto"
+                        && deal
+                            .manager_id
+                            .as_ref()
+                            .is_some_and(|m| members.contains(m))
+                }
                 None => false,
             };
             if !(fresh_enough && followed) {
