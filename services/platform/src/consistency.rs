@@ -52,6 +52,7 @@ where
     Fut: Future<Output = Result<Option<T>, ApiError>>,
 {
     let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = FIRST_POLL;
     loop {
         if let Some(found) = reached().await? {
             return Ok(found);
@@ -63,12 +64,17 @@ where
                 wait.as_millis()
             )));
         }
-        tokio::time::sleep(POLL).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tokio::time::sleep(pause.min(left)).await;
+        // A token read back at once is the common case; one that is not there soon
+        // costs the database less the longer it waits (a forged one, a stalled model).
+        pause = (pause * 2).min(LAST_POLL);
     }
 }
 
-/// How often a waiting read looks again.
-const POLL: Duration = Duration::from_millis(10);
+/// How soon a waiting read looks again at first, and at most later.
+const FIRST_POLL: Duration = Duration::from_millis(10);
+const LAST_POLL: Duration = Duration::from_millis(100);
 
 /// A write's position: every read that is "at least as fresh" includes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
