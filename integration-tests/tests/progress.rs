@@ -3,7 +3,7 @@
 //! back, and the messages handled beyond the gap count once the gap is filled.
 
 use integration_tests::TestDatabase;
-use reporting::progress::{DEALS_CONSUMER, Tracked};
+use reporting::events::progress::{DEALS_CONSUMER, Tracked};
 use salesplan_platform::{
     bus::{BatchHandler, Delivery, Outcome},
     service::Service,

@@ -6,9 +6,13 @@ use std::collections::BTreeMap;
 use integration_tests::TestDatabase;
 use proptest::prelude::*;
 use reporting::{
-    domain::report::{Cell, Closed},
-    projection::{DealEvents, DealRow},
-    reports::{Period, Scope, closed_cells},
+    domain::{
+        deals::DealRow,
+        period::{Period, Scope},
+        report::{Cell, Closed},
+    },
+    events::deals::DealEvents,
+    store::reports::closed_cells,
 };
 use salesplan_platform::service::Service;
 use time::{Duration, OffsetDateTime, macros::datetime};

@@ -11,10 +11,14 @@ use salesplan_platform::{
     config::{DatabaseConfig, Secret},
     db,
 };
-use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::{MIGRATOR, SCHEMA, names, projection};
+use crate::{
+    MIGRATOR, SCHEMA,
+    domain::deals::TotalKey,
+    events::{deals::DealEvents, plans::PlanEvents},
+    store,
+};
 
 /// Empties the read model and replays the plan and deal streams from their first message.
 /// Safe while the service runs: every event applies idempotently. Returns the events
@@ -22,13 +26,11 @@ use crate::{MIGRATOR, SCHEMA, names, projection};
 pub async fn rebuild(config: &crate::Config) -> anyhow::Result<(u64, u64)> {
     db::migrate(&config.common.database, SCHEMA, &MIGRATOR).await?;
     let pool = db::connect(&config.common.database, SCHEMA).await?;
-    sqlx::query("TRUNCATE deals, plans, stages, reasons, closed_totals, closed_daily")
-        .execute(&pool)
-        .await?;
+    store::maintenance::empty(&pool).await?;
     let bus = Bus::connect(&config.common.nats, "reporting-rebuild").await?;
     bus.ensure_streams(&streams::ALL).await?;
-    let plans = replay(&bus, &streams::PLANS, &names::PlanEvents::new(pool.clone())).await?;
-    let deals = replay(&bus, &streams::DEALS, &projection::DealEvents::new(pool)).await?;
+    let plans = replay(&bus, &streams::PLANS, &PlanEvents::new(pool.clone())).await?;
+    let deals = replay(&bus, &streams::DEALS, &DealEvents::new(pool)).await?;
     bus.close().await;
     Ok((plans, deals))
 }
@@ -99,42 +101,6 @@ async fn replay<H: BatchHandler>(
     Ok(applied)
 }
 
-/// A closed deal as the report counts it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Closed {
-    account: String,
-    plan: Uuid,
-    manager: String,
-    status: String,
-    reason: Uuid,
-}
-
-const CLOSED: &str = "SELECT {id} AS id, account_id, plan_id, coalesce(manager_id, '') AS manager_id, status,
-    CASE WHEN status = 'lost' THEN coalesce(loss_reason_id, '00000000-0000-0000-0000-000000000000'::uuid)
-         ELSE '00000000-0000-0000-0000-000000000000'::uuid END AS reason_id
-    FROM deals WHERE status IN ('won', 'lost')";
-
-async fn closed(pool: &PgPool, id_column: &str) -> anyhow::Result<BTreeMap<Uuid, Closed>> {
-    let query = CLOSED.replace("{id}", id_column);
-    sqlx::query(sqlx::AssertSqlSafe(query))
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get("id")?,
-                Closed {
-                    account: r.try_get("account_id")?,
-                    plan: r.try_get("plan_id")?,
-                    manager: r.try_get("manager_id")?,
-                    status: r.try_get("status")?,
-                    reason: r.try_get("reason_id")?,
-                },
-            ))
-        })
-        .collect()
-}
-
 /// Every difference between the read model and deal-service's deals (`deal_database_url`,
 /// schema `deal_service`): closed deals missing, extra or different, and kept totals that
 /// disagree with the deals they count. Empty when they agree.
@@ -156,7 +122,10 @@ pub async fn verify(
         "deal_service",
     )
     .await?;
-    let (truth, seen) = tokio::try_join!(closed(&source, "id"), closed(&reporting, "deal_id"))?;
+    let (truth, seen) = tokio::try_join!(
+        store::maintenance::closed(&source, "id"),
+        store::maintenance::closed(&reporting, "deal_id")
+    )?;
     let mut differences = Vec::new();
     for (id, deal) in &truth {
         match seen.get(id) {
@@ -183,7 +152,7 @@ pub async fn verify(
     }
 
     // The kept totals must equal a recount of the read model's deals.
-    let mut recount: BTreeMap<(String, Uuid, String, String, Uuid), i64> = BTreeMap::new();
+    let mut recount: BTreeMap<TotalKey, i64> = BTreeMap::new();
     for deal in seen.values() {
         *recount
             .entry((
@@ -195,19 +164,7 @@ pub async fn verify(
             ))
             .or_default() += 1;
     }
-    let kept: BTreeMap<(String, Uuid, String, String, Uuid), i64> = sqlx::query(
-        "SELECT account_id, plan_id, manager_id, status, reason_id, deals FROM closed_totals WHERE deals <> 0",
-    )
-    .fetch_all(&reporting)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok((
-            (r.try_get("account_id")?, r.try_get("plan_id")?, r.try_get("manager_id")?, r.try_get("status")?, r.try_get("reason_id")?),
-            r.try_get("deals")?,
-        ))
-    })
-    .collect::<Result<_, sqlx::Error>>()?;
+    let kept = store::maintenance::kept_totals(&reporting).await?;
     if kept != recount {
         for key in recount.keys().chain(kept.keys()) {
             let (a, b) = (

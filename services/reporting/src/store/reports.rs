@@ -3,43 +3,16 @@
 
 use std::collections::HashMap;
 
+use salesplan_platform::ApiError;
+use salesplan_proto::v1 as pb;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
-use time::{Duration, OffsetDateTime, Time};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::report::{Cell, Closed};
-
-/// [from, to) on the closing time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Period {
-    pub from: Option<OffsetDateTime>,
-    pub to: Option<OffsetDateTime>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Scope {
-    pub plans: Vec<Uuid>,
-    pub managers: Vec<String>,
-}
-
-fn midnight(at: OffsetDateTime) -> OffsetDateTime {
-    at.to_offset(time::UtcOffset::UTC)
-        .replace_time(Time::MIDNIGHT)
-}
-
-/// The whole UTC days inside the period, as [first day start, end day start).
-fn whole_days(period: Period) -> (Option<OffsetDateTime>, Option<OffsetDateTime>) {
-    let first = period.from.map(|from| {
-        let day = midnight(from);
-        if day == from {
-            day
-        } else {
-            day + Duration::DAY
-        }
-    });
-    let end = period.to.map(midnight);
-    (first, end)
-}
+use crate::domain::{
+    period::{Period, Scope, whole_days},
+    report::{Cell, Closed},
+};
 
 fn push_scope(qb: &mut QueryBuilder<Postgres>, scope: &Scope, manager_column: &str) {
     if !scope.plans.is_empty() {
@@ -254,31 +227,62 @@ pub async fn stages(
     .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use time::macros::datetime;
-
-    #[test]
-    fn whole_days_of_a_period() {
-        let p = Period {
-            from: Some(datetime!(2026-01-01 10:00 UTC)),
-            to: Some(datetime!(2026-01-04 05:00 UTC)),
-        };
-        assert_eq!(
-            whole_days(p),
-            (
-                Some(datetime!(2026-01-02 00:00 UTC)),
-                Some(datetime!(2026-01-04 00:00 UTC))
-            )
-        );
-        let exact = Period {
-            from: Some(datetime!(2026-01-01 00:00 UTC)),
-            to: None,
-        };
-        assert_eq!(
-            whole_days(exact),
-            (Some(datetime!(2026-01-01 00:00 UTC)), None)
-        );
-    }
+/// Open deals per stage with their amounts, and deals per manager by status, of the
+/// account (or one plan).
+pub async fn pipeline_summary(
+    pool: &PgPool,
+    account_id: &str,
+    plan_id: Option<Uuid>,
+) -> Result<(Vec<pb::StageTotal>, Vec<pb::ManagerTotal>), ApiError> {
+    let stages = sqlx::query(
+        // The sum is numeric, read as text: a bigint sum overflows at 9,224 deals of the
+        // largest amount.
+        "SELECT plan_id, stage_id, currency, count(*) AS deals, sum(amount_minor)::text AS amount
+         FROM deals WHERE account_id = $1 AND ($2::uuid IS NULL OR plan_id = $2)
+         GROUP BY plan_id, stage_id, currency ORDER BY plan_id, stage_id, currency",
+    )
+    .bind(account_id)
+    .bind(plan_id)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        let exact: String = r.try_get("amount")?;
+        let amount: i128 = exact
+            .parse()
+            .map_err(|_| ApiError::internal(format!("sum {exact:?} is not an integer")))?;
+        Ok(pb::StageTotal {
+            plan_id: r.try_get::<Uuid, _>("plan_id")?.to_string(),
+            stage_id: r.try_get::<Uuid, _>("stage_id")?.to_string(),
+            deals: r.try_get("deals")?,
+            amount_minor: i64::try_from(amount).unwrap_or(i64::MAX),
+            currency: r.try_get("currency")?,
+            exact_amount_minor: exact,
+        })
+    })
+    .collect::<Result<Vec<_>, ApiError>>()?;
+    let managers = sqlx::query(
+        "SELECT plan_id, manager_id,
+                count(*) FILTER (WHERE status = 'open') AS open,
+                count(*) FILTER (WHERE status = 'won') AS won,
+                count(*) FILTER (WHERE status = 'lost') AS lost
+         FROM deals WHERE account_id = $1 AND ($2::uuid IS NULL OR plan_id = $2)
+         GROUP BY plan_id, manager_id ORDER BY plan_id, manager_id NULLS FIRST",
+    )
+    .bind(account_id)
+    .bind(plan_id)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(pb::ManagerTotal {
+            plan_id: r.try_get::<Uuid, _>("plan_id")?.to_string(),
+            manager_id: r.try_get("manager_id")?,
+            open: r.try_get("open")?,
+            won: r.try_get("won")?,
+            lost: r.try_get("lost")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok((stages, managers))
 }

@@ -1,4 +1,4 @@
-//! ReportService: reports answered from the read model.
+//! ReportService: reports answered from the read model (read by `store::reports`).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -11,15 +11,20 @@ use salesplan_platform::{
     validate,
 };
 use salesplan_proto::v1::{self as pb, report_service_server::ReportService};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+mod freshness;
+
 use crate::{
-    domain::report::{self, GroupBy, Key, percent},
-    progress,
-    reports::{self, Period, Scope},
+    domain::{
+        period::{Period, Scope},
+        progress::Horizons,
+        report::{self, GroupBy, Key, percent},
+    },
+    store::{self, reports},
 };
 
 #[derive(Clone)]
@@ -28,7 +33,7 @@ pub struct Reports {
     limiter: Arc<AccountLimiter>,
     /// deal-service's horizons, and how long a report given a consistency token waits for
     /// the read model to include it.
-    horizons: Arc<progress::Horizons>,
+    horizons: Arc<Horizons>,
     wait: Duration,
 }
 
@@ -36,7 +41,7 @@ impl Reports {
     pub fn new(
         pool: PgPool,
         limit: ClassLimit,
-        (horizons, wait): (Arc<progress::Horizons>, Duration),
+        (horizons, wait): (Arc<Horizons>, Duration),
     ) -> Self {
         Self {
             pool,
@@ -53,11 +58,9 @@ impl Reports {
         account_id: &str,
         wanted: Option<Wanted>,
     ) -> Result<pb::Freshness, ApiError> {
-        Ok(
-            progress::at_least(&self.pool, &self.horizons, account_id, wanted, self.wait)
-                .await?
-                .to_proto(),
-        )
+        Ok(freshness::to_proto(
+            freshness::at_least(&self.pool, &self.horizons, account_id, wanted, self.wait).await?,
+        ))
     }
 
     async fn pipeline_summary(
@@ -66,56 +69,8 @@ impl Reports {
         plan_id: Option<Uuid>,
         as_of: pb::Freshness,
     ) -> Result<pb::PipelineSummaryResponse, ApiError> {
-        let stages = sqlx::query(
-            // The sum is numeric, read as text: a bigint sum overflows at 9,224 deals of the
-            // largest amount.
-            "SELECT plan_id, stage_id, currency, count(*) AS deals, sum(amount_minor)::text AS amount
-             FROM deals WHERE account_id = $1 AND ($2::uuid IS NULL OR plan_id = $2)
-             GROUP BY plan_id, stage_id, currency ORDER BY plan_id, stage_id, currency",
-        )
-        .bind(account_id)
-        .bind(plan_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            let exact: String = r.try_get("amount")?;
-            let amount: i128 = exact
-                .parse()
-                .map_err(|_| ApiError::internal(format!("sum {exact:?} is not an integer")))?;
-            Ok(pb::StageTotal {
-                plan_id: r.try_get::<Uuid, _>("plan_id")?.to_string(),
-                stage_id: r.try_get::<Uuid, _>("stage_id")?.to_string(),
-                deals: r.try_get("deals")?,
-                amount_minor: i64::try_from(amount).unwrap_or(i64::MAX),
-                currency: r.try_get("currency")?,
-                exact_amount_minor: exact,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-        let managers = sqlx::query(
-            "SELECT plan_id, manager_id,
-                    count(*) FILTER (WHERE status = 'open') AS open,
-                    count(*) FILTER (WHERE status = 'won') AS won,
-                    count(*) FILTER (WHERE status = 'lost') AS lost
-             FROM deals WHERE account_id = $1 AND ($2::uuid IS NULL OR plan_id = $2)
-             GROUP BY plan_id, manager_id ORDER BY plan_id, manager_id NULLS FIRST",
-        )
-        .bind(account_id)
-        .bind(plan_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(pb::ManagerTotal {
-                plan_id: r.try_get::<Uuid, _>("plan_id")?.to_string(),
-                manager_id: r.try_get("manager_id")?,
-                open: r.try_get("open")?,
-                won: r.try_get("won")?,
-                lost: r.try_get("lost")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let (stages, managers) =
+            store::reports::pipeline_summary(&self.pool, account_id, plan_id).await?;
         let total_deals = stages.iter().map(|s| s.deals).sum();
         Ok(pb::PipelineSummaryResponse {
             stages,

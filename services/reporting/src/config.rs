@@ -1,0 +1,49 @@
+//! reporting's configuration: from the environment, or local for tests.
+
+use salesplan_platform::{
+    config::{ConfigError, Env},
+    consistency,
+    limits::ClassLimit,
+    service::ServiceConfig,
+};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: ServiceConfig,
+    /// `SALESPLAN_LIMIT_REPORTS`: per account and replica, of every report call.
+    pub reports_limit: ClassLimit,
+    /// `SALESPLAN_CONSISTENCY_WAIT_MS`: how long a report given a consistency token waits
+    /// for the read model to include it.
+    pub consistency_wait: std::time::Duration,
+}
+
+impl Config {
+    pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50054";
+    pub const DEFAULT_REPORTS_LIMIT: ClassLimit = ClassLimit {
+        concurrency: 2,
+        rate: 20.0,
+        burst: 40.0,
+    };
+
+    pub fn local(database_url: &str, nats_url: &str) -> Self {
+        Self {
+            common: ServiceConfig::local(database_url, nats_url),
+            reports_limit: Self::DEFAULT_REPORTS_LIMIT,
+            consistency_wait: consistency::DEFAULT_WAIT,
+        }
+    }
+
+    /// The configuration from the environment; every key is checked here, so a bad one
+    /// stops the service at start.
+    pub fn read(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
+            reports_limit: ClassLimit::from_env(
+                env,
+                "SALESPLAN_LIMIT_REPORTS",
+                Self::DEFAULT_REPORTS_LIMIT,
+            )?,
+            consistency_wait: consistency::wait_from_env(env)?,
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! The read model's arithmetic: one row per deal, at its newest version, and where each
+//! closed deal counts in the kept totals. Pure: the store reads and writes it.
+
+use std::collections::BTreeMap;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// One deal's state as an event carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DealRow {
+    pub deal_id: Uuid,
+    pub account_id: String,
+    pub plan_id: Uuid,
+    pub stage_id: Uuid,
+    pub manager_id: Option<String>,
+    pub status: &'static str,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub loss_reason_id: Option<Uuid>,
+    pub stage_before_close_id: Option<Uuid>,
+    pub closed_at: Option<OffsetDateTime>,
+    pub version: i64,
+    pub updated_at: OffsetDateTime,
+    /// The lead the deal came from (its idempotency key, when that is an intake id).
+    pub intake_id: Option<Uuid>,
+}
+
+impl DealRow {
+    /// Where the deal counts in this state.
+    pub fn contribution(&self) -> Option<Contribution> {
+        Contribution::of(
+            self.account_id.clone(),
+            self.plan_id,
+            self.manager_id.clone(),
+            self.status.to_owned(),
+            self.loss_reason_id,
+            self.closed_at,
+        )
+    }
+}
+
+/// Where a closed deal counts: its totals row (and day). Open deals count nowhere.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Contribution {
+    pub account_id: String,
+    pub plan_id: Uuid,
+    pub manager: String,
+    pub status: String,
+    pub reason: Uuid,
+    pub day: time::Date,
+}
+
+impl Contribution {
+    pub fn of(
+        account_id: String,
+        plan_id: Uuid,
+        manager: Option<String>,
+        status: String,
+        reason: Option<Uuid>,
+        closed_at: Option<OffsetDateTime>,
+    ) -> Option<Self> {
+        if status != "won" && status != "lost" {
+            return None;
+        }
+        Some(Self {
+            account_id,
+            plan_id,
+            manager: manager.unwrap_or_default(),
+            reason: reason.filter(|_| status == "lost").unwrap_or(Uuid::nil()),
+            status,
+            day: closed_at?.to_offset(time::UtcOffset::UTC).date(),
+        })
+    }
+}
+
+/// Changes of the kept totals: deals per place they count.
+pub type Deltas = BTreeMap<Contribution, i64>;
+
+/// The newest state of each deal in `rows` (a statement may not touch a row twice).
+pub fn newest(rows: &[DealRow]) -> Vec<&DealRow> {
+    let mut newest: BTreeMap<Uuid, &DealRow> = BTreeMap::new();
+    for row in rows {
+        let slot = newest.entry(row.deal_id).or_insert(row);
+        if row.version > slot.version {
+            *slot = row;
+        }
+    }
+    newest.into_values().collect()
+}
+
+/// A deal moved from counting at `old` to counting at `new` (either may be nowhere).
+pub fn shift(deltas: &mut Deltas, old: Option<Contribution>, new: Option<Contribution>) {
+    if old == new {
+        return;
+    }
+    if let Some(old) = old {
+        *deltas.entry(old).or_default() -= 1;
+    }
+    if let Some(new) = new {
+        *deltas.entry(new).or_default() += 1;
+    }
+}
+
+/// The all-time totals' key: a contribution without its day.
+pub type TotalKey = (String, Uuid, String, String, Uuid);
+
+/// The deltas that change something, and the same summed per all-time key.
+pub fn totals(deltas: &Deltas) -> (Vec<(&Contribution, i64)>, BTreeMap<TotalKey, i64>) {
+    let changed: Vec<(&Contribution, i64)> = deltas
+        .iter()
+        .filter(|(_, d)| **d != 0)
+        .map(|(c, d)| (c, *d))
+        .collect();
+    let mut all_time: BTreeMap<TotalKey, i64> = BTreeMap::new();
+    for (c, d) in &changed {
+        *all_time
+            .entry((
+                c.account_id.clone(),
+                c.plan_id,
+                c.manager.clone(),
+                c.status.clone(),
+                c.reason,
+            ))
+            .or_default() += d;
+    }
+    (changed, all_time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(hours: i64) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::hours(hours)
+    }
+
+    fn lost(manager: &str, hours: i64) -> Option<Contribution> {
+        Contribution::of(
+            "acme".into(),
+            Uuid::from_u128(1),
+            Some(manager.into()),
+            "lost".into(),
+            Some(Uuid::from_u128(9)),
+            Some(at(hours)),
+        )
+    }
+
+    #[test]
+    fn open_deals_count_nowhere_and_won_deals_have_no_reason() {
+        let open = Contribution::of(
+            "a".into(),
+            Uuid::nil(),
+            None,
+            "open".into(),
+            None,
+            Some(at(1)),
+        );
+        assert_eq!(open, None);
+        let won = Contribution::of(
+            "a".into(),
+            Uuid::nil(),
+            None,
+            "won".into(),
+            Some(Uuid::from_u128(9)),
+            Some(at(1)),
+        )
+        .expect("counts");
+        assert_eq!((won.reason, won.manager.as_str()), (Uuid::nil(), ""));
+    }
+
+    #[test]
+    fn a_transfer_moves_one_deal_between_rows_and_days_sum_to_all_time() {
+        let mut deltas = Deltas::new();
+        shift(&mut deltas, None, lost("m1", 1));
+        shift(&mut deltas, None, lost("m1", 30));
+        shift(&mut deltas, lost("m1", 30), lost("m2", 30));
+        shift(&mut deltas, lost("m2", 30), lost("m2", 30));
+        let (changed, all_time) = totals(&deltas);
+        assert_eq!(
+            changed.len(),
+            3,
+            "m1 day 0 +1, m1 day 1 ±0 left out… {changed:?}"
+        );
+        let of = |m: &str| {
+            all_time[&(
+                "acme".to_owned(),
+                Uuid::from_u128(1),
+                m.to_owned(),
+                "lost".to_owned(),
+                Uuid::from_u128(9),
+            )]
+        };
+        assert_eq!((of("m1"), of("m2")), (0, 1));
+    }
+}

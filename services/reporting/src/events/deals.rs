@@ -1,0 +1,103 @@
+//! Deal events into the read model: decoded here, applied by the store.
+
+use prost::Message as _;
+use salesplan_platform::{
+    bus::{BatchHandler, Delivery, Outcome, apply_each_on_refusal},
+    error::sql_data_refusal,
+};
+use salesplan_proto::v1 as pb;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{domain::deals::DealRow, store};
+
+pub struct DealEvents {
+    pool: PgPool,
+}
+
+impl DealEvents {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Applies the newest state of each deal in `rows` (see [`store::deals::apply`]).
+    pub async fn apply(&self, rows: &[DealRow]) -> Result<(), sqlx::Error> {
+        store::deals::apply(&self.pool, rows).await
+    }
+}
+
+impl BatchHandler for DealEvents {
+    async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
+        let mut outcomes = vec![Outcome::Done; batch.len()];
+        let mut rows = Vec::with_capacity(batch.len());
+        for (index, delivery) in batch.iter().enumerate() {
+            // A span per event, in the trace of the change that caused it.
+            let _span = delivery.span("reporting.apply").entered();
+            match decode(&delivery.payload) {
+                Ok(row) => rows.push((index, row)),
+                Err(reason) => outcomes[index] = Outcome::Reject(reason),
+            }
+        }
+        apply_each_on_refusal(
+            &mut outcomes,
+            rows,
+            |rows| async move { self.apply(&rows).await },
+            sql_data_refusal,
+        )
+        .await;
+        outcomes
+    }
+}
+
+fn time_of(ts: Option<&prost_types::Timestamp>) -> Option<OffsetDateTime> {
+    let ts = ts?;
+    OffsetDateTime::from_unix_timestamp_nanos(ts.seconds as i128 * 1_000_000_000 + ts.nanos as i128)
+        .ok()
+}
+
+fn uuid_of(field: &str, value: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(value).map_err(|_| format!("deal event with an invalid {field}"))
+}
+
+/// A deal event → the row it leaves.
+pub fn decode(payload: &[u8]) -> Result<DealRow, String> {
+    let event =
+        pb::DealEvent::decode(payload).map_err(|e| format!("undecodable deal event: {e}"))?;
+    let deal = event.deal.ok_or("deal event without a deal")?;
+    let status = match pb::DealStatus::try_from(deal.status) {
+        Ok(pb::DealStatus::Open) => "open",
+        Ok(pb::DealStatus::Won) => "won",
+        Ok(pb::DealStatus::Lost) => "lost",
+        _ => return Err(format!("deal event with unknown status {}", deal.status)),
+    };
+    let amount = deal.amount.unwrap_or_default();
+    Ok(DealRow {
+        deal_id: uuid_of("deal id", &deal.id)?,
+        account_id: event.account_id,
+        plan_id: uuid_of("plan id", &deal.plan_id)?,
+        stage_id: uuid_of("stage id", &deal.stage_id)?,
+        manager_id: deal.manager_id,
+        status,
+        amount_minor: amount.amount_minor,
+        currency: amount.currency,
+        loss_reason_id: deal
+            .loss_reason_id
+            .as_deref()
+            .map(|v| uuid_of("loss reason id", v))
+            .transpose()?,
+        stage_before_close_id: deal
+            .stage_before_close_id
+            .as_deref()
+            .map(|v| uuid_of("stage id", v))
+            .transpose()?,
+        closed_at: time_of(deal.closed_at.as_ref()),
+        version: deal.version,
+        updated_at: time_of(deal.updated_at.as_ref()).ok_or("deal event without updated_at")?,
+        // Only a key spelled as an intake id is one (`Uuid::parse_str` also takes upper
+        // case, braces and URNs, keys deal-service holds apart).
+        intake_id: Uuid::parse_str(&deal.idempotency_key)
+            .ok()
+            .filter(|id| id.to_string() == deal.idempotency_key),
+    })
+}
