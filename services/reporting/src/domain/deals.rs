@@ -177,20 +177,26 @@ mod tests {
         shift(&mut deltas, lost("m1", 30), lost("m2", 30));
         shift(&mut deltas, lost("m2", 30), lost("m2", 30));
         let (changed, all_time) = totals(&deltas);
+        let days: Vec<(&str, time::Date, i64)> = changed
+            .iter()
+            .map(|(c, d)| (c.manager.as_str(), c.day, *d))
+            .collect();
+        let (day0, day1) = (at(1).date(), at(30).date());
         assert_eq!(
-            changed.len(),
-            3,
-            "m1 day 0 +1, m1 day 1 ±0 left out… {changed:?}"
+            days,
+            [("m1", day0, 1), ("m2", day1, 1)],
+            "m1's second day nets to nothing and is left out"
         );
-        let of = |m: &str| {
-            all_time[&(
+        let key = |m: &str| {
+            let (plan, reason) = (Uuid::from_u128(1), Uuid::from_u128(9));
+            (
                 "acme".to_owned(),
-                Uuid::from_u128(1),
+                plan,
                 m.to_owned(),
                 "lost".to_owned(),
-                Uuid::from_u128(9),
-            )]
+                reason,
+            )
         };
-        assert_eq!((of("m1"), of("m2")), (0, 1));
+        assert_eq!((all_time[&key("m1")], all_time[&key("m2")]), (1, 1));
     }
 }
