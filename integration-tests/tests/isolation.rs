@@ -2351,11 +2351,11 @@ async fn the_relay_reads_a_bounded_number_of_bytes_per_pass() -> anyhow::Result<
             .execute(&pool)
             .await?;
     }
-    let first = deal_service::outbox::publish_batch(&pool, &bus).await?;
+    let first = deal_service::events::outbox::publish_batch(&pool, &bus).await?;
     // The rows whose payload starts below 8 MiB: ⌈8 MiB / 600 KiB⌉ = 14.
-    let most = (deal_service::outbox::BATCH_BYTES as usize).div_ceil(payload.len());
+    let most = (deal_service::events::outbox::BATCH_BYTES as usize).div_ceil(payload.len());
     assert_eq!(first.published, most, "{first:?}");
-    let second = deal_service::outbox::publish_batch(&pool, &bus).await?;
+    let second = deal_service::events::outbox::publish_batch(&pool, &bus).await?;
     assert_eq!(second.published, 20 - most, "{second:?}");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(&pool)

@@ -1,0 +1,99 @@
+//! deal-service's configuration: from the environment, or local for tests.
+
+use salesplan_platform::{
+    config::{ConfigError, Env},
+    limits::ClassLimit,
+    service::ServiceConfig,
+};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: ServiceConfig,
+    pub limits: Limits,
+    /// `SALESPLAN_CONSISTENCY_WAIT_MS`: how long ListDeals and GetBoard given a consistency
+    /// token wait for its write to be readable.
+    pub consistency_wait: std::time::Duration,
+}
+
+/// Per-account limits of deal-service's calls that read or write in bulk, per replica.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// `SALESPLAN_LIMIT_READS`: ListDeals, GetBoard, GetDealHistory, ListPlans,
+    /// ListParkedEvents.
+    pub reads: ClassLimit,
+    /// `SALESPLAN_LIMIT_BULK`: BulkMoveDeals, BulkAssignDeals, TransferDeals,
+    /// ReplayParkedEvents.
+    pub bulk: ClassLimit,
+    /// `SALESPLAN_LIMIT_CREATE_DEALS`: CreateDeals (up to 1,000 deals a call) of an
+    /// account's own clients; the distributor's calls (`platform:intake`) are bounded by the
+    /// intake lanes instead.
+    pub creates: ClassLimit,
+    /// `SALESPLAN_LIMIT_PLAN_CHANGES`: every PlanService call that changes a plan.
+    pub plan_changes: ClassLimit,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            // Two at once: one account never holds more than a quarter of the read pool.
+            reads: ClassLimit {
+                concurrency: 2,
+                rate: 50.0,
+                burst: 100.0,
+            },
+            bulk: ClassLimit {
+                concurrency: 2,
+                rate: 5.0,
+                burst: 10.0,
+            },
+            creates: ClassLimit {
+                concurrency: 4,
+                rate: 20.0,
+                burst: 40.0,
+            },
+            plan_changes: ClassLimit {
+                concurrency: 2,
+                rate: 5.0,
+                burst: 20.0,
+            },
+        }
+    }
+}
+
+impl Limits {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let default = Self::default();
+        Ok(Self {
+            reads: ClassLimit::from_env(env, "SALESPLAN_LIMIT_READS", default.reads)?,
+            bulk: ClassLimit::from_env(env, "SALESPLAN_LIMIT_BULK", default.bulk)?,
+            creates: ClassLimit::from_env(env, "SALESPLAN_LIMIT_CREATE_DEALS", default.creates)?,
+            plan_changes: ClassLimit::from_env(
+                env,
+                "SALESPLAN_LIMIT_PLAN_CHANGES",
+                default.plan_changes,
+            )?,
+        })
+    }
+}
+
+impl Config {
+    pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50053";
+
+    pub fn local(database_url: &str, nats_url: &str) -> Self {
+        Self {
+            common: ServiceConfig::local(database_url, nats_url),
+            limits: Limits::default(),
+            consistency_wait: salesplan_platform::consistency::DEFAULT_WAIT,
+        }
+    }
+
+    /// The configuration from the environment; every key is checked here, so a bad one
+    /// stops the service at start.
+    pub fn read(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
+            limits: Limits::from_env(env)?,
+            consistency_wait: salesplan_platform::consistency::wait_from_env(env)?,
+        })
+    }
+}
