@@ -96,7 +96,7 @@ impl Stack {
             .tunnel_listener
             .http_addr
             .expect("tunnel-listener serves HTTP");
-        format!("http://{addr}{}", tunnel_listener::webhook::PATH)
+        format!("http://{addr}{}", tunnel_listener::http::webhook::PATH)
     }
 
     pub fn http_base(&self) -> String {

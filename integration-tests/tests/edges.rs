@@ -450,7 +450,7 @@ async fn the_webhook_limits_each_account_with_429_and_retry_after() -> anyhow::R
     let url = format!(
         "http://{}{}",
         limited.http_addr.expect("http"),
-        tunnel_listener::webhook::PATH
+        tunnel_listener::http::webhook::PATH
     );
     let http = reqwest::Client::new();
     let funnel = stack.token(ACCOUNT, "funnel", &[Permission::IntakeWrite]);

@@ -1120,7 +1120,7 @@ async fn every_bulk_entry_point_limits_each_account_apart() -> anyhow::Result<()
     let webhook = format!(
         "http://{}{}",
         listener.http_addr.expect("http"),
-        tunnel_listener::webhook::PATH
+        tunnel_listener::http::webhook::PATH
     );
     let http = reqwest::Client::new();
     let answer = http

@@ -36,7 +36,7 @@ fn intake_id(account: &str, plan: &str, run: &str) -> String {
         run_id: run.into(),
         ..Default::default()
     };
-    tunnel_listener::intake::intake_id(account, &lead).to_string()
+    tunnel_listener::domain::lead::intake_id(account, &lead).to_string()
 }
 
 /// B's funnel: sends one webhook lead every [`EVERY`] until `stop` (at least one), each

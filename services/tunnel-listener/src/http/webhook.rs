@@ -24,7 +24,7 @@ use salesplan_proto::v1 as pb;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use crate::intake::{self, Intake};
+use crate::{domain::lead, events::intake::Intake};
 
 pub const PATH: &str = "/v1/tunnel-actions/add-to-sales-plan";
 
@@ -75,7 +75,7 @@ async fn handle(
     state: &WebhookState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<intake::Accepted, WebhookError> {
+) -> Result<lead::Accepted, WebhookError> {
     let authorization = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -105,9 +105,9 @@ pub fn parse_lead(body: &[u8]) -> Result<pb::Lead, ApiError> {
     let mut checks = Checks::new();
     let lead = read_lead(body, &mut checks)?;
     // Fields refused for their JSON type keep that reason (the first per field wins).
-    checks.check(intake::validated_lead(lead.clone()));
+    checks.check(lead::validated_lead(lead.clone()));
     checks.finish()?;
-    intake::validated_lead(lead)
+    lead::validated_lead(lead)
 }
 
 /// The lead's fields as JSON gives them; a missing or mistyped field is noted and left

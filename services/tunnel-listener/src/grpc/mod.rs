@@ -8,7 +8,7 @@ use salesplan_proto::v1::{self as pb, intake_service_server::IntakeService};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::intake::{self, Intake};
+use crate::{domain::lead, events::intake::Intake};
 
 /// What one account may hold of AddAudience.
 #[derive(Clone)]
@@ -101,7 +101,7 @@ impl IntakeService for IntakeApi {
                     };
                     let results = intake.accept_chunk(&actor, job, chunk).await?;
                     Ok::<_, Status>(pb::AddAudienceResponse {
-                        consistency_token: intake::chunk_token(&results),
+                        consistency_token: lead::chunk_token(&results),
                         results,
                     })
                 }

@@ -1,0 +1,119 @@
+//! tunnel-listener's configuration: from the environment, or local for tests.
+
+use std::net::SocketAddr;
+
+use salesplan_platform::{
+    config::{ConfigError, Env},
+    limits::ClassLimit,
+    service::ServiceConfig,
+};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: ServiceConfig,
+    /// `SALESPLAN_HTTP_ADDR`: the webhook listener.
+    pub http_addr: SocketAddr,
+    /// `SALESPLAN_WEBHOOK_MAX_BODY_BYTES`: larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// `SALESPLAN_DEAL_SERVICE_URL`: where each lead's plan is checked.
+    pub deal_service_url: String,
+    /// `SALESPLAN_WEBHOOK_RATE` and `SALESPLAN_WEBHOOK_BURST`: leads a second of one
+    /// account, per replica, through the webhook and AddToSalesPlan together.
+    pub webhook_limit: ClassLimit,
+    /// `SALESPLAN_LIMIT_AUDIENCE`: AddAudience calls of one account at once and started a
+    /// second, per replica.
+    pub audience_limit: ClassLimit,
+    /// `SALESPLAN_AUDIENCE_IDLE_TIMEOUT_MS`: an AddAudience call that sends no chunk for
+    /// this long is ended (DEADLINE_EXCEEDED), so an idle client holds nothing.
+    pub audience_idle_timeout: std::time::Duration,
+    /// `SALESPLAN_AUDIENCE_MAX_IN_FLIGHT`: contacts of one account accepted by bulk adds
+    /// but not yet turned into deals; a chunk beyond it waits for the backlog to drain.
+    pub audience_max_in_flight: u64,
+}
+
+impl Config {
+    pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+    pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+    pub const DEFAULT_DEAL_SERVICE_URL: &str = "http://127.0.0.1:50053";
+    /// The user id of the listener's own calls (plan look-ups).
+    pub const ACTOR_ID: &str = "system:tunnel-listener";
+
+    pub fn local(database_url: &str, nats_url: &str, deal_service_url: &str) -> Self {
+        Self {
+            common: ServiceConfig::local(database_url, nats_url),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            deal_service_url: deal_service_url.to_owned(),
+            webhook_limit: Self::DEFAULT_LIMIT,
+            audience_limit: Self::DEFAULT_AUDIENCE_LIMIT,
+            audience_idle_timeout: Self::DEFAULT_AUDIENCE_IDLE_TIMEOUT,
+            audience_max_in_flight: Self::DEFAULT_AUDIENCE_MAX_IN_FLIGHT,
+        }
+    }
+
+    /// 500 leads a second per account and replica, bursts of 2,000 (a broadcast).
+    pub const DEFAULT_LIMIT: ClassLimit = ClassLimit::rate_only(500.0, 2_000.0);
+    /// Two bulk adds of an account at once, a new one a second (bursts of five).
+    pub const DEFAULT_AUDIENCE_LIMIT: ClassLimit = ClassLimit {
+        concurrency: 2,
+        rate: 1.0,
+        burst: 5.0,
+    };
+    pub const DEFAULT_AUDIENCE_IDLE_TIMEOUT: std::time::Duration =
+        std::time::Duration::from_secs(60);
+    pub const DEFAULT_AUDIENCE_MAX_IN_FLIGHT: u64 = 50_000;
+
+    /// The configuration from the environment; every key is checked here, so a bad one
+    /// stops the service at start.
+    pub fn read(env: &Env) -> Result<Self, ConfigError> {
+        let config = Self {
+            common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
+            http_addr: env.addr("SALESPLAN_HTTP_ADDR", Self::DEFAULT_HTTP_ADDR)?,
+            max_body_bytes: env.parse(
+                "SALESPLAN_WEBHOOK_MAX_BODY_BYTES",
+                Self::DEFAULT_MAX_BODY_BYTES,
+            )?,
+            deal_service_url: env
+                .string("SALESPLAN_DEAL_SERVICE_URL", Self::DEFAULT_DEAL_SERVICE_URL),
+            webhook_limit: ClassLimit::rate_only(
+                env.parse("SALESPLAN_WEBHOOK_RATE", Self::DEFAULT_LIMIT.rate)?,
+                env.parse("SALESPLAN_WEBHOOK_BURST", Self::DEFAULT_LIMIT.burst)?,
+            ),
+            audience_limit: ClassLimit::from_env(
+                env,
+                "SALESPLAN_LIMIT_AUDIENCE",
+                Self::DEFAULT_AUDIENCE_LIMIT,
+            )?,
+            audience_idle_timeout: env.millis(
+                "SALESPLAN_AUDIENCE_IDLE_TIMEOUT_MS",
+                Self::DEFAULT_AUDIENCE_IDLE_TIMEOUT,
+            )?,
+            audience_max_in_flight: env.parse(
+                "SALESPLAN_AUDIENCE_MAX_IN_FLIGHT",
+                Self::DEFAULT_AUDIENCE_MAX_IN_FLIGHT,
+            )?,
+        };
+        if config.audience_idle_timeout.is_zero() || config.audience_max_in_flight == 0 {
+            return Err(ConfigError::new(
+                "SALESPLAN_AUDIENCE_IDLE_TIMEOUT_MS",
+                "the idle timeout and SALESPLAN_AUDIENCE_MAX_IN_FLIGHT must be positive",
+            ));
+        }
+        if !(config.webhook_limit.rate > 0.0 && config.webhook_limit.burst >= 1.0) {
+            return Err(ConfigError::new(
+                "SALESPLAN_WEBHOOK_RATE",
+                "rate must be positive and burst at least 1",
+            ));
+        }
+        salesplan_platform::config::url("SALESPLAN_DEAL_SERVICE_URL", &config.deal_service_url)?;
+        if !(1024..=16 * 1024 * 1024).contains(&config.max_body_bytes) {
+            return Err(ConfigError::new(
+                "SALESPLAN_WEBHOOK_MAX_BODY_BYTES",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,3 @@
+//! The listener's HTTP side: the tunnel action block's webhook.
+
+pub mod webhook;
