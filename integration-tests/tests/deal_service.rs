@@ -1651,7 +1651,7 @@ async fn plan_events_through(
     Ok(counts)
 }
 
-/// Issue 15: a plan change already in force (archive an archived plan, unarchive an open
+/// A plan change already in force (archive an archived plan, unarchive an open
 /// one, the same order, managers or settings) answers OK with the plan as it stands and
 /// writes no new version and no event.
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Rich errors (issue 15): every field violation of a request at once, a stable reason on
+//! Rich errors: every field violation of a request at once, a stable reason on
 //! every error, over gRPC (google.rpc details) and on the webhook (JSON).
 
 use integration_tests::{
@@ -274,7 +274,7 @@ async fn webhook_errors_list_every_violation_and_name_method_and_media_type() ->
     stack.stop().await
 }
 
-/// Issue 15: a filter by ids of another account answers exactly as one by ids that exist
+/// A filter by ids of another account answers exactly as one by ids that exist
 /// nowhere — an empty result, never NOT_FOUND — in every list and report of the four
 /// services; a call about one entity (a board is its plan's, an intake names its plan)
 /// answers NOT_FOUND for both. So no answer tells whether another account's id exists.

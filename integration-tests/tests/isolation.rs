@@ -1,4 +1,4 @@
-//! Tenant isolation (issue 14): each test is one of the attacks by which an account could
+//! Tenant isolation: each test is one of the attacks by which an account could
 //! stop, slow or skew another, run against the real services, and what must hold instead.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Every OK is a promise (issue 15), end to end on real NATS and PostgreSQL: a plan change
+//! Every OK is a promise, end to end on real NATS and PostgreSQL: a plan change
 //! answered OK is in force for the next lead, a lead that got 202 becomes a deal whatever
 //! happens to its plan afterwards, and a visible deal has its explanation.
 
@@ -193,7 +193,7 @@ async fn alternate_and_send(
     Ok((after_change, versions))
 }
 
-/// Issue 15, point 1: every lead accepted after a plan change was answered OK is decided
+/// Every lead accepted after a plan change was answered OK is decided
 /// with that change (or a later one), never with the plan as it was: the decision records
 /// the version it was made on, at least the one the change produced, and the lead went the
 /// way that version says (its mode, and for AUTO one of its members).
@@ -324,7 +324,7 @@ async fn toggle_archive(
 /// Clients sending leads to each plan while it is archived and unarchived.
 const SENDERS: usize = 4;
 
-/// Issue 15, point 2: a lead that got an accepted answer becomes a deal even when its plan
+/// A lead that got an accepted answer becomes a deal even when its plan
 /// is archived a moment later (and stays archived); nothing ends in the rejections or the
 /// dead-letter stream.
 #[tokio::test]
@@ -390,7 +390,7 @@ async fn accepted_leads_become_deals_through_archive_races() -> anyhow::Result<(
     stack.stop().await
 }
 
-/// Issue 15, point 3: the moment a deal from a lead can be read, its explanation can be
+/// The moment a deal from a lead can be read, its explanation can be
 /// too (the decision is committed before the deal is asked for; a deal whose event has not
 /// linked it yet is found through its key).
 #[tokio::test]
@@ -453,7 +453,7 @@ async fn a_visible_deal_is_explained_at_once() -> anyhow::Result<()> {
     stack.stop().await
 }
 
-/// Issue 15, point 4: a report given a write's consistency token includes that write —
+/// A report given a write's consistency token includes that write —
 /// read at once, with no polling — and every report says what it reflects. Without the
 /// token, the same reads right after each change miss some (the read model is a few
 /// milliseconds behind), which is what the token is for.
@@ -652,7 +652,7 @@ async fn listed(
         .map(tonic::Response::into_inner)
 }
 
-/// Issue 15, point 4 for intake answers: the webhook's 202, AddToSalesPlan and every
+/// Read your writes for intake answers: the webhook's 202, AddToSalesPlan and every
 /// AddAudience chunk answer with a token, and a read given it includes the deals of those
 /// leads — read at once, with no polling. Without the token the same reads right after
 /// the answer miss the deal (it is made a few milliseconds later, by the distributor).
@@ -793,7 +793,7 @@ async fn an_intake_answer_token_makes_reads_include_its_deals() -> anyhow::Resul
     stack.stop().await
 }
 
-/// Issue 15, point 2: a bulk add to a named manager was accepted while the manager was a
+/// A bulk add to a named manager was accepted while the manager was a
 /// member; the manager leaves the plan before the leads are distributed. Every accepted
 /// contact still becomes a deal — distributed as the plan says — and none is rejected.
 #[tokio::test]

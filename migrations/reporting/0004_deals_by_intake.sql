@@ -1,4 +1,4 @@
--- Read your writes for intake answers (issue 15): an accepted lead's token names its
+-- Read your writes for intake answers: an accepted lead's token names its
 -- intake id, which is the idempotency key of the deal it becomes. A report given the
 -- token waits until the deal is in the read model. Deals created before this migration
 -- have none (no token ever named them); a rebuild fills them in.

@@ -26,8 +26,8 @@ impl Config {
     pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50052";
     pub const DEFAULT_DEAL_SERVICE_URL: &str = "http://127.0.0.1:50053";
     pub const DEFAULT_LOOKUPS_LIMIT: ClassLimit = ClassLimit::rate_only(50.0, 100.0);
-    /// Measured (`just bench --only isolation`): with rounds of 150 while funnel leads flow,
-    /// no pause is needed for their p99 to stay near 2× alone at 71–73 % of the bulk rate.
+    /// Chosen by measurement (docs/performance.md, bulk sharing): rounds of 150 need no
+    /// pause to keep funnel leads near their latency alone.
     pub const DEFAULT_BULK_SHARE: f64 = 1.0;
     pub const DEFAULT_BULK_SHARING_ROUND: usize = 150;
 

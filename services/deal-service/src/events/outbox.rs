@@ -1,8 +1,13 @@
 //! The outbox relay: publishes the events written by committed transactions to JetStream,
-//! in id order, and deletes them once JetStream has stored them.
+//! and deletes them once JetStream has stored them.
 //!
-//! One relay at a time publishes (a transaction-scoped advisory lock), so several replicas
-//! never reorder events. A crash between publish and delete re-publishes the same message
+//! The order that holds is per deal (and per plan): two changes of one deal are made under
+//! its row lock, so the later one's outbox row gets a higher id and commits after the
+//! earlier; each pass reads the committed rows in id order and publishes them in that
+//! order. Across deals there is no global order: a row with a lower id may commit after a
+//! higher one that was already published (consumers order by the deal's version, not by
+//! position). One relay at a time publishes (a transaction-scoped advisory lock), so
+//! several replicas never reorder one deal's events. A crash between publish and delete re-publishes the same message
 //! ids: JetStream drops them within its duplicate window, and consumers are idempotent.
 //!
 //! After a pass that left nothing visible behind, the relay publishes a horizon: the oldest
@@ -243,7 +248,7 @@ async fn publish_horizon(
     Ok(())
 }
 
-/// Publishes up to [`BATCH`] events in id order. An event the broker refuses is parked with
+/// Publishes up to [`BATCH`] committed events in id order. An event the broker refuses is parked with
 /// its reason and the pass goes on; a passing failure stops the pass at that event.
 pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayError> {
     let mut tx = pool.begin().await?;

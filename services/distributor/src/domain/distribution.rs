@@ -1,4 +1,5 @@
-//! Deciding the manager of a new lead from the plan's settings (seed: "Setting up SP").
+//! Deciding the manager of a new lead from the plan's settings: manual, or automatic at
+//! random, in turn, or to the fewest open deals, preferring the manager the contact knows.
 
 use std::collections::HashMap;
 

@@ -1,4 +1,4 @@
-//! How fresh the read model is, for reads that must include a write (issue 15).
+//! How fresh the read model is, for reads that must include a write (read your writes).
 //!
 //! Each consumer records the stream positions it has handled; the position up to which it
 //! handled every message (`applied_through`) only moves over a contiguous run, so a message
