@@ -72,14 +72,7 @@ impl Config {
             ));
         }
         salesplan_platform::config::url("SALESPLAN_DEAL_SERVICE_URL", &config.deal_service_url)?;
-        if config.common.auth.hs256_secret.is_none()
-            && config.common.auth.rs256_private_key_pem.is_none()
-        {
-            return Err(ConfigError::new(
-                "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE",
-                "the distributor signs its calls to deal-service: set a private key or an HS256 secret",
-            ));
-        }
+        config.common.auth.require_signing_key("distributor")?;
         Ok(config)
     }
 }

@@ -298,7 +298,8 @@ impl NatsConfig {
 pub struct AuthConfig {
     pub hs256_secret: Option<Secret>,
     pub rs256_public_keys_pem: Vec<String>,
-    /// For services that call others on behalf of an account (the distributor):
+    /// For services that call others on behalf of an account (the distributor, the
+    /// tunnel-listener):
     /// `SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE`; without it they sign with the HS256 secret.
     pub rs256_private_key_pem: Option<Secret>,
 }
@@ -306,6 +307,20 @@ pub struct AuthConfig {
 impl AuthConfig {
     /// Only for local development: a cluster sets its own secret or keys.
     pub const DEV_SECRET: &str = "salesplan-local-development-secret";
+
+    /// For a service that signs its calls to deal-service: a key to sign with, checked at
+    /// start (exit 64) rather than at the first call.
+    pub fn require_signing_key(&self, service: &str) -> Result<(), ConfigError> {
+        if self.hs256_secret.is_none() && self.rs256_private_key_pem.is_none() {
+            return Err(ConfigError::new(
+                "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE",
+                format!(
+                    "the {service} signs its calls to deal-service: set a private key or an HS256 secret"
+                ),
+            ));
+        }
+        Ok(())
+    }
 
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let key = "SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES";
@@ -366,6 +381,26 @@ pub fn shutdown_grace(env: &Env) -> Result<Duration, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_service_that_signs_needs_a_key_at_start() {
+        let none = AuthConfig {
+            hs256_secret: None,
+            rs256_public_keys_pem: vec!["-----BEGIN PUBLIC KEY-----".into()],
+            rs256_private_key_pem: None,
+        };
+        let err = none.require_signing_key("tunnel-listener").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE"),
+            "{err}"
+        );
+        let secret = AuthConfig {
+            hs256_secret: Some(Secret::new("s")),
+            ..none
+        };
+        assert!(secret.require_signing_key("distributor").is_ok());
+    }
+
     use super::*;
 
     #[test]

@@ -108,6 +108,7 @@ impl Config {
             ));
         }
         salesplan_platform::config::url("SALESPLAN_DEAL_SERVICE_URL", &config.deal_service_url)?;
+        config.common.auth.require_signing_key("tunnel-listener")?;
         if !(1024..=16 * 1024 * 1024).contains(&config.max_body_bytes) {
             return Err(ConfigError::new(
                 "SALESPLAN_WEBHOOK_MAX_BODY_BYTES",
