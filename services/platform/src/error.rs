@@ -133,6 +133,30 @@ pub enum ApiError {
     Internal(#[source] BoxError),
 }
 
+/// A gRPC code's name in snake case (`invalid_argument`); upper case, it is the name the
+/// gRPC specification gives it (`INVALID_ARGUMENT`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
 impl ApiError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument {
@@ -200,6 +224,12 @@ impl ApiError {
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Internal(_) => Code::Internal,
         }
+    }
+
+    /// The gRPC code's name in snake case (`invalid_argument`), as the webhook's JSON
+    /// errors say it.
+    pub fn code_name(&self) -> &'static str {
+        code_name(self.code())
     }
 
     /// The HTTP status of the same error, for the webhook.
@@ -548,5 +578,35 @@ mod tests {
         };
         let fields: Vec<&str> = violations.0.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["a", "c"]);
+    }
+
+    #[test]
+    fn code_names_are_the_grpc_codes_in_snake_case() {
+        let errors = [
+            ApiError::invalid("f", "bad"),
+            ApiError::NotFound("x".into()),
+            ApiError::AlreadyExists("x".into()),
+            ApiError::precondition(Reason::DealClosed, "x"),
+            ApiError::PermissionDenied("x".into()),
+            ApiError::Unauthenticated("x".into()),
+            ApiError::Aborted("x".into()),
+            ApiError::Unavailable("x".into()),
+            ApiError::ResourceExhausted {
+                message: "x".into(),
+                retry_after: std::time::Duration::from_secs(1),
+            },
+            ApiError::DeadlineExceeded("x".into()),
+            ApiError::internal("x"),
+        ];
+        for err in errors {
+            let mut snake = String::new();
+            for (i, c) in format!("{:?}", err.code()).chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    snake.push('_');
+                }
+                snake.push(c.to_ascii_lowercase());
+            }
+            assert_eq!(err.code_name(), snake);
+        }
     }
 }

@@ -397,22 +397,10 @@ fn rejection(delivery: &Delivery, code: Code, reason: String) -> Result<Rejectio
         tunnel_id: lead.tunnel_id,
         block_id: lead.block_id,
         run_id: lead.run_id,
-        code: code_name(code),
+        code: salesplan_platform::error::code_name(code).to_ascii_uppercase(),
         reason,
         rejected_at: time::OffsetDateTime::now_utc(),
     })
-}
-
-/// `InvalidArgument` → `INVALID_ARGUMENT`, as gRPC names its codes.
-fn code_name(code: Code) -> String {
-    let mut name = String::new();
-    for (i, c) in format!("{code:?}").chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
 }
 
 impl BatchHandler for IntakeEvents {
@@ -612,17 +600,5 @@ fn pending_lead(item: &Decoded) -> PendingLead {
             previous_manager: None,
         },
         contact_key: contact.and_then(|c| contact_key(&c.external_id, &c.email, &c.phone)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_are_named_as_grpc_names_them() {
-        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
-        assert_eq!(code_name(Code::FailedPrecondition), "FAILED_PRECONDITION");
-        assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
     }
 }

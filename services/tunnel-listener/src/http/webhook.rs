@@ -264,13 +264,12 @@ fn error_response(err: WebhookError) -> Response {
             if let ApiError::Internal(source) = &err {
                 tracing::error!(error = %source, "webhook failed");
             }
-            let code = format!("{:?}", err.code()).to_lowercase();
             let message = match err.violations() {
                 [only] => only.reason.clone(),
                 _ => err.to_string(),
             };
             let mut error = json!({
-                "code": snake(&code),
+                "code": err.code_name(),
                 "message": message,
                 "reason": err.reason().as_str(),
             });
@@ -287,20 +286,6 @@ fn error_response(err: WebhookError) -> Response {
             (err.http_status(), Json(json!({ "error": error }))).into_response()
         }
     }
-}
-
-/// `invalidargument` is unreadable: the gRPC code names, in snake case.
-fn snake(code: &str) -> String {
-    match code {
-        "invalidargument" => "invalid_argument",
-        "notfound" => "not_found",
-        "alreadyexists" => "already_exists",
-        "failedprecondition" => "failed_precondition",
-        "permissiondenied" => "permission_denied",
-        "deadlineexceeded" => "deadline_exceeded",
-        other => other,
-    }
-    .to_owned()
 }
 
 /// An error of HTTP itself (route, method, body): its reason is its code, upper case
