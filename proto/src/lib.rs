@@ -7,6 +7,8 @@ pub mod v1 {
     tonic::include_proto!("salesplan.v1");
 }
 
+pub mod time;
+
 /// The encoded `FileDescriptorSet` of every proto file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/salesplan_descriptor.bin"));

@@ -7,7 +7,6 @@ use salesplan_platform::{
     validate::{self, ContactInput},
 };
 use salesplan_proto::v1 as pb;
-use time::OffsetDateTime;
 
 use crate::domain::{
     Money, MoneySum,
@@ -19,19 +18,7 @@ use crate::domain::{
 /// An idempotency key's length at most, in characters.
 pub const MAX_KEY_CHARS: usize = 200;
 
-pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.unix_timestamp(),
-        nanos: at.nanosecond() as i32,
-    }
-}
-
-pub fn time_of(at: &prost_types::Timestamp) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(
-        i128::from(at.seconds) * 1_000_000_000 + i128::from(at.nanos),
-    )
-    .ok()
-}
+pub use salesplan_proto::time::{time_of, timestamp};
 
 pub fn money_from(field: &str, money: Option<pb::Money>) -> Result<Option<Money>, ApiError> {
     money
@@ -236,14 +223,9 @@ impl TryFrom<pb::CreateDealRequest> for NewDeal {
 
 pub fn contact_from(field: &str, contact: Option<pb::Contact>) -> Result<ContactInput, ApiError> {
     let contact = contact.ok_or_else(|| ApiError::invalid(field, "required"))?;
-    ContactInput {
-        external_id: contact.external_id,
-        name: contact.name,
-        email: contact.email,
-        phone: contact.phone,
-    }
-    .validated()
-    .map_err(|e| e.within(field))
+    ContactInput::from(contact)
+        .validated()
+        .map_err(|e| e.within(field))
 }
 
 pub fn title(value: &str) -> Result<String, ApiError> {
@@ -443,12 +425,7 @@ impl From<&Deal> for pb::Deal {
             stage_id: deal.stage_id.to_string(),
             status: status_to(deal.status) as i32,
             manager_id: deal.manager_id.clone(),
-            contact: Some(pb::Contact {
-                external_id: deal.contact.external_id.clone(),
-                name: deal.contact.name.clone(),
-                email: deal.contact.email.clone(),
-                phone: deal.contact.phone.clone(),
-            }),
+            contact: Some(deal.contact.clone().into()),
             title: deal.title.clone(),
             amount: Some(money_to(&deal.amount)),
             loss_reason_id: deal.loss_reason_id.map(|id| id.to_string()),
@@ -611,7 +588,7 @@ mod tests {
     fn a_plan_at_every_cap_fits_one_broker_message() {
         use prost::Message as _;
         let wide = |n: usize| "𝔸".repeat(n);
-        let now = OffsetDateTime::UNIX_EPOCH;
+        let now = time::OffsetDateTime::UNIX_EPOCH;
         let mut plan = PlanDraft {
             name: wide(plan::MAX_NAME_CHARS),
             average_amount: Money {

@@ -12,6 +12,29 @@ pub struct ContactInput {
     pub phone: String,
 }
 
+/// The wire's contact, as given (to be [`ContactInput::validated`]).
+impl From<salesplan_proto::v1::Contact> for ContactInput {
+    fn from(c: salesplan_proto::v1::Contact) -> Self {
+        Self {
+            external_id: c.external_id,
+            name: c.name,
+            email: c.email,
+            phone: c.phone,
+        }
+    }
+}
+
+impl From<ContactInput> for salesplan_proto::v1::Contact {
+    fn from(c: ContactInput) -> Self {
+        Self {
+            external_id: c.external_id,
+            name: c.name,
+            email: c.email,
+            phone: c.phone,
+        }
+    }
+}
+
 impl ContactInput {
     /// Trims every field, checks formats and lengths, and requires at least one of
     /// external id, email or phone (a contact must be reachable or identifiable).

@@ -228,13 +228,9 @@ async fn publish_horizon(
         plans: plans_sequence,
     }: Positions,
 ) -> Result<(), salesplan_platform::bus::BusError> {
-    let now = time::OffsetDateTime::now_utc();
     let payload = pb::Horizon {
         xid_horizon: horizon,
-        published_at: Some(prost_types::Timestamp {
-            seconds: now.unix_timestamp(),
-            nanos: now.nanosecond() as i32,
-        }),
+        published_at: Some(salesplan_proto::time::now()),
         deals_sequence,
         plans_sequence,
     }

@@ -66,9 +66,7 @@ fn decode(payload: &[u8]) -> Result<DealState, String> {
         version: deal.version,
         idempotency_key: deal.idempotency_key,
         contact_key: contact_key(&contact.external_id, &contact.email, &contact.phone),
-        created_at: time::OffsetDateTime::from_unix_timestamp_nanos(
-            i128::from(created.seconds) * 1_000_000_000 + i128::from(created.nanos),
-        )
-        .map_err(|_| "deal event with an invalid created_at")?,
+        created_at: salesplan_proto::time::time_of(&created)
+            .ok_or("deal event with an invalid created_at")?,
     })
 }

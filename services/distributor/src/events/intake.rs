@@ -559,10 +559,7 @@ fn record(
             .collect(),
         manager_id: decision.manager.clone(),
         reason: decision.reason.clone(),
-        decided_at: Some(prost_types::Timestamp {
-            seconds: at.unix_timestamp(),
-            nanos: at.nanosecond() as i32,
-        }),
+        decided_at: Some(salesplan_proto::time::timestamp(at)),
         plan_version,
     }
 }

@@ -53,10 +53,7 @@ fn rejection_to(r: Rejection) -> pb::IntakeRejection {
         run_id: r.run_id,
         code: r.code,
         reason: r.reason,
-        rejected_at: Some(prost_types::Timestamp {
-            seconds: r.rejected_at.unix_timestamp(),
-            nanos: r.rejected_at.nanosecond() as i32,
-        }),
+        rejected_at: Some(salesplan_proto::time::timestamp(r.rejected_at)),
     }
 }
 

@@ -5,9 +5,9 @@ use salesplan_platform::{
     bus::{BatchHandler, Delivery, Outcome, apply_each_on_refusal},
     error::sql_data_refusal,
 };
+use salesplan_proto::time::time_of;
 use salesplan_proto::v1 as pb;
 use sqlx::PgPool;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{domain::deals::DealRow, store};
@@ -50,12 +50,6 @@ impl BatchHandler for DealEvents {
     }
 }
 
-fn time_of(ts: Option<&prost_types::Timestamp>) -> Option<OffsetDateTime> {
-    let ts = ts?;
-    OffsetDateTime::from_unix_timestamp_nanos(ts.seconds as i128 * 1_000_000_000 + ts.nanos as i128)
-        .ok()
-}
-
 fn uuid_of(field: &str, value: &str) -> Result<Uuid, String> {
     Uuid::parse_str(value).map_err(|_| format!("deal event with an invalid {field}"))
 }
@@ -91,9 +85,13 @@ pub fn decode(payload: &[u8]) -> Result<DealRow, String> {
             .as_deref()
             .map(|v| uuid_of("stage id", v))
             .transpose()?,
-        closed_at: time_of(deal.closed_at.as_ref()),
+        closed_at: deal.closed_at.as_ref().and_then(time_of),
         version: deal.version,
-        updated_at: time_of(deal.updated_at.as_ref()).ok_or("deal event without updated_at")?,
+        updated_at: deal
+            .updated_at
+            .as_ref()
+            .and_then(time_of)
+            .ok_or("deal event without updated_at")?,
         // Only a key spelled as an intake id is one (`Uuid::parse_str` also takes upper
         // case, braces and URNs, keys deal-service holds apart).
         intake_id: Uuid::parse_str(&deal.idempotency_key)

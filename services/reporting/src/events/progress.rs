@@ -3,9 +3,9 @@
 
 use prost::Message as _;
 use salesplan_platform::bus::{BatchHandler, Delivery, Outcome};
+use salesplan_proto::time::time_of;
 use salesplan_proto::v1 as pb;
 use sqlx::PgPool;
-use time::OffsetDateTime;
 
 pub use crate::store::progress::{DEALS_CONSUMER, PLANS_CONSUMER};
 use crate::{
@@ -76,12 +76,7 @@ impl BatchHandler for Horizons {
                             xid: h.xid_horizon,
                             deals_sequence: h.deals_sequence as i64,
                             plans_sequence: h.plans_sequence as i64,
-                            published_at: h.published_at.and_then(|t| {
-                                OffsetDateTime::from_unix_timestamp_nanos(
-                                    i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos),
-                                )
-                                .ok()
-                            }),
+                            published_at: h.published_at.as_ref().and_then(time_of),
                         });
                         Outcome::Done
                     }

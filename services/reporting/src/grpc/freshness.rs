@@ -6,7 +6,6 @@ use salesplan_platform::{
 };
 use salesplan_proto::v1 as pb;
 use sqlx::PgPool;
-use time::OffsetDateTime;
 
 use crate::{
     domain::progress::{Freshness, Horizons},
@@ -16,10 +15,7 @@ use salesplan_platform::consistency::Token;
 
 /// What an answer reflects, on the wire.
 pub fn to_proto(freshness: Freshness) -> pb::Freshness {
-    let ts = |t: OffsetDateTime| prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: t.nanosecond() as i32,
-    };
+    let ts = salesplan_proto::time::timestamp;
     pb::Freshness {
         consistency_token: Token::of_horizon(freshness.horizon.max(1)).to_string(),
         published_at: freshness.published_at.map(ts),

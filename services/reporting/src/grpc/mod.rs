@@ -86,10 +86,7 @@ fn time_of(
     ts: Option<prost_types::Timestamp>,
 ) -> Result<Option<OffsetDateTime>, ApiError> {
     ts.map(|ts| {
-        OffsetDateTime::from_unix_timestamp_nanos(
-            i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos),
-        )
-        .map_err(|_| ApiError::invalid(field, "out of range"))
+        salesplan_proto::time::time_of(&ts).ok_or_else(|| ApiError::invalid(field, "out of range"))
     })
     .transpose()
 }

@@ -46,21 +46,10 @@ pub fn chunk_token(results: &[pb::ContactResult]) -> String {
 }
 
 pub fn contact_from(contact: Option<pb::Contact>) -> Result<pb::Contact, ApiError> {
-    let contact = contact.unwrap_or_default();
-    let contact = ContactInput {
-        external_id: contact.external_id,
-        name: contact.name,
-        email: contact.email,
-        phone: contact.phone,
-    }
-    .validated()
-    .map_err(|e| e.within("contact"))?;
-    Ok(pb::Contact {
-        external_id: contact.external_id,
-        name: contact.name,
-        email: contact.email,
-        phone: contact.phone,
-    })
+    let contact = ContactInput::from(contact.unwrap_or_default())
+        .validated()
+        .map_err(|e| e.within("contact"))?;
+    Ok(contact.into())
 }
 
 pub fn amount_from(amount: &Option<pb::Money>) -> Result<(), ApiError> {

@@ -12,7 +12,6 @@ use salesplan_platform::{
     validate,
 };
 use salesplan_proto::v1 as pb;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
@@ -67,7 +66,7 @@ fn message(
     let event = pb::IntakeEvent {
         intake_id: intake_id.to_string(),
         account_id: account_id.to_owned(),
-        received_at: Some(now()),
+        received_at: Some(salesplan_proto::time::now()),
         source: source as i32,
         assign_to_manager_id: assign_to,
         lead: Some(lead),
@@ -333,13 +332,5 @@ impl Intake {
             } as i32;
         }
         Ok(results)
-    }
-}
-
-fn now() -> prost_types::Timestamp {
-    let now = OffsetDateTime::now_utc();
-    prost_types::Timestamp {
-        seconds: now.unix_timestamp(),
-        nanos: now.nanosecond() as i32,
     }
 }
