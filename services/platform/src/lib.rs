@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
+pub mod names;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -9,26 +9,12 @@ use super::{
     plan::{Plan, StageKind},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DealStatus {
-    Open,
-    Won,
-    Lost,
-}
-
-impl DealStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Open => "open",
-            Self::Won => "won",
-            Self::Lost => "lost",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Open, Self::Won, Self::Lost]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+salesplan_platform::named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum DealStatus {
+        Open => "open",
+        Won => "won",
+        Lost => "lost",
     }
 }
 

@@ -31,26 +31,12 @@ pub enum Mode {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    Random,
-    RoundRobin,
-    LeastOpenDeals,
-}
-
-impl Strategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Random => "random",
-            Self::RoundRobin => "round_robin",
-            Self::LeastOpenDeals => "least_open_deals",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Random, Self::RoundRobin, Self::LeastOpenDeals]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+salesplan_platform::named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Strategy {
+        Random => "random",
+        RoundRobin => "round_robin",
+        LeastOpenDeals => "least_open_deals",
     }
 }
 
