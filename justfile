@@ -24,10 +24,12 @@ chaos LEADS="5000": build-bins
 bench LEADS="100000" DEALS="1000000" *ARGS:
     eval "$(scripts/deps.sh)" && cargo build --release --quiet --bins && target/release/bench --leads {{LEADS}} --deals {{DEALS}} --out target/bench/results.json {{ARGS}}
 
-# Formatting, clippy with warnings as errors, and the deploy files (manifests, Dockerfile).
+# Formatting, clippy with warnings as errors, no unused dependency, and the deploy files
+# (manifests, Dockerfile).
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
+    python3 scripts/unused-deps.py
     scripts/check-deploy.sh
 
 # Start PostgreSQL and NATS if none is reachable, and print their URLs.
