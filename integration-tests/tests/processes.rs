@@ -56,6 +56,18 @@ fn invalid_configuration_exits_64_naming_the_variable() -> anyhow::Result<()> {
         .arg("frobnicate")
         .output()?;
     assert_eq!(output.status.code(), Some(64));
+    // Every binary says what it takes.
+    for (service, commands) in [
+        ("distributor", &["serve", "migrate"][..]),
+        ("reporting", &["serve", "migrate", "rebuild", "verify"][..]),
+    ] {
+        let output = Command::new(service_bin(service)?).arg("--help").output()?;
+        assert_eq!(output.status.code(), Some(0), "{service}");
+        let usage = String::from_utf8_lossy(&output.stdout);
+        for command in commands {
+            assert!(usage.contains(command), "{service}: {usage}");
+        }
+    }
     Ok(())
 }
 

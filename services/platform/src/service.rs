@@ -151,30 +151,60 @@ pub trait Service: Sized + Send + 'static {
     fn migrate(&self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
 }
 
-const USAGE: &str = "usage: <service> [serve|migrate]\n  serve    run the service (default)\n  migrate  apply database migrations and exit";
+/// The commands every service binary takes.
+#[derive(clap::Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply the database migrations and exit (a Kubernetes Job runs this before an
+    /// upgrade).
+    Migrate,
+}
+
+/// A salesplan service: configured by its environment (README.md, "Configuration").
+#[derive(clap::Parser, Debug)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The command line parsed by `P`, named after the service: `--help` prints the usage
+/// and exits 0; a command line that is not one exits 64 (EX_USAGE) with the usage.
+pub fn parse_args<P: clap::Parser>(name: &'static str) -> Result<P, std::process::ExitCode> {
+    let matches = P::command().name(name).try_get_matches();
+    match matches.and_then(|m| P::from_arg_matches(&m)) {
+        Ok(parsed) => Ok(parsed),
+        Err(err) if !err.use_stderr() => {
+            let _ = err.print();
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            let _ = err.print();
+            Err(std::process::ExitCode::from(
+                crate::config::EXIT_INVALID_CONFIG as u8,
+            ))
+        }
+    }
+}
 
 /// The whole `main` of a service binary: `serve` (default) or `migrate`.
 pub async fn main<S: Service>() -> std::process::ExitCode {
+    match parse_args::<Cli>(S::NAME) {
+        Ok(cli) => run::<S>(cli.command.unwrap_or(Command::Serve)).await,
+        Err(code) => code,
+    }
+}
+
+/// Runs `command` of the service `S`: its configuration from the environment (exit 64
+/// naming the variable when it is not valid), telemetry, then the command.
+pub async fn run<S: Service>(command: Command) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        [] | ["serve"] => "serve",
-        ["migrate"] => "migrate",
-        ["-h" | "--help" | "help"] => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(crate::config::EXIT_INVALID_CONFIG as u8);
-        }
-    };
     let env = Env::from_process();
     let config = crate::config::load_or_exit(|| S::from_env(&env));
     let _telemetry = crate::telemetry::init(S::NAME, &config.common().telemetry);
     let result = match command {
-        "migrate" => config.migrate().await,
-        _ => {
+        Command::Migrate => config.migrate().await,
+        Command::Serve => {
             let grace = config.common().shutdown_grace;
             let shutdown = crate::shutdown::on_signal();
             match config.start(shutdown.clone()).await {
