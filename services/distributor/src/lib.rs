@@ -119,8 +119,7 @@ impl Service for Config {
         Ok(spawn_service(&common, grpc, None, background, bus, shutdown).await?)
     }
 
-    async fn migrate(&self) -> anyhow::Result<()> {
-        db::migrate(&self.common.database, SCHEMA, &MIGRATOR).await?;
-        Ok(())
+    fn store() -> Option<(&'static str, &'static Migrator)> {
+        Some((SCHEMA, &MIGRATOR))
     }
 }

@@ -7,11 +7,13 @@ use std::{str::FromStr, time::Duration};
 
 use sqlx::{
     PgConnection, PgPool,
-    migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
 use crate::config::DatabaseConfig;
+
+/// A service's migrations (`sqlx::migrate!`), as [`crate::service::Service::store`] names them.
+pub use sqlx::migrate::Migrator;
 
 /// Opens a pool whose connections resolve names in `schema` first, then `public` (where
 /// extensions such as `pg_trgm` live).

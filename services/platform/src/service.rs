@@ -147,8 +147,20 @@ pub trait Service: Sized + Send + 'static {
         shutdown: CancellationToken,
     ) -> impl std::future::Future<Output = anyhow::Result<Running>> + Send;
 
+    /// The service's own schema and its migrations; `None` for a service that keeps
+    /// nothing in PostgreSQL.
+    fn store() -> Option<(&'static str, &'static sqlx::migrate::Migrator)>;
+
     /// Applies the service's migrations (a Kubernetes Job runs this before an upgrade).
-    fn migrate(&self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+    fn migrate(&self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
+        let database = self.common().database.clone();
+        async move {
+            if let Some((schema, migrator)) = Self::store() {
+                crate::db::migrate(&database, schema, migrator).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The commands every service binary takes.

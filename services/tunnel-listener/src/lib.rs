@@ -112,8 +112,8 @@ impl Service for Config {
         .await?)
     }
 
-    async fn migrate(&self) -> anyhow::Result<()> {
-        // No database of its own (yet): nothing to migrate.
-        Ok(())
+    /// No database of its own: nothing to migrate.
+    fn store() -> Option<(&'static str, &'static salesplan_platform::db::Migrator)> {
+        None
     }
 }
