@@ -164,51 +164,92 @@ fn distribute(
             strategy,
         } => (prefer_related, strategy),
     };
-    let managers = &plan.managers;
-    if managers.is_empty() {
+    if plan.managers.is_empty() {
         return Decision::without("the plan has no managers");
     }
-    let count = |m: &str| open.get(m).copied().unwrap_or(0);
-    let candidates = |chosen: &str, note: &dyn Fn(&str) -> String| -> Vec<Candidate> {
-        managers
+    let members = Members {
+        managers: &plan.managers,
+        open,
+    };
+    let mut skipped_related = Vec::new();
+    if prefer_related {
+        match related(&members, lead) {
+            Ok(decision) => return decision,
+            Err(skipped) => skipped_related = skipped,
+        }
+    }
+    let mut decision = by_strategy(&members, strategy, cursor, random);
+    if !skipped_related.is_empty() {
+        decision.reason = format!("{}; {}", decision.reason, skipped_related.join("; "));
+    }
+    decision
+}
+
+/// A plan's members and their open deals.
+struct Members<'a> {
+    managers: &'a [String],
+    open: &'a HashMap<String, i64>,
+}
+
+impl Members<'_> {
+    fn count(&self, manager: &str) -> i64 {
+        self.open.get(manager).copied().unwrap_or(0)
+    }
+
+    /// Every member as a candidate, `chosen` marked, each with its note.
+    fn candidates(&self, chosen: &str, note: &dyn Fn(&str) -> String) -> Vec<Candidate> {
+        self.managers
             .iter()
             .map(|m| Candidate {
                 manager_id: m.clone(),
-                open_deals: count(m),
+                open_deals: self.count(m),
                 chosen: m == chosen,
                 note: note(m),
             })
             .collect()
-    };
-
-    let mut skipped_related = Vec::new();
-    if prefer_related {
-        let related = [
-            (&lead.named_related, "named by the caller"),
-            (&lead.previous_manager, "of the contact's earlier deal"),
-        ];
-        for (related, source) in related {
-            let Some(related) = related else { continue };
-            if managers.contains(related) {
-                let reason = format!("related manager ({source})");
-                return Decision {
-                    manager: Some(related.clone()),
-                    candidates: candidates(related, &|m| {
-                        if m == related {
-                            reason.clone()
-                        } else {
-                            "not related".into()
-                        }
-                    }),
-                    reason,
-                };
-            }
-            skipped_related.push(format!(
-                "related manager {related} ({source}) is not a member"
-            ));
-        }
     }
+}
 
+/// The related manager (the one the caller named, else the one of the contact's earlier
+/// deal) while a member; else why each was passed over.
+fn related(members: &Members<'_>, lead: &Lead) -> Result<Decision, Vec<String>> {
+    let mut skipped = Vec::new();
+    let related = [
+        (&lead.named_related, "named by the caller"),
+        (&lead.previous_manager, "of the contact's earlier deal"),
+    ];
+    for (related, source) in related {
+        let Some(related) = related else { continue };
+        if members.managers.contains(related) {
+            let reason = format!("related manager ({source})");
+            return Ok(Decision {
+                manager: Some(related.clone()),
+                candidates: members.candidates(related, &|m| {
+                    if m == related {
+                        reason.clone()
+                    } else {
+                        "not related".into()
+                    }
+                }),
+                reason,
+            });
+        }
+        skipped.push(format!(
+            "related manager {related} ({source}) is not a member"
+        ));
+    }
+    Err(skipped)
+}
+
+/// The strategy's pick: at random, the next in turn, or the fewest open deals (among
+/// equals, the first in turn from the cursor). Turns move for all but random.
+fn by_strategy(
+    members: &Members<'_>,
+    strategy: Strategy,
+    cursor: &mut Cursor,
+    random: u64,
+) -> Decision {
+    let managers = members.managers;
     let start = cursor.next_index(managers);
     let (index, reason) = match strategy {
         Strategy::Random => (
@@ -217,22 +258,19 @@ fn distribute(
         ),
         Strategy::RoundRobin => (start, "next in turn".to_owned()),
         Strategy::LeastOpenDeals => {
-            // The fewest open deals; among equals, the first in turn from the cursor.
             let index = (0..managers.len())
                 .map(|k| (start + k) % managers.len())
-                .min_by_key(|&i| count(&managers[i]))
+                .min_by_key(|&i| members.count(&managers[i]))
                 .unwrap_or(start);
-            (
-                index,
-                format!("fewest open deals ({})", count(&managers[index])),
-            )
+            let reason = format!("fewest open deals ({})", members.count(&managers[index]));
+            (index, reason)
         }
     };
     if strategy != Strategy::Random {
         cursor.took_turn(managers, index);
     }
     let chosen = managers[index].clone();
-    let chosen_count = count(&chosen);
+    let chosen_count = members.count(&chosen);
     let note = |m: &str| -> String {
         if m == chosen {
             return reason.clone();
@@ -240,20 +278,16 @@ fn distribute(
         match strategy {
             Strategy::Random => "not picked".into(),
             Strategy::RoundRobin => "not next in turn".into(),
-            Strategy::LeastOpenDeals if count(m) > chosen_count => {
-                format!("more open deals ({} > {chosen_count})", count(m))
+            Strategy::LeastOpenDeals if members.count(m) > chosen_count => {
+                format!("more open deals ({} > {chosen_count})", members.count(m))
             }
             Strategy::LeastOpenDeals => "as few open deals, later in turn".into(),
         }
     };
-    let mut reason = reason.clone();
-    if !skipped_related.is_empty() {
-        reason = format!("{reason}; {}", skipped_related.join("; "));
-    }
     Decision {
-        candidates: candidates(&chosen, &note),
-        manager: Some(chosen),
-        reason,
+        candidates: members.candidates(&chosen, &note),
+        manager: Some(chosen.clone()),
+        reason: reason.clone(),
     }
 }
 

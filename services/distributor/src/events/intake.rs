@@ -403,24 +403,53 @@ fn rejection(delivery: &Delivery, code: Code, reason: String) -> Result<Rejectio
     })
 }
 
-impl BatchHandler for IntakeEvents {
-    async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
-        let _busy = self.activity.as_ref().map(Activity::start);
-        let mut outcomes = vec![Outcome::Done; batch.len()];
-        let mut rejected: Vec<(usize, Code, String)> = Vec::new();
-        let mut by_plan: HashMap<(String, Uuid), Vec<Decoded>> = HashMap::new();
-        for (index, delivery) in batch.iter().enumerate() {
-            match decode(index, delivery) {
-                Ok(item) => by_plan
-                    .entry((item.event.account_id.clone(), item.plan_id))
-                    .or_default()
-                    .push(item),
-                Err(reason) => outcomes[index] = Outcome::Reject(reason),
-            }
-        }
+/// One lead and the manager decided for it (none: unassigned).
+type Work = (Decoded, Option<String>);
 
-        let mut work = Vec::new();
-        let mut records = Vec::new();
+/// A batch's leads by account and plan; the undecodable ones rejected in `outcomes`.
+fn by_plan(batch: &[Delivery], outcomes: &mut [Outcome]) -> HashMap<(String, Uuid), Vec<Decoded>> {
+    let mut by_plan: HashMap<(String, Uuid), Vec<Decoded>> = HashMap::new();
+    for (index, delivery) in batch.iter().enumerate() {
+        match decode(index, delivery) {
+            Ok(item) => by_plan
+                .entry((item.event.account_id.clone(), item.plan_id))
+                .or_default()
+                .push(item),
+            Err(reason) => outcomes[index] = Outcome::Reject(reason),
+        }
+    }
+    by_plan
+}
+
+/// The CreateDeals calls for `work`: one per account and chunk.
+fn create_calls(work: Vec<Work>) -> Vec<(String, Vec<Work>)> {
+    let mut per_account: HashMap<String, Vec<Work>> = HashMap::new();
+    for (item, manager) in work {
+        per_account
+            .entry(item.event.account_id.clone())
+            .or_default()
+            .push((item, manager));
+    }
+    let mut calls = Vec::new();
+    for (account_id, mut items) in per_account {
+        while !items.is_empty() {
+            let rest = items.split_off(items.len().min(CREATE_BATCH));
+            calls.push((account_id.clone(), std::mem::replace(&mut items, rest)));
+        }
+    }
+    calls
+}
+
+impl IntakeEvents {
+    /// Decides each plan's leads: the decided ones as work with the new decisions'
+    /// records; the others get their outcome, or are `rejected`.
+    async fn decide_all(
+        &self,
+        by_plan: HashMap<(String, Uuid), Vec<Decoded>>,
+        outcomes: &mut [Outcome],
+        rejected: &mut Vec<(usize, Code, String)>,
+    ) -> (Vec<Work>, Vec<pb::Assignment>) {
+        let (mut work, mut records) = (Vec::new(), Vec::new());
         for ((account_id, plan_id), items) in by_plan {
             let pending: Vec<PendingLead> = items.iter().map(pending_lead).collect();
             let started = std::time::Instant::now();
@@ -456,9 +485,15 @@ impl BatchHandler for IntakeEvents {
                 }
             }
         }
+        (work, records)
+    }
 
-        // The decisions as events: published before the deals exist, so a crash in
-        // between re-publishes the same ids (deduplicated by JetStream).
+    /// The decisions as events: published before the deals exist, so a crash in between
+    /// re-publishes the same ids (deduplicated by JetStream).
+    async fn publish_decisions(
+        &self,
+        records: &[pb::Assignment],
+    ) -> Result<(), salesplan_platform::bus::BusError> {
         let events: Vec<Outgoing> = records
             .iter()
             .map(|a| {
@@ -469,9 +504,33 @@ impl BatchHandler for IntakeEvents {
                 )
             })
             .collect();
-        if !events.is_empty()
-            && let Err(err) = self.bus.publish_all(events).await
-        {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.bus.publish_all(events).await.map(|_| ())
+    }
+
+    /// Creates the deals of `work`, a few CreateDeals calls at a time.
+    async fn create_all(&self, batch: &[Delivery], work: Vec<Work>) -> Vec<Created> {
+        stream::iter(create_calls(work))
+            .map(|(account_id, items)| async move {
+                self.create_deals(batch, &account_id, items).await
+            })
+            .buffer_unordered(CONCURRENT_CALLS)
+            .flat_map(stream::iter)
+            .collect()
+            .await
+    }
+}
+
+impl BatchHandler for IntakeEvents {
+    async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
+        let _busy = self.activity.as_ref().map(Activity::start);
+        let mut outcomes = vec![Outcome::Done; batch.len()];
+        let mut rejected: Vec<(usize, Code, String)> = Vec::new();
+        let by_plan = by_plan(batch, &mut outcomes);
+        let (work, records) = self.decide_all(by_plan, &mut outcomes, &mut rejected).await;
+        if let Err(err) = self.publish_decisions(&records).await {
             tracing::warn!(error = %err, "cannot publish assignment decisions");
             for (item, _) in &work {
                 outcomes[item.index] = Outcome::Retry(err.to_string());
@@ -479,32 +538,7 @@ impl BatchHandler for IntakeEvents {
             self.record_rejections(batch, rejected, &mut outcomes).await;
             return outcomes;
         }
-
-        // One CreateDeals call per account and chunk, a few at a time.
-        let mut per_account: HashMap<String, Vec<(Decoded, Option<String>)>> = HashMap::new();
-        for (item, manager) in work {
-            per_account
-                .entry(item.event.account_id.clone())
-                .or_default()
-                .push((item, manager));
-        }
-        let mut calls = Vec::new();
-        for (account_id, mut items) in per_account {
-            while !items.is_empty() {
-                let rest = items.split_off(items.len().min(CREATE_BATCH));
-                calls.push((account_id.clone(), std::mem::replace(&mut items, rest)));
-            }
-        }
-        let results: Vec<Created> =
-            stream::iter(calls)
-                .map(|(account_id, items)| async move {
-                    self.create_deals(batch, &account_id, items).await
-                })
-                .buffer_unordered(CONCURRENT_CALLS)
-                .flat_map(stream::iter)
-                .collect()
-                .await;
-        for (index, fate) in results {
+        for (index, fate) in self.create_all(batch, work).await {
             match fate {
                 Fate::Outcome(outcome) => outcomes[index] = outcome,
                 Fate::Rejected { code, reason } => rejected.push((index, code, reason)),
