@@ -171,32 +171,19 @@ pub async fn run_consumer<H: BatchHandler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) {
-    let consumer = loop {
-        match durable_consumer(&bus, &spec).await {
-            Ok(consumer) => break consumer,
-            Err(err) => {
-                tracing::warn!(consumer = %spec.durable, error = %err, "cannot create consumer, retrying");
-                pause(&shutdown, Duration::from_secs(1)).await;
-                if shutdown.is_cancelled() {
-                    return;
-                }
-            }
-        }
+    let Some(consumer) = durable_consumer_retrying(&bus, &spec, &shutdown).await else {
+        return;
     };
-    let batch_size = bus.config().batch_size;
-    let batch_wait = bus.config().batch_wait;
-    let meter = crate::telemetry::meter("salesplan");
     let counters = Arc::new(Counters::new(&spec.durable));
     let spec = Arc::new(spec);
-    let pending = meter
+    let pending = crate::telemetry::meter("salesplan")
         .u64_gauge("salesplan.consumer.pending")
         .with_description("Messages of the stream not yet delivered to the consumer (its lag)")
         .build();
-
     while !shutdown.is_cancelled() {
         let messages = consumer
             .stream()
-            .max_messages_per_batch(batch_size)
+            .max_messages_per_batch(bus.config().batch_size)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
@@ -224,36 +211,13 @@ pub async fn run_consumer<H: BatchHandler>(
                 _ = shutdown.cancelled() => None,
             };
             let Some(first) = first else { break };
-            let mut items = vec![first];
-            let filled = tokio::time::sleep(batch_wait);
-            tokio::pin!(filled);
-            while items.len() < batch_size {
-                tokio::select! {
-                    biased;
-                    item = messages.next() => match item {
-                        Some(item) => items.push(item),
-                        None => {
-                            ended = true;
-                            break;
-                        }
-                    },
-                    _ = &mut filled => break,
-                }
-            }
-            let mut received = Vec::with_capacity(items.len());
-            for item in items {
-                match item {
-                    Ok(message) => received.push(message),
-                    Err(err) => {
-                        tracing::debug!(consumer = %spec.durable, error = %err, "pull status")
-                    }
-                }
+            let received;
+            (received, ended) = fill_batch(&bus, &spec, &mut messages, first).await;
+            if let Some(info) = received.last().and_then(|m| m.info().ok()) {
+                pending.record(info.pending, &counters.attrs);
             }
             if received.is_empty() {
                 continue;
-            }
-            if let Some(info) = received.last().and_then(|m| m.info().ok()) {
-                pending.record(info.pending, &counters.attrs);
             }
             let (bus, spec, handler, counters) =
                 (bus.clone(), spec.clone(), handler.clone(), counters.clone());
@@ -266,6 +230,65 @@ pub async fn run_consumer<H: BatchHandler>(
         }
     }
     tracing::info!(consumer = %spec.durable, "consumer stopped");
+}
+
+/// The durable consumer, created if needed, retried each second while JetStream cannot be
+/// reached; `None` once `shutdown` is cancelled.
+async fn durable_consumer_retrying(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    shutdown: &CancellationToken,
+) -> Option<PullConsumer> {
+    loop {
+        match durable_consumer(bus, spec).await {
+            Ok(consumer) => return Some(consumer),
+            Err(err) => {
+                tracing::warn!(consumer = %spec.durable, error = %err, "cannot create consumer, retrying");
+                pause(shutdown, Duration::from_secs(1)).await;
+                if shutdown.is_cancelled() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// A batch: `first` and what else arrives within the batch wait, up to the batch size;
+/// and whether the pull ended meanwhile. Pull statuses are not messages and are dropped.
+async fn fill_batch(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    messages: &mut pull::Stream,
+    first: Result<Message, pull::MessagesError>,
+) -> (Vec<Message>, bool) {
+    let batch_size = bus.config().batch_size;
+    let mut items = vec![first];
+    let mut ended = false;
+    let filled = tokio::time::sleep(bus.config().batch_wait);
+    tokio::pin!(filled);
+    while items.len() < batch_size {
+        tokio::select! {
+            biased;
+            item = messages.next() => match item {
+                Some(item) => items.push(item),
+                None => {
+                    ended = true;
+                    break;
+                }
+            },
+            _ = &mut filled => break,
+        }
+    }
+    let mut received = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Ok(message) => received.push(message),
+            Err(err) => {
+                tracing::debug!(consumer = %spec.durable, error = %err, "pull status")
+            }
+        }
+    }
+    (received, ended)
 }
 
 /// A batch whose handler panicked stays unacked: it is delivered again after `ack_wait`
