@@ -2,7 +2,7 @@
 //! (the same for every retry), and the token of an answer. Pure.
 
 use salesplan_platform::{
-    ApiError, Checks,
+    AllChecks, ApiError, Checks,
     consistency::LeadsToken,
     ids::{derived_id, parse_id},
     validate::{self, ContactInput},
@@ -97,6 +97,34 @@ pub fn intake_id(account_id: &str, lead: &pb::Lead) -> Uuid {
 /// The intake id of a contact of a bulk job: the same for every retry of the job.
 pub fn bulk_intake_id(account_id: &str, plan_id: &str, job_id: &str, contact_key: &str) -> Uuid {
     derived_id(&[account_id, plan_id, "bulk", job_id, contact_key])
+}
+
+/// A contact of a bulk job's chunk as a lead of `plan_id` (canonical), with its intake id;
+/// every violation of its contact, amount and title at once.
+pub fn audience_lead(
+    account_id: &str,
+    plan_id: &str,
+    job_id: &str,
+    item: pb::AudienceContact,
+) -> Result<(Uuid, pb::Lead), ApiError> {
+    let (contact, (), title) = (
+        contact_from(item.contact),
+        amount_from(&item.amount),
+        validate::text("title", &item.title, 300),
+    )
+        .all()?;
+    let key = validate::contact_key(&contact.external_id, &contact.email, &contact.phone)
+        .unwrap_or_default();
+    let intake_id = bulk_intake_id(account_id, plan_id, job_id, &key);
+    let lead = pb::Lead {
+        plan_id: plan_id.to_owned(),
+        run_id: job_id.to_owned(),
+        contact: Some(contact),
+        title,
+        amount: item.amount,
+        ..Default::default()
+    };
+    Ok((intake_id, lead))
 }
 
 #[cfg(test)]

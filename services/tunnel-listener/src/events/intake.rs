@@ -15,9 +15,7 @@ use salesplan_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::{
-    domain::lead::{
-        Accepted, MAX_CHUNK, amount_from, bulk_intake_id, contact_from, intake_id, validated_lead,
-    },
+    domain::lead::{Accepted, MAX_CHUNK, audience_lead, intake_id, validated_lead},
     upstream::{PlanCheck, Plans},
 };
 
@@ -250,48 +248,19 @@ impl Intake {
         job: &AudienceJob,
         chunk: pb::AddAudienceRequest,
     ) -> Result<Vec<pb::ContactResult>, ApiError> {
-        if !chunk.plan_id.is_empty() && parse_id("plan_id", &chunk.plan_id)? != job.plan_id {
-            return Err(ApiError::invalid(
-                "plan_id",
-                "every chunk of a call adds to the same plan",
-            ));
-        }
-        if chunk.contacts.len() > MAX_CHUNK {
-            return Err(ApiError::invalid(
-                "contacts",
-                format!("at most {MAX_CHUNK} contacts per chunk; send more chunks"),
-            ));
-        }
+        check_chunk(job, &chunk)?;
         let plan = self.plans.open_plan(&actor.account_id, job.plan_id).await?;
         let plan_id = job.plan_id.to_string();
         let mut results = Vec::with_capacity(chunk.contacts.len());
-        let mut messages = Vec::new();
-        let mut published = Vec::new();
+        let (mut messages, mut published) = (Vec::new(), Vec::new());
         for (index, item) in chunk.contacts.into_iter().enumerate() {
             let mut result = pb::ContactResult {
                 index: index as i32,
                 ..Default::default()
             };
-            let checked = contact_from(item.contact).and_then(|contact| {
-                amount_from(&item.amount)?;
-                let title = validate::text("title", &item.title, 300)?;
-                Ok((contact, title))
-            });
-            match checked {
-                Ok((contact, title)) => {
-                    let key =
-                        validate::contact_key(&contact.external_id, &contact.email, &contact.phone)
-                            .unwrap_or_default();
-                    let intake_id = bulk_intake_id(&actor.account_id, &plan_id, &job.job_id, &key);
+            match audience_lead(&actor.account_id, &plan_id, &job.job_id, item) {
+                Ok((intake_id, lead)) => {
                     result.intake_id = intake_id.to_string();
-                    let lead = pb::Lead {
-                        plan_id: plan_id.clone(),
-                        run_id: job.job_id.clone(),
-                        contact: Some(contact),
-                        title,
-                        amount: item.amount,
-                        ..Default::default()
-                    };
                     messages.push(message(
                         &actor.account_id,
                         intake_id,
@@ -313,17 +282,14 @@ impl Intake {
             .await?;
         let stored = self.bus.publish_all(messages).await?;
         let duplicates = stored.iter().filter(|s| s.duplicate).count() as u64;
+        let rejected = (results.len() - stored.len()) as u64;
         self.count(
             pb::IntakeSource::Bulk,
             "accepted",
             stored.len() as u64 - duplicates,
         );
         self.count(pb::IntakeSource::Bulk, "duplicate", duplicates);
-        self.count(
-            pb::IntakeSource::Bulk,
-            "rejected",
-            (results.len() - stored.len()) as u64,
-        );
+        self.count(pb::IntakeSource::Bulk, "rejected", rejected);
         for (index, stored) in published.into_iter().zip(stored) {
             results[index].outcome = if stored.duplicate {
                 pb::ContactOutcome::Duplicate
@@ -333,4 +299,21 @@ impl Intake {
         }
         Ok(results)
     }
+}
+
+/// A chunk of the call's plan, of at most [`MAX_CHUNK`] contacts.
+fn check_chunk(job: &AudienceJob, chunk: &pb::AddAudienceRequest) -> Result<(), ApiError> {
+    if !chunk.plan_id.is_empty() && parse_id("plan_id", &chunk.plan_id)? != job.plan_id {
+        return Err(ApiError::invalid(
+            "plan_id",
+            "every chunk of a call adds to the same plan",
+        ));
+    }
+    if chunk.contacts.len() > MAX_CHUNK {
+        return Err(ApiError::invalid(
+            "contacts",
+            format!("at most {MAX_CHUNK} contacts per chunk; send more chunks"),
+        ));
+    }
+    Ok(())
 }
