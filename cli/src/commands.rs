@@ -172,45 +172,7 @@ async fn plans(ctx: &Ctx, command: Plans) -> anyhow::Result<()> {
                 .into_inner()
                 .plan
         }
-        Plans::List { archived } => {
-            let plans = every_page(|page_token| {
-                let (mut client, request) = (
-                    client.clone(),
-                    ctx.request(pb::ListPlansRequest {
-                        include_archived: archived,
-                        page_size: 50,
-                        page_token,
-                    }),
-                );
-                async move {
-                    let page = client.list_plans(request).await?.into_inner();
-                    Ok((page.plans, page.next_page_token))
-                }
-            })
-            .await?;
-            ctx.print(
-                json!(plans.iter().map(plan_json).collect::<Vec<_>>()),
-                || {
-                    let rows: Vec<Vec<String>> = plans
-                        .iter()
-                        .map(|p| {
-                            vec![
-                                p.id.clone(),
-                                p.name.clone(),
-                                p.manager_ids.len().to_string(),
-                                if p.archived {
-                                    "archived".into()
-                                } else {
-                                    String::new()
-                                },
-                            ]
-                        })
-                        .collect();
-                    table(&["id", "name", "managers", ""], &rows)
-                },
-            );
-            return Ok(());
-        }
+        Plans::List { archived } => return list_plans(ctx, &client, archived).await,
         Plans::Show { plan } => {
             client
                 .get_plan(ctx.request(pb::GetPlanRequest { plan_id: plan }))
@@ -249,38 +211,7 @@ async fn plans(ctx: &Ctx, command: Plans) -> anyhow::Result<()> {
             plan,
             require,
             reasons,
-        } => {
-            let current = client
-                .get_plan(ctx.request(pb::GetPlanRequest {
-                    plan_id: plan.clone(),
-                }))
-                .await?
-                .into_inner()
-                .plan
-                .and_then(|p| p.loss_reasons)
-                .unwrap_or_default()
-                .reasons;
-            let inputs = reasons
-                .into_iter()
-                .map(|name| pb::LossReasonInput {
-                    id: current
-                        .iter()
-                        .find(|r| r.name == name)
-                        .map(|r| r.id.clone())
-                        .unwrap_or_default(),
-                    name,
-                })
-                .collect();
-            client
-                .set_loss_reasons(ctx.request(pb::SetLossReasonsRequest {
-                    plan_id: plan,
-                    require_reason: require,
-                    reasons: inputs,
-                }))
-                .await?
-                .into_inner()
-                .plan
-        }
+        } => set_reasons(ctx, &mut client, plan, require, reasons).await?,
         Plans::Archive { plan } => {
             client
                 .archive_plan(ctx.request(pb::ArchivePlanRequest { plan_id: plan }))
@@ -299,6 +230,90 @@ async fn plans(ctx: &Ctx, command: Plans) -> anyhow::Result<()> {
     let plan = plan.context("the server returned no plan")?;
     ctx.print(plan_json(&plan), || plan_text(&plan));
     Ok(())
+}
+
+async fn list_plans(
+    ctx: &Ctx,
+    client: &PlanServiceClient<Channel>,
+    archived: bool,
+) -> anyhow::Result<()> {
+    let plans = every_page(|page_token| {
+        let (mut client, request) = (
+            client.clone(),
+            ctx.request(pb::ListPlansRequest {
+                include_archived: archived,
+                page_size: 50,
+                page_token,
+            }),
+        );
+        async move {
+            let page = client.list_plans(request).await?.into_inner();
+            Ok((page.plans, page.next_page_token))
+        }
+    })
+    .await?;
+    ctx.print(
+        json!(plans.iter().map(plan_json).collect::<Vec<_>>()),
+        || {
+            let rows: Vec<Vec<String>> = plans
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.id.clone(),
+                        p.name.clone(),
+                        p.manager_ids.len().to_string(),
+                        if p.archived {
+                            "archived".into()
+                        } else {
+                            String::new()
+                        },
+                    ]
+                })
+                .collect();
+            table(&["id", "name", "managers", ""], &rows)
+        },
+    );
+    Ok(())
+}
+
+/// Sets the plan's loss reasons by name: a name it has keeps its reason's id.
+async fn set_reasons(
+    ctx: &Ctx,
+    client: &mut PlanServiceClient<Channel>,
+    plan: String,
+    require: bool,
+    reasons: Vec<String>,
+) -> anyhow::Result<Option<pb::Plan>> {
+    let current = client
+        .get_plan(ctx.request(pb::GetPlanRequest {
+            plan_id: plan.clone(),
+        }))
+        .await?
+        .into_inner()
+        .plan
+        .and_then(|p| p.loss_reasons)
+        .unwrap_or_default()
+        .reasons;
+    let inputs = reasons
+        .into_iter()
+        .map(|name| pb::LossReasonInput {
+            id: current
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| r.id.clone())
+                .unwrap_or_default(),
+            name,
+        })
+        .collect();
+    Ok(client
+        .set_loss_reasons(ctx.request(pb::SetLossReasonsRequest {
+            plan_id: plan,
+            require_reason: require,
+            reasons: inputs,
+        }))
+        .await?
+        .into_inner()
+        .plan)
 }
 
 fn filter(f: Filter) -> anyhow::Result<pb::DealFilter> {
@@ -376,76 +391,13 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
             filter: f,
             limit,
             fresh_as,
-        } => {
-            let page = client
-                .list_deals(ctx.request(pb::ListDealsRequest {
-                    filter: Some(filter(f)?),
-                    sort: None,
-                    page_size: limit,
-                    page_token: String::new(),
-                    min_consistency_token: fresh_as,
-                }))
-                .await?
-                .into_inner();
-            ctx.print(
-                json!({"deals": page.deals.iter().map(deal_json).collect::<Vec<_>>(), "total_count": page.total_count, "next_page_token": page.next_page_token}),
-                || {
-                    let rows: Vec<Vec<String>> = page.deals.iter().map(deal_row).collect();
-                    let totals: Vec<String> = page.total_amounts.iter().map(output::total).collect();
-                    format!("{}\n{} deals, {}", table(&DEAL_HEADER, &rows), page.total_count, totals.join(" + "))
-                },
-            );
-            return Ok(());
-        }
+        } => return list_deals(ctx, &mut client, filter(f)?, limit, fresh_as).await,
         Deals::Board {
             board_plan,
             filter: f,
             cards,
             fresh_as,
-        } => {
-            let board = client
-                .get_board(ctx.request(pb::GetBoardRequest {
-                    plan_id: board_plan,
-                    filter: Some(filter(f)?),
-                    sort: None,
-                    cards_per_stage: cards,
-                    min_consistency_token: fresh_as,
-                }))
-                .await?
-                .into_inner();
-            ctx.print(
-                json!({"columns": board.columns.iter().map(|c| json!({
-                    "stage": c.stage.as_ref().map(|s| s.name.clone()),
-                    "count": c.count,
-                    "amounts": c.amounts.iter().map(output::total).collect::<Vec<_>>(),
-                    "deals": c.deals.iter().map(deal_json).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(), "total_count": board.total_count}),
-                || {
-                    let rows: Vec<Vec<String>> = board
-                        .columns
-                        .iter()
-                        .map(|c| {
-                            vec![
-                                c.stage.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
-                                c.count.to_string(),
-                                c.amounts
-                                    .iter()
-                                    .map(output::total)
-                                    .collect::<Vec<_>>()
-                                    .join(" + "),
-                                c.deals
-                                    .iter()
-                                    .map(|d| d.title.clone())
-                                    .collect::<Vec<_>>()
-                                    .join(", "),
-                            ]
-                        })
-                        .collect();
-                    table(&["stage", "deals", "amount", "first cards"], &rows)
-                },
-            );
-            return Ok(());
-        }
+        } => return board(ctx, &mut client, board_plan, filter(f)?, cards, fresh_as).await,
         Deals::Show { deal } => Some(current(&mut client, ctx, &deal).await?),
         Deals::Move {
             deal,
@@ -488,72 +440,168 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
                 .deal
         }
         Deals::Transfer { from, to, plan } => {
-            let result = client
-                .transfer_deals(ctx.request(pb::TransferDealsRequest {
-                    from_manager_id: from,
-                    to_manager_id: to,
-                    filter: Some(pb::DealFilter {
-                        plan_id: plan.unwrap_or_default(),
-                        ..Default::default()
-                    }),
-                }))
-                .await?
-                .into_inner();
-            ctx.print(
-                json!({"changed": result.changed, "failures": result.failures.iter().map(|f| json!({"deal_id": f.deal_id, "reason": f.reason})).collect::<Vec<_>>()}),
-                || {
-                    let mut out = format!("{} deals transferred", result.changed);
-                    for f in &result.failures {
-                        out.push_str(&format!("\n  {}: {}", f.deal_id, f.reason));
-                    }
-                    out
-                },
-            );
-            return Ok(());
+            return transfer(ctx, &mut client, from, to, plan).await;
         }
-        Deals::History { deal } => {
-            let entries = every_page(|page_token| {
-                let (mut client, request) = (
-                    client.clone(),
-                    ctx.request(pb::GetDealHistoryRequest {
-                        deal_id: deal.clone(),
-                        page_size: 500,
-                        page_token,
-                    }),
-                );
-                async move {
-                    let page = client.get_deal_history(request).await?.into_inner();
-                    Ok((page.entries, page.next_page_token))
-                }
-            })
-            .await?;
-            let rows: Vec<Vec<String>> = entries
-                .iter()
-                .map(|e| {
-                    vec![
-                        e.at.map(|t| t.seconds.to_string()).unwrap_or_default(),
-                        e.actor_id.clone(),
-                        pb::HistoryAction::try_from(e.action)
-                            .map(|a| {
-                                a.as_str_name()
-                                    .trim_start_matches("HISTORY_ACTION_")
-                                    .to_lowercase()
-                            })
-                            .unwrap_or_default(),
-                        e.from.clone(),
-                        e.to.clone(),
-                    ]
-                })
-                .collect();
-            ctx.print(
-                json!(entries.iter().map(|e| json!({"id": e.id, "actor_id": e.actor_id, "action": e.action, "from": e.from, "to": e.to, "loss_reason_id": e.loss_reason_id})).collect::<Vec<_>>()),
-                || table(&["at (unix)", "who", "action", "from", "to"], &rows),
-            );
-            return Ok(());
-        }
+        Deals::History { deal } => return history(ctx, &client, deal).await,
     };
     let deal = deal.context("the server returned no deal")?;
     ctx.print(deal_json(&deal), || table(&DEAL_HEADER, &[deal_row(&deal)]));
+    Ok(())
+}
+
+async fn list_deals(
+    ctx: &Ctx,
+    client: &mut DealServiceClient<Channel>,
+    filter: pb::DealFilter,
+    limit: i32,
+    fresh_as: String,
+) -> anyhow::Result<()> {
+    let page = client
+        .list_deals(ctx.request(pb::ListDealsRequest {
+            filter: Some(filter),
+            sort: None,
+            page_size: limit,
+            page_token: String::new(),
+            min_consistency_token: fresh_as,
+        }))
+        .await?
+        .into_inner();
+    ctx.print(
+        json!({"deals": page.deals.iter().map(deal_json).collect::<Vec<_>>(), "total_count": page.total_count, "next_page_token": page.next_page_token}),
+        || {
+            let rows: Vec<Vec<String>> = page.deals.iter().map(deal_row).collect();
+            let totals: Vec<String> = page.total_amounts.iter().map(output::total).collect();
+            format!("{}\n{} deals, {}", table(&DEAL_HEADER, &rows), page.total_count, totals.join(" + "))
+        },
+    );
+    Ok(())
+}
+
+async fn board(
+    ctx: &Ctx,
+    client: &mut DealServiceClient<Channel>,
+    plan: String,
+    filter: pb::DealFilter,
+    cards: i32,
+    fresh_as: String,
+) -> anyhow::Result<()> {
+    let board = client
+        .get_board(ctx.request(pb::GetBoardRequest {
+            plan_id: plan,
+            filter: Some(filter),
+            sort: None,
+            cards_per_stage: cards,
+            min_consistency_token: fresh_as,
+        }))
+        .await?
+        .into_inner();
+    ctx.print(
+        json!({"columns": board.columns.iter().map(|c| json!({
+            "stage": c.stage.as_ref().map(|s| s.name.clone()),
+            "count": c.count,
+            "amounts": c.amounts.iter().map(output::total).collect::<Vec<_>>(),
+            "deals": c.deals.iter().map(deal_json).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(), "total_count": board.total_count}),
+        || {
+            let rows: Vec<Vec<String>> = board
+                .columns
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.stage.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                        c.count.to_string(),
+                        c.amounts
+                            .iter()
+                            .map(output::total)
+                            .collect::<Vec<_>>()
+                            .join(" + "),
+                        c.deals
+                            .iter()
+                            .map(|d| d.title.clone())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ]
+                })
+                .collect();
+            table(&["stage", "deals", "amount", "first cards"], &rows)
+        },
+    );
+    Ok(())
+}
+
+async fn transfer(
+    ctx: &Ctx,
+    client: &mut DealServiceClient<Channel>,
+    from: String,
+    to: String,
+    plan: Option<String>,
+) -> anyhow::Result<()> {
+    let result = client
+        .transfer_deals(ctx.request(pb::TransferDealsRequest {
+            from_manager_id: from,
+            to_manager_id: to,
+            filter: Some(pb::DealFilter {
+                plan_id: plan.unwrap_or_default(),
+                ..Default::default()
+            }),
+        }))
+        .await?
+        .into_inner();
+    ctx.print(
+        json!({"changed": result.changed, "failures": result.failures.iter().map(|f| json!({"deal_id": f.deal_id, "reason": f.reason})).collect::<Vec<_>>()}),
+        || {
+            let mut out = format!("{} deals transferred", result.changed);
+            for f in &result.failures {
+                out.push_str(&format!("\n  {}: {}", f.deal_id, f.reason));
+            }
+            out
+        },
+    );
+    Ok(())
+}
+
+async fn history(
+    ctx: &Ctx,
+    client: &DealServiceClient<Channel>,
+    deal: String,
+) -> anyhow::Result<()> {
+    let entries = every_page(|page_token| {
+        let (mut client, request) = (
+            client.clone(),
+            ctx.request(pb::GetDealHistoryRequest {
+                deal_id: deal.clone(),
+                page_size: 500,
+                page_token,
+            }),
+        );
+        async move {
+            let page = client.get_deal_history(request).await?.into_inner();
+            Ok((page.entries, page.next_page_token))
+        }
+    })
+    .await?;
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.map(|t| t.seconds.to_string()).unwrap_or_default(),
+                e.actor_id.clone(),
+                pb::HistoryAction::try_from(e.action)
+                    .map(|a| {
+                        a.as_str_name()
+                            .trim_start_matches("HISTORY_ACTION_")
+                            .to_lowercase()
+                    })
+                    .unwrap_or_default(),
+                e.from.clone(),
+                e.to.clone(),
+            ]
+        })
+        .collect();
+    ctx.print(
+        json!(entries.iter().map(|e| json!({"id": e.id, "actor_id": e.actor_id, "action": e.action, "from": e.from, "to": e.to, "loss_reason_id": e.loss_reason_id})).collect::<Vec<_>>()),
+        || table(&["at (unix)", "who", "action", "from", "to"], &rows),
+    );
     Ok(())
 }
 
@@ -612,58 +660,69 @@ async fn intake(ctx: &Ctx, command: Intake) -> anyhow::Result<()> {
             file,
             job,
             manager,
-        } => {
-            let contacts = read_csv(&file)?;
-            let job = job.unwrap_or_else(|| {
-                file.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            });
-            let total = contacts.len();
-            let chunks: Vec<pb::AddAudienceRequest> = contacts
-                .chunks(1_000)
-                .map(|c| pb::AddAudienceRequest {
-                    plan_id: plan.clone(),
-                    job_id: job.clone(),
-                    assign_to_manager_id: manager.clone(),
-                    contacts: c.to_vec(),
-                })
-                .collect();
-            let mut responses = client()
-                .await?
-                .add_audience(ctx.request(futures::stream::iter(chunks)))
-                .await?
-                .into_inner();
-            let (mut done, mut accepted, mut duplicates) = (0, 0, 0);
-            let mut rejected = Vec::new();
-            while let Some(response) = responses.next().await {
-                for result in response?.results {
-                    match pb::ContactOutcome::try_from(result.outcome) {
-                        Ok(pb::ContactOutcome::Accepted) => accepted += 1,
-                        Ok(pb::ContactOutcome::Duplicate) => duplicates += 1,
-                        _ => rejected.push((done + 1, result.reason)),
-                    }
-                    done += 1;
-                }
-                if !ctx.global.json {
-                    progress(done, total);
-                }
+        } => return bulk_add(ctx, client().await?, plan, &file, job, manager).await,
+    }
+    Ok(())
+}
+
+/// Adds the contacts of a CSV file in chunks of 1,000, showing progress; then the count of
+/// each outcome and every rejected row with its reason.
+async fn bulk_add(
+    ctx: &Ctx,
+    mut client: IntakeServiceClient<Channel>,
+    plan: String,
+    file: &std::path::Path,
+    job: Option<String>,
+    manager: Option<String>,
+) -> anyhow::Result<()> {
+    let contacts = read_csv(&file)?;
+    let job = job.unwrap_or_else(|| {
+        file.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let total = contacts.len();
+    let chunks: Vec<pb::AddAudienceRequest> = contacts
+        .chunks(1_000)
+        .map(|c| pb::AddAudienceRequest {
+            plan_id: plan.clone(),
+            job_id: job.clone(),
+            assign_to_manager_id: manager.clone(),
+            contacts: c.to_vec(),
+        })
+        .collect();
+    let mut responses = client
+        .add_audience(ctx.request(futures::stream::iter(chunks)))
+        .await?
+        .into_inner();
+    let (mut done, mut accepted, mut duplicates) = (0, 0, 0);
+    let mut rejected = Vec::new();
+    while let Some(response) = responses.next().await {
+        for result in response?.results {
+            match pb::ContactOutcome::try_from(result.outcome) {
+                Ok(pb::ContactOutcome::Accepted) => accepted += 1,
+                Ok(pb::ContactOutcome::Duplicate) => duplicates += 1,
+                _ => rejected.push((done + 1, result.reason)),
             }
-            if !ctx.global.json {
-                eprintln!();
-            }
-            ctx.print(
-                json!({"accepted": accepted, "duplicate": duplicates, "rejected": rejected.iter().map(|(line, reason)| json!({"row": line, "reason": reason})).collect::<Vec<_>>()}),
-                || {
-                    let mut out = format!("{accepted} accepted, {duplicates} duplicates, {} rejected", rejected.len());
-                    for (row, reason) in &rejected {
-                        out.push_str(&format!("\n  row {row}: {reason}"));
-                    }
-                    out
-                },
-            );
+            done += 1;
+        }
+        if !ctx.global.json {
+            progress(done, total);
         }
     }
+    if !ctx.global.json {
+        eprintln!();
+    }
+    ctx.print(
+        json!({"accepted": accepted, "duplicate": duplicates, "rejected": rejected.iter().map(|(line, reason)| json!({"row": line, "reason": reason})).collect::<Vec<_>>()}),
+        || {
+            let mut out = format!("{accepted} accepted, {duplicates} duplicates, {} rejected", rejected.len());
+            for (row, reason) in &rejected {
+                out.push_str(&format!("\n  row {row}: {reason}"));
+            }
+            out
+        },
+    );
     Ok(())
 }
 
