@@ -675,7 +675,7 @@ async fn bulk_add(
     job: Option<String>,
     manager: Option<String>,
 ) -> anyhow::Result<()> {
-    let contacts = read_csv(&file)?;
+    let contacts = read_csv(file)?;
     let job = job.unwrap_or_else(|| {
         file.file_name()
             .map(|n| n.to_string_lossy().into_owned())
