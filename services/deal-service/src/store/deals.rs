@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{
     BULK_CHUNK, MAX_BULK_DEALS, Store, counts, events, now,
-    plans::{Lock, load_plan, mark_reasons_used},
+    plans::{Lock, find_plan, load_plan, mark_reasons_used},
     queries::push_filter,
     rows::{DEAL_COLUMNS, deal_from_row},
 };
@@ -34,6 +34,109 @@ pub struct BulkOutcome {
     /// Deals already where the change would put them.
     pub unchanged: i64,
     pub failures: Vec<(Uuid, String)>,
+}
+
+/// Why one deal of a CreateDeals call was not created. Clone, unlike `ApiError`: a key
+/// repeated in the call gets the same answer as its first occurrence.
+#[derive(Debug, Clone)]
+enum CreateFailure {
+    PlanNotFound(Uuid),
+    Refused(DomainError),
+    /// Another call inserted the key first, and its deal is gone since.
+    Raced,
+}
+
+impl From<CreateFailure> for ApiError {
+    fn from(failure: CreateFailure) -> Self {
+        match failure {
+            CreateFailure::PlanNotFound(plan_id) => ApiError::not_found(format!("plan {plan_id}")),
+            CreateFailure::Refused(err) => err.into(),
+            CreateFailure::Raced => ApiError::Aborted("concurrent create, retry".into()),
+        }
+    }
+}
+
+/// The deals of one CreateDeals call as they are worked out.
+#[derive(Default)]
+struct CreateBatch {
+    /// Deals that exist with the call's keys, by key.
+    known: HashMap<String, Deal>,
+    /// Deals to insert.
+    fresh: Vec<Deal>,
+    /// Per input: its answer, or `None` while it waits for its insert (or is a repeat).
+    answers: Vec<Option<Result<(Deal, bool), CreateFailure>>>,
+    /// The input that first named each key to insert.
+    first_of_key: HashMap<String, usize>,
+}
+
+impl CreateBatch {
+    /// Whether the next input is answered without its plan: by the deal its key has, or
+    /// (a key twice in one call) by its first occurrence's.
+    fn answered(&mut self, input: &NewDeal) -> bool {
+        if let Some(deal) = self.known.get(&input.idempotency_key) {
+            self.answers.push(Some(Ok((deal.clone(), false))));
+            return true;
+        }
+        if self.first_of_key.contains_key(&input.idempotency_key) {
+            self.answers.push(None);
+            return true;
+        }
+        false
+    }
+
+    /// Input `index`, not [`Self::answered`]: a deal of `plan` to insert, or refused.
+    fn prepare(&mut self, index: usize, input: NewDeal, plan: Option<&Plan>, now: OffsetDateTime) {
+        let Some(plan) = plan else {
+            self.answers
+                .push(Some(Err(CreateFailure::PlanNotFound(input.plan_id))));
+            return;
+        };
+        self.first_of_key
+            .insert(input.idempotency_key.clone(), index);
+        match input.into_deal(plan, ids::new_id(), now) {
+            Ok(deal) => {
+                self.fresh.push(deal);
+                self.answers.push(None);
+            }
+            Err(err) => self.answers.push(Some(Err(CreateFailure::Refused(err)))),
+        }
+    }
+
+    /// Every input's answer once the fresh deals were inserted (`inserted`: their keys that
+    /// this call inserted; the others were raced and are in `known`).
+    fn results(
+        mut self,
+        keys: &[String],
+        inserted: &std::collections::HashSet<String>,
+    ) -> Vec<Result<(Deal, bool), ApiError>> {
+        for deal in std::mem::take(&mut self.fresh) {
+            let index = self.first_of_key[&deal.idempotency_key];
+            self.answers[index] = Some(if inserted.contains(&deal.idempotency_key) {
+                Ok((deal, true))
+            } else {
+                self.known
+                    .get(&deal.idempotency_key)
+                    .cloned()
+                    .map(|d| (d, false))
+                    .ok_or(CreateFailure::Raced)
+            });
+        }
+        let answer = |index: usize| self.answers[index].clone();
+        keys.iter()
+            .enumerate()
+            .map(|(index, key)| {
+                let first = self.first_of_key.get(key).copied();
+                match (answer(index), first.and_then(answer)) {
+                    (Some(answer), _) => answer.map_err(ApiError::from),
+                    // A repeated key: the first occurrence's deal, not created again.
+                    (None, Some(first)) => {
+                        first.map(|(deal, _)| (deal, false)).map_err(ApiError::from)
+                    }
+                    (None, None) => Err(ApiError::internal("no result for the deal")),
+                }
+            })
+            .collect()
+    }
 }
 
 impl Store {
@@ -105,49 +208,24 @@ impl Store {
         let now = now();
         let keys: Vec<String> = inputs.iter().map(|i| i.idempotency_key.clone()).collect();
         let mut tx = self.pool.begin().await?;
-        let mut known = deals_by_keys(&mut tx, account_id, &keys).await?;
+        let mut batch = CreateBatch {
+            known: deals_by_keys(&mut tx, account_id, &keys).await?,
+            ..CreateBatch::default()
+        };
         let mut plans: HashMap<Uuid, Option<Plan>> = HashMap::new();
-        let mut results: Vec<Option<Result<(Deal, bool), ApiError>>> =
-            Vec::with_capacity(inputs.len());
-        let mut fresh: Vec<Deal> = Vec::new();
-        let mut first_of_key: HashMap<String, usize> = HashMap::new();
         for (index, input) in inputs.into_iter().enumerate() {
-            if let Some(deal) = known.get(&input.idempotency_key) {
-                results.push(Some(Ok((deal.clone(), false))));
+            if batch.answered(&input) {
                 continue;
             }
-            if first_of_key.contains_key(&input.idempotency_key) {
-                // The same key twice in one call: the later one gets the first one's deal.
-                results.push(None);
-                continue;
+            let plan_id = input.plan_id;
+            if let std::collections::hash_map::Entry::Vacant(slot) = plans.entry(plan_id) {
+                slot.insert(find_plan(&mut tx, account_id, plan_id, Lock::Share).await?);
             }
-            if let std::collections::hash_map::Entry::Vacant(slot) = plans.entry(input.plan_id) {
-                slot.insert(
-                    match load_plan(&mut tx, account_id, input.plan_id, Lock::Share).await {
-                        Ok(plan) => Some(plan),
-                        Err(ApiError::NotFound(_)) => None,
-                        Err(err) => return Err(err),
-                    },
-                );
-            }
-            let Some(Some(plan)) = plans.get(&input.plan_id) else {
-                results.push(Some(Err(ApiError::not_found(format!(
-                    "plan {}",
-                    input.plan_id
-                )))));
-                continue;
-            };
-            first_of_key.insert(input.idempotency_key.clone(), index);
-            match input.into_deal(plan, ids::new_id(), now) {
-                Ok(deal) => {
-                    fresh.push(deal);
-                    results.push(None);
-                }
-                Err(err) => results.push(Some(Err(err.into()))),
-            }
+            batch.prepare(index, input, plans[&plan_id].as_ref(), now);
         }
-        let inserted = insert_deals(&mut tx, &fresh).await?;
-        let created: Vec<(Deal, Change)> = fresh
+        let inserted = insert_deals(&mut tx, &batch.fresh).await?;
+        let created: Vec<(Deal, Change)> = batch
+            .fresh
             .iter()
             .filter(|d| inserted.contains(&d.idempotency_key))
             .map(|d| (d.clone(), Change::Created))
@@ -160,41 +238,18 @@ impl Store {
         .await?;
         super::commit(tx).await?;
         // Keys a concurrent call inserted first: their deal, as it stands now.
-        let raced: Vec<String> = fresh
+        let raced: Vec<String> = batch
+            .fresh
             .iter()
             .filter(|d| !inserted.contains(&d.idempotency_key))
             .map(|d| d.idempotency_key.clone())
             .collect();
         if !raced.is_empty() {
             let mut conn = self.pool.acquire().await?;
-            known.extend(deals_by_keys(&mut conn, account_id, &raced).await?);
+            let found = deals_by_keys(&mut conn, account_id, &raced).await?;
+            batch.known.extend(found);
         }
-        for deal in fresh {
-            let index = first_of_key[&deal.idempotency_key];
-            results[index] = Some(if inserted.contains(&deal.idempotency_key) {
-                Ok((deal, true))
-            } else {
-                known
-                    .get(&deal.idempotency_key)
-                    .cloned()
-                    .map(|d| (d, false))
-                    .ok_or_else(|| ApiError::Aborted("concurrent create, retry".into()))
-            });
-        }
-        Ok(keys
-            .iter()
-            .zip(results.iter())
-            .map(|(key, result)| match result {
-                Some(Ok((deal, created))) => Ok((deal.clone(), *created)),
-                Some(Err(err)) => Err(clone_error(err)),
-                // A repeated key: the first occurrence's deal, not created again.
-                None => match first_of_key.get(key).and_then(|i| results[*i].as_ref()) {
-                    Some(Ok((deal, _))) => Ok((deal.clone(), false)),
-                    Some(Err(err)) => Err(clone_error(err)),
-                    None => Err(ApiError::internal("no result for the deal")),
-                },
-            })
-            .collect())
+        Ok(batch.results(&keys, &inserted))
     }
 
     pub async fn deal(&self, account_id: &str, deal_id: Uuid) -> Result<Deal, ApiError> {
@@ -391,22 +446,6 @@ pub async fn lock_deals_in_stage(
     .iter()
     .map(deal_from_row)
     .collect()
-}
-
-/// An error the same as `err`, for results shared by repeated keys.
-fn clone_error(err: &ApiError) -> ApiError {
-    match err {
-        ApiError::InvalidArgument { violations, reason } => ApiError::InvalidArgument {
-            violations: violations.clone(),
-            reason: *reason,
-        },
-        ApiError::NotFound(what) => ApiError::NotFound(what.clone()),
-        ApiError::FailedPrecondition { reason, message } => {
-            ApiError::precondition(*reason, message.clone())
-        }
-        ApiError::Aborted(m) => ApiError::Aborted(m.clone()),
-        other => ApiError::internal(other.to_string()),
-    }
 }
 
 async fn deals_by_keys(

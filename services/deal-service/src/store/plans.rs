@@ -262,57 +262,40 @@ pub async fn load_plan(
     plan_id: Uuid,
     lock: Lock,
 ) -> Result<Plan, ApiError> {
+    find_plan(conn, account_id, plan_id, lock)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("plan {plan_id}")))
+}
+
+/// The plan, if the account has it.
+pub async fn find_plan(
+    conn: &mut PgConnection,
+    account_id: &str,
+    plan_id: Uuid,
+    lock: Lock,
+) -> Result<Option<Plan>, ApiError> {
     let query = match lock {
         Lock::None => PLAN_SELECT,
         Lock::Share => PLAN_SELECT_SHARE,
         Lock::Update => PLAN_SELECT_UPDATE,
     };
-    let row = sqlx::query(query)
+    let Some(row) = sqlx::query(query)
         .bind(account_id)
         .bind(plan_id)
         .fetch_optional(&mut *conn)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("plan {plan_id}")))?;
+    else {
+        return Ok(None);
+    };
     let managers: Vec<String> = sqlx::query_scalar(
         "SELECT manager_id FROM plan_managers WHERE plan_id = $1 ORDER BY position",
     )
     .bind(plan_id)
     .fetch_all(&mut *conn)
     .await?;
-    let stages = sqlx::query(
-        "SELECT id, name, color, kind, position FROM stages WHERE plan_id = $1 ORDER BY position",
-    )
-    .bind(plan_id)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(Stage {
-            id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            color: r.try_get("color")?,
-            kind: StageKind::parse(r.try_get("kind")?).ok_or_else(|| corrupt("stages.kind"))?,
-            position: r.try_get("position")?,
-        })
-    })
-    .collect::<Result<Vec<_>, ApiError>>()?;
-    let loss_reasons = sqlx::query(
-        "SELECT id, name, archived, used FROM loss_reasons WHERE plan_id = $1 ORDER BY archived, position",
-    )
-    .bind(plan_id)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(LossReason {
-            id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            archived: r.try_get("archived")?,
-            used: r.try_get("used")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Plan {
+    let stages = plan_stages(conn, plan_id).await?;
+    let loss_reasons = plan_reasons(conn, plan_id).await?;
+    Ok(Some(Plan {
         id: row.try_get("id")?,
         account_id: row.try_get("account_id")?,
         name: row.try_get("name")?,
@@ -335,7 +318,49 @@ pub async fn load_plan(
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+    }))
+}
+
+async fn plan_stages(conn: &mut PgConnection, plan_id: Uuid) -> Result<Vec<Stage>, ApiError> {
+    sqlx::query(
+        "SELECT id, name, color, kind, position FROM stages WHERE plan_id = $1 ORDER BY position",
+    )
+    .bind(plan_id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(Stage {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            color: r.try_get("color")?,
+            kind: StageKind::parse(r.try_get("kind")?).ok_or_else(|| corrupt("stages.kind"))?,
+            position: r.try_get("position")?,
+        })
     })
+    .collect()
+}
+
+async fn plan_reasons(
+    conn: &mut PgConnection,
+    plan_id: Uuid,
+) -> Result<Vec<LossReason>, sqlx::Error> {
+    sqlx::query(
+        "SELECT id, name, archived, used FROM loss_reasons WHERE plan_id = $1 ORDER BY archived, position",
+    )
+    .bind(plan_id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(LossReason {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            archived: r.try_get("archived")?,
+            used: r.try_get("used")?,
+        })
+    })
+    .collect()
 }
 
 const PLAN_SELECT: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
