@@ -474,6 +474,83 @@ async fn deals_by_keys(
     .collect()
 }
 
+/// Deals as one array per column, for the statements that write many at once.
+struct DealColumns {
+    id: Vec<Uuid>,
+    account_id: Vec<String>,
+    plan_id: Vec<Uuid>,
+    stage_id: Vec<Uuid>,
+    status: Vec<&'static str>,
+    manager_id: Vec<Option<String>>,
+    external_id: Vec<String>,
+    name: Vec<String>,
+    email: Vec<String>,
+    phone: Vec<String>,
+    phone_digits: Vec<String>,
+    title: Vec<String>,
+    amount_minor: Vec<i64>,
+    currency: Vec<String>,
+    loss_reason_id: Vec<Option<Uuid>>,
+    stage_before_close_id: Vec<Option<Uuid>>,
+    idempotency_key: Vec<String>,
+    version: Vec<i64>,
+    created_at: Vec<OffsetDateTime>,
+    updated_at: Vec<OffsetDateTime>,
+    closed_at: Vec<Option<OffsetDateTime>>,
+}
+
+impl DealColumns {
+    fn of<'a>(deals: impl Iterator<Item = &'a Deal>) -> Self {
+        let mut c = Self {
+            id: Vec::new(),
+            account_id: Vec::new(),
+            plan_id: Vec::new(),
+            stage_id: Vec::new(),
+            status: Vec::new(),
+            manager_id: Vec::new(),
+            external_id: Vec::new(),
+            name: Vec::new(),
+            email: Vec::new(),
+            phone: Vec::new(),
+            phone_digits: Vec::new(),
+            title: Vec::new(),
+            amount_minor: Vec::new(),
+            currency: Vec::new(),
+            loss_reason_id: Vec::new(),
+            stage_before_close_id: Vec::new(),
+            idempotency_key: Vec::new(),
+            version: Vec::new(),
+            created_at: Vec::new(),
+            updated_at: Vec::new(),
+            closed_at: Vec::new(),
+        };
+        for d in deals {
+            c.id.push(d.id);
+            c.account_id.push(d.account_id.clone());
+            c.plan_id.push(d.plan_id);
+            c.stage_id.push(d.stage_id);
+            c.status.push(d.status.as_str());
+            c.manager_id.push(d.manager_id.clone());
+            c.external_id.push(d.contact.external_id.clone());
+            c.name.push(d.contact.name.clone());
+            c.email.push(d.contact.email.clone());
+            c.phone.push(d.contact.phone.clone());
+            c.phone_digits.push(d.contact.phone_digits());
+            c.title.push(d.title.clone());
+            c.amount_minor.push(d.amount.amount_minor);
+            c.currency.push(d.amount.currency.clone());
+            c.loss_reason_id.push(d.loss_reason_id);
+            c.stage_before_close_id.push(d.stage_before_close_id);
+            c.idempotency_key.push(d.idempotency_key.clone());
+            c.version.push(d.version);
+            c.created_at.push(d.created_at);
+            c.updated_at.push(d.updated_at);
+            c.closed_at.push(d.closed_at);
+        }
+        c
+    }
+}
+
 /// Inserts the deals in one statement; returns the idempotency keys actually inserted (a
 /// key another transaction inserted first is skipped).
 async fn insert_deals(
@@ -483,6 +560,7 @@ async fn insert_deals(
     if deals.is_empty() {
         return Ok(Default::default());
     }
+    let c = DealColumns::of(deals.iter());
     sqlx::query_scalar(
         "INSERT INTO deals (id, account_id, plan_id, stage_id, status, manager_id,
             contact_external_id, contact_name, contact_email, contact_phone, contact_phone_digits,
@@ -495,27 +573,27 @@ async fn insert_deals(
          ON CONFLICT (account_id, idempotency_key) DO NOTHING
          RETURNING idempotency_key",
     )
-    .bind(deals.iter().map(|d| d.id).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.account_id.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.plan_id).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.stage_id).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.status.as_str()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.manager_id.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.contact.external_id.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.contact.name.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.contact.email.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.contact.phone.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.contact.phone_digits()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.title.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.amount.amount_minor).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.amount.currency.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.loss_reason_id).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.stage_before_close_id).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.idempotency_key.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.version).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.created_at).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.updated_at).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.closed_at).collect::<Vec<_>>())
+    .bind(c.id)
+    .bind(c.account_id)
+    .bind(c.plan_id)
+    .bind(c.stage_id)
+    .bind(c.status)
+    .bind(c.manager_id)
+    .bind(c.external_id)
+    .bind(c.name)
+    .bind(c.email)
+    .bind(c.phone)
+    .bind(c.phone_digits)
+    .bind(c.title)
+    .bind(c.amount_minor)
+    .bind(c.currency)
+    .bind(c.loss_reason_id)
+    .bind(c.stage_before_close_id)
+    .bind(c.idempotency_key)
+    .bind(c.version)
+    .bind(c.created_at)
+    .bind(c.updated_at)
+    .bind(c.closed_at)
     .fetch_all(&mut **tx)
     .await
     .map(|keys: Vec<String>| keys.into_iter().collect())
@@ -529,7 +607,7 @@ pub async fn update_deals(
     if changes.is_empty() {
         return Ok(());
     }
-    let deals: Vec<&Deal> = changes.iter().map(|(d, _)| d).collect();
+    let c = DealColumns::of(changes.iter().map(|(d, _)| d));
     key_lookups_only(tx).await?;
     sqlx::query(
         "UPDATE deals SET stage_id = x.stage_id, status = x.status, manager_id = x.manager_id,
@@ -545,23 +623,23 @@ pub async fn update_deals(
                  currency, reason, before, version, updated, closed)
          WHERE deals.id = x.id",
     )
-    .bind(deals.iter().map(|d| d.id).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.stage_id).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.status.as_str()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.manager_id.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.contact.external_id.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.contact.name.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.contact.email.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.contact.phone.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.contact.phone_digits()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.title.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.amount.amount_minor).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.amount.currency.clone()).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.loss_reason_id).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.stage_before_close_id).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.version).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.updated_at).collect::<Vec<_>>())
-    .bind(deals.iter().map(|d| d.closed_at).collect::<Vec<_>>())
+    .bind(c.id)
+    .bind(c.stage_id)
+    .bind(c.status)
+    .bind(c.manager_id)
+    .bind(c.external_id)
+    .bind(c.name)
+    .bind(c.email)
+    .bind(c.phone)
+    .bind(c.phone_digits)
+    .bind(c.title)
+    .bind(c.amount_minor)
+    .bind(c.currency)
+    .bind(c.loss_reason_id)
+    .bind(c.stage_before_close_id)
+    .bind(c.version)
+    .bind(c.updated_at)
+    .bind(c.closed_at)
     .execute(&mut **tx)
     .await?;
     Ok(())
