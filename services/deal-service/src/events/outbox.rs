@@ -255,24 +255,8 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
     if !locked {
         return Ok(Relayed::default());
     }
-    // Up to BATCH rows and about BATCH_BYTES (always the first row): plan events can be
-    // large, and one pass holds its rows in memory.
     let horizon = running_horizon(&mut tx).await?;
-    // The count of visible rows comes from the statement's own snapshot: exactly what it
-    // read.
-    let rows = sqlx::query(
-        "SELECT o.id, o.subject, o.message_id, o.payload, o.headers, o.xid,
-            (SELECT count(*) FROM outbox) AS visible
-         FROM outbox o JOIN (
-            SELECT id, sum(octet_length(payload)) OVER (ORDER BY id) - octet_length(payload) AS before
-            FROM outbox ORDER BY id LIMIT $1
-         ) k ON k.id = o.id
-         WHERE k.before < $2 ORDER BY o.id",
-    )
-    .bind(BATCH)
-    .bind(BATCH_BYTES)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = read_batch(&mut tx).await?;
     let Some(first) = rows.first() else {
         // Nothing to publish: everything below the horizon is in the streams already.
         return Ok(Relayed {
@@ -281,36 +265,12 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
         });
     };
     let drained = first.try_get::<i64, _>("visible")? == rows.len() as i64;
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut accounts = Vec::with_capacity(rows.len());
-    let mut messages = Vec::with_capacity(rows.len());
-    let mut newest_xid = 0;
-    for row in &rows {
-        ids.push(row.try_get::<i64, _>("id")?);
-        newest_xid = newest_xid.max(row.try_get::<i64, _>("xid")?);
-        let mut message = Outgoing::new(
-            row.try_get("subject")?,
-            row.try_get::<String, _>("message_id")?,
-            row.try_get::<Vec<u8>, _>("payload")?,
-        );
-        let headers: sqlx::types::Json<HashMap<String, String>> = row.try_get("headers")?;
-        // The relay's own span, child of the change that wrote the event; the event then
-        // carries the relay span as its parent.
-        let span = tracing::info_span!("outbox.relay", otel.name = "outbox.relay", subject = %message.subject);
-        telemetry::set_parent(&span, telemetry::extract_from_pairs(&headers.0));
-        span.in_scope(|| telemetry::inject_into_nats(&mut message.headers));
-        accounts.push(
-            streams::account_of(&message.subject)
-                .unwrap_or_default()
-                .to_owned(),
-        );
-        messages.push(message);
-    }
+    let batch = Batch::of(&rows)?;
     let mut pass = Relayed::default();
-    let mut done = Vec::with_capacity(ids.len());
+    let mut done = Vec::with_capacity(batch.ids.len());
     let mut parked: Vec<Parked> = Vec::new();
-    let results = bus.publish_each(messages).await;
-    for ((id, account_id), result) in ids.into_iter().zip(accounts).zip(results) {
+    let results = bus.publish_each(batch.messages).await;
+    for ((id, account_id), result) in batch.ids.into_iter().zip(batch.accounts).zip(results) {
         match result {
             Ok(_) => done.push(id),
             Err(err) if err.is_refused() => {
@@ -338,9 +298,69 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
     tx.commit().await?;
     pass.parked = parked.len();
     pass.published = done.len() - pass.parked;
-    pass.newest_xid = newest_xid;
+    pass.newest_xid = batch.newest_xid;
     pass.horizon = (drained && pass.failed.is_none()).then_some(horizon);
     Ok(pass)
+}
+
+/// The committed rows of the next pass in id order: up to [`BATCH`] rows and about
+/// [`BATCH_BYTES`] (always the first row: plan events can be large, and one pass holds its
+/// rows in memory), each with the count of rows visible, from the statement's own
+/// snapshot: exactly what it read.
+async fn read_batch(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    sqlx::query(
+        "SELECT o.id, o.subject, o.message_id, o.payload, o.headers, o.xid,
+            (SELECT count(*) FROM outbox) AS visible
+         FROM outbox o JOIN (
+            SELECT id, sum(octet_length(payload)) OVER (ORDER BY id) - octet_length(payload) AS before
+            FROM outbox ORDER BY id LIMIT $1
+         ) k ON k.id = o.id
+         WHERE k.before < $2 ORDER BY o.id",
+    )
+    .bind(BATCH)
+    .bind(BATCH_BYTES)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// A pass's rows as messages, with their ids, accounts and the newest writing transaction.
+struct Batch {
+    ids: Vec<i64>,
+    accounts: Vec<String>,
+    messages: Vec<Outgoing>,
+    newest_xid: i64,
+}
+
+impl Batch {
+    fn of(rows: &[sqlx::postgres::PgRow]) -> Result<Self, sqlx::Error> {
+        let mut batch = Batch {
+            ids: Vec::with_capacity(rows.len()),
+            accounts: Vec::with_capacity(rows.len()),
+            messages: Vec::with_capacity(rows.len()),
+            newest_xid: 0,
+        };
+        for row in rows {
+            batch.ids.push(row.try_get::<i64, _>("id")?);
+            batch.newest_xid = batch.newest_xid.max(row.try_get::<i64, _>("xid")?);
+            let mut message = Outgoing::new(
+                row.try_get("subject")?,
+                row.try_get::<String, _>("message_id")?,
+                row.try_get::<Vec<u8>, _>("payload")?,
+            );
+            let headers: sqlx::types::Json<HashMap<String, String>> = row.try_get("headers")?;
+            // The relay's own span, child of the change that wrote the event; the event
+            // then carries the relay span as its parent.
+            let span = tracing::info_span!("outbox.relay", otel.name = "outbox.relay", subject = %message.subject);
+            telemetry::set_parent(&span, telemetry::extract_from_pairs(&headers.0));
+            span.in_scope(|| telemetry::inject_into_nats(&mut message.headers));
+            let account = streams::account_of(&message.subject).unwrap_or_default();
+            batch.accounts.push(account.to_owned());
+            batch.messages.push(message);
+        }
+        Ok(batch)
+    }
 }
 
 /// The oldest transaction of deal-service (its database and role) running now, as a
