@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::{
-    period::{Period, Scope, whole_days},
+    period::{Period, Scope, split},
     report::{Cell, Closed},
 };
 
@@ -51,83 +51,98 @@ pub async fn closed_cells(
     period: Period,
     scope: &Scope,
 ) -> Result<Vec<Cell>, sqlx::Error> {
-    let mut cells = Vec::new();
     if period == Period::default() {
-        let mut qb = QueryBuilder::new(
-            "SELECT plan_id, manager_id, status, reason_id, sum(deals)::bigint AS deals
-             FROM closed_totals WHERE account_id = ",
-        );
-        qb.push_bind(account_id.to_owned());
-        push_scope(&mut qb, scope, "manager_id");
-        qb.push(" GROUP BY plan_id, manager_id, status, reason_id");
-        for row in qb.build().fetch_all(pool).await? {
-            cells.push(cell_of(&row)?);
-        }
-        return Ok(cells);
+        return all_time_cells(pool, account_id, scope).await;
     }
-    let (first, end) = whole_days(period);
-    let has_whole_days = match (first, end) {
-        (Some(f), Some(e)) => f < e,
-        _ => true,
+    let split = split(period);
+    let mut cells = match split.whole_days {
+        Some((first, end)) => daily_cells(pool, account_id, (first, end), scope).await?,
+        None => Vec::new(),
     };
-    // Edges: [from, first whole day) and [end day, to), or all of [from, to) when the
-    // period holds no whole day.
-    let edges: Vec<(Option<OffsetDateTime>, Option<OffsetDateTime>)> = if has_whole_days {
-        let mut edges = Vec::new();
-        if let (Some(from), Some(first)) = (period.from, first)
-            && from < first
-        {
-            edges.push((Some(from), Some(first)));
-        }
-        if let (Some(end), Some(to)) = (end, period.to)
-            && end < to
-        {
-            edges.push((Some(end), Some(to)));
-        }
-        edges
-    } else {
-        vec![(period.from, period.to)]
-    };
-    if has_whole_days {
-        let mut qb = QueryBuilder::new(
-            "SELECT plan_id, manager_id, status, reason_id, sum(deals)::bigint AS deals
-             FROM closed_daily WHERE account_id = ",
-        );
-        qb.push_bind(account_id.to_owned());
-        if let Some(first) = first {
-            qb.push(" AND day >= ").push_bind(first.date());
-        }
-        if let Some(end) = end {
-            qb.push(" AND day < ").push_bind(end.date());
-        }
-        push_scope(&mut qb, scope, "manager_id");
-        qb.push(" GROUP BY plan_id, manager_id, status, reason_id");
-        for row in qb.build().fetch_all(pool).await? {
-            cells.push(cell_of(&row)?);
-        }
-    }
-    for (from, to) in edges {
-        let mut qb = QueryBuilder::new(
-            "SELECT plan_id, coalesce(manager_id, '') AS manager_id, status,
-                CASE WHEN status = 'lost' THEN coalesce(loss_reason_id, '00000000-0000-0000-0000-000000000000'::uuid)
-                     ELSE '00000000-0000-0000-0000-000000000000'::uuid END AS reason_id,
-                count(*)::bigint AS deals
-             FROM deals WHERE status IN ('won', 'lost') AND account_id = ",
-        );
-        qb.push_bind(account_id.to_owned());
-        if let Some(from) = from {
-            qb.push(" AND closed_at >= ").push_bind(from);
-        }
-        if let Some(to) = to {
-            qb.push(" AND closed_at < ").push_bind(to);
-        }
-        push_scope(&mut qb, scope, "coalesce(manager_id, '')");
-        qb.push(" GROUP BY 1, 2, 3, 4");
-        for row in qb.build().fetch_all(pool).await? {
-            cells.push(cell_of(&row)?);
-        }
+    for (from, to) in split.edges {
+        cells.extend(counted_cells(pool, account_id, (from, to), scope).await?);
     }
     Ok(cells)
+}
+
+/// Cells of the kept all-time totals.
+async fn all_time_cells(
+    pool: &PgPool,
+    account_id: &str,
+    scope: &Scope,
+) -> Result<Vec<Cell>, sqlx::Error> {
+    let mut qb = QueryBuilder::new(
+        "SELECT plan_id, manager_id, status, reason_id, sum(deals)::bigint AS deals
+         FROM closed_totals WHERE account_id = ",
+    );
+    qb.push_bind(account_id.to_owned());
+    push_scope(&mut qb, scope, "manager_id");
+    qb.push(" GROUP BY plan_id, manager_id, status, reason_id");
+    qb.build()
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(cell_of)
+        .collect()
+}
+
+/// Cells of the kept daily totals of the whole days [first, end).
+async fn daily_cells(
+    pool: &PgPool,
+    account_id: &str,
+    (first, end): (Option<OffsetDateTime>, Option<OffsetDateTime>),
+    scope: &Scope,
+) -> Result<Vec<Cell>, sqlx::Error> {
+    let mut qb = QueryBuilder::new(
+        "SELECT plan_id, manager_id, status, reason_id, sum(deals)::bigint AS deals
+         FROM closed_daily WHERE account_id = ",
+    );
+    qb.push_bind(account_id.to_owned());
+    if let Some(first) = first {
+        qb.push(" AND day >= ").push_bind(first.date());
+    }
+    if let Some(end) = end {
+        qb.push(" AND day < ").push_bind(end.date());
+    }
+    push_scope(&mut qb, scope, "manager_id");
+    qb.push(" GROUP BY plan_id, manager_id, status, reason_id");
+    qb.build()
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(cell_of)
+        .collect()
+}
+
+/// Cells counted from the deals closed in [from, to) (a period's partial days).
+async fn counted_cells(
+    pool: &PgPool,
+    account_id: &str,
+    (from, to): (Option<OffsetDateTime>, Option<OffsetDateTime>),
+    scope: &Scope,
+) -> Result<Vec<Cell>, sqlx::Error> {
+    let mut qb = QueryBuilder::new(
+        "SELECT plan_id, coalesce(manager_id, '') AS manager_id, status,
+            CASE WHEN status = 'lost' THEN coalesce(loss_reason_id, '00000000-0000-0000-0000-000000000000'::uuid)
+                 ELSE '00000000-0000-0000-0000-000000000000'::uuid END AS reason_id,
+            count(*)::bigint AS deals
+         FROM deals WHERE status IN ('won', 'lost') AND account_id = ",
+    );
+    qb.push_bind(account_id.to_owned());
+    if let Some(from) = from {
+        qb.push(" AND closed_at >= ").push_bind(from);
+    }
+    if let Some(to) = to {
+        qb.push(" AND closed_at < ").push_bind(to);
+    }
+    push_scope(&mut qb, scope, "coalesce(manager_id, '')");
+    qb.push(" GROUP BY 1, 2, 3, 4");
+    qb.build()
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(cell_of)
+        .collect()
 }
 
 pub async fn plan_names(
