@@ -647,12 +647,29 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
         "leads lost or doubled:\n{figures}"
     );
 
-    // Assigned by the rules: round robin exactly even, everyone a member.
+    check_assignments(&pool, &turns.id, &members).await?;
+    check_read_models(&pool, &pg.url(), &nats_url, figures.deals).await?;
+    check_nothing_stuck(&nats_url).await?;
+
+    for service in &mut services {
+        service.kill().await?;
+    }
+    nats.kill().await?;
+    Ok(figures)
+}
+
+/// Assigned by the rules: round robin exactly even in the `turns_plan`, every deal of a
+/// member, none left unassigned; kept counts and references consistent.
+async fn check_assignments(
+    pool: &sqlx::PgPool,
+    turns_plan: &str,
+    members: &[&str],
+) -> anyhow::Result<()> {
     let per_manager: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
         "SELECT manager_id, count(*) FROM deal_service.deals WHERE plan_id = $1 GROUP BY 1",
     )
-    .bind(uuid::Uuid::parse_str(&turns.id)?)
-    .fetch_all(&pool)
+    .bind(uuid::Uuid::parse_str(turns_plan)?)
+    .fetch_all(pool)
     .await?
     .into_iter()
     .collect();
@@ -670,46 +687,55 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
     );
     let unassigned: i64 =
         sqlx::query_scalar("SELECT count(*) FROM deal_service.deals WHERE manager_id IS NULL")
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
     anyhow::ensure!(unassigned == 0, "{unassigned} AUTO deals without a manager");
 
-    let drift = crate::postgres::kept_counts_drift(&pool).await?;
+    let drift = crate::postgres::kept_counts_drift(pool).await?;
     anyhow::ensure!(
         drift.is_empty(),
         "the board's kept counts disagree with the deals: {drift:?}"
     );
-    let dangling = crate::postgres::dangling_references(&pool).await?;
+    let dangling = crate::postgres::dangling_references(pool).await?;
     anyhow::ensure!(
         dangling == (0, 0),
         "deals outside their plan's stages, history of no deal: {dangling:?}"
     );
+    Ok(())
+}
 
-    // The distributor's counts and reporting's read model agree with the deals.
+/// The distributor's counts and reporting's read model agree with the `deals` made, and
+/// `reporting verify` finds no difference.
+async fn check_read_models(
+    pool: &sqlx::PgPool,
+    database_url: &str,
+    nats_url: &str,
+    deals: usize,
+) -> anyhow::Result<()> {
     let settled = Instant::now() + Duration::from_secs(60);
     loop {
         let kept: Vec<(uuid::Uuid, String, i64)> = sqlx::query_as("SELECT plan_id, manager_id, open FROM distributor.open_deals WHERE open <> 0 ORDER BY 1, 2")
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await?;
         let recount: Vec<(uuid::Uuid, String, i64)> = sqlx::query_as(
             "SELECT plan_id, manager_id, count(*) FROM deal_service.deals WHERE status = 'open' AND manager_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
         )
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await?;
         let reported: i64 =
             sqlx::query_scalar("SELECT count(*) FROM reporting.deals WHERE version > 0")
-                .fetch_one(&pool)
+                .fetch_one(pool)
                 .await?;
-        if kept == recount && reported as usize == figures.deals {
+        if kept == recount && reported as usize == deals {
             break;
         }
         if Instant::now() >= settled {
-            let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await?);
+            let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
             let outbox: (i64, i64) = sqlx::query_as(
                 "SELECT (SELECT count(*) FROM deal_service.outbox),
                         (SELECT count(*) FROM deal_service.outbox_parked)",
             )
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
             bail!(
                 "distributor counts {kept:?} or reporting's {reported} deals never matched {recount:?}\n\
@@ -723,8 +749,8 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
     }
     let verify = Command::new(sibling_binary("reporting")?)
         .arg("verify")
-        .env("DATABASE_URL", pg.url())
-        .env("NATS_URL", &nats_url)
+        .env("DATABASE_URL", database_url)
+        .env("NATS_URL", nats_url)
         .output()
         .await?;
     anyhow::ensure!(
@@ -732,9 +758,12 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
         "reporting verify: {}",
         String::from_utf8_lossy(&verify.stdout)
     );
+    Ok(())
+}
 
-    // No message stuck unacked.
-    let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await?);
+/// No message stuck unacked, nothing left in the bulk lane, no dead letter.
+async fn check_nothing_stuck(nats_url: &str) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
     for (stream, consumer) in [
         ("SALESPLAN_INTAKE", "distributor-intake"),
         ("SALESPLAN_DEALS", "distributor-deals"),
@@ -779,10 +808,5 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
         .state
         .messages;
     anyhow::ensure!(dead == 0, "{dead} dead letters");
-
-    for service in &mut services {
-        service.kill().await?;
-    }
-    nats.kill().await?;
-    Ok(figures)
+    Ok(())
 }
