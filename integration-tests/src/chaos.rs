@@ -414,25 +414,7 @@ fn log_tails(dir: &std::path::Path, lines: usize) -> String {
 
 async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result<Figures> {
     let pg = Postgres::start_new().await?;
-    let nats_port = free_port()?;
-    let nats_store = logs.path().join("jetstream");
-    let mut nats = Proc {
-        name: "nats-server".into(),
-        program: crate::nats::TestNats::binary().into(),
-        args: vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            nats_port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            nats_store.display().to_string(),
-        ],
-        env: vec![],
-        port: nats_port,
-        child: None,
-        log: logs.path().join("nats.log"),
-    };
+    let (mut nats, nats_port) = nats_proc(logs)?;
     nats.start().await?;
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
 
@@ -488,127 +470,23 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
     let webhook = format!("http://127.0.0.1:{http}/v1/tunnel-actions/add-to-sales-plan");
 
     // Leads: eight senders, each retrying its lead until it is accepted.
-    let senders = {
-        let (figures, accepted, webhook, funnel, turns_id) = (
-            figures.clone(),
-            accepted.clone(),
-            webhook.clone(),
-            funnel.clone(),
-            turns.id.clone(),
-        );
-        let leads = config.leads;
-        tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?;
-            futures::stream::iter(0..leads)
-                .map(|i| {
-                    let (http, figures, accepted, webhook, funnel, plan) = (http.clone(), figures.clone(), accepted.clone(), webhook.clone(), funnel.clone(), turns_id.clone());
-                    async move {
-                        let body = serde_json::json!({"plan_id": plan, "block_id": "b", "run_id": format!("run-{i}"), "contact": {"external_id": format!("c-{i}")}});
-                        let deliveries = if i % 3 == 0 { 2 } else { 1 };
-                        for _ in 0..deliveries {
-                            loop {
-                                let sent = http.post(&webhook).bearer_auth(&funnel).json(&body).send().await;
-                                match sent {
-                                    Ok(r) if r.status() == 202 => {
-                                        let reply: serde_json::Value = r.json().await?;
-                                        let id = reply["intake_id"].as_str().unwrap_or_default().to_owned();
-                                        accepted.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
-                                        break;
-                                    }
-                                    Ok(r) if r.status().is_client_error() && r.status() != 429 => {
-                                        bail!("lead {i} refused: {} {}", r.status(), r.text().await.unwrap_or_default())
-                                    }
-                                    _ => {
-                                        figures.lock().unwrap_or_else(|e| e.into_inner()).webhook_retries += 1;
-                                        tokio::time::sleep(Duration::from_millis(100)).await;
-                                    }
-                                }
-                            }
-                        }
-                        anyhow::Ok(())
-                    }
-                })
-                .buffer_unordered(8)
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<anyhow::Result<Vec<()>>>()?;
-            anyhow::Ok(())
-        })
-    };
+    let senders = spawn_senders(
+        config.leads,
+        webhook.clone(),
+        funnel.clone(),
+        turns.id.clone(),
+        (figures.clone(), accepted.clone()),
+    );
     // A bulk add, retried whole until every chunk is answered (its job id makes that safe).
-    let bulk = {
-        let (accepted, funnel, plan, n) = (
-            accepted.clone(),
-            funnel.clone(),
-            fewest.id.clone(),
-            config.bulk,
-        );
-        tokio::spawn(async move {
-            loop {
-                let attempt = async {
-                    let channel = tonic::transport::Endpoint::from_shared(format!(
-                        "http://127.0.0.1:{listener_grpc}"
-                    ))?
-                    .connect()
-                    .await?;
-                    let chunks = audience_chunks(&plan, "chaos-bulk", n, 500, |i| format!("b-{i}"));
-                    let mut stream = IntakeServiceClient::new(channel)
-                        .add_audience(outgoing(futures::stream::iter(chunks), &funnel))
-                        .await?
-                        .into_inner();
-                    let mut ids = Vec::new();
-                    while let Some(reply) = stream.next().await {
-                        ids.extend(reply?.results.into_iter().map(|r| r.intake_id));
-                    }
-                    anyhow::ensure!(ids.len() == n, "bulk answered {} of {n}", ids.len());
-                    anyhow::Ok(ids)
-                };
-                match attempt.await {
-                    Ok(ids) => {
-                        accepted
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .extend(ids);
-                        return anyhow::Ok(());
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        })
-    };
+    let bulk = spawn_bulk(
+        listener_grpc,
+        funnel.clone(),
+        fewest.id.clone(),
+        config.bulk,
+        accepted.clone(),
+    );
 
-    // Faults, while the leads stream in.
-    for _ in 0..config.rounds {
-        for service in &mut services {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            service.kill().await?;
-            let took = service.start().await?;
-            let mut f = figures.lock().unwrap_or_else(|e| e.into_inner());
-            f.kills += 1;
-            f.restarts.push((service.name.clone(), took));
-        }
-    }
-    // A broker restart, as in a rolling upgrade: SIGKILL of a single nats-server 2.9 can
-    // lose its last acknowledged writes (docs/reliability.md, known limits).
-    if config.restart_broker {
-        nats.stop(Duration::from_secs(30)).await?;
-        let took = nats.start().await?;
-        figures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .restarts
-            .push(("nats-server".into(), took));
-    }
-    let started = Instant::now();
-    pg.restart().await?;
-    figures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .restarts
-        .push(("postgresql".into(), started.elapsed()));
+    inject_faults(&config, &mut services, &mut nats, &pg, &figures).await?;
 
     senders.await??;
     bulk.await??;
@@ -616,37 +494,11 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
     // Everything accepted becomes exactly one deal.
     let accepted: HashSet<String> = accepted.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let pool = sqlx::PgPool::connect(&pg.url()).await?;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let keys: Vec<String> = loop {
-        let keys: Vec<String> = sqlx::query_scalar(
-            "SELECT idempotency_key FROM deal_service.deals WHERE account_id = 'chaos'",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap_or_default();
-        if keys.len() >= accepted.len() || Instant::now() > deadline {
-            break keys;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let distinct: HashSet<String> = keys.iter().cloned().collect();
-    {
-        let mut f = figures.lock().unwrap_or_else(|e| e.into_inner());
-        f.leads_sent = config.leads + config.bulk;
-        f.accepted = accepted.len();
-        f.deals = keys.len();
-        f.duplicates = keys.len() - distinct.len();
-        f.lost = accepted.difference(&distinct).count();
-    }
     let figures = Arc::try_unwrap(figures)
         .map_err(|_| anyhow::anyhow!("figures still shared"))?
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
-    anyhow::ensure!(
-        figures.lost == 0 && figures.duplicates == 0 && distinct == accepted,
-        "leads lost or doubled:\n{figures}"
-    );
-
+    let figures = check_exactly_once(&pool, &accepted, figures, config.leads + config.bulk).await?;
     check_assignments(&pool, &turns.id, &members).await?;
     check_read_models(&pool, &pg.url(), &nats_url, figures.deals).await?;
     check_nothing_stuck(&nats_url).await?;
@@ -809,4 +661,200 @@ async fn check_nothing_stuck(nats_url: &str) -> anyhow::Result<()> {
         .messages;
     anyhow::ensure!(dead == 0, "{dead} dead letters");
     Ok(())
+}
+
+/// The test's nats-server (JetStream in `logs`), not started yet, and its port.
+fn nats_proc(logs: &tempfile::TempDir) -> anyhow::Result<(Proc, u16)> {
+    let nats_port = free_port()?;
+    let nats_store = logs.path().join("jetstream");
+    let nats = Proc {
+        name: "nats-server".into(),
+        program: crate::nats::TestNats::binary().into(),
+        args: vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            nats_port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            nats_store.display().to_string(),
+        ],
+        env: vec![],
+        port: nats_port,
+        child: None,
+        log: logs.path().join("nats.log"),
+    };
+    Ok((nats, nats_port))
+}
+
+/// Figures and the intake ids accepted so far, shared with the tasks sending leads.
+type Shared = (Arc<Mutex<Figures>>, Arc<Mutex<HashSet<String>>>);
+
+/// Sends `leads` webhook leads to `turns_id`, eight at a time, each retried until it is
+/// accepted (every third one sent twice, as a funnel retries).
+fn spawn_senders(
+    leads: usize,
+    webhook: String,
+    funnel: String,
+    turns_id: String,
+    (figures, accepted): Shared,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        futures::stream::iter(0..leads)
+            .map(|i| {
+                let (http, figures, accepted, webhook, funnel, plan) = (http.clone(), figures.clone(), accepted.clone(), webhook.clone(), funnel.clone(), turns_id.clone());
+                async move {
+                    let body = serde_json::json!({"plan_id": plan, "block_id": "b", "run_id": format!("run-{i}"), "contact": {"external_id": format!("c-{i}")}});
+                    let deliveries = if i % 3 == 0 { 2 } else { 1 };
+                    for _ in 0..deliveries {
+                        loop {
+                            let sent = http.post(&webhook).bearer_auth(&funnel).json(&body).send().await;
+                            match sent {
+                                Ok(r) if r.status() == 202 => {
+                                    let reply: serde_json::Value = r.json().await?;
+                                    let id = reply["intake_id"].as_str().unwrap_or_default().to_owned();
+                                    accepted.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+                                    break;
+                                }
+                                Ok(r) if r.status().is_client_error() && r.status() != 429 => {
+                                    bail!("lead {i} refused: {} {}", r.status(), r.text().await.unwrap_or_default())
+                                }
+                                _ => {
+                                    figures.lock().unwrap_or_else(|e| e.into_inner()).webhook_retries += 1;
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                            }
+                        }
+                    }
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<Vec<()>>>()?;
+        anyhow::Ok(())
+    })
+}
+
+/// Adds `n` contacts to `plan` in one bulk add, retried whole until every chunk is
+/// answered.
+fn spawn_bulk(
+    listener_grpc: u16,
+    funnel: String,
+    plan: String,
+    n: usize,
+    accepted: Arc<Mutex<HashSet<String>>>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        loop {
+            let attempt = async {
+                let channel = tonic::transport::Endpoint::from_shared(format!(
+                    "http://127.0.0.1:{listener_grpc}"
+                ))?
+                .connect()
+                .await?;
+                let chunks = audience_chunks(&plan, "chaos-bulk", n, 500, |i| format!("b-{i}"));
+                let mut stream = IntakeServiceClient::new(channel)
+                    .add_audience(outgoing(futures::stream::iter(chunks), &funnel))
+                    .await?
+                    .into_inner();
+                let mut ids = Vec::new();
+                while let Some(reply) = stream.next().await {
+                    ids.extend(reply?.results.into_iter().map(|r| r.intake_id));
+                }
+                anyhow::ensure!(ids.len() == n, "bulk answered {} of {n}", ids.len());
+                anyhow::Ok(ids)
+            };
+            match attempt.await {
+                Ok(ids) => {
+                    accepted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(ids);
+                    return anyhow::Ok(());
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+}
+
+/// Kills and restarts every service, `config.rounds` times, then the broker (if asked)
+/// and PostgreSQL, while the leads stream in.
+async fn inject_faults(
+    config: &ChaosConfig,
+    services: &mut [Proc],
+    nats: &mut Proc,
+    pg: &Postgres,
+    figures: &Arc<Mutex<Figures>>,
+) -> anyhow::Result<()> {
+    // Faults, while the leads stream in.
+    for _ in 0..config.rounds {
+        for service in services.iter_mut() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            service.kill().await?;
+            let took = service.start().await?;
+            let mut f = figures.lock().unwrap_or_else(|e| e.into_inner());
+            f.kills += 1;
+            f.restarts.push((service.name.clone(), took));
+        }
+    }
+    // A broker restart, as in a rolling upgrade: SIGKILL of a single nats-server 2.9 can
+    // lose its last acknowledged writes (docs/reliability.md, known limits).
+    if config.restart_broker {
+        nats.stop(Duration::from_secs(30)).await?;
+        let took = nats.start().await?;
+        figures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restarts
+            .push(("nats-server".into(), took));
+    }
+    let started = Instant::now();
+    pg.restart().await?;
+    figures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .restarts
+        .push(("postgresql".into(), started.elapsed()));
+    Ok(())
+}
+
+/// Every accepted lead is exactly one deal (waiting up to 3 minutes for the last ones):
+/// the figures of what was sent, accepted, made, doubled and lost.
+async fn check_exactly_once(
+    pool: &sqlx::PgPool,
+    accepted: &HashSet<String>,
+    mut figures: Figures,
+    sent: usize,
+) -> anyhow::Result<Figures> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let keys: Vec<String> = loop {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT idempotency_key FROM deal_service.deals WHERE account_id = 'chaos'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        if keys.len() >= accepted.len() || Instant::now() > deadline {
+            break keys;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let distinct: HashSet<String> = keys.iter().cloned().collect();
+    figures.leads_sent = sent;
+    figures.accepted = accepted.len();
+    figures.deals = keys.len();
+    figures.duplicates = keys.len() - distinct.len();
+    figures.lost = accepted.difference(&distinct).count();
+    anyhow::ensure!(
+        figures.lost == 0 && figures.duplicates == 0 && distinct == *accepted,
+        "leads lost or doubled:\n{figures}"
+    );
+    Ok(figures)
 }
