@@ -78,26 +78,30 @@ pub enum Command {
     Outbox(Outbox),
 }
 
+/// A plan to create.
+#[derive(clap::Args)]
+pub struct NewPlan {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub label: String,
+    /// Average deal amount in minor units.
+    #[arg(long, default_value_t = 0)]
+    pub amount: i64,
+    #[arg(long, default_value = "USD")]
+    pub currency: String,
+    /// manual, random, round-robin or least-open.
+    #[arg(long, default_value = "round-robin")]
+    pub distribution: String,
+    #[arg(long)]
+    pub prefer_related: bool,
+    #[arg(long = "manager")]
+    pub managers: Vec<String>,
+}
+
 #[derive(Subcommand)]
 pub enum Plans {
-    Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        label: String,
-        /// Average deal amount in minor units.
-        #[arg(long, default_value_t = 0)]
-        amount: i64,
-        #[arg(long, default_value = "USD")]
-        currency: String,
-        /// manual, random, round-robin or least-open.
-        #[arg(long, default_value = "round-robin")]
-        distribution: String,
-        #[arg(long)]
-        prefer_related: bool,
-        #[arg(long = "manager")]
-        managers: Vec<String>,
-    },
+    Create(NewPlan),
     List {
         #[arg(long)]
         archived: bool,
@@ -158,27 +162,31 @@ pub struct Filter {
     pub search: Option<String>,
 }
 
+/// A deal to create by hand.
+#[derive(clap::Args)]
+pub struct NewDeal {
+    #[arg(long)]
+    pub plan: String,
+    #[arg(long)]
+    pub title: Option<String>,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub email: Option<String>,
+    #[arg(long)]
+    pub phone: Option<String>,
+    #[arg(long)]
+    pub external_id: Option<String>,
+    #[arg(long)]
+    pub manager: Option<String>,
+    /// Default: a new random key.
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub enum Deals {
-    Create {
-        #[arg(long)]
-        plan: String,
-        #[arg(long)]
-        title: Option<String>,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        email: Option<String>,
-        #[arg(long)]
-        phone: Option<String>,
-        #[arg(long)]
-        external_id: Option<String>,
-        #[arg(long)]
-        manager: Option<String>,
-        /// Default: a new random key.
-        #[arg(long)]
-        key: Option<String>,
-    },
+    Create(NewDeal),
     List {
         #[command(flatten)]
         filter: Filter,

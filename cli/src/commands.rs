@@ -17,7 +17,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::{
-    args::{Cli, Command, Deals, Filter, Global, Intake, Outbox, Plans, Reports},
+    args::{Cli, Command, Deals, Filter, Global, Intake, NewDeal, NewPlan, Outbox, Plans, Reports},
     output::{self, DEAL_HEADER, deal_json, deal_row, plan_json, plan_text, table},
 };
 
@@ -147,27 +147,9 @@ fn distribution(kind: &str, prefer_related: bool) -> anyhow::Result<pb::Distribu
 async fn plans(ctx: &Ctx, command: Plans) -> anyhow::Result<()> {
     let mut client = ctx.plans().await?;
     let plan = match command {
-        Plans::Create {
-            name,
-            label,
-            amount,
-            currency,
-            distribution: kind,
-            prefer_related,
-            managers,
-        } => {
-            let request = pb::CreatePlanRequest {
-                name,
-                chat_label: label,
-                average_amount: Some(pb::Money {
-                    amount_minor: amount,
-                    currency,
-                }),
-                distribution: Some(distribution(&kind, prefer_related)?),
-                manager_ids: managers,
-            };
+        Plans::Create(new) => {
             client
-                .create_plan(ctx.request(request))
+                .create_plan(ctx.request(plan_request(new)?))
                 .await?
                 .into_inner()
                 .plan
@@ -316,6 +298,37 @@ async fn set_reasons(
         .plan)
 }
 
+fn plan_request(new: NewPlan) -> anyhow::Result<pb::CreatePlanRequest> {
+    Ok(pb::CreatePlanRequest {
+        name: new.name,
+        chat_label: new.label,
+        average_amount: Some(pb::Money {
+            amount_minor: new.amount,
+            currency: new.currency,
+        }),
+        distribution: Some(distribution(&new.distribution, new.prefer_related)?),
+        manager_ids: new.managers,
+    })
+}
+
+fn deal_request(new: NewDeal) -> pb::CreateDealRequest {
+    pb::CreateDealRequest {
+        plan_id: new.plan,
+        title: new.title.unwrap_or_default(),
+        contact: Some(pb::Contact {
+            external_id: new.external_id.unwrap_or_default(),
+            name: new.name.unwrap_or_default(),
+            email: new.email.unwrap_or_default(),
+            phone: new.phone.unwrap_or_default(),
+        }),
+        manager_id: new.manager,
+        idempotency_key: new
+            .key
+            .unwrap_or_else(|| salesplan_platform::ids::new_id().to_string()),
+        ..Default::default()
+    }
+}
+
 fn filter(f: Filter) -> anyhow::Result<pb::DealFilter> {
     let statuses = f
         .statuses
@@ -357,32 +370,9 @@ async fn current(
 async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
     let mut client = ctx.deals().await?;
     let deal = match command {
-        Deals::Create {
-            plan,
-            title,
-            name,
-            email,
-            phone,
-            external_id,
-            manager,
-            key,
-        } => {
-            let request = pb::CreateDealRequest {
-                plan_id: plan,
-                title: title.unwrap_or_default(),
-                contact: Some(pb::Contact {
-                    external_id: external_id.unwrap_or_default(),
-                    name: name.unwrap_or_default(),
-                    email: email.unwrap_or_default(),
-                    phone: phone.unwrap_or_default(),
-                }),
-                manager_id: manager,
-                idempotency_key: key
-                    .unwrap_or_else(|| salesplan_platform::ids::new_id().to_string()),
-                ..Default::default()
-            };
+        Deals::Create(new) => {
             client
-                .create_deal(ctx.request(request))
+                .create_deal(ctx.request(deal_request(new)))
                 .await?
                 .into_inner()
                 .deal
