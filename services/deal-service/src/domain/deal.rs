@@ -295,6 +295,20 @@ impl Deal {
         Ok((deal, change))
     }
 
+    /// The deal after its OPEN stage was deleted: in `to`, the OPEN stage the deletion
+    /// moves its deals to.
+    pub fn moved_off_deleted_stage(&self, to: Uuid, now: OffsetDateTime) -> (Deal, Change) {
+        let mut deal = self.next(now);
+        deal.stage_id = to;
+        (
+            deal,
+            Change::Moved {
+                from: self.stage_id,
+                to,
+            },
+        )
+    }
+
     /// Back from WON or LOST: LOST returns to the stage it left, WON to the last OPEN stage;
     /// a remembered stage that is gone falls back to the last OPEN stage.
     pub fn reopen(&self, plan: &Plan, now: OffsetDateTime) -> Result<(Deal, Change), DomainError> {

@@ -6,7 +6,7 @@ use salesplan_platform::ApiError;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::queries::fetch_stage_totals;
+use super::rows::fetch_stage_totals;
 use crate::domain::{
     MoneySum,
     counts::{CountDelta, CountKey},

@@ -132,6 +132,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let plan_id = plan_of_stage(&mut tx, account_id, stage_id).await?;
         let mut plan = load_plan(&mut tx, account_id, plan_id, Lock::Update).await?;
+        let before = plan.clone();
         let holds: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM deals WHERE account_id = $1 AND plan_id = $2 AND stage_id = $3)",
         )
@@ -146,13 +147,7 @@ impl Store {
             let deals = super::deals::lock_deals_in_stage(&mut tx, account_id, stage_id).await?;
             let changes: Vec<_> = deals
                 .iter()
-                .map(|d| {
-                    let mut next = d.clone();
-                    next.stage_id = to;
-                    next.version += 1;
-                    next.updated_at = now;
-                    (next, Change::Moved { from: stage_id, to })
-                })
+                .map(|d| d.moved_off_deleted_stage(to, now))
                 .collect();
             moved = changes.len() as i64;
             super::deals::update_deals(&mut tx, &changes).await?;
@@ -160,8 +155,7 @@ impl Store {
             let deltas = count_deltas(deals.iter().zip(&changes).map(|(d, (n, _))| (Some(d), n)));
             super::counts::apply(&mut tx, &deltas).await?;
         }
-        plan.version += 1;
-        plan.updated_at = now;
+        plan.advance(&before, now);
         save_plan(&mut tx, &plan).await?;
         events::record_plan(&mut tx, &plan, pb::plan_event::Kind::Updated, actor_id, now).await?;
         super::commit(tx).await?;

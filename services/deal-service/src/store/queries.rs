@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 
 use salesplan_platform::ApiError;
-use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::{Postgres, QueryBuilder, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
     Store, counts,
-    rows::{DEAL_COLUMNS, deal_from_row},
+    rows::{DEAL_COLUMNS, deal_from_row, fetch_stage_totals},
 };
 use crate::domain::{
     MoneySum,
@@ -113,32 +113,6 @@ fn board_of(deals: Vec<Deal>, stage_ids: &[Uuid], cards: usize) -> Board {
         })
         .collect();
     Board { columns, totals }
-}
-
-/// Runs a totals query whose rows are `(stage_id, currency, n, amount)`, the amount a
-/// `numeric` sum as text (a `bigint` sum overflows at 9,224 deals of the largest amount).
-pub async fn fetch_stage_totals(
-    conn: &mut PgConnection,
-    mut qb: QueryBuilder<Postgres>,
-) -> Result<Vec<(Uuid, i64, MoneySum)>, ApiError> {
-    qb.build()
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| {
-            let amount: String = row.try_get("amount")?;
-            Ok((
-                row.try_get("stage_id")?,
-                row.try_get("n")?,
-                MoneySum {
-                    amount_minor: amount
-                        .parse()
-                        .map_err(|_| super::rows::corrupt("sum of amount_minor"))?,
-                    currency: row.try_get("currency")?,
-                },
-            ))
-        })
-        .collect()
 }
 
 /// `WHERE account … AND <every condition of the query>`.

@@ -1,10 +1,11 @@
 //! Rows ↔ domain values.
 
 use salesplan_platform::{ApiError, validate::ContactInput};
-use sqlx::{Row, postgres::PgRow};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row, postgres::PgRow};
+use uuid::Uuid;
 
 use crate::domain::{
-    Money,
+    Money, MoneySum,
     deal::{Deal, DealStatus},
     plan::{Distribution, Strategy},
 };
@@ -70,4 +71,28 @@ pub fn distribution_from(
         }),
         _ => Err(corrupt("plans.distribution_mode")),
     }
+}
+
+/// Runs a totals query whose rows are `(stage_id, currency, n, amount)`, the amount a
+/// `numeric` sum as text (a `bigint` sum overflows at 9,224 deals of the largest amount).
+pub async fn fetch_stage_totals(
+    conn: &mut PgConnection,
+    mut qb: QueryBuilder<Postgres>,
+) -> Result<Vec<(Uuid, i64, MoneySum)>, ApiError> {
+    qb.build()
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| {
+            let amount: String = row.try_get("amount")?;
+            Ok((
+                row.try_get("stage_id")?,
+                row.try_get("n")?,
+                MoneySum {
+                    amount_minor: amount.parse().map_err(|_| corrupt("sum of amount_minor"))?,
+                    currency: row.try_get("currency")?,
+                },
+            ))
+        })
+        .collect()
 }
