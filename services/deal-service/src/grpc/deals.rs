@@ -4,6 +4,7 @@ use salesplan_platform::{
     Actor, AllChecks, ApiError, Permission, auth, consistency::Wanted, ids::parse_id, validate,
 };
 use salesplan_proto::v1::{self as pb, deal_service_server::DealService};
+use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -11,7 +12,9 @@ use super::Api;
 use crate::{
     convert,
     domain::{
-        deal::{DealEdit, NewDeal, may_assign, may_change},
+        DomainError,
+        deal::{Change, Deal, DealEdit, NewDeal, may_assign, may_change},
+        plan::Plan,
         query::{AfterKey, PageToken, Sort, bounded_page_size, page_size},
     },
     store::{BulkOutcome, BulkTarget, Page, queries_sort_value},
@@ -88,6 +91,35 @@ fn page_token(sort: Sort, filter: u64, page: &Page) -> String {
         }
         .encode(),
         _ => String::new(),
+    }
+}
+
+impl Api {
+    /// A change of one deal (`id`, expected `version`) by `actor`, who `may` change it: a
+    /// deal `already` as asked is answered as it is; otherwise `change` makes it.
+    async fn change_as(
+        &self,
+        actor: &Actor,
+        (deal_id, version): (Uuid, i64),
+        may: impl Fn(&Deal) -> bool,
+        already: impl FnOnce(&Deal) -> bool,
+        change: impl FnOnce(&Deal, &Plan, OffsetDateTime) -> Result<(Deal, Change), DomainError>,
+    ) -> Result<Deal, ApiError> {
+        self.store
+            .change_deal(
+                &actor.account_id,
+                &actor.user_id,
+                deal_id,
+                version,
+                |deal| may(deal) && already(deal),
+                |deal, plan, now| {
+                    if !may(deal) {
+                        return Err(not_yours());
+                    }
+                    Ok(change(deal, plan, now)?)
+                },
+            )
+            .await
     }
 }
 
@@ -227,19 +259,12 @@ impl DealService for Api {
         let wanted = edit.clone();
         let edit_all = actor.has(Permission::DealsEditAll);
         let deal = self
-            .store
-            .change_deal(
-                &actor.account_id,
-                &actor.user_id,
-                deal_id,
-                version,
-                |deal| may_change(&actor.user_id, edit_all, deal) && deal.has(&wanted),
-                |deal, _, now| {
-                    if !may_change(&actor.user_id, edit_all, deal) {
-                        return Err(not_yours());
-                    }
-                    Ok(deal.edit(edit, now)?)
-                },
+            .change_as(
+                &actor,
+                (deal_id, version),
+                |deal| may_change(&actor.user_id, edit_all, deal),
+                |deal| deal.has(&wanted),
+                |deal, _, now| deal.edit(edit, now),
             )
             .await?;
         Ok(Response::new(pb::UpdateDealResponse {
@@ -262,19 +287,12 @@ impl DealService for Api {
             .all()?;
         let edit_all = actor.has(Permission::DealsEditAll);
         let deal = self
-            .store
-            .change_deal(
-                &actor.account_id,
-                &actor.user_id,
-                deal_id,
-                version,
-                |deal| may_change(&actor.user_id, edit_all, deal) && deal.is_at(stage_id, reason),
-                |deal, plan, now| {
-                    if !may_change(&actor.user_id, edit_all, deal) {
-                        return Err(not_yours());
-                    }
-                    Ok(deal.move_to(plan, stage_id, reason, now)?)
-                },
+            .change_as(
+                &actor,
+                (deal_id, version),
+                |deal| may_change(&actor.user_id, edit_all, deal),
+                |deal| deal.is_at(stage_id, reason),
+                |deal, plan, now| deal.move_to(plan, stage_id, reason, now),
             )
             .await?;
         Ok(Response::new(pb::MoveDealResponse {
@@ -297,22 +315,12 @@ impl DealService for Api {
         let asked = manager.clone();
         let edit_all = actor.has(Permission::DealsEditAll);
         let deal = self
-            .store
-            .change_deal(
-                &actor.account_id,
-                &actor.user_id,
-                deal_id,
-                version,
-                |deal| {
-                    let asked = asked.as_deref();
-                    may_assign(&actor.user_id, edit_all, deal, asked) && deal.is_with(asked)
-                },
-                |deal, plan, now| {
-                    if !may_assign(&actor.user_id, edit_all, deal, manager.as_deref()) {
-                        return Err(not_yours());
-                    }
-                    Ok(deal.assign(plan, manager, false, now)?)
-                },
+            .change_as(
+                &actor,
+                (deal_id, version),
+                |deal| may_assign(&actor.user_id, edit_all, deal, asked.as_deref()),
+                |deal| deal.is_with(asked.as_deref()),
+                |deal, plan, now| deal.assign(plan, manager, false, now),
             )
             .await?;
         Ok(Response::new(pb::AssignDealResponse {
@@ -334,16 +342,15 @@ impl DealService for Api {
         )
             .all()?;
         let deal = self
-            .store
-            .change_deal(
-                &actor.account_id,
-                &actor.user_id,
-                deal_id,
-                version,
+            .change_as(
+                &actor,
+                (deal_id, version),
+                // Reopening needs both permissions, checked above, not the deal's manager.
+                |_| true,
                 // Open already (a retry whose answer was lost, or reopened by someone
                 // else): what the caller asked for holds.
                 |deal| !deal.is_closed(),
-                |deal, plan, now| Ok(deal.reopen(plan, now)?),
+                |deal, plan, now| deal.reopen(plan, now),
             )
             .await?;
         tracing::info!(deal_id = %deal.id, actor = %actor.user_id, "deal reopened");
