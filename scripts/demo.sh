@@ -43,8 +43,24 @@ stop() {
 }
 trap stop EXIT
 
+# Free ports, not the defaults: another program on this machine may hold one of those (an
+# outgoing connection's ephemeral port counts too).
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+declare -A grpc_port=(
+  [deal-service]="$(free_port)" [distributor]="$(free_port)"
+  [reporting]="$(free_port)" [tunnel-listener]="$(free_port)"
+)
+webhook_port="$(free_port)"
+export SALESPLAN_DEAL_SERVICE_URL="http://127.0.0.1:${grpc_port[deal-service]}"
+export SALESPLAN_DISTRIBUTOR_URL="http://127.0.0.1:${grpc_port[distributor]}"
+export SALESPLAN_REPORTING_URL="http://127.0.0.1:${grpc_port[reporting]}"
+export SALESPLAN_INTAKE_URL="http://127.0.0.1:${grpc_port[tunnel-listener]}"
+
 for service in deal-service distributor reporting tunnel-listener; do
-  "$bin/$service" serve >"$logs/$service.log" 2>&1 &
+  SALESPLAN_GRPC_ADDR="127.0.0.1:${grpc_port[$service]}" SALESPLAN_HTTP_ADDR="127.0.0.1:$webhook_port" \
+    "$bin/$service" serve >"$logs/$service.log" 2>&1 &
   pids+=("$!")
   names+=("$service")
 done
@@ -52,7 +68,8 @@ echo "services started (logs in target/demo/), running the scripted tunnel run�
 echo
 
 rm -f "$logs/last-run.env"
-"$bin/demo" --last-run "$logs/last-run.env" "$@"
+"$bin/demo" --last-run "$logs/last-run.env" --webhook "http://127.0.0.1:$webhook_port" \
+  --deal-service "$SALESPLAN_DEAL_SERVICE_URL" --reporting "$SALESPLAN_REPORTING_URL" "$@"
 # The demo's plan and the consistency token of its last change (PLAN=…, FRESH_AS=…).
 # shellcheck disable=SC1091
 source "$logs/last-run.env"
