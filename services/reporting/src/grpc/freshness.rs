@@ -2,7 +2,7 @@
 
 use salesplan_platform::{
     ApiError,
-    consistency::{self, Wanted},
+    consistency::{self, Token, Wanted},
 };
 use salesplan_proto::v1 as pb;
 use sqlx::PgPool;
@@ -11,7 +11,6 @@ use crate::{
     domain::progress::{Freshness, Horizons},
     store,
 };
-use salesplan_platform::consistency::Token;
 
 /// What an answer reflects, on the wire.
 pub fn to_proto(freshness: Freshness) -> pb::Freshness {

@@ -71,6 +71,20 @@ impl Reports {
     ) -> Result<pb::PipelineSummaryResponse, ApiError> {
         let (stages, managers) =
             store::reports::pipeline_summary(&self.pool, account_id, plan_id).await?;
+        let stages = stages
+            .into_iter()
+            .map(stage_total)
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let managers = managers
+            .into_iter()
+            .map(|m| pb::ManagerTotal {
+                plan_id: m.plan_id.to_string(),
+                manager_id: m.manager_id,
+                open: m.open,
+                won: m.won,
+                lost: m.lost,
+            })
+            .collect();
         let total_deals = stages.iter().map(|s| s.deals).sum();
         Ok(pb::PipelineSummaryResponse {
             stages,
@@ -79,6 +93,22 @@ impl Reports {
             as_of: Some(as_of),
         })
     }
+}
+
+/// A stage's total on the wire: the exact sum as text, and capped at the int64 range.
+fn stage_total(total: reports::StageTotal) -> Result<pb::StageTotal, ApiError> {
+    let exact = total.amount_minor;
+    let amount: i128 = exact
+        .parse()
+        .map_err(|_| ApiError::internal(format!("sum {exact:?} is not an integer")))?;
+    Ok(pb::StageTotal {
+        plan_id: total.plan_id.to_string(),
+        stage_id: total.stage_id.to_string(),
+        deals: total.deals,
+        amount_minor: i64::try_from(amount).unwrap_or(i64::MAX),
+        currency: total.currency,
+        exact_amount_minor: exact,
+    })
 }
 
 fn time_of(

@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 
-use salesplan_platform::ApiError;
-use salesplan_proto::v1 as pb;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -242,16 +240,34 @@ pub async fn stages(
     .collect()
 }
 
-/// Open deals per stage with their amounts, and deals per manager by status, of the
-/// account (or one plan).
+/// Deals of one stage in one currency, with their exact amount.
+pub struct StageTotal {
+    pub plan_id: Uuid,
+    pub stage_id: Uuid,
+    pub currency: String,
+    pub deals: i64,
+    /// The sum of the amounts: numeric, read as text (a bigint sum overflows at 9,224
+    /// deals of the largest amount).
+    pub amount_minor: String,
+}
+
+/// Deals of one manager (or none) of a plan, by status.
+pub struct ManagerTotal {
+    pub plan_id: Uuid,
+    pub manager_id: Option<String>,
+    pub open: i64,
+    pub won: i64,
+    pub lost: i64,
+}
+
+/// Deals per stage and currency with their amounts, and deals per manager by status, of
+/// the account (or one plan).
 pub async fn pipeline_summary(
     pool: &PgPool,
     account_id: &str,
     plan_id: Option<Uuid>,
-) -> Result<(Vec<pb::StageTotal>, Vec<pb::ManagerTotal>), ApiError> {
+) -> Result<(Vec<StageTotal>, Vec<ManagerTotal>), sqlx::Error> {
     let stages = sqlx::query(
-        // The sum is numeric, read as text: a bigint sum overflows at 9,224 deals of the
-        // largest amount.
         "SELECT plan_id, stage_id, currency, count(*) AS deals, sum(amount_minor)::text AS amount
          FROM deals WHERE account_id = $1 AND ($2::uuid IS NULL OR plan_id = $2)
          GROUP BY plan_id, stage_id, currency ORDER BY plan_id, stage_id, currency",
@@ -262,20 +278,15 @@ pub async fn pipeline_summary(
     .await?
     .iter()
     .map(|r| {
-        let exact: String = r.try_get("amount")?;
-        let amount: i128 = exact
-            .parse()
-            .map_err(|_| ApiError::internal(format!("sum {exact:?} is not an integer")))?;
-        Ok(pb::StageTotal {
-            plan_id: r.try_get::<Uuid, _>("plan_id")?.to_string(),
-            stage_id: r.try_get::<Uuid, _>("stage_id")?.to_string(),
-            deals: r.try_get("deals")?,
-            amount_minor: i64::try_from(amount).unwrap_or(i64::MAX),
+        Ok(StageTotal {
+            plan_id: r.try_get("plan_id")?,
+            stage_id: r.try_get("stage_id")?,
             currency: r.try_get("currency")?,
-            exact_amount_minor: exact,
+            deals: r.try_get("deals")?,
+            amount_minor: r.try_get("amount")?,
         })
     })
-    .collect::<Result<Vec<_>, ApiError>>()?;
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let managers = sqlx::query(
         "SELECT plan_id, manager_id,
                 count(*) FILTER (WHERE status = 'open') AS open,
@@ -290,8 +301,8 @@ pub async fn pipeline_summary(
     .await?
     .iter()
     .map(|r| {
-        Ok(pb::ManagerTotal {
-            plan_id: r.try_get::<Uuid, _>("plan_id")?.to_string(),
+        Ok(ManagerTotal {
+            plan_id: r.try_get("plan_id")?,
             manager_id: r.try_get("manager_id")?,
             open: r.try_get("open")?,
             won: r.try_get("won")?,
