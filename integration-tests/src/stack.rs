@@ -42,10 +42,9 @@ impl Stack {
         let reporting = reporting::Config::local(&db.url, &nats.url)
             .start(shutdown.clone())
             .await?;
-        let tunnel_listener =
-            tunnel_listener::Config::local(&db.url, &nats.url, &deal_service.grpc_url())
-                .start(shutdown.clone())
-                .await?;
+        let tunnel_listener = tunnel_listener::Config::local(&nats.url, &deal_service.grpc_url())
+            .start(shutdown.clone())
+            .await?;
         Ok(Self {
             nats,
             db,
@@ -173,7 +172,7 @@ impl DealStack {
 
     /// Starts a tunnel-listener (stopped with the stack; wait for it after `stop`).
     pub async fn start_listener(&self) -> anyhow::Result<Running> {
-        tunnel_listener::Config::local(&self.db.url, &self.nats.url, &self.deal_service.grpc_url())
+        tunnel_listener::Config::local(&self.nats.url, &self.deal_service.grpc_url())
             .start(self.shutdown.clone())
             .await
     }

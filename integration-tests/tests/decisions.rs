@@ -20,8 +20,7 @@ async fn store_with_round_robin_plan() -> anyhow::Result<(TestDatabase, Store, U
     let db = TestDatabase::create().await?;
     let config = distributor::Config::local(&db.url, "nats://127.0.0.1:1", "http://127.0.0.1:1");
     config.migrate().await?;
-    let pool =
-        salesplan_platform::db::connect(&config.common.database, distributor::SCHEMA).await?;
+    let pool = salesplan_platform::db::connect(&config.database, distributor::SCHEMA).await?;
     let store = Store::new(pool);
     let plan_id = Uuid::new_v4();
     store

@@ -440,11 +440,8 @@ async fn the_webhook_limits_each_account_with_429_and_retry_after() -> anyhow::R
     let stack = Stack::start().await?;
     let plan = manual_plan(&stack).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut config = tunnel_listener::Config::local(
-        &stack.db.url,
-        &stack.nats.url,
-        &stack.deal_service.grpc_url(),
-    );
+    let mut config =
+        tunnel_listener::Config::local(&stack.nats.url, &stack.deal_service.grpc_url());
     config.webhook_limit = salesplan_platform::limits::ClassLimit::rate_only(0.5, 2.0);
     let limited = config.start(shutdown.clone()).await?;
     let url = format!(

@@ -1028,11 +1028,8 @@ async fn every_bulk_entry_point_limits_each_account_apart() -> anyhow::Result<()
     let mut reporting_config = reporting::Config::local(&stack.db.url, &stack.nats.url);
     reporting_config.reports_limit = tight;
     let reporting = reporting_config.start(shutdown.clone()).await?;
-    let mut listener_config = tunnel_listener::Config::local(
-        &stack.db.url,
-        &stack.nats.url,
-        &stack.deal_service.grpc_url(),
-    );
+    let mut listener_config =
+        tunnel_listener::Config::local(&stack.nats.url, &stack.deal_service.grpc_url());
     listener_config.webhook_limit = ClassLimit::rate_only(0.5, 2.0);
     let listener = listener_config.start(shutdown.clone()).await?;
 
@@ -1731,11 +1728,8 @@ async fn bulk_adds_are_bounded_in_number_and_idle_time() -> anyhow::Result<()> {
     use salesplan_platform::service::Service;
     let stack = Stack::start().await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut config = tunnel_listener::Config::local(
-        &stack.db.url,
-        &stack.nats.url,
-        &stack.deal_service.grpc_url(),
-    );
+    let mut config =
+        tunnel_listener::Config::local(&stack.nats.url, &stack.deal_service.grpc_url());
     config.audience_idle_timeout = Duration::from_millis(300);
     let listener = config.start(shutdown.clone()).await?;
     let channel = stack.channel(&listener).await?;
@@ -1839,7 +1833,7 @@ async fn slow_reads_and_calls_are_cut_off() -> anyhow::Result<()> {
 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
-    config.common.database.read_timeout = Duration::from_millis(1);
+    config.database.read_timeout = Duration::from_millis(1);
     let short_reads = config.start(shutdown.clone()).await?;
     let mut config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
     config.common.grpc_timeout = Duration::from_millis(1);
@@ -2008,7 +2002,7 @@ async fn an_accounts_bulk_backlog_is_capped() -> anyhow::Result<()> {
     let deal_service = deal_service::Config::local(&db.url, &nats.url)
         .start(shutdown.clone())
         .await?;
-    let mut config = tunnel_listener::Config::local(&db.url, &nats.url, &deal_service.grpc_url());
+    let mut config = tunnel_listener::Config::local(&nats.url, &deal_service.grpc_url());
     config.audience_max_in_flight = 1_500;
     config.audience_idle_timeout = Duration::from_millis(500);
     let listener = config.start(shutdown.clone()).await?;
@@ -2333,9 +2327,9 @@ async fn the_relay_reads_a_bounded_number_of_bytes_per_pass() -> anyhow::Result<
     };
     let database = integration_tests::postgres::TestDatabase::create().await?;
     let nats = integration_tests::nats::TestNats::start().await?;
-    let config = ServiceConfig::local(&database.url, &nats.url);
+    let config = ServiceConfig::local(&nats.url);
     let pool = db::connect_and_migrate(
-        &config.database,
+        &salesplan_platform::config::DatabaseConfig::local(&database.url),
         deal_service::SCHEMA,
         &deal_service::MIGRATOR,
     )

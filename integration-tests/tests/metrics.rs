@@ -1,5 +1,6 @@
-//! The Prometheus endpoint of each service, scraped while leads flow: the counters move.
-//! Its own test binary, so the process's metrics are this test's alone.
+//! The Prometheus endpoint of each service, scraped while leads flow: the counters move,
+//! each on the endpoint of the service that counts them (four services in one process,
+//! each with its own meter provider).
 
 use std::time::Duration;
 
@@ -81,7 +82,8 @@ async fn the_metrics_endpoints_show_the_counters_moving() -> anyhow::Result<()> 
         ) >= 1.0
     );
 
-    // Deals were created: CreateDeal calls counted by method and code, lead-to-deal timed.
+    // Deals were created: CreateDeal calls counted by method and code, lead-to-deal timed
+    // by the distributor.
     let text = eventually(Duration::from_secs(20), || async {
         let text = scrape(&stack.deal_service).await?;
         let created = sample(
@@ -92,12 +94,12 @@ async fn the_metrics_endpoints_show_the_counters_moving() -> anyhow::Result<()> 
                 "code=\"Ok\"",
             ],
         );
+        let published = sample(&text, "salesplan_outbox_published_total", &[]);
         let timed = sample(
-            &text,
+            &scrape(&stack.distributor).await?,
             "salesplan_distributor_lead_to_deal_seconds_count",
             &[],
         );
-        let published = sample(&text, "salesplan_outbox_published_total", &[]);
         Ok((created >= 1.0 && timed >= 3.0 && published >= 4.0).then_some(text))
     })
     .await?;
@@ -108,6 +110,49 @@ async fn the_metrics_endpoints_show_the_counters_moving() -> anyhow::Result<()> 
             &["method=\"/salesplan.v1.PlanService/CreatePlan\""]
         ) >= 1.0
     );
-    assert!(text.contains("salesplan_consumer_pending"), "{text}");
+    // Each endpoint shows its own service's metrics only.
+    let listener = scrape(&stack.tunnel_listener).await?;
+    let distributor = scrape(&stack.distributor).await?;
+    // The distributor consumes, and shows its consumers' lag.
+    assert!(
+        distributor.contains("salesplan_consumer_pending"),
+        "{distributor}"
+    );
+    let reporting = scrape(&stack.reporting).await?;
+    for (name, text, others) in [
+        (
+            "deal-service",
+            &text,
+            ["salesplan_intake_", "salesplan_distributor_"],
+        ),
+        (
+            "listener",
+            &listener,
+            ["salesplan_outbox_", "salesplan_distributor_"],
+        ),
+        (
+            "distributor",
+            &distributor,
+            ["salesplan_intake_", "salesplan_outbox_"],
+        ),
+        (
+            "reporting",
+            &reporting,
+            ["salesplan_intake_", "salesplan_outbox_"],
+        ),
+    ] {
+        for other in others {
+            assert!(!text.contains(other), "{name} shows {other}…:\n{text}");
+        }
+    }
+    // Calls are counted where they are served: CreatePlan by deal-service only.
+    assert_eq!(
+        sample(
+            &listener,
+            "salesplan_grpc_requests_total",
+            &["method=\"/salesplan.v1.PlanService/CreatePlan\""]
+        ),
+        0.0
+    );
     stack.stop().await
 }

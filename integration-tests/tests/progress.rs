@@ -58,7 +58,7 @@ async fn the_position_moves_over_contiguous_runs_only() -> anyhow::Result<()> {
     let db = TestDatabase::create().await?;
     let config = reporting::Config::local(&db.url, "nats://127.0.0.1:1");
     config.migrate().await?;
-    let pool = salesplan_platform::db::connect(&config.common.database, reporting::SCHEMA).await?;
+    let pool = salesplan_platform::db::connect(&config.database, reporting::SCHEMA).await?;
     let handle = |outcomes: Vec<(u64, Outcome)>, seqs: Vec<u64>| {
         let tracked = Tracked::new(
             Scripted(outcomes.into_iter().collect()),

@@ -112,7 +112,7 @@ proptest! {
             let db = TestDatabase::create().await.expect("database");
             let config = reporting::Config::local(&db.url, "nats://127.0.0.1:1");
             config.migrate().await.expect("migrate");
-            let pool = salesplan_platform::db::connect(&config.common.database, reporting::SCHEMA).await.expect("pool");
+            let pool = salesplan_platform::db::connect(&config.database, reporting::SCHEMA).await.expect("pool");
             let events = DealEvents::new(pool.clone());
 
             let mut all = Vec::new();

@@ -39,321 +39,401 @@ struct Args {
 
 const MANAGERS: [&str; 3] = ["anna", "boris", "chen"];
 
+/// The demo's three plans.
+struct Plans {
+    round_robin: pb::Plan,
+    returning: pb::Plan,
+    manual: pb::Plan,
+}
+
+impl Plans {
+    fn all(&self) -> [&pb::Plan; 3] {
+        [&self.round_robin, &self.returning, &self.manual]
+    }
+}
+
+/// What the demo talks to, and as whom.
+struct Demo {
+    args: Args,
+    issuer: TokenIssuer,
+    admin: String,
+    viewer: String,
+    plans: PlanServiceClient<Channel>,
+    reports: ReportServiceClient<Channel>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let issuer = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes());
-    let token = |user: &str, perms: &[Permission]| {
-        issuer.issue(
-            &Actor::new(&args.account, user, perms.iter().copied()),
-            Duration::from_secs(3600),
-        )
-    };
-    let admin = token("demo-admin", &[Permission::PlansAdmin])?;
-    let funnel = token("demo-funnel", &[Permission::IntakeWrite])?;
-    let viewer = token("demo-viewer", &[])?;
-
-    let deals_channel = connect(&args.deal_service).await?;
-    let reports_channel = connect(&args.reporting).await?;
-    let mut plans = PlanServiceClient::new(deals_channel);
-    let mut reports = ReportServiceClient::new(reports_channel);
-
-    use pb::distribution::{Mode, Strategy};
-    let round_robin = create_plan(
-        &mut plans,
-        &admin,
-        "Inbound leads",
-        Mode::Auto,
-        Strategy::RoundRobin,
-        false,
-    )
-    .await?;
-    let returning = create_plan(
-        &mut plans,
-        &admin,
-        "Returning customers",
-        Mode::Auto,
-        Strategy::LeastOpenDeals,
-        true,
-    )
-    .await?;
-    let manual = create_plan(
-        &mut plans,
-        &admin,
-        "Partner referrals",
-        Mode::Manual,
-        Strategy::Unspecified,
-        false,
-    )
-    .await?;
-
-    let http = reqwest::Client::new();
-    let url = format!("{}/v1/tunnel-actions/add-to-sales-plan", args.webhook);
-    let manual_leads = (args.leads / 6).max(1);
-    let returning_leads = (args.leads / 3).max(2);
-    let run = time_tag().to_string();
-    let mut sent = 0;
-    let mut duplicates = 0;
-    for (plan, count) in [
-        (&round_robin, args.leads),
-        (&returning, returning_leads),
-        (&manual, manual_leads),
-    ] {
-        for i in 0..count {
-            // In "Returning customers" every contact comes back once: its second deal
-            // must go to the manager of its first.
-            let contact = if plan.id == returning.id {
-                i % (count / 2).max(1)
-            } else {
-                i
-            };
-            let body = json!({
-                "plan_id": plan.id,
-                "tunnel_id": "demo-funnel",
-                "block_id": "add-to-sales-plan",
-                "run_id": format!("{run}-{}-{i}", plan.chat_label),
-                "contact": {
-                    "external_id": format!("tg-{run}-{}-{contact}", plan.chat_label),
-                    "name": format!("Contact {i}"),
-                    "phone": format!("+1 555 01{:02}", i % 100),
-                },
-            });
-            // Every fifth lead's webhook is delivered twice, as a funnel retry would.
-            let deliveries = if i % 5 == 0 { 2 } else { 1 };
-            for _ in 0..deliveries {
-                let response = http
-                    .post(&url)
-                    .bearer_auth(&funnel)
-                    .json(&body)
-                    .send()
-                    .await?;
-                let status = response.status();
-                let reply: serde_json::Value = response.json().await?;
-                anyhow::ensure!(status == 202, "webhook answered {status}: {reply}");
-                if reply["duplicate"] == true {
-                    duplicates += 1;
-                } else {
-                    sent += 1;
-                }
-            }
-        }
-    }
-    println!(
-        "Scripted tunnel run: {sent} leads accepted through POST {url}, {duplicates} retried webhooks answered as duplicates\n"
-    );
-
-    let expected = (args.leads + returning_leads + manual_leads) as i64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let summary = loop {
-        let summary = reports
-            .pipeline_summary(outgoing(
-                pb::PipelineSummaryRequest {
-                    plan_id: None,
-                    ..Default::default()
-                },
-                &viewer,
-            ))
-            .await?
-            .into_inner();
-        let ours = [&round_robin.id, &returning.id, &manual.id];
-        let counted: i64 = summary
-            .stages
-            .iter()
-            .filter(|s| ours.contains(&&s.plan_id))
-            .map(|s| s.deals)
-            .sum();
-        if counted == expected {
-            break summary;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "reporting counted {counted} of {expected} deals after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-
-    for plan in [&round_robin, &returning, &manual] {
+    let demo = Demo::connect(Args::parse()).await?;
+    let plans = demo.create_plans().await?;
+    let (sent, expected) = demo.send_leads(&plans).await?;
+    let summary = demo.counted(&plans, expected).await?;
+    for plan in plans.all() {
         print_plan(plan, &summary);
     }
-    let deals = integration_tests::api::all_deals(
-        connect(&args.deal_service).await?,
-        &viewer,
-        pb::DealFilter {
-            plan_id: returning.id.clone(),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let mut managers_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for deal in &deals {
-        let contact = deal
-            .contact
-            .as_ref()
-            .map(|c| c.external_id.clone())
-            .unwrap_or_default();
-        managers_of
-            .entry(contact)
-            .or_default()
-            .push(deal.manager_id.clone().unwrap_or_default());
-    }
-    let kept = managers_of
-        .values()
-        .filter(|m| m.len() > 1 && m.windows(2).all(|w| w[0] == w[1]))
-        .count();
-    let returned = managers_of.values().filter(|m| m.len() > 1).count();
-    println!(
-        "Returning customers: {kept} of {returned} contacts who came back got the manager they already knew."
-    );
+    demo.show_returning(&plans.returning).await?;
     println!(
         "Every accepted lead is exactly one deal: {expected} deals for {sent} accepted leads."
     );
+    let worked = demo.work_deals(&plans.round_robin).await?;
+    demo.read_reports(&plans.round_robin, worked).await
+}
 
-    // Managers work the round-robin plan: some deals won, some lost with a reason, one
-    // lost deal reopened by a head of sales.
-    let boss = token(
-        "demo-head-of-sales",
-        &[Permission::DealsEditAll, Permission::DealsBulkEdit],
-    )?;
-    let plan = plans
-        .set_loss_reasons(outgoing(
-            pb::SetLossReasonsRequest {
-                plan_id: round_robin.id.clone(),
-                require_reason: true,
-                reasons: ["Too expensive", "Chose a competitor", "No answer"]
-                    .map(|name| pb::LossReasonInput {
-                        id: String::new(),
-                        name: name.into(),
-                    })
-                    .to_vec(),
-            },
-            &admin,
-        ))
-        .await?
-        .into_inner()
-        .plan
-        .context("SetLossReasons returned no plan")?;
-    let reasons = plan.loss_reasons.clone().unwrap_or_default().reasons;
-    let stage_of = |kind: pb::StageKind| {
-        plan.stages
-            .iter()
-            .find(|s| s.kind == kind as i32)
-            .map(|s| s.id.clone())
-            .unwrap_or_default()
-    };
-    let (won, lost) = (stage_of(pb::StageKind::Won), stage_of(pb::StageKind::Lost));
-    let mut deals_api = DealServiceClient::new(connect(&args.deal_service).await?);
-    let inbound = integration_tests::api::all_deals(
-        connect(&args.deal_service).await?,
-        &viewer,
-        pb::DealFilter {
-            plan_id: round_robin.id.clone(),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let (mut won_count, mut lost_count) = (0, 0);
-    let mut reopen_me = None;
-    // The consistency token of the newest change made.
-    let mut last_change = None;
-    for (i, deal) in inbound.iter().enumerate() {
-        let (stage, reason) = match i % 4 {
-            0 => (&won, None),
-            1 | 2 => (&lost, Some(reasons[(i / 2) % reasons.len()].id.clone())),
-            _ => continue,
+/// The deals the demo closed, and the consistency token of its last change.
+struct Worked {
+    won: i64,
+    lost: i64,
+    last_change: Token,
+}
+
+impl Demo {
+    async fn connect(args: Args) -> anyhow::Result<Self> {
+        let issuer = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes());
+        let mut demo = Self {
+            plans: PlanServiceClient::new(connect(&args.deal_service).await?),
+            reports: ReportServiceClient::new(connect(&args.reporting).await?),
+            args,
+            issuer,
+            admin: String::new(),
+            viewer: String::new(),
         };
-        let moved = deals_api
-            .move_deal(outgoing(
-                pb::MoveDealRequest {
-                    deal_id: deal.id.clone(),
-                    expected_version: deal.version,
-                    stage_id: stage.clone(),
-                    loss_reason_id: reason.clone(),
-                },
-                &boss,
-            ))
-            .await?;
-        last_change = newer(last_change, integration_tests::api::write_token(&moved)?);
-        let moved = moved
+        demo.admin = demo.token("demo-admin", &[Permission::PlansAdmin])?;
+        demo.viewer = demo.token("demo-viewer", &[])?;
+        Ok(demo)
+    }
+
+    fn token(&self, user: &str, perms: &[Permission]) -> anyhow::Result<String> {
+        Ok(self.issuer.issue(
+            &Actor::new(&self.args.account, user, perms.iter().copied()),
+            Duration::from_secs(3600),
+        )?)
+    }
+
+    async fn create_plan(
+        &self,
+        name: &str,
+        (mode, strategy): (pb::distribution::Mode, pb::distribution::Strategy),
+        prefer_related: bool,
+    ) -> anyhow::Result<pb::Plan> {
+        let request = pb::CreatePlanRequest {
+            name: name.into(),
+            average_amount: Some(pb::Money {
+                amount_minor: 12_000,
+                currency: "USD".into(),
+            }),
+            chat_label: name.split(' ').next().unwrap_or("DEMO").to_uppercase(),
+            distribution: Some(pb::Distribution {
+                mode: mode as i32,
+                prefer_related,
+                strategy: strategy as i32,
+            }),
+            manager_ids: MANAGERS.iter().map(|m| (*m).to_owned()).collect(),
+        };
+        self.plans
+            .clone()
+            .create_plan(outgoing(request, &self.admin))
+            .await?
             .into_inner()
-            .deal
-            .context("MoveDeal returned no deal")?;
-        if reason.is_some() {
-            lost_count += 1;
-            reopen_me.get_or_insert(moved);
-        } else {
-            won_count += 1;
+            .plan
+            .context("CreatePlan returned no plan")
+    }
+
+    async fn create_plans(&self) -> anyhow::Result<Plans> {
+        use pb::distribution::{Mode, Strategy};
+        Ok(Plans {
+            round_robin: self
+                .create_plan("Inbound leads", (Mode::Auto, Strategy::RoundRobin), false)
+                .await?,
+            returning: self
+                .create_plan(
+                    "Returning customers",
+                    (Mode::Auto, Strategy::LeastOpenDeals),
+                    true,
+                )
+                .await?,
+            manual: self
+                .create_plan(
+                    "Partner referrals",
+                    (Mode::Manual, Strategy::Unspecified),
+                    false,
+                )
+                .await?,
+        })
+    }
+
+    /// Sends the leads through the webhook, every fifth twice (a funnel's retry); answers
+    /// the leads accepted and the deals to expect.
+    async fn send_leads(&self, plans: &Plans) -> anyhow::Result<(usize, i64)> {
+        let funnel = self.token("demo-funnel", &[Permission::IntakeWrite])?;
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/tunnel-actions/add-to-sales-plan", self.args.webhook);
+        let leads = self.args.leads;
+        let counts = [leads, (leads / 3).max(2), (leads / 6).max(1)];
+        let run = time_tag().to_string();
+        let (mut sent, mut duplicates) = (0, 0);
+        for (plan, count) in plans.all().into_iter().zip(counts) {
+            for i in 0..count {
+                // In "Returning customers" every contact comes back once: its second deal
+                // must go to the manager of its first.
+                let returning = plan.id == plans.returning.id;
+                let contact = if returning { i % (count / 2).max(1) } else { i };
+                let body = lead(plan, &run, i, contact);
+                let deliveries = if i % 5 == 0 { 2 } else { 1 };
+                for _ in 0..deliveries {
+                    let response = http
+                        .post(&url)
+                        .bearer_auth(&funnel)
+                        .json(&body)
+                        .send()
+                        .await?;
+                    let status = response.status();
+                    let reply: serde_json::Value = response.json().await?;
+                    anyhow::ensure!(status == 202, "webhook answered {status}: {reply}");
+                    if reply["duplicate"] == true {
+                        duplicates += 1;
+                    } else {
+                        sent += 1;
+                    }
+                }
+            }
+        }
+        println!(
+            "Scripted tunnel run: {sent} leads accepted through POST {url}, {duplicates} retried webhooks answered as duplicates\n"
+        );
+        Ok((sent, counts.iter().sum::<usize>() as i64))
+    }
+
+    /// The pipeline summary once reporting counts `expected` deals in the demo's plans
+    /// (at most 60 s).
+    async fn counted(
+        &self,
+        plans: &Plans,
+        expected: i64,
+    ) -> anyhow::Result<pb::PipelineSummaryResponse> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let ours = plans.all().map(|p| p.id.clone());
+        loop {
+            let summary = self
+                .reports
+                .clone()
+                .pipeline_summary(outgoing(
+                    pb::PipelineSummaryRequest::default(),
+                    &self.viewer,
+                ))
+                .await?
+                .into_inner();
+            let counted: i64 = summary
+                .stages
+                .iter()
+                .filter(|s| ours.contains(&s.plan_id))
+                .map(|s| s.deals)
+                .sum();
+            if counted == expected {
+                return Ok(summary);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "reporting counted {counted} of {expected} deals after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    if let Some(deal) = reopen_me {
-        let reopened = deals_api
-            .reopen_deal(outgoing(
-                pb::ReopenDealRequest {
-                    deal_id: deal.id.clone(),
-                    expected_version: deal.version,
+
+    async fn deals_of(&self, plan: &pb::Plan) -> anyhow::Result<Vec<pb::Deal>> {
+        integration_tests::api::all_deals(
+            connect(&self.args.deal_service).await?,
+            &self.viewer,
+            pb::DealFilter {
+                plan_id: plan.id.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// How many returning contacts got the manager they already knew.
+    async fn show_returning(&self, plan: &pb::Plan) -> anyhow::Result<()> {
+        let mut managers_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for deal in self.deals_of(plan).await? {
+            let contact = deal.contact.map(|c| c.external_id).unwrap_or_default();
+            managers_of
+                .entry(contact)
+                .or_default()
+                .push(deal.manager_id.unwrap_or_default());
+        }
+        let kept = managers_of
+            .values()
+            .filter(|m| m.len() > 1 && m.windows(2).all(|w| w[0] == w[1]))
+            .count();
+        let returned = managers_of.values().filter(|m| m.len() > 1).count();
+        println!(
+            "Returning customers: {kept} of {returned} contacts who came back got the manager they already knew."
+        );
+        Ok(())
+    }
+
+    /// The plan's loss reasons (required), and its won and lost stages.
+    async fn loss_setup(
+        &self,
+        plan: &pb::Plan,
+    ) -> anyhow::Result<(Vec<pb::LossReason>, String, String)> {
+        let plan = self
+            .plans
+            .clone()
+            .set_loss_reasons(outgoing(
+                pb::SetLossReasonsRequest {
+                    plan_id: plan.id.clone(),
+                    require_reason: true,
+                    reasons: ["Too expensive", "Chose a competitor", "No answer"]
+                        .map(|name| pb::LossReasonInput {
+                            id: String::new(),
+                            name: name.into(),
+                        })
+                        .to_vec(),
                 },
-                &boss,
+                &self.admin,
             ))
-            .await?;
+            .await?
+            .into_inner()
+            .plan
+            .context("SetLossReasons returned no plan")?;
+        let stage_of = |kind: pb::StageKind| {
+            plan.stages
+                .iter()
+                .find(|s| s.kind == kind as i32)
+                .map(|s| s.id.clone())
+                .unwrap_or_default()
+        };
+        let (won, lost) = (stage_of(pb::StageKind::Won), stage_of(pb::StageKind::Lost));
+        Ok((plan.loss_reasons.unwrap_or_default().reasons, won, lost))
+    }
+
+    /// Managers work the plan: some deals won, some lost with a reason, one lost deal
+    /// reopened by a head of sales.
+    async fn work_deals(&self, plan: &pb::Plan) -> anyhow::Result<Worked> {
+        let boss = self.token(
+            "demo-head-of-sales",
+            &[Permission::DealsEditAll, Permission::DealsBulkEdit],
+        )?;
+        let (reasons, won, lost) = self.loss_setup(plan).await?;
+        let mut deals_api = DealServiceClient::new(connect(&self.args.deal_service).await?);
+        let (mut won_count, mut lost_count) = (0, 0);
+        let mut reopen_me = None;
+        // The consistency token of the newest change made.
+        let mut last_change = None;
+        for (i, deal) in self.deals_of(plan).await?.iter().enumerate() {
+            let (stage, reason) = match i % 4 {
+                0 => (&won, None),
+                1 | 2 => (&lost, Some(reasons[(i / 2) % reasons.len()].id.clone())),
+                _ => continue,
+            };
+            let request = pb::MoveDealRequest {
+                deal_id: deal.id.clone(),
+                expected_version: deal.version,
+                stage_id: stage.clone(),
+                loss_reason_id: reason.clone(),
+            };
+            let moved = deals_api.move_deal(outgoing(request, &boss)).await?;
+            last_change = newer(last_change, integration_tests::api::write_token(&moved)?);
+            let moved = moved
+                .into_inner()
+                .deal
+                .context("MoveDeal returned no deal")?;
+            if reason.is_some() {
+                lost_count += 1;
+                reopen_me.get_or_insert(moved);
+            } else {
+                won_count += 1;
+            }
+        }
+        let deal = reopen_me.context("no deal was lost")?;
+        let request = pb::ReopenDealRequest {
+            deal_id: deal.id.clone(),
+            expected_version: deal.version,
+        };
+        let reopened = deals_api.reopen_deal(outgoing(request, &boss)).await?;
         last_change = newer(last_change, integration_tests::api::write_token(&reopened)?);
         println!(
             "\nClosed {won_count} deals as won and {lost_count} as lost with a reason; reopened one lost deal."
         );
-        lost_count -= 1;
+        Ok(Worked {
+            won: won_count,
+            lost: lost_count - 1,
+            last_change: last_change.context("no change was made")?,
+        })
     }
-    // Read as of the last change: no polling, the report includes it or is refused.
-    let fresh_as = last_change
-        .map(|t| t.to_string())
-        .context("no change was made")?;
-    let read = |group_by: pb::ReportGrouping| {
-        let mut reports = reports.clone();
-        let request = pb::LossReasonsRequest {
-            group_by: group_by as i32,
-            with_details: true,
-            plan_ids: vec![round_robin.id.clone()],
-            min_consistency_token: fresh_as.clone(),
-            ..Default::default()
+
+    /// The loss report of `plan` as of the last change, by manager and by plan: it must
+    /// show what was done, and the two must agree.
+    async fn read_reports(&self, plan: &pb::Plan, worked: Worked) -> anyhow::Result<()> {
+        // Read as of the last change: no polling, the report includes it or is refused.
+        let fresh_as = worked.last_change.to_string();
+        let read = |group_by: pb::ReportGrouping| {
+            let request = pb::LossReasonsRequest {
+                group_by: group_by as i32,
+                with_details: true,
+                plan_ids: vec![plan.id.clone()],
+                min_consistency_token: fresh_as.clone(),
+                ..Default::default()
+            };
+            let mut reports = self.reports.clone();
+            async move {
+                let response = reports
+                    .loss_reasons(outgoing(request, &self.viewer))
+                    .await?;
+                anyhow::Ok(response.into_inner())
+            }
         };
-        let viewer = viewer.clone();
-        async move {
-            anyhow::Ok(
-                reports
-                    .loss_reasons(outgoing(request, &viewer))
-                    .await?
-                    .into_inner(),
-            )
+        let by_manager = read(pb::ReportGrouping::Manager).await?;
+        let by_plan = read(pb::ReportGrouping::Plan).await?;
+        let (won, lost, _) = totals(&by_manager);
+        anyhow::ensure!(
+            (won, lost) == (worked.won, worked.lost),
+            "the report as of the last change shows {won} won and {lost} lost, not {} and {}",
+            worked.won,
+            worked.lost
+        );
+        anyhow::ensure!(
+            totals(&by_manager) == totals(&by_plan),
+            "the two reports as of the same change disagree: {:?} by manager, {:?} by plan",
+            totals(&by_manager),
+            totals(&by_plan)
+        );
+        print_report(&plan.name, &by_manager);
+        println!(
+            "\nBoth reports read as of the last change (consistency token {fresh_as}) and agree."
+        );
+        if let Some(path) = &self.args.last_run {
+            std::fs::write(path, format!("PLAN={}\nFRESH_AS={fresh_as}\n", plan.id))?;
         }
-    };
-    let by_manager = read(pb::ReportGrouping::Manager).await?;
-    let by_plan = read(pb::ReportGrouping::Plan).await?;
-    let totals = |r: &pb::LossReasonsResponse| {
-        let t = r.totals.clone().unwrap_or_default();
-        let reasons: BTreeMap<String, i64> = t
-            .reasons
-            .iter()
-            .map(|x| (x.name.clone(), x.count))
-            .collect();
-        (t.won, t.lost, reasons)
-    };
-    let (won, lost, _) = totals(&by_manager);
-    anyhow::ensure!(
-        (won, lost) == (won_count, lost_count),
-        "the report as of the last change shows {won} won and {lost} lost, not {won_count} and {lost_count}"
-    );
-    anyhow::ensure!(
-        totals(&by_manager) == totals(&by_plan),
-        "the two reports as of the same change disagree: {:?} by manager, {:?} by plan",
-        totals(&by_manager),
-        totals(&by_plan)
-    );
-    print_report(&round_robin.name, &by_manager);
-    println!("\nBoth reports read as of the last change (consistency token {fresh_as}) and agree.");
-    if let Some(path) = &args.last_run {
-        std::fs::write(
-            path,
-            format!("PLAN={}\nFRESH_AS={fresh_as}\n", round_robin.id),
-        )?;
+        Ok(())
     }
-    Ok(())
+}
+
+/// A report's totals: won, lost, and the count of each reason.
+fn totals(report: &pb::LossReasonsResponse) -> (i64, i64, BTreeMap<String, i64>) {
+    let t = report.totals.clone().unwrap_or_default();
+    let reasons = t
+        .reasons
+        .iter()
+        .map(|x| (x.name.clone(), x.count))
+        .collect();
+    (t.won, t.lost, reasons)
+}
+
+/// The webhook body of lead `i` of `plan`, from contact number `contact`.
+fn lead(plan: &pb::Plan, run: &str, i: usize, contact: usize) -> serde_json::Value {
+    json!({
+        "plan_id": plan.id,
+        "tunnel_id": "demo-funnel",
+        "block_id": "add-to-sales-plan",
+        "run_id": format!("{run}-{}-{i}", plan.chat_label),
+        "contact": {
+            "external_id": format!("tg-{run}-{}-{contact}", plan.chat_label),
+            "name": format!("Contact {i}"),
+            "phone": format!("+1 555 01{:02}", i % 100),
+        },
+    })
 }
 
 fn newer(a: Option<Token>, b: Token) -> Option<Token> {
@@ -409,36 +489,6 @@ async fn connect(url: &str) -> anyhow::Result<Channel> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     anyhow::bail!("{url} did not come up within 60 s")
-}
-
-async fn create_plan(
-    plans: &mut PlanServiceClient<Channel>,
-    token: &str,
-    name: &str,
-    mode: pb::distribution::Mode,
-    strategy: pb::distribution::Strategy,
-    prefer_related: bool,
-) -> anyhow::Result<pb::Plan> {
-    let request = pb::CreatePlanRequest {
-        name: name.into(),
-        average_amount: Some(pb::Money {
-            amount_minor: 12_000,
-            currency: "USD".into(),
-        }),
-        chat_label: name.split(' ').next().unwrap_or("DEMO").to_uppercase(),
-        distribution: Some(pb::Distribution {
-            mode: mode as i32,
-            prefer_related,
-            strategy: strategy as i32,
-        }),
-        manager_ids: MANAGERS.iter().map(|m| (*m).to_owned()).collect(),
-    };
-    plans
-        .create_plan(outgoing(request, token))
-        .await?
-        .into_inner()
-        .plan
-        .context("CreatePlan returned no plan")
 }
 
 fn print_plan(plan: &pb::Plan, summary: &pb::PipelineSummaryResponse) {

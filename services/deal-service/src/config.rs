@@ -1,7 +1,7 @@
 //! deal-service's configuration: from the environment, or local for tests.
 
 use salesplan_platform::{
-    config::{ConfigError, Env},
+    config::{ConfigError, DatabaseConfig, Env},
     limits::ClassLimit,
     service::ServiceConfig,
 };
@@ -9,6 +9,8 @@ use salesplan_platform::{
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: ServiceConfig,
+    /// `DATABASE_URL` and the pool settings of the service's own schema.
+    pub database: DatabaseConfig,
     pub limits: Limits,
     /// `SALESPLAN_CONSISTENCY_WAIT_MS`: how long ListDeals and GetBoard given a consistency
     /// token wait for its write to be readable.
@@ -81,7 +83,8 @@ impl Config {
 
     pub fn local(database_url: &str, nats_url: &str) -> Self {
         Self {
-            common: ServiceConfig::local(database_url, nats_url),
+            common: ServiceConfig::local(nats_url),
+            database: DatabaseConfig::local(database_url),
             limits: Limits::default(),
             consistency_wait: salesplan_platform::consistency::DEFAULT_WAIT,
         }
@@ -92,6 +95,7 @@ impl Config {
     pub fn read(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
+            database: DatabaseConfig::from_env(env)?,
             limits: Limits::from_env(env)?,
             consistency_wait: salesplan_platform::consistency::wait_from_env(env)?,
         })

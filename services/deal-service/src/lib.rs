@@ -18,6 +18,7 @@ use salesplan_platform::{
     bus::{Bus, streams},
     config::{ConfigError, Env},
     db, grpc as server,
+    metrics::Metrics,
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
 use salesplan_proto::v1::{
@@ -44,15 +45,17 @@ impl Service for Config {
 
     async fn start(self, shutdown: CancellationToken) -> anyhow::Result<Running> {
         let common = self.common;
-        let pool = db::connect_and_migrate(&common.database, SCHEMA, &MIGRATOR).await?;
+        let metrics = Metrics::new(Self::NAME, common.telemetry.otlp_endpoint.as_deref());
+        let pool = db::connect_and_migrate(&self.database, SCHEMA, &MIGRATOR).await?;
         let bus = Bus::connect(&common.nats, Self::NAME).await?;
         bus.ensure_streams(&streams::ALL).await?;
         let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
-        let reads = db::connect_reads(&common.database, SCHEMA).await?;
+        let reads = db::connect_reads(&self.database, SCHEMA).await?;
         let api = grpc::Api::new(
             store::Store::new(pool.clone(), reads),
             &self.limits,
             self.consistency_wait,
+            &metrics,
         );
         let routes = tonic::service::Routes::new(PlanServiceServer::with_interceptor(
             api.clone(),
@@ -63,9 +66,9 @@ impl Service for Config {
             interceptor.clone(),
         ))
         .add_service(OutboxServiceServer::with_interceptor(api, interceptor));
-        let mut background = Background::new();
+        let mut background = Background::new(metrics.clone());
         let relay_stop = background.stop_token();
-        background.spawn(events::outbox::run(pool, bus.clone(), relay_stop));
+        background.spawn(events::outbox::run(pool, bus.clone(), relay_stop, metrics));
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
             routes,
@@ -78,7 +81,11 @@ impl Service for Config {
         Ok(spawn_service(&common, grpc, None, background, bus, shutdown).await?)
     }
 
-    fn store() -> Option<(&'static str, &'static Migrator)> {
-        Some((SCHEMA, &MIGRATOR))
+    fn store(&self) -> Option<db::Schema<'_>> {
+        Some(db::Schema {
+            database: &self.database,
+            name: SCHEMA,
+            migrator: &MIGRATOR,
+        })
     }
 }

@@ -1,7 +1,7 @@
 //! The distributor's configuration: from the environment, or local for tests.
 
 use salesplan_platform::{
-    config::{ConfigError, Env},
+    config::{ConfigError, DatabaseConfig, Env},
     limits::ClassLimit,
     service::ServiceConfig,
 };
@@ -9,6 +9,8 @@ use salesplan_platform::{
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: ServiceConfig,
+    /// `DATABASE_URL` and the pool settings of the service's own schema.
+    pub database: DatabaseConfig,
     /// `SALESPLAN_DEAL_SERVICE_URL`.
     pub deal_service_url: String,
     /// `SALESPLAN_LIMIT_LOOKUPS`: ExplainAssignment and ListIntakeRejections per account
@@ -33,7 +35,8 @@ impl Config {
 
     pub fn local(database_url: &str, nats_url: &str, deal_service_url: &str) -> Self {
         Self {
-            common: ServiceConfig::local(database_url, nats_url),
+            common: ServiceConfig::local(nats_url),
+            database: DatabaseConfig::local(database_url),
             deal_service_url: deal_service_url.to_owned(),
             lookups_limit: Self::DEFAULT_LOOKUPS_LIMIT,
             bulk_share: Self::DEFAULT_BULK_SHARE,
@@ -46,6 +49,7 @@ impl Config {
     pub fn read(env: &Env) -> Result<Self, ConfigError> {
         let config = Self {
             common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
+            database: DatabaseConfig::from_env(env)?,
             deal_service_url: env
                 .string("SALESPLAN_DEAL_SERVICE_URL", Self::DEFAULT_DEAL_SERVICE_URL),
             lookups_limit: ClassLimit::from_env(

@@ -20,6 +20,7 @@ use salesplan_platform::{
     bus::{Activity, Bus, ConsumerSpec, FairSpec, streams},
     config::{ConfigError, Env},
     db, grpc as server,
+    metrics::Metrics,
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
 use salesplan_proto::v1::distributor_service_server::DistributorServiceServer;
@@ -50,7 +51,8 @@ impl Service for Config {
 
     async fn start(self, shutdown: CancellationToken) -> anyhow::Result<Running> {
         let common = self.common;
-        let pool = db::connect_and_migrate(&common.database, SCHEMA, &MIGRATOR).await?;
+        let metrics = Metrics::new(Self::NAME, common.telemetry.otlp_endpoint.as_deref());
+        let pool = db::connect_and_migrate(&self.database, SCHEMA, &MIGRATOR).await?;
         let bus = Bus::connect(&common.nats, Self::NAME).await?;
         bus.ensure_streams(&streams::ALL).await?;
         let issuer = TokenIssuer::from_config(&common.auth)?
@@ -66,14 +68,20 @@ impl Service for Config {
         );
         let store = store::Store::new(pool);
 
-        let mut background = Background::new();
+        let mut background = Background::new(metrics.clone());
         background.consume(
             &bus,
             ConsumerSpec::new(&streams::PLANS, "distributor-plans"),
             Arc::new(events::plans::PlanEvents::new(store.clone())),
         );
-        let leads =
-            || events::intake::IntakeEvents::new(store.clone(), bus.clone(), upstream.clone());
+        let leads = || {
+            events::intake::IntakeEvents::new(
+                store.clone(),
+                bus.clone(),
+                upstream.clone(),
+                &metrics,
+            )
+        };
         let interactive = Activity::default();
         // The interactive lane: a funnel's single lead, never behind a bulk add.
         background.consume(
@@ -111,7 +119,7 @@ impl Service for Config {
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
             routes: tonic::service::Routes::new(DistributorServiceServer::with_interceptor(
-                grpc::Explain::new(store, upstream, self.lookups_limit),
+                grpc::Explain::new(store, upstream, self.lookups_limit, &metrics),
                 interceptor,
             )),
             names: vec![<DistributorServiceServer<grpc::Explain> as NamedService>::NAME],
@@ -119,7 +127,11 @@ impl Service for Config {
         Ok(spawn_service(&common, grpc, None, background, bus, shutdown).await?)
     }
 
-    fn store() -> Option<(&'static str, &'static Migrator)> {
-        Some((SCHEMA, &MIGRATOR))
+    fn store(&self) -> Option<db::Schema<'_>> {
+        Some(db::Schema {
+            database: &self.database,
+            name: SCHEMA,
+            migrator: &MIGRATOR,
+        })
     }
 }

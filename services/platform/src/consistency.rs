@@ -40,16 +40,18 @@ pub fn wait_from_env(env: &crate::config::Env) -> Result<Duration, crate::config
     Ok(wait)
 }
 
-/// Polls `reached` until it answers `Some`, at most `wait`; then UNAVAILABLE: the read
+/// Polls `reached` until it answers `Some`, at most `wait`; then [`NotFresh`]: the read
 /// model has not caught up with `token` yet (the client retries, or reads without it).
-pub async fn wait_until<T, F, Fut>(
+/// Generic in its error so a store can wait in its own error type.
+pub async fn wait_until<T, E, F, Fut>(
     token: &impl fmt::Display,
     wait: Duration,
     mut reached: F,
-) -> Result<T, ApiError>
+) -> Result<T, E>
 where
+    E: From<NotFresh>,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>, ApiError>>,
+    Fut: Future<Output = Result<Option<T>, E>>,
 {
     let deadline = tokio::time::Instant::now() + wait;
     let mut pause = FIRST_POLL;
@@ -58,17 +60,29 @@ where
             return Ok(found);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::Unavailable(format!(
+            return Err(NotFresh(format!(
                 "not yet as fresh as consistency token {} after {} ms; retry",
                 Abridged(&token.to_string()),
                 wait.as_millis()
-            )));
+            ))
+            .into());
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         tokio::time::sleep(pause.min(left)).await;
         // A token read back at once is the common case; one that is not there soon
         // costs the database less the longer it waits (a forged one, a stalled model).
         pause = (pause * 2).min(LAST_POLL);
+    }
+}
+
+/// A read that waited its time for a token and still does not include it: UNAVAILABLE.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFresh(pub String);
+
+impl From<NotFresh> for ApiError {
+    fn from(err: NotFresh) -> Self {
+        Self::Unavailable(err.0)
     }
 }
 
@@ -353,7 +367,7 @@ mod tests {
     #[tokio::test]
     async fn a_wait_that_runs_out_names_the_token_abridged() {
         let leads = LeadsToken::new((0..500).map(|_| Uuid::new_v4()).collect());
-        let err = wait_until(&leads, Duration::ZERO, || async { Ok(None::<()>) })
+        let err: ApiError = wait_until(&leads, Duration::ZERO, || async { Ok(None::<()>) })
             .await
             .unwrap_err();
         let message = err.to_string();

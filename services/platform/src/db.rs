@@ -15,6 +15,13 @@ use crate::config::DatabaseConfig;
 /// A service's migrations (`sqlx::migrate!`), as [`crate::service::Service::store`] names them.
 pub use sqlx::migrate::Migrator;
 
+/// A service's own schema in PostgreSQL: the database it is in, its name, its migrations.
+pub struct Schema<'a> {
+    pub database: &'a DatabaseConfig,
+    pub name: &'static str,
+    pub migrator: &'static Migrator,
+}
+
 /// Opens a pool whose connections resolve names in `schema` first, then `public` (where
 /// extensions such as `pg_trgm` live).
 ///

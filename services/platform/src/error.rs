@@ -450,14 +450,6 @@ impl From<sqlx::Error> for ApiError {
 /// The SQLSTATE when `err` is the database refusing the data of a statement (a data
 /// exception, class 22, or a constraint violation, class 23): the same input fails again
 /// however often it is retried, unlike a lost connection or a timeout.
-pub fn data_refusal(err: &ApiError) -> Option<String> {
-    let ApiError::Internal(source) = err else {
-        return None;
-    };
-    sql_data_refusal(source.downcast_ref::<sqlx::Error>()?)
-}
-
-/// [`data_refusal`] of a database error as sqlx returns it.
 pub fn sql_data_refusal(err: &sqlx::Error) -> Option<String> {
     match err {
         sqlx::Error::Database(db) => db

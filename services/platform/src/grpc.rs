@@ -25,6 +25,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain_delay: Duration,
     timeout: Duration,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -56,7 +57,7 @@ pub async fn serve(
     Server::builder()
         .timeout(timeout)
         .trace_fn(request_span)
-        .layer(MetricsLayer::new())
+        .layer(MetricsLayer::new(metrics))
         .layer(crate::consistency::ConsistencyLayer)
         .add_routes(routes.add_service(health).add_service(reflection))
         .serve_with_incoming_shutdown(incoming(listener), signal)
@@ -117,8 +118,8 @@ pub struct MetricsLayer {
 }
 
 impl MetricsLayer {
-    pub fn new() -> Self {
-        let meter = crate::telemetry::meter("grpc");
+    pub fn new(metrics: &crate::metrics::Metrics) -> Self {
+        let meter = metrics.meter("grpc");
         Self {
             requests: meter
                 .u64_counter("salesplan.grpc.requests")
@@ -129,12 +130,6 @@ impl MetricsLayer {
                 .with_unit("s")
                 .build(),
         }
-    }
-}
-
-impl Default for MetricsLayer {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

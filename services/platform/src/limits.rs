@@ -161,12 +161,17 @@ impl fmt::Debug for AccountLimiter {
 }
 
 impl AccountLimiter {
-    pub fn new(class: &'static str, limit: ClassLimit) -> Arc<Self> {
+    pub fn new(
+        class: &'static str,
+        limit: ClassLimit,
+        metrics: &crate::metrics::Metrics,
+    ) -> Arc<Self> {
         Arc::new(Self {
             class,
             limit,
             accounts: Mutex::default(),
-            refused: crate::telemetry::meter("salesplan")
+            refused: metrics
+                .meter("limits")
                 .u64_counter("salesplan.limits.refused")
                 .with_description("Calls refused by a per-account limit, by class")
                 .build(),
@@ -255,7 +260,11 @@ mod tests {
 
     #[test]
     fn a_burst_then_the_rate() {
-        let limiter = AccountLimiter::new("test", ClassLimit::rate_only(10.0, 3.0));
+        let limiter = AccountLimiter::new(
+            "test",
+            ClassLimit::rate_only(10.0, 3.0),
+            &crate::metrics::Metrics::unread(),
+        );
         let t0 = Instant::now();
         let mut permits = Vec::new();
         for _ in 0..3 {
@@ -286,7 +295,7 @@ mod tests {
             rate: 1_000.0,
             burst: 1_000.0,
         };
-        let limiter = AccountLimiter::new("reads", limit);
+        let limiter = AccountLimiter::new("reads", limit, &crate::metrics::Metrics::unread());
         let now = Instant::now();
         let first = limiter.admit_at("acme", now).unwrap();
         let _second = limiter.admit_at("acme", now).unwrap();
@@ -332,7 +341,7 @@ mod tests {
         #[test]
         fn never_more_than_burst_plus_rate_times_time(gaps in proptest::collection::vec(0u64..50, 1..200)) {
             let limit = ClassLimit::rate_only(20.0, 5.0);
-            let limiter = AccountLimiter::new("test", limit);
+            let limiter = AccountLimiter::new("test", limit, &crate::metrics::Metrics::unread());
             let start = Instant::now();
             let mut now = start;
             let mut admitted = 0.0;

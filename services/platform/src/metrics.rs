@@ -1,11 +1,11 @@
-//! Metrics: one OpenTelemetry meter provider per process, read on demand for the Prometheus
-//! scrape endpoint (`/metrics` on `SALESPLAN_METRICS_ADDR`) and pushed over OTLP when
-//! configured.
+//! Metrics: one OpenTelemetry meter provider per service, read on demand for the
+//! Prometheus scrape endpoint (`/metrics` on `SALESPLAN_METRICS_ADDR`) and pushed over OTLP
+//! when configured. No process-global provider: what measures is handed its service's.
 
 use std::{
     fmt::Write as _,
     net::SocketAddr,
-    sync::{Arc, OnceLock, Weak},
+    sync::{Arc, Weak},
     time::Duration,
 };
 
@@ -43,65 +43,89 @@ impl MetricReader for SharedReader {
     }
 }
 
-struct Installed {
+/// One service's metrics: its own meter provider, read on demand for `/metrics` and pushed
+/// over OTLP when configured. Made in the service's `start` and handed to what measures,
+/// so several services in one process (the tests) each show only their own.
+#[derive(Clone)]
+pub struct Metrics {
     provider: SdkMeterProvider,
     reader: Arc<ManualReader>,
 }
 
-static INSTALLED: OnceLock<Installed> = OnceLock::new();
-
-/// Installs the process's meter provider (first call wins), with `otlp` as an extra
-/// periodic exporter when given. Instruments made before it are no-ops, so every service
-/// gets its meters through [`crate::telemetry::meter`], which installs first.
-pub fn install(
-    service: &'static str,
-    otlp: Option<opentelemetry_otlp::MetricExporter>,
-) -> SdkMeterProvider {
-    INSTALLED
-        .get_or_init(|| {
-            let reader = Arc::new(ManualReader::builder().build());
-            let mut builder: MeterProviderBuilder = SdkMeterProvider::builder()
-                .with_resource(Resource::builder().with_service_name(service).build())
-                .with_reader(SharedReader(reader.clone()));
-            if let Some(exporter) = otlp {
-                builder = builder.with_periodic_exporter(exporter);
-            }
-            let provider = builder.build();
-            opentelemetry::global::set_meter_provider(provider.clone());
-            Installed { provider, reader }
-        })
-        .provider
-        .clone()
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
 }
 
-/// Everything measured so far, in the Prometheus text format.
-pub fn render() -> String {
-    install("salesplan", None);
-    let Some(installed) = INSTALLED.get() else {
-        return String::new();
-    };
-    let mut metrics = ResourceMetrics::default();
-    if let Err(err) = installed.reader.collect(&mut metrics) {
-        return format!("# collection failed: {err}\n");
+impl Metrics {
+    /// The metrics of `service`, also exported over OTLP/gRPC to `otlp_endpoint` when given
+    /// (an exporter that cannot be built is logged and left out: metrics stay scrapable).
+    pub fn new(service: &'static str, otlp_endpoint: Option<&str>) -> Self {
+        let reader = Arc::new(ManualReader::builder().build());
+        let mut builder: MeterProviderBuilder = SdkMeterProvider::builder()
+            .with_resource(Resource::builder().with_service_name(service).build())
+            .with_reader(SharedReader(reader.clone()));
+        if let Some(endpoint) = otlp_endpoint {
+            use opentelemetry_otlp::WithExportConfig;
+            match opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+            {
+                Ok(exporter) => builder = builder.with_periodic_exporter(exporter),
+                Err(err) => tracing::warn!(error = %err, "OTLP metric export disabled"),
+            }
+        }
+        Self {
+            provider: builder.build(),
+            reader,
+        }
     }
-    let mut out = String::new();
-    for scope in metrics.scope_metrics() {
-        for metric in scope.metrics() {
-            let name = sanitize(metric.name());
-            match metric.data() {
-                AggregatedMetrics::U64(data) => {
-                    write_data(&mut out, &name, metric.description(), data, |v| v as f64)
-                }
-                AggregatedMetrics::I64(data) => {
-                    write_data(&mut out, &name, metric.description(), data, |v| v as f64)
-                }
-                AggregatedMetrics::F64(data) => {
-                    write_data(&mut out, &name, metric.description(), data, |v| v)
+
+    /// For a part tested on its own: metrics nobody reads.
+    pub fn unread() -> Self {
+        Self::new("test", None)
+    }
+
+    /// The meter of one part of the service (`scope`: "grpc", "consumer", …).
+    pub fn meter(&self, scope: &'static str) -> opentelemetry::metrics::Meter {
+        use opentelemetry::metrics::MeterProvider as _;
+        self.provider.meter(scope)
+    }
+
+    /// Flushes the OTLP exporter (if any) and stops; at the end of the service.
+    pub fn shutdown(&self) {
+        if let Err(err) = self.provider.shutdown() {
+            tracing::debug!(error = %err, "metric provider shutdown");
+        }
+    }
+
+    /// Everything measured so far, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut metrics = ResourceMetrics::default();
+        if let Err(err) = self.reader.collect(&mut metrics) {
+            return format!("# collection failed: {err}\n");
+        }
+        let mut out = String::new();
+        for scope in metrics.scope_metrics() {
+            for metric in scope.metrics() {
+                let name = sanitize(metric.name());
+                match metric.data() {
+                    AggregatedMetrics::U64(data) => {
+                        write_data(&mut out, &name, metric.description(), data, |v| v as f64)
+                    }
+                    AggregatedMetrics::I64(data) => {
+                        write_data(&mut out, &name, metric.description(), data, |v| v as f64)
+                    }
+                    AggregatedMetrics::F64(data) => {
+                        write_data(&mut out, &name, metric.description(), data, |v| v)
+                    }
                 }
             }
         }
+        out
     }
-    out
 }
 
 fn sanitize(name: &str) -> String {
@@ -221,19 +245,20 @@ fn write_data<T: Copy>(
     }
 }
 
-/// Serves `GET /metrics` until `shutdown`; returns the bound address.
+/// Serves `GET /metrics` of `metrics` until `shutdown`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
+    metrics: Metrics,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let router = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(|| async {
+        axum::routing::get(move || async move {
             (
                 [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                render(),
+                metrics.render(),
             )
         }),
     );
@@ -254,12 +279,13 @@ mod tests {
 
     #[test]
     fn counters_and_histograms_render_in_prometheus_text() {
-        let meter = crate::telemetry::meter("test");
+        let metrics = Metrics::unread();
+        let meter = metrics.meter("test");
         let counter = meter.u64_counter("salesplan.test.things").build();
         counter.add(3, &[KeyValue::new("kind", "a")]);
         let histogram = meter.f64_histogram("salesplan.test.seconds").build();
         histogram.record(0.2, &[]);
-        let text = render();
+        let text = metrics.render();
         assert!(
             text.contains("salesplan_test_things_total{kind=\"a\"} 3"),
             "{text}"

@@ -7,17 +7,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{AuthConfig, ConfigError, DatabaseConfig, Env, NatsConfig, shutdown_grace},
+    config::{AuthConfig, ConfigError, Env, NatsConfig, shutdown_grace},
     telemetry::TelemetryConfig,
 };
 
 /// The settings every service reads, each from its own variables:
-/// `SALESPLAN_GRPC_ADDR`, `DATABASE_URL`, `NATS_URL`, the JWT keys, telemetry,
-/// `SALESPLAN_SHUTDOWN_GRACE_MS` and `SALESPLAN_DRAIN_DELAY_MS`.
+/// `SALESPLAN_GRPC_ADDR`, `NATS_URL`, the JWT keys, telemetry,
+/// `SALESPLAN_SHUTDOWN_GRACE_MS` and `SALESPLAN_DRAIN_DELAY_MS`. The database is not
+/// among them: a service that keeps state reads its own (`DatabaseConfig`), and one that
+/// keeps none (the listener) takes no `DATABASE_URL`.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     pub grpc_addr: SocketAddr,
-    pub database: DatabaseConfig,
     pub nats: NatsConfig,
     pub auth: AuthConfig,
     pub telemetry: TelemetryConfig,
@@ -40,7 +41,6 @@ impl ServiceConfig {
     pub fn from_env(env: &Env, default_grpc_addr: &str) -> Result<Self, ConfigError> {
         Ok(Self {
             grpc_addr: env.addr("SALESPLAN_GRPC_ADDR", default_grpc_addr)?,
-            database: DatabaseConfig::from_env(env)?,
             nats: NatsConfig::from_env(env)?,
             auth: AuthConfig::from_env(env)?,
             telemetry: TelemetryConfig::from_env(env)?,
@@ -63,10 +63,9 @@ impl ServiceConfig {
     }
 
     /// For tests: everything local, gRPC on a free port.
-    pub fn local(database_url: &str, nats_url: &str) -> Self {
+    pub fn local(nats_url: &str) -> Self {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database: DatabaseConfig::local(database_url),
             nats: NatsConfig::local(nats_url),
             auth: AuthConfig::dev(),
             telemetry: TelemetryConfig::default(),
@@ -147,15 +146,17 @@ pub trait Service: Sized + Send + 'static {
         shutdown: CancellationToken,
     ) -> impl std::future::Future<Output = anyhow::Result<Running>> + Send;
 
-    /// The service's own schema and its migrations; `None` for a service that keeps
-    /// nothing in PostgreSQL.
-    fn store() -> Option<(&'static str, &'static sqlx::migrate::Migrator)>;
+    /// The service's own schema, where it is and its migrations; `None` for a service
+    /// that keeps nothing in PostgreSQL.
+    fn store(&self) -> Option<crate::db::Schema<'_>>;
 
     /// Applies the service's migrations (a Kubernetes Job runs this before an upgrade).
     fn migrate(&self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
-        let database = self.common().database.clone();
+        let store = self
+            .store()
+            .map(|s| (s.database.clone(), s.name, s.migrator));
         async move {
-            if let Some((schema, migrator)) = Self::store() {
+            if let Some((database, schema, migrator)) = store {
                 crate::db::migrate(&database, schema, migrator).await?;
             }
             Ok(())
@@ -248,20 +249,22 @@ pub async fn run<S: Service>(command: Command) -> std::process::ExitCode {
 pub struct Background {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
-}
-
-impl Default for Background {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// The service's metrics: its consumers count into them, and `/metrics` shows them.
+    metrics: crate::metrics::Metrics,
 }
 
 impl Background {
-    pub fn new() -> Self {
+    pub fn new(metrics: crate::metrics::Metrics) -> Self {
         Self {
             stop: CancellationToken::new(),
             tasks: Vec::new(),
+            metrics,
         }
+    }
+
+    /// The service's metrics, for a task that measures.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// The token a task watches to know it should finish.
@@ -281,7 +284,14 @@ impl Background {
         handler: std::sync::Arc<H>,
     ) {
         let stop = self.stop_token();
-        self.spawn(crate::bus::run_consumer(bus.clone(), spec, handler, stop));
+        let metrics = self.metrics.clone();
+        self.spawn(crate::bus::run_consumer(
+            bus.clone(),
+            spec,
+            handler,
+            stop,
+            metrics,
+        ));
     }
 
     /// Runs a fair consumer (accounts served in turn) until the service stops.
@@ -292,11 +302,13 @@ impl Background {
         handler: std::sync::Arc<H>,
     ) {
         let stop = self.stop_token();
+        let metrics = self.metrics.clone();
         self.spawn(crate::bus::run_fair_consumer(
             bus.clone(),
             spec,
             handler,
             stop,
+            metrics,
         ));
     }
 
@@ -334,8 +346,11 @@ pub async fn spawn_service(
     let drain_delay = config.drain_delay;
     let timeout = config.grpc_timeout;
     let metrics_stop = CancellationToken::new();
+    let service_metrics = background.metrics.clone();
     let metrics = match config.metrics_addr {
-        Some(addr) => Some(crate::metrics::serve(addr, metrics_stop.clone()).await?),
+        Some(addr) => {
+            Some(crate::metrics::serve(addr, service_metrics.clone(), metrics_stop.clone()).await?)
+        }
         None => None,
     };
     let metrics_addr = metrics.as_ref().map(|(addr, _)| *addr);
@@ -351,6 +366,7 @@ pub async fn spawn_service(
             shutdown,
             drain_delay,
             timeout,
+            &service_metrics,
         );
         let http_server = async {
             match http_server {
@@ -365,6 +381,7 @@ pub async fn spawn_service(
         if let Some((_, task)) = metrics {
             let _ = task.await;
         }
+        service_metrics.shutdown();
         served?;
         http_served?;
         stopped

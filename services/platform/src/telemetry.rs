@@ -1,8 +1,8 @@
-//! Logs, traces and metrics: one `init` per process, and W3C trace context carried across
-//! NATS headers and gRPC metadata.
+//! Logs and traces: one `init` per process, and W3C trace context carried across NATS
+//! headers and gRPC metadata. (Metrics are per service: `crate::metrics::Metrics`.)
 //!
 //! Logs: `RUST_LOG` filter (default `info`), pretty locally, JSON with
-//! `SALESPLAN_LOG_FORMAT=json`. Traces and metrics go to OTLP when
+//! `SALESPLAN_LOG_FORMAT=json`. Traces (and each service's metrics) go to OTLP when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
 use opentelemetry::{
@@ -10,10 +10,7 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::TracerProvider as _,
 };
-use opentelemetry_sdk::{
-    Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator,
-    trace::SdkTracerProvider,
-};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -46,10 +43,9 @@ impl TelemetryConfig {
     }
 }
 
-/// Flushes and shuts the exporters down when dropped (at the end of `main`).
+/// Flushes and shuts the trace exporter down when dropped (at the end of `main`).
 pub struct TelemetryGuard {
     tracer: Option<SdkTracerProvider>,
-    meter: Option<SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
@@ -58,11 +54,6 @@ impl Drop for TelemetryGuard {
             && let Err(err) = tracer.shutdown()
         {
             eprintln!("trace exporter shutdown: {err}");
-        }
-        if let Some(meter) = self.meter.take()
-            && let Err(err) = meter.shutdown()
-        {
-            eprintln!("metric exporter shutdown: {err}");
         }
     }
 }
@@ -88,26 +79,26 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
         tracing_subscriber::fmt::layer().boxed()
     };
     let resource = Resource::builder().with_service_name(service).build();
-    let (otel, tracer, meter) = match &config.otlp_endpoint {
-        Some(endpoint) => match otlp_providers(service, endpoint, resource) {
-            Ok((tracer, meter)) => {
+    let (otel, tracer) = match &config.otlp_endpoint {
+        Some(endpoint) => match otlp_tracer(endpoint, resource) {
+            Ok(tracer) => {
                 let layer = tracing_opentelemetry::layer()
                     .with_tracer(tracer.tracer(service))
                     .boxed();
-                (Some(layer), Some(tracer), Some(meter))
+                (Some(layer), Some(tracer))
             }
             Err(err) => {
-                eprintln!("OTLP export disabled: {err}");
-                (None, None, None)
+                eprintln!("OTLP trace export disabled: {err}");
+                (None, None)
             }
         },
-        None => (None, None, Some(crate::metrics::install(service, None))),
+        None => (None, None),
     };
     let _ = tracing_subscriber::registry()
         .with(fmt.with_filter(filter()))
         .with(otel)
         .try_init();
-    TelemetryGuard { tracer, meter }
+    TelemetryGuard { tracer }
 }
 
 /// For tests: compact logs captured per test, `RUST_LOG` or warnings only.
@@ -119,31 +110,19 @@ pub fn init_for_tests() {
         .try_init();
 }
 
-fn otlp_providers(
-    service: &'static str,
+fn otlp_tracer(
     endpoint: &str,
     resource: Resource,
-) -> Result<(SdkTracerProvider, SdkMeterProvider), opentelemetry_otlp::ExporterBuildError> {
+) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     use opentelemetry_otlp::WithExportConfig;
     let spans = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .build()?;
-    let tracer = SdkTracerProvider::builder()
+    Ok(SdkTracerProvider::builder()
         .with_batch_exporter(spans)
         .with_resource(resource)
-        .build();
-    let metrics = opentelemetry_otlp::MetricExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .build()?;
-    Ok((tracer, crate::metrics::install(service, Some(metrics))))
-}
-
-/// The meter of a service's instruments (installs the process's meter provider first).
-pub fn meter(service: &'static str) -> opentelemetry::metrics::Meter {
-    crate::metrics::install("salesplan", None);
-    opentelemetry::global::meter(service)
+        .build())
 }
 
 struct NatsHeaders<'a>(&'a mut async_nats::HeaderMap);

@@ -1,7 +1,7 @@
 //! reporting's configuration: from the environment, or local for tests.
 
 use salesplan_platform::{
-    config::{ConfigError, Env},
+    config::{ConfigError, DatabaseConfig, Env},
     consistency,
     limits::ClassLimit,
     service::ServiceConfig,
@@ -10,6 +10,8 @@ use salesplan_platform::{
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: ServiceConfig,
+    /// `DATABASE_URL` and the pool settings of the service's own schema.
+    pub database: DatabaseConfig,
     /// `SALESPLAN_LIMIT_REPORTS`: per account and replica, of every report call.
     pub reports_limit: ClassLimit,
     /// `SALESPLAN_CONSISTENCY_WAIT_MS`: how long a report given a consistency token waits
@@ -27,7 +29,8 @@ impl Config {
 
     pub fn local(database_url: &str, nats_url: &str) -> Self {
         Self {
-            common: ServiceConfig::local(database_url, nats_url),
+            common: ServiceConfig::local(nats_url),
+            database: DatabaseConfig::local(database_url),
             reports_limit: Self::DEFAULT_REPORTS_LIMIT,
             consistency_wait: consistency::DEFAULT_WAIT,
         }
@@ -38,6 +41,7 @@ impl Config {
     pub fn read(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
+            database: DatabaseConfig::from_env(env)?,
             reports_limit: ClassLimit::from_env(
                 env,
                 "SALESPLAN_LIMIT_REPORTS",

@@ -17,6 +17,7 @@ use salesplan_platform::{
     bus::{Bus, ConsumerSpec, streams},
     config::{ConfigError, Env},
     db, grpc as server,
+    metrics::Metrics,
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
 use salesplan_proto::v1::report_service_server::ReportServiceServer;
@@ -40,12 +41,13 @@ impl Service for Config {
 
     async fn start(self, shutdown: CancellationToken) -> anyhow::Result<Running> {
         let common = self.common;
-        let pool = db::connect_and_migrate(&common.database, SCHEMA, &MIGRATOR).await?;
+        let metrics = Metrics::new(Self::NAME, common.telemetry.otlp_endpoint.as_deref());
+        let pool = db::connect_and_migrate(&self.database, SCHEMA, &MIGRATOR).await?;
         let bus = Bus::connect(&common.nats, Self::NAME).await?;
         bus.ensure_streams(&streams::ALL).await?;
         let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
 
-        let mut background = Background::new();
+        let mut background = Background::new(metrics.clone());
         // Every replica reads every horizon.
         let horizons = domain::progress::Horizons::new();
         background.consume(
@@ -78,8 +80,8 @@ impl Service for Config {
             routes: tonic::service::Routes::new(ReportServiceServer::with_interceptor(
                 // Reports scan: their own connections and statement timeout.
                 grpc::Reports::new(
-                    db::connect_reads(&common.database, SCHEMA).await?,
-                    self.reports_limit,
+                    db::connect_reads(&self.database, SCHEMA).await?,
+                    (self.reports_limit, &metrics),
                     (horizons, self.consistency_wait),
                 ),
                 interceptor,
@@ -89,7 +91,11 @@ impl Service for Config {
         Ok(spawn_service(&common, grpc, None, background, bus, shutdown).await?)
     }
 
-    fn store() -> Option<(&'static str, &'static Migrator)> {
-        Some((SCHEMA, &MIGRATOR))
+    fn store(&self) -> Option<db::Schema<'_>> {
+        Some(db::Schema {
+            database: &self.database,
+            name: SCHEMA,
+            migrator: &MIGRATOR,
+        })
     }
 }

@@ -54,10 +54,7 @@ async fn maintenance(rebuild: bool) -> ExitCode {
             })
     } else {
         // deal-service's database, read-only (default: the same database as reporting).
-        let source = env.string(
-            "SALESPLAN_DEAL_DATABASE_URL",
-            config.common.database.url.expose(),
-        );
+        let source = env.string("SALESPLAN_DEAL_DATABASE_URL", config.database.url.expose());
         reporting::maintenance::verify(&config, &source)
             .await
             .map(|(closed, differences)| {

@@ -24,8 +24,8 @@ use crate::{
 /// Safe while the service runs: every event applies idempotently. Returns the events
 /// applied (plans, deals).
 pub async fn rebuild(config: &crate::Config) -> anyhow::Result<(u64, u64)> {
-    db::migrate(&config.common.database, SCHEMA, &MIGRATOR).await?;
-    let pool = db::connect(&config.common.database, SCHEMA).await?;
+    db::migrate(&config.database, SCHEMA, &MIGRATOR).await?;
+    let pool = db::connect(&config.database, SCHEMA).await?;
     store::maintenance::empty(&pool).await?;
     let bus = Bus::connect(&config.common.nats, "reporting-rebuild").await?;
     bus.ensure_streams(&streams::ALL).await?;
@@ -111,7 +111,7 @@ pub async fn verify(
     // An operator's tool that reads every closed deal: no statement timeout.
     let unbounded = DatabaseConfig {
         statement_timeout: std::time::Duration::ZERO,
-        ..config.common.database.clone()
+        ..config.database.clone()
     };
     let reporting = db::connect(&unbounded, SCHEMA).await?;
     let source = db::connect(

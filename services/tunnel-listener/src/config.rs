@@ -40,9 +40,9 @@ impl Config {
     /// The user id of the listener's own calls (plan look-ups).
     pub const ACTOR_ID: &str = "system:tunnel-listener";
 
-    pub fn local(database_url: &str, nats_url: &str, deal_service_url: &str) -> Self {
+    pub fn local(nats_url: &str, deal_service_url: &str) -> Self {
         Self {
-            common: ServiceConfig::local(database_url, nats_url),
+            common: ServiceConfig::local(nats_url),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
             deal_service_url: deal_service_url.to_owned(),
@@ -116,5 +116,26 @@ impl Config {
             ));
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The listener keeps no state: a database setting, even a broken one, is not its
+    /// concern (deal-service, reading the same environment, refuses it).
+    #[test]
+    fn the_listener_takes_no_database() {
+        let env = Env::from_pairs([
+            ("DATABASE_URL", "mysql://not-postgres"),
+            (
+                "SALESPLAN_JWT_HS256_SECRET",
+                "a-secret-of-at-least-32-bytes-here",
+            ),
+        ]);
+        assert!(Config::read(&env).is_ok());
+        let refused = salesplan_platform::config::DatabaseConfig::from_env(&env).unwrap_err();
+        assert_eq!(refused.key, "DATABASE_URL");
     }
 }

@@ -22,6 +22,7 @@ use salesplan_platform::{
     config::{ConfigError, Env},
     grpc as server,
     limits::AccountLimiter,
+    metrics::Metrics,
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
 use salesplan_proto::v1::intake_service_server::IntakeServiceServer;
@@ -42,6 +43,7 @@ impl Service for Config {
 
     async fn start(self, shutdown: CancellationToken) -> anyhow::Result<Running> {
         let common = self.common;
+        let metrics = Metrics::new(Self::NAME, common.telemetry.otlp_endpoint.as_deref());
         let bus = Bus::connect(&common.nats, Self::NAME).await?;
         bus.ensure_streams(&streams::ALL).await?;
         let verifier = Arc::new(TokenVerifier::from_config(&common.auth)?);
@@ -51,15 +53,15 @@ impl Service for Config {
             server::lazy_channel(&self.deal_service_url)?,
             ServiceTokens::new(issuer, Self::ACTOR_ID, &[]),
         ));
-        let background = Background::new();
         let intake = Intake::new(
             bus.clone(),
             plans,
-            AccountLimiter::new("leads", self.webhook_limit),
+            AccountLimiter::new("leads", self.webhook_limit, &metrics),
             intake::BulkBacklog {
                 max_in_flight: self.audience_max_in_flight,
                 patience: self.audience_idle_timeout,
             },
+            &metrics,
         );
 
         let http = tokio::net::TcpListener::bind(self.http_addr).await?;
@@ -93,7 +95,7 @@ impl Service for Config {
                 grpc::IntakeApi::new(
                     intake,
                     grpc::AudienceLimits {
-                        calls: AccountLimiter::new("bulk adds", self.audience_limit),
+                        calls: AccountLimiter::new("bulk adds", self.audience_limit, &metrics),
                         idle_timeout: self.audience_idle_timeout,
                     },
                 ),
@@ -105,7 +107,7 @@ impl Service for Config {
             &common,
             grpc,
             Some((http_addr, http_server)),
-            background,
+            Background::new(metrics),
             bus,
             shutdown,
         )
@@ -113,7 +115,7 @@ impl Service for Config {
     }
 
     /// No database of its own: nothing to migrate.
-    fn store() -> Option<(&'static str, &'static salesplan_platform::db::Migrator)> {
+    fn store(&self) -> Option<salesplan_platform::db::Schema<'_>> {
         None
     }
 }

@@ -19,6 +19,9 @@ pub enum DomainError {
     /// A rule of the state the request meets, named by `Reason`.
     #[error("{1}")]
     Precondition(Reason, String),
+    /// The actor may change only the deals assigned to them (no `deals:edit_all`).
+    #[error("not your deal: needs deals:edit_all")]
+    NotYours,
 }
 
 impl DomainError {
@@ -44,6 +47,10 @@ impl From<DomainError> for salesplan_platform::ApiError {
                 reason: Reason::LossReasonRequired,
             },
             DomainError::Precondition(reason, message) => Self::precondition(reason, message),
+            DomainError::NotYours => Self::PermissionDenied(format!(
+                "{} (the deal is not assigned to you)",
+                salesplan_platform::Permission::DealsEditAll
+            )),
         }
     }
 }

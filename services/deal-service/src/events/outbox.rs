@@ -22,6 +22,7 @@ use std::{collections::HashMap, time::Duration};
 use prost::Message as _;
 use salesplan_platform::{
     bus::{Bus, Outgoing, streams},
+    metrics::Metrics,
     telemetry,
 };
 use salesplan_proto::v1 as pb;
@@ -69,8 +70,8 @@ impl Relayed {
 }
 
 /// Runs until `shutdown`, then publishes what is left (while it can) and returns.
-pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken) {
-    let meter = salesplan_platform::telemetry::meter("deal-service");
+pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: Metrics) {
+    let meter = metrics.meter("outbox");
     let published = meter.u64_counter("salesplan.outbox.published").build();
     let parked = meter
         .u64_counter("salesplan.outbox.parked")

@@ -17,7 +17,7 @@ use crate::{
         plan::Plan,
         query::{AfterKey, PageToken, Sort, bounded_page_size, page_size},
     },
-    store::{BulkOutcome, BulkTarget, Page, queries_sort_value},
+    store::{BulkOutcome, BulkTarget, Page, StoreError, queries_sort_value},
 };
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -30,13 +30,6 @@ const MAX_CARDS: usize = 100;
 /// History entries per page: a deal moved back and forth for years has many.
 const HISTORY_PAGE: usize = 100;
 const MAX_HISTORY_PAGE: usize = 500;
-
-fn not_yours() -> ApiError {
-    ApiError::PermissionDenied(format!(
-        "{} (the deal is not assigned to you)",
-        Permission::DealsEditAll
-    ))
-}
 
 /// The deals a bulk request names: by ids or by filter (the two oneofs carry the same).
 fn bulk_target(
@@ -114,12 +107,13 @@ impl Api {
                 |deal| may(deal) && already(deal),
                 |deal, plan, now| {
                     if !may(deal) {
-                        return Err(not_yours());
+                        return Err(DomainError::NotYours);
                     }
-                    Ok(change(deal, plan, now)?)
+                    change(deal, plan, now)
                 },
             )
             .await
+            .map_err(ApiError::from)
     }
 }
 
@@ -193,7 +187,10 @@ impl DealService for Api {
                 let outcome = match input {
                     Ok(_) => created
                         .next()
-                        .unwrap_or_else(|| Err(ApiError::internal("no result for the deal"))),
+                        .unwrap_or_else(|| {
+                            Err(StoreError::Internal("no result for the deal".into()))
+                        })
+                        .map_err(ApiError::from),
                     Err(err) => Err(err),
                 };
                 match outcome {

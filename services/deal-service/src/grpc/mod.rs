@@ -6,7 +6,7 @@ mod plans;
 
 use std::sync::Arc;
 
-use salesplan_platform::limits::AccountLimiter;
+use salesplan_platform::{limits::AccountLimiter, metrics::Metrics};
 
 use crate::{Limits, store::Store};
 use salesplan_platform::consistency::Wanted;
@@ -28,13 +28,18 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(store: Store, limits: &Limits, consistency_wait: std::time::Duration) -> Self {
+    pub fn new(
+        store: Store,
+        limits: &Limits,
+        consistency_wait: std::time::Duration,
+        metrics: &Metrics,
+    ) -> Self {
         Self {
             store,
-            reads: AccountLimiter::new("reads", limits.reads),
-            bulk: AccountLimiter::new("bulk changes", limits.bulk),
-            creates: AccountLimiter::new("deal creation", limits.creates),
-            plan_changes: AccountLimiter::new("plan changes", limits.plan_changes),
+            reads: AccountLimiter::new("reads", limits.reads, metrics),
+            bulk: AccountLimiter::new("bulk changes", limits.bulk, metrics),
+            creates: AccountLimiter::new("deal creation", limits.creates, metrics),
+            plan_changes: AccountLimiter::new("plan changes", limits.plan_changes, metrics),
             consistency_wait,
         }
     }
@@ -47,13 +52,21 @@ impl Api {
         wanted: Option<Wanted>,
     ) -> Result<(), salesplan_platform::ApiError> {
         match wanted {
-            Some(Wanted::Write(token)) => self.store.readable(token, self.consistency_wait).await,
-            Some(Wanted::Leads(leads)) => {
-                self.store
-                    .leads_readable(account_id, &leads, self.consistency_wait)
-                    .await
+            Some(Wanted::Write(token)) => {
+                Ok(self.store.readable(token, self.consistency_wait).await?)
             }
+            Some(Wanted::Leads(leads)) => Ok(self
+                .store
+                .leads_readable(account_id, &leads, self.consistency_wait)
+                .await?),
             None => Ok(()),
         }
+    }
+}
+
+/// A store error answers a call as the API error it converts to.
+impl From<crate::store::StoreError> for tonic::Status {
+    fn from(err: crate::store::StoreError) -> Self {
+        salesplan_platform::ApiError::from(err).into()
     }
 }

@@ -76,6 +76,7 @@ impl Api {
                 change,
             )
             .await
+            .map_err(ApiError::from)
     }
 }
 

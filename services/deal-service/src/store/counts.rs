@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use salesplan_platform::ApiError;
+use super::StoreError;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -18,7 +18,7 @@ use crate::domain::{
 pub async fn apply(
     conn: &mut PgConnection,
     deltas: &BTreeMap<CountKey, CountDelta>,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     if deltas.is_empty() {
         return Ok(());
     }
@@ -56,7 +56,7 @@ pub async fn stage_totals(
     conn: &mut PgConnection,
     account_id: &str,
     query: &DealQuery,
-) -> Result<Vec<(Uuid, i64, MoneySum)>, ApiError> {
+) -> Result<Vec<(Uuid, i64, MoneySum)>, StoreError> {
     let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
         "SELECT stage_id, currency, sum(deals)::bigint AS n, sum(amount_minor)::text AS amount
          FROM stage_counts WHERE account_id = ",

@@ -2,13 +2,13 @@
 
 use std::collections::HashMap;
 
-use salesplan_platform::{ApiError, db::key_lookups_only, error::data_refusal, ids};
+use salesplan_platform::{db::key_lookups_only, ids};
 use sqlx::{PgConnection, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    BULK_CHUNK, MAX_BULK_DEALS, Store, counts, events, now,
+    BULK_CHUNK, MAX_BULK_DEALS, Store, StoreError, counts, events, now,
     plans::{Lock, find_plan, load_plan, mark_reasons_used},
     queries::push_filter,
     rows::{DEAL_COLUMNS, deal_from_row},
@@ -36,7 +36,7 @@ pub struct BulkOutcome {
     pub failures: Vec<(Uuid, String)>,
 }
 
-/// Why one deal of a CreateDeals call was not created. Clone, unlike `ApiError`: a key
+/// Why one deal of a CreateDeals call was not created. Clone, unlike `StoreError`: a key
 /// repeated in the call gets the same answer as its first occurrence.
 #[derive(Debug, Clone)]
 enum CreateFailure {
@@ -46,12 +46,12 @@ enum CreateFailure {
     Raced,
 }
 
-impl From<CreateFailure> for ApiError {
+impl From<CreateFailure> for StoreError {
     fn from(failure: CreateFailure) -> Self {
         match failure {
-            CreateFailure::PlanNotFound(plan_id) => ApiError::not_found(format!("plan {plan_id}")),
+            CreateFailure::PlanNotFound(plan_id) => StoreError::NotFound(format!("plan {plan_id}")),
             CreateFailure::Refused(err) => err.into(),
-            CreateFailure::Raced => ApiError::Aborted("concurrent create, retry".into()),
+            CreateFailure::Raced => StoreError::Conflict("concurrent create, retry".into()),
         }
     }
 }
@@ -108,7 +108,7 @@ impl CreateBatch {
         mut self,
         keys: &[String],
         inserted: &std::collections::HashSet<String>,
-    ) -> Vec<Result<(Deal, bool), ApiError>> {
+    ) -> Vec<Result<(Deal, bool), StoreError>> {
         for deal in std::mem::take(&mut self.fresh) {
             let index = self.first_of_key[&deal.idempotency_key];
             self.answers[index] = Some(if inserted.contains(&deal.idempotency_key) {
@@ -127,12 +127,12 @@ impl CreateBatch {
             .map(|(index, key)| {
                 let first = self.first_of_key.get(key).copied();
                 match (answer(index), first.and_then(answer)) {
-                    (Some(answer), _) => answer.map_err(ApiError::from),
+                    (Some(answer), _) => answer.map_err(StoreError::from),
                     // A repeated key: the first occurrence's deal, not created again.
-                    (None, Some(first)) => {
-                        first.map(|(deal, _)| (deal, false)).map_err(ApiError::from)
-                    }
-                    (None, None) => Err(ApiError::internal("no result for the deal")),
+                    (None, Some(first)) => first
+                        .map(|(deal, _)| (deal, false))
+                        .map_err(StoreError::from),
+                    (None, None) => Err(StoreError::Internal("no result for the deal".into())),
                 }
             })
             .collect()
@@ -147,11 +147,11 @@ impl Store {
         account_id: &str,
         actor_id: &str,
         input: NewDeal,
-    ) -> Result<(Deal, bool), ApiError> {
+    ) -> Result<(Deal, bool), StoreError> {
         self.create_deals(account_id, actor_id, vec![input])
             .await?
             .pop()
-            .unwrap_or_else(|| Err(ApiError::internal("no result for the deal")))
+            .unwrap_or_else(|| Err(StoreError::Internal("no result for the deal".into())))
     }
 
     /// Creates many deals in one transaction; each result in input order is the deal
@@ -164,12 +164,12 @@ impl Store {
         account_id: &str,
         actor_id: &str,
         inputs: Vec<NewDeal>,
-    ) -> Result<Vec<Result<(Deal, bool), ApiError>>, ApiError> {
+    ) -> Result<Vec<Result<(Deal, bool), StoreError>>, StoreError> {
         let err = match self
             .create_deals_together(account_id, actor_id, inputs.clone())
             .await
         {
-            Err(err) if data_refusal(&err).is_some() => err,
+            Err(err) if err.data_refusal().is_some() => err,
             together => return together,
         };
         tracing::warn!(%account_id, deals = inputs.len(), error = %err, "batch refused by the database, creating its deals one by one");
@@ -181,11 +181,11 @@ impl Store {
             {
                 Ok(mut one) => one
                     .pop()
-                    .unwrap_or_else(|| Err(ApiError::internal("no result for the deal"))),
-                Err(err) => match data_refusal(&err) {
+                    .unwrap_or_else(|| Err(StoreError::Internal("no result for the deal".into()))),
+                Err(err) => match err.data_refusal() {
                     Some(code) => {
                         tracing::warn!(%account_id, %code, "deal refused by the database");
-                        Err(ApiError::invalid(
+                        Err(StoreError::invalid(
                             "deal",
                             format!("cannot be stored: the database refused it (SQLSTATE {code})"),
                         ))
@@ -204,7 +204,7 @@ impl Store {
         account_id: &str,
         actor_id: &str,
         inputs: Vec<NewDeal>,
-    ) -> Result<Vec<Result<(Deal, bool), ApiError>>, ApiError> {
+    ) -> Result<Vec<Result<(Deal, bool), StoreError>>, StoreError> {
         let now = now();
         let keys: Vec<String> = inputs.iter().map(|i| i.idempotency_key.clone()).collect();
         let mut tx = self.pool.begin().await?;
@@ -252,18 +252,18 @@ impl Store {
         Ok(batch.results(&keys, &inserted))
     }
 
-    pub async fn deal(&self, account_id: &str, deal_id: Uuid) -> Result<Deal, ApiError> {
+    pub async fn deal(&self, account_id: &str, deal_id: Uuid) -> Result<Deal, StoreError> {
         let mut conn = self.pool.acquire().await?;
         fetch_deal(&mut conn, account_id, deal_id, false).await
     }
 
     /// The deal created with `key` in the account (for a deal from a lead, its intake id).
-    pub async fn deal_by_key(&self, account_id: &str, key: &str) -> Result<Deal, ApiError> {
+    pub async fn deal_by_key(&self, account_id: &str, key: &str) -> Result<Deal, StoreError> {
         let mut conn = self.pool.acquire().await?;
         deals_by_keys(&mut conn, account_id, &[key.to_owned()])
             .await?
             .remove(key)
-            .ok_or_else(|| ApiError::not_found(format!("deal with idempotency key {key}")))
+            .ok_or_else(|| StoreError::NotFound(format!("deal with idempotency key {key}")))
     }
 
     /// Changes one deal if it still has `expected_version` (else ABORTED, nothing written),
@@ -275,8 +275,8 @@ impl Store {
         deal_id: Uuid,
         expected_version: i64,
         already: impl FnOnce(&Deal) -> bool,
-        change: impl FnOnce(&Deal, &Plan, OffsetDateTime) -> Result<(Deal, Change), ApiError>,
-    ) -> Result<Deal, ApiError> {
+        change: impl FnOnce(&Deal, &Plan, OffsetDateTime) -> Result<(Deal, Change), DomainError>,
+    ) -> Result<Deal, StoreError> {
         let now = now();
         let mut tx = self.pool.begin().await?;
         let deal = fetch_deal(&mut tx, account_id, deal_id, true).await?;
@@ -288,7 +288,7 @@ impl Store {
             return Ok(deal);
         }
         if deal.version != expected_version {
-            return Err(ApiError::Aborted(format!(
+            return Err(StoreError::Conflict(format!(
                 "deal {deal_id} is at version {}, not {expected_version}: reload it and retry",
                 deal.version
             )));
@@ -317,14 +317,14 @@ impl Store {
         only_manager: Option<&str>,
         already: impl Fn(&Deal) -> bool,
         change: impl Fn(&Deal, &Plan, OffsetDateTime) -> Result<(Deal, Change), DomainError>,
-    ) -> Result<BulkOutcome, ApiError> {
+    ) -> Result<BulkOutcome, StoreError> {
         let ids = match target {
             BulkTarget::Ids(ids) => ids,
             BulkTarget::Query(query) => self.matching_ids(account_id, &query).await?,
         };
         if ids.len() > MAX_BULK_DEALS {
             // Refused whole rather than done in part: nothing half-written.
-            return Err(ApiError::invalid(
+            return Err(StoreError::invalid(
                 "filter",
                 format!(
                     "matches more than {MAX_BULK_DEALS} deals, the most one bulk change \
@@ -351,7 +351,7 @@ impl Store {
                 if only_manager.is_some_and(|m| deal.manager_id.as_deref() != Some(m)) {
                     outcome
                         .failures
-                        .push((*id, "not your deal: needs deals:edit_all".into()));
+                        .push((*id, DomainError::NotYours.to_string()));
                     continue;
                 }
                 // Where the change would put it already: done, and nothing written.
@@ -385,7 +385,7 @@ impl Store {
         &self,
         account_id: &str,
         query: &DealQuery,
-    ) -> Result<Vec<Uuid>, ApiError> {
+    ) -> Result<Vec<Uuid>, StoreError> {
         // A scan: on the read pool, and one more than the most a bulk change takes.
         let mut qb = sqlx::QueryBuilder::new("SELECT id FROM deals");
         push_filter(&mut qb, account_id, query);
@@ -400,7 +400,7 @@ async fn fetch_deal(
     account_id: &str,
     deal_id: Uuid,
     for_update: bool,
-) -> Result<Deal, ApiError> {
+) -> Result<Deal, StoreError> {
     let lock = if for_update { " FOR UPDATE" } else { "" };
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {DEAL_COLUMNS} FROM deals WHERE account_id = $1 AND id = $2{lock}"
@@ -411,14 +411,14 @@ async fn fetch_deal(
     .await?
     .map(|row| deal_from_row(&row))
     .transpose()?
-    .ok_or_else(|| ApiError::not_found(format!("deal {deal_id}")))
+    .ok_or_else(|| StoreError::NotFound(format!("deal {deal_id}")))
 }
 
 async fn lock_deals(
     conn: &mut PgConnection,
     account_id: &str,
     ids: &[Uuid],
-) -> Result<Vec<Deal>, ApiError> {
+) -> Result<Vec<Deal>, StoreError> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {DEAL_COLUMNS} FROM deals WHERE account_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE"
     )))
@@ -435,7 +435,7 @@ pub async fn lock_deals_in_stage(
     conn: &mut PgConnection,
     account_id: &str,
     stage_id: Uuid,
-) -> Result<Vec<Deal>, ApiError> {
+) -> Result<Vec<Deal>, StoreError> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {DEAL_COLUMNS} FROM deals WHERE account_id = $1 AND stage_id = $2 ORDER BY id FOR UPDATE"
     )))
@@ -452,7 +452,7 @@ async fn deals_by_keys(
     conn: &mut PgConnection,
     account_id: &str,
     keys: &[String],
-) -> Result<HashMap<String, Deal>, ApiError> {
+) -> Result<HashMap<String, Deal>, StoreError> {
     // One probe of the unique (key, account) index per key. The account is checked outside
     // the probe (`OFFSET 0` keeps the condition from being pushed into it): with the account
     // inside, the planner may take any index that leads with the account, and for an
@@ -603,7 +603,7 @@ async fn insert_deals(
 pub async fn update_deals(
     tx: &mut Transaction<'_, Postgres>,
     changes: &[(Deal, Change)],
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     if changes.is_empty() {
         return Ok(());
     }

@@ -2,7 +2,9 @@
 //! change's transaction.
 
 use prost::Message as _;
-use salesplan_platform::{ApiError, bus::streams, ids};
+use salesplan_platform::{bus::streams, ids};
+
+use super::StoreError;
 use salesplan_proto::v1 as pb;
 use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
@@ -101,7 +103,7 @@ pub async fn record(
     actor_id: &str,
     changes: &[(Deal, Change)],
     at: OffsetDateTime,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     if changes.is_empty() {
         return Ok(());
     }
@@ -166,7 +168,7 @@ pub async fn record_plan(
     kind: pb::plan_event::Kind,
     actor_id: &str,
     at: OffsetDateTime,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     let event_id = ids::new_id().to_string();
     let event = pb::PlanEvent {
         event_id: event_id.clone(),
@@ -198,9 +200,9 @@ async fn enqueue(
     subjects: Vec<String>,
     message_ids: Vec<String>,
     payloads: Vec<Vec<u8>>,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     let headers = serde_json::to_value(salesplan_platform::telemetry::trace_headers())
-        .map_err(ApiError::internal)?;
+        .map_err(|err| StoreError::Internal(format!("trace headers: {err}")))?;
     sqlx::query(
         "INSERT INTO outbox (subject, message_id, payload, headers)
          SELECT s, m, p, $4 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS x(s, m, p)",

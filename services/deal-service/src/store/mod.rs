@@ -3,6 +3,7 @@
 
 mod counts;
 mod deals;
+mod error;
 mod events;
 mod parked;
 mod plans;
@@ -14,6 +15,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
 pub use deals::{BulkOutcome, BulkTarget};
+pub use error::StoreError;
 pub use parked::ParkedRow;
 pub use queries::{Board, Column, HistoryRow, Page, Totals, sort_value as queries_sort_value};
 
@@ -75,7 +77,7 @@ impl Store {
         &self,
         token: Token,
         wait: std::time::Duration,
-    ) -> Result<(), salesplan_platform::ApiError> {
+    ) -> Result<(), StoreError> {
         consistency::wait_until(&token, wait, || async {
             let status: Option<String> =
                 sqlx::query_scalar("SELECT pg_xact_status($1::text::xid8)")
@@ -85,7 +87,7 @@ impl Store {
                     .map_err(|err| match &err {
                         // "transaction ID … is in the future": not a token this system wrote.
                         sqlx::Error::Database(db) if db.code().as_deref() == Some("22023") => {
-                            salesplan_platform::ApiError::invalid(
+                            StoreError::invalid(
                                 "min_consistency_token",
                                 "not a consistency token of this system",
                             )
@@ -105,7 +107,7 @@ impl Store {
         account_id: &str,
         leads: &LeadsToken,
         wait: std::time::Duration,
-    ) -> Result<(), salesplan_platform::ApiError> {
+    ) -> Result<(), StoreError> {
         let keys = leads.keys();
         consistency::wait_until(leads, wait, || async {
             let found: i64 = sqlx::query_scalar(

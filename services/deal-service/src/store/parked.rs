@@ -1,6 +1,6 @@
 //! Events the relay parked because the broker refused them (`outbox_parked`).
 
-use salesplan_platform::ApiError;
+use super::StoreError;
 use sqlx::Row;
 use time::OffsetDateTime;
 
@@ -26,7 +26,7 @@ impl Store {
         account_id: Option<&str>,
         after_id: i64,
         limit: i64,
-    ) -> Result<Vec<ParkedRow>, ApiError> {
+    ) -> Result<Vec<ParkedRow>, StoreError> {
         sqlx::query(
             "SELECT id, account_id, subject, message_id, length(payload)::bigint AS bytes, reason,
                 created_at, parked_at
@@ -61,7 +61,7 @@ impl Store {
         &self,
         account_id: Option<&str>,
         ids: &[i64],
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
             "WITH moved AS (

@@ -1,6 +1,8 @@
 //! Plans, their stages, managers and loss reasons.
 
-use salesplan_platform::{ApiError, ids};
+use salesplan_platform::ids;
+
+use super::StoreError;
 use salesplan_proto::v1 as pb;
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 use uuid::Uuid;
@@ -22,7 +24,7 @@ impl Store {
         account_id: &str,
         actor_id: &str,
         draft: PlanDraft,
-    ) -> Result<Plan, ApiError> {
+    ) -> Result<Plan, StoreError> {
         let now = now();
         let plan = draft.into_plan(account_id, ids::new_id(), now, ids::new_id);
         let (mode, prefer_related, strategy) = distribution_columns(plan.distribution);
@@ -53,7 +55,7 @@ impl Store {
         Ok(plan)
     }
 
-    pub async fn plan(&self, account_id: &str, plan_id: Uuid) -> Result<Plan, ApiError> {
+    pub async fn plan(&self, account_id: &str, plan_id: Uuid) -> Result<Plan, StoreError> {
         let mut conn = self.pool.acquire().await?;
         load_plan(&mut conn, account_id, plan_id, Lock::None).await
     }
@@ -66,7 +68,7 @@ impl Store {
         include_archived: bool,
         after: Option<Uuid>,
         limit: usize,
-    ) -> Result<(Vec<Plan>, bool), ApiError> {
+    ) -> Result<(Vec<Plan>, bool), StoreError> {
         let mut conn = self.reads.acquire().await?;
         let mut ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM plans WHERE account_id = $1 AND ($2 OR NOT archived)
@@ -99,7 +101,7 @@ impl Store {
         plan_id: Uuid,
         kind: pb::plan_event::Kind,
         change: impl FnOnce(&mut Plan) -> Result<T, DomainError>,
-    ) -> Result<(Plan, T), ApiError> {
+    ) -> Result<(Plan, T), StoreError> {
         let now = now();
         let mut tx = self.pool.begin().await?;
         let before = load_plan(&mut tx, account_id, plan_id, Lock::Update).await?;
@@ -127,7 +129,7 @@ impl Store {
         actor_id: &str,
         stage_id: Uuid,
         target: Option<Uuid>,
-    ) -> Result<(Plan, i64), ApiError> {
+    ) -> Result<(Plan, i64), StoreError> {
         let now = now();
         let mut tx = self.pool.begin().await?;
         let plan_id = plan_of_stage(&mut tx, account_id, stage_id).await?;
@@ -163,7 +165,11 @@ impl Store {
     }
 
     /// The plan a stage belongs to (within the account).
-    pub async fn plan_of_stage(&self, account_id: &str, stage_id: Uuid) -> Result<Uuid, ApiError> {
+    pub async fn plan_of_stage(
+        &self,
+        account_id: &str,
+        stage_id: Uuid,
+    ) -> Result<Uuid, StoreError> {
         let mut conn = self.pool.acquire().await?;
         plan_of_stage(&mut conn, account_id, stage_id).await
     }
@@ -174,7 +180,7 @@ impl Store {
 async fn within_plan_cap(
     tx: &mut Transaction<'_, Postgres>,
     account_id: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('plans:' || $1, 0))")
         .bind(account_id)
         .execute(&mut **tx)
@@ -201,7 +207,7 @@ async fn plan_of_stage(
     conn: &mut PgConnection,
     account_id: &str,
     stage_id: Uuid,
-) -> Result<Uuid, ApiError> {
+) -> Result<Uuid, StoreError> {
     sqlx::query_scalar(
         "SELECT s.plan_id FROM stages s JOIN plans p ON p.id = s.plan_id
          WHERE s.id = $1 AND p.account_id = $2",
@@ -210,7 +216,7 @@ async fn plan_of_stage(
     .bind(account_id)
     .fetch_optional(&mut *conn)
     .await?
-    .ok_or_else(|| ApiError::not_found(format!("stage {stage_id}")))
+    .ok_or_else(|| StoreError::NotFound(format!("stage {stage_id}")))
 }
 
 /// Marks the reasons `changes` closed deals with as used (kept, archived, when left out of
@@ -219,7 +225,7 @@ async fn plan_of_stage(
 pub async fn mark_reasons_used(
     tx: &mut Transaction<'_, Postgres>,
     changes: &[(crate::domain::deal::Deal, Change)],
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     let mut ids: Vec<Uuid> = changes
         .iter()
         .filter_map(|(_, change)| match change {
@@ -255,10 +261,10 @@ pub async fn load_plan(
     account_id: &str,
     plan_id: Uuid,
     lock: Lock,
-) -> Result<Plan, ApiError> {
+) -> Result<Plan, StoreError> {
     find_plan(conn, account_id, plan_id, lock)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("plan {plan_id}")))
+        .ok_or_else(|| StoreError::NotFound(format!("plan {plan_id}")))
 }
 
 /// The plan, if the account has it.
@@ -267,7 +273,7 @@ pub async fn find_plan(
     account_id: &str,
     plan_id: Uuid,
     lock: Lock,
-) -> Result<Option<Plan>, ApiError> {
+) -> Result<Option<Plan>, StoreError> {
     let query = match lock {
         Lock::None => PLAN_SELECT,
         Lock::Share => PLAN_SELECT_SHARE,
@@ -315,7 +321,7 @@ pub async fn find_plan(
     }))
 }
 
-async fn plan_stages(conn: &mut PgConnection, plan_id: Uuid) -> Result<Vec<Stage>, ApiError> {
+async fn plan_stages(conn: &mut PgConnection, plan_id: Uuid) -> Result<Vec<Stage>, StoreError> {
     sqlx::query(
         "SELECT id, name, color, kind, position FROM stages WHERE plan_id = $1 ORDER BY position",
     )
@@ -367,7 +373,7 @@ const PLAN_SELECT_UPDATE: &str = "SELECT id, account_id, name, average_amount_mi
     distribution_mode, prefer_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
     FROM plans WHERE account_id = $1 AND id = $2 FOR UPDATE";
 
-async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<(), ApiError> {
+async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<(), StoreError> {
     let (mode, prefer_related, strategy) = distribution_columns(plan.distribution);
     sqlx::query(
         "UPDATE plans SET name = $2, average_amount_minor = $3, currency = $4, chat_label = $5,
@@ -411,7 +417,7 @@ async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<()
 }
 
 /// Managers, stages and reasons as the plan holds them (upserts; removals happen before).
-async fn save_children(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<(), ApiError> {
+async fn save_children(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO plan_managers (plan_id, manager_id, position)
          SELECT $1, m, p::int FROM UNNEST($2::text[]) WITH ORDINALITY AS t(m, p)",

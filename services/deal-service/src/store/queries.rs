@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use salesplan_platform::ApiError;
+use super::StoreError;
 use sqlx::{Postgres, QueryBuilder, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -200,7 +200,7 @@ fn push_keyset(
     qb: &mut QueryBuilder<Postgres>,
     sort: Sort,
     after: &PageToken,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     let op = if sort.ascending { ">" } else { "<" };
     qb.push(format_args!(" AND ({}, id) {op} (", sort_expr(sort.field)));
     match (&after.value, sort.field) {
@@ -209,7 +209,7 @@ fn push_keyset(
             SortField::CreatedAt | SortField::UpdatedAt | SortField::ClosedAt,
         ) => {
             let at = OffsetDateTime::from_unix_timestamp_nanos(*nanos)
-                .map_err(|_| ApiError::invalid("page_token", "not a token of this query"))?;
+                .map_err(|_| StoreError::invalid("page_token", "not a token of this query"))?;
             qb.push_bind(at);
         }
         (SortValue::Amount(amount), SortField::Amount) => {
@@ -218,7 +218,12 @@ fn push_keyset(
         (SortValue::Text(text), SortField::Title) => {
             qb.push_bind(text.clone());
         }
-        _ => return Err(ApiError::invalid("page_token", "not a token of this query")),
+        _ => {
+            return Err(StoreError::invalid(
+                "page_token",
+                "not a token of this query",
+            ));
+        }
     }
     qb.push(", ").push_bind(after.id).push(")");
     Ok(())
@@ -240,7 +245,7 @@ impl Store {
         sort: Sort,
         after: Option<&PageToken>,
         limit: usize,
-    ) -> Result<Page, ApiError> {
+    ) -> Result<Page, StoreError> {
         let mut qb = QueryBuilder::new(format!("SELECT {DEAL_COLUMNS} FROM deals"));
         push_filter(&mut qb, account_id, query);
         if let Some(after) = after {
@@ -266,7 +271,7 @@ impl Store {
         sort: Sort,
         after: Option<&PageToken>,
         limit: usize,
-    ) -> Result<(Page, Totals), ApiError> {
+    ) -> Result<(Page, Totals), StoreError> {
         if query.counted_by_cells() {
             // Cheap totals: read them beside the page.
             return tokio::try_join!(
@@ -287,7 +292,7 @@ impl Store {
         Ok((page, totals))
     }
 
-    async fn totals(&self, account_id: &str, query: &DealQuery) -> Result<Totals, ApiError> {
+    async fn totals(&self, account_id: &str, query: &DealQuery) -> Result<Totals, StoreError> {
         let mut totals = Totals::default();
         for (_, count, amount) in self.stage_totals(account_id, query).await? {
             totals.add(count, amount);
@@ -301,7 +306,7 @@ impl Store {
         &self,
         account_id: &str,
         query: &DealQuery,
-    ) -> Result<Vec<(Uuid, i64, MoneySum)>, ApiError> {
+    ) -> Result<Vec<(Uuid, i64, MoneySum)>, StoreError> {
         let mut conn = self.reads.acquire().await?;
         if query.counted_by_cells() {
             return counts::stage_totals(&mut conn, account_id, query).await;
@@ -323,7 +328,7 @@ impl Store {
         stage_ids: &[Uuid],
         sort: Sort,
         cards: usize,
-    ) -> Result<Board, ApiError> {
+    ) -> Result<Board, StoreError> {
         if query.search.is_some() {
             // Per column, a search would scan its trigram index once for the totals and once
             // per column for the cards; a search that matches few deals is read once.
@@ -382,7 +387,7 @@ impl Store {
         deal_id: Uuid,
         after: Option<i64>,
         limit: usize,
-    ) -> Result<(Vec<HistoryRow>, bool), ApiError> {
+    ) -> Result<(Vec<HistoryRow>, bool), StoreError> {
         // Through the deal itself: another account's deal is simply not found.
         self.deal(account_id, deal_id).await?;
         let rows = sqlx::query(

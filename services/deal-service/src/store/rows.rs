@@ -1,6 +1,8 @@
 //! Rows ↔ domain values.
 
-use salesplan_platform::{ApiError, validate::ContactInput};
+use salesplan_platform::validate::ContactInput;
+
+use super::StoreError;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row, postgres::PgRow};
 use uuid::Uuid;
 
@@ -10,8 +12,8 @@ use crate::domain::{
     plan::{Distribution, Strategy},
 };
 
-pub fn corrupt(what: &str) -> ApiError {
-    ApiError::internal(format!("unexpected value in column {what}"))
+pub fn corrupt(what: &str) -> StoreError {
+    StoreError::Internal(format!("unexpected value in column {what}"))
 }
 
 /// The columns of a deal, in the order `deal_from_row` reads them by name.
@@ -19,7 +21,7 @@ pub const DEAL_COLUMNS: &str = "id, account_id, plan_id, stage_id, status, manag
     contact_external_id, contact_name, contact_email, contact_phone, title, amount_minor, currency,
     loss_reason_id, stage_before_close_id, idempotency_key, version, created_at, updated_at, closed_at";
 
-pub fn deal_from_row(row: &PgRow) -> Result<Deal, ApiError> {
+pub fn deal_from_row(row: &PgRow) -> Result<Deal, StoreError> {
     Ok(Deal {
         id: row.try_get("id")?,
         account_id: row.try_get("account_id")?,
@@ -62,7 +64,7 @@ pub fn distribution_from(
     mode: &str,
     prefer_related: bool,
     strategy: &str,
-) -> Result<Distribution, ApiError> {
+) -> Result<Distribution, StoreError> {
     match mode {
         "manual" => Ok(Distribution::Manual),
         "auto" => Ok(Distribution::Auto {
@@ -78,7 +80,7 @@ pub fn distribution_from(
 pub async fn fetch_stage_totals(
     conn: &mut PgConnection,
     mut qb: QueryBuilder<Postgres>,
-) -> Result<Vec<(Uuid, i64, MoneySum)>, ApiError> {
+) -> Result<Vec<(Uuid, i64, MoneySum)>, StoreError> {
     qb.build()
         .fetch_all(&mut *conn)
         .await?

@@ -122,8 +122,13 @@ struct Decoded {
 }
 
 impl IntakeEvents {
-    pub fn new(store: Store, bus: Bus, upstream: DealService) -> Self {
-        let meter = salesplan_platform::telemetry::meter("distributor");
+    pub fn new(
+        store: Store,
+        bus: Bus,
+        upstream: DealService,
+        metrics: &salesplan_platform::metrics::Metrics,
+    ) -> Self {
+        let meter = metrics.meter("distributor");
         Self {
             activity: None,
             store,

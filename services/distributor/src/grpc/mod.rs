@@ -65,11 +65,16 @@ pub struct Explain {
 }
 
 impl Explain {
-    pub fn new(store: Store, upstream: DealService, limit: ClassLimit) -> Self {
+    pub fn new(
+        store: Store,
+        upstream: DealService,
+        limit: ClassLimit,
+        metrics: &salesplan_platform::metrics::Metrics,
+    ) -> Self {
         Self {
             store,
             upstream,
-            limiter: AccountLimiter::new("distributor lookups", limit),
+            limiter: AccountLimiter::new("distributor lookups", limit, metrics),
         }
     }
 

@@ -99,8 +99,8 @@ pub(super) struct Counters {
 
 impl Counters {
     /// The counters of the consumers named `consumer` (the label of their samples).
-    pub(super) fn new(consumer: &str) -> Self {
-        let meter = crate::telemetry::meter("salesplan");
+    pub(super) fn new(consumer: &str, metrics: &crate::metrics::Metrics) -> Self {
+        let meter = metrics.meter("consumer");
         Self {
             dead_letters: meter.u64_counter("salesplan.consumer.dead_letters").build(),
             redeliveries: meter.u64_counter("salesplan.consumer.redeliveries").build(),
@@ -170,13 +170,15 @@ pub async fn run_consumer<H: BatchHandler>(
     spec: ConsumerSpec,
     handler: Arc<H>,
     shutdown: CancellationToken,
+    metrics: crate::metrics::Metrics,
 ) {
     let Some(consumer) = durable_consumer_retrying(&bus, &spec, &shutdown).await else {
         return;
     };
-    let counters = Arc::new(Counters::new(&spec.durable));
+    let counters = Arc::new(Counters::new(&spec.durable, &metrics));
     let spec = Arc::new(spec);
-    let pending = crate::telemetry::meter("salesplan")
+    let pending = metrics
+        .meter("consumer")
         .u64_gauge("salesplan.consumer.pending")
         .with_description("Messages of the stream not yet delivered to the consumer (its lag)")
         .build();

@@ -147,8 +147,9 @@ pub async fn run_fair_consumer<H: BatchHandler>(
     spec: FairSpec,
     handler: Arc<H>,
     shutdown: CancellationToken,
+    metrics: crate::metrics::Metrics,
 ) {
-    let counters = Arc::new(Counters::new(spec.prefix));
+    let counters = Arc::new(Counters::new(spec.prefix, &metrics));
     // Dead letters and logs name the lane (`<prefix>`), not each account's consumer.
     let lane = Arc::new(ConsumerSpec::new(spec.stream, spec.prefix));
     let mut rounds = Rounds::default();

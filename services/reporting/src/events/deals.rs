@@ -1,10 +1,7 @@
 //! Deal events into the read model: decoded here, applied by the store.
 
 use prost::Message as _;
-use salesplan_platform::{
-    bus::{BatchHandler, Delivery, Outcome, apply_each_on_refusal},
-    error::sql_data_refusal,
-};
+use salesplan_platform::bus::{BatchHandler, Delivery, Outcome, apply_each_on_refusal};
 use salesplan_proto::time::time_of;
 use salesplan_proto::v1 as pb;
 use sqlx::PgPool;
@@ -22,7 +19,7 @@ impl DealEvents {
     }
 
     /// Applies the newest state of each deal in `rows` (see [`store::deals::apply`]).
-    pub async fn apply(&self, rows: &[DealRow]) -> Result<(), sqlx::Error> {
+    pub async fn apply(&self, rows: &[DealRow]) -> Result<(), crate::store::StoreError> {
         store::deals::apply(&self.pool, rows).await
     }
 }
@@ -43,7 +40,7 @@ impl BatchHandler for DealEvents {
             &mut outcomes,
             rows,
             |rows| async move { self.apply(&rows).await },
-            sql_data_refusal,
+            crate::store::StoreError::data_refusal,
         )
         .await;
         outcomes

@@ -61,7 +61,7 @@ impl BatchHandler for PlanEvents {
                 Err(reason) => Outcome::Reject(reason),
                 Ok(names) => match store::names::apply(&self.pool, &names).await {
                     Ok(()) => Outcome::Done,
-                    Err(err) => Outcome::Retry(format!("database: {err}")),
+                    Err(err) => Outcome::Retry(err.to_string()),
                 },
             });
         }

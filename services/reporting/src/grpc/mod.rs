@@ -40,12 +40,12 @@ pub struct Reports {
 impl Reports {
     pub fn new(
         pool: PgPool,
-        limit: ClassLimit,
+        (limit, metrics): (ClassLimit, &salesplan_platform::metrics::Metrics),
         (horizons, wait): (Arc<Horizons>, Duration),
     ) -> Self {
         Self {
             pool,
-            limiter: AccountLimiter::new("reports", limit),
+            limiter: AccountLimiter::new("reports", limit, metrics),
             horizons,
             wait,
         }

@@ -11,7 +11,7 @@ use crate::domain::deals::{self, Contribution, DealRow, Deltas};
 
 /// Applies the newest state of each deal in `rows`: the deal row, and the closed-deal
 /// totals it moves out of and into. Rows only move to higher versions.
-pub async fn apply(pool: &PgPool, rows: &[DealRow]) -> Result<(), sqlx::Error> {
+pub async fn apply(pool: &PgPool, rows: &[DealRow]) -> Result<(), super::StoreError> {
     let rows = deals::newest(rows);
     if rows.is_empty() {
         return Ok(());
@@ -58,7 +58,7 @@ pub async fn apply(pool: &PgPool, rows: &[DealRow]) -> Result<(), sqlx::Error> {
         write_rows(&mut tx, &changed, Write::NewerVersion).await?;
     }
     apply_totals(&mut tx, &deltas).await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }
 
 /// Locks the read-model rows of `rows`' deals that exist; per deal its version and where it
@@ -67,7 +67,7 @@ pub async fn apply(pool: &PgPool, rows: &[DealRow]) -> Result<(), sqlx::Error> {
 async fn lock_seen(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     rows: &[&DealRow],
-) -> Result<HashMap<Uuid, (i64, Option<Contribution>)>, sqlx::Error> {
+) -> Result<HashMap<Uuid, (i64, Option<Contribution>)>, super::StoreError> {
     sqlx::query(
         "SELECT d.deal_id, d.account_id, d.plan_id, d.manager_id, d.status, d.loss_reason_id,
             d.closed_at, d.version
@@ -113,7 +113,7 @@ async fn write_rows(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     rows: &[&DealRow],
     write: Write,
-) -> Result<HashSet<Uuid>, sqlx::Error> {
+) -> Result<HashSet<Uuid>, super::StoreError> {
     let on_conflict = match write {
         Write::OnlyNew => "DO NOTHING",
         Write::NewerVersion => {
@@ -160,7 +160,7 @@ async fn write_rows(
 async fn apply_totals(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     deltas: &Deltas,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), super::StoreError> {
     let (changed, all_time) = deals::totals(deltas);
     if changed.is_empty() {
         return Ok(());

@@ -9,7 +9,7 @@ use crate::domain::deals::TotalKey;
 
 /// Empties the read model (the consumers' progress stays: a rebuild replays what it
 /// recorded as applied).
-pub async fn empty(pool: &PgPool) -> Result<(), sqlx::Error> {
+pub async fn empty(pool: &PgPool) -> Result<(), super::StoreError> {
     sqlx::query("TRUNCATE deals, plans, stages, reasons, closed_totals, closed_daily")
         .execute(pool)
         .await?;
@@ -33,7 +33,10 @@ const CLOSED: &str = "SELECT {id} AS id, account_id, plan_id, coalesce(manager_i
 
 /// Every closed deal of `pool`'s `deals` table (reporting's read model, or deal-service's
 /// deals), by its id in `id_column`.
-pub async fn closed(pool: &PgPool, id_column: &str) -> Result<BTreeMap<Uuid, Closed>, sqlx::Error> {
+pub async fn closed(
+    pool: &PgPool,
+    id_column: &str,
+) -> Result<BTreeMap<Uuid, Closed>, super::StoreError> {
     let query = CLOSED.replace("{id}", id_column);
     sqlx::query(sqlx::AssertSqlSafe(query))
         .fetch_all(pool)
@@ -55,7 +58,7 @@ pub async fn closed(pool: &PgPool, id_column: &str) -> Result<BTreeMap<Uuid, Clo
 }
 
 /// The kept all-time totals that count any deal.
-pub async fn kept_totals(reporting: &PgPool) -> Result<BTreeMap<TotalKey, i64>, sqlx::Error> {
+pub async fn kept_totals(reporting: &PgPool) -> Result<BTreeMap<TotalKey, i64>, super::StoreError> {
     sqlx::query(
         "SELECT account_id, plan_id, manager_id, status, reason_id, deals FROM closed_totals WHERE deals <> 0",
     )

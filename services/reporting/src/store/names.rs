@@ -18,7 +18,7 @@ pub struct PlanNames {
 }
 
 /// Applies a plan snapshot unless a newer one was applied already.
-pub async fn apply(pool: &PgPool, plan: &PlanNames) -> Result<(), sqlx::Error> {
+pub async fn apply(pool: &PgPool, plan: &PlanNames) -> Result<(), super::StoreError> {
     let mut tx = pool.begin().await?;
     let newer = sqlx::query(
         "INSERT INTO plans (plan_id, account_id, name, version) VALUES ($1, $2, $3, $4)
@@ -67,5 +67,5 @@ pub async fn apply(pool: &PgPool, plan: &PlanNames) -> Result<(), sqlx::Error> {
     .bind(plan.reasons.iter().map(|r| r.2).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }

@@ -18,7 +18,7 @@ pub async fn record(
     consumer: &str,
     first: i64,
     mut handled: Vec<i64>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), super::StoreError> {
     if handled.is_empty() {
         return Ok(());
     }
@@ -88,11 +88,11 @@ pub async fn record(
     .bind(floor)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }
 
 /// The read model's freshness now: the newest horizon both consumers are through.
-pub async fn freshness(pool: &PgPool, horizons: &Horizons) -> Result<Freshness, sqlx::Error> {
+pub async fn freshness(pool: &PgPool, horizons: &Horizons) -> Result<Freshness, super::StoreError> {
     let rows = sqlx::query(
         "SELECT consumer, applied_through, applied_at FROM consumer_progress
          WHERE consumer = ANY($1)",
@@ -123,7 +123,7 @@ pub async fn leads_applied(
     pool: &PgPool,
     account_id: &str,
     leads: &LeadsToken,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, super::StoreError> {
     let found: i64 = sqlx::query_scalar(
         // Distinct: two deals of the account may name one lead (keys are the creator's
         // choice), and one is not another lead's deal.

@@ -25,7 +25,7 @@ fn push_scope(qb: &mut QueryBuilder<Postgres>, scope: &Scope, manager_column: &s
     }
 }
 
-fn cell_of(row: &sqlx::postgres::PgRow) -> Result<Cell, sqlx::Error> {
+fn cell_of(row: &sqlx::postgres::PgRow) -> Result<Cell, super::StoreError> {
     let manager: String = row.try_get("manager_id")?;
     let reason: Uuid = row.try_get("reason_id")?;
     let status: &str = row.try_get("status")?;
@@ -48,7 +48,7 @@ pub async fn closed_cells(
     account_id: &str,
     period: Period,
     scope: &Scope,
-) -> Result<Vec<Cell>, sqlx::Error> {
+) -> Result<Vec<Cell>, super::StoreError> {
     if period == Period::default() {
         return all_time_cells(pool, account_id, scope).await;
     }
@@ -68,7 +68,7 @@ async fn all_time_cells(
     pool: &PgPool,
     account_id: &str,
     scope: &Scope,
-) -> Result<Vec<Cell>, sqlx::Error> {
+) -> Result<Vec<Cell>, super::StoreError> {
     let mut qb = QueryBuilder::new(
         "SELECT plan_id, manager_id, status, reason_id, sum(deals)::bigint AS deals
          FROM closed_totals WHERE account_id = ",
@@ -90,7 +90,7 @@ async fn daily_cells(
     account_id: &str,
     (first, end): (Option<OffsetDateTime>, Option<OffsetDateTime>),
     scope: &Scope,
-) -> Result<Vec<Cell>, sqlx::Error> {
+) -> Result<Vec<Cell>, super::StoreError> {
     let mut qb = QueryBuilder::new(
         "SELECT plan_id, manager_id, status, reason_id, sum(deals)::bigint AS deals
          FROM closed_daily WHERE account_id = ",
@@ -118,7 +118,7 @@ async fn counted_cells(
     account_id: &str,
     (from, to): (Option<OffsetDateTime>, Option<OffsetDateTime>),
     scope: &Scope,
-) -> Result<Vec<Cell>, sqlx::Error> {
+) -> Result<Vec<Cell>, super::StoreError> {
     let mut qb = QueryBuilder::new(
         "SELECT plan_id, coalesce(manager_id, '') AS manager_id, status,
             CASE WHEN status = 'lost' THEN coalesce(loss_reason_id, '00000000-0000-0000-0000-000000000000'::uuid)
@@ -146,7 +146,7 @@ async fn counted_cells(
 pub async fn plan_names(
     pool: &PgPool,
     account_id: &str,
-) -> Result<HashMap<Uuid, String>, sqlx::Error> {
+) -> Result<HashMap<Uuid, String>, super::StoreError> {
     sqlx::query("SELECT plan_id, name FROM plans WHERE account_id = $1")
         .bind(account_id)
         .fetch_all(pool)
@@ -159,7 +159,7 @@ pub async fn plan_names(
 pub async fn reason_names(
     pool: &PgPool,
     account_id: &str,
-) -> Result<HashMap<Uuid, (String, bool)>, sqlx::Error> {
+) -> Result<HashMap<Uuid, (String, bool)>, super::StoreError> {
     sqlx::query(
         "SELECT r.reason_id, r.name, r.archived FROM reasons r
          JOIN plans p ON p.plan_id = r.plan_id WHERE p.account_id = $1",
@@ -183,7 +183,7 @@ pub async fn stage_losses(
     account_id: &str,
     period: Period,
     plans: &[Uuid],
-) -> Result<Vec<(Uuid, Option<Uuid>, i64)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, Option<Uuid>, i64)>, super::StoreError> {
     let mut qb = QueryBuilder::new(
         "SELECT plan_id, stage_before_close_id, count(*)::bigint AS lost FROM deals
          WHERE status = 'lost' AND account_id = ",
@@ -219,7 +219,7 @@ pub async fn stage_losses(
 pub async fn stages(
     pool: &PgPool,
     account_id: &str,
-) -> Result<Vec<(Uuid, Uuid, String, i32, bool)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, Uuid, String, i32, bool)>, super::StoreError> {
     sqlx::query(
         "SELECT s.plan_id, s.stage_id, s.name, s.position, s.deleted FROM stages s
          JOIN plans p ON p.plan_id = s.plan_id WHERE p.account_id = $1",
@@ -266,7 +266,7 @@ pub async fn pipeline_summary(
     pool: &PgPool,
     account_id: &str,
     plan_id: Option<Uuid>,
-) -> Result<(Vec<StageTotal>, Vec<ManagerTotal>), sqlx::Error> {
+) -> Result<(Vec<StageTotal>, Vec<ManagerTotal>), super::StoreError> {
     let stages = sqlx::query(
         "SELECT plan_id, stage_id, currency, count(*) AS deals, sum(amount_minor)::text AS amount
          FROM deals WHERE account_id = $1 AND ($2::uuid IS NULL OR plan_id = $2)

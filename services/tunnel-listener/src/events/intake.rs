@@ -87,8 +87,10 @@ impl Intake {
         plans: Arc<Plans>,
         interactive: Arc<AccountLimiter>,
         backlog: BulkBacklog,
+        metrics: &salesplan_platform::metrics::Metrics,
     ) -> Self {
-        let leads = salesplan_platform::telemetry::meter("tunnel-listener")
+        let leads = metrics
+            .meter("intake")
             .u64_counter("salesplan.intake.leads")
             .with_description("Leads by source and outcome (accepted, duplicate, rejected)")
             .build();
@@ -160,16 +162,22 @@ impl Intake {
         lead: pb::Lead,
         source: pb::IntakeSource,
     ) -> Result<Accepted, ApiError> {
-        let accepted = self.accept_one(actor, lead, source).await;
-        match &accepted {
-            Ok(a) if a.accepted_now => self.count(source, "accepted", 1),
-            Ok(_) => self.count(source, "duplicate", 1),
-            Err(ApiError::InvalidArgument { .. } | ApiError::NotFound(_)) => {
-                self.count(source, "rejected", 1)
+        match self.accept_one(actor, lead, source).await {
+            Ok(accepted) => {
+                let outcome = if accepted.accepted_now {
+                    "accepted"
+                } else {
+                    "duplicate"
+                };
+                self.count(source, outcome, 1);
+                Ok(accepted)
             }
-            Err(_) => {}
+            Err(NotAccepted::Refused(err)) => {
+                self.count(source, "rejected", 1);
+                Err(err)
+            }
+            Err(NotAccepted::Failed(err)) => Err(err),
         }
-        accepted
     }
 
     async fn accept_one(
@@ -177,9 +185,9 @@ impl Intake {
         actor: &Actor,
         lead: pb::Lead,
         source: pb::IntakeSource,
-    ) -> Result<Accepted, ApiError> {
-        let lead = validated_lead(lead)?;
-        let plan_id = parse_id("plan_id", &lead.plan_id)?;
+    ) -> Result<Accepted, NotAccepted> {
+        let lead = validated_lead(lead).map_err(NotAccepted::Refused)?;
+        let plan_id = parse_id("plan_id", &lead.plan_id).map_err(NotAccepted::Refused)?;
         let intake_id = intake_id(&actor.account_id, &lead);
         let plan = match self.plans.check(&actor.account_id, plan_id).await? {
             PlanCheck::Open(plan) => plan,
@@ -190,7 +198,7 @@ impl Intake {
                     accepted_now: false,
                 });
             }
-            PlanCheck::Closed(refusal) => return Err(refusal),
+            PlanCheck::Closed(refusal) => return Err(NotAccepted::Refused(refusal)),
         };
         let stored = self
             .bus
@@ -298,6 +306,19 @@ impl Intake {
             } as i32;
         }
         Ok(results)
+    }
+}
+
+/// Why a lead was not accepted: refused for what it is (invalid, or its plan unknown or
+/// closed; counted as rejected), or not handled (a dependency failed; the caller retries).
+enum NotAccepted {
+    Refused(ApiError),
+    Failed(ApiError),
+}
+
+impl<E: Into<ApiError>> From<E> for NotAccepted {
+    fn from(err: E) -> Self {
+        Self::Failed(err.into())
     }
 }
 
