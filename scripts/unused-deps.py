@@ -2,7 +2,8 @@
 """Dependencies a crate declares but never names in its code (what cargo-machete does,
 without installing it): for each workspace crate, every [dependencies],
 [dev-dependencies] and [build-dependencies] entry must appear as a path (`name::`,
-`use name`, `name!`) in the crate's own Rust files. A crate used only through generated
+`use name`, `name!`) in the crate's own Rust files (for [dependencies], outside its
+`tests/` and `benches/`). A crate used only through generated
 code or a feature is listed in `[package.metadata.cargo-machete] ignored`. Exits 1 and
 names each unused dependency."""
 
@@ -26,6 +27,10 @@ def sources(crate, kinds):
     files = []
     if "normal" in kinds or "dev" in kinds:
         files += [p for p in crate.rglob("*.rs") if "target" not in p.parts and p.name != "build.rs"]
+    if "dev" not in kinds:
+        # A normal dependency must be named by the crate's own code, not only by its
+        # integration tests or benches (those belong in [dev-dependencies]).
+        files = [p for p in files if not {"tests", "benches"} & set(p.relative_to(crate).parts)]
     if "build" in kinds and (crate / "build.rs").exists():
         files.append(crate / "build.rs")
     return "\n".join(p.read_text() for p in files)

@@ -574,7 +574,7 @@ async fn history(
         .iter()
         .map(|e| {
             vec![
-                e.at.map(|t| t.seconds.to_string()).unwrap_or_default(),
+                crate::output::time_text(e.at.as_ref()).unwrap_or_default(),
                 e.actor_id.clone(),
                 pb::HistoryAction::try_from(e.action)
                     .map(|a| {

@@ -79,33 +79,29 @@ fn money_json(m: Option<&pb::Money>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A wire time in RFC 3339, as every command prints times.
+pub fn time_text(t: Option<&prost_types::Timestamp>) -> Option<String> {
+    salesplan_proto::time::time_of(t?)?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
 fn time_json(t: Option<&prost_types::Timestamp>) -> Value {
-    t.and_then(|t| {
-        time::OffsetDateTime::from_unix_timestamp(t.seconds)
-            .ok()?
-            .format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    })
-    .map(Value::String)
-    .unwrap_or(Value::Null)
+    time_text(t).map(Value::String).unwrap_or(Value::Null)
 }
 
 pub fn status_name(status: i32) -> &'static str {
-    match pb::DealStatus::try_from(status) {
-        Ok(pb::DealStatus::Open) => "open",
-        Ok(pb::DealStatus::Won) => "won",
-        Ok(pb::DealStatus::Lost) => "lost",
-        _ => "?",
-    }
+    pb::DealStatus::try_from(status)
+        .ok()
+        .filter(|s| *s != pb::DealStatus::Unspecified)
+        .map_or("?", pb::DealStatus::short_name)
 }
 
 fn kind_name(kind: i32) -> &'static str {
-    match pb::StageKind::try_from(kind) {
-        Ok(pb::StageKind::Open) => "open",
-        Ok(pb::StageKind::Won) => "won",
-        Ok(pb::StageKind::Lost) => "lost",
-        _ => "?",
-    }
+    pb::StageKind::try_from(kind)
+        .ok()
+        .filter(|k| *k != pb::StageKind::Unspecified)
+        .map_or("?", pb::StageKind::short_name)
 }
 
 pub fn plan_json(p: &pb::Plan) -> Value {

@@ -356,6 +356,43 @@ async fn errors_are_the_servers_message_with_a_usable_exit_code() -> anyhow::Res
     assert_eq!(denied.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("plans:admin"));
 
+    // A conflict with the state: a deal in an archived plan.
+    let plan = ctl
+        .json(
+            &admin,
+            &["plans", "create", "--name", "Closed", "--label", "C"],
+        )
+        .await?;
+    let plan_id = plan["id"].as_str().expect("plan id").to_owned();
+    ctl.ok(&admin, &["plans", "archive", &plan_id]).await?;
+    let boss = stack.token("acme", "boss", &[Permission::DealsEditAll]);
+    let closed = ctl
+        .run(
+            Some(&boss),
+            &[
+                "deals",
+                "create",
+                "--plan",
+                &plan_id,
+                "--name",
+                "Ann",
+                "--phone",
+                "+1 555 0100",
+            ],
+        )
+        .await?;
+    assert_eq!(
+        closed.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&closed.stderr).starts_with("error: FAILED_PRECONDITION"),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+
     let mut unreachable = tokio::process::Command::new(env!("CARGO_BIN_EXE_salesplanctl"));
     let down = unreachable
         .args(["--deal-service", "http://127.0.0.1:1", "plans", "list"])

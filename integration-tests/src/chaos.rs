@@ -328,7 +328,6 @@ pub(crate) async fn start_services(
         ("tunnel-listener", intake),
     ] {
         let mut env = vec![
-            ("DATABASE_URL".to_owned(), database_url.to_owned()),
             ("NATS_URL".to_owned(), nats_url.to_owned()),
             (
                 "SALESPLAN_GRPC_ADDR".to_owned(),
@@ -342,6 +341,10 @@ pub(crate) async fn start_services(
             ("SALESPLAN_WEBHOOK_BURST".to_owned(), "1000000".to_owned()),
             ("RUST_LOG".to_owned(), "warn".to_owned()),
         ];
+        // The listener keeps no state: it gets no database.
+        if name != "tunnel-listener" {
+            env.push(("DATABASE_URL".to_owned(), database_url.to_owned()));
+        }
         env.extend(
             extra
                 .iter()
@@ -432,38 +435,8 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
         ..
     } = ports;
 
-    let issuer = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes());
-    let token = |perms: &[Permission]| {
-        issuer.issue(
-            &Actor::new("chaos", "chaos", perms.iter().copied()),
-            Duration::from_secs(3600),
-        )
-    };
-    let admin = token(&[Permission::PlansAdmin])?;
     let funnel = token(&[Permission::IntakeWrite])?;
-    let deals_channel =
-        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{deal_port}"))?
-            .connect()
-            .await?;
-    let members = ["m1", "m2", "m3"];
-    let turns = create_plan(
-        deals_channel.clone(),
-        &admin,
-        plan_request("Turns", Mode::Auto, Strategy::RoundRobin, false, &members),
-    )
-    .await?;
-    let fewest = create_plan(
-        deals_channel,
-        &admin,
-        plan_request(
-            "Fewest",
-            Mode::Auto,
-            Strategy::LeastOpenDeals,
-            true,
-            &members,
-        ),
-    )
-    .await?;
+    let (turns, fewest) = create_plans(deal_port).await?;
 
     let figures = Arc::new(Mutex::new(Figures::default()));
     let accepted: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -499,7 +472,7 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
     let figures = check_exactly_once(&pool, &accepted, figures, config.leads + config.bulk).await?;
-    check_assignments(&pool, &turns.id, &members).await?;
+    check_assignments(&pool, &turns.id, &MEMBERS).await?;
     check_read_models(&pool, &pg.url(), &nats_url, figures.deals).await?;
     check_nothing_stuck(&nats_url).await?;
 
@@ -508,6 +481,47 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
     }
     nats.kill().await?;
     Ok(figures)
+}
+
+/// The members of both plans of the run.
+const MEMBERS: [&str; 3] = ["m1", "m2", "m3"];
+
+/// A token of the run's account.
+fn token(perms: &[Permission]) -> anyhow::Result<String> {
+    Ok(TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes()).issue(
+        &Actor::new("chaos", "chaos", perms.iter().copied()),
+        Duration::from_secs(3600),
+    )?)
+}
+
+/// The run's two plans: round robin ("Turns", the webhook leads) and fewest open deals
+/// with related contacts first ("Fewest", the bulk add).
+async fn create_plans(
+    deal_port: u16,
+) -> anyhow::Result<(salesplan_proto::v1::Plan, salesplan_proto::v1::Plan)> {
+    let admin = token(&[Permission::PlansAdmin])?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{deal_port}"))?
+        .connect()
+        .await?;
+    let turns = create_plan(
+        channel.clone(),
+        &admin,
+        plan_request("Turns", Mode::Auto, Strategy::RoundRobin, false, &MEMBERS),
+    )
+    .await?;
+    let fewest = create_plan(
+        channel,
+        &admin,
+        plan_request(
+            "Fewest",
+            Mode::Auto,
+            Strategy::LeastOpenDeals,
+            true,
+            &MEMBERS,
+        ),
+    )
+    .await?;
+    Ok((turns, fewest))
 }
 
 /// Assigned by the rules: round robin exactly even in the `turns_plan`, every deal of a
@@ -690,8 +704,12 @@ fn nats_proc(logs: &tempfile::TempDir) -> anyhow::Result<(Proc, u16)> {
 /// Figures and the intake ids accepted so far, shared with the tasks sending leads.
 type Shared = (Arc<Mutex<Figures>>, Arc<Mutex<HashSet<String>>>);
 
+/// How long a lead (or the bulk add) is retried through the faults before the run fails
+/// with the last answer: far longer than any fault of the run keeps a service away.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
 /// Sends `leads` webhook leads to `turns_id`, eight at a time, each retried until it is
-/// accepted (every third one sent twice, as a funnel retries).
+/// accepted (every third one sent twice, as a funnel retries), at most [`RETRY_FOR`].
 fn spawn_senders(
     leads: usize,
     webhook: String,
@@ -710,6 +728,7 @@ fn spawn_senders(
                     let body = serde_json::json!({"plan_id": plan, "block_id": "b", "run_id": format!("run-{i}"), "contact": {"external_id": format!("c-{i}")}});
                     let deliveries = if i % 3 == 0 { 2 } else { 1 };
                     for _ in 0..deliveries {
+                        let deadline = Instant::now() + RETRY_FOR;
                         loop {
                             let sent = http.post(&webhook).bearer_auth(&funnel).json(&body).send().await;
                             match sent {
@@ -722,7 +741,10 @@ fn spawn_senders(
                                 Ok(r) if r.status().is_client_error() && r.status() != 429 => {
                                     bail!("lead {i} refused: {} {}", r.status(), r.text().await.unwrap_or_default())
                                 }
-                                _ => {
+                                other => {
+                                    if Instant::now() >= deadline {
+                                        bail!("lead {i} not accepted within {RETRY_FOR:?}; last answer: {other:?}")
+                                    }
                                     figures.lock().unwrap_or_else(|e| e.into_inner()).webhook_retries += 1;
                                     tokio::time::sleep(Duration::from_millis(100)).await;
                                 }
@@ -742,7 +764,7 @@ fn spawn_senders(
 }
 
 /// Adds `n` contacts to `plan` in one bulk add, retried whole until every chunk is
-/// answered.
+/// answered, at most [`RETRY_FOR`] (then the run fails with the last error).
 fn spawn_bulk(
     listener_grpc: u16,
     funnel: String,
@@ -751,6 +773,7 @@ fn spawn_bulk(
     accepted: Arc<Mutex<HashSet<String>>>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
+        let deadline = Instant::now() + RETRY_FOR;
         loop {
             let attempt = async {
                 let channel = tonic::transport::Endpoint::from_shared(format!(
@@ -777,6 +800,9 @@ fn spawn_bulk(
                         .unwrap_or_else(|e| e.into_inner())
                         .extend(ids);
                     return anyhow::Ok(());
+                }
+                Err(err) if Instant::now() >= deadline => {
+                    bail!("the bulk add was not answered within {RETRY_FOR:?}: {err:#}")
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
@@ -835,16 +861,18 @@ async fn check_exactly_once(
 ) -> anyhow::Result<Figures> {
     let deadline = Instant::now() + Duration::from_secs(180);
     let keys: Vec<String> = loop {
-        let keys: Vec<String> = sqlx::query_scalar(
+        // PostgreSQL was restarted a moment ago: a failed read is retried until the
+        // deadline, then it fails the run.
+        let read = sqlx::query_scalar(
             "SELECT idempotency_key FROM deal_service.deals WHERE account_id = 'chaos'",
         )
         .fetch_all(pool)
-        .await
-        .unwrap_or_default();
-        if keys.len() >= accepted.len() || Instant::now() > deadline {
-            break keys;
+        .await;
+        match read {
+            Ok(keys) if keys.len() >= accepted.len() || Instant::now() > deadline => break keys,
+            Err(err) if Instant::now() > deadline => bail!("cannot read the deals: {err}"),
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let distinct: HashSet<String> = keys.iter().cloned().collect();
     figures.leads_sent = sent;

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod bench;
 pub mod chaos;
+pub mod metrics;
 pub mod nats;
 pub mod postgres;
 pub mod stack;

@@ -64,6 +64,25 @@ impl Stack {
             .await
     }
 
+    /// Waits (at most 20 s) until the distributor has handled every lead in the intake and
+    /// bulk lanes: each was turned into its deal (or refused) and acknowledged. What a
+    /// test counts after it is final, not a moment in the middle.
+    pub async fn intake_settled(&self) -> anyhow::Result<()> {
+        let js = async_nats::jetstream::new(async_nats::connect(&self.nats.url).await?);
+        eventually(Duration::from_secs(20), || async {
+            let intake = crate::nats::consumer_backlog(
+                &js,
+                salesplan_platform::bus::streams::INTAKE.name,
+                "distributor-intake",
+            )
+            .await?;
+            let bulk = crate::nats::bulk_backlog(&js).await?;
+            Ok((intake.is_empty() && bulk == 0).then_some(()))
+        })
+        .await
+        .map_err(|err| err.context("the distributor did not handle every lead"))
+    }
+
     /// A bearer token of `user` in `account` with `permissions`.
     pub fn token(&self, account: &str, user: &str, permissions: &[Permission]) -> String {
         self.issuer
@@ -201,6 +220,20 @@ impl DealStack {
         self.shutdown.cancel();
         self.deal_service.wait().await
     }
+}
+
+/// Waits (at most 10 s) until deal-service's outbox is empty: the relay deletes each row
+/// after the broker acknowledged it, so an event can be readable a moment before its row
+/// is gone.
+pub async fn outbox_drained(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(10), || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM deal_service.outbox")
+            .fetch_one(pool)
+            .await?;
+        Ok((left == 0).then_some(()))
+    })
+    .await
+    .map_err(|err| err.context("deal-service's outbox still holds rows"))
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout`.

@@ -1250,10 +1250,7 @@ async fn every_change_is_published_in_order_through_the_outbox() -> anyhow::Resu
     assert_eq!(snapshot.manager_ids, ["m1"]);
 
     let pool = stack.pool().await?;
-    let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM deal_service.outbox")
-        .fetch_one(&pool)
-        .await?;
-    assert_eq!(backlog, 0);
+    integration_tests::stack::outbox_drained(&pool).await?;
     let by_kind: HashMap<String, i64> = HashMap::from_iter(
         sqlx::query_as::<_, (String, i64)>(
             "SELECT action, count(*) FROM deal_service.deal_history GROUP BY action",

@@ -1,5 +1,6 @@
-//! Intake and distribution end to end: every mode from the webhook to the deal, the seed's
-//! example, several distributor replicas, retries, bulk adds, membership changes.
+//! Intake and distribution end to end: every mode from the webhook to the deal, related
+//! contacts kept with their manager, several distributor replicas, retries, bulk adds,
+//! membership changes.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -488,6 +489,21 @@ async fn three_distributor_replicas_split_a_plan_exactly() -> anyhow::Result<()>
         counts(&[("m1", 1_000), ("m2", 1_000), ("m3", 1_000)])
     );
     counts_agree(&stack).await?;
+    // Each replica took its part: the leads it turned into deals (its own metrics).
+    let mut made = Vec::new();
+    for replica in [&stack.distributor, &second, &third] {
+        let text = integration_tests::metrics::scrape(replica).await?;
+        made.push(integration_tests::metrics::sample(
+            &text,
+            "salesplan_distributor_lead_to_deal_seconds_count",
+            &[],
+        ));
+    }
+    assert!(
+        made.iter().all(|&n| n > 0.0),
+        "a replica stayed idle: {made:?}"
+    );
+    assert!(made.iter().sum::<f64>() >= 3_000.0, "{made:?}");
     drop((second, third));
     stack.stop().await
 }
@@ -518,8 +534,8 @@ async fn the_same_webhook_five_times_makes_one_deal() -> anyhow::Result<()> {
     assert_eq!(fresh, 1, "one delivery was new, four were retries");
     assert!(ids.windows(2).all(|w| w[0] == w[1]));
     deals_of(&stack, &t.boss, &plan.id, 1).await?;
-    // Later retries (past JetStream's window too) still find the same deal.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once every delivery was handled, there is still one deal.
+    stack.intake_settled().await?;
     assert_eq!(deals_of(&stack, &t.boss, &plan.id, 1).await?.len(), 1);
     stack.stop().await
 }
@@ -577,7 +593,7 @@ async fn a_bulk_add_of_ten_thousand_contacts_makes_ten_thousand_deals() -> anyho
             (pb::ContactOutcome::Rejected as i32, 1)
         ])
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.intake_settled().await?;
     assert_eq!(
         deals_of(&stack, &t.boss, &plan.id, 10_000).await?.len(),
         10_000

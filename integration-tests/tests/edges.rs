@@ -477,3 +477,103 @@ async fn the_webhook_limits_each_account_with_429_and_retry_after() -> anyhow::R
     limited.wait().await?;
     stack.stop().await
 }
+
+/// A handler that fails every message whose subject names `bad`, and counts what it saw.
+#[derive(Default)]
+struct FailsTheBadOne {
+    bad_deliveries: std::sync::atomic::AtomicUsize,
+    good_deliveries: std::sync::atomic::AtomicUsize,
+}
+
+impl salesplan_platform::bus::BatchHandler for FailsTheBadOne {
+    async fn handle(
+        &self,
+        batch: &[salesplan_platform::bus::Delivery],
+    ) -> Vec<salesplan_platform::bus::Outcome> {
+        use std::sync::atomic::Ordering::SeqCst;
+        batch
+            .iter()
+            .map(|delivery| {
+                if delivery.subject.contains("bad") {
+                    self.bad_deliveries.fetch_add(1, SeqCst);
+                    salesplan_platform::bus::Outcome::Retry("always failing".into())
+                } else {
+                    self.good_deliveries.fetch_add(1, SeqCst);
+                    salesplan_platform::bus::Outcome::Done
+                }
+            })
+            .collect()
+    }
+}
+
+/// A message that keeps failing is tried exactly `SALESPLAN_MAX_DELIVER` times, then
+/// dead-lettered with its reason and counted; the message after it is handled once.
+#[tokio::test]
+async fn a_message_that_keeps_failing_is_dead_lettered_after_max_deliver() -> anyhow::Result<()> {
+    use salesplan_platform::{bus::Bus, config::NatsConfig, metrics::Metrics};
+    use std::sync::atomic::Ordering::SeqCst;
+    let nats = integration_tests::TestNats::start().await?;
+    let config = NatsConfig {
+        max_deliver: 3,
+        ..NatsConfig::local(&nats.url)
+    };
+    let bus = Bus::connect(&config, "dead-letter-test").await?;
+    bus.ensure_streams(&streams::ALL).await?;
+    let handler = std::sync::Arc::new(FailsTheBadOne::default());
+    let metrics = Metrics::unread();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let consumer = tokio::spawn(salesplan_platform::bus::run_consumer(
+        bus.clone(),
+        salesplan_platform::bus::ConsumerSpec::new(&streams::INTAKE, "test-consumer"),
+        handler.clone(),
+        stop.clone(),
+        metrics.clone(),
+    ));
+    let js = bus.jetstream();
+    let bad = streams::intake_subject(ACCOUNT, "bad");
+    for subject in [bad.clone(), streams::intake_subject(ACCOUNT, "good")] {
+        js.publish(subject, bytes::Bytes::from_static(b"x"))
+            .await?
+            .await?;
+    }
+
+    let dead = eventually(Duration::from_secs(20), || async {
+        let mut stream = js.get_stream(streams::DEAD_LETTERS.name).await?;
+        let messages = stream.info().await?.state.messages;
+        Ok((messages > 0).then_some(messages))
+    })
+    .await?;
+    assert_eq!(dead, 1);
+    let letter = js
+        .get_stream(streams::DEAD_LETTERS.name)
+        .await?
+        .get_last_raw_message_by_subject(&streams::dead_letter_subject("test-consumer"))
+        .await?;
+    let header = |name| letter.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(
+        header(salesplan_platform::bus::HEADER_ORIGINAL_SUBJECT),
+        Some(bad)
+    );
+    assert_eq!(
+        header(salesplan_platform::bus::HEADER_REASON).as_deref(),
+        Some("always failing")
+    );
+    // Dead-lettered and acked: nothing left for the consumer, and no fourth try.
+    eventually(Duration::from_secs(10), || async {
+        let backlog =
+            integration_tests::nats::consumer_backlog(js, streams::INTAKE.name, "test-consumer")
+                .await?;
+        Ok(backlog.is_empty().then_some(()))
+    })
+    .await?;
+    assert_eq!(handler.bad_deliveries.load(SeqCst), 3);
+    assert_eq!(handler.good_deliveries.load(SeqCst), 1);
+    let text = metrics.render();
+    assert!(
+        text.contains("salesplan_consumer_dead_letters_total{consumer=\"test-consumer\"} 1"),
+        "{text}"
+    );
+    stop.cancel();
+    consumer.await?;
+    Ok(())
+}

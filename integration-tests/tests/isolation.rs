@@ -402,14 +402,6 @@ async fn sums_beyond_int64_keep_boards_lists_and_reports_working() -> anyhow::Re
     stack.stop().await
 }
 
-async fn scrape(running: &salesplan_platform::service::Running) -> anyhow::Result<String> {
-    let addr = running.metrics_addr.expect("metrics are served");
-    Ok(reqwest::get(format!("http://{addr}/metrics"))
-        .await?
-        .text()
-        .await?)
-}
-
 /// A plan whose event was larger than the broker's max payload stopped the outbox relay
 /// for every account. Plans are bounded now, and an event the broker refuses all the same
 /// (here: a broker configured with 64 KiB) is parked with its reason while everyone else's
@@ -580,7 +572,7 @@ async fn an_event_the_broker_refuses_is_parked_and_other_accounts_keep_flowing()
     assert_eq!(again.len(), 1, "parked again, once");
     assert_eq!(again[0].message_id, parked[0].message_id);
 
-    let metrics = scrape(&stack.deal_service).await?;
+    let metrics = integration_tests::metrics::scrape(&stack.deal_service).await?;
     assert!(
         metrics
             .lines()
@@ -977,7 +969,7 @@ async fn a_lead_that_cannot_become_a_deal_is_rejected_alone_and_listed() -> anyh
             .fetch_all(&pool)
             .await?;
     assert_eq!(open, [("a1".to_owned(), 3)]);
-    let metrics = scrape(&stack.distributor).await?;
+    let metrics = integration_tests::metrics::scrape(&stack.distributor).await?;
     assert!(
         metrics.lines().any(
             |l| l.starts_with("salesplan_distributor_rejected_leads_total")

@@ -7,27 +7,10 @@ use std::time::Duration;
 use integration_tests::{
     Stack,
     api::{Mode, Strategy, create_plan, lead_json, plan_request},
+    metrics::{sample, scrape},
     stack::eventually,
 };
-use salesplan_platform::{Permission, service::Running};
-
-async fn scrape(running: &Running) -> anyhow::Result<String> {
-    let addr = running.metrics_addr.expect("metrics are served");
-    Ok(reqwest::get(format!("http://{addr}/metrics"))
-        .await?
-        .text()
-        .await?)
-}
-
-/// The value of the first sample of `metric` whose labels contain every `label`.
-fn sample(text: &str, metric: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .next()
-        .unwrap_or(0.0)
-}
+use salesplan_platform::Permission;
 
 #[tokio::test]
 async fn the_metrics_endpoints_show_the_counters_moving() -> anyhow::Result<()> {

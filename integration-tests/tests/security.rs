@@ -60,6 +60,7 @@ const METHODS: &[&str] = &[
     "GetBoard",
     "GetDealHistory",
     "AddToSalesPlan",
+    "AddAudience",
     "PipelineSummary",
     "LossReasons",
     "StageLosses",
@@ -407,6 +408,33 @@ async fn call(
             ))
             .await
             .map(|_| 1)?,
+        "AddAudience" => {
+            let chunk = pb::AddAudienceRequest {
+                plan_id: ids.plan.clone(),
+                job_id: "job".into(),
+                contacts: vec![pb::AudienceContact {
+                    contact: Some(pb::Contact {
+                        external_id: "x".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let mut answers = IntakeServiceClient::new(ch.intake.clone())
+                .add_audience(req(futures::stream::iter([chunk]), token))
+                .await?
+                .into_inner();
+            let mut accepted = 0;
+            while let Some(answer) = answers.message().await? {
+                accepted += answer
+                    .results
+                    .iter()
+                    .filter(|r| r.outcome != pb::ContactOutcome::Rejected as i32)
+                    .count();
+            }
+            accepted
+        }
         "PipelineSummary" => {
             reports
                 .pipeline_summary(req(
@@ -557,6 +585,26 @@ async fn setup(stack: &Stack) -> anyhow::Result<(Channels, Ids)> {
     Ok((channels, ids))
 }
 
+/// The list the tests walk is every RPC the services offer: a new method cannot be
+/// added without being tried here.
+#[test]
+fn the_method_list_is_every_rpc() -> anyhow::Result<()> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(salesplan_proto::FILE_DESCRIPTOR_SET)?;
+    let mut offered: Vec<String> = set
+        .file
+        .iter()
+        .flat_map(|file| &file.service)
+        .flat_map(|service| &service.method)
+        .filter_map(|method| method.name.clone())
+        .collect();
+    offered.sort();
+    let mut listed: Vec<String> = METHODS.iter().map(|m| (*m).to_owned()).collect();
+    listed.sort();
+    assert_eq!(listed, offered);
+    Ok(())
+}
+
 #[tokio::test]
 async fn no_bad_token_gets_through_any_method() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
@@ -659,6 +707,7 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         ("BulkMoveDeals", "deals:bulk_edit"),
         ("BulkAssignDeals", "deals:bulk_edit"),
         ("AddToSalesPlan", "intake:write"),
+        ("AddAudience", "intake:write"),
         ("ListIntakeRejections", "plans:admin"),
         ("ListParkedEvents", "plans:admin"),
         ("ReplayParkedEvents", "plans:admin"),

@@ -193,10 +193,7 @@ async fn webhook_leads_become_assigned_deals_that_reporting_counts() -> anyhow::
     assert_eq!(err.code(), tonic::Code::NotFound);
 
     // The outbox is empty once everything was published.
-    let backlog: i64 = sqlx::query_scalar("SELECT count(*) FROM deal_service.outbox")
-        .fetch_one(&pool)
-        .await?;
-    assert_eq!(backlog, 0);
+    integration_tests::stack::outbox_drained(&pool).await?;
 
     stack.stop().await
 }

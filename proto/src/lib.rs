@@ -7,6 +7,7 @@ pub mod v1 {
     tonic::include_proto!("salesplan.v1");
 }
 
+pub mod names;
 pub mod time;
 
 /// The encoded `FileDescriptorSet` of every proto file, for gRPC server reflection.

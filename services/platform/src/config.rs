@@ -361,6 +361,8 @@ impl AuthConfig {
         }
     }
 
+    /// Checks every key now, so a key that cannot be used stops the service at start
+    /// (exit 64) rather than at its first token.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(secret) = &self.hs256_secret
             && secret.expose().len() < 16
@@ -369,6 +371,22 @@ impl AuthConfig {
                 "SALESPLAN_JWT_HS256_SECRET",
                 "must be at least 16 bytes",
             ));
+        }
+        for pem in &self.rs256_public_keys_pem {
+            jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|err| {
+                ConfigError::new(
+                    "SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES",
+                    format!("not an RSA public key in PEM: {err}"),
+                )
+            })?;
+        }
+        if let Some(pem) = &self.rs256_private_key_pem {
+            jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose().as_bytes()).map_err(|err| {
+                ConfigError::new(
+                    "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE",
+                    format!("not an RSA private key in PEM: {err}"),
+                )
+            })?;
         }
         Ok(())
     }
@@ -402,6 +420,21 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_key_file_that_is_not_a_key_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, "-----BEGIN PUBLIC KEY-----\nnot a key\n").unwrap();
+        let path = path.display().to_string();
+        for key in [
+            "SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES",
+            "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE",
+        ] {
+            let env = Env::from_pairs([(key, path.as_str())]);
+            assert_eq!(AuthConfig::from_env(&env).unwrap_err().key, key);
+        }
+    }
 
     #[test]
     fn defaults_need_no_environment() {

@@ -1,7 +1,7 @@
 //! Logs and traces: one `init` per process, and W3C trace context carried across NATS
 //! headers and gRPC metadata. (Metrics are per service: `crate::metrics::Metrics`.)
 //!
-//! Logs: `RUST_LOG` filter (default `info`), pretty locally, JSON with
+//! Logs: `RUST_LOG` filter (default `info,sqlx=warn,async_nats=warn`), pretty locally, JSON with
 //! `SALESPLAN_LOG_FORMAT=json`. Traces (and each service's metrics) go to OTLP when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 

@@ -53,9 +53,7 @@ async fn maintenance(rebuild: bool) -> ExitCode {
                 ExitCode::SUCCESS
             })
     } else {
-        // deal-service's database, read-only (default: the same database as reporting).
-        let source = env.string("SALESPLAN_DEAL_DATABASE_URL", config.database.url.expose());
-        reporting::maintenance::verify(&config, &source)
+        reporting::maintenance::verify(&config, config.deal_database_url.expose())
             .await
             .map(|(closed, differences)| {
                 if differences.is_empty() {

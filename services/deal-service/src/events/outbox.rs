@@ -17,7 +17,7 @@
 //! model that applied both streams that far holds every write whose consistency token is
 //! below the horizon (`salesplan_platform::consistency`).
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use prost::Message as _;
 use salesplan_platform::{
@@ -26,22 +26,19 @@ use salesplan_platform::{
     telemetry,
 };
 use salesplan_proto::v1 as pb;
-use sqlx::{PgPool, Row, postgres::PgListener};
+use sqlx::{PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::OUTBOX_CHANNEL;
-
-/// Rows published per transaction.
-pub const BATCH: i64 = 1_000;
-/// Payload bytes read per transaction (a pass may exceed it by one row).
-pub const BATCH_BYTES: i64 = 8 * 1024 * 1024;
-/// Arbitrary, fixed: the advisory lock key of "the outbox relay of deal-service".
-const RELAY_LOCK: i64 = 0x5A1E_0B0C;
+pub use crate::store::outbox::{BATCH, BATCH_BYTES};
+use crate::store::{
+    OUTBOX_CHANNEL, StoreError,
+    outbox::{OutboxRow, Parked, Pass, backlog as outbox_backlog},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("bus: {0}")]
     Bus(#[from] salesplan_platform::bus::BusError),
 }
@@ -87,10 +84,7 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
     loop {
         if measured.elapsed() >= Duration::from_secs(5) {
             measured = tokio::time::Instant::now();
-            if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
-                .fetch_one(&pool)
-                .await
-            {
+            if let Ok(n) = outbox_backlog(&pool).await {
                 backlog.record(n as u64, &[]);
             }
         }
@@ -248,26 +242,20 @@ async fn publish_horizon(
 /// Publishes up to [`BATCH`] committed events in id order. An event the broker refuses is parked with
 /// its reason and the pass goes on; a passing failure stops the pass at that event.
 pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayError> {
-    let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(RELAY_LOCK)
-        .fetch_one(&mut *tx)
-        .await?;
-    if !locked {
+    let Some(mut pass) = Pass::begin(pool).await? else {
         return Ok(Relayed::default());
-    }
-    let horizon = running_horizon(&mut tx).await?;
-    let rows = read_batch(&mut tx).await?;
-    let Some(first) = rows.first() else {
+    };
+    let horizon = pass.running_horizon().await?;
+    let (rows, drained) = pass.rows().await?;
+    if rows.is_empty() {
         // Nothing to publish: everything below the horizon is in the streams already.
         return Ok(Relayed {
             horizon: Some(horizon),
             ..Relayed::default()
         });
-    };
-    let drained = first.try_get::<i64, _>("visible")? == rows.len() as i64;
-    let batch = Batch::of(&rows)?;
-    let mut pass = Relayed::default();
+    }
+    let batch = Batch::of(rows);
+    let mut relayed = Relayed::default();
     let mut done = Vec::with_capacity(batch.ids.len());
     let mut parked: Vec<Parked> = Vec::new();
     let results = bus.publish_each(batch.messages).await;
@@ -284,46 +272,17 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
                 done.push(id);
             }
             Err(err) => {
-                pass.failed = Some(err);
+                relayed.failed = Some(err);
                 break;
             }
         }
     }
-    if !parked.is_empty() {
-        park(&mut tx, &parked).await?;
-    }
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-        .bind(&done)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    pass.parked = parked.len();
-    pass.published = done.len() - pass.parked;
-    pass.newest_xid = batch.newest_xid;
-    pass.horizon = (drained && pass.failed.is_none()).then_some(horizon);
-    Ok(pass)
-}
-
-/// The committed rows of the next pass in id order: up to [`BATCH`] rows and about
-/// [`BATCH_BYTES`] (always the first row: plan events can be large, and one pass holds its
-/// rows in memory), each with the count of rows visible, from the statement's own
-/// snapshot: exactly what it read.
-async fn read_batch(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
-    sqlx::query(
-        "SELECT o.id, o.subject, o.message_id, o.payload, o.headers, o.xid,
-            (SELECT count(*) FROM outbox) AS visible
-         FROM outbox o JOIN (
-            SELECT id, sum(octet_length(payload)) OVER (ORDER BY id) - octet_length(payload) AS before
-            FROM outbox ORDER BY id LIMIT $1
-         ) k ON k.id = o.id
-         WHERE k.before < $2 ORDER BY o.id",
-    )
-    .bind(BATCH)
-    .bind(BATCH_BYTES)
-    .fetch_all(&mut **tx)
-    .await
+    pass.finish(&done, &parked).await?;
+    relayed.parked = parked.len();
+    relayed.published = done.len() - relayed.parked;
+    relayed.newest_xid = batch.newest_xid;
+    relayed.horizon = (drained && relayed.failed.is_none()).then_some(horizon);
+    Ok(relayed)
 }
 
 /// A pass's rows as messages, with their ids, accounts and the newest writing transaction.
@@ -335,7 +294,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn of(rows: &[sqlx::postgres::PgRow]) -> Result<Self, sqlx::Error> {
+    fn of(rows: Vec<OutboxRow>) -> Self {
         let mut batch = Batch {
             ids: Vec::with_capacity(rows.len()),
             accounts: Vec::with_capacity(rows.len()),
@@ -343,78 +302,18 @@ impl Batch {
             newest_xid: 0,
         };
         for row in rows {
-            batch.ids.push(row.try_get::<i64, _>("id")?);
-            batch.newest_xid = batch.newest_xid.max(row.try_get::<i64, _>("xid")?);
-            let mut message = Outgoing::new(
-                row.try_get("subject")?,
-                row.try_get::<String, _>("message_id")?,
-                row.try_get::<Vec<u8>, _>("payload")?,
-            );
-            let headers: sqlx::types::Json<HashMap<String, String>> = row.try_get("headers")?;
+            batch.ids.push(row.id);
+            batch.newest_xid = batch.newest_xid.max(row.xid);
+            let mut message = Outgoing::new(row.subject, row.message_id, row.payload);
             // The relay's own span, child of the change that wrote the event; the event
             // then carries the relay span as its parent.
             let span = tracing::info_span!("outbox.relay", otel.name = "outbox.relay", subject = %message.subject);
-            telemetry::set_parent(&span, telemetry::extract_from_pairs(&headers.0));
+            telemetry::set_parent(&span, telemetry::extract_from_pairs(&row.headers));
             span.in_scope(|| telemetry::inject_into_nats(&mut message.headers));
             let account = streams::account_of(&message.subject).unwrap_or_default();
             batch.accounts.push(account.to_owned());
             batch.messages.push(message);
         }
-        Ok(batch)
+        batch
     }
-}
-
-/// The oldest transaction of deal-service (its database and role) running now, as a
-/// 64-bit id; with none, the next id to be assigned. Read before the outbox rows, in a
-/// statement of its own: every transaction below it has finished before their snapshot is
-/// taken, so they see its rows. (Only this database and role: another database on the same
-/// server, or another service, never holds the horizon back.)
-async fn running_horizon(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-) -> Result<i64, sqlx::Error> {
-    // The 32-bit ids of pg_stat_activity widened to the 64-bit id nearest the snapshot's
-    // xmax (latest completed + 1: a running transaction may be at or above it). The xmax is
-    // read from the statement's snapshot, taken before the running transactions are listed.
-    sqlx::query_scalar(
-        "WITH next AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS n),
-              running AS (
-                SELECT n + ((a.backend_xid::text::bigint - n % 4294967296
-                             + 2147483648 + 4294967296) % 4294967296) - 2147483648 AS x
-                FROM next JOIN pg_stat_activity a
-                  ON a.datname = current_database() AND a.usename = current_user
-                 AND a.backend_xid IS NOT NULL)
-         SELECT LEAST((SELECT min(x) FROM running), (SELECT n FROM next))",
-    )
-    .fetch_one(&mut **tx)
-    .await
-}
-
-/// An outbox row the broker refused.
-struct Parked {
-    id: i64,
-    account_id: String,
-    reason: String,
-}
-
-/// Copies the refused rows, with their reasons, to `outbox_parked` (deleted from the
-/// outbox by the caller, in the same transaction).
-async fn park(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    parked: &[Parked],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO outbox_parked (id, account_id, subject, message_id, payload, headers,
-            created_at, reason)
-         SELECT o.id, p.account_id, o.subject, o.message_id, o.payload, o.headers,
-            o.created_at, p.reason
-         FROM outbox o JOIN UNNEST($1::bigint[], $2::text[], $3::text[]) AS p(id, account_id, reason)
-            ON o.id = p.id
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(parked.iter().map(|p| p.id).collect::<Vec<_>>())
-    .bind(parked.iter().map(|p| p.account_id.clone()).collect::<Vec<_>>())
-    .bind(parked.iter().map(|p| p.reason.clone()).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }

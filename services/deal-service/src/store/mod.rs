@@ -5,6 +5,7 @@ mod counts;
 mod deals;
 mod error;
 mod events;
+pub mod outbox;
 mod parked;
 mod plans;
 mod queries;

@@ -32,6 +32,26 @@ pub enum Mode {
 }
 
 salesplan_platform::named_enum! {
+    /// How a lead was (or a plan's leads are) decided, as stored and explained.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum DecidedBy {
+        /// The bulk add named the manager.
+        Bulk => "bulk",
+        Manual => "manual",
+        Auto => "auto",
+    }
+}
+
+impl Mode {
+    pub fn decided_by(self) -> DecidedBy {
+        match self {
+            Mode::Manual => DecidedBy::Manual,
+            Mode::Auto { .. } => DecidedBy::Auto,
+        }
+    }
+}
+
+salesplan_platform::named_enum! {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Strategy {
         Random => "random",
@@ -412,7 +432,11 @@ mod tests {
             &mut open,
             0,
         );
-        assert_eq!(d.manager.as_deref(), Some("a"), "2.1a ignores relations");
+        assert_eq!(
+            d.manager.as_deref(),
+            Some("a"),
+            "without prefer_related, relations are ignored"
+        );
     }
 
     #[test]
@@ -430,7 +454,8 @@ mod tests {
 
     #[test]
     fn the_seeds_example_related_then_fewest_deals() {
-        // 2.1b + 2.2b: known contacts go to their manager, new ones to whoever has fewest.
+        // prefer_related with fewest open deals: known contacts go to their manager, new
+        // ones to whoever has the fewest.
         let plan = auto(Strategy::LeastOpenDeals, true, &["anna", "boris", "chen"]);
         let mut open = HashMap::from([
             ("anna".to_owned(), 5),

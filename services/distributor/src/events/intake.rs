@@ -21,7 +21,7 @@ use crate::{
     domain::{
         self,
         batch::{Decided, PendingLead},
-        distribution::{Candidate, Lead, Mode, PlanSettings},
+        distribution::{Candidate, DecidedBy, Lead, Mode, PlanSettings},
     },
     store::{NewAssignment, PlanCopy, Rejection, Store},
     upstream::{DealService, LookupError},
@@ -240,11 +240,14 @@ impl IntakeEvents {
     }
 
     fn record_latency(&self, event: &pb::IntakeEvent) {
-        if let Some(at) = &event.received_at {
-            let received = std::time::UNIX_EPOCH
-                + std::time::Duration::new(at.seconds.max(0) as u64, at.nanos.max(0) as u32);
-            if let Ok(age) = std::time::SystemTime::now().duration_since(received) {
-                self.lead_to_deal.record(age.as_secs_f64(), &[]);
+        if let Some(received) = event
+            .received_at
+            .as_ref()
+            .and_then(salesplan_proto::time::time_of)
+        {
+            let age = time::OffsetDateTime::now_utc() - received;
+            if age.is_positive() {
+                self.lead_to_deal.record(age.as_seconds_f64(), &[]);
             }
         }
     }
@@ -358,7 +361,7 @@ impl IntakeEvents {
         if let PlanBatch::Decided { new, .. } = &decided {
             for a in new
                 .iter()
-                .filter(|a| a.mode == "auto" && a.manager_id.is_none())
+                .filter(|a| a.mode == DecidedBy::Auto.as_str() && a.manager_id.is_none())
             {
                 tracing::warn!(%plan_id, reason = %a.reason, "lead left unassigned");
                 self.unassigned.add(
@@ -567,19 +570,19 @@ fn record(
 ) -> pb::Assignment {
     let (lead, decision) = (&decided.lead, &decided.decision);
     let (mode, strategy, prefer_related) = match settings.mode {
-        _ if settings.names(lead) => ("bulk", "", false),
-        Mode::Manual => ("manual", "", false),
+        _ if settings.names(lead) => (DecidedBy::Bulk, "", false),
+        Mode::Manual => (DecidedBy::Manual, "", false),
         Mode::Auto {
             prefer_related,
             strategy,
-        } => ("auto", strategy.as_str(), prefer_related),
+        } => (DecidedBy::Auto, strategy.as_str(), prefer_related),
     };
     pb::Assignment {
         intake_id: decided.intake_id.to_string(),
         account_id: account_id.to_owned(),
         plan_id: plan_id.to_string(),
         deal_id: String::new(),
-        mode: mode.into(),
+        mode: mode.as_str().into(),
         strategy: strategy.into(),
         prefer_related,
         related_manager_id: lead

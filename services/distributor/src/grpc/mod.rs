@@ -86,8 +86,8 @@ impl Explain {
         account_id: &str,
         deal_id: Uuid,
     ) -> Result<Option<pb::Assignment>, ApiError> {
-        if let Some(assignment) = self.store.assignment_of_deal(account_id, deal_id).await? {
-            return Ok(Some(assignment));
+        if let Some(stored) = self.store.assignment_of_deal(account_id, deal_id).await? {
+            return explained(&stored, deal_id).map(Some);
         }
         let (plan_id, key) = match self.upstream.deal_key(account_id, deal_id).await {
             Ok(found) => found,
@@ -97,15 +97,21 @@ impl Explain {
         let Ok(intake_id) = Uuid::parse_str(&key) else {
             return Ok(None);
         };
-        let mut assignment = self
-            .store
+        self.store
             .assignment_of_lead(account_id, plan_id, intake_id)
-            .await?;
-        if let Some(a) = &mut assignment {
-            a.deal_id = deal_id.to_string();
-        }
-        Ok(assignment)
+            .await?
+            .map(|stored| explained(&stored, deal_id))
+            .transpose()
     }
+}
+
+/// A stored explanation, decoded, as the explanation of `deal_id`.
+fn explained(stored: &[u8], deal_id: Uuid) -> Result<pb::Assignment, ApiError> {
+    use prost::Message as _;
+    let mut assignment = pb::Assignment::decode(stored)
+        .map_err(|err| ApiError::internal(format!("a stored decision cannot be decoded: {err}")))?;
+    assignment.deal_id = deal_id.to_string();
+    Ok(assignment)
 }
 
 #[tonic::async_trait]

@@ -7,16 +7,14 @@ pub use rejections::{After, Rejection};
 
 use std::collections::{BTreeMap, HashMap};
 
-use prost::Message as _;
 use salesplan_platform::db::key_lookups_only;
-use salesplan_proto::v1 as pb;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::domain::{
     batch::{Batch, Known, PendingLead},
     deal_view::{self, Changes, DealState, Deltas, KnownDeals, LeadDecision, Seen},
-    distribution::{Cursor, Mode, PlanSettings, Strategy},
+    distribution::{Cursor, DecidedBy, Mode, PlanSettings, Strategy},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +23,6 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("unexpected value in column {0}")]
     Corrupt(&'static str),
-    #[error("stored decision cannot be decoded: {0}")]
-    Decode(#[from] prost::DecodeError),
 }
 
 impl From<StoreError> for salesplan_platform::ApiError {
@@ -158,12 +154,13 @@ impl Store {
     /// every update. A plan id of another account (a forged event) changes nothing: plan ids
     /// are random, so one cannot be taken before its account's own event arrives.
     pub async fn apply_plan(&self, plan: &PlanCopy) -> Result<(), StoreError> {
-        let (mode, prefer_related, strategy) = match plan.settings.mode {
-            Mode::Manual => ("manual", false, Strategy::RoundRobin),
+        let mode = plan.settings.mode.decided_by().as_str();
+        let (prefer_related, strategy) = match plan.settings.mode {
+            Mode::Manual => (false, Strategy::RoundRobin),
             Mode::Auto {
                 prefer_related,
                 strategy,
-            } => ("auto", prefer_related, strategy),
+            } => (prefer_related, strategy),
         };
         sqlx::query(
             "INSERT INTO plans (plan_id, account_id, version, mode, prefer_related, strategy, managers, archived)
@@ -308,12 +305,13 @@ impl Store {
         Ok(())
     }
 
-    /// The decision that made `deal_id`, within the account.
+    /// The stored explanation (an encoded `Assignment`, as the caller saved it) of the
+    /// decision that made `deal_id`, within the account.
     pub async fn assignment_of_deal(
         &self,
         account_id: &str,
         deal_id: Uuid,
-    ) -> Result<Option<pb::Assignment>, StoreError> {
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let row = sqlx::query(
             "SELECT explanation FROM assignments WHERE account_id = $1 AND deal_id = $2",
         )
@@ -321,21 +319,18 @@ impl Store {
         .bind(deal_id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let bytes: Vec<u8> = row.try_get("explanation")?;
-        let mut assignment = pb::Assignment::decode(bytes.as_slice())?;
-        assignment.deal_id = deal_id.to_string();
-        Ok(Some(assignment))
+        Ok(row.map(|row| row.try_get("explanation")).transpose()?)
     }
 
-    /// The decision of the lead `intake_id` of the plan, within the account (a deal's key
-    /// is its creator's choice: it names a decision only within the same account and plan).
+    /// The stored explanation of the decision of the lead `intake_id` of the plan, within
+    /// the account (a deal's key is its creator's choice: it names a decision only within
+    /// the same account and plan).
     pub async fn assignment_of_lead(
         &self,
         account_id: &str,
         plan_id: Uuid,
         intake_id: Uuid,
-    ) -> Result<Option<pb::Assignment>, StoreError> {
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let row = sqlx::query(
             "SELECT explanation FROM assignments
              WHERE account_id = $1 AND intake_id = $2 AND plan_id = $3",
@@ -345,9 +340,7 @@ impl Store {
         .bind(plan_id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let bytes: Vec<u8> = row.try_get("explanation")?;
-        Ok(Some(pb::Assignment::decode(bytes.as_slice())?))
+        Ok(row.map(|row| row.try_get("explanation")).transpose()?)
     }
 
     /// Open deals per manager of a plan, as the distributor counts them.
@@ -505,14 +498,14 @@ async fn save_deal_changes(
 }
 
 fn settings_from(row: &sqlx::postgres::PgRow) -> Result<PlanSettings, StoreError> {
-    let mode = match row.try_get::<&str, _>("mode")? {
-        "manual" => Mode::Manual,
-        "auto" => Mode::Auto {
+    let mode = match DecidedBy::parse(row.try_get("mode")?) {
+        Some(DecidedBy::Manual) => Mode::Manual,
+        Some(DecidedBy::Auto) => Mode::Auto {
             prefer_related: row.try_get("prefer_related")?,
             strategy: Strategy::parse(row.try_get("strategy")?)
                 .ok_or(StoreError::Corrupt("plans.strategy"))?,
         },
-        _ => return Err(StoreError::Corrupt("plans.mode")),
+        Some(DecidedBy::Bulk) | None => return Err(StoreError::Corrupt("plans.mode")),
     };
     Ok(PlanSettings {
         mode,

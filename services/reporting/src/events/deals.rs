@@ -57,9 +57,9 @@ pub fn decode(payload: &[u8]) -> Result<DealRow, String> {
         pb::DealEvent::decode(payload).map_err(|e| format!("undecodable deal event: {e}"))?;
     let deal = event.deal.ok_or("deal event without a deal")?;
     let status = match pb::DealStatus::try_from(deal.status) {
-        Ok(pb::DealStatus::Open) => "open",
-        Ok(pb::DealStatus::Won) => "won",
-        Ok(pb::DealStatus::Lost) => "lost",
+        Ok(status @ (pb::DealStatus::Open | pb::DealStatus::Won | pb::DealStatus::Lost)) => {
+            status.short_name()
+        }
         _ => return Err(format!("deal event with unknown status {}", deal.status)),
     };
     let amount = deal.amount.unwrap_or_default();

@@ -234,7 +234,7 @@ fn error_response(err: WebhookError) -> Response {
             let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             let mut response = json_error(
                 StatusCode::TOO_MANY_REQUESTS,
-                "resource_exhausted",
+                salesplan_platform::error::code_name(tonic::Code::ResourceExhausted),
                 &format!("too many leads for this account; retry in {seconds} s"),
                 None,
             );
