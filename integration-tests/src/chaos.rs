@@ -228,7 +228,7 @@ fn nix_is_root() -> bool {
 }
 
 /// One process we can kill and start again with the same arguments.
-pub(crate) struct Proc {
+pub struct Proc {
     pub(crate) name: String,
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<String>,
@@ -239,7 +239,7 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    pub(crate) async fn start(&mut self) -> anyhow::Result<Duration> {
+    pub async fn start(&mut self) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -272,10 +272,14 @@ impl Proc {
         Some(kib * 1024)
     }
 
-    /// Asks the process to stop (SIGTERM) and waits for it; killed after `grace`.
-    pub(crate) async fn stop(&mut self, grace: Duration) -> anyhow::Result<()> {
+    /// Asks the process to stop (SIGTERM) and waits for it; killed after `grace` (an
+    /// error). Answers how it exited (`None` when it was not running).
+    pub async fn stop(
+        &mut self,
+        grace: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
         let Some(mut child) = self.child.take() else {
-            return Ok(());
+            return Ok(None);
         };
         if let Some(pid) = child.id() {
             Command::new("kill")
@@ -283,15 +287,17 @@ impl Proc {
                 .status()
                 .await?;
         }
-        if tokio::time::timeout(grace, child.wait()).await.is_err() {
-            child.start_kill()?;
-            child.wait().await?;
-            bail!("{} did not stop within {grace:?} of SIGTERM", self.name);
+        match tokio::time::timeout(grace, child.wait()).await {
+            Ok(status) => Ok(Some(status?)),
+            Err(_) => {
+                child.start_kill()?;
+                child.wait().await?;
+                bail!("{} did not stop within {grace:?} of SIGTERM", self.name);
+            }
         }
-        Ok(())
     }
 
-    pub(crate) async fn kill(&mut self) -> anyhow::Result<()> {
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             child.start_kill()?;
             child.wait().await?;
@@ -302,16 +308,16 @@ impl Proc {
 
 /// Where the four services of [`start_services`] listen.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Ports {
-    pub(crate) intake: u16,
-    pub(crate) http: u16,
-    pub(crate) deal: u16,
-    pub(crate) reporting: u16,
+pub struct Ports {
+    pub intake: u16,
+    pub http: u16,
+    pub deal: u16,
+    pub reporting: u16,
 }
 
 /// Starts the four service binaries on free ports against one database and NATS, with no
 /// webhook rate limit, plus `extra` variables; returns them started.
-pub(crate) async fn start_services(
+pub async fn start_services(
     database_url: &str,
     nats_url: &str,
     logs: &std::path::Path,

@@ -64,6 +64,20 @@ impl Stack {
             .await
     }
 
+    /// Starts one more deal-service replica (its own outbox relay on the same outbox).
+    pub async fn add_deal_service(&self) -> anyhow::Result<Running> {
+        deal_service::Config::local(&self.db.url, &self.nats.url)
+            .start(self.shutdown.clone())
+            .await
+    }
+
+    /// Starts one more reporting replica (sharing the deal and plan consumers).
+    pub async fn add_reporting(&self) -> anyhow::Result<Running> {
+        reporting::Config::local(&self.db.url, &self.nats.url)
+            .start(self.shutdown.clone())
+            .await
+    }
+
     /// Waits (at most 20 s) until the distributor has handled every lead in the intake and
     /// bulk lanes: each was turned into its deal (or refused) and acknowledged. What a
     /// test counts after it is final, not a moment in the middle.

@@ -153,3 +153,226 @@ async fn health_turns_not_serving_while_draining() -> anyhow::Result<()> {
     assert!(draining.is_ok(), "NOT_SERVING during the drain delay");
     running.wait().await
 }
+
+/// The four binaries configured as in production: RS256 keys read from files, no HS256
+/// secret. A lead signed with the private key becomes an assigned deal (the listener's
+/// plan look-ups and the distributor's calls are signed with the same key); a token
+/// signed with the development secret is refused everywhere.
+#[tokio::test]
+async fn rs256_keys_from_files_carry_a_lead_to_its_deal() -> anyhow::Result<()> {
+    use integration_tests::api::{Mode, Strategy, create_plan, lead_json, plan_request};
+    use salesplan_platform::{
+        Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
+    };
+    use salesplan_proto::v1::{self as pb, deal_service_client::DealServiceClient};
+    let fixtures =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../services/platform/tests/fixtures");
+    let (private, public) = (
+        fixtures.join("rs256-test-private.pem"),
+        fixtures.join("rs256-test-public.pem"),
+    );
+    let database = TestDatabase::create().await?;
+    let nats = TestNats::start().await?;
+    let logs = tempfile::tempdir()?;
+    let (mut services, ports) = integration_tests::chaos::start_services(
+        &database.url,
+        &nats.url,
+        logs.path(),
+        &[
+            (
+                "SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES",
+                &public.display().to_string(),
+            ),
+            (
+                "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE",
+                &private.display().to_string(),
+            ),
+        ],
+    )
+    .await?;
+    let issuer = TokenIssuer::rs256_pem(&std::fs::read(&private)?)?;
+    let token = |user: &str, perms: &[Permission]| {
+        issuer.issue(
+            &Actor::new("acme", user, perms.iter().copied()),
+            Duration::from_secs(600),
+        )
+    };
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.deal))?
+            .connect()
+            .await?;
+    let plan = create_plan(
+        channel.clone(),
+        &token("admin", &[Permission::PlansAdmin])?,
+        plan_request("Keys", Mode::Auto, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    let webhook = format!(
+        "http://127.0.0.1:{}/v1/tunnel-actions/add-to-sales-plan",
+        ports.http
+    );
+    let http = reqwest::Client::new();
+    let sent = http
+        .post(&webhook)
+        .bearer_auth(token("funnel", &[Permission::IntakeWrite])?)
+        .json(&lead_json(&plan.id, "run-1", "c-1"))
+        .send()
+        .await?;
+    assert_eq!(sent.status(), 202);
+    let viewer = token("viewer", &[])?;
+    let deals = integration_tests::stack::eventually(Duration::from_secs(20), || async {
+        let deals = integration_tests::api::all_deals(
+            channel.clone(),
+            &viewer,
+            pb::DealFilter {
+                plan_id: plan.id.clone(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok((!deals.is_empty()).then_some(deals))
+    })
+    .await?;
+    assert_eq!(deals.len(), 1);
+    assert_eq!(deals[0].manager_id.as_deref(), Some("m1"));
+
+    // The development secret opens nothing here.
+    let dev = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes()).issue(
+        &Actor::new("acme", "x", Permission::ALL),
+        Duration::from_secs(600),
+    )?;
+    let refused = http
+        .post(&webhook)
+        .bearer_auth(&dev)
+        .json(&lead_json(&plan.id, "run-2", "c-2"))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 401);
+    let err = DealServiceClient::new(channel)
+        .get_deal(outgoing(
+            pb::GetDealRequest {
+                deal_id: deals[0].id.clone(),
+                ..Default::default()
+            },
+            &dev,
+        ))
+        .await
+        .expect_err("a development token");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    for service in &mut services {
+        service.kill().await?;
+    }
+    Ok(())
+}
+
+/// Deals of the account "acme": how many, and how many distinct idempotency keys.
+async fn made(pool: &sqlx::PgPool) -> anyhow::Result<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), count(DISTINCT idempotency_key) FROM deal_service.deals
+         WHERE account_id = 'acme'",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// SIGTERM while a bulk add is being turned into deals: the distributor, then deal-service
+/// (under the distributor's CreateDeals calls), each drains and exits 0, and once they are
+/// back every contact is exactly one deal, round robin exact: the batches in hand were
+/// finished or handed back, never applied twice.
+#[tokio::test]
+async fn sigterm_with_work_in_flight_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use integration_tests::api::{Mode, Strategy, audience_chunks, create_plan, plan_request};
+    use salesplan_platform::{Actor, Permission, auth::TokenIssuer, config::AuthConfig};
+    use salesplan_proto::v1::intake_service_client::IntakeServiceClient;
+    const CONTACTS: usize = 6_000;
+    let database = TestDatabase::create().await?;
+    let nats = TestNats::start().await?;
+    let logs = tempfile::tempdir()?;
+    let (mut services, ports) = integration_tests::chaos::start_services(
+        &database.url,
+        &nats.url,
+        logs.path(),
+        // Small batches: many in flight while the stops come.
+        &[("SALESPLAN_CONSUMER_BATCH", "50")],
+    )
+    .await?;
+    let issuer = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes());
+    let token = |perms: &[Permission]| {
+        issuer.issue(
+            &Actor::new("acme", "ops", perms.iter().copied()),
+            Duration::from_secs(600),
+        )
+    };
+    let deals =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.deal))?
+            .connect()
+            .await?;
+    let members = ["m1", "m2", "m3"];
+    let plan = create_plan(
+        deals,
+        &token(&[Permission::PlansAdmin])?,
+        plan_request("Drain", Mode::Auto, Strategy::RoundRobin, false, &members),
+    )
+    .await?;
+    let intake =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.intake))?
+            .connect()
+            .await?;
+    let chunks = audience_chunks(&plan.id, "drain", CONTACTS, 1_000, |i| format!("c-{i}"));
+    let mut answers = IntakeServiceClient::new(intake)
+        .add_audience(salesplan_platform::grpc::outgoing(
+            futures::stream::iter(chunks),
+            &token(&[Permission::IntakeWrite])?,
+        ))
+        .await?
+        .into_inner();
+    while let Some(answer) = answers.next().await {
+        answer?;
+    }
+
+    let pool = sqlx::PgPool::connect(&database.url).await?;
+    // services: deal-service, distributor, reporting, tunnel-listener.
+    let mut last = 0;
+    for (index, name) in [(1, "distributor"), (0, "deal-service")] {
+        // Stopped while deals are being made: more than at the last stop.
+        let before = integration_tests::stack::eventually(Duration::from_secs(30), || async {
+            let (count, _) = made(&pool).await?;
+            Ok((count > last).then_some(count))
+        })
+        .await?;
+        let status = services[index].stop(Duration::from_secs(20)).await?;
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{name} drained");
+        let (at_stop, _) = made(&pool).await?;
+        assert!(
+            at_stop < CONTACTS as i64,
+            "{name} was stopped with work in flight ({before} deals before, {at_stop} after)"
+        );
+        last = at_stop;
+        services[index].start().await?;
+    }
+
+    integration_tests::stack::eventually(Duration::from_secs(60), || async {
+        let (count, _) = made(&pool).await?;
+        Ok((count >= CONTACTS as i64).then_some(()))
+    })
+    .await?;
+    let (count, distinct) = made(&pool).await?;
+    assert_eq!((count, distinct), (CONTACTS as i64, CONTACTS as i64));
+    let per_manager: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT manager_id, count(*) FROM deal_service.deals WHERE account_id = 'acme'
+         GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let even = (CONTACTS / members.len()) as i64;
+    assert_eq!(
+        per_manager,
+        members.map(|m| (m.to_owned(), even)).to_vec(),
+        "round robin stays exact"
+    );
+    for service in &mut services {
+        service.kill().await?;
+    }
+    Ok(())
+}

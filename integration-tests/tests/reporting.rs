@@ -648,8 +648,28 @@ async fn rebuild_then_verify_finds_no_difference_and_verify_catches_one() -> any
         .await?;
     assert_eq!(report.totals.map(|t| (t.won, t.lost)), Some((3, 3)));
 
-    // Tamper with the read model: verify names the deal and the totals.
+    // Tamper with a daily total: verify names it, and nothing else.
     let pool = w.stack.pool().await?;
+    let bump = |by: i64| {
+        sqlx::query(
+            "UPDATE reporting.closed_daily SET deals = deals + $1
+             WHERE (account_id, day, plan_id, manager_id, status, reason_id) =
+                   (SELECT account_id, day, plan_id, manager_id, status, reason_id
+                    FROM reporting.closed_daily ORDER BY 1, 2, 3, 4, 5, 6 LIMIT 1)",
+        )
+        .bind(by)
+        .execute(&pool)
+    };
+    bump(1).await?;
+    let (_, differences) = reporting::maintenance::verify(&config, &w.stack.db.url).await?;
+    assert_eq!(differences.len(), 1, "{differences:?}");
+    assert!(
+        differences[0].starts_with("daily totals "),
+        "{differences:?}"
+    );
+    bump(-1).await?;
+
+    // Tamper with the read model: verify names the deal and the totals.
     sqlx::query("UPDATE reporting.deals SET status = 'won' WHERE status = 'lost' AND deal_id = (SELECT min(deal_id::text)::uuid FROM reporting.deals WHERE status = 'lost')")
         .execute(&pool)
         .await?;

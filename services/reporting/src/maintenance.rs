@@ -165,19 +165,32 @@ pub async fn verify(
             .or_default() += 1;
     }
     let kept = store::maintenance::kept_totals(&reporting).await?;
-    if kept != recount {
-        // Each key once, whether one side or both have it.
-        let keys: std::collections::BTreeSet<&TotalKey> =
-            recount.keys().chain(kept.keys()).collect();
-        for key in keys {
-            let (a, b) = (
-                recount.get(key).copied().unwrap_or(0),
-                kept.get(key).copied().unwrap_or(0),
-            );
-            if a != b {
-                differences.push(format!("totals {key:?}: {b} kept, {a} counted"));
-            }
+    compare_totals("totals", &kept, &recount, &mut differences);
+    // And the kept daily totals (the reports' whole days) a recount by closing day.
+    let (kept, recount) = tokio::try_join!(
+        store::maintenance::kept_daily(&reporting),
+        store::maintenance::recount_daily(&reporting)
+    )?;
+    compare_totals("daily totals", &kept, &recount, &mut differences);
+    Ok((truth.len(), differences))
+}
+
+/// Adds to `differences` every key whose kept count is not the recount (each key once,
+/// whether one side or both have it).
+fn compare_totals<K: Ord + std::fmt::Debug>(
+    what: &str,
+    kept: &BTreeMap<K, i64>,
+    recount: &BTreeMap<K, i64>,
+    differences: &mut Vec<String>,
+) {
+    let keys: std::collections::BTreeSet<&K> = recount.keys().chain(kept.keys()).collect();
+    for key in keys {
+        let (counted, held) = (
+            recount.get(key).copied().unwrap_or(0),
+            kept.get(key).copied().unwrap_or(0),
+        );
+        if counted != held {
+            differences.push(format!("{what} {key:?}: {held} kept, {counted} counted"));
         }
     }
-    Ok((truth.len(), differences))
 }

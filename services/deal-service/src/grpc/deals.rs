@@ -17,7 +17,7 @@ use crate::{
         plan::Plan,
         query::{AfterKey, PageToken, Sort, bounded_page_size, page_size},
     },
-    store::{BulkOutcome, BulkTarget, Page, StoreError, queries_sort_value},
+    store::{BulkOutcome, BulkTarget, Page, queries_sort_value},
 };
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -185,12 +185,10 @@ impl DealService for Api {
             .into_iter()
             .map(|input| {
                 let outcome = match input {
-                    Ok(_) => created
-                        .next()
-                        .unwrap_or_else(|| {
-                            Err(StoreError::Internal("no result for the deal".into()))
-                        })
-                        .map_err(ApiError::from),
+                    Ok(_) => match created.next() {
+                        Some(result) => result.map_err(ApiError::from),
+                        None => Err(ApiError::internal("no result for the deal")),
+                    },
                     Err(err) => Err(err),
                 };
                 match outcome {
