@@ -11,19 +11,46 @@ use super::{BenchConfig, Line, intake::Env};
 
 const DEALS_LIKE: &str = "CREATE TABLE IF NOT EXISTS bench_rows (
     id uuid PRIMARY KEY, account_id text NOT NULL, plan_id uuid NOT NULL, title text NOT NULL,
-    amount_minor bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now())";
+    amount_minor bigint NOT NULL, idempotency_key text NOT NULL UNIQUE,
+    created_at timestamptz NOT NULL DEFAULT now())";
+
+/// The message the minimal pipeline carries: an intake event as the listener publishes
+/// one (`n`: its number, also its contact and idempotency key).
+fn intake_event(n: usize) -> Bytes {
+    use prost::Message as _;
+    use salesplan_proto::v1 as pb;
+    let id = format!("lead-{n}");
+    pb::IntakeEvent {
+        intake_id: Uuid::now_v7().to_string(),
+        account_id: "bench".into(),
+        received_at: Some(salesplan_proto::time::now()),
+        source: pb::IntakeSource::Webhook as i32,
+        lead: Some(pb::Lead {
+            plan_id: Uuid::nil().to_string(),
+            run_id: id.clone(),
+            contact: Some(pb::Contact {
+                external_id: id,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        assign_to_manager_id: None,
+        plan_version: 1,
+    }
+    .encode_to_vec()
+    .into()
+}
 
 async fn publish_pipelined(
     js: &jetstream::Context,
     subject: &str,
     n: usize,
 ) -> anyhow::Result<Duration> {
-    let payload = Bytes::from(vec![b'x'; 200]);
     let started = Instant::now();
     let mut pending = Vec::with_capacity(5_000);
     for i in 0..n {
         pending.push(
-            js.publish(format!("{subject}.{}", i % 16), payload.clone())
+            js.publish(format!("{subject}.{}", i % 16), intake_event(i))
                 .await?,
         );
         if pending.len() == 5_000 {
@@ -96,7 +123,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     let plan = Uuid::new_v4();
     let started = Instant::now();
     for i in 0..single {
-        sqlx::query("INSERT INTO bench_rows (id, account_id, plan_id, title, amount_minor) VALUES ($1, 'bench', $2, $3, 100)")
+        sqlx::query("INSERT INTO bench_rows (id, account_id, plan_id, title, amount_minor, idempotency_key) VALUES ($1, 'bench', $2, $3, 100, $3)")
             .bind(Uuid::now_v7())
             .bind(plan)
             .bind(format!("Deal {i}"))
@@ -113,7 +140,8 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
 
     let started = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        insert_batch(&pool, plan, chunk.len()).await?;
+        let keys: Vec<String> = chunk.iter().map(|i| format!("row-{i}")).collect();
+        insert_batch(&pool, plan, &keys).await?;
     }
     lines.push(Line::rate(
         "floor",
@@ -187,7 +215,16 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         if messages.is_empty() {
             continue;
         }
-        insert_batch(&pool, plan, messages.len()).await?;
+        // As the product does: each message decoded, its deal keyed by its lead.
+        let keys = messages
+            .iter()
+            .map(|m| {
+                use prost::Message as _;
+                let event = salesplan_proto::v1::IntakeEvent::decode(m.payload.clone())?;
+                Ok(event.lead.map(|l| l.run_id).unwrap_or_default())
+            })
+            .collect::<anyhow::Result<Vec<String>>>()?;
+        insert_batch(&pool, plan, &keys).await?;
         for message in &messages {
             message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
         }
@@ -204,16 +241,18 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     Ok(lines)
 }
 
-async fn insert_batch(pool: &sqlx::PgPool, plan: Uuid, n: usize) -> anyhow::Result<()> {
-    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
-    let titles: Vec<String> = (0..n).map(|i| format!("Deal {i}")).collect();
+/// One row per key, idempotent as deal-service's insert is: a key already there is
+/// skipped (`ON CONFLICT DO NOTHING` on its unique index), ids UUIDv7.
+async fn insert_batch(pool: &sqlx::PgPool, plan: Uuid, keys: &[String]) -> anyhow::Result<()> {
+    let ids: Vec<Uuid> = keys.iter().map(|_| Uuid::now_v7()).collect();
     sqlx::query(
-        "INSERT INTO bench_rows (id, account_id, plan_id, title, amount_minor)
-         SELECT i, 'bench', $2, t, 100 FROM UNNEST($1::uuid[], $3::text[]) AS x(i, t)",
+        "INSERT INTO bench_rows (id, account_id, plan_id, title, amount_minor, idempotency_key)
+         SELECT i, 'bench', $2, k, 100, k FROM UNNEST($1::uuid[], $3::text[]) AS x(i, k)
+         ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(&ids)
     .bind(plan)
-    .bind(&titles)
+    .bind(keys)
     .execute(pool)
     .await?;
     Ok(())
@@ -227,13 +266,15 @@ async fn deal_rows_batch(
     first: usize,
     n: usize,
 ) -> anyhow::Result<()> {
+    // UUIDv7, as deal-service's ids (PostgreSQL 16 has no generator of its own).
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
     let mut tx = pool.begin().await?;
     sqlx::query(
         "WITH new AS (
              INSERT INTO bench_floor.deals (id, account_id, plan_id, stage_id, status, manager_id,
                 contact_external_id, contact_name, contact_email, contact_phone, contact_phone_digits,
                 title, amount_minor, currency, idempotency_key, version, created_at, updated_at)
-             SELECT gen_random_uuid(), 'floor', $1, $1, 'open', 'm' || (i % 20), 'ext-' || i,
+             SELECT ($4::uuid[])[(i - $2 + 1)::int], 'floor', $1, $1, 'open', 'm' || (i % 20), 'ext-' || i,
                 'Person ' || i, 'person' || i || '@example.com', '+1 555 ' || lpad(i::text, 7, '0'),
                 '1555' || lpad(i::text, 7, '0'), 'Person ' || i, 100, 'USD', 'floor-' || i, 1, now(), now()
              FROM generate_series($2::bigint, $3::bigint) AS i
@@ -244,6 +285,7 @@ async fn deal_rows_batch(
     .bind(plan)
     .bind(first as i64)
     .bind((first + n) as i64 - 1)
+    .bind(&ids)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -128,23 +128,30 @@ impl Env {
         .await
     }
 
-    /// Waits until `n` deals of the plan exist and reporting has counted them, and every
-    /// deal event is applied. Watches the pipeline's queues (cheap), in the order work
-    /// flows — intake consumer, outbox, the two deal-event consumers — and counts rows only
-    /// once all are empty, so the wait does not load the database it measures.
+    /// Waits until exactly `n` deals of the plan exist, reporting has counted them, and
+    /// every deal event is applied; then checks there are no two deals of one lead and
+    /// none left unassigned (every bench plan distributes automatically). Watches the
+    /// pipeline's queues (cheap), in the order work flows — intake consumer, outbox, the
+    /// two deal-event consumers — and counts rows only once all are empty, so the wait does
+    /// not load the database it measures.
     async fn settled(&self, pool: &sqlx::PgPool, plan: &str, n: usize) -> anyhow::Result<()> {
         let plan = uuid::Uuid::parse_str(plan)?;
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             if self.pipeline_idle(pool).await? {
-                let (deals, counted): (i64, i64) = sqlx::query_as(
-                    "SELECT (SELECT count(*) FROM deal_service.deals WHERE account_id = 'bench' AND plan_id = $1),
-                            (SELECT count(*) FROM reporting.deals WHERE account_id = 'bench' AND plan_id = $1 AND version > 0)",
+                let (deals, keys, unassigned, counted): (i64, i64, i64, i64) = sqlx::query_as(
+                    "SELECT count(*), count(DISTINCT idempotency_key), count(*) FILTER (WHERE manager_id IS NULL),
+                            (SELECT count(*) FROM reporting.deals WHERE account_id = 'bench' AND plan_id = $1 AND version > 0)
+                     FROM deal_service.deals WHERE account_id = 'bench' AND plan_id = $1",
                 )
                 .bind(plan)
                 .fetch_one(pool)
                 .await?;
-                if deals as usize >= n && counted as usize >= n {
+                anyhow::ensure!(
+                    deals as usize <= n && keys == deals && unassigned == 0,
+                    "{deals} deals of {n} leads, {keys} distinct keys, {unassigned} unassigned"
+                );
+                if deals as usize == n && counted as usize == n {
                     return Ok(());
                 }
                 anyhow::ensure!(
@@ -267,91 +274,14 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         "≥ 10,000/s",
     ));
 
-    // Latency from request to deal at fixed offered rates (open loop).
+    // Latency from each lead's planned send time to its deal committed and out to the
+    // readers, at fixed offered rates (open loop); the page cache flushed first, and once
+    // more at 1,000/s for longer without it.
     for rate in &config.rates {
-        let plan = env.plan(&format!("Bench {rate}/s")).await?;
-        // One lead through first: the services learn of a new plan from its event, and the
-        // first leads of a plan created a moment ago waited for that (300–700 ms at the
-        // start of some runs). Funnels fire into plans that exist; that is what is measured.
-        let body = webhook_lead(&plan.id, "warm-up");
-        http.post(&env.webhook)
-            .bearer_auth(&funnel)
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?;
-        env.settled(&pool, &plan.id, 1).await?;
-        flush_page_cache("the latency run").await?;
-        let total = (*rate * config.rate_seconds) as usize;
-        let interval = Duration::from_secs_f64(1.0 / *rate as f64);
-        // Open loop, but with a bound on requests in flight: past it (the listener answers
-        // slower than leads are offered) the generator waits rather than run out of sockets.
-        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-        let start = tokio::time::Instant::now();
-        let mut tasks = Vec::with_capacity(total);
-        for i in 0..total {
-            tokio::time::sleep_until(start + interval * i as u32).await;
-            let permit = in_flight.clone().acquire_owned().await?;
-            let (http, webhook, funnel, plan) = (
-                http.clone(),
-                env.webhook.clone(),
-                funnel.clone(),
-                plan.id.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                let _permit = permit;
-                let sent = SystemTime::now();
-                let body = webhook_lead(&plan, &format!("r-{i}"));
-                let reply: serde_json::Value = http
-                    .post(&webhook)
-                    .bearer_auth(&funnel)
-                    .json(&body)
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                anyhow::Ok((
-                    reply["intake_id"].as_str().unwrap_or_default().to_owned(),
-                    sent,
-                ))
-            }));
-        }
-        let sending = start.elapsed();
-        let mut sent: HashMap<String, SystemTime> = HashMap::new();
-        for task in tasks {
-            let (id, at) = task.await??;
-            sent.insert(id, at);
-        }
-        env.settled(&pool, &plan.id, total + 1).await?;
-        let created: Vec<(String, time::OffsetDateTime)> = sqlx::query_as(
-            "SELECT idempotency_key, created_at FROM deal_service.deals WHERE plan_id = $1",
-        )
-        .bind(uuid::Uuid::parse_str(&plan.id)?)
-        .fetch_all(&pool)
-        .await?;
-        let samples: Vec<Duration> = created
-            .iter()
-            .filter_map(|(key, at)| {
-                let sent = sent.get(key)?;
-                let at = SystemTime::UNIX_EPOCH
-                    + Duration::from_nanos(at.unix_timestamp_nanos().max(0) as u64);
-                at.duration_since(*sent).ok()
-            })
-            .collect();
-        let target = if *rate == 1_000 {
-            "p99 ≤ 250 ms"
-        } else {
-            "—"
-        };
-        lines.push(Line::latency(
-            "latency",
-            format!(
-                "request → deal at {rate} leads/s offered ({total} leads, sent in {:.1} s)",
-                sending.as_secs_f64()
-            ),
-            samples,
-            target,
-        ));
+        lines.push(latency_run(env, &funnel, *rate, config.rate_seconds, true).await?);
+    }
+    if config.rates.contains(&1_000) {
+        lines.push(latency_run(env, &funnel, 1_000, config.long_seconds, false).await?);
     }
 
     for (name, rss) in env.peak_rss() {
@@ -366,4 +296,158 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     }
 
     Ok(lines)
+}
+
+/// Webhook leads at `rate` a second for `seconds`, each sent at its planned time (a
+/// generator that falls behind does not move the plan: the delay counts). Latency runs
+/// from the planned send time to the moment the lead's deal event reaches a subscriber:
+/// deal-service publishes it after the deal's transaction committed, so by then the deal
+/// is readable through the API (checked for every 100th deal). The line says when the
+/// offered rate was not achieved.
+async fn latency_run(
+    env: &Env,
+    funnel: &str,
+    rate: u64,
+    seconds: u64,
+    flush: bool,
+) -> anyhow::Result<Line> {
+    let pool = sqlx::PgPool::connect(&env.database_url).await?;
+    let http = reqwest::Client::new();
+    let plan = env.plan(&format!("Bench {rate}/s {seconds} s")).await?;
+    // One lead through first: the services learn of a new plan from its event, and the
+    // first leads of a plan created a moment ago waited for that. Funnels fire into plans
+    // that exist; that is what is measured.
+    http.post(&env.webhook)
+        .bearer_auth(funnel)
+        .json(&webhook_lead(&plan.id, "warm-up"))
+        .send()
+        .await?
+        .error_for_status()?;
+    env.settled(&pool, &plan.id, 1).await?;
+    if flush {
+        flush_page_cache("the latency run").await?;
+    }
+    let total = (rate * seconds) as usize;
+    let seen = watch_deals(env, total).await?;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    // Bounded in flight: past it (the listener answers slower than leads are offered) the
+    // generator waits, and its leads' planned times stay where they were.
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let (start, wall_start) = (tokio::time::Instant::now(), SystemTime::now());
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let offset = interval * i as u32;
+        tokio::time::sleep_until(start + offset).await;
+        let permit = in_flight.clone().acquire_owned().await?;
+        let (http, webhook, funnel, plan) = (
+            http.clone(),
+            env.webhook.clone(),
+            funnel.to_owned(),
+            plan.id.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let reply: serde_json::Value = http
+                .post(&webhook)
+                .bearer_auth(&funnel)
+                .json(&webhook_lead(&plan, &format!("r-{i}")))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let id = reply["intake_id"].as_str().unwrap_or_default().to_owned();
+            anyhow::ensure!(!id.is_empty(), "the webhook answered {reply}");
+            anyhow::Ok((id, wall_start + offset))
+        }));
+    }
+    let sending = start.elapsed();
+    let mut planned: HashMap<String, SystemTime> = HashMap::new();
+    for task in tasks {
+        let (id, at) = task.await??;
+        planned.insert(id, at);
+    }
+    env.settled(&pool, &plan.id, total + 1).await?;
+    let seen = tokio::time::timeout(Duration::from_secs(60), seen).await???;
+    let samples: Vec<Duration> = planned
+        .iter()
+        .map(|(key, at)| {
+            let seen = seen
+                .get(key)
+                .ok_or_else(|| anyhow::anyhow!("the deal of lead {key} was never published"))?;
+            Ok(seen.duration_since(*at).unwrap_or_default())
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let planned_for = interval * total as u32;
+    let achieved = if sending > planned_for + Duration::from_millis(500) {
+        format!(
+            "; offered rate NOT achieved: {:.1} s to send {seconds} s of leads",
+            sending.as_secs_f64()
+        )
+    } else {
+        String::new()
+    };
+    let cache = if flush {
+        "page cache flushed"
+    } else {
+        "no flush"
+    };
+    Ok(Line::latency(
+        "latency",
+        format!(
+            "planned send → deal committed and published, {rate} leads/s for {seconds} s ({total} leads, {cache}{achieved})"
+        ),
+        samples,
+        if rate == 1_000 {
+            "p99 ≤ 100 ms"
+        } else {
+            "—"
+        },
+    ))
+}
+
+/// Subscribes to the bench account's deal events before the leads are sent: answers, once
+/// `total` deals were seen, when each deal (by its idempotency key, the intake id) was
+/// first seen. Every 100th is read back through GetDeal at once: seen means readable.
+async fn watch_deals(
+    env: &Env,
+    total: usize,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<HashMap<String, SystemTime>>>> {
+    use prost::Message as _;
+    use salesplan_proto::v1::deal_service_client::DealServiceClient;
+    let client = async_nats::connect(&env.nats_url).await?;
+    let mut events = client
+        .subscribe(salesplan_platform::bus::streams::deal_subject(
+            "bench", "created",
+        ))
+        .await?;
+    client.flush().await?;
+    let mut deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
+    let viewer = env.token(&[])?;
+    Ok(tokio::spawn(async move {
+        let mut seen = HashMap::with_capacity(total);
+        while seen.len() < total {
+            let Some(message) = events.next().await else {
+                anyhow::bail!("the deal events ended after {} deals", seen.len());
+            };
+            let at = SystemTime::now();
+            let event = pb::DealEvent::decode(message.payload)?;
+            let Some(deal) = event.deal else { continue };
+            if seen.len() % 100 == 0 {
+                deals
+                    .get_deal(outgoing(
+                        pb::GetDealRequest {
+                            deal_id: deal.id.clone(),
+                            ..Default::default()
+                        },
+                        &viewer,
+                    ))
+                    .await
+                    .map_err(|status| {
+                        anyhow::anyhow!("a published deal is not readable: {status}")
+                    })?;
+            }
+            seen.entry(deal.idempotency_key).or_insert(at);
+        }
+        Ok(seen)
+    }))
 }
