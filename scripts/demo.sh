@@ -22,6 +22,8 @@ psql_url="$DATABASE_URL"
 DATABASE_URL="$(echo "$psql_url" | sed -E "s#(://[^/]*)/[^?]*#\1/$demo_db#")"
 export DATABASE_URL
 export SALESPLAN_LOG_FORMAT=json RUST_LOG="${RUST_LOG:-info}"
+# Tokens are signed with the public development secret: accepted in development only.
+export SALESPLAN_ENV=development
 
 for service in deal-service distributor reporting; do
   "$bin/$service" migrate

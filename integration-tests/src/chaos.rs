@@ -334,6 +334,8 @@ pub async fn start_services(
         ("tunnel-listener", intake),
     ] {
         let mut env = vec![
+            // The public development secret verifies tokens where no key is configured.
+            ("SALESPLAN_ENV".to_owned(), "development".to_owned()),
             ("NATS_URL".to_owned(), nats_url.to_owned()),
             (
                 "SALESPLAN_GRPC_ADDR".to_owned(),
@@ -621,6 +623,7 @@ async fn check_read_models(
     }
     let verify = Command::new(sibling_binary("reporting")?)
         .arg("verify")
+        .env("SALESPLAN_ENV", "development")
         .env("DATABASE_URL", database_url)
         .env("NATS_URL", nats_url)
         .output()

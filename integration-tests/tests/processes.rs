@@ -46,11 +46,33 @@ fn invalid_configuration_exits_64_naming_the_variable() -> anyhow::Result<()> {
     for (service, variable, value) in cases {
         let output = Command::new(service_bin(service)?)
             .arg("serve")
+            .env("SALESPLAN_ENV", "development")
             .env(variable, value)
             .output()?;
         assert_eq!(output.status.code(), Some(64), "{service}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(variable), "{service}: {stderr}");
+    }
+    // Outside development, no key means no start: a token anyone can sign would open
+    // every account.
+    for service in [
+        "deal-service",
+        "tunnel-listener",
+        "distributor",
+        "reporting",
+    ] {
+        let output = Command::new(service_bin(service)?)
+            .arg("serve")
+            .env_remove("SALESPLAN_ENV")
+            .env_remove("SALESPLAN_JWT_HS256_SECRET")
+            .env_remove("SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES")
+            .output()?;
+        assert_eq!(output.status.code(), Some(64), "{service}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("SALESPLAN_JWT_HS256_SECRET"),
+            "{service}: {stderr}"
+        );
     }
     let output = Command::new(service_bin("reporting")?)
         .arg("frobnicate")
@@ -77,6 +99,7 @@ async fn sigterm_drains_and_exits_zero() -> anyhow::Result<()> {
     let db = TestDatabase::create().await?;
     let mut child = Command::new(service_bin("deal-service")?)
         .arg("serve")
+        .env("SALESPLAN_ENV", "development")
         .env("DATABASE_URL", &db.url)
         .env("NATS_URL", &nats.url)
         .env("SALESPLAN_GRPC_ADDR", "127.0.0.1:0")

@@ -49,9 +49,12 @@ async fn trickle(
 ) -> anyhow::Result<Trickle> {
     let token = env.token_of("b", &[Permission::IntakeWrite])?;
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    // A read that failed (a slow moment of the machine) is tried again at the next poll;
+    // the wait for B's deals below has the deadline, and names the last failure.
+    let failed: Arc<Mutex<Option<String>>> = Arc::default();
     let reader_stop = CancellationToken::new();
     let reader = {
-        let (seen, stop) = (seen.clone(), reader_stop.clone());
+        let (seen, stop, failed) = (seen.clone(), reader_stop.clone(), failed.clone());
         let mut deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
         let request = pb::ListDealsRequest {
             filter: Some(pb::DealFilter {
@@ -67,10 +70,14 @@ async fn trickle(
                 // a stall, more than a page may have appeared at once.
                 let mut request = request.clone();
                 loop {
-                    let page = deals
-                        .list_deals(outgoing(request.clone(), &token))
-                        .await?
-                        .into_inner();
+                    let page = match deals.list_deals(outgoing(request.clone(), &token)).await {
+                        Ok(page) => page.into_inner(),
+                        Err(status) => {
+                            *failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(status.to_string());
+                            break;
+                        }
+                    };
                     let now = Instant::now();
                     let mut all_new = true;
                     {
@@ -133,7 +140,16 @@ async fn trickle(
                 .map(|(key, at)| seen[key].saturating_duration_since(*at))
                 .collect();
         }
-        anyhow::ensure!(Instant::now() < deadline, "B's deals did not all appear");
+        let missing = planned
+            .iter()
+            .filter(|(key, _)| !seen.contains_key(key))
+            .count();
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{missing} of B's {} deals did not appear; the reader's last failure: {:?}",
+            planned.len(),
+            failed.lock().unwrap_or_else(|e| e.into_inner())
+        );
         tokio::time::sleep(POLL).await;
     };
     reader_stop.cancel();

@@ -185,43 +185,53 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         "p99 ≤ 30 ms",
     ));
 
-    for (what, text) in [
-        ("name", format!("Person {}", n / 2 + 7)),
-        ("e-mail fragment", format!("person{}@", n / 3 + 1)),
-        ("phone fragment", "0123456".to_owned()),
+    // Searches by how much they match, each repeat another term (no one query's pages
+    // stay warm): about one deal, about a hundred, and tens of thousands (reading three
+    // pages of 50 with the totals of everything matched).
+    let mut varied = 0usize;
+    let mut term = |kind: &str| {
+        varied += 1;
+        let k = 1 + (varied * 7_919) % 9;
+        match kind {
+            "one" => format!("Person {}", n / 2 + varied * 13),
+            // A four-digit number is a prefix of ~111 of a million: itself, ten, a hundred.
+            "hundreds" => format!("Person {}", 1_000 + (varied * 7_919) % 9_000),
+            _ => format!("person{k}"),
+        }
+    };
+    for (what, kind, pages) in [
+        ("name, matching one deal", "one", 1),
+        ("name, matching ~100 deals", "hundreds", 1),
+        (
+            "e-mail fragment, matching ~10% of the deals, 3 pages",
+            "many",
+            3,
+        ),
     ] {
-        let (client, token) = (deals.clone(), token.clone());
+        let terms: Vec<String> = (0..=repeats).map(|_| term(kind)).collect();
+        let mut terms = terms.into_iter();
         let samples = timed(repeats, || {
-            let request = outgoing(
-                pb::ListDealsRequest {
-                    filter: Some(pb::DealFilter {
-                        search: text.clone(),
-                        ..Default::default()
-                    }),
-                    sort: None,
-                    page_size: 50,
-                    page_token: String::new(),
-                    min_consistency_token: String::new(),
-                },
-                &token,
-            );
-            let mut client = client.clone();
-            async move {
-                client
-                    .list_deals(request)
-                    .await
-                    .map(|_| ())
-                    .map_err(Into::into)
-            }
+            let search = terms.next().unwrap_or_default();
+            search_pages(deals.clone(), token.clone(), search, pages)
         })
         .await?;
         lines.push(Line::latency(
             "queries",
-            format!("ListDeals, search by {what}"),
+            format!("ListDeals, search by {what}, {n} deals"),
             samples,
             "p99 ≤ 50 ms",
         ));
     }
+    // Cold: the first search after the page cache was written back and dropped.
+    flush_page_cache("a cold search").await?;
+    let started = Instant::now();
+    search_pages(deals.clone(), token.clone(), "0123456".into(), 1).await?;
+    lines.push(Line::latency(
+        "queries",
+        "ListDeals, search by phone fragment, cold page cache (one call)",
+        vec![started.elapsed()],
+        "—",
+    ));
 
     // Deep pagination: pages 11 to 20 of 500, following the tokens.
     let mut client = deals.clone();
@@ -310,4 +320,37 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         "≥ 5× slower",
     ));
     Ok(lines)
+}
+
+/// `pages` pages of 50 deals matching `search`, following the page tokens.
+async fn search_pages(
+    mut client: DealServiceClient<tonic::transport::Channel>,
+    token: String,
+    search: String,
+    pages: usize,
+) -> anyhow::Result<()> {
+    let mut page_token = String::new();
+    for _ in 0..pages {
+        let reply = client
+            .list_deals(outgoing(
+                pb::ListDealsRequest {
+                    filter: Some(pb::DealFilter {
+                        search: search.clone(),
+                        ..Default::default()
+                    }),
+                    sort: None,
+                    page_size: 50,
+                    page_token,
+                    min_consistency_token: String::new(),
+                },
+                &token,
+            ))
+            .await?
+            .into_inner();
+        page_token = reply.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    Ok(())
 }

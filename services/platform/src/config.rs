@@ -330,11 +330,7 @@ impl AuthConfig {
                 .map_err(|e| ConfigError::new(key, format!("{path}: {e}")))?;
             rs256_public_keys_pem.push(pem);
         }
-        let hs256_secret = match env.get("SALESPLAN_JWT_HS256_SECRET") {
-            Some(secret) => Some(Secret::new(secret)),
-            None if rs256_public_keys_pem.is_empty() => Some(Secret::new(Self::DEV_SECRET)),
-            None => None,
-        };
+        let hs256_secret = Self::hs256_from_env(env, rs256_public_keys_pem.is_empty())?;
         let key = "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE";
         let rs256_private_key_pem = match env.get(key) {
             Some(path) => {
@@ -351,6 +347,40 @@ impl AuthConfig {
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// `SALESPLAN_JWT_HS256_SECRET`. Without it and without RS256 keys, the public
+    /// development secret, but only where `SALESPLAN_ENV=development` (the demo, the tests,
+    /// compose); anywhere else that is a start-up error, as is the development secret set
+    /// explicitly: a token anyone can sign would open every account.
+    fn hs256_from_env(env: &Env, no_rs256: bool) -> Result<Option<Secret>, ConfigError> {
+        let key = "SALESPLAN_JWT_HS256_SECRET";
+        let development = match env.get("SALESPLAN_ENV") {
+            None | Some("production") => false,
+            Some("development") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "SALESPLAN_ENV",
+                    format!("expected production or development, got {other:?}"),
+                ));
+            }
+        };
+        match env.get(key) {
+            Some(secret) if secret == Self::DEV_SECRET && !development => Err(ConfigError::new(
+                key,
+                "is the public development secret: set a secret of your own or RS256 keys \
+                 (it is accepted only with SALESPLAN_ENV=development)",
+            )),
+            Some(secret) => Ok(Some(Secret::new(secret))),
+            None if no_rs256 && development => Ok(Some(Secret::new(Self::DEV_SECRET))),
+            None if no_rs256 => Err(ConfigError::new(
+                key,
+                "no key to verify tokens: set SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES or \
+                 SALESPLAN_JWT_HS256_SECRET (SALESPLAN_ENV=development falls back to the \
+                 public development secret)",
+            )),
+            None => Ok(None),
+        }
     }
 
     pub fn dev() -> Self {
@@ -422,6 +452,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_development_secret_opens_nothing_outside_development() {
+        let explicit = [("SALESPLAN_JWT_HS256_SECRET", AuthConfig::DEV_SECRET)];
+        let err = AuthConfig::from_env(&Env::from_pairs(explicit)).unwrap_err();
+        assert_eq!(err.key, "SALESPLAN_JWT_HS256_SECRET");
+        let production = [
+            ("SALESPLAN_JWT_HS256_SECRET", AuthConfig::DEV_SECRET),
+            ("SALESPLAN_ENV", "production"),
+        ];
+        assert!(AuthConfig::from_env(&Env::from_pairs(production)).is_err());
+        let development = [
+            ("SALESPLAN_JWT_HS256_SECRET", AuthConfig::DEV_SECRET),
+            ("SALESPLAN_ENV", "development"),
+        ];
+        assert!(AuthConfig::from_env(&Env::from_pairs(development)).is_ok());
+        let own = [(
+            "SALESPLAN_JWT_HS256_SECRET",
+            "a-secret-of-this-deployment-only",
+        )];
+        assert!(AuthConfig::from_env(&Env::from_pairs(own)).is_ok());
+        let typo = [("SALESPLAN_ENV", "dev")];
+        assert_eq!(
+            AuthConfig::from_env(&Env::from_pairs(typo))
+                .unwrap_err()
+                .key,
+            "SALESPLAN_ENV"
+        );
+    }
+
+    #[test]
     fn a_key_file_that_is_not_a_key_stops_the_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key.pem");
@@ -431,7 +490,7 @@ mod tests {
             "SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES",
             "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE",
         ] {
-            let env = Env::from_pairs([(key, path.as_str())]);
+            let env = Env::from_pairs([(key, path.as_str()), ("SALESPLAN_ENV", "development")]);
             assert_eq!(AuthConfig::from_env(&env).unwrap_err().key, key);
         }
     }
@@ -443,7 +502,17 @@ mod tests {
         assert_eq!(db.url.expose(), DatabaseConfig::DEFAULT_URL);
         let nats = NatsConfig::from_env(&env).unwrap();
         assert_eq!(nats.url, NatsConfig::DEFAULT_URL);
-        assert!(AuthConfig::from_env(&env).unwrap().hs256_secret.is_some());
+        // Tokens need a key: without one, only development falls back to the public secret.
+        assert_eq!(
+            AuthConfig::from_env(&env).unwrap_err().key,
+            "SALESPLAN_JWT_HS256_SECRET"
+        );
+        let development = Env::from_pairs([("SALESPLAN_ENV", "development")]);
+        let auth = AuthConfig::from_env(&development).unwrap();
+        assert_eq!(
+            auth.hs256_secret.map(|s| s.expose().to_owned()).as_deref(),
+            Some(AuthConfig::DEV_SECRET)
+        );
     }
 
     #[test]
