@@ -381,7 +381,9 @@ pub async fn spawn_service(
         if let Some((_, task)) = metrics {
             let _ = task.await;
         }
-        service_metrics.shutdown();
+        // Flushes the OTLP exporter, if any: a blocking call, bounded by its export
+        // timeout, kept off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || service_metrics.shutdown()).await;
         served?;
         http_served?;
         stopped
