@@ -33,3 +33,4 @@ for path in sys.argv[1:]:
         list(yaml.safe_load_all(f))
     print(f"check-deploy: {path} is well-formed")
 PY
+python3 scripts/check-hardening.py

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Checks that the rendered manifests (target/deploy/<overlay>.yaml) and compose keep the
+hardening the deployment promises (docs/security.md): every namespace enforces the
+restricted Pod Security Standard; every pod runs without a service-account token, as
+non-root with the RuntimeDefault seccomp profile, and every container without privilege
+escalation, with every capability dropped and a read-only root; PodDisruptionBudgets use
+maxUnavailable (never blocking a one-replica drain); compose publishes ports on 127.0.0.1
+only. Exits 1 naming each breach."""
+
+import pathlib
+import sys
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def pod_specs(doc):
+    kind = doc.get("kind")
+    if kind in ("Deployment", "Job", "StatefulSet", "DaemonSet"):
+        yield doc["spec"]["template"]["spec"]
+    elif kind == "CronJob":
+        yield doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def check_manifest(path, breaches):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for doc in docs:
+        name = f"{path.name}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        if doc.get("kind") == "Namespace":
+            labels = doc["metadata"].get("labels", {})
+            if labels.get("pod-security.kubernetes.io/enforce") != "restricted":
+                breaches.append(f"{name}: not labelled to enforce the restricted standard")
+        if doc.get("kind") == "PodDisruptionBudget" and "minAvailable" in doc["spec"]:
+            breaches.append(f"{name}: minAvailable blocks draining a single replica")
+        for spec in pod_specs(doc):
+            if spec.get("automountServiceAccountToken") is not False:
+                breaches.append(f"{name}: mounts a service-account token")
+            pod = spec.get("securityContext", {})
+            if pod.get("runAsNonRoot") is not True:
+                breaches.append(f"{name}: may run as root")
+            if pod.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                breaches.append(f"{name}: no RuntimeDefault seccomp profile")
+            for container in spec.get("containers", []) + spec.get("initContainers", []):
+                ctx = container.get("securityContext", {})
+                where = f"{name} container {container['name']}"
+                if ctx.get("allowPrivilegeEscalation") is not False:
+                    breaches.append(f"{where}: privilege escalation allowed")
+                if ctx.get("capabilities", {}).get("drop") != ["ALL"]:
+                    breaches.append(f"{where}: capabilities not all dropped")
+                if ctx.get("readOnlyRootFilesystem") is not True:
+                    breaches.append(f"{where}: writable root filesystem")
+
+
+def check_compose(path, breaches):
+    compose = yaml.safe_load(path.read_text())
+    for name, service in compose.get("services", {}).items():
+        for port in service.get("ports", []):
+            if not str(port).startswith("127.0.0.1:"):
+                breaches.append(f"{path.name}: {name} publishes {port} on every interface")
+
+
+def main():
+    breaches = []
+    rendered = sorted((ROOT / "target" / "deploy").glob("*.yaml"))
+    if not rendered:
+        breaches.append("no rendered overlay in target/deploy (run scripts/check-deploy.sh)")
+    for path in rendered:
+        check_manifest(path, breaches)
+    check_compose(ROOT / "deploy" / "compose.yaml", breaches)
+    for breach in breaches:
+        print(f"check-hardening: {breach}")
+    if not breaches:
+        print(f"check-hardening: {len(rendered)} overlays and compose keep the hardening")
+    return 1 if breaches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
