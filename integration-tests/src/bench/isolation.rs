@@ -52,9 +52,11 @@ async fn trickle(
     // A read that failed (a slow moment of the machine) is tried again at the next poll;
     // the wait for B's deals below has the deadline, and names the last failure.
     let failed: Arc<Mutex<Option<String>>> = Arc::default();
+    let planned: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let reader_stop = CancellationToken::new();
     let reader = {
         let (seen, stop, failed) = (seen.clone(), reader_stop.clone(), failed.clone());
+        let planned = planned.clone();
         let mut deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
         let request = pb::ListDealsRequest {
             filter: Some(pb::DealFilter {
@@ -92,6 +94,30 @@ async fn trickle(
                     }
                     request.page_token = page.next_page_token;
                 }
+                // A deal committed late, behind newer ones already seen, is not on the
+                // newest page: a lead not seen a second after its planned send is looked
+                // up by its key (the time it is found is its time).
+                let overdue: Vec<String> = {
+                    let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    let planned = planned.lock().unwrap_or_else(|e| e.into_inner());
+                    planned
+                        .iter()
+                        .filter(|(key, at)| {
+                            !seen.contains_key(key) && at.elapsed() > Duration::from_secs(1)
+                        })
+                        .map(|(key, _)| key.clone())
+                        .collect()
+                };
+                for key in overdue {
+                    let request = pb::GetDealRequest {
+                        idempotency_key: key.clone(),
+                        ..Default::default()
+                    };
+                    if deals.get_deal(outgoing(request, &token)).await.is_ok() {
+                        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                        seen.entry(key).or_insert(Instant::now());
+                    }
+                }
                 tokio::time::sleep(POLL).await;
             }
             anyhow::Ok(())
@@ -99,7 +125,6 @@ async fn trickle(
     };
     let http = reqwest::Client::new();
     let start = Instant::now() + EVERY;
-    let mut planned: Vec<(String, Instant)> = Vec::new();
     let mut sends = Vec::new();
     for i in 0.. {
         let at = start + EVERY * i;
@@ -108,7 +133,10 @@ async fn trickle(
             break;
         }
         let run = format!("{tag}-{i}");
-        planned.push((intake_id("b", &plan.id, &run), at));
+        planned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((intake_id("b", &plan.id, &run), at));
         let (http, webhook, token) = (
             http.clone(),
             env.webhook.clone(),
@@ -131,6 +159,7 @@ async fn trickle(
     for send in sends {
         accepted.push(send.await??);
     }
+    let planned = planned.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let deadline = Instant::now() + Duration::from_secs(120);
     let shown = loop {
         let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
