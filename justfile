@@ -15,8 +15,10 @@ test *ARGS: build-bins
 
 # Fault run: LEADS leads through the webhook and as many in a bulk add while every service is
 # killed and restarted, then NATS and PostgreSQL; checks that nothing was lost or doubled.
-chaos LEADS="5000": build-bins
-    cargo run --quiet -p integration-tests --bin chaos -- {{LEADS}}
+# `just chaos 5000 --cluster`: the production topology (3 NATS nodes, R3, two replicas of
+# every service; a node killed, a replica of each killed, a rolling restart of all).
+chaos *ARGS: build-bins
+    cargo run --quiet -p integration-tests --bin chaos -- {{ARGS}}
 
 # Release builds, then the floors of this machine beside the system's numbers (markdown on
 # stdout, JSON in target/bench/results.json). LEADS for the intake runs, DEALS for the queries;

@@ -96,6 +96,13 @@ impl Drop for TestNats {
     }
 }
 
+/// Connects to `url`: one server, or several separated by commas (a cluster), as the
+/// services read `NATS_URL`.
+pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+    Ok(async_nats::connect(servers).await?)
+}
+
 /// What a durable consumer has yet to receive (`pending`) and to ack (`unacked`).
 #[derive(Debug, Clone, Copy)]
 pub struct Backlog {

@@ -11,6 +11,7 @@ async fn every_part_of_the_bench_runs() -> anyhow::Result<()> {
         "latency",
         "memory",
         "queries",
+        "reports",
         "isolation",
     ] {
         assert!(

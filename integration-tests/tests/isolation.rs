@@ -2359,3 +2359,112 @@ async fn the_relay_reads_a_bounded_number_of_bytes_per_pass() -> anyhow::Result<
     assert_eq!(stored, 20);
     Ok(())
 }
+
+/// Subjects carry the account, and the broker's permissions are per subject: an event
+/// whose payload names another account than its subject (forged, or from a publisher
+/// allowed one account's subjects) is refused by every consumer — dead-lettered with the
+/// reason, counted — and changes nothing.
+#[tokio::test]
+async fn an_event_naming_another_account_than_its_subject_is_dead_lettered() -> anyhow::Result<()> {
+    use prost::Message as _;
+    use salesplan_platform::bus::{HEADER_REASON, streams};
+    let stack = Stack::start().await?;
+    let channel = stack.channel(&stack.deal_service).await?;
+    let a = stack.token("a", "admin", &ALL);
+    let a_plan = create_plan(
+        channel,
+        &a,
+        plan_request("A", Mode::Auto, Strategy::RoundRobin, false, &["a1"]),
+    )
+    .await?;
+    let lead = pb::IntakeEvent {
+        intake_id: uuid::Uuid::new_v4().to_string(),
+        account_id: "a".into(),
+        received_at: Some(prost_types::Timestamp::default()),
+        lead: Some(pb::Lead {
+            plan_id: a_plan.id.clone(),
+            run_id: "forged".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let deal = pb::DealEvent {
+        event_id: "forged-deal".into(),
+        account_id: "a".into(),
+        kind: pb::deal_event::Kind::Created as i32,
+        ..Default::default()
+    };
+    let plan = pb::PlanEvent {
+        event_id: "forged-plan".into(),
+        account_id: "a".into(),
+        kind: pb::plan_event::Kind::Updated as i32,
+        plan: Some(pb::Plan {
+            archived: true,
+            version: 99,
+            ..a_plan.clone()
+        }),
+        ..Default::default()
+    };
+    for (subject, id, payload) in [
+        (
+            streams::intake_subject("b", &a_plan.id),
+            "forged-intake",
+            lead.encode_to_vec(),
+        ),
+        (
+            streams::deal_subject("b", "created"),
+            "forged-deal",
+            deal.encode_to_vec(),
+        ),
+        (
+            streams::plan_subject("b", "updated"),
+            "forged-plan",
+            plan.encode_to_vec(),
+        ),
+    ] {
+        publish_raw(&stack, subject, id, payload).await?;
+    }
+    // Refused by each consumer: the distributor's intake, deals and plans, reporting's
+    // deals and plans.
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let mut dead = Vec::new();
+    for consumer in [
+        "distributor-intake",
+        "distributor-deals",
+        "reporting-deals",
+        "distributor-plans",
+        "reporting-plans",
+    ] {
+        let subject = streams::dead_letter_subject(consumer);
+        let message = eventually(Duration::from_secs(20), || {
+            let (js, subject) = (js.clone(), subject.clone());
+            async move {
+                let stream = js.get_stream(streams::DEAD_LETTERS.name).await?;
+                Ok(stream.get_last_raw_message_by_subject(&subject).await.ok())
+            }
+        })
+        .await
+        .map_err(|e| e.context(format!("no dead letter of {consumer}")))?;
+        let reason = message
+            .headers
+            .get(HEADER_REASON)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        dead.push((consumer, reason));
+    }
+    for (consumer, reason) in &dead {
+        assert!(
+            reason.contains("event of account \"a\" on a subject of account \"b\""),
+            "{consumer}: {reason}"
+        );
+    }
+    // A's plan is untouched: not archived, still at its version, still takes A's leads.
+    let pool = stack.pool().await?;
+    let kept: (bool, i64) =
+        sqlx::query_as("SELECT archived, version FROM distributor.plans WHERE plan_id = $1")
+            .bind(uuid::Uuid::parse_str(&a_plan.id)?)
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!(kept, (false, a_plan.version));
+    stack.stop().await
+}

@@ -5,6 +5,7 @@ mod floors;
 mod intake;
 mod isolation;
 mod queries;
+mod reports;
 
 use std::time::{Duration, Instant};
 

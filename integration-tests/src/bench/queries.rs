@@ -1,17 +1,16 @@
-//! Queries over many deals of one account: the board, search, deep pages, the loss-reasons
-//! report beside the naive GROUP BY it replaces.
+//! Queries over many deals of one account: the board, search, deep pages; then the
+//! reporting read model built from their events and the loss-reasons report (`reports`).
 
 use std::time::{Duration, Instant};
 
 use salesplan_platform::{Permission, grpc::outgoing};
-use salesplan_proto::v1::{
-    self as pb, deal_service_client::DealServiceClient, report_service_client::ReportServiceClient,
-};
+use salesplan_proto::v1::{self as pb, deal_service_client::DealServiceClient};
 
 use super::{BenchConfig, Line, flush_page_cache, intake::Env};
 
 /// Seeds `n` deals of `account` (a quarter won, a quarter lost with one of three reasons)
-/// over 20 managers, and the reporting read model that matches them.
+/// over 20 managers, with the board's kept counts. A closed deal is at version 2 (created,
+/// then closed): the events `reports` publishes for them say so.
 pub(super) async fn seed(
     pool: &sqlx::PgPool,
     account: &str,
@@ -33,7 +32,8 @@ pub(super) async fn seed(
             CASE WHEN i % 4 = 3 THEN (ARRAY['00000000-0000-0000-0000-00000000a001',
                 '00000000-0000-0000-0000-00000000a002', '00000000-0000-0000-0000-00000000a003']::uuid[])[1 + i % 3] END,
             CASE WHEN i % 4 >= 2 THEN $2::uuid END,
-            'seed-' || i, 1, now() - (i || ' seconds')::interval, now(),
+            'seed-' || i, CASE WHEN i % 4 >= 2 THEN 2 ELSE 1 END,
+            now() - (i || ' seconds')::interval, now(),
             CASE WHEN i % 4 >= 2 THEN now() - ((i % 365) || ' days')::interval END
          FROM generate_series(1, $6) AS i",
     )
@@ -58,33 +58,7 @@ pub(super) async fn seed(
     .bind(account)
     .execute(pool)
     .await?;
-    sqlx::query(
-        "INSERT INTO reporting.deals (deal_id, account_id, plan_id, stage_id, manager_id, status,
-            amount_minor, currency, loss_reason_id, stage_before_close_id, closed_at, version, updated_at)
-         SELECT id, account_id, plan_id, stage_id, manager_id, status, amount_minor, currency,
-            loss_reason_id, stage_before_close_id, closed_at, version, updated_at
-         FROM deal_service.deals WHERE account_id = $1 AND status IN ('won', 'lost')
-         ON CONFLICT (deal_id) DO NOTHING",
-    )
-    .bind(account)
-    .execute(pool)
-    .await?;
-    sqlx::query(
-        "INSERT INTO reporting.closed_totals (account_id, plan_id, manager_id, status, reason_id, deals)
-         SELECT account_id, plan_id, coalesce(manager_id, ''), status,
-            coalesce(loss_reason_id, '00000000-0000-0000-0000-000000000000'), count(*)
-         FROM reporting.deals WHERE account_id = $1 AND status IN ('won', 'lost') GROUP BY 1, 2, 3, 4, 5
-         ON CONFLICT (account_id, plan_id, manager_id, status, reason_id) DO UPDATE SET deals = excluded.deals",
-    )
-    .bind(account)
-    .execute(pool)
-    .await?;
-    for table in [
-        "deal_service.deals",
-        "deal_service.stage_counts",
-        "reporting.deals",
-        "reporting.closed_totals",
-    ] {
+    for table in ["deal_service.deals", "deal_service.stage_counts"] {
         sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
             .execute(pool)
             .await?;
@@ -92,7 +66,7 @@ pub(super) async fn seed(
     Ok(())
 }
 
-async fn timed<F, Fut>(repeats: usize, mut call: F) -> anyhow::Result<Vec<Duration>>
+pub(super) async fn timed<F, Fut>(repeats: usize, mut call: F) -> anyhow::Result<Vec<Duration>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -122,7 +96,6 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     flush_page_cache("the queries").await?;
     let token = env.token(&[Permission::DealsEditAll])?;
     let deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
-    let reports = ReportServiceClient::new(env.channel(&env.reporting_url).await?);
     let n = config.deals;
     let repeats = config.repeats;
 
@@ -270,55 +243,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         "—",
     ));
 
-    let report_samples = {
-        let (reports, token) = (reports.clone(), token.clone());
-        timed(repeats, move || {
-            let request = outgoing(
-                pb::LossReasonsRequest {
-                    group_by: pb::ReportGrouping::Manager as i32,
-                    with_details: true,
-                    ..Default::default()
-                },
-                &token,
-            );
-            let mut reports = reports.clone();
-            async move {
-                reports
-                    .loss_reasons(request)
-                    .await
-                    .map(|_| ())
-                    .map_err(Into::into)
-            }
-        })
-        .await?
-    };
-    let naive = timed(repeats, || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query(
-                "SELECT coalesce(manager_id, ''), plan_id, status, loss_reason_id, count(*)
-                 FROM deal_service.deals WHERE account_id = 'bench' AND status IN ('won', 'lost')
-                 GROUP BY 1, 2, 3, 4",
-            )
-            .fetch_all(&pool)
-            .await?;
-            anyhow::Ok(())
-        }
-    })
-    .await?;
-    let closed = n / 2;
-    lines.push(Line::latency(
-        "queries",
-        format!("LossReasons by manager with details, {closed} closed deals"),
-        report_samples,
-        "p99 ≤ 20 ms",
-    ));
-    lines.push(Line::latency(
-        "queries",
-        "the same numbers by one GROUP BY over the deals",
-        naive,
-        "≥ 5× slower",
-    ));
+    lines.extend(super::reports::run(env, &pool, "bench", &token, repeats).await?);
     Ok(lines)
 }
 

@@ -8,6 +8,10 @@ use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr, time::Durati
 /// Exit code of a process started with invalid configuration (`EX_USAGE`).
 pub const EXIT_INVALID_CONFIG: i32 = 64;
 
+/// Exit code of a process that could not reach, or was refused by, a service it needs at
+/// start (`EX_UNAVAILABLE`): NATS.
+pub const EXIT_UNAVAILABLE: i32 = 69;
+
 /// A snapshot of environment variables.
 #[derive(Debug, Clone, Default)]
 pub struct Env {
@@ -221,10 +225,14 @@ impl DatabaseConfig {
     }
 }
 
-/// NATS settings (`NATS_URL`, `SALESPLAN_NATS_REPLICAS`, `SALESPLAN_MAX_DELIVER`).
-#[derive(Debug, Clone)]
+/// NATS settings (`NATS_URL`, `SALESPLAN_NATS_REPLICAS`, `SALESPLAN_MAX_DELIVER`, the
+/// credentials and TLS of [`NatsSecurity`]).
+#[derive(Clone)]
 pub struct NatsConfig {
+    /// One URL or several separated by commas; may hold a user and password, so it is shown
+    /// only through [`NatsConfig::redacted_url`].
     pub url: String,
+    pub security: NatsSecurity,
     /// Replicas of each stream: 1 locally, 3 in a JetStream cluster.
     pub replicas: usize,
     /// Deliveries of a message before it goes to the dead-letter subject.
@@ -236,12 +244,113 @@ pub struct NatsConfig {
     pub batch_wait: std::time::Duration,
 }
 
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &self.redacted_url())
+            .field("security", &self.security)
+            .field("replicas", &self.replicas)
+            .field("max_deliver", &self.max_deliver)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a service proves itself to NATS, and TLS: a user and password
+/// (`SALESPLAN_NATS_USER` + `SALESPLAN_NATS_PASSWORD`, or the user in `NATS_URL`), or a
+/// credentials file with a JWT and nkey seed (`SALESPLAN_NATS_CREDS_FILE`); TLS with the CA
+/// that signed the server's certificate (`SALESPLAN_NATS_TLS_CA`) and optionally a client
+/// certificate (`SALESPLAN_NATS_TLS_CERT` + `SALESPLAN_NATS_TLS_KEY`).
+#[derive(Debug, Clone, Default)]
+pub struct NatsSecurity {
+    pub user: Option<(String, Secret)>,
+    pub creds_file: Option<std::path::PathBuf>,
+    pub tls_ca: Option<std::path::PathBuf>,
+    pub tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl NatsSecurity {
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let user = match (
+            env.get("SALESPLAN_NATS_USER"),
+            env.get("SALESPLAN_NATS_PASSWORD"),
+        ) {
+            (Some(user), Some(password)) => Some((user.to_owned(), Secret::new(password))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "SALESPLAN_NATS_PASSWORD",
+                    "must be set with SALESPLAN_NATS_USER",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "SALESPLAN_NATS_USER",
+                    "must be set with SALESPLAN_NATS_PASSWORD",
+                ));
+            }
+        };
+        let file = |key: &str| -> Result<Option<std::path::PathBuf>, ConfigError> {
+            let Some(path) = env.get(key) else {
+                return Ok(None);
+            };
+            std::fs::metadata(path)
+                .map_err(|err| ConfigError::new(key, format!("cannot read {path}: {err}")))?;
+            Ok(Some(path.into()))
+        };
+        let creds_file = file("SALESPLAN_NATS_CREDS_FILE")?;
+        if creds_file.is_some() && user.is_some() {
+            return Err(ConfigError::new(
+                "SALESPLAN_NATS_CREDS_FILE",
+                "set either it or SALESPLAN_NATS_USER and SALESPLAN_NATS_PASSWORD, not both",
+            ));
+        }
+        let tls_client = match (
+            file("SALESPLAN_NATS_TLS_CERT")?,
+            file("SALESPLAN_NATS_TLS_KEY")?,
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "SALESPLAN_NATS_TLS_KEY",
+                    "must be set with SALESPLAN_NATS_TLS_CERT",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "SALESPLAN_NATS_TLS_CERT",
+                    "must be set with SALESPLAN_NATS_TLS_KEY",
+                ));
+            }
+        };
+        Ok(Self {
+            user,
+            creds_file,
+            tls_ca: file("SALESPLAN_NATS_TLS_CA")?,
+            tls_client,
+        })
+    }
+
+    /// Where the credentials a refusing server saw came from, for the error that stops
+    /// the service.
+    pub fn credentials_source(&self) -> &'static str {
+        if self.creds_file.is_some() {
+            "SALESPLAN_NATS_CREDS_FILE"
+        } else if self.user.is_some() {
+            "SALESPLAN_NATS_USER / SALESPLAN_NATS_PASSWORD"
+        } else {
+            "no credentials: set SALESPLAN_NATS_USER and SALESPLAN_NATS_PASSWORD, SALESPLAN_NATS_CREDS_FILE, or a user in NATS_URL"
+        }
+    }
+}
+
 impl NatsConfig {
     pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let config = Self {
             url: env.string("NATS_URL", Self::DEFAULT_URL),
+            security: NatsSecurity::from_env(env)?,
             replicas: env.parse("SALESPLAN_NATS_REPLICAS", 1)?,
             max_deliver: env.parse("SALESPLAN_MAX_DELIVER", 8)?,
             batch_size: env.parse("SALESPLAN_CONSUMER_BATCH", 500)?,
@@ -256,6 +365,7 @@ impl NatsConfig {
     pub fn local(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            security: NatsSecurity::default(),
             replicas: 1,
             max_deliver: 8,
             batch_size: 500,
@@ -263,7 +373,57 @@ impl NatsConfig {
         }
     }
 
+    /// The servers of `NATS_URL`: one URL, or several separated by commas (the NATS
+    /// convention) so that a service starts while any one node of a cluster is down.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// The user and password of the first server in `NATS_URL` that has them (the client
+    /// library does not read them from the URL itself).
+    pub fn url_credentials(&self) -> Option<(String, Secret)> {
+        self.servers().into_iter().find_map(|server| {
+            let addr: async_nats::ServerAddr = server.parse().ok()?;
+            let user = addr.username()?.to_owned();
+            Some((user, Secret::new(addr.password().unwrap_or_default())))
+        })
+    }
+
+    /// `NATS_URL` with every server's user and password replaced by `***`: the form that
+    /// may appear in a log line or an error.
+    pub fn redacted_url(&self) -> String {
+        self.servers()
+            .into_iter()
+            .map(|server| match server.split_once("://") {
+                Some((scheme, rest)) => match rest.rsplit_once('@') {
+                    Some((_, host)) => format!("{scheme}://***@{host}"),
+                    None => server.to_owned(),
+                },
+                None => match server.rsplit_once('@') {
+                    Some((_, host)) => format!("***@{host}"),
+                    None => server.to_owned(),
+                },
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let servers = self.servers();
+        if servers.is_empty()
+            || servers
+                .iter()
+                .any(|s| s.parse::<async_nats::ServerAddr>().is_err())
+        {
+            return Err(ConfigError::new(
+                "NATS_URL",
+                "must be one NATS URL or several separated by commas",
+            ));
+        }
         if !matches!(self.replicas, 1 | 3 | 5) {
             return Err(ConfigError::new(
                 "SALESPLAN_NATS_REPLICAS",
@@ -535,6 +695,22 @@ mod tests {
 
         let env = Env::from_pairs([("SALESPLAN_MIGRATE_ON_START", "maybe")]);
         assert!(DatabaseConfig::from_env(&env).is_err());
+
+        let env = Env::from_pairs([("NATS_URL", "nats://a:4222,not a url")]);
+        assert_eq!(NatsConfig::from_env(&env).unwrap_err().key, "NATS_URL");
+    }
+
+    #[test]
+    fn nats_url_lists_servers_and_hides_credentials() {
+        let config = NatsConfig::local("nats://svc:pw@a:4222, nats://b:4222,tls://u:p@c:4222");
+        assert_eq!(
+            config.servers(),
+            ["nats://svc:pw@a:4222", "nats://b:4222", "tls://u:p@c:4222"]
+        );
+        let shown = config.redacted_url();
+        assert_eq!(shown, "nats://***@a:4222,nats://b:4222,tls://***@c:4222");
+        assert!(!shown.contains("pw"));
+        config.validate().unwrap();
     }
 
     #[test]

@@ -238,8 +238,24 @@ pub async fn run<S: Service>(command: Command) -> std::process::ExitCode {
                 "stopped with an error"
             );
             eprintln!("{}: {err:#}", S::NAME);
-            ExitCode::FAILURE
+            ExitCode::from(exit_code_of(&err))
         }
+    }
+}
+
+/// 69 (EX_UNAVAILABLE) when the service could not reach or was refused by NATS at start,
+/// so an orchestrator and an operator tell it from a crash (1).
+fn exit_code_of(err: &anyhow::Error) -> u8 {
+    let unavailable = err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<crate::bus::BusError>(),
+            Some(crate::bus::BusError::Connect { .. })
+        )
+    });
+    if unavailable {
+        crate::config::EXIT_UNAVAILABLE as u8
+    } else {
+        1
     }
 }
 
@@ -375,7 +391,10 @@ pub async fn spawn_service(
             }
         };
         let (served, http_served) = tokio::join!(grpc_server, http_server);
+        // Each step of the drain is logged: a drain cut off by its grace shows where it was.
+        tracing::info!("servers drained, stopping background tasks");
         let stopped = background.stop().await;
+        tracing::info!("background tasks stopped, closing the bus");
         bus.close().await;
         metrics_stop.cancel();
         if let Some((_, task)) = metrics {

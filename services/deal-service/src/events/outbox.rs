@@ -66,6 +66,9 @@ impl Relayed {
     }
 }
 
+/// How long a stopping relay goes on publishing what is left.
+const FINAL_DRAIN: Duration = Duration::from_secs(10);
+
 /// Runs until `shutdown`, then publishes what is left (while it can) and returns.
 pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: Metrics) {
     let meter = metrics.meter("outbox");
@@ -88,12 +91,23 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
                 backlog.record(n as u64, &[]);
             }
         }
-        let pass = publish_batch(&pool, &bus).await;
+        // A pass waits on the broker (each request bounded by the JetStream timeout, and a
+        // cluster electing leaders can make it take them all); a stopping service does not
+        // wait for it. A pass cut short leaves its rows in the outbox, published again by
+        // the drain below, another replica or the next start (the broker drops what it
+        // already has by message id).
+        let pass = tokio::select! {
+            pass = publish_batch(&pool, &bus) => pass,
+            _ = shutdown.cancelled() => break,
+        };
         let failure = match pass {
             Ok(pass) => {
                 published.add(pass.published as u64, &[]);
                 parked.add(pass.parked as u64, &[]);
-                horizons.after(&pass, &bus).await;
+                tokio::select! {
+                    _ = horizons.after(&pass, &bus) => {}
+                    _ = shutdown.cancelled() => break,
+                }
                 match pass.failed {
                     Some(err) => Some(RelayError::from(err)),
                     // More may be waiting (a pass stops at BATCH rows or BATCH_BYTES).
@@ -121,11 +135,19 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
             break;
         }
     }
-    // Drain: the events of requests that completed during shutdown.
-    while let Ok(pass) = publish_batch(&pool, &bus).await {
-        if pass.handled() == 0 || pass.failed.is_some() {
-            break;
+    // Drain: the events of requests that completed during shutdown, for at most half of
+    // the default grace; what is left waits in the outbox for another relay.
+    let drain = async {
+        while let Ok(pass) = publish_batch(&pool, &bus).await {
+            if pass.handled() == 0 || pass.failed.is_some() {
+                break;
+            }
         }
+    };
+    if tokio::time::timeout(FINAL_DRAIN, drain).await.is_err() {
+        tracing::warn!(
+            "outbox not drained within {FINAL_DRAIN:?}; another relay publishes the rest"
+        );
     }
     tracing::info!("outbox relay stopped");
 }
@@ -167,6 +189,9 @@ struct Horizons {
     published: i64,
     /// The newest transaction whose events were published.
     newest_xid: i64,
+    /// The last attempt to publish one failed (the broker is electing a stream leader, or
+    /// away): the relay then looks again at its normal pace, not every 10 ms.
+    failing: bool,
 }
 
 impl Horizons {
@@ -179,22 +204,28 @@ impl Horizons {
         };
         // Read after the pass: another replica's relay may have published since this one
         // last did (the lock is per pass), so only the streams' ends now cover everything.
-        let positions = match Positions::of_streams(bus).await {
-            Ok(ends) => ends,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read the streams' positions");
-                return;
-            }
+        let published = match Positions::of_streams(bus).await {
+            Ok(positions) => publish_horizon(bus, horizon, positions).await,
+            Err(err) => Err(err),
         };
-        match publish_horizon(bus, horizon, positions).await {
-            Ok(()) => self.published = horizon,
-            Err(err) => tracing::warn!(error = %err, "cannot publish the outbox horizon"),
+        match published {
+            Ok(()) => {
+                self.published = horizon;
+                self.failing = false;
+            }
+            Err(err) => {
+                if !self.failing {
+                    tracing::warn!(error = %err, "cannot publish the outbox horizon, retrying");
+                }
+                self.failing = true;
+            }
         }
     }
 
-    /// Whether some published event is not below the published horizon yet.
+    /// Whether some published event is not below the published horizon yet (and the
+    /// broker took the last horizon: while it refuses them, there is no hurry).
     fn behind(&self) -> bool {
-        self.newest_xid > 0 && self.published <= self.newest_xid
+        !self.failing && self.newest_xid > 0 && self.published <= self.newest_xid
     }
 }
 

@@ -29,7 +29,7 @@ impl BatchHandler for DealEvents {
         let mut outcomes = vec![Outcome::Done; batch.len()];
         let mut states = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
-            match decode(&delivery.payload) {
+            match decode(delivery) {
                 Ok(state) => states.push((index, state)),
                 Err(reason) => outcomes[index] = Outcome::Reject(reason),
             }
@@ -48,9 +48,10 @@ impl BatchHandler for DealEvents {
     }
 }
 
-fn decode(payload: &[u8]) -> Result<DealState, String> {
-    let event =
-        pb::DealEvent::decode(payload).map_err(|e| format!("undecodable deal event: {e}"))?;
+fn decode(delivery: &Delivery) -> Result<DealState, String> {
+    let event = pb::DealEvent::decode(delivery.payload.clone())
+        .map_err(|e| format!("undecodable deal event: {e}"))?;
+    delivery.check_account(&event.account_id)?;
     let deal = event.deal.ok_or("deal event without a deal")?;
     let id = |field: &str, v: &str| {
         Uuid::parse_str(v).map_err(|_| format!("deal event with an invalid {field}"))

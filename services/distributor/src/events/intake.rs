@@ -612,6 +612,7 @@ fn decode(index: usize, delivery: &Delivery) -> Result<Decoded, String> {
     if !valid_account_id(&event.account_id) {
         return Err("intake event with an invalid account id".into());
     }
+    delivery.check_account(&event.account_id)?;
     let intake_id =
         Uuid::parse_str(&event.intake_id).map_err(|_| "intake event with an invalid intake id")?;
     let plan_id = event

@@ -47,6 +47,7 @@ impl BatchHandler for PlanEvents {
 pub fn decode(delivery: &Delivery) -> Result<PlanCopy, String> {
     let event = pb::PlanEvent::decode(delivery.payload.clone())
         .map_err(|e| format!("undecodable plan event: {e}"))?;
+    delivery.check_account(&event.account_id)?;
     let plan = event.plan.ok_or("plan event without a plan")?;
     copy_of(event.account_id, plan)
 }

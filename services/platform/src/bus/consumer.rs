@@ -79,6 +79,20 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// Refuses an event whose payload names another account than its subject does. The
+    /// broker's permissions are per subject, so a publisher allowed one account's subjects
+    /// (or a forged message) must not make a consumer write into another account.
+    pub fn check_account(&self, account_id: &str) -> Result<(), String> {
+        match super::streams::account_of(&self.subject) {
+            Some(on_subject) if on_subject == account_id => Ok(()),
+            Some(on_subject) => Err(format!(
+                "event of account {:?} on a subject of account {on_subject:?}",
+                account_id.chars().take(64).collect::<String>()
+            )),
+            None => Err("event on a subject without an account".into()),
+        }
+    }
+
     /// A span for handling this message, child of the trace that published it.
     pub fn span(&self, name: &'static str) -> tracing::Span {
         let span = tracing::info_span!("consume", otel.name = name, subject = %self.subject);
@@ -183,13 +197,17 @@ pub async fn run_consumer<H: BatchHandler>(
         .with_description("Messages of the stream not yet delivered to the consumer (its lag)")
         .build();
     while !shutdown.is_cancelled() {
-        let messages = consumer
+        let pull = consumer
             .stream()
             .max_messages_per_batch(bus.config().batch_size)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
-            .messages()
-            .await;
+            .messages();
+        // Starting a pull waits on the broker; a stopping service does not.
+        let messages = tokio::select! {
+            messages = pull => messages,
+            _ = shutdown.cancelled() => break,
+        };
         let mut messages = match messages {
             Ok(messages) => messages,
             Err(err) => {
@@ -416,9 +434,14 @@ async fn dead_letter(
     counters: &Counters,
 ) {
     tracing::error!(consumer = %spec.durable, subject = %delivery.subject, delivered = delivery.delivered, %reason, "dead-lettering message");
+    // One dead letter per consumer and message: two consumers refusing the same event
+    // (the distributor's and reporting's) must not be taken for one repeated publish.
     let mut out = Outgoing::new(
         streams::dead_letter_subject(&spec.durable),
-        format!("{}:{}", spec.stream, delivery.stream_sequence),
+        format!(
+            "{}:{}:{}",
+            spec.durable, spec.stream, delivery.stream_sequence
+        ),
         delivery.payload.clone(),
     );
     out.headers

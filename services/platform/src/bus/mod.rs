@@ -25,11 +25,13 @@ use crate::config::NatsConfig;
 /// Errors talking to NATS.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("cannot connect to NATS at {url}: {source}")]
+    /// At start: the servers (without passwords), why, and which setting to look at.
+    #[error("cannot connect to NATS at {url}: {source} ({hint})")]
     Connect {
         url: String,
         #[source]
         source: async_nats::ConnectError,
+        hint: String,
     },
     #[error("JetStream {what}: {message}")]
     JetStream { what: &'static str, message: String },
@@ -56,6 +58,49 @@ impl BusError {
     }
 }
 
+/// The client's options for `config`'s credentials and TLS.
+async fn connect_options(config: &NatsConfig) -> std::io::Result<async_nats::ConnectOptions> {
+    let security = &config.security;
+    let mut options = match (&security.creds_file, &security.user) {
+        (Some(file), _) => async_nats::ConnectOptions::with_credentials_file(file).await?,
+        (None, Some((user, password))) => async_nats::ConnectOptions::with_user_and_password(
+            user.clone(),
+            password.expose().to_owned(),
+        ),
+        (None, None) => match config.url_credentials() {
+            Some((user, password)) => async_nats::ConnectOptions::with_user_and_password(
+                user,
+                password.expose().to_owned(),
+            ),
+            None => async_nats::ConnectOptions::new(),
+        },
+    };
+    if let Some(ca) = &security.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &security.tls_client {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    Ok(options)
+}
+
+/// Which setting to look at when the connection at start failed this way.
+fn connect_hint(config: &NatsConfig, kind: async_nats::ConnectErrorKind) -> String {
+    use async_nats::ConnectErrorKind as K;
+    match kind {
+        K::Authentication | K::AuthorizationViolation => format!(
+            "the server refused the credentials: {}",
+            config.security.credentials_source()
+        ),
+        K::Tls => "TLS failed: check SALESPLAN_NATS_TLS_CA, SALESPLAN_NATS_TLS_CERT and \
+                   SALESPLAN_NATS_TLS_KEY"
+            .into(),
+        _ => "check NATS_URL".into(),
+    }
+}
+
 impl From<BusError> for crate::ApiError {
     fn from(err: BusError) -> Self {
         tracing::warn!(error = %err, "message bus unavailable");
@@ -75,15 +120,25 @@ impl Bus {
     /// Connects; fails when NATS is unreachable at start-up (the orchestrator restarts the
     /// service). Later disconnects are retried by the client in the background.
     pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
-            .name(client_name)
-            .connection_timeout(Duration::from_secs(5))
-            .connect(&config.url)
+        let connect_error = |source: async_nats::ConnectError| BusError::Connect {
+            url: config.redacted_url(),
+            hint: connect_hint(config, source.kind()),
+            source,
+        };
+        let options = connect_options(config)
             .await
-            .map_err(|source| BusError::Connect {
-                url: config.url.clone(),
-                source,
-            })?;
+            .map_err(|err| {
+                connect_error(async_nats::ConnectError::with_source(
+                    async_nats::ConnectErrorKind::Authentication,
+                    err,
+                ))
+            })?
+            .name(client_name)
+            .connection_timeout(Duration::from_secs(5));
+        let client = options
+            .connect(config.servers())
+            .await
+            .map_err(connect_error)?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_secs(5));
         Ok(Self {

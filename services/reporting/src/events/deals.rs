@@ -31,7 +31,7 @@ impl BatchHandler for DealEvents {
         for (index, delivery) in batch.iter().enumerate() {
             // A span per event, in the trace of the change that caused it.
             let _span = delivery.span("reporting.apply").entered();
-            match decode(&delivery.payload) {
+            match decode(delivery) {
                 Ok(row) => rows.push((index, row)),
                 Err(reason) => outcomes[index] = Outcome::Reject(reason),
             }
@@ -52,9 +52,10 @@ fn uuid_of(field: &str, value: &str) -> Result<Uuid, String> {
 }
 
 /// A deal event → the row it leaves.
-pub fn decode(payload: &[u8]) -> Result<DealRow, String> {
-    let event =
-        pb::DealEvent::decode(payload).map_err(|e| format!("undecodable deal event: {e}"))?;
+pub fn decode(delivery: &Delivery) -> Result<DealRow, String> {
+    let event = pb::DealEvent::decode(delivery.payload.clone())
+        .map_err(|e| format!("undecodable deal event: {e}"))?;
+    delivery.check_account(&event.account_id)?;
     let deal = event.deal.ok_or("deal event without a deal")?;
     let status = match pb::DealStatus::try_from(deal.status) {
         Ok(status @ (pb::DealStatus::Open | pb::DealStatus::Won | pb::DealStatus::Lost)) => {

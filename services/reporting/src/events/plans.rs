@@ -54,8 +54,10 @@ impl BatchHandler for PlanEvents {
                     plan: Some(plan),
                     account_id,
                     ..
-                }) => names_of(account_id, plan)
-                    .map_err(|what| format!("plan event with an invalid {what}")),
+                }) => delivery.check_account(&account_id).and_then(|()| {
+                    names_of(account_id, plan)
+                        .map_err(|what| format!("plan event with an invalid {what}"))
+                }),
             };
             outcomes.push(match names {
                 Err(reason) => Outcome::Reject(reason),
