@@ -76,8 +76,19 @@ async fn wait_for_url(ports_file: &PathBuf, child: &mut Child) -> anyhow::Result
             && let Some(url) = ports["nats"][0].as_str()
         {
             let url = url.to_owned();
-            if async_nats::connect(&url).await.is_ok() {
-                return Ok(url);
+            // Answering, even to refuse a client without credentials, is being up.
+            match async_nats::connect(&url).await {
+                Ok(_) => return Ok(url),
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                            | async_nats::ConnectErrorKind::Authentication
+                    ) =>
+                {
+                    return Ok(url);
+                }
+                Err(_) => {}
             }
         }
         if let Some(status) = child.try_wait()? {

@@ -24,7 +24,7 @@ use salesplan_platform::{
 use salesplan_proto::v1::intake_service_client::IntakeServiceClient;
 use tokio::process::Command;
 
-pub use self::procs::{Ports, Proc, sibling_binary, start_services};
+pub use self::procs::{Ports, Proc, sibling_binary, start_services, start_services_with};
 use self::{broker::Broker, procs::Postgres};
 use crate::{
     api::{Mode, Strategy, audience_chunks, create_plan, plan_request},

@@ -174,7 +174,7 @@ fn nix_is_root() -> bool {
 
 /// One process we can kill and start again with the same arguments.
 pub struct Proc {
-    pub(crate) name: String,
+    pub name: String,
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<String>,
     pub(crate) env: Vec<(String, String)>,
@@ -268,6 +268,18 @@ pub async fn start_services(
     logs: &std::path::Path,
     extra: &[(&str, &str)],
 ) -> anyhow::Result<(Vec<Proc>, Ports)> {
+    start_services_with(database_url, nats_url, logs, extra, |_| Vec::new()).await
+}
+
+/// [`start_services`], with variables of each service's own from `own` (given the
+/// service's name), e.g. its NATS user.
+pub async fn start_services_with(
+    database_url: &str,
+    nats_url: &str,
+    logs: &std::path::Path,
+    extra: &[(&str, &str)],
+    own: impl Fn(&str) -> Vec<(String, String)>,
+) -> anyhow::Result<(Vec<Proc>, Ports)> {
     let ports: Vec<u16> = (0..5).map(|_| free_port()).collect::<Result<_, _>>()?;
     let (intake, http, distributor, deal, reporting) =
         (ports[0], ports[1], ports[2], ports[3], ports[4]);
@@ -303,6 +315,7 @@ pub async fn start_services(
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
+        env.extend(own(name));
         let listens_on = if name == "tunnel-listener" {
             env.push(("SALESPLAN_HTTP_ADDR".into(), format!("127.0.0.1:{http}")));
             http

@@ -330,18 +330,6 @@ impl NatsSecurity {
             tls_client,
         })
     }
-
-    /// Where the credentials a refusing server saw came from, for the error that stops
-    /// the service.
-    pub fn credentials_source(&self) -> &'static str {
-        if self.creds_file.is_some() {
-            "SALESPLAN_NATS_CREDS_FILE"
-        } else if self.user.is_some() {
-            "SALESPLAN_NATS_USER / SALESPLAN_NATS_PASSWORD"
-        } else {
-            "no credentials: set SALESPLAN_NATS_USER and SALESPLAN_NATS_PASSWORD, SALESPLAN_NATS_CREDS_FILE, or a user in NATS_URL"
-        }
-    }
 }
 
 impl NatsConfig {
@@ -381,6 +369,20 @@ impl NatsConfig {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect()
+    }
+
+    /// Where the credentials a refusing server saw came from, for the error that stops
+    /// the service.
+    pub fn credentials_source(&self) -> &'static str {
+        if self.security.creds_file.is_some() {
+            "SALESPLAN_NATS_CREDS_FILE"
+        } else if self.security.user.is_some() {
+            "SALESPLAN_NATS_USER / SALESPLAN_NATS_PASSWORD"
+        } else if self.url_credentials().is_some() {
+            "the user and password in NATS_URL"
+        } else {
+            "no credentials: set SALESPLAN_NATS_USER and SALESPLAN_NATS_PASSWORD, SALESPLAN_NATS_CREDS_FILE, or a user in NATS_URL"
+        }
     }
 
     /// The user and password of the first server in `NATS_URL` that has them (the client

@@ -92,7 +92,7 @@ fn connect_hint(config: &NatsConfig, kind: async_nats::ConnectErrorKind) -> Stri
     match kind {
         K::Authentication | K::AuthorizationViolation => format!(
             "the server refused the credentials: {}",
-            config.security.credentials_source()
+            config.credentials_source()
         ),
         K::Tls => "TLS failed: check SALESPLAN_NATS_TLS_CA, SALESPLAN_NATS_TLS_CERT and \
                    SALESPLAN_NATS_TLS_KEY"

@@ -1,0 +1,256 @@
+//! The bus locked down: a nats-server with the users and permissions of the Helm values
+//! (`deploy/k8s/nats/values.yaml`, read from that file), every service as its own user.
+//! The whole pipeline works under those permissions; no service can publish where it has
+//! no business; a service without or with wrong credentials stops at start with exit 69
+//! naming the setting, and no password ever reaches its output.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use integration_tests::{
+    TestDatabase, TestNats,
+    api::{Mode, Strategy, create_plan, lead_json, plan_request},
+    chaos::{sibling_binary, start_services_with},
+};
+use salesplan_platform::{Actor, Permission, auth::TokenIssuer, config::AuthConfig};
+
+const SERVICES: [&str; 4] = [
+    "tunnel-listener",
+    "distributor",
+    "deal-service",
+    "reporting",
+];
+
+fn password(service: &str) -> String {
+    format!("pw-{service}-7f3a")
+}
+
+/// The `authorization` block of the Helm values (JSON between the markers), with each
+/// service's test password in place of the chart's variable.
+fn authorization() -> anyhow::Result<String> {
+    let values = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s/nats/values.yaml"),
+    )?;
+    let (_, rest) = values
+        .split_once("# permissions: begin")
+        .ok_or_else(|| anyhow::anyhow!("no `# permissions: begin` in the values"))?;
+    let (block, _) = rest
+        .split_once("# permissions: end")
+        .ok_or_else(|| anyhow::anyhow!("no `# permissions: end` in the values"))?;
+    let json = block
+        .trim()
+        .strip_prefix("authorization:")
+        .ok_or_else(|| anyhow::anyhow!("the block is not `authorization: {{…}}`"))?;
+    let mut json = json.to_owned();
+    for service in SERVICES {
+        let variable = format!(
+            "<< $NATS_PASSWORD_{} >>",
+            service.to_ascii_uppercase().replace('-', "_")
+        );
+        anyhow::ensure!(json.contains(&variable), "no {variable} in the values");
+        json = json.replace(&variable, &password(service));
+    }
+    // Checked as JSON, so the file cannot drift into something only this test accepts.
+    let parsed: serde_json::Value = serde_json::from_str(&json)?;
+    anyhow::ensure!(parsed["users"].as_array().map(Vec::len) == Some(SERVICES.len()));
+    Ok(format!("authorization: {json}\n"))
+}
+
+fn own_user(service: &str) -> Vec<(String, String)> {
+    vec![
+        ("SALESPLAN_NATS_USER".into(), service.into()),
+        ("SALESPLAN_NATS_PASSWORD".into(), password(service)),
+    ]
+}
+
+fn token(perms: &[Permission]) -> anyhow::Result<String> {
+    Ok(TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes()).issue(
+        &Actor::new("acme", "u", perms.iter().copied()),
+        Duration::from_secs(600),
+    )?)
+}
+
+/// Every service as its own user: a lead becomes a deal, assigned and reported.
+#[tokio::test]
+async fn every_service_works_as_its_own_user() -> anyhow::Result<()> {
+    let nats = TestNats::start_with_config(&authorization()?).await?;
+    let database = TestDatabase::create().await?;
+    let logs = tempfile::tempdir()?;
+    let (mut services, ports) =
+        start_services_with(&database.url, &nats.url, logs.path(), &[], own_user).await?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.deal))?
+            .connect()
+            .await?;
+    let plan = create_plan(
+        channel,
+        &token(&[Permission::PlansAdmin])?,
+        plan_request("Bus", Mode::Auto, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    let sent = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/v1/tunnel-actions/add-to-sales-plan",
+            ports.http
+        ))
+        .bearer_auth(token(&[Permission::IntakeWrite])?)
+        .json(&lead_json(&plan.id, "run-1", "c-1"))
+        .send()
+        .await?;
+    assert_eq!(sent.status(), 202);
+    // Assigned by the distributor, created by deal-service, applied by reporting.
+    let pool = sqlx::PgPool::connect(&database.url).await?;
+    let reported = integration_tests::stack::eventually(Duration::from_secs(30), || async {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT r.manager_id FROM reporting.deals r JOIN deal_service.deals d ON d.id = r.deal_id
+             WHERE d.plan_id = $1",
+        )
+        .bind(uuid::Uuid::parse_str(&plan.id)?)
+        .fetch_optional(&pool)
+        .await?;
+        Ok(row)
+    })
+    .await?;
+    assert_eq!(reported.0, "m1");
+    for service in &mut services {
+        let status = service.stop(Duration::from_secs(30)).await?;
+        assert!(status.is_some_and(|s| s.success()), "{}", service.name);
+    }
+    // No password in any log.
+    for entry in std::fs::read_dir(logs.path())? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        for service in SERVICES {
+            assert!(!text.contains(&password(service)), "a password in a log");
+        }
+    }
+    Ok(())
+}
+
+/// What each user may not do: publish another service's events, or touch a stream.
+#[tokio::test]
+async fn no_service_can_publish_where_it_has_no_business() -> anyhow::Result<()> {
+    let nats = TestNats::start_with_config(&authorization()?).await?;
+    // The streams exist (deal-service's user may create them).
+    let owner = salesplan_platform::bus::Bus::connect(
+        &salesplan_platform::config::NatsConfig {
+            security: salesplan_platform::config::NatsSecurity {
+                user: Some((
+                    "deal-service".into(),
+                    salesplan_platform::config::Secret::new(password("deal-service")),
+                )),
+                ..Default::default()
+            },
+            ..salesplan_platform::config::NatsConfig::local(&nats.url)
+        },
+        "test",
+    )
+    .await?;
+    owner
+        .ensure_streams(&salesplan_platform::bus::streams::ALL)
+        .await?;
+    let forbidden = [
+        ("tunnel-listener", "salesplan.deals.v1.acme.created"),
+        ("tunnel-listener", "salesplan.plans.v1.acme.updated"),
+        ("tunnel-listener", "$JS.API.STREAM.DELETE.SALESPLAN_DEALS"),
+        ("tunnel-listener", "$JS.API.STREAM.PURGE.SALESPLAN_INTAKE"),
+        ("distributor", "salesplan.deals.v1.acme.created"),
+        ("distributor", "salesplan.intake.v1.acme.p"),
+        (
+            "distributor",
+            "$JS.API.CONSUMER.DELETE.SALESPLAN_DEALS.reporting-deals",
+        ),
+        ("distributor", "$JS.API.STREAM.DELETE.SALESPLAN_DEALS"),
+        ("deal-service", "salesplan.intake.v1.acme.p"),
+        ("deal-service", "salesplan.assignments.v1.acme.decided"),
+        ("deal-service", "$JS.API.STREAM.PURGE.SALESPLAN_DEALS"),
+        ("reporting", "salesplan.deals.v1.acme.created"),
+        ("reporting", "$JS.API.STREAM.DELETE.SALESPLAN_DEALS"),
+    ];
+    for (user, subject) in forbidden {
+        let client =
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password(user))
+                .connect(&nats.url)
+                .await?;
+        // A publish the server refuses gets no answer: the request fails, and the server
+        // reports the violation to the client.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.request(subject.to_owned(), "{}".into()),
+        )
+        .await;
+        assert!(
+            !matches!(answer, Ok(Ok(_))),
+            "{user} published to {subject}: {answer:?}"
+        );
+    }
+    // And what each may do, answered (so the refusals above are the permissions, not a
+    // broken connection).
+    for (user, subject) in [
+        ("tunnel-listener", "salesplan.intake.v1.acme.p"),
+        ("distributor", "salesplan.assignments.v1.acme.decided"),
+        ("deal-service", "salesplan.deals.v1.acme.created"),
+    ] {
+        let client =
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password(user))
+                .connect(&nats.url)
+                .await?;
+        let js = async_nats::jetstream::new(client);
+        js.publish(subject.to_owned(), "x".into()).await?.await?;
+    }
+    let stream_count = owner
+        .last_sequence(&salesplan_platform::bus::streams::DEALS)
+        .await?;
+    assert_eq!(
+        stream_count, 1,
+        "only deal-service's event is in the deals stream"
+    );
+    Ok(())
+}
+
+/// No credentials, a wrong password, a wrong password in the URL: exit 69 naming the
+/// setting, and the password nowhere in the output.
+#[tokio::test]
+async fn a_service_refused_by_nats_exits_69_naming_the_setting() -> anyhow::Result<()> {
+    let nats = TestNats::start_with_config(&authorization()?).await?;
+    let database = TestDatabase::create().await?;
+    let port = nats.url.rsplit(':').next().unwrap_or_default().to_owned();
+    let wrong = "not-the-password-91c2";
+    let cases: [(Vec<(&str, String)>, &str); 3] = [
+        (vec![], "SALESPLAN_NATS_USER"),
+        (
+            vec![
+                ("SALESPLAN_NATS_USER", "deal-service".into()),
+                ("SALESPLAN_NATS_PASSWORD", wrong.into()),
+            ],
+            "SALESPLAN_NATS_PASSWORD",
+        ),
+        (
+            vec![(
+                "NATS_URL",
+                format!("nats://deal-service:{wrong}@127.0.0.1:{port}"),
+            )],
+            "NATS_URL",
+        ),
+    ];
+    for (env, named) in cases {
+        let mut command = Command::new(sibling_binary("deal-service")?);
+        command
+            .arg("serve")
+            .env("SALESPLAN_ENV", "development")
+            .env("DATABASE_URL", &database.url)
+            .env("NATS_URL", &nats.url)
+            .env("SALESPLAN_GRPC_ADDR", "127.0.0.1:0");
+        for (key, value) in &env {
+            command.env(key, value);
+        }
+        let output = command.output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(output.status.code(), Some(69), "{env:?}: {text}");
+        assert!(text.contains(named), "{env:?} should name {named}: {text}");
+        assert!(!text.contains(wrong), "the password in the output: {text}");
+    }
+    Ok(())
+}
