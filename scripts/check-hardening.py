@@ -5,7 +5,8 @@ restricted Pod Security Standard; every pod runs without a service-account token
 non-root with the RuntimeDefault seccomp profile, and every container without privilege
 escalation, with every capability dropped and a read-only root; PodDisruptionBudgets use
 maxUnavailable (never blocking a one-replica drain); compose publishes ports on 127.0.0.1
-only. Exits 1 naming each breach."""
+only; network policies deny by default, let every pod resolve names, open every declared
+container port to someone named and nothing to everyone. Exits 1 naming each breach."""
 
 import pathlib
 import sys
@@ -25,6 +26,7 @@ def pod_specs(doc):
 
 def check_manifest(path, breaches):
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    check_network(path, docs, breaches)
     for doc in docs:
         name = f"{path.name}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
         if doc.get("kind") == "Namespace":
@@ -50,6 +52,56 @@ def check_manifest(path, breaches):
                     breaches.append(f"{where}: capabilities not all dropped")
                 if ctx.get("readOnlyRootFilesystem") is not True:
                     breaches.append(f"{where}: writable root filesystem")
+
+
+def selects(selector, labels):
+    """Whether a label selector (matchLabels, matchExpressions with In) selects `labels`."""
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions", []):
+        if expr["operator"] != "In" or labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def check_network(path, docs, breaches):
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    deny = [
+        p for p in policies
+        if p["spec"].get("podSelector") == {}
+        and sorted(p["spec"].get("policyTypes", [])) == ["Egress", "Ingress"]
+        and not p["spec"].get("ingress") and not p["spec"].get("egress")
+    ]
+    if not deny:
+        breaches.append(f"{path.name}: no default-deny NetworkPolicy")
+    for policy in policies:
+        name = f"{path.name}: NetworkPolicy/{policy['metadata']['name']}"
+        for rule in policy["spec"].get("ingress", []):
+            if not rule.get("from"):
+                breaches.append(f"{name}: an ingress rule open to everyone")
+        for rule in policy["spec"].get("egress", []):
+            if not rule.get("to"):
+                breaches.append(f"{name}: an egress rule open to everywhere")
+    for doc in docs:
+        for spec in pod_specs(doc):
+            labels = (doc["spec"].get("template") or doc["spec"]["jobTemplate"]["spec"]["template"])["metadata"].get("labels", {})
+            name = f"{path.name}: {doc['kind']}/{doc['metadata']['name']}"
+            mine = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
+            dns = any(
+                port.get("port") == 53
+                for p in mine for rule in p["spec"].get("egress", []) for port in rule.get("ports", [])
+            )
+            if not dns:
+                breaches.append(f"{name}: no policy lets it resolve names")
+            opened = {
+                port.get("port")
+                for p in mine for rule in p["spec"].get("ingress", []) for port in rule.get("ports", [])
+            }
+            for container in spec.get("containers", []):
+                for port in container.get("ports", []):
+                    if port["containerPort"] not in opened:
+                        breaches.append(f"{name}: port {port['containerPort']} open to no one")
 
 
 def check_compose(path, breaches):
