@@ -78,7 +78,7 @@ source "$logs/last-run.env"
 
 # The same data through salesplanctl, as a person at a terminal would see it.
 export SALESPLAN_TOKEN
-SALESPLAN_TOKEN="$("$bin/salesplanctl" token --account demo --user demo-viewer)"
+SALESPLAN_TOKEN="$("$bin/salesplanctl" token --account demo --user demo-viewer --perm deals:read --perm reports:read)"
 echo
 echo "$ salesplanctl plans list"
 "$bin/salesplanctl" plans list

@@ -82,6 +82,7 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
             Permission::DealsEditAll,
             Permission::DealsBulkEdit,
             Permission::IntakeWrite,
+            Permission::ReportsRead,
         ],
     );
 
@@ -346,7 +347,14 @@ async fn errors_are_the_servers_message_with_a_usable_exit_code() -> anyhow::Res
     assert_eq!(invalid.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&invalid.stderr).contains("INVALID_ARGUMENT: chat_label:"));
 
-    let manager = stack.token("acme", "m1", &[]);
+    let manager = stack.token(
+        "acme",
+        "m1",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    );
     let denied = ctl
         .run(
             Some(&manager),

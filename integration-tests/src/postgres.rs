@@ -37,12 +37,20 @@ pub fn with_database(url: &str, name: &str) -> String {
 
 impl TestDatabase {
     pub async fn create() -> anyhow::Result<Self> {
+        Self::create_with("").await
+    }
+
+    /// A database created with `options` (e.g. `TEMPLATE template0 LC_COLLATE 'C'
+    /// LC_CTYPE 'C'`, CloudNativePG's default locale).
+    pub async fn create_with(options: &str) -> anyhow::Result<Self> {
         let admin_url = admin_url();
         let name = format!("salesplan_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(&admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{name}\" {options}"
+        )))
+        .execute(&mut conn)
+        .await?;
         conn.close().await?;
         Ok(Self {
             url: with_database(&admin_url, &name),

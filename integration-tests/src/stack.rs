@@ -178,9 +178,13 @@ pub struct DealStack {
 
 impl DealStack {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_on(TestDatabase::create().await?).await
+    }
+
+    /// deal-service on `db` (e.g. a database with another locale).
+    pub async fn start_on(db: TestDatabase) -> anyhow::Result<Self> {
         salesplan_platform::telemetry::init_for_tests();
         let nats = TestNats::start().await?;
-        let db = TestDatabase::create().await?;
         let shutdown = CancellationToken::new();
         let deal_service = deal_service::Config::local(&db.url, &nats.url)
             .start(shutdown.clone())

@@ -509,7 +509,14 @@ async fn moving_closing_reopening_and_history() -> anyhow::Result<()> {
     let mut c = clients(&stack).await?;
     let admin = stack.token(ACCOUNT, "admin", ADMIN);
     let boss = stack.token(ACCOUNT, "boss", BOSS);
-    let m1 = stack.token(ACCOUNT, "m1", &[]);
+    let m1 = stack.token(
+        ACCOUNT,
+        "m1",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    );
     let plan = create_plan(&mut c, &admin, &["m1", "m2"]).await?;
     let plan = c
         .plans
@@ -546,7 +553,14 @@ async fn moving_closing_reopening_and_history() -> anyhow::Result<()> {
     // A manager moves their own deal; not someone else's.
     let moved = move_deal(&mut c, &m1, &deal, &progress, None).await?;
     assert_eq!(moved.stage_id, progress);
-    let m2 = stack.token(ACCOUNT, "m2", &[]);
+    let m2 = stack.token(
+        ACCOUNT,
+        "m2",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    );
     let err = move_deal(&mut c, &m2, &moved, &new, None)
         .await
         .expect_err("not theirs");
@@ -1773,5 +1787,66 @@ async fn a_repeated_plan_change_is_answered_as_done() -> anyhow::Result<()> {
             ("updated".into(), 1),
         ])
     );
+    stack.stop().await
+}
+
+/// Case-insensitive search of non-Latin text on a database created with the C locale
+/// (CloudNativePG's default), where PostgreSQL's own `lower()` leaves Cyrillic as it is.
+#[tokio::test]
+async fn search_ignores_case_of_any_script_under_the_c_locale() -> anyhow::Result<()> {
+    let db = integration_tests::TestDatabase::create_with(
+        "TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
+    )
+    .await?;
+    let stack = DealStack::start_on(db).await?;
+    let mut c = clients(&stack).await?;
+    let admin = stack.token(ACCOUNT, "admin", ADMIN);
+    let boss = stack.token(ACCOUNT, "boss", BOSS);
+    let plan = create_plan(&mut c, &admin, &["m1"]).await?;
+    for (i, name) in ["Анна Каренина", "Ὀδυσσεύς Λαέρτιάδης", "Anna Müller"]
+        .into_iter()
+        .enumerate()
+    {
+        c.deals
+            .create_deal(outgoing(
+                pb::CreateDealRequest {
+                    plan_id: plan.id.clone(),
+                    contact: Some(pb::Contact {
+                        external_id: format!("script-{i}"),
+                        name: name.into(),
+                        ..Default::default()
+                    }),
+                    idempotency_key: format!("script-{i}"),
+                    ..Default::default()
+                },
+                &boss,
+            ))
+            .await?;
+    }
+    for (term, expected) in [
+        ("анна", "Анна Каренина"),
+        ("КАРЕНИНА", "Анна Каренина"),
+        ("λαέρτ", "Ὀδυσσεύς Λαέρτιάδης"),
+        ("MÜLLER", "Anna Müller"),
+    ] {
+        let found = list(
+            &mut c,
+            &boss,
+            pb::DealFilter {
+                plan_id: plan.id.clone(),
+                search: term.into(),
+                ..Default::default()
+            },
+            50,
+            String::new(),
+        )
+        .await?;
+        let names: Vec<String> = found
+            .deals
+            .iter()
+            .map(|d| d.contact.clone().unwrap_or_default().name)
+            .collect();
+        assert_eq!(names, [expected], "{term}");
+    }
     stack.stop().await
 }

@@ -275,7 +275,14 @@ async fn each_mode_from_webhook_to_deal() -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
     let mut decisions = js.get_stream("SALESPLAN_ASSIGNMENTS").await?;
     assert_eq!(decisions.info().await?.state.messages, 24, "one per lead");
-    let stranger = stack.token("globex", "boss", &[]);
+    let stranger = stack.token(
+        "globex",
+        "boss",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    );
     let err = distributor
         .explain_assignment(outgoing(
             pb::ExplainAssignmentRequest {

@@ -18,7 +18,7 @@ use salesplan_proto::v1::{
 use serde_json::json;
 use tonic::Code;
 
-const ALL: [Permission; 4] = Permission::ALL;
+const ALL: [Permission; 6] = Permission::ALL;
 
 fn usd(amount_minor: i64) -> pb::Money {
     pb::Money {
@@ -47,7 +47,14 @@ fn deal_request(plan_id: &str, key: &str, amount_minor: i64) -> pb::CreateDealRe
 async fn an_amount_beyond_the_bound_is_refused_at_every_entry_point() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let admin = stack.token("acme", "boss", &ALL);
-    let manager = stack.token("acme", "m1", &[]);
+    let manager = stack.token(
+        "acme",
+        "m1",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    );
     let channel = stack.channel(&stack.deal_service).await?;
     let plan = create_plan(
         channel.clone(),

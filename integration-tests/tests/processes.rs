@@ -242,7 +242,13 @@ async fn rs256_keys_from_files_carry_a_lead_to_its_deal() -> anyhow::Result<()> 
         .send()
         .await?;
     assert_eq!(sent.status(), 202);
-    let viewer = token("viewer", &[])?;
+    let viewer = token(
+        "viewer",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    )?;
     let deals = integration_tests::stack::eventually(Duration::from_secs(20), || async {
         let deals = integration_tests::api::all_deals(
             channel.clone(),

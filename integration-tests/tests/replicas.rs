@@ -80,7 +80,14 @@ async fn two_relays_and_two_reporting_replicas_count_every_deal_once() -> anyhow
     }
 
     // Each reporting replica, read as of the last write, counts each deal once.
-    let viewer = stack.token("acme", "viewer", &[]);
+    let viewer = stack.token(
+        "acme",
+        "viewer",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    );
     for reporting in [&stack.reporting, &reporting_2] {
         let summary = ReportServiceClient::new(stack.channel(reporting).await?)
             .pipeline_summary(outgoing(

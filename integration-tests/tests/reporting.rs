@@ -46,7 +46,14 @@ async fn world() -> anyhow::Result<World> {
         "boss",
         &[Permission::DealsEditAll, Permission::DealsBulkEdit],
     );
-    let viewer = stack.token(ACCOUNT, "viewer", &[]);
+    let viewer = stack.token(
+        ACCOUNT,
+        "viewer",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    );
     let channel = stack.channel(&stack.deal_service).await?;
     let plan_a = create_plan(
         channel.clone(),
@@ -529,7 +536,14 @@ async fn loss_reasons_by_plan_and_manager_with_click_through() -> anyhow::Result
         .await
         .expect_err("no grouping");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let stranger = w.stack.token("globex", "viewer", &[]);
+    let stranger = w.stack.token(
+        "globex",
+        "viewer",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    );
     let theirs = w
         .reports
         .loss_reasons(outgoing(

@@ -47,7 +47,14 @@ async fn one_trace_crosses_every_service() -> anyhow::Result<()> {
         .await?;
     assert_eq!(response.status(), 202);
 
-    let viewer = stack.token("acme", "viewer", &[]);
+    let viewer = stack.token(
+        "acme",
+        "viewer",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    );
     let reports = ReportServiceClient::new(stack.channel(&stack.reporting).await?);
     eventually(Duration::from_secs(20), || {
         let request = outgoing(

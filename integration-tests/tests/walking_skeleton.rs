@@ -56,7 +56,14 @@ fn lead(plan_id: &str, run: usize) -> serde_json::Value {
 }
 
 async fn summary(stack: &Stack, plan_id: &str) -> anyhow::Result<pb::PipelineSummaryResponse> {
-    let token = stack.token(ACCOUNT, "viewer", &[]);
+    let token = stack.token(
+        ACCOUNT,
+        "viewer",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    );
     let mut reports = ReportServiceClient::new(stack.channel(&stack.reporting).await?);
     Ok(reports
         .pipeline_summary(outgoing(
@@ -140,7 +147,14 @@ async fn webhook_leads_become_assigned_deals_that_reporting_counts() -> anyhow::
     assert_eq!(keys, expected);
 
     // The deal reads back through the API with its manager and contact.
-    let viewer = stack.token(ACCOUNT, "viewer", &[]);
+    let viewer = stack.token(
+        ACCOUNT,
+        "viewer",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    );
     let deal_id: uuid::Uuid =
         sqlx::query_scalar("SELECT id FROM deal_service.deals WHERE idempotency_key = $1")
             .bind(&intake_ids[0])
@@ -179,7 +193,14 @@ async fn webhook_leads_become_assigned_deals_that_reporting_counts() -> anyhow::
     );
 
     // Another account sees none of it.
-    let stranger = stack.token("globex", "viewer", &[]);
+    let stranger = stack.token(
+        "globex",
+        "viewer",
+        &[
+            salesplan_platform::Permission::DealsRead,
+            salesplan_platform::Permission::ReportsRead,
+        ],
+    );
     let err = deals
         .get_deal(outgoing(
             pb::GetDealRequest {

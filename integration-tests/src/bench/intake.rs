@@ -422,7 +422,10 @@ async fn watch_deals(
         .await?;
     client.flush().await?;
     let mut deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
-    let viewer = env.token(&[])?;
+    let viewer = env.token(&[
+        salesplan_platform::Permission::DealsRead,
+        salesplan_platform::Permission::ReportsRead,
+    ])?;
     Ok(tokio::spawn(async move {
         let mut seen = HashMap::with_capacity(total);
         while seen.len() < total {

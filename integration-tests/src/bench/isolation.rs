@@ -47,7 +47,7 @@ async fn trickle(
     tag: &str,
     stop: CancellationToken,
 ) -> anyhow::Result<Trickle> {
-    let token = env.token_of("b", &[Permission::IntakeWrite])?;
+    let token = env.token_of("b", &[Permission::IntakeWrite, Permission::DealsRead])?;
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     // A read that failed (a slow moment of the machine) is tried again at the next poll;
     // the wait for B's deals below has the deadline, and names the last failure.
@@ -255,7 +255,7 @@ async fn vacuum(env: &Env) -> anyhow::Result<()> {
 async fn bulk_add(env: &Env, plan: &pb::Plan, n: usize) -> anyhow::Result<Duration> {
     // Each run its own audience: a contact seen before would update its relation instead.
     let tag = plan.id.clone();
-    let token = env.token_of("a", &[Permission::IntakeWrite])?;
+    let token = env.token_of("a", &[Permission::IntakeWrite, Permission::DealsRead])?;
     let started = Instant::now();
     let chunks = audience_chunks(&plan.id, "isolation", n, 1_000, |i| format!("{tag}-{i}"));
     let mut replies = IntakeServiceClient::new(env.channel(&env.intake_url).await?)
@@ -282,7 +282,7 @@ async fn searches(
     plan: &pb::Plan,
     stop: CancellationToken,
 ) -> anyhow::Result<(usize, usize)> {
-    let token = env.token_of("a", &[])?;
+    let token = env.token_of("a", &[Permission::DealsRead])?;
     let deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
     let request = pb::ListDealsRequest {
         filter: Some(pb::DealFilter {

@@ -94,7 +94,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         "—",
     )];
     flush_page_cache("the queries").await?;
-    let token = env.token(&[Permission::DealsEditAll])?;
+    let token = env.token(&[Permission::DealsEditAll, Permission::ReportsRead])?;
     let deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
     let n = config.deals;
     let repeats = config.repeats;

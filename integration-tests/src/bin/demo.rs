@@ -98,7 +98,13 @@ impl Demo {
             viewer: String::new(),
         };
         demo.admin = demo.token("demo-admin", &[Permission::PlansAdmin])?;
-        demo.viewer = demo.token("demo-viewer", &[])?;
+        demo.viewer = demo.token(
+            "demo-viewer",
+            &[
+                salesplan_platform::Permission::DealsRead,
+                salesplan_platform::Permission::ReportsRead,
+            ],
+        )?;
         Ok(demo)
     }
 

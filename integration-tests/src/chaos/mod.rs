@@ -529,7 +529,7 @@ impl Lead {
             "plan_id": self.plan, "block_id": "b", "run_id": format!("run-{i}"),
             "contact": {"external_id": format!("c-{i}")},
         });
-        let deliveries = if i % 3 == 0 { 2 } else { 1 };
+        let deliveries = if i.is_multiple_of(3) { 2 } else { 1 };
         for _ in 0..deliveries {
             let deadline = Instant::now() + RETRY_FOR;
             for attempt in 0.. {

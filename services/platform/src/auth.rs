@@ -30,26 +30,61 @@ pub enum Permission {
     /// bounded by the intake lanes, not by the account's limit on CreateDeals. Never given
     /// to an account's users; not in [`Permission::ALL`].
     PlatformIntake,
+    /// Read the account's plans, deals, boards, history and assignment explanations.
+    /// Implied by every permission that changes deals or plans (one cannot change what one
+    /// cannot see); a funnel's token (`intake:write` alone) reads nothing.
+    DealsRead,
+    /// Read the account's reports (ReportService). Implied by `plans:admin`.
+    ReportsRead,
+    /// The listener's look-ups: a lead's plan (GetPlan), and whether a lead is a deal
+    /// already (GetDeal by idempotency key, answered with the deal's id only). Never given
+    /// to an account's users; not in [`Permission::ALL`].
+    PlatformLookup,
 }
 
 impl Permission {
     /// The permissions of an account's users.
-    pub const ALL: [Permission; 4] = [
+    pub const ALL: [Permission; 6] = [
         Self::DealsEditAll,
         Self::DealsBulkEdit,
         Self::PlansAdmin,
         Self::IntakeWrite,
+        Self::DealsRead,
+        Self::ReportsRead,
     ];
 
-    /// Every permission a token may carry: the account's, and the operators'.
-    pub const KNOWN: [Permission; 6] = [
+    /// Every permission a token may carry: the account's, and the platform's.
+    pub const KNOWN: [Permission; 9] = [
         Self::DealsEditAll,
         Self::DealsBulkEdit,
         Self::PlansAdmin,
         Self::IntakeWrite,
+        Self::DealsRead,
+        Self::ReportsRead,
         Self::PlatformOperate,
         Self::PlatformIntake,
+        Self::PlatformLookup,
     ];
+
+    /// The permissions that grant this one too.
+    fn granted_by(self) -> &'static [Permission] {
+        match self {
+            Self::DealsRead => &[
+                Self::DealsRead,
+                Self::DealsEditAll,
+                Self::DealsBulkEdit,
+                Self::PlansAdmin,
+            ],
+            Self::ReportsRead => &[Self::ReportsRead, Self::PlansAdmin],
+            Self::DealsEditAll => &[Self::DealsEditAll],
+            Self::DealsBulkEdit => &[Self::DealsBulkEdit],
+            Self::PlansAdmin => &[Self::PlansAdmin],
+            Self::IntakeWrite => &[Self::IntakeWrite],
+            Self::PlatformOperate => &[Self::PlatformOperate],
+            Self::PlatformIntake => &[Self::PlatformIntake],
+            Self::PlatformLookup => &[Self::PlatformLookup],
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -59,6 +94,9 @@ impl Permission {
             Self::IntakeWrite => "intake:write",
             Self::PlatformOperate => "platform:operate",
             Self::PlatformIntake => "platform:intake",
+            Self::DealsRead => "deals:read",
+            Self::ReportsRead => "reports:read",
+            Self::PlatformLookup => "platform:lookup",
         }
     }
 }
@@ -98,8 +136,12 @@ impl Actor {
         }
     }
 
+    /// Whether the actor holds `permission` or one that grants it.
     pub fn has(&self, permission: Permission) -> bool {
-        self.permissions.contains(&permission)
+        permission
+            .granted_by()
+            .iter()
+            .any(|p| self.permissions.contains(p))
     }
 
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
@@ -129,6 +171,12 @@ struct Claims {
     exp: u64,
     #[serde(default)]
     iat: u64,
+    // Checked by the validation (audience, issuer, not-before) when configured; written
+    // by services into their own tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
 }
 
 /// Why a token was refused.
@@ -150,25 +198,45 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// A key tokens are checked with, and the permissions its tokens may carry (`None`:
+/// any; a service's limited key: only those).
+struct VerifyingKey {
+    key: DecodingKey,
+    validation: Validation,
+    may_grant: Option<Vec<Permission>>,
+}
+
 /// Checks tokens against the configured keys.
 pub struct TokenVerifier {
-    keys: Vec<(DecodingKey, Validation)>,
+    keys: Vec<VerifyingKey>,
 }
 
 impl TokenVerifier {
     pub fn from_config(config: &AuthConfig) -> Result<Self, jsonwebtoken::errors::Error> {
+        let full = |key, alg| VerifyingKey {
+            key,
+            validation: validation(alg, config),
+            may_grant: None,
+        };
         let mut keys = Vec::new();
-        if let Some(secret) = &config.hs256_secret {
-            keys.push((
+        for secret in config.hs256_secret.iter().chain(&config.hs256_previous) {
+            keys.push(full(
                 DecodingKey::from_secret(secret.expose().as_bytes()),
-                validation(Algorithm::HS256),
+                Algorithm::HS256,
             ));
         }
         for pem in &config.rs256_public_keys_pem {
-            keys.push((
+            keys.push(full(
                 DecodingKey::from_rsa_pem(pem.as_bytes())?,
-                validation(Algorithm::RS256),
+                Algorithm::RS256,
             ));
+        }
+        for (pem, permissions) in &config.limited_keys {
+            keys.push(VerifyingKey {
+                key: DecodingKey::from_rsa_pem(pem.as_bytes())?,
+                validation: validation(Algorithm::RS256, config),
+                may_grant: Some(permissions.clone()),
+            });
         }
         Ok(Self { keys })
     }
@@ -187,9 +255,19 @@ impl TokenVerifier {
 
     pub fn verify(&self, token: &str) -> Result<Actor, AuthError> {
         let mut outcome = AuthError::Invalid;
-        for (key, validation) in &self.keys {
-            match jsonwebtoken::decode::<Claims>(token, key, validation) {
-                Ok(data) => return actor_from(data.claims),
+        for key in &self.keys {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation) {
+                Ok(data) => {
+                    let actor = actor_from(data.claims)?;
+                    // A limited key signing more than it may: refused whole, never trimmed
+                    // (it is a compromised or misconfigured signer).
+                    if let Some(allowed) = &key.may_grant
+                        && actor.permissions.iter().any(|p| !allowed.contains(p))
+                    {
+                        return Err(AuthError::Invalid);
+                    }
+                    return Ok(actor);
+                }
                 Err(err) => {
                     if matches!(
                         err.kind(),
@@ -204,10 +282,23 @@ impl TokenVerifier {
     }
 }
 
-fn validation(alg: Algorithm) -> Validation {
+fn validation(alg: Algorithm, config: &AuthConfig) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = 30;
-    v.set_required_spec_claims(&["exp", "sub"]);
+    v.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    match &config.audience {
+        Some(audience) => {
+            v.set_audience(&[audience]);
+            required.push("aud");
+        }
+        None => v.validate_aud = false,
+    }
+    if let Some(issuer) = &config.issuer {
+        v.set_issuer(&[issuer]);
+        required.push("iss");
+    }
+    v.set_required_spec_claims(&required);
     v
 }
 
@@ -226,6 +317,9 @@ fn actor_from(claims: Claims) -> Result<Actor, AuthError> {
 pub struct TokenIssuer {
     key: EncodingKey,
     algorithm: Algorithm,
+    /// Written into every token when the verifiers require them.
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 impl TokenIssuer {
@@ -233,6 +327,8 @@ impl TokenIssuer {
         Self {
             key: EncodingKey::from_secret(secret),
             algorithm: Algorithm::HS256,
+            audience: None,
+            issuer: None,
         }
     }
 
@@ -240,18 +336,25 @@ impl TokenIssuer {
         Ok(Self {
             key: EncodingKey::from_rsa_pem(private_key_pem)?,
             algorithm: Algorithm::RS256,
+            audience: None,
+            issuer: None,
         })
     }
 
     /// The RS256 private key when configured, else the HS256 secret; `None` without either.
     pub fn from_config(config: &AuthConfig) -> Result<Option<Self>, jsonwebtoken::errors::Error> {
-        if let Some(pem) = &config.rs256_private_key_pem {
-            return Self::rs256_pem(pem.expose().as_bytes()).map(Some);
-        }
-        Ok(config
-            .hs256_secret
-            .as_ref()
-            .map(|s| Self::hs256(s.expose().as_bytes())))
+        let issuer = match &config.rs256_private_key_pem {
+            Some(pem) => Some(Self::rs256_pem(pem.expose().as_bytes())?),
+            None => config
+                .hs256_secret
+                .as_ref()
+                .map(|s| Self::hs256(s.expose().as_bytes())),
+        };
+        Ok(issuer.map(|issuer| Self {
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
+            ..issuer
+        }))
     }
 
     pub fn issue(
@@ -266,6 +369,8 @@ impl TokenIssuer {
             perms: actor.permissions.iter().map(|p| p.to_string()).collect(),
             iat: now,
             exp: now + ttl.as_secs(),
+            aud: self.audience.clone(),
+            iss: self.issuer.clone(),
         };
         jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.key)
     }
@@ -298,6 +403,13 @@ impl Interceptor for AuthInterceptor {
 
 fn authorization(metadata: &MetadataMap) -> Option<&str> {
     metadata.get("authorization").and_then(|v| v.to_str().ok())
+}
+
+/// The actor of a read, refused (PERMISSION_DENIED naming it) without `permission`.
+pub fn reader<T>(request: &Request<T>, permission: Permission) -> Result<Actor, ApiError> {
+    let actor = actor(request)?;
+    actor.require(permission)?;
+    Ok(actor)
 }
 
 /// The actor the [`AuthInterceptor`] stored; a handler behind it always has one.
@@ -407,6 +519,8 @@ mod tests {
             perms: vec![],
             exp: jsonwebtoken::get_current_timestamp() - 3600,
             iat: 0,
+            aud: None,
+            iss: None,
         };
         let expired =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &issuer.key).unwrap();
@@ -433,9 +547,9 @@ mod tests {
         let private = include_str!("../tests/fixtures/rs256-test-private.pem");
         let public = include_str!("../tests/fixtures/rs256-test-public.pem");
         let config = AuthConfig {
-            hs256_secret: None,
             rs256_public_keys_pem: vec![public.to_owned()],
             rs256_private_key_pem: Some(Secret::new(private)),
+            ..AuthConfig::default()
         };
         let verifier = TokenVerifier::from_config(&config).unwrap();
         let issuer = TokenIssuer::from_config(&config).unwrap().unwrap();
@@ -452,15 +566,155 @@ mod tests {
 
     #[test]
     fn verifier_with_only_rs256_keys_refuses_hs256_tokens() {
-        let config = AuthConfig {
-            hs256_secret: None,
-            rs256_public_keys_pem: vec![],
-            rs256_private_key_pem: None,
-        };
+        let config = AuthConfig::default();
         let verifier = TokenVerifier::from_config(&config).unwrap();
         let token = TokenIssuer::hs256(Secret::new(AuthConfig::DEV_SECRET).expose().as_bytes())
             .issue(&Actor::new("acme", "u1", []), Duration::from_secs(60))
             .unwrap();
         assert_eq!(verifier.verify(&token), Err(AuthError::Invalid));
+    }
+
+    fn claims(extra: serde_json::Value) -> serde_json::Value {
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut claims =
+            serde_json::json!({"sub": "u1", "acct": "acme", "perms": [], "exp": now + 60});
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        claims
+    }
+
+    fn hs256(secret: &str, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn audience_issuer_and_not_before_are_checked_when_configured() {
+        let secret = "a-secret-of-enough-length";
+        let config = AuthConfig {
+            hs256_secret: Some(Secret::new(secret)),
+            audience: Some("salesplan".into()),
+            issuer: Some("https://id.example".into()),
+            ..AuthConfig::default()
+        };
+        let verifier = TokenVerifier::from_config(&config).unwrap();
+        let good = serde_json::json!({"aud": "salesplan", "iss": "https://id.example"});
+        assert!(verifier.verify(&hs256(secret, &claims(good))).is_ok());
+        for bad in [
+            serde_json::json!({"iss": "https://id.example"}),
+            serde_json::json!({"aud": "other", "iss": "https://id.example"}),
+            serde_json::json!({"aud": "salesplan"}),
+            serde_json::json!({"aud": "salesplan", "iss": "https://evil.example"}),
+        ] {
+            assert_eq!(
+                verifier.verify(&hs256(secret, &claims(bad.clone()))),
+                Err(AuthError::Invalid),
+                "{bad}"
+            );
+        }
+        // Not valid before a minute from now (beyond the 30 s leeway).
+        let later = jsonwebtoken::get_current_timestamp() + 60;
+        let early =
+            serde_json::json!({"aud": "salesplan", "iss": "https://id.example", "nbf": later});
+        assert_eq!(
+            verifier.verify(&hs256(secret, &claims(early))),
+            Err(AuthError::Invalid)
+        );
+        // The services' own tokens carry both.
+        let issuer = TokenIssuer::from_config(&config).unwrap().unwrap();
+        let own = issuer
+            .issue(&Actor::new("acme", "svc", []), Duration::from_secs(60))
+            .unwrap();
+        assert!(verifier.verify(&own).is_ok());
+    }
+
+    #[test]
+    fn a_previous_secret_verifies_during_a_rotation_and_never_signs() {
+        let (old, new) = (
+            "the-old-secret-of-enough-length",
+            "the-new-secret-of-enough-length",
+        );
+        let config = AuthConfig {
+            hs256_secret: Some(Secret::new(new)),
+            hs256_previous: vec![Secret::new(old)],
+            ..AuthConfig::default()
+        };
+        let verifier = TokenVerifier::from_config(&config).unwrap();
+        assert!(
+            verifier
+                .verify(&hs256(old, &claims(serde_json::json!({}))))
+                .is_ok()
+        );
+        assert!(
+            verifier
+                .verify(&hs256(new, &claims(serde_json::json!({}))))
+                .is_ok()
+        );
+        let signed = TokenIssuer::from_config(&config)
+            .unwrap()
+            .unwrap()
+            .issue(&Actor::new("acme", "svc", []), Duration::from_secs(60))
+            .unwrap();
+        let only_new = TokenVerifier::from_config(&AuthConfig {
+            hs256_previous: Vec::new(),
+            ..config
+        })
+        .unwrap();
+        assert!(
+            only_new.verify(&signed).is_ok(),
+            "services sign with the current secret"
+        );
+    }
+
+    #[test]
+    fn a_limited_key_cannot_mint_more_than_it_may() {
+        let private = include_str!("../tests/fixtures/rs256-test-private.pem");
+        let public = include_str!("../tests/fixtures/rs256-test-public.pem");
+        let verifier = TokenVerifier::from_config(&AuthConfig {
+            limited_keys: vec![(public.to_owned(), vec![Permission::PlatformLookup])],
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let listener = TokenIssuer::rs256_pem(private.as_bytes()).unwrap();
+        let lookup = Actor::new("acme", "tunnel-listener", [Permission::PlatformLookup]);
+        let token = listener.issue(&lookup, Duration::from_secs(60)).unwrap();
+        assert_eq!(verifier.verify(&token), Ok(lookup));
+        for wanted in [
+            Permission::PlansAdmin,
+            Permission::DealsRead,
+            Permission::PlatformOperate,
+        ] {
+            let admin = Actor::new(
+                "acme",
+                "tunnel-listener",
+                [Permission::PlatformLookup, wanted],
+            );
+            let token = listener.issue(&admin, Duration::from_secs(60)).unwrap();
+            assert_eq!(verifier.verify(&token), Err(AuthError::Invalid), "{wanted}");
+        }
+    }
+
+    #[test]
+    fn reading_is_granted_by_every_permission_that_changes() {
+        let reads = |perms: &[Permission]| {
+            let actor = Actor::new("acme", "u", perms.iter().copied());
+            (
+                actor.has(Permission::DealsRead),
+                actor.has(Permission::ReportsRead),
+            )
+        };
+        assert_eq!(reads(&[]), (false, false));
+        assert_eq!(reads(&[Permission::IntakeWrite]), (false, false));
+        assert_eq!(reads(&[Permission::PlatformLookup]), (false, false));
+        assert_eq!(reads(&[Permission::DealsRead]), (true, false));
+        assert_eq!(reads(&[Permission::ReportsRead]), (false, true));
+        assert_eq!(reads(&[Permission::DealsEditAll]), (true, false));
+        assert_eq!(reads(&[Permission::DealsBulkEdit]), (true, false));
+        assert_eq!(reads(&[Permission::PlansAdmin]), (true, true));
     }
 }

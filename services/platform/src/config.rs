@@ -456,7 +456,7 @@ impl NatsConfig {
 
 /// Token verification: an HS256 secret for local use and/or RS256 public keys (PEM) for
 /// production (`SALESPLAN_JWT_HS256_SECRET`, `SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct AuthConfig {
     pub hs256_secret: Option<Secret>,
     pub rs256_public_keys_pem: Vec<String>,
@@ -464,6 +464,19 @@ pub struct AuthConfig {
     /// tunnel-listener):
     /// `SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE`; without it they sign with the HS256 secret.
     pub rs256_private_key_pem: Option<Secret>,
+    /// Earlier HS256 secrets still accepted while tokens signed with them live (a rotation's
+    /// overlap), never used to sign: `SALESPLAN_JWT_HS256_PREVIOUS_SECRETS`, comma-separated.
+    pub hs256_previous: Vec<Secret>,
+    /// RS256 public keys whose tokens may carry only the listed permissions (a service's
+    /// own signing key: the listener's can mint plan look-ups and nothing else):
+    /// `SALESPLAN_JWT_RS256_LIMITED_KEY_FILES`, entries `path=perm+perm` separated by commas.
+    pub limited_keys: Vec<(String, Vec<crate::Permission>)>,
+    /// When set, every token must name it (`aud`) and services' own tokens do:
+    /// `SALESPLAN_JWT_AUDIENCE`.
+    pub audience: Option<String>,
+    /// When set, every token must name it (`iss`) and services' own tokens do:
+    /// `SALESPLAN_JWT_ISSUER`.
+    pub issuer: Option<String>,
 }
 
 impl AuthConfig {
@@ -506,9 +519,53 @@ impl AuthConfig {
             hs256_secret,
             rs256_public_keys_pem,
             rs256_private_key_pem,
+            hs256_previous: env
+                .get("SALESPLAN_JWT_HS256_PREVIOUS_SECRETS")
+                .into_iter()
+                .flat_map(|v| v.split(','))
+                .map(|s| Secret::new(s.trim()))
+                .collect(),
+            limited_keys: Self::limited_keys_from_env(env)?,
+            audience: env.get("SALESPLAN_JWT_AUDIENCE").map(str::to_owned),
+            issuer: env.get("SALESPLAN_JWT_ISSUER").map(str::to_owned),
         };
         config.validate()?;
+        if env.get("SALESPLAN_ENV") != Some("development")
+            && config
+                .hs256_previous
+                .iter()
+                .any(|s| s.expose() == Self::DEV_SECRET)
+        {
+            return Err(ConfigError::new(
+                "SALESPLAN_JWT_HS256_PREVIOUS_SECRETS",
+                "holds the public development secret",
+            ));
+        }
         Ok(config)
+    }
+
+    fn limited_keys_from_env(
+        env: &Env,
+    ) -> Result<Vec<(String, Vec<crate::Permission>)>, ConfigError> {
+        let key = "SALESPLAN_JWT_RS256_LIMITED_KEY_FILES";
+        let mut keys = Vec::new();
+        for entry in env.get(key).into_iter().flat_map(|v| v.split(',')) {
+            let (path, permissions) = entry.trim().split_once('=').ok_or_else(|| {
+                ConfigError::new(key, format!("{entry}: expected path=permission+permission"))
+            })?;
+            let permissions = permissions
+                .split('+')
+                .map(|p| {
+                    p.trim()
+                        .parse()
+                        .map_err(|()| ConfigError::new(key, format!("unknown permission {p:?}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new(key, format!("{path}: {e}")))?;
+            keys.push((pem, permissions));
+        }
+        Ok(keys)
     }
 
     /// `SALESPLAN_JWT_HS256_SECRET`. Without it and without RS256 keys, the public
@@ -548,8 +605,7 @@ impl AuthConfig {
     pub fn dev() -> Self {
         Self {
             hs256_secret: Some(Secret::new(Self::DEV_SECRET)),
-            rs256_public_keys_pem: Vec::new(),
-            rs256_private_key_pem: None,
+            ..Self::default()
         }
     }
 
@@ -563,6 +619,20 @@ impl AuthConfig {
                 "SALESPLAN_JWT_HS256_SECRET",
                 "must be at least 16 bytes",
             ));
+        }
+        if self.hs256_previous.iter().any(|s| s.expose().len() < 16) {
+            return Err(ConfigError::new(
+                "SALESPLAN_JWT_HS256_PREVIOUS_SECRETS",
+                "each must be at least 16 bytes",
+            ));
+        }
+        for (pem, _) in &self.limited_keys {
+            jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|err| {
+                ConfigError::new(
+                    "SALESPLAN_JWT_RS256_LIMITED_KEY_FILES",
+                    format!("not an RSA public key in PEM: {err}"),
+                )
+            })?;
         }
         for pem in &self.rs256_public_keys_pem {
             jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|err| {
@@ -594,9 +664,8 @@ mod tests {
     #[test]
     fn a_service_that_signs_needs_a_key_at_start() {
         let none = AuthConfig {
-            hs256_secret: None,
             rs256_public_keys_pem: vec!["-----BEGIN PUBLIC KEY-----".into()],
-            rs256_private_key_pem: None,
+            ..AuthConfig::default()
         };
         let err = none.require_signing_key("tunnel-listener").unwrap_err();
         assert!(

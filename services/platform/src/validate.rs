@@ -90,10 +90,17 @@ pub fn contact_key(external_id: &str, email: &str, phone: &str) -> Option<String
     }
 }
 
-/// Trimmed text of at most `max` characters without control characters.
+/// Trimmed text of at most `max` user-perceived characters (graphemes: "👍🏽" and "é" written
+/// as e + accent are one each), without control characters and without characters that
+/// deceive: bidirectional controls (a name that reads the other way), invisible characters
+/// (two names that look alike, a label that looks empty), line and paragraph separators.
+/// Zero-width joiners and variation selectors are taken inside emoji, where they belong.
 pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    use unicode_segmentation::UnicodeSegmentation as _;
     let value = value.trim();
-    if value.chars().count() > max {
+    // Graphemes, and no more code points than four per grapheme: one grapheme can hold
+    // any number of combining marks, and stored text must stay bounded.
+    if value.graphemes(true).count() > max || value.chars().count() > max * 4 {
         return Err(ApiError::invalid(
             field,
             format!("longer than {max} characters"),
@@ -102,7 +109,54 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     if value.chars().any(char::is_control) {
         return Err(ApiError::invalid(field, "contains control characters"));
     }
+    if let Some(c) = deceptive_char(value) {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "contains an invisible or direction-changing character (U+{:04X})",
+                c as u32
+            ),
+        ));
+    }
     Ok(value.to_owned())
+}
+
+/// The first character of `value` that changes how the text looks without being seen.
+fn deceptive_char(value: &str) -> Option<char> {
+    let chars: Vec<char> = value.chars().collect();
+    chars.iter().enumerate().find_map(|(i, &c)| {
+        let before = i.checked_sub(1).map(|j| chars[j]);
+        let after = chars.get(i + 1).copied();
+        let in_emoji = match c {
+            // A joiner between two pictographs (👨‍👩‍👧); a variation selector after one (❤️).
+            '\u{200D}' => before.is_some_and(pictographic) && after.is_some_and(pictographic),
+            '\u{FE00}'..='\u{FE0F}' => before.is_some_and(pictographic),
+            _ => true,
+        };
+        (invisible(c) || !in_emoji).then_some(c)
+    })
+}
+
+/// Bidirectional controls, zero-width and other invisible characters, separators.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        | '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180E}' | '\u{200B}' | '\u{200C}' | '\u{2060}'..='\u{2064}' | '\u{3164}'
+        | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}'
+        | '\u{2028}' | '\u{2029}'
+    )
+}
+
+/// Emoji and the marks that extend them (skin tones, a preceding variation selector).
+fn pictographic(c: char) -> bool {
+    matches!(c,
+        '\u{00A9}' | '\u{00AE}' | '\u{203C}' | '\u{2049}' | '\u{2122}' | '\u{2139}'
+        | '\u{2194}'..='\u{21AA}' | '\u{231A}'..='\u{23FF}' | '\u{24C2}' | '\u{25AA}'..='\u{25FE}'
+        | '\u{2600}'..='\u{27BF}' | '\u{2934}' | '\u{2935}' | '\u{2B05}'..='\u{2B55}'
+        | '\u{3030}' | '\u{303D}' | '\u{3297}' | '\u{3299}' | '\u{FE0F}'
+        | '\u{1F000}'..='\u{1FAFF}'
+    )
 }
 
 /// Like [`text`], and not empty.
@@ -258,6 +312,42 @@ mod tests {
         assert!(text("chat_label", "Продажи2025!", 12).is_ok());
         assert!(text("chat_label", "Продажи2025!!", 12).is_err());
         assert!(text("name", "a\u{0}b", 12).is_err());
+    }
+
+    #[test]
+    fn text_counts_what_a_person_sees() {
+        // Twelve thumbs with a skin tone (24 code points) are twelve characters.
+        assert!(text("chat_label", &"👍🏽".repeat(12), 12).is_ok());
+        assert!(text("chat_label", &"👍🏽".repeat(13), 12).is_err());
+        // e + combining accent is one; a family is one.
+        assert!(text("chat_label", &"e\u{301}".repeat(12), 12).is_ok());
+        assert!(text("chat_label", "👨\u{200D}👩\u{200D}👧 ❤\u{FE0F}", 12).is_ok());
+        // One grapheme with a hundred combining marks is still refused.
+        assert!(text("chat_label", &format!("a{}", "\u{301}".repeat(100)), 12).is_err());
+    }
+
+    #[test]
+    fn text_that_deceives_is_refused_naming_the_field() {
+        for bad in [
+            "Ann\u{202E}gnal",     // right-to-left override
+            "\u{2066}Bob\u{2069}", // isolate
+            "Ca\u{200B}rl",        // zero-width space
+            "\u{200D}",            // a joiner alone: a label that looks empty
+            "a\u{200D}b",          // a joiner between letters
+            "\u{3164}",            // Hangul filler: looks empty
+            "x\u{2028}y",          // line separator
+            "tag\u{E0041}",        // tag character
+            "\u{FEFF}Dan",         // byte-order mark
+            "a\u{FE0F}",           // a variation selector on a letter
+        ] {
+            let err = text("chat_label", bad, 12).unwrap_err();
+            assert_eq!(err.field(), Some("chat_label"), "{bad:?}");
+        }
+        assert!(text("name", "Анна-Мария O'Neil", 64).is_ok());
+        assert!(
+            text("name", "محمد", 64).is_ok(),
+            "right-to-left text itself is fine"
+        );
     }
 
     proptest! {

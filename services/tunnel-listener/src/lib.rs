@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use events::intake::{self, Intake};
 use futures::FutureExt;
 use salesplan_platform::{
+    Permission,
     auth::{AuthInterceptor, ServiceTokens, TokenIssuer, TokenVerifier},
     bus::{Bus, streams},
     config::{ConfigError, Env},
@@ -51,7 +52,7 @@ impl Service for Config {
             .context("no key to sign plan look-ups at deal-service")?;
         let plans = Arc::new(Plans::new(
             server::lazy_channel(&self.deal_service_url)?,
-            ServiceTokens::new(issuer, Self::ACTOR_ID, &[]),
+            ServiceTokens::new(issuer, Self::ACTOR_ID, &[Permission::PlatformLookup]),
         ));
         let intake = Intake::new(
             bus.clone(),

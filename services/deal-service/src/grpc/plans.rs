@@ -100,6 +100,10 @@ impl PlanService for Api {
 
     async fn get_plan(&self, request: Request<pb::GetPlanRequest>) -> Reply<pb::GetPlanResponse> {
         let actor = auth::actor(&request)?;
+        // The listener looks a lead's plan up with `platform:lookup`, which reads nothing else.
+        if !actor.has(Permission::PlatformLookup) {
+            actor.require(Permission::DealsRead)?;
+        }
         let plan_id = parse_id("plan_id", &request.get_ref().plan_id)?;
         let plan = self.store.plan(&actor.account_id, plan_id).await?;
         Ok(Response::new(pb::GetPlanResponse {
@@ -111,7 +115,7 @@ impl PlanService for Api {
         &self,
         request: Request<pb::ListPlansRequest>,
     ) -> Reply<pb::ListPlansResponse> {
-        let actor = auth::actor(&request)?;
+        let actor = auth::reader(&request, Permission::DealsRead)?;
         let _permit = self.reads.admit(&actor.account_id)?;
         let req = request.get_ref();
         let after = AfterKey::decode::<Uuid>(&req.page_token).map_err(ApiError::from)?;

@@ -120,7 +120,7 @@ impl DistributorService for Explain {
         &self,
         request: Request<pb::ExplainAssignmentRequest>,
     ) -> Result<Response<pb::ExplainAssignmentResponse>, Status> {
-        let actor = auth::actor(&request)?;
+        let actor = auth::reader(&request, Permission::DealsRead)?;
         let _permit = self.limiter.admit(&actor.account_id)?;
         let deal_id = parse_id("deal_id", &request.get_ref().deal_id)?;
         let assignment = self

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use salesplan_platform::{
-    AllChecks, ApiError, Checks, auth,
+    AllChecks, ApiError, Checks, Permission, auth,
     consistency::Wanted,
     every,
     ids::parse_id,
@@ -400,7 +400,7 @@ impl ReportService for Reports {
         &self,
         request: Request<pb::LossReasonsRequest>,
     ) -> Result<Response<pb::LossReasonsResponse>, Status> {
-        let actor = auth::actor(&request)?;
+        let actor = auth::reader(&request, Permission::ReportsRead)?;
         let _permit = self.limiter.admit(&actor.account_id)?;
         let report = Reports::loss_reasons(self, &actor.account_id, request.into_inner()).await?;
         Ok(Response::new(report))
@@ -410,7 +410,7 @@ impl ReportService for Reports {
         &self,
         request: Request<pb::StageLossesRequest>,
     ) -> Result<Response<pb::StageLossesResponse>, Status> {
-        let actor = auth::actor(&request)?;
+        let actor = auth::reader(&request, Permission::ReportsRead)?;
         let _permit = self.limiter.admit(&actor.account_id)?;
         let report = Reports::stage_losses(self, &actor.account_id, request.into_inner()).await?;
         Ok(Response::new(report))
@@ -420,7 +420,7 @@ impl ReportService for Reports {
         &self,
         request: Request<pb::PipelineSummaryRequest>,
     ) -> Result<Response<pb::PipelineSummaryResponse>, Status> {
-        let actor = auth::actor(&request)?;
+        let actor = auth::reader(&request, Permission::ReportsRead)?;
         let _permit = self.limiter.admit(&actor.account_id)?;
         let req = request.get_ref();
         let (plan_id, wanted) = (
