@@ -405,3 +405,104 @@ async fn sigterm_with_work_in_flight_loses_and_doubles_nothing() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// The servers as the prod overlay runs them: reflection off, a bounded number of calls
+/// per connection, and a scanner's paths counted as one `method` value.
+#[tokio::test]
+async fn servers_hide_reflection_bound_streams_and_method_labels() -> anyhow::Result<()> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest,
+    };
+    let database = TestDatabase::create().await?;
+    let nats = TestNats::start().await?;
+    let logs = tempfile::tempdir()?;
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let (mut services, ports) = integration_tests::chaos::start_services(
+        &database.url,
+        &nats.url,
+        logs.path(),
+        &[
+            ("SALESPLAN_GRPC_REFLECTION", "false"),
+            ("SALESPLAN_GRPC_MAX_STREAMS", "7"),
+        ],
+    )
+    .await?;
+    // Only deal-service gets the metrics address (one port, one process).
+    let deal = &mut services[0];
+    deal.stop(Duration::from_secs(10)).await?;
+    deal.env
+        .push(("SALESPLAN_METRICS_ADDR".into(), metrics_addr.clone()));
+    deal.start().await?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.deal))?
+            .connect()
+            .await?;
+
+    let reflection = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(futures::stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]))
+        .await;
+    let code = match reflection {
+        Err(status) => status.code(),
+        Ok(mut stream) => match futures::StreamExt::next(stream.get_mut()).await {
+            Some(Err(status)) => status.code(),
+            other => anyhow::bail!("reflection answered while switched off: {other:?}"),
+        },
+    };
+    assert_eq!(code, tonic::Code::Unimplemented);
+
+    // The server's HTTP/2 settings allow 7 calls at once on a connection.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports.deal)).await?;
+    let (client, connection) = h2::client::handshake(tcp).await?;
+    tokio::spawn(connection);
+    let mut client = client.ready().await?;
+
+    // Made-up paths, as a scanner sends them: refused, counted as one
+    // `method` value.
+    for path in ["/scan.Me/A", "/scan.Me/B", "/salesplan.v1.DealService/Nope"] {
+        let request = tonic::codegen::http::Request::post(format!("http://127.0.0.1{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())?;
+        let (response, _) = client.send_request(request, true)?;
+        let response = response.await?;
+        let status = response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        // UNIMPLEMENTED, or UNAUTHENTICATED where a known service checks the token first.
+        assert!(
+            matches!(status.as_deref(), Some("12" | "16")),
+            "{path}: {status:?}"
+        );
+        client = client.ready().await?;
+    }
+    // By now the server's SETTINGS frame has been applied.
+    assert_eq!(client.current_max_send_streams(), 7);
+    let metrics = integration_tests::stack::eventually(Duration::from_secs(10), || async {
+        let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+            .await?
+            .text()
+            .await?;
+        Ok(text.contains("method=\"unknown\"").then_some(text))
+    })
+    .await?;
+    assert!(
+        !metrics.contains("scan.Me"),
+        "a scanner's path became a label"
+    );
+    assert!(
+        !metrics.contains("/Nope"),
+        "an unknown method became a label"
+    );
+    for service in &mut services {
+        service.stop(Duration::from_secs(10)).await?;
+    }
+    Ok(())
+}

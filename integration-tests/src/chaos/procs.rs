@@ -177,7 +177,7 @@ pub struct Proc {
     pub name: String,
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<String>,
-    pub(crate) env: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
     pub(crate) port: u16,
     pub(crate) child: Option<Child>,
     pub(crate) log: PathBuf,

@@ -18,13 +18,25 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// NOT_SERVING, waits `drain_delay` (so load balancers stop sending), and finishes the
 /// requests in flight. A call is answered within `timeout` (or the client's shorter
 /// `grpc-timeout`), or cut off.
+/// How a service's gRPC server runs (from [`crate::service::ServiceConfig`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerOptions {
+    /// Between NOT_SERVING and refusing new calls.
+    pub drain_delay: Duration,
+    /// The longest a call may take (a client's shorter deadline wins).
+    pub timeout: Duration,
+    /// Serve the reflection service.
+    pub reflection: bool,
+    /// Calls at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams: u32,
+}
+
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     service_names: &[&str],
     shutdown: CancellationToken,
-    drain_delay: Duration,
-    timeout: Duration,
+    options: ServerOptions,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -36,11 +48,17 @@ pub async fn serve(
             .set_service_status(*name, ServingStatus::Serving)
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(salesplan_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the compiled descriptor sets are valid");
+    let mut routes = routes.add_service(health);
+    if options.reflection {
+        routes = routes.add_service(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(salesplan_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()
+                .expect("the compiled descriptor sets are valid"),
+        );
+    }
+    let drain_delay = options.drain_delay;
     let names: Vec<String> = service_names.iter().map(|s| (*s).to_owned()).collect();
     let signal = async move {
         shutdown.cancelled().await;
@@ -55,11 +73,12 @@ pub async fn serve(
         tokio::time::sleep(drain_delay).await;
     };
     Server::builder()
-        .timeout(timeout)
+        .timeout(options.timeout)
+        .max_concurrent_streams(Some(options.max_streams))
         .trace_fn(request_span)
         .layer(MetricsLayer::new(metrics))
         .layer(crate::consistency::ConsistencyLayer)
-        .add_routes(routes.add_service(health).add_service(reflection))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), signal)
         .await
 }
@@ -115,12 +134,27 @@ pub fn lazy_channel(url: &str) -> Result<tonic::transport::Channel, tonic::trans
 pub struct MetricsLayer {
     requests: opentelemetry::metrics::Counter<u64>,
     seconds: opentelemetry::metrics::Histogram<f64>,
+    /// The paths counted by name; any other (a scanner's, a typo) is counted as `unknown`,
+    /// so the series stay as many as the methods served.
+    known: std::sync::Arc<std::collections::HashSet<String>>,
 }
+
+/// The health and reflection methods every server answers, beside salesplan's own.
+const PLATFORM_METHODS: [&str; 3] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+];
 
 impl MetricsLayer {
     pub fn new(metrics: &crate::metrics::Metrics) -> Self {
         let meter = metrics.meter("grpc");
+        let known = salesplan_proto::method_paths()
+            .into_iter()
+            .chain(PLATFORM_METHODS.map(str::to_owned))
+            .collect();
         Self {
+            known: std::sync::Arc::new(known),
             requests: meter
                 .u64_counter("salesplan.grpc.requests")
                 .with_description("gRPC requests by method and status code")
@@ -182,6 +216,11 @@ where
                     .map(|c| format!("{:?}", tonic::Code::from(c)))
                     .unwrap_or_else(|| "Ok".into()),
                 Err(_) => "Transport".into(),
+            };
+            let method = if layer.known.contains(&method) {
+                method
+            } else {
+                "unknown".to_owned()
             };
             let attrs = [
                 opentelemetry::KeyValue::new("method", method),

@@ -32,6 +32,12 @@ pub struct ServiceConfig {
     /// `SALESPLAN_GRPC_TIMEOUT_MS`: the longest a unary call (or the start of a stream) may
     /// take; a client's shorter `grpc-timeout` wins.
     pub grpc_timeout: Duration,
+    /// `SALESPLAN_GRPC_REFLECTION` (default on): the reflection service, which lists every
+    /// method to anyone who asks; the prod overlay turns it off.
+    pub grpc_reflection: bool,
+    /// `SALESPLAN_GRPC_MAX_STREAMS` (default 200): calls at once on one HTTP/2 connection,
+    /// so one client cannot hold an unbounded number open.
+    pub grpc_max_streams: u32,
 }
 
 /// A call nobody waits for after this long (a client's own deadline may be shorter).
@@ -59,6 +65,16 @@ impl ServiceConfig {
                 }
                 timeout => timeout,
             },
+            grpc_reflection: env.flag("SALESPLAN_GRPC_REFLECTION", true)?,
+            grpc_max_streams: match env.parse("SALESPLAN_GRPC_MAX_STREAMS", 200u32)? {
+                0 => {
+                    return Err(ConfigError::new(
+                        "SALESPLAN_GRPC_MAX_STREAMS",
+                        "must be at least 1",
+                    ));
+                }
+                n => n,
+            },
         })
     }
 
@@ -73,6 +89,8 @@ impl ServiceConfig {
             drain_delay: Duration::ZERO,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             grpc_timeout: DEFAULT_GRPC_TIMEOUT,
+            grpc_reflection: true,
+            grpc_max_streams: 200,
         }
     }
 }
@@ -360,7 +378,12 @@ pub async fn spawn_service(
 ) -> std::io::Result<Running> {
     let grpc_addr = grpc.listener.local_addr()?;
     let drain_delay = config.drain_delay;
-    let timeout = config.grpc_timeout;
+    let options = crate::grpc::ServerOptions {
+        drain_delay,
+        timeout: config.grpc_timeout,
+        reflection: config.grpc_reflection,
+        max_streams: config.grpc_max_streams,
+    };
     let metrics_stop = CancellationToken::new();
     let service_metrics = background.metrics.clone();
     let metrics = match config.metrics_addr {
@@ -380,8 +403,7 @@ pub async fn spawn_service(
             grpc.routes,
             &grpc.names,
             shutdown,
-            drain_delay,
-            timeout,
+            options,
             &service_metrics,
         );
         let http_server = async {
