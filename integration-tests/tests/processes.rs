@@ -506,3 +506,68 @@ async fn servers_hide_reflection_bound_streams_and_method_labels() -> anyhow::Re
     }
     Ok(())
 }
+
+/// A client that sends a request's headers or body too slowly is cut off: the connection
+/// closed after the header deadline, 408 after the body deadline.
+#[tokio::test]
+async fn the_webhook_cuts_off_slow_clients() -> anyhow::Result<()> {
+    use salesplan_platform::{Actor, Permission, auth::TokenIssuer, config::AuthConfig};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let database = TestDatabase::create().await?;
+    let nats = TestNats::start().await?;
+    let logs = tempfile::tempdir()?;
+    let (mut services, ports) = integration_tests::chaos::start_services(
+        &database.url,
+        &nats.url,
+        logs.path(),
+        &[
+            ("SALESPLAN_WEBHOOK_HEADER_TIMEOUT_MS", "500"),
+            ("SALESPLAN_WEBHOOK_BODY_TIMEOUT_MS", "500"),
+        ],
+    )
+    .await?;
+    // What the server sends back on a connection before closing it, and how long it took.
+    async fn answer(mut tcp: tokio::net::TcpStream) -> anyhow::Result<(String, Duration)> {
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await??;
+        Ok((
+            String::from_utf8_lossy(&got).into_owned(),
+            started.elapsed(),
+        ))
+    }
+
+    let mut slow_headers = tokio::net::TcpStream::connect(("127.0.0.1", ports.http)).await?;
+    slow_headers
+        .write_all(b"POST /v1/tunnel-actions/add-to-sales-plan HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    let (text, took) = answer(slow_headers).await?;
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+
+    let token = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes()).issue(
+        &Actor::new("acme", "funnel", [Permission::IntakeWrite]),
+        Duration::from_secs(60),
+    )?;
+    let mut slow_body = tokio::net::TcpStream::connect(("127.0.0.1", ports.http)).await?;
+    slow_body
+        .write_all(
+            format!(
+                "POST /v1/tunnel-actions/add-to-sales-plan HTTP/1.1\r\nHost: x\r\n\
+                 Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100\r\n\r\n{{\"plan_id\":"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let (text, took) = answer(slow_body).await?;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    for service in &mut services {
+        service.stop(Duration::from_secs(10)).await?;
+    }
+    Ok(())
+}

@@ -8,6 +8,8 @@ use salesplan_platform::{
     service::ServiceConfig,
 };
 
+use crate::http;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: ServiceConfig,
@@ -15,6 +17,10 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `SALESPLAN_WEBHOOK_MAX_BODY_BYTES`: larger bodies get 413.
     pub max_body_bytes: usize,
+    /// `SALESPLAN_WEBHOOK_HEADER_TIMEOUT_MS` and `SALESPLAN_WEBHOOK_BODY_TIMEOUT_MS`: how
+    /// long a client may take to send a request's headers (the connection is closed) and
+    /// its body (408), so a slow client cannot hold a connection.
+    pub http_timeouts: http::server::Timeouts,
     /// `SALESPLAN_DEAL_SERVICE_URL`: where each lead's plan is checked.
     pub deal_service_url: String,
     /// `SALESPLAN_WEBHOOK_RATE` and `SALESPLAN_WEBHOOK_BURST`: leads a second of one
@@ -45,6 +51,7 @@ impl Config {
             common: ServiceConfig::local(nats_url),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            http_timeouts: http::server::Timeouts::DEFAULT,
             deal_service_url: deal_service_url.to_owned(),
             webhook_limit: Self::DEFAULT_LIMIT,
             audience_limit: Self::DEFAULT_AUDIENCE_LIMIT,
@@ -86,6 +93,16 @@ impl Config {
                 "SALESPLAN_LIMIT_AUDIENCE",
                 Self::DEFAULT_AUDIENCE_LIMIT,
             )?,
+            http_timeouts: http::server::Timeouts {
+                headers: env.millis(
+                    "SALESPLAN_WEBHOOK_HEADER_TIMEOUT_MS",
+                    http::server::Timeouts::DEFAULT.headers,
+                )?,
+                body: env.millis(
+                    "SALESPLAN_WEBHOOK_BODY_TIMEOUT_MS",
+                    http::server::Timeouts::DEFAULT.body,
+                )?,
+            },
             audience_idle_timeout: env.millis(
                 "SALESPLAN_AUDIENCE_IDLE_TIMEOUT_MS",
                 Self::DEFAULT_AUDIENCE_IDLE_TIMEOUT,

@@ -71,24 +71,14 @@ impl Service for Config {
             Arc::new(http::webhook::WebhookState {
                 intake: intake.clone(),
                 verifier: verifier.clone(),
+                max_body_bytes: self.max_body_bytes,
+                body_timeout: self.http_timeouts.body,
             }),
             self.max_body_bytes,
         );
         let http_shutdown = shutdown.clone();
-        let http_server = async move {
-            // Nagle off, as on the gRPC side: no delayed-ACK wait on each answer.
-            axum::serve(
-                axum::serve::ListenerExt::tap_io(http, |tcp| {
-                    if let Err(err) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-                    }
-                }),
-                router,
-            )
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await
-        }
-        .boxed();
+        let http_server =
+            http::server::serve(http, router, self.http_timeouts, http_shutdown).boxed();
 
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,

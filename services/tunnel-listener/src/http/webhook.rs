@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
+    extract::{DefaultBodyLimit, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::post,
@@ -31,6 +31,32 @@ pub const PATH: &str = "/v1/tunnel-actions/add-to-sales-plan";
 pub struct WebhookState {
     pub intake: Intake,
     pub verifier: Arc<TokenVerifier>,
+    /// Larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// A body not read in full by then gets 408.
+    pub body_timeout: std::time::Duration,
+}
+
+/// The body, within the size limit (413) and the body deadline (408).
+async fn read_body(state: &WebhookState, body: axum::body::Body) -> Result<Bytes, WebhookError> {
+    match tokio::time::timeout(
+        state.body_timeout,
+        axum::body::to_bytes(body, state.max_body_bytes),
+    )
+    .await
+    {
+        Err(_) => Err(WebhookError::Body(StatusCode::REQUEST_TIMEOUT)),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(err)) => {
+            let too_large = std::error::Error::source(&err)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            Err(WebhookError::Body(if too_large {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            }))
+        }
+    }
 }
 
 pub fn router(state: Arc<WebhookState>, max_body_bytes: usize) -> Router {
@@ -45,7 +71,7 @@ pub fn router(state: Arc<WebhookState>, max_body_bytes: usize) -> Router {
 async fn add_to_sales_plan(
     State(state): State<Arc<WebhookState>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let span = tracing::info_span!("webhook", otel.name = "POST add-to-sales-plan");
     telemetry::set_parent(&span, telemetry::extract_from_http(&headers));
@@ -74,7 +100,7 @@ async fn add_to_sales_plan(
 async fn handle(
     state: &WebhookState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<lead::Accepted, WebhookError> {
     let authorization = headers
         .get(http::header::AUTHORIZATION)
@@ -88,7 +114,8 @@ async fn handle(
     if !declared_json(headers) {
         return Err(WebhookError::Body(StatusCode::UNSUPPORTED_MEDIA_TYPE));
     }
-    let body = body.map_err(|rejection| WebhookError::Body(rejection.status()))?;
+    // Read only now, after the token: nobody unauthenticated makes the listener buffer.
+    let body = read_body(state, body).await?;
     let lead = parse_lead(&body).inspect_err(|_| {
         state.intake.count_rejected(pb::IntakeSource::Webhook);
     })?;
@@ -255,6 +282,12 @@ fn error_response(err: WebhookError) -> Response {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "the body must be JSON (Content-Type: application/json)",
+            None,
+        ),
+        WebhookError::Body(StatusCode::REQUEST_TIMEOUT) => json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the body did not arrive in time",
             None,
         ),
         WebhookError::Body(status) => {
