@@ -440,19 +440,30 @@ async fn check_nothing_stuck(nats_url: &str) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+    // The bulk lane: the account's consumer has received and acked every contact. The
+    // stream itself may still hold some: nats-server 2.9.10 in a cluster was seen keeping
+    // acked work-queue messages across leader changes (docs/reliability.md). They are
+    // reported, not removed: removing by the consumer's reported ack floor once deleted
+    // 1,000 contacts that were never distributed.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let bulk = bulk_backlog(&js).await?;
-        if bulk == 0 {
+        let backlog = consumer_backlog(&js, "SALESPLAN_BULK", "distributor-bulk-chaos").await?;
+        if backlog.is_empty() {
             break;
         }
         if Instant::now() >= deadline {
             bail!(
-                "{bulk} contacts left in the bulk lane\n{}",
+                "the bulk lane's consumer has {} pending, {} unacked\n{}",
+                backlog.pending,
+                backlog.unacked,
                 describe_stream(&js, "SALESPLAN_BULK").await
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let kept = bulk_backlog(&js).await?;
+    if kept > 0 {
+        eprintln!("chaos: the broker kept {kept} acked contacts in the bulk work queue");
     }
     let dead: u64 = js
         .get_stream("SALESPLAN_DEAD_LETTERS")

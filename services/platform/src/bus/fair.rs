@@ -256,9 +256,7 @@ impl Rounds {
             match consumer.fetch().max_messages(quantum).messages().await {
                 Ok(messages) => {
                     let fetched: Vec<_> = messages.filter_map(|m| async { m.ok() }).collect().await;
-                    if fetched.is_empty() {
-                        clear_acknowledged(bus, spec, consumer, account).await;
-                    } else {
+                    if !fetched.is_empty() {
                         self.last_served = account.to_owned();
                         round.extend(fetched);
                     }
@@ -284,47 +282,6 @@ fn turn_order<'a>(
         .iter()
         .chain(&accounts[..start])
         .map(String::as_str)
-}
-
-/// The stream holds messages of `account`, yet its consumer had none to deliver: when the
-/// consumer has nothing pending or unacknowledged, those are messages it acknowledged that
-/// the work queue failed to remove. nats-server 2.9.10 was seen keeping thousands of them
-/// across stream-leader changes in a 3-node cluster (docs/reliability.md); left there they
-/// would count as the account's backlog against its bulk cap and keep it in every round.
-/// Removes the account's messages up to the consumer's ack floor, which it has all acked.
-async fn clear_acknowledged(bus: &Bus, spec: &FairSpec, mut consumer: PullConsumer, account: &str) {
-    let cleared = async {
-        let info = consumer
-            .info()
-            .await
-            .map_err(|e| BusError::jetstream("consumer info", e))?;
-        if info.num_pending > 0 || info.num_ack_pending > 0 {
-            return Ok(0);
-        }
-        let floor = info.ack_floor.stream_sequence;
-        let stream = bus
-            .jetstream()
-            .get_stream(spec.stream.name)
-            .await
-            .map_err(|e| BusError::jetstream("get stream", e))?;
-        let purged = stream
-            .purge()
-            .filter((spec.subjects_of)(account))
-            .sequence(floor + 1)
-            .await
-            .map_err(|e| BusError::jetstream("purge", e))?;
-        Ok::<_, BusError>(purged.purged)
-    };
-    match cleared.await {
-        Ok(0) => {}
-        Ok(purged) => tracing::warn!(
-            stream = spec.stream.name,
-            %account,
-            purged,
-            "removed acknowledged messages the work queue had kept"
-        ),
-        Err(err) => tracing::warn!(%account, error = %err, "cannot clear acknowledged messages"),
-    }
 }
 
 /// The durable consumer of `account`, made when first needed.
