@@ -127,6 +127,31 @@ impl Backlog {
     }
 }
 
+/// Waits until `consumer` of `stream` has received and acked everything, asking every
+/// `poll`; fails after `within` naming what is left.
+pub async fn wait_until_consumed(
+    js: &async_nats::jetstream::Context,
+    (stream, consumer): (&str, &str),
+    within: Duration,
+    poll: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let backlog = consumer_backlog(js, stream, consumer).await?;
+        if backlog.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{consumer}: {} pending, {} unacked after {within:?}\n{}",
+            backlog.pending,
+            backlog.unacked,
+            describe_stream(js, stream).await
+        );
+        tokio::time::sleep(poll).await;
+    }
+}
+
 pub async fn consumer_backlog(
     js: &async_nats::jetstream::Context,
     stream: &str,

@@ -15,6 +15,37 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+/// What a run of the service binaries needs alive until its end: its database (`url` for
+/// checks), its broker and its logs.
+struct Deps {
+    database: TestDatabase,
+    _nats: TestNats,
+    _logs: tempfile::TempDir,
+}
+
+/// The four service binaries on a private database and broker, with `extra` variables
+/// (`deps` first, so that it outlives the services in a test's scope).
+async fn start_binaries(
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(
+    Deps,
+    Vec<integration_tests::chaos::Proc>,
+    integration_tests::chaos::Ports,
+)> {
+    let database = TestDatabase::create().await?;
+    let nats = TestNats::start().await?;
+    let logs = tempfile::tempdir()?;
+    let (services, ports) =
+        integration_tests::chaos::start_services(&database.url, &nats.url, logs.path(), extra)
+            .await?;
+    let deps = Deps {
+        database,
+        _nats: nats,
+        _logs: logs,
+    };
+    Ok((deps, services, ports))
+}
+
 /// A service binary next to this test's target directory.
 fn service_bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -194,24 +225,16 @@ async fn rs256_keys_from_files_carry_a_lead_to_its_deal() -> anyhow::Result<()> 
         fixtures.join("rs256-test-private.pem"),
         fixtures.join("rs256-test-public.pem"),
     );
-    let database = TestDatabase::create().await?;
-    let nats = TestNats::start().await?;
-    let logs = tempfile::tempdir()?;
-    let (mut services, ports) = integration_tests::chaos::start_services(
-        &database.url,
-        &nats.url,
-        logs.path(),
-        &[
-            (
-                "SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES",
-                &public.display().to_string(),
-            ),
-            (
-                "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE",
-                &private.display().to_string(),
-            ),
-        ],
-    )
+    let (_deps, mut services, ports) = start_binaries(&[
+        (
+            "SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES",
+            &public.display().to_string(),
+        ),
+        (
+            "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE",
+            &private.display().to_string(),
+        ),
+    ])
     .await?;
     let issuer = TokenIssuer::rs256_pem(&std::fs::read(&private)?)?;
     let token = |user: &str, perms: &[Permission]| {
@@ -315,13 +338,7 @@ async fn sigterm_with_work_in_flight_loses_and_doubles_nothing() -> anyhow::Resu
     use salesplan_platform::{Actor, Permission, auth::TokenIssuer, config::AuthConfig};
     use salesplan_proto::v1::intake_service_client::IntakeServiceClient;
     const CONTACTS: usize = 6_000;
-    let database = TestDatabase::create().await?;
-    let nats = TestNats::start().await?;
-    let logs = tempfile::tempdir()?;
-    let (mut services, ports) = integration_tests::chaos::start_services(
-        &database.url,
-        &nats.url,
-        logs.path(),
+    let (deps, mut services, ports) = start_binaries(
         // Small batches: many in flight while the stops come.
         &[("SALESPLAN_CONSUMER_BATCH", "50")],
     )
@@ -360,7 +377,7 @@ async fn sigterm_with_work_in_flight_loses_and_doubles_nothing() -> anyhow::Resu
         answer?;
     }
 
-    let pool = sqlx::PgPool::connect(&database.url).await?;
+    let pool = sqlx::PgPool::connect(&deps.database.url).await?;
     // services: deal-service, distributor, reporting, tunnel-listener.
     let mut last = 0;
     for (index, name) in [(1, "distributor"), (0, "deal-service")] {
@@ -414,22 +431,14 @@ async fn servers_hide_reflection_bound_streams_and_method_labels() -> anyhow::Re
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest,
     };
-    let database = TestDatabase::create().await?;
-    let nats = TestNats::start().await?;
-    let logs = tempfile::tempdir()?;
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let (mut services, ports) = integration_tests::chaos::start_services(
-        &database.url,
-        &nats.url,
-        logs.path(),
-        &[
-            ("SALESPLAN_GRPC_REFLECTION", "false"),
-            ("SALESPLAN_GRPC_MAX_STREAMS", "7"),
-        ],
-    )
+    let (_deps, mut services, ports) = start_binaries(&[
+        ("SALESPLAN_GRPC_REFLECTION", "false"),
+        ("SALESPLAN_GRPC_MAX_STREAMS", "7"),
+    ])
     .await?;
     // Only deal-service gets the metrics address (one port, one process).
     let deal = &mut services[0];
@@ -513,18 +522,10 @@ async fn servers_hide_reflection_bound_streams_and_method_labels() -> anyhow::Re
 async fn the_webhook_cuts_off_slow_clients() -> anyhow::Result<()> {
     use salesplan_platform::{Actor, Permission, auth::TokenIssuer, config::AuthConfig};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let database = TestDatabase::create().await?;
-    let nats = TestNats::start().await?;
-    let logs = tempfile::tempdir()?;
-    let (mut services, ports) = integration_tests::chaos::start_services(
-        &database.url,
-        &nats.url,
-        logs.path(),
-        &[
-            ("SALESPLAN_WEBHOOK_HEADER_TIMEOUT_MS", "500"),
-            ("SALESPLAN_WEBHOOK_BODY_TIMEOUT_MS", "500"),
-        ],
-    )
+    let (_deps, mut services, ports) = start_binaries(&[
+        ("SALESPLAN_WEBHOOK_HEADER_TIMEOUT_MS", "500"),
+        ("SALESPLAN_WEBHOOK_BODY_TIMEOUT_MS", "500"),
+    ])
     .await?;
     // What the server sends back on a connection before closing it, and how long it took.
     async fn answer(mut tcp: tokio::net::TcpStream) -> anyhow::Result<(String, Duration)> {

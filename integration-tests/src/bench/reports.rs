@@ -34,7 +34,15 @@ pub(super) async fn run(
     let started = Instant::now();
     let events = publish_deal_events(env, pool, account).await?;
     let published = started.elapsed();
-    wait_until_applied(env, Duration::from_secs(3_600)).await?;
+    // Reporting's consumer of the deals stream has received and acked every event.
+    let js = jetstream::new(crate::nats::connect(&env.nats_url).await?);
+    crate::nats::wait_until_consumed(
+        &js,
+        (streams::DEALS.name, "reporting-deals"),
+        Duration::from_secs(3_600),
+        Duration::from_millis(100),
+    )
+    .await?;
     let projected = started.elapsed();
     check_model(pool, account, deals).await?;
 
@@ -199,27 +207,6 @@ impl SeededDeal {
             (pb::deal_event::Kind::Created, created),
             (pb::deal_event::Kind::Closed, now),
         ]
-    }
-}
-
-/// Waits until reporting's consumer of the deals stream has received and acked every
-/// event (a cheap question to the broker, asked every 100 ms).
-async fn wait_until_applied(env: &Env, within: Duration) -> anyhow::Result<()> {
-    let js = jetstream::new(crate::nats::connect(&env.nats_url).await?);
-    let deadline = Instant::now() + within;
-    loop {
-        let backlog =
-            crate::nats::consumer_backlog(&js, streams::DEALS.name, "reporting-deals").await?;
-        if backlog.is_empty() {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "reporting has {} events to receive and {} to ack after {within:?}",
-            backlog.pending,
-            backlog.unacked
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

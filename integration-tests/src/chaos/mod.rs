@@ -28,7 +28,7 @@ pub use self::procs::{Ports, Proc, sibling_binary, start_services, start_service
 use self::{broker::Broker, procs::Postgres};
 use crate::{
     api::{Mode, Strategy, audience_chunks, create_plan, plan_request},
-    nats::{bulk_backlog, consumer_backlog, describe_stream},
+    nats::{bulk_backlog, describe_stream, wait_until_consumed},
 };
 
 #[derive(Debug, Clone)]
@@ -424,43 +424,21 @@ async fn check_nothing_stuck(nats_url: &str) -> anyhow::Result<()> {
         ("SALESPLAN_DEALS", "reporting-deals"),
         ("SALESPLAN_PLANS", "distributor-plans"),
         ("SALESPLAN_PLANS", "reporting-plans"),
+        // The bulk lane: the account's consumer has received and acked every contact.
+        ("SALESPLAN_BULK", "distributor-bulk-chaos"),
     ] {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let backlog = consumer_backlog(&js, stream, consumer).await?;
-            if backlog.is_empty() {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{consumer}: {} pending, {} unacked",
-                backlog.pending,
-                backlog.unacked
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        wait_until_consumed(
+            &js,
+            (stream, consumer),
+            Duration::from_secs(60),
+            Duration::from_millis(250),
+        )
+        .await?;
     }
-    // The bulk lane: the account's consumer has received and acked every contact. The
-    // stream itself may still hold some: nats-server 2.9.10 in a cluster was seen keeping
-    // acked work-queue messages across leader changes (docs/reliability.md). They are
-    // reported, not removed: removing by the consumer's reported ack floor once deleted
-    // 1,000 contacts that were never distributed.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let backlog = consumer_backlog(&js, "SALESPLAN_BULK", "distributor-bulk-chaos").await?;
-        if backlog.is_empty() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the bulk lane's consumer has {} pending, {} unacked\n{}",
-                backlog.pending,
-                backlog.unacked,
-                describe_stream(&js, "SALESPLAN_BULK").await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // The bulk stream itself may still hold contacts: nats-server 2.9.10 in a cluster was
+    // seen keeping acked work-queue messages across leader changes (docs/reliability.md).
+    // They are reported, not removed: removing by the consumer's reported ack floor once
+    // deleted 1,000 contacts that were never distributed.
     let kept = bulk_backlog(&js).await?;
     if kept > 0 {
         eprintln!("chaos: the broker kept {kept} acked contacts in the bulk work queue");

@@ -268,27 +268,30 @@ pub struct NatsSecurity {
     pub tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+/// Two settings that only make sense together: both or neither, else the missing one is
+/// named.
+fn both<A, B>(
+    (a_key, a): (&str, Option<A>),
+    (b_key, b): (&str, Option<B>),
+) -> Result<Option<(A, B)>, ConfigError> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::new(b_key, format!("must be set with {a_key}"))),
+        (None, Some(_)) => Err(ConfigError::new(a_key, format!("must be set with {b_key}"))),
+    }
+}
+
 impl NatsSecurity {
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let user = match (
-            env.get("SALESPLAN_NATS_USER"),
-            env.get("SALESPLAN_NATS_PASSWORD"),
-        ) {
-            (Some(user), Some(password)) => Some((user.to_owned(), Secret::new(password))),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    "SALESPLAN_NATS_PASSWORD",
-                    "must be set with SALESPLAN_NATS_USER",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    "SALESPLAN_NATS_USER",
-                    "must be set with SALESPLAN_NATS_PASSWORD",
-                ));
-            }
-        };
+        let user = both(
+            ("SALESPLAN_NATS_USER", env.get("SALESPLAN_NATS_USER")),
+            (
+                "SALESPLAN_NATS_PASSWORD",
+                env.get("SALESPLAN_NATS_PASSWORD"),
+            ),
+        )?
+        .map(|(user, password)| (user.to_owned(), Secret::new(password)));
         let file = |key: &str| -> Result<Option<std::path::PathBuf>, ConfigError> {
             let Some(path) = env.get(key) else {
                 return Ok(None);
@@ -304,25 +307,10 @@ impl NatsSecurity {
                 "set either it or SALESPLAN_NATS_USER and SALESPLAN_NATS_PASSWORD, not both",
             ));
         }
-        let tls_client = match (
-            file("SALESPLAN_NATS_TLS_CERT")?,
-            file("SALESPLAN_NATS_TLS_KEY")?,
-        ) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    "SALESPLAN_NATS_TLS_KEY",
-                    "must be set with SALESPLAN_NATS_TLS_CERT",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    "SALESPLAN_NATS_TLS_CERT",
-                    "must be set with SALESPLAN_NATS_TLS_KEY",
-                ));
-            }
-        };
+        let tls_client = both(
+            ("SALESPLAN_NATS_TLS_CERT", file("SALESPLAN_NATS_TLS_CERT")?),
+            ("SALESPLAN_NATS_TLS_KEY", file("SALESPLAN_NATS_TLS_KEY")?),
+        )?;
         Ok(Self {
             user,
             creds_file,
