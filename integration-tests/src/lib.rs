@@ -13,6 +13,7 @@ pub mod bench;
 pub mod chaos;
 pub mod metrics;
 pub mod nats;
+pub mod ports;
 pub mod postgres;
 pub mod stack;
 

@@ -431,9 +431,7 @@ async fn servers_hide_reflection_bound_streams_and_method_labels() -> anyhow::Re
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest,
     };
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let metrics_port = integration_tests::ports::reserve()?;
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let (_deps, mut services, ports) = start_binaries(&[
         ("SALESPLAN_GRPC_REFLECTION", "false"),

@@ -2,7 +2,6 @@
 //! killed, stopped and started again with the same arguments.
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
@@ -11,9 +10,7 @@ use std::{
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-pub(super) fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+pub(super) use crate::ports::reserve as free_port;
 
 /// A binary next to the running executable (the target directory).
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -31,18 +28,41 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-async fn wait_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until `child` listens on `port`; an error naming how it exited, with the end of
+/// its log, when it stops first or does not listen within `timeout`.
+async fn wait_listening(
+    child: &mut Child,
+    port: u16,
+    log: &std::path::Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
     {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "exited ({status}) before listening on port {port}:\n{}",
+                log_tail(log)
+            );
+        }
         if Instant::now() > deadline {
-            bail!("nothing listens on port {port} after {timeout:?}");
+            bail!(
+                "nothing listens on port {port} after {timeout:?}:\n{}",
+                log_tail(log)
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// The last lines of a process's log, for an error that says why it did not start.
+fn log_tail(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// A private PostgreSQL cluster in a temporary directory, restartable.
@@ -199,12 +219,14 @@ impl Proc {
         for (k, v) in &self.env {
             command.env(k, v);
         }
-        self.child = Some(
+        let child = self.child.insert(
             command
                 .spawn()
                 .with_context(|| format!("start {}", self.name))?,
         );
-        wait_port(self.port, Duration::from_secs(30)).await?;
+        wait_listening(child, self.port, &self.log, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("start {}", self.name))?;
         Ok(started.elapsed())
     }
 
