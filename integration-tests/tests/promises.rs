@@ -240,8 +240,19 @@ async fn every_lead_after_a_plan_change_is_decided_with_that_change() -> anyhow:
             };
             if !(fresh_enough && followed) {
                 stale.push(format!(
-                    "{run}: accepted after version {}, decided on {} ({}), manager {:?}",
-                    after_change[&run], assignment.plan_version, assignment.mode, deal.manager_id
+                    "{run}: accepted after version {}, decided on {} ({}, members {:?}), \
+                     manager {:?} (decided {:?}: {}), versions {versions:?}",
+                    after_change[&run],
+                    assignment.plan_version,
+                    assignment.mode,
+                    assignment
+                        .candidates
+                        .iter()
+                        .map(|c| &c.manager_id)
+                        .collect::<Vec<_>>(),
+                    deal.manager_id,
+                    assignment.manager_id,
+                    assignment.reason,
                 ));
             }
         }
@@ -253,6 +264,117 @@ async fn every_lead_after_a_plan_change_is_decided_with_that_change() -> anyhow:
         ACCOUNTS * CHANGES_PER_ACCOUNT
     );
     stack.stop().await
+}
+
+/// A plan read while its managers change is one version of the plan: the managers it
+/// shows are the ones the change that produced its version answered with. (Read in
+/// separate statements, the row could be one version and the managers the next; the
+/// distributor, which copies plans this way, then decided leads on members the plan never
+/// had at that version.)
+#[tokio::test]
+async fn a_plan_read_during_changes_is_one_version_of_the_plan() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let c = channels(&stack).await?;
+    let reads = try_join_all((0..ACCOUNTS).map(|n| {
+        let c = &c;
+        let token = stack.token(&format!("acct{n}"), "admin", &ALL);
+        async move {
+            let plan = create_plan(
+                c.deal_channel.clone(),
+                &token,
+                plan_request("P", Mode::Auto, Strategy::RoundRobin, false, &["m1", "m2"]),
+            )
+            .await?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let (versions, seen) = tokio::try_join!(
+                toggle_managers(c, &token, &plan, stop.clone()),
+                read_until(c, &token, &plan.id, stop),
+            )?;
+            anyhow::Ok((versions, seen))
+        }
+    }))
+    .await?;
+    let mut mixed = Vec::new();
+    let mut count = 0;
+    for (versions, seen) in reads {
+        count += seen.len();
+        mixed.extend(
+            seen.into_iter()
+                .filter(|(version, managers)| versions.get(version) != Some(managers)),
+        );
+    }
+    // Enough reads that a read spanning a change would be caught (each change is read
+    // several times over).
+    assert!(
+        count >= ACCOUNTS * CHANGES_PER_ACCOUNT,
+        "only {count} reads"
+    );
+    assert!(
+        mixed.is_empty(),
+        "{} of {count} reads mixed two versions: {mixed:?}",
+        mixed.len()
+    );
+    stack.stop().await
+}
+
+/// Sets the plan's managers to [m3] and back, each change right after the last answered;
+/// returns each version's managers as the change answered them. Stops the readers after.
+async fn toggle_managers(
+    c: &Channels,
+    token: &str,
+    plan: &pb::Plan,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<HashMap<i64, Vec<String>>> {
+    let _stop = stop.drop_guard();
+    let mut plans = c.plans.clone();
+    let mut versions = HashMap::from([(plan.version, plan.manager_ids.clone())]);
+    for change in 0..CHANGES_PER_ACCOUNT {
+        let members = if change % 2 == 0 {
+            vec!["m3"]
+        } else {
+            vec!["m1", "m2"]
+        };
+        let changed = plans
+            .set_plan_managers(outgoing(
+                pb::SetPlanManagersRequest {
+                    plan_id: plan.id.clone(),
+                    manager_ids: members.iter().map(|m| (*m).to_owned()).collect(),
+                },
+                token,
+            ))
+            .await?
+            .into_inner()
+            .plan
+            .ok_or_else(|| anyhow::anyhow!("the change returned no plan"))?;
+        versions.insert(changed.version, changed.manager_ids);
+    }
+    Ok(versions)
+}
+
+/// Reads the plan again and again until `stop`: each read's version and managers.
+async fn read_until(
+    c: &Channels,
+    token: &str,
+    plan_id: &str,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Vec<(i64, Vec<String>)>> {
+    let mut plans = c.plans.clone();
+    let mut seen = Vec::new();
+    while !stop.is_cancelled() {
+        let plan = plans
+            .get_plan(outgoing(
+                pb::GetPlanRequest {
+                    plan_id: plan_id.to_owned(),
+                },
+                token,
+            ))
+            .await?
+            .into_inner()
+            .plan
+            .ok_or_else(|| anyhow::anyhow!("GetPlan returned no plan"))?;
+        seen.push((plan.version, plan.manager_ids));
+    }
+    Ok(seen)
 }
 
 /// Sends leads to the plan until `stop`, returning the run ids that got an accepted answer

@@ -59,6 +59,16 @@ async fn commit(mut tx: Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// A read-only transaction whose statements all see one snapshot. A plan is read in four
+/// statements (the row, its managers, stages and reasons); each on its own snapshot, a read
+/// racing a change could return the row as one version and the managers as the next, under
+/// the older version's number (the distributor then decided leads on managers the plan did
+/// not have at that version). Locked reads need no snapshot: plan changes take the row lock.
+async fn snapshot(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+}
+
 /// For a call that changed nothing (a repeat of a change in force): notes as its token the
 /// newest write it could have seen, so a read given it includes what the answer showed.
 async fn note_seen(conn: &mut PgConnection) -> Result<(), sqlx::Error> {

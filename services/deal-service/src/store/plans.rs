@@ -56,8 +56,10 @@ impl Store {
     }
 
     pub async fn plan(&self, account_id: &str, plan_id: Uuid) -> Result<Plan, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        load_plan(&mut conn, account_id, plan_id, Lock::None).await
+        let mut tx = super::snapshot(&self.pool).await?;
+        let plan = load_plan(&mut tx, account_id, plan_id, Lock::None).await?;
+        tx.commit().await?;
+        Ok(plan)
     }
 
     /// Up to `limit` plans after the plan `after`, oldest first (ids are time-ordered),
@@ -69,7 +71,7 @@ impl Store {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<(Vec<Plan>, bool), StoreError> {
-        let mut conn = self.reads.acquire().await?;
+        let mut conn = super::snapshot(&self.reads).await?;
         let mut ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM plans WHERE account_id = $1 AND ($2 OR NOT archived)
                 AND ($3::uuid IS NULL OR id > $3)
@@ -87,6 +89,7 @@ impl Store {
         for id in ids {
             plans.push(load_plan(&mut conn, account_id, id, Lock::None).await?);
         }
+        conn.commit().await?;
         Ok((plans, more))
     }
 
@@ -250,6 +253,8 @@ pub async fn mark_reasons_used(
 
 #[derive(Clone, Copy)]
 pub enum Lock {
+    /// A plain read: only in a [`super::snapshot`] transaction, or its statements may
+    /// see different versions of the plan.
     None,
     /// Deal writes: a concurrent plan change waits for them.
     Share,
