@@ -6,9 +6,12 @@ non-root with the RuntimeDefault seccomp profile, and every container without pr
 escalation, with every capability dropped and a read-only root; PodDisruptionBudgets use
 maxUnavailable (never blocking a one-replica drain); compose publishes ports on 127.0.0.1
 only; network policies deny by default, let every pod resolve names, open every declared
-container port to someone named and nothing to everyone. Exits 1 naming each breach."""
+container port to someone named and nothing to everyone; each service reaches PostgreSQL
+as a role of its own (the roles roles.sql creates, which the CloudNativePG cluster gives
+passwords). Exits 1 naming each breach."""
 
 import pathlib
+import re
 import sys
 
 import yaml
@@ -104,6 +107,46 @@ def check_network(path, docs, breaches):
                         breaches.append(f"{name}: port {port['containerPort']} open to no one")
 
 
+def check_database_roles(path, breaches):
+    """Each workload's DATABASE_URL is its service's own key of `salesplan-database` (one
+    role per service); the listener has none."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for doc in docs:
+        for spec in pod_specs(doc):
+            service = doc["metadata"]["name"].removesuffix("-migrate")
+            for container in spec.get("containers", []):
+                for env in container.get("env", []):
+                    if env["name"] != "DATABASE_URL":
+                        continue
+                    ref = env.get("valueFrom", {}).get("secretKeyRef", {})
+                    if service == "tunnel-listener":
+                        breaches.append(f"{path.name}: the listener gets a database")
+                    elif (ref.get("name"), ref.get("key")) != ("salesplan-database", service):
+                        breaches.append(
+                            f"{path.name}: {doc['kind']}/{doc['metadata']['name']} connects "
+                            f"as {ref.get('name')}/{ref.get('key')}, not its own role"
+                        )
+
+
+def check_cluster_roles(breaches):
+    """The cluster runs roles.sql as it is, and gives a password to each role it creates."""
+    sql = (ROOT / "deploy/k8s/postgres/roles.sql").read_text()
+    created = set(re.findall(r"'(salesplan_[a-z_]+)'", sql))
+    rendered = ROOT / "target" / "deploy" / "postgres" / "cluster.yaml"
+    if not rendered.exists():
+        breaches.append("no rendered cluster in target/deploy/postgres (run scripts/check-deploy.sh)")
+        return
+    docs = [d for d in yaml.safe_load_all(rendered.read_text()) if d]
+    maps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "salesplan-pg-roles"]
+    if not maps or maps[0]["data"].get("roles.sql") != sql:
+        breaches.append("cluster: the ConfigMap salesplan-pg-roles is not roles.sql")
+    cluster = next(d for d in docs if d["kind"] == "Cluster")
+    managed = {r["name"] for r in cluster["spec"].get("managed", {}).get("roles", [])
+               if r.get("login") and r.get("passwordSecret")}
+    if managed != created:
+        breaches.append(f"cluster: roles with a password {sorted(managed)} != roles.sql's {sorted(created)}")
+
+
 def check_compose(path, breaches):
     compose = yaml.safe_load(path.read_text())
     for name, service in compose.get("services", {}).items():
@@ -119,6 +162,8 @@ def main():
         breaches.append("no rendered overlay in target/deploy (run scripts/check-deploy.sh)")
     for path in rendered:
         check_manifest(path, breaches)
+        check_database_roles(path, breaches)
+    check_cluster_roles(breaches)
     check_compose(ROOT / "deploy" / "compose.yaml", breaches)
     for breach in breaches:
         print(f"check-hardening: {breach}")

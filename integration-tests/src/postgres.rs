@@ -35,6 +35,19 @@ pub fn with_database(url: &str, name: &str) -> String {
     out
 }
 
+/// `url` connecting as `user` with `password` instead of its own user.
+pub fn with_user(url: &str, user: &str, password: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[start..];
+    let host = rest
+        .find('@')
+        .filter(|at| rest.find('/').is_none_or(|slash| at < &slash))
+        .map_or(rest, |at| &rest[at + 1..]);
+    format!("{}{user}:{password}@{host}", &url[..start])
+}
+
 impl TestDatabase {
     pub async fn create() -> anyhow::Result<Self> {
         Self::create_with("").await
@@ -123,6 +136,22 @@ impl Drop for TestDatabase {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replaces_the_user() {
+        assert_eq!(
+            with_user("postgres://postgres@h:5432/db", "r", "p"),
+            "postgres://r:p@h:5432/db"
+        );
+        assert_eq!(
+            with_user("postgres://u:secret@h/db?sslmode=disable", "r", "p"),
+            "postgres://r:p@h/db?sslmode=disable"
+        );
+        assert_eq!(
+            with_user("postgres://h:5432/db", "r", "p"),
+            "postgres://r:p@h:5432/db"
+        );
+    }
 
     #[test]
     fn replaces_the_database_name() {

@@ -570,3 +570,258 @@ async fn the_webhook_cuts_off_slow_clients() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The roles of deploy/k8s/postgres/roles.sql (renamed for this test: roles are the
+/// server's, not the database's), their passwords set; the URL of each on `database`.
+struct Roles {
+    prefix: String,
+    admin_url: String,
+}
+
+impl Roles {
+    const PASSWORD: &str = "role-test";
+
+    async fn create(database: &TestDatabase) -> anyhow::Result<Self> {
+        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let script = include_str!("../../deploy/k8s/postgres/roles.sql")
+            .replace("salesplan_", &format!("{prefix}_"));
+        let admin = sqlx::PgPool::connect(&database.url).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(script.clone()))
+            .execute(&admin)
+            .await?;
+        // Run again: the script is safe to repeat.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+            .execute(&admin)
+            .await?;
+        for role in [
+            "deal_service",
+            "distributor",
+            "reporting",
+            "reporting_verify",
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "ALTER ROLE {prefix}_{role} PASSWORD '{}'",
+                Self::PASSWORD
+            )))
+            .execute(&admin)
+            .await?;
+        }
+        admin.close().await;
+        Ok(Self {
+            prefix,
+            admin_url: integration_tests::postgres::admin_url(),
+        })
+    }
+
+    /// `url` (the test database) as the role `role` (e.g. `deal_service`).
+    fn url(&self, url: &str, role: &str) -> String {
+        integration_tests::postgres::with_user(
+            url,
+            &format!("{}_{role}", self.prefix),
+            Self::PASSWORD,
+        )
+    }
+
+    /// Drops the roles (after their database: nothing of theirs is left then).
+    async fn drop(self) -> anyhow::Result<()> {
+        let admin = sqlx::PgPool::connect(&self.admin_url).await?;
+        for role in [
+            "deal_service",
+            "distributor",
+            "reporting",
+            "reporting_verify",
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP ROLE IF EXISTS {}_{role}",
+                self.prefix
+            )))
+            .execute(&admin)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The SQLSTATE of the first statement of `statements` (`;`-separated, each its own
+/// transaction) that fails when run as `url`: `None` when all succeed.
+async fn sqlstate_as(url: &str, statements: &str) -> anyhow::Result<Option<String>> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    for statement in statements.split("; ") {
+        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(&mut conn)
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) => return Ok(e.code().map(|c| c.into_owned())),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    conn.close().await?;
+    Ok(None)
+}
+
+/// Each service migrates and runs as a role of its own (deploy/k8s/postgres/roles.sql, run
+/// over a schema made before the roles, and run twice): a lead becomes a deal through all
+/// of them, `reporting verify` reads deal-service's deals
+/// through the read-only role, and no role reaches a schema that is not its own.
+#[tokio::test]
+async fn each_service_runs_as_its_own_role_and_reaches_no_other_schema() -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use integration_tests::api::{Mode, Strategy, audience_chunks, create_plan, plan_request};
+    use salesplan_platform::{Actor, Permission, auth::TokenIssuer, config::AuthConfig};
+    use salesplan_proto::v1::intake_service_client::IntakeServiceClient;
+    const DENIED: &str = "42501";
+    let database = TestDatabase::create().await?;
+    // deal-service's schema as a deployment from before the roles has it: created by the
+    // database's owner. roles.sql hands it over with everything in it.
+    let status = Command::new(service_bin("deal-service")?)
+        .arg("migrate")
+        .env("SALESPLAN_ENV", "development")
+        .env("DATABASE_URL", &database.url)
+        .status()?;
+    assert!(
+        status.success(),
+        "deal-service migrate as the owner: {status}"
+    );
+    let roles = Roles::create(&database).await?;
+    let role_of = |service: &str| match service {
+        "deal-service" => Some("deal_service"),
+        "distributor" => Some("distributor"),
+        "reporting" => Some("reporting"),
+        _ => None,
+    };
+    // Each migrates as its role (the manifests' `migrate` Job), then serves as it.
+    for service in ["deal-service", "distributor", "reporting"] {
+        let status = Command::new(service_bin(service)?)
+            .arg("migrate")
+            .env("SALESPLAN_ENV", "development")
+            .env(
+                "DATABASE_URL",
+                roles.url(&database.url, role_of(service).unwrap_or("")),
+            )
+            .status()?;
+        assert!(status.success(), "{service} migrate as its role: {status}");
+    }
+    let nats = TestNats::start().await?;
+    let logs = tempfile::tempdir()?;
+    let (mut services, ports) = integration_tests::chaos::start_services_with(
+        &database.url,
+        &nats.url,
+        logs.path(),
+        &[("SALESPLAN_MIGRATE_ON_START", "false")],
+        |service| {
+            role_of(service)
+                .map(|role| vec![("DATABASE_URL".to_owned(), roles.url(&database.url, role))])
+                .unwrap_or_default()
+        },
+    )
+    .await?;
+
+    let issuer = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes());
+    let token = |perms: &[Permission]| {
+        issuer.issue(
+            &Actor::new("acme", "ops", perms.iter().copied()),
+            Duration::from_secs(600),
+        )
+    };
+    let deals =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.deal))?
+            .connect()
+            .await?;
+    let plan = create_plan(
+        deals,
+        &token(&[Permission::PlansAdmin])?,
+        plan_request(
+            "Roles",
+            Mode::Auto,
+            Strategy::RoundRobin,
+            false,
+            &["m1", "m2"],
+        ),
+    )
+    .await?;
+    let intake =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.intake))?
+            .connect()
+            .await?;
+    let chunks = audience_chunks(&plan.id, "roles", 10, 10, |i| format!("c-{i}"));
+    let mut answers = IntakeServiceClient::new(intake)
+        .add_audience(salesplan_platform::grpc::outgoing(
+            futures::stream::iter(chunks),
+            &token(&[Permission::IntakeWrite])?,
+        ))
+        .await?
+        .into_inner();
+    while let Some(answer) = answers.next().await {
+        answer?;
+    }
+    // Read as the verify role: it sees deal-service's deals.
+    let verify_url = roles.url(&database.url, "reporting_verify");
+    let reader = sqlx::PgPool::connect(&verify_url).await?;
+    integration_tests::stack::eventually(Duration::from_secs(30), || async {
+        let (count, _) = made(&reader).await?;
+        Ok((count == 10).then_some(()))
+    })
+    .await?;
+    reader.close().await;
+    let verify = Command::new(service_bin("reporting")?)
+        .arg("verify")
+        .env("SALESPLAN_ENV", "development")
+        .env("DATABASE_URL", roles.url(&database.url, "reporting"))
+        .env("SALESPLAN_DEAL_DATABASE_URL", &verify_url)
+        .output()?;
+    assert!(
+        verify.status.success(),
+        "reporting verify as its roles: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // Nothing beyond its own schema.
+    let tries = [
+        (
+            "deal_service",
+            "SELECT 1 FROM distributor.assignments LIMIT 1",
+        ),
+        ("deal_service", "SELECT 1 FROM reporting.deals LIMIT 1"),
+        ("deal_service", "CREATE SCHEMA intruder"),
+        ("deal_service", "CREATE TABLE public.intruder (x int)"),
+        ("distributor", "SELECT 1 FROM deal_service.deals LIMIT 1"),
+        ("distributor", "DELETE FROM reporting.deals"),
+        ("reporting", "SELECT 1 FROM deal_service.deals LIMIT 1"),
+        ("reporting", "UPDATE distributor.plans SET archived = true"),
+        (
+            "reporting_verify",
+            "SELECT 1 FROM distributor.assignments LIMIT 1",
+        ),
+        ("reporting_verify", "SELECT 1 FROM reporting.deals LIMIT 1"),
+        // Read-only twice over: no right to write, even with read-only switched off.
+        (
+            "reporting_verify",
+            "SET default_transaction_read_only = off; UPDATE deal_service.deals SET title = 'x'",
+        ),
+    ];
+    for (role, statement) in tries {
+        let code = sqlstate_as(&roles.url(&database.url, role), statement).await?;
+        assert_eq!(code.as_deref(), Some(DENIED), "{role}: {statement}");
+    }
+    let code = sqlstate_as(&verify_url, "UPDATE deal_service.deals SET title = 'x'").await?;
+    assert_eq!(
+        code.as_deref(),
+        Some("25006"),
+        "verify's transactions are read-only"
+    );
+    // Its own schema it owns: the control that the refusals above are about rights.
+    let own = sqlstate_as(
+        &roles.url(&database.url, "distributor"),
+        "SELECT count(*) FROM distributor.assignments",
+    )
+    .await?;
+    assert_eq!(own, None);
+
+    for service in &mut services {
+        service.stop(Duration::from_secs(10)).await?;
+    }
+    drop(database);
+    roles.drop().await
+}

@@ -107,11 +107,20 @@ pub async fn migrate(
     migrator: &Migrator,
 ) -> Result<(), sqlx::Error> {
     let pool = open(config, schema, 1, Duration::ZERO).await?;
+    // Created here only where it is missing (a development database): in production the
+    // schema is created for the service's role (deploy/k8s/postgres/roles.sql), which may
+    // not create schemas, and `CREATE SCHEMA IF NOT EXISTS` checks that right first.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&pool)
+            .await?;
     // Two replicas may race to create the schema; the loser sees a unique violation.
     let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-    if let Err(err) = sqlx::query(sqlx::AssertSqlSafe(create))
-        .execute(&pool)
-        .await
+    if !exists
+        && let Err(err) = sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&pool)
+            .await
         && !crate::error::is_unique_violation(&err)
     {
         return Err(err);
