@@ -113,7 +113,7 @@ def check_database_roles(path, breaches):
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     for doc in docs:
         for spec in pod_specs(doc):
-            service = doc["metadata"]["name"].removesuffix("-migrate")
+            service = doc["metadata"]["name"].removesuffix("-migrate").removesuffix("-verify")
             for container in spec.get("containers", []):
                 for env in container.get("env", []):
                     if env["name"] != "DATABASE_URL":
@@ -125,6 +125,20 @@ def check_database_roles(path, breaches):
                         breaches.append(
                             f"{path.name}: {doc['kind']}/{doc['metadata']['name']} connects "
                             f"as {ref.get('name')}/{ref.get('key')}, not its own role"
+                        )
+
+
+def check_verify_role(path, breaches):
+    """The read-only role on deal-service's schema is held by the verify job alone."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for doc in docs:
+        for spec in pod_specs(doc):
+            for container in spec.get("containers", []):
+                for env in container.get("env", []):
+                    key = env.get("valueFrom", {}).get("secretKeyRef", {}).get("key")
+                    if key == "reporting-verify" and doc["metadata"]["name"] != "reporting-verify":
+                        breaches.append(
+                            f"{path.name}: {doc['kind']}/{doc['metadata']['name']} holds the verify role"
                         )
 
 
@@ -163,6 +177,7 @@ def main():
     for path in rendered:
         check_manifest(path, breaches)
         check_database_roles(path, breaches)
+        check_verify_role(path, breaches)
     check_cluster_roles(breaches)
     check_compose(ROOT / "deploy" / "compose.yaml", breaches)
     for breach in breaches:

@@ -1,7 +1,7 @@
 //! The bus locked down: a nats-server with the users and permissions of the Helm values
 //! (`deploy/k8s/nats/values.yaml`, read from that file), every service as its own user.
 //! The whole pipeline works under those permissions; no service can publish where it has
-//! no business; a service without or with wrong credentials stops at start with exit 69
+//! no business, touch another's consumers, or read what is delivered to another; a service without or with wrong credentials stops at start with exit 69
 //! naming the setting, and no password ever reaches its output.
 
 use std::{path::PathBuf, process::Command, time::Duration};
@@ -60,6 +60,52 @@ fn own_user(service: &str) -> Vec<(String, String)> {
         ("SALESPLAN_NATS_USER".into(), service.into()),
         ("SALESPLAN_NATS_PASSWORD".into(), password(service)),
     ]
+}
+
+/// A client of `user` as the services connect (its own inbox prefix), and the errors the
+/// server reports to it.
+async fn connect_as(
+    url: &str,
+    user: &str,
+) -> anyhow::Result<(
+    async_nats::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+)> {
+    let (sender, errors) = tokio::sync::mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password(user))
+        .custom_inbox_prefix(salesplan_platform::bus::inbox_prefix(user))
+        .event_callback(move |event| {
+            let sender = sender.clone();
+            async move {
+                if let async_nats::Event::ServerError(err) = event {
+                    let _ = sender.send(err.to_string());
+                }
+            }
+        })
+        .connect(url)
+        .await?;
+    Ok((client, errors))
+}
+
+/// Waits (at most 5 s) for the server's report that it refused `what` ("publish",
+/// "subscription") on `subject`.
+async fn refused(
+    errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    what: &str,
+    subject: &str,
+) -> anyhow::Result<()> {
+    let wanted = format!("permissions violation for {what} to \"{subject}\"").to_lowercase();
+    let seen = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(error) = errors.recv().await {
+            if error.to_lowercase().contains(&wanted) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    anyhow::ensure!(seen == Ok(true), "no refusal reported");
+    Ok(())
 }
 
 fn token(perms: &[Permission]) -> anyhow::Result<String> {
@@ -141,58 +187,91 @@ async fn no_service_can_publish_where_it_has_no_business() -> anyhow::Result<()>
             },
             ..salesplan_platform::config::NatsConfig::local(&nats.url)
         },
-        "test",
+        "deal-service",
     )
     .await?;
     owner
         .ensure_streams(&salesplan_platform::bus::streams::ALL)
         .await?;
-    let forbidden = [
+    // Publishing another service's events, or touching a stream or another service's
+    // consumers (deleting, reading, or making one of its own on a stream not its job).
+    let forbidden_publish = [
         ("tunnel-listener", "salesplan.deals.v1.acme.created"),
         ("tunnel-listener", "salesplan.plans.v1.acme.updated"),
         ("tunnel-listener", "$JS.API.STREAM.DELETE.SALESPLAN_DEALS"),
         ("tunnel-listener", "$JS.API.STREAM.PURGE.SALESPLAN_INTAKE"),
+        (
+            "tunnel-listener",
+            "$JS.API.CONSUMER.CREATE.SALESPLAN_INTAKE.thief",
+        ),
         ("distributor", "salesplan.deals.v1.acme.created"),
         ("distributor", "salesplan.intake.v1.acme.p"),
         (
             "distributor",
             "$JS.API.CONSUMER.DELETE.SALESPLAN_DEALS.reporting-deals",
         ),
+        (
+            "distributor",
+            "$JS.API.CONSUMER.CREATE.SALESPLAN_DEALS.thief",
+        ),
         ("distributor", "$JS.API.STREAM.DELETE.SALESPLAN_DEALS"),
         ("deal-service", "salesplan.intake.v1.acme.p"),
         ("deal-service", "salesplan.assignments.v1.acme.decided"),
         ("deal-service", "$JS.API.STREAM.PURGE.SALESPLAN_DEALS"),
+        (
+            "deal-service",
+            "$JS.API.CONSUMER.CREATE.SALESPLAN_DEALS.thief",
+        ),
         ("reporting", "salesplan.deals.v1.acme.created"),
         ("reporting", "$JS.API.STREAM.DELETE.SALESPLAN_DEALS"),
+        (
+            "reporting",
+            "$JS.API.CONSUMER.DELETE.SALESPLAN_INTAKE.distributor-intake",
+        ),
+        ("reporting", "$JS.API.CONSUMER.CREATE.SALESPLAN_BULK.thief"),
+        (
+            "reporting",
+            "$JS.API.CONSUMER.DELETE.SALESPLAN_DEALS.distributor-deals",
+        ),
+        (
+            "reporting",
+            "$JS.API.CONSUMER.MSG.NEXT.SALESPLAN_DEALS.distributor-deals",
+        ),
     ];
-    for (user, subject) in forbidden {
-        let client =
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password(user))
-                .connect(&nats.url)
-                .await?;
-        // A publish the server refuses gets no answer: the request fails, and the server
-        // reports the violation to the client.
-        let answer = tokio::time::timeout(
-            Duration::from_secs(1),
-            client.request(subject.to_owned(), "{}".into()),
-        )
-        .await;
-        assert!(
-            !matches!(answer, Ok(Ok(_))),
-            "{user} published to {subject}: {answer:?}"
-        );
+    for (user, subject) in forbidden_publish {
+        let (client, mut errors) = connect_as(&nats.url, user).await?;
+        client.publish(subject.to_owned(), "{}".into()).await?;
+        client.flush().await?;
+        refused(&mut errors, "publish", subject)
+            .await
+            .map_err(|e| e.context(format!("{user} published to {subject}")))?;
+    }
+    // Reading what the broker delivers to another service: every inbox but its own, or a
+    // stream's subjects directly.
+    let forbidden_subscribe = [
+        ("tunnel-listener", "_INBOX.>"),
+        ("tunnel-listener", "_INBOX_reporting.>"),
+        ("reporting", "_INBOX_distributor.>"),
+        ("distributor", "_INBOX_reporting.>"),
+        ("deal-service", "_INBOX_distributor.>"),
+        ("distributor", "salesplan.deals.v1.>"),
+    ];
+    for (user, subject) in forbidden_subscribe {
+        let (client, mut errors) = connect_as(&nats.url, user).await?;
+        let _subscription = client.subscribe(subject.to_owned()).await?;
+        client.flush().await?;
+        refused(&mut errors, "subscription", subject)
+            .await
+            .map_err(|e| e.context(format!("{user} subscribed to {subject}")))?;
     }
     // And what each may do, answered (so the refusals above are the permissions, not a
-    // broken connection).
+    // broken connection), through its own inbox.
     for (user, subject) in [
         ("tunnel-listener", "salesplan.intake.v1.acme.p"),
         ("distributor", "salesplan.assignments.v1.acme.decided"),
         ("deal-service", "salesplan.deals.v1.acme.created"),
     ] {
-        let client =
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password(user))
-                .connect(&nats.url)
-                .await?;
+        let (client, _) = connect_as(&nats.url, user).await?;
         let js = async_nats::jetstream::new(client);
         js.publish(subject.to_owned(), "x".into()).await?.await?;
     }

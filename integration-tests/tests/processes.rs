@@ -10,6 +10,7 @@ use std::{
 
 use integration_tests::{TestDatabase, TestNats};
 use salesplan_platform::service::Service;
+use salesplan_proto::v1::plan_service_client::PlanServiceClient;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -225,16 +226,41 @@ async fn rs256_keys_from_files_carry_a_lead_to_its_deal() -> anyhow::Result<()> 
         fixtures.join("rs256-test-private.pem"),
         fixtures.join("rs256-test-public.pem"),
     );
-    let (_deps, mut services, ports) = start_binaries(&[
-        (
+    // As the manifests have it: the listener signs its look-ups with a key of its own,
+    // which deal-service accepts for `platform:lookup` only.
+    let (listener_private, listener_public) = (
+        fixtures.join("rs256-listener-test-private.pem"),
+        fixtures.join("rs256-listener-test-public.pem"),
+    );
+    let database = TestDatabase::create().await?;
+    let nats = TestNats::start().await?;
+    let logs = tempfile::tempdir()?;
+    let (mut services, ports) = integration_tests::chaos::start_services_with(
+        &database.url,
+        &nats.url,
+        logs.path(),
+        &[(
             "SALESPLAN_JWT_RS256_PUBLIC_KEY_FILES",
             &public.display().to_string(),
-        ),
-        (
-            "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE",
-            &private.display().to_string(),
-        ),
-    ])
+        )],
+        |service| {
+            let key = |k: &str, v: &std::path::Path| (k.to_owned(), v.display().to_string());
+            match service {
+                "tunnel-listener" => vec![key(
+                    "SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE",
+                    &listener_private,
+                )],
+                "deal-service" => vec![
+                    key("SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE", &private),
+                    (
+                        "SALESPLAN_JWT_RS256_LIMITED_KEY_FILES".to_owned(),
+                        format!("{}=platform:lookup", listener_public.display()),
+                    ),
+                ],
+                _ => vec![key("SALESPLAN_JWT_RS256_PRIVATE_KEY_FILE", &private)],
+            }
+        },
+    )
     .await?;
     let issuer = TokenIssuer::rs256_pem(&std::fs::read(&private)?)?;
     let token = |user: &str, perms: &[Permission]| {
@@ -300,7 +326,7 @@ async fn rs256_keys_from_files_carry_a_lead_to_its_deal() -> anyhow::Result<()> 
         .send()
         .await?;
     assert_eq!(refused.status(), 401);
-    let err = DealServiceClient::new(channel)
+    let err = DealServiceClient::new(channel.clone())
         .get_deal(outgoing(
             pb::GetDealRequest {
                 deal_id: deals[0].id.clone(),
@@ -311,10 +337,174 @@ async fn rs256_keys_from_files_carry_a_lead_to_its_deal() -> anyhow::Result<()> 
         .await
         .expect_err("a development token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // The listener's key opens the look-ups and nothing else, whoever its token names.
+    let listener = TokenIssuer::rs256_pem(&std::fs::read(&listener_private)?)?;
+    for perms in [&[Permission::PlatformLookup][..], &[]] {
+        let limited = listener.issue(
+            &Actor::new("acme", "m1", perms.iter().copied()),
+            Duration::from_secs(600),
+        )?;
+        let refused = limited_calls(&channel, &limited, &plan, &deals[0]).await;
+        assert_eq!(
+            refused
+                .iter()
+                .filter(|(_, code)| *code != tonic::Code::PermissionDenied)
+                .count(),
+            0,
+            "{perms:?}: {refused:?}"
+        );
+    }
+    let lookup = listener.issue(
+        &Actor::new("acme", "tunnel-listener", [Permission::PlatformLookup]),
+        Duration::from_secs(600),
+    )?;
+    let mut plans = PlanServiceClient::new(channel.clone());
+    let found = plans
+        .get_plan(outgoing(
+            pb::GetPlanRequest {
+                plan_id: plan.id.clone(),
+            },
+            &lookup,
+        ))
+        .await?
+        .into_inner()
+        .plan;
+    assert_eq!(found.map(|p| p.id), Some(plan.id.clone()));
     for service in &mut services {
         service.kill().await?;
     }
     Ok(())
+}
+
+/// Every deal-service call but the look-ups, made with `token`: each one's code.
+async fn limited_calls(
+    channel: &tonic::transport::Channel,
+    token: &str,
+    plan: &salesplan_proto::v1::Plan,
+    deal: &salesplan_proto::v1::Deal,
+) -> Vec<(&'static str, tonic::Code)> {
+    use salesplan_platform::grpc::outgoing;
+    use salesplan_proto::v1::{self as pb, deal_service_client::DealServiceClient};
+    let mut deals = DealServiceClient::new(channel.clone());
+    let mut plans = PlanServiceClient::new(channel.clone());
+    let code = |r: Result<_, tonic::Status>| r.err().map_or(tonic::Code::Ok, |s| s.code());
+    vec![
+        (
+            "CreateDeal (new)",
+            code(
+                deals
+                    .create_deal(outgoing(
+                        pb::CreateDealRequest {
+                            plan_id: plan.id.clone(),
+                            title: "injected".into(),
+                            manager_id: Some("m1".into()),
+                            contact: Some(pb::Contact {
+                                external_id: "c-1".into(),
+                                ..Default::default()
+                            }),
+                            idempotency_key: "injected".into(),
+                            ..Default::default()
+                        },
+                        token,
+                    ))
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "CreateDeal (replay)",
+            code(
+                deals
+                    .create_deal(outgoing(
+                        pb::CreateDealRequest {
+                            plan_id: plan.id.clone(),
+                            contact: Some(pb::Contact {
+                                external_id: "c-1".into(),
+                                ..Default::default()
+                            }),
+                            idempotency_key: deal.idempotency_key.clone(),
+                            ..Default::default()
+                        },
+                        token,
+                    ))
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "UpdateDeal",
+            code(
+                deals
+                    .update_deal(outgoing(
+                        pb::UpdateDealRequest {
+                            deal_id: deal.id.clone(),
+                            expected_version: deal.version,
+                            title: Some("defaced".into()),
+                            ..Default::default()
+                        },
+                        token,
+                    ))
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "MoveDeal",
+            code(
+                deals
+                    .move_deal(outgoing(
+                        pb::MoveDealRequest {
+                            deal_id: deal.id.clone(),
+                            expected_version: deal.version,
+                            stage_id: deal.stage_id.clone(),
+                            ..Default::default()
+                        },
+                        token,
+                    ))
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "ListDeals",
+            code(
+                deals
+                    .list_deals(outgoing(pb::ListDealsRequest::default(), token))
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "GetDeal by id",
+            code(
+                deals
+                    .get_deal(outgoing(
+                        pb::GetDealRequest {
+                            deal_id: deal.id.clone(),
+                            ..Default::default()
+                        },
+                        token,
+                    ))
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "ArchivePlan",
+            code(
+                plans
+                    .archive_plan(outgoing(
+                        pb::ArchivePlanRequest {
+                            plan_id: plan.id.clone(),
+                        },
+                        token,
+                    ))
+                    .await
+                    .map(drop),
+            ),
+        ),
+    ]
 }
 
 /// Deals of the account "acme": how many, and how many distinct idempotency keys.
@@ -586,6 +776,11 @@ impl Roles {
         let script = include_str!("../../deploy/k8s/postgres/roles.sql")
             .replace("salesplan_", &format!("{prefix}_"));
         let admin = sqlx::PgPool::connect(&database.url).await?;
+        // As PostgreSQL before 15 had it: everyone may create in `public` (the script
+        // takes that away).
+        sqlx::raw_sql("GRANT CREATE ON SCHEMA public TO PUBLIC")
+            .execute(&admin)
+            .await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(script.clone()))
             .execute(&admin)
             .await?;
@@ -606,6 +801,13 @@ impl Roles {
             .execute(&admin)
             .await?;
         }
+        // A role of the server that is none of these.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {prefix}_stranger LOGIN PASSWORD '{}'",
+            Self::PASSWORD
+        )))
+        .execute(&admin)
+        .await?;
         admin.close().await;
         Ok(Self {
             prefix,
@@ -630,6 +832,7 @@ impl Roles {
             "distributor",
             "reporting",
             "reporting_verify",
+            "stranger",
         ] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "DROP ROLE IF EXISTS {}_{role}",
@@ -810,6 +1013,24 @@ async fn each_service_runs_as_its_own_role_and_reaches_no_other_schema() -> anyh
         code.as_deref(),
         Some("25006"),
         "verify's transactions are read-only"
+    );
+    // A table deal-service's migrations add later: verify reads it too.
+    let added = sqlstate_as(
+        &roles.url(&database.url, "deal_service"),
+        "CREATE TABLE deal_service.added_later (x int)",
+    )
+    .await?;
+    assert_eq!(added, None);
+    let read = sqlstate_as(&verify_url, "SELECT count(*) FROM deal_service.added_later").await?;
+    assert_eq!(read, None, "verify reads what deal-service adds");
+    // Only these roles connect to the database.
+    let stranger = sqlstate_as(&roles.url(&database.url, "stranger"), "SELECT 1").await;
+    assert!(
+        stranger
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("permission denied for database")),
+        "{stranger:?}"
     );
     // Its own schema it owns: the control that the refusals above are about rights.
     let own = sqlstate_as(

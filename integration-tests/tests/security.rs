@@ -796,5 +796,34 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
             }
         }
     }
+    // A create repeating a deal's key answers with the deal's id alone to a caller who may
+    // not read it: a funnel can work out intake ids, and a key is no way around deals:read.
+    for (perms, whole) in [
+        (vec![Permission::IntakeWrite], false),
+        (vec![], false),
+        (vec![Permission::DealsRead], true),
+    ] {
+        let token = stack.token("acme", "funnel", &perms);
+        let answer = DealServiceClient::new(channels.deals.clone())
+            .create_deal(outgoing(
+                pb::CreateDealRequest {
+                    plan_id: ids.plan.clone(),
+                    contact: Some(pb::Contact {
+                        external_id: "vip".into(),
+                        ..Default::default()
+                    }),
+                    idempotency_key: "acme-1".into(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await?
+            .into_inner();
+        let deal = answer.deal.expect("the deal");
+        assert!(!answer.created);
+        assert_eq!(deal.id, ids.deal);
+        assert_eq!(deal.contact.is_some(), whole, "{perms:?}: {deal:?}");
+        assert_eq!(deal.manager_id.is_some(), whole, "{perms:?}: {deal:?}");
+    }
     stack.stop().await
 }

@@ -8,6 +8,10 @@
 -- reads deal-service's schema through a role that can only read. Passwords are set outside
 -- this file (CloudNativePG managed roles, or ALTER ROLE … PASSWORD).
 
+-- Run by a superuser (CloudNativePG and compose do): it creates roles and hands schemas
+-- over. All or nothing.
+BEGIN;
+
 -- deal-service's substring search; created here, where creating an extension is allowed.
 CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
 
@@ -25,6 +29,8 @@ BEGIN
         -- One database: connecting to it is all a role may do at its level.
         EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), role);
     END LOOP;
+    -- And only these roles (and the owner) connect to it.
+    EXECUTE format('REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
 END
 $$;
 
@@ -93,3 +99,5 @@ GRANT SELECT ON ALL TABLES IN SCHEMA deal_service TO salesplan_reporting_verify;
 ALTER DEFAULT PRIVILEGES FOR ROLE salesplan_deal_service IN SCHEMA deal_service
     GRANT SELECT ON TABLES TO salesplan_reporting_verify;
 ALTER ROLE salesplan_reporting_verify SET default_transaction_read_only = on;
+
+COMMIT;

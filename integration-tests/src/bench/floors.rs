@@ -163,7 +163,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     ] {
         sqlx::query(statement).execute(&pool).await?;
     }
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), super::cpu::sample());
     let half = n.div_ceil(1_000) * 500;
     let writer = |from: usize, to: usize| {
         let pool = pool.clone();
@@ -177,10 +177,16 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     tokio::try_join!(writer(0, half.min(n)), writer(half.min(n), n))?;
     lines.push(Line::rate(
         "floor",
-        "PostgreSQL, deal-service's schema: 500 deals + history rows per transaction, 2 connections",
+        super::SCHEMA_FLOOR,
         n,
         started.elapsed(),
         "—",
+    ));
+    lines.push(super::cpu::line(
+        "deal-service's schema floor (per deal)",
+        n,
+        &cpu_before,
+        &super::cpu::sample(),
     ));
     sqlx::query("DROP SCHEMA bench_floor CASCADE")
         .execute(&pool)

@@ -208,7 +208,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
 
     // Bulk add: the audience "mass action".
     let plan = env.plan("Bench bulk").await?;
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), super::cpu::sample());
     let chunks = audience_chunks(&plan.id, "bench", config.leads, 1_000, |i| format!("a-{i}"));
     let mut replies = IntakeServiceClient::new(env.channel(&env.intake_url).await?)
         .add_audience(outgoing(futures::stream::iter(chunks), &funnel))
@@ -219,6 +219,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     }
     let accepted = started.elapsed();
     env.settled(&pool, &plan.id, config.leads).await?;
+    let cpu_after = super::cpu::sample();
     lines.push(Line::rate(
         "intake",
         "AddAudience: leads accepted (stored in JetStream)",
@@ -233,12 +234,18 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         started.elapsed(),
         "≥ 10,000/s",
     ));
+    lines.push(super::cpu::line(
+        "AddAudience end to end (per lead)",
+        config.leads,
+        &cpu_before,
+        &cpu_after,
+    ));
 
     // The webhook, 64 requests at a time.
     let n = (config.leads / 5).max(1);
     let plan = env.plan("Bench webhook").await?;
     let http = reqwest::Client::new();
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), super::cpu::sample());
     futures::stream::iter(0..n)
         .map(|i| {
             let (http, webhook, funnel, plan) = (
@@ -266,12 +273,19 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         .into_iter()
         .collect::<anyhow::Result<Vec<()>>>()?;
     env.settled(&pool, &plan.id, n).await?;
+    let cpu_after = super::cpu::sample();
     lines.push(Line::rate(
         "intake",
         WEBHOOK_END_TO_END,
         n,
         started.elapsed(),
         "≥ 10,000/s",
+    ));
+    lines.push(super::cpu::line(
+        "webhook end to end (per lead)",
+        n,
+        &cpu_before,
+        &cpu_after,
     ));
 
     // Latency from each lead's planned send time to its deal committed and out to the

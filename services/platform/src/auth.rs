@@ -121,6 +121,10 @@ pub struct Actor {
     pub account_id: String,
     pub user_id: String,
     pub permissions: BTreeSet<Permission>,
+    /// Signed by a limited key (a service's, e.g. the listener's): the token opens only
+    /// the calls that ask for one of its permissions ([`actor_for`]), never a call any
+    /// user of the account may make ([`actor`]), since its signer chooses the user.
+    pub limited: bool,
 }
 
 impl Actor {
@@ -133,6 +137,7 @@ impl Actor {
             account_id: account_id.into(),
             user_id: user_id.into(),
             permissions: permissions.into_iter().collect(),
+            limited: false,
         }
     }
 
@@ -258,13 +263,14 @@ impl TokenVerifier {
         for key in &self.keys {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation) {
                 Ok(data) => {
-                    let actor = actor_from(data.claims)?;
-                    // A limited key signing more than it may: refused whole, never trimmed
-                    // (it is a compromised or misconfigured signer).
-                    if let Some(allowed) = &key.may_grant
-                        && actor.permissions.iter().any(|p| !allowed.contains(p))
-                    {
-                        return Err(AuthError::Invalid);
+                    let mut actor = actor_from(data.claims)?;
+                    if let Some(allowed) = &key.may_grant {
+                        // A limited key signing more than it may: refused whole, never
+                        // trimmed (it is a compromised or misconfigured signer).
+                        if actor.permissions.iter().any(|p| !allowed.contains(p)) {
+                            return Err(AuthError::Invalid);
+                        }
+                        actor.limited = true;
                     }
                     return Ok(actor);
                 }
@@ -412,8 +418,31 @@ pub fn reader<T>(request: &Request<T>, permission: Permission) -> Result<Actor, 
     Ok(actor)
 }
 
-/// The actor the [`AuthInterceptor`] stored; a handler behind it always has one.
+/// The actor the [`AuthInterceptor`] stored; a handler behind it always has one. A token
+/// of a limited key is refused here: it opens only the calls that ask for its permission
+/// by name ([`actor_for`]).
 pub fn actor<T>(request: &Request<T>) -> Result<Actor, ApiError> {
+    let actor = stored_actor(request)?;
+    if actor.limited {
+        return Err(ApiError::PermissionDenied(
+            "a service's limited token opens only the calls of its permissions".into(),
+        ));
+    }
+    Ok(actor)
+}
+
+/// The actor of a call that `permission` opens to a limited key's token as well (e.g.
+/// GetPlan for `platform:lookup`); any other token is taken as [`actor`] takes it, and the
+/// call checks its own permissions.
+pub fn actor_for<T>(request: &Request<T>, permission: Permission) -> Result<Actor, ApiError> {
+    let actor = stored_actor(request)?;
+    if actor.limited && !actor.has(permission) {
+        return Err(ApiError::PermissionDenied(permission.to_string()));
+    }
+    Ok(actor)
+}
+
+fn stored_actor<T>(request: &Request<T>) -> Result<Actor, ApiError> {
     request
         .extensions()
         .get::<Actor>()
@@ -683,7 +712,13 @@ mod tests {
         let listener = TokenIssuer::rs256_pem(private.as_bytes()).unwrap();
         let lookup = Actor::new("acme", "tunnel-listener", [Permission::PlatformLookup]);
         let token = listener.issue(&lookup, Duration::from_secs(60)).unwrap();
-        assert_eq!(verifier.verify(&token), Ok(lookup));
+        assert_eq!(
+            verifier.verify(&token),
+            Ok(Actor {
+                limited: true,
+                ..lookup
+            })
+        );
         for wanted in [
             Permission::PlansAdmin,
             Permission::DealsRead,
@@ -697,6 +732,33 @@ mod tests {
             let token = listener.issue(&admin, Duration::from_secs(60)).unwrap();
             assert_eq!(verifier.verify(&token), Err(AuthError::Invalid), "{wanted}");
         }
+    }
+
+    #[test]
+    fn a_limited_token_opens_only_the_calls_of_its_permission() {
+        let request = |actor: Actor| {
+            let mut request = Request::new(());
+            request.extensions_mut().insert(actor);
+            request
+        };
+        let limited = |perms: &[Permission]| Actor {
+            limited: true,
+            ..Actor::new("acme", "m1", perms.iter().copied())
+        };
+        for perms in [&[Permission::PlatformLookup][..], &[]] {
+            let call = request(limited(perms));
+            assert!(matches!(actor(&call), Err(ApiError::PermissionDenied(_))));
+            assert!(matches!(
+                actor_for(&call, Permission::DealsRead),
+                Err(ApiError::PermissionDenied(_))
+            ));
+        }
+        let lookup = request(limited(&[Permission::PlatformLookup]));
+        assert!(actor_for(&lookup, Permission::PlatformLookup).is_ok());
+        // Any other token: as `actor` takes it.
+        let user = request(Actor::new("acme", "m1", []));
+        assert!(actor(&user).is_ok());
+        assert!(actor_for(&user, Permission::PlatformLookup).is_ok());
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl DealService for Api {
             .create_deal(&actor.account_id, &actor.user_id, input)
             .await?;
         Ok(Response::new(pb::CreateDealResponse {
-            deal: Some((&deal).into()),
+            deal: Some(shown_to(&actor, &deal, created)),
             created,
         }))
     }
@@ -193,7 +193,7 @@ impl DealService for Api {
                 };
                 match outcome {
                     Ok((deal, created)) => pb::CreateDealResult {
-                        deal: Some((&deal).into()),
+                        deal: Some(shown_to(&actor, &deal, created)),
                         created,
                         code: 0,
                         message: String::new(),
@@ -214,7 +214,7 @@ impl DealService for Api {
     }
 
     async fn get_deal(&self, request: Request<pb::GetDealRequest>) -> Reply<pb::GetDealResponse> {
-        let actor = auth::actor(&request)?;
+        let actor = auth::actor_for(&request, Permission::PlatformLookup)?;
         // The listener asks whether a lead is a deal already (`platform:lookup`, by its
         // idempotency key): it learns that, and the deal's id, and nothing of the deal.
         let lookup_only = !actor.has(Permission::DealsRead)
@@ -641,4 +641,21 @@ fn intake_only(actor: &salesplan_platform::Actor, mut deal: NewDeal) -> NewDeal 
         deal.accepted_at_plan_version = None;
     }
     deal
+}
+
+/// The deal a create answers with: the one just created, or one a repeat of its key found,
+/// whole to a caller who may read it (or whose deal it is); else its id alone, so a key
+/// (an intake id a funnel can work out) is no way around `deals:read`.
+fn shown_to(actor: &Actor, deal: &Deal, created: bool) -> pb::Deal {
+    if created
+        || actor.has(Permission::DealsRead)
+        || deal.manager_id.as_deref() == Some(actor.user_id.as_str())
+    {
+        deal.into()
+    } else {
+        pb::Deal {
+            id: deal.id.to_string(),
+            ..Default::default()
+        }
+    }
 }

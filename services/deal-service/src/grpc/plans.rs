@@ -99,7 +99,7 @@ impl PlanService for Api {
     }
 
     async fn get_plan(&self, request: Request<pb::GetPlanRequest>) -> Reply<pb::GetPlanResponse> {
-        let actor = auth::actor(&request)?;
+        let actor = auth::actor_for(&request, Permission::PlatformLookup)?;
         // The listener looks a lead's plan up with `platform:lookup`, which reads nothing else.
         if !actor.has(Permission::PlatformLookup) {
             actor.require(Permission::DealsRead)?;

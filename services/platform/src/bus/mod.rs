@@ -86,6 +86,12 @@ async fn connect_options(config: &NatsConfig) -> std::io::Result<async_nats::Con
     Ok(options)
 }
 
+/// The inbox prefix of a client named `client_name` (deploy/k8s/nats/values.yaml lets each
+/// user subscribe to `_INBOX_<its name>.>` only).
+pub fn inbox_prefix(client_name: &str) -> String {
+    format!("_INBOX_{client_name}")
+}
+
 /// Which setting to look at when the connection at start failed this way.
 fn connect_hint(config: &NatsConfig, kind: async_nats::ConnectErrorKind) -> String {
     use async_nats::ConnectErrorKind as K;
@@ -134,6 +140,10 @@ impl Bus {
                 ))
             })?
             .name(client_name)
+            // Replies (requests' answers, pulled messages) come to an inbox of this
+            // service's own: the broker lets each user subscribe to its own inboxes only,
+            // so no service can read what is delivered to another.
+            .custom_inbox_prefix(inbox_prefix(client_name))
             .connection_timeout(Duration::from_secs(5));
         let client = options
             .connect(config.servers())
