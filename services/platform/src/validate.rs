@@ -98,9 +98,20 @@ pub fn contact_key(external_id: &str, email: &str, phone: &str) -> Option<String
 pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     use unicode_segmentation::UnicodeSegmentation as _;
     let value = value.trim();
-    // Graphemes, and no more code points than four per grapheme: one grapheme can hold
-    // any number of combining marks, and stored text must stay bounded.
-    if value.graphemes(true).count() > max || value.chars().count() > max * 4 {
+    // Graphemes, each of at most ten code points: one grapheme could hold any number of
+    // combining marks, and stored text must stay bounded; ten hold the longest emoji
+    // sequences (a family of four with its joiners is seven).
+    let mut graphemes = 0;
+    for grapheme in value.graphemes(true) {
+        graphemes += 1;
+        if grapheme.chars().count() > MAX_CODE_POINTS_PER_CHARACTER {
+            return Err(ApiError::invalid(
+                field,
+                format!("a character of more than {MAX_CODE_POINTS_PER_CHARACTER} code points"),
+            ));
+        }
+    }
+    if graphemes > max {
         return Err(ApiError::invalid(
             field,
             format!("longer than {max} characters"),
@@ -121,6 +132,9 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     Ok(value.to_owned())
 }
 
+/// The most code points one user-perceived character of a text may hold.
+const MAX_CODE_POINTS_PER_CHARACTER: usize = 10;
+
 /// The first character of `value` that changes how the text looks without being seen.
 fn deceptive_char(value: &str) -> Option<char> {
     let chars: Vec<char> = value.chars().collect();
@@ -130,7 +144,12 @@ fn deceptive_char(value: &str) -> Option<char> {
         let in_emoji = match c {
             // A joiner between two pictographs (👨‍👩‍👧); a variation selector after one (❤️).
             '\u{200D}' => before.is_some_and(pictographic) && after.is_some_and(pictographic),
-            '\u{FE00}'..='\u{FE0F}' => before.is_some_and(pictographic),
+            '\u{FE00}'..='\u{FE0F}' => {
+                before.is_some_and(pictographic)
+                    // A keycap: 1️⃣ is a digit, the selector, and the enclosing keycap.
+                    || (before.is_some_and(|b| b.is_ascii_digit() || b == '#' || b == '*')
+                        && after == Some('\u{20E3}'))
+            }
             _ => true,
         };
         (invisible(c) || !in_emoji).then_some(c)
@@ -145,6 +164,10 @@ fn invisible(c: char) -> bool {
         | '\u{180E}' | '\u{200B}' | '\u{200C}' | '\u{2060}'..='\u{2064}' | '\u{3164}'
         | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}'
         | '\u{2028}' | '\u{2029}'
+        // Blank or placeholder glyphs: a braille blank, the object replacement character.
+        | '\u{2800}' | '\u{FFFC}'
+        // Private use: no agreed look (a font may draw anything, or another account's logo).
+        | '\u{E000}'..='\u{F8FF}' | '\u{F0000}'..='\u{FFFFD}' | '\u{100000}'..='\u{10FFFD}'
     )
 }
 
@@ -322,8 +345,13 @@ mod tests {
         // e + combining accent is one; a family is one.
         assert!(text("chat_label", &"e\u{301}".repeat(12), 12).is_ok());
         assert!(text("chat_label", "👨\u{200D}👩\u{200D}👧 ❤\u{FE0F}", 12).is_ok());
-        // One grapheme with a hundred combining marks is still refused.
+        // Twelve families (5 code points each) are twelve; a keycap is one.
+        assert!(text("chat_label", &"👨\u{200D}👩\u{200D}👧".repeat(12), 12).is_ok());
+        assert!(text("chat_label", "1\u{FE0F}\u{20E3}", 12).is_ok());
+        // One grapheme with many combining marks is refused, a hundred or eleven.
         assert!(text("chat_label", &format!("a{}", "\u{301}".repeat(100)), 12).is_err());
+        assert!(text("chat_label", &format!("a{}", "\u{301}".repeat(10)), 12).is_err());
+        assert!(text("chat_label", &format!("a{}", "\u{301}".repeat(9)), 12).is_ok());
     }
 
     #[test]
@@ -339,6 +367,10 @@ mod tests {
             "tag\u{E0041}",        // tag character
             "\u{FEFF}Dan",         // byte-order mark
             "a\u{FE0F}",           // a variation selector on a letter
+            "\u{2800}",            // braille blank: looks empty
+            "\u{FFFC}",            // object replacement
+            "Co\u{E000}",          // private use
+            "a\u{FE0F}\u{20E3}",   // a keycap needs a digit, # or *
         ] {
             let err = text("chat_label", bad, 12).unwrap_err();
             assert_eq!(err.field(), Some("chat_label"), "{bad:?}");
