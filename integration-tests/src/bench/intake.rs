@@ -292,10 +292,10 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     // readers, at fixed offered rates (open loop); the page cache flushed first, and once
     // more at 1,000/s for longer without it.
     for rate in &config.rates {
-        lines.push(latency_run(env, &funnel, *rate, config.rate_seconds, true).await?);
+        lines.extend(latency_run(env, &funnel, *rate, config.rate_seconds, true).await?);
     }
     if config.rates.contains(&1_000) {
-        lines.push(latency_run(env, &funnel, 1_000, config.long_seconds, false).await?);
+        lines.extend(latency_run(env, &funnel, 1_000, config.long_seconds, false).await?);
     }
 
     for (name, rss) in env.peak_rss() {
@@ -324,7 +324,7 @@ async fn latency_run(
     rate: u64,
     seconds: u64,
     flush: bool,
-) -> anyhow::Result<Line> {
+) -> anyhow::Result<Vec<Line>> {
     let pool = sqlx::PgPool::connect(&env.database_url).await?;
     let http = reqwest::Client::new();
     let plan = env.plan(&format!("Bench {rate}/s {seconds} s")).await?;
@@ -369,16 +369,19 @@ async fn latency_run(
                 .await?
                 .json()
                 .await?;
+            let answered = SystemTime::now();
             let id = reply["intake_id"].as_str().unwrap_or_default().to_owned();
             anyhow::ensure!(!id.is_empty(), "the webhook answered {reply}");
-            anyhow::Ok((id, wall_start + offset))
+            anyhow::Ok((id, wall_start + offset, answered))
         }));
     }
     let sending = start.elapsed();
     let mut planned: HashMap<String, SystemTime> = HashMap::new();
+    let mut answered: HashMap<String, SystemTime> = HashMap::new();
     for task in tasks {
-        let (id, at) = task.await??;
-        planned.insert(id, at);
+        let (id, at, answer) = task.await??;
+        planned.insert(id.clone(), at);
+        answered.insert(id, answer);
     }
     env.settled(&pool, &plan.id, total + 1).await?;
     let seen = tokio::time::timeout(Duration::from_secs(60), seen).await???;
@@ -405,18 +408,98 @@ async fn latency_run(
     } else {
         "no flush"
     };
-    Ok(Line::latency(
-        "latency",
-        format!(
-            "planned send → deal committed and published, {rate} leads/s for {seconds} s ({total} leads, {cache}{achieved})"
+    let created = created_at(&pool, &plan.id).await?;
+    let stages = stages_line(
+        &format!("{rate} leads/s for {seconds} s"),
+        &planned,
+        &answered,
+        &created,
+        &seen,
+    );
+    Ok(vec![
+        Line::latency(
+            "latency",
+            format!(
+                "planned send → deal committed and published, {rate} leads/s for {seconds} s ({total} leads, {cache}{achieved})"
+            ),
+            samples,
+            if rate == 1_000 {
+                "p99 ≤ 100 ms"
+            } else {
+                "—"
+            },
         ),
-        samples,
-        if rate == 1_000 {
-            "p99 ≤ 100 ms"
-        } else {
-            "—"
-        },
-    ))
+        stages,
+    ])
+}
+
+/// When each deal of the plan was created (deal-service sets `created_at` as it builds
+/// the deal, before its transaction), by idempotency key (the lead's intake id).
+async fn created_at(
+    pool: &sqlx::PgPool,
+    plan: &str,
+) -> anyhow::Result<HashMap<String, SystemTime>> {
+    let rows: Vec<(String, time::OffsetDateTime)> = sqlx::query_as(
+        "SELECT idempotency_key, created_at FROM deal_service.deals WHERE plan_id = $1",
+    )
+    .bind(uuid::Uuid::parse_str(plan)?)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, at)| (key, SystemTime::from(at)))
+        .collect())
+}
+
+/// Where a latency run's time went, per lead: planned send → the 202 (the listener: the
+/// plan's look-up and the publish); the 202 → the deal built in deal-service (the intake
+/// consumer, the decision, the CreateDeals call); built → its event seen (the deal's
+/// transaction, the outbox relay, the broker). p50 and p99 of each.
+fn stages_line(
+    what: &str,
+    planned: &HashMap<String, SystemTime>,
+    answered: &HashMap<String, SystemTime>,
+    created: &HashMap<String, SystemTime>,
+    seen: &HashMap<String, SystemTime>,
+) -> Line {
+    let between = |from: &HashMap<String, SystemTime>, to: &HashMap<String, SystemTime>| {
+        let mut spans: Vec<Duration> = from
+            .iter()
+            .filter_map(|(key, start)| to.get(key)?.duration_since(*start).ok())
+            .collect();
+        spans.sort();
+        let pick = |q: f64| {
+            spans
+                .get(((spans.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                .map_or(0.0, |d| super::ms(*d))
+        };
+        (pick(0.50), pick(0.99))
+    };
+    let stages = [
+        ("send → 202", between(planned, answered)),
+        ("202 → deal built", between(answered, created)),
+        ("built → published", between(created, seen)),
+    ];
+    let value = stages
+        .iter()
+        .map(|(name, (p50, p99))| format!("{name} p50 {p50:.1} ms, p99 {p99:.1} ms"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Line {
+        group: "latency",
+        what: format!("stages of the run at {what}"),
+        value,
+        target: "—".into(),
+        json: serde_json::json!(
+            stages
+                .iter()
+                .map(|(name, (p50, p99))| (
+                    name.to_string(),
+                    serde_json::json!({"p50_ms": p50, "p99_ms": p99})
+                ))
+                .collect::<serde_json::Map<_, _>>()
+        ),
+    }
 }
 
 /// Subscribes to the bench account's deal events before the leads are sent: answers, once
