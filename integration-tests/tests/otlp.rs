@@ -1,7 +1,8 @@
 //! The OTLP export path, against an in-process OTLP/gRPC receiver (the collector's trace
 //! and metrics services): with `OTEL_EXPORTER_OTLP_ENDPOINT` set, a call's spans and the
-//! service's metrics arrive, named by their service. Its own test binary: it installs the
-//! process's tracing subscriber.
+//! service's metrics arrive, named by their service; a lead is one small trace of the
+//! services' own spans, and services at rest export nothing. Each test installs the
+//! process's tracing subscriber (nextest runs each in a process of its own).
 
 use std::{
     sync::{Arc, Mutex},
@@ -31,11 +32,37 @@ use salesplan_platform::{
 };
 use tonic::{Request, Response, Status};
 
-/// What the receiver got: (service.name, span or metric name).
+/// What the receiver got: (service.name, span or metric name), and each span's trace.
 #[derive(Clone, Default)]
 struct Receiver {
     spans: Arc<Mutex<Vec<(String, String)>>>,
+    traces: Arc<Mutex<Vec<(Vec<u8>, String)>>>,
     metrics: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Receiver {
+    /// Every span so far: (trace id, name).
+    fn traces(&self) -> Vec<(Vec<u8>, String)> {
+        self.traces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Serves the receiver on a free port; its endpoint URL.
+    async fn serve(&self) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let receiver = self.clone();
+        let served = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver.clone()))
+                .add_service(MetricsServiceServer::new(receiver))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        Ok((endpoint, served))
+    }
 }
 
 fn service_name(attributes: &[KeyValue]) -> String {
@@ -56,10 +83,14 @@ impl TraceService for Receiver {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
         for resource in request.into_inner().resource_spans {
             let service = service_name(&resource.resource.unwrap_or_default().attributes);
             for scope in resource.scope_spans {
-                spans.extend(scope.spans.into_iter().map(|s| (service.clone(), s.name)));
+                for span in scope.spans {
+                    traces.push((span.trace_id.clone(), span.name.clone()));
+                    spans.push((service.clone(), span.name));
+                }
             }
         }
         Ok(Response::new(ExportTraceServiceResponse::default()))
@@ -86,14 +117,7 @@ impl MetricsService for Receiver {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_and_metrics_reach_an_otlp_receiver() -> anyhow::Result<()> {
     let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = format!("http://{}", listener.local_addr()?);
-    let served = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .add_service(MetricsServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (endpoint, served) = receiver.serve().await?;
     let telemetry = TelemetryConfig {
         otlp_endpoint: Some(endpoint.clone()),
         filter: Some("info".into()),
@@ -151,6 +175,129 @@ async fn spans_and_metrics_reach_an_otlp_receiver() -> anyhow::Result<()> {
         )),
         "{metrics:?}"
     );
+    served.abort();
+    Ok(())
+}
+
+/// The names of the services' own spans (besides each gRPC method's path).
+const OWN_SPANS: [&str; 4] = [
+    "POST add-to-sales-plan",
+    "distributor.create_deals",
+    "outbox.relay",
+    "reporting.apply",
+];
+
+/// Spans a lead's trace is made of, at most (docs/operations.md lists them).
+const MOST_SPANS_PER_LEAD: usize = 15;
+
+/// One webhook lead is one trace of at most 15 of the services' own spans, from the
+/// webhook to reporting; nothing of the libraries (h2, hyper, tower, async-nats, sqlx) is
+/// exported, though `RUST_LOG` asks for everything; and services at rest export nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyhow::Result<()> {
+    let receiver = Receiver::default();
+    let (endpoint, served) = receiver.serve().await?;
+    let telemetry = TelemetryConfig {
+        otlp_endpoint: Some(endpoint),
+        filter: Some("trace".into()),
+        ..TelemetryConfig::default()
+    };
+    let guard = Arc::new(salesplan_platform::telemetry::init(
+        "salesplan-test",
+        &telemetry,
+    ));
+    let flush = || {
+        let guard = guard.clone();
+        async move { tokio::task::spawn_blocking(move || guard.flush()).await }
+    };
+    let stack = integration_tests::Stack::start().await?;
+    let admin = stack.token("acme", "admin", &[Permission::PlansAdmin]);
+    let plan = create_plan(
+        stack.channel(&stack.deal_service).await?,
+        &admin,
+        plan_request("Traced", Mode::Auto, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    let funnel = stack.token("acme", "funnel", &[Permission::IntakeWrite]);
+    let answer = reqwest::Client::new()
+        .post(stack.webhook_url())
+        .bearer_auth(&funnel)
+        .json(&integration_tests::api::lead_json(&plan.id, "run-1", "c-1"))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        answer.status() == 202,
+        "the webhook answered {}",
+        answer.status()
+    );
+
+    // The lead's trace, once reporting has applied its deal.
+    let lead = integration_tests::stack::eventually(Duration::from_secs(30), || async {
+        flush().await?;
+        let traces = receiver.traces();
+        let Some((lead, _)) = traces.iter().find(|(_, name)| name == OWN_SPANS[0]) else {
+            return Ok(None);
+        };
+        let spans: Vec<String> = traces
+            .iter()
+            .filter(|(trace, _)| trace == lead)
+            .map(|(_, name)| name.clone())
+            .collect();
+        Ok(spans
+            .iter()
+            .any(|n| n == "reporting.apply")
+            .then_some(spans))
+    })
+    .await?;
+    for expected in OWN_SPANS.iter().copied().chain([
+        "/salesplan.v1.PlanService/GetPlan",
+        "/salesplan.v1.DealService/CreateDeals",
+    ]) {
+        assert!(
+            lead.iter().any(|n| n == expected),
+            "{expected} not in {lead:?}"
+        );
+    }
+    assert!(
+        lead.len() <= MOST_SPANS_PER_LEAD,
+        "{} spans: {lead:?}",
+        lead.len()
+    );
+    let foreign: Vec<String> = receiver
+        .traces()
+        .into_iter()
+        .map(|(_, name)| name)
+        .filter(|n| !n.starts_with("/salesplan.v1.") && !OWN_SPANS.contains(&n.as_str()))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "spans not the services' own: {foreign:?}"
+    );
+
+    // At rest: over a window in which every polling loop of the four services runs several
+    // times (the relay every 500 ms, the bulk lane every 100 ms), nothing more is exported.
+    // Probes (Kubernetes checks health every few seconds) are not traced either.
+    flush().await?;
+    let before = receiver.traces().len();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        stack.channel(&stack.deal_service).await?,
+    );
+    for _ in 0..5 {
+        health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    flush().await?;
+    let after = receiver.traces();
+    assert_eq!(
+        after.len(),
+        before,
+        "exported at rest: {:?}",
+        &after[before..]
+    );
+
+    stack.stop().await?;
     served.abort();
     Ok(())
 }

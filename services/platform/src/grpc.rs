@@ -96,9 +96,26 @@ fn incoming(
     })
 }
 
+/// The server span of a call, named by its method, with the RPC semantic conventions.
+/// Health checks and reflection get none: probes every few seconds would make a service
+/// at rest export a trace for each.
 fn request_span(request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
-    let span = tracing::info_span!("grpc", otel.name = %path, rpc.method = %path);
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("", path));
+    if service.starts_with("grpc.health.") || service.starts_with("grpc.reflection.") {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = %path,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+    );
     crate::telemetry::set_parent(
         &span,
         crate::telemetry::extract_from_http(request.headers()),

@@ -48,6 +48,17 @@ pub struct TelemetryGuard {
     tracer: Option<SdkTracerProvider>,
 }
 
+impl TelemetryGuard {
+    /// Exports the spans ended so far (blocking: call it off the async runtime's threads).
+    pub fn flush(&self) {
+        if let Some(tracer) = &self.tracer
+            && let Err(err) = tracer.force_flush()
+        {
+            eprintln!("trace exporter flush: {err}");
+        }
+    }
+}
+
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(tracer) = self.tracer.take()
@@ -84,6 +95,7 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
             Ok(tracer) => {
                 let layer = tracing_opentelemetry::layer()
                     .with_tracer(tracer.tracer(service))
+                    .with_filter(exported())
                     .boxed();
                 (Some(layer), Some(tracer))
             }
@@ -99,6 +111,26 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
         .with(otel)
         .try_init();
     TelemetryGuard { tracer }
+}
+
+/// The crates whose spans (and the events in them) are exported: the services' own, which
+/// name the work (a request, a consumed batch, a relayed event). Library internals (h2,
+/// hyper, tower, tonic, async-nats, sqlx) never are, whatever `RUST_LOG` says for logs: at
+/// thousands of leads a second their spans would outnumber the ones that explain a lead
+/// by hundreds to one.
+pub const EXPORTED_CRATES: [&str; 5] = [
+    "salesplan_platform",
+    "tunnel_listener",
+    "distributor",
+    "deal_service",
+    "reporting",
+];
+
+fn exported() -> tracing_subscriber::filter::Targets {
+    EXPORTED_CRATES.iter().fold(
+        tracing_subscriber::filter::Targets::new(),
+        |targets, krate| targets.with_target(*krate, tracing::Level::INFO),
+    )
 }
 
 /// For tests: compact logs captured per test, `RUST_LOG` or warnings only.
