@@ -32,17 +32,20 @@ use salesplan_platform::{
 };
 use tonic::{Request, Response, Status};
 
+/// A span as exported: its trace id and its name.
+type TracedSpan = (Vec<u8>, String);
+
 /// What the receiver got: (service.name, span or metric name), and each span's trace.
 #[derive(Clone, Default)]
 struct Receiver {
     spans: Arc<Mutex<Vec<(String, String)>>>,
-    traces: Arc<Mutex<Vec<(Vec<u8>, String)>>>,
+    traces: Arc<Mutex<Vec<TracedSpan>>>,
     metrics: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Receiver {
     /// Every span so far: (trace id, name).
-    fn traces(&self) -> Vec<(Vec<u8>, String)> {
+    fn traces(&self) -> Vec<TracedSpan> {
         self.traces
             .lock()
             .unwrap_or_else(|e| e.into_inner())
