@@ -41,6 +41,18 @@ struct Receiver {
     spans: Arc<Mutex<Vec<(String, String)>>>,
     traces: Arc<Mutex<Vec<TracedSpan>>>,
     metrics: Arc<Mutex<Vec<(String, String)>>>,
+    /// The string attributes of each exported resource (of spans and of metrics).
+    resources: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+}
+
+fn string_attributes(attributes: &[KeyValue]) -> Vec<(String, String)> {
+    attributes
+        .iter()
+        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(v) => Some((kv.key.clone(), v.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Receiver {
@@ -88,7 +100,12 @@ impl TraceService for Receiver {
         let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
         let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
         for resource in request.into_inner().resource_spans {
-            let service = service_name(&resource.resource.unwrap_or_default().attributes);
+            let attributes = resource.resource.unwrap_or_default().attributes;
+            let service = service_name(&attributes);
+            self.resources
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(string_attributes(&attributes));
             for scope in resource.scope_spans {
                 for span in scope.spans {
                     traces.push((span.trace_id.clone(), span.name.clone()));
@@ -303,4 +320,164 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
     stack.stop().await?;
     served.abort();
     Ok(())
+}
+
+/// The OpenTelemetry environment decides what is exported: with
+/// `parentbased_traceidratio` at 0, a lead that starts its own trace is exported nowhere,
+/// and a lead whose caller sampled it (a `traceparent` with the sampled flag) is exported
+/// whole, in the caller's trace, across NATS and gRPC; spans and metrics carry
+/// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`; metrics come every
+/// `OTEL_METRIC_EXPORT_INTERVAL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opentelemetry_environment_decides_what_is_exported() -> anyhow::Result<()> {
+    let receiver = Receiver::default();
+    let (endpoint, served) = receiver.serve().await?;
+    let telemetry = TelemetryConfig::from_env(&salesplan_platform::config::Env::from_pairs([
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "salesplan-eu"),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=test,service.version=9.9.9",
+        ),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ("RUST_LOG", "info"),
+    ]))?;
+    let guard = Arc::new(salesplan_platform::telemetry::init(
+        "salesplan-test",
+        &telemetry,
+    ));
+    let flush = || {
+        let guard = guard.clone();
+        async move { tokio::task::spawn_blocking(move || guard.flush()).await }
+    };
+    let stack = integration_tests::Stack::start().await?;
+    let admin = stack.token("acme", "admin", &[Permission::PlansAdmin]);
+    let plan = create_plan(
+        stack.channel(&stack.deal_service).await?,
+        &admin,
+        plan_request("Sampled", Mode::Auto, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    let funnel = stack.token("acme", "funnel", &[Permission::IntakeWrite]);
+    let http = reqwest::Client::new();
+    let send = |run: &'static str, traceparent: Option<String>| {
+        let mut request = http
+            .post(stack.webhook_url())
+            .bearer_auth(&funnel)
+            .json(&integration_tests::api::lead_json(&plan.id, run, run));
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        async move {
+            let status = request.send().await?.status();
+            anyhow::ensure!(status == 202, "the webhook answered {status}");
+            anyhow::Ok(())
+        }
+    };
+    let deals = |n: i64| {
+        let channel = stack.channel(&stack.deal_service);
+        let viewer = stack.token("acme", "viewer", &[Permission::DealsRead]);
+        let plan = plan.id.clone();
+        async move {
+            let channel = channel.await?;
+            integration_tests::stack::eventually(Duration::from_secs(30), || {
+                let (channel, viewer, plan) = (channel.clone(), viewer.clone(), plan.clone());
+                async move {
+                    let count = integration_tests::api::deal_count(channel, &viewer, &plan).await?;
+                    Ok((count == n).then_some(()))
+                }
+            })
+            .await
+        }
+    };
+
+    // A lead that starts its own trace: not sampled, exported nowhere (its deal is made).
+    send("unsampled", None).await?;
+    deals(1).await?;
+    stack.intake_settled().await?;
+
+    // A lead whose caller sampled it: exported whole, in the caller's trace.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    send(
+        "sampled",
+        Some(format!("00-{trace_id}-00f067aa0ba902b7-01")),
+    )
+    .await?;
+    let wanted = hex_bytes(trace_id);
+    let lead = integration_tests::stack::eventually(Duration::from_secs(30), || async {
+        flush().await?;
+        let spans: Vec<String> = receiver
+            .traces()
+            .into_iter()
+            .filter(|(trace, _)| *trace == wanted)
+            .map(|(_, name)| name)
+            .collect();
+        Ok(spans
+            .iter()
+            .any(|n| n == "reporting.apply")
+            .then_some(spans))
+    })
+    .await?;
+    for expected in OWN_SPANS {
+        assert!(
+            lead.iter().any(|n| n == expected),
+            "{expected} not in {lead:?}"
+        );
+    }
+    flush().await?;
+    let other: Vec<TracedSpan> = receiver
+        .traces()
+        .into_iter()
+        .filter(|(trace, _)| *trace != wanted)
+        .collect();
+    assert!(other.is_empty(), "spans of unsampled traces: {other:?}");
+    let resources = receiver
+        .resources
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for wanted in [
+        ("service.name", "salesplan-eu"),
+        ("deployment.environment", "test"),
+        ("service.version", "9.9.9"),
+    ] {
+        assert!(
+            resources
+                .iter()
+                .all(|r| r.contains(&(wanted.0.to_owned(), wanted.1.to_owned()))),
+            "{wanted:?} missing: {resources:?}"
+        );
+    }
+
+    // Metrics every 200 ms, under the configured name: long before the default minute.
+    let metrics = salesplan_platform::metrics::Metrics::new("deal-service", &telemetry);
+    metrics
+        .meter("test")
+        .u64_counter("salesplan.test.ticks")
+        .build()
+        .add(1, &[]);
+    integration_tests::stack::eventually(Duration::from_secs(10), || async {
+        let got = receiver
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Ok(got
+            .contains(&("salesplan-eu".to_owned(), "salesplan.test.ticks".to_owned()))
+            .then_some(()))
+    })
+    .await?;
+    metrics.shutdown();
+    stack.stop().await?;
+    served.abort();
+    Ok(())
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect()
 }

@@ -11,7 +11,6 @@ use std::{
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::{
-    Resource,
     error::OTelSdkResult,
     metrics::{
         InstrumentKind, ManualReader, MeterProviderBuilder, Pipeline, SdkMeterProvider,
@@ -59,21 +58,29 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// The metrics of `service`, also exported over OTLP/gRPC to `otlp_endpoint` when given
-    /// (an exporter that cannot be built is logged and left out: metrics stay scrapable).
-    pub fn new(service: &'static str, otlp_endpoint: Option<&str>) -> Self {
+    /// The metrics of `service`, also exported over OTLP/gRPC when the telemetry
+    /// configuration names an endpoint (an exporter that cannot be built is logged and left
+    /// out: metrics stay scrapable), as its resource says, every metric interval.
+    pub fn new(service: &'static str, telemetry: &crate::telemetry::TelemetryConfig) -> Self {
         let reader = Arc::new(ManualReader::builder().build());
         let mut builder: MeterProviderBuilder = SdkMeterProvider::builder()
-            .with_resource(Resource::builder().with_service_name(service).build())
+            .with_resource(telemetry.resource(service))
             .with_reader(SharedReader(reader.clone()));
-        if let Some(endpoint) = otlp_endpoint {
+        if let Some(endpoint) = &telemetry.otlp_endpoint {
             use opentelemetry_otlp::WithExportConfig;
             match opentelemetry_otlp::MetricExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint)
                 .build()
             {
-                Ok(exporter) => builder = builder.with_periodic_exporter(exporter),
+                Ok(exporter) => {
+                    let mut periodic =
+                        opentelemetry_sdk::metrics::PeriodicReader::builder(exporter);
+                    if let Some(interval) = telemetry.metric_interval {
+                        periodic = periodic.with_interval(interval);
+                    }
+                    builder = builder.with_reader(periodic.build());
+                }
                 Err(err) => tracing::warn!(error = %err, "OTLP metric export disabled"),
             }
         }
@@ -85,7 +92,7 @@ impl Metrics {
 
     /// For a part tested on its own: metrics nobody reads.
     pub fn unread() -> Self {
-        Self::new("test", None)
+        Self::new("test", &crate::telemetry::TelemetryConfig::default())
     }
 
     /// The meter of one part of the service (`scope`: "grpc", "consumer", …).

@@ -21,9 +21,152 @@ pub struct TelemetryConfig {
     pub json_logs: bool,
     pub otlp_endpoint: Option<String>,
     pub filter: Option<String>,
+    /// `OTEL_SERVICE_NAME`: the name spans and metrics are exported under, instead of the
+    /// service's own (it wins over a `service.name` in the resource attributes).
+    pub service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs (comma-separated, values
+    /// percent-encoded) on everything exported, e.g. `service.version`,
+    /// `deployment.environment`, the pod's name.
+    pub resource_attributes: Vec<(String, String)>,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
+    pub sampler: SamplerConfig,
+    /// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds; 60,000 by default).
+    pub metric_interval: Option<std::time::Duration>,
+}
+
+/// Which traces are kept, decided where a trace starts (the webhook, a gRPC call without a
+/// parent) and, with the `parentbased_` samplers, followed downstream: the trace context
+/// carries the decision across NATS and gRPC, so a sampled lead is whole and an unsampled
+/// one is exported nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum SamplerConfig {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio(f64),
+    #[default]
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedTraceIdRatio(f64),
+}
+
+impl SamplerConfig {
+    /// From the two variables as the OpenTelemetry specification names them; an unknown
+    /// sampler or a ratio outside 0–1 stops the start (the SDK would fall back silently).
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        const SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+        const ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+        let ratio = || -> Result<f64, ConfigError> {
+            match env.get(ARG) {
+                None => Ok(1.0),
+                Some(arg) => arg
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| {
+                        ConfigError::new(ARG, format!("expected a ratio from 0 to 1, got {arg:?}"))
+                    }),
+            }
+        };
+        Ok(match env.get(SAMPLER).map(str::trim) {
+            None | Some("parentbased_always_on") => Self::ParentBasedAlwaysOn,
+            Some("always_on") => Self::AlwaysOn,
+            Some("always_off") => Self::AlwaysOff,
+            Some("traceidratio") => Self::TraceIdRatio(ratio()?),
+            Some("parentbased_always_off") => Self::ParentBasedAlwaysOff,
+            Some("parentbased_traceidratio") => Self::ParentBasedTraceIdRatio(ratio()?),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    SAMPLER,
+                    format!(
+                        "expected always_on, always_off, traceidratio, parentbased_always_on, \
+                         parentbased_always_off or parentbased_traceidratio, got {other:?}"
+                    ),
+                ));
+            }
+        })
+    }
+
+    fn sampler(self) -> opentelemetry_sdk::trace::Sampler {
+        use opentelemetry_sdk::trace::Sampler;
+        match self {
+            Self::AlwaysOn => Sampler::AlwaysOn,
+            Self::AlwaysOff => Sampler::AlwaysOff,
+            Self::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+            Self::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            Self::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            Self::ParentBasedTraceIdRatio(r) => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+            }
+        }
+    }
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value,key=value`, values percent-decoded.
+fn resource_attributes(env: &Env) -> Result<Vec<(String, String)>, ConfigError> {
+    const KEY: &str = "OTEL_RESOURCE_ATTRIBUTES";
+    let Some(raw) = env.get(KEY) else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .filter(|(k, _)| !k.trim().is_empty())
+                .ok_or_else(|| {
+                    ConfigError::new(KEY, format!("expected key=value, got {pair:?}"))
+                })?;
+            let value = percent_decode(value.trim()).ok_or_else(|| {
+                ConfigError::new(KEY, format!("bad percent-encoding in {pair:?}"))
+            })?;
+            Ok((key.trim().to_owned(), value))
+        })
+        .collect()
+}
+
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = value.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl TelemetryConfig {
+    /// What spans and metrics are exported as: `OTEL_SERVICE_NAME`, else a `service.name`
+    /// of the resource attributes, else `service`; with the resource attributes.
+    pub fn resource(&self, service: &str) -> Resource {
+        let named = self
+            .resource_attributes
+            .iter()
+            .find(|(k, _)| k == "service.name")
+            .map(|(_, v)| v.clone());
+        let name = self
+            .service_name
+            .clone()
+            .or(named)
+            .unwrap_or_else(|| service.to_owned());
+        Resource::builder()
+            .with_attributes(
+                self.resource_attributes
+                    .iter()
+                    .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())),
+            )
+            .with_service_name(name)
+            .build()
+    }
+
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let json_logs = match env.get("SALESPLAN_LOG_FORMAT") {
             None | Some("pretty") => false,
@@ -35,10 +178,43 @@ impl TelemetryConfig {
                 ));
             }
         };
+        match env.get("OTEL_EXPORTER_OTLP_PROTOCOL").map(str::trim) {
+            None | Some("grpc") => {}
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    format!("only grpc is built in, got {other:?}"),
+                ));
+            }
+        }
+        let metric_interval = match env.get("OTEL_METRIC_EXPORT_INTERVAL") {
+            None => None,
+            Some(ms) => Some(
+                ms.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .map(std::time::Duration::from_millis)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "OTEL_METRIC_EXPORT_INTERVAL",
+                            format!("expected milliseconds above 0, got {ms:?}"),
+                        )
+                    })?,
+            ),
+        };
         Ok(Self {
             json_logs,
             otlp_endpoint: env.get("OTEL_EXPORTER_OTLP_ENDPOINT").map(str::to_owned),
             filter: env.get("RUST_LOG").map(str::to_owned),
+            service_name: env
+                .get("OTEL_SERVICE_NAME")
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned),
+            resource_attributes: resource_attributes(env)?,
+            sampler: SamplerConfig::from_env(env)?,
+            metric_interval,
         })
     }
 }
@@ -89,9 +265,9 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
     } else {
         tracing_subscriber::fmt::layer().boxed()
     };
-    let resource = Resource::builder().with_service_name(service).build();
+    let resource = config.resource(service);
     let (otel, tracer) = match &config.otlp_endpoint {
-        Some(endpoint) => match otlp_tracer(endpoint, resource) {
+        Some(endpoint) => match otlp_tracer(endpoint, resource, config.sampler) {
             Ok(tracer) => {
                 let layer = tracing_opentelemetry::layer()
                     .with_tracer(tracer.tracer(service))
@@ -145,6 +321,7 @@ pub fn init_for_tests() {
 fn otlp_tracer(
     endpoint: &str,
     resource: Resource,
+    sampler: SamplerConfig,
 ) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     use opentelemetry_otlp::WithExportConfig;
     let spans = opentelemetry_otlp::SpanExporter::builder()
@@ -153,6 +330,7 @@ fn otlp_tracer(
         .build()?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(spans)
+        .with_sampler(sampler.sampler())
         .with_resource(resource)
         .build())
 }
@@ -274,6 +452,68 @@ mod tests {
             sc.trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
+    }
+
+    #[test]
+    fn the_opentelemetry_variables_are_read_and_checked() {
+        let config = TelemetryConfig::from_env(&Env::from_pairs([
+            ("OTEL_SERVICE_NAME", "sp-eu"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.version=1.2.3, deployment.environment=prod,k8s.pod.name=a%2Cb",
+            ),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]))
+        .unwrap();
+        assert_eq!(config.service_name.as_deref(), Some("sp-eu"));
+        assert_eq!(
+            config.resource_attributes,
+            [
+                ("service.version".to_owned(), "1.2.3".to_owned()),
+                ("deployment.environment".to_owned(), "prod".to_owned()),
+                ("k8s.pod.name".to_owned(), "a,b".to_owned()),
+            ]
+        );
+        assert_eq!(config.sampler, SamplerConfig::ParentBasedTraceIdRatio(0.25));
+        assert_eq!(
+            config.metric_interval,
+            Some(std::time::Duration::from_millis(500))
+        );
+        let defaults = TelemetryConfig::from_env(&Env::from_pairs::<&str, &str>([])).unwrap();
+        assert_eq!(defaults.sampler, SamplerConfig::ParentBasedAlwaysOn);
+        for (key, value) in [
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ] {
+            let mut pairs = vec![(key, value)];
+            if key == "OTEL_TRACES_SAMPLER_ARG" {
+                pairs.push(("OTEL_TRACES_SAMPLER", "traceidratio"));
+            }
+            let err = TelemetryConfig::from_env(&Env::from_pairs(pairs)).unwrap_err();
+            assert_eq!(err.key, key);
+        }
+    }
+
+    #[test]
+    fn the_service_name_comes_from_the_variable_then_the_attributes_then_the_service() {
+        let name = |config: &TelemetryConfig| {
+            config
+                .resource("deal-service")
+                .get(&opentelemetry::Key::new("service.name"))
+                .map(|v| v.to_string())
+        };
+        let mut config = TelemetryConfig::default();
+        assert_eq!(name(&config).as_deref(), Some("deal-service"));
+        config.resource_attributes = vec![("service.name".into(), "from-attributes".into())];
+        assert_eq!(name(&config).as_deref(), Some("from-attributes"));
+        config.service_name = Some("from-variable".into());
+        assert_eq!(name(&config).as_deref(), Some("from-variable"));
     }
 
     #[test]

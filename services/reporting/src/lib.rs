@@ -41,7 +41,7 @@ impl Service for Config {
 
     async fn start(self, shutdown: CancellationToken) -> anyhow::Result<Running> {
         let common = self.common;
-        let metrics = Metrics::new(Self::NAME, common.telemetry.otlp_endpoint.as_deref());
+        let metrics = Metrics::new(Self::NAME, &common.telemetry);
         let pool = db::connect_and_migrate(&self.database, SCHEMA, &MIGRATOR).await?;
         let bus = Bus::connect(&common.nats, Self::NAME).await?;
         bus.ensure_streams(&streams::ALL).await?;

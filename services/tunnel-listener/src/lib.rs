@@ -44,7 +44,7 @@ impl Service for Config {
 
     async fn start(self, shutdown: CancellationToken) -> anyhow::Result<Running> {
         let common = self.common;
-        let metrics = Metrics::new(Self::NAME, common.telemetry.otlp_endpoint.as_deref());
+        let metrics = Metrics::new(Self::NAME, &common.telemetry);
         let bus = Bus::connect(&common.nats, Self::NAME).await?;
         bus.ensure_streams(&streams::ALL).await?;
         let verifier = Arc::new(TokenVerifier::from_config(&common.auth)?);
