@@ -35,6 +35,9 @@ use tonic::{Request, Response, Status};
 /// A span as exported: its trace id and its name.
 type TracedSpan = (Vec<u8>, String);
 
+/// An exported resource's string attributes.
+type Attributes = Vec<(String, String)>;
+
 /// What the receiver got: (service.name, span or metric name), and each span's trace.
 #[derive(Clone, Default)]
 struct Receiver {
@@ -42,10 +45,10 @@ struct Receiver {
     traces: Arc<Mutex<Vec<TracedSpan>>>,
     metrics: Arc<Mutex<Vec<(String, String)>>>,
     /// The string attributes of each exported resource (of spans and of metrics).
-    resources: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    resources: Arc<Mutex<Vec<Attributes>>>,
 }
 
-fn string_attributes(attributes: &[KeyValue]) -> Vec<(String, String)> {
+fn string_attributes(attributes: &[KeyValue]) -> Attributes {
     attributes
         .iter()
         .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
