@@ -46,7 +46,12 @@ struct Receiver {
     metrics: Arc<Mutex<Vec<(String, String)>>>,
     /// The string attributes of each exported resource (of spans and of metrics).
     resources: Arc<Mutex<Vec<Attributes>>>,
+    /// Each span's name, string attributes and status (code, message).
+    details: Arc<Mutex<Vec<SpanDetail>>>,
 }
+
+/// A span's name, string attributes and status (code, message).
+type SpanDetail = (String, Attributes, i32, String);
 
 fn string_attributes(attributes: &[KeyValue]) -> Attributes {
     attributes
@@ -111,6 +116,16 @@ impl TraceService for Receiver {
                 .push(string_attributes(&attributes));
             for scope in resource.scope_spans {
                 for span in scope.spans {
+                    let status = span.status.clone().unwrap_or_default();
+                    self.details
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((
+                            span.name.clone(),
+                            string_attributes(&span.attributes),
+                            status.code,
+                            status.message,
+                        ));
                     traces.push((span.trace_id.clone(), span.name.clone()));
                     spans.push((service.clone(), span.name));
                 }
@@ -286,6 +301,75 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
         "{} spans: {lead:?}",
         lead.len()
     );
+    // An operator finds the lead by its account, plan or intake id; each span says what
+    // kind of work it is in the semantic conventions' words.
+    let details = receiver
+        .details
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let attribute = |span: &str, key: &str| {
+        details
+            .iter()
+            .find(|(name, ..)| name == span)
+            .and_then(|(_, attributes, ..)| attributes.iter().find(|(k, _)| k == key))
+            .map(|(_, v)| v.clone())
+    };
+    let webhook = OWN_SPANS[0];
+    assert_eq!(
+        attribute(webhook, "salesplan.account_id").as_deref(),
+        Some("acme")
+    );
+    assert_eq!(
+        attribute(webhook, "salesplan.plan_id"),
+        Some(plan.id.clone())
+    );
+    assert!(attribute(webhook, "salesplan.intake_id").is_some_and(|id| id.len() == 36));
+    for consumed in [
+        "distributor.create_deals",
+        "reporting.apply",
+        "outbox.relay",
+    ] {
+        assert_eq!(
+            attribute(consumed, "messaging.system").as_deref(),
+            Some("nats")
+        );
+        assert_eq!(
+            attribute(consumed, "salesplan.account_id").as_deref(),
+            Some("acme")
+        );
+        assert!(attribute(consumed, "messaging.destination.name").is_some());
+    }
+    assert_eq!(
+        attribute("/salesplan.v1.DealService/CreateDeals", "rpc.system").as_deref(),
+        Some("grpc")
+    );
+
+    // A refused lead's span has an error status and the reason.
+    let refused = reqwest::Client::new()
+        .post(stack.webhook_url())
+        .bearer_auth(&funnel)
+        .json(&integration_tests::api::lead_json(
+            "00000000-0000-7000-8000-000000000000",
+            "run-2",
+            "c-2",
+        ))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 404);
+    let error = integration_tests::stack::eventually(Duration::from_secs(10), || async {
+        flush().await?;
+        let details = receiver
+            .details
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Ok(details
+            .into_iter()
+            .find(|(name, _, code, _)| name == webhook && *code == 2))
+    })
+    .await?;
+    assert!(error.3.contains("plan"), "{error:?}");
     let foreign: Vec<String> = receiver
         .traces()
         .into_iter()

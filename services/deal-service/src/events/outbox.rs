@@ -338,10 +338,18 @@ impl Batch {
             let mut message = Outgoing::new(row.subject, row.message_id, row.payload);
             // The relay's own span, child of the change that wrote the event; the event
             // then carries the relay span as its parent.
-            let span = tracing::info_span!("outbox.relay", otel.name = "outbox.relay", subject = %message.subject);
+            let account = streams::account_of(&message.subject).unwrap_or_default();
+            let span = tracing::info_span!(
+                "outbox.relay",
+                otel.name = "outbox.relay",
+                otel.kind = "producer",
+                messaging.system = "nats",
+                messaging.operation.type = "publish",
+                messaging.destination.name = %message.subject,
+                salesplan.account_id = account,
+            );
             telemetry::set_parent(&span, telemetry::extract_from_pairs(&row.headers));
             span.in_scope(|| telemetry::inject_into_nats(&mut message.headers));
-            let account = streams::account_of(&message.subject).unwrap_or_default();
             batch.accounts.push(account.to_owned());
             batch.messages.push(message);
         }

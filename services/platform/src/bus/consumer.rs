@@ -95,7 +95,15 @@ impl Delivery {
 
     /// A span for handling this message, child of the trace that published it.
     pub fn span(&self, name: &'static str) -> tracing::Span {
-        let span = tracing::info_span!("consume", otel.name = name, subject = %self.subject);
+        let span = tracing::info_span!(
+            "consume",
+            otel.name = name,
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %self.subject,
+            salesplan.account_id = super::streams::account_of(&self.subject).unwrap_or_default(),
+        );
         crate::telemetry::set_parent(
             &span,
             crate::telemetry::extract_from_nats(self.headers.as_ref()),

@@ -73,11 +73,25 @@ async fn add_to_sales_plan(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let span = tracing::info_span!("webhook", otel.name = "POST add-to-sales-plan");
+    let span = tracing::info_span!(
+        "webhook",
+        otel.name = "POST add-to-sales-plan",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = PATH,
+        http.response.status_code = tracing::field::Empty,
+        salesplan.account_id = tracing::field::Empty,
+        salesplan.plan_id = tracing::field::Empty,
+        salesplan.intake_id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
     telemetry::set_parent(&span, telemetry::extract_from_http(&headers));
+    let traced = span.clone();
     async move {
-        match handle(&state, &headers, body).await {
+        let response = match handle(&state, &headers, body).await {
             Ok(accepted) => {
+                traced.record("salesplan.intake_id", accepted.intake_id.to_string());
                 let token = accepted.consistency_token();
                 (
                     StatusCode::ACCEPTED,
@@ -90,8 +104,15 @@ async fn add_to_sales_plan(
                 )
                     .into_response()
             }
-            Err(err) => error_response(err),
-        }
+            Err(err) => {
+                // A refused lead's span says so, and why (an operator looks for it).
+                traced.record("otel.status_code", "ERROR");
+                traced.record("otel.status_description", err.to_string());
+                error_response(err)
+            }
+        };
+        traced.record("http.response.status_code", response.status().as_u16());
+        response
     }
     .instrument(span)
     .await
@@ -110,6 +131,7 @@ async fn handle(
         .verify_header(authorization)
         .map_err(ApiError::from)?;
     actor.require(Permission::IntakeWrite)?;
+    tracing::Span::current().record("salesplan.account_id", actor.account_id.as_str());
     let _permit = state.intake.admit_lead(&actor)?;
     if !declared_json(headers) {
         return Err(WebhookError::Body(StatusCode::UNSUPPORTED_MEDIA_TYPE));
@@ -119,6 +141,7 @@ async fn handle(
     let lead = parse_lead(&body).inspect_err(|_| {
         state.intake.count_rejected(pb::IntakeSource::Webhook);
     })?;
+    tracing::Span::current().record("salesplan.plan_id", lead.plan_id.as_str());
     Ok(state
         .intake
         .accept(&actor, lead, pb::IntakeSource::Webhook)
@@ -247,6 +270,15 @@ enum WebhookError {
     Api(ApiError),
     /// The body could not be read: too large (413) or broken.
     Body(StatusCode),
+}
+
+impl std::fmt::Display for WebhookError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Api(err) => err.fmt(f),
+            Self::Body(status) => write!(f, "body refused: {status}"),
+        }
+    }
 }
 
 impl From<ApiError> for WebhookError {
