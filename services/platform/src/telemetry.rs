@@ -258,10 +258,7 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
         .unwrap_or_else(|_| EnvFilter::new("info"))
     };
     let fmt = if config.json_logs {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .boxed()
+        json_logs(std::io::stdout).boxed()
     } else {
         tracing_subscriber::fmt::layer().boxed()
     };
@@ -301,6 +298,20 @@ pub const EXPORTED_CRATES: [&str; 5] = [
     "deal_service",
     "reporting",
 ];
+
+/// JSON log lines, one object each, with the current span's fields: inside the services'
+/// spans, their `trace_id` and `span_id` ([`set_parent`] records them), so a log line
+/// leads to its trace and back.
+fn json_logs<S, W>(writer: W) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(true)
+        .with_writer(writer)
+}
 
 fn exported() -> tracing_subscriber::filter::Targets {
     EXPORTED_CRATES.iter().fold(
@@ -405,6 +416,21 @@ pub fn add_link(span: &tracing::Span, other: &Context) {
 /// Makes `span` a child of the remote `parent` context (no-op without an OTel layer).
 pub fn set_parent(span: &tracing::Span, parent: Context) {
     let _ = span.set_parent(parent);
+    record_ids(span);
+}
+
+/// Writes the span's trace and span ids into its `trace_id` and `span_id` fields (the
+/// services' spans declare them), for the log lines inside it; nothing when no trace is
+/// kept (no OpenTelemetry layer).
+fn record_ids(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let context = span.context();
+    let otel = context.span();
+    let ids = otel.span_context();
+    if ids.is_valid() {
+        span.record("trace_id", ids.trace_id().to_string());
+        span.record("span_id", ids.span_id().to_string());
+    }
 }
 
 struct HttpHeaders<'a>(&'a mut http::HeaderMap);
@@ -514,6 +540,69 @@ mod tests {
         assert_eq!(name(&config).as_deref(), Some("from-attributes"));
         config.service_name = Some("from-variable".into());
         assert_eq!(name(&config).as_deref(), Some("from-variable"));
+    }
+
+    /// Log lines written to memory.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
+        type Writer = Lines;
+        fn make_writer(&'a self) -> Lines {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn json_log_lines_inside_a_services_span_carry_its_trace_and_span_ids() {
+        let tracer = SdkTracerProvider::builder().build();
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(json_logs(lines.clone()))
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer.tracer("test"))
+                    .with_filter(exported()),
+            );
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let span_id = tracing::subscriber::with_default(subscriber, || {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("traceparent", parent);
+            // As the services make theirs: a consumed message's span.
+            let delivery = crate::bus::Delivery {
+                subject: "salesplan.deals.v1.acme.created".into(),
+                payload: Default::default(),
+                headers: Some(headers),
+                delivered: 1,
+                stream_sequence: 1,
+            };
+            let span = delivery.span("reporting.apply");
+            let _entered = span.enter();
+            tracing::info!("applied");
+            use opentelemetry::trace::TraceContextExt as _;
+            span.context().span().span_context().span_id().to_string()
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(text.lines().find(|l| l.contains("applied")).unwrap()).unwrap();
+        assert_eq!(
+            line["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+            "{line}"
+        );
+        assert_eq!(line["span"]["span_id"], span_id.as_str(), "{line}");
     }
 
     #[test]

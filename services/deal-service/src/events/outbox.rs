@@ -347,6 +347,8 @@ impl Batch {
                 messaging.operation.type = "publish",
                 messaging.destination.name = %message.subject,
                 salesplan.account_id = account,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
             );
             telemetry::set_parent(&span, telemetry::extract_from_pairs(&row.headers));
             span.in_scope(|| telemetry::inject_into_nats(&mut message.headers));

@@ -103,6 +103,8 @@ impl Delivery {
             messaging.operation.type = "process",
             messaging.destination.name = %self.subject,
             salesplan.account_id = super::streams::account_of(&self.subject).unwrap_or_default(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
         crate::telemetry::set_parent(
             &span,

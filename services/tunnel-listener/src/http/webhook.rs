@@ -85,6 +85,8 @@ async fn add_to_sales_plan(
         salesplan.intake_id = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     telemetry::set_parent(&span, telemetry::extract_from_http(&headers));
     let traced = span.clone();
