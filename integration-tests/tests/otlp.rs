@@ -370,11 +370,49 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
     })
     .await?;
     assert!(error.3.contains("plan"), "{error:?}");
+
+    // A message no consumer can read is dead-lettered in its own trace, with the reason.
+    let nats = async_nats::connect(&stack.nats.url).await?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
+    async_nats::jetstream::new(nats)
+        .publish_with_headers(
+            salesplan_platform::bus::streams::intake_subject("acme", &plan.id),
+            headers,
+            "not protobuf".into(),
+        )
+        .await?
+        .await?;
+    let broken = hex_bytes("0af7651916cd43dd8448eb211c80319c");
+    integration_tests::stack::eventually(Duration::from_secs(10), || async {
+        flush().await?;
+        let traces = receiver.traces();
+        let details = receiver
+            .details
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let in_trace = traces
+            .iter()
+            .any(|(t, n)| *t == broken && n == "dead-letter");
+        let failed = details.iter().any(|(name, _, code, message)| {
+            name == "dead-letter" && *code == 2 && !message.is_empty()
+        });
+        Ok((in_trace && failed).then_some(()))
+    })
+    .await?;
     let foreign: Vec<String> = receiver
         .traces()
         .into_iter()
         .map(|(_, name)| name)
-        .filter(|n| !n.starts_with("/salesplan.v1.") && !OWN_SPANS.contains(&n.as_str()))
+        .filter(|n| {
+            !n.starts_with("/salesplan.v1.")
+                && !OWN_SPANS.contains(&n.as_str())
+                && n != "dead-letter"
+        })
         .collect();
     assert!(
         foreign.is_empty(),

@@ -105,6 +105,8 @@ impl Delivery {
             salesplan.account_id = super::streams::account_of(&self.subject).unwrap_or_default(),
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
         );
         crate::telemetry::set_parent(
             &span,
@@ -443,7 +445,14 @@ async fn dead_letter(
     reason: &str,
     counters: &Counters,
 ) {
-    tracing::error!(consumer = %spec.durable, subject = %delivery.subject, delivered = delivery.delivered, %reason, "dead-lettering message");
+    // In the message's trace (the lead's, for an intake event): a span that says it ended
+    // here, and why.
+    let span = delivery.span("dead-letter");
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", reason);
+    span.in_scope(|| {
+        tracing::error!(consumer = %spec.durable, subject = %delivery.subject, delivered = delivery.delivered, %reason, "dead-lettering message");
+    });
     // One dead letter per consumer and message: two consumers refusing the same event
     // (the distributor's and reporting's) must not be taken for one repeated publish.
     let mut out = Outgoing::new(
