@@ -371,8 +371,53 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
     .await?;
     assert!(error.3.contains("plan"), "{error:?}");
 
-    // A message no consumer can read is dead-lettered in its own trace, with the reason.
+    // A lead the distributor rejects (its plan exists nowhere) ends its trace with an
+    // error status and the reason.
     let nats = async_nats::connect(&stack.nats.url).await?;
+    let nowhere = "00000000-0000-7000-8000-0000000000aa";
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        "00-1af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
+    let event = salesplan_proto::v1::IntakeEvent {
+        intake_id: "0190b8a6-0000-7000-8000-000000000001".into(),
+        account_id: "acme".into(),
+        lead: Some(salesplan_proto::v1::Lead {
+            plan_id: nowhere.into(),
+            run_id: "run-x".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    async_nats::jetstream::new(nats.clone())
+        .publish_with_headers(
+            salesplan_platform::bus::streams::intake_subject("acme", nowhere),
+            headers,
+            prost::Message::encode_to_vec(&event).into(),
+        )
+        .await?
+        .await?;
+    let rejected_trace = hex_bytes("1af7651916cd43dd8448eb211c80319c");
+    integration_tests::stack::eventually(Duration::from_secs(10), || async {
+        flush().await?;
+        let in_trace = receiver
+            .traces()
+            .iter()
+            .any(|(t, n)| *t == rejected_trace && n == "distributor.reject");
+        let details = receiver
+            .details
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let failed = details.iter().any(|(name, _, code, message)| {
+            name == "distributor.reject" && *code == 2 && message.contains(nowhere)
+        });
+        Ok((in_trace && failed).then_some(()))
+    })
+    .await?;
+
+    // A message no consumer can read is dead-lettered in its own trace, with the reason.
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
         "traceparent",
@@ -411,7 +456,7 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
         .filter(|n| {
             !n.starts_with("/salesplan.v1.")
                 && !OWN_SPANS.contains(&n.as_str())
-                && n != "dead-letter"
+                && !["dead-letter", "distributor.reject"].contains(&n.as_str())
         })
         .collect();
     assert!(

@@ -306,7 +306,13 @@ impl IntakeEvents {
     ) {
         let mut records = Vec::with_capacity(rejected.len());
         for (index, code, reason) in rejected {
-            tracing::warn!(subject = %batch[index].subject, code = ?code, %reason, "lead rejected");
+            // In the lead's trace: a span that says it ended here, and why.
+            let span = batch[index].span("distributor.reject");
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", reason.as_str());
+            span.in_scope(|| {
+                tracing::warn!(subject = %batch[index].subject, code = ?code, %reason, "lead rejected");
+            });
             match rejection(&batch[index], code, reason) {
                 Ok(record) => records.push((index, record)),
                 Err(reason) => outcomes[index] = Outcome::Reject(reason),
