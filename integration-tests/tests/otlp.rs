@@ -38,20 +38,26 @@ type TracedSpan = (Vec<u8>, String);
 /// An exported resource's string attributes.
 type Attributes = Vec<(String, String)>;
 
-/// What the receiver got: (service.name, span or metric name), and each span's trace.
+/// What the receiver got: (service.name, span or metric name), and each span.
 #[derive(Clone, Default)]
 struct Receiver {
     spans: Arc<Mutex<Vec<(String, String)>>>,
-    traces: Arc<Mutex<Vec<TracedSpan>>>,
     metrics: Arc<Mutex<Vec<(String, String)>>>,
     /// The string attributes of each exported resource (of spans and of metrics).
     resources: Arc<Mutex<Vec<Attributes>>>,
-    /// Each span's name, string attributes and status (code, message).
+    /// Each span's trace, name, string attributes and status.
     details: Arc<Mutex<Vec<SpanDetail>>>,
 }
 
-/// A span's name, string attributes and status (code, message).
-type SpanDetail = (String, Attributes, i32, String);
+/// An exported span: its trace id, name, string attributes and status (code, message).
+#[derive(Clone, Debug)]
+struct SpanDetail {
+    trace: Vec<u8>,
+    name: String,
+    attributes: Attributes,
+    code: i32,
+    message: String,
+}
 
 fn string_attributes(attributes: &[KeyValue]) -> Attributes {
     attributes
@@ -64,12 +70,46 @@ fn string_attributes(attributes: &[KeyValue]) -> Attributes {
 }
 
 impl Receiver {
-    /// Every span so far: (trace id, name).
-    fn traces(&self) -> Vec<TracedSpan> {
-        self.traces
+    /// Every span so far.
+    fn details(&self) -> Vec<SpanDetail> {
+        self.details
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Every span so far: (trace id, name).
+    fn traces(&self) -> Vec<TracedSpan> {
+        self.details()
+            .into_iter()
+            .map(|span| (span.trace, span.name))
+            .collect()
+    }
+
+    /// Waits (at most 10 s, flushing) until a span `name` of the trace `trace` (hex) has
+    /// ended with an error whose reason holds `reason`.
+    async fn ended_in_error<F>(
+        &self,
+        flush: impl Fn() -> F,
+        trace: &str,
+        name: &str,
+        reason: &str,
+    ) -> anyhow::Result<()>
+    where
+        F: std::future::Future<Output = Result<(), tokio::task::JoinError>>,
+    {
+        let trace = hex_bytes(trace);
+        integration_tests::stack::eventually(Duration::from_secs(10), || async {
+            flush().await?;
+            Ok(self
+                .details()
+                .iter()
+                .any(|s| {
+                    s.trace == trace && s.name == name && s.code == 2 && s.message.contains(reason)
+                })
+                .then_some(()))
+        })
+        .await
     }
 
     /// Serves the receiver on a free port; its endpoint URL.
@@ -106,7 +146,6 @@ impl TraceService for Receiver {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
-        let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
         for resource in request.into_inner().resource_spans {
             let attributes = resource.resource.unwrap_or_default().attributes;
             let service = service_name(&attributes);
@@ -120,13 +159,13 @@ impl TraceService for Receiver {
                     self.details
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push((
-                            span.name.clone(),
-                            string_attributes(&span.attributes),
-                            status.code,
-                            status.message,
-                        ));
-                    traces.push((span.trace_id.clone(), span.name.clone()));
+                        .push(SpanDetail {
+                            trace: span.trace_id.clone(),
+                            name: span.name.clone(),
+                            attributes: string_attributes(&span.attributes),
+                            code: status.code,
+                            message: status.message,
+                        });
                     spans.push((service.clone(), span.name));
                 }
             }
@@ -303,16 +342,12 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
     );
     // An operator finds the lead by its account, plan or intake id; each span says what
     // kind of work it is in the semantic conventions' words.
-    let details = receiver
-        .details
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let details = receiver.details();
     let attribute = |span: &str, key: &str| {
         details
             .iter()
-            .find(|(name, ..)| name == span)
-            .and_then(|(_, attributes, ..)| attributes.iter().find(|(k, _)| k == key))
+            .find(|s| s.name == span)
+            .and_then(|s| s.attributes.iter().find(|(k, _)| k == key))
             .map(|(_, v)| v.clone())
     };
     let webhook = OWN_SPANS[0];
@@ -359,17 +394,13 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
     assert_eq!(refused.status(), 404);
     let error = integration_tests::stack::eventually(Duration::from_secs(10), || async {
         flush().await?;
-        let details = receiver
-            .details
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        Ok(details
+        Ok(receiver
+            .details()
             .into_iter()
-            .find(|(name, _, code, _)| name == webhook && *code == 2))
+            .find(|s| s.name == webhook && s.code == 2))
     })
     .await?;
-    assert!(error.3.contains("plan"), "{error:?}");
+    assert!(error.message.contains("plan"), "{error:?}");
 
     // A lead the distributor rejects (its plan exists nowhere) ends its trace with an
     // error status and the reason.
@@ -398,24 +429,14 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
         )
         .await?
         .await?;
-    let rejected_trace = hex_bytes("1af7651916cd43dd8448eb211c80319c");
-    integration_tests::stack::eventually(Duration::from_secs(10), || async {
-        flush().await?;
-        let in_trace = receiver
-            .traces()
-            .iter()
-            .any(|(t, n)| *t == rejected_trace && n == "distributor.reject");
-        let details = receiver
-            .details
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let failed = details.iter().any(|(name, _, code, message)| {
-            name == "distributor.reject" && *code == 2 && message.contains(nowhere)
-        });
-        Ok((in_trace && failed).then_some(()))
-    })
-    .await?;
+    receiver
+        .ended_in_error(
+            &flush,
+            "1af7651916cd43dd8448eb211c80319c",
+            "distributor.reject",
+            nowhere,
+        )
+        .await?;
 
     // A message no consumer can read is dead-lettered in its own trace, with the reason.
     let mut headers = async_nats::HeaderMap::new();
@@ -431,24 +452,14 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
         )
         .await?
         .await?;
-    let broken = hex_bytes("0af7651916cd43dd8448eb211c80319c");
-    integration_tests::stack::eventually(Duration::from_secs(10), || async {
-        flush().await?;
-        let traces = receiver.traces();
-        let details = receiver
-            .details
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let in_trace = traces
-            .iter()
-            .any(|(t, n)| *t == broken && n == "dead-letter");
-        let failed = details.iter().any(|(name, _, code, message)| {
-            name == "dead-letter" && *code == 2 && !message.is_empty()
-        });
-        Ok((in_trace && failed).then_some(()))
-    })
-    .await?;
+    receiver
+        .ended_in_error(
+            &flush,
+            "0af7651916cd43dd8448eb211c80319c",
+            "dead-letter",
+            "undecodable",
+        )
+        .await?;
     let foreign: Vec<String> = receiver
         .traces()
         .into_iter()

@@ -507,6 +507,54 @@ async fn limited_calls(
     ]
 }
 
+/// A plan of "acme" (AUTO round robin over `members`) and a bulk add of `contacts` to it
+/// through the listener's AddAudience, in chunks of `chunk`, every chunk answered.
+async fn bulk_add(
+    ports: &integration_tests::chaos::Ports,
+    name: &str,
+    members: &[&str],
+    contacts: usize,
+    chunk: usize,
+) -> anyhow::Result<salesplan_proto::v1::Plan> {
+    use futures::StreamExt as _;
+    use integration_tests::api::{Mode, Strategy, audience_chunks, create_plan, plan_request};
+    use salesplan_platform::{Actor, Permission, auth::TokenIssuer, config::AuthConfig};
+    use salesplan_proto::v1::intake_service_client::IntakeServiceClient;
+    let issuer = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes());
+    let token = |perms: &[Permission]| {
+        issuer.issue(
+            &Actor::new("acme", "ops", perms.iter().copied()),
+            Duration::from_secs(600),
+        )
+    };
+    let channel = |port: u16| async move {
+        anyhow::Ok(
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+                .connect()
+                .await?,
+        )
+    };
+    let plan = create_plan(
+        channel(ports.deal).await?,
+        &token(&[Permission::PlansAdmin])?,
+        plan_request(name, Mode::Auto, Strategy::RoundRobin, false, members),
+    )
+    .await?;
+    let run = name.to_ascii_lowercase();
+    let chunks = audience_chunks(&plan.id, &run, contacts, chunk, |i| format!("c-{i}"));
+    let mut answers = IntakeServiceClient::new(channel(ports.intake).await?)
+        .add_audience(salesplan_platform::grpc::outgoing(
+            futures::stream::iter(chunks),
+            &token(&[Permission::IntakeWrite])?,
+        ))
+        .await?
+        .into_inner();
+    while let Some(answer) = answers.next().await {
+        answer?;
+    }
+    Ok(plan)
+}
+
 /// Deals of the account "acme": how many, and how many distinct idempotency keys.
 async fn made(pool: &sqlx::PgPool) -> anyhow::Result<(i64, i64)> {
     Ok(sqlx::query_as(
@@ -523,49 +571,14 @@ async fn made(pool: &sqlx::PgPool) -> anyhow::Result<(i64, i64)> {
 /// finished or handed back, never applied twice.
 #[tokio::test]
 async fn sigterm_with_work_in_flight_loses_and_doubles_nothing() -> anyhow::Result<()> {
-    use futures::StreamExt as _;
-    use integration_tests::api::{Mode, Strategy, audience_chunks, create_plan, plan_request};
-    use salesplan_platform::{Actor, Permission, auth::TokenIssuer, config::AuthConfig};
-    use salesplan_proto::v1::intake_service_client::IntakeServiceClient;
     const CONTACTS: usize = 6_000;
     let (deps, mut services, ports) = start_binaries(
         // Small batches: many in flight while the stops come.
         &[("SALESPLAN_CONSUMER_BATCH", "50")],
     )
     .await?;
-    let issuer = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes());
-    let token = |perms: &[Permission]| {
-        issuer.issue(
-            &Actor::new("acme", "ops", perms.iter().copied()),
-            Duration::from_secs(600),
-        )
-    };
-    let deals =
-        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.deal))?
-            .connect()
-            .await?;
     let members = ["m1", "m2", "m3"];
-    let plan = create_plan(
-        deals,
-        &token(&[Permission::PlansAdmin])?,
-        plan_request("Drain", Mode::Auto, Strategy::RoundRobin, false, &members),
-    )
-    .await?;
-    let intake =
-        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.intake))?
-            .connect()
-            .await?;
-    let chunks = audience_chunks(&plan.id, "drain", CONTACTS, 1_000, |i| format!("c-{i}"));
-    let mut answers = IntakeServiceClient::new(intake)
-        .add_audience(salesplan_platform::grpc::outgoing(
-            futures::stream::iter(chunks),
-            &token(&[Permission::IntakeWrite])?,
-        ))
-        .await?
-        .into_inner();
-    while let Some(answer) = answers.next().await {
-        answer?;
-    }
+    bulk_add(&ports, "Drain", &members, CONTACTS, 1_000).await?;
 
     let pool = sqlx::PgPool::connect(&deps.database.url).await?;
     // services: deal-service, distributor, reporting, tunnel-listener.
@@ -870,10 +883,6 @@ async fn sqlstate_as(url: &str, statements: &str) -> anyhow::Result<Option<Strin
 /// through the read-only role, and no role reaches a schema that is not its own.
 #[tokio::test]
 async fn each_service_runs_as_its_own_role_and_reaches_no_other_schema() -> anyhow::Result<()> {
-    use futures::StreamExt as _;
-    use integration_tests::api::{Mode, Strategy, audience_chunks, create_plan, plan_request};
-    use salesplan_platform::{Actor, Permission, auth::TokenIssuer, config::AuthConfig};
-    use salesplan_proto::v1::intake_service_client::IntakeServiceClient;
     const DENIED: &str = "42501";
     let database = TestDatabase::create().await?;
     // deal-service's schema as a deployment from before the roles has it: created by the
@@ -921,44 +930,7 @@ async fn each_service_runs_as_its_own_role_and_reaches_no_other_schema() -> anyh
     )
     .await?;
 
-    let issuer = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes());
-    let token = |perms: &[Permission]| {
-        issuer.issue(
-            &Actor::new("acme", "ops", perms.iter().copied()),
-            Duration::from_secs(600),
-        )
-    };
-    let deals =
-        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.deal))?
-            .connect()
-            .await?;
-    let plan = create_plan(
-        deals,
-        &token(&[Permission::PlansAdmin])?,
-        plan_request(
-            "Roles",
-            Mode::Auto,
-            Strategy::RoundRobin,
-            false,
-            &["m1", "m2"],
-        ),
-    )
-    .await?;
-    let intake =
-        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.intake))?
-            .connect()
-            .await?;
-    let chunks = audience_chunks(&plan.id, "roles", 10, 10, |i| format!("c-{i}"));
-    let mut answers = IntakeServiceClient::new(intake)
-        .add_audience(salesplan_platform::grpc::outgoing(
-            futures::stream::iter(chunks),
-            &token(&[Permission::IntakeWrite])?,
-        ))
-        .await?
-        .into_inner();
-    while let Some(answer) = answers.next().await {
-        answer?;
-    }
+    bulk_add(&ports, "Roles", &["m1", "m2"], 10, 10).await?;
     // Read as the verify role: it sees deal-service's deals.
     let verify_url = roles.url(&database.url, "reporting_verify");
     let reader = sqlx::PgPool::connect(&verify_url).await?;
