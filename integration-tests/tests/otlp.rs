@@ -264,6 +264,17 @@ const OWN_SPANS: [&str; 4] = [
     "reporting.apply",
 ];
 
+/// The database spans of a lead: deal-service's look-up of the plan and its insert of the
+/// deal, each named by its operation and table.
+const DB_SPANS: [&str; 2] = ["SELECT plans", "INSERT deals"];
+
+/// A database client span (the plan made first and the counts read are traced too).
+fn is_db_span(name: &str) -> bool {
+    ["SELECT ", "INSERT ", "UPDATE ", "DELETE "]
+        .iter()
+        .any(|op| name.starts_with(op))
+}
+
 /// Spans a lead's trace is made of, at most (docs/operations.md lists them).
 const MOST_SPANS_PER_LEAD: usize = 15;
 
@@ -326,7 +337,7 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
             .then_some(spans))
     })
     .await?;
-    for expected in OWN_SPANS.iter().copied().chain([
+    for expected in OWN_SPANS.iter().chain(&DB_SPANS).copied().chain([
         "/salesplan.v1.PlanService/GetPlan",
         "/salesplan.v1.DealService/CreateDeals",
     ]) {
@@ -378,6 +389,34 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
     assert_eq!(
         attribute("/salesplan.v1.DealService/CreateDeals", "rpc.system").as_deref(),
         Some("grpc")
+    );
+    // A statement's span names the operation and the table, never a value of the lead.
+    let insert = details
+        .iter()
+        .find(|s| s.name == DB_SPANS[1])
+        .expect("INSERT deals");
+    for (key, value) in [
+        ("db.system.name", "postgresql"),
+        ("db.namespace", "deal_service"),
+        ("db.operation.name", "INSERT"),
+        ("db.collection.name", "deals"),
+    ] {
+        assert!(
+            insert
+                .attributes
+                .iter()
+                .any(|(k, v)| k == key && v == value),
+            "{key}={value} not in {:?}",
+            insert.attributes
+        );
+    }
+    assert!(
+        details
+            .iter()
+            .filter(|s| DB_SPANS.contains(&s.name.as_str()))
+            .flat_map(|s| &s.attributes)
+            .all(|(_, v)| !v.contains("c-1") && !v.contains("acme")),
+        "a database span carries a value of the lead"
     );
 
     // A refused lead's span has an error status and the reason.
@@ -467,6 +506,7 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
         .filter(|n| {
             !n.starts_with("/salesplan.v1.")
                 && !OWN_SPANS.contains(&n.as_str())
+                && !is_db_span(n)
                 && !["dead-letter", "distributor.reject"].contains(&n.as_str())
         })
         .collect();

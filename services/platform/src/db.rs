@@ -99,6 +99,42 @@ pub async fn key_lookups_only(tx: &mut PgConnection) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
+/// Runs `work` (a store call: its statements, in one transaction) inside a database client
+/// span named by `summary`, the operation and the table it is about (`"INSERT deals"`),
+/// with the semantic conventions' `db.*` attributes: never a statement's values.
+///
+/// The span exists only inside one of the services' own spans: statements of a polling
+/// loop (the outbox relay looking for rows, a projection's idle round) export nothing.
+pub async fn traced<F: std::future::Future>(
+    schema: &'static str,
+    summary: &'static str,
+    work: F,
+) -> F::Output {
+    use tracing::Instrument as _;
+    work.instrument(span(schema, summary)).await
+}
+
+fn span(schema: &'static str, summary: &'static str) -> tracing::Span {
+    if !crate::telemetry::inside_own_span() {
+        return tracing::Span::none();
+    }
+    let (operation, collection) = summary.split_once(' ').unwrap_or((summary, ""));
+    let span = tracing::info_span!(
+        "db",
+        otel.name = summary,
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.namespace = schema,
+        db.operation.name = operation,
+        db.collection.name = collection,
+        db.query.summary = summary,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    crate::telemetry::record_ids(&span);
+    span
+}
+
 /// Creates the schema if needed, then applies the service's migrations, on a connection of
 /// its own without a statement timeout (a migration may rewrite a large table).
 pub async fn migrate(
@@ -141,4 +177,33 @@ pub async fn connect_and_migrate(
         migrate(config, schema, migrator).await?;
     }
     connect(config, schema).await
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[test]
+    fn statements_are_traced_only_inside_the_services_own_spans() {
+        let subscriber = tracing_subscriber::registry().with(tracing_subscriber::fmt::layer());
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(
+                super::span("s", "SELECT plans").is_none(),
+                "outside any span"
+            );
+            let own = tracing::info_span!("request");
+            own.in_scope(|| {
+                let span = super::span("s", "SELECT plans");
+                assert!(!span.is_none(), "inside a request's span");
+                assert_eq!(span.metadata().map(|m| m.name()), Some("db"));
+            });
+            let foreign = tracing::info_span!(target: "h2::proto", "frame");
+            foreign.in_scope(|| {
+                assert!(
+                    super::span("s", "SELECT plans").is_none(),
+                    "inside h2's span"
+                );
+            });
+        });
+    }
 }

@@ -413,6 +413,19 @@ pub fn add_link(span: &tracing::Span, other: &Context) {
     }
 }
 
+/// Whether the current span is one of the services' own (a request, a consumed message, a
+/// relayed event): work outside them, such as a polling loop's, starts no trace of its own.
+pub fn inside_own_span() -> bool {
+    tracing::Span::current()
+        .metadata()
+        .is_some_and(|meta| is_own_target(meta.target()))
+}
+
+fn is_own_target(target: &str) -> bool {
+    let krate = target.split("::").next().unwrap_or(target);
+    EXPORTED_CRATES.contains(&krate)
+}
+
 /// Makes `span` a child of the remote `parent` context (no-op without an OTel layer).
 pub fn set_parent(span: &tracing::Span, parent: Context) {
     let _ = span.set_parent(parent);
@@ -422,7 +435,7 @@ pub fn set_parent(span: &tracing::Span, parent: Context) {
 /// Writes the span's trace and span ids into its `trace_id` and `span_id` fields (the
 /// services' spans declare them), for the log lines inside it; nothing when no trace is
 /// kept (no OpenTelemetry layer).
-fn record_ids(span: &tracing::Span) {
+pub(crate) fn record_ids(span: &tracing::Span) {
     use opentelemetry::trace::TraceContextExt as _;
     let context = span.context();
     let otel = context.span();
@@ -462,6 +475,15 @@ impl Extractor for HttpHeadersRef<'_> {
 mod tests {
     use super::*;
     use opentelemetry::trace::TraceContextExt;
+
+    #[test]
+    fn only_the_services_crates_are_their_own() {
+        assert!(is_own_target("deal_service::store::deals"));
+        assert!(is_own_target("salesplan_platform"));
+        assert!(!is_own_target("sqlx::query"));
+        assert!(!is_own_target("deal_service_extra::x"));
+        assert!(!is_own_target("h2::proto"));
+    }
 
     #[test]
     fn trace_context_survives_nats_headers() {

@@ -2,7 +2,12 @@
 
 use std::collections::HashMap;
 
-use salesplan_platform::{db::key_lookups_only, ids};
+use salesplan_platform::{
+    db::{self, key_lookups_only},
+    ids,
+};
+
+use crate::SCHEMA;
 use sqlx::{PgConnection, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -165,6 +170,7 @@ impl Store {
         actor_id: &str,
         inputs: Vec<NewDeal>,
     ) -> Result<Vec<Result<(Deal, bool), StoreError>>, StoreError> {
+        db::traced(SCHEMA, "INSERT deals", async {
         let err = match self
             .create_deals_together(account_id, actor_id, inputs.clone())
             .await
@@ -196,6 +202,8 @@ impl Store {
             results.push(result);
         }
         Ok(results)
+    })
+.await
     }
 
     /// [`Store::create_deals`] in one transaction: any database error fails them all.
@@ -253,17 +261,23 @@ impl Store {
     }
 
     pub async fn deal(&self, account_id: &str, deal_id: Uuid) -> Result<Deal, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        fetch_deal(&mut conn, account_id, deal_id, false).await
+        db::traced(SCHEMA, "SELECT deals", async {
+            let mut conn = self.pool.acquire().await?;
+            fetch_deal(&mut conn, account_id, deal_id, false).await
+        })
+        .await
     }
 
     /// The deal created with `key` in the account (for a deal from a lead, its intake id).
     pub async fn deal_by_key(&self, account_id: &str, key: &str) -> Result<Deal, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        deals_by_keys(&mut conn, account_id, &[key.to_owned()])
-            .await?
-            .remove(key)
-            .ok_or_else(|| StoreError::NotFound(format!("deal with idempotency key {key}")))
+        db::traced(SCHEMA, "SELECT deals", async {
+            let mut conn = self.pool.acquire().await?;
+            deals_by_keys(&mut conn, account_id, &[key.to_owned()])
+                .await?
+                .remove(key)
+                .ok_or_else(|| StoreError::NotFound(format!("deal with idempotency key {key}")))
+        })
+        .await
     }
 
     /// Changes one deal if it still has `expected_version` (else ABORTED, nothing written),
@@ -277,32 +291,35 @@ impl Store {
         already: impl FnOnce(&Deal) -> bool,
         change: impl FnOnce(&Deal, &Plan, OffsetDateTime) -> Result<(Deal, Change), DomainError>,
     ) -> Result<Deal, StoreError> {
-        let now = now();
-        let mut tx = self.pool.begin().await?;
-        let deal = fetch_deal(&mut tx, account_id, deal_id, true).await?;
-        // A retry of a change that was made (its answer lost), or a change someone else made
-        // meanwhile: what the caller asked for holds, so it is answered as done, whatever
-        // version the caller had.
-        if already(&deal) {
-            super::note_seen(&mut tx).await?;
-            return Ok(deal);
-        }
-        if deal.version != expected_version {
-            return Err(StoreError::Conflict(format!(
-                "deal {deal_id} is at version {}, not {expected_version}: reload it and retry",
-                deal.version
-            )));
-        }
-        let plan = load_plan(&mut tx, account_id, deal.plan_id, Lock::Share).await?;
-        let (next, what) = change(&deal, &plan, now)?;
-        let changes = [(next, what)];
-        update_deals(&mut tx, &changes).await?;
-        mark_reasons_used(&mut tx, &changes).await?;
-        events::record(&mut tx, actor_id, &changes, now).await?;
-        counts::apply(&mut tx, &count_deltas([(Some(&deal), &changes[0].0)])).await?;
-        super::commit(tx).await?;
-        let [(next, _)] = changes;
-        Ok(next)
+        db::traced(SCHEMA, "UPDATE deals", async {
+            let now = now();
+            let mut tx = self.pool.begin().await?;
+            let deal = fetch_deal(&mut tx, account_id, deal_id, true).await?;
+            // A retry of a change that was made (its answer lost), or a change someone else made
+            // meanwhile: what the caller asked for holds, so it is answered as done, whatever
+            // version the caller had.
+            if already(&deal) {
+                super::note_seen(&mut tx).await?;
+                return Ok(deal);
+            }
+            if deal.version != expected_version {
+                return Err(StoreError::Conflict(format!(
+                    "deal {deal_id} is at version {}, not {expected_version}: reload it and retry",
+                    deal.version
+                )));
+            }
+            let plan = load_plan(&mut tx, account_id, deal.plan_id, Lock::Share).await?;
+            let (next, what) = change(&deal, &plan, now)?;
+            let changes = [(next, what)];
+            update_deals(&mut tx, &changes).await?;
+            mark_reasons_used(&mut tx, &changes).await?;
+            events::record(&mut tx, actor_id, &changes, now).await?;
+            counts::apply(&mut tx, &count_deltas([(Some(&deal), &changes[0].0)])).await?;
+            super::commit(tx).await?;
+            let [(next, _)] = changes;
+            Ok(next)
+        })
+        .await
     }
 
     /// Applies `change` to every targeted deal, a chunk per transaction. `only_manager`
@@ -318,67 +335,70 @@ impl Store {
         already: impl Fn(&Deal) -> bool,
         change: impl Fn(&Deal, &Plan, OffsetDateTime) -> Result<(Deal, Change), DomainError>,
     ) -> Result<BulkOutcome, StoreError> {
-        let ids = match target {
-            BulkTarget::Ids(ids) => ids,
-            BulkTarget::Query(query) => self.matching_ids(account_id, &query).await?,
-        };
-        if ids.len() > MAX_BULK_DEALS {
-            // Refused whole rather than done in part: nothing half-written.
-            return Err(StoreError::invalid(
-                "filter",
-                format!(
-                    "matches more than {MAX_BULK_DEALS} deals, the most one bulk change \
+        db::traced(SCHEMA, "UPDATE deals", async {
+            let ids = match target {
+                BulkTarget::Ids(ids) => ids,
+                BulkTarget::Query(query) => self.matching_ids(account_id, &query).await?,
+            };
+            if ids.len() > MAX_BULK_DEALS {
+                // Refused whole rather than done in part: nothing half-written.
+                return Err(StoreError::invalid(
+                    "filter",
+                    format!(
+                        "matches more than {MAX_BULK_DEALS} deals, the most one bulk change \
                      takes; narrow it (by plan, stage or manager) and repeat"
-                ),
-            ));
-        }
-        let mut outcome = BulkOutcome::default();
-        for chunk in ids.chunks(BULK_CHUNK) {
-            let now = now();
-            let mut tx = self.pool.begin().await?;
-            let deals: HashMap<Uuid, Deal> = lock_deals(&mut tx, account_id, chunk)
-                .await?
-                .into_iter()
-                .map(|d| (d.id, d))
-                .collect();
-            let mut plans: HashMap<Uuid, Plan> = HashMap::new();
-            let mut changes = Vec::with_capacity(deals.len());
-            for id in chunk {
-                let Some(deal) = deals.get(id) else {
-                    outcome.failures.push((*id, "not found".into()));
-                    continue;
-                };
-                if only_manager.is_some_and(|m| deal.manager_id.as_deref() != Some(m)) {
-                    outcome
-                        .failures
-                        .push((*id, DomainError::NotYours.to_string()));
-                    continue;
-                }
-                // Where the change would put it already: done, and nothing written.
-                if already(deal) {
-                    outcome.unchanged += 1;
-                    continue;
-                }
-                let plan = match plans.entry(deal.plan_id) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(load_plan(&mut tx, account_id, deal.plan_id, Lock::Share).await?)
-                    }
-                };
-                match change(deal, plan, now) {
-                    Ok(c) => changes.push(c),
-                    Err(err) => outcome.failures.push((*id, err.to_string())),
-                }
+                    ),
+                ));
             }
-            update_deals(&mut tx, &changes).await?;
-            mark_reasons_used(&mut tx, &changes).await?;
-            events::record(&mut tx, actor_id, &changes, now).await?;
-            let deltas = count_deltas(changes.iter().map(|(d, _)| (deals.get(&d.id), d)));
-            counts::apply(&mut tx, &deltas).await?;
-            super::commit(tx).await?;
-            outcome.changed += changes.len() as i64;
-        }
-        Ok(outcome)
+            let mut outcome = BulkOutcome::default();
+            for chunk in ids.chunks(BULK_CHUNK) {
+                let now = now();
+                let mut tx = self.pool.begin().await?;
+                let deals: HashMap<Uuid, Deal> = lock_deals(&mut tx, account_id, chunk)
+                    .await?
+                    .into_iter()
+                    .map(|d| (d.id, d))
+                    .collect();
+                let mut plans: HashMap<Uuid, Plan> = HashMap::new();
+                let mut changes = Vec::with_capacity(deals.len());
+                for id in chunk {
+                    let Some(deal) = deals.get(id) else {
+                        outcome.failures.push((*id, "not found".into()));
+                        continue;
+                    };
+                    if only_manager.is_some_and(|m| deal.manager_id.as_deref() != Some(m)) {
+                        outcome
+                            .failures
+                            .push((*id, DomainError::NotYours.to_string()));
+                        continue;
+                    }
+                    // Where the change would put it already: done, and nothing written.
+                    if already(deal) {
+                        outcome.unchanged += 1;
+                        continue;
+                    }
+                    let plan = match plans.entry(deal.plan_id) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                            load_plan(&mut tx, account_id, deal.plan_id, Lock::Share).await?,
+                        ),
+                    };
+                    match change(deal, plan, now) {
+                        Ok(c) => changes.push(c),
+                        Err(err) => outcome.failures.push((*id, err.to_string())),
+                    }
+                }
+                update_deals(&mut tx, &changes).await?;
+                mark_reasons_used(&mut tx, &changes).await?;
+                events::record(&mut tx, actor_id, &changes, now).await?;
+                let deltas = count_deltas(changes.iter().map(|(d, _)| (deals.get(&d.id), d)));
+                counts::apply(&mut tx, &deltas).await?;
+                super::commit(tx).await?;
+                outcome.changed += changes.len() as i64;
+            }
+            Ok(outcome)
+        })
+        .await
     }
 
     async fn matching_ids(

@@ -1,6 +1,8 @@
 //! Plans, their stages, managers and loss reasons.
 
-use salesplan_platform::ids;
+use salesplan_platform::{db, ids};
+
+use crate::SCHEMA;
 
 use super::StoreError;
 use salesplan_proto::v1 as pb;
@@ -25,12 +27,13 @@ impl Store {
         actor_id: &str,
         draft: PlanDraft,
     ) -> Result<Plan, StoreError> {
-        let now = now();
-        let plan = draft.into_plan(account_id, ids::new_id(), now, ids::new_id);
-        let (mode, prefer_related, strategy) = distribution_columns(plan.distribution);
-        let mut tx = self.pool.begin().await?;
-        within_plan_cap(&mut tx, account_id).await?;
-        sqlx::query(
+        db::traced(SCHEMA, "INSERT plans", async {
+            let now = now();
+            let plan = draft.into_plan(account_id, ids::new_id(), now, ids::new_id);
+            let (mode, prefer_related, strategy) = distribution_columns(plan.distribution);
+            let mut tx = self.pool.begin().await?;
+            within_plan_cap(&mut tx, account_id).await?;
+            sqlx::query(
             "INSERT INTO plans (id, account_id, name, average_amount_minor, currency, chat_label,
                 distribution_mode, prefer_related, strategy, require_reason, archived, version,
                 created_at, updated_at)
@@ -49,17 +52,23 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        save_children(&mut tx, &plan).await?;
-        events::record_plan(&mut tx, &plan, pb::plan_event::Kind::Created, actor_id, now).await?;
-        super::commit(tx).await?;
-        Ok(plan)
+            save_children(&mut tx, &plan).await?;
+            events::record_plan(&mut tx, &plan, pb::plan_event::Kind::Created, actor_id, now)
+                .await?;
+            super::commit(tx).await?;
+            Ok(plan)
+        })
+        .await
     }
 
     pub async fn plan(&self, account_id: &str, plan_id: Uuid) -> Result<Plan, StoreError> {
-        let mut tx = super::snapshot(&self.pool).await?;
-        let plan = load_plan(&mut tx, account_id, plan_id, Lock::None).await?;
-        tx.commit().await?;
-        Ok(plan)
+        db::traced(SCHEMA, "SELECT plans", async {
+            let mut tx = super::snapshot(&self.pool).await?;
+            let plan = load_plan(&mut tx, account_id, plan_id, Lock::None).await?;
+            tx.commit().await?;
+            Ok(plan)
+        })
+        .await
     }
 
     /// Up to `limit` plans after the plan `after`, oldest first (ids are time-ordered),
@@ -71,26 +80,29 @@ impl Store {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<(Vec<Plan>, bool), StoreError> {
-        let mut conn = super::snapshot(&self.reads).await?;
-        let mut ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM plans WHERE account_id = $1 AND ($2 OR NOT archived)
+        db::traced(SCHEMA, "SELECT plans", async {
+            let mut conn = super::snapshot(&self.reads).await?;
+            let mut ids: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT id FROM plans WHERE account_id = $1 AND ($2 OR NOT archived)
                 AND ($3::uuid IS NULL OR id > $3)
              ORDER BY id LIMIT $4",
-        )
-        .bind(account_id)
-        .bind(include_archived)
-        .bind(after)
-        .bind(limit as i64 + 1)
-        .fetch_all(&mut *conn)
-        .await?;
-        let more = ids.len() > limit;
-        ids.truncate(limit);
-        let mut plans = Vec::with_capacity(ids.len());
-        for id in ids {
-            plans.push(load_plan(&mut conn, account_id, id, Lock::None).await?);
-        }
-        conn.commit().await?;
-        Ok((plans, more))
+            )
+            .bind(account_id)
+            .bind(include_archived)
+            .bind(after)
+            .bind(limit as i64 + 1)
+            .fetch_all(&mut *conn)
+            .await?;
+            let more = ids.len() > limit;
+            ids.truncate(limit);
+            let mut plans = Vec::with_capacity(ids.len());
+            for id in ids {
+                plans.push(load_plan(&mut conn, account_id, id, Lock::None).await?);
+            }
+            conn.commit().await?;
+            Ok((plans, more))
+        })
+        .await
     }
 
     /// Applies `change` to the plan under its row lock, saves it with a new version, and
@@ -105,23 +117,26 @@ impl Store {
         kind: pb::plan_event::Kind,
         change: impl FnOnce(&mut Plan) -> Result<T, DomainError>,
     ) -> Result<(Plan, T), StoreError> {
-        let now = now();
-        let mut tx = self.pool.begin().await?;
-        let before = load_plan(&mut tx, account_id, plan_id, Lock::Update).await?;
-        let mut plan = before.clone();
-        let out = change(&mut plan)?;
-        if plan == before {
-            super::note_seen(&mut tx).await?;
-            return Ok((plan, out));
-        }
-        if before.archived && !plan.archived {
-            within_plan_cap(&mut tx, account_id).await?;
-        }
-        plan.advance(&before, now);
-        save_plan(&mut tx, &plan).await?;
-        events::record_plan(&mut tx, &plan, kind, actor_id, now).await?;
-        super::commit(tx).await?;
-        Ok((plan, out))
+        db::traced(SCHEMA, "UPDATE plans", async {
+            let now = now();
+            let mut tx = self.pool.begin().await?;
+            let before = load_plan(&mut tx, account_id, plan_id, Lock::Update).await?;
+            let mut plan = before.clone();
+            let out = change(&mut plan)?;
+            if plan == before {
+                super::note_seen(&mut tx).await?;
+                return Ok((plan, out));
+            }
+            if before.archived && !plan.archived {
+                within_plan_cap(&mut tx, account_id).await?;
+            }
+            plan.advance(&before, now);
+            save_plan(&mut tx, &plan).await?;
+            events::record_plan(&mut tx, &plan, kind, actor_id, now).await?;
+            super::commit(tx).await?;
+            Ok((plan, out))
+        })
+        .await
     }
 
     /// Deletes a stage; its deals move to `target` first (each move in its history and
@@ -133,6 +148,7 @@ impl Store {
         stage_id: Uuid,
         target: Option<Uuid>,
     ) -> Result<(Plan, i64), StoreError> {
+        db::traced(SCHEMA, "DELETE stages", async {
         let now = now();
         let mut tx = self.pool.begin().await?;
         let plan_id = plan_of_stage(&mut tx, account_id, stage_id).await?;
@@ -165,6 +181,8 @@ impl Store {
         events::record_plan(&mut tx, &plan, pb::plan_event::Kind::Updated, actor_id, now).await?;
         super::commit(tx).await?;
         Ok((plan, moved))
+    })
+.await
     }
 
     /// The plan a stage belongs to (within the account).

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 
 use super::StoreError;
+use crate::SCHEMA;
+use salesplan_platform::db;
 use sqlx::{Postgres, QueryBuilder, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -272,24 +274,27 @@ impl Store {
         after: Option<&PageToken>,
         limit: usize,
     ) -> Result<(Page, Totals), StoreError> {
-        if query.counted_by_cells() {
-            // Cheap totals: read them beside the page.
-            return tokio::try_join!(
-                self.list_deals(account_id, query, sort, after, limit),
-                self.totals(account_id, query),
-            );
-        }
-        // Aggregated totals scan what the page's query scans again (for a search, the
-        // trigram posting lists): when the first page holds every match, count the page.
-        let page = self
-            .list_deals(account_id, query, sort, after, limit)
-            .await?;
-        let totals = if after.is_none() && !page.more {
-            Totals::of(&page.deals)
-        } else {
-            self.totals(account_id, query).await?
-        };
-        Ok((page, totals))
+        db::traced(SCHEMA, "SELECT deals", async {
+            if query.counted_by_cells() {
+                // Cheap totals: read them beside the page.
+                return tokio::try_join!(
+                    self.list_deals(account_id, query, sort, after, limit),
+                    self.totals(account_id, query),
+                );
+            }
+            // Aggregated totals scan what the page's query scans again (for a search, the
+            // trigram posting lists): when the first page holds every match, count the page.
+            let page = self
+                .list_deals(account_id, query, sort, after, limit)
+                .await?;
+            let totals = if after.is_none() && !page.more {
+                Totals::of(&page.deals)
+            } else {
+                self.totals(account_id, query).await?
+            };
+            Ok((page, totals))
+        })
+        .await
     }
 
     async fn totals(&self, account_id: &str, query: &DealQuery) -> Result<Totals, StoreError> {
@@ -329,54 +334,57 @@ impl Store {
         sort: Sort,
         cards: usize,
     ) -> Result<Board, StoreError> {
-        if query.search.is_some() {
-            // Per column, a search would scan its trigram index once for the totals and once
-            // per column for the cards; a search that matches few deals is read once.
-            let matches = self
-                .list_deals(account_id, query, sort, None, BOARD_MATCHES_READ_WHOLE)
-                .await?;
-            if !matches.more {
-                return Ok(board_of(matches.deals, stage_ids, cards));
-            }
-        }
-        let mut per_stage: HashMap<Uuid, Totals> = HashMap::new();
-        let mut totals = Totals::default();
-        for (stage_id, count, amount) in self.stage_totals(account_id, query).await? {
-            totals.add(count, amount.clone());
-            per_stage.entry(stage_id).or_default().add(count, amount);
-        }
-
-        let mut per_stage_cards: HashMap<Uuid, Vec<Deal>> = HashMap::new();
-        if cards > 0 {
-            // One round trip: the first cards of each column through its index.
-            let mut qb = QueryBuilder::new("SELECT d.* FROM UNNEST(");
-            qb.push_bind(stage_ids.to_vec());
-            qb.push(format!(
-                "::uuid[]) AS s(sid) CROSS JOIN LATERAL (SELECT {DEAL_COLUMNS} FROM deals"
-            ));
-            push_filter(&mut qb, account_id, query);
-            qb.push(" AND stage_id = s.sid");
-            push_order(&mut qb, sort);
-            qb.push(" LIMIT ").push_bind(cards as i64 + 1).push(") d");
-            for row in qb.build().fetch_all(&self.reads).await? {
-                let deal = deal_from_row(&row)?;
-                per_stage_cards.entry(deal.stage_id).or_default().push(deal);
-            }
-        }
-        let columns = stage_ids
-            .iter()
-            .map(|id| {
-                let mut deals = per_stage_cards.remove(id).unwrap_or_default();
-                let more = deals.len() > cards;
-                deals.truncate(cards);
-                Column {
-                    stage_id: *id,
-                    totals: per_stage.remove(id).unwrap_or_default(),
-                    cards: Page { deals, more },
+        db::traced(SCHEMA, "SELECT deals", async {
+            if query.search.is_some() {
+                // Per column, a search would scan its trigram index once for the totals and once
+                // per column for the cards; a search that matches few deals is read once.
+                let matches = self
+                    .list_deals(account_id, query, sort, None, BOARD_MATCHES_READ_WHOLE)
+                    .await?;
+                if !matches.more {
+                    return Ok(board_of(matches.deals, stage_ids, cards));
                 }
-            })
-            .collect();
-        Ok(Board { columns, totals })
+            }
+            let mut per_stage: HashMap<Uuid, Totals> = HashMap::new();
+            let mut totals = Totals::default();
+            for (stage_id, count, amount) in self.stage_totals(account_id, query).await? {
+                totals.add(count, amount.clone());
+                per_stage.entry(stage_id).or_default().add(count, amount);
+            }
+
+            let mut per_stage_cards: HashMap<Uuid, Vec<Deal>> = HashMap::new();
+            if cards > 0 {
+                // One round trip: the first cards of each column through its index.
+                let mut qb = QueryBuilder::new("SELECT d.* FROM UNNEST(");
+                qb.push_bind(stage_ids.to_vec());
+                qb.push(format!(
+                    "::uuid[]) AS s(sid) CROSS JOIN LATERAL (SELECT {DEAL_COLUMNS} FROM deals"
+                ));
+                push_filter(&mut qb, account_id, query);
+                qb.push(" AND stage_id = s.sid");
+                push_order(&mut qb, sort);
+                qb.push(" LIMIT ").push_bind(cards as i64 + 1).push(") d");
+                for row in qb.build().fetch_all(&self.reads).await? {
+                    let deal = deal_from_row(&row)?;
+                    per_stage_cards.entry(deal.stage_id).or_default().push(deal);
+                }
+            }
+            let columns = stage_ids
+                .iter()
+                .map(|id| {
+                    let mut deals = per_stage_cards.remove(id).unwrap_or_default();
+                    let more = deals.len() > cards;
+                    deals.truncate(cards);
+                    Column {
+                        stage_id: *id,
+                        totals: per_stage.remove(id).unwrap_or_default(),
+                        cards: Page { deals, more },
+                    }
+                })
+                .collect();
+            Ok(Board { columns, totals })
+        })
+        .await
     }
 
     /// Up to `limit` entries of a deal's history after the entry `after`, oldest first, and
@@ -388,38 +396,41 @@ impl Store {
         after: Option<i64>,
         limit: usize,
     ) -> Result<(Vec<HistoryRow>, bool), StoreError> {
-        // Through the deal itself: another account's deal is simply not found.
-        self.deal(account_id, deal_id).await?;
-        let rows = sqlx::query(
-            "SELECT id, at, actor_id, action, from_value, to_value, loss_reason_id, status
+        db::traced(SCHEMA, "SELECT deal_history", async {
+            // Through the deal itself: another account's deal is simply not found.
+            self.deal(account_id, deal_id).await?;
+            let rows = sqlx::query(
+                "SELECT id, at, actor_id, action, from_value, to_value, loss_reason_id, status
              FROM deal_history WHERE account_id = $1 AND deal_id = $2
                 AND ($3::bigint IS NULL OR id > $3)
              ORDER BY id LIMIT $4",
-        )
-        .bind(account_id)
-        .bind(deal_id)
-        .bind(after)
-        .bind(limit as i64 + 1)
-        .fetch_all(&self.reads)
-        .await?;
-        let more = rows.len() > limit;
-        let entries = rows
-            .iter()
-            .take(limit)
-            .map(|r| {
-                Ok(HistoryRow {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    actor_id: r.try_get("actor_id")?,
-                    action: r.try_get("action")?,
-                    from: r.try_get("from_value")?,
-                    to: r.try_get("to_value")?,
-                    loss_reason_id: r.try_get("loss_reason_id")?,
-                    status: r.try_get("status")?,
+            )
+            .bind(account_id)
+            .bind(deal_id)
+            .bind(after)
+            .bind(limit as i64 + 1)
+            .fetch_all(&self.reads)
+            .await?;
+            let more = rows.len() > limit;
+            let entries = rows
+                .iter()
+                .take(limit)
+                .map(|r| {
+                    Ok(HistoryRow {
+                        id: r.try_get("id")?,
+                        at: r.try_get("at")?,
+                        actor_id: r.try_get("actor_id")?,
+                        action: r.try_get("action")?,
+                        from: r.try_get("from_value")?,
+                        to: r.try_get("to_value")?,
+                        loss_reason_id: r.try_get("loss_reason_id")?,
+                        status: r.try_get("status")?,
+                    })
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        Ok((entries, more))
+                .collect::<Result<_, sqlx::Error>>()?;
+            Ok((entries, more))
+        })
+        .await
     }
 }
 

@@ -7,10 +7,11 @@ pub use rejections::{After, Rejection};
 
 use std::collections::{BTreeMap, HashMap};
 
-use salesplan_platform::db::key_lookups_only;
+use salesplan_platform::db::{self, key_lookups_only};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
+use crate::SCHEMA;
 use crate::domain::{
     batch::{Batch, Known, PendingLead},
     deal_view::{self, Changes, DealState, Deltas, KnownDeals, LeadDecision, Seen},
@@ -312,14 +313,17 @@ impl Store {
         account_id: &str,
         deal_id: Uuid,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let row = sqlx::query(
-            "SELECT explanation FROM assignments WHERE account_id = $1 AND deal_id = $2",
-        )
-        .bind(account_id)
-        .bind(deal_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|row| row.try_get("explanation")).transpose()?)
+        db::traced(SCHEMA, "SELECT assignments", async {
+            let row = sqlx::query(
+                "SELECT explanation FROM assignments WHERE account_id = $1 AND deal_id = $2",
+            )
+            .bind(account_id)
+            .bind(deal_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.map(|row| row.try_get("explanation")).transpose()?)
+        })
+        .await
     }
 
     /// The stored explanation of the decision of the lead `intake_id` of the plan, within
@@ -331,16 +335,19 @@ impl Store {
         plan_id: Uuid,
         intake_id: Uuid,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let row = sqlx::query(
-            "SELECT explanation FROM assignments
+        db::traced(SCHEMA, "SELECT assignments", async {
+            let row = sqlx::query(
+                "SELECT explanation FROM assignments
              WHERE account_id = $1 AND intake_id = $2 AND plan_id = $3",
-        )
-        .bind(account_id)
-        .bind(intake_id)
-        .bind(plan_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|row| row.try_get("explanation")).transpose()?)
+            )
+            .bind(account_id)
+            .bind(intake_id)
+            .bind(plan_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.map(|row| row.try_get("explanation")).transpose()?)
+        })
+        .await
     }
 
     /// Open deals per manager of a plan, as the distributor counts them.

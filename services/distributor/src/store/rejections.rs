@@ -1,9 +1,12 @@
 //! Leads refused on their own when their deal was created: recorded for their account,
 //! with their decision forgotten (it never became a deal, so it counts for nobody).
 
+use salesplan_platform::db;
 use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use crate::SCHEMA;
 
 use super::{Deltas, Store, StoreError, apply_deltas};
 
@@ -101,37 +104,40 @@ impl Store {
         after: Option<After>,
         limit: i64,
     ) -> Result<Vec<Rejection>, StoreError> {
-        let (after_at, after_id) = after.unzip();
-        Ok(sqlx::query(
-            "SELECT intake_id, account_id, plan_id, source, tunnel_id, block_id, run_id, code,
+        db::traced(SCHEMA, "SELECT intake_rejections", async {
+            let (after_at, after_id) = after.unzip();
+            Ok(sqlx::query(
+                "SELECT intake_id, account_id, plan_id, source, tunnel_id, block_id, run_id, code,
                 reason, rejected_at
              FROM intake_rejections
              WHERE account_id = $1 AND ($2::uuid IS NULL OR plan_id = $2)
                 AND ($3::timestamptz IS NULL OR (rejected_at, intake_id) < ($3, $4))
              ORDER BY rejected_at DESC, intake_id DESC LIMIT $5",
-        )
-        .bind(account_id)
-        .bind(plan_id)
-        .bind(after_at)
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Rejection {
-                intake_id: r.try_get("intake_id")?,
-                account_id: r.try_get("account_id")?,
-                plan_id: r.try_get("plan_id")?,
-                source: r.try_get("source")?,
-                tunnel_id: r.try_get("tunnel_id")?,
-                block_id: r.try_get("block_id")?,
-                run_id: r.try_get("run_id")?,
-                code: r.try_get("code")?,
-                reason: r.try_get("reason")?,
-                rejected_at: r.try_get("rejected_at")?,
+            )
+            .bind(account_id)
+            .bind(plan_id)
+            .bind(after_at)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Rejection {
+                    intake_id: r.try_get("intake_id")?,
+                    account_id: r.try_get("account_id")?,
+                    plan_id: r.try_get("plan_id")?,
+                    source: r.try_get("source")?,
+                    tunnel_id: r.try_get("tunnel_id")?,
+                    block_id: r.try_get("block_id")?,
+                    run_id: r.try_get("run_id")?,
+                    code: r.try_get("code")?,
+                    reason: r.try_get("reason")?,
+                    rejected_at: r.try_get("rejected_at")?,
+                })
             })
+            .collect::<Result<_, sqlx::Error>>()?)
         })
-        .collect::<Result<_, sqlx::Error>>()?)
+        .await
     }
 }

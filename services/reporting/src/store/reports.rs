@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
+use salesplan_platform::db;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+
+use crate::SCHEMA;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -49,18 +52,21 @@ pub async fn closed_cells(
     period: Period,
     scope: &Scope,
 ) -> Result<Vec<Cell>, super::StoreError> {
-    if period == Period::default() {
-        return all_time_cells(pool, account_id, scope).await;
-    }
-    let split = split(period);
-    let mut cells = match split.whole_days {
-        Some((first, end)) => daily_cells(pool, account_id, (first, end), scope).await?,
-        None => Vec::new(),
-    };
-    for (from, to) in split.edges {
-        cells.extend(counted_cells(pool, account_id, (from, to), scope).await?);
-    }
-    Ok(cells)
+    db::traced(SCHEMA, "SELECT closed_totals", async {
+        if period == Period::default() {
+            return all_time_cells(pool, account_id, scope).await;
+        }
+        let split = split(period);
+        let mut cells = match split.whole_days {
+            Some((first, end)) => daily_cells(pool, account_id, (first, end), scope).await?,
+            None => Vec::new(),
+        };
+        for (from, to) in split.edges {
+            cells.extend(counted_cells(pool, account_id, (from, to), scope).await?);
+        }
+        Ok(cells)
+    })
+    .await
 }
 
 /// Cells of the kept all-time totals.
@@ -184,35 +190,38 @@ pub async fn stage_losses(
     period: Period,
     plans: &[Uuid],
 ) -> Result<Vec<(Uuid, Option<Uuid>, i64)>, super::StoreError> {
-    let mut qb = QueryBuilder::new(
-        "SELECT plan_id, stage_before_close_id, count(*)::bigint AS lost FROM deals
+    db::traced(SCHEMA, "SELECT deals", async {
+        let mut qb = QueryBuilder::new(
+            "SELECT plan_id, stage_before_close_id, count(*)::bigint AS lost FROM deals
          WHERE status = 'lost' AND account_id = ",
-    );
-    qb.push_bind(account_id.to_owned());
-    if let Some(from) = period.from {
-        qb.push(" AND closed_at >= ").push_bind(from);
-    }
-    if let Some(to) = period.to {
-        qb.push(" AND closed_at < ").push_bind(to);
-    }
-    if !plans.is_empty() {
-        qb.push(" AND plan_id = ANY(")
-            .push_bind(plans.to_vec())
-            .push(")");
-    }
-    qb.push(" GROUP BY 1, 2");
-    qb.build()
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get("plan_id")?,
-                r.try_get("stage_before_close_id")?,
-                r.try_get("lost")?,
-            ))
-        })
-        .collect()
+        );
+        qb.push_bind(account_id.to_owned());
+        if let Some(from) = period.from {
+            qb.push(" AND closed_at >= ").push_bind(from);
+        }
+        if let Some(to) = period.to {
+            qb.push(" AND closed_at < ").push_bind(to);
+        }
+        if !plans.is_empty() {
+            qb.push(" AND plan_id = ANY(")
+                .push_bind(plans.to_vec())
+                .push(")");
+        }
+        qb.push(" GROUP BY 1, 2");
+        qb.build()
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("plan_id")?,
+                    r.try_get("stage_before_close_id")?,
+                    r.try_get("lost")?,
+                ))
+            })
+            .collect()
+    })
+    .await
 }
 
 /// Stages of the account's plans: (plan, stage) → (name, position, deleted).
@@ -220,24 +229,27 @@ pub async fn stages(
     pool: &PgPool,
     account_id: &str,
 ) -> Result<Vec<(Uuid, Uuid, String, i32, bool)>, super::StoreError> {
-    sqlx::query(
-        "SELECT s.plan_id, s.stage_id, s.name, s.position, s.deleted FROM stages s
+    db::traced(SCHEMA, "SELECT stages", async {
+        sqlx::query(
+            "SELECT s.plan_id, s.stage_id, s.name, s.position, s.deleted FROM stages s
          JOIN plans p ON p.plan_id = s.plan_id WHERE p.account_id = $1",
-    )
-    .bind(account_id)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok((
-            r.try_get("plan_id")?,
-            r.try_get("stage_id")?,
-            r.try_get("name")?,
-            r.try_get("position")?,
-            r.try_get("deleted")?,
-        ))
+        )
+        .bind(account_id)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("plan_id")?,
+                r.try_get("stage_id")?,
+                r.try_get("name")?,
+                r.try_get("position")?,
+                r.try_get("deleted")?,
+            ))
+        })
+        .collect()
     })
-    .collect()
+    .await
 }
 
 /// Deals of one stage in one currency, with their exact amount.
@@ -267,7 +279,8 @@ pub async fn pipeline_summary(
     account_id: &str,
     plan_id: Option<Uuid>,
 ) -> Result<(Vec<StageTotal>, Vec<ManagerTotal>), super::StoreError> {
-    let stages = sqlx::query(
+    db::traced(SCHEMA, "SELECT deals", async {
+        let stages = sqlx::query(
         "SELECT plan_id, stage_id, currency, count(*) AS deals, sum(amount_minor)::text AS amount
          FROM deals WHERE account_id = $1 AND ($2::uuid IS NULL OR plan_id = $2)
          GROUP BY plan_id, stage_id, currency ORDER BY plan_id, stage_id, currency",
@@ -287,28 +300,30 @@ pub async fn pipeline_summary(
         })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let managers = sqlx::query(
-        "SELECT plan_id, manager_id,
+        let managers = sqlx::query(
+            "SELECT plan_id, manager_id,
                 count(*) FILTER (WHERE status = 'open') AS open,
                 count(*) FILTER (WHERE status = 'won') AS won,
                 count(*) FILTER (WHERE status = 'lost') AS lost
          FROM deals WHERE account_id = $1 AND ($2::uuid IS NULL OR plan_id = $2)
          GROUP BY plan_id, manager_id ORDER BY plan_id, manager_id NULLS FIRST",
-    )
-    .bind(account_id)
-    .bind(plan_id)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(ManagerTotal {
-            plan_id: r.try_get("plan_id")?,
-            manager_id: r.try_get("manager_id")?,
-            open: r.try_get("open")?,
-            won: r.try_get("won")?,
-            lost: r.try_get("lost")?,
+        )
+        .bind(account_id)
+        .bind(plan_id)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ManagerTotal {
+                plan_id: r.try_get("plan_id")?,
+                manager_id: r.try_get("manager_id")?,
+                open: r.try_get("open")?,
+                won: r.try_get("won")?,
+                lost: r.try_get("lost")?,
+            })
         })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok((stages, managers))
     })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok((stages, managers))
+    .await
 }
