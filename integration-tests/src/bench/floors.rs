@@ -67,7 +67,6 @@ async fn publish_pipelined(
 
 pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     let n = config.floor;
-    let mut lines = Vec::new();
     let js = jetstream::new(async_nats::connect(&env.nats_url).await?);
     js.create_stream(jetstream::stream::Config {
         name: "BENCH".into(),
@@ -75,17 +74,29 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         ..Default::default()
     })
     .await?;
-    let took = publish_pipelined(&js, "bench.raw", n).await?;
-    lines.push(Line::rate(
+    let pool = sqlx::PgPool::connect(&env.database_url).await?;
+    sqlx::query(DEALS_LIKE).execute(&pool).await?;
+    let mut lines = jetstream_floors(&js, n).await?;
+    lines.extend(insert_floors(&pool, n).await?);
+    lines.extend(schema_floor(&pool, n).await?);
+    lines.push(minimal_pipeline(&js, &pool, n).await?);
+    Ok(lines)
+}
+
+/// JetStream alone: `n` intake events published with pipelined acks, then pulled and
+/// acked one by one.
+async fn jetstream_floors(js: &jetstream::Context, n: usize) -> anyhow::Result<Vec<Line>> {
+    let took = publish_pipelined(js, "bench.raw", n).await?;
+    let mut lines = vec![Line::rate(
         "floor",
         "JetStream publish, acks pipelined (5,000 in flight)",
         n,
         took,
         "—",
-    ));
-
-    let stream = js.get_stream("BENCH").await?;
-    let consumer = stream
+    )];
+    let consumer = js
+        .get_stream("BENCH")
+        .await?
         .create_consumer(pull::Config {
             durable_name: Some("bench".into()),
             ..Default::default()
@@ -116,9 +127,12 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         started.elapsed(),
         "—",
     ));
+    Ok(lines)
+}
 
-    let pool = sqlx::PgPool::connect(&env.database_url).await?;
-    sqlx::query(DEALS_LIKE).execute(&pool).await?;
+/// PostgreSQL alone, into a table shaped like the deals (primary key, unique idempotency
+/// key): one row per transaction, then 500 rows per statement.
+async fn insert_floors(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<Vec<Line>> {
     let single = n.min(20_000);
     let plan = Uuid::new_v4();
     let started = Instant::now();
@@ -127,21 +141,20 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
             .bind(Uuid::now_v7())
             .bind(plan)
             .bind(format!("Deal {i}"))
-            .execute(&pool)
+            .execute(pool)
             .await?;
     }
-    lines.push(Line::rate(
+    let mut lines = vec![Line::rate(
         "floor",
         "PostgreSQL, 1-row INSERT per transaction, 1 connection",
         single,
         started.elapsed(),
         "—",
-    ));
-
+    )];
     let started = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
         let keys: Vec<String> = chunk.iter().map(|i| format!("row-{i}")).collect();
-        insert_batch(&pool, plan, &keys).await?;
+        insert_batch(pool, plan, &keys).await?;
     }
     lines.push(Line::rate(
         "floor",
@@ -150,57 +163,65 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         started.elapsed(),
         "—",
     ));
+    Ok(lines)
+}
 
-    // What storing a deal costs with the indexes the queries need: copies of deal-service's
-    // tables (every index), a deal and its history row per lead, 500 per transaction,
-    // nothing else; two connections, one per core. Copies, dropped afterwards, so the
-    // intake runs later do not inherit their vacuum and index debt.
+/// What storing a deal costs with the indexes the queries need: copies of deal-service's
+/// tables (every index), a deal and its history row per lead, 500 per transaction,
+/// nothing else; two connections, one per core. Copies, dropped afterwards, so the intake
+/// runs later do not inherit their vacuum and index debt.
+async fn schema_floor(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<Vec<Line>> {
     for statement in [
         "DROP SCHEMA IF EXISTS bench_floor CASCADE",
         "CREATE SCHEMA bench_floor",
         "CREATE TABLE bench_floor.deals (LIKE deal_service.deals INCLUDING ALL)",
         "CREATE TABLE bench_floor.deal_history (LIKE deal_service.deal_history INCLUDING ALL)",
     ] {
-        sqlx::query(statement).execute(&pool).await?;
+        sqlx::query(statement).execute(pool).await?;
     }
+    let plan = Uuid::new_v4();
     let (started, cpu_before) = (Instant::now(), super::cpu::sample());
     let half = n.div_ceil(1_000) * 500;
-    let writer = |from: usize, to: usize| {
-        let pool = pool.clone();
-        async move {
-            for first in (from..to).step_by(500) {
-                deal_rows_batch(&pool, plan, first, 500.min(to - first)).await?;
-            }
-            anyhow::Ok(())
+    let writer = |from: usize, to: usize| async move {
+        for first in (from..to).step_by(500) {
+            deal_rows_batch(pool, plan, first, 500.min(to - first)).await?;
         }
+        anyhow::Ok(())
     };
     tokio::try_join!(writer(0, half.min(n)), writer(half.min(n), n))?;
-    lines.push(Line::rate(
-        "floor",
-        super::SCHEMA_FLOOR,
-        n,
-        started.elapsed(),
-        "—",
-    ));
-    lines.push(super::cpu::line(
-        "deal-service's schema floor (per deal)",
-        n,
-        &cpu_before,
-        &super::cpu::sample(),
-    ));
+    let lines = vec![
+        Line::rate("floor", super::SCHEMA_FLOOR, n, started.elapsed(), "—"),
+        super::cpu::line(
+            "deal-service's schema floor (per deal)",
+            n,
+            &cpu_before,
+            &super::cpu::sample(),
+        ),
+    ];
     sqlx::query("DROP SCHEMA bench_floor CASCADE")
-        .execute(&pool)
+        .execute(pool)
         .await?;
+    Ok(lines)
+}
 
-    // The minimal pipeline: publish N events; one consumer inserts them in batches of 500.
-    sqlx::query("TRUNCATE bench_rows").execute(&pool).await?;
-    let consumer = stream
+/// The minimal pipeline: `n` events published while one consumer decodes them and inserts
+/// their rows idempotently, 500 at a time, acking each after its insert.
+async fn minimal_pipeline(
+    js: &jetstream::Context,
+    pool: &sqlx::PgPool,
+    n: usize,
+) -> anyhow::Result<Line> {
+    sqlx::query("TRUNCATE bench_rows").execute(pool).await?;
+    let consumer = js
+        .get_stream("BENCH")
+        .await?
         .create_consumer(pull::Config {
             durable_name: Some("bench-pipeline".into()),
             filter_subject: "bench.pipe.>".into(),
             ..Default::default()
         })
         .await?;
+    let plan = Uuid::new_v4();
     let started = Instant::now();
     let publisher = {
         let js = js.clone();
@@ -221,30 +242,32 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         if messages.is_empty() {
             continue;
         }
-        // As the product does: each message decoded, its deal keyed by its lead.
-        let keys = messages
-            .iter()
-            .map(|m| {
-                use prost::Message as _;
-                let event = salesplan_proto::v1::IntakeEvent::decode(m.payload.clone())?;
-                Ok(event.lead.map(|l| l.run_id).unwrap_or_default())
-            })
-            .collect::<anyhow::Result<Vec<String>>>()?;
-        insert_batch(&pool, plan, &keys).await?;
+        insert_batch(pool, plan, &lead_keys(&messages)?).await?;
         for message in &messages {
             message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
         }
         inserted += messages.len();
     }
     publisher.await??;
-    lines.push(Line::rate(
+    Ok(Line::rate(
         "floor",
         super::MINIMAL_PIPELINE,
         n,
         started.elapsed(),
         "—",
-    ));
-    Ok(lines)
+    ))
+}
+
+/// As the product does: each message decoded, its deal keyed by its lead.
+fn lead_keys(messages: &[jetstream::Message]) -> anyhow::Result<Vec<String>> {
+    messages
+        .iter()
+        .map(|m| {
+            use prost::Message as _;
+            let event = salesplan_proto::v1::IntakeEvent::decode(m.payload.clone())?;
+            Ok(event.lead.map(|l| l.run_id).unwrap_or_default())
+        })
+        .collect()
 }
 
 /// One row per key, idempotent as deal-service's insert is: a key already there is

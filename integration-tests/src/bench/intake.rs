@@ -202,92 +202,10 @@ pub(super) fn webhook_lead(plan: &str, id: &str) -> serde_json::Value {
 const MAX_IN_FLIGHT: usize = 2_048;
 
 pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
-    let mut lines = Vec::new();
     let pool = sqlx::PgPool::connect(&env.database_url).await?;
     let funnel = env.token(&[Permission::IntakeWrite])?;
-
-    // Bulk add: the audience "mass action".
-    let plan = env.plan("Bench bulk").await?;
-    let (started, cpu_before) = (Instant::now(), super::cpu::sample());
-    let chunks = audience_chunks(&plan.id, "bench", config.leads, 1_000, |i| format!("a-{i}"));
-    let mut replies = IntakeServiceClient::new(env.channel(&env.intake_url).await?)
-        .add_audience(outgoing(futures::stream::iter(chunks), &funnel))
-        .await?
-        .into_inner();
-    while let Some(reply) = replies.next().await {
-        reply?;
-    }
-    let accepted = started.elapsed();
-    env.settled(&pool, &plan.id, config.leads).await?;
-    let cpu_after = super::cpu::sample();
-    lines.push(Line::rate(
-        "intake",
-        "AddAudience: leads accepted (stored in JetStream)",
-        config.leads,
-        accepted,
-        "—",
-    ));
-    lines.push(Line::rate(
-        "intake",
-        ADD_AUDIENCE_END_TO_END,
-        config.leads,
-        started.elapsed(),
-        "≥ 10,000/s",
-    ));
-    lines.push(super::cpu::line(
-        "AddAudience end to end (per lead)",
-        config.leads,
-        &cpu_before,
-        &cpu_after,
-    ));
-
-    // The webhook, 64 requests at a time.
-    let n = (config.leads / 5).max(1);
-    let plan = env.plan("Bench webhook").await?;
-    let http = reqwest::Client::new();
-    let (started, cpu_before) = (Instant::now(), super::cpu::sample());
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let (http, webhook, funnel, plan) = (
-                http.clone(),
-                env.webhook.clone(),
-                funnel.clone(),
-                plan.id.clone(),
-            );
-            async move {
-                let body = webhook_lead(&plan, &format!("w-{i}"));
-                let status = http
-                    .post(&webhook)
-                    .bearer_auth(&funnel)
-                    .json(&body)
-                    .send()
-                    .await?
-                    .status();
-                anyhow::ensure!(status == 202, "webhook answered {status}");
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<Vec<()>>>()?;
-    env.settled(&pool, &plan.id, n).await?;
-    let cpu_after = super::cpu::sample();
-    lines.push(Line::rate(
-        "intake",
-        WEBHOOK_END_TO_END,
-        n,
-        started.elapsed(),
-        "≥ 10,000/s",
-    ));
-    lines.push(super::cpu::line(
-        "webhook end to end (per lead)",
-        n,
-        &cpu_before,
-        &cpu_after,
-    ));
-
+    let mut lines = bulk_add(env, &pool, &funnel, config.leads).await?;
+    lines.extend(webhook(env, &pool, &funnel, (config.leads / 5).max(1)).await?);
     // Latency from each lead's planned send time to its deal committed and out to the
     // readers, at fixed offered rates (open loop); the page cache flushed first, and once
     // more at 1,000/s for longer without it.
@@ -297,7 +215,6 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     if config.rates.contains(&1_000) {
         lines.extend(latency_run(env, &funnel, 1_000, config.long_seconds, false).await?);
     }
-
     for (name, rss) in env.peak_rss() {
         let mib = rss.map(|b| b as f64 / (1024.0 * 1024.0)).unwrap_or(0.0);
         lines.push(Line {
@@ -308,8 +225,93 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
             json: serde_json::json!({"bytes": rss}),
         });
     }
-
     Ok(lines)
+}
+
+/// The audience "mass action": `n` contacts through one AddAudience stream, until
+/// accepted and until settled, with the CPU each lead cost.
+async fn bulk_add(
+    env: &Env,
+    pool: &sqlx::PgPool,
+    funnel: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Line>> {
+    let plan = env.plan("Bench bulk").await?;
+    let (started, cpu_before) = (Instant::now(), super::cpu::sample());
+    let chunks = audience_chunks(&plan.id, "bench", n, 1_000, |i| format!("a-{i}"));
+    let mut replies = IntakeServiceClient::new(env.channel(&env.intake_url).await?)
+        .add_audience(outgoing(futures::stream::iter(chunks), funnel))
+        .await?
+        .into_inner();
+    while let Some(reply) = replies.next().await {
+        reply?;
+    }
+    let accepted = started.elapsed();
+    env.settled(pool, &plan.id, n).await?;
+    let cpu_after = super::cpu::sample();
+    Ok(vec![
+        Line::rate(
+            "intake",
+            "AddAudience: leads accepted (stored in JetStream)",
+            n,
+            accepted,
+            "—",
+        ),
+        Line::rate(
+            "intake",
+            ADD_AUDIENCE_END_TO_END,
+            n,
+            started.elapsed(),
+            "≥ 10,000/s",
+        ),
+        super::cpu::line(
+            "AddAudience end to end (per lead)",
+            n,
+            &cpu_before,
+            &cpu_after,
+        ),
+    ])
+}
+
+/// `n` webhook leads, 64 requests at a time, until settled, with the CPU each lead cost.
+async fn webhook(
+    env: &Env,
+    pool: &sqlx::PgPool,
+    funnel: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Line>> {
+    let plan = env.plan("Bench webhook").await?;
+    let http = reqwest::Client::new();
+    let (started, cpu_before) = (Instant::now(), super::cpu::sample());
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let request = http
+                .post(&env.webhook)
+                .bearer_auth(funnel)
+                .json(&webhook_lead(&plan.id, &format!("w-{i}")));
+            async move {
+                let status = request.send().await?.status();
+                anyhow::ensure!(status == 202, "webhook answered {status}");
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
+    env.settled(pool, &plan.id, n).await?;
+    let cpu_after = super::cpu::sample();
+    Ok(vec![
+        Line::rate(
+            "intake",
+            WEBHOOK_END_TO_END,
+            n,
+            started.elapsed(),
+            "≥ 10,000/s",
+        ),
+        super::cpu::line("webhook end to end (per lead)", n, &cpu_before, &cpu_after),
+    ])
 }
 
 /// Webhook leads at `rate` a second for `seconds`, each sent at its planned time (a
@@ -326,12 +328,12 @@ async fn latency_run(
     flush: bool,
 ) -> anyhow::Result<Vec<Line>> {
     let pool = sqlx::PgPool::connect(&env.database_url).await?;
-    let http = reqwest::Client::new();
     let plan = env.plan(&format!("Bench {rate}/s {seconds} s")).await?;
     // One lead through first: the services learn of a new plan from its event, and the
     // first leads of a plan created a moment ago waited for that. Funnels fire into plans
     // that exist; that is what is measured.
-    http.post(&env.webhook)
+    reqwest::Client::new()
+        .post(&env.webhook)
         .bearer_auth(funnel)
         .json(&webhook_lead(&plan.id, "warm-up"))
         .send()
@@ -343,49 +345,11 @@ async fn latency_run(
     }
     let total = (rate * seconds) as usize;
     let seen = watch_deals(env, total).await?;
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    // Bounded in flight: past it (the listener answers slower than leads are offered) the
-    // generator waits, and its leads' planned times stay where they were.
-    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let (start, wall_start) = (tokio::time::Instant::now(), SystemTime::now());
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let offset = interval * i as u32;
-        tokio::time::sleep_until(start + offset).await;
-        let permit = in_flight.clone().acquire_owned().await?;
-        let (http, webhook, funnel, plan) = (
-            http.clone(),
-            env.webhook.clone(),
-            funnel.to_owned(),
-            plan.id.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            let reply: serde_json::Value = http
-                .post(&webhook)
-                .bearer_auth(&funnel)
-                .json(&webhook_lead(&plan, &format!("r-{i}")))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let answered = SystemTime::now();
-            let id = reply["intake_id"].as_str().unwrap_or_default().to_owned();
-            anyhow::ensure!(!id.is_empty(), "the webhook answered {reply}");
-            anyhow::Ok((id, wall_start + offset, answered))
-        }));
-    }
-    let sending = start.elapsed();
-    let mut planned: HashMap<String, SystemTime> = HashMap::new();
-    let mut answered: HashMap<String, SystemTime> = HashMap::new();
-    for task in tasks {
-        let (id, at, answer) = task.await??;
-        planned.insert(id.clone(), at);
-        answered.insert(id, answer);
-    }
+    let sent = send_at_rate(env, funnel, &plan.id, rate, total).await?;
     env.settled(&pool, &plan.id, total + 1).await?;
     let seen = tokio::time::timeout(Duration::from_secs(60), seen).await???;
-    let samples: Vec<Duration> = planned
+    let samples: Vec<Duration> = sent
+        .planned
         .iter()
         .map(|(key, at)| {
             let seen = seen
@@ -394,11 +358,11 @@ async fn latency_run(
             Ok(seen.duration_since(*at).unwrap_or_default())
         })
         .collect::<anyhow::Result<_>>()?;
-    let planned_for = interval * total as u32;
-    let achieved = if sending > planned_for + Duration::from_millis(500) {
+    let planned_for = Duration::from_secs(seconds);
+    let achieved = if sent.sending > planned_for + Duration::from_millis(500) {
         format!(
             "; offered rate NOT achieved: {:.1} s to send {seconds} s of leads",
-            sending.as_secs_f64()
+            sent.sending.as_secs_f64()
         )
     } else {
         String::new()
@@ -411,8 +375,8 @@ async fn latency_run(
     let created = created_at(&pool, &plan.id).await?;
     let stages = stages_line(
         &format!("{rate} leads/s for {seconds} s"),
-        &planned,
-        &answered,
+        &sent.planned,
+        &sent.answered,
         &created,
         &seen,
     );
@@ -431,6 +395,60 @@ async fn latency_run(
         ),
         stages,
     ])
+}
+
+/// What an open-loop send did: each lead's planned send time and answer time, by intake
+/// id, and how long sending all of them took.
+struct Sent {
+    planned: HashMap<String, SystemTime>,
+    answered: HashMap<String, SystemTime>,
+    sending: Duration,
+}
+
+/// Sends `total` webhook leads into `plan`, one every `1 / rate` s from now, each at its
+/// planned time; at most [`MAX_IN_FLIGHT`] in flight.
+async fn send_at_rate(
+    env: &Env,
+    funnel: &str,
+    plan: &str,
+    rate: u64,
+    total: usize,
+) -> anyhow::Result<Sent> {
+    let http = reqwest::Client::new();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    // Bounded in flight: past it (the listener answers slower than leads are offered) the
+    // generator waits, and its leads' planned times stay where they were.
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let (start, wall_start) = (tokio::time::Instant::now(), SystemTime::now());
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let offset = interval * i as u32;
+        tokio::time::sleep_until(start + offset).await;
+        let permit = in_flight.clone().acquire_owned().await?;
+        let request = http
+            .post(&env.webhook)
+            .bearer_auth(funnel)
+            .json(&webhook_lead(plan, &format!("r-{i}")));
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let reply: serde_json::Value = request.send().await?.json().await?;
+            let answered = SystemTime::now();
+            let id = reply["intake_id"].as_str().unwrap_or_default().to_owned();
+            anyhow::ensure!(!id.is_empty(), "the webhook answered {reply}");
+            anyhow::Ok((id, wall_start + offset, answered))
+        }));
+    }
+    let mut sent = Sent {
+        planned: HashMap::with_capacity(total),
+        answered: HashMap::with_capacity(total),
+        sending: start.elapsed(),
+    };
+    for task in tasks {
+        let (id, at, answer) = task.await??;
+        sent.planned.insert(id.clone(), at);
+        sent.answered.insert(id, answer);
+    }
+    Ok(sent)
 }
 
 /// When each deal of the plan was created (deal-service sets `created_at` as it builds

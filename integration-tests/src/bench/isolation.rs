@@ -48,82 +48,151 @@ async fn trickle(
     stop: CancellationToken,
 ) -> anyhow::Result<Trickle> {
     let token = env.token_of("b", &[Permission::IntakeWrite, Permission::DealsRead])?;
-    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    // A read that failed (a slow moment of the machine) is tried again at the next poll;
-    // the wait for B's deals below has the deadline, and names the last failure.
-    let failed: Arc<Mutex<Option<String>>> = Arc::default();
-    let planned: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let sightings = Sightings::default();
     let reader_stop = CancellationToken::new();
-    let reader = {
-        let (seen, stop, failed) = (seen.clone(), reader_stop.clone(), failed.clone());
-        let planned = planned.clone();
-        let mut deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
-        let request = pb::ListDealsRequest {
-            filter: Some(pb::DealFilter {
-                plan_id: plan.id.clone(),
-                ..Default::default()
-            }),
-            page_size: NEWEST,
-            ..Default::default()
-        };
-        tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                // Newest first, page after page until one reaches deals seen before: after
-                // a stall, more than a page may have appeared at once.
-                let mut request = request.clone();
-                loop {
-                    let page = match deals.list_deals(outgoing(request.clone(), &token)).await {
-                        Ok(page) => page.into_inner(),
-                        Err(status) => {
-                            *failed.lock().unwrap_or_else(|e| e.into_inner()) =
-                                Some(status.to_string());
-                            break;
-                        }
-                    };
-                    let now = Instant::now();
-                    let mut all_new = true;
-                    {
-                        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                        for deal in page.deals {
-                            all_new &= !seen.contains_key(&deal.idempotency_key);
-                            seen.entry(deal.idempotency_key).or_insert(now);
-                        }
-                    }
-                    if !all_new || page.next_page_token.is_empty() {
-                        break;
-                    }
-                    request.page_token = page.next_page_token;
-                }
-                // A deal committed late, behind newer ones already seen, is not on the
-                // newest page: a lead not seen a second after its planned send is looked
-                // up by its key (the time it is found is its time).
-                let overdue: Vec<String> = {
-                    let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                    let planned = planned.lock().unwrap_or_else(|e| e.into_inner());
-                    planned
-                        .iter()
-                        .filter(|(key, at)| {
-                            !seen.contains_key(key) && at.elapsed() > Duration::from_secs(1)
-                        })
-                        .map(|(key, _)| key.clone())
-                        .collect()
-                };
-                for key in overdue {
-                    let request = pb::GetDealRequest {
-                        idempotency_key: key.clone(),
-                        ..Default::default()
-                    };
-                    if deals.get_deal(outgoing(request, &token)).await.is_ok() {
-                        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                        seen.entry(key).or_insert(Instant::now());
-                    }
-                }
-                tokio::time::sleep(POLL).await;
+    let reader = tokio::spawn(watch_deals(
+        DealServiceClient::new(env.channel(&env.deal_url).await?),
+        plan.id.clone(),
+        token,
+        sightings.clone(),
+        reader_stop.clone(),
+    ));
+    let accepted = send_leads(env, plan, tag, stop, &sightings).await?;
+    let shown = sightings.all_shown(Duration::from_secs(120)).await;
+    reader_stop.cancel();
+    reader.await?;
+    Ok(Trickle {
+        shown: shown?,
+        accepted,
+    })
+}
+
+/// What B's reader saw: when each deal (by its key) was first shown, the leads sent
+/// (key, planned send time), and the reader's last failure.
+#[derive(Clone, Default)]
+struct Sightings {
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    planned: Arc<Mutex<Vec<(String, Instant)>>>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sightings {
+    /// Notes the deals shown now; whether every one of them is new.
+    fn see(&self, keys: impl IntoIterator<Item = String>) -> bool {
+        let now = Instant::now();
+        let mut seen = locked(&self.seen);
+        let mut all_new = true;
+        for key in keys {
+            all_new &= !seen.contains_key(&key);
+            seen.entry(key).or_insert(now);
+        }
+        all_new
+    }
+
+    /// Leads not seen a second after their planned send.
+    fn overdue(&self) -> Vec<String> {
+        let seen = locked(&self.seen);
+        locked(&self.planned)
+            .iter()
+            .filter(|(key, at)| !seen.contains_key(key) && at.elapsed() > Duration::from_secs(1))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Each lead's time from its planned send to its deal shown, once every one was shown
+    /// (at most `deadline` from now; else how many were not, and the reader's last failure).
+    async fn all_shown(&self, deadline: Duration) -> anyhow::Result<Vec<Duration>> {
+        let planned = locked(&self.planned).clone();
+        let deadline = Instant::now() + deadline;
+        loop {
+            let seen = locked(&self.seen).clone();
+            let missing = planned
+                .iter()
+                .filter(|(key, _)| !seen.contains_key(key))
+                .count();
+            if missing == 0 {
+                return Ok(planned
+                    .iter()
+                    .map(|(key, at)| seen[key].saturating_duration_since(*at))
+                    .collect());
             }
-            anyhow::Ok(())
-        })
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{missing} of B's {} deals did not appear; the reader's last failure: {:?}",
+                planned.len(),
+                locked(&self.failed)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// B's reader: every [`POLL`], the newest deals of the plan, page after page until one
+/// reaches deals seen before (after a stall, more than a page may have appeared at once);
+/// a lead overdue is looked up by its key. A read that failed (a slow moment of the
+/// machine) is tried again at the next poll; [`Sightings::all_shown`] has the deadline and
+/// names the last failure.
+async fn watch_deals(
+    mut deals: DealServiceClient<tonic::transport::Channel>,
+    plan_id: String,
+    token: String,
+    sightings: Sightings,
+    stop: CancellationToken,
+) {
+    let newest = pb::ListDealsRequest {
+        filter: Some(pb::DealFilter {
+            plan_id,
+            ..Default::default()
+        }),
+        page_size: NEWEST,
+        ..Default::default()
     };
+    while !stop.is_cancelled() {
+        let mut request = newest.clone();
+        loop {
+            let page = match deals.list_deals(outgoing(request.clone(), &token)).await {
+                Ok(page) => page.into_inner(),
+                Err(status) => {
+                    *locked(&sightings.failed) = Some(status.to_string());
+                    break;
+                }
+            };
+            let all_new = sightings.see(page.deals.into_iter().map(|d| d.idempotency_key));
+            if !all_new || page.next_page_token.is_empty() {
+                break;
+            }
+            request.page_token = page.next_page_token;
+        }
+        // A deal committed late, behind newer ones already seen, is not on the newest
+        // page: the time it is found by its key is its time.
+        for key in sightings.overdue() {
+            let request = pb::GetDealRequest {
+                idempotency_key: key.clone(),
+                ..Default::default()
+            };
+            if deals.get_deal(outgoing(request, &token)).await.is_ok() {
+                sightings.see([key]);
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Sends B's webhook leads, one every [`EVERY`] until `stop` (at least one), noting each
+/// as planned; each one's time from its planned send to its 202.
+async fn send_leads(
+    env: &Env,
+    plan: &pb::Plan,
+    tag: &str,
+    stop: CancellationToken,
+    sightings: &Sightings,
+) -> anyhow::Result<Vec<Duration>> {
     let http = reqwest::Client::new();
+    let token = env.token_of("b", &[Permission::IntakeWrite])?;
     let start = Instant::now() + EVERY;
     let mut sends = Vec::new();
     for i in 0.. {
@@ -133,24 +202,13 @@ async fn trickle(
             break;
         }
         let run = format!("{tag}-{i}");
-        planned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((intake_id("b", &plan.id, &run), at));
-        let (http, webhook, token) = (
-            http.clone(),
-            env.webhook.clone(),
-            env.token_of("b", &[Permission::IntakeWrite])?,
-        );
-        let body = super::intake::webhook_lead(&plan.id, &run);
+        locked(&sightings.planned).push((intake_id("b", &plan.id, &run), at));
+        let request = http
+            .post(&env.webhook)
+            .bearer_auth(&token)
+            .json(&super::intake::webhook_lead(&plan.id, &run));
         sends.push(tokio::spawn(async move {
-            let status = http
-                .post(&webhook)
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await?
-                .status();
+            let status = request.send().await?.status();
             anyhow::ensure!(status == 202, "B's webhook answered {status}");
             anyhow::Ok(Instant::now().saturating_duration_since(at))
         }));
@@ -159,31 +217,7 @@ async fn trickle(
     for send in sends {
         accepted.push(send.await??);
     }
-    let planned = planned.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let shown = loop {
-        let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if planned.iter().all(|(key, _)| seen.contains_key(key)) {
-            break planned
-                .iter()
-                .map(|(key, at)| seen[key].saturating_duration_since(*at))
-                .collect();
-        }
-        let missing = planned
-            .iter()
-            .filter(|(key, _)| !seen.contains_key(key))
-            .count();
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{missing} of B's {} deals did not appear; the reader's last failure: {:?}",
-            planned.len(),
-            failed.lock().unwrap_or_else(|e| e.into_inner())
-        );
-        tokio::time::sleep(POLL).await;
-    };
-    reader_stop.cancel();
-    reader.await??;
-    Ok(Trickle { shown, accepted })
+    Ok(accepted)
 }
 
 /// B's leads, each from its planned send time to its deal shown, and to its 202.
@@ -372,18 +406,28 @@ fn b_lines(lines: &mut Vec<Line>, what: String, run: Trickle, target: &str) -> D
 }
 
 pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
-    let mut lines = Vec::new();
     let b_plan = env.plan_of("b", "B's funnel").await?;
     // B's runs are twice the latency runs' length: a p99 of 400 samples, not 200.
     let seconds = 2 * config.rate_seconds;
     // The first lead of a new plan waits for the services to learn of it: not measured.
     trickle_for(env, &b_plan, "warm-up", 0).await?;
     settle(env, "B alone").await?;
+    let mut lines = against_bulk(env, &b_plan, config.leads, seconds).await?;
+    lines.extend(against_searches(env, &b_plan, config.deals.min(200_000), seconds).await?);
+    Ok(lines)
+}
 
-    // B alone (one webhook lead every 50 ms), then A's bulk add alone, then both at once.
-    let alone = trickle_for(env, &b_plan, "alone", seconds).await?;
+/// B alone (one webhook lead every 50 ms), then A's bulk add of `n` alone, then both at
+/// once.
+async fn against_bulk(
+    env: &Env,
+    b_plan: &pb::Plan,
+    n: usize,
+    seconds: u64,
+) -> anyhow::Result<Vec<Line>> {
+    let mut lines = Vec::new();
+    let alone = trickle_for(env, b_plan, "alone", seconds).await?;
     let alone_p99 = b_lines(&mut lines, "B alone".into(), alone, "—");
-    let n = config.leads;
     let a_plan = env.plan_of("a", "A alone").await?;
     vacuum(env).await?;
     let a_alone = bulk_add(env, &a_plan, n).await?;
@@ -403,7 +447,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
             stop.cancel();
             took
         },
-        trickle(env, &b_plan, "with-bulk", stop.clone()),
+        trickle(env, b_plan, "with-bulk", stop.clone()),
     );
     let (a_with, b_with) = (a_with?, b_with?);
     let with_p99 = b_lines(
@@ -429,28 +473,33 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         a_alone.as_secs_f64() / a_with.as_secs_f64().max(1e-9),
         "≥ 0.70×",
     ));
+    Ok(lines)
+}
 
-    // A's searches: seeded deals, 20 searches at once that match every one.
-    let searched = config.deals.min(200_000);
+/// B alone again, then B while A runs [`SEARCHERS`] searches at once, each matching every
+/// one of A's `searched` seeded deals.
+async fn against_searches(
+    env: &Env,
+    b_plan: &pb::Plan,
+    searched: usize,
+    seconds: u64,
+) -> anyhow::Result<Vec<Line>> {
+    let mut lines = Vec::new();
     let pool = sqlx::PgPool::connect(&env.database_url).await?;
     let s_plan = env.plan_of("a", "A searched").await?;
     seed(&pool, "a", &s_plan, searched).await?;
     settle(env, "B alone, again").await?;
-    let solo = trickle_for(env, &b_plan, "solo-2", seconds).await?;
+    let solo = trickle_for(env, b_plan, "solo-2", seconds).await?;
     let solo_p99 = b_lines(&mut lines, "B alone, again".into(), solo, "—");
     settle(env, "the search run").await?;
     let stop = CancellationToken::new();
-    let attack = {
-        let stop = stop.clone();
-        async move { searches(env, &s_plan, stop).await }
-    };
     let (attacked, answered) = tokio::join!(
         async {
-            let samples = trickle_for(env, &b_plan, "searched", seconds).await;
+            let samples = trickle_for(env, b_plan, "searched", seconds).await;
             stop.cancel();
             samples
         },
-        attack,
+        searches(env, &s_plan, stop.clone()),
     );
     let (attacked, (answered, refused)) = (attacked?, answered?);
     let attacked_p99 = b_lines(

@@ -94,157 +94,172 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         "—",
     )];
     flush_page_cache("the queries").await?;
-    let token = env.token(&[Permission::DealsEditAll, Permission::ReportsRead])?;
-    let deals = DealServiceClient::new(env.channel(&env.deal_url).await?);
-    let n = config.deals;
-    let repeats = config.repeats;
+    let reader = Reader {
+        deals: DealServiceClient::new(env.channel(&env.deal_url).await?),
+        token: env.token(&[Permission::DealsEditAll, Permission::ReportsRead])?,
+        n: config.deals,
+        repeats: config.repeats,
+    };
+    lines.extend(reader.boards(&plan.id).await?);
+    lines.extend(reader.searches().await?);
+    lines.push(reader.cold_search().await?);
+    lines.push(reader.deep_pages(&plan.id).await?);
+    lines.extend(super::reports::run(env, &pool, "bench", &reader.token, reader.repeats).await?);
+    Ok(lines)
+}
 
-    let board = |filter: pb::DealFilter| {
-        let (deals, token, plan) = (deals.clone(), token.clone(), plan.id.clone());
-        move || {
-            let request = outgoing(
-                pb::GetBoardRequest {
-                    plan_id: plan.clone(),
-                    filter: Some(filter.clone()),
-                    sort: None,
-                    cards_per_stage: 20,
-                    min_consistency_token: String::new(),
+/// A reader of the `n` seeded deals, timing each query `repeats` times.
+struct Reader {
+    deals: DealServiceClient<tonic::transport::Channel>,
+    token: String,
+    n: usize,
+    repeats: usize,
+}
+
+impl Reader {
+    /// GetBoard of the plan: one manager's, everyone's, and a search.
+    async fn boards(&self, plan: &str) -> anyhow::Result<Vec<Line>> {
+        let n = self.n;
+        let mut lines = Vec::new();
+        for (what, filter, target) in [
+            (
+                "one manager",
+                pb::DealFilter {
+                    manager_ids: vec!["m7".into()],
+                    ..Default::default()
                 },
-                &token,
-            );
-            let mut deals = deals.clone();
-            async move {
-                deals
-                    .get_board(request)
-                    .await
-                    .map(|_| ())
-                    .map_err(Into::into)
+                "p99 ≤ 30 ms",
+            ),
+            ("no filter", pb::DealFilter::default(), "—"),
+            (
+                "search by e-mail fragment",
+                pb::DealFilter {
+                    search: format!("person{}@", n / 3 + 1),
+                    ..Default::default()
+                },
+                "p99 ≤ 30 ms",
+            ),
+        ] {
+            let samples = timed(self.repeats, || self.board(plan, filter.clone())).await?;
+            lines.push(Line::latency(
+                "queries",
+                format!("GetBoard, {what}, {n} deals"),
+                samples,
+                target,
+            ));
+        }
+        Ok(lines)
+    }
+
+    async fn board(&self, plan: &str, filter: pb::DealFilter) -> anyhow::Result<()> {
+        let request = outgoing(
+            pb::GetBoardRequest {
+                plan_id: plan.to_owned(),
+                filter: Some(filter),
+                sort: None,
+                cards_per_stage: 20,
+                min_consistency_token: String::new(),
+            },
+            &self.token,
+        );
+        self.deals.clone().get_board(request).await?;
+        Ok(())
+    }
+
+    /// Searches by how much they match, each repeat another term (no one query's pages
+    /// stay warm): about one deal, about a hundred, and tens of thousands (reading three
+    /// pages of 50 with the totals of everything matched).
+    async fn searches(&self) -> anyhow::Result<Vec<Line>> {
+        let n = self.n;
+        let mut varied = 0usize;
+        let mut term = |kind: &str| {
+            varied += 1;
+            let k = 1 + (varied * 7_919) % 9;
+            match kind {
+                "one" => format!("Person {}", n / 2 + varied * 13),
+                // A four-digit number is a prefix of ~111 of a million: itself, ten, a hundred.
+                "hundreds" => format!("Person {}", 1_000 + (varied * 7_919) % 9_000),
+                _ => format!("person{k}"),
+            }
+        };
+        let mut lines = Vec::new();
+        for (what, kind, pages) in [
+            ("name, matching one deal", "one", 1),
+            ("name, matching ~100 deals", "hundreds", 1),
+            (
+                "e-mail fragment, matching ~10% of the deals, 3 pages",
+                "many",
+                3,
+            ),
+        ] {
+            let terms: Vec<String> = (0..=self.repeats).map(|_| term(kind)).collect();
+            let mut terms = terms.into_iter();
+            let samples = timed(self.repeats, || {
+                let search = terms.next().unwrap_or_default();
+                search_pages(self.deals.clone(), self.token.clone(), search, pages)
+            })
+            .await?;
+            lines.push(Line::latency(
+                "queries",
+                format!("ListDeals, search by {what}, {n} deals"),
+                samples,
+                "p99 ≤ 50 ms",
+            ));
+        }
+        Ok(lines)
+    }
+
+    /// The first search after the page cache was written back and dropped.
+    async fn cold_search(&self) -> anyhow::Result<Line> {
+        flush_page_cache("a cold search").await?;
+        let started = Instant::now();
+        search_pages(self.deals.clone(), self.token.clone(), "0123456".into(), 1).await?;
+        Ok(Line::latency(
+            "queries",
+            "ListDeals, search by phone fragment, cold page cache (one call)",
+            vec![started.elapsed()],
+            "—",
+        ))
+    }
+
+    /// Deep pagination: pages 11 to 20 of 500, following the tokens.
+    async fn deep_pages(&self, plan: &str) -> anyhow::Result<Line> {
+        let mut client = self.deals.clone();
+        let mut page_token = String::new();
+        let mut samples = Vec::new();
+        for page in 0..20 {
+            let started = Instant::now();
+            let reply = client
+                .list_deals(outgoing(
+                    pb::ListDealsRequest {
+                        filter: Some(pb::DealFilter {
+                            plan_id: plan.to_owned(),
+                            ..Default::default()
+                        }),
+                        sort: None,
+                        page_size: 500,
+                        page_token,
+                        min_consistency_token: String::new(),
+                    },
+                    &self.token,
+                ))
+                .await?
+                .into_inner();
+            if page >= 10 {
+                samples.push(started.elapsed());
+            }
+            page_token = reply.next_page_token;
+            if page_token.is_empty() {
+                break;
             }
         }
-    };
-    let samples = timed(
-        repeats,
-        board(pb::DealFilter {
-            manager_ids: vec!["m7".into()],
-            ..Default::default()
-        }),
-    )
-    .await?;
-    lines.push(Line::latency(
-        "queries",
-        format!("GetBoard, one manager, {n} deals"),
-        samples,
-        "p99 ≤ 30 ms",
-    ));
-    let samples = timed(repeats, board(pb::DealFilter::default())).await?;
-    lines.push(Line::latency(
-        "queries",
-        format!("GetBoard, no filter, {n} deals"),
-        samples,
-        "—",
-    ));
-    let samples = timed(
-        repeats,
-        board(pb::DealFilter {
-            search: format!("person{}@", n / 3 + 1),
-            ..Default::default()
-        }),
-    )
-    .await?;
-    lines.push(Line::latency(
-        "queries",
-        format!("GetBoard, search by e-mail fragment, {n} deals"),
-        samples,
-        "p99 ≤ 30 ms",
-    ));
-
-    // Searches by how much they match, each repeat another term (no one query's pages
-    // stay warm): about one deal, about a hundred, and tens of thousands (reading three
-    // pages of 50 with the totals of everything matched).
-    let mut varied = 0usize;
-    let mut term = |kind: &str| {
-        varied += 1;
-        let k = 1 + (varied * 7_919) % 9;
-        match kind {
-            "one" => format!("Person {}", n / 2 + varied * 13),
-            // A four-digit number is a prefix of ~111 of a million: itself, ten, a hundred.
-            "hundreds" => format!("Person {}", 1_000 + (varied * 7_919) % 9_000),
-            _ => format!("person{k}"),
-        }
-    };
-    for (what, kind, pages) in [
-        ("name, matching one deal", "one", 1),
-        ("name, matching ~100 deals", "hundreds", 1),
-        (
-            "e-mail fragment, matching ~10% of the deals, 3 pages",
-            "many",
-            3,
-        ),
-    ] {
-        let terms: Vec<String> = (0..=repeats).map(|_| term(kind)).collect();
-        let mut terms = terms.into_iter();
-        let samples = timed(repeats, || {
-            let search = terms.next().unwrap_or_default();
-            search_pages(deals.clone(), token.clone(), search, pages)
-        })
-        .await?;
-        lines.push(Line::latency(
+        Ok(Line::latency(
             "queries",
-            format!("ListDeals, search by {what}, {n} deals"),
+            "ListDeals, pages 11–20 of 500 (with totals)",
             samples,
-            "p99 ≤ 50 ms",
-        ));
+            "—",
+        ))
     }
-    // Cold: the first search after the page cache was written back and dropped.
-    flush_page_cache("a cold search").await?;
-    let started = Instant::now();
-    search_pages(deals.clone(), token.clone(), "0123456".into(), 1).await?;
-    lines.push(Line::latency(
-        "queries",
-        "ListDeals, search by phone fragment, cold page cache (one call)",
-        vec![started.elapsed()],
-        "—",
-    ));
-
-    // Deep pagination: pages 11 to 20 of 500, following the tokens.
-    let mut client = deals.clone();
-    let mut page_token = String::new();
-    let mut samples = Vec::new();
-    for page in 0..20 {
-        let started = Instant::now();
-        let reply = client
-            .list_deals(outgoing(
-                pb::ListDealsRequest {
-                    filter: Some(pb::DealFilter {
-                        plan_id: plan.id.clone(),
-                        ..Default::default()
-                    }),
-                    sort: None,
-                    page_size: 500,
-                    page_token,
-                    min_consistency_token: String::new(),
-                },
-                &token,
-            ))
-            .await?
-            .into_inner();
-        if page >= 10 {
-            samples.push(started.elapsed());
-        }
-        page_token = reply.next_page_token;
-        if page_token.is_empty() {
-            break;
-        }
-    }
-    lines.push(Line::latency(
-        "queries",
-        "ListDeals, pages 11–20 of 500 (with totals)",
-        samples,
-        "—",
-    ));
-
-    lines.extend(super::reports::run(env, &pool, "bench", &token, repeats).await?);
-    Ok(lines)
 }
 
 /// `pages` pages of 50 deals matching `search`, following the page tokens.
