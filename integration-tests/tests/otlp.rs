@@ -32,6 +32,26 @@ use salesplan_platform::{
 };
 use tonic::{Request, Response, Status};
 
+/// The process's telemetry as a test installed it.
+struct Exporter {
+    guard: Arc<salesplan_platform::telemetry::TelemetryGuard>,
+}
+
+impl Exporter {
+    fn install(telemetry: &TelemetryConfig) -> Self {
+        let guard = salesplan_platform::telemetry::init("salesplan-test", telemetry);
+        Self {
+            guard: Arc::new(guard),
+        }
+    }
+
+    /// Exports every span ended so far (a blocking call, off the runtime's threads).
+    async fn flush(&self) -> Result<(), tokio::task::JoinError> {
+        let guard = self.guard.clone();
+        tokio::task::spawn_blocking(move || guard.flush()).await
+    }
+}
+
 /// A span as exported: its trace id and its name.
 type TracedSpan = (Vec<u8>, String);
 
@@ -57,6 +77,20 @@ struct SpanDetail {
     attributes: Attributes,
     code: i32,
     message: String,
+    /// The span kind (2 server, 3 client, 4 producer, 5 consumer).
+    kind: i32,
+}
+
+/// The kind of the first span named `name`.
+fn span_kind(details: &[SpanDetail], name: &str) -> Option<&'static str> {
+    let kind = details.iter().find(|s| s.name == name)?.kind;
+    Some(match kind {
+        2 => "server",
+        3 => "client",
+        4 => "producer",
+        5 => "consumer",
+        _ => "internal",
+    })
 }
 
 fn string_attributes(attributes: &[KeyValue]) -> Attributes {
@@ -64,6 +98,7 @@ fn string_attributes(attributes: &[KeyValue]) -> Attributes {
         .iter()
         .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
             Value::StringValue(v) => Some((kv.key.clone(), v.clone())),
+            Value::IntValue(v) => Some((kv.key.clone(), v.to_string())),
             _ => None,
         })
         .collect()
@@ -165,6 +200,7 @@ impl TraceService for Receiver {
                             attributes: string_attributes(&span.attributes),
                             code: status.code,
                             message: status.message,
+                            kind: span.kind,
                         });
                     spans.push((service.clone(), span.name));
                 }
@@ -256,13 +292,34 @@ async fn spans_and_metrics_reach_an_otlp_receiver() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The names of the services' own spans (besides each gRPC method's path).
-const OWN_SPANS: [&str; 4] = [
+/// The names of the services' own spans (besides each gRPC method's: the server span by its
+/// path, `/salesplan.v1.DealService/CreateDeals`, the client span by service and method,
+/// `salesplan.v1.DealService/CreateDeals`).
+const OWN_SPANS: [&str; 5] = [
     "POST add-to-sales-plan",
-    "distributor.create_deals",
+    "publish",
+    "distributor.lead",
     "outbox.relay",
     "reporting.apply",
 ];
+
+/// The gRPC spans of a lead: the listener's look-up of the plan and the distributor's
+/// CreateDeals call, each as its client and server see it.
+const GRPC_SPANS: [&str; 4] = [
+    "salesplan.v1.PlanService/GetPlan",
+    "/salesplan.v1.PlanService/GetPlan",
+    "salesplan.v1.DealService/CreateDeals",
+    "/salesplan.v1.DealService/CreateDeals",
+];
+
+/// Whether a span is one the services export: their own, a gRPC call's, a statement's.
+fn is_services_span(name: &str) -> bool {
+    name.starts_with("/salesplan.v1.")
+        || name.starts_with("salesplan.v1.")
+        || OWN_SPANS.contains(&name)
+        || name == "dead-letter"
+        || is_db_span(name)
+}
 
 /// The database spans of a lead: deal-service's look-up of the plan and its insert of the
 /// deal, each named by its operation and table.
@@ -290,14 +347,8 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
         filter: Some("trace".into()),
         ..TelemetryConfig::default()
     };
-    let guard = Arc::new(salesplan_platform::telemetry::init(
-        "salesplan-test",
-        &telemetry,
-    ));
-    let flush = || {
-        let guard = guard.clone();
-        async move { tokio::task::spawn_blocking(move || guard.flush()).await }
-    };
+    let exporter = Exporter::install(&telemetry);
+    let flush = || exporter.flush();
     let stack = integration_tests::Stack::start().await?;
     let admin = stack.token("acme", "admin", &[Permission::PlansAdmin]);
     let plan = create_plan(
@@ -337,10 +388,7 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
             .then_some(spans))
     })
     .await?;
-    for expected in OWN_SPANS.iter().chain(&DB_SPANS).copied().chain([
-        "/salesplan.v1.PlanService/GetPlan",
-        "/salesplan.v1.DealService/CreateDeals",
-    ]) {
+    for expected in OWN_SPANS.iter().chain(&DB_SPANS).chain(&GRPC_SPANS) {
         assert!(
             lead.iter().any(|n| n == expected),
             "{expected} not in {lead:?}"
@@ -371,11 +419,37 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
         Some(plan.id.clone())
     );
     assert!(attribute(webhook, "salesplan.intake_id").is_some_and(|id| id.len() == 36));
-    for consumed in [
-        "distributor.create_deals",
-        "reporting.apply",
-        "outbox.relay",
+    assert_eq!(
+        attribute("distributor.lead", "salesplan.plan_id"),
+        Some(plan.id.clone())
+    );
+    assert_eq!(
+        attribute("distributor.lead", "salesplan.intake_id"),
+        attribute(webhook, "salesplan.intake_id")
+    );
+    for (span, kind) in [
+        ("salesplan.v1.DealService/CreateDeals", "client"),
+        ("/salesplan.v1.DealService/CreateDeals", "server"),
     ] {
+        assert_eq!(
+            attribute(span, "rpc.service").as_deref(),
+            Some("salesplan.v1.DealService")
+        );
+        assert_eq!(
+            attribute(span, "rpc.method").as_deref(),
+            Some("CreateDeals")
+        );
+        assert_eq!(
+            attribute(span, "rpc.grpc.status_code").as_deref(),
+            Some("0")
+        );
+        assert_eq!(span_kind(&details, span), Some(kind));
+    }
+    assert_eq!(
+        attribute("publish", "messaging.operation.type").as_deref(),
+        Some("send")
+    );
+    for consumed in ["distributor.lead", "reporting.apply", "outbox.relay"] {
         assert_eq!(
             attribute(consumed, "messaging.system").as_deref(),
             Some("nats")
@@ -472,10 +546,74 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
         .ended_in_error(
             &flush,
             "1af7651916cd43dd8448eb211c80319c",
-            "distributor.reject",
+            "distributor.lead",
             nowhere,
         )
         .await?;
+
+    // A lead refused over gRPC: its call's span has the error status, the reason and the
+    // lead's ids, as the webhook's has.
+    let mut intake = salesplan_proto::v1::intake_service_client::IntakeServiceClient::new(
+        stack.channel(&stack.tunnel_listener).await?,
+    );
+    let mut request = tonic::Request::new(salesplan_proto::v1::AddToSalesPlanRequest {
+        lead: Some(salesplan_proto::v1::Lead {
+            plan_id: "00000000-0000-7000-8000-0000000000bb".into(),
+            run_id: "grpc-1".into(),
+            contact: Some(salesplan_proto::v1::Contact {
+                external_id: "g-1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {funnel}").parse()?);
+    request.metadata_mut().insert(
+        "traceparent",
+        "00-2af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse()?,
+    );
+    let refused = intake.add_to_sales_plan(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    let entry = "/salesplan.v1.IntakeService/AddToSalesPlan";
+    receiver
+        .ended_in_error(
+            &flush,
+            "2af7651916cd43dd8448eb211c80319c",
+            entry,
+            "NotFound",
+        )
+        .await?;
+    let grpc_entry = receiver
+        .details()
+        .into_iter()
+        .find(|s| s.name == entry)
+        .expect("the call's span");
+    for key in ["salesplan.plan_id", "salesplan.intake_id"] {
+        assert!(
+            grpc_entry.attributes.iter().any(|(k, _)| k == key),
+            "{key} not in {:?}",
+            grpc_entry.attributes
+        );
+    }
+    assert!(
+        grpc_entry
+            .attributes
+            .contains(&("rpc.grpc.status_code".to_owned(), "5".to_owned()))
+    );
+
+    // An anonymous caller is not traced, whatever trace it names.
+    let anonymous = reqwest::Client::new()
+        .post(stack.webhook_url())
+        .header(
+            "traceparent",
+            "00-3af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .json(&integration_tests::api::lead_json(&plan.id, "run-3", "c-3"))
+        .send()
+        .await?;
+    assert_eq!(anonymous.status(), 401);
 
     // A message no consumer can read is dead-lettered in its own trace, with the reason.
     let mut headers = async_nats::HeaderMap::new();
@@ -503,12 +641,7 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
         .traces()
         .into_iter()
         .map(|(_, name)| name)
-        .filter(|n| {
-            !n.starts_with("/salesplan.v1.")
-                && !OWN_SPANS.contains(&n.as_str())
-                && !is_db_span(n)
-                && !["dead-letter", "distributor.reject"].contains(&n.as_str())
-        })
+        .filter(|n| !is_services_span(n))
         .collect();
     assert!(
         foreign.is_empty(),
@@ -536,6 +669,11 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
         before,
         "exported at rest: {:?}",
         &after[before..]
+    );
+    let anonymous = hex_bytes("3af7651916cd43dd8448eb211c80319c");
+    assert!(
+        after.iter().all(|(trace, _)| *trace != anonymous),
+        "an anonymous request was traced"
     );
 
     stack.stop().await?;
@@ -565,14 +703,8 @@ async fn the_opentelemetry_environment_decides_what_is_exported() -> anyhow::Res
         ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ("RUST_LOG", "info"),
     ]))?;
-    let guard = Arc::new(salesplan_platform::telemetry::init(
-        "salesplan-test",
-        &telemetry,
-    ));
-    let flush = || {
-        let guard = guard.clone();
-        async move { tokio::task::spawn_blocking(move || guard.flush()).await }
-    };
+    let exporter = Exporter::install(&telemetry);
+    let flush = || exporter.flush();
     let stack = integration_tests::Stack::start().await?;
     let admin = stack.token("acme", "admin", &[Permission::PlansAdmin]);
     let plan = create_plan(
@@ -701,4 +833,112 @@ fn hex_bytes(hex: &str) -> Vec<u8> {
         .step_by(2)
         .filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
         .collect()
+}
+
+/// Leads decided in one batch keep their own traces, and sampling keeps each lead whole or
+/// nowhere: with `parentbased_traceidratio` at 0, three leads whose callers sampled them
+/// and three that start their own (unsampled) traces wait in the intake stream, an
+/// unsampled one first, and are decided together once the distributor starts. Each sampled
+/// lead's trace holds its own distributor span and its own deal's relay span, at most 15
+/// spans; nothing of the unsampled leads is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leads_decided_together_keep_their_own_traces() -> anyhow::Result<()> {
+    let receiver = Receiver::default();
+    let (endpoint, served) = receiver.serve().await?;
+    let telemetry = TelemetryConfig {
+        otlp_endpoint: Some(endpoint),
+        filter: Some("info".into()),
+        sampler: salesplan_platform::telemetry::SamplerConfig::ParentBasedTraceIdRatio(0.0),
+        ..TelemetryConfig::default()
+    };
+    let exporter = Exporter::install(&telemetry);
+    let flush = || exporter.flush();
+    let stack = integration_tests::stack::DealStack::start().await?;
+    let listener = stack.start_listener().await?;
+    let admin = stack.token("acme", "admin", &[Permission::PlansAdmin]);
+    let plan = create_plan(
+        stack.channel().await?,
+        &admin,
+        plan_request("Batched", Mode::Auto, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    let webhook = format!(
+        "http://{}{}",
+        listener.http_addr.expect("the listener serves HTTP"),
+        tunnel_listener::http::webhook::PATH
+    );
+    let funnel = stack.token("acme", "funnel", &[Permission::IntakeWrite]);
+    let sampled = [
+        "5bf92f3577b34da6a3ce929d0e0e4736",
+        "6bf92f3577b34da6a3ce929d0e0e4736",
+        "7bf92f3577b34da6a3ce929d0e0e4736",
+    ];
+    let http = reqwest::Client::new();
+    for (i, trace) in sampled.iter().enumerate() {
+        for traceparent in [None, Some(format!("00-{trace}-00f067aa0ba902b7-01"))] {
+            let mut request =
+                http.post(&webhook)
+                    .bearer_auth(&funnel)
+                    .json(&integration_tests::api::lead_json(
+                        &plan.id,
+                        &format!("run-{i}-{}", traceparent.is_some()),
+                        "c",
+                    ));
+            if let Some(traceparent) = traceparent {
+                request = request.header("traceparent", traceparent);
+            }
+            let status = request.send().await?.status();
+            anyhow::ensure!(status == 202, "the webhook answered {status}");
+        }
+    }
+    let distributor = stack.start_distributor().await?;
+    let wanted: Vec<Vec<u8>> = sampled.iter().map(|t| hex_bytes(t)).collect();
+    let traces = integration_tests::stack::eventually(Duration::from_secs(30), || async {
+        flush().await?;
+        let spans = receiver.traces();
+        let of = |trace: &Vec<u8>| -> Vec<String> {
+            spans
+                .iter()
+                .filter(|(t, _)| t == trace)
+                .map(|(_, n)| n.clone())
+                .collect()
+        };
+        let traces: Vec<Vec<String>> = wanted.iter().map(of).collect();
+        Ok(traces
+            .iter()
+            .all(|t| t.iter().any(|n| n == "outbox.relay"))
+            .then_some(traces))
+    })
+    .await?;
+    for (trace, names) in sampled.iter().zip(&traces) {
+        let count = |name: &str| names.iter().filter(|n| *n == name).count();
+        assert_eq!(count("distributor.lead"), 1, "{trace}: {names:?}");
+        assert_eq!(count("outbox.relay"), 1, "{trace}: {names:?}");
+        assert!(names.len() <= MOST_SPANS_PER_LEAD, "{trace}: {names:?}");
+    }
+    // The CreateDeals calls went into sampled leads' traces.
+    let calls: usize = traces
+        .iter()
+        .map(|t| {
+            t.iter()
+                .filter(|n| *n == "salesplan.v1.DealService/CreateDeals")
+                .count()
+        })
+        .sum();
+    assert!(calls >= 1, "{traces:?}");
+    flush().await?;
+    let unsampled: Vec<TracedSpan> = receiver
+        .traces()
+        .into_iter()
+        .filter(|(trace, _)| !wanted.contains(trace))
+        .collect();
+    assert!(
+        unsampled.is_empty(),
+        "spans of unsampled leads: {unsampled:?}"
+    );
+    stack.stop().await?;
+    listener.wait().await?;
+    distributor.wait().await?;
+    served.abort();
+    Ok(())
 }

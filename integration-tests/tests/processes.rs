@@ -74,6 +74,16 @@ fn invalid_configuration_exits_64_naming_the_variable() -> anyhow::Result<()> {
         ("deal-service", "SALESPLAN_DB_MAX_CONNECTIONS", "lots"),
         ("tunnel-listener", "SALESPLAN_HTTP_ADDR", "not-an-address"),
         ("reporting", "SALESPLAN_JWT_HS256_SECRET", "short"),
+        // The OpenTelemetry variables too, instead of the SDK's silent fallback.
+        ("deal-service", "OTEL_TRACES_SAMPLER", "sometimes"),
+        ("distributor", "OTEL_EXPORTER_OTLP_ENDPOINT", "not-a-url"),
+        ("reporting", "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        (
+            "tunnel-listener",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://collector:4317",
+        ),
+        ("deal-service", "OTEL_METRIC_EXPORT_INTERVAL", "0"),
     ];
     for (service, variable, value) in cases {
         let output = Command::new(service_bin(service)?)

@@ -96,7 +96,9 @@ async fn one_trace_crosses_every_service() -> anyhow::Result<()> {
         .expect("the webhook span");
     let trace_id = webhook.span_context.trace_id();
     for name in [
-        "distributor.create_deals",
+        "publish",
+        "distributor.lead",
+        "salesplan.v1.DealService/CreateDeals",
         "/salesplan.v1.DealService/CreateDeals",
         "outbox.relay",
         "reporting.apply",

@@ -215,6 +215,10 @@ impl TryFrom<pb::CreateDealRequest> for NewDeal {
                 MAX_KEY_CHARS,
             )),
             accepted_at_plan_version: req.accepted_at_plan_version,
+            trace_parent: req
+                .trace_parent
+                .as_deref()
+                .and_then(salesplan_platform::telemetry::valid_traceparent),
         };
         checks.finish()?;
         Ok(deal)

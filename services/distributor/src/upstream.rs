@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use salesplan_platform::{auth::ServiceTokens, grpc::outgoing};
+use salesplan_platform::{
+    auth::ServiceTokens,
+    grpc::{self, outgoing},
+};
 use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
 };
@@ -47,17 +50,21 @@ impl DealService {
 
     /// The plan as deal-service has it now.
     pub async fn plan(&self, account_id: &str, plan_id: Uuid) -> Result<PlanCopy, LookupError> {
-        let request = outgoing(
-            pb::GetPlanRequest {
-                plan_id: plan_id.to_string(),
-            },
-            &self.token(account_id)?,
-        );
-        let plan = self
-            .plans
-            .clone()
-            .get_plan(request)
-            .await
+        let token = self.token(account_id)?;
+        let request = || {
+            outgoing(
+                pb::GetPlanRequest {
+                    plan_id: plan_id.to_string(),
+                },
+                &token,
+            )
+        };
+        let mut plans = self.plans.clone();
+        let answer = grpc::call("salesplan.v1.PlanService", "GetPlan", request, |r| {
+            plans.get_plan(r)
+        })
+        .await;
+        let plan = answer
             .map_err(|status| failure(status, format!("plan {plan_id}")))?
             .into_inner()
             .plan
@@ -71,18 +78,22 @@ impl DealService {
         account_id: &str,
         deal_id: Uuid,
     ) -> Result<(Uuid, String), LookupError> {
-        let request = outgoing(
-            pb::GetDealRequest {
-                deal_id: deal_id.to_string(),
-                ..Default::default()
-            },
-            &self.token(account_id)?,
-        );
-        let deal = self
-            .deals
-            .clone()
-            .get_deal(request)
-            .await
+        let token = self.token(account_id)?;
+        let request = || {
+            outgoing(
+                pb::GetDealRequest {
+                    deal_id: deal_id.to_string(),
+                    ..Default::default()
+                },
+                &token,
+            )
+        };
+        let mut deals = self.deals.clone();
+        let answer = grpc::call("salesplan.v1.DealService", "GetDeal", request, |r| {
+            deals.get_deal(r)
+        })
+        .await;
+        let deal = answer
             .map_err(|status| failure(status, format!("deal {deal_id}")))?
             .into_inner()
             .deal

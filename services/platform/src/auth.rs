@@ -442,12 +442,15 @@ pub fn actor_for<T>(request: &Request<T>, permission: Permission) -> Result<Acto
     Ok(actor)
 }
 
+/// The authenticated caller; its account goes on the call's span (find an account's calls).
 fn stored_actor<T>(request: &Request<T>) -> Result<Actor, ApiError> {
-    request
+    let actor = request
         .extensions()
         .get::<Actor>()
         .cloned()
-        .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))
+        .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))?;
+    tracing::Span::current().record("salesplan.account_id", actor.account_id.as_str());
+    Ok(actor)
 }
 
 /// Short-lived tokens a service uses to call another on behalf of an account, cached per

@@ -115,8 +115,14 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
         rpc.system = "grpc",
         rpc.service = %service,
         rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        salesplan.account_id = tracing::field::Empty,
+        salesplan.plan_id = tracing::field::Empty,
+        salesplan.intake_id = tracing::field::Empty,
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
     );
     crate::telemetry::set_parent(
         &span,
@@ -144,6 +150,98 @@ pub fn lazy_channel(url: &str) -> Result<tonic::transport::Channel, tonic::trans
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .connect_lazy())
+}
+
+/// The status a response's headers carry (where tonic puts it for errors: trailers-only
+/// responses); none there is OK (a streamed answer's status comes in its trailers).
+fn answered_status(headers: &http::HeaderMap) -> tonic::Status {
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from)
+        .unwrap_or(tonic::Code::Ok);
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(|m| crate::telemetry::percent_decode(m).unwrap_or_else(|| m.to_owned()))
+        .unwrap_or_default();
+    tonic::Status::new(code, message)
+}
+
+/// Writes how a call ended into its span: `rpc.grpc.status_code`, and for any status but
+/// OK an error status with the message. A refused call (a lead for an unknown plan, an
+/// invalid field) is an error here, unlike the HTTP conventions for 4xx: a refused lead is
+/// what an operator looks for; `rpc.grpc.status_code` tells refusals from failures.
+pub fn record_status(span: &tracing::Span, status: &tonic::Status) {
+    span.record("rpc.grpc.status_code", status.code() as i64);
+    if status.code() != tonic::Code::Ok {
+        let reason = format!("{:?}: {}", status.code(), status.message());
+        crate::telemetry::fail(span, &reason);
+    }
+}
+
+/// Writes how a call made in a [`client_span`] ended.
+pub fn record_answer<T>(span: &tracing::Span, answer: &Result<T, tonic::Status>) {
+    match answer {
+        Ok(_) => span.record("rpc.grpc.status_code", tonic::Code::Ok as i64),
+        Err(status) => {
+            record_status(span, status);
+            span
+        }
+    };
+}
+
+/// A call to `service`/`method` in its [`client_span`] (child of the current span): the
+/// request is built inside it (so it carries the trace), `send` makes the call, and how it
+/// ended is recorded.
+pub async fn call<Q, A, Fut>(
+    service: &'static str,
+    method: &'static str,
+    request: impl FnOnce() -> Request<Q>,
+    send: impl FnOnce(Request<Q>) -> Fut,
+) -> Result<tonic::Response<A>, tonic::Status>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<A>, tonic::Status>>,
+{
+    use tracing::Instrument as _;
+    let span = client_span(None, service, method);
+    let request = span.in_scope(request);
+    let answer = send(request).instrument(span.clone()).await;
+    record_answer(&span, &answer);
+    answer
+}
+
+/// The client span of a call to `service`/`method` (`salesplan.v1.PlanService`, `GetPlan`),
+/// child of `parent` (or of the current span when it is one of the services' own; none
+/// outside them, so a polling loop's calls start no trace). Build the request inside it
+/// (`span.in_scope(|| outgoing(…))`) so the call carries it, and [`record_status`] after.
+pub fn client_span(
+    parent: Option<&tracing::Span>,
+    service: &'static str,
+    method: &'static str,
+) -> tracing::Span {
+    let parent = match parent {
+        Some(parent) => parent.clone(),
+        None if crate::telemetry::inside_own_span() => tracing::Span::current(),
+        None => return tracing::Span::none(),
+    };
+    let span = tracing::info_span!(
+        parent: &parent,
+        "grpc.client",
+        otel.name = format!("{service}/{method}"),
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    crate::telemetry::record_ids(&span);
+    span
 }
 
 /// Counts gRPC requests by method and status code, and times them. The code is read from
@@ -227,13 +325,12 @@ where
         Box::pin(async move {
             let response = response.await;
             let code = match &response {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map(|c| format!("{:?}", tonic::Code::from(c)))
-                    .unwrap_or_else(|| "Ok".into()),
+                Ok(r) => {
+                    let status = answered_status(r.headers());
+                    // Polled inside the call's span: it says how the call ended.
+                    record_status(&tracing::Span::current(), &status);
+                    format!("{:?}", status.code())
+                }
                 Err(_) => "Transport".into(),
             };
             let method = if layer.known.contains(&method) {

@@ -32,6 +32,9 @@ pub struct TelemetryConfig {
     pub sampler: SamplerConfig,
     /// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds; 60,000 by default).
     pub metric_interval: Option<std::time::Duration>,
+    /// What was read but not taken (a malformed `OTEL_RESOURCE_ATTRIBUTES`), logged once
+    /// the logs are set up.
+    pub warnings: Vec<String>,
 }
 
 /// Which traces are kept, decided where a trace starts (the webhook, a gRPC call without a
@@ -68,7 +71,9 @@ impl SamplerConfig {
                     }),
             }
         };
-        Ok(match env.get(SAMPLER).map(str::trim) {
+        // Enum values are case-insensitive (the specification's words).
+        let sampler = env.get(SAMPLER).map(|s| s.trim().to_ascii_lowercase());
+        Ok(match sampler.as_deref() {
             None | Some("parentbased_always_on") => Self::ParentBasedAlwaysOn,
             Some("always_on") => Self::AlwaysOn,
             Some("always_off") => Self::AlwaysOff,
@@ -102,12 +107,22 @@ impl SamplerConfig {
     }
 }
 
-/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value,key=value`, values percent-decoded.
-fn resource_attributes(env: &Env) -> Result<Vec<(String, String)>, ConfigError> {
+/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value,key=value`, values percent-decoded. A value that
+/// is not is discarded whole and reported, as the specification says (the service still
+/// starts, its telemetry without those attributes).
+fn resource_attributes(env: &Env, warnings: &mut Vec<String>) -> Vec<(String, String)> {
     const KEY: &str = "OTEL_RESOURCE_ATTRIBUTES";
     let Some(raw) = env.get(KEY) else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
+    parse_resource_attributes(raw).unwrap_or_else(|err| {
+        warnings.push(format!("{err}; the whole value is discarded"));
+        Vec::new()
+    })
+}
+
+fn parse_resource_attributes(raw: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    const KEY: &str = "OTEL_RESOURCE_ATTRIBUTES";
     raw.split(',')
         .map(str::trim)
         .filter(|pair| !pair.is_empty())
@@ -126,7 +141,7 @@ fn resource_attributes(env: &Env) -> Result<Vec<(String, String)>, ConfigError> 
         .collect()
 }
 
-fn percent_decode(value: &str) -> Option<String> {
+pub(crate) fn percent_decode(value: &str) -> Option<String> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -203,19 +218,52 @@ impl TelemetryConfig {
                     })?,
             ),
         };
+        let mut warnings = Vec::new();
         Ok(Self {
             json_logs,
-            otlp_endpoint: env.get("OTEL_EXPORTER_OTLP_ENDPOINT").map(str::to_owned),
+            otlp_endpoint: otlp_endpoint(env)?,
             filter: env.get("RUST_LOG").map(str::to_owned),
             service_name: env
                 .get("OTEL_SERVICE_NAME")
                 .map(str::trim)
                 .filter(|n| !n.is_empty())
                 .map(str::to_owned),
-            resource_attributes: resource_attributes(env)?,
+            resource_attributes: resource_attributes(env, &mut warnings),
             sampler: SamplerConfig::from_env(env)?,
             metric_interval,
+            warnings,
         })
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, unless `OTEL_SDK_DISABLED` is `true` (then nothing is
+/// exported) or it is empty. Only plain `http://` is built in: an `https://` collector
+/// stops the start (exit 64) instead of a service that runs and exports nothing.
+fn otlp_endpoint(env: &Env) -> Result<Option<String>, ConfigError> {
+    const KEY: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    let disabled = env
+        .get("OTEL_SDK_DISABLED")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let Some(endpoint) = env.get(KEY).map(str::trim).filter(|e| !e.is_empty()) else {
+        return Ok(None);
+    };
+    if disabled {
+        return Ok(None);
+    }
+    let uri: http::Uri = endpoint.parse().map_err(|_| {
+        ConfigError::new(KEY, format!("expected http://host:port, got {endpoint:?}"))
+    })?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http"), Some(_)) => Ok(Some(endpoint.to_owned())),
+        (Some("https"), _) => Err(ConfigError::new(
+            KEY,
+            "TLS to the collector is not built in: use http:// to a collector (or its \
+             agent) in the cluster",
+        )),
+        _ => Err(ConfigError::new(
+            KEY,
+            format!("expected http://host:port, got {endpoint:?}"),
+        )),
     }
 }
 
@@ -266,7 +314,13 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
     let (otel, tracer) = match &config.otlp_endpoint {
         Some(endpoint) => match otlp_tracer(endpoint, resource, config.sampler) {
             Ok(tracer) => {
+                // Spans carry what explains the work, not the runtime's bookkeeping
+                // (busy/idle times, threads, source locations, targets).
                 let layer = tracing_opentelemetry::layer()
+                    .with_tracked_inactivity(false)
+                    .with_threads(false)
+                    .with_location(false)
+                    .with_target(false)
                     .with_tracer(tracer.tracer(service))
                     .with_filter(exported())
                     .boxed();
@@ -283,6 +337,9 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
         .with(fmt.with_filter(filter()))
         .with(otel)
         .try_init();
+    for warning in &config.warnings {
+        tracing::warn!("OTEL_RESOURCE_ATTRIBUTES: {warning}");
+    }
     TelemetryGuard { tracer }
 }
 
@@ -404,6 +461,52 @@ pub fn extract_from_http(headers: &http::HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HttpHeadersRef(headers))
 }
 
+/// Marks `span` as ended in error, with the reason (its `otel.status_*` fields, which the
+/// services' spans declare).
+pub fn fail(span: &tracing::Span, reason: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", reason);
+}
+
+/// The trace context of `span` (to link another span to it).
+pub fn context_of(span: &tracing::Span) -> Context {
+    span.context()
+}
+
+/// Whether `cx` continues a trace (a remote parent was there to extract).
+pub fn has_trace(cx: &Context) -> bool {
+    use opentelemetry::trace::TraceContextExt;
+    cx.span().span_context().is_valid()
+}
+
+/// Whether `span` is in a trace that is kept (sampled): a batch made for several leads
+/// joins the trace of one that is.
+pub fn is_sampled(span: &tracing::Span) -> bool {
+    use opentelemetry::trace::TraceContextExt;
+    span.context().span().span_context().is_sampled()
+}
+
+/// `span`'s W3C `traceparent`, to carry one item's trace through a call made for many;
+/// none when it is in no trace.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let mut pairs = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut pairs);
+    pairs.remove(TRACEPARENT)
+}
+
+/// A caller's `traceparent` when it is a well-formed one (at most 55 characters, as
+/// version 00 has), else none.
+pub fn valid_traceparent(value: &str) -> Option<String> {
+    if value.len() > 55 {
+        return None;
+    }
+    let pairs = std::collections::HashMap::from([(TRACEPARENT.to_owned(), value.to_owned())]);
+    has_trace(&extract_from_pairs(&pairs)).then(|| value.to_owned())
+}
+
+/// The W3C trace context header (and the key of a stored one).
+pub const TRACEPARENT: &str = "traceparent";
+
 /// Links `span` to the span of another context (a batch that serves several traces).
 pub fn add_link(span: &tracing::Span, other: &Context) {
     use opentelemetry::trace::TraceContextExt;
@@ -477,6 +580,21 @@ mod tests {
     use opentelemetry::trace::TraceContextExt;
 
     #[test]
+    fn only_well_formed_traceparents_are_carried() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(valid_traceparent(good).as_deref(), Some(good));
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "garbage",
+            &format!("{good}-{}", "x".repeat(64)),
+        ] {
+            assert_eq!(valid_traceparent(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn only_the_services_crates_are_their_own() {
         assert!(is_own_target("deal_service::store::deals"));
         assert!(is_own_target("salesplan_platform"));
@@ -510,12 +628,17 @@ mod tests {
                 "OTEL_RESOURCE_ATTRIBUTES",
                 "service.version=1.2.3, deployment.environment=prod,k8s.pod.name=a%2Cb",
             ),
-            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER", "ParentBased_TraceIdRatio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
             ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
         ]))
         .unwrap();
+        assert_eq!(
+            config.otlp_endpoint.as_deref(),
+            Some("http://collector:4317")
+        );
         assert_eq!(config.service_name.as_deref(), Some("sp-eu"));
         assert_eq!(
             config.resource_attributes,
@@ -532,12 +655,45 @@ mod tests {
         );
         let defaults = TelemetryConfig::from_env(&Env::from_pairs::<&str, &str>([])).unwrap();
         assert_eq!(defaults.sampler, SamplerConfig::ParentBasedAlwaysOn);
+        assert_eq!(defaults.otlp_endpoint, None);
+        // Each sampler by its name.
+        for (name, sampler) in [
+            ("always_on", SamplerConfig::AlwaysOn),
+            ("ALWAYS_OFF", SamplerConfig::AlwaysOff),
+            ("traceidratio", SamplerConfig::TraceIdRatio(1.0)),
+            ("parentbased_always_on", SamplerConfig::ParentBasedAlwaysOn),
+            (
+                "parentbased_always_off",
+                SamplerConfig::ParentBasedAlwaysOff,
+            ),
+        ] {
+            let config =
+                TelemetryConfig::from_env(&Env::from_pairs([("OTEL_TRACES_SAMPLER", name)]))
+                    .unwrap();
+            assert_eq!(config.sampler, sampler, "{name}");
+        }
+        // Malformed resource attributes are discarded whole and reported, not fatal.
+        let discarded = TelemetryConfig::from_env(&Env::from_pairs([(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "a=1,novalue",
+        )]))
+        .unwrap();
+        assert!(discarded.resource_attributes.is_empty());
+        assert_eq!(discarded.warnings.len(), 1, "{:?}", discarded.warnings);
+        // The SDK switched off: nothing exported, whatever the endpoint.
+        let disabled = TelemetryConfig::from_env(&Env::from_pairs([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_SDK_DISABLED", "TRUE"),
+        ]))
+        .unwrap();
+        assert_eq!(disabled.otlp_endpoint, None);
         for (key, value) in [
             ("OTEL_TRACES_SAMPLER", "sometimes"),
             ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
             ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "not-a-url"),
         ] {
             let mut pairs = vec![(key, value)];
             if key == "OTEL_TRACES_SAMPLER_ARG" {

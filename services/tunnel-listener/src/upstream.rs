@@ -17,7 +17,11 @@ use std::{
     time::Duration,
 };
 
-use salesplan_platform::{ApiError, auth::ServiceTokens, grpc::outgoing};
+use salesplan_platform::{
+    ApiError,
+    auth::ServiceTokens,
+    grpc::{self, outgoing},
+};
 use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
 };
@@ -123,24 +127,27 @@ impl Plans {
             .tokens
             .for_account(account_id)
             .map_err(|err| ApiError::Unavailable(format!("cannot sign a deal look-up: {err}")))?;
-        let request = outgoing(
-            pb::GetDealRequest {
-                idempotency_key: intake_id.to_string(),
-                ..Default::default()
-            },
-            &token,
-        );
         let mut deals = self.deals.clone();
-        match tokio::time::timeout(LOOKUP_TIMEOUT, deals.get_deal(request)).await {
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(status)) if status.code() == tonic::Code::NotFound => Ok(false),
-            Ok(Err(status)) => Err(ApiError::Unavailable(format!(
+        let request = || {
+            outgoing(
+                pb::GetDealRequest {
+                    idempotency_key: intake_id.to_string(),
+                    ..Default::default()
+                },
+                &token,
+            )
+        };
+        let answer = grpc::call("salesplan.v1.DealService", "GetDeal", request, |r| {
+            within(LOOKUP_TIMEOUT, deals.get_deal(r))
+        })
+        .await;
+        match answer {
+            Ok(_) => Ok(true),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
+            Err(status) => Err(ApiError::Unavailable(format!(
                 "cannot check the lead now, retry later ({})",
                 status.message()
             ))),
-            Err(_) => Err(ApiError::Unavailable(
-                "cannot check the lead now, retry later".into(),
-            )),
         }
     }
 
@@ -182,15 +189,22 @@ impl Plans {
                 return Found::Unavailable;
             }
         };
-        let request = outgoing(
-            pb::GetPlanRequest {
-                plan_id: plan_id.to_string(),
-            },
-            &token,
-        );
+        // Shared by the leads that wait for it: in the trace of the lead that made it.
         let mut plans = self.plans.clone();
-        match tokio::time::timeout(LOOKUP_TIMEOUT, plans.get_plan(request)).await {
-            Ok(Ok(response)) => match response.into_inner().plan {
+        let request = || {
+            outgoing(
+                pb::GetPlanRequest {
+                    plan_id: plan_id.to_string(),
+                },
+                &token,
+            )
+        };
+        let answer = grpc::call("salesplan.v1.PlanService", "GetPlan", request, |r| {
+            within(LOOKUP_TIMEOUT, plans.get_plan(r))
+        })
+        .await;
+        match answer {
+            Ok(response) => match response.into_inner().plan {
                 Some(plan) => Found::Plan(KnownPlan {
                     archived: plan.archived,
                     managers: plan.manager_ids,
@@ -201,15 +215,21 @@ impl Plans {
                     Found::Unavailable
                 }
             },
-            Ok(Err(status)) if status.code() == tonic::Code::NotFound => Found::Missing,
-            Ok(Err(status)) => {
+            Err(status) if status.code() == tonic::Code::NotFound => Found::Missing,
+            Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "plan look-up failed");
-                Found::Unavailable
-            }
-            Err(_) => {
-                tracing::warn!("plan look-up timed out");
                 Found::Unavailable
             }
         }
     }
+}
+
+/// A call's answer, or DEADLINE_EXCEEDED once `limit` has passed.
+async fn within<A>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<A, tonic::Status>>,
+) -> Result<A, tonic::Status> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("the look-up timed out")))
 }

@@ -78,6 +78,9 @@ pub struct NewDeal {
     pub idempotency_key: String,
     /// The plan version a lead was accepted at (deals from leads).
     pub accepted_at_plan_version: Option<i64>,
+    /// The W3C traceparent of what caused the deal (its lead's trace), which its events
+    /// continue: no part of the deal.
+    pub trace_parent: Option<String>,
 }
 
 impl NewDeal {
@@ -460,6 +463,7 @@ mod tests {
             manager_id: None,
             idempotency_key: "k1".into(),
             accepted_at_plan_version: None,
+            trace_parent: None,
         }
     }
 

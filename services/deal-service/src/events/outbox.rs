@@ -290,7 +290,16 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
     let mut done = Vec::with_capacity(batch.ids.len());
     let mut parked: Vec<Parked> = Vec::new();
     let results = bus.publish_each(batch.messages).await;
-    for ((id, account_id), result) in batch.ids.into_iter().zip(batch.accounts).zip(results) {
+    for (((id, account_id), span), result) in batch
+        .ids
+        .into_iter()
+        .zip(batch.accounts)
+        .zip(batch.spans)
+        .zip(results)
+    {
+        if let Err(err) = &result {
+            telemetry::fail(&span, &err.to_string());
+        }
         match result {
             Ok(_) => done.push(id),
             Err(err) if err.is_refused() => {
@@ -320,6 +329,9 @@ pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayErr
 struct Batch {
     ids: Vec<i64>,
     accounts: Vec<String>,
+    /// Each event's relay span (none for an event in no trace), ended once the broker
+    /// answered for it.
+    spans: Vec<tracing::Span>,
     messages: Vec<Outgoing>,
     newest_xid: i64,
 }
@@ -329,6 +341,7 @@ impl Batch {
         let mut batch = Batch {
             ids: Vec::with_capacity(rows.len()),
             accounts: Vec::with_capacity(rows.len()),
+            spans: Vec::with_capacity(rows.len()),
             messages: Vec::with_capacity(rows.len()),
             newest_xid: 0,
         };
@@ -336,9 +349,17 @@ impl Batch {
             batch.ids.push(row.id);
             batch.newest_xid = batch.newest_xid.max(row.xid);
             let mut message = Outgoing::new(row.subject, row.message_id, row.payload);
-            // The relay's own span, child of the change that wrote the event; the event
-            // then carries the relay span as its parent.
             let account = streams::account_of(&message.subject).unwrap_or_default();
+            batch.accounts.push(account.to_owned());
+            // The relay's own span, child of the change that wrote the event, until the
+            // broker has it; the event then carries the relay span as its parent. An event
+            // written in no trace (a batch change's) is relayed in none.
+            let parent = telemetry::extract_from_pairs(&row.headers);
+            if !telemetry::has_trace(&parent) {
+                batch.spans.push(tracing::Span::none());
+                batch.messages.push(message);
+                continue;
+            }
             let span = tracing::info_span!(
                 "outbox.relay",
                 otel.name = "outbox.relay",
@@ -349,10 +370,12 @@ impl Batch {
                 salesplan.account_id = account,
                 trace_id = tracing::field::Empty,
                 span_id = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty,
             );
-            telemetry::set_parent(&span, telemetry::extract_from_pairs(&row.headers));
+            telemetry::set_parent(&span, parent);
             span.in_scope(|| telemetry::inject_into_nats(&mut message.headers));
-            batch.accounts.push(account.to_owned());
+            batch.spans.push(span);
             batch.messages.push(message);
         }
         batch

@@ -215,6 +215,10 @@ impl Store {
     ) -> Result<Vec<Result<(Deal, bool), StoreError>>, StoreError> {
         let now = now();
         let keys: Vec<String> = inputs.iter().map(|i| i.idempotency_key.clone()).collect();
+        let causes: HashMap<String, String> = inputs
+            .iter()
+            .filter_map(|i| Some((i.idempotency_key.clone(), i.trace_parent.clone()?)))
+            .collect();
         let mut tx = self.pool.begin().await?;
         let mut batch = CreateBatch {
             known: deals_by_keys(&mut tx, account_id, &keys).await?,
@@ -238,7 +242,7 @@ impl Store {
             .filter(|d| inserted.contains(&d.idempotency_key))
             .map(|d| (d.clone(), Change::Created))
             .collect();
-        events::record(&mut tx, actor_id, &created, now).await?;
+        events::record_caused(&mut tx, actor_id, &created, now, &causes).await?;
         counts::apply(
             &mut tx,
             &count_deltas(created.iter().map(|(d, _)| (None, d))),

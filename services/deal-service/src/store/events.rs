@@ -1,8 +1,10 @@
 //! History rows and outbox events of deal and plan changes, written in batches inside the
 //! change's transaction.
 
+use std::collections::HashMap;
+
 use prost::Message as _;
-use salesplan_platform::{bus::streams, ids};
+use salesplan_platform::{bus::streams, ids, telemetry};
 
 use super::StoreError;
 use salesplan_proto::v1 as pb;
@@ -97,12 +99,26 @@ fn event_kind(change: &Change) -> pb::deal_event::Kind {
 }
 
 /// Writes the history rows and outbox events of `changes` (each: the deal after the
-/// change, and what changed).
+/// change, and what changed). The events of a change of one deal continue the request's
+/// trace; those of a change of many continue none (one trace of thousands would bury the
+/// request).
 pub async fn record(
     tx: &mut Transaction<'_, Postgres>,
     actor_id: &str,
     changes: &[(Deal, Change)],
     at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    record_caused(tx, actor_id, changes, at, &HashMap::new()).await
+}
+
+/// [`record`], each deal's event continuing its own cause's trace where `causes` has one
+/// (a W3C traceparent by the deal's idempotency key: the deals of leads).
+pub async fn record_caused(
+    tx: &mut Transaction<'_, Postgres>,
+    actor_id: &str,
+    changes: &[(Deal, Change)],
+    at: OffsetDateTime,
+    causes: &HashMap<String, String>,
 ) -> Result<(), StoreError> {
     if changes.is_empty() {
         return Ok(());
@@ -159,7 +175,15 @@ pub async fn record(
         ids.push(event_id);
         payloads.push(event.encode_to_vec());
     }
-    enqueue(tx, subjects, ids, payloads).await
+    let request = (changes.len() == 1).then(telemetry::trace_headers);
+    let headers = changes
+        .iter()
+        .map(|(deal, _)| match causes.get(&deal.idempotency_key) {
+            Some(cause) => HashMap::from([(telemetry::TRACEPARENT.to_owned(), cause.clone())]),
+            None => request.clone().unwrap_or_default(),
+        })
+        .collect();
+    enqueue(tx, subjects, ids, payloads, headers).await
 }
 
 pub async fn record_plan(
@@ -184,6 +208,7 @@ pub async fn record_plan(
         vec![subject],
         vec![event_id],
         vec![event.encode_to_vec()],
+        vec![telemetry::trace_headers()],
     )
     .await
 }
@@ -200,12 +225,17 @@ async fn enqueue(
     subjects: Vec<String>,
     message_ids: Vec<String>,
     payloads: Vec<Vec<u8>>,
+    headers: Vec<HashMap<String, String>>,
 ) -> Result<(), StoreError> {
-    let headers = serde_json::to_value(salesplan_platform::telemetry::trace_headers())
+    let headers = headers
+        .into_iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|err| StoreError::Internal(format!("trace headers: {err}")))?;
     sqlx::query(
         "INSERT INTO outbox (subject, message_id, payload, headers)
-         SELECT s, m, p, $4 FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS x(s, m, p)",
+         SELECT s, m, p, h FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::jsonb[])
+            AS x(s, m, p, h)",
     )
     .bind(subjects)
     .bind(message_ids)

@@ -10,6 +10,7 @@ use salesplan_platform::{
     auth::valid_account_id,
     bus::{Activity, BatchHandler, Bus, Delivery, Outcome, Outgoing, streams},
     grpc::outgoing,
+    telemetry,
     validate::contact_key,
 };
 use salesplan_proto::v1 as pb;
@@ -160,21 +161,17 @@ impl IntakeEvents {
         }
     }
 
-    /// Creates the deals of one account's leads in one CreateDeals call. The call joins the
-    /// first lead's trace and links the others'.
+    /// Creates the deals of one account's leads in one CreateDeals call, which joins the
+    /// trace of one of its leads that is sampled (and links the others): each deal carries
+    /// its own lead's trace on (`trace_parent`), whichever trace the call is in.
     async fn create_deals(
         &self,
         batch: &[Delivery],
+        spans: &[tracing::Span],
         account_id: &str,
         items: Vec<(Decoded, Option<String>)>,
     ) -> Vec<Created> {
-        let span = batch[items[0].0.index].span("distributor.create_deals");
-        for (item, _) in &items[1..] {
-            let cx = salesplan_platform::telemetry::extract_from_nats(
-                batch[item.index].headers.as_ref(),
-            );
-            salesplan_platform::telemetry::add_link(&span, &cx);
-        }
+        let span = call_span(items.iter().map(|(item, _)| &spans[item.index]));
         let token = match self.upstream.tokens.for_account(account_id) {
             Ok(token) => token,
             Err(err) => return retry_all(items, &err.to_string()),
@@ -195,6 +192,7 @@ impl IntakeEvents {
                         // Accepted at this version: a deal even if the plan was archived since.
                         accepted_at_plan_version: (item.event.plan_version > 0)
                             .then_some(item.event.plan_version),
+                        trace_parent: telemetry::traceparent(&spans[item.index]),
                     }
                 })
                 .collect(),
@@ -206,8 +204,9 @@ impl IntakeEvents {
             .deals
             .clone()
             .create_deals(request)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        salesplan_platform::grpc::record_answer(&span, &response);
         let results = match response {
             Ok(response) => response.into_inner().results,
             Err(status) => {
@@ -301,15 +300,15 @@ impl IntakeEvents {
     async fn record_rejections(
         &self,
         batch: &[Delivery],
+        spans: &[tracing::Span],
         rejected: Vec<(usize, Code, String)>,
         outcomes: &mut [Outcome],
     ) {
         let mut records = Vec::with_capacity(rejected.len());
         for (index, code, reason) in rejected {
-            // In the lead's trace: a span that says it ended here, and why.
-            let span = batch[index].span("distributor.reject");
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", reason.as_str());
+            // The lead's span says it ended here, and why.
+            let span = &spans[index];
+            telemetry::fail(span, &format!("rejected: {reason}"));
             span.in_scope(|| {
                 tracing::warn!(subject = %batch[index].subject, code = ?code, %reason, "lead rejected");
             });
@@ -387,6 +386,29 @@ impl IntakeEvents {
     }
 }
 
+/// The client span of a CreateDeals call for leads with these spans: a child of the first
+/// sampled one, linking the other sampled ones; of the first traced one when none is
+/// sampled (so the call is not sampled anew downstream); none when no lead is traced.
+fn call_span<'a>(leads: impl Iterator<Item = &'a tracing::Span> + Clone) -> tracing::Span {
+    let sampled: Vec<&tracing::Span> = leads.clone().filter(|s| telemetry::is_sampled(s)).collect();
+    let Some(parent) = sampled
+        .first()
+        .copied()
+        .or_else(|| leads.clone().find(|s| !s.is_none()))
+    else {
+        return tracing::Span::none();
+    };
+    let span = salesplan_platform::grpc::client_span(
+        Some(parent),
+        "salesplan.v1.DealService",
+        "CreateDeals",
+    );
+    for other in sampled.iter().skip(1) {
+        telemetry::add_link(&span, &telemetry::context_of(other));
+    }
+    span
+}
+
 fn retry_all(items: Vec<(Decoded, Option<String>)>, reason: &str) -> Vec<Created> {
     items
         .into_iter()
@@ -421,14 +443,22 @@ fn rejection(delivery: &Delivery, code: Code, reason: String) -> Result<Rejectio
 type Work = (Decoded, Option<String>);
 
 /// A batch's leads by account and plan; the undecodable ones rejected in `outcomes`.
-fn by_plan(batch: &[Delivery], outcomes: &mut [Outcome]) -> HashMap<(String, Uuid), Vec<Decoded>> {
+fn by_plan(
+    batch: &[Delivery],
+    spans: &[tracing::Span],
+    outcomes: &mut [Outcome],
+) -> HashMap<(String, Uuid), Vec<Decoded>> {
     let mut by_plan: HashMap<(String, Uuid), Vec<Decoded>> = HashMap::new();
     for (index, delivery) in batch.iter().enumerate() {
         match decode(index, delivery) {
-            Ok(item) => by_plan
-                .entry((item.event.account_id.clone(), item.plan_id))
-                .or_default()
-                .push(item),
+            Ok(item) => {
+                spans[index].record("salesplan.plan_id", item.plan_id.to_string());
+                spans[index].record("salesplan.intake_id", item.intake_id.to_string());
+                by_plan
+                    .entry((item.event.account_id.clone(), item.plan_id))
+                    .or_default()
+                    .push(item);
+            }
             Err(reason) => outcomes[index] = Outcome::Reject(reason),
         }
     }
@@ -525,10 +555,15 @@ impl IntakeEvents {
     }
 
     /// Creates the deals of `work`, a few CreateDeals calls at a time.
-    async fn create_all(&self, batch: &[Delivery], work: Vec<Work>) -> Vec<Created> {
+    async fn create_all(
+        &self,
+        batch: &[Delivery],
+        spans: &[tracing::Span],
+        work: Vec<Work>,
+    ) -> Vec<Created> {
         stream::iter(create_calls(work))
             .map(|(account_id, items)| async move {
-                self.create_deals(batch, &account_id, items).await
+                self.create_deals(batch, spans, &account_id, items).await
             })
             .buffer_unordered(CONCURRENT_CALLS)
             .flat_map(stream::iter)
@@ -540,26 +575,38 @@ impl IntakeEvents {
 impl BatchHandler for IntakeEvents {
     async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
         let _busy = self.activity.as_ref().map(Activity::start);
+        // A span per lead, in the lead's trace, until its outcome is known.
+        let spans: Vec<tracing::Span> = batch.iter().map(|d| d.span("distributor.lead")).collect();
+        let outcomes = self.handle_traced(batch, &spans).await;
+        salesplan_platform::bus::end_spans(spans, &outcomes);
+        outcomes
+    }
+}
+
+impl IntakeEvents {
+    async fn handle_traced(&self, batch: &[Delivery], spans: &[tracing::Span]) -> Vec<Outcome> {
         let mut outcomes = vec![Outcome::Done; batch.len()];
         let mut rejected: Vec<(usize, Code, String)> = Vec::new();
-        let by_plan = by_plan(batch, &mut outcomes);
+        let by_plan = by_plan(batch, spans, &mut outcomes);
         let (work, records) = self.decide_all(by_plan, &mut outcomes, &mut rejected).await;
         if let Err(err) = self.publish_decisions(&records).await {
             tracing::warn!(error = %err, "cannot publish assignment decisions");
             for (item, _) in &work {
                 outcomes[item.index] = Outcome::Retry(err.to_string());
             }
-            self.record_rejections(batch, rejected, &mut outcomes).await;
+            self.record_rejections(batch, spans, rejected, &mut outcomes)
+                .await;
             return outcomes;
         }
-        for (index, fate) in self.create_all(batch, work).await {
+        for (index, fate) in self.create_all(batch, spans, work).await {
             match fate {
                 Fate::Outcome(outcome) => outcomes[index] = outcome,
                 Fate::Rejected { code, reason } => rejected.push((index, code, reason)),
             }
         }
         if !rejected.is_empty() {
-            self.record_rejections(batch, rejected, &mut outcomes).await;
+            self.record_rejections(batch, spans, rejected, &mut outcomes)
+                .await;
         }
         outcomes
     }

@@ -93,8 +93,27 @@ impl Delivery {
         }
     }
 
-    /// A span for handling this message, child of the trace that published it.
+    /// A span for handling this message, child of the trace that published it; none for
+    /// a message that carries no trace context (the leads of a bulk add, an event of a
+    /// batch change): work nobody traced starts no trace of its own.
     pub fn span(&self, name: &'static str) -> tracing::Span {
+        let parent = crate::telemetry::extract_from_nats(self.headers.as_ref());
+        if !crate::telemetry::has_trace(&parent) {
+            return tracing::Span::none();
+        }
+        self.new_span(name, parent)
+    }
+
+    /// A span saying the message ended in error, and why: in the message's trace, or in a
+    /// trace of its own when it carries none (an error is always worth one).
+    pub fn error_span(&self, name: &'static str, reason: &str) -> tracing::Span {
+        let parent = crate::telemetry::extract_from_nats(self.headers.as_ref());
+        let span = self.new_span(name, parent);
+        crate::telemetry::fail(&span, reason);
+        span
+    }
+
+    fn new_span(&self, name: &'static str, parent: opentelemetry::Context) -> tracing::Span {
         let span = tracing::info_span!(
             "consume",
             otel.name = name,
@@ -103,15 +122,14 @@ impl Delivery {
             messaging.operation.type = "process",
             messaging.destination.name = %self.subject,
             salesplan.account_id = super::streams::account_of(&self.subject).unwrap_or_default(),
+            salesplan.plan_id = tracing::field::Empty,
+            salesplan.intake_id = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             otel.status_description = tracing::field::Empty,
         );
-        crate::telemetry::set_parent(
-            &span,
-            crate::telemetry::extract_from_nats(self.headers.as_ref()),
-        );
+        crate::telemetry::set_parent(&span, parent);
         span
     }
 }
@@ -144,6 +162,20 @@ pub enum Outcome {
     Retry(String),
     /// Can never succeed (undecodable, invalid): straight to the dead-letter stream.
     Reject(String),
+}
+
+/// Ends each message's span (`spans[i]` for `batch[i]`) with its outcome: a message
+/// refused or to be delivered again ends its span in error, with the reason.
+pub fn end_spans(spans: Vec<tracing::Span>, outcomes: &[Outcome]) {
+    for (span, outcome) in spans.into_iter().zip(outcomes) {
+        match outcome {
+            Outcome::Done => {}
+            Outcome::Retry(reason) => {
+                crate::telemetry::fail(&span, &format!("delivered again: {reason}"))
+            }
+            Outcome::Reject(reason) => crate::telemetry::fail(&span, reason),
+        }
+    }
 }
 
 /// Applies `items` (each with its delivery's index) in one call; when the database refuses
@@ -447,9 +479,7 @@ async fn dead_letter(
 ) {
     // In the message's trace (the lead's, for an intake event): a span that says it ended
     // here, and why.
-    let span = delivery.span("dead-letter");
-    span.record("otel.status_code", "ERROR");
-    span.record("otel.status_description", reason);
+    let span = delivery.error_span("dead-letter", reason);
     span.in_scope(|| {
         tracing::error!(consumer = %spec.durable, subject = %delivery.subject, delivered = delivery.delivered, %reason, "dead-lettering message");
     });

@@ -12,13 +12,13 @@ use async_nats::jetstream;
 
 pub use consumer::{
     BatchHandler, ConsumerSpec, Delivery, HEADER_DELIVERED, HEADER_ORIGINAL_SUBJECT, HEADER_REASON,
-    Outcome, apply_each_on_refusal, run_consumer,
+    Outcome, apply_each_on_refusal, end_spans, run_consumer,
 };
 pub use fair::{
     Activity, ActivityGuard, FairSpec, MAX_YIELD, SHARING_WINDOW, pending_by_account,
     run_fair_consumer,
 };
-pub use publish::{Outgoing, Stored};
+pub use publish::{Outgoing, Stored, producer_span};
 
 use crate::config::NatsConfig;
 

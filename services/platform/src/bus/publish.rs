@@ -158,3 +158,25 @@ async fn await_ack(subject: String, ack: PublishAckFuture) -> Result<Stored, Bus
         duplicate: ack.duplicate,
     })
 }
+
+/// The producer span of publishing to `subject` inside one of the services' own spans (the
+/// message then carries it as its parent); none outside them.
+pub fn producer_span(subject: &str) -> tracing::Span {
+    if !crate::telemetry::inside_own_span() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = "publish",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.destination.name = subject,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    crate::telemetry::record_ids(&span);
+    span
+}

@@ -28,11 +28,15 @@ impl BatchHandler for DealEvents {
     async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
         let mut outcomes = vec![Outcome::Done; batch.len()];
         let mut rows = Vec::with_capacity(batch.len());
+        // A span per event, in the trace of the change that caused it, until the event is
+        // applied (or refused: then with the reason).
+        let spans: Vec<tracing::Span> = batch.iter().map(|d| d.span("reporting.apply")).collect();
         for (index, delivery) in batch.iter().enumerate() {
-            // A span per event, in the trace of the change that caused it.
-            let _span = delivery.span("reporting.apply").entered();
-            match decode(delivery) {
-                Ok(row) => rows.push((index, row)),
+            match spans[index].in_scope(|| decode(delivery)) {
+                Ok(row) => {
+                    spans[index].record("salesplan.plan_id", row.plan_id.to_string());
+                    rows.push((index, row));
+                }
                 Err(reason) => outcomes[index] = Outcome::Reject(reason),
             }
         }
@@ -43,6 +47,7 @@ impl BatchHandler for DealEvents {
             crate::store::StoreError::data_refusal,
         )
         .await;
+        salesplan_platform::bus::end_spans(spans, &outcomes);
         outcomes
     }
 }

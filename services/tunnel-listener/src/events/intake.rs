@@ -9,9 +9,10 @@ use salesplan_platform::{
     bus::{Bus, Outgoing, pending_by_account, streams},
     ids::parse_id,
     limits::{AccountLimiter, Permit},
-    validate,
+    telemetry, validate,
 };
 use salesplan_proto::v1 as pb;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
@@ -189,6 +190,10 @@ impl Intake {
         let lead = validated_lead(lead).map_err(NotAccepted::Refused)?;
         let plan_id = parse_id("plan_id", &lead.plan_id).map_err(NotAccepted::Refused)?;
         let intake_id = intake_id(&actor.account_id, &lead);
+        // Find one lead by its ids, whichever way it came (webhook or gRPC).
+        let span = tracing::Span::current();
+        span.record("salesplan.plan_id", lead.plan_id.as_str());
+        span.record("salesplan.intake_id", intake_id.to_string());
         let plan = match self.plans.check(&actor.account_id, plan_id).await? {
             PlanCheck::Open(plan) => plan,
             // A retry of a lead accepted before its plan was archived: its deal is there.
@@ -200,17 +205,20 @@ impl Intake {
             }
             PlanCheck::Closed(refusal) => return Err(NotAccepted::Refused(refusal)),
         };
-        let stored = self
-            .bus
-            .publish(message(
-                &actor.account_id,
-                intake_id,
-                lead,
-                source,
-                None,
-                plan.version,
-            ))
-            .await?;
+        let message = message(
+            &actor.account_id,
+            intake_id,
+            lead,
+            source,
+            None,
+            plan.version,
+        );
+        let publish = salesplan_platform::bus::producer_span(&message.subject);
+        let stored = self.bus.publish(message).instrument(publish.clone()).await;
+        if let Err(err) = &stored {
+            telemetry::fail(&publish, &err.to_string());
+        }
+        let stored = stored?;
         Ok(Accepted {
             intake_id,
             accepted_now: !stored.duplicate,
@@ -288,7 +296,13 @@ impl Intake {
         }
         self.room_for(&actor.account_id, messages.len() as u64)
             .await?;
-        let stored = self.bus.publish_all(messages).await?;
+        // A bulk add's leads carry no trace: thousands of leads in the call's one trace
+        // would bury it (the call itself is traced; its leads show in the metrics).
+        let stored = self
+            .bus
+            .publish_all(messages)
+            .instrument(tracing::Span::none())
+            .await?;
         let duplicates = stored.iter().filter(|s| s.duplicate).count() as u64;
         let rejected = (results.len() - stored.len()) as u64;
         self.count(

@@ -18,7 +18,7 @@ use axum::{
     routing::post,
 };
 use salesplan_platform::{
-    ApiError, Checks, Permission, auth::TokenVerifier, consistency, telemetry,
+    Actor, ApiError, Checks, Permission, auth::TokenVerifier, consistency, telemetry,
 };
 use salesplan_proto::v1 as pb;
 use serde_json::{Value, json};
@@ -73,6 +73,12 @@ async fn add_to_sales_plan(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
+    // Authenticated before anything is traced: an anonymous caller (a scanner, a forged
+    // token) costs no span, and cannot choose a trace or have it sampled.
+    let actor = match authenticate(&state, &headers) {
+        Ok(actor) => actor,
+        Err(err) => return error_response(err),
+    };
     let span = tracing::info_span!(
         "webhook",
         otel.name = "POST add-to-sales-plan",
@@ -89,9 +95,10 @@ async fn add_to_sales_plan(
         span_id = tracing::field::Empty,
     );
     telemetry::set_parent(&span, telemetry::extract_from_http(&headers));
+    span.record("salesplan.account_id", actor.account_id.as_str());
     let traced = span.clone();
     async move {
-        let response = match handle(&state, &headers, body).await {
+        let response = match handle(&state, &actor, &headers, body).await {
             Ok(accepted) => {
                 traced.record("salesplan.intake_id", accepted.intake_id.to_string());
                 let token = accepted.consistency_token();
@@ -108,8 +115,7 @@ async fn add_to_sales_plan(
             }
             Err(err) => {
                 // A refused lead's span says so, and why (an operator looks for it).
-                traced.record("otel.status_code", "ERROR");
-                traced.record("otel.status_description", err.to_string());
+                telemetry::fail(&traced, &err.to_string());
                 error_response(err)
             }
         };
@@ -120,11 +126,8 @@ async fn add_to_sales_plan(
     .await
 }
 
-async fn handle(
-    state: &WebhookState,
-    headers: &HeaderMap,
-    body: axum::body::Body,
-) -> Result<lead::Accepted, WebhookError> {
+/// The caller, when its bearer token is valid and may add leads.
+fn authenticate(state: &WebhookState, headers: &HeaderMap) -> Result<Actor, WebhookError> {
     let authorization = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -133,8 +136,16 @@ async fn handle(
         .verify_header(authorization)
         .map_err(ApiError::from)?;
     actor.require(Permission::IntakeWrite)?;
-    tracing::Span::current().record("salesplan.account_id", actor.account_id.as_str());
-    let _permit = state.intake.admit_lead(&actor)?;
+    Ok(actor)
+}
+
+async fn handle(
+    state: &WebhookState,
+    actor: &Actor,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<lead::Accepted, WebhookError> {
+    let _permit = state.intake.admit_lead(actor)?;
     if !declared_json(headers) {
         return Err(WebhookError::Body(StatusCode::UNSUPPORTED_MEDIA_TYPE));
     }
@@ -146,7 +157,7 @@ async fn handle(
     tracing::Span::current().record("salesplan.plan_id", lead.plan_id.as_str());
     Ok(state
         .intake
-        .accept(&actor, lead, pb::IntakeSource::Webhook)
+        .accept(actor, lead, pb::IntakeSource::Webhook)
         .await?)
 }
 
