@@ -345,8 +345,16 @@ async fn latency_run(
     }
     let total = (rate * seconds) as usize;
     let seen = watch_deals(env, total).await?;
+    let cpu_before = super::cpu::sample();
     let sent = send_at_rate(env, funnel, &plan.id, rate, total).await?;
     env.settled(&pool, &plan.id, total + 1).await?;
+    // How busy the machine was at this offered rate: queues grow as it nears both cores.
+    let cpu = super::cpu::line(
+        &format!("webhook at {rate} leads/s for {seconds} s (per lead)"),
+        total,
+        &cpu_before,
+        &super::cpu::sample(),
+    );
     let seen = tokio::time::timeout(Duration::from_secs(60), seen).await???;
     let samples: Vec<Duration> = sent
         .planned
@@ -394,6 +402,7 @@ async fn latency_run(
             },
         ),
         stages,
+        cpu,
     ])
 }
 
