@@ -641,6 +641,95 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
         .await?;
     assert_eq!(anonymous.status(), 401);
 
+    // Nor is an anonymous gRPC call, whatever trace it names.
+    let mut plans = salesplan_proto::v1::plan_service_client::PlanServiceClient::new(
+        stack.channel(&stack.deal_service).await?,
+    );
+    let mut anonymous_call = tonic::Request::new(salesplan_proto::v1::ListPlansRequest::default());
+    anonymous_call.metadata_mut().insert(
+        "traceparent",
+        "00-4af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse()?,
+    );
+    let refused = plans.list_plans(anonymous_call).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    // A bulk add is one trace, the call's: its leads start none anywhere downstream.
+    integration_tests::stack::eventually(Duration::from_secs(10), || async {
+        flush().await?;
+        Ok(receiver
+            .traces()
+            .iter()
+            .any(|(_, n)| n == "reporting.apply")
+            .then_some(()))
+    })
+    .await?;
+    stack.intake_settled().await?;
+    flush().await?;
+    let traces_before: std::collections::HashSet<Vec<u8>> = receiver
+        .traces()
+        .into_iter()
+        .map(|(trace, _)| trace)
+        .collect();
+    let chunks = integration_tests::api::audience_chunks(&plan.id, "traced-bulk", 120, 40, |i| {
+        format!("bulk-{i}")
+    });
+    let mut audience = salesplan_proto::v1::intake_service_client::IntakeServiceClient::new(
+        stack.channel(&stack.tunnel_listener).await?,
+    )
+    .add_audience(salesplan_platform::grpc::outgoing(
+        futures::stream::iter(chunks),
+        &funnel,
+    ))
+    .await?
+    .into_inner();
+    while let Some(answer) = futures::StreamExt::next(&mut audience).await {
+        answer?;
+    }
+    let viewer = stack.token("acme", "viewer", &[Permission::DealsRead]);
+    integration_tests::stack::eventually(Duration::from_secs(30), || async {
+        let deals = integration_tests::api::deal_count(
+            stack.channel(&stack.deal_service).await?,
+            &viewer,
+            &plan.id,
+        )
+        .await?;
+        Ok((deals >= 121).then_some(()))
+    })
+    .await?;
+    stack.intake_settled().await?;
+    flush().await?;
+    let bulk: std::collections::HashMap<Vec<u8>, Vec<String>> = receiver
+        .traces()
+        .into_iter()
+        .filter(|(trace, _)| !traces_before.contains(trace))
+        .fold(Default::default(), |mut traces, (trace, name)| {
+            traces.entry(trace).or_default().push(name);
+            traces
+        });
+    // The test's own reads of the deal count are traces of their own.
+    let bulk: std::collections::HashMap<_, _> = bulk
+        .into_iter()
+        .filter(|(_, names)| {
+            !names
+                .iter()
+                .any(|n| n == "/salesplan.v1.DealService/ListDeals")
+        })
+        .collect();
+    assert_eq!(bulk.len(), 1, "the bulk add's traces: {bulk:?}");
+    let names = bulk.values().next().expect("one trace");
+    assert!(
+        names
+            .iter()
+            .any(|n| n == "/salesplan.v1.IntakeService/AddAudience"),
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "outbox.relay" || n == "distributor.lead"),
+        "{names:?}"
+    );
+
     // A message no consumer can read is dead-lettered in its own trace, with the reason.
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
@@ -697,11 +786,16 @@ async fn a_lead_is_one_small_trace_and_services_at_rest_export_nothing() -> anyh
         "exported at rest: {:?}",
         &after[before..]
     );
-    let anonymous = hex_bytes("3af7651916cd43dd8448eb211c80319c");
-    assert!(
-        after.iter().all(|(trace, _)| *trace != anonymous),
-        "an anonymous request was traced"
-    );
+    for anonymous in [
+        "3af7651916cd43dd8448eb211c80319c",
+        "4af7651916cd43dd8448eb211c80319c",
+    ] {
+        let anonymous = hex_bytes(anonymous);
+        assert!(
+            after.iter().all(|(trace, _)| *trace != anonymous),
+            "an anonymous request was traced"
+        );
+    }
 
     stack.stop().await?;
     served.abort();

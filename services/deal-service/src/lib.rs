@@ -49,7 +49,8 @@ impl Service for Config {
         let pool = db::connect_and_migrate(&self.database, SCHEMA, &MIGRATOR).await?;
         let bus = Bus::connect(&common.nats, Self::NAME).await?;
         bus.ensure_streams(&streams::ALL).await?;
-        let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
+        let verifier = Arc::new(TokenVerifier::from_config(&common.auth)?);
+        let interceptor = AuthInterceptor::new(verifier.clone());
         let reads = db::connect_reads(&self.database, SCHEMA).await?;
         let api = grpc::Api::new(
             store::Store::new(pool.clone(), reads),
@@ -71,6 +72,7 @@ impl Service for Config {
         background.spawn(events::outbox::run(pool, bus.clone(), relay_stop, metrics));
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
+            verifier: verifier.clone(),
             routes,
             names: vec![
                 <PlanServiceServer<grpc::Api> as NamedService>::NAME,

@@ -115,9 +115,11 @@ impl Service for Config {
             ConsumerSpec::new(&streams::DEALS, "distributor-deals"),
             Arc::new(events::deals::DealEvents::new(store.clone())),
         );
-        let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
+        let verifier = Arc::new(TokenVerifier::from_config(&common.auth)?);
+        let interceptor = AuthInterceptor::new(verifier.clone());
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
+            verifier: verifier.clone(),
             routes: tonic::service::Routes::new(DistributorServiceServer::with_interceptor(
                 grpc::Explain::new(store, upstream, self.lookups_limit, &metrics),
                 interceptor,

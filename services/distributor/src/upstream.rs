@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use salesplan_platform::{
     auth::ServiceTokens,
-    grpc::{self, outgoing},
+    grpc::{self, between_services},
 };
 use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
@@ -52,7 +52,7 @@ impl DealService {
     pub async fn plan(&self, account_id: &str, plan_id: Uuid) -> Result<PlanCopy, LookupError> {
         let token = self.token(account_id)?;
         let request = || {
-            outgoing(
+            between_services(
                 pb::GetPlanRequest {
                     plan_id: plan_id.to_string(),
                 },
@@ -80,7 +80,7 @@ impl DealService {
     ) -> Result<(Uuid, String), LookupError> {
         let token = self.token(account_id)?;
         let request = || {
-            outgoing(
+            between_services(
                 pb::GetDealRequest {
                     deal_id: deal_id.to_string(),
                     ..Default::default()

@@ -105,13 +105,18 @@ pub async fn key_lookups_only(tx: &mut PgConnection) -> Result<(), sqlx::Error> 
 ///
 /// The span exists only inside one of the services' own spans: statements of a polling
 /// loop (the outbox relay looking for rows, a projection's idle round) export nothing.
-pub async fn traced<F: std::future::Future>(
-    schema: &'static str,
-    summary: &'static str,
-    work: F,
-) -> F::Output {
+pub async fn traced<T, E, F>(schema: &'static str, summary: &'static str, work: F) -> Result<T, E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
     use tracing::Instrument as _;
-    work.instrument(span(schema, summary)).await
+    let span = span(schema, summary);
+    let done = work.instrument(span.clone()).await;
+    if let Err(err) = &done {
+        crate::telemetry::fail(&span, &err.to_string());
+    }
+    done
 }
 
 fn span(schema: &'static str, summary: &'static str) -> tracing::Span {
@@ -130,6 +135,8 @@ fn span(schema: &'static str, summary: &'static str) -> tracing::Span {
         db.query.summary = summary,
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
     );
     crate::telemetry::record_ids(&span);
     span

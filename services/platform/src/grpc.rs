@@ -34,6 +34,7 @@ pub struct ServerOptions {
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    verifier: std::sync::Arc<crate::auth::TokenVerifier>,
     service_names: &[&str],
     shutdown: CancellationToken,
     options: ServerOptions,
@@ -75,7 +76,7 @@ pub async fn serve(
     Server::builder()
         .timeout(options.timeout)
         .max_concurrent_streams(Some(options.max_streams))
-        .trace_fn(request_span)
+        .trace_fn(move |request| request_span(request, &verifier))
         .layer(MetricsLayer::new(metrics))
         .layer(crate::consistency::ConsistencyLayer)
         .add_routes(routes)
@@ -96,16 +97,25 @@ fn incoming(
     })
 }
 
-/// The server span of a call, named by its method, with the RPC semantic conventions.
-/// Health checks and reflection get none: probes every few seconds would make a service
-/// at rest export a trace for each.
-fn request_span(request: &http::Request<()>) -> tracing::Span {
+/// The server span of a call, named by its method, with the RPC semantic conventions;
+/// none for a call that is not traced. Health checks and reflection are not: probes every
+/// few seconds would make a service at rest export a trace for each. Nor is a call of a
+/// method no service has, or one without a valid token: an anonymous caller can neither
+/// name spans, nor choose a trace, nor have one sampled (the token is checked again, the
+/// check the call itself makes after this).
+fn request_span(
+    request: &http::Request<()>,
+    verifier: &crate::auth::TokenVerifier,
+) -> tracing::Span {
     let path = request.uri().path();
-    let (service, method) = path
-        .trim_start_matches('/')
-        .split_once('/')
-        .unwrap_or(("", path));
-    if service.starts_with("grpc.health.") || service.starts_with("grpc.reflection.") {
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        return tracing::Span::none();
+    };
+    let authorization = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !KNOWN_METHODS.contains(path) || verifier.verify_header(authorization).is_err() {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
@@ -133,9 +143,19 @@ fn request_span(request: &http::Request<()>) -> tracing::Span {
 
 /// An outgoing request with a bearer token and the current trace context.
 pub fn outgoing<T>(message: T, bearer: &str) -> Request<T> {
+    with_headers(message, bearer, crate::telemetry::inject_into_http)
+}
+
+/// [`outgoing`] from one service to another: never the start of a trace downstream (see
+/// [`crate::telemetry::inject_between_services`]).
+pub fn between_services<T>(message: T, bearer: &str) -> Request<T> {
+    with_headers(message, bearer, crate::telemetry::inject_between_services)
+}
+
+fn with_headers<T>(message: T, bearer: &str, inject: fn(&mut http::HeaderMap)) -> Request<T> {
     let mut request = Request::new(message);
     let mut headers = http::HeaderMap::new();
-    crate::telemetry::inject_into_http(&mut headers);
+    inject(&mut headers);
     let mut metadata = tonic::metadata::MetadataMap::from_headers(headers);
     if let Ok(value) = format!("Bearer {bearer}").parse() {
         metadata.insert("authorization", value);
@@ -263,11 +283,16 @@ const PLATFORM_METHODS: [&str; 3] = [
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
 ];
 
+/// Salesplan's own methods, by path (`/salesplan.v1.DealService/CreateDeals`).
+static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
+    std::sync::LazyLock::new(|| salesplan_proto::method_paths().into_iter().collect());
+
 impl MetricsLayer {
     pub fn new(metrics: &crate::metrics::Metrics) -> Self {
         let meter = metrics.meter("grpc");
-        let known = salesplan_proto::method_paths()
-            .into_iter()
+        let known = KNOWN_METHODS
+            .iter()
+            .cloned()
             .chain(PLATFORM_METHODS.map(str::to_owned))
             .collect();
         Self {
@@ -348,5 +373,47 @@ where
                 .record(started.elapsed().as_secs_f64(), &attrs[..1]);
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::request_span;
+    use crate::{Actor, Permission, auth::TokenIssuer, auth::TokenVerifier, config::AuthConfig};
+
+    fn call(path: &str, bearer: Option<&str>) -> http::Request<()> {
+        let mut request = http::Request::builder().uri(path);
+        if let Some(bearer) = bearer {
+            request = request.header("authorization", format!("Bearer {bearer}"));
+        }
+        request.body(()).expect("a request")
+    }
+
+    /// Only an authenticated call of a method the services have is traced: an anonymous
+    /// caller names no span and chooses no trace.
+    #[test]
+    fn only_authenticated_calls_of_known_methods_are_traced() {
+        let verifier = TokenVerifier::from_config(&AuthConfig::dev()).expect("a verifier");
+        let token = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes())
+            .issue(
+                &Actor::new("acme", "u", [Permission::DealsRead]),
+                std::time::Duration::from_secs(60),
+            )
+            .expect("a token");
+        let subscriber = tracing_subscriber::registry().with(tracing_subscriber::fmt::layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let known = "/salesplan.v1.PlanService/ListPlans";
+            assert!(!request_span(&call(known, Some(&token)), &verifier).is_none());
+            assert!(request_span(&call(known, None), &verifier).is_none());
+            assert!(request_span(&call(known, Some("garbage")), &verifier).is_none());
+            for unknown in ["/attacker.Svc/Zelda", "/grpc.health.v1.Health/Check", "/"] {
+                assert!(
+                    request_span(&call(unknown, Some(&token)), &verifier).is_none(),
+                    "{unknown}"
+                );
+            }
+        });
     }
 }

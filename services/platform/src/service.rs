@@ -358,6 +358,9 @@ impl Background {
 /// The gRPC side of a service, bound and ready to serve.
 pub struct GrpcParts {
     pub listener: tokio::net::TcpListener,
+    /// The callers' token check: only an authenticated call is traced (see
+    /// [`crate::grpc::serve`]).
+    pub verifier: std::sync::Arc<crate::auth::TokenVerifier>,
     pub routes: tonic::service::Routes,
     /// Fully-qualified service names reported by the health service.
     pub names: Vec<&'static str>,
@@ -401,6 +404,7 @@ pub async fn spawn_service(
         let grpc_server = crate::grpc::serve(
             grpc.listener,
             grpc.routes,
+            grpc.verifier,
             &grpc.names,
             shutdown,
             options,

@@ -45,7 +45,8 @@ impl Service for Config {
         let pool = db::connect_and_migrate(&self.database, SCHEMA, &MIGRATOR).await?;
         let bus = Bus::connect(&common.nats, Self::NAME).await?;
         bus.ensure_streams(&streams::ALL).await?;
-        let interceptor = AuthInterceptor::new(Arc::new(TokenVerifier::from_config(&common.auth)?));
+        let verifier = Arc::new(TokenVerifier::from_config(&common.auth)?);
+        let interceptor = AuthInterceptor::new(verifier.clone());
 
         let mut background = Background::new(metrics.clone());
         // Every replica reads every horizon.
@@ -77,6 +78,7 @@ impl Service for Config {
         );
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
+            verifier: verifier.clone(),
             routes: tonic::service::Routes::new(ReportServiceServer::with_interceptor(
                 // Reports scan: their own connections and statement timeout.
                 grpc::Reports::new(

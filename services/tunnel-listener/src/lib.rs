@@ -82,6 +82,7 @@ impl Service for Config {
 
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
+            verifier: verifier.clone(),
             routes: tonic::service::Routes::new(IntakeServiceServer::with_interceptor(
                 grpc::IntakeApi::new(
                     intake,

@@ -20,7 +20,7 @@ use std::{
 use salesplan_platform::{
     ApiError,
     auth::ServiceTokens,
-    grpc::{self, outgoing},
+    grpc::{self, between_services},
 };
 use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
@@ -129,7 +129,7 @@ impl Plans {
             .map_err(|err| ApiError::Unavailable(format!("cannot sign a deal look-up: {err}")))?;
         let mut deals = self.deals.clone();
         let request = || {
-            outgoing(
+            between_services(
                 pb::GetDealRequest {
                     idempotency_key: intake_id.to_string(),
                     ..Default::default()
@@ -192,7 +192,7 @@ impl Plans {
         // Shared by the leads that wait for it: in the trace of the lead that made it.
         let mut plans = self.plans.clone();
         let request = || {
-            outgoing(
+            between_services(
                 pb::GetPlanRequest {
                     plan_id: plan_id.to_string(),
                 },

@@ -365,7 +365,7 @@ impl Batch {
                 otel.name = "outbox.relay",
                 otel.kind = "producer",
                 messaging.system = "nats",
-                messaging.operation.type = "publish",
+                messaging.operation.type = "send",
                 messaging.destination.name = %message.subject,
                 salesplan.account_id = account,
                 trace_id = tracing::field::Empty,

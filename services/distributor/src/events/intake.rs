@@ -9,7 +9,7 @@ use prost::Message as _;
 use salesplan_platform::{
     auth::valid_account_id,
     bus::{Activity, BatchHandler, Bus, Delivery, Outcome, Outgoing, streams},
-    grpc::outgoing,
+    grpc::between_services,
     telemetry,
     validate::contact_key,
 };
@@ -198,7 +198,7 @@ impl IntakeEvents {
                 .collect(),
         };
         // Built inside the span, so the call carries its trace context.
-        let request = span.in_scope(|| outgoing(request, &token));
+        let request = span.in_scope(|| between_services(request, &token));
         let response = self
             .upstream
             .deals

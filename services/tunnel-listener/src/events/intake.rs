@@ -277,14 +277,22 @@ impl Intake {
             match audience_lead(&actor.account_id, &plan_id, &job.job_id, item) {
                 Ok((intake_id, lead)) => {
                     result.intake_id = intake_id.to_string();
-                    messages.push(message(
+                    let mut message = message(
                         &actor.account_id,
                         intake_id,
                         lead,
                         pb::IntakeSource::Bulk,
                         job.assign_to.clone(),
                         plan.version,
-                    ));
+                    );
+                    // A bulk add's leads are in an unsampled trace each: thousands of
+                    // leads in the call's one trace would bury it (the call itself is
+                    // traced; its leads show in the metrics).
+                    message.headers.insert(
+                        telemetry::TRACEPARENT,
+                        telemetry::unsampled_traceparent().as_str(),
+                    );
+                    messages.push(message);
                     published.push(index);
                 }
                 Err(err) => {
@@ -296,13 +304,7 @@ impl Intake {
         }
         self.room_for(&actor.account_id, messages.len() as u64)
             .await?;
-        // A bulk add's leads carry no trace: thousands of leads in the call's one trace
-        // would bury it (the call itself is traced; its leads show in the metrics).
-        let stored = self
-            .bus
-            .publish_all(messages)
-            .instrument(tracing::Span::none())
-            .await?;
+        let stored = self.bus.publish_all(messages).await?;
         let duplicates = stored.iter().filter(|s| s.duplicate).count() as u64;
         let rejected = (results.len() - stored.len()) as u64;
         self.count(

@@ -7,6 +7,7 @@ use salesplan_platform::{ApiError, Permission, auth, consistency, limits::Accoun
 use salesplan_proto::v1::{self as pb, intake_service_server::IntakeService};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::{domain::lead, events::intake::Intake};
 
@@ -76,43 +77,49 @@ impl IntakeService for IntakeApi {
         let mut chunks = request.into_inner();
         let intake = self.intake.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut job = None;
-            loop {
-                let chunk = match tokio::time::timeout(idle_timeout, chunks.next()).await {
-                    Ok(Some(chunk)) => chunk,
-                    Ok(None) => break,
-                    Err(_) => {
-                        let idle = ApiError::DeadlineExceeded(format!(
-                            "no chunk for {} s: the bulk add is ended (what was answered is \
+        // The call's span lasts as long as its stream is handled (its plan checks are in
+        // it; its leads are not traced).
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                let mut job = None;
+                loop {
+                    let chunk = match tokio::time::timeout(idle_timeout, chunks.next()).await {
+                        Ok(Some(chunk)) => chunk,
+                        Ok(None) => break,
+                        Err(_) => {
+                            let idle = ApiError::DeadlineExceeded(format!(
+                                "no chunk for {} s: the bulk add is ended (what was answered is \
                              stored; send the rest in a new call with the same job id)",
-                            idle_timeout.as_secs()
-                        ));
-                        let _ = tx.send(Err(idle.into())).await;
+                                idle_timeout.as_secs()
+                            ));
+                            let _ = tx.send(Err(idle.into())).await;
+                            break;
+                        }
+                    };
+                    let answer = async {
+                        let chunk = chunk?;
+                        let job = match &job {
+                            Some(job) => job,
+                            None => job.insert(intake.audience_job(&actor, &chunk).await?),
+                        };
+                        let results = intake.accept_chunk(&actor, job, chunk).await?;
+                        Ok::<_, Status>(pb::AddAudienceResponse {
+                            consistency_token: lead::chunk_token(&results),
+                            results,
+                        })
+                    }
+                    .await;
+                    let failed = answer.is_err();
+                    if tx.send(answer).await.is_err() || failed {
+                        // The client left, or the call ends with its error.
                         break;
                     }
-                };
-                let answer = async {
-                    let chunk = chunk?;
-                    let job = match &job {
-                        Some(job) => job,
-                        None => job.insert(intake.audience_job(&actor, &chunk).await?),
-                    };
-                    let results = intake.accept_chunk(&actor, job, chunk).await?;
-                    Ok::<_, Status>(pb::AddAudienceResponse {
-                        consistency_token: lead::chunk_token(&results),
-                        results,
-                    })
-                }
-                .await;
-                let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
-                    // The client left, or the call ends with its error.
-                    break;
                 }
             }
-        });
+            .instrument(span),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
