@@ -25,11 +25,12 @@ pub struct Schema<'a> {
 /// Opens a pool whose connections resolve names in `schema` first, then `public` (where
 /// extensions such as `pg_trgm` live).
 ///
-/// Every statement is planned for its parameters (`plan_cache_mode`): PostgreSQL otherwise
-/// caches a generic plan per connection after five runs, and a plan cached while a table
-/// was still small (right after a deploy, in every test) reads all of an account's rows
-/// through whichever index came first, on every batch thereafter. Planning a statement
-/// costs a fraction of a millisecond; the wrong cached plan cost 40–100 ms per batch.
+/// Its statements may run on PostgreSQL's cached generic plans (the default
+/// `plan_cache_mode`): they touch rows by key — per-key probes are `LATERAL … LIMIT 1`,
+/// which no plan flattens into a scan, and batch transactions run with
+/// [`key_lookups_only`] — so a plan made while a table was small stays right as it grows.
+/// Planning every statement anew cost the intake a fifth of PostgreSQL's CPU and doubled
+/// the latency at 1,000 leads/s (docs/performance.md, issue 17).
 ///
 /// Every statement of the pool is cut off after the configured statement timeout
 /// (`SALESPLAN_DB_STATEMENT_TIMEOUT_MS`), so no query holds a connection for long.
@@ -48,10 +49,15 @@ pub async fn connect(config: &DatabaseConfig, schema: &str) -> Result<PgPool, sq
 /// timeout (`SALESPLAN_DB_READ_MAX_CONNECTIONS`, `SALESPLAN_DB_READ_TIMEOUT_MS`).
 ///
 /// A scan runs in one process (no parallel workers): one account's search then takes at
-/// most one core of the database, however large its account.
+/// most one core of the database, however large its account. Every scan is planned for
+/// its parameters (`plan_cache_mode`): how much a search term or a filter matches, and how
+/// large the account is, decide the index; a generic plan cached for one term (or while
+/// the account was small) would read the wrong one for the next.
 pub async fn connect_reads(config: &DatabaseConfig, schema: &str) -> Result<PgPool, sqlx::Error> {
-    let options = options(config, schema, config.read_timeout)?
-        .options([("max_parallel_workers_per_gather", "0")]);
+    let options = options(config, schema, config.read_timeout)?.options([
+        ("max_parallel_workers_per_gather", "0"),
+        ("plan_cache_mode", "force_custom_plan"),
+    ]);
     pool(options, config.read_max_connections).await
 }
 
@@ -72,7 +78,6 @@ fn options(
     Ok(PgConnectOptions::from_str(config.url.expose())?
         .options([
             ("search_path", format!("{schema},public")),
-            ("plan_cache_mode", "force_custom_plan".to_owned()),
             (
                 "statement_timeout",
                 statement_timeout.as_millis().to_string(),
