@@ -84,17 +84,19 @@ impl Pass {
 
     /// The committed rows of the pass in id order: up to [`BATCH`] rows and about
     /// [`BATCH_BYTES`] (always the first row: plan events can be large, and one pass holds
-    /// its rows in memory); and whether they are every row visible, counted in the
-    /// statement's own snapshot: exactly what it read.
+    /// its rows in memory); and whether they are every row visible, in the statement's own
+    /// snapshot: exactly what it read. The first `BATCH + 1` rows say it (one more than a
+    /// pass takes means more are waiting), without counting the whole outbox, whose dead
+    /// rows a busy relay would read on every pass.
     pub async fn rows(&mut self) -> Result<(Vec<OutboxRow>, bool), StoreError> {
         let rows = sqlx::query(
-            "SELECT o.id, o.subject, o.message_id, o.payload, o.headers, o.xid,
-                (SELECT count(*) FROM outbox) AS visible
+            "SELECT o.id, o.subject, o.message_id, o.payload, o.headers, o.xid, k.visible
              FROM outbox o JOIN (
-                SELECT id, sum(octet_length(payload)) OVER (ORDER BY id) - octet_length(payload) AS before
-                FROM outbox ORDER BY id LIMIT $1
+                SELECT id, sum(octet_length(payload)) OVER (ORDER BY id) - octet_length(payload) AS before,
+                    row_number() OVER (ORDER BY id) AS n, count(*) OVER () AS visible
+                FROM (SELECT id, payload FROM outbox ORDER BY id LIMIT $1 + 1) first
              ) k ON k.id = o.id
-             WHERE k.before < $2 ORDER BY o.id",
+             WHERE k.before < $2 AND k.n <= $1 ORDER BY o.id",
         )
         .bind(BATCH)
         .bind(BATCH_BYTES)
