@@ -66,7 +66,7 @@ impl Metrics {
         let mut builder: MeterProviderBuilder = SdkMeterProvider::builder()
             .with_resource(telemetry.resource(service))
             .with_reader(SharedReader(reader.clone()));
-        if let Some(endpoint) = &telemetry.otlp_endpoint {
+        if let Some(endpoint) = telemetry.metrics_endpoint() {
             use opentelemetry_otlp::WithExportConfig;
             match opentelemetry_otlp::MetricExporter::builder()
                 .with_tonic()

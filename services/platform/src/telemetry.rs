@@ -19,7 +19,11 @@ use crate::config::{ConfigError, Env};
 #[derive(Debug, Clone, Default)]
 pub struct TelemetryConfig {
     pub json_logs: bool,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: where traces and metrics go, unless one of them has
+    /// an endpoint of its own (below).
     pub otlp_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`.
+    pub signal_endpoints: SignalEndpoints,
     pub filter: Option<String>,
     /// `OTEL_SERVICE_NAME`: the name spans and metrics are exported under, instead of the
     /// service's own (it wins over a `service.name` in the resource attributes).
@@ -35,6 +39,13 @@ pub struct TelemetryConfig {
     /// What was read but not taken (a malformed `OTEL_RESOURCE_ATTRIBUTES`), logged once
     /// the logs are set up.
     pub warnings: Vec<String>,
+}
+
+/// The per-signal endpoints, each winning over the general one for its signal.
+#[derive(Debug, Clone, Default)]
+pub struct SignalEndpoints {
+    pub traces: Option<String>,
+    pub metrics: Option<String>,
 }
 
 /// Which traces are kept, decided where a trace starts (the webhook, a gRPC call without a
@@ -159,6 +170,22 @@ pub(crate) fn percent_decode(value: &str) -> Option<String> {
 }
 
 impl TelemetryConfig {
+    /// Where traces go: their own endpoint, else the general one.
+    pub fn traces_endpoint(&self) -> Option<&str> {
+        self.signal_endpoints
+            .traces
+            .as_deref()
+            .or(self.otlp_endpoint.as_deref())
+    }
+
+    /// Where metrics go: their own endpoint, else the general one.
+    pub fn metrics_endpoint(&self) -> Option<&str> {
+        self.signal_endpoints
+            .metrics
+            .as_deref()
+            .or(self.otlp_endpoint.as_deref())
+    }
+
     /// What spans and metrics are exported as: `OTEL_SERVICE_NAME`, else a `service.name`
     /// of the resource attributes, else `service`; with the resource attributes.
     pub fn resource(&self, service: &str) -> Resource {
@@ -193,13 +220,19 @@ impl TelemetryConfig {
                 ));
             }
         };
-        match env.get("OTEL_EXPORTER_OTLP_PROTOCOL").map(str::trim) {
-            None | Some("grpc") => {}
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL",
-                    format!("only grpc is built in, got {other:?}"),
-                ));
+        for key in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        ] {
+            match env.get(key).map(str::trim) {
+                None | Some("grpc") => {}
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("only grpc is built in, got {other:?}"),
+                    ));
+                }
             }
         }
         let metric_interval = match env.get("OTEL_METRIC_EXPORT_INTERVAL") {
@@ -221,7 +254,11 @@ impl TelemetryConfig {
         let mut warnings = Vec::new();
         Ok(Self {
             json_logs,
-            otlp_endpoint: otlp_endpoint(env)?,
+            otlp_endpoint: otlp_endpoint(env, "OTEL_EXPORTER_OTLP_ENDPOINT")?,
+            signal_endpoints: SignalEndpoints {
+                traces: otlp_endpoint(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")?,
+                metrics: otlp_endpoint(env, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")?,
+            },
             filter: env.get("RUST_LOG").map(str::to_owned),
             service_name: env
                 .get("OTEL_SERVICE_NAME")
@@ -236,32 +273,31 @@ impl TelemetryConfig {
     }
 }
 
-/// `OTEL_EXPORTER_OTLP_ENDPOINT`, unless `OTEL_SDK_DISABLED` is `true` (then nothing is
+/// An endpoint variable (`KEY`), unless `OTEL_SDK_DISABLED` is `true` (then nothing is
 /// exported) or it is empty. Only plain `http://` is built in: an `https://` collector
 /// stops the start (exit 64) instead of a service that runs and exports nothing.
-fn otlp_endpoint(env: &Env) -> Result<Option<String>, ConfigError> {
-    const KEY: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+fn otlp_endpoint(env: &Env, key: &'static str) -> Result<Option<String>, ConfigError> {
     let disabled = env
         .get("OTEL_SDK_DISABLED")
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-    let Some(endpoint) = env.get(KEY).map(str::trim).filter(|e| !e.is_empty()) else {
+    let Some(endpoint) = env.get(key).map(str::trim).filter(|e| !e.is_empty()) else {
         return Ok(None);
     };
     if disabled {
         return Ok(None);
     }
     let uri: http::Uri = endpoint.parse().map_err(|_| {
-        ConfigError::new(KEY, format!("expected http://host:port, got {endpoint:?}"))
+        ConfigError::new(key, format!("expected http://host:port, got {endpoint:?}"))
     })?;
     match (uri.scheme_str(), uri.host()) {
         (Some("http"), Some(_)) => Ok(Some(endpoint.to_owned())),
         (Some("https"), _) => Err(ConfigError::new(
-            KEY,
+            key,
             "TLS to the collector is not built in: use http:// to a collector (or its \
              agent) in the cluster",
         )),
         _ => Err(ConfigError::new(
-            KEY,
+            key,
             format!("expected http://host:port, got {endpoint:?}"),
         )),
     }
@@ -311,7 +347,7 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> TelemetryGuard {
         tracing_subscriber::fmt::layer().boxed()
     };
     let resource = config.resource(service);
-    let (otel, tracer) = match &config.otlp_endpoint {
+    let (otel, tracer) = match config.traces_endpoint() {
         Some(endpoint) => match otlp_tracer(endpoint, resource, config.sampler) {
             Ok(tracer) => {
                 // Spans carry what explains the work, not the runtime's bookkeeping
@@ -702,13 +738,30 @@ mod tests {
         .unwrap();
         assert!(discarded.resource_attributes.is_empty());
         assert_eq!(discarded.warnings.len(), 1, "{:?}", discarded.warnings);
+        // A signal's own endpoint wins over the general one, for that signal only.
+        let split = TelemetryConfig::from_env(&Env::from_pairs([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+        ]))
+        .unwrap();
+        assert_eq!(split.traces_endpoint(), Some("http://traces:4317"));
+        assert_eq!(split.metrics_endpoint(), Some("http://collector:4317"));
+        let metrics_only = TelemetryConfig::from_env(&Env::from_pairs([(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "http://metrics:4317",
+        )]))
+        .unwrap();
+        assert_eq!(metrics_only.traces_endpoint(), None);
+        assert_eq!(metrics_only.metrics_endpoint(), Some("http://metrics:4317"));
         // The SDK switched off: nothing exported, whatever the endpoint.
         let disabled = TelemetryConfig::from_env(&Env::from_pairs([
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
             ("OTEL_SDK_DISABLED", "TRUE"),
         ]))
         .unwrap();
-        assert_eq!(disabled.otlp_endpoint, None);
+        assert_eq!(disabled.traces_endpoint(), None);
+        assert_eq!(disabled.metrics_endpoint(), None);
         for (key, value) in [
             ("OTEL_TRACES_SAMPLER", "sometimes"),
             ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
@@ -716,6 +769,8 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "not-a-url"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://traces:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
         ] {
             let mut pairs = vec![(key, value)];
             if key == "OTEL_TRACES_SAMPLER_ARG" {
