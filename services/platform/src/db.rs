@@ -115,36 +115,27 @@ where
     F: std::future::Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
-    use tracing::Instrument as _;
-    let span = span(schema, summary);
-    let done = work.instrument(span.clone()).await;
-    if let Err(err) = &done {
-        crate::telemetry::fail(&span, &err.to_string());
-    }
-    done
+    crate::telemetry::in_span(span(schema, summary), work).await
 }
 
 fn span(schema: &'static str, summary: &'static str) -> tracing::Span {
-    if !crate::telemetry::inside_own_span() {
-        return tracing::Span::none();
-    }
     let (operation, collection) = summary.split_once(' ').unwrap_or((summary, ""));
-    let span = tracing::info_span!(
-        "db",
-        otel.name = summary,
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        db.namespace = schema,
-        db.operation.name = operation,
-        db.collection.name = collection,
-        db.query.summary = summary,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-    );
-    crate::telemetry::record_ids(&span);
-    span
+    crate::telemetry::own_child(|| {
+        tracing::info_span!(
+            "db",
+            otel.name = summary,
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.namespace = schema,
+            db.operation.name = operation,
+            db.collection.name = collection,
+            db.query.summary = summary,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        )
+    })
 }
 
 /// Creates the schema if needed, then applies the service's migrations, on a connection of

@@ -204,12 +204,9 @@ pub fn record_status(span: &tracing::Span, status: &tonic::Status) {
 /// Writes how a call made in a [`client_span`] ended.
 pub fn record_answer<T>(span: &tracing::Span, answer: &Result<T, tonic::Status>) {
     match answer {
-        Ok(_) => span.record("rpc.grpc.status_code", tonic::Code::Ok as i64),
-        Err(status) => {
-            record_status(span, status);
-            span
-        }
-    };
+        Ok(_) => record_status(span, &tonic::Status::ok("")),
+        Err(status) => record_status(span, status),
+    }
 }
 
 /// A call to `service`/`method` in its [`client_span`] (child of the current span): the

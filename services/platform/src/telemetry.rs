@@ -526,11 +526,6 @@ pub fn fail(span: &tracing::Span, reason: &str) {
     span.record("otel.status_description", reason);
 }
 
-/// The trace context of `span` (to link another span to it).
-pub fn context_of(span: &tracing::Span) -> Context {
-    span.context()
-}
-
 /// Whether `cx` continues a trace (a remote parent was there to extract).
 pub fn has_trace(cx: &Context) -> bool {
     use opentelemetry::trace::TraceContextExt;
@@ -565,13 +560,39 @@ pub fn valid_traceparent(value: &str) -> Option<String> {
 /// The W3C trace context header (and the key of a stored one).
 pub const TRACEPARENT: &str = "traceparent";
 
-/// Links `span` to the span of another context (a batch that serves several traces).
-pub fn add_link(span: &tracing::Span, other: &Context) {
+/// Links `span` to `other` (a batch that serves several traces).
+pub fn add_link(span: &tracing::Span, other: &tracing::Span) {
     use opentelemetry::trace::TraceContextExt;
-    let context = other.span().span_context().clone();
+    let context = other.context().span().span_context().clone();
     if context.is_valid() {
         span.add_link(context);
     }
+}
+
+/// The span `make` builds (a child of the current one), when the current span is one of
+/// the services' own, with its ids recorded for the logs; none outside them, so work
+/// outside a request, a message or an event (a polling loop's) starts no trace.
+pub fn own_child(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if !inside_own_span() {
+        return tracing::Span::none();
+    }
+    let span = make();
+    record_ids(&span);
+    span
+}
+
+/// Awaits `work` inside `span`, which ends in error with the reason when `work` fails.
+pub async fn in_span<T, E, F>(span: tracing::Span, work: F) -> Result<T, E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    use tracing::Instrument as _;
+    let done = work.instrument(span.clone()).await;
+    if let Err(err) = &done {
+        fail(&span, &err.to_string());
+    }
+    done
 }
 
 /// Whether the current span is one of the services' own (a request, a consumed message, a

@@ -404,7 +404,7 @@ fn call_span<'a>(leads: impl Iterator<Item = &'a tracing::Span> + Clone) -> trac
         "CreateDeals",
     );
     for other in sampled.iter().skip(1) {
-        telemetry::add_link(&span, &telemetry::context_of(other));
+        telemetry::add_link(&span, other);
     }
     span
 }

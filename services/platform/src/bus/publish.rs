@@ -162,10 +162,8 @@ async fn await_ack(subject: String, ack: PublishAckFuture) -> Result<Stored, Bus
 /// The producer span of publishing to `subject` inside one of the services' own spans (the
 /// message then carries it as its parent); none outside them.
 pub fn producer_span(subject: &str) -> tracing::Span {
-    if !crate::telemetry::inside_own_span() {
-        return tracing::Span::none();
-    }
-    let span = tracing::info_span!(
+    crate::telemetry::own_child(|| {
+        tracing::info_span!(
         "publish",
         otel.name = "publish",
         otel.kind = "producer",
@@ -176,7 +174,6 @@ pub fn producer_span(subject: &str) -> tracing::Span {
         span_id = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
-    );
-    crate::telemetry::record_ids(&span);
-    span
+        )
+    })
 }

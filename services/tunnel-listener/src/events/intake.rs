@@ -12,7 +12,6 @@ use salesplan_platform::{
     telemetry, validate,
 };
 use salesplan_proto::v1 as pb;
-use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
@@ -214,11 +213,7 @@ impl Intake {
             plan.version,
         );
         let publish = salesplan_platform::bus::producer_span(&message.subject);
-        let stored = self.bus.publish(message).instrument(publish.clone()).await;
-        if let Err(err) = &stored {
-            telemetry::fail(&publish, &err.to_string());
-        }
-        let stored = stored?;
+        let stored = telemetry::in_span(publish, self.bus.publish(message)).await?;
         Ok(Accepted {
             intake_id,
             accepted_now: !stored.duplicate,
