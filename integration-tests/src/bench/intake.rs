@@ -210,10 +210,16 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     // readers, at fixed offered rates (open loop); the page cache flushed first, and once
     // more at 1,000/s for longer without it.
     for rate in &config.rates {
-        lines.extend(latency_run(env, &funnel, *rate, config.rate_seconds, true).await?);
+        lines.extend(latency_run(env, &funnel, *rate, config.rate_seconds, 1, true).await?);
     }
     if config.rates.contains(&1_000) {
-        lines.extend(latency_run(env, &funnel, 1_000, config.long_seconds, false).await?);
+        lines.extend(latency_run(env, &funnel, 1_000, config.long_seconds, 1, false).await?);
+    }
+    // Funnels fire into many plans: the intake consumer's batches then hold leads of
+    // several plans, each decided under its own plan's lock.
+    if let Some(rate) = config.rates.first() {
+        let (seconds, plans) = (config.rate_seconds, config.spread_plans);
+        lines.extend(latency_run(env, &funnel, *rate, seconds, plans, true).await?);
     }
     for (name, rss) in env.peak_rss() {
         let mib = rss.map(|b| b as f64 / (1024.0 * 1024.0)).unwrap_or(0.0);
@@ -325,32 +331,32 @@ async fn latency_run(
     funnel: &str,
     rate: u64,
     seconds: u64,
+    spread: usize,
     flush: bool,
 ) -> anyhow::Result<Vec<Line>> {
     let pool = sqlx::PgPool::connect(&env.database_url).await?;
-    let plan = env.plan(&format!("Bench {rate}/s {seconds} s")).await?;
-    // One lead through first: the services learn of a new plan from its event, and the
-    // first leads of a plan created a moment ago waited for that. Funnels fire into plans
-    // that exist; that is what is measured.
-    reqwest::Client::new()
-        .post(&env.webhook)
-        .bearer_auth(funnel)
-        .json(&webhook_lead(&plan.id, "warm-up"))
-        .send()
-        .await?
-        .error_for_status()?;
-    env.settled(&pool, &plan.id, 1).await?;
+    let name = format!("Bench {rate}/s {seconds} s over {spread}");
+    let plans = warm_plans(env, &pool, funnel, &name, spread).await?;
     if flush {
         flush_page_cache("the latency run").await?;
     }
     let total = (rate * seconds) as usize;
     let seen = watch_deals(env, total).await?;
     let cpu_before = super::cpu::sample();
-    let sent = send_at_rate(env, funnel, &plan.id, rate, total).await?;
-    env.settled(&pool, &plan.id, total + 1).await?;
+    let sent = send_at_rate(env, funnel, &plans, rate, total).await?;
+    for (i, plan) in plans.iter().enumerate() {
+        // Lead j went to plan j % spread, and each plan had its warm-up lead.
+        let leads = total / spread + usize::from(i < total % spread) + 1;
+        env.settled(&pool, plan, leads).await?;
+    }
+    let over = if spread > 1 {
+        format!(" over {spread} plans")
+    } else {
+        String::new()
+    };
     // How busy the machine was at this offered rate: queues grow as it nears both cores.
     let cpu = super::cpu::line(
-        &format!("webhook at {rate} leads/s for {seconds} s (per lead)"),
+        &format!("webhook at {rate} leads/s for {seconds} s{over} (per lead)"),
         total,
         &cpu_before,
         &super::cpu::sample(),
@@ -380,9 +386,12 @@ async fn latency_run(
     } else {
         "no flush"
     };
-    let created = created_at(&pool, &plan.id).await?;
+    let mut created = HashMap::with_capacity(total + spread);
+    for plan in &plans {
+        created.extend(created_at(&pool, plan).await?);
+    }
     let stages = stages_line(
-        &format!("{rate} leads/s for {seconds} s"),
+        &format!("{rate} leads/s for {seconds} s{over}"),
         &sent.planned,
         &sent.answered,
         &created,
@@ -392,7 +401,7 @@ async fn latency_run(
         Line::latency(
             "latency",
             format!(
-                "planned send → deal committed and published, {rate} leads/s for {seconds} s ({total} leads, {cache}{achieved})"
+                "planned send → deal committed and published, {rate} leads/s for {seconds} s{over} ({total} leads, {cache}{achieved})"
             ),
             samples,
             if rate == 1_000 {
@@ -406,6 +415,36 @@ async fn latency_run(
     ])
 }
 
+/// `spread` new plans, each with one lead through already: the services learn of a new
+/// plan from its event, and the first leads of a plan created a moment ago waited for
+/// that. Funnels fire into plans that exist; that is what is measured.
+async fn warm_plans(
+    env: &Env,
+    pool: &sqlx::PgPool,
+    funnel: &str,
+    name: &str,
+    spread: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut plans = Vec::with_capacity(spread);
+    for i in 0..spread {
+        if i > 0 {
+            // An account changes its plans at most 5 times a second.
+            tokio::time::sleep(Duration::from_millis(210)).await;
+        }
+        let plan = env.plan(&format!("{name} #{i}")).await?;
+        reqwest::Client::new()
+            .post(&env.webhook)
+            .bearer_auth(funnel)
+            .json(&webhook_lead(&plan.id, &format!("warm-up-{i}")))
+            .send()
+            .await?
+            .error_for_status()?;
+        env.settled(pool, &plan.id, 1).await?;
+        plans.push(plan.id);
+    }
+    Ok(plans)
+}
+
 /// What an open-loop send did: each lead's planned send time and answer time, by intake
 /// id, and how long sending all of them took.
 struct Sent {
@@ -414,12 +453,12 @@ struct Sent {
     sending: Duration,
 }
 
-/// Sends `total` webhook leads into `plan`, one every `1 / rate` s from now, each at its
-/// planned time; at most [`MAX_IN_FLIGHT`] in flight.
+/// Sends `total` webhook leads into `plans` in turn, one every `1 / rate` s from now, each
+/// at its planned time; at most [`MAX_IN_FLIGHT`] in flight.
 async fn send_at_rate(
     env: &Env,
     funnel: &str,
-    plan: &str,
+    plans: &[String],
     rate: u64,
     total: usize,
 ) -> anyhow::Result<Sent> {
@@ -437,7 +476,7 @@ async fn send_at_rate(
         let request = http
             .post(&env.webhook)
             .bearer_auth(funnel)
-            .json(&webhook_lead(plan, &format!("r-{i}")));
+            .json(&webhook_lead(&plans[i % plans.len()], &format!("r-{i}")));
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let reply: serde_json::Value = request.send().await?.json().await?;

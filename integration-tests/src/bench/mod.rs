@@ -34,6 +34,8 @@ pub struct BenchConfig {
     pub rate_seconds: u64,
     /// Seconds of the long latency run at 1,000 leads/s without flushing the page cache.
     pub long_seconds: u64,
+    /// Plans of the latency run (at the first rate) whose leads go to each plan in turn.
+    pub spread_plans: usize,
     /// Repetitions of each query.
     pub repeats: usize,
     /// The parts to run (all by default): while working on one stage, the others only
@@ -59,6 +61,7 @@ impl BenchConfig {
             rates: vec![1_000, 5_000],
             rate_seconds: 10,
             long_seconds: 120,
+            spread_plans: 8,
             repeats: 50,
             parts: vec![Part::Floors, Part::Intake, Part::Queries, Part::Isolation],
         }
@@ -73,6 +76,7 @@ impl BenchConfig {
             rates: vec![100],
             rate_seconds: 1,
             long_seconds: 2,
+            spread_plans: 2,
             repeats: 3,
             parts: vec![Part::Floors, Part::Intake, Part::Queries, Part::Isolation],
         }

@@ -23,6 +23,9 @@ struct Args {
     /// (production does not flush for us), when 1,000 is among the rates.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     long_seconds: u64,
+    /// Plans of the extra latency run at the first rate, whose leads go to each in turn.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(2..=1000))]
+    spread_plans: u64,
     /// Tiny counts: checks that every part runs.
     #[arg(long)]
     smoke: bool,
@@ -45,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
             rates: args.rates,
             rate_seconds: args.rate_seconds,
             long_seconds: args.long_seconds,
+            spread_plans: args.spread_plans as usize,
             ..BenchConfig::full()
         }
     };
