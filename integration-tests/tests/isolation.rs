@@ -2367,6 +2367,78 @@ async fn the_relay_reads_a_bounded_number_of_bytes_per_pass() -> anyhow::Result<
     Ok(())
 }
 
+/// The relay starts its reads above the ids it has proven gone (the index entries of
+/// published rows stay until a vacuum). A row whose transaction commits after rows with
+/// higher ids were published must still be published: the mark may not pass it while that
+/// transaction runs, and moves on once it has.
+#[tokio::test]
+async fn a_row_committed_after_higher_ones_were_published_is_published_too() -> anyhow::Result<()> {
+    use deal_service::events::outbox::{LowWater, publish_from};
+    use salesplan_platform::{
+        bus::{Bus, streams},
+        db,
+        service::ServiceConfig,
+    };
+    let database = integration_tests::postgres::TestDatabase::create().await?;
+    let nats = integration_tests::nats::TestNats::start().await?;
+    let config = ServiceConfig::local(&nats.url);
+    let pool = db::connect_and_migrate(
+        &salesplan_platform::config::DatabaseConfig::local(&database.url),
+        deal_service::SCHEMA,
+        &deal_service::MIGRATOR,
+    )
+    .await?;
+    let bus = Bus::connect(&config.nats, "relay-test").await?;
+    bus.ensure_streams(&streams::ALL).await?;
+    let insert = |id: &str| {
+        sqlx::query("INSERT INTO outbox (subject, message_id, payload) VALUES ($1, $2, '')")
+            .bind(streams::deal_subject("a", "created"))
+            .bind(id.to_owned())
+    };
+    // The late writer takes its transaction id, then the lowest outbox id, and waits.
+    let mut late = pool.begin().await?;
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *late)
+        .await?;
+    insert("late").execute(&mut *late).await?;
+    insert("early-1").execute(&pool).await?;
+    insert("early-2").execute(&pool).await?;
+    let mut mark = LowWater::default();
+    let mut published = Vec::new();
+    for _ in 0..3 {
+        let pass = publish_from(&pool, &bus, mark.low()).await?;
+        mark.after(&pass);
+        published.push(pass.published);
+    }
+    assert_eq!(published, [2, 0, 0], "the two committed rows, once");
+    assert_eq!(mark.low(), 0, "the late row's transaction still runs");
+    late.commit().await?;
+    let pass = publish_from(&pool, &bus, mark.low()).await?;
+    mark.after(&pass);
+    assert_eq!(pass.published, 1, "the late row: {pass:?}");
+    // Every transaction of the first passes has finished: the mark passes what they saw.
+    let pass = publish_from(&pool, &bus, mark.low()).await?;
+    mark.after(&pass);
+    assert!(mark.low() > 1, "the mark moved on: {mark:?}");
+    insert("after").execute(&pool).await?;
+    let pass = publish_from(&pool, &bus, mark.low()).await?;
+    assert_eq!(pass.published, 1, "{pass:?}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(left, 0);
+    let stored = bus
+        .jetstream()
+        .get_stream("SALESPLAN_DEALS")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    assert_eq!(stored, 4);
+    Ok(())
+}
+
 /// Subjects carry the account, and the broker's permissions are per subject: an event
 /// whose payload names another account than its subject (forged, or from a publisher
 /// allowed one account's subjects) is refused by every consumer — dead-lettered with the
