@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::store::outbox::{BATCH, BATCH_BYTES};
 use crate::store::{
     OUTBOX_CHANNEL, StoreError,
-    outbox::{OutboxRow, Parked, Pass, Read, backlog as outbox_backlog},
+    outbox::{OutboxRow, Parked, Pass, backlog as outbox_backlog},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -58,51 +58,6 @@ pub struct Relayed {
     /// A passing failure (NATS unreachable, …) that stopped the pass; the rows from the
     /// first one it hit stay in the outbox, in order, for the next pass.
     pub failed: Option<salesplan_platform::bus::BusError>,
-    /// The highest id the pass read, and the xmax of the snapshot it read it in.
-    pub read_through: Option<ReadThrough>,
-}
-
-/// An outbox id seen committed, and the xmax of the snapshot that saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadThrough {
-    pub id: i64,
-    pub xmax: i64,
-}
-
-/// Where the relay starts reading the outbox: above the ids it has proven gone. The index
-/// entries of published (deleted) rows stay until a vacuum, and a read from the first
-/// entry walks past all of them: after a bulk add of 200,000, every pass walked 200,000.
-///
-/// Ids come from a sequence, so a row with a lower id may commit after higher ones were
-/// published. An id `M` seen committed in a snapshot with xmax `X` is passed only once a
-/// later pass read every visible row under a horizon of at least `X`: every transaction
-/// that had an id at that snapshot had finished, and every other one took its outbox ids
-/// after `M` was committed (each outbox writer has its transaction id before it takes an
-/// outbox id: `store::events`), so above `M`. What that pass read it published or parked,
-/// and deleted.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct LowWater {
-    low: i64,
-    pending: Option<ReadThrough>,
-}
-
-impl LowWater {
-    /// The lowest id a row still to publish can have.
-    pub fn low(&self) -> i64 {
-        self.low
-    }
-
-    /// Moves on after `pass`.
-    pub fn after(&mut self, pass: &Relayed) {
-        let Some(horizon) = pass.horizon else { return };
-        if let Some(seen) = self.pending.filter(|seen| horizon >= seen.xmax) {
-            self.low = self.low.max(seen.id + 1);
-            self.pending = None;
-        }
-        if self.pending.is_none() {
-            self.pending = pass.read_through;
-        }
-    }
 }
 
 impl Relayed {
@@ -129,7 +84,6 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
     let mut measured = tokio::time::Instant::now();
     let mut listener = listen(&pool).await;
     let mut horizons = Horizons::default();
-    let mut low_water = LowWater::default();
     loop {
         if measured.elapsed() >= Duration::from_secs(5) {
             measured = tokio::time::Instant::now();
@@ -143,12 +97,11 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
         // the drain below, another replica or the next start (the broker drops what it
         // already has by message id).
         let pass = tokio::select! {
-            pass = publish_from(&pool, &bus, low_water.low()) => pass,
+            pass = publish_batch(&pool, &bus) => pass,
             _ = shutdown.cancelled() => break,
         };
         let failure = match pass {
             Ok(pass) => {
-                low_water.after(&pass);
                 published.add(pass.published as u64, &[]);
                 parked.add(pass.parked as u64, &[]);
                 tokio::select! {
@@ -325,21 +278,11 @@ async fn publish_horizon(
 /// Publishes up to [`BATCH`] committed events in id order. An event the broker refuses is parked with
 /// its reason and the pass goes on; a passing failure stops the pass at that event.
 pub async fn publish_batch(pool: &PgPool, bus: &Bus) -> Result<Relayed, RelayError> {
-    publish_from(pool, bus, 0).await
-}
-
-/// [`publish_batch`] of the rows from id `low` on ([`LowWater::low`]).
-pub async fn publish_from(pool: &PgPool, bus: &Bus, low: i64) -> Result<Relayed, RelayError> {
     let Some(mut pass) = Pass::begin(pool).await? else {
         return Ok(Relayed::default());
     };
     let horizon = pass.running_horizon().await?;
-    let Read {
-        rows,
-        all: drained,
-        xmax,
-    } = pass.rows(low).await?;
-    let read_through = rows.last().map(|row| ReadThrough { id: row.id, xmax });
+    let (rows, drained) = pass.rows().await?;
     if rows.is_empty() {
         // Nothing to publish: everything below the horizon is in the streams already.
         return Ok(Relayed {
@@ -384,7 +327,6 @@ pub async fn publish_from(pool: &PgPool, bus: &Bus, low: i64) -> Result<Relayed,
     relayed.published = done.len() - relayed.parked;
     relayed.newest_xid = batch.newest_xid;
     relayed.horizon = (drained && relayed.failed.is_none()).then_some(horizon);
-    relayed.read_through = read_through;
     Ok(relayed)
 }
 
@@ -442,36 +384,5 @@ impl Batch {
             batch.messages.push(message);
         }
         batch
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pass(horizon: Option<i64>, read_through: Option<(i64, i64)>) -> Relayed {
-        Relayed {
-            horizon,
-            read_through: read_through.map(|(id, xmax)| ReadThrough { id, xmax }),
-            ..Relayed::default()
-        }
-    }
-
-    #[test]
-    fn the_mark_passes_an_id_only_under_a_horizon_past_the_snapshot_that_saw_it() {
-        let mut mark = LowWater::default();
-        mark.after(&pass(Some(90), Some((10, 100))));
-        assert_eq!(mark.low(), 0, "seen, not yet proven");
-        // A pass that did not read every row (or failed) proves nothing.
-        mark.after(&pass(None, Some((12, 130))));
-        mark.after(&pass(Some(99), None));
-        assert_eq!(mark.low(), 0, "a transaction below the xmax still ran");
-        mark.after(&pass(Some(100), Some((20, 140))));
-        assert_eq!(mark.low(), 11);
-        // The next candidate is the one the proving pass read.
-        mark.after(&pass(Some(139), None));
-        assert_eq!(mark.low(), 11);
-        mark.after(&pass(Some(140), None));
-        assert_eq!(mark.low(), 21);
     }
 }

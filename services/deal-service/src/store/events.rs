@@ -232,14 +232,10 @@ async fn enqueue(
         .map(serde_json::to_value)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| StoreError::Internal(format!("trace headers: {err}")))?;
-    // The filter gives the transaction its id before the first row takes an outbox id:
-    // the relay's low-water mark (`events::outbox::LowWater`) relies on every writer
-    // having one by then.
     sqlx::query(
         "INSERT INTO outbox (subject, message_id, payload, headers)
          SELECT s, m, p, h FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::jsonb[])
-            AS x(s, m, p, h)
-         WHERE pg_current_xact_id() IS NOT NULL",
+            AS x(s, m, p, h)",
     )
     .bind(subjects)
     .bind(message_ids)

@@ -27,15 +27,6 @@ pub struct OutboxRow {
     pub xid: i64,
 }
 
-/// What a pass read.
-pub struct Read {
-    pub rows: Vec<OutboxRow>,
-    /// Every row visible from where the pass started was read.
-    pub all: bool,
-    /// The xmax of the snapshot the rows were read in (0 when none was).
-    pub xmax: i64,
-}
-
 /// A row the broker refused, with why.
 pub struct Parked {
     pub id: i64,
@@ -91,32 +82,29 @@ impl Pass {
         .await?)
     }
 
-    /// The committed rows of the pass from id `from` on, in id order: up to [`BATCH`] rows
-    /// and about [`BATCH_BYTES`] (always the first row: plan events can be large, and one
-    /// pass holds its rows in memory); whether they are every row visible from `from` on,
-    /// in the statement's own snapshot: exactly what it read; and that snapshot's xmax
-    /// (every transaction below it had an id when the rows were read). The first
-    /// `BATCH + 1` rows say whether more wait, without counting the whole outbox, whose
-    /// dead rows a busy relay would read on every pass.
-    pub async fn rows(&mut self, from: i64) -> Result<Read, StoreError> {
+    /// The committed rows of the pass in id order: up to [`BATCH`] rows and about
+    /// [`BATCH_BYTES`] (always the first row: plan events can be large, and one pass holds
+    /// its rows in memory); and whether they are every row visible, in the statement's own
+    /// snapshot: exactly what it read. The first `BATCH + 1` rows say it (one more than a
+    /// pass takes means more are waiting), without counting the whole outbox, whose dead
+    /// rows a busy relay would read on every pass.
+    pub async fn rows(&mut self) -> Result<(Vec<OutboxRow>, bool), StoreError> {
         let rows = sqlx::query(
-            "SELECT o.id, o.subject, o.message_id, o.payload, o.headers, o.xid, k.visible,
-                pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax
+            "SELECT o.id, o.subject, o.message_id, o.payload, o.headers, o.xid, k.visible
              FROM outbox o JOIN (
                 SELECT id, sum(octet_length(payload)) OVER (ORDER BY id) - octet_length(payload) AS before,
                     row_number() OVER (ORDER BY id) AS n, count(*) OVER () AS visible
-                FROM (SELECT id, payload FROM outbox WHERE id >= $3 ORDER BY id LIMIT $1 + 1) first
+                FROM (SELECT id, payload FROM outbox ORDER BY id LIMIT $1 + 1) first
              ) k ON k.id = o.id
              WHERE k.before < $2 AND k.n <= $1 ORDER BY o.id",
         )
         .bind(BATCH)
         .bind(BATCH_BYTES)
-        .bind(from)
         .fetch_all(&mut *self.tx)
         .await?;
-        let (visible, xmax): (i64, i64) = match rows.first() {
-            Some(first) => (first.try_get("visible")?, first.try_get("xmax")?),
-            None => (0, 0),
+        let visible: i64 = match rows.first() {
+            Some(first) => first.try_get("visible")?,
+            None => 0,
         };
         let all = visible == rows.len() as i64;
         let rows = rows
@@ -133,7 +121,7 @@ impl Pass {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
-        Ok(Read { rows, all, xmax })
+        Ok((rows, all))
     }
 
     /// Removes the rows `done` (published or parked), copying the `parked` ones with their

@@ -63,8 +63,6 @@ impl Store {
         ids: &[i64],
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // The delete gives the transaction its id before the insert takes outbox ids (the
-        // relay's low-water mark relies on it: `events::outbox::LowWater`).
         let moved = sqlx::query(
             "WITH moved AS (
                 DELETE FROM outbox_parked WHERE id = ANY($1) AND ($2::text IS NULL OR account_id = $2)
