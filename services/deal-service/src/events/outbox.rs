@@ -112,7 +112,7 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
                     Some(err) => Some(RelayError::from(err)),
                     // More may be waiting (a pass stops at BATCH rows or BATCH_BYTES). A
                     // pass that took every visible row does not look again at once: what
-                    // committed since notified the listener, which keeps it for the wait.
+                    // committed since has notified the listener, and the wait returns.
                     None if pass.handled() > 0 && pass.horizon.is_none() => continue,
                     None => None,
                 }
@@ -168,16 +168,13 @@ async fn wait(
 ) -> bool {
     let notified = async {
         match listener.as_mut() {
-            Some(l) => match l.recv().await {
-                // One pass reads what every notification received so far announced:
-                // the ones already buffered wake no pass of their own.
-                Ok(_) => while l.next_buffered().is_some() {},
-                Err(_) => {
+            Some(l) => {
+                if l.recv().await.is_err() {
                     // Lost the connection: poll until it is back.
                     *listener = None;
                     tokio::time::sleep(poll).await;
                 }
-            },
+            }
             None => tokio::time::sleep(poll).await,
         }
     };
