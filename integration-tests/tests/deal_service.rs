@@ -1850,3 +1850,70 @@ async fn search_ignores_case_of_any_script_under_the_c_locale() -> anyhow::Resul
     }
     stack.stop().await
 }
+
+/// The relay's listener comes back after the database refused it a connection or dropped
+/// the one it had: a notification wakes the relay again, not only its poll.
+#[tokio::test]
+async fn the_relay_listens_again_after_losing_its_connection() -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use anyhow::Context as _;
+    use deal_service::{events::outbox::Wakeup, store::OUTBOX_CHANNEL};
+    use sqlx::postgres::PgPoolOptions;
+    use tokio_util::sync::CancellationToken;
+
+    let database = integration_tests::postgres::TestDatabase::create().await?;
+    // One connection, soon given up on: while the test holds it, the listener has none.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(300))
+        .connect(&database.url)
+        .await?;
+    let other = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database.url)
+        .await?;
+    let notify = || async {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(&other)
+            .await
+    };
+    let shutdown = CancellationToken::new();
+    // Far longer than the test's deadlines: only a notification or listening anew ends a
+    // wait in time.
+    let poll = Duration::from_secs(600);
+    let deadline = Duration::from_secs(30);
+
+    let held = pool.acquire().await?;
+    let mut wakeup = Wakeup::new(pool.clone()).await;
+    assert!(!wakeup.listening(), "the pool had no connection to give");
+    drop(held);
+    // Notifications sent while nobody listened are lost: the wait that listens returns.
+    tokio::time::timeout(deadline, wakeup.wait(&shutdown, poll))
+        .await
+        .context("the wait did not listen again")?;
+    assert!(wakeup.listening());
+    notify().await?;
+    tokio::time::timeout(deadline, wakeup.wait(&shutdown, poll))
+        .await
+        .context("a notification did not wake the relay")?;
+
+    // The listening backend terminated (a failover, a proxy's idle cut).
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&other)
+    .await?;
+    assert_eq!(terminated, [true], "the listener's backend, and only it");
+    tokio::time::timeout(deadline, wakeup.wait(&shutdown, poll))
+        .await
+        .context("the wait did not notice the lost connection")?;
+    assert!(wakeup.listening());
+    notify().await?;
+    tokio::time::timeout(deadline, wakeup.wait(&shutdown, poll))
+        .await
+        .context("a notification after the loss did not wake the relay")?;
+    Ok(())
+}

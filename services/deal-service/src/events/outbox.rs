@@ -82,7 +82,7 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
         .with_description("Events written but not yet published")
         .build();
     let mut measured = tokio::time::Instant::now();
-    let mut listener = listen(&pool).await;
+    let mut wakeup = Wakeup::new(pool.clone()).await;
     let mut horizons = Horizons::default();
     loop {
         if measured.elapsed() >= Duration::from_secs(5) {
@@ -121,7 +121,8 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
         };
         if let Some(err) = failure {
             tracing::warn!(error = %err, "outbox relay failed, retrying");
-            if wait(&mut None, &shutdown, Duration::from_secs(1)).await {
+            let pause = tokio::time::sleep(Duration::from_secs(1));
+            if tokio::select! { _ = pause => false, _ = shutdown.cancelled() => true } {
                 break;
             }
             continue;
@@ -133,7 +134,7 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
         } else {
             Duration::from_millis(500)
         };
-        if wait(&mut listener, &shutdown, poll).await {
+        if wakeup.wait(&shutdown, poll).await {
             break;
         }
     }
@@ -154,35 +155,60 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
     tracing::info!("outbox relay stopped");
 }
 
+/// Wakes the relay when a transaction that wrote events commits (the outbox insert
+/// notifies [`OUTBOX_CHANNEL`]), or after a poll interval.
+///
+/// A lost listening connection is taken up again at the next wait, however long the
+/// database was away: without it every event would wait for the poll. Notifications sent
+/// while nobody listened are gone, so a wait that starts listening again returns at once
+/// and the pass that follows reads what they announced.
+pub struct Wakeup {
+    pool: PgPool,
+    listener: Option<PgListener>,
+}
+
+impl Wakeup {
+    /// Listens now if the database lets it (else at the first wait).
+    pub async fn new(pool: PgPool) -> Self {
+        let listener = listen(&pool).await;
+        Self { pool, listener }
+    }
+
+    /// Whether a notification would wake the next wait.
+    pub fn listening(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// Waits for a notification, the poll interval, or shutdown (then `true`).
+    pub async fn wait(&mut self, shutdown: &CancellationToken, poll: Duration) -> bool {
+        tokio::select! {
+            _ = self.notified(poll) => false,
+            _ = tokio::time::sleep(poll) => false,
+            _ = shutdown.cancelled() => true,
+        }
+    }
+
+    async fn notified(&mut self, poll: Duration) {
+        if let Some(listener) = self.listener.as_mut() {
+            match listener.try_recv().await {
+                Ok(Some(_)) => return,
+                // The connection was lost: listen on a new one below.
+                Ok(None) => {}
+                Err(err) => tracing::warn!(error = %err, "outbox listener lost, listening again"),
+            }
+            self.listener = None;
+        }
+        self.listener = listen(&self.pool).await;
+        if self.listener.is_none() {
+            tokio::time::sleep(poll).await;
+        }
+    }
+}
+
 async fn listen(pool: &PgPool) -> Option<PgListener> {
     let mut listener = PgListener::connect_with(pool).await.ok()?;
     listener.listen(OUTBOX_CHANNEL).await.ok()?;
     Some(listener)
-}
-
-/// Waits for a notification, the poll interval, or shutdown (then `true`).
-async fn wait(
-    listener: &mut Option<PgListener>,
-    shutdown: &CancellationToken,
-    poll: Duration,
-) -> bool {
-    let notified = async {
-        match listener.as_mut() {
-            Some(l) => {
-                if l.recv().await.is_err() {
-                    // Lost the connection: poll until it is back.
-                    *listener = None;
-                    tokio::time::sleep(poll).await;
-                }
-            }
-            None => tokio::time::sleep(poll).await,
-        }
-    };
-    tokio::select! {
-        _ = notified => false,
-        _ = tokio::time::sleep(poll) => false,
-        _ = shutdown.cancelled() => true,
-    }
 }
 
 /// The horizons the relay has published.
