@@ -182,7 +182,10 @@ async fn sigterm_drains_and_exits_zero() -> anyhow::Result<()> {
         .args(["-TERM", &child.id().to_string()])
         .status()?;
     assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    let exited = tokio::task::spawn_blocking(move || child.wait());
+    let status = tokio::time::timeout(Duration::from_secs(60), exited)
+        .await
+        .map_err(|_| anyhow::anyhow!("the service did not exit within 60 s of SIGTERM"))???;
     assert_eq!(status.code(), Some(0), "a drained service exits 0");
     Ok(())
 }

@@ -1,19 +1,26 @@
 //! Two of what must cooperate: two deal-service replicas (two outbox relays on one
 //! outbox, one relay lock) and two reporting replicas (one shared deal consumer, each its
 //! own horizons), while deals are created and closed through both: every deal counted
-//! once, and a report read as of the last write from either replica includes it.
+//! once, and a report read as of the last write from either replica includes it. Each
+//! replica's own metrics show it did its part: both relays published, both reporting
+//! replicas applied deal events, and no event was published twice.
 
 use integration_tests::{
     Stack,
     api::{Mode, Strategy, create_plan, plan_request, write_token},
     stack::outbox_drained,
 };
-use salesplan_platform::{Permission, consistency::Token, grpc::outgoing};
+use salesplan_platform::service::Running;
+use salesplan_platform::{Permission, bus::streams, consistency::Token, grpc::outgoing};
 use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient, report_service_client::ReportServiceClient,
 };
 
-const DEALS: usize = 120;
+/// Deals per round; rounds go on until each replica has done its part, at most
+/// `MAX_ROUNDS`.
+const ROUND: usize = 40;
+const MIN_ROUNDS: usize = 3;
+const MAX_ROUNDS: usize = 25;
 
 #[tokio::test]
 async fn two_relays_and_two_reporting_replicas_count_every_deal_once() -> anyhow::Result<()> {
@@ -41,42 +48,57 @@ async fn two_relays_and_two_reporting_replicas_count_every_deal_once() -> anyhow
         DealServiceClient::new(stack.channel(&deal_service_2).await?),
     ];
     let mut last = Token(0);
-    for n in 0..DEALS {
-        let (made_by, closed_by) = (&replicas[n % 2], &replicas[(n + 1) % 2]);
-        let created = made_by
-            .clone()
-            .create_deal(outgoing(
-                pb::CreateDealRequest {
-                    plan_id: plan.id.clone(),
-                    contact: Some(pb::Contact {
-                        external_id: format!("c{n}"),
-                        ..Default::default()
-                    }),
-                    manager_id: Some("m1".into()),
-                    idempotency_key: format!("k{n}"),
-                    ..Default::default()
-                },
-                &boss,
-            ))
-            .await?;
-        let deal = created.get_ref().deal.clone().expect("a deal");
-        if n % 3 == 0 {
-            let moved = closed_by
+    let mut deals: usize = 0;
+    for round in 1..=MAX_ROUNDS {
+        for n in deals..deals + ROUND {
+            let (made_by, closed_by) = (&replicas[n % 2], &replicas[(n + 1) % 2]);
+            let created = made_by
                 .clone()
-                .move_deal(outgoing(
-                    pb::MoveDealRequest {
-                        deal_id: deal.id,
-                        expected_version: deal.version,
-                        stage_id: won.clone(),
-                        loss_reason_id: None,
+                .create_deal(outgoing(
+                    pb::CreateDealRequest {
+                        plan_id: plan.id.clone(),
+                        contact: Some(pb::Contact {
+                            external_id: format!("c{n}"),
+                            ..Default::default()
+                        }),
+                        manager_id: Some("m1".into()),
+                        idempotency_key: format!("k{n}"),
+                        ..Default::default()
                     },
                     &boss,
                 ))
                 .await?;
-            last = last.max(write_token(&moved)?);
-        } else {
-            last = last.max(write_token(&created)?);
+            let deal = created.get_ref().deal.clone().expect("a deal");
+            if n % 3 == 0 {
+                let moved = closed_by
+                    .clone()
+                    .move_deal(outgoing(
+                        pb::MoveDealRequest {
+                            deal_id: deal.id,
+                            expected_version: deal.version,
+                            stage_id: won.clone(),
+                            loss_reason_id: None,
+                        },
+                        &boss,
+                    ))
+                    .await?;
+                last = last.max(write_token(&moved)?);
+            } else {
+                last = last.max(write_token(&created)?);
+            }
         }
+        deals += ROUND;
+        if round >= MIN_ROUNDS
+            && every_replica_took_part(&replicas_running(&stack, &deal_service_2, &reporting_2))
+                .await?
+        {
+            break;
+        }
+        anyhow::ensure!(
+            round < MAX_ROUNDS,
+            "after {deals} deals a replica still did nothing: {:?}",
+            shares(&replicas_running(&stack, &deal_service_2, &reporting_2)).await?
+        );
     }
 
     // Each reporting replica, read as of the last write, counts each deal once.
@@ -99,17 +121,66 @@ async fn two_relays_and_two_reporting_replicas_count_every_deal_once() -> anyhow
             ))
             .await?
             .into_inner();
-        let deals: i64 = summary.stages.iter().map(|s| s.deals).sum();
+        let counted: i64 = summary.stages.iter().map(|s| s.deals).sum();
         let won: i64 = summary.managers.iter().map(|m| m.won).sum();
-        assert_eq!(deals, DEALS as i64, "{summary:?}");
-        assert_eq!(won, DEALS.div_ceil(3) as i64, "{summary:?}");
+        assert_eq!(counted, deals as i64, "{summary:?}");
+        assert_eq!(won, deals.div_ceil(3) as i64, "{summary:?}");
     }
     // Both relays drained the one outbox, and the kept totals equal a recount.
     outbox_drained(&stack.pool().await?).await?;
     let config = reporting::Config::local(&stack.db.url, &stack.nats.url);
     let (closed, differences) =
         reporting::maintenance::verify(&config, config.deal_database_url.expose()).await?;
-    assert_eq!((closed, differences), (DEALS.div_ceil(3), vec![]));
+    assert_eq!((closed, differences), (deals.div_ceil(3), vec![]));
+    // Every event in the streams was published once: the two relays' counts add up to
+    // what the streams hold (a second publish of one event is dropped by the broker, but
+    // counted by the relay that made it).
+    let [relay_1, relay_2, ..] =
+        shares(&replicas_running(&stack, &deal_service_2, &reporting_2)).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let mut stored = 0;
+    for stream in [streams::DEALS.name, streams::PLANS.name] {
+        stored += js.get_stream(stream).await?.info().await?.state.messages;
+    }
+    assert_eq!(relay_1 + relay_2, stored as f64, "published by each relay");
     drop((deal_service_2, reporting_2));
     stack.stop().await
+}
+
+/// Both deal-service replicas, then both reporting replicas.
+fn replicas_running<'a>(
+    stack: &'a Stack,
+    deal_service_2: &'a Running,
+    reporting_2: &'a Running,
+) -> [&'a Running; 4] {
+    [
+        &stack.deal_service,
+        deal_service_2,
+        &stack.reporting,
+        reporting_2,
+    ]
+}
+
+/// Each replica's part, from its own metrics: events each relay published, deal events
+/// each reporting replica applied.
+async fn shares(replicas: &[&Running; 4]) -> anyhow::Result<[f64; 4]> {
+    use integration_tests::metrics::{sample, scrape};
+    let mut parts = [0.0; 4];
+    for (i, replica) in replicas.iter().enumerate() {
+        let text = scrape(replica).await?;
+        parts[i] = if i < 2 {
+            sample(&text, "salesplan_outbox_published_total", &[])
+        } else {
+            sample(
+                &text,
+                "salesplan_consumer_handled_total",
+                &["consumer=\"reporting-deals\""],
+            )
+        };
+    }
+    Ok(parts)
+}
+
+async fn every_replica_took_part(replicas: &[&Running; 4]) -> anyhow::Result<bool> {
+    Ok(shares(replicas).await?.iter().all(|&n| n > 0.0))
 }

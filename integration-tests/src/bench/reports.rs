@@ -50,6 +50,9 @@ pub(super) async fn run(
     let replayed = rebuild(env).await?;
     let rebuilt = started.elapsed();
     check_model(pool, account, deals).await?;
+    // The totals too, not only each deal's version: closed deals by day, plan, manager
+    // and reason against deal-service's.
+    reporting(env, "verify").await?;
 
     let mut lines = vec![
         Line::rate(
@@ -78,7 +81,7 @@ pub(super) async fn run(
             "—",
         ),
     ];
-    lines.extend(loss_reasons(env, pool, account, token, repeats, deals).await?);
+    lines.extend(loss_reasons(env, pool, account, token, repeats).await?);
     Ok(lines)
 }
 
@@ -229,20 +232,7 @@ async fn check_model(pool: &sqlx::PgPool, account: &str, deals: i64) -> anyhow::
 /// `reporting rebuild` against the bench's database and broker: the deal events it
 /// replayed (the whole stream: the intake runs' events too).
 async fn rebuild(env: &Env) -> anyhow::Result<usize> {
-    let output = tokio::process::Command::new(sibling_binary("reporting")?)
-        .arg("rebuild")
-        .env("SALESPLAN_ENV", "development")
-        .env("DATABASE_URL", &env.database_url)
-        .env("NATS_URL", &env.nats_url)
-        .env("RUST_LOG", "warn")
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    anyhow::ensure!(
-        output.status.success(),
-        "reporting rebuild failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = reporting(env, "rebuild").await?;
     // "rebuilt the read model from N plan events and M deal events"
     stdout
         .split_whitespace()
@@ -252,6 +242,26 @@ async fn rebuild(env: &Env) -> anyhow::Result<usize> {
         .ok_or_else(|| anyhow::anyhow!("cannot read the count in {stdout:?}"))
 }
 
+/// Runs `reporting <command>` against the bench's database and broker; its output. A
+/// command that fails (`verify` finding a difference) fails the bench.
+async fn reporting(env: &Env, command: &str) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(sibling_binary("reporting")?)
+        .arg(command)
+        .env("SALESPLAN_ENV", "development")
+        .env("DATABASE_URL", &env.database_url)
+        .env("NATS_URL", &env.nats_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    anyhow::ensure!(
+        output.status.success(),
+        "reporting {command} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(stdout)
+}
+
 /// LossReasons by manager with details, and the same numbers by one GROUP BY over the deals.
 async fn loss_reasons(
     env: &Env,
@@ -259,7 +269,6 @@ async fn loss_reasons(
     account: &str,
     token: &str,
     repeats: usize,
-    deals: i64,
 ) -> anyhow::Result<Vec<Line>> {
     let reports = ReportServiceClient::new(env.channel(&env.reporting_url).await?);
     let report = timed(repeats, || {
@@ -290,7 +299,7 @@ async fn loss_reasons(
         anyhow::Ok(())
     })
     .await?;
-    let closed = deals / 2;
+    let closed = same_numbers(&reports, pool, account, token).await?;
     Ok(vec![
         Line::latency(
             "reports",
@@ -307,4 +316,46 @@ async fn loss_reasons(
             "≥ 5× slower",
         ),
     ])
+}
+
+/// LossReasons by manager answers what a recount of deal-service's deals gives: won and
+/// lost per manager. Returns how many closed deals it covers.
+async fn same_numbers(
+    reports: &ReportServiceClient<tonic::transport::Channel>,
+    pool: &sqlx::PgPool,
+    account: &str,
+    token: &str,
+) -> anyhow::Result<i64> {
+    let answer = reports
+        .clone()
+        .loss_reasons(outgoing(
+            pb::LossReasonsRequest {
+                group_by: pb::ReportGrouping::Manager as i32,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    let mut reported: Vec<(String, i64, i64)> = answer
+        .rows
+        .iter()
+        .map(|row| (row.key.clone(), row.won, row.lost))
+        .filter(|(_, won, lost)| won + lost > 0)
+        .collect();
+    reported.sort();
+    let recounted: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT coalesce(manager_id, ''), count(*) FILTER (WHERE status = 'won'),
+                count(*) FILTER (WHERE status = 'lost')
+         FROM deal_service.deals WHERE account_id = $1 AND status IN ('won', 'lost')
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind(account)
+    .fetch_all(pool)
+    .await?;
+    anyhow::ensure!(
+        reported == recounted,
+        "LossReasons by manager {reported:?} differs from a recount {recounted:?}"
+    );
+    Ok(recounted.iter().map(|(_, won, lost)| won + lost).sum())
 }

@@ -106,6 +106,18 @@ impl Broker {
         }
     }
 
+    /// The node that leads `stream` now (by its `server_name`, `n{i}`).
+    pub async fn leader_of(&self, stream: &str) -> anyhow::Result<usize> {
+        let js = async_nats::jetstream::new(crate::nats::connect(&self.url()).await?);
+        let info = js.get_stream(stream).await?.info().await?.clone();
+        let leader = info.cluster.and_then(|c| c.leader).unwrap_or_default();
+        leader
+            .strip_prefix('n')
+            .and_then(|i| i.parse().ok())
+            .filter(|i| *i < self.nodes.len())
+            .ok_or_else(|| anyhow::anyhow!("stream {stream} has no known leader ({leader:?})"))
+    }
+
     /// Kills node `i` (SIGKILL), as a crash would.
     pub async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
         self.nodes[i].process.kill().await

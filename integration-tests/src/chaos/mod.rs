@@ -19,7 +19,7 @@ use std::{
 use anyhow::bail;
 use futures::StreamExt;
 use salesplan_platform::{
-    Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
+    Actor, Permission, auth::TokenIssuer, bus::streams, config::AuthConfig, grpc::outgoing,
 };
 use salesplan_proto::v1::intake_service_client::IntakeServiceClient;
 use tokio::process::Command;
@@ -194,8 +194,15 @@ async fn run_in(config: ChaosConfig, logs: &tempfile::TempDir) -> anyhow::Result
     restart_postgres(&pg, &figures).await?;
     let accepted_during_faults = count() - before_faults;
 
-    senders.await??;
-    bulk.await??;
+    // Each send and the bulk add stop retrying after RETRY_FOR; this bounds the waits
+    // again, so that a stuck task fails the run instead of hanging it.
+    let bound = RETRY_FOR + Duration::from_secs(60);
+    tokio::time::timeout(bound, senders)
+        .await
+        .map_err(|_| anyhow::anyhow!("the webhook senders did not finish within {bound:?}"))???;
+    tokio::time::timeout(bound, bulk)
+        .await
+        .map_err(|_| anyhow::anyhow!("the bulk add did not finish within {bound:?}"))???;
     let last_accepted = Instant::now();
 
     // Everything accepted becomes exactly one deal.
@@ -318,7 +325,7 @@ async fn check_assignments(
     turns_plan: &str,
     members: &[&str],
 ) -> anyhow::Result<()> {
-    let per_manager: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+    let mut per_manager: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
         "SELECT manager_id, count(*) FROM deal_service.deals WHERE plan_id = $1 GROUP BY 1",
     )
     .bind(uuid::Uuid::parse_str(turns_plan)?)
@@ -326,6 +333,10 @@ async fn check_assignments(
     .await?
     .into_iter()
     .collect();
+    // A member the round robin skipped has no row: it counts as none.
+    for member in members {
+        per_manager.entry((*member).to_owned()).or_insert(0);
+    }
     let (min, max) = (
         per_manager.values().min().copied().unwrap_or(0),
         per_manager.values().max().copied().unwrap_or(0),
@@ -594,7 +605,14 @@ fn spawn_bulk(
                 anyhow::ensure!(ids.len() == n, "bulk answered {} of {n}", ids.len());
                 anyhow::Ok(ids)
             };
-            match attempt.await {
+            // One attempt is bounded too: a stream that stalls mid-way fails the run.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = tokio::time::timeout(left, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!("no answer within the {RETRY_FOR:?} given"))
+                });
+            match attempt {
                 Ok(ids) => {
                     accepted
                         .lock()
@@ -643,11 +661,18 @@ async fn cluster_faults(
     broker: &mut Broker,
     figures: &Arc<Mutex<Figures>>,
 ) -> anyhow::Result<()> {
-    // The node stays away long enough for the cluster to move its stream leaders.
-    broker.kill(0).await?;
+    // The node that leads the intake stream crashes, where the 202'd leads wait for their
+    // decision: the cluster elects another leader with the leads in flight. It stays away
+    // long enough for the cluster to move its other stream leaders too.
+    let leader = broker.leader_of(streams::INTAKE.name).await?;
+    broker.kill(leader).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let took = broker.start_node(0).await?;
-    record(figures, "nats n0 (killed)", took);
+    let took = broker.start_node(leader).await?;
+    record(
+        figures,
+        &format!("nats n{leader} (killed, led the intake stream)"),
+        took,
+    );
 
     // One replica of each service, alternating between the two sets so that a set runs
     // with its own deal-service gone as well as with a peer gone.

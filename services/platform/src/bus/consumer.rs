@@ -136,6 +136,9 @@ impl Delivery {
 
 /// A consumer's counters, shared by its batches in flight.
 pub(super) struct Counters {
+    /// Messages handled and acknowledged (applied, or found applied before): what this
+    /// process took of its consumer's work.
+    handled: opentelemetry::metrics::Counter<u64>,
     dead_letters: opentelemetry::metrics::Counter<u64>,
     redeliveries: opentelemetry::metrics::Counter<u64>,
     attrs: Vec<KeyValue>,
@@ -146,6 +149,7 @@ impl Counters {
     pub(super) fn new(consumer: &str, metrics: &crate::metrics::Metrics) -> Self {
         let meter = metrics.meter("consumer");
         Self {
+            handled: meter.u64_counter("salesplan.consumer.handled").build(),
             dead_letters: meter.u64_counter("salesplan.consumer.dead_letters").build(),
             redeliveries: meter.u64_counter("salesplan.consumer.redeliveries").build(),
             attrs: vec![KeyValue::new("consumer", consumer.to_owned())],
@@ -425,7 +429,10 @@ pub(super) async fn process<H: BatchHandler>(
             .next()
             .unwrap_or_else(|| Outcome::Retry("handler returned no outcome".into()));
         match outcome {
-            Outcome::Done => ack(message, AckKind::Ack).await,
+            Outcome::Done => {
+                ack(message, AckKind::Ack).await;
+                counters.handled.add(1, &counters.attrs);
+            }
             Outcome::Retry(reason) if delivery.delivered >= max_deliver => {
                 dead_letter(bus, spec, message, delivery, &reason, counters).await
             }
