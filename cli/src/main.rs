@@ -44,3 +44,26 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         _ => 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::exit_code;
+    use tonic::{Code, Status};
+
+    /// Every code a script may branch on maps to its documented exit code; the end-to-end
+    /// test reaches FAILED_PRECONDITION, the other two conflicts only arise from races.
+    #[test]
+    fn each_status_code_has_its_exit_code() {
+        let code = |c: Code| exit_code(&anyhow::Error::new(Status::new(c, "x")));
+        assert_eq!(code(Code::NotFound), 3);
+        assert_eq!(code(Code::InvalidArgument), 4);
+        assert_eq!(code(Code::Unauthenticated), 5);
+        assert_eq!(code(Code::PermissionDenied), 5);
+        assert_eq!(code(Code::Aborted), 6);
+        assert_eq!(code(Code::AlreadyExists), 6);
+        assert_eq!(code(Code::FailedPrecondition), 6);
+        assert_eq!(code(Code::Unavailable), 69);
+        assert_eq!(code(Code::Internal), 1);
+        assert_eq!(exit_code(&anyhow::anyhow!("no status")), 1);
+    }
+}

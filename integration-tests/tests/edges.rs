@@ -510,13 +510,19 @@ impl salesplan_platform::bus::BatchHandler for FailsTheBadOne {
 /// dead-lettered with its reason and counted; the message after it is handled once.
 #[tokio::test]
 async fn a_message_that_keeps_failing_is_dead_lettered_after_max_deliver() -> anyhow::Result<()> {
-    use salesplan_platform::{bus::Bus, config::NatsConfig, metrics::Metrics};
+    use salesplan_platform::{
+        bus::Bus,
+        config::{Env, NatsConfig},
+        metrics::Metrics,
+    };
     use std::sync::atomic::Ordering::SeqCst;
     let nats = integration_tests::TestNats::start().await?;
-    let config = NatsConfig {
-        max_deliver: 3,
-        ..NatsConfig::local(&nats.url)
-    };
+    // Read from the environment, as a service reads it.
+    let config = NatsConfig::from_env(&Env::from_pairs([
+        ("NATS_URL", nats.url.as_str()),
+        ("SALESPLAN_MAX_DELIVER", "3"),
+    ]))?;
+    assert_eq!(config.max_deliver, 3);
     let bus = Bus::connect(&config, "dead-letter-test").await?;
     bus.ensure_streams(&streams::ALL).await?;
     let handler = std::sync::Arc::new(FailsTheBadOne::default());
@@ -568,6 +574,9 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_max_deliver() -> an
     .await?;
     assert_eq!(handler.bad_deliveries.load(SeqCst), 3);
     assert_eq!(handler.good_deliveries.load(SeqCst), 1);
+    // Once, not again after the first was seen.
+    let mut stream = js.get_stream(streams::DEAD_LETTERS.name).await?;
+    assert_eq!(stream.info().await?.state.messages, 1);
     let text = metrics.render();
     assert!(
         text.contains("salesplan_consumer_dead_letters_total{consumer=\"test-consumer\"} 1"),

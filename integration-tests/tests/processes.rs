@@ -20,7 +20,7 @@ use tonic_health::pb::{
 /// checks), its broker and its logs.
 struct Deps {
     database: TestDatabase,
-    _nats: TestNats,
+    nats: TestNats,
     _logs: tempfile::TempDir,
 }
 
@@ -41,7 +41,7 @@ async fn start_binaries(
             .await?;
     let deps = Deps {
         database,
-        _nats: nats,
+        nats,
         _logs: logs,
     };
     Ok((deps, services, ports))
@@ -568,6 +568,21 @@ async fn bulk_add(
     Ok(plan)
 }
 
+/// Bulk leads delivered to the distributor and not acknowledged yet (over every consumer
+/// of the bulk lane).
+async fn in_hand(js: &async_nats::jetstream::Context) -> anyhow::Result<usize> {
+    use futures::StreamExt as _;
+    let stream = js
+        .get_stream(salesplan_platform::bus::streams::BULK.name)
+        .await?;
+    let mut consumers = stream.consumers();
+    let mut held = 0;
+    while let Some(info) = consumers.next().await {
+        held += info?.num_ack_pending;
+    }
+    Ok(held)
+}
+
 /// Deals of the account "acme": how many, and how many distinct idempotency keys.
 async fn made(pool: &sqlx::PgPool) -> anyhow::Result<(i64, i64)> {
     Ok(sqlx::query_as(
@@ -594,13 +609,16 @@ async fn sigterm_with_work_in_flight_loses_and_doubles_nothing() -> anyhow::Resu
     bulk_add(&ports, "Drain", &members, CONTACTS, 1_000).await?;
 
     let pool = sqlx::PgPool::connect(&deps.database.url).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(&deps.nats.url).await?);
     // services: deal-service, distributor, reporting, tunnel-listener.
     let mut last = 0;
     for (index, name) in [(1, "distributor"), (0, "deal-service")] {
-        // Stopped while deals are being made: more than at the last stop.
+        // Stopped while deals are being made (more than at the last stop) and while the
+        // distributor holds bulk leads it has not acknowledged yet.
         let before = integration_tests::stack::eventually(Duration::from_secs(30), || async {
             let (count, _) = made(&pool).await?;
-            Ok((count > last).then_some(count))
+            let held = in_hand(&js).await?;
+            Ok((count > last && held > 0).then_some((count, held)))
         })
         .await?;
         let status = services[index].stop(Duration::from_secs(20)).await?;
@@ -608,7 +626,8 @@ async fn sigterm_with_work_in_flight_loses_and_doubles_nothing() -> anyhow::Resu
         let (at_stop, _) = made(&pool).await?;
         assert!(
             at_stop < CONTACTS as i64,
-            "{name} was stopped with work in flight ({before} deals before, {at_stop} after)"
+            "{name} was stopped with work in flight ({before:?} deals and leads in hand \
+             before, {at_stop} deals after)"
         );
         last = at_stop;
         services[index].start().await?;

@@ -372,10 +372,12 @@ async fn latency_run(
             Ok(seen.duration_since(*at).unwrap_or_default())
         })
         .collect::<anyhow::Result<_>>()?;
-    let planned_for = Duration::from_secs(seconds);
-    let achieved = if sent.sending > planned_for + Duration::from_millis(500) {
+    let achieved = if sent.late > 0 {
         format!(
-            "; offered rate NOT achieved: {:.1} s to send {seconds} s of leads",
+            "; offered rate NOT achieved: {} leads sent over {} ms late, up to {:.0} ms; {:.1} s to send {seconds} s of leads",
+            sent.late,
+            LATE.as_millis(),
+            sent.max_lag.as_secs_f64() * 1e3,
             sent.sending.as_secs_f64()
         )
     } else {
@@ -451,7 +453,14 @@ struct Sent {
     planned: HashMap<String, SystemTime>,
     answered: HashMap<String, SystemTime>,
     sending: Duration,
+    /// Leads sent more than [`LATE`] after their planned time (the generator or the
+    /// in-flight bound held them), and the longest such delay.
+    late: usize,
+    max_lag: Duration,
 }
+
+/// A lead dispatched later than this after its planned time was not offered at the rate.
+const LATE: Duration = Duration::from_millis(50);
 
 /// Sends `total` webhook leads into `plans` in turn, one every `1 / rate` s from now, each
 /// at its planned time; at most [`MAX_IN_FLIGHT`] in flight.
@@ -469,10 +478,16 @@ async fn send_at_rate(
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let (start, wall_start) = (tokio::time::Instant::now(), SystemTime::now());
     let mut tasks = Vec::with_capacity(total);
+    let (mut late, mut max_lag) = (0, Duration::ZERO);
     for i in 0..total {
         let offset = interval * i as u32;
         tokio::time::sleep_until(start + offset).await;
         let permit = in_flight.clone().acquire_owned().await?;
+        let lag = start.elapsed().saturating_sub(offset);
+        if lag > LATE {
+            late += 1;
+            max_lag = max_lag.max(lag);
+        }
         let request = http
             .post(&env.webhook)
             .bearer_auth(funnel)
@@ -490,6 +505,8 @@ async fn send_at_rate(
         planned: HashMap::with_capacity(total),
         answered: HashMap::with_capacity(total),
         sending: start.elapsed(),
+        late,
+        max_lag,
     };
     for task in tasks {
         let (id, at, answer) = task.await??;

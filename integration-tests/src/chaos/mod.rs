@@ -759,6 +759,10 @@ async fn check_exactly_once(
     figures.duplicates = keys.len() - distinct.len();
     figures.lost = accepted.difference(&distinct).count();
     anyhow::ensure!(
+        figures.accepted == sent,
+        "every lead and contact sent was accepted with an intake id of its own:\n{figures}"
+    );
+    anyhow::ensure!(
         figures.lost == 0 && figures.duplicates == 0 && distinct == *accepted,
         "leads lost or doubled:\n{figures}"
     );
