@@ -1917,3 +1917,63 @@ async fn the_relay_listens_again_after_losing_its_connection() -> anyhow::Result
         .context("a notification after the loss did not wake the relay")?;
     Ok(())
 }
+
+/// A relay pass reads its rows by the primary key even when the outbox's table is mostly
+/// deleted rows awaiting a vacuum and its statistics say so (after an auto-analyze): not
+/// by a scan of the whole table, whose cost grows with every event published since.
+#[tokio::test]
+async fn a_relay_pass_reads_by_the_key_however_many_rows_await_a_vacuum() -> anyhow::Result<()> {
+    use deal_service::store::outbox::Pass;
+    use salesplan_platform::db;
+
+    let database = integration_tests::postgres::TestDatabase::create().await?;
+    let pool = db::connect_and_migrate(
+        &salesplan_platform::config::DatabaseConfig::local(&database.url),
+        deal_service::SCHEMA,
+        &deal_service::MIGRATOR,
+    )
+    .await?;
+    // 20,000 events published (deleted) and 10 waiting, no vacuum since, analyzed.
+    sqlx::raw_sql(
+        "ALTER TABLE outbox SET (autovacuum_enabled = false);
+         INSERT INTO outbox (subject, message_id, payload)
+           SELECT 'salesplan.deals.v1.a.created', 'e-' || i, convert_to(repeat('x', 900), 'UTF8')
+           FROM generate_series(1, 20010) i;
+         DELETE FROM outbox WHERE id <= 20000;
+         ANALYZE outbox;",
+    )
+    .execute(&pool)
+    .await?;
+    let table_pages: i64 = sqlx::query_scalar(
+        "SELECT pg_relation_size('outbox') / current_setting('block_size')::bigint",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let mut buffers = Vec::new();
+    for _ in 0..2 {
+        let mut pass = Pass::begin(&pool).await?.expect("no other relay");
+        let explained = pass.explain_rows().await?;
+        let text = explained.to_string();
+        assert!(
+            !text.contains("Seq Scan"),
+            "a scan of the table: {explained:#}"
+        );
+        assert!(text.contains("outbox_pkey"), "{explained:#}");
+        buffers.push(
+            explained[0]["Plan"]["Shared Hit Blocks"]
+                .as_i64()
+                .unwrap_or(0)
+                + explained[0]["Plan"]["Shared Read Blocks"]
+                    .as_i64()
+                    .unwrap_or(0),
+        );
+        pass.finish(&[], &[]).await?;
+    }
+    // The first pass walks the deleted rows' index entries and marks them dead; the next
+    // reads a small part of the table's pages.
+    assert!(
+        buffers[1] * 5 < table_pages,
+        "pages read per pass {buffers:?}, of {table_pages} in the table"
+    );
+    Ok(())
+}
