@@ -1851,14 +1851,19 @@ async fn search_ignores_case_of_any_script_under_the_c_locale() -> anyhow::Resul
     stack.stop().await
 }
 
-/// The relay's listener comes back after the database refused it a connection or dropped
-/// the one it had: a notification wakes the relay again, not only its poll.
+/// The relay's listener comes back after the database refused it a connection, dropped
+/// the one it had, or it was found deaf: a notification wakes the relay again, not only
+/// its poll, and a wait that starts listening anew says so (what was announced meanwhile
+/// is lost, so the relay looks at once).
 #[tokio::test]
 async fn the_relay_listens_again_after_losing_its_connection() -> anyhow::Result<()> {
     use std::time::Duration;
 
     use anyhow::Context as _;
-    use deal_service::{events::outbox::Wakeup, store::OUTBOX_CHANNEL};
+    use deal_service::{
+        events::outbox::{Wakeup, Woke},
+        store::OUTBOX_CHANNEL,
+    };
     use sqlx::postgres::PgPoolOptions;
     use tokio_util::sync::CancellationToken;
 
@@ -1884,37 +1889,49 @@ async fn the_relay_listens_again_after_losing_its_connection() -> anyhow::Result
     // wait in time.
     let poll = Duration::from_secs(600);
     let deadline = Duration::from_secs(30);
+    let wait = async |wakeup: &mut Wakeup, what: &str| {
+        tokio::time::timeout(deadline, wakeup.wait(&shutdown, poll))
+            .await
+            .with_context(|| format!("the wait did not end: {what}"))
+    };
 
     let held = pool.acquire().await?;
     let mut wakeup = Wakeup::new(pool.clone()).await;
     assert!(!wakeup.listening(), "the pool had no connection to give");
     drop(held);
-    // Notifications sent while nobody listened are lost: the wait that listens returns.
-    tokio::time::timeout(deadline, wakeup.wait(&shutdown, poll))
-        .await
-        .context("the wait did not listen again")?;
+    assert_eq!(wait(&mut wakeup, "listen again").await?, Woke::Listening);
     assert!(wakeup.listening());
     notify().await?;
-    tokio::time::timeout(deadline, wakeup.wait(&shutdown, poll))
-        .await
-        .context("a notification did not wake the relay")?;
+    assert_eq!(wait(&mut wakeup, "a notification").await?, Woke::Notified);
 
     // The listening backend terminated (a failover, a proxy's idle cut).
     let terminated: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+           AND backend_type = 'client backend'",
     )
     .fetch_all(&other)
     .await?;
     assert_eq!(terminated, [true], "the listener's backend, and only it");
-    tokio::time::timeout(deadline, wakeup.wait(&shutdown, poll))
-        .await
-        .context("the wait did not notice the lost connection")?;
+    assert_eq!(
+        wait(&mut wakeup, "notice the lost connection").await?,
+        Woke::Listening
+    );
     assert!(wakeup.listening());
     notify().await?;
-    tokio::time::timeout(deadline, wakeup.wait(&shutdown, poll))
-        .await
-        .context("a notification after the loss did not wake the relay")?;
+    assert_eq!(
+        wait(&mut wakeup, "a notification after the loss").await?,
+        Woke::Notified
+    );
+
+    // Found deaf (a pass after a quiet poll found events nobody announced).
+    wakeup.suspect();
+    assert_eq!(wait(&mut wakeup, "listen anew").await?, Woke::Listening);
+    notify().await?;
+    assert_eq!(
+        wait(&mut wakeup, "a notification on the new connection").await?,
+        Woke::Notified
+    );
     Ok(())
 }
 

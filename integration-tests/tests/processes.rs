@@ -614,7 +614,8 @@ async fn sigterm_with_work_in_flight_loses_and_doubles_nothing() -> anyhow::Resu
     let mut last = 0;
     for (index, name) in [(1, "distributor"), (0, "deal-service")] {
         // Stopped while deals are being made (more than at the last stop) and while the
-        // distributor holds bulk leads it has not acknowledged yet.
+        // distributor holds bulk leads it has not acknowledged yet (seen just before the
+        // signal: with batches of 50 out of 6,000, it still holds some when it lands).
         let before = integration_tests::stack::eventually(Duration::from_secs(30), || async {
             let (count, _) = made(&pool).await?;
             let held = in_hand(&js).await?;

@@ -66,6 +66,9 @@ impl Relayed {
     }
 }
 
+/// How long the relay waits for a notification before it looks anyway.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
 /// How long a stopping relay goes on publishing what is left.
 const FINAL_DRAIN: Duration = Duration::from_secs(10);
 
@@ -83,6 +86,8 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
         .build();
     let mut measured = tokio::time::Instant::now();
     let mut wakeup = Wakeup::new(pool.clone()).await;
+    // The last wait ended by the idle poll, not a notification.
+    let mut quiet = false;
     let mut horizons = Horizons::default();
     loop {
         if measured.elapsed() >= Duration::from_secs(5) {
@@ -100,8 +105,15 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
             pass = publish_batch(&pool, &bus) => pass,
             _ = shutdown.cancelled() => break,
         };
+        let was_quiet = std::mem::take(&mut quiet);
         let failure = match pass {
             Ok(pass) => {
+                // Every commit of an event notifies: events found after a quiet poll
+                // interval were not announced, and the listening connection is suspect.
+                if was_quiet && pass.handled() > 0 {
+                    tracing::warn!("outbox events were not announced, listening again");
+                    wakeup.suspect();
+                }
                 published.add(pass.published as u64, &[]);
                 parked.add(pass.parked as u64, &[]);
                 tokio::select! {
@@ -132,10 +144,11 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
         let poll = if horizons.behind() {
             Duration::from_millis(10)
         } else {
-            Duration::from_millis(500)
+            IDLE_POLL
         };
-        if wakeup.wait(&shutdown, poll).await {
-            break;
+        match wakeup.wait(&shutdown, poll).await {
+            Woke::Shutdown => break,
+            woke => quiet = woke == Woke::Polled && poll == IDLE_POLL,
         }
     }
     // Drain: the events of requests that completed during shutdown, for at most half of
@@ -158,13 +171,28 @@ pub async fn run(pool: PgPool, bus: Bus, shutdown: CancellationToken, metrics: M
 /// Wakes the relay when a transaction that wrote events commits (the outbox insert
 /// notifies [`OUTBOX_CHANNEL`]), or after a poll interval.
 ///
-/// A lost listening connection is taken up again at the next wait, however long the
-/// database was away: without it every event would wait for the poll. Notifications sent
-/// while nobody listened are gone, so a wait that starts listening again returns at once
-/// and the pass that follows reads what they announced.
+/// A lost listening connection is taken up again, however long the database was away:
+/// without it every event would wait for the poll. Notifications sent while nobody
+/// listened are gone, so a wait that listens anew returns at once and the pass that
+/// follows reads what they announced. A connection that died without a word (a partition:
+/// no FIN, no RST) looks alive; the relay notices it when a pass after a quiet poll
+/// interval finds events nobody announced, and listens on a new one
+/// ([`Wakeup::suspect`]).
 pub struct Wakeup {
     pool: PgPool,
     listener: Option<PgListener>,
+}
+
+/// What ended a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woke {
+    /// A transaction that wrote events committed.
+    Notified,
+    /// Listening (again) since this wait: what was announced meanwhile is lost, look now.
+    Listening,
+    /// The poll interval passed.
+    Polled,
+    Shutdown,
 }
 
 impl Wakeup {
@@ -179,28 +207,47 @@ impl Wakeup {
         self.listener.is_some()
     }
 
-    /// Waits for a notification, the poll interval, or shutdown (then `true`).
-    pub async fn wait(&mut self, shutdown: &CancellationToken, poll: Duration) -> bool {
+    /// The listener missed a notification (a poll found events): the next wait listens
+    /// on a new connection.
+    pub fn suspect(&mut self) {
+        self.listener = None;
+    }
+
+    /// Waits for a notification, the poll interval, or shutdown.
+    pub async fn wait(&mut self, shutdown: &CancellationToken, poll: Duration) -> Woke {
+        if self.listener.is_none() {
+            // Not raced against a short poll: a connection given up half-open costs the
+            // database a backend for nothing. Bounded by the pool's acquire timeout.
+            tokio::select! {
+                listener = listen(&self.pool) => self.listener = listener,
+                _ = shutdown.cancelled() => return Woke::Shutdown,
+            }
+            if self.listener.is_some() {
+                return Woke::Listening;
+            }
+        }
         tokio::select! {
-            _ = self.notified(poll) => false,
-            _ = tokio::time::sleep(poll) => false,
-            _ = shutdown.cancelled() => true,
+            woke = self.notified() => woke,
+            _ = tokio::time::sleep(poll) => Woke::Polled,
+            _ = shutdown.cancelled() => Woke::Shutdown,
         }
     }
 
-    async fn notified(&mut self, poll: Duration) {
-        if let Some(listener) = self.listener.as_mut() {
-            match listener.try_recv().await {
-                Ok(Some(_)) => return,
-                // The connection was lost: listen on a new one below.
-                Ok(None) => {}
-                Err(err) => tracing::warn!(error = %err, "outbox listener lost, listening again"),
+    /// Never ends without a listener: the poll does.
+    async fn notified(&mut self) -> Woke {
+        let Some(listener) = self.listener.as_mut() else {
+            return std::future::pending().await;
+        };
+        match listener.try_recv().await {
+            Ok(Some(_)) => Woke::Notified,
+            // The connection was lost and sqlx listens on a new one (its eager reconnect):
+            // what was announced in between is lost.
+            Ok(None) => Woke::Listening,
+            Err(err) => {
+                tracing::warn!(error = %err, "outbox listener lost, listening again");
+                self.listener = None;
+                std::future::pending().await
             }
-            self.listener = None;
-        }
-        self.listener = listen(&self.pool).await;
-        if self.listener.is_none() {
-            tokio::time::sleep(poll).await;
         }
     }
 }

@@ -61,21 +61,20 @@ impl Pass {
     /// The pass, or `None` while another relay (another replica) holds the lock.
     pub async fn begin(pool: &PgPool) -> Result<Option<Self>, StoreError> {
         let mut tx = pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(RELAY_LOCK)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !locked {
-            return Ok(None);
-        }
         // The outbox is a queue: between two vacuums its table holds every row deleted
         // since, and its statistics (after an auto-analyze) say it holds few live ones. The
         // planner then reads the first rows by a scan of the whole table and a sort, a pass
         // costing a page read per ~8 published events (12 ms with 100,000 of them). By the
         // primary key, a pass reads its rows and the index entries of the deleted ones,
-        // which the first pass past them marks dead for the next.
-        salesplan_platform::db::key_lookups_only(&mut tx).await?;
-        Ok(Some(Self { tx }))
+        // which the first pass past them marks dead for the next. (Set with the lock: no
+        // round trip of its own.)
+        let (locked, _): (bool, String) = sqlx::query_as(
+            "SELECT pg_try_advisory_xact_lock($1), set_config('enable_seqscan', 'off', true)",
+        )
+        .bind(RELAY_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(locked.then_some(Self { tx }))
     }
 
     /// The oldest transaction of deal-service (its database and role) running now, as a
@@ -137,7 +136,8 @@ impl Pass {
     }
 
     /// How PostgreSQL runs [`Pass::rows`] in this pass (`EXPLAIN (ANALYZE, BUFFERS)`, as
-    /// JSON): for a test, or an operator looking at a slow relay.
+    /// JSON, a custom plan): for the tests. It reads the rows, holding the relay lock.
+    #[doc(hidden)]
     pub async fn explain_rows(&mut self) -> Result<serde_json::Value, StoreError> {
         let plan: sqlx::types::Json<serde_json::Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(
             format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {ROWS}"),

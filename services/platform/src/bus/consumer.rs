@@ -430,15 +430,16 @@ pub(super) async fn process<H: BatchHandler>(
             .unwrap_or_else(|| Outcome::Retry("handler returned no outcome".into()));
         match outcome {
             Outcome::Done => {
-                ack(message, AckKind::Ack).await;
-                counters.handled.add(1, &counters.attrs);
+                if ack(message, AckKind::Ack).await {
+                    counters.handled.add(1, &counters.attrs);
+                }
             }
             Outcome::Retry(reason) if delivery.delivered >= max_deliver => {
                 dead_letter(bus, spec, message, delivery, &reason, counters).await
             }
             Outcome::Retry(reason) => {
                 tracing::debug!(consumer = %spec.durable, subject = %delivery.subject, delivered = delivery.delivered, %reason, "retrying");
-                ack(message, AckKind::Nak(Some(backoff(delivery.delivered)))).await
+                ack(message, AckKind::Nak(Some(backoff(delivery.delivered)))).await;
             }
             Outcome::Reject(reason) => {
                 dead_letter(bus, spec, message, delivery, &reason, counters).await
@@ -469,10 +470,15 @@ fn backoff(delivered: i64) -> Duration {
     Duration::from_millis(250 * 2u64.pow(exp)).min(Duration::from_secs(30))
 }
 
-async fn ack(message: &Message, kind: AckKind) {
-    if let Err(err) = message.ack_with(kind).await {
-        // Not acked means delivered again later; consumers are idempotent.
-        tracing::warn!(error = %err, subject = %message.subject, "ack failed");
+/// Whether the acknowledgement reached the broker.
+async fn ack(message: &Message, kind: AckKind) -> bool {
+    match message.ack_with(kind).await {
+        Ok(()) => true,
+        Err(err) => {
+            // Not acked means delivered again later; consumers are idempotent.
+            tracing::warn!(error = %err, subject = %message.subject, "ack failed");
+            false
+        }
     }
 }
 
