@@ -217,7 +217,12 @@ impl Reader {
                 matched.iter().min().copied().unwrap_or(0),
                 matched.iter().max().copied().unwrap_or(0),
             );
-            anyhow::ensure!(fewest > 0, "a search by {what} matched nothing");
+            // The terms are made for the real run's million deals; the smoke run's few
+            // hundred may match none of the narrow ones.
+            anyhow::ensure!(
+                fewest > 0 || n < 100_000,
+                "a search by {what} matched nothing"
+            );
             lines.push(Line::latency(
                 "queries",
                 format!("ListDeals, search by {what}, {n} deals (matched {fewest}–{most})"),
