@@ -5,13 +5,16 @@
 //! replica's own metrics show it did its part: both relays published, both reporting
 //! replicas applied deal events, and no event was published twice.
 
+use std::time::Duration;
+
 use integration_tests::{
     Stack,
     api::{Mode, Strategy, create_plan, plan_request, write_token},
-    stack::outbox_drained,
+    stack::{eventually, outbox_drained},
 };
-use salesplan_platform::service::Running;
-use salesplan_platform::{Permission, bus::streams, consistency::Token, grpc::outgoing};
+use salesplan_platform::{
+    Permission, bus::streams, consistency::Token, grpc::outgoing, service::Running,
+};
 use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient, report_service_client::ReportServiceClient,
 };
@@ -46,6 +49,12 @@ async fn two_relays_and_two_reporting_replicas_count_every_deal_once() -> anyhow
     let replicas = [
         DealServiceClient::new(stack.channel(&stack.deal_service).await?),
         DealServiceClient::new(stack.channel(&deal_service_2).await?),
+    ];
+    let running = [
+        &stack.deal_service,
+        &deal_service_2,
+        &stack.reporting,
+        &reporting_2,
     ];
     let mut last = Token(0);
     let mut deals: usize = 0;
@@ -88,16 +97,13 @@ async fn two_relays_and_two_reporting_replicas_count_every_deal_once() -> anyhow
             }
         }
         deals += ROUND;
-        if round >= MIN_ROUNDS
-            && every_replica_took_part(&replicas_running(&stack, &deal_service_2, &reporting_2))
-                .await?
-        {
+        let parts = shares(&running).await?;
+        if round >= MIN_ROUNDS && parts.iter().all(|&n| n > 0.0) {
             break;
         }
         anyhow::ensure!(
             round < MAX_ROUNDS,
-            "after {deals} deals a replica still did nothing: {:?}",
-            shares(&replicas_running(&stack, &deal_service_2, &reporting_2)).await?
+            "after {deals} deals a replica still did nothing: {parts:?}"
         );
     }
 
@@ -134,31 +140,22 @@ async fn two_relays_and_two_reporting_replicas_count_every_deal_once() -> anyhow
     assert_eq!((closed, differences), (deals.div_ceil(3), vec![]));
     // Every event in the streams was published once: the two relays' counts add up to
     // what the streams hold (a second publish of one event is dropped by the broker, but
-    // counted by the relay that made it).
-    let [relay_1, relay_2, ..] =
-        shares(&replicas_running(&stack, &deal_service_2, &reporting_2)).await?;
+    // counted by the relay that made it). A relay counts a pass once it has committed it,
+    // a moment after the outbox looks drained.
     let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
     let mut stored = 0;
     for stream in [streams::DEALS.name, streams::PLANS.name] {
         stored += js.get_stream(stream).await?.info().await?.state.messages;
     }
-    assert_eq!(relay_1 + relay_2, stored as f64, "published by each relay");
+    let published = eventually(Duration::from_secs(10), || async {
+        let [relay_1, relay_2, ..] = shares(&running).await?;
+        Ok((relay_1 + relay_2 >= stored as f64).then_some(relay_1 + relay_2))
+    })
+    .await
+    .map_err(|err| err.context("the relays counted fewer events than the streams hold"))?;
+    assert_eq!(published, stored as f64, "published by each relay");
     drop((deal_service_2, reporting_2));
     stack.stop().await
-}
-
-/// Both deal-service replicas, then both reporting replicas.
-fn replicas_running<'a>(
-    stack: &'a Stack,
-    deal_service_2: &'a Running,
-    reporting_2: &'a Running,
-) -> [&'a Running; 4] {
-    [
-        &stack.deal_service,
-        deal_service_2,
-        &stack.reporting,
-        reporting_2,
-    ]
 }
 
 /// Each replica's part, from its own metrics: events each relay published, deal events
@@ -179,8 +176,4 @@ async fn shares(replicas: &[&Running; 4]) -> anyhow::Result<[f64; 4]> {
         };
     }
     Ok(parts)
-}
-
-async fn every_replica_took_part(replicas: &[&Running; 4]) -> anyhow::Result<bool> {
-    Ok(shares(replicas).await?.iter().all(|&n| n > 0.0))
 }
