@@ -997,6 +997,124 @@ fn retry_delay(status: &tonic::Status) -> Duration {
         .expect("RetryInfo with a delay")
 }
 
+/// Reads, bulk changes and reports are charged by the time they take: an account whose
+/// calls took more than its busy allowance waits until the time is repaid, whatever their
+/// count, and another account does not. (An allowance of 10 µs a second with its 20 µs
+/// reserve: any call that reaches the database overdraws it for seconds.)
+#[tokio::test]
+async fn calls_that_take_long_draw_on_the_accounts_time() -> anyhow::Result<()> {
+    use salesplan_platform::{limits::ClassLimit, service::Service};
+    let stack = Stack::start().await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let timed = ClassLimit {
+        concurrency: 4,
+        rate: 1_000.0,
+        burst: 1_000.0,
+        busy: 0.000_01,
+    };
+    let mut deal_config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
+    deal_config.limits.reads = timed;
+    deal_config.limits.bulk = timed;
+    let deal_service = deal_config.start(shutdown.clone()).await?;
+    let mut reporting_config = reporting::Config::local(&stack.db.url, &stack.nats.url);
+    reporting_config.reports_limit = timed;
+    let reporting = reporting_config.start(shutdown.clone()).await?;
+    let (a, b) = (
+        stack.token("a", "admin", &ALL),
+        stack.token("b", "admin", &ALL),
+    );
+    let plan = create_plan(
+        stack.channel(&deal_service).await?,
+        &a,
+        plan_request("A", Mode::Manual, Strategy::RoundRobin, false, &["a1"]),
+    )
+    .await?;
+    let deals = DealServiceClient::new(stack.channel(&deal_service).await?);
+    let reports = ReportServiceClient::new(stack.channel(&reporting).await?);
+    let list = pb::ListDealsRequest {
+        filter: Some(pb::DealFilter {
+            plan_id: plan.id.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bulk_move = pb::BulkMoveDealsRequest {
+        target: Some(pb::bulk_move_deals_request::Target::Filter(
+            pb::DealFilter {
+                plan_id: plan.id.clone(),
+                ..Default::default()
+            },
+        )),
+        stage_id: plan.stages[1].id.clone(),
+        loss_reason_id: None,
+    };
+    let report = || pb::LossReasonsRequest {
+        group_by: pb::ReportGrouping::Plan as i32,
+        ..Default::default()
+    };
+    for (class, first, second) in [
+        (
+            "reads",
+            deals
+                .clone()
+                .list_deals(outgoing(list.clone(), &a))
+                .await
+                .map(drop),
+            deals
+                .clone()
+                .list_deals(outgoing(list.clone(), &a))
+                .await
+                .map(drop),
+        ),
+        (
+            "bulk",
+            deals
+                .clone()
+                .bulk_move_deals(outgoing(bulk_move.clone(), &a))
+                .await
+                .map(drop),
+            deals
+                .clone()
+                .bulk_move_deals(outgoing(bulk_move.clone(), &a))
+                .await
+                .map(drop),
+        ),
+        (
+            "reports",
+            reports
+                .clone()
+                .loss_reasons(outgoing(report(), &a))
+                .await
+                .map(drop),
+            reports
+                .clone()
+                .loss_reasons(outgoing(report(), &a))
+                .await
+                .map(drop),
+        ),
+    ] {
+        first.map_err(|e| anyhow::anyhow!("{class}: the first call: {e:?}"))?;
+        let refused = second.expect_err(class);
+        assert_eq!(
+            refused.code(),
+            Code::ResourceExhausted,
+            "{class}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("took more than"),
+            "{class}: {refused:?}"
+        );
+    }
+    // Another account's allowance is its own.
+    deals
+        .clone()
+        .list_deals(outgoing(pb::ListDealsRequest::default(), &b))
+        .await?;
+    reports.clone().loss_reasons(outgoing(report(), &b)).await?;
+    shutdown.cancel();
+    Ok(())
+}
+
 /// deal-service's limits with every class at `limit`.
 fn every_class(limit: salesplan_platform::limits::ClassLimit) -> deal_service::Limits {
     deal_service::Limits {
@@ -1020,6 +1138,7 @@ async fn every_bulk_entry_point_limits_each_account_apart() -> anyhow::Result<()
         concurrency: 4,
         rate: 0.5,
         burst: 2.0,
+        busy: f64::INFINITY,
     };
     let mut deal_config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
     deal_config.limits = every_class(tight);
@@ -1190,6 +1309,7 @@ async fn every_method_of_a_limited_class_draws_on_its_allowance() -> anyhow::Res
         concurrency: 1,
         rate: 0.001,
         burst: 1.0,
+        busy: f64::INFINITY,
     };
     let mut deal_config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
     deal_config.limits = every_class(one);
@@ -1533,6 +1653,7 @@ async fn plans_are_capped_and_plans_and_history_come_in_pages() -> anyhow::Resul
         concurrency: 4,
         rate: 10_000.0,
         burst: 10_000.0,
+        busy: f64::INFINITY,
     };
     let deal_service = deal_config.start(shutdown.clone()).await?;
     let channel = stack.channel(&deal_service).await?;

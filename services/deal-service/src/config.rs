@@ -37,26 +37,32 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            // Two at once: one account never holds more than a quarter of the read pool.
+            // Two at once: one account never holds more than a quarter of the read pool; a
+            // second of reads a second: on average, at most one core of the database (a
+            // search is one process), however much each read asks for.
             reads: ClassLimit {
                 concurrency: 2,
                 rate: 50.0,
                 burst: 100.0,
+                busy: 1.0,
             },
             bulk: ClassLimit {
                 concurrency: 2,
                 rate: 5.0,
                 burst: 10.0,
+                busy: 1.0,
             },
             creates: ClassLimit {
                 concurrency: 4,
                 rate: 20.0,
                 burst: 40.0,
+                busy: 1.0,
             },
             plan_changes: ClassLimit {
                 concurrency: 2,
                 rate: 5.0,
                 burst: 20.0,
+                busy: f64::INFINITY,
             },
         }
     }

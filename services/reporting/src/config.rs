@@ -28,6 +28,7 @@ impl Config {
         concurrency: 2,
         rate: 20.0,
         burst: 40.0,
+        busy: 1.0,
     };
 
     pub fn local(database_url: &str, nats_url: &str) -> Self {

@@ -67,6 +67,7 @@ impl Config {
         concurrency: 2,
         rate: 1.0,
         burst: 5.0,
+        busy: f64::INFINITY,
     };
     pub const DEFAULT_AUDIENCE_IDLE_TIMEOUT: std::time::Duration =
         std::time::Duration::from_secs(60);
