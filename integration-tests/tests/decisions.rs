@@ -21,7 +21,7 @@ async fn store_with_round_robin_plan() -> anyhow::Result<(TestDatabase, Store, U
     let config = distributor::Config::local(&db.url, "nats://127.0.0.1:1", "http://127.0.0.1:1");
     config.migrate().await?;
     let pool = salesplan_platform::db::connect(&config.database, distributor::SCHEMA).await?;
-    let store = Store::new(pool);
+    let store = Store::new(pool, salesplan_platform::privacy::ContactKeys::dev());
     let plan_id = Uuid::new_v4();
     store
         .apply_plan(&PlanCopy {

@@ -3,6 +3,7 @@
 use salesplan_platform::{
     config::{ConfigError, DatabaseConfig, Env},
     limits::ClassLimit,
+    privacy::ContactKeys,
     service::ServiceConfig,
 };
 
@@ -15,6 +16,8 @@ pub struct Config {
     /// `SALESPLAN_CONSISTENCY_WAIT_MS`: how long ListDeals and GetBoard given a consistency
     /// token wait for its write to be readable.
     pub consistency_wait: std::time::Duration,
+    /// `SALESPLAN_CONTACT_KEY_SECRET`: what deal events carry of a contact.
+    pub contact_keys: ContactKeys,
 }
 
 /// Per-account limits of deal-service's calls that read or write in bulk, per replica.
@@ -93,6 +96,7 @@ impl Config {
             database: DatabaseConfig::local(database_url),
             limits: Limits::default(),
             consistency_wait: salesplan_platform::consistency::DEFAULT_WAIT,
+            contact_keys: ContactKeys::dev(),
         }
     }
 
@@ -104,6 +108,7 @@ impl Config {
             database: DatabaseConfig::from_env(env)?,
             limits: Limits::from_env(env)?,
             consistency_wait: salesplan_platform::consistency::wait_from_env(env)?,
+            contact_keys: ContactKeys::from_env(env)?,
         })
     }
 }

@@ -3,6 +3,7 @@
 use salesplan_platform::{
     config::{ConfigError, DatabaseConfig, Env},
     limits::ClassLimit,
+    privacy::ContactKeys,
     service::ServiceConfig,
 };
 
@@ -22,6 +23,8 @@ pub struct Config {
     /// `SALESPLAN_BULK_SHARING_ROUND`: meanwhile, the most contacts of one bulk round (a
     /// funnel lead that arrives during a round waits for less).
     pub bulk_sharing_round: usize,
+    /// `SALESPLAN_CONTACT_KEY_SECRET`: how contacts are recognised (docs/privacy.md).
+    pub contact_keys: ContactKeys,
 }
 
 impl Config {
@@ -41,6 +44,7 @@ impl Config {
             lookups_limit: Self::DEFAULT_LOOKUPS_LIMIT,
             bulk_share: Self::DEFAULT_BULK_SHARE,
             bulk_sharing_round: Self::DEFAULT_BULK_SHARING_ROUND,
+            contact_keys: ContactKeys::dev(),
         }
     }
 
@@ -62,6 +66,7 @@ impl Config {
                 "SALESPLAN_BULK_SHARING_ROUND",
                 Self::DEFAULT_BULK_SHARING_ROUND,
             )?,
+            contact_keys: ContactKeys::from_env(env)?,
         };
         if config.bulk_sharing_round == 0 {
             return Err(ConfigError::new(

@@ -66,7 +66,14 @@ impl Service for Config {
             server::lazy_channel(&self.deal_service_url)?,
             Arc::new(tokens),
         );
-        let store = store::Store::new(pool);
+        let store = store::Store::new(pool, self.contact_keys);
+        let keyed = store.key_plain_contact_keys().await?;
+        if keyed > 0 {
+            tracing::info!(
+                keyed,
+                "contact keys kept before keys were keyed are now keyed"
+            );
+        }
 
         let mut background = Background::new(metrics.clone());
         background.consume(

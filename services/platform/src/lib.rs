@@ -14,6 +14,7 @@ pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod names;
+pub mod privacy;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -242,7 +242,15 @@ impl Store {
             .filter(|d| inserted.contains(&d.idempotency_key))
             .map(|d| (d.clone(), Change::Created))
             .collect();
-        events::record_caused(&mut tx, actor_id, &created, now, &causes).await?;
+        events::record_caused(
+            &mut tx,
+            &self.contact_keys,
+            actor_id,
+            &created,
+            now,
+            &causes,
+        )
+        .await?;
         counts::apply(
             &mut tx,
             &count_deltas(created.iter().map(|(d, _)| (None, d))),
@@ -317,7 +325,7 @@ impl Store {
             let changes = [(next, what)];
             update_deals(&mut tx, &changes).await?;
             mark_reasons_used(&mut tx, &changes).await?;
-            events::record(&mut tx, actor_id, &changes, now).await?;
+            events::record(&mut tx, &self.contact_keys, actor_id, &changes, now).await?;
             counts::apply(&mut tx, &count_deltas([(Some(&deal), &changes[0].0)])).await?;
             super::commit(tx).await?;
             let [(next, _)] = changes;
@@ -394,7 +402,7 @@ impl Store {
                 }
                 update_deals(&mut tx, &changes).await?;
                 mark_reasons_used(&mut tx, &changes).await?;
-                events::record(&mut tx, actor_id, &changes, now).await?;
+                events::record(&mut tx, &self.contact_keys, actor_id, &changes, now).await?;
                 let deltas = count_deltas(changes.iter().map(|(d, _)| (deals.get(&d.id), d)));
                 counts::apply(&mut tx, &deltas).await?;
                 super::commit(tx).await?;

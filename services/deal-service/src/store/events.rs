@@ -7,6 +7,7 @@ use prost::Message as _;
 use salesplan_platform::{bus::streams, ids, telemetry};
 
 use super::StoreError;
+use salesplan_platform::privacy::ContactKeys;
 use salesplan_proto::v1 as pb;
 use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
@@ -98,23 +99,34 @@ fn event_kind(change: &Change) -> pb::deal_event::Kind {
     }
 }
 
+/// The deal as events carry it: no contact, no title (docs/privacy.md).
+fn without_personal_data(deal: pb::Deal) -> pb::Deal {
+    pb::Deal {
+        contact: None,
+        title: String::new(),
+        ..deal
+    }
+}
+
 /// Writes the history rows and outbox events of `changes` (each: the deal after the
 /// change, and what changed). The events of a change of one deal continue the request's
 /// trace; those of a change of many continue none (one trace of thousands would bury the
 /// request).
 pub async fn record(
     tx: &mut Transaction<'_, Postgres>,
+    keys: &ContactKeys,
     actor_id: &str,
     changes: &[(Deal, Change)],
     at: OffsetDateTime,
 ) -> Result<(), StoreError> {
-    record_caused(tx, actor_id, changes, at, &HashMap::new()).await
+    record_caused(tx, keys, actor_id, changes, at, &HashMap::new()).await
 }
 
 /// [`record`], each deal's event continuing its own cause's trace where `causes` has one
 /// (a W3C traceparent by the deal's idempotency key: the deals of leads).
 pub async fn record_caused(
     tx: &mut Transaction<'_, Postgres>,
+    keys: &ContactKeys,
     actor_id: &str,
     changes: &[(Deal, Change)],
     at: OffsetDateTime,
@@ -164,9 +176,17 @@ pub async fn record_caused(
             occurred_at: Some(crate::convert::timestamp(at)),
             kind: kind as i32,
             actor_id: actor_id.to_owned(),
-            deal: Some(deal.into()),
+            deal: Some(without_personal_data(deal.into())),
             previous_manager_id,
             previous_stage_id,
+            contact_key: keys
+                .of(
+                    &deal.account_id,
+                    &deal.contact.external_id,
+                    &deal.contact.email,
+                    &deal.contact.phone,
+                )
+                .unwrap_or_default(),
         };
         subjects.push(streams::deal_subject(
             &deal.account_id,

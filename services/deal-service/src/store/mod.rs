@@ -12,6 +12,7 @@ mod queries;
 mod rows;
 
 use salesplan_platform::consistency::{self, LeadsToken, Token};
+use salesplan_platform::privacy::ContactKeys;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
@@ -36,11 +37,17 @@ pub struct Store {
     /// Reads that scan (lists, boards, history): their own connections and a shorter
     /// statement timeout, so they never take the connections writes and intake need.
     reads: PgPool,
+    /// What deal events carry of a contact (docs/privacy.md).
+    contact_keys: ContactKeys,
 }
 
 impl Store {
-    pub fn new(pool: PgPool, reads: PgPool) -> Self {
-        Self { pool, reads }
+    pub fn new(pool: PgPool, reads: PgPool, contact_keys: ContactKeys) -> Self {
+        Self {
+            pool,
+            reads,
+            contact_keys,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -172,7 +172,7 @@ impl Store {
                 .collect();
             moved = changes.len() as i64;
             super::deals::update_deals(&mut tx, &changes).await?;
-            events::record(&mut tx, actor_id, &changes, now).await?;
+            events::record(&mut tx, &self.contact_keys, actor_id, &changes, now).await?;
             let deltas = count_deltas(deals.iter().zip(&changes).map(|(d, (n, _))| (Some(d), n)));
             super::counts::apply(&mut tx, &deltas).await?;
         }

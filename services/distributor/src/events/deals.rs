@@ -4,7 +4,7 @@ use prost::Message as _;
 use salesplan_platform::{
     bus::{BatchHandler, Delivery, Outcome, apply_each_on_refusal},
     error::sql_data_refusal,
-    validate::contact_key,
+    privacy::ContactKeys,
 };
 use salesplan_proto::v1 as pb;
 use uuid::Uuid;
@@ -29,7 +29,7 @@ impl BatchHandler for DealEvents {
         let mut outcomes = vec![Outcome::Done; batch.len()];
         let mut states = Vec::with_capacity(batch.len());
         for (index, delivery) in batch.iter().enumerate() {
-            match decode(delivery) {
+            match decode(delivery, self.store.contact_keys()) {
                 Ok(state) => states.push((index, state)),
                 Err(reason) => outcomes[index] = Outcome::Reject(reason),
             }
@@ -48,7 +48,9 @@ impl BatchHandler for DealEvents {
     }
 }
 
-fn decode(delivery: &Delivery) -> Result<DealState, String> {
+/// A deal event's state. Events carry the contact's keyed key; one published before they
+/// did (during an upgrade) carries the contact itself, which is keyed here and forgotten.
+fn decode(delivery: &Delivery, keys: &ContactKeys) -> Result<DealState, String> {
     let event = pb::DealEvent::decode(delivery.payload.clone())
         .map_err(|e| format!("undecodable deal event: {e}"))?;
     delivery.check_account(&event.account_id)?;
@@ -57,6 +59,16 @@ fn decode(delivery: &Delivery) -> Result<DealState, String> {
         Uuid::parse_str(v).map_err(|_| format!("deal event with an invalid {field}"))
     };
     let contact = deal.contact.unwrap_or_default();
+    let contact_key = if event.contact_key.is_empty() {
+        keys.of(
+            &event.account_id,
+            &contact.external_id,
+            &contact.email,
+            &contact.phone,
+        )
+    } else {
+        Some(event.contact_key)
+    };
     let created = deal.created_at.ok_or("deal event without created_at")?;
     Ok(DealState {
         deal_id: id("deal id", &deal.id)?,
@@ -66,7 +78,7 @@ fn decode(delivery: &Delivery) -> Result<DealState, String> {
         open: deal.status == pb::DealStatus::Open as i32,
         version: deal.version,
         idempotency_key: deal.idempotency_key,
-        contact_key: contact_key(&contact.external_id, &contact.email, &contact.phone),
+        contact_key,
         created_at: salesplan_proto::time::time_of(&created)
             .ok_or("deal event with an invalid created_at")?,
     })

@@ -10,8 +10,8 @@ use salesplan_platform::{
     auth::valid_account_id,
     bus::{Activity, BatchHandler, Bus, Delivery, Outcome, Outgoing, streams},
     grpc::between_services,
+    privacy::ContactKeys,
     telemetry,
-    validate::contact_key,
 };
 use salesplan_proto::v1 as pb;
 use tonic::Code;
@@ -495,7 +495,9 @@ impl IntakeEvents {
     ) -> (Vec<Work>, Vec<pb::Assignment>) {
         let (mut work, mut records) = (Vec::new(), Vec::new());
         for ((account_id, plan_id), items) in by_plan {
-            let pending: Vec<PendingLead> = items.iter().map(pending_lead).collect();
+            let keys = self.store.contact_keys();
+            let pending: Vec<PendingLead> =
+                items.iter().map(|item| pending_lead(item, keys)).collect();
             let started = std::time::Instant::now();
             let decided = self.decide(&account_id, plan_id, &pending).await;
             self.decision.record(started.elapsed().as_secs_f64(), &[]);
@@ -681,7 +683,7 @@ fn decode(index: usize, delivery: &Delivery) -> Result<Decoded, String> {
     })
 }
 
-fn pending_lead(item: &Decoded) -> PendingLead {
+fn pending_lead(item: &Decoded, keys: &ContactKeys) -> PendingLead {
     let lead = item.event.lead.as_ref();
     let contact = lead.and_then(|l| l.contact.as_ref());
     PendingLead {
@@ -692,6 +694,7 @@ fn pending_lead(item: &Decoded) -> PendingLead {
             named_related: lead.and_then(|l| l.related_manager_id.clone()),
             previous_manager: None,
         },
-        contact_key: contact.and_then(|c| contact_key(&c.external_id, &c.email, &c.phone)),
+        contact_key: contact
+            .and_then(|c| keys.of(&item.event.account_id, &c.external_id, &c.email, &c.phone)),
     }
 }

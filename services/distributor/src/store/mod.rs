@@ -8,6 +8,7 @@ pub use rejections::{After, Rejection};
 use std::collections::{BTreeMap, HashMap};
 
 use salesplan_platform::db::{self, key_lookups_only};
+use salesplan_platform::privacy::ContactKeys;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
@@ -118,6 +119,8 @@ impl OpenBatch {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// How contacts are recognised: keyed hashes only (docs/privacy.md).
+    contact_keys: ContactKeys,
 }
 
 async fn apply_deltas(
@@ -147,8 +150,56 @@ async fn apply_deltas(
 }
 
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, contact_keys: ContactKeys) -> Self {
+        Self { pool, contact_keys }
+    }
+
+    pub fn contact_keys(&self) -> &ContactKeys {
+        &self.contact_keys
+    }
+
+    /// Replaces the plain contact keys (`ext:…`, `email:…`, `phone:…`) kept before keys were
+    /// keyed with their keyed form, a thousand at a time; how many it replaced. Run at
+    /// start, once per deployment in effect (replicas share the work: rows another is
+    /// rewriting are skipped). Where a contact has both forms, the newer deal's manager wins,
+    /// as it does for every relation.
+    pub async fn key_plain_contact_keys(&self) -> Result<u64, StoreError> {
+        let mut replaced = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let rows: Vec<(String, String, String, time::OffsetDateTime)> = sqlx::query_as(
+                "DELETE FROM contact_managers WHERE (account_id, contact_key) IN (
+                     SELECT account_id, contact_key FROM contact_managers
+                     WHERE contact_key NOT LIKE 'k1:%' LIMIT 1000 FOR UPDATE SKIP LOCKED)
+                 RETURNING account_id, contact_key, manager_id, deal_created",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                return Ok(replaced);
+            }
+            replaced += rows.len() as u64;
+            let keyed: Vec<String> = rows
+                .iter()
+                .map(|(account, plain, _, _)| self.contact_keys.of_plain(account, plain))
+                .collect();
+            sqlx::query(
+                "INSERT INTO contact_managers AS c (account_id, contact_key, manager_id, deal_created)
+                 SELECT DISTINCT ON (a, k) a, k, m, d
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS x(a, k, m, d)
+                 ORDER BY a, k, d DESC
+                 ON CONFLICT (account_id, contact_key) DO UPDATE
+                 SET manager_id = excluded.manager_id, deal_created = excluded.deal_created
+                 WHERE c.deal_created <= excluded.deal_created",
+            )
+            .bind(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
+            .bind(keyed)
+            .bind(rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
     }
 
     /// Applies a plan snapshot unless a newer one was applied already. The turn survives
