@@ -20,6 +20,15 @@ const SERVICES: [&str; 4] = [
     "reporting",
 ];
 
+/// The broker's users: the services, and the operator's one for `scrub-events`.
+const USERS: [&str; 5] = [
+    "tunnel-listener",
+    "distributor",
+    "deal-service",
+    "reporting",
+    "maintenance",
+];
+
 fn password(service: &str) -> String {
     format!("pw-{service}-7f3a")
 }
@@ -41,7 +50,7 @@ fn authorization() -> anyhow::Result<String> {
         .strip_prefix("authorization:")
         .ok_or_else(|| anyhow::anyhow!("the block is not `authorization: {{…}}`"))?;
     let mut json = json.to_owned();
-    for service in SERVICES {
+    for service in USERS {
         let variable = format!(
             "<< $NATS_PASSWORD_{} >>",
             service.to_ascii_uppercase().replace('-', "_")
@@ -51,7 +60,7 @@ fn authorization() -> anyhow::Result<String> {
     }
     // Checked as JSON, so the file cannot drift into something only this test accepts.
     let parsed: serde_json::Value = serde_json::from_str(&json)?;
-    anyhow::ensure!(parsed["users"].as_array().map(Vec::len) == Some(SERVICES.len()));
+    anyhow::ensure!(parsed["users"].as_array().map(Vec::len) == Some(USERS.len()));
     Ok(format!("authorization: {json}\n"))
 }
 
@@ -331,5 +340,68 @@ async fn a_service_refused_by_nats_exits_69_naming_the_setting() -> anyhow::Resu
         assert!(text.contains(named), "{env:?} should name {named}: {text}");
         assert!(!text.contains(wrong), "the password in the output: {text}");
     }
+    Ok(())
+}
+
+/// `deal-service scrub-events` (issue 19) deletes deal events: the `maintenance` user may,
+/// deal-service's own user may not (it publishes them; a stolen password must not erase
+/// what reporting rebuilds from).
+#[tokio::test]
+async fn only_the_maintenance_user_may_erase_deal_events() -> anyhow::Result<()> {
+    use prost::Message as _;
+    use salesplan_platform::{
+        bus::{Bus, Outgoing, streams},
+        config::{NatsConfig, NatsSecurity, Secret},
+        privacy::ContactKeys,
+    };
+    use salesplan_proto::v1 as pb;
+    let nats = TestNats::start_with_config(&authorization()?).await?;
+    let as_user = |user: &str| NatsConfig {
+        security: NatsSecurity {
+            user: Some((user.into(), Secret::new(password(user)))),
+            ..Default::default()
+        },
+        ..NatsConfig::local(&nats.url)
+    };
+    let owner = Bus::connect(&as_user("deal-service"), "deal-service").await?;
+    owner.ensure_streams(&streams::ALL).await?;
+    // An event as deal-service published them before: with the contact.
+    let event = pb::DealEvent {
+        event_id: "e1".into(),
+        account_id: "acme".into(),
+        deal: Some(pb::Deal {
+            id: uuid::Uuid::new_v4().to_string(),
+            contact: Some(pb::Contact {
+                email: "anna@example.com".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    owner
+        .publish(Outgoing::new(
+            streams::deal_subject("acme", "created"),
+            "e1",
+            event.encode_to_vec(),
+        ))
+        .await?;
+    let keys = ContactKeys::dev();
+    let refused = deal_service::events::scrub::scrub_deal_events(&owner, &keys).await;
+    assert!(
+        refused.is_err(),
+        "deal-service's own user erased a deal event"
+    );
+    let maintenance = Bus::connect(&as_user("maintenance"), "maintenance").await?;
+    let done = deal_service::events::scrub::scrub_deal_events(&maintenance, &keys).await?;
+    assert_eq!(done.rewritten, 1);
+    let stream = maintenance
+        .jetstream()
+        .get_stream(streams::DEALS.name)
+        .await?;
+    assert!(
+        stream.get_raw_message(1).await.is_err(),
+        "the original is gone"
+    );
     Ok(())
 }

@@ -213,7 +213,7 @@ async fn events_and_other_services_hold_no_personal_data_and_the_related_rule_st
         sqlx::query_scalar("SELECT contact_key FROM distributor.contact_managers")
             .fetch_all(&pool)
             .await?;
-    assert_eq!(related, [key.clone()]);
+    assert_eq!(related, std::slice::from_ref(&key));
     let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
     let event = js
         .get_stream("SALESPLAN_DEALS")
@@ -281,4 +281,144 @@ async fn contact_keys_kept_plain_are_keyed_when_the_distributor_starts() -> anyh
     expected.sort();
     assert_eq!(rows, expected);
     Ok(())
+}
+
+/// Deal events published before events stopped carrying personal data (simulated: copies
+/// of each event with its contact and title, as deal-service used to publish them) are
+/// rewritten by `deal-service scrub-events`: published again without, the originals
+/// erased; consumers are unchanged and reporting's rebuild gives the same read model.
+#[tokio::test]
+async fn scrub_events_rewrites_earlier_deal_events_without_personal_data() -> anyhow::Result<()> {
+    use deal_service::events::scrub::scrub_deal_events;
+    use prost::Message as _;
+    let stack = Stack::start().await?;
+    let admin = stack.token(
+        ACCOUNT,
+        "admin",
+        &[
+            Permission::PlansAdmin,
+            Permission::DealsEditAll,
+            Permission::IntakeWrite,
+        ],
+    );
+    let plan = create_plan(
+        stack.channel(&stack.deal_service).await?,
+        &admin,
+        plan_request(
+            "Scrub",
+            Mode::Auto,
+            Strategy::RoundRobin,
+            true,
+            &["m1", "m2"],
+        ),
+    )
+    .await?;
+    post_lead(&stack, &admin, &plan.id, "run-1").await?;
+    post_lead(&stack, &admin, &plan.id, "run-2").await?;
+    stack.intake_settled().await?;
+    let pool = stack.pool().await?;
+    outbox_drained(&pool).await?;
+    let read_model = || async {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT d::text FROM reporting.deals d ORDER BY deal_id")
+                .fetch_all(&pool)
+                .await?;
+        anyhow::Ok(rows)
+    };
+    let before = eventually(Duration::from_secs(20), || async {
+        let rows = read_model().await?;
+        Ok((rows.len() == 2).then_some(rows))
+    })
+    .await?;
+    let relations = || async {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT c::text FROM distributor.contact_managers c")
+                .fetch_all(&pool)
+                .await?;
+        anyhow::Ok(rows)
+    };
+    let relations_before = relations().await?;
+
+    // The same events as deal-service published them before: with the contact and title.
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let mut stream = js.get_stream("SALESPLAN_DEALS").await?;
+    let published = stream.info().await?.state.last_sequence;
+    let mut deals = DealServiceClient::new(stack.channel(&stack.deal_service).await?);
+    for seq in 1..=published {
+        let message = stream.get_raw_message(seq).await?;
+        let mut event = pb::DealEvent::decode(message.payload)?;
+        let mut deal = event.deal.take().expect("deal");
+        let full = deals
+            .get_deal(outgoing(
+                pb::GetDealRequest {
+                    deal_id: deal.id.clone(),
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await?
+            .into_inner()
+            .deal
+            .expect("deal");
+        deal.contact = full.contact;
+        deal.title = full.title;
+        event.deal = Some(deal);
+        event.contact_key.clear();
+        js.publish_with_headers(
+            message.subject.to_string(),
+            async_nats::HeaderMap::from_iter([(
+                async_nats::header::NATS_MESSAGE_ID,
+                async_nats::HeaderValue::from(format!("{}.old", event.event_id).as_str()),
+            )]),
+            event.encode_to_vec().into(),
+        )
+        .await?
+        .await?;
+    }
+    let with_old = every_message(&stack).await?;
+    assert!(
+        with_old.iter().any(|(_, raw)| !found_in(raw).is_empty()),
+        "the simulated earlier events carry the person"
+    );
+
+    let bus = salesplan_platform::bus::Bus::connect(
+        &deal_service::Config::local(&stack.db.url, &stack.nats.url)
+            .common
+            .nats,
+        "scrub-test",
+    )
+    .await?;
+    let keys = ContactKeys::dev();
+    let done = scrub_deal_events(&bus, &keys).await?;
+    assert_eq!((done.read, done.rewritten), (2 * published, published));
+    for (at, raw) in every_message(&stack).await? {
+        assert_eq!(found_in(&raw), Vec::<String>::new(), "{at}");
+    }
+    let again = scrub_deal_events(&bus, &keys).await?;
+    assert_eq!((again.read, again.rewritten), (2 * published, 0), "once");
+    // The copies carry the keyed key, as events published now do.
+    let last = stream.info().await?.state.last_sequence;
+    let copy = pb::DealEvent::decode(stream.get_raw_message(last).await?.payload)?;
+    assert_eq!(
+        Some(copy.contact_key),
+        keys.of(ACCOUNT, EXTERNAL_ID, EMAIL, PHONE)
+    );
+
+    // Consumers took the copies and applied nothing new; a rebuild from the rewritten
+    // stream gives the same.
+    for consumer in ["distributor-deals", "reporting-deals"] {
+        eventually(Duration::from_secs(20), || async {
+            let backlog =
+                integration_tests::nats::consumer_backlog(&js, "SALESPLAN_DEALS", consumer).await?;
+            Ok(backlog.is_empty().then_some(()))
+        })
+        .await?;
+    }
+    assert_eq!(read_model().await?, before);
+    assert_eq!(relations().await?, relations_before);
+    let reporting_config = reporting::Config::local(&stack.db.url, &stack.nats.url);
+    reporting::maintenance::rebuild(&reporting_config).await?;
+    assert_eq!(read_model().await?, before);
+    bus.close().await;
+    stack.stop().await
 }

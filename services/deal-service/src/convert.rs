@@ -443,6 +443,16 @@ impl From<&Deal> for pb::Deal {
     }
 }
 
+/// The deal as events carry it: no contact, no title (often the contact's name); the
+/// contact travels as a keyed key beside it (docs/privacy.md).
+pub fn without_personal_data(deal: pb::Deal) -> pb::Deal {
+    pb::Deal {
+        contact: None,
+        title: String::new(),
+        ..deal
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,3 +2,4 @@
 //! commit order per deal) and the horizons that let reads wait for a write.
 
 pub mod outbox;
+pub mod scrub;

@@ -99,15 +99,6 @@ fn event_kind(change: &Change) -> pb::deal_event::Kind {
     }
 }
 
-/// The deal as events carry it: no contact, no title (docs/privacy.md).
-fn without_personal_data(deal: pb::Deal) -> pb::Deal {
-    pb::Deal {
-        contact: None,
-        title: String::new(),
-        ..deal
-    }
-}
-
 /// Writes the history rows and outbox events of `changes` (each: the deal after the
 /// change, and what changed). The events of a change of one deal continue the request's
 /// trace; those of a change of many continue none (one trace of thousands would bury the
@@ -176,7 +167,7 @@ pub async fn record_caused(
             occurred_at: Some(crate::convert::timestamp(at)),
             kind: kind as i32,
             actor_id: actor_id.to_owned(),
-            deal: Some(without_personal_data(deal.into())),
+            deal: Some(crate::convert::without_personal_data(deal.into())),
             previous_manager_id,
             previous_stage_id,
             contact_key: keys

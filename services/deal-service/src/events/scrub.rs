@@ -1,0 +1,107 @@
+//! `deal-service scrub-events`: the one-time rewrite of the deal events published before
+//! events stopped carrying personal data (docs/privacy.md). The deals stream is kept
+//! forever (reporting rebuilds from it), so those events would keep their contacts for
+//! good. Each one is published again without its contact and title, with the keyed
+//! contact key, and the original is then deleted with its data overwritten (JetStream's
+//! secure delete).
+//!
+//! Consumers see each copy as a new message of a version they have applied already, which
+//! changes nothing (both apply a deal's state only when it is newer); a rebuild reads the
+//! copies instead of the originals. Running it again finds nothing to do; after a crash
+//! between a copy and the deletion of its original it copies again (the copy's message id
+//! is the same, so within the duplicate window JetStream keeps one) and deletes.
+//! The broker user needs to delete messages of SALESPLAN_DEALS, which no service's own
+//! user may: it is run with an operator's credentials (docs/operations.md).
+
+use anyhow::Context as _;
+use async_nats::jetstream::stream::RawMessageErrorKind;
+use prost::Message as _;
+use salesplan_platform::{
+    bus::{Bus, Outgoing, streams},
+    privacy::ContactKeys,
+};
+use salesplan_proto::v1 as pb;
+
+/// Messages copied and deleted at a time (their acks awaited together).
+const BATCH: usize = 200;
+
+/// What a scrub did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Scrubbed {
+    /// Deal events read.
+    pub read: u64,
+    /// Of them, published again without personal data and deleted.
+    pub rewritten: u64,
+}
+
+/// `event` without personal data, when it carries any.
+pub fn scrubbed(event: &pb::DealEvent, keys: &ContactKeys) -> Option<pb::DealEvent> {
+    let deal = event.deal.as_ref()?;
+    if deal.contact.is_none() && deal.title.is_empty() {
+        return None;
+    }
+    let contact = deal.contact.clone().unwrap_or_default();
+    let contact_key = if event.contact_key.is_empty() {
+        keys.of(
+            &event.account_id,
+            &contact.external_id,
+            &contact.email,
+            &contact.phone,
+        )
+        .unwrap_or_default()
+    } else {
+        event.contact_key.clone()
+    };
+    Some(pb::DealEvent {
+        deal: Some(crate::convert::without_personal_data(deal.clone())),
+        contact_key,
+        ..event.clone()
+    })
+}
+
+/// Rewrites every deal event of the stream, up to its last message when it starts, that
+/// carries personal data.
+pub async fn scrub_deal_events(bus: &Bus, keys: &ContactKeys) -> anyhow::Result<Scrubbed> {
+    let mut stream = bus
+        .jetstream()
+        .get_stream(streams::DEALS.name)
+        .await
+        .context("the deals stream")?;
+    let state = stream.info().await?.state.clone();
+    let mut done = Scrubbed::default();
+    let mut seq = state.first_sequence;
+    while seq <= state.last_sequence && state.messages > 0 {
+        let end = (seq + BATCH as u64).min(state.last_sequence + 1);
+        let mut copies = Vec::new();
+        let mut originals = Vec::new();
+        for at in seq..end {
+            let message = match stream.get_raw_message(at).await {
+                Ok(message) => message,
+                // A sequence deleted before (a scrubbed original) is a gap.
+                Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => continue,
+                Err(err) => return Err(err).with_context(|| format!("reading deal event #{at}")),
+            };
+            done.read += 1;
+            let event = pb::DealEvent::decode(message.payload.clone())
+                .with_context(|| format!("deal event #{at} does not decode"))?;
+            if let Some(clean) = scrubbed(&event, keys) {
+                copies.push(Outgoing::new(
+                    message.subject.to_string(),
+                    format!("{}.scrubbed", event.event_id),
+                    clean.encode_to_vec(),
+                ));
+                originals.push(at);
+            }
+        }
+        bus.publish_all(copies).await?;
+        for at in &originals {
+            stream
+                .delete_message(*at)
+                .await
+                .with_context(|| format!("deleting deal event #{at}"))?;
+        }
+        done.rewritten += originals.len() as u64;
+        seq = end;
+    }
+    Ok(done)
+}
