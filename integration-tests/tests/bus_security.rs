@@ -166,6 +166,26 @@ async fn every_service_works_as_its_own_user() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(reported.0, "m1");
+    // The distributor erased the decided lead from the intake lane (docs/privacy.md).
+    let admin = async_nats::ConnectOptions::with_user_and_password(
+        "maintenance".into(),
+        password("maintenance"),
+    )
+    .custom_inbox_prefix(salesplan_platform::bus::inbox_prefix("maintenance"))
+    .connect(&nats.url)
+    .await?;
+    let js = async_nats::jetstream::new(admin);
+    integration_tests::stack::eventually(Duration::from_secs(10), || async {
+        let info = js
+            .get_stream(salesplan_platform::bus::streams::INTAKE.name)
+            .await?
+            .info()
+            .await?
+            .state
+            .clone();
+        Ok((info.last_sequence == 1 && info.messages == 0).then_some(()))
+    })
+    .await?;
     for service in &mut services {
         let status = service.stop(Duration::from_secs(30)).await?;
         assert!(status.is_some_and(|s| s.success()), "{}", service.name);

@@ -766,7 +766,7 @@ async fn unknown_archived_and_foreign_plans_are_refused_before_publishing() -> a
     let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
     let mut stream = js.get_stream("SALESPLAN_INTAKE").await?;
     assert_eq!(
-        stream.info().await?.state.messages,
+        stream.info().await?.state.last_sequence,
         0,
         "nothing refused was published"
     );

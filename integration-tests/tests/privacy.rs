@@ -56,15 +56,12 @@ async fn post_lead(stack: &Stack, token: &str, plan_id: &str, run: &str) -> anyh
     Ok(())
 }
 
-/// Every message of every stream except the intake lanes (which carry the lead to
-/// deal-service), with where it is: (stream and sequence, raw payload and headers).
+/// Every message of every stream, with where it is: (stream and sequence, raw payload and
+/// headers).
 async fn every_message(stack: &Stack) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
     let mut messages = Vec::new();
     for spec in salesplan_platform::bus::streams::ALL {
-        if spec.name == "SALESPLAN_INTAKE" || spec.name == "SALESPLAN_BULK" {
-            continue;
-        }
         let mut stream = js.get_stream(spec.name).await?;
         let state = stream.info().await?.state.clone();
         for seq in state.first_sequence..=state.last_sequence {
@@ -188,6 +185,19 @@ async fn events_and_other_services_hold_no_personal_data_and_the_related_rule_st
     })
     .await?;
 
+    // The leads were in the intake lane until decided, and are erased from it since.
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let intake = js.get_stream("SALESPLAN_INTAKE").await?;
+    eventually(Duration::from_secs(20), || async {
+        let state = intake.clone().info().await?.state.clone();
+        anyhow::ensure!(
+            state.last_sequence == 2,
+            "{} leads published",
+            state.last_sequence
+        );
+        Ok((state.messages == 0).then_some(()))
+    })
+    .await?;
     let messages = every_message(&stack).await?;
     assert!(
         messages
@@ -214,7 +224,6 @@ async fn events_and_other_services_hold_no_personal_data_and_the_related_rule_st
             .fetch_all(&pool)
             .await?;
     assert_eq!(related, std::slice::from_ref(&key));
-    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
     let event = js
         .get_stream("SALESPLAN_DEALS")
         .await?

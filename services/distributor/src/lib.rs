@@ -94,9 +94,11 @@ impl Service for Config {
         background.consume(
             &bus,
             // Decisions serialize on the plan's row lock; the deal creation of one batch
-            // overlaps the decisions of the next.
+            // overlaps the decisions of the next. A lead decided is erased from the lane:
+            // the stream holds a person's data only until their deal exists.
             ConsumerSpec::new(&streams::INTAKE, "distributor-intake")
-                .with_concurrency(INTAKE_BATCHES_IN_FLIGHT),
+                .with_concurrency(INTAKE_BATCHES_IN_FLIGHT)
+                .erasing_what_it_handled(),
             Arc::new(leads().marking(interactive.clone())),
         );
         // The bulk lane: accounts served in turn, so one account's large bulk add does not

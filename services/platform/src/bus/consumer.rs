@@ -33,6 +33,10 @@ pub struct ConsumerSpec {
     /// Batches handled at once. More than one only where the handler orders concurrent
     /// batches itself (row locks): the next batch's reads then overlap this one's commits.
     pub concurrency: usize,
+    /// Deletes each message from the stream once it is handled (acknowledged, or kept as a
+    /// dead letter), its data overwritten: for a stream that may hold personal data only
+    /// while the work needs it (the interactive intake lane; docs/privacy.md).
+    pub erase_handled: bool,
 }
 
 impl ConsumerSpec {
@@ -44,6 +48,15 @@ impl ConsumerSpec {
             ack_wait: Duration::from_secs(30),
             inactive_threshold: None,
             concurrency: 1,
+            erase_handled: false,
+        }
+    }
+
+    /// See [`ConsumerSpec::erase_handled`].
+    pub fn erasing_what_it_handled(self) -> Self {
+        Self {
+            erase_handled: true,
+            ..self
         }
     }
 
@@ -406,6 +419,8 @@ pub(super) async fn process<H: BatchHandler>(
     let max_deliver = bus.config().max_deliver;
     let mut work = Vec::with_capacity(messages.len());
     let mut work_messages = Vec::with_capacity(messages.len());
+    // Messages acknowledged or dead-lettered: gone from the consumer's work.
+    let mut handled = Vec::new();
     for message in messages {
         let delivery = Delivery::from(&message);
         if delivery.delivered > 1 {
@@ -414,25 +429,30 @@ pub(super) async fn process<H: BatchHandler>(
         // Beyond the limit before it is even handled: a message that crashed the process.
         if delivery.delivered > max_deliver {
             let reason = format!("delivered {} times without success", delivery.delivered);
-            dead_letter(bus, spec, &message, &delivery, &reason, counters).await;
+            if dead_letter(bus, spec, &message, &delivery, &reason, counters).await {
+                handled.push(delivery.stream_sequence);
+            }
             continue;
         }
         work.push(delivery);
         work_messages.push(message);
     }
-    if work.is_empty() {
-        return;
-    }
-    let mut outcomes = handler.handle(&work).await.into_iter();
+    let mut outcomes = if work.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        handler.handle(&work).await.into_iter()
+    };
     for (message, delivery) in work_messages.iter().zip(&work) {
         let outcome = outcomes
             .next()
             .unwrap_or_else(|| Outcome::Retry("handler returned no outcome".into()));
-        match outcome {
+        let gone = match outcome {
             Outcome::Done => {
-                if ack(message, AckKind::Ack).await {
+                let acked = ack(message, AckKind::Ack).await;
+                if acked {
                     counters.handled.add(1, &counters.attrs);
                 }
+                acked
             }
             Outcome::Retry(reason) if delivery.delivered >= max_deliver => {
                 dead_letter(bus, spec, message, delivery, &reason, counters).await
@@ -440,10 +460,41 @@ pub(super) async fn process<H: BatchHandler>(
             Outcome::Retry(reason) => {
                 tracing::debug!(consumer = %spec.durable, subject = %delivery.subject, delivered = delivery.delivered, %reason, "retrying");
                 ack(message, AckKind::Nak(Some(backoff(delivery.delivered)))).await;
+                false
             }
             Outcome::Reject(reason) => {
                 dead_letter(bus, spec, message, delivery, &reason, counters).await
             }
+        };
+        if gone {
+            handled.push(delivery.stream_sequence);
+        }
+    }
+    if spec.erase_handled {
+        erase(bus, spec.stream, &handled).await;
+    }
+}
+
+/// Deletes the messages at `sequences` from `stream`, their data overwritten; the requests
+/// go out together. One that fails is left to the stream's age limit (logged).
+async fn erase(bus: &Bus, stream: &str, sequences: &[u64]) {
+    if sequences.is_empty() {
+        return;
+    }
+    let stream = match bus.jetstream().get_stream_no_info(stream).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot erase handled messages");
+            return;
+        }
+    };
+    let deletes = sequences.iter().map(|seq| stream.delete_message(*seq));
+    for (seq, result) in sequences
+        .iter()
+        .zip(futures::future::join_all(deletes).await)
+    {
+        if let Err(err) = result {
+            tracing::warn!(error = %err, sequence = seq, "a handled message was not erased");
         }
     }
 }
@@ -482,6 +533,8 @@ async fn ack(message: &Message, kind: AckKind) -> bool {
     }
 }
 
+/// Copies the message to the dead letters and terminates it; whether both happened (else
+/// it is delivered again later).
 async fn dead_letter(
     bus: &Bus,
     spec: &ConsumerSpec,
@@ -489,7 +542,7 @@ async fn dead_letter(
     delivery: &Delivery,
     reason: &str,
     counters: &Counters,
-) {
+) -> bool {
     // In the message's trace (the lead's, for an intake event): a span that says it ended
     // here, and why.
     let span = delivery.error_span("dead-letter", reason);
@@ -515,12 +568,13 @@ async fn dead_letter(
     match bus.publish(out).await {
         Ok(_) => {
             counters.dead_letters.add(1, &counters.attrs);
-            ack(message, AckKind::Term).await;
+            ack(message, AckKind::Term).await
         }
         // Not stored as a dead letter: leave it to be delivered again rather than lose it.
         Err(err) => {
             tracing::error!(error = %err, "dead-letter publish failed");
             ack(message, AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            false
         }
     }
 }
