@@ -18,7 +18,7 @@ use salesplan_proto::v1::{
 use serde_json::json;
 use tonic::Code;
 
-const ALL: [Permission; 6] = Permission::ALL;
+const ALL: [Permission; 7] = Permission::ALL;
 
 fn usd(amount_minor: i64) -> pb::Money {
     pb::Money {

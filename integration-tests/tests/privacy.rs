@@ -431,3 +431,327 @@ async fn scrub_events_rewrites_earlier_deal_events_without_personal_data() -> an
     bus.close().await;
     stack.stop().await
 }
+
+/// Reads a deal by id as `token`.
+async fn deal(
+    deals: &mut DealServiceClient<tonic::transport::Channel>,
+    token: &str,
+    id: &str,
+) -> anyhow::Result<pb::Deal> {
+    deals
+        .get_deal(outgoing(
+            pb::GetDealRequest {
+                deal_id: id.to_owned(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .ok_or_else(|| anyhow::anyhow!("no deal"))
+}
+
+/// Waits until the distributor and reporting applied every deal event published.
+async fn consumers_caught_up(stack: &Stack) -> anyhow::Result<()> {
+    outbox_drained(&stack.pool().await?).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    for consumer in ["distributor-deals", "reporting-deals"] {
+        eventually(Duration::from_secs(20), || async {
+            let backlog =
+                integration_tests::nats::consumer_backlog(&js, "SALESPLAN_DEALS", consumer).await?;
+            Ok(backlog.is_empty().then_some(()))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// EraseContact (issue 19): a person who went through every path (a webhook lead and its
+/// retry, a second lead, a bulk add, a reassignment, a close and a reopen, a rebuild of
+/// reporting) is erased by e-mail; then no table of any schema and no message of any
+/// stream holds any of their data, while their deals keep stage, manager, amount and
+/// history; another account's contact with the same e-mail is untouched; a repeat answers
+/// with the same receipt; the next lead of the same identity is a new contact.
+#[tokio::test]
+async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result<()> {
+    use salesplan_proto::v1::{
+        contact_service_client::ContactServiceClient, intake_service_client::IntakeServiceClient,
+    };
+    let stack = Stack::start().await?;
+    let admin = stack.token(
+        ACCOUNT,
+        "admin",
+        &[
+            Permission::PlansAdmin,
+            Permission::DealsEditAll,
+            Permission::IntakeWrite,
+            Permission::DealsBulkEdit,
+        ],
+    );
+    let eraser = stack.token(ACCOUNT, "dpo", &[Permission::ContactsErase]);
+    let plan = create_plan(
+        stack.channel(&stack.deal_service).await?,
+        &admin,
+        plan_request(
+            "Erase",
+            Mode::Auto,
+            Strategy::RoundRobin,
+            true,
+            &["m1", "m2"],
+        ),
+    )
+    .await?;
+    // Another account knows someone with the same e-mail.
+    let other = stack.token(
+        "globex",
+        "admin",
+        &[Permission::PlansAdmin, Permission::IntakeWrite],
+    );
+    let other_plan = create_plan(
+        stack.channel(&stack.deal_service).await?,
+        &other,
+        plan_request("Other", Mode::Auto, Strategy::RoundRobin, false, &["g1"]),
+    )
+    .await?;
+    post_lead(&stack, &other, &other_plan.id, "run-g").await?;
+
+    post_lead(&stack, &admin, &plan.id, "run-1").await?;
+    post_lead(&stack, &admin, &plan.id, "run-1").await?; // the funnel's retry
+    stack.intake_settled().await?;
+    post_lead(&stack, &admin, &plan.id, "run-2").await?;
+    let mut replies = IntakeServiceClient::new(stack.channel(&stack.tunnel_listener).await?)
+        .add_audience(outgoing(
+            futures::stream::iter([pb::AddAudienceRequest {
+                plan_id: plan.id.clone(),
+                job_id: "job-1".into(),
+                assign_to_manager_id: None,
+                contacts: vec![pb::AudienceContact {
+                    contact: Some(pb::Contact {
+                        external_id: EXTERNAL_ID.into(),
+                        name: NAME.into(),
+                        email: EMAIL.into(),
+                        phone: PHONE.into(),
+                    }),
+                    title: format!("{NAME} (bulk)"),
+                    amount: None,
+                }],
+            }]),
+            &admin,
+        ))
+        .await?
+        .into_inner();
+    while let Some(reply) = futures::StreamExt::next(&mut replies).await {
+        reply?;
+    }
+    stack.intake_settled().await?;
+    let mut deals = DealServiceClient::new(stack.channel(&stack.deal_service).await?);
+    let listed = integration_tests::api::all_deals(
+        stack.channel(&stack.deal_service).await?,
+        &admin,
+        pb::DealFilter {
+            plan_id: plan.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(
+        listed.len(),
+        3,
+        "two funnel leads (one retried) and a bulk add"
+    );
+    // Reassigned, closed and reopened.
+    let first = &listed[0];
+    let other_manager = if first.manager_id.as_deref() == Some("m1") {
+        "m2"
+    } else {
+        "m1"
+    };
+    let assigned = deals
+        .assign_deal(outgoing(
+            pb::AssignDealRequest {
+                deal_id: first.id.clone(),
+                expected_version: first.version,
+                manager_id: Some(other_manager.into()),
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let won = plan
+        .stages
+        .iter()
+        .find(|s| s.kind == pb::StageKind::Won as i32)
+        .expect("a won stage");
+    let closed = deals
+        .move_deal(outgoing(
+            pb::MoveDealRequest {
+                deal_id: first.id.clone(),
+                expected_version: assigned.version,
+                stage_id: won.id.clone(),
+                loss_reason_id: None,
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let reopened = deals
+        .reopen_deal(outgoing(
+            pb::ReopenDealRequest {
+                deal_id: first.id.clone(),
+                expected_version: closed.version,
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    consumers_caught_up(&stack).await?;
+    reporting::maintenance::rebuild(&reporting::Config::local(&stack.db.url, &stack.nats.url))
+        .await?;
+
+    // Erased by e-mail, written as the person wrote it to the DPO.
+    let mut contacts = ContactServiceClient::new(stack.channel(&stack.deal_service).await?);
+    let refused = contacts
+        .erase_contact(outgoing(
+            pb::EraseContactRequest {
+                email: EMAIL.to_uppercase(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("needs contacts:erase");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let request = pb::EraseContactRequest {
+        email: EMAIL.to_uppercase(),
+        ..Default::default()
+    };
+    let receipt = contacts
+        .erase_contact(outgoing(request.clone(), &eraser))
+        .await?
+        .into_inner();
+    assert_eq!(receipt.deals_erased_in_total, 3);
+    assert_eq!(receipt.erased[0].count, 3);
+    consumers_caught_up(&stack).await?;
+    reporting::maintenance::rebuild(&reporting::Config::local(&stack.db.url, &stack.nats.url))
+        .await?;
+
+    // The deals keep everything but the person.
+    let after = deal(&mut deals, &admin, &first.id).await?;
+    assert_eq!(
+        after.contact.clone().unwrap_or_default(),
+        pb::Contact::default()
+    );
+    assert!(after.title.is_empty());
+    assert_eq!(
+        (
+            after.stage_id.as_str(),
+            after.manager_id.as_deref(),
+            after.amount.clone()
+        ),
+        (
+            reopened.stage_id.as_str(),
+            reopened.manager_id.as_deref(),
+            reopened.amount.clone()
+        )
+    );
+    let history = deals
+        .get_deal_history(outgoing(
+            pb::GetDealHistoryRequest {
+                deal_id: first.id.clone(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .entries;
+    let actions: Vec<i32> = history.iter().map(|e| e.action).collect();
+    for kept in [
+        pb::HistoryAction::Created,
+        pb::HistoryAction::Assigned,
+        pb::HistoryAction::Closed,
+        pb::HistoryAction::Reopened,
+        pb::HistoryAction::Erased,
+    ] {
+        assert!(actions.contains(&(kept as i32)), "{kept:?} in {actions:?}");
+    }
+
+    // Nowhere: every stream, every table (the account's deals included).
+    for (at, raw) in every_message(&stack).await? {
+        // Another account's lead and deal events carry no personal data either.
+        assert_eq!(found_in(&raw), Vec::<String>::new(), "{at}");
+    }
+    let pool = stack.pool().await?;
+    for (at, row) in every_row(&pool).await? {
+        assert_eq!(
+            found_in(row.as_bytes()),
+            Vec::<String>::new(),
+            "{at}: {row}"
+        );
+    }
+    let own: Vec<String> =
+        sqlx::query_scalar("SELECT d::text FROM deal_service.deals d WHERE account_id = $1")
+            .bind(ACCOUNT)
+            .fetch_all(&pool)
+            .await?;
+    assert_eq!(own.len(), 3);
+    for row in own {
+        assert_eq!(found_in(row.as_bytes()), Vec::<String>::new(), "{row}");
+    }
+    // The other account's person is untouched.
+    let theirs: Vec<String> = sqlx::query_scalar(
+        "SELECT contact_email FROM deal_service.deals WHERE account_id = 'globex'",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(theirs, [EMAIL.to_lowercase()]);
+
+    // A repeat: the same receipt, nothing more to erase.
+    let again = contacts
+        .erase_contact(outgoing(request, &eraser))
+        .await?
+        .into_inner();
+    assert_eq!(
+        (
+            again.receipt_id.as_str(),
+            again.first_erased_at,
+            again.erased[0].count,
+            again.deals_erased_in_total
+        ),
+        (receipt.receipt_id.as_str(), receipt.first_erased_at, 0, 3)
+    );
+    // Nothing names a manager for the person any more; their next lead is a new contact.
+    let related: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM distributor.contact_managers WHERE account_id = $1",
+    )
+    .bind(ACCOUNT)
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(related, 0);
+    post_lead(&stack, &admin, &plan.id, "run-3").await?;
+    stack.intake_settled().await?;
+    let newest = integration_tests::api::all_deals(
+        stack.channel(&stack.deal_service).await?,
+        &admin,
+        pb::DealFilter {
+            plan_id: plan.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(newest.len(), 4);
+    assert!(
+        newest
+            .iter()
+            .any(|d| d.contact.as_ref().is_some_and(|c| c.name == NAME)),
+        "the new lead keeps its contact"
+    );
+    stack.stop().await
+}

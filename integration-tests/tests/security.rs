@@ -68,6 +68,7 @@ const METHODS: &[&str] = &[
     "ListIntakeRejections",
     "ListParkedEvents",
     "ReplayParkedEvents",
+    "EraseContact",
 ];
 
 /// What a call returned that matters here: an error status, or how much of the other
@@ -512,6 +513,20 @@ async fn call(
                 .into_inner()
                 .replayed as usize
         }
+        // The setup's deal is of the contact "vip": how many of its deals were erased.
+        "EraseContact" => {
+            salesplan_proto::v1::contact_service_client::ContactServiceClient::new(ch.deals.clone())
+                .erase_contact(req(
+                    pb::EraseContactRequest {
+                        external_id: "vip".into(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner()
+                .deals_erased_in_total as usize
+        }
         other => panic!("unknown method {other}"),
     })
 }
@@ -735,6 +750,7 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         ("PipelineSummary", "reports:read"),
         ("LossReasons", "reports:read"),
         ("StageLosses", "reports:read"),
+        ("EraseContact", "contacts:erase"),
     ];
     for (method, permission) in needs {
         let err = call(&channels, method, Some(&plain), &ids)

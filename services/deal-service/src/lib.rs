@@ -22,8 +22,8 @@ use salesplan_platform::{
     service::{Background, GrpcParts, Running, Service, ServiceConfig, spawn_service},
 };
 use salesplan_proto::v1::{
-    deal_service_server::DealServiceServer, outbox_service_server::OutboxServiceServer,
-    plan_service_server::PlanServiceServer,
+    contact_service_server::ContactServiceServer, deal_service_server::DealServiceServer,
+    outbox_service_server::OutboxServiceServer, plan_service_server::PlanServiceServer,
 };
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +66,11 @@ impl Service for Config {
             api.clone(),
             interceptor.clone(),
         ))
-        .add_service(OutboxServiceServer::with_interceptor(api, interceptor));
+        .add_service(OutboxServiceServer::with_interceptor(
+            api.clone(),
+            interceptor.clone(),
+        ))
+        .add_service(ContactServiceServer::with_interceptor(api, interceptor));
         let mut background = Background::new(metrics.clone());
         let relay_stop = background.stop_token();
         background.spawn(events::outbox::run(pool, bus.clone(), relay_stop, metrics));
@@ -78,6 +82,7 @@ impl Service for Config {
                 <PlanServiceServer<grpc::Api> as NamedService>::NAME,
                 <DealServiceServer<grpc::Api> as NamedService>::NAME,
                 <OutboxServiceServer<grpc::Api> as NamedService>::NAME,
+                <ContactServiceServer<grpc::Api> as NamedService>::NAME,
             ],
         };
         Ok(spawn_service(&common, grpc, None, background, bus, shutdown).await?)

@@ -36,6 +36,9 @@ pub enum Permission {
     DealsRead,
     /// Read the account's reports (ReportService). Implied by `plans:admin`.
     ReportsRead,
+    /// Erase a person's data from the account (ContactService.EraseContact): implied by
+    /// nothing, since it cannot be undone.
+    ContactsErase,
     /// The listener's look-ups: a lead's plan (GetPlan), and whether a lead is a deal
     /// already (GetDeal by idempotency key, answered with the deal's id only). Never given
     /// to an account's users; not in [`Permission::ALL`].
@@ -44,23 +47,25 @@ pub enum Permission {
 
 impl Permission {
     /// The permissions of an account's users.
-    pub const ALL: [Permission; 6] = [
+    pub const ALL: [Permission; 7] = [
         Self::DealsEditAll,
         Self::DealsBulkEdit,
         Self::PlansAdmin,
         Self::IntakeWrite,
         Self::DealsRead,
         Self::ReportsRead,
+        Self::ContactsErase,
     ];
 
     /// Every permission a token may carry: the account's, and the platform's.
-    pub const KNOWN: [Permission; 9] = [
+    pub const KNOWN: [Permission; 10] = [
         Self::DealsEditAll,
         Self::DealsBulkEdit,
         Self::PlansAdmin,
         Self::IntakeWrite,
         Self::DealsRead,
         Self::ReportsRead,
+        Self::ContactsErase,
         Self::PlatformOperate,
         Self::PlatformIntake,
         Self::PlatformLookup,
@@ -80,6 +85,7 @@ impl Permission {
             Self::DealsBulkEdit => &[Self::DealsBulkEdit],
             Self::PlansAdmin => &[Self::PlansAdmin],
             Self::IntakeWrite => &[Self::IntakeWrite],
+            Self::ContactsErase => &[Self::ContactsErase],
             Self::PlatformOperate => &[Self::PlatformOperate],
             Self::PlatformIntake => &[Self::PlatformIntake],
             Self::PlatformLookup => &[Self::PlatformLookup],
@@ -96,6 +102,7 @@ impl Permission {
             Self::PlatformIntake => "platform:intake",
             Self::DealsRead => "deals:read",
             Self::ReportsRead => "reports:read",
+            Self::ContactsErase => "contacts:erase",
             Self::PlatformLookup => "platform:lookup",
         }
     }

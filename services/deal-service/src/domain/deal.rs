@@ -174,6 +174,11 @@ pub enum Change {
     Edited {
         fields: Vec<&'static str>,
     },
+    /// The contact and title erased (ContactService.EraseContact); `former` is the contact
+    /// it had, for the keyed key consumers forget.
+    Erased {
+        former: ContactInput,
+    },
 }
 
 /// The fields of a deal an edit may change; `None` leaves a field as it is.
@@ -195,6 +200,24 @@ impl Deal {
             updated_at: now,
             ..self.clone()
         }
+    }
+
+    /// The deal without its contact and title (an erasure): everything else is kept.
+    pub fn erased(&self, now: OffsetDateTime) -> (Deal, Change) {
+        let mut deal = self.next(now);
+        deal.contact = ContactInput::default();
+        deal.title = String::new();
+        (
+            deal,
+            Change::Erased {
+                former: self.contact.clone(),
+            },
+        )
+    }
+
+    /// Whether nothing personal is left to erase.
+    pub fn is_erased(&self) -> bool {
+        self.contact == ContactInput::default() && self.title.is_empty()
     }
 
     /// Whether the deal already is where a move to `stage_id` (with `reason`) would put it:

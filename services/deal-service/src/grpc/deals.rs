@@ -629,6 +629,7 @@ fn history_action(action: &str) -> pb::HistoryAction {
         "closed" => pb::HistoryAction::Closed,
         "reopened" => pb::HistoryAction::Reopened,
         "edited" => pb::HistoryAction::Edited,
+        "erased" => pb::HistoryAction::Erased,
         _ => pb::HistoryAction::Unspecified,
     }
 }

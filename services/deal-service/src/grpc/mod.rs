@@ -1,5 +1,6 @@
 //! gRPC handlers: authorise, convert (validating), call the store, convert back.
 
+mod contacts;
 mod deals;
 mod outbox;
 mod plans;

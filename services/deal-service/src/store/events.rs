@@ -84,6 +84,13 @@ fn entry(change: &Change) -> Entry {
             loss_reason_id: None,
             status: None,
         },
+        Change::Erased { .. } => Entry {
+            action: "erased",
+            from: None,
+            to: None,
+            loss_reason_id: None,
+            status: None,
+        },
     }
 }
 
@@ -96,6 +103,7 @@ fn event_kind(change: &Change) -> pb::deal_event::Kind {
         Change::Reopened { .. } => Kind::Reopened,
         Change::Assigned { .. } | Change::Transferred { .. } => Kind::Assigned,
         Change::Edited { .. } => Kind::Updated,
+        Change::Erased { .. } => Kind::Erased,
     }
 }
 
@@ -170,14 +178,20 @@ pub async fn record_caused(
             deal: Some(crate::convert::without_personal_data(deal.into())),
             previous_manager_id,
             previous_stage_id,
-            contact_key: keys
-                .of(
+            contact_key: {
+                // An erasure names the contact it erased, for consumers to forget.
+                let contact = match change {
+                    Change::Erased { former } => former,
+                    _ => &deal.contact,
+                };
+                keys.of(
                     &deal.account_id,
-                    &deal.contact.external_id,
-                    &deal.contact.email,
-                    &deal.contact.phone,
+                    &contact.external_id,
+                    &contact.email,
+                    &contact.phone,
                 )
-                .unwrap_or_default(),
+                .unwrap_or_default()
+            },
         };
         subjects.push(streams::deal_subject(
             &deal.account_id,

@@ -1,6 +1,7 @@
 //! PostgreSQL access of deal-service. Every change writes its history rows and its outbox
 //! events in the same transaction as the change itself.
 
+mod contacts;
 mod counts;
 mod deals;
 mod error;
@@ -16,6 +17,7 @@ use salesplan_platform::privacy::ContactKeys;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
+pub use contacts::{Erasure, Identity};
 pub use deals::{BulkOutcome, BulkTarget};
 pub use error::StoreError;
 pub use parked::ParkedRow;

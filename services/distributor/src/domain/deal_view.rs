@@ -19,6 +19,9 @@ pub struct DealState {
     pub version: i64,
     pub idempotency_key: String,
     pub contact_key: Option<String>,
+    /// The keyed key of the contact this change erased (ContactService.EraseContact): the
+    /// relation to forget.
+    pub erased_contact: Option<String>,
     pub created_at: OffsetDateTime,
 }
 
@@ -78,6 +81,8 @@ pub struct Changes<'a> {
     /// The manager of each (account, contact key)'s most recent deal, and when it was
     /// created.
     pub relations: BTreeMap<(String, String), (&'a str, OffsetDateTime)>,
+    /// (account, contact key): relations of erased contacts, deleted.
+    pub forgotten: Vec<(String, String)>,
 }
 
 /// The newest state of each deal in `states`.
@@ -137,6 +142,9 @@ pub fn changes<'a>(newest: &BTreeMap<Uuid, &'a DealState>, known: &KnownDeals) -
                 *slot = (manager, s.created_at);
             }
         }
+        if let Some(key) = &s.erased_contact {
+            changes.forgotten.push((s.account_id.clone(), key.clone()));
+        }
     }
     changes
 }
@@ -155,6 +163,7 @@ mod tests {
             version,
             idempotency_key: Uuid::from_u128(1_000 + deal).to_string(),
             contact_key: Some(format!("c{deal}")),
+            erased_contact: None,
             created_at: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(deal as i64),
         }
     }

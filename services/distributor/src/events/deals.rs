@@ -59,6 +59,7 @@ fn decode(delivery: &Delivery, keys: &ContactKeys) -> Result<DealState, String> 
         Uuid::parse_str(v).map_err(|_| format!("deal event with an invalid {field}"))
     };
     let contact = deal.contact.unwrap_or_default();
+    let erased = event.kind == pb::deal_event::Kind::Erased as i32;
     let contact_key = if event.contact_key.is_empty() {
         keys.of(
             &event.account_id,
@@ -78,7 +79,9 @@ fn decode(delivery: &Delivery, keys: &ContactKeys) -> Result<DealState, String> 
         open: deal.status == pb::DealStatus::Open as i32,
         version: deal.version,
         idempotency_key: deal.idempotency_key,
-        contact_key,
+        // An erasure's key names the contact it erased: forgotten, not related.
+        erased_contact: contact_key.clone().filter(|_| erased),
+        contact_key: contact_key.filter(|_| !erased),
         created_at: salesplan_proto::time::time_of(&created)
             .ok_or("deal event with an invalid created_at")?,
     })

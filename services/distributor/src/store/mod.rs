@@ -535,6 +535,18 @@ async fn save_deal_changes(
     .bind(relations.values().map(|(_, at)| *at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
+    // Erased contacts: the next lead of the same identity is a new contact.
+    let forgotten = &changes.forgotten;
+    if !forgotten.is_empty() {
+        sqlx::query(
+            "DELETE FROM contact_managers c USING UNNEST($1::text[], $2::text[]) AS f(a, k)
+             WHERE c.account_id = f.a AND c.contact_key = f.k",
+        )
+        .bind(forgotten.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>())
+        .bind(forgotten.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
     let links = &changes.links;
     sqlx::query(
         "UPDATE assignments SET deal_id = t.d

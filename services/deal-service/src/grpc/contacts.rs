@@ -1,0 +1,79 @@
+//! ContactService: a person's data in the caller's account (docs/privacy.md).
+
+use salesplan_platform::{ApiError, Permission, auth, error::AllChecks as _, validate};
+use salesplan_proto::v1::{self as pb, contact_service_server::ContactService};
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use crate::{convert, store::Identity};
+
+/// The longest identifier taken (the contact fields' own limits are shorter).
+const MAX_IDENTIFIER: usize = 320;
+
+fn identifier(field: &'static str, value: String) -> Result<String, ApiError> {
+    let value = value.trim().to_owned();
+    if value.chars().count() > MAX_IDENTIFIER {
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {MAX_IDENTIFIER} characters"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Who the request names, as deals keep it; at least one identifier.
+fn identity(req: pb::EraseContactRequest) -> Result<Identity, ApiError> {
+    let (external_id, email, phone) = (
+        identifier("external_id", req.external_id),
+        identifier("email", req.email),
+        identifier("phone", req.phone),
+    )
+        .all()?;
+    let identity = Identity {
+        external_id,
+        email: email.to_lowercase(),
+        phone_digits: validate::digits(&phone),
+    };
+    if identity.external_id.is_empty()
+        && identity.email.is_empty()
+        && identity.phone_digits.is_empty()
+    {
+        return Err(ApiError::invalid(
+            "external_id",
+            "name the person: external_id, email or phone (with digits)",
+        ));
+    }
+    Ok(identity)
+}
+
+#[tonic::async_trait]
+impl ContactService for Api {
+    async fn erase_contact(
+        &self,
+        request: Request<pb::EraseContactRequest>,
+    ) -> Result<Response<pb::EraseContactResponse>, Status> {
+        let actor = auth::actor(&request)?;
+        actor.require(Permission::ContactsErase)?;
+        let _permit = self.bulk.admit(&actor.account_id)?;
+        let identity = identity(request.into_inner())?;
+        let erasure = self
+            .store
+            .erase_contact(&actor.account_id, &actor.user_id, &identity)
+            .await?;
+        tracing::info!(
+            actor = %actor.user_id,
+            receipt = %erasure.receipt_id,
+            deals = erasure.deals_now,
+            "contact erased"
+        );
+        Ok(Response::new(pb::EraseContactResponse {
+            receipt_id: erasure.receipt_id.to_string(),
+            first_erased_at: Some(convert::timestamp(erasure.first_at)),
+            erased: vec![pb::ErasedPlace {
+                place: "deal_service.deals".into(),
+                count: erasure.deals_now,
+            }],
+            deals_erased_in_total: erasure.deals_in_total,
+        }))
+    }
+}
