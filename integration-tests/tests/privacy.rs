@@ -727,6 +727,65 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
         ),
         (receipt.receipt_id.as_str(), receipt.first_erased_at, 0, 3)
     );
+    // A lead of the person received before the erasure and decided only after it (it was
+    // on its way: in the lane, or in the distributor's hands) becomes a deal without them.
+    let late = uuid::Uuid::new_v4().to_string();
+    let received = receipt.first_erased_at.expect("erased at");
+    let event = pb::IntakeEvent {
+        intake_id: late.clone(),
+        account_id: ACCOUNT.into(),
+        received_at: Some(prost_types::Timestamp {
+            seconds: received.seconds - 60,
+            nanos: 0,
+        }),
+        source: pb::IntakeSource::Webhook as i32,
+        lead: Some(pb::Lead {
+            plan_id: plan.id.clone(),
+            run_id: "run-late".into(),
+            contact: Some(pb::Contact {
+                external_id: EXTERNAL_ID.into(),
+                name: NAME.into(),
+                email: EMAIL.into(),
+                phone: PHONE.into(),
+            }),
+            title: NAME.into(),
+            ..Default::default()
+        }),
+        assign_to_manager_id: None,
+        plan_version: plan.version,
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    js.publish_with_headers(
+        salesplan_platform::bus::streams::intake_subject(ACCOUNT, &plan.id),
+        async_nats::HeaderMap::from_iter([(
+            async_nats::header::NATS_MESSAGE_ID,
+            async_nats::HeaderValue::from(late.as_str()),
+        )]),
+        prost::Message::encode_to_vec(&event).into(),
+    )
+    .await?
+    .await?;
+    stack.intake_settled().await?;
+    let late_deal = deals
+        .get_deal(outgoing(
+            pb::GetDealRequest {
+                idempotency_key: late,
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("the late lead's deal");
+    assert_eq!(
+        (
+            late_deal.contact.unwrap_or_default(),
+            late_deal.title.as_str()
+        ),
+        (pb::Contact::default(), "")
+    );
+
     // Nothing names a manager for the person any more; their next lead is a new contact.
     let related: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM distributor.contact_managers WHERE account_id = $1",
@@ -746,7 +805,7 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
         },
     )
     .await?;
-    assert_eq!(newest.len(), 4);
+    assert_eq!(newest.len(), 5);
     assert!(
         newest
             .iter()

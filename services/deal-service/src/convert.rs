@@ -215,6 +215,10 @@ impl TryFrom<pb::CreateDealRequest> for NewDeal {
                 MAX_KEY_CHARS,
             )),
             accepted_at_plan_version: req.accepted_at_plan_version,
+            lead_received_at: req
+                .lead_received_at
+                .as_ref()
+                .and_then(salesplan_proto::time::time_of),
             trace_parent: req
                 .trace_parent
                 .as_deref()

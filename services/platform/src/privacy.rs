@@ -72,6 +72,27 @@ impl ContactKeys {
         validate::contact_key(external_id, email, phone).map(|plain| self.of_plain(account, &plain))
     }
 
+    /// The keyed key of each identifier the contact has (platform id, e-mail, phone digits),
+    /// whichever the contact is recognised by: what an erasure remembers, so a lead of any of
+    /// them is matched.
+    pub fn every_of(
+        &self,
+        account: &str,
+        external_id: &str,
+        email: &str,
+        phone: &str,
+    ) -> Vec<String> {
+        [
+            validate::contact_key(external_id, "", ""),
+            validate::contact_key("", email, ""),
+            validate::contact_key("", "", phone),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|plain| self.of_plain(account, &plain))
+        .collect()
+    }
+
     /// The keyed form of a plain key (`ext:…`, `email:…`, `phone:…`) of `account`.
     pub fn of_plain(&self, account: &str, plain: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.expose().as_bytes())
@@ -113,6 +134,11 @@ mod tests {
         let other = ContactKeys::new(Secret::new("another deployment's secret, 32 bytes+"));
         assert_ne!(a, other.of("acme", "", "anna@example.com", "").unwrap());
         assert_eq!(keys.of("acme", "", "", "no digits"), None);
+        let every = keys.every_of("acme", "tg-1", "Anna@Example.com", "+1 555");
+        assert_eq!(every.len(), 3);
+        assert_eq!(every[0], keys.of("acme", "tg-1", "", "").unwrap());
+        assert_eq!(every[1], a);
+        assert_eq!(every[2], keys.of("acme", "", "", "1555").unwrap());
         // The account's boundary is part of the input.
         assert_ne!(keys.of_plain("ab", "ext:c"), keys.of_plain("a", "bext:c"));
     }

@@ -81,6 +81,9 @@ pub struct NewDeal {
     /// The W3C traceparent of what caused the deal (its lead's trace), which its events
     /// continue: no part of the deal.
     pub trace_parent: Option<String>,
+    /// When the listener received the deal's lead (deals from leads): a lead received before
+    /// its person was erased becomes a deal without personal data.
+    pub lead_received_at: Option<OffsetDateTime>,
 }
 
 impl NewDeal {
@@ -213,6 +216,13 @@ impl Deal {
                 former: self.contact.clone(),
             },
         )
+    }
+
+    /// The erasure of a deal created already without its contact (a lead of a person erased
+    /// while it was on its way): nothing changes but the version; the change names the
+    /// contact the lead had, for consumers to forget.
+    pub fn erased_on_arrival(&self, former: ContactInput, now: OffsetDateTime) -> (Deal, Change) {
+        (self.next(now), Change::Erased { former })
     }
 
     /// Whether nothing personal is left to erase.
@@ -487,6 +497,7 @@ mod tests {
             idempotency_key: "k1".into(),
             accepted_at_plan_version: None,
             trace_parent: None,
+            lead_received_at: None,
         }
     }
 

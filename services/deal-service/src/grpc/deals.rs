@@ -634,12 +634,13 @@ fn history_action(action: &str) -> pb::HistoryAction {
     }
 }
 
-/// `accepted_at_plan_version` is the platform's intake's word (a lead it accepted before
-/// the plan was archived); from anyone else it is ignored, so no client opens an archived
-/// plan by claiming it.
+/// `accepted_at_plan_version` and `lead_received_at` are the platform's intake's word (a
+/// lead it accepted before the plan was archived, or before its person was erased); from
+/// anyone else they are ignored, so no client opens an archived plan by claiming it.
 fn intake_only(actor: &salesplan_platform::Actor, mut deal: NewDeal) -> NewDeal {
     if !actor.has(Permission::PlatformIntake) {
         deal.accepted_at_plan_version = None;
+        deal.lead_received_at = None;
     }
     deal
 }

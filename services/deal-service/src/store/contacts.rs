@@ -1,10 +1,24 @@
 //! A person's data in an account: erasure (ContactService.EraseContact).
 
+use std::collections::HashMap;
+
+use salesplan_platform::validate::ContactInput;
+use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{BulkTarget, MAX_BULK_DEALS, Store, StoreError};
-use crate::domain::deal::Deal;
+use crate::domain::deal::{Deal, NewDeal};
+
+/// The advisory lock between an account's erasures and its deals from leads.
+fn erasure_lock(account_id: &str) -> i64 {
+    // A stable 64-bit digest of the account (its own namespace: "erase").
+    let id = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("erase:{account_id}").as_bytes(),
+    );
+    i64::from_be_bytes(id.as_bytes()[..8].try_into().unwrap_or_default())
+}
 
 /// Who to erase: any of them matches (empty ones match nothing). The e-mail lower-cased,
 /// the phone as digits, as deals keep them.
@@ -27,6 +41,70 @@ pub struct Erasure {
 }
 
 impl Store {
+    /// Takes the contact and title off each lead's deal whose person was erased after the
+    /// lead was received (the lead was on its way while the erasure ran); the contacts
+    /// taken off, by the deal's idempotency key.
+    ///
+    /// In the creating transaction, under the account's erasure lock (shared: creates do
+    /// not wait for each other): an erasure running takes it exclusively, so a lead's deal
+    /// is either committed before the erasure looks for the person's deals, or created
+    /// after the erasure's record of the person is visible.
+    pub(super) async fn without_erased_contacts(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        account_id: &str,
+        inputs: &mut [NewDeal],
+    ) -> Result<HashMap<String, ContactInput>, StoreError> {
+        let keyed: Vec<(usize, String)> = inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.lead_received_at.is_some())
+            .flat_map(|(i, d)| {
+                self.contact_keys
+                    .every_of(
+                        account_id,
+                        &d.contact.external_id,
+                        &d.contact.email,
+                        &d.contact.phone,
+                    )
+                    .into_iter()
+                    .map(move |k| (i, k))
+            })
+            .collect();
+        if keyed.is_empty() {
+            return Ok(HashMap::new());
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(erasure_lock(account_id))
+            .execute(&mut **tx)
+            .await?;
+        let erased: HashMap<String, OffsetDateTime> = sqlx::query_as(
+            "SELECT contact_key, erased_at FROM erased_contacts
+             WHERE account_id = $1 AND contact_key = ANY($2)",
+        )
+        .bind(account_id)
+        .bind(keyed.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut stripped = HashMap::new();
+        for (i, key) in keyed {
+            let deal = &mut inputs[i];
+            if let (Some(at), Some(received)) = (erased.get(&key), deal.lead_received_at)
+                && received < *at
+                && !stripped.contains_key(&deal.idempotency_key)
+            {
+                stripped.insert(
+                    deal.idempotency_key.clone(),
+                    std::mem::take(&mut deal.contact),
+                );
+                deal.title = String::new();
+            }
+        }
+        Ok(stripped)
+    }
+
     /// Erases the contact and title of every deal of `identity` in the account, one change
     /// per deal (history, event) in chunks like a bulk change, and records the receipt.
     pub async fn erase_contact(
@@ -35,8 +113,16 @@ impl Store {
         actor_id: &str,
         identity: &Identity,
     ) -> Result<Erasure, StoreError> {
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM deals WHERE account_id = $1
+        // Under the account's erasure lock: creates of deals from leads wait (see
+        // `without_erased_contacts`), so none slips between this look-up and the record.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(erasure_lock(account_id))
+            .execute(&mut *tx)
+            .await?;
+        let found: Vec<(Uuid, String, String, String)> = sqlx::query_as(
+            "SELECT id, contact_external_id, contact_email, contact_phone_digits
+             FROM deals WHERE account_id = $1
                AND (($2 <> '' AND contact_external_id = $2) OR ($3 <> '' AND contact_email = $3)
                     OR ($4 <> '' AND contact_phone_digits = $4))
              LIMIT $5",
@@ -46,9 +132,9 @@ impl Store {
         .bind(&identity.email)
         .bind(&identity.phone_digits)
         .bind(MAX_BULK_DEALS as i64 + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        if ids.len() > MAX_BULK_DEALS {
+        if found.len() > MAX_BULK_DEALS {
             return Err(StoreError::invalid(
                 "external_id",
                 format!(
@@ -56,11 +142,33 @@ impl Store {
                 ),
             ));
         }
+        // Every identifier the person is known by, for leads still on their way.
+        let mut known = self.contact_keys.every_of(
+            account_id,
+            &identity.external_id,
+            &identity.email,
+            &identity.phone_digits,
+        );
+        for (_, ext, email, digits) in &found {
+            known.extend(self.contact_keys.every_of(account_id, ext, email, digits));
+        }
+        known.sort();
+        known.dedup();
+        sqlx::query(
+            "INSERT INTO erased_contacts AS e (account_id, contact_key, erased_at)
+             SELECT $1, k, now() FROM UNNEST($2::text[]) AS k
+             ON CONFLICT (account_id, contact_key) DO UPDATE SET erased_at = excluded.erased_at",
+        )
+        .bind(account_id)
+        .bind(&known)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         let outcome = self
             .bulk_change(
                 account_id,
                 actor_id,
-                BulkTarget::Ids(ids),
+                BulkTarget::Ids(found.into_iter().map(|(id, ..)| id).collect()),
                 None,
                 Deal::is_erased,
                 |deal, _, now| Ok(deal.erased(now)),

@@ -211,7 +211,7 @@ impl Store {
         &self,
         account_id: &str,
         actor_id: &str,
-        inputs: Vec<NewDeal>,
+        mut inputs: Vec<NewDeal>,
     ) -> Result<Vec<Result<(Deal, bool), StoreError>>, StoreError> {
         let now = now();
         let keys: Vec<String> = inputs.iter().map(|i| i.idempotency_key.clone()).collect();
@@ -220,6 +220,9 @@ impl Store {
             .filter_map(|i| Some((i.idempotency_key.clone(), i.trace_parent.clone()?)))
             .collect();
         let mut tx = self.pool.begin().await?;
+        let stripped = self
+            .without_erased_contacts(&mut tx, account_id, &mut inputs)
+            .await?;
         let mut batch = CreateBatch {
             known: deals_by_keys(&mut tx, account_id, &keys).await?,
             ..CreateBatch::default()
@@ -251,6 +254,24 @@ impl Store {
             &causes,
         )
         .await?;
+        // A lead of an erased person: created without them, then an erasure that names
+        // them, so the distributor forgets the relation its decision made.
+        let erasures: Vec<(Deal, Change)> = created
+            .iter()
+            .filter_map(|(d, _)| {
+                let former = stripped.get(&d.idempotency_key)?;
+                Some(d.erased_on_arrival(former.clone(), now))
+            })
+            .collect();
+        if !erasures.is_empty() {
+            update_deals(&mut tx, &erasures).await?;
+            events::record(&mut tx, &self.contact_keys, actor_id, &erasures, now).await?;
+            for fresh in &mut batch.fresh {
+                if let Some((erased, _)) = erasures.iter().find(|(e, _)| e.id == fresh.id) {
+                    *fresh = erased.clone();
+                }
+            }
+        }
         counts::apply(
             &mut tx,
             &count_deltas(created.iter().map(|(d, _)| (None, d))),

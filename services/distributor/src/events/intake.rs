@@ -193,6 +193,7 @@ impl IntakeEvents {
                         accepted_at_plan_version: (item.event.plan_version > 0)
                             .then_some(item.event.plan_version),
                         trace_parent: telemetry::traceparent(&spans[item.index]),
+                        lead_received_at: item.event.received_at,
                     }
                 })
                 .collect(),
