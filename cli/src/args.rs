@@ -57,8 +57,8 @@ pub enum Command {
         account: String,
         #[arg(long)]
         user: String,
-        /// deals:edit_all, deals:bulk_edit, plans:admin, intake:write; platform:operate for
-        /// operators (repeatable).
+        /// deals:edit_all, deals:bulk_edit, plans:admin, intake:write, deals:read,
+        /// reports:read, contacts:erase; platform:operate for operators (repeatable).
         #[arg(long = "perm")]
         perms: Vec<String>,
         /// Lifetime in seconds.
@@ -76,6 +76,23 @@ pub enum Command {
     /// Events deal-service parked because the broker refused them.
     #[command(subcommand)]
     Outbox(Outbox),
+    /// A person's data in the account (docs/privacy.md).
+    #[command(subcommand)]
+    Contacts(Contacts),
+}
+
+#[derive(Subcommand)]
+pub enum Contacts {
+    /// Erase a person: every deal of theirs in the account loses its contact and title
+    /// (contacts:erase). Any of the identifiers matches; prints the receipt.
+    Erase {
+        #[arg(long, default_value = "")]
+        external_id: String,
+        #[arg(long, default_value = "")]
+        email: String,
+        #[arg(long, default_value = "")]
+        phone: String,
+    },
 }
 
 /// A plan to create.

@@ -8,8 +8,8 @@ use salesplan_platform::{
     Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
 };
 use salesplan_proto::v1::{
-    self as pb, deal_service_client::DealServiceClient,
-    distributor_service_client::DistributorServiceClient,
+    self as pb, contact_service_client::ContactServiceClient,
+    deal_service_client::DealServiceClient, distributor_service_client::DistributorServiceClient,
     intake_service_client::IntakeServiceClient, outbox_service_client::OutboxServiceClient,
     plan_service_client::PlanServiceClient, report_service_client::ReportServiceClient,
 };
@@ -17,7 +17,10 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::{
-    args::{Cli, Command, Deals, Filter, Global, Intake, NewDeal, NewPlan, Outbox, Plans, Reports},
+    args::{
+        Cli, Command, Contacts, Deals, Filter, Global, Intake, NewDeal, NewPlan, Outbox, Plans,
+        Reports,
+    },
     output::{self, DEAL_HEADER, deal_json, deal_row, plan_json, plan_text, table},
 };
 
@@ -105,7 +108,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Intake(c) => intake(&ctx, c).await,
         Command::Reports(c) => reports(&ctx, c).await,
         Command::Outbox(c) => outbox(&ctx, c).await,
+        Command::Contacts(c) => contacts(&ctx, c).await,
     }
+}
+
+async fn contacts(ctx: &Ctx, command: Contacts) -> anyhow::Result<()> {
+    let mut client = ContactServiceClient::new(ctx.channel(&ctx.global.deal_service).await?);
+    match command {
+        Contacts::Erase {
+            external_id,
+            email,
+            phone,
+        } => {
+            let receipt = client
+                .erase_contact(ctx.request(pb::EraseContactRequest {
+                    external_id,
+                    email,
+                    phone,
+                }))
+                .await?
+                .into_inner();
+            let first = receipt
+                .first_erased_at
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            ctx.print(
+                json!({
+                    "receipt_id": receipt.receipt_id,
+                    "first_erased_at": first,
+                    "erased": receipt.erased.iter().map(|p| json!({"place": p.place, "count": p.count})).collect::<Vec<_>>(),
+                    "deals_erased_in_total": receipt.deals_erased_in_total,
+                }),
+                || {
+                    let now: i64 = receipt.erased.iter().map(|p| p.count).sum();
+                    format!(
+                        "receipt {} (first erased {first}): {now} deals erased now, {} in all",
+                        receipt.receipt_id, receipt.deals_erased_in_total
+                    )
+                },
+            );
+        }
+    }
+    Ok(())
 }
 
 fn token(account: &str, user: &str, perms: &[String], ttl: u64) -> anyhow::Result<()> {

@@ -312,6 +312,32 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
     // Every lead became a deal: no rejections.
     let rejected = ctl.json(&admin, &["intake", "rejections"]).await?;
     assert_eq!(rejected["rejections"], serde_json::json!([]));
+
+    // Erasing a person: bob's deal loses him; a repeat prints the same receipt.
+    let dpo = stack.token("acme", "dpo", &[Permission::ContactsErase]);
+    let erase = ["contacts", "erase", "--email", "BOB@example.com"];
+    let receipt = ctl.json(&dpo, &erase).await?;
+    assert_eq!(receipt["erased"][0]["count"], 1, "{receipt}");
+    let again = ctl.ok(&dpo, &erase).await?;
+    assert!(
+        again.contains(receipt["receipt_id"].as_str().unwrap_or("?"))
+            && again.contains("0 deals erased now, 1 in all"),
+        "{again}"
+    );
+    let gone = ctl
+        .json(
+            &boss,
+            &[
+                "deals",
+                "list",
+                "--plan",
+                &plan_id,
+                "--search",
+                "bob@example.com",
+            ],
+        )
+        .await?;
+    assert_eq!(gone["deals"], serde_json::json!([]));
     stack.stop().await
 }
 
