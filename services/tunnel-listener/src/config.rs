@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use salesplan_platform::{
     config::{ConfigError, Env},
     limits::ClassLimit,
+    privacy::ContactKeys,
     service::ServiceConfig,
 };
 
@@ -35,6 +36,10 @@ pub struct Config {
     /// `SALESPLAN_AUDIENCE_MAX_IN_FLIGHT`: contacts of one account accepted by bulk adds
     /// but not yet turned into deals; a chunk beyond it waits for the backlog to drain.
     pub audience_max_in_flight: u64,
+    /// `SALESPLAN_CONTACT_KEY_SECRET`: a bulk contact's intake id is derived from its keyed
+    /// key, so the id (which becomes the deal's idempotency key) cannot be recomputed from a
+    /// known e-mail (docs/privacy.md).
+    pub contact_keys: ContactKeys,
 }
 
 impl Config {
@@ -57,6 +62,7 @@ impl Config {
             audience_limit: Self::DEFAULT_AUDIENCE_LIMIT,
             audience_idle_timeout: Self::DEFAULT_AUDIENCE_IDLE_TIMEOUT,
             audience_max_in_flight: Self::DEFAULT_AUDIENCE_MAX_IN_FLIGHT,
+            contact_keys: ContactKeys::dev(),
         }
     }
 
@@ -112,6 +118,7 @@ impl Config {
                 "SALESPLAN_AUDIENCE_MAX_IN_FLIGHT",
                 Self::DEFAULT_AUDIENCE_MAX_IN_FLIGHT,
             )?,
+            contact_keys: ContactKeys::from_env(env)?,
         };
         if config.audience_idle_timeout.is_zero() || config.audience_max_in_flight == 0 {
             return Err(ConfigError::new(

@@ -62,6 +62,7 @@ impl Service for Config {
                 max_in_flight: self.audience_max_in_flight,
                 patience: self.audience_idle_timeout,
             },
+            self.contact_keys,
             &metrics,
         );
 

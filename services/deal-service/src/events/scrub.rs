@@ -59,6 +59,30 @@ pub fn scrubbed(event: &pb::DealEvent, keys: &ContactKeys) -> Option<pb::DealEve
     })
 }
 
+/// Refuses to start while a consumer of the stream has messages to take or to acknowledge:
+/// reporting records its progress over an unbroken run of sequences, so an original erased
+/// before reporting took it would leave a gap its progress never passes.
+async fn consumers_caught_up(stream: &async_nats::jetstream::stream::Stream) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let mut consumers = stream.consumers();
+    let mut behind = Vec::new();
+    while let Some(info) = consumers.next().await {
+        let info = info.context("listing the deal stream's consumers")?;
+        if info.num_pending > 0 || info.num_ack_pending > 0 {
+            behind.push(format!(
+                "{} ({} to deliver, {} unacknowledged)",
+                info.name, info.num_pending, info.num_ack_pending
+            ));
+        }
+    }
+    anyhow::ensure!(
+        behind.is_empty(),
+        "consumers have not caught up with the deal stream: {}; run again once they have",
+        behind.join(", ")
+    );
+    Ok(())
+}
+
 /// Rewrites every deal event of the stream, up to its last message when it starts, that
 /// carries personal data.
 pub async fn scrub_deal_events(bus: &Bus, keys: &ContactKeys) -> anyhow::Result<Scrubbed> {
@@ -68,6 +92,7 @@ pub async fn scrub_deal_events(bus: &Bus, keys: &ContactKeys) -> anyhow::Result<
         .await
         .context("the deals stream")?;
     let state = stream.info().await?.state.clone();
+    consumers_caught_up(&stream).await?;
     let mut done = Scrubbed::default();
     let mut seq = state.first_sequence;
     while seq <= state.last_sequence && state.messages > 0 {

@@ -10,15 +10,9 @@ use crate::{convert, store::Identity};
 /// The longest identifier taken (the contact fields' own limits are shorter).
 const MAX_IDENTIFIER: usize = 320;
 
+/// Trimmed, bounded, and without control or deceiving characters (as every stored text).
 fn identifier(field: &'static str, value: String) -> Result<String, ApiError> {
-    let value = value.trim().to_owned();
-    if value.chars().count() > MAX_IDENTIFIER {
-        return Err(ApiError::invalid(
-            field,
-            format!("at most {MAX_IDENTIFIER} characters"),
-        ));
-    }
-    Ok(value)
+    validate::text(field, &value, MAX_IDENTIFIER)
 }
 
 /// Who the request names, as deals keep it; at least one identifier.

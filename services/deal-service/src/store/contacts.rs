@@ -120,20 +120,32 @@ impl Store {
             .bind(erasure_lock(account_id))
             .execute(&mut *tx)
             .await?;
-        let found: Vec<(Uuid, String, String, String)> = sqlx::query_as(
-            "SELECT id, contact_external_id, contact_email, contact_phone_digits
-             FROM deals WHERE account_id = $1
-               AND (($2 <> '' AND contact_external_id = $2) OR ($3 <> '' AND contact_email = $3)
-                    OR ($4 <> '' AND contact_phone_digits = $4))
-             LIMIT $5",
-        )
-        .bind(account_id)
-        .bind(&identity.external_id)
-        .bind(&identity.email)
-        .bind(&identity.phone_digits)
-        .bind(MAX_BULK_DEALS as i64 + 1)
-        .fetch_all(&mut *tx)
-        .await?;
+        // One look-up per identifier given, each by its own index (a partial index is used
+        // only when the query repeats its condition).
+        let mut found: Vec<(Uuid, String, String, String)> = Vec::new();
+        for (column, value) in [
+            ("contact_external_id", &identity.external_id),
+            ("contact_email", &identity.email),
+            ("contact_phone_digits", &identity.phone_digits),
+        ] {
+            if value.is_empty() {
+                continue;
+            }
+            found.extend(
+                sqlx::query_as::<_, (Uuid, String, String, String)>(sqlx::AssertSqlSafe(format!(
+                    "SELECT id, contact_external_id, contact_email, contact_phone_digits
+                     FROM deals WHERE account_id = $1 AND {column} = $2 AND {column} <> ''
+                     LIMIT $3"
+                )))
+                .bind(account_id)
+                .bind(value)
+                .bind(MAX_BULK_DEALS as i64 + 1)
+                .fetch_all(&mut *tx)
+                .await?,
+            );
+        }
+        found.sort_by_key(|(id, ..)| *id);
+        found.dedup_by_key(|(id, ..)| *id);
         if found.len() > MAX_BULK_DEALS {
             return Err(StoreError::invalid(
                 "external_id",

@@ -1,6 +1,7 @@
 //! A lead as the listener takes it: every field checked and normalised, its intake id
 //! (the same for every retry), and the token of an answer. Pure.
 
+use salesplan_platform::privacy::ContactKeys;
 use salesplan_platform::{
     AllChecks, ApiError, Checks,
     consistency::LeadsToken,
@@ -95,6 +96,8 @@ pub fn intake_id(account_id: &str, lead: &pb::Lead) -> Uuid {
 }
 
 /// The intake id of a contact of a bulk job: the same for every retry of the job.
+/// `contact_key` is the contact's keyed key: the id, which becomes the deal's idempotency
+/// key, cannot be recomputed from a known e-mail without the deployment's secret.
 pub fn bulk_intake_id(account_id: &str, plan_id: &str, job_id: &str, contact_key: &str) -> Uuid {
     derived_id(&[account_id, plan_id, "bulk", job_id, contact_key])
 }
@@ -102,6 +105,7 @@ pub fn bulk_intake_id(account_id: &str, plan_id: &str, job_id: &str, contact_key
 /// A contact of a bulk job's chunk as a lead of `plan_id` (canonical), with its intake id;
 /// every violation of its contact, amount and title at once.
 pub fn audience_lead(
+    keys: &ContactKeys,
     account_id: &str,
     plan_id: &str,
     job_id: &str,
@@ -113,7 +117,13 @@ pub fn audience_lead(
         validate::text("title", &item.title, 300),
     )
         .all()?;
-    let key = validate::contact_key(&contact.external_id, &contact.email, &contact.phone)
+    let key = keys
+        .of(
+            account_id,
+            &contact.external_id,
+            &contact.email,
+            &contact.phone,
+        )
         .unwrap_or_default();
     let intake_id = bulk_intake_id(account_id, plan_id, job_id, &key);
     let lead = pb::Lead {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use prost::Message as _;
+use salesplan_platform::privacy::ContactKeys;
 use salesplan_platform::{
     Actor, ApiError,
     bus::{Bus, Outgoing, pending_by_account, streams},
@@ -35,6 +36,8 @@ pub struct Intake {
     /// Leads of one account a second, through the webhook and AddToSalesPlan together.
     interactive: Arc<AccountLimiter>,
     backlog: BulkBacklog,
+    /// A bulk contact's intake id is derived from its keyed key.
+    contact_keys: ContactKeys,
     leads: opentelemetry::metrics::Counter<u64>,
 }
 
@@ -87,6 +90,7 @@ impl Intake {
         plans: Arc<Plans>,
         interactive: Arc<AccountLimiter>,
         backlog: BulkBacklog,
+        contact_keys: ContactKeys,
         metrics: &salesplan_platform::metrics::Metrics,
     ) -> Self {
         let leads = metrics
@@ -99,6 +103,7 @@ impl Intake {
             plans,
             interactive,
             backlog,
+            contact_keys,
             leads,
         }
     }
@@ -269,7 +274,13 @@ impl Intake {
                 index: index as i32,
                 ..Default::default()
             };
-            match audience_lead(&actor.account_id, &plan_id, &job.job_id, item) {
+            match audience_lead(
+                &self.contact_keys,
+                &actor.account_id,
+                &plan_id,
+                &job.job_id,
+                item,
+            ) {
                 Ok((intake_id, lead)) => {
                     result.intake_id = intake_id.to_string();
                     let mut message = message(
