@@ -247,6 +247,20 @@ async fn no_service_can_publish_where_it_has_no_business() -> anyhow::Result<()>
         ("deal-service", "salesplan.intake.v1.acme.p"),
         ("deal-service", "salesplan.assignments.v1.acme.decided"),
         ("deal-service", "$JS.API.STREAM.PURGE.SALESPLAN_DEALS"),
+        // Only the maintenance user erases deal events; the distributor erases intake
+        // messages and no others.
+        ("deal-service", "$JS.API.STREAM.MSG.DELETE.SALESPLAN_DEALS"),
+        ("distributor", "$JS.API.STREAM.MSG.DELETE.SALESPLAN_DEALS"),
+        (
+            "distributor",
+            "$JS.API.STREAM.MSG.DELETE.SALESPLAN_DEAD_LETTERS",
+        ),
+        (
+            "tunnel-listener",
+            "$JS.API.STREAM.MSG.DELETE.SALESPLAN_INTAKE",
+        ),
+        ("maintenance", "$JS.API.STREAM.MSG.DELETE.SALESPLAN_INTAKE"),
+        ("maintenance", "salesplan.intake.v1.acme.p"),
         (
             "deal-service",
             "$JS.API.CONSUMER.CREATE.SALESPLAN_DEALS.thief",

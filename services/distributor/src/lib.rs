@@ -67,15 +67,15 @@ impl Service for Config {
             Arc::new(tokens),
         );
         let store = store::Store::new(pool, self.contact_keys);
-        let keyed = store.key_plain_contact_keys().await?;
-        if keyed > 0 {
-            tracing::info!(
-                keyed,
-                "contact keys kept before keys were keyed are now keyed"
-            );
-        }
+        store.key_plain_contact_keys().await?;
 
         let mut background = Background::new(metrics.clone());
+        // Replicas of the version before keyed keys write plain ones until a rolling
+        // upgrade ends: keyed again every few minutes.
+        background.spawn(events::deals::key_plain_contact_keys_now_and_then(
+            store.clone(),
+            background.stop_token(),
+        ));
         background.consume(
             &bus,
             ConsumerSpec::new(&streams::PLANS, "distributor-plans"),

@@ -158,6 +158,10 @@ mod tests {
                 "SALESPLAN_JWT_HS256_SECRET",
                 "a-secret-of-at-least-32-bytes-here",
             ),
+            (
+                "SALESPLAN_CONTACT_KEY_SECRET",
+                "the-contact-key-secret-of-32-bytes-or-more",
+            ),
         ]);
         assert!(Config::read(&env).is_ok());
         let refused = salesplan_platform::config::DatabaseConfig::from_env(&env).unwrap_err();

@@ -48,6 +48,24 @@ impl BatchHandler for DealEvents {
     }
 }
 
+/// Keys the plain contact keys every five minutes until the service stops (see
+/// [`Store::key_plain_contact_keys`]); a failure is logged and tried again next time.
+pub async fn key_plain_contact_keys_now_and_then(
+    store: Store,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        if let Err(err) = store.key_plain_contact_keys().await {
+            tracing::warn!(error = %err, "keying plain contact keys failed");
+        }
+    }
+}
+
 /// A deal event's state. Events carry the contact's keyed key; one published before they
 /// did (during an upgrade) carries the contact itself, which is keyed here and forgotten.
 fn decode(delivery: &Delivery, keys: &ContactKeys) -> Result<DealState, String> {

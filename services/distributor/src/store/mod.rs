@@ -167,6 +167,7 @@ impl Store {
         let mut replaced = 0;
         loop {
             let mut tx = self.pool.begin().await?;
+            // By the partial index of plain keys (its condition repeated).
             let rows: Vec<(String, String, String, time::OffsetDateTime)> = sqlx::query_as(
                 "DELETE FROM contact_managers WHERE (account_id, contact_key) IN (
                      SELECT account_id, contact_key FROM contact_managers
@@ -176,6 +177,9 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             if rows.is_empty() {
+                if replaced > 0 {
+                    tracing::info!(replaced, "plain contact keys keyed");
+                }
                 return Ok(replaced);
             }
             replaced += rows.len() as u64;
