@@ -93,6 +93,16 @@ pub enum Contacts {
         #[arg(long, default_value = "")]
         phone: String,
     },
+    /// Everything the account holds about a person (deals:read): each deal with its
+    /// contact and history, as one JSON document.
+    Export {
+        #[arg(long, default_value = "")]
+        external_id: String,
+        #[arg(long, default_value = "")]
+        email: String,
+        #[arg(long, default_value = "")]
+        phone: String,
+    },
 }
 
 /// A plan to create.

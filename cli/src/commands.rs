@@ -148,6 +148,37 @@ async fn contacts(ctx: &Ctx, command: Contacts) -> anyhow::Result<()> {
                 },
             );
         }
+        Contacts::Export {
+            external_id,
+            email,
+            phone,
+        } => {
+            let export = client
+                .export_contact(ctx.request(pb::ExportContactRequest {
+                    external_id,
+                    email,
+                    phone,
+                }))
+                .await?
+                .into_inner();
+            // A document for the person, whatever the output mode.
+            let document = json!({
+                "exported_at": export.exported_at.map(|t| t.to_string()).unwrap_or_default(),
+                "deals": export.deals.iter().map(|item| json!({
+                    "deal": item.deal.as_ref().map(deal_json),
+                    "history": item.history.iter().map(|e| json!({
+                        "at": e.at.map(|t| t.to_string()).unwrap_or_default(),
+                        "actor": e.actor_id,
+                        "action": pb::HistoryAction::try_from(e.action)
+                            .map(|a| a.as_str_name())
+                            .unwrap_or("HISTORY_ACTION_UNSPECIFIED"),
+                        "from": e.from,
+                        "to": e.to,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            });
+            println!("{document:#}");
+        }
     }
     Ok(())
 }

@@ -313,7 +313,21 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
     let rejected = ctl.json(&admin, &["intake", "rejections"]).await?;
     assert_eq!(rejected["rejections"], serde_json::json!([]));
 
-    // Erasing a person: bob's deal loses him; a repeat prints the same receipt.
+    // Everything about bob, then erasing him: his deal loses him; a repeat prints the same
+    // receipt.
+    let document = ctl
+        .ok(&boss, &["contacts", "export", "--email", "bob@example.com"])
+        .await?;
+    let document: serde_json::Value = serde_json::from_str(&document)?;
+    assert_eq!(
+        document["deals"].as_array().map(Vec::len),
+        Some(1),
+        "{document}"
+    );
+    assert_eq!(
+        document["deals"][0]["history"][0]["action"],
+        "HISTORY_ACTION_CREATED"
+    );
     let dpo = stack.token("acme", "dpo", &[Permission::ContactsErase]);
     let erase = ["contacts", "erase", "--email", "BOB@example.com"];
     let receipt = ctl.json(&dpo, &erase).await?;

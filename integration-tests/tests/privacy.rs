@@ -645,8 +645,38 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
     reporting::maintenance::rebuild(&reporting::Config::local(&stack.db.url, &stack.nats.url))
         .await?;
 
-    // Erased by e-mail, written as the person wrote it to the DPO.
+    // Everything held about the person, as one document: their three deals, each with its
+    // contact and whole history.
     let mut contacts = ContactServiceClient::new(stack.channel(&stack.deal_service).await?);
+    let export = pb::ExportContactRequest {
+        phone: PHONE.replace(' ', "-"),
+        ..Default::default()
+    };
+    let exported = contacts
+        .export_contact(outgoing(export.clone(), &admin))
+        .await?
+        .into_inner();
+    assert_eq!(exported.deals.len(), 3);
+    for item in &exported.deals {
+        let deal = item.deal.as_ref().expect("deal");
+        assert_eq!(deal.contact.as_ref().map(|c| c.name.as_str()), Some(NAME));
+        assert_eq!(
+            item.history.first().map(|e| e.action),
+            Some(pb::HistoryAction::Created as i32)
+        );
+    }
+    let first_exported = exported
+        .deals
+        .iter()
+        .find(|d| d.deal.as_ref().is_some_and(|d| d.id == first.id))
+        .expect("the reassigned deal");
+    assert_eq!(
+        first_exported.history.len(),
+        4,
+        "created, assigned, closed, reopened"
+    );
+
+    // Erased by e-mail, written as the person wrote it to the DPO.
     let refused = contacts
         .erase_contact(outgoing(
             pb::EraseContactRequest {
@@ -672,7 +702,12 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
     reporting::maintenance::rebuild(&reporting::Config::local(&stack.db.url, &stack.nats.url))
         .await?;
 
-    // The deals keep everything but the person.
+    // Nothing left to export; the deals keep everything but the person.
+    let after_export = contacts
+        .export_contact(outgoing(export, &admin))
+        .await?
+        .into_inner();
+    assert_eq!(after_export.deals.len(), 0);
     let after = deal(&mut deals, &admin, &first.id).await?;
     assert_eq!(
         after.contact.clone().unwrap_or_default(),

@@ -69,6 +69,7 @@ const METHODS: &[&str] = &[
     "ListParkedEvents",
     "ReplayParkedEvents",
     "EraseContact",
+    "ExportContact",
 ];
 
 /// What a call returned that matters here: an error status, or how much of the other
@@ -527,6 +528,20 @@ async fn call(
                 .into_inner()
                 .deals_erased_in_total as usize
         }
+        "ExportContact" => {
+            salesplan_proto::v1::contact_service_client::ContactServiceClient::new(ch.deals.clone())
+                .export_contact(req(
+                    pb::ExportContactRequest {
+                        external_id: "vip".into(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner()
+                .deals
+                .len()
+        }
         other => panic!("unknown method {other}"),
     })
 }
@@ -751,6 +766,7 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         ("LossReasons", "reports:read"),
         ("StageLosses", "reports:read"),
         ("EraseContact", "contacts:erase"),
+        ("ExportContact", "deals:read"),
     ];
     for (method, permission) in needs {
         let err = call(&channels, method, Some(&plain), &ids)

@@ -16,11 +16,11 @@ fn identifier(field: &'static str, value: String) -> Result<String, ApiError> {
 }
 
 /// Who the request names, as deals keep it; at least one identifier.
-fn identity(req: pb::EraseContactRequest) -> Result<Identity, ApiError> {
+fn identity(external_id: String, email: String, phone: String) -> Result<Identity, ApiError> {
     let (external_id, email, phone) = (
-        identifier("external_id", req.external_id),
-        identifier("email", req.email),
-        identifier("phone", req.phone),
+        identifier("external_id", external_id),
+        identifier("email", email),
+        identifier("phone", phone),
     )
         .all()?;
     let identity = Identity {
@@ -49,7 +49,8 @@ impl ContactService for Api {
         let actor = auth::actor(&request)?;
         actor.require(Permission::ContactsErase)?;
         let _permit = self.bulk.admit(&actor.account_id)?;
-        let identity = identity(request.into_inner())?;
+        let req = request.into_inner();
+        let identity = identity(req.external_id, req.email, req.phone)?;
         let erasure = self
             .store
             .erase_contact(&actor.account_id, &actor.user_id, &identity)
@@ -68,6 +69,34 @@ impl ContactService for Api {
                 count: erasure.deals_now,
             }],
             deals_erased_in_total: erasure.deals_in_total,
+        }))
+    }
+
+    async fn export_contact(
+        &self,
+        request: Request<pb::ExportContactRequest>,
+    ) -> Result<Response<pb::ExportContactResponse>, Status> {
+        let actor = auth::reader(&request, Permission::DealsRead)?;
+        let _permit = self.reads.admit(&actor.account_id)?;
+        let req = request.into_inner();
+        let identity = identity(req.external_id, req.email, req.phone)?;
+        let exported = self
+            .store
+            .export_contact(&actor.account_id, &identity)
+            .await?;
+        tracing::info!(actor = %actor.user_id, deals = exported.len(), "contact exported");
+        Ok(Response::new(pb::ExportContactResponse {
+            exported_at: Some(convert::timestamp(time::OffsetDateTime::now_utc())),
+            deals: exported
+                .into_iter()
+                .map(|(deal, history)| pb::ExportedDeal {
+                    deal: Some((&deal).into()),
+                    history: history
+                        .into_iter()
+                        .map(super::deals::history_entry)
+                        .collect(),
+                })
+                .collect(),
         }))
     }
 }

@@ -595,28 +595,30 @@ impl DealService for Api {
             Some(last) if more => AfterKey::encode(&last.id.to_string()),
             _ => String::new(),
         };
-        let entries = rows
-            .into_iter()
-            .map(|row| pb::HistoryEntry {
-                id: row.id,
-                at: Some(convert::timestamp(row.at)),
-                actor_id: row.actor_id,
-                action: history_action(&row.action) as i32,
-                from: row.from.unwrap_or_default(),
-                to: row.to.unwrap_or_default(),
-                loss_reason_id: row.loss_reason_id.map(|id| id.to_string()),
-                status: match row.status.as_deref() {
-                    Some("open") => pb::DealStatus::Open,
-                    Some("won") => pb::DealStatus::Won,
-                    Some("lost") => pb::DealStatus::Lost,
-                    _ => pb::DealStatus::Unspecified,
-                } as i32,
-            })
-            .collect();
+        let entries = rows.into_iter().map(history_entry).collect();
         Ok(Response::new(pb::GetDealHistoryResponse {
             entries,
             next_page_token,
         }))
+    }
+}
+
+/// A history row as the API gives it.
+pub(super) fn history_entry(row: crate::store::HistoryRow) -> pb::HistoryEntry {
+    pb::HistoryEntry {
+        id: row.id,
+        at: Some(convert::timestamp(row.at)),
+        actor_id: row.actor_id,
+        action: history_action(&row.action) as i32,
+        from: row.from.unwrap_or_default(),
+        to: row.to.unwrap_or_default(),
+        loss_reason_id: row.loss_reason_id.map(|id| id.to_string()),
+        status: match row.status.as_deref() {
+            Some("open") => pb::DealStatus::Open,
+            Some("won") => pb::DealStatus::Won,
+            Some("lost") => pb::DealStatus::Lost,
+            _ => pb::DealStatus::Unspecified,
+        } as i32,
     }
 }
 

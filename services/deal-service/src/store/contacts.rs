@@ -7,7 +7,7 @@ use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{BulkTarget, MAX_BULK_DEALS, Store, StoreError};
+use super::{BulkTarget, HistoryRow, MAX_BULK_DEALS, Store, StoreError};
 use crate::domain::deal::{Deal, NewDeal};
 
 /// The advisory lock between an account's erasures and its deals from leads.
@@ -19,6 +19,46 @@ fn erasure_lock(account_id: &str) -> i64 {
     );
     i64::from_be_bytes(id.as_bytes()[..8].try_into().unwrap_or_default())
 }
+
+/// The person's deals (id and identifiers), at most [`MAX_BULK_DEALS`] + 1: one look-up per
+/// identifier given, each by its own index (a partial index is used only when the query
+/// repeats its condition).
+async fn person_deals(
+    conn: &mut sqlx::PgConnection,
+    account_id: &str,
+    identity: &Identity,
+) -> Result<Vec<(Uuid, String, String, String)>, StoreError> {
+    let mut found: Vec<(Uuid, String, String, String)> = Vec::new();
+    for (column, value) in [
+        ("contact_external_id", &identity.external_id),
+        ("contact_email", &identity.email),
+        ("contact_phone_digits", &identity.phone_digits),
+    ] {
+        if value.is_empty() {
+            continue;
+        }
+        found.extend(
+            sqlx::query_as::<_, (Uuid, String, String, String)>(sqlx::AssertSqlSafe(format!(
+                "SELECT id, contact_external_id, contact_email, contact_phone_digits
+                 FROM deals WHERE account_id = $1 AND {column} = $2 AND {column} <> ''
+                 LIMIT $3"
+            )))
+            .bind(account_id)
+            .bind(value)
+            .bind(MAX_BULK_DEALS as i64 + 1)
+            .fetch_all(&mut *conn)
+            .await?,
+        );
+    }
+    found.sort_by_key(|(id, ..)| *id);
+    found.dedup_by_key(|(id, ..)| *id);
+    Ok(found)
+}
+
+/// The most deals one export answers with.
+pub const MAX_EXPORT_DEALS: usize = 1_000;
+/// The most history entries of one deal an export includes.
+const MAX_EXPORT_HISTORY: usize = 10_000;
 
 /// Who to erase: any of them matches (empty ones match nothing). The e-mail lower-cased,
 /// the phone as digits, as deals keep them.
@@ -41,6 +81,35 @@ pub struct Erasure {
 }
 
 impl Store {
+    /// Every deal of `identity` in the account with its history, oldest deal first.
+    pub async fn export_contact(
+        &self,
+        account_id: &str,
+        identity: &Identity,
+    ) -> Result<Vec<(Deal, Vec<HistoryRow>)>, StoreError> {
+        let mut conn = self.reads.acquire().await?;
+        let found = person_deals(&mut conn, account_id, identity).await?;
+        drop(conn);
+        if found.len() > MAX_EXPORT_DEALS {
+            return Err(StoreError::invalid(
+                "external_id",
+                format!(
+                    "the person has more than {MAX_EXPORT_DEALS} deals: export by each identifier in turn"
+                ),
+            ));
+        }
+        let mut exported = Vec::with_capacity(found.len());
+        for (id, ..) in found {
+            let deal = self.deal(account_id, id).await?;
+            let (history, _) = self
+                .history(account_id, id, None, MAX_EXPORT_HISTORY)
+                .await?;
+            exported.push((deal, history));
+        }
+        exported.sort_by_key(|(d, _)| (d.created_at, d.id));
+        Ok(exported)
+    }
+
     /// Takes the contact and title off each lead's deal whose person was erased after the
     /// lead was received (the lead was on its way while the erasure ran); the contacts
     /// taken off, by the deal's idempotency key.
@@ -120,32 +189,7 @@ impl Store {
             .bind(erasure_lock(account_id))
             .execute(&mut *tx)
             .await?;
-        // One look-up per identifier given, each by its own index (a partial index is used
-        // only when the query repeats its condition).
-        let mut found: Vec<(Uuid, String, String, String)> = Vec::new();
-        for (column, value) in [
-            ("contact_external_id", &identity.external_id),
-            ("contact_email", &identity.email),
-            ("contact_phone_digits", &identity.phone_digits),
-        ] {
-            if value.is_empty() {
-                continue;
-            }
-            found.extend(
-                sqlx::query_as::<_, (Uuid, String, String, String)>(sqlx::AssertSqlSafe(format!(
-                    "SELECT id, contact_external_id, contact_email, contact_phone_digits
-                     FROM deals WHERE account_id = $1 AND {column} = $2 AND {column} <> ''
-                     LIMIT $3"
-                )))
-                .bind(account_id)
-                .bind(value)
-                .bind(MAX_BULK_DEALS as i64 + 1)
-                .fetch_all(&mut *tx)
-                .await?,
-            );
-        }
-        found.sort_by_key(|(id, ..)| *id);
-        found.dedup_by_key(|(id, ..)| *id);
+        let found = person_deals(&mut tx, account_id, identity).await?;
         if found.len() > MAX_BULK_DEALS {
             return Err(StoreError::invalid(
                 "external_id",
