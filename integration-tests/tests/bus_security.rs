@@ -437,5 +437,33 @@ async fn only_the_maintenance_user_may_erase_deal_events() -> anyhow::Result<()>
         stream.get_raw_message(1).await.is_err(),
         "the original is gone"
     );
+    // EraseContact, as deal-service's own user, reads and deletes a person's messages in
+    // the intake lanes and the dead letters (and publishes no leads itself).
+    let lead = pb::IntakeEvent {
+        intake_id: "lead-1".into(),
+        account_id: "acme".into(),
+        lead: Some(pb::Lead {
+            contact: Some(pb::Contact {
+                email: "anna@example.com".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let tunnel = Bus::connect(&as_user("tunnel-listener"), "tunnel-listener").await?;
+    tunnel
+        .publish(Outgoing::new(
+            streams::intake_subject("acme", "p"),
+            "lead-1",
+            lead.encode_to_vec(),
+        ))
+        .await?;
+    let known = keys.every_of("acme", "", "anna@example.com", "");
+    let deleted = deal_service::events::lanes::delete_person(&owner, &keys, "acme", &known).await?;
+    assert_eq!(
+        (deleted.intake, deleted.bulk, deleted.dead_letters),
+        (1, 0, 0)
+    );
     Ok(())
 }

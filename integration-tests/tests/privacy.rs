@@ -879,3 +879,201 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
     );
     stack.stop().await
 }
+
+/// EraseContact reaches the broker: the person's leads still waiting in the intake lanes
+/// (no distributor is running) and a dead letter of theirs are deleted; another person's
+/// waiting lead stays and becomes a deal once a distributor runs.
+#[tokio::test]
+async fn erase_contact_deletes_the_persons_waiting_leads_and_dead_letters() -> anyhow::Result<()> {
+    use salesplan_platform::service::Service as _;
+    use salesplan_proto::v1::{
+        contact_service_client::ContactServiceClient, intake_service_client::IntakeServiceClient,
+    };
+    let nats = integration_tests::TestNats::start().await?;
+    let db = TestDatabase::create().await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let deal_service = deal_service::Config::local(&db.url, &nats.url)
+        .start(shutdown.clone())
+        .await?;
+    let listener = tunnel_listener::Config::local(&nats.url, &deal_service.grpc_url())
+        .start(shutdown.clone())
+        .await?;
+    let issuer = salesplan_platform::auth::TokenIssuer::hs256(
+        salesplan_platform::config::AuthConfig::DEV_SECRET.as_bytes(),
+    );
+    let token = |perms: &[Permission]| {
+        issuer.issue(
+            &salesplan_platform::Actor::new(ACCOUNT, "u", perms.iter().copied()),
+            Duration::from_secs(600),
+        )
+    };
+    let admin = token(&[
+        Permission::PlansAdmin,
+        Permission::IntakeWrite,
+        Permission::DealsBulkEdit,
+    ])?;
+    let channel = |url: String| async move {
+        anyhow::Ok(
+            tonic::transport::Endpoint::from_shared(url)?
+                .connect()
+                .await?,
+        )
+    };
+    let plan = create_plan(
+        channel(deal_service.grpc_url()).await?,
+        &admin,
+        plan_request("Waiting", Mode::Auto, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    let webhook = format!(
+        "http://{}{}",
+        listener.http_addr.expect("http"),
+        tunnel_listener::http::webhook::PATH
+    );
+    let lead = |run: &str, external_id: &str, name: &str| {
+        serde_json::json!({
+            "plan_id": plan.id, "tunnel_id": "t", "block_id": "b", "run_id": run,
+            "contact": { "external_id": external_id, "name": name, "email": EMAIL, "phone": PHONE },
+        })
+    };
+    for body in [
+        lead("run-1", EXTERNAL_ID, NAME),
+        lead("run-2", "someone-else", "Other Person"),
+    ] {
+        let status = reqwest::Client::new()
+            .post(&webhook)
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await?
+            .status();
+        anyhow::ensure!(status == 202, "{status}");
+    }
+    // The other person shares no identifier: change the second lead's e-mail and phone.
+    let other = serde_json::json!({
+        "plan_id": plan.id, "tunnel_id": "t", "block_id": "b", "run_id": "run-3",
+        "contact": { "external_id": "third", "name": "Third Person", "email": "third@example.org" },
+    });
+    let status = reqwest::Client::new()
+        .post(&webhook)
+        .bearer_auth(&admin)
+        .json(&other)
+        .send()
+        .await?
+        .status();
+    anyhow::ensure!(status == 202, "{status}");
+    let mut replies = IntakeServiceClient::new(channel(listener.grpc_url()).await?)
+        .add_audience(outgoing(
+            futures::stream::iter([pb::AddAudienceRequest {
+                plan_id: plan.id.clone(),
+                job_id: "job-1".into(),
+                assign_to_manager_id: None,
+                contacts: vec![pb::AudienceContact {
+                    contact: Some(pb::Contact {
+                        email: EMAIL.to_uppercase(),
+                        ..Default::default()
+                    }),
+                    title: NAME.into(),
+                    amount: None,
+                }],
+            }]),
+            &admin,
+        ))
+        .await?
+        .into_inner();
+    while let Some(reply) = futures::StreamExt::next(&mut replies).await {
+        reply?;
+    }
+    // A dead letter of theirs: a deal event as published before events lost the contact.
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
+    let old_event = pb::DealEvent {
+        event_id: "old".into(),
+        account_id: ACCOUNT.into(),
+        deal: Some(pb::Deal {
+            contact: Some(pb::Contact {
+                name: NAME.into(),
+                email: EMAIL.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        salesplan_platform::bus::HEADER_ORIGINAL_SUBJECT,
+        salesplan_platform::bus::streams::deal_subject(ACCOUNT, "created").as_str(),
+    );
+    js.publish_with_headers(
+        "salesplan.dlq.v1.reporting-deals".to_owned(),
+        headers,
+        prost::Message::encode_to_vec(&old_event).into(),
+    )
+    .await?
+    .await?;
+
+    // Erased by e-mail (the person has no deal yet): every message with that e-mail goes.
+    let receipt = ContactServiceClient::new(channel(deal_service.grpc_url()).await?)
+        .erase_contact(outgoing(
+            pb::EraseContactRequest {
+                email: EMAIL.into(),
+                ..Default::default()
+            },
+            &token(&[Permission::ContactsErase])?,
+        ))
+        .await?
+        .into_inner();
+    let counts: Vec<(String, i64)> = receipt
+        .erased
+        .iter()
+        .map(|p| (p.place.clone(), p.count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("deal_service.deals".to_owned(), 0),
+            ("SALESPLAN_INTAKE".to_owned(), 2),
+            ("SALESPLAN_BULK".to_owned(), 1),
+            ("SALESPLAN_DEAD_LETTERS".to_owned(), 1),
+        ]
+    );
+    let mut left = Vec::new();
+    for stream in [
+        "SALESPLAN_INTAKE",
+        "SALESPLAN_BULK",
+        "SALESPLAN_DEAD_LETTERS",
+    ] {
+        let mut handle = js.get_stream(stream).await?;
+        let state = handle.info().await?.state.clone();
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(message) = handle.get_raw_message(seq).await {
+                assert_eq!(
+                    found_in(&message.payload),
+                    Vec::<String>::new(),
+                    "{stream} #{seq}"
+                );
+                left.push(stream);
+            }
+        }
+    }
+    assert_eq!(left, ["SALESPLAN_INTAKE"], "the third person's lead stays");
+
+    // The third person's lead still becomes a deal.
+    let distributor = distributor::Config::local(&db.url, &nats.url, &deal_service.grpc_url())
+        .start(shutdown.clone())
+        .await?;
+    let pool = sqlx::PgPool::connect(&db.url).await?;
+    let names = eventually(Duration::from_secs(20), || async {
+        let names: Vec<String> = sqlx::query_scalar("SELECT contact_name FROM deal_service.deals")
+            .fetch_all(&pool)
+            .await?;
+        Ok((!names.is_empty()).then_some(names))
+    })
+    .await?;
+    assert_eq!(names, ["Third Person"]);
+    shutdown.cancel();
+    for running in [distributor, listener, deal_service] {
+        running.wait().await?;
+    }
+    Ok(())
+}

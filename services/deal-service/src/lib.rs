@@ -53,7 +53,9 @@ impl Service for Config {
         let interceptor = AuthInterceptor::new(verifier.clone());
         let reads = db::connect_reads(&self.database, SCHEMA).await?;
         let api = grpc::Api::new(
-            store::Store::new(pool.clone(), reads, self.contact_keys),
+            store::Store::new(pool.clone(), reads, self.contact_keys.clone()),
+            bus.clone(),
+            self.contact_keys,
             &self.limits,
             self.consistency_wait,
             &metrics,

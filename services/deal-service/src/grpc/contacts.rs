@@ -55,19 +55,36 @@ impl ContactService for Api {
             .store
             .erase_contact(&actor.account_id, &actor.user_id, &identity)
             .await?;
+        // After the deals: a failure here answers UNAVAILABLE, and the repeat (same receipt)
+        // finds the deals done and deletes what is left.
+        let deleted = crate::events::lanes::delete_person(
+            &self.bus,
+            &self.contact_keys,
+            &actor.account_id,
+            &erasure.known,
+        )
+        .await
+        .map_err(|err| ApiError::Unavailable(format!("erasing the person's messages: {err:#}")))?;
         tracing::info!(
             actor = %actor.user_id,
             receipt = %erasure.receipt_id,
             deals = erasure.deals_now,
+            ?deleted,
             "contact erased"
         );
+        let place = |place: &str, count: i64| pb::ErasedPlace {
+            place: place.into(),
+            count,
+        };
         Ok(Response::new(pb::EraseContactResponse {
             receipt_id: erasure.receipt_id.to_string(),
             first_erased_at: Some(convert::timestamp(erasure.first_at)),
-            erased: vec![pb::ErasedPlace {
-                place: "deal_service.deals".into(),
-                count: erasure.deals_now,
-            }],
+            erased: vec![
+                place("deal_service.deals", erasure.deals_now),
+                place("SALESPLAN_INTAKE", deleted.intake),
+                place("SALESPLAN_BULK", deleted.bulk),
+                place("SALESPLAN_DEAD_LETTERS", deleted.dead_letters),
+            ],
             deals_erased_in_total: erasure.deals_in_total,
         }))
     }

@@ -15,6 +15,9 @@ use salesplan_platform::consistency::Wanted;
 #[derive(Clone)]
 pub struct Api {
     store: Store,
+    /// EraseContact deletes the person's waiting leads and dead letters.
+    bus: salesplan_platform::bus::Bus,
+    contact_keys: salesplan_platform::privacy::ContactKeys,
     /// ListDeals, GetBoard, GetDealHistory, ListPlans, ListParkedEvents.
     reads: Arc<AccountLimiter>,
     /// BulkMoveDeals, BulkAssignDeals, TransferDeals, ReplayParkedEvents.
@@ -31,12 +34,16 @@ pub struct Api {
 impl Api {
     pub fn new(
         store: Store,
+        bus: salesplan_platform::bus::Bus,
+        contact_keys: salesplan_platform::privacy::ContactKeys,
         limits: &Limits,
         consistency_wait: std::time::Duration,
         metrics: &Metrics,
     ) -> Self {
         Self {
             store,
+            bus,
+            contact_keys,
             reads: AccountLimiter::new("reads", limits.reads, metrics),
             bulk: AccountLimiter::new("bulk changes", limits.bulk, metrics),
             creates: AccountLimiter::new("deal creation", limits.creates, metrics),

@@ -78,6 +78,8 @@ pub struct Erasure {
     pub deals_now: i64,
     /// Deals erased under this receipt, this call included.
     pub deals_in_total: i64,
+    /// The keyed key of every identifier the person is known by (to find their leads).
+    pub known: Vec<String>,
 }
 
 impl Store {
@@ -220,6 +222,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        let known_keys = known.clone();
         let outcome = self
             .bulk_change(
                 account_id,
@@ -251,6 +254,7 @@ impl Store {
             first_at,
             deals_now: outcome.changed,
             deals_in_total,
+            known: known_keys,
         })
     }
 }

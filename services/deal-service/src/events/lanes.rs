@@ -1,0 +1,119 @@
+//! EraseContact's reach into the broker: the person's leads still waiting in the intake
+//! lanes, and dead letters that hold a lead or a deal event of theirs, are deleted (their
+//! data overwritten). A lead deleted while the distributor had it in hand still becomes a
+//! deal, created without the person (deal-service remembers the erasure).
+
+use anyhow::Context as _;
+use async_nats::jetstream::stream::RawMessageErrorKind;
+use prost::Message as _;
+use salesplan_platform::{
+    bus::{Bus, HEADER_ORIGINAL_SUBJECT, streams},
+    privacy::ContactKeys,
+};
+use salesplan_proto::v1 as pb;
+
+/// Messages deleted, by stream.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    pub intake: i64,
+    pub bulk: i64,
+    pub dead_letters: i64,
+}
+
+/// Deletes the messages of `account_id`'s person (any of `known`, keyed keys) from the
+/// intake lanes and the dead letters.
+pub async fn delete_person(
+    bus: &Bus,
+    keys: &ContactKeys,
+    account_id: &str,
+    known: &[String],
+) -> anyhow::Result<Deleted> {
+    let is_theirs = |contact: Option<&pb::Contact>| {
+        contact.is_some_and(|c| {
+            keys.every_of(account_id, &c.external_id, &c.email, &c.phone)
+                .iter()
+                .any(|k| known.contains(k))
+        })
+    };
+    let lead_of = |payload: &[u8]| {
+        pb::IntakeEvent::decode(payload)
+            .ok()
+            .filter(|e| e.account_id == account_id)
+            .is_some_and(|e| is_theirs(e.lead.as_ref().and_then(|l| l.contact.as_ref())))
+    };
+    let intake = delete_matching(
+        bus,
+        streams::INTAKE.name,
+        &format!("salesplan.intake.v1.{account_id}.*"),
+        |m| lead_of(&m.payload),
+    )
+    .await?;
+    let bulk = delete_matching(
+        bus,
+        streams::BULK.name,
+        &streams::bulk_subjects_of(account_id),
+        |m| lead_of(&m.payload),
+    )
+    .await?;
+    // Dead letters are not by account: each is read, as the lead or deal event it was.
+    let dead_letters =
+        delete_matching(bus, streams::DEAD_LETTERS.name, "salesplan.dlq.v1.>", |m| {
+            let original = m
+                .headers
+                .get(HEADER_ORIGINAL_SUBJECT)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            if streams::account_of(&original) != Some(account_id) {
+                return false;
+            }
+            if original.starts_with("salesplan.deals.") {
+                pb::DealEvent::decode(m.payload.as_ref())
+                    .ok()
+                    .is_some_and(|e| {
+                        known.contains(&e.contact_key)
+                            || is_theirs(e.deal.as_ref().and_then(|d| d.contact.as_ref()))
+                    })
+            } else {
+                lead_of(&m.payload)
+            }
+        })
+        .await?;
+    Ok(Deleted {
+        intake,
+        bulk,
+        dead_letters,
+    })
+}
+
+/// Deletes every message of `stream` on `subject` (a wildcard) for which `theirs` holds.
+async fn delete_matching(
+    bus: &Bus,
+    stream: &str,
+    subject: &str,
+    theirs: impl Fn(&async_nats::jetstream::message::StreamMessage) -> bool,
+) -> anyhow::Result<i64> {
+    let stream_handle = bus
+        .jetstream()
+        .get_stream_no_info(stream)
+        .await
+        .with_context(|| format!("stream {stream}"))?;
+    let (mut seq, mut deleted) = (1, 0);
+    loop {
+        let message = match stream_handle
+            .get_first_raw_message_by_subject(subject, seq)
+            .await
+        {
+            Ok(message) => message,
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => return Ok(deleted),
+            Err(err) => return Err(err).with_context(|| format!("reading {stream}")),
+        };
+        seq = message.sequence + 1;
+        if theirs(&message) {
+            stream_handle
+                .delete_message(message.sequence)
+                .await
+                .with_context(|| format!("deleting {stream} #{}", message.sequence))?;
+            deleted += 1;
+        }
+    }
+}
