@@ -19,7 +19,7 @@ use crate::{
 const KEYED: &str = "k1:";
 
 /// Contact keys under the deployment's secret (`SALESPLAN_CONTACT_KEY_SECRET`, the same
-/// for deal-service and the distributor).
+/// for deal-service, the distributor and the listener).
 #[derive(Clone)]
 pub struct ContactKeys {
     secret: Secret,
@@ -61,7 +61,7 @@ impl ContactKeys {
             None if development => Ok(Self::dev()),
             None => Err(ConfigError::new(
                 Self::KEY,
-                "not set: a secret of at least 32 bytes, the same for deal-service and the distributor",
+                "not set: a secret of at least 32 bytes, the same for deal-service, the distributor and the listener",
             )),
         }
     }
