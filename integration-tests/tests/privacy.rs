@@ -433,6 +433,10 @@ async fn scrub_events_rewrites_earlier_deal_events_without_personal_data() -> an
     for (at, raw) in every_message(&stack).await? {
         assert_eq!(found_in(&raw), Vec::<String>::new(), "{at}");
     }
+    // No gap: the events before the last original (the first, clean ones) moved too.
+    assert_eq!(done.moved, published);
+    let kept = stream.info().await?.state.clone();
+    assert_eq!(kept.messages, kept.last_sequence - kept.first_sequence + 1);
     let again = scrub().await?;
     assert_eq!((again.read, again.rewritten), (2 * published, 0), "once");
     // The copies carry the keyed key, as events published now do.

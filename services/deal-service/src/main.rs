@@ -56,8 +56,8 @@ async fn scrub_events() -> ExitCode {
     match result {
         Ok(done) => {
             println!(
-                "scrub-events: {} deal events read, {} published again without personal data and their originals erased",
-                done.read, done.rewritten
+                "scrub-events: {} deal events read, {} published again without personal data and {} before them as they were, their originals erased",
+                done.read, done.rewritten, done.moved
             );
             ExitCode::SUCCESS
         }

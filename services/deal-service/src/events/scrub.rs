@@ -32,6 +32,9 @@ pub struct Scrubbed {
     pub read: u64,
     /// Of them, published again without personal data and deleted.
     pub rewritten: u64,
+    /// Of them, carrying none but before the last that did: published again as they were
+    /// and deleted (no gap left behind).
+    pub moved: u64,
 }
 
 /// `event` without personal data, when it carries any.
@@ -83,8 +86,11 @@ async fn consumers_caught_up(stream: &async_nats::jetstream::stream::Stream) -> 
     Ok(())
 }
 
-/// Rewrites every deal event of the stream, up to its last message when it starts, that
-/// carries personal data.
+/// Rewrites the deal events of the stream that carry personal data, up to its last message
+/// when it starts. The events before the last of them that carry none are published again
+/// too (unchanged) and their originals deleted, so the stream keeps no gap a consumer
+/// reading it from its start would have to cross (reporting's progress needs an unbroken
+/// run of sequences).
 pub async fn scrub_deal_events(bus: &Bus, keys: &ContactKeys) -> anyhow::Result<Scrubbed> {
     let mut stream = bus
         .jetstream()
@@ -94,29 +100,47 @@ pub async fn scrub_deal_events(bus: &Bus, keys: &ContactKeys) -> anyhow::Result<
     let state = stream.info().await?.state.clone();
     consumers_caught_up(&stream).await?;
     let mut done = Scrubbed::default();
+    if state.messages == 0 {
+        return Ok(done);
+    }
+    // First pass: the last event that carries personal data.
+    let mut upto = None;
+    for at in state.first_sequence..=state.last_sequence {
+        if let Some((_, event)) = event_at(&stream, at).await? {
+            done.read += 1;
+            if scrubbed(&event, keys).is_some() {
+                upto = Some(at);
+            }
+        }
+    }
+    let Some(upto) = upto else {
+        return Ok(done);
+    };
     let mut seq = state.first_sequence;
-    while seq <= state.last_sequence && state.messages > 0 {
-        let end = (seq + BATCH as u64).min(state.last_sequence + 1);
+    while seq <= upto {
+        let end = (seq + BATCH as u64).min(upto + 1);
         let mut copies = Vec::new();
         let mut originals = Vec::new();
         for at in seq..end {
-            let message = match stream.get_raw_message(at).await {
-                Ok(message) => message,
-                // A sequence deleted before (a scrubbed original) is a gap.
-                Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => continue,
-                Err(err) => return Err(err).with_context(|| format!("reading deal event #{at}")),
+            let Some((subject, event)) = event_at(&stream, at).await? else {
+                continue;
             };
-            done.read += 1;
-            let event = pb::DealEvent::decode(message.payload.clone())
-                .with_context(|| format!("deal event #{at} does not decode"))?;
-            if let Some(clean) = scrubbed(&event, keys) {
-                copies.push(Outgoing::new(
-                    message.subject.to_string(),
-                    format!("{}.scrubbed", event.event_id),
-                    clean.encode_to_vec(),
-                ));
-                originals.push(at);
-            }
+            let (suffix, copy) = match scrubbed(&event, keys) {
+                Some(clean) => {
+                    done.rewritten += 1;
+                    ("scrubbed", clean)
+                }
+                None => {
+                    done.moved += 1;
+                    ("moved", event)
+                }
+            };
+            copies.push(Outgoing::new(
+                subject,
+                format!("{}.{suffix}", copy.event_id),
+                copy.encode_to_vec(),
+            ));
+            originals.push(at);
         }
         bus.publish_all(copies).await?;
         for at in &originals {
@@ -125,8 +149,23 @@ pub async fn scrub_deal_events(bus: &Bus, keys: &ContactKeys) -> anyhow::Result<
                 .await
                 .with_context(|| format!("deleting deal event #{at}"))?;
         }
-        done.rewritten += originals.len() as u64;
         seq = end;
     }
     Ok(done)
+}
+
+/// The deal event at `at` and its subject; `None` where the stream holds none (an original
+/// deleted before).
+async fn event_at(
+    stream: &async_nats::jetstream::stream::Stream,
+    at: u64,
+) -> anyhow::Result<Option<(String, pb::DealEvent)>> {
+    let message = match stream.get_raw_message(at).await {
+        Ok(message) => message,
+        Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("reading deal event #{at}")),
+    };
+    let event = pb::DealEvent::decode(message.payload.clone())
+        .with_context(|| format!("deal event #{at} does not decode"))?;
+    Ok(Some((message.subject.to_string(), event)))
 }
