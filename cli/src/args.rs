@@ -85,24 +85,21 @@ pub enum Command {
 pub enum Contacts {
     /// Erase a person: every deal of theirs in the account loses its contact and title
     /// (contacts:erase). Any of the identifiers matches; prints the receipt.
-    Erase {
-        #[arg(long, default_value = "")]
-        external_id: String,
-        #[arg(long, default_value = "")]
-        email: String,
-        #[arg(long, default_value = "")]
-        phone: String,
-    },
+    Erase(Person),
     /// Everything the account holds about a person (deals:read): each deal with its
     /// contact and history, as one JSON document.
-    Export {
-        #[arg(long, default_value = "")]
-        external_id: String,
-        #[arg(long, default_value = "")]
-        email: String,
-        #[arg(long, default_value = "")]
-        phone: String,
-    },
+    Export(Person),
+}
+
+/// Who: any of the identifiers matches.
+#[derive(Args)]
+pub struct Person {
+    #[arg(long, default_value = "")]
+    pub external_id: String,
+    #[arg(long, default_value = "")]
+    pub email: String,
+    #[arg(long, default_value = "")]
+    pub phone: String,
 }
 
 /// A plan to create.

@@ -18,8 +18,8 @@ use tonic::transport::Channel;
 
 use crate::{
     args::{
-        Cli, Command, Contacts, Deals, Filter, Global, Intake, NewDeal, NewPlan, Outbox, Plans,
-        Reports,
+        Cli, Command, Contacts, Deals, Filter, Global, Intake, NewDeal, NewPlan, Outbox, Person,
+        Plans, Reports,
     },
     output::{self, DEAL_HEADER, deal_json, deal_row, plan_json, plan_text, table},
 };
@@ -115,11 +115,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn contacts(ctx: &Ctx, command: Contacts) -> anyhow::Result<()> {
     let mut client = ContactServiceClient::new(ctx.channel(&ctx.global.deal_service).await?);
     match command {
-        Contacts::Erase {
+        Contacts::Erase(Person {
             external_id,
             email,
             phone,
-        } => {
+        }) => {
             let receipt = client
                 .erase_contact(ctx.request(pb::EraseContactRequest {
                     external_id,
@@ -148,11 +148,11 @@ async fn contacts(ctx: &Ctx, command: Contacts) -> anyhow::Result<()> {
                 },
             );
         }
-        Contacts::Export {
+        Contacts::Export(Person {
             external_id,
             email,
             phone,
-        } => {
+        }) => {
             let export = client
                 .export_contact(ctx.request(pb::ExportContactRequest {
                     external_id,

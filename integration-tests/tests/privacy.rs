@@ -38,6 +38,28 @@ fn found_in(haystack: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// A token of the account's admin (plans, every deal, intake, bulk adds) and an AUTO
+/// round-robin plan over two managers that prefers a contact's related manager.
+async fn admin_and_plan(stack: &Stack, name: &str) -> anyhow::Result<(String, pb::Plan)> {
+    let admin = stack.token(
+        ACCOUNT,
+        "admin",
+        &[
+            Permission::PlansAdmin,
+            Permission::DealsEditAll,
+            Permission::IntakeWrite,
+            Permission::DealsBulkEdit,
+        ],
+    );
+    let plan = create_plan(
+        stack.channel(&stack.deal_service).await?,
+        &admin,
+        plan_request(name, Mode::Auto, Strategy::RoundRobin, true, &["m1", "m2"]),
+    )
+    .await?;
+    Ok((admin, plan))
+}
+
 async fn post_lead(stack: &Stack, token: &str, plan_id: &str, run: &str) -> anyhow::Result<()> {
     let status = reqwest::Client::new()
         .post(stack.webhook_url())
@@ -122,27 +144,7 @@ async fn every_row(pool: &sqlx::PgPool) -> anyhow::Result<Vec<(String, String)>>
 async fn events_and_other_services_hold_no_personal_data_and_the_related_rule_still_works()
 -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    let admin = stack.token(
-        ACCOUNT,
-        "admin",
-        &[
-            Permission::PlansAdmin,
-            Permission::DealsEditAll,
-            Permission::IntakeWrite,
-        ],
-    );
-    let plan = create_plan(
-        stack.channel(&stack.deal_service).await?,
-        &admin,
-        plan_request(
-            "Privacy",
-            Mode::Auto,
-            Strategy::RoundRobin,
-            true,
-            &["m1", "m2"],
-        ),
-    )
-    .await?;
+    let (admin, plan) = admin_and_plan(&stack, "Privacy").await?;
     // Two leads of the same person: round robin alone would give them to two managers.
     post_lead(&stack, &admin, &plan.id, "run-1").await?;
     stack.intake_settled().await?;
@@ -320,27 +322,7 @@ async fn scrub_events_rewrites_earlier_deal_events_without_personal_data() -> an
     use deal_service::events::scrub::scrub_deal_events;
     use prost::Message as _;
     let stack = Stack::start().await?;
-    let admin = stack.token(
-        ACCOUNT,
-        "admin",
-        &[
-            Permission::PlansAdmin,
-            Permission::DealsEditAll,
-            Permission::IntakeWrite,
-        ],
-    );
-    let plan = create_plan(
-        stack.channel(&stack.deal_service).await?,
-        &admin,
-        plan_request(
-            "Scrub",
-            Mode::Auto,
-            Strategy::RoundRobin,
-            true,
-            &["m1", "m2"],
-        ),
-    )
-    .await?;
+    let (admin, plan) = admin_and_plan(&stack, "Scrub").await?;
     post_lead(&stack, &admin, &plan.id, "run-1").await?;
     post_lead(&stack, &admin, &plan.id, "run-2").await?;
     stack.intake_settled().await?;
@@ -449,14 +431,7 @@ async fn scrub_events_rewrites_earlier_deal_events_without_personal_data() -> an
 
     // Consumers took the copies and applied nothing new; a rebuild from the rewritten
     // stream gives the same.
-    for consumer in ["distributor-deals", "reporting-deals"] {
-        eventually(Duration::from_secs(20), || async {
-            let backlog =
-                integration_tests::nats::consumer_backlog(&js, "SALESPLAN_DEALS", consumer).await?;
-            Ok(backlog.is_empty().then_some(()))
-        })
-        .await?;
-    }
+    consumers_caught_up(&stack).await?;
     assert_eq!(read_model().await?, before);
     assert_eq!(relations().await?, relations_before);
     let reporting_config = reporting::Config::local(&stack.db.url, &stack.nats.url);
@@ -513,29 +488,8 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
         contact_service_client::ContactServiceClient, intake_service_client::IntakeServiceClient,
     };
     let stack = Stack::start().await?;
-    let admin = stack.token(
-        ACCOUNT,
-        "admin",
-        &[
-            Permission::PlansAdmin,
-            Permission::DealsEditAll,
-            Permission::IntakeWrite,
-            Permission::DealsBulkEdit,
-        ],
-    );
+    let (admin, plan) = admin_and_plan(&stack, "Erase").await?;
     let eraser = stack.token(ACCOUNT, "dpo", &[Permission::ContactsErase]);
-    let plan = create_plan(
-        stack.channel(&stack.deal_service).await?,
-        &admin,
-        plan_request(
-            "Erase",
-            Mode::Auto,
-            Strategy::RoundRobin,
-            true,
-            &["m1", "m2"],
-        ),
-    )
-    .await?;
     // Another account knows someone with the same e-mail.
     let other = stack.token(
         "globex",

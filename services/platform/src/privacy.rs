@@ -72,6 +72,21 @@ impl ContactKeys {
         validate::contact_key(external_id, email, phone).map(|plain| self.of_plain(account, &plain))
     }
 
+    /// The keyed key of a deal event's contact: the one it carries, or for an event
+    /// published before events carried it (with the contact itself), the contact's keyed.
+    pub fn of_deal_event(&self, event: &salesplan_proto::v1::DealEvent) -> Option<String> {
+        if !event.contact_key.is_empty() {
+            return Some(event.contact_key.clone());
+        }
+        let contact = event.deal.as_ref()?.contact.as_ref()?;
+        self.of(
+            &event.account_id,
+            &contact.external_id,
+            &contact.email,
+            &contact.phone,
+        )
+    }
+
     /// The keyed key of each identifier the contact has (platform id, e-mail, phone digits),
     /// whichever the contact is recognised by: what an erasure remembers, so a lead of any of
     /// them is matched.

@@ -43,18 +43,7 @@ pub fn scrubbed(event: &pb::DealEvent, keys: &ContactKeys) -> Option<pb::DealEve
     if deal.contact.is_none() && deal.title.is_empty() {
         return None;
     }
-    let contact = deal.contact.clone().unwrap_or_default();
-    let contact_key = if event.contact_key.is_empty() {
-        keys.of(
-            &event.account_id,
-            &contact.external_id,
-            &contact.email,
-            &contact.phone,
-        )
-        .unwrap_or_default()
-    } else {
-        event.contact_key.clone()
-    };
+    let contact_key = keys.of_deal_event(event).unwrap_or_default();
     Some(pb::DealEvent {
         deal: Some(crate::convert::without_personal_data(deal.clone())),
         contact_key,

@@ -7,7 +7,13 @@ use sqlx::{Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{BulkTarget, HistoryRow, MAX_BULK_DEALS, Store, StoreError};
+use sqlx::Row as _;
+
+use super::{
+    BulkTarget, HistoryRow, MAX_BULK_DEALS, Store, StoreError,
+    queries::{HISTORY_COLUMNS, history_row},
+    rows::{DEAL_COLUMNS, deal_from_row},
+};
 use crate::domain::deal::{Deal, NewDeal};
 
 /// The advisory lock between an account's erasures and its deals from leads.
@@ -100,16 +106,44 @@ impl Store {
                 ),
             ));
         }
-        let mut exported = Vec::with_capacity(found.len());
-        for (id, ..) in found {
-            let deal = self.deal(account_id, id).await?;
-            let (history, _) = self
-                .history(account_id, id, None, MAX_EXPORT_HISTORY)
-                .await?;
-            exported.push((deal, history));
+        // Two reads, whatever the number of deals: the deals, then their histories.
+        let ids: Vec<Uuid> = found.into_iter().map(|(id, ..)| id).collect();
+        let mut deals = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DEAL_COLUMNS} FROM deals WHERE account_id = $1 AND id = ANY($2)"
+        )))
+        .bind(account_id)
+        .bind(&ids)
+        .fetch_all(&self.reads)
+        .await?
+        .iter()
+        .map(deal_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        deals.sort_by_key(|d| (d.created_at, d.id));
+        let mut histories: HashMap<Uuid, Vec<HistoryRow>> = HashMap::new();
+        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT d.id AS deal_id, h.* FROM UNNEST($2::uuid[]) AS d(id)
+             CROSS JOIN LATERAL (SELECT {HISTORY_COLUMNS} FROM deal_history
+                 WHERE account_id = $1 AND deal_id = d.id ORDER BY id LIMIT $3) h
+             ORDER BY h.id"
+        )))
+        .bind(account_id)
+        .bind(&ids)
+        .bind(MAX_EXPORT_HISTORY as i64)
+        .fetch_all(&self.reads)
+        .await?
+        {
+            histories
+                .entry(row.try_get("deal_id")?)
+                .or_default()
+                .push(history_row(&row)?);
         }
-        exported.sort_by_key(|(d, _)| (d.created_at, d.id));
-        Ok(exported)
+        Ok(deals
+            .into_iter()
+            .map(|deal| {
+                let history = histories.remove(&deal.id).unwrap_or_default();
+                (deal, history)
+            })
+            .collect())
     }
 
     /// Takes the contact and title off each lead's deal whose person was erased after the
@@ -222,7 +256,6 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let known_keys = known.clone();
         let outcome = self
             .bulk_change(
                 account_id,
@@ -254,7 +287,7 @@ impl Store {
             first_at,
             deals_now: outcome.changed,
             deals_in_total,
-            known: known_keys,
+            known,
         })
     }
 }

@@ -89,6 +89,24 @@ pub struct HistoryRow {
     pub status: Option<String>,
 }
 
+/// The columns a history entry is read from.
+pub(super) const HISTORY_COLUMNS: &str =
+    "id, at, actor_id, action, from_value, to_value, loss_reason_id, status";
+
+/// A history entry from a row of [`HISTORY_COLUMNS`].
+pub(super) fn history_row(r: &sqlx::postgres::PgRow) -> Result<HistoryRow, sqlx::Error> {
+    Ok(HistoryRow {
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        actor_id: r.try_get("actor_id")?,
+        action: r.try_get("action")?,
+        from: r.try_get("from_value")?,
+        to: r.try_get("to_value")?,
+        loss_reason_id: r.try_get("loss_reason_id")?,
+        status: r.try_get("status")?,
+    })
+}
+
 /// A board whose search matches at most this many deals is built from one read of them.
 const BOARD_MATCHES_READ_WHOLE: usize = 500;
 
@@ -399,12 +417,11 @@ impl Store {
         db::traced(SCHEMA, "SELECT deal_history", async {
             // Through the deal itself: another account's deal is simply not found.
             self.deal(account_id, deal_id).await?;
-            let rows = sqlx::query(
-                "SELECT id, at, actor_id, action, from_value, to_value, loss_reason_id, status
-             FROM deal_history WHERE account_id = $1 AND deal_id = $2
-                AND ($3::bigint IS NULL OR id > $3)
-             ORDER BY id LIMIT $4",
-            )
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {HISTORY_COLUMNS} FROM deal_history WHERE account_id = $1 AND deal_id = $2
+                    AND ($3::bigint IS NULL OR id > $3)
+                 ORDER BY id LIMIT $4"
+            )))
             .bind(account_id)
             .bind(deal_id)
             .bind(after)
@@ -415,18 +432,7 @@ impl Store {
             let entries = rows
                 .iter()
                 .take(limit)
-                .map(|r| {
-                    Ok(HistoryRow {
-                        id: r.try_get("id")?,
-                        at: r.try_get("at")?,
-                        actor_id: r.try_get("actor_id")?,
-                        action: r.try_get("action")?,
-                        from: r.try_get("from_value")?,
-                        to: r.try_get("to_value")?,
-                        loss_reason_id: r.try_get("loss_reason_id")?,
-                        status: r.try_get("status")?,
-                    })
-                })
+                .map(history_row)
                 .collect::<Result<_, sqlx::Error>>()?;
             Ok((entries, more))
         })

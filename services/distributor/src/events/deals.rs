@@ -72,21 +72,11 @@ fn decode(delivery: &Delivery, keys: &ContactKeys) -> Result<DealState, String> 
     let event = pb::DealEvent::decode(delivery.payload.clone())
         .map_err(|e| format!("undecodable deal event: {e}"))?;
     delivery.check_account(&event.account_id)?;
+    let erased = event.kind == pb::deal_event::Kind::Erased as i32;
+    let contact_key = keys.of_deal_event(&event);
     let deal = event.deal.ok_or("deal event without a deal")?;
     let id = |field: &str, v: &str| {
         Uuid::parse_str(v).map_err(|_| format!("deal event with an invalid {field}"))
-    };
-    let contact = deal.contact.unwrap_or_default();
-    let erased = event.kind == pb::deal_event::Kind::Erased as i32;
-    let contact_key = if event.contact_key.is_empty() {
-        keys.of(
-            &event.account_id,
-            &contact.external_id,
-            &contact.email,
-            &contact.phone,
-        )
-    } else {
-        Some(event.contact_key)
     };
     let created = deal.created_at.ok_or("deal event without created_at")?;
     Ok(DealState {
