@@ -33,12 +33,17 @@ impl Stack {
         salesplan_platform::telemetry::init_for_tests();
         let db = TestDatabase::create().await?;
         let shutdown = CancellationToken::new();
-        let deal_service = deal_service::Config::local(&db.url, &nats.url)
-            .start(shutdown.clone())
-            .await?;
-        let distributor = distributor::Config::local(&db.url, &nats.url, &deal_service.grpc_url())
-            .start(shutdown.clone())
-            .await?;
+        // deal-service asks the distributor (ExportContact) and the distributor deal-service:
+        // the distributor's port is chosen before either starts.
+        let distributor_addr =
+            std::net::SocketAddr::from(([127, 0, 0, 1], crate::ports::reserve()?));
+        let mut deal_service = deal_service::Config::local(&db.url, &nats.url);
+        deal_service.distributor_url = format!("http://{distributor_addr}");
+        let deal_service = deal_service.start(shutdown.clone()).await?;
+        let mut distributor =
+            distributor::Config::local(&db.url, &nats.url, &deal_service.grpc_url());
+        distributor.common.grpc_addr = distributor_addr;
+        let distributor = distributor.start(shutdown.clone()).await?;
         let reporting = reporting::Config::local(&db.url, &nats.url)
             .start(shutdown.clone())
             .await?;
@@ -66,9 +71,9 @@ impl Stack {
 
     /// Starts one more deal-service replica (its own outbox relay on the same outbox).
     pub async fn add_deal_service(&self) -> anyhow::Result<Running> {
-        deal_service::Config::local(&self.db.url, &self.nats.url)
-            .start(self.shutdown.clone())
-            .await
+        let mut config = deal_service::Config::local(&self.db.url, &self.nats.url);
+        config.distributor_url = self.distributor.grpc_url();
+        config.start(self.shutdown.clone()).await
     }
 
     /// Starts one more reporting replica (sharing the deal and plan consumers).
@@ -186,9 +191,11 @@ impl DealStack {
         salesplan_platform::telemetry::init_for_tests();
         let nats = TestNats::start().await?;
         let shutdown = CancellationToken::new();
-        let deal_service = deal_service::Config::local(&db.url, &nats.url)
-            .start(shutdown.clone())
-            .await?;
+        let mut config = deal_service::Config::local(&db.url, &nats.url);
+        // No distributor: a port nothing listens on (not the default, which a developer's
+        // own distributor may hold).
+        config.distributor_url = format!("http://127.0.0.1:{}", crate::ports::reserve()?);
+        let deal_service = config.start(shutdown.clone()).await?;
         Ok(Self {
             nats,
             db,

@@ -294,6 +294,63 @@ async fn each_mode_from_webhook_to_deal() -> anyhow::Result<()> {
         .expect_err("another account");
     assert_eq!(err.code(), tonic::Code::NotFound);
 
+    // Several at once (ExportContact's look-up): in the order asked, a repeated id once,
+    // the deals created by hand and another account's left out.
+    let mut asked: Vec<String> = got.iter().map(|d| d.id.clone()).collect();
+    asked.push(lead_deal.id.clone());
+    let batch = |token: &str| {
+        outgoing(
+            pb::ExplainAssignmentsRequest {
+                deal_ids: asked.clone(),
+            },
+            token,
+        )
+    };
+    let explained = distributor
+        .explain_assignments(batch(&t.boss))
+        .await?
+        .into_inner()
+        .assignments;
+    let from_leads: Vec<&pb::Deal> = got
+        .iter()
+        .filter(|d| !d.idempotency_key.starts_with("by-hand"))
+        .collect();
+    assert_eq!(from_leads.len(), 6);
+    assert_eq!(
+        explained
+            .iter()
+            .map(|a| (a.deal_id.as_str(), a.manager_id.as_deref()))
+            .collect::<Vec<_>>(),
+        from_leads
+            .iter()
+            .map(|d| (d.id.as_str(), d.manager_id.as_deref()))
+            .collect::<Vec<_>>()
+    );
+    let foreign = distributor
+        .explain_assignments(batch(&stranger))
+        .await?
+        .into_inner();
+    assert!(foreign.assignments.is_empty());
+    let refused = distributor
+        .explain_assignments(outgoing(
+            pb::ExplainAssignmentsRequest {
+                deal_ids: vec!["x".into(), lead_deal.id.clone(), "y".into()],
+            },
+            &t.boss,
+        ))
+        .await
+        .expect_err("two ids are not ids");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let fields: Vec<String> = {
+        use tonic_types::StatusExt as _;
+        refused
+            .get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(fields, ["deal_ids[0]", "deal_ids[2]"]);
+
     // Closing, reassigning and reopening keep the distributor's counts exact.
     let won = fewest
         .stages

@@ -622,6 +622,9 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
             item.history.first().map(|e| e.action),
             Some(pb::HistoryAction::Created as i32)
         );
+        // With the distributor's decision that made it (each came from a lead).
+        let decision = item.assignment.as_ref().expect("the decision of a lead's deal");
+        assert_eq!((&decision.deal_id, &decision.plan_id), (&deal.id, &plan.id));
     }
     let first_exported = exported
         .deals
@@ -632,6 +635,14 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
         first_exported.history.len(),
         4,
         "created, assigned, closed, reopened"
+    );
+    assert_eq!(
+        first_exported
+            .assignment
+            .as_ref()
+            .and_then(|a| a.manager_id.as_deref()),
+        first.manager_id.as_deref(),
+        "the decision names the manager it chose, before the reassignment"
     );
 
     // Erased by e-mail, written as the person wrote it to the DPO.
@@ -809,7 +820,9 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
         (pb::Contact::default(), "")
     );
 
-    // Nothing names a manager for the person any more; their next lead is a new contact.
+    // Nothing names a manager for the person any more (once the distributor took the late
+    // deal's erasure); their next lead is a new contact.
+    consumers_caught_up(&stack).await?;
     let related: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM distributor.contact_managers WHERE account_id = $1",
     )
@@ -1034,4 +1047,55 @@ async fn erase_contact_deletes_the_persons_waiting_leads_and_dead_letters() -> a
         running.wait().await?;
     }
     Ok(())
+}
+
+/// An export is everything held or nothing: without the distributor's decisions it answers
+/// UNAVAILABLE rather than a document that leaves them out; a person with no deal needs
+/// none.
+#[tokio::test]
+async fn export_without_the_distributor_is_unavailable_not_incomplete() -> anyhow::Result<()> {
+    use salesplan_proto::v1::contact_service_client::ContactServiceClient;
+    let stack = integration_tests::stack::DealStack::start().await?;
+    let admin = stack.token(
+        ACCOUNT,
+        "admin",
+        &[Permission::PlansAdmin, Permission::DealsEditAll],
+    );
+    let plan = create_plan(
+        stack.channel().await?,
+        &admin,
+        plan_request("Export", Mode::Manual, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    let mut contacts = ContactServiceClient::new(stack.channel().await?);
+    let export = || {
+        outgoing(
+            pb::ExportContactRequest {
+                email: EMAIL.into(),
+                ..Default::default()
+            },
+            &admin,
+        )
+    };
+    assert!(contacts.export_contact(export()).await?.into_inner().deals.is_empty());
+    DealServiceClient::new(stack.channel().await?)
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: plan.id.clone(),
+                contact: Some(pb::Contact {
+                    email: EMAIL.into(),
+                    ..Default::default()
+                }),
+                idempotency_key: "by-hand".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await?;
+    let err = contacts
+        .export_contact(export())
+        .await
+        .expect_err("no distributor to ask");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    stack.stop().await
 }

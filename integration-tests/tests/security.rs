@@ -65,6 +65,7 @@ const METHODS: &[&str] = &[
     "LossReasons",
     "StageLosses",
     "ExplainAssignment",
+    "ExplainAssignments",
     "ListIntakeRejections",
     "ListParkedEvents",
     "ReplayParkedEvents",
@@ -478,6 +479,17 @@ async fn call(
             ))
             .await
             .map(|_| 1)?,
+        "ExplainAssignments" => DistributorServiceClient::new(ch.distributor.clone())
+            .explain_assignments(req(
+                pb::ExplainAssignmentsRequest {
+                    deal_ids: vec![ids.deal.clone()],
+                },
+                token,
+            ))
+            .await?
+            .into_inner()
+            .assignments
+            .len(),
         "ListIntakeRejections" => DistributorServiceClient::new(ch.distributor.clone())
             .list_intake_rejections(req(
                 pb::ListIntakeRejectionsRequest {
@@ -762,6 +774,7 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         ("GetBoard", "deals:read"),
         ("GetDealHistory", "deals:read"),
         ("ExplainAssignment", "deals:read"),
+        ("ExplainAssignments", "deals:read"),
         ("PipelineSummary", "reports:read"),
         ("LossReasons", "reports:read"),
         ("StageLosses", "reports:read"),
@@ -798,6 +811,8 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         "GetBoard",
         "GetDealHistory",
         "ExplainAssignment",
+        "ExplainAssignments",
+        "ExportContact",
     ];
     let report_reads = ["PipelineSummary", "LossReasons", "StageLosses"];
     let readers = [

@@ -18,6 +18,9 @@ pub struct Config {
     pub consistency_wait: std::time::Duration,
     /// `SALESPLAN_CONTACT_KEY_SECRET`: what deal events carry of a contact.
     pub contact_keys: ContactKeys,
+    /// `SALESPLAN_DISTRIBUTOR_URL`: where ExportContact asks for the decisions that
+    /// assigned a person's deals.
+    pub distributor_url: String,
 }
 
 /// Per-account limits of deal-service's calls that read or write in bulk, per replica.
@@ -89,6 +92,7 @@ impl Limits {
 
 impl Config {
     pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50053";
+    pub const DEFAULT_DISTRIBUTOR_URL: &str = "http://127.0.0.1:50052";
 
     pub fn local(database_url: &str, nats_url: &str) -> Self {
         Self {
@@ -97,18 +101,23 @@ impl Config {
             limits: Limits::default(),
             consistency_wait: salesplan_platform::consistency::DEFAULT_WAIT,
             contact_keys: ContactKeys::dev(),
+            distributor_url: Self::DEFAULT_DISTRIBUTOR_URL.to_owned(),
         }
     }
 
     /// The configuration from the environment; every key is checked here, so a bad one
     /// stops the service at start.
     pub fn read(env: &Env) -> Result<Self, ConfigError> {
-        Ok(Self {
+        let config = Self {
             common: ServiceConfig::from_env(env, Self::DEFAULT_GRPC_ADDR)?,
             database: DatabaseConfig::from_env(env)?,
             limits: Limits::from_env(env)?,
             consistency_wait: salesplan_platform::consistency::wait_from_env(env)?,
             contact_keys: ContactKeys::from_env(env)?,
-        })
+            distributor_url: env
+                .string("SALESPLAN_DISTRIBUTOR_URL", Self::DEFAULT_DISTRIBUTOR_URL),
+        };
+        salesplan_platform::config::url("SALESPLAN_DISTRIBUTOR_URL", &config.distributor_url)?;
+        Ok(config)
     }
 }

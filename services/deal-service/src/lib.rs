@@ -23,6 +23,7 @@ use salesplan_platform::{
 };
 use salesplan_proto::v1::{
     contact_service_server::ContactServiceServer, deal_service_server::DealServiceServer,
+    distributor_service_client::DistributorServiceClient,
     outbox_service_server::OutboxServiceServer, plan_service_server::PlanServiceServer,
 };
 use sqlx::migrate::Migrator;
@@ -56,6 +57,7 @@ impl Service for Config {
             store::Store::new(pool.clone(), reads, self.contact_keys.clone()),
             bus.clone(),
             self.contact_keys,
+            DistributorServiceClient::new(server::lazy_channel(&self.distributor_url)?),
             &self.limits,
             self.consistency_wait,
             &metrics,

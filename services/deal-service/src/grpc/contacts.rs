@@ -1,6 +1,8 @@
 //! ContactService: a person's data in the caller's account (docs/privacy.md).
 
-use salesplan_platform::{ApiError, Permission, auth, error::AllChecks as _, validate};
+use std::collections::HashMap;
+
+use salesplan_platform::{ApiError, Permission, auth, error::AllChecks as _, grpc, validate};
 use salesplan_proto::v1::{self as pb, contact_service_server::ContactService};
 use tonic::{Request, Response, Status};
 
@@ -95,18 +97,22 @@ impl ContactService for Api {
     ) -> Result<Response<pb::ExportContactResponse>, Status> {
         let actor = auth::reader(&request, Permission::DealsRead)?;
         let _permit = self.reads.admit(&actor.account_id)?;
+        let bearer = bearer(&request)?;
         let req = request.into_inner();
         let identity = identity(req.external_id, req.email, req.phone)?;
         let exported = self
             .store
             .export_contact(&actor.account_id, &identity)
             .await?;
+        let deal_ids: Vec<String> = exported.iter().map(|(d, _)| d.id.to_string()).collect();
+        let mut decisions = self.decisions(deal_ids, &bearer).await?;
         tracing::info!(actor = %actor.user_id, deals = exported.len(), "contact exported");
         Ok(Response::new(pb::ExportContactResponse {
             exported_at: Some(convert::timestamp(time::OffsetDateTime::now_utc())),
             deals: exported
                 .into_iter()
                 .map(|(deal, history)| pb::ExportedDeal {
+                    assignment: decisions.remove(&deal.id.to_string()),
                     deal: Some((&deal).into()),
                     history: history
                         .into_iter()
@@ -115,5 +121,62 @@ impl ContactService for Api {
                 })
                 .collect(),
         }))
+    }
+}
+
+/// How long an export waits for the distributor's decisions.
+const DECISIONS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The caller's own token: the distributor is asked on their behalf, so it answers with
+/// nothing the caller could not read there (the same account, `deals:read`).
+fn bearer<T>(request: &Request<T>) -> Result<String, ApiError> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::internal("an authorised call without its bearer token"))
+}
+
+impl super::Api {
+    /// The distributor's decisions of the deals, by deal id. A deal created directly has
+    /// none; a distributor that does not answer makes the export UNAVAILABLE rather than
+    /// silently incomplete.
+    async fn decisions(
+        &self,
+        deal_ids: Vec<String>,
+        bearer: &str,
+    ) -> Result<HashMap<String, pb::Assignment>, ApiError> {
+        if deal_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut distributor = self.distributor.clone();
+        let request = || {
+            let mut request =
+                grpc::between_services(pb::ExplainAssignmentsRequest { deal_ids }, bearer);
+            request.set_timeout(DECISIONS_WAIT);
+            request
+        };
+        let answer = grpc::call(
+            "salesplan.v1.DistributorService",
+            "ExplainAssignments",
+            request,
+            |r| distributor.explain_assignments(r),
+        )
+        .await
+        .map_err(|status| {
+            ApiError::Unavailable(format!(
+                "the distributor's decisions of the deals: {} ({})",
+                status.message(),
+                status.code()
+            ))
+        })?;
+        Ok(answer
+            .into_inner()
+            .assignments
+            .into_iter()
+            .map(|a| (a.deal_id.clone(), a))
+            .collect())
     }
 }

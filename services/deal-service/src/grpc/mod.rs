@@ -8,6 +8,7 @@ mod plans;
 use std::sync::Arc;
 
 use salesplan_platform::{limits::AccountLimiter, metrics::Metrics};
+use salesplan_proto::v1::distributor_service_client::DistributorServiceClient;
 
 use crate::{Limits, store::Store};
 use salesplan_platform::consistency::Wanted;
@@ -18,6 +19,8 @@ pub struct Api {
     /// EraseContact deletes the person's waiting leads and dead letters.
     bus: salesplan_platform::bus::Bus,
     contact_keys: salesplan_platform::privacy::ContactKeys,
+    /// ExportContact asks it for the decisions that assigned the person's deals.
+    distributor: DistributorServiceClient<tonic::transport::Channel>,
     /// ListDeals, GetBoard, GetDealHistory, ListPlans, ListParkedEvents.
     reads: Arc<AccountLimiter>,
     /// BulkMoveDeals, BulkAssignDeals, TransferDeals, ReplayParkedEvents.
@@ -36,6 +39,7 @@ impl Api {
         store: Store,
         bus: salesplan_platform::bus::Bus,
         contact_keys: salesplan_platform::privacy::ContactKeys,
+        distributor: DistributorServiceClient<tonic::transport::Channel>,
         limits: &Limits,
         consistency_wait: std::time::Duration,
         metrics: &Metrics,
@@ -44,6 +48,7 @@ impl Api {
             store,
             bus,
             contact_keys,
+            distributor,
             reads: AccountLimiter::new("reads", limits.reads, metrics),
             bulk: AccountLimiter::new("bulk changes", limits.bulk, metrics),
             creates: AccountLimiter::new("deal creation", limits.creates, metrics),

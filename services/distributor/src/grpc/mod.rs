@@ -17,6 +17,10 @@ use crate::{
 };
 
 const DEFAULT_PAGE: i64 = 100;
+/// The most deals ExplainAssignments takes (ExportContact's most deals).
+const MAX_EXPLAINED: usize = 1_000;
+/// Look-ups at deal-service at once for deals whose decision is not linked yet.
+const LOOKUPS_AT_ONCE: usize = 4;
 const MAX_PAGE: i64 = 500;
 
 /// `<unix nanos>.<intake id>` of the last rejection of a page.
@@ -105,6 +109,57 @@ impl Explain {
     }
 }
 
+impl Explain {
+    /// The decisions of `deal_ids`, in their order. Most are linked to their deals; the
+    /// rest (deals created directly, or linked in a moment) are looked up one by one, a few
+    /// at once.
+    async fn assignments(
+        &self,
+        account_id: &str,
+        deal_ids: &[Uuid],
+    ) -> Result<Vec<pb::Assignment>, ApiError> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let linked = self.store.assignments_of_deals(account_id, deal_ids).await?;
+        let linked = &linked;
+        let found: Vec<Option<pb::Assignment>> = futures::stream::iter(deal_ids.iter().copied())
+            .map(|deal_id| {
+                let stored = linked.get(&deal_id);
+                async move {
+                    match stored {
+                        Some(stored) => explained(stored, deal_id).map(Some),
+                        None => self.assignment(account_id, deal_id).await,
+                    }
+                }
+            })
+            .buffered(LOOKUPS_AT_ONCE)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+}
+
+/// The request's deal ids: 1 to [`MAX_EXPLAINED`], each an id, every violation at once;
+/// a repeated id once.
+fn deal_ids(values: &[String]) -> Result<Vec<Uuid>, ApiError> {
+    if values.is_empty() || values.len() > MAX_EXPLAINED {
+        return Err(ApiError::invalid(
+            "deal_ids",
+            format!("1 to {MAX_EXPLAINED} deal ids"),
+        ));
+    }
+    let mut checks = salesplan_platform::error::Checks::new();
+    let mut ids = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        if let Some(id) = checks.check(parse_id(&format!("deal_ids[{i}]"), value)) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    checks.finish()?;
+    Ok(ids)
+}
+
 /// A stored explanation, decoded, as the explanation of `deal_id`.
 fn explained(stored: &[u8], deal_id: Uuid) -> Result<pb::Assignment, ApiError> {
     use prost::Message as _;
@@ -134,6 +189,17 @@ impl DistributorService for Explain {
         Ok(Response::new(pb::ExplainAssignmentResponse {
             assignment: Some(assignment),
         }))
+    }
+
+    async fn explain_assignments(
+        &self,
+        request: Request<pb::ExplainAssignmentsRequest>,
+    ) -> Result<Response<pb::ExplainAssignmentsResponse>, Status> {
+        let actor = auth::reader(&request, Permission::DealsRead)?;
+        let _permit = self.limiter.admit(&actor.account_id)?;
+        let deal_ids = deal_ids(&request.get_ref().deal_ids)?;
+        let assignments = self.assignments(&actor.account_id, &deal_ids).await?;
+        Ok(Response::new(pb::ExplainAssignmentsResponse { assignments }))
     }
 
     async fn list_intake_rejections(

@@ -381,6 +381,29 @@ impl Store {
         .await
     }
 
+    /// The stored explanations of the decisions linked to any of `deal_ids`, within the
+    /// account, by deal.
+    pub async fn assignments_of_deals(
+        &self,
+        account_id: &str,
+        deal_ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {
+        db::traced(SCHEMA, "SELECT assignments", async {
+            let rows = sqlx::query(
+                "SELECT deal_id, explanation FROM assignments
+                 WHERE account_id = $1 AND deal_id = ANY($2)",
+            )
+            .bind(account_id)
+            .bind(deal_ids)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get("deal_id")?, row.try_get("explanation")?)))
+                .collect()
+        })
+        .await
+    }
+
     /// The stored explanation of the decision of the lead `intake_id` of the plan, within
     /// the account (a deal's key is its creator's choice: it names a decision only within
     /// the same account and plan).
