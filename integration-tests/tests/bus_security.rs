@@ -130,8 +130,17 @@ async fn every_service_works_as_its_own_user() -> anyhow::Result<()> {
     let nats = TestNats::start_with_config(&authorization()?).await?;
     let database = TestDatabase::create().await?;
     let logs = tempfile::tempdir()?;
+    // The distributor, alone, is told to keep undecided leads two days: it changes the lanes
+    // deal-service created (a week) under its own user.
     let (mut services, ports) =
-        start_services_with(&database.url, &nats.url, logs.path(), &[], own_user).await?;
+        start_services_with(&database.url, &nats.url, logs.path(), &[], |service| {
+            let mut env = own_user(service);
+            if service == "distributor" {
+                env.push(("SALESPLAN_INTAKE_RETENTION_HOURS".into(), "48".into()));
+            }
+            env
+        })
+        .await?;
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", ports.deal))?
             .connect()
@@ -175,6 +184,13 @@ async fn every_service_works_as_its_own_user() -> anyhow::Result<()> {
     .connect(&nats.url)
     .await?;
     let js = async_nats::jetstream::new(admin);
+    for lane in [
+        salesplan_platform::bus::streams::INTAKE,
+        salesplan_platform::bus::streams::BULK,
+    ] {
+        let config = js.get_stream(lane.name).await?.info().await?.config.clone();
+        assert_eq!(config.max_age, Duration::from_secs(48 * 3600), "{}", lane.name);
+    }
     integration_tests::stack::eventually(Duration::from_secs(10), || async {
         let info = js
             .get_stream(salesplan_platform::bus::streams::INTAKE.name)

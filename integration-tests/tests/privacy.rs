@@ -1099,3 +1099,47 @@ async fn export_without_the_distributor_is_unavailable_not_incomplete() -> anyho
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     stack.stop().await
 }
+
+/// A lead nobody decided leaves the intake lanes after the deployment's retention window
+/// (`SALESPLAN_INTAKE_RETENTION_HOURS`), also in lanes created earlier with another one:
+/// the distributor sets the window at its start (`Bus::keep_intake_retention`; under its
+/// own broker user in `bus_security.rs`).
+#[tokio::test]
+async fn an_undecided_lead_leaves_the_intake_lanes_after_the_retention_window()
+-> anyhow::Result<()> {
+    use salesplan_platform::{
+        bus::{Bus, streams},
+        config::NatsConfig,
+    };
+    let nats = integration_tests::TestNats::start().await?;
+    let week = Bus::connect(&NatsConfig::local(&nats.url), "test").await?;
+    week.ensure_streams(&streams::ALL).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
+    js.publish(
+        streams::intake_subject(ACCOUNT, &uuid::Uuid::new_v4().to_string()),
+        "a lead".into(),
+    )
+    .await?
+    .await?;
+    let held = |name: &'static str| {
+        let js = js.clone();
+        async move { anyhow::Ok(js.get_stream(name).await?.info().await?.clone()) }
+    };
+    let intake = held(streams::INTAKE.name).await?;
+    assert_eq!(intake.config.max_age, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(intake.state.messages, 1);
+
+    let mut config = NatsConfig::local(&nats.url);
+    config.intake_retention = Duration::from_secs(2);
+    Bus::connect(&config, "test").await?.keep_intake_retention().await?;
+    for lane in [streams::INTAKE, streams::BULK] {
+        assert_eq!(held(lane.name).await?.config.max_age, Duration::from_secs(2));
+    }
+    // The other streams keep theirs (deal events: forever).
+    assert_eq!(held(streams::DEALS.name).await?.config.max_age, Duration::ZERO);
+    eventually(Duration::from_secs(15), || async {
+        Ok((held(streams::INTAKE.name).await?.state.messages == 0).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

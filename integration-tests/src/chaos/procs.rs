@@ -324,6 +324,10 @@ pub async fn start_services_with(
                 "SALESPLAN_DEAL_SERVICE_URL".to_owned(),
                 format!("http://127.0.0.1:{deal}"),
             ),
+            (
+                "SALESPLAN_DISTRIBUTOR_URL".to_owned(),
+                format!("http://127.0.0.1:{distributor}"),
+            ),
             ("SALESPLAN_WEBHOOK_RATE".to_owned(), "1000000".to_owned()),
             ("SALESPLAN_WEBHOOK_BURST".to_owned(), "1000000".to_owned()),
             ("RUST_LOG".to_owned(), "warn".to_owned()),

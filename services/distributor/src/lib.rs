@@ -55,6 +55,8 @@ impl Service for Config {
         let pool = db::connect_and_migrate(&self.database, SCHEMA, &MIGRATOR).await?;
         let bus = Bus::connect(&common.nats, Self::NAME).await?;
         bus.ensure_streams(&streams::ALL).await?;
+        // The leads it has not decided yet are kept only as long as configured.
+        bus.keep_intake_retention().await?;
         let issuer = TokenIssuer::from_config(&common.auth)?
             .context("no key to sign calls to deal-service")?;
         let tokens = ServiceTokens::new(

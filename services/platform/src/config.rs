@@ -242,6 +242,10 @@ pub struct NatsConfig {
     /// How long a consumer waits for a batch to fill once its first message is in: a few
     /// milliseconds of latency buy batches of hundreds instead of dozens under load.
     pub batch_wait: std::time::Duration,
+    /// `SALESPLAN_INTAKE_RETENTION_HOURS`: how long the intake lanes keep a lead nobody
+    /// decided (the distributor deletes each one it decided at once). Leads are personal
+    /// data: the shortest window that outlasts the longest outage to ride out.
+    pub intake_retention: std::time::Duration,
 }
 
 impl fmt::Debug for NatsConfig {
@@ -320,8 +324,20 @@ impl NatsSecurity {
     }
 }
 
+/// `SALESPLAN_INTAKE_RETENTION_HOURS`: 1 hour to a year.
+fn intake_retention(env: &Env) -> Result<std::time::Duration, ConfigError> {
+    const KEY: &str = "SALESPLAN_INTAKE_RETENTION_HOURS";
+    let hours: u64 = env.parse(KEY, NatsConfig::DEFAULT_INTAKE_RETENTION_HOURS)?;
+    if !(1..=366 * 24).contains(&hours) {
+        return Err(ConfigError::new(KEY, "must be between 1 and 8784 (a year)"));
+    }
+    Ok(std::time::Duration::from_secs(hours * 3600))
+}
+
 impl NatsConfig {
     pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+    /// Seven days: a week-long outage of the distributor loses no lead.
+    pub const DEFAULT_INTAKE_RETENTION_HOURS: u64 = 7 * 24;
 
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let config = Self {
@@ -333,6 +349,7 @@ impl NatsConfig {
             batch_wait: std::time::Duration::from_millis(
                 env.parse("SALESPLAN_CONSUMER_WAIT_MS", 10)?,
             ),
+            intake_retention: intake_retention(env)?,
         };
         config.validate()?;
         Ok(config)
@@ -346,6 +363,9 @@ impl NatsConfig {
             max_deliver: 8,
             batch_size: 500,
             batch_wait: std::time::Duration::from_millis(10),
+            intake_retention: std::time::Duration::from_secs(
+                3600 * Self::DEFAULT_INTAKE_RETENTION_HOURS,
+            ),
         }
     }
 
@@ -757,6 +777,24 @@ mod tests {
 
         let env = Env::from_pairs([("NATS_URL", "nats://a:4222,not a url")]);
         assert_eq!(NatsConfig::from_env(&env).unwrap_err().key, "NATS_URL");
+
+        for hours in ["0", "8785", "99999999999999999"] {
+            let env = Env::from_pairs([("SALESPLAN_INTAKE_RETENTION_HOURS", hours)]);
+            assert_eq!(
+                NatsConfig::from_env(&env).unwrap_err().key,
+                "SALESPLAN_INTAKE_RETENTION_HOURS",
+                "{hours}"
+            );
+        }
+    }
+
+    #[test]
+    fn intake_retention_is_a_week_unless_set() {
+        let default = NatsConfig::from_env(&Env::from_pairs([("NATS_URL", "nats://a:4222")])).unwrap();
+        assert_eq!(default.intake_retention.as_secs(), 7 * 24 * 3600);
+        let env = Env::from_pairs([("SALESPLAN_INTAKE_RETENTION_HOURS", "48")]);
+        let set = NatsConfig::from_env(&env).unwrap();
+        assert_eq!(set.intake_retention.as_secs(), 48 * 3600);
     }
 
     #[test]

@@ -174,9 +174,45 @@ impl Bus {
     pub async fn ensure_streams(&self, specs: &[streams::StreamSpec]) -> Result<(), BusError> {
         for spec in specs {
             self.js
-                .get_or_create_stream(spec.config(self.config.replicas))
+                .get_or_create_stream(spec.config(self.config.replicas, self.config.intake_retention))
                 .await
                 .map_err(|e| BusError::jetstream("create stream", e))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the intake lanes' age limit to this deployment's `intake_retention` where a
+    /// stream made earlier has another (streams are created once; the setting may change
+    /// later). Only the distributor, which decides the leads, may change them.
+    pub async fn keep_intake_retention(&self) -> Result<(), BusError> {
+        let wanted = self.config.intake_retention;
+        for spec in streams::ALL.iter().filter(|spec| spec.holds_leads) {
+            let mut stream = self
+                .js
+                .get_stream(spec.name)
+                .await
+                .map_err(|e| BusError::jetstream("get stream", e))?;
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| BusError::jetstream("stream info", e))?;
+            if info.config.max_age == wanted {
+                continue;
+            }
+            let mut config = info.config.clone();
+            let target = spec.config(self.config.replicas, wanted);
+            config.max_age = target.max_age;
+            config.duplicate_window = target.duplicate_window;
+            self.js
+                .update_stream(config)
+                .await
+                .map_err(|e| BusError::jetstream("update stream", e))?;
+            tracing::info!(
+                stream = spec.name,
+                from_secs = info.config.max_age.as_secs(),
+                to_secs = wanted.as_secs(),
+                "intake retention changed"
+            );
         }
         Ok(())
     }

@@ -15,18 +15,32 @@ pub struct StreamSpec {
     /// `Limits` keeps messages for every consumer until they age out; `WorkQueue` removes
     /// a message once acked, so what the stream holds is exactly the work still to do.
     pub retention: RetentionPolicy,
+    /// An intake lane: it holds leads (personal data) until they are decided, at most for
+    /// the deployment's `SALESPLAN_INTAKE_RETENTION_HOURS` instead of `max_age`.
+    pub holds_leads: bool,
 }
 
 impl StreamSpec {
-    pub fn config(&self, replicas: usize) -> Config {
+    /// The stream's settings; `intake_retention` is the age limit of the intake lanes.
+    pub fn config(&self, replicas: usize, intake_retention: Duration) -> Config {
+        let max_age = if self.holds_leads {
+            intake_retention
+        } else {
+            self.max_age
+        };
         Config {
             name: self.name.to_owned(),
             subjects: vec![self.subjects.to_owned()],
             retention: self.retention,
             storage: StorageType::File,
             discard: DiscardPolicy::Old,
-            max_age: self.max_age,
-            duplicate_window: self.duplicate_window,
+            max_age,
+            // The server refuses a duplicate window longer than the age limit.
+            duplicate_window: if max_age.is_zero() {
+                self.duplicate_window
+            } else {
+                self.duplicate_window.min(max_age)
+            },
             num_replicas: replicas,
             // The horizons' stream keeps the newest message only.
             max_messages_per_subject: if self.name == "SALESPLAN_HORIZONS" {
@@ -49,6 +63,7 @@ pub const INTAKE: StreamSpec = StreamSpec {
     max_age: Duration::from_secs(7 * DAY.as_secs()),
     duplicate_window: Duration::from_secs(10 * 60),
     retention: RetentionPolicy::Limits,
+    holds_leads: true,
 };
 
 /// "Add to sales plan" events of bulk adds (AddAudience), one subject per account and
@@ -60,6 +75,7 @@ pub const BULK: StreamSpec = StreamSpec {
     max_age: Duration::from_secs(7 * DAY.as_secs()),
     duplicate_window: Duration::from_secs(10 * 60),
     retention: RetentionPolicy::WorkQueue,
+    holds_leads: true,
 };
 
 /// Deal events from deal-service's outbox.
@@ -69,6 +85,7 @@ pub const DEALS: StreamSpec = StreamSpec {
     max_age: Duration::ZERO,
     duplicate_window: Duration::from_secs(10 * 60),
     retention: RetentionPolicy::Limits,
+    holds_leads: false,
 };
 
 /// Plan snapshots from deal-service's outbox.
@@ -78,6 +95,7 @@ pub const PLANS: StreamSpec = StreamSpec {
     max_age: Duration::ZERO,
     duplicate_window: Duration::from_secs(10 * 60),
     retention: RetentionPolicy::Limits,
+    holds_leads: false,
 };
 
 /// The distributor's assignment decisions, with their explanation.
@@ -87,6 +105,7 @@ pub const ASSIGNMENTS: StreamSpec = StreamSpec {
     max_age: Duration::from_secs(30 * DAY.as_secs()),
     duplicate_window: Duration::from_secs(10 * 60),
     retention: RetentionPolicy::Limits,
+    holds_leads: false,
 };
 
 /// deal-service's outbox horizons (`pb::Horizon`, read your writes): only the newest is
@@ -97,6 +116,7 @@ pub const HORIZONS: StreamSpec = StreamSpec {
     max_age: Duration::from_secs(DAY.as_secs()),
     duplicate_window: Duration::from_secs(60),
     retention: RetentionPolicy::Limits,
+    holds_leads: false,
 };
 
 pub const HORIZON_SUBJECT: &str = "salesplan.horizons.v1";
@@ -108,6 +128,7 @@ pub const DEAD_LETTERS: StreamSpec = StreamSpec {
     max_age: Duration::from_secs(30 * DAY.as_secs()),
     duplicate_window: Duration::from_secs(60),
     retention: RetentionPolicy::Limits,
+    holds_leads: false,
 };
 
 pub const ALL: [StreamSpec; 7] = [
