@@ -202,6 +202,22 @@ async fn every_service_works_as_its_own_user() -> anyhow::Result<()> {
         Ok((info.last_sequence == 1 && info.messages == 0).then_some(()))
     })
     .await?;
+    // Its sweep of decided leads whose erasure failed works under its user too.
+    let mut as_distributor = salesplan_platform::config::NatsConfig::local(&nats.url);
+    as_distributor.security.user = Some((
+        "distributor".into(),
+        salesplan_platform::config::Secret::new(password("distributor")),
+    ));
+    let bus = salesplan_platform::bus::Bus::connect(&as_distributor, "distributor").await?;
+    let swept = salesplan_platform::bus::sweep_handled(
+        &bus,
+        &salesplan_platform::bus::ConsumerSpec::new(
+            &salesplan_platform::bus::streams::INTAKE,
+            "distributor-intake",
+        ),
+    )
+    .await?;
+    assert_eq!(swept, 0, "the decided lead was erased at once");
     for service in &mut services {
         let status = service.stop(Duration::from_secs(30)).await?;
         assert!(status.is_some_and(|s| s.success()), "{}", service.name);

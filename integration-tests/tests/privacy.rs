@@ -1143,3 +1143,79 @@ async fn an_undecided_lead_leaves_the_intake_lanes_after_the_retention_window()
     .await?;
     Ok(())
 }
+
+/// A decided lead whose erasure failed right after its decision is erased by the next
+/// sweep: every message at or below the consumer's acknowledgement floor, and none above.
+#[tokio::test]
+async fn a_sweep_erases_handled_leads_left_in_the_lane() -> anyhow::Result<()> {
+    use async_nats::jetstream::{AckKind, consumer::pull};
+    use salesplan_platform::{
+        bus::{Bus, ConsumerSpec, streams, sweep_handled},
+        config::NatsConfig,
+    };
+    let nats = integration_tests::TestNats::start().await?;
+    let bus = Bus::connect(&NatsConfig::local(&nats.url), "test").await?;
+    bus.ensure_streams(&streams::ALL).await?;
+    let js = bus.jetstream().clone();
+    let stream = js.get_stream(streams::INTAKE.name).await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("sweep-test".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    for n in 0..3 {
+        js.publish(
+            streams::intake_subject(ACCOUNT, &uuid::Uuid::new_v4().to_string()),
+            format!("lead {n}").into(),
+        )
+        .await?
+        .await?;
+    }
+    let mut batch = consumer.fetch().max_messages(3).messages().await?;
+    let mut delivered = Vec::new();
+    while let Some(message) = futures::StreamExt::next(&mut batch).await {
+        delivered.push(message.map_err(|e| anyhow::anyhow!(e))?);
+    }
+    assert_eq!(delivered.len(), 3);
+    // The first two are handled (their erasure "failed": they are still there).
+    for message in &delivered[..2] {
+        message
+            .ack_with(AckKind::Ack)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let spec = ConsumerSpec::new(&streams::INTAKE, "sweep-test");
+    let held = || async {
+        anyhow::Ok(
+            js.get_stream(streams::INTAKE.name)
+                .await?
+                .info()
+                .await?
+                .state
+                .clone(),
+        )
+    };
+    // Acknowledgements are asynchronous: the floor reaches 2 within moments.
+    eventually(Duration::from_secs(5), || async {
+        let stream = js.get_stream(streams::INTAKE.name).await?;
+        let floor = stream.consumer_info("sweep-test").await?.ack_floor.stream_sequence;
+        Ok((floor == 2).then_some(()))
+    })
+    .await?;
+    assert_eq!(sweep_handled(&bus, &spec).await?, 2);
+    let state = held().await?;
+    assert_eq!((state.messages, state.first_sequence), (1, 3), "the undecided lead stays");
+    assert_eq!(sweep_handled(&bus, &spec).await?, 0);
+    delivered[2]
+        .ack_with(AckKind::Ack)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    eventually(Duration::from_secs(5), || async {
+        Ok((sweep_handled(&bus, &spec).await? == 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(held().await?.messages, 0);
+    Ok(())
+}

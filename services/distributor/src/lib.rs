@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use salesplan_platform::{
     Permission,
     auth::{AuthInterceptor, ServiceTokens, TokenIssuer, TokenVerifier},
-    bus::{Activity, Bus, ConsumerSpec, FairSpec, streams},
+    bus::{Activity, Bus, ConsumerSpec, FairSpec, streams, sweep_handled_now_and_then},
     config::{ConfigError, Env},
     db, grpc as server,
     metrics::Metrics,
@@ -32,6 +32,8 @@ pub const SCHEMA: &str = "distributor";
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/distributor");
 /// Intake batches handled at once by one process.
 const INTAKE_BATCHES_IN_FLIGHT: usize = 3;
+/// How often decided leads whose erasure failed are looked for in the interactive lane.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Bulk rounds handled at once by one process: the next round is fetched while one is
 /// handled.
 const BULK_ROUNDS_IN_FLIGHT: usize = 2;
@@ -92,15 +94,23 @@ impl Service for Config {
             )
         };
         let interactive = Activity::default();
+        // Decisions serialize on the plan's row lock; the deal creation of one batch
+        // overlaps the decisions of the next. A lead decided is erased from the lane: the
+        // stream holds a person's data only until their deal exists.
+        let intake = ConsumerSpec::new(&streams::INTAKE, "distributor-intake")
+            .with_concurrency(INTAKE_BATCHES_IN_FLIGHT)
+            .erasing_what_it_handled();
+        // A lead whose erasure failed right after its decision is erased a little later.
+        background.spawn(sweep_handled_now_and_then(
+            bus.clone(),
+            intake.clone(),
+            SWEEP_EVERY,
+            background.stop_token(),
+        ));
         // The interactive lane: a funnel's single lead, never behind a bulk add.
         background.consume(
             &bus,
-            // Decisions serialize on the plan's row lock; the deal creation of one batch
-            // overlaps the decisions of the next. A lead decided is erased from the lane:
-            // the stream holds a person's data only until their deal exists.
-            ConsumerSpec::new(&streams::INTAKE, "distributor-intake")
-                .with_concurrency(INTAKE_BATCHES_IN_FLIGHT)
-                .erasing_what_it_handled(),
+            intake,
             Arc::new(leads().marking(interactive.clone())),
         );
         // The bulk lane: accounts served in turn, so one account's large bulk add does not

@@ -475,8 +475,73 @@ pub(super) async fn process<H: BatchHandler>(
     }
 }
 
+/// The most messages one sweep deletes: a sweep is a background chore, never a long
+/// stall of the broker.
+const SWEEP_AT_MOST: u64 = 10_000;
+
+/// Deletes (data overwritten) the messages of `spec`'s stream that its consumer has
+/// handled but that are still there: those whose deletion right after handling failed.
+/// Handled = at or below the consumer's acknowledgement floor, which no redelivery can
+/// go back under. Returns how many it deleted (at most [`SWEEP_AT_MOST`] a call).
+pub async fn sweep_handled(bus: &Bus, spec: &ConsumerSpec) -> Result<u64, BusError> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    let js = bus.jetstream();
+    let stream = js
+        .get_stream(spec.stream)
+        .await
+        .map_err(|e| BusError::jetstream("get stream", e))?;
+    let floor = stream
+        .consumer_info(&spec.durable)
+        .await
+        .map_err(|e| BusError::jetstream("consumer info", e))?
+        .ack_floor
+        .stream_sequence;
+    let (mut seq, mut deleted) = (1, 0);
+    while deleted < SWEEP_AT_MOST {
+        let message = match stream
+            .get_first_raw_message_by_subject(&spec.filter_subject, seq)
+            .await
+        {
+            Ok(message) if message.sequence <= floor => message,
+            Ok(_) => break,
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => break,
+            Err(err) => return Err(BusError::jetstream("read a message", err)),
+        };
+        stream
+            .delete_message(message.sequence)
+            .await
+            .map_err(|e| BusError::jetstream("delete a message", e))?;
+        deleted += 1;
+        seq = message.sequence + 1;
+    }
+    Ok(deleted)
+}
+
+/// [`sweep_handled`] every `every` until `stop`; a failed sweep is logged and tried again
+/// at the next turn.
+pub async fn sweep_handled_now_and_then(
+    bus: Bus,
+    spec: ConsumerSpec,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match sweep_handled(&bus, &spec).await {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::info!(stream = spec.stream, deleted, "handled messages erased late");
+            }
+            Err(err) => tracing::warn!(error = %err, stream = spec.stream, "sweep failed"),
+        }
+    }
+}
+
 /// Deletes the messages at `sequences` from `stream`, their data overwritten; the requests
-/// go out together. One that fails is left to the stream's age limit (logged).
+/// go out together. One that fails is left to [`sweep_handled`] (logged).
 async fn erase(bus: &Bus, stream: &str, sequences: &[u64]) {
     if sequences.is_empty() {
         return;

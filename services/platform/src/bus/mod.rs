@@ -12,7 +12,8 @@ use async_nats::jetstream;
 
 pub use consumer::{
     BatchHandler, ConsumerSpec, Delivery, HEADER_DELIVERED, HEADER_ORIGINAL_SUBJECT, HEADER_REASON,
-    Outcome, apply_each_on_refusal, end_spans, run_consumer,
+    Outcome, apply_each_on_refusal, end_spans, run_consumer, sweep_handled,
+    sweep_handled_now_and_then,
 };
 pub use fair::{
     Activity, ActivityGuard, FairSpec, MAX_YIELD, SHARING_WINDOW, pending_by_account,
