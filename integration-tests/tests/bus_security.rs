@@ -189,7 +189,12 @@ async fn every_service_works_as_its_own_user() -> anyhow::Result<()> {
         salesplan_platform::bus::streams::BULK,
     ] {
         let config = js.get_stream(lane.name).await?.info().await?.config.clone();
-        assert_eq!(config.max_age, Duration::from_secs(48 * 3600), "{}", lane.name);
+        assert_eq!(
+            config.max_age,
+            Duration::from_secs(48 * 3600),
+            "{}",
+            lane.name
+        );
     }
     integration_tests::stack::eventually(Duration::from_secs(10), || async {
         let info = js

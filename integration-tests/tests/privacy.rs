@@ -623,7 +623,10 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
             Some(pb::HistoryAction::Created as i32)
         );
         // With the distributor's decision that made it (each came from a lead).
-        let decision = item.assignment.as_ref().expect("the decision of a lead's deal");
+        let decision = item
+            .assignment
+            .as_ref()
+            .expect("the decision of a lead's deal");
         assert_eq!((&decision.deal_id, &decision.plan_id), (&deal.id, &plan.id));
     }
     let first_exported = exported
@@ -1077,7 +1080,14 @@ async fn export_without_the_distributor_is_unavailable_not_incomplete() -> anyho
             &admin,
         )
     };
-    assert!(contacts.export_contact(export()).await?.into_inner().deals.is_empty());
+    assert!(
+        contacts
+            .export_contact(export())
+            .await?
+            .into_inner()
+            .deals
+            .is_empty()
+    );
     DealServiceClient::new(stack.channel().await?)
         .create_deal(outgoing(
             pb::CreateDealRequest {
@@ -1105,8 +1115,8 @@ async fn export_without_the_distributor_is_unavailable_not_incomplete() -> anyho
 /// the distributor sets the window at its start (`Bus::keep_intake_retention`; under its
 /// own broker user in `bus_security.rs`).
 #[tokio::test]
-async fn an_undecided_lead_leaves_the_intake_lanes_after_the_retention_window()
--> anyhow::Result<()> {
+async fn an_undecided_lead_leaves_the_intake_lanes_after_the_retention_window() -> anyhow::Result<()>
+{
     use salesplan_platform::{
         bus::{Bus, streams},
         config::NatsConfig,
@@ -1131,12 +1141,21 @@ async fn an_undecided_lead_leaves_the_intake_lanes_after_the_retention_window()
 
     let mut config = NatsConfig::local(&nats.url);
     config.intake_retention = Duration::from_secs(2);
-    Bus::connect(&config, "test").await?.keep_intake_retention().await?;
+    Bus::connect(&config, "test")
+        .await?
+        .keep_intake_retention()
+        .await?;
     for lane in [streams::INTAKE, streams::BULK] {
-        assert_eq!(held(lane.name).await?.config.max_age, Duration::from_secs(2));
+        assert_eq!(
+            held(lane.name).await?.config.max_age,
+            Duration::from_secs(2)
+        );
     }
     // The other streams keep theirs (deal events: forever).
-    assert_eq!(held(streams::DEALS.name).await?.config.max_age, Duration::ZERO);
+    assert_eq!(
+        held(streams::DEALS.name).await?.config.max_age,
+        Duration::ZERO
+    );
     eventually(Duration::from_secs(15), || async {
         Ok((held(streams::INTAKE.name).await?.state.messages == 0).then_some(()))
     })
@@ -1200,13 +1219,21 @@ async fn a_sweep_erases_handled_leads_left_in_the_lane() -> anyhow::Result<()> {
     // Acknowledgements are asynchronous: the floor reaches 2 within moments.
     eventually(Duration::from_secs(5), || async {
         let stream = js.get_stream(streams::INTAKE.name).await?;
-        let floor = stream.consumer_info("sweep-test").await?.ack_floor.stream_sequence;
+        let floor = stream
+            .consumer_info("sweep-test")
+            .await?
+            .ack_floor
+            .stream_sequence;
         Ok((floor == 2).then_some(()))
     })
     .await?;
     assert_eq!(sweep_handled(&bus, &spec).await?, 2);
     let state = held().await?;
-    assert_eq!((state.messages, state.first_sequence), (1, 3), "the undecided lead stays");
+    assert_eq!(
+        (state.messages, state.first_sequence),
+        (1, 3),
+        "the undecided lead stays"
+    );
     assert_eq!(sweep_handled(&bus, &spec).await?, 0);
     delivered[2]
         .ack_with(AckKind::Ack)

@@ -114,8 +114,7 @@ impl Config {
             limits: Limits::from_env(env)?,
             consistency_wait: salesplan_platform::consistency::wait_from_env(env)?,
             contact_keys: ContactKeys::from_env(env)?,
-            distributor_url: env
-                .string("SALESPLAN_DISTRIBUTOR_URL", Self::DEFAULT_DISTRIBUTOR_URL),
+            distributor_url: env.string("SALESPLAN_DISTRIBUTOR_URL", Self::DEFAULT_DISTRIBUTOR_URL),
         };
         salesplan_platform::config::url("SALESPLAN_DISTRIBUTOR_URL", &config.distributor_url)?;
         Ok(config)

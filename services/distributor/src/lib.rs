@@ -108,11 +108,7 @@ impl Service for Config {
             background.stop_token(),
         ));
         // The interactive lane: a funnel's single lead, never behind a bulk add.
-        background.consume(
-            &bus,
-            intake,
-            Arc::new(leads().marking(interactive.clone())),
-        );
+        background.consume(&bus, intake, Arc::new(leads().marking(interactive.clone())));
         // The bulk lane: accounts served in turn, so one account's large bulk add does not
         // hold back another's.
         background.consume_fairly(

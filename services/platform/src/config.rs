@@ -790,7 +790,8 @@ mod tests {
 
     #[test]
     fn intake_retention_is_a_week_unless_set() {
-        let default = NatsConfig::from_env(&Env::from_pairs([("NATS_URL", "nats://a:4222")])).unwrap();
+        let default =
+            NatsConfig::from_env(&Env::from_pairs([("NATS_URL", "nats://a:4222")])).unwrap();
         assert_eq!(default.intake_retention.as_secs(), 7 * 24 * 3600);
         let env = Env::from_pairs([("SALESPLAN_INTAKE_RETENTION_HOURS", "48")]);
         let set = NatsConfig::from_env(&env).unwrap();

@@ -119,7 +119,10 @@ impl Explain {
         deal_ids: &[Uuid],
     ) -> Result<Vec<pb::Assignment>, ApiError> {
         use futures::{StreamExt as _, TryStreamExt as _};
-        let linked = self.store.assignments_of_deals(account_id, deal_ids).await?;
+        let linked = self
+            .store
+            .assignments_of_deals(account_id, deal_ids)
+            .await?;
         let linked = &linked;
         let found: Vec<Option<pb::Assignment>> = futures::stream::iter(deal_ids.iter().copied())
             .map(|deal_id| {
@@ -150,10 +153,10 @@ fn deal_ids(values: &[String]) -> Result<Vec<Uuid>, ApiError> {
     let mut checks = salesplan_platform::error::Checks::new();
     let mut ids = Vec::with_capacity(values.len());
     for (i, value) in values.iter().enumerate() {
-        if let Some(id) = checks.check(parse_id(&format!("deal_ids[{i}]"), value)) {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
+        if let Some(id) = checks.check(parse_id(&format!("deal_ids[{i}]"), value))
+            && !ids.contains(&id)
+        {
+            ids.push(id);
         }
     }
     checks.finish()?;
@@ -199,7 +202,9 @@ impl DistributorService for Explain {
         let _permit = self.limiter.admit(&actor.account_id)?;
         let deal_ids = deal_ids(&request.get_ref().deal_ids)?;
         let assignments = self.assignments(&actor.account_id, &deal_ids).await?;
-        Ok(Response::new(pb::ExplainAssignmentsResponse { assignments }))
+        Ok(Response::new(pb::ExplainAssignmentsResponse {
+            assignments,
+        }))
     }
 
     async fn list_intake_rejections(

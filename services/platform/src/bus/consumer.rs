@@ -533,7 +533,11 @@ pub async fn sweep_handled_now_and_then(
         match sweep_handled(&bus, &spec).await {
             Ok(0) => {}
             Ok(deleted) => {
-                tracing::info!(stream = spec.stream, deleted, "handled messages erased late");
+                tracing::info!(
+                    stream = spec.stream,
+                    deleted,
+                    "handled messages erased late"
+                );
             }
             Err(err) => tracing::warn!(error = %err, stream = spec.stream, "sweep failed"),
         }

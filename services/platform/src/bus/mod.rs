@@ -175,7 +175,9 @@ impl Bus {
     pub async fn ensure_streams(&self, specs: &[streams::StreamSpec]) -> Result<(), BusError> {
         for spec in specs {
             self.js
-                .get_or_create_stream(spec.config(self.config.replicas, self.config.intake_retention))
+                .get_or_create_stream(
+                    spec.config(self.config.replicas, self.config.intake_retention),
+                )
                 .await
                 .map_err(|e| BusError::jetstream("create stream", e))?;
         }
