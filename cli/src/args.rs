@@ -119,6 +119,7 @@ pub struct NewPlan {
     pub distribution: String,
     #[arg(long)]
     pub prefer_related: bool,
+    /// A manager, or `id:weight` (1 to 100; round robin shares leads by weight).
     #[arg(long = "manager")]
     pub managers: Vec<String>,
 }
@@ -136,6 +137,7 @@ pub enum Plans {
     /// Replace the plan's managers.
     Managers {
         plan: String,
+        /// A manager, or `id:weight` (1 to 100; round robin shares leads by weight).
         #[arg(long = "manager")]
         managers: Vec<String>,
     },

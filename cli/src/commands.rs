@@ -241,7 +241,8 @@ async fn plans(ctx: &Ctx, command: Plans) -> anyhow::Result<()> {
             client
                 .set_plan_managers(ctx.request(pb::SetPlanManagersRequest {
                     plan_id: plan,
-                    manager_ids: managers,
+                    members: members(&managers)?,
+                    ..Default::default()
                 }))
                 .await?
                 .into_inner()
@@ -382,8 +383,27 @@ fn plan_request(new: NewPlan) -> anyhow::Result<pb::CreatePlanRequest> {
             currency: new.currency,
         }),
         distribution: Some(distribution(&new.distribution, new.prefer_related)?),
-        manager_ids: new.managers,
+        members: members(&new.managers)?,
+        ..Default::default()
     })
+}
+
+/// `--manager id` or `--manager id:weight`, in turn order.
+fn members(managers: &[String]) -> anyhow::Result<Vec<pb::PlanMember>> {
+    managers
+        .iter()
+        .map(|m| {
+            // A manager id may hold a colon itself: only a number after the last is a weight.
+            let (id, weight) = match m.rsplit_once(':').map(|(id, w)| (id, w.parse::<i32>())) {
+                Some((id, Ok(weight))) => (id, weight),
+                _ => (m.as_str(), 1),
+            };
+            Ok(pb::PlanMember {
+                manager_id: id.to_owned(),
+                weight,
+            })
+        })
+        .collect()
 }
 
 fn deal_request(new: NewDeal) -> pb::CreateDealRequest {

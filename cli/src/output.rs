@@ -117,6 +117,7 @@ pub fn plan_json(p: &pb::Plan) -> Value {
             "prefer_related": d.prefer_related,
         },
         "managers": p.manager_ids,
+        "manager_weights": p.manager_weights,
         "stages": p.stages.iter().map(|s| json!({"id": s.id, "name": s.name, "color": s.color, "kind": kind_name(s.kind)})).collect::<Vec<_>>(),
         "loss_reasons": p.loss_reasons.as_ref().map(|r| json!({
             "require_reason": r.require_reason,
@@ -129,7 +130,16 @@ pub fn plan_json(p: &pb::Plan) -> Value {
 
 pub fn plan_text(p: &pb::Plan) -> String {
     let mut out = format!("{} ({})\n", p.name, p.id);
-    out.push_str(&format!("  managers: {}\n", p.manager_ids.join(", ")));
+    let managers: Vec<String> = p
+        .manager_ids
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match p.manager_weights.get(i) {
+            Some(w) if *w != 1 => format!("{m} (weight {w})"),
+            _ => m.clone(),
+        })
+        .collect();
+    out.push_str(&format!("  managers: {}\n", managers.join(", ")));
     let rows: Vec<Vec<String>> = p
         .stages
         .iter()

@@ -43,6 +43,7 @@ pub fn plan_request(
             strategy: strategy as i32,
         }),
         manager_ids: managers.iter().map(|m| (*m).to_owned()).collect(),
+        members: vec![],
     }
 }
 

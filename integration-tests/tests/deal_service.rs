@@ -60,6 +60,7 @@ fn plan_request(managers: &[&str]) -> pb::CreatePlanRequest {
             ..Default::default()
         }),
         manager_ids: managers.iter().map(|m| (*m).to_owned()).collect(),
+        members: vec![],
     }
 }
 
@@ -200,6 +201,7 @@ async fn plans_stages_managers_and_reasons() -> anyhow::Result<()> {
             pb::SetPlanManagersRequest {
                 plan_id: plan.id.clone(),
                 manager_ids: vec!["m3".into(), "m2".into()],
+                ..Default::default()
             },
             &admin,
         ))
@@ -1735,6 +1737,7 @@ async fn a_repeated_plan_change_is_answered_as_done() -> anyhow::Result<()> {
                 pb::SetPlanManagersRequest {
                     plan_id: id(),
                     manager_ids: vec!["m1".into(), "m2".into()],
+                    ..Default::default()
                 },
                 &admin,
             ))

@@ -34,6 +34,7 @@ async fn store_with_round_robin_plan() -> anyhow::Result<(TestDatabase, Store, U
                     strategy: Strategy::RoundRobin,
                 },
                 managers: vec!["m1".into(), "m2".into(), "m3".into()],
+                weights: Vec::new(),
                 archived: false,
             },
         })
@@ -125,6 +126,7 @@ async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> an
             settings: PlanSettings {
                 mode: Mode::Manual,
                 managers: vec!["m1".into()],
+                weights: Vec::new(),
                 archived: false,
             },
         })

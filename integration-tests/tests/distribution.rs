@@ -733,6 +733,7 @@ async fn a_removed_manager_gets_nothing_after_the_change() -> anyhow::Result<()>
             pb::SetPlanManagersRequest {
                 plan_id: plan.id.clone(),
                 manager_ids: vec!["m1".into(), "m3".into()],
+                ..Default::default()
             },
             &t.admin,
         ))
@@ -827,5 +828,85 @@ async fn unknown_archived_and_foreign_plans_are_refused_before_publishing() -> a
         0,
         "nothing refused was published"
     );
+    stack.stop().await
+}
+
+/// Weights (issue 20): a ROUND_ROBIN plan of m1 (weight 3) and m2 (weight 1) gives m1
+/// three leads of every four, exactly, and says so in its explanation; equal weights
+/// set later share evenly from there.
+#[tokio::test]
+async fn weighted_round_robin_shares_leads_by_weight() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let member = |id: &str, weight| pb::PlanMember {
+        manager_id: id.into(),
+        weight,
+    };
+    let mut request = plan_request("Weighted", Mode::Auto, Strategy::RoundRobin, false, &[]);
+    request.members = vec![member("m1", 3), member("m2", 1)];
+    let plan = create_plan(channel.clone(), &t.admin, request).await?;
+    assert_eq!(
+        (plan.manager_ids.clone(), plan.manager_weights.clone()),
+        (vec!["m1".to_owned(), "m2".to_owned()], vec![3, 1])
+    );
+    for run in 0..8 {
+        let lead = lead_json(&plan.id, &format!("run-{run}"), &format!("w-{run}"));
+        assert_eq!(post(&stack, &t.funnel, &lead).await?.0, 202);
+    }
+    let got = deals_of(&stack, &t.boss, &plan.id, 8).await?;
+    assert_eq!(per_manager(&got), counts(&[("m1", 6), ("m2", 2)]));
+    let of_m2 = got
+        .iter()
+        .find(|d| d.manager_id.as_deref() == Some("m2"))
+        .expect("a deal of m2");
+    let mut distributor = DistributorServiceClient::new(stack.channel(&stack.distributor).await?);
+    let explained = distributor
+        .explain_assignments(outgoing(
+            pb::ExplainAssignmentsRequest {
+                deal_ids: vec![of_m2.id.clone()],
+            },
+            &t.boss,
+        ))
+        .await?
+        .into_inner()
+        .assignments;
+    assert_eq!(
+        explained.first().map(|a| a.reason.as_str()),
+        Some("next in weighted turn (weight 1 of 4)")
+    );
+
+    // Equal weights from now on (once the distributor has the change): the next four
+    // leads split two and two.
+    let changed = PlanServiceClient::new(channel)
+        .set_plan_managers(outgoing(
+            pb::SetPlanManagersRequest {
+                plan_id: plan.id.clone(),
+                members: vec![member("m1", 1), member("m2", 0)],
+                ..Default::default()
+            },
+            &t.admin,
+        ))
+        .await?
+        .into_inner()
+        .plan
+        .expect("plan");
+    assert_eq!(changed.manager_weights, [1, 1]);
+    let pool = stack.pool().await?;
+    eventually(Duration::from_secs(10), || async {
+        let version: i64 =
+            sqlx::query_scalar("SELECT version FROM distributor.plans WHERE plan_id = $1")
+                .bind(uuid::Uuid::parse_str(&plan.id)?)
+                .fetch_one(&pool)
+                .await?;
+        Ok((version == changed.version).then_some(()))
+    })
+    .await?;
+    for run in 8..12 {
+        let lead = lead_json(&plan.id, &format!("run-{run}"), &format!("w-{run}"));
+        assert_eq!(post(&stack, &t.funnel, &lead).await?.0, 202);
+    }
+    let got = deals_of(&stack, &t.boss, &plan.id, 12).await?;
+    assert_eq!(per_manager(&got), counts(&[("m1", 8), ("m2", 4)]));
     stack.stop().await
 }

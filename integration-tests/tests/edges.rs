@@ -227,6 +227,7 @@ async fn manual_plan(stack: &Stack) -> anyhow::Result<pb::Plan> {
                     ..Default::default()
                 }),
                 manager_ids: vec!["m1".into()],
+                members: vec![],
             },
             &admin,
         ))
@@ -284,6 +285,7 @@ async fn grpc_refuses_missing_invalid_and_unprivileged_callers() -> anyhow::Resu
             ..Default::default()
         }),
         manager_ids: vec![],
+        members: vec![],
     };
 
     let err = plans

@@ -530,6 +530,7 @@ async fn every_request_reports_all_its_violations_at_once() -> anyhow::Result<()
                 pb::SetPlanManagersRequest {
                     plan_id: bad(),
                     manager_ids: vec!["ok".into(), String::new(), String::new()],
+                    ..Default::default()
                 },
                 &token,
             ))

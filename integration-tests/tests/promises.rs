@@ -171,6 +171,7 @@ async fn alternate_and_send(
                         pb::SetPlanManagersRequest {
                             plan_id: plan.id.clone(),
                             manager_ids: members.clone(),
+                            ..Default::default()
                         },
                         token,
                     ))
@@ -339,6 +340,7 @@ async fn toggle_managers(
                 pb::SetPlanManagersRequest {
                     plan_id: plan.id.clone(),
                     manager_ids: members.iter().map(|m| (*m).to_owned()).collect(),
+                    ..Default::default()
                 },
                 token,
             ))
@@ -957,6 +959,7 @@ async fn a_bulk_add_whose_named_manager_left_still_becomes_deals() -> anyhow::Re
             pb::SetPlanManagersRequest {
                 plan_id: plan.id.clone(),
                 manager_ids: vec!["m1".into(), "m2".into()],
+                ..Default::default()
             },
             &token,
         ))

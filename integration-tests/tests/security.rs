@@ -159,6 +159,7 @@ async fn call(
                 pb::SetPlanManagersRequest {
                     plan_id: ids.plan.clone(),
                     manager_ids: vec!["x".into()],
+                    ..Default::default()
                 },
                 token,
             ))

@@ -31,6 +31,7 @@ async fn create_plan(stack: &Stack, managers: &[&str]) -> anyhow::Result<pb::Pla
                     strategy: pb::distribution::Strategy::RoundRobin as i32,
                 }),
                 manager_ids: managers.iter().map(|m| (*m).to_owned()).collect(),
+                members: vec![],
             },
             &admin,
         ))

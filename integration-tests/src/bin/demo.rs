@@ -134,6 +134,7 @@ impl Demo {
                 strategy: strategy as i32,
             }),
             manager_ids: MANAGERS.iter().map(|m| (*m).to_owned()).collect(),
+            members: vec![],
         };
         self.plans
             .clone()

@@ -3,6 +3,7 @@
 
 use salesplan_platform::{
     ApiError, Checks,
+    error::AllChecks as _,
     ids::parse_id,
     validate::{self, ContactInput},
 };
@@ -95,6 +96,43 @@ fn distribution_to(d: Distribution) -> pb::Distribution {
     }
 }
 
+/// A plan's managers with their weights, from `manager_ids` (each weight 1) or `members`
+/// (a weight of 0 is 1): not both; every violation at once.
+pub fn members_from(
+    manager_ids: &[String],
+    members: &[pb::PlanMember],
+) -> Result<Vec<(String, u32)>, ApiError> {
+    if !manager_ids.is_empty() && !members.is_empty() {
+        return Err(ApiError::invalid(
+            "members",
+            "give manager_ids or members, not both",
+        ));
+    }
+    if !manager_ids.is_empty() {
+        return salesplan_platform::error::every(
+            manager_ids
+                .iter()
+                .enumerate()
+                .map(|(i, m)| manager_id(&format!("manager_ids[{i}]"), m).map(|m| (m, 1))),
+        );
+    }
+    salesplan_platform::error::every(members.iter().enumerate().map(|(i, member)| {
+        let weight = match member.weight {
+            0 => Ok(1),
+            w if (1..=plan::MAX_WEIGHT as i32).contains(&w) => Ok(w as u32),
+            _ => Err(ApiError::invalid(
+                format!("members[{i}].weight"),
+                format!("1 to {}", plan::MAX_WEIGHT),
+            )),
+        };
+        (
+            manager_id(&format!("members[{i}].manager_id"), &member.manager_id),
+            weight,
+        )
+            .all()
+    }))
+}
+
 impl TryFrom<pb::CreatePlanRequest> for PlanDraft {
     type Error = ApiError;
 
@@ -105,12 +143,7 @@ impl TryFrom<pb::CreatePlanRequest> for PlanDraft {
             money_from("average_amount", req.average_amount)
                 .and_then(|m| m.ok_or_else(|| ApiError::invalid("average_amount", "required"))),
         );
-        let managers = checks.take(
-            req.manager_ids
-                .iter()
-                .map(|m| manager_id("manager_ids", m))
-                .collect::<Result<Vec<_>, _>>(),
-        );
+        let members = checks.take(members_from(&req.manager_ids, &req.members));
         let name = checks.take(validate::required_text(
             "name",
             &req.name,
@@ -126,12 +159,14 @@ impl TryFrom<pb::CreatePlanRequest> for PlanDraft {
         let (Some(average_amount), Some(distribution)) = (average_amount, distribution) else {
             return Err(ApiError::internal("a checked field is missing"));
         };
+        let (managers, weights) = members.into_iter().unzip();
         let draft = PlanDraft {
             name,
             average_amount,
             chat_label,
             distribution,
             managers,
+            weights,
         };
         draft.check()?;
         Ok(draft)
@@ -165,6 +200,7 @@ impl From<&Plan> for pb::Plan {
             chat_label: plan.chat_label.clone(),
             distribution: Some(distribution_to(plan.distribution)),
             manager_ids: plan.managers.clone(),
+            manager_weights: plan.weights.iter().map(|w| *w as i32).collect(),
             stages: plan.stages.iter().map(stage_to).collect(),
             archived: plan.archived,
             version: plan.version,
@@ -475,7 +511,31 @@ mod tests {
                 strategy: pb::distribution::Strategy::LeastOpenDeals as i32,
             }),
             manager_ids: vec!["m1".into(), "m2".into()],
+            members: vec![],
         }
+    }
+
+    #[test]
+    fn members_come_with_weights_and_every_violation_at_once() {
+        let member = |id: &str, weight| pb::PlanMember {
+            manager_id: id.into(),
+            weight,
+        };
+        let got = members_from(&[], &[member("a", 0), member("b", 3)]).unwrap();
+        assert_eq!(got, [("a".to_owned(), 1), ("b".to_owned(), 3)]);
+        let err =
+            members_from(&[], &[member("", 101), member("b", -1), member("c", 100)]).unwrap_err();
+        let fields: Vec<&str> = err.violations().iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "members[0].manager_id",
+                "members[0].weight",
+                "members[1].weight"
+            ]
+        );
+        let both = members_from(&["a".into()], &[member("a", 2)]).unwrap_err();
+        assert_eq!(both.field(), Some("members"));
     }
 
     #[test]
@@ -520,7 +580,16 @@ mod tests {
                 |r| r.manager_ids = vec!["m1".into(), "m1".into()],
                 "manager_ids",
             ),
-            (|r| r.manager_ids = vec!["".into()], "manager_ids"),
+            (|r| r.manager_ids = vec!["".into()], "manager_ids[0]"),
+            (
+                |r| {
+                    r.members = vec![pb::PlanMember {
+                        manager_id: "m3".into(),
+                        weight: 1,
+                    }]
+                },
+                "members",
+            ),
         ];
         for (mutate, field) in cases {
             let mut req = plan_request();
@@ -552,6 +621,7 @@ mod tests {
                 average_amount: Some(pb::Money { amount_minor: amount, currency }),
                 distribution: Some(pb::Distribution { mode, prefer_related: false, strategy }),
                 manager_ids: managers,
+                members: vec![],
             };
             match PlanDraft::try_from(request) {
                 Ok(draft) => prop_assert!(draft.average_amount.amount_minor >= 0 && draft.chat_label.chars().count() <= 12),
@@ -618,6 +688,7 @@ mod tests {
             managers: (0..plan::MAX_MANAGERS)
                 .map(|i| format!("{i:04}{}", wide(124)))
                 .collect(),
+            weights: vec![plan::MAX_WEIGHT; plan::MAX_MANAGERS],
         }
         .into_plan(
             "a".repeat(64).as_str(),

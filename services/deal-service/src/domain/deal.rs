@@ -473,6 +473,7 @@ mod tests {
             chat_label: "S".into(),
             distribution: Distribution::Manual,
             managers: vec!["m1".into()],
+            weights: vec![],
         }
         .into_plan(
             "acme",

@@ -61,6 +61,8 @@ pub struct Plan {
     pub distribution: Distribution,
     /// In the order they were added: the round-robin order.
     pub managers: Vec<String>,
+    /// Each manager's weight (1 to [`MAX_WEIGHT`]), in the order of `managers`.
+    pub weights: Vec<u32>,
     /// Board order: OPEN stages, then WON, then LOST.
     pub stages: Vec<Stage>,
     /// Moving to LOST needs one of the active `loss_reasons`.
@@ -128,23 +130,36 @@ impl Plan {
         self.loss_reasons.iter().find(|r| r.id == id && !r.archived)
     }
 
-    /// Replaces the managers: those already in keep their place (the round-robin order),
-    /// new ones are appended in the order given.
-    pub fn set_managers(&mut self, managers: Vec<String>) -> Result<(), DomainError> {
+    /// Replaces the managers, each with its weight: those already in keep their place (the
+    /// round-robin order), new ones are appended in the order given.
+    pub fn set_managers(&mut self, members: Vec<(String, u32)>) -> Result<(), DomainError> {
+        let managers: Vec<String> = members.iter().map(|(m, _)| m.clone()).collect();
         check_managers(&managers)?;
+        let weight: std::collections::HashMap<&str, u32> =
+            members.iter().map(|(m, w)| (m.as_str(), *w)).collect();
         let mut next: Vec<String> = self
             .managers
             .iter()
-            .filter(|m| managers.contains(m))
+            .filter(|m| weight.contains_key(m.as_str()))
             .cloned()
             .collect();
-        for manager in managers {
-            if !next.contains(&manager) {
-                next.push(manager);
+        for manager in &managers {
+            if !next.contains(manager) {
+                next.push(manager.clone());
             }
         }
+        self.weights = next.iter().map(|m| weight[m.as_str()]).collect();
         self.managers = next;
         Ok(())
+    }
+
+    /// The weight of `manager` (1 for one that is not a member).
+    pub fn weight_of(&self, manager: &str) -> u32 {
+        self.managers
+            .iter()
+            .position(|m| m == manager)
+            .and_then(|i| self.weights.get(i).copied())
+            .unwrap_or(1)
     }
 
     /// Sets `require_reason` and the active reasons: inputs with an id rename (and
@@ -257,11 +272,16 @@ pub struct PlanDraft {
     pub chat_label: String,
     pub distribution: Distribution,
     pub managers: Vec<String>,
+    /// The managers' weights in their order; empty: every weight 1.
+    pub weights: Vec<u32>,
 }
 
 pub const MAX_NAME_CHARS: usize = 100;
 pub const MAX_LABEL_CHARS: usize = 12;
 pub const MAX_MANAGERS: usize = 1_000;
+/// The largest weight of a plan's member: with at most [`MAX_MANAGERS`] members, a run of
+/// sum-of-weights leads stays within 100,000 and credits within 64 bits.
+pub const MAX_WEIGHT: u32 = 100;
 /// Reasons a deal can be lost with at once.
 pub const MAX_ACTIVE_REASONS: usize = 100;
 /// Reasons a plan keeps, archived ones included (the archived ones are those deals were
@@ -303,6 +323,11 @@ impl PlanDraft {
             average_amount: self.average_amount,
             chat_label: self.chat_label,
             distribution: self.distribution,
+            weights: if self.weights.len() == self.managers.len() {
+                self.weights
+            } else {
+                vec![1; self.managers.len()]
+            },
             managers: self.managers,
             stages,
             require_reason: false,
@@ -338,6 +363,7 @@ mod tests {
             chat_label: "SALES".into(),
             distribution: Distribution::Manual,
             managers: managers.iter().map(|m| (*m).to_owned()).collect(),
+            weights: Vec::new(),
         }
     }
 

@@ -216,12 +216,7 @@ impl PlanService for Api {
         let req = request.into_inner();
         let (plan_id, managers) = (
             parse_id("plan_id", &req.plan_id),
-            every(
-                req.manager_ids
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| convert::manager_id(&format!("manager_ids[{i}]"), m)),
-            ),
+            convert::members_from(&req.manager_ids, &req.members),
         )
             .all()?;
         let (plan, ()) = self

@@ -310,12 +310,16 @@ pub async fn find_plan(
     else {
         return Ok(None);
     };
-    let managers: Vec<String> = sqlx::query_scalar(
-        "SELECT manager_id FROM plan_managers WHERE plan_id = $1 ORDER BY position",
+    let members: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT manager_id, weight FROM plan_managers WHERE plan_id = $1 ORDER BY position",
     )
     .bind(plan_id)
     .fetch_all(&mut *conn)
     .await?;
+    let (managers, weights): (Vec<String>, Vec<u32>) = members
+        .into_iter()
+        .map(|(m, w)| (m, w.max(1) as u32))
+        .unzip();
     let stages = plan_stages(conn, plan_id).await?;
     let loss_reasons = plan_reasons(conn, plan_id).await?;
     Ok(Some(Plan {
@@ -333,6 +337,7 @@ pub async fn find_plan(
             row.try_get("strategy")?,
         )?,
         managers,
+        weights,
         stages,
         require_reason: row.try_get("require_reason")?,
         loss_reasons,
@@ -442,11 +447,12 @@ async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<()
 /// Managers, stages and reasons as the plan holds them (upserts; removals happen before).
 async fn save_children(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO plan_managers (plan_id, manager_id, position)
-         SELECT $1, m, p::int FROM UNNEST($2::text[]) WITH ORDINALITY AS t(m, p)",
+        "INSERT INTO plan_managers (plan_id, manager_id, position, weight)
+         SELECT $1, m, p::int, w FROM UNNEST($2::text[], $3::int[]) WITH ORDINALITY AS t(m, w, p)",
     )
     .bind(plan.id)
     .bind(&plan.managers)
+    .bind(plan.weights.iter().map(|w| *w as i32).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     sqlx::query(

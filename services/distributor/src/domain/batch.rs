@@ -120,6 +120,7 @@ mod tests {
                 strategy,
             },
             managers: (0..managers).map(|m| format!("m{m}")).collect(),
+            weights: Vec::new(),
             archived: false,
         }
     }

@@ -9,10 +9,23 @@ pub struct PlanSettings {
     pub mode: Mode,
     /// Members of the plan in round-robin order.
     pub managers: Vec<String>,
+    /// Each member's weight, in the order of `managers`; empty when every weight is 1
+    /// (plans from before weights, and most plans).
+    pub weights: Vec<u32>,
     pub archived: bool,
 }
 
 impl PlanSettings {
+    /// The weight of the member at `index` (1 unless set).
+    pub fn weight(&self, index: usize) -> u32 {
+        self.weights.get(index).copied().unwrap_or(1).max(1)
+    }
+
+    /// The weights of every member, in turn order.
+    fn all_weights(&self) -> Vec<u32> {
+        (0..self.managers.len()).map(|i| self.weight(i)).collect()
+    }
+
     /// Whether `lead` goes straight to a manager its bulk add named: only while that
     /// manager is a member.
     pub fn names(&self, lead: &Lead) -> bool {
@@ -71,11 +84,44 @@ pub struct Lead {
     pub previous_manager: Option<String>,
 }
 
-/// Whose turn it is: the manager who got the last lead by turn, and where they stood.
+/// Whose turn it is: the manager who got the last lead by turn, and where they stood; and
+/// the members' credits of the weighted turn.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
     pub last: Option<String>,
     pub last_index: u64,
+    /// Smooth weighted round robin: each member's credit, in turn order. Every lead adds
+    /// each member's weight to its credit; the member with the most credit (the first in
+    /// turn among equals) takes the lead and gives back the sum of the weights. From all
+    /// zero, every run of sum-of-weights leads gives each member exactly its weight, and
+    /// the credits are back at zero: the turns repeat that run, interleaved.
+    pub credits: Vec<i64>,
+    /// The members and weights the credits were counted for ([`membership_mark`]): credits
+    /// start again from zero when either changes.
+    pub credits_of: u64,
+    /// Among members with as much credit, the first in turn from this position: whose turn
+    /// it was when the credits started from zero, kept while they count (a tie-break that
+    /// moved would make the runs differ, and a window across two runs inexact).
+    pub credits_start: u64,
+}
+
+/// A mark of the members and their weights, in turn order (FNV-1a: stable across builds,
+/// since it is stored).
+pub fn membership_mark(managers: &[String], weights: &[u32]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    };
+    for (manager, weight) in managers.iter().zip(weights) {
+        eat(&(manager.len() as u64).to_le_bytes());
+        eat(manager.as_bytes());
+        eat(&weight.to_le_bytes());
+    }
+    hash
 }
 
 impl Cursor {
@@ -96,6 +142,32 @@ impl Cursor {
     fn took_turn(&mut self, managers: &[String], index: usize) {
         self.last = Some(managers[index].clone());
         self.last_index = index as u64;
+    }
+
+    /// The member whose weighted turn it is, its credit given back. Among members with as
+    /// much credit, the first in turn from where the turn was when the credits started
+    /// (so equal weights take plain turns, and a membership change passes the turn on).
+    fn weighted_turn(&mut self, managers: &[String], weights: &[u32]) -> usize {
+        let mark = membership_mark(managers, weights);
+        let n = managers.len();
+        if self.credits_of != mark || self.credits.len() != n {
+            self.credits = vec![0; n];
+            self.credits_of = mark;
+            self.credits_start = self.next_index(managers) as u64;
+        }
+        for (credit, weight) in self.credits.iter_mut().zip(weights) {
+            *credit += i64::from(*weight);
+        }
+        let start = (self.credits_start as usize) % n;
+        let index = (0..n).map(|k| (start + k) % n).fold(start, |best, i| {
+            if self.credits[i] > self.credits[best] {
+                i
+            } else {
+                best
+            }
+        });
+        self.credits[index] -= weights.iter().map(|w| i64::from(*w)).sum::<i64>();
+        index
     }
 }
 
@@ -187,8 +259,10 @@ fn distribute(
     if plan.managers.is_empty() {
         return Decision::without("the plan has no managers");
     }
+    let weights = plan.all_weights();
     let members = Members {
         managers: &plan.managers,
+        weights: &weights,
         open,
     };
     let mut skipped_related = Vec::new();
@@ -205,15 +279,39 @@ fn distribute(
     decision
 }
 
-/// A plan's members and their open deals.
+/// A plan's members, their weights and their open deals.
 struct Members<'a> {
     managers: &'a [String],
+    weights: &'a [u32],
     open: &'a HashMap<String, i64>,
 }
 
 impl Members<'_> {
     fn count(&self, manager: &str) -> i64 {
         self.open.get(manager).copied().unwrap_or(0)
+    }
+
+    fn weighted(&self) -> bool {
+        self.weights.iter().any(|w| *w != 1)
+    }
+
+    /// Whether member `a` has fewer open deals per weight than member `b` (exact: the
+    /// counts cross-multiplied by the weights).
+    fn less_loaded(&self, a: usize, b: usize) -> std::cmp::Ordering {
+        let load = |i: usize, other: usize| {
+            i128::from(self.count(&self.managers[i])) * i128::from(self.weights[other])
+        };
+        load(a, b).cmp(&load(b, a))
+    }
+
+    /// "7" or, with weights, "7 for weight 2".
+    fn load_text(&self, i: usize) -> String {
+        let count = self.count(&self.managers[i]);
+        if self.weighted() {
+            format!("{count} for weight {}", self.weights[i])
+        } else {
+            count.to_string()
+        }
     }
 
     /// Every member as a candidate, `chosen` marked, each with its note.
@@ -271,18 +369,30 @@ fn by_strategy(
 ) -> Decision {
     let managers = members.managers;
     let start = cursor.next_index(managers);
+    let total: u32 = members.weights.iter().sum();
     let (index, reason) = match strategy {
         Strategy::Random => (
             (random % managers.len() as u64) as usize,
             "picked at random".to_owned(),
         ),
-        Strategy::RoundRobin => (start, "next in turn".to_owned()),
+        Strategy::RoundRobin => {
+            let index = cursor.weighted_turn(managers, members.weights);
+            let reason = if members.weighted() {
+                format!(
+                    "next in weighted turn (weight {} of {total})",
+                    members.weights[index]
+                )
+            } else {
+                "next in turn".to_owned()
+            };
+            (index, reason)
+        }
         Strategy::LeastOpenDeals => {
             let index = (0..managers.len())
                 .map(|k| (start + k) % managers.len())
-                .min_by_key(|&i| members.count(&managers[i]))
+                .min_by(|&a, &b| members.less_loaded(a, b))
                 .unwrap_or(start);
-            let reason = format!("fewest open deals ({})", members.count(&managers[index]));
+            let reason = format!("fewest open deals ({})", members.load_text(index));
             (index, reason)
         }
     };
@@ -290,17 +400,24 @@ fn by_strategy(
         cursor.took_turn(managers, index);
     }
     let chosen = managers[index].clone();
-    let chosen_count = members.count(&chosen);
+    let position = |m: &str| managers.iter().position(|x| x == m).unwrap_or(index);
     let note = |m: &str| -> String {
         if m == chosen {
             return reason.clone();
         }
+        let i = position(m);
         match strategy {
             Strategy::Random => "not picked".into(),
+            Strategy::RoundRobin if members.weighted() => format!(
+                "not next in weighted turn (weight {} of {total})",
+                members.weights[i]
+            ),
             Strategy::RoundRobin => "not next in turn".into(),
-            Strategy::LeastOpenDeals if members.count(m) > chosen_count => {
-                format!("more open deals ({} > {chosen_count})", members.count(m))
-            }
+            Strategy::LeastOpenDeals if members.less_loaded(index, i).is_lt() => format!(
+                "more open deals ({} > {})",
+                members.load_text(i),
+                members.load_text(index)
+            ),
             Strategy::LeastOpenDeals => "as few open deals, later in turn".into(),
         }
     };
@@ -324,8 +441,36 @@ mod tests {
                 strategy,
             },
             managers: managers.iter().map(|m| (*m).to_owned()).collect(),
+            weights: Vec::new(),
             archived: false,
         }
+    }
+
+    fn weighted(strategy: Strategy, weights: &[u32]) -> PlanSettings {
+        let names: Vec<String> = (0..weights.len()).map(|i| format!("m{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        PlanSettings {
+            weights: weights.to_vec(),
+            ..auto(strategy, false, &refs)
+        }
+    }
+
+    /// The index of each manager picked for `leads` new leads.
+    fn picks(
+        plan: &PlanSettings,
+        cursor: &mut Cursor,
+        open: &mut HashMap<String, i64>,
+        leads: usize,
+    ) -> Vec<usize> {
+        (0..leads)
+            .map(|_| {
+                let m = run(plan, cursor, open);
+                plan.managers
+                    .iter()
+                    .position(|x| *x == m)
+                    .expect("a member")
+            })
+            .collect()
     }
 
     fn run(plan: &PlanSettings, cursor: &mut Cursor, open: &mut HashMap<String, i64>) -> String {
@@ -339,6 +484,7 @@ mod tests {
         let plan = PlanSettings {
             mode: Mode::Manual,
             managers: vec!["a".into()],
+            weights: Vec::new(),
             archived: false,
         };
         let d = decide(
@@ -383,6 +529,7 @@ mod tests {
         let manual = PlanSettings {
             mode: Mode::Manual,
             managers: vec!["a".into()],
+            weights: Vec::new(),
             archived: false,
         };
         let d = decide(&manual, &lead, &mut cursor, &mut HashMap::new(), 0);
@@ -502,6 +649,41 @@ mod tests {
     }
 
     #[test]
+    fn weighted_turns_interleave_and_explain_the_share() {
+        let plan = weighted(Strategy::RoundRobin, &[3, 2, 1]);
+        let mut cursor = Cursor::default();
+        let mut open = HashMap::new();
+        let seq = picks(&plan, &mut cursor, &mut open, 12);
+        assert_eq!(seq, [0, 1, 0, 2, 1, 0, 0, 1, 0, 2, 1, 0]);
+        let d = decide(&plan, &Lead::default(), &mut cursor, &mut open, 0);
+        assert_eq!(d.reason, "next in weighted turn (weight 3 of 6)");
+        assert_eq!(
+            d.candidates[2].note,
+            "not next in weighted turn (weight 1 of 6)"
+        );
+
+        let least = weighted(Strategy::LeastOpenDeals, &[2, 1]);
+        let mut open = HashMap::from([("m0".to_owned(), 3), ("m1".to_owned(), 2)]);
+        let d = decide(
+            &least,
+            &Lead::default(),
+            &mut Cursor::default(),
+            &mut open,
+            0,
+        );
+        assert_eq!(
+            d.manager.as_deref(),
+            Some("m0"),
+            "3 for weight 2 is less than 2 for 1"
+        );
+        assert_eq!(d.reason, "fewest open deals (3 for weight 2)");
+        assert_eq!(
+            d.candidates[1].note,
+            "more open deals (2 for weight 1 > 3 for weight 2)"
+        );
+    }
+
+    #[test]
     fn after_a_removal_the_turn_passes_on_without_repeating() {
         let mut plan = auto(Strategy::RoundRobin, false, &["a", "b", "c"]);
         let mut cursor = Cursor::default();
@@ -564,6 +746,78 @@ mod tests {
                 let d = decide(&plan, &Lead::default(), &mut cursor, &mut open, 0);
                 let chosen = d.manager.unwrap();
                 prop_assert_eq!(open[&chosen] - 1, min);
+            }
+        }
+
+        /// Weighted round robin (issue 20): over any window of sum-of-weights consecutive
+        /// leads with the same members, each member gets exactly its weight; and the
+        /// turns interleave: in any window of L leads a member of weight w gets less than
+        /// two away from L·w/W, and it never takes more than ⌈w/(W−w)⌉ + 1 leads in a row
+        /// (never AAABBC for 3, 2, 1: A at most twice in a row).
+        #[test]
+        fn weighted_turns_are_exact_and_interleaved(
+            weights in proptest::collection::vec(1u32..6, 1..7),
+            earlier in 0usize..20,
+            cycles in 1usize..4,
+        ) {
+            let plan = weighted(Strategy::RoundRobin, &weights);
+            let total: usize = weights.iter().map(|w| *w as usize).sum();
+            let mut cursor = Cursor::default();
+            let mut open = HashMap::new();
+            // Turns taken under other members first: the turn continues from there.
+            let before = weighted(Strategy::RoundRobin, &[1, 2]);
+            picks(&before, &mut cursor, &mut open, earlier);
+            let seq = picks(&plan, &mut cursor, &mut open, total * (cycles + 1));
+            for start in 0..=seq.len() - total {
+                let mut counts = vec![0u32; weights.len()];
+                for &i in &seq[start..start + total] {
+                    counts[i] += 1;
+                }
+                prop_assert_eq!(&counts, &weights, "window at {}: {:?}", start, seq);
+            }
+            for len in 1..=total {
+                for start in 0..=seq.len() - len {
+                    for (i, w) in weights.iter().enumerate() {
+                        let got = seq[start..start + len].iter().filter(|&&x| x == i).count() as f64;
+                        let fair = (len * *w as usize) as f64 / total as f64;
+                        prop_assert!((got - fair).abs() < 2.0,
+                            "member {} of weight {} got {} of {} leads at {}: {:?}", i, w, got, len, start, seq);
+                    }
+                }
+            }
+            for (i, w) in weights.iter().enumerate() {
+                let w = *w as usize;
+                if w == total {
+                    continue;
+                }
+                let longest = seq.chunk_by(|a, b| a == b).filter(|run| run[0] == i).map(<[usize]>::len).max().unwrap_or(0);
+                prop_assert!(longest <= w.div_ceil(total - w) + 1, "member {} of weight {} took {} in a row: {:?}", i, w, longest, seq);
+            }
+        }
+
+        /// Fewest open deals per weight: from no open deals, every sum-of-weights leads
+        /// give each member exactly its weight, and each pick is a least loaded member.
+        #[test]
+        fn least_open_compares_deals_per_weight(
+            weights in proptest::collection::vec(1u32..6, 1..7),
+            cycles in 1usize..4,
+        ) {
+            let plan = weighted(Strategy::LeastOpenDeals, &weights);
+            let total: usize = weights.iter().map(|w| *w as usize).sum();
+            let mut cursor = Cursor::default();
+            let mut open = HashMap::new();
+            for cycle in 1..=cycles {
+                for _ in 0..total {
+                    let load = |m: &String, w: u32| open.get(m).copied().unwrap_or(0) as f64 / f64::from(w);
+                    let least = plan.managers.iter().zip(&weights)
+                        .map(|(m, w)| load(m, *w)).fold(f64::INFINITY, f64::min);
+                    let m = run(&plan, &mut cursor, &mut open);
+                    let i = plan.managers.iter().position(|x| *x == m).unwrap();
+                    prop_assert!((f64::from(open[&m] as u32 - 1) / f64::from(weights[i]) - least).abs() < 1e-9);
+                }
+                for (m, w) in plan.managers.iter().zip(&weights) {
+                    prop_assert_eq!(open.get(m).copied().unwrap_or(0), (cycle as i64) * i64::from(*w));
+                }
             }
         }
 

@@ -61,10 +61,26 @@ pub fn copy_of(account_id: String, plan: pb::Plan) -> Result<PlanCopy, String> {
         version: plan.version,
         settings: PlanSettings {
             mode: mode_from(plan.distribution.as_ref())?,
+            // Events from before weights carry none: every weight 1.
+            weights: weights_from(&plan.manager_weights, plan.manager_ids.len())?,
             managers: plan.manager_ids,
             archived: plan.archived,
         },
     })
+}
+
+/// The members' weights, empty when every one is 1.
+fn weights_from(weights: &[i32], managers: usize) -> Result<Vec<u32>, String> {
+    if weights.iter().all(|w| *w == 1) {
+        return Ok(Vec::new());
+    }
+    if weights.len() != managers || weights.iter().any(|w| !(1..=100).contains(w)) {
+        return Err(format!(
+            "plan with {} weights for {managers} managers, or one out of 1 to 100",
+            weights.len()
+        ));
+    }
+    Ok(weights.iter().map(|w| *w as u32).collect())
 }
 
 fn mode_from(d: Option<&pb::Distribution>) -> Result<Mode, String> {

@@ -105,12 +105,19 @@ impl OpenBatch {
         .bind(batch.relations.values().cloned().collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
-        sqlx::query("UPDATE plans SET rr_last = $2, rr_last_index = $3 WHERE plan_id = $1")
-            .bind(self.plan_id)
-            .bind(&batch.cursor.last)
-            .bind(batch.cursor.last_index as i64)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE plans SET rr_last = $2, rr_last_index = $3, rr_credits = $4, rr_credits_of = $5,
+                rr_credits_start = $6
+             WHERE plan_id = $1",
+        )
+        .bind(self.plan_id)
+        .bind(&batch.cursor.last)
+        .bind(batch.cursor.last_index as i64)
+        .bind(&batch.cursor.credits)
+        .bind(batch.cursor.credits_of as i64)
+        .bind(batch.cursor.credits_start as i64)
+        .execute(&mut **tx)
+        .await?;
         self.tx.commit().await?;
         Ok(())
     }
@@ -219,12 +226,13 @@ impl Store {
             } => (prefer_related, strategy),
         };
         sqlx::query(
-            "INSERT INTO plans (plan_id, account_id, version, mode, prefer_related, strategy, managers, archived)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO plans (plan_id, account_id, version, mode, prefer_related, strategy, managers, archived, weights)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (plan_id) DO UPDATE SET
                 version = excluded.version, mode = excluded.mode,
                 prefer_related = excluded.prefer_related, strategy = excluded.strategy,
-                managers = excluded.managers, archived = excluded.archived, updated_at = now()
+                managers = excluded.managers, archived = excluded.archived,
+                weights = excluded.weights, updated_at = now()
              WHERE plans.version < excluded.version AND plans.account_id = excluded.account_id",
         )
         .bind(plan.plan_id)
@@ -235,6 +243,13 @@ impl Store {
         .bind(strategy.as_str())
         .bind(&plan.settings.managers)
         .bind(plan.settings.archived)
+        .bind(
+            plan.settings
+                .weights
+                .iter()
+                .map(|w| *w as i32)
+                .collect::<Vec<_>>(),
+        )
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -256,7 +271,7 @@ impl Store {
         key_lookups_only(&mut tx).await?;
         let row = sqlx::query(
             "SELECT mode, prefer_related, strategy, managers, archived, rr_last, rr_last_index,
-                version
+                version, weights, rr_credits, rr_credits_of, rr_credits_start
              FROM plans WHERE plan_id = $1 AND account_id = $2 FOR UPDATE",
         )
         .bind(plan_id)
@@ -309,6 +324,10 @@ impl Store {
             cursor: Cursor {
                 last: row.try_get("rr_last")?,
                 last_index: row.try_get::<i64, _>("rr_last_index")? as u64,
+                credits: row.try_get("rr_credits")?,
+                // Stored as the bits of a bigint.
+                credits_of: row.try_get::<i64, _>("rr_credits_of")? as u64,
+                credits_start: row.try_get::<i64, _>("rr_credits_start")? as u64,
             },
             open,
             related,
@@ -604,9 +623,11 @@ fn settings_from(row: &sqlx::postgres::PgRow) -> Result<PlanSettings, StoreError
         },
         Some(DecidedBy::Bulk) | None => return Err(StoreError::Corrupt("plans.mode")),
     };
+    let weights: Vec<i32> = row.try_get("weights")?;
     Ok(PlanSettings {
         mode,
         managers: row.try_get("managers")?,
+        weights: weights.into_iter().map(|w| w.max(1) as u32).collect(),
         archived: row.try_get("archived")?,
     })
 }
