@@ -331,6 +331,18 @@ async fn each_mode_from_webhook_to_deal() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert!(foreign.assignments.is_empty());
+    // Ids the distributor knows nothing of cost a look-up at deal-service each: more than
+    // a hundred at once are refused, not looked up.
+    let unknown = distributor
+        .explain_assignments(outgoing(
+            pb::ExplainAssignmentsRequest {
+                deal_ids: (0..101).map(|_| uuid::Uuid::new_v4().to_string()).collect(),
+            },
+            &t.boss,
+        ))
+        .await
+        .expect_err("101 deals unknown here");
+    assert_eq!(unknown.code(), tonic::Code::Unavailable);
     let refused = distributor
         .explain_assignments(outgoing(
             pb::ExplainAssignmentsRequest {

@@ -1246,3 +1246,69 @@ async fn a_sweep_erases_handled_leads_left_in_the_lane() -> anyhow::Result<()> {
     assert_eq!(held().await?.messages, 0);
     Ok(())
 }
+
+/// A parked deal event written before events lost personal data (it holds the contact) is
+/// published without it when replayed: a replay never brings a person back into the deal
+/// stream, which is kept forever.
+#[tokio::test]
+async fn a_replayed_parked_deal_event_is_published_without_the_person() -> anyhow::Result<()> {
+    use prost::Message as _;
+    use salesplan_proto::v1::outbox_service_client::OutboxServiceClient;
+    let stack = integration_tests::stack::DealStack::start().await?;
+    let admin = stack.token(ACCOUNT, "admin", &[Permission::PlansAdmin]);
+    let event = pb::DealEvent {
+        account_id: ACCOUNT.into(),
+        kind: pb::deal_event::Kind::Updated as i32,
+        deal: Some(pb::Deal {
+            id: uuid::Uuid::new_v4().to_string(),
+            plan_id: uuid::Uuid::new_v4().to_string(),
+            title: NAME.into(),
+            contact: Some(pb::Contact {
+                external_id: EXTERNAL_ID.into(),
+                name: NAME.into(),
+                email: EMAIL.into(),
+                phone: PHONE.into(),
+            }),
+            version: 2,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pool = stack.pool().await?;
+    sqlx::query(
+        "INSERT INTO deal_service.outbox_parked
+            (id, account_id, subject, message_id, payload, headers, created_at, reason)
+         VALUES (1, $1, $2, 'old-event-1', $3, '{}', now(), 'test')",
+    )
+    .bind(ACCOUNT)
+    .bind(salesplan_platform::bus::streams::deal_subject(
+        ACCOUNT, "updated",
+    ))
+    .bind(event.encode_to_vec())
+    .execute(&pool)
+    .await?;
+    let replayed = OutboxServiceClient::new(stack.channel().await?)
+        .replay_parked_events(outgoing(
+            pb::ReplayParkedEventsRequest { ids: vec![1] },
+            &admin,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(replayed.replayed, 1);
+    outbox_drained(&pool).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
+    let stream = js.get_stream("SALESPLAN_DEALS").await?;
+    let message = stream
+        .get_last_raw_message_by_subject(&salesplan_platform::bus::streams::deal_subject(
+            ACCOUNT, "updated",
+        ))
+        .await?;
+    assert_eq!(found_in(&message.payload), Vec::<String>::new());
+    let published = pb::DealEvent::decode(message.payload)?;
+    assert_eq!(
+        published.contact_key,
+        ContactKeys::dev().of_deal_event(&event).unwrap_or_default()
+    );
+    assert!(published.contact_key.starts_with("k1:"));
+    stack.stop().await
+}

@@ -63,23 +63,77 @@ impl Store {
         ids: &[i64],
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let moved = sqlx::query(
-            "WITH moved AS (
-                DELETE FROM outbox_parked WHERE id = ANY($1) AND ($2::text IS NULL OR account_id = $2)
-                RETURNING id, subject, message_id, payload, headers, created_at)
-             INSERT INTO outbox (subject, message_id, payload, headers, created_at)
-             SELECT subject, message_id, payload, headers, created_at FROM moved ORDER BY id",
+        let mut rows = sqlx::query(
+            "DELETE FROM outbox_parked WHERE id = ANY($1) AND ($2::text IS NULL OR account_id = $2)
+             RETURNING id, subject, message_id, payload, headers, created_at",
         )
         .bind(ids)
         .bind(account_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        rows.sort_by_key(|r| r.try_get::<i64, _>("id").unwrap_or_default());
+        let mut moved = Moved::default();
+        for row in &rows {
+            let subject: String = row.try_get("subject")?;
+            let payload: Vec<u8> = row.try_get("payload")?;
+            moved
+                .payloads
+                .push(without_personal_data(&subject, payload, &self.contact_keys));
+            moved.subjects.push(subject);
+            moved.message_ids.push(row.try_get("message_id")?);
+            moved.headers.push(row.try_get("headers")?);
+            moved.created.push(row.try_get("created_at")?);
+        }
+        sqlx::query(
+            "INSERT INTO outbox (subject, message_id, payload, headers, created_at)
+             SELECT s, m, p, h, c
+             FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::jsonb[], $5::timestamptz[])
+                WITH ORDINALITY AS t(s, m, p, h, c, n) ORDER BY n",
+        )
+        .bind(&moved.subjects)
+        .bind(&moved.message_ids)
+        .bind(&moved.payloads)
+        .bind(&moved.headers)
+        .bind(&moved.created)
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .await?;
+        let moved = rows.len() as u64;
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(OUTBOX_CHANNEL)
             .execute(&mut *tx)
             .await?;
         super::commit(tx).await?;
         Ok(moved)
+    }
+}
+
+/// Parked events on their way back to the outbox, in their old order.
+#[derive(Default)]
+struct Moved {
+    subjects: Vec<String>,
+    message_ids: Vec<String>,
+    payloads: Vec<Vec<u8>>,
+    headers: Vec<serde_json::Value>,
+    created: Vec<time::OffsetDateTime>,
+}
+
+/// A parked deal event written before events lost personal data carries the contact: it
+/// is published again without it (the scrub's rewrite), so a replay never brings a
+/// person back into the deal stream. Other events, and events already without, unchanged.
+fn without_personal_data(
+    subject: &str,
+    payload: Vec<u8>,
+    keys: &salesplan_platform::privacy::ContactKeys,
+) -> Vec<u8> {
+    use prost::Message as _;
+    if !subject.starts_with("salesplan.deals.v1.") {
+        return payload;
+    }
+    match salesplan_proto::v1::DealEvent::decode(payload.as_slice()) {
+        Ok(event) => match crate::events::scrub::scrubbed(&event, keys) {
+            Some(clean) => clean.encode_to_vec(),
+            None => payload,
+        },
+        Err(_) => payload,
     }
 }

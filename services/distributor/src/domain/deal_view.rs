@@ -81,7 +81,9 @@ pub struct Changes<'a> {
     /// The manager of each (account, contact key)'s most recent deal, and when it was
     /// created.
     pub relations: BTreeMap<(String, String), (&'a str, OffsetDateTime)>,
-    /// (account, contact key): relations of erased contacts, deleted.
+    /// (account, contact key): relations of erased contacts, deleted before the relations
+    /// above are written (a deal of the same identity made after the erasure is a new
+    /// contact's); see [`forgotten`].
     pub forgotten: Vec<(String, String)>,
 }
 
@@ -142,11 +144,17 @@ pub fn changes<'a>(newest: &BTreeMap<Uuid, &'a DealState>, known: &KnownDeals) -
                 *slot = (manager, s.created_at);
             }
         }
-        if let Some(key) = &s.erased_contact {
-            changes.forgotten.push((s.account_id.clone(), key.clone()));
-        }
     }
     changes
+}
+
+/// (account, contact key) of every erasure among `states`, newest or not: an erasure
+/// followed by another change of the same deal in one batch is still an erasure.
+pub fn forgotten(states: &[DealState]) -> Vec<(String, String)> {
+    states
+        .iter()
+        .filter_map(|s| Some((s.account_id.clone(), s.erased_contact.clone()?)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -238,6 +246,24 @@ mod tests {
             .collect();
         assert_eq!(applied, [1, 2]);
         assert!(changes.links.is_empty());
+    }
+
+    #[test]
+    fn an_erasure_is_forgotten_even_when_the_deal_changed_again_in_the_batch() {
+        let mut erased = state(1, 5, Some("a"), true);
+        erased.contact_key = None;
+        erased.erased_contact = Some("k".into());
+        let mut moved = state(1, 6, Some("b"), true);
+        moved.contact_key = None;
+        let states = [erased, moved];
+        let newest = newest(&states);
+        assert_eq!(newest[&Uuid::from_u128(1)].version, 6);
+        assert_eq!(forgotten(&states), [("acme".to_owned(), "k".to_owned())]);
+        assert!(
+            changes(&newest, &KnownDeals::default())
+                .relations
+                .is_empty()
+        );
     }
 
     #[test]

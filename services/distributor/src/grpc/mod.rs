@@ -21,6 +21,10 @@ const DEFAULT_PAGE: i64 = 100;
 const MAX_EXPLAINED: usize = 1_000;
 /// Look-ups at deal-service at once for deals whose decision is not linked yet.
 const LOOKUPS_AT_ONCE: usize = 4;
+/// The most deals of one ExplainAssignments call looked up at deal-service (deals whose
+/// events the distributor has not seen yet, or that are no deals of the account): one
+/// call never turns into a thousand calls to deal-service.
+const LOOKUPS_AT_MOST: usize = 100;
 const MAX_PAGE: i64 = 500;
 
 /// `<unix nanos>.<intake id>` of the last rejection of a page.
@@ -110,9 +114,11 @@ impl Explain {
 }
 
 impl Explain {
-    /// The decisions of `deal_ids`, in their order. Most are linked to their deals; the
-    /// rest (deals created directly, or linked in a moment) are looked up one by one, a few
-    /// at once.
+    /// The decisions of `deal_ids`, in their order. Most are linked to their deals; a deal
+    /// the distributor has seen without one has none (created directly); the rest (deal
+    /// events not taken yet) are looked up, a few at once, at most [`LOOKUPS_AT_MOST`]:
+    /// with more, the answer is UNAVAILABLE (try again once the distributor caught up),
+    /// never a silent gap.
     async fn assignments(
         &self,
         account_id: &str,
@@ -123,15 +129,24 @@ impl Explain {
             .store
             .assignments_of_deals(account_id, deal_ids)
             .await?;
-        let linked = &linked;
+        let seen = self.store.seen_deals(account_id, deal_ids).await?;
+        let unseen = deal_ids
+            .iter()
+            .filter(|id| !linked.contains_key(id) && !seen.contains(id))
+            .count();
+        if unseen > LOOKUPS_AT_MOST {
+            return Err(ApiError::Unavailable(format!(
+                "{unseen} of the deals are not known to the distributor yet (or are no deals \
+                 of the account); at most {LOOKUPS_AT_MOST} such are looked up at once"
+            )));
+        }
+        let (linked, seen) = (&linked, &seen);
         let found: Vec<Option<pb::Assignment>> = futures::stream::iter(deal_ids.iter().copied())
-            .map(|deal_id| {
-                let stored = linked.get(&deal_id);
-                async move {
-                    match stored {
-                        Some(stored) => explained(stored, deal_id).map(Some),
-                        None => self.assignment(account_id, deal_id).await,
-                    }
+            .map(|deal_id| async move {
+                match linked.get(&deal_id) {
+                    Some(stored) => explained(stored, deal_id).map(Some),
+                    None if seen.contains(&deal_id) => Ok(None),
+                    None => self.assignment(account_id, deal_id).await,
                 }
             })
             .buffered(LOOKUPS_AT_ONCE)

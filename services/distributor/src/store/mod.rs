@@ -374,7 +374,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
         let known = known_deals(&mut tx, &newest).await?;
-        let changes = deal_view::changes(&newest, &known);
+        let mut changes = deal_view::changes(&newest, &known);
+        changes.forgotten = deal_view::forgotten(states);
         save_deal_changes(&mut tx, &changes).await?;
         tx.commit().await?;
         Ok(())
@@ -419,6 +420,26 @@ impl Store {
             rows.iter()
                 .map(|row| Ok((row.try_get("deal_id")?, row.try_get("explanation")?)))
                 .collect()
+        })
+        .await
+    }
+
+    /// Which of `deal_ids` the distributor has seen deal events of, within the account.
+    pub async fn seen_deals(
+        &self,
+        account_id: &str,
+        deal_ids: &[Uuid],
+    ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+        db::traced(SCHEMA, "SELECT deal_view", async {
+            Ok(sqlx::query_scalar(
+                "SELECT deal_id FROM deal_view WHERE deal_id = ANY($2) AND account_id = $1",
+            )
+            .bind(account_id)
+            .bind(deal_ids)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .collect())
         })
         .await
     }
@@ -562,6 +583,19 @@ async fn save_deal_changes(
     )
     .execute(&mut **tx)
     .await?;
+    // Erased contacts: the next lead of the same identity is a new contact (deleted first:
+    // a relation written below is of a deal made after the erasure).
+    let forgotten = &changes.forgotten;
+    if !forgotten.is_empty() {
+        sqlx::query(
+            "DELETE FROM contact_managers c USING UNNEST($1::text[], $2::text[]) AS f(a, k)
+             WHERE c.account_id = f.a AND c.contact_key = f.k",
+        )
+        .bind(forgotten.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>())
+        .bind(forgotten.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
     let relations = &changes.relations;
     sqlx::query(
         "INSERT INTO contact_managers (account_id, contact_key, manager_id, deal_created)
@@ -581,18 +615,6 @@ async fn save_deal_changes(
     .bind(relations.values().map(|(_, at)| *at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
-    // Erased contacts: the next lead of the same identity is a new contact.
-    let forgotten = &changes.forgotten;
-    if !forgotten.is_empty() {
-        sqlx::query(
-            "DELETE FROM contact_managers c USING UNNEST($1::text[], $2::text[]) AS f(a, k)
-             WHERE c.account_id = f.a AND c.contact_key = f.k",
-        )
-        .bind(forgotten.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>())
-        .bind(forgotten.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    }
     let links = &changes.links;
     sqlx::query(
         "UPDATE assignments SET deal_id = t.d
