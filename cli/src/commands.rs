@@ -140,10 +140,21 @@ async fn contacts(ctx: &Ctx, command: Contacts) -> anyhow::Result<()> {
                     "deals_erased_in_total": receipt.deals_erased_in_total,
                 }),
                 || {
-                    let now: i64 = receipt.erased.iter().map(|p| p.count).sum();
+                    let places: Vec<String> = receipt
+                        .erased
+                        .iter()
+                        .map(|p| format!("{} {}", p.place, p.count))
+                        .collect();
+                    let deals_now = receipt
+                        .erased
+                        .iter()
+                        .find(|p| p.place == "deal_service.deals")
+                        .map_or(0, |p| p.count);
                     format!(
-                        "receipt {} (first erased {first}): {now} deals erased now, {} in all",
-                        receipt.receipt_id, receipt.deals_erased_in_total
+                        "receipt {} (first erased {first}): {deals_now} deals erased now, {} in all; erased now: {}",
+                        receipt.receipt_id,
+                        receipt.deals_erased_in_total,
+                        places.join(", ")
                     )
                 },
             );

@@ -1312,3 +1312,64 @@ async fn a_replayed_parked_deal_event_is_published_without_the_person() -> anyho
     assert!(published.contact_key.starts_with("k1:"));
     stack.stop().await
 }
+
+/// An erasure whose broker part failed is finished by its repeat: the receipt remembers
+/// every identifier the person's deals were known by, although those deals no longer hold
+/// them, so the repeat still finds a waiting lead that carries only the phone.
+#[tokio::test]
+async fn a_repeat_knows_what_the_first_erasure_found() -> anyhow::Result<()> {
+    use deal_service::store::{Identity, Store};
+    let stack = integration_tests::stack::DealStack::start().await?;
+    let admin = stack.token(
+        ACCOUNT,
+        "admin",
+        &[Permission::PlansAdmin, Permission::DealsEditAll],
+    );
+    let plan = create_plan(
+        stack.channel().await?,
+        &admin,
+        plan_request("Repeat", Mode::Manual, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    DealServiceClient::new(stack.channel().await?)
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: plan.id.clone(),
+                contact: Some(pb::Contact {
+                    email: EMAIL.into(),
+                    phone: PHONE.into(),
+                    ..Default::default()
+                }),
+                idempotency_key: "by-hand".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await?;
+    let options: sqlx::postgres::PgConnectOptions = stack.db.url.parse()?;
+    let pool =
+        sqlx::PgPool::connect_with(options.options([("search_path", "deal_service")])).await?;
+    let keys = ContactKeys::dev();
+    let store = Store::new(pool.clone(), pool, keys.clone());
+    let by_email = Identity {
+        external_id: String::new(),
+        email: EMAIL.to_lowercase(),
+        phone_digits: String::new(),
+    };
+    let phone_key = keys
+        .every_of(ACCOUNT, "", "", &PHONE.replace([' ', '+'], ""))
+        .pop()
+        .expect("a key of the phone");
+    // The first call erases the deal (its broker part, say, failed afterwards).
+    let first = store.erase_contact(ACCOUNT, "dpo", &by_email).await?;
+    assert_eq!((first.deals_now, first.deals_in_total), (1, 1));
+    assert!(first.known.contains(&phone_key));
+    // The repeat: the deal no longer holds the phone, the receipt does.
+    let again = store.erase_contact(ACCOUNT, "dpo", &by_email).await?;
+    assert_eq!(
+        (again.receipt_id, again.deals_now, again.deals_in_total),
+        (first.receipt_id, 0, 1)
+    );
+    assert!(again.known.contains(&phone_key), "{:?}", again.known);
+    stack.stop().await
+}

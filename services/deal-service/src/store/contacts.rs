@@ -255,33 +255,57 @@ impl Store {
         .bind(&known)
         .execute(&mut *tx)
         .await?;
+        // The receipt first, with what was found: a repeat after a failure below finishes
+        // the same deals and messages.
+        let asked = format!(
+            "erase\0ext:{}\0email:{}\0phone:{}",
+            identity.external_id, identity.email, identity.phone_digits
+        );
+        let found_ids: Vec<Uuid> = found.into_iter().map(|(id, ..)| id).collect();
+        let receipt: Receipt = sqlx::query_as(
+            "INSERT INTO contact_erasures AS e
+                (account_id, identity_key, receipt_id, first_at, deals, known, deal_ids)
+             VALUES ($1, $2, $3, now(), cardinality($5::uuid[]), $4, $5)
+             ON CONFLICT (account_id, identity_key) DO UPDATE SET
+                known = ARRAY(SELECT DISTINCT k FROM unnest(e.known || excluded.known) k ORDER BY k),
+                deal_ids = ARRAY(SELECT DISTINCT d FROM unnest(e.deal_ids || excluded.deal_ids) d),
+                deals = GREATEST(e.deals,
+                    (SELECT count(DISTINCT d) FROM unnest(e.deal_ids || excluded.deal_ids) d))
+             RETURNING receipt_id, first_at, deals, known, deal_ids",
+        )
+        .bind(account_id)
+        .bind(self.contact_keys.of_plain(account_id, &asked))
+        .bind(Uuid::new_v4())
+        .bind(&known)
+        .bind(&found_ids)
+        .fetch_one(&mut *tx)
+        .await?;
+        if receipt.deal_ids.len() > MAX_BULK_DEALS {
+            return Err(StoreError::invalid(
+                "external_id",
+                format!(
+                    "the person has more than {MAX_BULK_DEALS} deals: erase by each identifier in turn"
+                ),
+            ));
+        }
         tx.commit().await?;
+        // Deals erased before (by this receipt or otherwise) are left as they are.
         let outcome = self
             .bulk_change(
                 account_id,
                 actor_id,
-                BulkTarget::Ids(found.into_iter().map(|(id, ..)| id).collect()),
+                BulkTarget::Ids(receipt.deal_ids),
                 None,
                 Deal::is_erased,
                 |deal, _, now| Ok(deal.erased(now)),
             )
             .await?;
-        let asked = format!(
-            "erase\0ext:{}\0email:{}\0phone:{}",
-            identity.external_id, identity.email, identity.phone_digits
+        let (receipt_id, first_at, deals_in_total, known) = (
+            receipt.receipt_id,
+            receipt.first_at,
+            receipt.deals,
+            receipt.known,
         );
-        let (receipt_id, first_at, deals_in_total): (Uuid, OffsetDateTime, i64) = sqlx::query_as(
-            "INSERT INTO contact_erasures AS e (account_id, identity_key, receipt_id, first_at, deals)
-             VALUES ($1, $2, $3, now(), $4)
-             ON CONFLICT (account_id, identity_key) DO UPDATE SET deals = e.deals + excluded.deals
-             RETURNING receipt_id, first_at, deals",
-        )
-        .bind(account_id)
-        .bind(self.contact_keys.of_plain(account_id, &asked))
-        .bind(Uuid::new_v4())
-        .bind(outcome.changed)
-        .fetch_one(&self.pool)
-        .await?;
         Ok(Erasure {
             receipt_id,
             first_at,
@@ -290,4 +314,16 @@ impl Store {
             known,
         })
     }
+}
+
+/// A receipt as recorded: what every erasure of the same request found.
+#[derive(sqlx::FromRow)]
+struct Receipt {
+    receipt_id: Uuid,
+    first_at: OffsetDateTime,
+    /// Deals of the receipt (all of them erased once the call answers OK).
+    deals: i64,
+    /// Keyed keys of every identifier the person was known by.
+    known: Vec<String>,
+    deal_ids: Vec<Uuid>,
 }
