@@ -187,6 +187,7 @@ async fn every_service_works_as_its_own_user() -> anyhow::Result<()> {
     for lane in [
         salesplan_platform::bus::streams::INTAKE,
         salesplan_platform::bus::streams::BULK,
+        salesplan_platform::bus::streams::DEAD_LETTERS,
     ] {
         let config = js.get_stream(lane.name).await?.info().await?.config.clone();
         assert_eq!(
@@ -496,11 +497,34 @@ async fn only_the_maintenance_user_may_erase_deal_events() -> anyhow::Result<()>
             lead.encode_to_vec(),
         ))
         .await?;
+    tunnel
+        .publish(Outgoing::new(
+            streams::bulk_subject("acme", "p"),
+            "lead-2",
+            pb::IntakeEvent {
+                intake_id: "lead-2".into(),
+                ..lead.clone()
+            }
+            .encode_to_vec(),
+        ))
+        .await?;
+    // The same lead, dead-lettered by the distributor.
+    let distributor = Bus::connect(&as_user("distributor"), "distributor").await?;
+    let mut letter = Outgoing::new(
+        streams::dead_letter_subject("distributor-intake", &streams::intake_subject("acme", "p")),
+        "dead-1",
+        lead.encode_to_vec(),
+    );
+    letter.headers.insert(
+        salesplan_platform::bus::HEADER_ORIGINAL_SUBJECT,
+        streams::intake_subject("acme", "p").as_str(),
+    );
+    distributor.publish(letter).await?;
     let known = keys.every_of("acme", "", "anna@example.com", "");
     let deleted = deal_service::events::lanes::delete_person(&owner, &keys, "acme", &known).await?;
     assert_eq!(
         (deleted.intake, deleted.bulk, deleted.dead_letters),
-        (1, 0, 0)
+        (1, 1, 1)
     );
     Ok(())
 }

@@ -406,7 +406,7 @@ async fn a_poison_message_goes_to_dead_letters_and_blocks_nothing() -> anyhow::R
     assert_eq!(dead, 1);
     let stream = js.get_stream(streams::DEAD_LETTERS.name).await?;
     let message = stream
-        .get_last_raw_message_by_subject(&streams::dead_letter_subject("distributor-intake"))
+        .get_last_raw_message_by_subject(&streams::dead_letters_of("distributor-intake"))
         .await?;
     let headers = message.headers;
     assert_eq!(
@@ -555,7 +555,7 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_max_deliver() -> an
     let letter = js
         .get_stream(streams::DEAD_LETTERS.name)
         .await?
-        .get_last_raw_message_by_subject(&streams::dead_letter_subject("test-consumer"))
+        .get_last_raw_message_by_subject(&streams::dead_letters_of("test-consumer"))
         .await?;
     let header = |name| letter.headers.get(name).map(|v| v.as_str().to_owned());
     assert_eq!(

@@ -2563,7 +2563,7 @@ async fn an_event_naming_another_account_than_its_subject_is_dead_lettered() -> 
         "distributor-plans",
         "reporting-plans",
     ] {
-        let subject = streams::dead_letter_subject(consumer);
+        let subject = streams::dead_letters_of(consumer);
         let message = eventually(Duration::from_secs(20), || {
             let (js, subject) = (js.clone(), subject.clone());
             async move {

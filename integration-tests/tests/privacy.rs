@@ -923,7 +923,33 @@ async fn erase_contact_deletes_the_persons_waiting_leads_and_dead_letters() -> a
             .status();
         anyhow::ensure!(status == 202, "{status}");
     }
-    // The other person shares no identifier: change the second lead's e-mail and phone.
+    // Another account's person with the same e-mail, waiting too: not theirs to erase.
+    let globex = issuer.issue(
+        &salesplan_platform::Actor::new(
+            "globex",
+            "u",
+            [Permission::PlansAdmin, Permission::IntakeWrite],
+        ),
+        Duration::from_secs(600),
+    )?;
+    let globex_plan = create_plan(
+        channel(deal_service.grpc_url()).await?,
+        &globex,
+        plan_request("Theirs", Mode::Auto, Strategy::RoundRobin, false, &["g1"]),
+    )
+    .await?;
+    let status = reqwest::Client::new()
+        .post(&webhook)
+        .bearer_auth(&globex)
+        .json(&serde_json::json!({
+            "plan_id": globex_plan.id, "tunnel_id": "t", "block_id": "b", "run_id": "run-g",
+            "contact": { "external_id": EXTERNAL_ID, "name": NAME, "email": EMAIL },
+        }))
+        .send()
+        .await?
+        .status();
+    anyhow::ensure!(status == 202, "{status}");
+    // A third person shares no identifier with the erased one.
     let other = serde_json::json!({
         "plan_id": plan.id, "tunnel_id": "t", "block_id": "b", "run_id": "run-3",
         "contact": { "external_id": "third", "name": "Third Person", "email": "third@example.org" },
@@ -980,11 +1006,34 @@ async fn erase_contact_deletes_the_persons_waiting_leads_and_dead_letters() -> a
     );
     js.publish_with_headers(
         "salesplan.dlq.v1.reporting-deals".to_owned(),
-        headers,
+        headers.clone(),
         prost::Message::encode_to_vec(&old_event).into(),
     )
     .await?
     .await?;
+    // The same as a dead letter is named now (with its account), and another account's.
+    let deal_subject = salesplan_platform::bus::streams::deal_subject;
+    for account in [ACCOUNT, "globex"] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            salesplan_platform::bus::HEADER_ORIGINAL_SUBJECT,
+            deal_subject(account, "created").as_str(),
+        );
+        let event = pb::DealEvent {
+            account_id: account.into(),
+            ..old_event.clone()
+        };
+        js.publish_with_headers(
+            salesplan_platform::bus::streams::dead_letter_subject(
+                "reporting-deals",
+                &deal_subject(account, "created"),
+            ),
+            headers,
+            prost::Message::encode_to_vec(&event).into(),
+        )
+        .await?
+        .await?;
+    }
 
     // Erased by e-mail (the person has no deal yet): every message with that e-mail goes.
     let receipt = ContactServiceClient::new(channel(deal_service.grpc_url()).await?)
@@ -1008,7 +1057,7 @@ async fn erase_contact_deletes_the_persons_waiting_leads_and_dead_letters() -> a
             ("deal_service.deals".to_owned(), 0),
             ("SALESPLAN_INTAKE".to_owned(), 2),
             ("SALESPLAN_BULK".to_owned(), 1),
-            ("SALESPLAN_DEAD_LETTERS".to_owned(), 1),
+            ("SALESPLAN_DEAD_LETTERS".to_owned(), 2),
         ]
     );
     let mut left = Vec::new();
@@ -1021,16 +1070,28 @@ async fn erase_contact_deletes_the_persons_waiting_leads_and_dead_letters() -> a
         let state = handle.info().await?.state.clone();
         for seq in state.first_sequence..=state.last_sequence {
             if let Ok(message) = handle.get_raw_message(seq).await {
-                assert_eq!(
-                    found_in(&message.payload),
-                    Vec::<String>::new(),
-                    "{stream} #{seq}"
-                );
-                left.push(stream);
+                let theirs =
+                    message.subject.ends_with(".globex") || message.subject.contains(".globex.");
+                if !theirs {
+                    assert_eq!(
+                        found_in(&message.payload),
+                        Vec::<String>::new(),
+                        "{stream} #{seq}"
+                    );
+                }
+                left.push((stream, theirs));
             }
         }
     }
-    assert_eq!(left, ["SALESPLAN_INTAKE"], "the third person's lead stays");
+    assert_eq!(
+        left,
+        [
+            ("SALESPLAN_INTAKE", true),
+            ("SALESPLAN_INTAKE", false),
+            ("SALESPLAN_DEAD_LETTERS", true)
+        ],
+        "the other account's lead and dead letter, and the third person's lead, stay"
+    );
 
     // The third person's lead still becomes a deal.
     let distributor = distributor::Config::local(&db.url, &nats.url, &deal_service.grpc_url())
@@ -1044,7 +1105,21 @@ async fn erase_contact_deletes_the_persons_waiting_leads_and_dead_letters() -> a
         Ok((!names.is_empty()).then_some(names))
     })
     .await?;
-    assert_eq!(names, ["Third Person"]);
+    let names = eventually(Duration::from_secs(20), || async {
+        let mut names: Vec<String> =
+            sqlx::query_scalar("SELECT contact_name FROM deal_service.deals ORDER BY 1")
+                .fetch_all(&pool)
+                .await?;
+        names.sort();
+        Ok((names.len() == 2).then_some(names))
+    })
+    .await
+    .map_err(|e| e.context(format!("deals so far: {names:?}")))?;
+    assert_eq!(
+        names,
+        ["Third Person", NAME],
+        "the other account's lead too"
+    );
     shutdown.cancel();
     for running in [distributor, listener, deal_service] {
         running.wait().await?;
@@ -1145,7 +1220,7 @@ async fn an_undecided_lead_leaves_the_intake_lanes_after_the_retention_window() 
         .await?
         .keep_intake_retention()
         .await?;
-    for lane in [streams::INTAKE, streams::BULK] {
+    for lane in [streams::INTAKE, streams::BULK, streams::DEAD_LETTERS] {
         assert_eq!(
             held(lane.name).await?.config.max_age,
             Duration::from_secs(2)

@@ -55,29 +55,36 @@ pub async fn delete_person(
         |m| lead_of(&m.payload),
     )
     .await?;
-    // Dead letters are not by account: each is read, as the lead or deal event it was.
-    let dead_letters =
-        delete_matching(bus, streams::DEAD_LETTERS.name, "salesplan.dlq.v1.>", |m| {
-            let original = m
-                .headers
-                .get(HEADER_ORIGINAL_SUBJECT)
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default();
-            if streams::account_of(&original) != Some(account_id) {
-                return false;
-            }
-            if original.starts_with("salesplan.deals.") {
-                pb::DealEvent::decode(m.payload.as_ref())
-                    .ok()
-                    .is_some_and(|e| {
-                        known.contains(&e.contact_key)
-                            || is_theirs(e.deal.as_ref().and_then(|d| d.contact.as_ref()))
-                    })
-            } else {
-                lead_of(&m.payload)
-            }
-        })
-        .await?;
+    // The account's dead letters (`salesplan.dlq.v1.<consumer>.<account>`), and those from
+    // before subjects named the account (`salesplan.dlq.v1.<consumer>`, gone within the
+    // retention window), each read as the lead or deal event it was.
+    let theirs = |m: &async_nats::jetstream::message::StreamMessage| {
+        let original = m
+            .headers
+            .get(HEADER_ORIGINAL_SUBJECT)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        if streams::account_of(&original) != Some(account_id) {
+            return false;
+        }
+        if original.starts_with("salesplan.deals.") {
+            pb::DealEvent::decode(m.payload.as_ref())
+                .ok()
+                .is_some_and(|e| {
+                    known.contains(&e.contact_key)
+                        || is_theirs(e.deal.as_ref().and_then(|d| d.contact.as_ref()))
+                })
+        } else {
+            lead_of(&m.payload)
+        }
+    };
+    let mut dead_letters = 0;
+    for subject in [
+        format!("salesplan.dlq.v1.*.{account_id}"),
+        "salesplan.dlq.v1.*".to_owned(),
+    ] {
+        dead_letters += delete_matching(bus, streams::DEAD_LETTERS.name, &subject, &theirs).await?;
+    }
     Ok(Deleted {
         intake,
         bulk,

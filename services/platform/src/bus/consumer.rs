@@ -621,7 +621,7 @@ async fn dead_letter(
     // One dead letter per consumer and message: two consumers refusing the same event
     // (the distributor's and reporting's) must not be taken for one repeated publish.
     let mut out = Outgoing::new(
-        streams::dead_letter_subject(&spec.durable),
+        streams::dead_letter_subject(&spec.durable, &delivery.subject),
         format!(
             "{}:{}:{}",
             spec.durable, spec.stream, delivery.stream_sequence

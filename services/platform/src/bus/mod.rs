@@ -184,9 +184,10 @@ impl Bus {
         Ok(())
     }
 
-    /// Sets the intake lanes' age limit to this deployment's `intake_retention` where a
-    /// stream made earlier has another (streams are created once; the setting may change
-    /// later). Only the distributor, which decides the leads, may change them.
+    /// Sets the age limit of the streams that hold leads (the intake lanes, the dead
+    /// letters) to this deployment's `intake_retention` where a stream made earlier has
+    /// another (streams are created once; the setting may change later). Only the
+    /// distributor, which decides the leads, may change them.
     pub async fn keep_intake_retention(&self) -> Result<(), BusError> {
         let wanted = self.config.intake_retention;
         for spec in streams::ALL.iter().filter(|spec| spec.holds_leads) {

@@ -15,8 +15,9 @@ pub struct StreamSpec {
     /// `Limits` keeps messages for every consumer until they age out; `WorkQueue` removes
     /// a message once acked, so what the stream holds is exactly the work still to do.
     pub retention: RetentionPolicy,
-    /// An intake lane: it holds leads (personal data) until they are decided, at most for
-    /// the deployment's `SALESPLAN_INTAKE_RETENTION_HOURS` instead of `max_age`.
+    /// It holds leads (personal data: the intake lanes until they are decided, the dead
+    /// letters): kept at most the deployment's `SALESPLAN_INTAKE_RETENTION_HOURS` instead of
+    /// `max_age`.
     pub holds_leads: bool,
 }
 
@@ -128,7 +129,8 @@ pub const DEAD_LETTERS: StreamSpec = StreamSpec {
     max_age: Duration::from_secs(30 * DAY.as_secs()),
     duplicate_window: Duration::from_secs(60),
     retention: RetentionPolicy::Limits,
-    holds_leads: false,
+    // A dead letter of an intake lane is a whole lead: kept as long as leads are.
+    holds_leads: true,
 };
 
 pub const ALL: [StreamSpec; 7] = [
@@ -166,8 +168,17 @@ pub fn assignment_subject(account_id: &str) -> String {
     format!("salesplan.assignments.v1.{account_id}.decided")
 }
 
-pub fn dead_letter_subject(consumer: &str) -> String {
-    format!("salesplan.dlq.v1.{consumer}")
+/// `salesplan.dlq.v1.<consumer>.<account>`: the account of the message's subject (`_` for
+/// one without), so a person's erasure reads only their account's dead letters. Dead
+/// letters from before the account token was added have subject `salesplan.dlq.v1.<consumer>`.
+pub fn dead_letter_subject(consumer: &str, original_subject: &str) -> String {
+    let account = account_of(original_subject).unwrap_or("_");
+    format!("salesplan.dlq.v1.{consumer}.{account}")
+}
+
+/// Every dead letter of `consumer`, of any account (a subject filter).
+pub fn dead_letters_of(consumer: &str) -> String {
+    format!("salesplan.dlq.v1.{consumer}.*")
 }
 
 /// The account token of an intake, deal, plan or assignment subject
@@ -193,6 +204,11 @@ mod tests {
         assert_eq!(account_of(&intake_subject("acme", "p")), Some("acme"));
         assert_eq!(account_of(&bulk_subject("acme", "p")), Some("acme"));
         assert_eq!(account_of("salesplan.dlq.v1"), None);
+        assert_eq!(
+            dead_letter_subject("reporting-deals", &deal_subject("acme", "created")),
+            "salesplan.dlq.v1.reporting-deals.acme"
+        );
+        assert_eq!(dead_letter_subject("x", "odd"), "salesplan.dlq.v1.x._");
         assert_eq!(account_of("other.deals.v1.acme.x"), None);
     }
 }
