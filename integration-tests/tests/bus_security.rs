@@ -282,6 +282,11 @@ async fn no_service_can_publish_where_it_has_no_business() -> anyhow::Result<()>
             "$JS.API.CONSUMER.CREATE.SALESPLAN_DEALS.thief",
         ),
         ("distributor", "$JS.API.STREAM.DELETE.SALESPLAN_DEALS"),
+        // It sets the age limit of the streams that hold leads, and no other's.
+        ("distributor", "$JS.API.STREAM.UPDATE.SALESPLAN_DEALS"),
+        ("distributor", "$JS.API.STREAM.UPDATE.SALESPLAN_PLANS"),
+        ("deal-service", "$JS.API.STREAM.UPDATE.SALESPLAN_INTAKE"),
+        ("tunnel-listener", "$JS.API.STREAM.UPDATE.SALESPLAN_INTAKE"),
         ("deal-service", "salesplan.intake.v1.acme.p"),
         ("deal-service", "salesplan.assignments.v1.acme.decided"),
         ("deal-service", "$JS.API.STREAM.PURGE.SALESPLAN_DEALS"),

@@ -1319,6 +1319,23 @@ async fn a_sweep_erases_handled_leads_left_in_the_lane() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(held().await?.messages, 0);
+    // A delete that comes second (another replica's sweep, an erasure) is no failure, in
+    // the middle of the stream or below its first message.
+    let lane = js.get_stream_no_info(streams::INTAKE.name).await?;
+    for later in ["4", "5"] {
+        js.publish(streams::intake_subject(ACCOUNT, "p"), later.into())
+            .await?
+            .await?;
+    }
+    assert!(Bus::delete_message(&lane, 5).await?);
+    // #5 after the first message (#4), #3 and #1 before it.
+    for seq in [5, 3, 1] {
+        assert!(
+            !Bus::delete_message(&lane, seq).await?,
+            "#{seq} is gone already"
+        );
+    }
+    assert!(Bus::delete_message(&lane, 4).await?);
     Ok(())
 }
 
@@ -1406,7 +1423,8 @@ async fn a_repeat_knows_what_the_first_erasure_found() -> anyhow::Result<()> {
         plan_request("Repeat", Mode::Manual, Strategy::RoundRobin, false, &["m1"]),
     )
     .await?;
-    DealServiceClient::new(stack.channel().await?)
+    let mut deals = DealServiceClient::new(stack.channel().await?);
+    let created = deals
         .create_deal(outgoing(
             pb::CreateDealRequest {
                 plan_id: plan.id.clone(),
@@ -1420,7 +1438,10 @@ async fn a_repeat_knows_what_the_first_erasure_found() -> anyhow::Result<()> {
             },
             &admin,
         ))
-        .await?;
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
     let options: sqlx::postgres::PgConnectOptions = stack.db.url.parse()?;
     let pool =
         sqlx::PgPool::connect_with(options.options([("search_path", "deal_service")])).await?;
@@ -1439,12 +1460,32 @@ async fn a_repeat_knows_what_the_first_erasure_found() -> anyhow::Result<()> {
     let first = store.erase_contact(ACCOUNT, "dpo", &by_email).await?;
     assert_eq!((first.deals_now, first.deals_in_total), (1, 1));
     assert!(first.known.contains(&phone_key));
-    // The repeat: the deal no longer holds the phone, the receipt does.
+    // The erased deal is given to someone else meanwhile.
+    let erased = deal(&mut deals, &admin, &created.id).await?;
+    let other = pb::Contact {
+        email: "someone.else@example.org".into(),
+        ..Default::default()
+    };
+    deals
+        .update_deal(outgoing(
+            pb::UpdateDealRequest {
+                deal_id: created.id.clone(),
+                expected_version: erased.version,
+                contact: Some(other.clone()),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await?;
+    // The repeat: the deal no longer holds the phone, the receipt does; and the receipt's
+    // deal, someone else's by now, is left alone.
     let again = store.erase_contact(ACCOUNT, "dpo", &by_email).await?;
     assert_eq!(
         (again.receipt_id, again.deals_now, again.deals_in_total),
         (first.receipt_id, 0, 1)
     );
     assert!(again.known.contains(&phone_key), "{:?}", again.known);
+    let kept = deal(&mut deals, &admin, &created.id).await?;
+    assert_eq!(kept.contact.map(|c| c.email), Some(other.email));
     stack.stop().await
 }

@@ -12,6 +12,8 @@ fn plan(strategy: Strategy, prefer_related: bool) -> PlanSettings {
             strategy,
         },
         managers: (0..20).map(|i| format!("manager-{i}")).collect(),
+        // Weighted, as the costlier case: credits are kept and compared per member.
+        weights: (0..20).map(|i| 1 + i % 3).collect(),
         archived: false,
     }
 }

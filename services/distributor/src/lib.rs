@@ -57,8 +57,6 @@ impl Service for Config {
         let pool = db::connect_and_migrate(&self.database, SCHEMA, &MIGRATOR).await?;
         let bus = Bus::connect(&common.nats, Self::NAME).await?;
         bus.ensure_streams(&streams::ALL).await?;
-        // The leads it has not decided yet are kept only as long as configured.
-        bus.keep_intake_retention().await?;
         let issuer = TokenIssuer::from_config(&common.auth)?
             .context("no key to sign calls to deal-service")?;
         let tokens = ServiceTokens::new(
@@ -74,6 +72,9 @@ impl Service for Config {
         store.key_plain_contact_keys().await?;
 
         let mut background = Background::new(metrics.clone());
+        // Leads nobody decided are kept only as long as configured. A broker that refuses
+        // (its permissions not upgraded yet) does not stop the distributor: retried.
+        background.spawn(keep_intake_retention(bus.clone(), background.stop_token()));
         // Replicas of the version before keyed keys write plain ones until a rolling
         // upgrade ends: keyed again every few minutes.
         background.spawn(events::deals::key_plain_contact_keys_now_and_then(
@@ -152,5 +153,24 @@ impl Service for Config {
             name: SCHEMA,
             migrator: &MIGRATOR,
         })
+    }
+}
+
+/// Applies the configured retention to the streams that hold leads, now and, until it
+/// succeeds, every five minutes.
+async fn keep_intake_retention(bus: Bus, stop: CancellationToken) {
+    const RETRY: std::time::Duration = std::time::Duration::from_secs(300);
+    loop {
+        match bus.keep_intake_retention().await {
+            Ok(()) => return,
+            Err(err) => tracing::error!(
+                error = %err,
+                "the intake retention is not applied (does the broker let the distributor update the lanes' settings? docs/operations.md); retrying"
+            ),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(RETRY) => {}
+        }
     }
 }

@@ -223,6 +223,16 @@ pub struct TokenVerifier {
     keys: Vec<VerifyingKey>,
 }
 
+/// The token of an `Authorization` header value (`Bearer <jwt>`, either case of the
+/// scheme as clients send it); `None` for anything else.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 impl TokenVerifier {
     pub fn from_config(config: &AuthConfig) -> Result<Self, jsonwebtoken::errors::Error> {
         let full = |key, alg| VerifyingKey {
@@ -256,13 +266,7 @@ impl TokenVerifier {
     /// Verifies the value of an `Authorization` header (`Bearer <jwt>`).
     pub fn verify_header(&self, header: Option<&str>) -> Result<Actor, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(AuthError::Malformed)?;
-        self.verify(token)
+        self.verify(bearer_token(header).ok_or(AuthError::Malformed)?)
     }
 
     pub fn verify(&self, token: &str) -> Result<Actor, AuthError> {

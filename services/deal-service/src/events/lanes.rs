@@ -115,28 +115,12 @@ async fn delete_matching(
             Err(err) => return Err(err).with_context(|| format!("reading {stream}")),
         };
         seq = message.sequence + 1;
-        if theirs(&message) && delete(&stream_handle, message.sequence).await? {
+        if theirs(&message)
+            && Bus::delete_message(&stream_handle, message.sequence)
+                .await
+                .with_context(|| format!("{stream} #{}", message.sequence))?
+        {
             deleted += 1;
         }
-    }
-}
-
-/// Deletes message `seq`; `false` when it is gone already (the distributor handled it, or
-/// the work queue removed it, between the read and the delete).
-async fn delete(
-    stream: &async_nats::jetstream::stream::Stream<()>,
-    seq: u64,
-) -> anyhow::Result<bool> {
-    use async_nats::jetstream::{ErrorCode, stream::DeleteMessageErrorKind};
-    match stream.delete_message(seq).await {
-        Ok(deleted) => Ok(deleted),
-        Err(err) => match err.kind() {
-            DeleteMessageErrorKind::JetStream(js)
-                if js.error_code() == ErrorCode::NO_MESSAGE_FOUND =>
-            {
-                Ok(false)
-            }
-            _ => Err(err).with_context(|| format!("deleting #{seq}")),
-        },
     }
 }

@@ -134,7 +134,7 @@ fn bearer<T>(request: &Request<T>) -> Result<String, ApiError> {
         .metadata()
         .get("authorization")
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(auth::bearer_token)
         .map(str::to_owned)
         .ok_or_else(|| ApiError::internal("an authorised call without its bearer token"))
 }

@@ -269,8 +269,8 @@ impl Store {
              ON CONFLICT (account_id, identity_key) DO UPDATE SET
                 known = ARRAY(SELECT DISTINCT k FROM unnest(e.known || excluded.known) k ORDER BY k),
                 deal_ids = ARRAY(SELECT DISTINCT d FROM unnest(e.deal_ids || excluded.deal_ids) d),
-                deals = GREATEST(e.deals,
-                    (SELECT count(DISTINCT d) FROM unnest(e.deal_ids || excluded.deal_ids) d))
+                deals = e.deals + (SELECT count(DISTINCT d) FROM unnest(excluded.deal_ids) d
+                                   WHERE d <> ALL(e.deal_ids))
              RETURNING receipt_id, first_at, deals, known, deal_ids",
         )
         .bind(account_id)
@@ -289,14 +289,30 @@ impl Store {
             ));
         }
         tx.commit().await?;
-        // Deals erased before (by this receipt or otherwise) are left as they are.
+        // Deals erased before (by this receipt or otherwise) are left as they are, and so is
+        // a remembered deal that holds someone else by now (its contact changed since).
+        let known_keys: std::collections::HashSet<&str> =
+            receipt.known.iter().map(String::as_str).collect();
+        let not_the_persons = |deal: &Deal| {
+            Deal::is_erased(deal)
+                || self
+                    .contact_keys
+                    .every_of(
+                        account_id,
+                        &deal.contact.external_id,
+                        &deal.contact.email,
+                        &deal.contact.phone,
+                    )
+                    .iter()
+                    .all(|k| !known_keys.contains(k.as_str()))
+        };
         let outcome = self
             .bulk_change(
                 account_id,
                 actor_id,
-                BulkTarget::Ids(receipt.deal_ids),
+                BulkTarget::Ids(receipt.deal_ids.clone()),
                 None,
-                Deal::is_erased,
+                not_the_persons,
                 |deal, _, now| Ok(deal.erased(now)),
             )
             .await?;

@@ -148,11 +148,19 @@ pub fn changes<'a>(newest: &BTreeMap<Uuid, &'a DealState>, known: &KnownDeals) -
     changes
 }
 
-/// (account, contact key) of every erasure among `states`, newest or not: an erasure
-/// followed by another change of the same deal in one batch is still an erasure.
-pub fn forgotten(states: &[DealState]) -> Vec<(String, String)> {
+/// (account, contact key) of every erasure among `states` newer than what was `known`,
+/// the newest of its deal or not: an erasure followed by another change of the same deal
+/// in one batch is still an erasure, and one applied before (a redelivery, a replay)
+/// forgets nothing again (the person may be back as a new contact since).
+pub fn forgotten(states: &[DealState], known: &KnownDeals) -> Vec<(String, String)> {
     states
         .iter()
+        .filter(|s| {
+            known
+                .seen
+                .get(&s.deal_id)
+                .is_none_or(|seen| s.version > seen.version)
+        })
         .filter_map(|s| Some((s.account_id.clone(), s.erased_contact.clone()?)))
         .collect()
 }
@@ -258,12 +266,29 @@ mod tests {
         let states = [erased, moved];
         let newest = newest(&states);
         assert_eq!(newest[&Uuid::from_u128(1)].version, 6);
-        assert_eq!(forgotten(&states), [("acme".to_owned(), "k".to_owned())]);
+        assert_eq!(
+            forgotten(&states, &KnownDeals::default()),
+            [("acme".to_owned(), "k".to_owned())]
+        );
         assert!(
             changes(&newest, &KnownDeals::default())
                 .relations
                 .is_empty()
         );
+        // Applied before (a redelivery): nothing is forgotten again.
+        let known = KnownDeals {
+            seen: HashMap::from([(
+                Uuid::from_u128(1),
+                Seen {
+                    plan_id: Uuid::from_u128(100),
+                    manager_id: Some("b".into()),
+                    open: true,
+                    version: 6,
+                },
+            )]),
+            decided: HashMap::new(),
+        };
+        assert!(forgotten(&states, &known).is_empty());
     }
 
     #[test]

@@ -125,11 +125,13 @@ impl Explain {
         deal_ids: &[Uuid],
     ) -> Result<Vec<pb::Assignment>, ApiError> {
         use futures::{StreamExt as _, TryStreamExt as _};
+        // Seen first: a deal is linked in the same transaction that makes it seen, so a
+        // deal seen here is linked in the later read if it has a decision at all.
+        let seen = self.store.seen_deals(account_id, deal_ids).await?;
         let linked = self
             .store
             .assignments_of_deals(account_id, deal_ids)
             .await?;
-        let seen = self.store.seen_deals(account_id, deal_ids).await?;
         let unseen = deal_ids
             .iter()
             .filter(|id| !linked.contains_key(id) && !seen.contains(id))

@@ -375,7 +375,7 @@ impl Store {
         key_lookups_only(&mut tx).await?;
         let known = known_deals(&mut tx, &newest).await?;
         let mut changes = deal_view::changes(&newest, &known);
-        changes.forgotten = deal_view::forgotten(states);
+        changes.forgotten = deal_view::forgotten(states, &known);
         save_deal_changes(&mut tx, &changes).await?;
         tx.commit().await?;
         Ok(())

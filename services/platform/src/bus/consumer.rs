@@ -485,9 +485,9 @@ const SWEEP_AT_MOST: u64 = 10_000;
 /// go back under. Returns how many it deleted (at most [`SWEEP_AT_MOST`] a call).
 pub async fn sweep_handled(bus: &Bus, spec: &ConsumerSpec) -> Result<u64, BusError> {
     use async_nats::jetstream::stream::RawMessageErrorKind;
-    let js = bus.jetstream();
-    let stream = js
-        .get_stream(spec.stream)
+    let stream = bus
+        .jetstream()
+        .get_stream_no_info(spec.stream)
         .await
         .map_err(|e| BusError::jetstream("get stream", e))?;
     let floor = stream
@@ -507,11 +507,10 @@ pub async fn sweep_handled(bus: &Bus, spec: &ConsumerSpec) -> Result<u64, BusErr
             Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => break,
             Err(err) => return Err(BusError::jetstream("read a message", err)),
         };
-        stream
-            .delete_message(message.sequence)
-            .await
-            .map_err(|e| BusError::jetstream("delete a message", e))?;
-        deleted += 1;
+        // Another replica's sweep, or the consumer's own erasure, may take it first.
+        if Bus::delete_message(&stream, message.sequence).await? {
+            deleted += 1;
+        }
         seq = message.sequence + 1;
     }
     Ok(deleted)
@@ -557,7 +556,9 @@ async fn erase(bus: &Bus, stream: &str, sequences: &[u64]) {
             return;
         }
     };
-    let deletes = sequences.iter().map(|seq| stream.delete_message(*seq));
+    let deletes = sequences
+        .iter()
+        .map(|seq| Bus::delete_message(&stream, *seq));
     for (seq, result) in sequences
         .iter()
         .zip(futures::future::join_all(deletes).await)

@@ -184,6 +184,29 @@ impl Bus {
         Ok(())
     }
 
+    /// Deletes message `seq` of `stream`, its data overwritten; `Ok(false)` when it is gone
+    /// already (deleted by someone else meanwhile, or aged out): a delete that races
+    /// another is not a failure.
+    pub async fn delete_message(
+        stream: &jetstream::stream::Stream<()>,
+        seq: u64,
+    ) -> Result<bool, BusError> {
+        use jetstream::{ErrorCode, stream::DeleteMessageErrorKind};
+        match stream.delete_message(seq).await {
+            Ok(deleted) => Ok(deleted),
+            Err(err) => match err.kind() {
+                DeleteMessageErrorKind::JetStream(js)
+                    if js.error_code() == ErrorCode::SEQUENCE_NOT_FOUND
+                        || js.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                        || js.error_code() == ErrorCode::NO_MESSAGE_FOUND =>
+                {
+                    Ok(false)
+                }
+                _ => Err(BusError::jetstream("delete a message", err)),
+            },
+        }
+    }
+
     /// Sets the age limit of the streams that hold leads (the intake lanes, the dead
     /// letters) to this deployment's `intake_retention` where a stream made earlier has
     /// another (streams are created once; the setting may change later). Only the
