@@ -664,12 +664,42 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
         email: EMAIL.to_uppercase(),
         ..Default::default()
     };
+    // A relation no deal tells the distributor of: a lead of the person's phone decided,
+    // whose deal was never made (its creation failed, and the lead left the lane since).
+    let orphan = ContactKeys::dev()
+        .every_of(ACCOUNT, "", "", &PHONE.replace([' ', '+'], ""))
+        .pop()
+        .expect("a key of the phone");
+    let relations = stack.pool().await?;
+    sqlx::query(
+        "INSERT INTO distributor.contact_managers (account_id, contact_key, manager_id, deal_created)
+         VALUES ($1, $2, 'm2', now())",
+    )
+    .bind(ACCOUNT)
+    .bind(&orphan)
+    .execute(&relations)
+    .await?;
     let receipt = contacts
         .erase_contact(outgoing(request.clone(), &eraser))
         .await?
         .into_inner();
     assert_eq!(receipt.deals_erased_in_total, 3);
     assert_eq!(receipt.erased[0].count, 3);
+    // Forgotten before the answer, and counted.
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM distributor.contact_managers WHERE account_id = $1 AND contact_key = $2",
+    )
+    .bind(ACCOUNT)
+    .bind(&orphan)
+    .fetch_one(&relations)
+    .await?;
+    assert_eq!(left, 0);
+    let forgotten = receipt
+        .erased
+        .iter()
+        .find(|p| p.place == "distributor.contact_managers")
+        .map(|p| p.count);
+    assert!(forgotten >= Some(1), "{:?}", receipt.erased);
     consumers_caught_up(&stack).await?;
     reporting::maintenance::rebuild(&reporting::Config::local(&stack.db.url, &stack.nats.url))
         .await?;
@@ -866,9 +896,12 @@ async fn erase_contact_deletes_the_persons_waiting_leads_and_dead_letters() -> a
     let nats = integration_tests::TestNats::start().await?;
     let db = TestDatabase::create().await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let deal_service = deal_service::Config::local(&db.url, &nats.url)
-        .start(shutdown.clone())
-        .await?;
+    // The distributor starts later, on this port.
+    let distributor_addr =
+        std::net::SocketAddr::from(([127, 0, 0, 1], integration_tests::ports::reserve()?));
+    let mut config = deal_service::Config::local(&db.url, &nats.url);
+    config.distributor_url = format!("http://{distributor_addr}");
+    let deal_service = config.start(shutdown.clone()).await?;
     let listener = tunnel_listener::Config::local(&nats.url, &deal_service.grpc_url())
         .start(shutdown.clone())
         .await?;
@@ -1036,30 +1069,24 @@ async fn erase_contact_deletes_the_persons_waiting_leads_and_dead_letters() -> a
     }
 
     // Erased by e-mail (the person has no deal yet): every message with that e-mail goes.
-    let receipt = ContactServiceClient::new(channel(deal_service.grpc_url()).await?)
-        .erase_contact(outgoing(
+    // The distributor, down, cannot forget the person's relations: UNAVAILABLE, and the
+    // repeat finishes (below).
+    let mut contacts = ContactServiceClient::new(channel(deal_service.grpc_url()).await?);
+    let erase = || {
+        outgoing(
             pb::EraseContactRequest {
                 email: EMAIL.into(),
                 ..Default::default()
             },
-            &token(&[Permission::ContactsErase])?,
-        ))
-        .await?
-        .into_inner();
-    let counts: Vec<(String, i64)> = receipt
-        .erased
-        .iter()
-        .map(|p| (p.place.clone(), p.count))
-        .collect();
-    assert_eq!(
-        counts,
-        [
-            ("deal_service.deals".to_owned(), 0),
-            ("SALESPLAN_INTAKE".to_owned(), 2),
-            ("SALESPLAN_BULK".to_owned(), 1),
-            ("SALESPLAN_DEAD_LETTERS".to_owned(), 2),
-        ]
-    );
+            &token(&[Permission::ContactsErase]).expect("a token"),
+        )
+    };
+    let err = contacts
+        .erase_contact(erase())
+        .await
+        .expect_err("no distributor to forget the person");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("distributor"), "{}", err.message());
     let mut left = Vec::new();
     for stream in [
         "SALESPLAN_INTAKE",
@@ -1094,9 +1121,26 @@ async fn erase_contact_deletes_the_persons_waiting_leads_and_dead_letters() -> a
     );
 
     // The third person's lead still becomes a deal.
-    let distributor = distributor::Config::local(&db.url, &nats.url, &deal_service.grpc_url())
-        .start(shutdown.clone())
-        .await?;
+    let mut config = distributor::Config::local(&db.url, &nats.url, &deal_service.grpc_url());
+    config.common.grpc_addr = distributor_addr;
+    let distributor = config.start(shutdown.clone()).await?;
+    // The repeat finishes: nothing left in the lanes, the distributor told.
+    let receipt = contacts.erase_contact(erase()).await?.into_inner();
+    let counts: Vec<(String, i64)> = receipt
+        .erased
+        .iter()
+        .map(|p| (p.place.clone(), p.count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("deal_service.deals".to_owned(), 0),
+            ("SALESPLAN_INTAKE".to_owned(), 0),
+            ("SALESPLAN_BULK".to_owned(), 0),
+            ("SALESPLAN_DEAD_LETTERS".to_owned(), 0),
+            ("distributor.contact_managers".to_owned(), 0),
+        ]
+    );
     let pool = sqlx::PgPool::connect(&db.url).await?;
     let names = eventually(Duration::from_secs(20), || async {
         let names: Vec<String> = sqlx::query_scalar("SELECT contact_name FROM deal_service.deals")

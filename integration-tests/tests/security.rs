@@ -66,6 +66,7 @@ const METHODS: &[&str] = &[
     "StageLosses",
     "ExplainAssignment",
     "ExplainAssignments",
+    "ForgetContacts",
     "ListIntakeRejections",
     "ListParkedEvents",
     "ReplayParkedEvents",
@@ -491,6 +492,25 @@ async fn call(
             .into_inner()
             .assignments
             .len(),
+        // The setup's deal is of the contact "vip": no relation of another account's is
+        // forgotten (0), its own may be.
+        "ForgetContacts" => {
+            DistributorServiceClient::new(ch.distributor.clone())
+                .forget_contacts(req(
+                    pb::ForgetContactsRequest {
+                        contact_keys: vec![
+                            salesplan_platform::privacy::ContactKeys::dev()
+                                .every_of("acme", "vip", "", "")
+                                .pop()
+                                .expect("a key"),
+                        ],
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner()
+                .forgotten as usize
+        }
         "ListIntakeRejections" => DistributorServiceClient::new(ch.distributor.clone())
             .list_intake_rejections(req(
                 pb::ListIntakeRejectionsRequest {
@@ -780,6 +800,7 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         ("LossReasons", "reports:read"),
         ("StageLosses", "reports:read"),
         ("EraseContact", "contacts:erase"),
+        ("ForgetContacts", "contacts:erase"),
         ("ExportContact", "deals:read"),
     ];
     for (method, permission) in needs {

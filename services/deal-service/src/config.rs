@@ -19,7 +19,7 @@ pub struct Config {
     /// `SALESPLAN_CONTACT_KEY_SECRET`: what deal events carry of a contact.
     pub contact_keys: ContactKeys,
     /// `SALESPLAN_DISTRIBUTOR_URL`: where ExportContact asks for the decisions that
-    /// assigned a person's deals.
+    /// assigned a person's deals, and EraseContact has the person's relations forgotten.
     pub distributor_url: String,
 }
 

@@ -51,6 +51,7 @@ impl ContactService for Api {
         let actor = auth::actor(&request)?;
         actor.require(Permission::ContactsErase)?;
         let _permit = self.bulk.admit(&actor.account_id)?;
+        let bearer = bearer(&request)?;
         let req = request.into_inner();
         let identity = identity(req.external_id, req.email, req.phone)?;
         let erasure = self
@@ -67,6 +68,9 @@ impl ContactService for Api {
         )
         .await
         .map_err(|err| ApiError::Unavailable(format!("erasing the person's messages: {err:#}")))?;
+        // Last, when no lead of the person is left to decide: the distributor forgets every
+        // relation of theirs, also one no deal told it of.
+        let forgotten = self.forget(erasure.known.clone(), &bearer).await?;
         tracing::info!(
             actor = %actor.user_id,
             receipt = %erasure.receipt_id,
@@ -86,6 +90,7 @@ impl ContactService for Api {
                 place("SALESPLAN_INTAKE", deleted.intake),
                 place("SALESPLAN_BULK", deleted.bulk),
                 place("SALESPLAN_DEAD_LETTERS", deleted.dead_letters),
+                place("distributor.contact_managers", forgotten),
             ],
             deals_erased_in_total: erasure.deals_in_total,
         }))
@@ -140,6 +145,35 @@ fn bearer<T>(request: &Request<T>) -> Result<String, ApiError> {
 }
 
 impl super::Api {
+    /// Asks the distributor, on the caller's behalf, to forget the relations of `keys`.
+    async fn forget(&self, keys: Vec<String>, bearer: &str) -> Result<i64, ApiError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut distributor = self.distributor.clone();
+        let request = || {
+            let mut request =
+                grpc::between_services(pb::ForgetContactsRequest { contact_keys: keys }, bearer);
+            request.set_timeout(DECISIONS_WAIT);
+            request
+        };
+        let answer = grpc::call(
+            "salesplan.v1.DistributorService",
+            "ForgetContacts",
+            request,
+            |r| distributor.forget_contacts(r),
+        )
+        .await
+        .map_err(|status| {
+            ApiError::Unavailable(format!(
+                "the distributor forgetting the person: {} ({})",
+                status.message(),
+                status.code()
+            ))
+        })?;
+        Ok(answer.into_inner().forgotten)
+    }
+
     /// The distributor's decisions of the deals, by deal id. A deal created directly has
     /// none; a distributor that does not answer makes the export UNAVAILABLE rather than
     /// silently incomplete.

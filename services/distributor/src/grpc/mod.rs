@@ -6,6 +6,7 @@ use salesplan_platform::{
     AllChecks, ApiError, Permission, auth,
     ids::parse_id,
     limits::{AccountLimiter, ClassLimit},
+    privacy::ContactKeys,
 };
 use salesplan_proto::v1::{self as pb, distributor_service_server::DistributorService};
 use tonic::{Request, Response, Status};
@@ -17,6 +18,9 @@ use crate::{
 };
 
 const DEFAULT_PAGE: i64 = 100;
+/// The most keys ForgetContacts takes: three identifiers of each of EraseContact's most
+/// deals.
+const MAX_FORGOTTEN: usize = 30_000;
 /// The most deals ExplainAssignments takes (ExportContact's most deals).
 const MAX_EXPLAINED: usize = 1_000;
 /// Look-ups at deal-service at once for deals whose decision is not linked yet.
@@ -221,6 +225,42 @@ impl DistributorService for Explain {
         let assignments = self.assignments(&actor.account_id, &deal_ids).await?;
         Ok(Response::new(pb::ExplainAssignmentsResponse {
             assignments,
+        }))
+    }
+
+    async fn forget_contacts(
+        &self,
+        request: Request<pb::ForgetContactsRequest>,
+    ) -> Result<Response<pb::ForgetContactsResponse>, Status> {
+        let actor = auth::actor(&request)?;
+        actor.require(Permission::ContactsErase)?;
+        let _permit = self.limiter.admit(&actor.account_id)?;
+        let keys = &request.get_ref().contact_keys;
+        if keys.is_empty() || keys.len() > MAX_FORGOTTEN {
+            return Err(ApiError::invalid(
+                "contact_keys",
+                format!("1 to {MAX_FORGOTTEN} keyed contact keys"),
+            )
+            .into());
+        }
+        salesplan_platform::error::every(keys.iter().enumerate().map(|(i, key)| {
+            if ContactKeys::is_keyed(key) && key.len() <= 100 {
+                Ok(())
+            } else {
+                Err(ApiError::invalid(
+                    format!("contact_keys[{i}]"),
+                    "not a keyed contact key",
+                ))
+            }
+        }))?;
+        let forgotten = self
+            .store
+            .forget_contacts(&actor.account_id, keys)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(actor = %actor.user_id, forgotten, "contacts forgotten");
+        Ok(Response::new(pb::ForgetContactsResponse {
+            forgotten: forgotten as i64,
         }))
     }
 

@@ -424,6 +424,26 @@ impl Store {
         .await
     }
 
+    /// Deletes the related manager of each of `keys` in the account (an erased person's);
+    /// returns how many relations there were.
+    pub async fn forget_contacts(
+        &self,
+        account_id: &str,
+        keys: &[String],
+    ) -> Result<u64, StoreError> {
+        db::traced(SCHEMA, "DELETE contact_managers", async {
+            Ok(sqlx::query(
+                "DELETE FROM contact_managers WHERE account_id = $1 AND contact_key = ANY($2)",
+            )
+            .bind(account_id)
+            .bind(keys)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+        })
+        .await
+    }
+
     /// Which of `deal_ids` the distributor has seen deal events of, within the account.
     pub async fn seen_deals(
         &self,
