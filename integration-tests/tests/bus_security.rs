@@ -197,7 +197,8 @@ async fn every_service_works_as_its_own_user() -> anyhow::Result<()> {
             lane.name
         );
     }
-    integration_tests::stack::eventually(Duration::from_secs(10), || async {
+    // The distributor purges decided leads every 5 s.
+    integration_tests::stack::eventually(Duration::from_secs(20), || async {
         let info = js
             .get_stream(salesplan_platform::bus::streams::INTAKE.name)
             .await?
@@ -208,14 +209,14 @@ async fn every_service_works_as_its_own_user() -> anyhow::Result<()> {
         Ok((info.last_sequence == 1 && info.messages == 0).then_some(()))
     })
     .await?;
-    // Its sweep of decided leads whose erasure failed works under its user too.
+    // Its purge of decided leads works under its user (the lead above went that way).
     let mut as_distributor = salesplan_platform::config::NatsConfig::local(&nats.url);
     as_distributor.security.user = Some((
         "distributor".into(),
         salesplan_platform::config::Secret::new(password("distributor")),
     ));
     let bus = salesplan_platform::bus::Bus::connect(&as_distributor, "distributor").await?;
-    let swept = salesplan_platform::bus::sweep_handled(
+    let purged = salesplan_platform::bus::purge_handled(
         &bus,
         &salesplan_platform::bus::ConsumerSpec::new(
             &salesplan_platform::bus::streams::INTAKE,
@@ -223,7 +224,7 @@ async fn every_service_works_as_its_own_user() -> anyhow::Result<()> {
         ),
     )
     .await?;
-    assert_eq!(swept, 0, "the decided lead was erased at once");
+    assert_eq!(purged, 0, "the decided lead was purged already");
     for service in &mut services {
         let status = service.stop(Duration::from_secs(30)).await?;
         assert!(status.is_some_and(|s| s.success()), "{}", service.name);
@@ -290,10 +291,14 @@ async fn no_service_can_publish_where_it_has_no_business() -> anyhow::Result<()>
         ("deal-service", "salesplan.intake.v1.acme.p"),
         ("deal-service", "salesplan.assignments.v1.acme.decided"),
         ("deal-service", "$JS.API.STREAM.PURGE.SALESPLAN_DEALS"),
-        // Only the maintenance user erases deal events; the distributor erases intake
-        // messages and no others.
+        // Only the maintenance user purges deal events; the distributor purges the
+        // interactive intake lane and deletes nothing one by one.
         ("deal-service", "$JS.API.STREAM.MSG.DELETE.SALESPLAN_DEALS"),
         ("distributor", "$JS.API.STREAM.MSG.DELETE.SALESPLAN_DEALS"),
+        ("distributor", "$JS.API.STREAM.PURGE.SALESPLAN_DEALS"),
+        ("distributor", "$JS.API.STREAM.PURGE.SALESPLAN_BULK"),
+        ("distributor", "$JS.API.STREAM.MSG.DELETE.SALESPLAN_INTAKE"),
+        ("maintenance", "$JS.API.STREAM.MSG.DELETE.SALESPLAN_DEALS"),
         (
             "distributor",
             "$JS.API.STREAM.MSG.DELETE.SALESPLAN_DEAD_LETTERS",

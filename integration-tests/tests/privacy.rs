@@ -1282,13 +1282,13 @@ async fn an_undecided_lead_leaves_the_intake_lanes_after_the_retention_window() 
     Ok(())
 }
 
-/// A decided lead whose erasure failed right after its decision is erased by the next
-/// sweep: every message at or below the consumer's acknowledgement floor, and none above.
+/// Decided leads are purged from the lane: every message at or below the consumer's
+/// acknowledgement floor, none above it (also one acknowledged above an undecided one).
 #[tokio::test]
-async fn a_sweep_erases_handled_leads_left_in_the_lane() -> anyhow::Result<()> {
+async fn a_purge_takes_the_decided_leads_and_keeps_the_undecided() -> anyhow::Result<()> {
     use async_nats::jetstream::{AckKind, consumer::pull};
     use salesplan_platform::{
-        bus::{Bus, ConsumerSpec, streams, sweep_handled},
+        bus::{Bus, ConsumerSpec, purge_handled, streams},
         config::NatsConfig,
     };
     let nats = integration_tests::TestNats::start().await?;
@@ -1298,7 +1298,7 @@ async fn a_sweep_erases_handled_leads_left_in_the_lane() -> anyhow::Result<()> {
     let stream = js.get_stream(streams::INTAKE.name).await?;
     let consumer = stream
         .create_consumer(pull::Config {
-            durable_name: Some("sweep-test".into()),
+            durable_name: Some("purge-test".into()),
             ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
             ..Default::default()
         })
@@ -1317,14 +1317,15 @@ async fn a_sweep_erases_handled_leads_left_in_the_lane() -> anyhow::Result<()> {
         delivered.push(message.map_err(|e| anyhow::anyhow!(e))?);
     }
     assert_eq!(delivered.len(), 3);
-    // The first two are handled (their erasure "failed": they are still there).
-    for message in &delivered[..2] {
+    let spec = ConsumerSpec::new(&streams::INTAKE, "purge-test");
+    assert_eq!(purge_handled(&bus, &spec).await?, 0, "nothing decided yet");
+    // #1 and #3 are decided, #2 is not: the floor stays at 1.
+    for message in [&delivered[0], &delivered[2]] {
         message
             .ack_with(AckKind::Ack)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
     }
-    let spec = ConsumerSpec::new(&streams::INTAKE, "sweep-test");
     let held = || async {
         anyhow::Ok(
             js.get_stream(streams::INTAKE.name)
@@ -1335,51 +1336,65 @@ async fn a_sweep_erases_handled_leads_left_in_the_lane() -> anyhow::Result<()> {
                 .clone(),
         )
     };
-    // Acknowledgements are asynchronous: the floor reaches 2 within moments.
+    let floor = || async {
+        anyhow::Ok(
+            js.get_stream(streams::INTAKE.name)
+                .await?
+                .consumer_info("purge-test")
+                .await?
+                .ack_floor
+                .stream_sequence,
+        )
+    };
+    // Acknowledgements are asynchronous: the floor moves within moments.
     eventually(Duration::from_secs(5), || async {
-        let stream = js.get_stream(streams::INTAKE.name).await?;
-        let floor = stream
-            .consumer_info("sweep-test")
-            .await?
-            .ack_floor
-            .stream_sequence;
-        Ok((floor == 2).then_some(()))
+        Ok((floor().await? == 1).then_some(()))
     })
     .await?;
-    assert_eq!(sweep_handled(&bus, &spec).await?, 2);
+    assert_eq!(purge_handled(&bus, &spec).await?, 1);
     let state = held().await?;
     assert_eq!(
         (state.messages, state.first_sequence),
-        (1, 3),
-        "the undecided lead stays"
+        (2, 2),
+        "the undecided lead and the one after it stay"
     );
-    assert_eq!(sweep_handled(&bus, &spec).await?, 0);
-    delivered[2]
+    assert_eq!(purge_handled(&bus, &spec).await?, 0);
+    delivered[1]
         .ack_with(AckKind::Ack)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     eventually(Duration::from_secs(5), || async {
-        Ok((sweep_handled(&bus, &spec).await? == 1).then_some(()))
+        Ok((floor().await? == 3).then_some(()))
     })
     .await?;
+    assert_eq!(purge_handled(&bus, &spec).await?, 2);
     assert_eq!(held().await?.messages, 0);
-    // A delete that comes second (another replica's sweep, an erasure) is no failure, in
-    // the middle of the stream or below its first message.
-    let lane = js.get_stream_no_info(streams::INTAKE.name).await?;
-    for later in ["4", "5"] {
+    // The consumer goes on with the next lead.
+    js.publish(streams::intake_subject(ACCOUNT, "p"), "lead 3".into())
+        .await?
+        .await?;
+    let next = consumer.fetch().max_messages(1).messages().await?;
+    let next: Vec<_> = futures::StreamExt::collect(next).await;
+    assert_eq!(next.len(), 1);
+    let next = next.into_iter().next().expect("one").map_err(|e| anyhow::anyhow!(e))?;
+    assert_eq!(&next.payload[..], b"lead 3");
+    // A single delete that comes second (two erasures at once) is no failure, in the
+    // middle of the stream or below its first message.
+    let lane = bus.stream_to_delete_from(streams::INTAKE.name).await?;
+    for later in ["5", "6"] {
         js.publish(streams::intake_subject(ACCOUNT, "p"), later.into())
             .await?
             .await?;
     }
-    assert!(Bus::delete_message(&lane, 5).await?);
-    // #5 after the first message (#4), #3 and #1 before it.
-    for seq in [5, 3, 1] {
+    assert!(Bus::delete_message(&lane, 6).await?);
+    // #6 after the first message (#5), #3 and #1 before it.
+    for seq in [6, 3, 1] {
         assert!(
             !Bus::delete_message(&lane, seq).await?,
             "#{seq} is gone already"
         );
     }
-    assert!(Bus::delete_message(&lane, 4).await?);
+    assert!(Bus::delete_message(&lane, 5).await?);
     Ok(())
 }
 

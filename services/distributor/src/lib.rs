@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use salesplan_platform::{
     Permission,
     auth::{AuthInterceptor, ServiceTokens, TokenIssuer, TokenVerifier},
-    bus::{Activity, Bus, ConsumerSpec, FairSpec, streams, sweep_handled_now_and_then},
+    bus::{Activity, Bus, ConsumerSpec, FairSpec, streams, purge_handled_now_and_then},
     config::{ConfigError, Env},
     db, grpc as server,
     metrics::Metrics,
@@ -32,8 +32,9 @@ pub const SCHEMA: &str = "distributor";
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/distributor");
 /// Intake batches handled at once by one process.
 const INTAKE_BATCHES_IN_FLIGHT: usize = 3;
-/// How often decided leads whose erasure failed are looked for in the interactive lane.
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often decided leads are purged from the interactive lane: one consumer-info and
+/// one purge request a turn per replica.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Bulk rounds handled at once by one process: the next round is fetched while one is
 /// handled.
 const BULK_ROUNDS_IN_FLIGHT: usize = 2;
@@ -96,16 +97,15 @@ impl Service for Config {
         };
         let interactive = Activity::default();
         // Decisions serialize on the plan's row lock; the deal creation of one batch
-        // overlaps the decisions of the next. A lead decided is erased from the lane: the
-        // stream holds a person's data only until their deal exists.
+        // overlaps the decisions of the next.
         let intake = ConsumerSpec::new(&streams::INTAKE, "distributor-intake")
-            .with_concurrency(INTAKE_BATCHES_IN_FLIGHT)
-            .erasing_what_it_handled();
-        // A lead whose erasure failed right after its decision is erased a little later.
-        background.spawn(sweep_handled_now_and_then(
+            .with_concurrency(INTAKE_BATCHES_IN_FLIGHT);
+        // Decided leads are purged from the lane within moments: the stream holds a
+        // person's data only until their deal exists (docs/privacy.md).
+        background.spawn(purge_handled_now_and_then(
             bus.clone(),
             intake.clone(),
-            SWEEP_EVERY,
+            PURGE_EVERY,
             background.stop_token(),
         ));
         // The interactive lane: a funnel's single lead, never behind a bulk add.

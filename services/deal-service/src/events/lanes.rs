@@ -99,11 +99,7 @@ async fn delete_matching(
     subject: &str,
     theirs: impl Fn(&async_nats::jetstream::message::StreamMessage) -> bool,
 ) -> anyhow::Result<i64> {
-    let stream_handle = bus
-        .jetstream()
-        .get_stream_no_info(stream)
-        .await
-        .with_context(|| format!("stream {stream}"))?;
+    let stream_handle = bus.stream_to_delete_from(stream).await?;
     let (mut seq, mut deleted) = (1, 0);
     loop {
         let message = match stream_handle

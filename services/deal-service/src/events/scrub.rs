@@ -109,7 +109,6 @@ pub async fn scrub_deal_events(bus: &Bus, keys: &ContactKeys) -> anyhow::Result<
     while seq <= upto {
         let end = (seq + BATCH as u64).min(upto + 1);
         let mut copies = Vec::new();
-        let mut originals = Vec::new();
         for at in seq..end {
             let Some((subject, event)) = event_at(&stream, at).await? else {
                 continue;
@@ -129,15 +128,16 @@ pub async fn scrub_deal_events(bus: &Bus, keys: &ContactKeys) -> anyhow::Result<
                 format!("{}.{suffix}", copy.event_id),
                 copy.encode_to_vec(),
             ));
-            originals.push(at);
         }
         bus.publish_all(copies).await?;
-        for at in &originals {
-            stream
-                .delete_message(*at)
-                .await
-                .with_context(|| format!("deleting deal event #{at}"))?;
-        }
+        // Every event before `end` is an original now published again: one purge takes
+        // them (deletes one by one can reset a lagging replica of a cluster before
+        // nats-server 2.12.1; docs/reliability.md).
+        stream
+            .purge()
+            .sequence(end)
+            .await
+            .with_context(|| format!("purging the deal events before #{end}"))?;
         seq = end;
     }
     Ok(done)

@@ -33,10 +33,6 @@ pub struct ConsumerSpec {
     /// Batches handled at once. More than one only where the handler orders concurrent
     /// batches itself (row locks): the next batch's reads then overlap this one's commits.
     pub concurrency: usize,
-    /// Deletes each message from the stream once it is handled (acknowledged, or kept as a
-    /// dead letter), its data overwritten: for a stream that may hold personal data only
-    /// while the work needs it (the interactive intake lane; docs/privacy.md).
-    pub erase_handled: bool,
 }
 
 impl ConsumerSpec {
@@ -48,15 +44,6 @@ impl ConsumerSpec {
             ack_wait: Duration::from_secs(30),
             inactive_threshold: None,
             concurrency: 1,
-            erase_handled: false,
-        }
-    }
-
-    /// See [`ConsumerSpec::erase_handled`].
-    pub fn erasing_what_it_handled(self) -> Self {
-        Self {
-            erase_handled: true,
-            ..self
         }
     }
 
@@ -419,8 +406,6 @@ pub(super) async fn process<H: BatchHandler>(
     let max_deliver = bus.config().max_deliver;
     let mut work = Vec::with_capacity(messages.len());
     let mut work_messages = Vec::with_capacity(messages.len());
-    // Messages acknowledged or dead-lettered: gone from the consumer's work.
-    let mut handled = Vec::new();
     for message in messages {
         let delivery = Delivery::from(&message);
         if delivery.delivered > 1 {
@@ -429,9 +414,7 @@ pub(super) async fn process<H: BatchHandler>(
         // Beyond the limit before it is even handled: a message that crashed the process.
         if delivery.delivered > max_deliver {
             let reason = format!("delivered {} times without success", delivery.delivered);
-            if dead_letter(bus, spec, &message, &delivery, &reason, counters).await {
-                handled.push(delivery.stream_sequence);
-            }
+            dead_letter(bus, spec, &message, &delivery, &reason, counters).await;
             continue;
         }
         work.push(delivery);
@@ -446,45 +429,35 @@ pub(super) async fn process<H: BatchHandler>(
         let outcome = outcomes
             .next()
             .unwrap_or_else(|| Outcome::Retry("handler returned no outcome".into()));
-        let gone = match outcome {
+        match outcome {
             Outcome::Done => {
-                let acked = ack(message, AckKind::Ack).await;
-                if acked {
+                if ack(message, AckKind::Ack).await {
                     counters.handled.add(1, &counters.attrs);
                 }
-                acked
             }
             Outcome::Retry(reason) if delivery.delivered >= max_deliver => {
-                dead_letter(bus, spec, message, delivery, &reason, counters).await
+                dead_letter(bus, spec, message, delivery, &reason, counters).await;
             }
             Outcome::Retry(reason) => {
                 tracing::debug!(consumer = %spec.durable, subject = %delivery.subject, delivered = delivery.delivered, %reason, "retrying");
                 ack(message, AckKind::Nak(Some(backoff(delivery.delivered)))).await;
-                false
             }
             Outcome::Reject(reason) => {
-                dead_letter(bus, spec, message, delivery, &reason, counters).await
+                dead_letter(bus, spec, message, delivery, &reason, counters).await;
             }
-        };
-        if gone {
-            handled.push(delivery.stream_sequence);
         }
-    }
-    if spec.erase_handled {
-        erase(bus, spec.stream, &handled).await;
     }
 }
 
-/// The most messages one sweep deletes: a sweep is a background chore, never a long
-/// stall of the broker.
-const SWEEP_AT_MOST: u64 = 10_000;
-
-/// Deletes (data overwritten) the messages of `spec`'s stream that its consumer has
-/// handled but that are still there: those whose deletion right after handling failed.
-/// Handled = at or below the consumer's acknowledgement floor, which no redelivery can
-/// go back under. Returns how many it deleted (at most [`SWEEP_AT_MOST`] a call).
-pub async fn sweep_handled(bus: &Bus, spec: &ConsumerSpec) -> Result<u64, BusError> {
-    use async_nats::jetstream::stream::RawMessageErrorKind;
+/// Purges the messages of `spec`'s stream that its consumer has handled: those at or
+/// below its acknowledgement floor, which no redelivery can go back under. Returns how
+/// many went.
+///
+/// A purge, not a delete per message: nats-server before 2.12.1 resets a replica's copy of
+/// a clustered stream when it applies the delete of a message it does not hold (yet), and
+/// in the cluster fault run that reset lost acknowledged leads (nats-server#7308). A purge
+/// takes what each replica holds and never resets one (docs/reliability.md).
+pub async fn purge_handled(bus: &Bus, spec: &ConsumerSpec) -> Result<u64, BusError> {
     let stream = bus
         .jetstream()
         .get_stream_no_info(spec.stream)
@@ -496,29 +469,21 @@ pub async fn sweep_handled(bus: &Bus, spec: &ConsumerSpec) -> Result<u64, BusErr
         .map_err(|e| BusError::jetstream("consumer info", e))?
         .ack_floor
         .stream_sequence;
-    let (mut seq, mut deleted) = (1, 0);
-    while deleted < SWEEP_AT_MOST {
-        let message = match stream
-            .get_first_raw_message_by_subject(&spec.filter_subject, seq)
-            .await
-        {
-            Ok(message) if message.sequence <= floor => message,
-            Ok(_) => break,
-            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => break,
-            Err(err) => return Err(BusError::jetstream("read a message", err)),
-        };
-        // Another replica's sweep, or the consumer's own erasure, may take it first.
-        if Bus::delete_message(&stream, message.sequence).await? {
-            deleted += 1;
-        }
-        seq = message.sequence + 1;
+    if floor == 0 {
+        return Ok(0);
     }
-    Ok(deleted)
+    let purged = stream
+        .purge()
+        .filter(spec.filter_subject.clone())
+        .sequence(floor + 1)
+        .await
+        .map_err(|e| BusError::jetstream("purge handled messages", e))?;
+    Ok(purged.purged)
 }
 
-/// [`sweep_handled`] every `every` until `stop`; a failed sweep is logged and tried again
+/// [`purge_handled`] every `every` until `stop`; a failed purge is logged and tried again
 /// at the next turn.
-pub async fn sweep_handled_now_and_then(
+pub async fn purge_handled_now_and_then(
     bus: Bus,
     spec: ConsumerSpec,
     every: Duration,
@@ -529,42 +494,12 @@ pub async fn sweep_handled_now_and_then(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        match sweep_handled(&bus, &spec).await {
+        match purge_handled(&bus, &spec).await {
             Ok(0) => {}
-            Ok(deleted) => {
-                tracing::info!(
-                    stream = spec.stream,
-                    deleted,
-                    "handled messages erased late"
-                );
+            Ok(purged) => {
+                tracing::debug!(stream = spec.stream, purged, "handled messages purged");
             }
-            Err(err) => tracing::warn!(error = %err, stream = spec.stream, "sweep failed"),
-        }
-    }
-}
-
-/// Deletes the messages at `sequences` from `stream`, their data overwritten; the requests
-/// go out together. One that fails is left to [`sweep_handled`] (logged).
-async fn erase(bus: &Bus, stream: &str, sequences: &[u64]) {
-    if sequences.is_empty() {
-        return;
-    }
-    let stream = match bus.jetstream().get_stream_no_info(stream).await {
-        Ok(stream) => stream,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot erase handled messages");
-            return;
-        }
-    };
-    let deletes = sequences
-        .iter()
-        .map(|seq| Bus::delete_message(&stream, *seq));
-    for (seq, result) in sequences
-        .iter()
-        .zip(futures::future::join_all(deletes).await)
-    {
-        if let Err(err) = result {
-            tracing::warn!(error = %err, sequence = seq, "a handled message was not erased");
+            Err(err) => tracing::warn!(error = %err, stream = spec.stream, "purge failed"),
         }
     }
 }

@@ -12,8 +12,8 @@ use async_nats::jetstream;
 
 pub use consumer::{
     BatchHandler, ConsumerSpec, Delivery, HEADER_DELIVERED, HEADER_ORIGINAL_SUBJECT, HEADER_REASON,
-    Outcome, apply_each_on_refusal, end_spans, run_consumer, sweep_handled,
-    sweep_handled_now_and_then,
+    Outcome, apply_each_on_refusal, end_spans, purge_handled, purge_handled_now_and_then,
+    run_consumer,
 };
 pub use fair::{
     Activity, ActivityGuard, FairSpec, MAX_YIELD, SHARING_WINDOW, pending_by_account,
@@ -184,11 +184,47 @@ impl Bus {
         Ok(())
     }
 
+    /// The stream `name`, to delete single messages from (see [`Bus::delete_message`]):
+    /// refused while one of its replicas is offline or not current. nats-server before
+    /// 2.12.1 resets a replica's copy of a clustered stream when it applies the delete of a
+    /// message it does not hold yet (a replica catching up), and such a reset can lose
+    /// acknowledged messages (nats-server#7308; docs/reliability.md). The caller answers
+    /// "unavailable" and is repeated later; work that removes a run of messages purges
+    /// instead, which never resets a replica.
+    pub async fn stream_to_delete_from(
+        &self,
+        name: &str,
+    ) -> Result<jetstream::stream::Stream, BusError> {
+        let stream = self
+            .js
+            .get_stream(name)
+            .await
+            .map_err(|e| BusError::jetstream("get stream", e))?;
+        let behind: Vec<&str> = stream
+            .cached_info()
+            .cluster
+            .iter()
+            .flat_map(|cluster| &cluster.replicas)
+            .filter(|replica| replica.offline || !replica.current)
+            .map(|replica| replica.name.as_str())
+            .collect();
+        if !behind.is_empty() {
+            return Err(BusError::JetStream {
+                what: "delete messages",
+                message: format!(
+                    "replicas {} of {name} are catching up; try again in a moment",
+                    behind.join(", ")
+                ),
+            });
+        }
+        Ok(stream)
+    }
+
     /// Deletes message `seq` of `stream`, its data overwritten; `Ok(false)` when it is gone
     /// already (deleted by someone else meanwhile, or aged out): a delete that races
-    /// another is not a failure.
+    /// another is not a failure. The handle comes from [`Bus::stream_to_delete_from`].
     pub async fn delete_message(
-        stream: &jetstream::stream::Stream<()>,
+        stream: &jetstream::stream::Stream,
         seq: u64,
     ) -> Result<bool, BusError> {
         use jetstream::{ErrorCode, stream::DeleteMessageErrorKind};
