@@ -175,7 +175,7 @@ async fn every_service_works_as_its_own_user() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(reported.0, "m1");
-    // The distributor erased the decided lead from the intake lane (docs/privacy.md).
+    // The distributor set the age limit of the streams that hold leads (docs/privacy.md).
     let admin = async_nats::ConnectOptions::with_user_and_password(
         "maintenance".into(),
         password("maintenance"),
@@ -197,34 +197,6 @@ async fn every_service_works_as_its_own_user() -> anyhow::Result<()> {
             lane.name
         );
     }
-    // The distributor purges decided leads every 5 s.
-    integration_tests::stack::eventually(Duration::from_secs(20), || async {
-        let info = js
-            .get_stream(salesplan_platform::bus::streams::INTAKE.name)
-            .await?
-            .info()
-            .await?
-            .state
-            .clone();
-        Ok((info.last_sequence == 1 && info.messages == 0).then_some(()))
-    })
-    .await?;
-    // Its purge of decided leads works under its user (the lead above went that way).
-    let mut as_distributor = salesplan_platform::config::NatsConfig::local(&nats.url);
-    as_distributor.security.user = Some((
-        "distributor".into(),
-        salesplan_platform::config::Secret::new(password("distributor")),
-    ));
-    let bus = salesplan_platform::bus::Bus::connect(&as_distributor, "distributor").await?;
-    let purged = salesplan_platform::bus::purge_handled(
-        &bus,
-        &salesplan_platform::bus::ConsumerSpec::new(
-            &salesplan_platform::bus::streams::INTAKE,
-            "distributor-intake",
-        ),
-    )
-    .await?;
-    assert_eq!(purged, 0, "the decided lead was purged already");
     for service in &mut services {
         let status = service.stop(Duration::from_secs(30)).await?;
         assert!(status.is_some_and(|s| s.success()), "{}", service.name);
@@ -291,14 +263,13 @@ async fn no_service_can_publish_where_it_has_no_business() -> anyhow::Result<()>
         ("deal-service", "salesplan.intake.v1.acme.p"),
         ("deal-service", "salesplan.assignments.v1.acme.decided"),
         ("deal-service", "$JS.API.STREAM.PURGE.SALESPLAN_DEALS"),
-        // Only the maintenance user purges deal events; the distributor purges the
-        // interactive intake lane and deletes nothing one by one.
+        // Only the maintenance user deletes deal events; the distributor deletes nothing
+        // (decided leads stay until the lane's age limit) and no one purges.
         ("deal-service", "$JS.API.STREAM.MSG.DELETE.SALESPLAN_DEALS"),
         ("distributor", "$JS.API.STREAM.MSG.DELETE.SALESPLAN_DEALS"),
-        ("distributor", "$JS.API.STREAM.PURGE.SALESPLAN_DEALS"),
-        ("distributor", "$JS.API.STREAM.PURGE.SALESPLAN_BULK"),
         ("distributor", "$JS.API.STREAM.MSG.DELETE.SALESPLAN_INTAKE"),
-        ("maintenance", "$JS.API.STREAM.MSG.DELETE.SALESPLAN_DEALS"),
+        ("distributor", "$JS.API.STREAM.PURGE.SALESPLAN_INTAKE"),
+        ("maintenance", "$JS.API.STREAM.PURGE.SALESPLAN_DEALS"),
         (
             "distributor",
             "$JS.API.STREAM.MSG.DELETE.SALESPLAN_DEAD_LETTERS",

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use salesplan_platform::{
     Permission,
     auth::{AuthInterceptor, ServiceTokens, TokenIssuer, TokenVerifier},
-    bus::{Activity, Bus, ConsumerSpec, FairSpec, streams, purge_handled_now_and_then},
+    bus::{Activity, Bus, ConsumerSpec, FairSpec, streams},
     config::{ConfigError, Env},
     db, grpc as server,
     metrics::Metrics,
@@ -32,9 +32,6 @@ pub const SCHEMA: &str = "distributor";
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/distributor");
 /// Intake batches handled at once by one process.
 const INTAKE_BATCHES_IN_FLIGHT: usize = 3;
-/// How often decided leads are purged from the interactive lane: one consumer-info and
-/// one purge request a turn per replica.
-const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Bulk rounds handled at once by one process: the next round is fetched while one is
 /// handled.
 const BULK_ROUNDS_IN_FLIGHT: usize = 2;
@@ -100,14 +97,9 @@ impl Service for Config {
         // overlaps the decisions of the next.
         let intake = ConsumerSpec::new(&streams::INTAKE, "distributor-intake")
             .with_concurrency(INTAKE_BATCHES_IN_FLIGHT);
-        // Decided leads are purged from the lane within moments: the stream holds a
-        // person's data only until their deal exists (docs/privacy.md).
-        background.spawn(purge_handled_now_and_then(
-            bus.clone(),
-            intake.clone(),
-            PURGE_EVERY,
-            background.stop_token(),
-        ));
+        // Decided leads stay in the lane until its age limit: removing them one by one (or
+        // by a purge) loses acknowledged leads in a cluster of nats-server 2.9
+        // (docs/reliability.md, docs/privacy.md).
         // The interactive lane: a funnel's single lead, never behind a bulk add.
         background.consume(&bus, intake, Arc::new(leads().marking(interactive.clone())));
         // The bulk lane: accounts served in turn, so one account's large bulk add does not

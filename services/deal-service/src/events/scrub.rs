@@ -109,6 +109,7 @@ pub async fn scrub_deal_events(bus: &Bus, keys: &ContactKeys) -> anyhow::Result<
     while seq <= upto {
         let end = (seq + BATCH as u64).min(upto + 1);
         let mut copies = Vec::new();
+        let mut originals = Vec::new();
         for at in seq..end {
             let Some((subject, event)) = event_at(&stream, at).await? else {
                 continue;
@@ -128,16 +129,18 @@ pub async fn scrub_deal_events(bus: &Bus, keys: &ContactKeys) -> anyhow::Result<
                 format!("{}.{suffix}", copy.event_id),
                 copy.encode_to_vec(),
             ));
+            originals.push(at);
         }
         bus.publish_all(copies).await?;
-        // Every event before `end` is an original now published again: one purge takes
-        // them (deletes one by one can reset a lagging replica of a cluster before
-        // nats-server 2.12.1; docs/reliability.md).
-        stream
-            .purge()
-            .sequence(end)
-            .await
-            .with_context(|| format!("purging the deal events before #{end}"))?;
+        // Only while every replica is current (a delete can reset one that is catching
+        // up); not a purge (a replica replaying it after a restart would take the copies
+        // too). docs/reliability.md.
+        let current = bus.stream_to_delete_from(streams::DEALS.name).await?;
+        for at in &originals {
+            Bus::delete_message(&current, *at)
+                .await
+                .with_context(|| format!("deleting deal event #{at}"))?;
+        }
         seq = end;
     }
     Ok(done)

@@ -449,61 +449,6 @@ pub(super) async fn process<H: BatchHandler>(
     }
 }
 
-/// Purges the messages of `spec`'s stream that its consumer has handled: those at or
-/// below its acknowledgement floor, which no redelivery can go back under. Returns how
-/// many went.
-///
-/// A purge, not a delete per message: nats-server before 2.12.1 resets a replica's copy of
-/// a clustered stream when it applies the delete of a message it does not hold (yet), and
-/// in the cluster fault run that reset lost acknowledged leads (nats-server#7308). A purge
-/// takes what each replica holds and never resets one (docs/reliability.md).
-pub async fn purge_handled(bus: &Bus, spec: &ConsumerSpec) -> Result<u64, BusError> {
-    let stream = bus
-        .jetstream()
-        .get_stream_no_info(spec.stream)
-        .await
-        .map_err(|e| BusError::jetstream("get stream", e))?;
-    let floor = stream
-        .consumer_info(&spec.durable)
-        .await
-        .map_err(|e| BusError::jetstream("consumer info", e))?
-        .ack_floor
-        .stream_sequence;
-    if floor == 0 {
-        return Ok(0);
-    }
-    let purged = stream
-        .purge()
-        .filter(spec.filter_subject.clone())
-        .sequence(floor + 1)
-        .await
-        .map_err(|e| BusError::jetstream("purge handled messages", e))?;
-    Ok(purged.purged)
-}
-
-/// [`purge_handled`] every `every` until `stop`; a failed purge is logged and tried again
-/// at the next turn.
-pub async fn purge_handled_now_and_then(
-    bus: Bus,
-    spec: ConsumerSpec,
-    every: Duration,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        match purge_handled(&bus, &spec).await {
-            Ok(0) => {}
-            Ok(purged) => {
-                tracing::debug!(stream = spec.stream, purged, "handled messages purged");
-            }
-            Err(err) => tracing::warn!(error = %err, stream = spec.stream, "purge failed"),
-        }
-    }
-}
-
 impl From<&Message> for Delivery {
     fn from(message: &Message) -> Self {
         let (delivered, stream_sequence) = message

@@ -12,8 +12,7 @@ use async_nats::jetstream;
 
 pub use consumer::{
     BatchHandler, ConsumerSpec, Delivery, HEADER_DELIVERED, HEADER_ORIGINAL_SUBJECT, HEADER_REASON,
-    Outcome, apply_each_on_refusal, end_spans, purge_handled, purge_handled_now_and_then,
-    run_consumer,
+    Outcome, apply_each_on_refusal, end_spans, run_consumer,
 };
 pub use fair::{
     Activity, ActivityGuard, FairSpec, MAX_YIELD, SHARING_WINDOW, pending_by_account,
@@ -189,8 +188,9 @@ impl Bus {
     /// 2.12.1 resets a replica's copy of a clustered stream when it applies the delete of a
     /// message it does not hold yet (a replica catching up), and such a reset can lose
     /// acknowledged messages (nats-server#7308; docs/reliability.md). The caller answers
-    /// "unavailable" and is repeated later; work that removes a run of messages purges
-    /// instead, which never resets a replica.
+    /// "unavailable" and is repeated later. (Purges are no way out on 2.9: a replica that
+    /// replays a purge after a restart purges everything up to the stream's last message
+    /// at the time, whatever the purge's own bound.)
     pub async fn stream_to_delete_from(
         &self,
         name: &str,
