@@ -242,9 +242,10 @@ pub struct NatsConfig {
     /// How long a consumer waits for a batch to fill once its first message is in: a few
     /// milliseconds of latency buy batches of hundreds instead of dozens under load.
     pub batch_wait: std::time::Duration,
-    /// `SALESPLAN_INTAKE_RETENTION_HOURS`: how long the intake lanes keep a lead nobody
-    /// decided (the distributor deletes each one it decided at once). Leads are personal
-    /// data: the shortest window that outlasts the longest outage to ride out.
+    /// `SALESPLAN_INTAKE_RETENTION_HOURS`: how long the interactive lane keeps a lead,
+    /// decided or not, and the bulk lane one nobody decided (nothing deletes decided leads
+    /// in a nats-server 2.9 cluster safely: docs/privacy.md). Leads are personal data: the
+    /// shortest window that outlasts the longest outage to ride out.
     pub intake_retention: std::time::Duration,
 }
 

@@ -1,5 +1,5 @@
-//! EraseContact's reach into the broker: the person's leads still waiting in the intake
-//! lanes, and dead letters that hold a lead or a deal event of theirs, are deleted (their
+//! EraseContact's reach into the broker: the person's leads still in the intake lanes
+//! (decided ones stay in the interactive lane until its age limit), and dead letters that hold a lead or a deal event of theirs, are deleted (their
 //! data overwritten). A lead deleted while the distributor had it in hand still becomes a
 //! deal, created without the person (deal-service remembers the erasure).
 
@@ -99,7 +99,11 @@ async fn delete_matching(
     subject: &str,
     theirs: impl Fn(&async_nats::jetstream::message::StreamMessage) -> bool,
 ) -> anyhow::Result<i64> {
-    let stream_handle = bus.stream_to_delete_from(stream).await?;
+    let stream_handle = bus
+        .jetstream()
+        .get_stream_no_info(stream)
+        .await
+        .with_context(|| format!("stream {stream}"))?;
     let (mut seq, mut deleted) = (1, 0);
     loop {
         let message = match stream_handle
@@ -112,7 +116,8 @@ async fn delete_matching(
         };
         seq = message.sequence + 1;
         if theirs(&message)
-            && Bus::delete_message(&stream_handle, message.sequence)
+            && bus
+                .delete_message(stream, message.sequence)
                 .await
                 .with_context(|| format!("{stream} #{}", message.sequence))?
         {

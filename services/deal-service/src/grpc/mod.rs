@@ -16,7 +16,7 @@ use salesplan_platform::consistency::Wanted;
 #[derive(Clone)]
 pub struct Api {
     store: Store,
-    /// EraseContact deletes the person's waiting leads and dead letters.
+    /// EraseContact deletes the person's leads in the lanes and dead letters.
     bus: salesplan_platform::bus::Bus,
     contact_keys: salesplan_platform::privacy::ContactKeys,
     /// ExportContact asks it for the decisions that assigned the person's deals.

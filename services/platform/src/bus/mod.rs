@@ -183,51 +183,36 @@ impl Bus {
         Ok(())
     }
 
-    /// The stream `name`, to delete single messages from (see [`Bus::delete_message`]):
-    /// refused while one of its replicas is offline or not current. nats-server before
-    /// 2.12.1 resets a replica's copy of a clustered stream when it applies the delete of a
-    /// message it does not hold yet (a replica catching up), and such a reset can lose
+    /// Deletes message `seq` of stream `name`, its data overwritten; `Ok(false)` when it is
+    /// gone already (deleted by someone else meanwhile, or aged out): a delete that races
+    /// another is not a failure.
+    ///
+    /// Refused while the stream has no leader or a replica is missing, offline or not
+    /// current ([`replicas_behind`]), checked before each delete: nats-server before
+    /// 2.12.1 resets a replica's copy of a clustered stream when it applies the delete of
+    /// a message it does not hold yet (a replica catching up), and such a reset can lose
     /// acknowledged messages (nats-server#7308; docs/reliability.md). The caller answers
     /// "unavailable" and is repeated later. (Purges are no way out on 2.9: a replica that
-    /// replays a purge after a restart purges everything up to the stream's last message
-    /// at the time, whatever the purge's own bound.)
-    pub async fn stream_to_delete_from(
-        &self,
-        name: &str,
-    ) -> Result<jetstream::stream::Stream, BusError> {
+    /// replays a purge after a restart purges up to the stream's last message at the time,
+    /// whatever the purge's own bound.)
+    pub async fn delete_message(&self, name: &str, seq: u64) -> Result<bool, BusError> {
+        use jetstream::{ErrorCode, stream::DeleteMessageErrorKind};
         let stream = self
             .js
             .get_stream(name)
             .await
             .map_err(|e| BusError::jetstream("get stream", e))?;
-        let behind: Vec<&str> = stream
-            .cached_info()
-            .cluster
-            .iter()
-            .flat_map(|cluster| &cluster.replicas)
-            .filter(|replica| replica.offline || !replica.current)
-            .map(|replica| replica.name.as_str())
-            .collect();
+        let info = stream.cached_info();
+        let behind = replicas_behind(info.cluster.as_ref(), info.config.num_replicas);
         if !behind.is_empty() {
             return Err(BusError::JetStream {
-                what: "delete messages",
+                what: "delete a message",
                 message: format!(
-                    "replicas {} of {name} are catching up; try again in a moment",
+                    "{name} is not in step ({}); try again in a moment",
                     behind.join(", ")
                 ),
             });
         }
-        Ok(stream)
-    }
-
-    /// Deletes message `seq` of `stream`, its data overwritten; `Ok(false)` when it is gone
-    /// already (deleted by someone else meanwhile, or aged out): a delete that races
-    /// another is not a failure. The handle comes from [`Bus::stream_to_delete_from`].
-    pub async fn delete_message(
-        stream: &jetstream::stream::Stream,
-        seq: u64,
-    ) -> Result<bool, BusError> {
-        use jetstream::{ErrorCode, stream::DeleteMessageErrorKind};
         match stream.delete_message(seq).await {
             Ok(deleted) => Ok(deleted),
             Err(err) => match err.kind() {
@@ -311,5 +296,86 @@ impl Bus {
         {
             tracing::warn!("NATS unreachable on close, giving up");
         }
+    }
+}
+
+/// Why a stream with `replicas` copies is not safe to delete single messages from: no
+/// leader, a replica missing from the leader's view, or one offline or not current. Empty
+/// when it is (a stream of one copy always is).
+pub fn replicas_behind(
+    cluster: Option<&jetstream::stream::ClusterInfo>,
+    replicas: usize,
+) -> Vec<String> {
+    let Some(cluster) = cluster.filter(|_| replicas > 1) else {
+        return Vec::new();
+    };
+    let mut behind = Vec::new();
+    if cluster.leader.is_none() {
+        behind.push("no leader".to_owned());
+    }
+    let followers = cluster.replicas.len();
+    if followers + 1 < replicas {
+        behind.push(format!("{followers} of {} followers known", replicas - 1));
+    }
+    behind.extend(
+        cluster
+            .replicas
+            .iter()
+            .filter(|replica| replica.offline || !replica.current)
+            .map(|replica| format!("{} catching up", replica.name)),
+    );
+    behind
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jetstream::stream::{ClusterInfo, PeerInfo};
+
+    fn follower(name: &str, current: bool, offline: bool) -> PeerInfo {
+        PeerInfo {
+            name: name.into(),
+            current,
+            offline,
+            ..Default::default()
+        }
+    }
+
+    fn cluster(leader: Option<&str>, followers: Vec<PeerInfo>) -> ClusterInfo {
+        ClusterInfo {
+            leader: leader.map(str::to_owned),
+            replicas: followers,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_stream_is_in_step_only_with_a_leader_and_every_follower_current() {
+        let both = || vec![follower("n1", true, false), follower("n2", true, false)];
+        assert!(replicas_behind(Some(&cluster(Some("n0"), both())), 3).is_empty());
+        // One copy, or a single server (no cluster info): nothing to be out of step.
+        assert!(replicas_behind(Some(&cluster(None, vec![])), 1).is_empty());
+        assert!(replicas_behind(None, 3).is_empty());
+        assert_eq!(
+            replicas_behind(Some(&cluster(None, both())), 3),
+            ["no leader"]
+        );
+        assert_eq!(
+            replicas_behind(
+                Some(&cluster(Some("n0"), vec![follower("n1", true, false)])),
+                3
+            ),
+            ["1 of 2 followers known"]
+        );
+        assert_eq!(
+            replicas_behind(
+                Some(&cluster(
+                    Some("n0"),
+                    vec![follower("n1", false, false), follower("n2", true, true)]
+                )),
+                3
+            ),
+            ["n1 catching up", "n2 catching up"]
+        );
     }
 }

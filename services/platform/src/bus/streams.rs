@@ -15,8 +15,7 @@ pub struct StreamSpec {
     /// `Limits` keeps messages for every consumer until they age out; `WorkQueue` removes
     /// a message once acked, so what the stream holds is exactly the work still to do.
     pub retention: RetentionPolicy,
-    /// It holds leads (personal data: the intake lanes until they are decided, the dead
-    /// letters): kept at most the deployment's `SALESPLAN_INTAKE_RETENTION_HOURS` instead of
+    /// It holds leads (personal data: the intake lanes, the dead letters): kept at most the deployment's `SALESPLAN_INTAKE_RETENTION_HOURS` instead of
     /// `max_age`.
     pub holds_leads: bool,
 }
