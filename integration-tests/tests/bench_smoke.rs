@@ -13,6 +13,7 @@ async fn every_part_of_the_bench_runs() -> anyhow::Result<()> {
         "queries",
         "reports",
         "isolation",
+        "privacy",
     ] {
         assert!(
             lines.iter().any(|l| l.group == part),

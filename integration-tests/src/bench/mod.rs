@@ -5,6 +5,7 @@ mod cpu;
 mod floors;
 mod intake;
 mod isolation;
+mod privacy;
 mod queries;
 mod reports;
 
@@ -50,6 +51,8 @@ pub enum Part {
     Queries,
     /// One account against another: a noisy neighbour's bulk add and searches.
     Isolation,
+    /// EraseContact's scan of an account's lanes.
+    Privacy,
 }
 
 impl BenchConfig {
@@ -63,7 +66,13 @@ impl BenchConfig {
             long_seconds: 120,
             spread_plans: 8,
             repeats: 50,
-            parts: vec![Part::Floors, Part::Intake, Part::Queries, Part::Isolation],
+            parts: vec![
+                Part::Floors,
+                Part::Intake,
+                Part::Queries,
+                Part::Isolation,
+                Part::Privacy,
+            ],
         }
     }
 
@@ -78,7 +87,13 @@ impl BenchConfig {
             long_seconds: 2,
             spread_plans: 2,
             repeats: 3,
-            parts: vec![Part::Floors, Part::Intake, Part::Queries, Part::Isolation],
+            parts: vec![
+                Part::Floors,
+                Part::Intake,
+                Part::Queries,
+                Part::Isolation,
+                Part::Privacy,
+            ],
         }
     }
 }
@@ -167,6 +182,9 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     }
     if config.parts.contains(&Part::Isolation) {
         lines.extend(isolation::run(&env, config).await?);
+    }
+    if config.parts.contains(&Part::Privacy) {
+        lines.extend(privacy::run(config).await?);
     }
     env.stop().await?;
     Ok(lines)
