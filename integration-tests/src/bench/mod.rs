@@ -55,6 +55,17 @@ pub enum Part {
     Privacy,
 }
 
+impl Part {
+    /// Every part, in the order they run.
+    pub const ALL: [Part; 5] = [
+        Part::Floors,
+        Part::Intake,
+        Part::Queries,
+        Part::Isolation,
+        Part::Privacy,
+    ];
+}
+
 impl BenchConfig {
     pub fn full() -> Self {
         Self {
@@ -66,13 +77,7 @@ impl BenchConfig {
             long_seconds: 120,
             spread_plans: 8,
             repeats: 50,
-            parts: vec![
-                Part::Floors,
-                Part::Intake,
-                Part::Queries,
-                Part::Isolation,
-                Part::Privacy,
-            ],
+            parts: Part::ALL.to_vec(),
         }
     }
 
@@ -87,13 +92,7 @@ impl BenchConfig {
             long_seconds: 2,
             spread_plans: 2,
             repeats: 3,
-            parts: vec![
-                Part::Floors,
-                Part::Intake,
-                Part::Queries,
-                Part::Isolation,
-                Part::Privacy,
-            ],
+            parts: Part::ALL.to_vec(),
         }
     }
 }
