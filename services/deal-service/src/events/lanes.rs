@@ -1,7 +1,8 @@
 //! EraseContact's reach into the broker: the person's leads still in the intake lanes
-//! (decided ones stay in the interactive lane until its age limit), and dead letters that hold a lead or a deal event of theirs, are deleted (their
-//! data overwritten). A lead deleted while the distributor had it in hand still becomes a
-//! deal, created without the person (deal-service remembers the erasure).
+//! (decided ones stay in the interactive lane until its age limit), and dead letters that
+//! hold a lead or a deal event of theirs, are deleted (their data overwritten). A lead
+//! deleted while the distributor had it in hand still becomes a deal, created without the
+//! person (deal-service remembers the erasure).
 
 use anyhow::Context as _;
 use async_nats::jetstream::stream::RawMessageErrorKind;

@@ -483,8 +483,8 @@ async fn ack(message: &Message, kind: AckKind) -> bool {
     }
 }
 
-/// Copies the message to the dead letters and terminates it; whether both happened (else
-/// it is delivered again later).
+/// Copies the message to the dead letters and terminates it; when the copy fails, the
+/// message is delivered again later.
 async fn dead_letter(
     bus: &Bus,
     spec: &ConsumerSpec,
@@ -492,7 +492,7 @@ async fn dead_letter(
     delivery: &Delivery,
     reason: &str,
     counters: &Counters,
-) -> bool {
+) {
     // In the message's trace (the lead's, for an intake event): a span that says it ended
     // here, and why.
     let span = delivery.error_span("dead-letter", reason);
@@ -518,13 +518,12 @@ async fn dead_letter(
     match bus.publish(out).await {
         Ok(_) => {
             counters.dead_letters.add(1, &counters.attrs);
-            ack(message, AckKind::Term).await
+            ack(message, AckKind::Term).await;
         }
         // Not stored as a dead letter: leave it to be delivered again rather than lose it.
         Err(err) => {
             tracing::error!(error = %err, "dead-letter publish failed");
             ack(message, AckKind::Nak(Some(Duration::from_secs(5)))).await;
-            false
         }
     }
 }
