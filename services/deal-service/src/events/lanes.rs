@@ -107,12 +107,12 @@ async fn delete_matching(
     subject: &str,
     theirs: impl Fn(&async_nats::jetstream::message::StreamMessage) -> bool,
 ) -> anyhow::Result<i64> {
-    let mut handle = bus
+    let handle = bus
         .jetstream()
         .get_stream(stream)
         .await
         .with_context(|| format!("stream {stream}"))?;
-    let state = handle.info().await?.state.clone();
+    let state = &handle.cached_info().state;
     let parts = parts(state.first_sequence, state.last_sequence, SCAN_PARTS);
     let scans = parts
         .into_iter()

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 use prost::Message as _;
 use salesplan_platform::{
-    bus::{Bus, Outgoing, replicas_behind, streams},
+    bus::{Bus, Outgoing, streams},
     privacy::ContactKeys,
 };
 use salesplan_proto::v1 as pb;
@@ -132,13 +132,7 @@ pub async fn scrub_deal_events(bus: &Bus, keys: &ContactKeys) -> anyhow::Result<
             originals.push(at);
         }
         // Not even the copies while a replica is catching up: its originals could not go.
-        let info = stream.info().await?;
-        let behind = replicas_behind(info.cluster.as_ref(), info.config.num_replicas);
-        anyhow::ensure!(
-            behind.is_empty(),
-            "the deals stream is not in step ({}); run again in a moment",
-            behind.join(", ")
-        );
+        bus.in_step(streams::DEALS.name).await?;
         bus.publish_all(copies).await?;
         // Each delete only while every replica is current (one can reset a replica that
         // is catching up); not a purge (a replica replaying it after a restart would take

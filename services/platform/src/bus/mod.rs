@@ -197,22 +197,7 @@ impl Bus {
     /// whatever the purge's own bound.)
     pub async fn delete_message(&self, name: &str, seq: u64) -> Result<bool, BusError> {
         use jetstream::{ErrorCode, stream::DeleteMessageErrorKind};
-        let stream = self
-            .js
-            .get_stream(name)
-            .await
-            .map_err(|e| BusError::jetstream("get stream", e))?;
-        let info = stream.cached_info();
-        let behind = replicas_behind(info.cluster.as_ref(), info.config.num_replicas);
-        if !behind.is_empty() {
-            return Err(BusError::JetStream {
-                what: "delete a message",
-                message: format!(
-                    "{name} is not in step ({}); try again in a moment",
-                    behind.join(", ")
-                ),
-            });
-        }
+        let stream = self.in_step(name).await?;
         match stream.delete_message(seq).await {
             Ok(deleted) => Ok(deleted),
             Err(err) => match err.kind() {
@@ -226,6 +211,28 @@ impl Bus {
                 _ => Err(BusError::jetstream("delete a message", err)),
             },
         }
+    }
+
+    /// The stream `name`, refused while it is not safe to delete single messages from
+    /// ([`replicas_behind`]; see [`Bus::delete_message`]).
+    pub async fn in_step(&self, name: &str) -> Result<jetstream::stream::Stream, BusError> {
+        let stream = self
+            .js
+            .get_stream(name)
+            .await
+            .map_err(|e| BusError::jetstream("get stream", e))?;
+        let info = stream.cached_info();
+        let behind = replicas_behind(info.cluster.as_ref(), info.config.num_replicas);
+        if !behind.is_empty() {
+            return Err(BusError::JetStream {
+                what: "delete messages",
+                message: format!(
+                    "{name} is not in step ({}); try again in a moment",
+                    behind.join(", ")
+                ),
+            });
+        }
+        Ok(stream)
     }
 
     /// Sets the age limit of the streams that hold leads (the intake lanes, the dead
@@ -302,7 +309,7 @@ impl Bus {
 /// Why a stream with `replicas` copies is not safe to delete single messages from: no
 /// leader, a replica missing from the leader's view, or one offline or not current. Empty
 /// when it is (a stream of one copy always is).
-pub fn replicas_behind(
+fn replicas_behind(
     cluster: Option<&jetstream::stream::ClusterInfo>,
     replicas: usize,
 ) -> Vec<String> {
