@@ -119,7 +119,8 @@ pub struct NewPlan {
     pub distribution: String,
     #[arg(long)]
     pub prefer_related: bool,
-    /// A manager, or `id:weight` (1 to 100; round robin shares leads by weight).
+    /// A manager: `id`, `id:weight` (1 to 100; round robin shares leads by weight) or
+    /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit).
     #[arg(long = "manager")]
     pub managers: Vec<String>,
 }
@@ -137,7 +138,8 @@ pub enum Plans {
     /// Replace the plan's managers.
     Managers {
         plan: String,
-        /// A manager, or `id:weight` (1 to 100; round robin shares leads by weight).
+        /// A manager: `id`, `id:weight` (1 to 100; round robin shares leads by weight) or
+    /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit).
         #[arg(long = "manager")]
         managers: Vec<String>,
     },
@@ -180,6 +182,9 @@ pub struct Filter {
     pub managers: Vec<String>,
     #[arg(long)]
     pub unassigned: bool,
+    /// Only deals waiting in their plan's queue for a manager.
+    #[arg(long)]
+    pub waiting: bool,
     /// open, won or lost (repeatable).
     #[arg(long = "status")]
     pub statuses: Vec<String>,

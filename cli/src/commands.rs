@@ -399,22 +399,30 @@ fn plan_request(new: NewPlan) -> anyhow::Result<pb::CreatePlanRequest> {
     })
 }
 
-/// `--manager id` or `--manager id:weight`, in turn order.
+/// `--manager id`, `id:weight` or `id:weight:limit` (0: no limit), in turn order.
 fn members(managers: &[String]) -> anyhow::Result<Vec<pb::PlanMember>> {
-    managers
-        .iter()
-        .map(|m| {
-            // A manager id may hold a colon itself: only a number after the last is a weight.
-            let (id, weight) = match m.rsplit_once(':').map(|(id, w)| (id, w.parse::<i32>())) {
-                Some((id, Ok(weight))) => (id, weight),
-                _ => (m.as_str(), 1),
-            };
-            Ok(pb::PlanMember {
-                manager_id: id.to_owned(),
-                weight,
-            })
-        })
-        .collect()
+    managers.iter().map(|m| Ok(member(m))).collect()
+}
+
+/// A manager id may hold colons itself: only numbers after the last one or two are its
+/// weight (and limit of open deals).
+fn member(text: &str) -> pb::PlanMember {
+    fn split(s: &str) -> Option<(&str, i32)> {
+        let (rest, n) = s.rsplit_once(':')?;
+        Some((rest, n.parse().ok()?))
+    }
+    let (manager_id, weight, max_open_deals) = match split(text) {
+        Some((rest, limit)) => match split(rest) {
+            Some((id, weight)) => (id, weight, limit),
+            None => (rest, limit, 0),
+        },
+        None => (text, 1, 0),
+    };
+    pb::PlanMember {
+        manager_id: manager_id.to_owned(),
+        weight,
+        max_open_deals,
+    }
 }
 
 fn deal_request(new: NewDeal) -> pb::CreateDealRequest {
@@ -451,6 +459,7 @@ fn filter(f: Filter) -> anyhow::Result<pb::DealFilter> {
         stage_ids: f.stages,
         manager_ids: f.managers,
         unassigned: f.unassigned,
+        waiting: f.waiting,
         statuses,
         search: f.search.unwrap_or_default(),
         ..Default::default()
@@ -1003,4 +1012,22 @@ async fn rejections(ctx: &Ctx, plan: Option<String>, limit: i32) -> anyhow::Resu
         },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::member;
+
+    #[test]
+    fn a_member_is_an_id_with_an_optional_weight_and_limit() {
+        let parts = |text: &str| {
+            let m = member(text);
+            (m.manager_id, m.weight, m.max_open_deals)
+        };
+        assert_eq!(parts("ann"), ("ann".into(), 1, 0));
+        assert_eq!(parts("ann:2"), ("ann".into(), 2, 0));
+        assert_eq!(parts("ann:2:10"), ("ann".into(), 2, 10));
+        assert_eq!(parts("crm:ann:2:10"), ("crm:ann".into(), 2, 10));
+        assert_eq!(parts("crm:ann"), ("crm:ann".into(), 1, 0));
+    }
 }

@@ -118,6 +118,7 @@ pub fn plan_json(p: &pb::Plan) -> Value {
         },
         "managers": p.manager_ids,
         "manager_weights": p.manager_weights,
+        "manager_max_open_deals": p.manager_max_open_deals,
         "stages": p.stages.iter().map(|s| json!({"id": s.id, "name": s.name, "color": s.color, "kind": kind_name(s.kind)})).collect::<Vec<_>>(),
         "loss_reasons": p.loss_reasons.as_ref().map(|r| json!({
             "require_reason": r.require_reason,
@@ -134,9 +135,19 @@ pub fn plan_text(p: &pb::Plan) -> String {
         .manager_ids
         .iter()
         .enumerate()
-        .map(|(i, m)| match p.manager_weights.get(i) {
-            Some(w) if *w != 1 => format!("{m} (weight {w})"),
-            _ => m.clone(),
+        .map(|(i, m)| {
+            let mut terms = Vec::new();
+            if let Some(w) = p.manager_weights.get(i).filter(|w| **w != 1) {
+                terms.push(format!("weight {w}"));
+            }
+            if let Some(n) = p.manager_max_open_deals.get(i).filter(|n| **n > 0) {
+                terms.push(format!("at most {n} open"));
+            }
+            if terms.is_empty() {
+                m.clone()
+            } else {
+                format!("{m} ({})", terms.join(", "))
+            }
         })
         .collect();
     out.push_str(&format!("  managers: {}\n", managers.join(", ")));
@@ -191,6 +202,7 @@ pub fn deal_json(d: &pb::Deal) -> Value {
         "version": d.version,
         "created_at": time_json(d.created_at.as_ref()),
         "closed_at": time_json(d.closed_at.as_ref()),
+        "waiting_since": time_json(d.waiting_since.as_ref()),
     })
 }
 
@@ -199,7 +211,11 @@ pub fn deal_row(d: &pb::Deal) -> Vec<String> {
         d.id.clone(),
         d.title.clone(),
         status_name(d.status).into(),
-        d.manager_id.clone().unwrap_or_else(|| "-".into()),
+        match (&d.manager_id, &d.waiting_since) {
+            (Some(m), _) => m.clone(),
+            (None, Some(_)) => "(waiting)".into(),
+            (None, None) => "-".into(),
+        },
         money(d.amount.as_ref()),
         d.version.to_string(),
     ]

@@ -35,6 +35,7 @@ async fn store_with_round_robin_plan() -> anyhow::Result<(TestDatabase, Store, U
                 },
                 managers: vec!["m1".into(), "m2".into(), "m3".into()],
                 weights: Vec::new(),
+                caps: Vec::new(),
                 archived: false,
             },
         })
@@ -68,7 +69,7 @@ async fn a_lead_twice_in_one_batch_is_decided_once() -> anyhow::Result<()> {
     let mut per_manager: HashMap<String, usize> = HashMap::new();
     for manager in decisions.values() {
         *per_manager
-            .entry(manager.clone().unwrap_or_default())
+            .entry(manager.manager.clone().unwrap_or_default())
             .or_default() += 1;
     }
     assert_eq!(
@@ -78,7 +79,7 @@ async fn a_lead_twice_in_one_batch_is_decided_once() -> anyhow::Result<()> {
     // What the caller is told is what was stored.
     let first = &new[0];
     assert_eq!(first.intake_id, Uuid::from_u128(1).to_string());
-    assert_eq!(first.manager_id, decisions[&Uuid::from_u128(1)]);
+    assert_eq!(first.manager_id, decisions[&Uuid::from_u128(1)].manager);
     assert_eq!(
         store.open_counts(plan_id).await?,
         HashMap::from([("m1".into(), 1), ("m2".into(), 1), ("m3".into(), 1)])
@@ -90,7 +91,7 @@ async fn a_lead_twice_in_one_batch_is_decided_once() -> anyhow::Result<()> {
     else {
         anyhow::bail!("the plan is known and open");
     };
-    assert_eq!(decisions[&Uuid::from_u128(4)].as_deref(), Some("m1"));
+    assert_eq!(decisions[&Uuid::from_u128(4)].manager.as_deref(), Some("m1"));
     Ok(())
 }
 
@@ -127,6 +128,7 @@ async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> an
                 mode: Mode::Manual,
                 managers: vec!["m1".into()],
                 weights: Vec::new(),
+                caps: Vec::new(),
                 archived: false,
             },
         })
@@ -137,7 +139,7 @@ async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> an
         anyhow::bail!("the copy is at version 2 now");
     };
     assert_eq!(decisions.len(), 2);
-    assert!(decisions.values().all(Option::is_none), "{decisions:?}");
+    assert!(decisions.values().all(|p| p.manager.is_none()), "{decisions:?}");
     assert!(
         new.iter()
             .all(|a| a.plan_version == 2 && a.mode == "manual"),

@@ -15,6 +15,7 @@ use salesplan_proto::v1::{
     self as pb, deal_service_client::DealServiceClient,
     distributor_service_client::DistributorServiceClient,
     intake_service_client::IntakeServiceClient, plan_service_client::PlanServiceClient,
+    report_service_client::ReportServiceClient,
 };
 use serde_json::json;
 
@@ -854,6 +855,7 @@ async fn weighted_round_robin_shares_leads_by_weight() -> anyhow::Result<()> {
     let member = |id: &str, weight| pb::PlanMember {
         manager_id: id.into(),
         weight,
+        max_open_deals: 0,
     };
     let mut request = plan_request("Weighted", Mode::Auto, Strategy::RoundRobin, false, &[]);
     request.members = vec![member("m1", 3), member("m2", 1)];
@@ -920,5 +922,275 @@ async fn weighted_round_robin_shares_leads_by_weight() -> anyhow::Result<()> {
     }
     let got = deals_of(&stack, &t.boss, &plan.id, 12).await?;
     assert_eq!(per_manager(&got), counts(&[("m1", 8), ("m2", 4)]));
+    stack.stop().await
+}
+
+/// The deals of a plan waiting for a manager, oldest first.
+async fn waiting_deals(
+    channel: tonic::transport::Channel,
+    token: &str,
+    plan_id: &str,
+) -> anyhow::Result<Vec<pb::Deal>> {
+    let response = DealServiceClient::new(channel)
+        .list_deals(outgoing(
+            pb::ListDealsRequest {
+                filter: Some(pb::DealFilter {
+                    plan_id: plan_id.to_owned(),
+                    waiting: true,
+                    ..Default::default()
+                }),
+                sort: Some(pb::DealSort {
+                    field: pb::DealSortField::CreatedAt as i32,
+                    ascending: true,
+                }),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    anyhow::ensure!(response.total_count as usize == response.deals.len());
+    Ok(response.deals)
+}
+
+/// The manager of `deal_id` once it has one.
+async fn manager_of(
+    channel: tonic::transport::Channel,
+    token: &str,
+    deal_id: &str,
+) -> anyhow::Result<pb::Deal> {
+    eventually(Duration::from_secs(20), || {
+        let mut deals = DealServiceClient::new(channel.clone());
+        let request = outgoing(
+            pb::GetDealRequest {
+                deal_id: deal_id.to_owned(),
+                ..Default::default()
+            },
+            token,
+        );
+        async move {
+            let deal = deals.get_deal(request).await?.into_inner().deal;
+            Ok(deal.filter(|d| d.manager_id.is_some()))
+        }
+    })
+    .await
+}
+
+/// Capacity and the waiting queue (issue 20): in a LEAST_OPEN_DEALS plan of m1 and m2,
+/// each at most one open deal, the third and fourth leads wait, visible (ListDeals
+/// `waiting`, PipelineSummary) and unassigned. A deal of m1 closed lets the oldest in, to
+/// m1, explained; m2's limit raised lets the other in. A deal made by hand may ask to
+/// wait (and is assigned at once when a member has room); a plan that distributes by hand
+/// has no queue.
+#[tokio::test]
+async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let member = |id: &str, max_open_deals| pb::PlanMember {
+        manager_id: id.into(),
+        weight: 1,
+        max_open_deals,
+    };
+    let mut request = plan_request("Capped", Mode::Auto, Strategy::LeastOpenDeals, false, &[]);
+    request.members = vec![member("m1", 1), member("m2", 1)];
+    let plan = create_plan(channel.clone(), &t.admin, request).await?;
+    assert_eq!(plan.manager_max_open_deals, [1, 1]);
+    // One lead at a time, each deal made before the next is sent: the queue's order is
+    // the leads' order.
+    for run in 0..4 {
+        let lead = lead_json(&plan.id, &format!("cap-{run}"), &format!("c-{run}"));
+        assert_eq!(post(&stack, &t.funnel, &lead).await?.0, 202);
+        deals_of(&stack, &t.boss, &plan.id, run + 1).await?;
+    }
+    let deals = deals_of(&stack, &t.boss, &plan.id, 4).await?;
+    assert_eq!(
+        per_manager(&deals),
+        counts(&[("m1", 1), ("m2", 1), ("-", 2)])
+    );
+    let waiting = waiting_deals(channel.clone(), &t.boss, &plan.id).await?;
+    assert_eq!(waiting.len(), 2, "{waiting:?}");
+    assert!(
+        waiting
+            .iter()
+            .all(|d| d.manager_id.is_none() && d.waiting_since.is_some())
+    );
+    let reports = ReportServiceClient::new(stack.channel(&stack.reporting).await?);
+    let waiting_in_summary = |reports: ReportServiceClient<tonic::transport::Channel>| {
+        let request = outgoing(
+            pb::PipelineSummaryRequest {
+                plan_id: Some(plan.id.clone()),
+                ..Default::default()
+            },
+            &t.admin,
+        );
+        let mut reports = reports;
+        async move {
+            let summary = reports.pipeline_summary(request).await?.into_inner();
+            Ok::<i64, anyhow::Error>(
+                summary
+                    .managers
+                    .iter()
+                    .filter(|m| m.manager_id.is_none())
+                    .map(|m| m.waiting)
+                    .sum(),
+            )
+        }
+    };
+    eventually(Duration::from_secs(20), || {
+        let reports = reports.clone();
+        let count = waiting_in_summary(reports);
+        async move { Ok((count.await? == 2).then_some(())) }
+    })
+    .await?;
+
+    // m1 wins its deal: a place frees, and the oldest waiting deal goes to m1.
+    let of_m1 = deals
+        .iter()
+        .find(|d| d.manager_id.as_deref() == Some("m1"))
+        .expect("a deal of m1");
+    let won = plan
+        .stages
+        .iter()
+        .find(|s| s.kind == pb::StageKind::Won as i32)
+        .expect("a WON stage");
+    let mut deal_client = DealServiceClient::new(channel.clone());
+    deal_client
+        .move_deal(outgoing(
+            pb::MoveDealRequest {
+                deal_id: of_m1.id.clone(),
+                expected_version: of_m1.version,
+                stage_id: won.id.clone(),
+                loss_reason_id: None,
+            },
+            &t.boss,
+        ))
+        .await?;
+    let first = manager_of(channel.clone(), &t.boss, &waiting[0].id).await?;
+    assert_eq!(
+        (first.manager_id.as_deref(), first.waiting_since),
+        (Some("m1"), None)
+    );
+    let still = waiting_deals(channel.clone(), &t.boss, &plan.id).await?;
+    let still: Vec<&str> = still.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(still, [waiting[1].id.as_str()], "the younger one waits on");
+    let mut distributor = DistributorServiceClient::new(stack.channel(&stack.distributor).await?);
+    let explained = distributor
+        .explain_assignments(outgoing(
+            pb::ExplainAssignmentsRequest {
+                deal_ids: vec![first.id.clone()],
+            },
+            &t.boss,
+        ))
+        .await?
+        .into_inner()
+        .assignments;
+    let reason = explained.first().map(|a| a.reason.clone()).unwrap_or_default();
+    assert!(
+        reason.starts_with("waited since ") && reason.contains("fewest open deals (0)"),
+        "{reason}"
+    );
+    let notes: Vec<(String, String)> = explained[0]
+        .candidates
+        .iter()
+        .map(|c| (c.manager_id.clone(), c.note.clone()))
+        .collect();
+    assert!(
+        notes.contains(&("m2".into(), "at capacity (1 of 1)".into())),
+        "{notes:?}"
+    );
+
+    // m2 may hold two now: the last waiting deal goes to m2.
+    PlanServiceClient::new(channel.clone())
+        .set_plan_managers(outgoing(
+            pb::SetPlanManagersRequest {
+                plan_id: plan.id.clone(),
+                members: vec![member("m1", 1), member("m2", 2)],
+                ..Default::default()
+            },
+            &t.admin,
+        ))
+        .await?;
+    let second = manager_of(channel.clone(), &t.boss, &waiting[1].id).await?;
+    assert_eq!(second.manager_id.as_deref(), Some("m2"));
+    assert!(
+        waiting_deals(channel.clone(), &t.boss, &plan.id)
+            .await?
+            .is_empty()
+    );
+    eventually(Duration::from_secs(20), || {
+        let count = waiting_in_summary(reports.clone());
+        async move { Ok((count.await? == 0).then_some(())) }
+    })
+    .await?;
+    counts_agree(&stack).await?;
+
+    // Everyone is full again (m1 1 of 1, m2 2 of 2): a deal made by hand waits too; m1's
+    // deal lost frees m1, who takes it.
+    let by_hand = deal_client
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: plan.id.clone(),
+                contact: Some(pb::Contact {
+                    external_id: "by-hand".into(),
+                    ..Default::default()
+                }),
+                idempotency_key: "by-hand-1".into(),
+                wait_for_manager: true,
+                ..Default::default()
+            },
+            &t.boss,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert!(by_hand.waiting_since.is_some() && by_hand.manager_id.is_none());
+    let lost = plan
+        .stages
+        .iter()
+        .find(|s| s.kind == pb::StageKind::Lost as i32)
+        .expect("a LOST stage");
+    deal_client
+        .move_deal(outgoing(
+            pb::MoveDealRequest {
+                deal_id: first.id.clone(),
+                expected_version: first.version,
+                stage_id: lost.id.clone(),
+                loss_reason_id: None,
+            },
+            &t.boss,
+        ))
+        .await?;
+    let by_hand = manager_of(channel.clone(), &t.boss, &by_hand.id).await?;
+    assert_eq!(by_hand.manager_id.as_deref(), Some("m1"));
+    counts_agree(&stack).await?;
+
+    // A plan that distributes by hand has no queue to wait in.
+    let manual = create_plan(
+        channel.clone(),
+        &t.admin,
+        plan_request("By hand", Mode::Manual, Strategy::RoundRobin, false, &["m1"]),
+    )
+    .await?;
+    let refused = deal_client
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: manual.id.clone(),
+                contact: Some(pb::Contact {
+                    external_id: "by-hand".into(),
+                    ..Default::default()
+                }),
+                idempotency_key: "by-hand-2".into(),
+                wait_for_manager: true,
+                ..Default::default()
+            },
+            &t.boss,
+        ))
+        .await
+        .expect_err("no queue in a manual plan");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("distributes by hand"), "{refused:?}");
     stack.stop().await
 }

@@ -61,6 +61,7 @@ fn row(deal: u128, plan: u128, number: i64, v: &Version) -> DealRow {
         version: number,
         updated_at: BASE,
         intake_id: None,
+        waiting: false,
     }
 }
 

@@ -12,7 +12,7 @@ use salesplan_proto::v1 as pb;
 use crate::domain::{
     Money, MoneySum,
     deal::{Deal, DealEdit, DealStatus, NewDeal},
-    plan::{self, Distribution, Plan, PlanDraft, Stage, StageKind, Strategy},
+    plan::{self, Distribution, Plan, PlanDraft, Stage, StageKind, Strategy, Terms},
     query::{self, DealQuery, Search, Sort, SortField, TimeRange},
 };
 
@@ -96,12 +96,12 @@ fn distribution_to(d: Distribution) -> pb::Distribution {
     }
 }
 
-/// A plan's managers with their weights, from `manager_ids` (each weight 1) or `members`
-/// (a weight of 0 is 1): not both; every violation at once.
+/// A plan's managers with their terms, from `manager_ids` (the default terms) or `members`
+/// (a weight of 0 is 1, a limit of 0 none): not both; every violation at once.
 pub fn members_from(
     manager_ids: &[String],
     members: &[pb::PlanMember],
-) -> Result<Vec<(String, u32)>, ApiError> {
+) -> Result<Vec<(String, Terms)>, ApiError> {
     if !manager_ids.is_empty() && !members.is_empty() {
         return Err(ApiError::invalid(
             "members",
@@ -113,7 +113,9 @@ pub fn members_from(
             manager_ids
                 .iter()
                 .enumerate()
-                .map(|(i, m)| manager_id(&format!("manager_ids[{i}]"), m).map(|m| (m, 1))),
+                .map(|(i, m)| {
+                    manager_id(&format!("manager_ids[{i}]"), m).map(|m| (m, Terms::default()))
+                }),
         );
     }
     salesplan_platform::error::every(members.iter().enumerate().map(|(i, member)| {
@@ -125,11 +127,25 @@ pub fn members_from(
                 format!("1 to {}", plan::MAX_WEIGHT),
             )),
         };
-        (
+        let max_open_deals = match member.max_open_deals {
+            0 => Ok(None),
+            n if (1..=plan::MAX_OPEN_DEALS_LIMIT as i32).contains(&n) => Ok(Some(n as u32)),
+            _ => Err(ApiError::invalid(
+                format!("members[{i}].max_open_deals"),
+                format!("0 (no limit) or 1 to {}", plan::MAX_OPEN_DEALS_LIMIT),
+            )),
+        };
+        let (manager, weight, max_open_deals) = (
             manager_id(&format!("members[{i}].manager_id"), &member.manager_id),
             weight,
+            max_open_deals,
         )
-            .all()
+            .all()?;
+        let terms = Terms {
+            weight,
+            max_open_deals,
+        };
+        Ok((manager, terms))
     }))
 }
 
@@ -159,14 +175,14 @@ impl TryFrom<pb::CreatePlanRequest> for PlanDraft {
         let (Some(average_amount), Some(distribution)) = (average_amount, distribution) else {
             return Err(ApiError::internal("a checked field is missing"));
         };
-        let (managers, weights) = members.into_iter().unzip();
+        let (managers, terms) = members.into_iter().unzip();
         let draft = PlanDraft {
             name,
             average_amount,
             chat_label,
             distribution,
             managers,
-            weights,
+            terms,
         };
         draft.check()?;
         Ok(draft)
@@ -200,7 +216,12 @@ impl From<&Plan> for pb::Plan {
             chat_label: plan.chat_label.clone(),
             distribution: Some(distribution_to(plan.distribution)),
             manager_ids: plan.managers.clone(),
-            manager_weights: plan.weights.iter().map(|w| *w as i32).collect(),
+            manager_weights: plan.terms.iter().map(|t| t.weight as i32).collect(),
+            manager_max_open_deals: plan
+                .terms
+                .iter()
+                .map(|t| t.max_open_deals.unwrap_or(0) as i32)
+                .collect(),
             stages: plan.stages.iter().map(stage_to).collect(),
             archived: plan.archived,
             version: plan.version,
@@ -259,7 +280,14 @@ impl TryFrom<pb::CreateDealRequest> for NewDeal {
                 .trace_parent
                 .as_deref()
                 .and_then(salesplan_platform::telemetry::valid_traceparent),
+            wait_for_manager: req.wait_for_manager,
         };
+        if req.wait_for_manager && req.manager_id.is_some() {
+            checks.take::<()>(Err(ApiError::invalid(
+                "wait_for_manager",
+                "a deal with a manager_id waits for nobody",
+            )));
+        }
         checks.finish()?;
         Ok(deal)
     }
@@ -404,6 +432,7 @@ pub fn query_from(filter: Option<pb::DealFilter>) -> Result<DealQuery, ApiError>
         created: checks.take(range_from("created", f.created)),
         closed: checks.take(range_from("closed", f.closed)),
         search: checks.take(search),
+        waiting: f.waiting,
     };
     checks.finish().map_err(|e| e.within("filter"))?;
     Ok(query)
@@ -479,6 +508,7 @@ impl From<&Deal> for pb::Deal {
             updated_at: Some(timestamp(deal.updated_at)),
             closed_at: deal.closed_at.map(timestamp),
             idempotency_key: deal.idempotency_key.clone(),
+            waiting_since: deal.waiting_since.map(timestamp),
         }
     }
 }
@@ -516,25 +546,45 @@ mod tests {
     }
 
     #[test]
-    fn members_come_with_weights_and_every_violation_at_once() {
-        let member = |id: &str, weight| pb::PlanMember {
+    fn members_come_with_terms_and_every_violation_at_once() {
+        let member = |id: &str, weight, max_open_deals| pb::PlanMember {
             manager_id: id.into(),
             weight,
+            max_open_deals,
         };
-        let got = members_from(&[], &[member("a", 0), member("b", 3)]).unwrap();
-        assert_eq!(got, [("a".to_owned(), 1), ("b".to_owned(), 3)]);
-        let err =
-            members_from(&[], &[member("", 101), member("b", -1), member("c", 100)]).unwrap_err();
+        let got = members_from(&[], &[member("a", 0, 0), member("b", 3, 100_000)]).unwrap();
+        let terms = |weight, max_open_deals| Terms {
+            weight,
+            max_open_deals,
+        };
+        assert_eq!(
+            got,
+            [
+                ("a".to_owned(), terms(1, None)),
+                ("b".to_owned(), terms(3, Some(100_000)))
+            ]
+        );
+        let err = members_from(
+            &[],
+            &[
+                member("", 101, 0),
+                member("b", -1, -1),
+                member("c", 100, 100_001),
+            ],
+        )
+        .unwrap_err();
         let fields: Vec<&str> = err.violations().iter().map(|v| v.field.as_str()).collect();
         assert_eq!(
             fields,
             [
                 "members[0].manager_id",
                 "members[0].weight",
-                "members[1].weight"
+                "members[1].weight",
+                "members[1].max_open_deals",
+                "members[2].max_open_deals"
             ]
         );
-        let both = members_from(&["a".into()], &[member("a", 2)]).unwrap_err();
+        let both = members_from(&["a".into()], &[member("a", 2, 0)]).unwrap_err();
         assert_eq!(both.field(), Some("members"));
     }
 
@@ -586,6 +636,7 @@ mod tests {
                     r.members = vec![pb::PlanMember {
                         manager_id: "m3".into(),
                         weight: 1,
+                        max_open_deals: 0,
                     }]
                 },
                 "members",
@@ -688,7 +739,13 @@ mod tests {
             managers: (0..plan::MAX_MANAGERS)
                 .map(|i| format!("{i:04}{}", wide(124)))
                 .collect(),
-            weights: vec![plan::MAX_WEIGHT; plan::MAX_MANAGERS],
+            terms: vec![
+                Terms {
+                    weight: plan::MAX_WEIGHT,
+                    max_open_deals: Some(plan::MAX_OPEN_DEALS_LIMIT),
+                };
+                plan::MAX_MANAGERS
+            ],
         }
         .into_plan(
             "a".repeat(64).as_str(),

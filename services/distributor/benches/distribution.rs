@@ -14,6 +14,8 @@ fn plan(strategy: Strategy, prefer_related: bool) -> PlanSettings {
         managers: (0..20).map(|i| format!("manager-{i}")).collect(),
         // Weighted, as the costlier case: credits are kept and compared per member.
         weights: (0..20).map(|i| 1 + i % 3).collect(),
+        // Limits well above the counts: checked for every member, never binding.
+        caps: vec![1_000_000; 20],
         archived: false,
     }
 }

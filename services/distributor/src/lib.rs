@@ -69,7 +69,12 @@ impl Service for Config {
         let store = store::Store::new(pool, self.contact_keys);
         store.key_plain_contact_keys().await?;
 
+        let queue = events::queue::Queue::new(store.clone(), upstream.clone(), &metrics);
         let mut background = Background::new(metrics.clone());
+        // Waiting deals: decided every few seconds (and after the events that free a
+        // place), and made in deal-service by the relay of orders.
+        background.spawn(queue.clone().sweep(background.stop_token()));
+        background.spawn(queue.clone().relay(background.stop_token()));
         // Leads nobody decided are kept only as long as configured. A broker that refuses
         // (its permissions not upgraded yet) does not stop the distributor: retried.
         background.spawn(keep_intake_retention(bus.clone(), background.stop_token()));
@@ -82,7 +87,7 @@ impl Service for Config {
         background.consume(
             &bus,
             ConsumerSpec::new(&streams::PLANS, "distributor-plans"),
-            Arc::new(events::plans::PlanEvents::new(store.clone())),
+            Arc::new(events::plans::PlanEvents::new(store.clone(), queue.clone())),
         );
         let leads = || {
             events::intake::IntakeEvents::new(
@@ -123,7 +128,7 @@ impl Service for Config {
         background.consume(
             &bus,
             ConsumerSpec::new(&streams::DEALS, "distributor-deals"),
-            Arc::new(events::deals::DealEvents::new(store.clone())),
+            Arc::new(events::deals::DealEvents::new(store.clone(), queue)),
         );
         let verifier = Arc::new(TokenVerifier::from_config(&common.auth)?);
         let interceptor = AuthInterceptor::new(verifier.clone());

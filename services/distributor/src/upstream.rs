@@ -104,6 +104,59 @@ impl DealService {
     }
 }
 
+/// How deal-service answered an assignment order.
+#[derive(Debug)]
+pub enum OrderAnswer {
+    /// The deal has the manager now (assigned now, or by an earlier attempt).
+    Made,
+    /// Refused for good: the deal changed since the order's version, closed or left; the
+    /// manager left the plan.
+    Refused(String),
+    /// Not answered now: try again later.
+    Later(String),
+}
+
+impl DealService {
+    /// Makes an assignment order of a waiting deal: AssignDeal at the version the order
+    /// was decided on, so a deal that changed meanwhile is not assigned over.
+    pub async fn assign(&self, order: &crate::store::Order) -> OrderAnswer {
+        let token = match self.token(&order.account_id) {
+            Ok(token) => token,
+            Err(err) => return OrderAnswer::Later(err.to_string()),
+        };
+        let request = || {
+            between_services(
+                pb::AssignDealRequest {
+                    deal_id: order.deal_id.to_string(),
+                    expected_version: order.version,
+                    manager_id: Some(order.manager_id.clone()),
+                },
+                &token,
+            )
+        };
+        let mut deals = self.deals.clone();
+        let answer = grpc::call("salesplan.v1.DealService", "AssignDeal", request, |r| {
+            deals.assign_deal(r)
+        })
+        .await;
+        match answer {
+            Ok(_) => OrderAnswer::Made,
+            Err(status) => match status.code() {
+                Code::Aborted
+                | Code::FailedPrecondition
+                | Code::NotFound
+                | Code::InvalidArgument
+                | Code::PermissionDenied => OrderAnswer::Refused(format!(
+                    "{:?}: {}",
+                    status.code(),
+                    status.message()
+                )),
+                code => OrderAnswer::Later(format!("{code:?}: {}", status.message())),
+            },
+        }
+    }
+}
+
 fn failure(status: tonic::Status, what: String) -> LookupError {
     match status.code() {
         Code::NotFound => LookupError::NotFound(what),

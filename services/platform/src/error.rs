@@ -41,6 +41,8 @@ pub enum Reason {
     DealClosed,
     DealOpen,
     NothingToChange,
+    /// A deal cannot wait for automatic distribution in a plan that distributes by hand.
+    ManualDistribution,
 }
 
 impl Reason {
@@ -67,6 +69,7 @@ impl Reason {
             Self::DealClosed => "DEAL_CLOSED",
             Self::DealOpen => "DEAL_OPEN",
             Self::NothingToChange => "NOTHING_TO_CHANGE",
+            Self::ManualDistribution => "MANUAL_DISTRIBUTION",
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct Deal {
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
     pub closed_at: Option<OffsetDateTime>,
+    /// Since when the deal waits for the distributor to assign it (open, unassigned, left
+    /// to automatic distribution); any assignment or close ends the wait.
+    pub waiting_since: Option<OffsetDateTime>,
 }
 
 #[cfg(test)]
@@ -62,6 +65,7 @@ impl Deal {
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
             closed_at: None,
+            waiting_since: None,
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct NewDeal {
     /// When the listener received the deal's lead (deals from leads): a lead received before
     /// its person was erased becomes a deal without personal data.
     pub lead_received_at: Option<OffsetDateTime>,
+    /// Left to the plan's automatic distribution: created waiting (no manager given).
+    pub wait_for_manager: bool,
 }
 
 impl NewDeal {
@@ -111,6 +117,15 @@ impl NewDeal {
             return Err(DomainError::invalid(
                 "stage_id",
                 "a new deal starts in an open stage; close it with MoveDeal",
+            ));
+        }
+        if self.wait_for_manager && !plan.distributes_automatically() {
+            return Err(DomainError::Precondition(
+                Reason::ManualDistribution,
+                format!(
+                    "plan {} distributes by hand: a deal cannot wait for it",
+                    plan.id
+                ),
             ));
         }
         if let Some(manager) = &self.manager_id
@@ -143,6 +158,7 @@ impl NewDeal {
             created_at: now,
             updated_at: now,
             closed_at: None,
+            waiting_since: self.wait_for_manager.then_some(now),
         })
     }
 }
@@ -318,6 +334,7 @@ impl Deal {
                 }
                 deal.status = status;
                 deal.closed_at = Some(now);
+                deal.waiting_since = None;
                 deal.stage_before_close_id = Some(from);
                 deal.loss_reason_id = reason;
                 Change::Closed {
@@ -408,6 +425,8 @@ impl Deal {
         }
         let mut deal = self.next(now);
         deal.manager_id = manager.clone();
+        // Whoever assigns (or unassigns) a deal decides for it: it waits no more.
+        deal.waiting_since = None;
         let (from, to) = (self.manager_id.clone(), manager);
         let change = if transfer {
             Change::Transferred { from, to }
@@ -473,7 +492,7 @@ mod tests {
             chat_label: "S".into(),
             distribution: Distribution::Manual,
             managers: vec!["m1".into()],
-            weights: vec![],
+            terms: vec![],
         }
         .into_plan(
             "acme",
@@ -499,7 +518,43 @@ mod tests {
             accepted_at_plan_version: None,
             trace_parent: None,
             lead_received_at: None,
+            wait_for_manager: false,
         }
+    }
+
+    #[test]
+    fn a_deal_waits_only_for_an_automatic_plan_until_assigned_or_closed() {
+        let mut plan = plan();
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
+        let waiting = NewDeal {
+            wait_for_manager: true,
+            ..new_deal(&plan)
+        };
+        let refused = waiting.clone().into_deal(&plan, Uuid::new_v4(), now);
+        assert!(
+            matches!(
+                refused,
+                Err(DomainError::Precondition(Reason::ManualDistribution, _))
+            ),
+            "a plan that distributes by hand has no queue: {refused:?}"
+        );
+        plan.distribution = Distribution::Auto {
+            prefer_related: false,
+            strategy: crate::domain::plan::Strategy::RoundRobin,
+        };
+        plan.managers = vec!["m1".into()];
+        let deal = waiting.into_deal(&plan, Uuid::new_v4(), now).unwrap();
+        assert_eq!((deal.waiting_since, deal.manager_id.as_deref()), (Some(now), None));
+        let (assigned, _) = deal.assign(&plan, Some("m1".into()), false, now).unwrap();
+        assert_eq!(assigned.waiting_since, None, "an assignment ends the wait");
+        let won = plan
+            .stages
+            .iter()
+            .find(|s| s.kind == StageKind::Won)
+            .unwrap()
+            .id;
+        let (closed, _) = deal.move_to(&plan, won, None, now).unwrap();
+        assert_eq!(closed.waiting_since, None, "a close ends the wait");
     }
 
     #[test]

@@ -24,6 +24,25 @@ salesplan_platform::named_enum! {
     }
 }
 
+/// What a manager's membership of a plan sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    /// The member's share of the leads (1 to [`MAX_WEIGHT`]).
+    pub weight: u32,
+    /// Open deals in the plan at which automatic distribution skips the member (1 to
+    /// [`MAX_OPEN_DEALS_LIMIT`]); none: no limit.
+    pub max_open_deals: Option<u32>,
+}
+
+impl Default for Terms {
+    fn default() -> Self {
+        Self {
+            weight: 1,
+            max_open_deals: None,
+        }
+    }
+}
+
 salesplan_platform::named_enum! {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum StageKind {
@@ -61,8 +80,8 @@ pub struct Plan {
     pub distribution: Distribution,
     /// In the order they were added: the round-robin order.
     pub managers: Vec<String>,
-    /// Each manager's weight (1 to [`MAX_WEIGHT`]), in the order of `managers`.
-    pub weights: Vec<u32>,
+    /// Each manager's terms (weight, limit), in the order of `managers`.
+    pub terms: Vec<Terms>,
     /// Board order: OPEN stages, then WON, then LOST.
     pub stages: Vec<Stage>,
     /// Moving to LOST needs one of the active `loss_reasons`.
@@ -130,17 +149,17 @@ impl Plan {
         self.loss_reasons.iter().find(|r| r.id == id && !r.archived)
     }
 
-    /// Replaces the managers, each with its weight: those already in keep their place (the
+    /// Replaces the managers, each with its terms: those already in keep their place (the
     /// round-robin order), new ones are appended in the order given.
-    pub fn set_managers(&mut self, members: Vec<(String, u32)>) -> Result<(), DomainError> {
+    pub fn set_managers(&mut self, members: Vec<(String, Terms)>) -> Result<(), DomainError> {
         let managers: Vec<String> = members.iter().map(|(m, _)| m.clone()).collect();
         check_managers(&managers)?;
-        let weight: std::collections::HashMap<&str, u32> =
-            members.iter().map(|(m, w)| (m.as_str(), *w)).collect();
+        let terms: std::collections::HashMap<&str, Terms> =
+            members.iter().map(|(m, t)| (m.as_str(), *t)).collect();
         let mut next: Vec<String> = self
             .managers
             .iter()
-            .filter(|m| weight.contains_key(m.as_str()))
+            .filter(|m| terms.contains_key(m.as_str()))
             .cloned()
             .collect();
         for manager in &managers {
@@ -148,18 +167,14 @@ impl Plan {
                 next.push(manager.clone());
             }
         }
-        self.weights = next.iter().map(|m| weight[m.as_str()]).collect();
+        self.terms = next.iter().map(|m| terms[m.as_str()]).collect();
         self.managers = next;
         Ok(())
     }
 
-    /// The weight of `manager` (1 for one that is not a member).
-    pub fn weight_of(&self, manager: &str) -> u32 {
-        self.managers
-            .iter()
-            .position(|m| m == manager)
-            .and_then(|i| self.weights.get(i).copied())
-            .unwrap_or(1)
+    /// Whether leads of the plan are distributed automatically (and so may wait for one).
+    pub fn distributes_automatically(&self) -> bool {
+        matches!(self.distribution, Distribution::Auto { .. })
     }
 
     /// Sets `require_reason` and the active reasons: inputs with an id rename (and
@@ -272,8 +287,8 @@ pub struct PlanDraft {
     pub chat_label: String,
     pub distribution: Distribution,
     pub managers: Vec<String>,
-    /// The managers' weights in their order; empty: every weight 1.
-    pub weights: Vec<u32>,
+    /// The managers' terms in their order; empty: the defaults.
+    pub terms: Vec<Terms>,
 }
 
 pub const MAX_NAME_CHARS: usize = 100;
@@ -282,6 +297,8 @@ pub const MAX_MANAGERS: usize = 1_000;
 /// The largest weight of a plan's member: with at most [`MAX_MANAGERS`] members, a run of
 /// sum-of-weights leads stays within 100,000 and credits within 64 bits.
 pub const MAX_WEIGHT: u32 = 100;
+/// The largest limit of open deals a member may have.
+pub const MAX_OPEN_DEALS_LIMIT: u32 = 100_000;
 /// Reasons a deal can be lost with at once.
 pub const MAX_ACTIVE_REASONS: usize = 100;
 /// Reasons a plan keeps, archived ones included (the archived ones are those deals were
@@ -323,10 +340,10 @@ impl PlanDraft {
             average_amount: self.average_amount,
             chat_label: self.chat_label,
             distribution: self.distribution,
-            weights: if self.weights.len() == self.managers.len() {
-                self.weights
+            terms: if self.terms.len() == self.managers.len() {
+                self.terms
             } else {
-                vec![1; self.managers.len()]
+                vec![Terms::default(); self.managers.len()]
             },
             managers: self.managers,
             stages,
@@ -363,7 +380,7 @@ mod tests {
             chat_label: "SALES".into(),
             distribution: Distribution::Manual,
             managers: managers.iter().map(|m| (*m).to_owned()).collect(),
-            weights: Vec::new(),
+            terms: Vec::new(),
         }
     }
 

@@ -30,6 +30,8 @@ pub struct DealQuery {
     pub created: TimeRange,
     pub closed: TimeRange,
     pub search: Option<Search>,
+    /// Only deals waiting for the distributor to assign them.
+    pub waiting: bool,
 }
 
 impl DealQuery {
@@ -42,6 +44,7 @@ impl DealQuery {
             && self.created == TimeRange::default()
             && self.closed == TimeRange::default()
             && self.search.is_none()
+            && !self.waiting
     }
 }
 
@@ -234,6 +237,9 @@ mod tests {
         q.statuses.clear();
         q.created.from = Some(OffsetDateTime::UNIX_EPOCH);
         assert!(!q.counted_by_cells());
+        q.created.from = None;
+        q.waiting = true;
+        assert!(!q.counted_by_cells(), "the waiting are not a kept cell");
     }
 
     #[test]

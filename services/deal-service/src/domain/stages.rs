@@ -216,7 +216,7 @@ mod tests {
             chat_label: "P".into(),
             distribution: Distribution::Manual,
             managers: vec![],
-            weights: vec![],
+            terms: vec![],
         }
         .into_plan(
             "acme",

@@ -550,6 +550,7 @@ struct DealColumns {
     created_at: Vec<OffsetDateTime>,
     updated_at: Vec<OffsetDateTime>,
     closed_at: Vec<Option<OffsetDateTime>>,
+    waiting_since: Vec<Option<OffsetDateTime>>,
 }
 
 impl DealColumns {
@@ -576,6 +577,7 @@ impl DealColumns {
             created_at: Vec::new(),
             updated_at: Vec::new(),
             closed_at: Vec::new(),
+            waiting_since: Vec::new(),
         };
         for d in deals {
             c.id.push(d.id);
@@ -599,6 +601,7 @@ impl DealColumns {
             c.created_at.push(d.created_at);
             c.updated_at.push(d.updated_at);
             c.closed_at.push(d.closed_at);
+            c.waiting_since.push(d.waiting_since);
         }
         c
     }
@@ -618,11 +621,11 @@ async fn insert_deals(
         "INSERT INTO deals (id, account_id, plan_id, stage_id, status, manager_id,
             contact_external_id, contact_name, contact_email, contact_phone, contact_phone_digits,
             title, amount_minor, currency, loss_reason_id, stage_before_close_id, idempotency_key,
-            version, created_at, updated_at, closed_at)
+            version, created_at, updated_at, closed_at, waiting_since)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
             $14::text[], $15::uuid[], $16::uuid[], $17::text[], $18::bigint[], $19::timestamptz[],
-            $20::timestamptz[], $21::timestamptz[])
+            $20::timestamptz[], $21::timestamptz[], $22::timestamptz[])
          ON CONFLICT (account_id, idempotency_key) DO NOTHING
          RETURNING idempotency_key",
     )
@@ -647,6 +650,7 @@ async fn insert_deals(
     .bind(c.created_at)
     .bind(c.updated_at)
     .bind(c.closed_at)
+    .bind(c.waiting_since)
     .fetch_all(&mut **tx)
     .await
     .map(|keys: Vec<String>| keys.into_iter().collect())
@@ -668,12 +672,13 @@ pub async fn update_deals(
             contact_phone = x.phone, contact_phone_digits = x.digits, title = x.title,
             amount_minor = x.amount, currency = x.currency, loss_reason_id = x.reason,
             stage_before_close_id = x.before, version = x.version, updated_at = x.updated,
-            closed_at = x.closed
+            closed_at = x.closed, waiting_since = x.waiting
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[],
-                     $13::uuid[], $14::uuid[], $15::bigint[], $16::timestamptz[], $17::timestamptz[])
+                     $13::uuid[], $14::uuid[], $15::bigint[], $16::timestamptz[], $17::timestamptz[],
+                     $18::timestamptz[])
             AS x(id, stage_id, status, manager_id, ext, name, email, phone, digits, title, amount,
-                 currency, reason, before, version, updated, closed)
+                 currency, reason, before, version, updated, closed, waiting)
          WHERE deals.id = x.id",
     )
     .bind(c.id)
@@ -693,6 +698,7 @@ pub async fn update_deals(
     .bind(c.version)
     .bind(c.updated_at)
     .bind(c.closed_at)
+    .bind(c.waiting_since)
     .execute(&mut **tx)
     .await?;
     Ok(())

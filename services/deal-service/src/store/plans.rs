@@ -17,7 +17,7 @@ use crate::domain::{
     DomainError, Money, Reason,
     counts::count_deltas,
     deal::Change,
-    plan::{LossReason, MAX_ACTIVE_PLANS, Plan, PlanDraft, Stage, StageKind},
+    plan::{LossReason, MAX_ACTIVE_PLANS, Plan, PlanDraft, Stage, StageKind, Terms},
 };
 
 impl Store {
@@ -310,15 +310,22 @@ pub async fn find_plan(
     else {
         return Ok(None);
     };
-    let members: Vec<(String, i32)> = sqlx::query_as(
-        "SELECT manager_id, weight FROM plan_managers WHERE plan_id = $1 ORDER BY position",
+    let members: Vec<(String, i32, Option<i32>)> = sqlx::query_as(
+        "SELECT manager_id, weight, max_open_deals FROM plan_managers
+         WHERE plan_id = $1 ORDER BY position",
     )
     .bind(plan_id)
     .fetch_all(&mut *conn)
     .await?;
-    let (managers, weights): (Vec<String>, Vec<u32>) = members
+    let (managers, terms): (Vec<String>, Vec<Terms>) = members
         .into_iter()
-        .map(|(m, w)| (m, w.max(1) as u32))
+        .map(|(m, w, max)| {
+            let terms = Terms {
+                weight: w.max(1) as u32,
+                max_open_deals: max.map(|n| n.max(1) as u32),
+            };
+            (m, terms)
+        })
         .unzip();
     let stages = plan_stages(conn, plan_id).await?;
     let loss_reasons = plan_reasons(conn, plan_id).await?;
@@ -337,7 +344,7 @@ pub async fn find_plan(
             row.try_get("strategy")?,
         )?,
         managers,
-        weights,
+        terms,
         stages,
         require_reason: row.try_get("require_reason")?,
         loss_reasons,
@@ -447,12 +454,19 @@ async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<()
 /// Managers, stages and reasons as the plan holds them (upserts; removals happen before).
 async fn save_children(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO plan_managers (plan_id, manager_id, position, weight)
-         SELECT $1, m, p::int, w FROM UNNEST($2::text[], $3::int[]) WITH ORDINALITY AS t(m, w, p)",
+        "INSERT INTO plan_managers (plan_id, manager_id, position, weight, max_open_deals)
+         SELECT $1, m, p::int, w, c FROM UNNEST($2::text[], $3::int[], $4::int[])
+            WITH ORDINALITY AS t(m, w, c, p)",
     )
     .bind(plan.id)
     .bind(&plan.managers)
-    .bind(plan.weights.iter().map(|w| *w as i32).collect::<Vec<_>>())
+    .bind(plan.terms.iter().map(|t| t.weight as i32).collect::<Vec<_>>())
+    .bind(
+        plan.terms
+            .iter()
+            .map(|t| t.max_open_deals.map(|n| n as i32))
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     sqlx::query(

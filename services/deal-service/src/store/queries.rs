@@ -180,6 +180,9 @@ pub fn push_filter(qb: &mut QueryBuilder<Postgres>, account_id: &str, q: &DealQu
             qb.push(format_args!(" AND {column} < ")).push_bind(to);
         }
     }
+    if q.waiting {
+        qb.push(" AND waiting_since IS NOT NULL");
+    }
     if let Some(search) = &q.search {
         qb.push(" AND (search_text LIKE ")
             .push_bind(search.pattern.clone())

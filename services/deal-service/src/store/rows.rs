@@ -19,7 +19,8 @@ pub fn corrupt(what: &str) -> StoreError {
 /// The columns of a deal, in the order `deal_from_row` reads them by name.
 pub const DEAL_COLUMNS: &str = "id, account_id, plan_id, stage_id, status, manager_id,
     contact_external_id, contact_name, contact_email, contact_phone, title, amount_minor, currency,
-    loss_reason_id, stage_before_close_id, idempotency_key, version, created_at, updated_at, closed_at";
+    loss_reason_id, stage_before_close_id, idempotency_key, version, created_at, updated_at, closed_at,
+    waiting_since";
 
 pub fn deal_from_row(row: &PgRow) -> Result<Deal, StoreError> {
     Ok(Deal {
@@ -47,6 +48,7 @@ pub fn deal_from_row(row: &PgRow) -> Result<Deal, StoreError> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         closed_at: row.try_get("closed_at")?,
+        waiting_since: row.try_get("waiting_since")?,
     })
 }
 

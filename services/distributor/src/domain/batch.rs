@@ -121,6 +121,7 @@ mod tests {
             },
             managers: (0..managers).map(|m| format!("m{m}")).collect(),
             weights: Vec::new(),
+            caps: Vec::new(),
             archived: false,
         }
     }

@@ -23,9 +23,17 @@ pub struct DealState {
     /// relation to forget.
     pub erased_contact: Option<String>,
     pub created_at: OffsetDateTime,
+    /// Since when the deal waits in its plan's queue for a manager.
+    pub waiting_since: Option<OffsetDateTime>,
 }
 
 impl DealState {
+    /// Since when the deal waits, while it does: open and unassigned.
+    pub fn waiting(&self) -> Option<OffsetDateTime> {
+        self.waiting_since
+            .filter(|_| self.open && self.manager_id.is_none())
+    }
+
     /// Where the deal counts as open: its plan and manager, while open and assigned.
     fn counted(&self) -> Option<(Uuid, String)> {
         self.manager_id
@@ -181,6 +189,7 @@ mod tests {
             contact_key: Some(format!("c{deal}")),
             erased_contact: None,
             created_at: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(deal as i64),
+            waiting_since: None,
         }
     }
 

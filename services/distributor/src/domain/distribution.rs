@@ -1,5 +1,6 @@
 //! Deciding the manager of a new lead from the plan's settings: manual, or automatic at
-//! random, in turn, or to the fewest open deals, preferring the manager the contact knows.
+//! random, in turn, or to the fewest open deals, preferring the manager the contact knows,
+//! among the members below their limit of open deals (else the lead waits).
 
 use std::collections::HashMap;
 
@@ -12,6 +13,9 @@ pub struct PlanSettings {
     /// Each member's weight, in the order of `managers`; empty when every weight is 1
     /// (plans from before weights, and most plans).
     pub weights: Vec<u32>,
+    /// Each member's limit of open deals, in the order of `managers` (0: none); empty when
+    /// no member has one.
+    pub caps: Vec<u32>,
     pub archived: bool,
 }
 
@@ -26,6 +30,20 @@ impl PlanSettings {
         (0..self.managers.len()).map(|i| self.weight(i)).collect()
     }
 
+    /// The limit of open deals of the member at `index`, if it has one.
+    pub fn cap(&self, index: usize) -> Option<u32> {
+        self.caps.get(index).copied().filter(|c| *c > 0)
+    }
+
+    /// Where a lead decided for `manager` goes: without one, it waits for one when the
+    /// plan distributes automatically (an AUTO decision without a manager always waits).
+    pub fn placement(&self, manager: Option<String>) -> Placement {
+        Placement {
+            waits: manager.is_none() && matches!(self.mode, Mode::Auto { .. }),
+            manager,
+        }
+    }
+
     /// Whether `lead` goes straight to a manager its bulk add named: only while that
     /// manager is a member.
     pub fn names(&self, lead: &Lead) -> bool {
@@ -33,6 +51,13 @@ impl PlanSettings {
             .as_ref()
             .is_some_and(|m| self.managers.contains(m))
     }
+}
+
+/// Where a lead's deal goes: to a manager, or without one, waiting for one or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub manager: Option<String>,
+    pub waits: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +172,10 @@ impl Cursor {
     /// The member whose weighted turn it is, its credit given back. Among members with as
     /// much credit, the first in turn from where the turn was when the credits started
     /// (so equal weights take plain turns, and a membership change passes the turn on).
-    fn weighted_turn(&mut self, managers: &[String], weights: &[u32]) -> usize {
+    /// Only `eligible` members take part: a member at its limit neither gains nor loses
+    /// credit meanwhile, and takes its turns again, interleaved, once below it. (With
+    /// every member eligible the turns are exact; see the property tests.)
+    fn weighted_turn(&mut self, managers: &[String], weights: &[u32], eligible: &[bool]) -> usize {
         let mark = membership_mark(managers, weights);
         let n = managers.len();
         if self.credits_of != mark || self.credits.len() != n {
@@ -155,18 +183,24 @@ impl Cursor {
             self.credits_of = mark;
             self.credits_start = self.next_index(managers) as u64;
         }
-        for (credit, weight) in self.credits.iter_mut().zip(weights) {
-            *credit += i64::from(*weight);
+        let mut total = 0;
+        for (i, (credit, weight)) in self.credits.iter_mut().zip(weights).enumerate() {
+            if eligible[i] {
+                *credit += i64::from(*weight);
+                total += i64::from(*weight);
+            }
         }
         let start = (self.credits_start as usize) % n;
-        let index = (0..n).map(|k| (start + k) % n).fold(start, |best, i| {
+        let mut order = (0..n).map(|k| (start + k) % n).filter(|i| eligible[*i]);
+        let first = order.next().unwrap_or(start);
+        let index = order.fold(first, |best, i| {
             if self.credits[i] > self.credits[best] {
                 i
             } else {
                 best
             }
         });
-        self.credits[index] -= weights.iter().map(|w| i64::from(*w)).sum::<i64>();
+        self.credits[index] -= total;
         index
     }
 }
@@ -185,6 +219,9 @@ pub struct Decision {
     pub reason: String,
     /// Everyone considered, and why each was or was not chosen.
     pub candidates: Vec<Candidate>,
+    /// No manager now, but the plan distributes automatically: the deal waits in the
+    /// plan's queue until a member can take it.
+    pub waits: bool,
 }
 
 impl Decision {
@@ -193,6 +230,7 @@ impl Decision {
             manager: None,
             reason: reason.into(),
             candidates: Vec::new(),
+            waits: false,
         }
     }
 }
@@ -225,10 +263,12 @@ fn decide_inner(
         return distribute(plan, lead, cursor, open, random);
     };
     if plan.names(lead) {
+        // Named by hand: limits bind automatic distribution only.
         return Decision {
             manager: Some(named.clone()),
             reason: "named by the bulk add".into(),
             candidates: Vec::new(),
+            waits: false,
         };
     }
     // The listener accepted the bulk add while the manager was a member; the manager left
@@ -257,14 +297,14 @@ fn distribute(
         } => (prefer_related, strategy),
     };
     if plan.managers.is_empty() {
-        return Decision::without("the plan has no managers");
+        return Decision {
+            waits: true,
+            ..Decision::without("the plan has no managers: waits for one")
+        };
     }
     let weights = plan.all_weights();
-    let members = Members {
-        managers: &plan.managers,
-        weights: &weights,
-        open,
-    };
+    let caps: Vec<Option<u32>> = (0..plan.managers.len()).map(|i| plan.cap(i)).collect();
+    let members = Members::new(&plan.managers, &weights, &caps, open);
     let mut skipped_related = Vec::new();
     if prefer_related {
         match related(&members, lead) {
@@ -279,16 +319,49 @@ fn distribute(
     decision
 }
 
-/// A plan's members, their weights and their open deals.
+/// A plan's members, their weights, limits and open deals, and which may take a lead.
 struct Members<'a> {
     managers: &'a [String],
     weights: &'a [u32],
+    caps: &'a [Option<u32>],
     open: &'a HashMap<String, i64>,
+    /// Below its limit (or without one), by index.
+    eligible: Vec<bool>,
 }
 
-impl Members<'_> {
+impl<'a> Members<'a> {
+    fn new(
+        managers: &'a [String],
+        weights: &'a [u32],
+        caps: &'a [Option<u32>],
+        open: &'a HashMap<String, i64>,
+    ) -> Self {
+        let mut members = Self {
+            managers,
+            weights,
+            caps,
+            open,
+            eligible: Vec::new(),
+        };
+        members.eligible = (0..managers.len())
+            .map(|i| members.full(i).is_none())
+            .collect();
+        members
+    }
+
     fn count(&self, manager: &str) -> i64 {
         self.open.get(manager).copied().unwrap_or(0)
+    }
+
+    /// "at capacity (5 of 5)" for a member at or over its limit.
+    fn full(&self, i: usize) -> Option<String> {
+        let cap = self.caps.get(i).copied().flatten()?;
+        let count = self.count(&self.managers[i]);
+        (count >= i64::from(cap)).then(|| format!("at capacity ({count} of {cap})"))
+    }
+
+    fn index(&self, manager: &str) -> Option<usize> {
+        self.managers.iter().position(|m| m == manager)
     }
 
     fn weighted(&self) -> bool {
@@ -338,6 +411,10 @@ fn related(members: &Members<'_>, lead: &Lead) -> Result<Decision, Vec<String>> 
     ];
     for (related, source) in related {
         let Some(related) = related else { continue };
+        if let Some(full) = members.index(related).and_then(|i| members.full(i)) {
+            skipped.push(format!("related manager {related} ({source}) is {full}"));
+            continue;
+        }
         if members.managers.contains(related) {
             let reason = format!("related manager ({source})");
             return Ok(Decision {
@@ -346,10 +423,12 @@ fn related(members: &Members<'_>, lead: &Lead) -> Result<Decision, Vec<String>> 
                     if m == related {
                         reason.clone()
                     } else {
-                        "not related".into()
+                        let full = members.index(m).and_then(|i| members.full(i));
+                        full.unwrap_or_else(|| "not related".into())
                     }
                 }),
                 reason,
+                waits: false,
             });
         }
         skipped.push(format!(
@@ -359,8 +438,9 @@ fn related(members: &Members<'_>, lead: &Lead) -> Result<Decision, Vec<String>> 
     Err(skipped)
 }
 
-/// The strategy's pick: at random, the next in turn, or the fewest open deals (among
-/// equals, the first in turn from the cursor). Turns move for all but random.
+/// The strategy's pick among the members below their limit: at random, the next in turn,
+/// or the fewest open deals (among equals, the first in turn from the cursor). Turns move
+/// for all but random. None below its limit: the lead waits.
 fn by_strategy(
     members: &Members<'_>,
     strategy: Strategy,
@@ -368,15 +448,26 @@ fn by_strategy(
     random: u64,
 ) -> Decision {
     let managers = members.managers;
+    let n = managers.len();
+    let full_note = |m: &str| members.index(m).and_then(|i| members.full(i));
+    let eligible: Vec<usize> = (0..n).filter(|i| members.eligible[*i]).collect();
+    if eligible.is_empty() {
+        return Decision {
+            manager: None,
+            reason: "every member is at capacity: waits for the first to free".into(),
+            candidates: members.candidates("", &|m| full_note(m).unwrap_or_default()),
+            waits: true,
+        };
+    }
     let start = cursor.next_index(managers);
-    let total: u32 = members.weights.iter().sum();
+    let total: u32 = eligible.iter().map(|i| members.weights[*i]).sum();
     let (index, reason) = match strategy {
         Strategy::Random => (
-            (random % managers.len() as u64) as usize,
+            eligible[(random % eligible.len() as u64) as usize],
             "picked at random".to_owned(),
         ),
         Strategy::RoundRobin => {
-            let index = cursor.weighted_turn(managers, members.weights);
+            let index = cursor.weighted_turn(managers, members.weights, &members.eligible);
             let reason = if members.weighted() {
                 format!(
                     "next in weighted turn (weight {} of {total})",
@@ -388,8 +479,9 @@ fn by_strategy(
             (index, reason)
         }
         Strategy::LeastOpenDeals => {
-            let index = (0..managers.len())
-                .map(|k| (start + k) % managers.len())
+            let index = (0..n)
+                .map(|k| (start + k) % n)
+                .filter(|i| members.eligible[*i])
                 .min_by(|&a, &b| members.less_loaded(a, b))
                 .unwrap_or(start);
             let reason = format!("fewest open deals ({})", members.load_text(index));
@@ -400,10 +492,13 @@ fn by_strategy(
         cursor.took_turn(managers, index);
     }
     let chosen = managers[index].clone();
-    let position = |m: &str| managers.iter().position(|x| x == m).unwrap_or(index);
+    let position = |m: &str| members.index(m).unwrap_or(index);
     let note = |m: &str| -> String {
         if m == chosen {
             return reason.clone();
+        }
+        if let Some(full) = full_note(m) {
+            return full;
         }
         let i = position(m);
         match strategy {
@@ -425,6 +520,7 @@ fn by_strategy(
         candidates: members.candidates(&chosen, &note),
         manager: Some(chosen.clone()),
         reason: reason.clone(),
+        waits: false,
     }
 }
 
@@ -442,6 +538,7 @@ mod tests {
             },
             managers: managers.iter().map(|m| (*m).to_owned()).collect(),
             weights: Vec::new(),
+            caps: Vec::new(),
             archived: false,
         }
     }
@@ -485,6 +582,7 @@ mod tests {
             mode: Mode::Manual,
             managers: vec!["a".into()],
             weights: Vec::new(),
+            caps: Vec::new(),
             archived: false,
         };
         let d = decide(
@@ -530,6 +628,7 @@ mod tests {
             mode: Mode::Manual,
             managers: vec!["a".into()],
             weights: Vec::new(),
+            caps: Vec::new(),
             archived: false,
         };
         let d = decide(&manual, &lead, &mut cursor, &mut HashMap::new(), 0);
@@ -587,7 +686,7 @@ mod tests {
     }
 
     #[test]
-    fn no_managers_means_unassigned_with_a_reason() {
+    fn no_managers_means_waiting_with_a_reason() {
         let d = decide(
             &auto(Strategy::Random, false, &[]),
             &Lead::default(),
@@ -595,8 +694,8 @@ mod tests {
             &mut HashMap::new(),
             7,
         );
-        assert_eq!(d.manager, None);
-        assert_eq!(d.reason, "the plan has no managers");
+        assert_eq!((d.manager, d.waits), (None, true));
+        assert_eq!(d.reason, "the plan has no managers: waits for one");
     }
 
     #[test]
@@ -829,5 +928,90 @@ mod tests {
             let d = decide(&plan, &Lead::default(), &mut Cursor::default(), &mut HashMap::new(), random);
             prop_assert!(names.contains(&d.manager.unwrap()));
         }
+
+        /// Limits (issue 20): whatever the strategy, limits and counts, the chosen member
+        /// is below its limit, and a lead waits exactly when every member is at its limit;
+        /// the related manager at its limit gives way to the strategy.
+        #[test]
+        fn a_member_at_its_limit_is_never_chosen(
+            strategy in prop_oneof![
+                Just(Strategy::Random),
+                Just(Strategy::RoundRobin),
+                Just(Strategy::LeastOpenDeals)
+            ],
+            members in proptest::collection::vec((0u32..4, 0i64..5, 1u32..4), 1..6),
+            related in proptest::option::of(0usize..6),
+            leads in 1usize..12,
+            random in any::<u64>(),
+        ) {
+            let names: Vec<String> = (0..members.len()).map(|i| format!("m{i}")).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let plan = PlanSettings {
+                weights: members.iter().map(|m| m.2).collect(),
+                caps: members.iter().map(|m| m.0).collect(),
+                ..auto(strategy, true, &refs)
+            };
+            let mut open: HashMap<String, i64> =
+                names.iter().cloned().zip(members.iter().map(|m| m.1)).collect();
+            let lead = Lead {
+                previous_manager: related.map(|i| format!("m{i}")),
+                ..Default::default()
+            };
+            let mut cursor = Cursor::default();
+            for _ in 0..leads {
+                let below = |open: &HashMap<String, i64>, i: usize| {
+                    members[i].0 == 0 || open[&names[i]] < i64::from(members[i].0)
+                };
+                let any_below = (0..names.len()).any(|i| below(&open, i));
+                let before = open.clone();
+                let d = decide(&plan, &lead, &mut cursor, &mut open, random);
+                prop_assert_eq!(d.waits, !any_below, "{}", d.reason);
+                prop_assert_eq!(d.manager.is_some(), any_below);
+                if let Some(m) = &d.manager {
+                    let i = names.iter().position(|x| x == m).unwrap();
+                    prop_assert!(below(&before, i), "{} chosen at its limit: {}", m, d.reason);
+                }
+                for c in d.candidates.iter().filter(|c| !c.chosen) {
+                    let i = names.iter().position(|x| *x == c.manager_id).unwrap();
+                    if !below(&before, i) {
+                        prop_assert!(c.note.starts_with("at capacity"), "{}", c.note);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_plan_waits_and_explains_every_member() {
+        let plan = PlanSettings {
+            caps: vec![1, 2],
+            ..auto(Strategy::LeastOpenDeals, true, &["a", "b"])
+        };
+        let mut open = HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]);
+        let lead = Lead {
+            previous_manager: Some("a".into()),
+            ..Default::default()
+        };
+        let d = decide(&plan, &lead, &mut Cursor::default(), &mut open, 0);
+        assert_eq!(d.manager.as_deref(), Some("b"));
+        assert!(
+            d.reason
+                .contains("related manager a (of the contact's earlier deal) is at capacity (1 of 1)"),
+            "{}",
+            d.reason
+        );
+        let d = decide(&plan, &lead, &mut Cursor::default(), &mut open, 0);
+        assert_eq!((d.manager, d.waits), (None, true));
+        let notes: Vec<&str> = d.candidates.iter().map(|c| c.note.as_str()).collect();
+        assert_eq!(notes, ["at capacity (1 of 1)", "at capacity (2 of 2)"]);
+        let empty = auto(Strategy::RoundRobin, false, &[]);
+        let d = decide(&empty, &lead, &mut Cursor::default(), &mut open, 0);
+        assert!(d.waits, "a plan without members waits for one");
+        let manual = PlanSettings {
+            mode: Mode::Manual,
+            ..plan
+        };
+        let d = decide(&manual, &lead, &mut Cursor::default(), &mut open, 0);
+        assert!(!d.waits, "a plan that distributes by hand has no queue");
     }
 }

@@ -4,3 +4,4 @@
 pub mod batch;
 pub mod deal_view;
 pub mod distribution;
+pub mod queue;

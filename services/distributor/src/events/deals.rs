@@ -9,18 +9,22 @@ use salesplan_platform::{
 use salesplan_proto::v1 as pb;
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use crate::{
     domain::deal_view::DealState,
+    events::queue::Queue,
     store::{Store, StoreError},
 };
 
 pub struct DealEvents {
     store: Store,
+    queue: Arc<Queue>,
 }
 
 impl DealEvents {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, queue: Arc<Queue>) -> Self {
+        Self { store, queue }
     }
 }
 
@@ -34,6 +38,7 @@ impl BatchHandler for DealEvents {
                 Err(reason) => outcomes[index] = Outcome::Reject(reason),
             }
         }
+        let touched: Vec<DealState> = states.iter().map(|(_, s)| s.clone()).collect();
         apply_each_on_refusal(
             &mut outcomes,
             states,
@@ -44,6 +49,8 @@ impl BatchHandler for DealEvents {
             },
         )
         .await;
+        // A place freed (a deal closed or moved away), or a deal that came waiting.
+        self.queue.after_deals(&touched).await;
         outcomes
     }
 }
@@ -92,5 +99,9 @@ fn decode(delivery: &Delivery, keys: &ContactKeys) -> Result<DealState, String> 
         contact_key: contact_key.filter(|_| !erased),
         created_at: salesplan_proto::time::time_of(&created)
             .ok_or("deal event with an invalid created_at")?,
+        waiting_since: deal
+            .waiting_since
+            .as_ref()
+            .and_then(salesplan_proto::time::time_of),
     })
 }

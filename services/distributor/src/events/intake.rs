@@ -22,7 +22,7 @@ use crate::{
     domain::{
         self,
         batch::{Decided, PendingLead},
-        distribution::{Candidate, DecidedBy, Lead, Mode, PlanSettings},
+        distribution::{Candidate, DecidedBy, Lead, Mode, Placement, PlanSettings},
     },
     store::{NewAssignment, PlanCopy, Rejection, Store},
     upstream::{DealService, LookupError},
@@ -36,7 +36,7 @@ pub enum PlanBatch {
     Stale,
     /// The decision for each lead (new or made before), and the new ones as records.
     Decided {
-        decisions: HashMap<Uuid, Option<String>>,
+        decisions: HashMap<Uuid, Placement>,
         new: Vec<pb::Assignment>,
     },
 }
@@ -73,8 +73,13 @@ pub async fn decide_on_copy(
         })
         .collect();
     opened.save(&batch, &kept).await?;
+    let decisions = batch
+        .managers
+        .into_iter()
+        .map(|(intake_id, manager)| (intake_id, settings.placement(manager)))
+        .collect();
     Ok(PlanBatch::Decided {
-        decisions: batch.managers,
+        decisions,
         new: records,
     })
 }
@@ -169,7 +174,7 @@ impl IntakeEvents {
         batch: &[Delivery],
         spans: &[tracing::Span],
         account_id: &str,
-        items: Vec<(Decoded, Option<String>)>,
+        items: Vec<Work>,
     ) -> Vec<Created> {
         let span = call_span(items.iter().map(|(item, _)| &spans[item.index]));
         let token = match self.upstream.tokens.for_account(account_id) {
@@ -179,7 +184,7 @@ impl IntakeEvents {
         let request = pb::CreateDealsRequest {
             deals: items
                 .iter()
-                .map(|(item, manager)| {
+                .map(|(item, placement)| {
                     let lead = item.event.lead.clone().unwrap_or_default();
                     pb::CreateDealRequest {
                         plan_id: lead.plan_id,
@@ -187,7 +192,8 @@ impl IntakeEvents {
                         contact: lead.contact,
                         title: lead.title,
                         amount: lead.amount,
-                        manager_id: manager.clone(),
+                        manager_id: placement.manager.clone(),
+                        wait_for_manager: placement.waits,
                         idempotency_key: item.intake_id.to_string(),
                         // Accepted at this version: a deal even if the plan was archived since.
                         accepted_at_plan_version: (item.event.plan_version > 0)
@@ -410,7 +416,7 @@ fn call_span<'a>(leads: impl Iterator<Item = &'a tracing::Span> + Clone) -> trac
     span
 }
 
-fn retry_all(items: Vec<(Decoded, Option<String>)>, reason: &str) -> Vec<Created> {
+fn retry_all(items: Vec<Work>, reason: &str) -> Vec<Created> {
     items
         .into_iter()
         .map(|(item, _)| (item.index, Fate::Outcome(Outcome::Retry(reason.to_owned()))))
@@ -440,8 +446,8 @@ fn rejection(delivery: &Delivery, code: Code, reason: String) -> Result<Rejectio
     })
 }
 
-/// One lead and the manager decided for it (none: unassigned).
-type Work = (Decoded, Option<String>);
+/// One lead and where its deal goes.
+type Work = (Decoded, Placement);
 
 /// A batch's leads by account and plan; the undecodable ones rejected in `outcomes`.
 fn by_plan(
@@ -469,11 +475,11 @@ fn by_plan(
 /// The CreateDeals calls for `work`: one per account and chunk.
 fn create_calls(work: Vec<Work>) -> Vec<(String, Vec<Work>)> {
     let mut per_account: HashMap<String, Vec<Work>> = HashMap::new();
-    for (item, manager) in work {
+    for (item, placement) in work {
         per_account
             .entry(item.event.account_id.clone())
             .or_default()
-            .push((item, manager));
+            .push((item, placement));
     }
     let mut calls = Vec::new();
     for (account_id, mut items) in per_account {
@@ -507,7 +513,7 @@ impl IntakeEvents {
                     records.extend(new);
                     for item in items {
                         match decisions.remove(&item.intake_id) {
-                            Some(manager) => work.push((item, manager)),
+                            Some(placement) => work.push((item, placement)),
                             None => outcomes[item.index] = Outcome::Retry("no decision".into()),
                         }
                     }
@@ -617,7 +623,7 @@ impl IntakeEvents {
 
 /// The record of a decision made on the plan `(id, version)`: what ExplainAssignment
 /// answers and the assignment stream carries.
-fn record(
+pub(crate) fn record(
     account_id: &str,
     (plan_id, plan_version): (Uuid, i64),
     settings: &PlanSettings,

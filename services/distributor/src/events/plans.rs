@@ -6,18 +6,22 @@ use salesplan_platform::bus::{BatchHandler, Delivery, Outcome};
 use salesplan_proto::v1 as pb;
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use crate::{
     domain::distribution::{Mode, PlanSettings, Strategy},
+    events::queue::Queue,
     store::{PlanCopy, Store},
 };
 
 pub struct PlanEvents {
     store: Store,
+    queue: Arc<Queue>,
 }
 
 impl PlanEvents {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, queue: Arc<Queue>) -> Self {
+        Self { store, queue }
     }
 
     async fn apply(&self, delivery: &Delivery) -> Outcome {
@@ -26,7 +30,13 @@ impl PlanEvents {
             Err(reason) => return Outcome::Reject(reason),
         };
         match self.store.apply_plan(&plan).await {
-            Ok(()) => Outcome::Done,
+            Ok(()) => {
+                // A member added or a limit raised may let waiting deals in.
+                self.queue
+                    .drain_if_waiting(&plan.account_id, plan.plan_id)
+                    .await;
+                Outcome::Done
+            }
             Err(err) => Outcome::Retry(err.to_string()),
         }
     }
@@ -63,6 +73,8 @@ pub fn copy_of(account_id: String, plan: pb::Plan) -> Result<PlanCopy, String> {
             mode: mode_from(plan.distribution.as_ref())?,
             // Events from before weights carry none: every weight 1.
             weights: weights_from(&plan.manager_weights, plan.manager_ids.len())?,
+            // Events from before limits carry none: no limit.
+            caps: caps_from(&plan.manager_max_open_deals, plan.manager_ids.len())?,
             managers: plan.manager_ids,
             archived: plan.archived,
         },
@@ -81,6 +93,20 @@ fn weights_from(weights: &[i32], managers: usize) -> Result<Vec<u32>, String> {
         ));
     }
     Ok(weights.iter().map(|w| *w as u32).collect())
+}
+
+/// The members' limits of open deals (0: none), empty when no member has one.
+fn caps_from(caps: &[i32], managers: usize) -> Result<Vec<u32>, String> {
+    if caps.iter().all(|c| *c == 0) {
+        return Ok(Vec::new());
+    }
+    if caps.len() != managers || caps.iter().any(|c| *c < 0) {
+        return Err(format!(
+            "plan with {} limits for {managers} managers, or a negative one",
+            caps.len()
+        ));
+    }
+    Ok(caps.iter().map(|c| *c as u32).collect())
 }
 
 fn mode_from(d: Option<&pb::Distribution>) -> Result<Mode, String> {

@@ -1,8 +1,10 @@
 //! PostgreSQL state of the distributor: plan copies, decisions, open-deal counts,
 //! contact relations and rejected leads.
 
+mod queue;
 mod rejections;
 
+pub use queue::{OpenQueue, Order, QueueKnown};
 pub use rejections::{After, Rejection};
 
 use std::collections::{BTreeMap, HashMap};
@@ -105,19 +107,7 @@ impl OpenBatch {
         .bind(batch.relations.values().cloned().collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
-        sqlx::query(
-            "UPDATE plans SET rr_last = $2, rr_last_index = $3, rr_credits = $4, rr_credits_of = $5,
-                rr_credits_start = $6
-             WHERE plan_id = $1",
-        )
-        .bind(self.plan_id)
-        .bind(&batch.cursor.last)
-        .bind(batch.cursor.last_index as i64)
-        .bind(&batch.cursor.credits)
-        .bind(batch.cursor.credits_of as i64)
-        .bind(batch.cursor.credits_start as i64)
-        .execute(&mut **tx)
-        .await?;
+        save_cursor(tx, self.plan_id, &batch.cursor).await?;
         self.tx.commit().await?;
         Ok(())
     }
@@ -128,6 +118,70 @@ pub struct Store {
     pool: PgPool,
     /// How contacts are recognised: keyed hashes only (docs/privacy.md).
     contact_keys: ContactKeys,
+}
+
+/// Locks the plan's row (decisions of one plan are made one transaction at a time) and
+/// reads what deciding needs: settings, version, the turn.
+async fn lock_plan(
+    tx: &mut Transaction<'_, Postgres>,
+    account_id: &str,
+    plan_id: Uuid,
+) -> Result<Option<sqlx::postgres::PgRow>, sqlx::Error> {
+    sqlx::query(
+        "SELECT mode, prefer_related, strategy, managers, archived, rr_last, rr_last_index,
+            version, weights, caps, rr_credits, rr_credits_of, rr_credits_start
+         FROM plans WHERE plan_id = $1 AND account_id = $2 FOR UPDATE",
+    )
+    .bind(plan_id)
+    .bind(account_id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+fn cursor_from(row: &sqlx::postgres::PgRow) -> Result<Cursor, sqlx::Error> {
+    Ok(Cursor {
+        last: row.try_get("rr_last")?,
+        last_index: row.try_get::<i64, _>("rr_last_index")? as u64,
+        credits: row.try_get("rr_credits")?,
+        // Stored as the bits of a bigint.
+        credits_of: row.try_get::<i64, _>("rr_credits_of")? as u64,
+        credits_start: row.try_get::<i64, _>("rr_credits_start")? as u64,
+    })
+}
+
+async fn save_cursor(
+    tx: &mut Transaction<'_, Postgres>,
+    plan_id: Uuid,
+    cursor: &Cursor,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE plans SET rr_last = $2, rr_last_index = $3, rr_credits = $4, rr_credits_of = $5,
+            rr_credits_start = $6
+         WHERE plan_id = $1",
+    )
+    .bind(plan_id)
+    .bind(&cursor.last)
+    .bind(cursor.last_index as i64)
+    .bind(&cursor.credits)
+    .bind(cursor.credits_of as i64)
+    .bind(cursor.credits_start as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Open deals per manager of the plan.
+async fn open_counts(
+    conn: &mut sqlx::PgConnection,
+    plan_id: Uuid,
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    sqlx::query("SELECT manager_id, open FROM open_deals WHERE plan_id = $1")
+        .bind(plan_id)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("manager_id")?, r.try_get("open")?)))
+        .collect()
 }
 
 async fn apply_deltas(
@@ -226,13 +280,13 @@ impl Store {
             } => (prefer_related, strategy),
         };
         sqlx::query(
-            "INSERT INTO plans (plan_id, account_id, version, mode, prefer_related, strategy, managers, archived, weights)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            "INSERT INTO plans (plan_id, account_id, version, mode, prefer_related, strategy, managers, archived, weights, caps)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (plan_id) DO UPDATE SET
                 version = excluded.version, mode = excluded.mode,
                 prefer_related = excluded.prefer_related, strategy = excluded.strategy,
                 managers = excluded.managers, archived = excluded.archived,
-                weights = excluded.weights, updated_at = now()
+                weights = excluded.weights, caps = excluded.caps, updated_at = now()
              WHERE plans.version < excluded.version AND plans.account_id = excluded.account_id",
         )
         .bind(plan.plan_id)
@@ -248,6 +302,13 @@ impl Store {
                 .weights
                 .iter()
                 .map(|w| *w as i32)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            plan.settings
+                .caps
+                .iter()
+                .map(|c| (*c).min(i32::MAX as u32) as i32)
                 .collect::<Vec<_>>(),
         )
         .execute(&self.pool)
@@ -269,15 +330,7 @@ impl Store {
     ) -> Result<Option<(OpenBatch, Known)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
-        let row = sqlx::query(
-            "SELECT mode, prefer_related, strategy, managers, archived, rr_last, rr_last_index,
-                version, weights, rr_credits, rr_credits_of, rr_credits_start
-             FROM plans WHERE plan_id = $1 AND account_id = $2 FOR UPDATE",
-        )
-        .bind(plan_id)
-        .bind(account_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = lock_plan(&mut tx, account_id, plan_id).await?;
         let needed = leads.iter().map(|l| l.plan_version).max().unwrap_or(0);
         let Some(row) = row.filter(|r| r.try_get::<i64, _>("version").is_ok_and(|v| v >= needed))
         else {
@@ -311,24 +364,11 @@ impl Store {
         .iter()
         .map(|r| Ok((r.try_get("contact_key")?, r.try_get("manager_id")?)))
         .collect::<Result<_, sqlx::Error>>()?;
-        let open = sqlx::query("SELECT manager_id, open FROM open_deals WHERE plan_id = $1")
-            .bind(plan_id)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get("manager_id")?, r.try_get("open")?)))
-            .collect::<Result<_, sqlx::Error>>()?;
+        let open = open_counts(&mut tx, plan_id).await?;
         let known = Known {
             settings: settings_from(&row)?,
             plan_version: row.try_get("version")?,
-            cursor: Cursor {
-                last: row.try_get("rr_last")?,
-                last_index: row.try_get::<i64, _>("rr_last_index")? as u64,
-                credits: row.try_get("rr_credits")?,
-                // Stored as the bits of a bigint.
-                credits_of: row.try_get::<i64, _>("rr_credits_of")? as u64,
-                credits_start: row.try_get::<i64, _>("rr_credits_start")? as u64,
-            },
+            cursor: cursor_from(&row)?,
             open,
             related,
             decided,
@@ -490,15 +530,8 @@ impl Store {
 
     /// Open deals per manager of a plan, as the distributor counts them.
     pub async fn open_counts(&self, plan_id: Uuid) -> Result<HashMap<String, i64>, StoreError> {
-        Ok(
-            sqlx::query("SELECT manager_id, open FROM open_deals WHERE plan_id = $1")
-                .bind(plan_id)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("manager_id")?, r.try_get("open")?)))
-                .collect::<Result<_, sqlx::Error>>()?,
-        )
+        let mut conn = self.pool.acquire().await?;
+        Ok(open_counts(&mut conn, plan_id).await?)
     }
 }
 
@@ -577,11 +610,13 @@ async fn save_deal_changes(
     apply_deltas(tx, &changes.deltas).await?;
     let applied = &changes.applied;
     sqlx::query(
-        "INSERT INTO deal_view (deal_id, plan_id, manager_id, open, version, account_id)
+        "INSERT INTO deal_view (deal_id, plan_id, manager_id, open, version, account_id,
+            waiting_since)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[],
-            $6::text[])
+            $6::text[], $7::timestamptz[])
          ON CONFLICT (deal_id) DO UPDATE SET plan_id = excluded.plan_id,
-            manager_id = excluded.manager_id, open = excluded.open, version = excluded.version
+            manager_id = excluded.manager_id, open = excluded.open, version = excluded.version,
+            waiting_since = excluded.waiting_since
          WHERE deal_view.version < excluded.version
             AND deal_view.account_id = excluded.account_id",
     )
@@ -601,6 +636,7 @@ async fn save_deal_changes(
             .map(|s| s.account_id.clone())
             .collect::<Vec<_>>(),
     )
+    .bind(applied.iter().map(|s| s.waiting()).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     // Erased contacts: the next lead of the same identity is a new contact (deleted first:
@@ -666,10 +702,12 @@ fn settings_from(row: &sqlx::postgres::PgRow) -> Result<PlanSettings, StoreError
         Some(DecidedBy::Bulk) | None => return Err(StoreError::Corrupt("plans.mode")),
     };
     let weights: Vec<i32> = row.try_get("weights")?;
+    let caps: Vec<i32> = row.try_get("caps")?;
     Ok(PlanSettings {
         mode,
         managers: row.try_get("managers")?,
         weights: weights.into_iter().map(|w| w.max(1) as u32).collect(),
+        caps: caps.into_iter().map(|c| c.max(0) as u32).collect(),
         archived: row.try_get("archived")?,
     })
 }

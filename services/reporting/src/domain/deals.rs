@@ -24,6 +24,8 @@ pub struct DealRow {
     pub updated_at: OffsetDateTime,
     /// The lead the deal came from (its idempotency key, when that is an intake id).
     pub intake_id: Option<Uuid>,
+    /// Waiting in its plan's queue for a manager.
+    pub waiting: bool,
 }
 
 impl DealRow {

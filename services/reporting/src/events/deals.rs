@@ -100,5 +100,6 @@ pub fn decode(delivery: &Delivery) -> Result<DealRow, String> {
         intake_id: Uuid::parse_str(&deal.idempotency_key)
             .ok()
             .filter(|id| id.to_string() == deal.idempotency_key),
+        waiting: deal.waiting_since.is_some(),
     })
 }

@@ -83,6 +83,7 @@ impl Reports {
                 open: m.open,
                 won: m.won,
                 lost: m.lost,
+                waiting: m.waiting,
             })
             .collect();
         let total_deals = stages.iter().map(|s| s.deals).sum();

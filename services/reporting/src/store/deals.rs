@@ -124,17 +124,18 @@ async fn write_rows(
                 loss_reason_id = excluded.loss_reason_id,
                 stage_before_close_id = excluded.stage_before_close_id,
                 closed_at = excluded.closed_at, version = excluded.version,
-                updated_at = excluded.updated_at, intake_id = excluded.intake_id
+                updated_at = excluded.updated_at, intake_id = excluded.intake_id,
+                waiting = excluded.waiting
              WHERE deals.version < excluded.version AND deals.account_id = excluded.account_id"
         }
     };
     let written: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "INSERT INTO deals (deal_id, account_id, plan_id, stage_id, manager_id, status,
             amount_minor, currency, loss_reason_id, stage_before_close_id, closed_at, version, updated_at,
-            intake_id)
+            intake_id, waiting)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
             $7::bigint[], $8::text[], $9::uuid[], $10::uuid[], $11::timestamptz[], $12::bigint[],
-            $13::timestamptz[], $14::uuid[])
+            $13::timestamptz[], $14::uuid[], $15::bool[])
          ON CONFLICT (deal_id) {on_conflict}
          RETURNING deal_id"
     )))
@@ -152,6 +153,7 @@ async fn write_rows(
     .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.intake_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.waiting).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
     Ok(written.into_iter().collect())

@@ -270,6 +270,8 @@ pub struct ManagerTotal {
     pub open: i64,
     pub won: i64,
     pub lost: i64,
+    /// Of the open ones, those waiting in the plan's queue.
+    pub waiting: i64,
 }
 
 /// Deals per stage and currency with their amounts, and deals per manager by status, of
@@ -304,7 +306,8 @@ pub async fn pipeline_summary(
             "SELECT plan_id, manager_id,
                 count(*) FILTER (WHERE status = 'open') AS open,
                 count(*) FILTER (WHERE status = 'won') AS won,
-                count(*) FILTER (WHERE status = 'lost') AS lost
+                count(*) FILTER (WHERE status = 'lost') AS lost,
+                count(*) FILTER (WHERE status = 'open' AND waiting) AS waiting
          FROM deals WHERE account_id = $1 AND ($2::uuid IS NULL OR plan_id = $2)
          GROUP BY plan_id, manager_id ORDER BY plan_id, manager_id NULLS FIRST",
         )
@@ -320,6 +323,7 @@ pub async fn pipeline_summary(
                 open: r.try_get("open")?,
                 won: r.try_get("won")?,
                 lost: r.try_get("lost")?,
+                waiting: r.try_get("waiting")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;

@@ -1,0 +1,245 @@
+//! The plans' waiting queues: a waiting deal is decided as soon as a member can take it
+//! (after the deal events and plan changes that free a place, and every few seconds for
+//! every plan with a queue), and the decision is made in deal-service by a relay of
+//! durable orders: each made once, whichever replica makes it, across restarts.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt as _;
+use prost::Message as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        self,
+        batch::Decided,
+        deal_view::DealState,
+        distribution::{Decision, Lead},
+        queue::Waiting,
+    },
+    store::{Order, Store, StoreError},
+    upstream::{DealService, OrderAnswer},
+};
+
+/// Waiting deals of one plan decided in one transaction; a longer queue takes more rounds.
+const DRAIN_BATCH: i64 = 100;
+/// Rounds of one drain: a plan's queue may not hold its lock and the caller for longer.
+const DRAIN_ROUNDS: usize = 10;
+/// Plans of the sweep, those waiting longest first.
+const SWEEP_PLANS: i64 = 1_000;
+/// Every plan with a queue is looked at this often (a place freed by a deal event this
+/// replica did not apply, a refused order restored, a sweep of a replica that died).
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// Orders leased at a time, made this many at once.
+const RELAY_BATCH: i64 = 50;
+const RELAY_CALLS: usize = 4;
+/// How long an order in hand is this process's; another takes it after that.
+const LEASE: time::Duration = time::Duration::seconds(30);
+/// The relay looks for orders of other replicas this often when nobody wakes it.
+const RELAY_POLL: Duration = Duration::from_secs(1);
+
+pub struct Queue {
+    store: Store,
+    upstream: DealService,
+    /// Woken when this process recorded orders.
+    wake: Notify,
+    assigned: opentelemetry::metrics::Counter<u64>,
+    refused: opentelemetry::metrics::Counter<u64>,
+}
+
+impl Queue {
+    pub fn new(
+        store: Store,
+        upstream: DealService,
+        metrics: &salesplan_platform::metrics::Metrics,
+    ) -> Arc<Self> {
+        let meter = metrics.meter("distributor");
+        Arc::new(Self {
+            store,
+            upstream,
+            wake: Notify::new(),
+            assigned: meter
+                .u64_counter("salesplan.distributor.waiting_assigned")
+                .with_description("Waiting deals assigned when a member could take them")
+                .build(),
+            refused: meter
+                .u64_counter("salesplan.distributor.waiting_orders_refused")
+                .with_description("Orders for waiting deals refused (the deal changed first)")
+                .build(),
+        })
+    }
+
+    /// Decides the plan's queue, oldest first, as far as its members can take deals;
+    /// returns how many were decided (their orders wait for the relay).
+    pub async fn drain(&self, account_id: &str, plan_id: Uuid) -> Result<usize, StoreError> {
+        let mut decided = 0;
+        for _ in 0..DRAIN_ROUNDS {
+            let round = self.drain_round(account_id, plan_id).await?;
+            decided += round;
+            if round < DRAIN_BATCH as usize {
+                break;
+            }
+        }
+        if decided > 0 {
+            self.wake.notify_one();
+        }
+        Ok(decided)
+    }
+
+    async fn drain_round(&self, account_id: &str, plan_id: Uuid) -> Result<usize, StoreError> {
+        let Some((opened, known)) = self
+            .store
+            .open_queue(account_id, plan_id, DRAIN_BATCH)
+            .await?
+        else {
+            return Ok(0);
+        };
+        let (mut cursor, mut open) = (known.cursor.clone(), known.open.clone());
+        let decided = domain::queue::assign_waiting(
+            &known.settings,
+            &mut cursor,
+            &mut open,
+            &known.queue,
+            rand::random,
+        );
+        if decided.is_empty() {
+            return Ok(0);
+        }
+        let at = time::OffsetDateTime::now_utc();
+        let keyed: Vec<(Waiting, Decision, Uuid)> = decided
+            .into_iter()
+            .map(|(waiting, decision)| {
+                // The decision replaces the lead's (or, for a deal made by hand, is keyed
+                // by the deal's id).
+                let key = known
+                    .leads
+                    .get(&waiting.deal_id)
+                    .copied()
+                    .unwrap_or(waiting.deal_id);
+                (waiting, decision, key)
+            })
+            .collect();
+        let explanations = keyed
+            .iter()
+            .map(|(waiting, decision, key)| {
+                let decided = Decided {
+                    intake_id: *key,
+                    lead: Lead::default(),
+                    decision: decision.clone(),
+                };
+                let mut record = super::intake::record(
+                    account_id,
+                    (plan_id, known.plan_version),
+                    &known.settings,
+                    &decided,
+                    at,
+                );
+                record.deal_id = waiting.deal_id.to_string();
+                record.encode_to_vec()
+            })
+            .collect();
+        let orders = opened.save(&keyed, explanations, &cursor).await?;
+        Ok(orders.len())
+    }
+
+    /// After deal events were applied: drains the plans they touched that have a queue (a
+    /// deal closed or moved away frees a place; a new waiting deal may find one).
+    pub async fn after_deals(&self, states: &[DealState]) {
+        let mut plans: Vec<(&str, Uuid)> = states
+            .iter()
+            .map(|s| (s.account_id.as_str(), s.plan_id))
+            .collect();
+        plans.sort_unstable();
+        plans.dedup();
+        for (account_id, plan_id) in plans {
+            self.drain_if_waiting(account_id, plan_id).await;
+        }
+    }
+
+    /// Drains the plan if any of its deals waits; a failure is logged (the sweep tries
+    /// again).
+    pub async fn drain_if_waiting(&self, account_id: &str, plan_id: Uuid) {
+        let drained = match self.store.has_waiting(account_id, plan_id).await {
+            Ok(true) => self.drain(account_id, plan_id).await,
+            Ok(false) => Ok(0),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = drained {
+            tracing::warn!(%plan_id, error = %err, "cannot decide the plan's waiting deals");
+        }
+    }
+
+    /// Every few seconds, drains every plan with a queue, until `stop`.
+    pub async fn sweep(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+            match self.store.plans_waiting(SWEEP_PLANS).await {
+                Ok(plans) => {
+                    for (account_id, plan_id) in plans {
+                        if let Err(err) = self.drain(&account_id, plan_id).await {
+                            tracing::warn!(%plan_id, error = %err, "cannot decide waiting deals");
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot list the waiting queues"),
+            }
+        }
+    }
+
+    /// Makes the orders in deal-service, until `stop`: leased a batch at a time, a few
+    /// calls at once.
+    pub async fn relay(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let orders = match self.store.lease_orders(RELAY_BATCH, LEASE).await {
+                Ok(orders) => orders,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot lease assignment orders");
+                    Vec::new()
+                }
+            };
+            if orders.is_empty() {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(RELAY_POLL) => {}
+                }
+                continue;
+            }
+            let this = &*self;
+            futures::stream::iter(orders)
+                .for_each_concurrent(RELAY_CALLS, |order| async move {
+                    if let Err(err) = this.make(&order).await {
+                        tracing::warn!(deal_id = %order.deal_id, error = %err, "assignment order kept");
+                    }
+                })
+                .await;
+        }
+    }
+
+    /// Makes one order and records how it ended.
+    async fn make(&self, order: &Order) -> Result<(), StoreError> {
+        match self.upstream.assign(order).await {
+            OrderAnswer::Made => {
+                self.assigned.add(1, &[]);
+                self.store.order_done(order).await
+            }
+            OrderAnswer::Refused(reason) => {
+                tracing::info!(deal_id = %order.deal_id, %reason, "assignment order refused");
+                self.refused.add(1, &[]);
+                self.store.order_refused(order).await
+            }
+            OrderAnswer::Later(reason) => {
+                tracing::warn!(deal_id = %order.deal_id, %reason, "assignment order not made now");
+                let backoff = 1_i64 << order.attempts.clamp(0, 6);
+                self.store
+                    .order_later(order, time::Duration::seconds(backoff))
+                    .await
+            }
+        }
+    }
+}

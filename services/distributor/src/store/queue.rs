@@ -1,0 +1,350 @@
+//! The waiting queues' state: the deals waiting per plan (in the view of deals), the
+//! assignment orders decided for them, and the leases of the relay that makes the orders
+//! in deal-service.
+
+use std::collections::{BTreeMap, HashMap};
+
+use salesplan_platform::db::key_lookups_only;
+use sqlx::{Postgres, Row, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    Deltas, Store, StoreError, apply_deltas, cursor_from, lock_plan, open_counts, save_cursor,
+    settings_from,
+};
+use crate::domain::{
+    distribution::{Cursor, Decision, PlanSettings},
+    queue::Waiting,
+};
+
+/// An assignment decided for a waiting deal, to make in deal-service: AssignDeal at the
+/// deal's `version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub deal_id: Uuid,
+    pub account_id: String,
+    pub plan_id: Uuid,
+    pub version: i64,
+    pub manager_id: String,
+    pub waiting_since: OffsetDateTime,
+    /// Calls made for it before this one.
+    pub attempts: i32,
+}
+
+/// What deciding a plan's queue needs, loaded under the plan's row lock.
+#[derive(Debug, Clone)]
+pub struct QueueKnown {
+    pub settings: PlanSettings,
+    pub plan_version: i64,
+    pub cursor: Cursor,
+    pub open: HashMap<String, i64>,
+    /// The oldest waiting deals that no other transaction holds, oldest first.
+    pub queue: Vec<Waiting>,
+    /// The lead (intake id) each deal of the queue came from, where it came from one.
+    pub leads: HashMap<Uuid, Uuid>,
+}
+
+/// A plan's queue being decided: the plan's row is locked until [`OpenQueue::save`] (or
+/// drop, which changes nothing).
+pub struct OpenQueue {
+    tx: Transaction<'static, Postgres>,
+    account_id: String,
+    plan_id: Uuid,
+}
+
+impl OpenQueue {
+    /// Keeps the decisions (`explanations`: each one's encoded `Assignment`, in order) as
+    /// orders, counts them for their managers, takes the deals out of the queue and moves
+    /// the turn; returns the orders.
+    pub async fn save(
+        mut self,
+        decided: &[(Waiting, Decision, Uuid)],
+        explanations: Vec<Vec<u8>>,
+        cursor: &Cursor,
+    ) -> Result<Vec<Order>, StoreError> {
+        let orders: Vec<Order> = decided
+            .iter()
+            .filter_map(|(waiting, decision, _)| {
+                Some(Order {
+                    deal_id: waiting.deal_id,
+                    account_id: self.account_id.clone(),
+                    plan_id: self.plan_id,
+                    version: waiting.version,
+                    manager_id: decision.manager.clone()?,
+                    waiting_since: waiting.since,
+                    attempts: 0,
+                })
+            })
+            .collect();
+        if orders.is_empty() {
+            return Ok(orders);
+        }
+        let tx = &mut self.tx;
+        let column = |f: fn(&Order) -> String| orders.iter().map(f).collect::<Vec<_>>();
+        let deals: Vec<Uuid> = orders.iter().map(|o| o.deal_id).collect();
+        let managers = column(|o| o.manager_id.clone());
+        // The view counts each deal for its new manager from now: its next event (the
+        // assignment made) then changes nothing, and any other change moves the count.
+        sqlx::query(
+            "UPDATE deal_view SET manager_id = t.m, waiting_since = NULL
+             FROM UNNEST($1::uuid[], $2::text[]) AS t(d, m)
+             WHERE deal_view.deal_id = t.d AND deal_view.account_id = $3",
+        )
+        .bind(&deals)
+        .bind(&managers)
+        .bind(&self.account_id)
+        .execute(&mut **tx)
+        .await?;
+        let mut deltas = Deltas::new();
+        for order in &orders {
+            *deltas
+                .entry((self.plan_id, order.manager_id.clone()))
+                .or_default() += 1;
+        }
+        apply_deltas(tx, &deltas).await?;
+        sqlx::query(
+            "INSERT INTO assignment_orders (deal_id, account_id, plan_id, version, manager_id,
+                waiting_since)
+             SELECT d, $2, $3, v, m, w FROM UNNEST($1::uuid[], $4::bigint[], $5::text[],
+                $6::timestamptz[]) AS t(d, v, m, w)
+             ON CONFLICT (deal_id) DO UPDATE SET version = excluded.version,
+                manager_id = excluded.manager_id, waiting_since = excluded.waiting_since,
+                attempts = 0, next_attempt = now()",
+        )
+        .bind(&deals)
+        .bind(&self.account_id)
+        .bind(self.plan_id)
+        .bind(orders.iter().map(|o| o.version).collect::<Vec<_>>())
+        .bind(&managers)
+        .bind(orders.iter().map(|o| o.waiting_since).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+        // The deal's decision, for ExplainAssignment: its lead's, replaced; or, for a deal
+        // made by hand, one keyed by the deal's own id.
+        sqlx::query(
+            "INSERT INTO assignments (intake_id, account_id, plan_id, manager_id, reason,
+                explanation, deal_id)
+             SELECT i, $2, $3, m, r, e, d FROM UNNEST($1::uuid[], $4::text[], $5::text[],
+                $6::bytea[], $7::uuid[]) AS t(i, m, r, e, d)
+             ON CONFLICT (account_id, intake_id) DO UPDATE SET manager_id = excluded.manager_id,
+                reason = excluded.reason, explanation = excluded.explanation,
+                deal_id = excluded.deal_id, decided_at = now()",
+        )
+        .bind(decided.iter().map(|(_, _, key)| *key).collect::<Vec<_>>())
+        .bind(&self.account_id)
+        .bind(self.plan_id)
+        .bind(&managers)
+        .bind(
+            decided
+                .iter()
+                .map(|(_, d, _)| d.reason.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(explanations)
+        .bind(&deals)
+        .execute(&mut **tx)
+        .await?;
+        save_cursor(tx, self.plan_id, cursor).await?;
+        self.tx.commit().await?;
+        Ok(orders)
+    }
+}
+
+impl Store {
+    /// Opens the decision of a plan's queue: locks the plan's row, loads the settings and
+    /// up to `limit` of the oldest waiting deals (skipping those another transaction
+    /// holds: their change is applied first, and decides them again). `None` when the plan
+    /// is unknown, archived, or nobody waits.
+    pub async fn open_queue(
+        &self,
+        account_id: &str,
+        plan_id: Uuid,
+        limit: i64,
+    ) -> Result<Option<(OpenQueue, QueueKnown)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        key_lookups_only(&mut tx).await?;
+        let Some(row) = lock_plan(&mut tx, account_id, plan_id).await? else {
+            return Ok(None);
+        };
+        let settings = settings_from(&row)?;
+        if settings.archived {
+            return Ok(None);
+        }
+        let queue: Vec<Waiting> = sqlx::query(
+            "SELECT deal_id, version, waiting_since FROM deal_view
+             WHERE plan_id = $1 AND account_id = $2 AND waiting_since IS NOT NULL AND open
+                AND manager_id IS NULL
+             ORDER BY waiting_since, deal_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(plan_id)
+        .bind(account_id)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Waiting {
+                deal_id: r.try_get("deal_id")?,
+                version: r.try_get("version")?,
+                since: r.try_get("waiting_since")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+        if queue.is_empty() {
+            return Ok(None);
+        }
+        let leads = sqlx::query(
+            "SELECT deal_id, intake_id FROM assignments WHERE account_id = $1 AND deal_id = ANY($2)",
+        )
+        .bind(account_id)
+        .bind(queue.iter().map(|w| w.deal_id).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("deal_id")?, r.try_get("intake_id")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+        let known = QueueKnown {
+            settings,
+            plan_version: row.try_get("version")?,
+            cursor: cursor_from(&row)?,
+            open: open_counts(&mut tx, plan_id).await?,
+            queue,
+            leads,
+        };
+        let opened = OpenQueue {
+            tx,
+            account_id: account_id.to_owned(),
+            plan_id,
+        };
+        Ok(Some((opened, known)))
+    }
+
+    /// Whether any deal of the plan waits (one probe of the queue's index).
+    pub async fn has_waiting(&self, account_id: &str, plan_id: Uuid) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM deal_view WHERE plan_id = $1 AND account_id = $2
+                AND waiting_since IS NOT NULL)",
+        )
+        .bind(plan_id)
+        .bind(account_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Up to `limit` plans with waiting deals, those waiting longest first.
+    pub async fn plans_waiting(&self, limit: i64) -> Result<Vec<(String, Uuid)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT account_id, plan_id FROM deal_view WHERE waiting_since IS NOT NULL
+             GROUP BY account_id, plan_id ORDER BY min(waiting_since) LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Leases up to `limit` due orders to this process for `lease` (another process takes
+    /// an order only once its lease ran out: if this one died with it in hand).
+    pub async fn lease_orders(
+        &self,
+        limit: i64,
+        lease: time::Duration,
+    ) -> Result<Vec<Order>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE assignment_orders o SET next_attempt = now() + $2, attempts = o.attempts + 1
+             FROM (SELECT deal_id FROM assignment_orders WHERE next_attempt <= now()
+                   ORDER BY next_attempt LIMIT $1 FOR UPDATE SKIP LOCKED) due
+             WHERE o.deal_id = due.deal_id
+             RETURNING o.deal_id, o.account_id, o.plan_id, o.version, o.manager_id,
+                o.waiting_since, o.attempts - 1 AS attempts",
+        )
+        .bind(limit)
+        .bind(lease)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Order {
+                    deal_id: r.try_get("deal_id")?,
+                    account_id: r.try_get("account_id")?,
+                    plan_id: r.try_get("plan_id")?,
+                    version: r.try_get("version")?,
+                    manager_id: r.try_get("manager_id")?,
+                    waiting_since: r.try_get("waiting_since")?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// The order was made (or had been): forgotten, unless a newer one replaced it.
+    pub async fn order_done(&self, order: &Order) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM assignment_orders WHERE deal_id = $1 AND version = $2 AND manager_id = $3",
+        )
+        .bind(order.deal_id)
+        .bind(order.version)
+        .bind(&order.manager_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deal-service refused the order (the deal changed, closed or left; the manager left
+    /// the plan): forgotten, and unless the view moved on since, the deal waits again and
+    /// no longer counts for the manager. A newer state of the deal is applied as usual.
+    pub async fn order_refused(&self, order: &Order) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM assignment_orders WHERE deal_id = $1 AND version = $2 AND manager_id = $3",
+        )
+        .bind(order.deal_id)
+        .bind(order.version)
+        .bind(&order.manager_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if deleted == 0 {
+            return Ok(());
+        }
+        let restored = sqlx::query(
+            "UPDATE deal_view SET manager_id = NULL, waiting_since = $4
+             WHERE deal_id = $1 AND account_id = $5 AND version = $2 AND manager_id = $3",
+        )
+        .bind(order.deal_id)
+        .bind(order.version)
+        .bind(&order.manager_id)
+        .bind(order.waiting_since)
+        .bind(&order.account_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if restored > 0 {
+            let deltas = BTreeMap::from([((order.plan_id, order.manager_id.clone()), -1)]);
+            apply_deltas(&mut tx, &deltas).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The order could not be made now (deal-service unreachable): tried again after
+    /// `backoff`.
+    pub async fn order_later(
+        &self,
+        order: &Order,
+        backoff: time::Duration,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE assignment_orders SET next_attempt = now() + $4
+             WHERE deal_id = $1 AND version = $2 AND manager_id = $3",
+        )
+        .bind(order.deal_id)
+        .bind(order.version)
+        .bind(&order.manager_id)
+        .bind(backoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
