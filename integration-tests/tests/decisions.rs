@@ -147,3 +147,134 @@ async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> an
     );
     Ok(())
 }
+
+/// A deal's state as its deal event shows it.
+fn deal_state(
+    deal: u128,
+    plan_id: Uuid,
+    version: i64,
+    manager: Option<&str>,
+    waiting: bool,
+) -> distributor::domain::deal_view::DealState {
+    let at = time::OffsetDateTime::UNIX_EPOCH + time::Duration::minutes(deal as i64);
+    distributor::domain::deal_view::DealState {
+        deal_id: Uuid::from_u128(deal),
+        account_id: ACCOUNT.into(),
+        plan_id,
+        manager_id: manager.map(str::to_owned),
+        open: true,
+        version,
+        idempotency_key: format!("by-hand-{deal}"),
+        contact_key: None,
+        erased_contact: None,
+        created_at: at,
+        waiting_since: waiting.then_some(at),
+    }
+}
+
+/// The waiting queue's orders (issue 20) against real PostgreSQL: two drains at once
+/// decide a waiting deal once; an order is leased to one relay at a time; a refusal
+/// restores the wait and the count; the assignment's own event counts nothing twice.
+#[tokio::test]
+async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::Result<()> {
+    use distributor::events::queue::Queue;
+    use salesplan_platform::auth::{ServiceTokens, TokenIssuer};
+
+    let (db, store, plan_id) = store_with_round_robin_plan().await?;
+    store
+        .apply_plan(&PlanCopy {
+            plan_id,
+            account_id: ACCOUNT.into(),
+            version: 2,
+            settings: PlanSettings {
+                mode: Mode::Auto {
+                    prefer_related: false,
+                    strategy: Strategy::RoundRobin,
+                },
+                managers: vec!["m1".into()],
+                weights: Vec::new(),
+                caps: vec![1],
+                archived: false,
+            },
+        })
+        .await?;
+    // Nobody calls deal-service here: the relay is played by the test.
+    let config = distributor::Config::local(&db.url, "nats://127.0.0.1:1", "http://127.0.0.1:1");
+    let tokens = ServiceTokens::new(
+        TokenIssuer::hs256(b"unused"),
+        distributor::ACTOR_ID,
+        &[salesplan_platform::Permission::DealsEditAll],
+    );
+    let upstream = distributor::upstream::DealService::new(
+        salesplan_platform::grpc::lazy_channel("http://127.0.0.1:1")?,
+        std::sync::Arc::new(tokens),
+    );
+    let metrics = salesplan_platform::metrics::Metrics::new("distributor", &config.common.telemetry);
+    let queue = Queue::new(store.clone(), upstream, &metrics);
+
+    // m1 holds one deal (its limit); deal 2 waits.
+    store
+        .apply_deals(&[
+            deal_state(1, plan_id, 1, Some("m1"), false),
+            deal_state(2, plan_id, 1, None, true),
+        ])
+        .await?;
+    assert_eq!(queue.drain(ACCOUNT, plan_id).await?, 0, "m1 is full");
+    // m1's deal closes: two drains at once decide the waiting deal once.
+    let mut closed = deal_state(1, plan_id, 2, Some("m1"), false);
+    closed.open = false;
+    store.apply_deals(&[closed]).await?;
+    let (a, b) = tokio::join!(queue.drain(ACCOUNT, plan_id), queue.drain(ACCOUNT, plan_id));
+    assert_eq!(a? + b?, 1);
+    assert_eq!(store.open_counts(plan_id).await?["m1"], 1, "counted at once");
+
+    let lease = time::Duration::seconds(30);
+    let orders = store.lease_orders(50, lease).await?;
+    assert_eq!(orders.len(), 1);
+    let order = orders[0].clone();
+    assert_eq!(
+        (order.deal_id, order.version, order.manager_id.as_str()),
+        (Uuid::from_u128(2), 1, "m1")
+    );
+    assert!(
+        store.lease_orders(50, lease).await?.is_empty(),
+        "leased to one relay at a time"
+    );
+    store.order_later(&order, time::Duration::ZERO).await?;
+    let again = store.lease_orders(50, lease).await?;
+    assert_eq!((again.len(), again[0].attempts), (1, 1), "tried again");
+
+    // Deal-service refuses (the deal changed meanwhile): the deal waits again, uncounted.
+    store.order_refused(&order).await?;
+    assert_eq!(store.open_counts(plan_id).await?["m1"], 0);
+    assert_eq!(
+        store
+            .plans_with_waiting(&[(ACCOUNT.into(), plan_id)])
+            .await?
+            .len(),
+        1
+    );
+    assert!(store.lease_orders(50, lease).await?.is_empty(), "forgotten");
+
+    // Decided again; this time made: the assignment's event changes no count.
+    assert_eq!(queue.drain(ACCOUNT, plan_id).await?, 1);
+    let order = store.lease_orders(50, lease).await?.remove(0);
+    store
+        .apply_deals(&[deal_state(2, plan_id, 2, Some("m1"), false)])
+        .await?;
+    store.order_done(&order).await?;
+    assert_eq!(store.open_counts(plan_id).await?["m1"], 1, "not counted twice");
+    store.order_refused(&order).await?;
+    assert_eq!(
+        store.open_counts(plan_id).await?["m1"],
+        1,
+        "a late refusal of a made order changes nothing"
+    );
+    assert!(
+        store
+            .plans_with_waiting(&[(ACCOUNT.into(), plan_id)])
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}

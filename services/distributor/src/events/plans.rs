@@ -33,7 +33,7 @@ impl PlanEvents {
             Ok(()) => {
                 // A member added or a limit raised may let waiting deals in.
                 self.queue
-                    .drain_if_waiting(&plan.account_id, plan.plan_id)
+                    .drain_those_waiting(&[(plan.account_id.clone(), plan.plan_id)])
                     .await;
                 Outcome::Done
             }

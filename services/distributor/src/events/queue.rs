@@ -145,29 +145,31 @@ impl Queue {
     }
 
     /// After deal events were applied: drains the plans they touched that have a queue (a
-    /// deal closed or moved away frees a place; a new waiting deal may find one).
+    /// deal closed or moved away frees a place; a new waiting deal may find one). A
+    /// failure is logged: the sweep tries again.
     pub async fn after_deals(&self, states: &[DealState]) {
-        let mut plans: Vec<(&str, Uuid)> = states
+        let mut plans: Vec<(String, Uuid)> = states
             .iter()
-            .map(|s| (s.account_id.as_str(), s.plan_id))
+            .map(|s| (s.account_id.clone(), s.plan_id))
             .collect();
         plans.sort_unstable();
         plans.dedup();
-        for (account_id, plan_id) in plans {
-            self.drain_if_waiting(account_id, plan_id).await;
-        }
+        self.drain_those_waiting(&plans).await;
     }
 
-    /// Drains the plan if any of its deals waits; a failure is logged (the sweep tries
-    /// again).
-    pub async fn drain_if_waiting(&self, account_id: &str, plan_id: Uuid) {
-        let drained = match self.store.has_waiting(account_id, plan_id).await {
-            Ok(true) => self.drain(account_id, plan_id).await,
-            Ok(false) => Ok(0),
-            Err(err) => Err(err),
+    /// Drains those of `plans` with waiting deals.
+    pub async fn drain_those_waiting(&self, plans: &[(String, Uuid)]) {
+        let waiting = match self.store.plans_with_waiting(plans).await {
+            Ok(waiting) => waiting,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot look for waiting deals");
+                return;
+            }
         };
-        if let Err(err) = drained {
-            tracing::warn!(%plan_id, error = %err, "cannot decide the plan's waiting deals");
+        for (account_id, plan_id) in waiting {
+            if let Err(err) = self.drain(&account_id, plan_id).await {
+                tracing::warn!(%plan_id, error = %err, "cannot decide the plan's waiting deals");
+            }
         }
     }
 

@@ -18,6 +18,9 @@ use crate::domain::{
     queue::Waiting,
 };
 
+/// Orders of one account in one leased batch.
+const PER_ACCOUNT: i64 = 10;
+
 /// An assignment decided for a waiting deal, to make in deal-service: AssignDeal at the
 /// deal's `version`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,15 +223,20 @@ impl Store {
         Ok(Some((opened, known)))
     }
 
-    /// Whether any deal of the plan waits (one probe of the queue's index).
-    pub async fn has_waiting(&self, account_id: &str, plan_id: Uuid) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM deal_view WHERE plan_id = $1 AND account_id = $2
+    /// Which of `plans` (account, plan) have waiting deals (one probe of the queue's index
+    /// each, in one statement).
+    pub async fn plans_with_waiting(
+        &self,
+        plans: &[(String, Uuid)],
+    ) -> Result<Vec<(String, Uuid)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT p.a, p.p FROM UNNEST($1::text[], $2::uuid[]) AS p(a, p)
+             WHERE EXISTS (SELECT 1 FROM deal_view WHERE plan_id = p.p AND account_id = p.a
                 AND waiting_since IS NOT NULL)",
         )
-        .bind(plan_id)
-        .bind(account_id)
-        .fetch_one(&self.pool)
+        .bind(plans.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>())
+        .bind(plans.iter().map(|(_, p)| *p).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
         .await?)
     }
 
@@ -250,16 +258,24 @@ impl Store {
         limit: i64,
         lease: time::Duration,
     ) -> Result<Vec<Order>, StoreError> {
+        // At most `PER_ACCOUNT` of one account in a batch, the accounts' oldest first: an
+        // account whose limits freed a thousand places does not hold back another's one.
         let rows = sqlx::query(
             "UPDATE assignment_orders o SET next_attempt = now() + $2, attempts = o.attempts + 1
-             FROM (SELECT deal_id FROM assignment_orders WHERE next_attempt <= now()
-                   ORDER BY next_attempt LIMIT $1 FOR UPDATE SKIP LOCKED) due
+             FROM (SELECT deal_id FROM assignment_orders WHERE deal_id IN (
+                       SELECT deal_id FROM (
+                           SELECT deal_id, next_attempt, row_number() OVER (
+                               PARTITION BY account_id ORDER BY next_attempt) AS k
+                           FROM assignment_orders WHERE next_attempt <= now()) turns
+                       WHERE k <= $3 ORDER BY k, next_attempt LIMIT $1)
+                   FOR UPDATE SKIP LOCKED) due
              WHERE o.deal_id = due.deal_id
              RETURNING o.deal_id, o.account_id, o.plan_id, o.version, o.manager_id,
                 o.waiting_since, o.attempts - 1 AS attempts",
         )
         .bind(limit)
         .bind(lease)
+        .bind(PER_ACCOUNT)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
