@@ -375,7 +375,8 @@ impl IntakeEvents {
                 .iter()
                 .filter(|a| a.mode == DecidedBy::Auto.as_str() && a.manager_id.is_none())
             {
-                tracing::warn!(%plan_id, reason = %a.reason, "lead left unassigned");
+                // An account's bulk add into a full plan makes many: counted, not logged.
+                tracing::debug!(%plan_id, reason = %a.reason, "lead waits for a manager");
                 self.unassigned.add(
                     1,
                     &[opentelemetry::KeyValue::new("reason", a.reason.clone())],
