@@ -1,8 +1,10 @@
-//! The scripted tunnel run of `just demo`: against the four running services, creates two
-//! plans, sends leads through the real webhook (with some retried webhooks), waits until
-//! reporting has counted every deal, and prints who got what and where it stands. Then it
-//! closes and reopens deals and reads the loss report as of its last change (its
-//! consistency token), by manager and by plan, and checks that the two agree.
+//! The scripted tunnel run of `just demo`: against the four running services, creates
+//! three plans, sends leads through the real webhook (with some retried webhooks), waits
+//! until reporting has counted every deal, and prints who got what and where it stands.
+//! Then a fourth plan shows weights and limits: leads beyond every member's limit wait,
+//! and one is assigned as soon as a deal closes. Then it closes and reopens deals and
+//! reads the loss report as of its last change (its consistency token), by manager and by
+//! plan, and checks that the two agree.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -75,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "Every accepted lead is exactly one deal: {expected} deals for {sent} accepted leads."
     );
+    demo.show_limits().await?;
     let worked = demo.work_deals(&plans.round_robin).await?;
     demo.read_reports(&plans.round_robin, worked).await
 }
@@ -120,7 +123,13 @@ impl Demo {
         name: &str,
         (mode, strategy): (pb::distribution::Mode, pb::distribution::Strategy),
         prefer_related: bool,
+        members: Vec<pb::PlanMember>,
     ) -> anyhow::Result<pb::Plan> {
+        let manager_ids = if members.is_empty() {
+            MANAGERS.iter().map(|m| (*m).to_owned()).collect()
+        } else {
+            Vec::new()
+        };
         let request = pb::CreatePlanRequest {
             name: name.into(),
             average_amount: Some(pb::Money {
@@ -133,8 +142,8 @@ impl Demo {
                 prefer_related,
                 strategy: strategy as i32,
             }),
-            manager_ids: MANAGERS.iter().map(|m| (*m).to_owned()).collect(),
-            members: vec![],
+            manager_ids,
+            members,
         };
         self.plans
             .clone()
@@ -149,13 +158,19 @@ impl Demo {
         use pb::distribution::{Mode, Strategy};
         Ok(Plans {
             round_robin: self
-                .create_plan("Inbound leads", (Mode::Auto, Strategy::RoundRobin), false)
+                .create_plan(
+                    "Inbound leads",
+                    (Mode::Auto, Strategy::RoundRobin),
+                    false,
+                    vec![],
+                )
                 .await?,
             returning: self
                 .create_plan(
                     "Returning customers",
                     (Mode::Auto, Strategy::LeastOpenDeals),
                     true,
+                    vec![],
                 )
                 .await?,
             manual: self
@@ -163,6 +178,7 @@ impl Demo {
                     "Partner referrals",
                     (Mode::Manual, Strategy::Unspecified),
                     false,
+                    vec![],
                 )
                 .await?,
         })
@@ -277,6 +293,118 @@ impl Demo {
             "Returning customers: {kept} of {returned} contacts who came back got the manager they already knew."
         );
         Ok(())
+    }
+
+    /// Weights and limits: anna (weight 2, at most 4 open) and boris (weight 1, at most 2)
+    /// share eight leads 2:1 until both are full; the last two wait. Boris wins a deal:
+    /// the oldest waiting deal goes to him, by itself.
+    async fn show_limits(&self) -> anyhow::Result<()> {
+        use pb::distribution::{Mode, Strategy};
+        let member = |id: &str, weight, max_open_deals| pb::PlanMember {
+            manager_id: id.into(),
+            weight,
+            max_open_deals,
+        };
+        let plan = self
+            .create_plan(
+                "Priority leads",
+                (Mode::Auto, Strategy::RoundRobin),
+                false,
+                vec![member("anna", 2, 4), member("boris", 1, 2)],
+            )
+            .await?;
+        let funnel = self.token("demo-funnel", &[Permission::IntakeWrite])?;
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/tunnel-actions/add-to-sales-plan", self.args.webhook);
+        let run = format!("limits-{}", time_tag());
+        for i in 0..8 {
+            let status = http
+                .post(&url)
+                .bearer_auth(&funnel)
+                .json(&lead(&plan, &run, i, i))
+                .send()
+                .await?
+                .status();
+            anyhow::ensure!(status == 202, "webhook answered {status}");
+        }
+        let deals = self.until(&plan, "8 deals", |d| (d.len() == 8).then_some(d)).await?;
+        let per_manager = |deals: &[pb::Deal]| {
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for d in deals {
+                let who = match (&d.manager_id, &d.waiting_since) {
+                    (Some(m), _) => m.clone(),
+                    (None, Some(_)) => "(waiting)".into(),
+                    (None, None) => "(unassigned)".into(),
+                };
+                *counts.entry(who).or_default() += 1;
+            }
+            counts
+        };
+        println!(
+            "\nPlan \"Priority leads\" (AUTO, round robin; anna weight 2 at most 4 open, boris weight 1 at most 2): 8 leads → {:?}",
+            per_manager(&deals)
+        );
+        let boris = self.token("boris", &[])?;
+        let of_boris = deals
+            .iter()
+            .find(|d| d.manager_id.as_deref() == Some("boris"))
+            .context("boris has no deal")?;
+        let oldest = deals
+            .iter()
+            .filter(|d| d.waiting_since.is_some())
+            .min_by_key(|d| d.created_at.as_ref().map(|t| (t.seconds, t.nanos)))
+            .context("no deal waits")?
+            .id
+            .clone();
+        let won = plan
+            .stages
+            .iter()
+            .find(|s| s.kind == pb::StageKind::Won as i32)
+            .context("no WON stage")?;
+        let started = tokio::time::Instant::now();
+        DealServiceClient::new(connect(&self.args.deal_service).await?)
+            .move_deal(outgoing(
+                pb::MoveDealRequest {
+                    deal_id: of_boris.id.clone(),
+                    expected_version: of_boris.version,
+                    stage_id: won.id.clone(),
+                    loss_reason_id: None,
+                },
+                &boris,
+            ))
+            .await?;
+        let deals = self
+            .until(&plan, "the oldest waiting deal assigned", |d| {
+                let oldest = d.iter().find(|x| x.id == oldest)?;
+                (oldest.manager_id.as_deref() == Some("boris")).then_some(d)
+            })
+            .await?;
+        println!(
+            "boris won a deal: the oldest waiting deal went to him {} ms later, by itself → {:?}",
+            started.elapsed().as_millis(),
+            per_manager(&deals)
+        );
+        Ok(())
+    }
+
+    /// The plan's deals once `ready` says they are as awaited (at most 30 s).
+    async fn until<T>(
+        &self,
+        plan: &pb::Plan,
+        what: &str,
+        ready: impl Fn(Vec<pb::Deal>) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(done) = ready(self.deals_of(plan).await?) {
+                return Ok(done);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The plan's loss reasons (required), and its won and lost stages.
