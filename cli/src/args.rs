@@ -139,7 +139,7 @@ pub enum Plans {
     Managers {
         plan: String,
         /// A manager: `id`, `id:weight` (1 to 100; round robin shares leads by weight) or
-    /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit).
+        /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit).
         #[arg(long = "manager")]
         managers: Vec<String>,
     },

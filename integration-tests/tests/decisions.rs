@@ -91,7 +91,10 @@ async fn a_lead_twice_in_one_batch_is_decided_once() -> anyhow::Result<()> {
     else {
         anyhow::bail!("the plan is known and open");
     };
-    assert_eq!(decisions[&Uuid::from_u128(4)].manager.as_deref(), Some("m1"));
+    assert_eq!(
+        decisions[&Uuid::from_u128(4)].manager.as_deref(),
+        Some("m1")
+    );
     Ok(())
 }
 
@@ -139,7 +142,10 @@ async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> an
         anyhow::bail!("the copy is at version 2 now");
     };
     assert_eq!(decisions.len(), 2);
-    assert!(decisions.values().all(|p| p.manager.is_none()), "{decisions:?}");
+    assert!(
+        decisions.values().all(|p| p.manager.is_none()),
+        "{decisions:?}"
+    );
     assert!(
         new.iter()
             .all(|a| a.plan_version == 2 && a.mode == "manual"),
@@ -209,7 +215,8 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
         salesplan_platform::grpc::lazy_channel("http://127.0.0.1:1")?,
         std::sync::Arc::new(tokens),
     );
-    let metrics = salesplan_platform::metrics::Metrics::new("distributor", &config.common.telemetry);
+    let metrics =
+        salesplan_platform::metrics::Metrics::new("distributor", &config.common.telemetry);
     let queue = Queue::new(store.clone(), upstream, &metrics);
 
     // m1 holds one deal (its limit); deal 2 waits.
@@ -226,7 +233,11 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
     store.apply_deals(&[closed]).await?;
     let (a, b) = tokio::join!(queue.drain(ACCOUNT, plan_id), queue.drain(ACCOUNT, plan_id));
     assert_eq!(a? + b?, 1);
-    assert_eq!(store.open_counts(plan_id).await?["m1"], 1, "counted at once");
+    assert_eq!(
+        store.open_counts(plan_id).await?["m1"],
+        1,
+        "counted at once"
+    );
 
     let lease = time::Duration::seconds(30);
     let orders = store.lease_orders(50, lease).await?;
@@ -263,7 +274,11 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
         .apply_deals(&[deal_state(2, plan_id, 2, Some("m1"), false)])
         .await?;
     store.order_done(&order).await?;
-    assert_eq!(store.open_counts(plan_id).await?["m1"], 1, "not counted twice");
+    assert_eq!(
+        store.open_counts(plan_id).await?["m1"],
+        1,
+        "not counted twice"
+    );
     store.order_refused(&order).await?;
     assert_eq!(
         store.open_counts(plan_id).await?["m1"],

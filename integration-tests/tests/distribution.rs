@@ -983,8 +983,8 @@ async fn manager_of(
 /// wait (and is assigned at once when a member has room); a plan that distributes by hand
 /// has no queue.
 #[tokio::test]
-async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees()
--> anyhow::Result<()> {
+async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() -> anyhow::Result<()>
+{
     let stack = Stack::start().await?;
     let t = tokens(&stack);
     let channel = stack.channel(&stack.deal_service).await?;
@@ -1086,7 +1086,10 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees()
         .await?
         .into_inner()
         .assignments;
-    let reason = explained.first().map(|a| a.reason.clone()).unwrap_or_default();
+    let reason = explained
+        .first()
+        .map(|a| a.reason.clone())
+        .unwrap_or_default();
     assert!(
         reason.starts_with("waited since ") && reason.contains("fewest open deals (0)"),
         "{reason}"
@@ -1171,7 +1174,13 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees()
     let manual = create_plan(
         channel.clone(),
         &t.admin,
-        plan_request("By hand", Mode::Manual, Strategy::RoundRobin, false, &["m1"]),
+        plan_request(
+            "By hand",
+            Mode::Manual,
+            Strategy::RoundRobin,
+            false,
+            &["m1"],
+        ),
     )
     .await?;
     let refused = deal_client
@@ -1191,6 +1200,9 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees()
         .await
         .expect_err("no queue in a manual plan");
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(refused.message().contains("distributes by hand"), "{refused:?}");
+    assert!(
+        refused.message().contains("distributes by hand"),
+        "{refused:?}"
+    );
     stack.stop().await
 }

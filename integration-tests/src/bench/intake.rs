@@ -204,7 +204,17 @@ const MAX_IN_FLIGHT: usize = 2_048;
 pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     let pool = sqlx::PgPool::connect(&env.database_url).await?;
     let funnel = env.token(&[Permission::IntakeWrite])?;
-    let mut lines = bulk_add(env, &pool, &funnel, config.leads).await?;
+    let plain = env.plan("Bench bulk").await?;
+    let mut lines = bulk_add(
+        env,
+        &pool,
+        &funnel,
+        config.leads,
+        &plain,
+        ADD_AUDIENCE_END_TO_END,
+    )
+    .await?;
+    lines.extend(routed_bulk_add(env, &pool, &funnel, config.leads, &lines).await?);
     lines.extend(webhook(env, &pool, &funnel, (config.leads / 5).max(1)).await?);
     // Latency from each lead's planned send time to its deal committed and out to the
     // readers, at fixed offered rates (open loop); the page cache flushed first, and once
@@ -234,17 +244,66 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     Ok(lines)
 }
 
-/// The audience "mass action": `n` contacts through one AddAudience stream, until
-/// accepted and until settled, with the CPU each lead cost.
+/// The same bulk add into a plan whose members have weights (3, 2, 1) and limits (each
+/// `n`: checked at every decision, never reached, so no deal waits), beside the plain
+/// plan's rate: what weights and limits cost the intake.
+async fn routed_bulk_add(
+    env: &Env,
+    pool: &sqlx::PgPool,
+    funnel: &str,
+    n: usize,
+    plain: &[Line],
+) -> anyhow::Result<Vec<Line>> {
+    let member = |id: &str, weight| pb::PlanMember {
+        manager_id: id.into(),
+        weight,
+        max_open_deals: n as i32,
+    };
+    let mut request = plan_request("Bench routed", Mode::Auto, Strategy::RoundRobin, false, &[]);
+    request.members = vec![member("m1", 3), member("m2", 2), member("m3", 1)];
+    let plan = create_plan(
+        env.channel(&env.deal_url).await?,
+        &env.token(&[Permission::PlansAdmin])?,
+        request,
+    )
+    .await?;
+    const ROUTED: &str = "AddAudience: end to end, plan with weights and limits";
+    let mut lines = bulk_add(env, pool, funnel, n, &plan, ROUTED).await?;
+    let rate = |lines: &[Line], what: &str| {
+        lines
+            .iter()
+            .find(|l| l.what == what)
+            .and_then(|l| l.json["per_second"].as_f64())
+    };
+    if let (Some(routed), Some(plain)) =
+        (rate(&lines, ROUTED), rate(plain, ADD_AUDIENCE_END_TO_END))
+    {
+        let ratio = routed / plain;
+        lines.push(Line {
+            group: "intake",
+            what: "AddAudience with weights and limits ÷ without".into(),
+            value: format!("{ratio:.2}×"),
+            target: "≥ 0.90×".into(),
+            json: serde_json::json!({ "ratio": ratio }),
+        });
+    }
+    Ok(lines)
+}
+
+/// The audience "mass action": `n` contacts through one AddAudience stream into `plan`,
+/// until accepted and until settled (line `what`), with the CPU each lead cost.
 async fn bulk_add(
     env: &Env,
     pool: &sqlx::PgPool,
     funnel: &str,
     n: usize,
+    plan: &pb::Plan,
+    what: &str,
 ) -> anyhow::Result<Vec<Line>> {
-    let plan = env.plan("Bench bulk").await?;
     let (started, cpu_before) = (Instant::now(), super::cpu::sample());
-    let chunks = audience_chunks(&plan.id, "bench", n, 1_000, |i| format!("a-{i}"));
+    let chunks = audience_chunks(&plan.id, &format!("bench-{}", plan.id), n, 1_000, |i| {
+        format!("a-{i}")
+    });
     let mut replies = IntakeServiceClient::new(env.channel(&env.intake_url).await?)
         .add_audience(outgoing(futures::stream::iter(chunks), funnel))
         .await?
@@ -263,19 +322,8 @@ async fn bulk_add(
             accepted,
             "—",
         ),
-        Line::rate(
-            "intake",
-            ADD_AUDIENCE_END_TO_END,
-            n,
-            started.elapsed(),
-            "≥ 10,000/s",
-        ),
-        super::cpu::line(
-            "AddAudience end to end (per lead)",
-            n,
-            &cpu_before,
-            &cpu_after,
-        ),
+        Line::rate("intake", what, n, started.elapsed(), "≥ 10,000/s"),
+        super::cpu::line(&format!("{what} (per lead)"), n, &cpu_before, &cpu_after),
     ])
 }
 

@@ -327,7 +327,9 @@ impl Demo {
                 .status();
             anyhow::ensure!(status == 202, "webhook answered {status}");
         }
-        let deals = self.until(&plan, "8 deals", |d| (d.len() == 8).then_some(d)).await?;
+        let deals = self
+            .until(&plan, "8 deals", |d| (d.len() == 8).then_some(d))
+            .await?;
         let per_manager = |deals: &[pb::Deal]| {
             let mut counts: BTreeMap<String, usize> = BTreeMap::new();
             for d in deals {

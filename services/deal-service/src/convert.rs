@@ -109,14 +109,9 @@ pub fn members_from(
         ));
     }
     if !manager_ids.is_empty() {
-        return salesplan_platform::error::every(
-            manager_ids
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    manager_id(&format!("manager_ids[{i}]"), m).map(|m| (m, Terms::default()))
-                }),
-        );
+        return salesplan_platform::error::every(manager_ids.iter().enumerate().map(|(i, m)| {
+            manager_id(&format!("manager_ids[{i}]"), m).map(|m| (m, Terms::default()))
+        }));
     }
     salesplan_platform::error::every(members.iter().enumerate().map(|(i, member)| {
         let weight = match member.weight {

@@ -146,11 +146,9 @@ impl DealService {
                 | Code::FailedPrecondition
                 | Code::NotFound
                 | Code::InvalidArgument
-                | Code::PermissionDenied => OrderAnswer::Refused(format!(
-                    "{:?}: {}",
-                    status.code(),
-                    status.message()
-                )),
+                | Code::PermissionDenied => {
+                    OrderAnswer::Refused(format!("{:?}: {}", status.code(), status.message()))
+                }
                 code => OrderAnswer::Later(format!("{code:?}: {}", status.message())),
             },
         }

@@ -544,7 +544,10 @@ mod tests {
         };
         plan.managers = vec!["m1".into()];
         let deal = waiting.into_deal(&plan, Uuid::new_v4(), now).unwrap();
-        assert_eq!((deal.waiting_since, deal.manager_id.as_deref()), (Some(now), None));
+        assert_eq!(
+            (deal.waiting_since, deal.manager_id.as_deref()),
+            (Some(now), None)
+        );
         let (assigned, _) = deal.assign(&plan, Some("m1".into()), false, now).unwrap();
         assert_eq!(assigned.waiting_since, None, "an assignment ends the wait");
         let won = plan

@@ -460,7 +460,12 @@ async fn save_children(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Resul
     )
     .bind(plan.id)
     .bind(&plan.managers)
-    .bind(plan.terms.iter().map(|t| t.weight as i32).collect::<Vec<_>>())
+    .bind(
+        plan.terms
+            .iter()
+            .map(|t| t.weight as i32)
+            .collect::<Vec<_>>(),
+    )
     .bind(
         plan.terms
             .iter()

@@ -995,8 +995,9 @@ mod tests {
         let d = decide(&plan, &lead, &mut Cursor::default(), &mut open, 0);
         assert_eq!(d.manager.as_deref(), Some("b"));
         assert!(
-            d.reason
-                .contains("related manager a (of the contact's earlier deal) is at capacity (1 of 1)"),
+            d.reason.contains(
+                "related manager a (of the contact's earlier deal) is at capacity (1 of 1)"
+            ),
             "{}",
             d.reason
         );

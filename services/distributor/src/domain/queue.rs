@@ -85,7 +85,10 @@ mod tests {
             .collect();
         assert_eq!(got, [(1, Some("a"))]);
         assert!(
-            decided[0].1.reason.starts_with("waited since 1970-01-01T00:01:00Z; fewest open"),
+            decided[0]
+                .1
+                .reason
+                .starts_with("waited since 1970-01-01T00:01:00Z; fewest open"),
             "{}",
             decided[0].1.reason
         );

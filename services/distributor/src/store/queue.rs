@@ -223,32 +223,42 @@ impl Store {
         Ok(Some((opened, known)))
     }
 
-    /// Which of `plans` (account, plan) have waiting deals (one probe of the queue's index
-    /// each, in one statement).
+    /// Which of `plans` (account, plan) have waiting deals: one probe of the queue's index
+    /// each, in one statement (on the index whatever the statistics say: a scan of the
+    /// view for every batch of deal events would grow with every deal).
     pub async fn plans_with_waiting(
         &self,
         plans: &[(String, Uuid)],
     ) -> Result<Vec<(String, Uuid)>, StoreError> {
-        Ok(sqlx::query_as(
+        let mut tx = self.pool.begin().await?;
+        key_lookups_only(&mut tx).await?;
+        let waiting = sqlx::query_as(
             "SELECT p.a, p.p FROM UNNEST($1::text[], $2::uuid[]) AS p(a, p)
-             WHERE EXISTS (SELECT 1 FROM deal_view WHERE plan_id = p.p AND account_id = p.a
-                AND waiting_since IS NOT NULL)",
+             CROSS JOIN LATERAL (SELECT 1 FROM deal_view WHERE plan_id = p.p AND account_id = p.a
+                AND waiting_since IS NOT NULL LIMIT 1) w",
         )
         .bind(plans.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>())
         .bind(plans.iter().map(|(_, p)| *p).collect::<Vec<_>>())
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(waiting)
     }
 
-    /// Up to `limit` plans with waiting deals, those waiting longest first.
+    /// Up to `limit` plans with waiting deals, those waiting longest first (read from the
+    /// queue's index alone).
     pub async fn plans_waiting(&self, limit: i64) -> Result<Vec<(String, Uuid)>, StoreError> {
-        Ok(sqlx::query_as(
+        let mut tx = self.pool.begin().await?;
+        key_lookups_only(&mut tx).await?;
+        let plans = sqlx::query_as(
             "SELECT account_id, plan_id FROM deal_view WHERE waiting_since IS NOT NULL
              GROUP BY account_id, plan_id ORDER BY min(waiting_since) LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(plans)
     }
 
     /// Leases up to `limit` due orders to this process for `lease` (another process takes
