@@ -120,7 +120,8 @@ pub struct NewPlan {
     #[arg(long)]
     pub prefer_related: bool,
     /// A manager: `id`, `id:weight` (1 to 100; round robin shares leads by weight) or
-    /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit).
+    /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit);
+    /// an id that ends in a colon and a number needs all three.
     #[arg(long = "manager")]
     pub managers: Vec<String>,
 }
@@ -139,7 +140,8 @@ pub enum Plans {
     Managers {
         plan: String,
         /// A manager: `id`, `id:weight` (1 to 100; round robin shares leads by weight) or
-        /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit).
+        /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit);
+        /// an id that ends in a colon and a number needs all three.
         #[arg(long = "manager")]
         managers: Vec<String>,
     },

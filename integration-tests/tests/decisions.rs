@@ -226,12 +226,15 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
             deal_state(2, plan_id, 1, None, true),
         ])
         .await?;
-    assert_eq!(queue.drain(ACCOUNT, plan_id).await?, 0, "m1 is full");
+    assert_eq!(queue.drain(ACCOUNT, plan_id, 1).await?, 0, "m1 is full");
     // m1's deal closes: two drains at once decide the waiting deal once.
     let mut closed = deal_state(1, plan_id, 2, Some("m1"), false);
     closed.open = false;
     store.apply_deals(&[closed]).await?;
-    let (a, b) = tokio::join!(queue.drain(ACCOUNT, plan_id), queue.drain(ACCOUNT, plan_id));
+    let (a, b) = tokio::join!(
+        queue.drain(ACCOUNT, plan_id, 1),
+        queue.drain(ACCOUNT, plan_id, 1)
+    );
     assert_eq!(a? + b?, 1);
     assert_eq!(
         store.open_counts(plan_id).await?["m1"],
@@ -256,7 +259,7 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
     assert_eq!((again.len(), again[0].attempts), (1, 1), "tried again");
 
     // Deal-service refuses (the deal changed meanwhile): the deal waits again, uncounted.
-    store.order_refused(&order).await?;
+    store.order_refused(&order, false).await?;
     assert_eq!(store.open_counts(plan_id).await?["m1"], 0);
     assert_eq!(
         store
@@ -267,11 +270,39 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
     );
     assert!(store.lease_orders(50, lease).await?.is_empty(), "forgotten");
 
-    // Decided again; this time made: the assignment's event changes no count.
-    assert_eq!(queue.drain(ACCOUNT, plan_id).await?, 1);
+    // Decided again; before the order is made, someone assigns the deal by hand to x:
+    // the refusal that follows changes nothing, and x's count stands.
+    assert_eq!(queue.drain(ACCOUNT, plan_id, 1).await?, 1);
     let order = store.lease_orders(50, lease).await?.remove(0);
     store
-        .apply_deals(&[deal_state(2, plan_id, 2, Some("m1"), false)])
+        .apply_deals(&[deal_state(2, plan_id, 2, Some("x"), false)])
+        .await?;
+    store.order_refused(&order, false).await?;
+    let counts = store.open_counts(plan_id).await?;
+    assert_eq!((counts["m1"], counts["x"]), (0, 1));
+    assert!(
+        store
+            .plans_with_waiting(&[(ACCOUNT.into(), plan_id)])
+            .await?
+            .is_empty()
+    );
+    assert!(
+        store
+            .assignment_of_deal(ACCOUNT, Uuid::from_u128(2))
+            .await?
+            .is_none(),
+        "a refused order explains nothing"
+    );
+
+    // Another deal waits and goes to m1; this time the order is made: the assignment's
+    // event counts nothing twice, and the decision becomes the deal's explanation.
+    store
+        .apply_deals(&[deal_state(3, plan_id, 1, None, true)])
+        .await?;
+    assert_eq!(queue.drain(ACCOUNT, plan_id, 1).await?, 1);
+    let order = store.lease_orders(50, lease).await?.remove(0);
+    store
+        .apply_deals(&[deal_state(3, plan_id, 2, Some("m1"), false)])
         .await?;
     store.order_done(&order).await?;
     assert_eq!(
@@ -279,17 +310,17 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
         1,
         "not counted twice"
     );
-    store.order_refused(&order).await?;
-    assert_eq!(
-        store.open_counts(plan_id).await?["m1"],
-        1,
-        "a late refusal of a made order changes nothing"
-    );
+    let explained = store
+        .assignment_of_deal(ACCOUNT, Uuid::from_u128(3))
+        .await?
+        .expect("explained once made");
+    let explained = <salesplan_proto::v1::Assignment as prost::Message>::decode(&explained[..])?;
     assert!(
-        store
-            .plans_with_waiting(&[(ACCOUNT.into(), plan_id)])
-            .await?
-            .is_empty()
+        explained
+            .reason
+            .starts_with("waited since 1970-01-01T00:03:00Z; "),
+        "{}",
+        explained.reason
     );
     Ok(())
 }

@@ -1075,25 +1075,32 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() ->
     let still = waiting_deals(channel.clone(), &t.boss, &plan.id).await?;
     let still: Vec<&str> = still.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(still, [waiting[1].id.as_str()], "the younger one waits on");
-    let mut distributor = DistributorServiceClient::new(stack.channel(&stack.distributor).await?);
-    let explained = distributor
-        .explain_assignments(outgoing(
+    // The decision becomes the deal's explanation once the order is made (just after the
+    // deal shows its manager).
+    let distributor = DistributorServiceClient::new(stack.channel(&stack.distributor).await?);
+    let explained = eventually(Duration::from_secs(10), || {
+        let mut distributor = distributor.clone();
+        let request = outgoing(
             pb::ExplainAssignmentsRequest {
                 deal_ids: vec![first.id.clone()],
             },
             &t.boss,
-        ))
-        .await?
-        .into_inner()
-        .assignments;
-    let reason = explained
-        .first()
-        .map(|a| a.reason.clone())
-        .unwrap_or_default();
+        );
+        async move {
+            let found = distributor.explain_assignments(request).await?.into_inner();
+            Ok(found
+                .assignments
+                .into_iter()
+                .find(|a| a.reason.starts_with("waited since ")))
+        }
+    })
+    .await?;
     assert!(
-        reason.starts_with("waited since ") && reason.contains("fewest open deals (0)"),
-        "{reason}"
+        explained.reason.contains("fewest open deals (0)"),
+        "{}",
+        explained.reason
     );
+    let explained = [explained];
     let notes: Vec<(String, String)> = explained[0]
         .candidates
         .iter()
@@ -1169,6 +1176,27 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() ->
     let by_hand = manager_of(channel.clone(), &t.boss, &by_hand.id).await?;
     assert_eq!(by_hand.manager_id.as_deref(), Some("m1"));
     counts_agree(&stack).await?;
+
+    // Leaving a deal to the distributor gives it to someone: a manager without
+    // deals:edit_all may not.
+    let member = stack.token(ACCOUNT, "m1", &[]);
+    let refused = deal_client
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: plan.id.clone(),
+                contact: Some(pb::Contact {
+                    external_id: "by-m1".into(),
+                    ..Default::default()
+                }),
+                idempotency_key: "by-m1".into(),
+                wait_for_manager: true,
+                ..Default::default()
+            },
+            &member,
+        ))
+        .await
+        .expect_err("a member may not hand deals out");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 
     // A plan that distributes by hand has no queue to wait in.
     let manual = create_plan(

@@ -109,9 +109,11 @@ impl DealService {
 pub enum OrderAnswer {
     /// The deal has the manager now (assigned now, or by an earlier attempt).
     Made,
-    /// Refused for good: the deal changed since the order's version, closed or left; the
-    /// manager left the plan.
+    /// Refused for good: the deal changed since the order's version or closed; the manager
+    /// left the plan.
     Refused(String),
+    /// The deal does not exist (in this account).
+    Gone(String),
     /// Not answered now: try again later.
     Later(String),
 }
@@ -142,13 +144,12 @@ impl DealService {
         match answer {
             Ok(_) => OrderAnswer::Made,
             Err(status) => match status.code() {
-                Code::Aborted
-                | Code::FailedPrecondition
-                | Code::NotFound
-                | Code::InvalidArgument
-                | Code::PermissionDenied => {
+                Code::Aborted | Code::FailedPrecondition => {
                     OrderAnswer::Refused(format!("{:?}: {}", status.code(), status.message()))
                 }
+                Code::NotFound => OrderAnswer::Gone(status.message().to_owned()),
+                // Anything else (unreachable, overloaded, and what should never happen:
+                // a refused token or field) is tried again later, with backoff.
                 code => OrderAnswer::Later(format!("{code:?}: {}", status.message())),
             },
         }

@@ -125,13 +125,9 @@ impl DealService for Api {
     ) -> Reply<pb::CreateDealResponse> {
         let actor = auth::actor(&request)?;
         let input = intake_only(&actor, NewDeal::try_from(request.into_inner())?);
-        // Anyone of the account may add a deal; giving it to someone else is editing
-        // another manager's deals.
-        if input
-            .manager_id
-            .as_deref()
-            .is_some_and(|m| m != actor.user_id)
-        {
+        // Anyone of the account may add a deal; giving it to someone else (or leaving it to
+        // the distributor, which gives it to someone) is editing another manager's deals.
+        if gives_away(&actor, &input) {
             actor.require(Permission::DealsEditAll)?;
         }
         let (deal, created) = self
@@ -168,11 +164,7 @@ impl DealService for Api {
                     .map_err(|e| e.within(&format!("deals[{i}]")))
             })
             .collect();
-        if inputs
-            .iter()
-            .flatten()
-            .any(|d| d.manager_id.as_deref().is_some_and(|m| m != actor.user_id))
-        {
+        if inputs.iter().flatten().any(|d| gives_away(&actor, d)) {
             actor.require(Permission::DealsEditAll)?;
         }
         let valid: Vec<NewDeal> = inputs.iter().flatten().cloned().collect();
@@ -639,6 +631,16 @@ fn history_action(action: &str) -> pb::HistoryAction {
 /// `accepted_at_plan_version` and `lead_received_at` are the platform's intake's word (a
 /// lead it accepted before the plan was archived, or before its person was erased); from
 /// anyone else they are ignored, so no client opens an archived plan by claiming it.
+/// Whether the new deal goes to someone other than its creator: to another manager, or to
+/// whoever the distributor picks.
+fn gives_away(actor: &Actor, deal: &NewDeal) -> bool {
+    deal.wait_for_manager
+        || deal
+            .manager_id
+            .as_deref()
+            .is_some_and(|m| m != actor.user_id)
+}
+
 fn intake_only(actor: &salesplan_platform::Actor, mut deal: NewDeal) -> NewDeal {
     if !actor.has(Permission::PlatformIntake) {
         deal.accepted_at_plan_version = None;

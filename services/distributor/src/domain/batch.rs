@@ -32,6 +32,9 @@ pub struct Known {
     pub related: HashMap<String, String>,
     /// The leads of the batch decided before (a redelivery keeps its decision).
     pub decided: HashMap<Uuid, Option<String>>,
+    /// Deals of the plan wait in its queue: a new lead goes behind them (oldest first),
+    /// unless a bulk add names its manager.
+    pub queue_ahead: bool,
 }
 
 /// A decision made now.
@@ -68,6 +71,7 @@ pub fn decide_batch(known: Known, leads: &[PendingLead], mut random: impl FnMut(
         mut open,
         mut related,
         decided,
+        queue_ahead,
         ..
     } = known;
     let mut batch = Batch {
@@ -84,7 +88,11 @@ pub fn decide_batch(known: Known, leads: &[PendingLead], mut random: impl FnMut(
             .contact_key
             .as_ref()
             .and_then(|k| related.get(k).cloned());
-        let decision = decide(&settings, &lead, &mut cursor, &mut open, random());
+        let decision = if queue_ahead && settings.queues() && !settings.names(&lead) {
+            Decision::behind_the_queue()
+        } else {
+            decide(&settings, &lead, &mut cursor, &mut open, random())
+        };
         if let Some(manager) = &decision.manager {
             *batch.opened.entry(manager.clone()).or_default() += 1;
             // The relation counts from the decision on: the same contact's next lead, even
@@ -171,6 +179,7 @@ mod tests {
                     .iter()
                     .filter_map(|l| Some((l.intake_id, self.decided.get(&l.intake_id)?.clone())))
                     .collect(),
+                queue_ahead: false,
             };
             let batch = decide_batch(known, leads, || 0);
             for (manager, n) in &batch.opened {
@@ -282,6 +291,7 @@ mod tests {
             open: HashMap::from([("m0".to_owned(), 4)]),
             related: HashMap::from([("old".to_owned(), "m1".to_owned())]),
             decided: HashMap::from([(Uuid::from_u128(9), Some("m0".to_owned()))]),
+            queue_ahead: false,
         };
         let leads = [
             lead(1, Some("old")),
@@ -315,5 +325,37 @@ mod tests {
             ])
         );
         assert_eq!(batch.cursor.last.as_deref(), Some("m1"));
+    }
+
+    /// Oldest first (issue 20): while deals wait in the plan's queue, a new lead does not
+    /// take a place freed before the queue was drained; it waits behind them. A lead a bulk
+    /// add names a manager for still goes to that manager.
+    #[test]
+    fn a_new_lead_waits_behind_the_queue() {
+        let known = Known {
+            settings: plan(Strategy::RoundRobin, false, 2),
+            plan_version: 1,
+            cursor: Cursor::default(),
+            open: HashMap::new(),
+            related: HashMap::new(),
+            decided: HashMap::new(),
+            queue_ahead: true,
+        };
+        let named = PendingLead {
+            lead: Lead {
+                assign_to: Some("m1".into()),
+                ..Default::default()
+            },
+            ..lead(2, None)
+        };
+        let batch = decide_batch(known, &[lead(1, None), named], || 0);
+        let got: Vec<(Option<&str>, bool)> = batch
+            .new
+            .iter()
+            .map(|d| (d.decision.manager.as_deref(), d.decision.waits))
+            .collect();
+        assert_eq!(got, [(None, true), (Some("m1"), false)]);
+        assert!(batch.new[0].decision.reason.contains("waits behind them"));
+        assert_eq!(batch.cursor, Cursor::default(), "no turn was taken");
     }
 }

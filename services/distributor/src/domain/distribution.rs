@@ -36,12 +36,19 @@ impl PlanSettings {
     }
 
     /// Where a lead decided for `manager` goes: without one, it waits for one when the
-    /// plan distributes automatically (an AUTO decision without a manager always waits).
+    /// plan distributes automatically (an AUTO decision without a manager always waits) —
+    /// unless the plan is archived (a lead accepted before; nobody drains its queue).
     pub fn placement(&self, manager: Option<String>) -> Placement {
         Placement {
-            waits: manager.is_none() && matches!(self.mode, Mode::Auto { .. }),
+            waits: manager.is_none() && self.queues(),
             manager,
         }
+    }
+
+    /// Whether the plan keeps a waiting queue: it distributes automatically and is not
+    /// archived.
+    pub fn queues(&self) -> bool {
+        matches!(self.mode, Mode::Auto { .. }) && !self.archived
     }
 
     /// Whether `lead` goes straight to a manager its bulk add named: only while that
@@ -225,6 +232,14 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A lead of a plan whose queue holds older deals: it waits behind them.
+    pub fn behind_the_queue() -> Self {
+        Self {
+            waits: true,
+            ..Self::without("older deals wait in the plan's queue: waits behind them")
+        }
+    }
+
     fn without(reason: impl Into<String>) -> Self {
         Self {
             manager: None,

@@ -23,20 +23,22 @@ use crate::{
     upstream::{DealService, OrderAnswer},
 };
 
-/// Waiting deals of one plan decided in one transaction; a longer queue takes more rounds.
+/// Waiting deals of one plan decided in one transaction (one round).
 const DRAIN_BATCH: i64 = 100;
-/// Rounds of one drain: a plan's queue may not hold its lock and the caller for longer.
-const DRAIN_ROUNDS: usize = 10;
-/// Plans of the sweep, those waiting longest first.
+/// Rounds of one drain by the sweep; a drain after events takes one round, so the shared
+/// consumers of deal and plan events spend little on any one plan (the sweep goes on).
+const SWEEP_ROUNDS: usize = 10;
+/// Plans of one sweep, those swept longest ago first.
 const SWEEP_PLANS: i64 = 1_000;
 /// Every plan with a queue is looked at this often (a place freed by a deal event this
 /// replica did not apply, a refused order restored, a sweep of a replica that died).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Orders leased at a time, made this many at once.
-const RELAY_BATCH: i64 = 50;
+const RELAY_BATCH: i64 = 8;
 const RELAY_CALLS: usize = 4;
-/// How long an order in hand is this process's; another takes it after that.
-const LEASE: time::Duration = time::Duration::seconds(30);
+/// How long an order in hand is this process's; another takes it after that: longer than
+/// a batch can take (two rounds of calls of at most 30 s each).
+const LEASE: time::Duration = time::Duration::seconds(90);
 /// The relay looks for orders of other replicas this often when nobody wakes it.
 const RELAY_POLL: Duration = Duration::from_secs(1);
 
@@ -71,11 +73,17 @@ impl Queue {
         })
     }
 
-    /// Decides the plan's queue, oldest first, as far as its members can take deals;
-    /// returns how many were decided (their orders wait for the relay).
-    pub async fn drain(&self, account_id: &str, plan_id: Uuid) -> Result<usize, StoreError> {
+    /// Decides the plan's queue, oldest first, as far as its members can take deals, in at
+    /// most `rounds` transactions; returns how many were decided (their orders wait for
+    /// the relay).
+    pub async fn drain(
+        &self,
+        account_id: &str,
+        plan_id: Uuid,
+        rounds: usize,
+    ) -> Result<usize, StoreError> {
         let mut decided = 0;
-        for _ in 0..DRAIN_ROUNDS {
+        for _ in 0..rounds {
             let round = self.drain_round(account_id, plan_id).await?;
             decided += round;
             if round < DRAIN_BATCH as usize {
@@ -167,7 +175,7 @@ impl Queue {
             }
         };
         for (account_id, plan_id) in waiting {
-            if let Err(err) = self.drain(&account_id, plan_id).await {
+            if let Err(err) = self.drain(&account_id, plan_id, 1).await {
                 tracing::warn!(%plan_id, error = %err, "cannot decide the plan's waiting deals");
             }
         }
@@ -180,10 +188,10 @@ impl Queue {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(SWEEP_EVERY) => {}
             }
-            match self.store.plans_waiting(SWEEP_PLANS).await {
+            match self.store.plans_to_sweep(SWEEP_PLANS).await {
                 Ok(plans) => {
                     for (account_id, plan_id) in plans {
-                        if let Err(err) = self.drain(&account_id, plan_id).await {
+                        if let Err(err) = self.drain(&account_id, plan_id, SWEEP_ROUNDS).await {
                             tracing::warn!(%plan_id, error = %err, "cannot decide waiting deals");
                         }
                     }
@@ -233,7 +241,12 @@ impl Queue {
             OrderAnswer::Refused(reason) => {
                 tracing::info!(deal_id = %order.deal_id, %reason, "assignment order refused");
                 self.refused.add(1, &[]);
-                self.store.order_refused(order).await
+                self.store.order_refused(order, false).await
+            }
+            OrderAnswer::Gone(reason) => {
+                tracing::info!(deal_id = %order.deal_id, %reason, "waiting deal gone");
+                self.refused.add(1, &[]);
+                self.store.order_refused(order, true).await
             }
             OrderAnswer::Later(reason) => {
                 tracing::warn!(deal_id = %order.deal_id, %reason, "assignment order not made now");

@@ -365,6 +365,7 @@ impl Store {
         .map(|r| Ok((r.try_get("contact_key")?, r.try_get("manager_id")?)))
         .collect::<Result<_, sqlx::Error>>()?;
         let open = open_counts(&mut tx, plan_id).await?;
+        let queue_ahead = queue::has_waiting(&mut tx, account_id, plan_id).await?;
         let known = Known {
             settings: settings_from(&row)?,
             plan_version: row.try_get("version")?,
@@ -372,6 +373,7 @@ impl Store {
             open,
             related,
             decided,
+            queue_ahead,
         };
         let opened = OpenBatch {
             tx,

@@ -106,14 +106,17 @@ impl OpenQueue {
                 .or_default() += 1;
         }
         apply_deltas(tx, &deltas).await?;
+        // The decision's explanation waits on the order: it becomes the deal's once the
+        // order is made (a refused order explains nothing).
         sqlx::query(
             "INSERT INTO assignment_orders (deal_id, account_id, plan_id, version, manager_id,
-                waiting_since)
-             SELECT d, $2, $3, v, m, w FROM UNNEST($1::uuid[], $4::bigint[], $5::text[],
-                $6::timestamptz[]) AS t(d, v, m, w)
+                waiting_since, decision_key, reason, explanation)
+             SELECT d, $2, $3, v, m, w, k, r, e FROM UNNEST($1::uuid[], $4::bigint[], $5::text[],
+                $6::timestamptz[], $7::uuid[], $8::text[], $9::bytea[]) AS t(d, v, m, w, k, r, e)
              ON CONFLICT (deal_id) DO UPDATE SET version = excluded.version,
                 manager_id = excluded.manager_id, waiting_since = excluded.waiting_since,
-                attempts = 0, next_attempt = now()",
+                decision_key = excluded.decision_key, reason = excluded.reason,
+                explanation = excluded.explanation, attempts = 0, next_attempt = now()",
         )
         .bind(&deals)
         .bind(&self.account_id)
@@ -121,23 +124,7 @@ impl OpenQueue {
         .bind(orders.iter().map(|o| o.version).collect::<Vec<_>>())
         .bind(&managers)
         .bind(orders.iter().map(|o| o.waiting_since).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-        // The deal's decision, for ExplainAssignment: its lead's, replaced; or, for a deal
-        // made by hand, one keyed by the deal's own id.
-        sqlx::query(
-            "INSERT INTO assignments (intake_id, account_id, plan_id, manager_id, reason,
-                explanation, deal_id)
-             SELECT i, $2, $3, m, r, e, d FROM UNNEST($1::uuid[], $4::text[], $5::text[],
-                $6::bytea[], $7::uuid[]) AS t(i, m, r, e, d)
-             ON CONFLICT (account_id, intake_id) DO UPDATE SET manager_id = excluded.manager_id,
-                reason = excluded.reason, explanation = excluded.explanation,
-                deal_id = excluded.deal_id, decided_at = now()",
-        )
         .bind(decided.iter().map(|(_, _, key)| *key).collect::<Vec<_>>())
-        .bind(&self.account_id)
-        .bind(self.plan_id)
-        .bind(&managers)
         .bind(
             decided
                 .iter()
@@ -145,13 +132,28 @@ impl OpenQueue {
                 .collect::<Vec<_>>(),
         )
         .bind(explanations)
-        .bind(&deals)
         .execute(&mut **tx)
         .await?;
         save_cursor(tx, self.plan_id, cursor).await?;
         self.tx.commit().await?;
         Ok(orders)
     }
+}
+
+/// Whether any deal of the plan waits (one probe of the queue's index).
+pub(super) async fn has_waiting(
+    conn: &mut sqlx::PgConnection,
+    account_id: &str,
+    plan_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM deal_view WHERE plan_id = $1 AND account_id = $2
+            AND waiting_since IS NOT NULL)",
+    )
+    .bind(plan_id)
+    .bind(account_id)
+    .fetch_one(conn)
+    .await
 }
 
 impl Store {
@@ -245,14 +247,22 @@ impl Store {
         Ok(waiting)
     }
 
-    /// Up to `limit` plans with waiting deals, those waiting longest first (read from the
-    /// queue's index alone).
-    pub async fn plans_waiting(&self, limit: i64) -> Result<Vec<(String, Uuid)>, StoreError> {
+    /// Up to `limit` plans whose queue can move (distributing automatically, not archived,
+    /// with waiting deals), those swept longest ago first; each is marked swept now, so
+    /// the next sweep goes on with the others (by the plans' rows: a waiting deal is not
+    /// read here).
+    pub async fn plans_to_sweep(&self, limit: i64) -> Result<Vec<(String, Uuid)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
         let plans = sqlx::query_as(
-            "SELECT account_id, plan_id FROM deal_view WHERE waiting_since IS NOT NULL
-             GROUP BY account_id, plan_id ORDER BY min(waiting_since) LIMIT $1",
+            "UPDATE plans SET queue_swept_at = now() WHERE plan_id IN (
+                 SELECT p.plan_id FROM plans p
+                 WHERE p.mode = 'auto' AND NOT p.archived AND EXISTS (
+                     SELECT 1 FROM deal_view v WHERE v.plan_id = p.plan_id
+                        AND v.account_id = p.account_id AND v.waiting_since IS NOT NULL)
+                 ORDER BY p.queue_swept_at NULLS FIRST LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING account_id, plan_id",
         )
         .bind(limit)
         .fetch_all(&mut *tx)
@@ -278,6 +288,7 @@ impl Store {
                                PARTITION BY account_id ORDER BY next_attempt) AS k
                            FROM assignment_orders WHERE next_attempt <= now()) turns
                        WHERE k <= $3 ORDER BY k, next_attempt LIMIT $1)
+                   AND next_attempt <= now()
                    FOR UPDATE SKIP LOCKED) due
              WHERE o.deal_id = due.deal_id
              RETURNING o.deal_id, o.account_id, o.plan_id, o.version, o.manager_id,
@@ -304,23 +315,38 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// The order was made (or had been): forgotten, unless a newer one replaced it.
+    /// The order was made (or had been): forgotten, unless a newer one replaced it, and its
+    /// decision becomes the deal's explanation.
     pub async fn order_done(&self, order: &Order) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "DELETE FROM assignment_orders WHERE deal_id = $1 AND version = $2 AND manager_id = $3",
+            "WITH made AS (
+                 DELETE FROM assignment_orders
+                 WHERE deal_id = $1 AND version = $2 AND manager_id = $3
+                 RETURNING deal_id, account_id, plan_id, manager_id, decision_key, reason,
+                    explanation)
+             INSERT INTO assignments (intake_id, account_id, plan_id, manager_id, reason,
+                explanation, deal_id)
+             SELECT decision_key, account_id, plan_id, manager_id, reason, explanation, deal_id
+             FROM made
+             ON CONFLICT (account_id, intake_id) DO UPDATE SET manager_id = excluded.manager_id,
+                reason = excluded.reason, explanation = excluded.explanation,
+                deal_id = excluded.deal_id, decided_at = now()",
         )
         .bind(order.deal_id)
         .bind(order.version)
         .bind(&order.manager_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Deal-service refused the order (the deal changed, closed or left; the manager left
     /// the plan): forgotten, and unless the view moved on since, the deal waits again and
     /// no longer counts for the manager. A newer state of the deal is applied as usual.
-    pub async fn order_refused(&self, order: &Order) -> Result<(), StoreError> {
+    /// `gone`: the deal no longer exists (for this account): it leaves the queue instead.
+    pub async fn order_refused(&self, order: &Order, gone: bool) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query(
             "DELETE FROM assignment_orders WHERE deal_id = $1 AND version = $2 AND manager_id = $3",
@@ -341,7 +367,7 @@ impl Store {
         .bind(order.deal_id)
         .bind(order.version)
         .bind(&order.manager_id)
-        .bind(order.waiting_since)
+        .bind((!gone).then_some(order.waiting_since))
         .bind(&order.account_id)
         .execute(&mut *tx)
         .await?
