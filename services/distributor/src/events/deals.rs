@@ -38,7 +38,7 @@ impl BatchHandler for DealEvents {
                 Err(reason) => outcomes[index] = Outcome::Reject(reason),
             }
         }
-        let touched: Vec<DealState> = states.iter().map(|(_, s)| s.clone()).collect();
+        let touched = Queue::plans_of(states.iter().map(|(_, s)| s));
         apply_each_on_refusal(
             &mut outcomes,
             states,
@@ -50,7 +50,7 @@ impl BatchHandler for DealEvents {
         )
         .await;
         // A place freed (a deal closed or moved away), or a deal that came waiting.
-        self.queue.after_deals(&touched).await;
+        self.queue.drain_those_waiting(&touched).await;
         outcomes
     }
 }

@@ -104,7 +104,7 @@ impl Queue {
         else {
             return Ok(0);
         };
-        let (mut cursor, mut open) = (known.cursor.clone(), known.open.clone());
+        let (mut cursor, mut open) = (known.cursor, known.open);
         let decided = domain::queue::assign_waiting(
             &known.settings,
             &mut cursor,
@@ -152,20 +152,19 @@ impl Queue {
         Ok(orders.len())
     }
 
-    /// After deal events were applied: drains the plans they touched that have a queue (a
-    /// deal closed or moved away frees a place; a new waiting deal may find one). A
-    /// failure is logged: the sweep tries again.
-    pub async fn after_deals(&self, states: &[DealState]) {
-        let mut plans: Vec<(String, Uuid)> = states
-            .iter()
-            .map(|s| (s.account_id.clone(), s.plan_id))
-            .collect();
+    /// The plans `states` are of, each once: after deal events were applied, those with a
+    /// queue are drained (a deal closed or moved away frees a place; a new waiting deal may
+    /// find one).
+    pub fn plans_of<'a>(states: impl Iterator<Item = &'a DealState>) -> Vec<(String, Uuid)> {
+        let mut plans: Vec<(String, Uuid)> =
+            states.map(|s| (s.account_id.clone(), s.plan_id)).collect();
         plans.sort_unstable();
         plans.dedup();
-        self.drain_those_waiting(&plans).await;
+        plans
     }
 
-    /// Drains those of `plans` with waiting deals.
+    /// Drains those of `plans` with waiting deals, one round each; a failure is logged
+    /// (the sweep tries again).
     pub async fn drain_those_waiting(&self, plans: &[(String, Uuid)]) {
         let waiting = match self.store.plans_with_waiting(plans).await {
             Ok(waiting) => waiting,
@@ -181,7 +180,8 @@ impl Queue {
         }
     }
 
-    /// Every few seconds, drains every plan with a queue, until `stop`.
+    /// Every few seconds, drains the plans whose queue can move, those swept longest ago
+    /// first, until `stop`.
     pub async fn sweep(self: Arc<Self>, stop: CancellationToken) {
         loop {
             tokio::select! {
