@@ -226,6 +226,7 @@ fn distribution(kind: &str, prefer_related: bool) -> anyhow::Result<pb::Distribu
     Ok(pb::Distribution {
         mode: mode as i32,
         prefer_related,
+        keep_related_when_unavailable: false,
         strategy: strategy as i32,
     })
 }

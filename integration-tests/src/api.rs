@@ -40,6 +40,7 @@ pub fn plan_request(
         distribution: Some(pb::Distribution {
             mode: mode as i32,
             prefer_related,
+            keep_related_when_unavailable: false,
             strategy: strategy as i32,
         }),
         manager_ids: managers.iter().map(|m| (*m).to_owned()).collect(),

@@ -172,6 +172,7 @@ async fn plans_stages_managers_and_reasons() -> anyhow::Result<()> {
         distribution: Some(pb::Distribution {
             mode: pb::distribution::Mode::Auto as i32,
             prefer_related: true,
+            keep_related_when_unavailable: false,
             strategy: pb::distribution::Strategy::LeastOpenDeals as i32,
         }),
         ..Default::default()

@@ -36,6 +36,7 @@ async fn store_with_round_robin_plan() -> anyhow::Result<(TestDatabase, Store, U
                 managers: vec!["m1".into(), "m2".into(), "m3".into()],
                 weights: Vec::new(),
                 caps: Vec::new(),
+                keep_related: false,
                 archived: false,
             },
         })
@@ -132,6 +133,7 @@ async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> an
                 managers: vec!["m1".into()],
                 weights: Vec::new(),
                 caps: Vec::new(),
+                keep_related: false,
                 archived: false,
             },
         })
@@ -200,6 +202,7 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
                 managers: vec!["m1".into()],
                 weights: Vec::new(),
                 caps: vec![1],
+                keep_related: false,
                 archived: false,
             },
         })

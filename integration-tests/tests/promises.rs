@@ -71,6 +71,7 @@ fn distribution(manual: bool) -> pb::Distribution {
     pb::Distribution {
         mode: if manual { Mode::Manual } else { Mode::Auto } as i32,
         prefer_related: false,
+        keep_related_when_unavailable: false,
         strategy: Strategy::RoundRobin as i32,
     }
 }

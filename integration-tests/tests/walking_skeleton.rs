@@ -28,6 +28,7 @@ async fn create_plan(stack: &Stack, managers: &[&str]) -> anyhow::Result<pb::Pla
                 distribution: Some(pb::Distribution {
                     mode: pb::distribution::Mode::Auto as i32,
                     prefer_related: false,
+                    keep_related_when_unavailable: false,
                     strategy: pb::distribution::Strategy::RoundRobin as i32,
                 }),
                 manager_ids: managers.iter().map(|m| (*m).to_owned()).collect(),

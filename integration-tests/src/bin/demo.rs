@@ -140,6 +140,7 @@ impl Demo {
             distribution: Some(pb::Distribution {
                 mode: mode as i32,
                 prefer_related,
+                keep_related_when_unavailable: false,
                 strategy: strategy as i32,
             }),
             manager_ids,

@@ -12,6 +12,7 @@ use salesplan_proto::v1 as pb;
 use crate::domain::{
     Money, MoneySum,
     deal::{Deal, DealEdit, DealStatus, NewDeal},
+    manager::Manager,
     plan::{self, Distribution, Plan, PlanDraft, Stage, StageKind, Strategy, Terms},
     query::{self, DealQuery, Search, Sort, SortField, TimeRange},
 };
@@ -44,6 +45,24 @@ pub fn manager_id(field: &str, value: &str) -> Result<String, ApiError> {
     validate::required_text(field, value, 128)
 }
 
+/// A manager's availability as the API shows it, with whether they are available `now`.
+pub fn availability_to(manager: &Manager, now: time::OffsetDateTime) -> pb::ManagerAvailability {
+    let availability = &manager.availability;
+    let away = availability.away_at(now);
+    pb::ManagerAvailability {
+        manager_id: manager.manager_id.clone(),
+        schedule: Some(availability.schedule.to_proto()),
+        paused: availability.paused,
+        version: manager.version,
+        updated_at: manager.updated_at.map(timestamp),
+        available_now: away.is_none(),
+        unavailable_because: away.map(|a| a.as_str().to_owned()).unwrap_or_default(),
+        available_from: away
+            .and_then(|_| availability.available_from(now))
+            .map(timestamp),
+    }
+}
+
 pub fn distribution_from(d: Option<pb::Distribution>) -> Result<Distribution, ApiError> {
     use pb::distribution::{Mode, Strategy as S};
     let d = d.ok_or_else(|| ApiError::invalid("distribution", "required"))?;
@@ -61,8 +80,15 @@ pub fn distribution_from(d: Option<pb::Distribution>) -> Result<Distribution, Ap
                     ));
                 }
             };
+            if d.keep_related_when_unavailable && !d.prefer_related {
+                return Err(ApiError::invalid(
+                    "distribution.keep_related_when_unavailable",
+                    "needs prefer_related",
+                ));
+            }
             Ok(Distribution::Auto {
                 prefer_related: d.prefer_related,
+                keep_related: d.keep_related_when_unavailable,
                 strategy,
             })
         }
@@ -79,14 +105,17 @@ fn distribution_to(d: Distribution) -> pb::Distribution {
         Distribution::Manual => pb::Distribution {
             mode: Mode::Manual as i32,
             prefer_related: false,
+            keep_related_when_unavailable: false,
             strategy: S::Unspecified as i32,
         },
         Distribution::Auto {
             prefer_related,
+            keep_related,
             strategy,
         } => pb::Distribution {
             mode: Mode::Auto as i32,
             prefer_related,
+            keep_related_when_unavailable: keep_related,
             strategy: match strategy {
                 Strategy::Random => S::Random,
                 Strategy::RoundRobin => S::RoundRobin,
@@ -533,6 +562,7 @@ mod tests {
             distribution: Some(pb::Distribution {
                 mode: pb::distribution::Mode::Auto as i32,
                 prefer_related: true,
+                keep_related_when_unavailable: false,
                 strategy: pb::distribution::Strategy::LeastOpenDeals as i32,
             }),
             manager_ids: vec!["m1".into(), "m2".into()],
@@ -591,6 +621,7 @@ mod tests {
             draft.distribution,
             Distribution::Auto {
                 prefer_related: true,
+                keep_related: false,
                 strategy: Strategy::LeastOpenDeals
             }
         );
@@ -665,7 +696,7 @@ mod tests {
             let request = pb::CreatePlanRequest {
                 name, chat_label: label,
                 average_amount: Some(pb::Money { amount_minor: amount, currency }),
-                distribution: Some(pb::Distribution { mode, prefer_related: false, strategy }),
+                distribution: Some(pb::Distribution { mode, prefer_related: false, keep_related_when_unavailable: false, strategy }),
                 manager_ids: managers,
                 members: vec![],
             };

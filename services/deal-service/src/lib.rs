@@ -24,6 +24,7 @@ use salesplan_platform::{
 use salesplan_proto::v1::{
     contact_service_server::ContactServiceServer, deal_service_server::DealServiceServer,
     distributor_service_client::DistributorServiceClient,
+    manager_service_server::ManagerServiceServer,
     outbox_service_server::OutboxServiceServer, plan_service_server::PlanServiceServer,
 };
 use sqlx::migrate::Migrator;
@@ -74,6 +75,10 @@ impl Service for Config {
             api.clone(),
             interceptor.clone(),
         ))
+        .add_service(ManagerServiceServer::with_interceptor(
+            api.clone(),
+            interceptor.clone(),
+        ))
         .add_service(ContactServiceServer::with_interceptor(api, interceptor));
         let mut background = Background::new(metrics.clone());
         let relay_stop = background.stop_token();
@@ -87,6 +92,7 @@ impl Service for Config {
                 <DealServiceServer<grpc::Api> as NamedService>::NAME,
                 <OutboxServiceServer<grpc::Api> as NamedService>::NAME,
                 <ContactServiceServer<grpc::Api> as NamedService>::NAME,
+                <ManagerServiceServer<grpc::Api> as NamedService>::NAME,
             ],
         };
         Ok(spawn_service(&common, grpc, None, background, bus, shutdown).await?)

@@ -3,7 +3,10 @@
 use std::{collections::HashMap, hint::black_box};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use distributor::domain::distribution::{Cursor, Lead, Mode, PlanSettings, Strategy, decide};
+use distributor::domain::distribution::{
+    Away, Cursor, Lead, Mode, PlanSettings, Strategy, away_at, decide,
+};
+use salesplan_platform::schedule::{Availability, Hours, Schedule};
 
 fn plan(strategy: Strategy, prefer_related: bool) -> PlanSettings {
     PlanSettings {
@@ -16,11 +19,20 @@ fn plan(strategy: Strategy, prefer_related: bool) -> PlanSettings {
         weights: (0..20).map(|i| 1 + i % 3).collect(),
         // Limits well above the counts: checked for every member, never binding.
         caps: vec![1_000_000; 20],
+        keep_related: false,
         archived: false,
     }
 }
 
+/// Five of the twenty members unavailable: skipped and explained on every decision.
+fn some_away() -> Away {
+    (0..5)
+        .map(|i| (format!("manager-{}", i * 4), "unavailable: paused".to_owned()))
+        .collect()
+}
+
 fn strategies(c: &mut Criterion) {
+    let away = some_away();
     let mut open: HashMap<String, i64> = (0..20)
         .map(|i| (format!("manager-{i}"), i * 7 % 13))
         .collect();
@@ -37,6 +49,7 @@ fn strategies(c: &mut Criterion) {
                     &Lead::default(),
                     &mut cursor,
                     &mut open,
+                    &away,
                     12_345,
                 )
             })
@@ -49,9 +62,36 @@ fn strategies(c: &mut Criterion) {
     };
     let mut cursor = Cursor::default();
     c.bench_function("decide/related_first", |b| {
-        b.iter(|| decide(black_box(&related), &lead, &mut cursor, &mut open, 0))
+        b.iter(|| decide(black_box(&related), &lead, &mut cursor, &mut open, &away, 0))
     });
 }
 
-criterion_group!(benches, strategies);
+/// What a batch's decisions pay once: who of 20 members with office hours in their own
+/// time zones (two days off each) is unavailable now.
+fn availability(c: &mut Criterion) {
+    let managers: Vec<String> = (0..20).map(|i| format!("manager-{i}")).collect();
+    let zones = ["Europe/Berlin", "America/New_York", "Asia/Tokyo", "UTC"];
+    let known: HashMap<String, Availability> = managers
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut week: [Vec<Hours>; 7] = Default::default();
+            for day in week.iter_mut().take(5) {
+                *day = vec![Hours { start: 540, end: 780 }, Hours { start: 840, end: 1080 }];
+            }
+            let schedule = Schedule {
+                time_zone: zones[i % zones.len()].into(),
+                week,
+                days_off: Vec::new(),
+            };
+            (m.clone(), Availability { schedule, paused: false })
+        })
+        .collect();
+    let at = time::OffsetDateTime::now_utc();
+    c.bench_function("away_at/20_members_with_schedules", |b| {
+        b.iter(|| away_at(black_box(&managers), &known, at))
+    });
+}
+
+criterion_group!(benches, strategies, availability);
 criterion_main!(benches);

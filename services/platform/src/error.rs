@@ -43,6 +43,8 @@ pub enum Reason {
     NothingToChange,
     /// A deal cannot wait for automatic distribution in a plan that distributes by hand.
     ManualDistribution,
+    /// The account has availability set for as many managers as it may.
+    ManagerCapReached,
 }
 
 impl Reason {
@@ -70,6 +72,7 @@ impl Reason {
             Self::DealOpen => "DEAL_OPEN",
             Self::NothingToChange => "NOTHING_TO_CHANGE",
             Self::ManualDistribution => "MANUAL_DISTRIBUTION",
+            Self::ManagerCapReached => "MANAGER_CAP_REACHED",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 pub mod names;
 pub mod privacy;
+pub mod schedule;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -540,6 +540,7 @@ mod tests {
         );
         plan.distribution = Distribution::Auto {
             prefer_related: false,
+            keep_related: false,
             strategy: crate::domain::plan::Strategy::RoundRobin,
         };
         plan.managers = vec!["m1".into()];

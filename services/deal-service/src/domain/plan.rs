@@ -11,6 +11,8 @@ pub enum Distribution {
     Manual,
     Auto {
         prefer_related: bool,
+        /// With `prefer_related`: the related manager gets the deal even while unavailable.
+        keep_related: bool,
         strategy: Strategy,
     },
 }

@@ -2,6 +2,7 @@
 
 mod contacts;
 mod deals;
+mod managers;
 mod outbox;
 mod plans;
 
@@ -28,7 +29,7 @@ pub struct Api {
     /// CreateDeals.
     creates: Arc<AccountLimiter>,
     /// Plan changes: CreatePlan, UpdatePlan, ArchivePlan, SetPlanManagers, the stage
-    /// calls, SetLossReasons.
+    /// calls, SetLossReasons; and managers' SetSchedule and SetPaused.
     plan_changes: Arc<AccountLimiter>,
     /// How long a read given a consistency token waits for its write.
     consistency_wait: std::time::Duration,

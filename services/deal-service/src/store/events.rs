@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use super::OUTBOX_CHANNEL;
 use crate::domain::{
     deal::{Change, Deal},
+    manager::Manager,
     plan::Plan,
 };
 
@@ -231,6 +232,31 @@ pub async fn record_plan(
     enqueue(
         tx,
         vec![subject],
+        vec![event_id],
+        vec![event.encode_to_vec()],
+        vec![telemetry::trace_headers()],
+    )
+    .await
+}
+
+/// A manager's availability changed: the distributor keeps a copy.
+pub async fn record_manager(
+    tx: &mut Transaction<'_, Postgres>,
+    manager: &Manager,
+    actor_id: &str,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let event_id = ids::new_id().to_string();
+    let event = pb::ManagerEvent {
+        event_id: event_id.clone(),
+        account_id: manager.account_id.clone(),
+        occurred_at: Some(crate::convert::timestamp(at)),
+        actor_id: actor_id.to_owned(),
+        availability: Some(crate::convert::availability_to(manager, at)),
+    };
+    enqueue(
+        tx,
+        vec![streams::manager_subject(&manager.account_id)],
         vec![event_id],
         vec![event.encode_to_vec()],
         vec![telemetry::trace_headers()],

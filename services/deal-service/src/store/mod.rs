@@ -6,6 +6,7 @@ mod counts;
 mod deals;
 mod error;
 mod events;
+mod managers;
 pub mod outbox;
 mod parked;
 mod plans;

@@ -30,14 +30,14 @@ impl Store {
         db::traced(SCHEMA, "INSERT plans", async {
             let now = now();
             let plan = draft.into_plan(account_id, ids::new_id(), now, ids::new_id);
-            let (mode, prefer_related, strategy) = distribution_columns(plan.distribution);
+            let (mode, prefer_related, keep_related, strategy) = distribution_columns(plan.distribution);
             let mut tx = self.pool.begin().await?;
             within_plan_cap(&mut tx, account_id).await?;
             sqlx::query(
             "INSERT INTO plans (id, account_id, name, average_amount_minor, currency, chat_label,
                 distribution_mode, prefer_related, strategy, require_reason, archived, version,
-                created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, false, false, $10, $11, $11)",
+                created_at, updated_at, keep_related)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, false, false, $10, $11, $11, $12)",
         )
         .bind(plan.id)
         .bind(account_id)
@@ -50,6 +50,7 @@ impl Store {
         .bind(strategy)
         .bind(plan.version)
         .bind(now)
+        .bind(keep_related)
         .execute(&mut *tx)
         .await?;
             save_children(&mut tx, &plan).await?;
@@ -341,6 +342,7 @@ pub async fn find_plan(
         distribution: distribution_from(
             row.try_get("distribution_mode")?,
             row.try_get("prefer_related")?,
+            row.try_get("keep_related")?,
             row.try_get("strategy")?,
         )?,
         managers,
@@ -399,21 +401,22 @@ async fn plan_reasons(
 }
 
 const PLAN_SELECT: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
-    distribution_mode, prefer_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
+    distribution_mode, prefer_related, keep_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
     FROM plans WHERE account_id = $1 AND id = $2";
 const PLAN_SELECT_SHARE: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
-    distribution_mode, prefer_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
+    distribution_mode, prefer_related, keep_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
     FROM plans WHERE account_id = $1 AND id = $2 FOR SHARE";
 const PLAN_SELECT_UPDATE: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
-    distribution_mode, prefer_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
+    distribution_mode, prefer_related, keep_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
     FROM plans WHERE account_id = $1 AND id = $2 FOR UPDATE";
 
 async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<(), StoreError> {
-    let (mode, prefer_related, strategy) = distribution_columns(plan.distribution);
+    let (mode, prefer_related, keep_related, strategy) = distribution_columns(plan.distribution);
     sqlx::query(
         "UPDATE plans SET name = $2, average_amount_minor = $3, currency = $4, chat_label = $5,
             distribution_mode = $6, prefer_related = $7, strategy = $8, require_reason = $9,
-            archived = $10, version = $11, updated_at = $12, archived_version = $13
+            archived = $10, version = $11, updated_at = $12, archived_version = $13,
+            keep_related = $14
          WHERE id = $1",
     )
     .bind(plan.id)
@@ -429,6 +432,7 @@ async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<()
     .bind(plan.version)
     .bind(plan.updated_at)
     .bind(plan.archived_at_version)
+    .bind(keep_related)
     .execute(&mut **tx)
     .await?;
     sqlx::query("DELETE FROM plan_managers WHERE plan_id = $1")

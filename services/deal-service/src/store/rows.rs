@@ -52,25 +52,29 @@ pub fn deal_from_row(row: &PgRow) -> Result<Deal, StoreError> {
     })
 }
 
-pub fn distribution_columns(d: Distribution) -> (&'static str, bool, &'static str) {
+/// The plan columns of a distribution: mode, prefer_related, keep_related, strategy.
+pub fn distribution_columns(d: Distribution) -> (&'static str, bool, bool, &'static str) {
     match d {
-        Distribution::Manual => ("manual", false, Strategy::RoundRobin.as_str()),
+        Distribution::Manual => ("manual", false, false, Strategy::RoundRobin.as_str()),
         Distribution::Auto {
             prefer_related,
+            keep_related,
             strategy,
-        } => ("auto", prefer_related, strategy.as_str()),
+        } => ("auto", prefer_related, keep_related, strategy.as_str()),
     }
 }
 
 pub fn distribution_from(
     mode: &str,
     prefer_related: bool,
+    keep_related: bool,
     strategy: &str,
 ) -> Result<Distribution, StoreError> {
     match mode {
         "manual" => Ok(Distribution::Manual),
         "auto" => Ok(Distribution::Auto {
             prefer_related,
+            keep_related,
             strategy: Strategy::parse(strategy).ok_or_else(|| corrupt("plans.strategy"))?,
         }),
         _ => Err(corrupt("plans.distribution_mode")),

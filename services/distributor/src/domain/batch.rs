@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
-use super::distribution::{Cursor, Decision, Lead, PlanSettings, decide};
+use super::distribution::{Away, Cursor, Decision, Lead, PlanSettings, decide};
 
 /// One lead of a batch, to decide.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct Known {
     /// Deals of the plan wait in its queue: a new lead goes behind them (oldest first),
     /// unless a bulk add names its manager.
     pub queue_ahead: bool,
+    /// The members unavailable at the decision time.
+    pub away: Away,
 }
 
 /// A decision made now.
@@ -72,6 +74,7 @@ pub fn decide_batch(known: Known, leads: &[PendingLead], mut random: impl FnMut(
         mut related,
         decided,
         queue_ahead,
+        away,
         ..
     } = known;
     let mut batch = Batch {
@@ -91,7 +94,7 @@ pub fn decide_batch(known: Known, leads: &[PendingLead], mut random: impl FnMut(
         let decision = if queue_ahead && settings.queues() && !settings.names(&lead) {
             Decision::behind_the_queue()
         } else {
-            decide(&settings, &lead, &mut cursor, &mut open, random())
+            decide(&settings, &lead, &mut cursor, &mut open, &away, random())
         };
         if let Some(manager) = &decision.manager {
             *batch.opened.entry(manager.clone()).or_default() += 1;
@@ -130,6 +133,7 @@ mod tests {
             managers: (0..managers).map(|m| format!("m{m}")).collect(),
             weights: Vec::new(),
             caps: Vec::new(),
+            keep_related: false,
             archived: false,
         }
     }
@@ -166,6 +170,7 @@ mod tests {
         /// Decides `leads` as one batch and keeps what it changed; the managers chosen now.
         fn run(&mut self, leads: &[PendingLead]) -> Vec<Option<String>> {
             let known = Known {
+                away: Away::new(),
                 settings: self.settings.clone(),
                 plan_version: 1,
                 cursor: self.cursor.clone(),
@@ -285,6 +290,7 @@ mod tests {
     #[test]
     fn a_batch_reports_what_it_changed() {
         let known = Known {
+            away: Away::new(),
             settings: plan(Strategy::RoundRobin, true, 2),
             plan_version: 3,
             cursor: Cursor::default(),
@@ -333,6 +339,7 @@ mod tests {
     #[test]
     fn a_new_lead_waits_behind_the_queue() {
         let known = Known {
+            away: Away::new(),
             settings: plan(Strategy::RoundRobin, false, 2),
             plan_version: 1,
             cursor: Cursor::default(),

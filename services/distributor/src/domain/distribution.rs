@@ -1,8 +1,38 @@
 //! Deciding the manager of a new lead from the plan's settings: manual, or automatic at
 //! random, in turn, or to the fewest open deals, preferring the manager the contact knows,
-//! among the members below their limit of open deals (else the lead waits).
+//! among the members available now and below their limit of open deals (else the lead
+//! waits).
 
 use std::collections::HashMap;
+
+use salesplan_platform::schedule::Availability;
+use time::OffsetDateTime;
+
+/// The members unavailable at the decision time, each with why ("unavailable: paused",
+/// "unavailable: outside working hours, back at …"); a member not in it is available.
+pub type Away = HashMap<String, String>;
+
+/// Who of `managers` is unavailable at `at`, by their availability (a manager without one
+/// works around the clock).
+pub fn away_at(
+    managers: &[String],
+    availability: &HashMap<String, Availability>,
+    at: OffsetDateTime,
+) -> Away {
+    managers
+        .iter()
+        .filter_map(|m| {
+            let known = availability.get(m)?;
+            let why = known.away_at(at)?;
+            let back = known
+                .available_from(at)
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                .map(|t| format!(", back at {t}"))
+                .unwrap_or_default();
+            Some((m.clone(), format!("unavailable: {}{back}", why.as_str())))
+        })
+        .collect()
+}
 
 /// The plan settings the distributor keeps (a copy fed by plan events).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +46,9 @@ pub struct PlanSettings {
     /// Each member's limit of open deals, in the order of `managers` (0: none); empty when
     /// no member has one.
     pub caps: Vec<u32>,
+    /// With `prefer_related`: the related manager gets the lead even while unavailable
+    /// (never while at their limit).
+    pub keep_related: bool,
     pub archived: bool,
 }
 
@@ -251,16 +284,18 @@ impl Decision {
 }
 
 /// Chooses the manager of `lead`. `open` holds the open deals per manager in this plan and
-/// is updated with the decision (so the next lead of a batch sees it); `random` is a
-/// uniformly random number, which keeps this function pure.
+/// is updated with the decision (so the next lead of a batch sees it); `away` the members
+/// unavailable at the decision time; `random` is a uniformly random number, which keeps
+/// this function pure.
 pub fn decide(
     plan: &PlanSettings,
     lead: &Lead,
     cursor: &mut Cursor,
     open: &mut HashMap<String, i64>,
+    away: &Away,
     random: u64,
 ) -> Decision {
-    let decision = decide_inner(plan, lead, cursor, open, random);
+    let decision = decide_inner(plan, lead, cursor, open, away, random);
     if let Some(m) = &decision.manager {
         *open.entry(m.clone()).or_insert(0) += 1;
     }
@@ -272,13 +307,14 @@ fn decide_inner(
     lead: &Lead,
     cursor: &mut Cursor,
     open: &HashMap<String, i64>,
+    away: &Away,
     random: u64,
 ) -> Decision {
     let Some(named) = &lead.assign_to else {
-        return distribute(plan, lead, cursor, open, random);
+        return distribute(plan, lead, cursor, open, away, random);
     };
     if plan.names(lead) {
-        // Named by hand: limits bind automatic distribution only.
+        // Named by hand: limits and availability bind automatic distribution only.
         return Decision {
             manager: Some(named.clone()),
             reason: "named by the bulk add".into(),
@@ -288,7 +324,7 @@ fn decide_inner(
     }
     // The listener accepted the bulk add while the manager was a member; the manager left
     // since. An accepted lead becomes a deal all the same: as the plan distributes.
-    let mut decision = distribute(plan, lead, cursor, open, random);
+    let mut decision = distribute(plan, lead, cursor, open, away, random);
     decision.reason = format!(
         "{}; manager {named} named by the bulk add is no longer a member",
         decision.reason
@@ -302,6 +338,7 @@ fn distribute(
     lead: &Lead,
     cursor: &mut Cursor,
     open: &HashMap<String, i64>,
+    away: &Away,
     random: u64,
 ) -> Decision {
     let (prefer_related, strategy) = match plan.mode {
@@ -319,10 +356,10 @@ fn distribute(
     }
     let weights = plan.all_weights();
     let caps: Vec<Option<u32>> = (0..plan.managers.len()).map(|i| plan.cap(i)).collect();
-    let members = Members::new(&plan.managers, &weights, &caps, open);
+    let members = Members::new(&plan.managers, &weights, &caps, open, away);
     let mut skipped_related = Vec::new();
     if prefer_related {
-        match related(&members, lead) {
+        match related(&members, lead, plan.keep_related) {
             Ok(decision) => return decision,
             Err(skipped) => skipped_related = skipped,
         }
@@ -334,13 +371,15 @@ fn distribute(
     decision
 }
 
-/// A plan's members, their weights, limits and open deals, and which may take a lead.
+/// A plan's members, their weights, limits, open deals and availability, and which may
+/// take a lead.
 struct Members<'a> {
     managers: &'a [String],
     weights: &'a [u32],
     caps: &'a [Option<u32>],
     open: &'a HashMap<String, i64>,
-    /// Below its limit (or without one), by index.
+    away: &'a Away,
+    /// Available and below its limit (or without one), by index.
     eligible: Vec<bool>,
 }
 
@@ -350,18 +389,33 @@ impl<'a> Members<'a> {
         weights: &'a [u32],
         caps: &'a [Option<u32>],
         open: &'a HashMap<String, i64>,
+        away: &'a Away,
     ) -> Self {
         let mut members = Self {
             managers,
             weights,
             caps,
             open,
+            away,
             eligible: Vec::new(),
         };
         members.eligible = (0..managers.len())
-            .map(|i| members.full(i).is_none())
+            .map(|i| members.blocked(i).is_none())
             .collect();
         members
+    }
+
+    /// Why the member at `i` cannot take a lead now: unavailable, at capacity, or both.
+    fn blocked(&self, i: usize) -> Option<String> {
+        match (self.unavailable(i), self.full(i)) {
+            (Some(away), Some(full)) => Some(format!("{away}; {full}")),
+            (away, full) => away.or(full),
+        }
+    }
+
+    /// "unavailable: paused" for a member unavailable at the decision time.
+    fn unavailable(&self, i: usize) -> Option<String> {
+        self.away.get(&self.managers[i]).cloned()
     }
 
     fn count(&self, manager: &str) -> i64 {
@@ -417,8 +471,9 @@ impl<'a> Members<'a> {
 }
 
 /// The related manager (the one the caller named, else the one of the contact's earlier
-/// deal) while a member; else why each was passed over.
-fn related(members: &Members<'_>, lead: &Lead) -> Result<Decision, Vec<String>> {
+/// deal) while a member below their limit, and available unless `keep` keeps it for them
+/// anyway; else why each was passed over.
+fn related(members: &Members<'_>, lead: &Lead, keep: bool) -> Result<Decision, Vec<String>> {
     let mut skipped = Vec::new();
     let related = [
         (&lead.named_related, "named by the caller"),
@@ -426,36 +481,46 @@ fn related(members: &Members<'_>, lead: &Lead) -> Result<Decision, Vec<String>> 
     ];
     for (related, source) in related {
         let Some(related) = related else { continue };
-        if let Some(full) = members.index(related).and_then(|i| members.full(i)) {
-            skipped.push(format!("related manager {related} ({source}) is {full}"));
+        let Some(i) = members.index(related) else {
+            skipped.push(format!(
+                "related manager {related} ({source}) is not a member"
+            ));
             continue;
-        }
-        if members.managers.contains(related) {
-            let reason = format!("related manager ({source})");
-            return Ok(Decision {
-                manager: Some(related.clone()),
-                candidates: members.candidates(related, &|m| {
-                    if m == related {
-                        reason.clone()
-                    } else {
-                        let full = members.index(m).and_then(|i| members.full(i));
-                        full.unwrap_or_else(|| "not related".into())
-                    }
-                }),
-                reason,
-                waits: false,
-            });
-        }
-        skipped.push(format!(
-            "related manager {related} ({source}) is not a member"
-        ));
+        };
+        let reason = match (members.full(i), members.unavailable(i)) {
+            (Some(full), _) => {
+                skipped.push(format!("related manager {related} ({source}) is {full}"));
+                continue;
+            }
+            (None, Some(away)) if !keep => {
+                skipped.push(format!("related manager {related} ({source}) is {away}"));
+                continue;
+            }
+            (None, Some(away)) => format!(
+                "related manager ({source}), kept for them by the plan while {away}"
+            ),
+            (None, None) => format!("related manager ({source})"),
+        };
+        return Ok(Decision {
+            manager: Some(related.clone()),
+            candidates: members.candidates(related, &|m| {
+                if m == related {
+                    reason.clone()
+                } else {
+                    let blocked = members.index(m).and_then(|i| members.blocked(i));
+                    blocked.unwrap_or_else(|| "not related".into())
+                }
+            }),
+            reason,
+            waits: false,
+        });
     }
     Err(skipped)
 }
 
-/// The strategy's pick among the members below their limit: at random, the next in turn,
-/// or the fewest open deals (among equals, the first in turn from the cursor). Turns move
-/// for all but random. None below its limit: the lead waits.
+/// The strategy's pick among the members available and below their limit: at random, the
+/// next in turn, or the fewest open deals (among equals, the first in turn from the
+/// cursor). Turns move for all but random. None such: the lead waits.
 fn by_strategy(
     members: &Members<'_>,
     strategy: Strategy,
@@ -464,13 +529,19 @@ fn by_strategy(
 ) -> Decision {
     let managers = members.managers;
     let n = managers.len();
-    let full_note = |m: &str| members.index(m).and_then(|i| members.full(i));
+    let blocked_note = |m: &str| members.index(m).and_then(|i| members.blocked(i));
     let eligible: Vec<usize> = (0..n).filter(|i| members.eligible[*i]).collect();
     if eligible.is_empty() {
+        let away = (0..n).filter(|i| members.unavailable(*i).is_some()).count();
+        let reason = match away {
+            0 => "every member is at capacity: waits for the first to free",
+            a if a == n => "no member is available: waits for the first back",
+            _ => "no member is both available and below their limit: waits for the first who can take it",
+        };
         return Decision {
             manager: None,
-            reason: "every member is at capacity: waits for the first to free".into(),
-            candidates: members.candidates("", &|m| full_note(m).unwrap_or_default()),
+            reason: reason.into(),
+            candidates: members.candidates("", &|m| blocked_note(m).unwrap_or_default()),
             waits: true,
         };
     }
@@ -512,8 +583,8 @@ fn by_strategy(
         if m == chosen {
             return reason.clone();
         }
-        if let Some(full) = full_note(m) {
-            return full;
+        if let Some(blocked) = blocked_note(m) {
+            return blocked;
         }
         let i = position(m);
         match strategy {
@@ -554,6 +625,7 @@ mod tests {
             managers: managers.iter().map(|m| (*m).to_owned()).collect(),
             weights: Vec::new(),
             caps: Vec::new(),
+            keep_related: false,
             archived: false,
         }
     }
@@ -585,6 +657,17 @@ mod tests {
             .collect()
     }
 
+    /// A decision with every member available.
+    fn decide(
+        plan: &PlanSettings,
+        lead: &Lead,
+        cursor: &mut Cursor,
+        open: &mut HashMap<String, i64>,
+        random: u64,
+    ) -> Decision {
+        super::decide(plan, lead, cursor, open, &Away::new(), random)
+    }
+
     fn run(plan: &PlanSettings, cursor: &mut Cursor, open: &mut HashMap<String, i64>) -> String {
         decide(plan, &Lead::default(), cursor, open, 0)
             .manager
@@ -598,6 +681,7 @@ mod tests {
             managers: vec!["a".into()],
             weights: Vec::new(),
             caps: Vec::new(),
+            keep_related: false,
             archived: false,
         };
         let d = decide(
@@ -644,6 +728,7 @@ mod tests {
             managers: vec!["a".into()],
             weights: Vec::new(),
             caps: Vec::new(),
+            keep_related: false,
             archived: false,
         };
         let d = decide(&manual, &lead, &mut cursor, &mut HashMap::new(), 0);

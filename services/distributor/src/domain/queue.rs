@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::distribution::{Cursor, Decision, Lead, PlanSettings, decide};
+use super::distribution::{Away, Cursor, Decision, Lead, PlanSettings, decide};
 
 /// A deal waiting in its plan's queue, as the distributor's view of deals has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,19 +21,21 @@ pub struct Waiting {
 }
 
 /// Decides the `queue` (oldest first) until a deal finds no member: that one and those
-/// behind it keep waiting, in order. `open` and `cursor` move with each decision.
+/// behind it keep waiting, in order. `open` and `cursor` move with each decision; `away`
+/// are the members unavailable now.
 /// Waiting deals are decided by the strategy alone: the view keeps no contact of a deal,
 /// so none goes to a related manager.
 pub fn assign_waiting(
     settings: &PlanSettings,
     cursor: &mut Cursor,
     open: &mut HashMap<String, i64>,
+    away: &Away,
     queue: &[Waiting],
     mut random: impl FnMut() -> u64,
 ) -> Vec<(Waiting, Decision)> {
     let mut decided = Vec::new();
     for waiting in queue {
-        let mut decision = decide(settings, &Lead::default(), cursor, open, random());
+        let mut decision = decide(settings, &Lead::default(), cursor, open, away, random());
         if decision.manager.is_none() {
             break;
         }
@@ -73,11 +75,12 @@ mod tests {
             managers: vec!["a".into(), "b".into()],
             weights: Vec::new(),
             caps: vec![2, 3],
+            keep_related: false,
             archived: false,
         };
         let mut open = HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 3)]);
         let queue = [waiting(1), waiting(2), waiting(3)];
-        let decided = assign_waiting(&plan, &mut Cursor::default(), &mut open, &queue, || 0);
+        let decided = assign_waiting(&plan, &mut Cursor::default(), &mut open, &Away::new(), &queue, || 0);
         // a had room for one, b for none: the oldest deal goes to a, the others wait.
         let got: Vec<(u128, Option<&str>)> = decided
             .iter()
@@ -94,7 +97,7 @@ mod tests {
         );
         assert_eq!(open["a"], 2);
         open.insert("b".into(), 1);
-        let decided = assign_waiting(&plan, &mut Cursor::default(), &mut open, &queue[1..], || 0);
+        let decided = assign_waiting(&plan, &mut Cursor::default(), &mut open, &Away::new(), &queue[1..], || 0);
         let got: Vec<u128> = decided.iter().map(|(w, _)| w.deal_id.as_u128()).collect();
         assert_eq!(got, [2, 3], "b freed two places: the next two, in order");
     }

@@ -1,8 +1,12 @@
 //! Keeps the distributor's copy of each plan's settings from deal-service's plan events
-//! (and from deal-service itself when a lead was accepted at a version not applied yet).
+//! (and from deal-service itself when a lead was accepted at a version not applied yet),
+//! and of each manager's availability from the manager events on the same stream.
 
 use prost::Message as _;
-use salesplan_platform::bus::{BatchHandler, Delivery, Outcome};
+use salesplan_platform::{
+    bus::{BatchHandler, Delivery, Outcome, streams},
+    schedule::{Availability, Schedule},
+};
 use salesplan_proto::v1 as pb;
 use uuid::Uuid;
 
@@ -11,7 +15,7 @@ use std::sync::Arc;
 use crate::{
     domain::distribution::{Mode, PlanSettings, Strategy},
     events::queue::Queue,
-    store::{PlanCopy, Store},
+    store::{ManagerCopy, PlanCopy, Store},
 };
 
 pub struct PlanEvents {
@@ -25,6 +29,9 @@ impl PlanEvents {
     }
 
     async fn apply(&self, delivery: &Delivery) -> Outcome {
+        if streams::is_manager_subject(&delivery.subject) {
+            return self.apply_manager(delivery).await;
+        }
         let plan = match decode(delivery) {
             Ok(plan) => plan,
             Err(reason) => return Outcome::Reject(reason),
@@ -35,6 +42,28 @@ impl PlanEvents {
                 self.queue
                     .drain_those_waiting(&[(plan.account_id.clone(), plan.plan_id)])
                     .await;
+                Outcome::Done
+            }
+            Err(err) => Outcome::Retry(err.to_string()),
+        }
+    }
+}
+
+impl PlanEvents {
+    async fn apply_manager(&self, delivery: &Delivery) -> Outcome {
+        let copy = match decode_manager(delivery) {
+            Ok(copy) => copy,
+            Err(reason) => return Outcome::Reject(reason),
+        };
+        match self.store.apply_manager(&copy).await {
+            Ok(plans) => {
+                // A manager resumed, or back in their hours by a new schedule: the queues of
+                // their plans may move now.
+                let touched: Vec<(String, Uuid)> = plans
+                    .into_iter()
+                    .map(|p| (copy.account_id.clone(), p))
+                    .collect();
+                self.queue.drain_those_waiting(&touched).await;
                 Outcome::Done
             }
             Err(err) => Outcome::Retry(err.to_string()),
@@ -62,6 +91,31 @@ pub fn decode(delivery: &Delivery) -> Result<PlanCopy, String> {
     copy_of(event.account_id, plan)
 }
 
+/// A manager event → the availability the distributor keeps. deal-service validated the
+/// schedule; it is validated again here (an event is input like any other).
+pub fn decode_manager(delivery: &Delivery) -> Result<ManagerCopy, String> {
+    let event = pb::ManagerEvent::decode(delivery.payload.clone())
+        .map_err(|e| format!("undecodable manager event: {e}"))?;
+    delivery.check_account(&event.account_id)?;
+    let availability = event
+        .availability
+        .ok_or("manager event without availability")?;
+    let schedule = Schedule::from_proto("schedule", availability.schedule.unwrap_or_default())
+        .map_err(|e| format!("manager event with an invalid schedule: {e}"))?;
+    if availability.manager_id.is_empty() {
+        return Err("manager event without a manager id".into());
+    }
+    Ok(ManagerCopy {
+        account_id: event.account_id,
+        manager_id: availability.manager_id,
+        version: availability.version,
+        availability: Availability {
+            schedule,
+            paused: availability.paused,
+        },
+    })
+}
+
 /// A plan of the account, as deal-service shows it → the settings the distributor needs.
 pub fn copy_of(account_id: String, plan: pb::Plan) -> Result<PlanCopy, String> {
     let plan_id = Uuid::parse_str(&plan.id).map_err(|_| "plan with an invalid plan id")?;
@@ -75,6 +129,10 @@ pub fn copy_of(account_id: String, plan: pb::Plan) -> Result<PlanCopy, String> {
             weights: weights_from(&plan.manager_weights, plan.manager_ids.len())?,
             // Events from before limits carry none: no limit.
             caps: caps_from(&plan.manager_max_open_deals, plan.manager_ids.len())?,
+            keep_related: plan
+                .distribution
+                .as_ref()
+                .is_some_and(|d| d.keep_related_when_unavailable),
             managers: plan.manager_ids,
             archived: plan.archived,
         },

@@ -109,6 +109,7 @@ impl Queue {
             &known.settings,
             &mut cursor,
             &mut open,
+            &known.away,
             &known.queue,
             rand::random,
         );

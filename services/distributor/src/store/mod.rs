@@ -1,9 +1,11 @@
 //! PostgreSQL state of the distributor: plan copies, decisions, open-deal counts,
 //! contact relations and rejected leads.
 
+mod managers;
 mod queue;
 mod rejections;
 
+pub use managers::ManagerCopy;
 pub use queue::{OpenQueue, Order, QueueKnown};
 pub use rejections::{After, Rejection};
 
@@ -128,8 +130,8 @@ async fn lock_plan(
     plan_id: Uuid,
 ) -> Result<Option<sqlx::postgres::PgRow>, sqlx::Error> {
     sqlx::query(
-        "SELECT mode, prefer_related, strategy, managers, archived, rr_last, rr_last_index,
-            version, weights, caps, rr_credits, rr_credits_of, rr_credits_start
+        "SELECT mode, prefer_related, keep_related, strategy, managers, archived, rr_last,
+            rr_last_index, version, weights, caps, rr_credits, rr_credits_of, rr_credits_start
          FROM plans WHERE plan_id = $1 AND account_id = $2 FOR UPDATE",
     )
     .bind(plan_id)
@@ -280,13 +282,14 @@ impl Store {
             } => (prefer_related, strategy),
         };
         sqlx::query(
-            "INSERT INTO plans (plan_id, account_id, version, mode, prefer_related, strategy, managers, archived, weights, caps)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            "INSERT INTO plans (plan_id, account_id, version, mode, prefer_related, strategy, managers, archived, weights, caps, keep_related)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (plan_id) DO UPDATE SET
                 version = excluded.version, mode = excluded.mode,
                 prefer_related = excluded.prefer_related, strategy = excluded.strategy,
                 managers = excluded.managers, archived = excluded.archived,
-                weights = excluded.weights, caps = excluded.caps, updated_at = now()
+                weights = excluded.weights, caps = excluded.caps,
+                keep_related = excluded.keep_related, updated_at = now()
              WHERE plans.version < excluded.version AND plans.account_id = excluded.account_id",
         )
         .bind(plan.plan_id)
@@ -311,6 +314,7 @@ impl Store {
                 .map(|c| (*c).min(i32::MAX as u32) as i32)
                 .collect::<Vec<_>>(),
         )
+        .bind(plan.settings.keep_related)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -366,8 +370,11 @@ impl Store {
         .collect::<Result<_, sqlx::Error>>()?;
         let open = open_counts(&mut tx, plan_id).await?;
         let queue_ahead = queue::has_waiting(&mut tx, account_id, plan_id).await?;
+        let settings = settings_from(&row)?;
+        let away = managers::away(&mut tx, account_id, &settings.managers, time::OffsetDateTime::now_utc()).await?;
         let known = Known {
-            settings: settings_from(&row)?,
+            away,
+            settings,
             plan_version: row.try_get("version")?,
             cursor: cursor_from(&row)?,
             open,
@@ -710,6 +717,7 @@ fn settings_from(row: &sqlx::postgres::PgRow) -> Result<PlanSettings, StoreError
         managers: row.try_get("managers")?,
         weights: weights.into_iter().map(|w| w.max(1) as u32).collect(),
         caps: caps.into_iter().map(|c| c.max(0) as u32).collect(),
+        keep_related: row.try_get("keep_related")?,
         archived: row.try_get("archived")?,
     })
 }

@@ -14,7 +14,7 @@ use super::{
     settings_from,
 };
 use crate::domain::{
-    distribution::{Cursor, Decision, PlanSettings},
+    distribution::{Away, Cursor, Decision, PlanSettings},
     queue::Waiting,
 };
 
@@ -42,6 +42,8 @@ pub struct QueueKnown {
     pub plan_version: i64,
     pub cursor: Cursor,
     pub open: HashMap<String, i64>,
+    /// The members unavailable now.
+    pub away: Away,
     /// The oldest waiting deals that no other transaction holds, oldest first.
     pub queue: Vec<Waiting>,
     /// The lead (intake id) each deal of the queue came from, where it came from one.
@@ -209,7 +211,9 @@ impl Store {
         .iter()
         .map(|r| Ok((r.try_get("deal_id")?, r.try_get("intake_id")?)))
         .collect::<Result<_, sqlx::Error>>()?;
+        let away = super::managers::away(&mut tx, account_id, &settings.managers, OffsetDateTime::now_utc()).await?;
         let known = QueueKnown {
+            away,
             settings,
             plan_version: row.try_get("version")?,
             cursor: cursor_from(&row)?,

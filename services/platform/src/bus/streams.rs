@@ -163,6 +163,20 @@ pub fn plan_subject(account_id: &str, kind: &str) -> String {
     format!("salesplan.plans.v1.{account_id}.{kind}")
 }
 
+/// A manager's availability changed (on the plans stream: ordered with the plans'
+/// changes of the account, and consumed by who keeps plans).
+pub fn manager_subject(account_id: &str) -> String {
+    format!("salesplan.plans.v1.{account_id}.{MANAGER_TOKEN}")
+}
+
+/// The last token of a manager event's subject.
+pub const MANAGER_TOKEN: &str = "manager";
+
+/// Whether a subject of the plans stream carries a manager event (not a plan event).
+pub fn is_manager_subject(subject: &str) -> bool {
+    subject.starts_with("salesplan.plans.v1.") && subject.rsplit('.').next() == Some(MANAGER_TOKEN)
+}
+
 pub fn assignment_subject(account_id: &str) -> String {
     format!("salesplan.assignments.v1.{account_id}.decided")
 }

@@ -1,7 +1,7 @@
 //! Plan events into the names reports show (see [`store::names`]).
 
 use prost::Message as _;
-use salesplan_platform::bus::{BatchHandler, Delivery, Outcome};
+use salesplan_platform::bus::{BatchHandler, Delivery, Outcome, streams};
 use salesplan_proto::v1 as pb;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -47,6 +47,11 @@ impl BatchHandler for PlanEvents {
     async fn handle(&self, batch: &[Delivery]) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(batch.len());
         for delivery in batch {
+            // Managers' availability shares the stream; reports have no use for it.
+            if streams::is_manager_subject(&delivery.subject) {
+                outcomes.push(Outcome::Done);
+                continue;
+            }
             let names = match pb::PlanEvent::decode(delivery.payload.clone()) {
                 Err(e) => Err(format!("undecodable plan event: {e}")),
                 Ok(pb::PlanEvent { plan: None, .. }) => Err("plan event without a plan".into()),
