@@ -244,7 +244,10 @@ async fn plans(ctx: &Ctx, command: Plans) -> anyhow::Result<()> {
         Plans::List { archived } => return list_plans(ctx, &client, archived).await,
         Plans::Show { plan } => {
             client
-                .get_plan(ctx.request(pb::GetPlanRequest { plan_id: plan }))
+                .get_plan(ctx.request(pb::GetPlanRequest {
+                    plan_id: plan,
+                    with_availability: false,
+                }))
                 .await?
                 .into_inner()
                 .plan
@@ -357,6 +360,7 @@ async fn set_reasons(
     let current = client
         .get_plan(ctx.request(pb::GetPlanRequest {
             plan_id: plan.clone(),
+            with_availability: false,
         }))
         .await?
         .into_inner()

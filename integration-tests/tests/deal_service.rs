@@ -446,6 +446,7 @@ async fn plans_stages_managers_and_reasons() -> anyhow::Result<()> {
         .get_plan(outgoing(
             pb::GetPlanRequest {
                 plan_id: plan.id.clone(),
+                with_availability: false,
             },
             &stranger,
         ))

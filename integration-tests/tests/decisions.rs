@@ -48,6 +48,7 @@ fn lead(n: u128) -> PendingLead {
     PendingLead {
         intake_id: Uuid::from_u128(n),
         plan_version: 1,
+        availability_version: 0,
         lead: Lead::default(),
         contact_key: Some(format!("ext:c{n}")),
     }
@@ -106,6 +107,7 @@ async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> an
     let (_db, store, plan_id) = store_with_round_robin_plan().await?;
     let newer = PendingLead {
         plan_version: 2,
+        availability_version: 0,
         ..lead(7)
     };
     let batch = [lead(6), newer];

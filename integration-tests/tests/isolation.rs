@@ -591,6 +591,7 @@ async fn an_event_the_broker_refuses_is_parked_and_other_accounts_keep_flowing()
         .get_plan(outgoing(
             pb::GetPlanRequest {
                 plan_id: big.id.clone(),
+                with_availability: false,
             },
             &a_admin,
         ))
@@ -844,6 +845,7 @@ async fn publish_intake(
         }),
         assign_to_manager_id: None,
         plan_version: 0,
+        availability_version: 0,
     };
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", intake_id.as_str());
@@ -2315,6 +2317,7 @@ async fn events_of_one_account_carrying_anothers_ids_change_nothing_of_it() -> a
         }),
         assign_to_manager_id: None,
         plan_version: 0,
+        availability_version: 0,
     };
     publish_raw(
         &stack,

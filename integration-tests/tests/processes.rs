@@ -377,6 +377,7 @@ async fn rs256_keys_from_files_carry_a_lead_to_its_deal() -> anyhow::Result<()> 
         .get_plan(outgoing(
             pb::GetPlanRequest {
                 plan_id: plan.id.clone(),
+                with_availability: false,
             },
             &lookup,
         ))

@@ -368,6 +368,7 @@ async fn read_until(
             .get_plan(outgoing(
                 pb::GetPlanRequest {
                     plan_id: plan_id.to_owned(),
+                    with_availability: false,
                 },
                 token,
             ))

@@ -244,6 +244,7 @@ async fn loss_reasons_by_plan_and_manager_with_click_through() -> anyhow::Result
             .get_plan(outgoing(
                 pb::GetPlanRequest {
                     plan_id: plan_b.id.clone(),
+                    with_availability: false,
                 },
                 &w.viewer,
             ))

@@ -107,6 +107,7 @@ async fn call(
             .get_plan(req(
                 pb::GetPlanRequest {
                     plan_id: ids.plan.clone(),
+                    with_availability: false,
                 },
                 token,
             ))
@@ -708,6 +709,7 @@ async fn no_bad_token_gets_through_any_method() -> anyhow::Result<()> {
         .get_plan(outgoing(
             pb::GetPlanRequest {
                 plan_id: ids.plan.clone(),
+                with_availability: false,
             },
             &acme,
         ))

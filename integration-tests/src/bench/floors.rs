@@ -36,6 +36,7 @@ fn intake_event(n: usize) -> Bytes {
         }),
         assign_to_manager_id: None,
         plan_version: 1,
+        availability_version: 0,
     }
     .encode_to_vec()
     .into()

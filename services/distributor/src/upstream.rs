@@ -14,7 +14,7 @@ use salesplan_proto::v1::{
 use tonic::{Code, transport::Channel};
 use uuid::Uuid;
 
-use crate::store::PlanCopy;
+use crate::store::{ManagerCopy, PlanCopy};
 
 #[derive(Clone)]
 pub struct DealService {
@@ -48,13 +48,18 @@ impl DealService {
             .map_err(|e| LookupError::Unavailable(e.to_string()))
     }
 
-    /// The plan as deal-service has it now.
-    pub async fn plan(&self, account_id: &str, plan_id: Uuid) -> Result<PlanCopy, LookupError> {
+    /// The plan as deal-service has it now, and its members' availability.
+    pub async fn plan(
+        &self,
+        account_id: &str,
+        plan_id: Uuid,
+    ) -> Result<(PlanCopy, Vec<ManagerCopy>), LookupError> {
         let token = self.token(account_id)?;
         let request = || {
             between_services(
                 pb::GetPlanRequest {
                     plan_id: plan_id.to_string(),
+                    with_availability: true,
                 },
                 &token,
             )
@@ -64,12 +69,21 @@ impl DealService {
             plans.get_plan(r)
         })
         .await;
-        let plan = answer
+        let answer = answer
             .map_err(|status| failure(status, format!("plan {plan_id}")))?
-            .into_inner()
+            .into_inner();
+        let plan = answer
             .plan
             .ok_or_else(|| LookupError::Unavailable("GetPlan returned no plan".into()))?;
-        crate::events::plans::copy_of(account_id.to_owned(), plan).map_err(LookupError::Unavailable)
+        let managers = answer
+            .member_availability
+            .into_iter()
+            .map(|a| crate::events::plans::manager_copy(account_id.to_owned(), a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(LookupError::Unavailable)?;
+        let plan = crate::events::plans::copy_of(account_id.to_owned(), plan)
+            .map_err(LookupError::Unavailable)?;
+        Ok((plan, managers))
     }
 
     /// The deal's plan and idempotency key (for deals from leads, the intake id).

@@ -33,6 +33,8 @@ pub struct KnownPlan {
     pub archived: bool,
     pub managers: Vec<String>,
     pub version: i64,
+    /// The members' availability version (GetPlanResponse.availability_version).
+    pub availability_version: i64,
 }
 
 /// What one look-up found, shared by every lead that waited for it.
@@ -195,6 +197,7 @@ impl Plans {
             between_services(
                 pb::GetPlanRequest {
                     plan_id: plan_id.to_string(),
+                    with_availability: false,
                 },
                 &token,
             )
@@ -204,13 +207,18 @@ impl Plans {
         })
         .await;
         match answer {
-            Ok(response) => match response.into_inner().plan {
-                Some(plan) => Found::Plan(KnownPlan {
+            Ok(response) => match response.into_inner() {
+                pb::GetPlanResponse {
+                    plan: Some(plan),
+                    availability_version,
+                    ..
+                } => Found::Plan(KnownPlan {
                     archived: plan.archived,
                     managers: plan.manager_ids,
                     version: plan.version,
+                    availability_version,
                 }),
-                None => {
+                _ => {
                     tracing::warn!("GetPlan returned no plan");
                     Found::Unavailable
                 }

@@ -106,8 +106,22 @@ impl PlanService for Api {
         }
         let plan_id = parse_id("plan_id", &request.get_ref().plan_id)?;
         let plan = self.store.plan(&actor.account_id, plan_id).await?;
+        let (availability_version, members) = self
+            .store
+            .members_availability(
+                &actor.account_id,
+                &plan.managers,
+                request.get_ref().with_availability,
+            )
+            .await?;
+        let now = crate::store::now();
         Ok(Response::new(pb::GetPlanResponse {
             plan: Some((&plan).into()),
+            availability_version,
+            member_availability: members
+                .iter()
+                .map(|m| convert::availability_to(m, now))
+                .collect(),
         }))
     }
 

@@ -36,6 +36,39 @@ impl Store {
         }
     }
 
+    /// The sum of the versions of `managers`' availability (it grows with every change of
+    /// any of them), and with `rows` their availability too.
+    pub async fn members_availability(
+        &self,
+        account_id: &str,
+        managers: &[String],
+        rows: bool,
+    ) -> Result<(i64, Vec<Manager>), StoreError> {
+        if managers.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        if !rows {
+            let sum: i64 = sqlx::query_scalar(
+                "SELECT coalesce(sum(version), 0)::bigint FROM manager_availability
+                 WHERE account_id = $1 AND manager_id = ANY($2)",
+            )
+            .bind(account_id)
+            .bind(managers)
+            .fetch_one(&self.pool)
+            .await?;
+            return Ok((sum, Vec::new()));
+        }
+        let set = sqlx::query(select!("WHERE account_id = $1 AND manager_id = ANY($2)"))
+            .bind(account_id)
+            .bind(managers)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(manager_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((set.iter().map(|m| m.version).sum(), set))
+    }
+
     /// A page of the account's managers with availability set, by id after `after`; and
     /// whether more follow.
     pub async fn list_managers(

@@ -15,6 +15,9 @@ pub struct PendingLead {
     pub intake_id: Uuid,
     /// The plan's version the listener checked when it accepted the lead (0: not known).
     pub plan_version: i64,
+    /// The plan members' availability version the listener read with `plan_version` (0:
+    /// not known).
+    pub availability_version: i64,
     pub lead: Lead,
     pub contact_key: Option<String>,
 }
@@ -142,6 +145,7 @@ mod tests {
         PendingLead {
             intake_id: Uuid::from_u128(n),
             plan_version: 1,
+            availability_version: 0,
             lead: Lead::default(),
             contact_key: contact.map(str::to_owned),
         }

@@ -1081,6 +1081,111 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Availability (issue 20): whatever the strategy, limits and who is away, an
+        /// unavailable member is chosen only as the related manager of a plan that keeps
+        /// leads for them; a lead waits exactly when no member is both available and below
+        /// its limit (and no kept related manager takes it); every member passed over for
+        /// being away says so.
+        #[test]
+        fn an_unavailable_member_is_never_chosen_by_the_strategy(
+            strategy in prop_oneof![
+                Just(Strategy::Random),
+                Just(Strategy::RoundRobin),
+                Just(Strategy::LeastOpenDeals)
+            ],
+            members in proptest::collection::vec((0u32..4, 0i64..5, 1u32..4, any::<bool>()), 1..6),
+            related in proptest::option::of(0usize..6),
+            keep_related in any::<bool>(),
+            leads in 1usize..12,
+            random in any::<u64>(),
+        ) {
+            let names: Vec<String> = (0..members.len()).map(|i| format!("m{i}")).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let plan = PlanSettings {
+                weights: members.iter().map(|m| m.2).collect(),
+                caps: members.iter().map(|m| m.0).collect(),
+                keep_related,
+                ..auto(strategy, true, &refs)
+            };
+            let away: Away = names
+                .iter()
+                .zip(&members)
+                .filter(|(_, m)| m.3)
+                .map(|(n, _)| (n.clone(), "unavailable: paused".to_owned()))
+                .collect();
+            let mut open: HashMap<String, i64> =
+                names.iter().cloned().zip(members.iter().map(|m| m.1)).collect();
+            let related_name = related.map(|i| format!("m{i}"));
+            let lead = Lead {
+                previous_manager: related_name.clone(),
+                ..Default::default()
+            };
+            let mut cursor = Cursor::default();
+            for _ in 0..leads {
+                let below = |open: &HashMap<String, i64>, i: usize| {
+                    members[i].0 == 0 || open[&names[i]] < i64::from(members[i].0)
+                };
+                let can = |open: &HashMap<String, i64>, i: usize| below(open, i) && !members[i].3;
+                let kept = related
+                    .filter(|i| *i < names.len() && keep_related && below(&open, *i));
+                let any_can = (0..names.len()).any(|i| can(&open, i)) || kept.is_some();
+                let before = open.clone();
+                let d = super::decide(&plan, &lead, &mut cursor, &mut open, &away, random);
+                prop_assert_eq!(d.waits, !any_can, "{}", d.reason);
+                prop_assert_eq!(d.manager.is_some(), any_can);
+                if let Some(m) = &d.manager {
+                    let i = names.iter().position(|x| x == m).unwrap();
+                    prop_assert!(below(&before, i), "{} chosen at its limit: {}", m, d.reason);
+                    if members[i].3 {
+                        prop_assert_eq!(Some(i), kept, "{} chosen while away: {}", m, d.reason);
+                        prop_assert!(d.reason.contains("kept for them"), "{}", d.reason);
+                    }
+                }
+                for c in d.candidates.iter().filter(|c| !c.chosen) {
+                    let i = names.iter().position(|x| *x == c.manager_id).unwrap();
+                    if members[i].3 {
+                        prop_assert!(c.note.starts_with("unavailable: paused"), "{}", c.note);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_related_manager_off_work_gives_way_unless_the_plan_keeps_leads_for_them() {
+        let lead = Lead {
+            previous_manager: Some("a".into()),
+            ..Default::default()
+        };
+        let away = Away::from([("a".to_owned(), "unavailable: day off".to_owned())]);
+        let mut plan = auto(Strategy::RoundRobin, true, &["a", "b"]);
+        let d = super::decide(&plan, &lead, &mut Cursor::default(), &mut HashMap::new(), &away, 0);
+        assert_eq!(d.manager.as_deref(), Some("b"));
+        assert!(
+            d.reason.contains("related manager a (of the contact's earlier deal) is unavailable: day off"),
+            "{}",
+            d.reason
+        );
+        assert_eq!(d.candidates[0].note, "unavailable: day off");
+        plan.keep_related = true;
+        let d = super::decide(&plan, &lead, &mut Cursor::default(), &mut HashMap::new(), &away, 0);
+        assert_eq!(d.manager.as_deref(), Some("a"));
+        assert_eq!(
+            d.reason,
+            "related manager (of the contact's earlier deal), kept for them by the plan while unavailable: day off"
+        );
+        // Everyone away: the lead waits, and says why.
+        let away = Away::from([
+            ("a".to_owned(), "unavailable: paused".to_owned()),
+            ("b".to_owned(), "unavailable: outside working hours".to_owned()),
+        ]);
+        plan.keep_related = false;
+        let d = super::decide(&plan, &lead, &mut Cursor::default(), &mut HashMap::new(), &away, 0);
+        assert!(d.waits && d.manager.is_none());
+        assert!(d.reason.starts_with("no member is available"), "{}", d.reason);
+    }
+
     #[test]
     fn a_full_plan_waits_and_explains_every_member() {
         let plan = PlanSettings {

@@ -388,8 +388,11 @@ impl IntakeEvents {
 
     /// Brings the copy of the plan up to what deal-service has now.
     async fn refresh_plan(&self, account_id: &str, plan_id: Uuid) -> Result<PlanCopy, DecideError> {
-        let plan = self.upstream.plan(account_id, plan_id).await?;
+        let (plan, managers) = self.upstream.plan(account_id, plan_id).await?;
         self.store.apply_plan(&plan).await?;
+        for manager in &managers {
+            self.store.apply_manager(manager).await?;
+        }
         Ok(plan)
     }
 }
@@ -697,6 +700,7 @@ fn pending_lead(item: &Decoded, keys: &ContactKeys) -> PendingLead {
     PendingLead {
         intake_id: item.intake_id,
         plan_version: item.event.plan_version,
+        availability_version: item.event.availability_version,
         lead: Lead {
             assign_to: item.event.assign_to_manager_id.clone(),
             named_related: lead.and_then(|l| l.related_manager_id.clone()),

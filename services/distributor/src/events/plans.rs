@@ -100,13 +100,21 @@ pub fn decode_manager(delivery: &Delivery) -> Result<ManagerCopy, String> {
     let availability = event
         .availability
         .ok_or("manager event without availability")?;
+    manager_copy(event.account_id, availability)
+}
+
+/// A manager's availability, as deal-service shows it → the copy the distributor keeps.
+pub fn manager_copy(
+    account_id: String,
+    availability: pb::ManagerAvailability,
+) -> Result<ManagerCopy, String> {
     let schedule = Schedule::from_proto("schedule", availability.schedule.unwrap_or_default())
         .map_err(|e| format!("manager event with an invalid schedule: {e}"))?;
     if availability.manager_id.is_empty() {
         return Err("manager event without a manager id".into());
     }
     Ok(ManagerCopy {
-        account_id: event.account_id,
+        account_id,
         manager_id: availability.manager_id,
         version: availability.version,
         availability: Availability {

@@ -53,18 +53,19 @@ impl Store {
 }
 
 /// The members of `managers` unavailable at `at` (now: the decision's time), from the
-/// availability kept of them.
+/// availability kept of them; and the sum of the versions kept (deal-service's sum is the
+/// same once every change of theirs is applied here).
 pub(super) async fn away(
     conn: &mut PgConnection,
     account_id: &str,
     managers: &[String],
     at: OffsetDateTime,
-) -> Result<Away, StoreError> {
+) -> Result<(Away, i64), StoreError> {
     if managers.is_empty() {
-        return Ok(Away::new());
+        return Ok((Away::new(), 0));
     }
     let rows = sqlx::query(
-        "SELECT manager_id, schedule, paused FROM manager_availability
+        "SELECT manager_id, schedule, paused, version FROM manager_availability
          WHERE account_id = $1 AND manager_id = ANY($2)",
     )
     .bind(account_id)
@@ -72,7 +73,9 @@ pub(super) async fn away(
     .fetch_all(conn)
     .await?;
     let mut known = HashMap::with_capacity(rows.len());
+    let mut versions = 0i64;
     for row in rows {
+        versions = versions.saturating_add(row.try_get("version")?);
         let schedule: serde_json::Value = row.try_get("schedule")?;
         let schedule: Schedule = serde_json::from_value(schedule)
             .map_err(|_| StoreError::Corrupt("manager_availability.schedule"))?;
@@ -84,5 +87,5 @@ pub(super) async fn away(
             },
         );
     }
-    Ok(away_at(managers, &known, at))
+    Ok((away_at(managers, &known, at), versions))
 }

@@ -325,7 +325,8 @@ impl Store {
     /// it saves
     /// (the turn moves once per new lead however many replicas run, counts stay exact, and
     /// a lead decided before keeps its decision). `None` when the copy of the plan is
-    /// missing or older than a lead's accepted version.
+    /// missing or older than a lead's accepted version, or its members' availability
+    /// older than the lead's.
     pub async fn open_batch(
         &self,
         account_id: &str,
@@ -371,7 +372,22 @@ impl Store {
         let open = open_counts(&mut tx, plan_id).await?;
         let queue_ahead = queue::has_waiting(&mut tx, account_id, plan_id).await?;
         let settings = settings_from(&row)?;
-        let away = managers::away(&mut tx, account_id, &settings.managers, time::OffsetDateTime::now_utc()).await?;
+        let (away, availability_version) =
+            managers::away(&mut tx, account_id, &settings.managers, time::OffsetDateTime::now_utc())
+                .await?;
+        // A lead accepted on this very version of the plan after a change of a member's
+        // availability that is not applied here yet: stale like an older plan. (On a later
+        // version the members may differ, and the sums with them.)
+        let version: i64 = row.try_get("version")?;
+        let availability_needed = leads
+            .iter()
+            .filter(|l| l.plan_version == version)
+            .map(|l| l.availability_version)
+            .max()
+            .unwrap_or(0);
+        if availability_version < availability_needed {
+            return Ok(None);
+        }
         let known = Known {
             away,
             settings,

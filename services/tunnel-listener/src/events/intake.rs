@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::upstream::KnownPlan;
+
 use prost::Message as _;
 use salesplan_platform::privacy::ContactKeys;
 use salesplan_platform::{
@@ -50,14 +52,15 @@ fn source_name(source: pb::IntakeSource) -> &'static str {
     }
 }
 
-/// The lead's intake event; `plan_version` is the version of its plan checked at acceptance.
+/// The lead's intake event; `plan` is its plan as checked at acceptance (its version and
+/// its members' availability version).
 fn message(
     account_id: &str,
     intake_id: Uuid,
     lead: pb::Lead,
     source: pb::IntakeSource,
     assign_to: Option<String>,
-    plan_version: i64,
+    plan: &KnownPlan,
 ) -> Outgoing {
     // Two lanes: a bulk add never sits in front of a funnel's single lead.
     let subject = match source {
@@ -71,7 +74,8 @@ fn message(
         source: source as i32,
         assign_to_manager_id: assign_to,
         lead: Some(lead),
-        plan_version,
+        plan_version: plan.version,
+        availability_version: plan.availability_version,
     };
     Outgoing::new(subject, intake_id.to_string(), event.encode_to_vec())
 }
@@ -215,7 +219,7 @@ impl Intake {
             lead,
             source,
             None,
-            plan.version,
+            &plan,
         );
         let publish = salesplan_platform::bus::producer_span(&message.subject);
         let stored = telemetry::in_span(publish, self.bus.publish(message)).await?;
@@ -289,7 +293,7 @@ impl Intake {
                         lead,
                         pb::IntakeSource::Bulk,
                         job.assign_to.clone(),
-                        plan.version,
+                        &plan,
                     );
                     // A bulk add's leads are in an unsampled trace each: thousands of
                     // leads in the call's one trace would bury it (the call itself is
