@@ -8,8 +8,9 @@ use distributor::{
         distribution::{Lead, Mode, PlanSettings, Strategy},
     },
     events::intake::{PlanBatch, decide_on_copy},
-    store::{PlanCopy, Store},
+    store::{ManagerCopy, PlanCopy, Store},
 };
+use salesplan_platform::schedule::Availability;
 use integration_tests::TestDatabase;
 use salesplan_platform::service::Service;
 use uuid::Uuid;
@@ -97,6 +98,44 @@ async fn a_lead_twice_in_one_batch_is_decided_once() -> anyhow::Result<()> {
         decisions[&Uuid::from_u128(4)].manager.as_deref(),
         Some("m1")
     );
+    Ok(())
+}
+
+/// A lead accepted after a member's availability changed (its stamp is newer than the
+/// copy here) is not decided until the change is applied; then it passes the paused
+/// member over. A stamp older than the copy (on the same plan version) is decided at once.
+#[tokio::test]
+async fn a_lead_waits_for_the_availability_it_was_accepted_after() -> anyhow::Result<()> {
+    let (_db, store, plan_id) = store_with_round_robin_plan().await?;
+    let stamped = PendingLead {
+        availability_version: 1,
+        ..lead(21)
+    };
+    assert!(matches!(
+        decide_on_copy(&store, ACCOUNT, plan_id, std::slice::from_ref(&stamped), || 0).await?,
+        PlanBatch::Stale
+    ));
+    store
+        .apply_manager(&ManagerCopy {
+            account_id: ACCOUNT.into(),
+            manager_id: "m1".into(),
+            version: 1,
+            availability: Availability {
+                schedule: Default::default(),
+                paused: true,
+            },
+        })
+        .await?;
+    let PlanBatch::Decided { decisions, .. } =
+        decide_on_copy(&store, ACCOUNT, plan_id, &[stamped, lead(22)], || 0).await?
+    else {
+        anyhow::bail!("the copy has the availability the lead was stamped with");
+    };
+    let chosen: Vec<Option<&str>> = [21, 22]
+        .iter()
+        .map(|n| decisions[&Uuid::from_u128(*n)].manager.as_deref())
+        .collect();
+    assert_eq!(chosen, [Some("m2"), Some("m3")], "m1 is paused");
     Ok(())
 }
 

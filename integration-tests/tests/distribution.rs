@@ -1234,3 +1234,211 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() ->
     );
     stack.stop().await
 }
+
+/// The explanation of how `deal_id` was assigned (or left waiting), once recorded.
+async fn explanation(stack: &Stack, token: &str, deal_id: &str) -> anyhow::Result<pb::Assignment> {
+    let distributor = DistributorServiceClient::new(stack.channel(&stack.distributor).await?);
+    eventually(Duration::from_secs(20), || {
+        let mut distributor = distributor.clone();
+        let request = outgoing(
+            pb::ExplainAssignmentRequest {
+                deal_id: deal_id.to_owned(),
+            },
+            token,
+        );
+        async move {
+            match distributor.explain_assignment(request).await {
+                Ok(r) => Ok(r.into_inner().assignment),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+                Err(s) => Err(s.into()),
+            }
+        }
+    })
+    .await
+}
+
+/// Availability (issue 20): a manager pauses themself (nobody else may but an admin), an
+/// admin gives another a day off; from the moment each call answers OK, leads pass them
+/// over, and with nobody available the leads wait, each member's note saying why. A bad
+/// schedule is refused with every violation at once; a repeat changes nothing. The paused
+/// manager resumes, and the queue goes to them, oldest first.
+#[tokio::test]
+async fn unavailable_managers_get_no_leads_and_the_queue_moves_when_one_is_back()
+-> anyhow::Result<()> {
+    use pb::manager_service_client::ManagerServiceClient;
+    let stack = Stack::start().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let mut managers = ManagerServiceClient::new(channel.clone());
+    let request = plan_request("Shifts", Mode::Auto, Strategy::RoundRobin, true, &["m1", "m2"]);
+    let plan = create_plan(channel.clone(), &t.admin, request).await?;
+    let m1 = stack.token(ACCOUNT, "m1", &[]);
+    let m2 = stack.token(ACCOUNT, "m2", &[]);
+    let pause = |paused: bool, token: &str| {
+        outgoing(
+            pb::SetPausedRequest {
+                manager_id: "m1".into(),
+                paused,
+            },
+            token,
+        )
+    };
+
+    let denied = managers
+        .set_paused(pause(true, &m2))
+        .await
+        .expect_err("m2 may not pause m1");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let paused = managers
+        .set_paused(pause(true, &m1))
+        .await?
+        .into_inner()
+        .availability
+        .expect("availability");
+    assert_eq!(
+        (paused.paused, paused.available_now, paused.unavailable_because.as_str(), paused.version),
+        (true, false, "paused", 1)
+    );
+    assert_eq!(paused.available_from, None, "a pause has no end");
+    let again = managers.set_paused(pause(true, &m1)).await?.into_inner();
+    assert_eq!(again.availability.map(|a| a.version), Some(1), "a repeat changes nothing");
+
+    // A bad schedule: every violation at once, nothing written.
+    let bad = pb::Schedule {
+        time_zone: "Nowhere/Else".into(),
+        week: vec![pb::WorkingDay {
+            weekday: 0,
+            hours: vec![pb::WorkingHours {
+                start_minute: 600,
+                end_minute: 500,
+            }],
+        }],
+        days_off: vec![pb::DaysOff {
+            first: "soon".into(),
+            last: "2026-13-01".into(),
+        }],
+    };
+    let schedule = |schedule: pb::Schedule| {
+        outgoing(
+            pb::SetScheduleRequest {
+                manager_id: "m2".into(),
+                schedule: Some(schedule),
+            },
+            &t.admin,
+        )
+    };
+    let refused = managers
+        .set_schedule(schedule(bad))
+        .await
+        .expect_err("a bad schedule");
+    let fields: Vec<String> = {
+        use tonic_types::StatusExt as _;
+        refused
+            .get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        fields,
+        [
+            "schedule.time_zone",
+            "schedule.week[0].weekday",
+            "schedule.week[0].hours[0]",
+            "schedule.days_off[0].first",
+            "schedule.days_off[0].last",
+        ]
+    );
+    let m2_now = managers
+        .get_availability(outgoing(
+            pb::GetAvailabilityRequest {
+                manager_id: "m2".into(),
+            },
+            &t.boss,
+        ))
+        .await?
+        .into_inner()
+        .availability
+        .expect("availability");
+    assert_eq!((m2_now.version, m2_now.available_now), (0, true));
+    let m2_schedule = managers
+        .set_schedule(outgoing(
+            pb::SetScheduleRequest {
+                manager_id: "m2".into(),
+                schedule: None,
+            },
+            &m2,
+        ))
+        .await
+        .expect_err("a schedule needs plans:admin");
+    assert_eq!(m2_schedule.code(), tonic::Code::PermissionDenied);
+
+    // m2 is off from yesterday to tomorrow (UTC).
+    let today = time::OffsetDateTime::now_utc().date();
+    let off = pb::Schedule {
+        time_zone: "UTC".into(),
+        week: Vec::new(),
+        days_off: vec![pb::DaysOff {
+            first: (today - time::Duration::days(1)).to_string(),
+            last: (today + time::Duration::days(1)).to_string(),
+        }],
+    };
+    let day_off = managers
+        .set_schedule(schedule(off))
+        .await?
+        .into_inner()
+        .availability
+        .expect("availability");
+    assert_eq!(
+        (day_off.available_now, day_off.unavailable_because.as_str()),
+        (false, "day off")
+    );
+    let back = (today + time::Duration::days(2)).midnight().assume_utc();
+    assert_eq!(
+        day_off.available_from.map(|t| t.seconds),
+        Some(back.unix_timestamp())
+    );
+
+    // Nobody is available: leads sent right after the OKs wait.
+    for run in 0..2 {
+        let lead = lead_json(&plan.id, &format!("shift-{run}"), &format!("s-{run}"));
+        assert_eq!(post(&stack, &t.funnel, &lead).await?.0, 202);
+        deals_of(&stack, &t.boss, &plan.id, run + 1).await?;
+    }
+    let waiting = waiting_deals(channel.clone(), &t.boss, &plan.id).await?;
+    assert_eq!(waiting.len(), 2, "{waiting:?}");
+    let why = explanation(&stack, &t.boss, &waiting[0].id).await?;
+    assert_eq!(why.manager_id, None);
+    assert!(why.reason.starts_with("no member is available"), "{}", why.reason);
+    let notes: HashMap<String, String> = why
+        .candidates
+        .iter()
+        .map(|c| (c.manager_id.clone(), c.note.clone()))
+        .collect();
+    assert_eq!(notes["m1"], "unavailable: paused");
+    assert!(
+        notes["m2"].starts_with("unavailable: day off, back at "),
+        "{}",
+        notes["m2"]
+    );
+
+    // m1 resumes: the queue goes to m1, oldest first.
+    managers.set_paused(pause(false, &m1)).await?;
+    for deal in &waiting {
+        let assigned = manager_of(channel.clone(), &t.boss, &deal.id).await?;
+        assert_eq!(
+            (assigned.manager_id.as_deref(), assigned.waiting_since),
+            (Some("m1"), None)
+        );
+    }
+    let first = explanation(&stack, &t.boss, &waiting[0].id).await?;
+    assert!(first.reason.starts_with("waited since"), "{}", first.reason);
+
+    // A new lead goes to m1 too: m2 is still off.
+    let lead = lead_json(&plan.id, "shift-2", "s-2");
+    assert_eq!(post(&stack, &t.funnel, &lead).await?.0, 202);
+    let deals = deals_of(&stack, &t.boss, &plan.id, 3).await?;
+    assert_eq!(per_manager(&deals), counts(&[("m1", 3)]));
+    counts_agree(&stack).await?;
+    stack.stop().await
+}
