@@ -79,6 +79,36 @@ pub enum Command {
     /// A person's data in the account (docs/privacy.md).
     #[command(subcommand)]
     Contacts(Contacts),
+    /// Managers' availability: working hours, days off, pause.
+    #[command(subcommand)]
+    Managers(Managers),
+}
+
+#[derive(Subcommand)]
+pub enum Managers {
+    /// A manager's availability, and whether automatic distribution may pick them now.
+    Show { manager: String },
+    /// The managers whose availability was set.
+    List,
+    /// Replace a manager's schedule (plans:admin). Without --hours the manager works
+    /// around the clock (days off aside).
+    Schedule {
+        manager: String,
+        /// An IANA time zone.
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        /// `DAYS=HH:MM-HH:MM[,HH:MM-HH:MM…]`, DAYS as `mon`, `mon-fri` or `sat,sun`; 24:00
+        /// ends a day (repeatable).
+        #[arg(long = "hours")]
+        hours: Vec<String>,
+        /// Days off: `2026-12-24` or `2026-12-24..2026-12-26` (repeatable).
+        #[arg(long = "off")]
+        off: Vec<String>,
+    },
+    /// No new leads until resumed (the manager themself, or plans:admin).
+    Pause { manager: String },
+    /// Take leads again.
+    Resume { manager: String },
 }
 
 #[derive(Subcommand)]
@@ -119,6 +149,9 @@ pub struct NewPlan {
     pub distribution: String,
     #[arg(long)]
     pub prefer_related: bool,
+    /// With --prefer-related: the related manager gets the lead even while unavailable.
+    #[arg(long)]
+    pub keep_related: bool,
     /// A manager: `id`, `id:weight` (1 to 100; round robin shares leads by weight) or
     /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit);
     /// an id that ends in a colon and a number needs all three.

@@ -41,17 +41,17 @@ where
     }
 }
 
-struct Ctx {
-    global: Global,
+pub(crate) struct Ctx {
+    pub(crate) global: Global,
     token: String,
 }
 
 impl Ctx {
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         outgoing(message, &self.token)
     }
 
-    async fn channel(&self, url: &str) -> anyhow::Result<Channel> {
+    pub(crate) async fn channel(&self, url: &str) -> anyhow::Result<Channel> {
         tonic::transport::Endpoint::from_shared(url.to_owned())?
             .connect_timeout(Duration::from_secs(5))
             .connect()
@@ -75,7 +75,7 @@ impl Ctx {
         ))
     }
 
-    fn print(&self, json: serde_json::Value, text: impl FnOnce() -> String) {
+    pub(crate) fn print(&self, json: serde_json::Value, text: impl FnOnce() -> String) {
         if self.global.json {
             println!("{json}");
         } else {
@@ -109,6 +109,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reports(c) => reports(&ctx, c).await,
         Command::Outbox(c) => outbox(&ctx, c).await,
         Command::Contacts(c) => contacts(&ctx, c).await,
+        Command::Managers(c) => crate::managers::run(&ctx, c).await,
     }
 }
 
@@ -398,7 +399,10 @@ fn plan_request(new: NewPlan) -> anyhow::Result<pb::CreatePlanRequest> {
             amount_minor: new.amount,
             currency: new.currency,
         }),
-        distribution: Some(distribution(&new.distribution, new.prefer_related)?),
+        distribution: Some(pb::Distribution {
+            keep_related_when_unavailable: new.keep_related,
+            ..distribution(&new.distribution, new.prefer_related)?
+        }),
         members: members(&new.managers)?,
         ..Default::default()
     })

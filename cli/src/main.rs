@@ -5,6 +5,7 @@
 
 mod args;
 mod commands;
+mod managers;
 mod output;
 
 use std::process::ExitCode;

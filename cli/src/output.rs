@@ -115,6 +115,7 @@ pub fn plan_json(p: &pb::Plan) -> Value {
             "mode": pb::distribution::Mode::try_from(d.mode).map(|m| m.as_str_name()).unwrap_or("?"),
             "strategy": pb::distribution::Strategy::try_from(d.strategy).map(|s| s.as_str_name()).unwrap_or("?"),
             "prefer_related": d.prefer_related,
+            "keep_related_when_unavailable": d.keep_related_when_unavailable,
         },
         "managers": p.manager_ids,
         "manager_weights": p.manager_weights,

@@ -304,6 +304,59 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
         "{table}"
     );
 
+    // Availability: a schedule in the manager's time zone with two days off, shown back;
+    // a pause and a resume; the list.
+    let scheduled = ctl
+        .json(
+            &admin,
+            &[
+                "managers",
+                "schedule",
+                "m2",
+                "--tz",
+                "Europe/Berlin",
+                "--hours",
+                "mon-fri=09:00-13:00,14:00-18:00",
+                "--off",
+                "2026-12-24..2026-12-25",
+            ],
+        )
+        .await?;
+    assert_eq!(scheduled["time_zone"], "Europe/Berlin");
+    assert_eq!(scheduled["week"].as_array().map(Vec::len), Some(5));
+    assert_eq!(
+        scheduled["week"][0]["hours"][1],
+        serde_json::json!(["14:00", "18:00"])
+    );
+    assert_eq!(
+        scheduled["days_off"][0],
+        serde_json::json!(["2026-12-24", "2026-12-25"])
+    );
+    let shown = ctl.ok(&boss, &["managers", "show", "m2"]).await?;
+    assert!(shown.contains("mon 09:00–13:00, 14:00–18:00"), "{shown}");
+    let paused = ctl.json(&admin, &["managers", "pause", "m2"]).await?;
+    assert_eq!(
+        (
+            paused["paused"].clone(),
+            paused["unavailable_because"].clone()
+        ),
+        (true.into(), "paused".into())
+    );
+    let resumed = ctl.json(&admin, &["managers", "resume", "m2"]).await?;
+    assert_eq!(resumed["version"], 3);
+    let listed = ctl.ok(&boss, &["managers", "list"]).await?;
+    assert!(
+        listed.contains("m2") && listed.contains("Europe/Berlin"),
+        "{listed}"
+    );
+    let refused = ctl
+        .run(
+            Some(&admin),
+            &["managers", "schedule", "m2", "--tz", "Mars/Base"],
+        )
+        .await?;
+    assert_eq!(refused.status.code(), Some(4), "an invalid argument");
+
     // Nothing was refused by the broker: no parked events, and none to replay.
     let parked = ctl.json(&admin, &["outbox", "parked"]).await?;
     assert_eq!(parked["events"], serde_json::json!([]));

@@ -10,8 +10,8 @@ use distributor::{
     events::intake::{PlanBatch, decide_on_copy},
     store::{ManagerCopy, PlanCopy, Store},
 };
-use salesplan_platform::schedule::Availability;
 use integration_tests::TestDatabase;
+use salesplan_platform::schedule::Availability;
 use salesplan_platform::service::Service;
 use uuid::Uuid;
 
@@ -112,7 +112,14 @@ async fn a_lead_waits_for_the_availability_it_was_accepted_after() -> anyhow::Re
         ..lead(21)
     };
     assert!(matches!(
-        decide_on_copy(&store, ACCOUNT, plan_id, std::slice::from_ref(&stamped), || 0).await?,
+        decide_on_copy(
+            &store,
+            ACCOUNT,
+            plan_id,
+            std::slice::from_ref(&stamped),
+            || 0
+        )
+        .await?,
         PlanBatch::Stale
     ));
     store

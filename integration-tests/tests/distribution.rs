@@ -1270,7 +1270,13 @@ async fn unavailable_managers_get_no_leads_and_the_queue_moves_when_one_is_back(
     let t = tokens(&stack);
     let channel = stack.channel(&stack.deal_service).await?;
     let mut managers = ManagerServiceClient::new(channel.clone());
-    let request = plan_request("Shifts", Mode::Auto, Strategy::RoundRobin, true, &["m1", "m2"]);
+    let request = plan_request(
+        "Shifts",
+        Mode::Auto,
+        Strategy::RoundRobin,
+        true,
+        &["m1", "m2"],
+    );
     let plan = create_plan(channel.clone(), &t.admin, request).await?;
     let m1 = stack.token(ACCOUNT, "m1", &[]);
     let m2 = stack.token(ACCOUNT, "m2", &[]);
@@ -1296,12 +1302,21 @@ async fn unavailable_managers_get_no_leads_and_the_queue_moves_when_one_is_back(
         .availability
         .expect("availability");
     assert_eq!(
-        (paused.paused, paused.available_now, paused.unavailable_because.as_str(), paused.version),
+        (
+            paused.paused,
+            paused.available_now,
+            paused.unavailable_because.as_str(),
+            paused.version
+        ),
         (true, false, "paused", 1)
     );
     assert_eq!(paused.available_from, None, "a pause has no end");
     let again = managers.set_paused(pause(true, &m1)).await?.into_inner();
-    assert_eq!(again.availability.map(|a| a.version), Some(1), "a repeat changes nothing");
+    assert_eq!(
+        again.availability.map(|a| a.version),
+        Some(1),
+        "a repeat changes nothing"
+    );
 
     // A bad schedule: every violation at once, nothing written.
     let bad = pb::Schedule {
@@ -1409,7 +1424,11 @@ async fn unavailable_managers_get_no_leads_and_the_queue_moves_when_one_is_back(
     assert_eq!(waiting.len(), 2, "{waiting:?}");
     let why = explanation(&stack, &t.boss, &waiting[0].id).await?;
     assert_eq!(why.manager_id, None);
-    assert!(why.reason.starts_with("no member is available"), "{}", why.reason);
+    assert!(
+        why.reason.starts_with("no member is available"),
+        "{}",
+        why.reason
+    );
     let notes: HashMap<String, String> = why
         .candidates
         .iter()

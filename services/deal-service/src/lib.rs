@@ -24,8 +24,8 @@ use salesplan_platform::{
 use salesplan_proto::v1::{
     contact_service_server::ContactServiceServer, deal_service_server::DealServiceServer,
     distributor_service_client::DistributorServiceClient,
-    manager_service_server::ManagerServiceServer,
-    outbox_service_server::OutboxServiceServer, plan_service_server::PlanServiceServer,
+    manager_service_server::ManagerServiceServer, outbox_service_server::OutboxServiceServer,
+    plan_service_server::PlanServiceServer,
 };
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;

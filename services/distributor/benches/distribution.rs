@@ -27,7 +27,12 @@ fn plan(strategy: Strategy, prefer_related: bool) -> PlanSettings {
 /// Five of the twenty members unavailable: skipped and explained on every decision.
 fn some_away() -> Away {
     (0..5)
-        .map(|i| (format!("manager-{}", i * 4), "unavailable: paused".to_owned()))
+        .map(|i| {
+            (
+                format!("manager-{}", i * 4),
+                "unavailable: paused".to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -77,14 +82,29 @@ fn availability(c: &mut Criterion) {
         .map(|(i, m)| {
             let mut week: [Vec<Hours>; 7] = Default::default();
             for day in week.iter_mut().take(5) {
-                *day = vec![Hours { start: 540, end: 780 }, Hours { start: 840, end: 1080 }];
+                *day = vec![
+                    Hours {
+                        start: 540,
+                        end: 780,
+                    },
+                    Hours {
+                        start: 840,
+                        end: 1080,
+                    },
+                ];
             }
             let schedule = Schedule {
                 time_zone: zones[i % zones.len()].into(),
                 week,
                 days_off: Vec::new(),
             };
-            (m.clone(), Availability { schedule, paused: false })
+            (
+                m.clone(),
+                Availability {
+                    schedule,
+                    paused: false,
+                },
+            )
         })
         .collect();
     let at = time::OffsetDateTime::now_utc();

@@ -149,7 +149,10 @@ impl Schedule {
     /// The working periods from `from` on, in order, within [`HORIZON_DAYS`]; the first
     /// starts at `from` when `from` is working time. Local times a clock change skips move
     /// forward, and those it repeats count once.
-    pub fn periods(&self, from: OffsetDateTime) -> impl Iterator<Item = (OffsetDateTime, OffsetDateTime)> + '_ {
+    pub fn periods(
+        &self,
+        from: OffsetDateTime,
+    ) -> impl Iterator<Item = (OffsetDateTime, OffsetDateTime)> + '_ {
         let zone = self.zone();
         let first_day = zone.to_datetime(timestamp(from)).date();
         let from_ts = timestamp(from);
@@ -187,7 +190,11 @@ impl Schedule {
 
     /// The instant at which `working` working time has passed since `from`; `None` when
     /// the schedule has not that much within [`HORIZON_DAYS`].
-    pub fn after_working(&self, from: OffsetDateTime, working: time::Duration) -> Option<OffsetDateTime> {
+    pub fn after_working(
+        &self,
+        from: OffsetDateTime,
+        working: time::Duration,
+    ) -> Option<OffsetDateTime> {
         let mut left = working;
         for (start, end) in self.periods(from) {
             if end - start >= left {
@@ -377,7 +384,8 @@ fn days_off(at: &str, range: &pb::DaysOff) -> Result<DaysOff, ApiError> {
                 )
             })
     };
-    let (first, last) = crate::AllChecks::all((date("first", &range.first), date("last", &range.last)))?;
+    let (first, last) =
+        crate::AllChecks::all((date("first", &range.first), date("last", &range.last)))?;
     let span = first.until(last).map(|s| s.get_days()).unwrap_or(i32::MAX);
     if first > last || span >= MAX_DAYS_OFF_SPAN {
         return Err(ApiError::invalid(
@@ -396,7 +404,16 @@ mod tests {
 
     /// Monday to Friday 09:00–13:00 and 14:00–18:00 in Berlin, off 24–26 December 2026.
     fn office() -> Schedule {
-        let day = vec![Hours { start: 540, end: 780 }, Hours { start: 840, end: 1080 }];
+        let day = vec![
+            Hours {
+                start: 540,
+                end: 780,
+            },
+            Hours {
+                start: 840,
+                end: 1080,
+            },
+        ];
         let mut week: [Vec<Hours>; 7] = Default::default();
         for d in week.iter_mut().take(5) {
             *d = day.clone();
@@ -416,21 +433,42 @@ mod tests {
         let s = office();
         // Thursday 3 December 2026: 08:30 UTC is 09:30 in Berlin.
         assert_eq!(s.away_at(datetime!(2026-12-03 08:30 UTC)), None);
-        assert_eq!(s.away_at(datetime!(2026-12-03 07:30 UTC)), Some(Away::OutsideHours));
+        assert_eq!(
+            s.away_at(datetime!(2026-12-03 07:30 UTC)),
+            Some(Away::OutsideHours)
+        );
         // The lunch break, 13:00–14:00 Berlin.
-        assert_eq!(s.away_at(datetime!(2026-12-03 12:30 UTC)), Some(Away::OutsideHours));
+        assert_eq!(
+            s.away_at(datetime!(2026-12-03 12:30 UTC)),
+            Some(Away::OutsideHours)
+        );
         // Saturday.
-        assert_eq!(s.away_at(datetime!(2026-12-05 10:00 UTC)), Some(Away::OutsideHours));
+        assert_eq!(
+            s.away_at(datetime!(2026-12-05 10:00 UTC)),
+            Some(Away::OutsideHours)
+        );
         // Christmas Eve is a Thursday, but a day off.
-        assert_eq!(s.away_at(datetime!(2026-12-24 10:00 UTC)), Some(Away::DayOff));
-        let paused = Availability { schedule: s, paused: true };
-        assert_eq!(paused.away_at(datetime!(2026-12-03 08:30 UTC)), Some(Away::Paused));
+        assert_eq!(
+            s.away_at(datetime!(2026-12-24 10:00 UTC)),
+            Some(Away::DayOff)
+        );
+        let paused = Availability {
+            schedule: s,
+            paused: true,
+        };
+        assert_eq!(
+            paused.away_at(datetime!(2026-12-03 08:30 UTC)),
+            Some(Away::Paused)
+        );
         assert_eq!(paused.available_from(datetime!(2026-12-03 08:30 UTC)), None);
     }
 
     #[test]
     fn the_next_working_time_skips_nights_weekends_and_days_off() {
-        let a = Availability { schedule: office(), paused: false };
+        let a = Availability {
+            schedule: office(),
+            paused: false,
+        };
         // Friday 18:30 Berlin → Monday 09:00 Berlin (08:00 UTC).
         assert_eq!(
             a.available_from(datetime!(2026-12-04 17:30 UTC)),
@@ -464,7 +502,10 @@ mod tests {
     fn clock_changes_neither_add_nor_lose_working_time() {
         // Berlin moves from 02:00 to 03:00 on 29 March 2026 and back on 25 October 2026.
         let mut week: [Vec<Hours>; 7] = Default::default();
-        week[6] = vec![Hours { start: 0, end: 1440 }];
+        week[6] = vec![Hours {
+            start: 0,
+            end: 1440,
+        }];
         let s = Schedule {
             time_zone: "Europe/Berlin".into(),
             week,
@@ -472,11 +513,17 @@ mod tests {
         };
         let day = |from, to| s.working_time(from, to);
         assert_eq!(
-            day(datetime!(2026-03-28 00:00 UTC), datetime!(2026-03-30 00:00 UTC)),
+            day(
+                datetime!(2026-03-28 00:00 UTC),
+                datetime!(2026-03-30 00:00 UTC)
+            ),
             time::Duration::hours(23)
         );
         assert_eq!(
-            day(datetime!(2026-10-24 00:00 UTC), datetime!(2026-10-27 00:00 UTC)),
+            day(
+                datetime!(2026-10-24 00:00 UTC),
+                datetime!(2026-10-27 00:00 UTC)
+            ),
             time::Duration::hours(25)
         );
     }
@@ -488,7 +535,10 @@ mod tests {
             ..Schedule::default()
         };
         assert_eq!(s.away_at(datetime!(2026-12-06 03:00 UTC)), None);
-        assert_eq!(s.away_at(datetime!(2026-12-25 03:00 UTC)), Some(Away::DayOff));
+        assert_eq!(
+            s.away_at(datetime!(2026-12-25 03:00 UTC)),
+            Some(Away::DayOff)
+        );
     }
 
     #[test]
@@ -499,22 +549,40 @@ mod tests {
                 pb::WorkingDay {
                     weekday: 1,
                     hours: vec![
-                        pb::WorkingHours { start_minute: 540, end_minute: 720 },
-                        pb::WorkingHours { start_minute: 700, end_minute: 800 },
+                        pb::WorkingHours {
+                            start_minute: 540,
+                            end_minute: 720,
+                        },
+                        pb::WorkingHours {
+                            start_minute: 700,
+                            end_minute: 800,
+                        },
                     ],
                 },
                 pb::WorkingDay {
                     weekday: 1,
-                    hours: vec![pb::WorkingHours { start_minute: 0, end_minute: 60 }],
+                    hours: vec![pb::WorkingHours {
+                        start_minute: 0,
+                        end_minute: 60,
+                    }],
                 },
                 pb::WorkingDay {
                     weekday: 9,
-                    hours: vec![pb::WorkingHours { start_minute: 60, end_minute: 1441 }],
+                    hours: vec![pb::WorkingHours {
+                        start_minute: 60,
+                        end_minute: 1441,
+                    }],
                 },
             ],
             days_off: vec![
-                pb::DaysOff { first: "2026-12-26".into(), last: "2026-12-24".into() },
-                pb::DaysOff { first: "someday".into(), last: "2026-12-24".into() },
+                pb::DaysOff {
+                    first: "2026-12-26".into(),
+                    last: "2026-12-24".into(),
+                },
+                pb::DaysOff {
+                    first: "someday".into(),
+                    last: "2026-12-24".into(),
+                },
             ],
         };
         let err = Schedule::from_proto("schedule", bad).expect_err("refused");

@@ -1,8 +1,6 @@
 //! ManagerService: managers' availability.
 
-use salesplan_platform::{
-    Actor, AllChecks as _, ApiError, Permission, auth, schedule::Schedule,
-};
+use salesplan_platform::{Actor, AllChecks as _, ApiError, Permission, auth, schedule::Schedule};
 use salesplan_proto::v1::{self as pb, manager_service_server::ManagerService};
 use tonic::{Request, Response, Status};
 

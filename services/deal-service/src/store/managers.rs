@@ -86,7 +86,10 @@ impl Store {
         .bind(limit as i64 + 1)
         .fetch_all(&self.reads)
         .await?;
-        let mut managers = rows.iter().map(manager_from).collect::<Result<Vec<_>, _>>()?;
+        let mut managers = rows
+            .iter()
+            .map(manager_from)
+            .collect::<Result<Vec<_>, _>>()?;
         let more = managers.len() > limit;
         managers.truncate(limit);
         Ok((managers, more))
@@ -192,8 +195,8 @@ async fn save(tx: &mut Transaction<'_, Postgres>, manager: &Manager) -> Result<(
 
 fn manager_from(row: &PgRow) -> Result<Manager, StoreError> {
     let schedule: serde_json::Value = row.try_get("schedule")?;
-    let schedule: Schedule = serde_json::from_value(schedule)
-        .map_err(|_| corrupt("manager_availability.schedule"))?;
+    let schedule: Schedule =
+        serde_json::from_value(schedule).map_err(|_| corrupt("manager_availability.schedule"))?;
     Ok(Manager {
         account_id: row.try_get("account_id")?,
         manager_id: row.try_get("manager_id")?,

@@ -30,7 +30,8 @@ impl Store {
         db::traced(SCHEMA, "INSERT plans", async {
             let now = now();
             let plan = draft.into_plan(account_id, ids::new_id(), now, ids::new_id);
-            let (mode, prefer_related, keep_related, strategy) = distribution_columns(plan.distribution);
+            let (mode, prefer_related, keep_related, strategy) =
+                distribution_columns(plan.distribution);
             let mut tx = self.pool.begin().await?;
             within_plan_cap(&mut tx, account_id).await?;
             sqlx::query(

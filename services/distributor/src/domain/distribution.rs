@@ -26,7 +26,10 @@ pub fn away_at(
             let why = known.away_at(at)?;
             let back = known
                 .available_from(at)
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
                 .map(|t| format!(", back at {t}"))
                 .unwrap_or_default();
             Some((m.clone(), format!("unavailable: {}{back}", why.as_str())))
@@ -496,9 +499,9 @@ fn related(members: &Members<'_>, lead: &Lead, keep: bool) -> Result<Decision, V
                 skipped.push(format!("related manager {related} ({source}) is {away}"));
                 continue;
             }
-            (None, Some(away)) => format!(
-                "related manager ({source}), kept for them by the plan while {away}"
-            ),
+            (None, Some(away)) => {
+                format!("related manager ({source}), kept for them by the plan while {away}")
+            }
             (None, None) => format!("related manager ({source})"),
         };
         return Ok(Decision {
@@ -536,7 +539,9 @@ fn by_strategy(
         let reason = match away {
             0 => "every member is at capacity: waits for the first to free",
             a if a == n => "no member is available: waits for the first back",
-            _ => "no member is both available and below their limit: waits for the first who can take it",
+            _ => {
+                "no member is both available and below their limit: waits for the first who can take it"
+            }
         };
         return Decision {
             manager: None,
@@ -1160,16 +1165,32 @@ mod tests {
         };
         let away = Away::from([("a".to_owned(), "unavailable: day off".to_owned())]);
         let mut plan = auto(Strategy::RoundRobin, true, &["a", "b"]);
-        let d = super::decide(&plan, &lead, &mut Cursor::default(), &mut HashMap::new(), &away, 0);
+        let d = super::decide(
+            &plan,
+            &lead,
+            &mut Cursor::default(),
+            &mut HashMap::new(),
+            &away,
+            0,
+        );
         assert_eq!(d.manager.as_deref(), Some("b"));
         assert!(
-            d.reason.contains("related manager a (of the contact's earlier deal) is unavailable: day off"),
+            d.reason.contains(
+                "related manager a (of the contact's earlier deal) is unavailable: day off"
+            ),
             "{}",
             d.reason
         );
         assert_eq!(d.candidates[0].note, "unavailable: day off");
         plan.keep_related = true;
-        let d = super::decide(&plan, &lead, &mut Cursor::default(), &mut HashMap::new(), &away, 0);
+        let d = super::decide(
+            &plan,
+            &lead,
+            &mut Cursor::default(),
+            &mut HashMap::new(),
+            &away,
+            0,
+        );
         assert_eq!(d.manager.as_deref(), Some("a"));
         assert_eq!(
             d.reason,
@@ -1178,12 +1199,26 @@ mod tests {
         // Everyone away: the lead waits, and says why.
         let away = Away::from([
             ("a".to_owned(), "unavailable: paused".to_owned()),
-            ("b".to_owned(), "unavailable: outside working hours".to_owned()),
+            (
+                "b".to_owned(),
+                "unavailable: outside working hours".to_owned(),
+            ),
         ]);
         plan.keep_related = false;
-        let d = super::decide(&plan, &lead, &mut Cursor::default(), &mut HashMap::new(), &away, 0);
+        let d = super::decide(
+            &plan,
+            &lead,
+            &mut Cursor::default(),
+            &mut HashMap::new(),
+            &away,
+            0,
+        );
         assert!(d.waits && d.manager.is_none());
-        assert!(d.reason.starts_with("no member is available"), "{}", d.reason);
+        assert!(
+            d.reason.starts_with("no member is available"),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]

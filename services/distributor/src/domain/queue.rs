@@ -80,7 +80,14 @@ mod tests {
         };
         let mut open = HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 3)]);
         let queue = [waiting(1), waiting(2), waiting(3)];
-        let decided = assign_waiting(&plan, &mut Cursor::default(), &mut open, &Away::new(), &queue, || 0);
+        let decided = assign_waiting(
+            &plan,
+            &mut Cursor::default(),
+            &mut open,
+            &Away::new(),
+            &queue,
+            || 0,
+        );
         // a had room for one, b for none: the oldest deal goes to a, the others wait.
         let got: Vec<(u128, Option<&str>)> = decided
             .iter()
@@ -97,7 +104,14 @@ mod tests {
         );
         assert_eq!(open["a"], 2);
         open.insert("b".into(), 1);
-        let decided = assign_waiting(&plan, &mut Cursor::default(), &mut open, &Away::new(), &queue[1..], || 0);
+        let decided = assign_waiting(
+            &plan,
+            &mut Cursor::default(),
+            &mut open,
+            &Away::new(),
+            &queue[1..],
+            || 0,
+        );
         let got: Vec<u128> = decided.iter().map(|(w, _)| w.deal_id.as_u128()).collect();
         assert_eq!(got, [2, 3], "b freed two places: the next two, in order");
     }

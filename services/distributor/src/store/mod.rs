@@ -372,9 +372,13 @@ impl Store {
         let open = open_counts(&mut tx, plan_id).await?;
         let queue_ahead = queue::has_waiting(&mut tx, account_id, plan_id).await?;
         let settings = settings_from(&row)?;
-        let (away, availability_version) =
-            managers::away(&mut tx, account_id, &settings.managers, time::OffsetDateTime::now_utc())
-                .await?;
+        let (away, availability_version) = managers::away(
+            &mut tx,
+            account_id,
+            &settings.managers,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?;
         // A lead accepted on this very version of the plan after a change of a member's
         // availability that is not applied here yet: stale like an older plan. (On a later
         // version the members may differ, and the sums with them.)

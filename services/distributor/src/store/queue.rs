@@ -211,7 +211,13 @@ impl Store {
         .iter()
         .map(|r| Ok((r.try_get("deal_id")?, r.try_get("intake_id")?)))
         .collect::<Result<_, sqlx::Error>>()?;
-        let (away, _) = super::managers::away(&mut tx, account_id, &settings.managers, OffsetDateTime::now_utc()).await?;
+        let (away, _) = super::managers::away(
+            &mut tx,
+            account_id,
+            &settings.managers,
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
         let known = QueueKnown {
             away,
             settings,

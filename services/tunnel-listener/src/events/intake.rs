@@ -213,14 +213,7 @@ impl Intake {
             }
             PlanCheck::Closed(refusal) => return Err(NotAccepted::Refused(refusal)),
         };
-        let message = message(
-            &actor.account_id,
-            intake_id,
-            lead,
-            source,
-            None,
-            &plan,
-        );
+        let message = message(&actor.account_id, intake_id, lead, source, None, &plan);
         let publish = salesplan_platform::bus::producer_span(&message.subject);
         let stored = telemetry::in_span(publish, self.bus.publish(message)).await?;
         Ok(Accepted {
