@@ -234,14 +234,14 @@ impl Schedule {
         let mut listed = [false; 7];
         for (i, day) in schedule.week.iter().enumerate() {
             let at = format!("week[{i}]");
-            if let Some(index) = weekday_index(day.weekday) {
-                if std::mem::replace(&mut listed[index], true) {
-                    checks.note(ApiError::invalid(
-                        format!("{at}.weekday"),
-                        "the weekday is listed twice",
-                    ));
-                    continue;
-                }
+            let again = weekday_index(day.weekday)
+                .is_some_and(|index| std::mem::replace(&mut listed[index], true));
+            if again {
+                checks.note(ApiError::invalid(
+                    format!("{at}.weekday"),
+                    "the weekday is listed twice",
+                ));
+                continue;
             }
             match checks.check(working_day(&at, day)) {
                 Some((_, hours)) if hours.is_empty() => checks.note(ApiError::invalid(
@@ -348,7 +348,7 @@ fn working_day(at: &str, day: &pb::WorkingDay) -> Result<(usize, Vec<Hours>), Ap
                     "0 ≤ start_minute < end_minute ≤ 1440",
                 ));
             }
-            within.then(|| Hours {
+            within.then_some(Hours {
                 start: h.start_minute as u16,
                 end: h.end_minute as u16,
             })

@@ -22,7 +22,7 @@ pub struct Manager {
 /// A change of a manager's availability.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Schedule(Schedule),
+    Schedule(Box<Schedule>),
     Paused(bool),
 }
 
@@ -43,7 +43,7 @@ impl Manager {
     pub fn apply(&mut self, change: Change, now: OffsetDateTime) -> bool {
         let before = self.availability.clone();
         match change {
-            Change::Schedule(schedule) => self.availability.schedule = schedule,
+            Change::Schedule(schedule) => self.availability.schedule = *schedule,
             Change::Paused(paused) => self.availability.paused = paused,
         }
         if self.availability == before && self.version > 0 {
@@ -64,9 +64,9 @@ mod tests {
         let now = OffsetDateTime::UNIX_EPOCH;
         let mut m = Manager::unset("acme", "anna");
         // Setting the default schedule still records the manager (version 1).
-        assert!(m.apply(Change::Schedule(Schedule::default()), now));
+        assert!(m.apply(Change::Schedule(Box::default()), now));
         assert_eq!(m.version, 1);
-        assert!(!m.apply(Change::Schedule(Schedule::default()), now));
+        assert!(!m.apply(Change::Schedule(Box::default()), now));
         assert!(m.apply(Change::Paused(true), now));
         assert!(!m.apply(Change::Paused(true), now));
         assert_eq!((m.version, m.availability.paused), (2, true));

@@ -91,7 +91,7 @@ impl ManagerService for Api {
         )
             .all()?;
         let availability = self
-            .change_manager(&actor, &manager_id, Change::Schedule(schedule))
+            .change_manager(&actor, &manager_id, Change::Schedule(Box::new(schedule)))
             .await?;
         Ok(Response::new(pb::SetScheduleResponse {
             availability: Some(availability),
