@@ -86,6 +86,9 @@ echo
 echo "$ salesplanctl reports loss-reasons --by plan --plan $PLAN --fresh-as $FRESH_AS"
 "$bin/salesplanctl" reports loss-reasons --by plan --plan "$PLAN" --fresh-as "$FRESH_AS"
 echo
+echo "$ salesplanctl managers show carl"
+"$bin/salesplanctl" managers show carl
+echo
 
 stop
 trap - EXIT

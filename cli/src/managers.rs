@@ -214,7 +214,7 @@ fn text(a: &pb::ManagerAvailability) -> String {
     }
     out.push_str(&format!("\ntime zone {}", schedule.time_zone));
     if schedule.week.is_empty() {
-        out.push_str("\nworks around the clock");
+        out.push_str("\nhours: around the clock");
     }
     for day in &schedule.week {
         let name = DAYS.get((day.weekday - 1).max(0) as usize).unwrap_or(&"?");

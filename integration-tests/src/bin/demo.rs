@@ -14,7 +14,8 @@ use salesplan_platform::{
     Actor, Permission, auth::TokenIssuer, config::AuthConfig, consistency::Token, grpc::outgoing,
 };
 use salesplan_proto::v1::{
-    self as pb, deal_service_client::DealServiceClient, plan_service_client::PlanServiceClient,
+    self as pb, deal_service_client::DealServiceClient,
+    manager_service_client::ManagerServiceClient, plan_service_client::PlanServiceClient,
     report_service_client::ReportServiceClient,
 };
 use serde_json::json;
@@ -296,8 +297,9 @@ impl Demo {
         Ok(())
     }
 
-    /// Weights and limits: anna (weight 2, at most 4 open) and boris (weight 1, at most 2)
-    /// share eight leads 2:1 until both are full; the last two wait. Boris wins a deal:
+    /// Weights, limits and availability: anna (weight 2, at most 4 open) and boris (weight
+    /// 1, at most 2) share eight leads 2:1 until both are full; the last two wait. carl
+    /// (weight 1) has a day off today in his time zone and gets none. Boris wins a deal:
     /// the oldest waiting deal goes to him, by itself.
     async fn show_limits(&self) -> anyhow::Result<()> {
         use pb::distribution::{Mode, Strategy};
@@ -311,9 +313,14 @@ impl Demo {
                 "Priority leads",
                 (Mode::Auto, Strategy::RoundRobin),
                 false,
-                vec![member("anna", 2, 4), member("boris", 1, 2)],
+                vec![
+                    member("anna", 2, 4),
+                    member("boris", 1, 2),
+                    member("carl", 1, 0),
+                ],
             )
             .await?;
+        let carl = self.day_off("carl", "Asia/Tokyo").await?;
         let funnel = self.token("demo-funnel", &[Permission::IntakeWrite])?;
         let http = reqwest::Client::new();
         let url = format!("{}/v1/tunnel-actions/add-to-sales-plan", self.args.webhook);
@@ -344,8 +351,19 @@ impl Demo {
             counts
         };
         println!(
-            "\nPlan \"Priority leads\" (AUTO, round robin; anna weight 2 at most 4 open, boris weight 1 at most 2): 8 leads → {:?}",
+            "\nPlan \"Priority leads\" (AUTO, round robin; anna weight 2 at most 4 open, boris weight 1 at most 2, carl weight 1): 8 leads → {:?}",
             per_manager(&deals)
+        );
+        println!(
+            "carl is unavailable ({} in {}, available from {}): passed over",
+            carl.unavailable_because,
+            carl.schedule
+                .as_ref()
+                .map(|s| s.time_zone.as_str())
+                .unwrap_or("?"),
+            carl.available_from
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "?".into())
         );
         let boris = self.token("boris", &[])?;
         let of_boris = deals
@@ -388,6 +406,36 @@ impl Demo {
             per_manager(&deals)
         );
         Ok(())
+    }
+
+    /// Gives `manager` a day off today (yesterday to tomorrow, in `time_zone`), as an
+    /// administrator; the availability as deal-service answers it.
+    async fn day_off(
+        &self,
+        manager: &str,
+        time_zone: &str,
+    ) -> anyhow::Result<pb::ManagerAvailability> {
+        let today = time::OffsetDateTime::now_utc().date();
+        let schedule = pb::Schedule {
+            time_zone: time_zone.into(),
+            week: Vec::new(),
+            days_off: vec![pb::DaysOff {
+                first: (today - time::Duration::days(1)).to_string(),
+                last: (today + time::Duration::days(1)).to_string(),
+            }],
+        };
+        ManagerServiceClient::new(connect(&self.args.deal_service).await?)
+            .set_schedule(outgoing(
+                pb::SetScheduleRequest {
+                    manager_id: manager.into(),
+                    schedule: Some(schedule),
+                },
+                &self.admin,
+            ))
+            .await?
+            .into_inner()
+            .availability
+            .context("SetSchedule returned no availability")
     }
 
     /// The plan's deals once `ready` says they are as awaited (at most 30 s).
