@@ -9,7 +9,10 @@ use futures::StreamExt;
 use salesplan_platform::{
     Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
 };
-use salesplan_proto::v1::{self as pb, intake_service_client::IntakeServiceClient};
+use salesplan_proto::v1::{
+    self as pb, intake_service_client::IntakeServiceClient,
+    manager_service_client::ManagerServiceClient,
+};
 
 use super::{ADD_AUDIENCE_END_TO_END, BenchConfig, Line, WEBHOOK_END_TO_END, flush_page_cache};
 use crate::{
@@ -244,9 +247,11 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     Ok(lines)
 }
 
-/// The same bulk add into a plan whose members have weights (3, 2, 1) and limits (each
-/// `n`: checked at every decision, never reached, so no deal waits), beside the plain
-/// plan's rate: what weights and limits cost the intake.
+/// The same bulk add into a plan whose members have weights (3, 2, 1), limits (each `n`:
+/// checked at every decision, never reached, so no deal waits) and schedules (working
+/// every hour of the week in their own time zones, a vacation in 2199: evaluated at every
+/// batch, never binding), and a fourth member who is paused (skipped and explained at every
+/// decision), beside the plain plan's rate: what routing beyond the seed costs the intake.
 async fn routed_bulk_add(
     env: &Env,
     pool: &sqlx::PgPool,
@@ -259,15 +264,55 @@ async fn routed_bulk_add(
         weight,
         max_open_deals: n as i32,
     };
+    let admin = env.token(&[Permission::PlansAdmin])?;
+    let channel = env.channel(&env.deal_url).await?;
     let mut request = plan_request("Bench routed", Mode::Auto, Strategy::RoundRobin, false, &[]);
-    request.members = vec![member("m1", 3), member("m2", 2), member("m3", 1)];
-    let plan = create_plan(
-        env.channel(&env.deal_url).await?,
-        &env.token(&[Permission::PlansAdmin])?,
-        request,
-    )
-    .await?;
-    const ROUTED: &str = "AddAudience: end to end, plan with weights and limits";
+    request.members = vec![
+        member("m1", 3),
+        member("m2", 2),
+        member("m3", 1),
+        member("m4", 1),
+    ];
+    let plan = create_plan(channel.clone(), &admin, request).await?;
+    let mut managers = ManagerServiceClient::new(channel);
+    let zones = ["Europe/Berlin", "America/New_York", "Asia/Tokyo"];
+    for (manager, zone) in ["m1", "m2", "m3"].iter().zip(zones) {
+        let schedule = pb::Schedule {
+            time_zone: zone.into(),
+            week: (1..=7)
+                .map(|weekday| pb::WorkingDay {
+                    weekday,
+                    hours: vec![pb::WorkingHours {
+                        start_minute: 0,
+                        end_minute: 1440,
+                    }],
+                })
+                .collect(),
+            days_off: vec![pb::DaysOff {
+                first: "2199-07-01".into(),
+                last: "2199-07-31".into(),
+            }],
+        };
+        managers
+            .set_schedule(outgoing(
+                pb::SetScheduleRequest {
+                    manager_id: (*manager).into(),
+                    schedule: Some(schedule),
+                },
+                &admin,
+            ))
+            .await?;
+    }
+    managers
+        .set_paused(outgoing(
+            pb::SetPausedRequest {
+                manager_id: "m4".into(),
+                paused: true,
+            },
+            &admin,
+        ))
+        .await?;
+    const ROUTED: &str = "AddAudience: end to end, plan with weights, limits and schedules";
     let mut lines = bulk_add(env, pool, funnel, n, &plan, ROUTED).await?;
     let rate = |lines: &[Line], what: &str| {
         lines
@@ -281,7 +326,7 @@ async fn routed_bulk_add(
         let ratio = routed / plain;
         lines.push(Line {
             group: "intake",
-            what: "AddAudience with weights and limits ÷ without".into(),
+            what: "AddAudience with weights, limits and schedules ÷ without".into(),
             value: format!("{ratio:.2}×"),
             target: "≥ 0.90×".into(),
             json: serde_json::json!({ "ratio": ratio }),
