@@ -161,7 +161,7 @@ fn interval(spec: &str) -> anyhow::Result<pb::WorkingHours> {
             .split_once(':')
             .with_context(|| format!("{t:?} is not HH:MM"))?;
         let (h, m): (u32, u32) = (h.parse()?, m.parse()?);
-        if m >= 60 || h * 60 + m > 1440 {
+        if h > 24 || m >= 60 || h * 60 + m > 1440 {
             bail!("{t:?} is not a time of day");
         }
         Ok(h * 60 + m)

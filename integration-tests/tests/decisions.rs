@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use distributor::{
     domain::{
-        batch::PendingLead,
+        batch::{AvailabilityStamp, PendingLead},
         distribution::{Lead, Mode, PlanSettings, Strategy},
     },
     events::intake::{PlanBatch, decide_on_copy},
@@ -49,7 +49,7 @@ fn lead(n: u128) -> PendingLead {
     PendingLead {
         intake_id: Uuid::from_u128(n),
         plan_version: 1,
-        availability_version: 0,
+        availability: None,
         lead: Lead::default(),
         contact_key: Some(format!("ext:c{n}")),
     }
@@ -108,9 +108,13 @@ async fn a_lead_twice_in_one_batch_is_decided_once() -> anyhow::Result<()> {
 async fn a_lead_waits_for_the_availability_it_was_accepted_after() -> anyhow::Result<()> {
     let (_db, store, plan_id) = store_with_round_robin_plan().await?;
     let stamped = PendingLead {
-        availability_version: 1,
+        availability: Some(AvailabilityStamp {
+            versions: 1,
+            sequence: 1,
+        }),
         ..lead(21)
     };
+    // Stamped before any change: the copy has nothing newer, decided at once (below).
     assert!(matches!(
         decide_on_copy(
             &store,
@@ -127,6 +131,7 @@ async fn a_lead_waits_for_the_availability_it_was_accepted_after() -> anyhow::Re
             account_id: ACCOUNT.into(),
             manager_id: "m1".into(),
             version: 1,
+            sequence: 1,
             availability: Availability {
                 schedule: Default::default(),
                 paused: true,
@@ -143,6 +148,17 @@ async fn a_lead_waits_for_the_availability_it_was_accepted_after() -> anyhow::Re
         .map(|n| decisions[&Uuid::from_u128(*n)].manager.as_deref())
         .collect();
     assert_eq!(chosen, [Some("m2"), Some("m3")], "m1 is paused");
+    // A lead stamped before m1's pause, decided after it was applied: the copy may hold
+    // changes the lead's stamp did not see (a sum alone could hide one missing behind
+    // another newer), so it is brought up to date first.
+    let before = PendingLead {
+        availability: Some(AvailabilityStamp::default()),
+        ..lead(23)
+    };
+    assert!(matches!(
+        decide_on_copy(&store, ACCOUNT, plan_id, &[before], || 0).await?,
+        PlanBatch::Stale
+    ));
     Ok(())
 }
 
@@ -153,7 +169,7 @@ async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> an
     let (_db, store, plan_id) = store_with_round_robin_plan().await?;
     let newer = PendingLead {
         plan_version: 2,
-        availability_version: 0,
+        availability: None,
         ..lead(7)
     };
     let batch = [lead(6), newer];

@@ -846,6 +846,7 @@ async fn publish_intake(
         assign_to_manager_id: None,
         plan_version: 0,
         availability_version: 0,
+        availability_sequence: 0,
     };
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", intake_id.as_str());
@@ -2318,6 +2319,7 @@ async fn events_of_one_account_carrying_anothers_ids_change_nothing_of_it() -> a
         assign_to_manager_id: None,
         plan_version: 0,
         availability_version: 0,
+        availability_sequence: 0,
     };
     publish_raw(
         &stack,

@@ -869,6 +869,7 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
         assign_to_manager_id: None,
         plan_version: plan.version,
         availability_version: 0,
+        availability_sequence: 0,
     };
     let js = async_nats::jetstream::new(async_nats::connect(&stack.nats.url).await?);
     js.publish_with_headers(

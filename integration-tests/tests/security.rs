@@ -72,6 +72,10 @@ const METHODS: &[&str] = &[
     "ReplayParkedEvents",
     "EraseContact",
     "ExportContact",
+    "GetAvailability",
+    "ListAvailability",
+    "SetSchedule",
+    "SetPaused",
 ];
 
 /// What a call returned that matters here: an error status, or how much of the other
@@ -576,8 +580,55 @@ async fn call(
                 .deals
                 .len()
         }
+        // m1 of the account is paused (version 1): another account's calls see and change
+        // their own m1 (version 0, then 1), never this one.
+        "GetAvailability" => managers(ch)
+            .get_availability(req(
+                pb::GetAvailabilityRequest {
+                    manager_id: "m1".into(),
+                },
+                token,
+            ))
+            .await?
+            .into_inner()
+            .availability
+            .map_or(0, |a| a.version as usize),
+        "ListAvailability" => managers(ch)
+            .list_availability(req(pb::ListAvailabilityRequest::default(), token))
+            .await?
+            .into_inner()
+            .managers
+            .len(),
+        "SetSchedule" => managers(ch)
+            .set_schedule(req(
+                pb::SetScheduleRequest {
+                    manager_id: "m1".into(),
+                    schedule: Some(pb::Schedule::default()),
+                },
+                token,
+            ))
+            .await?
+            .into_inner()
+            .availability
+            .map_or(0, |a| a.version as usize - 1),
+        "SetPaused" => managers(ch)
+            .set_paused(req(
+                pb::SetPausedRequest {
+                    manager_id: "m1".into(),
+                    paused: false,
+                },
+                token,
+            ))
+            .await?
+            .into_inner()
+            .availability
+            .map_or(0, |a| a.version as usize - 1),
         other => panic!("unknown method {other}"),
     })
+}
+
+fn managers(ch: &Channels) -> pb::manager_service_client::ManagerServiceClient<Channel> {
+    pb::manager_service_client::ManagerServiceClient::new(ch.deals.clone())
 }
 
 async fn setup(stack: &Stack) -> anyhow::Result<(Channels, Ids)> {
@@ -634,6 +685,15 @@ async fn setup(stack: &Stack) -> anyhow::Result<(Channels, Ids)> {
         .into_inner()
         .deal
         .expect("deal");
+    managers(&channels)
+        .set_paused(outgoing(
+            pb::SetPausedRequest {
+                manager_id: "m1".into(),
+                paused: true,
+            },
+            &acme,
+        ))
+        .await?;
     let ids = Ids {
         stage: plan.stages[0].id.clone(),
         won: plan
@@ -756,6 +816,18 @@ async fn another_account_neither_sees_nor_changes_anything() -> anyhow::Result<(
         .deal
         .expect("deal");
     assert_eq!((deal.version, deal.manager_id.as_deref()), (1, Some("m1")));
+    let m1 = managers(&channels)
+        .get_availability(outgoing(
+            pb::GetAvailabilityRequest {
+                manager_id: "m1".into(),
+            },
+            &acme,
+        ))
+        .await?
+        .into_inner()
+        .availability
+        .expect("availability");
+    assert_eq!((m1.version, m1.paused), (1, true), "acme's m1 is as it was");
     stack.stop().await
 }
 
@@ -804,6 +876,11 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         ("EraseContact", "contacts:erase"),
         ("ForgetContacts", "contacts:erase"),
         ("ExportContact", "deals:read"),
+        ("GetAvailability", "deals:read"),
+        ("ListAvailability", "deals:read"),
+        ("SetSchedule", "plans:admin"),
+        // Pausing another manager (m2 may pause only themself).
+        ("SetPaused", "plans:admin"),
     ];
     for (method, permission) in needs {
         let err = call(&channels, method, Some(&plain), &ids)

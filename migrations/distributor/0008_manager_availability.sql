@@ -7,6 +7,7 @@ CREATE TABLE manager_availability (
     schedule   jsonb  NOT NULL,
     paused     boolean NOT NULL,
     version    bigint NOT NULL,
+    seq        bigint NOT NULL,
     PRIMARY KEY (account_id, manager_id)
 );
 -- With prefer_related: the related manager keeps the lead even while unavailable.

@@ -37,6 +37,7 @@ fn intake_event(n: usize) -> Bytes {
         assign_to_manager_id: None,
         plan_version: 1,
         availability_version: 0,
+        availability_sequence: 0,
     }
     .encode_to_vec()
     .into()

@@ -60,6 +60,7 @@ pub fn availability_to(manager: &Manager, now: time::OffsetDateTime) -> pb::Mana
         available_from: away
             .and_then(|_| availability.available_from(now))
             .map(timestamp),
+        sequence: manager.sequence,
     }
 }
 

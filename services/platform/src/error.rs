@@ -45,6 +45,8 @@ pub enum Reason {
     ManualDistribution,
     /// The account has availability set for as many managers as it may.
     ManagerCapReached,
+    /// The distributor placed a waiting deal with a manager who is away by now.
+    ManagerUnavailable,
 }
 
 impl Reason {
@@ -73,6 +75,7 @@ impl Reason {
             Self::NothingToChange => "NOTHING_TO_CHANGE",
             Self::ManualDistribution => "MANUAL_DISTRIBUTION",
             Self::ManagerCapReached => "MANAGER_CAP_REACHED",
+            Self::ManagerUnavailable => "MANAGER_UNAVAILABLE",
         }
     }
 }

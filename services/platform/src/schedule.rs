@@ -113,10 +113,11 @@ impl Schedule {
         self.week.iter().all(Vec::is_empty)
     }
 
-    fn is_day_off(&self, date: Date) -> bool {
-        self.days_off
-            .iter()
-            .any(|d| d.first <= date && date <= d.last)
+    /// The range of days off holding `date`, if one does (the ranges are sorted and apart:
+    /// a binary search).
+    fn days_off_holding(&self, date: Date) -> Option<&DaysOff> {
+        let i = self.days_off.partition_point(|d| d.last < date);
+        self.days_off.get(i).filter(|d| d.first <= date)
     }
 
     /// The hours of `date` (before days off are considered).
@@ -131,41 +132,76 @@ impl Schedule {
         &self.week[date.weekday().to_monday_zero_offset() as usize]
     }
 
-    /// Why the schedule has no work at `at`, if it has none.
+    /// The days from `first` on that are not days off, within [`HORIZON_DAYS`]: a range of
+    /// days off is stepped over at once, so its length costs nothing.
+    fn working_days(&self, first: Date) -> impl Iterator<Item = Date> + '_ {
+        let end = first.checked_add(jiff::Span::new().days(HORIZON_DAYS)).ok();
+        let mut next = Some(first);
+        std::iter::from_fn(move || {
+            loop {
+                let date = next.filter(|d| end.is_none_or(|end| *d < end))?;
+                match self.days_off_holding(date) {
+                    Some(off) => next = off.last.tomorrow().ok(),
+                    None => {
+                        next = date.tomorrow().ok();
+                        return Some(date);
+                    }
+                }
+            }
+        })
+    }
+
+    /// The working periods of `date`'s hours, as instants (unclipped).
+    fn periods_of(
+        &self,
+        zone: &TimeZone,
+        date: Date,
+    ) -> impl Iterator<Item = (Timestamp, Timestamp)> + '_ {
+        let zone = zone.clone();
+        self.hours_of(date).iter().filter_map(move |h| {
+            let start = instant(&zone, date, h.start)?;
+            let end = instant(&zone, date, h.end)?;
+            (start < end).then_some((start, end))
+        })
+    }
+
+    /// Why the schedule has no work at `at`, if it has none: `at` lies in no working
+    /// period (the periods are the one rule: see [`Schedule::periods`]); a day off when its
+    /// local date is one.
     pub fn away_at(&self, at: OffsetDateTime) -> Option<Away> {
-        let local = self.zone().to_datetime(timestamp(at));
-        let date = local.date();
-        if self.is_day_off(date) {
-            return Some(Away::DayOff);
+        let zone = self.zone();
+        let ts = timestamp(at);
+        let date = zone.to_datetime(ts).date();
+        let near = [date.yesterday().ok(), Some(date), date.tomorrow().ok()];
+        let working = near
+            .into_iter()
+            .flatten()
+            .filter(|d| self.days_off_holding(*d).is_none())
+            .any(|d| self.periods_of(&zone, d).any(|(s, e)| s <= ts && ts < e));
+        match (working, self.days_off_holding(date)) {
+            (true, _) => None,
+            (false, Some(_)) => Some(Away::DayOff),
+            (false, None) => Some(Away::OutsideHours),
         }
-        let minute = local.hour() as u16 * 60 + local.minute() as u16;
-        let working = self
-            .hours_of(date)
-            .iter()
-            .any(|h| h.start <= minute && minute < h.end);
-        (!working).then_some(Away::OutsideHours)
     }
 
     /// The working periods from `from` on, in order, within [`HORIZON_DAYS`]; the first
-    /// starts at `from` when `from` is working time. Local times a clock change skips move
-    /// forward, and those it repeats count once.
+    /// starts at `from` when `from` is working time. Each day's hours are local times made
+    /// instants: a time the clocks skip moves forward by the gap, a time they repeat is its
+    /// first pass (so an interval inside a repeated hour counts once).
     pub fn periods(
         &self,
         from: OffsetDateTime,
     ) -> impl Iterator<Item = (OffsetDateTime, OffsetDateTime)> + '_ {
         let zone = self.zone();
-        let first_day = zone.to_datetime(timestamp(from)).date();
         let from_ts = timestamp(from);
-        (0..HORIZON_DAYS)
-            .filter_map(move |offset| first_day.checked_add(jiff::Span::new().days(offset)).ok())
-            .filter(|date| !self.is_day_off(*date))
-            .flat_map(move |date| {
-                let zone = zone.clone();
-                self.hours_of(date).iter().filter_map(move |h| {
-                    let start = instant(&zone, date, h.start)?.max(from_ts);
-                    let end = instant(&zone, date, h.end)?;
-                    (start < end).then(|| (offset_date_time(start), offset_date_time(end)))
-                })
+        let first_day = zone.to_datetime(from_ts).date();
+        let first_day = first_day.yesterday().unwrap_or(first_day);
+        self.working_days(first_day)
+            .flat_map(move |date| self.periods_of(&zone, date).collect::<Vec<_>>())
+            .filter_map(move |(start, end)| {
+                let start = start.max(from_ts);
+                (start < end).then(|| (offset_date_time(start), offset_date_time(end)))
             })
             .scan(from, |covered, (start, end)| {
                 // A repeated hour (clocks going back) can make two periods overlap.
@@ -232,7 +268,13 @@ impl Schedule {
         let time_zone = checks.take(time_zone(&schedule.time_zone)).to_owned();
         let mut week: [Vec<Hours>; 7] = Default::default();
         let mut listed = [false; 7];
-        for (i, day) in schedule.week.iter().enumerate() {
+        if schedule.week.len() > 7 {
+            checks.note(ApiError::invalid(
+                "week",
+                "at most 7 days, each listed once",
+            ));
+        }
+        for (i, day) in schedule.week.iter().take(7).enumerate() {
             let at = format!("week[{i}]");
             let again = weekday_index(day.weekday)
                 .is_some_and(|index| std::mem::replace(&mut listed[index], true));
@@ -258,13 +300,15 @@ impl Schedule {
                 format!("at most {MAX_DAYS_OFF} ranges"),
             ));
         }
-        let days_off = schedule
-            .days_off
-            .iter()
-            .take(MAX_DAYS_OFF)
-            .enumerate()
-            .filter_map(|(i, d)| checks.check(days_off(&format!("days_off[{i}]"), d)))
-            .collect();
+        let days_off = merged(
+            schedule
+                .days_off
+                .iter()
+                .take(MAX_DAYS_OFF)
+                .enumerate()
+                .filter_map(|(i, d)| checks.check(days_off(&format!("days_off[{i}]"), d)))
+                .collect(),
+        );
         checks.finish().map_err(|e| e.within(field))?;
         Ok(Self {
             time_zone,
@@ -363,6 +407,22 @@ fn working_day(at: &str, day: &pb::WorkingDay) -> Result<(usize, Vec<Hours>), Ap
     }
     checks.finish()?;
     Ok((index, hours))
+}
+
+/// The ranges sorted, and those that overlap or touch made one: what a schedule keeps
+/// (and answers), so a day's range is found by a binary search.
+fn merged(mut ranges: Vec<DaysOff>) -> Vec<DaysOff> {
+    ranges.sort_by_key(|d| d.first);
+    let mut out: Vec<DaysOff> = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        match out.last_mut() {
+            Some(last) if last.last.tomorrow().is_ok_and(|next| range.first <= next) => {
+                last.last = last.last.max(range.last);
+            }
+            _ => out.push(range),
+        }
+    }
+    out
 }
 
 /// Monday 0 … Sunday 6.
@@ -529,6 +589,122 @@ mod tests {
     }
 
     #[test]
+    fn on_a_clock_change_day_away_and_periods_agree() {
+        // Berlin skips 02:00–03:00 on 29 March 2026 (01:00 UTC) and repeats 02:00–03:00 on
+        // 25 October 2026 (00:00–01:00 UTC the first pass, 01:00–02:00 UTC the second).
+        let mut week: [Vec<Hours>; 7] = Default::default();
+        week[6] = vec![Hours {
+            start: 135,
+            end: 165,
+        }];
+        let skipped = Schedule {
+            time_zone: "Europe/Berlin".into(),
+            week,
+            days_off: Vec::new(),
+        };
+        // 02:15–02:45 does not exist on that day: it moves forward by the gap, to
+        // 03:15–03:45 CEST (01:15–01:45 UTC), and both rules say so.
+        assert_eq!(skipped.away_at(datetime!(2026-03-29 01:20 UTC)), None);
+        assert_eq!(
+            skipped.periods(datetime!(2026-03-29 00:00 UTC)).next(),
+            Some((
+                datetime!(2026-03-29 01:15 UTC),
+                datetime!(2026-03-29 01:45 UTC)
+            ))
+        );
+        // 02:40–02:50 on the day the hour repeats: its first pass only.
+        let mut week: [Vec<Hours>; 7] = Default::default();
+        week[6] = vec![Hours {
+            start: 160,
+            end: 170,
+        }];
+        let repeated = Schedule {
+            time_zone: "Europe/Berlin".into(),
+            week,
+            days_off: Vec::new(),
+        };
+        assert_eq!(repeated.away_at(datetime!(2026-10-25 00:45 UTC)), None);
+        assert_eq!(
+            repeated.away_at(datetime!(2026-10-25 01:45 UTC)),
+            Some(Away::OutsideHours)
+        );
+    }
+
+    #[test]
+    fn days_off_are_kept_sorted_and_merged_and_long_ones_cost_nothing() {
+        let wire = |ranges: &[(&str, &str)]| pb::Schedule {
+            time_zone: "UTC".into(),
+            week: Vec::new(),
+            days_off: ranges
+                .iter()
+                .map(|(f, l)| pb::DaysOff {
+                    first: (*f).into(),
+                    last: (*l).into(),
+                })
+                .collect(),
+        };
+        let s = Schedule::from_proto(
+            "s",
+            wire(&[
+                ("2026-12-27", "2026-12-31"),
+                ("2026-12-24", "2026-12-26"),
+                ("2026-12-30", "2027-01-02"),
+                ("2027-03-01", "2027-03-01"),
+            ]),
+        )
+        .expect("valid");
+        let days: Vec<(String, String)> = s
+            .days_off
+            .iter()
+            .map(|d| (d.first.to_string(), d.last.to_string()))
+            .collect();
+        assert_eq!(
+            days,
+            [
+                ("2026-12-24".to_owned(), "2027-01-02".to_owned()),
+                ("2027-03-01".to_owned(), "2027-03-01".to_owned())
+            ]
+        );
+        let a = Availability {
+            schedule: s,
+            paused: false,
+        };
+        assert_eq!(
+            a.available_from(datetime!(2026-12-25 12:00 UTC)),
+            Some(datetime!(2027-01-03 00:00 UTC))
+        );
+        // A hundred year-long vacations back to back: the next working day is found by
+        // stepping over each range at once, not day by day.
+        let long: Vec<(String, String)> = (0..100)
+            .map(|i| {
+                let first = jiff::civil::date(2030, 1, 1)
+                    .checked_add(jiff::Span::new().days(i * 366))
+                    .expect("in range");
+                let last = first
+                    .checked_add(jiff::Span::new().days(365))
+                    .expect("in range");
+                (first.to_string(), last.to_string())
+            })
+            .collect();
+        let refs: Vec<(&str, &str)> = long.iter().map(|(f, l)| (f.as_str(), l.as_str())).collect();
+        let s = Schedule::from_proto("s", wire(&refs)).expect("valid");
+        assert_eq!(s.days_off.len(), 1, "back to back: one range");
+        assert_eq!(
+            s.away_at(datetime!(2031-06-01 12:00 UTC)),
+            Some(Away::DayOff)
+        );
+        assert_eq!(
+            Availability {
+                schedule: s,
+                paused: false
+            }
+            .available_from(datetime!(2031-06-01 12:00 UTC)),
+            None,
+            "nothing within the horizon"
+        );
+    }
+
+    #[test]
     fn a_schedule_without_hours_works_around_the_clock_except_days_off() {
         let s = Schedule {
             days_off: office().days_off,
@@ -621,6 +797,7 @@ mod tests {
             start in 1_767_225_600i64..1_798_761_600, // 2026
             minutes in 0i64..20_000,
             probe in 0i64..14 * 86_400,
+            off in prop::collection::vec((0i32..20, 0i32..4), 0..3),
         ) {
             let mut week: [Vec<Hours>; 7] = Default::default();
             for (d, hours) in days.iter().enumerate() {
@@ -629,17 +806,23 @@ mod tests {
                 hs.dedup_by(|b, a| b.start < a.end);
                 week[d] = hs;
             }
-            let s = Schedule { time_zone: zone.into(), week, days_off: Vec::new() };
             let from = OffsetDateTime::from_unix_timestamp(start).expect("in range");
+            let first_day = TimeZone::get(zone).expect("known").to_datetime(timestamp(from)).date();
+            let days_off = merged(
+                off.iter()
+                    .map(|(at, len)| {
+                        let first = first_day.checked_add(jiff::Span::new().days(*at)).expect("in range");
+                        let last = first.checked_add(jiff::Span::new().days(*len)).expect("in range");
+                        DaysOff { first, last }
+                    })
+                    .collect(),
+            );
+            let s = Schedule { time_zone: zone.into(), week, days_off };
             let w = time::Duration::minutes(minutes);
             if let Some(at) = s.after_working(from, w) {
                 prop_assert_eq!(s.working_time(from, at), w);
             }
             let t = from + time::Duration::seconds(probe);
-            // The second pass of an hour the clocks repeat: an interval inside that hour
-            // counts once, on its first pass (see `periods`).
-            let zone = TimeZone::get(zone).expect("known");
-            prop_assume!(zone.to_timestamp(zone.to_datetime(timestamp(t))).ok() == Some(timestamp(t)));
             let inside = s.periods(from).take_while(|(a, _)| *a <= t).any(|(a, b)| a <= t && t < b);
             prop_assert_eq!(inside, s.away_at(t).is_none());
         }

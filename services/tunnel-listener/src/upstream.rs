@@ -33,8 +33,10 @@ pub struct KnownPlan {
     pub archived: bool,
     pub managers: Vec<String>,
     pub version: i64,
-    /// The members' availability version (GetPlanResponse.availability_version).
+    /// The members' availability stamp (GetPlanResponse.availability_version and
+    /// availability_sequence).
     pub availability_version: i64,
+    pub availability_sequence: i64,
 }
 
 /// What one look-up found, shared by every lead that waited for it.
@@ -211,12 +213,14 @@ impl Plans {
                 pb::GetPlanResponse {
                     plan: Some(plan),
                     availability_version,
+                    availability_sequence,
                     ..
                 } => Found::Plan(KnownPlan {
                     archived: plan.archived,
                     managers: plan.manager_ids,
                     version: plan.version,
                     availability_version,
+                    availability_sequence,
                 }),
                 _ => {
                     tracing::warn!("GetPlan returned no plan");

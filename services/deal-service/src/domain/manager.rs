@@ -16,6 +16,8 @@ pub struct Manager {
     pub availability: Availability,
     /// 0: never set (works around the clock).
     pub version: i64,
+    /// The account's order of availability changes: this manager's last change's place.
+    pub sequence: i64,
     pub updated_at: Option<OffsetDateTime>,
 }
 
@@ -34,6 +36,7 @@ impl Manager {
             manager_id: manager_id.to_owned(),
             availability: Availability::default(),
             version: 0,
+            sequence: 0,
             updated_at: None,
         }
     }

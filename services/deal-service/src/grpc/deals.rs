@@ -1,7 +1,8 @@
 //! DealService.
 
 use salesplan_platform::{
-    Actor, AllChecks, ApiError, Permission, auth, consistency::Wanted, ids::parse_id, validate,
+    Actor, AllChecks, ApiError, Permission, Reason, auth, consistency::Wanted, ids::parse_id,
+    validate,
 };
 use salesplan_proto::v1::{self as pb, deal_service_server::DealService};
 use time::OffsetDateTime;
@@ -313,6 +314,22 @@ impl DealService for Api {
             convert::optional_manager("manager_id", req.manager_id.as_deref()),
         )
             .all()?;
+        // The distributor placing a waiting deal: the manager must still be available (its
+        // copy of availability may be a moment behind a pause answered OK here; refused,
+        // the deal waits again).
+        if let Some(m) = manager
+            .as_deref()
+            .filter(|_| actor.has(Permission::PlatformIntake))
+        {
+            let away = self.store.manager(&actor.account_id, m).await?.availability;
+            if let Some(why) = away.away_at(crate::store::now()) {
+                return Err(ApiError::precondition(
+                    Reason::ManagerUnavailable,
+                    format!("manager {m} is unavailable: {}", why.as_str()),
+                )
+                .into());
+            }
+        }
         let asked = manager.clone();
         let edit_all = actor.has(Permission::DealsEditAll);
         let deal = self

@@ -28,7 +28,7 @@ impl Api {
         manager_id: &str,
         change: Change,
     ) -> Result<pb::ManagerAvailability, ApiError> {
-        let _permit = self.plan_changes.admit(&actor.account_id)?;
+        let _permit = self.availability_changes.admit(&actor.account_id)?;
         let manager = self
             .store
             .change_manager(&actor.account_id, &actor.user_id, manager_id, change)
@@ -49,6 +49,7 @@ impl ManagerService for Api {
         request: Request<pb::GetAvailabilityRequest>,
     ) -> Reply<pb::GetAvailabilityResponse> {
         let actor = auth::reader(&request, Permission::DealsRead)?;
+        let _permit = self.reads.admit(&actor.account_id)?;
         let manager_id = convert::manager_id("manager_id", &request.get_ref().manager_id)?;
         let manager = self.store.manager(&actor.account_id, &manager_id).await?;
         Ok(Response::new(pb::GetAvailabilityResponse {

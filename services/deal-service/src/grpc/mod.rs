@@ -29,8 +29,11 @@ pub struct Api {
     /// CreateDeals.
     creates: Arc<AccountLimiter>,
     /// Plan changes: CreatePlan, UpdatePlan, ArchivePlan, SetPlanManagers, the stage
-    /// calls, SetLossReasons; and managers' SetSchedule and SetPaused.
+    /// calls, SetLossReasons.
     plan_changes: Arc<AccountLimiter>,
+    /// Managers' SetSchedule and SetPaused (with the plan changes' allowance, apart: a
+    /// manager pausing and resuming themself never holds up an administrator).
+    availability_changes: Arc<AccountLimiter>,
     /// How long a read given a consistency token waits for its write.
     consistency_wait: std::time::Duration,
 }
@@ -54,6 +57,11 @@ impl Api {
             bulk: AccountLimiter::new("bulk changes", limits.bulk, metrics),
             creates: AccountLimiter::new("deal creation", limits.creates, metrics),
             plan_changes: AccountLimiter::new("plan changes", limits.plan_changes, metrics),
+            availability_changes: AccountLimiter::new(
+                "availability changes",
+                limits.plan_changes,
+                metrics,
+            ),
             consistency_wait,
         }
     }

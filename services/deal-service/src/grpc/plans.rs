@@ -106,7 +106,7 @@ impl PlanService for Api {
         }
         let plan_id = parse_id("plan_id", &request.get_ref().plan_id)?;
         let plan = self.store.plan(&actor.account_id, plan_id).await?;
-        let (availability_version, members) = self
+        let (stamp, members) = self
             .store
             .members_availability(
                 &actor.account_id,
@@ -117,7 +117,8 @@ impl PlanService for Api {
         let now = crate::store::now();
         Ok(Response::new(pb::GetPlanResponse {
             plan: Some((&plan).into()),
-            availability_version,
+            availability_version: stamp.versions,
+            availability_sequence: stamp.sequence,
             member_availability: members
                 .iter()
                 .map(|m| convert::availability_to(m, now))

@@ -15,11 +15,18 @@ use crate::domain::{
 macro_rules! select {
     ($rest:literal) => {
         concat!(
-            "SELECT account_id, manager_id, schedule, paused, version, updated_at
+            "SELECT account_id, manager_id, schedule, paused, version, seq, updated_at
              FROM manager_availability ",
             $rest
         )
     };
+}
+
+/// What a lead is stamped with of its plan's members' availability (GetPlanResponse).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub versions: i64,
+    pub sequence: i64,
 }
 
 impl Store {
@@ -36,27 +43,33 @@ impl Store {
         }
     }
 
-    /// The sum of the versions of `managers`' availability (it grows with every change of
-    /// any of them), and with `rows` their availability too.
+    /// The stamp of `managers`' availability — the sum of their versions (it grows with
+    /// every change of any of them) and the newest of their sequences — and with `rows`
+    /// their availability too.
     pub async fn members_availability(
         &self,
         account_id: &str,
         managers: &[String],
         rows: bool,
-    ) -> Result<(i64, Vec<Manager>), StoreError> {
+    ) -> Result<(Stamp, Vec<Manager>), StoreError> {
         if managers.is_empty() {
-            return Ok((0, Vec::new()));
+            return Ok((Stamp::default(), Vec::new()));
         }
         if !rows {
-            let sum: i64 = sqlx::query_scalar(
-                "SELECT coalesce(sum(version), 0)::bigint FROM manager_availability
-                 WHERE account_id = $1 AND manager_id = ANY($2)",
+            let row = sqlx::query(
+                "SELECT coalesce(sum(version), 0)::bigint AS versions,
+                        coalesce(max(seq), 0)::bigint AS sequence
+                 FROM manager_availability WHERE account_id = $1 AND manager_id = ANY($2)",
             )
             .bind(account_id)
             .bind(managers)
             .fetch_one(&self.pool)
             .await?;
-            return Ok((sum, Vec::new()));
+            let stamp = Stamp {
+                versions: row.try_get("versions")?,
+                sequence: row.try_get("sequence")?,
+            };
+            return Ok((stamp, Vec::new()));
         }
         let set = sqlx::query(select!("WHERE account_id = $1 AND manager_id = ANY($2)"))
             .bind(account_id)
@@ -66,7 +79,11 @@ impl Store {
             .iter()
             .map(manager_from)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((set.iter().map(|m| m.version).sum(), set))
+        let stamp = Stamp {
+            versions: set.iter().map(|m| m.version).sum(),
+            sequence: set.iter().map(|m| m.sequence).max().unwrap_or(0),
+        };
+        Ok((stamp, set))
     }
 
     /// A page of the account's managers with availability set, by id after `after`; and
@@ -121,6 +138,7 @@ impl Store {
                 super::note_seen(&mut tx).await?;
                 return Ok(manager);
             }
+            manager.sequence = next_sequence(&mut tx, account_id).await?;
             save(&mut tx, &manager).await?;
             events::record_manager(&mut tx, &manager, actor_id, now).await?;
             super::commit(tx).await?;
@@ -172,15 +190,31 @@ async fn within_manager_cap(
     Ok(())
 }
 
+/// The account's next place in its order of availability changes. The row stays locked
+/// until the change commits: one account's changes commit in the order of their numbers.
+async fn next_sequence(
+    tx: &mut Transaction<'_, Postgres>,
+    account_id: &str,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO manager_sequences (account_id, seq) VALUES ($1, 1)
+         ON CONFLICT (account_id) DO UPDATE SET seq = manager_sequences.seq + 1
+         RETURNING seq",
+    )
+    .bind(account_id)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
 async fn save(tx: &mut Transaction<'_, Postgres>, manager: &Manager) -> Result<(), StoreError> {
     let schedule = serde_json::to_value(&manager.availability.schedule)
         .map_err(|err| StoreError::Internal(format!("schedule: {err}")))?;
     sqlx::query(
         "INSERT INTO manager_availability
-            (account_id, manager_id, schedule, paused, version, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
+            (account_id, manager_id, schedule, paused, version, updated_at, seq)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (account_id, manager_id) DO UPDATE SET schedule = $3, paused = $4,
-            version = $5, updated_at = $6",
+            version = $5, updated_at = $6, seq = $7",
     )
     .bind(&manager.account_id)
     .bind(&manager.manager_id)
@@ -188,6 +222,7 @@ async fn save(tx: &mut Transaction<'_, Postgres>, manager: &Manager) -> Result<(
     .bind(manager.availability.paused)
     .bind(manager.version)
     .bind(manager.updated_at)
+    .bind(manager.sequence)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -205,6 +240,7 @@ fn manager_from(row: &PgRow) -> Result<Manager, StoreError> {
             paused: row.try_get("paused")?,
         },
         version: row.try_get("version")?,
+        sequence: row.try_get("seq")?,
         updated_at: row.try_get("updated_at")?,
     })
 }

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 pub use contacts::{Erasure, Identity};
 pub use deals::{BulkOutcome, BulkTarget};
 pub use error::StoreError;
+pub use managers::Stamp;
 pub use parked::ParkedRow;
 pub use queries::{Board, Column, HistoryRow, Page, Totals, sort_value as queries_sort_value};
 

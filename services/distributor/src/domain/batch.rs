@@ -15,11 +15,29 @@ pub struct PendingLead {
     pub intake_id: Uuid,
     /// The plan's version the listener checked when it accepted the lead (0: not known).
     pub plan_version: i64,
-    /// The plan members' availability version the listener read with `plan_version` (0:
-    /// not known).
-    pub availability_version: i64,
+    /// The plan members' availability as the listener read it with `plan_version`; `None`
+    /// when not known (or once the copy was brought up to date from deal-service).
+    pub availability: Option<AvailabilityStamp>,
     pub lead: Lead,
     pub contact_key: Option<String>,
+}
+
+/// A stamp of a plan's members' availability: the sum of their versions and the newest of
+/// their sequences (the account's order of availability changes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AvailabilityStamp {
+    pub versions: i64,
+    pub sequence: i64,
+}
+
+impl AvailabilityStamp {
+    /// Whether a copy stamped `self` holds every member's availability exactly as `lead`
+    /// was stamped or newer. With no member changed since (no sequence newer than the
+    /// lead's), no copy version is newer than the lead's; so a sum as large means every
+    /// version equal. A change since the lead needs the copy brought up to date instead.
+    pub fn covers(self, lead: AvailabilityStamp) -> bool {
+        self.sequence <= lead.sequence && self.versions >= lead.versions
+    }
 }
 
 /// What the distributor knows of a plan and of a batch's leads when it decides them.
@@ -145,7 +163,7 @@ mod tests {
         PendingLead {
             intake_id: Uuid::from_u128(n),
             plan_version: 1,
-            availability_version: 0,
+            availability: None,
             lead: Lead::default(),
             contact_key: contact.map(str::to_owned),
         }

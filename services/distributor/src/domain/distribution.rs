@@ -267,12 +267,35 @@ pub struct Decision {
     pub waits: bool,
 }
 
+/// Why a lead waits, as a metric label (a fixed set: the reason itself names managers and
+/// times).
+pub fn wait_cause(reason: &str) -> &'static str {
+    const CAUSES: [(&str, &str); 5] = [
+        (BEHIND_THE_QUEUE, "behind_queue"),
+        (NO_MEMBERS, "no_members"),
+        (ALL_FULL, "capacity"),
+        (ALL_AWAY, "unavailable"),
+        (NONE_CAN, "unavailable_or_capacity"),
+    ];
+    CAUSES
+        .iter()
+        .find(|(text, _)| reason.starts_with(text))
+        .map_or("other", |(_, cause)| cause)
+}
+
+const BEHIND_THE_QUEUE: &str = "older deals wait in the plan's queue: waits behind them";
+const NO_MEMBERS: &str = "the plan has no managers: waits for one";
+const ALL_FULL: &str = "every member is at capacity: waits for the first to free";
+const ALL_AWAY: &str = "no member is available: waits for the first back";
+const NONE_CAN: &str =
+    "no member is both available and below their limit: waits for the first who can take it";
+
 impl Decision {
     /// A lead of a plan whose queue holds older deals: it waits behind them.
     pub fn behind_the_queue() -> Self {
         Self {
             waits: true,
-            ..Self::without("older deals wait in the plan's queue: waits behind them")
+            ..Self::without(BEHIND_THE_QUEUE)
         }
     }
 
@@ -354,7 +377,7 @@ fn distribute(
     if plan.managers.is_empty() {
         return Decision {
             waits: true,
-            ..Decision::without("the plan has no managers: waits for one")
+            ..Decision::without(NO_MEMBERS)
         };
     }
     let weights = plan.all_weights();
@@ -491,8 +514,9 @@ fn related(members: &Members<'_>, lead: &Lead, keep: bool) -> Result<Decision, V
             continue;
         };
         let reason = match (members.full(i), members.unavailable(i)) {
-            (Some(full), _) => {
-                skipped.push(format!("related manager {related} ({source}) is {full}"));
+            (Some(_), _) => {
+                let blocked = members.blocked(i).unwrap_or_default();
+                skipped.push(format!("related manager {related} ({source}) is {blocked}"));
                 continue;
             }
             (None, Some(away)) if !keep => {
@@ -537,11 +561,9 @@ fn by_strategy(
     if eligible.is_empty() {
         let away = (0..n).filter(|i| members.unavailable(*i).is_some()).count();
         let reason = match away {
-            0 => "every member is at capacity: waits for the first to free",
-            a if a == n => "no member is available: waits for the first back",
-            _ => {
-                "no member is both available and below their limit: waits for the first who can take it"
-            }
+            0 => ALL_FULL,
+            a if a == n => ALL_AWAY,
+            _ => NONE_CAN,
         };
         return Decision {
             manager: None,
@@ -1218,6 +1240,11 @@ mod tests {
             d.reason.starts_with("no member is available"),
             "{}",
             d.reason
+        );
+        assert_eq!(wait_cause(&d.reason), "unavailable");
+        assert_eq!(
+            wait_cause(&Decision::behind_the_queue().reason),
+            "behind_queue"
         );
     }
 

@@ -21,8 +21,8 @@ use uuid::Uuid;
 use crate::{
     domain::{
         self,
-        batch::{Decided, PendingLead},
-        distribution::{Candidate, DecidedBy, Lead, Mode, Placement, PlanSettings},
+        batch::{AvailabilityStamp, Decided, PendingLead},
+        distribution::{Candidate, DecidedBy, Lead, Mode, Placement, PlanSettings, wait_cause},
     },
     store::{NewAssignment, PlanCopy, Rejection, Store},
     upstream::{DealService, LookupError},
@@ -367,8 +367,17 @@ impl IntakeEvents {
             decide_on_copy(&self.store, account_id, plan_id, pending, rand::random).await?;
         if matches!(decided, PlanBatch::Stale) {
             self.refresh_plan(account_id, plan_id).await?;
+            // The members' availability is now as deal-service has it: as new as any
+            // lead's stamp.
+            let refreshed: Vec<PendingLead> = pending
+                .iter()
+                .map(|l| PendingLead {
+                    availability: None,
+                    ..l.clone()
+                })
+                .collect();
             decided =
-                decide_on_copy(&self.store, account_id, plan_id, pending, rand::random).await?;
+                decide_on_copy(&self.store, account_id, plan_id, &refreshed, rand::random).await?;
         }
         if let PlanBatch::Decided { new, .. } = &decided {
             for a in new
@@ -379,7 +388,10 @@ impl IntakeEvents {
                 tracing::debug!(%plan_id, reason = %a.reason, "lead waits for a manager");
                 self.unassigned.add(
                     1,
-                    &[opentelemetry::KeyValue::new("reason", a.reason.clone())],
+                    &[opentelemetry::KeyValue::new(
+                        "reason",
+                        wait_cause(&a.reason),
+                    )],
                 );
             }
         }
@@ -700,7 +712,11 @@ fn pending_lead(item: &Decoded, keys: &ContactKeys) -> PendingLead {
     PendingLead {
         intake_id: item.intake_id,
         plan_version: item.event.plan_version,
-        availability_version: item.event.availability_version,
+        // Events from before the stamp (and leads without a known plan version) have none.
+        availability: (item.event.plan_version > 0).then_some(AvailabilityStamp {
+            versions: item.event.availability_version,
+            sequence: item.event.availability_sequence,
+        }),
         lead: Lead {
             assign_to: item.event.assign_to_manager_id.clone(),
             named_related: lead.and_then(|l| l.related_manager_id.clone()),

@@ -117,6 +117,7 @@ pub fn manager_copy(
         account_id,
         manager_id: availability.manager_id,
         version: availability.version,
+        sequence: availability.sequence,
         availability: Availability {
             schedule,
             paused: availability.paused,

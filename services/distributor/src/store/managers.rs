@@ -9,7 +9,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::domain::distribution::{Away, away_at};
+use crate::domain::{
+    batch::AvailabilityStamp,
+    distribution::{Away, away_at},
+};
 
 /// A manager's availability from a manager event.
 #[derive(Debug, Clone)]
@@ -17,6 +20,8 @@ pub struct ManagerCopy {
     pub account_id: String,
     pub manager_id: String,
     pub version: i64,
+    /// The account's order of availability changes: this change's place.
+    pub sequence: i64,
     pub availability: Availability,
 }
 
@@ -27,10 +32,11 @@ impl Store {
         let schedule = serde_json::to_value(&copy.availability.schedule)
             .map_err(|_| StoreError::Corrupt("manager_availability.schedule"))?;
         sqlx::query(
-            "INSERT INTO manager_availability (account_id, manager_id, schedule, paused, version)
-             VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO manager_availability (account_id, manager_id, schedule, paused, version, seq)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (account_id, manager_id) DO UPDATE SET
-                schedule = excluded.schedule, paused = excluded.paused, version = excluded.version
+                schedule = excluded.schedule, paused = excluded.paused, version = excluded.version,
+                seq = excluded.seq
              WHERE manager_availability.version < excluded.version",
         )
         .bind(&copy.account_id)
@@ -38,6 +44,7 @@ impl Store {
         .bind(schedule)
         .bind(copy.availability.paused)
         .bind(copy.version)
+        .bind(copy.sequence)
         .execute(&self.pool)
         .await?;
         let plans = sqlx::query_scalar(
@@ -53,19 +60,19 @@ impl Store {
 }
 
 /// The members of `managers` unavailable at `at` (now: the decision's time), from the
-/// availability kept of them; and the sum of the versions kept (deal-service's sum is the
-/// same once every change of theirs is applied here).
+/// availability kept of them; and the stamp of what is kept (see
+/// [`AvailabilityStamp::covers`]).
 pub(super) async fn away(
     conn: &mut PgConnection,
     account_id: &str,
     managers: &[String],
     at: OffsetDateTime,
-) -> Result<(Away, i64), StoreError> {
+) -> Result<(Away, AvailabilityStamp), StoreError> {
     if managers.is_empty() {
-        return Ok((Away::new(), 0));
+        return Ok((Away::new(), AvailabilityStamp::default()));
     }
     let rows = sqlx::query(
-        "SELECT manager_id, schedule, paused, version FROM manager_availability
+        "SELECT manager_id, schedule, paused, version, seq FROM manager_availability
          WHERE account_id = $1 AND manager_id = ANY($2)",
     )
     .bind(account_id)
@@ -73,9 +80,10 @@ pub(super) async fn away(
     .fetch_all(conn)
     .await?;
     let mut known = HashMap::with_capacity(rows.len());
-    let mut versions = 0i64;
+    let mut stamp = AvailabilityStamp::default();
     for row in rows {
-        versions = versions.saturating_add(row.try_get("version")?);
+        stamp.versions = stamp.versions.saturating_add(row.try_get("version")?);
+        stamp.sequence = stamp.sequence.max(row.try_get("seq")?);
         let schedule: serde_json::Value = row.try_get("schedule")?;
         let schedule: Schedule = serde_json::from_value(schedule)
             .map_err(|_| StoreError::Corrupt("manager_availability.schedule"))?;
@@ -87,5 +95,5 @@ pub(super) async fn away(
             },
         );
     }
-    Ok((away_at(managers, &known, at), versions))
+    Ok((away_at(managers, &known, at), stamp))
 }

@@ -372,24 +372,22 @@ impl Store {
         let open = open_counts(&mut tx, plan_id).await?;
         let queue_ahead = queue::has_waiting(&mut tx, account_id, plan_id).await?;
         let settings = settings_from(&row)?;
-        let (away, availability_version) = managers::away(
+        let (away, kept) = managers::away(
             &mut tx,
             account_id,
             &settings.managers,
             time::OffsetDateTime::now_utc(),
         )
         .await?;
-        // A lead accepted on this very version of the plan after a change of a member's
-        // availability that is not applied here yet: stale like an older plan. (On a later
-        // version the members may differ, and the sums with them.)
+        // A lead whose members' availability the copy may not hold as the lead was stamped
+        // (a change not applied here yet, or one since, or other members on a later plan
+        // version): stale like an older plan, brought up to date from deal-service.
         let version: i64 = row.try_get("version")?;
-        let availability_needed = leads
-            .iter()
-            .filter(|l| l.plan_version == version)
-            .map(|l| l.availability_version)
-            .max()
-            .unwrap_or(0);
-        if availability_version < availability_needed {
+        let unsure = leads.iter().any(|l| {
+            l.availability
+                .is_some_and(|stamp| l.plan_version != version || !kept.covers(stamp))
+        });
+        if unsure {
             return Ok(None);
         }
         let known = Known {

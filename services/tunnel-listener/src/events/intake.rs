@@ -76,6 +76,7 @@ fn message(
         lead: Some(lead),
         plan_version: plan.version,
         availability_version: plan.availability_version,
+        availability_sequence: plan.availability_sequence,
     };
     Outgoing::new(subject, intake_id.to_string(), event.encode_to_vec())
 }
