@@ -106,14 +106,16 @@ impl PlanService for Api {
         }
         let plan_id = parse_id("plan_id", &request.get_ref().plan_id)?;
         let plan = self.store.plan(&actor.account_id, plan_id).await?;
-        let (stamp, members) = self
-            .store
-            .members_availability(
-                &actor.account_id,
-                &plan.managers,
-                request.get_ref().with_availability,
-            )
-            .await?;
+        // The stamp is for the services that decide leads (the listener's look-up, the
+        // distributor's refresh); a person's read of a plan does not pay for it.
+        let with_availability = request.get_ref().with_availability;
+        let (stamp, members) = if with_availability || actor.has(Permission::PlatformLookup) {
+            self.store
+                .members_availability(&actor.account_id, &plan.managers, with_availability)
+                .await?
+        } else {
+            Default::default()
+        };
         let now = crate::store::now();
         Ok(Response::new(pb::GetPlanResponse {
             plan: Some((&plan).into()),
