@@ -2592,12 +2592,23 @@ async fn an_event_naming_another_account_than_its_subject_is_dead_lettered() -> 
         );
     }
     // A's plan is untouched: not archived, still at its version, still takes A's leads.
+    // (The distributor's copy of it comes from A's own plan event, applied on its own
+    // time: wait for the copy, then look at it.)
     let pool = stack.pool().await?;
+    let plan_id = uuid::Uuid::parse_str(&a_plan.id)?;
     let kept: (bool, i64) =
-        sqlx::query_as("SELECT archived, version FROM distributor.plans WHERE plan_id = $1")
-            .bind(uuid::Uuid::parse_str(&a_plan.id)?)
-            .fetch_one(&pool)
-            .await?;
+        eventually(Duration::from_secs(20), || {
+            let pool = pool.clone();
+            async move {
+                Ok(sqlx::query_as(
+                    "SELECT archived, version FROM distributor.plans WHERE plan_id = $1",
+                )
+                .bind(plan_id)
+                .fetch_optional(&pool)
+                .await?)
+            }
+        })
+        .await?;
     assert_eq!(kept, (false, a_plan.version));
     stack.stop().await
 }
