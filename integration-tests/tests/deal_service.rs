@@ -1940,6 +1940,20 @@ async fn the_relay_listens_again_after_losing_its_connection() -> anyhow::Result
     Ok(())
 }
 
+/// A database of its own with deal-service's schema, for tests that shape the outbox's
+/// table and statistics by hand.
+async fn outbox_database()
+-> anyhow::Result<(integration_tests::postgres::TestDatabase, sqlx::PgPool)> {
+    let database = integration_tests::postgres::TestDatabase::create().await?;
+    let pool = salesplan_platform::db::connect_and_migrate(
+        &salesplan_platform::config::DatabaseConfig::local(&database.url),
+        deal_service::SCHEMA,
+        &deal_service::MIGRATOR,
+    )
+    .await?;
+    Ok((database, pool))
+}
+
 /// A relay pass reads each waiting row once whatever the statistics say: analysed when every
 /// event was published (as between bursts), then 2,000 events waiting (as in a bulk add). A
 /// join of the rows with their own window was planned as a nested loop that ran the
@@ -1948,15 +1962,8 @@ async fn the_relay_listens_again_after_losing_its_connection() -> anyhow::Result
 async fn a_relay_pass_reads_each_row_once_when_the_statistics_say_the_outbox_is_empty()
 -> anyhow::Result<()> {
     use deal_service::store::outbox::Pass;
-    use salesplan_platform::db;
 
-    let database = integration_tests::postgres::TestDatabase::create().await?;
-    let pool = db::connect_and_migrate(
-        &salesplan_platform::config::DatabaseConfig::local(&database.url),
-        deal_service::SCHEMA,
-        &deal_service::MIGRATOR,
-    )
-    .await?;
+    let (_database, pool) = outbox_database().await?;
     sqlx::raw_sql(
         "ALTER TABLE outbox SET (autovacuum_enabled = false);
          INSERT INTO outbox (subject, message_id, payload)
@@ -1992,15 +1999,8 @@ async fn a_relay_pass_reads_each_row_once_when_the_statistics_say_the_outbox_is_
 #[tokio::test]
 async fn a_relay_pass_reads_by_the_key_however_many_rows_await_a_vacuum() -> anyhow::Result<()> {
     use deal_service::store::outbox::Pass;
-    use salesplan_platform::db;
 
-    let database = integration_tests::postgres::TestDatabase::create().await?;
-    let pool = db::connect_and_migrate(
-        &salesplan_platform::config::DatabaseConfig::local(&database.url),
-        deal_service::SCHEMA,
-        &deal_service::MIGRATOR,
-    )
-    .await?;
+    let (_database, pool) = outbox_database().await?;
     // 20,000 events published (deleted) and 10 waiting, no vacuum since, analyzed.
     sqlx::raw_sql(
         "ALTER TABLE outbox SET (autovacuum_enabled = false);

@@ -245,23 +245,7 @@ async fn each_mode_from_webhook_to_deal() -> anyhow::Result<()> {
         .find(|d| d.manager_id.as_deref() == Some("m2"))
         .expect("a deal of m2");
     let mut distributor = DistributorServiceClient::new(stack.channel(&stack.distributor).await?);
-    let assignment = eventually(Duration::from_secs(10), || {
-        let mut distributor = distributor.clone();
-        let request = outgoing(
-            pb::ExplainAssignmentRequest {
-                deal_id: lead_deal.id.clone(),
-            },
-            &t.boss,
-        );
-        async move {
-            match distributor.explain_assignment(request).await {
-                Ok(r) => Ok(r.into_inner().assignment),
-                Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-                Err(s) => Err(s.into()),
-            }
-        }
-    })
-    .await?;
+    let assignment = explanation(&stack, &t.boss, &lead_deal.id).await?;
     assert_eq!(assignment.mode, "auto");
     assert_eq!(assignment.strategy, "least_open_deals");
     assert_eq!(assignment.manager_id.as_deref(), Some("m2"));
