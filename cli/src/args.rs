@@ -152,6 +152,13 @@ pub struct NewPlan {
     /// With --prefer-related: the related manager gets the lead even while unavailable.
     #[arg(long)]
     pub keep_related: bool,
+    /// A response deadline: seconds of the manager's working time to accept a deal the
+    /// distributor assigned (`salesplanctl deals accept`); then it goes to the next manager.
+    #[arg(long, default_value_t = 0)]
+    pub response_deadline: u32,
+    /// With --response-deadline: reassignments before the deal waits for a person.
+    #[arg(long, default_value_t = 0)]
+    pub max_reassignments: u32,
     /// A manager: `id`, `id:weight` (1 to 100; round robin shares leads by weight) or
     /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit);
     /// an id that ends in a colon and a number needs all three.
@@ -302,6 +309,10 @@ pub enum Deals {
         plan: Option<String>,
     },
     Reopen {
+        deal: String,
+    },
+    /// Take on a deal assigned to you: stops its plan's response deadline.
+    Accept {
         deal: String,
     },
     History {

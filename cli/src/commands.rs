@@ -228,6 +228,8 @@ fn distribution(kind: &str, prefer_related: bool) -> anyhow::Result<pb::Distribu
         mode: mode as i32,
         prefer_related,
         keep_related_when_unavailable: false,
+        response_deadline_seconds: 0,
+        max_reassignments: 0,
         strategy: strategy as i32,
     })
 }
@@ -401,6 +403,8 @@ fn plan_request(new: NewPlan) -> anyhow::Result<pb::CreatePlanRequest> {
         }),
         distribution: Some(pb::Distribution {
             keep_related_when_unavailable: new.keep_related,
+            response_deadline_seconds: new.response_deadline,
+            max_reassignments: new.max_reassignments,
             ..distribution(&new.distribution, new.prefer_related)?
         }),
         members: members(&new.managers)?,
@@ -537,6 +541,7 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
                     deal_id: deal,
                     expected_version: now.version,
                     manager_id: manager,
+                    ..Default::default()
                 }))
                 .await?
                 .into_inner()
@@ -546,6 +551,17 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
             let now = current(&mut client, ctx, &deal).await?;
             client
                 .reopen_deal(ctx.request(pb::ReopenDealRequest {
+                    deal_id: deal,
+                    expected_version: now.version,
+                }))
+                .await?
+                .into_inner()
+                .deal
+        }
+        Deals::Accept { deal } => {
+            let now = current(&mut client, ctx, &deal).await?;
+            client
+                .accept_deal(ctx.request(pb::AcceptDealRequest {
                     deal_id: deal,
                     expected_version: now.version,
                 }))
@@ -709,12 +725,13 @@ async fn history(
                     .unwrap_or_default(),
                 e.from.clone(),
                 e.to.clone(),
+                e.note.clone(),
             ]
         })
         .collect();
     ctx.print(
-        json!(entries.iter().map(|e| json!({"id": e.id, "actor_id": e.actor_id, "action": e.action, "from": e.from, "to": e.to, "loss_reason_id": e.loss_reason_id})).collect::<Vec<_>>()),
-        || table(&["at (unix)", "who", "action", "from", "to"], &rows),
+        json!(entries.iter().map(|e| json!({"id": e.id, "actor_id": e.actor_id, "action": e.action, "from": e.from, "to": e.to, "loss_reason_id": e.loss_reason_id, "note": e.note})).collect::<Vec<_>>()),
+        || table(&["at (unix)", "who", "action", "from", "to", "note"], &rows),
     );
     Ok(())
 }

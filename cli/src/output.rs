@@ -116,6 +116,8 @@ pub fn plan_json(p: &pb::Plan) -> Value {
             "strategy": pb::distribution::Strategy::try_from(d.strategy).map(|s| s.as_str_name()).unwrap_or("?"),
             "prefer_related": d.prefer_related,
             "keep_related_when_unavailable": d.keep_related_when_unavailable,
+            "response_deadline_seconds": d.response_deadline_seconds,
+            "max_reassignments": d.max_reassignments,
         },
         "managers": p.manager_ids,
         "manager_weights": p.manager_weights,
@@ -204,6 +206,8 @@ pub fn deal_json(d: &pb::Deal) -> Value {
         "created_at": time_json(d.created_at.as_ref()),
         "closed_at": time_json(d.closed_at.as_ref()),
         "waiting_since": time_json(d.waiting_since.as_ref()),
+        "accepted_at": time_json(d.accepted_at.as_ref()),
+        "escalated_at": time_json(d.escalated_at.as_ref()),
     })
 }
 
@@ -214,6 +218,7 @@ pub fn deal_row(d: &pb::Deal) -> Vec<String> {
         status_name(d.status).into(),
         match (&d.manager_id, &d.waiting_since) {
             (Some(m), _) => m.clone(),
+            (None, Some(_)) if d.escalated_at.is_some() => "(waiting for a person)".into(),
             (None, Some(_)) => "(waiting)".into(),
             (None, None) => "-".into(),
         },

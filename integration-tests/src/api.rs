@@ -41,6 +41,8 @@ pub fn plan_request(
             mode: mode as i32,
             prefer_related,
             keep_related_when_unavailable: false,
+            response_deadline_seconds: 0,
+            max_reassignments: 0,
             strategy: strategy as i32,
         }),
         manager_ids: managers.iter().map(|m| (*m).to_owned()).collect(),

@@ -173,6 +173,8 @@ async fn plans_stages_managers_and_reasons() -> anyhow::Result<()> {
             mode: pb::distribution::Mode::Auto as i32,
             prefer_related: true,
             keep_related_when_unavailable: false,
+            response_deadline_seconds: 0,
+            max_reassignments: 0,
             strategy: pb::distribution::Strategy::LeastOpenDeals as i32,
         }),
         ..Default::default()
@@ -664,6 +666,7 @@ async fn moving_closing_reopening_and_history() -> anyhow::Result<()> {
                 deal_id: back.id.clone(),
                 expected_version: back.version,
                 manager_id: Some("m2".into()),
+                ..Default::default()
             },
             &boss,
         ))
@@ -678,6 +681,7 @@ async fn moving_closing_reopening_and_history() -> anyhow::Result<()> {
                 deal_id: back.id.clone(),
                 expected_version: assigned.version,
                 manager_id: Some("stranger".into()),
+                ..Default::default()
             },
             &boss,
         ))
@@ -1526,6 +1530,7 @@ async fn a_repeated_move_or_assignment_is_answered_as_done() -> anyhow::Result<(
         deal_id: deal.id.clone(),
         expected_version: deal.version,
         manager_id: Some(manager.into()),
+        ..Default::default()
     };
     let assigned = c
         .deals

@@ -38,6 +38,7 @@ async fn store_with_round_robin_plan() -> anyhow::Result<(TestDatabase, Store, U
                 weights: Vec::new(),
                 caps: Vec::new(),
                 keep_related: false,
+                response: None,
                 archived: false,
             },
         })
@@ -198,6 +199,7 @@ async fn a_lead_is_never_decided_on_a_plan_older_than_it_was_accepted_at() -> an
                 weights: Vec::new(),
                 caps: Vec::new(),
                 keep_related: false,
+                response: None,
                 archived: false,
             },
         })
@@ -241,6 +243,9 @@ fn deal_state(
         erased_contact: None,
         created_at: at,
         waiting_since: waiting.then_some(at),
+        accepted: false,
+        assigned_by_distributor: false,
+        updated_at: at,
     }
 }
 
@@ -267,6 +272,7 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
                 weights: Vec::new(),
                 caps: vec![1],
                 keep_related: false,
+                response: None,
                 archived: false,
             },
         })

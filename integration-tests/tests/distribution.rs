@@ -380,6 +380,7 @@ async fn each_mode_from_webhook_to_deal() -> anyhow::Result<()> {
                 deal_id: m2_deals[1].id.clone(),
                 expected_version: m2_deals[1].version,
                 manager_id: Some("m3".into()),
+                ..Default::default()
             },
             &t.boss,
         ))

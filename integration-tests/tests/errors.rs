@@ -162,6 +162,7 @@ async fn grpc_errors_carry_every_violation_and_a_reason() -> anyhow::Result<()> 
                 deal_id: deal.id.clone(),
                 expected_version: deal.version,
                 manager_id: Some("stranger".into()),
+                ..Default::default()
             },
             &token,
         ))

@@ -96,6 +96,7 @@ async fn an_amount_beyond_the_bound_is_refused_at_every_entry_point() -> anyhow:
                 deal_id: mine.id.clone(),
                 expected_version: mine.version,
                 manager_id: Some("m1".into()),
+                ..Default::default()
             },
             &admin,
         ))

@@ -597,6 +597,7 @@ async fn erase_contact_leaves_nothing_of_the_person_anywhere() -> anyhow::Result
                 deal_id: first.id.clone(),
                 expected_version: first.version,
                 manager_id: Some(other_manager.into()),
+                ..Default::default()
             },
             &admin,
         ))

@@ -72,6 +72,8 @@ fn distribution(manual: bool) -> pb::Distribution {
         mode: if manual { Mode::Manual } else { Mode::Auto } as i32,
         prefer_related: false,
         keep_related_when_unavailable: false,
+        response_deadline_seconds: 0,
+        max_reassignments: 0,
         strategy: Strategy::RoundRobin as i32,
     }
 }

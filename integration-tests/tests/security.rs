@@ -308,6 +308,7 @@ async fn call(
                     deal_id: ids.deal.clone(),
                     expected_version: 1,
                     manager_id: Some("m2".into()),
+                    ..Default::default()
                 },
                 token,
             ))

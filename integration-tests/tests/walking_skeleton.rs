@@ -29,6 +29,8 @@ async fn create_plan(stack: &Stack, managers: &[&str]) -> anyhow::Result<pb::Pla
                     mode: pb::distribution::Mode::Auto as i32,
                     prefer_related: false,
                     keep_related_when_unavailable: false,
+                    response_deadline_seconds: 0,
+                    max_reassignments: 0,
                     strategy: pb::distribution::Strategy::RoundRobin as i32,
                 }),
                 manager_ids: managers.iter().map(|m| (*m).to_owned()).collect(),

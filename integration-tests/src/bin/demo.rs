@@ -142,6 +142,8 @@ impl Demo {
                 mode: mode as i32,
                 prefer_related,
                 keep_related_when_unavailable: false,
+                response_deadline_seconds: 0,
+                max_reassignments: 0,
                 strategy: strategy as i32,
             }),
             manager_ids,

@@ -13,7 +13,10 @@ use crate::domain::{
     Money, MoneySum,
     deal::{Deal, DealEdit, DealStatus, NewDeal},
     manager::Manager,
-    plan::{self, Distribution, Plan, PlanDraft, Stage, StageKind, Strategy, Terms},
+    plan::{
+        self, Distribution, MAX_REASSIGNMENTS, MAX_RESPONSE_SECONDS, Plan, PlanDraft, Response,
+        Stage, StageKind, Strategy, Terms,
+    },
     query::{self, DealQuery, Search, Sort, SortField, TimeRange},
 };
 
@@ -68,7 +71,6 @@ pub fn distribution_from(d: Option<pb::Distribution>) -> Result<Distribution, Ap
     use pb::distribution::{Mode, Strategy as S};
     let d = d.ok_or_else(|| ApiError::invalid("distribution", "required"))?;
     match Mode::try_from(d.mode) {
-        Ok(Mode::Manual) => Ok(Distribution::Manual),
         Ok(Mode::Auto) => {
             let strategy = match S::try_from(d.strategy) {
                 Ok(S::Random) => Strategy::Random,
@@ -91,13 +93,46 @@ pub fn distribution_from(d: Option<pb::Distribution>) -> Result<Distribution, Ap
                 prefer_related: d.prefer_related,
                 keep_related: d.keep_related_when_unavailable,
                 strategy,
+                response: response_from(&d)?,
             })
         }
+        Ok(Mode::Manual)
+            if d.response_deadline_seconds != 0 || d.max_reassignments != 0 =>
+        {
+            Err(ApiError::invalid(
+                "distribution.response_deadline_seconds",
+                "a response deadline needs AUTO distribution (nobody reassigns by hand)",
+            ))
+        }
+        Ok(Mode::Manual) => Ok(Distribution::Manual),
         _ => Err(ApiError::invalid(
             "distribution.mode",
             "must be MANUAL or AUTO",
         )),
     }
+}
+
+/// The response deadline an AUTO distribution asks for: none at 0 seconds.
+fn response_from(d: &pb::Distribution) -> Result<Option<Response>, ApiError> {
+    let (seconds, reassignments) = (d.response_deadline_seconds, d.max_reassignments);
+    let mut checks = Checks::new();
+    if seconds > MAX_RESPONSE_SECONDS {
+        checks.note(ApiError::invalid(
+            "distribution.response_deadline_seconds",
+            format!("at most {MAX_RESPONSE_SECONDS} (a week)"),
+        ));
+    }
+    if reassignments > MAX_REASSIGNMENTS || (seconds == 0 && reassignments > 0) {
+        checks.note(ApiError::invalid(
+            "distribution.max_reassignments",
+            format!("0 to {MAX_REASSIGNMENTS}, and only with a response deadline"),
+        ));
+    }
+    checks.finish()?;
+    Ok((seconds > 0).then_some(Response {
+        seconds,
+        max_reassignments: reassignments,
+    }))
 }
 
 fn distribution_to(d: Distribution) -> pb::Distribution {
@@ -108,15 +143,20 @@ fn distribution_to(d: Distribution) -> pb::Distribution {
             prefer_related: false,
             keep_related_when_unavailable: false,
             strategy: S::Unspecified as i32,
+            response_deadline_seconds: 0,
+            max_reassignments: 0,
         },
         Distribution::Auto {
             prefer_related,
             keep_related,
             strategy,
+            response,
         } => pb::Distribution {
             mode: Mode::Auto as i32,
             prefer_related,
             keep_related_when_unavailable: keep_related,
+            response_deadline_seconds: response.map_or(0, |r| r.seconds),
+            max_reassignments: response.map_or(0, |r| r.max_reassignments),
             strategy: match strategy {
                 Strategy::Random => S::Random,
                 Strategy::RoundRobin => S::RoundRobin,
@@ -534,6 +574,8 @@ impl From<&Deal> for pb::Deal {
             closed_at: deal.closed_at.map(timestamp),
             idempotency_key: deal.idempotency_key.clone(),
             waiting_since: deal.waiting_since.map(timestamp),
+            accepted_at: deal.accepted_at.map(timestamp),
+            escalated_at: deal.escalated_at.map(timestamp),
         }
     }
 }
@@ -564,6 +606,8 @@ mod tests {
                 mode: pb::distribution::Mode::Auto as i32,
                 prefer_related: true,
                 keep_related_when_unavailable: false,
+                response_deadline_seconds: 0,
+                max_reassignments: 0,
                 strategy: pb::distribution::Strategy::LeastOpenDeals as i32,
             }),
             manager_ids: vec!["m1".into(), "m2".into()],
@@ -623,7 +667,8 @@ mod tests {
             Distribution::Auto {
                 prefer_related: true,
                 keep_related: false,
-                strategy: Strategy::LeastOpenDeals
+                strategy: Strategy::LeastOpenDeals,
+                response: None,
             }
         );
 
@@ -697,7 +742,7 @@ mod tests {
             let request = pb::CreatePlanRequest {
                 name, chat_label: label,
                 average_amount: Some(pb::Money { amount_minor: amount, currency }),
-                distribution: Some(pb::Distribution { mode, prefer_related: false, keep_related_when_unavailable: false, strategy }),
+                distribution: Some(pb::Distribution { mode, strategy, ..Default::default() }),
                 manager_ids: managers,
                 members: vec![],
             };

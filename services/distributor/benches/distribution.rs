@@ -20,6 +20,7 @@ fn plan(strategy: Strategy, prefer_related: bool) -> PlanSettings {
         // Limits well above the counts: checked for every member, never binding.
         caps: vec![1_000_000; 20],
         keep_related: false,
+        response: None,
         archived: false,
     }
 }

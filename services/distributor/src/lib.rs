@@ -75,6 +75,9 @@ impl Service for Config {
         // place), and made in deal-service by the relay of orders.
         background.spawn(queue.clone().sweep(background.stop_token()));
         background.spawn(queue.clone().relay(background.stop_token()));
+        // Response deadlines: a deal not accepted in time goes to the next manager.
+        let deadlines = events::deadlines::Deadlines::new(store.clone(), upstream.clone(), &metrics);
+        background.spawn(deadlines.run(background.stop_token()));
         // Leads nobody decided are kept only as long as configured. A broker that refuses
         // (its permissions not upgraded yet) does not stop the distributor: retried.
         background.spawn(keep_intake_retention(bus.clone(), background.stop_token()));

@@ -136,20 +136,39 @@ impl DealService {
     /// Makes an assignment order of a waiting deal: AssignDeal at the version the order
     /// was decided on, so a deal that changed meanwhile is not assigned over.
     pub async fn assign(&self, order: &crate::store::Order) -> OrderAnswer {
-        let token = match self.token(&order.account_id) {
+        let request = pb::AssignDealRequest {
+            deal_id: order.deal_id.to_string(),
+            expected_version: order.version,
+            manager_id: Some(order.manager_id.clone()),
+            ..Default::default()
+        };
+        self.assign_deal(&order.account_id, request).await
+    }
+
+    /// Makes the reassignment of a deal whose response deadline ran out: AssignDeal at the
+    /// timer's version with the note for the deal's history, to the next manager or (none)
+    /// escalated to wait for a person.
+    pub async fn reassign(
+        &self,
+        timer: &crate::store::Timer,
+        reassignment: &crate::store::Reassignment,
+    ) -> OrderAnswer {
+        let request = pb::AssignDealRequest {
+            deal_id: timer.deal_id.to_string(),
+            expected_version: timer.version,
+            manager_id: reassignment.manager.clone(),
+            note: reassignment.note.clone(),
+            escalate: reassignment.manager.is_none(),
+        };
+        self.assign_deal(&timer.account_id, request).await
+    }
+
+    async fn assign_deal(&self, account_id: &str, request: pb::AssignDealRequest) -> OrderAnswer {
+        let token = match self.token(account_id) {
             Ok(token) => token,
             Err(err) => return OrderAnswer::Later(err.to_string()),
         };
-        let request = || {
-            between_services(
-                pb::AssignDealRequest {
-                    deal_id: order.deal_id.to_string(),
-                    expected_version: order.version,
-                    manager_id: Some(order.manager_id.clone()),
-                },
-                &token,
-            )
-        };
+        let request = || between_services(request.clone(), &token);
         let mut deals = self.deals.clone();
         let answer = grpc::call("salesplan.v1.DealService", "AssignDeal", request, |r| {
             deals.assign_deal(r)

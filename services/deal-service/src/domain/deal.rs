@@ -39,6 +39,12 @@ pub struct Deal {
     /// Since when the deal waits for the distributor to assign it (open, unassigned, left
     /// to automatic distribution); any assignment or close ends the wait.
     pub waiting_since: Option<OffsetDateTime>,
+    /// When the manager accepted the deal (see [`Deal::accepted_by`]); a new manager
+    /// clears it.
+    pub accepted_at: Option<OffsetDateTime>,
+    /// Since when the deal waits for a person (its response deadline missed as often as
+    /// its plan reassigns); any assignment or close ends it.
+    pub escalated_at: Option<OffsetDateTime>,
 }
 
 #[cfg(test)]
@@ -66,6 +72,8 @@ impl Deal {
             updated_at: OffsetDateTime::UNIX_EPOCH,
             closed_at: None,
             waiting_since: None,
+            accepted_at: None,
+            escalated_at: None,
         }
     }
 }
@@ -159,6 +167,8 @@ impl NewDeal {
             updated_at: now,
             closed_at: None,
             waiting_since: self.wait_for_manager.then_some(now),
+            accepted_at: None,
+            escalated_at: None,
         })
     }
 }
@@ -190,6 +200,15 @@ pub enum Change {
         from: Option<String>,
         to: Option<String>,
     },
+    /// The distributor took the deal from a manager who did not accept it in time: to the
+    /// next manager, or (`to` none) to wait for a person. `note` says why.
+    Reassigned {
+        from: Option<String>,
+        to: Option<String>,
+        note: String,
+    },
+    /// The manager accepted the deal (AcceptDeal).
+    Accepted,
     Edited {
         fields: Vec<&'static str>,
     },
@@ -335,6 +354,7 @@ impl Deal {
                 deal.status = status;
                 deal.closed_at = Some(now);
                 deal.waiting_since = None;
+                deal.escalated_at = None;
                 deal.stage_before_close_id = Some(from);
                 deal.loss_reason_id = reason;
                 Change::Closed {
@@ -425,8 +445,11 @@ impl Deal {
         }
         let mut deal = self.next(now);
         deal.manager_id = manager.clone();
-        // Whoever assigns (or unassigns) a deal decides for it: it waits no more.
+        // Whoever assigns (or unassigns) a deal decides for it: it waits no more, and a new
+        // manager has not accepted it yet.
         deal.waiting_since = None;
+        deal.escalated_at = None;
+        deal.accepted_at = None;
         let (from, to) = (self.manager_id.clone(), manager);
         let change = if transfer {
             Change::Transferred { from, to }
@@ -434,6 +457,64 @@ impl Deal {
             Change::Assigned { from, to }
         };
         Ok((deal, change))
+    }
+
+    /// The distributor's reassignment of a deal its manager did not accept in time: to
+    /// `manager`, or (none) to wait for a person; `note` says why (the history keeps it).
+    pub fn reassign(
+        &self,
+        plan: &Plan,
+        manager: Option<String>,
+        note: String,
+        now: OffsetDateTime,
+    ) -> Result<(Deal, Change), DomainError> {
+        if self.is_closed() {
+            return Err(DomainError::Precondition(
+                Reason::DealClosed,
+                format!("deal {} is closed: nothing to reassign", self.id),
+            ));
+        }
+        let (mut deal, _) = self.assign(plan, manager.clone(), false, now)?;
+        if manager.is_none() {
+            deal.waiting_since = Some(now);
+            deal.escalated_at = Some(now);
+        }
+        let change = Change::Reassigned {
+            from: self.manager_id.clone(),
+            to: manager,
+            note,
+        };
+        Ok((deal, change))
+    }
+
+    /// Whether the deal waits for a person with no manager: where an escalation puts it.
+    pub fn is_escalated(&self) -> bool {
+        self.manager_id.is_none() && self.escalated_at.is_some()
+    }
+
+    /// Whether the deal's manager accepted it.
+    pub fn is_accepted(&self) -> bool {
+        self.accepted_at.is_some()
+    }
+
+    /// The manager accepts the deal (AcceptDeal): only the deal's own manager, only once.
+    pub fn accept(&self, by: &str, now: OffsetDateTime) -> Result<(Deal, Change), DomainError> {
+        if self.manager_id.as_deref() != Some(by) {
+            return Err(DomainError::NotYours);
+        }
+        let mut deal = self.next(now);
+        deal.accepted_at = Some(now);
+        Ok((deal, Change::Accepted))
+    }
+
+    /// `self` after a change `actor` made: the deal's manager changing it accepts it (a
+    /// manager who moved, edited or closed a deal has taken it on, whether or not they
+    /// pressed "accept").
+    pub fn accepted_by(mut self, actor: &str) -> Deal {
+        if self.accepted_at.is_none() && self.manager_id.as_deref() == Some(actor) {
+            self.accepted_at = Some(self.updated_at);
+        }
+        self
     }
 
     pub fn edit(&self, edit: DealEdit, now: OffsetDateTime) -> Result<(Deal, Change), DomainError> {
@@ -542,6 +623,7 @@ mod tests {
             prefer_related: false,
             keep_related: false,
             strategy: crate::domain::plan::Strategy::RoundRobin,
+            response: None,
         };
         plan.managers = vec!["m1".into()];
         let deal = waiting.into_deal(&plan, Uuid::new_v4(), now).unwrap();

@@ -14,7 +14,25 @@ pub enum Distribution {
         /// With `prefer_related`: the related manager gets the deal even while unavailable.
         keep_related: bool,
         strategy: Strategy,
+        /// The response deadline of the deals the distributor assigns, if any.
+        response: Option<Response>,
     },
+}
+
+/// The most seconds of working time a response deadline may give (a week).
+pub const MAX_RESPONSE_SECONDS: u32 = 604_800;
+/// The most times a deal not accepted in time is reassigned before it waits for a person.
+pub const MAX_REASSIGNMENTS: u32 = 10;
+
+/// A plan's response deadline: the assigned manager accepts a deal within `seconds` of
+/// their working time, or it goes to the next manager, at most `max_reassignments` times,
+/// then waits for a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response {
+    /// 1 to [`MAX_RESPONSE_SECONDS`].
+    pub seconds: u32,
+    /// 0 to [`MAX_REASSIGNMENTS`].
+    pub max_reassignments: u32,
 }
 
 salesplan_platform::named_enum! {
@@ -177,6 +195,14 @@ impl Plan {
     /// Whether leads of the plan are distributed automatically (and so may wait for one).
     pub fn distributes_automatically(&self) -> bool {
         matches!(self.distribution, Distribution::Auto { .. })
+    }
+
+    /// The plan's response deadline, if it has one.
+    pub fn response(&self) -> Option<Response> {
+        match self.distribution {
+            Distribution::Auto { response, .. } => response,
+            Distribution::Manual => None,
+        }
     }
 
     /// Sets `require_reason` and the active reasons: inputs with an id rename (and

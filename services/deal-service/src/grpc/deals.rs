@@ -332,16 +332,63 @@ impl DealService for Api {
         }
         let asked = manager.clone();
         let edit_all = actor.has(Permission::DealsEditAll);
+        let deal = match reassignment(&actor, &req.note, req.escalate, manager.as_deref())? {
+            // The distributor's reassignment after a missed response deadline.
+            Some(note) => {
+                let escalate = req.escalate;
+                self.change_as(
+                    &actor,
+                    (deal_id, version),
+                    |_| true,
+                    |deal| {
+                        if escalate {
+                            deal.is_escalated()
+                        } else {
+                            deal.is_with(asked.as_deref())
+                        }
+                    },
+                    |deal, plan, now| deal.reassign(plan, manager, note, now),
+                )
+                .await?
+            }
+            None => {
+                self.change_as(
+                    &actor,
+                    (deal_id, version),
+                    |deal| may_assign(&actor.user_id, edit_all, deal, asked.as_deref()),
+                    |deal| deal.is_with(asked.as_deref()),
+                    |deal, plan, now| deal.assign(plan, manager, false, now),
+                )
+                .await?
+            }
+        };
+        Ok(Response::new(pb::AssignDealResponse {
+            deal: Some((&deal).into()),
+        }))
+    }
+
+    async fn accept_deal(
+        &self,
+        request: Request<pb::AcceptDealRequest>,
+    ) -> Reply<pb::AcceptDealResponse> {
+        let actor = auth::actor(&request)?;
+        let req = request.into_inner();
+        let (deal_id, version) = (
+            parse_id("deal_id", &req.deal_id),
+            convert::expected_version(req.expected_version),
+        )
+            .all()?;
+        let me = actor.user_id.as_str();
         let deal = self
             .change_as(
                 &actor,
                 (deal_id, version),
-                |deal| may_assign(&actor.user_id, edit_all, deal, asked.as_deref()),
-                |deal| deal.is_with(asked.as_deref()),
-                |deal, plan, now| deal.assign(plan, manager, false, now),
+                |deal| deal.manager_id.as_deref() == Some(me),
+                |deal| deal.is_accepted(),
+                |deal, _, now| deal.accept(me, now),
             )
             .await?;
-        Ok(Response::new(pb::AssignDealResponse {
+        Ok(Response::new(pb::AcceptDealResponse {
             deal: Some((&deal).into()),
         }))
     }
@@ -612,6 +659,44 @@ impl DealService for Api {
     }
 }
 
+/// The most characters of a reassignment's note.
+const MAX_NOTE_CHARS: usize = 500;
+
+/// The note of an AssignDeal that is the distributor's reassignment after a missed
+/// response deadline (`note` or `escalate` set), checked; `None` for a plain assignment.
+/// Only the platform's distributor reassigns so: a person's assignment is their decision
+/// and needs no note.
+fn reassignment(
+    actor: &Actor,
+    note: &str,
+    escalate: bool,
+    manager: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    if note.is_empty() && !escalate {
+        return Ok(None);
+    }
+    let mut checks = salesplan_platform::Checks::new();
+    if !actor.has(Permission::PlatformIntake) {
+        checks.note(ApiError::invalid(
+            if escalate { "escalate" } else { "note" },
+            "only the platform's distributor reassigns with a note or escalates",
+        ));
+    }
+    if escalate && manager.is_some() {
+        checks.note(ApiError::invalid(
+            "escalate",
+            "an escalated deal waits without a manager: leave manager_id out",
+        ));
+    }
+    let note = checks.take(validate::required_text(
+        "note",
+        note,
+        MAX_NOTE_CHARS,
+    ));
+    checks.finish()?;
+    Ok(Some(note))
+}
+
 /// A history row as the API gives it.
 pub(super) fn history_entry(row: crate::store::HistoryRow) -> pb::HistoryEntry {
     pb::HistoryEntry {
@@ -628,6 +713,7 @@ pub(super) fn history_entry(row: crate::store::HistoryRow) -> pb::HistoryEntry {
             Some("lost") => pb::DealStatus::Lost,
             _ => pb::DealStatus::Unspecified,
         } as i32,
+        note: row.note.unwrap_or_default(),
     }
 }
 
@@ -641,6 +727,7 @@ fn history_action(action: &str) -> pb::HistoryAction {
         "reopened" => pb::HistoryAction::Reopened,
         "edited" => pb::HistoryAction::Edited,
         "erased" => pb::HistoryAction::Erased,
+        "accepted" => pb::HistoryAction::Accepted,
         _ => pb::HistoryAction::Unspecified,
     }
 }

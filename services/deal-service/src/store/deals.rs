@@ -343,7 +343,7 @@ impl Store {
             }
             let plan = load_plan(&mut tx, account_id, deal.plan_id, Lock::Share).await?;
             let (next, what) = change(&deal, &plan, now)?;
-            let changes = [(next, what)];
+            let changes = [(next.accepted_by(actor_id), what)];
             update_deals(&mut tx, &changes).await?;
             mark_reasons_used(&mut tx, &changes).await?;
             events::record(&mut tx, &self.contact_keys, actor_id, &changes, now).await?;
@@ -417,7 +417,7 @@ impl Store {
                         ),
                     };
                     match change(deal, plan, now) {
-                        Ok(c) => changes.push(c),
+                        Ok((next, what)) => changes.push((next.accepted_by(actor_id), what)),
                         Err(err) => outcome.failures.push((*id, err.to_string())),
                     }
                 }
@@ -551,6 +551,8 @@ struct DealColumns {
     updated_at: Vec<OffsetDateTime>,
     closed_at: Vec<Option<OffsetDateTime>>,
     waiting_since: Vec<Option<OffsetDateTime>>,
+    accepted_at: Vec<Option<OffsetDateTime>>,
+    escalated_at: Vec<Option<OffsetDateTime>>,
 }
 
 impl DealColumns {
@@ -578,6 +580,8 @@ impl DealColumns {
             updated_at: Vec::new(),
             closed_at: Vec::new(),
             waiting_since: Vec::new(),
+            accepted_at: Vec::new(),
+            escalated_at: Vec::new(),
         };
         for d in deals {
             c.id.push(d.id);
@@ -602,6 +606,8 @@ impl DealColumns {
             c.updated_at.push(d.updated_at);
             c.closed_at.push(d.closed_at);
             c.waiting_since.push(d.waiting_since);
+            c.accepted_at.push(d.accepted_at);
+            c.escalated_at.push(d.escalated_at);
         }
         c
     }
@@ -672,13 +678,14 @@ pub async fn update_deals(
             contact_phone = x.phone, contact_phone_digits = x.digits, title = x.title,
             amount_minor = x.amount, currency = x.currency, loss_reason_id = x.reason,
             stage_before_close_id = x.before, version = x.version, updated_at = x.updated,
-            closed_at = x.closed, waiting_since = x.waiting
+            closed_at = x.closed, waiting_since = x.waiting, accepted_at = x.accepted,
+            escalated_at = x.escalated
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[],
                      $13::uuid[], $14::uuid[], $15::bigint[], $16::timestamptz[], $17::timestamptz[],
-                     $18::timestamptz[])
+                     $18::timestamptz[], $19::timestamptz[], $20::timestamptz[])
             AS x(id, stage_id, status, manager_id, ext, name, email, phone, digits, title, amount,
-                 currency, reason, before, version, updated, closed, waiting)
+                 currency, reason, before, version, updated, closed, waiting, accepted, escalated)
          WHERE deals.id = x.id",
     )
     .bind(c.id)
@@ -699,6 +706,8 @@ pub async fn update_deals(
     .bind(c.updated_at)
     .bind(c.closed_at)
     .bind(c.waiting_since)
+    .bind(c.accepted_at)
+    .bind(c.escalated_at)
     .execute(&mut **tx)
     .await?;
     Ok(())

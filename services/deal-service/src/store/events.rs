@@ -26,6 +26,8 @@ struct Entry {
     to: Option<String>,
     loss_reason_id: Option<uuid::Uuid>,
     status: Option<&'static str>,
+    /// Why the system made the change (kept in the row's detail).
+    note: Option<String>,
 }
 
 fn entry(change: &Change) -> Entry {
@@ -37,6 +39,7 @@ fn entry(change: &Change) -> Entry {
             to: None,
             loss_reason_id: None,
             status: None,
+            note: None,
         },
         Change::Moved { from, to } => Entry {
             action: "moved",
@@ -44,6 +47,7 @@ fn entry(change: &Change) -> Entry {
             to: id(to),
             loss_reason_id: None,
             status: None,
+            note: None,
         },
         Change::Closed {
             from,
@@ -56,6 +60,7 @@ fn entry(change: &Change) -> Entry {
             to: id(to),
             loss_reason_id: *reason,
             status: Some(status.as_str()),
+            note: None,
         },
         Change::Reopened { from, to, status } => Entry {
             action: "reopened",
@@ -63,6 +68,7 @@ fn entry(change: &Change) -> Entry {
             to: id(to),
             loss_reason_id: None,
             status: Some(status.as_str()),
+            note: None,
         },
         Change::Assigned { from, to } => Entry {
             action: "assigned",
@@ -70,6 +76,7 @@ fn entry(change: &Change) -> Entry {
             to: to.clone(),
             loss_reason_id: None,
             status: None,
+            note: None,
         },
         Change::Transferred { from, to } => Entry {
             action: "transferred",
@@ -77,6 +84,23 @@ fn entry(change: &Change) -> Entry {
             to: to.clone(),
             loss_reason_id: None,
             status: None,
+            note: None,
+        },
+        Change::Reassigned { from, to, note } => Entry {
+            action: "assigned",
+            from: from.clone(),
+            to: to.clone(),
+            loss_reason_id: None,
+            status: None,
+            note: Some(note.clone()),
+        },
+        Change::Accepted => Entry {
+            action: "accepted",
+            from: None,
+            to: None,
+            loss_reason_id: None,
+            status: None,
+            note: None,
         },
         Change::Edited { fields } => Entry {
             action: "edited",
@@ -84,6 +108,7 @@ fn entry(change: &Change) -> Entry {
             to: Some(fields.join(",")),
             loss_reason_id: None,
             status: None,
+            note: None,
         },
         Change::Erased { .. } => Entry {
             action: "erased",
@@ -91,6 +116,7 @@ fn entry(change: &Change) -> Entry {
             to: None,
             loss_reason_id: None,
             status: None,
+            note: None,
         },
     }
 }
@@ -102,7 +128,10 @@ fn event_kind(change: &Change) -> pb::deal_event::Kind {
         Change::Moved { .. } => Kind::Moved,
         Change::Closed { .. } => Kind::Closed,
         Change::Reopened { .. } => Kind::Reopened,
-        Change::Assigned { .. } | Change::Transferred { .. } => Kind::Assigned,
+        Change::Assigned { .. } | Change::Transferred { .. } | Change::Reassigned { .. } => {
+            Kind::Assigned
+        }
+        Change::Accepted => Kind::Accepted,
         Change::Edited { .. } => Kind::Updated,
         Change::Erased { .. } => Kind::Erased,
     }
@@ -138,10 +167,11 @@ pub async fn record_caused(
     let entries: Vec<Entry> = changes.iter().map(|(_, c)| entry(c)).collect();
     sqlx::query(
         "INSERT INTO deal_history (account_id, deal_id, at, actor_id, action, from_value, to_value,
-            loss_reason_id, status)
-         SELECT a, d, $3, $4, act, f, t, r, s
-         FROM UNNEST($1::text[], $2::uuid[], $5::text[], $6::text[], $7::text[], $8::uuid[], $9::text[])
-            AS x(a, d, act, f, t, r, s)",
+            loss_reason_id, status, detail)
+         SELECT a, d, $3, $4, act, f, t, r, s,
+            CASE WHEN n IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('note', n) END
+         FROM UNNEST($1::text[], $2::uuid[], $5::text[], $6::text[], $7::text[], $8::uuid[], $9::text[],
+            $10::text[]) AS x(a, d, act, f, t, r, s, n)",
     )
     .bind(changes.iter().map(|(d, _)| d.account_id.clone()).collect::<Vec<_>>())
     .bind(changes.iter().map(|(d, _)| d.id).collect::<Vec<_>>())
@@ -152,6 +182,7 @@ pub async fn record_caused(
     .bind(entries.iter().map(|e| e.to.clone()).collect::<Vec<_>>())
     .bind(entries.iter().map(|e| e.loss_reason_id).collect::<Vec<_>>())
     .bind(entries.iter().map(|e| e.status).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.note.clone()).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
 
@@ -162,7 +193,9 @@ pub async fn record_caused(
         let kind = event_kind(change);
         let event_id = ids::new_id().to_string();
         let (previous_manager_id, previous_stage_id) = match change {
-            Change::Assigned { from, .. } | Change::Transferred { from, .. } => {
+            Change::Assigned { from, .. }
+            | Change::Transferred { from, .. }
+            | Change::Reassigned { from, .. } => {
                 (from.clone(), None)
             }
             Change::Moved { from, .. }

@@ -30,15 +30,14 @@ impl Store {
         db::traced(SCHEMA, "INSERT plans", async {
             let now = now();
             let plan = draft.into_plan(account_id, ids::new_id(), now, ids::new_id);
-            let (mode, prefer_related, keep_related, strategy) =
-                distribution_columns(plan.distribution);
+            let d = distribution_columns(plan.distribution);
             let mut tx = self.pool.begin().await?;
             within_plan_cap(&mut tx, account_id).await?;
             sqlx::query(
             "INSERT INTO plans (id, account_id, name, average_amount_minor, currency, chat_label,
                 distribution_mode, prefer_related, strategy, require_reason, archived, version,
-                created_at, updated_at, keep_related)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, false, false, $10, $11, $11, $12)",
+                created_at, updated_at, keep_related, response_seconds, max_reassignments)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, false, false, $10, $11, $11, $12, $13, $14)",
         )
         .bind(plan.id)
         .bind(account_id)
@@ -46,12 +45,14 @@ impl Store {
         .bind(plan.average_amount.amount_minor)
         .bind(&plan.average_amount.currency)
         .bind(&plan.chat_label)
-        .bind(mode)
-        .bind(prefer_related)
-        .bind(strategy)
+        .bind(d.mode)
+        .bind(d.prefer_related)
+        .bind(d.strategy)
         .bind(plan.version)
         .bind(now)
-        .bind(keep_related)
+        .bind(d.keep_related)
+        .bind(d.response_seconds)
+        .bind(d.max_reassignments)
         .execute(&mut *tx)
         .await?;
             save_children(&mut tx, &plan).await?;
@@ -340,12 +341,7 @@ pub async fn find_plan(
             currency: row.try_get("currency")?,
         },
         chat_label: row.try_get("chat_label")?,
-        distribution: distribution_from(
-            row.try_get("distribution_mode")?,
-            row.try_get("prefer_related")?,
-            row.try_get("keep_related")?,
-            row.try_get("strategy")?,
-        )?,
+        distribution: distribution_from(&row)?,
         managers,
         terms,
         stages,
@@ -402,22 +398,22 @@ async fn plan_reasons(
 }
 
 const PLAN_SELECT: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
-    distribution_mode, prefer_related, keep_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
+    distribution_mode, prefer_related, keep_related, strategy, response_seconds, max_reassignments, require_reason, archived, archived_version, version, created_at, updated_at
     FROM plans WHERE account_id = $1 AND id = $2";
 const PLAN_SELECT_SHARE: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
-    distribution_mode, prefer_related, keep_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
+    distribution_mode, prefer_related, keep_related, strategy, response_seconds, max_reassignments, require_reason, archived, archived_version, version, created_at, updated_at
     FROM plans WHERE account_id = $1 AND id = $2 FOR SHARE";
 const PLAN_SELECT_UPDATE: &str = "SELECT id, account_id, name, average_amount_minor, currency, chat_label,
-    distribution_mode, prefer_related, keep_related, strategy, require_reason, archived, archived_version, version, created_at, updated_at
+    distribution_mode, prefer_related, keep_related, strategy, response_seconds, max_reassignments, require_reason, archived, archived_version, version, created_at, updated_at
     FROM plans WHERE account_id = $1 AND id = $2 FOR UPDATE";
 
 async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<(), StoreError> {
-    let (mode, prefer_related, keep_related, strategy) = distribution_columns(plan.distribution);
+    let d = distribution_columns(plan.distribution);
     sqlx::query(
         "UPDATE plans SET name = $2, average_amount_minor = $3, currency = $4, chat_label = $5,
             distribution_mode = $6, prefer_related = $7, strategy = $8, require_reason = $9,
             archived = $10, version = $11, updated_at = $12, archived_version = $13,
-            keep_related = $14
+            keep_related = $14, response_seconds = $15, max_reassignments = $16
          WHERE id = $1",
     )
     .bind(plan.id)
@@ -425,15 +421,17 @@ async fn save_plan(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<()
     .bind(plan.average_amount.amount_minor)
     .bind(&plan.average_amount.currency)
     .bind(&plan.chat_label)
-    .bind(mode)
-    .bind(prefer_related)
-    .bind(strategy)
+    .bind(d.mode)
+    .bind(d.prefer_related)
+    .bind(d.strategy)
     .bind(plan.require_reason)
     .bind(plan.archived)
     .bind(plan.version)
     .bind(plan.updated_at)
     .bind(plan.archived_at_version)
-    .bind(keep_related)
+    .bind(d.keep_related)
+    .bind(d.response_seconds)
+    .bind(d.max_reassignments)
     .execute(&mut **tx)
     .await?;
     sqlx::query("DELETE FROM plan_managers WHERE plan_id = $1")

@@ -87,11 +87,14 @@ pub struct HistoryRow {
     pub to: Option<String>,
     pub loss_reason_id: Option<Uuid>,
     pub status: Option<String>,
+    /// Why the system made the change, where it said.
+    pub note: Option<String>,
 }
 
 /// The columns a history entry is read from.
 pub(super) const HISTORY_COLUMNS: &str =
-    "id, at, actor_id, action, from_value, to_value, loss_reason_id, status";
+    "id, at, actor_id, action, from_value, to_value, loss_reason_id, status,
+        detail->>'note' AS note";
 
 /// A history entry from a row of [`HISTORY_COLUMNS`].
 pub(super) fn history_row(r: &sqlx::postgres::PgRow) -> Result<HistoryRow, sqlx::Error> {
@@ -104,6 +107,7 @@ pub(super) fn history_row(r: &sqlx::postgres::PgRow) -> Result<HistoryRow, sqlx:
         to: r.try_get("to_value")?,
         loss_reason_id: r.try_get("loss_reason_id")?,
         status: r.try_get("status")?,
+        note: r.try_get("note")?,
     })
 }
 

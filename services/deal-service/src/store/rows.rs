@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::domain::{
     Money, MoneySum,
     deal::{Deal, DealStatus},
-    plan::{Distribution, Strategy},
+    plan::{Distribution, Response, Strategy},
 };
 
 pub fn corrupt(what: &str) -> StoreError {
@@ -20,7 +20,7 @@ pub fn corrupt(what: &str) -> StoreError {
 pub const DEAL_COLUMNS: &str = "id, account_id, plan_id, stage_id, status, manager_id,
     contact_external_id, contact_name, contact_email, contact_phone, title, amount_minor, currency,
     loss_reason_id, stage_before_close_id, idempotency_key, version, created_at, updated_at, closed_at,
-    waiting_since";
+    waiting_since, accepted_at, escalated_at";
 
 pub fn deal_from_row(row: &PgRow) -> Result<Deal, StoreError> {
     Ok(Deal {
@@ -49,34 +49,75 @@ pub fn deal_from_row(row: &PgRow) -> Result<Deal, StoreError> {
         updated_at: row.try_get("updated_at")?,
         closed_at: row.try_get("closed_at")?,
         waiting_since: row.try_get("waiting_since")?,
+        accepted_at: row.try_get("accepted_at")?,
+        escalated_at: row.try_get("escalated_at")?,
     })
 }
 
-/// The plan columns of a distribution: mode, prefer_related, keep_related, strategy.
-pub fn distribution_columns(d: Distribution) -> (&'static str, bool, bool, &'static str) {
+/// A distribution as the plan's columns hold it.
+pub struct DistributionColumns {
+    pub mode: &'static str,
+    pub prefer_related: bool,
+    pub keep_related: bool,
+    pub strategy: &'static str,
+    /// 0: no response deadline.
+    pub response_seconds: i32,
+    pub max_reassignments: i32,
+}
+
+pub fn distribution_columns(d: Distribution) -> DistributionColumns {
     match d {
-        Distribution::Manual => ("manual", false, false, Strategy::RoundRobin.as_str()),
+        Distribution::Manual => DistributionColumns {
+            mode: "manual",
+            prefer_related: false,
+            keep_related: false,
+            strategy: Strategy::RoundRobin.as_str(),
+            response_seconds: 0,
+            max_reassignments: 0,
+        },
         Distribution::Auto {
             prefer_related,
             keep_related,
             strategy,
-        } => ("auto", prefer_related, keep_related, strategy.as_str()),
+            response,
+        } => DistributionColumns {
+            mode: "auto",
+            prefer_related,
+            keep_related,
+            strategy: strategy.as_str(),
+            // Both at most a week's seconds and ten: they fit.
+            response_seconds: response.map_or(0, |r| r.seconds as i32),
+            max_reassignments: response.map_or(0, |r| r.max_reassignments as i32),
+        },
     }
 }
 
-pub fn distribution_from(
-    mode: &str,
-    prefer_related: bool,
-    keep_related: bool,
-    strategy: &str,
-) -> Result<Distribution, StoreError> {
+/// The distribution of a plan's row.
+pub fn distribution_from(row: &PgRow) -> Result<Distribution, StoreError> {
+    let mode: &str = row.try_get("distribution_mode")?;
     match mode {
         "manual" => Ok(Distribution::Manual),
-        "auto" => Ok(Distribution::Auto {
-            prefer_related,
-            keep_related,
-            strategy: Strategy::parse(strategy).ok_or_else(|| corrupt("plans.strategy"))?,
-        }),
+        "auto" => {
+            let seconds: i32 = row.try_get("response_seconds")?;
+            let reassignments: i32 = row.try_get("max_reassignments")?;
+            let response = (seconds > 0)
+                .then(|| {
+                    Ok::<_, StoreError>(Response {
+                        seconds: u32::try_from(seconds)
+                            .map_err(|_| corrupt("plans.response_seconds"))?,
+                        max_reassignments: u32::try_from(reassignments)
+                            .map_err(|_| corrupt("plans.max_reassignments"))?,
+                    })
+                })
+                .transpose()?;
+            Ok(Distribution::Auto {
+                prefer_related: row.try_get("prefer_related")?,
+                keep_related: row.try_get("keep_related")?,
+                strategy: Strategy::parse(row.try_get("strategy")?)
+                    .ok_or_else(|| corrupt("plans.strategy"))?,
+                response,
+            })
+        }
         _ => Err(corrupt("plans.distribution_mode")),
     }
 }

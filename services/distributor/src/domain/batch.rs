@@ -155,6 +155,7 @@ mod tests {
             weights: Vec::new(),
             caps: Vec::new(),
             keep_related: false,
+            response: None,
             archived: false,
         }
     }

@@ -25,6 +25,13 @@ pub struct DealState {
     pub created_at: OffsetDateTime,
     /// Since when the deal waits in its plan's queue for a manager.
     pub waiting_since: Option<OffsetDateTime>,
+    /// Whether the deal's manager accepted it.
+    pub accepted: bool,
+    /// Whether this change was the distributor's assignment (a new deal it decided, or a
+    /// waiting or reassigned deal it placed): it starts a response deadline.
+    pub assigned_by_distributor: bool,
+    /// When the change was made.
+    pub updated_at: OffsetDateTime,
 }
 
 impl DealState {
@@ -190,6 +197,9 @@ mod tests {
             erased_contact: None,
             created_at: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(deal as i64),
             waiting_since: None,
+            accepted: false,
+            assigned_by_distributor: false,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
         }
     }
 

@@ -52,6 +52,8 @@ pub struct PlanSettings {
     /// With `prefer_related`: the related manager gets the lead even while unavailable
     /// (never while at their limit).
     pub keep_related: bool,
+    /// The response deadline of the deals the distributor assigns, if any.
+    pub response: Option<super::deadline::Response>,
     pub archived: bool,
 }
 
@@ -653,6 +655,7 @@ mod tests {
             weights: Vec::new(),
             caps: Vec::new(),
             keep_related: false,
+            response: None,
             archived: false,
         }
     }
@@ -709,6 +712,7 @@ mod tests {
             weights: Vec::new(),
             caps: Vec::new(),
             keep_related: false,
+            response: None,
             archived: false,
         };
         let d = decide(
@@ -756,6 +760,7 @@ mod tests {
             weights: Vec::new(),
             caps: Vec::new(),
             keep_related: false,
+            response: None,
             archived: false,
         };
         let d = decide(&manual, &lead, &mut cursor, &mut HashMap::new(), 0);

@@ -2,6 +2,7 @@
 //! what deal events change in its counts and relations.
 
 pub mod batch;
+pub mod deadline;
 pub mod deal_view;
 pub mod distribution;
 pub mod queue;

@@ -76,6 +76,7 @@ mod tests {
             weights: Vec::new(),
             caps: vec![2, 3],
             keep_related: false,
+            response: None,
             archived: false,
         };
         let mut open = HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 3)]);

@@ -79,7 +79,8 @@ fn decode(delivery: &Delivery, keys: &ContactKeys) -> Result<DealState, String> 
     let event = pb::DealEvent::decode(delivery.payload.clone())
         .map_err(|e| format!("undecodable deal event: {e}"))?;
     delivery.check_account(&event.account_id)?;
-    let erased = event.kind == pb::deal_event::Kind::Erased as i32;
+    use pb::deal_event::Kind;
+    let erased = event.kind == Kind::Erased as i32;
     let contact_key = keys.of_deal_event(&event);
     let deal = event.deal.ok_or("deal event without a deal")?;
     let id = |field: &str, v: &str| {
@@ -99,9 +100,19 @@ fn decode(delivery: &Delivery, keys: &ContactKeys) -> Result<DealState, String> 
         contact_key: contact_key.filter(|_| !erased),
         created_at: salesplan_proto::time::time_of(&created)
             .ok_or("deal event with an invalid created_at")?,
+        // A deal escalated to a person is not the distributor's to place: not in its queue.
         waiting_since: deal
             .waiting_since
             .as_ref()
+            .filter(|_| deal.escalated_at.is_none())
             .and_then(salesplan_proto::time::time_of),
+        accepted: deal.accepted_at.is_some(),
+        assigned_by_distributor: event.actor_id == crate::ACTOR_ID
+            && [Kind::Created as i32, Kind::Assigned as i32].contains(&event.kind),
+        updated_at: deal
+            .updated_at
+            .as_ref()
+            .and_then(salesplan_proto::time::time_of)
+            .ok_or("deal event without a valid updated_at")?,
     })
 }

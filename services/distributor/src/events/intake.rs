@@ -681,6 +681,7 @@ pub(crate) fn record(
         reason: decision.reason.clone(),
         decided_at: Some(salesplan_proto::time::timestamp(at)),
         plan_version,
+        missed_deadlines: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! of each plan's settings); and the waiting queues, decided when those events free a
 //! place and made in deal-service by a relay of orders.
 
+pub mod deadlines;
 pub mod deals;
 pub mod intake;
 pub mod plans;

@@ -13,7 +13,10 @@ use uuid::Uuid;
 use std::sync::Arc;
 
 use crate::{
-    domain::distribution::{Mode, PlanSettings, Strategy},
+    domain::{
+        deadline::Response,
+        distribution::{Mode, PlanSettings, Strategy},
+    },
     events::queue::Queue,
     store::{ManagerCopy, PlanCopy, Store},
 };
@@ -142,6 +145,14 @@ pub fn copy_of(account_id: String, plan: pb::Plan) -> Result<PlanCopy, String> {
                 .distribution
                 .as_ref()
                 .is_some_and(|d| d.keep_related_when_unavailable),
+            response: plan
+                .distribution
+                .as_ref()
+                .filter(|d| d.response_deadline_seconds > 0)
+                .map(|d| Response {
+                    seconds: d.response_deadline_seconds,
+                    max_reassignments: d.max_reassignments,
+                }),
             managers: plan.manager_ids,
             archived: plan.archived,
         },

@@ -68,8 +68,19 @@ pub(super) async fn away(
     managers: &[String],
     at: OffsetDateTime,
 ) -> Result<(Away, AvailabilityStamp), StoreError> {
+    let (known, stamp) = availability(conn, account_id, managers).await?;
+    Ok((away_at(managers, &known, at), stamp))
+}
+
+/// The availability kept of those of `managers` that have one (the others work around the
+/// clock), and the stamp of what is kept.
+pub(super) async fn availability(
+    conn: &mut PgConnection,
+    account_id: &str,
+    managers: &[String],
+) -> Result<(HashMap<String, Availability>, AvailabilityStamp), StoreError> {
     if managers.is_empty() {
-        return Ok((Away::new(), AvailabilityStamp::default()));
+        return Ok((HashMap::new(), AvailabilityStamp::default()));
     }
     let rows = sqlx::query(
         "SELECT manager_id, schedule, paused, version, seq FROM manager_availability
@@ -95,5 +106,5 @@ pub(super) async fn away(
             },
         );
     }
-    Ok((away_at(managers, &known, at), stamp))
+    Ok((known, stamp))
 }

@@ -1,10 +1,12 @@
 //! PostgreSQL state of the distributor: plan copies, decisions, open-deal counts,
 //! contact relations and rejected leads.
 
+mod deadlines;
 mod managers;
 mod queue;
 mod rejections;
 
+pub use deadlines::{Expiring, ExpiryKnown, OpenExpiry, Reassignment, Timer};
 pub use managers::ManagerCopy;
 pub use queue::{OpenQueue, Order, QueueKnown};
 pub use rejections::{After, Rejection};
@@ -20,6 +22,7 @@ use crate::SCHEMA;
 use crate::domain::{
     batch::{Batch, Known, PendingLead},
     deal_view::{self, Changes, DealState, Deltas, KnownDeals, LeadDecision, Seen},
+    deadline::Response,
     distribution::{Cursor, DecidedBy, Mode, PlanSettings, Strategy},
 };
 
@@ -131,6 +134,7 @@ async fn lock_plan(
 ) -> Result<Option<sqlx::postgres::PgRow>, sqlx::Error> {
     sqlx::query(
         "SELECT mode, prefer_related, keep_related, strategy, managers, archived, rr_last,
+            response_seconds, max_reassignments,
             rr_last_index, version, weights, caps, rr_credits, rr_credits_of, rr_credits_start
          FROM plans WHERE plan_id = $1 AND account_id = $2 FOR UPDATE",
     )
@@ -282,14 +286,16 @@ impl Store {
             } => (prefer_related, strategy),
         };
         sqlx::query(
-            "INSERT INTO plans (plan_id, account_id, version, mode, prefer_related, strategy, managers, archived, weights, caps, keep_related)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            "INSERT INTO plans (plan_id, account_id, version, mode, prefer_related, strategy, managers,
+                archived, weights, caps, keep_related, response_seconds, max_reassignments)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (plan_id) DO UPDATE SET
                 version = excluded.version, mode = excluded.mode,
                 prefer_related = excluded.prefer_related, strategy = excluded.strategy,
                 managers = excluded.managers, archived = excluded.archived,
                 weights = excluded.weights, caps = excluded.caps,
-                keep_related = excluded.keep_related, updated_at = now()
+                keep_related = excluded.keep_related, response_seconds = excluded.response_seconds,
+                max_reassignments = excluded.max_reassignments, updated_at = now()
              WHERE plans.version < excluded.version AND plans.account_id = excluded.account_id",
         )
         .bind(plan.plan_id)
@@ -315,6 +321,9 @@ impl Store {
                 .collect::<Vec<_>>(),
         )
         .bind(plan.settings.keep_related)
+        // Both at most a week's seconds and ten (deal-service checks them): they fit.
+        .bind(plan.settings.response.map_or(0, |r| r.seconds as i32))
+        .bind(plan.settings.response.map_or(0, |r| r.max_reassignments as i32))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -444,6 +453,7 @@ impl Store {
         let mut changes = deal_view::changes(&newest, &known);
         changes.forgotten = deal_view::forgotten(states, &known);
         save_deal_changes(&mut tx, &changes).await?;
+        deadlines::apply_timers(&mut tx, states).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -736,6 +746,21 @@ fn settings_from(row: &sqlx::postgres::PgRow) -> Result<PlanSettings, StoreError
         weights: weights.into_iter().map(|w| w.max(1) as u32).collect(),
         caps: caps.into_iter().map(|c| c.max(0) as u32).collect(),
         keep_related: row.try_get("keep_related")?,
+        response: response_from(row)?,
         archived: row.try_get("archived")?,
     })
+}
+
+/// A plan row's response deadline (none at 0 seconds).
+fn response_from(row: &sqlx::postgres::PgRow) -> Result<Option<Response>, StoreError> {
+    let seconds: i32 = row.try_get("response_seconds")?;
+    let reassignments: i32 = row.try_get("max_reassignments")?;
+    if seconds <= 0 {
+        return Ok(None);
+    }
+    Ok(Some(Response {
+        seconds: seconds as u32,
+        max_reassignments: u32::try_from(reassignments)
+            .map_err(|_| StoreError::Corrupt("plans.max_reassignments"))?,
+    }))
 }

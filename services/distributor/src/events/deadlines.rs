@@ -1,0 +1,180 @@
+//! Response deadlines running out: each deal whose manager did not accept it in time goes
+//! to the next manager by its plan's strategy (or waits for a person), made in deal-service
+//! with AssignDeal at the deal's version: once per deadline, whichever replica makes it,
+//! across restarts (the timers are durable and leased; see `store/deadlines.rs`).
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt as _;
+use prost::Message as _;
+use salesplan_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    domain::{
+        self,
+        batch::Decided,
+        distribution::{Cursor, Lead},
+    },
+    store::{Expiring, ExpiryKnown, Reassignment, Store, StoreError, Timer},
+    upstream::{DealService, OrderAnswer},
+};
+
+/// Timers leased at a time, made this many at once.
+const BATCH: i64 = 8;
+const CALLS: usize = 4;
+/// How long a timer in hand is this process's: longer than a batch can take (two rounds
+/// of calls of at most 30 s each).
+const LEASE: time::Duration = time::Duration::seconds(90);
+/// How often the timers are looked at: a deadline is acted on within this of running out.
+const POLL: Duration = Duration::from_secs(1);
+/// A refused reassignment is decided again after this (the deal's event moves or ends its
+/// timer meanwhile).
+const AFTER_REFUSAL: time::Duration = time::Duration::seconds(2);
+
+pub struct Deadlines {
+    store: Store,
+    upstream: DealService,
+    reassigned: opentelemetry::metrics::Counter<u64>,
+}
+
+impl Deadlines {
+    pub fn new(
+        store: Store,
+        upstream: DealService,
+        metrics: &salesplan_platform::metrics::Metrics,
+    ) -> Arc<Self> {
+        let meter = metrics.meter("distributor");
+        Arc::new(Self {
+            store,
+            upstream,
+            reassigned: meter
+                .u64_counter("salesplan.distributor.deadlines_missed")
+                .with_description(
+                    "Deals not accepted within their plan's response deadline, by outcome \
+                     (reassigned, escalated to a person)",
+                )
+                .build(),
+        })
+    }
+
+    /// Acts on the timers that ran out, until `stop`: leased a batch at a time, a few at
+    /// once.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let timers = match self.store.lease_timers(BATCH, LEASE).await {
+                Ok(timers) => timers,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot lease response deadlines");
+                    Vec::new()
+                }
+            };
+            if timers.is_empty() {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(POLL) => {}
+                }
+                continue;
+            }
+            let this = &*self;
+            futures::stream::iter(timers)
+                .for_each_concurrent(CALLS, |timer| async move {
+                    if let Err(err) = this.expire(&timer).await {
+                        tracing::warn!(deal_id = %timer.deal_id, error = %err, "response deadline kept");
+                    }
+                })
+                .await;
+        }
+    }
+
+    /// Decides (or takes the kept decision of) one timer that ran out, makes it, and
+    /// records how it ended.
+    async fn expire(&self, timer: &Timer) -> Result<(), StoreError> {
+        let (reassignment, decision_key) = match self.store.open_expiry(timer).await? {
+            Expiring::Dropped => return Ok(()),
+            Expiring::Decided(kept) => {
+                let key = pb::Assignment::decode(kept.record.as_slice())
+                    .ok()
+                    .and_then(|a| a.intake_id.parse().ok())
+                    .unwrap_or(timer.deal_id);
+                (kept, key)
+            }
+            Expiring::Open(opened, known) => {
+                let mut cursor = known.cursor.clone();
+                let reassignment = decide(timer, &known, &mut cursor);
+                opened.save(timer, &reassignment, &cursor).await?;
+                (reassignment, known.decision_key)
+            }
+        };
+        match self.upstream.reassign(timer, &reassignment).await {
+            OrderAnswer::Made => {
+                let outcome = if reassignment.manager.is_some() {
+                    "reassigned"
+                } else {
+                    "escalated"
+                };
+                self.reassigned
+                    .add(1, &[opentelemetry::KeyValue::new("outcome", outcome)]);
+                tracing::info!(deal_id = %timer.deal_id, note = %reassignment.note, "response deadline missed");
+                self.store
+                    .expiry_made(timer, &reassignment, decision_key)
+                    .await
+            }
+            OrderAnswer::Refused(reason) => {
+                tracing::info!(deal_id = %timer.deal_id, %reason, "reassignment refused");
+                self.store.expiry_refused(timer, AFTER_REFUSAL).await
+            }
+            OrderAnswer::Gone(_) => self.store.drop_timer(timer).await,
+            OrderAnswer::Later(reason) => {
+                tracing::warn!(deal_id = %timer.deal_id, %reason, "reassignment not made now");
+                let backoff = 1_i64 << timer.attempts.clamp(0, 6);
+                self.store
+                    .expiry_later(timer, time::Duration::seconds(backoff))
+                    .await
+            }
+        }
+    }
+}
+
+/// The decision for a timer that ran out, with its explanation.
+fn decide(timer: &Timer, known: &ExpiryKnown, cursor: &mut Cursor) -> Reassignment {
+    let mut open = known.open.clone();
+    let expiry = domain::deadline::expire(
+        &known.settings,
+        known.response,
+        &known.chain,
+        cursor,
+        &mut open,
+        &known.away,
+        rand::random(),
+    );
+    let decided = Decided {
+        intake_id: known.decision_key,
+        lead: Lead::default(),
+        decision: expiry.decision,
+    };
+    let at = time::OffsetDateTime::now_utc();
+    let mut record = super::intake::record(
+        &timer.account_id,
+        (timer.plan_id, known.plan_version),
+        &known.settings,
+        &decided,
+        at,
+    );
+    record.deal_id = timer.deal_id.to_string();
+    record.missed_deadlines = known
+        .chain
+        .iter()
+        .map(|m| pb::MissedDeadline {
+            manager_id: m.manager_id.clone(),
+            assigned_at: Some(salesplan_proto::time::timestamp(m.assigned_at)),
+            due_at: Some(salesplan_proto::time::timestamp(m.due_at)),
+        })
+        .collect();
+    Reassignment {
+        manager: expiry.manager,
+        note: expiry.note,
+        record: record.encode_to_vec(),
+    }
+}
+
