@@ -1446,3 +1446,331 @@ async fn unavailable_managers_get_no_leads_and_the_queue_moves_when_one_is_back(
     counts_agree(&stack).await?;
     stack.stop().await
 }
+
+/// The history entries of a deal the distributor wrote with a note (its reassignments
+/// after missed response deadlines), oldest first: (to, note).
+async fn reassignments(
+    channel: tonic::transport::Channel,
+    token: &str,
+    deal_id: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let entries = DealServiceClient::new(channel)
+        .get_deal_history(outgoing(
+            pb::GetDealHistoryRequest {
+                deal_id: deal_id.to_owned(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?
+        .into_inner()
+        .entries;
+    Ok(entries
+        .into_iter()
+        .filter(|e| !e.note.is_empty())
+        .map(|e| {
+            assert_eq!(
+                (e.actor_id.as_str(), e.action),
+                ("system:distributor", pb::HistoryAction::Assigned as i32)
+            );
+            (e.to, e.note)
+        })
+        .collect())
+}
+
+/// The deal once `done` holds for it.
+async fn deal_when(
+    channel: tonic::transport::Channel,
+    token: &str,
+    deal_id: &str,
+    done: impl Fn(&pb::Deal) -> bool,
+) -> anyhow::Result<pb::Deal> {
+    eventually(Duration::from_secs(30), || {
+        let mut deals = DealServiceClient::new(channel.clone());
+        let request = outgoing(
+            pb::GetDealRequest {
+                deal_id: deal_id.to_owned(),
+                ..Default::default()
+            },
+            token,
+        );
+        let done = &done;
+        async move {
+            let deal = deals.get_deal(request).await?.into_inner().deal;
+            Ok(deal.filter(|d| done(d)))
+        }
+    })
+    .await
+}
+
+fn deadline_plan(name: &str, seconds: u32, reassignments: u32) -> pb::CreatePlanRequest {
+    let mut request = plan_request(
+        name,
+        Mode::Auto,
+        Strategy::RoundRobin,
+        false,
+        &["m1", "m2", "m3"],
+    );
+    if let Some(d) = request.distribution.as_mut() {
+        d.response_deadline_seconds = seconds;
+        d.max_reassignments = reassignments;
+    }
+    request
+}
+
+/// Response deadlines (issue 20). A bad deadline is refused with every violation. In a
+/// plan with a 2-second deadline and one reassignment, a deal m1 does not accept goes to
+/// the next in turn who never had it (m3), then, missed again, waits for a person: each
+/// step in the deal's history with its note and in ExplainAssignment's chain; the
+/// distributor leaves the escalated deal alone, and a person's assignment starts no
+/// deadline. In a plan with a long deadline, AcceptDeal (only by the deal's manager;
+/// a repeat changes nothing) and any change by the manager end the deadline.
+#[tokio::test]
+async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let mut deals = DealServiceClient::new(channel.clone());
+    let pool = stack.pool().await?;
+
+    let refused = PlanServiceClient::new(channel.clone())
+        .create_plan(outgoing(deadline_plan("Bad", 700_000, 11), &t.admin))
+        .await
+        .expect_err("a deadline beyond a week and eleven reassignments");
+    let fields: Vec<String> = {
+        use tonic_types::StatusExt as _;
+        refused
+            .get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        fields,
+        [
+            "distribution.response_deadline_seconds",
+            "distribution.max_reassignments"
+        ]
+    );
+
+    // Missed twice: to the next manager, then to a person.
+    let fast = create_plan(channel.clone(), &t.admin, deadline_plan("Fast", 2, 1)).await?;
+    let lead = lead_json(&fast.id, "run-1", "slow-1");
+    assert_eq!(post(&stack, &t.funnel, &lead).await?.0, 202);
+    let deal = deals_of(&stack, &t.boss, &fast.id, 1).await?.remove(0);
+    assert_eq!(deal.manager_id.as_deref(), Some("m1"));
+    let moved = deal_when(channel.clone(), &t.boss, &deal.id, |d| {
+        d.manager_id.as_deref() != Some("m1")
+    })
+    .await?;
+    assert_eq!(
+        moved.manager_id.as_deref(),
+        Some("m2"),
+        "next in turn: {moved:?}"
+    );
+    let escalated = deal_when(channel.clone(), &t.boss, &deal.id, |d| {
+        d.escalated_at.is_some()
+    })
+    .await?;
+    assert_eq!(escalated.manager_id, None);
+    assert!(
+        escalated.waiting_since.is_some(),
+        "an escalated deal is in the plan's queue"
+    );
+    let steps = reassignments(channel.clone(), &t.boss, &deal.id).await?;
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(steps[0].0, "m2");
+    assert!(
+        steps[0]
+            .1
+            .starts_with("response deadline missed by m1 (assigned "),
+        "{steps:?}"
+    );
+    assert_eq!(steps[1].0, "");
+    assert!(
+        steps[1].1.starts_with("response deadline missed by m2")
+            && steps[1]
+                .1
+                .ends_with("reassigned 1 of 1 times: waits for a person"),
+        "{steps:?}"
+    );
+    let explained = eventually(Duration::from_secs(20), || async {
+        let e = explanation(&stack, &t.boss, &deal.id).await?;
+        Ok((e.missed_deadlines.len() == 2).then_some(e))
+    })
+    .await?;
+    let chain: Vec<&str> = explained
+        .missed_deadlines
+        .iter()
+        .map(|m| m.manager_id.as_str())
+        .collect();
+    assert_eq!(chain, ["m1", "m2"]);
+    assert_eq!(explained.manager_id, None);
+    for missed in &explained.missed_deadlines {
+        let (from, to) = (
+            missed.assigned_at.expect("from"),
+            missed.due_at.expect("due"),
+        );
+        // Around the clock (no schedule): two seconds of working time are two seconds.
+        assert_eq!(
+            (to.seconds - from.seconds, to.nanos),
+            (2, from.nanos),
+            "{missed:?}"
+        );
+    }
+    // Not the distributor's any more: out of its queue, no deadline running.
+    applied(&pool, &deal.id, escalated.version).await?;
+    let queued: Option<time::OffsetDateTime> = sqlx::query_scalar(
+        "SELECT waiting_since FROM distributor.deal_view WHERE deal_id = $1::uuid",
+    )
+    .bind(&deal.id)
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(queued, None);
+    assert_eq!(timers(&pool, &deal.id).await?, 0);
+    // A person decides: no deadline for their choice.
+    let assigned = deals
+        .assign_deal(outgoing(
+            pb::AssignDealRequest {
+                deal_id: deal.id.clone(),
+                expected_version: escalated.version,
+                manager_id: Some("m2".into()),
+                ..Default::default()
+            },
+            &t.boss,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert_eq!(
+        (assigned.escalated_at, assigned.waiting_since),
+        (None, None)
+    );
+    applied(&pool, &deal.id, assigned.version).await?;
+    assert_eq!(
+        timers(&pool, &deal.id).await?,
+        0,
+        "a person's assignment has no deadline"
+    );
+    // Only the platform's distributor reassigns with a note.
+    let forged = deals
+        .assign_deal(outgoing(
+            pb::AssignDealRequest {
+                deal_id: deal.id.clone(),
+                expected_version: assigned.version,
+                manager_id: None,
+                note: "response deadline missed".into(),
+                escalate: true,
+            },
+            &t.boss,
+        ))
+        .await
+        .expect_err("a person's escalation");
+    assert_eq!(forged.code(), tonic::Code::InvalidArgument);
+
+    // Accepted in time: the deadline ends.
+    let slow = create_plan(channel.clone(), &t.admin, deadline_plan("Slow", 3_600, 2)).await?;
+    for n in 0..2 {
+        let lead = lead_json(&slow.id, &format!("run-{n}"), &format!("taken-{n}"));
+        assert_eq!(post(&stack, &t.funnel, &lead).await?.0, 202);
+    }
+    let taken = deals_of(&stack, &t.boss, &slow.id, 2).await?;
+    let by = |m: &str| {
+        taken
+            .iter()
+            .find(|d| d.manager_id.as_deref() == Some(m))
+            .cloned()
+            .expect(m)
+    };
+    let (first, second) = (by("m1"), by("m2"));
+    for d in [&first, &second] {
+        eventually(Duration::from_secs(20), || async {
+            Ok((timers(&pool, &d.id).await? == 1).then_some(()))
+        })
+        .await?;
+    }
+    let accept = |deal: &pb::Deal, token: &str| {
+        outgoing(
+            pb::AcceptDealRequest {
+                deal_id: deal.id.clone(),
+                expected_version: deal.version,
+            },
+            token,
+        )
+    };
+    let m1 = stack.token(ACCOUNT, "m1", &[]);
+    let m2 = stack.token(ACCOUNT, "m2", &[]);
+    let denied = deals
+        .accept_deal(accept(&first, &m2))
+        .await
+        .expect_err("only the deal's manager accepts it");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let accepted = deals
+        .accept_deal(accept(&first, &m1))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert!(accepted.accepted_at.is_some());
+    let again = deals
+        .accept_deal(accept(&first, &m1))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert_eq!(again.version, accepted.version, "a repeat changes nothing");
+    // Any change by the manager accepts the deal too.
+    let stage = slow
+        .stages
+        .iter()
+        .find(|s| s.kind == pb::StageKind::Open as i32 && s.id != second.stage_id)
+        .expect("another open stage");
+    let moved = deals
+        .move_deal(outgoing(
+            pb::MoveDealRequest {
+                deal_id: second.id.clone(),
+                expected_version: second.version,
+                stage_id: stage.id.clone(),
+                loss_reason_id: None,
+            },
+            &m2,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert!(
+        moved.accepted_at.is_some(),
+        "a move by the manager accepts the deal"
+    );
+    for d in [&accepted, &moved] {
+        applied(&pool, &d.id, d.version).await?;
+        assert_eq!(timers(&pool, &d.id).await?, 0, "accepted: no deadline");
+    }
+    stack.stop().await
+}
+
+/// Running response deadlines of a deal in the distributor.
+async fn timers(pool: &sqlx::PgPool, deal_id: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM distributor.response_timers WHERE deal_id = $1::uuid",
+    )
+    .bind(deal_id)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Waits until the distributor applied the deal's event of `version`.
+async fn applied(pool: &sqlx::PgPool, deal_id: &str, version: i64) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(20), || async {
+        let seen: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM distributor.deal_view WHERE deal_id = $1::uuid",
+        )
+        .bind(deal_id)
+        .fetch_optional(pool)
+        .await?;
+        Ok((seen >= Some(version)).then_some(()))
+    })
+    .await
+}

@@ -530,8 +530,20 @@ async fn bulk_add(
     contacts: usize,
     chunk: usize,
 ) -> anyhow::Result<salesplan_proto::v1::Plan> {
+    use integration_tests::api::{Mode, Strategy, plan_request};
+    let request = plan_request(name, Mode::Auto, Strategy::RoundRobin, false, members);
+    bulk_add_to(ports, request, contacts, chunk).await
+}
+
+/// [`bulk_add`] to a plan made by `request`.
+async fn bulk_add_to(
+    ports: &integration_tests::chaos::Ports,
+    request: salesplan_proto::v1::CreatePlanRequest,
+    contacts: usize,
+    chunk: usize,
+) -> anyhow::Result<salesplan_proto::v1::Plan> {
     use futures::StreamExt as _;
-    use integration_tests::api::{Mode, Strategy, audience_chunks, create_plan, plan_request};
+    use integration_tests::api::{audience_chunks, create_plan};
     use salesplan_platform::{Actor, Permission, auth::TokenIssuer, config::AuthConfig};
     use salesplan_proto::v1::intake_service_client::IntakeServiceClient;
     let issuer = TokenIssuer::hs256(AuthConfig::DEV_SECRET.as_bytes());
@@ -551,10 +563,10 @@ async fn bulk_add(
     let plan = create_plan(
         channel(ports.deal).await?,
         &token(&[Permission::PlansAdmin])?,
-        plan_request(name, Mode::Auto, Strategy::RoundRobin, false, members),
+        request,
     )
     .await?;
-    let run = name.to_ascii_lowercase();
+    let run = plan.name.to_ascii_lowercase();
     let chunks = audience_chunks(&plan.id, &run, contacts, chunk, |i| format!("c-{i}"));
     let mut answers = IntakeServiceClient::new(channel(ports.intake).await?)
         .add_audience(salesplan_platform::grpc::outgoing(
@@ -1051,4 +1063,101 @@ async fn each_service_runs_as_its_own_role_and_reaches_no_other_schema() -> anyh
     }
     drop(database);
     roles.drop().await
+}
+
+/// Response deadlines are durable (issue 20): the distributor is killed (SIGKILL) while it
+/// holds deadlines that ran out, in the middle of reassigning them (deal-service frozen
+/// under its calls). Started again, it takes them over once their lease runs out: every
+/// deal is reassigned once per missed deadline (two deadlines, one reassignment, then a
+/// person), none twice, none forgotten, and no timer is left.
+#[tokio::test]
+async fn a_killed_distributor_loses_and_doubles_no_response_deadline() -> anyhow::Result<()> {
+    use integration_tests::api::{Mode, Strategy, plan_request};
+    const DEALS: usize = 6;
+    let (deps, mut services, ports) =
+        start_binaries(&[("SALESPLAN_DEADLINE_LEASE_SECONDS", "3")]).await?;
+    let pool = sqlx::PgPool::connect(&deps.database.url).await?;
+    let mut request = plan_request(
+        "Deadlines",
+        Mode::Auto,
+        Strategy::RoundRobin,
+        false,
+        &["m1", "m2", "m3"],
+    );
+    if let Some(d) = request.distribution.as_mut() {
+        d.response_deadline_seconds = 2;
+        d.max_reassignments = 1;
+    }
+    bulk_add_to(&ports, request, DEALS, DEALS).await?;
+    let running = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM distributor.response_timers")
+            .fetch_one(&pool)
+            .await?;
+        anyhow::Ok(n)
+    };
+    integration_tests::stack::eventually(Duration::from_secs(30), || async {
+        Ok((running().await? == DEALS as i64).then_some(()))
+    })
+    .await?;
+    // services: deal-service, distributor, reporting, tunnel-listener.
+    services[0].signal("STOP").await?;
+    let frozen = async {
+        // Leased (in hand, its calls hanging) by the distributor about to be killed.
+        integration_tests::stack::eventually(Duration::from_secs(30), || async {
+            let leased: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM distributor.response_timers
+                 WHERE attempts > 0 AND next_attempt > now()",
+            )
+            .fetch_one(&pool)
+            .await?;
+            Ok((leased > 0).then_some(leased))
+        })
+        .await
+    }
+    .await;
+    services[1].kill().await?;
+    services[0].signal("CONT").await?;
+    let leased = frozen?;
+    services[1].start().await?;
+
+    let escalated = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deal_service.deals WHERE escalated_at IS NOT NULL",
+        )
+        .fetch_one(&pool)
+        .await?;
+        anyhow::Ok(n)
+    };
+    integration_tests::stack::eventually(Duration::from_secs(60), || async {
+        Ok((escalated().await? == DEALS as i64 && running().await? == 0).then_some(()))
+    })
+    .await?;
+    // Per deal: the distributor's reassignments, each with its note.
+    let steps: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT d.idempotency_key,
+            count(*) FILTER (WHERE h.to_value IS NOT NULL),
+            count(*) FILTER (WHERE h.to_value IS NULL)
+         FROM deal_service.deals d JOIN deal_service.deal_history h ON h.deal_id = d.id
+         WHERE h.detail ? 'note' AND h.actor_id = 'system:distributor'
+         GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(steps.len(), DEALS, "{steps:?}");
+    for (deal, reassigned, escalations) in &steps {
+        assert_eq!(
+            (*reassigned, *escalations),
+            (1, 1),
+            "deal {deal} ({leased} leased at the kill)"
+        );
+    }
+    let chains: Vec<i64> =
+        sqlx::query_scalar("SELECT count(*) FROM distributor.response_misses GROUP BY deal_id")
+            .fetch_all(&pool)
+            .await?;
+    assert_eq!(chains, vec![2; DEALS]);
+    for service in &mut services {
+        service.kill().await?;
+    }
+    Ok(())
 }

@@ -264,6 +264,21 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` ("STOP", "CONT", …) to the running process.
+    pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .with_context(|| format!("{} is not running", self.name))?;
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -{signal} {}", self.name);
+        Ok(())
+    }
+
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             child.start_kill()?;

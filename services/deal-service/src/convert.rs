@@ -96,9 +96,7 @@ pub fn distribution_from(d: Option<pb::Distribution>) -> Result<Distribution, Ap
                 response: response_from(&d)?,
             })
         }
-        Ok(Mode::Manual)
-            if d.response_deadline_seconds != 0 || d.max_reassignments != 0 =>
-        {
+        Ok(Mode::Manual) if d.response_deadline_seconds != 0 || d.max_reassignments != 0 => {
             Err(ApiError::invalid(
                 "distribution.response_deadline_seconds",
                 "a response deadline needs AUTO distribution (nobody reassigns by hand)",

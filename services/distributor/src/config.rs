@@ -25,6 +25,10 @@ pub struct Config {
     pub bulk_sharing_round: usize,
     /// `SALESPLAN_CONTACT_KEY_SECRET`: how contacts are recognised (docs/privacy.md).
     pub contact_keys: ContactKeys,
+    /// `SALESPLAN_DEADLINE_LEASE_SECONDS`: how long a replica holds a response deadline that
+    /// ran out while it reassigns the deal; a replica that dies with one in hand delays that
+    /// reassignment by up to this. Longer than two rounds of calls to deal-service.
+    pub deadline_lease: std::time::Duration,
 }
 
 impl Config {
@@ -35,6 +39,8 @@ impl Config {
     /// pause to keep funnel leads near their latency alone.
     pub const DEFAULT_BULK_SHARE: f64 = 1.0;
     pub const DEFAULT_BULK_SHARING_ROUND: usize = 150;
+    /// Two rounds of calls of at most 30 s each, and some.
+    pub const DEFAULT_DEADLINE_LEASE: std::time::Duration = std::time::Duration::from_secs(90);
 
     pub fn local(database_url: &str, nats_url: &str, deal_service_url: &str) -> Self {
         Self {
@@ -45,6 +51,7 @@ impl Config {
             bulk_share: Self::DEFAULT_BULK_SHARE,
             bulk_sharing_round: Self::DEFAULT_BULK_SHARING_ROUND,
             contact_keys: ContactKeys::dev(),
+            deadline_lease: Self::DEFAULT_DEADLINE_LEASE,
         }
     }
 
@@ -67,7 +74,17 @@ impl Config {
                 Self::DEFAULT_BULK_SHARING_ROUND,
             )?,
             contact_keys: ContactKeys::from_env(env)?,
+            deadline_lease: std::time::Duration::from_secs(env.parse(
+                "SALESPLAN_DEADLINE_LEASE_SECONDS",
+                Self::DEFAULT_DEADLINE_LEASE.as_secs(),
+            )?),
         };
+        if !(1..=3_600).contains(&config.deadline_lease.as_secs()) {
+            return Err(ConfigError::new(
+                "SALESPLAN_DEADLINE_LEASE_SECONDS",
+                "must be 1 to 3600",
+            ));
+        }
         if config.bulk_sharing_round == 0 {
             return Err(ConfigError::new(
                 "SALESPLAN_BULK_SHARING_ROUND",

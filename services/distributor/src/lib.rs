@@ -76,7 +76,12 @@ impl Service for Config {
         background.spawn(queue.clone().sweep(background.stop_token()));
         background.spawn(queue.clone().relay(background.stop_token()));
         // Response deadlines: a deal not accepted in time goes to the next manager.
-        let deadlines = events::deadlines::Deadlines::new(store.clone(), upstream.clone(), &metrics);
+        let deadlines = events::deadlines::Deadlines::new(
+            store.clone(),
+            upstream.clone(),
+            self.deadline_lease,
+            &metrics,
+        );
         background.spawn(deadlines.run(background.stop_token()));
         // Leads nobody decided are kept only as long as configured. A broker that refuses
         // (its permissions not upgraded yet) does not stop the distributor: retried.

@@ -688,11 +688,7 @@ fn reassignment(
             "an escalated deal waits without a manager: leave manager_id out",
         ));
     }
-    let note = checks.take(validate::required_text(
-        "note",
-        note,
-        MAX_NOTE_CHARS,
-    ));
+    let note = checks.take(validate::required_text("note", note, MAX_NOTE_CHARS));
     checks.finish()?;
     Ok(Some(note))
 }

@@ -195,9 +195,7 @@ pub async fn record_caused(
         let (previous_manager_id, previous_stage_id) = match change {
             Change::Assigned { from, .. }
             | Change::Transferred { from, .. }
-            | Change::Reassigned { from, .. } => {
-                (from.clone(), None)
-            }
+            | Change::Reassigned { from, .. } => (from.clone(), None),
             Change::Moved { from, .. }
             | Change::Closed { from, .. }
             | Change::Reopened { from, .. } => (None, Some(from.to_string())),

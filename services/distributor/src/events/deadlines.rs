@@ -23,9 +23,6 @@ use crate::{
 /// Timers leased at a time, made this many at once.
 const BATCH: i64 = 8;
 const CALLS: usize = 4;
-/// How long a timer in hand is this process's: longer than a batch can take (two rounds
-/// of calls of at most 30 s each).
-const LEASE: time::Duration = time::Duration::seconds(90);
 /// How often the timers are looked at: a deadline is acted on within this of running out.
 const POLL: Duration = Duration::from_secs(1);
 /// A refused reassignment is decided again after this (the deal's event moves or ends its
@@ -35,6 +32,8 @@ const AFTER_REFUSAL: time::Duration = time::Duration::seconds(2);
 pub struct Deadlines {
     store: Store,
     upstream: DealService,
+    /// How long a timer in hand is this process's (`SALESPLAN_DEADLINE_LEASE_SECONDS`).
+    lease: time::Duration,
     reassigned: opentelemetry::metrics::Counter<u64>,
 }
 
@@ -42,12 +41,14 @@ impl Deadlines {
     pub fn new(
         store: Store,
         upstream: DealService,
+        lease: std::time::Duration,
         metrics: &salesplan_platform::metrics::Metrics,
     ) -> Arc<Self> {
         let meter = metrics.meter("distributor");
         Arc::new(Self {
             store,
             upstream,
+            lease: time::Duration::try_from(lease).unwrap_or(time::Duration::seconds(90)),
             reassigned: meter
                 .u64_counter("salesplan.distributor.deadlines_missed")
                 .with_description(
@@ -62,7 +63,7 @@ impl Deadlines {
     /// once.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            let timers = match self.store.lease_timers(BATCH, LEASE).await {
+            let timers = match self.store.lease_timers(BATCH, self.lease).await {
                 Ok(timers) => timers,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot lease response deadlines");
@@ -177,4 +178,3 @@ fn decide(timer: &Timer, known: &ExpiryKnown, cursor: &mut Cursor) -> Reassignme
         record: record.encode_to_vec(),
     }
 }
-

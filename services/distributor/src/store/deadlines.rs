@@ -156,10 +156,12 @@ pub(super) async fn apply_timers(
                 manager,
                 assigned_at,
                 version,
-            } => starts
-                .entry(account_of[&deal])
-                .or_default()
-                .push((deal, manager, assigned_at, version)),
+            } => starts.entry(account_of[&deal]).or_default().push((
+                deal,
+                manager,
+                assigned_at,
+                version,
+            )),
             Step::Follow { manager, version } => follow.push((deal, manager, version)),
             Step::Stop { version } => stop.push((deal, version)),
         }
@@ -258,8 +260,7 @@ async fn plan_responses(
     tx: &mut Transaction<'_, Postgres>,
     plans: impl Iterator<Item = (&str, Uuid)>,
 ) -> Result<HashMap<Uuid, Response>, StoreError> {
-    let (accounts, ids): (Vec<String>, Vec<Uuid>) =
-        plans.map(|(a, p)| (a.to_owned(), p)).unzip();
+    let (accounts, ids): (Vec<String>, Vec<Uuid>) = plans.map(|(a, p)| (a.to_owned(), p)).unzip();
     sqlx::query(
         "SELECT p.plan_id, p.response_seconds, p.max_reassignments
          FROM UNNEST($1::text[], $2::uuid[]) AS x(a, p)

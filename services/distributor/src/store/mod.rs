@@ -21,8 +21,8 @@ use uuid::Uuid;
 use crate::SCHEMA;
 use crate::domain::{
     batch::{Batch, Known, PendingLead},
-    deal_view::{self, Changes, DealState, Deltas, KnownDeals, LeadDecision, Seen},
     deadline::Response,
+    deal_view::{self, Changes, DealState, Deltas, KnownDeals, LeadDecision, Seen},
     distribution::{Cursor, DecidedBy, Mode, PlanSettings, Strategy},
 };
 
