@@ -52,6 +52,7 @@ const METHODS: &[&str] = &[
     "UpdateDeal",
     "MoveDeal",
     "AssignDeal",
+    "AcceptDeal",
     "ReopenDeal",
     "TransferDeals",
     "BulkMoveDeals",
@@ -309,6 +310,16 @@ async fn call(
                     expected_version: 1,
                     manager_id: Some("m2".into()),
                     ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .map(|_| 1)?,
+        "AcceptDeal" => deals
+            .accept_deal(req(
+                pb::AcceptDealRequest {
+                    deal_id: ids.deal.clone(),
+                    expected_version: 1,
                 },
                 token,
             ))
@@ -854,6 +865,8 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         ("UpdateDeal", "deals:edit_all"),
         ("MoveDeal", "deals:edit_all"),
         ("AssignDeal", "deals:edit_all"),
+        // m2 accepting m1's deal: only its manager may, whatever the permissions.
+        ("AcceptDeal", "only the deal's manager"),
         ("ReopenDeal", "deals:edit_all"),
         ("TransferDeals", "deals:bulk_edit"),
         ("BulkMoveDeals", "deals:bulk_edit"),

@@ -500,7 +500,7 @@ impl Deal {
     /// The manager accepts the deal (AcceptDeal): only the deal's own manager, only once.
     pub fn accept(&self, by: &str, now: OffsetDateTime) -> Result<(Deal, Change), DomainError> {
         if self.manager_id.as_deref() != Some(by) {
-            return Err(DomainError::NotYours);
+            return Err(DomainError::NotTheManager);
         }
         let mut deal = self.next(now);
         deal.accepted_at = Some(now);
@@ -678,6 +678,58 @@ mod tests {
         new_deal(plan)
             .into_deal(plan, Uuid::new_v4(), OffsetDateTime::UNIX_EPOCH)
             .unwrap()
+    }
+
+    #[test]
+    fn only_the_manager_accepts_and_a_new_manager_or_an_escalation_starts_over() {
+        let mut plan = plan();
+        plan.managers = vec!["m1".into(), "m2".into()];
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
+        let (deal, _) = deal_in(&plan)
+            .assign(&plan, Some("m1".into()), false, now)
+            .unwrap();
+        assert!(matches!(
+            deal.accept("m2", now),
+            Err(DomainError::NotTheManager)
+        ));
+        let (accepted, change) = deal.accept("m1", now).unwrap();
+        assert_eq!(
+            (accepted.accepted_at, change),
+            (Some(now), Change::Accepted)
+        );
+        // Any change by the manager accepts; by someone else, it does not.
+        let (edited, _) = deal
+            .edit(
+                DealEdit {
+                    title: Some("new".into()),
+                    ..Default::default()
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(edited.clone().accepted_by("boss").accepted_at, None);
+        assert_eq!(edited.accepted_by("m1").accepted_at, Some(now));
+        // A new manager has not accepted it.
+        let (moved_on, change) = accepted
+            .reassign(&plan, Some("m2".into()), "missed".into(), now)
+            .unwrap();
+        assert_eq!(moved_on.accepted_at, None);
+        assert_eq!(
+            change,
+            Change::Reassigned {
+                from: Some("m1".into()),
+                to: Some("m2".into()),
+                note: "missed".into()
+            }
+        );
+        // Escalated: unassigned, waiting for a person, until someone assigns or closes it.
+        let (escalated, _) = moved_on.reassign(&plan, None, "again".into(), now).unwrap();
+        assert!(escalated.is_escalated());
+        assert_eq!(escalated.waiting_since, Some(now));
+        let (taken, _) = escalated
+            .assign(&plan, Some("m1".into()), false, now)
+            .unwrap();
+        assert_eq!((taken.escalated_at, taken.waiting_since), (None, None));
     }
 
     fn with_reasons(mut plan: Plan, require: bool) -> (Plan, Uuid) {

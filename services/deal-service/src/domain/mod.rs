@@ -23,6 +23,9 @@ pub enum DomainError {
     /// The actor may change only the deals assigned to them (no `deals:edit_all`).
     #[error("not your deal: needs deals:edit_all")]
     NotYours,
+    /// Only the deal's manager accepts it (no permission does it for them).
+    #[error("only the deal's manager accepts it")]
+    NotTheManager,
 }
 
 impl DomainError {
@@ -48,6 +51,9 @@ impl From<DomainError> for salesplan_platform::ApiError {
                 reason: Reason::LossReasonRequired,
             },
             DomainError::Precondition(reason, message) => Self::precondition(reason, message),
+            DomainError::NotTheManager => Self::PermissionDenied(
+                "only the deal's manager accepts it (the deal is not assigned to you)".into(),
+            ),
             DomainError::NotYours => Self::PermissionDenied(format!(
                 "{} (the deal is not assigned to you)",
                 salesplan_platform::Permission::DealsEditAll

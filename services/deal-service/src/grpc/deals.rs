@@ -379,15 +379,19 @@ impl DealService for Api {
         )
             .all()?;
         let me = actor.user_id.as_str();
+        // Not through `change_as`: no permission accepts for the manager.
         let deal = self
-            .change_as(
-                &actor,
-                (deal_id, version),
-                |deal| deal.manager_id.as_deref() == Some(me),
-                |deal| deal.is_accepted(),
+            .store
+            .change_deal(
+                &actor.account_id,
+                me,
+                deal_id,
+                version,
+                |deal| deal.manager_id.as_deref() == Some(me) && deal.is_accepted(),
                 |deal, _, now| deal.accept(me, now),
             )
-            .await?;
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::AcceptDealResponse {
             deal: Some((&deal).into()),
         }))

@@ -199,3 +199,247 @@ fn escalated(note: String) -> Expiry {
         note,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use salesplan_platform::schedule::Hours;
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::domain::distribution::{Mode, Strategy};
+
+    fn state(version: i64, manager: Option<&str>) -> DealState {
+        DealState {
+            deal_id: Uuid::from_u128(1),
+            account_id: "acme".into(),
+            plan_id: Uuid::from_u128(2),
+            manager_id: manager.map(str::to_owned),
+            open: true,
+            version,
+            idempotency_key: "k".into(),
+            contact_key: None,
+            erased_contact: None,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            waiting_since: None,
+            accepted: false,
+            assigned_by_distributor: false,
+            updated_at: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(version),
+        }
+    }
+
+    fn by_distributor(version: i64, manager: &str) -> DealState {
+        DealState {
+            assigned_by_distributor: true,
+            ..state(version, Some(manager))
+        }
+    }
+
+    fn step_of(states: &[DealState]) -> Step {
+        steps(states).remove(&Uuid::from_u128(1)).expect("a step")
+    }
+
+    #[test]
+    fn the_distributors_assignment_starts_a_deadline_and_acceptance_or_a_close_ends_it() {
+        let at = |v| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(v);
+        let start = |v, assigned| Step::Start {
+            manager: "m1".into(),
+            assigned_at: at(assigned),
+            version: v,
+        };
+        assert_eq!(step_of(&[by_distributor(1, "m1")]), start(1, 1));
+        // Someone else's change runs on; in the same batch as the assignment, it starts
+        // from the assignment, at the newest version.
+        assert_eq!(
+            step_of(&[state(3, Some("m1"))]),
+            Step::Follow {
+                manager: "m1".into(),
+                version: 3
+            }
+        );
+        assert_eq!(
+            step_of(&[state(3, Some("m1")), by_distributor(2, "m1")]),
+            start(3, 2)
+        );
+        // A person gave it to m2 after the distributor gave it to m1: no start for m2.
+        assert_eq!(
+            step_of(&[by_distributor(2, "m1"), state(3, Some("m2"))]),
+            Step::Follow {
+                manager: "m2".into(),
+                version: 3
+            }
+        );
+        let accepted = DealState {
+            accepted: true,
+            ..state(4, Some("m1"))
+        };
+        let closed = DealState {
+            open: false,
+            ..state(4, Some("m1"))
+        };
+        for ended in [accepted, closed, state(4, None)] {
+            assert_eq!(
+                step_of(&[by_distributor(2, "m1"), ended]),
+                Step::Stop { version: 4 }
+            );
+        }
+    }
+
+    #[test]
+    fn a_deadline_counts_only_working_time() {
+        let mut schedule = Schedule {
+            time_zone: "Europe/Berlin".into(),
+            ..Schedule::default()
+        };
+        // Monday to Friday, 9:00 to 17:00.
+        for day in schedule.week.iter_mut().take(5) {
+            day.push(Hours {
+                start: 9 * 60,
+                end: 17 * 60,
+            });
+        }
+        // Friday 16:30 (CET) plus an hour of working time: Monday 9:30.
+        let friday = datetime!(2026-12-04 15:30 UTC);
+        assert_eq!(
+            due(&schedule, friday, 3_600),
+            datetime!(2026-12-07 08:30 UTC)
+        );
+        // Around the clock without a schedule.
+        assert_eq!(
+            due(&Schedule::default(), friday, 90),
+            friday + time::Duration::seconds(90)
+        );
+    }
+
+    fn plan(managers: &[&str]) -> PlanSettings {
+        PlanSettings {
+            mode: Mode::Auto {
+                prefer_related: false,
+                strategy: Strategy::RoundRobin,
+            },
+            managers: managers.iter().map(|m| (*m).to_owned()).collect(),
+            weights: Vec::new(),
+            caps: Vec::new(),
+            keep_related: false,
+            response: None,
+            archived: false,
+        }
+    }
+
+    fn miss(manager: &str) -> Miss {
+        Miss {
+            manager_id: manager.into(),
+            assigned_at: datetime!(2026-12-01 10:00 UTC),
+            due_at: datetime!(2026-12-01 10:05 UTC),
+        }
+    }
+
+    #[test]
+    fn reassignments_run_out_then_the_deal_waits_for_a_person() {
+        let response = Response {
+            seconds: 300,
+            max_reassignments: 1,
+        };
+        let (mut cursor, mut open) = (Cursor::default(), HashMap::new());
+        let next = expire(
+            &plan(&["m1", "m2"]),
+            response,
+            &[miss("m1")],
+            &mut cursor,
+            &mut open,
+            &Away::new(),
+            0,
+        );
+        assert_eq!(next.manager.as_deref(), Some("m2"));
+        assert_eq!(
+            next.note,
+            "response deadline missed by m1 (assigned 2026-12-01T10:00:00Z, due \
+             2026-12-01T10:05:00Z)"
+        );
+        let skipped = next
+            .decision
+            .candidates
+            .iter()
+            .find(|c| c.manager_id == "m1")
+            .expect("m1 considered");
+        assert!(
+            skipped.note.contains("missed its response deadline"),
+            "{skipped:?}"
+        );
+        let last = expire(
+            &plan(&["m1", "m2", "m3"]),
+            response,
+            &[miss("m1"), miss("m2")],
+            &mut cursor,
+            &mut open,
+            &Away::new(),
+            0,
+        );
+        assert_eq!(last.manager, None);
+        assert!(
+            last.note
+                .ends_with("reassigned 1 of 1 times: waits for a person"),
+            "{}",
+            last.note
+        );
+    }
+
+    proptest! {
+        /// Whatever the members, their availability and the chain: the deal goes to a
+        /// member available, below their limit and never in the chain, while the plan's
+        /// reassignments last and such a member exists; otherwise it waits for a person.
+        #[test]
+        fn a_missed_deal_never_goes_back_to_one_who_had_it(
+            members in proptest::collection::vec((any::<bool>(), 0u32..3, 0i64..3), 1..6),
+            chain_of in proptest::collection::vec(0usize..6, 1..5),
+            max_reassignments in 0u32..4,
+            random in any::<u64>(),
+        ) {
+            let names: Vec<String> = (0..members.len()).map(|i| format!("m{i}")).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let settings = PlanSettings {
+                caps: members.iter().map(|m| m.1).collect(),
+                ..plan(&refs)
+            };
+            let away: Away = names
+                .iter()
+                .zip(&members)
+                .filter(|(_, m)| m.0)
+                .map(|(n, _)| (n.clone(), "unavailable: paused".to_owned()))
+                .collect();
+            let mut open: HashMap<String, i64> =
+                names.iter().cloned().zip(members.iter().map(|m| m.2)).collect();
+            let chain: Vec<Miss> = chain_of
+                .iter()
+                .map(|i| miss(&names[i % names.len()]))
+                .collect();
+            let had = |m: &str| chain.iter().any(|c| c.manager_id == m);
+            let can_take = |i: usize| {
+                !members[i].0
+                    && !had(&names[i])
+                    && (members[i].1 == 0 || members[i].2 < i64::from(members[i].1))
+            };
+            let expiry = expire(
+                &settings,
+                Response { seconds: 60, max_reassignments },
+                &chain,
+                &mut Cursor::default(),
+                &mut open,
+                &away,
+                random,
+            );
+            let within = chain.len() - 1 < max_reassignments as usize;
+            let anyone = (0..names.len()).any(can_take);
+            match &expiry.manager {
+                Some(m) => {
+                    let i = names.iter().position(|n| n == m).expect("a member");
+                    prop_assert!(within && can_take(i), "{expiry:?}");
+                }
+                None => {
+                    prop_assert!(!within || !anyone, "{expiry:?}");
+                    prop_assert!(expiry.note.ends_with("waits for a person"));
+                }
+            }
+        }
+    }
+}
