@@ -79,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         "Every accepted lead is exactly one deal: {expected} deals for {sent} accepted leads."
     );
     demo.show_limits().await?;
+    demo.show_deadline().await?;
     let worked = demo.work_deals(&plans.round_robin).await?;
     demo.read_reports(&plans.round_robin, worked).await
 }
@@ -406,6 +407,101 @@ impl Demo {
             "boris won a deal: the oldest waiting deal went to him {} ms later, by itself → {:?}",
             started.elapsed().as_millis(),
             per_manager(&deals)
+        );
+        Ok(())
+    }
+
+    /// A response deadline: in "Hot leads" (anna and boris, 3 seconds to accept, one
+    /// reassignment), boris accepts his lead at once; anna does not, and hers goes to boris
+    /// by itself, the reason in its history.
+    async fn show_deadline(&self) -> anyhow::Result<()> {
+        use pb::distribution::{Mode, Strategy};
+        let member = |id: &str| pb::PlanMember {
+            manager_id: id.into(),
+            weight: 1,
+            max_open_deals: 0,
+        };
+        let request = pb::CreatePlanRequest {
+            name: "Hot leads".into(),
+            average_amount: Some(pb::Money {
+                amount_minor: 30_000,
+                currency: "USD".into(),
+            }),
+            chat_label: "HOT".into(),
+            distribution: Some(pb::Distribution {
+                mode: Mode::Auto as i32,
+                strategy: Strategy::RoundRobin as i32,
+                response_deadline_seconds: 3,
+                max_reassignments: 1,
+                ..Default::default()
+            }),
+            manager_ids: Vec::new(),
+            members: vec![member("anna"), member("boris")],
+        };
+        let plan = self
+            .plans
+            .clone()
+            .create_plan(outgoing(request, &self.admin))
+            .await?
+            .into_inner()
+            .plan
+            .context("CreatePlan returned no plan")?;
+        let funnel = self.token("demo-funnel", &[Permission::IntakeWrite])?;
+        let url = format!("{}/v1/tunnel-actions/add-to-sales-plan", self.args.webhook);
+        let run = format!("hot-{}", time_tag());
+        for i in 0..2 {
+            let status = reqwest::Client::new()
+                .post(&url)
+                .bearer_auth(&funnel)
+                .json(&lead(&plan, &run, i, 100 + i))
+                .send()
+                .await?
+                .status();
+            anyhow::ensure!(status == 202, "webhook answered {status}");
+        }
+        let deals = self
+            .until(&plan, "2 deals", |d| (d.len() == 2).then_some(d))
+            .await?;
+        let of = |m: &str| deals.iter().find(|d| d.manager_id.as_deref() == Some(m));
+        let (annas, boris_own) = (
+            of("anna").context("anna has no deal")?.clone(),
+            of("boris").context("boris has no deal")?.clone(),
+        );
+        let mut deal_service = DealServiceClient::new(connect(&self.args.deal_service).await?);
+        let boris = self.token("boris", &[])?;
+        deal_service
+            .accept_deal(outgoing(
+                pb::AcceptDealRequest {
+                    deal_id: boris_own.id.clone(),
+                    expected_version: boris_own.version,
+                },
+                &boris,
+            ))
+            .await?;
+        self.until(&plan, "anna's deal reassigned", |d| {
+            let deal = d.iter().find(|x| x.id == annas.id)?;
+            (deal.manager_id.as_deref() == Some("boris")).then_some(())
+        })
+        .await?;
+        let history = deal_service
+            .get_deal_history(outgoing(
+                pb::GetDealHistoryRequest {
+                    deal_id: annas.id.clone(),
+                    ..Default::default()
+                },
+                &self.viewer,
+            ))
+            .await?
+            .into_inner()
+            .entries;
+        let why = history
+            .iter()
+            .rev()
+            .find(|e| !e.note.is_empty())
+            .map(|e| e.note.clone())
+            .unwrap_or_default();
+        println!(
+            "\nPlan \"Hot leads\" (AUTO, round robin; anna and boris; 3 s to accept, one reassignment): boris accepted his lead at once; anna did not accept hers, and it went to boris by itself: \"{why}\""
         );
         Ok(())
     }
