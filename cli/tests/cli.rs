@@ -104,10 +104,21 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
                 "m1",
                 "--manager",
                 "m2",
+                "--response-deadline",
+                "3600",
+                "--max-reassignments",
+                "2",
             ],
         )
         .await?;
     let plan_id = plan["id"].as_str().expect("plan id").to_owned();
+    assert_eq!(
+        (
+            plan["distribution"]["response_deadline_seconds"].clone(),
+            plan["distribution"]["max_reassignments"].clone()
+        ),
+        (3600.into(), 2.into())
+    );
     assert_eq!(plan["managers"], serde_json::json!(["m1", "m2"]));
     let listed = ctl.ok(&admin, &["plans", "list"]).await?;
     assert!(listed.contains("CLI plan"), "{listed}");
@@ -204,6 +215,13 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
     for action in ["created", "closed", "reopened"] {
         assert!(history.contains(action), "{history}");
     }
+    // Changes by the boss accept nothing; the manager accepts.
+    assert_eq!(reopened["accepted_at"], serde_json::Value::Null);
+    let m1 = stack.token("acme", "m1", &[Permission::DealsRead]);
+    let accepted = ctl.json(&m1, &["deals", "accept", &deal_id]).await?;
+    assert!(accepted["accepted_at"].is_string(), "{accepted}");
+    let history = ctl.ok(&boss, &["deals", "history", &deal_id]).await?;
+    assert!(history.contains("accepted"), "{history}");
 
     // Intake: one contact, then a CSV bulk add and its retry.
     let added = ctl
