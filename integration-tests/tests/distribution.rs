@@ -1747,7 +1747,71 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
     for d in [&accepted, &moved] {
         applied(&pool, &d.id, d.version).await?;
         assert_eq!(timers(&pool, &d.id).await?, 0, "accepted: no deadline");
+        assert!(d.accept_seconds.is_some_and(|s| s >= 0), "{d:?}");
     }
+
+    // The report: who got what, who accepted, who missed.
+    let mut reports = ReportServiceClient::new(stack.channel(&stack.reporting).await?);
+    let rows = eventually(Duration::from_secs(20), || {
+        let mut reports = reports.clone();
+        let request = outgoing(pb::ResponseTimesRequest::default(), &t.admin);
+        async move {
+            let rows = reports.response_times(request).await?.into_inner().rows;
+            let total: i64 = rows.iter().map(|r| r.accepted + r.deadlines_missed).sum();
+            Ok((total == 4).then_some(rows))
+        }
+    })
+    .await?;
+    let line = |plan: &pb::Plan, m: &str| {
+        rows.iter()
+            .find(|r| r.plan_id == plan.id && r.manager_id == m)
+            .map(|r| {
+                (
+                    r.plan_name.clone(),
+                    r.assigned,
+                    r.accepted,
+                    r.deadlines_missed,
+                )
+            })
+    };
+    assert_eq!(line(&fast, "m1"), Some(("Fast".into(), 1, 0, 1)));
+    assert_eq!(
+        line(&fast, "m2"),
+        Some(("Fast".into(), 2, 0, 1)),
+        "m2 missed it, then a person gave it back"
+    );
+    assert_eq!(line(&slow, "m1"), Some(("Slow".into(), 1, 1, 0)));
+    assert_eq!(line(&slow, "m2"), Some(("Slow".into(), 1, 1, 0)));
+    let m1_slow = rows
+        .iter()
+        .find(|r| r.plan_id == slow.id && r.manager_id == "m1")
+        .expect("m1");
+    assert_eq!(
+        m1_slow.median_seconds,
+        accepted.accept_seconds.map(|s| s as f64)
+    );
+    assert_eq!(m1_slow.p90_seconds, m1_slow.median_seconds);
+    let fast_m1 = rows
+        .iter()
+        .find(|r| r.plan_id == fast.id && r.manager_id == "m1")
+        .expect("m1");
+    assert_eq!(fast_m1.median_seconds, None, "nothing accepted");
+    // Only the asked plan.
+    let only = reports
+        .response_times(outgoing(
+            pb::ResponseTimesRequest {
+                plan_ids: vec![slow.id.clone()],
+                ..Default::default()
+            },
+            &t.admin,
+        ))
+        .await?
+        .into_inner()
+        .rows;
+    assert!(
+        only.iter().all(|r| r.plan_id == slow.id) && only.len() == 2,
+        "{only:?}"
+    );
     stack.stop().await
 }
 

@@ -62,6 +62,10 @@ fn row(deal: u128, plan: u128, number: i64, v: &Version) -> DealRow {
         updated_at: BASE,
         intake_id: None,
         waiting: false,
+        assigned_at: None,
+        accepted_at: None,
+        accept_seconds: None,
+        missed_by: None,
     }
 }
 

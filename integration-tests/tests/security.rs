@@ -65,6 +65,7 @@ const METHODS: &[&str] = &[
     "PipelineSummary",
     "LossReasons",
     "StageLosses",
+    "ResponseTimes",
     "ExplainAssignment",
     "ExplainAssignments",
     "ForgetContacts",
@@ -489,6 +490,12 @@ async fn call(
             .into_inner()
             .plans
             .len(),
+        "ResponseTimes" => reports
+            .response_times(req(pb::ResponseTimesRequest::default(), token))
+            .await?
+            .into_inner()
+            .rows
+            .len(),
         "ExplainAssignment" => DistributorServiceClient::new(ch.distributor.clone())
             .explain_assignment(req(
                 pb::ExplainAssignmentRequest {
@@ -887,6 +894,7 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         ("PipelineSummary", "reports:read"),
         ("LossReasons", "reports:read"),
         ("StageLosses", "reports:read"),
+        ("ResponseTimes", "reports:read"),
         ("EraseContact", "contacts:erase"),
         ("ForgetContacts", "contacts:erase"),
         ("ExportContact", "deals:read"),
@@ -929,7 +937,12 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         "ExplainAssignments",
         "ExportContact",
     ];
-    let report_reads = ["PipelineSummary", "LossReasons", "StageLosses"];
+    let report_reads = [
+        "PipelineSummary",
+        "LossReasons",
+        "StageLosses",
+        "ResponseTimes",
+    ];
     let readers = [
         (vec![Permission::DealsRead], true, false),
         (vec![Permission::ReportsRead], false, true),

@@ -5,4 +5,8 @@
 -- nullable columns rewrites no row.
 ALTER TABLE plans ADD COLUMN response_seconds integer NOT NULL DEFAULT 0,
     ADD COLUMN max_reassignments integer NOT NULL DEFAULT 0;
-ALTER TABLE deals ADD COLUMN accepted_at timestamptz, ADD COLUMN escalated_at timestamptz;
+-- When the current manager got the deal, and the working time (seconds, by their schedule)
+-- they took to accept it: what ReportService.ResponseTimes reports. Existing deals have
+-- neither (their assignments were never timed).
+ALTER TABLE deals ADD COLUMN accepted_at timestamptz, ADD COLUMN escalated_at timestamptz,
+    ADD COLUMN assigned_at timestamptz, ADD COLUMN accept_seconds bigint;

@@ -574,6 +574,8 @@ impl From<&Deal> for pb::Deal {
             waiting_since: deal.waiting_since.map(timestamp),
             accepted_at: deal.accepted_at.map(timestamp),
             escalated_at: deal.escalated_at.map(timestamp),
+            assigned_at: deal.assigned_at.map(timestamp),
+            accept_seconds: deal.accept_seconds,
         }
     }
 }

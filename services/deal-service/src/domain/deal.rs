@@ -45,6 +45,10 @@ pub struct Deal {
     /// Since when the deal waits for a person (its response deadline missed as often as
     /// its plan reassigns); any assignment or close ends it.
     pub escalated_at: Option<OffsetDateTime>,
+    /// When the current manager got the deal.
+    pub assigned_at: Option<OffsetDateTime>,
+    /// The manager's working time from `assigned_at` to `accepted_at`, in seconds.
+    pub accept_seconds: Option<i64>,
 }
 
 #[cfg(test)]
@@ -74,6 +78,8 @@ impl Deal {
             waiting_since: None,
             accepted_at: None,
             escalated_at: None,
+            assigned_at: manager.map(|_| OffsetDateTime::UNIX_EPOCH),
+            accept_seconds: None,
         }
     }
 }
@@ -155,7 +161,6 @@ impl NewDeal {
             plan_id: plan.id,
             stage_id: stage.id,
             status: DealStatus::Open,
-            manager_id: self.manager_id,
             contact: self.contact,
             title,
             amount: self.amount.unwrap_or_else(|| plan.average_amount.clone()),
@@ -169,6 +174,9 @@ impl NewDeal {
             waiting_since: self.wait_for_manager.then_some(now),
             accepted_at: None,
             escalated_at: None,
+            assigned_at: self.manager_id.as_ref().map(|_| now),
+            accept_seconds: None,
+            manager_id: self.manager_id,
         })
     }
 }
@@ -450,6 +458,8 @@ impl Deal {
         deal.waiting_since = None;
         deal.escalated_at = None;
         deal.accepted_at = None;
+        deal.accept_seconds = None;
+        deal.assigned_at = manager.as_ref().map(|_| now);
         let (from, to) = (self.manager_id.clone(), manager);
         let change = if transfer {
             Change::Transferred { from, to }
@@ -513,6 +523,23 @@ impl Deal {
     pub fn accepted_by(mut self, actor: &str) -> Deal {
         if self.accepted_at.is_none() && self.manager_id.as_deref() == Some(actor) {
             self.accepted_at = Some(self.updated_at);
+        }
+        self
+    }
+
+    /// Whether the deal was just accepted and its time to accept is still to be measured
+    /// (by the manager's schedule: [`Deal::timed`]).
+    pub fn needs_timing(&self) -> bool {
+        self.accepted_at.is_some() && self.accept_seconds.is_none() && self.assigned_at.is_some()
+    }
+
+    /// `self` with its time to accept: the manager's working time by `schedule` from when
+    /// they got the deal to when they accepted it.
+    pub fn timed(mut self, schedule: &salesplan_platform::schedule::Schedule) -> Deal {
+        if let (Some(from), Some(to), None) =
+            (self.assigned_at, self.accepted_at, self.accept_seconds)
+        {
+            self.accept_seconds = Some(schedule.working_time(from, to).whole_seconds());
         }
         self
     }
@@ -730,6 +757,39 @@ mod tests {
             .assign(&plan, Some("m1".into()), false, now)
             .unwrap();
         assert_eq!((taken.escalated_at, taken.waiting_since), (None, None));
+    }
+
+    #[test]
+    fn the_time_to_accept_is_working_time() {
+        use salesplan_platform::schedule::{Hours, Schedule};
+        use time::macros::datetime;
+        let mut plan = plan();
+        plan.managers = vec!["m1".into()];
+        let mut schedule = Schedule {
+            time_zone: "Europe/Berlin".into(),
+            ..Schedule::default()
+        };
+        for day in schedule.week.iter_mut().take(5) {
+            day.push(Hours {
+                start: 9 * 60,
+                end: 17 * 60,
+            });
+        }
+        // Given Friday 16:30 Berlin time, accepted Monday 9:30: an hour of work.
+        let (deal, _) = deal_in(&plan)
+            .assign(
+                &plan,
+                Some("m1".into()),
+                false,
+                datetime!(2026-12-04 15:30 UTC),
+            )
+            .unwrap();
+        assert!(!deal.needs_timing());
+        let (accepted, _) = deal.accept("m1", datetime!(2026-12-07 08:30 UTC)).unwrap();
+        assert!(accepted.needs_timing());
+        let timed = accepted.timed(&schedule);
+        assert_eq!(timed.accept_seconds, Some(3_600));
+        assert!(!timed.needs_timing());
     }
 
     fn with_reasons(mut plan: Plan, require: bool) -> (Plan, Uuid) {

@@ -343,7 +343,8 @@ impl Store {
             }
             let plan = load_plan(&mut tx, account_id, deal.plan_id, Lock::Share).await?;
             let (next, what) = change(&deal, &plan, now)?;
-            let changes = [(next.accepted_by(actor_id), what)];
+            let next = timed(&mut tx, next.accepted_by(actor_id)).await?;
+            let changes = [(next, what)];
             update_deals(&mut tx, &changes).await?;
             mark_reasons_used(&mut tx, &changes).await?;
             events::record(&mut tx, &self.contact_keys, actor_id, &changes, now).await?;
@@ -417,7 +418,9 @@ impl Store {
                         ),
                     };
                     match change(deal, plan, now) {
-                        Ok((next, what)) => changes.push((next.accepted_by(actor_id), what)),
+                        Ok((next, what)) => {
+                            changes.push((timed(&mut tx, next.accepted_by(actor_id)).await?, what))
+                        }
                         Err(err) => outcome.failures.push((*id, err.to_string())),
                     }
                 }
@@ -446,6 +449,19 @@ impl Store {
         qb.push_bind(MAX_BULK_DEALS as i64 + 1);
         Ok(qb.build_query_scalar().fetch_all(&self.reads).await?)
     }
+}
+
+/// `deal` with its time to accept measured, if it was just accepted (one read of its
+/// manager's schedule).
+async fn timed(tx: &mut Transaction<'_, Postgres>, deal: Deal) -> Result<Deal, StoreError> {
+    if !deal.needs_timing() {
+        return Ok(deal);
+    }
+    let Some(manager) = deal.manager_id.as_deref() else {
+        return Ok(deal);
+    };
+    let schedule = super::managers::schedule_of(tx, &deal.account_id, manager).await?;
+    Ok(deal.timed(&schedule))
 }
 
 async fn fetch_deal(
@@ -553,6 +569,8 @@ struct DealColumns {
     waiting_since: Vec<Option<OffsetDateTime>>,
     accepted_at: Vec<Option<OffsetDateTime>>,
     escalated_at: Vec<Option<OffsetDateTime>>,
+    assigned_at: Vec<Option<OffsetDateTime>>,
+    accept_seconds: Vec<Option<i64>>,
 }
 
 impl DealColumns {
@@ -582,6 +600,8 @@ impl DealColumns {
             waiting_since: Vec::new(),
             accepted_at: Vec::new(),
             escalated_at: Vec::new(),
+            assigned_at: Vec::new(),
+            accept_seconds: Vec::new(),
         };
         for d in deals {
             c.id.push(d.id);
@@ -608,6 +628,8 @@ impl DealColumns {
             c.waiting_since.push(d.waiting_since);
             c.accepted_at.push(d.accepted_at);
             c.escalated_at.push(d.escalated_at);
+            c.assigned_at.push(d.assigned_at);
+            c.accept_seconds.push(d.accept_seconds);
         }
         c
     }
@@ -627,11 +649,11 @@ async fn insert_deals(
         "INSERT INTO deals (id, account_id, plan_id, stage_id, status, manager_id,
             contact_external_id, contact_name, contact_email, contact_phone, contact_phone_digits,
             title, amount_minor, currency, loss_reason_id, stage_before_close_id, idempotency_key,
-            version, created_at, updated_at, closed_at, waiting_since)
+            version, created_at, updated_at, closed_at, waiting_since, assigned_at)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
             $14::text[], $15::uuid[], $16::uuid[], $17::text[], $18::bigint[], $19::timestamptz[],
-            $20::timestamptz[], $21::timestamptz[], $22::timestamptz[])
+            $20::timestamptz[], $21::timestamptz[], $22::timestamptz[], $23::timestamptz[])
          ON CONFLICT (account_id, idempotency_key) DO NOTHING
          RETURNING idempotency_key",
     )
@@ -657,6 +679,7 @@ async fn insert_deals(
     .bind(c.updated_at)
     .bind(c.closed_at)
     .bind(c.waiting_since)
+    .bind(c.assigned_at)
     .fetch_all(&mut **tx)
     .await
     .map(|keys: Vec<String>| keys.into_iter().collect())
@@ -679,13 +702,15 @@ pub async fn update_deals(
             amount_minor = x.amount, currency = x.currency, loss_reason_id = x.reason,
             stage_before_close_id = x.before, version = x.version, updated_at = x.updated,
             closed_at = x.closed, waiting_since = x.waiting, accepted_at = x.accepted,
-            escalated_at = x.escalated
+            escalated_at = x.escalated, assigned_at = x.assigned, accept_seconds = x.took
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[],
                      $13::uuid[], $14::uuid[], $15::bigint[], $16::timestamptz[], $17::timestamptz[],
-                     $18::timestamptz[], $19::timestamptz[], $20::timestamptz[])
+                     $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[],
+                     $22::bigint[])
             AS x(id, stage_id, status, manager_id, ext, name, email, phone, digits, title, amount,
-                 currency, reason, before, version, updated, closed, waiting, accepted, escalated)
+                 currency, reason, before, version, updated, closed, waiting, accepted, escalated,
+                 assigned, took)
          WHERE deals.id = x.id",
     )
     .bind(c.id)
@@ -708,6 +733,8 @@ pub async fn update_deals(
     .bind(c.waiting_since)
     .bind(c.accepted_at)
     .bind(c.escalated_at)
+    .bind(c.assigned_at)
+    .bind(c.accept_seconds)
     .execute(&mut **tx)
     .await?;
     Ok(())

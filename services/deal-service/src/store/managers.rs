@@ -2,7 +2,7 @@
 //! transaction.
 
 use salesplan_platform::{Reason, db, schedule::Schedule};
-use sqlx::{Postgres, Row, Transaction, postgres::PgRow};
+use sqlx::{PgConnection, Postgres, Row, Transaction, postgres::PgRow};
 
 use super::{Store, StoreError, events, now, rows::corrupt};
 use crate::SCHEMA;
@@ -146,6 +146,23 @@ impl Store {
         })
         .await
     }
+}
+
+/// The manager's schedule (around the clock if never set).
+pub(super) async fn schedule_of(
+    conn: &mut PgConnection,
+    account_id: &str,
+    manager_id: &str,
+) -> Result<salesplan_platform::schedule::Schedule, StoreError> {
+    let row = sqlx::query(select!("WHERE account_id = $1 AND manager_id = $2"))
+        .bind(account_id)
+        .bind(manager_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(match row {
+        Some(row) => manager_from(&row)?.availability.schedule,
+        None => Default::default(),
+    })
 }
 
 async fn locked(

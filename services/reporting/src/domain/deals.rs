@@ -26,6 +26,14 @@ pub struct DealRow {
     pub intake_id: Option<Uuid>,
     /// Waiting in its plan's queue for a manager.
     pub waiting: bool,
+    /// The current manager's assignment: when they got the deal, when they accepted it
+    /// and in how many seconds of their working time.
+    pub assigned_at: Option<OffsetDateTime>,
+    pub accepted_at: Option<OffsetDateTime>,
+    pub accept_seconds: Option<i64>,
+    /// The manager the distributor took the deal from with this change (a missed response
+    /// deadline: the distributor takes a deal from a manager for no other reason).
+    pub missed_by: Option<String>,
 }
 
 impl DealRow {

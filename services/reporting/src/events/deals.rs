@@ -52,6 +52,9 @@ impl BatchHandler for DealEvents {
     }
 }
 
+/// Who the distributor's changes are by (`distributor::ACTOR_ID`).
+const DISTRIBUTOR: &str = "system:distributor";
+
 fn uuid_of(field: &str, value: &str) -> Result<Uuid, String> {
     Uuid::parse_str(value).map_err(|_| format!("deal event with an invalid {field}"))
 }
@@ -101,5 +104,11 @@ pub fn decode(delivery: &Delivery) -> Result<DealRow, String> {
             .ok()
             .filter(|id| id.to_string() == deal.idempotency_key),
         waiting: deal.waiting_since.is_some(),
+        assigned_at: deal.assigned_at.as_ref().and_then(time_of),
+        accepted_at: deal.accepted_at.as_ref().and_then(time_of),
+        accept_seconds: deal.accept_seconds,
+        missed_by: event.previous_manager_id.filter(|_| {
+            event.actor_id == DISTRIBUTOR && event.kind == pb::deal_event::Kind::Assigned as i32
+        }),
     })
 }

@@ -395,8 +395,68 @@ impl Reports {
     }
 }
 
+impl Reports {
+    async fn response_times(
+        &self,
+        account_id: &str,
+        request: pb::ResponseTimesRequest,
+    ) -> Result<pb::ResponseTimesResponse, ApiError> {
+        let ((period, _), plans, managers, wanted) =
+            (
+                period_of(request.period),
+                plan_ids(&request.plan_ids),
+                every(
+                    request.manager_ids.iter().enumerate().map(|(i, m)| {
+                        validate::required_text(&format!("manager_ids[{i}]"), m, 128)
+                    }),
+                ),
+                Wanted::parse("min_consistency_token", &request.min_consistency_token),
+            )
+                .all()?;
+        let as_of = self.fresh_enough(account_id, wanted).await?;
+        let (rows, names) = tokio::try_join!(
+            async {
+                store::responses::report(&self.pool, account_id, period, &plans, &managers)
+                    .await
+                    .map_err(store::StoreError::from)
+            },
+            reports::plan_names(&self.pool, account_id),
+        )?;
+        let rows = rows
+            .into_iter()
+            .map(|r| pb::ResponseTimeRow {
+                plan_name: names
+                    .get(&r.plan_id)
+                    .cloned()
+                    .unwrap_or_else(|| r.plan_id.to_string()),
+                manager_id: r.manager_id,
+                plan_id: r.plan_id.to_string(),
+                assigned: r.assigned,
+                accepted: r.accepted,
+                median_seconds: r.median_seconds,
+                p90_seconds: r.p90_seconds,
+                deadlines_missed: r.missed,
+            })
+            .collect();
+        Ok(pb::ResponseTimesResponse {
+            rows,
+            as_of: Some(as_of),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl ReportService for Reports {
+    async fn response_times(
+        &self,
+        request: Request<pb::ResponseTimesRequest>,
+    ) -> Result<Response<pb::ResponseTimesResponse>, Status> {
+        let actor = auth::reader(&request, Permission::ReportsRead)?;
+        let _permit = self.limiter.admit(&actor.account_id)?;
+        let report = Reports::response_times(self, &actor.account_id, request.into_inner()).await?;
+        Ok(Response::new(report))
+    }
+
     async fn loss_reasons(
         &self,
         request: Request<pb::LossReasonsRequest>,

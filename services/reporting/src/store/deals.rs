@@ -12,12 +12,14 @@ use crate::domain::deals::{self, Contribution, DealRow, Deltas};
 /// Applies the newest state of each deal in `rows`: the deal row, and the closed-deal
 /// totals it moves out of and into. Rows only move to higher versions.
 pub async fn apply(pool: &PgPool, rows: &[DealRow]) -> Result<(), super::StoreError> {
+    let all = rows;
     let rows = deals::newest(rows);
     if rows.is_empty() {
         return Ok(());
     }
     let mut tx = pool.begin().await?;
     key_lookups_only(&mut tx).await?;
+    super::responses::apply(&mut tx, all).await?;
     // Deals seen before are locked, so replicas applying events of one deal serialise.
     let mut before = lock_seen(&mut tx, &rows).await?;
     let mut deltas = Deltas::new();

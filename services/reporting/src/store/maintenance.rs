@@ -10,7 +10,7 @@ use crate::domain::deals::TotalKey;
 /// Empties the read model (the consumers' progress stays: a rebuild replays what it
 /// recorded as applied).
 pub async fn empty(pool: &PgPool) -> Result<(), super::StoreError> {
-    sqlx::query("TRUNCATE deals, plans, stages, reasons, closed_totals, closed_daily")
+    sqlx::query("TRUNCATE deals, plans, stages, reasons, closed_totals, closed_daily, assignments")
         .execute(pool)
         .await?;
     Ok(())

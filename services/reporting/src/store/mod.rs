@@ -6,6 +6,7 @@ pub mod maintenance;
 pub mod names;
 pub mod progress;
 pub mod reports;
+pub mod responses;
 
 /// The one error of reporting's store. Every read and write here is SQL over the read
 /// model, so what can fail is the database; converted to the API's error in one place.
