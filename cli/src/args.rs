@@ -375,6 +375,16 @@ pub enum Reports {
         #[arg(long = "fresh-as", value_name = "TOKEN", default_value = "")]
         fresh_as: String,
     },
+    /// How fast managers accept their deals: per manager and plan, assigned, accepted,
+    /// median and 90th percentile working time to accept, deadlines missed.
+    ResponseTimes {
+        #[arg(long = "plan")]
+        plans: Vec<String>,
+        #[arg(long = "manager")]
+        managers: Vec<String>,
+        #[arg(long = "fresh-as", value_name = "TOKEN", default_value = "")]
+        fresh_as: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -903,12 +903,19 @@ fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<pb::AudienceContact>> 
 
 async fn reports(ctx: &Ctx, command: Reports) -> anyhow::Result<()> {
     let mut client = ReportServiceClient::new(ctx.channel(&ctx.global.reporting).await?);
-    let Reports::LossReasons {
-        by,
-        details,
-        plans,
-        fresh_as,
-    } = command;
+    let (by, details, plans, fresh_as) = match command {
+        Reports::LossReasons {
+            by,
+            details,
+            plans,
+            fresh_as,
+        } => (by, details, plans, fresh_as),
+        Reports::ResponseTimes {
+            plans,
+            managers,
+            fresh_as,
+        } => return response_times(ctx, &mut client, plans, managers, fresh_as).await,
+    };
     let group_by = match by.as_str() {
         "plan" => pb::ReportGrouping::Plan,
         "manager" => pb::ReportGrouping::Manager,
@@ -939,6 +946,50 @@ async fn reports(ctx: &Ctx, command: Reports) -> anyhow::Result<()> {
                 "{}\n(as of consistency token {})",
                 table(&["", "won", "lost", "won %", "lost %", "reasons of loss"], &rows),
                 as_of.consistency_token
+            )
+        },
+    );
+    Ok(())
+}
+
+async fn response_times(
+    ctx: &Ctx,
+    client: &mut ReportServiceClient<tonic::transport::Channel>,
+    plan_ids: Vec<String>,
+    manager_ids: Vec<String>,
+    fresh_as: String,
+) -> anyhow::Result<()> {
+    let report = client
+        .response_times(ctx.request(pb::ResponseTimesRequest {
+            plan_ids,
+            manager_ids,
+            min_consistency_token: fresh_as,
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    let seconds = |s: Option<f64>| s.map(|s| format!("{s:.0}")).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = report
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.manager_id.clone(),
+                r.plan_name.clone(),
+                r.assigned.to_string(),
+                r.accepted.to_string(),
+                seconds(r.median_seconds),
+                seconds(r.p90_seconds),
+                r.deadlines_missed.to_string(),
+            ]
+        })
+        .collect();
+    ctx.print(
+        json!({"rows": report.rows.iter().map(|r| json!({"manager_id": r.manager_id, "plan_id": r.plan_id, "plan_name": r.plan_name, "assigned": r.assigned, "accepted": r.accepted, "median_seconds": r.median_seconds, "p90_seconds": r.p90_seconds, "deadlines_missed": r.deadlines_missed})).collect::<Vec<_>>()}),
+        || {
+            table(
+                &["manager", "plan", "assigned", "accepted", "median s", "p90 s", "missed"],
+                &rows,
             )
         },
     );

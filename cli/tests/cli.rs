@@ -222,6 +222,14 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
     assert!(accepted["accepted_at"].is_string(), "{accepted}");
     let history = ctl.ok(&boss, &["deals", "history", &deal_id]).await?;
     assert!(history.contains("accepted"), "{history}");
+    let times = eventually(Duration::from_secs(15), || async {
+        let times = ctl
+            .json(&admin, &["reports", "response-times", "--plan", &plan_id])
+            .await?;
+        Ok((times["rows"][0]["accepted"] == 1).then_some(times))
+    })
+    .await?;
+    assert_eq!(times["rows"][0]["manager_id"], "m1", "{times}");
 
     // Intake: one contact, then a CSV bulk add and its retry.
     let added = ctl
