@@ -135,6 +135,14 @@ pub enum Expiring {
     Dropped,
 }
 
+/// A deadline to start.
+struct Start {
+    deal: Uuid,
+    manager: String,
+    assigned_at: OffsetDateTime,
+    version: i64,
+}
+
 /// Starts, follows and ends the deadlines of the deals of `states` (applied in `tx`, with
 /// the deal events that say so). A start takes the plan's deadline and the manager's
 /// schedule at that moment.
@@ -147,21 +155,21 @@ pub(super) async fn apply_timers(
         .iter()
         .map(|s| (s.deal_id, (s.account_id.as_str(), s.plan_id)))
         .collect();
+    // Per (account, plan): the deals whose deadline starts.
+    let mut starts: BTreeMap<(&str, Uuid), Vec<Start>> = BTreeMap::new();
     let (mut follow, mut stop) = (Vec::new(), Vec::new());
-    let mut starts: BTreeMap<(&str, Uuid), Vec<(Uuid, String, OffsetDateTime, i64)>> =
-        BTreeMap::new();
     for (deal, step) in steps {
         match step {
             Step::Start {
                 manager,
                 assigned_at,
                 version,
-            } => starts.entry(account_of[&deal]).or_default().push((
+            } => starts.entry(account_of[&deal]).or_default().push(Start {
                 deal,
                 manager,
                 assigned_at,
                 version,
-            )),
+            }),
             Step::Follow { manager, version } => follow.push((deal, manager, version)),
             Step::Stop { version } => stop.push((deal, version)),
         }
@@ -177,14 +185,14 @@ pub(super) async fn apply_timers(
         let Some(response) = responses.get(&plan_id) else {
             continue;
         };
-        let managers: Vec<String> = deals.iter().map(|d| d.1.clone()).collect();
+        let managers: Vec<String> = deals.iter().map(|d| d.manager.clone()).collect();
         let (known, _) = super::managers::availability(tx, account_id, &managers).await?;
         let default = Schedule::default();
         let dues: Vec<OffsetDateTime> = deals
             .iter()
-            .map(|(_, m, at, _)| {
-                let schedule = known.get(m).map_or(&default, |a| &a.schedule);
-                deadline::due(schedule, *at, response.seconds)
+            .map(|d| {
+                let schedule = known.get(&d.manager).map_or(&default, |a| &a.schedule);
+                deadline::due(schedule, d.assigned_at, response.seconds)
             })
             .collect();
         sqlx::query(
@@ -199,12 +207,12 @@ pub(super) async fn apply_timers(
                 decided_record = NULL
              WHERE response_timers.version < excluded.version",
         )
-        .bind(deals.iter().map(|d| d.0).collect::<Vec<_>>())
+        .bind(deals.iter().map(|d| d.deal).collect::<Vec<_>>())
         .bind(account_id)
         .bind(plan_id)
         .bind(&managers)
-        .bind(deals.iter().map(|d| d.3).collect::<Vec<_>>())
-        .bind(deals.iter().map(|d| d.2).collect::<Vec<_>>())
+        .bind(deals.iter().map(|d| d.version).collect::<Vec<_>>())
+        .bind(deals.iter().map(|d| d.assigned_at).collect::<Vec<_>>())
         .bind(dues)
         .execute(&mut **tx)
         .await?;
