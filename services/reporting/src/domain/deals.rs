@@ -87,6 +87,44 @@ impl Contribution {
 /// Changes of the kept totals: deals per place they count.
 pub type Deltas = BTreeMap<Contribution, i64>;
 
+/// One assignment of a deal to a manager, as the events of a batch tell it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment<'a> {
+    pub deal_id: Uuid,
+    pub assigned_at: OffsetDateTime,
+    pub account_id: &'a str,
+    pub plan_id: Uuid,
+    pub manager_id: &'a str,
+    pub accepted_at: Option<OffsetDateTime>,
+    pub accept_seconds: Option<i64>,
+}
+
+/// The assignments `rows` show, each once (a statement may not touch a row twice, and
+/// every event after an assignment repeats it), with its acceptance from whichever of
+/// its events has one.
+pub fn assignments(rows: &[DealRow]) -> Vec<Assignment<'_>> {
+    let mut by_key: BTreeMap<(Uuid, OffsetDateTime), Assignment<'_>> = BTreeMap::new();
+    for row in rows {
+        let (Some(manager_id), Some(assigned_at)) = (&row.manager_id, row.assigned_at) else {
+            continue;
+        };
+        let slot = by_key
+            .entry((row.deal_id, assigned_at))
+            .or_insert(Assignment {
+                deal_id: row.deal_id,
+                assigned_at,
+                account_id: &row.account_id,
+                plan_id: row.plan_id,
+                manager_id,
+                accepted_at: None,
+                accept_seconds: None,
+            });
+        slot.accepted_at = slot.accepted_at.or(row.accepted_at);
+        slot.accept_seconds = slot.accept_seconds.or(row.accept_seconds);
+    }
+    by_key.into_values().collect()
+}
+
 /// The newest state of each deal in `rows` (a statement may not touch a row twice).
 pub fn newest(rows: &[DealRow]) -> Vec<&DealRow> {
     let mut newest: BTreeMap<Uuid, &DealRow> = BTreeMap::new();
@@ -154,6 +192,48 @@ mod tests {
             Some(Uuid::from_u128(9)),
             Some(at(hours)),
         )
+    }
+
+    fn event(version: i64, manager: &str, assigned: i64, accepted: Option<i64>) -> DealRow {
+        DealRow {
+            deal_id: Uuid::from_u128(7),
+            account_id: "acme".into(),
+            plan_id: Uuid::from_u128(1),
+            stage_id: Uuid::from_u128(2),
+            manager_id: Some(manager.into()),
+            status: "open",
+            amount_minor: 0,
+            currency: "USD".into(),
+            loss_reason_id: None,
+            stage_before_close_id: None,
+            closed_at: None,
+            version,
+            updated_at: at(version),
+            intake_id: None,
+            waiting: false,
+            assigned_at: Some(at(assigned)),
+            accepted_at: accepted.map(at),
+            accept_seconds: accepted.map(|h| (h - assigned) * 3_600),
+            missed_by: None,
+        }
+    }
+
+    #[test]
+    fn every_event_of_an_assignment_is_one_assignment_with_its_acceptance() {
+        // Created with m1, accepted, moved; then given to m2: two assignments, whatever
+        // order the batch holds them in.
+        let rows = [
+            event(3, "m1", 1, Some(2)),
+            event(1, "m1", 1, None),
+            event(4, "m2", 4, None),
+            event(2, "m1", 1, Some(2)),
+        ];
+        let found = assignments(&rows);
+        let seen: Vec<(&str, OffsetDateTime, Option<i64>)> = found
+            .iter()
+            .map(|a| (a.manager_id, a.assigned_at, a.accept_seconds))
+            .collect();
+        assert_eq!(seen, [("m1", at(1), Some(3_600)), ("m2", at(4), None)]);
     }
 
     #[test]

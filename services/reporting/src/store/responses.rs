@@ -4,21 +4,20 @@
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::domain::{deals::DealRow, period::Period};
+use crate::domain::{
+    deals::{self, DealRow},
+    period::Period,
+};
 
-/// Records the assignments `rows` show (every row, in version order: a deal given to one
-/// manager and taken to another within one batch is two assignments), their acceptance,
+/// Records the assignments `rows` show (every row, not only a deal's newest: a deal given
+/// to one manager and taken to another within one batch is two assignments), their acceptance,
 /// and the deadlines missed. Idempotent: a row is keyed by the deal and when it got its
 /// manager, acceptance only ever set once, a miss only ever marked.
 pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[DealRow],
 ) -> Result<(), sqlx::Error> {
-    let mut assigned: Vec<&DealRow> = rows
-        .iter()
-        .filter(|r| r.manager_id.is_some() && r.assigned_at.is_some())
-        .collect();
-    assigned.sort_by_key(|r| (r.deal_id, r.version));
+    let assigned = deals::assignments(rows);
     if !assigned.is_empty() {
         sqlx::query(
             "INSERT INTO assignments (deal_id, assigned_at, account_id, plan_id, manager_id,
@@ -30,26 +29,16 @@ pub async fn apply(
                 accept_seconds = COALESCE(assignments.accept_seconds, excluded.accept_seconds)
              WHERE assignments.account_id = excluded.account_id",
         )
-        .bind(assigned.iter().map(|r| r.deal_id).collect::<Vec<_>>())
-        .bind(assigned.iter().map(|r| r.assigned_at).collect::<Vec<_>>())
+        .bind(assigned.iter().map(|a| a.deal_id).collect::<Vec<_>>())
+        .bind(assigned.iter().map(|a| a.assigned_at).collect::<Vec<_>>())
+        .bind(assigned.iter().map(|a| a.account_id).collect::<Vec<_>>())
+        .bind(assigned.iter().map(|a| a.plan_id).collect::<Vec<_>>())
+        .bind(assigned.iter().map(|a| a.manager_id).collect::<Vec<_>>())
+        .bind(assigned.iter().map(|a| a.accepted_at).collect::<Vec<_>>())
         .bind(
             assigned
                 .iter()
-                .map(|r| r.account_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(assigned.iter().map(|r| r.plan_id).collect::<Vec<_>>())
-        .bind(
-            assigned
-                .iter()
-                .map(|r| r.manager_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(assigned.iter().map(|r| r.accepted_at).collect::<Vec<_>>())
-        .bind(
-            assigned
-                .iter()
-                .map(|r| r.accept_seconds)
+                .map(|a| a.accept_seconds)
                 .collect::<Vec<_>>(),
         )
         .execute(&mut **tx)
