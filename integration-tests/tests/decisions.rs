@@ -246,6 +246,7 @@ fn deal_state(
         accepted: false,
         assigned_by_distributor: false,
         updated_at: at,
+        assigned_at: manager.map(|_| at),
     }
 }
 

@@ -1156,6 +1156,23 @@ async fn a_killed_distributor_loses_and_doubles_no_response_deadline() -> anyhow
             .fetch_all(&pool)
             .await?;
     assert_eq!(chains, vec![2; DEALS]);
+    // And each deal's explanation is its escalation, naming both missed deadlines.
+    let explanations: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT explanation FROM distributor.assignments WHERE account_id = 'acme'",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(explanations.len(), DEALS);
+    for bytes in explanations {
+        use prost::Message as _;
+        let explained = salesplan_proto::v1::Assignment::decode(bytes.as_slice())?;
+        assert_eq!(
+            (explained.missed_deadlines.len(), explained.manager_id),
+            (2, None),
+            "{}",
+            explained.reason
+        );
+    }
     for service in &mut services {
         service.kill().await?;
     }

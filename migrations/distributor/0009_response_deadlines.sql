@@ -9,6 +9,7 @@ ALTER TABLE plans ADD COLUMN response_seconds integer NOT NULL DEFAULT 0,
 -- takes it after that, if this one died with it in hand) and reassigns the deal with
 -- AssignDeal at `version`, so a deal is reassigned once per deadline whoever makes it.
 -- The decision is kept with the version it was made for: a retry makes the same one.
+-- Every write of a holder names its lease (`leased_by`).
 CREATE TABLE response_timers (
     deal_id          uuid PRIMARY KEY,
     account_id       text        NOT NULL,
@@ -19,10 +20,14 @@ CREATE TABLE response_timers (
     due_at           timestamptz NOT NULL,
     next_attempt     timestamptz NOT NULL,
     attempts         integer     NOT NULL DEFAULT 0,
+    -- Who holds it (a lease's token): a holder that outlived its lease writes nothing.
+    leased_by        uuid,
     decided_version  bigint,
     decided_manager  text,
     decided_note     text,
-    decided_record   bytea
+    decided_record   bytea,
+    -- The key of the deal's decision in `assignments` (its lead's, or the deal's id).
+    decided_key      uuid
 );
 CREATE INDEX response_timers_due ON response_timers (next_attempt);
 -- The deadlines each deal missed, oldest first: the chain a reassignment explains, and the

@@ -97,10 +97,18 @@ pub fn distribution_from(d: Option<pb::Distribution>) -> Result<Distribution, Ap
             })
         }
         Ok(Mode::Manual) if d.response_deadline_seconds != 0 || d.max_reassignments != 0 => {
-            Err(ApiError::invalid(
-                "distribution.response_deadline_seconds",
-                "a response deadline needs AUTO distribution (nobody reassigns by hand)",
-            ))
+            let mut checks = Checks::new();
+            let why = "a response deadline needs AUTO distribution (nobody reassigns by hand)";
+            if d.response_deadline_seconds != 0 {
+                checks.note(ApiError::invalid(
+                    "distribution.response_deadline_seconds",
+                    why,
+                ));
+            }
+            if d.max_reassignments != 0 {
+                checks.note(ApiError::invalid("distribution.max_reassignments", why));
+            }
+            checks.finish().map(|()| Distribution::Manual)
         }
         Ok(Mode::Manual) => Ok(Distribution::Manual),
         _ => Err(ApiError::invalid(

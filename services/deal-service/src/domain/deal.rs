@@ -512,6 +512,12 @@ impl Deal {
         if self.manager_id.as_deref() != Some(by) {
             return Err(DomainError::NotTheManager);
         }
+        if self.is_closed() {
+            return Err(DomainError::Precondition(
+                Reason::DealClosed,
+                format!("deal {} is closed: nothing to accept", self.id),
+            ));
+        }
         let mut deal = self.next(now);
         deal.accepted_at = Some(now);
         Ok((deal, Change::Accepted))

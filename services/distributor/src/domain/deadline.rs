@@ -22,7 +22,9 @@ pub struct Response {
     pub max_reassignments: u32,
 }
 
-/// What a deal's newest events do to its deadline.
+/// What a deal's newest events do to its deadline. A deadline belongs to one assignment:
+/// the deal's manager and when they got it (`assigned_at`, which every later event of the
+/// deal repeats until the next assignment).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// The distributor assigned the deal to `manager` at `assigned_at`: a deadline starts
@@ -32,53 +34,57 @@ pub enum Step {
         assigned_at: OffsetDateTime,
         version: i64,
     },
-    /// Someone else changed the deal, still with `manager` and not accepted: a deadline
-    /// for that manager runs on at the new version; one for another manager ends (a person
-    /// gave the deal to someone).
-    Follow { manager: String, version: i64 },
+    /// Someone else changed the deal, still not accepted: a deadline of this assignment
+    /// runs on at the new version; one of another assignment ends (a person gave the deal
+    /// to someone, even back to the same manager: their choice, with no deadline).
+    Follow {
+        manager: String,
+        assigned_at: OffsetDateTime,
+        version: i64,
+    },
     /// Accepted, closed or unassigned: no deadline.
     Stop { version: i64 },
 }
 
-/// Whether the distributor itself made this change of the deal to its manager.
-fn starts(state: &DealState) -> bool {
-    state.assigned_by_distributor && state.manager_id.is_some()
-}
-
 /// The step of each deal of `states` (any order, a deal's several events among them).
 /// Only the newest state of a deal decides; an assignment by the distributor earlier in
-/// the same batch, to the same manager, still starts the deadline (at the newest version).
-pub fn steps(states: &[DealState]) -> BTreeMap<Uuid, Step> {
+/// the same batch, still the deal's assignment, starts the deadline (at the newest
+/// version).
+pub fn steps<'a>(states: impl IntoIterator<Item = &'a DealState>) -> BTreeMap<Uuid, Step> {
     let mut by_deal: HashMap<Uuid, Vec<&DealState>> = HashMap::new();
     for state in states {
         by_deal.entry(state.deal_id).or_default().push(state);
     }
     by_deal
         .into_iter()
-        .map(|(deal, mut states)| {
-            states.sort_by_key(|s| s.version);
-            let newest = states[states.len() - 1];
-            let step = match &newest.manager_id {
-                Some(manager) if newest.open && !newest.accepted => {
-                    // The last of the deal's changes that ended a deadline or started one.
-                    let start = states.iter().rev().find(|s| {
-                        starts(s) || !s.open || s.accepted || s.manager_id != newest.manager_id
-                    });
-                    match start {
-                        Some(s) if starts(s) && s.manager_id == newest.manager_id => Step::Start {
-                            manager: manager.clone(),
-                            assigned_at: s.updated_at,
-                            version: newest.version,
-                        },
-                        _ => Step::Follow {
-                            manager: manager.clone(),
-                            version: newest.version,
-                        },
+        .map(|(deal, states)| {
+            let newest = states
+                .iter()
+                .copied()
+                .max_by_key(|s| s.version)
+                .expect("a deal has a state");
+            let version = newest.version;
+            let step = match (&newest.manager_id, newest.assigned_at) {
+                (Some(manager), Some(assigned_at)) if newest.open && !newest.accepted => {
+                    let started = states
+                        .iter()
+                        .any(|s| s.assigned_by_distributor && s.assigned_at == Some(assigned_at));
+                    let manager = manager.clone();
+                    if started {
+                        Step::Start {
+                            manager,
+                            assigned_at,
+                            version,
+                        }
+                    } else {
+                        Step::Follow {
+                            manager,
+                            assigned_at,
+                            version,
+                        }
                     }
                 }
-                _ => Step::Stop {
-                    version: newest.version,
-                },
+                _ => Step::Stop { version },
             };
             (deal, step)
         })
@@ -225,7 +231,19 @@ mod tests {
             accepted: false,
             assigned_by_distributor: false,
             updated_at: OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(version),
+            // Assigned at the version's second (a new assignment per call here; see
+            // `same_assignment`).
+            assigned_at: manager
+                .map(|_| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(version)),
         }
+    }
+
+    /// `state` still in the assignment made at version `since`.
+    fn same_assignment(mut state: DealState, since: i64) -> DealState {
+        state.assigned_at = state
+            .assigned_at
+            .map(|_| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(since));
+        state
     }
 
     fn by_distributor(version: i64, manager: &str) -> DealState {
@@ -250,32 +268,35 @@ mod tests {
         assert_eq!(step_of(&[by_distributor(1, "m1")]), start(1, 1));
         // Someone else's change runs on; in the same batch as the assignment, it starts
         // from the assignment, at the newest version.
+        let edited = same_assignment(state(3, Some("m1")), 2);
         assert_eq!(
-            step_of(&[state(3, Some("m1"))]),
+            step_of(&[edited.clone()]),
             Step::Follow {
                 manager: "m1".into(),
+                assigned_at: at(2),
                 version: 3
             }
         );
-        assert_eq!(
-            step_of(&[state(3, Some("m1")), by_distributor(2, "m1")]),
-            start(3, 2)
-        );
-        // A person gave it to m2 after the distributor gave it to m1: no start for m2.
-        assert_eq!(
-            step_of(&[by_distributor(2, "m1"), state(3, Some("m2"))]),
-            Step::Follow {
-                manager: "m2".into(),
-                version: 3
-            }
-        );
+        assert_eq!(step_of(&[edited, by_distributor(2, "m1")]), start(3, 2));
+        // A person gave it to m2, or took it and gave it back to m1: a new assignment,
+        // theirs, which follows no deadline (the store ends the one of the old).
+        for (manager, back) in [("m2", 3), ("m1", 4)] {
+            assert_eq!(
+                step_of(&[by_distributor(2, "m1"), state(back, Some(manager))]),
+                Step::Follow {
+                    manager: manager.into(),
+                    assigned_at: at(back),
+                    version: back
+                }
+            );
+        }
         let accepted = DealState {
             accepted: true,
-            ..state(4, Some("m1"))
+            ..same_assignment(state(4, Some("m1")), 2)
         };
         let closed = DealState {
             open: false,
-            ..state(4, Some("m1"))
+            ..same_assignment(state(4, Some("m1")), 2)
         };
         for ended in [accepted, closed, state(4, None)] {
             assert_eq!(

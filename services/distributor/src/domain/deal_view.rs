@@ -32,6 +32,8 @@ pub struct DealState {
     pub assigned_by_distributor: bool,
     /// When the change was made.
     pub updated_at: OffsetDateTime,
+    /// When the deal's manager got it (the assignment a response deadline belongs to).
+    pub assigned_at: Option<OffsetDateTime>,
 }
 
 impl DealState {
@@ -200,6 +202,7 @@ mod tests {
             accepted: false,
             assigned_by_distributor: false,
             updated_at: OffsetDateTime::UNIX_EPOCH,
+            assigned_at: None,
         }
     }
 

@@ -91,20 +91,14 @@ impl Deadlines {
     /// Decides (or takes the kept decision of) one timer that ran out, makes it, and
     /// records how it ended.
     async fn expire(&self, timer: &Timer) -> Result<(), StoreError> {
-        let (reassignment, decision_key) = match self.store.open_expiry(timer).await? {
-            Expiring::Dropped => return Ok(()),
-            Expiring::Decided(kept) => {
-                let key = pb::Assignment::decode(kept.record.as_slice())
-                    .ok()
-                    .and_then(|a| a.intake_id.parse().ok())
-                    .unwrap_or(timer.deal_id);
-                (kept, key)
-            }
+        let reassignment = match self.store.open_expiry(timer).await? {
+            Expiring::Dropped | Expiring::Lost => return Ok(()),
+            Expiring::Decided(kept) => kept,
             Expiring::Open(opened, known) => {
                 let mut cursor = known.cursor.clone();
                 let reassignment = decide(timer, &known, &mut cursor);
                 opened.save(timer, &reassignment, &cursor).await?;
-                (reassignment, known.decision_key)
+                reassignment
             }
         };
         match self.upstream.reassign(timer, &reassignment).await {
@@ -117,9 +111,7 @@ impl Deadlines {
                 self.reassigned
                     .add(1, &[opentelemetry::KeyValue::new("outcome", outcome)]);
                 tracing::info!(deal_id = %timer.deal_id, note = %reassignment.note, "response deadline missed");
-                self.store
-                    .expiry_made(timer, &reassignment, decision_key)
-                    .await
+                self.store.expiry_made(timer, &reassignment).await
             }
             OrderAnswer::Refused(reason) => {
                 tracing::info!(deal_id = %timer.deal_id, %reason, "reassignment refused");
@@ -176,5 +168,6 @@ fn decide(timer: &Timer, known: &ExpiryKnown, cursor: &mut Cursor) -> Reassignme
         manager: expiry.manager,
         note: expiry.note,
         record: record.encode_to_vec(),
+        key: known.decision_key,
     }
 }

@@ -114,5 +114,9 @@ fn decode(delivery: &Delivery, keys: &ContactKeys) -> Result<DealState, String> 
             .as_ref()
             .and_then(salesplan_proto::time::time_of)
             .ok_or("deal event without a valid updated_at")?,
+        assigned_at: deal
+            .assigned_at
+            .as_ref()
+            .and_then(salesplan_proto::time::time_of),
     })
 }

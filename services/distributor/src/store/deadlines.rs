@@ -16,9 +16,9 @@ use crate::domain::{
     distribution::{Away, Cursor, PlanSettings},
 };
 
-/// Timers of one account in one leased batch: an account with a thousand deadlines
+/// Timers of one account in one leased batch (of 8): an account with a thousand deadlines
 /// running out at once does not hold back another's one.
-const PER_ACCOUNT: i64 = 10;
+const PER_ACCOUNT: i64 = 2;
 
 /// A running deadline, as leased.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,8 @@ pub struct Timer {
     pub due_at: OffsetDateTime,
     /// Attempts before this one.
     pub attempts: i32,
+    /// This holder's lease: its writes name it.
+    pub lease: Uuid,
 }
 
 impl Timer {
@@ -53,6 +55,8 @@ pub struct Reassignment {
     pub manager: Option<String>,
     pub note: String,
     pub record: Vec<u8>,
+    /// The key of the deal's decision in `assignments` (its lead's, or the deal's id).
+    pub key: Uuid,
 }
 
 /// What deciding a timer that ran out needs, loaded under its plan's row lock.
@@ -89,14 +93,16 @@ impl OpenExpiry {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE response_timers SET decided_version = version, decided_manager = $3,
-                decided_note = $4, decided_record = $5
-             WHERE deal_id = $1 AND version = $2",
+                decided_note = $4, decided_record = $5, decided_key = $7
+             WHERE deal_id = $1 AND version = $2 AND leased_by = $6",
         )
         .bind(timer.deal_id)
         .bind(timer.version)
         .bind(&decided.manager)
         .bind(&decided.note)
         .bind(&decided.record)
+        .bind(timer.lease)
+        .bind(decided.key)
         .execute(&mut *self.tx)
         .await?;
         insert_miss(&mut self.tx, timer).await?;
@@ -133,6 +139,9 @@ pub enum Expiring {
     /// The plan has no deadline any more (or is gone, archived, or distributes by hand):
     /// the timer was dropped.
     Dropped,
+    /// No longer this holder's: its lease ran out and another took it, or the deal moved
+    /// on (its event moved or ended the timer).
+    Lost,
 }
 
 /// A deadline to start.
@@ -144,37 +153,46 @@ struct Start {
 }
 
 /// Starts, follows and ends the deadlines of the deals of `states` (applied in `tx`, with
-/// the deal events that say so). A start takes the plan's deadline and the manager's
-/// schedule at that moment.
+/// the deal events that say so; only states newer than what was applied of their deal,
+/// so a redelivered or late event brings no ended deadline back). A start takes the
+/// plan's deadline and the manager's schedule at that moment.
 pub(super) async fn apply_timers(
     tx: &mut Transaction<'_, Postgres>,
-    states: &[DealState],
+    states: &[&DealState],
 ) -> Result<(), StoreError> {
-    let steps = deadline::steps(states);
+    let steps = deadline::steps(states.iter().copied());
     let account_of: HashMap<Uuid, (&str, Uuid)> = states
         .iter()
         .map(|s| (s.deal_id, (s.account_id.as_str(), s.plan_id)))
         .collect();
     // Per (account, plan): the deals whose deadline starts.
     let mut starts: BTreeMap<(&str, Uuid), Vec<Start>> = BTreeMap::new();
-    let (mut follow, mut stop) = (Vec::new(), Vec::new());
+    let mut others = Others::default();
     for (deal, step) in steps {
+        let (account_id, plan_id) = account_of[&deal];
         match step {
             Step::Start {
                 manager,
                 assigned_at,
                 version,
-            } => starts.entry(account_of[&deal]).or_default().push(Start {
-                deal,
+            } => starts
+                .entry((account_id, plan_id))
+                .or_default()
+                .push(Start {
+                    deal,
+                    manager,
+                    assigned_at,
+                    version,
+                }),
+            Step::Follow {
                 manager,
                 assigned_at,
                 version,
-            }),
-            Step::Follow { manager, version } => follow.push((deal, manager, version)),
-            Step::Stop { version } => stop.push((deal, version)),
+            } => others.push(deal, account_id, Some((manager, assigned_at)), version),
+            Step::Stop { version } => others.push(deal, account_id, None, version),
         }
     }
-    end_or_follow(tx, &follow, &stop).await?;
+    others.apply(tx).await?;
     if starts.is_empty() {
         return Ok(());
     }
@@ -195,6 +213,28 @@ pub(super) async fn apply_timers(
                 deadline::due(schedule, d.assigned_at, response.seconds)
             })
             .collect();
+        // A reassignment made whose holder died before recording it (the next manager's
+        // deadline starts here): its decision becomes the deal's explanation now.
+        sqlx::query(
+            "INSERT INTO assignments (intake_id, account_id, plan_id, manager_id, reason,
+                explanation, deal_id)
+             SELECT t.decided_key, t.account_id, t.plan_id, t.decided_manager, t.decided_note,
+                t.decided_record, t.deal_id
+             FROM response_timers t JOIN UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS x(d, m, v)
+                ON t.deal_id = x.d
+             WHERE t.account_id = $4 AND t.decided_version = t.version
+                AND t.decided_manager = x.m AND t.version < x.v
+             ON CONFLICT (account_id, intake_id) DO UPDATE SET
+                manager_id = excluded.manager_id, reason = excluded.reason,
+                explanation = excluded.explanation, deal_id = excluded.deal_id,
+                decided_at = now()",
+        )
+        .bind(deals.iter().map(|d| d.deal).collect::<Vec<_>>())
+        .bind(&managers)
+        .bind(deals.iter().map(|d| d.version).collect::<Vec<_>>())
+        .bind(account_id)
+        .execute(&mut **tx)
+        .await?;
         sqlx::query(
             "INSERT INTO response_timers (deal_id, account_id, plan_id, manager_id, version,
                 assigned_at, due_at, next_attempt)
@@ -203,9 +243,10 @@ pub(super) async fn apply_timers(
              ON CONFLICT (deal_id) DO UPDATE SET manager_id = excluded.manager_id,
                 version = excluded.version, assigned_at = excluded.assigned_at,
                 due_at = excluded.due_at, next_attempt = excluded.next_attempt, attempts = 0,
-                decided_version = NULL, decided_manager = NULL, decided_note = NULL,
-                decided_record = NULL
-             WHERE response_timers.version < excluded.version",
+                leased_by = NULL, decided_version = NULL, decided_manager = NULL,
+                decided_note = NULL, decided_record = NULL
+             WHERE response_timers.version < excluded.version
+                AND response_timers.account_id = excluded.account_id",
         )
         .bind(deals.iter().map(|d| d.deal).collect::<Vec<_>>())
         .bind(account_id)
@@ -220,47 +261,72 @@ pub(super) async fn apply_timers(
     Ok(())
 }
 
-/// Ends the timers of `stop` (accepted, closed, unassigned) and of `follow` deals now with
-/// another manager than their timer's (a person reassigned them); the others of `follow`
-/// run on at the deal's new version. Older states than a timer's change nothing.
-async fn end_or_follow(
-    tx: &mut Transaction<'_, Postgres>,
-    follow: &[(Uuid, String, i64)],
-    stop: &[(Uuid, i64)],
-) -> Result<(), StoreError> {
-    if !stop.is_empty() || !follow.is_empty() {
-        let (deals, managers, versions): (Vec<Uuid>, Vec<Option<String>>, Vec<i64>) = stop
-            .iter()
-            .map(|(d, v)| (*d, None, *v))
-            .chain(follow.iter().map(|(d, m, v)| (*d, Some(m.clone()), *v)))
-            .fold((vec![], vec![], vec![]), |mut acc, (d, m, v)| {
-                acc.0.push(d);
-                acc.1.push(m);
-                acc.2.push(v);
-                acc
-            });
-        sqlx::query(
-            "DELETE FROM response_timers t USING UNNEST($1::uuid[], $2::text[], $3::bigint[])
-                AS x(d, m, v)
-             WHERE t.deal_id = x.d AND t.version < x.v AND t.manager_id IS DISTINCT FROM x.m",
-        )
-        .bind(&deals)
-        .bind(&managers)
-        .bind(&versions)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "UPDATE response_timers t SET version = x.v, decided_version = NULL
-             FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS x(d, m, v)
-             WHERE t.deal_id = x.d AND t.version < x.v AND t.manager_id = x.m",
-        )
-        .bind(&deals)
-        .bind(&managers)
-        .bind(&versions)
-        .execute(&mut **tx)
-        .await?;
+/// Deals whose deadline follows their change or ends, as columns.
+#[derive(Default)]
+struct Others {
+    deals: Vec<Uuid>,
+    accounts: Vec<String>,
+    /// The assignment a follower is still in; none for an end.
+    managers: Vec<Option<String>>,
+    assigned: Vec<Option<OffsetDateTime>>,
+    versions: Vec<i64>,
+}
+
+impl Others {
+    fn push(
+        &mut self,
+        deal: Uuid,
+        account_id: &str,
+        assignment: Option<(String, OffsetDateTime)>,
+        version: i64,
+    ) {
+        let (manager, assigned_at) = assignment.unzip();
+        self.deals.push(deal);
+        self.accounts.push(account_id.to_owned());
+        self.managers.push(manager);
+        self.assigned.push(assigned_at);
+        self.versions.push(version);
     }
-    Ok(())
+
+    /// Ends the timers of other assignments than the deal's (or of a deal accepted,
+    /// closed or unassigned); the timer of the deal's assignment runs on at the deal's new
+    /// version, taken up again at once if it was in hand (whoever held it works on the old
+    /// version, which deal-service refuses). States older than a timer change nothing.
+    async fn apply(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        if self.deals.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "DELETE FROM response_timers t
+             USING UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])
+                AS x(d, acct, m, a, v)
+             WHERE t.deal_id = x.d AND t.account_id = x.acct AND t.version < x.v
+                AND (t.manager_id, t.assigned_at) IS DISTINCT FROM (x.m, x.a)",
+        )
+        .bind(&self.deals)
+        .bind(&self.accounts)
+        .bind(&self.managers)
+        .bind(&self.assigned)
+        .bind(&self.versions)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE response_timers t SET version = x.v, decided_version = NULL, leased_by = NULL,
+                next_attempt = LEAST(t.next_attempt, GREATEST(t.due_at, now()))
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])
+                AS x(d, acct, m, a, v)
+             WHERE t.deal_id = x.d AND t.account_id = x.acct AND t.version < x.v
+                AND t.manager_id = x.m AND t.assigned_at = x.a",
+        )
+        .bind(&self.deals)
+        .bind(&self.accounts)
+        .bind(&self.managers)
+        .bind(&self.assigned)
+        .bind(&self.versions)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
 }
 
 /// The response deadlines of those of `plans` (account, plan) that have one.
@@ -301,7 +367,8 @@ impl Store {
         lease: time::Duration,
     ) -> Result<Vec<Timer>, StoreError> {
         let rows = sqlx::query(
-            "UPDATE response_timers t SET next_attempt = now() + $2, attempts = t.attempts + 1
+            "UPDATE response_timers t SET next_attempt = now() + $2, attempts = t.attempts + 1,
+                leased_by = $4
              FROM (SELECT deal_id FROM response_timers WHERE deal_id IN (
                        SELECT deal_id FROM (
                            SELECT deal_id, next_attempt, row_number() OVER (
@@ -312,11 +379,12 @@ impl Store {
                    FOR UPDATE SKIP LOCKED) due
              WHERE t.deal_id = due.deal_id
              RETURNING t.deal_id, t.account_id, t.plan_id, t.manager_id, t.version,
-                t.assigned_at, t.due_at, t.attempts - 1 AS attempts",
+                t.assigned_at, t.due_at, t.attempts - 1 AS attempts, t.leased_by",
         )
         .bind(limit)
         .bind(lease)
         .bind(PER_ACCOUNT)
+        .bind(Uuid::new_v4())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -330,6 +398,7 @@ impl Store {
                     assigned_at: r.try_get("assigned_at")?,
                     due_at: r.try_get("due_at")?,
                     attempts: r.try_get("attempts")?,
+                    lease: r.try_get("leased_by")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -341,19 +410,27 @@ impl Store {
     pub async fn open_expiry(&self, timer: &Timer) -> Result<Expiring, StoreError> {
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
-        let kept = sqlx::query(
-            "SELECT decided_manager, decided_note, decided_record FROM response_timers
-             WHERE deal_id = $1 AND version = $2 AND decided_version = version",
+        // Still this holder's, and locked as such until the decision is saved.
+        let held = sqlx::query(
+            "SELECT decided_version = version AS kept, decided_manager, decided_note,
+                decided_record, decided_key
+             FROM response_timers WHERE deal_id = $1 AND version = $2 AND leased_by = $3
+             FOR UPDATE",
         )
         .bind(timer.deal_id)
         .bind(timer.version)
+        .bind(timer.lease)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(row) = kept {
+        let Some(held) = held else {
+            return Ok(Expiring::Lost);
+        };
+        if held.try_get::<Option<bool>, _>("kept")? == Some(true) {
             return Ok(Expiring::Decided(Reassignment {
-                manager: row.try_get("decided_manager")?,
-                note: row.try_get("decided_note")?,
-                record: row.try_get("decided_record")?,
+                manager: held.try_get("decided_manager")?,
+                note: held.try_get("decided_note")?,
+                record: held.try_get("decided_record")?,
+                key: held.try_get("decided_key")?,
             }));
         }
         let plan = lock_plan(&mut tx, &timer.account_id, timer.plan_id).await?;
@@ -421,12 +498,7 @@ impl Store {
     /// The reassignment was made (or had been): the missed deadline is in the deal's
     /// chain (saved with the decision; again here for a decision kept from before), the decision becomes the deal's explanation, and the timer ends (unless the
     /// next manager's has started already: it is of a newer version).
-    pub async fn expiry_made(
-        &self,
-        timer: &Timer,
-        made: &Reassignment,
-        decision_key: Uuid,
-    ) -> Result<(), StoreError> {
+    pub async fn expiry_made(&self, timer: &Timer, made: &Reassignment) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         insert_miss(&mut tx, timer).await?;
         sqlx::query(
@@ -437,7 +509,7 @@ impl Store {
                 reason = excluded.reason, explanation = excluded.explanation,
                 deal_id = excluded.deal_id, decided_at = now()",
         )
-        .bind(decision_key)
+        .bind(made.key)
         .bind(&timer.account_id)
         .bind(timer.plan_id)
         .bind(&made.manager)
@@ -464,15 +536,21 @@ impl Store {
         after: time::Duration,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let held = sqlx::query(
             "UPDATE response_timers SET decided_version = NULL, next_attempt = now() + $3
-             WHERE deal_id = $1 AND version = $2",
+             WHERE deal_id = $1 AND version = $2 AND leased_by = $4",
         )
         .bind(timer.deal_id)
         .bind(timer.version)
         .bind(after)
+        .bind(timer.lease)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if held == 0 {
+            // Another holder's now, or moved on: the chain is theirs to keep.
+            return Ok(());
+        }
         // Not missed after all, or not yet: a new decision records it again.
         sqlx::query("DELETE FROM response_misses WHERE deal_id = $1 AND assigned_at = $2")
             .bind(timer.deal_id)
@@ -492,11 +570,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE response_timers SET next_attempt = now() + $3
-             WHERE deal_id = $1 AND version = $2",
+             WHERE deal_id = $1 AND version = $2 AND leased_by = $4",
         )
         .bind(timer.deal_id)
         .bind(timer.version)
         .bind(backoff)
+        .bind(timer.lease)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -453,7 +453,16 @@ impl Store {
         let mut changes = deal_view::changes(&newest, &known);
         changes.forgotten = deal_view::forgotten(states, &known);
         save_deal_changes(&mut tx, &changes).await?;
-        deadlines::apply_timers(&mut tx, states).await?;
+        let fresh: Vec<&DealState> = states
+            .iter()
+            .filter(|s| {
+                known
+                    .seen
+                    .get(&s.deal_id)
+                    .is_none_or(|seen| s.version > seen.version)
+            })
+            .collect();
+        deadlines::apply_timers(&mut tx, &fresh).await?;
         tx.commit().await?;
         Ok(())
     }
