@@ -398,3 +398,91 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
     );
     Ok(())
 }
+
+/// Response deadlines (issue 20) from deal events, against real PostgreSQL: the
+/// distributor's assignment starts one; someone else's change keeps it at the deal's new
+/// version; acceptance ends it, and the assignment's event delivered again afterwards
+/// does not bring it back; a person's new assignment (even to the same manager) ends it.
+#[tokio::test]
+async fn a_deadline_follows_its_assignment_and_a_late_event_brings_none_back() -> anyhow::Result<()>
+{
+    use distributor::domain::{deadline::Response, deal_view::DealState};
+    let (db, store, plan_id) = store_with_round_robin_plan().await?;
+    store
+        .apply_plan(&PlanCopy {
+            plan_id,
+            account_id: ACCOUNT.into(),
+            version: 2,
+            settings: PlanSettings {
+                mode: Mode::Auto {
+                    prefer_related: false,
+                    strategy: Strategy::RoundRobin,
+                },
+                managers: vec!["m1".into(), "m2".into()],
+                weights: Vec::new(),
+                caps: Vec::new(),
+                keep_related: false,
+                response: Some(Response {
+                    seconds: 3_600,
+                    max_reassignments: 1,
+                }),
+                archived: false,
+            },
+        })
+        .await?;
+    let pool = sqlx::PgPool::connect(&db.url).await?;
+    let timer = |deal: u128| {
+        let pool = pool.clone();
+        async move {
+            let row: Option<(String, i64)> = sqlx::query_as(
+                "SELECT manager_id, version FROM distributor.response_timers WHERE deal_id = $1",
+            )
+            .bind(Uuid::from_u128(deal))
+            .fetch_optional(&pool)
+            .await?;
+            anyhow::Ok(row)
+        }
+    };
+    let assigned = |deal: u128| DealState {
+        assigned_by_distributor: true,
+        ..deal_state(deal, plan_id, 1, Some("m1"), false)
+    };
+    let changed = |deal: u128, version: i64, manager: &str| {
+        let mut state = deal_state(deal, plan_id, version, Some(manager), false);
+        // Still the assignment of version 1.
+        state.assigned_at =
+            Some(time::OffsetDateTime::UNIX_EPOCH + time::Duration::minutes(deal as i64));
+        state
+    };
+    for deal in 1..=3 {
+        store.apply_deals(&[assigned(deal)]).await?;
+        assert_eq!(timer(deal).await?, Some(("m1".into(), 1)), "deal {deal}");
+    }
+    // 1: accepted, then its assignment's event again.
+    store
+        .apply_deals(&[DealState {
+            accepted: true,
+            ..changed(1, 2, "m1")
+        }])
+        .await?;
+    assert_eq!(timer(1).await?, None);
+    store.apply_deals(&[assigned(1)]).await?;
+    assert_eq!(
+        timer(1).await?,
+        None,
+        "a late event brings no ended deadline back"
+    );
+    // 2: someone else's edit: the deadline runs on at the new version.
+    store.apply_deals(&[changed(2, 2, "m1")]).await?;
+    assert_eq!(timer(2).await?, Some(("m1".into(), 2)));
+    // 3: a person took it and gave it back to m1 (a new assignment, at version 3).
+    let mut back = changed(3, 3, "m1");
+    back.assigned_at = Some(time::OffsetDateTime::UNIX_EPOCH + time::Duration::hours(5));
+    store.apply_deals(&[back]).await?;
+    assert_eq!(
+        timer(3).await?,
+        None,
+        "a person's assignment has no deadline"
+    );
+    Ok(())
+}
