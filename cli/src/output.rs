@@ -208,6 +208,8 @@ pub fn deal_json(d: &pb::Deal) -> Value {
         "waiting_since": time_json(d.waiting_since.as_ref()),
         "accepted_at": time_json(d.accepted_at.as_ref()),
         "escalated_at": time_json(d.escalated_at.as_ref()),
+        "assigned_at": time_json(d.assigned_at.as_ref()),
+        "accept_seconds": d.accept_seconds,
     })
 }
 

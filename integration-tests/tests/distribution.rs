@@ -1520,7 +1520,7 @@ fn deadline_plan(name: &str, seconds: u32, reassignments: u32) -> pb::CreatePlan
 
 /// Response deadlines (issue 20). A bad deadline is refused with every violation. In a
 /// plan with a 2-second deadline and one reassignment, a deal m1 does not accept goes to
-/// the next in turn who never had it (m3), then, missed again, waits for a person: each
+/// the next in turn who never had it (m2), then, missed again, waits for a person: each
 /// step in the deal's history with its note and in ExplainAssignment's chain; the
 /// distributor leaves the escalated deal alone, and a person's assignment starts no
 /// deadline. In a plan with a long deadline, AcceptDeal (only by the deal's manager;
