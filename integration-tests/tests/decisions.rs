@@ -486,3 +486,88 @@ async fn a_deadline_follows_its_assignment_and_a_late_event_brings_none_back() -
     );
     Ok(())
 }
+
+/// A shift starting, at the drain (issue 20): a waiting deal of a plan whose only member
+/// works 09:00–17:00 UTC is not decided at 08:59 (the member's note says when they are
+/// back), and goes to them at 09:00, from the same store and queue.
+#[tokio::test]
+async fn a_waiting_deal_goes_to_a_member_whose_shift_starts() -> anyhow::Result<()> {
+    use distributor::domain::queue::assign_waiting;
+    use salesplan_platform::schedule::{Hours, Schedule};
+    use time::macros::datetime;
+    let (_db, store, plan_id) = store_with_round_robin_plan().await?;
+    store
+        .apply_plan(&PlanCopy {
+            plan_id,
+            account_id: ACCOUNT.into(),
+            version: 2,
+            settings: PlanSettings {
+                mode: Mode::Auto {
+                    prefer_related: false,
+                    strategy: Strategy::RoundRobin,
+                },
+                managers: vec!["m1".into()],
+                weights: Vec::new(),
+                caps: Vec::new(),
+                keep_related: false,
+                response: None,
+                archived: false,
+            },
+        })
+        .await?;
+    let mut schedule = Schedule::default();
+    for day in schedule.week.iter_mut() {
+        day.push(Hours {
+            start: 9 * 60,
+            end: 17 * 60,
+        });
+    }
+    store
+        .apply_manager(&ManagerCopy {
+            account_id: ACCOUNT.into(),
+            manager_id: "m1".into(),
+            version: 1,
+            sequence: 1,
+            availability: Availability {
+                schedule,
+                paused: false,
+            },
+        })
+        .await?;
+    store
+        .apply_deals(&[deal_state(1, plan_id, 1, None, true)])
+        .await?;
+    let decide = |at| {
+        let store = store.clone();
+        async move {
+            let (_, known) = store
+                .open_queue(ACCOUNT, plan_id, 100, at)
+                .await?
+                .expect("a deal waits");
+            let (mut cursor, mut open) = (known.cursor.clone(), known.open.clone());
+            let decided = assign_waiting(
+                &known.settings,
+                &mut cursor,
+                &mut open,
+                &known.away,
+                &known.queue,
+                || 0,
+            );
+            anyhow::Ok((known.away, decided))
+        }
+    };
+    let (away, decided) = decide(datetime!(2026-12-07 08:59 UTC)).await?;
+    assert!(decided.is_empty(), "{decided:?}");
+    assert_eq!(
+        away.get("m1").map(String::as_str),
+        Some("unavailable: outside working hours, back at 2026-12-07T09:00:00Z")
+    );
+    let (away, decided) = decide(datetime!(2026-12-07 09:00 UTC)).await?;
+    assert!(away.is_empty(), "{away:?}");
+    let got: Vec<(u128, Option<&str>)> = decided
+        .iter()
+        .map(|(w, d)| (w.deal_id.as_u128(), d.manager.as_deref()))
+        .collect();
+    assert_eq!(got, [(1, Some("m1"))]);
+    Ok(())
+}

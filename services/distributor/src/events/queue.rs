@@ -99,7 +99,12 @@ impl Queue {
     async fn drain_round(&self, account_id: &str, plan_id: Uuid) -> Result<usize, StoreError> {
         let Some((opened, known)) = self
             .store
-            .open_queue(account_id, plan_id, DRAIN_BATCH)
+            .open_queue(
+                account_id,
+                plan_id,
+                DRAIN_BATCH,
+                time::OffsetDateTime::now_utc(),
+            )
             .await?
         else {
             return Ok(0);

@@ -159,7 +159,8 @@ pub(super) async fn has_waiting(
 }
 
 impl Store {
-    /// Opens the decision of a plan's queue: locks the plan's row, loads the settings and
+    /// Opens the decision of a plan's queue at `at` (now; who is away is as of then): locks
+    /// the plan's row, loads the settings and
     /// up to `limit` of the oldest waiting deals (skipping those another transaction
     /// holds: their change is applied first, and decides them again). `None` when the plan
     /// is unknown, archived, or nobody waits.
@@ -168,6 +169,7 @@ impl Store {
         account_id: &str,
         plan_id: Uuid,
         limit: i64,
+        at: OffsetDateTime,
     ) -> Result<Option<(OpenQueue, QueueKnown)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
@@ -211,13 +213,7 @@ impl Store {
         .iter()
         .map(|r| Ok((r.try_get("deal_id")?, r.try_get("intake_id")?)))
         .collect::<Result<_, sqlx::Error>>()?;
-        let (away, _) = super::managers::away(
-            &mut tx,
-            account_id,
-            &settings.managers,
-            OffsetDateTime::now_utc(),
-        )
-        .await?;
+        let (away, _) = super::managers::away(&mut tx, account_id, &settings.managers, at).await?;
         let known = QueueKnown {
             away,
             settings,
