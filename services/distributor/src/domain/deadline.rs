@@ -270,7 +270,7 @@ mod tests {
         // from the assignment, at the newest version.
         let edited = same_assignment(state(3, Some("m1")), 2);
         assert_eq!(
-            step_of(&[edited.clone()]),
+            step_of(std::slice::from_ref(&edited)),
             Step::Follow {
                 manager: "m1".into(),
                 assigned_at: at(2),
