@@ -17,6 +17,33 @@ use uuid::Uuid;
 
 const ACCOUNT: &str = "acme";
 
+/// A copy of `plan_id` at `version`: AUTO round robin over `managers`, no weights or
+/// limits, with the response deadline `response`.
+fn round_robin(
+    plan_id: Uuid,
+    version: i64,
+    managers: &[&str],
+    response: Option<distributor::domain::deadline::Response>,
+) -> PlanCopy {
+    PlanCopy {
+        plan_id,
+        account_id: ACCOUNT.into(),
+        version,
+        settings: PlanSettings {
+            mode: Mode::Auto {
+                prefer_related: false,
+                strategy: Strategy::RoundRobin,
+            },
+            managers: managers.iter().map(|m| (*m).to_owned()).collect(),
+            weights: Vec::new(),
+            caps: Vec::new(),
+            keep_related: false,
+            response,
+            archived: false,
+        },
+    }
+}
+
 async fn store_with_round_robin_plan() -> anyhow::Result<(TestDatabase, Store, Uuid)> {
     let db = TestDatabase::create().await?;
     let config = distributor::Config::local(&db.url, "nats://127.0.0.1:1", "http://127.0.0.1:1");
@@ -25,23 +52,7 @@ async fn store_with_round_robin_plan() -> anyhow::Result<(TestDatabase, Store, U
     let store = Store::new(pool, salesplan_platform::privacy::ContactKeys::dev());
     let plan_id = Uuid::new_v4();
     store
-        .apply_plan(&PlanCopy {
-            plan_id,
-            account_id: ACCOUNT.into(),
-            version: 1,
-            settings: PlanSettings {
-                mode: Mode::Auto {
-                    prefer_related: false,
-                    strategy: Strategy::RoundRobin,
-                },
-                managers: vec!["m1".into(), "m2".into(), "m3".into()],
-                weights: Vec::new(),
-                caps: Vec::new(),
-                keep_related: false,
-                response: None,
-                archived: false,
-            },
-        })
+        .apply_plan(&round_robin(plan_id, 1, &["m1", "m2", "m3"], None))
         .await?;
     Ok((db, store, plan_id))
 }
@@ -409,26 +420,15 @@ async fn a_deadline_follows_its_assignment_and_a_late_event_brings_none_back() -
     use distributor::domain::{deadline::Response, deal_view::DealState};
     let (db, store, plan_id) = store_with_round_robin_plan().await?;
     store
-        .apply_plan(&PlanCopy {
+        .apply_plan(&round_robin(
             plan_id,
-            account_id: ACCOUNT.into(),
-            version: 2,
-            settings: PlanSettings {
-                mode: Mode::Auto {
-                    prefer_related: false,
-                    strategy: Strategy::RoundRobin,
-                },
-                managers: vec!["m1".into(), "m2".into()],
-                weights: Vec::new(),
-                caps: Vec::new(),
-                keep_related: false,
-                response: Some(Response {
-                    seconds: 3_600,
-                    max_reassignments: 1,
-                }),
-                archived: false,
-            },
-        })
+            2,
+            &["m1", "m2"],
+            Some(Response {
+                seconds: 3_600,
+                max_reassignments: 1,
+            }),
+        ))
         .await?;
     let pool = sqlx::PgPool::connect(&db.url).await?;
     let timer = |deal: u128| {
@@ -497,23 +497,7 @@ async fn a_waiting_deal_goes_to_a_member_whose_shift_starts() -> anyhow::Result<
     use time::macros::datetime;
     let (_db, store, plan_id) = store_with_round_robin_plan().await?;
     store
-        .apply_plan(&PlanCopy {
-            plan_id,
-            account_id: ACCOUNT.into(),
-            version: 2,
-            settings: PlanSettings {
-                mode: Mode::Auto {
-                    prefer_related: false,
-                    strategy: Strategy::RoundRobin,
-                },
-                managers: vec!["m1".into()],
-                weights: Vec::new(),
-                caps: Vec::new(),
-                keep_related: false,
-                response: None,
-                archived: false,
-            },
-        })
+        .apply_plan(&round_robin(plan_id, 2, &["m1"], None))
         .await?;
     let mut schedule = Schedule::default();
     for day in schedule.week.iter_mut() {

@@ -338,14 +338,7 @@ async fn each_mode_from_webhook_to_deal() -> anyhow::Result<()> {
         .await
         .expect_err("two ids are not ids");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    let fields: Vec<String> = {
-        use tonic_types::StatusExt as _;
-        refused
-            .get_error_details()
-            .bad_request()
-            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-            .unwrap_or_default()
-    };
+    let fields = violated_fields(&refused);
     assert_eq!(fields, ["deal_ids[0]", "deal_ids[2]"]);
 
     // Closing, reassigning and reopening keep the distributor's counts exact.
@@ -1221,6 +1214,16 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() ->
 }
 
 /// The explanation of how `deal_id` was assigned (or left waiting), once recorded.
+/// The fields an INVALID_ARGUMENT names, in order.
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
 async fn explanation(stack: &Stack, token: &str, deal_id: &str) -> anyhow::Result<pb::Assignment> {
     let distributor = DistributorServiceClient::new(stack.channel(&stack.distributor).await?);
     eventually(Duration::from_secs(20), || {
@@ -1331,14 +1334,7 @@ async fn unavailable_managers_get_no_leads_and_the_queue_moves_when_one_is_back(
         .set_schedule(schedule(bad))
         .await
         .expect_err("a bad schedule");
-    let fields: Vec<String> = {
-        use tonic_types::StatusExt as _;
-        refused
-            .get_error_details()
-            .bad_request()
-            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-            .unwrap_or_default()
-    };
+    let fields = violated_fields(&refused);
     assert_eq!(
         fields,
         [
@@ -1537,14 +1533,7 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
         .create_plan(outgoing(deadline_plan("Bad", 700_000, 11), &t.admin))
         .await
         .expect_err("a deadline beyond a week and eleven reassignments");
-    let fields: Vec<String> = {
-        use tonic_types::StatusExt as _;
-        refused
-            .get_error_details()
-            .bad_request()
-            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-            .unwrap_or_default()
-    };
+    let fields = violated_fields(&refused);
     assert_eq!(
         fields,
         [

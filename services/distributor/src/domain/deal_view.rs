@@ -165,11 +165,9 @@ pub fn changes<'a>(newest: &BTreeMap<Uuid, &'a DealState>, known: &KnownDeals) -
     changes
 }
 
-/// (account, contact key) of every erasure among `states` newer than what was `known`,
-/// the newest of its deal or not: an erasure followed by another change of the same deal
-/// in one batch is still an erasure, and one applied before (a redelivery, a replay)
-/// forgets nothing again (the person may be back as a new contact since).
-pub fn forgotten(states: &[DealState], known: &KnownDeals) -> Vec<(String, String)> {
+/// The states of `states` newer than what was applied of their deal (`known`): a
+/// redelivered or late event is not.
+pub fn fresh<'a>(states: &'a [DealState], known: &KnownDeals) -> Vec<&'a DealState> {
     states
         .iter()
         .filter(|s| {
@@ -178,6 +176,16 @@ pub fn forgotten(states: &[DealState], known: &KnownDeals) -> Vec<(String, Strin
                 .get(&s.deal_id)
                 .is_none_or(|seen| s.version > seen.version)
         })
+        .collect()
+}
+
+/// (account, contact key) of every erasure among `states` newer than what was `known`,
+/// the newest of its deal or not: an erasure followed by another change of the same deal
+/// in one batch is still an erasure, and one applied before (a redelivery, a replay)
+/// forgets nothing again (the person may be back as a new contact since).
+pub fn forgotten(states: &[DealState], known: &KnownDeals) -> Vec<(String, String)> {
+    fresh(states, known)
+        .into_iter()
         .filter_map(|s| Some((s.account_id.clone(), s.erased_contact.clone()?)))
         .collect()
 }

@@ -112,6 +112,17 @@ impl OpenExpiry {
     }
 }
 
+/// Ends the timer at the version it was leased at (a newer one, of the next assignment,
+/// stays).
+async fn delete_timer(conn: &mut sqlx::PgConnection, timer: &Timer) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM response_timers WHERE deal_id = $1 AND version = $2")
+        .bind(timer.deal_id)
+        .bind(timer.version)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 async fn insert_miss(
     tx: &mut Transaction<'static, Postgres>,
     timer: &Timer,
@@ -518,11 +529,7 @@ impl Store {
         .bind(timer.deal_id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM response_timers WHERE deal_id = $1 AND version = $2")
-            .bind(timer.deal_id)
-            .bind(timer.version)
-            .execute(&mut *tx)
-            .await?;
+        delete_timer(&mut tx, timer).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -583,11 +590,7 @@ impl Store {
 
     /// Ends a timer with nothing to do (its deal is gone, or its plan has no deadline).
     pub async fn drop_timer(&self, timer: &Timer) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM response_timers WHERE deal_id = $1 AND version = $2")
-            .bind(timer.deal_id)
-            .bind(timer.version)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        Ok(delete_timer(&mut conn, timer).await?)
     }
 }

@@ -453,16 +453,7 @@ impl Store {
         let mut changes = deal_view::changes(&newest, &known);
         changes.forgotten = deal_view::forgotten(states, &known);
         save_deal_changes(&mut tx, &changes).await?;
-        let fresh: Vec<&DealState> = states
-            .iter()
-            .filter(|s| {
-                known
-                    .seen
-                    .get(&s.deal_id)
-                    .is_none_or(|seen| s.version > seen.version)
-            })
-            .collect();
-        deadlines::apply_timers(&mut tx, &fresh).await?;
+        deadlines::apply_timers(&mut tx, &deal_view::fresh(states, &known)).await?;
         tx.commit().await?;
         Ok(())
     }
