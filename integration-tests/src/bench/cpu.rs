@@ -9,7 +9,9 @@ use serde_json::json;
 
 use super::Line;
 
-/// CPU ticks so far: per process name, and the whole machine's busy and total ticks.
+/// CPU ticks so far (or between two samples): per process name, and the whole machine's
+/// busy and total ticks.
+#[derive(Default, Clone)]
 pub struct Sample {
     by_name: BTreeMap<String, u64>,
     busy: u64,
@@ -63,6 +65,38 @@ fn parse_stat(stat: &str) -> Option<(String, u64)> {
         .sum::<Result<u64, _>>()
         .ok()?;
     Some((name, ticks))
+}
+
+impl Sample {
+    /// The ticks spent from `before` to `self`.
+    pub fn since(&self, before: &Sample) -> Sample {
+        let by_name = self
+            .by_name
+            .iter()
+            .map(|(name, ticks)| {
+                let was = before.by_name.get(name).copied().unwrap_or(0);
+                (name.clone(), ticks.saturating_sub(was))
+            })
+            .collect();
+        Sample {
+            by_name,
+            busy: self.busy.saturating_sub(before.busy),
+            total: self.total.saturating_sub(before.total),
+        }
+    }
+
+    /// The ticks of two spans together (runs measured in parts).
+    pub fn plus(&self, other: &Sample) -> Sample {
+        let mut by_name = self.by_name.clone();
+        for (name, ticks) in &other.by_name {
+            *by_name.entry(name.clone()).or_default() += ticks;
+        }
+        Sample {
+            by_name,
+            busy: self.busy + other.busy,
+            total: self.total + other.total,
+        }
+    }
 }
 
 /// The machine's busy and total ticks over all cores (`/proc/stat`, line `cpu`).

@@ -207,17 +207,7 @@ const MAX_IN_FLIGHT: usize = 2_048;
 pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     let pool = sqlx::PgPool::connect(&env.database_url).await?;
     let funnel = env.token(&[Permission::IntakeWrite])?;
-    let plain = env.plan("Bench bulk").await?;
-    let mut lines = bulk_add(
-        env,
-        &pool,
-        &funnel,
-        config.leads,
-        &plain,
-        ADD_AUDIENCE_END_TO_END,
-    )
-    .await?;
-    lines.extend(routed_bulk_add(env, &pool, &funnel, config.leads, &lines).await?);
+    let mut lines = bulk_adds(env, &pool, &funnel, config.leads).await?;
     lines.extend(webhook(env, &pool, &funnel, (config.leads / 5).max(1)).await?);
     // Latency from each lead's planned send time to its deal committed and out to the
     // readers, at fixed offered rates (open loop); the page cache flushed first, and once
@@ -247,18 +237,55 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     Ok(lines)
 }
 
-/// The same bulk add into a plan whose members have weights (3, 2, 1), limits (each `n`:
-/// checked at every decision, never reached, so no deal waits) and schedules (working
-/// every hour of the week in their own time zones, a vacation in 2199: evaluated at every
-/// batch, never binding), and a fourth member who is paused (skipped and explained at every
-/// decision), beside the plain plan's rate: what routing beyond the seed costs the intake.
-async fn routed_bulk_add(
+/// The audience "mass action" into two plans: the plain one (round robin over three
+/// managers) and one with routing beyond the seed, whose members have weights (3, 2, 1),
+/// limits (each above the run's leads: checked at every decision, never reached, so no
+/// deal waits) and schedules (working every hour of the week in their own time zones, a
+/// vacation in 2199: evaluated at every batch, never binding), and a fourth member who is
+/// paused (skipped and explained at every decision): what routing costs the intake.
+///
+/// Each plan gets `n` leads in two halves, in the order plain, routed, routed, plain: the
+/// tables grow and PostgreSQL's background work (autovacuum, checkpoints) moves through
+/// the run, and this order gives both plans the same share of early and late.
+async fn bulk_adds(
     env: &Env,
     pool: &sqlx::PgPool,
     funnel: &str,
     n: usize,
-    plain: &[Line],
 ) -> anyhow::Result<Vec<Line>> {
+    const ROUTED: &str = "AddAudience: end to end, plan with weights, limits and schedules";
+    let plain = env.plan("Bench bulk").await?;
+    let routed = routed_plan(env, n).await?;
+    let half = (n / 2).max(1);
+    let first = bulk_add(env, pool, funnel, &plain, ("a", half), half).await?;
+    let routed_first = bulk_add(env, pool, funnel, &routed, ("b", half), half).await?;
+    let routed_second = bulk_add(env, pool, funnel, &routed, ("c", half), 2 * half).await?;
+    let second = bulk_add(env, pool, funnel, &plain, ("d", half), 2 * half).await?;
+    let plain = first.plus(&second);
+    let routed = routed_first.plus(&routed_second);
+    let mut lines = vec![Line::rate(
+        "intake",
+        "AddAudience: leads accepted (stored in JetStream)",
+        plain.leads,
+        plain.accepted,
+        "—",
+    )];
+    lines.extend(plain.lines(ADD_AUDIENCE_END_TO_END));
+    lines.extend(routed.lines(ROUTED));
+    let ratio = routed.per_second() / plain.per_second();
+    lines.push(Line {
+        group: "intake",
+        what: "AddAudience with weights, limits and schedules ÷ without".into(),
+        value: format!("{ratio:.2}×"),
+        target: "≥ 0.90×".into(),
+        json: serde_json::json!({ "ratio": ratio }),
+    });
+    Ok(lines)
+}
+
+/// The plan with routing beyond the seed of [`bulk_adds`]: limits of `n` open deals (the
+/// plan's leads in all).
+async fn routed_plan(env: &Env, n: usize) -> anyhow::Result<pb::Plan> {
     let member = |id: &str, weight| pb::PlanMember {
         manager_id: id.into(),
         weight,
@@ -312,43 +339,91 @@ async fn routed_bulk_add(
             &admin,
         ))
         .await?;
-    const ROUTED: &str = "AddAudience: end to end, plan with weights, limits and schedules";
-    let mut lines = bulk_add(env, pool, funnel, n, &plan, ROUTED).await?;
-    let rate = |lines: &[Line], what: &str| {
-        lines
-            .iter()
-            .find(|l| l.what == what)
-            .and_then(|l| l.json["per_second"].as_f64())
-    };
-    if let (Some(routed), Some(plain)) =
-        (rate(&lines, ROUTED), rate(plain, ADD_AUDIENCE_END_TO_END))
-    {
-        let ratio = routed / plain;
-        lines.push(Line {
-            group: "intake",
-            what: "AddAudience with weights, limits and schedules ÷ without".into(),
-            value: format!("{ratio:.2}×"),
-            target: "≥ 0.90×".into(),
-            json: serde_json::json!({ "ratio": ratio }),
-        });
-    }
-    Ok(lines)
+    Ok(plan)
 }
 
-/// The audience "mass action": `n` contacts through one AddAudience stream into `plan`,
-/// until accepted and until settled (line `what`), with the CPU each lead cost.
+/// What one or more bulk adds took: leads, time until every lead was accepted and until
+/// every deal settled, the CPU spent, and PostgreSQL's write-ahead log and commits.
+struct BulkRun {
+    leads: usize,
+    accepted: Duration,
+    settled: Duration,
+    cpu: super::cpu::Sample,
+    wal_bytes: i64,
+    commits: i64,
+    /// Each part's end-to-end rate, in the order run: how far the rate drifted.
+    parts: Vec<f64>,
+}
+
+impl BulkRun {
+    fn plus(&self, other: &BulkRun) -> BulkRun {
+        BulkRun {
+            leads: self.leads + other.leads,
+            accepted: self.accepted + other.accepted,
+            settled: self.settled + other.settled,
+            cpu: self.cpu.plus(&other.cpu),
+            wal_bytes: self.wal_bytes + other.wal_bytes,
+            commits: self.commits + other.commits,
+            parts: [self.parts.as_slice(), &other.parts].concat(),
+        }
+    }
+
+    fn per_second(&self) -> f64 {
+        self.leads as f64 / self.settled.as_secs_f64().max(1e-9)
+    }
+
+    /// The end-to-end rate `what`, the CPU per lead, and PostgreSQL's writes per lead.
+    fn lines(&self, what: &str) -> Vec<Line> {
+        let per_lead = |v: i64| v as f64 / self.leads.max(1) as f64;
+        let (wal, commits) = (per_lead(self.wal_bytes), per_lead(self.commits));
+        let mut rate = Line::rate("intake", what, self.leads, self.settled, "≥ 10,000/s");
+        let parts: Vec<String> = self.parts.iter().map(|r| format!("{r:.0}/s")).collect();
+        rate.value = format!("{}; parts {}", rate.value, parts.join(", "));
+        rate.json["parts_per_second"] = serde_json::json!(self.parts);
+        vec![
+            rate,
+            super::cpu::line(
+                &format!("{what} (per lead)"),
+                self.leads,
+                &super::cpu::Sample::default(),
+                &self.cpu,
+            ),
+            Line {
+                group: "cpu",
+                what: format!("{what}: PostgreSQL writes per lead"),
+                value: format!("{wal:.0} B of WAL, {commits:.2} commits"),
+                target: "—".into(),
+                json: serde_json::json!({"wal_bytes": wal, "commits": commits}),
+            },
+        ]
+    }
+}
+
+/// The write-ahead log's position and the commits of every database so far.
+async fn pg_writes(pool: &sqlx::PgPool) -> anyhow::Result<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint,
+                (SELECT sum(xact_commit)::bigint FROM pg_stat_database)",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// The audience "mass action": `leads` contacts through one AddAudience stream into
+/// `plan` (the run's contacts named by `prefix`), until accepted and until the plan holds
+/// `total` settled deals.
 async fn bulk_add(
     env: &Env,
     pool: &sqlx::PgPool,
     funnel: &str,
-    n: usize,
     plan: &pb::Plan,
-    what: &str,
-) -> anyhow::Result<Vec<Line>> {
+    (prefix, leads): (&str, usize),
+    total: usize,
+) -> anyhow::Result<BulkRun> {
+    let (wal, commits) = pg_writes(pool).await?;
     let (started, cpu_before) = (Instant::now(), super::cpu::sample());
-    let chunks = audience_chunks(&plan.id, &format!("bench-{}", plan.id), n, 1_000, |i| {
-        format!("a-{i}")
-    });
+    let run = format!("bench-{prefix}-{}", plan.id);
+    let chunks = audience_chunks(&plan.id, &run, leads, 1_000, |i| format!("{prefix}-{i}"));
     let mut replies = IntakeServiceClient::new(env.channel(&env.intake_url).await?)
         .add_audience(outgoing(futures::stream::iter(chunks), funnel))
         .await?
@@ -357,19 +432,21 @@ async fn bulk_add(
         reply?;
     }
     let accepted = started.elapsed();
-    env.settled(pool, &plan.id, n).await?;
-    let cpu_after = super::cpu::sample();
-    Ok(vec![
-        Line::rate(
-            "intake",
-            "AddAudience: leads accepted (stored in JetStream)",
-            n,
-            accepted,
-            "—",
-        ),
-        Line::rate("intake", what, n, started.elapsed(), "≥ 10,000/s"),
-        super::cpu::line(&format!("{what} (per lead)"), n, &cpu_before, &cpu_after),
-    ])
+    env.settled(pool, &plan.id, total).await?;
+    let settled = started.elapsed();
+    let cpu = super::cpu::sample().since(&cpu_before);
+    // Statistics reach pg_stat_database when a backend's transaction ends, at most a
+    // second late: a small error over tens of seconds of leads.
+    let (wal_after, commits_after) = pg_writes(pool).await?;
+    Ok(BulkRun {
+        leads,
+        accepted,
+        settled,
+        cpu,
+        wal_bytes: wal_after - wal,
+        commits: commits_after - commits,
+        parts: vec![leads as f64 / settled.as_secs_f64().max(1e-9)],
+    })
 }
 
 /// `n` webhook leads, 64 requests at a time, until settled, with the CPU each lead cost.
