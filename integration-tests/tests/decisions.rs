@@ -8,7 +8,7 @@ use distributor::{
         distribution::{Lead, Mode, PlanSettings, Strategy},
     },
     events::intake::{PlanBatch, decide_on_copy},
-    store::{ManagerCopy, PlanCopy, Store},
+    store::{Held, ManagerCopy, PlanCopy, Store},
 };
 use integration_tests::TestDatabase;
 use salesplan_platform::schedule::Availability;
@@ -328,7 +328,9 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
     );
 
     let lease = time::Duration::seconds(30);
-    let orders = store.lease_orders(50, lease).await?;
+    let orders = store
+        .lease_orders((50, 50), &Held::default(), lease)
+        .await?;
     assert_eq!(orders.len(), 1);
     let order = orders[0].clone();
     assert_eq!(
@@ -336,11 +338,16 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
         (Uuid::from_u128(2), 1, "m1")
     );
     assert!(
-        store.lease_orders(50, lease).await?.is_empty(),
+        store
+            .lease_orders((50, 50), &Held::default(), lease)
+            .await?
+            .is_empty(),
         "leased to one relay at a time"
     );
     store.order_later(&order, time::Duration::ZERO).await?;
-    let again = store.lease_orders(50, lease).await?;
+    let again = store
+        .lease_orders((50, 50), &Held::default(), lease)
+        .await?;
     assert_eq!((again.len(), again[0].attempts), (1, 1), "tried again");
 
     // Deal-service refuses (the deal changed meanwhile): the deal waits again, uncounted.
@@ -353,12 +360,21 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
             .len(),
         1
     );
-    assert!(store.lease_orders(50, lease).await?.is_empty(), "forgotten");
+    assert!(
+        store
+            .lease_orders((50, 50), &Held::default(), lease)
+            .await?
+            .is_empty(),
+        "forgotten"
+    );
 
     // Decided again; before the order is made, someone assigns the deal by hand to x:
     // the refusal that follows changes nothing, and x's count stands.
     assert_eq!(queue.drain(ACCOUNT, plan_id, 1).await?, 1);
-    let order = store.lease_orders(50, lease).await?.remove(0);
+    let order = store
+        .lease_orders((50, 50), &Held::default(), lease)
+        .await?
+        .remove(0);
     store
         .apply_deals(&[deal_state(2, plan_id, 2, Some("x"), false)])
         .await?;
@@ -385,7 +401,10 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
         .apply_deals(&[deal_state(3, plan_id, 1, None, true)])
         .await?;
     assert_eq!(queue.drain(ACCOUNT, plan_id, 1).await?, 1);
-    let order = store.lease_orders(50, lease).await?.remove(0);
+    let order = store
+        .lease_orders((50, 50), &Held::default(), lease)
+        .await?
+        .remove(0);
     store
         .apply_deals(&[deal_state(3, plan_id, 2, Some("m1"), false)])
         .await?;
@@ -553,5 +572,89 @@ async fn a_waiting_deal_goes_to_a_member_whose_shift_starts() -> anyhow::Result<
         .map(|(w, d)| (w.deal_id.as_u128(), d.manager.as_deref()))
         .collect();
     assert_eq!(got, [(1, Some("m1"))]);
+    Ok(())
+}
+
+/// The leases of the queue's orders and of the response deadlines count what a process has
+/// in hand: an account gets at most its share of slots however much of its work is due.
+#[tokio::test]
+async fn a_lease_gives_an_account_no_more_than_its_share_of_what_is_in_hand() -> anyhow::Result<()>
+{
+    let db = TestDatabase::create().await?;
+    let config = distributor::Config::local(&db.url, "nats://127.0.0.1:1", "http://127.0.0.1:1");
+    config.migrate().await?;
+    let pool = salesplan_platform::db::connect(&config.database, distributor::SCHEMA).await?;
+    let store = Store::new(
+        pool.clone(),
+        salesplan_platform::privacy::ContactKeys::dev(),
+    );
+    // Five due items of "big", one of "small", in both tables.
+    let accounts = ["big", "big", "big", "big", "big", "small"];
+    for (i, account) in accounts.iter().enumerate() {
+        let deal = Uuid::from_u128(i as u128 + 1);
+        let due = time::OffsetDateTime::now_utc() - time::Duration::minutes(10 - i as i64);
+        sqlx::query(
+            "INSERT INTO assignment_orders (deal_id, account_id, plan_id, version, manager_id,
+                waiting_since, decision_key, reason, explanation, next_attempt)
+             VALUES ($1, $2, $1, 1, 'm1', $3, $1, '', '', $3)",
+        )
+        .bind(deal)
+        .bind(account)
+        .bind(due)
+        .execute(&pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO response_timers (deal_id, account_id, plan_id, manager_id, version,
+                assigned_at, due_at, next_attempt)
+             VALUES ($1, $2, $1, 'm1', 1, $3, $3, $3)",
+        )
+        .bind(deal)
+        .bind(account)
+        .bind(due)
+        .execute(&pool)
+        .await?;
+    }
+    let lease = time::Duration::seconds(30);
+    let accounts_of = |mut accounts: Vec<String>| {
+        accounts.sort();
+        accounts
+    };
+    // "big" holds one already: one more of it (its oldest), and "small"'s.
+    let one_held = Held {
+        accounts: vec!["big".into()],
+        counts: vec![1],
+    };
+    let orders = store.lease_orders((4, 2), &one_held, lease).await?;
+    assert_eq!(
+        accounts_of(orders.iter().map(|o| o.account_id.clone()).collect()),
+        ["big", "small"]
+    );
+    assert_eq!(
+        orders
+            .iter()
+            .find(|o| o.account_id == "big")
+            .map(|o| o.deal_id),
+        Some(Uuid::from_u128(1))
+    );
+    let timers = store.lease_timers((4, 2), &one_held, lease).await?;
+    assert_eq!(
+        accounts_of(timers.iter().map(|t| t.account_id.clone()).collect()),
+        ["big", "small"]
+    );
+    // "big" holds its share: nothing of it, however many slots are free.
+    let full = Held {
+        accounts: vec!["big".into()],
+        counts: vec![2],
+    };
+    assert!(store.lease_orders((4, 2), &full, lease).await?.is_empty());
+    assert!(store.lease_timers((4, 2), &full, lease).await?.is_empty());
+    // Nothing held: two of "big" at most, in one lease.
+    assert_eq!(
+        store
+            .lease_orders((4, 2), &Held::default(), lease)
+            .await?
+            .len(),
+        2
+    );
     Ok(())
 }

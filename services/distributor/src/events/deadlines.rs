@@ -5,7 +5,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
 use prost::Message as _;
 use salesplan_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
@@ -16,15 +15,19 @@ use crate::{
         batch::Decided,
         distribution::{Cursor, Lead},
     },
-    store::{Expiring, ExpiryKnown, Reassignment, Store, StoreError, Timer},
+    events::leased::{self, LeasedWork, Slots},
+    store::{Expiring, ExpiryKnown, Held, Reassignment, Store, StoreError, Timer},
     upstream::{DealService, OrderAnswer},
 };
 
-/// Timers leased at a time, made this many at once.
-const BATCH: i64 = 8;
-const CALLS: usize = 4;
-/// How often the timers are looked at: a deadline is acted on within this of running out.
-const POLL: Duration = Duration::from_secs(1);
+/// Timers in hand at once (each a call to deal-service), at most two of one account; the
+/// timers are looked at every second: a deadline is acted on within a second of running
+/// out (while a slot is free).
+const SLOTS: Slots = Slots {
+    calls: 4,
+    per_account: 2,
+    poll: Duration::from_secs(1),
+};
 /// A refused reassignment is decided again after this (the deal's event moves or ends its
 /// timer meanwhile).
 const AFTER_REFUSAL: time::Duration = time::Duration::seconds(2);
@@ -59,33 +62,9 @@ impl Deadlines {
         })
     }
 
-    /// Acts on the timers that ran out, until `stop`: leased a batch at a time, a few at
-    /// once.
+    /// Acts on the timers that ran out, until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            let timers = match self.store.lease_timers(BATCH, self.lease).await {
-                Ok(timers) => timers,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot lease response deadlines");
-                    Vec::new()
-                }
-            };
-            if timers.is_empty() {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(POLL) => {}
-                }
-                continue;
-            }
-            let this = &*self;
-            futures::stream::iter(timers)
-                .for_each_concurrent(CALLS, |timer| async move {
-                    if let Err(err) = this.expire(&timer).await {
-                        tracing::warn!(deal_id = %timer.deal_id, error = %err, "response deadline kept");
-                    }
-                })
-                .await;
-        }
+        leased::run(self, SLOTS, None, stop).await;
     }
 
     /// Decides (or takes the kept decision of) one timer that ran out, makes it, and
@@ -125,6 +104,32 @@ impl Deadlines {
                     .expiry_later(timer, time::Duration::seconds(backoff))
                     .await
             }
+        }
+    }
+}
+
+impl LeasedWork for Deadlines {
+    type Item = Timer;
+    const WHAT: &'static str = "response deadlines";
+
+    fn account(timer: &Timer) -> &str {
+        &timer.account_id
+    }
+
+    async fn lease(
+        &self,
+        limit: usize,
+        per_account: usize,
+        held: &Held,
+    ) -> Result<Vec<Timer>, StoreError> {
+        self.store
+            .lease_timers((limit, per_account), held, self.lease)
+            .await
+    }
+
+    async fn work(&self, timer: &Timer) {
+        if let Err(err) = self.expire(timer).await {
+            tracing::warn!(deal_id = %timer.deal_id, error = %err, "response deadline kept");
         }
     }
 }

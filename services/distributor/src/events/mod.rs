@@ -6,5 +6,6 @@
 pub mod deadlines;
 pub mod deals;
 pub mod intake;
+pub mod leased;
 pub mod plans;
 pub mod queue;

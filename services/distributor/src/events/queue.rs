@@ -5,7 +5,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
 use prost::Message as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +18,8 @@ use crate::{
         distribution::{Decision, Lead},
         queue::Waiting,
     },
-    store::{Order, Store, StoreError},
+    events::leased::{self, LeasedWork, Slots},
+    store::{Held, Order, Store, StoreError},
     upstream::{DealService, OrderAnswer},
 };
 
@@ -33,14 +33,16 @@ const SWEEP_PLANS: i64 = 1_000;
 /// Every plan with a queue is looked at this often (a place freed by a deal event this
 /// replica did not apply, a refused order restored, a sweep of a replica that died).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
-/// Orders leased at a time, made this many at once.
-const RELAY_BATCH: i64 = 8;
-const RELAY_CALLS: usize = 4;
+/// Orders in hand at once (each a call to deal-service), at most two of one account; the
+/// relay looks for orders of other replicas every second when nobody wakes it.
+const RELAY_SLOTS: Slots = Slots {
+    calls: 4,
+    per_account: 2,
+    poll: Duration::from_secs(1),
+};
 /// How long an order in hand is this process's; another takes it after that: longer than
-/// a batch can take (two rounds of calls of at most 30 s each).
+/// a call can take (at most 30 s), with room.
 const LEASE: time::Duration = time::Duration::seconds(90);
-/// The relay looks for orders of other replicas this often when nobody wakes it.
-const RELAY_POLL: Duration = Duration::from_secs(1);
 
 pub struct Queue {
     store: Store,
@@ -207,34 +209,10 @@ impl Queue {
         }
     }
 
-    /// Makes the orders in deal-service, until `stop`: leased a batch at a time, a few
-    /// calls at once.
+    /// Makes the orders in deal-service, until `stop`.
     pub async fn relay(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            let orders = match self.store.lease_orders(RELAY_BATCH, LEASE).await {
-                Ok(orders) => orders,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot lease assignment orders");
-                    Vec::new()
-                }
-            };
-            if orders.is_empty() {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(RELAY_POLL) => {}
-                }
-                continue;
-            }
-            let this = &*self;
-            futures::stream::iter(orders)
-                .for_each_concurrent(RELAY_CALLS, |order| async move {
-                    if let Err(err) = this.make(&order).await {
-                        tracing::warn!(deal_id = %order.deal_id, error = %err, "assignment order kept");
-                    }
-                })
-                .await;
-        }
+        let queue = Arc::clone(&self);
+        leased::run(queue, RELAY_SLOTS, Some(&self.wake), stop).await;
     }
 
     /// Makes one order and records how it ended.
@@ -261,6 +239,32 @@ impl Queue {
                     .order_later(order, time::Duration::seconds(backoff))
                     .await
             }
+        }
+    }
+}
+
+impl LeasedWork for Queue {
+    type Item = Order;
+    const WHAT: &'static str = "assignment orders";
+
+    fn account(order: &Order) -> &str {
+        &order.account_id
+    }
+
+    async fn lease(
+        &self,
+        limit: usize,
+        per_account: usize,
+        held: &Held,
+    ) -> Result<Vec<Order>, StoreError> {
+        self.store
+            .lease_orders((limit, per_account), held, LEASE)
+            .await
+    }
+
+    async fn work(&self, order: &Order) {
+        if let Err(err) = self.make(order).await {
+            tracing::warn!(deal_id = %order.deal_id, error = %err, "assignment order kept");
         }
     }
 }

@@ -9,16 +9,14 @@ use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Store, StoreError, cursor_from, lock_plan, open_counts, save_cursor, settings_from};
+use super::{
+    Held, Store, StoreError, cursor_from, lock_plan, open_counts, save_cursor, settings_from,
+};
 use crate::domain::{
     deadline::{self, Miss, Response, Step},
     deal_view::DealState,
     distribution::{Away, Cursor, PlanSettings},
 };
-
-/// Timers of one account in one leased batch (of 8): an account with a thousand deadlines
-/// running out at once does not hold back another's one.
-const PER_ACCOUNT: i64 = 2;
 
 /// A running deadline, as leased.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -372,9 +370,13 @@ async fn plan_responses(
 impl Store {
     /// Leases up to `limit` timers that ran out to this process for `lease` (another
     /// process takes one only once its lease ran out: if this one died with it in hand).
+    /// At most `per_account` of one account are in hand, counting those `held`, the
+    /// accounts' oldest first: an account with a thousand deadlines running out at once does
+    /// not hold back another's one.
     pub async fn lease_timers(
         &self,
-        limit: i64,
+        (limit, per_account): (usize, usize),
+        held: &Held,
         lease: time::Duration,
     ) -> Result<Vec<Timer>, StoreError> {
         let rows = sqlx::query(
@@ -382,9 +384,12 @@ impl Store {
                 leased_by = $4
              FROM (SELECT deal_id FROM response_timers WHERE deal_id IN (
                        SELECT deal_id FROM (
-                           SELECT deal_id, next_attempt, row_number() OVER (
-                               PARTITION BY account_id ORDER BY next_attempt) AS k
-                           FROM response_timers WHERE next_attempt <= now()) turns
+                           SELECT w.deal_id, w.next_attempt, COALESCE(h.n, 0) + row_number() OVER (
+                               PARTITION BY w.account_id ORDER BY w.next_attempt) AS k
+                           FROM response_timers w
+                           LEFT JOIN UNNEST($5::text[], $6::int[]) AS h(account_id, n)
+                               ON h.account_id = w.account_id
+                           WHERE w.next_attempt <= now()) turns
                        WHERE k <= $3 ORDER BY k, next_attempt LIMIT $1)
                    AND next_attempt <= now()
                    FOR UPDATE SKIP LOCKED) due
@@ -392,10 +397,12 @@ impl Store {
              RETURNING t.deal_id, t.account_id, t.plan_id, t.manager_id, t.version,
                 t.assigned_at, t.due_at, t.attempts - 1 AS attempts, t.leased_by",
         )
-        .bind(limit)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(lease)
-        .bind(PER_ACCOUNT)
+        .bind(i64::try_from(per_account).unwrap_or(i64::MAX))
         .bind(Uuid::new_v4())
+        .bind(&held.accounts)
+        .bind(&held.counts)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -118,6 +118,14 @@ impl OpenBatch {
     }
 }
 
+/// The leased items a process has in hand, per account: a lease counts them against the
+/// account's share.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub accounts: Vec<String>,
+    pub counts: Vec<i32>,
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,

@@ -10,16 +10,13 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Deltas, Store, StoreError, apply_deltas, cursor_from, lock_plan, open_counts, save_cursor,
-    settings_from,
+    Deltas, Held, Store, StoreError, apply_deltas, cursor_from, lock_plan, open_counts,
+    save_cursor, settings_from,
 };
 use crate::domain::{
     distribution::{Away, Cursor, Decision, PlanSettings},
     queue::Waiting,
 };
-
-/// Orders of one account in one leased batch.
-const PER_ACCOUNT: i64 = 10;
 
 /// An assignment decided for a waiting deal, to make in deal-service: AssignDeal at the
 /// deal's `version`.
@@ -281,18 +278,23 @@ impl Store {
     /// an order only once its lease ran out: if this one died with it in hand).
     pub async fn lease_orders(
         &self,
-        limit: i64,
+        (limit, per_account): (usize, usize),
+        held: &Held,
         lease: time::Duration,
     ) -> Result<Vec<Order>, StoreError> {
-        // At most `PER_ACCOUNT` of one account in a batch, the accounts' oldest first: an
-        // account whose limits freed a thousand places does not hold back another's one.
+        // At most `per_account` of one account in hand, counting those `held`, the
+        // accounts' oldest first: an account whose limits freed a thousand places does not
+        // hold back another's one.
         let rows = sqlx::query(
             "UPDATE assignment_orders o SET next_attempt = now() + $2, attempts = o.attempts + 1
              FROM (SELECT deal_id FROM assignment_orders WHERE deal_id IN (
                        SELECT deal_id FROM (
-                           SELECT deal_id, next_attempt, row_number() OVER (
-                               PARTITION BY account_id ORDER BY next_attempt) AS k
-                           FROM assignment_orders WHERE next_attempt <= now()) turns
+                           SELECT w.deal_id, w.next_attempt, COALESCE(h.n, 0) + row_number() OVER (
+                               PARTITION BY w.account_id ORDER BY w.next_attempt) AS k
+                           FROM assignment_orders w
+                           LEFT JOIN UNNEST($4::text[], $5::int[]) AS h(account_id, n)
+                               ON h.account_id = w.account_id
+                           WHERE w.next_attempt <= now()) turns
                        WHERE k <= $3 ORDER BY k, next_attempt LIMIT $1)
                    AND next_attempt <= now()
                    FOR UPDATE SKIP LOCKED) due
@@ -300,9 +302,11 @@ impl Store {
              RETURNING o.deal_id, o.account_id, o.plan_id, o.version, o.manager_id,
                 o.waiting_since, o.attempts - 1 AS attempts",
         )
-        .bind(limit)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(lease)
-        .bind(PER_ACCOUNT)
+        .bind(i64::try_from(per_account).unwrap_or(i64::MAX))
+        .bind(&held.accounts)
+        .bind(&held.counts)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
