@@ -7,7 +7,7 @@ use integration_tests::TestDatabase;
 use proptest::prelude::*;
 use reporting::{
     domain::{
-        deals::DealRow,
+        deals::{DealRow, Missed},
         period::{Period, Scope},
         report::{Cell, Closed},
     },
@@ -65,7 +65,7 @@ fn row(deal: u128, plan: u128, number: i64, v: &Version) -> DealRow {
         assigned_at: None,
         accepted_at: None,
         accept_seconds: None,
-        missed_by: None,
+        missed: None,
     }
 }
 
@@ -154,4 +154,74 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// One deal's events of a missed response deadline: m1 got it (hour 1) and did not accept;
+/// the distributor gave it to m2 (hour 3), who accepted (hour 4).
+fn missed_deadline(deal: u128) -> [DealRow; 3] {
+    let open = Version {
+        status: "open",
+        manager: Some("m1"),
+        reason: None,
+        closed_hours: 0,
+    };
+    let at = |hours| BASE + Duration::hours(hours);
+    let mut given = row(deal, 0, 1, &open);
+    given.assigned_at = Some(at(1));
+    let mut taken = row(deal, 0, 2, &open);
+    (taken.manager_id, taken.assigned_at) = (Some("m2".into()), Some(at(3)));
+    taken.missed = Some(Missed {
+        manager_id: "m1".into(),
+        assigned_at: Some(at(1)),
+    });
+    let mut accepted = taken.clone();
+    (accepted.version, accepted.missed) = (3, None);
+    (accepted.accepted_at, accepted.accept_seconds) = (Some(at(4)), Some(3_600));
+    [given, taken, accepted]
+}
+
+#[tokio::test]
+async fn a_missed_deadline_counts_in_whatever_order_its_events_arrive() -> anyhow::Result<()> {
+    let db = TestDatabase::create().await?;
+    let config = reporting::Config::local(&db.url, "nats://127.0.0.1:1");
+    config.migrate().await?;
+    let pool = salesplan_platform::db::connect(&config.database, reporting::SCHEMA).await?;
+    let events = DealEvents::new(pool.clone());
+    // Every order of the three events, each a deal of its own, one event per batch.
+    let orders = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    for (deal, order) in orders.iter().enumerate() {
+        let rows = missed_deadline(deal as u128 + 1);
+        for i in order {
+            events.apply(std::slice::from_ref(&rows[*i])).await?;
+        }
+    }
+    let rows =
+        reporting::store::responses::report(&pool, ACCOUNT, Period::default(), &[], &[]).await?;
+    let got: Vec<(String, i64, i64, i64, Option<f64>)> = rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.manager_id,
+                r.assigned,
+                r.accepted,
+                r.missed,
+                r.median_seconds,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("m1".to_owned(), 6, 0, 6, None),
+            ("m2".to_owned(), 6, 6, 0, Some(3_600.0)),
+        ]
+    );
+    Ok(())
 }

@@ -214,6 +214,8 @@ pub enum Change {
         from: Option<String>,
         to: Option<String>,
         note: String,
+        /// When `from` got the deal: the assignment whose deadline was missed.
+        missed_assigned_at: Option<OffsetDateTime>,
     },
     /// The manager accepted the deal (AcceptDeal).
     Accepted,
@@ -493,6 +495,7 @@ impl Deal {
             from: self.manager_id.clone(),
             to: manager,
             note,
+            missed_assigned_at: self.assigned_at,
         };
         Ok((deal, change))
     }
@@ -752,7 +755,8 @@ mod tests {
             Change::Reassigned {
                 from: Some("m1".into()),
                 to: Some("m2".into()),
-                note: "missed".into()
+                note: "missed".into(),
+                missed_assigned_at: Some(now),
             }
         );
         // Escalated: unassigned, waiting for a person, until someone assigns or closes it.

@@ -86,7 +86,7 @@ fn entry(change: &Change) -> Entry {
             status: None,
             note: None,
         },
-        Change::Reassigned { from, to, note } => Entry {
+        Change::Reassigned { from, to, note, .. } => Entry {
             action: "assigned",
             from: from.clone(),
             to: to.clone(),
@@ -210,6 +210,12 @@ pub async fn record_caused(
             deal: Some(crate::convert::without_personal_data(deal.into())),
             previous_manager_id,
             previous_stage_id,
+            previous_assigned_at: match change {
+                Change::Reassigned {
+                    missed_assigned_at, ..
+                } => missed_assigned_at.map(crate::convert::timestamp),
+                _ => None,
+            },
             contact_key: {
                 // An erasure names the contact it erased, for consumers to forget.
                 let contact = match change {

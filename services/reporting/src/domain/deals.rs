@@ -31,9 +31,18 @@ pub struct DealRow {
     pub assigned_at: Option<OffsetDateTime>,
     pub accepted_at: Option<OffsetDateTime>,
     pub accept_seconds: Option<i64>,
-    /// The manager the distributor took the deal from with this change (a missed response
-    /// deadline: the distributor takes a deal from a manager for no other reason).
-    pub missed_by: Option<String>,
+    /// The assignment the distributor ended with this change (a missed response deadline:
+    /// the distributor takes a deal from a manager for no other reason).
+    pub missed: Option<Missed>,
+}
+
+/// An assignment whose response deadline was missed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Missed {
+    pub manager_id: String,
+    /// When the manager got the deal (events published before deal-service said so lack
+    /// it: then the manager's latest assignment before the change is the one missed).
+    pub assigned_at: Option<OffsetDateTime>,
 }
 
 impl DealRow {
@@ -214,7 +223,7 @@ mod tests {
             assigned_at: Some(at(assigned)),
             accepted_at: accepted.map(at),
             accept_seconds: accepted.map(|h| (h - assigned) * 3_600),
-            missed_by: None,
+            missed: None,
         }
     }
 

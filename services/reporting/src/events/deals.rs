@@ -7,7 +7,10 @@ use salesplan_proto::v1 as pb;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{domain::deals::DealRow, store};
+use crate::{
+    domain::deals::{DealRow, Missed},
+    store,
+};
 
 pub struct DealEvents {
     pool: PgPool,
@@ -107,8 +110,14 @@ pub fn decode(delivery: &Delivery) -> Result<DealRow, String> {
         assigned_at: deal.assigned_at.as_ref().and_then(time_of),
         accepted_at: deal.accepted_at.as_ref().and_then(time_of),
         accept_seconds: deal.accept_seconds,
-        missed_by: event.previous_manager_id.filter(|_| {
-            event.actor_id == DISTRIBUTOR && event.kind == pb::deal_event::Kind::Assigned as i32
-        }),
+        missed: event
+            .previous_manager_id
+            .filter(|_| {
+                event.actor_id == DISTRIBUTOR && event.kind == pb::deal_event::Kind::Assigned as i32
+            })
+            .map(|manager_id| Missed {
+                manager_id,
+                assigned_at: event.previous_assigned_at.as_ref().and_then(time_of),
+            }),
     })
 }

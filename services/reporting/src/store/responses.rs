@@ -44,9 +44,43 @@ pub async fn apply(
         .execute(&mut **tx)
         .await?;
     }
-    let missed: Vec<&DealRow> = rows.iter().filter(|r| r.missed_by.is_some()).collect();
-    if !missed.is_empty() {
-        // The manager's latest assignment of the deal before this change: the one missed.
+    let (keyed, unkeyed): (Vec<_>, Vec<_>) = rows
+        .iter()
+        .filter_map(|r| r.missed.as_ref().map(|m| (r, m)))
+        .partition(|(_, m)| m.assigned_at.is_some());
+    if !keyed.is_empty() {
+        // The missed assignment, by its key: written even when its own event has not
+        // arrived yet (it then adds what it knows and leaves the miss).
+        sqlx::query(
+            "INSERT INTO assignments (deal_id, assigned_at, account_id, plan_id, manager_id,
+                missed)
+             SELECT d, at, acct, p, m, true
+             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::uuid[], $5::text[])
+                AS x(d, at, acct, p, m)
+             ON CONFLICT (deal_id, assigned_at) DO UPDATE SET missed = true
+             WHERE assignments.account_id = excluded.account_id",
+        )
+        .bind(keyed.iter().map(|(r, _)| r.deal_id).collect::<Vec<_>>())
+        .bind(keyed.iter().map(|(_, m)| m.assigned_at).collect::<Vec<_>>())
+        .bind(
+            keyed
+                .iter()
+                .map(|(r, _)| r.account_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(keyed.iter().map(|(r, _)| r.plan_id).collect::<Vec<_>>())
+        .bind(
+            keyed
+                .iter()
+                .map(|(_, m)| m.manager_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !unkeyed.is_empty() {
+        // Events from before deal-service named the assignment: the manager's latest
+        // assignment of the deal before this change is the one missed.
         sqlx::query(
             "UPDATE assignments a SET missed = true
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) AS x(d, acct, m, at)
@@ -54,23 +88,23 @@ pub async fn apply(
                 SELECT max(assigned_at) FROM assignments
                 WHERE deal_id = x.d AND manager_id = x.m AND assigned_at < x.at)",
         )
-        .bind(missed.iter().map(|r| r.deal_id).collect::<Vec<_>>())
+        .bind(unkeyed.iter().map(|(r, _)| r.deal_id).collect::<Vec<_>>())
         .bind(
-            missed
+            unkeyed
                 .iter()
-                .map(|r| r.account_id.clone())
+                .map(|(r, _)| r.account_id.clone())
                 .collect::<Vec<_>>(),
         )
         .bind(
-            missed
+            unkeyed
                 .iter()
-                .map(|r| r.missed_by.clone())
+                .map(|(_, m)| m.manager_id.clone())
                 .collect::<Vec<_>>(),
         )
         .bind(
-            missed
+            unkeyed
                 .iter()
-                .map(|r| r.assigned_at.unwrap_or(r.updated_at))
+                .map(|(r, _)| r.assigned_at.unwrap_or(r.updated_at))
                 .collect::<Vec<_>>(),
         )
         .execute(&mut **tx)
