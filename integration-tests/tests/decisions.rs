@@ -432,7 +432,8 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
 /// Response deadlines (issue 20) from deal events, against real PostgreSQL: the
 /// distributor's assignment starts one; someone else's change keeps it at the deal's new
 /// version; acceptance ends it, and the assignment's event delivered again afterwards
-/// does not bring it back; a person's new assignment (even to the same manager) ends it.
+/// does not bring it back; a person's new assignment (even to the same manager) ends it;
+/// an assignment's event that arrives after a newer one of its deal still starts it.
 #[tokio::test]
 async fn a_deadline_follows_its_assignment_and_a_late_event_brings_none_back() -> anyhow::Result<()>
 {
@@ -503,6 +504,21 @@ async fn a_deadline_follows_its_assignment_and_a_late_event_brings_none_back() -
         None,
         "a person's assignment has no deadline"
     );
+    // 4: someone else's edit applied before the assignment's event (another replica, a
+    // redelivery): the deadline starts when the assignment arrives, at the edit's version.
+    store.apply_deals(&[changed(4, 2, "m1")]).await?;
+    assert_eq!(timer(4).await?, None);
+    store.apply_deals(&[assigned(4)]).await?;
+    assert_eq!(timer(4).await?, Some(("m1".into(), 2)), "a late start");
+    // 5: accepted before its assignment's event arrived: none.
+    store
+        .apply_deals(&[DealState {
+            accepted: true,
+            ..changed(5, 2, "m1")
+        }])
+        .await?;
+    store.apply_deals(&[assigned(5)]).await?;
+    assert_eq!(timer(5).await?, None, "accepted before");
     Ok(())
 }
 

@@ -91,6 +91,49 @@ pub fn steps<'a>(states: impl IntoIterator<Item = &'a DealState>) -> BTreeMap<Uu
         .collect()
 }
 
+/// Adds to `steps` (of the events newer than what was applied) the starts of the
+/// distributor's assignments among `states` whatever their age: an assignment's event that
+/// arrives after a newer event of its deal (another replica applied that first, or it is
+/// redelivered) started nothing then, since a change by someone else only follows a
+/// running deadline. A late start replaces a follow of the same assignment (at the
+/// follow's version) and fills in for a deal with no step; a start, an end, or a follow of
+/// another assignment stands. The store starts it only if the deal's newest state applied
+/// is still that assignment, open and not accepted, and leaves a running deadline as it is.
+pub fn add_late_starts(steps: &mut BTreeMap<Uuid, Step>, states: &[DealState]) {
+    let mut late: BTreeMap<Uuid, &DealState> = BTreeMap::new();
+    for s in states
+        .iter()
+        .filter(|s| s.assigned_by_distributor && s.open && !s.accepted)
+    {
+        let slot = late.entry(s.deal_id).or_insert(s);
+        if s.version > slot.version {
+            *slot = s;
+        }
+    }
+    for (deal, s) in late {
+        let (Some(manager), Some(assigned_at)) = (s.manager_id.clone(), s.assigned_at) else {
+            continue;
+        };
+        let version = match steps.get(&deal) {
+            None => s.version,
+            Some(Step::Follow {
+                assigned_at: followed,
+                version,
+                ..
+            }) if *followed == assigned_at => *version,
+            Some(_) => continue,
+        };
+        steps.insert(
+            deal,
+            Step::Start {
+                manager,
+                assigned_at,
+                version,
+            },
+        );
+    }
+}
+
 /// When a deadline of `seconds` working time from `assigned_at` runs out, by the manager's
 /// schedule (around the clock without one). A schedule with no working time within its
 /// horizon gives wall-clock time: a deal is never held by a manager who never works.
@@ -255,6 +298,52 @@ mod tests {
 
     fn step_of(states: &[DealState]) -> Step {
         steps(states).remove(&Uuid::from_u128(1)).expect("a step")
+    }
+
+    #[test]
+    fn an_assignment_arriving_after_a_newer_event_of_its_deal_still_starts_its_deadline() {
+        let at = |v| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(v);
+        let late = |fresh: &[DealState], all: &[DealState]| {
+            let mut steps = steps(fresh);
+            add_late_starts(&mut steps, all);
+            steps.remove(&Uuid::from_u128(1))
+        };
+        let start = |version| Step::Start {
+            manager: "m1".into(),
+            assigned_at: at(1),
+            version,
+        };
+        // The edit (v2) was applied before; the assignment (v1) arrives alone.
+        let assigned = by_distributor(1, "m1");
+        assert_eq!(late(&[], std::slice::from_ref(&assigned)), Some(start(1)));
+        // With a newer edit of the same assignment: a start at the edit's version.
+        let edited = same_assignment(state(3, Some("m1")), 1);
+        assert_eq!(
+            late(
+                std::slice::from_ref(&edited),
+                &[assigned.clone(), edited.clone()]
+            ),
+            Some(start(3))
+        );
+        // Accepted since, or taken by a person, or closed: no start.
+        let accepted = DealState {
+            accepted: true,
+            ..edited.clone()
+        };
+        let taken = state(3, Some("m2"));
+        let closed = DealState {
+            open: false,
+            ..edited
+        };
+        for newer in [accepted, taken, closed] {
+            let step = late(
+                std::slice::from_ref(&newer),
+                &[assigned.clone(), newer.clone()],
+            );
+            assert!(!matches!(step, Some(Step::Start { .. })), "{step:?}");
+        }
+        // A person's assignment is no start, late or not.
+        assert_eq!(late(&[], &[state(1, Some("m1"))]), None);
     }
 
     #[test]

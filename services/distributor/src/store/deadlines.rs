@@ -168,9 +168,14 @@ struct Start {
 pub(super) async fn apply_timers(
     tx: &mut Transaction<'_, Postgres>,
     states: &[&DealState],
+    all: &[DealState],
 ) -> Result<(), StoreError> {
-    let steps = deadline::steps(states.iter().copied());
-    let account_of: HashMap<Uuid, (&str, Uuid)> = states
+    let mut steps = deadline::steps(states.iter().copied());
+    // An assignment's event that arrives after a newer event of its deal (another replica
+    // applied that first, or it is redelivered) still starts its deadline: the start is
+    // checked against the deal's newest state below.
+    deadline::add_late_starts(&mut steps, all);
+    let account_of: HashMap<Uuid, (&str, Uuid)> = all
         .iter()
         .map(|s| (s.deal_id, (s.account_id.as_str(), s.plan_id)))
         .collect();
@@ -244,11 +249,18 @@ pub(super) async fn apply_timers(
         .bind(account_id)
         .execute(&mut **tx)
         .await?;
+        // Only while the deal's newest state applied (this batch's, or a later one another
+        // replica applied first) is still this assignment, open and not accepted; at that
+        // state's version, the one AssignDeal must name.
         sqlx::query(
             "INSERT INTO response_timers (deal_id, account_id, plan_id, manager_id, version,
                 assigned_at, due_at, next_attempt)
-             SELECT d, $2, $3, m, v, a, u, u FROM UNNEST($1::uuid[], $4::text[], $5::bigint[],
-                $6::timestamptz[], $7::timestamptz[]) AS t(d, m, v, a, u)
+             SELECT t.d, $2, $3, t.m, view.version, t.a, t.u, t.u
+             FROM UNNEST($1::uuid[], $4::text[], $5::bigint[], $6::timestamptz[],
+                $7::timestamptz[]) AS t(d, m, v, a, u)
+             JOIN deal_view view ON view.deal_id = t.d AND view.account_id = $2
+             WHERE view.open AND NOT view.accepted AND view.manager_id = t.m
+                AND view.assigned_at = t.a AND view.version >= t.v
              ON CONFLICT (deal_id) DO UPDATE SET manager_id = excluded.manager_id,
                 version = excluded.version, assigned_at = excluded.assigned_at,
                 due_at = excluded.due_at, next_attempt = excluded.next_attempt, attempts = 0,

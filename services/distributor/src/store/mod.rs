@@ -461,7 +461,7 @@ impl Store {
         let mut changes = deal_view::changes(&newest, &known);
         changes.forgotten = deal_view::forgotten(states, &known);
         save_deal_changes(&mut tx, &changes).await?;
-        deadlines::apply_timers(&mut tx, &deal_view::fresh(states, &known)).await?;
+        deadlines::apply_timers(&mut tx, &deal_view::fresh(states, &known), states).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -656,12 +656,13 @@ async fn save_deal_changes(
     let applied = &changes.applied;
     sqlx::query(
         "INSERT INTO deal_view (deal_id, plan_id, manager_id, open, version, account_id,
-            waiting_since)
+            waiting_since, assigned_at, accepted)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::bigint[],
-            $6::text[], $7::timestamptz[])
+            $6::text[], $7::timestamptz[], $8::timestamptz[], $9::bool[])
          ON CONFLICT (deal_id) DO UPDATE SET plan_id = excluded.plan_id,
             manager_id = excluded.manager_id, open = excluded.open, version = excluded.version,
-            waiting_since = excluded.waiting_since
+            waiting_since = excluded.waiting_since, assigned_at = excluded.assigned_at,
+            accepted = excluded.accepted
          WHERE deal_view.version < excluded.version
             AND deal_view.account_id = excluded.account_id",
     )
@@ -682,6 +683,8 @@ async fn save_deal_changes(
             .collect::<Vec<_>>(),
     )
     .bind(applied.iter().map(|s| s.waiting()).collect::<Vec<_>>())
+    .bind(applied.iter().map(|s| s.assigned_at).collect::<Vec<_>>())
+    .bind(applied.iter().map(|s| s.accepted).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     // Erased contacts: the next lead of the same identity is a new contact (deleted first:
