@@ -96,9 +96,11 @@ async fn pool(options: PgConnectOptions, max_connections: u32) -> Result<PgPool,
 
 /// Keeps the rest of the transaction on the indexes. Batch statements touch rows by key, but
 /// the planner guesses 1,000 rows for an UNNEST and would hash-join it against a scan of the
-/// whole table, a cost that grows with every row the table gains.
+/// whole table, a cost that grows with every row the table gains. And no JIT: those
+/// guesses (and a scan priced out this way) push the estimated cost past `jit_above_cost`,
+/// and compiling then takes tens of milliseconds for a statement that reads a few rows.
 pub async fn key_lookups_only(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SET LOCAL enable_seqscan = off")
+    sqlx::query("SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)")
         .execute(tx)
         .await?;
     Ok(())

@@ -118,6 +118,40 @@ impl OpenBatch {
     }
 }
 
+/// The due rows of `table` (response timers, assignment orders) a lease takes, locked or
+/// skipped: per account with rows (found by a skip scan of the `(account_id,
+/// next_attempt)` index), its oldest due rows up to its share `$3` less what it has in
+/// hand (`$4` accounts, `$5` counts); the accounts' first before anyone's second, at most
+/// `$1`. A lease reads an entry per account with rows and the rows it takes, however many
+/// one account has due: a backlog of one account costs the others' leases nothing.
+fn fair_due(table: &str) -> String {
+    format!(
+        "WITH RECURSIVE accounts(account_id) AS (
+             (SELECT account_id FROM {table} ORDER BY account_id LIMIT 1)
+             UNION ALL
+             SELECT (SELECT w.account_id FROM {table} w WHERE w.account_id > a.account_id
+                     ORDER BY w.account_id LIMIT 1)
+             FROM accounts a WHERE a.account_id IS NOT NULL),
+         turns AS (
+             SELECT d.deal_id, d.next_attempt, COALESCE(h.n, 0) + d.k AS k
+             FROM accounts a
+             LEFT JOIN UNNEST($4::text[], $5::int[]) AS h(account_id, n)
+                 ON h.account_id = a.account_id
+             CROSS JOIN LATERAL (
+                 SELECT w.deal_id, w.next_attempt,
+                     row_number() OVER (ORDER BY w.next_attempt) AS k
+                 FROM {table} w
+                 WHERE w.account_id = a.account_id AND w.next_attempt <= now()
+                 ORDER BY w.next_attempt
+                 LIMIT GREATEST($3 - COALESCE(h.n, 0), 0)) d
+             WHERE a.account_id IS NOT NULL)
+         SELECT deal_id FROM {table}
+         WHERE deal_id IN (SELECT deal_id FROM turns ORDER BY k, next_attempt LIMIT $1)
+             AND next_attempt <= now()
+         FOR UPDATE SKIP LOCKED"
+    )
+}
+
 /// The leased items a process has in hand, per account: a lease counts them against the
 /// account's share.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

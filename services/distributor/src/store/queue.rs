@@ -285,30 +285,25 @@ impl Store {
         // At most `per_account` of one account in hand, counting those `held`, the
         // accounts' oldest first: an account whose limits freed a thousand places does not
         // hold back another's one.
-        let rows = sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        key_lookups_only(&mut tx).await?;
+        // The table is this code's own name, not anything a caller sent.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE assignment_orders o SET next_attempt = now() + $2, attempts = o.attempts + 1
-             FROM (SELECT deal_id FROM assignment_orders WHERE deal_id IN (
-                       SELECT deal_id FROM (
-                           SELECT w.deal_id, w.next_attempt, COALESCE(h.n, 0) + row_number() OVER (
-                               PARTITION BY w.account_id ORDER BY w.next_attempt) AS k
-                           FROM assignment_orders w
-                           LEFT JOIN UNNEST($4::text[], $5::int[]) AS h(account_id, n)
-                               ON h.account_id = w.account_id
-                           WHERE w.next_attempt <= now()) turns
-                       WHERE k <= $3 ORDER BY k, next_attempt LIMIT $1)
-                   AND next_attempt <= now()
-                   FOR UPDATE SKIP LOCKED) due
+             FROM ({}) due
              WHERE o.deal_id = due.deal_id
              RETURNING o.deal_id, o.account_id, o.plan_id, o.version, o.manager_id,
                 o.waiting_since, o.attempts - 1 AS attempts",
-        )
+            super::fair_due("assignment_orders")
+        )))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(lease)
         .bind(i64::try_from(per_account).unwrap_or(i64::MAX))
         .bind(&held.accounts)
         .bind(&held.counts)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         rows.iter()
             .map(|r| {
                 Ok(Order {
