@@ -1,5 +1,6 @@
-//! The gRPC server every service runs (health, reflection, a span per request that joins
-//! the caller's trace, graceful drain) and helpers for outgoing calls.
+//! The gRPC server every service runs (health, reflection, gRPC-Web for browsers, a span
+//! per request that joins the caller's trace, graceful drain) and helpers for outgoing
+//! calls.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -19,7 +20,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// requests in flight. A call is answered within `timeout` (or the client's shorter
 /// `grpc-timeout`), or cut off.
 /// How a service's gRPC server runs (from [`crate::service::ServiceConfig`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// Between NOT_SERVING and refusing new calls.
     pub drain_delay: Duration,
@@ -29,6 +30,74 @@ pub struct ServerOptions {
     pub reflection: bool,
     /// Calls at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_streams: u32,
+    /// The web origins allowed to call from a browser (CORS); none: no page of another
+    /// origin may.
+    pub cors_origins: Vec<http::HeaderValue>,
+}
+
+/// Parses `SALESPLAN_CORS_ORIGINS` (`key`): comma-separated origins, each a scheme, a host
+/// and an optional port, nothing else. `*` is refused: a browser page the operator did not
+/// name must not drive the API with a token it obtained.
+pub fn cors_origins(
+    key: &str,
+    value: &str,
+) -> Result<Vec<http::HeaderValue>, crate::config::ConfigError> {
+    let bad = |origin: &str, why: &str| {
+        crate::config::ConfigError::new(key, format!("{origin:?} is not an origin: {why}"))
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(|origin| {
+            let (scheme, rest) = origin
+                .split_once("://")
+                .ok_or_else(|| bad(origin, "write it as https://host[:port]"))?;
+            if scheme != "https" && scheme != "http" {
+                return Err(bad(origin, "the scheme is http or https"));
+            }
+            if rest.is_empty() || rest.contains(['/', '*', '?', '#', '@', ' ']) {
+                return Err(bad(
+                    origin,
+                    "a host and an optional port, no path or wildcard",
+                ));
+            }
+            http::HeaderValue::from_str(origin).map_err(|_| bad(origin, "not a header value"))
+        })
+        .collect()
+}
+
+/// The request headers a gRPC-Web page may send, and the response headers it may read.
+const CORS_REQUEST_HEADERS: [&str; 7] = [
+    "authorization",
+    "content-type",
+    "grpc-timeout",
+    "traceparent",
+    "tracestate",
+    "x-grpc-web",
+    "x-user-agent",
+];
+const CORS_RESPONSE_HEADERS: [&str; 4] = [
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    crate::consistency::HEADER,
+];
+
+/// Cross-origin calls from `origins` (none: the layer answers no preflight and adds no
+/// header, so a browser refuses every cross-origin call).
+fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let layer = CorsLayer::new();
+    if origins.is_empty() {
+        return layer;
+    }
+    layer
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([http::Method::POST])
+        .allow_headers(CORS_REQUEST_HEADERS.map(http::HeaderName::from_static))
+        .expose_headers(CORS_RESPONSE_HEADERS.map(http::HeaderName::from_static))
+        .max_age(Duration::from_secs(600))
 }
 
 pub async fn serve(
@@ -76,7 +145,11 @@ pub async fn serve(
     Server::builder()
         .timeout(options.timeout)
         .max_concurrent_streams(Some(options.max_streams))
+        // gRPC-Web arrives over HTTP/1.1 too (browsers without HTTP/2 to this port).
+        .accept_http1(true)
         .trace_fn(move |request| request_span(request, &verifier))
+        .layer(cors(&options.cors_origins))
+        .layer(tonic_web::GrpcWebLayer::new())
         .layer(MetricsLayer::new(metrics))
         .layer(crate::consistency::ConsistencyLayer)
         .add_routes(routes)
@@ -377,8 +450,32 @@ where
 mod tests {
     use tracing_subscriber::layer::SubscriberExt as _;
 
-    use super::request_span;
+    use super::{cors_origins, request_span};
     use crate::{Actor, Permission, auth::TokenIssuer, auth::TokenVerifier, config::AuthConfig};
+
+    #[test]
+    fn cors_origins_are_named_one_by_one_and_nothing_else() {
+        let origins = cors_origins("K", " https://crm.example.com, http://localhost:3000 ,")
+            .expect("two origins");
+        assert_eq!(
+            origins,
+            ["https://crm.example.com", "http://localhost:3000"]
+        );
+        assert!(cors_origins("K", "").expect("none").is_empty());
+        for bad in [
+            "*",
+            "https://*.example.com",
+            "crm.example.com",
+            "ftp://crm.example.com",
+            "https://crm.example.com/",
+            "https://crm.example.com/app",
+            "https://user@crm.example.com",
+            "https://",
+        ] {
+            let err = cors_origins("K", bad).expect_err(bad);
+            assert!(err.to_string().contains('K'), "{err}");
+        }
+    }
 
     fn call(path: &str, bearer: Option<&str>) -> http::Request<()> {
         let mut request = http::Request::builder().uri(path);

@@ -38,6 +38,9 @@ pub struct ServiceConfig {
     /// `SALESPLAN_GRPC_MAX_STREAMS` (default 200): calls at once on one HTTP/2 connection,
     /// so one client cannot hold an unbounded number open.
     pub grpc_max_streams: u32,
+    /// `SALESPLAN_CORS_ORIGINS` (default none): the web origins whose pages may call the
+    /// gRPC-Web API from a browser, comma-separated (`https://crm.example.com`).
+    pub cors_origins: Vec<http::HeaderValue>,
 }
 
 /// A call nobody waits for after this long (a client's own deadline may be shorter).
@@ -75,6 +78,10 @@ impl ServiceConfig {
                 }
                 n => n,
             },
+            cors_origins: crate::grpc::cors_origins(
+                "SALESPLAN_CORS_ORIGINS",
+                env.get("SALESPLAN_CORS_ORIGINS").unwrap_or_default(),
+            )?,
         })
     }
 
@@ -91,6 +98,7 @@ impl ServiceConfig {
             grpc_timeout: DEFAULT_GRPC_TIMEOUT,
             grpc_reflection: true,
             grpc_max_streams: 200,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -386,6 +394,7 @@ pub async fn spawn_service(
         timeout: config.grpc_timeout,
         reflection: config.grpc_reflection,
         max_streams: config.grpc_max_streams,
+        cors_origins: config.cors_origins.clone(),
     };
     let metrics_stop = CancellationToken::new();
     let service_metrics = background.metrics.clone();
