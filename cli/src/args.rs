@@ -144,6 +144,18 @@ pub struct NewPlan {
     pub amount: i64,
     #[arg(long, default_value = "USD")]
     pub currency: String,
+    #[command(flatten)]
+    pub distribution: DistributionArgs,
+    /// A manager: `id`, `id:weight` (1 to 100; round robin shares leads by weight) or
+    /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit);
+    /// an id that ends in a colon and a number needs all three.
+    #[arg(long = "manager")]
+    pub managers: Vec<String>,
+}
+
+/// How a plan distributes its leads.
+#[derive(Args, Clone)]
+pub struct DistributionArgs {
     /// manual, random, round-robin or least-open.
     #[arg(long, default_value = "round-robin")]
     pub distribution: String,
@@ -159,16 +171,18 @@ pub struct NewPlan {
     /// With --response-deadline: reassignments before the deal waits for a person.
     #[arg(long, default_value_t = 0)]
     pub max_reassignments: u32,
-    /// A manager: `id`, `id:weight` (1 to 100; round robin shares leads by weight) or
-    /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit);
-    /// an id that ends in a colon and a number needs all three.
-    #[arg(long = "manager")]
-    pub managers: Vec<String>,
 }
 
 #[derive(Subcommand)]
 pub enum Plans {
     Create(NewPlan),
+    /// Set how the plan distributes leads: every setting (those not given take their
+    /// defaults), in force for every lead accepted after the answer.
+    Distribution {
+        plan: String,
+        #[command(flatten)]
+        distribution: DistributionArgs,
+    },
     List {
         #[arg(long)]
         archived: bool,
@@ -318,6 +332,11 @@ pub enum Deals {
     History {
         deal: String,
     },
+    /// Why the deal has its manager (or none): the distributor's decision, every candidate
+    /// and why it was taken or passed over, and the response deadlines the deal missed.
+    Explain {
+        deal: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -369,6 +388,8 @@ pub enum Reports {
         details: bool,
         #[arg(long = "plan")]
         plans: Vec<String>,
+        #[command(flatten)]
+        period: PeriodArgs,
         /// Answer only once what this consistency token stands for is included: a write
         /// (its `salesplan-consistency-token`) or the deals of accepted leads (the token
         /// `intake add` prints).
@@ -382,9 +403,41 @@ pub enum Reports {
         plans: Vec<String>,
         #[arg(long = "manager")]
         managers: Vec<String>,
+        #[command(flatten)]
+        period: PeriodArgs,
         #[arg(long = "fresh-as", value_name = "TOKEN", default_value = "")]
         fresh_as: String,
     },
+}
+
+/// A report's period, `[from, to)`, each an RFC 3339 time (`2026-12-01T00:00:00Z`);
+/// either may be left open.
+#[derive(clap::Args)]
+pub struct PeriodArgs {
+    #[arg(long, value_name = "RFC3339")]
+    pub from: Option<String>,
+    #[arg(long, value_name = "RFC3339")]
+    pub to: Option<String>,
+}
+
+impl PeriodArgs {
+    /// The period as the API takes it; none when both ends are open.
+    pub fn range(&self) -> anyhow::Result<Option<salesplan_proto::v1::TimeRange>> {
+        let at = |flag: &str, value: &Option<String>| -> anyhow::Result<_> {
+            value
+                .as_deref()
+                .map(|v| {
+                    time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                        .map(salesplan_proto::time::timestamp)
+                        .map_err(|err| {
+                            anyhow::anyhow!("--{flag}: {v:?} is not an RFC 3339 time: {err}")
+                        })
+                })
+                .transpose()
+        };
+        let (from, to) = (at("from", &self.from)?, at("to", &self.to)?);
+        Ok((from.is_some() || to.is_some()).then_some(salesplan_proto::v1::TimeRange { from, to }))
+    }
 }
 
 #[derive(Subcommand)]

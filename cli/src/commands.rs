@@ -244,6 +244,17 @@ async fn plans(ctx: &Ctx, command: Plans) -> anyhow::Result<()> {
                 .into_inner()
                 .plan
         }
+        Plans::Distribution { plan, distribution } => {
+            client
+                .update_plan(ctx.request(pb::UpdatePlanRequest {
+                    plan_id: plan,
+                    distribution: Some(distribution_of(&distribution)?),
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner()
+                .plan
+        }
         Plans::List { archived } => return list_plans(ctx, &client, archived).await,
         Plans::Show { plan } => {
             client
@@ -401,14 +412,18 @@ fn plan_request(new: NewPlan) -> anyhow::Result<pb::CreatePlanRequest> {
             amount_minor: new.amount,
             currency: new.currency,
         }),
-        distribution: Some(pb::Distribution {
-            keep_related_when_unavailable: new.keep_related,
-            response_deadline_seconds: new.response_deadline,
-            max_reassignments: new.max_reassignments,
-            ..distribution(&new.distribution, new.prefer_related)?
-        }),
+        distribution: Some(distribution_of(&new.distribution)?),
         members: members(&new.managers)?,
         ..Default::default()
+    })
+}
+
+fn distribution_of(args: &crate::args::DistributionArgs) -> anyhow::Result<pb::Distribution> {
+    Ok(pb::Distribution {
+        keep_related_when_unavailable: args.keep_related,
+        response_deadline_seconds: args.response_deadline,
+        max_reassignments: args.max_reassignments,
+        ..distribution(&args.distribution, args.prefer_related)?
     })
 }
 
@@ -573,6 +588,7 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
             return transfer(ctx, &mut client, from, to, plan).await;
         }
         Deals::History { deal } => return history(ctx, &client, deal).await,
+        Deals::Explain { deal } => return explain(ctx, deal).await,
     };
     let deal = deal.context("the server returned no deal")?;
     ctx.print(deal_json(&deal), || table(&DEAL_HEADER, &[deal_row(&deal)]));
@@ -903,18 +919,23 @@ fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<pb::AudienceContact>> 
 
 async fn reports(ctx: &Ctx, command: Reports) -> anyhow::Result<()> {
     let mut client = ReportServiceClient::new(ctx.channel(&ctx.global.reporting).await?);
-    let (by, details, plans, fresh_as) = match command {
+    let (by, details, plans, period, fresh_as) = match command {
         Reports::LossReasons {
             by,
             details,
             plans,
+            period,
             fresh_as,
-        } => (by, details, plans, fresh_as),
+        } => (by, details, plans, period.range()?, fresh_as),
         Reports::ResponseTimes {
             plans,
             managers,
+            period,
             fresh_as,
-        } => return response_times(ctx, &mut client, plans, managers, fresh_as).await,
+        } => {
+            let period = period.range()?;
+            return response_times(ctx, &mut client, (plans, managers), period, fresh_as).await;
+        }
     };
     let group_by = match by.as_str() {
         "plan" => pb::ReportGrouping::Plan,
@@ -926,6 +947,7 @@ async fn reports(ctx: &Ctx, command: Reports) -> anyhow::Result<()> {
             group_by: group_by as i32,
             with_details: details,
             plan_ids: plans,
+            period,
             min_consistency_token: fresh_as,
             ..Default::default()
         }))
@@ -955,16 +977,16 @@ async fn reports(ctx: &Ctx, command: Reports) -> anyhow::Result<()> {
 async fn response_times(
     ctx: &Ctx,
     client: &mut ReportServiceClient<tonic::transport::Channel>,
-    plan_ids: Vec<String>,
-    manager_ids: Vec<String>,
+    (plan_ids, manager_ids): (Vec<String>, Vec<String>),
+    period: Option<pb::TimeRange>,
     fresh_as: String,
 ) -> anyhow::Result<()> {
     let report = client
         .response_times(ctx.request(pb::ResponseTimesRequest {
             plan_ids,
             manager_ids,
+            period,
             min_consistency_token: fresh_as,
-            ..Default::default()
         }))
         .await?
         .into_inner();
@@ -1050,6 +1072,53 @@ async fn outbox(ctx: &Ctx, command: Outbox) -> anyhow::Result<()> {
             });
         }
     }
+    Ok(())
+}
+
+async fn explain(ctx: &Ctx, deal_id: String) -> anyhow::Result<()> {
+    let mut client = DistributorServiceClient::new(ctx.channel(&ctx.global.distributor).await?);
+    let a = client
+        .explain_assignment(ctx.request(pb::ExplainAssignmentRequest { deal_id }))
+        .await?
+        .into_inner()
+        .assignment
+        .context("the server returned no decision")?;
+    let time = |t: &Option<prost_types::Timestamp>| output::time_json(t.as_ref());
+    ctx.print(
+        json!({
+            "deal_id": a.deal_id, "plan_id": a.plan_id, "plan_version": a.plan_version,
+            "mode": a.mode, "strategy": a.strategy, "manager_id": a.manager_id,
+            "reason": a.reason, "decided_at": time(&a.decided_at),
+            "related_manager_id": a.related_manager_id,
+            "candidates": a.candidates.iter().map(|c| json!({
+                "manager_id": c.manager_id, "open_deals": c.open_deals, "chosen": c.chosen,
+                "note": c.note,
+            })).collect::<Vec<_>>(),
+            "missed_deadlines": a.missed_deadlines.iter().map(|m| json!({
+                "manager_id": m.manager_id, "assigned_at": time(&m.assigned_at),
+                "due_at": time(&m.due_at),
+            })).collect::<Vec<_>>(),
+        }),
+        || {
+            let manager = a.manager_id.as_deref().unwrap_or("(none: waits)");
+            let mut out = format!("{manager}: {}\n", a.reason);
+            let rows: Vec<Vec<String>> = a
+                .candidates
+                .iter()
+                .map(|c| {
+                    let chosen = if c.chosen { "✓" } else { "" };
+                    vec![
+                        c.manager_id.clone(),
+                        chosen.into(),
+                        c.open_deals.to_string(),
+                        c.note.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["candidate", "chosen", "open", "why"], &rows));
+            out
+        },
+    );
     Ok(())
 }
 

@@ -86,7 +86,7 @@ pub fn time_text(t: Option<&prost_types::Timestamp>) -> Option<String> {
         .ok()
 }
 
-fn time_json(t: Option<&prost_types::Timestamp>) -> Value {
+pub fn time_json(t: Option<&prost_types::Timestamp>) -> Value {
     time_text(t).map(Value::String).unwrap_or(Value::Null)
 }
 

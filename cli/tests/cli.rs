@@ -120,6 +120,47 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
         (3600.into(), 2.into())
     );
     assert_eq!(plan["managers"], serde_json::json!(["m1", "m2"]));
+    // The distribution changed after creation: a shorter deadline, one reassignment, then
+    // back to the created one (the rest of this test relies on it).
+    let changed = ctl
+        .json(
+            &admin,
+            &[
+                "plans",
+                "distribution",
+                &plan_id,
+                "--distribution",
+                "least-open",
+                "--response-deadline",
+                "600",
+                "--max-reassignments",
+                "1",
+            ],
+        )
+        .await?;
+    assert_eq!(
+        changed["distribution"]["response_deadline_seconds"], 600,
+        "{changed}"
+    );
+    assert_eq!(changed["distribution"]["max_reassignments"], 1, "{changed}");
+    let strategy = changed["distribution"]["strategy"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(strategy.contains("LEAST_OPEN"), "{changed}");
+    let back = [
+        "plans",
+        "distribution",
+        &plan_id,
+        "--response-deadline",
+        "3600",
+        "--max-reassignments",
+        "2",
+    ];
+    let back = ctl.json(&admin, &back).await?;
+    assert_eq!(
+        back["distribution"]["response_deadline_seconds"], 3600,
+        "{back}"
+    );
     let listed = ctl.ok(&admin, &["plans", "list"]).await?;
     assert!(listed.contains("CLI plan"), "{listed}");
     let with_stage = ctl
@@ -230,6 +271,27 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(times["rows"][0]["manager_id"], "m1", "{times}");
+    // A period: the assignment is in one from 2000 on, and in none that ended in 2000.
+    let since_2000 = [
+        "reports",
+        "response-times",
+        "--plan",
+        &plan_id,
+        "--from",
+        "2000-01-01T00:00:00Z",
+    ];
+    let times = ctl.json(&admin, &since_2000).await?;
+    assert_eq!(times["rows"][0]["accepted"], 1, "{times}");
+    let until_2000 = [
+        "reports",
+        "response-times",
+        "--plan",
+        &plan_id,
+        "--to",
+        "2000-01-01T00:00:00Z",
+    ];
+    let times = ctl.json(&admin, &until_2000).await?;
+    assert_eq!(times["rows"].as_array().map(Vec::len), Some(0), "{times}");
 
     // Intake: one contact, then a CSV bulk add and its retry.
     let added = ctl
@@ -267,6 +329,24 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
     assert_eq!(
         found["total_count"], 1,
         "the lead's deal, read at once: {found}"
+    );
+    // Why the lead's deal has its manager: the distributor's decision, every candidate.
+    let lead_deal = found["deals"][0]["id"]
+        .as_str()
+        .expect("deal id")
+        .to_owned();
+    let why = ctl.json(&boss, &["deals", "explain", &lead_deal]).await?;
+    assert_eq!(why["deal_id"], lead_deal.as_str(), "{why}");
+    let chosen: Vec<&serde_json::Value> = why["candidates"]
+        .as_array()
+        .map(|c| c.iter().filter(|c| c["chosen"] == true).collect())
+        .unwrap_or_default();
+    assert_eq!(chosen.len(), 1, "{why}");
+    assert_eq!(chosen[0]["manager_id"], why["manager_id"], "{why}");
+    let table = ctl.ok(&boss, &["deals", "explain", &lead_deal]).await?;
+    assert!(
+        table.contains("candidate") && table.contains("why"),
+        "{table}"
     );
     let dir = tempfile::tempdir()?;
     let csv = dir.path().join("audience.csv");

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     deal_view::DealState,
-    distribution::{self, Away, Cursor, Decision, Lead, PlanSettings},
+    distribution::{self, Away, Candidate, Cursor, Decision, Lead, PlanSettings},
 };
 
 /// A plan's response deadline.
@@ -193,14 +193,6 @@ pub fn expire(
     random: u64,
 ) -> Expiry {
     let last = chain.last().map(missed_note).unwrap_or_default();
-    let reassigned = chain.len().saturating_sub(1);
-    if reassigned >= response.max_reassignments as usize {
-        let note = format!(
-            "{last}; reassigned {reassigned} of {} times: waits for a person",
-            response.max_reassignments
-        );
-        return escalated(note);
-    }
     let mut passed = away.clone();
     for miss in chain {
         passed.insert(
@@ -210,6 +202,31 @@ pub fn expire(
                 rfc3339(miss.due_at)
             ),
         );
+    }
+    let reassigned = chain.len().saturating_sub(1);
+    if reassigned >= response.max_reassignments as usize {
+        let note = format!(
+            "{last}; reassigned {reassigned} of {} times: waits for a person",
+            response.max_reassignments
+        );
+        // Every member, and why none was tried: the chain's misses, who is away, and the
+        // plan's reassignments used up for the others.
+        let candidates = plan
+            .managers
+            .iter()
+            .map(|manager| Candidate {
+                manager_id: manager.clone(),
+                open_deals: open.get(manager).copied().unwrap_or(0),
+                chosen: false,
+                note: passed.get(manager).cloned().unwrap_or_else(|| {
+                    format!(
+                        "not tried: reassignments used up ({reassigned} of {})",
+                        response.max_reassignments
+                    )
+                }),
+            })
+            .collect();
+        return escalated(note, candidates);
     }
     let decision = distribution::decide(plan, &Lead::default(), cursor, open, &passed, random);
     match decision.manager.clone() {
@@ -236,13 +253,13 @@ pub fn expire(
     }
 }
 
-fn escalated(note: String) -> Expiry {
+fn escalated(note: String, candidates: Vec<Candidate>) -> Expiry {
     Expiry {
         manager: None,
         decision: Decision {
             manager: None,
             reason: note.clone(),
-            candidates: Vec::new(),
+            candidates,
             waits: true,
         },
         note,
@@ -491,6 +508,27 @@ mod tests {
                 .ends_with("reassigned 1 of 1 times: waits for a person"),
             "{}",
             last.note
+        );
+        // The escalation explains every member: the two who missed, and m3 not tried.
+        let notes: Vec<(&str, &str)> = last
+            .decision
+            .candidates
+            .iter()
+            .map(|c| (c.manager_id.as_str(), c.note.as_str()))
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                (
+                    "m1",
+                    "missed its response deadline (due 2026-12-01T10:05:00Z)"
+                ),
+                (
+                    "m2",
+                    "missed its response deadline (due 2026-12-01T10:05:00Z)"
+                ),
+                ("m3", "not tried: reassignments used up (1 of 1)"),
+            ]
         );
     }
 
