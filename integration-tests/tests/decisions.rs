@@ -44,12 +44,21 @@ fn round_robin(
     }
 }
 
-async fn store_with_round_robin_plan() -> anyhow::Result<(TestDatabase, Store, Uuid)> {
+/// The distributor's store on a database of its own, and a pool on its schema.
+async fn empty_store() -> anyhow::Result<(TestDatabase, Store, sqlx::PgPool)> {
     let db = TestDatabase::create().await?;
     let config = distributor::Config::local(&db.url, "nats://127.0.0.1:1", "http://127.0.0.1:1");
     config.migrate().await?;
     let pool = salesplan_platform::db::connect(&config.database, distributor::SCHEMA).await?;
-    let store = Store::new(pool, salesplan_platform::privacy::ContactKeys::dev());
+    let store = Store::new(
+        pool.clone(),
+        salesplan_platform::privacy::ContactKeys::dev(),
+    );
+    Ok((db, store, pool))
+}
+
+async fn store_with_round_robin_plan() -> anyhow::Result<(TestDatabase, Store, Uuid)> {
+    let (db, store, _) = empty_store().await?;
     let plan_id = Uuid::new_v4();
     store
         .apply_plan(&round_robin(plan_id, 1, &["m1", "m2", "m3"], None))
@@ -596,14 +605,7 @@ async fn a_waiting_deal_goes_to_a_member_whose_shift_starts() -> anyhow::Result<
 #[tokio::test]
 async fn a_lease_gives_an_account_no_more_than_its_share_of_what_is_in_hand() -> anyhow::Result<()>
 {
-    let db = TestDatabase::create().await?;
-    let config = distributor::Config::local(&db.url, "nats://127.0.0.1:1", "http://127.0.0.1:1");
-    config.migrate().await?;
-    let pool = salesplan_platform::db::connect(&config.database, distributor::SCHEMA).await?;
-    let store = Store::new(
-        pool.clone(),
-        salesplan_platform::privacy::ContactKeys::dev(),
-    );
+    let (_db, store, pool) = empty_store().await?;
     // Five due items of "big", one of "small", in both tables.
     let accounts = ["big", "big", "big", "big", "big", "small"];
     for (i, account) in accounts.iter().enumerate() {
@@ -681,14 +683,7 @@ async fn a_lease_gives_an_account_no_more_than_its_share_of_what_is_in_hand() ->
 /// read used to rank every due row of every account: 170 ms at 200,000.)
 #[tokio::test]
 async fn a_lease_reads_no_more_rows_for_one_accounts_backlog() -> anyhow::Result<()> {
-    let db = TestDatabase::create().await?;
-    let config = distributor::Config::local(&db.url, "nats://127.0.0.1:1", "http://127.0.0.1:1");
-    config.migrate().await?;
-    let pool = salesplan_platform::db::connect(&config.database, distributor::SCHEMA).await?;
-    let store = Store::new(
-        pool.clone(),
-        salesplan_platform::privacy::ContactKeys::dev(),
-    );
+    let (_db, store, pool) = empty_store().await?;
     sqlx::raw_sql(
         "INSERT INTO response_timers (deal_id, account_id, plan_id, manager_id, version,
             assigned_at, due_at, next_attempt)

@@ -99,10 +99,8 @@ impl Deadlines {
             OrderAnswer::Gone(_) => self.store.drop_timer(timer).await,
             OrderAnswer::Later(reason) => {
                 tracing::warn!(deal_id = %timer.deal_id, %reason, "reassignment not made now");
-                let backoff = 1_i64 << timer.attempts.clamp(0, 6);
-                self.store
-                    .expiry_later(timer, time::Duration::seconds(backoff))
-                    .await
+                let backoff = leased::backoff(timer.attempts);
+                self.store.expiry_later(timer, backoff).await
             }
         }
     }

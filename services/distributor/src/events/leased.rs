@@ -75,6 +75,12 @@ pub struct Slots {
     pub poll: Duration,
 }
 
+/// How long an item whose call could not be made now waits before its next try: 1 s
+/// doubling with each attempt, up to 64 s.
+pub fn backoff(attempts: i32) -> time::Duration {
+    time::Duration::seconds(1_i64 << attempts.clamp(0, 6))
+}
+
 /// Leases and makes `work`'s items until `stop`, `slots.calls` at once; `wake` (if any)
 /// says new items were recorded by this process. On `stop`, the calls in flight finish
 /// first (each bounded by its call timeout); nothing more is leased.

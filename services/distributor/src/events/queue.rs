@@ -234,10 +234,8 @@ impl Queue {
             }
             OrderAnswer::Later(reason) => {
                 tracing::warn!(deal_id = %order.deal_id, %reason, "assignment order not made now");
-                let backoff = 1_i64 << order.attempts.clamp(0, 6);
-                self.store
-                    .order_later(order, time::Duration::seconds(backoff))
-                    .await
+                let backoff = leased::backoff(order.attempts);
+                self.store.order_later(order, backoff).await
             }
         }
     }

@@ -384,22 +384,19 @@ impl Store {
     /// for tests that its cost does not grow with one account's backlog.
     pub async fn explain_timer_lease(
         &self,
-        (limit, per_account): (usize, usize),
+        shares: (usize, usize),
         held: &Held,
     ) -> Result<serde_json::Value, StoreError> {
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
-        let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "EXPLAIN (ANALYZE, FORMAT JSON) {}",
             super::fair_due("response_timers")
-        )))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(time::Duration::ZERO)
-        .bind(i64::try_from(per_account).unwrap_or(i64::MAX))
-        .bind(&held.accounts)
-        .bind(&held.counts)
-        .fetch_one(&mut *tx)
-        .await?;
+        );
+        let plan = super::leasing(sql, shares, held, time::Duration::ZERO)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
         tx.rollback().await?;
         Ok(plan)
     }
@@ -411,14 +408,13 @@ impl Store {
     /// not hold back another's one.
     pub async fn lease_timers(
         &self,
-        (limit, per_account): (usize, usize),
+        shares: (usize, usize),
         held: &Held,
         lease: time::Duration,
     ) -> Result<Vec<Timer>, StoreError> {
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
-        // The table is this code's own name, not anything a caller sent.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "UPDATE response_timers t SET next_attempt = now() + $2, attempts = t.attempts + 1,
                 leased_by = $6
              FROM ({}) due
@@ -426,15 +422,11 @@ impl Store {
              RETURNING t.deal_id, t.account_id, t.plan_id, t.manager_id, t.version,
                 t.assigned_at, t.due_at, t.attempts - 1 AS attempts, t.leased_by",
             super::fair_due("response_timers")
-        )))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(lease)
-        .bind(i64::try_from(per_account).unwrap_or(i64::MAX))
-        .bind(&held.accounts)
-        .bind(&held.counts)
-        .bind(Uuid::new_v4())
-        .fetch_all(&mut *tx)
-        .await?;
+        );
+        let rows = super::leasing(sql, shares, held, lease)
+            .bind(Uuid::new_v4())
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         rows.iter()
             .map(|r| {

@@ -152,6 +152,23 @@ fn fair_due(table: &str) -> String {
     )
 }
 
+/// `sql` (a statement over [`fair_due`]) with the lease's parameters bound: `$1` the most
+/// rows, `$2` the lease, `$3` an account's share, `$4`/`$5` what is `held`. The SQL is
+/// this code's own text around a table name of its own, nothing a caller sent.
+fn leasing(
+    sql: String,
+    (limit, per_account): (usize, usize),
+    held: &Held,
+    lease: time::Duration,
+) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(lease)
+        .bind(i64::try_from(per_account).unwrap_or(i64::MAX))
+        .bind(&held.accounts)
+        .bind(&held.counts)
+}
+
 /// The leased items a process has in hand, per account: a lease counts them against the
 /// account's share.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

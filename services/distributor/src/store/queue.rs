@@ -278,7 +278,7 @@ impl Store {
     /// an order only once its lease ran out: if this one died with it in hand).
     pub async fn lease_orders(
         &self,
-        (limit, per_account): (usize, usize),
+        shares: (usize, usize),
         held: &Held,
         lease: time::Duration,
     ) -> Result<Vec<Order>, StoreError> {
@@ -287,22 +287,17 @@ impl Store {
         // hold back another's one.
         let mut tx = self.pool.begin().await?;
         key_lookups_only(&mut tx).await?;
-        // The table is this code's own name, not anything a caller sent.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "UPDATE assignment_orders o SET next_attempt = now() + $2, attempts = o.attempts + 1
              FROM ({}) due
              WHERE o.deal_id = due.deal_id
              RETURNING o.deal_id, o.account_id, o.plan_id, o.version, o.manager_id,
                 o.waiting_since, o.attempts - 1 AS attempts",
             super::fair_due("assignment_orders")
-        )))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(lease)
-        .bind(i64::try_from(per_account).unwrap_or(i64::MAX))
-        .bind(&held.accounts)
-        .bind(&held.counts)
-        .fetch_all(&mut *tx)
-        .await?;
+        );
+        let rows = super::leasing(sql, shares, held, lease)
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         rows.iter()
             .map(|r| {
