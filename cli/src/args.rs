@@ -396,6 +396,16 @@ pub enum Reports {
         #[arg(long = "fresh-as", value_name = "TOKEN", default_value = "")]
         fresh_as: String,
     },
+    /// How many deals are with which manager and in which stage: per plan and manager
+    /// open, won, lost and those waiting in the queue for a manager; per stage the deals
+    /// and their sums.
+    Pipeline {
+        /// One plan (default: every plan of the account).
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long = "fresh-as", value_name = "TOKEN", default_value = "")]
+        fresh_as: String,
+    },
     /// How fast managers accept their deals: per manager and plan, assigned, accepted,
     /// median and 90th percentile working time to accept, deadlines missed.
     ResponseTimes {

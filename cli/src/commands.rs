@@ -573,12 +573,12 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
                 .into_inner()
                 .deal
         }
+        // Without reading the deal first: a manager needs no `deals:read` to accept.
         Deals::Accept { deal } => {
-            let now = current(&mut client, ctx, &deal).await?;
             client
                 .accept_deal(ctx.request(pb::AcceptDealRequest {
                     deal_id: deal,
-                    expected_version: now.version,
+                    expected_version: 0,
                 }))
                 .await?
                 .into_inner()
@@ -936,6 +936,9 @@ async fn reports(ctx: &Ctx, command: Reports) -> anyhow::Result<()> {
             let period = period.range()?;
             return response_times(ctx, &mut client, (plans, managers), period, fresh_as).await;
         }
+        Reports::Pipeline { plan, fresh_as } => {
+            return pipeline(ctx, &mut client, plan, fresh_as).await;
+        }
     };
     let group_by = match by.as_str() {
         "plan" => pb::ReportGrouping::Plan,
@@ -1012,6 +1015,57 @@ async fn response_times(
             table(
                 &["manager", "plan", "assigned", "accepted", "median s", "p90 s", "missed"],
                 &rows,
+            )
+        },
+    );
+    Ok(())
+}
+
+async fn pipeline(
+    ctx: &Ctx,
+    client: &mut ReportServiceClient<tonic::transport::Channel>,
+    plan_id: Option<String>,
+    fresh_as: String,
+) -> anyhow::Result<()> {
+    let summary = client
+        .pipeline_summary(ctx.request(pb::PipelineSummaryRequest {
+            plan_id,
+            min_consistency_token: fresh_as,
+        }))
+        .await?
+        .into_inner();
+    let manager = |m: &pb::ManagerTotal| m.manager_id.clone().unwrap_or_else(|| "(unassigned)".into());
+    let managers: Vec<Vec<String>> = summary
+        .managers
+        .iter()
+        .map(|m| {
+            let counts = [m.open, m.won, m.lost, m.waiting].map(|n| n.to_string());
+            [vec![m.plan_id.clone(), manager(m)], counts.to_vec()].concat()
+        })
+        .collect();
+    let stages: Vec<Vec<String>> = summary
+        .stages
+        .iter()
+        .map(|s| {
+            let amount = format!("{} {}", s.exact_amount_minor, s.currency);
+            vec![s.plan_id.clone(), s.stage_id.clone(), s.deals.to_string(), amount]
+        })
+        .collect();
+    let as_of = summary.as_of.clone().unwrap_or_default();
+    ctx.print(
+        json!({
+            "managers": summary.managers.iter().map(|m| json!({"plan_id": m.plan_id, "manager_id": m.manager_id, "open": m.open, "won": m.won, "lost": m.lost, "waiting": m.waiting})).collect::<Vec<_>>(),
+            "stages": summary.stages.iter().map(|s| json!({"plan_id": s.plan_id, "stage_id": s.stage_id, "deals": s.deals, "amount_minor": s.exact_amount_minor, "currency": s.currency})).collect::<Vec<_>>(),
+            "total_deals": summary.total_deals,
+            "as_of": {"consistency_token": as_of.consistency_token},
+        }),
+        || {
+            format!(
+                "{}\n{}\n{} deals (as of consistency token {})",
+                table(&["plan", "manager", "open", "won", "lost", "waiting"], &managers),
+                table(&["plan", "stage", "deals", "amount (minor units)"], &stages),
+                summary.total_deals,
+                as_of.consistency_token
             )
         },
     );

@@ -258,7 +258,8 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
     }
     // Changes by the boss accept nothing; the manager accepts.
     assert_eq!(reopened["accepted_at"], serde_json::Value::Null);
-    let m1 = stack.token("acme", "m1", &[Permission::DealsRead]);
+    // With no permission at all: a manager accepts the deals assigned to them.
+    let m1 = stack.token("acme", "m1", &[]);
     let accepted = ctl.json(&m1, &["deals", "accept", &deal_id]).await?;
     assert!(accepted["accepted_at"].is_string(), "{accepted}");
     let history = ctl.ok(&boss, &["deals", "history", &deal_id]).await?;
@@ -462,6 +463,46 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(refused.status.code(), Some(4), "an invalid argument");
+
+    // Capacity and the waiting queue: a plan whose one member holds at most one open deal;
+    // of two leads, one waits, and the pipeline summary counts it.
+    let small = [
+        "plans",
+        "create",
+        "--name",
+        "Small plan",
+        "--label",
+        "Small",
+        "--manager",
+        "m3:1:1",
+    ];
+    let small = ctl.json(&admin, &small).await?;
+    let small_id = small["id"].as_str().expect("plan id").to_owned();
+    for email in ["one@example.com", "two@example.com"] {
+        let lead = ["intake", "add", "--plan", &small_id, "--run", email, "--email", email];
+        ctl.json(&boss, &lead).await?;
+    }
+    let summary = eventually(Duration::from_secs(15), || async {
+        let summary = ctl
+            .json(&boss, &["reports", "pipeline", "--plan", &small_id])
+            .await?;
+        Ok((summary["total_deals"] == 2).then_some(summary))
+    })
+    .await?;
+    let rows = summary["managers"].as_array().cloned().unwrap_or_default();
+    let row = |m: serde_json::Value| rows.iter().find(|r| r["manager_id"] == m).cloned();
+    let (m3, unassigned) = (row("m3".into()), row(serde_json::Value::Null));
+    assert_eq!(m3.map(|r| r["open"].clone()), Some(1.into()), "{summary}");
+    assert_eq!(
+        unassigned.map(|r| (r["open"].clone(), r["waiting"].clone())),
+        Some((1.into(), 1.into())),
+        "{summary}"
+    );
+    let table = ctl.ok(&boss, &["reports", "pipeline", "--plan", &small_id]).await?;
+    assert!(
+        table.contains("(unassigned)") && table.contains("waiting"),
+        "{table}"
+    );
 
     // Nothing was refused by the broker: no parked events, and none to replay.
     let parked = ctl.json(&admin, &["outbox", "parked"]).await?;

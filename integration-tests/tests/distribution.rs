@@ -1695,8 +1695,22 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
         .await
         .expect_err("only the deal's manager accepts it");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let stale = pb::Deal {
+        version: first.version + 1,
+        ..first.clone()
+    };
+    let conflict = deals
+        .accept_deal(accept(&stale, &m1))
+        .await
+        .expect_err("a version that is not the deal's is refused");
+    assert_eq!(conflict.code(), tonic::Code::Aborted);
+    // Version 0: whatever version the deal is at (a manager without `deals:read`).
+    let unread = pb::Deal {
+        version: 0,
+        ..first.clone()
+    };
     let accepted = deals
-        .accept_deal(accept(&first, &m1))
+        .accept_deal(accept(&unread, &m1))
         .await?
         .into_inner()
         .deal

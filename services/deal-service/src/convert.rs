@@ -403,6 +403,15 @@ pub fn expected_version(value: i64) -> Result<i64, ApiError> {
     Ok(value)
 }
 
+/// 0 means "whatever version the deal is at" (AcceptDeal: a manager needs no read
+/// permission to take on their deal, so they may not have read it).
+pub fn any_or_expected_version(value: i64) -> Result<Option<i64>, ApiError> {
+    match value {
+        0 => Ok(None),
+        v => expected_version(v).map(Some),
+    }
+}
+
 pub fn optional_id(field: &str, value: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
     value.map(|v| parse_id(field, v)).transpose()
 }

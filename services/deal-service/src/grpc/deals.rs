@@ -104,7 +104,7 @@ impl Api {
                 &actor.account_id,
                 &actor.user_id,
                 deal_id,
-                version,
+                Some(version),
                 |deal| may(deal) && already(deal),
                 |deal, plan, now| {
                     if !may(deal) {
@@ -375,7 +375,7 @@ impl DealService for Api {
         let req = request.into_inner();
         let (deal_id, version) = (
             parse_id("deal_id", &req.deal_id),
-            convert::expected_version(req.expected_version),
+            convert::any_or_expected_version(req.expected_version),
         )
             .all()?;
         let me = actor.user_id.as_str();

@@ -315,12 +315,14 @@ impl Store {
 
     /// Changes one deal if it still has `expected_version` (else ABORTED, nothing written),
     /// unless it `already` is as asked: then it is answered as it is, nothing written.
+    /// Without `expected_version` the change applies to the deal as it is now (AcceptDeal:
+    /// what it does does not depend on what the caller saw).
     pub async fn change_deal(
         &self,
         account_id: &str,
         actor_id: &str,
         deal_id: Uuid,
-        expected_version: i64,
+        expected_version: Option<i64>,
         already: impl FnOnce(&Deal) -> bool,
         change: impl FnOnce(&Deal, &Plan, OffsetDateTime) -> Result<(Deal, Change), DomainError>,
     ) -> Result<Deal, StoreError> {
@@ -335,9 +337,9 @@ impl Store {
                 super::note_seen(&mut tx).await?;
                 return Ok(deal);
             }
-            if deal.version != expected_version {
+            if let Some(expected) = expected_version.filter(|&v| v != deal.version) {
                 return Err(StoreError::Conflict(format!(
-                    "deal {deal_id} is at version {}, not {expected_version}: reload it and retry",
+                    "deal {deal_id} is at version {}, not {expected}: reload it and retry",
                     deal.version
                 )));
             }
