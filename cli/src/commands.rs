@@ -1034,7 +1034,11 @@ async fn pipeline(
         }))
         .await?
         .into_inner();
-    let manager = |m: &pb::ManagerTotal| m.manager_id.clone().unwrap_or_else(|| "(unassigned)".into());
+    let manager = |m: &pb::ManagerTotal| {
+        m.manager_id
+            .clone()
+            .unwrap_or_else(|| "(unassigned)".into())
+    };
     let managers: Vec<Vec<String>> = summary
         .managers
         .iter()
@@ -1048,7 +1052,12 @@ async fn pipeline(
         .iter()
         .map(|s| {
             let amount = format!("{} {}", s.exact_amount_minor, s.currency);
-            vec![s.plan_id.clone(), s.stage_id.clone(), s.deals.to_string(), amount]
+            vec![
+                s.plan_id.clone(),
+                s.stage_id.clone(),
+                s.deals.to_string(),
+                amount,
+            ]
         })
         .collect();
     let as_of = summary.as_of.clone().unwrap_or_default();
@@ -1131,49 +1140,64 @@ async fn outbox(ctx: &Ctx, command: Outbox) -> anyhow::Result<()> {
 
 async fn explain(ctx: &Ctx, deal_id: String) -> anyhow::Result<()> {
     let mut client = DistributorServiceClient::new(ctx.channel(&ctx.global.distributor).await?);
-    let a = client
+    let answer = client
         .explain_assignment(ctx.request(pb::ExplainAssignmentRequest { deal_id }))
         .await?
-        .into_inner()
+        .into_inner();
+    let a = answer
         .assignment
         .context("the server returned no decision")?;
-    let time = |t: &Option<prost_types::Timestamp>| output::time_json(t.as_ref());
-    ctx.print(
-        json!({
-            "deal_id": a.deal_id, "plan_id": a.plan_id, "plan_version": a.plan_version,
-            "mode": a.mode, "strategy": a.strategy, "manager_id": a.manager_id,
-            "reason": a.reason, "decided_at": time(&a.decided_at),
-            "related_manager_id": a.related_manager_id,
-            "candidates": a.candidates.iter().map(|c| json!({
-                "manager_id": c.manager_id, "open_deals": c.open_deals, "chosen": c.chosen,
-                "note": c.note,
-            })).collect::<Vec<_>>(),
-            "missed_deadlines": a.missed_deadlines.iter().map(|m| json!({
-                "manager_id": m.manager_id, "assigned_at": time(&m.assigned_at),
-                "due_at": time(&m.due_at),
-            })).collect::<Vec<_>>(),
-        }),
-        || {
-            let manager = a.manager_id.as_deref().unwrap_or("(none: waits)");
-            let mut out = format!("{manager}: {}\n", a.reason);
-            let rows: Vec<Vec<String>> = a
-                .candidates
-                .iter()
-                .map(|c| {
-                    let chosen = if c.chosen { "✓" } else { "" };
-                    vec![
-                        c.manager_id.clone(),
-                        chosen.into(),
-                        c.open_deals.to_string(),
-                        c.note.clone(),
-                    ]
-                })
-                .collect();
-            out.push_str(&table(&["candidate", "chosen", "open", "why"], &rows));
-            out
-        },
-    );
+    let mut document = decision_json(&a);
+    document["earlier"] = answer.earlier.iter().map(decision_json).collect();
+    ctx.print(document, || {
+        let mut out = String::new();
+        for earlier in &answer.earlier {
+            out.push_str(&format!("earlier, {}\n", decision_table(earlier)));
+        }
+        out.push_str(&decision_table(&a));
+        out
+    });
     Ok(())
+}
+
+fn decision_json(a: &pb::Assignment) -> serde_json::Value {
+    let time = |t: &Option<prost_types::Timestamp>| output::time_json(t.as_ref());
+    json!({
+        "deal_id": a.deal_id, "plan_id": a.plan_id, "plan_version": a.plan_version,
+        "mode": a.mode, "strategy": a.strategy, "manager_id": a.manager_id,
+        "reason": a.reason, "decided_at": time(&a.decided_at),
+        "related_manager_id": a.related_manager_id,
+        "candidates": a.candidates.iter().map(|c| json!({
+            "manager_id": c.manager_id, "open_deals": c.open_deals, "chosen": c.chosen,
+            "note": c.note,
+        })).collect::<Vec<_>>(),
+        "missed_deadlines": a.missed_deadlines.iter().map(|m| json!({
+            "manager_id": m.manager_id, "assigned_at": time(&m.assigned_at),
+            "due_at": time(&m.due_at),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// One decision: who got the deal and why, then every candidate.
+fn decision_table(a: &pb::Assignment) -> String {
+    let manager = a.manager_id.as_deref().unwrap_or("(none: waits)");
+    let decided = output::time_text(a.decided_at.as_ref()).unwrap_or_default();
+    let mut out = format!("{decided} {manager}: {}\n", a.reason);
+    let rows: Vec<Vec<String>> = a
+        .candidates
+        .iter()
+        .map(|c| {
+            let chosen = if c.chosen { "✓" } else { "" };
+            vec![
+                c.manager_id.clone(),
+                chosen.into(),
+                c.open_deals.to_string(),
+                c.note.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["candidate", "chosen", "open", "why"], &rows));
+    out
 }
 
 async fn rejections(ctx: &Ctx, plan: Option<String>, limit: i32) -> anyhow::Result<()> {

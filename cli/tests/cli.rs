@@ -344,6 +344,11 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
         .unwrap_or_default();
     assert_eq!(chosen.len(), 1, "{why}");
     assert_eq!(chosen[0]["manager_id"], why["manager_id"], "{why}");
+    assert_eq!(
+        why["earlier"],
+        serde_json::json!([]),
+        "a first decision: {why}"
+    );
     let table = ctl.ok(&boss, &["deals", "explain", &lead_deal]).await?;
     assert!(
         table.contains("candidate") && table.contains("why"),
@@ -479,7 +484,9 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
     let small = ctl.json(&admin, &small).await?;
     let small_id = small["id"].as_str().expect("plan id").to_owned();
     for email in ["one@example.com", "two@example.com"] {
-        let lead = ["intake", "add", "--plan", &small_id, "--run", email, "--email", email];
+        let lead = [
+            "intake", "add", "--plan", &small_id, "--run", email, "--email", email,
+        ];
         ctl.json(&boss, &lead).await?;
     }
     let summary = eventually(Duration::from_secs(15), || async {
@@ -498,7 +505,9 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
         Some((1.into(), 1.into())),
         "{summary}"
     );
-    let table = ctl.ok(&boss, &["reports", "pipeline", "--plan", &small_id]).await?;
+    let table = ctl
+        .ok(&boss, &["reports", "pipeline", "--plan", &small_id])
+        .await?;
     assert!(
         table.contains("(unassigned)") && table.contains("waiting"),
         "{table}"

@@ -1595,6 +1595,28 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
         .collect();
     assert_eq!(chain, ["m1", "m2"]);
     assert_eq!(explained.manager_id, None);
+    // The decisions this one replaced are kept, oldest first: the lead's, with its
+    // candidates, then the reassignment to m2.
+    let earlier = DistributorServiceClient::new(stack.channel(&stack.distributor).await?)
+        .explain_assignment(outgoing(
+            pb::ExplainAssignmentRequest {
+                deal_id: deal.id.clone(),
+            },
+            &t.boss,
+        ))
+        .await?
+        .into_inner()
+        .earlier;
+    let managers: Vec<Option<&str>> = earlier.iter().map(|a| a.manager_id.as_deref()).collect();
+    assert_eq!(managers, [Some("m1"), Some("m2")], "{earlier:?}");
+    let lead_decision: Vec<(&str, bool)> = earlier[0]
+        .candidates
+        .iter()
+        .map(|c| (c.manager_id.as_str(), c.chosen))
+        .collect();
+    let expected = [("m1", true), ("m2", false), ("m3", false)];
+    assert_eq!(lead_decision, expected, "{earlier:?}");
+    assert_eq!(earlier[1].missed_deadlines.len(), 1, "{earlier:?}");
     for missed in &explained.missed_deadlines {
         let (from, to) = (
             missed.assigned_at.expect("from"),

@@ -210,8 +210,18 @@ impl DistributorService for Explain {
                     "assignment of deal {deal_id} (deals created directly have none)"
                 ))
             })?;
+        let earlier = self
+            .store
+            .earlier_assignments_of_deal(&actor.account_id, deal_id)
+            .await
+            .map_err(ApiError::from)?;
+        let earlier = earlier
+            .iter()
+            .map(|stored| explained(stored, deal_id))
+            .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ExplainAssignmentResponse {
             assignment: Some(assignment),
+            earlier,
         }))
     }
 

@@ -537,6 +537,26 @@ impl Store {
         .await
     }
 
+    /// The stored explanations of the decisions `deal_id`'s current one replaced, oldest
+    /// first, within the account.
+    pub async fn earlier_assignments_of_deal(
+        &self,
+        account_id: &str,
+        deal_id: Uuid,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        db::traced(SCHEMA, "SELECT earlier_assignments", async {
+            Ok(sqlx::query_scalar(
+                "SELECT explanation FROM earlier_assignments
+                 WHERE account_id = $1 AND deal_id = $2 ORDER BY id",
+            )
+            .bind(account_id)
+            .bind(deal_id)
+            .fetch_all(&self.pool)
+            .await?)
+        })
+        .await
+    }
+
     /// The stored explanations of the decisions linked to any of `deal_ids`, within the
     /// account, by deal.
     pub async fn assignments_of_deals(
