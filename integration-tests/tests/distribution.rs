@@ -1514,6 +1514,101 @@ fn deadline_plan(name: &str, seconds: u32, reassignments: u32) -> pb::CreatePlan
     request
 }
 
+/// Two distributor replicas share the response deadlines (issue 20): rounds of leads in a
+/// plan with a 2-second deadline and one reassignment, until each replica has acted on
+/// some deadlines (at most five rounds). Every deal is reassigned exactly once and then
+/// escalated exactly once — never twice by the two replicas, never forgotten — and the
+/// replicas' own counts of missed deadlines add up to exactly that.
+#[tokio::test]
+async fn two_distributor_replicas_act_on_each_missed_deadline_once() -> anyhow::Result<()> {
+    const ROUND: usize = 20;
+    let stack = Stack::start().await?;
+    let second = stack.add_distributor().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let pool = stack.pool().await?;
+    let plan = create_plan(channel, &t.admin, deadline_plan("Shared", 2, 1)).await?;
+    let plan_id = uuid::Uuid::parse_str(&plan.id)?;
+    let missed_by = |text: &str, outcome: &str| {
+        let label = format!("outcome=\"{outcome}\"");
+        let metric = "salesplan_distributor_deadlines_missed_total";
+        integration_tests::metrics::sample(text, metric, &[label.as_str()])
+    };
+    let mut rounds = 0;
+    let per_replica = loop {
+        rounds += 1;
+        let job = format!("sla-{rounds}");
+        bulk_add(
+            &stack,
+            &t.funnel,
+            &plan.id,
+            &job,
+            audience(ROUND, &job),
+            None,
+        )
+        .await?;
+        eventually(Duration::from_secs(60), || async {
+            let escalated: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM deal_service.deals
+                 WHERE plan_id = $1 AND escalated_at IS NOT NULL",
+            )
+            .bind(plan_id)
+            .fetch_one(&pool)
+            .await?;
+            Ok((escalated == (rounds * ROUND) as i64).then_some(()))
+        })
+        .await?;
+        let mut per_replica = Vec::new();
+        for replica in [&stack.distributor, &second] {
+            let text = integration_tests::metrics::scrape(replica).await?;
+            per_replica.push((
+                missed_by(&text, "reassigned"),
+                missed_by(&text, "escalated"),
+            ));
+        }
+        let both = per_replica.iter().all(|(r, e)| r + e > 0.0);
+        if both || rounds == 5 {
+            break per_replica;
+        }
+    };
+    let deals = rounds * ROUND;
+    // Per deal, from its history: the distributor's reassignments to a manager, and to
+    // nobody (the escalation), each with its note.
+    let steps: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT d.idempotency_key,
+            count(*) FILTER (WHERE h.to_value IS NOT NULL),
+            count(*) FILTER (WHERE h.to_value IS NULL)
+         FROM deal_service.deals d JOIN deal_service.deal_history h ON h.deal_id = d.id
+         WHERE d.plan_id = $1 AND h.detail ? 'note' AND h.actor_id = 'system:distributor'
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind(plan_id)
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(steps.len(), deals, "{steps:?}");
+    for (deal, reassigned, escalated) in &steps {
+        assert_eq!((*reassigned, *escalated), (1, 1), "deal {deal}");
+    }
+    let (reassigned, escalated) = per_replica
+        .iter()
+        .fold((0.0, 0.0), |(r, e), (rr, ee)| (r + rr, e + ee));
+    assert_eq!(
+        (reassigned, escalated),
+        (deals as f64, deals as f64),
+        "{per_replica:?}"
+    );
+    assert!(
+        per_replica.iter().all(|(r, e)| r + e > 0.0),
+        "a replica acted on no deadline in {rounds} rounds: {per_replica:?}"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM distributor.response_timers")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(left, 0, "no timer is left");
+    drop(second);
+    stack.stop().await
+}
+
 /// Response deadlines (issue 20). A bad deadline is refused with every violation. In a
 /// plan with a 2-second deadline and one reassignment, a deal m1 does not accept goes to
 /// the next in turn who never had it (m2), then, missed again, waits for a person: each
