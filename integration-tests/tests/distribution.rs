@@ -1870,11 +1870,49 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
         assert!(d.accept_seconds.is_some_and(|s| s >= 0), "{d:?}");
     }
 
+    // m3 takes an unassigned deal: accepted the moment it is theirs, it is not a deal they
+    // got, and the report leaves it out (else it would read "accepted in 0 s").
+    let unassigned = deals
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: slow.id.clone(),
+                contact: Some(pb::Contact {
+                    external_id: "self-taken".into(),
+                    ..Default::default()
+                }),
+                idempotency_key: "self-taken".into(),
+                ..Default::default()
+            },
+            &t.boss,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let taken = deals
+        .assign_deal(outgoing(
+            pb::AssignDealRequest {
+                deal_id: unassigned.id.clone(),
+                expected_version: unassigned.version,
+                manager_id: Some("m3".into()),
+                ..Default::default()
+            },
+            &stack.token(ACCOUNT, "m3", &[]),
+        ))
+        .await?;
+    let taken_token = integration_tests::api::write_token(&taken)?.to_string();
+    let taken = taken.into_inner().deal.expect("deal");
+    assert_eq!(taken.accepted_at, taken.assigned_at, "{taken:?}");
+
     // The report: who got what, who accepted, who missed.
     let mut reports = ReportServiceClient::new(stack.channel(&stack.reporting).await?);
     let rows = eventually(Duration::from_secs(20), || {
         let mut reports = reports.clone();
-        let request = outgoing(pb::ResponseTimesRequest::default(), &t.admin);
+        let request = pb::ResponseTimesRequest {
+            min_consistency_token: taken_token.clone(),
+            ..Default::default()
+        };
+        let request = outgoing(request, &t.admin);
         async move {
             let rows = reports.response_times(request).await?.into_inner().rows;
             let total: i64 = rows.iter().map(|r| r.accepted + r.deadlines_missed).sum();
@@ -1902,6 +1940,7 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
     );
     assert_eq!(line(&slow, "m1"), Some(("Slow".into(), 1, 1, 0)));
     assert_eq!(line(&slow, "m2"), Some(("Slow".into(), 1, 1, 0)));
+    assert_eq!(line(&slow, "m3"), None, "a deal m3 took is not one m3 got");
     let m1_slow = rows
         .iter()
         .find(|r| r.plan_id == slow.id && r.manager_id == "m1")

@@ -126,7 +126,9 @@ pub struct ResponseRow {
 }
 
 /// Per manager and plan of the account, the assignments made in `period` (limited to
-/// `plans` and `managers` when given).
+/// `plans` and `managers` when given). An assignment accepted the moment it began is a
+/// manager taking a deal themselves (deal-service sets both from the one change), not a
+/// deal they got: it is left out, or it would count as accepted in 0 s.
 pub async fn report(
     pool: &PgPool,
     account_id: &str,
@@ -144,6 +146,7 @@ pub async fn report(
             AND ($3::timestamptz IS NULL OR assigned_at < $3)
             AND (cardinality($4::uuid[]) = 0 OR plan_id = ANY($4))
             AND (cardinality($5::text[]) = 0 OR manager_id = ANY($5))
+            AND accepted_at IS DISTINCT FROM assigned_at
          GROUP BY 1, 2 ORDER BY 1, 2",
     )
     .bind(account_id)
