@@ -1213,7 +1213,6 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() ->
     stack.stop().await
 }
 
-/// The explanation of how `deal_id` was assigned (or left waiting), once recorded.
 /// The fields an INVALID_ARGUMENT names, in order.
 fn violated_fields(status: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt as _;
@@ -1224,6 +1223,16 @@ fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The ErrorInfo reason of a status.
+fn reason_of(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+}
+
+/// The explanation of how `deal_id` was assigned (or left waiting), once recorded.
 async fn explanation(stack: &Stack, token: &str, deal_id: &str) -> anyhow::Result<pb::Assignment> {
     let distributor = DistributorServiceClient::new(stack.channel(&stack.distributor).await?);
     eventually(Duration::from_secs(20), || {
@@ -1768,6 +1777,7 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
                 manager_id: None,
                 note: "response deadline missed".into(),
                 escalate: true,
+                missed_assigned_at: None,
             },
             &t.boss,
         ))
@@ -1970,6 +1980,64 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
     assert!(
         only.iter().all(|r| r.plan_id == slow.id) && only.len() == 2,
         "{only:?}"
+    );
+
+    // The distributor's reassignment names the assignment that missed its deadline, not
+    // a version: others' edits meanwhile do not hold it up; once the deal is in another
+    // assignment it is refused (ASSIGNMENT_ENDED), and a repeat answers as done.
+    let edited = deals
+        .update_deal(outgoing(
+            pb::UpdateDealRequest {
+                deal_id: deal.id.clone(),
+                expected_version: assigned.version,
+                title: Some("edited by the boss".into()),
+                ..Default::default()
+            },
+            &t.boss,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert_eq!(edited.manager_id.as_deref(), Some("m2"));
+    let distributor = stack.token(ACCOUNT, "system:distributor", &[Permission::PlatformIntake]);
+    let reassign = |to: &str| {
+        outgoing(
+            pb::AssignDealRequest {
+                deal_id: deal.id.clone(),
+                expected_version: assigned.version,
+                manager_id: Some(to.into()),
+                note: "response deadline missed by m2".into(),
+                escalate: false,
+                missed_assigned_at: assigned.assigned_at,
+            },
+            &distributor,
+        )
+    };
+    let moved_on = deals
+        .assign_deal(reassign("m3"))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert_eq!(moved_on.manager_id.as_deref(), Some("m3"), "{moved_on:?}");
+    let repeated = deals
+        .assign_deal(reassign("m3"))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert_eq!(
+        repeated.version, moved_on.version,
+        "a repeat changes nothing"
+    );
+    let ended = deals
+        .assign_deal(reassign("m1"))
+        .await
+        .expect_err("the deal is in m3's assignment now");
+    assert_eq!(
+        (ended.code(), reason_of(&ended).as_deref()),
+        (tonic::Code::FailedPrecondition, Some("ASSIGNMENT_ENDED"))
     );
     stack.stop().await
 }

@@ -145,9 +145,10 @@ impl DealService {
         self.assign_deal(&order.account_id, request).await
     }
 
-    /// Makes the reassignment of a deal whose response deadline ran out: AssignDeal at the
-    /// timer's version with the note for the deal's history, to the next manager or (none)
-    /// escalated to wait for a person.
+    /// Makes the reassignment of a deal whose response deadline ran out: AssignDeal of the
+    /// assignment that missed it (and the timer's version, for a deal-service that does
+    /// not know that field yet), with the note for the deal's history, to the next manager
+    /// or (none) escalated to wait for a person.
     pub async fn reassign(
         &self,
         timer: &crate::store::Timer,
@@ -159,6 +160,9 @@ impl DealService {
             manager_id: reassignment.manager.clone(),
             note: reassignment.note.clone(),
             escalate: reassignment.manager.is_none(),
+            // Stands for the version (which others' edits move): the deal is reassigned
+            // while it is still in the assignment that missed its deadline.
+            missed_assigned_at: Some(salesplan_proto::time::timestamp(timer.assigned_at)),
         };
         self.assign_deal(&timer.account_id, request).await
     }

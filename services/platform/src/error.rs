@@ -47,6 +47,9 @@ pub enum Reason {
     ManagerCapReached,
     /// The distributor placed a waiting deal with a manager who is away by now.
     ManagerUnavailable,
+    /// The distributor's reassignment after a missed deadline meets the deal out of that
+    /// assignment (accepted, assigned anew, or closed).
+    AssignmentEnded,
 }
 
 impl Reason {
@@ -76,6 +79,7 @@ impl Reason {
             Self::ManualDistribution => "MANUAL_DISTRIBUTION",
             Self::ManagerCapReached => "MANAGER_CAP_REACHED",
             Self::ManagerUnavailable => "MANAGER_UNAVAILABLE",
+            Self::AssignmentEnded => "ASSIGNMENT_ENDED",
         }
     }
 }

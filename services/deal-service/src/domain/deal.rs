@@ -473,10 +473,12 @@ impl Deal {
 
     /// The distributor's reassignment of a deal its manager did not accept in time: to
     /// `manager`, or (none) to wait for a person; `note` says why (the history keeps it).
+    /// The distributor's reassignment after a missed response deadline; `missed`, when
+    /// given, is the assignment that missed it, which the deal must still be in.
     pub fn reassign(
         &self,
         plan: &Plan,
-        manager: Option<String>,
+        (manager, missed): (Option<String>, Option<OffsetDateTime>),
         note: String,
         now: OffsetDateTime,
     ) -> Result<(Deal, Change), DomainError> {
@@ -484,6 +486,17 @@ impl Deal {
             return Err(DomainError::Precondition(
                 Reason::DealClosed,
                 format!("deal {} is closed: nothing to reassign", self.id),
+            ));
+        }
+        if let Some(at) = missed
+            && (self.assigned_at != Some(at) || self.accepted_at.is_some())
+        {
+            return Err(DomainError::Precondition(
+                Reason::AssignmentEnded,
+                format!(
+                    "deal {} is no longer in the assignment that missed its deadline",
+                    self.id
+                ),
             ));
         }
         let (mut deal, _) = self.assign(plan, manager.clone(), false, now)?;
@@ -719,8 +732,9 @@ mod tests {
     #[test]
     fn only_the_manager_accepts_and_a_new_manager_or_an_escalation_starts_over() {
         let mut plan = plan();
-        plan.managers = vec!["m1".into(), "m2".into()];
+        plan.managers = vec!["m1".into(), "m2".into(), "m3".into()];
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
+        let later = now + time::Duration::minutes(1);
         let (deal, _) = deal_in(&plan)
             .assign(&plan, Some("m1".into()), false, now)
             .unwrap();
@@ -745,9 +759,33 @@ mod tests {
             .unwrap();
         assert_eq!(edited.clone().accepted_by("boss").accepted_at, None);
         assert_eq!(edited.accepted_by("m1").accepted_at, Some(now));
+        // The distributor's reassignment names the assignment that missed its deadline:
+        // refused once the deal is accepted or assigned anew, whatever its version.
+        let missed = deal.assigned_at;
+        let late = |d: &Deal| d.reassign(&plan, (Some("m2".into()), missed), "missed".into(), now);
+        assert!(matches!(
+            late(&accepted),
+            Err(DomainError::Precondition(Reason::AssignmentEnded, _))
+        ));
+        let (given, _) = deal.assign(&plan, Some("m3".into()), false, later).unwrap();
+        assert!(matches!(
+            late(&given),
+            Err(DomainError::Precondition(Reason::AssignmentEnded, _))
+        ));
+        let (retitled, _) = deal
+            .edit(
+                DealEdit {
+                    title: Some("by someone else".into()),
+                    ..Default::default()
+                },
+                later,
+            )
+            .unwrap();
+        let (reassigned, _) = late(&retitled).expect("still the missed assignment");
+        assert_eq!(reassigned.manager_id.as_deref(), Some("m2"));
         // A new manager has not accepted it.
         let (moved_on, change) = accepted
-            .reassign(&plan, Some("m2".into()), "missed".into(), now)
+            .reassign(&plan, (Some("m2".into()), None), "missed".into(), now)
             .unwrap();
         assert_eq!(moved_on.accepted_at, None);
         assert_eq!(
@@ -760,7 +798,9 @@ mod tests {
             }
         );
         // Escalated: unassigned, waiting for a person, until someone assigns or closes it.
-        let (escalated, _) = moved_on.reassign(&plan, None, "again".into(), now).unwrap();
+        let (escalated, _) = moved_on
+            .reassign(&plan, (None, None), "again".into(), now)
+            .unwrap();
         assert!(escalated.is_escalated());
         assert_eq!(escalated.waiting_since, Some(now));
         let (taken, _) = escalated

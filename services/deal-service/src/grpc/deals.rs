@@ -94,7 +94,7 @@ impl Api {
     async fn change_as(
         &self,
         actor: &Actor,
-        (deal_id, version): (Uuid, i64),
+        (deal_id, version): (Uuid, Option<i64>),
         may: impl Fn(&Deal) -> bool,
         already: impl FnOnce(&Deal) -> bool,
         change: impl FnOnce(&Deal, &Plan, OffsetDateTime) -> Result<(Deal, Change), DomainError>,
@@ -104,7 +104,7 @@ impl Api {
                 &actor.account_id,
                 &actor.user_id,
                 deal_id,
-                Some(version),
+                version,
                 |deal| may(deal) && already(deal),
                 |deal, plan, now| {
                     if !may(deal) {
@@ -263,7 +263,7 @@ impl DealService for Api {
         let deal = self
             .change_as(
                 &actor,
-                (deal_id, version),
+                (deal_id, Some(version)),
                 |deal| may_change(&actor.user_id, edit_all, deal),
                 |deal| deal.has(&wanted),
                 |deal, _, now| deal.edit(edit, now),
@@ -291,7 +291,7 @@ impl DealService for Api {
         let deal = self
             .change_as(
                 &actor,
-                (deal_id, version),
+                (deal_id, Some(version)),
                 |deal| may_change(&actor.user_id, edit_all, deal),
                 |deal| deal.is_at(stage_id, reason),
                 |deal, plan, now| deal.move_to(plan, stage_id, reason, now),
@@ -332,10 +332,16 @@ impl DealService for Api {
         }
         let asked = manager.clone();
         let edit_all = actor.has(Permission::DealsEditAll);
-        let deal = match reassignment(&actor, &req.note, req.escalate, manager.as_deref())? {
-            // The distributor's reassignment after a missed response deadline.
-            Some(note) => {
+        let deal = match reassignment(&actor, &req, manager.as_deref())? {
+            // The distributor's reassignment after a missed response deadline: at the
+            // version it saw or, naming the missed assignment, while the deal is in it.
+            Some((note, missed)) => {
                 let escalate = req.escalate;
+                let version = if missed.is_some() {
+                    None
+                } else {
+                    Some(version)
+                };
                 self.change_as(
                     &actor,
                     (deal_id, version),
@@ -347,14 +353,14 @@ impl DealService for Api {
                             deal.is_with(asked.as_deref())
                         }
                     },
-                    |deal, plan, now| deal.reassign(plan, manager, note, now),
+                    |deal, plan, now| deal.reassign(plan, (manager, missed), note, now),
                 )
                 .await?
             }
             None => {
                 self.change_as(
                     &actor,
-                    (deal_id, version),
+                    (deal_id, Some(version)),
                     |deal| may_assign(&actor.user_id, edit_all, deal, asked.as_deref()),
                     |deal| deal.is_with(asked.as_deref()),
                     |deal, plan, now| deal.assign(plan, manager, false, now),
@@ -413,7 +419,7 @@ impl DealService for Api {
         let deal = self
             .change_as(
                 &actor,
-                (deal_id, version),
+                (deal_id, Some(version)),
                 // Reopening needs both permissions, checked above, not the deal's manager.
                 |_| true,
                 // Open already (a retry whose answer was lost, or reopened by someone
@@ -670,13 +676,21 @@ const MAX_NOTE_CHARS: usize = 500;
 /// response deadline (`note` or `escalate` set), checked; `None` for a plain assignment.
 /// Only the platform's distributor reassigns so: a person's assignment is their decision
 /// and needs no note.
+/// The distributor's reassignment fields of `req` (its note, and the assignment that
+/// missed its deadline), checked; none for a person's assignment.
 fn reassignment(
     actor: &Actor,
-    note: &str,
-    escalate: bool,
+    req: &pb::AssignDealRequest,
     manager: Option<&str>,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<(String, Option<OffsetDateTime>)>, ApiError> {
+    let (note, escalate) = (req.note.as_str(), req.escalate);
     if note.is_empty() && !escalate {
+        if req.missed_assigned_at.is_some() {
+            return Err(ApiError::invalid(
+                "missed_assigned_at",
+                "only with the distributor's note",
+            ));
+        }
         return Ok(None);
     }
     let mut checks = salesplan_platform::Checks::new();
@@ -693,8 +707,14 @@ fn reassignment(
         ));
     }
     let note = checks.take(validate::required_text("note", note, MAX_NOTE_CHARS));
+    let missed = req.missed_assigned_at.as_ref().and_then(|at| {
+        checks.check(
+            salesplan_proto::time::time_of(at)
+                .ok_or_else(|| ApiError::invalid("missed_assigned_at", "not a valid time")),
+        )
+    });
     checks.finish()?;
-    Ok(Some(note))
+    Ok(Some((note, missed)))
 }
 
 /// A history row as the API gives it.
