@@ -337,6 +337,27 @@ pub enum Deals {
     Explain {
         deal: String,
     },
+    /// Prints the plan's deal changes as they happen (WatchDeals), a line each (JSON
+    /// lines with --json), until interrupted; with `--snapshot` the board first.
+    Watch {
+        #[arg(long)]
+        plan: String,
+        /// Only deals in these stages (before or after the change).
+        #[arg(long = "stage")]
+        stages: Vec<String>,
+        /// Only deals of this manager (before or after the change).
+        #[arg(long)]
+        manager: Option<String>,
+        /// The board first (as `deals board`), then the changes after it.
+        #[arg(long)]
+        snapshot: bool,
+        /// Resume after this token (printed with every change).
+        #[arg(long = "resume", value_name = "TOKEN", default_value = "")]
+        resume: String,
+        /// Stop after this many changes (default: until interrupted).
+        #[arg(long)]
+        count: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -589,9 +589,74 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
         }
         Deals::History { deal } => return history(ctx, &client, deal).await,
         Deals::Explain { deal } => return explain(ctx, deal).await,
+        Deals::Watch {
+            plan,
+            stages,
+            manager,
+            snapshot,
+            resume,
+            count,
+        } => {
+            let request = pb::WatchDealsRequest {
+                plan_id: plan,
+                stage_ids: stages,
+                manager_id: manager,
+                resume_token: resume,
+                start_with_snapshot: snapshot,
+                ..Default::default()
+            };
+            return watch(ctx, &mut client, request, count).await;
+        }
     };
     let deal = deal.context("the server returned no deal")?;
     ctx.print(deal_json(&deal), || table(&DEAL_HEADER, &[deal_row(&deal)]));
+    Ok(())
+}
+
+/// Prints a watch's messages as they come: the board, then a line per change with its
+/// resume token; the status it ends with is the command's error.
+async fn watch(
+    ctx: &Ctx,
+    client: &mut DealServiceClient<Channel>,
+    request: pb::WatchDealsRequest,
+    count: Option<usize>,
+) -> anyhow::Result<()> {
+    use pb::watch_deals_response::Item;
+    let mut stream = client.watch_deals(ctx.request(request)).await?.into_inner();
+    let mut changes = 0;
+    while count.is_none_or(|n| changes < n) {
+        let Some(message) = stream.message().await? else {
+            return Ok(());
+        };
+        let token = message.resume_token.clone();
+        match message.item {
+            Some(Item::Snapshot(board)) => ctx.print(
+                json!({"snapshot": output::board_json(&board), "resume_token": token}),
+                || format!("{}\n(resume token {token})", output::board_text(&board)),
+            ),
+            Some(Item::Change(change)) => {
+                changes += 1;
+                let kind = pb::ChangeKind::try_from(change.kind)
+                    .map(|k| {
+                        k.as_str_name()
+                            .trim_start_matches("CHANGE_KIND_")
+                            .to_lowercase()
+                    })
+                    .unwrap_or_default();
+                let deal = change.deal.unwrap_or_default();
+                ctx.print(
+                    json!({"kind": kind, "deal": deal_json(&deal), "previous_stage_id": change.previous_stage_id, "previous_manager_id": change.previous_manager_id, "actor_id": change.actor_id, "resume_token": token}),
+                    || {
+                        let row = deal_row(&deal).join("  ");
+                        format!("{kind:<9} {row}  by {} (resume token {token})", change.actor_id)
+                    },
+                );
+            }
+            None => ctx.print(json!({"checkpoint": true, "resume_token": token}), || {
+                format!("(nothing new; resume token {token})")
+            }),
+        }
+    }
     Ok(())
 }
 
@@ -641,37 +706,7 @@ async fn board(
         }))
         .await?
         .into_inner();
-    ctx.print(
-        json!({"columns": board.columns.iter().map(|c| json!({
-            "stage": c.stage.as_ref().map(|s| s.name.clone()),
-            "count": c.count,
-            "amounts": c.amounts.iter().map(output::total).collect::<Vec<_>>(),
-            "deals": c.deals.iter().map(deal_json).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(), "total_count": board.total_count}),
-        || {
-            let rows: Vec<Vec<String>> = board
-                .columns
-                .iter()
-                .map(|c| {
-                    vec![
-                        c.stage.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
-                        c.count.to_string(),
-                        c.amounts
-                            .iter()
-                            .map(output::total)
-                            .collect::<Vec<_>>()
-                            .join(" + "),
-                        c.deals
-                            .iter()
-                            .map(|d| d.title.clone())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    ]
-                })
-                .collect();
-            table(&["stage", "deals", "amount", "first cards"], &rows)
-        },
-    );
+    ctx.print(output::board_json(&board), || output::board_text(&board));
     Ok(())
 }
 

@@ -261,3 +261,31 @@ pub fn report_rows(r: &pb::ReportRow, indent: &str, out: &mut Vec<Vec<String>>) 
         report_rows(d, &format!("{indent}  "), out);
     }
 }
+
+pub fn board_json(board: &pb::GetBoardResponse) -> Value {
+    json!({"columns": board.columns.iter().map(|c| json!({
+        "stage": c.stage.as_ref().map(|s| s.name.clone()),
+        "count": c.count,
+        "amounts": c.amounts.iter().map(total).collect::<Vec<_>>(),
+        "deals": c.deals.iter().map(deal_json).collect::<Vec<_>>(),
+    })).collect::<Vec<_>>(), "total_count": board.total_count})
+}
+
+/// Per stage: its deals, their sums and the first cards' titles.
+pub fn board_text(board: &pb::GetBoardResponse) -> String {
+    let rows: Vec<Vec<String>> = board
+        .columns
+        .iter()
+        .map(|c| {
+            let amounts: Vec<String> = c.amounts.iter().map(total).collect();
+            let titles: Vec<String> = c.deals.iter().map(|d| d.title.clone()).collect();
+            vec![
+                c.stage.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                c.count.to_string(),
+                amounts.join(" + "),
+                titles.join(", "),
+            ]
+        })
+        .collect();
+    table(&["stage", "deals", "amount", "first cards"], &rows)
+}

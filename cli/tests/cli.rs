@@ -226,6 +226,17 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
         )
         .await?;
     let deal_id = deal["id"].as_str().expect("deal id").to_owned();
+    // The plan's changes, live: from the start of the feed, the deal's creation first.
+    let watched = [
+        "deals", "watch", "--plan", &plan_id, "--resume", "w1.0", "--count", "1",
+    ];
+    let watched = ctl.json(&boss, &watched).await?;
+    assert_eq!(
+        (watched["kind"].as_str(), watched["deal"]["id"].as_str()),
+        (Some("created"), Some(deal_id.as_str())),
+        "{watched}"
+    );
+    assert!(watched["resume_token"].is_string(), "{watched}");
     let listed = ctl
         .json(
             &boss,

@@ -214,6 +214,17 @@ impl DealStack {
             .expect("signing a test token")
     }
 
+    /// A bearer token that expires after `ttl`.
+    pub fn token_lasting(
+        &self,
+        (account, user, permissions): (&str, &str, &[Permission]),
+        ttl: Duration,
+    ) -> String {
+        self.issuer
+            .issue(&Actor::new(account, user, permissions.iter().copied()), ttl)
+            .expect("signing a test token")
+    }
+
     /// Starts a tunnel-listener (stopped with the stack; wait for it after `stop`).
     pub async fn start_listener(&self) -> anyhow::Result<Running> {
         tunnel_listener::Config::local(&self.nats.url, &self.deal_service.grpc_url())
@@ -235,6 +246,13 @@ impl DealStack {
                 .connect()
                 .await?,
         )
+    }
+
+    /// A channel to another deal-service replica (one a test started itself).
+    pub async fn channel_to(&self, running: &Running) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(running.grpc_url())?
+            .connect()
+            .await?)
     }
 
     pub async fn pool(&self) -> anyhow::Result<sqlx::PgPool> {

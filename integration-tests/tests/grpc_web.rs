@@ -132,7 +132,7 @@ async fn deal_service_with_origins(
 }
 
 #[tokio::test]
-async fn a_board_through_grpc_web_is_the_board_through_grpc() -> anyhow::Result<()> {
+async fn the_board_and_its_changes_reach_a_browser_through_grpc_web() -> anyhow::Result<()> {
     let (_nats, _db, running, shutdown) = deal_service_with_origins(&[]).await?;
     let issuer = salesplan_platform::auth::TokenIssuer::hs256(
         salesplan_platform::config::AuthConfig::DEV_SECRET.as_bytes(),
@@ -195,6 +195,38 @@ async fn a_board_through_grpc_web_is_the_board_through_grpc() -> anyhow::Result<
     assert_eq!(
         refused.status.get("grpc-status").map(String::as_str),
         Some("16")
+    );
+
+    // The server stream too: a watch from the start of the feed gets both deals' changes,
+    // with their contacts, as frames of one HTTP/1.1 answer; its token lasts 2 s, so the
+    // answer ends with UNAUTHENTICATED in the trailer frame.
+    let brief = issuer.issue(
+        &salesplan_platform::Actor::new("acme", "board", [Permission::DealsRead]),
+        std::time::Duration::from_secs(2),
+    )?;
+    let watch = pb::WatchDealsRequest {
+        plan_id: plan.id.clone(),
+        resume_token: "w1.0".into(),
+        ..Default::default()
+    };
+    let path = "/salesplan.v1.DealService/WatchDeals";
+    let watched: Answer<pb::WatchDealsResponse> =
+        grpc_web(&running.grpc_url(), path, Some(&brief), &watch).await?;
+    let contacts: Vec<String> = watched
+        .messages
+        .iter()
+        .filter_map(|m| match &m.item {
+            Some(pb::watch_deals_response::Item::Change(c)) => c.deal.as_ref(),
+            _ => None,
+        })
+        .filter_map(|d| d.contact.as_ref().map(|c| c.external_id.clone()))
+        .collect();
+    assert_eq!(contacts, ["first", "second"]);
+    assert_eq!(
+        watched.status.get("grpc-status").map(String::as_str),
+        Some("16"),
+        "{:?}",
+        watched.status
     );
     shutdown.cancel();
     running.wait().await?;

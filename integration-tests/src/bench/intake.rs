@@ -97,6 +97,11 @@ impl Env {
             .await?)
     }
 
+    /// The resident memory of the service `name` now, in bytes.
+    pub fn rss_of(&self, name: &str) -> Option<u64> {
+        self.services.iter().find(|s| s.name == name)?.rss()
+    }
+
     pub fn peak_rss(&self) -> Vec<(String, Option<u64>)> {
         self.services
             .iter()

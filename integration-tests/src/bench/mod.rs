@@ -8,6 +8,7 @@ mod isolation;
 mod privacy;
 mod queries;
 mod reports;
+mod watch;
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,10 @@ pub struct BenchConfig {
     pub spread_plans: usize,
     /// Repetitions of each query.
     pub repeats: usize,
+    /// WatchDeals: watches open, changes a second while they watch, plans they spread over.
+    pub watchers: usize,
+    pub watch_rate: u64,
+    pub watch_plans: usize,
     /// The parts to run (all by default): while working on one stage, the others only
     /// cost time.
     pub parts: Vec<Part>,
@@ -53,16 +58,19 @@ pub enum Part {
     Isolation,
     /// EraseContact's scan of an account's lanes.
     Privacy,
+    /// WatchDeals: many watches of one account while deals change.
+    Watch,
 }
 
 impl Part {
     /// Every part, in the order they run.
-    pub const ALL: [Part; 5] = [
+    pub const ALL: [Part; 6] = [
         Part::Floors,
         Part::Intake,
         Part::Queries,
         Part::Isolation,
         Part::Privacy,
+        Part::Watch,
     ];
 }
 
@@ -77,6 +85,9 @@ impl BenchConfig {
             long_seconds: 120,
             spread_plans: 8,
             repeats: 50,
+            watchers: 1_000,
+            watch_rate: 1_000,
+            watch_plans: 100,
             parts: Part::ALL.to_vec(),
         }
     }
@@ -92,6 +103,9 @@ impl BenchConfig {
             long_seconds: 2,
             spread_plans: 2,
             repeats: 3,
+            watchers: 10,
+            watch_rate: 20,
+            watch_plans: 2,
             parts: Part::ALL.to_vec(),
         }
     }
@@ -181,6 +195,9 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
     }
     if config.parts.contains(&Part::Isolation) {
         lines.extend(isolation::run(&env, config).await?);
+    }
+    if config.parts.contains(&Part::Watch) {
+        lines.extend(watch::run(&env, config).await?);
     }
     if config.parts.contains(&Part::Privacy) {
         lines.extend(privacy::run(config).await?);

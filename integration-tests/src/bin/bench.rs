@@ -26,6 +26,15 @@ struct Args {
     /// Plans of the extra latency run at the first rate, whose leads go to each in turn.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(2..=1000))]
     spread_plans: u64,
+    /// WatchDeals: watches held open on one deal-service replica.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    watchers: u64,
+    /// WatchDeals: deal changes a second while they watch (for --rate-seconds).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    watch_rate: u64,
+    /// WatchDeals: plans the watchers and changes are spread over in the first shape.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    watch_plans: u64,
     /// Tiny counts: checks that every part runs.
     #[arg(long)]
     smoke: bool,
@@ -49,6 +58,9 @@ async fn main() -> anyhow::Result<()> {
             rate_seconds: args.rate_seconds,
             long_seconds: args.long_seconds,
             spread_plans: args.spread_plans as usize,
+            watchers: args.watchers as usize,
+            watch_rate: args.watch_rate,
+            watch_plans: args.watch_plans as usize,
             ..BenchConfig::full()
         }
     };

@@ -80,7 +80,10 @@ async fn main() -> anyhow::Result<()> {
     );
     demo.show_limits().await?;
     demo.show_deadline().await?;
+    // A board of the plan, live: opened before the head of sales works its deals.
+    let board = demo.watch(&plans.round_robin).await?;
     let worked = demo.work_deals(&plans.round_robin).await?;
+    show_watched(board, worked.changes).await?;
     demo.read_reports(&plans.round_robin, worked).await
 }
 
@@ -89,6 +92,8 @@ struct Worked {
     won: i64,
     lost: i64,
     last_change: Token,
+    /// Changes made (each a deal change a watcher of the plan gets).
+    changes: usize,
 }
 
 impl Demo {
@@ -644,7 +649,25 @@ impl Demo {
             won: won_count,
             lost: lost_count - 1,
             last_change: last_change.context("no change was made")?,
+            changes: (won_count + lost_count + 1) as usize,
         })
+    }
+
+    /// A watch of `plan`'s deal changes (WatchDeals), open when this returns.
+    async fn watch(
+        &self,
+        plan: &pb::Plan,
+    ) -> anyhow::Result<tonic::Streaming<pb::WatchDealsResponse>> {
+        let request = pb::WatchDealsRequest {
+            plan_id: plan.id.clone(),
+            ..Default::default()
+        };
+        Ok(
+            DealServiceClient::new(connect(&self.args.deal_service).await?)
+                .watch_deals(outgoing(request, &self.viewer))
+                .await?
+                .into_inner(),
+        )
     }
 
     /// The loss report of `plan` as of the last change, by manager and by plan: it must
@@ -695,6 +718,46 @@ impl Demo {
 }
 
 /// A report's totals: won, lost, and the count of each reason.
+/// The `expected` changes a board's watch got while the deals were worked: by kind, and
+/// the first few as they came.
+async fn show_watched(
+    mut board: tonic::Streaming<pb::WatchDealsResponse>,
+    expected: usize,
+) -> anyhow::Result<()> {
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    let mut first = Vec::new();
+    while kinds.values().sum::<usize>() < expected {
+        let message = tokio::time::timeout(Duration::from_secs(10), board.message())
+            .await
+            .context("the board's watch got no change within 10 s")??
+            .context("the board's watch ended")?;
+        let Some(pb::watch_deals_response::Item::Change(change)) = message.item else {
+            continue;
+        };
+        let kind = pb::ChangeKind::try_from(change.kind)
+            .map(|k| {
+                k.as_str_name()
+                    .trim_start_matches("CHANGE_KIND_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        let deal = change.deal.unwrap_or_default();
+        if first.len() < 3 {
+            let contact = deal.contact.map(|c| c.name).unwrap_or_default();
+            first.push(format!(
+                "  {kind} {contact} (version {}) by {}",
+                deal.version, change.actor_id
+            ));
+        }
+        *kinds.entry(kind).or_default() += 1;
+    }
+    println!(
+        "A board watching the plan (WatchDeals) saw every change live: {kinds:?}; the first:\n{}",
+        first.join("\n")
+    );
+    Ok(())
+}
+
 fn totals(report: &pb::LossReasonsResponse) -> (i64, i64, BTreeMap<String, i64>) {
     let t = report.totals.clone().unwrap_or_default();
     let reasons = t

@@ -232,9 +232,18 @@ impl Proc {
 
     /// Peak resident memory so far (VmHWM), in bytes.
     pub(crate) fn peak_rss(&self) -> Option<u64> {
+        self.memory("VmHWM:")
+    }
+
+    /// Resident memory now (VmRSS), in bytes.
+    pub(crate) fn rss(&self) -> Option<u64> {
+        self.memory("VmRSS:")
+    }
+
+    fn memory(&self, field: &str) -> Option<u64> {
         let pid = self.child.as_ref()?.id()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
     }

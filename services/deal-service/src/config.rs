@@ -21,6 +21,66 @@ pub struct Config {
     /// `SALESPLAN_DISTRIBUTOR_URL`: where ExportContact asks for the decisions that
     /// assigned a person's deals, and EraseContact has the person's relations forgotten.
     pub distributor_url: String,
+    pub watch: WatchConfig,
+}
+
+/// WatchDeals' bounds, per replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// `SALESPLAN_WATCHERS_PER_ACCOUNT` (default 2,000): one account's open watches.
+    pub per_account: usize,
+    /// `SALESPLAN_WATCHERS` (default 10,000): every account's.
+    pub total: usize,
+    /// `SALESPLAN_WATCH_RESUME_SECONDS` (default 3,600): how old a resume token may be.
+    pub resume_window: std::time::Duration,
+    /// `SALESPLAN_WATCH_BUFFER` (default 1,024): batches of changes a watcher may fall
+    /// behind before it is cut off (to resume with its token).
+    pub buffer: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            per_account: 2_000,
+            total: 10_000,
+            resume_window: std::time::Duration::from_secs(3_600),
+            buffer: 1_024,
+        }
+    }
+}
+
+impl WatchConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let default = Self::default();
+        let config = Self {
+            per_account: env.parse("SALESPLAN_WATCHERS_PER_ACCOUNT", default.per_account)?,
+            total: env.parse("SALESPLAN_WATCHERS", default.total)?,
+            resume_window: std::time::Duration::from_secs(env.parse(
+                "SALESPLAN_WATCH_RESUME_SECONDS",
+                default.resume_window.as_secs(),
+            )?),
+            buffer: env.parse("SALESPLAN_WATCH_BUFFER", default.buffer)?,
+        };
+        if !(16..=65_536).contains(&config.buffer) {
+            return Err(ConfigError::new(
+                "SALESPLAN_WATCH_BUFFER",
+                "must be 16 to 65536",
+            ));
+        }
+        if config.per_account == 0 || config.per_account > config.total {
+            return Err(ConfigError::new(
+                "SALESPLAN_WATCHERS_PER_ACCOUNT",
+                "must be 1 to SALESPLAN_WATCHERS",
+            ));
+        }
+        if !(60..=7 * 24 * 3_600).contains(&config.resume_window.as_secs()) {
+            return Err(ConfigError::new(
+                "SALESPLAN_WATCH_RESUME_SECONDS",
+                "must be 60 to 604800 (a week)",
+            ));
+        }
+        Ok(config)
+    }
 }
 
 /// Per-account limits of deal-service's calls that read or write in bulk, per replica.
@@ -102,6 +162,7 @@ impl Config {
             consistency_wait: salesplan_platform::consistency::DEFAULT_WAIT,
             contact_keys: ContactKeys::dev(),
             distributor_url: Self::DEFAULT_DISTRIBUTOR_URL.to_owned(),
+            watch: WatchConfig::default(),
         }
     }
 
@@ -115,6 +176,7 @@ impl Config {
             consistency_wait: salesplan_platform::consistency::wait_from_env(env)?,
             contact_keys: ContactKeys::from_env(env)?,
             distributor_url: env.string("SALESPLAN_DISTRIBUTOR_URL", Self::DEFAULT_DISTRIBUTOR_URL),
+            watch: WatchConfig::from_env(env)?,
         };
         salesplan_platform::config::url("SALESPLAN_DISTRIBUTOR_URL", &config.distributor_url)?;
         Ok(config)

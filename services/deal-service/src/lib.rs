@@ -9,7 +9,7 @@ pub mod events;
 pub mod grpc;
 pub mod store;
 
-pub use config::{Config, Limits};
+pub use config::{Config, Limits, WatchConfig};
 
 use std::sync::Arc;
 
@@ -54,13 +54,18 @@ impl Service for Config {
         let verifier = Arc::new(TokenVerifier::from_config(&common.auth)?);
         let interceptor = AuthInterceptor::new(verifier.clone());
         let reads = db::connect_reads(&self.database, SCHEMA).await?;
+        let store = store::Store::new(pool.clone(), reads, self.contact_keys.clone());
+        let feed = events::feed::Feed::new(bus.clone(), store.clone(), self.watch);
         let api = grpc::Api::new(
-            store::Store::new(pool.clone(), reads, self.contact_keys.clone()),
+            store,
             bus.clone(),
             self.contact_keys,
             DistributorServiceClient::new(server::lazy_channel(&self.distributor_url)?),
-            &self.limits,
-            self.consistency_wait,
+            (&self.limits, self.consistency_wait),
+            grpc::Watch {
+                feed: feed.clone(),
+                shutdown: shutdown.clone(),
+            },
             &metrics,
         );
         let routes = tonic::service::Routes::new(PlanServiceServer::with_interceptor(
@@ -83,6 +88,7 @@ impl Service for Config {
         let mut background = Background::new(metrics.clone());
         let relay_stop = background.stop_token();
         background.spawn(events::outbox::run(pool, bus.clone(), relay_stop, metrics));
+        background.spawn(feed.run(background.stop_token()));
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,
             verifier: verifier.clone(),

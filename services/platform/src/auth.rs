@@ -265,15 +265,29 @@ impl TokenVerifier {
 
     /// Verifies the value of an `Authorization` header (`Bearer <jwt>`).
     pub fn verify_header(&self, header: Option<&str>) -> Result<Actor, AuthError> {
+        self.verify_header_until(header).map(|(actor, _)| actor)
+    }
+
+    /// The actor of an `authorization` header and when its token expires.
+    pub fn verify_header_until(
+        &self,
+        header: Option<&str>,
+    ) -> Result<(Actor, TokenExpiry), AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
-        self.verify(bearer_token(header).ok_or(AuthError::Malformed)?)
+        self.verify_until(bearer_token(header).ok_or(AuthError::Malformed)?)
     }
 
     pub fn verify(&self, token: &str) -> Result<Actor, AuthError> {
+        self.verify_until(token).map(|(actor, _)| actor)
+    }
+
+    /// The actor of `token` and when it expires.
+    pub fn verify_until(&self, token: &str) -> Result<(Actor, TokenExpiry), AuthError> {
         let mut outcome = AuthError::Invalid;
         for key in &self.keys {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation) {
                 Ok(data) => {
+                    let expiry = TokenExpiry(data.claims.exp);
                     let mut actor = actor_from(data.claims)?;
                     if let Some(allowed) = &key.may_grant {
                         // A limited key signing more than it may: refused whole, never
@@ -283,7 +297,7 @@ impl TokenVerifier {
                         }
                         actor.limited = true;
                     }
-                    return Ok(actor);
+                    return Ok((actor, expiry));
                 }
                 Err(err) => {
                     if matches!(
@@ -409,12 +423,33 @@ impl AuthInterceptor {
 impl Interceptor for AuthInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let header = authorization(request.metadata());
-        let actor = self
+        let (actor, expiry) = self
             .verifier
-            .verify_header(header)
+            .verify_header_until(header)
             .map_err(|e| Status::from(crate::ApiError::Unauthenticated(e.to_string())))?;
         request.extensions_mut().insert(actor);
+        request.extensions_mut().insert(expiry);
         Ok(request)
+    }
+}
+
+/// When the token of a call expires (its `exp`, seconds since the epoch): a long call (a
+/// watch) ends then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenExpiry(pub u64);
+
+impl TokenExpiry {
+    /// The expiry of the call's token, stored by the [`AuthInterceptor`].
+    pub fn of<T>(request: &Request<T>) -> Option<Self> {
+        request.extensions().get::<Self>().copied()
+    }
+
+    /// How long from now until the token expires (zero once it has).
+    pub fn remaining(self) -> std::time::Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        std::time::Duration::from_secs(self.0).saturating_sub(now)
     }
 }
 

@@ -50,6 +50,15 @@ pub enum Reason {
     /// The distributor's reassignment after a missed deadline meets the deal out of that
     /// assignment (accepted, assigned anew, or closed).
     AssignmentEnded,
+    /// FAILED_PRECONDITION: a watch's resume token is older than the changes kept for
+    /// resuming: reload the board.
+    WatchTokenExpired,
+    /// ABORTED: a watcher fell too far behind the changes and was cut off: reconnect with
+    /// the last resume token.
+    WatchLagged,
+    /// UNAVAILABLE: the replica is stopping: reconnect (to another one) with the last
+    /// resume token.
+    Draining,
 }
 
 impl Reason {
@@ -80,6 +89,9 @@ impl Reason {
             Self::ManagerCapReached => "MANAGER_CAP_REACHED",
             Self::ManagerUnavailable => "MANAGER_UNAVAILABLE",
             Self::AssignmentEnded => "ASSIGNMENT_ENDED",
+            Self::WatchTokenExpired => "WATCH_TOKEN_EXPIRED",
+            Self::WatchLagged => "WATCH_LAGGED",
+            Self::Draining => "DRAINING",
         }
     }
 }
@@ -144,6 +156,14 @@ pub enum ApiError {
     DeadlineExceeded(String),
     #[error("internal error")]
     Internal(#[source] BoxError),
+    /// A long call (a watch) ended by the server, with the code and reason that tell the
+    /// client what to do next.
+    #[error("{message}")]
+    Ended {
+        code: Code,
+        reason: Reason,
+        message: String,
+    },
 }
 
 /// A gRPC code's name in snake case (`invalid_argument`); upper case, it is the name the
@@ -204,6 +224,7 @@ impl ApiError {
             Self::ResourceExhausted { .. } => Reason::AccountLimit,
             Self::DeadlineExceeded(_) => Reason::DeadlineExceeded,
             Self::Internal(_) => Reason::Internal,
+            Self::Ended { reason, .. } => *reason,
         }
     }
 
@@ -236,6 +257,7 @@ impl ApiError {
             Self::ResourceExhausted { .. } => Code::ResourceExhausted,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Internal(_) => Code::Internal,
+            Self::Ended { code, .. } => *code,
         }
     }
 
@@ -259,6 +281,8 @@ impl ApiError {
             Self::ResourceExhausted { .. } => S::TOO_MANY_REQUESTS,
             Self::DeadlineExceeded(_) => S::GATEWAY_TIMEOUT,
             Self::Internal(_) => S::INTERNAL_SERVER_ERROR,
+            // Streams end so; the webhook never answers with one.
+            Self::Ended { .. } => S::SERVICE_UNAVAILABLE,
         }
     }
 

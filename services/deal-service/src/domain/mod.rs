@@ -2,6 +2,7 @@
 
 pub mod counts;
 pub mod deal;
+pub mod feed;
 pub mod manager;
 pub mod plan;
 pub mod query;

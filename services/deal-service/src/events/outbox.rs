@@ -424,6 +424,11 @@ impl Batch {
             batch.ids.push(row.id);
             batch.newest_xid = batch.newest_xid.max(row.xid);
             let mut message = Outgoing::new(row.subject, row.message_id, row.payload);
+            // The writing transaction: a watch started from a snapshot of the database
+            // tells by it whether the snapshot holds the change already.
+            message
+                .headers
+                .insert(streams::XID_HEADER, row.xid.to_string().as_str());
             let account = streams::account_of(&message.subject).unwrap_or_default();
             batch.accounts.push(account.to_owned());
             // The relay's own span, child of the change that wrote the event, until the

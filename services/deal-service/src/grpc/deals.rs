@@ -18,7 +18,7 @@ use crate::{
         plan::Plan,
         query::{AfterKey, PageToken, Sort, bounded_page_size, page_size},
     },
-    store::{BulkOutcome, BulkTarget, Page, queries_sort_value},
+    store::{Board, BulkOutcome, BulkTarget, Page, queries_sort_value},
 };
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -595,10 +595,7 @@ impl DealService for Api {
             return Err(ApiError::invalid("filter.plan_id", "must be the board's plan_id").into());
         }
         query.plan_id = Some(plan_id);
-        let cards = match req.cards_per_stage {
-            n if n <= 0 => DEFAULT_CARDS,
-            n => (n as usize).min(MAX_CARDS),
-        };
+        let cards = cards_per_stage(req.cards_per_stage);
         self.readable(&actor.account_id, wanted).await?;
         let plan = self.store.plan(&actor.account_id, plan_id).await?;
         let stages: Vec<Uuid> = plan
@@ -611,33 +608,16 @@ impl DealService for Api {
             .store
             .board(&actor.account_id, &query, &stages, sort, cards)
             .await?;
-        let columns = board
-            .columns
-            .iter()
-            .filter_map(|column| {
-                let stage = plan.stage(column.stage_id)?;
-                // The filter ListDeals gets to load more of this column.
-                let column_filter = pb::DealFilter {
-                    plan_id: plan_id.to_string(),
-                    stage_ids: vec![stage.id.to_string()],
-                    ..filter.clone()
-                };
-                let fingerprint = convert::filter_fingerprint(&Some(column_filter));
-                Some(pb::BoardColumn {
-                    stage: Some(convert::stage_to_proto(stage)),
-                    count: column.totals.count,
-                    amounts: convert::money_totals(&column.totals.amounts),
-                    deals: column.cards.deals.iter().map(Into::into).collect(),
-                    next_page_token: page_token(sort, fingerprint, &column.cards),
-                })
-            })
-            .collect();
-        Ok(Response::new(pb::GetBoardResponse {
-            plan: Some((&plan).into()),
-            columns,
-            total_count: board.totals.count,
-            total_amounts: convert::money_totals(&board.totals.amounts),
-        }))
+        Ok(Response::new(board_response(&plan, &board, &filter, sort)))
+    }
+
+    type WatchDealsStream = super::watch::WatchStream;
+
+    async fn watch_deals(
+        &self,
+        request: Request<pb::WatchDealsRequest>,
+    ) -> Reply<Self::WatchDealsStream> {
+        self.watch(request).await
     }
 
     async fn get_deal_history(
@@ -676,6 +656,51 @@ const MAX_NOTE_CHARS: usize = 500;
 /// response deadline (`note` or `escalate` set), checked; `None` for a plain assignment.
 /// Only the platform's distributor reassigns so: a person's assignment is their decision
 /// and needs no note.
+/// A board's cards per stage as asked: 0 or less the default, at most [`MAX_CARDS`].
+pub(super) fn cards_per_stage(asked: i32) -> usize {
+    match asked {
+        n if n <= 0 => DEFAULT_CARDS,
+        n => (n as usize).min(MAX_CARDS),
+    }
+}
+
+/// A board as GetBoard answers it: per stage of `plan` in `board`, its totals, first
+/// cards and the page token ListDeals takes (with `filter` narrowed to the stage) for more.
+pub(super) fn board_response(
+    plan: &Plan,
+    board: &Board,
+    filter: &pb::DealFilter,
+    sort: Sort,
+) -> pb::GetBoardResponse {
+    let columns = board
+        .columns
+        .iter()
+        .filter_map(|column| {
+            let stage = plan.stage(column.stage_id)?;
+            // The filter ListDeals gets to load more of this column.
+            let column_filter = pb::DealFilter {
+                plan_id: plan.id.to_string(),
+                stage_ids: vec![stage.id.to_string()],
+                ..filter.clone()
+            };
+            let fingerprint = convert::filter_fingerprint(&Some(column_filter));
+            Some(pb::BoardColumn {
+                stage: Some(convert::stage_to_proto(stage)),
+                count: column.totals.count,
+                amounts: convert::money_totals(&column.totals.amounts),
+                deals: column.cards.deals.iter().map(Into::into).collect(),
+                next_page_token: page_token(sort, fingerprint, &column.cards),
+            })
+        })
+        .collect();
+    pb::GetBoardResponse {
+        plan: Some(plan.into()),
+        columns,
+        total_count: board.totals.count,
+        total_amounts: convert::money_totals(&board.totals.amounts),
+    }
+}
+
 /// The distributor's reassignment fields of `req` (its note, and the assignment that
 /// missed its deadline), checked; none for a person's assignment.
 fn reassignment(

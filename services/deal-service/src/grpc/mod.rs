@@ -5,6 +5,9 @@ mod deals;
 mod managers;
 mod outbox;
 mod plans;
+mod watch;
+
+pub use watch::Watch;
 
 use std::sync::Arc;
 
@@ -36,6 +39,8 @@ pub struct Api {
     availability_changes: Arc<AccountLimiter>,
     /// How long a read given a consistency token waits for its write.
     consistency_wait: std::time::Duration,
+    /// WatchDeals: the live feed, and the service's shutdown (which ends the watches).
+    watch: Watch,
 }
 
 impl Api {
@@ -44,8 +49,8 @@ impl Api {
         bus: salesplan_platform::bus::Bus,
         contact_keys: salesplan_platform::privacy::ContactKeys,
         distributor: DistributorServiceClient<tonic::transport::Channel>,
-        limits: &Limits,
-        consistency_wait: std::time::Duration,
+        (limits, consistency_wait): (&Limits, std::time::Duration),
+        watch: Watch,
         metrics: &Metrics,
     ) -> Self {
         Self {
@@ -63,6 +68,7 @@ impl Api {
                 metrics,
             ),
             consistency_wait,
+            watch,
         }
     }
 

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use super::StoreError;
 use crate::SCHEMA;
-use salesplan_platform::db;
-use sqlx::{Postgres, QueryBuilder, Row};
+use salesplan_platform::{db, validate::ContactInput};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -16,8 +16,74 @@ use super::{
 use crate::domain::{
     MoneySum,
     deal::Deal,
+    feed::DbSnapshot,
     query::{DealQuery, PageToken, Sort, SortField, SortValue},
 };
+
+/// Per stage and currency: how many deals `query` matches and their sum — from the kept
+/// counts when they answer the query, else aggregated over the matching deals.
+async fn stage_totals_on(
+    conn: &mut PgConnection,
+    account_id: &str,
+    query: &DealQuery,
+) -> Result<Vec<(Uuid, i64, MoneySum)>, StoreError> {
+    if query.counted_by_cells() {
+        return counts::stage_totals(conn, account_id, query).await;
+    }
+    let mut qb = QueryBuilder::new(
+        "SELECT stage_id, currency, count(*)::bigint AS n, coalesce(sum(amount_minor), 0)::text AS amount FROM deals",
+    );
+    push_filter(&mut qb, account_id, query);
+    qb.push(" GROUP BY stage_id, currency");
+    fetch_stage_totals(conn, qb).await
+}
+
+/// Per stage (in `stage_ids` order): totals and the first `cards` deals of `query`
+/// (without a search), read on `conn`.
+async fn board_on(
+    conn: &mut PgConnection,
+    account_id: &str,
+    query: &DealQuery,
+    (stage_ids, sort, cards): (&[Uuid], Sort, usize),
+) -> Result<Board, StoreError> {
+    let mut per_stage: HashMap<Uuid, Totals> = HashMap::new();
+    let mut totals = Totals::default();
+    for (stage_id, count, amount) in stage_totals_on(conn, account_id, query).await? {
+        totals.add(count, amount.clone());
+        per_stage.entry(stage_id).or_default().add(count, amount);
+    }
+    let mut per_stage_cards: HashMap<Uuid, Vec<Deal>> = HashMap::new();
+    if cards > 0 {
+        // One round trip: the first cards of each column through its index.
+        let mut qb = QueryBuilder::new("SELECT d.* FROM UNNEST(");
+        qb.push_bind(stage_ids.to_vec());
+        qb.push(format!(
+            "::uuid[]) AS s(sid) CROSS JOIN LATERAL (SELECT {DEAL_COLUMNS} FROM deals"
+        ));
+        push_filter(&mut qb, account_id, query);
+        qb.push(" AND stage_id = s.sid");
+        push_order(&mut qb, sort);
+        qb.push(" LIMIT ").push_bind(cards as i64 + 1).push(") d");
+        for row in qb.build().fetch_all(&mut *conn).await? {
+            let deal = deal_from_row(&row)?;
+            per_stage_cards.entry(deal.stage_id).or_default().push(deal);
+        }
+    }
+    let columns = stage_ids
+        .iter()
+        .map(|id| {
+            let mut deals = per_stage_cards.remove(id).unwrap_or_default();
+            let more = deals.len() > cards;
+            deals.truncate(cards);
+            Column {
+                stage_id: *id,
+                totals: per_stage.remove(id).unwrap_or_default(),
+                cards: Page { deals, more },
+            }
+        })
+        .collect();
+    Ok(Board { columns, totals })
+}
 
 /// Closed-at of open deals in the sort: before every real date.
 pub fn open_deal_closed_at() -> OffsetDateTime {
@@ -338,15 +404,7 @@ impl Store {
         query: &DealQuery,
     ) -> Result<Vec<(Uuid, i64, MoneySum)>, StoreError> {
         let mut conn = self.reads.acquire().await?;
-        if query.counted_by_cells() {
-            return counts::stage_totals(&mut conn, account_id, query).await;
-        }
-        let mut qb = QueryBuilder::new(
-            "SELECT stage_id, currency, count(*)::bigint AS n, coalesce(sum(amount_minor), 0)::text AS amount FROM deals",
-        );
-        push_filter(&mut qb, account_id, query);
-        qb.push(" GROUP BY stage_id, currency");
-        fetch_stage_totals(&mut conn, qb).await
+        stage_totals_on(&mut conn, account_id, query).await
     }
 
     /// Per stage (in `stage_ids` order): totals and the first `cards` deals. `query` must
@@ -370,44 +428,67 @@ impl Store {
                     return Ok(board_of(matches.deals, stage_ids, cards));
                 }
             }
-            let mut per_stage: HashMap<Uuid, Totals> = HashMap::new();
-            let mut totals = Totals::default();
-            for (stage_id, count, amount) in self.stage_totals(account_id, query).await? {
-                totals.add(count, amount.clone());
-                per_stage.entry(stage_id).or_default().add(count, amount);
-            }
+            let mut conn = self.reads.acquire().await?;
+            board_on(&mut conn, account_id, query, (stage_ids, sort, cards)).await
+        })
+        .await
+    }
 
-            let mut per_stage_cards: HashMap<Uuid, Vec<Deal>> = HashMap::new();
-            if cards > 0 {
-                // One round trip: the first cards of each column through its index.
-                let mut qb = QueryBuilder::new("SELECT d.* FROM UNNEST(");
-                qb.push_bind(stage_ids.to_vec());
-                qb.push(format!(
-                    "::uuid[]) AS s(sid) CROSS JOIN LATERAL (SELECT {DEAL_COLUMNS} FROM deals"
-                ));
-                push_filter(&mut qb, account_id, query);
-                qb.push(" AND stage_id = s.sid");
-                push_order(&mut qb, sort);
-                qb.push(" LIMIT ").push_bind(cards as i64 + 1).push(") d");
-                for row in qb.build().fetch_all(&self.reads).await? {
-                    let deal = deal_from_row(&row)?;
-                    per_stage_cards.entry(deal.stage_id).or_default().push(deal);
-                }
-            }
-            let columns = stage_ids
-                .iter()
-                .map(|id| {
-                    let mut deals = per_stage_cards.remove(id).unwrap_or_default();
-                    let more = deals.len() > cards;
-                    deals.truncate(cards);
-                    Column {
-                        stage_id: *id,
-                        totals: per_stage.remove(id).unwrap_or_default(),
-                        cards: Page { deals, more },
-                    }
+    /// The board (without a search) as one snapshot of the primary sees it, and that
+    /// snapshot: a watch that starts from it tells by each change's transaction whether
+    /// the board holds it already. On the primary, since the changes the watch replays
+    /// were published from the primary's commits (a replica may not have replayed them).
+    pub async fn board_at_snapshot(
+        &self,
+        account_id: &str,
+        query: &DealQuery,
+        (stage_ids, sort, cards): (&[Uuid], Sort, usize),
+    ) -> Result<(Board, DbSnapshot), StoreError> {
+        db::traced(SCHEMA, "SELECT deals", async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+            let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+                .fetch_one(&mut *tx)
+                .await?;
+            let snapshot = DbSnapshot::parse(&snapshot)
+                .ok_or_else(|| StoreError::Internal(format!("snapshot {snapshot:?}")))?;
+            let board = board_on(&mut tx, account_id, query, (stage_ids, sort, cards)).await?;
+            tx.commit().await?;
+            Ok((board, snapshot))
+        })
+        .await
+    }
+
+    /// The title and contact of each of `deal_ids` in the account, as they are now (a
+    /// watch's changes carry them; events never do).
+    pub async fn personal_data(
+        &self,
+        account_id: &str,
+        deal_ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, (String, ContactInput)>, StoreError> {
+        db::traced(SCHEMA, "SELECT deals", async {
+            let rows = sqlx::query(
+                "SELECT id, title, contact_external_id, contact_name, contact_email,
+                    contact_phone
+                 FROM deals WHERE account_id = $1 AND id = ANY($2)",
+            )
+            .bind(account_id)
+            .bind(deal_ids)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    let contact = ContactInput {
+                        external_id: row.try_get("contact_external_id")?,
+                        name: row.try_get("contact_name")?,
+                        email: row.try_get("contact_email")?,
+                        phone: row.try_get("contact_phone")?,
+                    };
+                    Ok((row.try_get("id")?, (row.try_get("title")?, contact)))
                 })
-                .collect();
-            Ok(Board { columns, totals })
+                .collect()
         })
         .await
     }

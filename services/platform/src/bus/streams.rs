@@ -159,6 +159,15 @@ pub fn deal_subject(account_id: &str, kind: &str) -> String {
     format!("salesplan.deals.v1.{account_id}.{kind}")
 }
 
+/// The header of a deal or plan event naming the deal-service transaction that wrote it
+/// (`pg_current_xact_id()`).
+pub const XID_HEADER: &str = "Salesplan-Xid";
+
+/// Every deal subject of one account.
+pub fn deal_subjects_of(account_id: &str) -> String {
+    format!("salesplan.deals.v1.{account_id}.>")
+}
+
 pub fn plan_subject(account_id: &str, kind: &str) -> String {
     format!("salesplan.plans.v1.{account_id}.{kind}")
 }

@@ -1,0 +1,254 @@
+//! WatchDeals under load (issue 21): `watchers` watches of one account held open on one
+//! deal-service replica while deal changes flow at a fixed rate for a few seconds.
+//!
+//! Each change is an UpdateDeal of one of the account's deals, sent at its planned time
+//! (open loop: a slow answer does not slow the offered rate). Latency runs from a
+//! change's planned send time to the moment a watcher holds it (decoded, in the bench
+//! process) — commit, relay, broker, feed, store lookup of the contact, filter, send and
+//! the client's decoding all inside it. Memory is deal-service's resident set, sampled
+//! while the changes flow, less its resident set before the watches opened.
+//!
+//! Two shapes: watchers spread over the account's plans (each watches one plan, the
+//! changes spread over the plans: a board per team), and every watcher watching the whole
+//! account (each change to every watcher).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use salesplan_platform::{Permission, grpc::outgoing};
+use salesplan_proto::v1::{self as pb, deal_service_client::DealServiceClient};
+
+use super::{BenchConfig, Line, intake::Env};
+
+/// Watches per HTTP/2 connection (below the server's streams-per-connection limit).
+const PER_CONNECTION: usize = 100;
+const ACCOUNT: &str = "bench-watch";
+
+/// When each change (deal, version) was planned to be sent.
+type Planned = Arc<Mutex<HashMap<(String, i64), Instant>>>;
+
+pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
+    let plans = config.watch_plans.max(1);
+    let mut lines = Vec::new();
+    let spread = Shape {
+        what: format!(
+            "{} watchers of one account, each of one of {plans} plans; {} changes/s over the plans",
+            config.watchers, config.watch_rate
+        ),
+        plans,
+        whole_account: false,
+    };
+    lines.extend(shape(env, config, &spread).await?);
+    let whole = Shape {
+        what: format!(
+            "{} watchers of the whole account; {} changes/s",
+            config.watchers, config.watch_rate
+        ),
+        plans,
+        whole_account: true,
+    };
+    lines.extend(shape(env, config, &whole).await?);
+    Ok(lines)
+}
+
+struct Shape {
+    what: String,
+    plans: usize,
+    whole_account: bool,
+}
+
+/// One run: plans and deals, the watches, the changes at their rate; the lines.
+async fn shape(env: &Env, config: &BenchConfig, shape: &Shape) -> anyhow::Result<Vec<Line>> {
+    let boss = env.token_of(ACCOUNT, &[Permission::DealsEditAll])?;
+    let reader = env.token_of(ACCOUNT, &[Permission::DealsRead])?;
+    let channel = env.channel(&env.deal_url).await?;
+    let mut plans = Vec::new();
+    for i in 0..shape.plans {
+        plans.push(env.plan_of(ACCOUNT, &format!("Watched {i}")).await?);
+    }
+    // Each deal is changed at most once every two seconds: its changes never overlap.
+    let rate = config.watch_rate.max(1) as usize;
+    let mut deals = Vec::new();
+    let mut client = DealServiceClient::new(channel.clone());
+    for i in 0..(rate * 2).max(plans.len()) {
+        let plan = &plans[i % plans.len()];
+        let request = pb::CreateDealRequest {
+            plan_id: plan.id.clone(),
+            contact: Some(pb::Contact {
+                name: format!("Watched {i}"),
+                ..Default::default()
+            }),
+            idempotency_key: format!("watched-{}-{i}", plan.id),
+            ..Default::default()
+        };
+        let deal = client.create_deal(outgoing(request, &boss)).await?;
+        deals.push(deal.into_inner().deal.expect("deal"));
+    }
+    let before = env.rss_of("deal-service").unwrap_or(0);
+    let planned: Planned = Arc::default();
+    let (stop, watchers) = open(env, config, shape, &plans, &reader, planned.clone()).await?;
+    let (peak, sent, took) = drive(env, config, &boss, deals, planned).await?;
+    stop.cancel();
+    let mut samples = Vec::new();
+    let (mut cut, mut got) = (0, 0);
+    for watcher in watchers {
+        let (latencies, was_cut) = watcher.await?;
+        got += latencies.len();
+        cut += usize::from(was_cut);
+        samples.extend(latencies);
+    }
+    let expected = if shape.whole_account {
+        sent * config.watchers
+    } else {
+        sent * config.watchers / shape.plans
+    };
+    let extra = peak.saturating_sub(before) as f64 / (1024.0 * 1024.0);
+    Ok(vec![
+        Line::latency(
+            "watch",
+            format!("{}: planned send → held by a watcher", shape.what),
+            samples,
+            "p99 ≤ 100 ms",
+        ),
+        Line {
+            group: "watch",
+            what: format!("{}: deliveries", shape.what),
+            value: format!(
+                "{got} of {expected} ({:.0}/s); {cut} watchers cut off; {sent} changes in {:.1} s",
+                got as f64 / took.as_secs_f64(),
+                took.as_secs_f64()
+            ),
+            target: "all, none cut off".into(),
+            json: serde_json::json!({"delivered": got, "expected": expected, "cut_off": cut, "changes": sent}),
+        },
+        Line {
+            group: "watch",
+            what: format!(
+                "{}: deal-service memory beyond its own before the watches",
+                shape.what
+            ),
+            value: format!("{extra:.1} MiB"),
+            target: "< 100 MB".into(),
+            json: serde_json::json!({"bytes": peak.saturating_sub(before)}),
+        },
+    ])
+}
+
+type WatcherTask = tokio::task::JoinHandle<(Vec<Duration>, bool)>;
+
+/// The watches, each on its own task recording how late each change reached it; all
+/// open (their answers' headers in) when this returns.
+async fn open(
+    env: &Env,
+    config: &BenchConfig,
+    shape: &Shape,
+    plans: &[pb::Plan],
+    reader: &str,
+    planned: Planned,
+) -> anyhow::Result<(tokio_util::sync::CancellationToken, Vec<WatcherTask>)> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
+    let mut channel = env.channel(&env.deal_url).await?;
+    for i in 0..config.watchers {
+        if i > 0 && i % PER_CONNECTION == 0 {
+            channel = env.channel(&env.deal_url).await?;
+        }
+        let request = pb::WatchDealsRequest {
+            plan_id: if shape.whole_account {
+                String::new()
+            } else {
+                plans[i % plans.len()].id.clone()
+            },
+            ..Default::default()
+        };
+        let mut stream = DealServiceClient::new(channel.clone())
+            .watch_deals(outgoing(request, reader))
+            .await?
+            .into_inner();
+        let (stop, planned) = (stop.clone(), planned.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let message = tokio::select! {
+                    () = stop.cancelled() => return (latencies, false),
+                    message = stream.message() => message,
+                };
+                let held = Instant::now();
+                let change = match message {
+                    Ok(Some(m)) => match m.item {
+                        Some(pb::watch_deals_response::Item::Change(c)) => c,
+                        _ => continue,
+                    },
+                    Ok(None) | Err(_) => return (latencies, true),
+                };
+                let Some(deal) = change.deal else { continue };
+                let planned_at = planned
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.get(&(deal.id, deal.version)).copied());
+                if let Some(at) = planned_at {
+                    latencies.push(held.saturating_duration_since(at));
+                }
+            }
+        }));
+    }
+    Ok((stop, tasks))
+}
+
+/// The changes at `config.watch_rate` a second for `config.rate_seconds`, each sent at
+/// its planned time; then a wait for the stragglers. Answers deal-service's peak
+/// resident set while they flowed, the changes sent, and how long they took.
+async fn drive(
+    env: &Env,
+    config: &BenchConfig,
+    boss: &str,
+    deals: Vec<pb::Deal>,
+    planned: Planned,
+) -> anyhow::Result<(u64, usize, Duration)> {
+    let rate = config.watch_rate.max(1);
+    let total = (rate * config.rate_seconds.max(1)) as usize;
+    let client = DealServiceClient::new(env.channel(&env.deal_url).await?);
+    let mut versions: Vec<i64> = deals.iter().map(|d| d.version).collect();
+    let started = Instant::now();
+    let mut calls = Vec::with_capacity(total);
+    let mut peak = 0;
+    for n in 0..total {
+        let at = started + Duration::from_secs_f64(n as f64 / rate as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let i = n % deals.len();
+        let deal = &deals[i];
+        planned
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .insert((deal.id.clone(), versions[i] + 1), at);
+        let request = pb::UpdateDealRequest {
+            deal_id: deal.id.clone(),
+            expected_version: versions[i],
+            title: Some(format!("change {n}")),
+            ..Default::default()
+        };
+        versions[i] += 1;
+        let (mut client, boss) = (client.clone(), boss.to_owned());
+        calls.push(tokio::spawn(async move {
+            client
+                .update_deal(outgoing(request, &boss))
+                .await
+                .map(|_| ())
+        }));
+        if n % 100 == 0 {
+            peak = peak.max(env.rss_of("deal-service").unwrap_or(0));
+        }
+    }
+    for call in calls {
+        call.await??;
+    }
+    // Stragglers: a second after the last answer, sampling memory meanwhile.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(env.rss_of("deal-service").unwrap_or(0));
+    }
+    Ok((peak, total, started.elapsed()))
+}
