@@ -79,6 +79,7 @@ async fn shape(env: &Env, config: &BenchConfig, shape: &Shape) -> anyhow::Result
             plan_id: plan.id.clone(),
             contact: Some(pb::Contact {
                 name: format!("Watched {i}"),
+                external_id: format!("watched-{i}"),
                 ..Default::default()
             }),
             idempotency_key: format!("watched-{}-{i}", plan.id),
