@@ -576,3 +576,34 @@ async fn slow_watchers_are_cut_off_and_every_watch_ends_with_a_status() -> anyho
     replica.wait().await?;
     stack.stop().await
 }
+
+/// Watches come and go: after every watch of the account closed (and the replica noticed
+/// it), a new one still gets the changes.
+#[tokio::test]
+async fn a_watch_after_all_others_closed_sees_the_changes() -> anyhow::Result<()> {
+    let stack = DealStack::start().await?;
+    let channel = stack.channel().await?;
+    let plan = manual_plan(&stack, "Again").await?;
+    let reader = stack.token(ACCOUNT, "board", &[Permission::DealsRead]);
+    let mut deals = Deals {
+        client: DealServiceClient::new(channel.clone()),
+        token: stack.token(ACCOUNT, "boss", BOSS),
+    };
+    let mut first = watch(channel.clone(), &reader, of_plan(&plan)).await?;
+    let mut deal = deals.create(&plan, "Once Again", "m1").await?;
+    assert_eq!(version(&next_change(&mut first).await?.0), 1);
+    drop(first);
+    for round in 0..3 {
+        // A change the closed watch's task meets, and ends on.
+        deal = deals.retitle(&deal, &format!("round {round}")).await?;
+        let mut next_one = watch(channel.clone(), &reader, of_plan(&plan)).await?;
+        deal = deals.retitle(&deal, &format!("round {round} seen")).await?;
+        // From about where the feed was when it opened: the change before may come too.
+        let mut seen = version(&next_change(&mut next_one).await?.0);
+        if seen < deal.version {
+            seen = version(&next_change(&mut next_one).await?.0);
+        }
+        assert_eq!(seen, deal.version, "round {round}");
+    }
+    stack.stop().await
+}

@@ -53,6 +53,8 @@ impl Env {
                 // once limits stay at their defaults (they are what the isolation run
                 // measures).
                 ("SALESPLAN_LIMIT_READS", "rate=100000,burst=100000"),
+                // The watch part makes a hundred plans at once.
+                ("SALESPLAN_LIMIT_PLAN_CHANGES", "rate=1000,burst=1000"),
                 ("SALESPLAN_LIMIT_REPORTS", "rate=100000,burst=100000"),
             ],
         )

@@ -31,80 +31,99 @@ const ACCOUNT: &str = "bench-watch";
 type Planned = Arc<Mutex<HashMap<(String, i64), Instant>>>;
 
 pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
-    let plans = config.watch_plans.max(1);
+    let boss = env.token_of(ACCOUNT, &[Permission::DealsEditAll])?;
+    let mut plans = Vec::new();
+    for i in 0..config.watch_plans.max(1) {
+        plans.push(env.plan_of(ACCOUNT, &format!("Watched {i}")).await?);
+    }
+    // Each deal is changed at most once every two seconds: its changes never overlap.
+    let count = (config.watch_rate.max(1) as usize * 2).max(plans.len());
+    let mut client = DealServiceClient::new(env.channel(&env.deal_url).await?);
+    let mut deals = Vec::new();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
+        let request = pb::CreateDealsRequest {
+            deals: chunk
+                .iter()
+                .map(|i| pb::CreateDealRequest {
+                    plan_id: plans[i % plans.len()].id.clone(),
+                    contact: Some(pb::Contact {
+                        name: format!("Watched {i}"),
+                        external_id: format!("watched-{i}"),
+                        ..Default::default()
+                    }),
+                    idempotency_key: format!("watched-{i}"),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let made = client
+            .create_deals(outgoing(request, &boss))
+            .await?
+            .into_inner();
+        deals.extend(made.results.into_iter().filter_map(|r| r.deal));
+    }
+    anyhow::ensure!(
+        deals.len() == count,
+        "{} of {count} deals made",
+        deals.len()
+    );
     let mut lines = Vec::new();
-    let spread = Shape {
-        what: format!(
-            "{} watchers of one account, each of one of {plans} plans; {} changes/s over the plans",
-            config.watchers, config.watch_rate
-        ),
-        plans,
-        whole_account: false,
-    };
-    lines.extend(shape(env, config, &spread).await?);
-    let whole = Shape {
-        what: format!(
-            "{} watchers of the whole account; {} changes/s",
-            config.watchers, config.watch_rate
-        ),
-        plans,
-        whole_account: true,
-    };
-    lines.extend(shape(env, config, &whole).await?);
+    for whole_account in [false, true] {
+        let what = if whole_account {
+            format!(
+                "{} watchers of the whole account; {} changes/s",
+                config.watchers, config.watch_rate
+            )
+        } else {
+            format!(
+                "{} watchers of one account, each of one of {} plans; {} changes/s over the plans",
+                config.watchers,
+                plans.len(),
+                config.watch_rate
+            )
+        };
+        let shape = Shape {
+            what,
+            whole_account,
+        };
+        lines.extend(run_shape(env, config, &shape, &plans, &mut deals).await?);
+    }
     Ok(lines)
 }
 
 struct Shape {
     what: String,
-    plans: usize,
     whole_account: bool,
 }
 
-/// One run: plans and deals, the watches, the changes at their rate; the lines.
-async fn shape(env: &Env, config: &BenchConfig, shape: &Shape) -> anyhow::Result<Vec<Line>> {
+/// One run: the watches, the changes at their rate; the lines.
+async fn run_shape(
+    env: &Env,
+    config: &BenchConfig,
+    shape: &Shape,
+    plans: &[pb::Plan],
+    deals: &mut [pb::Deal],
+) -> anyhow::Result<Vec<Line>> {
     let boss = env.token_of(ACCOUNT, &[Permission::DealsEditAll])?;
     let reader = env.token_of(ACCOUNT, &[Permission::DealsRead])?;
-    let channel = env.channel(&env.deal_url).await?;
-    let mut plans = Vec::new();
-    for i in 0..shape.plans {
-        plans.push(env.plan_of(ACCOUNT, &format!("Watched {i}")).await?);
-    }
-    // Each deal is changed at most once every two seconds: its changes never overlap.
-    let rate = config.watch_rate.max(1) as usize;
-    let mut deals = Vec::new();
-    let mut client = DealServiceClient::new(channel.clone());
-    for i in 0..(rate * 2).max(plans.len()) {
-        let plan = &plans[i % plans.len()];
-        let request = pb::CreateDealRequest {
-            plan_id: plan.id.clone(),
-            contact: Some(pb::Contact {
-                name: format!("Watched {i}"),
-                external_id: format!("watched-{i}"),
-                ..Default::default()
-            }),
-            idempotency_key: format!("watched-{}-{i}", plan.id),
-            ..Default::default()
-        };
-        let deal = client.create_deal(outgoing(request, &boss)).await?;
-        deals.push(deal.into_inner().deal.expect("deal"));
-    }
     let before = env.rss_of("deal-service").unwrap_or(0);
     let planned: Planned = Arc::default();
-    let (stop, watchers) = open(env, config, shape, &plans, &reader, planned.clone()).await?;
+    let (stop, watchers) = open(env, config, shape, plans, &reader, planned.clone()).await?;
     let (peak, sent, took) = drive(env, config, &boss, deals, planned).await?;
     stop.cancel();
     let mut samples = Vec::new();
-    let (mut cut, mut got) = (0, 0);
+    let (mut cut, mut got, mut all) = (0, 0, 0);
     for watcher in watchers {
-        let (latencies, was_cut) = watcher.await?;
+        let (latencies, changes, was_cut) = watcher.await?;
         got += latencies.len();
+        all += changes;
         cut += usize::from(was_cut);
         samples.extend(latencies);
     }
     let expected = if shape.whole_account {
         sent * config.watchers
     } else {
-        sent * config.watchers / shape.plans
+        sent * config.watchers / plans.len()
     };
     let extra = peak.saturating_sub(before) as f64 / (1024.0 * 1024.0);
     Ok(vec![
@@ -118,7 +137,7 @@ async fn shape(env: &Env, config: &BenchConfig, shape: &Shape) -> anyhow::Result
             group: "watch",
             what: format!("{}: deliveries", shape.what),
             value: format!(
-                "{got} of {expected} ({:.0}/s); {cut} watchers cut off; {sent} changes in {:.1} s",
+                "{got} of {expected} ({:.0}/s; {all} changes got in all); {cut} watchers cut off; {sent} changes in {:.1} s",
                 got as f64 / took.as_secs_f64(),
                 took.as_secs_f64()
             ),
@@ -138,7 +157,9 @@ async fn shape(env: &Env, config: &BenchConfig, shape: &Shape) -> anyhow::Result
     ])
 }
 
-type WatcherTask = tokio::task::JoinHandle<(Vec<Duration>, bool)>;
+/// Per watcher: how late each planned change reached it, the changes it got in all, and
+/// whether its watch ended early (cut off).
+type WatcherTask = tokio::task::JoinHandle<(Vec<Duration>, usize, bool)>;
 
 /// The watches, each on its own task recording how late each change reached it; all
 /// open (their answers' headers in) when this returns.
@@ -171,10 +192,10 @@ async fn open(
             .into_inner();
         let (stop, planned) = (stop.clone(), planned.clone());
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let (mut latencies, mut changes) = (Vec::new(), 0);
             loop {
                 let message = tokio::select! {
-                    () = stop.cancelled() => return (latencies, false),
+                    () = stop.cancelled() => return (latencies, changes, false),
                     message = stream.message() => message,
                 };
                 let held = Instant::now();
@@ -183,8 +204,9 @@ async fn open(
                         Some(pb::watch_deals_response::Item::Change(c)) => c,
                         _ => continue,
                     },
-                    Ok(None) | Err(_) => return (latencies, true),
+                    Ok(None) | Err(_) => return (latencies, changes, true),
                 };
+                changes += 1;
                 let Some(deal) = change.deal else { continue };
                 let planned_at = planned
                     .lock()
@@ -206,32 +228,33 @@ async fn drive(
     env: &Env,
     config: &BenchConfig,
     boss: &str,
-    deals: Vec<pb::Deal>,
+    deals: &mut [pb::Deal],
     planned: Planned,
 ) -> anyhow::Result<(u64, usize, Duration)> {
     let rate = config.watch_rate.max(1);
     let total = (rate * config.rate_seconds.max(1)) as usize;
     let client = DealServiceClient::new(env.channel(&env.deal_url).await?);
-    let mut versions: Vec<i64> = deals.iter().map(|d| d.version).collect();
     let started = Instant::now();
     let mut calls = Vec::with_capacity(total);
     let mut peak = 0;
     for n in 0..total {
         let at = started + Duration::from_secs_f64(n as f64 / rate as f64);
         tokio::time::sleep_until(at.into()).await;
-        let i = n % deals.len();
-        let deal = &deals[i];
+        let count = deals.len();
+        let deal = &mut deals[n % count];
         planned
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .insert((deal.id.clone(), versions[i] + 1), at);
+            .insert((deal.id.clone(), deal.version + 1), at);
         let request = pb::UpdateDealRequest {
             deal_id: deal.id.clone(),
-            expected_version: versions[i],
-            title: Some(format!("change {n}")),
+            expected_version: deal.version,
+            // A title the deal never had: a repeated one would be answered as done,
+            // unchanged (no event).
+            title: Some(format!("change {} of {}", deal.version + 1, deal.id)),
             ..Default::default()
         };
-        versions[i] += 1;
+        deal.version += 1;
         let (mut client, boss) = (client.clone(), boss.to_owned());
         calls.push(tokio::spawn(async move {
             client

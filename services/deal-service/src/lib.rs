@@ -56,6 +56,7 @@ impl Service for Config {
         let reads = db::connect_reads(&self.database, SCHEMA).await?;
         let store = store::Store::new(pool.clone(), reads, self.contact_keys.clone());
         let feed = events::feed::Feed::new(bus.clone(), store.clone(), self.watch);
+        feed.start().await?;
         let api = grpc::Api::new(
             store,
             bus.clone(),

@@ -18,7 +18,7 @@ use async_nats::jetstream::{
     consumer::{DeliverPolicy, pull::OrderedConfig},
     stream::Stream as JsStream,
 };
-use futures::{FutureExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use prost::Message as _;
 use salesplan_platform::{
     ApiError, Reason,
@@ -73,6 +73,9 @@ struct State {
     /// when it sets this, so a watch that joins later reads its account's changes up to
     /// here from the stream, and every later batch is sent with its account in it.
     position: u64,
+    /// Whether the feed has taken its starting position: before, a watch resumed from a
+    /// token could not tell where its history ends.
+    started: bool,
 }
 
 /// An admitted watch: its share of the broadcast, given back when dropped.
@@ -131,6 +134,11 @@ impl Feed {
     /// (RESOURCE_EXHAUSTED beyond them).
     pub fn watch(&self, account_id: &str) -> Result<Watching, ApiError> {
         let mut state = self.state();
+        if !state.started {
+            return Err(ApiError::Unavailable(
+                "the live feed is starting: retry in a moment".into(),
+            ));
+        }
         let config = self.inner.config;
         let total: usize = state.watched.values().sum();
         let mine = state.watched.get(account_id).copied().unwrap_or(0);
@@ -181,9 +189,8 @@ impl Feed {
     /// Reads SALESPLAN_DEALS from where it ends now, until `stop`, broadcasting the
     /// watched accounts' changes.
     pub async fn run(self, stop: CancellationToken) {
-        let mut started = false;
         while !stop.is_cancelled() {
-            if let Err(err) = self.follow(&mut started, &stop).await {
+            if let Err(err) = self.follow(&stop).await {
                 tracing::warn!(error = %err, "the live feed stopped reading; again in a second");
                 tokio::select! {
                     () = stop.cancelled() => {}
@@ -193,35 +200,42 @@ impl Feed {
         }
     }
 
-    async fn follow(&self, started: &mut bool, stop: &CancellationToken) -> Result<(), ApiError> {
-        if !*started {
-            // Nothing before the feed started is broadcast: a watch resumed from before
-            // reads it from the stream.
-            let (last, _) = self.bounds().await?;
-            self.state().position = last;
-            *started = true;
+    /// Takes the feed's starting position, where SALESPLAN_DEALS ends now: nothing before
+    /// it is broadcast (a watch resumed from before reads it from the stream). The service
+    /// does this before it serves, so no watch meets a feed that has not started.
+    pub async fn start(&self) -> Result<(), ApiError> {
+        let (last, _) = self.bounds().await?;
+        let mut state = self.state();
+        if !state.started {
+            state.position = last;
+            state.started = true;
         }
+        Ok(())
+    }
+
+    async fn follow(&self, stop: &CancellationToken) -> Result<(), ApiError> {
+        self.start().await?;
         let after = self.state().position;
+        // What is ready, up to a batch: the stream is never polled and then dropped
+        // half-way (a pull request of the ordered consumer would be lost with it).
         let mut messages = ordered(&self.stream().await?, None, after, false)
             .await?
-            .ok_or_else(|| ApiError::Unavailable("the deal events' consumer".into()))?;
+            .ok_or_else(|| ApiError::Unavailable("the deal events' consumer".into()))?
+            .ready_chunks(BATCH);
         loop {
-            let first = tokio::select! {
+            let chunk = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
                 next = messages.next() => next,
             };
-            let Some(first) = first else {
+            let Some(chunk) = chunk else {
                 return Err(ApiError::Unavailable(
                     "the deal events' consumer ended".into(),
                 ));
             };
-            let mut read = vec![first.map_err(unavailable)?];
-            while read.len() < BATCH {
-                match messages.next().now_or_never() {
-                    Some(Some(message)) => read.push(message.map_err(unavailable)?),
-                    _ => break,
-                }
-            }
+            let read = chunk
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
             let last = read.iter().map(position).max().unwrap_or(after);
             let watched: HashSet<String> = {
                 let mut state = self.state();
@@ -256,7 +270,9 @@ impl Feed {
     ) -> Result<History, ApiError> {
         let messages = if until > after {
             let filter = streams::deal_subjects_of(account_id);
-            ordered(&self.stream().await?, Some(filter), after, true).await?
+            ordered(&self.stream().await?, Some(filter), after, true)
+                .await?
+                .map(|m| m.ready_chunks(BATCH))
         } else {
             None
         };
@@ -273,7 +289,7 @@ impl Feed {
 pub struct History {
     feed: Feed,
     /// None: nothing to read (or all read).
-    messages: Option<async_nats::jetstream::consumer::pull::Ordered>,
+    messages: Option<futures::stream::ReadyChunks<async_nats::jetstream::consumer::pull::Ordered>>,
     until: u64,
     checked: bool,
 }
@@ -286,24 +302,22 @@ impl History {
         let Some(messages) = self.messages.as_mut() else {
             return Ok(None);
         };
-        let Some(first) = messages.next().await else {
+        let Some(chunk) = messages.next().await else {
             return Err(ApiError::Unavailable("the history's consumer ended".into()));
         };
-        let first = first.map_err(unavailable)?;
+        let mut read = chunk
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
         let until = self.until;
         let is_last = |m: &async_nats::jetstream::Message| pending(m) == 0 || position(m) >= until;
-        let mut done = is_last(&first);
-        let mut read = vec![first];
-        while read.len() < BATCH && !done {
-            match messages.next().now_or_never() {
-                Some(Some(message)) => {
-                    let message = message.map_err(unavailable)?;
-                    done = is_last(&message);
-                    read.push(message);
-                }
-                _ => break,
+        let done = match read.iter().position(is_last) {
+            Some(last) => {
+                read.truncate(last + 1);
+                true
             }
-        }
+            None => false,
+        };
         if !self.checked {
             self.checked = true;
             self.check_window(&read[0])?;
