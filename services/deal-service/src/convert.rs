@@ -72,31 +72,33 @@ pub fn distribution_from(d: Option<pb::Distribution>) -> Result<Distribution, Ap
     let d = d.ok_or_else(|| ApiError::invalid("distribution", "required"))?;
     match Mode::try_from(d.mode) {
         Ok(Mode::Auto) => {
-            let strategy = match S::try_from(d.strategy) {
-                Ok(S::Random) => Strategy::Random,
-                Ok(S::RoundRobin) => Strategy::RoundRobin,
-                Ok(S::LeastOpenDeals) => Strategy::LeastOpenDeals,
-                _ => {
-                    return Err(ApiError::invalid(
-                        "distribution.strategy",
-                        "AUTO needs RANDOM, ROUND_ROBIN or LEAST_OPEN_DEALS",
-                    ));
-                }
-            };
+            let mut checks = Checks::new();
+            let strategy = checks.check(match S::try_from(d.strategy) {
+                Ok(S::Random) => Ok(Strategy::Random),
+                Ok(S::RoundRobin) => Ok(Strategy::RoundRobin),
+                Ok(S::LeastOpenDeals) => Ok(Strategy::LeastOpenDeals),
+                _ => Err(ApiError::invalid(
+                    "distribution.strategy",
+                    "AUTO needs RANDOM, ROUND_ROBIN or LEAST_OPEN_DEALS",
+                )),
+            });
             if d.keep_related_when_unavailable && !d.prefer_related {
-                return Err(ApiError::invalid(
+                checks.note(ApiError::invalid(
                     "distribution.keep_related_when_unavailable",
                     "needs prefer_related",
                 ));
             }
+            let response = checks.check(response_from(&d));
+            checks.finish()?;
             Ok(Distribution::Auto {
                 prefer_related: d.prefer_related,
                 keep_related: d.keep_related_when_unavailable,
-                strategy,
-                response: response_from(&d)?,
+                strategy: strategy.unwrap_or(Strategy::RoundRobin),
+                response: response.flatten(),
             })
         }
-        Ok(Mode::Manual) if d.response_deadline_seconds != 0 || d.max_reassignments != 0 => {
+        Ok(Mode::Manual) => {
+            // Settings only AUTO has are refused, not dropped: the caller meant something.
             let mut checks = Checks::new();
             let why = "a response deadline needs AUTO distribution (nobody reassigns by hand)";
             if d.response_deadline_seconds != 0 {
@@ -108,9 +110,14 @@ pub fn distribution_from(d: Option<pb::Distribution>) -> Result<Distribution, Ap
             if d.max_reassignments != 0 {
                 checks.note(ApiError::invalid("distribution.max_reassignments", why));
             }
+            if d.keep_related_when_unavailable {
+                checks.note(ApiError::invalid(
+                    "distribution.keep_related_when_unavailable",
+                    "needs AUTO distribution with prefer_related",
+                ));
+            }
             checks.finish().map(|()| Distribution::Manual)
         }
-        Ok(Mode::Manual) => Ok(Distribution::Manual),
         _ => Err(ApiError::invalid(
             "distribution.mode",
             "must be MANUAL or AUTO",
@@ -673,6 +680,44 @@ mod tests {
         );
         let both = members_from(&["a".into()], &[member("a", 2, 0)]).unwrap_err();
         assert_eq!(both.field(), Some("members"));
+    }
+
+    #[test]
+    fn a_distribution_reports_every_violation_at_once() {
+        let fields = |d: pb::Distribution| -> Vec<String> {
+            let err = distribution_from(Some(d)).unwrap_err();
+            err.violations().iter().map(|v| v.field.clone()).collect()
+        };
+        let auto = pb::Distribution {
+            mode: pb::distribution::Mode::Auto as i32,
+            strategy: 0,
+            keep_related_when_unavailable: true,
+            response_deadline_seconds: 1_000_000,
+            max_reassignments: 11,
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(auto),
+            [
+                "distribution.strategy",
+                "distribution.keep_related_when_unavailable",
+                "distribution.response_deadline_seconds",
+                "distribution.max_reassignments"
+            ]
+        );
+        let manual = pb::Distribution {
+            mode: pb::distribution::Mode::Manual as i32,
+            keep_related_when_unavailable: true,
+            response_deadline_seconds: 60,
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(manual),
+            [
+                "distribution.response_deadline_seconds",
+                "distribution.keep_related_when_unavailable"
+            ]
+        );
     }
 
     #[test]
