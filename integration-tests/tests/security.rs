@@ -59,6 +59,7 @@ const METHODS: &[&str] = &[
     "BulkAssignDeals",
     "ListDeals",
     "GetBoard",
+    "WatchDeals",
     "GetDealHistory",
     "AddToSalesPlan",
     "AddAudience",
@@ -402,6 +403,16 @@ async fn call(
             ))
             .await
             .map(|_| 1)?,
+        // The board it starts with: the plan's, or NOT_FOUND from another account.
+        "WatchDeals" => {
+            let request = pb::WatchDealsRequest {
+                plan_id: ids.plan.clone(),
+                start_with_snapshot: true,
+                ..Default::default()
+            };
+            let mut watch = deals.watch_deals(req(request, token)).await?.into_inner();
+            watch.message().await?.map_or(0, |_| 1)
+        }
         "GetDealHistory" => deals
             .get_deal_history(req(
                 pb::GetDealHistoryRequest {
@@ -888,6 +899,7 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         ("GetDeal", "deals:read"),
         ("ListDeals", "deals:read"),
         ("GetBoard", "deals:read"),
+        ("WatchDeals", "deals:read"),
         ("GetDealHistory", "deals:read"),
         ("ExplainAssignment", "deals:read"),
         ("ExplainAssignments", "deals:read"),
@@ -932,6 +944,7 @@ async fn each_permission_is_required_where_it_should_be() -> anyhow::Result<()> 
         "GetDeal",
         "ListDeals",
         "GetBoard",
+        "WatchDeals",
         "GetDealHistory",
         "ExplainAssignment",
         "ExplainAssignments",

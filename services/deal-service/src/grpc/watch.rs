@@ -68,51 +68,11 @@ impl Api {
         let watching = feed.watch(&actor.account_id)?;
         let account = actor.account_id.clone();
         let (first, from) = match (&asked.snapshot, &asked.resume) {
-            (Some((query, sort, cards)), _) => {
-                let _permit = self.reads.admit(&account)?;
-                // Read before the snapshot: every change at or below it is in the board.
-                let (last, _) = feed.bounds().await?;
-                let plan_id = query.plan_id.unwrap_or_default();
-                let plan = self.store.plan(&account, plan_id).await?;
-                let stages: Vec<uuid::Uuid> = plan
-                    .stages
-                    .iter()
-                    .map(|s| s.id)
-                    .filter(|id| query.stage_ids.is_empty() || query.stage_ids.contains(id))
-                    .collect();
-                let (board, snapshot) = self
-                    .store
-                    .board_at_snapshot(&account, query, (&stages, *sort, *cards))
-                    .await?;
-                let filter = pb::DealFilter {
-                    plan_id: plan_id.to_string(),
-                    stage_ids: query.stage_ids.iter().map(ToString::to_string).collect(),
-                    manager_ids: query.managers.clone(),
-                    ..Default::default()
-                };
-                let from = ResumeToken {
-                    after: last,
-                    snapshot: Some(snapshot),
-                };
-                let board = board_response(&plan, &board, &filter, *sort);
+            (Some(board), _) => {
+                let (board, from) = self.snapshot(&account, board).await?;
                 (Some(board), from)
             }
-            (None, Some(token)) => {
-                let (last, first) = feed.bounds().await?;
-                if token.after > last {
-                    return Err(ApiError::invalid(
-                        "resume_token",
-                        "not a resume token of this feed (ahead of it)",
-                    )
-                    .into());
-                }
-                if token.after + 1 < first {
-                    return Err(
-                        expired("the changes after this token are no longer kept".into()).into(),
-                    );
-                }
-                (None, token.clone())
-            }
+            (None, Some(token)) => (None, resumed(feed, token).await?),
             (None, None) => {
                 let from = ResumeToken {
                     after: watching.position,
@@ -137,6 +97,61 @@ impl Api {
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+impl Api {
+    /// The board a watch starts with, and the token of the changes after it: the stream's
+    /// position read first (every change up to it is in the board), then the board with
+    /// the database snapshot it was read in (changes it already holds are skipped).
+    async fn snapshot(
+        &self,
+        account: &str,
+        (query, sort, cards): &(DealQuery, crate::domain::query::Sort, usize),
+    ) -> Result<(pb::GetBoardResponse, ResumeToken), Status> {
+        let _permit = self.reads.admit(account)?;
+        let (last, _) = self.watch.feed.bounds().await?;
+        let plan_id = query.plan_id.unwrap_or_default();
+        let plan = self.store.plan(account, plan_id).await?;
+        let stages: Vec<uuid::Uuid> = plan
+            .stages
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| query.stage_ids.is_empty() || query.stage_ids.contains(id))
+            .collect();
+        let (board, snapshot) = self
+            .store
+            .board_at_snapshot(account, query, (&stages, *sort, *cards))
+            .await?;
+        let filter = pb::DealFilter {
+            plan_id: plan_id.to_string(),
+            stage_ids: query.stage_ids.iter().map(ToString::to_string).collect(),
+            manager_ids: query.managers.clone(),
+            ..Default::default()
+        };
+        let from = ResumeToken {
+            after: last,
+            snapshot: Some(snapshot),
+        };
+        Ok((board_response(&plan, &board, &filter, *sort), from))
+    }
+}
+
+/// A resume token checked against what the stream holds: not ahead of it, and not older
+/// than its first change kept.
+async fn resumed(feed: &Feed, token: &ResumeToken) -> Result<ResumeToken, ApiError> {
+    let (last, first) = feed.bounds().await?;
+    if token.after > last {
+        return Err(ApiError::invalid(
+            "resume_token",
+            "not a resume token of this feed (ahead of it)",
+        ));
+    }
+    if token.after + 1 < first {
+        return Err(expired(
+            "the changes after this token are no longer kept".into(),
+        ));
+    }
+    Ok(token.clone())
 }
 
 /// The request's fields, checked all at once.
@@ -266,24 +281,8 @@ impl Watcher {
             }
         }
         // What the feed broadcast before this watch joined it comes from the stream.
-        let history = self
-            .feed
-            .history(&self.account, (self.from.after, watching.position))
-            .await;
-        let mut history = match history {
-            Ok(history) => history,
-            Err(err) => return End::Status(err.into()),
-        };
-        loop {
-            match history.next().await {
-                Ok(Some(batch)) => {
-                    if !self.send_all(&batch).await {
-                        return End::Left;
-                    }
-                }
-                Ok(None) => break,
-                Err(err) => return End::Status(err.into()),
-            }
+        if let Some(end) = self.send_history(watching.position).await {
+            return end;
         }
         loop {
             match watching.receiver.recv().await {
@@ -309,6 +308,30 @@ impl Watcher {
                         "this replica is stopping: reconnect, with your last resume token",
                     ));
                 }
+            }
+        }
+    }
+
+    /// Sends the account's changes from after `self.from` up to `until` from the stream;
+    /// how the watch ended, if it did.
+    async fn send_history(&mut self, until: u64) -> Option<End> {
+        let history = self
+            .feed
+            .history(&self.account, (self.from.after, until))
+            .await;
+        let mut history = match history {
+            Ok(history) => history,
+            Err(err) => return Some(End::Status(err.into())),
+        };
+        loop {
+            match history.next().await {
+                Ok(Some(batch)) => {
+                    if !self.send_all(&batch).await {
+                        return Some(End::Left);
+                    }
+                }
+                Ok(None) => return None,
+                Err(err) => return Some(End::Status(err.into())),
             }
         }
     }
