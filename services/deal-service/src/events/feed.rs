@@ -216,8 +216,7 @@ impl Feed {
     async fn follow(&self, stop: &CancellationToken) -> Result<(), ApiError> {
         self.start().await?;
         let after = self.state().position;
-        // What is ready, up to a batch: the stream is never polled and then dropped
-        // half-way (a pull request of the ordered consumer would be lost with it).
+        // What is ready, up to a batch: a batch shares one lookup of the contacts.
         let mut messages = ordered(&self.stream().await?, None, after, false)
             .await?
             .ok_or_else(|| ApiError::Unavailable("the deal events' consumer".into()))?
