@@ -637,12 +637,8 @@ async fn watch(
             Some(Item::Change(change)) => {
                 changes += 1;
                 let kind = pb::ChangeKind::try_from(change.kind)
-                    .map(|k| {
-                        k.as_str_name()
-                            .trim_start_matches("CHANGE_KIND_")
-                            .to_lowercase()
-                    })
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    .short_name();
                 let deal = change.deal.unwrap_or_default();
                 ctx.print(
                     json!({"kind": kind, "deal": deal_json(&deal), "previous_stage_id": change.previous_stage_id, "previous_manager_id": change.previous_manager_id, "actor_id": change.actor_id, "resume_token": token}),

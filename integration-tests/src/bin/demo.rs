@@ -724,7 +724,7 @@ async fn show_watched(
     mut board: tonic::Streaming<pb::WatchDealsResponse>,
     expected: usize,
 ) -> anyhow::Result<()> {
-    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     let mut first = Vec::new();
     while kinds.values().sum::<usize>() < expected {
         let message = tokio::time::timeout(Duration::from_secs(10), board.message())
@@ -735,12 +735,8 @@ async fn show_watched(
             continue;
         };
         let kind = pb::ChangeKind::try_from(change.kind)
-            .map(|k| {
-                k.as_str_name()
-                    .trim_start_matches("CHANGE_KIND_")
-                    .to_lowercase()
-            })
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .short_name();
         let deal = change.deal.unwrap_or_default();
         if first.len() < 3 {
             let contact = deal.contact.map(|c| c.name).unwrap_or_default();

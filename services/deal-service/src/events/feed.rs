@@ -114,14 +114,6 @@ impl Feed {
         }
     }
 
-    pub fn config(&self) -> WatchConfig {
-        self.inner.config
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while counting leaves the counts as they were: still usable.
         self.inner
