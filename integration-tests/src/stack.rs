@@ -240,6 +240,14 @@ impl DealStack {
             .await
     }
 
+    /// Starts a reporting service (stopped with the stack; wait for it after `stop`): the
+    /// reports of deal-service's events with no distributor acting on them.
+    pub async fn start_reporting(&self) -> anyhow::Result<Running> {
+        reporting::Config::local(&self.db.url, &self.nats.url)
+            .start(self.shutdown.clone())
+            .await
+    }
+
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
         Ok(
             tonic::transport::Endpoint::from_shared(self.deal_service.grpc_url())?

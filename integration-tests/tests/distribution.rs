@@ -2042,6 +2042,146 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
     stack.stop().await
 }
 
+/// An acceptance after the response deadline (issue 20), when the distributor did not
+/// reassign in time (here: none runs, as when it is down or behind): the manager keeps
+/// the deal, the deal says it was accepted late, and ResponseTimes counts the deadline as
+/// missed. Only the distributor's assignments run under the deadline: a person's
+/// assignment accepted just as late is not late, and one accepted in time is not either.
+#[tokio::test]
+async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> anyhow::Result<()> {
+    let stack = integration_tests::stack::DealStack::start().await?;
+    let reporting = stack.start_reporting().await?;
+    let channel = stack.channel().await?;
+    let mut deals = DealServiceClient::new(channel.clone());
+    let admin = stack.token(ACCOUNT, "admin", &[Permission::PlansAdmin]);
+    let boss = stack.token(ACCOUNT, "boss", &[Permission::DealsEditAll]);
+    let distributor = stack.token(
+        ACCOUNT,
+        "system:distributor",
+        &[Permission::PlatformIntake, Permission::DealsEditAll],
+    );
+    let m1 = stack.token(ACCOUNT, "m1", &[]);
+    let tight = create_plan(channel.clone(), &admin, deadline_plan("Tight", 1, 1)).await?;
+    let roomy = create_plan(channel.clone(), &admin, deadline_plan("Roomy", 3_600, 1)).await?;
+    let create = |plan: &pb::Plan, key: &str, manager: Option<&str>, token: &str| {
+        outgoing(
+            pb::CreateDealRequest {
+                plan_id: plan.id.clone(),
+                contact: Some(pb::Contact {
+                    external_id: key.into(),
+                    ..Default::default()
+                }),
+                idempotency_key: key.into(),
+                manager_id: manager.map(Into::into),
+                wait_for_manager: manager.is_none(),
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    let mut made = Vec::new();
+    // The distributor's lead with its manager, and its placement of a waiting deal.
+    let lead = deals
+        .create_deal(create(&tight, "lead", Some("m1"), &distributor))
+        .await?;
+    made.push(lead.into_inner().deal.expect("deal"));
+    let waiting = deals
+        .create_deal(create(&tight, "queued", None, &boss))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let place = |deal: &pb::Deal, token: &str| {
+        outgoing(
+            pb::AssignDealRequest {
+                deal_id: deal.id.clone(),
+                expected_version: deal.version,
+                manager_id: Some("m1".into()),
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    let placed = deals.assign_deal(place(&waiting, &distributor)).await?;
+    made.push(placed.into_inner().deal.expect("deal"));
+    // A person's assignment, and the distributor's in a plan with an hour to accept.
+    let by_person = deals
+        .create_deal(create(&tight, "by-person", None, &boss))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let by_person = deals.assign_deal(place(&by_person, &boss)).await?;
+    made.push(by_person.into_inner().deal.expect("deal"));
+    let in_time = deals
+        .create_deal(create(&roomy, "in-time", Some("m1"), &distributor))
+        .await?;
+    made.push(in_time.into_inner().deal.expect("deal"));
+    // Time itself is the condition: more than the one second of working time (m1 has no
+    // schedule: around the clock) passes before m1 accepts.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut late = Vec::new();
+    let mut token = String::new();
+    for deal in &made {
+        let accepted = deals
+            .accept_deal(outgoing(
+                pb::AcceptDealRequest {
+                    deal_id: deal.id.clone(),
+                    expected_version: 0,
+                },
+                &m1,
+            ))
+            .await?;
+        token = integration_tests::api::write_token(&accepted)?.to_string();
+        let accepted = accepted.into_inner().deal.expect("deal");
+        assert_eq!(accepted.manager_id.as_deref(), Some("m1"), "kept");
+        assert!(
+            accepted.accept_seconds.is_some_and(|s| s >= 1),
+            "{accepted:?}"
+        );
+        late.push(accepted.accepted_late);
+    }
+    assert_eq!(late, [true, true, false, false]);
+    let read = deals
+        .get_deal(outgoing(
+            pb::GetDealRequest {
+                deal_id: made[0].id.clone(),
+                ..Default::default()
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert!(read.accepted_late, "kept with the deal: {read:?}");
+
+    let reports = ReportServiceClient::new(stack.channel_to(&reporting).await?);
+    let rows = eventually(Duration::from_secs(20), || {
+        let mut reports = reports.clone();
+        let request = pb::ResponseTimesRequest {
+            min_consistency_token: token.clone(),
+            ..Default::default()
+        };
+        let request = outgoing(request, &admin);
+        async move {
+            let rows = reports.response_times(request).await?.into_inner().rows;
+            let accepted: i64 = rows.iter().map(|r| r.accepted).sum();
+            Ok((accepted == 4).then_some(rows))
+        }
+    })
+    .await?;
+    let line = |plan: &pb::Plan| {
+        rows.iter()
+            .find(|r| r.plan_id == plan.id && r.manager_id == "m1")
+            .map(|r| (r.assigned, r.accepted, r.deadlines_missed))
+    };
+    assert_eq!(line(&tight), Some((3, 3, 2)), "{rows:?}");
+    assert_eq!(line(&roomy), Some((1, 1, 0)), "{rows:?}");
+    stack.stop().await?;
+    reporting.wait().await
+}
+
 /// Running response deadlines of a deal in the distributor.
 async fn timers(pool: &sqlx::PgPool, deal_id: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(

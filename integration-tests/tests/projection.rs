@@ -65,6 +65,7 @@ fn row(deal: u128, plan: u128, number: i64, v: &Version) -> DealRow {
         assigned_at: None,
         accepted_at: None,
         accept_seconds: None,
+        accepted_late: false,
         missed: None,
     }
 }

@@ -359,6 +359,7 @@ impl TryFrom<pb::CreateDealRequest> for NewDeal {
                 .as_deref()
                 .and_then(salesplan_platform::telemetry::valid_traceparent),
             wait_for_manager: req.wait_for_manager,
+            by_distributor: false,
         };
         if req.wait_for_manager && req.manager_id.is_some() {
             checks.take::<()>(Err(ApiError::invalid(
@@ -600,6 +601,7 @@ impl From<&Deal> for pb::Deal {
             escalated_at: deal.escalated_at.map(timestamp),
             assigned_at: deal.assigned_at.map(timestamp),
             accept_seconds: deal.accept_seconds,
+            accepted_late: deal.accepted_late,
         }
     }
 }

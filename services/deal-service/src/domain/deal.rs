@@ -49,6 +49,14 @@ pub struct Deal {
     pub assigned_at: Option<OffsetDateTime>,
     /// The manager's working time from `assigned_at` to `accepted_at`, in seconds.
     pub accept_seconds: Option<i64>,
+    /// The response deadline the current assignment runs under (seconds of the manager's
+    /// working time): the plan's, when the distributor made the assignment; none for a
+    /// person's. Kept so an acceptance after it is known as late.
+    pub deadline_seconds: Option<i64>,
+    /// Accepted after `deadline_seconds` of working time (the distributor, down or behind,
+    /// had not reassigned the deal yet): the manager keeps it, and the deadline counts as
+    /// missed. Measured exactly, not on the whole seconds of `accept_seconds`.
+    pub accepted_late: bool,
 }
 
 #[cfg(test)]
@@ -80,6 +88,8 @@ impl Deal {
             escalated_at: None,
             assigned_at: manager.map(|_| OffsetDateTime::UNIX_EPOCH),
             accept_seconds: None,
+            deadline_seconds: None,
+            accepted_late: false,
         }
     }
 }
@@ -104,6 +114,9 @@ pub struct NewDeal {
     pub lead_received_at: Option<OffsetDateTime>,
     /// Left to the plan's automatic distribution: created waiting (no manager given).
     pub wait_for_manager: bool,
+    /// Created by the platform's distributor: a manager given is its assignment, under the
+    /// plan's response deadline.
+    pub by_distributor: bool,
 }
 
 impl NewDeal {
@@ -176,8 +189,11 @@ impl NewDeal {
             escalated_at: None,
             assigned_at: self.manager_id.as_ref().map(|_| now),
             accept_seconds: None,
+            deadline_seconds: None,
+            accepted_late: false,
             manager_id: self.manager_id,
-        })
+        }
+        .under_deadline(plan, self.by_distributor))
     }
 }
 
@@ -461,6 +477,8 @@ impl Deal {
         deal.escalated_at = None;
         deal.accepted_at = None;
         deal.accept_seconds = None;
+        deal.deadline_seconds = None;
+        deal.accepted_late = false;
         deal.assigned_at = manager.as_ref().map(|_| now);
         let (from, to) = (self.manager_id.clone(), manager);
         let change = if transfer {
@@ -499,7 +517,8 @@ impl Deal {
                 ),
             ));
         }
-        let (mut deal, _) = self.assign(plan, manager.clone(), false, now)?;
+        let (deal, _) = self.assign(plan, manager.clone(), false, now)?;
+        let mut deal = deal.under_deadline(plan, true);
         if manager.is_none() {
             deal.waiting_since = Some(now);
             deal.escalated_at = Some(now);
@@ -511,6 +530,16 @@ impl Deal {
             missed_assigned_at: self.assigned_at,
         };
         Ok((deal, change))
+    }
+
+    /// `self`, just assigned, under the response deadline of its assignment: the plan's
+    /// when the distributor made it; a person's assignment is their decision, with none.
+    pub fn under_deadline(mut self, plan: &Plan, by_distributor: bool) -> Deal {
+        self.deadline_seconds = plan
+            .response()
+            .filter(|_| by_distributor && self.manager_id.is_some())
+            .map(|r| i64::from(r.seconds));
+        self
     }
 
     /// Whether the deal waits for a person with no manager: where an escalation puts it.
@@ -556,12 +585,16 @@ impl Deal {
     }
 
     /// `self` with its time to accept: the manager's working time by `schedule` from when
-    /// they got the deal to when they accepted it.
+    /// they got the deal to when they accepted it, and whether that was past its deadline.
     pub fn timed(mut self, schedule: &salesplan_platform::schedule::Schedule) -> Deal {
         if let (Some(from), Some(to), None) =
             (self.assigned_at, self.accepted_at, self.accept_seconds)
         {
-            self.accept_seconds = Some(schedule.working_time(from, to).whole_seconds());
+            let took = schedule.working_time(from, to);
+            self.accept_seconds = Some(took.whole_seconds());
+            self.accepted_late = self
+                .deadline_seconds
+                .is_some_and(|limit| took > time::Duration::seconds(limit));
         }
         self
     }
@@ -649,6 +682,7 @@ mod tests {
             trace_parent: None,
             lead_received_at: None,
             wait_for_manager: false,
+            by_distributor: false,
         }
     }
 
@@ -840,6 +874,82 @@ mod tests {
         let timed = accepted.timed(&schedule);
         assert_eq!(timed.accept_seconds, Some(3_600));
         assert!(!timed.needs_timing());
+    }
+
+    #[test]
+    fn only_the_distributors_assignments_run_under_the_deadline_and_late_is_past_it() {
+        let mut plan = plan();
+        plan.managers = vec!["m1".into(), "m2".into()];
+        plan.distribution = Distribution::Auto {
+            prefer_related: false,
+            keep_related: false,
+            strategy: crate::domain::plan::Strategy::RoundRobin,
+            response: Some(crate::domain::plan::Response {
+                seconds: 60,
+                max_reassignments: 1,
+            }),
+        };
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
+        let around_the_clock = salesplan_platform::schedule::Schedule::default();
+        let accepted_after = |deal: &Deal, seconds: i64| {
+            let (accepted, _) = deal
+                .accept("m1", now + time::Duration::seconds(seconds))
+                .unwrap();
+            accepted.timed(&around_the_clock)
+        };
+        // A lead the distributor created with its manager: under the plan's deadline.
+        let lead = NewDeal {
+            manager_id: Some("m1".into()),
+            by_distributor: true,
+            ..new_deal(&plan)
+        }
+        .into_deal(&plan, Uuid::new_v4(), now)
+        .unwrap();
+        assert_eq!(lead.deadline_seconds, Some(60));
+        assert!(!accepted_after(&lead, 60).accepted_late, "at the deadline");
+        let a_moment_past = |deal: &Deal| {
+            let (accepted, _) = deal
+                .accept("m1", now + time::Duration::milliseconds(60_001))
+                .unwrap();
+            accepted.timed(&around_the_clock)
+        };
+        let late = a_moment_past(&lead);
+        assert_eq!(
+            (late.accepted_late, late.accept_seconds),
+            (true, Some(60)),
+            "a millisecond past it is late, though whole seconds read 60"
+        );
+        // A person's assignment is their decision: no deadline, never late.
+        let (given, _) = deal_in(&plan)
+            .assign(&plan, Some("m1".into()), false, now)
+            .unwrap();
+        let given = given.under_deadline(&plan, false);
+        assert_eq!(given.deadline_seconds, None);
+        assert!(!accepted_after(&given, 3_600).accepted_late);
+        // The distributor's placement and reassignment run under it; an escalation (no
+        // manager) has none.
+        let placed = given.clone().under_deadline(&plan, true);
+        assert!(accepted_after(&placed, 61).accepted_late);
+        let (given_again, _) = accepted_after(&placed, 61)
+            .assign(&plan, Some("m2".into()), false, now)
+            .unwrap();
+        assert!(!given_again.accepted_late, "a new assignment starts over");
+        let (moved_on, _) = lead
+            .reassign(&plan, (Some("m2".into()), None), "missed".into(), now)
+            .unwrap();
+        assert_eq!(moved_on.deadline_seconds, Some(60));
+        let (escalated, _) = moved_on
+            .reassign(&plan, (None, None), "again".into(), now)
+            .unwrap();
+        assert_eq!(escalated.deadline_seconds, None);
+        // Created by a person with a manager: no deadline.
+        let by_person = NewDeal {
+            manager_id: Some("m1".into()),
+            ..new_deal(&plan)
+        }
+        .into_deal(&plan, Uuid::new_v4(), now)
+        .unwrap();
+        assert_eq!(by_person.deadline_seconds, None);
     }
 
     fn with_reasons(mut plan: Plan, require: bool) -> (Plan, Uuid) {

@@ -332,6 +332,7 @@ impl DealService for Api {
         }
         let asked = manager.clone();
         let edit_all = actor.has(Permission::DealsEditAll);
+        let by_distributor = actor.has(Permission::PlatformIntake);
         let deal = match reassignment(&actor, &req, manager.as_deref())? {
             // The distributor's reassignment after a missed response deadline: at the
             // version it saw or, naming the missed assignment, while the deal is in it.
@@ -363,7 +364,10 @@ impl DealService for Api {
                     (deal_id, Some(version)),
                     |deal| may_assign(&actor.user_id, edit_all, deal, asked.as_deref()),
                     |deal| deal.is_with(asked.as_deref()),
-                    |deal, plan, now| deal.assign(plan, manager, false, now),
+                    |deal, plan, now| {
+                        let (deal, change) = deal.assign(plan, manager, false, now)?;
+                        Ok((deal.under_deadline(plan, by_distributor), change))
+                    },
                 )
                 .await?
             }
@@ -777,9 +781,6 @@ fn history_action(action: &str) -> pb::HistoryAction {
     }
 }
 
-/// `accepted_at_plan_version` and `lead_received_at` are the platform's intake's word (a
-/// lead it accepted before the plan was archived, or before its person was erased); from
-/// anyone else they are ignored, so no client opens an archived plan by claiming it.
 /// Whether the new deal goes to someone other than its creator: to another manager, or to
 /// whoever the distributor picks.
 fn gives_away(actor: &Actor, deal: &NewDeal) -> bool {
@@ -790,8 +791,13 @@ fn gives_away(actor: &Actor, deal: &NewDeal) -> bool {
             .is_some_and(|m| m != actor.user_id)
 }
 
+/// `accepted_at_plan_version` and `lead_received_at` are the platform's intake's word (a
+/// lead it accepted before the plan was archived, or before its person was erased); from
+/// anyone else they are ignored, so no client opens an archived plan by claiming it. Its
+/// manager, given, is the distributor's assignment (under the plan's response deadline).
 fn intake_only(actor: &salesplan_platform::Actor, mut deal: NewDeal) -> NewDeal {
-    if !actor.has(Permission::PlatformIntake) {
+    deal.by_distributor = actor.has(Permission::PlatformIntake);
+    if !deal.by_distributor {
         deal.accepted_at_plan_version = None;
         deal.lead_received_at = None;
     }

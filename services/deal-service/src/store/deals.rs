@@ -573,6 +573,8 @@ struct DealColumns {
     escalated_at: Vec<Option<OffsetDateTime>>,
     assigned_at: Vec<Option<OffsetDateTime>>,
     accept_seconds: Vec<Option<i64>>,
+    deadline_seconds: Vec<Option<i64>>,
+    accepted_late: Vec<bool>,
 }
 
 impl DealColumns {
@@ -604,6 +606,8 @@ impl DealColumns {
             escalated_at: Vec::new(),
             assigned_at: Vec::new(),
             accept_seconds: Vec::new(),
+            deadline_seconds: Vec::new(),
+            accepted_late: Vec::new(),
         };
         for d in deals {
             c.id.push(d.id);
@@ -632,6 +636,8 @@ impl DealColumns {
             c.escalated_at.push(d.escalated_at);
             c.assigned_at.push(d.assigned_at);
             c.accept_seconds.push(d.accept_seconds);
+            c.deadline_seconds.push(d.deadline_seconds);
+            c.accepted_late.push(d.accepted_late);
         }
         c
     }
@@ -651,11 +657,13 @@ async fn insert_deals(
         "INSERT INTO deals (id, account_id, plan_id, stage_id, status, manager_id,
             contact_external_id, contact_name, contact_email, contact_phone, contact_phone_digits,
             title, amount_minor, currency, loss_reason_id, stage_before_close_id, idempotency_key,
-            version, created_at, updated_at, closed_at, waiting_since, assigned_at)
+            version, created_at, updated_at, closed_at, waiting_since, assigned_at,
+            deadline_seconds)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
             $14::text[], $15::uuid[], $16::uuid[], $17::text[], $18::bigint[], $19::timestamptz[],
-            $20::timestamptz[], $21::timestamptz[], $22::timestamptz[], $23::timestamptz[])
+            $20::timestamptz[], $21::timestamptz[], $22::timestamptz[], $23::timestamptz[],
+            $24::bigint[])
          ON CONFLICT (account_id, idempotency_key) DO NOTHING
          RETURNING idempotency_key",
     )
@@ -682,6 +690,7 @@ async fn insert_deals(
     .bind(c.closed_at)
     .bind(c.waiting_since)
     .bind(c.assigned_at)
+    .bind(c.deadline_seconds)
     .fetch_all(&mut **tx)
     .await
     .map(|keys: Vec<String>| keys.into_iter().collect())
@@ -704,15 +713,16 @@ pub async fn update_deals(
             amount_minor = x.amount, currency = x.currency, loss_reason_id = x.reason,
             stage_before_close_id = x.before, version = x.version, updated_at = x.updated,
             closed_at = x.closed, waiting_since = x.waiting, accepted_at = x.accepted,
-            escalated_at = x.escalated, assigned_at = x.assigned, accept_seconds = x.took
+            escalated_at = x.escalated, assigned_at = x.assigned, accept_seconds = x.took,
+            deadline_seconds = x.deadline, accepted_late = x.late
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[],
                      $13::uuid[], $14::uuid[], $15::bigint[], $16::timestamptz[], $17::timestamptz[],
                      $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[],
-                     $22::bigint[])
+                     $22::bigint[], $23::bigint[], $24::bool[])
             AS x(id, stage_id, status, manager_id, ext, name, email, phone, digits, title, amount,
                  currency, reason, before, version, updated, closed, waiting, accepted, escalated,
-                 assigned, took)
+                 assigned, took, deadline, late)
          WHERE deals.id = x.id",
     )
     .bind(c.id)
@@ -737,6 +747,8 @@ pub async fn update_deals(
     .bind(c.escalated_at)
     .bind(c.assigned_at)
     .bind(c.accept_seconds)
+    .bind(c.deadline_seconds)
+    .bind(c.accepted_late)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -20,7 +20,8 @@ pub fn corrupt(what: &str) -> StoreError {
 pub const DEAL_COLUMNS: &str = "id, account_id, plan_id, stage_id, status, manager_id,
     contact_external_id, contact_name, contact_email, contact_phone, title, amount_minor, currency,
     loss_reason_id, stage_before_close_id, idempotency_key, version, created_at, updated_at, closed_at,
-    waiting_since, accepted_at, escalated_at, assigned_at, accept_seconds";
+    waiting_since, accepted_at, escalated_at, assigned_at, accept_seconds, deadline_seconds,
+    accepted_late";
 
 pub fn deal_from_row(row: &PgRow) -> Result<Deal, StoreError> {
     Ok(Deal {
@@ -53,6 +54,8 @@ pub fn deal_from_row(row: &PgRow) -> Result<Deal, StoreError> {
         escalated_at: row.try_get("escalated_at")?,
         assigned_at: row.try_get("assigned_at")?,
         accept_seconds: row.try_get("accept_seconds")?,
+        deadline_seconds: row.try_get("deadline_seconds")?,
+        accepted_late: row.try_get("accepted_late")?,
     })
 }
 

@@ -31,6 +31,9 @@ pub struct DealRow {
     pub assigned_at: Option<OffsetDateTime>,
     pub accepted_at: Option<OffsetDateTime>,
     pub accept_seconds: Option<i64>,
+    /// Accepted after the assignment's response deadline: a missed deadline, though the
+    /// manager kept the deal (the distributor had not reassigned it yet).
+    pub accepted_late: bool,
     /// The assignment the distributor ended with this change (a missed response deadline:
     /// the distributor takes a deal from a manager for no other reason).
     pub missed: Option<Missed>,
@@ -106,6 +109,8 @@ pub struct Assignment<'a> {
     pub manager_id: &'a str,
     pub accepted_at: Option<OffsetDateTime>,
     pub accept_seconds: Option<i64>,
+    /// Accepted after its response deadline.
+    pub late: bool,
 }
 
 /// The assignments `rows` show, each once (a statement may not touch a row twice, and
@@ -127,9 +132,11 @@ pub fn assignments(rows: &[DealRow]) -> Vec<Assignment<'_>> {
                 manager_id,
                 accepted_at: None,
                 accept_seconds: None,
+                late: false,
             });
         slot.accepted_at = slot.accepted_at.or(row.accepted_at);
         slot.accept_seconds = slot.accept_seconds.or(row.accept_seconds);
+        slot.late |= row.accepted_late;
     }
     by_key.into_values().collect()
 }
@@ -223,6 +230,7 @@ mod tests {
             assigned_at: Some(at(assigned)),
             accepted_at: accepted.map(at),
             accept_seconds: accepted.map(|h| (h - assigned) * 3_600),
+            accepted_late: false,
             missed: None,
         }
     }
@@ -243,6 +251,20 @@ mod tests {
             .map(|a| (a.manager_id, a.assigned_at, a.accept_seconds))
             .collect();
         assert_eq!(seen, [("m1", at(1), Some(3_600)), ("m2", at(4), None)]);
+    }
+
+    #[test]
+    fn an_assignment_accepted_late_by_any_of_its_events_is_late() {
+        let late = DealRow {
+            accepted_late: true,
+            ..event(3, "m1", 1, Some(2))
+        };
+        let rows = [event(1, "m1", 1, None), late, event(4, "m2", 4, None)];
+        let found: Vec<(&str, bool)> = assignments(&rows)
+            .iter()
+            .map(|a| (a.manager_id, a.late))
+            .collect();
+        assert_eq!(found, [("m1", true), ("m2", false)]);
     }
 
     #[test]

@@ -110,6 +110,7 @@ pub fn decode(delivery: &Delivery) -> Result<DealRow, String> {
         assigned_at: deal.assigned_at.as_ref().and_then(time_of),
         accepted_at: deal.accepted_at.as_ref().and_then(time_of),
         accept_seconds: deal.accept_seconds,
+        accepted_late: deal.accepted_late,
         missed: event
             .previous_manager_id
             .filter(|_| {

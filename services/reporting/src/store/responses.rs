@@ -11,8 +11,9 @@ use crate::domain::{
 
 /// Records the assignments `rows` show (every row, not only a deal's newest: a deal given
 /// to one manager and taken to another within one batch is two assignments), their acceptance,
-/// and the deadlines missed. Idempotent: a row is keyed by the deal and when it got its
-/// manager, acceptance only ever set once, a miss only ever marked.
+/// and the deadlines missed (the distributor's reassignment, or an acceptance after the
+/// deadline). Idempotent: a row is keyed by the deal and when it got its manager, acceptance
+/// only ever set once, a miss only ever marked.
 pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[DealRow],
@@ -21,12 +22,13 @@ pub async fn apply(
     if !assigned.is_empty() {
         sqlx::query(
             "INSERT INTO assignments (deal_id, assigned_at, account_id, plan_id, manager_id,
-                accepted_at, accept_seconds)
+                accepted_at, accept_seconds, missed)
              SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::uuid[],
-                $5::text[], $6::timestamptz[], $7::bigint[])
+                $5::text[], $6::timestamptz[], $7::bigint[], $8::bool[])
              ON CONFLICT (deal_id, assigned_at) DO UPDATE SET
                 accepted_at = COALESCE(assignments.accepted_at, excluded.accepted_at),
-                accept_seconds = COALESCE(assignments.accept_seconds, excluded.accept_seconds)
+                accept_seconds = COALESCE(assignments.accept_seconds, excluded.accept_seconds),
+                missed = assignments.missed OR excluded.missed
              WHERE assignments.account_id = excluded.account_id",
         )
         .bind(assigned.iter().map(|a| a.deal_id).collect::<Vec<_>>())
@@ -41,6 +43,7 @@ pub async fn apply(
                 .map(|a| a.accept_seconds)
                 .collect::<Vec<_>>(),
         )
+        .bind(assigned.iter().map(|a| a.late).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }
