@@ -1,6 +1,8 @@
 //! Proto ↔ domain at the edge. Converting a request validates it: errors are born here,
 //! each naming the field (nested fields as `contact.email`).
 
+use std::collections::HashMap;
+
 use salesplan_platform::{
     ApiError, Checks,
     error::AllChecks as _,
@@ -180,7 +182,8 @@ fn distribution_to(d: Distribution) -> pb::Distribution {
 }
 
 /// A plan's managers with their terms, from `manager_ids` (the default terms) or `members`
-/// (a weight of 0 is 1, a limit of 0 none): not both; every violation at once.
+/// (a weight of 0 is 1, a limit of 0 none): not both, at most [`plan::MAX_MANAGERS`], each
+/// once; every violation at once, named by where it is in the request.
 pub fn members_from(
     manager_ids: &[String],
     members: &[pb::PlanMember],
@@ -191,40 +194,74 @@ pub fn members_from(
             "give manager_ids or members, not both",
         ));
     }
-    if !manager_ids.is_empty() {
-        return salesplan_platform::error::every(manager_ids.iter().enumerate().map(|(i, m)| {
-            manager_id(&format!("manager_ids[{i}]"), m).map(|m| (m, Terms::default()))
-        }));
+    let (list, entries): (&str, Vec<_>) = if members.is_empty() {
+        let entries = manager_ids.iter().enumerate().map(|(i, m)| {
+            let field = format!("manager_ids[{i}]");
+            manager_id(&field, m).map(|m| (field, m, Terms::default()))
+        });
+        ("manager_ids", entries.collect())
+    } else {
+        let entries = members.iter().enumerate().map(|(i, m)| member_from(i, m));
+        ("members", entries.collect())
+    };
+    let mut checks = Checks::new();
+    if entries.len() > plan::MAX_MANAGERS {
+        checks.note(ApiError::invalid(
+            list,
+            format!("at most {} managers", plan::MAX_MANAGERS),
+        ));
     }
-    salesplan_platform::error::every(members.iter().enumerate().map(|(i, member)| {
-        let weight = match member.weight {
-            0 => Ok(1),
-            w if (1..=plan::MAX_WEIGHT as i32).contains(&w) => Ok(w as u32),
-            _ => Err(ApiError::invalid(
-                format!("members[{i}].weight"),
-                format!("1 to {}", plan::MAX_WEIGHT),
+    let mut first_at: HashMap<String, String> = HashMap::new();
+    let mut managers = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Some((field, manager, terms)) = checks.check(entry) else {
+            continue;
+        };
+        match first_at.get(&manager) {
+            Some(first) => checks.note(ApiError::invalid(
+                field,
+                format!("{manager} is listed twice (also {first})"),
             )),
-        };
-        let max_open_deals = match member.max_open_deals {
-            0 => Ok(None),
-            n if (1..=plan::MAX_OPEN_DEALS_LIMIT as i32).contains(&n) => Ok(Some(n as u32)),
-            _ => Err(ApiError::invalid(
-                format!("members[{i}].max_open_deals"),
-                format!("0 (no limit) or 1 to {}", plan::MAX_OPEN_DEALS_LIMIT),
-            )),
-        };
-        let (manager, weight, max_open_deals) = (
-            manager_id(&format!("members[{i}].manager_id"), &member.manager_id),
-            weight,
-            max_open_deals,
-        )
-            .all()?;
-        let terms = Terms {
-            weight,
-            max_open_deals,
-        };
-        Ok((manager, terms))
-    }))
+            None => {
+                first_at.insert(manager.clone(), field);
+                managers.push((manager, terms));
+            }
+        }
+    }
+    checks.finish()?;
+    Ok(managers)
+}
+
+/// Member `i` of a request: the field its manager id is at, the id and its terms.
+fn member_from(i: usize, member: &pb::PlanMember) -> Result<(String, String, Terms), ApiError> {
+    let weight = match member.weight {
+        0 => Ok(1),
+        w if (1..=plan::MAX_WEIGHT as i32).contains(&w) => Ok(w as u32),
+        _ => Err(ApiError::invalid(
+            format!("members[{i}].weight"),
+            format!("1 to {}", plan::MAX_WEIGHT),
+        )),
+    };
+    let max_open_deals = match member.max_open_deals {
+        0 => Ok(None),
+        n if (1..=plan::MAX_OPEN_DEALS_LIMIT as i32).contains(&n) => Ok(Some(n as u32)),
+        _ => Err(ApiError::invalid(
+            format!("members[{i}].max_open_deals"),
+            format!("0 (no limit) or 1 to {}", plan::MAX_OPEN_DEALS_LIMIT),
+        )),
+    };
+    let field = format!("members[{i}].manager_id");
+    let (manager, weight, max_open_deals) = (
+        manager_id(&field, &member.manager_id),
+        weight,
+        max_open_deals,
+    )
+        .all()?;
+    let terms = Terms {
+        weight,
+        max_open_deals,
+    };
+    Ok((field, manager, terms))
 }
 
 impl TryFrom<pb::CreatePlanRequest> for PlanDraft {
@@ -682,6 +719,30 @@ mod tests {
         );
         let both = members_from(&["a".into()], &[member("a", 2, 0)]).unwrap_err();
         assert_eq!(both.field(), Some("members"));
+        // A manager twice is named where it is, beside the other violations.
+        let err = members_from(
+            &[],
+            &[member("a", 1, 0), member("b", -1, 0), member("a", 2, 0)],
+        )
+        .unwrap_err();
+        let found: Vec<(&str, &str)> = err
+            .violations()
+            .iter()
+            .map(|v| (v.field.as_str(), v.reason.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("members[1].weight", "1 to 100"),
+                (
+                    "members[2].manager_id",
+                    "a is listed twice (also members[0].manager_id)"
+                )
+            ]
+        );
+        let too_many: Vec<String> = (0..=plan::MAX_MANAGERS).map(|i| format!("m{i}")).collect();
+        let err = members_from(&too_many, &[]).unwrap_err();
+        assert_eq!(err.field(), Some("manager_ids"));
     }
 
     #[test]
@@ -764,7 +825,7 @@ mod tests {
             ),
             (
                 |r| r.manager_ids = vec!["m1".into(), "m1".into()],
-                "manager_ids",
+                "manager_ids[1]",
             ),
             (|r| r.manager_ids = vec!["".into()], "manager_ids[0]"),
             (

@@ -113,7 +113,7 @@ pub fn decide_batch(known: Known, leads: &[PendingLead], mut random: impl FnMut(
             .as_ref()
             .and_then(|k| related.get(k).cloned());
         let decision = if queue_ahead && settings.queues() && !settings.names(&lead) {
-            Decision::behind_the_queue()
+            Decision::behind_the_queue(&settings, &open, &away)
         } else {
             decide(&settings, &lead, &mut cursor, &mut open, &away, random())
         };
@@ -362,7 +362,7 @@ mod tests {
     #[test]
     fn a_new_lead_waits_behind_the_queue() {
         let known = Known {
-            away: Away::new(),
+            away: Away::from([("m1".to_owned(), "unavailable: paused".to_owned())]),
             settings: plan(Strategy::RoundRobin, false, 2),
             plan_version: 1,
             cursor: Cursor::default(),
@@ -386,6 +386,15 @@ mod tests {
             .collect();
         assert_eq!(got, [(None, true), (Some("m1"), false)]);
         assert!(batch.new[0].decision.reason.contains("waits behind them"));
+        let candidates: Vec<(&str, bool, &str)> = batch.new[0]
+            .decision
+            .candidates
+            .iter()
+            .map(|c| (c.manager_id.as_str(), c.chosen, c.note.as_str()))
+            .collect();
+        let first = "could take one: the older deals in the queue go first";
+        let away = "unavailable: paused";
+        assert_eq!(candidates, [("m0", false, first), ("m1", false, away)]);
         assert_eq!(batch.cursor, Cursor::default(), "no turn was taken");
     }
 }

@@ -286,6 +286,8 @@ pub fn wait_cause(reason: &str) -> &'static str {
 }
 
 const BEHIND_THE_QUEUE: &str = "older deals wait in the plan's queue: waits behind them";
+/// A member who could take a lead of a plan with a queue: the queue's deals go first.
+const BEFORE_THEM: &str = "could take one: the older deals in the queue go first";
 const NO_MEMBERS: &str = "the plan has no managers: waits for one";
 const ALL_FULL: &str = "every member is at capacity: waits for the first to free";
 const ALL_AWAY: &str = "no member is available: waits for the first back";
@@ -293,10 +295,19 @@ const NONE_CAN: &str =
     "no member is both available and below their limit: waits for the first who can take it";
 
 impl Decision {
-    /// A lead of a plan whose queue holds older deals: it waits behind them.
-    pub fn behind_the_queue() -> Self {
+    /// A lead of `plan` whose queue holds older deals: it waits behind them. Every member
+    /// is listed with why it cannot take a lead now, or that the older deals go first.
+    pub fn behind_the_queue(plan: &PlanSettings, open: &HashMap<String, i64>, away: &Away) -> Self {
+        let weights = plan.all_weights();
+        let caps: Vec<Option<u32>> = (0..plan.managers.len()).map(|i| plan.cap(i)).collect();
+        let members = Members::new(&plan.managers, &weights, &caps, open, away);
+        let note = |m: &str| {
+            let blocked = members.index(m).and_then(|i| members.blocked(i));
+            blocked.unwrap_or_else(|| BEFORE_THEM.into())
+        };
         Self {
             waits: true,
+            candidates: members.candidates("", &note),
             ..Self::without(BEHIND_THE_QUEUE)
         }
     }
@@ -1247,10 +1258,7 @@ mod tests {
             d.reason
         );
         assert_eq!(wait_cause(&d.reason), "unavailable");
-        assert_eq!(
-            wait_cause(&Decision::behind_the_queue().reason),
-            "behind_queue"
-        );
+        assert_eq!(wait_cause(BEHIND_THE_QUEUE), "behind_queue");
     }
 
     #[test]
