@@ -2,6 +2,35 @@
 
 use clap::{Args, Parser, Subcommand};
 
+/// A value on the command line (or in a file it names) that the CLI itself refuses: exit
+/// code 4, as for the server's INVALID_ARGUMENT, so a script tells its own mistake from a
+/// failure.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+impl Usage {
+    /// `err` (a parse of an argument that failed) as the CLI's refusal.
+    pub fn of(err: anyhow::Error) -> anyhow::Error {
+        anyhow::Error::new(Usage(format!("{err:#}")))
+    }
+}
+
+/// Refuses a command line: `return Err(usage!("--flag: …"))`.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        anyhow::Error::new($crate::args::Usage(format!($($arg)*)))
+    };
+}
+pub(crate) use usage;
+
 #[derive(Parser)]
 #[command(name = "salesplanctl", version, about = "Sales plans from a terminal")]
 pub struct Cli {
@@ -460,9 +489,7 @@ impl PeriodArgs {
                 .map(|v| {
                     time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
                         .map(salesplan_proto::time::timestamp)
-                        .map_err(|err| {
-                            anyhow::anyhow!("--{flag}: {v:?} is not an RFC 3339 time: {err}")
-                        })
+                        .map_err(|err| usage!("--{flag}: {v:?} is not an RFC 3339 time: {err}"))
                 })
                 .transpose()
         };

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures::StreamExt;
 use salesplan_platform::{
     Actor, Permission, auth::TokenIssuer, config::AuthConfig, grpc::outgoing,
@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use crate::{
     args::{
         Cli, Command, Contacts, Deals, Filter, Global, Intake, NewDeal, NewPlan, Outbox, Person,
-        Plans, Reports,
+        Plans, Reports, usage,
     },
     output::{self, DEAL_HEADER, deal_json, deal_row, plan_json, plan_text, table},
 };
@@ -77,9 +77,9 @@ impl Ctx {
 
     pub(crate) fn print(&self, json: serde_json::Value, text: impl FnOnce() -> String) {
         if self.global.json {
-            println!("{json}");
+            output::emit(&json);
         } else {
-            println!("{}", text());
+            output::emit(&text());
         }
     }
 }
@@ -189,7 +189,7 @@ async fn contacts(ctx: &Ctx, command: Contacts) -> anyhow::Result<()> {
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             });
-            println!("{document:#}");
+            output::emit(&format!("{document:#}"));
         }
     }
     Ok(())
@@ -200,7 +200,7 @@ fn token(account: &str, user: &str, perms: &[String], ttl: u64) -> anyhow::Resul
         .iter()
         .map(|p| {
             p.parse::<Permission>()
-                .map_err(|()| anyhow::anyhow!("unknown permission {p:?}"))
+                .map_err(|()| usage!("unknown permission {p:?}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let secret = std::env::var("SALESPLAN_JWT_HS256_SECRET")
@@ -209,7 +209,7 @@ fn token(account: &str, user: &str, perms: &[String], ttl: u64) -> anyhow::Resul
         &Actor::new(account, user, permissions),
         Duration::from_secs(ttl),
     )?;
-    println!("{token}");
+    output::emit(&token);
     Ok(())
 }
 
@@ -221,7 +221,9 @@ fn distribution(kind: &str, prefer_related: bool) -> anyhow::Result<pb::Distribu
         "round-robin" => (Mode::Auto, Strategy::RoundRobin),
         "least-open" => (Mode::Auto, Strategy::LeastOpenDeals),
         other => {
-            bail!("--distribution: {other:?} is not manual, random, round-robin or least-open")
+            return Err(usage!(
+                "--distribution: {other:?} is not manual, random, round-robin or least-open"
+            ));
         }
     };
     Ok(pb::Distribution {
@@ -479,7 +481,7 @@ fn filter(f: Filter) -> anyhow::Result<pb::DealFilter> {
             "open" => Ok(pb::DealStatus::Open as i32),
             "won" => Ok(pb::DealStatus::Won as i32),
             "lost" => Ok(pb::DealStatus::Lost as i32),
-            other => bail!("--status: {other:?} is not open, won or lost"),
+            other => Err(usage!("--status: {other:?} is not open, won or lost")),
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(pb::DealFilter {
@@ -778,7 +780,7 @@ async fn history(
         .collect();
     ctx.print(
         json!(entries.iter().map(|e| json!({"id": e.id, "actor_id": e.actor_id, "action": e.action, "from": e.from, "to": e.to, "loss_reason_id": e.loss_reason_id, "note": e.note})).collect::<Vec<_>>()),
-        || table(&["at (unix)", "who", "action", "from", "to", "note"], &rows),
+        || table(&["at", "who", "action", "from", "to", "note"], &rows),
     );
     Ok(())
 }
@@ -915,8 +917,8 @@ fn progress(done: usize, total: usize) {
 }
 
 fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<pb::AudienceContact>> {
-    let mut reader =
-        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut reader = csv::Reader::from_path(path)
+        .map_err(|err| usage!("cannot read {}: {err}", path.display()))?;
     let headers = reader.headers()?.clone();
     let column = |name: &str| headers.iter().position(|h| h.trim() == name);
     let (ext, name, email, phone) = (
@@ -926,10 +928,10 @@ fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<pb::AudienceContact>> 
         column("phone"),
     );
     if ext.is_none() && email.is_none() && phone.is_none() {
-        bail!(
+        return Err(usage!(
             "{}: the header needs external_id, email or phone",
             path.display()
-        );
+        ));
     }
     let mut contacts = Vec::new();
     for record in reader.records() {
@@ -974,7 +976,7 @@ async fn reports(ctx: &Ctx, command: Reports) -> anyhow::Result<()> {
     let group_by = match by.as_str() {
         "plan" => pb::ReportGrouping::Plan,
         "manager" => pb::ReportGrouping::Manager,
-        other => bail!("--by: {other:?} is not plan or manager"),
+        other => return Err(usage!("--by: {other:?} is not plan or manager")),
     };
     let report = client
         .loss_reasons(ctx.request(pb::LossReasonsRequest {

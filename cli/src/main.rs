@@ -32,10 +32,13 @@ async fn main() -> ExitCode {
     }
 }
 
-/// 1 other, 3 not found, 4 invalid argument, 5 not allowed (auth or permission),
+/// 1 other, 3 not found, 4 invalid argument (the server's, or the CLI's own refusal), 5 not allowed (auth or permission),
 /// 6 conflict (stale version, already exists, precondition), 69 unavailable.
 fn exit_code(err: &anyhow::Error) -> u8 {
     use tonic::Code;
+    if err.downcast_ref::<args::Usage>().is_some() {
+        return 4;
+    }
     match err.downcast_ref::<tonic::Status>().map(|s| s.code()) {
         Some(Code::NotFound) => 3,
         Some(Code::InvalidArgument) => 4,
@@ -66,5 +69,6 @@ mod tests {
         assert_eq!(code(Code::Unavailable), 69);
         assert_eq!(code(Code::Internal), 1);
         assert_eq!(exit_code(&anyhow::anyhow!("no status")), 1);
+        assert_eq!(exit_code(&crate::args::usage!("--by: \"x\"")), 4);
     }
 }

@@ -6,7 +6,7 @@ use salesplan_proto::v1::{self as pb, manager_service_client::ManagerServiceClie
 use serde_json::json;
 
 use crate::{
-    args::Managers,
+    args::{Managers, Usage},
     commands::Ctx,
     output::{table, time_text},
 };
@@ -60,7 +60,7 @@ pub async fn run(ctx: &Ctx, command: Managers) -> anyhow::Result<()> {
             hours,
             off,
         } => {
-            let schedule = schedule(tz, &hours, &off)?;
+            let schedule = schedule(tz, &hours, &off).map_err(Usage::of)?;
             client
                 .set_schedule(ctx.request(pb::SetScheduleRequest {
                     manager_id: manager,

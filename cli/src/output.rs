@@ -3,6 +3,20 @@
 use salesplan_proto::v1 as pb;
 use serde_json::{Value, json};
 
+/// Writes `text` and a newline to stdout. A reader that went away (`salesplanctl … | head`)
+/// ends the program quietly, as a closed pipe ends other Unix tools, instead of a panic.
+pub fn emit(text: &dyn std::fmt::Display) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(err) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {err}");
+        std::process::exit(1);
+    }
+}
+
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {

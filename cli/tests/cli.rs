@@ -661,6 +661,35 @@ async fn errors_are_the_servers_message_with_a_usable_exit_code() -> anyhow::Res
         String::from_utf8_lossy(&closed.stderr)
     );
 
+    // The CLI's own refusal of an argument is an invalid argument too.
+    let own = ctl
+        .run(Some(&boss), &["deals", "list", "--status", "maybe"])
+        .await?;
+    assert_eq!(own.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&own.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "error: --status: \"maybe\" is not open, won or lost"
+    );
+
+    // A reader that went away (`| head`) ends the output quietly, not with a panic.
+    let mut closed_pipe = tokio::process::Command::new(env!("CARGO_BIN_EXE_salesplanctl"));
+    let mut child = closed_pipe
+        .args([
+            "--deal-service",
+            &stack.deal_service.grpc_url(),
+            "plans",
+            "list",
+        ])
+        .env("SALESPLAN_TOKEN", &admin)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let gone = child.wait_with_output().await?;
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert_eq!((gone.status.code(), stderr.trim()), (Some(0), ""));
+
     let mut unreachable = tokio::process::Command::new(env!("CARGO_BIN_EXE_salesplanctl"));
     let down = unreachable
         .args(["--deal-service", "http://127.0.0.1:1", "plans", "list"])

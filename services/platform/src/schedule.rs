@@ -265,7 +265,7 @@ impl Schedule {
     /// A schedule from the wire, with every violation at once (fields under `field`).
     pub fn from_proto(field: &str, schedule: pb::Schedule) -> Result<Self, ApiError> {
         let mut checks = Checks::new();
-        let time_zone = checks.take(time_zone(&schedule.time_zone)).to_owned();
+        let time_zone = checks.take(time_zone(&schedule.time_zone));
         let mut week: [Vec<Hours>; 7] = Default::default();
         let mut listed = [false; 7];
         if schedule.week.len() > 7 {
@@ -349,18 +349,18 @@ impl Schedule {
     }
 }
 
-fn time_zone(name: &str) -> Result<&str, ApiError> {
+/// The database's own spelling of the zone `name` names (lookups ignore case: a schedule
+/// given `europe/berlin` reads back `Europe/Berlin`).
+fn time_zone(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     if name.is_empty() {
-        return Ok("UTC");
+        return Ok("UTC".into());
     }
-    if name.chars().count() > MAX_TIME_ZONE_CHARS || TimeZone::get(name).is_err() {
-        return Err(ApiError::invalid(
-            "time_zone",
-            "an IANA time zone such as Europe/Berlin",
-        ));
-    }
-    Ok(name)
+    let zone = (name.chars().count() <= MAX_TIME_ZONE_CHARS)
+        .then(|| TimeZone::get(name).ok())
+        .flatten()
+        .ok_or_else(|| ApiError::invalid("time_zone", "an IANA time zone such as Europe/Berlin"))?;
+    Ok(zone.iana_name().unwrap_or(name).to_owned())
 }
 
 /// A weekday's index (Monday 0) and its hours, sorted and checked apart.
@@ -486,6 +486,16 @@ mod tests {
                 last: jiff::civil::date(2026, 12, 26),
             }],
         }
+    }
+
+    #[test]
+    fn a_time_zone_reads_back_as_the_database_spells_it() {
+        assert_eq!(time_zone("europe/berlin").unwrap(), "Europe/Berlin");
+        assert_eq!(time_zone(" ").unwrap(), "UTC");
+        assert_eq!(
+            time_zone("Mars/Olympus").unwrap_err().field(),
+            Some("time_zone")
+        );
     }
 
     #[test]
