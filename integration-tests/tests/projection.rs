@@ -226,3 +226,55 @@ async fn a_missed_deadline_counts_in_whatever_order_its_events_arrive() -> anyho
     );
     Ok(())
 }
+
+/// ResponseTimes over several accepted deals of one manager: the median and 90th percentile
+/// interpolate between values (1, 2, 3, 4 and 10 s read 3 and 7.6), a late acceptance is
+/// a miss (and its time still counts), an assignment not accepted counts as assigned only.
+#[tokio::test]
+async fn response_times_interpolate_and_count_late_acceptances_as_missed() -> anyhow::Result<()> {
+    let db = TestDatabase::create().await?;
+    let config = reporting::Config::local(&db.url, "nats://127.0.0.1:1");
+    config.migrate().await?;
+    let pool = salesplan_platform::db::connect(&config.database, reporting::SCHEMA).await?;
+    let events = DealEvents::new(pool.clone());
+    let open = Version {
+        status: "open",
+        manager: Some("m1"),
+        reason: None,
+        closed_hours: 0,
+    };
+    let mut rows = Vec::new();
+    for (deal, took) in [1, 2, 3, 4, 10, -1].into_iter().enumerate() {
+        let mut given = row(deal as u128 + 1, 0, 1, &open);
+        given.assigned_at = Some(BASE);
+        rows.push(given.clone());
+        if took >= 0 {
+            let mut accepted = given;
+            accepted.version = 2;
+            accepted.accepted_at = Some(BASE + Duration::seconds(took));
+            accepted.accept_seconds = Some(took);
+            // The deadline was 5 s: only the 10-second acceptance was late.
+            accepted.accepted_late = took > 5;
+            rows.push(accepted);
+        }
+    }
+    events.apply(&rows).await?;
+    let report =
+        reporting::store::responses::report(&pool, ACCOUNT, Period::default(), &[], &[]).await?;
+    let got: Vec<_> = report
+        .into_iter()
+        .map(|r| {
+            let (median, p90) = (r.median_seconds, r.p90_seconds);
+            (r.manager_id, r.assigned, r.accepted, r.missed, median, p90)
+        })
+        .collect();
+    let expected = ("m1".to_owned(), 6, 5, 1, Some(3.0), Some(7.6));
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (m, assigned, accepted, missed, median, p90) = got[0].clone();
+    assert_eq!(
+        (m, assigned, accepted, missed, median),
+        (expected.0, 6, 5, 1, Some(3.0))
+    );
+    assert!(p90.is_some_and(|p| (p - 7.6).abs() < 1e-9), "{p90:?}");
+    Ok(())
+}
