@@ -268,12 +268,11 @@ async fn response_times_interpolate_and_count_late_acceptances_as_missed() -> an
             (r.manager_id, r.assigned, r.accepted, r.missed, median, p90)
         })
         .collect();
-    let expected = ("m1".to_owned(), 6, 5, 1, Some(3.0), Some(7.6));
     assert_eq!(got.len(), 1, "{got:?}");
     let (m, assigned, accepted, missed, median, p90) = got[0].clone();
     assert_eq!(
-        (m, assigned, accepted, missed, median),
-        (expected.0, 6, 5, 1, Some(3.0))
+        (m.as_str(), assigned, accepted, missed, median),
+        ("m1", 6, 5, 1, Some(3.0))
     );
     assert!(p90.is_some_and(|p| (p - 7.6).abs() < 1e-9), "{p90:?}");
     Ok(())
