@@ -8,7 +8,7 @@ use std::{collections::HashMap, time::Duration};
 
 use integration_tests::{
     api::{Mode, Strategy, create_plan, plan_request},
-    stack::DealStack,
+    stack::{DealStack, eventually},
 };
 use salesplan_platform::{Permission, grpc::outgoing, service::Service as _};
 use salesplan_proto::v1::{self as pb, deal_service_client::DealServiceClient};
@@ -572,6 +572,94 @@ async fn slow_watchers_are_cut_off_and_every_watch_ends_with_a_status() -> anyho
         (Code::Unavailable, "DRAINING".into())
     );
     drop((fast, slow, draining));
+    replica.wait().await?;
+    stack.stop().await
+}
+
+/// A client that stops reading while changes wait for it is cut off by time (here a
+/// 1-second stall limit; the feed's buffer is far from full), not only once it reads
+/// again: its place among the account's watches (here one) frees for a new watch, and
+/// when it does read, its stream ends ABORTED `WATCH_LAGGED`, resumable with its last
+/// token to every later change.
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_cut_off_in_time() -> anyhow::Result<()> {
+    const CHANGES: i64 = 300;
+    let stack = DealStack::start().await?;
+    let mut config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
+    config.watch.per_account = 1;
+    config.watch.stall = Duration::from_secs(1);
+    let stop = CancellationToken::new();
+    let replica = config.start(stop.clone()).await?;
+    let channel = stack.channel_to(&replica).await?;
+    let plan = manual_plan(&stack, "Stalled").await?;
+    let reader = stack.token(ACCOUNT, "board", &[Permission::DealsRead]);
+    let narrow = tonic::transport::Endpoint::from_shared(replica.grpc_url())?
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await?;
+    let mut stalled = watch(narrow, &reader, of_plan(&plan)).await?;
+    let refused = watch(channel.clone(), &reader, of_plan(&plan))
+        .await
+        .expect_err("the account's one watch is taken");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+
+    let mut deals = Deals {
+        client: DealServiceClient::new(stack.channel().await?),
+        token: stack.token(ACCOUNT, "boss", BOSS),
+    };
+    let mut deal = deals.create(&plan, "Still Waiting", "m1").await?;
+    for i in 1..CHANGES {
+        deal = deals.retitle(&deal, &format!("change {i}")).await?;
+    }
+    // Nothing of `stalled` is read: its place frees once its task gave up on it.
+    let next_watch = eventually(Duration::from_secs(20), || async {
+        match watch(channel.clone(), &reader, of_plan(&plan)).await {
+            Ok(watch) => Ok(Some(watch)),
+            Err(status) if status.code() == Code::ResourceExhausted => Ok(None),
+            Err(status) => Err(status.into()),
+        }
+    })
+    .await?;
+    let (status, before) = end_of(&mut stalled).await?;
+    assert_eq!(
+        (status.code(), reason(&status)),
+        (Code::Aborted, "WATCH_LAGGED".into()),
+        "{status:?}"
+    );
+    let got: Vec<i64> = before
+        .iter()
+        .filter_map(|m| match &m.item {
+            Some(pb::watch_deals_response::Item::Change(c)) => Some(version(c)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        got.len() < CHANGES as usize && got == (1..=got.len() as i64).collect::<Vec<_>>(),
+        "the first changes in order, not all: {got:?}"
+    );
+    // Its place frees as soon as the replica sees the client leave.
+    drop(next_watch);
+    let token = before.last().map(|m| m.resume_token.clone());
+    let resumed = pb::WatchDealsRequest {
+        resume_token: token.unwrap_or_default(),
+        ..of_plan(&plan)
+    };
+    let mut resumed = eventually(Duration::from_secs(20), || async {
+        match watch(channel.clone(), &reader, resumed.clone()).await {
+            Ok(watch) => Ok(Some(watch)),
+            Err(status) if status.code() == Code::ResourceExhausted => Ok(None),
+            Err(status) => Err(status.into()),
+        }
+    })
+    .await?;
+    let mut rest = got;
+    while rest.len() < CHANGES as usize {
+        rest.push(version(&next_change(&mut resumed).await?.0));
+    }
+    assert_eq!(rest, (1..=CHANGES).collect::<Vec<_>>());
+    drop((stalled, resumed));
+    stop.cancel();
     replica.wait().await?;
     stack.stop().await
 }

@@ -36,6 +36,9 @@ pub struct WatchConfig {
     /// `SALESPLAN_WATCH_BUFFER` (default 1,024): batches of changes a watcher may fall
     /// behind before it is cut off (to resume with its token).
     pub buffer: usize,
+    /// `SALESPLAN_WATCH_STALL_SECONDS` (default 15): how long a watcher's client may take
+    /// nothing while changes wait for it before it is cut off (to resume with its token).
+    pub stall: std::time::Duration,
 }
 
 impl Default for WatchConfig {
@@ -45,6 +48,7 @@ impl Default for WatchConfig {
             total: 10_000,
             resume_window: std::time::Duration::from_secs(3_600),
             buffer: 1_024,
+            stall: std::time::Duration::from_secs(15),
         }
     }
 }
@@ -60,7 +64,16 @@ impl WatchConfig {
                 default.resume_window.as_secs(),
             )?),
             buffer: env.parse("SALESPLAN_WATCH_BUFFER", default.buffer)?,
+            stall: std::time::Duration::from_secs(
+                env.parse("SALESPLAN_WATCH_STALL_SECONDS", default.stall.as_secs())?,
+            ),
         };
+        if !(1..=600).contains(&config.stall.as_secs()) {
+            return Err(ConfigError::new(
+                "SALESPLAN_WATCH_STALL_SECONDS",
+                "must be 1 to 600",
+            ));
+        }
         if !(16..=65_536).contains(&config.buffer) {
             return Err(ConfigError::new(
                 "SALESPLAN_WATCH_BUFFER",

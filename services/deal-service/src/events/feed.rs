@@ -114,6 +114,11 @@ impl Feed {
         }
     }
 
+    /// How long a watcher's client may take nothing while changes wait for it.
+    pub fn stall_limit(&self) -> std::time::Duration {
+        self.inner.config.stall
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while counting leaves the counts as they were: still usable.
         self.inner

@@ -1,7 +1,11 @@
 //! WatchDeals: a watcher's stream of its account's deal changes, from the live feed
 //! (`events/feed.rs`), after a resume token or a snapshot of the board.
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use salesplan_platform::{
     AllChecks, ApiError, Checks, Permission, Reason,
@@ -9,7 +13,7 @@ use salesplan_platform::{
     ids::parse_id,
 };
 use salesplan_proto::v1 as pb;
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
@@ -34,8 +38,6 @@ pub type WatchStream =
 const IN_HAND: usize = 16;
 /// Stage ids one watch may name (a plan has at most 50 stages).
 const MAX_STAGES: usize = 100;
-/// How long a watch's closing status waits for room in its client's stream.
-const LAST_WORD: Duration = Duration::from_secs(5);
 /// A watcher that got nothing for this long while its account's other changes passed
 /// gets a checkpoint: a resume token past them.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
@@ -81,21 +83,20 @@ impl Api {
                 (None, from)
             }
         };
-        let (sender, receiver) = mpsc::channel(IN_HAND);
+        let (to_client, stream) = ToClient::new(feed.stall_limit());
         let watcher = Watcher {
             feed: feed.clone(),
             account,
             filter: asked.filter,
             from,
-            sender,
+            out: to_client,
             shutdown: self.watch.shutdown.clone(),
             expires_in: expiry.map(TokenExpiry::remaining),
             passed: 0,
             last_sent: tokio::time::Instant::now(),
         };
         tokio::spawn(watcher.run(first, watching));
-        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(stream))
     }
 }
 
@@ -225,7 +226,7 @@ struct Watcher {
     filter: WatchFilter,
     /// Where the client is: the last change sent (the snapshot's, at first).
     from: ResumeToken,
-    sender: mpsc::Sender<Result<pb::WatchDealsResponse, Status>>,
+    out: ToClient,
     shutdown: CancellationToken,
     expires_in: Option<Duration>,
     /// The last of the account's changes this watcher passed over (not its filter's).
@@ -242,8 +243,9 @@ enum End {
 
 impl Watcher {
     async fn run(mut self, first: Option<pb::GetBoardResponse>, mut watching: Watching) {
-        let (shutdown, sender, expires_in) =
-            (self.shutdown.clone(), self.sender.clone(), self.expires_in);
+        let (shutdown, expires_in) = (self.shutdown.clone(), self.expires_in);
+        // A client that leaves frees its place at once, not at the next change it would get.
+        let client = self.out.messages.clone();
         let expiry = async move {
             match expires_in {
                 Some(left) => tokio::time::sleep(left).await,
@@ -252,6 +254,7 @@ impl Watcher {
         };
         let end = tokio::select! {
             end = self.watch(first, &mut watching) => end,
+            () = client.closed() => End::Left,
             () = shutdown.cancelled() => End::Status(ended(
                 Code::Unavailable,
                 Reason::Draining,
@@ -264,9 +267,7 @@ impl Watcher {
             )),
         };
         if let End::Status(status) = end {
-            // After what is in hand, as soon as the client reads; a client that reads
-            // nothing (or is gone) is not waited for long.
-            let _ = tokio::time::timeout(LAST_WORD, sender.send(Err(status))).await;
+            self.out.end(status);
         }
     }
 
@@ -276,8 +277,8 @@ impl Watcher {
                 item: Some(pb::watch_deals_response::Item::Snapshot(board)),
                 resume_token: self.from.encode(),
             };
-            if self.sender.send(Ok(response)).await.is_err() {
-                return End::Left;
+            if let Err(end) = self.out.send(response).await {
+                return end;
             }
         }
         // What the feed broadcast before this watch joined it comes from the stream.
@@ -287,8 +288,8 @@ impl Watcher {
         loop {
             match watching.receiver.recv().await {
                 Ok(batch) => {
-                    if !self.send_all(&batch).await {
-                        return End::Left;
+                    if let Err(end) = self.send_all(&batch).await {
+                        return end;
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
@@ -326,8 +327,8 @@ impl Watcher {
         loop {
             match history.next().await {
                 Ok(Some(batch)) => {
-                    if !self.send_all(&batch).await {
-                        return Some(End::Left);
+                    if let Err(end) = self.send_all(&batch).await {
+                        return Some(end);
                     }
                 }
                 Ok(None) => return None,
@@ -337,8 +338,8 @@ impl Watcher {
     }
 
     /// Sends the changes of `batch` this watcher wants, in order, and a checkpoint when
-    /// only others passed for a while; false once the client left.
-    async fn send_all(&mut self, batch: &[Change]) -> bool {
+    /// only others passed for a while; how the watch ended, if it did.
+    async fn send_all(&mut self, batch: &[Change]) -> Result<(), End> {
         for change in batch {
             if change.account_id != self.account || !self.from.wants(change.position, change.xid) {
                 continue;
@@ -357,9 +358,7 @@ impl Watcher {
                 )),
                 resume_token: token.encode(),
             };
-            if self.sender.send(Ok(response)).await.is_err() {
-                return false;
-            }
+            self.out.send(response).await?;
             self.from = token;
             self.last_sent = tokio::time::Instant::now();
         }
@@ -374,13 +373,94 @@ impl Watcher {
                 item: None,
                 resume_token: token.encode(),
             };
-            if self.sender.send(Ok(checkpoint)).await.is_err() {
-                return false;
-            }
+            self.out.send(checkpoint).await?;
             self.from = token;
             self.last_sent = tokio::time::Instant::now();
         }
-        true
+        Ok(())
+    }
+}
+
+/// The way from a watcher's task to its client: changes in order, at most [`IN_HAND`] in
+/// hand, each taken within the stall limit; and the status that ends the watch.
+struct ToClient {
+    messages: mpsc::Sender<pb::WatchDealsResponse>,
+    last_word: Option<oneshot::Sender<Status>>,
+    stall: Duration,
+}
+
+impl ToClient {
+    fn new(stall: Duration) -> (Self, WatchStream) {
+        let (messages, receiver) = mpsc::channel(IN_HAND);
+        let (last_word, last) = oneshot::channel();
+        let to_client = Self {
+            messages,
+            last_word: Some(last_word),
+            stall,
+        };
+        let stream = FromWatcher {
+            messages: receiver,
+            last_word: Some(last),
+            done: false,
+        };
+        (to_client, Box::pin(stream))
+    }
+
+    /// Sends `message` once there is room: the client left, or took nothing for the stall
+    /// limit (a stalled client holds its place among the watches and its memory on the
+    /// server: cut off, it resumes with its token), ends the watch.
+    async fn send(&self, message: pb::WatchDealsResponse) -> Result<(), End> {
+        match tokio::time::timeout(self.stall, self.messages.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Left),
+            Err(_) => Err(End::Status(ended(
+                Code::Aborted,
+                Reason::WatchLagged,
+                &format!(
+                    "this watcher's client took nothing for {} s while changes waited, and \
+                     was cut off: reconnect with your last resume token",
+                    self.stall.as_secs()
+                ),
+            ))),
+        }
+    }
+
+    /// Ends the watch with `status`, ahead of the changes still in hand.
+    fn end(&mut self, status: Status) {
+        if let Some(last_word) = self.last_word.take() {
+            let _ = last_word.send(status);
+        }
+    }
+}
+
+/// A watch's response stream: its watcher's changes, until the status that ends it. The
+/// status goes ahead of changes still in hand (dropped: the client resumes after the last
+/// change it got), so it reaches even a client that stopped reading as soon as it reads.
+struct FromWatcher {
+    messages: mpsc::Receiver<pb::WatchDealsResponse>,
+    last_word: Option<oneshot::Receiver<Status>>,
+    done: bool,
+}
+
+impl futures::Stream for FromWatcher {
+    type Item = Result<pb::WatchDealsResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(last_word) = self.last_word.as_mut() {
+            match Pin::new(last_word).poll(cx) {
+                Poll::Ready(Ok(status)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+                // The task ended without a word: the client left; what is in hand goes.
+                Poll::Ready(Err(_)) => self.last_word = None,
+                Poll::Pending => {}
+            }
+        }
+        self.messages.poll_recv(cx).map(|message| message.map(Ok))
     }
 }
 
