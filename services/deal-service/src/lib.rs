@@ -89,6 +89,7 @@ impl Service for Config {
         let mut background = Background::new(metrics.clone());
         let relay_stop = background.stop_token();
         background.spawn(events::outbox::run(pool, bus.clone(), relay_stop, metrics));
+        background.spawn(feed.clone().follow_horizons(background.stop_token()));
         background.spawn(feed.run(background.stop_token()));
         let grpc = GrpcParts {
             listener: server::bind(common.grpc_addr).await?,

@@ -58,6 +58,14 @@ impl DbSnapshot {
     }
 }
 
+/// deal-service's outbox horizon: every change written by a transaction below `xid` is in
+/// the deal events' stream at or before `position`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    pub xid: i64,
+    pub position: u64,
+}
+
 /// Where a watch resumes: after position `after` of the deal events' stream; with a
 /// snapshot (a watch that began with the board), the changes the board held are skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +108,18 @@ impl ResumeToken {
             _ => return None,
         };
         Some(Self { after, snapshot })
+    }
+
+    /// Forgets the snapshot once `horizon` shows that every change it holds is at or
+    /// before this token's position: nothing after it is skipped any more, and tokens
+    /// shrink back to a position.
+    pub fn past(&mut self, horizon: Option<Horizon>) {
+        if let (Some(snapshot), Some(horizon)) = (&self.snapshot, horizon)
+            && horizon.xid >= snapshot.xmax
+            && self.after >= horizon.position
+        {
+            self.snapshot = None;
+        }
     }
 
     /// Whether a change at `position`, written by transaction `xid` (unknown for events
@@ -146,9 +166,112 @@ impl WatchFilter {
     }
 }
 
+/// The bounds of a replica's watches: per account, in all, and the share an account keeps
+/// once the replica is crowded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchBounds {
+    pub per_account: usize,
+    pub total: usize,
+}
+
+/// Why a watch is refused: whose watches are at which limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub whose: &'static str,
+    pub limit: usize,
+}
+
+impl WatchBounds {
+    /// Whether an account with `mine` watches may open one more while the replica holds
+    /// `total`. Past four fifths of the replica's bound an account keeps to half its own,
+    /// so the last fifth stays for accounts that watch little: a few accounts at their
+    /// full bound cannot take every place of a replica.
+    pub fn admit(&self, mine: usize, total: usize) -> Result<(), Refusal> {
+        let crowded = total * 5 >= self.total * 4;
+        let share = if crowded {
+            (self.per_account / 2).max(1)
+        } else {
+            self.per_account
+        };
+        if total >= self.total {
+            return Err(Refusal {
+                whose: "this replica's",
+                limit: self.total,
+            });
+        }
+        if mine >= share {
+            let whose = if crowded {
+                "this account's (the replica is crowded: half the account's bound)"
+            } else {
+                "this account's"
+            };
+            return Err(Refusal {
+                whose,
+                limit: share,
+            });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crowded_replica_keeps_its_last_fifth_for_accounts_that_watch_little() {
+        let bounds = WatchBounds {
+            per_account: 2_000,
+            total: 10_000,
+        };
+        assert_eq!(bounds.admit(1_999, 7_999), Ok(()));
+        assert_eq!(bounds.admit(2_000, 7_999).unwrap_err().limit, 2_000);
+        // Four accounts at 2,000 make the replica crowded: a fifth keeps to 1,000, and
+        // so does every account after it, until the replica is full.
+        assert_eq!(bounds.admit(999, 8_000), Ok(()));
+        assert_eq!(bounds.admit(1_000, 8_000).unwrap_err().limit, 1_000);
+        assert_eq!(bounds.admit(0, 9_999), Ok(()));
+        assert_eq!(bounds.admit(0, 10_000).unwrap_err().whose, "this replica's");
+        let tiny = WatchBounds {
+            per_account: 1,
+            total: 1,
+        };
+        assert_eq!(tiny.admit(0, 0), Ok(()));
+        assert!(tiny.admit(0, 1).is_err());
+    }
+
+    #[test]
+    fn a_token_forgets_its_snapshot_once_the_horizon_passed_it() {
+        let snapshot = DbSnapshot::parse("100:110:103,107");
+        let token = |after| ResumeToken {
+            after,
+            snapshot: snapshot.clone(),
+        };
+        let past = |mut t: ResumeToken, xid, position| {
+            t.past(Some(Horizon { xid, position }));
+            t.snapshot.is_some()
+        };
+        assert!(
+            past(token(50), 110, 60),
+            "changes up to 60 may still be held"
+        );
+        assert!(
+            past(token(60), 109, 60),
+            "transaction 109 may not be in the stream yet"
+        );
+        assert!(!past(token(60), 110, 60));
+        assert!(!past(token(70), 200, 60));
+        let mut kept = token(70);
+        kept.past(None);
+        assert!(kept.snapshot.is_some(), "no horizon known");
+        assert_eq!(token(70).encode().split('.').count(), 5);
+        let mut forgotten = token(70);
+        forgotten.past(Some(Horizon {
+            xid: 110,
+            position: 70,
+        }));
+        assert_eq!(forgotten.encode(), "w1.70");
+    }
 
     #[test]
     fn a_snapshot_holds_what_had_committed_before_it() {

@@ -30,12 +30,18 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{config::WatchConfig, store::Store};
+use crate::{
+    config::WatchConfig,
+    domain::feed::{Horizon, Refusal, WatchBounds},
+    store::Store,
+};
 
 /// Messages read before a batch goes out (fewer when no more are waiting).
 const BATCH: usize = 256;
 /// How long the feed waits before reading again after the broker or the store failed.
 const RETRY: Duration = Duration::from_secs(1);
+/// How often the feed reads the newest outbox horizon (one small read per replica).
+const HORIZON_EVERY: Duration = Duration::from_secs(1);
 
 /// One change as the watchers get it.
 #[derive(Debug, Clone)]
@@ -76,6 +82,8 @@ struct State {
     /// Whether the feed has taken its starting position: before, a watch resumed from a
     /// token could not tell where its history ends.
     started: bool,
+    /// The newest outbox horizon read (none until one is).
+    horizon: Option<Horizon>,
 }
 
 /// An admitted watch: its share of the broadcast, given back when dropped.
@@ -128,7 +136,7 @@ impl Feed {
     }
 
     /// Admits a watch of `account_id`, within the account's and the replica's bounds
-    /// (RESOURCE_EXHAUSTED beyond them).
+    /// ([`WatchBounds::admit`]; RESOURCE_EXHAUSTED beyond them).
     pub fn watch(&self, account_id: &str) -> Result<Watching, ApiError> {
         let mut state = self.state();
         if !state.started {
@@ -139,14 +147,13 @@ impl Feed {
         let config = self.inner.config;
         let total: usize = state.watched.values().sum();
         let mine = state.watched.get(account_id).copied().unwrap_or(0);
-        if mine >= config.per_account || total >= config.total {
-            let (what, limit) = if mine >= config.per_account {
-                ("this account's", config.per_account)
-            } else {
-                ("this replica's", config.total)
-            };
+        let bounds = WatchBounds {
+            per_account: config.per_account,
+            total: config.total,
+        };
+        if let Err(Refusal { whose, limit }) = bounds.admit(mine, total) {
             return Err(ApiError::ResourceExhausted {
-                message: format!("{what} watches are at their limit ({limit}): close one"),
+                message: format!("{whose} watches are at their limit ({limit}): close one"),
                 retry_after: Duration::from_secs(1),
             });
         }
@@ -195,6 +202,53 @@ impl Feed {
                 }
             }
         }
+    }
+
+    /// Reads the newest outbox horizon (SALESPLAN_HORIZONS keeps only that) every
+    /// [`HORIZON_EVERY`] until `stop`: a watch that began with a snapshot forgets it once
+    /// the horizon passed it ([`ResumeToken::past`]).
+    pub async fn follow_horizons(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(HORIZON_EVERY) => {}
+            }
+            match self.newest_horizon().await {
+                Ok(Some(horizon)) => self.state().horizon = Some(horizon),
+                Ok(None) => {}
+                Err(err) => tracing::debug!(error = %err, "the outbox horizon is not readable"),
+            }
+        }
+    }
+
+    /// The newest outbox horizon read.
+    pub fn horizon(&self) -> Option<Horizon> {
+        self.state().horizon
+    }
+
+    async fn newest_horizon(&self) -> Result<Option<Horizon>, ApiError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let stream = self
+            .inner
+            .bus
+            .jetstream()
+            .get_stream(streams::HORIZONS.name)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("horizons' stream: {e}")))?;
+        let message = match stream
+            .get_last_raw_message_by_subject(streams::HORIZON_SUBJECT)
+            .await
+        {
+            Ok(message) => message,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(ApiError::Unavailable(format!("the newest horizon: {e}"))),
+        };
+        let horizon = pb::Horizon::decode(message.payload)
+            .map_err(|e| ApiError::internal(format!("undecodable horizon: {e}")))?;
+        Ok(Some(Horizon {
+            xid: horizon.xid_horizon,
+            position: horizon.deals_sequence,
+        }))
     }
 
     /// Takes the feed's starting position, where SALESPLAN_DEALS ends now: nothing before

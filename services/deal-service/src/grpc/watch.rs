@@ -340,6 +340,7 @@ impl Watcher {
     /// Sends the changes of `batch` this watcher wants, in order, and a checkpoint when
     /// only others passed for a while; how the watch ended, if it did.
     async fn send_all(&mut self, batch: &[Change]) -> Result<(), End> {
+        self.from.past(self.feed.horizon());
         for change in batch {
             if change.account_id != self.account || !self.from.wants(change.position, change.xid) {
                 continue;
