@@ -38,6 +38,11 @@ pub struct Env {
 }
 
 impl Env {
+    /// The bench's own JetStream context (to read streams as a plain consumer).
+    pub fn jetstream(&self) -> &async_nats::jetstream::Context {
+        &self.js
+    }
+
     pub async fn start() -> anyhow::Result<Self> {
         let nats = TestNats::start().await?;
         let db = TestDatabase::create().await?;

@@ -10,7 +10,9 @@
 //!
 //! Two shapes: watchers spread over the account's plans (each watches one plan, the
 //! changes spread over the plans: a board per team), and every watcher watching the whole
-//! account (each change to every watcher).
+//! account (each change to every watcher). The floor is the same changes at the same rate
+//! read by one plain consumer of the deal events' stream, with no watch at all: commit,
+//! relay and broker, decoded in the bench process — what any watcher's latency contains.
 
 use std::{
     collections::HashMap,
@@ -67,7 +69,7 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
         "{} of {count} deals made",
         deals.len()
     );
-    let mut lines = Vec::new();
+    let mut lines = vec![floor(env, config, &mut deals).await?];
     for whole_account in [false, true] {
         let what = if whole_account {
             format!(
@@ -94,6 +96,72 @@ pub async fn run(env: &Env, config: &BenchConfig) -> anyhow::Result<Vec<Line>> {
 struct Shape {
     what: String,
     whole_account: bool,
+}
+
+/// The floor: the same changes at the same rate, no watch open, read by one ordered
+/// consumer of the account's deal events from where the stream ends now.
+async fn floor(env: &Env, config: &BenchConfig, deals: &mut [pb::Deal]) -> anyhow::Result<Line> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    use futures::StreamExt as _;
+    use prost::Message as _;
+    let boss = env.token_of(ACCOUNT, &[Permission::DealsEditAll])?;
+    let stream = env
+        .jetstream()
+        .get_stream(salesplan_platform::bus::streams::DEALS.name)
+        .await?;
+    let mut messages = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: salesplan_platform::bus::streams::deal_subjects_of(ACCOUNT),
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?;
+    let planned: Planned = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let reader = {
+        let (stop, planned) = (stop.clone(), planned.clone());
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let message = tokio::select! {
+                    () = stop.cancelled() => return latencies,
+                    message = messages.next() => message,
+                };
+                let held = Instant::now();
+                let Some(Ok(message)) = message else {
+                    return latencies;
+                };
+                let Ok(event) = pb::DealEvent::decode(message.payload.clone()) else {
+                    continue;
+                };
+                let Some(deal) = event.deal else { continue };
+                let at = planned
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.get(&(deal.id, deal.version)).copied());
+                latencies.extend(at.map(|at| held.saturating_duration_since(at)));
+            }
+        })
+    };
+    let (_, sent, _) = drive(env, config, &boss, deals, planned).await?;
+    stop.cancel();
+    let samples = reader.await?;
+    anyhow::ensure!(
+        samples.len() == sent,
+        "the floor's consumer read {} of {sent} changes",
+        samples.len()
+    );
+    Ok(Line::latency(
+        "watch",
+        format!(
+            "floor: {} changes/s read by one plain consumer of the deal events (no watch): planned send → held",
+            config.watch_rate
+        ),
+        samples,
+        "the floor of every watch line",
+    ))
 }
 
 /// One run: the watches, the changes at their rate; the lines.
