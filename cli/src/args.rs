@@ -369,6 +369,8 @@ pub enum Deals {
     /// Prints the plan's deal changes as they happen (WatchDeals), a line each (JSON
     /// lines with --json), until interrupted; with `--snapshot` the board first.
     Watch {
+        /// The plan whose deals to watch (a plan of another account shows nothing; with
+        /// --snapshot it is NOT_FOUND).
         #[arg(long)]
         plan: String,
         /// Only deals in these stages (before or after the change).
@@ -380,12 +382,12 @@ pub enum Deals {
         /// The board first (as `deals board`), then the changes after it.
         #[arg(long)]
         snapshot: bool,
-        /// Resume after this token (printed with every change).
-        #[arg(long = "resume", value_name = "TOKEN", default_value = "")]
-        resume: String,
-        /// Stop after this many changes (default: until interrupted).
-        #[arg(long)]
-        count: Option<usize>,
+        /// Resume after this token (printed with every change, and first of all).
+        #[arg(long = "resume", value_name = "TOKEN")]
+        resume: Option<String>,
+        /// Stop after this many changes, 1 or more (default: until interrupted).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
     },
 }
 

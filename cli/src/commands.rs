@@ -603,7 +603,7 @@ async fn deals(ctx: &Ctx, command: Deals) -> anyhow::Result<()> {
                 plan_id: plan,
                 stage_ids: stages,
                 manager_id: manager,
-                resume_token: resume,
+                resume_token: resume.unwrap_or_default(),
                 start_with_snapshot: snapshot,
                 ..Default::default()
             };
@@ -621,7 +621,7 @@ async fn watch(
     ctx: &Ctx,
     client: &mut DealServiceClient<Channel>,
     request: pb::WatchDealsRequest,
-    count: Option<usize>,
+    count: Option<u64>,
 ) -> anyhow::Result<()> {
     use pb::watch_deals_response::Item;
     let mut stream = client.watch_deals(ctx.request(request)).await?.into_inner();
@@ -651,7 +651,7 @@ async fn watch(
                 );
             }
             None => ctx.print(json!({"checkpoint": true, "resume_token": token}), || {
-                format!("(nothing new; resume token {token})")
+                format!("(watching; resume token {token})")
             }),
         }
     }

@@ -227,10 +227,26 @@ async fn commands_work_against_the_running_services() -> anyhow::Result<()> {
         .await?;
     let deal_id = deal["id"].as_str().expect("deal id").to_owned();
     // The plan's changes, live: from the start of the feed, the deal's creation first.
-    let watched = [
+    let mut watched = vec!["--json"];
+    watched.extend_from_slice(&[
         "deals", "watch", "--plan", &plan_id, "--resume", "w1.0", "--count", "1",
-    ];
-    let watched = ctl.json(&boss, &watched).await?;
+    ]);
+    // A line a message: the token it opens with, then the change.
+    let lines: Vec<serde_json::Value> = ctl
+        .ok(&boss, &watched)
+        .await?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        (
+            lines[0]["checkpoint"].as_bool(),
+            lines[0]["resume_token"].as_str()
+        ),
+        (Some(true), Some("w1.0"))
+    );
+    let watched = &lines[1];
     assert_eq!(
         (watched["kind"].as_str(), watched["deal"]["id"].as_str()),
         (Some("created"), Some(deal_id.as_str())),

@@ -1174,6 +1174,42 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() ->
     assert_eq!(by_hand.manager_id.as_deref(), Some("m1"));
     counts_agree(&stack).await?;
 
+    // A transfer frees a place too: full again, a new deal waits; m1's deal given to m2
+    // (a person's assignment is not bound by limits) lets it in, to m1.
+    let next_in = deal_client
+        .create_deal(outgoing(
+            pb::CreateDealRequest {
+                plan_id: plan.id.clone(),
+                contact: Some(pb::Contact {
+                    external_id: "after-transfer".into(),
+                    ..Default::default()
+                }),
+                idempotency_key: "by-hand-3".into(),
+                wait_for_manager: true,
+                ..Default::default()
+            },
+            &t.boss,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    assert!(next_in.waiting_since.is_some() && next_in.manager_id.is_none());
+    deal_client
+        .assign_deal(outgoing(
+            pb::AssignDealRequest {
+                deal_id: by_hand.id.clone(),
+                expected_version: by_hand.version,
+                manager_id: Some("m2".into()),
+                ..Default::default()
+            },
+            &t.boss,
+        ))
+        .await?;
+    let next_in = manager_of(channel.clone(), &t.boss, &next_in.id).await?;
+    assert_eq!(next_in.manager_id.as_deref(), Some("m1"));
+    counts_agree(&stack).await?;
+
     // Leaving a deal to the distributor gives it to someone: a manager without
     // deals:edit_all may not.
     let member = stack.token(ACCOUNT, "m1", &[]);
@@ -2199,6 +2235,81 @@ async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> a
     assert_eq!(line(&roomy), Some((1, 1, 0)), "{rows:?}");
     stack.stop().await?;
     reporting.wait().await
+}
+
+/// A shift start lets a waiting lead in (issue 20), with nobody's action: the plan's one
+/// member works from the next whole minute (UTC, at least 15 s away); a lead that comes
+/// before waits ("no member is available"), and the distributor places it once the shift
+/// has begun (its queue sweep notices the time, not an event).
+#[tokio::test]
+async fn a_shift_start_lets_a_waiting_lead_in() -> anyhow::Result<()> {
+    use pb::manager_service_client::ManagerServiceClient;
+    let stack = Stack::start().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let request = plan_request(
+        "Late shift",
+        Mode::Auto,
+        Strategy::RoundRobin,
+        false,
+        &["m1"],
+    );
+    let plan = create_plan(channel.clone(), &t.admin, request).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let start = (now + time::Duration::seconds(75))
+        .replace_second(0)?
+        .replace_nanosecond(0)?;
+    let minute = i32::from(start.hour()) * 60 + i32::from(start.minute());
+    let schedule = pb::Schedule {
+        time_zone: "UTC".into(),
+        week: vec![pb::WorkingDay {
+            weekday: i32::from(start.weekday().number_from_monday()),
+            hours: vec![pb::WorkingHours {
+                start_minute: minute as u32,
+                end_minute: (minute + 10).min(1_440) as u32,
+            }],
+        }],
+        days_off: vec![],
+    };
+    let set = ManagerServiceClient::new(channel.clone())
+        .set_schedule(outgoing(
+            pb::SetScheduleRequest {
+                manager_id: "m1".into(),
+                schedule: Some(schedule),
+            },
+            &t.admin,
+        ))
+        .await?
+        .into_inner()
+        .availability
+        .expect("availability");
+    assert!(!set.available_now, "{set:?}");
+    let lead = lead_json(&plan.id, "run-shift", "before-the-shift");
+    assert_eq!(post(&stack, &t.funnel, &lead).await?.0, 202);
+    let deal = deals_of(&stack, &t.boss, &plan.id, 1).await?.remove(0);
+    assert_eq!(deal.manager_id, None, "nobody works yet: {deal:?}");
+    let placed = eventually(Duration::from_secs(150), || {
+        let mut deals = DealServiceClient::new(channel.clone());
+        let request = outgoing(
+            pb::GetDealRequest {
+                deal_id: deal.id.clone(),
+                ..Default::default()
+            },
+            &t.boss,
+        );
+        async move {
+            let deal = deals.get_deal(request).await?.into_inner().deal;
+            Ok(deal.filter(|d| d.manager_id.is_some()))
+        }
+    })
+    .await?;
+    assert_eq!(placed.manager_id.as_deref(), Some("m1"));
+    let assigned = placed.assigned_at.expect("assigned_at");
+    assert!(
+        assigned.seconds >= start.unix_timestamp(),
+        "placed at {assigned:?}, the shift starts at {start}"
+    );
+    stack.stop().await
 }
 
 /// Running response deadlines of a deal in the distributor.

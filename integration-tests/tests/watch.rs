@@ -51,12 +51,18 @@ async fn next(watch: &mut Watch) -> anyhow::Result<pb::WatchDealsResponse> {
     }
 }
 
-/// The next change of a watch, with its resume token.
+/// The next change of a watch, with its resume token (past checkpoints: the token every
+/// watch opens with, and those of a quiet filter).
 async fn next_change(watch: &mut Watch) -> anyhow::Result<(pb::DealChange, String)> {
-    let message = next(watch).await?;
-    match message.item {
-        Some(pb::watch_deals_response::Item::Change(change)) => Ok((change, message.resume_token)),
-        other => anyhow::bail!("not a change: {other:?}"),
+    loop {
+        let message = next(watch).await?;
+        match message.item {
+            Some(pb::watch_deals_response::Item::Change(change)) => {
+                return Ok((change, message.resume_token));
+            }
+            None => continue,
+            other => anyhow::bail!("not a change: {other:?}"),
+        }
     }
 }
 
@@ -685,6 +691,48 @@ async fn a_client_that_reads_nothing_is_cut_off_in_time() -> anyhow::Result<()> 
     }
     assert_eq!(rest, (1..=CHANGES).collect::<Vec<_>>());
     drop((stalled, resumed));
+    stop.cancel();
+    replica.wait().await?;
+    stack.stop().await
+}
+
+/// A watch the client closes gives its place back at once, on a quiet account too (no
+/// change comes that would show the replica the client is gone): an account at its
+/// bound of two opens two more right after closing its two.
+#[tokio::test]
+async fn a_closed_watch_gives_its_place_back_at_once() -> anyhow::Result<()> {
+    let stack = DealStack::start().await?;
+    let mut config = deal_service::Config::local(&stack.db.url, &stack.nats.url);
+    config.watch.per_account = 2;
+    let stop = CancellationToken::new();
+    let replica = config.start(stop.clone()).await?;
+    let channel = stack.channel_to(&replica).await?;
+    let plan = manual_plan(&stack, "Quiet").await?;
+    let reader = stack.token(ACCOUNT, "board", &[Permission::DealsRead]);
+    let nobody = pb::WatchDealsRequest {
+        manager_id: Some("nobody".into()),
+        ..of_plan(&plan)
+    };
+    for round in 0..3 {
+        let admitted = eventually(Duration::from_secs(10), || async {
+            let mut open = Vec::new();
+            for _ in 0..2 {
+                match watch(channel.clone(), &reader, nobody.clone()).await {
+                    Ok(watch) => open.push(watch),
+                    Err(status) if status.code() == Code::ResourceExhausted => return Ok(None),
+                    Err(status) => return Err(status.into()),
+                }
+            }
+            Ok(Some(open))
+        })
+        .await;
+        let mut admitted = admitted.map_err(|e| anyhow::anyhow!("round {round}: {e}"))?;
+        // Open: each got the token it opens with.
+        for watch in &mut admitted {
+            assert_eq!(next(watch).await?.item, None);
+        }
+        drop(admitted);
+    }
     stop.cancel();
     replica.wait().await?;
     stack.stop().await

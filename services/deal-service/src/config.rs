@@ -33,8 +33,10 @@ pub struct WatchConfig {
     pub total: usize,
     /// `SALESPLAN_WATCH_RESUME_SECONDS` (default 3,600): how old a resume token may be.
     pub resume_window: std::time::Duration,
-    /// `SALESPLAN_WATCH_BUFFER` (default 1,024): batches of changes a watcher may fall
-    /// behind before it is cut off (to resume with its token).
+    /// `SALESPLAN_WATCH_BUFFER` (default 256): batches of changes a watcher may fall
+    /// behind before it is cut off (to resume with its token). A watcher that far behind
+    /// keeps those batches in memory: at most 256 of up to 256 changes (≈ 1.3 kB each with
+    /// the deal's contact), ≈ 85 MB, however many watchers lag.
     pub buffer: usize,
     /// `SALESPLAN_WATCH_STALL_SECONDS` (default 15): how long a watcher's client may take
     /// nothing while changes wait for it before it is cut off (to resume with its token).
@@ -47,7 +49,7 @@ impl Default for WatchConfig {
             per_account: 2_000,
             total: 10_000,
             resume_window: std::time::Duration::from_secs(3_600),
-            buffer: 1_024,
+            buffer: 256,
             stall: std::time::Duration::from_secs(15),
         }
     }

@@ -54,13 +54,27 @@ pub fn cors_origins(
                 .split_once("://")
                 .ok_or_else(|| bad(origin, "write it as https://host[:port]"))?;
             if scheme != "https" && scheme != "http" {
-                return Err(bad(origin, "the scheme is http or https"));
+                return Err(bad(
+                    origin,
+                    "the scheme is http or https, in lower case (as browsers send it)",
+                ));
             }
             if rest.is_empty() || rest.contains(['/', '*', '?', '#', '@', ' ']) {
                 return Err(bad(
                     origin,
                     "a host and an optional port, no path or wildcard",
                 ));
+            }
+            if rest.chars().any(|c| c.is_ascii_uppercase()) {
+                return Err(bad(origin, "in lower case, as browsers send it"));
+            }
+            let (host, port) = match rest.rsplit_once(':') {
+                // An IPv6 address without a port ends in `]`.
+                Some((host, port)) if !port.ends_with(']') => (host, Some(port)),
+                _ => (rest, None),
+            };
+            if host.is_empty() || port.is_some_and(|p| !p.parse::<u16>().is_ok_and(|p| p > 0)) {
+                return Err(bad(origin, "a host and a port from 1 to 65535"));
             }
             http::HeaderValue::from_str(origin).map_err(|_| bad(origin, "not a header value"))
         })
@@ -455,11 +469,18 @@ mod tests {
 
     #[test]
     fn cors_origins_are_named_one_by_one_and_nothing_else() {
-        let origins = cors_origins("K", " https://crm.example.com, http://localhost:3000 ,")
-            .expect("two origins");
+        let origins = cors_origins(
+            "K",
+            " https://crm.example.com, http://localhost:3000 ,http://[::1]",
+        )
+        .expect("three origins");
         assert_eq!(
             origins,
-            ["https://crm.example.com", "http://localhost:3000"]
+            [
+                "https://crm.example.com",
+                "http://localhost:3000",
+                "http://[::1]"
+            ]
         );
         assert!(cors_origins("K", "").expect("none").is_empty());
         for bad in [
@@ -471,6 +492,12 @@ mod tests {
             "https://crm.example.com/app",
             "https://user@crm.example.com",
             "https://",
+            "HTTPS://crm.example.com",
+            "https://CRM.example.com",
+            "https://crm.example.com:99999",
+            "https://crm.example.com:0",
+            "https://crm.example.com:",
+            "https://:443",
         ] {
             let err = cors_origins("K", bad).expect_err(bad);
             assert!(err.to_string().contains('K'), "{err}");

@@ -272,14 +272,14 @@ impl Watcher {
     }
 
     async fn watch(&mut self, first: Option<pb::GetBoardResponse>, watching: &mut Watching) -> End {
-        if let Some(board) = first {
-            let response = pb::WatchDealsResponse {
-                item: Some(pb::watch_deals_response::Item::Snapshot(board)),
-                resume_token: self.from.encode(),
-            };
-            if let Err(end) = self.out.send(response).await {
-                return end;
-            }
+        // The board, or a checkpoint: either way the client holds a token from the start,
+        // so a watch that ends before its first change still resumes without a gap.
+        let opening = pb::WatchDealsResponse {
+            item: first.map(pb::watch_deals_response::Item::Snapshot),
+            resume_token: self.from.encode(),
+        };
+        if let Err(end) = self.out.send(opening).await {
+            return end;
         }
         // What the feed broadcast before this watch joined it comes from the stream.
         if let Some(end) = self.send_history(watching.position).await {
