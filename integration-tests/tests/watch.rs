@@ -365,6 +365,15 @@ async fn watch_requests_are_checked() -> anyhow::Result<()> {
         .await
         .expect_err("no deals:read");
     assert_eq!(denied.code(), Code::PermissionDenied);
+    // A plan of another account (or none at all) is NOT_FOUND, not a silent watch.
+    let theirs = manual_plan(&stack, "Theirs").await?;
+    let other = stack.token("other-account", "board", &[Permission::DealsRead]);
+    let missing = watch(channel.clone(), &other, of_plan(&theirs))
+        .await
+        .expect_err("another account's plan");
+    assert_eq!(missing.code(), Code::NotFound);
+    let mut ours = watch(channel.clone(), &reader, of_plan(&theirs)).await?;
+    assert_eq!(next(&mut ours).await?.item, None, "opens with a token");
     stack.stop().await
 }
 

@@ -52,6 +52,8 @@ pub struct Watch {
 
 /// A watch as asked, checked.
 struct Asked {
+    /// The plan named, if one was.
+    plan_id: Option<uuid::Uuid>,
     filter: WatchFilter,
     resume: Option<ResumeToken>,
     /// With `start_with_snapshot`: the board's query, sort and cards per stage.
@@ -66,6 +68,11 @@ impl Api {
         let actor = auth::reader(&request, Permission::DealsRead)?;
         let expiry = TokenExpiry::of(&request);
         let asked = asked(request.into_inner())?;
+        if let (Some(plan_id), None) = (asked.plan_id, &asked.snapshot) {
+            // A plan that is not the account's is NOT_FOUND, as for GetBoard, not a watch
+            // that stays silent for ever (the snapshot reads the plan anyway).
+            self.store.plan(&actor.account_id, plan_id).await?;
+        }
         let feed = &self.watch.feed;
         let watching = feed.watch(&actor.account_id)?;
         let account = actor.account_id.clone();
@@ -211,6 +218,7 @@ fn asked(req: pb::WatchDealsRequest) -> Result<Asked, ApiError> {
         (query, sort, cards_per_stage(req.cards_per_stage))
     });
     Ok(Asked {
+        plan_id,
         filter,
         resume,
         snapshot,
