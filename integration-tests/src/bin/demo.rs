@@ -305,12 +305,14 @@ impl Demo {
         Ok(())
     }
 
-    /// Weights, limits and availability: anna (weight 2, at most 4 open) and boris (weight
-    /// 1, at most 2) share eight leads 2:1 until both are full; the last two wait. carl
-    /// (weight 1) has a day off today in his time zone and gets none. Boris wins a deal:
-    /// the oldest waiting deal goes to him, by itself.
+    /// Weights, limits and availability: anna (weight 2, at most 6 open) and boris (weight
+    /// 1, at most 3) share eleven leads 2:1 by weight — the first six, before any limit
+    /// binds, 4 and 2, interleaved — until both are full; the last two wait. carl (weight
+    /// 1) has a day off today in his time zone and gets none. Boris wins a deal: the oldest
+    /// waiting deal goes to him, by itself.
     async fn show_limits(&self) -> anyhow::Result<()> {
         use pb::distribution::{Mode, Strategy};
+        const LEADS: usize = 11;
         let member = |id: &str, weight, max_open_deals| pb::PlanMember {
             manager_id: id.into(),
             weight,
@@ -322,8 +324,8 @@ impl Demo {
                 (Mode::Auto, Strategy::RoundRobin),
                 false,
                 vec![
-                    member("anna", 2, 4),
-                    member("boris", 1, 2),
+                    member("anna", 2, 6),
+                    member("boris", 1, 3),
                     member("carl", 1, 0),
                 ],
             )
@@ -333,7 +335,7 @@ impl Demo {
         let http = reqwest::Client::new();
         let url = format!("{}/v1/tunnel-actions/add-to-sales-plan", self.args.webhook);
         let run = format!("limits-{}", time_tag());
-        for i in 0..8 {
+        for i in 0..LEADS {
             let status = http
                 .post(&url)
                 .bearer_auth(&funnel)
@@ -344,7 +346,7 @@ impl Demo {
             anyhow::ensure!(status == 202, "webhook answered {status}");
         }
         let deals = self
-            .until(&plan, "8 deals", |d| (d.len() == 8).then_some(d))
+            .until(&plan, "11 deals", |d| (d.len() == LEADS).then_some(d))
             .await?;
         let per_manager = |deals: &[pb::Deal]| {
             let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -358,9 +360,24 @@ impl Demo {
             }
             counts
         };
+        // The leads came one at a time: in their order, the first six (no limit reached
+        // yet) show the weights alone.
+        let mut in_order: Vec<(usize, &str)> = deals
+            .iter()
+            .filter_map(|d| {
+                let contact = d.contact.as_ref()?.external_id.rsplit('-').next()?;
+                Some((
+                    contact.parse().ok()?,
+                    d.manager_id.as_deref().unwrap_or("-"),
+                ))
+            })
+            .collect();
+        in_order.sort();
+        let first: Vec<&str> = in_order.iter().take(6).map(|(_, m)| *m).collect();
         println!(
-            "\nPlan \"Priority leads\" (AUTO, round robin; anna weight 2 at most 4 open, boris weight 1 at most 2, carl weight 1): 8 leads → {:?}",
-            per_manager(&deals)
+            "\nPlan \"Priority leads\" (AUTO, round robin; anna weight 2 at most 6 open, boris weight 1 at most 3, carl weight 1): {LEADS} leads → {:?}; the first six, before any limit: {}",
+            per_manager(&deals),
+            first.join(" ")
         );
         println!(
             "carl is unavailable ({} in {}, available from {}): passed over",
