@@ -305,11 +305,11 @@ impl Demo {
         Ok(())
     }
 
-    /// Weights, limits and availability: anna (weight 2, at most 6 open) and boris (weight
-    /// 1, at most 3) share eleven leads 2:1 by weight — the first six, before any limit
-    /// binds, 4 and 2, interleaved — until both are full; the last two wait. carl (weight
-    /// 1) has a day off today in his time zone and gets none. Boris wins a deal: the oldest
-    /// waiting deal goes to him, by itself.
+    /// Weights, limits and availability: anna (weight 2, at most 6 open) and boris
+    /// (weight 1, at most 3) share eleven leads 2:1 by weight — the first six, before any
+    /// limit binds, 4 and 2, interleaved — until both are full; the last two wait. carl
+    /// (weight 1) has a day off today in his time zone and gets none. Boris wins a deal:
+    /// the oldest waiting deal goes to him, by itself.
     async fn show_limits(&self) -> anyhow::Result<()> {
         use pb::distribution::{Mode, Strategy};
         const LEADS: usize = 11;
