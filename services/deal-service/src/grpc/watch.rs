@@ -70,7 +70,9 @@ impl Api {
         let asked = asked(request.into_inner())?;
         if let (Some(plan_id), None) = (asked.plan_id, &asked.snapshot) {
             // A plan that is not the account's is NOT_FOUND, as for GetBoard, not a watch
-            // that stays silent for ever (the snapshot reads the plan anyway).
+            // that stays silent for ever (the snapshot reads the plan anyway). A read within
+            // the account's read allowance, like the snapshot's.
+            let _permit = self.reads.admit(&actor.account_id)?;
             self.store.plan(&actor.account_id, plan_id).await?;
         }
         let feed = &self.watch.feed;
@@ -348,7 +350,9 @@ impl Watcher {
     /// Sends the changes of `batch` this watcher wants, in order, and a checkpoint when
     /// only others passed for a while; how the watch ended, if it did.
     async fn send_all(&mut self, batch: &[Change]) -> Result<(), End> {
-        self.from.past(self.feed.horizon());
+        if self.from.snapshot.is_some() {
+            self.from.past(self.feed.horizon());
+        }
         for change in batch {
             if change.account_id != self.account || !self.from.wants(change.position, change.xid) {
                 continue;
