@@ -2238,7 +2238,7 @@ async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> a
 }
 
 /// A shift start lets a waiting lead in (issue 20), with nobody's action: the plan's one
-/// member works from the next whole minute (UTC, at least 15 s away); a lead that comes
+/// member works from a whole minute (UTC, at least 30 s away); a lead that comes
 /// before waits ("no member is available"), and the distributor places it once the shift
 /// has begun (its queue sweep notices the time, not an event).
 #[tokio::test]
@@ -2256,7 +2256,8 @@ async fn a_shift_start_lets_a_waiting_lead_in() -> anyhow::Result<()> {
     );
     let plan = create_plan(channel.clone(), &t.admin, request).await?;
     let now = time::OffsetDateTime::now_utc();
-    let start = (now + time::Duration::seconds(75))
+    // 30 to 90 s away: room for the schedule and the lead to arrive before it.
+    let start = (now + time::Duration::seconds(90))
         .replace_second(0)?
         .replace_nanosecond(0)?;
     let minute = i32::from(start.hour()) * 60 + i32::from(start.minute());
