@@ -429,18 +429,36 @@ all_checks!(A, B, C, D);
 all_checks!(A, B, C, D, E);
 all_checks!(A, B, C, D, E, F);
 
+/// Field violations a status carries at most: the status travels in the call's trailers,
+/// which clients cap (16 KiB is common); a request with a thousand bad entries gets the
+/// first ones and how many more there are, not an answer too big to read.
+pub const MAX_VIOLATIONS_SHOWN: usize = 20;
+
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
         use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
         if let ApiError::Internal(source) = &err {
             tracing::error!(error = %source, "internal error");
         }
+        let mut metadata = std::collections::HashMap::<String, String>::new();
+        let err = match err {
+            ApiError::InvalidArgument {
+                mut violations,
+                reason,
+            } if violations.0.len() > MAX_VIOLATIONS_SHOWN => {
+                let more = violations.0.len() - MAX_VIOLATIONS_SHOWN;
+                violations.0.truncate(MAX_VIOLATIONS_SHOWN);
+                violations.0.push(Violation {
+                    field: "(more)".into(),
+                    reason: format!("{more} more violations not shown"),
+                });
+                metadata.insert("violations_not_shown".into(), more.to_string());
+                ApiError::InvalidArgument { violations, reason }
+            }
+            other => other,
+        };
         let mut details = ErrorDetails::new();
-        details.set_error_info(
-            err.reason().as_str(),
-            ERROR_DOMAIN,
-            std::collections::HashMap::<String, String>::new(),
-        );
+        details.set_error_info(err.reason().as_str(), ERROR_DOMAIN, metadata);
         match &err {
             ApiError::InvalidArgument { violations, .. } => {
                 details.set_bad_request(
@@ -512,6 +530,35 @@ mod tests {
         let status: Status = ApiError::invalid("contact.email", "not an email address").into();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "contact.email: not an email address");
+    }
+
+    #[test]
+    fn a_thousand_violations_travel_as_the_first_twenty_and_a_count() {
+        use tonic_types::StatusExt;
+        let violations = (0..1_000)
+            .map(|i| ApiError::invalid(format!("members[{i}].manager_id"), "listed twice"));
+        let status: Status = every::<()>(violations.map(Err)).unwrap_err().into();
+        let details = status.get_error_details();
+        let fields = &details.bad_request().expect("BadRequest").field_violations;
+        assert_eq!(fields.len(), MAX_VIOLATIONS_SHOWN + 1);
+        assert_eq!(fields[0].field, "members[0].manager_id");
+        assert_eq!(
+            fields[MAX_VIOLATIONS_SHOWN].description,
+            "980 more violations not shown"
+        );
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(
+            info.metadata
+                .get("violations_not_shown")
+                .map(String::as_str),
+            Some("980")
+        );
+        assert!(
+            status
+                .message()
+                .ends_with("(more): 980 more violations not shown")
+        );
+        assert!(status.message().len() < 2_000, "{}", status.message().len());
     }
 
     #[test]
