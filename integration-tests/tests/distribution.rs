@@ -2101,7 +2101,8 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
 /// reassign in time (here: none runs, as when it is down or behind): the manager keeps
 /// the deal, the deal says it was accepted late, and ResponseTimes counts the deadline as
 /// missed. Only the distributor's assignments run under the deadline: a person's
-/// assignment accepted just as late is not late, and one accepted in time is not either.
+/// assignment accepted just as late is not late, nor one accepted in time, nor a deal
+/// closed before its deadline and reopened, nor one in a plan whose deadline was removed.
 #[tokio::test]
 async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> anyhow::Result<()> {
     let stack = integration_tests::stack::DealStack::start().await?;
@@ -2172,6 +2173,63 @@ async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> a
         .create_deal(create(&roomy, "in-time", Some("m1"), &distributor))
         .await?;
     made.push(in_time.into_inner().deal.expect("deal"));
+    // Closed before its deadline and reopened: no deadline runs any more.
+    let closed = deals
+        .create_deal(create(&tight, "reopened", Some("m1"), &distributor))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let lost = tight
+        .stages
+        .iter()
+        .find(|s| s.kind == pb::StageKind::Lost as i32)
+        .expect("a LOST stage");
+    let closed = deals
+        .move_deal(outgoing(
+            pb::MoveDealRequest {
+                deal_id: closed.id.clone(),
+                expected_version: closed.version,
+                stage_id: lost.id.clone(),
+                loss_reason_id: None,
+            },
+            &boss,
+        ))
+        .await?
+        .into_inner()
+        .deal
+        .expect("deal");
+    let reopener = stack.token(
+        ACCOUNT,
+        "head",
+        &[Permission::DealsEditAll, Permission::DealsBulkEdit],
+    );
+    let reopened = deals
+        .reopen_deal(outgoing(
+            pb::ReopenDealRequest {
+                deal_id: closed.id.clone(),
+                expected_version: closed.version,
+            },
+            &reopener,
+        ))
+        .await?;
+    made.push(reopened.into_inner().deal.expect("deal"));
+    // In a plan whose deadline was removed after the assignment: none is missed.
+    let dropped = create_plan(channel.clone(), &admin, deadline_plan("Dropped", 1, 1)).await?;
+    let under = deals
+        .create_deal(create(&dropped, "dropped", Some("m1"), &distributor))
+        .await?;
+    made.push(under.into_inner().deal.expect("deal"));
+    PlanServiceClient::new(channel.clone())
+        .update_plan(outgoing(
+            pb::UpdatePlanRequest {
+                plan_id: dropped.id.clone(),
+                distribution: deadline_plan("Dropped", 0, 0).distribution,
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await?;
     // Time itself is the condition: more than the one second of working time (m1 has no
     // schedule: around the clock) passes before m1 accepts.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -2196,7 +2254,7 @@ async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> a
         );
         late.push(accepted.accepted_late);
     }
-    assert_eq!(late, [true, true, false, false]);
+    assert_eq!(late, [true, true, false, false, false, false]);
     let read = deals
         .get_deal(outgoing(
             pb::GetDealRequest {
@@ -2222,7 +2280,7 @@ async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> a
         async move {
             let rows = reports.response_times(request).await?.into_inner().rows;
             let accepted: i64 = rows.iter().map(|r| r.accepted).sum();
-            Ok((accepted == 4).then_some(rows))
+            Ok((accepted == 6).then_some(rows))
         }
     })
     .await?;
@@ -2231,8 +2289,9 @@ async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> a
             .find(|r| r.plan_id == plan.id && r.manager_id == "m1")
             .map(|r| (r.assigned, r.accepted, r.deadlines_missed))
     };
-    assert_eq!(line(&tight), Some((3, 3, 2)), "{rows:?}");
+    assert_eq!(line(&tight), Some((4, 4, 2)), "{rows:?}");
     assert_eq!(line(&roomy), Some((1, 1, 0)), "{rows:?}");
+    assert_eq!(line(&dropped), Some((1, 1, 0)), "{rows:?}");
     stack.stop().await?;
     reporting.wait().await
 }

@@ -224,6 +224,15 @@ impl Schedule {
         total
     }
 
+    /// When a response deadline of `seconds` working time from `from` runs out (around
+    /// the clock without a schedule). A schedule with no working time within its horizon
+    /// gives wall-clock time: a deal is never held by a manager who never works. The
+    /// distributor times its reassignment by it; deal-service tells a late acceptance.
+    pub fn deadline(&self, from: OffsetDateTime, seconds: u32) -> OffsetDateTime {
+        let working = time::Duration::seconds(i64::from(seconds));
+        self.after_working(from, working).unwrap_or(from + working)
+    }
+
     /// The instant at which `working` working time has passed since `from`; `None` when
     /// the schedule has not that much within [`HORIZON_DAYS`].
     pub fn after_working(

@@ -51,11 +51,14 @@ pub struct Deal {
     pub accept_seconds: Option<i64>,
     /// The response deadline the current assignment runs under (seconds of the manager's
     /// working time): the plan's, when the distributor made the assignment; none for a
-    /// person's. Kept so an acceptance after it is known as late.
+    /// person's, and none once the deal is closed (no deadline runs on a closed deal).
     pub deadline_seconds: Option<i64>,
-    /// Accepted after `deadline_seconds` of working time (the distributor, down or behind,
-    /// had not reassigned the deal yet): the manager keeps it, and the deadline counts as
-    /// missed. Measured exactly, not on the whole seconds of `accept_seconds`.
+    /// When that deadline runs out, by the manager's schedule at the assignment (as the
+    /// distributor times it; a schedule changed later does not move it).
+    pub response_due_at: Option<OffsetDateTime>,
+    /// Accepted after `response_due_at` while the plan still has a deadline (the
+    /// distributor, down or behind, had not reassigned the deal yet): the manager keeps it,
+    /// and the deadline counts as missed.
     pub accepted_late: bool,
 }
 
@@ -89,6 +92,7 @@ impl Deal {
             assigned_at: manager.map(|_| OffsetDateTime::UNIX_EPOCH),
             accept_seconds: None,
             deadline_seconds: None,
+            response_due_at: None,
             accepted_late: false,
         }
     }
@@ -190,6 +194,7 @@ impl NewDeal {
             assigned_at: self.manager_id.as_ref().map(|_| now),
             accept_seconds: None,
             deadline_seconds: None,
+            response_due_at: None,
             accepted_late: false,
             manager_id: self.manager_id,
         }
@@ -381,6 +386,9 @@ impl Deal {
                 deal.closed_at = Some(now);
                 deal.waiting_since = None;
                 deal.escalated_at = None;
+                // No deadline runs on a closed deal, nor after it is reopened.
+                deal.deadline_seconds = None;
+                deal.response_due_at = None;
                 deal.stage_before_close_id = Some(from);
                 deal.loss_reason_id = reason;
                 Change::Closed {
@@ -478,6 +486,7 @@ impl Deal {
         deal.accepted_at = None;
         deal.accept_seconds = None;
         deal.deadline_seconds = None;
+        deal.response_due_at = None;
         deal.accepted_late = false;
         deal.assigned_at = manager.as_ref().map(|_| now);
         let (from, to) = (self.manager_id.clone(), manager);
@@ -584,17 +593,42 @@ impl Deal {
         self.accepted_at.is_some() && self.accept_seconds.is_none() && self.assigned_at.is_some()
     }
 
+    /// Whether the deal was just given under a deadline whose due time is still to be
+    /// set (by the manager's schedule: [`Deal::due_by`]).
+    pub fn needs_due(&self) -> bool {
+        self.deadline_seconds.is_some()
+            && self.response_due_at.is_none()
+            && self.assigned_at.is_some()
+    }
+
+    /// `self` with its deadline's due time by the manager's `schedule` now.
+    pub fn due_by(mut self, schedule: &salesplan_platform::schedule::Schedule) -> Deal {
+        if let (Some(seconds), Some(from), None) = (
+            self.deadline_seconds,
+            self.assigned_at,
+            self.response_due_at,
+        ) {
+            let seconds = u32::try_from(seconds).unwrap_or(u32::MAX);
+            self.response_due_at = Some(schedule.deadline(from, seconds));
+        }
+        self
+    }
+
     /// `self` with its time to accept: the manager's working time by `schedule` from when
-    /// they got the deal to when they accepted it, and whether that was past its deadline.
-    pub fn timed(mut self, schedule: &salesplan_platform::schedule::Schedule) -> Deal {
+    /// they got the deal to when they accepted it; and whether that was past its due
+    /// time, while `deadline_in_force` (the plan still has a deadline: one removed since
+    /// the assignment was dropped, by the distributor too).
+    pub fn timed(
+        mut self,
+        schedule: &salesplan_platform::schedule::Schedule,
+        deadline_in_force: bool,
+    ) -> Deal {
         if let (Some(from), Some(to), None) =
             (self.assigned_at, self.accepted_at, self.accept_seconds)
         {
-            let took = schedule.working_time(from, to);
-            self.accept_seconds = Some(took.whole_seconds());
-            self.accepted_late = self
-                .deadline_seconds
-                .is_some_and(|limit| took > time::Duration::seconds(limit));
+            self.accept_seconds = Some(schedule.working_time(from, to).whole_seconds());
+            self.accepted_late =
+                deadline_in_force && self.response_due_at.is_some_and(|due| to > due);
         }
         self
     }
@@ -871,13 +905,14 @@ mod tests {
         assert!(!deal.needs_timing());
         let (accepted, _) = deal.accept("m1", datetime!(2026-12-07 08:30 UTC)).unwrap();
         assert!(accepted.needs_timing());
-        let timed = accepted.timed(&schedule);
+        let timed = accepted.timed(&schedule, false);
         assert_eq!(timed.accept_seconds, Some(3_600));
         assert!(!timed.needs_timing());
     }
 
     #[test]
     fn only_the_distributors_assignments_run_under_the_deadline_and_late_is_past_it() {
+        use salesplan_platform::schedule::Schedule;
         let mut plan = plan();
         plan.managers = vec!["m1".into(), "m2".into()];
         plan.distribution = Distribution::Auto {
@@ -890,12 +925,13 @@ mod tests {
             }),
         };
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
-        let around_the_clock = salesplan_platform::schedule::Schedule::default();
-        let accepted_after = |deal: &Deal, seconds: i64| {
-            let (accepted, _) = deal
-                .accept("m1", now + time::Duration::seconds(seconds))
-                .unwrap();
-            accepted.timed(&around_the_clock)
+        let around_the_clock = Schedule::default();
+        let at = |ms: i64| now + time::Duration::milliseconds(ms);
+        // Given (due by the schedule at the assignment), accepted at `ms`.
+        let accepted_at = |deal: &Deal, ms: i64, in_force: bool| {
+            let deal = deal.clone().due_by(&around_the_clock);
+            let (accepted, _) = deal.accept("m1", at(ms)).unwrap();
+            accepted.timed(&around_the_clock, in_force)
         };
         // A lead the distributor created with its manager: under the plan's deadline.
         let lead = NewDeal {
@@ -905,35 +941,73 @@ mod tests {
         }
         .into_deal(&plan, Uuid::new_v4(), now)
         .unwrap();
-        assert_eq!(lead.deadline_seconds, Some(60));
-        assert!(!accepted_after(&lead, 60).accepted_late, "at the deadline");
-        let a_moment_past = |deal: &Deal| {
-            let (accepted, _) = deal
-                .accept("m1", now + time::Duration::milliseconds(60_001))
-                .unwrap();
-            accepted.timed(&around_the_clock)
-        };
-        let late = a_moment_past(&lead);
+        assert_eq!((lead.deadline_seconds, lead.needs_due()), (Some(60), true));
+        assert_eq!(
+            lead.clone().due_by(&around_the_clock).response_due_at,
+            Some(at(60_000))
+        );
+        assert!(
+            !accepted_at(&lead, 60_000, true).accepted_late,
+            "at the deadline"
+        );
+        let late = accepted_at(&lead, 60_001, true);
         assert_eq!(
             (late.accepted_late, late.accept_seconds),
             (true, Some(60)),
             "a millisecond past it is late, though whole seconds read 60"
         );
-        // A person's assignment is their decision: no deadline, never late.
-        let (given, _) = deal_in(&plan)
-            .assign(&plan, Some("m1".into()), false, now)
+        assert!(
+            !accepted_at(&lead, 60_001, false).accepted_late,
+            "a deadline the plan no longer has is not missed"
+        );
+        // The due time is the one at the assignment: a schedule given later (Mondays only;
+        // this is a Thursday) does not move it, though it measures the time to accept.
+        let mut off_today = Schedule::default();
+        off_today.week[0].push(salesplan_platform::schedule::Hours {
+            start: 9 * 60,
+            end: 17 * 60,
+        });
+        let (accepted, _) = lead
+            .clone()
+            .due_by(&around_the_clock)
+            .accept("m1", at(90_000))
             .unwrap();
+        let later = accepted.timed(&off_today, true);
+        assert_eq!((later.accepted_late, later.accept_seconds), (true, Some(0)));
+        // A person's assignment of a deal that ran under a deadline: none any more.
+        let given = lead.clone().due_by(&around_the_clock);
+        let (given, _) = given.assign(&plan, Some("m2".into()), false, now).unwrap();
         let given = given.under_deadline(&plan, false);
-        assert_eq!(given.deadline_seconds, None);
-        assert!(!accepted_after(&given, 3_600).accepted_late);
+        assert_eq!(
+            (given.deadline_seconds, given.response_due_at),
+            (None, None)
+        );
+        // Closed before the deadline and reopened: no deadline runs any more.
+        let won = plan
+            .stages
+            .iter()
+            .find(|s| s.kind == StageKind::Won)
+            .unwrap()
+            .id;
+        let (closed, _) = lead
+            .clone()
+            .due_by(&around_the_clock)
+            .move_to(&plan, won, None, at(1_000))
+            .unwrap();
+        assert_eq!(
+            (closed.deadline_seconds, closed.response_due_at),
+            (None, None)
+        );
+        let (reopened, _) = closed.reopen(&plan, at(2_000)).unwrap();
+        assert!(!accepted_at(&reopened, 600_000, true).accepted_late);
         // The distributor's placement and reassignment run under it; an escalation (no
         // manager) has none.
-        let placed = given.clone().under_deadline(&plan, true);
-        assert!(accepted_after(&placed, 61).accepted_late);
-        let (given_again, _) = accepted_after(&placed, 61)
-            .assign(&plan, Some("m2".into()), false, now)
-            .unwrap();
-        assert!(!given_again.accepted_late, "a new assignment starts over");
+        let placed = deal_in(&plan)
+            .assign(&plan, Some("m1".into()), false, now)
+            .unwrap()
+            .0
+            .under_deadline(&plan, true);
+        assert!(accepted_at(&placed, 61_000, true).accepted_late);
         let (moved_on, _) = lead
             .reassign(&plan, (Some("m2".into()), None), "missed".into(), now)
             .unwrap();

@@ -238,6 +238,7 @@ impl Store {
             }
             batch.prepare(index, input, plans[&plan_id].as_ref(), now);
         }
+        due_times(&mut tx, account_id, &mut batch.fresh).await?;
         let inserted = insert_deals(&mut tx, &batch.fresh).await?;
         let created: Vec<(Deal, Change)> = batch
             .fresh
@@ -345,7 +346,7 @@ impl Store {
             }
             let plan = load_plan(&mut tx, account_id, deal.plan_id, Lock::Share).await?;
             let (next, what) = change(&deal, &plan, now)?;
-            let next = timed(&mut tx, next.accepted_by(actor_id)).await?;
+            let next = settled(&mut tx, next.accepted_by(actor_id), &plan).await?;
             let changes = [(next, what)];
             update_deals(&mut tx, &changes).await?;
             mark_reasons_used(&mut tx, &changes).await?;
@@ -420,9 +421,10 @@ impl Store {
                         ),
                     };
                     match change(deal, plan, now) {
-                        Ok((next, what)) => {
-                            changes.push((timed(&mut tx, next.accepted_by(actor_id)).await?, what))
-                        }
+                        Ok((next, what)) => changes.push((
+                            settled(&mut tx, next.accepted_by(actor_id), plan).await?,
+                            what,
+                        )),
                         Err(err) => outcome.failures.push((*id, err.to_string())),
                     }
                 }
@@ -453,17 +455,44 @@ impl Store {
     }
 }
 
-/// `deal` with its time to accept measured, if it was just accepted (one read of its
-/// manager's schedule).
-async fn timed(tx: &mut Transaction<'_, Postgres>, deal: Deal) -> Result<Deal, StoreError> {
-    if !deal.needs_timing() {
+/// `deal` with what its manager's schedule decides, if anything (one read of it): the due
+/// time of a deadline it was just given under, and the time to accept (late or not, while
+/// `plan` still has a deadline) if it was just accepted.
+async fn settled(
+    tx: &mut Transaction<'_, Postgres>,
+    deal: Deal,
+    plan: &Plan,
+) -> Result<Deal, StoreError> {
+    if !deal.needs_timing() && !deal.needs_due() {
         return Ok(deal);
     }
     let Some(manager) = deal.manager_id.as_deref() else {
         return Ok(deal);
     };
     let schedule = super::managers::schedule_of(tx, &deal.account_id, manager).await?;
-    Ok(deal.timed(&schedule))
+    let in_force = plan.response().is_some() && !plan.archived;
+    Ok(deal.due_by(&schedule).timed(&schedule, in_force))
+}
+
+/// The due times of the new `deals` created under a deadline: one read of each manager's
+/// schedule (a batch of leads has few managers).
+async fn due_times(
+    tx: &mut Transaction<'_, Postgres>,
+    account_id: &str,
+    deals: &mut [Deal],
+) -> Result<(), StoreError> {
+    let mut schedules = HashMap::new();
+    for deal in deals.iter_mut().filter(|d| d.needs_due()) {
+        let Some(manager) = deal.manager_id.clone() else {
+            continue;
+        };
+        if !schedules.contains_key(&manager) {
+            let schedule = super::managers::schedule_of(tx, account_id, &manager).await?;
+            schedules.insert(manager.clone(), schedule);
+        }
+        *deal = deal.clone().due_by(&schedules[&manager]);
+    }
+    Ok(())
 }
 
 async fn fetch_deal(
@@ -574,6 +603,7 @@ struct DealColumns {
     assigned_at: Vec<Option<OffsetDateTime>>,
     accept_seconds: Vec<Option<i64>>,
     deadline_seconds: Vec<Option<i64>>,
+    response_due_at: Vec<Option<OffsetDateTime>>,
     accepted_late: Vec<bool>,
 }
 
@@ -607,6 +637,7 @@ impl DealColumns {
             assigned_at: Vec::new(),
             accept_seconds: Vec::new(),
             deadline_seconds: Vec::new(),
+            response_due_at: Vec::new(),
             accepted_late: Vec::new(),
         };
         for d in deals {
@@ -637,6 +668,7 @@ impl DealColumns {
             c.assigned_at.push(d.assigned_at);
             c.accept_seconds.push(d.accept_seconds);
             c.deadline_seconds.push(d.deadline_seconds);
+            c.response_due_at.push(d.response_due_at);
             c.accepted_late.push(d.accepted_late);
         }
         c
@@ -658,12 +690,12 @@ async fn insert_deals(
             contact_external_id, contact_name, contact_email, contact_phone, contact_phone_digits,
             title, amount_minor, currency, loss_reason_id, stage_before_close_id, idempotency_key,
             version, created_at, updated_at, closed_at, waiting_since, assigned_at,
-            deadline_seconds)
+            deadline_seconds, response_due_at)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
             $14::text[], $15::uuid[], $16::uuid[], $17::text[], $18::bigint[], $19::timestamptz[],
             $20::timestamptz[], $21::timestamptz[], $22::timestamptz[], $23::timestamptz[],
-            $24::bigint[])
+            $24::bigint[], $25::timestamptz[])
          ON CONFLICT (account_id, idempotency_key) DO NOTHING
          RETURNING idempotency_key",
     )
@@ -691,6 +723,7 @@ async fn insert_deals(
     .bind(c.waiting_since)
     .bind(c.assigned_at)
     .bind(c.deadline_seconds)
+    .bind(c.response_due_at)
     .fetch_all(&mut **tx)
     .await
     .map(|keys: Vec<String>| keys.into_iter().collect())
@@ -714,15 +747,15 @@ pub async fn update_deals(
             stage_before_close_id = x.before, version = x.version, updated_at = x.updated,
             closed_at = x.closed, waiting_since = x.waiting, accepted_at = x.accepted,
             escalated_at = x.escalated, assigned_at = x.assigned, accept_seconds = x.took,
-            deadline_seconds = x.deadline, accepted_late = x.late
+            deadline_seconds = x.deadline, response_due_at = x.due, accepted_late = x.late
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[],
                      $13::uuid[], $14::uuid[], $15::bigint[], $16::timestamptz[], $17::timestamptz[],
                      $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[],
-                     $22::bigint[], $23::bigint[], $24::bool[])
+                     $22::bigint[], $23::bigint[], $24::timestamptz[], $25::bool[])
             AS x(id, stage_id, status, manager_id, ext, name, email, phone, digits, title, amount,
                  currency, reason, before, version, updated, closed, waiting, accepted, escalated,
-                 assigned, took, deadline, late)
+                 assigned, took, deadline, due, late)
          WHERE deals.id = x.id",
     )
     .bind(c.id)
@@ -748,6 +781,7 @@ pub async fn update_deals(
     .bind(c.assigned_at)
     .bind(c.accept_seconds)
     .bind(c.deadline_seconds)
+    .bind(c.response_due_at)
     .bind(c.accepted_late)
     .execute(&mut **tx)
     .await?;

@@ -21,7 +21,7 @@ pub const DEAL_COLUMNS: &str = "id, account_id, plan_id, stage_id, status, manag
     contact_external_id, contact_name, contact_email, contact_phone, title, amount_minor, currency,
     loss_reason_id, stage_before_close_id, idempotency_key, version, created_at, updated_at, closed_at,
     waiting_since, accepted_at, escalated_at, assigned_at, accept_seconds, deadline_seconds,
-    accepted_late";
+    response_due_at, accepted_late";
 
 pub fn deal_from_row(row: &PgRow) -> Result<Deal, StoreError> {
     Ok(Deal {
@@ -55,6 +55,7 @@ pub fn deal_from_row(row: &PgRow) -> Result<Deal, StoreError> {
         assigned_at: row.try_get("assigned_at")?,
         accept_seconds: row.try_get("accept_seconds")?,
         deadline_seconds: row.try_get("deadline_seconds")?,
+        response_due_at: row.try_get("response_due_at")?,
         accepted_late: row.try_get("accepted_late")?,
     })
 }

@@ -135,13 +135,9 @@ pub fn add_late_starts(steps: &mut BTreeMap<Uuid, Step>, states: &[DealState]) {
 }
 
 /// When a deadline of `seconds` working time from `assigned_at` runs out, by the manager's
-/// schedule (around the clock without one). A schedule with no working time within its
-/// horizon gives wall-clock time: a deal is never held by a manager who never works.
+/// schedule ([`Schedule::deadline`], which deal-service uses too).
 pub fn due(schedule: &Schedule, assigned_at: OffsetDateTime, seconds: u32) -> OffsetDateTime {
-    let working = time::Duration::seconds(i64::from(seconds));
-    schedule
-        .after_working(assigned_at, working)
-        .unwrap_or(assigned_at + working)
+    schedule.deadline(assigned_at, seconds)
 }
 
 /// A deadline a deal missed: who had it, from when, until when.
