@@ -369,8 +369,7 @@ pub enum Deals {
     /// Prints the plan's deal changes as they happen (WatchDeals), a line each (JSON
     /// lines with --json), until interrupted; with `--snapshot` the board first.
     Watch {
-        /// The plan whose deals to watch (a plan of another account shows nothing; with
-        /// --snapshot it is NOT_FOUND).
+        /// The plan whose deals to watch (one not of your account is NOT_FOUND).
         #[arg(long)]
         plan: String,
         /// Only deals in these stages (before or after the change).

@@ -10,11 +10,19 @@ mod output;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = args::Cli::parse();
+    // A command line clap refuses is the caller's mistake like any other (exit 4); help and
+    // version are answers (exit 0).
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { 4 } else { 0 });
+        }
+    };
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -224,6 +224,7 @@ pub fn deal_json(d: &pb::Deal) -> Value {
         "escalated_at": time_json(d.escalated_at.as_ref()),
         "assigned_at": time_json(d.assigned_at.as_ref()),
         "accept_seconds": d.accept_seconds,
+        "accepted_late": d.accepted_late,
     })
 }
 

@@ -1174,8 +1174,8 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() ->
     assert_eq!(by_hand.manager_id.as_deref(), Some("m1"));
     counts_agree(&stack).await?;
 
-    // A transfer frees a place too: full again, a new deal waits; m1's deal given to m2
-    // (a person's assignment is not bound by limits) lets it in, to m1.
+    // A transfer frees a place too: full again, a new deal waits; m1's deals transferred
+    // to m2 (a person's decision is not bound by limits) let it in, to m1.
     let next_in = deal_client
         .create_deal(outgoing(
             pb::CreateDealRequest {
@@ -1195,17 +1195,22 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() ->
         .deal
         .expect("deal");
     assert!(next_in.waiting_since.is_some() && next_in.manager_id.is_none());
-    deal_client
-        .assign_deal(outgoing(
-            pb::AssignDealRequest {
-                deal_id: by_hand.id.clone(),
-                expected_version: by_hand.version,
-                manager_id: Some("m2".into()),
-                ..Default::default()
+    let moved = deal_client
+        .transfer_deals(outgoing(
+            pb::TransferDealsRequest {
+                from_manager_id: "m1".into(),
+                to_manager_id: "m2".into(),
+                filter: Some(pb::DealFilter {
+                    plan_id: plan.id.clone(),
+                    statuses: vec![pb::DealStatus::Open as i32],
+                    ..Default::default()
+                }),
             },
             &t.boss,
         ))
-        .await?;
+        .await?
+        .into_inner();
+    assert_eq!(moved.changed, 1, "m1's one open deal: {moved:?}");
     let next_in = manager_of(channel.clone(), &t.boss, &next_in.id).await?;
     assert_eq!(next_in.manager_id.as_deref(), Some("m1"));
     counts_agree(&stack).await?;

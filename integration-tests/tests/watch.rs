@@ -374,6 +374,21 @@ async fn watch_requests_are_checked() -> anyhow::Result<()> {
     assert_eq!(missing.code(), Code::NotFound);
     let mut ours = watch(channel.clone(), &reader, of_plan(&theirs)).await?;
     assert_eq!(next(&mut ours).await?.item, None, "opens with a token");
+    let elsewhere = manual_plan(&stack, "Elsewhere").await?;
+    let foreign_stage = pb::WatchDealsRequest {
+        stage_ids: vec![elsewhere.stages[0].id.clone()],
+        ..of_plan(&theirs)
+    };
+    let refused = watch(channel.clone(), &reader, foreign_stage)
+        .await
+        .expect_err("a stage of another plan");
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (
+            Code::InvalidArgument,
+            "stage_ids[0]: not a stage of this plan"
+        )
+    );
     stack.stop().await
 }
 
@@ -723,7 +738,8 @@ async fn a_closed_watch_gives_its_place_back_at_once() -> anyhow::Result<()> {
         ..of_plan(&plan)
     };
     for round in 0..3 {
-        let admitted = eventually(Duration::from_secs(10), || async {
+        // Within moments (the replica sees the stream close), not at some later change.
+        let admitted = eventually(Duration::from_secs(3), || async {
             let mut open = Vec::new();
             for _ in 0..2 {
                 match watch(channel.clone(), &reader, nobody.clone()).await {

@@ -73,8 +73,26 @@ pub fn cors_origins(
                 Some((host, port)) if !port.ends_with(']') => (host, Some(port)),
                 _ => (rest, None),
             };
-            if host.is_empty() || port.is_some_and(|p| !p.parse::<u16>().is_ok_and(|p| p > 0)) {
-                return Err(bad(origin, "a host and a port from 1 to 65535"));
+            // As a browser writes its Origin: digits without a leading zero, not the
+            // scheme's default port (which it leaves out); an IPv6 host in brackets.
+            let default_port = if scheme == "https" { "443" } else { "80" };
+            let port_ok = port.is_none_or(|p| {
+                p.bytes().all(|b| b.is_ascii_digit())
+                    && !p.starts_with('0')
+                    && p.parse::<u16>().is_ok()
+                    && p != default_port
+            });
+            let host_ok = if host.starts_with('[') {
+                host.ends_with(']') && host.len() > 2
+            } else {
+                !host.is_empty() && !host.contains([':', '[', ']'])
+            };
+            if !host_ok || !port_ok {
+                return Err(bad(
+                    origin,
+                    "a host and a port from 1 to 65535 as a browser writes it (no leading \
+                     zero; the scheme's default port left out)",
+                ));
             }
             http::HeaderValue::from_str(origin).map_err(|_| bad(origin, "not a header value"))
         })
@@ -498,6 +516,12 @@ mod tests {
             "https://crm.example.com:0",
             "https://crm.example.com:",
             "https://:443",
+            "https://crm.example.com:443",
+            "http://crm.example.com:80",
+            "https://crm.example.com:080",
+            "https://crm.example.com:+80",
+            "https://[::1",
+            "https://a:b:80",
         ] {
             let err = cors_origins("K", bad).expect_err(bad);
             assert!(err.to_string().contains('K'), "{err}");

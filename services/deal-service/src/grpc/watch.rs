@@ -68,12 +68,21 @@ impl Api {
         let actor = auth::reader(&request, Permission::DealsRead)?;
         let expiry = TokenExpiry::of(&request);
         let asked = asked(request.into_inner())?;
-        if let (Some(plan_id), None) = (asked.plan_id, &asked.snapshot) {
-            // A plan that is not the account's is NOT_FOUND, as for GetBoard, not a watch
-            // that stays silent for ever (the snapshot reads the plan anyway). A read within
-            // the account's read allowance, like the snapshot's.
+        if let Some(plan_id) = asked.plan_id {
+            // A plan that is not the account's is NOT_FOUND, as for GetBoard, and a stage
+            // not of the plan is named: not a watch that stays silent for ever. A read
+            // within the account's read allowance, like the snapshot's.
             let _permit = self.reads.admit(&actor.account_id)?;
-            self.store.plan(&actor.account_id, plan_id).await?;
+            let plan = self.store.plan(&actor.account_id, plan_id).await?;
+            salesplan_platform::error::every(asked.filter.stage_ids.iter().enumerate().map(
+                |(i, stage)| match plan.stages.iter().any(|s| s.id.to_string() == *stage) {
+                    true => Ok(()),
+                    false => Err(ApiError::invalid(
+                        format!("stage_ids[{i}]"),
+                        "not a stage of this plan",
+                    )),
+                },
+            ))?;
         }
         let feed = &self.watch.feed;
         let watching = feed.watch(&actor.account_id)?;
