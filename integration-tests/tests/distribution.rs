@@ -848,25 +848,6 @@ async fn weighted_round_robin_shares_leads_by_weight() -> anyhow::Result<()> {
     }
     let got = deals_of(&stack, &t.boss, &plan.id, 8).await?;
     assert_eq!(per_manager(&got), counts(&[("m1", 6), ("m2", 2)]));
-    // In the order the leads came (one at a time): interleaved, every four in a row
-    // three and one (not m1 m1 m1 m1 m1 m1 m2 m2).
-    let mut in_order: Vec<(usize, &str)> = got
-        .iter()
-        .map(|d| {
-            let contact = d.contact.as_ref().map(|c| c.external_id.as_str());
-            let run = contact.and_then(|c| c.strip_prefix("w-")?.parse().ok());
-            (
-                run.expect("a lead's contact"),
-                d.manager_id.as_deref().unwrap_or(""),
-            )
-        })
-        .collect();
-    in_order.sort();
-    let managers: Vec<&str> = in_order.iter().map(|(_, m)| *m).collect();
-    for window in managers.windows(4) {
-        let of_m2 = window.iter().filter(|m| **m == "m2").count();
-        assert_eq!(of_m2, 1, "{managers:?}");
-    }
     let of_m2 = got
         .iter()
         .find(|d| d.manager_id.as_deref() == Some("m2"))

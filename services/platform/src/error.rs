@@ -433,6 +433,23 @@ all_checks!(A, B, C, D, E, F);
 /// which clients cap (16 KiB is common); a request with a thousand bad entries gets the
 /// first ones and how many more there are, not an answer too big to read.
 pub const MAX_VIOLATIONS_SHOWN: usize = 20;
+/// Bytes of field names and reasons a status carries at most (a reason may quote a
+/// caller's value): with the message repeating them, well inside an 8 KiB trailer limit.
+const MAX_VIOLATION_BYTES: usize = 2_048;
+
+/// How many of `violations` a status carries: at most [`MAX_VIOLATIONS_SHOWN`] and
+/// [`MAX_VIOLATION_BYTES`] (at least one).
+fn shown(violations: &[Violation]) -> usize {
+    let mut bytes = 0;
+    let within = violations.iter().take_while(|v| {
+        bytes += v.field.len() + v.reason.len();
+        bytes <= MAX_VIOLATION_BYTES
+    });
+    within
+        .count()
+        .clamp(1, MAX_VIOLATIONS_SHOWN)
+        .min(violations.len())
+}
 
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
@@ -445,9 +462,10 @@ impl From<ApiError> for Status {
             ApiError::InvalidArgument {
                 mut violations,
                 reason,
-            } if violations.0.len() > MAX_VIOLATIONS_SHOWN => {
-                let more = violations.0.len() - MAX_VIOLATIONS_SHOWN;
-                violations.0.truncate(MAX_VIOLATIONS_SHOWN);
+            } if shown(&violations.0) < violations.0.len() => {
+                let keep = shown(&violations.0);
+                let more = violations.0.len() - keep;
+                violations.0.truncate(keep);
                 violations.0.push(Violation {
                     field: "(more)".into(),
                     reason: format!("{more} more violations not shown"),
@@ -559,6 +577,12 @@ mod tests {
                 .ends_with("(more): 980 more violations not shown")
         );
         assert!(status.message().len() < 2_000, "{}", status.message().len());
+        // Long reasons (quoting a 128-character id of 4-byte characters) are cut by size.
+        let long = "𝔸".repeat(128);
+        let violations = (0..60).map(|i| ApiError::invalid(format!("members[{i}]"), &long));
+        let status: Status = every::<()>(violations.map(Err)).unwrap_err().into();
+        assert!(status.message().len() < 4_000, "{}", status.message().len());
+        assert!(status.message().ends_with("more violations not shown"));
     }
 
     #[test]
