@@ -931,6 +931,31 @@ async fn waiting_deals(
     Ok(response.deals)
 }
 
+/// A deal made by hand in `plan`, left to its distribution (`wait_for_manager`); `key` is
+/// its idempotency key and its contact.
+async fn waiting_deal(
+    deals: &mut DealServiceClient<tonic::transport::Channel>,
+    plan: &pb::Plan,
+    key: &str,
+    token: &str,
+) -> anyhow::Result<pb::Deal> {
+    let request = pb::CreateDealRequest {
+        plan_id: plan.id.clone(),
+        contact: Some(pb::Contact {
+            external_id: key.into(),
+            ..Default::default()
+        }),
+        idempotency_key: key.into(),
+        wait_for_manager: true,
+        ..Default::default()
+    };
+    let created = deals.create_deal(outgoing(request, token)).await?;
+    created
+        .into_inner()
+        .deal
+        .ok_or_else(|| anyhow::anyhow!("no deal"))
+}
+
 /// The manager of `deal_id` once it has one.
 async fn manager_of(
     channel: tonic::transport::Channel,
@@ -1116,24 +1141,7 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() ->
 
     // Everyone is full again (m1 1 of 1, m2 2 of 2): a deal made by hand waits too; m1's
     // deal lost frees m1, who takes it.
-    let by_hand = deal_client
-        .create_deal(outgoing(
-            pb::CreateDealRequest {
-                plan_id: plan.id.clone(),
-                contact: Some(pb::Contact {
-                    external_id: "by-hand".into(),
-                    ..Default::default()
-                }),
-                idempotency_key: "by-hand-1".into(),
-                wait_for_manager: true,
-                ..Default::default()
-            },
-            &t.boss,
-        ))
-        .await?
-        .into_inner()
-        .deal
-        .expect("deal");
+    let by_hand = waiting_deal(&mut deal_client, &plan, "by-hand-1", &t.boss).await?;
     assert!(by_hand.waiting_since.is_some() && by_hand.manager_id.is_none());
     let lost = plan
         .stages
@@ -1157,24 +1165,7 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() ->
 
     // A transfer frees a place too: full again, a new deal waits; m1's deals transferred
     // to m2 (a person's decision is not bound by limits) let it in, to m1.
-    let next_in = deal_client
-        .create_deal(outgoing(
-            pb::CreateDealRequest {
-                plan_id: plan.id.clone(),
-                contact: Some(pb::Contact {
-                    external_id: "after-transfer".into(),
-                    ..Default::default()
-                }),
-                idempotency_key: "by-hand-3".into(),
-                wait_for_manager: true,
-                ..Default::default()
-            },
-            &t.boss,
-        ))
-        .await?
-        .into_inner()
-        .deal
-        .expect("deal");
+    let next_in = waiting_deal(&mut deal_client, &plan, "by-hand-3", &t.boss).await?;
     assert!(next_in.waiting_since.is_some() && next_in.manager_id.is_none());
     let moved = deal_client
         .transfer_deals(outgoing(

@@ -79,6 +79,43 @@ async fn end_of(watch: &mut Watch) -> anyhow::Result<(tonic::Status, Vec<pb::Wat
     }
 }
 
+/// A channel to `replica` that takes 1 kB at a time until it is read: what its watches do
+/// not read stays on the server.
+async fn narrow_channel(replica: &salesplan_platform::service::Running) -> anyhow::Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(replica.grpc_url())?
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await?)
+}
+
+/// A watch opened as soon as the account has a place for it (at most 20 s).
+async fn admitted(
+    channel: &Channel,
+    token: &str,
+    request: pb::WatchDealsRequest,
+) -> anyhow::Result<Watch> {
+    eventually(Duration::from_secs(20), || async {
+        match watch(channel.clone(), token, request.clone()).await {
+            Ok(watch) => Ok(Some(watch)),
+            Err(status) if status.code() == Code::ResourceExhausted => Ok(None),
+            Err(status) => Err(status.into()),
+        }
+    })
+    .await
+}
+
+/// The deal versions of the changes among `messages`, in order.
+fn change_versions(messages: &[pb::WatchDealsResponse]) -> Vec<i64> {
+    messages
+        .iter()
+        .filter_map(|m| match &m.item {
+            Some(pb::watch_deals_response::Item::Change(c)) => Some(version(c)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn reason(status: &tonic::Status) -> String {
     status
         .get_error_details()
@@ -548,13 +585,7 @@ async fn slow_watchers_are_cut_off_and_every_watch_ends_with_a_status() -> anyho
     let channel = stack.channel_to(&replica).await?;
     let plan = manual_plan(&stack, "Busy").await?;
     let reader = stack.token(ACCOUNT, "board", &[Permission::DealsRead]);
-    // The slow one's connection takes 1 kB at a time until it is read: what it does not
-    // read stays on the server.
-    let narrow = tonic::transport::Endpoint::from_shared(replica.grpc_url())?
-        .initial_stream_window_size(Some(1024))
-        .initial_connection_window_size(Some(1024))
-        .connect()
-        .await?;
+    let narrow = narrow_channel(&replica).await?;
     let mut slow = watch(narrow, &reader, of_plan(&plan)).await?;
     let mut fast = watch(channel.clone(), &reader, of_plan(&plan)).await?;
     let third = watch(channel.clone(), &reader, of_plan(&plan)).await?;
@@ -586,13 +617,7 @@ async fn slow_watchers_are_cut_off_and_every_watch_ends_with_a_status() -> anyho
         (status.code(), reason(&status)),
         (Code::Aborted, "WATCH_LAGGED".into())
     );
-    let mut slow_versions: Vec<i64> = before
-        .iter()
-        .filter_map(|m| match &m.item {
-            Some(pb::watch_deals_response::Item::Change(c)) => Some(version(c)),
-            _ => None,
-        })
-        .collect();
+    let mut slow_versions = change_versions(&before);
     let token = before
         .last()
         .map(|m| m.resume_token.clone())
@@ -649,11 +674,7 @@ async fn a_client_that_reads_nothing_is_cut_off_in_time() -> anyhow::Result<()> 
     let channel = stack.channel_to(&replica).await?;
     let plan = manual_plan(&stack, "Stalled").await?;
     let reader = stack.token(ACCOUNT, "board", &[Permission::DealsRead]);
-    let narrow = tonic::transport::Endpoint::from_shared(replica.grpc_url())?
-        .initial_stream_window_size(Some(1024))
-        .initial_connection_window_size(Some(1024))
-        .connect()
-        .await?;
+    let narrow = narrow_channel(&replica).await?;
     let mut stalled = watch(narrow, &reader, of_plan(&plan)).await?;
     let refused = watch(channel.clone(), &reader, of_plan(&plan))
         .await
@@ -669,27 +690,14 @@ async fn a_client_that_reads_nothing_is_cut_off_in_time() -> anyhow::Result<()> 
         deal = deals.retitle(&deal, &format!("change {i}")).await?;
     }
     // Nothing of `stalled` is read: its place frees once its task gave up on it.
-    let next_watch = eventually(Duration::from_secs(20), || async {
-        match watch(channel.clone(), &reader, of_plan(&plan)).await {
-            Ok(watch) => Ok(Some(watch)),
-            Err(status) if status.code() == Code::ResourceExhausted => Ok(None),
-            Err(status) => Err(status.into()),
-        }
-    })
-    .await?;
+    let next_watch = admitted(&channel, &reader, of_plan(&plan)).await?;
     let (status, before) = end_of(&mut stalled).await?;
     assert_eq!(
         (status.code(), reason(&status)),
         (Code::Aborted, "WATCH_LAGGED".into()),
         "{status:?}"
     );
-    let got: Vec<i64> = before
-        .iter()
-        .filter_map(|m| match &m.item {
-            Some(pb::watch_deals_response::Item::Change(c)) => Some(version(c)),
-            _ => None,
-        })
-        .collect();
+    let got = change_versions(&before);
     assert!(
         got.len() < CHANGES as usize && got == (1..=got.len() as i64).collect::<Vec<_>>(),
         "the first changes in order, not all: {got:?}"
@@ -701,14 +709,7 @@ async fn a_client_that_reads_nothing_is_cut_off_in_time() -> anyhow::Result<()> 
         resume_token: token.unwrap_or_default(),
         ..of_plan(&plan)
     };
-    let mut resumed = eventually(Duration::from_secs(20), || async {
-        match watch(channel.clone(), &reader, resumed.clone()).await {
-            Ok(watch) => Ok(Some(watch)),
-            Err(status) if status.code() == Code::ResourceExhausted => Ok(None),
-            Err(status) => Err(status.into()),
-        }
-    })
-    .await?;
+    let mut resumed = admitted(&channel, &reader, resumed).await?;
     let mut rest = got;
     while rest.len() < CHANGES as usize {
         rest.push(version(&next_change(&mut resumed).await?.0));

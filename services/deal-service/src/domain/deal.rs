@@ -750,12 +750,7 @@ mod tests {
         );
         let (assigned, _) = deal.assign(&plan, Some("m1".into()), false, now).unwrap();
         assert_eq!(assigned.waiting_since, None, "an assignment ends the wait");
-        let won = plan
-            .stages
-            .iter()
-            .find(|s| s.kind == StageKind::Won)
-            .unwrap()
-            .id;
+        let won = stage_of(&plan, StageKind::Won);
         let (closed, _) = deal.move_to(&plan, won, None, now).unwrap();
         assert_eq!(closed.waiting_since, None, "a close ends the wait");
     }
@@ -789,6 +784,11 @@ mod tests {
             .into_deal(&plan, Uuid::new_v4(), OffsetDateTime::UNIX_EPOCH)
             .unwrap_err();
         assert!(matches!(err, DomainError::Invalid { field, .. } if field == "stage_id"));
+    }
+
+    /// The first stage of `plan` of `kind`.
+    fn stage_of(plan: &Plan, kind: StageKind) -> Uuid {
+        plan.stages.iter().find(|s| s.kind == kind).unwrap().id
     }
 
     fn deal_in(plan: &Plan) -> Deal {
@@ -983,12 +983,7 @@ mod tests {
             (None, None)
         );
         // Closed before the deadline and reopened: no deadline runs any more.
-        let won = plan
-            .stages
-            .iter()
-            .find(|s| s.kind == StageKind::Won)
-            .unwrap()
-            .id;
+        let won = stage_of(&plan, StageKind::Won);
         let (closed, _) = lead
             .clone()
             .due_by(&around_the_clock)

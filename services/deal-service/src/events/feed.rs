@@ -208,15 +208,20 @@ impl Feed {
     /// [`HORIZON_EVERY`] until `stop`: a watch that began with a snapshot forgets it once
     /// the horizon passed it ([`ResumeToken::past`]).
     pub async fn follow_horizons(self, stop: CancellationToken) {
+        // The stream's handle is looked up once, and again only after a failed read.
+        let mut stream = None;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(HORIZON_EVERY) => {}
             }
-            match self.newest_horizon().await {
+            match self.newest_horizon(&mut stream).await {
                 Ok(Some(horizon)) => self.state().horizon = Some(horizon),
                 Ok(None) => {}
-                Err(err) => tracing::debug!(error = %err, "the outbox horizon is not readable"),
+                Err(err) => {
+                    stream = None;
+                    tracing::debug!(error = %err, "the outbox horizon is not readable");
+                }
             }
         }
     }
@@ -226,15 +231,22 @@ impl Feed {
         self.state().horizon
     }
 
-    async fn newest_horizon(&self) -> Result<Option<Horizon>, ApiError> {
+    async fn newest_horizon(
+        &self,
+        stream: &mut Option<JsStream>,
+    ) -> Result<Option<Horizon>, ApiError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        let stream = self
-            .inner
-            .bus
-            .jetstream()
-            .get_stream(streams::HORIZONS.name)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("horizons' stream: {e}")))?;
+        let stream = match stream {
+            Some(stream) => stream,
+            None => stream.insert(
+                self.inner
+                    .bus
+                    .jetstream()
+                    .get_stream(streams::HORIZONS.name)
+                    .await
+                    .map_err(|e| ApiError::Unavailable(format!("horizons' stream: {e}")))?,
+            ),
+        };
         let message = match stream
             .get_last_raw_message_by_subject(streams::HORIZON_SUBJECT)
             .await
