@@ -2017,11 +2017,19 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
     // The distributor's reassignment names the assignment that missed its deadline, not
     // a version: others' edits meanwhile do not hold it up; once the deal is in another
     // assignment it is refused (ASSIGNMENT_ENDED), and a repeat answers as done.
+    let lead = lead_json(&slow.id, "run-2", "taken-2");
+    assert_eq!(post(&stack, &t.funnel, &lead).await?.0, 202);
+    let fresh = deals_of(&stack, &t.boss, &slow.id, 4)
+        .await?
+        .into_iter()
+        .find(|d| ![&first.id, &second.id, &unassigned.id].contains(&&d.id))
+        .expect("the new lead's deal");
+    let given_to = fresh.manager_id.clone().expect("given by the distributor");
     let edited = deals
         .update_deal(outgoing(
             pb::UpdateDealRequest {
-                deal_id: deal.id.clone(),
-                expected_version: assigned.version,
+                deal_id: fresh.id.clone(),
+                expected_version: fresh.version,
                 title: Some("edited by the boss".into()),
                 ..Default::default()
             },
@@ -2031,30 +2039,38 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
         .into_inner()
         .deal
         .expect("deal");
-    assert_eq!(edited.manager_id.as_deref(), Some("m2"));
+    assert_eq!(edited.manager_id, fresh.manager_id);
     let distributor = stack.token(ACCOUNT, "system:distributor", &[Permission::PlatformIntake]);
-    let reassign = |to: &str| {
+    let reassign = |deal: &pb::Deal, to: &str| {
         outgoing(
             pb::AssignDealRequest {
                 deal_id: deal.id.clone(),
-                expected_version: assigned.version,
+                expected_version: deal.version,
                 manager_id: Some(to.into()),
-                note: "response deadline missed by m2".into(),
+                note: "response deadline missed".into(),
                 escalate: false,
-                missed_assigned_at: assigned.assigned_at,
+                missed_assigned_at: deal.assigned_at,
             },
             &distributor,
         )
     };
+    let others: Vec<&str> = ["m1", "m2", "m3"]
+        .into_iter()
+        .filter(|m| *m != given_to)
+        .collect();
     let moved_on = deals
-        .assign_deal(reassign("m3"))
+        .assign_deal(reassign(&fresh, others[0]))
         .await?
         .into_inner()
         .deal
         .expect("deal");
-    assert_eq!(moved_on.manager_id.as_deref(), Some("m3"), "{moved_on:?}");
+    assert_eq!(
+        moved_on.manager_id.as_deref(),
+        Some(others[0]),
+        "{moved_on:?}"
+    );
     let repeated = deals
-        .assign_deal(reassign("m3"))
+        .assign_deal(reassign(&fresh, others[0]))
         .await?
         .into_inner()
         .deal
@@ -2064,13 +2080,61 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
         "a repeat changes nothing"
     );
     let ended = deals
-        .assign_deal(reassign("m1"))
+        .assign_deal(reassign(&fresh, others[1]))
         .await
-        .expect_err("the deal is in m3's assignment now");
+        .expect_err("the deal is in another assignment now");
     assert_eq!(
         (ended.code(), reason_of(&ended).as_deref()),
         (tonic::Code::FailedPrecondition, Some("ASSIGNMENT_ENDED"))
     );
+    // A person's assignment runs under no deadline: nothing to reassign for.
+    let none = deals
+        .assign_deal(reassign(&assigned, "m3"))
+        .await
+        .expect_err("a person's assignment has no deadline to miss");
+    assert_eq!(
+        (none.code(), reason_of(&none).as_deref()),
+        (tonic::Code::FailedPrecondition, Some("DEADLINE_ENDED"))
+    );
+
+    // A deadline removed and put back while a deal runs under it: that deadline ended.
+    // When it runs out nobody reassigns the deal (deal-service refuses, DEADLINE_ENDED),
+    // and no missed deadline is recorded; the distributor's timer ends.
+    let fickle = create_plan(channel.clone(), &t.admin, deadline_plan("Fickle", 4, 1)).await?;
+    let lead = lead_json(&fickle.id, "run-f", "fickle-1");
+    assert_eq!(post(&stack, &t.funnel, &lead).await?.0, 202);
+    let kept = deals_of(&stack, &t.boss, &fickle.id, 1).await?.remove(0);
+    assert_eq!(kept.manager_id.as_deref(), Some("m1"));
+    eventually(Duration::from_secs(20), || async {
+        Ok((timers(&pool, &kept.id).await? == 1).then_some(()))
+    })
+    .await?;
+    let mut plans = PlanServiceClient::new(channel.clone());
+    for (seconds, reassignments) in [(0, 0), (4, 1)] {
+        plans
+            .update_plan(outgoing(
+                pb::UpdatePlanRequest {
+                    plan_id: fickle.id.clone(),
+                    distribution: deadline_plan("Fickle", seconds, reassignments).distribution,
+                    ..Default::default()
+                },
+                &t.admin,
+            ))
+            .await?;
+    }
+    // The timer runs out four seconds after the assignment, and ends.
+    eventually(Duration::from_secs(30), || async {
+        Ok((timers(&pool, &kept.id).await? == 0).then_some(()))
+    })
+    .await?;
+    let now = deal_when(channel.clone(), &t.boss, &kept.id, |_| true).await?;
+    assert_eq!(
+        (now.manager_id.as_deref(), now.version),
+        (Some("m1"), kept.version),
+        "not reassigned: {now:?}"
+    );
+    let explained = explanation(&stack, &t.boss, &kept.id).await?;
+    assert!(explained.missed_deadlines.is_empty(), "{explained:?}");
     stack.stop().await
 }
 
@@ -2079,7 +2143,8 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
 /// the deal, the deal says it was accepted late, and ResponseTimes counts the deadline as
 /// missed. Only the distributor's assignments run under the deadline: a person's
 /// assignment accepted just as late is not late, nor one accepted in time, nor a deal
-/// closed before its deadline and reopened, nor one in a plan whose deadline was removed.
+/// closed before its deadline and reopened, nor one in a plan whose deadline was removed
+/// (and put back) or that was archived (and unarchived) meanwhile.
 #[tokio::test]
 async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> anyhow::Result<()> {
     let stack = integration_tests::stack::DealStack::start().await?;
@@ -2191,21 +2256,39 @@ async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> a
         ))
         .await?;
     made.push(reopened.into_inner().deal.expect("deal"));
-    // In a plan whose deadline was removed after the assignment: none is missed.
+    // In a plan whose deadline was removed after the assignment, or that was archived,
+    // the deadline ended: none is missed, though the deadline is back, or the plan
+    // unarchived, by the time the manager accepts.
+    let mut plans = PlanServiceClient::new(channel.clone());
     let dropped = create_plan(channel.clone(), &admin, deadline_plan("Dropped", 1, 1)).await?;
     let under = deals
         .create_deal(create(&dropped, "dropped", Some("m1"), &distributor))
         .await?;
     made.push(under.into_inner().deal.expect("deal"));
-    PlanServiceClient::new(channel.clone())
-        .update_plan(outgoing(
-            pb::UpdatePlanRequest {
-                plan_id: dropped.id.clone(),
-                distribution: deadline_plan("Dropped", 0, 0).distribution,
-                ..Default::default()
-            },
-            &admin,
-        ))
+    for seconds in [0, 1] {
+        plans
+            .update_plan(outgoing(
+                pb::UpdatePlanRequest {
+                    plan_id: dropped.id.clone(),
+                    distribution: deadline_plan("Dropped", seconds, seconds).distribution,
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await?;
+    }
+    let shelved = create_plan(channel.clone(), &admin, deadline_plan("Shelved", 1, 1)).await?;
+    let under = deals
+        .create_deal(create(&shelved, "shelved", Some("m1"), &distributor))
+        .await?;
+    made.push(under.into_inner().deal.expect("deal"));
+    let plan_id = shelved.id.clone();
+    plans
+        .archive_plan(outgoing(pb::ArchivePlanRequest { plan_id }, &admin))
+        .await?;
+    let plan_id = shelved.id.clone();
+    plans
+        .unarchive_plan(outgoing(pb::UnarchivePlanRequest { plan_id }, &admin))
         .await?;
     // Time itself is the condition: more than the one second of working time (m1 has no
     // schedule: around the clock) passes before m1 accepts.
@@ -2231,7 +2314,7 @@ async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> a
         );
         late.push(accepted.accepted_late);
     }
-    assert_eq!(late, [true, true, false, false, false, false]);
+    assert_eq!(late, [true, true, false, false, false, false, false]);
     let read = deals
         .get_deal(outgoing(
             pb::GetDealRequest {
@@ -2257,7 +2340,7 @@ async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> a
         async move {
             let rows = reports.response_times(request).await?.into_inner().rows;
             let accepted: i64 = rows.iter().map(|r| r.accepted).sum();
-            Ok((accepted == 6).then_some(rows))
+            Ok((accepted == 7).then_some(rows))
         }
     })
     .await?;
@@ -2269,6 +2352,7 @@ async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> a
     assert_eq!(line(&tight), Some((4, 4, 2)), "{rows:?}");
     assert_eq!(line(&roomy), Some((1, 1, 0)), "{rows:?}");
     assert_eq!(line(&dropped), Some((1, 1, 0)), "{rows:?}");
+    assert_eq!(line(&shelved), Some((1, 1, 0)), "{rows:?}");
     stack.stop().await?;
     reporting.wait().await
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use salesplan_platform::{
     auth::ServiceTokens,
+    error::Reason,
     grpc::{self, between_services},
 };
 use salesplan_proto::v1::{
@@ -128,6 +129,9 @@ pub enum OrderAnswer {
     Refused(String),
     /// The deal does not exist (in this account).
     Gone(String),
+    /// The deadline a reassignment acted on ended meanwhile (the plan's deadline removed,
+    /// or the plan archived, since): nothing to do, and no later event says so.
+    Ended(String),
     /// Not answered now: try again later.
     Later(String),
 }
@@ -181,6 +185,9 @@ impl DealService {
         match answer {
             Ok(_) => OrderAnswer::Made,
             Err(status) => match status.code() {
+                Code::FailedPrecondition if Reason::DeadlineEnded.is_why(&status) => {
+                    OrderAnswer::Ended(status.message().to_owned())
+                }
                 Code::Aborted | Code::FailedPrecondition => {
                     OrderAnswer::Refused(format!("{:?}: {}", status.code(), status.message()))
                 }

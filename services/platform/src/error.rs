@@ -50,6 +50,9 @@ pub enum Reason {
     /// The distributor's reassignment after a missed deadline meets the deal out of that
     /// assignment (accepted, assigned anew, or closed).
     AssignmentEnded,
+    /// The distributor's reassignment after a missed deadline meets a deal whose deadline
+    /// ended since (the plan's deadline removed, or the plan archived): nothing to do.
+    DeadlineEnded,
     /// FAILED_PRECONDITION: a watch's resume token is older than the changes kept for
     /// resuming: reload the board.
     WatchTokenExpired,
@@ -62,6 +65,15 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Whether `status` (a service's answer) was refused for this reason (its ErrorInfo).
+    pub fn is_why(self, status: &Status) -> bool {
+        use tonic_types::StatusExt as _;
+        status
+            .get_error_details()
+            .error_info()
+            .is_some_and(|info| info.domain == ERROR_DOMAIN && info.reason == self.as_str())
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidFields => "INVALID_FIELDS",
@@ -89,6 +101,7 @@ impl Reason {
             Self::ManagerCapReached => "MANAGER_CAP_REACHED",
             Self::ManagerUnavailable => "MANAGER_UNAVAILABLE",
             Self::AssignmentEnded => "ASSIGNMENT_ENDED",
+            Self::DeadlineEnded => "DEADLINE_ENDED",
             Self::WatchTokenExpired => "WATCH_TOKEN_EXPIRED",
             Self::WatchLagged => "WATCH_LAGGED",
             Self::Draining => "DRAINING",

@@ -500,8 +500,8 @@ impl Deal {
 
     /// The distributor's reassignment of a deal its manager did not accept in time: to
     /// `manager`, or (none) to wait for a person; `note` says why (the history keeps it).
-    /// The distributor's reassignment after a missed response deadline; `missed`, when
-    /// given, is the assignment that missed it, which the deal must still be in.
+    /// `missed`, when given, is the assignment that missed the deadline: the deal must
+    /// still be in it, and still under that deadline.
     pub fn reassign(
         &self,
         plan: &Plan,
@@ -522,6 +522,15 @@ impl Deal {
                 Reason::AssignmentEnded,
                 format!(
                     "deal {} is no longer in the assignment that missed its deadline",
+                    self.id
+                ),
+            ));
+        }
+        if missed.is_some() && self.deadline_seconds.is_none() {
+            return Err(DomainError::Precondition(
+                Reason::DeadlineEnded,
+                format!(
+                    "deal {} runs under no deadline any more: the plan's ended since",
                     self.id
                 ),
             ));
@@ -615,20 +624,14 @@ impl Deal {
     }
 
     /// `self` with its time to accept: the manager's working time by `schedule` from when
-    /// they got the deal to when they accepted it; and whether that was past its due
-    /// time, while `deadline_in_force` (the plan still has a deadline: one removed since
-    /// the assignment was dropped, by the distributor too).
-    pub fn timed(
-        mut self,
-        schedule: &salesplan_platform::schedule::Schedule,
-        deadline_in_force: bool,
-    ) -> Deal {
+    /// they got the deal to when they accepted it; and whether that was past its due time
+    /// (a deadline the plan ended since has none: [`Plan::ends_deadlines_of`]).
+    pub fn timed(mut self, schedule: &salesplan_platform::schedule::Schedule) -> Deal {
         if let (Some(from), Some(to), None) =
             (self.assigned_at, self.accepted_at, self.accept_seconds)
         {
             self.accept_seconds = Some(schedule.working_time(from, to).whole_seconds());
-            self.accepted_late =
-                deadline_in_force && self.response_due_at.is_some_and(|due| to > due);
+            self.accepted_late = self.response_due_at.is_some_and(|due| to > due);
         }
         self
     }
@@ -806,6 +809,11 @@ mod tests {
         let (deal, _) = deal_in(&plan)
             .assign(&plan, Some("m1".into()), false, now)
             .unwrap();
+        // Given by the distributor, under a deadline.
+        let deal = Deal {
+            deadline_seconds: Some(60),
+            ..deal
+        };
         assert!(matches!(
             deal.accept("m2", now),
             Err(DomainError::NotTheManager)
@@ -905,7 +913,7 @@ mod tests {
         assert!(!deal.needs_timing());
         let (accepted, _) = deal.accept("m1", datetime!(2026-12-07 08:30 UTC)).unwrap();
         assert!(accepted.needs_timing());
-        let timed = accepted.timed(&schedule, false);
+        let timed = accepted.timed(&schedule);
         assert_eq!(timed.accept_seconds, Some(3_600));
         assert!(!timed.needs_timing());
     }
@@ -928,10 +936,10 @@ mod tests {
         let around_the_clock = Schedule::default();
         let at = |ms: i64| now + time::Duration::milliseconds(ms);
         // Given (due by the schedule at the assignment), accepted at `ms`.
-        let accepted_at = |deal: &Deal, ms: i64, in_force: bool| {
+        let accepted_at = |deal: &Deal, ms: i64| {
             let deal = deal.clone().due_by(&around_the_clock);
             let (accepted, _) = deal.accept("m1", at(ms)).unwrap();
-            accepted.timed(&around_the_clock, in_force)
+            accepted.timed(&around_the_clock)
         };
         // A lead the distributor created with its manager: under the plan's deadline.
         let lead = NewDeal {
@@ -946,19 +954,29 @@ mod tests {
             lead.clone().due_by(&around_the_clock).response_due_at,
             Some(at(60_000))
         );
-        assert!(
-            !accepted_at(&lead, 60_000, true).accepted_late,
-            "at the deadline"
-        );
-        let late = accepted_at(&lead, 60_001, true);
+        assert!(!accepted_at(&lead, 60_000).accepted_late, "at the deadline");
+        let late = accepted_at(&lead, 60_001);
         assert_eq!(
             (late.accepted_late, late.accept_seconds),
             (true, Some(60)),
             "a millisecond past it is late, though whole seconds read 60"
         );
+        // A deadline the plan ended since (the store clears the due time): not missed, and
+        // the distributor's reassignment for it is refused.
+        let ended = Deal {
+            deadline_seconds: None,
+            response_due_at: None,
+            ..lead.clone()
+        };
+        assert!(!accepted_at(&ended, 60_001).accepted_late);
+        let missed = (Some("m2".to_owned()), lead.assigned_at);
+        assert!(matches!(
+            ended.reassign(&plan, missed.clone(), "missed".into(), at(61_000)),
+            Err(DomainError::Precondition(Reason::DeadlineEnded, _))
+        ));
         assert!(
-            !accepted_at(&lead, 60_001, false).accepted_late,
-            "a deadline the plan no longer has is not missed"
+            lead.reassign(&plan, missed, "missed".into(), at(61_000))
+                .is_ok()
         );
         // The due time is the one at the assignment: a schedule given later (Mondays only;
         // this is a Thursday) does not move it, though it measures the time to accept.
@@ -972,7 +990,7 @@ mod tests {
             .due_by(&around_the_clock)
             .accept("m1", at(90_000))
             .unwrap();
-        let later = accepted.timed(&off_today, true);
+        let later = accepted.timed(&off_today);
         assert_eq!((later.accepted_late, later.accept_seconds), (true, Some(0)));
         // A person's assignment of a deal that ran under a deadline: none any more.
         let given = lead.clone().due_by(&around_the_clock);
@@ -994,7 +1012,7 @@ mod tests {
             (None, None)
         );
         let (reopened, _) = closed.reopen(&plan, at(2_000)).unwrap();
-        assert!(!accepted_at(&reopened, 600_000, true).accepted_late);
+        assert!(!accepted_at(&reopened, 600_000).accepted_late);
         // The distributor's placement and reassignment run under it; an escalation (no
         // manager) has none.
         let placed = deal_in(&plan)
@@ -1002,7 +1020,7 @@ mod tests {
             .unwrap()
             .0
             .under_deadline(&plan, true);
-        assert!(accepted_at(&placed, 61_000, true).accepted_late);
+        assert!(accepted_at(&placed, 61_000).accepted_late);
         let (moved_on, _) = lead
             .reassign(&plan, (Some("m2".into()), None), "missed".into(), now)
             .unwrap();

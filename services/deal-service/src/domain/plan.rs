@@ -205,6 +205,16 @@ impl Plan {
         }
     }
 
+    /// Whether this plan, changed from `before`, ends the response deadlines running in
+    /// it: its deadline removed (or distribution by hand), or the plan archived. They end
+    /// for good: a deadline put back, or the plan unarchived, applies to assignments from
+    /// then on (the distributor's reassignment of an ended one is refused: DEADLINE_ENDED).
+    /// A deadline changed in length keeps the running ones' due times.
+    pub fn ends_deadlines_of(&self, before: &Plan) -> bool {
+        let in_force = |p: &Plan| p.response().is_some() && !p.archived;
+        in_force(before) && !in_force(self)
+    }
+
     /// Sets `require_reason` and the active reasons: inputs with an id rename (and
     /// unarchive) that reason, inputs without one add a reason. Existing reasons left out
     /// are archived when some deal was closed with them (old deals and reports still name
@@ -448,6 +458,48 @@ mod tests {
         reopened.advance(&renamed, at);
         assert_eq!(reopened.archived_at_version, None);
         assert!(reopened.takes_deal(None).is_ok());
+    }
+
+    /// Removing a plan's deadline (or distributing by hand), or archiving the plan, ends
+    /// the deadlines running in it; putting one back, unarchiving, or a new length does not.
+    #[test]
+    fn a_removed_deadline_or_an_archive_ends_the_running_deadlines() {
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let with = |seconds: Option<u32>| {
+            let mut plan = draft(&["a"]).into_plan("acme", Uuid::nil(), at, Uuid::new_v4);
+            plan.distribution = Distribution::Auto {
+                prefer_related: false,
+                keep_related: false,
+                strategy: Strategy::RoundRobin,
+                response: seconds.map(|seconds| Response {
+                    seconds,
+                    max_reassignments: 1,
+                }),
+            };
+            plan
+        };
+        let (minute, none) = (with(Some(60)), with(None));
+        assert!(none.ends_deadlines_of(&minute), "removed");
+        let manual = Plan {
+            distribution: Distribution::Manual,
+            ..minute.clone()
+        };
+        assert!(manual.ends_deadlines_of(&minute), "by hand");
+        let archived = Plan {
+            archived: true,
+            ..minute.clone()
+        };
+        assert!(archived.ends_deadlines_of(&minute), "archived");
+        assert!(!minute.ends_deadlines_of(&none), "put back");
+        assert!(!minute.ends_deadlines_of(&archived), "unarchived");
+        assert!(!with(Some(3_600)).ends_deadlines_of(&minute), "longer");
+        assert!(!with(Some(1)).ends_deadlines_of(&minute), "shorter");
+        let renamed = Plan {
+            name: "Renamed".into(),
+            ..minute.clone()
+        };
+        assert!(!renamed.ends_deadlines_of(&minute), "other changes");
+        assert!(!none.ends_deadlines_of(&none));
     }
 
     #[test]

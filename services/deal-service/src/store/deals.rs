@@ -346,7 +346,7 @@ impl Store {
             }
             let plan = load_plan(&mut tx, account_id, deal.plan_id, Lock::Share).await?;
             let (next, what) = change(&deal, &plan, now)?;
-            let next = settled(&mut tx, next.accepted_by(actor_id), &plan).await?;
+            let next = settled(&mut tx, next.accepted_by(actor_id)).await?;
             let changes = [(next, what)];
             update_deals(&mut tx, &changes).await?;
             mark_reasons_used(&mut tx, &changes).await?;
@@ -421,10 +421,8 @@ impl Store {
                         ),
                     };
                     match change(deal, plan, now) {
-                        Ok((next, what)) => changes.push((
-                            settled(&mut tx, next.accepted_by(actor_id), plan).await?,
-                            what,
-                        )),
+                        Ok((next, what)) => changes
+                            .push((settled(&mut tx, next.accepted_by(actor_id)).await?, what)),
                         Err(err) => outcome.failures.push((*id, err.to_string())),
                     }
                 }
@@ -456,13 +454,9 @@ impl Store {
 }
 
 /// `deal` with what its manager's schedule decides, if anything (one read of it): the due
-/// time of a deadline it was just given under, and the time to accept (late or not, while
-/// `plan` still has a deadline) if it was just accepted.
-async fn settled(
-    tx: &mut Transaction<'_, Postgres>,
-    deal: Deal,
-    plan: &Plan,
-) -> Result<Deal, StoreError> {
+/// time of a deadline it was just given under, and the time to accept (late or not) if it
+/// was just accepted.
+async fn settled(tx: &mut Transaction<'_, Postgres>, deal: Deal) -> Result<Deal, StoreError> {
     if !deal.needs_timing() && !deal.needs_due() {
         return Ok(deal);
     }
@@ -470,8 +464,7 @@ async fn settled(
         return Ok(deal);
     };
     let schedule = super::managers::schedule_of(tx, &deal.account_id, manager).await?;
-    let in_force = plan.response().is_some() && !plan.archived;
-    Ok(deal.due_by(&schedule).timed(&schedule, in_force))
+    Ok(deal.due_by(&schedule).timed(&schedule))
 }
 
 /// The due times of the new `deals` created under a deadline: one read of each manager's
@@ -783,6 +776,25 @@ pub async fn update_deals(
     .bind(c.deadline_seconds)
     .bind(c.response_due_at)
     .bind(c.accepted_late)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Ends the response deadlines running in the plan (its deadline removed, or the plan
+/// archived: [`Plan::ends_deadlines_of`]), in the plan change's transaction: its deals
+/// given and not yet accepted keep no due time, so none is late from now on.
+pub async fn end_deadlines(
+    tx: &mut Transaction<'_, Postgres>,
+    plan: &Plan,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE deals SET deadline_seconds = NULL, response_due_at = NULL
+         WHERE account_id = $1 AND plan_id = $2 AND deadline_seconds IS NOT NULL
+            AND accepted_at IS NULL",
+    )
+    .bind(&plan.account_id)
+    .bind(plan.id)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -135,6 +135,9 @@ impl Store {
             }
             plan.advance(&before, now);
             save_plan(&mut tx, &plan).await?;
+            if plan.ends_deadlines_of(&before) {
+                super::deals::end_deadlines(&mut tx, &plan).await?;
+            }
             events::record_plan(&mut tx, &plan, kind, actor_id, now).await?;
             super::commit(tx).await?;
             Ok((plan, out))

@@ -97,6 +97,10 @@ impl Deadlines {
                 self.store.expiry_refused(timer, AFTER_REFUSAL).await
             }
             OrderAnswer::Gone(_) => self.store.drop_timer(timer).await,
+            OrderAnswer::Ended(reason) => {
+                tracing::info!(deal_id = %timer.deal_id, %reason, "response deadline ended");
+                self.store.expiry_ended(timer).await
+            }
             OrderAnswer::Later(reason) => {
                 tracing::warn!(deal_id = %timer.deal_id, %reason, "reassignment not made now");
                 let backoff = leased::backoff(timer.attempts);

@@ -222,7 +222,8 @@ impl Queue {
                 self.assigned.add(1, &[]);
                 self.store.order_done(order).await
             }
-            OrderAnswer::Refused(reason) => {
+            // (A deadline's end answers only a reassignment: refused all the same.)
+            OrderAnswer::Refused(reason) | OrderAnswer::Ended(reason) => {
                 tracing::info!(deal_id = %order.deal_id, %reason, "assignment order refused");
                 self.refused.add(1, &[]);
                 self.store.order_refused(order, false).await

@@ -598,6 +598,32 @@ impl Store {
         Ok(())
     }
 
+    /// The deal's deadline ended before it ran out (deal-service's word: the plan's
+    /// deadline was removed, or the plan archived, since; a deadline put back does not
+    /// bring it back): the timer ends, and the miss its decision recorded with it.
+    pub async fn expiry_ended(&self, timer: &Timer) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let held = sqlx::query(
+            "DELETE FROM response_timers WHERE deal_id = $1 AND version = $2 AND leased_by = $3",
+        )
+        .bind(timer.deal_id)
+        .bind(timer.version)
+        .bind(timer.lease)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if held == 0 {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM response_misses WHERE deal_id = $1 AND assigned_at = $2")
+            .bind(timer.deal_id)
+            .bind(timer.assigned_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The reassignment could not be made now (deal-service unreachable): tried again,
     /// the same decision, after `backoff`.
     pub async fn expiry_later(
