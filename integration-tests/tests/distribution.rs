@@ -870,7 +870,7 @@ async fn weighted_round_robin_shares_leads_by_weight() -> anyhow::Result<()> {
 
     // Equal weights from now on (once the distributor has the change): the next four
     // leads split two and two.
-    let changed = PlanServiceClient::new(channel)
+    let changed = PlanServiceClient::new(channel.clone())
         .set_plan_managers(outgoing(
             pb::SetPlanManagersRequest {
                 plan_id: plan.id.clone(),
@@ -900,6 +900,30 @@ async fn weighted_round_robin_shares_leads_by_weight() -> anyhow::Result<()> {
     }
     let got = deals_of(&stack, &t.boss, &plan.id, 12).await?;
     assert_eq!(per_manager(&got), counts(&[("m1", 8), ("m2", 4)]));
+
+    // Interleaved, end to end: leads one at a time (each placed before the next comes, so
+    // arrival order is decision order) to weights 3, 2 and 1 take the turns of the pure
+    // rule's smooth sequence, never m1 m1 m1 m2 m2 m3.
+    let mut request = plan_request("Smooth", Mode::Auto, Strategy::RoundRobin, false, &[]);
+    request.members = vec![member("m1", 3), member("m2", 2), member("m3", 1)];
+    let smooth = create_plan(channel, &t.admin, request).await?;
+    let mut order: Vec<pb::Deal> = Vec::new();
+    for run in 0..12 {
+        let lead = lead_json(&smooth.id, &format!("run-{run}"), &format!("s-{run}"));
+        assert_eq!(post(&stack, &t.funnel, &lead).await?.0, 202);
+        let now = deals_of(&stack, &t.boss, &smooth.id, run + 1).await?;
+        let new = now
+            .into_iter()
+            .find(|d| order.iter().all(|o| o.id != d.id))
+            .expect("the lead's deal");
+        order.push(new);
+    }
+    let turns: Vec<&str> = order
+        .iter()
+        .map(|d| d.manager_id.as_deref().unwrap_or("-"))
+        .collect();
+    let cycle = ["m1", "m2", "m1", "m3", "m2", "m1"];
+    assert_eq!(turns, [cycle, cycle].concat(), "{turns:?}");
     stack.stop().await
 }
 
