@@ -1006,7 +1006,8 @@ async fn manager_of(
 /// Capacity and the waiting queue (issue 20): in a LEAST_OPEN_DEALS plan of m1 and m2,
 /// each at most one open deal, the third and fourth leads wait, visible (ListDeals
 /// `waiting`, PipelineSummary) and unassigned. A deal of m1 closed lets the oldest in, to
-/// m1, explained; m2's limit raised lets the other in. A deal made by hand may ask to
+/// m1, explained; m2's limit raised lets the other in; of three waiting, room for two
+/// lets the two oldest in. A deal made by hand may ask to
 /// wait (and is assigned at once when a member has room); a plan that distributes by hand
 /// has no queue.
 #[tokio::test]
@@ -1209,6 +1210,32 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() ->
     assert_eq!(moved.changed, 1, "m1's one open deal: {moved:?}");
     let next_in = manager_of(channel.clone(), &t.boss, &next_in.id).await?;
     assert_eq!(next_in.manager_id.as_deref(), Some("m1"));
+    counts_agree(&stack).await?;
+
+    // Three wait (everyone full: m1 1 of 1, m2 3 of 2 by the transfer); room for two more
+    // with m1: the two oldest go in, the youngest waits on.
+    let mut three = Vec::new();
+    for n in 0..3 {
+        let key = format!("queued-{n}");
+        three.push(waiting_deal(&mut deal_client, &plan, &key, &t.boss).await?);
+    }
+    PlanServiceClient::new(channel.clone())
+        .set_plan_managers(outgoing(
+            pb::SetPlanManagersRequest {
+                plan_id: plan.id.clone(),
+                members: vec![member("m1", 3), member("m2", 2)],
+                ..Default::default()
+            },
+            &t.admin,
+        ))
+        .await?;
+    for older in &three[..2] {
+        let placed = manager_of(channel.clone(), &t.boss, &older.id).await?;
+        assert_eq!(placed.manager_id.as_deref(), Some("m1"));
+    }
+    let still = waiting_deals(channel.clone(), &t.boss, &plan.id).await?;
+    let still: Vec<&str> = still.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(still, [three[2].id.as_str()], "the youngest waits on");
     counts_agree(&stack).await?;
 
     // Leaving a deal to the distributor gives it to someone: a manager without
