@@ -267,6 +267,7 @@ fn deal_state(
         assigned_by_distributor: false,
         updated_at: at,
         assigned_at: manager.map(|_| at),
+        response_due_at: None,
     }
 }
 
@@ -442,7 +443,8 @@ async fn a_waiting_deal_is_ordered_once_and_a_refusal_puts_it_back() -> anyhow::
 /// distributor's assignment starts one; someone else's change keeps it at the deal's new
 /// version; acceptance ends it, and the assignment's event delivered again afterwards
 /// does not bring it back; a person's new assignment (even to the same manager) ends it;
-/// an assignment's event that arrives after a newer one of its deal still starts it.
+/// an assignment's event that arrives after a newer one of its deal still starts it; the
+/// timer runs out when deal-service said the assignment's deadline does.
 #[tokio::test]
 async fn a_deadline_follows_its_assignment_and_a_late_event_brings_none_back() -> anyhow::Result<()>
 {
@@ -528,6 +530,31 @@ async fn a_deadline_follows_its_assignment_and_a_late_event_brings_none_back() -
         .await?;
     store.apply_deals(&[assigned(5)]).await?;
     assert_eq!(timer(5).await?, None, "accepted before");
+    // 6: the due time deal-service kept with the assignment (the plan's deadline was five
+    // seconds then; this copy has an hour by now): the timer runs out by it. 7: an event
+    // from before deal-service said so: reckoned here, by the plan's hour.
+    let due_at = |deal: u128| {
+        let pool = pool.clone();
+        async move {
+            let due: time::OffsetDateTime = sqlx::query_scalar(
+                "SELECT due_at FROM distributor.response_timers WHERE deal_id = $1",
+            )
+            .bind(Uuid::from_u128(deal))
+            .fetch_one(&pool)
+            .await?;
+            anyhow::Ok(due)
+        }
+    };
+    let at = |deal: u128| time::OffsetDateTime::UNIX_EPOCH + time::Duration::minutes(deal as i64);
+    store
+        .apply_deals(&[DealState {
+            response_due_at: Some(at(6) + time::Duration::seconds(5)),
+            ..assigned(6)
+        }])
+        .await?;
+    assert_eq!(due_at(6).await?, at(6) + time::Duration::seconds(5));
+    store.apply_deals(&[assigned(7)]).await?;
+    assert_eq!(due_at(7).await?, at(7) + time::Duration::hours(1));
     Ok(())
 }
 

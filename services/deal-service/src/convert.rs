@@ -637,6 +637,7 @@ impl From<&Deal> for pb::Deal {
             accepted_at: deal.accepted_at.map(timestamp),
             escalated_at: deal.escalated_at.map(timestamp),
             assigned_at: deal.assigned_at.map(timestamp),
+            response_due_at: deal.response_due_at.map(timestamp),
             accept_seconds: deal.accept_seconds,
             accepted_late: deal.accepted_late,
         }

@@ -291,6 +291,7 @@ mod tests {
             // `same_assignment`).
             assigned_at: manager
                 .map(|_| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(version)),
+            response_due_at: None,
         }
     }
 

@@ -34,6 +34,9 @@ pub struct DealState {
     pub updated_at: OffsetDateTime,
     /// When the deal's manager got it (the assignment a response deadline belongs to).
     pub assigned_at: Option<OffsetDateTime>,
+    /// When that assignment's response deadline runs out, as deal-service reckoned it at
+    /// the assignment (absent in events from before it said so: reckoned here then).
+    pub response_due_at: Option<OffsetDateTime>,
 }
 
 impl DealState {
@@ -211,6 +214,7 @@ mod tests {
             assigned_by_distributor: false,
             updated_at: OffsetDateTime::UNIX_EPOCH,
             assigned_at: None,
+            response_due_at: None,
         }
     }
 

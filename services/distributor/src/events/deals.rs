@@ -118,5 +118,9 @@ fn decode(delivery: &Delivery, keys: &ContactKeys) -> Result<DealState, String> 
             .assigned_at
             .as_ref()
             .and_then(salesplan_proto::time::time_of),
+        response_due_at: deal
+            .response_due_at
+            .as_ref()
+            .and_then(salesplan_proto::time::time_of),
     })
 }

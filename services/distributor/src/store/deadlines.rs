@@ -211,6 +211,13 @@ pub(super) async fn apply_timers(
         return Ok(());
     }
     let responses = plan_responses(tx, starts.keys().copied()).await?;
+    // The due time deal-service kept with the assignment: by the plan's deadline and the
+    // manager's schedule when it was made, which this copy (applied later) may no longer
+    // have. Both sides then agree on when the deadline is missed.
+    let kept_due: HashMap<(Uuid, OffsetDateTime), OffsetDateTime> = all
+        .iter()
+        .filter_map(|s| Some(((s.deal_id, s.assigned_at?), s.response_due_at?)))
+        .collect();
     for ((account_id, plan_id), deals) in starts {
         // A plan without a deadline starts none (a timer of an older assignment finds the
         // plan without one when it runs out, and is dropped).
@@ -222,9 +229,12 @@ pub(super) async fn apply_timers(
         let default = Schedule::default();
         let dues: Vec<OffsetDateTime> = deals
             .iter()
-            .map(|d| {
-                let schedule = known.get(&d.manager).map_or(&default, |a| &a.schedule);
-                deadline::due(schedule, d.assigned_at, response.seconds)
+            .map(|d| match kept_due.get(&(d.deal, d.assigned_at)) {
+                Some(due) => *due,
+                None => {
+                    let schedule = known.get(&d.manager).map_or(&default, |a| &a.schedule);
+                    deadline::due(schedule, d.assigned_at, response.seconds)
+                }
             })
             .collect();
         // A reassignment made whose holder died before recording it (the next manager's
