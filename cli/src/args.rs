@@ -175,7 +175,7 @@ pub struct NewPlan {
     pub currency: String,
     #[command(flatten)]
     pub distribution: DistributionArgs,
-    /// A manager: `id`, `id:weight` (1 to 100; round robin shares leads by weight) or
+    /// A manager: `id`, `id:weight` (1 to 100, 0 the default 1; round robin shares leads by weight) or
     /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit);
     /// an id that ends in a colon and a number needs all three.
     #[arg(long = "manager")]
@@ -222,7 +222,7 @@ pub enum Plans {
     /// Replace the plan's managers.
     Managers {
         plan: String,
-        /// A manager: `id`, `id:weight` (1 to 100; round robin shares leads by weight) or
+        /// A manager: `id`, `id:weight` (1 to 100, 0 the default 1; round robin shares leads by weight) or
         /// `id:weight:limit` (the most open deals automatic distribution gives it; 0: no limit);
         /// an id that ends in a colon and a number needs all three.
         #[arg(long = "manager")]

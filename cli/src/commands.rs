@@ -431,28 +431,38 @@ fn distribution_of(args: &crate::args::DistributionArgs) -> anyhow::Result<pb::D
 
 /// `--manager id`, `id:weight` or `id:weight:limit` (0: no limit), in turn order.
 fn members(managers: &[String]) -> anyhow::Result<Vec<pb::PlanMember>> {
-    managers.iter().map(|m| Ok(member(m))).collect()
+    managers.iter().map(|m| member(m)).collect()
 }
 
 /// A manager id may hold colons itself: only numbers after the last one or two are its
-/// weight (and limit of open deals).
-fn member(text: &str) -> pb::PlanMember {
-    fn split(s: &str) -> Option<(&str, i32)> {
-        let (rest, n) = s.rsplit_once(':')?;
-        Some((rest, n.parse().ok()?))
-    }
-    let (manager_id, weight, max_open_deals) = match split(text) {
-        Some((rest, limit)) => match split(rest) {
+/// weight (and limit of open deals). A number too big to be one is refused, not taken
+/// as part of the id (`a:99999999999` would make a manager nobody meant).
+fn member(text: &str) -> anyhow::Result<pb::PlanMember> {
+    let split = |s: &str| -> anyhow::Result<Option<(String, i32)>> {
+        let Some((rest, n)) = s.rsplit_once(':') else {
+            return Ok(None);
+        };
+        let digits = n.strip_prefix('-').unwrap_or(n);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(None);
+        }
+        let n = n
+            .parse()
+            .map_err(|_| usage!("--manager {text:?}: {n} is out of range"))?;
+        Ok(Some((rest.to_owned(), n)))
+    };
+    let (manager_id, weight, max_open_deals) = match split(text)? {
+        Some((rest, limit)) => match split(&rest)? {
             Some((id, weight)) => (id, weight, limit),
             None => (rest, limit, 0),
         },
-        None => (text, 1, 0),
+        None => (text.to_owned(), 1, 0),
     };
-    pb::PlanMember {
-        manager_id: manager_id.to_owned(),
+    Ok(pb::PlanMember {
+        manager_id,
         weight,
         max_open_deals,
-    }
+    })
 }
 
 fn deal_request(new: NewDeal) -> pb::CreateDealRequest {
@@ -1278,7 +1288,7 @@ mod tests {
     #[test]
     fn a_member_is_an_id_with_an_optional_weight_and_limit() {
         let parts = |text: &str| {
-            let m = member(text);
+            let m = member(text).expect("a member");
             (m.manager_id, m.weight, m.max_open_deals)
         };
         assert_eq!(parts("ann"), ("ann".into(), 1, 0));
@@ -1286,5 +1296,13 @@ mod tests {
         assert_eq!(parts("ann:2:10"), ("ann".into(), 2, 10));
         assert_eq!(parts("crm:ann:2:10"), ("crm:ann".into(), 2, 10));
         assert_eq!(parts("crm:ann"), ("crm:ann".into(), 1, 0));
+        // Out of range for the service to refuse (it names the field and the bounds).
+        assert_eq!(parts("ann:-1"), ("ann".into(), -1, 0));
+        // Too big to be a number at all: refused here, not made part of the id.
+        for text in ["a:99999999999", "a:1:99999999999", "a:99999999999:1"] {
+            let err = member(text).expect_err(text);
+            assert!(err.is::<crate::args::Usage>(), "{text}: exit 4");
+            assert!(err.to_string().contains("out of range"), "{err}");
+        }
     }
 }
