@@ -146,6 +146,35 @@ pub fn plan_json(p: &pb::Plan) -> Value {
     })
 }
 
+/// The plan's distribution in a line: mode, strategy, related contacts, response deadline.
+fn distribution_text(p: &pb::Plan) -> String {
+    use pb::distribution::{Mode, Strategy};
+    let d = p.distribution.unwrap_or_default();
+    if Mode::try_from(d.mode) != Ok(Mode::Auto) {
+        return "by hand".into();
+    }
+    let mut parts = vec![match Strategy::try_from(d.strategy) {
+        Ok(Strategy::RoundRobin) => "automatic, round robin".to_owned(),
+        Ok(Strategy::LeastOpenDeals) => "automatic, fewest open deals".to_owned(),
+        Ok(Strategy::Random) => "automatic, random".to_owned(),
+        _ => "automatic".to_owned(),
+    }];
+    if d.prefer_related {
+        parts.push(if d.keep_related_when_unavailable {
+            "a related contact's manager first (kept for them when away)".into()
+        } else {
+            "a related contact's manager first".into()
+        });
+    }
+    if d.response_deadline_seconds > 0 {
+        parts.push(format!(
+            "accept within {} s of working time, at most {} reassignments",
+            d.response_deadline_seconds, d.max_reassignments
+        ));
+    }
+    parts.join("; ")
+}
+
 pub fn plan_text(p: &pb::Plan) -> String {
     let mut out = format!("{} ({})\n", p.name, p.id);
     let managers: Vec<String> = p
@@ -168,6 +197,7 @@ pub fn plan_text(p: &pb::Plan) -> String {
         })
         .collect();
     out.push_str(&format!("  managers: {}\n", managers.join(", ")));
+    out.push_str(&format!("  distribution: {}\n", distribution_text(p)));
     let rows: Vec<Vec<String>> = p
         .stages
         .iter()
@@ -225,6 +255,7 @@ pub fn deal_json(d: &pb::Deal) -> Value {
         "assigned_at": time_json(d.assigned_at.as_ref()),
         "accept_seconds": d.accept_seconds,
         "accepted_late": d.accepted_late,
+        "response_due_at": time_json(d.response_due_at.as_ref()),
     })
 }
 
@@ -239,12 +270,29 @@ pub fn deal_row(d: &pb::Deal) -> Vec<String> {
             (None, Some(_)) => "(waiting)".into(),
             (None, None) => "-".into(),
         },
+        acceptance(d),
         money(d.amount.as_ref()),
         d.version.to_string(),
     ]
 }
 
-pub const DEAL_HEADER: [&str; 6] = ["id", "title", "status", "manager", "amount", "version"];
+/// Whether the deal's manager took it on: in time, late (after the response deadline), or
+/// not yet (until when, under a deadline); `-` without a manager.
+fn acceptance(d: &pb::Deal) -> String {
+    match (&d.manager_id, &d.accepted_at) {
+        (None, _) => "-".into(),
+        (Some(_), Some(_)) if d.accepted_late => "late".into(),
+        (Some(_), Some(_)) => "yes".into(),
+        (Some(_), None) => match time_text(d.response_due_at.as_ref()) {
+            Some(due) => format!("no (due {due})"),
+            None => "no".into(),
+        },
+    }
+}
+
+pub const DEAL_HEADER: [&str; 7] = [
+    "id", "title", "status", "manager", "accepted", "amount", "version",
+];
 
 pub fn report_json(r: &pb::ReportRow) -> Value {
     json!({
@@ -303,4 +351,54 @@ pub fn board_text(board: &pb::GetBoardResponse) -> String {
         })
         .collect();
     table(&["stage", "deals", "amount", "first cards"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table shows what only `--json` showed before: whether the manager took the
+    /// deal on, late or by when, and how the plan distributes.
+    #[test]
+    fn tables_show_acceptance_and_distribution() {
+        let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let given = pb::Deal {
+            manager_id: Some("ann".into()),
+            response_due_at: at(0),
+            ..Default::default()
+        };
+        assert_eq!(acceptance(&given), "no (due 1970-01-01T00:00:00Z)");
+        let late = pb::Deal {
+            accepted_at: at(60),
+            accepted_late: true,
+            ..given.clone()
+        };
+        assert_eq!(acceptance(&late), "late");
+        let in_time = pb::Deal {
+            accepted_late: false,
+            ..late
+        };
+        assert_eq!(acceptance(&in_time), "yes");
+        assert_eq!(acceptance(&pb::Deal::default()), "-");
+        assert_eq!(deal_row(&given).len(), DEAL_HEADER.len());
+
+        let mut plan = pb::Plan {
+            distribution: Some(pb::Distribution {
+                mode: pb::distribution::Mode::Auto as i32,
+                strategy: pb::distribution::Strategy::RoundRobin as i32,
+                prefer_related: true,
+                keep_related_when_unavailable: true,
+                response_deadline_seconds: 900,
+                max_reassignments: 2,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            distribution_text(&plan),
+            "automatic, round robin; a related contact's manager first (kept for them when \
+             away); accept within 900 s of working time, at most 2 reassignments"
+        );
+        plan.distribution = None;
+        assert_eq!(distribution_text(&plan), "by hand");
+    }
 }

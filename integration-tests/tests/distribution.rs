@@ -1341,7 +1341,8 @@ async fn explanation(stack: &Stack, token: &str, deal_id: &str) -> anyhow::Resul
 /// admin gives another a day off; from the moment each call answers OK, leads pass them
 /// over, and with nobody available the leads wait, each member's note saying why. A bad
 /// schedule is refused with every violation at once; a repeat changes nothing. The paused
-/// manager resumes, and the queue goes to them, oldest first.
+/// manager resumes, and the whole queue goes to them (the order a queue is placed in is
+/// the capacity test's: `a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees`).
 #[tokio::test]
 async fn unavailable_managers_get_no_leads_and_the_queue_moves_when_one_is_back()
 -> anyhow::Result<()> {
@@ -1514,7 +1515,7 @@ async fn unavailable_managers_get_no_leads_and_the_queue_moves_when_one_is_back(
         notes["m2"]
     );
 
-    // m1 resumes: the queue goes to m1, oldest first.
+    // m1 resumes: the whole queue goes to m1 (no limit: the order shows nothing here).
     managers.set_paused(pause(false, &m1)).await?;
     for deal in &waiting {
         let assigned = manager_of(channel.clone(), &t.boss, &deal.id).await?;
@@ -2379,6 +2380,17 @@ async fn a_late_acceptance_keeps_the_deal_and_counts_as_a_missed_deadline() -> a
         .deal
         .expect("deal");
     assert!(read.accepted_late, "kept with the deal: {read:?}");
+    // The due time the distributor's timer takes too: a second of working time (around
+    // the clock) after the assignment.
+    let (given, due) = (
+        read.assigned_at.expect("assigned"),
+        read.response_due_at.expect("due"),
+    );
+    assert_eq!(
+        (due.seconds - given.seconds, due.nanos),
+        (1, given.nanos),
+        "{read:?}"
+    );
 
     let reports = ReportServiceClient::new(stack.channel_to(&reporting).await?);
     let rows = eventually(Duration::from_secs(20), || {
