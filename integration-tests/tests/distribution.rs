@@ -2162,8 +2162,9 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
     })
     .await?;
     let mut plans = PlanServiceClient::new(channel.clone());
+    let mut restored = 0;
     for (seconds, reassignments) in [(0, 0), (4, 1)] {
-        plans
+        restored = plans
             .update_plan(outgoing(
                 pb::UpdatePlanRequest {
                     plan_id: fickle.id.clone(),
@@ -2172,8 +2173,24 @@ async fn a_deal_not_accepted_in_time_moves_on_then_waits_for_a_person() -> anyho
                 },
                 &t.admin,
             ))
-            .await?;
+            .await?
+            .into_inner()
+            .plan
+            .expect("plan")
+            .version;
     }
+    // The distributor has the plan with its deadline again (well before the timer runs
+    // out): the timer is not dropped as one of a plan without a deadline; deal-service's
+    // refusal must end it.
+    eventually(Duration::from_secs(10), || async {
+        let version: i64 =
+            sqlx::query_scalar("SELECT version FROM distributor.plans WHERE plan_id = $1")
+                .bind(uuid::Uuid::parse_str(&fickle.id)?)
+                .fetch_one(&pool)
+                .await?;
+        Ok((version == restored).then_some(()))
+    })
+    .await?;
     // The timer runs out four seconds after the assignment, and ends.
     eventually(Duration::from_secs(30), || async {
         Ok((timers(&pool, &kept.id).await? == 0).then_some(()))
