@@ -555,6 +555,20 @@ async fn a_deadline_follows_its_assignment_and_a_late_event_brings_none_back() -
     assert_eq!(due_at(6).await?, at(6) + time::Duration::seconds(5));
     store.apply_deals(&[assigned(7)]).await?;
     assert_eq!(due_at(7).await?, at(7) + time::Duration::hours(1));
+    // This copy of the plan without a deadline (deal-service's had one at the assignment,
+    // just added): deal-service's word starts it; an event that says nothing starts none.
+    store
+        .apply_plan(&round_robin(plan_id, 3, &["m1", "m2"], None))
+        .await?;
+    store
+        .apply_deals(&[DealState {
+            response_due_at: Some(at(8) + time::Duration::seconds(5)),
+            ..assigned(8)
+        }])
+        .await?;
+    assert_eq!(due_at(8).await?, at(8) + time::Duration::seconds(5));
+    store.apply_deals(&[assigned(9)]).await?;
+    assert_eq!(timer(9).await?, None);
     Ok(())
 }
 

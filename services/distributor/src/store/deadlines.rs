@@ -219,24 +219,32 @@ pub(super) async fn apply_timers(
         .filter_map(|s| Some(((s.deal_id, s.assigned_at?), s.response_due_at?)))
         .collect();
     for ((account_id, plan_id), deals) in starts {
-        // A plan without a deadline starts none (a timer of an older assignment finds the
-        // plan without one when it runs out, and is dropped).
-        let Some(response) = responses.get(&plan_id) else {
-            continue;
-        };
+        // deal-service's word decides whether an assignment runs under a deadline (this
+        // copy of the plan may not have a deadline just added yet); an event from before
+        // it said so, by the plan's copy. A plan without a deadline starts none of those
+        // (a timer of an older assignment finds the plan without one when it runs out,
+        // and is dropped).
+        let response = responses.get(&plan_id);
         let managers: Vec<String> = deals.iter().map(|d| d.manager.clone()).collect();
         let (known, _) = super::managers::availability(tx, account_id, &managers).await?;
         let default = Schedule::default();
-        let dues: Vec<OffsetDateTime> = deals
-            .iter()
-            .map(|d| match kept_due.get(&(d.deal, d.assigned_at)) {
-                Some(due) => *due,
-                None => {
-                    let schedule = known.get(&d.manager).map_or(&default, |a| &a.schedule);
-                    deadline::due(schedule, d.assigned_at, response.seconds)
-                }
+        let (deals, dues): (Vec<Start>, Vec<OffsetDateTime>) = deals
+            .into_iter()
+            .filter_map(|d| {
+                let due = match kept_due.get(&(d.deal, d.assigned_at)) {
+                    Some(due) => *due,
+                    None => {
+                        let schedule = known.get(&d.manager).map_or(&default, |a| &a.schedule);
+                        deadline::due(schedule, d.assigned_at, response?.seconds)
+                    }
+                };
+                Some((d, due))
             })
-            .collect();
+            .unzip();
+        if deals.is_empty() {
+            continue;
+        }
+        let managers: Vec<String> = deals.iter().map(|d| d.manager.clone()).collect();
         // A reassignment made whose holder died before recording it (the next manager's
         // deadline starts here): its decision becomes the deal's explanation now.
         sqlx::query(
