@@ -1296,6 +1296,103 @@ async fn a_full_plan_queues_leads_and_assigns_the_oldest_when_a_place_frees() ->
     stack.stop().await
 }
 
+/// A related contact whose manager is away (issue 20): a plan that keeps such leads for
+/// their manager gives the returning contact's lead to them though paused (the contact
+/// knows them), explained so; a plan that falls back gives it to another member.
+#[tokio::test]
+async fn a_related_lead_is_kept_for_its_away_manager_or_falls_back_as_the_plan_says()
+-> anyhow::Result<()> {
+    use pb::manager_service_client::ManagerServiceClient;
+    let stack = Stack::start().await?;
+    let t = tokens(&stack);
+    let channel = stack.channel(&stack.deal_service).await?;
+    let mut keep = plan_request(
+        "Keep",
+        Mode::Auto,
+        Strategy::RoundRobin,
+        true,
+        &["m1", "m2"],
+    );
+    if let Some(d) = keep.distribution.as_mut() {
+        d.keep_related_when_unavailable = true;
+    }
+    let keep = create_plan(channel.clone(), &t.admin, keep).await?;
+    let fall = plan_request(
+        "Fall",
+        Mode::Auto,
+        Strategy::RoundRobin,
+        true,
+        &["m1", "m2"],
+    );
+    let fall = create_plan(channel.clone(), &t.admin, fall).await?;
+    // The contact's first deal in each plan: m1's (first in turn).
+    for (plan, run) in [(&keep, "k-1"), (&fall, "f-1")] {
+        assert_eq!(
+            post(&stack, &t.funnel, &lead_json(&plan.id, run, "known"))
+                .await?
+                .0,
+            202
+        );
+        let got = deals_of(&stack, &t.boss, &plan.id, 1).await?;
+        assert_eq!(got[0].manager_id.as_deref(), Some("m1"), "{got:?}");
+    }
+    let mut managers = ManagerServiceClient::new(channel.clone());
+    let m1 = stack.token(ACCOUNT, "m1", &[]);
+    let pause = |paused: bool| {
+        let request = pb::SetPausedRequest {
+            manager_id: "m1".into(),
+            paused,
+        };
+        outgoing(request, &m1)
+    };
+    managers.set_paused(pause(true)).await?;
+    // The contact comes back while m1 is paused: to Keep, then (its deal made) to Fall.
+    // One after the other: a contact's related manager is its newest deal's, account-wide,
+    // so a fall-back deal made first would make m2 the related one for Keep.
+    let mut made = Vec::new();
+    for (plan, run) in [(&keep, "k-2"), (&fall, "f-2")] {
+        assert_eq!(
+            post(&stack, &t.funnel, &lead_json(&plan.id, run, "known"))
+                .await?
+                .0,
+            202
+        );
+        made.push(deals_of(&stack, &t.boss, &plan.id, 2).await?);
+    }
+    let fell = made.pop().expect("Fall's deals");
+    assert_eq!(
+        per_manager(&fell),
+        counts(&[("m1", 1), ("m2", 1)]),
+        "falls back to the strategy: {fell:?}"
+    );
+    let kept = made.pop().expect("Keep's deals");
+    assert_eq!(
+        per_manager(&kept),
+        counts(&[("m1", 2)]),
+        "kept for m1 though paused: {kept:?}"
+    );
+    let ids: Vec<String> = kept.iter().map(|d| d.id.clone()).collect();
+    let mut distributor = DistributorServiceClient::new(stack.channel(&stack.distributor).await?);
+    let reasons: Vec<String> = distributor
+        .explain_assignments(outgoing(
+            pb::ExplainAssignmentsRequest { deal_ids: ids },
+            &t.boss,
+        ))
+        .await?
+        .into_inner()
+        .assignments
+        .into_iter()
+        .map(|a| a.reason)
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("kept for them by the plan while unavailable")),
+        "{reasons:?}"
+    );
+    stack.stop().await
+}
+
 /// The fields an INVALID_ARGUMENT names, in order.
 fn violated_fields(status: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt as _;
