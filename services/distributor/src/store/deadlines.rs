@@ -110,6 +110,17 @@ impl OpenExpiry {
     }
 }
 
+/// Takes back the missed deadline a decision of `timer` recorded in the deal's chain (the
+/// reassignment was refused, or the deadline ended).
+async fn forget_miss(tx: &mut Transaction<'_, Postgres>, timer: &Timer) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM response_misses WHERE deal_id = $1 AND assigned_at = $2")
+        .bind(timer.deal_id)
+        .bind(timer.assigned_at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Ends the timer at the version it was leased at (a newer one, of the next assignment,
 /// stays).
 async fn delete_timer(conn: &mut sqlx::PgConnection, timer: &Timer) -> Result<(), sqlx::Error> {
@@ -607,11 +618,7 @@ impl Store {
             return Ok(());
         }
         // Not missed after all, or not yet: a new decision records it again.
-        sqlx::query("DELETE FROM response_misses WHERE deal_id = $1 AND assigned_at = $2")
-            .bind(timer.deal_id)
-            .bind(timer.assigned_at)
-            .execute(&mut *tx)
-            .await?;
+        forget_miss(&mut tx, timer).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -633,11 +640,7 @@ impl Store {
         if held == 0 {
             return Ok(());
         }
-        sqlx::query("DELETE FROM response_misses WHERE deal_id = $1 AND assigned_at = $2")
-            .bind(timer.deal_id)
-            .bind(timer.assigned_at)
-            .execute(&mut *tx)
-            .await?;
+        forget_miss(&mut tx, timer).await?;
         tx.commit().await?;
         Ok(())
     }
